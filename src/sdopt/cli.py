@@ -1,0 +1,146 @@
+"""The sdopt command line. Argument parsing only: every command is a thin call into a package.
+
+Errors caused by input are SdoptError: printed on one line, exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from sdopt import __version__
+from sdopt.errors import SdoptError
+
+
+def _init_model(args: argparse.Namespace) -> int:
+    from sdopt.zoo import write_model
+
+    out = write_model(args.name, args.out, seed=args.seed, force=args.force)
+    print(out)
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from sdopt.inspect_artifact import describe, format_description
+
+    data = describe(args.artifact)
+    print(json.dumps(data, indent=2) if args.json else format_description(data))
+    return 0
+
+
+def _output_paths(out: Path, count: int) -> list[Path]:
+    """OUT.png for one image; OUT-0.png, OUT-1.png, ... for several."""
+    if count == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}-{i}{out.suffix or '.png'}") for i in range(count)]
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from sdopt.request import GenerateRequest
+
+    request = GenerateRequest(
+        prompt=args.prompt if len(args.prompt) > 1 else args.prompt[0],
+        negative_prompt=args.negative_prompt,
+        seed=args.seed,
+        steps=args.steps,
+        guidance_scale=args.guidance,
+        height=args.height,
+        width=args.width,
+        num_images=args.num_images,
+        scheduler=args.scheduler,
+    ).validate()  # before the (slow) load, so a bad request fails at once
+    from sdopt.runtime.schedulers import check_scheduler
+
+    check_scheduler(request.scheduler)
+    if args.device.startswith("cpu") and args.precision == "fp16":
+        raise SdoptError("fp16 is not supported on the CPU: use --precision fp32 or bf16, or --device cuda")
+    out = Path(args.output)
+    if out.parent and not out.parent.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+
+    from tqdm import tqdm
+
+    import sdopt
+
+    pipe = sdopt.load(
+        args.artifact,
+        device=args.device,
+        precision=args.precision,
+        attention_slicing=args.attention_slicing,
+        vae_tiling=args.vae_tiling,
+        cpu_offload=args.cpu_offload,
+    )
+    with tqdm(total=request.steps, desc="denoising", unit="step", file=sys.stderr, disable=args.quiet) as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total  # second-order schedulers (heun) take more UNet calls than steps
+            bar.update(done - bar.n)
+
+        result = pipe.generate(request, progress=progress)
+    paths = _output_paths(out, len(result.images))
+    for image, path in zip(result.images, paths):
+        image.save(path)
+        print(path)
+    print(result.summary(), file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from sdopt.runtime.schedulers import SCHEDULERS
+    from sdopt.zoo import MODELS
+
+    parser = argparse.ArgumentParser(prog="sdopt", description="Export, quantize, run and benchmark Stable Diffusion models.")
+    parser.add_argument("--version", action="version", version=f"sdopt {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("init-model", help="write a synthetic Diffusers checkpoint (real architecture, random weights)")
+    p.add_argument("name", choices=sorted(MODELS), help="; ".join(f"{k}: {m.description}" for k, m in MODELS.items()))
+    p.add_argument("out", help="output folder (must not exist)")
+    p.add_argument("--seed", type=int, default=0, help="weights seed; the same seed gives identical files (default 0)")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.set_defaults(func=_init_model)
+
+    p = sub.add_parser("inspect", help="show what an artifact is: backend, precision, components, parity, fingerprint")
+    p.add_argument("artifact", help="artifact folder or Diffusers model folder")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=_inspect)
+
+    p = sub.add_parser("generate", help="generate images with any artifact")
+    p.add_argument("artifact", help="artifact folder, Diffusers model folder, or hub id")
+    p.add_argument("--prompt", "-p", required=True, action="append", help="the prompt (repeat for several)")
+    p.add_argument("--negative-prompt", "-n", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (<=1 turns it off)")
+    p.add_argument("--height", type=int, default=512)
+    p.add_argument("--width", type=int, default=512)
+    p.add_argument("--num-images", type=int, default=1, help="images per prompt")
+    p.add_argument("--scheduler", default=None, help=f"one of {', '.join(SCHEDULERS)} (default: the checkpoint's own)")
+    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None, help="default: the artifact's")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+    p.add_argument("--attention-slicing", action="store_true", help="torch: compute attention in slices (less memory)")
+    p.add_argument("--vae-tiling", action="store_true", help="torch: decode large images in tiles (less memory)")
+    p.add_argument("--cpu-offload", action="store_true", help="torch on CUDA: keep idle components in CPU memory")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument("-o", "--output", required=True, help="output PNG (several images: OUT-0.png, OUT-1.png, ...)")
+    p.set_defaults(func=_generate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except SdoptError as exc:
+        print(f"sdopt: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("sdopt: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""The one error type users see.
+
+Every problem caused by input (a path, a flag, a file on disk) is raised as an
+``SdoptError`` whose message says what went wrong and what to do. The CLI
+prints it on one line and exits non-zero; a traceback means a bug in sdopt.
+"""
+
+
+class SdoptError(Exception):
+    """An error caused by input, with a message meant for the user."""
+
+    exit_code = 2
+
+
+class MissingDependencyError(SdoptError):
+    """An optional backend library is not installed."""
+
+    def __init__(self, module: str, extra: str):
+        super().__init__(
+            f"this needs the Python package '{module}', which is not installed: "
+            f"pip install 'sdopt[{extra}]'"
+        )
+        self.module = module
+        self.extra = extra
+
+
+def require(module: str, extra: str):
+    """Import an optional dependency, or raise an error naming the extra to install."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:  # only a missing package, not a broken one, becomes a user error
+        if exc.name and exc.name.split(".")[0] == module.split(".")[0]:
+            raise MissingDependencyError(module, extra) from exc
+        raise

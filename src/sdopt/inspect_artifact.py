@@ -1,0 +1,64 @@
+"""What an artifact is, for `sdopt inspect`: a dict for --json and a readable text form."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sdopt.manifest import fingerprint_of, hash_components, read_manifest
+from sdopt.source import resolve
+
+
+def describe(path: str | Path) -> dict[str, Any]:
+    folder = resolve(path)
+    manifest = read_manifest(folder)
+    if manifest.inferred:
+        hash_components(manifest.components, folder)  # nothing recorded: compute so the fingerprint can be shown
+    data = manifest.to_dict()
+    data["path"] = str(folder)
+    data["artifact_id"] = manifest.artifact_id
+    data["size_bytes"] = manifest.size_bytes
+    data.setdefault("source", {})
+    if not data["source"].get("fingerprint"):
+        data["source"]["fingerprint"] = fingerprint_of(manifest.components) if manifest.inferred else None
+    for name, comp in manifest.components.items():
+        data["components"][name]["size_bytes"] = comp.size_bytes
+    return data
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
+def format_description(d: dict[str, Any]) -> str:
+    lines = [
+        f"artifact   {d['path']}",
+        f"id         {d['artifact_id']}" + ("   (inferred: no sdopt.json)" if d.get("inferred") else ""),
+        f"family     {d['family']}",
+        f"backend    {d['backend']}" + (f"  ({', '.join(f'{k} {v}' for k, v in d['backend_versions'].items())})" if d.get("backend_versions") else ""),
+        f"precision  {d['precision']}",
+    ]
+    if d.get("static_shapes"):
+        lines.append(f"shapes     static {d['static_shapes']}")
+    lines.append(f"size       {_mib(d['size_bytes'])}")
+    src = d.get("source") or {}
+    lines.append(f"source     {src.get('path', '?')}  fingerprint {str(src.get('fingerprint') or 'unknown')[:16]}")
+    if d.get("model"):
+        lines.append("model      " + ", ".join(f"{k}={v}" for k, v in d["model"].items()))
+    lines.append("components")
+    for name, c in d["components"].items():
+        quant = c.get("quantization")
+        q = f"  {quant.get('scheme')} via {quant.get('backend')}" + ("" if quant.get("serialized", True) else " (quantized at load)") if quant else ""
+        prec = f"  {c['precision']}" if c.get("precision") else ""
+        lines.append(f"  {name:<13} {c['folder'] + '/':<16} {_mib(c['size_bytes']):>14}{prec}{q}")
+    if d.get("parity"):
+        lines.append("parity at export")
+        for name, p in d["parity"].items():
+            if p.get("skipped"):
+                lines.append(f"  {name:<13} skipped (--skip-validation)")
+            else:
+                verdict = "ok" if p.get("passed") else "FAILED"
+                lines.append(f"  {name:<13} max abs {p.get('max_abs'):.3g}  max rel {p.get('max_rel'):.3g}  tolerance {p.get('tolerance'):.3g}  {verdict}")
+    for note in d.get("notes") or []:
+        lines.append(f"note       {note}")
+    return "\n".join(lines)

@@ -1,0 +1,114 @@
+"""Folder layouts sdopt recognises without an sdopt.json, and their inferred manifests.
+
+Each layout is one entry in ``LAYOUTS``: a name, a test on the folder, and a
+function that builds the manifest. Backends that can open another tool's
+export (Optimum's ONNX or OpenVINO folders) add an entry here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from sdopt.errors import SdoptError
+from sdopt.manifest import ComponentEntry, Manifest, check_family, files_in, model_info, read_json
+
+# Which Diffusers folder holds each component of the torch backend.
+DIFFUSERS_FOLDERS = {"text_encoder": "text_encoder", "unet": "unet", "vae_decoder": "vae", "vae_encoder": "vae"}
+_TORCH_SUFFIXES = (".safetensors", ".json")
+
+
+@dataclass(frozen=True)
+class Layout:
+    name: str
+    matches: Callable[[Path], bool]
+    build: Callable[[Path], Manifest]
+
+
+def _is_diffusers(folder: Path) -> bool:
+    return (folder / "model_index.json").is_file() and (folder / "unet" / "config.json").is_file()
+
+
+def _torch_dtype_name(folder: Path) -> str:
+    """Precision of a Diffusers folder as saved: fp16 when its UNet config says so, else fp32."""
+    try:
+        cfg = json.loads((folder / "unet" / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return "fp32"
+    return {"float16": "fp16", "bfloat16": "bf16"}.get(str(cfg.get("torch_dtype", "")), "fp32")
+
+
+def diffusers_components(folder: Path) -> dict[str, ComponentEntry]:
+    comps = {}
+    for name, sub in DIFFUSERS_FOLDERS.items():
+        sub_dir = folder / sub
+        files = files_in(sub_dir, folder, _TORCH_SUFFIXES) if sub_dir.is_dir() else []
+        if not any(f.path.endswith(".safetensors") for f in files):
+            pickles = list(sub_dir.glob("*.bin")) + list(sub_dir.glob("*.ckpt")) if sub_dir.is_dir() else []
+            if pickles:
+                raise SdoptError(
+                    f"{sub_dir} has only pickled weights ({pickles[0].name}); sdopt loads safetensors only. "
+                    "Convert it first (diffusers: pipe.save_pretrained(out, safe_serialization=True))"
+                )
+            if name == "vae_encoder":
+                continue  # text-to-image never needs the encoder
+            raise SdoptError(f"{folder} has no {sub}/ weights in safetensors: it is not a complete Diffusers checkpoint")
+        comps[name] = ComponentEntry(folder=sub, files=files)
+    return comps
+
+
+def diffusers_model_info(folder: Path) -> dict:
+    return model_info(read_json(folder / "unet" / "config.json"), read_json(folder / "vae" / "config.json"))
+
+
+def _build_diffusers(folder: Path) -> Manifest:
+    check_family(folder)
+    return Manifest(
+        backend="torch",
+        precision=_torch_dtype_name(folder),
+        components=diffusers_components(folder),
+        model=diffusers_model_info(folder),
+        inferred=True,
+        source={"path": str(folder.resolve())},
+        notes=["no sdopt.json: inferred from a Diffusers folder"],
+    )
+
+
+LAYOUTS: list[Layout] = [Layout("diffusers", _is_diffusers, _build_diffusers)]
+
+
+def register_layout(layout: Layout) -> None:
+    LAYOUTS.append(layout)
+
+
+def infer_manifest(folder: Path) -> Manifest:
+    for layout in LAYOUTS:
+        if layout.matches(folder):
+            return layout.build(folder)
+    raise SdoptError(
+        f"{folder} is not an sdopt artifact: it has neither sdopt.json nor a model_index.json with "
+        "component folders. Give a folder written by `sdopt export`/`sdopt quantize`/`sdopt init-model`, "
+        "or a Diffusers checkpoint folder"
+    )
+
+
+def write_torch_manifest(folder: Path, source: dict | None = None, notes: list[str] | None = None, stamp: bool = True) -> Manifest:
+    """Make a Diffusers folder an explicit torch artifact: sdopt.json with every file's sha256."""
+    from sdopt.manifest import fingerprint_of, hash_components
+    from sdopt.runtime.versions import library_versions
+
+    components = diffusers_components(folder)
+    hash_components(components, folder)
+    manifest = Manifest(
+        backend="torch",
+        precision=_torch_dtype_name(folder),
+        components=components,
+        model=diffusers_model_info(folder),
+        backend_versions=library_versions("torch", "diffusers", "transformers"),
+        source={**(source or {}), "fingerprint": fingerprint_of(components)},
+        notes=notes or [],
+    )
+    manifest.write(folder, stamp=stamp)
+    return manifest

@@ -1,0 +1,246 @@
+"""The Manifest: an artifact's identity, stored as ``sdopt.json`` in its folder.
+
+A loader trusts nothing the manifest does not describe: which backend runs the
+artifact, in which precision, which files make each component (with sha256),
+the source checkpoint's fingerprint, and the parity measured at export. A plain
+Diffusers folder (or another known layout) has no sdopt.json; its manifest is
+inferred in memory, marked ``inferred``, and carries no hashes to check.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from sdopt.errors import SdoptError
+from sdopt.fsutil import sha256_file
+
+MANIFEST_NAME = "sdopt.json"
+SCHEMA_VERSION = 1
+COMPONENT_NAMES = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
+FAMILY = "stable-diffusion"
+# Diffusers pipeline classes whose folders share the SD-1/2 component set we run.
+_SD_PIPELINE_CLASSES = {
+    "StableDiffusionPipeline",
+    "OnnxStableDiffusionPipeline",
+    "ORTStableDiffusionPipeline",
+    "OVStableDiffusionPipeline",
+}
+
+
+@dataclass
+class FileEntry:
+    path: str  # relative to the artifact folder, with forward slashes
+    size_bytes: int
+    sha256: str | None = None  # None only in inferred manifests
+
+
+@dataclass
+class ComponentEntry:
+    folder: str
+    files: list[FileEntry]
+    precision: str | None = None
+    quantization: dict[str, Any] | None = None
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(f.size_bytes for f in self.files)
+
+
+@dataclass
+class Manifest:
+    backend: str
+    precision: str
+    components: dict[str, ComponentEntry]
+    # What the denoising loop needs to know of the model, whatever runs it:
+    # latent_channels, vae_scale_factor, vae_scaling_factor, sample_size, ...
+    model: dict[str, Any] = field(default_factory=dict)
+    family: str = FAMILY
+    schema_version: int = SCHEMA_VERSION
+    sdopt_version: str = ""
+    created: str = ""
+    backend_versions: dict[str, str] = field(default_factory=dict)
+    inferred: bool = False
+    source: dict[str, Any] = field(default_factory=dict)
+    tokenizer: str = "tokenizer"
+    scheduler: str = "scheduler"
+    static_shapes: dict[str, int] | None = None
+    parity: dict[str, dict[str, Any]] = field(default_factory=dict)
+    export: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    # --- serialisation -------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        if not self.static_shapes:
+            data.pop("static_shapes")
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Manifest":
+        data = dict(data)
+        comps = {
+            name: ComponentEntry(
+                **{**c, "files": [FileEntry(**f) for f in c.get("files", [])]}
+            )
+            for name, c in data.pop("components").items()
+        }
+        known = set(cls.__dataclass_fields__)
+        return cls(components=comps, **{k: v for k, v in data.items() if k in known})
+
+    def write(self, folder: str | Path, stamp: bool = True) -> Path:
+        """Validate and write sdopt.json; ``stamp=False`` leaves out the creation time
+        (the zoo's checkpoints must be byte-identical for the same seed)."""
+        from sdopt import __version__
+
+        self.sdopt_version = self.sdopt_version or __version__
+        if stamp and not self.created:
+            self.created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        data = self.to_dict()
+        validate(data, where="the manifest about to be written")
+        path = Path(folder) / MANIFEST_NAME
+        path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+        return path
+
+    # --- identity -------------------------------------------------------------
+    @property
+    def size_bytes(self) -> int:
+        # vae_decoder and vae_encoder may share files (a Diffusers vae/ folder): count each file once.
+        return sum({f.path: f.size_bytes for c in self.components.values() for f in c.files}.values())
+
+    @property
+    def artifact_id(self) -> str:
+        """A short id that changes whenever any component file changes."""
+        return fingerprint_of(self.components)[:12]
+
+    def verify_files(self, folder: str | Path) -> None:
+        """Check that every listed file exists and matches its recorded sha256."""
+        folder = Path(folder)
+        checked: set[str] = set()
+        for name, comp in self.components.items():
+            for f in comp.files:
+                path = folder / f.path
+                if not path.is_file():
+                    raise SdoptError(f"{path} is listed in {MANIFEST_NAME} for {name} but missing: the artifact is incomplete; export it again")
+                if f.sha256 is None or f.path in checked:
+                    continue
+                if sha256_file(path) != f.sha256:
+                    raise SdoptError(
+                        f"{path} does not match the sha256 recorded in {MANIFEST_NAME}: the file was changed "
+                        "or corrupted after export; export the artifact again"
+                    )
+                checked.add(f.path)
+
+
+def fingerprint_of(components: dict[str, ComponentEntry]) -> str:
+    """sha256 over the sorted (path, sha256) pairs of every component file."""
+    pairs = sorted({(f.path, f.sha256 or "") for c in components.values() for f in c.files})
+    return hashlib.sha256("\n".join(f"{p}:{h}" for p, h in pairs).encode()).hexdigest()
+
+
+def hash_components(components: dict[str, ComponentEntry], folder: str | Path) -> None:
+    """Fill in missing sha256 values (for a manifest about to be written, or inspect)."""
+    cache: dict[str, str] = {}
+    for comp in components.values():
+        for f in comp.files:
+            if f.sha256 is None:
+                f.sha256 = cache.get(f.path) or sha256_file(Path(folder) / f.path)
+                cache[f.path] = f.sha256
+
+
+def files_in(folder: Path, root: Path, suffixes: tuple[str, ...]) -> list[FileEntry]:
+    """FileEntry for every file below folder whose name ends with one of suffixes."""
+    return [
+        FileEntry(path=p.relative_to(root).as_posix(), size_bytes=p.stat().st_size)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name.endswith(suffixes)
+    ]
+
+
+# --- schema ---------------------------------------------------------------------
+_SCHEMA: dict[str, Any] | None = None
+
+
+def schema() -> dict[str, Any]:
+    global _SCHEMA
+    if _SCHEMA is None:
+        _SCHEMA = json.loads(resources.files("sdopt.schemas").joinpath("manifest.schema.json").read_text())
+    return _SCHEMA
+
+
+def validate(data: dict[str, Any], where: str) -> None:
+    import jsonschema
+
+    errors = sorted(jsonschema.Draft202012Validator(schema()).iter_errors(data), key=lambda e: list(e.path))
+    if errors:
+        err = errors[0]
+        at = "/".join(str(p) for p in err.path) or "(top level)"
+        raise SdoptError(f"{where} does not follow the sdopt manifest schema: at {at}: {err.message}")
+
+
+# --- reading ----------------------------------------------------------------------
+def read_manifest(folder: str | Path) -> Manifest:
+    """The manifest of an artifact folder: sdopt.json if present, else inferred from its layout."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise SdoptError(f"{folder} does not exist: give the path of an sdopt artifact or a Diffusers model folder")
+    if not folder.is_dir():
+        raise SdoptError(f"{folder} is a file, not an artifact folder: give the folder that holds sdopt.json or model_index.json")
+    path = folder / MANIFEST_NAME
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise SdoptError(f"{path} is not valid JSON ({exc}); export the artifact again") from exc
+        validate(data, where=str(path))
+        return Manifest.from_dict(data)
+    from sdopt.layouts import infer_manifest
+
+    return infer_manifest(folder)
+
+
+def pipeline_class(folder: Path) -> str | None:
+    index = folder / "model_index.json"
+    if not index.is_file():
+        return None
+    try:
+        return json.loads(index.read_text()).get("_class_name")
+    except json.JSONDecodeError as exc:
+        raise SdoptError(f"{index} is not valid JSON ({exc})") from exc
+
+
+def check_family(folder: Path) -> None:
+    cls = pipeline_class(folder)
+    if cls is not None and cls not in _SD_PIPELINE_CLASSES:
+        raise SdoptError(
+            f"{folder} holds a {cls}; sdopt runs Stable Diffusion 1.x/2.x pipelines "
+            f"({', '.join(sorted(_SD_PIPELINE_CLASSES))})"
+        )
+
+
+def model_info(unet_config: dict[str, Any], vae_config: dict[str, Any], text_max_length: int = 77) -> dict[str, Any]:
+    """The manifest's ``model`` section from Diffusers' UNet and VAE config.json contents."""
+    return {
+        "latent_channels": int(vae_config.get("latent_channels", 4)),
+        "vae_scale_factor": 2 ** (len(vae_config.get("block_out_channels", [0, 0, 0, 0])) - 1),
+        "vae_scaling_factor": float(vae_config.get("scaling_factor", 0.18215)),
+        "sample_size": int(unet_config.get("sample_size", 64)),
+        "cross_attention_dim": int(unet_config.get("cross_attention_dim", 768)),
+        "text_max_length": text_max_length,
+    }
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError as exc:
+        raise SdoptError(f"{path} is missing: the model folder is incomplete") from exc
+    except json.JSONDecodeError as exc:
+        raise SdoptError(f"{path} is not valid JSON ({exc})") from exc

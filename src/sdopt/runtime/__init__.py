@@ -1,0 +1,1 @@
+"""Running artifacts: the one denoising loop (pipeline.py), backends' component executors, load()."""

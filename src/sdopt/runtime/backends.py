@@ -1,0 +1,82 @@
+"""The registry of runtime backends and what each declares it can do.
+
+A backend is a module with ``load_components(folder, manifest, device, precision, options)``
+returning one executor per component. The registry is plain data, so listing
+backends or checking a request imports no backend library; the module is
+imported only when an artifact of that backend is loaded.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+
+from sdopt.errors import SdoptError, require
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    module: str  # the sdopt module that implements load_components
+    extra: str | None  # the pip extra that installs its library
+    requires: tuple[str, ...]  # importable modules it needs
+    precisions: dict[str, tuple[str, ...]]  # device kind -> precisions it can run there
+    options: tuple[str, ...] = ()  # load options it understands
+    default_precision: dict[str, str] = field(default_factory=dict)
+
+    def check(self, device: str, precision: str) -> None:
+        kind = device_kind(device)
+        if kind not in self.precisions:
+            raise SdoptError(
+                f"the {self.name} backend does not run on device '{device}'; "
+                f"it runs on: {', '.join(self.precisions)}"
+            )
+        if precision not in self.precisions[kind]:
+            raise SdoptError(
+                f"{precision} is not supported on {kind} by the {self.name} backend; "
+                f"choose one of: {', '.join(self.precisions[kind])}"
+            )
+
+    def check_options(self, options: dict) -> None:
+        unknown = sorted(k for k, v in options.items() if v and k not in self.options)
+        if unknown:
+            raise SdoptError(
+                f"the {self.name} backend does not support {', '.join(unknown)}; "
+                f"its options are: {', '.join(self.options) or 'none'}"
+            )
+
+    def implementation(self):
+        for mod in self.requires:
+            require(mod, self.extra or "all")
+        return importlib.import_module(self.module)
+
+
+BACKENDS: dict[str, Backend] = {}
+
+
+def register_backend(backend: Backend) -> Backend:
+    BACKENDS[backend.name] = backend
+    return backend
+
+
+def get_backend(name: str) -> Backend:
+    try:
+        return BACKENDS[name]
+    except KeyError:
+        raise SdoptError(f"unknown backend '{name}'; known backends: {', '.join(sorted(BACKENDS))}") from None
+
+
+def device_kind(device: str) -> str:
+    return device.split(":", 1)[0].lower()
+
+
+register_backend(
+    Backend(
+        name="torch",
+        module="sdopt.runtime.torch_",
+        extra=None,
+        requires=("torch", "diffusers", "transformers"),
+        precisions={"cpu": ("fp32", "bf16"), "cuda": ("fp32", "fp16", "bf16")},
+        options=("attention_slicing", "vae_tiling", "cpu_offload"),
+    )
+)

@@ -1,0 +1,56 @@
+"""load(): artifact folder -> manifest -> backend -> component executors -> Pipeline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sdopt.errors import SdoptError
+from sdopt.manifest import read_json, read_manifest
+from sdopt.runtime.backends import get_backend
+from sdopt.runtime.pipeline import Pipeline
+from sdopt.source import resolve
+
+LOAD_OPTIONS = ("attention_slicing", "vae_tiling", "cpu_offload")
+
+
+def load(path: str | Path, device: str = "cpu", precision: str | None = None, verify: bool = True, **options: Any) -> Pipeline:
+    """Load an artifact for generation.
+
+    precision: None runs the artifact's own precision; a backend that can cast
+    at load time (torch) accepts another. verify: check every file's sha256
+    against the manifest before use (skipped only for inferred manifests,
+    which record no hashes).
+    """
+    folder = resolve(path)
+    manifest = read_manifest(folder)
+    backend = get_backend(manifest.backend)
+    precision = precision or manifest.precision
+    if precision != manifest.precision and manifest.backend != "torch":
+        raise SdoptError(
+            f"this {manifest.backend} artifact was exported in {manifest.precision}; it cannot run in {precision}. "
+            f"Export it again with --precision {precision}"
+        )
+    backend.check(device, precision)
+    backend.check_options(options)
+    if verify:
+        manifest.verify_files(folder)
+    impl = backend.implementation()
+    components = impl.load_components(folder, manifest, device, precision, options)
+    return Pipeline(
+        manifest,
+        components,
+        tokenizer=load_tokenizer(folder / manifest.tokenizer),
+        scheduler_config=read_json(folder / manifest.scheduler / "scheduler_config.json"),
+        device=device,
+        precision=precision,
+        folder=folder,
+    )
+
+
+def load_tokenizer(folder: Path):
+    from transformers import CLIPTokenizer
+
+    if not folder.is_dir():
+        raise SdoptError(f"{folder} is missing: the artifact has no tokenizer; export it again")
+    return CLIPTokenizer.from_pretrained(folder)

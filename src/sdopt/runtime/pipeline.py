@@ -1,0 +1,182 @@
+"""The one denoising loop every backend runs.
+
+tokenize -> encode (with the negative prompt for classifier-free guidance) ->
+initial latents -> scheduler steps -> VAE decode. Components are reached only
+through executors (numpy in, numpy out), and the scheduler runs in float32
+torch on the CPU, so two backends differ only in what their executors compute.
+
+The loop follows Diffusers' StableDiffusionPipeline step for step (the parity
+test holds it to that): same tokenization, same embedding layout
+[negative..., positive...], same guidance formula, same post-processing.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from sdopt.errors import SdoptError
+from sdopt.manifest import Manifest
+from sdopt.request import GenerateRequest, GenerateResult, StageTimings
+from sdopt.runtime.executor import Component, close_all
+from sdopt.runtime.memory import track_peak
+from sdopt.runtime.schedulers import check_scheduler, make_scheduler
+
+ProgressFn = Callable[[int, int], None]  # (steps done, steps in all)
+
+
+def initial_latents(seed: int, shape: tuple[int, ...]):
+    """Gaussian noise drawn on the CPU in float32 from the seed, whatever the backend and device.
+
+    Returns the generator too: ancestral schedulers draw their per-step noise
+    from the same stream, as Diffusers does with a single generator.
+    """
+    import torch
+
+    generator = torch.Generator("cpu").manual_seed(seed)
+    return torch.randn(shape, generator=generator, dtype=torch.float32), generator
+
+
+def to_images(decoded: np.ndarray) -> list:
+    """VAE output in [-1, 1], NCHW float -> PIL images, rounded as Diffusers rounds."""
+    from PIL import Image
+
+    pixels = np.clip(decoded / 2 + 0.5, 0.0, 1.0).transpose(0, 2, 3, 1)
+    return [Image.fromarray(img) for img in (pixels * 255).round().astype(np.uint8)]
+
+
+class Pipeline:
+    def __init__(
+        self,
+        manifest: Manifest,
+        components: dict[str, Component],
+        tokenizer: Any,
+        scheduler_config: dict[str, Any],
+        device: str = "cpu",
+        precision: str = "fp32",
+        folder: Path | None = None,
+    ):
+        missing = {"text_encoder", "unet", "vae_decoder"} - set(components)
+        if missing:
+            raise SdoptError(f"the artifact lacks {', '.join(sorted(missing))}: it cannot generate images")
+        self.manifest = manifest
+        self.components = components
+        self.tokenizer = tokenizer
+        self.scheduler_config = scheduler_config
+        self.device = device
+        self.precision = precision
+        self.folder = folder
+
+    def __repr__(self) -> str:
+        return f"Pipeline({self.manifest.backend}, {self.precision}, device={self.device}, folder={self.folder})"
+
+    # --- stages -----------------------------------------------------------------
+    def _tokenize(self, texts: list[str]) -> np.ndarray:
+        ids = self.tokenizer(
+            texts,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="np",
+        ).input_ids
+        return ids.astype(np.int64)
+
+    def encode_prompts(self, request: GenerateRequest) -> np.ndarray:
+        """Text embeddings for the UNet: [negatives; positives] with guidance, else positives."""
+        texts = request.prompts + (request.negative_prompts if request.uses_guidance else [])
+        hidden = self.components["text_encoder"](input_ids=self._tokenize(texts))["last_hidden_state"]
+        n = len(request.prompts)
+        # One embedding per image, prompt-major, as Diffusers' repeat(1, n, 1).view(...) lays them out.
+        positive = np.repeat(hidden[:n], request.num_images, axis=0)
+        if not request.uses_guidance:
+            return positive
+        negative = np.repeat(hidden[n:], request.num_images, axis=0)
+        return np.concatenate([negative, positive])
+
+    def check_request(self, request: GenerateRequest) -> None:
+        request.validate()
+        check_scheduler(request.scheduler)
+        shapes = self.manifest.static_shapes
+        if shapes:
+            want = {"batch": request.batch_size, "height": request.height, "width": request.width}
+            if any(shapes.get(k) not in (None, v) for k, v in want.items()):
+                raise SdoptError(
+                    f"this artifact was built for static shapes {shapes}; the request asks for {want}. "
+                    "Ask for the built shapes, or export again for these"
+                )
+
+    # --- the loop -----------------------------------------------------------------
+    def generate(self, request: GenerateRequest, progress: ProgressFn | None = None) -> GenerateResult:
+        import torch
+
+        self.check_request(request)
+        model = self.manifest.model
+        scheduler = make_scheduler(request.scheduler, self.scheduler_config)
+        scheduler.set_timesteps(request.steps, device="cpu")
+        timesteps = scheduler.timesteps
+        timings = StageTimings()
+        unet, cfg = self.components["unet"], request.uses_guidance
+
+        with track_peak(cuda=self.device.startswith("cuda")) as memory:
+            begin = start = time.perf_counter()
+            embeddings = self.encode_prompts(request)
+            timings.text_encoder = time.perf_counter() - start
+
+            factor = model["vae_scale_factor"]
+            shape = (request.batch_size, model["latent_channels"], request.height // factor, request.width // factor)
+            latents, generator = initial_latents(request.seed, shape)
+            latents = latents * scheduler.init_noise_sigma
+            step_kwargs = _step_kwargs(scheduler, generator)
+
+            for i, t in enumerate(timesteps):
+                model_input = torch.cat([latents] * 2) if cfg else latents
+                model_input = scheduler.scale_model_input(model_input, t)
+                timestep = np.full((model_input.shape[0],), t.item(), dtype=_timestep_dtype(t))
+                step_start = time.perf_counter()
+                noise = unet(sample=model_input.numpy(), timestep=timestep, encoder_hidden_states=embeddings)["out_sample"]
+                timings.unet_steps.append(time.perf_counter() - step_start)
+                noise = torch.from_numpy(noise)
+                if cfg:
+                    uncond, cond = noise.chunk(2)
+                    noise = uncond + request.guidance_scale * (cond - uncond)
+                latents = scheduler.step(noise, t, latents, **step_kwargs).prev_sample
+                if progress:
+                    progress(i + 1, len(timesteps))
+
+            final = latents.numpy().astype(np.float32)
+            start = time.perf_counter()
+            decoded = self.components["vae_decoder"](latent_sample=final / model["vae_scaling_factor"])["sample"]
+            timings.vae_decoder = time.perf_counter() - start
+            images = to_images(decoded)
+            timings.total = time.perf_counter() - begin
+
+        return GenerateResult(images=images, latents=final, timings=timings, memory=dict(memory), request=request)
+
+    def close(self) -> None:
+        close_all(self.components)
+
+    def __enter__(self) -> "Pipeline":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _timestep_dtype(t) -> type:
+    return np.int64 if not t.is_floating_point() else np.float32
+
+
+def _step_kwargs(scheduler, generator) -> dict[str, Any]:
+    """eta and generator, passed only to schedulers whose step() takes them (as Diffusers does)."""
+    import inspect
+
+    params = inspect.signature(scheduler.step).parameters
+    kwargs: dict[str, Any] = {}
+    if "eta" in params:
+        kwargs["eta"] = 0.0
+    if "generator" in params:
+        kwargs["generator"] = generator
+    return kwargs

@@ -1,0 +1,108 @@
+"""The PyTorch backend: Diffusers and Transformers modules behind the executor contract."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from sdopt.errors import SdoptError
+from sdopt.manifest import Manifest
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class TorchComponent:
+    """Runs ``forward(module, **tensors) -> {name: tensor}`` under inference mode.
+
+    With ``offload`` the module lives on the CPU and visits the GPU only for its
+    own call: the model-level CPU offload of Diffusers, which trades speed for
+    GPU memory.
+    """
+
+    def __init__(self, module: torch.nn.Module, forward: Callable, device: str, dtype: torch.dtype, offload: bool = False):
+        self.module = module.eval()
+        self.forward = forward
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.offload = offload
+        self.module.to("cpu" if offload else self.device)
+
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(array))
+        if t.is_floating_point():
+            t = t.to(self.dtype)
+        return t.to(self.device)
+
+    def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
+        with torch.inference_mode():
+            if self.offload:
+                self.module.to(self.device)
+            try:
+                out = self.forward(self.module, **{k: self._tensor(v) for k, v in inputs.items()})
+                # .cpu() synchronises with the device, so timings around this call are honest.
+                return {k: v.float().cpu().numpy() for k, v in out.items()}
+            finally:
+                if self.offload:
+                    self.module.to("cpu")
+
+    def close(self) -> None:
+        self.module = None
+
+
+def _text_encoder(m, input_ids):
+    out = m(input_ids=input_ids)
+    return {"last_hidden_state": out[0]}
+
+
+def _unet(m, sample, timestep, encoder_hidden_states):
+    return {"out_sample": m(sample, timestep, encoder_hidden_states=encoder_hidden_states).sample}
+
+
+def _vae_decoder(m, latent_sample):
+    return {"sample": m.decode(latent_sample).sample}
+
+
+def _vae_encoder(m, sample):
+    # The Gaussian's parameters (mean and log-variance), as Optimum's ONNX vae_encoder returns them.
+    return {"latent_parameters": m.encode(sample).latent_dist.parameters}
+
+
+FORWARDS = {"text_encoder": _text_encoder, "unet": _unet, "vae_decoder": _vae_decoder, "vae_encoder": _vae_encoder}
+
+
+def load_modules(folder: Path, manifest: Manifest, dtype: torch.dtype) -> dict[str, torch.nn.Module]:
+    """The Diffusers/Transformers modules of a torch artifact, one per component folder."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our CLI draws its own progress; a per-tensor bar is noise
+
+    classes = {"text_encoder": CLIPTextModel, "unet": UNet2DConditionModel, "vae_decoder": AutoencoderKL, "vae_encoder": AutoencoderKL}
+    by_folder: dict[str, torch.nn.Module] = {}
+    modules = {}
+    for name, entry in manifest.components.items():
+        if entry.folder not in by_folder:  # vae_decoder and vae_encoder share one AutoencoderKL
+            by_folder[entry.folder] = classes[name].from_pretrained(
+                folder / entry.folder, torch_dtype=dtype, use_safetensors=True
+            )
+        modules[name] = by_folder[entry.folder]
+    return modules
+
+
+def load_components(folder: Path, manifest: Manifest, device: str, precision: str, options: dict[str, Any]) -> dict:
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SdoptError("device 'cuda' was asked for but torch sees no CUDA GPU (is the CUDA build of torch installed? see README)")
+    dtype = DTYPES[precision]
+    modules = load_modules(folder, manifest, dtype)
+    if options.get("attention_slicing") and "unet" in modules:
+        modules["unet"].set_attention_slice("auto")
+    if options.get("vae_tiling") and "vae_decoder" in modules:
+        modules["vae_decoder"].enable_tiling()
+    offload = bool(options.get("cpu_offload"))
+    if offload and not device.startswith("cuda"):
+        raise SdoptError("cpu_offload moves components between GPU and CPU memory: it needs --device cuda")
+    return {name: TorchComponent(m, FORWARDS[name], device, dtype, offload) for name, m in modules.items()}

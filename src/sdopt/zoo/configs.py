@@ -1,0 +1,147 @@
+"""Architectures of the zoo's models, as plain config dicts.
+
+Written out in code rather than read from the hub, so that a checkpoint can be
+built with no network and the architecture is reviewable here. Plain dicts keep
+this module free of torch: the CLI lists the zoo without importing it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# SD 1.5's scheduler_config.json. Both models share it, so a pipeline built on
+# the tiny model runs the same timestep schedule as the real one.
+SD15_SCHEDULER = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "set_alpha_to_one": False,
+    "clip_sample": False,
+    "prediction_type": "epsilon",
+    "trained_betas": None,
+}
+
+
+@dataclass(frozen=True)
+class ZooModel:
+    """A synthetic Stable Diffusion checkpoint: real architecture, random weights.
+
+    ``text_encoder`` leaves out the token ids (and, for the tiny model, the
+    vocabulary size): the writer fills them in from the locally built tokenizer,
+    so the two can never disagree.
+    """
+
+    name: str
+    description: str
+    unet: dict
+    vae: dict
+    text_encoder: dict
+    scheduler: dict = field(default_factory=lambda: dict(SD15_SCHEDULER))
+
+
+TINY = ZooModel(
+    name="tiny",
+    description="SD-1-shaped toy (a few MB): same interfaces and latent layout as SD 1.5, for tests",
+    unet={
+        "sample_size": 8,  # 8 * 8 (the VAE factor) = 64-pixel images by default
+        "in_channels": 4,
+        "out_channels": 4,
+        "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+        "block_out_channels": [32, 64],
+        "layers_per_block": 2,
+        "attention_head_dim": 8,
+        "cross_attention_dim": 32,
+        "norm_num_groups": 32,
+    },
+    vae={
+        "sample_size": 64,
+        "in_channels": 3,
+        "out_channels": 3,
+        # Four blocks, as in SD, so that the image-to-latent factor is 8 and
+        # every shape downstream of the VAE matches the real model's.
+        "down_block_types": ["DownEncoderBlock2D"] * 4,
+        "up_block_types": ["UpDecoderBlock2D"] * 4,
+        "block_out_channels": [16, 32, 32, 32],
+        "layers_per_block": 1,
+        "norm_num_groups": 16,  # must divide every entry of block_out_channels
+        "latent_channels": 4,
+        "scaling_factor": 0.18215,
+    },
+    text_encoder={
+        "hidden_size": 32,
+        "intermediate_size": 37,
+        "num_hidden_layers": 5,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 77,
+        "hidden_act": "quick_gelu",
+        "projection_dim": 32,
+        "layer_norm_eps": 1e-5,
+    },
+)
+
+SD15 = ZooModel(
+    name="sd15",
+    description="Stable Diffusion 1.5 architecture (~860M-parameter UNet, CLIP ViT-L/14 text encoder), random weights",
+    unet={
+        "sample_size": 64,
+        "in_channels": 4,
+        "out_channels": 4,
+        "center_input_sample": False,
+        "flip_sin_to_cos": True,
+        "freq_shift": 0,
+        "down_block_types": [
+            "CrossAttnDownBlock2D",
+            "CrossAttnDownBlock2D",
+            "CrossAttnDownBlock2D",
+            "DownBlock2D",
+        ],
+        "up_block_types": [
+            "UpBlock2D",
+            "CrossAttnUpBlock2D",
+            "CrossAttnUpBlock2D",
+            "CrossAttnUpBlock2D",
+        ],
+        "block_out_channels": [320, 640, 1280, 1280],
+        "layers_per_block": 2,
+        "downsample_padding": 1,
+        "mid_block_scale_factor": 1,
+        "act_fn": "silu",
+        "norm_num_groups": 32,
+        "norm_eps": 1e-5,
+        "cross_attention_dim": 768,
+        # Diffusers' historical name: in SD 1 this is the number of heads (8).
+        "attention_head_dim": 8,
+    },
+    vae={
+        "sample_size": 512,
+        "in_channels": 3,
+        "out_channels": 3,
+        "down_block_types": ["DownEncoderBlock2D"] * 4,
+        "up_block_types": ["UpDecoderBlock2D"] * 4,
+        "block_out_channels": [128, 256, 512, 512],
+        "layers_per_block": 2,
+        "act_fn": "silu",
+        "norm_num_groups": 32,
+        "latent_channels": 4,
+        "scaling_factor": 0.18215,
+    },
+    text_encoder={
+        # CLIP ViT-L/14's text tower. The real vocabulary size is kept (our
+        # tokenizer uses only its first ids) so the parameter count is the real one.
+        "vocab_size": 49408,
+        "hidden_size": 768,
+        "intermediate_size": 3072,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "max_position_embeddings": 77,
+        "hidden_act": "quick_gelu",
+        "projection_dim": 768,
+        "layer_norm_eps": 1e-5,
+    },
+)
+
+MODELS: dict[str, ZooModel] = {model.name: model for model in (TINY, SD15)}

@@ -1,0 +1,148 @@
+"""Write a zoo model as a Diffusers Stable Diffusion folder, atomically.
+
+Imported only when a model is written: it pulls in torch, diffusers and
+transformers, which ``import sdopt`` must not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from sdopt.fsutil import atomic_output_dir
+from sdopt.layouts import write_torch_manifest
+from sdopt.zoo.configs import ZooModel
+from sdopt.zoo.tokenizer import build_vocab, special_token_ids, write_tokenizer
+
+
+def component_seed(seed: int, component: str) -> int:
+    """One seed per component, so that changing one component's architecture
+    (or the order they are written in) leaves the others' weights unchanged."""
+    digest = hashlib.sha256(f"sdopt-zoo:{seed}:{component}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1  # torch.manual_seed wants < 2**63
+
+
+@contextlib.contextmanager
+def _seeded(seed: int, component: str):
+    """Seed the CPU generator for one component, leaving the caller's RNG state as it was.
+
+    Models are then built from their config, so the weights come from the
+    architecture's own default initialisation.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(component_seed(seed, component))
+        yield
+
+
+def _write_unet(folder: Path, model: ZooModel, seed: int) -> None:
+    from diffusers import UNet2DConditionModel
+
+    with _seeded(seed, "unet"):
+        unet = UNet2DConditionModel(**model.unet)
+    unet.save_pretrained(folder / "unet")
+
+
+def _write_vae(folder: Path, model: ZooModel, seed: int) -> None:
+    from diffusers import AutoencoderKL
+
+    with _seeded(seed, "vae"):
+        vae = AutoencoderKL(**model.vae)
+    vae.save_pretrained(folder / "vae")
+
+
+def _write_text_encoder(folder: Path, model: ZooModel, seed: int) -> None:
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    # Token ids come from the tokenizer: CLIPTextModel pools the hidden state at
+    # the EOS id, so a mismatch would silently pool at the wrong position.
+    config = {"vocab_size": len(build_vocab()), **model.text_encoder, **special_token_ids()}
+    if config["vocab_size"] < len(build_vocab()):
+        raise ValueError(f"{model.name}: text encoder vocab_size is smaller than the tokenizer's vocabulary")
+    with _seeded(seed, "text_encoder"):
+        text_encoder = CLIPTextModel(CLIPTextConfig(**config))
+    with _without_transformers_progress_bar():
+        text_encoder.save_pretrained(folder / "text_encoder")
+
+
+@contextlib.contextmanager
+def _without_transformers_progress_bar():
+    """Hide transformers' one-shard "Writing model shards" bar: our own bar
+    reports progress per component, and progress=False must mean silence."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _write_tokenizer(folder: Path, model: ZooModel, seed: int) -> None:
+    write_tokenizer(folder / "tokenizer")
+
+
+def _write_scheduler(folder: Path, model: ZooModel, seed: int) -> None:
+    import diffusers
+
+    # Written as JSON rather than through PNDMScheduler.save_pretrained, which
+    # would drop keys PNDM does not use (clip_sample): a scheduler swapped in
+    # with from_config (DDIM defaults to clip_sample=True) must still see them.
+    config = {"_class_name": "PNDMScheduler", "_diffusers_version": diffusers.__version__, **model.scheduler}
+    (folder / "scheduler").mkdir()
+    _write_json(folder / "scheduler" / "scheduler_config.json", config)
+
+
+def _write_model_index(folder: Path, model: ZooModel, seed: int) -> None:
+    import diffusers
+
+    index = {
+        "_class_name": "StableDiffusionPipeline",
+        "_diffusers_version": diffusers.__version__,
+        "feature_extractor": [None, None],
+        "requires_safety_checker": False,
+        "safety_checker": [None, None],
+        "scheduler": ["diffusers", "PNDMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+    _write_json(folder / "model_index.json", index)
+
+
+def _write_manifest(folder: Path, model: ZooModel, seed: int) -> None:
+    # The sdopt identity of the checkpoint: every file's sha256, so later loads can check them.
+    # No creation time in it: the same seed must give byte-identical files.
+    write_torch_manifest(folder, source={"zoo": model.name, "seed": seed}, stamp=False)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def write(model: ZooModel, out: Path, seed: int, progress: bool, force: bool = False) -> Path:
+    """Write ``model`` to ``out``; see ``sdopt.zoo.write_model``."""
+    with atomic_output_dir(out, force=force) as tmp:
+        # Looked up by name at call time (not bound earlier), so each writer
+        # stays replaceable, e.g. by a test that makes one fail.
+        steps = [
+            ("tokenizer", _write_tokenizer),
+            ("scheduler", _write_scheduler),
+            ("text_encoder", _write_text_encoder),
+            ("vae", _write_vae),
+            ("unet", _write_unet),
+            ("model_index", _write_model_index),
+            ("sdopt.json", _write_manifest),
+        ]
+        with tqdm(steps, desc=f"writing {model.name}", unit="part", disable=not progress) as bar:
+            for name, step in bar:
+                bar.set_postfix_str(name)
+                step(tmp, model, seed)
+    return Path(out).absolute()

@@ -1,0 +1,77 @@
+"""Bad input: a clear one-line error and a non-zero exit, never a traceback."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from sdopt.cli import main
+
+
+def _run(*args):
+    proc = subprocess.run([sys.executable, "-m", "sdopt.cli", *args], capture_output=True, text=True)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+def _gen(model, *extra):
+    return ["generate", str(model), "-p", "x", "--steps", "2", "--height", "64", "--width", "64", "-o", "/tmp/never.png", *extra]
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--height", "100"], "multiple of 8"),
+        (["--width", "4096"], "between 64 and 2048"),
+        (["--steps", "0"], "at least 1"),
+        (["--guidance", "-2"], "0 or more"),
+        (["--scheduler", "nope"], "known schedulers: ddim, euler, euler_a"),
+        (["--precision", "fp16"], "fp16 is not supported on the CPU"),
+    ],
+)
+def test_bad_generate_arguments(tiny_model, capsys, extra, message):
+    assert main(_gen(tiny_model, *extra)) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_not_an_artifact(tmp_path):
+    (tmp_path / "empty").mkdir()
+    proc = _run("generate", str(tmp_path / "empty"), "-p", "x", "-o", str(tmp_path / "o.png"))
+    assert proc.returncode == 2 and "is not an sdopt artifact" in proc.stderr
+    proc = _run("inspect", str(tmp_path / "missing"))
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+
+
+def test_manifest_that_fails_the_schema(tiny_model, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model, broken)
+    data = json.loads((broken / "sdopt.json").read_text())
+    data["precision"] = "fp12"
+    (broken / "sdopt.json").write_text(json.dumps(data))
+    assert main(["inspect", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert "does not follow the sdopt manifest schema" in err and "precision" in err
+
+
+def test_component_file_changed_after_export_is_named(tiny_model, tmp_path, capsys):
+    tampered = tmp_path / "tampered"
+    shutil.copytree(tiny_model, tampered)
+    weights = tampered / "unet" / "diffusion_pytorch_model.safetensors"
+    blob = bytearray(weights.read_bytes())
+    blob[-1] ^= 0xFF
+    weights.write_bytes(bytes(blob))
+    assert main(_gen(tampered)) == 2
+    err = capsys.readouterr().err
+    assert "diffusion_pytorch_model.safetensors does not match the sha256" in err and "unet" in err
+
+
+def test_init_model_into_existing_folder_is_refused(tiny_model, capsys):
+    assert main(["init-model", "tiny", str(tiny_model)]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_unknown_zoo_model_is_an_argparse_error():
+    proc = _run("init-model", "sd99", "/tmp/x")
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr

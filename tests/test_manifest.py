@@ -1,0 +1,82 @@
+import json
+import shutil
+
+import pytest
+
+from sdopt import SdoptError
+from sdopt.inspect_artifact import describe, format_description
+from sdopt.manifest import MANIFEST_NAME, Manifest, read_manifest, validate
+
+
+def test_init_model_writes_a_valid_manifest_with_hashes(tiny_model):
+    data = json.loads((tiny_model / MANIFEST_NAME).read_text())
+    validate(data, where="test")
+    m = read_manifest(tiny_model)
+    assert m.backend == "torch" and m.precision == "fp32" and not m.inferred
+    assert set(m.components) == {"text_encoder", "unet", "vae_decoder", "vae_encoder"}
+    assert all(f.sha256 and len(f.sha256) == 64 for c in m.components.values() for f in c.files)
+    assert m.model["vae_scale_factor"] == 8 and m.model["latent_channels"] == 4
+    assert len(m.source["fingerprint"]) == 64
+    m.verify_files(tiny_model)
+
+
+def test_manifest_round_trips(tiny_model):
+    m = read_manifest(tiny_model)
+    again = Manifest.from_dict(json.loads(json.dumps(m.to_dict())))
+    assert again == m
+
+
+def test_plain_diffusers_folder_is_an_inferred_torch_artifact(tiny_model, tmp_path):
+    plain = tmp_path / "plain"
+    shutil.copytree(tiny_model, plain)
+    (plain / MANIFEST_NAME).unlink()
+    m = read_manifest(plain)
+    assert m.inferred and m.backend == "torch"
+    assert all(f.sha256 is None for c in m.components.values() for f in c.files)
+    d = describe(plain)
+    # inspect computes the fingerprint it can: the same files give the same fingerprint as the manifest's.
+    assert d["source"]["fingerprint"] == read_manifest(tiny_model).source["fingerprint"]
+    assert "inferred" in format_description(d)
+
+
+def test_pickled_weights_are_refused(tiny_model, tmp_path):
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny_model, pickled)
+    (pickled / MANIFEST_NAME).unlink()
+    weights = pickled / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.rename(weights.with_suffix(".bin"))
+    with pytest.raises(SdoptError, match="only pickled weights"):
+        read_manifest(pickled)
+
+
+def test_other_pipeline_classes_are_refused(tiny_model, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(tiny_model, other)
+    (other / MANIFEST_NAME).unlink()
+    index = json.loads((other / "model_index.json").read_text())
+    index["_class_name"] = "FluxPipeline"
+    (other / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(SdoptError, match="holds a FluxPipeline"):
+        read_manifest(other)
+
+
+def test_missing_component_file_is_named(tiny_model, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model, broken)
+    (broken / "text_encoder" / "model.safetensors").unlink()
+    with pytest.raises(SdoptError, match="model.safetensors is listed .* but missing"):
+        read_manifest(broken).verify_files(broken)
+
+
+def test_hub_id_offline_gives_a_clear_error(monkeypatch):
+    from sdopt.source import resolve
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SdoptError, match="download the model where a network exists"):
+        resolve("someorg/some-model-that-is-not-cached")
+
+
+def test_inspect_text_names_backend_components_and_sizes(tiny_model):
+    text = format_description(describe(tiny_model))
+    for word in ("backend    torch", "precision  fp32", "unet", "text_encoder", "vae_decoder", "MiB", "fingerprint"):
+        assert word in text

@@ -1,0 +1,34 @@
+import pytest
+
+from sdopt import GenerateRequest, SdoptError
+
+
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("height", 100, "multiple of 8"),
+        ("width", 4096, "between 64 and 2048"),
+        ("height", 56, "between 64 and 2048"),
+        ("steps", 0, "at least 1"),
+        ("guidance_scale", -1.0, "0 or more"),
+        ("num_images", 0, "at least 1"),
+    ],
+)
+def test_bad_fields_are_refused_with_a_reason(field, value, message):
+    with pytest.raises(SdoptError, match=message):
+        GenerateRequest(prompt="x", **{field: value}).validate()
+
+
+def test_prompt_lists_and_negative_prompts():
+    r = GenerateRequest(prompt=["a", "b"], negative_prompt="blurry", num_images=3)
+    assert r.prompts == ["a", "b"]
+    assert r.negative_prompts == ["blurry", "blurry"]
+    assert r.batch_size == 6
+    assert GenerateRequest(prompt="a").negative_prompts == [""]
+    with pytest.raises(SdoptError, match="negative prompts"):
+        GenerateRequest(prompt=["a", "b", "c"], negative_prompt=["x", "y"]).validate()
+
+
+def test_guidance_at_or_below_one_disables_the_unconditional_pass():
+    assert GenerateRequest(prompt="a", guidance_scale=1.0).uses_guidance is False
+    assert GenerateRequest(prompt="a", guidance_scale=1.01).uses_guidance is True
