@@ -30,6 +30,20 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from sdopt.export.run import export
+    from sdopt.inspect_artifact import describe, format_description
+
+    options = {k: v for k, v in vars(args).items() if k in EXPORT_OPTIONS and v not in (None, False)}
+    export(args.model, args.to, args.output, precision=args.precision, force=args.force, **options)
+    print(format_description(describe(args.output)))
+    return 0
+
+
+# Options that pass through to exporters; each exporter reads the ones it understands.
+EXPORT_OPTIONS = ("opset", "optimize", "skip_validation", "height", "width", "batch")
+
+
 def _output_paths(out: Path, count: int) -> list[Path]:
     """OUT.png for one image; OUT-0.png, OUT-1.png, ... for several."""
     if count == 1:
@@ -87,6 +101,12 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _exporter_names() -> list[str]:
+    from sdopt.export import EXPORTERS  # plain data: imports no backend
+
+    return list(EXPORTERS)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from sdopt.runtime.schedulers import SCHEDULERS
     from sdopt.zoo import MODELS
@@ -106,6 +126,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("artifact", help="artifact folder or Diffusers model folder")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=_inspect)
+
+    p = sub.add_parser("export", help="export a PyTorch checkpoint to another runtime's format")
+    p.add_argument("model", help="Diffusers model folder (or hub id) to export from")
+    p.add_argument("--to", required=True, help="target format: " + ", ".join(sorted(_exporter_names())))
+    p.add_argument("-o", "--output", required=True, help="output artifact folder")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
+    p.add_argument("--force", action="store_true", help="replace the output folder if it exists")
+    p.add_argument("--opset", type=int, default=None, help="onnx: opset version")
+    p.add_argument("--optimize", action="store_true", help="onnx: apply ONNX Runtime graph optimizations and fusions")
+    p.add_argument("--skip-validation", action="store_true", help="do not fail when parity exceeds tolerance (recorded in the manifest)")
+    p.add_argument("--height", type=int, default=None, help="static image height (openvino, tensorrt)")
+    p.add_argument("--width", type=int, default=None, help="static image width")
+    p.add_argument("--batch", type=int, default=None, help="static UNet batch (2 with guidance)")
+    p.set_defaults(func=_export)
 
     p = sub.add_parser("generate", help="generate images with any artifact")
     p.add_argument("artifact", help="artifact folder, Diffusers model folder, or hub id")

@@ -1,0 +1,76 @@
+"""The export command around every exporter: check, write atomically, describe."""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sdopt.errors import SdoptError, require
+from sdopt.export import get_exporter
+from sdopt.fsutil import atomic_output_dir, check_output_dir
+from sdopt.manifest import ComponentEntry, Manifest, fingerprint_of, hash_components, read_manifest
+from sdopt.source import resolve
+
+# Files an exported artifact carries over from its source, as Optimum's exports do.
+_CARRIED = ("tokenizer", "scheduler")
+
+
+@dataclass
+class ExportedComponents:
+    components: dict[str, ComponentEntry]
+    parity: dict[str, dict[str, Any]] = field(default_factory=dict)
+    backend_versions: dict[str, str] = field(default_factory=dict)
+    export: dict[str, Any] = field(default_factory=dict)  # what was applied: opset, optimizations, ...
+    notes: list[str] = field(default_factory=list)
+    static_shapes: dict[str, int] | None = None
+    precision: str | None = None  # when it differs from the requested one (e.g. "mixed")
+
+
+def source_checkpoint(model: str | Path) -> tuple[Path, Manifest]:
+    """A source for export or quantization must be a full-precision PyTorch checkpoint."""
+    folder = resolve(model)
+    manifest = read_manifest(folder)
+    if manifest.backend != "torch" or any(c.quantization for c in manifest.components.values()):
+        raise SdoptError(
+            f"{folder} is a {manifest.backend} artifact{' with quantized weights' if manifest.backend == 'torch' else ''}; "
+            "export from the original PyTorch (Diffusers) checkpoint"
+        )
+    if not manifest.inferred:
+        manifest.verify_files(folder)
+    return folder, manifest
+
+
+def export(model: str | Path, target: str, out: str | Path, precision: str = "fp32", force: bool = False, **options: Any) -> Manifest:
+    exporter = get_exporter(target)
+    if precision not in exporter.precisions:
+        raise SdoptError(f"--to {target} supports precisions {', '.join(exporter.precisions)}, not {precision}")
+    check_output_dir(out, force)  # before any slow work
+    source, source_manifest = source_checkpoint(model)
+    for mod in exporter.requires:
+        require(mod, exporter.extra)
+    impl = importlib.import_module(exporter.module)
+
+    with atomic_output_dir(out, force=force) as tmp:
+        result: ExportedComponents = impl.export_components(source, source_manifest, tmp, precision, options)
+        for name in _CARRIED:
+            shutil.copytree(source / name, tmp / name)
+        hash_components(result.components, tmp)
+        if source_manifest.inferred:
+            hash_components(source_manifest.components, source)
+        manifest = Manifest(
+            backend=exporter.backend,
+            precision=result.precision or precision,
+            components=result.components,
+            model=source_manifest.model,
+            backend_versions=result.backend_versions,
+            source={"path": str(source.resolve()), "fingerprint": source_manifest.source.get("fingerprint") or fingerprint_of(source_manifest.components)},
+            static_shapes=result.static_shapes,
+            parity=result.parity,
+            export={"target": target, **result.export},
+            notes=result.notes,
+        )
+        manifest.write(tmp)
+    return manifest

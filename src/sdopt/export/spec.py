@@ -1,0 +1,125 @@
+"""ComponentSpec: what an exporter needs to know of each component, declared once.
+
+Input and output names follow Hugging Face Optimum's ONNX diffusion export
+(see runtime/executor.py), so our artifacts and Optimum's are interchangeable.
+Exporters read these specs; nothing sniffs class names. Shapes are given as
+min/opt/max profiles (TensorRT's convention) over the dynamic axes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+# Dynamic axis names (Optimum's), per input/output: axis index -> name.
+Axes = dict[int, str]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # numpy dtype name
+    axes: Axes = field(default_factory=dict)  # dynamic axes; the others are fixed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "dynamic_axes": {str(k): v for k, v in self.axes.items()}}
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    name: str  # text_encoder, unet, vae_decoder, vae_encoder
+    source_folder: str  # the Diffusers subfolder whose weights it is made of
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    # Parity at export, on the dummy inputs: max abs error allowed vs PyTorch fp32, per precision.
+    tolerance: dict[str, float]
+
+    def dynamic_axes(self) -> dict[str, Axes]:
+        return {t.name: dict(t.axes) for t in (*self.inputs, *self.outputs) if t.axes}
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+
+def _specs() -> dict[str, ComponentSpec]:
+    """The four SD components' specs: names and axes are the same for every SD-1/2 size."""
+    image = {0: "batch_size", 2: "height", 3: "width"}
+    latent = {0: "batch_size", 2: "height", 3: "width"}
+    # Tolerances from measurement on the tiny and sd15 zoo models (see docs/onnx.md): fp32 graphs agree
+    # with PyTorch to ~1e-5 relative; fp16 weights move outputs by ~1e-2 of their scale.
+    tol32, tol16 = 1e-3, 5e-2
+    return {
+        "text_encoder": ComponentSpec(
+            "text_encoder",
+            "text_encoder",
+            inputs=(TensorSpec("input_ids", "int64", {0: "batch_size"}),),
+            outputs=(TensorSpec("last_hidden_state", "float32", {0: "batch_size"}),),
+            tolerance={"fp32": tol32, "fp16": tol16},
+        ),
+        "unet": ComponentSpec(
+            "unet",
+            "unet",
+            inputs=(
+                TensorSpec("sample", "float32", latent),
+                # float, not int64: Euler-type schedulers step at fractional timesteps.
+                TensorSpec("timestep", "float32", {0: "batch_size"}),
+                TensorSpec("encoder_hidden_states", "float32", {0: "batch_size", 1: "sequence_length"}),
+            ),
+            outputs=(TensorSpec("out_sample", "float32", latent),),
+            tolerance={"fp32": tol32, "fp16": tol16},
+        ),
+        "vae_decoder": ComponentSpec(
+            "vae_decoder",
+            "vae",
+            inputs=(TensorSpec("latent_sample", "float32", latent),),
+            outputs=(TensorSpec("sample", "float32", image),),
+            tolerance={"fp32": tol32, "fp16": tol16},
+        ),
+        "vae_encoder": ComponentSpec(
+            "vae_encoder",
+            "vae",
+            inputs=(TensorSpec("sample", "float32", image),),
+            outputs=(TensorSpec("latent_parameters", "float32", latent),),
+            tolerance={"fp32": tol32, "fp16": tol16},
+        ),
+    }
+
+
+SPECS: dict[str, ComponentSpec] = _specs()
+
+
+@dataclass(frozen=True)
+class ShapeProfile:
+    """min/opt/max of batch and image side (pixels), TensorRT-style."""
+
+    batch: tuple[int, int, int] = (1, 2, 8)
+    height: tuple[int, int, int] = (256, 512, 1024)
+    width: tuple[int, int, int] = (256, 512, 1024)
+
+
+def dummy_inputs(name: str, model: dict[str, Any], text_hidden: int, batch: int = 2, height: int = 64, width: int = 64, seed: int = 0) -> dict[str, np.ndarray]:
+    """Deterministic dummy inputs for export tracing and parity checks."""
+    rng = np.random.default_rng(seed)
+    factor, channels, seq = model["vae_scale_factor"], model["latent_channels"], model.get("text_max_length", 77)
+    h, w = height // factor, width // factor
+    if name == "text_encoder":
+        # Token ids below the smallest vocabulary we ship (the tiny zoo tokenizer has 1720).
+        return {"input_ids": rng.integers(0, 1000, size=(batch, seq)).astype(np.int64)}
+    if name == "unet":
+        return {
+            "sample": rng.standard_normal((batch, channels, h, w)).astype(np.float32),
+            "timestep": np.full((batch,), 981.0, dtype=np.float32),
+            "encoder_hidden_states": rng.standard_normal((batch, seq, text_hidden)).astype(np.float32),
+        }
+    if name == "vae_decoder":
+        return {"latent_sample": rng.standard_normal((batch, channels, h, w)).astype(np.float32)}
+    if name == "vae_encoder":
+        return {"sample": rng.uniform(-1, 1, size=(batch, 3, height, width)).astype(np.float32)}
+    raise KeyError(name)
