@@ -19,6 +19,7 @@ from typing import Iterator
 from sdopt.errors import SdoptError
 
 _HASH_CHUNK = 8 * 2**20
+INCOMPLETE_MARKER = ".sdopt-incomplete"
 
 
 def sha256_file(path: str | Path) -> str:
@@ -57,13 +58,20 @@ def check_output_dir(out: str | Path, force: bool = False) -> Path:
 def atomic_output_dir(out: str | Path, force: bool = False) -> Iterator[Path]:
     """Yield a temporary folder; on success it replaces ``out``, on failure it is removed."""
     out = check_output_dir(out, force).absolute()
-    out.parent.mkdir(parents=True, exist_ok=True)
     # A sibling, so the final rename stays on one filesystem and is atomic. os.mkdir rather
     # than mkdtemp: mkdtemp's 0700 mode would end up on the finished artifact.
     tmp = out.parent / f".{out.name}.tmp-{secrets.token_hex(4)}"
-    os.mkdir(tmp)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.mkdir(tmp)
+    except OSError as exc:  # read-only file systems, /proc, permissions os.access cannot see
+        raise SdoptError(f"cannot write {out}: {exc.strerror}; choose an output path you can write to") from exc
+    # A process killed outright (SIGKILL) cannot clean up; this marker makes sure that what it
+    # leaves is never read as an artifact (manifest.read_manifest refuses it).
+    (tmp / INCOMPLETE_MARKER).write_text("an sdopt command was writing this folder and did not finish\n")
     try:
         yield tmp
+        (tmp / INCOMPLETE_MARKER).unlink()
         _apply_umask(tmp)
         check_output_dir(out, force)  # someone may have created it while we wrote
     except BaseException:

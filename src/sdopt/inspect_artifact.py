@@ -42,7 +42,8 @@ def format_description(d: dict[str, Any]) -> str:
         lines.append(f"shapes     static {d['static_shapes']}")
     lines.append(f"size       {_mib(d['size_bytes'])}")
     src = d.get("source") or {}
-    lines.append(f"source     {src.get('path', '?')}  fingerprint {str(src.get('fingerprint') or 'unknown')[:16]}")
+    origin = src.get("path") or (f"zoo model {src['zoo']} (seed {src.get('seed')})" if "zoo" in src else "unknown")
+    lines.append(f"source     {origin}  fingerprint {str(src.get('fingerprint') or 'unknown')[:16]}")
     if d.get("model"):
         lines.append("model      " + ", ".join(f"{k}={v}" for k, v in d["model"].items()))
     lines.append("components")

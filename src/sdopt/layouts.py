@@ -76,11 +76,53 @@ def _build_diffusers(folder: Path) -> Manifest:
     )
 
 
-LAYOUTS: list[Layout] = [Layout("diffusers", _is_diffusers, _build_diffusers)]
+_ONNX_COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
+
+
+def _is_optimum_onnx(folder: Path) -> bool:
+    return (folder / "model_index.json").is_file() and (folder / "unet" / "model.onnx").is_file()
+
+
+def _onnx_precision(graph: Path) -> str:
+    """fp16 when the graph takes float16 latents, else fp32 (read from the graph's inputs only)."""
+    import onnx
+
+    model = onnx.load(str(graph), load_external_data=False)
+    types = {i.type.tensor_type.elem_type for i in model.graph.input}
+    return "fp16" if onnx.TensorProto.FLOAT16 in types else "fp32"
+
+
+def _build_optimum_onnx(folder: Path) -> Manifest:
+    """A folder written by `optimum-cli export onnx` (ORTStableDiffusionPipeline layout)."""
+    check_family(folder)
+    comps = {
+        name: ComponentEntry(folder=name, files=files_in(folder / name, folder, (".onnx", ".onnx_data", ".json")))
+        for name in _ONNX_COMPONENTS
+        if (folder / name / "model.onnx").is_file()
+    }
+    missing = {"text_encoder", "unet", "vae_decoder"} - set(comps)
+    if missing:
+        raise SdoptError(f"{folder} looks like an ONNX export but has no {', '.join(sorted(missing))}/model.onnx")
+    return Manifest(
+        backend="onnxruntime",
+        precision=_onnx_precision(folder / "unet" / "model.onnx"),
+        components=comps,
+        model=model_info(read_json(folder / "unet" / "config.json"), read_json(folder / "vae_decoder" / "config.json")),
+        inferred=True,
+        source={"path": str(folder.resolve())},
+        notes=["no sdopt.json: inferred from an Optimum ONNX export (optimum-cli export onnx); no parity recorded"],
+    )
+
+
+# Most specific first: an ONNX export also has unet/config.json, like a Diffusers folder.
+LAYOUTS: list[Layout] = [
+    Layout("optimum-onnx", _is_optimum_onnx, _build_optimum_onnx),
+    Layout("diffusers", _is_diffusers, _build_diffusers),
+]
 
 
 def register_layout(layout: Layout) -> None:
-    LAYOUTS.append(layout)
+    LAYOUTS.insert(0, layout)  # a newly known layout is more specific than the plain Diffusers one
 
 
 def infer_manifest(folder: Path) -> Manifest:

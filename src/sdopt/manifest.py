@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sdopt.errors import SdoptError
-from sdopt.fsutil import sha256_file
+from sdopt.fsutil import INCOMPLETE_MARKER, sha256_file
 
 MANIFEST_NAME = "sdopt.json"
 SCHEMA_VERSION = 1
@@ -193,6 +193,8 @@ def read_manifest(folder: str | Path) -> Manifest:
         raise SdoptError(f"{folder} does not exist: give the path of an sdopt artifact or a Diffusers model folder")
     if not folder.is_dir():
         raise SdoptError(f"{folder} is a file, not an artifact folder: give the folder that holds sdopt.json or model_index.json")
+    if (folder / INCOMPLETE_MARKER).exists():
+        raise SdoptError(f"{folder} is an unfinished output (the command writing it was interrupted); delete it and run that command again")
     path = folder / MANIFEST_NAME
     if path.is_file():
         try:

@@ -13,3 +13,15 @@ register_exporter(
         description="ONNX graphs in Optimum's layout, run by ONNX Runtime",
     )
 )
+
+register_exporter(
+    Exporter(
+        target="openvino",
+        module="sdopt.export.openvino",
+        backend="openvino",
+        extra="openvino",
+        requires=("openvino", "torch"),
+        precisions=("fp32", "fp16", "bf16"),
+        description="OpenVINO IR in Optimum Intel's layout; optional static shapes (--height/--width/--batch)",
+    )
+)

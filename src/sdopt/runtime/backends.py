@@ -80,3 +80,33 @@ register_backend(
         options=("attention_slicing", "vae_tiling", "cpu_offload"),
     )
 )
+
+register_backend(
+    Backend(
+        name="onnxruntime",
+        module="sdopt.runtime.onnxruntime_",
+        extra="onnx",
+        requires=("onnxruntime",),
+        precisions={"cpu": ("fp32", "fp16", "mixed"), "cuda": ("fp32", "fp16", "mixed")},
+        options=("threads", "provider"),
+    )
+)
+
+# Device kinds are OpenVINO's, lower-cased ("openvino:NAME" passes any device string through);
+# what precision really runs is asked of each compiled model (runtime/openvino_.py).
+register_backend(
+    Backend(
+        name="openvino",
+        module="sdopt.runtime.openvino_",
+        extra="openvino",
+        requires=("openvino",),
+        precisions={
+            "cpu": ("fp32", "bf16", "fp16"),
+            "gpu": ("fp32", "fp16"),
+            "npu": ("fp16",),
+            "auto": ("fp32", "fp16", "bf16"),
+            "openvino": ("fp32", "fp16", "bf16"),
+        },
+        options=("reshape", "cache_dir", "threads"),
+    )
+)

@@ -8,8 +8,8 @@ runs inside, so the pipeline and the schedulers never see a backend's dtype.
 Input and output names follow Hugging Face Optimum's ONNX diffusion export, so
 that folders exported by Optimum run unchanged:
 
-    text_encoder  input_ids (B, 77) int64            -> last_hidden_state (B, 77, D)
-    unet          sample (B, C, h, w), timestep (B,),
+    text_encoder  input_ids (B, 77) int64            -> last_hidden_state (B, 77, D), pooler_output (B, D)
+    unet          sample (B, C, h, w), timestep () float32,
                   encoder_hidden_states (B, 77, D)   -> out_sample (B, C, h, w)
     vae_decoder   latent_sample (B, C, h, w)         -> sample (B, 3, H, W)
     vae_encoder   sample (B, 3, H, W)                -> latent_parameters (B, 2C, h, w)

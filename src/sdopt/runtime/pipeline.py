@@ -134,7 +134,7 @@ class Pipeline:
             for i, t in enumerate(timesteps):
                 model_input = torch.cat([latents] * 2) if cfg else latents
                 model_input = scheduler.scale_model_input(model_input, t)
-                timestep = np.full((model_input.shape[0],), t.item(), dtype=_timestep_dtype(t))
+                timestep = np.array(t.item(), dtype=np.float32)  # one for the whole batch, as a float scalar
                 step_start = time.perf_counter()
                 noise = unet(sample=model_input.numpy(), timestep=timestep, encoder_hidden_states=embeddings)["out_sample"]
                 timings.unet_steps.append(time.perf_counter() - step_start)
@@ -163,10 +163,6 @@ class Pipeline:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _timestep_dtype(t) -> type:
-    return np.int64 if not t.is_floating_point() else np.float32
 
 
 def _step_kwargs(scheduler, generator) -> dict[str, Any]:

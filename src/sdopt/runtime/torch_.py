@@ -12,6 +12,7 @@ from sdopt.errors import SdoptError
 from sdopt.manifest import Manifest
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+FULL_PRECISION_INPUTS = {"timestep"}
 
 
 class TorchComponent:
@@ -30,9 +31,11 @@ class TorchComponent:
         self.offload = offload
         self.module.to("cpu" if offload else self.device)
 
-    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+    def _tensor(self, name: str, array: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(array))
-        if t.is_floating_point():
+        # The timestep stays float32, as in Diffusers: in bf16, 981 would round to 980
+        # before the UNet's sinusoidal embedding (which it computes in float32 anyway).
+        if t.is_floating_point() and name not in FULL_PRECISION_INPUTS:
             t = t.to(self.dtype)
         return t.to(self.device)
 
@@ -41,7 +44,7 @@ class TorchComponent:
             if self.offload:
                 self.module.to(self.device)
             try:
-                out = self.forward(self.module, **{k: self._tensor(v) for k, v in inputs.items()})
+                out = self.forward(self.module, **{k: self._tensor(k, v) for k, v in inputs.items()})
                 # .cpu() synchronises with the device, so timings around this call are honest.
                 return {k: v.float().cpu().numpy() for k, v in out.items()}
             finally:
@@ -54,7 +57,7 @@ class TorchComponent:
 
 def _text_encoder(m, input_ids):
     out = m(input_ids=input_ids)
-    return {"last_hidden_state": out[0]}
+    return {"last_hidden_state": out[0], "pooler_output": out[1]}
 
 
 def _unet(m, sample, timestep, encoder_hidden_states):

@@ -1,0 +1,206 @@
+"""Export a Diffusers SD checkpoint to OpenVINO IR in Optimum Intel's layout, validated against PyTorch.
+
+Route (measured on the tiny and sd15 zoo models, docs/openvino.md): PyTorch ->
+TorchScript trace -> ``openvino.convert_model``, not PyTorch -> ONNX -> OpenVINO.
+The direct route keeps GroupNorm as one GroupNormalization op (the ONNX route
+decomposes it into reshapes and MVNs: 1387 ops against 1048 for the tiny UNet),
+needs no onnx package, and has no 2 GB protobuf limit to work around for the
+sd15 UNet. We trace ourselves with check_trace=False: convert_model's own
+trace re-runs the model to check it, which doubled the conversion time.
+
+Each component is saved with dynamic batch and spatial axes; static shapes
+(--height/--width/--batch) are recorded in the manifest, and the runtime
+reshapes to them before compiling (runtime/openvino_.py). Weights are stored
+fp32 for an fp32 artifact and fp16 for fp16/bf16 ones (OpenVINO converts them
+to the inference precision at compile time); the precision that runs is set by
+INFERENCE_PRECISION_HINT, and what the compiled model actually runs is asked of
+it at validation and written to the manifest.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import openvino as ov
+import torch
+from tqdm import tqdm
+
+from sdopt.errors import SdoptError
+from sdopt.export.parity import compare, describe_failure
+from sdopt.export.run import ExportedComponents
+from sdopt.export.spec import SPECS, ComponentSpec, dummy_inputs
+from sdopt.manifest import ComponentEntry, Manifest, files_in
+from sdopt.request import MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE
+from sdopt.runtime.openvino_ import HINTS, MODEL_FILE, OpenVINOComponent, compile_config, device_facts, static_axes
+from sdopt.runtime.torch_ import FORWARDS, load_modules
+from sdopt.runtime.versions import library_versions
+
+# bf16 has 3 mantissa bits fewer than fp16: PyTorch bf16 moves the tiny model's outputs by up to
+# 2.8e-2 of their scale (vae_decoder) where fp16's tolerance is 5e-2. OpenVINO keeps norms in f32.
+BF16_TOLERANCE = 0.1
+_OV_TYPES = {"float32": ov.Type.f32, "int64": ov.Type.i64, "int32": ov.Type.i32}
+
+
+class _Positional(torch.nn.Module):
+    """A component as the tracer wants it: positional tensors in, a tuple out, through the
+    same forward functions the torch backend runs."""
+
+    def __init__(self, spec: ComponentSpec, module: torch.nn.Module):
+        super().__init__()
+        self.spec, self.module = spec, module
+
+    def forward(self, *args):
+        out = FORWARDS[self.spec.name](self.module, **dict(zip(self.spec.input_names, args)))
+        return tuple(out[name] for name in self.spec.output_names)
+
+
+def static_shapes_from(options: dict[str, Any]) -> dict[str, int] | None:
+    height, width, batch = options.get("height"), options.get("width"), options.get("batch")
+    if (height is None) != (width is None):
+        raise SdoptError("give --height and --width together (the image size the artifact is built for), or neither")
+    for flag, value in (("--height", height), ("--width", width)):
+        if value is not None and (value % SIDE_MULTIPLE or not MIN_SIDE <= value <= MAX_SIDE):
+            raise SdoptError(f"{flag} {value}: must be a multiple of {SIDE_MULTIPLE} between {MIN_SIDE} and {MAX_SIDE}")
+    if batch is not None and batch < 1:
+        raise SdoptError(f"--batch {batch}: give the number of images per request (1 or more)")
+    shapes = {k: int(v) for k, v in (("batch", batch), ("height", height), ("width", width)) if v is not None}
+    return shapes or None
+
+
+def convert(spec: ComponentSpec, module: torch.nn.Module, example: dict[str, np.ndarray]) -> ov.Model:
+    """Trace one component and convert it, with the spec's names and dynamic axes."""
+    wrapper = _Positional(spec, module).eval()
+    args = tuple(torch.from_numpy(example[n]) for n in spec.input_names)
+    shapes = [
+        (ov.PartialShape([-1 if axis in t.axes else size for axis, size in enumerate(example[t.name].shape)]), _OV_TYPES[t.dtype])
+        for t in spec.inputs
+    ]
+    with warnings.catch_warnings(), torch.no_grad():
+        # The tracer warns about Python-side shape checks in Diffusers that do not affect the graph.
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(wrapper, args, check_trace=False)
+        model = ov.convert_model(traced, example_input=args, input=shapes)
+    for port, name in zip(model.inputs, spec.input_names):
+        port.get_tensor().set_names({name})
+        port.get_node().set_friendly_name(name)
+    if len(model.outputs) != len(spec.outputs):
+        raise SdoptError(f"{spec.name}: the converted graph has {len(model.outputs)} outputs, the spec {len(spec.outputs)}")
+    for port, name in zip(model.outputs, spec.output_names):
+        port.get_tensor().set_names({name})
+    return model
+
+
+def _validation_inputs(spec: ComponentSpec, model_info: dict, text_hidden: int, static: dict[str, int] | None) -> dict[str, np.ndarray]:
+    if static and spec.name != "text_encoder":
+        side = 8 * model_info["vae_scale_factor"]
+        batch = static.get("batch", 1) * (2 if spec.name == "unet" else 1)
+        return dummy_inputs(spec.name, model_info, text_hidden, batch=batch, height=static.get("height", side), width=static.get("width", side), seed=1)
+    # Batch 1 at 128 px where the trace used batch 2 at 64 px: this also proves the axes are dynamic.
+    return dummy_inputs(spec.name, model_info, text_hidden, batch=1, height=128, width=128, seed=1)
+
+
+def _validate(core: ov.Core, path: Path, spec: ComponentSpec, module, inputs: dict[str, np.ndarray], precision: str, axes) -> tuple[dict, str]:
+    """Run the saved IR through the runtime's own executor (reshaped, with the precision hint)
+    and compare with PyTorch fp32."""
+    with torch.inference_mode():
+        out = FORWARDS[spec.name](module, **{k: torch.from_numpy(v) for k, v in inputs.items()})
+    reference = {k: v.float().numpy() for k, v in out.items()}
+    component = OpenVINOComponent(core, path, "CPU", compile_config(precision), axes)
+    got = component(**inputs)
+    component.close()
+    return compare(reference, got, tolerance(spec, precision)), component.runs
+
+
+def tolerance(spec: ComponentSpec, precision: str) -> float:
+    return spec.tolerance.get(precision) or BF16_TOLERANCE
+
+
+def export_components(source: Path, manifest: Manifest, out: Path, precision: str, options: dict[str, Any]) -> ExportedComponents:
+    static = static_shapes_from(options)
+    skip_validation = bool(options.get("skip_validation"))
+    modules = load_modules(source, manifest, torch.float32)  # always traced from fp32: the IR's precision is ours to set
+    text_hidden = modules["text_encoder"].config.hidden_size
+    model_info = manifest.model
+    compress = precision != "fp32"
+    core = ov.Core()  # no cache: validation must not leave compiled blobs behind
+    components, parity, runs = {}, {}, {}
+    # For validation only: the shapes the runtime would compile, from a stand-in manifest.
+    shaped = Manifest(backend="openvino", precision=precision, components={}, model=model_info, static_shapes=static)
+
+    names = [n for n in SPECS if n in modules]
+    for name in tqdm(names, desc="exporting to OpenVINO", unit="component"):
+        spec = SPECS[name]
+        trace_inputs = dummy_inputs(name, model_info, text_hidden, batch=2, height=64, width=64)
+        model = convert(spec, modules[name], trace_inputs)
+        path = out / name / MODEL_FILE
+        path.parent.mkdir(parents=True)
+        ov.save_model(model, path, compress_to_fp16=compress)
+        del model
+        gc.collect()
+        shutil.copy(source / spec.source_folder / "config.json", out / name / "config.json")
+        entry = ComponentEntry(
+            folder=name,
+            files=files_in(out / name, out, (".xml", ".bin", ".json")),
+            precision=precision,
+            inputs=[t.to_dict() for t in spec.inputs],
+            outputs=[t.to_dict() for t in spec.outputs],
+        )
+        shaped.components[name] = entry
+        if skip_validation:
+            parity[name] = {"skipped": True}
+        else:
+            axes = static_axes(shaped, name) if static else {}
+            inputs = _validation_inputs(spec, model_info, text_hidden, static)
+            parity[name], runs[name] = _validate(core, path, spec, modules[name], inputs, precision, axes)
+            if not parity[name]["passed"]:
+                raise SdoptError(f"{name}: {describe_failure(parity[name], precision)}")
+        components[name] = entry
+
+    facts = device_facts(core, "CPU")
+    export_info: dict[str, Any] = {
+        "converter": "openvino.convert_model(torch.jit.trace)",
+        "weights": "fp16" if compress else "fp32",
+        "inference_precision_hint": HINTS[precision],
+        "validated_on": {**facts, "runs": runs} if runs else None,
+    }
+    notes = _precision_notes(precision, runs, facts)
+    if skip_validation:
+        notes.append("exported with --skip-validation: parity against PyTorch was not checked")
+    if static:
+        notes.append(f"static shapes {static}: the runtime compiles for them; other sizes are refused unless loaded with reshape=True")
+    _write_model_index(source, out)
+    return ExportedComponents(
+        components=components,
+        parity=parity,
+        backend_versions=library_versions("openvino", "torch"),
+        export=export_info,
+        notes=notes,
+        static_shapes=static,
+    )
+
+
+def _precision_notes(precision: str, runs: dict[str, str], facts: dict[str, Any]) -> list[str]:
+    if not runs:
+        return [f"inference precision hint {HINTS[precision]}; what the device runs was not checked (--skip-validation)"]
+    ran = sorted(set(runs.values()))
+    where = f"{facts['device']} ({facts.get('name', '?')}, capabilities {', '.join(facts.get('capabilities', [])) or '?'})"
+    if ran == [precision]:
+        return [f"runs {precision} on the export machine's {where}: asked of the compiled model"]
+    return [
+        f"asked for {precision} (INFERENCE_PRECISION_HINT {HINTS[precision]}), but the export machine's {where} "
+        f"runs {', '.join(ran)}: it lacks {precision} support. A device with it runs {precision}"
+    ]
+
+
+def _write_model_index(source: Path, out: Path) -> None:
+    """Optimum Intel keeps the pipeline's model_index.json, with the VAE split in two."""
+    index = json.loads((source / "model_index.json").read_text())
+    index.pop("vae", None)
+    index.update({"vae_decoder": ["diffusers", "AutoencoderKL"], "vae_encoder": ["diffusers", "AutoencoderKL"]})
+    (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")

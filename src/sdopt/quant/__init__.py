@@ -1,0 +1,129 @@
+"""Weight quantizers: one module per backend, registered here with what each declares it can do.
+
+A quantizer module provides::
+
+    quantize_components(source: Path, manifest: Manifest, out: Path, plan: Plan) -> QuantizedComponents
+
+writing the files of the components in ``plan.components`` under ``out`` and
+returning their manifest entries (each with its ``quantization`` record).
+``sdopt.quant.run.quantize`` does everything around it: it checks the request
+against the capability table before any work, refuses sources that are
+already quantized, copies tokenizer, scheduler and the untouched components,
+writes the manifest, and renames the folder into place only when complete.
+
+The torch quantizers (torchao, quanto, bnb) share that function
+(sdopt.quant.torch_common) and provide three hooks on one torch module:
+``quantize``, ``serialize`` and ``deserialize``; the torch runtime loads their
+artifacts through sdopt.runtime.torch_quant.
+
+Adding a quantizer is one module and one ``register_quantizer`` call below,
+whose ``capabilities`` rows (sdopt.quant.schemes.Capability) say which schemes
+it supports on which device. This module and schemes.py import no torch and
+no quantization library: listing and validation stay cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from sdopt.errors import SdoptError, require
+from sdopt.quant.schemes import BNB_ROWS, QUANTO_ROWS, TORCHAO_ROWS, Capability
+
+
+@dataclass(frozen=True)
+class Quantizer:
+    name: str  # the --backend name
+    module: str  # the sdopt module that implements quantize_components
+    extra: str  # the pip extra that installs its library
+    requires: tuple[str, ...]  # importable modules it needs
+    accepts: str  # the artifact backend it quantizes: "torch", "openvino", ...
+    capabilities: tuple[Capability, ...]
+    description: str = ""
+
+    def implementation(self):
+        for mod in self.requires:
+            require(mod, self.extra)
+        return importlib.import_module(self.module)
+
+    def available(self) -> bool:
+        """Whether its libraries are installed (found, not imported)."""
+        import importlib.util
+
+        try:
+            return all(importlib.util.find_spec(m) is not None for m in self.requires)
+        except (ImportError, ValueError):
+            return False
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A checked request: what to quantize, how, for which device."""
+
+    quantizer: Quantizer
+    capability: Capability
+    components: tuple[str, ...]  # manifest component names
+    exclude: tuple[str, ...] = ()  # fnmatch patterns of layer names kept in full precision
+    device: str = "cpu"
+
+    @property
+    def scheme(self) -> str:
+        return self.capability.scheme
+
+
+@dataclass
+class QuantizedComponents:
+    components: dict[str, Any]  # name -> sdopt.manifest.ComponentEntry
+    notes: list[str] = field(default_factory=list)
+
+
+QUANTIZERS: dict[str, Quantizer] = {}
+
+
+def register_quantizer(quantizer: Quantizer) -> Quantizer:
+    QUANTIZERS[quantizer.name] = quantizer
+    return quantizer
+
+
+def get_quantizer(name: str) -> Quantizer:
+    try:
+        return QUANTIZERS[name]
+    except KeyError:
+        raise SdoptError(f"unknown quantization backend '{name}'; known backends: {', '.join(QUANTIZERS)}") from None
+
+
+# --- the registrations ---------------------------------------------------------------
+register_quantizer(
+    Quantizer(
+        name="torchao",
+        module="sdopt.quant.torchao",
+        extra="quant",
+        requires=("torch", "torchao"),
+        accepts="torch",
+        capabilities=TORCHAO_ROWS,
+        description="PyTorch's own quantization library: tensor subclasses, saved with torchao's safetensors support",
+    )
+)
+register_quantizer(
+    Quantizer(
+        name="quanto",
+        module="sdopt.quant.quanto",
+        extra="quant",
+        requires=("torch", "optimum.quanto"),
+        accepts="torch",
+        capabilities=QUANTO_ROWS,
+        description="Hugging Face optimum-quanto: quantized Linear and Conv2d modules, saved with their quantization map",
+    )
+)
+register_quantizer(
+    Quantizer(
+        name="bnb",
+        module="sdopt.quant.bnb",
+        extra="quant",
+        requires=("torch", "bitsandbytes"),
+        accepts="torch",
+        capabilities=BNB_ROWS,
+        description="bitsandbytes: LLM.int8 and 4-bit NormalFloat Linear layers",
+    )
+)

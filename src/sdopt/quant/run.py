@@ -1,0 +1,154 @@
+"""The quantize command around every quantizer: check, write atomically, describe.
+
+Everything that can be checked without the model's weights is checked before
+any slow work and before the output folder exists: scheme, backend, device
+(against the capability table), component names, the output path, and the
+source (an artifact of the backend the quantizer accepts, not quantized yet).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Iterable
+
+from sdopt.errors import SdoptError
+from sdopt.fsutil import atomic_output_dir, check_output_dir
+from sdopt.manifest import COMPONENT_NAMES, Manifest, fingerprint_of, hash_components, read_manifest
+from sdopt.quant import QUANTIZERS, Plan, QuantizedComponents, get_quantizer
+from sdopt.quant.schemes import check_scheme, choose, lookup
+from sdopt.source import resolve
+
+# The components quantized when none are named: the UNet holds most of the weights and the text
+# encoder most of the rest; the VAE is small and its errors show directly in the pixels.
+DEFAULT_COMPONENTS = ("unet", "text_encoder")
+# Names that stand for several manifest components.
+ALIASES = {"vae": ("vae_decoder", "vae_encoder")}
+
+
+def quantize(
+    model: str | Path,
+    scheme: str,
+    out: str | Path,
+    backend: str | None = None,
+    components: Iterable[str] | None = None,
+    exclude: Iterable[str] = (),
+    device: str = "cpu",
+    force: bool = False,
+) -> Manifest:
+    """Quantize a checkpoint's weights into a new artifact at ``out``; returns its manifest."""
+    check_scheme(scheme)
+    if backend is not None:
+        quantizer = get_quantizer(backend)
+        capability = lookup(backend, scheme, device)
+    check_output_dir(out, force)
+    source = resolve(model)
+    manifest = read_manifest(source)
+    refuse_quantized(source, manifest)
+    if backend is None:
+        capability = choose(scheme, device, accepts=manifest.backend)
+        quantizer = get_quantizer(capability.backend)
+    elif quantizer.accepts != manifest.backend:
+        others = sorted(q.name for q in QUANTIZERS.values() if q.accepts == manifest.backend)
+        raise SdoptError(
+            f"--backend {backend} quantizes {quantizer.accepts} artifacts; {source} is a {manifest.backend} artifact. "
+            + (f"Use --backend {' or '.join(others)}, or quantize" if others else "Quantize")
+            + " the original PyTorch checkpoint"
+        )
+    if manifest.backend == "torch":
+        from sdopt.export.run import source_checkpoint  # refuses anything but a full-precision torch checkpoint
+
+        source, manifest = source_checkpoint(source)
+    elif not manifest.inferred:
+        manifest.verify_files(source)
+    plan = Plan(quantizer, capability, select_components(manifest, components), tuple(exclude), device)
+    impl = quantizer.implementation()  # a missing library is named before the output folder exists
+
+    with atomic_output_dir(out, force=force) as tmp:
+        result: QuantizedComponents = impl.quantize_components(source, manifest, tmp, plan)
+        entries = {**copy_untouched(source, manifest, tmp, plan.components), **result.components}
+        for name in (manifest.tokenizer, manifest.scheduler, "model_index.json"):
+            copy_path(source / name, tmp / name)
+        hash_components(entries, tmp)
+        if manifest.inferred:
+            hash_components(manifest.components, source)
+        from sdopt.runtime.versions import library_versions
+
+        quantized = Manifest(
+            backend=manifest.backend,
+            precision=manifest.precision,
+            components={name: entries[name] for name in manifest.components},  # the source's order
+            model=manifest.model,
+            backend_versions={**manifest.backend_versions, **library_versions("torch", "diffusers", "transformers", quantizer.name)},
+            source={"path": str(source.resolve()), "fingerprint": manifest.source.get("fingerprint") or fingerprint_of(manifest.components)},
+            static_shapes=manifest.static_shapes,
+            export={
+                "command": "quantize",
+                "scheme": scheme,
+                "backend": quantizer.name,
+                "backend_chosen": backend is None,
+                "device": device,
+                "components": list(plan.components),
+                "exclude": list(plan.exclude),
+            },
+            notes=result.notes,
+        )
+        quantized.write(tmp)
+    return quantized
+
+
+def refuse_quantized(source: Path, manifest: Manifest) -> None:
+    done = {name: c.quantization for name, c in manifest.components.items() if c.quantization}
+    if done:
+        what = ", ".join(f"{n}: {q.get('scheme')} via {q.get('backend')}" for n, q in done.items())
+        original = manifest.source.get("path")
+        raise SdoptError(
+            f"{source} is already quantized ({what}); quantizing it again would compound the rounding errors. "
+            f"Quantize the original full-precision checkpoint{f' ({original})' if original else ''} instead"
+        )
+
+
+def select_components(manifest: Manifest, names: Iterable[str] | None) -> tuple[str, ...]:
+    """Manifest component names to quantize; those that share files with one named come along."""
+    names = list(DEFAULT_COMPONENTS if names is None else names)
+    if not names:
+        raise SdoptError("--components is empty: name at least one of " + ", ".join(_known_names()))
+    chosen: list[str] = []
+    for name in names:
+        if name not in COMPONENT_NAMES and name not in ALIASES:
+            raise SdoptError(f"unknown component '{name}'; choose from: {', '.join(_known_names())}")
+        present = [n for n in ALIASES.get(name, (name,)) if n in manifest.components]
+        if not present:
+            raise SdoptError(f"this artifact has no {name}; it has: {', '.join(manifest.components)}")
+        chosen += [n for n in present if n not in chosen]
+    # A file shared by two components (the Diffusers vae/ folder) is quantized once, for both.
+    files = {name: {f.path for f in c.files} for name, c in manifest.components.items()}
+    for name in list(chosen):
+        chosen += [other for other in manifest.components if other not in chosen and files[other] & files[name]]
+    return tuple(n for n in manifest.components if n in chosen)
+
+
+def _known_names() -> list[str]:
+    return ["unet", "text_encoder", "vae", "vae_decoder", "vae_encoder"]
+
+
+def copy_untouched(source: Path, manifest: Manifest, out: Path, quantized: tuple[str, ...]) -> dict:
+    """Copy the files of every component not quantized, as they are; their entries are unchanged."""
+    entries = {}
+    for name, entry in manifest.components.items():
+        if name in quantized:
+            continue
+        for f in entry.files:
+            copy_path(source / f.path, out / f.path)
+        entries[name] = entry
+    return entries
+
+
+def copy_path(src: Path, dst: Path) -> None:
+    if dst.exists() or not src.exists():
+        return
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if src.is_dir():
+        shutil.copytree(src, dst)
+    else:
+        shutil.copy2(src, dst)

@@ -1,0 +1,215 @@
+"""What each quantizer can do: the backend x scheme x device table, declared as data.
+
+Every quantizer registration (sdopt.quant) carries its rows. The CLI
+(`sdopt quantize --list`), the quantize command, the loader and the tests read
+this table; nothing finds out by trying. Rows for a device that this project's
+machines lack (CUDA) are declared from the libraries' documentation and marked
+``tested=False``; the CPU rows are each exercised by tests/test_quant.py.
+
+Rows are listed in order of preference: when ``--backend`` is omitted the first
+supported row for the scheme and device wins.
+
+Importing this module must stay cheap: it imports no torch and no quantization
+library (tests/test_import_lean.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+from sdopt.errors import SdoptError
+from sdopt.runtime.backends import device_kind
+
+# The schemes sdopt knows, and what each means. A quantizer may support a subset.
+SCHEME_DESCRIPTIONS = {
+    "int8": "8-bit integer weights, per output channel; activations stay in floating point",
+    "int8-dynamic": "8-bit integer weights and activations, activation scales computed per call",
+    "int8-static": "8-bit integer weights and activations, activation scales calibrated once",
+    "int4": "4-bit integer weights, grouped scales; activations stay in floating point",
+    "nf4": "4-bit NormalFloat weights (QLoRA's data type), blockwise scales",
+    "fp8": "8-bit float (e4m3) weights; activations stay in floating point",
+}
+
+DEVICES = ("cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class Capability:
+    """One row: can ``backend`` quantize with ``scheme`` for ``device``, and how."""
+
+    backend: str
+    scheme: str
+    device: str  # "cpu" or "cuda"
+    supported: bool
+    reason: str  # why not, or what to know when it is supported
+    serialized: bool = False  # quantized weights are stored; False: the recipe is, and loading quantizes
+    layers: tuple[str, ...] = ()  # torch.nn layer types it quantizes, by class name
+    tested: bool = False  # exercised by this project's tests (CPU), not only declared
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.backend, self.scheme, self.device)
+
+
+def rows(backend: str, *specs: tuple) -> tuple[Capability, ...]:
+    """Compact row declarations: (scheme, device, supported, serialized, layers, reason).
+
+    CPU rows are marked tested: every supported CPU row runs in tests/test_quant.py.
+    """
+    return tuple(
+        Capability(backend, scheme, device, supported, reason, serialized, tuple(layers), tested=device == "cpu")
+        for scheme, device, supported, serialized, layers, reason in specs
+    )
+
+
+LIN = ("Linear",)
+LIN_CONV = ("Linear", "Conv2d")
+
+# --- the rows of the three torch quantizers -----------------------------------------
+# Measured with torch 2.13.0 (CPU), torchao 0.18.0, optimum-quanto 0.2.7, bitsandbytes 0.50.2;
+# see docs/quantization.md for the sizes, speeds and PSNRs behind the notes.
+
+QUANTO_ROWS = rows(
+    "quanto",
+    ("int8", "cpu", True, True, LIN_CONV, "qint8 weights per channel; Linear and Conv2d (all the UNet's weights)"),
+    ("int8", "cuda", True, True, LIN_CONV, "qint8 weights per channel; Linear and Conv2d"),
+    ("int8-dynamic", "cpu", False, False, (), "quanto quantizes activations only with calibrated static scales; use --backend torchao"),
+    ("int8-dynamic", "cuda", False, False, (), "quanto quantizes activations only with calibrated static scales; use --backend torchao"),
+    ("int4", "cpu", True, True, LIN_CONV, "qint4 weights, groups of 128 with scale and shift; Linear and Conv2d"),
+    ("int4", "cuda", True, True, LIN_CONV, "qint4 weights, groups of 128; Linear and Conv2d"),
+    ("nf4", "cpu", False, False, (), "quanto has no NormalFloat type; use --backend bnb"),
+    ("nf4", "cuda", False, False, (), "quanto has no NormalFloat type; use --backend bnb"),
+    ("fp8", "cpu", True, True, LIN_CONV, "qfloat8 (e4m3) weights per channel, computed in fp32; Linear and Conv2d"),
+    ("fp8", "cuda", True, True, LIN_CONV, "qfloat8 (e4m3) weights per channel; Linear and Conv2d"),
+)
+
+TORCHAO_ROWS = rows(
+    "torchao",
+    ("int8", "cpu", True, True, LIN_CONV, "Linear: Int8Tensor (int8 weight-only matmul); Conv2d: IntxUnpackedToInt8Tensor per channel"),
+    ("int8", "cuda", True, True, LIN_CONV, "Linear: Int8Tensor; Conv2d: IntxUnpackedToInt8Tensor per channel"),
+    ("int8-dynamic", "cpu", True, True, LIN_CONV, "Linear: int8 activations x int8 weights (Int8Tensor); Conv2d: int8 weight-only (torchao has no dynamic int8 conv)"),
+    ("int8-dynamic", "cuda", True, True, LIN_CONV, "Linear: int8 activations x int8 weights; Conv2d: int8 weight-only"),
+    ("int4", "cpu", False, False, (), "torchao 0.18's packed int4 layouts need CUDA kernels (mslk, tinygemm); its CPU int4 (Intx) stores a byte per weight, no smaller than int8: use --backend quanto"),
+    ("int4", "cuda", False, False, (), "torchao 0.18's int4 needs bf16 activations (tile-packed) or the mslk kernels; sdopt runs quantized components in fp32: use --backend quanto"),
+    ("nf4", "cpu", False, False, (), "torchao's NF4Tensor is a QLoRA training type with no quantize_ config or safetensors support; use --backend bnb"),
+    ("nf4", "cuda", False, False, (), "torchao's NF4Tensor is a QLoRA training type with no quantize_ config or safetensors support; use --backend bnb"),
+    ("fp8", "cpu", True, True, LIN, "Float8Tensor weights on Linear only (fp8 conv needs the mslk CUDA kernels), computed in fp32"),
+    ("fp8", "cuda", True, True, LIN, "Float8Tensor weights on Linear only (fp8 matmuls need compute capability 8.9+)"),
+)
+
+BNB_ROWS = rows(
+    "bnb",
+    ("int8", "cpu", True, True, LIN, "LLM.int8 weights (Linear8bitLt, no outlier threshold) on Linear only: convolutions stay fp32"),
+    ("int8", "cuda", True, True, LIN, "LLM.int8 weights (Linear8bitLt) on Linear only"),
+    ("int8-dynamic", "cpu", False, False, (), "bitsandbytes has no separate dynamic-activation scheme; use --backend torchao"),
+    ("int8-dynamic", "cuda", False, False, (), "bitsandbytes has no separate dynamic-activation scheme; use --backend torchao"),
+    ("int4", "cpu", False, False, (), "bitsandbytes' 4-bit types are nf4 and fp4, not integers: use --scheme nf4, or --backend quanto"),
+    ("int4", "cuda", False, False, (), "bitsandbytes' 4-bit types are nf4 and fp4, not integers: use --scheme nf4"),
+    ("nf4", "cpu", True, True, LIN, "Linear4bit nf4, blocks of 64, nested statistics, computed in fp32; Linear only"),
+    ("nf4", "cuda", True, True, LIN, "Linear4bit nf4, blocks of 64; Linear only"),
+    ("fp8", "cpu", False, False, (), "bitsandbytes has no fp8 weight type; use --backend quanto"),
+    ("fp8", "cuda", False, False, (), "bitsandbytes has no fp8 weight type; use --backend quanto or torchao"),
+)
+
+
+# --- reading the table -----------------------------------------------------------------
+def table() -> list[Capability]:
+    """Every registered quantizer's rows, in registration order."""
+    from sdopt.quant import QUANTIZERS
+
+    return [row for q in QUANTIZERS.values() for row in q.capabilities]
+
+
+def known_schemes(artifact_backend: str | None = None) -> list[str]:
+    from sdopt.quant import QUANTIZERS
+
+    seen: dict[str, None] = {}
+    for q in QUANTIZERS.values():
+        if artifact_backend is None or q.accepts == artifact_backend:
+            for row in q.capabilities:
+                seen.setdefault(row.scheme)
+    return list(seen)
+
+
+def check_device(device: str) -> str:
+    kind = device_kind(device)
+    if kind not in DEVICES:
+        raise SdoptError(f"unknown device '{device}'; quantized artifacts are made for: {', '.join(DEVICES)} (e.g. cuda:0)")
+    return kind
+
+
+def check_scheme(scheme: str) -> None:
+    schemes = known_schemes()
+    if scheme not in schemes:
+        raise SdoptError(f"unknown scheme '{scheme}'; known schemes: {', '.join(schemes)} (see `sdopt quantize --list`)")
+
+
+def lookup(backend: str, scheme: str, device: str) -> Capability:
+    """The row for a combination; an unsupported one raises with the table's reason."""
+    check_scheme(scheme)
+    kind = check_device(device)
+    from sdopt.quant import get_quantizer
+
+    quantizer = get_quantizer(backend)
+    row = next((r for r in quantizer.capabilities if r.scheme == scheme and r.device == kind), None)
+    if row is None or not row.supported:
+        why = row.reason if row else f"the {backend} quantizer declares no {scheme} on {kind}"
+        others = [r.backend for r in supported(scheme, kind)]
+        hint = f"; {scheme} on {kind} is supported by: {', '.join(others)}" if others else f"; no backend here supports {scheme} on {kind}"
+        raise SdoptError(f"--backend {backend} --scheme {scheme} on {kind} is not supported: {why}{hint}")
+    return row
+
+
+def supported(scheme: str, device: str, accepts: str | None = None) -> list[Capability]:
+    from sdopt.quant import QUANTIZERS
+
+    kind = device_kind(device)
+    return [
+        r
+        for q in QUANTIZERS.values()
+        if accepts is None or q.accepts == accepts
+        for r in q.capabilities
+        if r.scheme == scheme and r.device == kind and r.supported
+    ]
+
+
+def choose(scheme: str, device: str, accepts: str) -> Capability:
+    """The preferred supported row for scheme and device among quantizers of ``accepts`` artifacts."""
+    check_scheme(scheme)
+    kind = check_device(device)
+    found = supported(scheme, kind, accepts)
+    if not found:
+        declared = [r for r in table() if r.scheme == scheme and r.device == kind]
+        why = "; ".join(f"{r.backend}: {r.reason}" for r in declared) or "no quantizer declares it"
+        raise SdoptError(f"no backend quantizes {accepts} artifacts with {scheme} on {kind} ({why})")
+    return found[0]
+
+
+def format_table(capabilities: Iterable[Capability] | None = None) -> str:
+    """The table as `sdopt quantize --list` prints it."""
+    caps = list(table() if capabilities is None else capabilities)
+    from sdopt.quant import QUANTIZERS
+
+    head = ("backend", "scheme", "device", "supported", "stored", "layers", "notes")
+    body = []
+    for r in caps:
+        q = QUANTIZERS.get(r.backend)
+        body.append(
+            (
+                r.backend,
+                r.scheme,
+                r.device,
+                ("yes" if r.supported else "no") + ("" if r.tested or not r.supported else "*"),
+                ("weights" if r.serialized else "recipe") if r.supported else "-",
+                "+".join(r.layers) or "-",
+                r.reason + (f" [{q.accepts} artifacts]" if q and q.accepts != "torch" else ""),
+            )
+        )
+    widths = [max(len(row[i]) for row in (head, *body)) for i in range(len(head) - 1)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row[:-1], widths)) + "  " + row[-1] for row in (head, *body)]
+    lines.append("")
+    lines.append("stored: weights = the quantized weights are saved and loaded as they are; recipe = quantized again at load")
+    lines.append("yes* = declared from the library's documentation, not tested on this project's machines (no GPU)")
+    lines.append("schemes: " + "; ".join(f"{k}: {v}" for k, v in SCHEME_DESCRIPTIONS.items() if k in known_schemes()))
+    return "\n".join(lines)

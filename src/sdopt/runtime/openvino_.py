@@ -1,0 +1,245 @@
+"""The OpenVINO backend: one compiled model per component, compiled for the artifact's shapes.
+
+Three things are explicit here that OpenVINO would otherwise decide silently:
+
+- Precision. The manifest's precision becomes INFERENCE_PRECISION_HINT. Left
+  unset, OpenVINO's CPU plugin runs bf16 on any CPU with AVX512-BF16 or AMX,
+  which changes the images; where the hardware cannot honour the hint it runs
+  f32 instead. Either way we read back what the compiled model actually runs
+  (``Component.runs``) and warn when it differs from what was asked.
+- Shapes. A static artifact (manifest.static_shapes) is reshaped to its shapes
+  before compiling: on CPU that is much faster than a dynamic graph. Classifier-
+  free guidance doubles the UNet batch, so the UNet is compiled for 2 x batch;
+  a call with another batch (guidance off) or, with the ``reshape`` load
+  option, another size is compiled once for that shape on first use.
+- The compiled-model cache. OpenVINO's CACHE_DIR lives under one per-user
+  folder (``cache_dir()``), so the second load of an artifact imports the
+  compiled blob instead of compiling again.
+
+Devices: sdopt's torch-style names map onto OpenVINO's ("cpu" -> CPU, "gpu",
+"npu", "auto", "auto:gpu,cpu"); "openvino:NAME" passes any OpenVINO device
+string through unchanged (openvino:GPU.1, openvino:HETERO:GPU,CPU).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import openvino as ov
+
+from sdopt.errors import SdoptError
+from sdopt.manifest import Manifest
+
+MODEL_FILE = "openvino_model.xml"
+WEIGHTS_FILE = "openvino_model.bin"
+HINTS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
+_SDOPT_NAMES = {"f32": "fp32", "f16": "fp16", "bf16": "bf16"}
+_VIRTUAL_DEVICES = ("AUTO", "MULTI", "HETERO", "BATCH")
+# Cast each input to what the graph takes: Optimum's exports may take int32 ids or int64 timesteps.
+_NUMPY = {"f32": np.float32, "f16": np.float16, "i64": np.int64, "i32": np.int32}
+
+
+# --- where, on what, in which precision -----------------------------------------
+def cache_dir(override: str | os.PathLike | None = None) -> Path:
+    """Per-user folder for compiled models: $SDOPT_CACHE_DIR/openvino, else $XDG_CACHE_HOME/sdopt/openvino,
+    else ~/.cache/sdopt/openvino."""
+    if override:
+        return Path(override).expanduser()
+    root = os.environ.get("SDOPT_CACHE_DIR")
+    if root:
+        return Path(root).expanduser() / "openvino"
+    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(xdg) / "sdopt" / "openvino"
+
+
+def core(cache: Path | None) -> ov.Core:
+    c = ov.Core()
+    if cache is not None:
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SdoptError(f"cannot create the OpenVINO cache folder {cache} ({exc}); set SDOPT_CACHE_DIR to a writable folder") from exc
+        c.set_property({"CACHE_DIR": str(cache)})
+    return c
+
+
+def openvino_device(device: str, c: ov.Core) -> str:
+    """sdopt's device string -> OpenVINO's, checked against what this machine has."""
+    name = device.split(":", 1)[1] if device.lower().startswith("openvino:") else device.upper()
+    available = list(c.available_devices)
+    base = name.split(":", 1)[0].split(".", 1)[0]
+    if base not in _VIRTUAL_DEVICES and not any(d == name or d.split(".", 1)[0] == name for d in available):
+        described = ", ".join(f"{d} ({_device_name(c, d)})" for d in available) or "none"
+        raise SdoptError(
+            f"OpenVINO has no device '{name}' on this machine; available: {described}. "
+            "Pass --device cpu (or gpu, npu, auto; openvino:NAME for any other OpenVINO device string)"
+        )
+    return name
+
+
+def _device_name(c: ov.Core, device: str) -> str:
+    try:
+        return str(c.get_property(device, "FULL_DEVICE_NAME")).strip()
+    except RuntimeError:
+        return "?"
+
+
+def compile_config(precision: str, threads: int | None = None) -> dict[str, Any]:
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    return config
+
+
+def runs_precision(compiled: ov.CompiledModel) -> str:
+    """The precision the compiled model runs, asked of the compiled model itself."""
+    try:
+        hint = compiled.get_property("INFERENCE_PRECISION_HINT")
+    except RuntimeError:  # virtual devices (AUTO) do not all answer
+        return "unknown"
+    name = hint.to_string() if hasattr(hint, "to_string") else str(hint)
+    return _SDOPT_NAMES.get(name, name)
+
+
+def device_facts(c: ov.Core, device: str) -> dict[str, Any]:
+    base = device.split(":", 1)[0]
+    facts: dict[str, Any] = {"device": device, "name": _device_name(c, base)}
+    try:
+        facts["capabilities"] = list(c.get_property(base, "OPTIMIZATION_CAPABILITIES"))
+    except RuntimeError:
+        pass
+    return facts
+
+
+# --- shapes ------------------------------------------------------------------------
+def static_axes(manifest: Manifest, component: str) -> dict[str, dict[int, int]]:
+    """input name -> {axis: size} for a static artifact, from manifest.static_shapes.
+
+    batch in static_shapes counts images per request (as Pipeline.check_request
+    does). Guidance doubles the UNet batch; the text encoder's batch is prompts
+    plus negatives, unknown here, so it stays dynamic (it runs once per request).
+    """
+    shapes = manifest.static_shapes or {}
+    model = manifest.model
+    factor = int(model.get("vae_scale_factor", 8))
+    sizes: dict[str, int] = {"sequence_length": int(model.get("text_max_length", 77))}
+    batch = shapes.get("batch")
+    if batch and component == "unet":
+        sizes["batch_size"] = 2 * batch
+    elif batch and component in ("vae_decoder", "vae_encoder"):
+        sizes["batch_size"] = batch
+    pixel = component == "vae_encoder"
+    for side in ("height", "width"):
+        if shapes.get(side):
+            sizes[side] = shapes[side] if pixel else shapes[side] // factor
+    entry = manifest.components[component]
+    axes: dict[str, dict[int, int]] = {}
+    for spec in entry.inputs:
+        fixed = {int(a): sizes[n] for a, n in (spec.get("dynamic_axes") or {}).items() if n in sizes}
+        if fixed:
+            axes[spec["name"]] = fixed
+    return axes
+
+
+# --- the executor --------------------------------------------------------------------
+class OpenVINOComponent:
+    """One component: compiled models by input shape, and the precision each really runs."""
+
+    def __init__(self, c: ov.Core, path: Path, device: str, config: dict[str, Any], axes: dict[str, dict[int, int]]):
+        self.core, self.path, self.device, self.config = c, path, device, config
+        self._compiled: list[tuple[dict[str, ov.PartialShape], ov.CompiledModel, ov.InferRequest]] = []
+        self._lock = threading.Lock()
+        model = self._read()
+        self.input_types = {p.get_any_name(): p.get_element_type().to_string() for p in model.inputs}
+        self.input_ranks = {p.get_any_name(): p.get_partial_shape().rank.get_length() for p in model.inputs if p.get_partial_shape().rank.is_static}
+        self.output_names = [o.get_any_name() for o in model.outputs]
+        shapes = {}
+        for p in model.inputs:
+            shape = p.get_partial_shape()
+            for axis, size in axes.get(p.get_any_name(), {}).items():
+                shape[axis] = ov.Dimension(size)
+            shapes[p.get_any_name()] = shape
+        self._compile(model, shapes)
+        self.runs = runs_precision(self._compiled[0][1])
+
+    def _read(self) -> ov.Model:
+        try:
+            return self.core.read_model(self.path)
+        except RuntimeError as exc:
+            raise SdoptError(f"OpenVINO cannot read {self.path}: {str(exc).splitlines()[0][:300]}; export the artifact again") from exc
+
+    def _compile(self, model: ov.Model, shapes: dict[str, ov.PartialShape]) -> None:
+        if any(s != p.get_partial_shape() for p, s in zip(model.inputs, (shapes[p.get_any_name()] for p in model.inputs))):
+            model.reshape(shapes)
+        try:
+            compiled = self.core.compile_model(model, self.device, self.config)
+        except RuntimeError as exc:
+            raise SdoptError(f"OpenVINO could not compile {self.path.parent.name} for {self.device}: {str(exc).splitlines()[0][:300]}") from exc
+        self._compiled.append((shapes, compiled, compiled.create_infer_request()))
+
+    def _request_for(self, feed: dict[str, np.ndarray]) -> ov.InferRequest:
+        for shapes, _, request in self._compiled:
+            if all(shapes[k].compatible(ov.PartialShape(list(v.shape))) for k, v in feed.items()):
+                return request
+        # A static component met a shape it was not compiled for (guidance off, or the reshape
+        # option): compile once for exactly this shape. The cache makes it cheap the next time.
+        self._compile(self._read(), {k: ov.PartialShape(list(v.shape)) for k, v in feed.items()})
+        return self._compiled[-1][2]
+
+    def _feed(self, name: str, array: np.ndarray) -> np.ndarray:
+        array = np.ascontiguousarray(array, dtype=_NUMPY.get(self.input_types.get(name, ""), None))
+        rank = self.input_ranks.get(name)
+        if rank is not None and array.ndim != rank:
+            # One timestep for the batch: a scalar for graphs that take (), a (1,) for graphs that take (B,).
+            array = array.reshape(-1)[:1].reshape(()) if rank == 0 else np.ascontiguousarray(np.broadcast_to(array, (1,) * rank))
+        return array
+
+    def __call__(self, **arrays: np.ndarray) -> dict[str, np.ndarray]:
+        feed = {k: self._feed(k, v) for k, v in arrays.items() if k in self.input_types}
+        with self._lock:  # one infer request per compiled shape: calls on one component are serial
+            request = self._request_for(feed)
+            request.infer(feed)
+            # Copies: the request reuses its output buffers on the next call.
+            return {n: np.array(request.get_tensor(n).data, dtype=np.float32) for n in self.output_names}
+
+    def close(self) -> None:
+        self._compiled = []
+
+
+def model_file(files, name: str) -> str:
+    xml = [f.path for f in files if f.path.endswith(".xml")]
+    if len(xml) != 1:
+        raise SdoptError(f"the manifest lists {len(xml)} OpenVINO .xml models for {name}; expected one")
+    return xml[0]
+
+
+def load_components(folder: Path, manifest: Manifest, device: str, precision: str, options: dict[str, Any]) -> dict:
+    cache = options.get("cache_dir")
+    c = core(None if cache is False else cache_dir(cache))
+    target = openvino_device(device, c)
+    config = compile_config(precision, options.get("threads"))
+    if options.get("reshape") and manifest.static_shapes:
+        # The static shapes stay what is compiled at load; other requests are compiled on first use.
+        # Pipeline.check_request reads manifest.static_shapes, so lifting the limit means clearing it here.
+        manifest.notes.append(f"loaded with reshape: built for {manifest.static_shapes}, other shapes compile on first use")
+        axes = {name: static_axes(manifest, name) for name in manifest.components}
+        manifest.static_shapes = None
+    else:
+        axes = {name: static_axes(manifest, name) if manifest.static_shapes else {} for name in manifest.components}
+    components = {
+        name: OpenVINOComponent(c, folder / model_file(entry.files, name), target, config, axes[name])
+        for name, entry in manifest.components.items()
+    }
+    differs = {name: comp.runs for name, comp in components.items() if comp.runs not in (precision, "unknown")}
+    if differs:
+        warnings.warn(
+            f"OpenVINO on {target} runs {', '.join(sorted(set(differs.values())))} where {precision} was asked for "
+            f"({', '.join(differs)}): the device does not support {precision}",
+            stacklevel=3,
+        )
+    return components

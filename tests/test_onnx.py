@@ -1,0 +1,149 @@
+"""ONNX export and the ONNX Runtime backend, on the tiny zoo model."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+import sdopt  # noqa: E402
+from sdopt import GenerateRequest, SdoptError  # noqa: E402
+from sdopt.cli import main  # noqa: E402
+from sdopt.export.run import export  # noqa: E402
+from sdopt.manifest import MANIFEST_NAME, read_manifest  # noqa: E402
+
+from conftest import SMALL  # noqa: E402
+from imaging import psnr  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tiny_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("onnx") / "tiny-onnx"
+    export(tiny_model, "onnx", out)
+    return out
+
+
+def test_layout_follows_optimum(tiny_onnx):
+    for name in ("text_encoder", "unet", "vae_decoder", "vae_encoder"):
+        assert (tiny_onnx / name / "model.onnx").is_file()
+        assert (tiny_onnx / name / "config.json").is_file()
+    for path in ("model_index.json", "tokenizer/vocab.json", "scheduler/scheduler_config.json", MANIFEST_NAME):
+        assert (tiny_onnx / path).is_file()
+    index = json.loads((tiny_onnx / "model_index.json").read_text())
+    assert "vae_decoder" in index and "vae" not in index
+
+
+def test_graphs_have_dynamic_batch_and_spatial_axes(tiny_onnx):
+    import onnx
+
+    unet = onnx.load(str(tiny_onnx / "unet" / "model.onnx"), load_external_data=False)
+    sample = next(i for i in unet.graph.input if i.name == "sample")
+    dims = [d.dim_param or d.dim_value for d in sample.type.tensor_type.shape.dim]
+    assert dims == ["batch_size", 4, "height", "width"]
+
+
+def test_manifest_records_parity_within_tolerance(tiny_onnx):
+    m = read_manifest(tiny_onnx)
+    assert m.backend == "onnxruntime" and m.precision == "fp32"
+    assert set(m.parity) == {"text_encoder", "unet", "vae_decoder", "vae_encoder"}
+    for name, p in m.parity.items():
+        print(f"{name}: max abs {p['max_abs']:.2e}, max rel {p['max_rel']:.2e}")
+        assert p["passed"] and p["max_rel"] <= p["tolerance"]
+    assert m.export["opset"] == 18
+
+
+def test_onnx_image_matches_torch_fp32(tiny_onnx, tiny_pipeline):
+    request = GenerateRequest(**SMALL, scheduler="euler", num_images=2)
+    ours = sdopt.load(tiny_onnx).generate(request)
+    ref = tiny_pipeline.generate(request)
+    values = [psnr(a, b) for a, b in zip(ref.images, ours.images)]
+    print(f"ONNX fp32 vs torch fp32 PSNR: {', '.join(f'{v:.1f}' for v in values)} dB")
+    assert min(values) >= 40
+
+
+def test_folder_without_manifest_is_read_as_an_optimum_export(tiny_onnx, tmp_path):
+    plain = tmp_path / "optimum-like"
+    shutil.copytree(tiny_onnx, plain)
+    (plain / MANIFEST_NAME).unlink()
+    m = read_manifest(plain)
+    assert m.inferred and m.backend == "onnxruntime" and "Optimum" in m.notes[0]
+    result = sdopt.load(plain).generate(GenerateRequest(**{**SMALL, "steps": 2}))
+    assert np.isfinite(result.latents).all()
+
+
+def test_onnx_artifact_cannot_change_precision_at_load(tiny_onnx):
+    with pytest.raises(SdoptError, match="Export it again with --precision bf16"):
+        sdopt.load(tiny_onnx, precision="bf16")
+
+
+# --- bad input -------------------------------------------------------------------------
+def test_model_that_is_not_a_checkpoint(tmp_path, capsys):
+    (tmp_path / "notes").mkdir()
+    assert main(["export", str(tmp_path / "notes"), "--to", "onnx", "-o", str(tmp_path / "out")]) == 2
+    assert "is not an sdopt artifact" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_exporting_an_exported_artifact_is_refused(tiny_onnx, tmp_path, capsys):
+    assert main(["export", str(tiny_onnx), "--to", "onnx", "-o", str(tmp_path / "again")]) == 2
+    assert "export from the original PyTorch" in capsys.readouterr().err
+
+
+def test_existing_output_needs_force(tiny_model, tiny_onnx, capsys):
+    assert main(["export", str(tiny_model), "--to", "onnx", "-o", str(tiny_onnx)]) == 2
+    assert "pass --force to replace it" in capsys.readouterr().err
+    read_manifest(tiny_onnx)  # untouched
+
+
+def test_unwritable_output(tiny_model, tmp_path, capsys):
+    if os.geteuid() == 0:  # root ignores permission bits; /proc refuses even root
+        target = "/proc/sdopt-test/out"
+    else:
+        (tmp_path / "locked").mkdir(mode=0o500)
+        target = str(tmp_path / "locked" / "out")
+    assert main(["export", str(tiny_model), "--to", "onnx", "-o", target]) == 2
+    assert "cannot write" in capsys.readouterr().err
+
+
+def test_output_under_a_file_is_refused(tiny_model, tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    assert main(["export", str(tiny_model), "--to", "onnx", "-o", str(tmp_path / "afile" / "out")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+
+
+def test_unknown_target_lists_the_known_ones(tiny_model, tmp_path, capsys):
+    assert main(["export", str(tiny_model), "--to", "coreml", "-o", str(tmp_path / "o")]) == 2
+    assert "known targets: " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_export_leaves_nothing_loadable(tiny_model, tmp_path, sig):
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sdopt.cli", "export", str(tiny_model), "--to", "onnx", "-o", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    # Wait until the export has started writing its temporary folder, then kill it midway.
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(p.name.startswith(".killed.tmp-") and (p / "text_encoder").exists() for p in tmp_path.iterdir()):
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    assert not out.exists()
+    leftovers = [p for p in tmp_path.iterdir() if p.name.startswith(".killed.tmp-")]
+    if sig == signal.SIGTERM:
+        assert leftovers == []  # cleaned up on the way out
+    for folder in leftovers:  # SIGKILL cannot clean up, but what it leaves is refused
+        with pytest.raises(SdoptError, match="unfinished output"):
+            sdopt.load(folder)
