@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-EXTRAS := dev,onnx
+EXTRAS := dev,onnx,bench
 STAMP := $(VENV)/.sdopt-installed
 
 .PHONY: demo test clean-demo

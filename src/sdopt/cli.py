@@ -40,8 +40,59 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quantize(args: argparse.Namespace) -> int:
+    from sdopt.quant.schemes import format_table
+
+    if args.list:
+        print(format_table())
+        return 0
+    if not (args.model and args.scheme and args.output):
+        raise SdoptError("give MODEL, --scheme and -o OUT (or --list to see the schemes and backends)")
+    from sdopt.inspect_artifact import describe, format_description
+    from sdopt.quant.run import quantize
+
+    components = [c.strip() for c in args.components.split(",") if c.strip()] if args.components is not None else None
+    manifest = quantize(args.model, args.scheme, args.output, backend=args.backend, components=components,
+                        exclude=args.exclude, device=args.device, force=args.force)
+    if args.backend is None:
+        print(f"backend: {manifest.export['backend']} (the first supported for {args.scheme} on {args.device}; see --list)")
+    print(format_description(describe(args.output)))
+    return 0
+
+
 # Options that pass through to exporters; each exporter reads the ones it understands.
 EXPORT_OPTIONS = ("opset", "optimize", "skip_validation", "height", "width", "batch")
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from sdopt.bench.profiles import load_profile
+    from sdopt.bench.runner import BenchSettings, read_prompts, run_bench
+
+    profile = load_profile(args.profile) if args.profile else None
+    settings = BenchSettings.resolve(
+        profile,
+        prompts=read_prompts(args.prompts) if args.prompts else None,
+        seeds=_int_list(args.seeds, "--seeds") if args.seeds else None,
+        steps=args.steps,
+        height=args.height,
+        width=args.width,
+        warmup=args.warmup,
+        runs=args.runs,
+        scheduler=args.scheduler,
+        device=args.device,
+    )
+    run_bench(args.artifacts, args.reference, args.output, settings, profile=profile, timeout=args.timeout, progress=not args.quiet)
+    out = Path(args.output)
+    print((out / "report.md").read_text())
+    print(f"report: {(out / 'report.html').resolve()}")
+    return 0
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise SdoptError(f"{flag} {text!r}: give integers separated by commas, like 0,1,2") from None
 
 
 def _output_paths(out: Path, count: int) -> list[Path]:
@@ -140,6 +191,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=None, help="static image width")
     p.add_argument("--batch", type=int, default=None, help="static UNet batch (2 with guidance)")
     p.set_defaults(func=_export)
+
+    p = sub.add_parser("quantize", help="quantize a PyTorch checkpoint's weights (int8, int4, nf4, fp8) into a reloadable artifact")
+    p.add_argument("model", nargs="?", help="Diffusers model folder (or hub id) in full precision")
+    p.add_argument("--scheme", help="int8, int8-dynamic, int4, nf4 or fp8 (--list shows which backend does which)")
+    p.add_argument("--backend", default=None, help="torchao, quanto or bnb (default: the first that supports the scheme on --device)")
+    p.add_argument("--components", default=None, help="comma-separated: unet, text_encoder, vae (default: unet,text_encoder)")
+    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN", help="keep layers whose name matches this fnmatch pattern in full precision, e.g. 'unet.conv_in' (repeatable)")
+    p.add_argument("--device", default="cpu", help="where the artifact will run: cpu or cuda (default cpu)")
+    p.add_argument("-o", "--output", help="output artifact folder")
+    p.add_argument("--force", action="store_true", help="replace the output folder if it exists")
+    p.add_argument("--list", action="store_true", help="print the backend x scheme x device capability table and exit")
+    p.set_defaults(func=_quantize)
+
+    p = sub.add_parser("bench", help="measure artifacts side by side: latency per stage, memory, size, quality vs a reference")
+    p.add_argument("artifacts", nargs="+", help="artifact folders; PATH@bf16 runs a torch artifact in another precision")
+    p.add_argument("--reference", required=True, help="the artifact whose images count as correct (usually the fp32 checkpoint)")
+    p.add_argument("--profile", help="hardware profile name (profiles/NAME.toml) or a .toml file")
+    p.add_argument("--prompts", help="file with one prompt per line")
+    p.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--height", type=int)
+    p.add_argument("--width", type=int)
+    p.add_argument("--scheduler")
+    p.add_argument("--warmup", type=int, help="warm-up generate calls before measuring")
+    p.add_argument("--runs", type=int, help="measured passes over all prompts and seeds")
+    p.add_argument("--device", help="default: the profile's, else cpu")
+    p.add_argument("--timeout", type=float, default=None, help="seconds an artifact may take before it is recorded as failed")
+    p.add_argument("--quiet", "-q", action="store_true")
+    p.add_argument("-o", "--output", required=True, help="report folder")
+    p.set_defaults(func=_bench)
 
     p = sub.add_parser("generate", help="generate images with any artifact")
     p.add_argument("artifact", help="artifact folder, Diffusers model folder, or hub id")

@@ -1,0 +1,188 @@
+"""A self-contained report.html: tables, plots and an image grid, all inlined (no network)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+import numpy as np
+
+from sdopt.bench.report import _fmt, flat_rows
+
+_MAX_GRID_SAMPLES = 4
+
+
+def _png(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _image_uri(array: np.ndarray) -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _latency_plot(rows, report) -> str:
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in rows if r["latency_median_s"]]
+    steps = report["request"]["steps"]
+    fig, ax = plt.subplots(figsize=(8, 0.5 + 0.45 * len(ok)))
+    names = [r["artifact"] for r in ok]
+    te = np.array([r["text_encoder_s"] for r in ok])
+    # UNet time per image: the median step times the steps (second-order schedulers take more calls;
+    # the remainder shows as "other").
+    unet = np.array([r["unet_step_s"] * steps for r in ok])
+    vae = np.array([r["vae_decoder_s"] for r in ok])
+    other = np.maximum(np.array([r["latency_median_s"] for r in ok]) - te - unet - vae, 0)
+    left = np.zeros(len(ok))
+    for values, label, color in ((te, "text encoder", "#4c72b0"), (unet, "UNet steps", "#dd8452"), (vae, "VAE decode", "#55a868"), (other, "other", "#bbbbbb")):
+        ax.barh(names, values, left=left, label=label, color=color)
+        left += values
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds per image (median)")
+    ax.set_title("Latency per artifact and stage")
+    ax.legend(loc="lower right", fontsize=8)
+    return _png(fig)
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of points no other point beats on both lower latency and higher PSNR."""
+    front = []
+    for i, (lat, q) in enumerate(points):
+        dominated = any((l2 <= lat and q2 >= q) and (l2 < lat or q2 > q) for j, (l2, q2) in enumerate(points) if j != i)
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: points[i][0])
+
+
+def _pareto_plot(rows) -> str | None:
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in rows if r["latency_median_s"] and r["psnr_db"] is not None]
+    if not ok:
+        return None
+    points = [(r["latency_median_s"], r["psnr_db"]) for r in ok]
+    front = pareto_front(points)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.scatter(*zip(*points), color="#4c72b0", zorder=3)
+    for r, (x, y) in zip(ok, points):
+        ax.annotate(r["artifact"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.plot([points[i][0] for i in front], [points[i][1] for i in front], color="#c44e52", linestyle="--", label="Pareto front")
+    ax.set_xlabel("latency, seconds per image (median)")
+    ax.set_ylabel("PSNR vs reference, dB (worst sample; 100 = identical)")
+    ax.set_title("Speed vs quality")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def _memory_plot(rows) -> str:
+    import matplotlib.pyplot as plt
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 0.6 + 0.45 * len(rows)))
+    names = [r["artifact"] for r in rows]
+    a1.barh(names, [(r["peak_memory_bytes"] or 0) / 2**20 for r in rows], color="#8172b3")
+    a1.set_xlabel("MiB")
+    a1.set_title("Peak memory during generate")
+    a2.barh(names, [(r["size_bytes"] or 0) / 2**20 for r in rows], color="#937860")
+    a2.set_xlabel("MiB")
+    a2.set_title("Size on disk")
+    for ax in (a1, a2):
+        ax.invert_yaxis()
+    a2.set_yticklabels([])
+    return _png(fig)
+
+
+def _diff_heatmap(reference: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """|difference| averaged over channels, amplified ×4, in the 'inferno' colour map."""
+    from matplotlib import colormaps
+
+    diff = np.abs(reference.astype(np.float32) - image.astype(np.float32)).mean(axis=2)
+    rgba = colormaps["inferno"](np.clip(diff * 4 / 255.0, 0, 1))
+    return (rgba[..., :3] * 255).astype(np.uint8)
+
+
+def _image_grid(report: dict, out: Path) -> str:
+    from PIL import Image
+
+    artifacts = [a for a in report["artifacts"] if a.get("samples")]
+    if not artifacts:
+        return "<p>No images: every artifact failed.</p>"
+    ref = next((a for a in artifacts if a["name"] == report["reference"]), None)
+    prompts = report["request"]["prompts"]
+    parts = []
+    for sample_index, sample in enumerate(artifacts[0]["samples"][:_MAX_GRID_SAMPLES]):
+        title = f"prompt {sample['prompt_index'] + 1} “{html.escape(prompts[sample['prompt_index']])}”, seed {sample['seed']}"
+        ref_img = np.asarray(Image.open(out / ref["work_dir"] / ref["samples"][sample_index]["image"]).convert("RGB")) if ref else None
+        cells = []
+        for a in artifacts:
+            img = np.asarray(Image.open(out / a["work_dir"] / a["samples"][sample_index]["image"]).convert("RGB"))
+            heat = _diff_heatmap(ref_img, img) if ref_img is not None and a is not ref else None
+            cells.append(
+                f"<figure><img src='{_image_uri(img)}' alt='{html.escape(a['name'])}'>"
+                + (f"<img src='{_image_uri(heat)}' alt='difference'>" if heat is not None else "<div class='ref'>reference</div>")
+                + f"<figcaption>{html.escape(a['name'])}</figcaption></figure>"
+            )
+        parts.append(f"<h3>{title}</h3><div class='grid'>{''.join(cells)}</div>")
+    return "\n".join(parts)
+
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1400px}
+table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
+td:first-child,th:first-child{text-align:left}.failed{background:#fde2e2}
+.grid{display:flex;flex-wrap:wrap;gap:12px}figure{margin:0;text-align:center;font-size:12px}
+figure img{display:block;width:192px;height:192px;image-rendering:pixelated;margin-bottom:3px}
+.ref{width:192px;height:192px;display:flex;align-items:center;justify-content:center;background:#eee;color:#666}
+.plots img{max-width:100%}
+"""
+
+
+def render_html(report: dict, out: Path) -> str:
+    from sdopt.bench.report import markdown
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    rows = flat_rows(report)
+    header = ["artifact", "backend", "precision", "status", "latency median (ms)", "p90 (ms)", "speed-up", "UNet step (ms)", "peak mem (MiB)", "size (MiB)", "PSNR (dB)", "SSIM", "latent cos", "GFLOP/s", "of peak"]
+    body = []
+    for r in rows:
+        cells = [r["artifact"], r["backend"], r["precision"], r["status"] + (f": {r['error']}" if r["error"] else ""),
+                 _fmt(r["latency_median_s"], "ms"), _fmt(r["latency_p90_s"], "ms"), _fmt(r["speedup_vs_reference"], "x"),
+                 _fmt(r["unet_step_s"], "ms"), _fmt(r["peak_memory_bytes"], "mib"), _fmt(r["size_bytes"], "mib"),
+                 _fmt(r["psnr_db"]), _fmt(r["ssim"]), _fmt(r["latent_cosine"]), _fmt(r["achieved_gflops"]), _fmt(r["fraction_of_peak"], "pct")]
+        cls = "" if r["status"] == "ok" else " class='failed'"
+        body.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+    ok_rows = [r for r in rows if r["status"] == "ok" or r["latency_median_s"]]
+    plots = []
+    if ok_rows:
+        plots.append(_latency_plot(ok_rows, report))
+        pareto = _pareto_plot(ok_rows)
+        if pareto:
+            plots.append(pareto)
+        plots.append(_memory_plot(ok_rows))
+    summary = markdown(report).split("\n\n")[1]  # the bullet list: machine, software, request
+    summary_html = "<ul>" + "".join(f"<li>{html.escape(line[2:])}</li>" for line in summary.splitlines()) + "</ul>"
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>sdopt bench report</title><style>{_CSS}</style></head>
+<body>
+<h1>sdopt bench report{html.escape(' — ' + report['profile']) if report.get('profile') else ''}</h1>
+{summary_html}
+<h2>Results</h2>
+<table><tr>{''.join(f'<th>{h}</th>' for h in header)}</tr>{''.join(body)}</table>
+<h2>Plots</h2>
+<div class="plots">{''.join(f"<p><img src='{p}' alt='plot'></p>" for p in plots)}</div>
+<h2>Images: reference beside each artifact, same prompt and seed, with the difference (×4) below</h2>
+{_image_grid(report, out)}
+</body></html>
+"""

@@ -1,0 +1,84 @@
+"""A fingerprint of the machine and software a report was measured on."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+from sdopt.runtime.versions import library_versions
+
+_LIBRARIES = ("torch", "diffusers", "transformers", "onnx", "onnxruntime", "openvino", "nncf", "tensorrt",
+              "torchao", "quanto", "bnb", "numpy", "safetensors")
+# ISA features that change which kernels run (bf16/int8 paths on CPU).
+_ISA = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "avx_vnni")
+
+
+def _cpu() -> dict:
+    info = {"model": platform.processor() or platform.machine(), "logical_cores": os.cpu_count()}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return info
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name":
+            info["model"] = value.strip()
+        elif key == "flags":
+            flags = set(value.split())
+            info["isa"] = [f for f in _ISA if f in flags]
+            break
+    try:
+        info["usable_cores"] = len(os.sched_getaffinity(0))
+    except AttributeError:
+        pass
+    return info
+
+
+def _gpus() -> list[dict]:
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    gpus = []
+    for line in out.stdout.strip().splitlines():
+        name, driver, memory = (p.strip() for p in line.split(","))
+        gpus.append({"name": name, "driver": driver, "memory": memory})
+    return gpus
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode:
+        return None
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def fingerprint() -> dict:
+    from sdopt import __version__
+
+    mem = None
+    try:
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        pass
+    return {
+        "hostname": platform.node(),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": _cpu(),
+        "memory_bytes": mem,
+        "gpus": _gpus(),
+        "sdopt": __version__,
+        "git_commit": git_commit(),
+        "libraries": library_versions(*_LIBRARIES),
+    }

@@ -1,0 +1,93 @@
+"""Hardware profiles: what a machine kind is, what to run on it, and the gate's thresholds.
+
+Profiles are TOML files in the repository's ``profiles/`` folder (or any path
+given with --profile FILE). See profiles/README.md for the fields.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sdopt.errors import SdoptError
+
+# Defaults for a bench run when neither the profile nor the command line says otherwise.
+BENCH_DEFAULTS: dict[str, Any] = {
+    "steps": 4,
+    "height": 256,
+    "width": 256,
+    "warmup": 1,
+    "runs": 3,
+    "seeds": [0, 1],
+    "guidance_scale": 7.5,
+    "scheduler": "euler",
+    "prompts": [
+        "a watercolor painting of a lighthouse at dawn",
+        "a photo of a red fox in fresh snow, telephoto",
+    ],
+}
+
+
+@dataclass
+class HardwareProfile:
+    name: str
+    description: str
+    device: str
+    precisions: list[str]
+    backends: list[str]
+    bench: dict[str, Any] = field(default_factory=dict)
+    artifacts: list[dict[str, Any]] = field(default_factory=list)  # what a full profile run builds
+    gate: dict[str, Any] = field(default_factory=dict)  # metric -> rule(s), see bench/gate.py
+    path: str | None = None
+
+    def bench_setting(self, key: str) -> Any:
+        return self.bench.get(key, BENCH_DEFAULTS[key])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items()}
+
+
+def search_path() -> list[Path]:
+    """Where --profile NAME looks: $SDOPT_PROFILES, ./profiles, then the repository's profiles/."""
+    paths = [Path(p) for p in os.environ.get("SDOPT_PROFILES", "").split(os.pathsep) if p]
+    paths.append(Path.cwd() / "profiles")
+    paths.append(Path(__file__).resolve().parents[3] / "profiles")  # src/sdopt/bench -> repo root
+    return [p for i, p in enumerate(paths) if p.is_dir() and p not in paths[:i]]
+
+
+def available_profiles() -> list[str]:
+    return sorted({p.stem for folder in search_path() for p in folder.glob("*.toml")})
+
+
+def load_profile(name_or_path: str) -> HardwareProfile:
+    path = Path(name_or_path)
+    if not (path.suffix == ".toml" and path.is_file()):
+        found = [folder / f"{name_or_path}.toml" for folder in search_path() if (folder / f"{name_or_path}.toml").is_file()]
+        if not found:
+            raise SdoptError(
+                f"unknown profile '{name_or_path}'; known profiles: {', '.join(available_profiles()) or 'none found'} "
+                "(or give the path of a .toml file)"
+            )
+        path = found[0]
+    import tomllib
+
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise SdoptError(f"{path} is not valid TOML: {exc}") from exc
+    missing = [k for k in ("name", "device") if k not in data]
+    if missing:
+        raise SdoptError(f"{path} lacks {', '.join(missing)}: every profile names itself and its device")
+    return HardwareProfile(
+        name=data["name"],
+        description=data.get("description", ""),
+        device=data["device"],
+        precisions=list(data.get("precisions", [])),
+        backends=list(data.get("backends", [])),
+        bench=dict(data.get("bench", {})),
+        artifacts=list(data.get("artifacts", [])),
+        gate=dict(data.get("gate", {})),
+        path=str(path),
+    )

@@ -1,0 +1,117 @@
+"""Writing a bench report: report.json, results.csv (pandas), report.md and report.html."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def flat_rows(report: dict) -> list[dict[str, Any]]:
+    """One flat row per artifact: the CSV's and the Markdown table's data."""
+    rows = []
+    for a in report["artifacts"]:
+        lat, st, q, c = a.get("latency_s", {}), a.get("stages_s", {}), a.get("quality", {}), a.get("compute", {})
+        rows.append(
+            {
+                "artifact": a["name"],
+                "backend": a["backend"],
+                "precision": a["precision"],
+                "status": a["status"],
+                "error": a.get("error"),
+                "latency_median_s": lat.get("median"),
+                "latency_p90_s": lat.get("p90"),
+                "latency_spread": lat.get("spread"),
+                "speedup_vs_reference": (1 / a["latency_ratio_to_reference"]) if a.get("latency_ratio_to_reference") else None,
+                "text_encoder_s": st.get("text_encoder"),
+                "unet_step_s": st.get("unet_step"),
+                "vae_decoder_s": st.get("vae_decoder"),
+                "steps_per_s": a.get("steps_per_s"),
+                "load_s": a.get("load_s"),
+                "first_generate_s": a.get("first_generate_s"),
+                "peak_memory_bytes": a.get("peak_memory_bytes"),
+                "size_bytes": a.get("size_bytes"),
+                "psnr_db": q.get("psnr_db"),
+                "ssim": q.get("ssim"),
+                "max_abs_pixel_error": q.get("max_abs_pixel_error"),
+                "latent_cosine": q.get("latent_cosine"),
+                "achieved_gflops": c.get("achieved_gflops"),
+                "fraction_of_peak": c.get("fraction_of_peak"),
+            }
+        )
+    return rows
+
+
+def _fmt(value: Any, kind: str = "") -> str:
+    if value is None:
+        return "–"
+    if kind == "ms":
+        return f"{value * 1000:,.1f}"
+    if kind == "mib":
+        return f"{value / 2**20:,.0f}"
+    if kind == "x":
+        return f"{value:.2f}×"
+    if kind == "pct":
+        return f"{value * 100:.0f}%"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def markdown(report: dict) -> str:
+    req, machine = report["request"], report["machine"]
+    cpu = machine.get("cpu", {})
+    gpus = ", ".join(g["name"] for g in machine.get("gpus", [])) or "none"
+    lines = [
+        f"# sdopt bench report{' — profile ' + report['profile'] if report.get('profile') else ''}",
+        "",
+        f"- machine: {cpu.get('model')} ({cpu.get('usable_cores', cpu.get('logical_cores'))} cores; {' '.join(cpu.get('isa', []))}); GPUs: {gpus}",
+        f"- software: sdopt {report['sdopt_version']} (commit {str(machine.get('git_commit'))[:12]}), "
+        + ", ".join(f"{k} {v}" for k, v in machine.get("libraries", {}).items()),
+        f"- request: {len(req['prompts'])} prompt(s) × seeds {req['seeds']}, {req['steps']} steps, {req['height']}×{req['width']}, "
+        f"guidance {req['guidance_scale']}, scheduler {req['scheduler']}; {report['settings']['runs']} run(s) after {report['settings']['warmup']} warm-up",
+        f"- reference: **{report['reference']}**; UNet {_fmt((report.get('unet_flops_per_call') or 0) / 1e9)} GFLOP per call",
+        f"- created {report['created']}",
+        "",
+        "| artifact | backend | precision | status | latency median (ms) | p90 (ms) | speed-up | text enc (ms) | UNet step (ms) | VAE dec (ms) | peak mem (MiB) | size (MiB) | PSNR (dB) | SSIM | latent cos | GFLOP/s | of peak |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in flat_rows(report):
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    r["artifact"], r["backend"], r["precision"],
+                    r["status"] if r["status"] == "ok" else f"**{r['status']}**",
+                    _fmt(r["latency_median_s"], "ms"), _fmt(r["latency_p90_s"], "ms"), _fmt(r["speedup_vs_reference"], "x"),
+                    _fmt(r["text_encoder_s"], "ms"), _fmt(r["unet_step_s"], "ms"), _fmt(r["vae_decoder_s"], "ms"),
+                    _fmt(r["peak_memory_bytes"], "mib"), _fmt(r["size_bytes"], "mib"),
+                    _fmt(r["psnr_db"]), _fmt(r["ssim"]), _fmt(r["latent_cosine"]),
+                    _fmt(r["achieved_gflops"]), _fmt(r["fraction_of_peak"], "pct"),
+                ]
+            )
+            + " |"
+        )
+    failed = [r for r in flat_rows(report) if r["status"] != "ok"]
+    if failed:
+        lines += ["", "## Failures", ""] + [f"- **{r['artifact']}**: {r['error']}" for r in failed]
+    lines += ["", "Speed-up is the reference's median latency over the artifact's, measured in this run. PSNR is the worst over the prompts and seeds (capped at 100 dB for identical images)."]
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(report: dict, out: Path) -> dict[str, Path]:
+    import pandas as pd
+
+    from sdopt.bench.html import render_html
+
+    paths = {
+        "json": out / "report.json",
+        "csv": out / "results.csv",
+        "md": out / "report.md",
+        "html": out / "report.html",
+    }
+    paths["json"].write_text(json.dumps(report, indent=2) + "\n")
+    pd.DataFrame(flat_rows(report)).to_csv(paths["csv"], index=False)
+    paths["md"].write_text(markdown(report))
+    paths["html"].write_text(render_html(report, out))
+    return paths

@@ -1,0 +1,342 @@
+"""`sdopt bench`: every artifact on the same prompts and seeds, one worker process each,
+then speed, memory and quality against the reference, in one report."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import re
+import statistics
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sdopt.bench import quality
+from sdopt.bench.profiles import BENCH_DEFAULTS, HardwareProfile
+from sdopt.errors import SdoptError
+from sdopt.manifest import Manifest, fingerprint_of, read_manifest
+from sdopt.request import GenerateRequest
+from sdopt.runtime.schedulers import check_scheduler
+from sdopt.source import resolve
+
+REPORT_SCHEMA = "sdopt.bench.report"
+REPORT_SCHEMA_VERSION = 1
+PSNR_CAP_DB = 100.0  # identical images have infinite PSNR; JSON has no inf, so it is capped here
+UNITS = {
+    "*_s": "seconds",
+    "*_bytes": "bytes",
+    "psnr_db": "decibels (capped at 100 for identical images)",
+    "ssim": "1 = identical",
+    "latent_cosine": "1 = identical direction",
+    "max_abs_pixel_error": "8-bit levels (0-255)",
+    "*_gflops": "GFLOP/s",
+    "unet_flops_per_call": "floating-point operations",
+    "steps_per_s": "UNet calls per second",
+}
+
+
+@dataclass
+class BenchSettings:
+    prompts: list[str]
+    seeds: list[int]
+    steps: int
+    height: int
+    width: int
+    guidance_scale: float
+    scheduler: str | None
+    warmup: int
+    runs: int
+    device: str = "cpu"
+
+    @classmethod
+    def resolve(cls, profile: HardwareProfile | None, **overrides: Any) -> "BenchSettings":
+        """Command-line values over the profile's [bench] over the defaults."""
+        values = {}
+        for key in ("prompts", "seeds", "steps", "height", "width", "guidance_scale", "scheduler", "warmup", "runs"):
+            if overrides.get(key) is not None:
+                values[key] = overrides[key]
+            elif profile is not None:
+                values[key] = profile.bench_setting(key)
+            else:
+                values[key] = BENCH_DEFAULTS[key]
+        values["device"] = overrides.get("device") or (profile.device if profile else "cpu")
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if not self.prompts:
+            raise SdoptError("no prompts to run: the prompt file is empty; put one prompt per line")
+        if not self.seeds:
+            raise SdoptError("no seeds to run: give --seeds 0,1,2")
+        if self.runs < 1 or self.warmup < 0:
+            raise SdoptError(f"--runs {self.runs} / --warmup {self.warmup}: need at least 1 run and 0 or more warm-ups")
+        check_scheduler(self.scheduler)
+        for prompt in self.prompts:
+            GenerateRequest(prompt=prompt, steps=self.steps, height=self.height, width=self.width, guidance_scale=self.guidance_scale).validate()
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    path = Path(path)
+    if not path.is_file():
+        raise SdoptError(f"prompt file {path} does not exist")
+    prompts = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise SdoptError(f"prompt file {path} has no prompts: put one prompt per line")
+    return prompts
+
+
+# --- what is compared with what -------------------------------------------------------
+@dataclass
+class Entry:
+    name: str
+    path: Path
+    manifest: Manifest
+    precision: str | None = None  # a torch artifact may run in another precision (e.g. bf16)
+
+
+def _model_fingerprint(m: Manifest) -> str | None:
+    """The fingerprint of the weights this artifact was made from (its own, for a source checkpoint)."""
+    if m.source.get("fingerprint"):
+        return m.source["fingerprint"]
+    if m.backend == "torch" and all(f.sha256 for c in m.components.values() for f in c.files):
+        return fingerprint_of(m.components)
+    return None
+
+
+def parse_artifact_arg(text: str) -> tuple[str, str | None]:
+    """PATH or PATH@PRECISION (run a torch artifact in another precision, e.g. models/sd15@bf16)."""
+    match = re.fullmatch(r"(.+)@(fp32|fp16|bf16)", text)
+    return (match.group(1), match.group(2)) if match else (text, None)
+
+
+def collect(artifacts: list[str], reference: str) -> list[Entry]:
+    """The reference first, then every artifact, with unique names; refuses incomparable sets."""
+    entries, names = [], set()
+    for text in [reference, *artifacts]:
+        path_text, precision = parse_artifact_arg(text)
+        path = resolve(path_text)
+        manifest = read_manifest(path)
+        name = path.name + (f"@{precision}" if precision else "")
+        if any(e.path == path and e.precision == precision for e in entries):
+            continue  # the reference given again among the artifacts
+        base, n = name, 2
+        while name in names:
+            name, n = f"{base}-{n}", n + 1
+        names.add(name)
+        entries.append(Entry(name, path, manifest, precision))
+    ref = entries[0]
+    for e in entries[1:]:
+        if e.manifest.family != ref.manifest.family:
+            raise SdoptError(f"{e.name} is a {e.manifest.family} model and the reference a {ref.manifest.family}: they cannot be compared")
+        keys = ("latent_channels", "vae_scale_factor", "cross_attention_dim")
+        diff = [k for k in keys if e.manifest.model.get(k) != ref.manifest.model.get(k)]
+        if diff:
+            raise SdoptError(
+                f"{e.name} and the reference {ref.name} have different shapes ({', '.join(f'{k}: {e.manifest.model.get(k)} vs {ref.manifest.model.get(k)}' for k in diff)}): "
+                "give a reference made from the same model"
+            )
+        a, b = _model_fingerprint(e.manifest), _model_fingerprint(ref.manifest)
+        if a and b and a != b:
+            raise SdoptError(
+                f"{e.name} was made from other weights than the reference {ref.name} (fingerprints {a[:12]} vs {b[:12]}): "
+                "quality against it would mean nothing; give the checkpoint it was exported from as --reference"
+            )
+    return entries
+
+
+def check_static_shapes(entries: list[Entry], settings: BenchSettings) -> None:
+    for e in entries:
+        shapes = e.manifest.static_shapes
+        if shapes and (shapes.get("height"), shapes.get("width")) != (settings.height, settings.width):
+            raise SdoptError(
+                f"{e.name} is built for {shapes.get('height')}x{shapes.get('width')} only; the bench asks for "
+                f"{settings.height}x{settings.width}: pass --height {shapes.get('height')} --width {shapes.get('width')}"
+            )
+
+
+# --- running ----------------------------------------------------------------------------
+def _run_worker(entry: Entry, settings: BenchSettings, out: Path, timeout: float | None) -> dict:
+    work = out / "raw" / _slug(entry.name)
+    work.mkdir(parents=True, exist_ok=True)
+    job = {**asdict(settings), "path": str(entry.path), "precision": entry.precision, "output_dir": str(work)}
+    (work / "job.json").write_text(json.dumps(job, indent=2))
+    with open(work / "worker.log", "w") as log:
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-m", "sdopt.bench.worker", str(work / "job.json"), str(work / "result.json")],
+                stdout=log, stderr=subprocess.STDOUT, timeout=timeout,
+            )
+        except subprocess.TimeoutExpired:
+            return {"status": "failed", "error": f"did not finish within {timeout:.0f} s"}
+    if not (work / "result.json").is_file():
+        return {"status": "failed", "error": f"the worker process died (exit status {proc.returncode}); see {work / 'worker.log'}"}
+    result = json.loads((work / "result.json").read_text())
+    result["work_dir"] = str(work.relative_to(out))
+    return result
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.@-]+", "_", name)
+
+
+def _latency(samples: list[float]) -> dict[str, float]:
+    s = sorted(samples)
+    median = statistics.median(s)
+    p90 = float(np.percentile(s, 90))
+    return {
+        "median": median,
+        "p90": p90,
+        "min": s[0],
+        "max": s[-1],
+        "mean": statistics.fmean(s),
+        "n": len(s),
+        # Run-to-run spread relative to the median: the gate calls no change inside it a regression.
+        "spread": (p90 - s[0]) / median if median else 0.0,
+    }
+
+
+def _summarise(entry: Entry, raw: dict, reference: dict | None, out: Path, flops: int | None, peaks: dict) -> dict:
+    m = entry.manifest
+    row: dict[str, Any] = {
+        "name": entry.name,
+        "path": str(entry.path),
+        "backend": m.backend,
+        "precision": entry.precision or m.precision,
+        "quantization": {n: c.quantization for n, c in m.components.items() if c.quantization} or None,
+        "static_shapes": m.static_shapes,
+        "artifact_id": m.artifact_id,
+        "size_bytes": m.size_bytes,
+        "status": raw["status"],
+        "error": raw.get("error"),
+    }
+    if raw["status"] != "ok":
+        return row
+    latency = _latency(raw["latency_samples_s"])
+    unet_step = statistics.median(raw["unet_step_samples_s"])
+    row.update(
+        {
+            "load_s": raw["load_s"],
+            "first_generate_s": raw["first_generate_s"],
+            "latency_s": latency,
+            "stages_s": {
+                "text_encoder": statistics.median(raw["text_encoder_samples_s"]),
+                "unet_step": unet_step,
+                "vae_decoder": statistics.median(raw["vae_decoder_samples_s"]),
+            },
+            "steps_per_s": 1.0 / unet_step,
+            "peak_memory_bytes": raw["peak_memory_bytes"],
+            "peak_memory_kind": raw["peak_memory_kind"],
+            "process_peak_rss_bytes": raw["process_peak_rss_bytes"],
+            "samples": raw["samples"],
+            "work_dir": raw["work_dir"],
+        }
+    )
+    if flops:
+        probe = peaks.get(row["precision"]) or {}
+        achieved = flops / unet_step / 1e9
+        row["compute"] = {
+            "achieved_gflops": achieved,
+            "peak_gflops": probe.get("gflops"),
+            "precision_probed": probe.get("precision_probed"),
+            "fraction_of_peak": achieved / probe["gflops"] if probe.get("gflops") else None,
+        }
+    images, latents = _load_samples(out / raw["work_dir"], raw["samples"])
+    broken = next((why for i, l in zip(images, latents) if (why := quality.broken_output(i, l))), None)
+    if reference is not None and reference.get("status") == "ok":
+        ref_images, ref_latents = _load_samples(out / reference["work_dir"], reference["samples"])
+        q = quality.compare(ref_images, images, ref_latents, latents)
+        row["quality"] = {k: (min(v, PSNR_CAP_DB) if k.startswith("psnr") else v) for k, v in q.items()}
+        row["latency_ratio_to_reference"] = latency["median"] / reference["latency_s"]["median"]
+    if broken:
+        row["status"], row["error"] = "failed", broken
+    return row
+
+
+def _load_samples(folder: Path, samples: list[dict]):
+    from PIL import Image
+
+    images = [np.asarray(Image.open(folder / s["image"]).convert("RGB")) for s in samples]
+    latents = [np.load(folder / s["latents"]) for s in samples]
+    return images, latents
+
+
+def _unet_flops(reference: Entry, settings: BenchSettings) -> int | None:
+    from sdopt.bench.flops import unet_flops_per_call
+
+    unet_cfg = reference.path / "unet" / "config.json"
+    te_cfg = reference.path / "text_encoder" / "config.json"
+    if not (unet_cfg.is_file() and te_cfg.is_file()):
+        return None
+    hidden = json.loads(te_cfg.read_text()).get("hidden_size")
+    batch = 2 if settings.guidance_scale > 1 else 1
+    return unet_flops_per_call(unet_cfg, batch, settings.height, settings.width, reference.manifest.model["vae_scale_factor"], hidden)
+
+
+def run_bench(
+    artifacts: list[str],
+    reference: str,
+    out: str | Path,
+    settings: BenchSettings,
+    profile: HardwareProfile | None = None,
+    timeout: float | None = None,
+    progress: bool = True,
+) -> dict:
+    from tqdm import tqdm
+
+    from sdopt import __version__
+    from sdopt.bench.flops import matmul_peak_gflops
+    from sdopt.bench.machine import fingerprint
+
+    entries = collect(artifacts, reference)
+    check_static_shapes(entries, settings)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    raws: dict[str, dict] = {}
+    with tqdm(entries, desc="bench", unit="artifact", file=sys.stderr, disable=not progress) as bar:
+        for entry in bar:
+            bar.set_postfix_str(entry.name)
+            raws[entry.name] = _run_worker(entry, settings, out, timeout)
+    flops = _unet_flops(entries[0], settings)
+    precisions = {e.precision or e.manifest.precision for e in entries}
+    peaks = {p: matmul_peak_gflops(p, settings.device) for p in sorted(precisions)}
+
+    ref_raw = raws[entries[0].name]
+    if ref_raw["status"] == "ok":
+        ref_raw["latency_s"] = _latency(ref_raw["latency_samples_s"])
+    rows = [_summarise(e, raws[e.name], ref_raw, out, flops, peaks) for e in entries]
+    ref_fp = _model_fingerprint(entries[0].manifest)
+    report = {
+        "schema": REPORT_SCHEMA,
+        "schema_version": REPORT_SCHEMA_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "sdopt_version": __version__,
+        "machine": fingerprint(),
+        "profile": profile.name if profile else None,
+        "request": {
+            "prompts": settings.prompts,
+            "seeds": settings.seeds,
+            "steps": settings.steps,
+            "height": settings.height,
+            "width": settings.width,
+            "guidance_scale": settings.guidance_scale,
+            "scheduler": settings.scheduler,
+            "images_per_call": 1,
+        },
+        "settings": {"warmup": settings.warmup, "runs": settings.runs, "device": settings.device},
+        "model": {"fingerprint": ref_fp, "family": entries[0].manifest.family, **entries[0].manifest.model},
+        "reference": entries[0].name,
+        "unet_flops_per_call": flops,
+        "matmul_peak_gflops": peaks,
+        "units": UNITS,
+        "artifacts": rows,
+    }
+    from sdopt.bench.report import write_reports
+
+    write_reports(report, out)
+    return report

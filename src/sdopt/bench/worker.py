@@ -1,0 +1,103 @@
+"""One artifact's measurements, in a process of its own.
+
+The runner starts one worker per artifact, so each one's load time is a cold
+load and its peak memory is its own, not the sum of the artifacts before it.
+Usage: python -m sdopt.bench.worker JOB.json RESULT.json
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+
+def _generate_all(pipe, job: dict) -> list[tuple[dict, object]]:
+    from sdopt import GenerateRequest
+
+    outputs = []
+    for p, prompt in enumerate(job["prompts"]):
+        for seed in job["seeds"]:
+            request = GenerateRequest(
+                prompt=prompt,
+                seed=seed,
+                steps=job["steps"],
+                guidance_scale=job["guidance_scale"],
+                height=job["height"],
+                width=job["width"],
+                scheduler=job["scheduler"],
+            )
+            outputs.append(({"prompt_index": p, "seed": seed}, pipe.generate(request)))
+    return outputs
+
+
+def measure(job: dict) -> dict:
+    import sdopt
+    from sdopt.runtime.memory import rss_peak_bytes
+
+    out_dir = Path(job["output_dir"])
+    start = time.perf_counter()
+    pipe = sdopt.load(job["path"], device=job["device"], precision=job.get("precision"), **job.get("options", {}))
+    load_s = time.perf_counter() - start
+
+    start = time.perf_counter()
+    first = _generate_all(pipe, {**job, "prompts": job["prompts"][:1], "seeds": job["seeds"][:1]})
+    first_generate_s = time.perf_counter() - start
+    for _ in range(max(job["warmup"] - 1, 0)):  # the first generate above is the first warm-up
+        _generate_all(pipe, {**job, "prompts": job["prompts"][:1], "seeds": job["seeds"][:1]})
+
+    calls = []
+    for _ in range(job["runs"]):
+        calls.extend(_generate_all(pipe, job))
+    del first
+
+    # Images and latents of the last run: the same prompts and seeds give the same output every run.
+    last = calls[-len(job["prompts"]) * len(job["seeds"]):]
+    samples = []
+    for key, result in last:
+        stem = f"p{key['prompt_index']}-s{key['seed']}"
+        result.images[0].save(out_dir / f"{stem}.png")
+        np.save(out_dir / f"{stem}.npy", result.latents)
+        samples.append({**key, "image": f"{stem}.png", "latents": f"{stem}.npy"})
+
+    totals = [r.timings.total for _, r in calls]
+    steps = [s for _, r in calls for s in r.timings.unet_steps]
+    return {
+        "status": "ok",
+        "backend": pipe.manifest.backend,
+        "precision": pipe.precision,
+        "load_s": load_s,
+        "first_generate_s": first_generate_s,
+        "latency_samples_s": totals,
+        "text_encoder_samples_s": [r.timings.text_encoder for _, r in calls],
+        "unet_step_samples_s": steps,
+        "unet_calls_per_generate": len(calls[0][1].timings.unet_steps),
+        "vae_decoder_samples_s": [r.timings.vae_decoder for _, r in calls],
+        "unet_total_median_s": statistics.median(r.timings.unet_total for _, r in calls),
+        "peak_memory_bytes": max(r.peak_memory_bytes for _, r in calls),
+        "peak_memory_kind": calls[0][1].peak_memory_kind,
+        "process_peak_rss_bytes": rss_peak_bytes(),
+        "samples": samples,
+    }
+
+
+def main(argv: list[str]) -> int:
+    job = json.loads(Path(argv[0]).read_text())
+    try:
+        result = measure(job)
+    except Exception as exc:  # the runner records the error and goes on with the next artifact
+        from sdopt.errors import SdoptError
+
+        message = str(exc) if isinstance(exc, SdoptError) else f"{type(exc).__name__}: {exc}"
+        result = {"status": "failed", "error": message, "traceback": None if isinstance(exc, SdoptError) else traceback.format_exc()}
+    Path(argv[1]).write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
