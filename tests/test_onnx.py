@@ -147,3 +147,20 @@ def test_killed_export_leaves_nothing_loadable(tiny_model, tmp_path, sig):
     for folder in leftovers:  # SIGKILL cannot clean up, but what it leaves is refused
         with pytest.raises(SdoptError, match="unfinished output"):
             sdopt.load(folder)
+
+
+@pytest.mark.skipif(not os.environ.get("SDOPT_OPTIMUM_CLI"), reason="set SDOPT_OPTIMUM_CLI to an optimum-cli executable (docs/onnx.md)")
+def test_a_real_optimum_export_of_our_checkpoint_loads_and_agrees(tiny_model, tiny_pipeline, tmp_path):
+    """Optimum's exporter opens our zoo checkpoint, and sdopt runs what it writes."""
+    out = tmp_path / "optimum"
+    subprocess.run(
+        [os.environ["SDOPT_OPTIMUM_CLI"], "export", "onnx", "--model", str(tiny_model), "--task", "text-to-image", str(out)],
+        check=True, capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert read_manifest(out).inferred
+    # DDIM: Optimum rewrites scheduler_config.json with timestep_spacing="leading" spelled out, which
+    # Euler (default "linspace") would honour differently; DDIM's default is "leading" either way.
+    request = GenerateRequest(**SMALL, scheduler="ddim")
+    value = psnr(tiny_pipeline.generate(request).images[0], sdopt.load(out).generate(request).images[0])
+    print(f"Optimum export vs torch fp32 PSNR {value:.1f} dB")
+    assert value >= 40

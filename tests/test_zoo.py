@@ -172,3 +172,12 @@ def test_sd15_writes_a_full_checkpoint(tmp_path):
             assert count == expected, component
     finally:
         shutil.rmtree(out)  # pytest keeps recent tmp folders; 4 GB is too much to keep
+
+
+def test_text_encoder_weights_use_canonical_names(tiny):
+    """transformers 4 (and so Optimum's exporter) loads CLIP weights only under "text_model." names."""
+    from safetensors import safe_open
+
+    with safe_open(tiny / "text_encoder" / "model.safetensors", "np") as f:
+        keys = list(f.keys())
+    assert keys and all(k.startswith("text_model.") for k in keys)

@@ -67,6 +67,22 @@ def _write_text_encoder(folder: Path, model: ZooModel, seed: int) -> None:
         text_encoder = CLIPTextModel(CLIPTextConfig(**config))
     with _without_transformers_progress_bar():
         text_encoder.save_pretrained(folder / "text_encoder")
+    _canonical_text_encoder_keys(folder / "text_encoder" / "model.safetensors")
+
+
+def _canonical_text_encoder_keys(path: Path) -> None:
+    """Store CLIPTextModel weights under their canonical "text_model." names.
+
+    transformers 5 saves them without that prefix; transformers 4 then finds no
+    weight it knows and silently initialises the model at random (so an Optimum
+    export of our checkpoint would run another text encoder). Real SD
+    checkpoints carry the prefix, and both major versions load it.
+    """
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(path)
+    renamed = {k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in tensors.items()}
+    save_file(dict(sorted(renamed.items())), path, metadata={"format": "pt"})
 
 
 @contextlib.contextmanager
