@@ -88,6 +88,30 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gate(args: argparse.Namespace) -> int:
+    from sdopt.bench import gate
+    from sdopt.bench.profiles import load_profile
+    from sdopt.bench.rules import load_rules_file
+
+    current = gate.read_report(args.current)
+    baseline = gate.read_report(args.baseline) if args.baseline else None
+    if args.rules:
+        rules, source = load_rules_file(args.rules), args.rules
+    elif args.profile or current.get("profile"):
+        profile = load_profile(args.profile or current["profile"])
+        rules, source = profile.gate or gate.DEFAULT_RULES, f"profile {profile.name}"
+    else:
+        rules, source = gate.DEFAULT_RULES, "default rules"
+    result = gate.gate(current, rules, baseline)
+    print(f"rules: {source}; baseline: {args.baseline or 'none (absolute floors only)'}")
+    print(gate.table(result))
+    if args.markdown:
+        Path(args.markdown).write_text(gate.table(result, markdown=True))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    return result.exit_code
+
+
 def _int_list(text: str, flag: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
@@ -221,6 +245,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", "-q", action="store_true")
     p.add_argument("-o", "--output", required=True, help="report folder")
     p.set_defaults(func=_bench)
+
+    p = sub.add_parser("gate", help="check a bench report against a baseline and thresholds (exit 0 ok, 1 regression, 2 incomparable)")
+    p.add_argument("current", help="report.json of this run")
+    p.add_argument("--baseline", help="report.json to compare with; without it only absolute floors are checked")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--rules", help="TOML file with a [gate] table of metric = rule")
+    group.add_argument("--profile", help="take the rules from this hardware profile (default: the report's profile)")
+    p.add_argument("--markdown", help="also write the table as Markdown here (for a CI job summary)")
+    p.add_argument("--json", help="also write the verdict as JSON here")
+    p.set_defaults(func=_gate)
 
     p = sub.add_parser("generate", help="generate images with any artifact")
     p.add_argument("artifact", help="artifact folder, Diffusers model folder, or hub id")

@@ -172,7 +172,7 @@ def render_html(report: dict, out: Path) -> str:
             plots.append(pareto)
         plots.append(_memory_plot(ok_rows))
     summary = markdown(report).split("\n\n")[1]  # the bullet list: machine, software, request
-    summary_html = "<ul>" + "".join(f"<li>{html.escape(line[2:])}</li>" for line in summary.splitlines()) + "</ul>"
+    summary_html = "<ul>" + "".join(f"<li>{html.escape(line[2:].replace('**', ''))}</li>" for line in summary.splitlines()) + "</ul>"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>sdopt bench report</title><style>{_CSS}</style></head>
 <body>

@@ -21,7 +21,7 @@ def flat_rows(report: dict) -> list[dict[str, Any]]:
                 "error": a.get("error"),
                 "latency_median_s": lat.get("median"),
                 "latency_p90_s": lat.get("p90"),
-                "latency_spread": lat.get("spread"),
+                "latency_rel_mad": lat.get("rel_mad"),
                 "speedup_vs_reference": (1 / a["latency_ratio_to_reference"]) if a.get("latency_ratio_to_reference") else None,
                 "text_encoder_s": st.get("text_encoder"),
                 "unet_step_s": st.get("unet_step"),

@@ -187,16 +187,19 @@ def _slug(name: str) -> str:
 def _latency(samples: list[float]) -> dict[str, float]:
     s = sorted(samples)
     median = statistics.median(s)
-    p90 = float(np.percentile(s, 90))
+    mad = statistics.median(abs(x - median) for x in s)
     return {
         "median": median,
-        "p90": p90,
+        "p90": float(np.percentile(s, 90)),
         "min": s[0],
         "max": s[-1],
         "mean": statistics.fmean(s),
         "n": len(s),
-        # Run-to-run spread relative to the median: the gate calls no change inside it a regression.
-        "spread": (p90 - s[0]) / median if median else 0.0,
+        # Run-to-run noise, relative to the median: the median absolute deviation, and from it the
+        # standard error of the median (1.4826·MAD estimates σ; the median's error is 1.2533·σ/√n).
+        # The gate calls no change inside this noise a regression.
+        "rel_mad": mad / median if median else 0.0,
+        "rel_stderr": 1.2533 * 1.4826 * mad / median / len(s) ** 0.5 if median else 0.0,
     }
 
 

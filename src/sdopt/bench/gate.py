@@ -1,0 +1,227 @@
+"""`sdopt gate`: turn bench reports into a pass/fail verdict for CI.
+
+Exit 0 when every rule holds, 1 on a regression, 2 when the reports cannot be
+compared (different prompts, seeds, steps, shapes, model or schema).
+
+Speed is judged noise-aware: an artifact's latency is read as its ratio to the
+reference artifact measured in the same run, so a slower or busier machine
+does not fail the gate by itself; and a change within the run-to-run noise
+recorded in the reports (twice the combined standard error of the medians) is
+reported as "noise", not as a regression.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sdopt.bench.rules import Rule, parse_rules
+from sdopt.bench.runner import REPORT_SCHEMA
+from sdopt.errors import SdoptError
+
+EXIT_OK, EXIT_REGRESSION, EXIT_INCOMPARABLE = 0, 1, 2
+
+# Fields two reports must share to be compared, as dotted paths into report.json.
+COMPARABLE_FIELDS = (
+    "schema",
+    "schema_version",
+    "request.prompts",
+    "request.seeds",
+    "request.steps",
+    "request.height",
+    "request.width",
+    "request.guidance_scale",
+    "request.scheduler",
+    "model.fingerprint",
+    "reference",
+)
+_RATIO_METRICS = {"latency.median", "latency.p90", "load"}
+# Used when neither --rules nor a profile (given, or named in the report) says otherwise.
+DEFAULT_RULES: dict[str, Any] = {
+    "latency.median": "+10%",
+    "peak_memory": "+5%",
+    "quality.psnr_db": ["-0.5", ">= 30"],
+    "status": "ok",
+}
+
+
+class IncomparableReports(SdoptError):
+    exit_code = EXIT_INCOMPARABLE
+
+
+@dataclass
+class Check:
+    artifact: str
+    metric: str
+    baseline: float | str | None
+    current: float | str | None
+    change: str
+    threshold: str
+    verdict: str  # ok, noise, REGRESSION, n/a, skipped
+
+    @property
+    def failed(self) -> bool:
+        return self.verdict == "REGRESSION"
+
+
+@dataclass
+class GateResult:
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_REGRESSION if any(c.failed for c in self.checks) else EXIT_OK
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "verdict": "fail" if self.exit_code else "pass",
+            "exit_code": self.exit_code,
+            "regressions": sum(c.failed for c in self.checks),
+            "checks": [c.__dict__ for c in self.checks],
+        }
+
+
+def read_report(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise SdoptError(f"report {path} does not exist: give a report.json written by `sdopt bench`")
+    try:
+        report = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise SdoptError(f"{path} is not valid JSON ({exc})") from exc
+    if report.get("schema") != REPORT_SCHEMA:
+        raise IncomparableReports(f"{path} is not an sdopt bench report (its schema is {report.get('schema')!r})")
+    return report
+
+
+def _get(data: dict, dotted: str) -> Any:
+    for key in dotted.split("."):
+        data = data.get(key) if isinstance(data, dict) else None
+    return data
+
+
+def check_comparable(current: dict, baseline: dict) -> None:
+    for name in COMPARABLE_FIELDS:
+        a, b = _get(current, name), _get(baseline, name)
+        if a != b:
+            raise IncomparableReports(
+                f"the reports cannot be compared: {name} differs (baseline {json.dumps(b)[:120]}, current {json.dumps(a)[:120]}). "
+                "Bench with the same settings as the baseline, or refresh the baseline"
+            )
+
+
+def _by_name(report: dict) -> dict[str, dict]:
+    return {a["name"]: a for a in report["artifacts"]}
+
+
+def _ratio(a: dict, ref: dict, path: str) -> float | None:
+    x, y = _get(a, path), _get(ref, path)
+    return x / y if x and y else None
+
+
+def metric_value(metric: str, artifact: dict, report: dict) -> Any:
+    ref = _by_name(report).get(report["reference"], {})
+    if metric == "status":
+        return artifact.get("status")
+    if metric == "latency.median":
+        return _ratio(artifact, ref, "latency_s.median")
+    if metric == "latency.p90":
+        return _ratio(artifact, ref, "latency_s.p90")
+    if metric == "load":
+        return _ratio(artifact, ref, "load_s")
+    if metric == "peak_memory":
+        return artifact.get("peak_memory_bytes")
+    if metric == "size":
+        return artifact.get("size_bytes")
+    return _get(artifact, metric)  # quality.*
+
+
+def ratio_noise(artifact: dict, report: dict) -> float:
+    """Relative standard error of an artifact's latency ratio to the reference, from the samples."""
+    ref = _by_name(report).get(report["reference"], {})
+    a, r = _get(artifact, "latency_s.rel_stderr") or 0.0, _get(ref, "latency_s.rel_stderr") or 0.0
+    return math.hypot(a, r)
+
+
+def _fmt(metric: str, value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, str):
+        return value
+    if metric in _RATIO_METRICS:
+        return f"{value:.3f}× ref"
+    if metric in ("peak_memory", "size"):
+        return f"{value / 2**20:,.1f} MiB"
+    return f"{value:.4g}"
+
+
+def _judge(rule: Rule, value: Any, base: Any, noise: float | None) -> tuple[str, str]:
+    """(change text, verdict) of one rule on one value."""
+    if rule.kind == "equals":
+        return "", "ok" if value == rule.word else "REGRESSION"
+    if value is None:
+        return "", "n/a"
+    if rule.kind == "floor":
+        return "", "ok" if value >= rule.amount else "REGRESSION"
+    if rule.kind == "ceiling":
+        return "", "ok" if value <= rule.amount else "REGRESSION"
+    if base is None:
+        return "", "skipped"
+    rel = (value / base - 1) if base else 0.0
+    change = f"{rel * 100:+.1f}%" if rule.relative or rule.metric in _RATIO_METRICS else f"{value - base:+.3g}"
+    if rule.kind == "increase":
+        worse_by = rel if rule.relative else value - base
+    else:
+        worse_by = -rel if rule.relative else base - value
+    if worse_by <= rule.amount / (100 if rule.relative else 1):
+        return change, "ok"
+    if noise is not None and rule.relative and abs(rel) <= 2 * noise:
+        return change, "noise"
+    return change, "REGRESSION"
+
+
+def gate(current: dict, rules_table: dict[str, Any], baseline: dict | None = None) -> GateResult:
+    if baseline is not None:
+        check_comparable(current, baseline)
+    rules = parse_rules(rules_table)
+    if not any(r.metric == "status" for r in rules):
+        rules.append(parse_rules({"status": "ok"})[0])  # a failed artifact always fails the gate
+    result = GateResult()
+    base_artifacts = _by_name(baseline) if baseline else {}
+    for name in base_artifacts.keys() - _by_name(current).keys():
+        result.checks.append(Check(name, "present", "yes", "missing", "", "in baseline", "REGRESSION"))
+    for artifact in current["artifacts"]:
+        name = artifact["name"]
+        is_reference = name == current["reference"]
+        base = base_artifacts.get(name)
+        for rule in rules:
+            if is_reference and rule.metric != "status" and (rule.metric in _RATIO_METRICS or rule.metric.startswith("quality.")):
+                continue  # the reference is its own yardstick: ratio 1, identical images
+            if rule.needs_baseline and baseline is None:
+                continue  # without a baseline the gate checks absolute floors only
+            value = metric_value(rule.metric, artifact, current)
+            base_value = metric_value(rule.metric, base, baseline) if base is not None else None
+            noise = None
+            if rule.metric in ("latency.median", "latency.p90") and base is not None:
+                noise = math.hypot(ratio_noise(artifact, current), ratio_noise(base, baseline))
+            change, verdict = _judge(rule, value, base_value, noise)
+            threshold = rule.text + (f" (noise ±{2 * noise * 100:.1f}%)" if noise else "")
+            result.checks.append(Check(name, rule.metric, _fmt(rule.metric, base_value) if base is not None else "–", _fmt(rule.metric, value), change, threshold, verdict))
+    return result
+
+
+def table(result: GateResult, markdown: bool = False) -> str:
+    header = ("artifact", "metric", "baseline", "current", "change", "threshold", "verdict")
+    rows = [(c.artifact, c.metric, str(c.baseline), str(c.current), c.change, c.threshold, c.verdict) for c in result.checks]
+    verdict = "FAIL" if result.exit_code else "PASS"
+    summary = f"gate: {verdict} ({sum(c.failed for c in result.checks)} regression(s) in {len(result.checks)} checks)"
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(f"**{v}**" if v == "REGRESSION" else v for v in row) + " |" for row in rows]
+        return f"## sdopt gate: {verdict}\n\n" + "\n".join(lines) + "\n"
+    widths = [max(len(x) for x in col) for col in zip(header, *rows)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join([fmt.format(*header), *(fmt.format(*row) for row in rows), summary])

@@ -1,0 +1,88 @@
+"""The gate's threshold grammar.
+
+    latency.median: "+10%"      may grow by at most 10% against the baseline
+    quality.psnr_db: "-0.5"     may drop by at most 0.5 (absolute units) against the baseline
+    quality.ssim: "-2%"         may drop by at most 2% against the baseline
+    quality.psnr_db: ">= 30"    absolute floor, needs no baseline ("<= X": ceiling)
+    status: "ok"                must equal this
+    quality.psnr_db: ["-0.5", ">= 30"]   several rules for one metric
+
+A signed rule's sign says which way is worse: "+" rules are for metrics where
+larger is worse (latency, memory, size), "-" rules where smaller is worse.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from sdopt.errors import SdoptError
+
+# Metric name -> how to read it from a report's artifact entry. Latency is read as the ratio
+# to the reference artifact measured in the same run (see gate.py), never as seconds.
+METRICS: dict[str, str] = {
+    "latency.median": "latency ratio to reference (median)",
+    "latency.p90": "latency ratio to reference (p90)",
+    "peak_memory": "peak memory during generate, bytes",
+    "size": "size on disk, bytes",
+    "load": "cold load time ratio to reference",
+    "quality.psnr_db": "PSNR vs reference, dB",
+    "quality.ssim": "SSIM vs reference",
+    "quality.latent_cosine": "cosine of final latents vs reference",
+    "status": "ok or failed",
+}
+
+_RULE = re.compile(r"^\s*(?:(?P<cmp>>=|<=)\s*(?P<bound>-?\d+(?:\.\d+)?)|(?P<sign>[+-])\s*(?P<amount>\d+(?:\.\d+)?)(?P<pct>%)?|(?P<word>[a-z]+))\s*$")
+
+
+@dataclass(frozen=True)
+class Rule:
+    metric: str
+    text: str
+    kind: str  # "floor", "ceiling", "increase", "decrease", "equals"
+    amount: float | None = None
+    relative: bool = False
+    word: str | None = None
+
+    @property
+    def needs_baseline(self) -> bool:
+        return self.kind in ("increase", "decrease")
+
+
+def parse_rule(metric: str, text: str) -> Rule:
+    if metric not in METRICS:
+        raise SdoptError(f"unknown gate metric '{metric}'; known metrics: {', '.join(METRICS)}")
+    m = _RULE.match(str(text))
+    if not m:
+        raise SdoptError(f"gate rule {metric}: {text!r} is not understood; write like '+10%', '-0.5', '>= 30' or 'ok'")
+    if m["cmp"]:
+        return Rule(metric, text, "floor" if m["cmp"] == ">=" else "ceiling", float(m["bound"]))
+    if m["sign"]:
+        return Rule(metric, text, "increase" if m["sign"] == "+" else "decrease", float(m["amount"]), relative=bool(m["pct"]))
+    if metric != "status":
+        raise SdoptError(f"gate rule {metric}: {text!r}: a word rule ('ok') applies to status only")
+    return Rule(metric, text, "equals", word=m["word"])
+
+
+def parse_rules(table: dict[str, Any]) -> list[Rule]:
+    rules = []
+    for metric, value in table.items():
+        for text in value if isinstance(value, list) else [value]:
+            rules.append(parse_rule(metric, text))
+    return rules
+
+
+def load_rules_file(path) -> dict[str, Any]:
+    """A TOML file with a [gate] table (a profile works) or the rules at top level."""
+    import tomllib
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise SdoptError(f"rules file {path} does not exist")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise SdoptError(f"{path} is not valid TOML: {exc}") from exc
+    return data.get("gate", data)

@@ -1,0 +1,147 @@
+"""The bench on the tiny model: one real run shared by the report and gate tests."""
+
+import copy
+import json
+import shutil
+
+import pytest
+
+from sdopt import SdoptError
+from sdopt.bench.profiles import available_profiles, load_profile
+from sdopt.bench.runner import BenchSettings, read_prompts, run_bench
+
+pytest.importorskip("pandas")
+pytest.importorskip("matplotlib")
+
+SETTINGS = dict(prompts=["a lighthouse at dawn"], seeds=[0, 1], steps=2, height=64, width=64, warmup=1, runs=2, scheduler="euler")
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_artifact(tiny_model, tmp_path_factory):
+    pytest.importorskip("onnxruntime")
+    from sdopt.export.run import export
+
+    out = tmp_path_factory.mktemp("bench-onnx") / "tiny-onnx"
+    export(tiny_model, "onnx", out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def bench_report(tiny_model, tiny_onnx_artifact, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "report"
+    settings = BenchSettings.resolve(None, **SETTINGS)
+    report = run_bench([f"{tiny_model}@bf16", str(tiny_onnx_artifact)], str(tiny_model), out, settings, progress=False)
+    return out, report
+
+
+def test_report_files_and_fields(bench_report):
+    out, report = bench_report
+    for name in ("report.json", "results.csv", "report.md", "report.html"):
+        assert (out / name).stat().st_size > 0
+    data = json.loads((out / "report.json").read_text())
+    assert data["schema_version"] == 1 and data["request"]["seeds"] == [0, 1] and data["request"]["steps"] == 2
+    assert data["machine"]["cpu"]["model"] and data["machine"]["libraries"]["torch"]
+    assert data["unet_flops_per_call"] > 0
+    names = [a["name"] for a in data["artifacts"]]
+    assert names[0] == data["reference"] == "tiny" and len(names) == 3
+    for a in data["artifacts"]:
+        assert a["status"] == "ok", a.get("error")
+        assert a["latency_s"]["median"] > 0 and a["latency_s"]["p90"] >= a["latency_s"]["median"]
+        assert set(a["stages_s"]) == {"text_encoder", "unet_step", "vae_decoder"}
+        assert a["peak_memory_bytes"] > 0 and a["size_bytes"] > 0
+        assert {"psnr_db", "ssim", "latent_cosine"} <= set(a["quality"])
+        assert a["compute"]["achieved_gflops"] > 0
+    by = {a["name"]: a for a in data["artifacts"]}
+    assert by["tiny"]["quality"]["psnr_db"] == 100.0  # the reference against itself: capped
+    assert by["tiny-onnx"]["quality"]["psnr_db"] >= 40
+    print("bf16 PSNR", by["tiny@bf16"]["quality"]["psnr_db"], "onnx PSNR", by["tiny-onnx"]["quality"]["psnr_db"])
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 3 + 3 * 2  # three plots, and the image grid
+    import pandas as pd
+
+    assert list(pd.read_csv(out / "results.csv")["artifact"]) == names
+
+
+def test_failed_artifact_is_recorded_and_the_run_goes_on(tiny_model, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model, broken)
+    (broken / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"not weights")
+    settings = BenchSettings.resolve(None, **{**SETTINGS, "seeds": [0], "runs": 1})
+    report = run_bench([str(broken)], str(tiny_model), tmp_path / "out", settings, progress=False)
+    failed = report["artifacts"][1]
+    assert failed["status"] == "failed" and "does not match the sha256" in failed["error"]
+    assert report["artifacts"][0]["status"] == "ok"
+    assert "Failures" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_reference_from_other_weights_is_refused(tiny_model, tmp_path):
+    from sdopt.zoo import write_model
+
+    other = write_model("tiny", tmp_path / "other", seed=5, progress=False)
+    settings = BenchSettings.resolve(None, **SETTINGS)
+    with pytest.raises(SdoptError, match="made from other weights than the reference"):
+        run_bench([str(other)], str(tiny_model), tmp_path / "out", settings, progress=False)
+
+
+def test_reference_with_other_shapes_is_refused(tiny_model, tmp_path):
+    wider = tmp_path / "wider"
+    shutil.copytree(tiny_model, wider)
+    manifest = json.loads((wider / "sdopt.json").read_text())
+    manifest["model"]["cross_attention_dim"] = 768
+    (wider / "sdopt.json").write_text(json.dumps(manifest))
+    settings = BenchSettings.resolve(None, **SETTINGS)
+    with pytest.raises(SdoptError, match="have different shapes .*cross_attention_dim: 768 vs 32"):
+        run_bench([str(wider)], str(tiny_model), tmp_path / "out", settings, progress=False)
+
+
+def test_unknown_profile_lists_the_known_ones():
+    assert {"cpu-avx512", "cpu-generic", "cuda-h100", "cuda-l4", "cuda-rtx4090"} <= set(available_profiles())
+    with pytest.raises(SdoptError, match="unknown profile 'tpu-v9'; known profiles: cpu-avx512"):
+        load_profile("tpu-v9")
+
+
+def test_every_profile_parses_with_gate_rules():
+    from sdopt.bench.rules import parse_rules
+
+    for name in available_profiles():
+        profile = load_profile(name)
+        assert profile.device in ("cpu", "cuda") and profile.artifacts
+        assert parse_rules(profile.gate)
+
+
+def test_empty_prompt_file_is_refused(tmp_path):
+    (tmp_path / "prompts.txt").write_text("\n# only a comment\n\n")
+    with pytest.raises(SdoptError, match="has no prompts"):
+        read_prompts(tmp_path / "prompts.txt")
+
+
+def test_profile_settings_are_overridden_by_flags():
+    profile = load_profile("cpu-avx512")
+    settings = BenchSettings.resolve(profile, steps=2)
+    assert settings.steps == 2 and settings.height == profile.bench["height"] and settings.device == "cpu"
+
+
+def test_cli_bench_bad_input(tiny_model, tmp_path, capsys):
+    from sdopt.cli import main
+
+    (tmp_path / "empty.txt").write_text("")
+    assert main(["bench", str(tiny_model), "--reference", str(tiny_model), "--prompts", str(tmp_path / "empty.txt"), "-o", str(tmp_path / "o")]) == 2
+    assert "has no prompts" in capsys.readouterr().err
+    assert main(["bench", str(tiny_model), "--reference", str(tiny_model), "--profile", "nope", "-o", str(tmp_path / "o")]) == 2
+    assert "unknown profile" in capsys.readouterr().err
+    assert main(["bench", str(tiny_model), "--reference", str(tiny_model), "--seeds", "a,b", "-o", str(tmp_path / "o")]) == 2
+    assert "give integers" in capsys.readouterr().err
+
+
+def derived(report, **changes):
+    """A copy of a real report with some artifact fields changed (for the gate tests)."""
+    new = copy.deepcopy(report)
+    for name, fields in changes.items():
+        artifact = next(a for a in new["artifacts"] if a["name"] == name)
+        for path, value in fields.items():
+            target = artifact
+            *parents, last = path.split(".")
+            for p in parents:
+                target = target[p]
+            target[last] = value(target[last]) if callable(value) else value
+    return new

@@ -1,0 +1,109 @@
+"""The gate on reports made by a real bench of the tiny model (fixture in test_bench.py)."""
+
+import json
+
+import pytest
+
+from sdopt.bench.gate import gate, table
+from sdopt.bench.rules import parse_rule
+from sdopt.cli import main
+from sdopt import SdoptError
+
+from test_bench import bench_report, derived, tiny_onnx_artifact  # noqa: F401  (shared fixtures)
+
+RULES = {"latency.median": "+10%", "peak_memory": "+5%", "quality.psnr_db": ["-0.5", ">= 30"], "status": "ok"}
+
+
+@pytest.fixture
+def report(bench_report):  # noqa: F811
+    return bench_report[1]
+
+
+def _pin_noise(report, rel_stderr=0.01):
+    """Fix the recorded run-to-run noise, so these tests judge the rule and not this machine's load."""
+    for a in report["artifacts"]:
+        a["latency_s"]["rel_stderr"] = rel_stderr
+    return report
+
+
+def test_identical_reports_pass(report):
+    result = gate(report, RULES, baseline=report)
+    print(table(result))
+    assert result.exit_code == 0
+    assert any(c.metric == "latency.median" and c.verdict == "ok" for c in result.checks)
+
+
+def test_thirty_percent_slower_relative_to_reference_fails(report):
+    baseline = _pin_noise(derived(report))
+    slower = _pin_noise(derived(report, **{"tiny-onnx": {"latency_s.median": lambda v: v * 1.3, "latency_ratio_to_reference": lambda v: v * 1.3}}))
+    result = gate(slower, RULES, baseline=baseline)
+    print(table(result))
+    bad = [c for c in result.checks if c.failed]
+    assert result.exit_code == 1 and [(c.artifact, c.metric) for c in bad] == [("tiny-onnx", "latency.median")]
+    assert bad[0].change == "+30.0%"
+
+
+def test_a_whole_machine_slower_is_not_a_regression(report):
+    """Every artifact, the reference included, 40% slower: the ratios hold, the gate passes."""
+    baseline = _pin_noise(derived(report))
+    slow_machine = _pin_noise(derived(report, **{a["name"]: {"latency_s.median": lambda v: v * 1.4} for a in report["artifacts"]}))
+    assert gate(slow_machine, RULES, baseline=baseline).exit_code == 0
+
+
+def test_change_within_recorded_noise_is_called_noise(report):
+    baseline = _pin_noise(derived(report), rel_stderr=0.1)
+    slower = _pin_noise(derived(report, **{"tiny-onnx": {"latency_s.median": lambda v: v * 1.2}}), rel_stderr=0.1)
+    result = gate(slower, RULES, baseline=baseline)
+    check = next(c for c in result.checks if c.artifact == "tiny-onnx" and c.metric == "latency.median")
+    assert check.verdict == "noise" and result.exit_code == 0
+
+
+def test_psnr_below_the_floor_fails_even_without_a_baseline(report):
+    worse = derived(report, **{"tiny@bf16": {"quality.psnr_db": 25.0}})
+    result = gate(worse, RULES)
+    assert result.exit_code == 1
+    assert [(c.artifact, c.metric, c.threshold) for c in result.checks if c.failed] == [("tiny@bf16", "quality.psnr_db", ">= 30")]
+
+
+def test_failed_artifact_fails(report):
+    failed = derived(report, **{"tiny-onnx": {"status": "failed", "error": "the image is all black"}})
+    assert gate(failed, RULES).exit_code == 1
+
+
+def test_artifact_missing_from_the_current_report_fails(report):
+    partial = json.loads(json.dumps(report))
+    partial["artifacts"] = [a for a in partial["artifacts"] if a["name"] != "tiny-onnx"]
+    result = gate(partial, RULES, baseline=report)
+    assert result.exit_code == 1 and any(c.metric == "present" for c in result.checks if c.failed)
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [("prompts", ["another prompt"]), ("seeds", [7]), ("steps", 50), ("height", 512)],
+)
+def test_reports_that_cannot_be_compared_exit_2(report, tmp_path, capsys, field, value):
+    other = json.loads(json.dumps(report))
+    other["request"][field] = value
+    (tmp_path / "a.json").write_text(json.dumps(report))
+    (tmp_path / "b.json").write_text(json.dumps(other))
+    assert main(["gate", str(tmp_path / "b.json"), "--baseline", str(tmp_path / "a.json")]) == 2
+    assert f"request.{field} differs" in capsys.readouterr().err
+
+
+def test_cli_writes_markdown_and_json(report, tmp_path, capsys):
+    (tmp_path / "r.json").write_text(json.dumps(report))
+    code = main(["gate", str(tmp_path / "r.json"), "--baseline", str(tmp_path / "r.json"), "--markdown", str(tmp_path / "g.md"), "--json", str(tmp_path / "g.json")])
+    out = capsys.readouterr().out
+    assert code == 0 and "gate: PASS" in out and "verdict" in out
+    assert (tmp_path / "g.md").read_text().startswith("## sdopt gate: PASS")
+    assert json.loads((tmp_path / "g.json").read_text())["verdict"] == "pass"
+
+
+def test_rule_grammar():
+    assert parse_rule("latency.median", "+10%").kind == "increase"
+    assert parse_rule("quality.psnr_db", "-0.5").amount == 0.5
+    assert parse_rule("quality.psnr_db", ">= 30").kind == "floor"
+    with pytest.raises(SdoptError, match="not understood"):
+        parse_rule("latency.median", "ten percent")
+    with pytest.raises(SdoptError, match="unknown gate metric"):
+        parse_rule("latency.mean", "+5%")
