@@ -40,7 +40,18 @@ class HardwareProfile:
     bench: dict[str, Any] = field(default_factory=dict)
     artifacts: list[dict[str, Any]] = field(default_factory=list)  # what a full profile run builds
     gate: dict[str, Any] = field(default_factory=dict)  # metric -> rule(s), see bench/gate.py
+    requires_isa: list[str] = field(default_factory=list)  # CPU features this machine kind has
     path: str | None = None
+
+    def mismatch(self, machine: dict[str, Any]) -> str | None:
+        """Why this machine is not of the profile's kind, or None."""
+        have = set(machine.get("cpu", {}).get("isa", []))
+        missing = [f for f in self.requires_isa if f not in have]
+        if missing:
+            return f"profile {self.name} expects CPU features {', '.join(missing)}, which this machine lacks"
+        if self.device == "cuda" and not machine.get("gpus"):
+            return f"profile {self.name} is for a CUDA GPU, and this machine shows none"
+        return None
 
     def bench_setting(self, key: str) -> Any:
         return self.bench.get(key, BENCH_DEFAULTS[key])
@@ -89,5 +100,6 @@ def load_profile(name_or_path: str) -> HardwareProfile:
         bench=dict(data.get("bench", {})),
         artifacts=list(data.get("artifacts", [])),
         gate=dict(data.get("gate", {})),
+        requires_isa=list(data.get("requires_isa", [])),
         path=str(path),
     )

@@ -72,6 +72,7 @@ def markdown(report: dict) -> str:
         f"guidance {req['guidance_scale']}, scheduler {req['scheduler']}; {report['settings']['runs']} run(s) after {report['settings']['warmup']} warm-up",
         f"- reference: **{report['reference']}**; UNet {_fmt((report.get('unet_flops_per_call') or 0) / 1e9)} GFLOP per call",
         f"- created {report['created']}",
+        *[f"- **warning**: {w}" for w in report.get("warnings", [])],
         "",
         "| artifact | backend | precision | status | latency median (ms) | p90 (ms) | speed-up | text enc (ms) | UNet step (ms) | VAE dec (ms) | peak mem (MiB) | size (MiB) | PSNR (dB) | SSIM | latent cos | GFLOP/s | of peak |",
         "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",

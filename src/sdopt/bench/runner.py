@@ -314,13 +314,18 @@ def run_bench(
         ref_raw["latency_s"] = _latency(ref_raw["latency_samples_s"])
     rows = [_summarise(e, raws[e.name], ref_raw, out, flops, peaks) for e in entries]
     ref_fp = _model_fingerprint(entries[0].manifest)
+    machine = fingerprint()
+    warnings = [w for w in [profile.mismatch(machine) if profile else None] if w]
+    for w in warnings:
+        print(f"sdopt bench: warning: {w}", file=sys.stderr)
     report = {
         "schema": REPORT_SCHEMA,
         "schema_version": REPORT_SCHEMA_VERSION,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "sdopt_version": __version__,
-        "machine": fingerprint(),
+        "machine": machine,
         "profile": profile.name if profile else None,
+        "warnings": warnings,
         "request": {
             "prompts": settings.prompts,
             "seeds": settings.seeds,
