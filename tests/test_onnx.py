@@ -164,3 +164,26 @@ def test_a_real_optimum_export_of_our_checkpoint_loads_and_agrees(tiny_model, ti
     value = psnr(tiny_pipeline.generate(request).images[0], sdopt.load(out).generate(request).images[0])
     print(f"Optimum export vs torch fp32 PSNR {value:.1f} dB")
     assert value >= 40
+
+
+def test_fp16_export_is_finite_not_black_and_close(tiny_model, tiny_pipeline, tmp_path):
+    out = tmp_path / "fp16"
+    manifest = export(tiny_model, "onnx", out, precision="fp16")
+    assert manifest.precision == "fp16" and all(p["passed"] for p in manifest.parity.values())
+    assert "LayerNormalization" in manifest.export["fp16"]["unet"]["fp32_ops"]
+    request = GenerateRequest(**SMALL, scheduler="euler")
+    result = sdopt.load(out).generate(request)
+    image = np.asarray(result.images[0])
+    assert np.isfinite(result.latents).all() and image.max() > 0  # not NaN, not black
+    value = psnr(tiny_pipeline.generate(request).images[0], image)
+    print(f"ONNX fp16 vs torch fp32 PSNR {value:.1f} dB")
+    assert value >= 25
+
+
+def test_optimize_is_applied_and_recorded(tiny_model, tmp_path):
+    out = tmp_path / "optimized"
+    manifest = export(tiny_model, "onnx", out, optimize=True)
+    info = manifest.export["optimizations"]["unet"]
+    assert info["graph_optimization_level"] == "ORT_ENABLE_EXTENDED"
+    assert info["nodes_after"] < info["nodes_before"]
+    assert all(p["passed"] for p in manifest.parity.values())  # validated after optimizing
