@@ -8,17 +8,10 @@ rm -rf "$WORK"
 mkdir -p "$WORK"
 
 sdopt init-model tiny "$WORK/tiny" --seed 0 >/dev/null
-artifacts=("$WORK/tiny@bf16")
 sdopt export "$WORK/tiny" --to onnx -o "$WORK/tiny-onnx" >/dev/null
-artifacts+=("$WORK/tiny-onnx")
-if sdopt export --help >/dev/null && python -c "import openvino" 2>/dev/null; then
-    sdopt export "$WORK/tiny" --to openvino -o "$WORK/tiny-openvino" >/dev/null
-    artifacts+=("$WORK/tiny-openvino")
-fi
-if sdopt quantize --help >/dev/null 2>&1; then
-    sdopt quantize "$WORK/tiny" --scheme int8 -o "$WORK/tiny-int8" >/dev/null
-    artifacts+=("$WORK/tiny-int8")
-fi
+sdopt export "$WORK/tiny" --to openvino -o "$WORK/tiny-openvino" >/dev/null
+sdopt quantize "$WORK/tiny" --scheme int8 -o "$WORK/tiny-int8" >/dev/null
+artifacts=("$WORK/tiny@bf16" "$WORK/tiny-onnx" "$WORK/tiny-openvino" "$WORK/tiny-int8")
 
 sdopt bench "${artifacts[@]}" --reference "$WORK/tiny" --steps 4 --height 64 --width 64 \
     --seeds 0,1 --warmup 1 --runs 3 -q -o "$WORK/report" >/dev/null

@@ -125,6 +125,38 @@ def register_layout(layout: Layout) -> None:
     LAYOUTS.insert(0, layout)  # a newly known layout is more specific than the plain Diffusers one
 
 
+def _is_optimum_openvino(folder: Path) -> bool:
+    return (folder / "model_index.json").is_file() and (folder / "unet" / "openvino_model.xml").is_file()
+
+
+def _build_optimum_openvino(folder: Path) -> Manifest:
+    """A folder written by `optimum-cli export openvino` (OVStableDiffusionPipeline layout).
+
+    It records no precision; we run it in fp32 rather than let OpenVINO pick bf16 where the CPU has it.
+    """
+    check_family(folder)
+    comps = {
+        name: ComponentEntry(folder=name, files=files_in(folder / name, folder, (".xml", ".bin", ".json")))
+        for name in _ONNX_COMPONENTS
+        if (folder / name / "openvino_model.xml").is_file()
+    }
+    missing = {"text_encoder", "unet", "vae_decoder"} - set(comps)
+    if missing:
+        raise SdoptError(f"{folder} looks like an OpenVINO export but has no {', '.join(sorted(missing))}/openvino_model.xml")
+    return Manifest(
+        backend="openvino",
+        precision="fp32",
+        components=comps,
+        model=model_info(read_json(folder / "unet" / "config.json"), read_json(folder / "vae_decoder" / "config.json")),
+        inferred=True,
+        source={"path": str(folder.resolve())},
+        notes=["no sdopt.json: inferred from an Optimum Intel OpenVINO export (optimum-cli export openvino); run in fp32; no parity recorded"],
+    )
+
+
+register_layout(Layout("optimum-openvino", _is_optimum_openvino, _build_optimum_openvino))
+
+
 def infer_manifest(folder: Path) -> Manifest:
     for layout in LAYOUTS:
         if layout.matches(folder):

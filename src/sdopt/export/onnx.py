@@ -80,7 +80,8 @@ def _trace_to_onnx(spec: ComponentSpec, module: torch.nn.Module, inputs: dict[st
 def save_graph(model: onnx.ModelProto, path: Path) -> None:
     """model.onnx alone, or model.onnx + model.onnx_data when over protobuf's 2 GB limit."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    if model.ByteSize() > _PROTOBUF_LIMIT or _initializer_bytes(model) > _PROTOBUF_LIMIT:
+    # Weights first: ByteSize() itself raises on a proto past 2 GB.
+    if _initializer_bytes(model) > _PROTOBUF_LIMIT or model.ByteSize() > _PROTOBUF_LIMIT:
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=EXTERNAL_DATA, size_threshold=1024)
     else:
         onnx.save_model(model, str(path))

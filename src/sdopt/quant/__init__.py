@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sdopt.errors import SdoptError, require
-from sdopt.quant.schemes import BNB_ROWS, QUANTO_ROWS, TORCHAO_ROWS, Capability
+from sdopt.quant.schemes import BNB_ROWS, QUANTO_ROWS, TORCHAO_ROWS, Capability, rows
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,7 @@ class Plan:
     components: tuple[str, ...]  # manifest component names
     exclude: tuple[str, ...] = ()  # fnmatch patterns of layer names kept in full precision
     device: str = "cpu"
+    options: dict[str, Any] = field(default_factory=dict)  # backend-specific knobs (e.g. a group size), recorded
 
     @property
     def scheme(self) -> str:
@@ -76,6 +77,7 @@ class Plan:
 class QuantizedComponents:
     components: dict[str, Any]  # name -> sdopt.manifest.ComponentEntry
     notes: list[str] = field(default_factory=list)
+    precision: str | None = None  # the artifact's precision when it differs from the source's
 
 
 QUANTIZERS: dict[str, Quantizer] = {}
@@ -125,5 +127,27 @@ register_quantizer(
         accepts="torch",
         capabilities=BNB_ROWS,
         description="bitsandbytes: LLM.int8 and 4-bit NormalFloat Linear layers",
+    )
+)
+_NOT_CUDA = "OpenVINO runs on Intel CPUs, GPUs and NPUs, not CUDA: for NVIDIA GPUs export to ONNX or TensorRT"
+register_quantizer(
+    Quantizer(
+        name="nncf",
+        module="sdopt.quant.nncf",
+        extra="openvino",
+        requires=("openvino", "nncf"),
+        accepts="openvino",
+        capabilities=rows(
+            "nncf",
+            ("int8", "cpu", True, True, ("MatMul", "Convolution"), "INT8_ASYM weights per output channel, computed in the artifact's float precision"),
+            ("int4", "cpu", True, True, ("MatMul", "Convolution"), "INT4_SYM weights in groups (--group-size, default 128) on --ratio of the layers (default 1.0); the rest int8"),
+            ("nf4", "cpu", True, True, ("MatMul", "Convolution"), "NormalFloat4 weights in groups (--group-size, default 128); the rest int8"),
+            ("int8-static", "cpu", True, True, ("MatMul", "Convolution"), "UNet weights and activations int8 (int8 kernels), calibrated on a prompt set; other components int8 weights"),
+            ("int8", "cuda", False, False, (), _NOT_CUDA),
+            ("int4", "cuda", False, False, (), _NOT_CUDA),
+            ("nf4", "cuda", False, False, (), _NOT_CUDA),
+            ("int8-static", "cuda", False, False, (), _NOT_CUDA),
+        ),
+        description="NNCF on OpenVINO artifacts: weight compression (int8, int4, nf4) and int8 with calibrated activations",
     )
 )

@@ -35,6 +35,7 @@ def quantize(
     exclude: Iterable[str] = (),
     device: str = "cpu",
     force: bool = False,
+    options: dict | None = None,
 ) -> Manifest:
     """Quantize a checkpoint's weights into a new artifact at ``out``; returns its manifest."""
     check_scheme(scheme)
@@ -51,9 +52,8 @@ def quantize(
     elif quantizer.accepts != manifest.backend:
         others = sorted(q.name for q in QUANTIZERS.values() if q.accepts == manifest.backend)
         raise SdoptError(
-            f"--backend {backend} quantizes {quantizer.accepts} artifacts; {source} is a {manifest.backend} artifact. "
-            + (f"Use --backend {' or '.join(others)}, or quantize" if others else "Quantize")
-            + " the original PyTorch checkpoint"
+            f"--backend {backend} quantizes {quantizer.accepts} artifacts, and {source} is a {manifest.backend} artifact: "
+            f"give it an artifact of the {quantizer.accepts} backend" + (f", or use --backend {' or '.join(others)} for this one" if others else "")
         )
     if manifest.backend == "torch":
         from sdopt.export.run import source_checkpoint  # refuses anything but a full-precision torch checkpoint
@@ -61,8 +61,10 @@ def quantize(
         source, manifest = source_checkpoint(source)
     elif not manifest.inferred:
         manifest.verify_files(source)
-    plan = Plan(quantizer, capability, select_components(manifest, components), tuple(exclude), device)
+    plan = Plan(quantizer, capability, select_components(manifest, components), tuple(exclude), device, dict(options or {}))
     impl = quantizer.implementation()  # a missing library is named before the output folder exists
+    if hasattr(impl, "check_plan"):  # what needs the model's structure (--exclude patterns), still before writing
+        impl.check_plan(source, manifest, plan)
 
     with atomic_output_dir(out, force=force) as tmp:
         result: QuantizedComponents = impl.quantize_components(source, manifest, tmp, plan)
@@ -76,7 +78,7 @@ def quantize(
 
         quantized = Manifest(
             backend=manifest.backend,
-            precision=manifest.precision,
+            precision=result.precision or manifest.precision,
             components={name: entries[name] for name in manifest.components},  # the source's order
             model=manifest.model,
             backend_versions={**manifest.backend_versions, **library_versions("torch", "diffusers", "transformers", quantizer.name)},
@@ -90,6 +92,7 @@ def quantize(
                 "device": device,
                 "components": list(plan.components),
                 "exclude": list(plan.exclude),
+                **({"options": plan.options} if plan.options else {}),
             },
             notes=result.notes,
         )

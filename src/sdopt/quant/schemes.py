@@ -100,7 +100,7 @@ TORCHAO_ROWS = rows(
 
 BNB_ROWS = rows(
     "bnb",
-    ("int8", "cpu", True, True, LIN, "LLM.int8 weights (Linear8bitLt, no outlier threshold) on Linear only: convolutions stay fp32"),
+    ("int8", "cpu", True, True, LIN, "LLM.int8 weights (Linear8bitLt, no outlier threshold; the CPU matmul casts activations to fp16) on Linear only: convolutions stay fp32"),
     ("int8", "cuda", True, True, LIN, "LLM.int8 weights (Linear8bitLt) on Linear only"),
     ("int8-dynamic", "cpu", False, False, (), "bitsandbytes has no separate dynamic-activation scheme; use --backend torchao"),
     ("int8-dynamic", "cuda", False, False, (), "bitsandbytes has no separate dynamic-activation scheme; use --backend torchao"),
@@ -175,10 +175,17 @@ def supported(scheme: str, device: str, accepts: str | None = None) -> list[Capa
 
 
 def choose(scheme: str, device: str, accepts: str) -> Capability:
-    """The preferred supported row for scheme and device among quantizers of ``accepts`` artifacts."""
+    """The preferred supported row for scheme and device among quantizers of ``accepts`` artifacts.
+
+    Installed quantizers come first (found, not imported); when none is, the
+    preferred one is named and loading it says which extra to install.
+    """
+    from sdopt.quant import QUANTIZERS
+
     check_scheme(scheme)
     kind = check_device(device)
     found = supported(scheme, kind, accepts)
+    found = [r for r in found if QUANTIZERS[r.backend].available()] or found
     if not found:
         declared = [r for r in table() if r.scheme == scheme and r.device == kind]
         why = "; ".join(f"{r.backend}: {r.reason}" for r in declared) or "no quantizer declares it"

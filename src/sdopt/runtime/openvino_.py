@@ -174,7 +174,7 @@ class OpenVINOComponent:
             raise SdoptError(f"OpenVINO cannot read {self.path}: {str(exc).splitlines()[0][:300]}; export the artifact again") from exc
 
     def _compile(self, model: ov.Model, shapes: dict[str, ov.PartialShape]) -> None:
-        if any(s != p.get_partial_shape() for p, s in zip(model.inputs, (shapes[p.get_any_name()] for p in model.inputs))):
+        if any(shapes[p.get_any_name()] != p.get_partial_shape() for p in model.inputs):
             model.reshape(shapes)
         try:
             compiled = self.core.compile_model(model, self.device, self.config)

@@ -76,7 +76,7 @@ def _vae_encoder(m, sample):
 FORWARDS = {"text_encoder": _text_encoder, "unet": _unet, "vae_decoder": _vae_decoder, "vae_encoder": _vae_encoder}
 
 
-def load_modules(folder: Path, manifest: Manifest, dtype: torch.dtype) -> dict[str, torch.nn.Module]:
+def load_modules(folder: Path, manifest: Manifest, dtype: torch.dtype, device: str = "cpu") -> dict[str, torch.nn.Module]:
     """The Diffusers/Transformers modules of a torch artifact, one per component folder."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
@@ -88,6 +88,11 @@ def load_modules(folder: Path, manifest: Manifest, dtype: torch.dtype) -> dict[s
     by_folder: dict[str, torch.nn.Module] = {}
     modules = {}
     for name, entry in manifest.components.items():
+        if entry.folder not in by_folder and entry.quantization:
+            # Quantized weights (`sdopt quantize`): built by their quantizer, see runtime/torch_quant.py.
+            from sdopt.runtime.torch_quant import load_quantized
+
+            by_folder[entry.folder] = load_quantized(name, folder, entry, dtype, device)
         if entry.folder not in by_folder:  # vae_decoder and vae_encoder share one AutoencoderKL
             by_folder[entry.folder] = classes[name].from_pretrained(
                 folder / entry.folder, torch_dtype=dtype, use_safetensors=True
@@ -100,7 +105,7 @@ def load_components(folder: Path, manifest: Manifest, device: str, precision: st
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SdoptError("device 'cuda' was asked for but torch sees no CUDA GPU (is the CUDA build of torch installed? see README)")
     dtype = DTYPES[precision]
-    modules = load_modules(folder, manifest, dtype)
+    modules = load_modules(folder, manifest, dtype, device)
     if options.get("attention_slicing") and "unet" in modules:
         modules["unet"].set_attention_slice("auto")
     if options.get("vae_tiling") and "vae_decoder" in modules:

@@ -1,0 +1,109 @@
+"""bitsandbytes: Linear layers replaced by Linear8bitLt (int8) or Linear4bit (nf4).
+
+bitsandbytes 0.50 runs both on the CPU (the table's rows say so because we
+tried: it does not refuse). It has no quantized convolution, so the UNet's
+Conv2d layers, two thirds of its weights, stay fp32.
+
+Saved as the modules' own state dicts: int8 weights with their per-row scales
+(``SCB``); nf4 weights packed two per byte with their quantization state
+(``weight.absmax``, ``weight.quant_map``, ``weight.quant_state.*``), which
+``Params4bit.from_prequantized`` reads back. Loading rebuilds those layers from
+the stored tensors directly: nothing is quantized again.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from sdopt.errors import SdoptError
+from sdopt.manifest import Manifest
+from sdopt.quant import Plan, QuantizedComponents
+from sdopt.quant import torch_common
+from sdopt.quant.schemes import Capability
+
+RECIPES = {
+    "int8": {"module": "Linear8bitLt", "has_fp16_weights": False, "threshold": 0.0},
+    "nf4": {"module": "Linear4bit", "quant_type": "nf4", "blocksize": 64, "compress_statistics": True, "compute_dtype": "float32"},
+}
+
+
+def quantize_components(source: Path, manifest: Manifest, out: Path, plan: Plan) -> QuantizedComponents:
+    return torch_common.quantize_components(source, manifest, out, plan, hooks=sys.modules[__name__])
+
+
+check_plan = torch_common.check_plan
+
+
+def _empty_layer(scheme: str, linear_shape: tuple[int, int], bias: bool) -> torch.nn.Module:
+    """A bnb layer with no memory behind its weight (it is replaced right after)."""
+    import bitsandbytes as bnb
+    from accelerate import init_empty_weights
+
+    out_features, in_features = linear_shape
+    with init_empty_weights():
+        if scheme == "int8":
+            return bnb.nn.Linear8bitLt(in_features, out_features, bias=bias, has_fp16_weights=False, threshold=0.0)
+        return bnb.nn.Linear4bit(in_features, out_features, bias=bias, compute_dtype=torch.float32, compress_statistics=True, quant_type="nf4")
+
+
+def _replace(root: torch.nn.Module, fqn: str, new: torch.nn.Module) -> None:
+    parent_name, _, attr = fqn.rpartition(".")
+    setattr(root.get_submodule(parent_name) if parent_name else root, attr, new)
+
+
+def quantize(module: torch.nn.Module, capability: Capability, layers: list[str], device: str) -> torch.nn.Module:
+    import bitsandbytes as bnb
+
+    for fqn in layers:
+        old = module.get_submodule(fqn)
+        new = _empty_layer(capability.scheme, tuple(old.weight.shape), old.bias is not None)
+        if capability.scheme == "int8":
+            new.weight = bnb.nn.Int8Params(old.weight.data, requires_grad=False, has_fp16_weights=False)
+        else:
+            new.weight = bnb.nn.Params4bit(old.weight.data, requires_grad=False, quant_type="nf4", compress_statistics=True, module=new)
+        if old.bias is not None:
+            new.bias = torch.nn.Parameter(old.bias.data, requires_grad=False)
+        _replace(module, fqn, new.to(device))  # bnb quantizes when a float weight moves to its device
+    return module.to(device)
+
+
+def serialize(module: torch.nn.Module, capability: Capability) -> tuple[dict, dict[str, str]]:
+    return dict(module.state_dict()), {"bnb_scheme": capability.scheme}
+
+
+def _quiet_cast_warning(record: logging.LogRecord) -> bool:
+    # bnb logs "inputs will be cast from float32 to float16" on every int8 matmul on the CPU (once per
+    # layer per step): the fact is in the capability table; the repetition would drown the CLI's output.
+    return "inputs will be cast" not in record.getMessage()
+
+
+def deserialize(skeleton: torch.nn.Module, tensors: dict, metadata: dict[str, str], capability: Capability, layers: list[str], device: str) -> torch.nn.Module:
+    import bitsandbytes as bnb
+
+    logging.getLogger("bitsandbytes.autograd._functions").addFilter(_quiet_cast_warning)  # added once
+    mine: set[str] = set()
+    for fqn in layers:
+        old = skeleton.get_submodule(fqn)
+        keys = {k for k in tensors if k.startswith(fqn + ".")}  # a Linear is a leaf: all of these are its own
+        weight = tensors.get(f"{fqn}.weight")
+        if weight is None:
+            raise SdoptError(f"the quantized weights lack {fqn}.weight: quantize the checkpoint again")
+        new = _empty_layer(capability.scheme, tuple(old.weight.shape), old.bias is not None)
+        if capability.scheme == "int8":
+            new.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False, CB=weight, SCB=tensors[f"{fqn}.SCB"])
+        else:
+            stats = {k[len(fqn) + len(".weight.") :]: tensors[k] for k in keys if k.startswith(f"{fqn}.weight.")}
+            new.weight = bnb.nn.Params4bit.from_prequantized(weight, stats, requires_grad=False, device=device, module=new)
+        if old.bias is not None:
+            new.bias = torch.nn.Parameter(tensors[f"{fqn}.bias"], requires_grad=False)
+        _replace(skeleton, fqn, new)
+        mine |= keys
+    rest = {k: v for k, v in tensors.items() if k not in mine}
+    result = skeleton.load_state_dict(rest, strict=False, assign=True)
+    if result.unexpected_keys:
+        raise SdoptError(f"the quantized weights hold tensors the model does not have ({', '.join(result.unexpected_keys[:3])}): quantize the checkpoint again")
+    return skeleton.to(device)

@@ -1,0 +1,261 @@
+"""NNCF quantization of OpenVINO artifacts: weight compression, and int8 with calibrated activations.
+
+Schemes (what each applies is recorded in every component's ``quantization``):
+
+- int8  weight-only, INT8_ASYM per output channel (MatMul, Convolution, embeddings).
+- int4  weight-only, INT4_SYM in groups of ``group_size`` (default 128) on a ``ratio``
+        (default 1.0) of the layers; NNCF keeps the rest, and layers whose width the
+        group does not divide, in int8 (its "backup" precision).
+- nf4   weight-only, NormalFloat4 in groups, with the same ratio and backup rule.
+- int8-static  the UNet's weights *and* activations in int8 (nncf.quantize, with
+        activation ranges calibrated on UNet inputs recorded while the source artifact
+        generates from a prompt set); the other components get int8 weights. This is the
+        scheme that makes the CPU run int8 kernels: weight-only compression saves memory
+        and bandwidth but computes in floating point.
+
+The artifact stays an OpenVINO artifact of the source's precision: its hint
+applies to what is not int8. Calibration runs at the artifact's static shapes,
+or else at the model's native size.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import openvino as ov
+
+from sdopt.errors import SdoptError
+from sdopt.manifest import ComponentEntry, Manifest, files_in
+from sdopt.runtime.openvino_ import MODEL_FILE, model_file
+
+# A small, varied prompt set: activation ranges depend more on the noise level (every step
+# is recorded) than on the words, so a few prompts cover the UNet's range.
+CALIBRATION_PROMPTS = (
+    "a photograph of an astronaut riding a horse",
+    "a watercolor painting of a lighthouse at dawn",
+    "a bowl of fruit on a wooden table, studio lighting",
+    "a city street at night in the rain, neon signs",
+    "a portrait of an old man with a beard, oil painting",
+    "a snowy mountain landscape under a clear blue sky",
+    "a cute cat sleeping on a sofa",
+    "an isometric illustration of a tiny house",
+)
+CALIBRATION_STEPS = 4  # UNet calls recorded per prompt: one sample per step, across the noise levels
+DEFAULT_GROUP_SIZE = 128
+DEFAULT_RATIO = 1.0
+
+
+@dataclass(frozen=True)
+class NncfOptions:
+    group_size: int | None = None
+    ratio: float | None = None
+    calibration_prompts: tuple[str, ...] | None = None
+
+    @classmethod
+    def from_plan(cls, plan) -> "NncfOptions":
+        """The backend options of a quantize request (Plan.options): group_size, ratio, calibration_prompts."""
+        options = dict(getattr(plan, "options", None) or {})
+        unknown = sorted(set(options) - {"group_size", "ratio", "calibration_prompts"})
+        if unknown:
+            raise SdoptError(f"--backend nncf does not take {', '.join(unknown)}; its options are group_size, ratio, calibration_prompts")
+        prompts = options.get("calibration_prompts")
+        return cls(options.get("group_size"), options.get("ratio"), _prompts(prompts) if prompts is not None else None)
+
+
+def quantize_openvino(
+    artifact: str | Path,
+    scheme: str,
+    out: str | Path,
+    force: bool = False,
+    group_size: int | None = None,
+    ratio: float | None = None,
+    calibration_prompts: str | Path | list[str] | None = None,
+    components: list[str] | None = None,
+) -> Manifest:
+    """Quantize an OpenVINO artifact with NNCF into ``out``; the Python form of
+    ``sdopt quantize ARTIFACT --backend nncf --scheme ...``. calibration_prompts: a file
+    with one prompt per line, or a list of prompts (int8-static only)."""
+    from sdopt.quant.run import quantize
+
+    options: dict[str, Any] = {k: v for k, v in (("group_size", group_size), ("ratio", ratio)) if v is not None}
+    if calibration_prompts is not None:
+        # Recorded in the manifest as the prompts themselves: a file path would say nothing later.
+        options["calibration_prompts"] = list(_prompts(calibration_prompts))
+    return quantize(artifact, scheme, out, backend="nncf", components=components, force=force, options=options)
+
+
+def _prompts(value: str | Path | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    if isinstance(value, (list, tuple)):
+        prompts = [p.strip() for p in value if p.strip()]
+    else:
+        path = Path(value)
+        if not path.is_file():
+            raise SdoptError(f"calibration prompt file {path} does not exist: give a text file with one prompt per line")
+        prompts = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise SdoptError("the calibration prompt set is empty: give at least one prompt (one per line)")
+    return tuple(prompts)
+
+
+def check_options(scheme: str, options: NncfOptions) -> None:
+    weight_4bit = scheme in ("int4", "nf4")
+    for flag, value in (("--group-size", options.group_size), ("--ratio", options.ratio)):
+        if value is not None and not weight_4bit:
+            raise SdoptError(f"{flag} applies to int4 and nf4 (4-bit weights in groups), not {scheme}")
+    if options.group_size is not None and options.group_size < 1 and options.group_size != -1:
+        raise SdoptError(f"--group-size {options.group_size}: give a positive group size (128 is usual), or -1 for one scale per channel")
+    if options.ratio is not None and not 0 < options.ratio <= 1:
+        raise SdoptError(f"--ratio {options.ratio}: give the fraction of layers in 4 bits, 0 < ratio <= 1 (the rest int8)")
+    if options.calibration_prompts is not None and scheme != "int8-static":
+        raise SdoptError(f"--calibration-prompts applies to int8-static only: {scheme} compresses weights without data")
+
+
+def check_plan(source: Path, manifest: Manifest, plan) -> None:
+    """Called by sdopt.quant.run before the output folder exists."""
+    check_options(plan.scheme, NncfOptions.from_plan(plan))
+
+
+# --- the quantizer hook (sdopt.quant.run calls it) ----------------------------------------
+def quantize_components(source: Path, manifest: Manifest, out: Path, plan) -> Any:
+    import nncf
+
+    from sdopt.quant import QuantizedComponents
+
+    options = NncfOptions.from_plan(plan)
+    core = ov.Core()
+    # Keep the source's weight storage for what stays float: fp16 unless the source is an fp32 artifact.
+    compress_to_fp16 = (manifest.export or {}).get("weights", "fp16") == "fp16"
+    calibration: list[dict[str, np.ndarray]] | None = None
+    entries, notes = {}, []
+    for name in plan.components:
+        entry = manifest.components[name]
+        model = core.read_model(source / model_file(entry.files, name))
+        if plan.scheme == "int8-static" and name == "unet":
+            if calibration is None:
+                calibration = record_unet_inputs(source, options.calibration_prompts or CALIBRATION_PROMPTS)
+            model, recipe = _quantize_static(nncf, model, calibration)
+            recipe["calibration"] = {
+                "prompts": len(options.calibration_prompts or CALIBRATION_PROMPTS),
+                "builtin_prompts": options.calibration_prompts is None,
+                "steps_per_prompt": CALIBRATION_STEPS,
+                "samples": len(calibration),
+            }
+        else:
+            # int8-static calibrates the UNet only; the others get int8 weights, and say so.
+            applied = "int8" if plan.scheme == "int8-static" else plan.scheme
+            model, recipe = _compress_weights(nncf, model, applied, options)
+        path = out / entry.folder / MODEL_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ov.save_model(model, path, compress_to_fp16=compress_to_fp16)
+        del model
+        config = source / entry.folder / "config.json"
+        if config.is_file():
+            (out / entry.folder / "config.json").write_bytes(config.read_bytes())
+        entries[name] = ComponentEntry(
+            folder=entry.folder,
+            files=files_in(out / entry.folder, out, (".xml", ".bin", ".json")),
+            precision=entry.precision,
+            quantization={"scheme": recipe.pop("scheme"), "backend": "nncf", "serialized": True, **recipe},
+            inputs=entry.inputs,
+            outputs=entry.outputs,
+        )
+    if plan.scheme == "int8-static" and "unet" not in plan.components:
+        notes.append("int8-static calibrates the UNet's activations; without the UNet only weights were compressed (int8)")
+    return QuantizedComponents(components=entries, notes=notes)
+
+
+_WEIGHT_MODES = {"int8": "INT8_ASYM", "int4": "INT4_SYM", "nf4": "NF4"}
+
+
+def _compress_weights(nncf, model: ov.Model, scheme: str, options: NncfOptions) -> tuple[ov.Model, dict[str, Any]]:
+    mode = _WEIGHT_MODES[scheme]
+    kwargs: dict[str, Any] = {"mode": getattr(nncf.CompressWeightsMode, mode)}
+    recipe: dict[str, Any] = {"scheme": scheme, "mode": mode.lower(), "weights_only": True}
+    if scheme in ("int4", "nf4"):
+        kwargs["group_size"] = options.group_size or DEFAULT_GROUP_SIZE
+        kwargs["ratio"] = options.ratio if options.ratio is not None else DEFAULT_RATIO
+        # Layers narrower than a group, or not a multiple of it, get the largest group size that
+        # divides them (at least 32) instead of failing the whole model; NNCF logs which.
+        from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
+
+        kwargs["advanced_parameters"] = AdvancedCompressionParameters(group_size_fallback_mode=GroupSizeFallbackMode.ADJUST)
+        recipe.update(group_size=kwargs["group_size"], ratio=kwargs["ratio"], group_size_fallback="adjust", backup="int8_asym")
+    else:
+        recipe["granularity"] = "per output channel"
+    try:
+        compressed = nncf.compress_weights(model, **kwargs)
+    except (nncf.InvalidGroupSizeError, nncf.ValidationError, nncf.ParameterNotSupportedError) as exc:
+        raise SdoptError(f"NNCF refused {scheme} with these options: {str(exc).splitlines()[0][:300]}") from exc
+    recipe["layers"] = _count_compressed(compressed)
+    return compressed, recipe
+
+
+def _quantize_static(nncf, model: ov.Model, samples: list[dict[str, np.ndarray]]) -> tuple[ov.Model, dict[str, Any]]:
+    quantized = nncf.quantize(
+        model,
+        nncf.Dataset(samples),
+        model_type=nncf.ModelType.TRANSFORMER,  # keeps softmax/norm inputs in float, quantizes the attention matmuls' inputs
+        preset=nncf.QuantizationPreset.MIXED,  # symmetric weights, asymmetric activations (SiLU/GELU outputs are skewed)
+        subset_size=len(samples),
+    )
+    return quantized, {"scheme": "int8-static", "mode": "int8 weights and activations", "weights_only": False, "preset": "mixed", "model_type": "transformer", "layers": _count_fake_quantize(quantized)}
+
+
+def _count_compressed(model: ov.Model) -> int:
+    """Constants stored in 8 or fewer bits: the weights NNCF compressed."""
+    small = {"u8", "i8", "u4", "i4", "nf4"}
+    return sum(1 for op in model.get_ops() if op.get_type_name() == "Constant" and op.get_element_type().to_string() in small)
+
+
+def _count_fake_quantize(model: ov.Model) -> int:
+    return sum(1 for op in model.get_ops() if op.get_type_name() == "FakeQuantize")
+
+
+# --- calibration data -----------------------------------------------------------------------
+class _Recorder:
+    """Wraps the UNet executor: records each call's inputs, then runs it."""
+
+    def __init__(self, component):
+        self.component, self.samples = component, []
+
+    def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
+        self.samples.append({k: np.array(v, copy=True) for k, v in inputs.items()})
+        return self.component(**inputs)
+
+    def close(self) -> None:
+        self.component.close()
+
+
+def record_unet_inputs(source: Path, prompts: tuple[str, ...] | list[str]) -> list[dict[str, np.ndarray]]:
+    """UNet inputs seen while the source artifact generates from the prompts (guidance on)."""
+    from tqdm import tqdm
+
+    import sdopt
+    from sdopt import GenerateRequest
+
+    with warnings.catch_warnings():  # "runs fp32 where bf16 was asked" is the export's business, not calibration's
+        warnings.simplefilter("ignore")
+        pipe = sdopt.load(source, verify=False)  # quantize() has verified the files already
+    shapes = pipe.manifest.static_shapes or {}
+    side = pipe.manifest.model.get("sample_size", 64) * pipe.manifest.model.get("vae_scale_factor", 8)
+    recorder = _Recorder(pipe.components["unet"])
+    pipe.components["unet"] = recorder
+    try:
+        for seed, prompt in enumerate(tqdm(prompts, desc="calibrating the UNet", unit="prompt")):
+            pipe.generate(
+                GenerateRequest(
+                    prompt=prompt,
+                    seed=seed,
+                    steps=CALIBRATION_STEPS,
+                    height=shapes.get("height", side),
+                    width=shapes.get("width", side),
+                    num_images=shapes.get("batch", 1),
+                )
+            )
+    finally:
+        pipe.close()
+    return recorder.samples

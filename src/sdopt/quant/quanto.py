@@ -1,0 +1,97 @@
+"""optimum-quanto: quantized Linear and Conv2d modules (QLinear, QConv2d).
+
+Its weights are saved as they are: the state dict holds each quantized weight
+as its parts (``weight._data``, ``weight._scale``, and ``weight._shift`` for
+4-bit) and quanto's quantization map (layer -> qtype) goes into the
+safetensors metadata. Loading calls quanto's ``requantize``, which rebuilds
+the quantized modules on an empty skeleton and loads the parts, without
+quantizing again.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from sdopt.errors import SdoptError
+from sdopt.manifest import Manifest
+from sdopt.quant import Plan, QuantizedComponents
+from sdopt.quant import torch_common
+from sdopt.quant.schemes import Capability
+
+_QMAP_KEY = "quanto_qmap"
+_QTYPES = {"int8": "qint8", "int4": "qint4", "fp8": "qfloat8_e4m3fn"}
+# What each scheme applies, recorded in the manifest (quanto's defaults, which it does not expose).
+RECIPES = {
+    "int8": {"weights": "qint8", "axis": 0, "activations": None},
+    "int4": {"weights": "qint4", "axis": 0, "group_size": 128, "activations": None},
+    "fp8": {"weights": "qfloat8_e4m3fn", "axis": 0, "activations": None},
+}
+
+
+def quantize_components(source: Path, manifest: Manifest, out: Path, plan: Plan) -> QuantizedComponents:
+    return torch_common.quantize_components(source, manifest, out, plan, hooks=sys.modules[__name__])
+
+
+check_plan = torch_common.check_plan
+
+
+def quantize(module: torch.nn.Module, capability: Capability, layers: list[str], device: str) -> torch.nn.Module:
+    from optimum.quanto import freeze
+    from optimum.quanto import quantize as quanto_quantize
+
+    module.to(device)
+    # include= takes fnmatch patterns; exact names (no wildcards in module names) select exactly these layers.
+    quanto_quantize(module, weights=_QTYPES[capability.scheme], include=layers)
+    freeze(module)  # replace the float weights by their quantized form now, not at the first call
+    return module
+
+
+def serialize(module: torch.nn.Module, capability: Capability) -> tuple[dict, dict[str, str]]:
+    from optimum.quanto import quantization_map
+
+    return dict(module.state_dict()), {_QMAP_KEY: json.dumps(quantization_map(module))}
+
+
+def deserialize(skeleton: torch.nn.Module, tensors: dict, metadata: dict[str, str], capability: Capability, layers: list[str], device: str) -> torch.nn.Module:
+    from optimum.quanto import requantize
+
+    qmap = json.loads(metadata[_QMAP_KEY])
+    requantize(skeleton, tensors, qmap, device=torch.device(device))
+    # requantize loads with strict=False and leaves uninitialised memory where a tensor is missing: check.
+    missing = sorted(set(skeleton.state_dict()) - set(tensors))
+    if missing:
+        raise SdoptError(f"the quantized weights lack {len(missing)} tensor(s) ({', '.join(missing[:3])}...): quantize the checkpoint again")
+    _guard_4bit_linears(skeleton)
+    return skeleton
+
+
+class OutsideInferenceMode(torch.nn.Module):
+    """Runs one layer with autograd off but outside ``torch.inference_mode``.
+
+    quanto 0.2.7's 4-bit linear transposes its weight with a view op that fails
+    inside inference mode ("Cannot set version_counter for inference tensor",
+    optimum-quanto issue #304, closed unfixed), and our executors run every
+    component in inference mode. Inference-mode inputs are fine here; only the
+    weight's view must be made outside it.
+    """
+
+    def __init__(self, layer: torch.nn.Module):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(False), torch.no_grad():
+            return self.layer(x)
+
+
+def _guard_4bit_linears(module: torch.nn.Module) -> None:
+    from optimum.quanto.nn import QLinear
+
+    for fqn, layer in list(module.named_modules()):
+        if isinstance(layer, QLinear) and layer.weight_qtype is not None and layer.weight_qtype.bits == 4:
+            parent, _, attr = fqn.rpartition(".")
+            setattr(module.get_submodule(parent) if parent else module, attr, OutsideInferenceMode(layer))

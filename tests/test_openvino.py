@@ -1,0 +1,238 @@
+"""OpenVINO export, the OpenVINO backend and NNCF quantization, on the tiny zoo model.
+
+Two exports serve every test: fp32 with dynamic shapes, and bf16 with static
+shapes at SMALL's size (64x64, one image). Compiled models go to a cache folder
+of this module's own, never the user's.
+"""
+
+import contextlib
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+pytest.importorskip("openvino")
+
+import sdopt  # noqa: E402
+from sdopt import GenerateRequest, SdoptError  # noqa: E402
+from sdopt.cli import main  # noqa: E402
+from sdopt.export.run import export  # noqa: E402
+from sdopt.manifest import MANIFEST_NAME, read_manifest  # noqa: E402
+
+from conftest import SMALL  # noqa: E402
+from imaging import psnr  # noqa: E402
+
+STATIC = {"batch": 1, "height": SMALL["height"], "width": SMALL["width"]}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def own_cache(tmp_path_factory):
+    old = os.environ.get("SDOPT_CACHE_DIR")
+    os.environ["SDOPT_CACHE_DIR"] = str(tmp_path_factory.mktemp("sdopt-cache"))
+    yield
+    if old is None:
+        os.environ.pop("SDOPT_CACHE_DIR", None)
+    else:
+        os.environ["SDOPT_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="module")
+def tiny_ov(tiny_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ov") / "tiny-ov"
+    export(tiny_model, "openvino", out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_ov_bf16_static(tiny_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ov") / "tiny-ov-bf16"
+    export(tiny_model, "openvino", out, precision="bf16", **STATIC)
+    return out
+
+
+@pytest.fixture(scope="module")
+def ov_pipe(tiny_ov):
+    return sdopt.load(tiny_ov)
+
+
+@pytest.fixture(scope="module")
+def static_pipe(tiny_ov_bf16_static):
+    with _warns_unless_bf16():
+        return sdopt.load(tiny_ov_bf16_static)
+
+
+def _cpu_has_bf16() -> bool:
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def _warns_unless_bf16():
+    """Loading a bf16 artifact on a CPU without bf16 warns that it runs fp32."""
+    return contextlib.nullcontext() if _cpu_has_bf16() else pytest.warns(UserWarning, match="runs fp32 where bf16 was asked")
+
+
+# --- export -----------------------------------------------------------------------------
+def test_layout_follows_optimum_intel(tiny_ov):
+    import openvino as ov
+
+    for name in ("text_encoder", "unet", "vae_decoder", "vae_encoder"):
+        for file in ("openvino_model.xml", "openvino_model.bin", "config.json"):
+            assert (tiny_ov / name / file).is_file()
+    index = json.loads((tiny_ov / "model_index.json").read_text())
+    assert "vae_decoder" in index and "vae" not in index
+    unet = ov.Core().read_model(tiny_ov / "unet" / "openvino_model.xml")
+    assert [p.get_any_name() for p in unet.inputs] == ["sample", "timestep", "encoder_hidden_states"]
+    assert [p.get_any_name() for p in unet.outputs] == ["out_sample"]
+    sample = unet.input("sample").get_partial_shape()
+    assert sample[0].is_dynamic and sample[1].get_length() == 4 and sample[2].is_dynamic  # dynamic batch and size
+
+
+def test_manifest_records_parity_and_what_runs(tiny_ov):
+    m = read_manifest(tiny_ov)
+    assert m.backend == "openvino" and m.precision == "fp32" and m.static_shapes is None
+    for name, p in m.parity.items():
+        print(f"{name}: max abs {p['max_abs']:.2e}, max rel {p['max_rel']:.2e}")
+        assert p["passed"] and p["max_rel"] <= p["tolerance"]
+    assert set(m.parity) == {"text_encoder", "unet", "vae_decoder", "vae_encoder"}
+    assert m.export["weights"] == "fp32" and m.export["inference_precision_hint"] == "f32"
+    assert set(m.export["validated_on"]["runs"].values()) == {"fp32"}
+
+
+def test_bf16_manifest_says_what_actually_runs(tiny_ov_bf16_static):
+    m = read_manifest(tiny_ov_bf16_static)
+    assert m.precision == "bf16" and m.static_shapes == STATIC and m.export["weights"] == "fp16"
+    runs = set(m.export["validated_on"]["runs"].values())
+    assert runs == ({"bf16"} if _cpu_has_bf16() else {"fp32"})
+    if runs != {"bf16"}:  # the CPU silently ran f32: the manifest and inspect must say so
+        assert any("runs fp32" in note for note in m.notes)
+        assert main(["inspect", str(tiny_ov_bf16_static)]) == 0
+
+
+def test_export_flags_are_checked_before_work(tiny_model, tmp_path):
+    with pytest.raises(SdoptError, match="--height and --width together"):
+        export(tiny_model, "openvino", tmp_path / "a", height=64)
+    with pytest.raises(SdoptError, match="multiple of 8"):
+        export(tiny_model, "openvino", tmp_path / "b", height=60, width=64)
+    assert not any(tmp_path.iterdir())
+
+
+# --- images ----------------------------------------------------------------------------
+def test_fp32_image_matches_torch_fp32(ov_pipe, tiny_pipeline):
+    request = GenerateRequest(**SMALL, num_images=2)
+    ours = ov_pipe.generate(request)
+    ref = tiny_pipeline.generate(request)
+    values = [psnr(a, b) for a, b in zip(ref.images, ours.images)]
+    print(f"OpenVINO fp32 vs torch fp32 PSNR: {', '.join(f'{v:.1f}' for v in values)} dB")
+    assert min(values) >= 40
+
+
+def test_bf16_static_image_matches_torch_fp32(static_pipe, tiny_pipeline):
+    pipe = static_pipe
+    request = GenerateRequest(**SMALL)
+    value = psnr(tiny_pipeline.generate(request).images[0], pipe.generate(request).images[0])
+    print(f"OpenVINO bf16 (runs {pipe.components['unet'].runs}) vs torch fp32 PSNR: {value:.1f} dB")
+    assert value >= 30
+    # Guidance off halves the UNet batch: compiled once for that shape, not refused.
+    off = pipe.generate(GenerateRequest(**{**SMALL, "guidance_scale": 1.0}))
+    assert np.isfinite(off.latents).all()
+
+
+def test_static_artifact_refuses_another_size_unless_reshaped(tiny_ov_bf16_static, static_pipe, tmp_path, capsys):
+    request = GenerateRequest(**{**SMALL, "height": 128})
+    with pytest.raises(SdoptError, match="static shapes .*'height': 64"):
+        static_pipe.generate(request)
+    code = main(["generate", str(tiny_ov_bf16_static), "-p", "a fox", "--height", "128", "--width", "64", "-o", str(tmp_path / "x.png"), "-q"])
+    assert code == 2 and "built for static shapes" in capsys.readouterr().err
+    with _warns_unless_bf16():
+        reshaped = sdopt.load(tiny_ov_bf16_static, reshape=True)
+    assert reshaped.generate(request).images[0].size == (64, 128)
+
+
+# --- devices and the cache -------------------------------------------------------------
+def test_unknown_device_lists_the_available_ones(tiny_ov, tmp_path, capsys):
+    import openvino as ov
+
+    available = ov.Core().available_devices
+    missing = next(d for d in ("gpu", "npu") if d.upper() not in {a.split(".")[0] for a in available})
+    with pytest.raises(SdoptError, match=r"no device '(GPU|NPU)'.*available: CPU"):
+        sdopt.load(tiny_ov, device=missing)
+    assert main(["generate", str(tiny_ov), "-p", "x", "--device", "tpu", "-o", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert "does not run on device 'tpu'" in err and "Traceback" not in err
+
+
+def test_second_load_reuses_the_compiled_model_cache(tiny_ov, tmp_path):
+    first = sdopt.load(tiny_ov, cache_dir=tmp_path, verify=False)
+    blobs = sorted(p.name for p in tmp_path.iterdir())
+    assert len(blobs) == 4  # one compiled model per component
+    second = sdopt.load(tiny_ov, cache_dir=tmp_path, verify=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == blobs  # imported, not compiled again
+    request = GenerateRequest(**{**SMALL, "steps": 2})
+    assert np.array_equal(first.generate(request).latents, second.generate(request).latents)
+
+
+def test_folder_without_manifest_is_read_as_an_optimum_intel_export(tiny_ov, tmp_path):
+    plain = tmp_path / "optimum-like"
+    shutil.copytree(tiny_ov, plain)
+    (plain / MANIFEST_NAME).unlink()
+    m = read_manifest(plain)
+    assert m.inferred and m.backend == "openvino" and m.precision == "fp32" and "Optimum Intel" in m.notes[0]
+    result = sdopt.load(plain).generate(GenerateRequest(**{**SMALL, "steps": 2}))
+    assert np.isfinite(result.latents).all()
+
+
+# --- NNCF --------------------------------------------------------------------------------
+def test_nncf_refuses_what_is_not_an_openvino_artifact(tiny_model, tmp_path, capsys):
+    code = main(["quantize", str(tiny_model), "--backend", "nncf", "--scheme", "int8", "-o", str(tmp_path / "q")])
+    err = capsys.readouterr().err
+    assert code == 2 and "nncf quantizes openvino artifacts" in err and "Traceback" not in err
+    assert not (tmp_path / "q").exists()
+
+
+def test_nncf_options_are_checked(tiny_ov, tmp_path):
+    pytest.importorskip("nncf")
+    from sdopt.quant.nncf import quantize_openvino
+
+    with pytest.raises(SdoptError, match="--group-size applies to int4 and nf4"):
+        quantize_openvino(tiny_ov, "int8", tmp_path / "a", group_size=64)
+    with pytest.raises(SdoptError, match="--ratio 1.5: give the fraction"):
+        quantize_openvino(tiny_ov, "int4", tmp_path / "b", ratio=1.5)
+    with pytest.raises(SdoptError, match="calibration prompt file"):
+        quantize_openvino(tiny_ov, "int8-static", tmp_path / "c", calibration_prompts=tmp_path / "none.txt")
+
+
+def test_nncf_int8_weights(tiny_ov, ov_pipe, tmp_path):
+    pytest.importorskip("nncf")
+    out = tmp_path / "int8"
+    assert main(["quantize", str(tiny_ov), "--backend", "nncf", "--scheme", "int8", "-o", str(out)]) == 0
+    m = read_manifest(out)
+    q = m.components["unet"].quantization
+    assert q["scheme"] == "int8" and q["backend"] == "nncf" and q["weights_only"] and q["layers"] > 0
+    assert m.components["unet"].size_bytes < 0.5 * read_manifest(tiny_ov).components["unet"].size_bytes
+    assert m.components["vae_decoder"].quantization is None  # the VAE is left alone by default
+    request = GenerateRequest(**SMALL)
+    value = psnr(ov_pipe.generate(request).images[0], sdopt.load(out).generate(request).images[0])
+    print(f"nncf int8 weights vs OpenVINO fp32 PSNR: {value:.1f} dB")
+    assert value >= 25
+
+
+def test_nncf_int8_static_calibrates_the_unet(tiny_ov_bf16_static, tmp_path):
+    pytest.importorskip("nncf")
+    from sdopt.quant.nncf import _prompts, quantize_openvino
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red fox\n# a comment\n\na lighthouse\n")
+    assert _prompts(prompts) == ("a red fox", "a lighthouse")
+    out = tmp_path / "int8-static"
+    m = quantize_openvino(tiny_ov_bf16_static, "int8-static", out, calibration_prompts=["a red fox"])  # one prompt: quick
+    unet, text = m.components["unet"].quantization, m.components["text_encoder"].quantization
+    assert unet["scheme"] == "int8-static" and not unet["weights_only"] and unet["layers"] > 0
+    assert unet["calibration"]["prompts"] == 1 and unet["calibration"]["samples"] >= 4  # a sample per UNet call
+    assert text["scheme"] == "int8" and text["weights_only"]
+    assert m.static_shapes == STATIC and m.precision == "bf16"
+    with _warns_unless_bf16():
+        result = sdopt.load(out).generate(GenerateRequest(**SMALL))
+    assert np.isfinite(result.latents).all()
