@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 
 import pytest
@@ -27,3 +28,43 @@ def tiny_pipeline(tiny_model):
 
 # A request small enough for a 2-core machine, large enough to exercise the whole loop.
 SMALL = dict(prompt="a red fox in the snow", seed=7, steps=4, height=64, width=64, guidance_scale=7.5)
+
+
+# --- one real bench of the tiny model, shared by test_bench.py and test_gate.py --------------
+# (defined here, not imported between test modules: an imported fixture is a second definition,
+# and pytest would run the whole bench once per module)
+BENCH_SETTINGS = dict(prompts=["a lighthouse at dawn"], seeds=[0, 1], steps=2, height=64, width=64, warmup=1, runs=2, scheduler="euler")
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_artifact(tiny_model, tmp_path_factory):
+    pytest.importorskip("onnxruntime")
+    from sdopt.export.run import export
+
+    out = tmp_path_factory.mktemp("bench-onnx") / "tiny-onnx"
+    export(tiny_model, "onnx", out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def bench_report(tiny_model, tiny_onnx_artifact, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "report"
+    from sdopt.bench.runner import BenchSettings, run_bench
+
+    settings = BenchSettings.resolve(None, **BENCH_SETTINGS)
+    report = run_bench([f"{tiny_model}@bf16", str(tiny_onnx_artifact)], str(tiny_model), out, settings, progress=False)
+    return out, report
+
+
+def derived(report, **changes):
+    """A copy of a real report with some artifact fields changed (for the gate tests)."""
+    new = copy.deepcopy(report)
+    for name, fields in changes.items():
+        artifact = next(a for a in new["artifacts"] if a["name"] == name)
+        for path, value in fields.items():
+            target = artifact
+            *parents, last = path.split(".")
+            for p in parents:
+                target = target[p]
+            target[last] = value(target[last]) if callable(value) else value
+    return new

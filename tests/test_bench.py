@@ -1,6 +1,5 @@
 """The bench on the tiny model: one real run shared by the report and gate tests."""
 
-import copy
 import json
 import shutil
 
@@ -13,25 +12,7 @@ from sdopt.bench.runner import BenchSettings, read_prompts, run_bench
 pytest.importorskip("pandas")
 pytest.importorskip("matplotlib")
 
-SETTINGS = dict(prompts=["a lighthouse at dawn"], seeds=[0, 1], steps=2, height=64, width=64, warmup=1, runs=2, scheduler="euler")
-
-
-@pytest.fixture(scope="session")
-def tiny_onnx_artifact(tiny_model, tmp_path_factory):
-    pytest.importorskip("onnxruntime")
-    from sdopt.export.run import export
-
-    out = tmp_path_factory.mktemp("bench-onnx") / "tiny-onnx"
-    export(tiny_model, "onnx", out)
-    return out
-
-
-@pytest.fixture(scope="session")
-def bench_report(tiny_model, tiny_onnx_artifact, tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench") / "report"
-    settings = BenchSettings.resolve(None, **SETTINGS)
-    report = run_bench([f"{tiny_model}@bf16", str(tiny_onnx_artifact)], str(tiny_model), out, settings, progress=False)
-    return out, report
+from conftest import BENCH_SETTINGS as SETTINGS  # noqa: E402
 
 
 def test_report_files_and_fields(bench_report):
@@ -131,17 +112,3 @@ def test_cli_bench_bad_input(tiny_model, tmp_path, capsys):
     assert "unknown profile" in capsys.readouterr().err
     assert main(["bench", str(tiny_model), "--reference", str(tiny_model), "--seeds", "a,b", "-o", str(tmp_path / "o")]) == 2
     assert "give integers" in capsys.readouterr().err
-
-
-def derived(report, **changes):
-    """A copy of a real report with some artifact fields changed (for the gate tests)."""
-    new = copy.deepcopy(report)
-    for name, fields in changes.items():
-        artifact = next(a for a in new["artifacts"] if a["name"] == name)
-        for path, value in fields.items():
-            target = artifact
-            *parents, last = path.split(".")
-            for p in parents:
-                target = target[p]
-            target[last] = value(target[last]) if callable(value) else value
-    return new

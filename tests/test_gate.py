@@ -9,13 +9,13 @@ from sdopt.bench.rules import parse_rule
 from sdopt.cli import main
 from sdopt import SdoptError
 
-from test_bench import bench_report, derived, tiny_onnx_artifact  # noqa: F401  (shared fixtures)
+from conftest import derived
 
 RULES = {"latency.median": "+10%", "peak_memory": "+5%", "quality.psnr_db": ["-0.5", ">= 30"], "status": "ok"}
 
 
 @pytest.fixture
-def report(bench_report):  # noqa: F811
+def report(bench_report):
     return bench_report[1]
 
 
