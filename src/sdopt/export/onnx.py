@@ -26,8 +26,9 @@ from sdopt.errors import SdoptError
 from sdopt.export.parity import compare, describe_failure
 from sdopt.export.run import ExportedComponents
 from sdopt.export.spec import SPECS, ComponentSpec, dummy_inputs
+from sdopt.export.tracing import PositionalComponent, torch_reference
 from sdopt.manifest import ComponentEntry, Manifest, files_in
-from sdopt.runtime.torch_ import FORWARDS, load_modules
+from sdopt.runtime.torch_ import load_modules
 from sdopt.runtime.versions import library_versions
 
 DEFAULT_OPSET = 18
@@ -35,30 +36,8 @@ EXTERNAL_DATA = "model.onnx_data"
 _PROTOBUF_LIMIT = 2**31 - 2**26  # stay clear of the 2 GiB hard limit: metadata counts too
 
 
-class _Positional(torch.nn.Module):
-    """A component as the exporter wants it: positional tensors in, a tuple out.
-
-    It calls the same forward functions as the torch backend's executors, so
-    what is exported is exactly what the torch backend runs.
-    """
-
-    def __init__(self, spec: ComponentSpec, module: torch.nn.Module):
-        super().__init__()
-        self.spec, self.module = spec, module
-
-    def forward(self, *args):
-        out = FORWARDS[self.spec.name](self.module, **dict(zip(self.spec.input_names, args)))
-        return tuple(out[name] for name in self.spec.output_names)
-
-
-def _torch_reference(spec: ComponentSpec, module: torch.nn.Module, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    with torch.inference_mode():
-        out = FORWARDS[spec.name](module, **{k: torch.from_numpy(v) for k, v in inputs.items()})
-    return {k: v.float().numpy() for k, v in out.items()}
-
-
 def _trace_to_onnx(spec: ComponentSpec, module: torch.nn.Module, inputs: dict[str, np.ndarray], path: Path, opset: int) -> None:
-    wrapper = _Positional(spec, module).eval()
+    wrapper = PositionalComponent(spec, module).eval()
     args = tuple(torch.from_numpy(inputs[n]) for n in spec.input_names)
     with warnings.catch_warnings(), torch.inference_mode():
         # The TorchScript exporter is deprecated in favour of dynamo (slower here, see module doc),
@@ -111,7 +90,7 @@ def _validate(spec: ComponentSpec, module, path: Path, model_info: dict, text_hi
 
     # Batch 1 at 128 px where the trace used batch 2 at 64 px: this also proves the axes are dynamic.
     inputs = dummy_inputs(spec.name, model_info, text_hidden, batch=1, height=128, width=128, seed=1)
-    reference = _torch_reference(spec, module, inputs)
+    reference = torch_reference(spec, module, inputs)
     session = OrtComponent(path, ["CPUExecutionProvider"], threads=None, device="cpu")
     got = session(**inputs)
     session.close()
