@@ -108,12 +108,22 @@ def torch_unet(model: Path, dtype):
     return call
 
 
-def interleaved(variants: dict, inputs: dict, rounds: int) -> dict[str, list[float]]:
+def interleaved(variants: dict, inputs: dict, rounds: int, slow_factor: float = 8.0) -> dict[str, list[float]]:
+    """Per-variant call times, one call of each per round. A variant whose warm-up call took over
+    ``slow_factor`` times the fastest one's (PyTorch bf16 on a CPU without bf16 instructions) is
+    timed in the first round only: its ratio is an order of magnitude, not a close call."""
     times: dict[str, list[float]] = {name: [] for name in variants}
+    warmup = {}
     for name, fn in variants.items():  # warm-up: first-call allocations, lazy kernels
+        start = time.perf_counter()
         fn(**inputs)
+        warmup[name] = time.perf_counter() - start
+        print(f"warm-up {name}: {warmup[name]:.2f}s", flush=True)
+    slow = {name for name, t in warmup.items() if t > slow_factor * min(warmup.values())}
     for r in range(rounds):
         for name, fn in variants.items():
+            if name in slow and r > 0:
+                continue
             start = time.perf_counter()
             fn(**inputs)
             times[name].append(time.perf_counter() - start)
