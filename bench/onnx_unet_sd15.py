@@ -36,7 +36,7 @@ def main() -> None:
     manifest = read_manifest(args.model)
     only_unet = dataclasses.replace(manifest, components={"unet": manifest.components["unet"]})
     unet = load_modules(args.model, only_unet, torch.float32)["unet"].eval()
-    session = OrtComponent(args.onnx / "unet" / "model.onnx", ["CPUExecutionProvider"], threads=None, device="cpu")
+    session = OrtComponent(args.onnx / "unet" / "model.onnx", ["CPUExecutionProvider"], threads=None, device="cpu", spin=False)
     inputs = dummy_inputs("unet", manifest.model, 768, batch=2, height=256, width=256)
     tensors = {k: torch.from_numpy(v) for k, v in inputs.items()}
 

@@ -129,6 +129,14 @@ def test_fp32_image_matches_torch_fp32(ov_pipe, tiny_pipeline):
     assert min(values) >= 40
 
 
+def test_dynamic_artifact_runs_at_a_size_whose_latent_is_odd(ov_pipe, tiny_pipeline):
+    # latent 75 x 9 (600 x 72 px): the traced graph must take its upsample sizes from the input.
+    request = GenerateRequest(**{**SMALL, "height": 600, "width": 72, "steps": 2})
+    value = psnr(tiny_pipeline.generate(request).images[0], ov_pipe.generate(request).images[0])
+    print(f"OpenVINO fp32 vs torch fp32 PSNR at 600x72: {value:.1f} dB")
+    assert value >= 40
+
+
 def test_bf16_static_image_matches_torch_fp32(static_pipe, tiny_pipeline):
     pipe = static_pipe
     request = GenerateRequest(**SMALL)
@@ -204,6 +212,15 @@ def test_nncf_options_are_checked(tiny_ov, tmp_path):
         quantize_openvino(tiny_ov, "int8-static", tmp_path / "c", calibration_prompts=tmp_path / "none.txt")
 
 
+def test_nncf_int4_options_come_from_the_cli_and_are_recorded(tiny_ov, tmp_path):
+    pytest.importorskip("nncf")
+    out = tmp_path / "int4"
+    assert main(["quantize", str(tiny_ov), "--backend", "nncf", "--scheme", "int4", "--group-size", "32", "--ratio", "0.5", "-o", str(out)]) == 0
+    m = read_manifest(out)
+    assert m.export["options"] == {"group_size": 32, "ratio": 0.5}
+    assert m.components["unet"].quantization["group_size"] == 32 and m.components["unet"].quantization["ratio"] == 0.5
+
+
 def test_nncf_int8_weights(tiny_ov, ov_pipe, tmp_path):
     pytest.importorskip("nncf")
     out = tmp_path / "int8"
@@ -221,13 +238,13 @@ def test_nncf_int8_weights(tiny_ov, ov_pipe, tmp_path):
 
 def test_nncf_int8_static_calibrates_the_unet(tiny_ov_bf16_static, tmp_path):
     pytest.importorskip("nncf")
-    from sdopt.quant.nncf import _prompts, quantize_openvino
-
     prompts = tmp_path / "prompts.txt"
-    prompts.write_text("a red fox\n# a comment\n\na lighthouse\n")
-    assert _prompts(prompts) == ("a red fox", "a lighthouse")
+    prompts.write_text("# one prompt: quick\n\na red fox\n")
     out = tmp_path / "int8-static"
-    m = quantize_openvino(tiny_ov_bf16_static, "int8-static", out, calibration_prompts=["a red fox"])  # one prompt: quick
+    code = main(["quantize", str(tiny_ov_bf16_static), "--backend", "nncf", "--scheme", "int8-static", "--calibration-prompts", str(prompts), "-o", str(out)])
+    assert code == 0
+    m = read_manifest(out)
+    assert m.export["options"]["calibration_prompts"] == ["a red fox"]  # the prompts themselves, not the path
     unet, text = m.components["unet"].quantization, m.components["text_encoder"].quantization
     assert unet["scheme"] == "int8-static" and not unet["weights_only"] and unet["layers"] > 0
     assert unet["calibration"]["prompts"] == 1 and unet["calibration"]["samples"] >= 4  # a sample per UNet call

@@ -235,6 +235,8 @@ def _nothing_written(out):
         (["--scheme", "int8", "--components", "unet,vea"], "unknown component 'vea'; choose from: unet, text_encoder, vae"),
         (["--scheme", "int8", "--components", ","], "--components is empty"),
         (["--scheme", "int8", "--device", "tpu"], "unknown device 'tpu'"),
+        (["--scheme", "int8", "--backend", "quanto", "--group-size", "64"], "--backend quanto does not take --group-size; nncf does"),
+        (["--scheme", "int8", "--ratio", "0.5"], "--backend torchao does not take --ratio; nncf does"),
     ],
 )
 def test_bad_quantize_requests(tiny_model, tmp_path, capsys, args, message):

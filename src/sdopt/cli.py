@@ -52,8 +52,13 @@ def _quantize(args: argparse.Namespace) -> int:
     from sdopt.quant.run import quantize
 
     components = [c.strip() for c in args.components.split(",") if c.strip()] if args.components is not None else None
+    options = {k: v for k, v in (("group_size", args.group_size), ("ratio", args.ratio)) if v is not None}
+    if args.calibration_prompts is not None:
+        from sdopt.prompts import read_prompts
+
+        options["calibration_prompts"] = read_prompts(args.calibration_prompts, what="calibration prompt file")
     manifest = quantize(args.model, args.scheme, args.output, backend=args.backend, components=components,
-                        exclude=args.exclude, device=args.device, force=args.force)
+                        exclude=args.exclude, device=args.device, force=args.force, options=options)
     if args.backend is None:
         print(f"backend: {manifest.export['backend']} (the first supported for {args.scheme} on {args.device}; see --list)")
     print(format_description(describe(args.output)))
@@ -66,7 +71,8 @@ EXPORT_OPTIONS = ("opset", "optimize", "skip_validation", "height", "width", "ba
 
 def _bench(args: argparse.Namespace) -> int:
     from sdopt.bench.profiles import load_profile
-    from sdopt.bench.runner import BenchSettings, read_prompts, run_bench
+    from sdopt.bench.runner import BenchSettings, run_bench
+    from sdopt.prompts import read_prompts
 
     profile = load_profile(args.profile) if args.profile else None
     settings = BenchSettings.resolve(
@@ -219,12 +225,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("quantize", help="quantize a PyTorch checkpoint's weights (int8, int4, nf4, fp8) into a reloadable artifact")
     p.add_argument("model", nargs="?", help="Diffusers model folder (or hub id) in full precision")
     p.add_argument("--scheme", help="int8, int8-dynamic, int4, nf4 or fp8 (--list shows which backend does which)")
-    p.add_argument("--backend", default=None, help="torchao, quanto or bnb (default: the first that supports the scheme on --device)")
+    p.add_argument("--backend", default=None, help="torchao, quanto, bnb, or nncf for OpenVINO artifacts (default: the first that supports the scheme on --device)")
     p.add_argument("--components", default=None, help="comma-separated: unet, text_encoder, vae (default: unet,text_encoder)")
     p.add_argument("--exclude", action="append", default=[], metavar="PATTERN", help="keep layers whose name matches this fnmatch pattern in full precision, e.g. 'unet.conv_in' (repeatable)")
     p.add_argument("--device", default="cpu", help="where the artifact will run: cpu or cuda (default cpu)")
     p.add_argument("-o", "--output", help="output artifact folder")
     p.add_argument("--force", action="store_true", help="replace the output folder if it exists")
+    p.add_argument("--group-size", type=int, default=None, help="nncf int4/nf4: weights per scale group (default 128; -1: per channel)")
+    p.add_argument("--ratio", type=float, default=None, help="nncf int4/nf4: fraction of layers in 4 bits, the rest int8 (default 1.0)")
+    p.add_argument("--calibration-prompts", default=None, metavar="FILE", help="nncf int8-static: prompts to calibrate activations on, one per line (default: a built-in set)")
     p.add_argument("--list", action="store_true", help="print the backend x scheme x device capability table and exit")
     p.set_defaults(func=_quantize)
 

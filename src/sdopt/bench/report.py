@@ -97,6 +97,9 @@ def markdown(report: dict) -> str:
     if failed:
         lines += ["", "## Failures", ""] + [f"- **{r['artifact']}**: {r['error']}" for r in failed]
     lines += ["", "Speed-up is the reference's median latency over the artifact's, measured in this run. PSNR is the worst over the prompts and seeds (capped at 100 dB for identical images)."]
+    lines += ["", "GFLOP/s is the UNet's counted FLOPs over its measured step time; \"of peak\" divides it by the best square-matmul rate probed in the artifact's precision on this machine."]
+    if any((r["fraction_of_peak"] or 0) > 1 for r in flat_rows(report)):
+        lines += ["Above 100%, the model's kernels (e.g. oneDNN convolutions) beat the probed matmul, as happens where the CPU only emulates the precision: the probe is no ceiling there."]
     return "\n".join(lines) + "\n"
 
 

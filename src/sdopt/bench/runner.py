@@ -80,16 +80,6 @@ class BenchSettings:
             GenerateRequest(prompt=prompt, steps=self.steps, height=self.height, width=self.width, guidance_scale=self.guidance_scale).validate()
 
 
-def read_prompts(path: str | Path) -> list[str]:
-    path = Path(path)
-    if not path.is_file():
-        raise SdoptError(f"prompt file {path} does not exist")
-    prompts = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    if not prompts:
-        raise SdoptError(f"prompt file {path} has no prompts: put one prompt per line")
-    return prompts
-
-
 # --- what is compared with what -------------------------------------------------------
 @dataclass
 class Entry:

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from sdopt.errors import SdoptError
 from sdopt.export.parity import compare, describe_failure
 from sdopt.export.run import ExportedComponents
-from sdopt.export.spec import SPECS, ComponentSpec, dummy_inputs
+from sdopt.export.spec import SPECS, ComponentSpec, check_inputs, trace_inputs
 from sdopt.export.tracing import PositionalComponent, torch_reference
 from sdopt.manifest import ComponentEntry, Manifest, files_in
 from sdopt.runtime.torch_ import load_modules
@@ -72,10 +72,9 @@ def _initializer_bytes(model: onnx.ModelProto) -> int:
 
 def _export_one(spec: ComponentSpec, module, model_info: dict, text_hidden: int, out: Path, opset: int, staging: Path) -> Path:
     """Trace one component into staging, then save it once, consolidated, under out/<name>/."""
-    trace_inputs = dummy_inputs(spec.name, model_info, text_hidden, batch=2, height=64, width=64)
     raw = staging / spec.name / "model.onnx"
     raw.parent.mkdir(parents=True)
-    _trace_to_onnx(spec, module, trace_inputs, raw, opset)
+    _trace_to_onnx(spec, module, trace_inputs(spec.name, model_info, text_hidden), raw, opset)
     # Over 2 GB the tracer scatters one file per weight; load and save once to consolidate.
     graph = onnx.load(str(raw), load_external_data=True)
     shutil.rmtree(raw.parent)
@@ -88,8 +87,7 @@ def _validate(spec: ComponentSpec, module, path: Path, model_info: dict, text_hi
     """Run the graph in ONNX Runtime at a shape other than the traced one, and compare with PyTorch fp32."""
     from sdopt.runtime.onnxruntime_ import OrtComponent
 
-    # Batch 1 at 128 px where the trace used batch 2 at 64 px: this also proves the axes are dynamic.
-    inputs = dummy_inputs(spec.name, model_info, text_hidden, batch=1, height=128, width=128, seed=1)
+    inputs = check_inputs(spec.name, model_info, text_hidden)
     reference = torch_reference(spec, module, inputs)
     session = OrtComponent(path, ["CPUExecutionProvider"], threads=None, device="cpu")
     got = session(**inputs)

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from sdopt.errors import SdoptError
 from sdopt.export.parity import compare, describe_failure
 from sdopt.export.run import ExportedComponents
-from sdopt.export.spec import SPECS, ComponentSpec, dummy_inputs
+from sdopt.export.spec import SPECS, ComponentSpec, check_inputs, dummy_inputs, trace_inputs
 from sdopt.export.tracing import PositionalComponent, torch_reference
 from sdopt.manifest import ComponentEntry, Manifest, files_in
 from sdopt.request import MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE
@@ -88,8 +88,7 @@ def _validation_inputs(spec: ComponentSpec, model_info: dict, text_hidden: int, 
     if static and spec.name != "text_encoder":  # the text encoder's batch stays dynamic in static artifacts
         batch = static.get("batch", 1) * (2 if spec.name == "unet" else 1)
         return dummy_inputs(spec.name, model_info, text_hidden, batch=batch, height=static.get("height", 128), width=static.get("width", 128), seed=1)
-    # Batch 1 at 128 px where the trace used batch 2 at 64 px: this also proves the axes are dynamic.
-    return dummy_inputs(spec.name, model_info, text_hidden, batch=1, height=128, width=128, seed=1)
+    return check_inputs(spec.name, model_info, text_hidden)
 
 
 def _validate(core: ov.Core, path: Path, spec: ComponentSpec, module, inputs: dict[str, np.ndarray], precision: str, axes) -> tuple[dict, str]:
@@ -121,8 +120,7 @@ def export_components(source: Path, manifest: Manifest, out: Path, precision: st
     names = [n for n in SPECS if n in modules]
     for name in tqdm(names, desc="exporting to OpenVINO", unit="component"):
         spec = SPECS[name]
-        trace_inputs = dummy_inputs(name, model_info, text_hidden, batch=2, height=64, width=64)
-        model = convert(spec, modules[name], trace_inputs)
+        model = convert(spec, modules[name], trace_inputs(name, model_info, text_hidden))
         path = out / name / MODEL_FILE
         path.parent.mkdir(parents=True)
         ov.save_model(model, path, compress_to_fp16=compress)

@@ -109,6 +109,33 @@ class ShapeProfile:
     width: tuple[int, int, int] = (256, 512, 1024)
 
 
+# Trace at an odd latent side (9 -> 72 px with the SD VAE). Diffusers' UNet decides in Python
+# whether to pass explicit upsample sizes: only when the latent is not a multiple of its overall
+# down factor. A trace at a multiple of 8 bakes in "scale by 2", and the graph then fails at
+# run time for, e.g., a 600 px image (latent 75). An odd latent is a multiple of no down factor,
+# so the traced graph takes its upsample sizes from the skip connections and runs at any size.
+TRACE_LATENT = 9
+# Parity is checked at another batch and a non-square shape, neither side a multiple of 8:
+# that proves the axes are dynamic and the upsample sizes follow the input.
+CHECK_LATENT = (12, 10)
+
+
+def latent_image_size(model: dict[str, Any], latent: tuple[int, int] | int) -> tuple[int, int]:
+    """(height, width) in pixels of the image whose latent has the given side(s)."""
+    h, w = (latent, latent) if isinstance(latent, int) else latent
+    return h * model["vae_scale_factor"], w * model["vae_scale_factor"]
+
+
+def trace_inputs(name: str, model: dict[str, Any], text_hidden: int) -> dict[str, np.ndarray]:
+    height, width = latent_image_size(model, TRACE_LATENT)
+    return dummy_inputs(name, model, text_hidden, batch=2, height=height, width=width)
+
+
+def check_inputs(name: str, model: dict[str, Any], text_hidden: int) -> dict[str, np.ndarray]:
+    height, width = latent_image_size(model, CHECK_LATENT)
+    return dummy_inputs(name, model, text_hidden, batch=1, height=height, width=width, seed=1)
+
+
 def dummy_inputs(name: str, model: dict[str, Any], text_hidden: int, batch: int = 2, height: int = 64, width: int = 64, seed: int = 0) -> dict[str, np.ndarray]:
     """Deterministic dummy inputs for export tracing and parity checks."""
     rng = np.random.default_rng(seed)

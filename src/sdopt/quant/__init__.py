@@ -41,6 +41,7 @@ class Quantizer:
     accepts: str  # the artifact backend it quantizes: "torch", "openvino", ...
     capabilities: tuple[Capability, ...]
     description: str = ""
+    options: tuple[str, ...] = ()  # the backend-specific knobs it takes (Plan.options keys)
 
     def implementation(self):
         for mod in self.requires:
@@ -137,6 +138,7 @@ register_quantizer(
         extra="openvino",
         requires=("openvino", "nncf"),
         accepts="openvino",
+        options=("group_size", "ratio", "calibration_prompts"),
         capabilities=rows(
             "nncf",
             ("int8", "cpu", True, True, ("MatMul", "Convolution"), "INT8_ASYM weights per output channel, computed in the artifact's float precision"),

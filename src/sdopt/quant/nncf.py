@@ -29,6 +29,7 @@ import numpy as np
 import openvino as ov
 
 from sdopt.errors import SdoptError
+from sdopt.prompts import read_prompts
 from sdopt.manifest import ComponentEntry, Manifest, files_in
 from sdopt.runtime.openvino_ import MODEL_FILE, model_file
 
@@ -63,7 +64,7 @@ class NncfOptions:
         if unknown:
             raise SdoptError(f"--backend nncf does not take {', '.join(unknown)}; its options are group_size, ratio, calibration_prompts")
         prompts = options.get("calibration_prompts")
-        return cls(options.get("group_size"), options.get("ratio"), _prompts(prompts) if prompts is not None else None)
+        return cls(options.get("group_size"), options.get("ratio"), _calibration_prompts(prompts) if prompts is not None else None)
 
 
 def quantize_openvino(
@@ -84,21 +85,12 @@ def quantize_openvino(
     options: dict[str, Any] = {k: v for k, v in (("group_size", group_size), ("ratio", ratio)) if v is not None}
     if calibration_prompts is not None:
         # Recorded in the manifest as the prompts themselves: a file path would say nothing later.
-        options["calibration_prompts"] = list(_prompts(calibration_prompts))
+        options["calibration_prompts"] = list(_calibration_prompts(calibration_prompts))
     return quantize(artifact, scheme, out, backend="nncf", components=components, force=force, options=options)
 
 
-def _prompts(value: str | Path | list[str] | tuple[str, ...]) -> tuple[str, ...]:
-    if isinstance(value, (list, tuple)):
-        prompts = [p.strip() for p in value if p.strip()]
-    else:
-        path = Path(value)
-        if not path.is_file():
-            raise SdoptError(f"calibration prompt file {path} does not exist: give a text file with one prompt per line")
-        prompts = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    if not prompts:
-        raise SdoptError("the calibration prompt set is empty: give at least one prompt (one per line)")
-    return tuple(prompts)
+def _calibration_prompts(value: str | Path | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(read_prompts(value, what="calibration prompt file" if isinstance(value, (str, Path)) else "calibration prompt"))
 
 
 def check_options(scheme: str, options: NncfOptions) -> None:

@@ -49,10 +49,14 @@ def providers_for(device: str, provider: str | None = None) -> list:
 
 
 class OrtComponent:
-    def __init__(self, path: Path, providers: list, threads: int | None, device: str):
+    def __init__(self, path: Path, providers: list, threads: int | None, device: str, spin: bool = True):
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        if not spin:
+            # Idle ORT threads busy-wait after a run by default: right for a pipeline (the next
+            # step starts at once), wrong beside another engine timed on the same cores.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3  # warnings about unused initializers etc. are noise for users
         self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         self.inputs = {i.name: i for i in self.session.get_inputs()}

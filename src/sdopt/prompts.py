@@ -1,0 +1,27 @@
+"""Prompt files: one prompt per line, blank lines and ``#`` comments ignored.
+
+One reader for every command that takes a prompt set (bench --prompts, quantize
+--calibration-prompts), so the format and its errors are the same everywhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sdopt.errors import SdoptError
+
+
+def read_prompts(source: str | Path | list[str] | tuple[str, ...], what: str = "prompt file") -> list[str]:
+    """The prompts of a file, or of a list (stripped, blanks dropped); empty is an error."""
+    if isinstance(source, (list, tuple)):
+        prompts = [p.strip() for p in source if p.strip()]
+        if not prompts:
+            raise SdoptError(f"the {what} list is empty: give at least one prompt")
+        return prompts
+    path = Path(source)
+    if not path.is_file():
+        raise SdoptError(f"{what} {path} does not exist: give a text file with one prompt per line")
+    prompts = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise SdoptError(f"{what} {path} has no prompts: put one prompt per line")
+    return prompts
