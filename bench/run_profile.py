@@ -17,10 +17,14 @@ from pathlib import Path
 from sdopt.bench.profiles import load_profile
 from sdopt.bench.runner import BenchSettings, run_bench
 from sdopt.errors import SdoptError
+from sdopt.prompts import read_prompts
 
 
-def build(spec: dict, model: Path, work: Path, settings: BenchSettings) -> str:
-    """The path (or PATH@precision) that benches this profile artifact, building it if needed."""
+def build(spec: dict, model: Path, work: Path, settings: BenchSettings, built: dict[str, str]) -> str:
+    """The path (or PATH@precision) that benches this profile artifact, building it if needed.
+
+    A quantize recipe starts from the checkpoint, or with ``from = "NAME"`` from an artifact
+    listed before it (an OpenVINO export for ``backend = "nncf"``)."""
     if "export" not in spec and "quantize" not in spec:
         precision = spec.get("precision", "fp32")
         return str(model) if precision == "fp32" else f"{model}@{precision}"
@@ -37,7 +41,10 @@ def build(spec: dict, model: Path, work: Path, settings: BenchSettings) -> str:
     else:
         from sdopt.quant.run import quantize
 
-        quantize(model, spec["quantize"], out, backend=spec.get("backend"), device=settings.device)
+        if spec.get("from") and spec["from"] not in built:
+            raise SdoptError(f"{spec['name']} quantizes {spec['from']}, which was not built (list it before, and check it built)")
+        source = Path(built[spec["from"]]) if spec.get("from") else model
+        quantize(source, spec["quantize"], out, backend=spec.get("backend"), device=settings.device)
     return str(out)
 
 
@@ -52,12 +59,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int)
     parser.add_argument("--runs", type=int)
     parser.add_argument("--seeds")
+    parser.add_argument("--prompts", help="prompt file (one per line); default: the profile's")
+    parser.add_argument("--max-seconds", type=float, help="per-artifact time budget for the measured passes")
     parser.add_argument("--only", help="comma-separated artifact names to include")
     args = parser.parse_args(argv)
 
     profile = load_profile(args.profile)
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
-    settings = BenchSettings.resolve(profile, steps=args.steps, height=args.height, width=args.width, runs=args.runs, seeds=seeds)
+    settings = BenchSettings.resolve(profile, steps=args.steps, height=args.height, width=args.width, runs=args.runs, seeds=seeds,
+                                   max_seconds=args.max_seconds, prompts=read_prompts(args.prompts) if args.prompts else None)
     args.work.mkdir(parents=True, exist_ok=True)
     specs = [s for s in profile.artifacts if not args.only or s["name"] in args.only.split(",")]
     reference = next((s for s in specs if s.get("reference")), None)
@@ -67,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     for spec in specs:
         try:
             print(f"== {spec['name']}", file=sys.stderr)
-            paths[spec["name"]] = build(spec, args.model, args.work, settings)
+            paths[spec["name"]] = build(spec, args.model, args.work, settings, paths)
         except SdoptError as exc:
             skipped[spec["name"]] = str(exc)
             print(f"   skipped: {exc}", file=sys.stderr)

@@ -18,3 +18,20 @@ def test_cli_help_is_lean():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == ""
+
+
+def test_known_third_party_import_noise_is_filtered_and_other_warnings_are_not():
+    import importlib.util
+
+    import pytest
+
+    if importlib.util.find_spec("torchao") is None:
+        pytest.skip("the noise comes from torchao (the quant extra), which is not installed")
+    code = (
+        "import logging, sdopt, diffusers.quantizers.torchao.torchao_quantizer\n"
+        "logging.getLogger('torchao').warning('a real torchao warning')\n"
+    )
+    err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stderr
+    for noise in ("Failed to load", "Unable to import `torchao` Tensor objects", "is an Enum subclass"):
+        assert noise not in err, err
+    assert "a real torchao warning" in err

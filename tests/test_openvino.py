@@ -157,6 +157,8 @@ def test_static_artifact_refuses_another_size_unless_reshaped(tiny_ov_bf16_stati
     with _warns_unless_bf16():
         reshaped = sdopt.load(tiny_ov_bf16_static, reshape=True)
     assert reshaped.generate(request).images[0].size == (64, 128)
+    code = main(["generate", str(tiny_ov_bf16_static), "-p", "a fox", "--height", "128", "--width", "64", "--steps", "2", "--reshape", "-o", str(tmp_path / "y.png"), "-q"])
+    assert code == 0 and (tmp_path / "y.png").is_file()
 
 
 # --- devices and the cache -------------------------------------------------------------

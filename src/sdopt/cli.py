@@ -84,6 +84,7 @@ def _bench(args: argparse.Namespace) -> int:
         width=args.width,
         warmup=args.warmup,
         runs=args.runs,
+        max_seconds=args.max_seconds,
         scheduler=args.scheduler,
         device=args.device,
     )
@@ -166,6 +167,7 @@ def _generate(args: argparse.Namespace) -> int:
         attention_slicing=args.attention_slicing,
         vae_tiling=args.vae_tiling,
         cpu_offload=args.cpu_offload,
+        **({"reshape": True} if args.reshape else {}),
     )
     with tqdm(total=request.steps, desc="denoising", unit="step", file=sys.stderr, disable=args.quiet) as bar:
 
@@ -212,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="Diffusers model folder (or hub id) to export from")
     p.add_argument("--to", required=True, help="target format: " + ", ".join(sorted(_exporter_names())))
     p.add_argument("-o", "--output", required=True, help="output artifact folder")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
+    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"),
+                   help="weights precision (default fp32). ONNX: fp32 or fp16; fp16 is a GPU precision, on CPUs ORT wraps it in casts and it is no faster (docs/onnx.md). OpenVINO: fp32, fp16 or bf16")
     p.add_argument("--force", action="store_true", help="replace the output folder if it exists")
     p.add_argument("--opset", type=int, default=None, help="onnx: opset version")
     p.add_argument("--optimize", action="store_true", help="onnx: apply ONNX Runtime graph optimizations and fusions")
@@ -249,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler")
     p.add_argument("--warmup", type=int, help="warm-up generate calls before measuring")
     p.add_argument("--runs", type=int, help="measured passes over all prompts and seeds")
+    p.add_argument("--max-seconds", type=float, default=None, help="stop an artifact's measured passes after this many seconds (at least one pass runs; the report says how many did)")
     p.add_argument("--device", help="default: the profile's, else cpu")
     p.add_argument("--timeout", type=float, default=None, help="seconds an artifact may take before it is recorded as failed")
     p.add_argument("--quiet", "-q", action="store_true")
@@ -281,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attention-slicing", action="store_true", help="torch: compute attention in slices (less memory)")
     p.add_argument("--vae-tiling", action="store_true", help="torch: decode large images in tiles (less memory)")
     p.add_argument("--cpu-offload", action="store_true", help="torch on CUDA: keep idle components in CPU memory")
+    p.add_argument("--reshape", action="store_true", help="openvino: let a static-shape artifact run another size (compiled on first use)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.add_argument("-o", "--output", required=True, help="output PNG (several images: OUT-0.png, OUT-1.png, ...)")
     p.set_defaults(func=_generate)

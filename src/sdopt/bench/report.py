@@ -29,6 +29,7 @@ def flat_rows(report: dict) -> list[dict[str, Any]]:
                 "steps_per_s": a.get("steps_per_s"),
                 "load_s": a.get("load_s"),
                 "first_generate_s": a.get("first_generate_s"),
+                "runs": a.get("runs"),
                 "peak_memory_bytes": a.get("peak_memory_bytes"),
                 "size_bytes": a.get("size_bytes"),
                 "psnr_db": q.get("psnr_db"),
@@ -93,6 +94,11 @@ def markdown(report: dict) -> str:
             )
             + " |"
         )
+    planned = report["settings"]["runs"]
+    cut = [r for r in flat_rows(report) if r["status"] == "ok" and r["runs"] is not None and r["runs"] < planned]
+    if cut:
+        lines += ["", f"Time budget ({_fmt(report['settings'].get('max_seconds'))} s per artifact): "
+                  + "; ".join(f"**{r['artifact']}** ran {r['runs']} of {planned} runs" for r in cut) + "."]
     failed = [r for r in flat_rows(report) if r["status"] != "ok"]
     if failed:
         lines += ["", "## Failures", ""] + [f"- **{r['artifact']}**: {r['error']}" for r in failed]

@@ -51,6 +51,9 @@ class BenchSettings:
     warmup: int
     runs: int
     device: str = "cpu"
+    # Stop an artifact's timed runs once they have taken this long (after at least one full run):
+    # a precision the hardware only emulates (bf16 on AVX2) would otherwise hold the matrix for hours.
+    max_seconds: float | None = None
 
     @classmethod
     def resolve(cls, profile: HardwareProfile | None, **overrides: Any) -> "BenchSettings":
@@ -64,6 +67,8 @@ class BenchSettings:
             else:
                 values[key] = BENCH_DEFAULTS[key]
         values["device"] = overrides.get("device") or (profile.device if profile else "cpu")
+        budget = overrides.get("max_seconds")
+        values["max_seconds"] = budget if budget is not None else (profile.bench.get("max_seconds") if profile else None)
         settings = cls(**values)
         settings.validate()
         return settings
@@ -75,6 +80,8 @@ class BenchSettings:
             raise SdoptError("no seeds to run: give --seeds 0,1,2")
         if self.runs < 1 or self.warmup < 0:
             raise SdoptError(f"--runs {self.runs} / --warmup {self.warmup}: need at least 1 run and 0 or more warm-ups")
+        if self.max_seconds is not None and self.max_seconds <= 0:
+            raise SdoptError(f"--max-seconds {self.max_seconds}: give a positive time budget per artifact in seconds")
         check_scheduler(self.scheduler)
         for prompt in self.prompts:
             GenerateRequest(prompt=prompt, steps=self.steps, height=self.height, width=self.width, guidance_scale=self.guidance_scale).validate()
@@ -215,6 +222,7 @@ def _summarise(entry: Entry, raw: dict, reference: dict | None, out: Path, flops
         {
             "load_s": raw["load_s"],
             "first_generate_s": raw["first_generate_s"],
+            "runs": raw.get("runs", len(raw["latency_samples_s"]) // max(len(raw["samples"]), 1)),
             "latency_s": latency,
             "stages_s": {
                 "text_encoder": statistics.median(raw["text_encoder_samples_s"]),
@@ -230,7 +238,7 @@ def _summarise(entry: Entry, raw: dict, reference: dict | None, out: Path, flops
         }
     )
     if flops:
-        probe = peaks.get(row["precision"]) or {}
+        probe = peaks.get(_compute_precision(entry, raw)) or {}
         achieved = flops / unet_step / 1e9
         row["compute"] = {
             "achieved_gflops": achieved,
@@ -248,6 +256,11 @@ def _summarise(entry: Entry, raw: dict, reference: dict | None, out: Path, flops
     if broken:
         row["status"], row["error"] = "failed", broken
     return row
+
+
+def _compute_precision(entry: Entry, raw: dict) -> str:
+    runs = raw.get("compute_precision")
+    return runs if runs not in (None, "unknown") else entry.precision or entry.manifest.precision
 
 
 def _load_samples(folder: Path, samples: list[dict]):
@@ -281,10 +294,6 @@ def run_bench(
 ) -> dict:
     from tqdm import tqdm
 
-    from sdopt import __version__
-    from sdopt.bench.flops import matmul_peak_gflops
-    from sdopt.bench.machine import fingerprint
-
     entries = collect(artifacts, reference)
     check_static_shapes(entries, settings)
     out = Path(out)
@@ -295,8 +304,19 @@ def run_bench(
         for entry in bar:
             bar.set_postfix_str(entry.name)
             raws[entry.name] = _run_worker(entry, settings, out, timeout)
+    return assemble_report(entries, raws, settings, out, profile)
+
+
+def assemble_report(entries: list[Entry], raws: dict[str, dict], settings: BenchSettings, out: Path, profile: HardwareProfile | None = None) -> dict:
+    """The report from the workers' raw results (out/raw/*/result.json): metrics, quality, files."""
+    from sdopt import __version__
+    from sdopt.bench.flops import matmul_peak_gflops
+    from sdopt.bench.machine import fingerprint
+
     flops = _unet_flops(entries[0], settings)
-    precisions = {e.precision or e.manifest.precision for e in entries}
+    # Probe the precision the compute actually ran in (a bf16 OpenVINO artifact runs fp32 on a
+    # CPU without bf16), else the fraction of peak compares with the wrong ceiling.
+    precisions = {_compute_precision(e, raws[e.name]) for e in entries}
     peaks = {p: matmul_peak_gflops(p, settings.device) for p in sorted(precisions)}
 
     ref_raw = raws[entries[0].name]
@@ -326,7 +346,7 @@ def run_bench(
             "scheduler": settings.scheduler,
             "images_per_call": 1,
         },
-        "settings": {"warmup": settings.warmup, "runs": settings.runs, "device": settings.device},
+        "settings": {"warmup": settings.warmup, "runs": settings.runs, "max_seconds": settings.max_seconds, "device": settings.device},
         "model": {"fingerprint": ref_fp, "family": entries[0].manifest.family, **entries[0].manifest.model},
         "reference": entries[0].name,
         "unet_flops_per_call": flops,

@@ -51,9 +51,13 @@ def measure(job: dict) -> dict:
     for _ in range(max(job["warmup"] - 1, 0)):  # the first generate above is the first warm-up
         _generate_all(pipe, {**job, "prompts": job["prompts"][:1], "seeds": job["seeds"][:1]})
 
-    calls = []
-    for _ in range(job["runs"]):
+    calls, runs, start = [], 0, time.perf_counter()
+    budget = job.get("max_seconds")
+    while runs < job["runs"]:
         calls.extend(_generate_all(pipe, job))
+        runs += 1
+        if budget is not None and time.perf_counter() - start >= budget:
+            break  # at least one full run: every prompt and seed has its image for the quality check
     del first
 
     # Images and latents of the last run: the same prompts and seeds give the same output every run.
@@ -71,8 +75,12 @@ def measure(job: dict) -> dict:
         "status": "ok",
         "backend": pipe.manifest.backend,
         "precision": pipe.precision,
+        # What the UNet's compute runs in, where the backend can say (OpenVINO asks the compiled
+        # model: a bf16 artifact runs fp32 on a CPU without bf16); else the artifact's precision.
+        "compute_precision": getattr(pipe.components.get("unet"), "runs", None) or pipe.precision,
         "load_s": load_s,
         "first_generate_s": first_generate_s,
+        "runs": runs,
         "latency_samples_s": totals,
         "text_encoder_samples_s": [r.timings.text_encoder for _, r in calls],
         "unet_step_samples_s": steps,

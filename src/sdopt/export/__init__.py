@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sdopt.errors import SdoptError
+from sdopt.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -28,19 +28,9 @@ class Exporter:
     description: str = ""
 
 
-EXPORTERS: dict[str, Exporter] = {}
-
-
-def register_exporter(exporter: Exporter) -> Exporter:
-    EXPORTERS[exporter.target] = exporter
-    return exporter
-
-
-def get_exporter(target: str) -> Exporter:
-    try:
-        return EXPORTERS[target]
-    except KeyError:
-        raise SdoptError(f"unknown export target '{target}'; known targets: {', '.join(sorted(EXPORTERS)) or 'none'}") from None
+EXPORTERS: Registry[Exporter] = Registry("export target", "targets", key=lambda e: e.target)
+register_exporter = EXPORTERS.register
+get_exporter = EXPORTERS.lookup
 
 
 # The registrations, last: they import this module's names.

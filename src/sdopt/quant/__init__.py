@@ -28,7 +28,8 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from sdopt.errors import SdoptError, require
+from sdopt.errors import require
+from sdopt.registry import Registry
 from sdopt.quant.schemes import BNB_ROWS, QUANTO_ROWS, TORCHAO_ROWS, Capability, rows
 
 
@@ -81,19 +82,9 @@ class QuantizedComponents:
     precision: str | None = None  # the artifact's precision when it differs from the source's
 
 
-QUANTIZERS: dict[str, Quantizer] = {}
-
-
-def register_quantizer(quantizer: Quantizer) -> Quantizer:
-    QUANTIZERS[quantizer.name] = quantizer
-    return quantizer
-
-
-def get_quantizer(name: str) -> Quantizer:
-    try:
-        return QUANTIZERS[name]
-    except KeyError:
-        raise SdoptError(f"unknown quantization backend '{name}'; known backends: {', '.join(QUANTIZERS)}") from None
+QUANTIZERS: Registry[Quantizer] = Registry("quantization backend", "backends", key=lambda q: q.name)
+register_quantizer = QUANTIZERS.register
+get_quantizer = QUANTIZERS.lookup
 
 
 # --- the registrations ---------------------------------------------------------------

@@ -12,6 +12,7 @@ import importlib
 from dataclasses import dataclass, field
 
 from sdopt.errors import SdoptError, require
+from sdopt.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -51,19 +52,9 @@ class Backend:
         return importlib.import_module(self.module)
 
 
-BACKENDS: dict[str, Backend] = {}
-
-
-def register_backend(backend: Backend) -> Backend:
-    BACKENDS[backend.name] = backend
-    return backend
-
-
-def get_backend(name: str) -> Backend:
-    try:
-        return BACKENDS[name]
-    except KeyError:
-        raise SdoptError(f"unknown backend '{name}'; known backends: {', '.join(sorted(BACKENDS))}") from None
+BACKENDS: Registry[Backend] = Registry("backend", "backends", key=lambda b: b.name)
+register_backend = BACKENDS.register
+get_backend = BACKENDS.lookup
 
 
 def device_kind(device: str) -> str:

@@ -105,7 +105,7 @@ class Pipeline:
             if any(shapes.get(k) not in (None, v) for k, v in want.items()):
                 raise SdoptError(
                     f"this artifact was built for static shapes {shapes}; the request asks for {want}. "
-                    "Ask for the built shapes, or export again for these"
+                    "Ask for the built shapes, pass --reshape (sdopt.load(..., reshape=True)) to compile this one on first use, or export again for these"
                 )
 
     # --- the loop -----------------------------------------------------------------
