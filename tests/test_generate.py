@@ -51,6 +51,20 @@ def test_bf16_on_cpu_runs_and_stays_close_to_fp32(tiny_model, tiny_pipeline):
     assert psnr > 20
 
 
+@pytest.mark.parametrize("flags,warns", [({"avx2", "fma"}, True), ({"avx512f", "avx512_bf16"}, False), ({"amx_bf16"}, False)])
+def test_bf16_warns_only_where_the_cpu_would_emulate_it(tiny_model, monkeypatch, flags, warns):
+    import warnings
+
+    import sdopt.hardware
+
+    monkeypatch.setattr(sdopt.hardware, "cpu_flags", lambda: frozenset(flags))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sdopt.load(tiny_model, precision="bf16")
+    emulated = [w for w in caught if "PyTorch emulates it" in str(w.message)]
+    assert bool(emulated) == warns
+
+
 def test_fp16_on_cpu_is_refused(tiny_model):
     with pytest.raises(SdoptError, match="fp16 is not supported on cpu"):
         sdopt.load(tiny_model, precision="fp16")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 from sdopt import __version__
@@ -305,10 +306,16 @@ def _exit_on_sigterm() -> None:
         pass
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings meant for users (bf16 emulated, bf16 asked but fp32 runs) read like our errors."""
+    return f"sdopt: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _exit_on_sigterm()
+    warnings.formatwarning = _format_warning
     try:
         return args.func(args)
     except SdoptError as exc:

@@ -7,6 +7,7 @@ import platform
 import subprocess
 from pathlib import Path
 
+from sdopt.hardware import cpu_flags
 from sdopt.runtime.versions import library_versions
 
 _LIBRARIES = ("torch", "diffusers", "transformers", "onnx", "onnxruntime", "openvino", "nncf", "tensorrt",
@@ -23,13 +24,12 @@ def _cpu() -> dict:
         return info
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        key = key.strip()
-        if key == "model name":
+        if key.strip() == "model name":
             info["model"] = value.strip()
-        elif key == "flags":
-            flags = set(value.split())
-            info["isa"] = [f for f in _ISA if f in flags]
             break
+    flags = cpu_flags()
+    if flags:
+        info["isa"] = [f for f in _ISA if f in flags]
     try:
         info["usable_cores"] = len(os.sched_getaffinity(0))
     except AttributeError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -105,6 +106,16 @@ def load_components(folder: Path, manifest: Manifest, device: str, precision: st
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SdoptError("device 'cuda' was asked for but torch sees no CUDA GPU (is the CUDA build of torch installed? see README)")
     dtype = DTYPES[precision]
+    if precision == "bf16" and device.startswith("cpu"):
+        from sdopt.hardware import cpu_lacks_bf16
+
+        if cpu_lacks_bf16():
+            warnings.warn(
+                "bf16 on a CPU without AVX512-BF16 or AMX: PyTorch emulates it, which is far slower than fp32 "
+                "(the sd15 UNet: 30x on an AVX2 machine, docs/openvino.md). Use fp32 here, or OpenVINO/ONNX for speed",
+                UserWarning,
+                stacklevel=2,
+            )
     modules = load_modules(folder, manifest, dtype, device)
     if options.get("attention_slicing") and "unet" in modules:
         modules["unet"].set_attention_slice("auto")

@@ -1,0 +1,32 @@
+"""What this CPU can do, read from /proc/cpuinfo (Linux); empty where unknown.
+
+Shared by the bench's machine fingerprint and the runtime's warnings, so both
+read the flags the same way. Standard library only.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+# CPU features that give native bf16 matmul/convolution kernels; without them PyTorch emulates bf16.
+BF16_ISA = ("avx512_bf16", "amx_bf16")
+
+
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return frozenset(value.split())
+    return frozenset()
+
+
+def cpu_lacks_bf16() -> bool:
+    """True only when the flags are known and none of the bf16 features is among them."""
+    flags = cpu_flags()
+    return bool(flags) and not any(f in flags for f in BF16_ISA)
