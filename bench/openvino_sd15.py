@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import statistics
 import subprocess
@@ -33,16 +32,6 @@ import numpy as np
 
 HEIGHT = WIDTH = 256  # 32x32 latent
 IMAGES = 1  # with guidance: UNet batch 2
-
-
-def cpu_facts() -> dict:
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), platform.processor())
-    flags = next((set(line.split(":", 1)[1].split()) for line in text.splitlines() if line.startswith("flags")), set())
-    isa = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8") if f in flags]
-    import os
-
-    return {"model": model, "logical_cores": os.cpu_count(), "isa": isa}
 
 
 def ensure_model(path: Path) -> None:
@@ -170,12 +159,13 @@ def main() -> int:
     import torch
 
     from sdopt.bench.flops import unet_flops_per_call
+    from sdopt.bench.machine import fingerprint
     from sdopt.runtime.versions import library_versions
 
     args.work.mkdir(parents=True, exist_ok=True)
     ensure_model(args.model)
     results: dict = {
-        "machine": {**cpu_facts(), "openvino_capabilities": list(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))},
+        "machine": {**fingerprint()["cpu"], "openvino_capabilities": list(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))},
         "versions": library_versions("torch", "openvino", "nncf", "diffusers"),
         "torch_threads": torch.get_num_threads(),
         "shape": {"unet_batch": 2 * IMAGES, "latent": [HEIGHT // 8, WIDTH // 8], "image": [HEIGHT, WIDTH]},
@@ -219,7 +209,7 @@ def main() -> int:
 
 def summary(r: dict) -> str:
     lines = [
-        f"CPU {r['machine']['model']} ({r['machine']['logical_cores']} cores; {', '.join(r['machine']['isa'])}); "
+        f"CPU {r['machine']['model']} ({r['machine']['logical_cores']} cores; {', '.join(r['machine'].get('isa', []))}); "
         f"OpenVINO capabilities {', '.join(r['machine']['openvino_capabilities'])}",
         f"UNet batch {r['shape']['unet_batch']}, latent {r['shape']['latent']}: {r['unet_gflop_per_call']:.1f} GFLOP per call",
         "| variant | median s | GFLOP/s |",

@@ -92,25 +92,34 @@ def _onnx_precision(graph: Path) -> str:
     return "fp16" if onnx.TensorProto.FLOAT16 in types else "fp32"
 
 
-def _build_optimum_onnx(folder: Path) -> Manifest:
-    """A folder written by `optimum-cli export onnx` (ORTStableDiffusionPipeline layout)."""
+def _optimum_export(folder: Path, *, graph: str, suffixes: tuple[str, ...], backend: str, kind: str, precision: Callable[[Path], str], note: str) -> Manifest:
+    """The manifest of a folder an Optimum exporter wrote: one ``graph`` file per component folder."""
     check_family(folder)
     comps = {
-        name: ComponentEntry(folder=name, files=files_in(folder / name, folder, (".onnx", ".onnx_data", ".json")))
+        name: ComponentEntry(folder=name, files=files_in(folder / name, folder, suffixes))
         for name in _ONNX_COMPONENTS
-        if (folder / name / "model.onnx").is_file()
+        if (folder / name / graph).is_file()
     }
     missing = {"text_encoder", "unet", "vae_decoder"} - set(comps)
     if missing:
-        raise SdoptError(f"{folder} looks like an ONNX export but has no {', '.join(sorted(missing))}/model.onnx")
+        raise SdoptError(f"{folder} looks like an {kind} export but has no {', '.join(sorted(missing))}/{graph}")
     return Manifest(
-        backend="onnxruntime",
-        precision=_onnx_precision(folder / "unet" / "model.onnx"),
+        backend=backend,
+        precision=precision(folder),
         components=comps,
         model=model_info(read_json(folder / "unet" / "config.json"), read_json(folder / "vae_decoder" / "config.json")),
         inferred=True,
         source={"path": str(folder.resolve())},
-        notes=["no sdopt.json: inferred from an Optimum ONNX export (optimum-cli export onnx); no parity recorded"],
+        notes=[f"no sdopt.json: inferred from {note}; no parity recorded"],
+    )
+
+
+def _build_optimum_onnx(folder: Path) -> Manifest:
+    """A folder written by `optimum-cli export onnx` (ORTStableDiffusionPipeline layout)."""
+    return _optimum_export(
+        folder, graph="model.onnx", suffixes=(".onnx", ".onnx_data", ".json"), backend="onnxruntime", kind="ONNX",
+        precision=lambda f: _onnx_precision(f / "unet" / "model.onnx"),
+        note="an Optimum ONNX export (optimum-cli export onnx)",
     )
 
 
@@ -134,23 +143,10 @@ def _build_optimum_openvino(folder: Path) -> Manifest:
 
     It records no precision; we run it in fp32 rather than let OpenVINO pick bf16 where the CPU has it.
     """
-    check_family(folder)
-    comps = {
-        name: ComponentEntry(folder=name, files=files_in(folder / name, folder, (".xml", ".bin", ".json")))
-        for name in _ONNX_COMPONENTS
-        if (folder / name / "openvino_model.xml").is_file()
-    }
-    missing = {"text_encoder", "unet", "vae_decoder"} - set(comps)
-    if missing:
-        raise SdoptError(f"{folder} looks like an OpenVINO export but has no {', '.join(sorted(missing))}/openvino_model.xml")
-    return Manifest(
-        backend="openvino",
-        precision="fp32",
-        components=comps,
-        model=model_info(read_json(folder / "unet" / "config.json"), read_json(folder / "vae_decoder" / "config.json")),
-        inferred=True,
-        source={"path": str(folder.resolve())},
-        notes=["no sdopt.json: inferred from an Optimum Intel OpenVINO export (optimum-cli export openvino); run in fp32; no parity recorded"],
+    return _optimum_export(
+        folder, graph="openvino_model.xml", suffixes=(".xml", ".bin", ".json"), backend="openvino", kind="OpenVINO",
+        precision=lambda f: "fp32",
+        note="an Optimum Intel OpenVINO export (optimum-cli export openvino); run in fp32",
     )
 
 

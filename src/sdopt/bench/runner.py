@@ -222,7 +222,7 @@ def _summarise(entry: Entry, raw: dict, reference: dict | None, out: Path, flops
         {
             "load_s": raw["load_s"],
             "first_generate_s": raw["first_generate_s"],
-            "runs": raw.get("runs", len(raw["latency_samples_s"]) // max(len(raw["samples"]), 1)),
+            "runs": raw["runs"],
             "latency_s": latency,
             "stages_s": {
                 "text_encoder": statistics.median(raw["text_encoder_samples_s"]),

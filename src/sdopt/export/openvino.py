@@ -34,7 +34,7 @@ from tqdm import tqdm
 from sdopt.errors import SdoptError
 from sdopt.export.parity import compare, describe_failure
 from sdopt.export.run import ExportedComponents
-from sdopt.export.spec import SPECS, ComponentSpec, check_inputs, dummy_inputs, trace_inputs
+from sdopt.export.spec import CHECK_LATENT, SPECS, ComponentSpec, check_inputs, dummy_inputs, latent_image_size, trace_inputs
 from sdopt.export.tracing import PositionalComponent, torch_reference
 from sdopt.manifest import ComponentEntry, Manifest, files_in
 from sdopt.request import MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE
@@ -85,10 +85,11 @@ def convert(spec: ComponentSpec, module: torch.nn.Module, example: dict[str, np.
 
 
 def _validation_inputs(spec: ComponentSpec, model_info: dict, text_hidden: int, static: dict[str, int] | None) -> dict[str, np.ndarray]:
-    if static and spec.name != "text_encoder":  # the text encoder's batch stays dynamic in static artifacts
-        batch = static.get("batch", 1) * (2 if spec.name == "unet" else 1)
-        return dummy_inputs(spec.name, model_info, text_hidden, batch=batch, height=static.get("height", 128), width=static.get("width", 128), seed=1)
-    return check_inputs(spec.name, model_info, text_hidden)
+    if not static or spec.name == "text_encoder":  # the text encoder's batch stays dynamic in static artifacts
+        return check_inputs(spec.name, model_info, text_hidden)
+    batch = static.get("batch", 1) * (2 if spec.name == "unet" else 1)
+    height, width = latent_image_size(model_info, CHECK_LATENT)  # a batch-only static artifact: the check's size
+    return dummy_inputs(spec.name, model_info, text_hidden, batch=batch, height=static.get("height", height), width=static.get("width", width), seed=1)
 
 
 def _validate(core: ov.Core, path: Path, spec: ComponentSpec, module, inputs: dict[str, np.ndarray], precision: str, axes) -> tuple[dict, str]:
