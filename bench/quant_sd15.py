@@ -61,28 +61,16 @@ def child(artifact: str, image_out: str) -> None:
 
 
 def machine() -> dict:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from sdopt.bench.machine import fingerprint
     from sdopt.runtime.versions import library_versions
 
     return {
-        "cpu": model,
+        "cpu": fingerprint()["cpu"]["model"],
         "cores": os.cpu_count(),
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         "python": platform.python_version(),
         **library_versions("torch", "diffusers", "transformers", "torchao", "quanto", "bnb"),
     }
-
-
-def unet_bytes(artifact: Path) -> int:
-    data = json.loads((artifact / "sdopt.json").read_text())
-    return sum(f["size_bytes"] for f in data["components"]["unet"]["files"] if f["path"].endswith(".safetensors"))
 
 
 def component_bytes(artifact: Path, name: str) -> int:
@@ -94,10 +82,9 @@ def psnr(a_path: Path, b_path: Path) -> float:
     import numpy as np
     from PIL import Image
 
-    a = np.asarray(Image.open(a_path), dtype=float)
-    b = np.asarray(Image.open(b_path), dtype=float)
-    mse = ((a - b) ** 2).mean()
-    return float("inf") if mse == 0 else float(10 * np.log10(255**2 / mse))
+    from sdopt.bench.quality import psnr_db
+
+    return psnr_db(np.asarray(Image.open(a_path)), np.asarray(Image.open(b_path)))
 
 
 def run_child(artifact: Path, image: Path) -> dict:
@@ -136,7 +123,7 @@ def main() -> int:
     model = Path(args.model)
     info = machine()
     print(f"machine: {info}", flush=True)
-    fp32_unet = unet_bytes(model) if (model / "sdopt.json").exists() else None
+    fp32_unet = component_bytes(model, "unet") if (model / "sdopt.json").exists() else None
 
     results: dict[str, dict] = {}
     for backend, scheme in variants:
@@ -153,7 +140,7 @@ def main() -> int:
                 print(f"{backend} {scheme}: quantize failed: {proc.stderr.strip().splitlines()[-1:]}", flush=True)
                 continue
             entry["quantize_s"] = time.perf_counter() - start
-        entry["unet_bytes"] = unet_bytes(out)
+        entry["unet_bytes"] = component_bytes(out, "unet")
         entry["text_encoder_bytes"] = component_bytes(out, "text_encoder")
         results[f"{backend}:{scheme}"] = entry
         print(f"{backend:8} {scheme:13} UNet {entry['unet_bytes'] / 2**20:8.1f} MiB  quantize {entry.get('quantize_s', float('nan')):.0f}s", flush=True)
