@@ -48,15 +48,17 @@ def test_failed_artifact_is_recorded_and_the_run_goes_on(tiny_model, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(tiny_model, broken)
     (broken / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"not weights")
-    # A time budget no run can meet: the reference still runs one full pass of its two, and says so.
-    settings = BenchSettings.resolve(None, **{**SETTINGS, "seeds": [0], "runs": 2, "max_seconds": 1e-6})
+    # A time budget no run can meet: the reference still runs one full pass of its two, skips its
+    # second warm-up (the first generate took the budget), and says so.
+    settings = BenchSettings.resolve(None, **{**SETTINGS, "seeds": [0], "runs": 2, "warmup": 2, "max_seconds": 1e-6})
     report = run_bench([str(broken)], str(tiny_model), tmp_path / "out", settings, progress=False)
     failed = report["artifacts"][1]
     assert failed["status"] == "failed" and "does not match the sha256" in failed["error"]
     reference = report["artifacts"][0]
     assert reference["status"] == "ok" and reference["runs"] == 1 and reference["latency_s"]["n"] == 1
+    assert reference["warmups"] == 1
     md = (tmp_path / "out" / "report.md").read_text()
-    assert "Failures" in md and "ran 1 of 2 runs" in md
+    assert "Failures" in md and "ran 1 of 2 runs after 1 of 2 warm-ups" in md
 
 
 def test_reference_from_other_weights_is_refused(tiny_model, tmp_path):

@@ -38,7 +38,7 @@ PSNR_FLOOR = {
     "quanto:int4": 28.0,  # 31.4
     "quanto:fp8": 37.0,  # 40.0
     "bnb:int8": 49.0,  # 52.0
-    "bnb:nf4": 29.0,  # 32.0
+    "bnb:nf4": 25.0,  # 28.9 with Conv2d in nf4 too (32.0 when it was Linear only)
 }
 REQUEST = {**SMALL, "steps": 2}
 # One artifact also covers --components and --exclude: the VAE when asked, named layers left alone.
@@ -84,6 +84,8 @@ def test_table_declares_every_backend_scheme_and_device(capsys):
     out = capsys.readouterr().out
     assert "torchao  int4          cpu     no" in out and "quanto   int4          cpu     yes" in out
     assert "yes* = declared from the library's documentation" in out
+    # CUDA rows that ran on a GPU lose their asterisk; the others keep it.
+    assert "torchao  int8          cuda    yes " in out and "bnb      int8          cuda    yes*" in out
 
 
 def test_backend_is_chosen_by_scheme_and_device():

@@ -30,6 +30,7 @@ def flat_rows(report: dict) -> list[dict[str, Any]]:
                 "load_s": a.get("load_s"),
                 "first_generate_s": a.get("first_generate_s"),
                 "runs": a.get("runs"),
+                "warmups": a.get("warmups"),
                 "peak_memory_bytes": a.get("peak_memory_bytes"),
                 "size_bytes": a.get("size_bytes"),
                 "psnr_db": q.get("psnr_db"),
@@ -94,11 +95,16 @@ def markdown(report: dict) -> str:
             )
             + " |"
         )
-    planned = report["settings"]["runs"]
-    cut = [r for r in flat_rows(report) if r["status"] == "ok" and r["runs"] is not None and r["runs"] < planned]
+    planned, warmup = report["settings"]["runs"], report["settings"]["warmup"]
+
+    def was_cut(r: dict) -> bool:
+        return r["status"] == "ok" and ((r["runs"] or planned) < planned or (r["warmups"] or warmup) < warmup)
+
+    cut = [r for r in flat_rows(report) if was_cut(r)]
     if cut:
         lines += ["", f"Time budget ({_fmt(report['settings'].get('max_seconds'))} s per artifact): "
-                  + "; ".join(f"**{r['artifact']}** ran {r['runs']} of {planned} runs" for r in cut) + "."]
+                  + "; ".join(f"**{r['artifact']}** ran {r['runs']} of {planned} runs"
+                              + (f" after {r['warmups']} of {warmup} warm-ups" if (r["warmups"] or warmup) < warmup else "") for r in cut) + "."]
     failed = [r for r in flat_rows(report) if r["status"] != "ok"]
     if failed:
         lines += ["", "## Failures", ""] + [f"- **{r['artifact']}**: {r['error']}" for r in failed]

@@ -223,6 +223,7 @@ def _summarise(entry: Entry, raw: dict, reference: dict | None, out: Path, flops
             "load_s": raw["load_s"],
             "first_generate_s": raw["first_generate_s"],
             "runs": raw["runs"],
+            "warmups": raw.get("warmups"),
             "latency_s": latency,
             "stages_s": {
                 "text_encoder": statistics.median(raw["text_encoder_samples_s"]),

@@ -1,8 +1,12 @@
-"""bitsandbytes: Linear layers replaced by Linear8bitLt (int8) or Linear4bit (nf4).
+"""bitsandbytes: Linear layers replaced by Linear8bitLt (int8) or Linear4bit (nf4), Conv2d by Conv2d4bit (nf4).
 
 bitsandbytes 0.50 runs both on the CPU (the table's rows say so because we
-tried: it does not refuse). It has no quantized convolution, so the UNet's
-Conv2d layers, two thirds of its weights, stay fp32.
+tried: it does not refuse). It has no quantized convolution, and Conv2d holds
+two thirds of the UNet's weights, so for nf4 the convolutions get
+``Conv2d4bit`` below: the same nf4 weight (bitsandbytes' ``Params4bit``,
+blocks of 64, nested statistics) dequantized by bitsandbytes at each call and
+convolved in fp32. int8 stays Linear-only (torchao and quanto cover
+convolutions in int8).
 
 Saved as the modules' own state dicts: int8 weights with their per-row scales
 (``SCB``); nf4 weights packed two per byte with their quantization state
@@ -27,7 +31,7 @@ from sdopt.quant.schemes import Capability
 
 RECIPES = {
     "int8": {"module": "Linear8bitLt", "has_fp16_weights": False, "threshold": 0.0},
-    "nf4": {"module": "Linear4bit", "quant_type": "nf4", "blocksize": 64, "compress_statistics": True, "compute_dtype": "float32"},
+    "nf4": {"module": "Linear4bit, Conv2d4bit", "quant_type": "nf4", "blocksize": 64, "compress_statistics": True, "compute_dtype": "float32"},
 }
 
 
@@ -38,13 +42,39 @@ def quantize_components(source: Path, manifest: Manifest, out: Path, plan: Plan)
 check_plan = torch_common.check_plan
 
 
-def _empty_layer(scheme: str, linear_shape: tuple[int, int], bias: bool) -> torch.nn.Module:
-    """A bnb layer with no memory behind its weight (it is replaced right after)."""
+class Conv2d4bit(torch.nn.Conv2d):
+    """A Conv2d whose weight is a bitsandbytes nf4 ``Params4bit``, dequantized for each call.
+
+    The dequantized weight lives only during the call, so resident memory holds
+    the 4-bit weight (4.5 bits per weight with its block scales). Saved like
+    Linear4bit: the packed weight plus its quantization state under ``weight.*``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import bitsandbytes.functional as bnbf
+
+        weight = bnbf.dequantize_4bit(self.weight.data, self.weight.quant_state).to(x.dtype)
+        return self._conv_forward(x, weight, self.bias)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        for k, v in self.weight.quant_state.as_dict(packed=True).items():
+            destination[prefix + "weight." + k] = v if keep_vars else v.detach()
+
+
+def _empty_layer(scheme: str, old: torch.nn.Module) -> torch.nn.Module:
+    """The bnb layer that replaces ``old``, with no memory behind its weight (it is replaced right after)."""
     import bitsandbytes as bnb
     from accelerate import init_empty_weights
 
-    out_features, in_features = linear_shape
+    bias = old.bias is not None
     with init_empty_weights():
+        if isinstance(old, torch.nn.Conv2d):
+            return Conv2d4bit(
+                old.in_channels, old.out_channels, old.kernel_size, stride=old.stride, padding=old.padding,
+                dilation=old.dilation, groups=old.groups, bias=bias, padding_mode=old.padding_mode,
+            )
+        out_features, in_features = old.weight.shape
         if scheme == "int8":
             return bnb.nn.Linear8bitLt(in_features, out_features, bias=bias, has_fp16_weights=False, threshold=0.0)
         return bnb.nn.Linear4bit(in_features, out_features, bias=bias, compute_dtype=torch.float32, compress_statistics=True, quant_type="nf4")
@@ -60,7 +90,7 @@ def quantize(module: torch.nn.Module, capability: Capability, layers: list[str],
 
     for fqn in layers:
         old = module.get_submodule(fqn)
-        new = _empty_layer(capability.scheme, tuple(old.weight.shape), old.bias is not None)
+        new = _empty_layer(capability.scheme, old)
         if capability.scheme == "int8":
             new.weight = bnb.nn.Int8Params(old.weight.data, requires_grad=False, has_fp16_weights=False)
         else:
@@ -88,13 +118,17 @@ def deserialize(skeleton: torch.nn.Module, tensors: dict, metadata: dict[str, st
     mine: set[str] = set()
     for fqn in layers:
         old = skeleton.get_submodule(fqn)
-        keys = {k for k in tensors if k.startswith(fqn + ".")}  # a Linear is a leaf: all of these are its own
+        keys = {k for k in tensors if k.startswith(fqn + ".")}  # a Linear or Conv2d is a leaf: all of these are its own
         weight = tensors.get(f"{fqn}.weight")
         if weight is None:
             raise SdoptError(f"the quantized weights lack {fqn}.weight: quantize the checkpoint again")
-        new = _empty_layer(capability.scheme, tuple(old.weight.shape), old.bias is not None)
+        new = _empty_layer(capability.scheme, old)
         if capability.scheme == "int8":
-            new.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False, CB=weight, SCB=tensors[f"{fqn}.SCB"])
+            # Built on the device: Module.to() swaps a parameter's data but leaves Int8Params' CB and
+            # SCB attributes where they were, and the CUDA matmul then meets CPU scales (seen on an
+            # H100: "Expected a cuda device, but got: cpu").
+            weight = weight.to(device)
+            new.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False, CB=weight, SCB=tensors[f"{fqn}.SCB"].to(device))
         else:
             stats = {k[len(fqn) + len(".weight.") :]: tensors[k] for k in keys if k.startswith(f"{fqn}.weight.")}
             new.weight = bnb.nn.Params4bit.from_prequantized(weight, stats, requires_grad=False, device=device, module=new)
