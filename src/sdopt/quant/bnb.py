@@ -48,12 +48,19 @@ class Conv2d4bit(torch.nn.Conv2d):
     The dequantized weight lives only during the call, so resident memory holds
     the 4-bit weight (4.5 bits per weight with its block scales). Saved like
     Linear4bit: the packed weight plus its quantization state under ``weight.*``.
+
+    The weight is quantized flattened to (out_channels, in_channels/groups x kh x kw):
+    bitsandbytes' CPU dequantize kernel refuses an odd last dimension (a 3x3
+    kernel's 3) and falls back to a torch.compile'd path that recompiles per
+    shape, gives up after 8 shapes and runs eagerly: 1.5x slower on the largest
+    sd15 convolution, up to 6x on the eager fallback, and a warning per shape.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         import bitsandbytes.functional as bnbf
 
-        weight = bnbf.dequantize_4bit(self.weight.data, self.weight.quant_state).to(x.dtype)
+        weight = bnbf.dequantize_4bit(self.weight.data, self.weight.quant_state)
+        weight = weight.view(self.out_channels, self.in_channels // self.groups, *self.kernel_size).to(x.dtype)
         return self._conv_forward(x, weight, self.bias)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
@@ -94,7 +101,8 @@ def quantize(module: torch.nn.Module, capability: Capability, layers: list[str],
         if capability.scheme == "int8":
             new.weight = bnb.nn.Int8Params(old.weight.data, requires_grad=False, has_fp16_weights=False)
         else:
-            new.weight = bnb.nn.Params4bit(old.weight.data, requires_grad=False, quant_type="nf4", compress_statistics=True, module=new)
+            data = old.weight.data.flatten(1) if isinstance(new, Conv2d4bit) else old.weight.data
+            new.weight = bnb.nn.Params4bit(data, requires_grad=False, quant_type="nf4", compress_statistics=True, module=new)
         if old.bias is not None:
             new.bias = torch.nn.Parameter(old.bias.data, requires_grad=False)
         _replace(module, fqn, new.to(device))  # bnb quantizes when a float weight moves to its device
