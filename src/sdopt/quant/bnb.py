@@ -46,7 +46,7 @@ class Conv2d4bit(torch.nn.Conv2d):
     """A Conv2d whose weight is a bitsandbytes nf4 ``Params4bit``, dequantized for each call.
 
     The dequantized weight lives only during the call, so resident memory holds
-    the 4-bit weight (4.5 bits per weight with its block scales). Saved like
+    the 4-bit weight (~4.1 bits a weight with its 8-bit block scales). Saved like
     Linear4bit: the packed weight plus its quantization state under ``weight.*``.
 
     The weight is quantized flattened to (out_channels, in_channels/groups x kh x kw):
