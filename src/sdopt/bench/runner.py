@@ -224,6 +224,7 @@ def _summarise(entry: Entry, raw: dict, reference: dict | None, out: Path, flops
             "first_generate_s": raw["first_generate_s"],
             "runs": raw["runs"],
             "warmups": raw.get("warmups"),
+            "first_generate_counted": raw.get("first_generate_counted", False),
             "latency_s": latency,
             "stages_s": {
                 "text_encoder": statistics.median(raw["text_encoder_samples_s"]),
