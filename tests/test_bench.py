@@ -44,21 +44,36 @@ def test_report_files_and_fields(bench_report):
     assert list(pd.read_csv(out / "results.csv")["artifact"]) == names
 
 
-def test_failed_artifact_is_recorded_and_the_run_goes_on(tiny_model, tmp_path):
+def _broken_copy(tiny_model, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(tiny_model, broken)
     (broken / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"not weights")
-    # A time budget no run can meet: the reference still runs one full pass of its two, skips its
-    # second warm-up (the first generate took the budget), and says so.
-    settings = BenchSettings.resolve(None, **{**SETTINGS, "seeds": [0], "runs": 2, "warmup": 2, "max_seconds": 1e-6})
-    report = run_bench([str(broken)], str(tiny_model), tmp_path / "out", settings, progress=False)
+    return broken
+
+
+def test_failed_artifact_is_recorded_and_the_run_goes_on(tiny_model, tmp_path):
+    # A time budget no run can meet: the reference still runs one full pass of its two (both
+    # seeds), skips its second warm-up (the first generate took the budget), and says so.
+    settings = BenchSettings.resolve(None, **{**SETTINGS, "seeds": [0, 1], "runs": 2, "warmup": 2, "max_seconds": 1e-6})
+    report = run_bench([str(_broken_copy(tiny_model, tmp_path))], str(tiny_model), tmp_path / "out", settings, progress=False)
     failed = report["artifacts"][1]
     assert failed["status"] == "failed" and "does not match the sha256" in failed["error"]
     reference = report["artifacts"][0]
-    assert reference["status"] == "ok" and reference["runs"] == 1 and reference["latency_s"]["n"] == 1
-    assert reference["warmups"] == 1
+    assert reference["status"] == "ok" and reference["runs"] == 1 and reference["latency_s"]["n"] == 2
+    assert reference["warmups"] == 1 and reference["first_generate_counted"] is False
     md = (tmp_path / "out" / "report.md").read_text()
     assert "Failures" in md and "ran 1 of 2 runs after 1 of 2 warm-ups" in md
+
+
+def test_a_first_generate_over_budget_is_the_measured_run_when_it_covers_the_request(tiny_model, tmp_path):
+    # One prompt, one seed: the first generate is already a full pass, so it is the one measured.
+    settings = BenchSettings.resolve(None, **{**SETTINGS, "seeds": [0], "runs": 2, "warmup": 2, "max_seconds": 1e-6})
+    report = run_bench([str(_broken_copy(tiny_model, tmp_path))], str(tiny_model), tmp_path / "out", settings, progress=False)
+    reference = report["artifacts"][0]
+    assert reference["status"] == "ok" and reference["first_generate_counted"] is True
+    assert reference["runs"] == 1 and reference["warmups"] == 1 and reference["latency_s"]["n"] == 1
+    assert reference["latency_s"]["median"] <= reference["first_generate_s"]  # the same generate, timed inside it
+    assert "its first generate outlasted the budget and is its one measured run" in (tmp_path / "out" / "report.md").read_text()
 
 
 def test_reference_from_other_weights_is_refused(tiny_model, tmp_path):

@@ -253,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler")
     p.add_argument("--warmup", type=int, help="warm-up generate calls before measuring")
     p.add_argument("--runs", type=int, help="measured passes over all prompts and seeds")
-    p.add_argument("--max-seconds", type=float, default=None, help="stop an artifact's measured passes after this many seconds (at least one pass runs; the report says how many did)")
+    p.add_argument("--max-seconds", type=float, default=None, help="per-artifact time budget: no more warm-ups or measured passes once spent (at least one pass runs, the first generate itself when it alone outlasts the budget and covers every prompt and seed; the report says so)")
     p.add_argument("--device", help="default: the profile's, else cpu")
     p.add_argument("--timeout", type=float, default=None, help="seconds an artifact may take before it is recorded as failed")
     p.add_argument("--quiet", "-q", action="store_true")
