@@ -39,8 +39,9 @@ def main() -> int:
     from sdopt.quant import QUANTIZERS
     from sdopt.quant.run import quantize
     from sdopt.quant.schemes import table
+    from sdopt.runtime.backends import device_kind
 
-    def image(path, precision=None) -> np.ndarray:
+    def image(path, precision=None) -> tuple[np.ndarray, int]:
         pipe = sdopt.load(str(path), device=args.device, precision=precision)
         result = pipe.generate(GenerateRequest(**REQUEST))
         return np.asarray(result.images[0]), result.peak_memory_bytes
@@ -48,7 +49,7 @@ def main() -> int:
     reference, _ = image(args.model)
     results = []
     cases = [("torch", p) for p in (("fp16", "bf16") if args.device.startswith("cuda") else ("bf16",))]
-    cases += [(r.backend, r.scheme) for r in table() if r.device == args.device.split(":")[0] and r.supported and QUANTIZERS[r.backend].accepts == "torch"]
+    cases += [(r.backend, r.scheme) for r in table() if r.device == device_kind(args.device) and r.supported and QUANTIZERS[r.backend].accepts == "torch"]
     for backend, scheme in cases:
         start, row = time.perf_counter(), {"backend": backend, "scheme": scheme, "device": args.device}
         try:

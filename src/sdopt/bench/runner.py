@@ -51,8 +51,9 @@ class BenchSettings:
     warmup: int
     runs: int
     device: str = "cpu"
-    # Stop an artifact's timed runs once they have taken this long (after at least one full run):
-    # a precision the hardware only emulates (bf16 on AVX2) would otherwise hold the matrix for hours.
+    # An artifact's time budget: no further warm-up or measured run starts once it is spent (one
+    # full run always happens; worker.measure): a precision the hardware only emulates (bf16 on
+    # AVX2) would otherwise hold the matrix for hours.
     max_seconds: float | None = None
 
     @classmethod
