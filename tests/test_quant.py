@@ -11,6 +11,7 @@ there.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -98,11 +99,15 @@ def test_backend_is_chosen_by_scheme_and_device():
 # --- round trip: quantize here, reload and generate in a fresh process --------------------------
 _RELOAD = textwrap.dedent(
     """
-    import importlib, json, sys
+    import importlib.util, json, os, sys
     import numpy as np
     import sdopt
     from sdopt import GenerateRequest
     from sdopt.quant import get_quantizer
+
+    if os.environ.get("FORCE_NO_AVX512BF16") and importlib.util.find_spec("bitsandbytes"):
+        import bitsandbytes.nn.modules  # it asks the CPU itself (cpuid), not torch: forced here
+        bitsandbytes.nn.modules.has_avx512bf16 = lambda: False
 
     def refuse(*args, **kwargs):
         raise AssertionError("a serialized artifact was quantized again at load")
@@ -118,22 +123,43 @@ _RELOAD = textwrap.dedent(
         img = image(a["path"])
         mse = ((ref - img) ** 2).mean()
         out[a["backend"] + ":" + a["scheme"]] = float(10 * np.log10(255**2 / max(mse, 1e-12)))
-    print(json.dumps(out))
+    import torch
+    print(json.dumps({"psnr": out, "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}))
     """
 )
 
 
-def test_every_cpu_row_reloads_in_a_fresh_process_and_generates(tiny_model, quantized, capsys):
+# The CPU paths the child runs. "native": whatever this CPU has. "avx2": torch's ATen kernels and
+# bitsandbytes (its int8 matmul follows torch's capability; its nf4 kernel asks cpuid, forced in the
+# child) take their AVX2 paths, so a machine with AVX-512 also runs those of an AVX2 machine. oneDNN
+# is left alone: ONEDNN_MAX_CPU_ISA=AVX2 on a VNNI CPU is no AVX2 machine (torch still sees VNNI and
+# picks an int8 path that then saturates: torchao int8-dynamic 31 dB instead of 50, docs/cpu-features.md).
+# No CPU can be forced above what it has; tests/test_cpu_paths.py forces bitsandbytes' AVX-512-BF16
+# path up in Python. docs/cpu-features.md lists every such branch.
+CPU_PATHS = {
+    "native": {},
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "FORCE_NO_AVX512BF16": "1"},
+}
+
+
+@pytest.mark.parametrize("cpu_path", list(CPU_PATHS))
+def test_every_cpu_row_reloads_in_a_fresh_process_and_generates(tiny_model, quantized, capsys, cpu_path):
     artifacts = [{"backend": b, "scheme": s, "path": str(p)} for (b, s), p in quantized.items()]
     proc = subprocess.run(
         [sys.executable, "-c", _RELOAD, str(tiny_model), json.dumps(REQUEST), json.dumps(artifacts)],
         capture_output=True,
         text=True,
+        env={**os.environ, **CPU_PATHS[cpu_path]},
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    psnr = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    psnr = out["psnr"]
+    if cpu_path == "avx2":  # the forcing took (DEFAULT: a CPU without AVX2 at all)
+        assert out["torch_cpu_capability"] in ("AVX2", "DEFAULT")
     with capsys.disabled():  # the numbers belong in the test output, passing or not
-        print("\nPSNR vs fp32, tiny model (fresh process): " + ", ".join(f"{k} {v:.1f} dB (floor {PSNR_FLOOR[k]})" for k, v in psnr.items()))
+        print(f"\nPSNR vs fp32, tiny model (fresh process, {cpu_path} CPU paths: torch {out['torch_cpu_capability']}): "
+              + ", ".join(f"{k} {v:.1f} dB (floor {PSNR_FLOOR[k]})" for k, v in psnr.items()))
     for key, value in psnr.items():
         assert value >= PSNR_FLOOR[key], f"{key}: PSNR {value:.1f} dB under its floor {PSNR_FLOOR[key]}"
     missing = {f"{r.backend}:{r.scheme}" for r in CPU_ROWS if _available(r.backend)} - set(psnr)

@@ -1,11 +1,14 @@
-"""Drop three known-harmless warnings that third-party libraries log on every import.
+"""Drop known-harmless warnings that third-party libraries log on every import.
 
 With torchao 0.18 installed (the quant extra), importing diffusers imports torchao,
 which logs "Failed to load .../_C_*.so" for its CUDA-only kernels on a CPU build
 of torch, makes torch log two "Enum subclass ... register_constant() is
 deprecated" warnings, and then diffusers logs "Unable to import `torchao` Tensor
-objects". They appear on every sdopt command and say nothing about the user's
-work. Only these messages are filtered, by logger and text; every other warning
+objects". On a CPU with AVX-512-BF16, importing bitsandbytes logs that it
+could not fetch a CPU kernel from the Hugging Face hub through the ``kernels``
+package: sdopt never downloads at run time, and bitsandbytes then uses the
+kernel it ships. They appear on every sdopt command and say nothing about the
+user's work. Only these messages are filtered, by logger and text; every other warning
 from these loggers still shows. Uses only the standard library: ``import sdopt``
 stays free of torch.
 """
@@ -18,6 +21,7 @@ _KNOWN_NOISE = {
     "torchao": ("Failed to load ",),
     "torch.utils._pytree": ("%s is an Enum subclass and is now natively supported",),
     "diffusers.quantizers.torchao.torchao_quantizer": ("Unable to import `torchao` Tensor objects",),
+    "bitsandbytes.backends.cpu.ops": ("Failed to load CPU gemm_4bit_forward from kernels-community",),
 }
 
 

@@ -13,6 +13,19 @@ Saved as the modules' own state dicts: int8 weights with their per-row scales
 (``weight.absmax``, ``weight.quant_map``, ``weight.quant_state.*``), which
 ``Params4bit.from_prequantized`` reads back. Loading rebuilds those layers from
 the stored tensors directly: nothing is quantized again.
+
+Two CPU paths for Linear4bit. On a CPU with AVX-512-BF16, bitsandbytes
+(``Linear4bit.support_avx512bf16_for_cpu``, from ``has_avx512bf16()``) repacks
+a layer's weight at its first forward into a layout for its bf16 kernel, which
+runs the matmul with bf16 activations; elsewhere it dequantizes and multiplies
+in fp32. The repacking needs whole blocks along the input (``in_features`` a
+multiple of the block, 64) and output rows in groups of 32, and fails with a
+reshape error otherwise (the tiny model's 32-wide layers). ``choose_cpu_path``
+keeps bitsandbytes' choice for the layers that fit and turns it off for the
+others; the manifest lists those (``portable_layers``). The saved file always
+holds the portable layout: ``serialize`` runs before any forward, and refuses
+a repacked layer rather than store a layout that only one kind of CPU reads.
+Which path is faster, and by how much: docs/quantization.md.
 """
 
 from __future__ import annotations
@@ -57,6 +70,7 @@ class Conv2d4bit(torch.nn.Conv2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # One path on every CPU: bitsandbytes' dequantize kernel does not branch on AVX-512 at blocks of 64.
         import bitsandbytes.functional as bnbf
 
         weight = bnbf.dequantize_4bit(self.weight.data, self.weight.quant_state)
@@ -87,6 +101,37 @@ def _empty_layer(scheme: str, old: torch.nn.Module) -> torch.nn.Module:
         return bnb.nn.Linear4bit(in_features, out_features, bias=bias, compute_dtype=torch.float32, compress_statistics=True, quant_type="nf4")
 
 
+# bitsandbytes' _convert_weight_packed_for_cpu groups output rows by 32 and reshapes the block
+# scales to (out_features, in_features // blocksize): both must divide exactly.
+_CPU_PACK_ROWS = 32
+
+
+def fits_cpu_packing(layer: torch.nn.Module) -> bool:
+    """Whether bitsandbytes' AVX-512-BF16 repacking can hold this Linear4bit's weight."""
+    state = layer.weight.quant_state
+    out_features, in_features = state.shape
+    return out_features % _CPU_PACK_ROWS == 0 and in_features % state.blocksize == 0
+
+
+def choose_cpu_path(module: torch.nn.Module, layers: list[str]) -> list[str]:
+    """Keep bitsandbytes' AVX-512-BF16 path only on the nf4 Linear layers it can repack; return the others.
+
+    bitsandbytes decides per CPU (its flag is False where the CPU lacks
+    AVX-512-BF16, and then every layer takes the portable path anyway); the
+    shapes decide per layer, the same on every CPU, so the list is the same
+    wherever the artifact is quantized or loaded.
+    """
+    import bitsandbytes as bnb
+
+    portable = []
+    for fqn in layers:
+        layer = module.get_submodule(fqn)
+        if isinstance(layer, bnb.nn.Linear4bit) and not fits_cpu_packing(layer):
+            layer.support_avx512bf16_for_cpu = False
+            portable.append(fqn)
+    return portable
+
+
 def _replace(root: torch.nn.Module, fqn: str, new: torch.nn.Module) -> None:
     parent_name, _, attr = fqn.rpartition(".")
     setattr(root.get_submodule(parent_name) if parent_name else root, attr, new)
@@ -106,11 +151,28 @@ def quantize(module: torch.nn.Module, capability: Capability, layers: list[str],
         if old.bias is not None:
             new.bias = torch.nn.Parameter(old.bias.data, requires_grad=False)
         _replace(module, fqn, new.to(device))  # bnb quantizes when a float weight moves to its device
+    choose_cpu_path(module, layers)
     return module.to(device)
 
 
 def serialize(module: torch.nn.Module, capability: Capability) -> tuple[dict, dict[str, str]]:
+    repacked = [n for n, m in module.named_modules() if getattr(getattr(getattr(m, "weight", None), "quant_state", None), "packing_format_for_cpu", False)]
+    if repacked:
+        # bitsandbytes' own state dict would unpack them, but lossily (it quantizes the block scales
+        # again, from bf16): sdopt saves before any forward, so this means a caller ran one first.
+        raise SdoptError(f"{len(repacked)} nf4 layer(s) ({', '.join(repacked[:3])}) hold bitsandbytes' CPU-kernel layout after a forward; quantize from the checkpoint again")
     return dict(module.state_dict()), {"bnb_scheme": capability.scheme}
+
+
+def manifest_facts(module: torch.nn.Module, capability: Capability, layers: list[str]) -> dict:
+    """What the manifest records of this component beyond the recipe: the layers kept off the CPU kernel."""
+    if capability.scheme != "nf4":
+        return {}
+    portable = choose_cpu_path(module, layers)
+    return {
+        "cpu_kernel": "bitsandbytes' AVX-512-BF16 nf4 kernel (bf16 activations) where the CPU has it, else dequantize + fp32 matmul",
+        "portable_layers": portable,
+    }
 
 
 def _quiet_cast_warning(record: logging.LogRecord) -> bool:
@@ -144,6 +206,8 @@ def deserialize(skeleton: torch.nn.Module, tensors: dict, metadata: dict[str, st
             new.bias = torch.nn.Parameter(tensors[f"{fqn}.bias"], requires_grad=False)
         _replace(skeleton, fqn, new)
         mine |= keys
+    if capability.scheme == "nf4":
+        choose_cpu_path(skeleton, layers)
     rest = {k: v for k, v in tensors.items() if k not in mine}
     result = skeleton.load_state_dict(rest, strict=False, assign=True)
     if result.unexpected_keys:

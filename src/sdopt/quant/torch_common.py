@@ -6,7 +6,9 @@ Each backend module provides three hooks on one torch module::
     serialize(module, capability) -> (tensors, metadata)            # for safetensors
     deserialize(skeleton, tensors, metadata, capability, layers, device) -> module
 
-and a ``RECIPES`` dict (scheme -> what is applied), recorded in the manifest.
+and a ``RECIPES`` dict (scheme -> what is applied), recorded in the manifest;
+optionally ``manifest_facts(module, capability, layers) -> dict``, more of
+what was done to record there (bnb: the layers kept off a CPU kernel).
 ``quantize_components`` below loads each component folder once in fp32,
 chooses its layers from the capability's layer types less --exclude, applies
 the backend, and writes the folder: config files as they are, and either the
@@ -104,6 +106,8 @@ def quantize_components(source: Path, manifest: Manifest, out: Path, plan: Plan,
             "library": library,
             "options": getattr(hooks, "RECIPES", {}).get(cap.scheme, {}),
         }
+        if hasattr(hooks, "manifest_facts"):
+            record.update(hooks.manifest_facts(module, cap, layers))
         if cap.serialized:
             record["weights"] = f"{folder}/{WEIGHTS_NAME}"
         files = files_in(out / folder, out, (".safetensors", ".json"))

@@ -1,0 +1,174 @@
+"""Code paths that libraries choose by CPU feature, each forced so it runs on any x86 machine.
+
+The machines this suite runs on differ (AVX2 only; AVX-512 with VNNI and BF16;
+AMX), and a library that branches on a feature takes a path here that another
+machine never sees. Every such branch we know of is listed in
+docs/cpu-features.md with the test that holds it; the ones below force a
+branch either way:
+
+- up: bitsandbytes' AVX-512-BF16 nf4 path, whose failing step (repacking the
+  weight) is Python that runs before any kernel, forced on by its own
+  detection function, so the failure it had on AVX-512-BF16 CPUs reproduces on
+  an AVX2 machine;
+- either way: what OpenVINO reports it runs for a bf16 artifact (bf16 where
+  the CPU has AVX-512-BF16 or AMX, fp32 elsewhere), replaced by each answer,
+  so the manifest note, `sdopt inspect` and the load warning are checked for
+  both kinds of CPU on any machine.
+
+The AVX2 paths of torch, oneDNN and bitsandbytes are forced down (so an
+AVX-512 machine runs them too) in tests/test_quant.py's fresh-process round
+trip of every quantized CPU row. A CPU cannot be forced above what it has,
+hence the Python-level forcing up here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from conftest import SMALL
+
+import sdopt
+from sdopt import GenerateRequest, SdoptError
+from sdopt.cli import main
+
+try:
+    import bitsandbytes as bnb
+    import bitsandbytes.nn.modules as bnb_modules
+    import torch
+
+    from sdopt.quant import bnb as sdopt_bnb
+
+    _NATIVE_BF16_KERNEL = bnb.functional.has_avx512bf16()  # what this CPU really has
+except ImportError:  # the quant extra is absent: the bnb tests skip, the others run
+    bnb = None
+
+needs_bnb = pytest.mark.skipif(bnb is None, reason="bitsandbytes is the quant extra: pip install 'sdopt[quant]'")
+
+REQUEST = {**SMALL, "steps": 2}
+NF4_FLOOR = 25.0  # dB vs fp32, as tests/test_quant.py's bnb:nf4 floor (docs/quantization.md)
+
+
+def _psnr(a, b) -> float:
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    return float(10 * np.log10(255**2 / max(((a - b) ** 2).mean(), 1e-12)))
+
+
+def _contents(path) -> tuple[dict, dict]:
+    """A safetensors file's metadata and tensors as bytes (the header's key order varies between writes)."""
+    from safetensors import safe_open
+
+    with safe_open(path, "pt") as f:
+        tensors = {k: (str(f.get_tensor(k).dtype), hashlib.sha256(f.get_tensor(k).contiguous().view(-1).view(torch.uint8).numpy().tobytes()).hexdigest()) for k in f.keys()}
+        return f.metadata(), tensors
+
+
+@pytest.fixture(scope="module")
+def nf4_artifact(tiny_model, tmp_path_factory):
+    from sdopt.quant.run import quantize
+
+    out = tmp_path_factory.mktemp("cpu-paths") / "bnb-nf4"
+    quantize(tiny_model, "nf4", out, backend="bnb")
+    return out
+
+
+@pytest.fixture
+def force_avx512bf16(monkeypatch):
+    """bitsandbytes' Linear4bit reads has_avx512bf16() in __init__: every layer built now takes its AVX-512-BF16 path."""
+    monkeypatch.setattr(bnb_modules, "has_avx512bf16", lambda: True)
+
+
+def _repackable(layer) -> bool:
+    # bitsandbytes' _convert_weight_packed_for_cpu: output rows in groups of 32, whole 64-blocks along the input.
+    return layer.out_features % 32 == 0 and layer.in_features % 64 == 0
+
+
+def _linear4bit_layers(pipe):
+    for name, module in pipe.components["unet"].module.named_modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            yield name, module
+
+
+@needs_bnb
+def test_nf4_generates_with_the_avx512bf16_path_forced_on(nf4_artifact, tiny_model, force_avx512bf16):
+    # Before the fix: "RuntimeError: shape '[32, 0]' is invalid for input of size 16" in the repacking.
+    pipe = sdopt.load(nf4_artifact)
+    result = pipe.generate(GenerateRequest(**REQUEST))
+
+    layers = dict(_linear4bit_layers(pipe))
+    fits = {name for name, m in layers.items() if _repackable(m)}
+    assert fits and fits != set(layers)  # the tiny model has both kinds: the test reaches both branches
+    assert {name for name, m in layers.items() if sdopt_bnb.fits_cpu_packing(m)} == fits
+
+    repacked = {name for name, m in layers.items() if getattr(m.weight.quant_state, "packing_format_for_cpu", False)}
+    assert repacked == fits  # the forced path really ran, and only where the layout holds the weight
+    if _NATIVE_BF16_KERNEL:  # elsewhere bitsandbytes has no kernel for that layout: numbers are meaningless
+        reference = sdopt.load(tiny_model).generate(GenerateRequest(**REQUEST))
+        assert _psnr(result.images[0], reference.images[0]) >= NF4_FLOOR
+
+
+@needs_bnb
+def test_the_manifest_lists_the_layers_kept_off_the_cpu_kernel(nf4_artifact):
+    data = json.loads((nf4_artifact / "sdopt.json").read_text())
+    record = data["components"]["unet"]["quantization"]
+    assert "AVX-512-BF16" in record["cpu_kernel"]
+    assert "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q" in record["portable_layers"]  # 32 wide
+    assert "mid_block.attentions.0.transformer_blocks.0.attn1.to_q" not in record["portable_layers"]  # 64 wide
+
+
+@needs_bnb
+def test_the_saved_weights_are_the_same_whichever_path_the_cpu_takes(nf4_artifact, tiny_model, tmp_path, monkeypatch):
+    from sdopt.quant.run import quantize
+
+    monkeypatch.setattr(bnb_modules, "has_avx512bf16", lambda: not _NATIVE_BF16_KERNEL)  # the other CPU's choice
+    other = tmp_path / "other-cpu"
+    quantize(tiny_model, "nf4", other, backend="bnb")
+    for folder in ("unet", "text_encoder"):
+        assert _contents(other / folder / "quantized.safetensors") == _contents(nf4_artifact / folder / "quantized.safetensors")
+
+
+@needs_bnb
+def test_a_repacked_layer_is_never_saved(force_avx512bf16):
+    from sdopt.quant.schemes import lookup
+
+    module = torch.nn.Sequential(torch.nn.Linear(128, 64))
+    module = sdopt_bnb.quantize(module, lookup("bnb", "nf4", "cpu"), ["0"], "cpu")
+    layer = module.get_submodule("0")
+    tensors, _ = sdopt_bnb.serialize(module, lookup("bnb", "nf4", "cpu"))  # before a forward: the portable layout
+    assert "0.weight.absmax" in tensors
+    # What Linear4bit.forward does first on an AVX-512-BF16 CPU (Python, so it runs on any CPU):
+    layer.weight.data, layer.weight.quant_state = bnb.functional._convert_weight_packed_for_cpu(layer.weight.data, layer.weight.quant_state)
+    with pytest.raises(SdoptError, match="CPU-kernel layout"):
+        sdopt_bnb.serialize(module, lookup("bnb", "nf4", "cpu"))
+
+
+# --- OpenVINO: the CPU plugin runs bf16 only where the CPU has AVX-512-BF16 or AMX --------------
+def test_openvino_bf16_says_what_runs_on_the_other_kind_of_cpu(tiny_model, tmp_path, monkeypatch, capsys):
+    """The compiled model's own answer (INFERENCE_PRECISION_HINT) is replaced by the other kind of CPU's.
+
+    This machine's own answer is checked by tests/test_openvino.py (test_bf16_manifest_says_what_actually_runs)."""
+    ov = pytest.importorskip("openvino", reason="the openvino extra: pip install 'sdopt[openvino]'")
+    import warnings
+
+    import sdopt.runtime.openvino_ as ov_runtime
+    from sdopt.export.run import export
+    from sdopt.manifest import read_manifest
+
+    native_bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    runs = "fp32" if native_bf16 else "bf16"
+    monkeypatch.setattr(ov_runtime, "runs_precision", lambda compiled: runs)
+    out = tmp_path / "ov-bf16"
+    export(tiny_model, "openvino", out, precision="bf16", height=64, width=64, batch=1)
+    manifest = read_manifest(out)
+    assert set(manifest.export["validated_on"]["runs"].values()) == {runs}
+    note = "runs bf16 on the export machine" if runs == "bf16" else "runs fp32: it lacks bf16 support"
+    assert any(note in n for n in manifest.notes), manifest.notes
+    assert main(["inspect", str(out)]) == 0
+    assert note in capsys.readouterr().out
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sdopt.load(out)
+    assert any("runs fp32 where bf16 was asked" in str(w.message) for w in caught) == (runs == "fp32")
