@@ -25,8 +25,8 @@ def _gen(model, *extra):
     [
         (["--height", "100"], "multiple of 8"),
         (["--width", "4096"], "between 64 and 2048"),
-        (["--steps", "0"], "at least 1"),
-        (["--guidance", "-2"], "0 or more"),
+        (["--steps", "0"], "must be an integer from 1 to 1000"),
+        (["--guidance", "-2"], "must be a finite number from 0 to 50"),
         (["--scheduler", "nope"], "known schedulers: ddim, euler, euler_a"),
         (["--precision", "fp16"], "fp16 is not supported on the CPU"),
     ],

@@ -1,6 +1,7 @@
 """The sdopt command line. Argument parsing only: every command is a thin call into a package.
 
-Errors caused by input are SdoptError: printed on one line, exit status 2.
+Errors caused by input are SdoptError: printed on one line, exit status 2
+(3 when a generation ran but gave no usable image; the gate's own codes: 0/1/2).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import warnings
 from pathlib import Path
 
 from sdopt import __version__
-from sdopt.errors import SdoptError
+from sdopt.errors import BrokenOutputError, SdoptError
 
 
 def _init_model(args: argparse.Namespace) -> int:
@@ -26,8 +27,27 @@ def _init_model(args: argparse.Namespace) -> int:
 def _inspect(args: argparse.Namespace) -> int:
     from sdopt.inspect_artifact import describe, format_description
 
-    data = describe(args.artifact)
+    data = describe(args.artifact, verify=not args.no_verify)
     print(json.dumps(data, indent=2) if args.json else format_description(data))
+    return 0
+
+
+def _clean(args: argparse.Namespace) -> int:
+    from sdopt.fsutil import stale_temp_folders, tree_size
+
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise SdoptError(f"{folder} is not a folder: give the folder where the interrupted command was writing its output")
+    stale = stale_temp_folders(folder)
+    for path in stale:
+        size = tree_size(path)
+        if not args.dry_run:
+            import shutil
+
+            shutil.rmtree(path, ignore_errors=True)
+        print(f"{'would remove' if args.dry_run else 'removed'} {path} ({size / 2**20:,.1f} MiB)")
+    if not stale:
+        print(f"nothing to clean in {folder}: no temporary folder of an interrupted sdopt command")
     return 0
 
 
@@ -153,9 +173,11 @@ def _generate(args: argparse.Namespace) -> int:
     check_scheduler(request.scheduler)
     if args.device.startswith("cpu") and args.precision == "fp16":
         raise SdoptError("fp16 is not supported on the CPU: use --precision fp32 or bf16, or --device cuda")
+    from sdopt.fsutil import check_output_files
+
     out = Path(args.output)
-    if out.parent and not out.parent.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
+    paths = _output_paths(out, request.batch_size)
+    check_output_files(paths)  # before the (slow) load and generation
 
     from tqdm import tqdm
 
@@ -177,9 +199,17 @@ def _generate(args: argparse.Namespace) -> int:
             bar.update(done - bar.n)
 
         result = pipe.generate(request, progress=progress)
-    paths = _output_paths(out, len(result.images))
+    if result.problems:
+        raise BrokenOutputError(
+            f"the generation produced no usable image ({'; '.join(result.problems)}); nothing was saved. "
+            "The artifact or the request makes the numbers overflow: try a guidance scale near 7.5, fp32, or export again"
+        )
+    paths[0].parent.mkdir(parents=True, exist_ok=True)
     for image, path in zip(result.images, paths):
-        image.save(path)
+        try:
+            image.save(path)
+        except OSError as exc:  # the disk filled up, or the path changed meanwhile
+            raise SdoptError(f"cannot write {path}: {exc.strerror or exc}") from exc
         print(path)
     print(result.summary(), file=sys.stderr)
     return 0
@@ -209,7 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="show what an artifact is: backend, precision, components, parity, fingerprint")
     p.add_argument("artifact", help="artifact folder or Diffusers model folder")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--no-verify", action="store_true", help="do not hash the files (large artifacts): sizes shown as sdopt.json records them")
     p.set_defaults(func=_inspect)
+
+    p = sub.add_parser("clean", help="remove the temporary folders that interrupted exports and quantizations left (.NAME.tmp-*)")
+    p.add_argument("folder", nargs="?", default=".", help="the folder that holds them: the output's parent (default: here)")
+    p.add_argument("--dry-run", action="store_true", help="list them without removing")
+    p.set_defaults(func=_clean)
 
     p = sub.add_parser("export", help="export a PyTorch checkpoint to another runtime's format")
     p.add_argument("model", help="Diffusers model folder (or hub id) to export from")

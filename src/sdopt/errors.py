@@ -12,6 +12,12 @@ class SdoptError(Exception):
     exit_code = 2
 
 
+class BrokenOutputError(SdoptError):
+    """A generate call ran but produced no usable image (NaN latents, an all-black image)."""
+
+    exit_code = 3
+
+
 class MissingDependencyError(SdoptError):
     """An optional backend library is not installed."""
 

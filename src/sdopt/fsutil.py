@@ -1,8 +1,14 @@
-"""File-system helpers: atomic output folders and content hashes.
+"""File-system helpers: atomic output folders, what --force may replace, content hashes.
 
 Every command that writes an artifact writes it into a hidden temporary
 sibling folder and renames it into place only when complete, so an export
-that fails or is killed leaves nothing that looks like an artifact.
+that fails or is killed leaves nothing that looks like an artifact. A killed
+command's temporary folder is removed by the next command writing to the same
+place, or by `sdopt clean`.
+
+This module is the one place that decides what ``--force`` may delete: only a
+folder that sdopt wrote (it lists its files in ``.sdopt-files``) and that still
+holds nothing else, and never the command's input or a folder containing it.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import hashlib
 import os
 import secrets
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -20,6 +27,9 @@ from sdopt.errors import SdoptError
 
 _HASH_CHUNK = 8 * 2**20
 INCOMPLETE_MARKER = ".sdopt-incomplete"
+# Every file of a finished output folder, one relative path a line: what --force may later remove.
+WRITTEN_LIST = ".sdopt-files"
+_TEMP_KINDS = (".tmp-", ".old-")  # .NAME.tmp-XXXX while writing, .NAME.old-XXXX while swapping in
 
 
 def sha256_file(path: str | Path) -> str:
@@ -38,11 +48,21 @@ def tree_size(path: str | Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def check_output_dir(out: str | Path, force: bool = False) -> Path:
-    """Fail early, before any work, when out cannot be written as asked."""
+def check_output_dir(out: str | Path, force: bool = False, inputs: tuple[str | Path, ...] = ()) -> Path:
+    """Fail early, before any work, when out cannot be written as asked.
+
+    ``inputs`` are the folders the command reads: out may never be one of them
+    or contain one, with or without --force.
+    """
     out = Path(out).expanduser()
-    if out.exists() and not (out.is_dir() and not any(out.iterdir())) and not force:
-        raise SdoptError(f"{out} already exists: choose another output path, or pass --force to replace it")
+    for source in inputs:
+        if _same_or_inside(Path(source), out):
+            what = "is" if out.absolute().resolve() == Path(source).absolute().resolve() else "contains"
+            raise SdoptError(f"the output {out} {what} the input {source}: choose an output folder outside the input")
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
+        if not force:
+            raise SdoptError(f"{out} already exists: choose another output path, or pass --force to replace it")
+        check_replaceable(out)
     parent = out.parent if str(out.parent) else Path(".")
     if parent.exists() and not parent.is_dir():
         raise SdoptError(f"cannot write {out}: {parent} is not a folder")
@@ -54,10 +74,141 @@ def check_output_dir(out: str | Path, force: bool = False) -> Path:
     return out
 
 
+def local_inputs(*models: str | Path) -> tuple[Path, ...]:
+    """The inputs that are local paths (a hub id names no folder here yet)."""
+    return tuple(Path(m).expanduser() for m in models if Path(m).expanduser().exists())
+
+
+def _same_or_inside(inner: Path, outer: Path) -> bool:
+    inner, outer = inner.absolute().resolve(), outer.absolute().resolve()
+    return inner == outer or outer in inner.parents
+
+
+def written_files(folder: Path) -> set[str] | None:
+    """The files sdopt recorded writing into folder, or None when it recorded nothing."""
+    try:
+        return {line for line in (folder / WRITTEN_LIST).read_text().splitlines() if line}
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _files_below(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() or p.is_symlink()}
+
+
+def check_replaceable(out: Path) -> None:
+    """--force may remove out only if sdopt wrote it and it holds nothing sdopt did not write."""
+    if not out.is_dir() or out.is_symlink():
+        raise SdoptError(f"{out} is not a folder sdopt wrote: --force replaces only sdopt's own output folders; remove it yourself or choose another path")
+    written = written_files(out)
+    if written is None:
+        raise SdoptError(
+            f"{out} was not written by this version of sdopt (it has no {WRITTEN_LIST} list), so --force will not delete it: "
+            "remove it yourself or choose another output path"
+        )
+    foreign = sorted(_files_below(out) - written - {WRITTEN_LIST})
+    if foreign:
+        raise SdoptError(
+            f"{out} holds {len(foreign)} file(s) sdopt did not write ({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}), "
+            "so --force will not delete it: move them out, or choose another output path"
+        )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def stale_temp_folders(parent: Path, name: str | None = None) -> list[Path]:
+    """sdopt's temporary folders under parent (for output ``name``, or any) whose writer is gone.
+
+    Only a folder with sdopt's marker whose recorded process no longer runs on
+    this host is stale: a folder without the marker was not made by sdopt, a
+    live writer's folder is in use, and another host's (a shared file system)
+    cannot be judged from here. A marker without a pid was left by an sdopt
+    older than this rule, which cannot still be writing it.
+    """
+    stale = []
+    if not parent.is_dir():
+        return stale
+    for path in parent.iterdir():
+        if not (path.is_dir() and not path.is_symlink() and path.name.startswith(".")):
+            continue
+        stem, kind, _ = _split_temp_name(path.name)
+        if kind is None or (name is not None and stem != name):
+            continue
+        if kind == ".tmp-":
+            writer = _marker_writer(path / INCOMPLETE_MARKER)
+            if writer is None:  # no marker: not sdopt's
+                continue
+            pid, host = writer
+            if pid is not None and (host != socket.gethostname() or _pid_alive(pid)):
+                continue
+        elif not _is_old_swap(path) or not (parent / stem).exists():
+            continue  # while the output itself is missing, the moved-aside old one is the only copy
+        stale.append(path)
+    return stale
+
+
+def _split_temp_name(name: str) -> tuple[str, str | None, str]:
+    for kind in _TEMP_KINDS:
+        stem, sep, token = name[1:].rpartition(kind)
+        if sep and stem and token:
+            return stem, kind, token
+    return name, None, ""
+
+
+def _marker_writer(marker: Path) -> tuple[int | None, str | None] | None:
+    """(pid, host) from sdopt's marker; (None, None) for an older marker; None without one."""
+    try:
+        text = marker.read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+    words = text.split()
+    if "pid" not in words or "host" not in words:
+        return None, None
+    pid, host = words[words.index("pid") + 1], words[words.index("host") + 1]
+    return (int(pid) if pid.isdigit() else None), host
+
+
+def _is_old_swap(path: Path) -> bool:
+    """A .NAME.old-XXXX folder holds one sdopt output moved aside during a --force swap."""
+    children = list(path.iterdir())
+    return len(children) == 1 and children[0].is_dir() and (written_files(children[0]) is not None or (children[0] / "sdopt.json").is_file())
+
+
+def remove_stale_temp_folders(parent: Path, name: str | None = None) -> list[Path]:
+    removed = stale_temp_folders(parent, name)
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed
+
+
+def check_output_files(paths: list[Path]) -> None:
+    """Before any work: each output file can be written (its folder is creatable and writable, it is no folder)."""
+    for path in paths:
+        if path.is_dir():
+            raise SdoptError(f"-o {path} is a folder: give a file name such as {path / 'out.png'}")
+        parent = path.parent if str(path.parent) else Path(".")
+        probe = parent
+        while not probe.exists():
+            probe = probe.parent
+        if not probe.is_dir():
+            raise SdoptError(f"cannot write {path}: {probe} is a file, not a folder")
+        if not os.access(probe, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+            raise SdoptError(f"cannot write {path}: {probe if not path.exists() else path} is not writable; choose an output path you can write to")
+
+
 @contextlib.contextmanager
-def atomic_output_dir(out: str | Path, force: bool = False) -> Iterator[Path]:
+def atomic_output_dir(out: str | Path, force: bool = False, inputs: tuple[str | Path, ...] = ()) -> Iterator[Path]:
     """Yield a temporary folder; on success it replaces ``out``, on failure it is removed."""
-    out = check_output_dir(out, force).absolute()
+    out = check_output_dir(out, force, inputs).absolute()
+    remove_stale_temp_folders(out.parent, out.name)  # what a killed run into the same place left
     # A sibling, so the final rename stays on one filesystem and is atomic. os.mkdir rather
     # than mkdtemp: mkdtemp's 0700 mode would end up on the finished artifact.
     tmp = out.parent / f".{out.name}.tmp-{secrets.token_hex(4)}"
@@ -68,12 +219,14 @@ def atomic_output_dir(out: str | Path, force: bool = False) -> Iterator[Path]:
         raise SdoptError(f"cannot write {out}: {exc.strerror}; choose an output path you can write to") from exc
     # A process killed outright (SIGKILL) cannot clean up; this marker makes sure that what it
     # leaves is never read as an artifact (manifest.read_manifest refuses it).
-    (tmp / INCOMPLETE_MARKER).write_text("an sdopt command was writing this folder and did not finish\n")
+    # The writer's pid tells a later run (or `sdopt clean`) whether the folder is still in use.
+    (tmp / INCOMPLETE_MARKER).write_text(f"an sdopt command was writing this folder and did not finish: pid {os.getpid()} host {socket.gethostname()}\n")
     try:
         yield tmp
         (tmp / INCOMPLETE_MARKER).unlink()
+        (tmp / WRITTEN_LIST).write_text("".join(f"{p}\n" for p in sorted(_files_below(tmp))))
         _apply_umask(tmp)
-        check_output_dir(out, force)  # someone may have created it while we wrote
+        check_output_dir(out, force, inputs)  # someone may have created it while we wrote
     except BaseException:
         # Also on KeyboardInterrupt: a half-written folder must never look like an artifact.
         shutil.rmtree(tmp, ignore_errors=True)

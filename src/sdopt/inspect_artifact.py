@@ -5,16 +5,29 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sdopt.manifest import fingerprint_of, hash_components, read_manifest
+from sdopt.manifest import check_support_folders, fingerprint_of, hash_components, read_manifest
 from sdopt.source import resolve
 
 
-def describe(path: str | Path) -> dict[str, Any]:
+def describe(path: str | Path, verify: bool = True) -> dict[str, Any]:
+    """What the artifact is; with ``verify`` (the default) its files are checked first, as loading does.
+
+    The sizes shown are the manifest's; verification is what makes them the
+    files' own (a truncated file fails its sha256, a missing one its check).
+    """
     folder = resolve(path)
     manifest = read_manifest(folder)
     if manifest.inferred:
         hash_components(manifest.components, folder)  # nothing recorded: compute so the fingerprint can be shown
+        verified = "no sdopt.json: nothing recorded to verify the files against"
+    elif verify:
+        manifest.verify_files(folder)
+        check_support_folders(folder, manifest)
+        verified = f"yes: {len({f.path for c in manifest.components.values() for f in c.files})} files match their sha256 in sdopt.json"
+    else:
+        verified = "no (--no-verify): sizes are as sdopt.json records them"
     data = manifest.to_dict()
+    data["verified"] = verified
     data["path"] = str(folder)
     data["artifact_id"] = manifest.artifact_id
     data["size_bytes"] = manifest.size_bytes
@@ -41,6 +54,8 @@ def format_description(d: dict[str, Any]) -> str:
     if d.get("static_shapes"):
         lines.append(f"shapes     static {d['static_shapes']}")
     lines.append(f"size       {_mib(d['size_bytes'])}")
+    if d.get("verified"):
+        lines.append(f"verified   {d['verified']}")
     src = d.get("source") or {}
     origin = src.get("path") or (f"zoo model {src['zoo']} (seed {src.get('seed')})" if "zoo" in src else "unknown")
     lines.append(f"source     {origin}  fingerprint {str(src.get('fingerprint') or 'unknown')[:16]}")

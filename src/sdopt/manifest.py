@@ -14,7 +14,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from importlib import resources
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from sdopt.errors import SdoptError
@@ -85,15 +85,16 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Manifest":
+        # Keys this version does not know are ignored at every level (a newer sdopt may add some);
+        # the schema has already checked the types of those it knows.
         data = dict(data)
         comps = {
             name: ComponentEntry(
-                **{**c, "files": [FileEntry(**f) for f in c.get("files", [])]}
+                **{**_known(ComponentEntry, c), "files": [FileEntry(**_known(FileEntry, f)) for f in c.get("files", [])]}
             )
             for name, c in data.pop("components").items()
         }
-        known = set(cls.__dataclass_fields__)
-        return cls(components=comps, **{k: v for k, v in data.items() if k in known})
+        return cls(components=comps, **_known(cls, data))
 
     def write(self, folder: str | Path, stamp: bool = True) -> Path:
         """Validate and write sdopt.json; ``stamp=False`` leaves out the creation time
@@ -121,8 +122,21 @@ class Manifest:
         return fingerprint_of(self.components)[:12]
 
     def verify_files(self, folder: str | Path) -> None:
-        """Check that every listed file exists and matches its recorded sha256."""
+        """Check that every listed file exists and matches its recorded sha256, and that nothing unlisted is beside them.
+
+        A file in a component folder that the manifest does not list would be
+        loaded unchecked (a weights file whose entry was removed): refused.
+        """
         folder = Path(folder)
+        listed = {f.path for comp in self.components.values() for f in comp.files}
+        for sub in sorted({comp.folder for comp in self.components.values()}):
+            for path in sorted((folder / sub).rglob("*")) if (folder / sub).is_dir() else ():
+                rel = path.relative_to(folder).as_posix()
+                if path.is_file() and rel not in listed:
+                    raise SdoptError(
+                        f"{path} is in the artifact but not listed in {MANIFEST_NAME}, so it cannot be verified: "
+                        "the artifact was changed after export; export it again (or remove that file)"
+                    )
         checked: set[str] = set()
         for name, comp in self.components.items():
             for f in comp.files:
@@ -137,6 +151,10 @@ class Manifest:
                         "or corrupted after export; export the artifact again"
                     )
                 checked.add(f.path)
+
+
+def _known(cls, data: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
 
 
 def fingerprint_of(components: dict[str, ComponentEntry]) -> str:
@@ -185,6 +203,49 @@ def validate(data: dict[str, Any], where: str) -> None:
         raise SdoptError(f"{where} does not follow the sdopt manifest schema: at {at}: {err.message}")
 
 
+# --- paths stay inside the artifact ------------------------------------------------
+def check_inside(folder: Path, relative: str, what: str) -> None:
+    """Refuse a path from a manifest that names anything outside the artifact folder.
+
+    Lexically (absolute, '..', a drive or backslash) and on disk (a symlink that
+    resolves outside). A Hugging Face cache snapshot links its files to the
+    repository's blobs/ folder beside snapshots/: that repository folder is the
+    bound there.
+    """
+    pure = PurePosixPath(relative)
+    if not relative or pure.is_absolute() or "\\" in relative or ".." in pure.parts or (len(relative) > 1 and relative[1] == ":"):
+        raise SdoptError(
+            f"{folder / MANIFEST_NAME}: {what} {relative!r} is not a path inside the artifact; an artifact may name only "
+            "its own files. Do not use this folder: export or download the artifact again"
+        )
+    root = folder.absolute().resolve()
+    bound = root.parent.parent if root.parent.name == "snapshots" else root
+    target = (root / relative).resolve()
+    if target != bound and bound not in target.parents:
+        raise SdoptError(f"{folder / relative} ({what}) links outside the artifact, to {target}: an artifact may name only its own files")
+
+
+def check_paths(manifest: "Manifest", folder: Path) -> None:
+    """Every path the manifest names (component folders and files, tokenizer, scheduler, quantized weights) stays inside folder."""
+    check_inside(folder, manifest.tokenizer, "the tokenizer folder")
+    check_inside(folder, manifest.scheduler, "the scheduler folder")
+    for name, comp in manifest.components.items():
+        check_inside(folder, comp.folder, f"{name}'s folder")
+        for f in comp.files:
+            check_inside(folder, f.path, f"a file of {name}")
+        weights = (comp.quantization or {}).get("weights")
+        if weights is not None:
+            check_inside(folder, str(weights), f"{name}'s quantized weights")
+
+
+def check_support_folders(folder: Path, manifest: "Manifest") -> None:
+    """The tokenizer and scheduler folders the loop reads exist (their files carry no hashes)."""
+    for what, sub, needed in (("tokenizer", manifest.tokenizer, None), ("scheduler", manifest.scheduler, "scheduler_config.json")):
+        path = folder / sub
+        if not path.is_dir() or (needed and not (path / needed).is_file()):
+            raise SdoptError(f"{path} is missing: the artifact has no {what}; export it again")
+
+
 # --- reading ----------------------------------------------------------------------
 def read_manifest(folder: str | Path) -> Manifest:
     """The manifest of an artifact folder: sdopt.json if present, else inferred from its layout."""
@@ -202,10 +263,13 @@ def read_manifest(folder: str | Path) -> Manifest:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise SdoptError(f"{path} is not valid JSON ({exc}); export the artifact again") from exc
         validate(data, where=str(path))
-        return Manifest.from_dict(data)
-    from sdopt.layouts import infer_manifest
+        manifest = Manifest.from_dict(data)
+    else:
+        from sdopt.layouts import infer_manifest
 
-    return infer_manifest(folder)
+        manifest = infer_manifest(folder)
+    check_paths(manifest, folder)
+    return manifest
 
 
 def pipeline_class(folder: Path) -> str | None:

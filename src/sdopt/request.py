@@ -5,6 +5,7 @@ Plain dataclasses with no heavy imports, so that ``import sdopt`` stays lean.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +13,17 @@ from sdopt.errors import SdoptError
 
 # Bounds on the image side. 8 is the VAE's downsampling factor for every SD-1/2/XL model.
 MIN_SIDE, MAX_SIDE, SIDE_MULTIPLE = 64, 2048, 8
+# SD's schedulers are trained on 1000 timesteps: more steps than that repeat timesteps or fail.
+MAX_STEPS = 1000
+# Far above any useful classifier-free guidance (7.5 is usual, AUTOMATIC1111's slider stops at 30);
+# beyond it the guided noise overflows and the image comes out black.
+MAX_GUIDANCE = 50.0
+MAX_IMAGES = 64  # images in one generate call (prompts x num_images)
+MAX_SEED = 2**63 - 1
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass
@@ -50,20 +62,35 @@ class GenerateRequest:
         return self.guidance_scale > 1.0
 
     def validate(self) -> "GenerateRequest":
-        """Raise SdoptError on any field a pipeline cannot run; return self."""
+        """Raise SdoptError on any field a pipeline cannot run; return self.
+
+        The one validator of request values, shared by the CLI, the Python API,
+        the bench and (through them) every front end: types first, so no bad
+        value reaches arithmetic as a TypeError; then finite numbers in range.
+        """
+        for name in ("prompt", "negative_prompt"):
+            value = getattr(self, name)
+            items = [value] if isinstance(value, str) else value
+            if value is None and name == "negative_prompt":
+                continue
+            if not isinstance(items, (list, tuple)) or not all(isinstance(t, str) for t in items):
+                raise SdoptError(f"{name}={value!r}: must be a string or a list of strings")
+        for name, low, high, example in (("seed", 0, MAX_SEED, "42"), ("steps", 1, MAX_STEPS, "20"), ("num_images", 1, MAX_IMAGES, "1")):
+            value = getattr(self, name)
+            if not _is_int(value) or not low <= value <= high:
+                raise SdoptError(f"{name}={value!r}: must be an integer from {low} to {high} (for example {example})")
         for name in ("height", "width"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value % SIDE_MULTIPLE or not MIN_SIDE <= value <= MAX_SIDE:
+            if not _is_int(value) or value % SIDE_MULTIPLE or not MIN_SIDE <= value <= MAX_SIDE:
                 raise SdoptError(
                     f"{name}={value!r}: must be a multiple of {SIDE_MULTIPLE} between "
                     f"{MIN_SIDE} and {MAX_SIDE} (for example 512)"
                 )
-        if not isinstance(self.steps, int) or self.steps < 1:
-            raise SdoptError(f"steps={self.steps!r}: must be an integer of at least 1")
-        if self.guidance_scale < 0:
-            raise SdoptError(f"guidance_scale={self.guidance_scale!r}: must be 0 or more (7.5 is usual)")
-        if not isinstance(self.num_images, int) or self.num_images < 1:
-            raise SdoptError(f"num_images={self.num_images!r}: must be at least 1")
+        g = self.guidance_scale
+        if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or not 0 <= g <= MAX_GUIDANCE:
+            raise SdoptError(f"guidance_scale={g!r}: must be a finite number from 0 to {MAX_GUIDANCE:g} (7.5 is usual; 1 or less turns guidance off)")
+        if self.scheduler is not None and not isinstance(self.scheduler, str):
+            raise SdoptError(f"scheduler={self.scheduler!r}: must be a scheduler name or None")
         if not self.prompts:
             raise SdoptError("the prompt list is empty: give at least one prompt")
         if len(self.negative_prompts) != len(self.prompts):
@@ -71,8 +98,8 @@ class GenerateRequest:
                 f"{len(self.negative_prompts)} negative prompts for {len(self.prompts)} prompts: "
                 "give one negative prompt, or one per prompt"
             )
-        if self.seed < 0 or self.seed >= 2**63:
-            raise SdoptError(f"seed={self.seed}: must be between 0 and 2**63-1")
+        if self.batch_size > MAX_IMAGES:
+            raise SdoptError(f"{len(self.prompts)} prompts x {self.num_images} images = {self.batch_size} images in one call: at most {MAX_IMAGES}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -113,6 +140,11 @@ class GenerateResult:
     # on CUDA, "cuda_allocated" (the torch allocator's peak).
     memory: dict[str, int]
     request: GenerateRequest | None = None
+    # Why the output is not a usable image (NaN latents, an all-black image), empty when it is:
+    # such a result is reported, never passed off as a success (the CLI saves nothing, the bench fails the row).
+    problems: list[str] = field(default_factory=list)
+    # What the loop had to change in the request, e.g. prompts cut to the text encoder's length.
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def peak_memory_kind(self) -> str:

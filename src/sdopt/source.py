@@ -22,7 +22,8 @@ def resolve(model: str | Path) -> Path:
     if path.exists():
         return path
     text = str(model)
-    if _HUB_ID.match(text) and not text.startswith((".", "/")):
+    # org/name where ./org is a local folder is a mistyped local path, not a hub id.
+    if _HUB_ID.match(text) and not text.startswith((".", "/")) and not Path(path.parts[0]).exists():
         return _from_hub(text)
     raise SdoptError(f"{model} does not exist: give a model folder (for example one written by `sdopt init-model`) or a hub id like org/name")
 

@@ -1,7 +1,9 @@
 """`sdopt gate`: turn bench reports into a pass/fail verdict for CI.
 
 Exit 0 when every rule holds, 1 on a regression, 2 when the reports cannot be
-compared (different prompts, seeds, steps, shapes, model or schema).
+compared (different prompts, seeds, steps, shapes, model or schema) or judged
+(a number a rule asks about is missing from an artifact that ran: MISSING,
+never a pass).
 
 Speed is judged noise-aware: an artifact's latency is read as its ratio to the
 reference artifact measured in the same run, so a slower or busier machine
@@ -60,11 +62,15 @@ class Check:
     current: float | str | None
     change: str
     threshold: str
-    verdict: str  # ok, noise, REGRESSION, n/a, skipped
+    verdict: str  # ok, noise, REGRESSION, MISSING, n/a (the artifact failed: status says so), skipped (no baseline value)
 
     @property
     def failed(self) -> bool:
         return self.verdict == "REGRESSION"
+
+    @property
+    def missing(self) -> bool:
+        return self.verdict == "MISSING"
 
 
 @dataclass
@@ -73,11 +79,17 @@ class GateResult:
 
     @property
     def exit_code(self) -> int:
-        return EXIT_REGRESSION if any(c.failed for c in self.checks) else EXIT_OK
+        if any(c.failed for c in self.checks):
+            return EXIT_REGRESSION
+        return EXIT_INCOMPARABLE if any(c.missing for c in self.checks) or not self.checks else EXIT_OK
+
+    @property
+    def verdict(self) -> str:
+        return {EXIT_OK: "PASS", EXIT_REGRESSION: "FAIL"}.get(self.exit_code, "CANNOT JUDGE")
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "verdict": "fail" if self.exit_code else "pass",
+            "verdict": {EXIT_OK: "pass", EXIT_REGRESSION: "fail"}.get(self.exit_code, "cannot judge"),
             "exit_code": self.exit_code,
             "regressions": sum(c.failed for c in self.checks),
             "checks": [c.__dict__ for c in self.checks],
@@ -92,9 +104,23 @@ def read_report(path: str | Path) -> dict:
         report = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise SdoptError(f"{path} is not valid JSON ({exc})") from exc
-    if report.get("schema") != REPORT_SCHEMA:
-        raise IncomparableReports(f"{path} is not an sdopt bench report (its schema is {report.get('schema')!r})")
+    if not isinstance(report, dict) or report.get("schema") != REPORT_SCHEMA:
+        schema = report.get("schema") if isinstance(report, dict) else type(report).__name__
+        raise IncomparableReports(f"{path} is not an sdopt bench report (its schema is {schema!r})")
+    check_shape(report, path)
     return report
+
+
+def check_shape(report: dict, where: Any) -> None:
+    """What the gate reads must be there and of the right kind: else exit 2, never a traceback or a pass."""
+    artifacts = report.get("artifacts")
+    if not isinstance(artifacts, list) or not artifacts or not all(isinstance(a, dict) and isinstance(a.get("name"), str) for a in artifacts):
+        raise IncomparableReports(f"{where} has no list of artifacts with names: it is not a complete bench report; bench again")
+    names = [a["name"] for a in artifacts]
+    if len(set(names)) != len(names):
+        raise IncomparableReports(f"{where} names an artifact twice: it is not a report `sdopt bench` wrote; bench again")
+    if report.get("reference") not in names:
+        raise IncomparableReports(f"{where}: its reference {report.get('reference')!r} is not among its artifacts; bench again")
 
 
 def _get(data: dict, dotted: str) -> Any:
@@ -119,7 +145,7 @@ def _by_name(report: dict) -> dict[str, dict]:
 
 def _ratio(a: dict, ref: dict, path: str) -> float | None:
     x, y = _get(a, path), _get(ref, path)
-    return x / y if x and y else None
+    return x / y if _number(x) and _number(y) and y > 0 else None
 
 
 def metric_value(metric: str, artifact: dict, report: dict) -> Any:
@@ -142,8 +168,8 @@ def metric_value(metric: str, artifact: dict, report: dict) -> Any:
 def ratio_noise(artifact: dict, report: dict) -> float:
     """Relative standard error of an artifact's latency ratio to the reference, from the samples."""
     ref = _by_name(report).get(report["reference"], {})
-    a, r = _get(artifact, "latency_s.rel_stderr") or 0.0, _get(ref, "latency_s.rel_stderr") or 0.0
-    return math.hypot(a, r)
+    a, r = _get(artifact, "latency_s.rel_stderr"), _get(ref, "latency_s.rel_stderr")
+    return math.hypot(a if _number(a) else 0.0, r if _number(r) else 0.0)
 
 
 def _fmt(metric: str, value: Any) -> str:
@@ -151,6 +177,8 @@ def _fmt(metric: str, value: Any) -> str:
         return "–"
     if isinstance(value, str):
         return value
+    if not _number(value):
+        return repr(value)[:24]
     if metric in _RATIO_METRICS:
         return f"{value:.3f}× ref"
     if metric in ("peak_memory", "size"):
@@ -158,18 +186,25 @@ def _fmt(metric: str, value: Any) -> str:
     return f"{value:.4g}"
 
 
-def _judge(rule: Rule, value: Any, base: Any, noise: float | None) -> tuple[str, str]:
-    """(change text, verdict) of one rule on one value."""
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _judge(rule: Rule, value: Any, base: Any, noise: float | None, ran: bool) -> tuple[str, str]:
+    """(change text, verdict) of one rule on one value. ``ran``: the artifact's status is ok."""
     if rule.kind == "equals":
         return "", "ok" if value == rule.word else "REGRESSION"
-    if value is None:
-        return "", "n/a"
+    if not _number(value):
+        # A failed artifact has no numbers, and its status check already fails the gate.
+        return "", "MISSING" if ran else "n/a"
     if rule.kind == "floor":
         return "", "ok" if value >= rule.amount else "REGRESSION"
     if rule.kind == "ceiling":
         return "", "ok" if value <= rule.amount else "REGRESSION"
     if base is None:
         return "", "skipped"
+    if not _number(base):
+        return "", "MISSING"  # the baseline ran this artifact but lacks the number
     rel = (value / base - 1) if base else 0.0
     change = f"{rel * 100:+.1f}%" if rule.relative or rule.metric in _RATIO_METRICS else f"{value - base:+.3g}"
     if rule.kind == "increase":
@@ -184,7 +219,9 @@ def _judge(rule: Rule, value: Any, base: Any, noise: float | None) -> tuple[str,
 
 
 def gate(current: dict, rules_table: dict[str, Any], baseline: dict | None = None) -> GateResult:
+    check_shape(current, "the current report")
     if baseline is not None:
+        check_shape(baseline, "the baseline report")
         check_comparable(current, baseline)
     rules = parse_rules(rules_table)
     if not any(r.metric == "status" for r in rules):
@@ -204,10 +241,12 @@ def gate(current: dict, rules_table: dict[str, Any], baseline: dict | None = Non
                 continue  # without a baseline the gate checks absolute floors only
             value = metric_value(rule.metric, artifact, current)
             base_value = metric_value(rule.metric, base, baseline) if base is not None else None
+            if base is not None and base.get("status") != "ok":
+                base_value = None  # nothing to compare with: the baseline's run of it failed
             noise = None
-            if rule.metric in ("latency.median", "latency.p90") and base is not None:
+            if rule.metric in ("latency.median", "latency.p90") and _number(base_value):
                 noise = math.hypot(ratio_noise(artifact, current), ratio_noise(base, baseline))
-            change, verdict = _judge(rule, value, base_value, noise)
+            change, verdict = _judge(rule, value, base_value, noise, ran=artifact.get("status") == "ok")
             threshold = rule.text + (f" (noise ±{2 * noise * 100:.1f}%)" if noise else "")
             result.checks.append(Check(name, rule.metric, _fmt(rule.metric, base_value) if base is not None else "–", _fmt(rule.metric, value), change, threshold, verdict))
     return result
@@ -216,8 +255,10 @@ def gate(current: dict, rules_table: dict[str, Any], baseline: dict | None = Non
 def table(result: GateResult, markdown: bool = False) -> str:
     header = ("artifact", "metric", "baseline", "current", "change", "threshold", "verdict")
     rows = [(c.artifact, c.metric, str(c.baseline), str(c.current), c.change, c.threshold, c.verdict) for c in result.checks]
-    verdict = "FAIL" if result.exit_code else "PASS"
-    summary = f"gate: {verdict} ({sum(c.failed for c in result.checks)} regression(s) in {len(result.checks)} checks)"
+    verdict = result.verdict
+    missing = sum(c.missing for c in result.checks)
+    summary = (f"gate: {verdict} ({sum(c.failed for c in result.checks)} regression(s)"
+               + (f", {missing} number(s) missing" if missing else "") + f" in {len(result.checks)} checks)")
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(f"**{v}**" if v == "REGRESSION" else v for v in row) + " |" for row in rows]

@@ -42,15 +42,6 @@ def max_abs_pixel_error(reference: np.ndarray, image: np.ndarray) -> int:
     return int(np.abs(reference.astype(np.int16) - image.astype(np.int16)).max())
 
 
-def broken_output(image: np.ndarray, latents: np.ndarray) -> str | None:
-    """Why an output counts as failed (NaN latents, an all-black image), or None."""
-    if not np.isfinite(latents).all():
-        return "the final latents contain NaN or inf"
-    if int(image.max()) == 0:
-        return "the image is all black"
-    return None
-
-
 def compare(reference_images, images, reference_latents, latents) -> dict[str, float]:
     """Quality over matching lists of (uint8 HWC image, latents): worst PSNR/SSIM, mean as well."""
     psnrs = [psnr_db(r, i) for r, i in zip(reference_images, images)]

@@ -66,6 +66,8 @@ def parse_rule(metric: str, text: str) -> Rule:
 
 
 def parse_rules(table: dict[str, Any]) -> list[Rule]:
+    if not isinstance(table, dict):
+        raise SdoptError(f"gate rules must be a table of metric = rule, not {type(table).__name__}")
     rules = []
     for metric, value in table.items():
         for text in value if isinstance(value, list) else [value]:

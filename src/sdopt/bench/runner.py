@@ -20,6 +20,7 @@ from sdopt.bench.profiles import BENCH_DEFAULTS, HardwareProfile
 from sdopt.errors import SdoptError
 from sdopt.manifest import Manifest, fingerprint_of, read_manifest
 from sdopt.request import GenerateRequest
+from sdopt.runtime.output_checks import broken_output
 from sdopt.runtime.schedulers import check_scheduler
 from sdopt.source import resolve
 
@@ -250,7 +251,7 @@ def _summarise(entry: Entry, raw: dict, reference: dict | None, out: Path, flops
             "fraction_of_peak": achieved / probe["gflops"] if probe.get("gflops") else None,
         }
     images, latents = _load_samples(out / raw["work_dir"], raw["samples"])
-    broken = next((why for i, l in zip(images, latents) if (why := quality.broken_output(i, l))), None)
+    broken = next((why for i, l in zip(images, latents) if (why := broken_output(i, l))), None)
     if reference is not None and reference.get("status") == "ok":
         ref_images, ref_latents = _load_samples(out / reference["work_dir"], reference["samples"])
         q = quality.compare(ref_images, images, ref_latents, latents)

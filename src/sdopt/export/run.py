@@ -10,7 +10,7 @@ from typing import Any
 
 from sdopt.errors import SdoptError, require
 from sdopt.export import get_exporter
-from sdopt.fsutil import atomic_output_dir, check_output_dir
+from sdopt.fsutil import atomic_output_dir, check_output_dir, local_inputs
 from sdopt.manifest import ComponentEntry, Manifest, fingerprint_of, hash_components, read_manifest
 from sdopt.source import resolve
 
@@ -47,13 +47,13 @@ def export(model: str | Path, target: str, out: str | Path, precision: str = "fp
     exporter = get_exporter(target)
     if precision not in exporter.precisions:
         raise SdoptError(f"--to {target} supports precisions {', '.join(exporter.precisions)}, not {precision}")
-    check_output_dir(out, force)  # before any slow work
+    check_output_dir(out, force, local_inputs(model))  # before any slow work
     source, source_manifest = source_checkpoint(model)
     for mod in exporter.requires:
         require(mod, exporter.extra)
     impl = importlib.import_module(exporter.module)
 
-    with atomic_output_dir(out, force=force) as tmp:
+    with atomic_output_dir(out, force=force, inputs=(source,)) as tmp:
         result: ExportedComponents = impl.export_components(source, source_manifest, tmp, precision, options)
         for name in _CARRIED:
             shutil.copytree(source / name, tmp / name)

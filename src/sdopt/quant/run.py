@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Iterable
 
 from sdopt.errors import SdoptError
-from sdopt.fsutil import atomic_output_dir, check_output_dir
+from sdopt.fsutil import atomic_output_dir, check_output_dir, local_inputs
 from sdopt.manifest import COMPONENT_NAMES, Manifest, fingerprint_of, hash_components, read_manifest
 from sdopt.quant import QUANTIZERS, Plan, QuantizedComponents, get_quantizer
 from sdopt.quant.schemes import check_scheme, choose, lookup
@@ -42,7 +42,7 @@ def quantize(
     if backend is not None:
         quantizer = get_quantizer(backend)
         capability = lookup(backend, scheme, device)
-    check_output_dir(out, force)
+    check_output_dir(out, force, local_inputs(model))
     source = resolve(model)
     manifest = read_manifest(source)
     refuse_quantized(source, manifest)
@@ -67,7 +67,7 @@ def quantize(
     if hasattr(impl, "check_plan"):  # what needs the model's structure (--exclude patterns), still before writing
         impl.check_plan(source, manifest, plan)
 
-    with atomic_output_dir(out, force=force) as tmp:
+    with atomic_output_dir(out, force=force, inputs=(source,)) as tmp:
         result: QuantizedComponents = impl.quantize_components(source, manifest, tmp, plan)
         entries = {**copy_untouched(source, manifest, tmp, plan.components), **result.components}
         for name in (manifest.tokenizer, manifest.scheduler, "model_index.json"):

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
 from sdopt.errors import SdoptError
-from sdopt.manifest import read_json, read_manifest
+from sdopt.manifest import check_support_folders, read_json, read_manifest
 from sdopt.runtime.backends import get_backend
 from sdopt.runtime.pipeline import Pipeline
 from sdopt.source import resolve
@@ -33,8 +34,12 @@ def load(path: str | Path, device: str = "cpu", precision: str | None = None, ve
         )
     backend.check(device, precision)
     backend.check_options(options)
-    if verify:
+    if manifest.inferred:
+        # Said once per folder per process (Python shows a warning once per place and text).
+        warnings.warn(f"{folder} has no sdopt.json: its files are loaded unverified (nothing records their sha256)", UserWarning, stacklevel=2)
+    elif verify:
         manifest.verify_files(folder)
+        check_support_folders(folder, manifest)
     impl = backend.implementation()
     components = impl.load_components(folder, manifest, device, precision, options)
     return Pipeline(

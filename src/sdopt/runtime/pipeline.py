@@ -13,6 +13,7 @@ test holds it to that): same tokenization, same embedding layout
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,6 +24,7 @@ from sdopt.manifest import Manifest
 from sdopt.request import GenerateRequest, GenerateResult, StageTimings
 from sdopt.runtime.executor import Component, close_all
 from sdopt.runtime.memory import track_peak
+from sdopt.runtime.output_checks import output_problems
 from sdopt.runtime.schedulers import check_scheduler, make_scheduler
 
 ProgressFn = Callable[[int, int], None]  # (steps done, steps in all)
@@ -84,6 +86,17 @@ class Pipeline:
         ).input_ids
         return ids.astype(np.int64)
 
+    def truncated_prompts(self, request: GenerateRequest) -> list[str]:
+        """A warning per prompt longer than the text encoder reads (it sees only the first tokens, as in Diffusers)."""
+        limit = self.tokenizer.model_max_length
+        texts = request.prompts + [n for n in request.negative_prompts if n]
+        out = []
+        for text in dict.fromkeys(texts):
+            count = len(self.tokenizer(text, truncation=False).input_ids)
+            if count > limit:
+                out.append(f"prompt {text[:40]!r}... is {count} tokens; the text encoder reads the first {limit}, the rest is ignored")
+        return out
+
     def encode_prompts(self, request: GenerateRequest) -> np.ndarray:
         """Text embeddings for the UNet: [negatives; positives] with guidance, else positives."""
         texts = request.prompts + (request.negative_prompts if request.uses_guidance else [])
@@ -113,6 +126,9 @@ class Pipeline:
         import torch
 
         self.check_request(request)
+        notices = self.truncated_prompts(request)
+        for notice in notices:
+            warnings.warn(notice, UserWarning, stacklevel=2)
         model = self.manifest.model
         scheduler = make_scheduler(request.scheduler, self.scheduler_config)
         scheduler.set_timesteps(request.steps, device="cpu")
@@ -153,7 +169,8 @@ class Pipeline:
             images = to_images(decoded)
             timings.total = time.perf_counter() - begin
 
-        return GenerateResult(images=images, latents=final, timings=timings, memory=dict(memory), request=request)
+        return GenerateResult(images=images, latents=final, timings=timings, memory=dict(memory), request=request,
+                              problems=output_problems(images, final), warnings=notices)
 
     def close(self) -> None:
         close_all(self.components)

@@ -1,0 +1,30 @@
+"""Is a generated output an image at all? One rule for the loop, the CLI and the bench.
+
+Numbers that overflow (a guidance scale of 1e30, a broken export) give NaN
+latents, which the VAE turns into an all-black image: saved as a PNG it looks
+like a success. Every generate call runs these checks; the result carries what
+they found.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def broken_output(image: np.ndarray, latents: np.ndarray) -> str | None:
+    """Why one output counts as failed (NaN latents, an all-black image), or None."""
+    if not np.isfinite(latents).all():
+        return "the final latents contain NaN or inf"
+    if int(image.max()) == 0:
+        return "the image is all black"
+    return None
+
+
+def output_problems(images: list, latents: np.ndarray) -> list[str]:
+    """One line per broken image of a batch (PIL images and their final latents), empty when all are sound."""
+    problems = []
+    for i, (image, lat) in enumerate(zip(images, latents)):
+        why = broken_output(np.asarray(image), lat)
+        if why:
+            problems.append(f"image {i}: {why}")
+    return problems

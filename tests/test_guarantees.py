@@ -1,0 +1,335 @@
+"""What sdopt guarantees about bad input and faults (docs/guarantees.md), one regression test per finding.
+
+Each test here failed before the fix it holds (the numbers are the findings'
+in that issue: 1 --force, 2 paths in manifests, 3 the gate, 4 integrity,
+5 non-finite numbers, 6 output paths, 7 leftovers, 8 the minor ones).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import warnings
+
+import numpy as np
+import pytest
+
+import sdopt
+from sdopt import GenerateRequest, SdoptError
+from sdopt.cli import main
+
+from conftest import SMALL
+
+FAST = ["--steps", "2", "--height", "64", "--width", "64", "-q"]
+
+
+@pytest.fixture
+def model_copy(tiny_model, tmp_path):
+    """A private copy of the tiny model that a test may damage."""
+    path = tmp_path / "m"
+    shutil.copytree(tiny_model, path)
+    return path
+
+
+def _manifest(path):
+    return json.loads((path / "sdopt.json").read_text())
+
+
+def _write_manifest(path, data):
+    (path / "sdopt.json").write_text(json.dumps(data))
+
+
+# --- 1. --force never destroys the input, a folder holding it, or files sdopt did not write -------
+def test_force_refuses_to_replace_the_input_itself(model_copy, capsys):
+    before = sorted(p.name for p in model_copy.rglob("*"))
+    assert main(["export", str(model_copy), "--to", "onnx", "-o", str(model_copy), "--force"]) == 2
+    assert "is the input" in capsys.readouterr().err
+    assert main(["quantize", str(model_copy), "--scheme", "int8", "-o", str(model_copy), "--force"]) == 2
+    assert "is the input" in capsys.readouterr().err
+    assert sorted(p.name for p in model_copy.rglob("*")) == before
+
+
+def test_force_refuses_a_folder_that_contains_the_input(tiny_model, tmp_path, capsys):
+    nest = tmp_path / "nest"
+    shutil.copytree(tiny_model, nest / "in")
+    (nest / "keep.txt").write_text("x")
+    assert main(["export", str(nest / "in"), "--to", "onnx", "-o", str(nest), "--force"]) == 2
+    assert "contains the input" in capsys.readouterr().err
+    assert (nest / "keep.txt").is_file() and (nest / "in" / "sdopt.json").is_file()
+
+
+def test_force_refuses_a_folder_with_files_sdopt_did_not_write(tiny_model, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["quantize", str(tiny_model), "--scheme", "int8", "--components", "unet", "-o", str(out)]) == 0
+    assert (out / ".sdopt-files").is_file()
+    (out / "notes.txt").write_text("mine")
+    assert main(["quantize", str(tiny_model), "--scheme", "int8", "--components", "unet", "-o", str(out), "--force"]) == 2
+    assert "1 file(s) sdopt did not write (notes.txt)" in capsys.readouterr().err
+    assert (out / "notes.txt").read_text() == "mine"
+    (out / "notes.txt").unlink()  # what sdopt wrote, and only that: --force replaces it
+    assert main(["quantize", str(tiny_model), "--scheme", "int8", "--components", "unet", "-o", str(out), "--force"]) == 0
+
+
+def test_force_refuses_a_folder_sdopt_did_not_write(tiny_model, tmp_path, capsys):
+    mine = tmp_path / "photos"
+    mine.mkdir()
+    (mine / "a.jpg").write_bytes(b"\xff\xd8")
+    assert main(["export", str(tiny_model), "--to", "onnx", "-o", str(mine), "--force"]) == 2
+    assert "no .sdopt-files list" in capsys.readouterr().err
+    assert (mine / "a.jpg").is_file()
+
+
+# --- 2. nothing a manifest names may lie outside the artifact --------------------------------------
+@pytest.mark.parametrize(
+    "mutate,what",
+    [
+        (lambda d: d["components"]["unet"].update(folder="../../outside/unet"), "unet's folder"),
+        (lambda d: d.update(tokenizer="../../outside/tok"), "the tokenizer folder"),
+        (lambda d: d["components"]["unet"]["files"].append({"path": "/etc/hostname", "size_bytes": 1, "sha256": "0" * 64}), "a file of unet"),
+        (lambda d: d.update(scheduler="C:\\scheduler"), "the scheduler folder"),
+    ],
+)
+def test_manifest_paths_outside_the_artifact_are_refused(model_copy, capsys, mutate, what):
+    data = _manifest(model_copy)
+    mutate(data)
+    _write_manifest(model_copy, data)
+    with pytest.raises(SdoptError, match=f"{what} .* is not a path inside the artifact"):
+        sdopt.load(model_copy)
+    assert main(["inspect", str(model_copy)]) == 2
+    assert "is not a path inside the artifact" in capsys.readouterr().err
+
+
+def test_a_symlink_out_of_the_artifact_is_refused(model_copy, tmp_path):
+    outside = tmp_path / "outside-tokenizer"
+    shutil.move(str(model_copy / "tokenizer"), outside)
+    (model_copy / "tokenizer").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(SdoptError, match="links outside the artifact"):
+        sdopt.load(model_copy)
+
+
+# --- 3. the gate never passes a report without numbers, never crashes on a malformed one ----------
+@pytest.fixture
+def ci_report():
+    from pathlib import Path
+
+    return json.loads((Path(__file__).parents[1] / "reports" / "ci" / "report.json").read_text())
+
+
+def test_gate_cannot_judge_a_report_without_its_numbers(ci_report, tmp_path, capsys):
+    stripped = json.loads(json.dumps(ci_report))
+    for artifact in stripped["artifacts"]:
+        for key in ("latency_s", "latency_ratio_to_reference", "quality"):
+            artifact.pop(key, None)
+    (tmp_path / "r.json").write_text(json.dumps(stripped))
+    (tmp_path / "base.json").write_text(json.dumps(ci_report))
+    code = main(["gate", str(tmp_path / "r.json"), "--baseline", str(tmp_path / "base.json"), "--rules", _ci_rules()])
+    out = capsys.readouterr().out
+    assert code == 2 and "CANNOT JUDGE" in out and "MISSING" in out and "PASS" not in out, out
+
+
+def _ci_rules() -> str:
+    from pathlib import Path
+
+    return str(Path(__file__).parents[1] / "reports" / "ci" / "rules.toml")
+
+
+@pytest.mark.parametrize(
+    "report",
+    [
+        {"schema": "sdopt.bench.report", "schema_version": 1},
+        {"schema": "sdopt.bench.report", "artifacts": [{"name": "a"}], "reference": "b"},
+        {"schema": "sdopt.bench.report", "artifacts": "x", "reference": "a"},
+        [1, 2, 3],
+    ],
+)
+def test_gate_refuses_a_malformed_report_with_exit_2(tmp_path, capsys, report):
+    (tmp_path / "r.json").write_text(json.dumps(report))
+    proc = subprocess.run([sys.executable, "-m", "sdopt.cli", "gate", str(tmp_path / "r.json")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and proc.stderr.startswith("sdopt: error:"), proc.stderr
+
+
+# --- 4. integrity checks are never skipped silently ----------------------------------------------
+def test_a_file_removed_from_the_manifest_is_not_loaded_unchecked(model_copy):
+    data = _manifest(model_copy)
+    data["components"]["unet"]["files"] = [f for f in data["components"]["unet"]["files"] if not f["path"].endswith(".safetensors")]
+    _write_manifest(model_copy, data)
+    with pytest.raises(SdoptError, match="not listed in sdopt.json, so it cannot be verified"):
+        sdopt.load(model_copy)
+
+
+def test_inspect_verifies_and_says_so(model_copy, capsys):
+    assert main(["inspect", str(model_copy)]) == 0
+    assert "verified   yes:" in capsys.readouterr().out
+    weights = next((model_copy / "unet").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:1000])  # truncated
+    assert main(["inspect", str(model_copy)]) == 2
+    assert "does not match the sha256" in capsys.readouterr().err
+    assert main(["inspect", str(model_copy), "--no-verify"]) == 0
+    assert "verified   no (--no-verify)" in capsys.readouterr().out
+
+
+def test_inspect_and_load_refuse_an_artifact_without_tokenizer(model_copy, capsys):
+    shutil.rmtree(model_copy / "tokenizer")
+    assert main(["inspect", str(model_copy)]) == 2
+    assert "has no tokenizer" in capsys.readouterr().err
+
+
+def test_a_folder_without_sdopt_json_says_once_that_it_is_unverified(model_copy):
+    (model_copy / "sdopt.json").unlink()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sdopt.load(model_copy)
+    assert sum("loaded unverified" in str(w.message) for w in caught) == 1
+
+
+# --- 5. non-finite and out-of-range numbers; broken images are flagged, not saved -----------------
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf", "1e9"])
+def test_non_finite_or_huge_guidance_is_refused_before_any_work(tiny_model, tmp_path, capsys, value):
+    out = tmp_path / "x.png"
+    assert main(["generate", str(tiny_model), "-p", "x", f"--guidance={value}", "-o", str(out), *FAST]) == 2
+    assert "must be a finite number from 0 to 50" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_black_or_nan_image_is_flagged_and_not_saved(tiny_model, tmp_path, capsys, monkeypatch):
+    from sdopt.runtime import pipeline as pipeline_module
+
+    monkeypatch.setattr(pipeline_module, "to_images", lambda decoded: _black(decoded))
+    result = sdopt.load(tiny_model).generate(GenerateRequest(**SMALL))
+    assert result.problems == ["image 0: the image is all black"]
+    out = tmp_path / "x.png"
+    assert main(["generate", str(tiny_model), "-p", "x", "-o", str(out), *FAST]) == 3
+    assert "produced no usable image" in capsys.readouterr().err and not out.exists()
+
+
+def _black(decoded):
+    from PIL import Image
+
+    return [Image.fromarray(np.zeros((decoded.shape[2], decoded.shape[3], 3), dtype=np.uint8)) for _ in range(decoded.shape[0])]
+
+
+def test_nan_latents_are_flagged(tiny_pipeline, monkeypatch):
+    unet = tiny_pipeline.components["unet"]
+    monkeypatch.setitem(tiny_pipeline.components, "unet", lambda **kw: {"out_sample": np.full_like(unet(**kw)["out_sample"], np.nan)})
+    result = tiny_pipeline.generate(GenerateRequest(**SMALL))
+    assert result.problems and "NaN" in result.problems[0]
+
+
+# --- 6. the output path is checked before the work ------------------------------------------------
+def test_output_path_is_checked_before_loading(tiny_model, tmp_path, capsys, monkeypatch):
+    def never(*a, **k):
+        raise AssertionError("loaded before the output path was checked")
+
+    monkeypatch.setattr(sdopt, "load", never)
+    assert main(["generate", str(tiny_model), "-p", "x", "-o", str(tmp_path), *FAST]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as a user who may write anywhere (root): the permission case cannot be shown")
+        assert main(["generate", str(tiny_model), "-p", "x", "-o", str(locked / "x.png"), *FAST]) == 2
+        assert "is not writable" in capsys.readouterr().err
+    finally:
+        locked.chmod(0o700)
+
+
+# --- 7. a killed export's leftovers are removed by the next run and by `sdopt clean` -------------
+def _start_export(model, out):
+    return subprocess.Popen(
+        [sys.executable, "-m", "sdopt.cli", "export", str(model), "--to", "onnx", "-o", str(out), "--force"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def _temp_folders(parent, name):
+    return [p for p in parent.iterdir() if p.name.startswith(f".{name}.tmp-")]
+
+
+def _kill_when(proc, parent, name, ready, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline and not any(ready(p) for p in _temp_folders(parent, name)):
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.02)
+    assert any(ready(p) for p in _temp_folders(parent, name)), "the export never reached the point to kill it at"
+    proc.kill()
+    proc.wait(timeout=60)
+
+
+def test_leftovers_of_a_killed_export_are_cleaned_by_the_next_run(tiny_model, tmp_path):
+    out = tmp_path / "art"
+    _kill_when(_start_export(tiny_model, out), tmp_path, "art", lambda p: (p / "text_encoder").exists())
+    assert len(_temp_folders(tmp_path, "art")) == 1 and not out.exists()
+    assert main(["export", str(tiny_model), "--to", "onnx", "-o", str(out)]) == 0
+    assert _temp_folders(tmp_path, "art") == []
+
+
+def test_sdopt_clean_removes_only_dead_writers_folders(tiny_model, tmp_path, capsys):
+    out = tmp_path / "art"
+    _kill_when(_start_export(tiny_model, out), tmp_path, "art", lambda p: (p / "text_encoder").exists())
+    foreign = tmp_path / ".art.tmp-notsdopt"
+    foreign.mkdir()  # looks like ours, has no marker: not sdopt's
+    live = tmp_path / ".art.tmp-alive"
+    live.mkdir()
+    (live / ".sdopt-incomplete").write_text(f"an sdopt command was writing this folder and did not finish: pid {os.getpid()} host {__import__('socket').gethostname()}\n")
+    assert main(["clean", str(tmp_path)]) == 0
+    assert "removed" in capsys.readouterr().out
+    assert {p.name for p in tmp_path.iterdir() if p.name.startswith(".art.")} == {foreign.name, live.name}
+
+
+def test_exports_killed_at_random_points_leave_no_half_artifact_and_the_old_one_intact(tiny_model, tmp_path):
+    """Fault injection: SIGKILL at three random moments of an export over an existing artifact (--force)."""
+    import random
+
+    from sdopt.manifest import read_manifest
+
+    out = tmp_path / "art"
+    start = time.perf_counter()
+    first = _start_export(tiny_model, out)
+    assert first.wait(timeout=300) == 0, first.stderr.read()
+    duration = time.perf_counter() - start
+    old_id = read_manifest(out).artifact_id
+    rng = random.Random(20)  # fixed: the same kill points on every run
+    outcomes = []
+    for delay in sorted(rng.uniform(0.3, duration) for _ in range(3)):
+        proc = _start_export(tiny_model, out)
+        time.sleep(delay)
+        proc.kill()
+        proc.wait(timeout=60)
+        manifest = read_manifest(out)  # the path holds an artifact: the old one, or a complete new one
+        manifest.verify_files(out)
+        outcomes.append("old" if manifest.artifact_id == old_id else "new")
+        for temp in (p for p in tmp_path.iterdir() if p.name.startswith(".art.")):
+            try:
+                half = read_manifest(temp)
+            except SdoptError:
+                continue  # refused: the marker, or no manifest at all
+            half.verify_files(temp)  # readable only if complete (killed between the last two renames)
+    assert main(["export", str(tiny_model), "--to", "onnx", "-o", str(out), "--force"]) == 0
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".art.tmp-")] == []  # the next run cleaned them
+    print(f"kill points {duration:.1f} s export: outcomes {outcomes}")
+
+
+# --- 8. the minor ones ----------------------------------------------------------------------------
+def test_steps_have_a_documented_upper_bound(tiny_model, capsys):
+    assert main(["generate", str(tiny_model), "-p", "x", "--steps", "100000", "-o", "/tmp/never.png", "-q"]) == 2
+    assert "steps=100000: must be an integer from 1 to 1000" in capsys.readouterr().err
+
+
+def test_a_prompt_longer_than_the_encoder_reads_warns(tiny_pipeline):
+    with pytest.warns(UserWarning, match="the text encoder reads the first 77"):
+        result = tiny_pipeline.generate(GenerateRequest(**{**SMALL, "prompt": "a red fox " * 1000}))
+    assert result.warnings
+
+
+def test_a_mistyped_local_path_is_not_sent_to_the_hub(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x").mkdir()
+    assert main(["inspect", "x/onnx2"]) == 2
+    err = capsys.readouterr().err
+    assert "x/onnx2 does not exist" in err and "hub" not in err.split("does not exist")[0]
