@@ -289,14 +289,12 @@ def test_exports_killed_at_random_points_leave_no_half_artifact_and_the_old_one_
     from sdopt.manifest import read_manifest
 
     out = tmp_path / "art"
-    start = time.perf_counter()
-    first = _start_export(tiny_model, out)
-    assert first.wait(timeout=300) == 0, first.stderr.read()
-    duration = time.perf_counter() - start
+    assert main(["export", str(tiny_model), "--to", "onnx", "-o", str(out)]) == 0
     old_id = read_manifest(out).artifact_id
     rng = random.Random(20)  # fixed: the same kill points on every run
     outcomes = []
-    for delay in sorted(rng.uniform(0.3, duration) for _ in range(3)):
+    # A tiny export in a fresh process takes 6-12 s on 2 cores: points from start-up to the end.
+    for delay in sorted(rng.uniform(0.3, 10.0) for _ in range(3)):
         proc = _start_export(tiny_model, out)
         time.sleep(delay)
         proc.kill()
@@ -312,7 +310,7 @@ def test_exports_killed_at_random_points_leave_no_half_artifact_and_the_old_one_
             half.verify_files(temp)  # readable only if complete (killed between the last two renames)
     assert main(["export", str(tiny_model), "--to", "onnx", "-o", str(out), "--force"]) == 0
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".art.tmp-")] == []  # the next run cleaned them
-    print(f"kill points {duration:.1f} s export: outcomes {outcomes}")
+    print(f"kill points: outcomes {outcomes}")
 
 
 # --- 8. the minor ones ----------------------------------------------------------------------------

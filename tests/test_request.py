@@ -9,14 +9,21 @@ from sdopt import GenerateRequest, SdoptError
         ("height", 100, "multiple of 8"),
         ("width", 4096, "between 64 and 2048"),
         ("height", 56, "between 64 and 2048"),
-        ("steps", 0, "at least 1"),
-        ("guidance_scale", -1.0, "0 or more"),
-        ("num_images", 0, "at least 1"),
+        ("steps", 0, "from 1 to 1000"),
+        ("steps", 1001, "from 1 to 1000"),
+        ("steps", True, "must be an integer"),
+        ("guidance_scale", -1.0, "finite number from 0 to 50"),
+        ("guidance_scale", float("nan"), "finite number from 0 to 50"),
+        ("guidance_scale", "7.5", "finite number from 0 to 50"),
+        ("num_images", 0, "from 1 to 64"),
+        ("seed", -1, "from 0 to"),
+        ("seed", "7", "must be an integer"),
+        ("prompt", 5, "must be a string or a list of strings"),
     ],
 )
 def test_bad_fields_are_refused_with_a_reason(field, value, message):
     with pytest.raises(SdoptError, match=message):
-        GenerateRequest(prompt="x", **{field: value}).validate()
+        GenerateRequest(**{"prompt": "x", field: value}).validate()
 
 
 def test_prompt_lists_and_negative_prompts():
