@@ -28,12 +28,27 @@ def _gen(model, *extra):
         (["--steps", "0"], "must be an integer from 1 to 1000"),
         (["--guidance", "-2"], "must be a finite number from 0 to 50"),
         (["--scheduler", "nope"], "known schedulers: ddim, euler, euler_a"),
-        (["--precision", "fp16"], "fp16 is not supported on the CPU"),
+        (["--precision", "fp16"], "fp16 is not supported on cpu by the torch backend"),
     ],
 )
 def test_bad_generate_arguments(tiny_model, capsys, extra, message):
     assert main(_gen(tiny_model, *extra)) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "target,extra,message",
+    [
+        ("openvino", ["--opset", "17"], "--to openvino does not take --opset; onnx does"),
+        ("openvino", ["--optimize"], "--to openvino does not take --optimize; onnx does"),
+        ("onnx", ["--height", "64", "--width", "64"], "--to onnx does not take --height, --width; openvino does"),
+    ],
+)
+def test_exporters_refuse_options_they_do_not_take(tiny_model, tmp_path, capsys, target, extra, message):
+    out = tmp_path / "o"
+    assert main(["export", str(tiny_model), "--to", target, "-o", str(out), *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_not_an_artifact(tmp_path):

@@ -231,7 +231,7 @@ def quantize_components(source, manifest, out, plan):
 
 
 def test_a_backend_that_cannot_serialize_stores_the_recipe_and_quantizes_at_load(tiny_model, tmp_path, monkeypatch, capsys):
-    fake = Quantizer("fake", __name__, "quant", ("torch",), "torch", FAKE_ROWS)
+    fake = Quantizer(name="fake", module=__name__, extra="quant", requires=("torch",), accepts="torch", capabilities=FAKE_ROWS)
     monkeypatch.setitem(QUANTIZERS, "fake", fake)
     FAKE_CALLS.clear()
     out = tmp_path / "recipe"

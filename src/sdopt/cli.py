@@ -86,7 +86,7 @@ def _quantize(args: argparse.Namespace) -> int:
     return 0
 
 
-# Options that pass through to exporters; each exporter reads the ones it understands.
+# Options that pass through to exporters; an exporter refuses those it does not declare.
 EXPORT_OPTIONS = ("opset", "optimize", "skip_validation", "height", "width", "batch")
 
 
@@ -170,9 +170,7 @@ def _generate(args: argparse.Namespace) -> int:
     ).validate()  # before the (slow) load, so a bad request fails at once
     from sdopt.runtime.schedulers import check_scheduler
 
-    check_scheduler(request.scheduler)
-    if args.device.startswith("cpu") and args.precision == "fp16":
-        raise SdoptError("fp16 is not supported on the CPU: use --precision fp32 or bf16, or --device cuda")
+    check_scheduler(request.scheduler)  # the precision is checked by the artifact's backend at load (before any weights)
     from sdopt.fsutil import check_output_files
 
     out = Path(args.output)
@@ -280,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="measure artifacts side by side: latency per stage, memory, size, quality vs a reference")
     p.add_argument("artifacts", nargs="+", help="artifact folders; PATH@bf16 runs a torch artifact in another precision")
     p.add_argument("--reference", required=True, help="the artifact whose images count as correct (usually the fp32 checkpoint)")
-    p.add_argument("--profile", help="hardware profile name (profiles/NAME.toml) or a .toml file")
+    p.add_argument("--profile", help="hardware profile name (sdopt's own, or ./profiles/NAME.toml) or a .toml file")
     p.add_argument("--prompts", help="file with one prompt per line")
     p.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2")
     p.add_argument("--steps", type=int)

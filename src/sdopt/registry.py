@@ -1,23 +1,85 @@
-"""One small registry type for every kind of plug-in: backends, exporters, quantizers.
+"""What every plug-in declares, and the one registry type that holds each kind.
 
-Each kind keeps its own instance (runtime/backends.py BACKENDS, export EXPORTERS,
-quant QUANTIZERS); this is only the shared mechanics: register by a key, and
-look up with an error that names what is known.
+Backends (runtime/backends.py), exporters (export/targets.py) and quantizers
+(quant/__init__.py) are all ``Plugin``s: the sdopt module that implements
+them, the pip extra and the libraries they need, the options they take, and
+whether they are available here. Each kind adds only its own facts (a
+backend's precisions per device, an exporter's target backend, a quantizer's
+capability rows). Checking a request against these declarations imports no
+backend library.
 """
 
 from __future__ import annotations
 
+import importlib
+from dataclasses import dataclass
 from typing import Callable, Generic, TypeVar
 
-from sdopt.errors import SdoptError
+from sdopt.errors import SdoptError, require
 
 T = TypeVar("T")
+
+
+def option_flag(name: str) -> str:
+    """How an option is spelled on the command line: group_size -> --group-size."""
+    return "--" + name.replace("_", "-")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Plugin:
+    name: str  # what the user types: --backend NAME, --to NAME, the manifest's backend
+    module: str  # the sdopt module that implements it, imported only when used
+    extra: str | None  # the pip extra that installs its libraries (None: the core install)
+    requires: tuple[str, ...]  # importable modules it needs
+    options: tuple[str, ...] = ()  # the options it takes; any other given is refused, never ignored
+    description: str = ""
+
+    # How the messages below name this kind ("--backend", "--to"); each kind sets its own.
+    flag = "--backend"
+
+    def implementation(self):
+        """The implementing module; a missing library raises an error naming the extra to install."""
+        for mod in self.requires:
+            require(mod, self.extra or "all")
+        return importlib.import_module(self.module)
+
+    def missing(self) -> list[str]:
+        """The required modules not installed here (found, not imported)."""
+        import importlib.util
+
+        out = []
+        for mod in self.requires:
+            try:
+                found = importlib.util.find_spec(mod) is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found:
+                out.append(mod)
+        return out
+
+    def available(self) -> bool:
+        return not self.missing()
+
+    def why_unavailable(self) -> str | None:
+        missing = self.missing()
+        return f"needs {', '.join(missing)}: pip install 'sdopt[{self.extra or 'all'}]'" if missing else None
+
+    def check_options(self, options: dict, others: dict | None = None) -> None:
+        """Refuse options this plug-in does not take (set ones: None and False mean "not given")."""
+        given = [k for k, v in options.items() if v is not None and v is not False]
+        unknown = [k for k in given if k not in self.options]
+        if unknown:
+            takers = sorted(p.name for p in (others or {}).values() if set(unknown) <= set(p.options))
+            raise SdoptError(
+                f"{self.flag} {self.name} does not take {', '.join(option_flag(k) for k in unknown)}"
+                + (f"; {' and '.join(takers)} does" if takers else f"; it takes: {', '.join(option_flag(k) for k in self.options) or 'no options'}")
+            )
 
 
 class Registry(dict, Generic[T]):
     """A dict of plug-ins by name, in registration order."""
 
-    def __init__(self, kind: str, plural: str, key: Callable[[T], str]):
+    def __init__(self, kind: str, plural: str, key: Callable[[T], str] = lambda p: p.name):
         super().__init__()
         self.kind, self.plural, self._key = kind, plural, key
 

@@ -1,7 +1,8 @@
 """Hardware profiles: what a machine kind is, what to run on it, and the gate's thresholds.
 
-Profiles are TOML files in the repository's ``profiles/`` folder (or any path
-given with --profile FILE). See profiles/README.md for the fields.
+Profiles are TOML files shipped in the package (``src/sdopt/profiles/``), in a
+``profiles/`` folder of your own (or $SDOPT_PROFILES), or any path given with
+--profile FILE. See src/sdopt/profiles/README.md for the fields.
 """
 
 from __future__ import annotations
@@ -61,10 +62,12 @@ class HardwareProfile:
 
 
 def search_path() -> list[Path]:
-    """Where --profile NAME looks: $SDOPT_PROFILES, ./profiles, then the repository's profiles/."""
+    """Where --profile NAME looks: $SDOPT_PROFILES, ./profiles (your own), then the ones sdopt ships (package data)."""
+    from importlib import resources
+
     paths = [Path(p) for p in os.environ.get("SDOPT_PROFILES", "").split(os.pathsep) if p]
     paths.append(Path.cwd() / "profiles")
-    paths.append(Path(__file__).resolve().parents[3] / "profiles")  # src/sdopt/bench -> repo root
+    paths.append(Path(str(resources.files("sdopt") / "profiles")))  # src/sdopt/profiles in a checkout, site-packages when installed
     return [p for i, p in enumerate(paths) if p.is_dir() and p not in paths[:i]]
 
 

@@ -42,7 +42,7 @@ def measure(job: dict) -> dict:
 
     out_dir = Path(job["output_dir"])
     start = time.perf_counter()
-    pipe = sdopt.load(job["path"], device=job["device"], precision=job.get("precision"), **job.get("options", {}))
+    pipe = sdopt.load(job["path"], device=job["device"], precision=job.get("precision"))
     load_s = time.perf_counter() - start
 
     budget = job.get("max_seconds")

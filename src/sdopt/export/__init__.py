@@ -14,21 +14,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sdopt.registry import Registry
+from sdopt.registry import Plugin, Registry
 
+@dataclass(frozen=True, kw_only=True)
+class Exporter(Plugin):
+    """An export target (``name`` is the --to name); ``options`` are the export options it reads."""
 
-@dataclass(frozen=True)
-class Exporter:
-    target: str  # the --to name
-    module: str
     backend: str  # the runtime backend that runs what it writes
-    extra: str  # pip extra
-    requires: tuple[str, ...]
     precisions: tuple[str, ...]
-    description: str = ""
+
+    flag = "--to"
 
 
-EXPORTERS: Registry[Exporter] = Registry("export target", "targets", key=lambda e: e.target)
+EXPORTERS: Registry[Exporter] = Registry("export target", "targets")
 register_exporter = EXPORTERS.register
 get_exporter = EXPORTERS.lookup
 

@@ -10,7 +10,6 @@ Graphs over 2 GB (protobuf's limit) are saved with their weights in one
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import warnings
@@ -24,7 +23,7 @@ from tqdm import tqdm
 
 from sdopt.errors import SdoptError
 from sdopt.export.parity import compare, describe_failure
-from sdopt.export.run import ExportedComponents
+from sdopt.export.run import ExportedComponents, write_optimum_model_index
 from sdopt.export.spec import SPECS, ComponentSpec, check_inputs, trace_inputs
 from sdopt.export.tracing import PositionalComponent, torch_reference
 from sdopt.manifest import ComponentEntry, Manifest, files_in
@@ -138,7 +137,7 @@ def export_components(source: Path, manifest: Manifest, out: Path, precision: st
         shutil.rmtree(staging, ignore_errors=True)
     if skip_validation:
         notes.append("exported with --skip-validation: parity against PyTorch was not checked")
-    _write_model_index(source, out)
+    write_optimum_model_index(source, out)
     return ExportedComponents(
         components=components,
         parity=parity,
@@ -146,11 +145,3 @@ def export_components(source: Path, manifest: Manifest, out: Path, precision: st
         export=export_info,
         notes=notes,
     )
-
-
-def _write_model_index(source: Path, out: Path) -> None:
-    """Optimum's ONNX export keeps the pipeline's model_index.json, with the VAE split in two."""
-    index = json.loads((source / "model_index.json").read_text())
-    index.pop("vae", None)
-    index.update({"vae_decoder": ["diffusers", "AutoencoderKL"], "vae_encoder": ["diffusers", "AutoencoderKL"]})
-    (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")

@@ -20,7 +20,6 @@ it at validation and written to the manifest.
 from __future__ import annotations
 
 import gc
-import json
 import shutil
 import warnings
 from pathlib import Path
@@ -33,7 +32,7 @@ from tqdm import tqdm
 
 from sdopt.errors import SdoptError
 from sdopt.export.parity import compare, describe_failure
-from sdopt.export.run import ExportedComponents
+from sdopt.export.run import ExportedComponents, write_optimum_model_index
 from sdopt.export.spec import CHECK_LATENT, SPECS, ComponentSpec, check_inputs, dummy_inputs, latent_image_size, trace_inputs
 from sdopt.export.tracing import PositionalComponent, torch_reference
 from sdopt.manifest import ComponentEntry, Manifest, files_in
@@ -158,7 +157,7 @@ def export_components(source: Path, manifest: Manifest, out: Path, precision: st
         notes.append("exported with --skip-validation: parity against PyTorch was not checked")
     if static:
         notes.append(f"static shapes {static}: the runtime compiles for them; other sizes are refused unless loaded with reshape=True")
-    _write_model_index(source, out)
+    write_optimum_model_index(source, out)
     return ExportedComponents(
         components=components,
         parity=parity,
@@ -180,11 +179,3 @@ def _precision_notes(precision: str, runs: dict[str, str], facts: dict[str, Any]
         f"asked for {precision} (INFERENCE_PRECISION_HINT {HINTS[precision]}), but the export machine's {where} "
         f"runs {', '.join(ran)}: it lacks {precision} support. A device with it runs {precision}"
     ]
-
-
-def _write_model_index(source: Path, out: Path) -> None:
-    """Optimum Intel keeps the pipeline's model_index.json, with the VAE split in two."""
-    index = json.loads((source / "model_index.json").read_text())
-    index.pop("vae", None)
-    index.update({"vae_decoder": ["diffusers", "AutoencoderKL"], "vae_encoder": ["diffusers", "AutoencoderKL"]})
-    (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")

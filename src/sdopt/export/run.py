@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sdopt.errors import SdoptError, require
-from sdopt.export import get_exporter
+from sdopt.errors import SdoptError
+from sdopt.export import EXPORTERS, get_exporter
 from sdopt.fsutil import atomic_output_dir, check_output_dir, local_inputs
 from sdopt.manifest import ComponentEntry, Manifest, fingerprint_of, hash_components, read_manifest
 from sdopt.source import resolve
@@ -29,6 +28,16 @@ class ExportedComponents:
     precision: str | None = None  # when it differs from the requested one (e.g. "mixed")
 
 
+def write_optimum_model_index(source: Path, out: Path) -> None:
+    """Optimum's ONNX and Optimum Intel's OpenVINO exports keep the pipeline's model_index.json, with the VAE split in two."""
+    import json
+
+    index = json.loads((source / "model_index.json").read_text())
+    index.pop("vae", None)
+    index.update({"vae_decoder": ["diffusers", "AutoencoderKL"], "vae_encoder": ["diffusers", "AutoencoderKL"]})
+    (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
 def source_checkpoint(model: str | Path) -> tuple[Path, Manifest]:
     """A source for export or quantization must be a full-precision PyTorch checkpoint."""
     folder = resolve(model)
@@ -45,13 +54,12 @@ def source_checkpoint(model: str | Path) -> tuple[Path, Manifest]:
 
 def export(model: str | Path, target: str, out: str | Path, precision: str = "fp32", force: bool = False, **options: Any) -> Manifest:
     exporter = get_exporter(target)
+    exporter.check_options(options, EXPORTERS)
     if precision not in exporter.precisions:
         raise SdoptError(f"--to {target} supports precisions {', '.join(exporter.precisions)}, not {precision}")
     check_output_dir(out, force, local_inputs(model))  # before any slow work
     source, source_manifest = source_checkpoint(model)
-    for mod in exporter.requires:
-        require(mod, exporter.extra)
-    impl = importlib.import_module(exporter.module)
+    impl = exporter.implementation()
 
     with atomic_output_dir(out, force=force, inputs=(source,)) as tmp:
         result: ExportedComponents = impl.export_components(source, source_manifest, tmp, precision, options)

@@ -4,24 +4,26 @@ from sdopt.export import Exporter, register_exporter
 
 register_exporter(
     Exporter(
-        target="onnx",
+        name="onnx",
         module="sdopt.export.onnx",
         backend="onnxruntime",
         extra="onnx",
         requires=("onnx", "onnxruntime", "torch"),
         precisions=("fp32", "fp16"),
+        options=("skip_validation", "opset", "optimize"),
         description="ONNX graphs in Optimum's layout, run by ONNX Runtime",
     )
 )
 
 register_exporter(
     Exporter(
-        target="openvino",
+        name="openvino",
         module="sdopt.export.openvino",
         backend="openvino",
         extra="openvino",
         requires=("openvino", "torch"),
         precisions=("fp32", "fp16", "bf16"),
+        options=("skip_validation", "height", "width", "batch"),
         description="OpenVINO IR in Optimum Intel's layout; optional static shapes (--height/--width/--batch)",
     )
 )

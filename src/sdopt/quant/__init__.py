@@ -24,39 +24,19 @@ no quantization library: listing and validation stay cheap.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from sdopt.errors import require
-from sdopt.registry import Registry
+from sdopt.registry import Plugin, Registry
 from sdopt.quant.schemes import BNB_ROWS, QUANTO_ROWS, TORCHAO_ROWS, Capability, rows
 
 
-@dataclass(frozen=True)
-class Quantizer:
-    name: str  # the --backend name
-    module: str  # the sdopt module that implements quantize_components
-    extra: str  # the pip extra that installs its library
-    requires: tuple[str, ...]  # importable modules it needs
+@dataclass(frozen=True, kw_only=True)
+class Quantizer(Plugin):
+    """A quantization backend (``name`` is the --backend name); ``options`` are its knobs (Plan.options keys)."""
+
     accepts: str  # the artifact backend it quantizes: "torch", "openvino", ...
     capabilities: tuple[Capability, ...]
-    description: str = ""
-    options: tuple[str, ...] = ()  # the backend-specific knobs it takes (Plan.options keys)
-
-    def implementation(self):
-        for mod in self.requires:
-            require(mod, self.extra)
-        return importlib.import_module(self.module)
-
-    def available(self) -> bool:
-        """Whether its libraries are installed (found, not imported)."""
-        import importlib.util
-
-        try:
-            return all(importlib.util.find_spec(m) is not None for m in self.requires)
-        except (ImportError, ValueError):
-            return False
 
 
 @dataclass(frozen=True)
@@ -82,7 +62,7 @@ class QuantizedComponents:
     precision: str | None = None  # the artifact's precision when it differs from the source's
 
 
-QUANTIZERS: Registry[Quantizer] = Registry("quantization backend", "backends", key=lambda q: q.name)
+QUANTIZERS: Registry[Quantizer] = Registry("quantization backend", "backends")
 register_quantizer = QUANTIZERS.register
 get_quantizer = QUANTIZERS.lookup
 

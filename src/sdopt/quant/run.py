@@ -61,7 +61,7 @@ def quantize(
         source, manifest = source_checkpoint(source)
     elif not manifest.inferred:
         manifest.verify_files(source)
-    _check_options(quantizer, options or {})
+    quantizer.check_options(options or {}, QUANTIZERS)
     plan = Plan(quantizer, capability, select_components(manifest, components), tuple(exclude), device, dict(options or {}))
     impl = quantizer.implementation()  # a missing library is named before the output folder exists
     if hasattr(impl, "check_plan"):  # what needs the model's structure (--exclude patterns), still before writing
@@ -156,17 +156,3 @@ def copy_path(src: Path, dst: Path) -> None:
         shutil.copytree(src, dst)
     else:
         shutil.copy2(src, dst)
-
-
-_OPTION_FLAGS = {"group_size": "--group-size", "ratio": "--ratio", "calibration_prompts": "--calibration-prompts"}
-
-
-def _check_options(quantizer, options: dict) -> None:
-    """A knob the chosen backend does not take is an error, not silently dropped."""
-    unknown = [_OPTION_FLAGS.get(k, k) for k in options if k not in quantizer.options]
-    if unknown:
-        takers = sorted(q.name for q in QUANTIZERS.values() if set(options) <= set(q.options))
-        raise SdoptError(
-            f"--backend {quantizer.name} does not take {', '.join(unknown)}"
-            + (f"; {' and '.join(takers)} does" if takers else "")
-        )

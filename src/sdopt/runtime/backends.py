@@ -8,22 +8,22 @@ imported only when an artifact of that backend is loaded.
 
 from __future__ import annotations
 
-import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from sdopt.errors import SdoptError, require
-from sdopt.registry import Registry
+from sdopt.errors import SdoptError
+from sdopt.registry import Plugin, Registry
 
 
-@dataclass(frozen=True)
-class Backend:
-    name: str
-    module: str  # the sdopt module that implements load_components
-    extra: str | None  # the pip extra that installs its library
-    requires: tuple[str, ...]  # importable modules it needs
+@dataclass(frozen=True, kw_only=True)
+class Backend(Plugin):
+    """A runtime (``name`` is the manifest's ``backend``); ``options`` are the load options it takes."""
+
     precisions: dict[str, tuple[str, ...]]  # device kind -> precisions it can run there
-    options: tuple[str, ...] = ()  # load options it understands
-    default_precision: dict[str, str] = field(default_factory=dict)
+    # Whether it can run an artifact in another precision than it was written in (torch casts
+    # weights at load); the others run what their export compiled.
+    casts_at_load: bool = False
+
+    flag = "the backend"
 
     def check(self, device: str, precision: str) -> None:
         kind = device_kind(device)
@@ -38,21 +38,8 @@ class Backend:
                 f"choose one of: {', '.join(self.precisions[kind])}"
             )
 
-    def check_options(self, options: dict) -> None:
-        unknown = sorted(k for k, v in options.items() if v and k not in self.options)
-        if unknown:
-            raise SdoptError(
-                f"the {self.name} backend does not support {', '.join(unknown)}; "
-                f"its options are: {', '.join(self.options) or 'none'}"
-            )
 
-    def implementation(self):
-        for mod in self.requires:
-            require(mod, self.extra or "all")
-        return importlib.import_module(self.module)
-
-
-BACKENDS: Registry[Backend] = Registry("backend", "backends", key=lambda b: b.name)
+BACKENDS: Registry[Backend] = Registry("backend", "backends")
 register_backend = BACKENDS.register
 get_backend = BACKENDS.lookup
 
@@ -69,6 +56,7 @@ register_backend(
         requires=("torch", "diffusers", "transformers"),
         precisions={"cpu": ("fp32", "bf16"), "cuda": ("fp32", "fp16", "bf16")},
         options=("attention_slicing", "vae_tiling", "cpu_offload"),
+        casts_at_load=True,
     )
 )
 

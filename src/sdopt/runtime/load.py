@@ -8,18 +8,15 @@ from typing import Any
 
 from sdopt.errors import SdoptError
 from sdopt.manifest import check_support_folders, read_json, read_manifest
-from sdopt.runtime.backends import get_backend
+from sdopt.runtime.backends import BACKENDS, get_backend
 from sdopt.runtime.pipeline import Pipeline
 from sdopt.source import resolve
-
-LOAD_OPTIONS = ("attention_slicing", "vae_tiling", "cpu_offload")
-
 
 def load(path: str | Path, device: str = "cpu", precision: str | None = None, verify: bool = True, **options: Any) -> Pipeline:
     """Load an artifact for generation.
 
-    precision: None runs the artifact's own precision; a backend that can cast
-    at load time (torch) accepts another. verify: check every file's sha256
+    precision: None runs the artifact's own precision; a backend that declares
+    ``casts_at_load`` (torch) accepts another. verify: check every file's sha256
     against the manifest before use (skipped only for inferred manifests,
     which record no hashes).
     """
@@ -27,13 +24,13 @@ def load(path: str | Path, device: str = "cpu", precision: str | None = None, ve
     manifest = read_manifest(folder)
     backend = get_backend(manifest.backend)
     precision = precision or manifest.precision
-    if precision != manifest.precision and manifest.backend != "torch":
+    if precision != manifest.precision and not backend.casts_at_load:
         raise SdoptError(
             f"this {manifest.backend} artifact was exported in {manifest.precision}; it cannot run in {precision}. "
             f"Export it again with --precision {precision}"
         )
     backend.check(device, precision)
-    backend.check_options(options)
+    backend.check_options(options, BACKENDS)
     if manifest.inferred:
         # Said once per folder per process (Python shows a warning once per place and text).
         warnings.warn(f"{folder} has no sdopt.json: its files are loaded unverified (nothing records their sha256)", UserWarning, stacklevel=2)
