@@ -26,6 +26,17 @@ def tiny_pipeline(tiny_model):
     return sdopt.load(tiny_model)
 
 
+# Tests that need one of these fixtures take seconds to tens of seconds to set up (a real bench, every
+# quantized row, OpenVINO exports): they are marked slow, so `pytest -m "not slow"` is the quick subset.
+SLOW_FIXTURES = {"bench_report", "quantized", "tiny_ov", "tiny_ov_bf16_static"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 # A request small enough for a 2-core machine, large enough to exercise the whole loop.
 SMALL = dict(prompt="a red fox in the snow", seed=7, steps=4, height=64, width=64, guidance_scale=7.5)
 

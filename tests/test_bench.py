@@ -51,6 +51,7 @@ def _broken_copy(tiny_model, tmp_path):
     return broken
 
 
+@pytest.mark.slow
 def test_failed_artifact_is_recorded_and_the_run_goes_on(tiny_model, tmp_path):
     # A time budget no run can meet: the reference still runs one full pass of its two (both
     # seeds), skips its second warm-up (the first generate took the budget), and says so.
@@ -65,6 +66,7 @@ def test_failed_artifact_is_recorded_and_the_run_goes_on(tiny_model, tmp_path):
     assert "Failures" in md and "ran 1 of 2 runs after 1 of 2 warm-ups" in md
 
 
+@pytest.mark.slow
 def test_a_first_generate_over_budget_is_the_measured_run_when_it_covers_the_request(tiny_model, tmp_path):
     # One prompt, one seed: the first generate is already a full pass, so it is the one measured.
     settings = BenchSettings.resolve(None, **{**SETTINGS, "seeds": [0], "runs": 2, "warmup": 2, "max_seconds": 1e-6})

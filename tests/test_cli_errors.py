@@ -11,7 +11,7 @@ from sdopt.cli import main
 
 
 def _run(*args):
-    proc = subprocess.run([sys.executable, "-m", "sdopt.cli", *args], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "sdopt.cli", *args], capture_output=True, text=True, timeout=300)
     assert "Traceback" not in proc.stderr, proc.stderr
     return proc
 

@@ -146,6 +146,7 @@ def test_a_repacked_layer_is_never_saved(force_avx512bf16):
 
 
 # --- OpenVINO: the CPU plugin runs bf16 only where the CPU has AVX-512-BF16 or AMX --------------
+@pytest.mark.slow
 def test_openvino_bf16_says_what_runs_on_the_other_kind_of_cpu(tiny_model, tmp_path, monkeypatch, capsys):
     """The compiled model's own answer (INFERENCE_PRECISION_HINT) is replaced by the other kind of CPU's.
 

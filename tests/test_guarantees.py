@@ -261,6 +261,7 @@ def _kill_when(proc, parent, name, ready, timeout=120):
     proc.wait(timeout=60)
 
 
+@pytest.mark.slow
 def test_leftovers_of_a_killed_export_are_cleaned_by_the_next_run(tiny_model, tmp_path):
     out = tmp_path / "art"
     _kill_when(_start_export(tiny_model, out), tmp_path, "art", lambda p: (p / "text_encoder").exists())
@@ -269,6 +270,7 @@ def test_leftovers_of_a_killed_export_are_cleaned_by_the_next_run(tiny_model, tm
     assert _temp_folders(tmp_path, "art") == []
 
 
+@pytest.mark.slow
 def test_sdopt_clean_removes_only_dead_writers_folders(tiny_model, tmp_path, capsys):
     out = tmp_path / "art"
     _kill_when(_start_export(tiny_model, out), tmp_path, "art", lambda p: (p / "text_encoder").exists())
@@ -282,6 +284,7 @@ def test_sdopt_clean_removes_only_dead_writers_folders(tiny_model, tmp_path, cap
     assert {p.name for p in tmp_path.iterdir() if p.name.startswith(".art.")} == {foreign.name, live.name}
 
 
+@pytest.mark.slow
 def test_exports_killed_at_random_points_leave_no_half_artifact_and_the_old_one_intact(tiny_model, tmp_path):
     """Fault injection: SIGKILL at three random moments of an export over an existing artifact (--force)."""
     import random

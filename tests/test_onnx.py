@@ -133,6 +133,7 @@ def test_unknown_target_lists_the_known_ones(tiny_model, tmp_path, capsys):
     assert "known targets: " in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_killed_export_leaves_nothing_loadable(tiny_model, tmp_path, sig):
     out = tmp_path / "killed"
@@ -144,9 +145,11 @@ def test_killed_export_leaves_nothing_loadable(tiny_model, tmp_path, sig):
     )
     # Wait until the export has started writing its temporary folder, then kill it midway.
     deadline = time.time() + 120
-    while time.time() < deadline and not any(p.name.startswith(".killed.tmp-") and (p / "text_encoder").exists() for p in tmp_path.iterdir()):
+    started = lambda: any(p.name.startswith(".killed.tmp-") and (p / "text_encoder").exists() for p in tmp_path.iterdir())  # noqa: E731
+    while time.time() < deadline and not started():
         assert proc.poll() is None, proc.stderr.read()
         time.sleep(0.05)
+    assert started(), "the export never started writing: the kill would prove nothing"
     proc.send_signal(sig)
     proc.wait(timeout=60)
     assert not out.exists()
@@ -164,7 +167,7 @@ def test_a_real_optimum_export_of_our_checkpoint_loads_and_agrees(tiny_model, ti
     out = tmp_path / "optimum"
     subprocess.run(
         [os.environ["SDOPT_OPTIMUM_CLI"], "export", "onnx", "--model", str(tiny_model), "--task", "text-to-image", str(out)],
-        check=True, capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        check=True, capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600,
     )
     assert read_manifest(out).inferred
     # DDIM: Optimum rewrites scheduler_config.json with timestep_spacing="leading" spelled out, which

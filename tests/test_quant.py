@@ -314,6 +314,7 @@ def test_cli_error_has_no_traceback(tiny_model, tmp_path):
         [sys.executable, "-m", "sdopt.cli", "quantize", str(tiny_model), "--scheme", "int4", "--backend", "bnb", "-o", str(tmp_path / "o")],
         capture_output=True,
         text=True,
+        timeout=300,
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "use --scheme nf4, or --backend quanto" in proc.stderr

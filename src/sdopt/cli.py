@@ -255,9 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=None, help="onnx: opset version")
     p.add_argument("--optimize", action="store_true", help="onnx: apply ONNX Runtime graph optimizations and fusions")
     p.add_argument("--skip-validation", action="store_true", help="do not fail when parity exceeds tolerance (recorded in the manifest)")
-    p.add_argument("--height", type=int, default=None, help="static image height (openvino, tensorrt)")
-    p.add_argument("--width", type=int, default=None, help="static image width")
-    p.add_argument("--batch", type=int, default=None, help="static UNet batch (2 with guidance)")
+    p.add_argument("--height", type=int, default=None, help="openvino: static image height")
+    p.add_argument("--width", type=int, default=None, help="openvino: static image width")
+    p.add_argument("--batch", type=int, default=None, help="openvino: static batch (images per call; the UNet runs twice that with guidance)")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("quantize", help="quantize a PyTorch checkpoint's weights (int8, int4, nf4, fp8) into a reloadable artifact")

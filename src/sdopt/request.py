@@ -1,4 +1,4 @@
-"""GenerateRequest and GenerateResult: the interface shared by the CLI, the server and the bench.
+"""GenerateRequest and GenerateResult: the interface shared by the CLI, the Python API and the bench.
 
 Plain dataclasses with no heavy imports, so that ``import sdopt`` stays lean.
 """
