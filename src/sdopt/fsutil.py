@@ -21,7 +21,7 @@ import shutil
 import socket
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from sdopt.errors import SdoptError
 
@@ -38,6 +38,33 @@ def sha256_file(path: str | Path) -> str:
         while chunk := f.read(_HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def read_json(path: str | Path, what: str = "", missing: str = "the folder is incomplete") -> Any:
+    """Parse a JSON file, or raise one SdoptError saying which file and what to do."""
+    return _read(Path(path), what, missing, "JSON")
+
+
+def read_toml(path: str | Path, what: str = "", missing: str = "give the path of an existing file") -> dict[str, Any]:
+    """Parse a TOML file, or raise one SdoptError saying which file and what to do."""
+    return _read(Path(path), what, missing, "TOML")
+
+
+def _read(path: Path, what: str, missing: str, kind: str) -> Any:
+    import json
+    import tomllib
+
+    name = f"{what} {path}" if what else str(path)
+    try:
+        text = path.read_text()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+        raise SdoptError(f"{name} is missing: {missing}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SdoptError(f"cannot read {name}: {exc}") from exc
+    try:
+        return json.loads(text) if kind == "JSON" else tomllib.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as exc:  # JSONDecodeError is a ValueError
+        raise SdoptError(f"{name} is not valid {kind} ({exc})") from exc
 
 
 def tree_size(path: str | Path) -> int:

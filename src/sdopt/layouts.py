@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Callable
 
 from sdopt.errors import SdoptError
-from sdopt.manifest import ComponentEntry, Manifest, check_family, files_in, model_info, read_json
+from sdopt.fsutil import read_json
+from sdopt.manifest import ComponentEntry, Manifest, check_family, files_in, model_info
 
 # Which Diffusers folder holds each component of the torch backend.
 DIFFUSERS_FOLDERS = {"text_encoder": "text_encoder", "unet": "unet", "vae_decoder": "vae", "vae_encoder": "vae"}

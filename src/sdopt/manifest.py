@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from sdopt.errors import SdoptError
-from sdopt.fsutil import INCOMPLETE_MARKER, sha256_file
+from sdopt.fsutil import INCOMPLETE_MARKER, read_json, sha256_file
 
 MANIFEST_NAME = "sdopt.json"
 SCHEMA_VERSION = 1
@@ -163,6 +163,19 @@ def fingerprint_of(components: dict[str, ComponentEntry]) -> str:
     return hashlib.sha256("\n".join(f"{p}:{h}" for p, h in pairs).encode()).hexdigest()
 
 
+def derive(source: "Manifest", source_folder: Path, folder: Path, components: dict[str, ComponentEntry], **fields: Any) -> "Manifest":
+    """The manifest of an artifact made from ``source`` (an export or a quantization) in ``folder``.
+
+    Hashes the new files, records the source checkpoint's path and fingerprint
+    (hashing an inferred source's files to get one), and carries its model facts.
+    """
+    hash_components(components, folder)
+    if source.inferred:
+        hash_components(source.components, source_folder)
+    origin = {"path": str(Path(source_folder).resolve()), "fingerprint": source.source.get("fingerprint") or fingerprint_of(source.components)}
+    return Manifest(components=components, model=source.model, source=origin, **fields)
+
+
 def hash_components(components: dict[str, ComponentEntry], folder: str | Path) -> None:
     """Fill in missing sha256 values (for a manifest about to be written, or inspect)."""
     cache: dict[str, str] = {}
@@ -258,10 +271,7 @@ def read_manifest(folder: str | Path) -> Manifest:
         raise SdoptError(f"{folder} is an unfinished output (the command writing it was interrupted); delete it and run that command again")
     path = folder / MANIFEST_NAME
     if path.is_file():
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise SdoptError(f"{path} is not valid JSON ({exc}); export the artifact again") from exc
+        data = read_json(path, missing="export the artifact again")
         validate(data, where=str(path))
         manifest = Manifest.from_dict(data)
     else:
@@ -276,10 +286,8 @@ def pipeline_class(folder: Path) -> str | None:
     index = folder / "model_index.json"
     if not index.is_file():
         return None
-    try:
-        return json.loads(index.read_text()).get("_class_name")
-    except json.JSONDecodeError as exc:
-        raise SdoptError(f"{index} is not valid JSON ({exc})") from exc
+    index_data = read_json(index)
+    return index_data.get("_class_name") if isinstance(index_data, dict) else None
 
 
 def check_family(folder: Path) -> None:
@@ -301,12 +309,3 @@ def model_info(unet_config: dict[str, Any], vae_config: dict[str, Any], text_max
         "cross_attention_dim": int(unet_config.get("cross_attention_dim", 768)),
         "text_max_length": text_max_length,
     }
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError as exc:
-        raise SdoptError(f"{path} is missing: the model folder is incomplete") from exc
-    except json.JSONDecodeError as exc:
-        raise SdoptError(f"{path} is not valid JSON ({exc})") from exc

@@ -23,6 +23,7 @@ from typing import Any
 from sdopt.bench.rules import Rule, parse_rules
 from sdopt.bench.runner import REPORT_SCHEMA
 from sdopt.errors import SdoptError
+from sdopt.fsutil import read_json
 
 EXIT_OK, EXIT_REGRESSION, EXIT_INCOMPARABLE = 0, 1, 2
 
@@ -98,12 +99,7 @@ class GateResult:
 
 def read_report(path: str | Path) -> dict:
     path = Path(path)
-    if not path.is_file():
-        raise SdoptError(f"report {path} does not exist: give a report.json written by `sdopt bench`")
-    try:
-        report = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise SdoptError(f"{path} is not valid JSON ({exc})") from exc
+    report = read_json(path, what="report", missing="give a report.json written by `sdopt bench`")
     if not isinstance(report, dict) or report.get("schema") != REPORT_SCHEMA:
         schema = report.get("schema") if isinstance(report, dict) else type(report).__name__
         raise IncomparableReports(f"{path} is not an sdopt bench report (its schema is {schema!r})")

@@ -85,12 +85,9 @@ def load_profile(name_or_path: str) -> HardwareProfile:
                 "(or give the path of a .toml file)"
             )
         path = found[0]
-    import tomllib
+    from sdopt.fsutil import read_toml
 
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise SdoptError(f"{path} is not valid TOML: {exc}") from exc
+    data = read_toml(path, what="profile")
     missing = [k for k in ("name", "device") if k not in data]
     if missing:
         raise SdoptError(f"{path} lacks {', '.join(missing)}: every profile names itself and its device")

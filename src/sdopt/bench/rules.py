@@ -77,14 +77,7 @@ def parse_rules(table: dict[str, Any]) -> list[Rule]:
 
 def load_rules_file(path) -> dict[str, Any]:
     """A TOML file with a [gate] table (a profile works) or the rules at top level."""
-    import tomllib
-    from pathlib import Path
+    from sdopt.fsutil import read_toml
 
-    path = Path(path)
-    if not path.is_file():
-        raise SdoptError(f"rules file {path} does not exist")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise SdoptError(f"{path} is not valid TOML: {exc}") from exc
+    data = read_toml(path, what="rules file")
     return data.get("gate", data)

@@ -10,7 +10,7 @@ from typing import Any
 from sdopt.errors import SdoptError
 from sdopt.export import EXPORTERS, get_exporter
 from sdopt.fsutil import atomic_output_dir, check_output_dir, local_inputs
-from sdopt.manifest import ComponentEntry, Manifest, fingerprint_of, hash_components, read_manifest
+from sdopt.manifest import ComponentEntry, Manifest, derive, read_manifest
 from sdopt.source import resolve
 
 # Files an exported artifact carries over from its source, as Optimum's exports do.
@@ -65,16 +65,11 @@ def export(model: str | Path, target: str, out: str | Path, precision: str = "fp
         result: ExportedComponents = impl.export_components(source, source_manifest, tmp, precision, options)
         for name in _CARRIED:
             shutil.copytree(source / name, tmp / name)
-        hash_components(result.components, tmp)
-        if source_manifest.inferred:
-            hash_components(source_manifest.components, source)
-        manifest = Manifest(
+        manifest = derive(
+            source_manifest, source, tmp, result.components,
             backend=exporter.backend,
             precision=result.precision or precision,
-            components=result.components,
-            model=source_manifest.model,
             backend_versions=result.backend_versions,
-            source={"path": str(source.resolve()), "fingerprint": source_manifest.source.get("fingerprint") or fingerprint_of(source_manifest.components)},
             static_shapes=result.static_shapes,
             parity=result.parity,
             export={"target": target, **result.export},

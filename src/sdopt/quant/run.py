@@ -14,7 +14,7 @@ from typing import Iterable
 
 from sdopt.errors import SdoptError
 from sdopt.fsutil import atomic_output_dir, check_output_dir, local_inputs
-from sdopt.manifest import COMPONENT_NAMES, Manifest, fingerprint_of, hash_components, read_manifest
+from sdopt.manifest import COMPONENT_NAMES, Manifest, derive, read_manifest
 from sdopt.quant import QUANTIZERS, Plan, QuantizedComponents, get_quantizer
 from sdopt.quant.schemes import check_scheme, choose, lookup
 from sdopt.source import resolve
@@ -72,18 +72,13 @@ def quantize(
         entries = {**copy_untouched(source, manifest, tmp, plan.components), **result.components}
         for name in (manifest.tokenizer, manifest.scheduler, "model_index.json"):
             copy_path(source / name, tmp / name)
-        hash_components(entries, tmp)
-        if manifest.inferred:
-            hash_components(manifest.components, source)
         from sdopt.runtime.versions import library_versions
 
-        quantized = Manifest(
+        quantized = derive(
+            manifest, source, tmp, {name: entries[name] for name in manifest.components},  # the source's order
             backend=manifest.backend,
             precision=result.precision or manifest.precision,
-            components={name: entries[name] for name in manifest.components},  # the source's order
-            model=manifest.model,
             backend_versions={**manifest.backend_versions, **library_versions("torch", "diffusers", "transformers", quantizer.name)},
-            source={"path": str(source.resolve()), "fingerprint": manifest.source.get("fingerprint") or fingerprint_of(manifest.components)},
             static_shapes=manifest.static_shapes,
             export={
                 "command": "quantize",

@@ -26,6 +26,15 @@ class Component(Protocol):
     def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]: ...
 
 
+def to_rank(array: np.ndarray, rank: int | None) -> np.ndarray:
+    """Fit an input to the rank its graph declares (part of the contract: the loop passes one
+    timestep for the whole batch as a scalar; graphs exported elsewhere may take it as (B,), and
+    graphs that take () may be given a (1,)). Other inputs already have the graph's rank."""
+    if rank is None or array.ndim == rank:
+        return array
+    return array.reshape(-1)[:1].reshape(()) if rank == 0 else np.ascontiguousarray(np.broadcast_to(array, (1,) * rank))
+
+
 def close_all(components: dict[str, object]) -> None:
     for comp in components.values():
         close = getattr(comp, "close", None)

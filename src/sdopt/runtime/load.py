@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from sdopt.errors import SdoptError
-from sdopt.manifest import check_support_folders, read_json, read_manifest
+from sdopt.fsutil import read_json
+from sdopt.manifest import check_support_folders, read_manifest
 from sdopt.runtime.backends import BACKENDS, get_backend
 from sdopt.runtime.pipeline import Pipeline
 from sdopt.source import resolve

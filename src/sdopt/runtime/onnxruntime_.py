@@ -16,6 +16,7 @@ import onnxruntime as ort
 
 from sdopt.errors import SdoptError
 from sdopt.manifest import Manifest
+from sdopt.runtime.executor import to_rank
 
 # ONNX tensor type strings -> numpy dtypes, for feeding graphs exported by others (Optimum's
 # text encoders may take int32 ids; fp16 graphs without kept I/O types take float16).
@@ -65,12 +66,7 @@ class OrtComponent:
 
     def _feed(self, name: str, array: np.ndarray) -> np.ndarray:
         meta = self.inputs[name]
-        array = np.asarray(array, dtype=_NUMPY.get(meta.type, array.dtype))
-        rank = len(meta.shape)
-        if array.ndim != rank:
-            # One timestep for the batch: a scalar for graphs that take (B,), and vice versa.
-            array = array.reshape(-1)[:1].reshape(()) if rank == 0 else np.broadcast_to(array, (1,) * rank).copy()
-        return array
+        return to_rank(np.asarray(array, dtype=_NUMPY.get(meta.type, array.dtype)), len(meta.shape))
 
     def __call__(self, **arrays: np.ndarray) -> dict[str, np.ndarray]:
         feed = {k: self._feed(k, v) for k, v in arrays.items() if k in self.inputs}

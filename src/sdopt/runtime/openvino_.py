@@ -34,6 +34,7 @@ import openvino as ov
 
 from sdopt.errors import SdoptError
 from sdopt.manifest import Manifest
+from sdopt.runtime.executor import to_rank
 
 MODEL_FILE = "openvino_model.xml"
 WEIGHTS_FILE = "openvino_model.bin"
@@ -192,12 +193,7 @@ class OpenVINOComponent:
         return self._compiled[-1][2]
 
     def _feed(self, name: str, array: np.ndarray) -> np.ndarray:
-        array = np.ascontiguousarray(array, dtype=_NUMPY.get(self.input_types.get(name, ""), None))
-        rank = self.input_ranks.get(name)
-        if rank is not None and array.ndim != rank:
-            # One timestep for the batch: a scalar for graphs that take (), a (1,) for graphs that take (B,).
-            array = array.reshape(-1)[:1].reshape(()) if rank == 0 else np.ascontiguousarray(np.broadcast_to(array, (1,) * rank))
-        return array
+        return to_rank(np.ascontiguousarray(array, dtype=_NUMPY.get(self.input_types.get(name, ""), None)), self.input_ranks.get(name))
 
     def __call__(self, **arrays: np.ndarray) -> dict[str, np.ndarray]:
         feed = {k: self._feed(k, v) for k, v in arrays.items() if k in self.input_types}
