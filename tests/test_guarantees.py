@@ -288,9 +288,11 @@ def test_exports_killed_at_random_points_leave_no_half_artifact_and_the_old_one_
     duration = time.perf_counter() - start
     assert first.returncode == 0 and writing is not None, first.stderr.read()
     old_id = read_manifest(out).artifact_id
-    rng = random.Random(20)  # fixed: the same fractions of the writing phase on every run
+    # Fixed seed: the same fractions of the writing phase on every run. At most 0.6 of it: later
+    # exports run faster than this first one (warm file cache), and a kill after the end proves nothing.
+    rng = random.Random(20)
     outcomes, left = [], 0
-    for delay in sorted(writing + rng.uniform(0.05, 0.95) * (duration - writing) for _ in range(3)):
+    for delay in sorted(writing + rng.uniform(0.05, 0.6) * (duration - writing) for _ in range(3)):
         proc = _start_export(tiny_model, out)
         time.sleep(delay)
         proc.kill()
