@@ -65,8 +65,8 @@ class Conv2d4bit(torch.nn.Conv2d):
     The weight is quantized flattened to (out_channels, in_channels/groups x kh x kw):
     bitsandbytes' CPU dequantize kernel refuses an odd last dimension (a 3x3
     kernel's 3) and falls back to a torch.compile'd path that recompiles per
-    shape, gives up after 8 shapes and runs eagerly: 1.5x slower on the largest
-    sd15 convolution, up to 6x on the eager fallback, and a warning per shape.
+    shape, gives up after 8 shapes and runs eagerly, slower and with a warning
+    per shape (measured in docs/quantization.md).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

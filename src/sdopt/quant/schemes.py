@@ -92,7 +92,7 @@ QUANTO_ROWS = rows(
     ("int8-dynamic", "cpu", False, False, (), "quanto quantizes activations only with calibrated static scales; use --backend torchao"),
     ("int8-dynamic", "cuda", False, False, (), "quanto quantizes activations only with calibrated static scales; use --backend torchao"),
     ("int4", "cpu", True, True, LIN_CONV, "qint4 weights, groups of 128 with scale and shift; Linear and Conv2d"),
-    ("int4", "cuda", True, True, LIN_CONV, "qint4 weights, groups of 128; Linear and Conv2d (the first use builds quanto's CUDA kernels with ninja: 106 s on an H100 machine)"),
+    ("int4", "cuda", True, True, LIN_CONV, "qint4 weights, groups of 128; Linear and Conv2d (the first use builds quanto's CUDA kernels with ninja, minutes; docs/quantization.md)"),
     ("nf4", "cpu", False, False, (), "quanto has no NormalFloat type; use --backend bnb"),
     ("nf4", "cuda", False, False, (), "quanto has no NormalFloat type; use --backend bnb"),
     ("fp8", "cpu", True, True, LIN_CONV, "qfloat8 (e4m3) weights per channel, computed in fp32; Linear and Conv2d"),

@@ -112,7 +112,7 @@ def load_components(folder: Path, manifest: Manifest, device: str, precision: st
         if cpu_lacks_bf16():
             warnings.warn(
                 "bf16 on a CPU without AVX512-BF16 or AMX: PyTorch emulates it, which is far slower than fp32 "
-                "(the sd15 UNet: 30x on an AVX2 machine, docs/openvino.md). Use fp32 here, or OpenVINO/ONNX for speed",
+                "(measured in docs/openvino.md). Use fp32 here, or OpenVINO/ONNX for speed",
                 UserWarning,
                 stacklevel=2,
             )
