@@ -25,10 +25,9 @@ from imaging import psnr  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def tiny_onnx(tiny_model, tmp_path_factory):
-    out = tmp_path_factory.mktemp("onnx") / "tiny-onnx"
-    export(tiny_model, "onnx", out)
-    return out
+def tiny_onnx(tiny_onnx_artifact):
+    """The session's one ONNX export of the tiny model (conftest), shared with the bench: read, never changed."""
+    return tiny_onnx_artifact
 
 
 def test_layout_follows_optimum(tiny_onnx):

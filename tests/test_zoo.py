@@ -30,8 +30,9 @@ def _digests(folder: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    return write_model("tiny", tmp_path_factory.mktemp("zoo") / "tiny", seed=0, progress=False)
+def tiny(tiny_model) -> Path:
+    """The session's tiny model (conftest, seed 0): the same-seed test below also shows no test changed it."""
+    return tiny_model
 
 
 def test_models_table_lists_tiny_and_sd15():
