@@ -43,8 +43,9 @@ def portable_everywhere(pipe) -> int:
 
 
 def psnr(a, b) -> float:
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    return float(10 * np.log10(255**2 / max(((a - b) ** 2).mean(), 1e-12)))
+    from sdopt.bench.quality import psnr_db
+
+    return psnr_db(np.asarray(a), np.asarray(b))
 
 
 def main() -> int:

@@ -26,10 +26,10 @@ from __future__ import annotations
 import hashlib
 import json
 
-import numpy as np
 import pytest
 
 from conftest import SMALL
+from imaging import psnr
 
 import sdopt
 from sdopt import GenerateRequest, SdoptError
@@ -52,18 +52,16 @@ REQUEST = {**SMALL, "steps": 2}
 NF4_FLOOR = 25.0  # dB vs fp32, as tests/test_quant.py's bnb:nf4 floor (docs/quantization.md)
 
 
-def _psnr(a, b) -> float:
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    return float(10 * np.log10(255**2 / max(((a - b) ** 2).mean(), 1e-12)))
-
-
 def _contents(path) -> tuple[dict, dict]:
     """A safetensors file's metadata and tensors as bytes (the header's key order varies between writes)."""
     from safetensors import safe_open
 
     with safe_open(path, "pt") as f:
-        tensors = {k: (str(f.get_tensor(k).dtype), hashlib.sha256(f.get_tensor(k).contiguous().view(-1).view(torch.uint8).numpy().tobytes()).hexdigest()) for k in f.keys()}
-        return f.metadata(), tensors
+        return f.metadata(), {k: _digest(f.get_tensor(k)) for k in f.keys()}
+
+
+def _digest(tensor) -> tuple[str, str]:
+    return str(tensor.dtype), hashlib.sha256(tensor.contiguous().view(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +105,7 @@ def test_nf4_generates_with_the_avx512bf16_path_forced_on(nf4_artifact, tiny_mod
     assert repacked == fits  # the forced path really ran, and only where the layout holds the weight
     if _NATIVE_BF16_KERNEL:  # elsewhere bitsandbytes has no kernel for that layout: numbers are meaningless
         reference = sdopt.load(tiny_model).generate(GenerateRequest(**REQUEST))
-        assert _psnr(result.images[0], reference.images[0]) >= NF4_FLOOR
+        assert psnr(result.images[0], reference.images[0]) >= NF4_FLOOR
 
 
 @needs_bnb

@@ -33,18 +33,13 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _clean(args: argparse.Namespace) -> int:
-    from sdopt.fsutil import stale_temp_folders, tree_size
+    from sdopt.fsutil import remove_stale_temp_folders
 
     folder = Path(args.folder)
     if not folder.is_dir():
         raise SdoptError(f"{folder} is not a folder: give the folder where the interrupted command was writing its output")
-    stale = stale_temp_folders(folder)
-    for path in stale:
-        size = tree_size(path)
-        if not args.dry_run:
-            import shutil
-
-            shutil.rmtree(path, ignore_errors=True)
+    stale = remove_stale_temp_folders(folder, dry_run=args.dry_run)
+    for path, size in stale:
         print(f"{'would remove' if args.dry_run else 'removed'} {path} ({size / 2**20:,.1f} MiB)")
     if not stale:
         print(f"nothing to clean in {folder}: no temporary folder of an interrupted sdopt command")

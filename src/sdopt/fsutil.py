@@ -82,10 +82,11 @@ def check_output_dir(out: str | Path, force: bool = False, inputs: tuple[str | P
     or contain one, with or without --force.
     """
     out = Path(out).expanduser()
+    resolved = out.absolute().resolve()
     for source in inputs:
-        if _same_or_inside(Path(source), out):
-            what = "is" if out.absolute().resolve() == Path(source).absolute().resolve() else "contains"
-            raise SdoptError(f"the output {out} {what} the input {source}: choose an output folder outside the input")
+        inner = Path(source).absolute().resolve()
+        if inner == resolved or resolved in inner.parents:
+            raise SdoptError(f"the output {out} {'is' if inner == resolved else 'contains'} the input {source}: choose an output folder outside the input")
     if out.exists() and not (out.is_dir() and not any(out.iterdir())):
         if not force:
             raise SdoptError(f"{out} already exists: choose another output path, or pass --force to replace it")
@@ -93,22 +94,22 @@ def check_output_dir(out: str | Path, force: bool = False, inputs: tuple[str | P
     parent = out.parent if str(out.parent) else Path(".")
     if parent.exists() and not parent.is_dir():
         raise SdoptError(f"cannot write {out}: {parent} is not a folder")
-    probe = parent
-    while not probe.exists():  # the nearest existing ancestor decides whether we may create folders
-        probe = probe.parent
+    probe = _nearest_existing(parent)
     if not os.access(probe, os.W_OK | os.X_OK):
         raise SdoptError(f"cannot write {out}: {probe} is not writable; choose an output path you can write to")
     return out
 
 
+def _nearest_existing(path: Path) -> Path:
+    """The path itself or its nearest existing ancestor: it decides whether we may create what is missing."""
+    while not path.exists():
+        path = path.parent
+    return path
+
+
 def local_inputs(*models: str | Path) -> tuple[Path, ...]:
     """The inputs that are local paths (a hub id names no folder here yet)."""
     return tuple(Path(m).expanduser() for m in models if Path(m).expanduser().exists())
-
-
-def _same_or_inside(inner: Path, outer: Path) -> bool:
-    inner, outer = inner.absolute().resolve(), outer.absolute().resolve()
-    return inner == outer or outer in inner.parents
 
 
 def written_files(folder: Path) -> set[str] | None:
@@ -209,10 +210,13 @@ def _is_old_swap(path: Path) -> bool:
     return len(children) == 1 and children[0].is_dir() and (written_files(children[0]) is not None or (children[0] / "sdopt.json").is_file())
 
 
-def remove_stale_temp_folders(parent: Path, name: str | None = None) -> list[Path]:
-    removed = stale_temp_folders(parent, name)
-    for path in removed:
-        shutil.rmtree(path, ignore_errors=True)
+def remove_stale_temp_folders(parent: Path, name: str | None = None, dry_run: bool = False) -> list[tuple[Path, int]]:
+    """Remove (or with ``dry_run`` only list) the stale temporary folders; returns each with its size in bytes."""
+    removed = []
+    for path in stale_temp_folders(parent, name):
+        removed.append((path, tree_size(path)))
+        if not dry_run:
+            shutil.rmtree(path, ignore_errors=True)
     return removed
 
 
@@ -221,10 +225,7 @@ def check_output_files(paths: list[Path]) -> None:
     for path in paths:
         if path.is_dir():
             raise SdoptError(f"-o {path} is a folder: give a file name such as {path / 'out.png'}")
-        parent = path.parent if str(path.parent) else Path(".")
-        probe = parent
-        while not probe.exists():
-            probe = probe.parent
+        probe = _nearest_existing(path.parent if str(path.parent) else Path("."))
         if not probe.is_dir():
             raise SdoptError(f"cannot write {path}: {probe} is a file, not a folder")
         if not os.access(probe, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sdopt.manifest import check_support_folders, fingerprint_of, hash_components, read_manifest
+from sdopt.manifest import fingerprint_of, hash_components, read_manifest
 from sdopt.source import resolve
 
 
@@ -22,7 +22,6 @@ def describe(path: str | Path, verify: bool = True) -> dict[str, Any]:
         verified = "no sdopt.json: nothing recorded to verify the files against"
     elif verify:
         manifest.verify_files(folder)
-        check_support_folders(folder, manifest)
         verified = f"yes: {len({f.path for c in manifest.components.values() for f in c.files})} files match their sha256 in sdopt.json"
     else:
         verified = "no (--no-verify): sizes are as sdopt.json records them"

@@ -122,12 +122,14 @@ class Manifest:
         return fingerprint_of(self.components)[:12]
 
     def verify_files(self, folder: str | Path) -> None:
-        """Check that every listed file exists and matches its recorded sha256, and that nothing unlisted is beside them.
+        """Check that every listed file exists and matches its recorded sha256, that nothing unlisted is
+        beside them, and that the tokenizer and scheduler folders are there.
 
         A file in a component folder that the manifest does not list would be
         loaded unchecked (a weights file whose entry was removed): refused.
         """
         folder = Path(folder)
+        check_support_folders(folder, self)
         listed = {f.path for comp in self.components.values() for f in comp.files}
         for sub in sorted({comp.folder for comp in self.components.values()}):
             for path in sorted((folder / sub).rglob("*")) if (folder / sub).is_dir() else ():

@@ -60,10 +60,6 @@ class Plugin:
     def available(self) -> bool:
         return not self.missing()
 
-    def why_unavailable(self) -> str | None:
-        missing = self.missing()
-        return f"needs {', '.join(missing)}: pip install 'sdopt[{self.extra or 'all'}]'" if missing else None
-
     def check_options(self, options: dict, others: dict | None = None) -> None:
         """Refuse options this plug-in does not take (set ones: None and False mean "not given")."""
         given = [k for k, v in options.items() if v is not None and v is not False]

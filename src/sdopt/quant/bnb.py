@@ -113,23 +113,22 @@ def fits_cpu_packing(layer: torch.nn.Module) -> bool:
     return out_features % _CPU_PACK_ROWS == 0 and in_features % state.blocksize == 0
 
 
-def choose_cpu_path(module: torch.nn.Module, layers: list[str]) -> list[str]:
-    """Keep bitsandbytes' AVX-512-BF16 path only on the nf4 Linear layers it can repack; return the others.
+def portable_layers(module: torch.nn.Module, layers: list[str]) -> list[str]:
+    """The nf4 Linear layers bitsandbytes' AVX-512-BF16 repacking cannot hold: decided by shape, the same on every CPU."""
+    import bitsandbytes as bnb
+
+    return [fqn for fqn in layers if isinstance(layer := module.get_submodule(fqn), bnb.nn.Linear4bit) and not fits_cpu_packing(layer)]
+
+
+def choose_cpu_path(module: torch.nn.Module, layers: list[str]) -> None:
+    """Keep bitsandbytes' AVX-512-BF16 path only on the nf4 Linear layers it can repack.
 
     bitsandbytes decides per CPU (its flag is False where the CPU lacks
     AVX-512-BF16, and then every layer takes the portable path anyway); the
-    shapes decide per layer, the same on every CPU, so the list is the same
-    wherever the artifact is quantized or loaded.
+    shapes decide per layer (``portable_layers``).
     """
-    import bitsandbytes as bnb
-
-    portable = []
-    for fqn in layers:
-        layer = module.get_submodule(fqn)
-        if isinstance(layer, bnb.nn.Linear4bit) and not fits_cpu_packing(layer):
-            layer.support_avx512bf16_for_cpu = False
-            portable.append(fqn)
-    return portable
+    for fqn in portable_layers(module, layers):
+        module.get_submodule(fqn).support_avx512bf16_for_cpu = False
 
 
 def _replace(root: torch.nn.Module, fqn: str, new: torch.nn.Module) -> None:
@@ -156,7 +155,9 @@ def quantize(module: torch.nn.Module, capability: Capability, layers: list[str],
 
 
 def serialize(module: torch.nn.Module, capability: Capability) -> tuple[dict, dict[str, str]]:
-    repacked = [n for n, m in module.named_modules() if getattr(getattr(getattr(m, "weight", None), "quant_state", None), "packing_format_for_cpu", False)]
+    import bitsandbytes as bnb
+
+    repacked = [n for n, m in module.named_modules() if isinstance(m, bnb.nn.Linear4bit) and getattr(m.weight.quant_state, "packing_format_for_cpu", False)]
     if repacked:
         # bitsandbytes' own state dict would unpack them, but lossily (it quantizes the block scales
         # again, from bf16): sdopt saves before any forward, so this means a caller ran one first.
@@ -168,10 +169,9 @@ def manifest_facts(module: torch.nn.Module, capability: Capability, layers: list
     """What the manifest records of this component beyond the recipe: the layers kept off the CPU kernel."""
     if capability.scheme != "nf4":
         return {}
-    portable = choose_cpu_path(module, layers)
     return {
         "cpu_kernel": "bitsandbytes' AVX-512-BF16 nf4 kernel (bf16 activations) where the CPU has it, else dequantize + fp32 matmul",
-        "portable_layers": portable,
+        "portable_layers": portable_layers(module, layers),
     }
 
 

@@ -8,10 +8,11 @@ from typing import Any
 
 from sdopt.errors import SdoptError
 from sdopt.fsutil import read_json
-from sdopt.manifest import check_support_folders, read_manifest
+from sdopt.manifest import read_manifest
 from sdopt.runtime.backends import BACKENDS, get_backend
 from sdopt.runtime.pipeline import Pipeline
 from sdopt.source import resolve
+
 
 def load(path: str | Path, device: str = "cpu", precision: str | None = None, verify: bool = True, **options: Any) -> Pipeline:
     """Load an artifact for generation.
@@ -37,7 +38,6 @@ def load(path: str | Path, device: str = "cpu", precision: str | None = None, ve
         warnings.warn(f"{folder} has no sdopt.json: its files are loaded unverified (nothing records their sha256)", UserWarning, stacklevel=2)
     elif verify:
         manifest.verify_files(folder)
-        check_support_folders(folder, manifest)
     impl = backend.implementation()
     components = impl.load_components(folder, manifest, device, precision, options)
     return Pipeline(
