@@ -30,8 +30,8 @@ def main() -> None:
     from sdopt.bench.machine import fingerprint
     from sdopt.export.spec import dummy_inputs
     from sdopt.manifest import read_manifest
-    from sdopt.runtime.onnxruntime_ import OrtComponent
-    from sdopt.runtime.torch_ import FORWARDS, load_modules
+    from sdopt.runtime.onnxruntime import OrtComponent
+    from sdopt.runtime.torch import FORWARDS, load_modules
 
     manifest = read_manifest(args.model)
     only_unet = dataclasses.replace(manifest, components={"unet": manifest.components["unet"]})

@@ -130,17 +130,19 @@ def test_the_saved_weights_are_the_same_whichever_path_the_cpu_takes(nf4_artifac
 
 @needs_bnb
 def test_a_repacked_layer_is_never_saved(force_avx512bf16):
+    from sdopt.quant import get_quantizer
     from sdopt.quant.schemes import lookup
 
+    engine = get_quantizer("bnb").engine()
     module = torch.nn.Sequential(torch.nn.Linear(128, 64))
-    module = sdopt_bnb.quantize(module, lookup("bnb", "nf4", "cpu"), ["0"], "cpu")
+    module = engine.quantize(module, lookup("bnb", "nf4", "cpu"), ["0"], "cpu")
     layer = module.get_submodule("0")
-    tensors, _ = sdopt_bnb.serialize(module, lookup("bnb", "nf4", "cpu"))  # before a forward: the portable layout
+    tensors, _ = engine.serialize(module, lookup("bnb", "nf4", "cpu"))  # before a forward: the portable layout
     assert "0.weight.absmax" in tensors
     # What Linear4bit.forward does first on an AVX-512-BF16 CPU (Python, so it runs on any CPU):
     layer.weight.data, layer.weight.quant_state = bnb.functional._convert_weight_packed_for_cpu(layer.weight.data, layer.weight.quant_state)
     with pytest.raises(SdoptError, match="CPU-kernel layout"):
-        sdopt_bnb.serialize(module, lookup("bnb", "nf4", "cpu"))
+        engine.serialize(module, lookup("bnb", "nf4", "cpu"))
 
 
 # --- OpenVINO: the CPU plugin runs bf16 only where the CPU has AVX-512-BF16 or AMX --------------
@@ -152,7 +154,7 @@ def test_openvino_bf16_says_what_runs_on_the_other_kind_of_cpu(tiny_model, tmp_p
     ov = pytest.importorskip("openvino", reason="the openvino extra: pip install 'sdopt[openvino]'")
     import warnings
 
-    import sdopt.runtime.openvino_ as ov_runtime
+    import sdopt.runtime.openvino as ov_runtime
     from sdopt.export.run import export
     from sdopt.manifest import read_manifest
 

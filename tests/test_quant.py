@@ -114,7 +114,7 @@ _RELOAD = textwrap.dedent(
 
     reference, request, artifacts = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
     for backend in {a["backend"] for a in artifacts}:
-        get_quantizer(backend).implementation().quantize = refuse
+        get_quantizer(backend).implementation().quantize = refuse  # on the engine type
     def image(path):
         return np.asarray(sdopt.load(path).generate(GenerateRequest(**request)).images[0], dtype=float)
     ref = image(reference)
@@ -182,6 +182,30 @@ def test_artifact_stores_quantized_weights_and_says_what_it_is(quantized, tiny_m
     assert " via " in out and "(quantized at load)" not in out
 
 
+def test_manifest_records_what_each_quantizer_applied(quantized):
+    """The recipe is built from the objects that quantized (torchao's configs, bnb's recipe) or read back
+    from the quantized layers (quanto), never from a description kept beside them."""
+    for (backend, scheme), path in quantized.items():
+        q = json.loads((path / "sdopt.json").read_text())["components"]["unet"]["quantization"]
+        recipe = q["options"]
+        if backend == "torchao":
+            from sdopt.quant.torchao import configs
+
+            assert recipe == {t.__name__: repr(c) for t, c in configs(scheme).items()}
+            assert set(recipe) == set(q["layer_types"])
+        elif backend == "quanto":
+            from sdopt.quant.quanto import QTYPES
+
+            assert set(recipe) == set(q["layer_types"])
+            assert {g["weights"] for groups in recipe.values() for g in groups} == {QTYPES[scheme]}
+            if scheme == "int4":  # quanto groups 4-bit weights by 128, less where a layer is narrower
+                assert 128 in {g["group_size"] for g in recipe["Linear"]}
+        else:
+            assert recipe["modules"] == (["Linear8bitLt"] if scheme == "int8" else ["Conv2d4bit", "Linear4bit"])
+            assert recipe.get("quant_type") == ("nf4" if scheme == "nf4" else None)
+        assert q["library"].split()[0] in {"torchao", "optimum-quanto", "bitsandbytes"}
+
+
 def test_int4_unet_is_far_smaller(quantized, tiny_model):
     if ("quanto", "int4") not in quantized:
         pytest.skip("optimum-quanto not installed")
@@ -213,32 +237,41 @@ FAKE_ROWS = rows("fake", ("int8", "cpu", True, False, ("Linear",), "test double:
 FAKE_CALLS: list[int] = []
 
 
-def quantize(module, capability, layers, device):  # the fake's hooks: this test module is its implementation
-    import torch
+def _fake_engine_type():
+    from sdopt.quant.torch_weights import TorchWeights
 
-    FAKE_CALLS.append(len(layers))
-    with torch.no_grad():
-        for fqn in layers:
-            w = module.get_submodule(fqn).weight
-            w.copy_(torch.round(w * 64) / 64)
-    return module
+    class FakeWeights(TorchWeights):
+        def recipe(self, module, capability, layers):
+            return {"round_to": "1/64"}
 
+        def quantize(self, module, capability, layers, device):
+            import torch
 
-def quantize_components(source, manifest, out, plan):
-    from sdopt.quant import torch_common
+            FAKE_CALLS.append(len(layers))
+            with torch.no_grad():
+                for fqn in layers:
+                    w = module.get_submodule(fqn).weight
+                    w.copy_(torch.round(w * 64) / 64)
+            return module
 
-    return torch_common.quantize_components(source, manifest, out, plan, hooks=sys.modules[__name__])
+        def serialize(self, module, capability):
+            raise AssertionError("the fake's row says it cannot serialize")
+
+        deserialize = serialize
+
+    return FakeWeights
 
 
 def test_a_backend_that_cannot_serialize_stores_the_recipe_and_quantizes_at_load(tiny_model, tmp_path, monkeypatch, capsys):
-    fake = Quantizer(name="fake", module=__name__, extra="quant", requires=("torch",), accepts="torch", capabilities=FAKE_ROWS)
+    monkeypatch.setattr(sys.modules[__name__], "FakeWeights", _fake_engine_type(), raising=False)
+    fake = Quantizer(name="fake", module=f"{__name__}:FakeWeights", extra="quant", requires=("torch",), accepts="torch", capabilities=FAKE_ROWS)
     monkeypatch.setitem(QUANTIZERS, "fake", fake)
     FAKE_CALLS.clear()
     out = tmp_path / "recipe"
     assert main(["quantize", str(tiny_model), "--scheme", "int8", "--backend", "fake", "--components", "unet", "-o", str(out)]) == 0
     data = json.loads((out / "sdopt.json").read_text())
     q = data["components"]["unet"]["quantization"]
-    assert q["serialized"] is False and "weights" not in q
+    assert q["serialized"] is False and "weights" not in q and q["options"] == {"round_to": "1/64"}
     assert (out / "unet" / "diffusion_pytorch_model.safetensors").is_file()  # the original weights, as they were
     assert "(quantized at load)" in capsys.readouterr().out
     assert len(FAKE_CALLS) == 1

@@ -28,7 +28,7 @@ def option_flag(name: str) -> str:
 @dataclass(frozen=True, kw_only=True)
 class Plugin:
     name: str  # what the user types: --backend NAME, --to NAME, the manifest's backend
-    module: str  # the sdopt module that implements it, imported only when used
+    module: str  # the sdopt module that implements it ("module" or "module:Name"), imported only when used
     extra: str | None  # the pip extra that installs its libraries (None: the core install)
     requires: tuple[str, ...]  # importable modules it needs
     options: tuple[str, ...] = ()  # the options it takes; any other given is refused, never ignored
@@ -38,10 +38,13 @@ class Plugin:
     flag = "--backend"
 
     def implementation(self):
-        """The implementing module; a missing library raises an error naming the extra to install."""
+        """The implementing module, or the object ``module:Name`` names in it; a missing library
+        raises an error naming the extra to install."""
         for mod in self.requires:
             require(mod, self.extra or "all")
-        return importlib.import_module(self.module)
+        module_name, _, attribute = self.module.partition(":")
+        module = importlib.import_module(module_name)
+        return getattr(module, attribute) if attribute else module
 
     def missing(self) -> list[str]:
         """The required modules not installed here (found, not imported)."""

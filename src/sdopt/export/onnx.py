@@ -27,7 +27,7 @@ from sdopt.export.run import ExportedComponents, write_optimum_model_index
 from sdopt.export.spec import SPECS, ComponentSpec, check_inputs, trace_inputs
 from sdopt.export.tracing import PositionalComponent, torch_reference
 from sdopt.manifest import ComponentEntry, Manifest, files_in
-from sdopt.runtime.torch_ import load_modules
+from sdopt.runtime.torch import load_modules
 from sdopt.runtime.versions import library_versions
 
 DEFAULT_OPSET = 18
@@ -84,7 +84,7 @@ def _export_one(spec: ComponentSpec, module, model_info: dict, text_hidden: int,
 
 def _validate(spec: ComponentSpec, module, path: Path, model_info: dict, text_hidden: int, precision: str) -> dict[str, Any]:
     """Run the graph in ONNX Runtime at a shape other than the traced one, and compare with PyTorch fp32."""
-    from sdopt.runtime.onnxruntime_ import OrtComponent
+    from sdopt.runtime.onnxruntime import OrtComponent
 
     inputs = check_inputs(spec.name, model_info, text_hidden)
     reference = torch_reference(spec, module, inputs)

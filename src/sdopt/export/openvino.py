@@ -10,7 +10,7 @@ trace re-runs the model to check it, which doubled the conversion time.
 
 Each component is saved with dynamic batch and spatial axes; static shapes
 (--height/--width/--batch) are recorded in the manifest, and the runtime
-reshapes to them before compiling (runtime/openvino_.py). Weights are stored
+reshapes to them before compiling (runtime/openvino.py). Weights are stored
 fp32 for an fp32 artifact and fp16 for fp16/bf16 ones (OpenVINO converts them
 to the inference precision at compile time); the precision that runs is set by
 INFERENCE_PRECISION_HINT, and what the compiled model actually runs is asked of
@@ -37,8 +37,8 @@ from sdopt.export.spec import CHECK_LATENT, SPECS, ComponentSpec, check_inputs, 
 from sdopt.export.tracing import PositionalComponent, torch_reference
 from sdopt.manifest import ComponentEntry, Manifest, files_in
 from sdopt.request import MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE
-from sdopt.runtime.openvino_ import HINTS, MODEL_FILE, OpenVINOComponent, compile_config, device_facts, static_axes
-from sdopt.runtime.torch_ import load_modules
+from sdopt.runtime.openvino import HINTS, MODEL_FILE, OpenVINOComponent, compile_config, device_facts, static_axes
+from sdopt.runtime.torch import load_modules
 from sdopt.runtime.versions import library_versions
 
 # bf16 has 3 mantissa bits fewer than fp16: PyTorch bf16 moves the tiny model's outputs by up to

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from sdopt.export.spec import ComponentSpec
-from sdopt.runtime.torch_ import FORWARDS
+from sdopt.runtime.torch import FORWARDS
 
 
 class PositionalComponent(torch.nn.Module):

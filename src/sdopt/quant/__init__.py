@@ -1,25 +1,17 @@
-"""Weight quantizers: one module per backend, registered here with what each declares it can do.
+"""Weight quantizers, registered here with what each declares it can do.
 
-A quantizer module provides::
+A registration (``Quantizer``) is data: its capability rows
+(sdopt.quant.schemes.Capability: which schemes on which device, stored or
+not, on which layer types), its options, and the ``module:Class`` of its
+engine (sdopt.quant.engine.Engine), the code that does the work. The torch
+quantizers (torchao, quanto, bnb) share one engine type,
+sdopt.quant.torch_weights.TorchWeights, which also rebuilds their components
+when the torch runtime loads an artifact (it asks this registry for the
+engine named in the component's ``quantization`` record).
 
-    quantize_components(source: Path, manifest: Manifest, out: Path, plan: Plan) -> QuantizedComponents
-
-writing the files of the components in ``plan.components`` under ``out`` and
-returning their manifest entries (each with its ``quantization`` record).
-``sdopt.quant.run.quantize`` does everything around it: it checks the request
-against the capability table before any work, refuses sources that are
-already quantized, copies tokenizer, scheduler and the untouched components,
-writes the manifest, and renames the folder into place only when complete.
-
-The torch quantizers (torchao, quanto, bnb) share that function
-(sdopt.quant.torch_common) and provide three hooks on one torch module:
-``quantize``, ``serialize`` and ``deserialize``; the torch runtime loads their
-artifacts through sdopt.runtime.torch_quant.
-
-Adding a quantizer is one module and one ``register_quantizer`` call below,
-whose ``capabilities`` rows (sdopt.quant.schemes.Capability) say which schemes
-it supports on which device. This module and schemes.py import no torch and
-no quantization library: listing and validation stay cheap.
+Adding a quantizer is one module with an Engine subclass and one
+``register_quantizer`` call below. This module and schemes.py import no torch
+and no quantization library: listing and validation stay cheap.
 """
 
 from __future__ import annotations
@@ -37,6 +29,10 @@ class Quantizer(Plugin):
 
     accepts: str  # the artifact backend it quantizes: "torch", "openvino", ...
     capabilities: tuple[Capability, ...]
+
+    def engine(self):
+        """Its sdopt.quant.engine.Engine; a missing library raises an error naming the extra to install."""
+        return self.implementation()(self)
 
 
 @dataclass(frozen=True)
@@ -71,7 +67,7 @@ get_quantizer = QUANTIZERS.lookup
 register_quantizer(
     Quantizer(
         name="torchao",
-        module="sdopt.quant.torchao",
+        module="sdopt.quant.torchao:TorchaoWeights",
         extra="quant",
         requires=("torch", "torchao"),
         accepts="torch",
@@ -82,7 +78,7 @@ register_quantizer(
 register_quantizer(
     Quantizer(
         name="quanto",
-        module="sdopt.quant.quanto",
+        module="sdopt.quant.quanto:QuantoWeights",
         extra="quant",
         requires=("torch", "optimum.quanto"),
         accepts="torch",
@@ -93,7 +89,7 @@ register_quantizer(
 register_quantizer(
     Quantizer(
         name="bnb",
-        module="sdopt.quant.bnb",
+        module="sdopt.quant.bnb:BnbWeights",
         extra="quant",
         requires=("torch", "bitsandbytes"),
         accepts="torch",
@@ -105,7 +101,7 @@ _NOT_CUDA = "OpenVINO runs on Intel CPUs, GPUs and NPUs, not CUDA: for NVIDIA GP
 register_quantizer(
     Quantizer(
         name="nncf",
-        module="sdopt.quant.nncf",
+        module="sdopt.quant.nncf:NncfEngine",
         extra="openvino",
         requires=("openvino", "nncf"),
         accepts="openvino",
@@ -120,6 +116,7 @@ register_quantizer(
             ("int4", "cuda", False, False, (), _NOT_CUDA),
             ("nf4", "cuda", False, False, (), _NOT_CUDA),
             ("int8-static", "cuda", False, False, (), _NOT_CUDA),
+            calibrated=("int8-static",),
         ),
         description="NNCF on OpenVINO artifacts: weight compression (int8, int4, nf4) and int8 with calibrated activations",
     )

@@ -31,28 +31,34 @@ Which path is faster, and by how much: docs/quantization.md.
 from __future__ import annotations
 
 import logging
-import sys
-from pathlib import Path
+from dataclasses import asdict, dataclass
 
 import torch
 
 from sdopt.errors import SdoptError
-from sdopt.manifest import Manifest
-from sdopt.quant import Plan, QuantizedComponents
-from sdopt.quant import torch_common
 from sdopt.quant.schemes import Capability
-
-RECIPES = {
-    "int8": {"module": "Linear8bitLt", "has_fp16_weights": False, "threshold": 0.0},
-    "nf4": {"module": "Linear4bit, Conv2d4bit", "quant_type": "nf4", "blocksize": 64, "compress_statistics": True, "compute_dtype": "float32"},
-}
+from sdopt.quant.torch_weights import TorchWeights
 
 
-def quantize_components(source: Path, manifest: Manifest, out: Path, plan: Plan) -> QuantizedComponents:
-    return torch_common.quantize_components(source, manifest, out, plan, hooks=sys.modules[__name__])
+@dataclass(frozen=True)
+class Int8Recipe:
+    """LLM.int8 weights: ``Linear8bitLt`` with int8 weights (no fp16 copy) and no outlier decomposition."""
+
+    has_fp16_weights: bool = False
+    threshold: float = 0.0
 
 
-check_plan = torch_common.check_plan
+@dataclass(frozen=True)
+class Nf4Recipe:
+    """4-bit NormalFloat in blocks, with the block scales themselves quantized (nested statistics)."""
+
+    quant_type: str = "nf4"
+    blocksize: int = 64
+    compress_statistics: bool = True
+    compute_dtype: str = "float32"  # a torch dtype name
+
+
+INT8, NF4 = Int8Recipe(), Nf4Recipe()  # what quantize and deserialize build, and what the manifest records
 
 
 class Conv2d4bit(torch.nn.Conv2d):
@@ -97,8 +103,11 @@ def _empty_layer(scheme: str, old: torch.nn.Module) -> torch.nn.Module:
             )
         out_features, in_features = old.weight.shape
         if scheme == "int8":
-            return bnb.nn.Linear8bitLt(in_features, out_features, bias=bias, has_fp16_weights=False, threshold=0.0)
-        return bnb.nn.Linear4bit(in_features, out_features, bias=bias, compute_dtype=torch.float32, compress_statistics=True, quant_type="nf4")
+            return bnb.nn.Linear8bitLt(in_features, out_features, bias=bias, has_fp16_weights=INT8.has_fp16_weights, threshold=INT8.threshold)
+        return bnb.nn.Linear4bit(
+            in_features, out_features, bias=bias, compute_dtype=getattr(torch, NF4.compute_dtype),
+            compress_statistics=NF4.compress_statistics, quant_type=NF4.quant_type,
+        )
 
 
 # bitsandbytes' _convert_weight_packed_for_cpu groups output rows by 32 and reshapes the block
@@ -136,80 +145,84 @@ def _replace(root: torch.nn.Module, fqn: str, new: torch.nn.Module) -> None:
     setattr(root.get_submodule(parent_name) if parent_name else root, attr, new)
 
 
-def quantize(module: torch.nn.Module, capability: Capability, layers: list[str], device: str) -> torch.nn.Module:
-    import bitsandbytes as bnb
-
-    for fqn in layers:
-        old = module.get_submodule(fqn)
-        new = _empty_layer(capability.scheme, old)
-        if capability.scheme == "int8":
-            new.weight = bnb.nn.Int8Params(old.weight.data, requires_grad=False, has_fp16_weights=False)
-        else:
-            data = old.weight.data.flatten(1) if isinstance(new, Conv2d4bit) else old.weight.data
-            new.weight = bnb.nn.Params4bit(data, requires_grad=False, quant_type="nf4", compress_statistics=True, module=new)
-        if old.bias is not None:
-            new.bias = torch.nn.Parameter(old.bias.data, requires_grad=False)
-        _replace(module, fqn, new.to(device))  # bnb quantizes when a float weight moves to its device
-    choose_cpu_path(module, layers)
-    return module.to(device)
-
-
-def serialize(module: torch.nn.Module, capability: Capability) -> tuple[dict, dict[str, str]]:
-    import bitsandbytes as bnb
-
-    repacked = [n for n, m in module.named_modules() if isinstance(m, bnb.nn.Linear4bit) and getattr(m.weight.quant_state, "packing_format_for_cpu", False)]
-    if repacked:
-        # bitsandbytes' own state dict would unpack them, but lossily (it quantizes the block scales
-        # again, from bf16): sdopt saves before any forward, so this means a caller ran one first.
-        raise SdoptError(f"{len(repacked)} nf4 layer(s) ({', '.join(repacked[:3])}) hold bitsandbytes' CPU-kernel layout after a forward; quantize from the checkpoint again")
-    return dict(module.state_dict()), {"bnb_scheme": capability.scheme}
-
-
-def manifest_facts(module: torch.nn.Module, capability: Capability, layers: list[str]) -> dict:
-    """What the manifest records of this component beyond the recipe: the layers kept off the CPU kernel."""
-    if capability.scheme != "nf4":
-        return {}
-    return {
-        "cpu_kernel": "bitsandbytes' AVX-512-BF16 nf4 kernel (bf16 activations) where the CPU has it, else dequantize + fp32 matmul",
-        "portable_layers": portable_layers(module, layers),
-    }
-
-
 def _quiet_cast_warning(record: logging.LogRecord) -> bool:
     # bnb logs "inputs will be cast from float32 to float16" on every int8 matmul on the CPU (once per
     # layer per step): the fact is in the capability table; the repetition would drown the CLI's output.
     return "inputs will be cast" not in record.getMessage()
 
 
-def deserialize(skeleton: torch.nn.Module, tensors: dict, metadata: dict[str, str], capability: Capability, layers: list[str], device: str) -> torch.nn.Module:
-    import bitsandbytes as bnb
+class BnbWeights(TorchWeights):
+    def recipe(self, module: torch.nn.Module, capability: Capability, layers: list[str]) -> dict:
+        kinds = sorted({type(module.get_submodule(fqn)).__name__ for fqn in layers})
+        return {"modules": kinds, **asdict(INT8 if capability.scheme == "int8" else NF4)}
 
-    logging.getLogger("bitsandbytes.autograd._functions").addFilter(_quiet_cast_warning)  # added once
-    mine: set[str] = set()
-    for fqn in layers:
-        old = skeleton.get_submodule(fqn)
-        keys = {k for k in tensors if k.startswith(fqn + ".")}  # a Linear or Conv2d is a leaf: all of these are its own
-        weight = tensors.get(f"{fqn}.weight")
-        if weight is None:
-            raise SdoptError(f"the quantized weights lack {fqn}.weight: quantize the checkpoint again")
-        new = _empty_layer(capability.scheme, old)
-        if capability.scheme == "int8":
-            # Built on the device: Module.to() swaps a parameter's data but leaves Int8Params' CB and
-            # SCB attributes where they were, and the CUDA matmul then meets CPU scales (seen on an
-            # H100: "Expected a cuda device, but got: cpu").
-            weight = weight.to(device)
-            new.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False, CB=weight, SCB=tensors[f"{fqn}.SCB"].to(device))
-        else:
-            stats = {k[len(fqn) + len(".weight.") :]: tensors[k] for k in keys if k.startswith(f"{fqn}.weight.")}
-            new.weight = bnb.nn.Params4bit.from_prequantized(weight, stats, requires_grad=False, device=device, module=new)
-        if old.bias is not None:
-            new.bias = torch.nn.Parameter(tensors[f"{fqn}.bias"], requires_grad=False)
-        _replace(skeleton, fqn, new)
-        mine |= keys
-    if capability.scheme == "nf4":
-        choose_cpu_path(skeleton, layers)
-    rest = {k: v for k, v in tensors.items() if k not in mine}
-    result = skeleton.load_state_dict(rest, strict=False, assign=True)
-    if result.unexpected_keys:
-        raise SdoptError(f"the quantized weights hold tensors the model does not have ({', '.join(result.unexpected_keys[:3])}): quantize the checkpoint again")
-    return skeleton.to(device)
+    def quantize(self, module: torch.nn.Module, capability: Capability, layers: list[str], device: str) -> torch.nn.Module:
+        import bitsandbytes as bnb
+
+        for fqn in layers:
+            old = module.get_submodule(fqn)
+            new = _empty_layer(capability.scheme, old)
+            if capability.scheme == "int8":
+                new.weight = bnb.nn.Int8Params(old.weight.data, requires_grad=False, has_fp16_weights=INT8.has_fp16_weights)
+            else:
+                data = old.weight.data.flatten(1) if isinstance(new, Conv2d4bit) else old.weight.data
+                new.weight = bnb.nn.Params4bit(
+                    data, requires_grad=False, quant_type=NF4.quant_type, blocksize=NF4.blocksize, compress_statistics=NF4.compress_statistics, module=new
+                )
+            if old.bias is not None:
+                new.bias = torch.nn.Parameter(old.bias.data, requires_grad=False)
+            _replace(module, fqn, new.to(device))  # bnb quantizes when a float weight moves to its device
+        choose_cpu_path(module, layers)
+        return module.to(device)
+
+    def serialize(self, module: torch.nn.Module, capability: Capability) -> tuple[dict, dict[str, str]]:
+        import bitsandbytes as bnb
+
+        repacked = [n for n, m in module.named_modules() if isinstance(m, bnb.nn.Linear4bit) and getattr(m.weight.quant_state, "packing_format_for_cpu", False)]
+        if repacked:
+            # bitsandbytes' own state dict would unpack them, but lossily (it quantizes the block scales
+            # again, from bf16): sdopt saves before any forward, so this means a caller ran one first.
+            raise SdoptError(f"{len(repacked)} nf4 layer(s) ({', '.join(repacked[:3])}) hold bitsandbytes' CPU-kernel layout after a forward; quantize from the checkpoint again")
+        return dict(module.state_dict()), {"bnb_scheme": capability.scheme}
+
+    def manifest_facts(self, module: torch.nn.Module, capability: Capability, layers: list[str]) -> dict:
+        """What the manifest records of this component beyond the recipe: the layers kept off the CPU kernel."""
+        if capability.scheme != "nf4":
+            return {}
+        return {
+            "cpu_kernel": "bitsandbytes' AVX-512-BF16 nf4 kernel (bf16 activations) where the CPU has it, else dequantize + fp32 matmul",
+            "portable_layers": portable_layers(module, layers),
+        }
+
+    def deserialize(self, skeleton: torch.nn.Module, tensors: dict, metadata: dict[str, str], capability: Capability, layers: list[str], device: str) -> torch.nn.Module:
+        import bitsandbytes as bnb
+
+        logging.getLogger("bitsandbytes.autograd._functions").addFilter(_quiet_cast_warning)  # added once
+        mine: set[str] = set()
+        for fqn in layers:
+            old = skeleton.get_submodule(fqn)
+            keys = {k for k in tensors if k.startswith(fqn + ".")}  # a Linear or Conv2d is a leaf: all of these are its own
+            weight = tensors.get(f"{fqn}.weight")
+            if weight is None:
+                raise SdoptError(f"the quantized weights lack {fqn}.weight: quantize the checkpoint again")
+            new = _empty_layer(capability.scheme, old)
+            if capability.scheme == "int8":
+                # Built on the device: Module.to() swaps a parameter's data but leaves Int8Params' CB and
+                # SCB attributes where they were, and the CUDA matmul then meets CPU scales (seen on an
+                # H100: "Expected a cuda device, but got: cpu").
+                weight = weight.to(device)
+                new.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=INT8.has_fp16_weights, CB=weight, SCB=tensors[f"{fqn}.SCB"].to(device))
+            else:
+                stats = {k[len(fqn) + len(".weight.") :]: tensors[k] for k in keys if k.startswith(f"{fqn}.weight.")}
+                new.weight = bnb.nn.Params4bit.from_prequantized(weight, stats, requires_grad=False, device=device, module=new)
+            if old.bias is not None:
+                new.bias = torch.nn.Parameter(tensors[f"{fqn}.bias"], requires_grad=False)
+            _replace(skeleton, fqn, new)
+            mine |= keys
+        if capability.scheme == "nf4":
+            choose_cpu_path(skeleton, layers)
+        rest = {k: v for k, v in tensors.items() if k not in mine}
+        result = skeleton.load_state_dict(rest, strict=False, assign=True)
+        if result.unexpected_keys:
+            raise SdoptError(f"the quantized weights hold tensors the model does not have ({', '.join(result.unexpected_keys[:3])}): quantize the checkpoint again")
+        return skeleton.to(device)

@@ -31,7 +31,10 @@ import openvino as ov
 from sdopt.errors import SdoptError
 from sdopt.prompts import read_prompts
 from sdopt.manifest import ComponentEntry, Manifest, files_in
-from sdopt.runtime.openvino_ import MODEL_FILE, model_file
+from sdopt.quant import Plan, QuantizedComponents
+from sdopt.quant.engine import Engine
+from sdopt.quant.schemes import Capability
+from sdopt.runtime.openvino import MODEL_FILE, model_file
 
 # A small, varied prompt set: activation ranges depend more on the noise level (every step
 # is recorded) than on the words, so a few prompts cover the UNet's range.
@@ -90,7 +93,8 @@ def _calibration_prompts(value: str | Path | list[str] | tuple[str, ...]) -> tup
     return tuple(read_prompts(value, what="calibration prompt file" if isinstance(value, (str, Path)) else "calibration prompt"))
 
 
-def check_options(scheme: str, options: NncfOptions) -> None:
+def check_options(capability: Capability, options: NncfOptions) -> None:
+    scheme = capability.scheme
     weight_4bit = scheme in ("int4", "nf4")
     for flag, value in (("--group-size", options.group_size), ("--ratio", options.ratio)):
         if value is not None and not weight_4bit:
@@ -99,62 +103,58 @@ def check_options(scheme: str, options: NncfOptions) -> None:
         raise SdoptError(f"--group-size {options.group_size}: give a positive group size (128 is usual), or -1 for one scale per channel")
     if options.ratio is not None and not 0 < options.ratio <= 1:
         raise SdoptError(f"--ratio {options.ratio}: give the fraction of layers in 4 bits, 0 < ratio <= 1 (the rest int8)")
-    if options.calibration_prompts is not None and scheme != "int8-static":
+    if options.calibration_prompts is not None and not capability.calibrated:
         raise SdoptError(f"--calibration-prompts applies to int8-static only: {scheme} compresses weights without data")
 
 
-def check_plan(source: Path, manifest: Manifest, plan) -> None:
-    """Called by sdopt.quant.run before the output folder exists."""
-    check_options(plan.scheme, NncfOptions.from_plan(plan))
+class NncfEngine(Engine):
+    def check_plan(self, source: Path, manifest: Manifest, plan: Plan) -> None:
+        check_options(plan.capability, NncfOptions.from_plan(plan))
 
+    def quantize_components(self, source: Path, manifest: Manifest, out: Path, plan: Plan) -> QuantizedComponents:
+        import nncf
 
-# --- the quantizer hook (sdopt.quant.run calls it) ----------------------------------------
-def quantize_components(source: Path, manifest: Manifest, out: Path, plan) -> Any:
-    import nncf
-
-    from sdopt.quant import QuantizedComponents
-
-    options = NncfOptions.from_plan(plan)
-    core = ov.Core()
-    # Keep the source's weight storage for what stays float: fp16 unless the source is an fp32 artifact.
-    compress_to_fp16 = (manifest.export or {}).get("weights", "fp16") == "fp16"
-    calibration: list[dict[str, np.ndarray]] | None = None
-    entries, notes = {}, []
-    for name in plan.components:
-        entry = manifest.components[name]
-        model = core.read_model(source / model_file(entry.files, name))
-        if plan.scheme == "int8-static" and name == "unet":
-            if calibration is None:
-                calibration = record_unet_inputs(source, options.calibration_prompts or CALIBRATION_PROMPTS)
-            model, recipe = _quantize_static(nncf, model, calibration)
-            recipe["calibration"] = {
-                "prompts": len(options.calibration_prompts or CALIBRATION_PROMPTS),
-                "builtin_prompts": options.calibration_prompts is None,
-                "steps_per_prompt": CALIBRATION_STEPS,
-                "samples": len(calibration),
-            }
-        else:
-            # int8-static calibrates the UNet only; the others get int8 weights, and say so.
-            applied = "int8" if plan.scheme == "int8-static" else plan.scheme
-            model, recipe = _compress_weights(nncf, model, applied, options)
-        path = out / entry.folder / MODEL_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        ov.save_model(model, path, compress_to_fp16=compress_to_fp16)
-        del model
-        config = source / entry.folder / "config.json"
-        if config.is_file():
-            (out / entry.folder / "config.json").write_bytes(config.read_bytes())
-        entries[name] = ComponentEntry(
-            folder=entry.folder,
-            files=files_in(out / entry.folder, out, (".xml", ".bin", ".json")),
-            precision=entry.precision,
-            quantization={"scheme": recipe.pop("scheme"), "backend": "nncf", "serialized": True, **recipe},
-            inputs=entry.inputs,
-            outputs=entry.outputs,
-        )
-    if plan.scheme == "int8-static" and "unet" not in plan.components:
-        notes.append("int8-static calibrates the UNet's activations; without the UNet only weights were compressed (int8)")
-    return QuantizedComponents(components=entries, notes=notes)
+        options = NncfOptions.from_plan(plan)
+        core = ov.Core()
+        # Keep the source's weight storage for what stays float: fp16 unless the source is an fp32 artifact.
+        compress_to_fp16 = (manifest.export or {}).get("weights", "fp16") == "fp16"
+        calibration: list[dict[str, np.ndarray]] | None = None
+        entries, notes = {}, []
+        for name in plan.components:
+            entry = manifest.components[name]
+            model = core.read_model(source / model_file(entry.files, name))
+            if plan.capability.calibrated and name == "unet":
+                if calibration is None:
+                    calibration = record_unet_inputs(source, options.calibration_prompts or CALIBRATION_PROMPTS)
+                model, recipe = _quantize_static(nncf, model, calibration)
+                recipe["calibration"] = {
+                    "prompts": len(options.calibration_prompts or CALIBRATION_PROMPTS),
+                    "builtin_prompts": options.calibration_prompts is None,
+                    "steps_per_prompt": CALIBRATION_STEPS,
+                    "samples": len(calibration),
+                }
+            else:
+                # int8-static calibrates the UNet only; the others get int8 weights, and say so.
+                applied = "int8" if plan.scheme == "int8-static" else plan.scheme
+                model, recipe = _compress_weights(nncf, model, applied, options)
+            path = out / entry.folder / MODEL_FILE
+            path.parent.mkdir(parents=True, exist_ok=True)
+            ov.save_model(model, path, compress_to_fp16=compress_to_fp16)
+            del model
+            config = source / entry.folder / "config.json"
+            if config.is_file():
+                (out / entry.folder / "config.json").write_bytes(config.read_bytes())
+            entries[name] = ComponentEntry(
+                folder=entry.folder,
+                files=files_in(out / entry.folder, out, (".xml", ".bin", ".json")),
+                precision=entry.precision,
+                quantization={"scheme": recipe.pop("scheme"), "backend": "nncf", "serialized": True, **recipe},
+                inputs=entry.inputs,
+                outputs=entry.outputs,
+            )
+        if plan.scheme == "int8-static" and "unet" not in plan.components:
+            notes.append("int8-static calibrates the UNet's activations; without the UNet only weights were compressed (int8)")
+        return QuantizedComponents(components=entries, notes=notes)
 
 
 _WEIGHT_MODES = {"int8": "INT8_ASYM", "int4": "INT4_SYM", "nf4": "NF4"}

@@ -11,62 +11,57 @@ quantizing again.
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import torch
 
 from sdopt.errors import SdoptError
-from sdopt.manifest import Manifest
-from sdopt.quant import Plan, QuantizedComponents
-from sdopt.quant import torch_common
 from sdopt.quant.schemes import Capability
+from sdopt.quant.torch_weights import TorchWeights
 
 _QMAP_KEY = "quanto_qmap"
-_QTYPES = {"int8": "qint8", "int4": "qint4", "fp8": "qfloat8_e4m3fn"}
-# What each scheme applies, recorded in the manifest (quanto's defaults, which it does not expose).
-RECIPES = {
-    "int8": {"weights": "qint8", "axis": 0, "activations": None},
-    "int4": {"weights": "qint4", "axis": 0, "group_size": 128, "activations": None},
-    "fp8": {"weights": "qfloat8_e4m3fn", "axis": 0, "activations": None},
-}
+QTYPES = {"int8": "qint8", "int4": "qint4", "fp8": "qfloat8_e4m3fn"}
 
 
-def quantize_components(source: Path, manifest: Manifest, out: Path, plan: Plan) -> QuantizedComponents:
-    return torch_common.quantize_components(source, manifest, out, plan, hooks=sys.modules[__name__])
+class QuantoWeights(TorchWeights):
+    def recipe(self, module: torch.nn.Module, capability: Capability, layers: list[str]) -> dict:
+        # Read back from the quantized weights (quanto chooses the axis and the 4-bit group size
+        # itself and exposes neither as an option): per layer type, what every such layer holds.
+        seen: dict[str, set] = {}
+        for fqn in layers:
+            layer = module.get_submodule(fqn)
+            w = layer.weight
+            seen.setdefault(type(layer).__name__.removeprefix("Q"), set()).add((w.qtype.name, w.axis, getattr(w, "_group_size", None)))
+        return {
+            kind: [{"weights": q, "axis": axis, "group_size": group, "activations": None} for q, axis, group in sorted(found, key=str)]
+            for kind, found in seen.items()
+        }
 
+    def quantize(self, module: torch.nn.Module, capability: Capability, layers: list[str], device: str) -> torch.nn.Module:
+        from optimum.quanto import freeze
+        from optimum.quanto import quantize as quanto_quantize
 
-check_plan = torch_common.check_plan
+        module.to(device)
+        # include= takes fnmatch patterns; exact names (no wildcards in module names) select exactly these layers.
+        quanto_quantize(module, weights=QTYPES[capability.scheme], include=layers)
+        freeze(module)  # replace the float weights by their quantized form now, not at the first call
+        return module
 
+    def serialize(self, module: torch.nn.Module, capability: Capability) -> tuple[dict, dict[str, str]]:
+        from optimum.quanto import quantization_map
 
-def quantize(module: torch.nn.Module, capability: Capability, layers: list[str], device: str) -> torch.nn.Module:
-    from optimum.quanto import freeze
-    from optimum.quanto import quantize as quanto_quantize
+        return dict(module.state_dict()), {_QMAP_KEY: json.dumps(quantization_map(module))}
 
-    module.to(device)
-    # include= takes fnmatch patterns; exact names (no wildcards in module names) select exactly these layers.
-    quanto_quantize(module, weights=_QTYPES[capability.scheme], include=layers)
-    freeze(module)  # replace the float weights by their quantized form now, not at the first call
-    return module
+    def deserialize(self, skeleton: torch.nn.Module, tensors: dict, metadata: dict[str, str], capability: Capability, layers: list[str], device: str) -> torch.nn.Module:
+        from optimum.quanto import requantize
 
-
-def serialize(module: torch.nn.Module, capability: Capability) -> tuple[dict, dict[str, str]]:
-    from optimum.quanto import quantization_map
-
-    return dict(module.state_dict()), {_QMAP_KEY: json.dumps(quantization_map(module))}
-
-
-def deserialize(skeleton: torch.nn.Module, tensors: dict, metadata: dict[str, str], capability: Capability, layers: list[str], device: str) -> torch.nn.Module:
-    from optimum.quanto import requantize
-
-    qmap = json.loads(metadata[_QMAP_KEY])
-    requantize(skeleton, tensors, qmap, device=torch.device(device))
-    # requantize loads with strict=False and leaves uninitialised memory where a tensor is missing: check.
-    missing = sorted(set(skeleton.state_dict()) - set(tensors))
-    if missing:
-        raise SdoptError(f"the quantized weights lack {len(missing)} tensor(s) ({', '.join(missing[:3])}...): quantize the checkpoint again")
-    _guard_4bit_linears(skeleton)
-    return skeleton
+        qmap = json.loads(metadata[_QMAP_KEY])
+        requantize(skeleton, tensors, qmap, device=torch.device(device))
+        # requantize loads with strict=False and leaves uninitialised memory where a tensor is missing: check.
+        missing = sorted(set(skeleton.state_dict()) - set(tensors))
+        if missing:
+            raise SdoptError(f"the quantized weights lack {len(missing)} tensor(s) ({', '.join(missing[:3])}...): quantize the checkpoint again")
+        _guard_4bit_linears(skeleton)
+        return skeleton
 
 
 class OutsideInferenceMode(torch.nn.Module):

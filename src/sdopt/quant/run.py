@@ -63,12 +63,11 @@ def quantize(
         manifest.verify_files(source)
     quantizer.check_options(options or {}, QUANTIZERS)
     plan = Plan(quantizer, capability, select_components(manifest, components), tuple(exclude), device, dict(options or {}))
-    impl = quantizer.implementation()  # a missing library is named before the output folder exists
-    if hasattr(impl, "check_plan"):  # what needs the model's structure (--exclude patterns), still before writing
-        impl.check_plan(source, manifest, plan)
+    engine = quantizer.engine()  # a missing library is named before the output folder exists
+    engine.check_plan(source, manifest, plan)  # what needs the model (--exclude patterns), still before writing
 
     with atomic_output_dir(out, force=force, inputs=(source,)) as tmp:
-        result: QuantizedComponents = impl.quantize_components(source, manifest, tmp, plan)
+        result: QuantizedComponents = engine.quantize_components(source, manifest, tmp, plan)
         entries = {**copy_untouched(source, manifest, tmp, plan.components), **result.components}
         for name in (manifest.tokenizer, manifest.scheduler, "model_index.json"):
             copy_path(source / name, tmp / name)

@@ -47,6 +47,7 @@ class Capability:
     serialized: bool = False  # quantized weights are stored; False: the recipe is, and loading quantizes
     layers: tuple[str, ...] = ()  # torch.nn layer types it quantizes, by class name
     tested: bool = False  # exercised by this project's tests (CPU), not only declared
+    calibrated: bool = False  # needs data: activation ranges recorded while the source generates from prompts
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -65,15 +66,16 @@ RUN_ON_GPU = {
 }
 
 
-def rows(backend: str, *specs: tuple) -> tuple[Capability, ...]:
-    """Compact row declarations: (scheme, device, supported, serialized, layers, reason).
+def rows(backend: str, *specs: tuple, calibrated: tuple[str, ...] = ()) -> tuple[Capability, ...]:
+    """Compact row declarations: (scheme, device, supported, serialized, layers, reason); ``calibrated``
+    names the schemes that calibrate on prompts.
 
     CPU rows are marked tested: every supported CPU row runs in tests/test_quant.py.
     CUDA rows are marked tested when they ran on a GPU (RUN_ON_GPU).
     """
     return tuple(
         Capability(backend, scheme, device, supported, reason, serialized, tuple(layers),
-                   tested=device == "cpu" or (backend, scheme) in RUN_ON_GPU)
+                   tested=device == "cpu" or (backend, scheme) in RUN_ON_GPU, calibrated=scheme in calibrated)
         for scheme, device, supported, serialized, layers, reason in specs
     )
 

@@ -14,36 +14,15 @@ no pickles and no second quantization.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import torch
 
 from sdopt.errors import SdoptError
-from sdopt.manifest import Manifest
-from sdopt.quant import Plan, QuantizedComponents
-from sdopt.quant import torch_common
 from sdopt.quant.schemes import Capability
-
-RECIPES = {
-    "int8": {"Linear": "Int8WeightOnlyConfig(granularity=PerRow())", "Conv2d": "IntxWeightOnlyConfig(weight_dtype=int8, granularity=PerAxis(0))"},
-    "int8-dynamic": {
-        "Linear": "Int8DynamicActivationInt8WeightConfig(granularity=PerRow(), act_mapping_type=SYMMETRIC)",
-        "Conv2d": "IntxWeightOnlyConfig(weight_dtype=int8, granularity=PerAxis(0))",
-    },
-    "fp8": {"Linear": "Float8WeightOnlyConfig(weight_dtype=float8_e4m3fn, granularity=PerRow())"},
-}
+from sdopt.quant.torch_weights import TorchWeights
 
 
-def quantize_components(source: Path, manifest: Manifest, out: Path, plan: Plan) -> QuantizedComponents:
-    return torch_common.quantize_components(source, manifest, out, plan, hooks=sys.modules[__name__])
-
-
-check_plan = torch_common.check_plan
-
-
-def _configs(scheme: str) -> dict[type, object]:
-    """Layer type -> torchao config, for one scheme (RECIPES in code)."""
+def configs(scheme: str) -> dict[type, object]:
+    """Layer type -> the torchao config ``quantize_`` applies to it, for one scheme."""
     from torchao.quantization import (
         Float8WeightOnlyConfig,
         Int8DynamicActivationInt8WeightConfig,
@@ -62,31 +41,34 @@ def _configs(scheme: str) -> dict[type, object]:
     }[scheme]
 
 
-def quantize(module: torch.nn.Module, capability: Capability, layers: list[str], device: str) -> torch.nn.Module:
-    from torchao.quantization import quantize_
+class TorchaoWeights(TorchWeights):
+    def recipe(self, module: torch.nn.Module, capability: Capability, layers: list[str]) -> dict:
+        # The configs' own repr (every field, torchao's defaults included): what ran, not a description of it.
+        return {layer_type.__name__: repr(config) for layer_type, config in configs(capability.scheme).items()}
 
-    module.to(device)
-    chosen = set(layers)
-    for layer_type, config in _configs(capability.scheme).items():
-        quantize_(module, config, filter_fn=lambda m, fqn, t=layer_type: fqn in chosen and type(m) is t)
-    left = [n for n, m in module.named_modules() if n in chosen and type(m.weight) in (torch.Tensor, torch.nn.Parameter)]
-    if left:  # a layer type the table declares but no config above covers: a bug, said plainly
-        raise SdoptError(f"torchao left {len(left)} chosen layer(s) unquantized ({', '.join(left[:3])})")
-    return module
+    def quantize(self, module: torch.nn.Module, capability: Capability, layers: list[str], device: str) -> torch.nn.Module:
+        from torchao.quantization import quantize_
 
+        module.to(device)
+        chosen = set(layers)
+        for layer_type, config in configs(capability.scheme).items():
+            quantize_(module, config, filter_fn=lambda m, fqn, t=layer_type: fqn in chosen and type(m) is t)
+        left = [n for n, m in module.named_modules() if n in chosen and type(m.weight) in (torch.Tensor, torch.nn.Parameter)]
+        if left:  # a layer type the table declares but no config above covers: a bug, said plainly
+            raise SdoptError(f"torchao left {len(left)} chosen layer(s) unquantized ({', '.join(left[:3])})")
+        return module
 
-def serialize(module: torch.nn.Module, capability: Capability) -> tuple[dict, dict[str, str]]:
-    from torchao.prototype.safetensors.safetensors_support import flatten_tensor_state_dict
+    def serialize(self, module: torch.nn.Module, capability: Capability) -> tuple[dict, dict[str, str]]:
+        from torchao.prototype.safetensors.safetensors_support import flatten_tensor_state_dict
 
-    return flatten_tensor_state_dict(module.state_dict())
+        return flatten_tensor_state_dict(module.state_dict())
 
+    def deserialize(self, skeleton: torch.nn.Module, tensors: dict, metadata: dict[str, str], capability: Capability, layers: list[str], device: str) -> torch.nn.Module:
+        from torchao.prototype.safetensors.safetensors_support import unflatten_tensor_state_dict
 
-def deserialize(skeleton: torch.nn.Module, tensors: dict, metadata: dict[str, str], capability: Capability, layers: list[str], device: str) -> torch.nn.Module:
-    from torchao.prototype.safetensors.safetensors_support import unflatten_tensor_state_dict
-
-    state, leftover = unflatten_tensor_state_dict(tensors, metadata)
-    if leftover:
-        raise SdoptError(f"the quantized weights hold {len(leftover)} tensor(s) torchao does not describe ({', '.join(list(leftover)[:3])}): quantize the checkpoint again")
-    # assign=True puts the tensor subclasses themselves in place of the skeleton's meta parameters.
-    skeleton.load_state_dict(state, strict=True, assign=True)
-    return skeleton.to(device)
+        state, leftover = unflatten_tensor_state_dict(tensors, metadata)
+        if leftover:
+            raise SdoptError(f"the quantized weights hold {len(leftover)} tensor(s) torchao does not describe ({', '.join(list(leftover)[:3])}): quantize the checkpoint again")
+        # assign=True puts the tensor subclasses themselves in place of the skeleton's meta parameters.
+        skeleton.load_state_dict(state, strict=True, assign=True)
+        return skeleton.to(device)

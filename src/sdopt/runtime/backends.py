@@ -51,7 +51,7 @@ def device_kind(device: str) -> str:
 register_backend(
     Backend(
         name="torch",
-        module="sdopt.runtime.torch_",
+        module="sdopt.runtime.torch",
         extra=None,
         requires=("torch", "diffusers", "transformers"),
         precisions={"cpu": ("fp32", "bf16"), "cuda": ("fp32", "fp16", "bf16")},
@@ -63,7 +63,7 @@ register_backend(
 register_backend(
     Backend(
         name="onnxruntime",
-        module="sdopt.runtime.onnxruntime_",
+        module="sdopt.runtime.onnxruntime",
         extra="onnx",
         requires=("onnxruntime",),
         precisions={"cpu": ("fp32", "fp16", "mixed"), "cuda": ("fp32", "fp16", "mixed")},
@@ -72,11 +72,11 @@ register_backend(
 )
 
 # Device kinds are OpenVINO's, lower-cased ("openvino:NAME" passes any device string through);
-# what precision really runs is asked of each compiled model (runtime/openvino_.py).
+# what precision really runs is asked of each compiled model (runtime/openvino.py).
 register_backend(
     Backend(
         name="openvino",
-        module="sdopt.runtime.openvino_",
+        module="sdopt.runtime.openvino",
         extra="openvino",
         requires=("openvino",),
         precisions={

@@ -77,27 +77,60 @@ def _vae_encoder(m, sample):
 FORWARDS = {"text_encoder": _text_encoder, "unet": _unet, "vae_decoder": _vae_decoder, "vae_encoder": _vae_encoder}
 
 
-def load_modules(folder: Path, manifest: Manifest, dtype: torch.dtype, device: str = "cpu") -> dict[str, torch.nn.Module]:
-    """The Diffusers/Transformers modules of a torch artifact, one per component folder."""
+def module_class(name: str):
+    """The Diffusers/Transformers class of a component (vae_decoder and vae_encoder share AutoencoderKL)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
+
+    return {"text_encoder": CLIPTextModel, "unet": UNet2DConditionModel, "vae_decoder": AutoencoderKL, "vae_encoder": AutoencoderKL}[name]
+
+
+def _is_diffusers(cls) -> bool:
+    return hasattr(cls, "load_config")  # Diffusers' ConfigMixin; Transformers models read a config_class
+
+
+def load_pretrained(name: str, path: Path, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """One component's module with its weights, from its folder."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our CLI draws its own progress; a per-tensor bar is noise
+    cls = module_class(name)
+    dtype_arg = "torch_dtype" if _is_diffusers(cls) else "dtype"  # Transformers 5 renamed it
+    return cls.from_pretrained(path, use_safetensors=True, **{dtype_arg: dtype})
 
-    classes = {"text_encoder": CLIPTextModel, "unet": UNet2DConditionModel, "vae_decoder": AutoencoderKL, "vae_encoder": AutoencoderKL}
+
+def empty_module(name: str, path: Path) -> torch.nn.Module:
+    """The module's structure from its config.json, parameters on the meta device (no memory).
+
+    Buffers stay real (accelerate's default): they are not all in state dicts
+    (CLIP's position_ids is not persistent), so they must keep their values.
+    """
+    from accelerate import init_empty_weights
+
+    cls = module_class(name)
+    if _is_diffusers(cls):
+        config = cls.load_config(path)
+        with init_empty_weights():
+            return cls.from_config(config)
+    config = cls.config_class.from_pretrained(path)
+    with init_empty_weights():
+        return cls._from_config(config, dtype=torch.float32)
+
+
+def load_modules(folder: Path, manifest: Manifest, dtype: torch.dtype, device: str = "cpu") -> dict[str, torch.nn.Module]:
+    """The Diffusers/Transformers modules of a torch artifact, one per component folder."""
     by_folder: dict[str, torch.nn.Module] = {}
     modules = {}
     for name, entry in manifest.components.items():
-        if entry.folder not in by_folder and entry.quantization:
-            # Quantized weights (`sdopt quantize`): built by their quantizer, see runtime/torch_quant.py.
-            from sdopt.runtime.torch_quant import load_quantized
-
-            by_folder[entry.folder] = load_quantized(name, folder, entry, dtype, device)
         if entry.folder not in by_folder:  # vae_decoder and vae_encoder share one AutoencoderKL
-            by_folder[entry.folder] = classes[name].from_pretrained(
-                folder / entry.folder, torch_dtype=dtype, use_safetensors=True
-            )
+            if entry.quantization:
+                # Quantized weights (`sdopt quantize`): the quantizer that wrote them builds the module.
+                from sdopt.quant import get_quantizer
+
+                engine = get_quantizer(entry.quantization.get("backend", "?")).engine()
+                by_folder[entry.folder] = engine.load_component(name, folder, entry, dtype, device)
+            else:
+                by_folder[entry.folder] = load_pretrained(name, folder / entry.folder, dtype)
         modules[name] = by_folder[entry.folder]
     return modules
 
