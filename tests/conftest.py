@@ -57,6 +57,29 @@ def tiny_onnx_artifact(tiny_model, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session", autouse=True)
+def own_compiled_model_cache(tmp_path_factory):
+    """OpenVINO's compiled models go to a cache folder of the session's own, never the user's."""
+    old = os.environ.get("SDOPT_CACHE_DIR")
+    os.environ["SDOPT_CACHE_DIR"] = str(tmp_path_factory.mktemp("sdopt-cache"))
+    yield
+    if old is None:
+        os.environ.pop("SDOPT_CACHE_DIR", None)
+    else:
+        os.environ["SDOPT_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def tiny_ov(tiny_model, tmp_path_factory):
+    """The session's one OpenVINO fp32 export (dynamic shapes) of the tiny model: read, never changed."""
+    pytest.importorskip("openvino")
+    from sdopt.export.run import export
+
+    out = tmp_path_factory.mktemp("ov") / "tiny-ov"
+    export(tiny_model, "openvino", out)
+    return out
+
+
 @pytest.fixture(scope="session")
 def bench_report(tiny_model, tiny_onnx_artifact, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "report"

@@ -135,3 +135,36 @@ def test_cli_bench_bad_input(tiny_model, tmp_path, capsys):
     assert "unknown profile" in capsys.readouterr().err
     assert main(["bench", str(tiny_model), "--reference", str(tiny_model), "--seeds", "a,b", "-o", str(tmp_path / "o")]) == 2
     assert "give integers" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_profile_is_built_from_one_checkpoint_and_benched(tiny_model, tmp_path, capsys):
+    """`sdopt bench --build-from`: the profile's list built (one it cannot build named and left out,
+    exit 1), benched against its reference; a second run reuses what the first built."""
+    pytest.importorskip("torchao")
+    from sdopt.cli import main
+
+    profile = tmp_path / "tiny-cpu.toml"
+    profile.write_text(
+        'name = "tiny-cpu"\ndescription = "test"\ndevice = "cpu"\nprecisions = ["fp32", "int8"]\nbackends = ["torch"]\n'
+        '[bench]\nsteps = 2\nheight = 64\nwidth = 64\nwarmup = 0\nruns = 1\nseeds = [0]\n'
+        '[[artifacts]]\nname = "torch-fp32"\nreference = true\n'
+        '[[artifacts]]\nname = "torch-int8"\nquantize = "int8"\nbackend = "torchao"\n'
+        '[[artifacts]]\nname = "torch-nf4-torchao"\nquantize = "nf4"\nbackend = "torchao"\n'
+    )
+    work, args = tmp_path / "work", ["bench", "--profile", str(profile), "--build-from", str(tiny_model), "-q"]
+    assert main([*args, "--work", str(work), "-o", str(tmp_path / "r1")]) == 1
+    err = capsys.readouterr().err
+    assert "not built: torch-nf4-torchao: --backend torchao --scheme nf4 on cpu is not supported" in err
+    report = json.loads((tmp_path / "r1" / "report.json").read_text())
+    assert [a["name"] for a in report["artifacts"]] == ["tiny", "torch-int8"] and report["profile"] == "tiny-cpu"
+    assert all(a["status"] == "ok" for a in report["artifacts"])
+    from sdopt.bench.build import build_profile_artifacts
+
+    built = (work / "torch-int8" / "sdopt.json").stat().st_mtime_ns
+    again = build_profile_artifacts(load_profile(str(profile)), tiny_model, work, 64, 64, "cpu", only=["torch-int8"])
+    assert again.others == [str(work / "torch-int8")] and again.reference == str(tiny_model) and not again.not_built
+    assert (work / "torch-int8" / "sdopt.json").stat().st_mtime_ns == built  # reused, not rebuilt
+    assert main([*args, "--work", str(work), "--only", "nope", "-o", str(tmp_path / "r3")]) == 2
+    assert "--only nope: profile tiny-cpu lists torch-fp32, torch-int8, torch-nf4-torchao" in capsys.readouterr().err
+    assert main(["bench", str(tiny_model), "--build-from", str(tiny_model), "-o", str(tmp_path / "r4")]) == 2

@@ -59,34 +59,6 @@ def test_manifest_records_parity_within_tolerance(tiny_onnx):
     assert m.export["opset"] == 18
 
 
-def test_onnx_image_matches_torch_fp32(tiny_onnx, tiny_pipeline):
-    request = GenerateRequest(**SMALL, scheduler="euler", num_images=2)
-    ours = sdopt.load(tiny_onnx).generate(request)
-    ref = tiny_pipeline.generate(request)
-    values = [psnr(a, b) for a, b in zip(ref.images, ours.images)]
-    print(f"ONNX fp32 vs torch fp32 PSNR: {', '.join(f'{v:.1f}' for v in values)} dB")
-    assert min(values) >= 40
-
-
-def test_image_size_whose_latent_is_odd_runs_and_agrees(tiny_onnx, tiny_pipeline):
-    # 600 x 72 px -> latent 75 x 9: neither a multiple of the UNet's down factor. A graph traced
-    # at a multiple of 8 fails here with mismatched Concat dimensions (see export/spec.py).
-    request = GenerateRequest(**{**SMALL, "height": 600, "width": 72, "steps": 2})
-    value = psnr(tiny_pipeline.generate(request).images[0], sdopt.load(tiny_onnx).generate(request).images[0])
-    print(f"ONNX fp32 vs torch fp32 PSNR at 600x72: {value:.1f} dB")
-    assert value >= 40
-
-
-def test_folder_without_manifest_is_read_as_an_optimum_export(tiny_onnx, tmp_path):
-    plain = tmp_path / "optimum-like"
-    shutil.copytree(tiny_onnx, plain)
-    (plain / MANIFEST_NAME).unlink()
-    m = read_manifest(plain)
-    assert m.inferred and m.backend == "onnxruntime" and "Optimum" in m.notes[0]
-    result = sdopt.load(plain).generate(GenerateRequest(**{**SMALL, "steps": 2}))
-    assert np.isfinite(result.latents).all()
-
-
 def test_onnx_artifact_cannot_change_precision_at_load(tiny_onnx):
     with pytest.raises(SdoptError, match="Export it again with --precision bf16"):
         sdopt.load(tiny_onnx, precision="bf16")

@@ -104,11 +104,27 @@ def _bench(args: argparse.Namespace) -> int:
         scheduler=args.scheduler,
         device=args.device,
     )
-    run_bench(args.artifacts, args.reference, args.output, settings, profile=profile, timeout=args.timeout, progress=not args.quiet)
+    artifacts, reference, not_built = args.artifacts, args.reference, {}
+    if args.build_from:
+        from sdopt.bench.build import build_profile_artifacts
+
+        if profile is None or args.work is None or artifacts or reference:
+            raise SdoptError("--build-from MODEL builds the artifacts a profile lists: give --profile and --work, and no artifacts or --reference")
+        only = [n for n in args.only.split(",") if n] if args.only else None
+        say = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr))
+        built = build_profile_artifacts(profile, args.build_from, args.work, settings.height, settings.width, settings.device, only, say)
+        artifacts, reference, not_built = built.others, built.reference, built.not_built
+    elif args.work or args.only:
+        raise SdoptError("--work and --only go with --build-from MODEL (building a profile's artifacts)")
+    elif not artifacts or not reference:
+        raise SdoptError("give the artifacts to measure and --reference (or --profile NAME --build-from MODEL --work DIR)")
+    run_bench(artifacts, reference, args.output, settings, profile=profile, timeout=args.timeout, progress=not args.quiet)
     out = Path(args.output)
     print((out / "report.md").read_text())
     print(f"report: {(out / 'report.html').resolve()}")
-    return 0
+    for name, why in not_built.items():
+        print(f"not built: {name}: {why}", file=sys.stderr)
+    return 1 if not_built else 0
 
 
 def _gate(args: argparse.Namespace) -> int:
@@ -270,9 +286,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="print the backend x scheme x device capability table and exit")
     p.set_defaults(func=_quantize)
 
-    p = sub.add_parser("bench", help="measure artifacts side by side: latency per stage, memory, size, quality vs a reference")
-    p.add_argument("artifacts", nargs="+", help="artifact folders; PATH@bf16 runs a torch artifact in another precision")
-    p.add_argument("--reference", required=True, help="the artifact whose images count as correct (usually the fp32 checkpoint)")
+    p = sub.add_parser(
+        "bench",
+        help="measure artifacts side by side: latency per stage, memory, size, quality vs a reference",
+        description="Measure artifacts side by side. Either name them (ARTIFACT... --reference REF), or let a "
+        "profile's [[artifacts]] list be built from one checkpoint (--profile NAME --build-from MODEL --work DIR); "
+        "then exit 1 if one could not be built here (the report has the others).",
+    )
+    p.add_argument("artifacts", nargs="*", help="artifact folders; PATH@bf16 runs a torch artifact in another precision")
+    p.add_argument("--reference", help="the artifact whose images count as correct (usually the fp32 checkpoint)")
+    p.add_argument("--build-from", metavar="MODEL", help="build the profile's artifacts from this checkpoint (reused when already under --work)")
+    p.add_argument("--work", help="with --build-from: where the built artifacts are kept")
+    p.add_argument("--only", help="with --build-from: comma-separated artifact names of the profile (the reference always runs)")
     p.add_argument("--profile", help="hardware profile name (sdopt's own, or ./profiles/NAME.toml) or a .toml file")
     p.add_argument("--prompts", help="file with one prompt per line")
     p.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2")

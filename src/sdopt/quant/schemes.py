@@ -55,7 +55,7 @@ class Capability:
 
 
 # CUDA rows that quantized, loaded and generated on an NVIDIA H100 (torch 2.11.0+cu130) with
-# bench/cuda_roundtrip.py on 2026-11-26, PSNR vs fp32 on the same GPU as on the CPU (the log:
+# measure/cuda_roundtrip.py on 2026-11-26, PSNR vs fp32 on the same GPU as on the CPU (the log:
 # docs/measurements/cuda_h100_roundtrip.txt). CI has no GPU: rerun that script on one after
 # changing a quantizer. bnb int8 failed there (CPU scales after a move to the GPU); it is fixed
 # since but not rerun on a GPU, so it stays declared only.

@@ -13,7 +13,7 @@ the script says so and exits.
 
     sdopt init-model sd15 /tmp/sd15
     sdopt quantize /tmp/sd15 --scheme nf4 --backend bnb -o /tmp/sd15-nf4
-    .venv/bin/python bench/bnb_cpu_kernel_sd15.py --fp32 /tmp/sd15 --nf4 /tmp/sd15-nf4 --out docs/measurements/bnb_cpu_kernel_sd15.json
+    .venv/bin/python measure/bnb_cpu_kernel_sd15.py --fp32 /tmp/sd15 --nf4 /tmp/sd15-nf4 --out docs/measurements/bnb_cpu_kernel_sd15.json
 """
 
 from __future__ import annotations

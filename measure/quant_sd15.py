@@ -1,6 +1,6 @@
 """Quantized sd15 vs fp32 on this machine: UNet bytes on disk, peak memory and speed, in one run.
 
-    .venv/bin/python bench/quant_sd15.py --model /tmp/sd15 --work /tmp/sd15-quant --out reports/quant-sd15.json
+    .venv/bin/python measure/quant_sd15.py --model /tmp/sd15 --work /tmp/sd15-quant --out reports/quant-sd15.json
 
 For every CPU-supported (backend, scheme) row of the capability table (or
 those given with --variants backend:scheme,...) it quantizes the model with

@@ -1,7 +1,7 @@
 """sd15 UNet, batch 2 (classifier-free guidance), 32x32 latent (256x256 images):
 ONNX Runtime fp32 vs PyTorch eager fp32, interleaved in one process, as a ratio.
 
-    python bench/onnx_unet_sd15.py MODEL_DIR ONNX_ARTIFACT [--runs 5]
+    python measure/onnx_unet_sd15.py MODEL_DIR ONNX_ARTIFACT [--runs 5]
 
 MODEL_DIR: `sdopt init-model sd15 ...`; ONNX_ARTIFACT: `sdopt export MODEL_DIR --to onnx ...`.
 """

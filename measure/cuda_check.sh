@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Every CUDA check in one go, for a GPU machine that has torch (CUDA build) but maybe not our libraries.
 #
-#   bash bench/cuda_check.sh [OUT]        # OUT defaults to $OUT, else /tmp/cuda-check
+#   bash measure/cuda_check.sh [OUT]        # OUT defaults to $OUT, else /tmp/cuda-check
 #
 # 1. the tiny model: every CUDA row of the quantization capability table that
 #    quantizes torch artifacts is quantized for --device cuda, loaded there and
-#    run, with torch fp16 and bf16, against fp32 on CUDA (bench/cuda_roundtrip.py);
+#    run, with torch fp16 and bf16, against fp32 on CUDA (measure/cuda_roundtrip.py);
 # 2. `sdopt bench` on CUDA for a few of them: each artifact reloads in its own
 #    worker process, and the report holds PSNR, latency per stage and the CUDA
 #    allocator peak;
@@ -47,7 +47,7 @@ step "init the tiny model"
 "${SDOPT[@]}" init-model tiny "$WORK/tiny" --seed 0 >/dev/null || { echo "init-model failed"; exit 1; }
 
 step "quantize, load and generate: every $DEVICE row of the capability table (one process)"
-timeout 240 python3 bench/cuda_roundtrip.py "$WORK/tiny" "$WORK/q" --device "$DEVICE" | tee "$OUT/rows.txt"
+timeout 240 python3 measure/cuda_roundtrip.py "$WORK/tiny" "$WORK/q" --device "$DEVICE" | tee "$OUT/rows.txt"
 echo "roundtrip rc=${PIPESTATUS[0]}"
 
 step "bench on $DEVICE: a few artifacts against torch fp32 (a worker process each)"
@@ -61,7 +61,7 @@ left=$((BUDGET_SECONDS - (SECONDS - START)))
 if [ "$DEVICE" = cuda ] && [ $left -ge "$SD15_MIN_SECONDS" ]; then
     step "sd15 on the cuda-h100 profile, torch artifacts ($left s left)"
     "${SDOPT[@]}" init-model sd15 "$WORK/sd15" >/dev/null && \
-    timeout $((left - 20)) python3 bench/run_profile.py --profile cuda-h100 --model "$WORK/sd15" --work "$WORK/sd15-art" \
+    timeout $((left - 20)) "${SDOPT[@]}" bench --profile cuda-h100 --build-from "$WORK/sd15" --work "$WORK/sd15-art" \
         -o "$OUT/sd15" --only torch-fp16,torch-bf16,torch-int8 --seeds 0 --runs 3
     echo "sd15 rc=$?"
     pack

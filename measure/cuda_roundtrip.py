@@ -1,6 +1,6 @@
 """Every quantization row the capability table declares for a device, quantized, loaded and run there, in one process.
 
-    python bench/cuda_roundtrip.py MODEL WORK [--device cuda]
+    python measure/cuda_roundtrip.py MODEL WORK [--device cuda]
 
 For each supported (backend, scheme) row of --device that quantizes torch
 artifacts: quantize MODEL for the device, load the artifact on it, generate

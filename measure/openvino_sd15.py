@@ -13,7 +13,7 @@ Calls are interleaved round by round (one call of each variant per round), so a 
 load from other processes on a shared machine hits every variant alike; the medians are
 compared only within this run.
 
-    .venv/bin/python bench/openvino_sd15.py [--model /tmp/sd15] [--work DIR] [--rounds 5] [--reuse]
+    .venv/bin/python measure/openvino_sd15.py [--model /tmp/sd15] [--work DIR] [--rounds 5] [--reuse]
 """
 
 from __future__ import annotations

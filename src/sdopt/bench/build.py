@@ -1,0 +1,94 @@
+"""Build the artifacts a hardware profile lists, from one checkpoint, for one bench run.
+
+``sdopt bench --profile NAME --build-from MODEL --work DIR`` calls this, then
+benches what it built against the profile's reference. Each ``[[artifacts]]``
+entry of the profile is one of:
+
+- the checkpoint itself, optionally in another precision (``backend = "torch"``,
+  ``precision``); ``reference = true`` marks the one whose images count as correct;
+- an export (``export = "onnx"``, ``precision``, ``options``; ``static = true``
+  builds it at the bench's height and width, batch 1);
+- a quantization (``quantize = "int8"``, optional ``backend``), of the
+  checkpoint or, with ``from = "NAME"``, of an artifact listed before it (an
+  OpenVINO export for ``backend = "nncf"``).
+
+Artifacts already under the work folder are reused (delete them to rebuild).
+One that cannot be built here (a missing backend, an unsupported scheme) is
+reported and left out; the others are still measured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from sdopt.bench.profiles import HardwareProfile
+from sdopt.errors import SdoptError
+
+
+@dataclass
+class ProfileArtifacts:
+    reference: str  # a path, or PATH@precision
+    others: list[str] = field(default_factory=list)
+    not_built: dict[str, str] = field(default_factory=dict)  # name -> why
+
+
+def build_one(spec: dict[str, Any], model: Path, work: Path, height: int, width: int, device: str, built: dict[str, str]) -> str:
+    """The path (or PATH@precision) that benches one profile artifact, building it if needed."""
+    if "export" not in spec and "quantize" not in spec:
+        precision = spec.get("precision", "fp32")
+        return str(model) if precision == "fp32" else f"{model}@{precision}"
+    out = work / spec["name"]
+    if (out / "sdopt.json").is_file():
+        return str(out)
+    if "export" in spec:
+        from sdopt.export.run import export
+
+        options = dict(spec.get("options", {}))
+        if spec.get("static"):
+            options.update(height=height, width=width, batch=1)
+        export(model, spec["export"], out, precision=spec.get("precision", "fp32"), **options)
+    else:
+        from sdopt.quant.run import quantize
+
+        if spec.get("from") and spec["from"] not in built:
+            raise SdoptError(f"{spec['name']} quantizes {spec['from']}, which was not built (list it before, and check it built)")
+        source = Path(built[spec["from"]]) if spec.get("from") else model
+        quantize(source, spec["quantize"], out, backend=spec.get("backend"), device=device)
+    return str(out)
+
+
+def build_profile_artifacts(
+    profile: HardwareProfile,
+    model: str | Path,
+    work: str | Path,
+    height: int,
+    width: int,
+    device: str,
+    only: list[str] | None = None,
+    say: Callable[[str], None] = lambda line: None,
+) -> ProfileArtifacts:
+    specs = profile.artifacts
+    if only:
+        unknown = sorted(set(only) - {s["name"] for s in specs})
+        if unknown:
+            raise SdoptError(f"--only {', '.join(unknown)}: profile {profile.name} lists {', '.join(s['name'] for s in specs)}")
+        specs = [s for s in specs if s["name"] in only or s.get("reference")]  # the reference always runs
+    reference = next((s for s in specs if s.get("reference")), None)
+    if reference is None:
+        raise SdoptError(f"profile {profile.name} marks no artifact as reference = true: add it to one [[artifacts]] entry")
+    model, work = Path(model), Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, str] = {}
+    not_built: dict[str, str] = {}
+    for spec in specs:
+        say(f"== {spec['name']}")
+        try:
+            paths[spec["name"]] = build_one(spec, model, work, height, width, device, paths)
+        except SdoptError as exc:
+            if spec is reference:
+                raise SdoptError(f"the reference {spec['name']} cannot be built: {exc}") from None
+            not_built[spec["name"]] = str(exc)
+            say(f"   not built: {exc}")
+    return ProfileArtifacts(paths[reference["name"]], [p for n, p in paths.items() if n != reference["name"]], not_built)
