@@ -7,8 +7,6 @@ agree with torch's, and how an Optimum Intel folder reads: test_backends_agree.p
 
 import contextlib
 import json
-import os
-import shutil
 
 import numpy as np
 import pytest
@@ -19,7 +17,7 @@ import sdopt  # noqa: E402
 from sdopt import GenerateRequest, SdoptError  # noqa: E402
 from sdopt.cli import main  # noqa: E402
 from sdopt.export.run import export  # noqa: E402
-from sdopt.manifest import MANIFEST_NAME, read_manifest  # noqa: E402
+from sdopt.manifest import read_manifest  # noqa: E402
 
 from conftest import SMALL  # noqa: E402
 from imaging import psnr  # noqa: E402
