@@ -47,14 +47,19 @@ SMALL = dict(prompt="a red fox in the snow", seed=7, steps=4, height=64, width=6
 BENCH_SETTINGS = dict(prompts=["a lighthouse at dawn"], seeds=[0, 1], steps=2, height=64, width=64, warmup=1, runs=2, scheduler="euler")
 
 
-@pytest.fixture(scope="session")
-def tiny_onnx_artifact(tiny_model, tmp_path_factory):
-    pytest.importorskip("onnxruntime")
+def _session_export(tiny_model, tmp_path_factory, target: str, library: str):
+    """One export of the tiny model for the whole session (fp32, dynamic shapes): read, never changed."""
+    pytest.importorskip(library)
     from sdopt.export.run import export
 
-    out = tmp_path_factory.mktemp("bench-onnx") / "tiny-onnx"
-    export(tiny_model, "onnx", out)
+    out = tmp_path_factory.mktemp(target) / f"tiny-{target}"
+    export(tiny_model, target, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_artifact(tiny_model, tmp_path_factory):
+    return _session_export(tiny_model, tmp_path_factory, "onnx", "onnxruntime")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -71,13 +76,7 @@ def own_compiled_model_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_ov(tiny_model, tmp_path_factory):
-    """The session's one OpenVINO fp32 export (dynamic shapes) of the tiny model: read, never changed."""
-    pytest.importorskip("openvino")
-    from sdopt.export.run import export
-
-    out = tmp_path_factory.mktemp("ov") / "tiny-ov"
-    export(tiny_model, "openvino", out)
-    return out
+    return _session_export(tiny_model, tmp_path_factory, "openvino", "openvino")
 
 
 @pytest.fixture(scope="session")
