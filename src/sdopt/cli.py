@@ -46,6 +46,15 @@ def _clean(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_shapes(args: argparse.Namespace) -> int:
+    from sdopt.shapes.train import TrainSettings, train_shapes
+
+    changes = {k: getattr(args, k) for k in ("seed", "vae_steps", "unet_steps", "images") if getattr(args, k) is not None}
+    out = train_shapes(args.out, TrainSettings(**changes), progress=not args.quiet, force=args.force)
+    print(f"trained: {out} (loss curves and timings in {out / 'training'})")
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     from sdopt.export.run import export
     from sdopt.inspect_artifact import describe, format_description
@@ -103,6 +112,7 @@ def _bench(args: argparse.Namespace) -> int:
         max_seconds=args.max_seconds,
         scheduler=args.scheduler,
         device=args.device,
+        judge=args.judge,
     )
     artifacts, reference, not_built = args.artifacts, args.reference, {}
     if args.build_from:
@@ -238,12 +248,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sdopt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("init-model", help="write a synthetic Diffusers checkpoint (real architecture, random weights)")
+    p = sub.add_parser("init-model", help="write a zoo checkpoint: real architecture, random weights (tiny, sd15) or sdopt's trained shapes model")
     p.add_argument("name", choices=sorted(MODELS), help="; ".join(f"{k}: {m.description}" for k, m in MODELS.items()))
     p.add_argument("out", help="output folder (must not exist)")
     p.add_argument("--seed", type=int, default=0, help="weights seed; the same seed gives identical files (default 0)")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=_init_model)
+
+    p = sub.add_parser("train-shapes", help="train the shapes model (what `init-model shapes` installs) from sdopt's shapes dataset, on this machine")
+    p.add_argument("out", help="output folder (must not exist)")
+    p.add_argument("--seed", type=int, help="the same seed and settings give the same weights on the same machine (default 0)")
+    p.add_argument("--vae-steps", type=int, help="VAE training steps (default: the shipped model's)")
+    p.add_argument("--unet-steps", type=int, help="UNet and text encoder training steps (default: the shipped model's)")
+    p.add_argument("--images", type=int, help="training pictures rendered (default: the shipped model's)")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--quiet", "-q", action="store_true")
+    p.set_defaults(func=_train_shapes)
 
     p = sub.add_parser("inspect", help="show what an artifact is: backend, precision, components, parity, fingerprint")
     p.add_argument("artifact", help="artifact folder or Diffusers model folder")
@@ -309,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, help="measured passes over all prompts and seeds")
     p.add_argument("--max-seconds", type=float, default=None, help="per-artifact time budget: no more warm-ups or measured passes once spent (at least one pass runs, the first generate itself when it alone outlasts the budget and covers every prompt and seed; the report says so)")
     p.add_argument("--device", help="default: the profile's, else cpu")
+    p.add_argument("--judge", help="prompt adherence judge: auto (classical when every prompt is a shapes caption, else none; default), none, classical, "
+                   "openai (a VLM behind an OpenAI-compatible API: SDOPT_JUDGE_URL, SDOPT_JUDGE_MODEL, SDOPT_JUDGE_API_KEY), "
+                   "transformers (a local VLM folder in SDOPT_JUDGE_MODEL); docs/judges.md")
     p.add_argument("--timeout", type=float, default=None, help="seconds an artifact may take before it is recorded as failed")
     p.add_argument("--quiet", "-q", action="store_true")
     p.add_argument("-o", "--output", required=True, help="report folder")

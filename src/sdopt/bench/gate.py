@@ -158,6 +158,8 @@ def metric_value(metric: str, artifact: dict, report: dict) -> Any:
         return artifact.get("peak_memory_bytes")
     if metric == "size":
         return artifact.get("size_bytes")
+    if metric == "adherence":
+        return _get(artifact, "adherence.mean")
     return _get(artifact, metric)  # quality.*
 
 

@@ -125,12 +125,14 @@ def _image_grid(report: dict, out: Path) -> str:
         ref_img = np.asarray(Image.open(out / ref["work_dir"] / ref["samples"][sample_index]["image"]).convert("RGB")) if ref else None
         cells = []
         for a in artifacts:
-            img = np.asarray(Image.open(out / a["work_dir"] / a["samples"][sample_index]["image"]).convert("RGB"))
+            this = a["samples"][sample_index]
+            img = np.asarray(Image.open(out / a["work_dir"] / this["image"]).convert("RGB"))
+            score = f" · adherence {this['adherence']:.2f}" if this.get("adherence") is not None else ""
             heat = _diff_heatmap(ref_img, img) if ref_img is not None and a is not ref else None
             cells.append(
                 f"<figure><img src='{_image_uri(img)}' alt='{html.escape(a['name'])}'>"
                 + (f"<img src='{_image_uri(heat)}' alt='difference'>" if heat is not None else "<div class='ref'>reference</div>")
-                + f"<figcaption>{html.escape(a['name'])}</figcaption></figure>"
+                + f"<figcaption>{html.escape(a['name'])}{score}</figcaption></figure>"
             )
         parts.append(f"<h3>{title}</h3><div class='grid'>{''.join(cells)}</div>")
     return "\n".join(parts)
@@ -154,13 +156,13 @@ def render_html(report: dict, out: Path) -> str:
 
     matplotlib.use("Agg")
     rows = flat_rows(report)
-    header = ["artifact", "backend", "precision", "status", "latency median (ms)", "p90 (ms)", "speed-up", "UNet step (ms)", "peak mem (MiB)", "size (MiB)", "PSNR (dB)", "SSIM", "latent cos", "GFLOP/s", "of peak"]
+    header = ["artifact", "backend", "precision", "status", "latency median (ms)", "p90 (ms)", "speed-up", "UNet step (ms)", "peak mem (MiB)", "size (MiB)", "PSNR (dB)", "SSIM", "adherence", "latent cos", "GFLOP/s", "of peak"]
     body = []
     for r in rows:
         cells = [r["artifact"], r["backend"], r["precision"], r["status"] + (f": {r['error']}" if r["error"] else ""),
                  _fmt(r["latency_median_s"], "ms"), _fmt(r["latency_p90_s"], "ms"), _fmt(r["speedup_vs_reference"], "x"),
                  _fmt(r["unet_step_s"], "ms"), _fmt(r["peak_memory_bytes"], "mib"), _fmt(r["size_bytes"], "mib"),
-                 _fmt(r["psnr_db"]), _fmt(r["ssim"]), _fmt(r["latent_cosine"]), _fmt(r["achieved_gflops"]), _fmt(r["fraction_of_peak"], "pct")]
+                 _fmt(r["psnr_db"]), _fmt(r["ssim"]), _fmt(r["adherence"]), _fmt(r["latent_cosine"]), _fmt(r["achieved_gflops"]), _fmt(r["fraction_of_peak"], "pct")]
         cls = "" if r["status"] == "ok" else " class='failed'"
         body.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     ok_rows = [r for r in rows if r["status"] == "ok" or r["latency_median_s"]]

@@ -24,6 +24,7 @@ BENCH_DEFAULTS: dict[str, Any] = {
     "seeds": [0, 1],
     "guidance_scale": 7.5,
     "scheduler": "euler",
+    "judge": "auto",
     "prompts": [
         "a watercolor painting of a lighthouse at dawn",
         "a photo of a red fox in fresh snow, telephoto",

@@ -44,6 +44,7 @@ def flat_rows(report: dict) -> list[dict[str, Any]]:
                 "size_bytes": a.get("size_bytes"),
                 "psnr_db": q.get("psnr_db"),
                 "ssim": q.get("ssim"),
+                "adherence": (a.get("adherence") or {}).get("mean"),
                 "max_abs_pixel_error": q.get("max_abs_pixel_error"),
                 "latent_cosine": q.get("latent_cosine"),
                 "achieved_gflops": c.get("achieved_gflops"),
@@ -85,8 +86,8 @@ def markdown(report: dict) -> str:
         f"- created {report['created']}",
         *[f"- **warning**: {w}" for w in report.get("warnings", [])],
         "",
-        "| artifact | backend | precision | status | latency median (ms) | p90 (ms) | speed-up | text enc (ms) | UNet step (ms) | VAE dec (ms) | peak mem (MiB) | size (MiB) | PSNR (dB) | SSIM | latent cos | GFLOP/s | of peak |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| artifact | backend | precision | status | latency median (ms) | p90 (ms) | speed-up | text enc (ms) | UNet step (ms) | VAE dec (ms) | peak mem (MiB) | size (MiB) | PSNR (dB) | SSIM | adherence | latent cos | GFLOP/s | of peak |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in flat_rows(report):
         lines.append(
@@ -98,7 +99,7 @@ def markdown(report: dict) -> str:
                     _fmt(r["latency_median_s"], "ms"), _fmt(r["latency_p90_s"], "ms"), _fmt(r["speedup_vs_reference"], "x"),
                     _fmt(r["text_encoder_s"], "ms"), _fmt(r["unet_step_s"], "ms"), _fmt(r["vae_decoder_s"], "ms"),
                     _fmt(r["peak_memory_bytes"], "mib"), _fmt(r["size_bytes"], "mib"),
-                    _fmt(r["psnr_db"]), _fmt(r["ssim"]), _fmt(r["latent_cosine"]),
+                    _fmt(r["psnr_db"]), _fmt(r["ssim"]), _fmt(r["adherence"]), _fmt(r["latent_cosine"]),
                     _fmt(r["achieved_gflops"]), _fmt(r["fraction_of_peak"], "pct"),
                 ]
             )
@@ -117,6 +118,9 @@ def markdown(report: dict) -> str:
     if failed:
         lines += ["", "## Failures", ""] + [f"- **{r['artifact']}**: {r['error']}" for r in failed]
     lines += ["", "Speed-up is the reference's median latency over the artifact's, measured in this run. PSNR is the worst over the prompts and seeds (capped at 100 dB for identical images)."]
+    judges = {a["adherence"]["judge"] for a in report["artifacts"] if a.get("adherence")}
+    if judges:
+        lines += ["", f"Adherence is the grounding judge's score ({', '.join(sorted(judges))}): the fraction of each prompt's colour, shape and position checks an image passes, averaged over the images (docs/judges.md). It needs no reference."]
     lines += ["", "GFLOP/s is the UNet's counted FLOPs over its measured step time; \"of peak\" divides it by the best square-matmul rate probed in the artifact's precision on this machine."]
     if any((r["fraction_of_peak"] or 0) > 1 for r in flat_rows(report)):
         lines += ["Above 100%, the model's kernels (e.g. oneDNN convolutions) beat the probed matmul, as happens where the CPU only emulates the precision: the probe is no ceiling there."]

@@ -30,6 +30,7 @@ METRICS: dict[str, str] = {
     "quality.psnr_db": "PSNR vs reference, dB",
     "quality.ssim": "SSIM vs reference",
     "quality.latent_cosine": "cosine of final latents vs reference",
+    "adherence": "prompt adherence by the grounding judge, mean over the images (0-1; the reference too)",
     "status": "ok or failed",
 }
 

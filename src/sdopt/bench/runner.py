@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from sdopt.bench import quality
+from sdopt.bench.grounding import adherence, choose_judge
 from sdopt.bench.profiles import BENCH_DEFAULTS, HardwareProfile
 from sdopt.errors import SdoptError
 from sdopt.manifest import Manifest, fingerprint_of, read_manifest
@@ -56,12 +57,13 @@ class BenchSettings:
     # full run always happens; worker.measure): a precision the hardware only emulates (bf16 on
     # AVX2) would otherwise hold the matrix for hours.
     max_seconds: float | None = None
+    judge: str = "auto"  # prompt adherence (sdopt.bench.grounding): auto, none, shapes, openai, transformers
 
     @classmethod
     def resolve(cls, profile: HardwareProfile | None, **overrides: Any) -> "BenchSettings":
         """Command-line values over the profile's [bench] over the defaults."""
         values = {}
-        for key in ("prompts", "seeds", "steps", "height", "width", "guidance_scale", "scheduler", "warmup", "runs"):
+        for key in ("prompts", "seeds", "steps", "height", "width", "guidance_scale", "scheduler", "warmup", "runs", "judge"):
             if overrides.get(key) is not None:
                 values[key] = overrides[key]
             elif profile is not None:
@@ -85,6 +87,7 @@ class BenchSettings:
         if self.max_seconds is not None and self.max_seconds <= 0:
             raise SdoptError(f"--max-seconds {self.max_seconds}: give a positive time budget per artifact in seconds")
         check_scheduler(self.scheduler)
+        choose_judge(self.judge, self.prompts)  # an unknown judge, or prompts it cannot read: before any worker runs
         for prompt in self.prompts:
             GenerateRequest(prompt=prompt, steps=self.steps, height=self.height, width=self.width, guidance_scale=self.guidance_scale).validate()
 
@@ -202,7 +205,7 @@ def _latency(samples: list[float]) -> dict[str, float]:
     }
 
 
-def _summarise(entry: Entry, raw: dict, reference: dict | None, out: Path, flops: int | None, peaks: dict) -> dict:
+def _summarise(entry: Entry, raw: dict, reference: dict | None, out: Path, flops: int | None, peaks: dict, judge=None, prompts=()) -> dict:
     m = entry.manifest
     row: dict[str, Any] = {
         "name": entry.name,
@@ -252,6 +255,8 @@ def _summarise(entry: Entry, raw: dict, reference: dict | None, out: Path, flops
         }
     images, latents = _load_samples(out / raw["work_dir"], raw["samples"])
     broken = next((why for i, l in zip(images, latents) if (why := broken_output(i, l))), None)
+    if judge is not None:
+        row["adherence"] = adherence(judge, images, row["samples"], list(prompts))
     if reference is not None and reference.get("status") == "ok":
         ref_images, ref_latents = _load_samples(out / reference["work_dir"], reference["samples"])
         q = quality.compare(ref_images, images, ref_latents, latents)
@@ -326,7 +331,8 @@ def assemble_report(entries: list[Entry], raws: dict[str, dict], settings: Bench
     ref_raw = raws[entries[0].name]
     if ref_raw["status"] == "ok":
         ref_raw["latency_s"] = _latency(ref_raw["latency_samples_s"])
-    rows = [_summarise(e, raws[e.name], ref_raw, out, flops, peaks) for e in entries]
+    judge = choose_judge(settings.judge, settings.prompts)
+    rows = [_summarise(e, raws[e.name], ref_raw, out, flops, peaks, judge, settings.prompts) for e in entries]
     ref_fp = _model_fingerprint(entries[0].manifest)
     machine = fingerprint()
     warnings = [w for w in [profile.mismatch(machine) if profile else None] if w]

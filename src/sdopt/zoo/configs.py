@@ -40,6 +40,9 @@ class ZooModel:
     vae: dict
     text_encoder: dict
     scheduler: dict = field(default_factory=lambda: dict(SD15_SCHEDULER))
+    # Trained weights shipped with sdopt (package data under sdopt/zoo/weights/NAME), written
+    # instead of the random initial ones; None: a random-weight model.
+    trained: str | None = None
 
 
 TINY = ZooModel(
@@ -144,4 +147,46 @@ SD15 = ZooModel(
     },
 )
 
-MODELS: dict[str, ZooModel] = {model.name: model for model in (TINY, SD15)}
+SHAPES = ZooModel(
+    name="shapes",
+    description="SD-1-shaped model trained on sdopt's shapes dataset (64x64, a few MB): draws the coloured shapes its caption asks for",
+    unet={
+        "sample_size": 16,  # 16 * 4 (the VAE factor) = 64-pixel images
+        "in_channels": 4,
+        "out_channels": 4,
+        "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+        "block_out_channels": [32, 64, 64],  # ~1.5M parameters: trainable in the hour the issue allows on 2 cores
+        "layers_per_block": 1,
+        "attention_head_dim": 8,
+        "cross_attention_dim": 64,
+        "norm_num_groups": 16,
+    },
+    vae={
+        "sample_size": 64,
+        "in_channels": 3,
+        "out_channels": 3,
+        # Three blocks: factor 4, so a 16-22 px shape spans 4-6 latent pixels (at SD's 8 it
+        # would be 2-3, too few for a triangle to differ from a diamond).
+        "down_block_types": ["DownEncoderBlock2D"] * 3,
+        "up_block_types": ["UpDecoderBlock2D"] * 3,
+        "block_out_channels": [16, 32, 64],
+        "layers_per_block": 1,
+        "norm_num_groups": 16,
+        "latent_channels": 4,
+        "scaling_factor": 1.0,  # set by training from the latents' spread
+    },
+    text_encoder={
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 77,
+        "hidden_act": "quick_gelu",
+        "projection_dim": 64,
+        "layer_norm_eps": 1e-5,
+    },
+    trained="shapes",
+)
+
+MODELS: dict[str, ZooModel] = {model.name: model for model in (TINY, SD15, SHAPES)}

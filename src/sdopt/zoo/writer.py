@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from sdopt.errors import SdoptError
 from sdopt.fsutil import atomic_output_dir
 from sdopt.layouts import write_torch_manifest
 from sdopt.zoo.configs import ZooModel
@@ -143,8 +144,28 @@ def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def write(model: ZooModel, out: Path, seed: int, progress: bool, force: bool = False) -> Path:
-    """Write ``model`` to ``out``; see ``sdopt.zoo.write_model``."""
+def trained_weights(model: ZooModel) -> Path:
+    """The folder of a trained zoo model's shipped weights (package data)."""
+    from importlib import resources
+
+    return Path(str(resources.files("sdopt") / "zoo" / "weights" / str(model.trained)))
+
+
+def _install_trained(folder: Path, model: ZooModel, seed: int) -> None:
+    """Replace the initial weights by the shipped trained ones (configs included: training sets some)."""
+    import shutil
+
+    source = trained_weights(model)
+    if not (source / "unet").is_dir():
+        raise SdoptError(f"the {model.name} model's trained weights are not installed ({source}): train them with `sdopt train-shapes OUT`")
+    for component in ("unet", "vae", "text_encoder"):
+        shutil.rmtree(folder / component)
+        shutil.copytree(source / component, folder / component)
+
+
+def write(model: ZooModel, out: Path, seed: int, progress: bool, force: bool = False, untrained: bool = False) -> Path:
+    """Write ``model`` to ``out``; see ``sdopt.zoo.write_model``. ``untrained``: a trained zoo
+    model's initial weights (what its training starts from), not the shipped ones."""
     with atomic_output_dir(out, force=force) as tmp:
         # Looked up by name at call time (not bound earlier), so each writer
         # stays replaceable, e.g. by a test that makes one fail.
@@ -154,6 +175,7 @@ def write(model: ZooModel, out: Path, seed: int, progress: bool, force: bool = F
             ("text_encoder", _write_text_encoder),
             ("vae", _write_vae),
             ("unet", _write_unet),
+            *([("trained weights", _install_trained)] if model.trained and not untrained else []),
             ("model_index", _write_model_index),
             ("sdopt.json", _write_manifest),
         ]

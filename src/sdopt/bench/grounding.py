@@ -1,0 +1,64 @@
+"""Prompt adherence in the bench: does each image show what its prompt asks for?
+
+PSNR and SSIM say how far an artifact's images are from the reference's; they
+cannot say whether either draws what was asked, which is what optimizations
+that change the computation on purpose (fewer steps, caching, int4) must be
+judged by. A grounding judge reads each prompt's objects (colour, shape,
+position) and checks them in the image: a score in [0, 1] per image. The
+judges are registered in sdopt.shapes.vlm (``JUDGES``): "classical" (the
+shapes judge, sdopt.shapes.judge), "openai" and "transformers" (the same
+questions to a vision-language model). ``--judge auto`` (the default) uses the
+classical judge when every prompt is a shapes caption, and no judge otherwise:
+a score is never made up for prompts the judge cannot read. The transformers
+judge reads its model folder from $SDOPT_JUDGE_MODEL.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+from sdopt.errors import SdoptError
+from sdopt.shapes.vlm import JUDGES, make_judge
+
+CHOICES = ("auto", "none", *JUDGES)
+
+Judge = Callable[[Any, str], Any]  # (image, prompt) -> a Verdict with .score
+
+
+def _all_shapes_captions(prompts: list[str]) -> bool:
+    from sdopt.shapes.scenes import parse_caption
+
+    try:
+        for prompt in prompts:
+            parse_caption(prompt)
+    except ValueError:
+        return False
+    return True
+
+
+def choose_judge(kind: str, prompts: list[str]) -> tuple[str, Judge] | None:
+    """(name, judge) for a bench run's prompts, or None when no judge applies."""
+    if kind not in CHOICES:
+        raise SdoptError(f"unknown judge '{kind}'; choose one of: {', '.join(CHOICES)}")
+    if kind == "none" or (kind == "auto" and not _all_shapes_captions(prompts)):
+        return None
+    if not _all_shapes_captions(prompts):
+        raise SdoptError(
+            f"--judge {kind} asks each prompt's objects, and some prompts are not of the form "
+            "'a red circle on the left [and a blue square on the right]': use such prompts, or --judge none"
+        )
+    kind = "classical" if kind == "auto" else kind
+    options = {"model_path": os.environ.get("SDOPT_JUDGE_MODEL")} if kind == "transformers" and os.environ.get("SDOPT_JUDGE_MODEL") else {}
+    return kind, make_judge(kind, **options).judge
+
+
+def adherence(judge: tuple[str, Judge], images: list, samples: list[dict], prompts: list[str]) -> dict[str, Any]:
+    """The judge's score per image (written into each sample) and over the artifact's images."""
+    name, run = judge
+    scores = []
+    for image, sample in zip(images, samples):
+        score = float(run(image, prompts[sample["prompt_index"]]).score)
+        sample["adherence"] = score
+        scores.append(score)
+    return {"judge": name, "mean": sum(scores) / len(scores), "min": min(scores), "images": len(scores)}
