@@ -66,12 +66,12 @@ def _write_text_encoder(folder: Path, model: ZooModel, seed: int) -> None:
         raise ValueError(f"{model.name}: text encoder vocab_size is smaller than the tokenizer's vocabulary")
     with _seeded(seed, "text_encoder"):
         text_encoder = CLIPTextModel(CLIPTextConfig(**config))
-    with _without_transformers_progress_bar():
+    with without_transformers_progress_bar():
         text_encoder.save_pretrained(folder / "text_encoder")
-    _canonical_text_encoder_keys(folder / "text_encoder" / "model.safetensors")
+    canonical_text_encoder_keys(folder / "text_encoder" / "model.safetensors")
 
 
-def _canonical_text_encoder_keys(path: Path) -> None:
+def canonical_text_encoder_keys(path: Path) -> None:
     """Store CLIPTextModel weights under their canonical "text_model." names.
 
     transformers 5 saves them without that prefix; transformers 4 then finds no
@@ -87,7 +87,7 @@ def _canonical_text_encoder_keys(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def _without_transformers_progress_bar():
+def without_transformers_progress_bar():
     """Hide transformers' one-shard "Writing model shards" bar: our own bar
     reports progress per component, and progress=False must mean silence."""
     from transformers.utils import logging as hf_logging

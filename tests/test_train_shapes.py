@@ -1,0 +1,48 @@
+"""sdopt train-shapes, cut to a few steps: the folder it writes, and the same seed giving the same weights."""
+
+import json
+
+import pytest
+
+from sdopt.cli import main
+
+pytestmark = pytest.mark.slow
+
+FEW = ["--vae-steps", "2", "--unet-steps", "2", "--images", "64", "-q"]
+
+
+def _weights(folder):
+    from safetensors.torch import load_file
+
+    return {
+        name: load_file(folder / name / file)
+        for name, file in (("unet", "diffusion_pytorch_model.safetensors"), ("vae", "diffusion_pytorch_model.safetensors"), ("text_encoder", "model.safetensors"))
+    }
+
+
+def test_training_writes_a_loadable_model_with_its_curves_and_repeats_by_seed(tmp_path, capsys):
+    import torch
+
+    import sdopt
+    from sdopt import GenerateRequest
+
+    first, second, other = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    assert main(["train-shapes", str(first), *FEW]) == 0
+    assert (first / "training" / "loss.png").stat().st_size > 0
+    log = (first / "training" / "loss.csv").read_text().splitlines()
+    assert log[0] == "stage,step,loss" and len(log) == 1 + 2 + 2
+    settings = json.loads((first / "training" / "settings.json").read_text())
+    assert settings["settings"]["unet_steps"] == 2 and settings["seconds"]["total_s"] > 0 and settings["vae_scaling_factor"] > 0
+    config = json.loads((first / "vae" / "config.json").read_text())
+    assert config["scaling_factor"] == pytest.approx(settings["vae_scaling_factor"])
+    result = sdopt.load(first).generate(GenerateRequest(prompt="a red circle on the left", steps=2, height=64, width=64))
+    assert result.images[0].size == (64, 64)
+
+    assert main(["train-shapes", str(second), *FEW]) == 0
+    assert main(["train-shapes", str(other), *FEW, "--seed", "1"]) == 0
+    a, b, c = _weights(first), _weights(second), _weights(other)
+    for name in a:
+        assert all(torch.equal(a[name][k], b[name][k]) for k in a[name]), f"{name}: the same seed gave other weights"
+    assert not all(torch.equal(a["unet"][k], c["unet"][k]) for k in a["unet"])
+    assert main(["train-shapes", str(first), *FEW]) == 2  # exists: refused, not overwritten
+    assert "exists" in capsys.readouterr().err
