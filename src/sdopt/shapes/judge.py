@@ -55,19 +55,29 @@ class ObjectVerdict:
     detected_shape: str | None = None  # what the blob looked like, for diagnosis
     detected_position: str | None = None
 
+    @classmethod
+    def checked(cls, obj: ShapeObject, color_found: bool, shape_ok: bool, position_ok: bool,
+                detected_shape: str | None = None, detected_position: str | None = None) -> "ObjectVerdict":
+        """The verdict of three checks, scored: shape and position count only where the colour was found."""
+        shape_ok, position_ok = color_found and shape_ok, color_found and position_ok
+        return cls(obj, color_found, shape_ok, position_ok, (color_found + shape_ok + position_ok) / 3, detected_shape, detected_position)
+
 
 @dataclass(frozen=True)
 class Verdict:
     score: float  # mean of the objects' scores, in [0, 1]
     objects: tuple[ObjectVerdict, ...]
 
+    @classmethod
+    def of(cls, objects: tuple[ObjectVerdict, ...]) -> "Verdict":
+        return cls(score=float(np.mean([v.score for v in objects])), objects=tuple(objects))
+
 
 def judge(image, caption: str) -> Verdict:
     """How well ``image`` (PIL image or uint8 HxWx3 array, any size) shows ``caption``."""
     objects = parse_caption(caption)
     labels = classify_pixels(_as_rgb(image))
-    verdicts = tuple(_judge_object(obj, labels) for obj in objects)
-    return Verdict(score=float(np.mean([v.score for v in verdicts])), objects=verdicts)
+    return Verdict.of(tuple(_judge_object(obj, labels) for obj in objects))
 
 
 def judge_many(images: Iterable, captions: Iterable[str]) -> list[Verdict]:
@@ -81,15 +91,19 @@ def judge_many(images: Iterable, captions: Iterable[str]) -> list[Verdict]:
 # --- pixels ---------------------------------------------------------------------------------
 
 
+def as_pil_rgb(image) -> Image.Image:
+    """A PIL image or a uint8 HxWx3 (or x4) array, as an RGB PIL image."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    array = np.asarray(image)
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] not in (3, 4):
+        raise ValueError(f"an image is a PIL image or a uint8 HxWx3 array, got dtype {array.dtype} shape {array.shape}")
+    return Image.fromarray(np.ascontiguousarray(array[..., :3]))
+
+
 def _as_rgb(image) -> np.ndarray:
     """A float 64x64x3 array; other sizes are resampled so thresholds stay in the same units."""
-    if isinstance(image, Image.Image):
-        pil = image.convert("RGB")
-    else:
-        array = np.asarray(image)
-        if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] not in (3, 4):
-            raise ValueError(f"an image is a PIL image or a uint8 HxWx3 array, got dtype {array.dtype} shape {array.shape}")
-        pil = Image.fromarray(np.ascontiguousarray(array[..., :3]))
+    pil = as_pil_rgb(image)
     if pil.size != (IMAGE_SIZE, IMAGE_SIZE):
         # BOX averages when shrinking (like the renderer's antialiasing); BILINEAR when enlarging.
         shrinking = min(pil.size) >= IMAGE_SIZE
@@ -160,10 +174,9 @@ def _largest_blob(mask: np.ndarray) -> np.ndarray | None:
 def _judge_object(obj: ShapeObject, labels: np.ndarray) -> ObjectVerdict:
     blob = _largest_blob(labels == _COLOR_NAMES.index(obj.color))
     if blob is None or blob.sum() < MIN_AREA * blob.size:
-        return ObjectVerdict(obj, color_found=False, shape_ok=False, position_ok=False, score=0.0)
+        return ObjectVerdict.checked(obj, False, False, False)
     shape, position = classify_shape(blob), classify_position(blob)
-    shape_ok, position_ok = shape == obj.shape, position == obj.position
-    return ObjectVerdict(obj, True, shape_ok, position_ok, (1 + shape_ok + position_ok) / 3, shape, position)
+    return ObjectVerdict.checked(obj, True, shape == obj.shape, position == obj.position, shape, position)
 
 
 def classify_position(blob: np.ndarray) -> str:

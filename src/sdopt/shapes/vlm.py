@@ -39,11 +39,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-import numpy as np
 from PIL import Image
 
 from sdopt.errors import SdoptError
-from sdopt.shapes.judge import ObjectVerdict, Verdict
+from sdopt.shapes.judge import ObjectVerdict, Verdict, as_pil_rgb
 from sdopt.shapes.judge import judge as classical_judge
 from sdopt.shapes.scenes import POSITIONS, ShapeObject, parse_caption
 
@@ -168,24 +167,12 @@ def object_verdict(obj: ShapeObject, answer: Mapping) -> ObjectVerdict:
     color_found = bool(answer["color_found"])
     shape_ok = color_found and bool(answer["shape_found"])
     detected_position = None if answer["position"] == NO_POSITION else answer["position"]
-    position_ok = color_found and detected_position == obj.position
-    score = (color_found + shape_ok + position_ok) / 3
-    return ObjectVerdict(obj, color_found, shape_ok, position_ok, score, obj.shape if shape_ok else None, detected_position)
-
-
-def verdict(verdicts: tuple[ObjectVerdict, ...]) -> Verdict:
-    return Verdict(score=float(np.mean([v.score for v in verdicts])), objects=tuple(verdicts))
+    return ObjectVerdict.checked(obj, color_found, shape_ok, detected_position == obj.position, obj.shape if shape_ok else None, detected_position)
 
 
 def prepare_image(image, size: int = SEND_SIZE) -> Image.Image:
     """``image`` (PIL image or uint8 HxWx3/4 array) as RGB, enlarged by a whole factor to about ``size`` px."""
-    if isinstance(image, Image.Image):
-        pil = image.convert("RGB")
-    else:
-        array = np.asarray(image)
-        if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] not in (3, 4):
-            raise ValueError(f"an image is a PIL image or a uint8 HxWx3 array, got dtype {array.dtype} shape {array.shape}")
-        pil = Image.fromarray(np.ascontiguousarray(array[..., :3]))
+    pil = as_pil_rgb(image)
     factor = max(1, round(size / max(pil.size)))
     if factor > 1:
         pil = pil.resize((pil.width * factor, pil.height * factor), Image.NEAREST)
@@ -213,7 +200,7 @@ class _QuestionJudge:
         """How well ``image`` shows ``caption``; ``ValueError`` for a caption outside the grammar (as the classical judge)."""
         objects = parse_caption(caption)
         picture = prepare_image(image, self.image_size)
-        return verdict(tuple(object_verdict(obj, self._ask(picture, obj)) for obj in objects))
+        return Verdict.of(tuple(object_verdict(obj, self._ask(picture, obj)) for obj in objects))
 
     def _ask(self, picture: Image.Image, obj: ShapeObject) -> dict:  # pragma: no cover - abstract
         raise NotImplementedError
