@@ -41,16 +41,17 @@ def choose_judge(kind: str, prompts: list[str]) -> tuple[str, Judge] | None:
     """(name, judge) for a bench run's prompts, or None when no judge applies."""
     if kind not in CHOICES:
         raise SdoptError(f"unknown judge '{kind}'; choose one of: {', '.join(CHOICES)}")
-    if kind == "none" or (kind == "auto" and not _all_shapes_captions(prompts)):
+    readable = kind != "none" and _all_shapes_captions(prompts)
+    if kind == "none" or (kind == "auto" and not readable):
         return None
-    if not _all_shapes_captions(prompts):
+    if not readable:
         raise SdoptError(
             f"--judge {kind} asks each prompt's objects, and some prompts are not of the form "
             "'a red circle on the left [and a blue square on the right]': use such prompts, or --judge none"
         )
     kind = "classical" if kind == "auto" else kind
-    options = {"model_path": os.environ.get("SDOPT_JUDGE_MODEL")} if kind == "transformers" and os.environ.get("SDOPT_JUDGE_MODEL") else {}
-    return kind, make_judge(kind, **options).judge
+    model_path = os.environ.get("SDOPT_JUDGE_MODEL") if kind == "transformers" else None
+    return kind, make_judge(kind, **({"model_path": model_path} if model_path else {})).judge
 
 
 def adherence(judge: tuple[str, Judge], images: list, samples: list[dict], prompts: list[str]) -> dict[str, Any]:

@@ -57,7 +57,7 @@ class BenchSettings:
     # full run always happens; worker.measure): a precision the hardware only emulates (bf16 on
     # AVX2) would otherwise hold the matrix for hours.
     max_seconds: float | None = None
-    judge: str = "auto"  # prompt adherence (sdopt.bench.grounding): auto, none, shapes, openai, transformers
+    judge: str = "auto"  # prompt adherence (sdopt.bench.grounding): auto, none, classical, openai, transformers
 
     @classmethod
     def resolve(cls, profile: HardwareProfile | None, **overrides: Any) -> "BenchSettings":

@@ -112,8 +112,8 @@ def encode_all(vae, pictures: torch.Tensor, batch: int = 256) -> torch.Tensor:
 
 
 def train_denoiser(unet, text_encoder, tokenizer, latents: torch.Tensor, captions: list[str], settings: TrainSettings,
-                   generator: torch.Generator, log: list, progress: bool) -> dict:
-    """UNet and text encoder together; returns their EMA weights (what is saved)."""
+                   generator: torch.Generator, log: list, progress: bool) -> None:
+    """UNet and text encoder together; they end holding their EMA weights (what is saved)."""
     from diffusers import DDPMScheduler
 
     from sdopt.zoo.configs import SD15_SCHEDULER
@@ -209,7 +209,7 @@ def train_shapes(out: str | Path, settings: TrainSettings = TrainSettings(), pro
         pictures, captions = _to_tensor([p[0] for p in pairs]), [p[1] for p in pairs]
         del pairs
         generator = torch.Generator().manual_seed(settings.seed)
-        torch.manual_seed(settings.seed)  # dropout-free models, but the KL sample and inits stay seeded
+        torch.manual_seed(settings.seed)  # every draw above takes ``generator``; this seeds any library draw that does not
         log: list[dict] = []
         timings = {}
 

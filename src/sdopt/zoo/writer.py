@@ -152,14 +152,13 @@ def trained_weights(model: ZooModel) -> Path:
 
 
 def _install_trained(folder: Path, model: ZooModel, seed: int) -> None:
-    """Replace the initial weights by the shipped trained ones (configs included: training sets some)."""
+    """The shipped trained components, configs included (training sets some), instead of initial weights."""
     import shutil
 
     source = trained_weights(model)
     if not (source / "unet").is_dir():
         raise SdoptError(f"the {model.name} model's trained weights are not installed ({source}): train them with `sdopt train-shapes OUT`")
     for component in ("unet", "vae", "text_encoder"):
-        shutil.rmtree(folder / component)
         shutil.copytree(source / component, folder / component)
 
 
@@ -169,13 +168,11 @@ def write(model: ZooModel, out: Path, seed: int, progress: bool, force: bool = F
     with atomic_output_dir(out, force=force) as tmp:
         # Looked up by name at call time (not bound earlier), so each writer
         # stays replaceable, e.g. by a test that makes one fail.
+        initial = [("text_encoder", _write_text_encoder), ("vae", _write_vae), ("unet", _write_unet)]
         steps = [
             ("tokenizer", _write_tokenizer),
             ("scheduler", _write_scheduler),
-            ("text_encoder", _write_text_encoder),
-            ("vae", _write_vae),
-            ("unet", _write_unet),
-            *([("trained weights", _install_trained)] if model.trained and not untrained else []),
+            *([("trained weights", _install_trained)] if model.trained and not untrained else initial),
             ("model_index", _write_model_index),
             ("sdopt.json", _write_manifest),
         ]
