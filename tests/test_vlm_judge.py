@@ -24,7 +24,7 @@ from PIL import Image
 
 from sdopt.errors import SdoptError
 from sdopt.shapes import judge as classical
-from sdopt.shapes import vlm
+from sdopt.shapes import vlm, vlm_openai, vlm_transformers
 from sdopt.shapes.scenes import POSITIONS, samples
 
 KEY = "sk-test-0123456789-secret"
@@ -34,10 +34,10 @@ _QUESTION = re.compile(r"Is there (?:a|an) (?P<color>[a-z]+) (?P<shape>[a-z]+) i
 
 @pytest.fixture(autouse=True)
 def _fast_retries_and_no_proxy(monkeypatch):
-    monkeypatch.setattr(vlm, "RETRY_DELAY_S", 0.01)
+    monkeypatch.setattr(vlm_openai, "RETRY_DELAY_S", 0.01)
     for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
-    for var in (vlm.ENV_URL, vlm.ENV_MODEL, vlm.ENV_API_KEY):
+    for var in (vlm_openai.ENV_URL, vlm_openai.ENV_MODEL, vlm_openai.ENV_API_KEY):
         monkeypatch.delenv(var, raising=False)
 
 
@@ -173,9 +173,9 @@ def answer_from_picture(n, handler, body):
     return 200, completion(json.dumps(classical_answer(picture, asked["color"], asked["shape"])))
 
 
-def judge_of(server, **options) -> vlm.OpenAIJudge:
+def judge_of(server, **options) -> vlm_openai.OpenAIJudge:
     settings = dict(url=server.url, model=MODEL, api_key=server.api_key, timeout=5.0, max_retries=2) | options
-    return vlm.OpenAIJudge(vlm.VlmSettings(**settings))
+    return vlm_openai.OpenAIJudge(vlm_openai.VlmSettings(**settings))
 
 
 # --- the verdicts equal the classical judge's -----------------------------------------------
@@ -244,24 +244,24 @@ def test_settings_come_from_arguments_then_the_environment(monkeypatch):
     monkeypatch.setenv("SDOPT_JUDGE_URL", "http://vlm.example:8000/v1")
     monkeypatch.setenv("SDOPT_JUDGE_MODEL", "env-model")
     monkeypatch.setenv("SDOPT_JUDGE_API_KEY", KEY)
-    s = vlm.VlmSettings.resolve()
+    s = vlm_openai.VlmSettings.resolve()
     assert (s.url, s.model, s.api_key, s.timeout, s.max_retries) == ("http://vlm.example:8000/v1", "env-model", KEY, 60.0, 2)
-    s = vlm.VlmSettings.resolve(url="http://other:1/v1", model="arg-model", timeout=5, max_retries=0)
+    s = vlm_openai.VlmSettings.resolve(url="http://other:1/v1", model="arg-model", timeout=5, max_retries=0)
     assert (s.url, s.model, s.api_key, s.timeout, s.max_retries) == ("http://other:1/v1", "arg-model", KEY, 5.0, 0)
-    assert KEY not in repr(s) and KEY not in repr(vlm.OpenAIJudge(s))
+    assert KEY not in repr(s) and KEY not in repr(vlm_openai.OpenAIJudge(s))
 
 
 def test_missing_url_or_model_says_what_to_set(monkeypatch):
     with pytest.raises(SdoptError, match="SDOPT_JUDGE_URL.*SDOPT_JUDGE_MODEL"):
-        vlm.VlmSettings.resolve()
+        vlm_openai.VlmSettings.resolve()
     monkeypatch.setenv("SDOPT_JUDGE_URL", "http://localhost:8000/v1")
     with pytest.raises(SdoptError, match="model.*SDOPT_JUDGE_MODEL") as e:
-        vlm.VlmSettings.resolve()
+        vlm_openai.VlmSettings.resolve()
     assert "SDOPT_JUDGE_URL" not in str(e.value)
     with pytest.raises(SdoptError, match="SDOPT_JUDGE_URL"):
-        vlm.VlmSettings.resolve(model="m", environ={})
+        vlm_openai.VlmSettings.resolve(model="m", environ={})
     with pytest.raises(SdoptError, match="http"):
-        vlm.VlmSettings.resolve(url="localhost:8000", model="m")
+        vlm_openai.VlmSettings.resolve(url="localhost:8000", model="m")
 
 
 # --- failures --------------------------------------------------------------------------------
@@ -316,7 +316,7 @@ def test_nothing_listening_is_a_connection_error():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    judge = vlm.OpenAIJudge(vlm.VlmSettings(url=f"http://127.0.0.1:{port}/v1", model=MODEL, max_retries=1))
+    judge = vlm_openai.OpenAIJudge(vlm_openai.VlmSettings(url=f"http://127.0.0.1:{port}/v1", model=MODEL, max_retries=1))
     with pytest.raises(SdoptError, match=f"127.0.0.1:{port}.*cannot connect"):
         judge.judge(*next(samples(seed=0, n=1)))
 
@@ -325,7 +325,7 @@ def test_nothing_listening_is_a_connection_error():
 
 
 def test_transformers_judge_parses_a_generated_reply(monkeypatch, tmp_path):
-    judge = vlm.TransformersJudge(tmp_path)
+    judge = vlm_transformers.TransformersJudge(tmp_path)
     prompts = []
 
     def generate(picture, prompt):
@@ -346,12 +346,12 @@ def test_transformers_judge_parses_a_generated_reply(monkeypatch, tmp_path):
 def test_transformers_judge_says_what_is_missing(monkeypatch, tmp_path):
     image, text = next(samples(seed=0, n=1))
     with pytest.raises(SdoptError, match="no transformers model folder.*model_path"):
-        vlm.TransformersJudge(tmp_path / "absent").judge(image, text)
+        vlm_transformers.TransformersJudge(tmp_path / "absent").judge(image, text)
     (tmp_path / "config.json").write_text("{}")
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch -> ImportError (and nothing heavy is imported)
     monkeypatch.setitem(sys.modules, "transformers", None)
     with pytest.raises(SdoptError, match="pip install transformers"):
-        vlm.TransformersJudge(tmp_path).judge(image, text)
+        vlm_transformers.TransformersJudge(tmp_path).judge(image, text)
 
 
 # --- choosing a judge ------------------------------------------------------------------------
@@ -361,8 +361,8 @@ def test_make_judge(monkeypatch, tmp_path):
     image, text = next(samples(seed=0, n=1))
     assert vlm.make_judge("classical").judge(image, text) == classical.judge(image, text)
     judge = vlm.make_judge("openai", url="http://localhost:8000/v1", model="m", max_retries=0)
-    assert isinstance(judge, vlm.OpenAIJudge) and judge.settings.max_retries == 0
-    assert isinstance(vlm.make_judge("transformers", model_path=tmp_path), vlm.TransformersJudge)
+    assert isinstance(judge, vlm_openai.OpenAIJudge) and judge.settings.max_retries == 0
+    assert isinstance(vlm.make_judge("transformers", model_path=tmp_path), vlm_transformers.TransformersJudge)
     with pytest.raises(SdoptError, match="unknown judge 'nope'.*classical, openai, transformers"):
         vlm.make_judge("nope")
     with pytest.raises(SdoptError, match="no option colour"):
