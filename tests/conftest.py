@@ -20,6 +20,14 @@ def tiny_model(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def shapes_model(tmp_path_factory):
+    """The shipped shapes model (trained weights; v-prediction, zero terminal SNR), installed once."""
+    from sdopt.zoo import write_model
+
+    return write_model("shapes", tmp_path_factory.mktemp("zoo") / "shapes", progress=False)
+
+
+@pytest.fixture(scope="session")
 def tiny_pipeline(tiny_model):
     import sdopt
 

@@ -153,10 +153,11 @@ def test_a_profile_is_built_from_one_checkpoint_and_benched(tiny_model, tmp_path
         '[[artifacts]]\nname = "torch-nf4-torchao"\nquantize = "nf4"\nbackend = "torchao"\n'
     )
     work, args = tmp_path / "work", ["bench", "--profile", str(profile), "--build-from", str(tiny_model), "-q"]
-    assert main([*args, "--work", str(work), "-o", str(tmp_path / "r1")]) == 1
+    assert main([*args, "--work", str(work), "--guidance", "3.5", "-o", str(tmp_path / "r1")]) == 1
     err = capsys.readouterr().err
     assert "not built: torch-nf4-torchao: --backend torchao --scheme nf4 on cpu is not supported" in err
     report = json.loads((tmp_path / "r1" / "report.json").read_text())
+    assert report["request"]["guidance_scale"] == 3.5  # --guidance over the profile's (none) and the default 7.5
     assert [a["name"] for a in report["artifacts"]] == ["tiny", "torch-int8"] and report["profile"] == "tiny-cpu"
     assert all(a["status"] == "ok" for a in report["artifacts"])
     from sdopt.bench.build import build_profile_artifacts

@@ -79,3 +79,24 @@ def test_explicit_latents_path_matches(tiny_pipeline, diffusers_pipe):
         output_type="np",
     ).images
     assert float(np.abs(_our_float_image(tiny_pipeline, ours.latents) - ref).max()) <= TOLERANCE
+
+
+@pytest.mark.parametrize("scheduler", ["euler", "ddim"])
+def test_v_prediction_with_zero_terminal_snr_matches_diffusers(shapes_model, scheduler):
+    """The shapes model predicts velocity on a zero-terminal-SNR schedule (as SD 2.x's v-models do)."""
+    from diffusers import StableDiffusionPipeline
+
+    import sdopt
+
+    pipe = StableDiffusionPipeline.from_pretrained(shapes_model, safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.scheduler.config.prediction_type == "v_prediction" and pipe.scheduler.config.rescale_betas_zero_snr
+    pipe.scheduler = make_scheduler(scheduler, dict(pipe.scheduler.config))
+    request = GenerateRequest(prompt="a red circle on the left and a blue square on the right", seed=3, steps=6, height=64, width=64,
+                              guidance_scale=3.0, scheduler=scheduler)
+    ours = sdopt.load(shapes_model).generate(request)
+    ref = pipe(prompt=request.prompt, num_inference_steps=request.steps, guidance_scale=request.guidance_scale, height=64, width=64,
+               generator=torch.Generator("cpu").manual_seed(request.seed), output_type="latent").images
+    err = float(np.abs(ours.latents - ref.numpy()).max())
+    print(f"shapes model, {scheduler}: max abs latent diff {err:.2e}")
+    assert err <= TOLERANCE

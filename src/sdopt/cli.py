@@ -107,6 +107,7 @@ def _bench(args: argparse.Namespace) -> int:
         steps=args.steps,
         height=args.height,
         width=args.width,
+        guidance_scale=args.guidance,
         warmup=args.warmup,
         runs=args.runs,
         max_seconds=args.max_seconds,
@@ -324,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int)
     p.add_argument("--height", type=int)
     p.add_argument("--width", type=int)
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the profile's, else 7.5)")
     p.add_argument("--scheduler")
     p.add_argument("--warmup", type=int, help="warm-up generate calls before measuring")
     p.add_argument("--runs", type=int, help="measured passes over all prompts and seeds")

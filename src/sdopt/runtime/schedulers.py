@@ -44,4 +44,18 @@ def make_scheduler(name: str | None, config: dict[str, Any]):
     cls = getattr(diffusers, cls_name, None)
     if cls is None:
         raise SdoptError(f"the checkpoint's scheduler class {cls_name} is not in this diffusers version")
+    if config.get("rescale_betas_zero_snr") and not _accepts(cls, "rescale_betas_zero_snr"):
+        # The class would build SD 1.5's noise levels, not the ones the model was trained on, and
+        # draw washed-out pictures without a word.
+        fits = [name for name, (other, _) in SCHEDULERS.items() if _accepts(getattr(diffusers, other), "rescale_betas_zero_snr")]
+        raise SdoptError(
+            f"this checkpoint was trained with zero terminal SNR (rescale_betas_zero_snr), which {cls_name} "
+            f"cannot schedule; choose one of: {', '.join(fits)} (--scheduler)"
+        )
     return cls.from_config(config, **overrides)
+
+
+def _accepts(cls, option: str) -> bool:
+    import inspect
+
+    return option in inspect.signature(cls.__init__).parameters

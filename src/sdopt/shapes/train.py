@@ -7,9 +7,10 @@ weights are trained on ``sdopt.shapes.scenes``:
 1. the VAE (``AutoencoderKL``, image-to-latent factor 4: 64x64 images, 16x16
    latents) learns to reconstruct the pictures; its ``scaling_factor`` is then
    set from the latents' standard deviation, as Stable Diffusion's was;
-2. the UNet and the text encoder learn together to predict the noise added to
-   those latents (epsilon, the SD 1.5 noise schedule), the caption dropped to
-   "" one time in ten so that classifier-free guidance works.
+2. the UNet and the text encoder learn together to denoise those latents, with
+   the noise schedule and target the model ships with (zero terminal SNR,
+   v-prediction: ``SHAPES.scheduler``), the caption dropped to "" one time in
+   ten so that classifier-free guidance works.
 
 Deterministic by seed on a given machine and library versions: every random
 draw comes from generators seeded from it, and the step counts are fixed (not
@@ -43,7 +44,7 @@ class TrainSettings:
     kl_weight: float = 1e-6
     object_weight: float = 10.0  # the VAE's loss on object pixels vs background ones (object_weights)
     images: int = 16_000  # training pairs, rendered once and encoded to latents once
-    unet_steps: int = 2500
+    unet_steps: int = 6000
     unet_batch: int = 32
     unet_lr: float = 1e-3
     warmup_steps: int = 100
@@ -116,9 +117,11 @@ def train_denoiser(unet, text_encoder, tokenizer, latents: torch.Tensor, caption
     """UNet and text encoder together; they end holding their EMA weights (what is saved)."""
     from diffusers import DDPMScheduler
 
-    from sdopt.zoo.configs import SD15_SCHEDULER
+    from sdopt.zoo.configs import SHAPES
 
-    schedule = DDPMScheduler(**{k: v for k, v in SD15_SCHEDULER.items() if k in ("beta_start", "beta_end", "beta_schedule", "num_train_timesteps", "prediction_type", "steps_offset")})
+    # The noise levels and target the model ships with (its scheduler config), so sampling matches training.
+    schedule = DDPMScheduler.from_config({k: v for k, v in SHAPES.scheduler.items() if not k.startswith("_")})
+    predicts_velocity = schedule.config.prediction_type == "v_prediction"
     ids = tokenizer(captions + [""], padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
     caption_ids, empty_ids = ids[:-1], ids[-1:]
     params = [*unet.parameters(), *text_encoder.parameters()]
@@ -135,8 +138,9 @@ def train_denoiser(unet, text_encoder, tokenizer, latents: torch.Tensor, caption
         noise = torch.randn(clean.shape, generator=generator)
         t = torch.randint(0, schedule.config.num_train_timesteps, (settings.unet_batch,), generator=generator)
         noisy = schedule.add_noise(clean, noise, t)
+        target = schedule.get_velocity(clean, noise, t) if predicts_velocity else noise
         states = text_encoder(input_ids=batch_ids)[0]
-        loss = (unet(noisy, t, encoder_hidden_states=states).sample - noise).pow(2).mean()
+        loss = (unet(noisy, t, encoder_hidden_states=states).sample - target).pow(2).mean()
         for group in optimizer.param_groups:
             group["lr"] = settings.unet_lr * _cosine_lr(step, settings.unet_steps, settings.warmup_steps)
         optimizer.zero_grad(set_to_none=True)
@@ -155,6 +159,14 @@ def train_denoiser(unet, text_encoder, tokenizer, latents: torch.Tensor, caption
     text_encoder.eval()
 
 
+def _forget_load_path(config: Path) -> None:
+    """Drop Diffusers' ``_name_or_path`` (the temporary folder the module was loaded from): two
+    trainings of the same seed must write the same files, and the shipped ones no build path."""
+    data = json.loads(config.read_text())
+    if data.pop("_name_or_path", None) is not None:
+        config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
 def _save_curves(folder: Path, log: list) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "loss.csv", "w", newline="") as f:
@@ -167,7 +179,7 @@ def _save_curves(folder: Path, log: list) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    for ax, stage, title in zip(axes, ("vae", "unet"), ("VAE reconstruction (L1 + L2)", "UNet noise prediction (MSE)")):
+    for ax, stage, title in zip(axes, ("vae", "unet"), ("VAE reconstruction (L1 + L2)", "UNet + text encoder: velocity prediction (MSE)")):
         values = np.array([r["loss"] for r in log if r["stage"] == stage])
         if len(values):
             window = max(1, len(values) // 50)
@@ -231,6 +243,8 @@ def train_shapes(out: str | Path, settings: TrainSettings = TrainSettings(), pro
             for name, module in (("vae", vae), ("unet", unet), ("text_encoder", text_encoder)):
                 module.save_pretrained(model_dir / name)
         canonical_text_encoder_keys(model_dir / "text_encoder" / "model.safetensors")
+        for name in ("vae", "unet"):
+            _forget_load_path(model_dir / name / "config.json")
         for path in model_dir.iterdir():
             path.rename(tmp / path.name)
         model_dir.rmdir()

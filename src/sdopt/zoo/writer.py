@@ -108,12 +108,16 @@ def _write_tokenizer(folder: Path, model: ZooModel, seed: int) -> None:
 def _write_scheduler(folder: Path, model: ZooModel, seed: int) -> None:
     import diffusers
 
-    # Written as JSON rather than through PNDMScheduler.save_pretrained, which
-    # would drop keys PNDM does not use (clip_sample): a scheduler swapped in
+    # Written as JSON rather than through the scheduler's save_pretrained, which
+    # would drop keys its class does not use (clip_sample): a scheduler swapped in
     # with from_config (DDIM defaults to clip_sample=True) must still see them.
-    config = {"_class_name": "PNDMScheduler", "_diffusers_version": diffusers.__version__, **model.scheduler}
+    config = {"_class_name": scheduler_class(model), "_diffusers_version": diffusers.__version__, **model.scheduler}
     (folder / "scheduler").mkdir()
     _write_json(folder / "scheduler" / "scheduler_config.json", config)
+
+
+def scheduler_class(model: ZooModel) -> str:
+    return model.scheduler.get("_class_name", "PNDMScheduler")  # SD 1.5's
 
 
 def _write_model_index(folder: Path, model: ZooModel, seed: int) -> None:
@@ -125,7 +129,7 @@ def _write_model_index(folder: Path, model: ZooModel, seed: int) -> None:
         "feature_extractor": [None, None],
         "requires_safety_checker": False,
         "safety_checker": [None, None],
-        "scheduler": ["diffusers", "PNDMScheduler"],
+        "scheduler": ["diffusers", scheduler_class(model)],
         "text_encoder": ["transformers", "CLIPTextModel"],
         "tokenizer": ["transformers", "CLIPTokenizer"],
         "unet": ["diffusers", "UNet2DConditionModel"],
