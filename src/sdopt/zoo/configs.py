@@ -159,7 +159,7 @@ SHAPES = ZooModel(
         "block_out_channels": [32, 64, 64],  # ~1.5M parameters: trainable in the hour the issue allows on 2 cores
         "layers_per_block": 1,
         # Diffusers' legacy name for the number of heads: 2 heads of 16 and 32 channels. With 8
-        # (heads of 4 and 8 channels) the model trained 35% slower per step and drew worse.
+        # (heads of 4 and 8 channels) a training step took 0.62 s, against 0.39 s with 2 (2 cores).
         "attention_head_dim": 2,
         "cross_attention_dim": 64,
         "norm_num_groups": 16,
