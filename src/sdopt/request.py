@@ -6,6 +6,7 @@ Plain dataclasses with no heavy imports, so that ``import sdopt`` stays lean.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,29 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_pil_image(value: Any) -> bool:
+    # A PIL image exists only once PIL.Image is imported, so this never imports it (`import sdopt` stays lean).
+    module = sys.modules.get("PIL.Image")
+    return module is not None and isinstance(value, module.Image)
+
+
+def _as_list(value: Any) -> list:
+    return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _describe_image(value: Any) -> Any:
+    """What to_dict records of an image: its size and mode, not its pixels."""
+    if isinstance(value, (list, tuple)):
+        return [_describe_image(v) for v in value]
+    if _is_pil_image(value):
+        return {"size": list(value.size), "mode": value.mode}
+    return None if value is None else repr(value)[:80]
+
+
 @dataclass
 class GenerateRequest:
     prompt: str | list[str]
@@ -37,6 +61,15 @@ class GenerateRequest:
     width: int = 512
     num_images: int = 1
     scheduler: str | None = None  # None: the scheduler the checkpoint ships with
+    # img2img: start from this PIL image (one for every prompt, or a list with one per prompt),
+    # resized to height x width; strength (0, 1] is how much of the schedule runs on it.
+    init_image: Any = None
+    strength: float = 0.8
+    # Inpainting: a PIL image the init image's size, white where to repaint (as in Diffusers).
+    mask_image: Any = None
+    # One seed per image (prompt-major, batch_size of them): each image draws from its own generator,
+    # so it is the same alone or batched with others. None: `seed` draws for the whole batch.
+    seeds: list[int] | None = None
 
     @property
     def prompts(self) -> list[str]:
@@ -51,6 +84,14 @@ class GenerateRequest:
         if len(neg) == 1:
             neg = neg * len(self.prompts)
         return neg
+
+    @property
+    def init_images(self) -> list:
+        return _as_list(self.init_image)
+
+    @property
+    def mask_images(self) -> list:
+        return _as_list(self.mask_image)
 
     @property
     def batch_size(self) -> int:
@@ -100,12 +141,58 @@ class GenerateRequest:
             )
         if self.batch_size > MAX_IMAGES:
             raise SdoptError(f"{len(self.prompts)} prompts x {self.num_images} images = {self.batch_size} images in one call: at most {MAX_IMAGES}")
+        self._validate_seeds()
+        self._validate_images()
         return self
 
-    def to_dict(self) -> dict[str, Any]:
-        from dataclasses import asdict
+    def _validate_seeds(self) -> None:
+        if self.seeds is None:
+            return
+        seeds = self.seeds
+        if not isinstance(seeds, (list, tuple)) or not all(_is_int(s) and 0 <= s <= MAX_SEED for s in seeds):
+            raise SdoptError(f"seeds={seeds!r}: must be a list of integers from 0 to {MAX_SEED}, one per image (or None)")
+        if len(seeds) != self.batch_size:
+            raise SdoptError(
+                f"seeds has {len(seeds)} entries for {self.batch_size} images ({len(self.prompts)} prompts x "
+                f"{self.num_images}): give one seed per image, prompt-major, or none (then seed draws for the whole batch)"
+            )
 
-        return asdict(self)
+    def _validate_images(self) -> None:
+        s = self.strength
+        if not _is_number(s) or not 0 < s <= 1:
+            raise SdoptError(f"strength={s!r}: must be a finite number in (0, 1] (0.8 is usual; 1 repaints the image entirely)")
+        for name in ("init_image", "mask_image"):
+            items = _as_list(getattr(self, name))
+            if getattr(self, name) is not None and (not items or not all(_is_pil_image(i) for i in items)):
+                raise SdoptError(f"{name}: must be a PIL image (or a list of them, one per prompt), not {type(getattr(self, name)).__name__}")
+            if len(items) not in (0, 1, len(self.prompts)):
+                raise SdoptError(f"{name}: {len(items)} images for {len(self.prompts)} prompts: give one image, or one per prompt")
+            for image in items:
+                if min(image.size) < 1:
+                    raise SdoptError(f"{name}: the image is empty ({image.size[0]}x{image.size[1]} pixels)")
+        images, masks = self.init_images, self.mask_images
+        if masks and not images:
+            raise SdoptError("mask_image needs an init_image: the mask says which part of the init image to repaint (white = repaint)")
+        if images and int(self.steps * s) < 1:
+            raise SdoptError(
+                f"strength={s:g} with steps={self.steps} runs no step (int(steps x strength) = 0): raise strength or steps"
+            )
+        pairs = zip(images, masks) if len(images) == len(masks) else [(i, m) for i in images for m in masks]
+        for image, mask in pairs:
+            if image.size != mask.size:
+                raise SdoptError(
+                    f"mask_image is {mask.size[0]}x{mask.size[1]} but init_image is {image.size[0]}x{image.size[1]}: "
+                    "give a mask of the image's size (white = repaint, black = keep)"
+                )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field as plain data; images are recorded by size and mode, not pixels."""
+        from dataclasses import asdict, replace
+
+        data = asdict(replace(self, init_image=None, mask_image=None))
+        data["init_image"] = _describe_image(self.init_image)
+        data["mask_image"] = _describe_image(self.mask_image)
+        return data
 
 
 @dataclass
@@ -113,6 +200,7 @@ class StageTimings:
     """Seconds spent per stage of one generate call."""
 
     text_encoder: float = 0.0
+    vae_encoder: float = 0.0  # img2img and inpainting only: the init image to latents
     unet_steps: list[float] = field(default_factory=list)
     vae_decoder: float = 0.0
     total: float = 0.0
@@ -124,6 +212,7 @@ class StageTimings:
     def to_dict(self) -> dict[str, Any]:
         return {
             "text_encoder_s": self.text_encoder,
+            "vae_encoder_s": self.vae_encoder,
             "unet_steps_s": list(self.unet_steps),
             "unet_total_s": self.unet_total,
             "vae_decoder_s": self.vae_decoder,
@@ -157,8 +246,9 @@ class GenerateResult:
     def summary(self) -> str:
         t = self.timings
         per_step = t.unet_total / len(t.unet_steps) if t.unet_steps else 0.0
+        encode = f"VAE encode {t.vae_encoder * 1000:.0f} ms, " if t.vae_encoder else ""
         return (
-            f"{len(self.images)} image(s) in {t.total:.2f}s: text encoder {t.text_encoder * 1000:.0f} ms, "
+            f"{len(self.images)} image(s) in {t.total:.2f}s: text encoder {t.text_encoder * 1000:.0f} ms, {encode}"
             f"UNet {len(t.unet_steps)} steps × {per_step * 1000:.0f} ms, VAE decode {t.vae_decoder * 1000:.0f} ms; "
             f"peak memory {self.peak_memory_bytes / 2**20:.0f} MiB ({self.peak_memory_kind})"
         )

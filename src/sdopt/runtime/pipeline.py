@@ -8,6 +8,9 @@ torch on the CPU, so two backends differ only in what their executors compute.
 The loop follows Diffusers' StableDiffusionPipeline step for step (the parity
 test holds it to that): same tokenization, same embedding layout
 [negative..., positive...], same guidance formula, same post-processing.
+img2img and inpainting are options of this loop, not other loops: they change
+where it starts and (inpainting) add a blend after each step, as Diffusers'
+img2img and inpaint pipelines do (runtime/conditioning.py).
 """
 
 from __future__ import annotations
@@ -22,19 +25,23 @@ import numpy as np
 from sdopt.errors import SdoptError
 from sdopt.manifest import Manifest
 from sdopt.request import GenerateRequest, GenerateResult, StageTimings
+from sdopt.runtime import conditioning
 from sdopt.runtime.executor import Component, close_all
 from sdopt.runtime.memory import track_peak
+from sdopt.runtime.noise import Noise
 from sdopt.runtime.output_checks import output_problems
 from sdopt.runtime.schedulers import check_scheduler, make_scheduler
 
 ProgressFn = Callable[[int, int], None]  # (steps done, steps in all)
+LatentsFn = Callable[[np.ndarray], None]  # the latents after a step, (batch, C, h, w) float32
 
 
 def initial_latents(seed: int, shape: tuple[int, ...]):
     """Gaussian noise drawn on the CPU in float32 from the seed, whatever the backend and device.
 
     Returns the generator too: ancestral schedulers draw their per-step noise
-    from the same stream, as Diffusers does with a single generator.
+    from the same stream, as Diffusers does with a single generator. (The loop
+    draws through runtime/noise.py, which gives the same numbers for one seed.)
     """
     import torch
 
@@ -109,9 +116,21 @@ class Pipeline:
         negative = np.repeat(hidden[n:], request.num_images, axis=0)
         return np.concatenate([negative, positive])
 
+    def encode_images(self, pixels: np.ndarray, timings: StageTimings) -> np.ndarray:
+        """The VAE encoder's latent_parameters (mean and log-variance) of images in [-1, 1]."""
+        count = len(pixels)
+        batch = (self.manifest.static_shapes or {}).get("batch")
+        if batch and count != batch:  # a static-shape encoder takes exactly its batch: repeat rows to fill it
+            pixels = pixels[np.arange(batch) % count]
+        start = time.perf_counter()
+        parameters = self.components["vae_encoder"](sample=pixels)["latent_parameters"][:count]
+        timings.vae_encoder += time.perf_counter() - start
+        return parameters
+
     def check_request(self, request: GenerateRequest) -> None:
         request.validate()
         check_scheduler(request.scheduler)
+        conditioning.check_artifact(request, self.manifest, self.components, self.folder)
         shapes = self.manifest.static_shapes
         if shapes:
             want = {"batch": request.batch_size, "height": request.height, "width": request.width}
@@ -122,17 +141,19 @@ class Pipeline:
                 )
 
     # --- the loop -----------------------------------------------------------------
-    def generate(self, request: GenerateRequest, progress: ProgressFn | None = None) -> GenerateResult:
+    def generate(self, request: GenerateRequest, progress: ProgressFn | None = None, on_latents: LatentsFn | None = None) -> GenerateResult:
+        """Run the loop. progress(steps done, steps in all) after every UNet call; it may raise to stop the
+        call. on_latents(latents) before it, with the batch's latents as a float32 array (servers make
+        previews of them); a copy is made only when on_latents is given."""
         import torch
 
         self.check_request(request)
-        notices = self.truncated_prompts(request)
+        notices = self.truncated_prompts(request) + conditioning.resize_notices(request)
         for notice in notices:
             warnings.warn(notice, UserWarning, stacklevel=2)
         model = self.manifest.model
         scheduler = make_scheduler(request.scheduler, self.scheduler_config)
         scheduler.set_timesteps(request.steps, device="cpu")
-        timesteps = scheduler.timesteps
         timings = StageTimings()
         unet, cfg = self.components["unet"], request.uses_guidance
 
@@ -141,11 +162,11 @@ class Pipeline:
             embeddings = self.encode_prompts(request)
             timings.text_encoder = time.perf_counter() - start
 
-            factor = model["vae_scale_factor"]
-            shape = (request.batch_size, model["latent_channels"], request.height // factor, request.width // factor)
-            latents, generator = initial_latents(request.seed, shape)
-            latents = latents * scheduler.init_noise_sigma
-            step_kwargs = _step_kwargs(scheduler, generator)
+            # Noise, or the init image's latents noised to where strength starts the schedule.
+            rng = Noise(request.seed, request.seeds)  # one generator, or one per image (request.seeds)
+            start_at = conditioning.start(request, scheduler, rng, model, lambda pixels: self.encode_images(pixels, timings))
+            latents, timesteps = start_at.latents, start_at.timesteps
+            step_kwargs = _step_kwargs(scheduler, rng.for_scheduler)
 
             for i, t in enumerate(timesteps):
                 model_input = torch.cat([latents] * 2) if cfg else latents
@@ -159,6 +180,10 @@ class Pipeline:
                     uncond, cond = noise.chunk(2)
                     noise = uncond + request.guidance_scale * (cond - uncond)
                 latents = scheduler.step(noise, t, latents, **step_kwargs).prev_sample
+                if start_at.after_step:  # inpainting: outside the mask, back to the image at this noise level
+                    latents = start_at.after_step(latents, i)
+                if on_latents:
+                    on_latents(latents.numpy().copy())
                 if progress:
                     progress(i + 1, len(timesteps))
 

@@ -1,0 +1,184 @@
+"""Where the one loop starts, and what it does after each step: text-to-image, img2img, inpainting.
+
+img2img and inpainting are options of the same loop, not second loops. Both
+follow Diffusers step for step (tests/test_img2img.py holds them to it):
+
+- img2img (StableDiffusionImg2ImgPipeline): the init image is resized to the
+  request's size and put in [-1, 1]; the VAE encoder gives the posterior's mean
+  and log-variance, which is sampled with the generator and scaled by the VAE
+  scaling factor; ``strength`` keeps only the last steps of the schedule, and
+  the image latents are noised to the first timestep kept.
+- inpainting with a 4-channel UNet (StableDiffusionInpaintPipeline's "legacy"
+  path, for checkpoints not trained to inpaint): the same start (pure noise at
+  strength 1), and after every step the part outside the mask is put back:
+  the image latents noised to the next timestep (clean after the last step).
+
+Random draws come in Diffusers' order: the posterior sample, then the noise,
+then (inpainting) the masked image's posterior sample. See runtime/noise.py for
+one generator per batch or one per image.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from sdopt.errors import SdoptError
+from sdopt.request import GenerateRequest
+from sdopt.runtime.noise import Noise
+
+Encode = Callable[[np.ndarray], np.ndarray]  # pixels (N, 3, H, W) in [-1, 1] -> latent_parameters (N, 2C, h, w)
+
+
+@dataclass
+class Start:
+    """The loop's starting point: latents, the timesteps to run, and what to do after each step."""
+
+    latents: Any  # torch float32 (batch, C, h, w)
+    timesteps: Any  # torch: scheduler.timesteps, or its tail when strength < 1
+    after_step: Callable[[Any, int], Any] | None = None  # (latents after step i, i) -> latents
+
+
+def start(request: GenerateRequest, scheduler: Any, noise: Noise, model: dict[str, Any], encode: Encode) -> Start:
+    """The start for this request; ``scheduler.set_timesteps`` has been called."""
+    factor = model["vae_scale_factor"]
+    shape = (request.batch_size, model["latent_channels"], request.height // factor, request.width // factor)
+    if request.init_image is None:
+        # Text to image (StableDiffusionPipeline.prepare_latents): noise at the scheduler's first sigma.
+        return Start(noise.randn(shape) * scheduler.init_noise_sigma, scheduler.timesteps)
+
+    timesteps = strength_timesteps(scheduler, request.steps, request.strength)
+    first = timesteps[:1].repeat(shape[0])
+    images = request.init_images
+    parameters = encode(np.concatenate([pixels(im, request.height, request.width) for im in images]))
+    image_latents = model["vae_scaling_factor"] * sample_posterior(parameters, noise, rows_of(len(images), request))
+    fresh = noise.randn(shape)
+    if request.mask_image is None:
+        return Start(scheduler.add_noise(image_latents, fresh, first), timesteps)
+
+    # Inpainting: pure noise at strength 1 (is_strength_max), else the image noised like img2img.
+    latents = fresh * scheduler.init_noise_sigma if request.strength == 1.0 else scheduler.add_noise(image_latents, fresh, first)
+    # Diffusers encodes the masked image here and samples its posterior with the generator. Only a
+    # 9-channel (inpainting) UNet reads those latents, so we skip the encoder but draw the same numbers
+    # (same shape, dtype and order): an ancestral scheduler's later draws then match Diffusers'.
+    masks = request.mask_images
+    masked_rows = shape[0] if noise.per_image else max(len(images), len(masks))  # init_image * mask broadcasts
+    noise.randn((masked_rows, *shape[1:]))
+    mask = latent_mask(masks, request, shape[2:])
+
+    def blend(latents, i: int):
+        kept = image_latents
+        if i < len(timesteps) - 1:  # no noise after the last step
+            kept = scheduler.add_noise(image_latents, fresh, timesteps[i + 1 : i + 2])
+        return (1 - mask) * kept + mask * latents
+
+    return Start(latents, timesteps, blend)
+
+
+# --- the pieces, each one Diffusers function ----------------------------------------------------
+def strength_timesteps(scheduler: Any, steps: int, strength: float):
+    """Diffusers' get_timesteps: strength s keeps the last int(steps x s) steps of the schedule."""
+    kept = min(int(steps * strength), steps)
+    t_start = max(steps - kept, 0)
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(t_start * scheduler.order)
+    return scheduler.timesteps[t_start * scheduler.order :]
+
+
+def rows_of(count: int, request: GenerateRequest) -> list[int]:
+    """Which of ``count`` given images each row uses: the one image, or its prompt's (rows are prompt-major)."""
+    return [0 if count == 1 else row // request.num_images for row in range(request.batch_size)]
+
+
+def pixels(image: Any, height: int, width: int) -> np.ndarray:
+    """VaeImageProcessor.preprocess(image, height, width): Lanczos resize, [0, 255] -> [-1, 1], (1, 3, H, W)."""
+    from PIL import Image
+
+    if image.mode != "RGB":
+        image = image.convert("RGB")  # the encoder takes 3 channels (Diffusers would pass RGBA's 4 and fail)
+    image = image.resize((width, height), resample=Image.Resampling.LANCZOS)
+    array = np.array(image).astype(np.float32) / 255.0
+    return np.ascontiguousarray((2.0 * array - 1.0).transpose(2, 0, 1)[None])
+
+
+def sample_posterior(parameters: np.ndarray, noise: Noise, rows: list[int]):
+    """A sample of the VAE's Gaussian (DiagonalGaussianDistribution.sample), one per row.
+
+    With one generator Diffusers samples each given image once and repeats the
+    latents over the batch; with one generator per image, each row draws its own.
+    """
+    import torch
+
+    mean, logvar = torch.from_numpy(parameters).chunk(2, dim=1)
+    std = torch.exp(0.5 * torch.clamp(logvar, -30.0, 20.0))
+    index = torch.tensor(rows)
+    if noise.per_image:
+        mean, std = mean[index], std[index]
+        return mean + std * noise.randn(tuple(mean.shape))
+    return (mean + std * noise.randn(tuple(mean.shape)))[index]
+
+
+def mask_pixels(mask: Any, height: int, width: int):
+    """The mask as Diffusers' mask processor reads it: resized, grayscale, binarized (white = 1 = repaint)."""
+    import torch
+    from PIL import Image
+
+    mask = mask.resize((width, height), resample=Image.Resampling.LANCZOS).convert("L")
+    array = np.array(mask).astype(np.float32) / 255.0
+    return torch.from_numpy((array >= 0.5).astype(np.float32)[None, None])
+
+
+def latent_mask(masks: list, request: GenerateRequest, size: tuple[int, int]):
+    """(batch, 1, h, w): each row's mask at the latents' size (nearest, as prepare_mask_latents does)."""
+    import torch
+
+    mask = torch.cat([mask_pixels(m, request.height, request.width) for m in masks])
+    mask = torch.nn.functional.interpolate(mask, size=tuple(size))
+    return mask[torch.tensor(rows_of(len(masks), request))]
+
+
+# --- what the artifact must have --------------------------------------------------------------------
+def check_artifact(request: GenerateRequest, manifest: Any, components: dict[str, Any], folder: Path | None) -> None:
+    """Refuse, before any work, an image-conditioned request this artifact cannot run."""
+    if request.init_image is None:
+        return
+    if "vae_encoder" not in components:
+        raise SdoptError(
+            f"init_image needs the VAE encoder (img2img and inpainting start from the image's latents), and this "
+            f"{manifest.backend} artifact has no vae_encoder component (it has {', '.join(sorted(components))}). "
+            "Export it again from the Diffusers checkpoint: `sdopt export` includes vae_encoder whenever the "
+            "checkpoint's vae/ has its weights; or generate with the Diffusers folder itself"
+        )
+    channels = unet_in_channels(manifest, folder)
+    if request.mask_image is not None and channels not in (None, manifest.model["latent_channels"]):
+        raise SdoptError(
+            f"this artifact's UNet takes {channels} input channels (an inpainting UNet: latents, mask and masked "
+            "image), which sdopt does not support yet. Inpaint with a text-to-image checkpoint instead: sdopt "
+            "blends the mask after every step, as Diffusers' StableDiffusionInpaintPipeline does with such a UNet"
+        )
+
+
+def unet_in_channels(manifest: Any, folder: Path | None) -> int | None:
+    """The UNet's input channels from its config.json (every layout keeps it), None when unknown."""
+    entry = manifest.components.get("unet")
+    if folder is None or entry is None:
+        return None
+    try:
+        return int(json.loads((folder / entry.folder / "config.json").read_text())["in_channels"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def resize_notices(request: GenerateRequest) -> list[str]:
+    """A warning when the init image is resized to the request's size (as Diffusers does when given height/width)."""
+    want = (request.width, request.height)
+    sizes = dict.fromkeys(im.size for im in request.init_images if im.size != want)
+    return [
+        f"init_image is {w}x{h}; it was resized to the request's {want[0]}x{want[1]} "
+        "(give height and width of the image's size, multiples of 8, to keep its proportions)"
+        for w, h in sizes
+    ]
