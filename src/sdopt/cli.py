@@ -176,19 +176,43 @@ def _output_paths(out: Path, count: int) -> list[Path]:
     return [out.with_name(f"{out.stem}-{i}{out.suffix or '.png'}") for i in range(count)]
 
 
+def _open_image(path: str | None, flag: str):
+    """The PIL image at PATH (read now), or an SdoptError naming the flag."""
+    if path is None:
+        return None
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image
+    except FileNotFoundError:
+        raise SdoptError(f"{flag} {path}: no such file") from None
+    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
+        raise SdoptError(f"{flag} {path}: not an image sdopt can read (PNG, JPEG, WebP...): {exc}") from None
+    except OSError as exc:
+        raise SdoptError(f"{flag} {path}: cannot read it ({exc.strerror or exc})") from None
+
+
 def _generate(args: argparse.Namespace) -> int:
     from sdopt.request import GenerateRequest
 
+    init_image, mask = _open_image(args.init_image, "--init-image"), _open_image(args.mask, "--mask")
+    # Without --height/--width an init image keeps its size (down to a multiple of 8), as in Diffusers' img2img.
+    width, height = init_image.size if init_image is not None else (512, 512)
     request = GenerateRequest(
         prompt=args.prompt if len(args.prompt) > 1 else args.prompt[0],
         negative_prompt=args.negative_prompt,
         seed=args.seed,
         steps=args.steps,
         guidance_scale=args.guidance,
-        height=args.height,
-        width=args.width,
+        height=args.height if args.height is not None else height - height % 8,
+        width=args.width if args.width is not None else width - width % 8,
         num_images=args.num_images,
         scheduler=args.scheduler,
+        init_image=init_image,
+        mask_image=mask,
+        **({"strength": args.strength} if args.strength is not None else {}),
     ).validate()  # before the (slow) load, so a bad request fails at once
     from sdopt.runtime.schedulers import check_scheduler
 
@@ -232,6 +256,22 @@ def _generate(args: argparse.Namespace) -> int:
             raise SdoptError(f"cannot write {path}: {exc.strerror or exc}") from exc
         print(path)
     print(result.summary(), file=sys.stderr)
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import os
+
+    from sdopt.serve.settings import ServeSettings
+
+    settings = ServeSettings(
+        host=args.host, port=args.port, api_key=args.api_key or os.environ.get("SDOPT_API_KEY") or None,
+        api_auth=args.api_auth, max_queue=args.max_queue, max_batch=args.max_batch, job_timeout=args.job_timeout,
+        max_pixels=args.max_pixels, max_steps=args.max_steps, max_images=args.max_images, name=args.name,
+    )
+    from sdopt.serve.server import serve
+
+    serve(args.artifact, settings, {"device": args.device, "precision": args.precision})
     return 0
 
 
@@ -339,6 +379,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="report folder")
     p.set_defaults(func=_bench)
 
+    p = sub.add_parser("serve", help="serve an artifact over HTTP: AUTOMATIC1111 and OpenAI APIs, jobs with progress and cancel, a web page")
+    p.add_argument("artifact", help="artifact folder, Diffusers model folder, or hub id")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="default 7860, as AUTOMATIC1111")
+    p.add_argument("--api-key", default=None, help="require Authorization: Bearer KEY (default: env SDOPT_API_KEY)")
+    p.add_argument("--api-auth", default=None, metavar="USER:PASS", help="require HTTP Basic credentials (as AUTOMATIC1111's --api-auth)")
+    p.add_argument("--max-queue", type=int, default=64, help="jobs that may wait; one more gets 429 (default 64)")
+    p.add_argument("--max-batch", type=int, default=4, help="images in one generate call, across requests (default 4)")
+    p.add_argument("--job-timeout", type=float, default=600.0, help="seconds from submission to result (default 600)")
+    p.add_argument("--max-pixels", type=int, default=1024 * 1024, help="largest width x height (default 1048576)")
+    p.add_argument("--max-steps", type=int, default=150, help="most denoising steps a request may ask (default 150)")
+    p.add_argument("--max-images", type=int, default=8, help="most images one request may ask (default 8)")
+    p.add_argument("--name", default=None, help="model name the APIs report (default: the artifact folder's name)")
+    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None, help="default: the artifact's")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+    p.set_defaults(func=_serve)
+
     p = sub.add_parser("gate", help="check a bench report against a baseline and thresholds (exit 0 ok, 1 regression, 2 incomparable)")
     p.add_argument("current", help="report.json of this run")
     p.add_argument("--baseline", help="report.json to compare with; without it only absolute floors are checked")
@@ -356,10 +413,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (<=1 turns it off)")
-    p.add_argument("--height", type=int, default=512)
-    p.add_argument("--width", type=int, default=512)
+    p.add_argument("--height", type=int, default=None, help="default 512, or the init image's height")
+    p.add_argument("--width", type=int, default=None, help="default 512, or the init image's width")
     p.add_argument("--num-images", type=int, default=1, help="images per prompt")
     p.add_argument("--scheduler", default=None, help=f"one of {', '.join(SCHEDULERS)} (default: the checkpoint's own)")
+    p.add_argument("--init-image", default=None, metavar="PATH", help="img2img: start from this image (resized to --height/--width)")
+    p.add_argument("--strength", type=float, default=None, help="img2img/inpaint: how much of the schedule repaints the image, (0, 1] (default 0.8)")
+    p.add_argument("--mask", default=None, metavar="PATH", help="inpaint: white = repaint, black = keep; the init image's size (needs --init-image)")
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None, help="default: the artifact's")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     p.add_argument("--attention-slicing", action="store_true", help="torch: compute attention in slices (less memory)")

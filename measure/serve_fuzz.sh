@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Fuzz `sdopt serve`'s own OpenAPI schema with schemathesis: no request may get a 5xx.
+#
+#   PATH=$PWD/.venv/bin:$PATH bash measure/serve_fuzz.sh [EXAMPLES]   (default 100 per operation)
+#
+# Serves the tiny zoo model on loopback with small limits (so the generated requests that pass
+# validation finish in well under a second; a timeout would be a 504, which this check counts),
+# then runs every phase schemathesis has (examples, coverage, fuzzing, stateful) with the
+# not_a_server_error check, authenticated with a key. Needs the serve and serve-test extras.
+set -euo pipefail
+EXAMPLES=${1:-100}
+PORT=${PORT:-7871}
+WORK=$(mktemp -d)
+trap 'kill "$SERVER" 2>/dev/null; wait "$SERVER" 2>/dev/null; rm -rf "$WORK"' EXIT
+sdopt init-model tiny "$WORK/tiny" >/dev/null
+sdopt serve "$WORK/tiny" --port "$PORT" --api-key fuzz --max-pixels 16384 --max-steps 8 --max-images 4 \
+    --max-queue 256 --job-timeout 120 2>"$WORK/server.log" &
+SERVER=$!
+for _ in $(seq 1 120); do
+    curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break
+    sleep 0.5
+done
+set +e
+schemathesis run "http://127.0.0.1:$PORT/openapi.json" --checks not_a_server_error \
+    -H "Authorization: Bearer fuzz" --max-examples "$EXAMPLES" --request-timeout 120 --generation-deterministic
+STATUS=$?
+set -e
+if grep -q "Traceback" "$WORK/server.log"; then
+    echo "the server logged a traceback:"; grep -B2 -A20 "Traceback" "$WORK/server.log" | head -60
+    STATUS=1
+fi
+exit $STATUS

@@ -1,0 +1,16 @@
+"""sdopt serve: any artifact behind an HTTP server.
+
+Every API the server speaks (AUTOMATIC1111's ``/sdapi/v1``, OpenAI's Images
+API, the native ``/v1/jobs`` and the page at ``/``) turns its request into the
+one job type (``jobs.JobSpec``), which the one worker per pipeline
+(``worker.Worker``) batches with compatible jobs into a single
+``Pipeline.generate`` call. Progress and cancel come from the loop's progress
+hook, so they act between denoising steps on every backend.
+
+Modules: ``settings`` (limits and credentials), ``jobs`` (the job and its
+events), ``worker`` (queue, batching, timeouts, cancel, restart), ``images``
+(base64 in and out), ``auth``, ``metrics`` (Prometheus text), ``app`` (the
+FastAPI app, its errors and body limit), one module per API
+(``api_native``, ``api_a1111``, ``api_openai``), ``page.html``, and
+``server`` (uvicorn).
+"""

@@ -1,0 +1,364 @@
+"""AUTOMATIC1111's API (``/sdapi/v1``, which SD.Next also speaks), field for field.
+
+The request models list the fields AUTOMATIC1111 builds from its processing
+classes (modules/api/models.py over modules/processing.py); they take the same
+defaults. Fields sdopt does not implement (hires fix, scripts, face
+restoration, ...) are accepted, as AUTOMATIC1111 accepts them, and named in
+``info["sdopt_ignored"]`` when they were set to something that would change the
+image there. Unknown fields (extensions' own) are accepted and named the same way.
+
+Differences a client can rely on: ``force_task_id`` becomes the job id (``info["task_id"]``;
+``GET /v1/jobs/{id}`` and ``GET /sdapi/v1/progress?id_task=ID`` follow it), and
+``/sdapi/v1/interrupt`` stops only what runs now, answering the interrupted
+requests with no images and ``info["interrupted"] = true``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from sdopt.serve import jobs as J
+from sdopt.serve.submission import RequestError, failure_status, random_seed, submit, wait
+from sdopt.serve.images import decode_image, encode_png
+
+router = APIRouter(tags=["automatic1111"])
+
+# AUTOMATIC1111 sampler names -> sdopt scheduler names (sdopt's own names are accepted too).
+SAMPLERS = {
+    "Euler": "euler",
+    "Euler a": "euler_a",
+    "DDIM": "ddim",
+    "DPM++ 2M": "dpmpp_2m",
+    "PLMS": "pndm",
+    "LMS": "lms",
+    "Heun": "heun",
+    "UniPC": "unipc",
+}
+# AUTOMATIC1111's separate "scheduler" (noise schedule) field; only Karras changes a sampler here.
+KARRAS = {"dpmpp_2m": "dpmpp_2m_karras"}
+A1111_NAMES = {"guidance_scale": "cfg_scale", "num_images": "batch_size", "scheduler": "sampler_name", "strength": "denoising_strength", "mask_image": "mask", "init_image": "init_images"}
+
+
+class _Processing(BaseModel):
+    """StableDiffusionProcessing's API fields, with AUTOMATIC1111's defaults."""
+
+    model_config = ConfigDict(extra="allow")
+
+    prompt: str | None = ""
+    negative_prompt: str | None = ""
+    styles: list[str] | None = None
+    seed: int | None = -1
+    subseed: int | None = -1
+    subseed_strength: float | None = 0
+    seed_resize_from_h: int | None = -1
+    seed_resize_from_w: int | None = -1
+    sampler_name: str | None = None
+    scheduler: str | None = None
+    batch_size: int | None = 1
+    n_iter: int | None = 1
+    steps: int | None = 50
+    cfg_scale: float | None = 7.0
+    width: int | None = 512
+    height: int | None = 512
+    restore_faces: bool | None = None
+    tiling: bool | None = None
+    do_not_save_samples: bool | None = False
+    do_not_save_grid: bool | None = False
+    eta: float | None = None
+    denoising_strength: float | None = None
+    s_min_uncond: float | None = None
+    s_churn: float | None = None
+    s_tmax: float | None = None
+    s_tmin: float | None = None
+    s_noise: float | None = None
+    override_settings: dict[str, Any] | None = None
+    override_settings_restore_afterwards: bool | None = True
+    refiner_checkpoint: str | None = None
+    refiner_switch_at: float | None = None
+    disable_extra_networks: bool | None = False
+    firstpass_image: str | None = None
+    comments: dict[str, Any] | None = None
+    sampler_index: str = "Euler"
+    script_name: str | None = None
+    script_args: list = Field(default_factory=list)
+    send_images: bool = True
+    save_images: bool = False
+    alwayson_scripts: dict = Field(default_factory=dict)
+    force_task_id: str | None = Field(None, max_length=200)
+    infotext: str | None = None
+
+
+class Txt2ImgRequest(_Processing):
+    enable_hr: bool | None = False
+    firstphase_width: int | None = 0
+    firstphase_height: int | None = 0
+    hr_scale: float | None = 2.0
+    hr_upscaler: str | None = None
+    hr_second_pass_steps: int | None = 0
+    hr_resize_x: int | None = 0
+    hr_resize_y: int | None = 0
+    hr_checkpoint_name: str | None = None
+    hr_sampler_name: str | None = None
+    hr_scheduler: str | None = None
+    hr_prompt: str | None = ""
+    hr_negative_prompt: str | None = ""
+
+
+class Img2ImgRequest(_Processing):
+    init_images: list[str] | None = None
+    resize_mode: int | None = 0
+    image_cfg_scale: float | None = None
+    mask: str | None = None
+    mask_blur_x: int | None = 4
+    mask_blur_y: int | None = 4
+    mask_blur: int | None = None
+    mask_round: bool | None = True
+    inpainting_fill: int | None = 0
+    inpaint_full_res: bool | None = True
+    inpaint_full_res_padding: int | None = 0
+    inpainting_mask_invert: int | None = 0
+    initial_noise_multiplier: float | None = None
+    latent_mask: str | None = None
+    include_init_images: bool = Field(False, exclude=True)
+    denoising_strength: float | None = 0.75
+
+
+class ImagesResponse(BaseModel):
+    images: list[str] | None = Field(default=None, description="base64 PNG, no data: prefix")
+    parameters: dict
+    info: str = Field(description="a JSON string, as AUTOMATIC1111 sends it")
+
+
+# Fields this server uses (or that change nothing here); any other field set away from
+# AUTOMATIC1111's default is reported as ignored.
+_USED = {
+    "prompt", "negative_prompt", "seed", "sampler_name", "sampler_index", "scheduler", "batch_size", "n_iter", "steps",
+    "cfg_scale", "width", "height", "send_images", "save_images", "force_task_id", "do_not_save_samples",
+    "do_not_save_grid", "override_settings_restore_afterwards", "disable_extra_networks", "comments", "infotext",
+    "init_images", "mask", "denoising_strength", "inpainting_mask_invert", "mask_blur", "mask_blur_x", "mask_blur_y",
+    "include_init_images", "resize_mode", "mask_round", "inpaint_full_res", "inpaint_full_res_padding", "styles",
+}
+# Values that change nothing in AUTOMATIC1111 either (clients such as webuiapi send them).
+_NEUTRAL = {"s_noise": 1.0}
+
+
+def _hires_only(name: str) -> bool:
+    """Fields AUTOMATIC1111 reads only with enable_hr (clients send them with their defaults)."""
+    return name.startswith(("hr_", "firstphase_"))
+
+
+
+def ignored_fields(body: _Processing) -> list[str]:
+    defaults = type(body).model_fields
+    out = []
+    for name in sorted(body.model_fields_set | set(body.model_extra or {})):
+        if name in _USED:
+            continue
+        if _hires_only(name) and not getattr(body, "enable_hr", False):  # inert in AUTOMATIC1111 too
+            continue
+        value = getattr(body, name, None)
+        if name in _NEUTRAL and value == _NEUTRAL[name]:
+            continue
+        if name in defaults:
+            default = defaults[name].get_default(call_default_factory=True)
+            if value == default or value in (None, "", [], {}, 0, False):
+                continue
+        out.append(name)
+    return out
+
+
+def scheduler_for(body: _Processing) -> str | None:
+    from sdopt.runtime.schedulers import SCHEDULERS
+
+    name = body.sampler_name or body.sampler_index
+    if name in (None, ""):
+        return None
+    if name.endswith(" Karras"):  # AUTOMATIC1111's older combined names, "DPM++ 2M Karras"
+        name, karras = name[: -len(" Karras")], True
+    else:
+        karras = (body.scheduler or "").lower() == "karras"
+    ours = SAMPLERS.get(name, name if name in SCHEDULERS else None)
+    if ours is None:
+        known = ", ".join(list(SAMPLERS) + [f"{k} (scheduler Karras)" for k in ("DPM++ 2M",)])
+        raise RequestError("sampler_name", f"sampler {name!r} is not available here; available: {known}")
+    return KARRAS.get(ours, ours) if karras else ours
+
+
+def _spec(request: Request, body: _Processing, init=None, mask=None, strength: float = 0.8) -> J.JobSpec:
+    seed = body.seed if body.seed is not None and body.seed >= 0 else random_seed()
+    n = (body.batch_size or 1) * (body.n_iter or 1)
+    return J.JobSpec(
+        prompt=body.prompt or "", negative_prompt=body.negative_prompt or "", seed=seed, n=n,
+        steps=body.steps if body.steps is not None else 50, guidance_scale=body.cfg_scale if body.cfg_scale is not None else 7.0,
+        width=body.width or 512, height=body.height or 512, scheduler=scheduler_for(body),
+        init_image=init, mask_image=mask, strength=strength,
+    )
+
+
+async def _run(request: Request, body: _Processing, spec: J.JobSpec) -> dict[str, Any]:
+    job = await wait(submit(request, spec, "a1111", job_id=body.force_task_id or None, names=A1111_NAMES))
+    interrupted = job.status == J.CANCELLED
+    if job.status not in (J.SUCCEEDED, J.CANCELLED):
+        raise RequestError("prompt", f"the image was not made: {job.status} ({job.error})", status=failure_status(job))
+    params = body.model_dump()
+    for name in ("init_images", "mask"):
+        if name in params:
+            params[name] = None  # AUTOMATIC1111 does not echo input images back
+    info = _info(request, job, spec, body, interrupted)
+    images = [encode_png(im) for im in job.images] if body.send_images else []
+    return {"images": images, "parameters": params, "info": json.dumps(info)}
+
+
+def _info(request: Request, job: J.Job, spec: J.JobSpec, body: _Processing, interrupted: bool) -> dict[str, Any]:
+    n = len(spec.seeds)
+    return {
+        "prompt": spec.prompt,
+        "all_prompts": [spec.prompt] * n,
+        "negative_prompt": spec.negative_prompt,
+        "all_negative_prompts": [spec.negative_prompt] * n,
+        "seed": spec.seed,
+        "all_seeds": spec.seeds,
+        "subseed": -1,
+        "all_subseeds": [-1] * n,
+        "subseed_strength": 0,
+        "width": spec.width,
+        "height": spec.height,
+        "sampler_name": body.sampler_name or body.sampler_index,
+        "cfg_scale": spec.guidance_scale,
+        "steps": spec.steps,
+        "batch_size": body.batch_size or 1,
+        "restore_faces": False,
+        "sd_model_name": request.app.state.model_name,
+        "denoising_strength": spec.strength if spec.init_image is not None else None,
+        "index_of_first_image": 0,
+        "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(job.created)),
+        "is_using_inpainting_conditioning": False,
+        "task_id": job.id,
+        "interrupted": interrupted,
+        "sdopt_ignored": ignored_fields(body),
+        "sdopt_scheduler": spec.scheduler,
+        "sdopt_batch_size": job.batch_size,
+    }
+
+
+@router.post("/sdapi/v1/txt2img", response_model=ImagesResponse)
+async def txt2img(request: Request, body: Txt2ImgRequest) -> dict[str, Any]:
+    return await _run(request, body, _spec(request, body))
+
+
+def _mask(request: Request, body: Img2ImgRequest, size: tuple[int, int]):
+    """The mask as the loop takes it: grayscale, white = repaint, inverted and blurred as asked."""
+    from PIL import ImageFilter, ImageOps
+
+    settings = request.app.state.settings
+    mask = decode_image(body.mask, "mask", settings.max_image_bytes, settings.max_pixels * 16)
+    if mask.mode in ("RGBA", "LA") and mask.getextrema()[-1] != (255, 255):
+        mask = mask.getchannel("A")  # AUTOMATIC1111's create_binary_mask: a transparent mask means its alpha
+    mask = mask.convert("L")
+    if mask.size != size:
+        raise RequestError("mask", f"the mask is {mask.width}x{mask.height} but the init image is {size[0]}x{size[1]}: send them the same size")
+    if body.inpainting_mask_invert:
+        mask = ImageOps.invert(mask)
+    blur = body.mask_blur if body.mask_blur is not None else max(body.mask_blur_x or 0, body.mask_blur_y or 0)
+    if blur:
+        mask = mask.filter(ImageFilter.GaussianBlur(blur))
+    return mask
+
+
+@router.post("/sdapi/v1/img2img", response_model=ImagesResponse)
+async def img2img(request: Request, body: Img2ImgRequest) -> dict[str, Any]:
+    settings = request.app.state.settings
+    if not body.init_images:
+        raise RequestError("init_images", "give one init image (base64 PNG or JPEG) in init_images")
+    init = decode_image(body.init_images[0], "init_images", settings.max_image_bytes, settings.max_pixels * 16).convert("RGB")
+    mask = _mask(request, body, init.size) if body.mask else None
+    strength = body.denoising_strength if body.denoising_strength is not None else 0.75
+    return await _run(request, body, _spec(request, body, init, mask, strength))
+
+
+@router.get("/sdapi/v1/progress")
+def progress(request: Request, skip_current_image: bool = False, id_task: str | None = None) -> dict[str, Any]:
+    worker = request.app.state.worker
+    if id_task is not None:
+        job = worker.jobs.get(id_task)
+    else:
+        job = worker.current[0] if worker.current else None
+    queued = len(worker._queue)
+    if job is None:
+        state = {"skipped": False, "interrupted": False, "job": "", "job_count": queued, "job_timestamp": "0",
+                 "job_no": 0, "sampling_step": 0, "sampling_steps": 0}
+        return {"progress": 0.0, "eta_relative": 0.0, "state": state, "current_image": None, "textinfo": None}
+    image = None
+    if not skip_current_image and job.preview_png:
+        import base64
+
+        image = base64.b64encode(job.preview_png).decode("ascii")
+    state = {
+        "skipped": False,
+        "interrupted": job.status == J.CANCELLED,
+        "job": job.id,
+        "job_count": queued + len(worker.current),
+        "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(job.created)),
+        "job_no": 0,
+        "sampling_step": job.step,
+        "sampling_steps": job.steps or job.spec.steps,
+        "status": job.status,
+    }
+    return {"progress": job.progress, "eta_relative": job.eta_seconds() or 0.0, "state": state, "current_image": image, "textinfo": None}
+
+
+@router.post("/sdapi/v1/interrupt")
+def interrupt(request: Request) -> dict[str, Any]:
+    request.app.state.worker.interrupt()
+    return {}
+
+
+@router.post("/sdapi/v1/skip")
+def skip(request: Request) -> dict[str, Any]:
+    request.app.state.worker.interrupt()
+    return {}
+
+
+@router.get("/sdapi/v1/sd-models")
+def sd_models(request: Request) -> list[dict[str, Any]]:
+    name = request.app.state.model_name
+    folder = getattr(request.app.state.worker.pipeline, "folder", None)
+    return [{"title": name, "model_name": name, "hash": None, "sha256": None, "filename": str(folder or name), "config": None}]
+
+
+@router.get("/sdapi/v1/samplers")
+def samplers() -> list[dict[str, Any]]:
+    return [{"name": a1111, "aliases": [ours], "options": {}} for a1111, ours in SAMPLERS.items()]
+
+
+@router.get("/sdapi/v1/schedulers")
+def schedulers() -> list[dict[str, Any]]:
+    return [
+        {"name": "automatic", "label": "Automatic", "aliases": None, "default_rho": None, "need_inner_model": False},
+        {"name": "karras", "label": "Karras", "aliases": None, "default_rho": 7.0, "need_inner_model": False},
+    ]
+
+
+@router.get("/sdapi/v1/options")
+def get_options(request: Request) -> dict[str, Any]:
+    return {"sd_model_checkpoint": request.app.state.model_name, "samples_format": "png", "sd_checkpoint_hash": None}
+
+
+@router.post("/sdapi/v1/options")
+def set_options(request: Request, body: dict[str, Any]) -> dict[str, Any]:
+    """Accepted for clients that set options before generating; this server has one model and no saved options."""
+    name = request.app.state.model_name
+    wanted = body.get("sd_model_checkpoint")
+    if wanted not in (None, name):
+        raise RequestError("sd_model_checkpoint", f"this server serves only {name!r}; start another `sdopt serve` for {wanted!r}")
+    return {}
+
+
+@router.get("/sdapi/v1/scripts")
+def scripts() -> dict[str, list]:
+    return {"txt2img": [], "img2img": []}

@@ -1,0 +1,129 @@
+"""sdopt's own job API: an id at once, state on demand, server-sent events, per-job cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from sdopt.serve import jobs as J
+from sdopt.serve.submission import random_seed, submit
+from sdopt.serve.images import decode_image, encode_png
+from sdopt.serve.worker import FINISHED_KEPT
+
+router = APIRouter(tags=["jobs"])
+EVENT_POLL_S = 0.05
+
+
+class JobRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(max_length=10_000)
+    negative_prompt: str = Field("", max_length=10_000)
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="None: a random seed, reported back")
+    n: int = Field(1, ge=1, description="images, seeds seed, seed+1, ...")
+    steps: int = Field(20, ge=1)
+    guidance_scale: float = Field(7.5, ge=0, le=50)
+    width: int = Field(512, ge=64, le=2048, multiple_of=8)
+    height: int = Field(512, ge=64, le=2048, multiple_of=8)
+    scheduler: str | None = None
+    init_image: str | None = Field(None, description="base64 image: img2img")
+    mask: str | None = Field(None, description="base64 image, white = repaint: inpainting (needs init_image)")
+    strength: float = Field(0.8, gt=0, le=1)
+
+
+def job_view(request: Request, job: J.Job, images: bool = True) -> dict[str, Any]:
+    worker = request.app.state.worker
+    view = {
+        "id": job.id,
+        "status": job.status,
+        "api": job.api,
+        "position": worker.position(job),
+        "step": job.step,
+        "steps": job.steps or job.spec.steps,
+        "progress": job.progress,
+        "eta_seconds": job.eta_seconds(),
+        "error": job.error,
+        "images_dropped": job.images_dropped,
+        "batch_size": job.batch_size,
+        "created": job.created,
+        "started": job.started,
+        "finished": job.finished,
+        "parameters": job.spec.describe(),
+    }
+    if images:
+        view["images"] = [encode_png(im) for im in job.images]
+    return view
+
+
+def find(request: Request, job_id: str) -> J.Job:
+    job = request.app.state.worker.jobs.get(job_id)
+    if job is None:
+        raise HTTPException(404, f"no job {job_id!r} (the server keeps the last {FINISHED_KEPT:,} finished jobs)")
+    return job
+
+
+def spec_from(request: Request, body: JobRequest) -> J.JobSpec:
+    settings = request.app.state.settings
+    limits = (settings.max_image_bytes, settings.max_pixels * 16)  # an input image may be larger than the output
+    init = decode_image(body.init_image, "init_image", *limits) if body.init_image else None
+    mask = decode_image(body.mask, "mask", *limits) if body.mask else None
+    return J.JobSpec(
+        prompt=body.prompt, negative_prompt=body.negative_prompt, seed=random_seed() if body.seed is None else body.seed,
+        n=body.n, steps=body.steps, guidance_scale=body.guidance_scale, width=body.width, height=body.height,
+        scheduler=body.scheduler, init_image=init, mask_image=mask, strength=body.strength,
+    )
+
+
+@router.post("/v1/jobs", status_code=202)
+def create_job(request: Request, body: JobRequest) -> JSONResponse:
+    job = submit(request, spec_from(request, body), "native", names={"num_images": "n", "mask_image": "mask"})
+    return JSONResponse(job_view(request, job, images=False), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
+
+
+@router.get("/v1/jobs/{job_id}")
+def get_job(request: Request, job_id: str, images: bool = True) -> dict[str, Any]:
+    return job_view(request, find(request, job_id), images=images)
+
+
+@router.delete("/v1/jobs/{job_id}")
+def cancel_job(request: Request, job_id: str) -> dict[str, Any]:
+    job = find(request, job_id)
+    cancelled = request.app.state.worker.cancel(job)
+    return {"id": job.id, "status": job.status, "cancelled": cancelled}
+
+
+@router.get("/v1/jobs/{job_id}/events")
+async def job_events(request: Request, job_id: str) -> StreamingResponse:
+    """Server-sent events: queued (with the position, again when it moves), started, step
+    (with a low-resolution preview as a data URL when one was made), done."""
+    job = find(request, job_id)
+    worker = request.app.state.worker
+
+    async def stream():
+        sent, last_position = 0, None
+        while True:
+            for event in job.events_since(sent):
+                sent += 1
+                data = dict(event)
+                if data.get("preview") and job.preview_png:
+                    data["preview"] = "data:image/png;base64," + base64.b64encode(job.preview_png).decode("ascii")
+                else:
+                    data.pop("preview", None)
+                yield f"event: {data['event']}\ndata: {json.dumps(data)}\n\n"
+                if data["event"] == "done":
+                    return
+            position = worker.position(job)
+            if position is not None and position != last_position:
+                last_position = position
+                yield f"event: position\ndata: {json.dumps({'event': 'position', 'id': job.id, 'position': position})}\n\n"
+            if await request.is_disconnected():
+                return
+            await asyncio.sleep(EVENT_POLL_S)
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

@@ -1,0 +1,137 @@
+"""The FastAPI app: one worker, the three APIs, /health, /metrics, the page, and the rules every route shares.
+
+Shared rules: a request body over ``max_body_bytes`` gets 413 before it is read
+whole; a request the loop would refuse gets 422 naming the field (checked
+before it is queued, so a bad request never takes a queue slot); a full queue
+gets 429 with ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from importlib import resources
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+
+from sdopt.errors import SdoptError
+from sdopt.serve.auth import require_auth
+from sdopt.serve.images import ImageInputError
+from sdopt.serve.settings import ServeSettings
+from sdopt.serve.submission import RequestError
+from sdopt.serve.worker import QueueFull, Worker
+
+def _error_body(request: Request, status: int, message: str, field: str | None = None) -> dict[str, Any]:
+    if request.url.path.startswith("/v1/images") or request.url.path.startswith("/v1/models"):
+        # OpenAI's error shape, which its SDK turns into BadRequestError and friends.
+        return {"error": {"message": message, "type": "invalid_request_error", "param": field, "code": None}}
+    detail: Any = message if field is None else [{"loc": ["body", field], "msg": message, "type": "value_error"}]
+    return {"detail": detail}
+
+
+def create_app(worker: Worker, settings: ServeSettings, model_name: str) -> FastAPI:
+    from sdopt import __version__
+    from sdopt.serve import api_a1111, api_native, api_openai
+
+    app = FastAPI(title="sdopt serve", version=__version__, description=f"Serving {model_name} with sdopt")
+    app.state.worker, app.state.settings, app.state.model_name = worker, settings, model_name
+    app.state.started = time.time()
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+
+    @app.exception_handler(RequestError)
+    async def _request_error(request: Request, exc: RequestError):
+        return JSONResponse(_error_body(request, exc.status, str(exc), exc.field), status_code=exc.status)
+
+    @app.exception_handler(ImageInputError)
+    async def _image_error(request: Request, exc: ImageInputError):
+        return JSONResponse(_error_body(request, 422, str(exc), exc.field), status_code=422)
+
+    @app.exception_handler(QueueFull)
+    async def _queue_full(request: Request, exc: QueueFull):
+        return JSONResponse(_error_body(request, 429, str(exc)), status_code=429, headers={"Retry-After": str(exc.retry_after)})
+
+    @app.exception_handler(SdoptError)
+    async def _sdopt_error(request: Request, exc: SdoptError):
+        return JSONResponse(_error_body(request, 422, str(exc)), status_code=422)
+
+    from fastapi.exceptions import RequestValidationError
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        errors = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()]
+        if request.url.path.startswith("/v1/images"):
+            first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+            field = ".".join(str(p) for p in first["loc"][1:]) or None
+            return JSONResponse(_error_body(request, 422, f"{field}: {first['msg']}", field), status_code=422)
+        return JSONResponse({"detail": errors}, status_code=422)
+
+    @app.get("/health", tags=["server"])
+    def health() -> dict[str, Any]:
+        pipe = worker.pipeline
+        manifest = getattr(pipe, "manifest", None)
+        return {
+            "status": "ok" if worker.alive else "worker down",
+            "model": model_name,
+            "backend": getattr(manifest, "backend", None),
+            "precision": getattr(pipe, "precision", None),
+            "device": getattr(pipe, "device", None),
+            "queue": len(worker._queue),
+            "running": len(worker.current),
+        }
+
+    @app.get("/metrics", tags=["server"], dependencies=[Depends(require_auth)], response_class=PlainTextResponse)
+    def metrics() -> PlainTextResponse:
+        return PlainTextResponse(worker.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    page = resources.files("sdopt.serve").joinpath("page.html").read_text(encoding="utf-8")
+
+    @app.get("/", tags=["page"], response_class=HTMLResponse, include_in_schema=False)
+    def index() -> HTMLResponse:
+        # The page is static HTML with no data in it; the API calls it makes carry the credentials.
+        return HTMLResponse(page.replace("{{MODEL}}", model_name).replace("{{AUTH}}", "1" if settings.needs_auth else "0"))
+
+    app.include_router(api_native.router, dependencies=[Depends(require_auth)])
+    app.include_router(api_a1111.router, dependencies=[Depends(require_auth)])
+    app.include_router(api_openai.router, dependencies=[Depends(require_auth)])
+    return app
+
+
+class BodyLimit:
+    """413 for a body over the limit: by Content-Length at once, or while a chunked body streams in."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            return await self._refuse(send)
+        seen = 0
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _TooLarge:
+            await self._refuse(send)
+
+    async def _refuse(self, send):
+        message = f"the request body is larger than the {self.max_bytes / 2**20:g} MiB this server accepts: send smaller images"
+        body = json.dumps({"detail": message}).encode()
+        await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass

@@ -1,0 +1,76 @@
+"""Images in and out of the APIs: base64 PNG, with the limits that keep bad input a 422."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import re
+
+import numpy as np
+
+from sdopt.errors import SdoptError
+
+_DATA_URL = re.compile(r"^data:image/[a-zA-Z0-9.+-]+;base64,")
+# SD latents -> RGB, the linear approximation AUTOMATIC1111 and ComfyUI use for previews of SD 1.x
+# latents (4 channels). A preview of another model's latents is only a rough picture.
+_LATENT_RGB = np.array(
+    [[0.298, 0.207, 0.208], [0.187, 0.286, 0.173], [-0.158, 0.189, 0.264], [-0.184, -0.271, -0.473]], dtype=np.float32
+)
+
+
+class ImageInputError(SdoptError):
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+def decode_image(text: str, field: str, max_bytes: int, max_pixels: int):
+    """A base64 image (with or without a ``data:image/...;base64,`` prefix) -> an RGB PIL image."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not isinstance(text, str) or not text:
+        raise ImageInputError(field, "give a base64-encoded PNG or JPEG image")
+    text = _DATA_URL.sub("", text.strip(), count=1)
+    if len(text) * 3 // 4 > max_bytes:
+        raise ImageInputError(field, f"the image is larger than {max_bytes // 2**20} MiB")
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ImageInputError(field, "not valid base64: send the image's bytes base64-encoded") from None
+    try:
+        image = Image.open(io.BytesIO(data))
+        if image.width * image.height > max_pixels:
+            raise ImageInputError(field, f"the image is {image.width}x{image.height}, more than {max_pixels} pixels")
+        image.load()
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+        raise ImageInputError(field, "not an image PIL can read: send a PNG or JPEG") from None
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        return image  # masks may carry their meaning in alpha; the caller converts
+    return image.convert("RGB")
+
+
+def encode_png(image) -> str:
+    """A PIL image -> base64 PNG, without a data: prefix (what AUTOMATIC1111 and OpenAI return)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def latent_preview_png(latents: np.ndarray, size: int = 64) -> bytes:
+    """One image's latents (C, h, w) -> a small PNG: a look at the picture while it forms."""
+    from PIL import Image
+
+    latents = np.asarray(latents, dtype=np.float32)
+    if latents.shape[0] != _LATENT_RGB.shape[0]:
+        rgb = np.repeat(latents[:1], 3, axis=0)
+    else:
+        rgb = np.einsum("chw,cr->rhw", latents, _LATENT_RGB)
+    pixels = np.clip((rgb + 1) / 2, 0, 1).transpose(1, 2, 0)
+    image = Image.fromarray((pixels * 255).round().astype(np.uint8))
+    scale = size / max(image.size)
+    if scale < 1 or image.width < size:
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.NEAREST)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -1,0 +1,126 @@
+"""The one job type every API maps onto, and what a job tells its followers.
+
+A ``JobSpec`` is what was asked (one prompt, n images); a ``Job`` is its life:
+status, step progress, events, images. Images of a job are rows of a batch,
+each with its own seed (seed, seed+1, ... as AUTOMATIC1111 numbers a batch),
+so a job's images are the same whether it ran alone or batched with others.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, TIMED_OUT = "queued", "running", "succeeded", "failed", "cancelled", "timed_out"
+FINISHED = (SUCCEEDED, FAILED, CANCELLED, TIMED_OUT)
+
+
+@dataclass
+class JobSpec:
+    prompt: str
+    negative_prompt: str = ""
+    seed: int = 0
+    n: int = 1
+    steps: int = 20
+    guidance_scale: float = 7.5
+    width: int = 512
+    height: int = 512
+    scheduler: str | None = None
+    init_image: Any = None  # PIL image: img2img / inpainting
+    mask_image: Any = None  # PIL image, white = repaint
+    strength: float = 0.8
+
+    @property
+    def seeds(self) -> list[int]:
+        return [self.seed + i for i in range(self.n)]
+
+    def batch_key(self, job_id: str) -> tuple:
+        """Jobs with equal keys can share one generate call.
+
+        Jobs with an init image never share: each brings its own picture, and the
+        loop takes one init image per call.
+        """
+        if self.init_image is not None:
+            return ("alone", job_id)
+        return (self.width, self.height, self.steps, self.scheduler, float(self.guidance_scale))
+
+    def describe(self) -> dict[str, Any]:
+        """The parameters as JSON (images as their sizes, not their pixels)."""
+        out = {k: v for k, v in self.__dict__.items() if k not in ("init_image", "mask_image")}
+        out["seeds"] = self.seeds
+        for name in ("init_image", "mask_image"):
+            image = getattr(self, name)
+            out[name] = None if image is None else f"{image.width}x{image.height}"
+        return out
+
+
+@dataclass
+class Job:
+    spec: JobSpec
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    api: str = "native"  # which API submitted it: native, a1111, openai
+    status: str = QUEUED
+    error: str | None = None
+    internal_error: bool = False  # failed by a fault of the server (a bug, a crash), not of the request
+    step: int = 0
+    steps: int = 0
+    images: list = field(default_factory=list)  # PIL images once succeeded
+    images_dropped: bool = False  # the worker let go of them: IMAGES_KEPT newer jobs have finished since
+    preview_png: bytes | None = None  # a low-resolution look at the latents, refreshed while running
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    deadline: float = float("inf")  # time.monotonic() after which the job times out
+    batch_size: int = 0  # images in the generate call that ran it
+    events: list[dict[str, Any]] = field(default_factory=list)
+    future: Future = field(default_factory=Future)  # resolved with the job itself when it finishes
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def finished_or_cancelled(self) -> bool:
+        return self.status in FINISHED
+
+    def emit(self, kind: str, **data: Any) -> None:
+        with self._lock:
+            self.events.append({"event": kind, "id": self.id, "time": time.time(), **data})
+
+    def events_since(self, index: int) -> list[dict[str, Any]]:
+        with self._lock:
+            return self.events[index:]
+
+    def start(self, batch_size: int, steps: int) -> None:
+        self.status, self.started, self.batch_size, self.steps = RUNNING, time.time(), batch_size, steps
+        self.emit("started", batch_size=batch_size, steps=steps)
+
+    def finish(self, status: str, error: str | None = None, images: list | None = None) -> bool:
+        """Move to a final status once; False when it already had one (a cancel racing the end)."""
+        with self._lock:
+            if self.status in FINISHED:
+                return False
+            self.status, self.error, self.finished = status, error, time.time()
+            if images is not None:
+                self.images = images
+        self.emit("done", status=status, error=error, images=len(self.images))
+        if not self.future.done():
+            self.future.set_result(self)
+        return True
+
+    @property
+    def progress(self) -> float:
+        if self.status == SUCCEEDED:
+            return 1.0
+        return self.step / self.steps if self.steps else 0.0
+
+    def eta_seconds(self) -> float | None:
+        """Remaining seconds at the pace so far; None before the first step."""
+        if self.status != RUNNING or not self.started or not self.step:
+            return None
+        elapsed = time.time() - self.started
+        return elapsed / self.step * (self.steps - self.step)
+
+    def seconds(self) -> float | None:
+        return (self.finished - self.created) if self.finished else None

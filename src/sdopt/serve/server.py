@@ -1,0 +1,65 @@
+"""`sdopt serve`: load the artifact once, start its worker, run the app under uvicorn."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from sdopt.errors import SdoptError, require
+from sdopt.serve.settings import ServeSettings
+
+
+def model_name(artifact: str | Path, settings: ServeSettings) -> str:
+    return settings.name or Path(str(artifact).rstrip("/")).name or str(artifact)
+
+
+def check_port_free(host: str, port: int) -> None:
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a port in TIME_WAIT is free
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise SdoptError(f"cannot listen on {host}:{port} ({exc.strerror}): pass another --port, or stop what uses it") from None
+
+
+def build(pipeline: Any, settings: ServeSettings, name: str):
+    """The app over an already loaded pipeline, its worker started (tests and embedders call this)."""
+    from sdopt.serve.app import create_app
+    from sdopt.serve.worker import Worker
+
+    worker = Worker(pipeline, max_queue=settings.max_queue, max_batch=settings.max_batch, job_timeout=settings.job_timeout).start()
+    return create_app(worker, settings, name)
+
+
+def serve(artifact: str | Path, settings: ServeSettings, load_options: dict[str, Any] | None = None) -> None:
+    require("fastapi", "serve")
+    uvicorn = require("uvicorn", "serve")
+    import sdopt
+
+    if settings.exposed and not settings.needs_auth:
+        warnings.warn(
+            f"serving on {settings.host} WITHOUT credentials: anyone who reaches this port can use it. "
+            "Pass --api-key KEY (or set SDOPT_API_KEY) or --api-auth USER:PASS",
+            UserWarning,
+            stacklevel=2,
+        )
+    check_port_free(settings.host, settings.port)  # before the (slow) load
+    print(f"loading {artifact} ...", file=sys.stderr)
+    pipeline = sdopt.load(artifact, **(load_options or {}))
+    name = model_name(artifact, settings)
+    app = build(pipeline, settings, name)
+    print(
+        f"serving {name} ({pipeline.manifest.backend}, {pipeline.precision}) on http://{settings.host}:{settings.port}/ "
+        f"(API docs at /docs; max batch {settings.max_batch}, queue {settings.max_queue})",
+        file=sys.stderr,
+    )
+    try:
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
+    finally:
+        app.state.worker.stop()
+        pipeline.close()

@@ -1,0 +1,52 @@
+"""What a server allows and whom it lets in: one dataclass, filled by cli.py."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sdopt.errors import SdoptError
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    host: str = "127.0.0.1"
+    port: int = 7860
+    api_key: str | None = None  # Bearer token; every endpoint but /health needs it when set
+    api_auth: str | None = None  # "USER:PASS" for HTTP Basic, as AUTOMATIC1111's --api-auth
+    max_queue: int = 64  # jobs waiting (not running); one more gets 429
+    max_batch: int = 4  # images in one generate call
+    job_timeout: float = 600.0  # seconds from submission to the last image
+    max_pixels: int = 1024 * 1024  # width x height of one image
+    max_steps: int = 150
+    max_images: int = 8  # images in one request (n, batch_size x n_iter)
+    max_body_bytes: int = 32 * 2**20  # a request body (base64 images included)
+    max_image_bytes: int = 16 * 2**20  # one decoded input image
+    name: str | None = None  # the model name the APIs report; default: the artifact folder's name
+
+    def __post_init__(self):
+        for field_name in ("max_queue", "max_batch", "max_pixels", "max_steps", "max_images", "max_body_bytes", "max_image_bytes"):
+            value = getattr(self, field_name)
+            if not isinstance(value, int) or value < 1:
+                raise SdoptError(f"--{field_name.replace('_', '-')} {value!r}: must be a positive integer")
+        if not self.job_timeout > 0:
+            raise SdoptError(f"--job-timeout {self.job_timeout!r}: must be a positive number of seconds")
+        if self.api_auth is not None and ":" not in self.api_auth:
+            raise SdoptError("--api-auth must be USER:PASS (as AUTOMATIC1111's --api-auth)")
+        if self.api_key is not None and not self.api_key.strip():
+            raise SdoptError("--api-key is empty: give a key, or leave the option out")
+
+    @property
+    def basic_credentials(self) -> tuple[str, str] | None:
+        if self.api_auth is None:
+            return None
+        user, _, password = self.api_auth.partition(":")
+        return user, password
+
+    @property
+    def needs_auth(self) -> bool:
+        return self.api_key is not None or self.api_auth is not None
+
+    @property
+    def exposed(self) -> bool:
+        """Bound to something other than loopback: reachable from other machines."""
+        return self.host not in ("127.0.0.1", "localhost", "::1")

@@ -1,0 +1,74 @@
+"""From an API's request to a queued job, and from a finished job to an HTTP status: what every API shares."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+from typing import Any
+
+from fastapi import Request
+
+from sdopt.errors import SdoptError
+from sdopt.serve import jobs as J
+from sdopt.serve.settings import ServeSettings
+from sdopt.serve.worker import Worker
+
+_FIELD = re.compile(r"^(\w+)[=:]")
+
+
+class RequestError(SdoptError):
+    """Input a route refuses: 422 with the field named in the API's own words."""
+
+    def __init__(self, field: str, message: str, status: int = 422):
+        super().__init__(message)
+        self.field, self.status = field, status
+
+
+def check_spec(spec: J.JobSpec, settings: ServeSettings, pipeline: Any, names: dict[str, str]) -> None:
+    """Refuse what the server's limits or the loop would refuse, before queueing.
+
+    ``names`` maps the loop's field names to the API's (guidance_scale -> cfg_scale).
+    """
+    from sdopt.request import GenerateRequest
+
+    def name(field: str) -> str:
+        return names.get(field, field)
+
+    if spec.width * spec.height > settings.max_pixels:
+        raise RequestError(name("width"), f"{spec.width}x{spec.height} is more than this server's {settings.max_pixels} pixels (--max-pixels)")
+    if isinstance(spec.steps, int) and spec.steps > settings.max_steps:
+        raise RequestError(name("steps"), f"steps={spec.steps}: this server allows at most {settings.max_steps}")
+    if isinstance(spec.n, int) and not 1 <= spec.n <= settings.max_images:
+        raise RequestError(name("num_images"), f"{spec.n} images: this server makes 1 to {settings.max_images} per request")
+    request = GenerateRequest(
+        prompt=[spec.prompt] * max(1, spec.n), negative_prompt=[spec.negative_prompt] * max(1, spec.n), seed=spec.seed,
+        seeds=spec.seeds, steps=spec.steps, guidance_scale=spec.guidance_scale, height=spec.height, width=spec.width,
+        scheduler=spec.scheduler, init_image=spec.init_image, mask_image=spec.mask_image, strength=spec.strength,
+    )
+    try:
+        pipeline.check_request(request)
+    except SdoptError as exc:
+        match = _FIELD.match(str(exc))
+        field = match.group(1) if match else "body"
+        raise RequestError(name("seed" if field == "seeds" else field), str(exc)) from None
+
+
+def random_seed() -> int:
+    return secrets.randbelow(2**32)
+
+
+def submit(request: Request, spec: J.JobSpec, api: str, job_id: str | None = None, names: dict[str, str] | None = None) -> J.Job:
+    worker: Worker = request.app.state.worker
+    check_spec(spec, request.app.state.settings, worker.pipeline, names or {})
+    job = J.Job(spec=spec, api=api, **({"id": job_id} if job_id else {}))
+    return worker.submit(job)
+
+
+async def wait(job: J.Job) -> J.Job:
+    return await asyncio.wrap_future(job.future)
+
+
+def failure_status(job: J.Job) -> int:
+    """The HTTP status for a job that ended without its images, for the APIs that wait for them."""
+    return {J.TIMED_OUT: 504, J.CANCELLED: 409}.get(job.status, 500 if job.internal_error else 422)

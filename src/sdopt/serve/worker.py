@@ -1,0 +1,281 @@
+"""One worker per loaded pipeline: a bounded queue, batching, timeouts, cancel, restart.
+
+The worker thread takes the oldest queued job and every later queued job that
+can share its generate call (same size, steps, scheduler and guidance: see
+``JobSpec.batch_key``) up to ``max_batch`` images, and runs them as one call in
+which each image keeps its own prompt and seed. Cancel and timeout act between
+denoising steps through the loop's progress hook: a job cancelled out of a
+batch is answered at once and its slot freed, while its rows finish with the
+others (the loop has no way to drop a row mid-call) and are thrown away; when
+every job of a call is gone, the call itself stops at the next step.
+
+A generate call that raises fails the jobs it held, with the reason; the
+worker goes on. If the worker thread itself dies, the watchdog fails the jobs
+it held and starts a new one.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from collections import deque
+from typing import Any
+
+from sdopt.errors import SdoptError
+from sdopt.serve import jobs as J
+from sdopt.serve.images import latent_preview_png
+from sdopt.serve.metrics import Metrics
+
+log = logging.getLogger("sdopt.serve")
+
+FINISHED_KEPT = 1000  # finished jobs kept for GET /v1/jobs/{id}, oldest dropped first
+IMAGES_KEPT = 64  # ... of which the newest keep their images (64 SD 1.5 jobs of 4 images at 512²: ~200 MB)
+PREVIEW_EVERY_S = 0.5  # at most one preview per this many seconds per batch (PNG encoding costs)
+
+
+class QueueFull(SdoptError):
+    def __init__(self, retry_after: int):
+        super().__init__(f"the queue is full; retry after {retry_after} s")
+        self.retry_after = retry_after
+
+
+class _StopCall(Exception):
+    """Raised from the progress hook when no job of the running call is still wanted."""
+
+
+class Worker:
+    def __init__(self, pipeline: Any, max_queue: int = 64, max_batch: int = 4, job_timeout: float = 600.0):
+        self.pipeline = pipeline
+        self.max_queue, self.max_batch, self.job_timeout = max_queue, max_batch, job_timeout
+        self.metrics = Metrics(queue_depth=lambda: len(self._queue), running=lambda: len(self.current))
+        self._queue: deque[J.Job] = deque()
+        self._cond = threading.Condition()
+        self.jobs: dict[str, J.Job] = {}
+        self._finished_order: deque[str] = deque()
+        self.current: list[J.Job] = []
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._watchdog: threading.Thread | None = None
+        self._recent_job_seconds: deque[float] = deque(maxlen=20)
+
+    # --- lifecycle ------------------------------------------------------------------
+    def start(self) -> "Worker":
+        self._stopping = False
+        self._start_thread()
+        self._watchdog = threading.Thread(target=self._watch, name="sdopt-serve-watchdog", daemon=True)
+        self._watchdog.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._cond:
+            self._stopping = True
+            pending = list(self._queue)
+            self._queue.clear()
+            self._cond.notify_all()
+        for job in pending + list(self.current):
+            self._finish(job, J.CANCELLED, "the server is shutting down")
+        if self._thread:
+            self._thread.join(timeout)
+
+    def _start_thread(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="sdopt-serve-worker", daemon=True)
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return bool(self._thread and self._thread.is_alive())
+
+    # --- submitting and following ---------------------------------------------------
+    def submit(self, job: J.Job) -> J.Job:
+        with self._cond:
+            if self._stopping:
+                raise SdoptError("the server is shutting down")
+            if job.id in self.jobs:
+                raise SdoptError(f"task id {job.id!r} is already in use: give another force_task_id, or none")
+            if len(self._queue) >= self.max_queue:
+                self.metrics.count_rejected()
+                raise QueueFull(self.retry_after())
+            job.deadline = time.monotonic() + self.job_timeout
+            self.jobs[job.id] = job
+            self._queue.append(job)
+            job.emit("queued", position=len(self._queue))
+            self._cond.notify_all()
+        return job
+
+    def position(self, job: J.Job) -> int | None:
+        """1 for the next job to run; None once it runs or ran."""
+        with self._cond:
+            for i, queued in enumerate(self._queue):
+                if queued is job:
+                    return i + 1
+        return None
+
+    def retry_after(self) -> int:
+        """Seconds until a queue slot is likely free: the recent job time, at least 1."""
+        recent = list(self._recent_job_seconds)
+        return max(1, round(sum(recent) / len(recent))) if recent else 5
+
+    def cancel(self, job: J.Job, reason: str = "cancelled by the client") -> bool:
+        """Cancel one job: removed from the queue, or dropped from its running call. False if it had finished."""
+        with self._cond:
+            if job in self._queue:
+                self._queue.remove(job)
+        return self._finish(job, J.CANCELLED, reason)
+
+    def interrupt(self) -> int:
+        """AUTOMATIC1111's interrupt: cancel whatever runs now. Returns how many jobs it cancelled."""
+        return sum(self.cancel(job, "interrupted") for job in list(self.current))
+
+    # --- the worker thread ------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            while True:
+                batch = self._take_batch()
+                if batch is None:
+                    return
+                self._execute(batch)
+        except BaseException as exc:  # the thread is dying: the watchdog restarts it
+            log.error("sdopt serve: the worker crashed:\n%s", traceback.format_exc())
+            for job in list(self.current):
+                job.internal_error = True
+                self._finish(job, J.FAILED, f"the worker crashed ({type(exc).__name__}: {exc}); it was restarted")
+            self.current = []
+
+    def _take_batch(self) -> list[J.Job] | None:
+        with self._cond:
+            while True:
+                self._expire_queued()
+                if self._stopping:
+                    return None
+                if self._queue:
+                    break
+                self._cond.wait(timeout=0.5)
+            first = self._queue.popleft()
+            key, rows = first.spec.batch_key(first.id), first.spec.n
+            batch = [first]
+            for job in list(self._queue):
+                if rows + job.spec.n > self.max_batch:
+                    continue
+                if job.spec.batch_key(job.id) == key:
+                    self._queue.remove(job)
+                    batch.append(job)
+                    rows += job.spec.n
+            self.current = batch
+            return batch
+
+    def _expire_queued(self) -> None:
+        now = time.monotonic()
+        for job in [j for j in self._queue if j.deadline < now]:
+            self._queue.remove(job)
+            self._finish(job, J.TIMED_OUT, f"timed out after {self.job_timeout:g} s in the queue")
+
+    def _execute(self, batch: list[J.Job]) -> None:
+        from sdopt.request import GenerateRequest
+
+        spec = batch[0].spec
+        prompts, negatives, seeds = [], [], []
+        for job in batch:
+            prompts += [job.spec.prompt] * job.spec.n
+            negatives += [job.spec.negative_prompt] * job.spec.n
+            seeds += job.spec.seeds
+        request = GenerateRequest(
+            prompt=prompts, negative_prompt=negatives, seed=seeds[0], seeds=seeds, steps=spec.steps,
+            guidance_scale=spec.guidance_scale, height=spec.height, width=spec.width, scheduler=spec.scheduler,
+            init_image=spec.init_image, mask_image=spec.mask_image, strength=spec.strength,
+        )
+        self.metrics.observe_batch(len(prompts))
+        for job in batch:
+            job.start(len(prompts), spec.steps)
+        clock = {"preview": 0.0}
+        latest: dict[str, Any] = {}
+
+        def on_latents(latents: Any) -> None:
+            latest["latents"] = latents
+
+        def progress(done: int, total: int) -> None:
+            now = time.perf_counter()
+            self._expire_running(batch)
+            if all(job.finished_or_cancelled for job in batch):
+                raise _StopCall  # nobody wants this call's images any more
+            preview = None
+            if "latents" in latest and now - clock["preview"] >= PREVIEW_EVERY_S:
+                clock["preview"], preview = now, latest["latents"]
+            row = 0
+            for job in batch:
+                if not job.finished_or_cancelled:
+                    job.step, job.steps = done, total
+                    if preview is not None:
+                        job.preview_png = latent_preview_png(preview[row])
+                    job.emit("step", step=done, steps=total, preview=preview is not None)
+                row += job.spec.n
+
+        try:
+            result = self.pipeline.generate(request, progress=progress, on_latents=on_latents)
+        except _StopCall:
+            result = None
+        except SdoptError as exc:
+            self.current = []
+            self._fail_all(batch, str(exc))
+            return
+        except Exception as exc:  # a bug or a backend failure: this call's jobs fail, the server goes on
+            log.error("sdopt serve: generate failed:\n%s", traceback.format_exc())
+            self.current = []
+            for job in batch:
+                job.internal_error = True
+            self._fail_all(batch, f"generation failed ({type(exc).__name__}: {exc})")
+            return
+        # Not in a finally: a BaseException leaves self.current for _run, which fails those jobs.
+        self.current = []
+        if result is None:
+            return
+        if result.problems:
+            self._fail_all(batch, "the generation produced no usable image: " + "; ".join(result.problems))
+            return
+        for seconds in result.timings.unet_steps:
+            self.metrics.observe_step(seconds)
+        row = 0
+        for job in batch:
+            images = result.images[row:row + job.spec.n]
+            row += job.spec.n
+            self._finish(job, J.SUCCEEDED, images=images)
+
+    def _expire_running(self, batch: list[J.Job]) -> None:
+        now = time.monotonic()
+        for job in batch:
+            if job.deadline < now:
+                self._finish(job, J.TIMED_OUT, f"timed out after {self.job_timeout:g} s")
+
+    def _fail_all(self, batch: list[J.Job], reason: str) -> None:
+        for job in batch:
+            self._finish(job, J.FAILED, reason)
+
+    def _finish(self, job: J.Job, status: str, error: str | None = None, images: list | None = None) -> bool:
+        if not job.finish(status, error, images):
+            return False
+        seconds = job.seconds()
+        if status == J.SUCCEEDED and seconds is not None:
+            self._recent_job_seconds.append(seconds)
+        self.metrics.job_finished(status, seconds, len(images or []))
+        with self._cond:
+            self._finished_order.append(job.id)
+            while len(self._finished_order) > FINISHED_KEPT:
+                self.jobs.pop(self._finished_order.popleft(), None)
+            if len(self._finished_order) > IMAGES_KEPT:
+                old = self.jobs.get(self._finished_order[-IMAGES_KEPT - 1])
+                if old is not None and old.images:
+                    old.images, old.images_dropped = [], True
+        return True
+
+    # --- the watchdog -----------------------------------------------------------------
+    def _watch(self) -> None:
+        """Restart a dead worker thread; time out queued jobs even while a long call runs."""
+        while not self._stopping:
+            time.sleep(0.25)
+            with self._cond:
+                self._expire_queued()
+            if not self._stopping and not self.alive:
+                self.metrics.count_restart()
+                log.error("sdopt serve: restarting the worker")
+                self._start_thread()

@@ -1,0 +1,375 @@
+"""sdopt serve on the tiny model, driven by real clients over real HTTP on loopback.
+
+The OpenAI SDK and AUTOMATIC1111's webuiapi client talk to a uvicorn server in
+a thread; httpx covers what neither client does (jobs, events, cancel, 429,
+401, bad input). Sizes are 64x64 with 4 steps: the tiny model's own size.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install 'sdopt[serve]'")
+httpx = pytest.importorskip("httpx", reason="httpx is not installed: pip install 'sdopt[serve-test]'")
+
+from serving import Faulty, SlowSteps, running_server, wait_for  # noqa: E402
+
+SMALL = {"width": 64, "height": 64, "steps": 4}
+KEY = "test-key-123"
+
+
+def png(b64: str):
+    from PIL import Image
+
+    return Image.open(io.BytesIO(base64.b64decode(b64)))
+
+
+def b64png(image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+# --- the OpenAI SDK ------------------------------------------------------------------
+def test_openai_sdk_generates_decodable_images(tiny_pipeline):
+    openai = pytest.importorskip("openai", reason="pip install 'sdopt[serve-test]'")
+    with running_server(tiny_pipeline, api_key=KEY) as (url, _):
+        client = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
+        result = client.images.generate(model="tiny", prompt="a red circle", n=2, size="64x64", response_format="b64_json")
+        images = [png(item.b64_json) for item in result.data]
+        assert [im.size for im in images] == [(64, 64), (64, 64)]
+        assert result.created > 0
+        assert [m.id for m in client.models.list().data] == ["tiny"]
+
+        with pytest.raises(openai.NotFoundError, match="not served here"):
+            client.images.generate(model="dall-e-3", prompt="x", size="64x64")
+        with pytest.raises(openai.BadRequestError, match="b64_json"):
+            client.images.generate(model="tiny", prompt="x", size="64x64", response_format="url")
+        with pytest.raises(openai.UnprocessableEntityError, match="size"):
+            client.images.generate(model="tiny", prompt="x", size="big")
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0).images.generate(prompt="x", size="64x64")
+
+
+# --- AUTOMATIC1111's webuiapi client ---------------------------------------------------
+def test_webuiapi_txt2img_and_inpaint_with_basic_auth(tiny_pipeline):
+    webuiapi = pytest.importorskip("webuiapi", reason="pip install 'sdopt[serve-test]'")
+    from PIL import Image, ImageDraw
+
+    with running_server(tiny_pipeline, api_auth="alice:s3cret") as (url, _):
+        port = int(url.rsplit(":", 1)[1])
+        api = webuiapi.WebUIApi(host="127.0.0.1", port=port, sampler="Euler", steps=4)
+        with pytest.raises(RuntimeError, match="401"):
+            api.txt2img(prompt="a blue square", width=64, height=64, seed=3)
+        api.set_auth("alice", "s3cret")
+
+        result = api.txt2img(prompt="a blue square", width=64, height=64, seed=3, steps=4, batch_size=2)
+        assert [im.size for im in result.images] == [(64, 64), (64, 64)]
+        assert result.info["all_seeds"] == [3, 4]  # AUTOMATIC1111 numbers a batch seed, seed+1, ...
+        assert result.info["sdopt_scheduler"] == "euler"
+
+        init = Image.new("RGB", (64, 64), (200, 30, 30))
+        mask = Image.new("L", (64, 64), 0)
+        ImageDraw.Draw(mask).rectangle([16, 16, 47, 47], fill=255)
+        result = api.img2img(images=[init], mask_image=mask, prompt="a green circle", width=64, height=64, steps=4,
+                             seed=5, denoising_strength=0.6, mask_blur=0)
+        assert result.images[0].size == (64, 64)
+        assert result.info["denoising_strength"] == 0.6
+
+        # The same seed again gives the same picture: nothing of one request leaks into the next.
+        again = api.img2img(images=[init], mask_image=mask, prompt="a green circle", width=64, height=64, steps=4,
+                            seed=5, denoising_strength=0.6, mask_blur=0)
+        assert np.array_equal(np.asarray(result.images[0]), np.asarray(again.images[0]))
+
+
+def test_a1111_reports_ignored_fields_and_honours_force_task_id(tiny_pipeline):
+    with running_server(tiny_pipeline) as (url, _):
+        body = {"prompt": "a cross", **SMALL, "seed": 1, "force_task_id": "task(abc123)", "enable_hr": True,
+                "restore_faces": True, "my_extension_field": {"x": 1}, "hr_scale": 2.0}
+        response = httpx.post(url + "/sdapi/v1/txt2img", json=body, timeout=60)
+        assert response.status_code == 200, response.text
+        data = response.json()
+        info = json.loads(data["info"])  # a JSON string, as AUTOMATIC1111 sends it
+        assert info["task_id"] == "task(abc123)"
+        assert info["sdopt_ignored"] == ["enable_hr", "my_extension_field", "restore_faces"]
+        assert png(data["images"][0]).size == (64, 64)
+        job = httpx.get(url + "/v1/jobs/task(abc123)", params={"images": False}).json()
+        assert job["status"] == "succeeded" and job["api"] == "a1111"
+        followed = httpx.get(url + "/sdapi/v1/progress", params={"id_task": "task(abc123)"}).json()
+        assert followed["progress"] == 1.0 and followed["state"]["job"] == "task(abc123)"
+        again = httpx.post(url + "/sdapi/v1/txt2img", json={**body, "enable_hr": False}, timeout=60)
+        assert again.status_code == 422 and "already in use" in again.text
+        # A data: prefix on an input image is accepted, as AUTOMATIC1111 accepts it.
+        from PIL import Image
+
+        init = "data:image/png;base64," + b64png(Image.new("RGB", (64, 64), (0, 0, 255)))
+        response = httpx.post(url + "/sdapi/v1/img2img", json={"prompt": "x", **SMALL, "init_images": [init]}, timeout=60)
+        assert response.status_code == 200, response.text
+        assert json.loads(response.json()["info"])["denoising_strength"] == 0.75
+        names = [s["name"] for s in httpx.get(url + "/sdapi/v1/samplers").json()]
+        assert "Euler a" in names and "DPM++ 2M" in names
+        assert httpx.get(url + "/sdapi/v1/sd-models").json()[0]["model_name"] == "tiny"
+        assert httpx.get(url + "/sdapi/v1/options").json()["sd_model_checkpoint"] == "tiny"
+
+
+# --- batching ---------------------------------------------------------------------------
+def test_batched_images_equal_the_images_made_alone(tiny_pipeline):
+    """Three users' requests share one generate call; each gets the image its request gets alone."""
+    from sdopt.request import GenerateRequest
+    from sdopt.serve import jobs as J
+    from sdopt.serve.worker import Worker
+
+    specs = [J.JobSpec(prompt=p, seed=s, **SMALL) for p, s in (("a red circle", 11), ("a blue square", 22), ("a green cross", 33))]
+    worker = Worker(tiny_pipeline, max_batch=4)
+    jobs = [worker.submit(J.Job(spec=spec)) for spec in specs]  # queued before the worker starts: one batch
+    worker.start()
+    try:
+        for job in jobs:
+            job.future.result(timeout=120)
+    finally:
+        worker.stop()
+    assert [job.status for job in jobs] == ["succeeded"] * 3
+    assert [job.batch_size for job in jobs] == [3, 3, 3]
+    for job, spec in zip(jobs, specs):
+        alone = tiny_pipeline.generate(GenerateRequest(prompt=spec.prompt, seeds=[spec.seed], seed=spec.seed, steps=4, height=64, width=64))
+        diff = np.abs(np.asarray(job.images[0], dtype=np.int16) - np.asarray(alone.images[0], dtype=np.int16))
+        assert diff.max() <= 1, f"{spec.prompt}: batched differs from alone by {diff.max()} levels"
+
+
+def test_jobs_that_cannot_share_a_call_run_apart(tiny_pipeline):
+    from sdopt.serve import jobs as J
+    from sdopt.serve.worker import Worker
+
+    worker = Worker(tiny_pipeline, max_batch=8)
+    a = worker.submit(J.Job(spec=J.JobSpec(prompt="a", **SMALL)))
+    b = worker.submit(J.Job(spec=J.JobSpec(prompt="b", width=64, height=64, steps=3)))  # other steps
+    c = worker.submit(J.Job(spec=J.JobSpec(prompt="c", **SMALL)))
+    worker.start()
+    try:
+        for job in (a, b, c):
+            job.future.result(timeout=120)
+    finally:
+        worker.stop()
+    assert (a.batch_size, b.batch_size, c.batch_size) == (2, 1, 2)
+
+
+# --- cancel, queue, timeout -----------------------------------------------------------------
+def test_cancel_stops_a_running_job_between_steps_and_the_server_goes_on(tiny_pipeline):
+    with running_server(SlowSteps(tiny_pipeline, 0.2)) as (url, _):
+        job = httpx.post(url + "/v1/jobs", json={"prompt": "x", "width": 64, "height": 64, "steps": 40}).json()
+        wait_for(lambda: httpx.get(f"{url}/v1/jobs/{job['id']}", params={"images": False}).json()["step"] >= 2)
+        response = httpx.delete(f"{url}/v1/jobs/{job['id']}")
+        assert response.json() == {"id": job["id"], "status": "cancelled", "cancelled": True}
+        time.sleep(0.5)  # a few steps' time: the call must have stopped, not run on
+        state = httpx.get(f"{url}/v1/jobs/{job['id']}", params={"images": False}).json()
+        assert state["status"] == "cancelled" and 2 <= state["step"] < 40
+        assert httpx.get(url + "/health").json()["running"] == 0
+        after = httpx.post(url + "/v1/jobs", json={"prompt": "y", **SMALL, "steps": 2}).json()
+        done = wait_for(lambda: (lambda j: j if j["status"] != "queued" and j["status"] != "running" else None)(
+            httpx.get(f"{url}/v1/jobs/{after['id']}", params={"images": False}).json()))
+        assert done["status"] == "succeeded"
+
+
+def test_a_batched_job_cancelled_alone_leaves_the_others_running(tiny_pipeline):
+    from sdopt.serve import jobs as J
+    from sdopt.serve.worker import Worker
+
+    worker = Worker(SlowSteps(tiny_pipeline, 0.1), max_batch=4)
+    keep = worker.submit(J.Job(spec=J.JobSpec(prompt="keep", width=64, height=64, steps=10)))
+    drop = worker.submit(J.Job(spec=J.JobSpec(prompt="drop", width=64, height=64, steps=10)))
+    worker.start()
+    try:
+        wait_for(lambda: drop.step >= 2)
+        assert worker.cancel(drop)
+        assert drop.status == "cancelled" and drop.future.done()  # answered at once, not at the end of the call
+        keep.future.result(timeout=60)
+    finally:
+        worker.stop()
+    assert keep.status == "succeeded" and len(keep.images) == 1 and keep.batch_size == 2
+    assert drop.images == []
+
+
+def test_full_queue_answers_429_with_retry_after(tiny_pipeline):
+    with running_server(tiny_pipeline, max_queue=2, start_worker=False) as (url, _):
+        for _ in range(2):
+            assert httpx.post(url + "/v1/jobs", json={"prompt": "x", **SMALL}).status_code == 202
+        response = httpx.post(url + "/v1/jobs", json={"prompt": "x", **SMALL})
+        assert response.status_code == 429
+        assert int(response.headers["Retry-After"]) >= 1
+        assert 'sdopt_jobs_rejected_total 1' in httpx.get(url + "/metrics").text
+
+
+def test_a_job_past_its_timeout_is_answered_timed_out(tiny_pipeline):
+    with running_server(SlowSteps(tiny_pipeline, 0.2), job_timeout=1.0) as (url, _):
+        response = httpx.post(url + "/sdapi/v1/txt2img", json={"prompt": "x", "width": 64, "height": 64, "steps": 50}, timeout=30)
+        assert response.status_code == 504
+        assert "timed out after 1 s" in response.text
+
+
+# --- auth -----------------------------------------------------------------------------------
+def test_credentials_are_required_everywhere_but_health(tiny_pipeline):
+    with running_server(tiny_pipeline, api_key=KEY, api_auth="bob:pw") as (url, _):
+        assert httpx.get(url + "/health").status_code == 200
+        for method, path in (("GET", "/metrics"), ("POST", "/v1/jobs"), ("GET", "/sdapi/v1/progress"), ("POST", "/sdapi/v1/txt2img"), ("GET", "/v1/models")):
+            response = httpx.request(method, url + path, json={"prompt": "x"})
+            assert response.status_code == 401, path
+            assert "Bearer" in response.headers["WWW-Authenticate"] and "Basic" in response.headers["WWW-Authenticate"]
+        assert httpx.get(url + "/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert httpx.get(url + "/metrics", auth=("bob", "nope")).status_code == 401
+        assert httpx.get(url + "/metrics", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+        assert httpx.get(url + "/metrics", auth=("bob", "pw")).status_code == 200
+
+
+# --- bad input ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "path, body, field",
+    [
+        ("/sdapi/v1/txt2img", {"width": 65}, "width"),
+        ("/sdapi/v1/txt2img", {"width": 2048, "height": 2048}, "width"),  # over --max-pixels
+        ("/sdapi/v1/txt2img", {"steps": 0}, "steps"),
+        ("/sdapi/v1/txt2img", {"steps": 100000}, "steps"),
+        ("/sdapi/v1/txt2img", {"batch_size": 50}, "batch_size"),
+        ("/sdapi/v1/txt2img", {"sampler_name": "DPM++ SDE Exotic"}, "sampler_name"),
+        ("/sdapi/v1/txt2img", {"cfg_scale": 1e9}, "cfg_scale"),
+        ("/sdapi/v1/img2img", {"init_images": ["not base64!"]}, "init_images"),
+        ("/sdapi/v1/img2img", {"init_images": [base64.b64encode(b"not an image").decode()]}, "init_images"),
+        ("/sdapi/v1/img2img", {}, "init_images"),
+        ("/v1/jobs", {"n": 0}, "n"),
+        ("/v1/jobs", {"scheduler": "nope"}, "scheduler"),
+        ("/v1/jobs", {"strength": 0}, "strength"),
+    ],
+)
+def test_bad_input_is_422_naming_the_field(tiny_pipeline, path, body, field):
+    with running_server(tiny_pipeline, start_worker=False) as (url, app):
+        response = httpx.post(url + path, json={"prompt": "x", "width": 64, "height": 64, "steps": 4, **body})
+        assert response.status_code == 422, response.text
+        assert field in response.text
+        assert len(app.state.worker._queue) == 0  # refused before taking a queue slot
+
+
+def test_mask_of_another_size_and_oversized_body_are_refused(tiny_pipeline):
+    from PIL import Image
+
+    with running_server(tiny_pipeline, start_worker=False, max_body_bytes=200_000) as (url, _):
+        init, mask = b64png(Image.new("RGB", (64, 64))), b64png(Image.new("L", (32, 32)))
+        response = httpx.post(url + "/sdapi/v1/img2img", json={"prompt": "x", **SMALL, "init_images": [init], "mask": mask})
+        assert response.status_code == 422 and "32x32" in response.text and "64x64" in response.text
+        response = httpx.post(url + "/v1/jobs", content=b'{"prompt": "' + b"x" * 300_000 + b'"}', headers={"Content-Type": "application/json"})
+        assert response.status_code == 413
+
+
+# --- failures ---------------------------------------------------------------------------------
+def test_a_failing_generate_fails_its_job_and_a_crash_restarts_the_worker(tiny_pipeline):
+    with running_server(Faulty(tiny_pipeline)) as (url, app):
+        response = httpx.post(url + "/sdapi/v1/txt2img", json={"prompt": "fail", **SMALL}, timeout=60)
+        assert response.status_code == 500 and "the backend fell over" in response.text
+        response = httpx.post(url + "/sdapi/v1/txt2img", json={"prompt": "crash", **SMALL}, timeout=60)
+        assert response.status_code == 500 and "worker crashed" in response.text
+        wait_for(lambda: app.state.worker.alive, timeout=10)
+        response = httpx.post(url + "/sdapi/v1/txt2img", json={"prompt": "fine", **SMALL}, timeout=60)
+        assert response.status_code == 200
+        metrics = httpx.get(url + "/metrics").text
+        assert "sdopt_worker_restarts_total 1" in metrics
+        assert 'sdopt_jobs_total{outcome="failed"} 2' in metrics and 'sdopt_jobs_total{outcome="succeeded"} 1' in metrics
+
+
+# --- progress: events, A1111 progress, metrics ----------------------------------------------
+def test_events_stream_queued_steps_previews_and_done(tiny_pipeline):
+    with running_server(SlowSteps(tiny_pipeline, 0.3)) as (url, _):
+        job = httpx.post(url + "/v1/jobs", json={"prompt": "x", **SMALL}).json()
+        events = []
+        with httpx.stream("GET", f"{url}/v1/jobs/{job['id']}/events", timeout=60) as stream:
+            for line in stream.iter_lines():
+                if line.startswith("data: "):
+                    events.append(json.loads(line[6:]))
+        kinds = [e["event"] for e in events]
+        assert kinds[0] in ("queued", "started") and kinds[-1] == "done"
+        steps = [e for e in events if e["event"] == "step"]
+        # Every UNet call is a step event (the tiny model's PNDM makes 5 calls for 4 steps).
+        assert steps[-1]["steps"] >= 4 and [e["step"] for e in steps] == list(range(1, steps[-1]["steps"] + 1))
+        previews = [e["preview"] for e in steps if "preview" in e]
+        assert previews and png(previews[0].split(",", 1)[1]).size[0] <= 64
+        assert events[-1]["status"] == "succeeded"
+
+
+def test_a1111_progress_and_interrupt_follow_the_running_job(tiny_pipeline):
+    import threading
+
+    with running_server(SlowSteps(tiny_pipeline, 0.2)) as (url, _):
+        answer = {}
+        thread = threading.Thread(target=lambda: answer.update(r=httpx.post(url + "/sdapi/v1/txt2img", json={"prompt": "x", "width": 64, "height": 64, "steps": 40}, timeout=60)))
+        thread.start()
+        progress = wait_for(lambda: (lambda p: p if p["state"]["sampling_step"] >= 2 else None)(httpx.get(url + "/sdapi/v1/progress").json()))
+        assert progress["state"]["sampling_steps"] == 40 and 0 < progress["progress"] < 1 and progress["eta_relative"] > 0
+        assert httpx.post(url + "/sdapi/v1/interrupt").status_code == 200
+        thread.join(30)
+        response = answer["r"]
+        assert response.status_code == 200
+        info = json.loads(response.json()["info"])
+        assert info["interrupted"] is True and response.json()["images"] == []
+
+
+def test_metrics_count_jobs_images_steps_and_batches(tiny_pipeline):
+    with running_server(tiny_pipeline) as (url, _):
+        assert httpx.post(url + "/sdapi/v1/txt2img", json={"prompt": "x", **SMALL, "batch_size": 2}, timeout=60).status_code == 200
+        text = httpx.get(url + "/metrics").text
+    assert "sdopt_images_generated_total 2" in text
+    assert 'sdopt_jobs_total{outcome="succeeded"} 1' in text
+    assert "sdopt_step_seconds_count 4" in text
+    assert 'sdopt_batch_images_bucket{le="2"} 1' in text
+    assert "sdopt_queue_depth 0" in text
+
+
+# --- the page, in a real browser -------------------------------------------------------------
+def test_page_in_headless_chromium_generates_and_shows_progress(tiny_pipeline, tmp_path):
+    from browser import Browser, chromium_path
+
+    if chromium_path() is None:
+        pytest.skip("no Chromium on this machine (Debian: apt-get install chromium); .ci/run installs it")
+    with running_server(SlowSteps(tiny_pipeline, 0.1)) as (url, _), Browser() as browser:
+        browser.open(url + "/?autorun=1&width=64&height=64&steps=6&seed=3")
+        status = "document.getElementById('status') && document.getElementById('status').textContent"
+        text = wait_for(lambda: (lambda s: s if s and (s.startswith("done") or "error" in s or "failed" in s) else None)(browser.evaluate(status)), timeout=120, every=0.1)
+        assert text.startswith("done: 1 image(s), seed 3"), text
+        # Every step reached the page over the events stream (PNDM: 7 UNet calls for 6 steps).
+        assert int(browser.evaluate("document.getElementById('bar').dataset.stepsSeen")) >= 6
+        assert browser.evaluate("document.querySelectorAll('#images img').length") == 1
+        assert browser.evaluate("document.querySelector('#images img').naturalWidth") == 64
+        browser.screenshot(str(tmp_path / "page.png"))
+        assert (tmp_path / "page.png").stat().st_size > 1000
+
+
+# --- the command line ------------------------------------------------------------------------
+def test_serve_command_refuses_a_busy_port_and_bad_options_before_loading(tiny_model, capsys):
+    import socket
+
+    from sdopt.cli import main
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", str(tiny_model), "--port", str(port)]) == 2
+        assert "cannot listen on 127.0.0.1" in capsys.readouterr().err
+    assert main(["serve", str(tiny_model), "--api-auth", "no-colon"]) == 2
+    assert "USER:PASS" in capsys.readouterr().err
+    assert main(["serve", str(tiny_model), "--max-batch", "0"]) == 2
+    assert "--max-batch" in capsys.readouterr().err
+
+
+def test_serve_command_takes_the_key_from_the_environment(tiny_model, monkeypatch):
+    import sdopt.serve.server as server
+    from sdopt.cli import main
+
+    seen = {}
+    monkeypatch.setattr(server, "serve", lambda artifact, settings, options: seen.update(settings=settings, options=options))
+    monkeypatch.setenv("SDOPT_API_KEY", "from-env")
+    assert main(["serve", str(tiny_model), "--max-batch", "8"]) == 0
+    assert seen["settings"].api_key == "from-env" and seen["settings"].max_batch == 8
+    assert seen["options"] == {"device": "cpu", "precision": None}
