@@ -25,6 +25,9 @@ schemathesis run "http://127.0.0.1:$PORT/openapi.json" --checks not_a_server_err
     -H "Authorization: Bearer fuzz" --max-examples "$EXAMPLES" --request-timeout 120 --generation-deterministic
 STATUS=$?
 set -e
+echo "== what the fuzzed requests made the server do (its /metrics):"
+curl -s -H "Authorization: Bearer fuzz" "http://127.0.0.1:$PORT/metrics" | grep -E '^sdopt_(jobs_total|images_generated_total|jobs_rejected_total|worker_restarts_total)'
+
 if grep -q "Traceback" "$WORK/server.log"; then
     echo "the server logged a traceback:"; grep -B2 -A20 "Traceback" "$WORK/server.log" | head -60
     STATUS=1

@@ -73,6 +73,7 @@ def test_webuiapi_txt2img_and_inpaint_with_basic_auth(tiny_pipeline):
         assert [im.size for im in result.images] == [(64, 64), (64, 64)]
         assert result.info["all_seeds"] == [3, 4]  # AUTOMATIC1111 numbers a batch seed, seed+1, ...
         assert result.info["sdopt_scheduler"] == "euler"
+        assert result.info["sdopt_ignored"] == []  # webuiapi's own defaults change nothing here
 
         init = Image.new("RGB", (64, 64), (200, 30, 30))
         mask = Image.new("L", (64, 64), 0)
@@ -81,6 +82,7 @@ def test_webuiapi_txt2img_and_inpaint_with_basic_auth(tiny_pipeline):
                              seed=5, denoising_strength=0.6, mask_blur=0)
         assert result.images[0].size == (64, 64)
         assert result.info["denoising_strength"] == 0.6
+        assert result.info["sdopt_ignored"] == []
 
         # The same seed again gives the same picture: nothing of one request leaks into the next.
         again = api.img2img(images=[init], mask_image=mask, prompt="a green circle", width=64, height=64, steps=4,

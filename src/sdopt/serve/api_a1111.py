@@ -144,7 +144,11 @@ _USED = {
     "include_init_images", "resize_mode", "mask_round", "inpaint_full_res", "inpaint_full_res_padding", "styles",
 }
 # Values that change nothing in AUTOMATIC1111 either (clients such as webuiapi send them).
-_NEUTRAL = {"s_noise": 1.0}
+_NEUTRAL = {"s_noise": 1.0, "initial_noise_multiplier": 1.0}
+# Read by AUTOMATIC1111 only for instruct-pix2pix ("edit") models, which sdopt does not run.
+_EDIT_MODELS_ONLY = {"image_cfg_scale"}
+# eta as the sampler runs it here: DDIM with eta 0, the ancestral sampler with the full noise (eta 1).
+_ETA = {"ddim": 0.0, "euler_a": 1.0}
 
 
 def _hires_only(name: str) -> bool:
@@ -153,11 +157,15 @@ def _hires_only(name: str) -> bool:
 
 
 
-def ignored_fields(body: _Processing) -> list[str]:
+def ignored_fields(body: _Processing, scheduler: str | None) -> list[str]:
     defaults = type(body).model_fields
     out = []
     for name in sorted(body.model_fields_set | set(body.model_extra or {})):
-        if name in _USED:
+        if name in _USED or name in _EDIT_MODELS_ONLY:
+            continue
+        if name == "eta":  # only DDIM and ancestral samplers read it, in AUTOMATIC1111 too
+            if body.eta is not None and scheduler in _ETA and body.eta != _ETA[scheduler]:
+                out.append(name)
             continue
         if _hires_only(name) and not getattr(body, "enable_hr", False):  # inert in AUTOMATIC1111 too
             continue
@@ -240,7 +248,7 @@ def _info(request: Request, job: J.Job, spec: J.JobSpec, body: _Processing, inte
         "is_using_inpainting_conditioning": False,
         "task_id": job.id,
         "interrupted": interrupted,
-        "sdopt_ignored": ignored_fields(body),
+        "sdopt_ignored": ignored_fields(body, spec.scheduler),
         "sdopt_scheduler": spec.scheduler,
         "sdopt_batch_size": job.batch_size,
     }
