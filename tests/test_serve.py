@@ -375,3 +375,21 @@ def test_serve_command_takes_the_key_from_the_environment(tiny_model, monkeypatc
     assert main(["serve", str(tiny_model), "--max-batch", "8"]) == 0
     assert seen["settings"].api_key == "from-env" and seen["settings"].max_batch == 8
     assert seen["options"] == {"device": "cpu", "precision": None}
+
+
+def test_binding_beyond_loopback_without_credentials_warns(tiny_model, monkeypatch):
+    import uvicorn
+
+    import sdopt.serve.server as server
+    from sdopt.serve.settings import ServeSettings
+
+    ran = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, log_level: ran.update(host=host, port=port))
+    with pytest.warns(UserWarning, match="WITHOUT credentials"):
+        server.serve(tiny_model, ServeSettings(host="0.0.0.0", port=0))
+    assert ran == {"host": "0.0.0.0", "port": 0}
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # with a key: no warning
+        server.serve(tiny_model, ServeSettings(host="0.0.0.0", port=0, api_key="k"))
