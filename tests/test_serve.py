@@ -144,7 +144,46 @@ def test_batched_images_equal_the_images_made_alone(tiny_pipeline):
         assert diff.max() <= 1, f"{spec.prompt}: batched differs from alone by {diff.max()} levels"
 
 
+@pytest.mark.parametrize("with_mask", [False, True], ids=["img2img", "inpaint"])
+def test_batched_img2img_and_inpaint_equal_the_images_made_alone(tiny_pipeline, with_mask):
+    """Two users' img2img (or inpainting) jobs, each with its own picture and mask, share one call."""
+    from PIL import Image, ImageDraw
+
+    from sdopt.serve import jobs as J
+    from sdopt.serve.worker import Worker
+
+    def mask(box):
+        m = Image.new("L", (64, 64), 0)
+        ImageDraw.Draw(m).rectangle(box, fill=255)
+        return m if with_mask else None
+
+    specs = [
+        J.JobSpec(prompt="a red circle", seed=5, n=2, init_image=Image.new("RGB", (64, 64), (200, 20, 20)), mask_image=mask([0, 0, 31, 63]), strength=0.7, **SMALL),
+        J.JobSpec(prompt="a blue square", seed=9, init_image=Image.new("RGB", (64, 64), (20, 20, 200)), mask_image=mask([32, 0, 63, 63]), strength=0.7, **SMALL),
+    ]
+    worker = Worker(tiny_pipeline, max_batch=4)
+    batched = [worker.submit(J.Job(spec=spec)) for spec in specs]
+    worker.start()
+    try:
+        for job in batched:
+            job.future.result(timeout=120)
+        alone = []
+        for spec in specs:  # now one at a time: nothing else is queued
+            alone.append(worker.submit(J.Job(spec=spec)))
+            alone[-1].future.result(timeout=120)
+    finally:
+        worker.stop()
+    assert [j.status for j in batched + alone] == ["succeeded"] * 4
+    assert [j.batch_size for j in batched] == [3, 3] and [j.batch_size for j in alone] == [2, 1]
+    for together, single in zip(batched, alone):
+        for a, b in zip(together.images, single.images):
+            diff = np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16))
+            assert diff.max() <= 1, f"batched differs from alone by {diff.max()} levels"
+
+
 def test_jobs_that_cannot_share_a_call_run_apart(tiny_pipeline):
+    from PIL import Image
+
     from sdopt.serve import jobs as J
     from sdopt.serve.worker import Worker
 
@@ -152,13 +191,16 @@ def test_jobs_that_cannot_share_a_call_run_apart(tiny_pipeline):
     a = worker.submit(J.Job(spec=J.JobSpec(prompt="a", **SMALL)))
     b = worker.submit(J.Job(spec=J.JobSpec(prompt="b", width=64, height=64, steps=3)))  # other steps
     c = worker.submit(J.Job(spec=J.JobSpec(prompt="c", **SMALL)))
+    init = Image.new("RGB", (64, 64))
+    d = worker.submit(J.Job(spec=J.JobSpec(prompt="d", init_image=init, strength=0.5, **SMALL)))  # img2img
+    e = worker.submit(J.Job(spec=J.JobSpec(prompt="e", init_image=init, strength=0.75, **SMALL)))  # other strength
     worker.start()
     try:
-        for job in (a, b, c):
+        for job in (a, b, c, d, e):
             job.future.result(timeout=120)
     finally:
         worker.stop()
-    assert (a.batch_size, b.batch_size, c.batch_size) == (2, 1, 2)
+    assert (a.batch_size, b.batch_size, c.batch_size, d.batch_size, e.batch_size) == (2, 1, 2, 1, 1)
 
 
 # --- cancel, queue, timeout -----------------------------------------------------------------

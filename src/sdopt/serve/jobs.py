@@ -38,15 +38,13 @@ class JobSpec:
     def seeds(self) -> list[int]:
         return [self.seed + i for i in range(self.n)]
 
-    def batch_key(self, job_id: str) -> tuple:
-        """Jobs with equal keys can share one generate call.
-
-        Jobs with an init image never share: each brings its own picture, and the
-        loop takes one init image per call.
-        """
-        if self.init_image is not None:
-            return ("alone", job_id)
-        return (self.width, self.height, self.steps, self.scheduler, float(self.guidance_scale))
+    def batch_key(self) -> tuple:
+        """Jobs with equal keys can share one generate call (each keeps its own prompt, seeds and init image)."""
+        key = (self.width, self.height, self.steps, self.scheduler, float(self.guidance_scale))
+        if self.init_image is None:
+            return ("text", *key)
+        # img2img and inpainting share a call only with their own kind, at the same strength.
+        return ("image", *key, float(self.strength), self.mask_image is not None)
 
     def describe(self) -> dict[str, Any]:
         """The parameters as JSON (images as their sizes, not their pixels)."""

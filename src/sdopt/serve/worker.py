@@ -1,9 +1,10 @@
 """One worker per loaded pipeline: a bounded queue, batching, timeouts, cancel, restart.
 
 The worker thread takes the oldest queued job and every later queued job that
-can share its generate call (same size, steps, scheduler and guidance: see
-``JobSpec.batch_key``) up to ``max_batch`` images, and runs them as one call in
-which each image keeps its own prompt and seed. Cancel and timeout act between
+can share its generate call (same size, steps, scheduler and guidance, and for
+img2img/inpainting the same strength: see ``JobSpec.batch_key``) up to
+``max_batch`` images, and runs them as one call in which each image keeps its
+own prompt, seed and init image. Cancel and timeout act between
 denoising steps through the loop's progress hook: a job cancelled out of a
 batch is answered at once and its slot freed, while its rows finish with the
 others (the loop has no way to drop a row mid-call) and are thrown away; when
@@ -39,6 +40,15 @@ class QueueFull(SdoptError):
     def __init__(self, retry_after: int):
         super().__init__(f"the queue is full; retry after {retry_after} s")
         self.retry_after = retry_after
+
+
+def _per_row(batch: list[J.Job], name: str) -> Any:
+    """A job's init image (or mask) as the loop takes it: the one image for a call of one job, else one per row."""
+    if getattr(batch[0].spec, name) is None:
+        return None
+    if len(batch) == 1:
+        return getattr(batch[0].spec, name)
+    return [getattr(job.spec, name) for job in batch for _ in range(job.spec.n)]
 
 
 class _StopCall(Exception):
@@ -153,12 +163,12 @@ class Worker:
                     break
                 self._cond.wait(timeout=0.5)
             first = self._queue.popleft()
-            key, rows = first.spec.batch_key(first.id), first.spec.n
+            key, rows = first.spec.batch_key(), first.spec.n
             batch = [first]
             for job in list(self._queue):
                 if rows + job.spec.n > self.max_batch:
                     continue
-                if job.spec.batch_key(job.id) == key:
+                if job.spec.batch_key() == key:
                     self._queue.remove(job)
                     batch.append(job)
                     rows += job.spec.n
@@ -183,7 +193,7 @@ class Worker:
         request = GenerateRequest(
             prompt=prompts, negative_prompt=negatives, seed=seeds[0], seeds=seeds, steps=spec.steps,
             guidance_scale=spec.guidance_scale, height=spec.height, width=spec.width, scheduler=spec.scheduler,
-            init_image=spec.init_image, mask_image=spec.mask_image, strength=spec.strength,
+            init_image=_per_row(batch, "init_image"), mask_image=_per_row(batch, "mask_image"), strength=spec.strength,
         )
         self.metrics.observe_batch(len(prompts))
         for job in batch:
