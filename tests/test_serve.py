@@ -46,6 +46,9 @@ def test_openai_sdk_generates_decodable_images(tiny_pipeline):
         assert [im.size for im in images] == [(64, 64), (64, 64)]
         assert result.created > 0
         assert [m.id for m in client.models.list().data] == ["tiny"]
+        # No size (or "auto"): the model's own, 64x64 for the tiny model (512x512 for SD 1.5).
+        assert png(client.images.generate(prompt="a cross").data[0].b64_json).size == (64, 64)
+        assert httpx.get(url + "/health").json()["default_size"] == 64
 
         with pytest.raises(openai.NotFoundError, match="not served here"):
             client.images.generate(model="dall-e-3", prompt="x", size="64x64")

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from sdopt.serve import jobs as J
-from sdopt.serve.submission import random_seed, submit
+from sdopt.serve.submission import default_size, random_seed, submit
 from sdopt.serve.images import decode_image, encode_png
 from sdopt.serve.worker import FINISHED_KEPT
 
@@ -29,8 +29,8 @@ class JobRequest(BaseModel):
     n: int = Field(1, ge=1, description="images, seeds seed, seed+1, ...")
     steps: int = Field(20, ge=1)
     guidance_scale: float = Field(7.5, ge=0, le=50)
-    width: int = Field(512, ge=64, le=2048, multiple_of=8)
-    height: int = Field(512, ge=64, le=2048, multiple_of=8)
+    width: int | None = Field(None, ge=64, le=2048, multiple_of=8, description="None: the model's own size")
+    height: int | None = Field(None, ge=64, le=2048, multiple_of=8, description="None: the model's own size")
     scheduler: str | None = None
     init_image: str | None = Field(None, description="base64 image: img2img")
     mask: str | None = Field(None, description="base64 image, white = repaint: inpainting (needs init_image)")
@@ -73,9 +73,10 @@ def spec_from(request: Request, body: JobRequest) -> J.JobSpec:
     limits = (settings.max_image_bytes, settings.max_pixels * 16)  # an input image may be larger than the output
     init = decode_image(body.init_image, "init_image", *limits) if body.init_image else None
     mask = decode_image(body.mask, "mask", *limits) if body.mask else None
+    side = default_size(request.app.state.worker.pipeline)
     return J.JobSpec(
         prompt=body.prompt, negative_prompt=body.negative_prompt, seed=random_seed() if body.seed is None else body.seed,
-        n=body.n, steps=body.steps, guidance_scale=body.guidance_scale, width=body.width, height=body.height,
+        n=body.n, steps=body.steps, guidance_scale=body.guidance_scale, width=body.width or side, height=body.height or side,
         scheduler=body.scheduler, init_image=init, mask_image=mask, strength=body.strength,
     )
 

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from sdopt.serve import jobs as J
-from sdopt.serve.submission import RequestError, failure_status, random_seed, submit, wait
+from sdopt.serve.submission import RequestError, default_size, failure_status, random_seed, submit, wait
 from sdopt.serve.images import encode_png
 
 router = APIRouter(tags=["openai"])
@@ -27,14 +27,14 @@ class ImageGeneration(BaseModel):
     prompt: str = Field(max_length=32_000)
     model: str | None = None
     n: int | None = Field(1, ge=1, le=10)
-    size: str | None = Field("512x512", description="WIDTHxHEIGHT, or auto (the model's default size)")
+    size: str | None = Field("auto", description="WIDTHxHEIGHT, or auto: the model's own size (512x512 for SD 1.5)")
     response_format: Literal["b64_json", "url"] | None = "b64_json"
     user: str | None = None
 
 
-def _size(text: str | None) -> tuple[int, int]:
+def _size(text: str | None, side: int) -> tuple[int, int]:
     if text in (None, "auto"):
-        return 512, 512
+        return side, side
     width, sep, height = text.partition("x")
     if not sep or not width.isdigit() or not height.isdigit():
         raise RequestError("size", f"size={text!r}: give WIDTHxHEIGHT, like 512x512")
@@ -48,7 +48,7 @@ async def generations(request: Request, body: ImageGeneration) -> dict[str, Any]
         raise RequestError("model", f"model {body.model!r} is not served here; this server serves {name!r}", status=404)
     if body.response_format == "url":
         raise RequestError("response_format", "response_format=url is not supported: ask for b64_json", status=400)
-    width, height = _size(body.size)
+    width, height = _size(body.size, default_size(request.app.state.worker.pipeline))
     spec = J.JobSpec(prompt=body.prompt, seed=random_seed(), n=body.n or 1, width=width, height=height)
     job = await wait(submit(request, spec, "openai", names={"num_images": "n", "width": "size", "height": "size"}))
     if job.status != J.SUCCEEDED:

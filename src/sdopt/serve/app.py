@@ -20,7 +20,7 @@ from sdopt.errors import SdoptError
 from sdopt.serve.auth import require_auth
 from sdopt.serve.images import ImageInputError
 from sdopt.serve.settings import ServeSettings
-from sdopt.serve.submission import RequestError
+from sdopt.serve.submission import RequestError, default_size
 from sdopt.serve.worker import QueueFull, Worker
 
 def _error_body(request: Request, status: int, message: str, field: str | None = None) -> dict[str, Any]:
@@ -77,6 +77,7 @@ def create_app(worker: Worker, settings: ServeSettings, model_name: str) -> Fast
             "backend": getattr(manifest, "backend", None),
             "precision": getattr(pipe, "precision", None),
             "device": getattr(pipe, "device", None),
+            "default_size": default_size(pipe),
             "queue": len(worker._queue),
             "running": len(worker.current),
         }

@@ -54,6 +54,14 @@ def check_spec(spec: J.JobSpec, settings: ServeSettings, pipeline: Any, names: d
         raise RequestError(name("seed" if field == "seeds" else field), str(exc)) from None
 
 
+def default_size(pipeline: Any) -> int:
+    """The side the model was trained at (UNet sample size x VAE factor): 512 for SD 1.5, 64 for the tiny and shapes models."""
+    model = getattr(getattr(pipeline, "manifest", None), "model", None) or {}
+    if "sample_size" in model and "vae_scale_factor" in model:
+        return int(model["sample_size"]) * int(model["vae_scale_factor"])
+    return 512
+
+
 def random_seed() -> int:
     return secrets.randbelow(2**32)
 
