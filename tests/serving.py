@@ -20,16 +20,12 @@ def running_server(pipeline: Any, name: str = "tiny", start_worker: bool = True,
     """Yields (base_url, app). The worker starts unless start_worker=False (tests that fill the queue first)."""
     import uvicorn
 
-    from sdopt.serve.app import create_app
+    from sdopt.serve.server import build
     from sdopt.serve.settings import ServeSettings
-    from sdopt.serve.worker import Worker
 
     port = free_port()
-    config = ServeSettings(port=port, **settings)
-    worker = Worker(pipeline, max_queue=config.max_queue, max_batch=config.max_batch, job_timeout=config.job_timeout)
-    if start_worker:
-        worker.start()
-    app = create_app(worker, config, name)
+    app = build(pipeline, ServeSettings(port=port, **settings), name, start_worker=start_worker)
+    worker = app.state.worker
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sdopt import GenerateRequest
-from sdopt.runtime.pipeline import initial_latents
+from sdopt.runtime.noise import Noise
 from sdopt.runtime.schedulers import make_scheduler
 
 from conftest import SMALL
@@ -67,7 +67,7 @@ def test_explicit_latents_path_matches(tiny_pipeline, diffusers_pipe):
     request = GenerateRequest(**{**SMALL, "scheduler": "euler"})
     ours = tiny_pipeline.generate(request)
     factor = tiny_pipeline.manifest.model["vae_scale_factor"]
-    latents, _ = initial_latents(request.seed, (1, 4, request.height // factor, request.width // factor))
+    latents = Noise(request.seed).randn((1, 4, request.height // factor, request.width // factor))  # the loop's first draw
     diffusers_pipe.scheduler = make_scheduler("euler", dict(diffusers_pipe.scheduler.config))
     ref = diffusers_pipe(
         prompt=request.prompt,

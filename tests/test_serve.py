@@ -297,7 +297,7 @@ def test_bad_input_is_422_naming_the_field(tiny_pipeline, path, body, field):
         response = httpx.post(url + path, json={"prompt": "x", "width": 64, "height": 64, "steps": 4, **body})
         assert response.status_code == 422, response.text
         assert field in response.text
-        assert len(app.state.worker._queue) == 0  # refused before taking a queue slot
+        assert app.state.worker.queue_depth == 0  # refused before taking a queue slot
 
 
 def test_mask_of_another_size_and_oversized_body_are_refused(tiny_pipeline):

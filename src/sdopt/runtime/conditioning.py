@@ -142,8 +142,9 @@ def latent_mask(masks: list, request: GenerateRequest, size: tuple[int, int]):
 
 
 # --- what the artifact must have --------------------------------------------------------------------
-def check_artifact(request: GenerateRequest, manifest: Any, components: dict[str, Any], folder: Path | None) -> None:
-    """Refuse, before any work, an image-conditioned request this artifact cannot run."""
+def check_artifact(request: GenerateRequest, manifest: Any, components: dict[str, Any], unet_channels: int | None) -> None:
+    """Refuse, before any work, an image-conditioned request this artifact cannot run.
+    unet_channels: the UNet's input channels (``unet_in_channels``), None when unknown."""
     if request.init_image is None:
         return
     if "vae_encoder" not in components:
@@ -153,10 +154,9 @@ def check_artifact(request: GenerateRequest, manifest: Any, components: dict[str
             "Export it again from the Diffusers checkpoint: `sdopt export` includes vae_encoder whenever the "
             "checkpoint's vae/ has its weights; or generate with the Diffusers folder itself"
         )
-    channels = unet_in_channels(manifest, folder)
-    if request.mask_image is not None and channels not in (None, manifest.model["latent_channels"]):
+    if request.mask_image is not None and unet_channels not in (None, manifest.model["latent_channels"]):
         raise SdoptError(
-            f"this artifact's UNet takes {channels} input channels (an inpainting UNet: latents, mask and masked "
+            f"this artifact's UNet takes {unet_channels} input channels (an inpainting UNet: latents, mask and masked "
             "image), which sdopt does not support yet. Inpaint with a text-to-image checkpoint instead: sdopt "
             "blends the mask after every step, as Diffusers' StableDiffusionInpaintPipeline does with such a UNet"
         )

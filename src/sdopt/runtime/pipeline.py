@@ -15,6 +15,7 @@ img2img and inpaint pipelines do (runtime/conditioning.py).
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 from pathlib import Path
@@ -34,19 +35,6 @@ from sdopt.runtime.schedulers import check_scheduler, make_scheduler
 
 ProgressFn = Callable[[int, int], None]  # (steps done, steps in all)
 LatentsFn = Callable[[np.ndarray], None]  # the latents after a step, (batch, C, h, w) float32
-
-
-def initial_latents(seed: int, shape: tuple[int, ...]):
-    """Gaussian noise drawn on the CPU in float32 from the seed, whatever the backend and device.
-
-    Returns the generator too: ancestral schedulers draw their per-step noise
-    from the same stream, as Diffusers does with a single generator. (The loop
-    draws through runtime/noise.py, which gives the same numbers for one seed.)
-    """
-    import torch
-
-    generator = torch.Generator("cpu").manual_seed(seed)
-    return torch.randn(shape, generator=generator, dtype=torch.float32), generator
 
 
 def to_images(decoded: np.ndarray) -> list:
@@ -127,10 +115,15 @@ class Pipeline:
         timings.vae_encoder += time.perf_counter() - start
         return parameters
 
+    @functools.cached_property
+    def unet_in_channels(self) -> int | None:
+        """Read from the UNet's config.json once per pipeline (a server checks every request with it)."""
+        return conditioning.unet_in_channels(self.manifest, self.folder)
+
     def check_request(self, request: GenerateRequest) -> None:
         request.validate()
         check_scheduler(request.scheduler)
-        conditioning.check_artifact(request, self.manifest, self.components, self.folder)
+        conditioning.check_artifact(request, self.manifest, self.components, self.unet_in_channels)
         shapes = self.manifest.static_shapes
         if shapes:
             want = {"batch": request.batch_size, "height": request.height, "width": request.width}

@@ -8,8 +8,10 @@ one job type (``jobs.JobSpec``), which the one worker per pipeline
 hook, so they act between denoising steps on every backend.
 
 Modules: ``settings`` (limits and credentials), ``jobs`` (the job and its
-events), ``worker`` (queue, batching, timeouts, cancel, restart), ``images``
-(base64 in and out), ``auth``, ``metrics`` (Prometheus text), ``app`` (the
+events, and the one generate call a batch of jobs makes), ``worker`` (queue,
+batching, timeouts, cancel, restart), ``submission`` (request -> job, job ->
+HTTP status), ``errors`` (the 4xx a route answers), ``images`` (base64 in and
+out), ``auth``, ``metrics`` (Prometheus text), ``app`` (the
 FastAPI app, its errors and body limit), one module per API
 (``api_native``, ``api_a1111``, ``api_openai``), ``page.html``, and
 ``server`` (uvicorn).

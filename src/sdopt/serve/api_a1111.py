@@ -23,7 +23,8 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from sdopt.serve import jobs as J
-from sdopt.serve.submission import RequestError, failure_status, random_seed, submit, wait
+from sdopt.serve.errors import RequestError
+from sdopt.serve.submission import failure_status, random_seed, submit, wait
 from sdopt.serve.images import decode_image, encode_png
 
 router = APIRouter(tags=["automatic1111"])
@@ -264,7 +265,7 @@ def _mask(request: Request, body: Img2ImgRequest, size: tuple[int, int]):
     from PIL import ImageFilter, ImageOps
 
     settings = request.app.state.settings
-    mask = decode_image(body.mask, "mask", settings.max_image_bytes, settings.max_pixels * 16)
+    mask = decode_image(body.mask, "mask", settings.max_image_bytes, settings.max_input_pixels)
     if mask.mode in ("RGBA", "LA") and mask.getextrema()[-1] != (255, 255):
         mask = mask.getchannel("A")  # AUTOMATIC1111's create_binary_mask: a transparent mask means its alpha
     mask = mask.convert("L")
@@ -283,7 +284,7 @@ async def img2img(request: Request, body: Img2ImgRequest) -> dict[str, Any]:
     settings = request.app.state.settings
     if not body.init_images:
         raise RequestError("init_images", "give one init image (base64 PNG or JPEG) in init_images")
-    init = decode_image(body.init_images[0], "init_images", settings.max_image_bytes, settings.max_pixels * 16).convert("RGB")
+    init = decode_image(body.init_images[0], "init_images", settings.max_image_bytes, settings.max_input_pixels).convert("RGB")
     mask = _mask(request, body, init.size) if body.mask else None
     strength = body.denoising_strength if body.denoising_strength is not None else 0.75
     return await _run(request, body, _spec(request, body, init, mask, strength))
@@ -296,7 +297,7 @@ def progress(request: Request, skip_current_image: bool = False, id_task: str | 
         job = worker.jobs.get(id_task)
     else:
         job = worker.current[0] if worker.current else None
-    queued = len(worker._queue)
+    queued = worker.queue_depth
     if job is None:
         state = {"skipped": False, "interrupted": False, "job": "", "job_count": queued, "job_timestamp": "0",
                  "job_no": 0, "sampling_step": 0, "sampling_steps": 0}

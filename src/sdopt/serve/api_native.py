@@ -70,7 +70,7 @@ def find(request: Request, job_id: str) -> J.Job:
 
 def spec_from(request: Request, body: JobRequest) -> J.JobSpec:
     settings = request.app.state.settings
-    limits = (settings.max_image_bytes, settings.max_pixels * 16)  # an input image may be larger than the output
+    limits = (settings.max_image_bytes, settings.max_input_pixels)
     init = decode_image(body.init_image, "init_image", *limits) if body.init_image else None
     mask = decode_image(body.mask, "mask", *limits) if body.mask else None
     side = default_size(request.app.state.worker.pipeline)

@@ -15,7 +15,8 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from sdopt.serve import jobs as J
-from sdopt.serve.submission import RequestError, default_size, failure_status, random_seed, submit, wait
+from sdopt.serve.errors import RequestError
+from sdopt.serve.submission import default_size, failure_status, random_seed, submit, wait
 from sdopt.serve.images import encode_png
 
 router = APIRouter(tags=["openai"])

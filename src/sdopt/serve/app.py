@@ -18,13 +18,17 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 
 from sdopt.errors import SdoptError
 from sdopt.serve.auth import require_auth
-from sdopt.serve.images import ImageInputError
 from sdopt.serve.settings import ServeSettings
-from sdopt.serve.submission import RequestError, default_size
+from sdopt.serve.errors import RequestError
+from sdopt.serve.submission import default_size
 from sdopt.serve.worker import QueueFull, Worker
 
+def _openai_route(request: Request) -> bool:
+    return request.url.path.startswith(("/v1/images", "/v1/models"))
+
+
 def _error_body(request: Request, status: int, message: str, field: str | None = None) -> dict[str, Any]:
-    if request.url.path.startswith("/v1/images") or request.url.path.startswith("/v1/models"):
+    if _openai_route(request):
         # OpenAI's error shape, which its SDK turns into BadRequestError and friends.
         return {"error": {"message": message, "type": "invalid_request_error", "param": field, "code": None}}
     detail: Any = message if field is None else [{"loc": ["body", field], "msg": message, "type": "value_error"}]
@@ -44,10 +48,6 @@ def create_app(worker: Worker, settings: ServeSettings, model_name: str) -> Fast
     async def _request_error(request: Request, exc: RequestError):
         return JSONResponse(_error_body(request, exc.status, str(exc), exc.field), status_code=exc.status)
 
-    @app.exception_handler(ImageInputError)
-    async def _image_error(request: Request, exc: ImageInputError):
-        return JSONResponse(_error_body(request, 422, str(exc), exc.field), status_code=422)
-
     @app.exception_handler(QueueFull)
     async def _queue_full(request: Request, exc: QueueFull):
         return JSONResponse(_error_body(request, 429, str(exc)), status_code=429, headers={"Retry-After": str(exc.retry_after)})
@@ -61,7 +61,7 @@ def create_app(worker: Worker, settings: ServeSettings, model_name: str) -> Fast
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
         errors = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()]
-        if request.url.path.startswith("/v1/images"):
+        if _openai_route(request):
             first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
             field = ".".join(str(p) for p in first["loc"][1:]) or None
             return JSONResponse(_error_body(request, 422, f"{field}: {first['msg']}", field), status_code=422)
@@ -78,7 +78,7 @@ def create_app(worker: Worker, settings: ServeSettings, model_name: str) -> Fast
             "precision": getattr(pipe, "precision", None),
             "device": getattr(pipe, "device", None),
             "default_size": default_size(pipe),
-            "queue": len(worker._queue),
+            "queue": worker.queue_depth,
             "running": len(worker.current),
         }
 

@@ -9,7 +9,7 @@ import re
 
 import numpy as np
 
-from sdopt.errors import SdoptError
+from sdopt.serve.errors import RequestError
 
 _DATA_URL = re.compile(r"^data:image/[a-zA-Z0-9.+-]+;base64,")
 # SD latents -> RGB, the linear approximation AUTOMATIC1111 and ComfyUI use for previews of SD 1.x
@@ -19,10 +19,8 @@ _LATENT_RGB = np.array(
 )
 
 
-class ImageInputError(SdoptError):
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
+def _refuse(field: str, message: str) -> RequestError:
+    return RequestError(field, f"{field}: {message}")
 
 
 def decode_image(text: str, field: str, max_bytes: int, max_pixels: int):
@@ -30,21 +28,21 @@ def decode_image(text: str, field: str, max_bytes: int, max_pixels: int):
     from PIL import Image, UnidentifiedImageError
 
     if not isinstance(text, str) or not text:
-        raise ImageInputError(field, "give a base64-encoded PNG or JPEG image")
+        raise _refuse(field, "give a base64-encoded PNG or JPEG image")
     text = _DATA_URL.sub("", text.strip(), count=1)
     if len(text) * 3 // 4 > max_bytes:
-        raise ImageInputError(field, f"the image is larger than {max_bytes // 2**20} MiB")
+        raise _refuse(field, f"the image is larger than {max_bytes // 2**20} MiB")
     try:
         data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise ImageInputError(field, "not valid base64: send the image's bytes base64-encoded") from None
+        raise _refuse(field, "not valid base64: send the image's bytes base64-encoded") from None
     try:
         image = Image.open(io.BytesIO(data))
         if image.width * image.height > max_pixels:
-            raise ImageInputError(field, f"the image is {image.width}x{image.height}, more than {max_pixels} pixels")
+            raise _refuse(field, f"the image is {image.width}x{image.height}, more than {max_pixels} pixels")
         image.load()
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
-        raise ImageInputError(field, "not an image PIL can read: send a PNG or JPEG") from None
+        raise _refuse(field, "not an image PIL can read: send a PNG or JPEG") from None
     if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
         return image  # masks may carry their meaning in alpha; the caller converts
     return image.convert("RGB")

@@ -56,6 +56,28 @@ class JobSpec:
         return out
 
 
+def generate_request(specs: list[JobSpec]):
+    """The one generate call for jobs that share a batch key: a row per image, each with its job's
+    prompt, seed and (img2img/inpainting) picture; a call of one job passes its one picture as it is."""
+    from sdopt.request import GenerateRequest
+
+    first = specs[0]
+    prompts = [spec.prompt for spec in specs for _ in range(spec.n)]
+    negatives = [spec.negative_prompt for spec in specs for _ in range(spec.n)]
+    seeds = [seed for spec in specs for seed in spec.seeds]
+
+    def per_row(name: str) -> Any:
+        if getattr(first, name) is None or len(specs) == 1:
+            return getattr(first, name)
+        return [getattr(spec, name) for spec in specs for _ in range(spec.n)]
+
+    return GenerateRequest(
+        prompt=prompts, negative_prompt=negatives, seed=first.seed, seeds=seeds, steps=first.steps,
+        guidance_scale=first.guidance_scale, height=first.height, width=first.width, scheduler=first.scheduler,
+        init_image=per_row("init_image"), mask_image=per_row("mask_image"), strength=first.strength,
+    )
+
+
 @dataclass
 class Job:
     spec: JobSpec
@@ -79,7 +101,8 @@ class Job:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
-    def finished_or_cancelled(self) -> bool:
+    def ended(self) -> bool:
+        """In a final status: succeeded, failed, cancelled or timed out."""
         return self.status in FINISHED
 
     def emit(self, kind: str, **data: Any) -> None:

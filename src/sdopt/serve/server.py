@@ -27,12 +27,15 @@ def check_port_free(host: str, port: int) -> None:
             raise SdoptError(f"cannot listen on {host}:{port} ({exc.strerror}): pass another --port, or stop what uses it") from None
 
 
-def build(pipeline: Any, settings: ServeSettings, name: str):
-    """The app over an already loaded pipeline, its worker started (tests and embedders call this)."""
+def build(pipeline: Any, settings: ServeSettings, name: str, start_worker: bool = True):
+    """The app over an already loaded pipeline (tests and embedders call this). start_worker=False
+    leaves the worker idle until ``app.state.worker.start()``: tests that fill the queue first."""
     from sdopt.serve.app import create_app
     from sdopt.serve.worker import Worker
 
-    worker = Worker(pipeline, max_queue=settings.max_queue, max_batch=settings.max_batch, job_timeout=settings.job_timeout).start()
+    worker = Worker(pipeline, max_queue=settings.max_queue, max_batch=settings.max_batch, job_timeout=settings.job_timeout)
+    if start_worker:
+        worker.start()
     return create_app(worker, settings, name)
 
 

@@ -36,6 +36,11 @@ class ServeSettings:
             raise SdoptError("--api-key is empty: give a key, or leave the option out")
 
     @property
+    def max_input_pixels(self) -> int:
+        """Pixels of an init image or mask: larger than the output allows, since the loop resizes it."""
+        return self.max_pixels * 16
+
+    @property
     def basic_credentials(self) -> tuple[str, str] | None:
         if self.api_auth is None:
             return None

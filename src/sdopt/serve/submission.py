@@ -11,18 +11,11 @@ from fastapi import Request
 
 from sdopt.errors import SdoptError
 from sdopt.serve import jobs as J
+from sdopt.serve.errors import RequestError
 from sdopt.serve.settings import ServeSettings
 from sdopt.serve.worker import Worker
 
 _FIELD = re.compile(r"^(\w+)[=:]")
-
-
-class RequestError(SdoptError):
-    """Input a route refuses: 422 with the field named in the API's own words."""
-
-    def __init__(self, field: str, message: str, status: int = 422):
-        super().__init__(message)
-        self.field, self.status = field, status
 
 
 def check_spec(spec: J.JobSpec, settings: ServeSettings, pipeline: Any, names: dict[str, str]) -> None:
@@ -30,7 +23,6 @@ def check_spec(spec: J.JobSpec, settings: ServeSettings, pipeline: Any, names: d
 
     ``names`` maps the loop's field names to the API's (guidance_scale -> cfg_scale).
     """
-    from sdopt.request import GenerateRequest
 
     def name(field: str) -> str:
         return names.get(field, field)
@@ -41,13 +33,8 @@ def check_spec(spec: J.JobSpec, settings: ServeSettings, pipeline: Any, names: d
         raise RequestError(name("steps"), f"steps={spec.steps}: this server allows at most {settings.max_steps}")
     if isinstance(spec.n, int) and not 1 <= spec.n <= settings.max_images:
         raise RequestError(name("num_images"), f"{spec.n} images: this server makes 1 to {settings.max_images} per request")
-    request = GenerateRequest(
-        prompt=[spec.prompt] * max(1, spec.n), negative_prompt=[spec.negative_prompt] * max(1, spec.n), seed=spec.seed,
-        seeds=spec.seeds, steps=spec.steps, guidance_scale=spec.guidance_scale, height=spec.height, width=spec.width,
-        scheduler=spec.scheduler, init_image=spec.init_image, mask_image=spec.mask_image, strength=spec.strength,
-    )
     try:
-        pipeline.check_request(request)
+        pipeline.check_request(J.generate_request([spec]))  # the call this job would make alone
     except SdoptError as exc:
         match = _FIELD.match(str(exc))
         field = match.group(1) if match else "body"

@@ -42,15 +42,6 @@ class QueueFull(SdoptError):
         self.retry_after = retry_after
 
 
-def _per_row(batch: list[J.Job], name: str) -> Any:
-    """A job's init image (or mask) as the loop takes it: the one image for a call of one job, else one per row."""
-    if getattr(batch[0].spec, name) is None:
-        return None
-    if len(batch) == 1:
-        return getattr(batch[0].spec, name)
-    return [getattr(job.spec, name) for job in batch for _ in range(job.spec.n)]
-
-
 class _StopCall(Exception):
     """Raised from the progress hook when no job of the running call is still wanted."""
 
@@ -59,7 +50,7 @@ class Worker:
     def __init__(self, pipeline: Any, max_queue: int = 64, max_batch: int = 4, job_timeout: float = 600.0):
         self.pipeline = pipeline
         self.max_queue, self.max_batch, self.job_timeout = max_queue, max_batch, job_timeout
-        self.metrics = Metrics(queue_depth=lambda: len(self._queue), running=lambda: len(self.current))
+        self.metrics = Metrics(queue_depth=lambda: self.queue_depth, running=lambda: len(self.current))
         self._queue: deque[J.Job] = deque()
         self._cond = threading.Condition()
         self.jobs: dict[str, J.Job] = {}
@@ -113,6 +104,11 @@ class Worker:
             job.emit("queued", position=len(self._queue))
             self._cond.notify_all()
         return job
+
+    @property
+    def queue_depth(self) -> int:
+        """Jobs waiting (not running)."""
+        return len(self._queue)
 
     def position(self, job: J.Job) -> int | None:
         """1 for the next job to run; None once it runs or ran."""
@@ -182,22 +178,10 @@ class Worker:
             self._finish(job, J.TIMED_OUT, f"timed out after {self.job_timeout:g} s in the queue")
 
     def _execute(self, batch: list[J.Job]) -> None:
-        from sdopt.request import GenerateRequest
-
-        spec = batch[0].spec
-        prompts, negatives, seeds = [], [], []
+        request = J.generate_request([job.spec for job in batch])
+        self.metrics.observe_batch(request.batch_size)
         for job in batch:
-            prompts += [job.spec.prompt] * job.spec.n
-            negatives += [job.spec.negative_prompt] * job.spec.n
-            seeds += job.spec.seeds
-        request = GenerateRequest(
-            prompt=prompts, negative_prompt=negatives, seed=seeds[0], seeds=seeds, steps=spec.steps,
-            guidance_scale=spec.guidance_scale, height=spec.height, width=spec.width, scheduler=spec.scheduler,
-            init_image=_per_row(batch, "init_image"), mask_image=_per_row(batch, "mask_image"), strength=spec.strength,
-        )
-        self.metrics.observe_batch(len(prompts))
-        for job in batch:
-            job.start(len(prompts), spec.steps)
+            job.start(request.batch_size, request.steps)
         clock = {"preview": 0.0}
         latest: dict[str, Any] = {}
 
@@ -207,14 +191,14 @@ class Worker:
         def progress(done: int, total: int) -> None:
             now = time.perf_counter()
             self._expire_running(batch)
-            if all(job.finished_or_cancelled for job in batch):
+            if all(job.ended for job in batch):
                 raise _StopCall  # nobody wants this call's images any more
             preview = None
             if "latents" in latest and now - clock["preview"] >= PREVIEW_EVERY_S:
                 clock["preview"], preview = now, latest["latents"]
             row = 0
             for job in batch:
-                if not job.finished_or_cancelled:
+                if not job.ended:
                     job.step, job.steps = done, total
                     if preview is not None:
                         job.preview_png = latent_preview_png(preview[row])
