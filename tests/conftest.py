@@ -27,6 +27,18 @@ def shapes_model(tmp_path_factory):
     return write_model("shapes", tmp_path_factory.mktemp("zoo") / "shapes", progress=False)
 
 
+# A tiny-decoder distillation cut to seconds: what it writes and how it behaves, not how good it gets.
+DISTILL_FEW = dict(latents=4, steps_per_image=2, generate_batch=2, train_steps=4, batch=2, crop=4, height=64, width=64)
+
+
+@pytest.fixture(scope="session")
+def distilled(tiny_model, tmp_path_factory):
+    """A tiny decoder distilled from the tiny model (sdopt distill-decoder, DISTILL_FEW)."""
+    from sdopt.decoder.distill import DistillSettings, distill_decoder
+
+    return distill_decoder(tiny_model, tmp_path_factory.mktemp("decoder") / "tiny-decoder", DistillSettings(**DISTILL_FEW), progress=False)
+
+
 @pytest.fixture(scope="session")
 def tiny_pipeline(tiny_model):
     import sdopt

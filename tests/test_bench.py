@@ -33,6 +33,11 @@ def test_report_files_and_fields(bench_report):
         assert a["peak_memory_bytes"] > 0 and a["size_bytes"] > 0
         assert {"psnr_db", "ssim", "latent_cosine"} <= set(a["quality"])
         assert a["compute"]["achieved_gflops"] > 0
+        # Every stage's counted FLOPs over its time; the UNet's is the table's GFLOP/s column.
+        stages = a["stage_compute"]
+        assert set(stages) == {"text_encoder", "unet_step", "vae_decoder"} and all(c["achieved_gflops"] > 0 for c in stages.values())
+        assert stages["unet_step"]["achieved_gflops"] == pytest.approx(a["compute"]["achieved_gflops"])
+    assert "Per stage, GFLOP/s achieved" in (out / "report.md").read_text()
     by = {a["name"]: a for a in data["artifacts"]}
     assert by["tiny"]["quality"]["psnr_db"] == 100.0  # the reference against itself: capped
     assert by["tiny-onnx"]["quality"]["psnr_db"] >= 40

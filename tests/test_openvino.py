@@ -191,12 +191,13 @@ def test_nncf_int8_weights(tiny_ov, ov_pipe, tmp_path):
     assert value >= 25
 
 
-def test_nncf_int8_static_calibrates_the_unet(tiny_ov_bf16_static, tmp_path):
+def test_nncf_int8_static_calibrates_the_unet_and_the_vae_decoder(tiny_ov_bf16_static, tmp_path):
     pytest.importorskip("nncf")
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("# one prompt: quick\n\na red fox\n")
     out = tmp_path / "int8-static"
-    code = main(["quantize", str(tiny_ov_bf16_static), "--backend", "nncf", "--scheme", "int8-static", "--calibration-prompts", str(prompts), "-o", str(out)])
+    code = main(["quantize", str(tiny_ov_bf16_static), "--backend", "nncf", "--scheme", "int8-static", "--calibration-prompts", str(prompts),
+                 "--components", "unet,text_encoder,vae_decoder", "-o", str(out)])
     assert code == 0
     m = read_manifest(out)
     assert m.export["options"]["calibration_prompts"] == ["a red fox"]  # the prompts themselves, not the path
@@ -204,6 +205,8 @@ def test_nncf_int8_static_calibrates_the_unet(tiny_ov_bf16_static, tmp_path):
     assert unet["scheme"] == "int8-static" and not unet["weights_only"] and unet["layers"] > 0
     assert unet["calibration"]["prompts"] == 1 and unet["calibration"]["samples"] >= 4  # a sample per UNet call
     assert text["scheme"] == "int8" and text["weights_only"]
+    decoder = m.components["vae_decoder"].quantization  # calibrated on the final latents: one per generation
+    assert decoder["scheme"] == "int8-static" and not decoder["weights_only"] and decoder["calibration"]["samples"] == 1
     assert m.static_shapes == STATIC and m.precision == "bf16"
     with _warns_unless_bf16():
         result = sdopt.load(out).generate(GenerateRequest(**SMALL))

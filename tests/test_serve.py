@@ -197,13 +197,14 @@ def test_jobs_that_cannot_share_a_call_run_apart(tiny_pipeline):
     init = Image.new("RGB", (64, 64))
     d = worker.submit(J.Job(spec=J.JobSpec(prompt="d", init_image=init, strength=0.5, **SMALL)))  # img2img
     e = worker.submit(J.Job(spec=J.JobSpec(prompt="e", init_image=init, strength=0.75, **SMALL)))  # other strength
+    f = worker.submit(J.Job(spec=J.JobSpec(prompt="f", cache_interval=1, **SMALL)))  # another caching interval
     worker.start()
     try:
-        for job in (a, b, c, d, e):
+        for job in (a, b, c, d, e, f):
             job.future.result(timeout=120)
     finally:
         worker.stop()
-    assert (a.batch_size, b.batch_size, c.batch_size, d.batch_size, e.batch_size) == (2, 1, 2, 1, 1)
+    assert (a.batch_size, b.batch_size, c.batch_size, d.batch_size, e.batch_size, f.batch_size) == (2, 1, 2, 1, 1, 1)
 
 
 # --- cancel, queue, timeout -----------------------------------------------------------------
@@ -290,6 +291,8 @@ def test_credentials_are_required_everywhere_but_health(tiny_pipeline):
         ("/v1/jobs", {"n": 0}, "n"),
         ("/v1/jobs", {"scheduler": "nope"}, "scheduler"),
         ("/v1/jobs", {"strength": 0}, "strength"),
+        ("/v1/jobs", {"cache_interval": 0}, "cache_interval"),
+        ("/v1/jobs", {"cache_interval": 2}, "cache_interval"),  # the tiny torch model has no shallow UNet branch: says --deep-cache
     ],
 )
 def test_bad_input_is_422_naming_the_field(tiny_pipeline, path, body, field):

@@ -55,10 +55,32 @@ def _train_shapes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _distill_decoder(args: argparse.Namespace) -> int:
+    from sdopt.decoder.distill import DistillSettings, distill_decoder
+
+    changes = {k: getattr(args, k) for k in ("seed", "latents", "channels", "train_steps", "batch", "crop", "height", "width") if getattr(args, k) is not None}
+    if args.steps is not None:
+        changes["steps_per_image"] = args.steps
+    if args.prompts is not None:
+        from sdopt.prompts import read_prompts
+
+        changes["prompts"] = tuple(read_prompts(args.prompts))
+    out = distill_decoder(args.model, args.output, DistillSettings(**changes), init=args.init, progress=not args.quiet, force=args.force)
+    report = json.loads((out / "distill.json").read_text())
+    held, probe, flops = report["held_out"], report["probe"], report["flops"]
+    print(f"distilled: {out}  ({report['decoder_parameters']:,} decoder parameters, {flops['ratio']:.1%} of the full decoder's FLOPs at {flops['at']})")
+    print(f"  held-out latents: {held['psnr_db']:.1f} dB mean PSNR against the full decoder (worst {held['min_psnr_db']:.1f} dB, {held['latents']} latents)")
+    print(f"  probe pictures:   {probe['psnr_db']:.1f} dB mean (worst {probe['min_psnr_db']:.1f} dB)")
+    print(f"  use it: sdopt export {args.model} --to openvino --vae-decoder {out} -o OUT  (loss curve in {out / 'training'})")
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     from sdopt.export.run import export
     from sdopt.inspect_artifact import describe, format_description
 
+    if args.deep_cache is not None and args.deep_cache < 1:
+        raise SdoptError(f"--deep-cache {args.deep_cache}: give the caching interval, an integer of 1 or more (2 or 3 are usual)")
     options = {k: v for k, v in vars(args).items() if k in EXPORT_OPTIONS and v not in (None, False)}
     export(args.model, args.to, args.output, precision=args.precision, force=args.force, **options)
     print(format_description(describe(args.output)))
@@ -91,7 +113,36 @@ def _quantize(args: argparse.Namespace) -> int:
 
 
 # Options that pass through to exporters; an exporter refuses those it does not declare.
-EXPORT_OPTIONS = ("opset", "optimize", "skip_validation", "height", "width", "batch")
+EXPORT_OPTIONS = ("opset", "optimize", "skip_validation", "height", "width", "batch", "vae_decoder", "deep_cache")
+
+
+def _optimize(args: argparse.Namespace) -> int:
+    from sdopt.bench.optimize import Floor, optimize
+    from sdopt.bench.runner import BenchSettings
+    from sdopt.prompts import read_prompts
+
+    settings = BenchSettings.resolve(
+        None,
+        prompts=read_prompts(args.prompts) if args.prompts else None,
+        seeds=_int_list(args.seeds, "--seeds") if args.seeds else None,
+        steps=args.steps, height=args.height, width=args.width, guidance_scale=args.guidance,
+        scheduler=args.scheduler, runs=args.runs, device=args.device,
+    )
+    floor = Floor(**{k: v for k, v in (("min_psnr", args.min_psnr), ("min_adherence", args.min_adherence)) if v is not None})
+    say = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr))
+    work = Path(args.work) if args.work else Path(str(Path(args.output).absolute()) + ".work")
+    distill = {"latents": args.distill_latents} if args.distill_latents else None
+    outcome = optimize(args.model, args.output, settings, work, floor, quick=args.quick, budget_minutes=args.budget_minutes,
+                       distill=distill, force=args.force, progress=not args.quiet, say=say)
+    print(f"{'candidate':<36} {'exact':<6} {'speed-up':>9} {'PSNR dB':>8} {'adherence':>10}  verdict")
+    for r in outcome.rows:
+        speed = f"{r['speedup']:.2f}x" if r.get("speedup") else "-"
+        psnr = f"{r['psnr_db']:.1f}" if r.get("psnr_db") is not None else "-"
+        adh = f"{r['adherence']:.3f}" if r.get("adherence") is not None else "-"
+        mark = " <- chosen" if r["name"] == outcome.chosen else ""
+        print(f"{r['name']:<36} {'yes' if r['exact'] else 'no':<6} {speed:>9} {psnr:>8} {adh:>10}  {r['why']}{mark}")
+    print(f"chosen: {outcome.chosen} -> {outcome.out} (report: {outcome.out / 'optimize' / 'report.md'})")
+    return 0
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -194,6 +245,14 @@ def _open_image(path: str | None, flag: str):
         raise SdoptError(f"{flag} {path}: cannot read it ({exc.strerror or exc})") from None
 
 
+def _backend_of(artifact: str) -> str:
+    """The backend an artifact names (a PyTorch checkpoint splits its UNet at load for step-feature caching)."""
+    from sdopt.manifest import read_manifest
+    from sdopt.source import resolve
+
+    return read_manifest(resolve(artifact)).backend
+
+
 def _generate(args: argparse.Namespace) -> int:
     from sdopt.request import GenerateRequest
 
@@ -212,6 +271,7 @@ def _generate(args: argparse.Namespace) -> int:
         scheduler=args.scheduler,
         init_image=init_image,
         mask_image=mask,
+        cache_interval=args.cache_interval,
         **({"strength": args.strength} if args.strength is not None else {}),
     ).validate()  # before the (slow) load, so a bad request fails at once
     from sdopt.runtime.schedulers import check_scheduler
@@ -235,6 +295,7 @@ def _generate(args: argparse.Namespace) -> int:
         vae_tiling=args.vae_tiling,
         cpu_offload=args.cpu_offload,
         **({"reshape": True} if args.reshape else {}),
+        **({"deep_cache": True} if (args.cache_interval or 1) > 1 and _backend_of(args.artifact) == "torch" else {}),
     )
     with tqdm(total=request.steps, desc="denoising", unit="step", file=sys.stderr, disable=args.quiet) as bar:
 
@@ -306,6 +367,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", "-q", action="store_true")
     p.set_defaults(func=_train_shapes)
 
+    p = sub.add_parser("distill-decoder", help="train a tiny decoder (AutoencoderTiny, TAESD's architecture) against a model's own VAE decoder, for `export --vae-decoder`")
+    p.add_argument("model", help="Diffusers model folder (or hub id) in full precision")
+    p.add_argument("-o", "--output", required=True, help="output folder: a Diffusers AutoencoderTiny folder with distill.json and the loss curve")
+    p.add_argument("--seed", type=int, help="the same seed and settings give the same weights on the same machine (default 0)")
+    p.add_argument("--latents", type=int, help="latents the model generates to learn from; one in eight held out (default 256)")
+    p.add_argument("--prompts", default=None, help="prompt file (one per line) for those latents (default: the shapes dataset's captions)")
+    p.add_argument("--steps", type=int, help="denoising steps per generated latent (default 20)")
+    p.add_argument("--height", type=int, help="image height of the generated latents (default: the model's)")
+    p.add_argument("--width", type=int, help="image width of the generated latents (default: the model's)")
+    p.add_argument("--channels", type=int, help="the tiny decoder's width (default: min(64, the full decoder's narrowest stage); TAESD uses 64)")
+    p.add_argument("--train-steps", type=int, help="training steps (default 1500)")
+    p.add_argument("--batch", type=int, help="latents per training step (default 16)")
+    p.add_argument("--crop", type=int, help="latent side of the training crops (default 16)")
+    p.add_argument("--init", default=None, help="start from this AutoencoderTiny folder (TAESD's published weights) instead of random weights")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--quiet", "-q", action="store_true")
+    p.set_defaults(func=_distill_decoder)
+
     p = sub.add_parser("inspect", help="show what an artifact is: backend, precision, components, parity, fingerprint")
     p.add_argument("artifact", help="artifact folder or Diffusers model folder")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -330,6 +409,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, default=None, help="openvino: static image height")
     p.add_argument("--width", type=int, default=None, help="openvino: static image width")
     p.add_argument("--batch", type=int, default=None, help="openvino: static batch (images per call; the UNet runs twice that with guidance)")
+    p.add_argument("--vae-decoder", default=None, metavar="PATH",
+                   help="replace the VAE decoder by this tiny decoder (an AutoencoderTiny folder: `sdopt distill-decoder` writes one, TAESD's weights are one); "
+                        "its PSNR against the full decoder is measured and recorded")
+    p.add_argument("--deep-cache", type=int, default=None, metavar="N",
+                   help="step-feature caching (DeepCache): export the UNet as two graphs (whole, and its shallow branch) and run the whole UNet "
+                        "every N-th step by default (a request's cache_interval overrides; 1 keeps both graphs but caches nothing)")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("quantize", help="quantize a PyTorch checkpoint's weights (int8, int4, nf4, fp8) into a reloadable artifact")
@@ -396,6 +481,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     p.set_defaults(func=_serve)
 
+    p = sub.add_parser("optimize", help="build the candidates this machine can run, bench them against fp32, keep the fastest above a quality floor")
+    p.add_argument("model", help="Diffusers model folder (or hub id) in full precision")
+    p.add_argument("-o", "--output", required=True, help="output artifact folder (the chosen candidate, with its bench report in optimize/)")
+    p.add_argument("--work", default=None, help="where candidates are built and kept, so a second run resumes (default: OUTPUT.work)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--min-psnr", type=float, default=None, help="floor for exact candidates: worst-case PSNR vs fp32 in dB (default 30)")
+    p.add_argument("--min-adherence", type=float, default=None, help="floor for levers (tiny decoder, caching): adherence at least this, "
+                   "besides within 0.05 of fp32's (the shapes judge; without it levers must hold the PSNR floor)")
+    p.add_argument("--prompts", default=None, help="prompt file, one per line (default: the bench's)")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds (default 0)")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--scheduler", default=None)
+    p.add_argument("--runs", type=int, default=None, help="timed runs per candidate (default 3)")
+    p.add_argument("--quick", action="store_true", help="a small candidate set (OpenVINO fp32, with and without caching): a first look")
+    p.add_argument("--budget-minutes", type=float, default=None, help="stop building new candidates after this long (the built ones are still benched)")
+    p.add_argument("--distill-latents", type=int, default=None, help="latents the tiny-decoder candidates learn from (default 256; fewer for big models)")
+    p.add_argument("--force", action="store_true", help="replace the output folder if it exists")
+    p.add_argument("--quiet", "-q", action="store_true")
+    p.set_defaults(func=_optimize)
+
     p = sub.add_parser("gate", help="check a bench report against a baseline and thresholds (exit 0 ok, 1 regression, 2 incomparable)")
     p.add_argument("current", help="report.json of this run")
     p.add_argument("--baseline", help="report.json to compare with; without it only absolute floors are checked")
@@ -420,6 +528,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-image", default=None, metavar="PATH", help="img2img: start from this image (resized to --height/--width)")
     p.add_argument("--strength", type=float, default=None, help="img2img/inpaint: how much of the schedule repaints the image, (0, 1] (default 0.8)")
     p.add_argument("--mask", default=None, metavar="PATH", help="inpaint: white = repaint, black = keep; the init image's size (needs --init-image)")
+    p.add_argument("--cache-interval", type=int, default=None, metavar="N",
+                   help="step-feature caching: the whole UNet every N-th step, its shallow branch between (default: the artifact's, set by export --deep-cache; 1 = off)")
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None, help="default: the artifact's")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     p.add_argument("--attention-slicing", action="store_true", help="torch: compute attention in slices (less memory)")

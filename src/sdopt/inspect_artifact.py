@@ -66,6 +66,10 @@ def format_description(d: dict[str, Any]) -> str:
         q = f"  {quant.get('scheme')} via {quant.get('backend')}" + ("" if quant.get("serialized", True) else " (quantized at load)") if quant else ""
         if quant and "portable_layers" in quant:  # bnb nf4: which Linear layers its AVX-512-BF16 CPU kernel cannot take
             q += f" ({len(quant['portable_layers'])} Linear layer(s) too narrow for the AVX-512-BF16 kernel)"
+        if c.get("replaced"):  # a tiny decoder in the full one's place
+            rep = c["replaced"]
+            psnr = (rep.get("quality") or {}).get("psnr_db")
+            q += f"  replaced by {rep['by']}" + (f" ({psnr:.1f} dB vs the full decoder)" if psnr is not None else "")
         prec = f"  {c['precision']}" if c.get("precision") else ""
         lines.append(f"  {name:<13} {c['folder'] + '/':<16} {_mib(c['size_bytes']):>14}{prec}{q}")
     if d.get("parity"):

@@ -22,7 +22,7 @@ from sdopt.fsutil import INCOMPLETE_MARKER, read_json, sha256_file
 
 MANIFEST_NAME = "sdopt.json"
 SCHEMA_VERSION = 1
-COMPONENT_NAMES = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
+COMPONENT_NAMES = ("text_encoder", "unet", "unet_shallow", "vae_decoder", "vae_encoder")
 FAMILY = "stable-diffusion"
 # Diffusers pipeline classes whose folders share the SD-1/2 component set we run.
 _SD_PIPELINE_CLASSES = {
@@ -48,6 +48,9 @@ class ComponentEntry:
     quantization: dict[str, Any] | None = None
     inputs: list[dict[str, Any]] = field(default_factory=list)
     outputs: list[dict[str, Any]] = field(default_factory=list)
+    # A component that computes something else than the source's (a tiny decoder in the full one's
+    # place, sdopt.decoder): what replaced it, how it is fed, and how close it measured.
+    replaced: dict[str, Any] | None = None
 
     @property
     def size_bytes(self) -> int:
@@ -81,6 +84,9 @@ class Manifest:
         data = asdict(self)
         if not self.static_shapes:
             data.pop("static_shapes")
+        for component in data["components"].values():
+            if component["replaced"] is None:  # manifests without a replacement read as they always did
+                component.pop("replaced")
         return data
 
     @classmethod

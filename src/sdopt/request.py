@@ -70,6 +70,9 @@ class GenerateRequest:
     # One seed per image (prompt-major, batch_size of them): each image draws from its own generator,
     # so it is the same alone or batched with others. None: `seed` draws for the whole batch.
     seeds: list[int] | None = None
+    # Step-feature caching (sdopt.stepcache): run the whole UNet every N-th step and only its shallow
+    # branch between. None: the artifact's default (set at export with --deep-cache; 1 = off).
+    cache_interval: int | None = None
 
     @property
     def prompts(self) -> list[str]:
@@ -130,6 +133,9 @@ class GenerateRequest:
         g = self.guidance_scale
         if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or not 0 <= g <= MAX_GUIDANCE:
             raise SdoptError(f"guidance_scale={g!r}: must be a finite number from 0 to {MAX_GUIDANCE:g} (7.5 is usual; 1 or less turns guidance off)")
+        ci = self.cache_interval
+        if ci is not None and (not _is_int(ci) or not 1 <= ci <= MAX_STEPS):
+            raise SdoptError(f"cache_interval={ci!r}: must be an integer from 1 (no caching) to {MAX_STEPS}, or None (the artifact's default)")
         if self.scheduler is not None and not isinstance(self.scheduler, str):
             raise SdoptError(f"scheduler={self.scheduler!r}: must be a scheduler name or None")
         if not self.prompts:
@@ -201,7 +207,8 @@ class StageTimings:
 
     text_encoder: float = 0.0
     vae_encoder: float = 0.0  # img2img and inpainting only: the init image to latents
-    unet_steps: list[float] = field(default_factory=list)
+    unet_steps: list[float] = field(default_factory=list)  # every step's UNet time, whole or shallow
+    shallow_steps: int = 0  # of those, how many ran only the shallow branch (step-feature caching)
     vae_decoder: float = 0.0
     total: float = 0.0
 
@@ -215,6 +222,7 @@ class StageTimings:
             "vae_encoder_s": self.vae_encoder,
             "unet_steps_s": list(self.unet_steps),
             "unet_total_s": self.unet_total,
+            "unet_shallow_steps": self.shallow_steps,
             "vae_decoder_s": self.vae_decoder,
             "total_s": self.total,
         }
@@ -247,8 +255,9 @@ class GenerateResult:
         t = self.timings
         per_step = t.unet_total / len(t.unet_steps) if t.unet_steps else 0.0
         encode = f"VAE encode {t.vae_encoder * 1000:.0f} ms, " if t.vae_encoder else ""
+        cached = f" ({t.shallow_steps} shallow: step-feature caching)" if t.shallow_steps else ""
         return (
             f"{len(self.images)} image(s) in {t.total:.2f}s: text encoder {t.text_encoder * 1000:.0f} ms, {encode}"
-            f"UNet {len(t.unet_steps)} steps × {per_step * 1000:.0f} ms, VAE decode {t.vae_decoder * 1000:.0f} ms; "
+            f"UNet {len(t.unet_steps)} steps{cached} × {per_step * 1000:.0f} ms, VAE decode {t.vae_decoder * 1000:.0f} ms; "
             f"peak memory {self.peak_memory_bytes / 2**20:.0f} MiB ({self.peak_memory_kind})"
         )

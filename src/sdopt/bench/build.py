@@ -8,9 +8,14 @@ entry of the profile is one of:
   ``precision``); ``reference = true`` marks the one whose images count as correct;
 - an export (``export = "onnx"``, ``precision``, ``options``; ``static = true``
   builds it at the bench's height and width, batch 1);
-- a quantization (``quantize = "int8"``, optional ``backend``), of the
+- a quantization (``quantize = "int8"``, optional ``backend`` and ``components``), of the
   checkpoint or, with ``from = "NAME"``, of an artifact listed before it (an
   OpenVINO export for ``backend = "nncf"``).
+
+An export may replace the VAE decoder by a tiny one (``vae_decoder = PATH``, an
+AutoencoderTiny folder, or ``vae_decoder = "distilled"``: one distilled from the
+checkpoint by ``sdopt distill-decoder`` into ``WORK/tiny-decoder`` at the bench's
+size, with the ``distill = {...}`` table's settings, once for every entry).
 
 Artifacts already under the work folder are reused (delete them to rebuild).
 One that cannot be built here (a missing backend, an unsupported scheme) is
@@ -48,6 +53,8 @@ def build_one(spec: dict[str, Any], model: Path, work: Path, height: int, width:
         options = dict(spec.get("options", {}))
         if spec.get("static"):
             options.update(height=height, width=width, batch=1)
+        if spec.get("vae_decoder"):
+            options["vae_decoder"] = tiny_decoder(spec, model, work, height, width)
         export(model, spec["export"], out, precision=spec.get("precision", "fp32"), **options)
     else:
         from sdopt.quant.run import quantize
@@ -55,7 +62,26 @@ def build_one(spec: dict[str, Any], model: Path, work: Path, height: int, width:
         if spec.get("from") and spec["from"] not in built:
             raise SdoptError(f"{spec['name']} quantizes {spec['from']}, which was not built (list it before, and check it built)")
         source = Path(built[spec["from"]]) if spec.get("from") else model
-        quantize(source, spec["quantize"], out, backend=spec.get("backend"), device=device)
+        quantize(source, spec["quantize"], out, backend=spec.get("backend"), device=device, components=spec.get("components"))
+    return str(out)
+
+
+DISTILLED = "distilled"
+
+
+def tiny_decoder(spec: dict[str, Any], model: Path, work: Path, height: int, width: int) -> str:
+    """The tiny decoder an entry asks for: its path, or the one distilled from the checkpoint (built once)."""
+    if spec["vae_decoder"] != DISTILLED:
+        return str(spec["vae_decoder"])
+    out = work / "tiny-decoder"
+    if not (out / "distill.json").is_file():
+        from sdopt.decoder.distill import DistillSettings, distill_decoder
+
+        settings = {"height": height, "width": width, **spec.get("distill", {})}
+        try:
+            distill_decoder(model, out, DistillSettings(**settings), progress=True)
+        except TypeError as exc:  # an unknown key in the profile's distill table
+            raise SdoptError(f"{spec['name']}: distill = {spec.get('distill')}: {exc}") from None
     return str(out)
 
 

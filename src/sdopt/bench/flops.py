@@ -1,21 +1,35 @@
-"""How close to the machine's limit: UNet FLOPs per call, and a matmul probe of peak GFLOP/s."""
+"""How close to the machine's limit: FLOPs per call of each stage, and a matmul probe of peak GFLOP/s."""
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
 
 
-def unet_flops_per_call(unet_config: Path, batch: int, height: int, width: int, vae_scale_factor: int, text_hidden: int, seq: int = 77) -> int:
+def _counted(call) -> int:
+    """FLOPs of ``call()`` as torch's FlopCounterMode counts them (matmuls, convolutions, attention)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        call()
+    return int(counter.get_total_flops())
+
+
+@functools.lru_cache(maxsize=None)  # one count per model and shape in a report
+def unet_flops_per_call(unet_config: Path, batch: int, height: int, width: int, vae_scale_factor: int, text_hidden: int, seq: int = 77,
+                        shallow: bool = False) -> int:
     """FLOPs of one UNet call at this shape, counted once by torch's FlopCounterMode.
 
     The model is built on the meta device from its config.json: no weights are
     read or allocated, so counting the sd15 UNet costs a second, not 3.4 GB.
+    ``shallow``: only the branch a step-cached step runs (sdopt.stepcache).
     """
     import torch
     from diffusers import UNet2DConditionModel
-    from torch.utils.flop_counter import FlopCounterMode
 
     config = json.loads(Path(unet_config).read_text())
     with torch.device("meta"):
@@ -23,43 +37,93 @@ def unet_flops_per_call(unet_config: Path, batch: int, height: int, width: int, 
         sample = torch.empty(batch, config.get("in_channels", 4), height // vae_scale_factor, width // vae_scale_factor)
         hidden = torch.empty(batch, seq, text_hidden)
         timestep = torch.tensor(981.0)
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        unet(sample, timestep, encoder_hidden_states=hidden)
-    return int(counter.get_total_flops())
+    if shallow:
+        from sdopt.stepcache.unet import ShallowUNet
+
+        with torch.device("meta"):
+            feature = torch.empty(batch, config["block_out_channels"][1], *sample.shape[-2:])
+        return _counted(lambda: ShallowUNet(unet)(sample, timestep, hidden, feature))
+    return _counted(lambda: unet(sample, timestep, encoder_hidden_states=hidden))
+
+
+@functools.lru_cache(maxsize=None)  # one count per model and shape in a report
+def text_encoder_flops(config: Path, batch: int, seq: int = 77) -> int:
+    """FLOPs of one text-encoder call (batch: the prompts and, with guidance, their negatives)."""
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    with torch.device("meta"):
+        model = CLIPTextModel(CLIPTextConfig.from_pretrained(Path(config).parent))
+        ids = torch.zeros(batch, seq, dtype=torch.long)
+    return _counted(lambda: model(input_ids=ids))
+
+
+@functools.lru_cache(maxsize=None)  # one count per model and shape in a report
+def vae_decoder_flops(config: Path, latent_shape: tuple[int, ...], tiny: bool = False) -> int:
+    """FLOPs of one decode at this latent shape: the full AutoencoderKL, or a tiny decoder (AutoencoderTiny)."""
+    import torch
+    from diffusers import AutoencoderKL, AutoencoderTiny
+
+    data = json.loads(Path(config).read_text())
+    with torch.device("meta"):
+        module = (AutoencoderTiny if tiny else AutoencoderKL).from_config(data)
+        latents = torch.empty(*latent_shape)
+    return _counted(lambda: module.decode(latents))
 
 
 _PROBE_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
+def probe_precision(precision: str, device: str = "cpu") -> tuple[str, str | None]:
+    """(the precision to probe, why it differs) for a stage that ran in ``precision``.
+
+    int8 (activations and weights, NNCF int8-static) is probed with an int8
+    matmul. bf16 on a CPU without AVX512-BF16 or AMX is emulated: the hardware
+    computes it in fp32, so fp32's ceiling is the one that means something (the
+    slow emulated-bf16 matmul made the UNet look like 166% of "peak").
+    Weight-only schemes dequantize to a float precision: fp32 on CPU, fp16 on CUDA.
+    """
+    cuda = device.startswith("cuda")
+    if precision == "int8" and not cuda:
+        return "int8", None
+    if precision == "bf16" and not cuda:
+        from sdopt.hardware import cpu_lacks_bf16
+
+        if cpu_lacks_bf16():
+            return "fp32", "bf16 is emulated on this CPU (no AVX512-BF16 or AMX): measured against fp32's ceiling"
+        return "bf16", None
+    if precision in _PROBE_DTYPES and not (precision == "fp16" and not cuda):
+        return precision, None
+    return ("fp16" if cuda else "fp32"), None
+
+
 def matmul_peak_gflops(precision: str, device: str = "cpu", seconds: float = 1.0, sizes: tuple[int, ...] = (256, 512, 1024, 2048)) -> dict:
-    """Best GFLOP/s of a square matmul in this precision: a practical ceiling for this machine.
+    """Best GFLOP/s (GOP/s for int8) of a square matmul in this precision: a practical ceiling for this machine.
 
     The size grows until one call takes a tenth of the time budget, and the best
-    rate over the sizes tried is kept: a precision the CPU only emulates (bf16 on
-    AVX2) is orders of magnitude slower, and a fixed 2048 probe then took minutes
-    and reported a "peak" below what the UNet itself achieved. Weight-quantized
-    schemes run their matmuls in a float precision after dequantizing (or in int8
-    kernels we do not probe): they are probed in fp32 on CPU and fp16 on CUDA,
-    and the report says which precision was probed.
+    rate over the sizes tried is kept: a precision the CPU only emulates is far
+    slower, and a fixed 2048 probe then took minutes. Which precision is probed
+    for which is ``probe_precision``'s decision; the report says which it was.
     """
-    import torch
+    probed, why = probe_precision(precision, device)
+    if probed == "int8":
+        result = _int8_peak(seconds, sizes)
+    else:
+        result = _float_peak(probed, device, seconds, sizes)
+    return {**result, **({"note": why} if why else {})}
 
-    probed = precision if precision in _PROBE_DTYPES else ("fp16" if device.startswith("cuda") else "fp32")
-    if probed == "fp16" and not device.startswith("cuda"):
-        probed = "fp32"
-    dtype = getattr(torch, _PROBE_DTYPES[probed])
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+def _best_rate(run, sizes: tuple[int, ...], seconds: float, sync=lambda: None) -> tuple[float, int]:
+    """The best 2*n^3/second over sizes of ``run(size)`` (a callable that returns a zero-argument call)."""
     best_rate, best_size = 0.0, sizes[0]
     for size in sizes:
-        a = torch.randn(size, size, device=device).to(dtype)
-        b = torch.randn(size, size, device=device).to(dtype)
-        torch.mm(a, b)  # warm-up: kernel selection, page faults
+        call = run(size)
+        call()  # warm-up: kernel selection, page faults
         sync()
         deadline, fastest = time.perf_counter() + seconds / len(sizes), float("inf")
         while True:
             start = time.perf_counter()
-            torch.mm(a, b)
+            call()
             sync()
             fastest = min(fastest, time.perf_counter() - start)
             if time.perf_counter() >= deadline:
@@ -69,4 +133,49 @@ def matmul_peak_gflops(precision: str, device: str = "cpu", seconds: float = 1.0
             best_rate, best_size = rate, size
         if fastest > seconds / 10:  # a bigger matrix would blow the budget
             break
-    return {"precision_probed": probed, "size": best_size, "gflops": best_rate}
+    return best_rate, best_size
+
+
+def _int8_peak(seconds: float, sizes: tuple[int, ...]) -> dict:
+    """uint8 x int8 -> int32 matmul in ONNX Runtime (MatMulInteger; MLAS picks VNNI/AMX/AVX2 kernels by CPU):
+    the int8 kernels NNCF-quantized graphs run on. PyTorch's CPU int8 matmul is no ceiling (about 1 GOP/s)."""
+    import numpy as np
+
+    try:
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+    except ImportError:
+        return {**_float_peak("fp32", "cpu", seconds, sizes), "note": "onnxruntime is not installed: int8 measured against fp32's ceiling"}
+
+    rng = np.random.default_rng(0)
+
+    def session(size: int):
+        weights = numpy_helper.from_array(rng.integers(-127, 128, (size, size), dtype=np.int8), "B")
+        graph = helper.make_graph(
+            [helper.make_node("MatMulInteger", ["A", "B"], ["Y"])], "int8_probe",
+            [helper.make_tensor_value_info("A", TensorProto.UINT8, [size, size])],
+            [helper.make_tensor_value_info("Y", TensorProto.INT32, [size, size])],
+            initializer=[weights],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        feed = {"A": rng.integers(0, 256, (size, size), dtype=np.uint8)}
+        return lambda: sess.run(None, feed)
+
+    rate, size = _best_rate(session, sizes, seconds)
+    return {"precision_probed": "int8", "size": size, "gflops": rate, "kernel": f"onnxruntime {ort.__version__} MatMulInteger"}
+
+
+def _float_peak(probed: str, device: str, seconds: float, sizes: tuple[int, ...]) -> dict:
+    import torch
+
+    dtype = getattr(torch, _PROBE_DTYPES[probed])
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+    def matmul(size: int):
+        a = torch.randn(size, size, device=device).to(dtype)
+        b = torch.randn(size, size, device=device).to(dtype)
+        return lambda: torch.mm(a, b)
+
+    rate, size = _best_rate(matmul, sizes, seconds, sync)
+    return {"precision_probed": probed, "size": size, "gflops": rate}

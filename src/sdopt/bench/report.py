@@ -25,6 +25,8 @@ def flat_rows(report: dict) -> list[dict[str, Any]]:
                 "artifact": a["name"],
                 "backend": a["backend"],
                 "precision": a["precision"],
+                "replaced": "; ".join(f"{n} by {r['by']}" for n, r in (a.get("replaced") or {}).items()) or None,
+                "cache_interval": a.get("cache_interval"),
                 "status": a["status"],
                 "error": a.get("error"),
                 "latency_median_s": lat.get("median"),
@@ -49,6 +51,7 @@ def flat_rows(report: dict) -> list[dict[str, Any]]:
                 "latent_cosine": q.get("latent_cosine"),
                 "achieved_gflops": c.get("achieved_gflops"),
                 "fraction_of_peak": c.get("fraction_of_peak"),
+                **{f"{stage}_gflops": (a.get("stage_compute") or {}).get(stage, {}).get("achieved_gflops") for stage in ("text_encoder", "vae_decoder")},
             }
         )
     return rows
@@ -68,6 +71,29 @@ def _fmt(value: Any, kind: str = "") -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+_STAGE_NAMES = {"text_encoder": "text encoder", "unet_step": "UNet", "vae_decoder": "VAE decoder"}
+
+
+def _stage_note(stage: str, c: dict) -> str:
+    peak = f" ({_fmt(c['fraction_of_peak'], 'pct')})" if c.get("fraction_of_peak") is not None else ""
+    return f"{_STAGE_NAMES.get(stage, stage)} {c['achieved_gflops']:,.1f}{peak}"
+
+
+def _lever_note(artifact: dict, steps: int) -> str:
+    from sdopt.stepcache.schedule import shallow_count
+
+    parts = []
+    interval = artifact.get("cache_interval") or 1
+    if interval > 1:
+        parts.append(f"step-feature caching, the whole UNet every {interval} steps ({shallow_count(steps, interval)} of {steps} steps shallow; "
+                     "its UNet step is the mean over both kinds)")
+    for name, r in (artifact.get("replaced") or {}).items():
+        psnr = (r.get("quality") or {}).get("psnr_db")
+        size = f", {r['parameters']:,} parameters" if r.get("parameters") else ""
+        parts.append(f"{name} by {r['by']}{size}" + (f" ({psnr:.1f} dB vs the full one on the decoder probe)" if psnr is not None else ""))
+    return ", ".join(parts)
 
 
 def markdown(report: dict) -> str:
@@ -105,6 +131,10 @@ def markdown(report: dict) -> str:
             )
             + " |"
         )
+    changed = [r for r in report["artifacts"] if r.get("replaced") or (r.get("cache_interval") or 1) > 1]
+    if changed:
+        lines += ["", "Levers that change what is computed (by design, so judge them by adherence, not PSNR alone): "
+                  + "; ".join(f"**{r['name']}**: {_lever_note(r, req['steps'])}" for r in changed) + "."]
     planned, warmup = report["settings"]["runs"], report["settings"]["warmup"]
 
     def was_cut(r: dict) -> bool:
@@ -121,9 +151,19 @@ def markdown(report: dict) -> str:
     judges = {a["adherence"]["judge"] for a in report["artifacts"] if a.get("adherence")}
     if judges:
         lines += ["", f"Adherence is the grounding judge's score ({', '.join(sorted(judges))}): the fraction of each prompt's colour, shape and position checks an image passes, averaged over the images (docs/judges.md). It needs no reference."]
+    staged = [a for a in report["artifacts"] if a.get("stage_compute")]
+    if staged:
+        lines += ["", "Per stage, GFLOP/s achieved (and of the probed peak in the precision that ran):", ""]
+        lines += [f"- {a['name']}: " + " · ".join(_stage_note(stage, c) for stage, c in a["stage_compute"].items()) for a in staged]
     lines += ["", "GFLOP/s is the UNet's counted FLOPs over its measured step time; \"of peak\" divides it by the best square-matmul rate probed in the artifact's precision on this machine."]
+    peaks = report.get("matmul_peak_gflops") or {}
+    if peaks:
+        lines += ["Probed peaks: " + "; ".join(
+            f"{ran} → {p['precision_probed']} {p['gflops']:,.1f} {'GOP/s' if p['precision_probed'] == 'int8' else 'GFLOP/s'} at {p['size']}²"
+            + (f" ({p['kernel']})" if p.get("kernel") else "") + (f" — {p['note']}" if p.get("note") else "")
+            for ran, p in peaks.items()) + "."]
     if any((r["fraction_of_peak"] or 0) > 1 for r in flat_rows(report)):
-        lines += ["Above 100%, the model's kernels (e.g. oneDNN convolutions) beat the probed matmul, as happens where the CPU only emulates the precision: the probe is no ceiling there."]
+        lines += ["Above 100%, the model's kernels (e.g. oneDNN convolutions) beat the probed matmul: the probe is no ceiling there."]
     return "\n".join(lines) + "\n"
 
 

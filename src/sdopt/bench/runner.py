@@ -205,7 +205,8 @@ def _latency(samples: list[float]) -> dict[str, float]:
     }
 
 
-def _summarise(entry: Entry, raw: dict, reference: dict | None, out: Path, flops: int | None, peaks: dict, judge=None, prompts=()) -> dict:
+def _summarise(entry: Entry, raw: dict, reference: dict | None, out: Path, flops: int | None, peaks: dict, judge=None, prompts=(),
+               stage_flops: dict[str, float] | None = None) -> dict:
     m = entry.manifest
     row: dict[str, Any] = {
         "name": entry.name,
@@ -214,6 +215,9 @@ def _summarise(entry: Entry, raw: dict, reference: dict | None, out: Path, flops
         "precision": entry.precision or m.precision,
         "quantization": {n: c.quantization for n, c in m.components.items() if c.quantization} or None,
         "static_shapes": m.static_shapes,
+        # Levers that change what is computed (a tiny decoder): judged by adherence, not PSNR alone.
+        "replaced": {n: c.replaced for n, c in m.components.items() if c.replaced} or None,
+        "cache_interval": (m.export.get("deep_cache") or {}).get("interval"),
         "artifact_id": m.artifact_id,
         "size_bytes": m.size_bytes,
         "status": raw["status"],
@@ -222,7 +226,10 @@ def _summarise(entry: Entry, raw: dict, reference: dict | None, out: Path, flops
     if raw["status"] != "ok":
         return row
     latency = _latency(raw["latency_samples_s"])
-    unet_step = statistics.median(raw["unet_step_samples_s"])
+    # A step-cached artifact's steps are of two kinds (whole, shallow): their median is one kind's time,
+    # so its UNet step is the mean over the steps, and its FLOPs the mean over them (_stage_flops).
+    caching = (row["cache_interval"] or 1) > 1
+    unet_step = (statistics.mean if caching else statistics.median)(raw["unet_step_samples_s"])
     row.update(
         {
             "load_s": raw["load_s"],
@@ -246,12 +253,26 @@ def _summarise(entry: Entry, raw: dict, reference: dict | None, out: Path, flops
     )
     if flops:
         probe = peaks.get(_compute_precision(entry, raw)) or {}
-        achieved = flops / unet_step / 1e9
+        per_step = (stage_flops or {}).get("unet_step") or flops  # averaged over whole and shallow steps when caching
+        achieved = per_step / unet_step / 1e9
         row["compute"] = {
             "achieved_gflops": achieved,
             "peak_gflops": probe.get("gflops"),
             "precision_probed": probe.get("precision_probed"),
             "fraction_of_peak": achieved / probe["gflops"] if probe.get("gflops") else None,
+        }
+    if stage_flops:
+        # Every stage against the ceiling of the precision it ran in (the UNet: per step, averaged
+        # over whole and shallow steps when caching).
+        probe = peaks.get(_compute_precision(entry, raw)) or {}
+        row["stage_compute"] = {
+            stage: {
+                "flops": count,
+                "achieved_gflops": count / seconds / 1e9,
+                "fraction_of_peak": count / seconds / 1e9 / probe["gflops"] if probe.get("gflops") else None,
+            }
+            for stage, count in stage_flops.items()
+            if (seconds := row["stages_s"].get(stage))
         }
     images, latents = _load_samples(out / raw["work_dir"], raw["samples"])
     broken = next((why for i, l in zip(images, latents) if (why := broken_output(i, l))), None)
@@ -267,7 +288,14 @@ def _summarise(entry: Entry, raw: dict, reference: dict | None, out: Path, flops
     return row
 
 
+# Schemes whose UNet computes in int8 (activations and weights): measured against the int8 matmul's ceiling.
+INT8_COMPUTE_SCHEMES = ("int8-static", "int8-dynamic")
+
+
 def _compute_precision(entry: Entry, raw: dict) -> str:
+    unet = entry.manifest.components.get("unet")
+    if unet and (unet.quantization or {}).get("scheme") in INT8_COMPUTE_SCHEMES:
+        return "int8"
     runs = raw.get("compute_precision")
     return runs if runs not in (None, "unknown") else entry.precision or entry.manifest.precision
 
@@ -290,6 +318,45 @@ def _unet_flops(reference: Entry, settings: BenchSettings) -> int | None:
     hidden = json.loads(te_cfg.read_text()).get("hidden_size")
     batch = 2 if settings.guidance_scale > 1 else 1
     return unet_flops_per_call(unet_cfg, batch, settings.height, settings.width, reference.manifest.model["vae_scale_factor"], hidden)
+
+
+def _stage_flops(entry: Entry, reference: Entry, settings: BenchSettings, unet_whole: int | None) -> dict[str, float] | None:
+    """FLOPs per call of each stage of this artifact: the reference's text encoder; its UNet (averaged over whole
+    and shallow steps when it caches); its own VAE decoder (a tiny one when replaced). None when configs are missing."""
+    from sdopt.bench.flops import text_encoder_flops, unet_flops_per_call, vae_decoder_flops
+    from sdopt.stepcache.schedule import shallow_count
+
+    te_cfg, unet_cfg = reference.path / "text_encoder" / "config.json", reference.path / "unet" / "config.json"
+    if not (unet_whole and te_cfg.is_file() and unet_cfg.is_file()):
+        return None
+    model, guided = reference.manifest.model, settings.guidance_scale > 1
+    factor = int(model["vae_scale_factor"])
+    hidden = json.loads(te_cfg.read_text()).get("hidden_size")
+    decoder = entry.manifest.components.get("vae_decoder")
+    replaced = bool(decoder and decoder.replaced)
+    vae_cfg = entry.path / decoder.folder / "config.json" if replaced else reference.path / reference.manifest.components["vae_decoder"].folder / "config.json"
+    latent = (1, int(model["latent_channels"]), settings.height // factor, settings.width // factor)
+    interval = int((entry.manifest.export.get("deep_cache") or {}).get("interval", 1))
+    unet = float(unet_whole)
+    if interval > 1:
+        shallow = unet_flops_per_call(unet_cfg, 2 if guided else 1, settings.height, settings.width, factor, hidden, shallow=True)
+        k = shallow_count(settings.steps, interval)
+        unet = (unet_whole * (settings.steps - k) + shallow * k) / settings.steps
+    return {
+        "text_encoder": float(text_encoder_flops(te_cfg, 2 if guided else 1)),
+        "unet_step": unet,
+        "vae_decoder": float(vae_decoder_flops(vae_cfg, latent, tiny=replaced)) if vae_cfg.is_file() else None,
+    }
+
+
+def _stage_flops_or_none(entry: Entry, reference: Entry, settings: BenchSettings, unet_whole: int | None) -> dict[str, float] | None:
+    """Counting is a report's extra: a model the counter cannot build leaves the per-stage figures out, not the report."""
+    try:
+        counts = _stage_flops(entry, reference, settings, unet_whole)
+    except Exception as exc:  # noqa: BLE001 - any failure of FlopCounterMode on a meta model
+        print(f"sdopt bench: per-stage FLOPs of {entry.name} not counted: {exc}", file=sys.stderr)
+        return None
+    return {k: v for k, v in counts.items() if v} if counts else None
 
 
 def run_bench(
@@ -332,7 +399,8 @@ def assemble_report(entries: list[Entry], raws: dict[str, dict], settings: Bench
     if ref_raw["status"] == "ok":
         ref_raw["latency_s"] = _latency(ref_raw["latency_samples_s"])
     judge = choose_judge(settings.judge, settings.prompts)
-    rows = [_summarise(e, raws[e.name], ref_raw, out, flops, peaks, judge, settings.prompts) for e in entries]
+    rows = [_summarise(e, raws[e.name], ref_raw, out, flops, peaks, judge, settings.prompts, _stage_flops_or_none(e, entries[0], settings, flops))
+            for e in entries]
     ref_fp = _model_fingerprint(entries[0].manifest)
     machine = fingerprint()
     warnings = [w for w in [profile.mismatch(machine) if profile else None] if w]

@@ -23,11 +23,10 @@ from tqdm import tqdm
 
 from sdopt.errors import SdoptError
 from sdopt.export.parity import compare, describe_failure
-from sdopt.export.run import ExportedComponents, write_optimum_model_index
-from sdopt.export.spec import SPECS, ComponentSpec, check_inputs, trace_inputs
+from sdopt.export.run import ExportedComponents, component_config, prepare_source, write_optimum_model_index
+from sdopt.export.spec import ComponentSpec, check_inputs, trace_inputs
 from sdopt.export.tracing import PositionalComponent, torch_reference
 from sdopt.manifest import ComponentEntry, Manifest, files_in
-from sdopt.runtime.torch import load_modules
 from sdopt.runtime.versions import library_versions
 
 DEFAULT_OPSET = 18
@@ -99,17 +98,16 @@ def export_components(source: Path, manifest: Manifest, out: Path, precision: st
     if not 14 <= opset <= 21:
         raise SdoptError(f"--opset {opset}: choose an opset between 14 and 21 (default {DEFAULT_OPSET})")
     skip_validation = bool(options.get("skip_validation"))
-    modules = load_modules(source, manifest, torch.float32)
+    prepared = prepare_source(source, manifest, options)
+    modules, model_info = prepared.modules, prepared.model
     text_hidden = modules["text_encoder"].config.hidden_size
-    model_info = manifest.model
     components, parity, notes = {}, {}, []
     export_info: dict[str, Any] = {"opset": opset, "exporter": "torch.onnx.export(dynamo=False)"}
 
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
     try:
-        names = [n for n in SPECS if n in modules]
-        for name in tqdm(names, desc="exporting to ONNX", unit="component"):
-            spec = SPECS[name]
+        for name in tqdm(prepared.names, desc="exporting to ONNX", unit="component"):
+            spec = prepared.specs[name]
             path = _export_one(spec, modules[name], model_info, text_hidden, out, opset, staging)
             if precision == "fp16":
                 from sdopt.export.onnx_fp16 import convert_to_fp16
@@ -125,7 +123,7 @@ def export_components(source: Path, manifest: Manifest, out: Path, precision: st
                 parity[name] = _validate(spec, modules[name], path, model_info, text_hidden, precision)
                 if not parity[name]["passed"]:
                     raise SdoptError(f"{name}: {describe_failure(parity[name], precision)}")
-            shutil.copy(source / spec.source_folder / "config.json", out / name / "config.json")
+            shutil.copy(component_config(source, spec.source_folder, name, options), out / name / "config.json")
             components[name] = ComponentEntry(
                 folder=name,
                 files=files_in(out / name, out, (".onnx", EXTERNAL_DATA, ".json")),

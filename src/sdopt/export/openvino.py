@@ -32,13 +32,12 @@ from tqdm import tqdm
 
 from sdopt.errors import SdoptError
 from sdopt.export.parity import compare, describe_failure
-from sdopt.export.run import ExportedComponents, write_optimum_model_index
-from sdopt.export.spec import CHECK_LATENT, SPECS, ComponentSpec, check_inputs, dummy_inputs, latent_image_size, trace_inputs
+from sdopt.export.run import ExportedComponents, component_config, prepare_source, write_optimum_model_index
+from sdopt.export.spec import CHECK_LATENT, ComponentSpec, check_inputs, dummy_inputs, latent_image_size, trace_inputs
 from sdopt.export.tracing import PositionalComponent, torch_reference
 from sdopt.manifest import ComponentEntry, Manifest, files_in
 from sdopt.request import MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE
 from sdopt.runtime.openvino import HINTS, MODEL_FILE, OpenVINOComponent, compile_config, device_facts, static_axes
-from sdopt.runtime.torch import load_modules
 from sdopt.runtime.versions import library_versions
 
 # bf16 has 3 mantissa bits fewer than fp16: PyTorch bf16 moves the tiny model's outputs by up to
@@ -86,7 +85,7 @@ def convert(spec: ComponentSpec, module: torch.nn.Module, example: dict[str, np.
 def _validation_inputs(spec: ComponentSpec, model_info: dict, text_hidden: int, static: dict[str, int] | None) -> dict[str, np.ndarray]:
     if not static or spec.name == "text_encoder":  # the text encoder's batch stays dynamic in static artifacts
         return check_inputs(spec.name, model_info, text_hidden)
-    batch = static.get("batch", 1) * (2 if spec.name == "unet" else 1)
+    batch = static.get("batch", 1) * (2 if spec.name in ("unet", "unet_shallow") else 1)
     height, width = latent_image_size(model_info, CHECK_LATENT)  # a batch-only static artifact: the check's size
     return dummy_inputs(spec.name, model_info, text_hidden, batch=batch, height=static.get("height", height), width=static.get("width", width), seed=1)
 
@@ -108,25 +107,24 @@ def tolerance(spec: ComponentSpec, precision: str) -> float:
 def export_components(source: Path, manifest: Manifest, out: Path, precision: str, options: dict[str, Any]) -> ExportedComponents:
     static = static_shapes_from(options)
     skip_validation = bool(options.get("skip_validation"))
-    modules = load_modules(source, manifest, torch.float32)  # always traced from fp32: the IR's precision is ours to set
+    prepared = prepare_source(source, manifest, options)  # always traced from fp32: the IR's precision is ours to set
+    modules, model_info = prepared.modules, prepared.model
     text_hidden = modules["text_encoder"].config.hidden_size
-    model_info = manifest.model
     compress = precision != "fp32"
     core = ov.Core()  # no cache: validation must not leave compiled blobs behind
     components, parity, runs = {}, {}, {}
     # For validation only: the shapes the runtime would compile, from a stand-in manifest.
     shaped = Manifest(backend="openvino", precision=precision, components={}, model=model_info, static_shapes=static)
 
-    names = [n for n in SPECS if n in modules]
-    for name in tqdm(names, desc="exporting to OpenVINO", unit="component"):
-        spec = SPECS[name]
+    for name in tqdm(prepared.names, desc="exporting to OpenVINO", unit="component"):
+        spec = prepared.specs[name]
         model = convert(spec, modules[name], trace_inputs(name, model_info, text_hidden))
         path = out / name / MODEL_FILE
         path.parent.mkdir(parents=True)
         ov.save_model(model, path, compress_to_fp16=compress)
         del model
         gc.collect()
-        shutil.copy(source / spec.source_folder / "config.json", out / name / "config.json")
+        shutil.copy(component_config(source, spec.source_folder, name, options), out / name / "config.json")
         entry = ComponentEntry(
             folder=name,
             files=files_in(out / name, out, (".xml", ".bin", ".json")),

@@ -9,6 +9,7 @@ from typing import Any
 
 from sdopt.errors import SdoptError
 from sdopt.export import EXPORTERS, get_exporter
+from sdopt.export.spec import CACHED_UNET_SPECS, SPECS, ComponentSpec
 from sdopt.fsutil import atomic_output_dir, check_output_dir, local_inputs
 from sdopt.manifest import ComponentEntry, Manifest, derive, read_manifest
 from sdopt.source import resolve
@@ -38,6 +39,81 @@ def write_optimum_model_index(source: Path, out: Path) -> None:
     (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
+@dataclass
+class ExportSource:
+    """What an exporter traces: PyTorch fp32 modules, the spec of each, and the model facts for dummy inputs."""
+
+    modules: dict[str, Any]
+    specs: dict[str, ComponentSpec]
+    model: dict[str, Any]
+
+    @property
+    def names(self) -> list[str]:
+        return [n for n in self.specs if n in self.modules]
+
+
+def prepare_source(source: Path, manifest: Manifest, options: dict[str, Any]) -> ExportSource:
+    """The source's modules as an exporter traces them. ``vae_decoder``: a tiny decoder in the full one's
+    place (checked to fit in ``export``); ``deep_cache``: the UNet split in two graphs (sdopt.stepcache)."""
+    import torch
+
+    from sdopt.runtime.torch import load_modules
+
+    modules = load_modules(source, manifest, torch.float32)
+    specs, model = dict(SPECS), dict(manifest.model)
+    if options.get("vae_decoder"):
+        from sdopt.decoder.tiny import input_scale, load_tiny_decoder, read_config
+
+        path = Path(options["vae_decoder"])
+        modules["vae_decoder"] = load_tiny_decoder(path, input_scale(read_config(path), manifest.model))
+    if options.get("deep_cache") and "unet" in modules:
+        from sdopt.stepcache.unet import split
+
+        model["deep_feature_channels"] = int(modules["unet"].config.block_out_channels[1])  # what enters the last up block
+        modules["unet"], modules["unet_shallow"] = split(modules["unet"])
+        specs.update(CACHED_UNET_SPECS)
+    return ExportSource(modules, specs, model)
+
+
+def component_config(source: Path, folder: str, name: str, options: dict[str, Any]) -> Path:
+    """The config.json an exported component carries: its source folder's, or the tiny decoder's."""
+    if name == "vae_decoder" and options.get("vae_decoder"):
+        return Path(options["vae_decoder"]) / "config.json"
+    return source / folder / "config.json"
+
+
+def _replace_decoder(path: str | Path, source: Path, manifest: Manifest) -> tuple[dict[str, Any], list[str]]:
+    """Check that --vae-decoder fits the model, measure it against the full decoder; its manifest record and note."""
+    from sdopt.decoder import probe
+    from sdopt.decoder.tiny import check_fits, input_scale, load_tiny_decoder, read_config, replacement_record
+    from sdopt.runtime.torch import load_pretrained
+
+    config = read_config(path)
+    check_fits(config, manifest.model, f"--vae-decoder {path}")
+    if "vae_decoder" not in manifest.components:
+        raise SdoptError(f"{source} has no VAE decoder for --vae-decoder to replace")
+    full = load_pretrained("vae_decoder", source / manifest.components["vae_decoder"].folder)
+    tiny = load_tiny_decoder(path, input_scale(config, manifest.model))
+    quality = probe.measure(full, tiny, manifest.model)
+    record = replacement_record(path, config, manifest.model, quality)
+    record["parameters"] = sum(p.numel() for p in tiny.tiny.decoder.parameters())  # what decodes (the encoder half is unused)
+    note = (f"vae_decoder replaced by an {record['by']} ({record['parameters']:,} parameters) from {path}: "
+            f"{quality['psnr_db']:.1f} dB mean PSNR against the full decoder on the probe ({quality['images']} pictures, {quality['size']}); "
+            "it changes what is computed, so judge it by what the images show (adherence), not by parity")
+    return record, [note]
+
+
+def mark_replaced_decoder(out: Path) -> None:
+    """model_index.json names the class that now decodes (Optimum's loaders read it)."""
+    import json
+
+    path = out / "model_index.json"
+    if path.is_file():
+        index = json.loads(path.read_text())
+        index["vae_decoder"] = ["diffusers", "AutoencoderTiny"]
+        path.write_text(json.dumps(index, indent=2) + "\n")
+
+
 def source_checkpoint(model: str | Path) -> tuple[Path, Manifest]:
     """A source for export or quantization must be a full-precision PyTorch checkpoint."""
     folder = resolve(model)
@@ -58,13 +134,21 @@ def export(model: str | Path, target: str, out: str | Path, precision: str = "fp
     if precision not in exporter.precisions:
         raise SdoptError(f"--to {target} supports precisions {', '.join(exporter.precisions)}, not {precision}")
     check_output_dir(out, force, local_inputs(model))  # before any slow work
+    interval = options.get("deep_cache")
+    if interval is not None and (isinstance(interval, bool) or not isinstance(interval, int) or interval < 1):
+        raise SdoptError(f"--deep-cache {interval}: give the caching interval, an integer of 1 or more (2 or 3 are usual)")
     source, source_manifest = source_checkpoint(model)
     impl = exporter.implementation()
+    replaced, replace_notes = _replace_decoder(options["vae_decoder"], source, source_manifest) if options.get("vae_decoder") else (None, [])
 
     with atomic_output_dir(out, force=force, inputs=(source,)) as tmp:
         result: ExportedComponents = impl.export_components(source, source_manifest, tmp, precision, options)
         for name in _CARRIED:
             shutil.copytree(source / name, tmp / name)
+        if replaced:
+            result.components["vae_decoder"].replaced = replaced
+            result.notes = [*result.notes, *replace_notes]
+            mark_replaced_decoder(tmp)
         manifest = derive(
             source_manifest, source, tmp, result.components,
             backend=exporter.backend,
@@ -72,7 +156,7 @@ def export(model: str | Path, target: str, out: str | Path, precision: str = "fp
             backend_versions=result.backend_versions,
             static_shapes=result.static_shapes,
             parity=result.parity,
-            export={"target": target, **result.export},
+            export={"target": target, **result.export, **({"deep_cache": {"interval": interval}} if interval else {})},
             notes=result.notes,
         )
         manifest.write(tmp)

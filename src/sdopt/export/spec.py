@@ -100,6 +100,20 @@ def _specs() -> dict[str, ComponentSpec]:
 SPECS: dict[str, ComponentSpec] = _specs()
 
 
+def _cached_unet_specs() -> dict[str, ComponentSpec]:
+    """Step-feature caching (sdopt.stepcache): the UNet also gives the feature entering its last up block,
+    and the shallow branch takes it. The feature is at the latent's size, so it shares the latent's axes."""
+    unet = SPECS["unet"]
+    feature = TensorSpec("deep_feature", "float32", {0: "batch_size", 2: "height", 3: "width"})
+    return {
+        "unet": ComponentSpec("unet", "unet", inputs=unet.inputs, outputs=(*unet.outputs, feature), tolerance=unet.tolerance),
+        "unet_shallow": ComponentSpec("unet_shallow", "unet", inputs=(*unet.inputs, feature), outputs=unet.outputs, tolerance=unet.tolerance),
+    }
+
+
+CACHED_UNET_SPECS: dict[str, ComponentSpec] = _cached_unet_specs()
+
+
 @dataclass(frozen=True)
 class ShapeProfile:
     """min/opt/max of batch and image side (pixels), TensorRT-style."""
@@ -150,6 +164,9 @@ def dummy_inputs(name: str, model: dict[str, Any], text_hidden: int, batch: int 
             "timestep": np.array(981.0, dtype=np.float32),
             "encoder_hidden_states": rng.standard_normal((batch, seq, text_hidden)).astype(np.float32),
         }
+    if name == "unet_shallow":  # the UNet's inputs and a deep feature (model["deep_feature_channels"], set by export)
+        inputs = dummy_inputs("unet", model, text_hidden, batch, height, width, seed)
+        return {**inputs, "deep_feature": rng.standard_normal((batch, model["deep_feature_channels"], h, w)).astype(np.float32)}
     if name == "vae_decoder":
         return {"latent_sample": rng.standard_normal((batch, channels, h, w)).astype(np.float32)}
     if name == "vae_encoder":

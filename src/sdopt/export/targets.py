@@ -10,7 +10,7 @@ register_exporter(
         extra="onnx",
         requires=("onnx", "onnxruntime", "torch"),
         precisions=("fp32", "fp16"),
-        options=("skip_validation", "opset", "optimize"),
+        options=("skip_validation", "opset", "optimize", "vae_decoder", "deep_cache"),
         description="ONNX graphs in Optimum's layout, run by ONNX Runtime",
     )
 )
@@ -23,7 +23,7 @@ register_exporter(
         extra="openvino",
         requires=("openvino", "torch"),
         precisions=("fp32", "fp16", "bf16"),
-        options=("skip_validation", "height", "width", "batch"),
+        options=("skip_validation", "height", "width", "batch", "vae_decoder", "deep_cache"),
         description="OpenVINO IR in Optimum Intel's layout; optional static shapes (--height/--width/--batch)",
     )
 )

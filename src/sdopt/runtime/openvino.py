@@ -130,7 +130,7 @@ def static_axes(manifest: Manifest, component: str) -> dict[str, dict[int, int]]
     factor = int(model.get("vae_scale_factor", 8))
     sizes: dict[str, int] = {"sequence_length": int(model.get("text_max_length", 77))}
     batch = shapes.get("batch")
-    if batch and component == "unet":
+    if batch and component in ("unet", "unet_shallow"):
         sizes["batch_size"] = 2 * batch
     elif batch and component in ("vae_decoder", "vae_encoder"):
         sizes["batch_size"] = batch

@@ -32,6 +32,7 @@ from sdopt.runtime.memory import track_peak
 from sdopt.runtime.noise import Noise
 from sdopt.runtime.output_checks import output_problems
 from sdopt.runtime.schedulers import check_scheduler, make_scheduler
+from sdopt.stepcache.schedule import runs_whole
 
 ProgressFn = Callable[[int, int], None]  # (steps done, steps in all)
 LatentsFn = Callable[[np.ndarray], None]  # the latents after a step, (batch, C, h, w) float32
@@ -120,8 +121,21 @@ class Pipeline:
         """Read from the UNet's config.json once per pipeline (a server checks every request with it)."""
         return conditioning.unet_in_channels(self.manifest, self.folder)
 
+    @property
+    def default_cache_interval(self) -> int:
+        """The step-feature caching interval an artifact exported with --deep-cache runs by default (1: none)."""
+        return int((self.manifest.export.get("deep_cache") or {}).get("interval", 1)) if "unet_shallow" in self.components else 1
+
+    def cache_interval(self, request: GenerateRequest) -> int:
+        return request.cache_interval or self.default_cache_interval
+
     def check_request(self, request: GenerateRequest) -> None:
         request.validate()
+        if self.cache_interval(request) > 1 and "unet_shallow" not in self.components:
+            raise SdoptError(
+                f"cache_interval={request.cache_interval} needs the UNet's shallow branch, which this {self.manifest.backend} artifact lacks: "
+                "export it with --deep-cache N (or load a PyTorch checkpoint with deep_cache=True), or ask for cache_interval 1"
+            )
         check_scheduler(request.scheduler)
         conditioning.check_artifact(request, self.manifest, self.components, self.unet_in_channels)
         shapes = self.manifest.static_shapes
@@ -149,6 +163,9 @@ class Pipeline:
         scheduler.set_timesteps(request.steps, device="cpu")
         timings = StageTimings()
         unet, cfg = self.components["unet"], request.uses_guidance
+        interval = self.cache_interval(request)
+        shallow = self.components.get("unet_shallow") if interval > 1 else None
+        feature = None  # the UNet's deep feature from the last whole step (step-feature caching)
 
         with track_peak(cuda=self.device.startswith("cuda")) as memory:
             begin = start = time.perf_counter()
@@ -165,8 +182,14 @@ class Pipeline:
                 model_input = torch.cat([latents] * 2) if cfg else latents
                 model_input = scheduler.scale_model_input(model_input, t)
                 timestep = np.array(t.item(), dtype=np.float32)  # one for the whole batch, as a float scalar
+                inputs = {"sample": model_input.numpy(), "timestep": timestep, "encoder_hidden_states": embeddings}
                 step_start = time.perf_counter()
-                noise = unet(sample=model_input.numpy(), timestep=timestep, encoder_hidden_states=embeddings)["out_sample"]
+                if shallow is not None and feature is not None and not runs_whole(i, interval):
+                    noise = shallow(**inputs, deep_feature=feature)["out_sample"]
+                    timings.shallow_steps += 1
+                else:
+                    out = unet(**inputs)
+                    noise, feature = out["out_sample"], out.get("deep_feature")
                 timings.unet_steps.append(time.perf_counter() - step_start)
                 noise = torch.from_numpy(noise)
                 if cfg:

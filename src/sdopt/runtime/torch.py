@@ -62,7 +62,13 @@ def _text_encoder(m, input_ids):
 
 
 def _unet(m, sample, timestep, encoder_hidden_states):
-    return {"out_sample": m(sample, timestep, encoder_hidden_states=encoder_hidden_states).sample}
+    out = m(sample, timestep, encoder_hidden_states=encoder_hidden_states)
+    feature = getattr(out, "deep_feature", None)  # a step-cached UNet (sdopt.stepcache) also gives its deep feature
+    return {"out_sample": out.sample} if feature is None else {"out_sample": out.sample, "deep_feature": feature}
+
+
+def _unet_shallow(m, sample, timestep, encoder_hidden_states, deep_feature):
+    return {"out_sample": m(sample, timestep, encoder_hidden_states, deep_feature)}
 
 
 def _vae_decoder(m, latent_sample):
@@ -74,7 +80,7 @@ def _vae_encoder(m, sample):
     return {"latent_parameters": m.encode(sample).latent_dist.parameters}
 
 
-FORWARDS = {"text_encoder": _text_encoder, "unet": _unet, "vae_decoder": _vae_decoder, "vae_encoder": _vae_encoder}
+FORWARDS = {"text_encoder": _text_encoder, "unet": _unet, "unet_shallow": _unet_shallow, "vae_decoder": _vae_decoder, "vae_encoder": _vae_encoder}
 
 
 def module_class(name: str):
@@ -122,6 +128,11 @@ def load_modules(folder: Path, manifest: Manifest, dtype: torch.dtype, device: s
     by_folder: dict[str, torch.nn.Module] = {}
     modules = {}
     for name, entry in manifest.components.items():
+        if entry.replaced:  # a tiny decoder in the full one's place (sdopt.decoder)
+            from sdopt.decoder.tiny import load_tiny_decoder
+
+            modules[name] = load_tiny_decoder(folder / entry.folder, entry.replaced["input_scale"], dtype).to(device)
+            continue
         if entry.folder not in by_folder:  # vae_decoder and vae_encoder share one AutoencoderKL
             if entry.quantization:
                 # Quantized weights (`sdopt quantize`): the quantizer that wrote them builds the module.
@@ -154,6 +165,12 @@ def load_components(folder: Path, manifest: Manifest, device: str, precision: st
         modules["unet"].set_attention_slice("auto")
     if options.get("vae_tiling") and "vae_decoder" in modules:
         modules["vae_decoder"].enable_tiling()
+    if options.get("deep_cache") and "unet" in modules:
+        from sdopt.stepcache.unet import split
+
+        modules["unet"], modules["unet_shallow"] = split(modules["unet"])
+        # deep_cache=N: requests that do not say cache_interval run every N-th step whole (True: 1, none).
+        manifest.export = {**manifest.export, "deep_cache": {"interval": int(options["deep_cache"]), "set": "at load"}}
     offload = bool(options.get("cpu_offload"))
     if offload and not device.startswith("cuda"):
         raise SdoptError("cpu_offload moves components between GPU and CPU memory: it needs --device cuda")

@@ -64,7 +64,7 @@ def _to_tensor(images: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
 
 
-def _cosine_lr(step: int, total: int, warmup: int) -> float:
+def cosine_lr(step: int, total: int, warmup: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
@@ -98,7 +98,7 @@ def train_vae(vae, pictures: torch.Tensor, settings: TrainSettings, generator: t
         recon = ((error.abs() + error.pow(2)) * weights).mean() / weights.mean()
         loss = recon + settings.kl_weight * posterior.kl().mean()
         for group in optimizer.param_groups:
-            group["lr"] = settings.vae_lr * _cosine_lr(step, settings.vae_steps, settings.warmup_steps)
+            group["lr"] = settings.vae_lr * cosine_lr(step, settings.vae_steps, settings.warmup_steps)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -142,7 +142,7 @@ def train_denoiser(unet, text_encoder, tokenizer, latents: torch.Tensor, caption
         states = text_encoder(input_ids=batch_ids)[0]
         loss = (unet(noisy, t, encoder_hidden_states=states).sample - target).pow(2).mean()
         for group in optimizer.param_groups:
-            group["lr"] = settings.unet_lr * _cosine_lr(step, settings.unet_steps, settings.warmup_steps)
+            group["lr"] = settings.unet_lr * cosine_lr(step, settings.unet_steps, settings.warmup_steps)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -159,7 +159,7 @@ def train_denoiser(unet, text_encoder, tokenizer, latents: torch.Tensor, caption
     text_encoder.eval()
 
 
-def _forget_load_path(config: Path) -> None:
+def forget_load_path(config: Path) -> None:
     """Drop Diffusers' ``_name_or_path`` (the temporary folder the module was loaded from): two
     trainings of the same seed must write the same files, and the shipped ones no build path."""
     data = json.loads(config.read_text())
@@ -167,7 +167,8 @@ def _forget_load_path(config: Path) -> None:
         config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def _save_curves(folder: Path, log: list) -> None:
+def save_curves(folder: Path, log: list, panels: tuple[tuple[str, str], ...]) -> None:
+    """``loss.csv`` (every logged step) and ``loss.png`` (one panel per (stage, title), log scale, smoothed)."""
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "loss.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["stage", "step", "loss"])
@@ -178,8 +179,8 @@ def _save_curves(folder: Path, log: list) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    for ax, stage, title in zip(axes, ("vae", "unet"), ("VAE reconstruction (L1 + L2)", "UNet + text encoder: velocity prediction (MSE)")):
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5), squeeze=False)
+    for ax, (stage, title) in zip(axes[0], panels):
         values = np.array([r["loss"] for r in log if r["stage"] == stage])
         if len(values):
             window = max(1, len(values) // 50)
@@ -244,13 +245,13 @@ def train_shapes(out: str | Path, settings: TrainSettings = TrainSettings(), pro
                 module.save_pretrained(model_dir / name)
         canonical_text_encoder_keys(model_dir / "text_encoder" / "model.safetensors")
         for name in ("vae", "unet"):
-            _forget_load_path(model_dir / name / "config.json")
+            forget_load_path(model_dir / name / "config.json")
         for path in model_dir.iterdir():
             path.rename(tmp / path.name)
         model_dir.rmdir()
         write_torch_manifest(tmp, source={"zoo": "shapes", "seed": settings.seed, "trained": True}, stamp=False)
         timings["total_s"] = time.monotonic() - started
-        _save_curves(tmp / "training", log)
+        save_curves(tmp / "training", log, (("vae", "VAE reconstruction (L1 + L2)"), ("unet", "UNet + text encoder: velocity prediction (MSE)")))
         from sdopt.bench.machine import fingerprint
 
         (tmp / "training" / "settings.json").write_text(

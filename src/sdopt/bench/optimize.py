@@ -1,0 +1,175 @@
+"""``sdopt optimize MODEL -o OUT``: the fastest pipeline this machine runs above a quality floor.
+
+1. Candidates: the artifacts this device can have (``candidates``), as profile
+   ``[[artifacts]]`` entries, built into a work folder by the bench's builder
+   (``bench/build.py``): what is already there is reused, so a second run after
+   an interruption resumes; one that cannot be built is reported, not fatal.
+2. One bench run of them all against PyTorch fp32 on the same prompts and seeds.
+3. The floor: an *exact* candidate (same computation, other runtime or
+   precision) must keep the worst-case PSNR at ``min_psnr``; a *lever* (a tiny
+   decoder, step-feature caching: another computation by design) must keep the
+   grounding judge's adherence within ``max_adherence_drop`` of the reference's
+   (and at ``min_adherence`` when given) — without a judge (prompts that are
+   not shapes captions) it must hold the PSNR floor too.
+4. The fastest candidate that holds it is copied to OUT, with the bench report
+   that justifies the choice (``OUT/optimize/``: report.md/html/json, and
+   ``choice.json`` with every candidate's verdict).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from sdopt.errors import SdoptError
+
+REPORT_FOLDER = "optimize"
+
+
+@dataclass(frozen=True)
+class Floor:
+    min_psnr: float = 30.0  # dB, worst case over the prompts and seeds, for exact candidates
+    max_adherence_drop: float = 0.05  # levers: adherence at least the reference's minus this
+    min_adherence: float | None = None  # and at least this, when given
+
+    def verdict(self, row: dict[str, Any], reference: dict[str, Any], exact: bool) -> tuple[bool, str]:
+        """(holds, why) for one bench row."""
+        if row.get("status") != "ok":
+            return False, f"did not run: {row.get('error') or row.get('status')}"
+        psnr = (row.get("quality") or {}).get("psnr_db")
+        adherence = (row.get("adherence") or {}).get("mean")
+        ref_adherence = (reference.get("adherence") or {}).get("mean")
+        if exact or adherence is None or ref_adherence is None:
+            if psnr is None or psnr < self.min_psnr:
+                return False, f"PSNR {psnr:.1f} dB < {self.min_psnr:g} dB" if psnr is not None else "no PSNR measured"
+            return True, f"PSNR {psnr:.1f} dB >= {self.min_psnr:g} dB"
+        floor = ref_adherence - self.max_adherence_drop
+        if self.min_adherence is not None:
+            floor = max(floor, self.min_adherence)
+        if adherence < floor:
+            return False, f"adherence {adherence:.3f} < {floor:.3f} (reference {ref_adherence:.3f})"
+        return True, f"adherence {adherence:.3f} >= {floor:.3f} (reference {ref_adherence:.3f})"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    spec: dict[str, Any]  # a profile [[artifacts]] entry (bench/build.py)
+    exact: bool  # the same computation as the reference (no tiny decoder, no caching)
+
+
+def _openvino(name: str, precision: str = "fp32", **extra: Any) -> dict[str, Any]:
+    return {"name": name, "export": "openvino", "precision": precision, "static": True, **extra}
+
+
+def candidates(device: str, quick: bool = False, distill: dict[str, Any] | None = None) -> list[Candidate]:
+    """What to try on a device, exact ones first. ``quick``: a small set for tests and a first look."""
+    if not device.startswith("cpu"):
+        raise SdoptError(f"sdopt optimize knows CPU candidates only so far; --device {device} has none (the GPU paths are another issue)")
+    tiny = {"vae_decoder": "distilled", **({"distill": distill} if distill else {})}
+    if quick:
+        return [
+            Candidate("openvino-fp32", _openvino("openvino-fp32"), exact=True),
+            Candidate("openvino-fp32-cache2", _openvino("openvino-fp32-cache2", options={"deep_cache": 2}), exact=False),
+        ]
+    return [
+        Candidate("onnx-fp32", {"name": "onnx-fp32", "export": "onnx", "precision": "fp32"}, exact=True),
+        Candidate("openvino-fp32", _openvino("openvino-fp32"), exact=True),
+        # bf16 where the CPU has it natively (AVX-512-BF16/AMX); elsewhere OpenVINO runs fp32 and the row says so.
+        Candidate("openvino-bf16", _openvino("openvino-bf16", "bf16"), exact=True),
+        Candidate("openvino-int8-static", {"name": "openvino-int8-static", "quantize": "int8-static", "backend": "nncf", "from": "openvino-fp32"}, exact=True),
+        # The VAE decoder in int8 too: a third of an int8 pipeline's time when only the UNet is (docs/optimize.md).
+        Candidate("openvino-int8-static-vae", {"name": "openvino-int8-static-vae", "quantize": "int8-static", "backend": "nncf", "from": "openvino-fp32",
+                                               "components": ["unet", "text_encoder", "vae_decoder"]}, exact=True),
+        Candidate("openvino-fp32-tiny-decoder", _openvino("openvino-fp32-tiny-decoder", **tiny), exact=False),
+        Candidate("openvino-fp32-cache2", _openvino("openvino-fp32-cache2", options={"deep_cache": 2}), exact=False),
+        Candidate("openvino-fp32-cache3", _openvino("openvino-fp32-cache3", options={"deep_cache": 3}), exact=False),
+        Candidate("openvino-tiny-decoder-cache3", _openvino("openvino-tiny-decoder-cache3", options={"deep_cache": 3}, **tiny), exact=False),
+        Candidate("openvino-int8-static-tiny-cache3",
+                  {"name": "openvino-int8-static-tiny-cache3", "quantize": "int8-static", "backend": "nncf", "from": "openvino-tiny-decoder-cache3"}, exact=False),
+    ]
+
+
+@dataclass
+class Outcome:
+    chosen: str | None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    not_built: dict[str, str] = field(default_factory=dict)
+    out: Path | None = None
+
+
+def optimize(model: str | Path, out: str | Path, settings, work: str | Path, floor: Floor = Floor(), quick: bool = False,
+             budget_minutes: float | None = None, distill: dict[str, Any] | None = None, force: bool = False,
+             progress: bool = True, say: Callable[[str], None] = lambda line: None) -> Outcome:
+    """Build the candidates, bench them against fp32, copy the fastest that holds the floor to ``out``."""
+    from sdopt.bench.build import build_one
+    from sdopt.bench.profiles import HardwareProfile
+    from sdopt.bench.runner import run_bench
+    from sdopt.export.run import source_checkpoint
+    from sdopt.fsutil import atomic_output_dir, check_output_dir, local_inputs
+
+    check_output_dir(out, force, local_inputs(model))  # before any slow work
+    source, _ = source_checkpoint(model)
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    built: dict[str, str] = {}
+    not_built: dict[str, str] = {}
+    # The decoder learns from latents made as the bench makes them (its steps and guidance).
+    distill = {"steps_per_image": settings.steps, "guidance_scale": settings.guidance_scale, **(distill or {})}
+    pool = candidates(settings.device, quick, distill)
+    for candidate in pool:
+        if budget_minutes is not None and time.monotonic() - started > budget_minutes * 60:
+            not_built[candidate.name] = f"the --budget-minutes {budget_minutes:g} ran out before it was built"
+            continue
+        say(f"== building {candidate.name}")
+        try:
+            built[candidate.name] = build_one(candidate.spec, source, work, settings.height, settings.width, settings.device, built)
+        except SdoptError as exc:
+            not_built[candidate.name] = str(exc)
+            say(f"   not built: {exc}")
+    if not built:
+        raise SdoptError("no candidate could be built here: " + "; ".join(f"{k}: {v}" for k, v in not_built.items()))
+
+    profile = HardwareProfile(name="optimize", description=f"sdopt optimize {source}", device=settings.device, precisions=[], backends=[])
+    bench_out = work / "bench"
+    report = run_bench(list(built.values()), str(source), bench_out, settings, profile=profile, progress=progress)
+    by_name = {a["name"]: a for a in report["artifacts"]}
+    reference = report["artifacts"][0]
+    rows = []
+    for candidate in pool:
+        if candidate.name in not_built:
+            rows.append({"name": candidate.name, "exact": candidate.exact, "holds": False, "why": f"not built: {not_built[candidate.name]}"})
+            continue
+        row = by_name[Path(built[candidate.name]).name]
+        holds, why = floor.verdict(row, reference, candidate.exact)
+        rows.append({"name": candidate.name, "exact": candidate.exact, "holds": holds, "why": why,
+                     "latency_s": (row.get("latency_s") or {}).get("median"),
+                     "speedup": 1 / row["latency_ratio_to_reference"] if row.get("latency_ratio_to_reference") else None,
+                     "psnr_db": (row.get("quality") or {}).get("psnr_db"), "adherence": (row.get("adherence") or {}).get("mean")})
+    holding = [r for r in rows if r["holds"] and r["latency_s"] is not None]
+    choice = min(holding, key=lambda r: r["latency_s"]) if holding else None
+    summary = {
+        "model": str(source), "floor": asdict(floor), "settings": {"quick": quick, "budget_minutes": budget_minutes},
+        "reference": {"name": reference["name"], "latency_s": (reference.get("latency_s") or {}).get("median"),
+                      "adherence": (reference.get("adherence") or {}).get("mean")},
+        "candidates": rows, "chosen": choice["name"] if choice else None,
+        "best_exact": _fastest(rows, exact=True), "best_overall": choice["name"] if choice else None,
+    }
+    (bench_out / "choice.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if choice is None:
+        raise SdoptError(f"no candidate holds the floor (see {bench_out / 'choice.json'} and {bench_out / 'report.md'}): "
+                         "lower --min-psnr, or widen the adherence floor")
+    with atomic_output_dir(out, force=force, inputs=(source, work)) as tmp:
+        shutil.copytree(built[choice["name"]], tmp, dirs_exist_ok=True)
+        shutil.copytree(bench_out, tmp / REPORT_FOLDER)  # the report with its images and choice.json
+    return Outcome(choice["name"], rows, not_built, Path(out).absolute())
+
+
+def _fastest(rows: list[dict[str, Any]], exact: bool) -> str | None:
+    pick = [r for r in rows if r["holds"] and r["exact"] == exact and r["latency_s"] is not None]
+    return min(pick, key=lambda r: r["latency_s"])["name"] if pick else None

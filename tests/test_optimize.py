@@ -1,0 +1,55 @@
+"""sdopt optimize on the shapes model, quick candidate set: built, benched, the fastest above the floor kept."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sdopt.cli import main
+
+
+def test_floor_verdicts():
+    from sdopt.bench.optimize import Floor
+
+    ref = {"status": "ok", "adherence": {"mean": 0.95}}
+    floor = Floor(min_psnr=30, max_adherence_drop=0.05)
+    assert floor.verdict({"status": "ok", "quality": {"psnr_db": 31.0}}, ref, exact=True)[0]
+    assert not floor.verdict({"status": "ok", "quality": {"psnr_db": 29.0}, "adherence": {"mean": 0.99}}, ref, exact=True)[0]
+    # A lever is judged by what it draws: far from fp32 in PSNR, but adherence within 0.05 of the reference's.
+    assert floor.verdict({"status": "ok", "quality": {"psnr_db": 18.0}, "adherence": {"mean": 0.91}}, ref, exact=False)[0]
+    holds, why = floor.verdict({"status": "ok", "quality": {"psnr_db": 40.0}, "adherence": {"mean": 0.89}}, ref, exact=False)
+    assert not holds and "adherence 0.890 < 0.900" in why
+    assert not Floor(min_adherence=0.93).verdict({"status": "ok", "adherence": {"mean": 0.92}}, ref, exact=False)[0]
+    # Without a judge, a lever must hold the PSNR floor.
+    assert not floor.verdict({"status": "ok", "quality": {"psnr_db": 18.0}}, {"status": "ok"}, exact=False)[0]
+    assert "did not run" in floor.verdict({"status": "failed", "error": "boom"}, ref, exact=True)[1]
+
+
+@pytest.mark.slow
+def test_optimize_keeps_the_fastest_candidate_above_the_floor(shapes_model, tmp_path, capsys):
+    pytest.importorskip("openvino")
+    import sdopt
+    from sdopt import GenerateRequest
+    from sdopt.shapes.scenes import held_out_prompts
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(held_out_prompts(2)) + "\n")
+    out, work = tmp_path / "best", tmp_path / "work"
+    args = ["optimize", str(shapes_model), "-o", str(out), "--work", str(work), "--quick", "--prompts", str(prompts), "--steps", "6",
+            "--height", "64", "--width", "64", "--scheduler", "euler", "--runs", "1", "-q"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    choice = json.loads((out / "optimize" / "choice.json").read_text())
+    assert [c["name"] for c in choice["candidates"]] == ["openvino-fp32", "openvino-fp32-cache2"]
+    holding = [c for c in choice["candidates"] if c["holds"]]
+    assert holding and choice["chosen"] == min(holding, key=lambda c: c["latency_s"])["name"]
+    assert f"{choice['chosen']} -> " in printed and "<- chosen" in printed
+    assert (out / "optimize" / "report.md").is_file() and (out / "optimize" / "report.json").is_file()
+    with sdopt.load(out) as pipe:  # the chosen artifact, verified against its manifest
+        assert pipe.generate(GenerateRequest(prompt=held_out_prompts(1)[0], steps=2, height=64, width=64)).images[0].size == (64, 64)
+    # A floor nothing holds: said, and no output written; the built candidates are reused, not rebuilt.
+    built = (work / "openvino-fp32" / "sdopt.json").stat().st_mtime_ns
+    assert main([*args[:3], str(tmp_path / "none"), *args[4:], "--min-psnr", "200", "--min-adherence", "1.01"]) == 2
+    assert "no candidate holds the floor" in capsys.readouterr().err and not (tmp_path / "none").exists()
+    assert (work / "openvino-fp32" / "sdopt.json").stat().st_mtime_ns == built

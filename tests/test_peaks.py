@@ -1,0 +1,47 @@
+"""What the bench's "of peak" is measured against: the probe's precision for each precision that ran, on either kind of CPU."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.mark.parametrize("lacks_bf16, probed", [(True, "fp32"), (False, "bf16")])
+def test_bf16_is_measured_against_what_the_cpu_computes_it_in(monkeypatch, lacks_bf16, probed):
+    """Forced both ways, whatever this machine has: emulated bf16 (AVX2) against fp32's ceiling, native bf16 against bf16's."""
+    import sdopt.hardware
+    from sdopt.bench.flops import probe_precision
+
+    monkeypatch.setattr(sdopt.hardware, "cpu_lacks_bf16", lambda: lacks_bf16)
+    got, why = probe_precision("bf16", "cpu")
+    assert got == probed and (why is not None) == lacks_bf16
+    assert probe_precision("bf16", "cuda") == ("bf16", None)
+
+
+def test_int8_and_weight_only_schemes_pick_their_ceilings():
+    from sdopt.bench.flops import probe_precision
+
+    assert probe_precision("int8", "cpu") == ("int8", None)
+    assert probe_precision("fp32", "cpu") == ("fp32", None)
+    assert probe_precision("fp16", "cpu") == ("fp32", None)  # no fp16 compute on these CPUs
+    assert probe_precision("nf4", "cuda") == ("fp16", None)
+
+
+def test_the_int8_probe_runs_an_int8_matmul():
+    pytest.importorskip("onnxruntime")
+    from sdopt.bench.flops import matmul_peak_gflops
+
+    peak = matmul_peak_gflops("int8", "cpu", seconds=0.2, sizes=(128, 256))
+    assert peak["precision_probed"] == "int8" and "MatMulInteger" in peak["kernel"] and peak["gflops"] > 0
+
+
+def test_an_int8_static_unet_is_measured_against_int8():
+    from sdopt.bench.runner import Entry, _compute_precision
+    from sdopt.manifest import ComponentEntry, Manifest
+
+    def entry(scheme):
+        unet = ComponentEntry(folder="unet", files=[], quantization={"scheme": scheme} if scheme else None)
+        return Entry("x", None, Manifest(backend="openvino", precision="fp32", components={"unet": unet}))
+
+    assert _compute_precision(entry("int8-static"), {"compute_precision": "fp32"}) == "int8"
+    assert _compute_precision(entry("int4"), {"compute_precision": "fp32"}) == "fp32"
+    assert _compute_precision(entry(None), {"compute_precision": "bf16"}) == "bf16"

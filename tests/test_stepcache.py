@@ -1,0 +1,149 @@
+"""Step-feature caching (DeepCache): the split UNet is exactly the UNet, the loop follows the interval, every backend runs it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from sdopt.errors import SdoptError
+
+from conftest import SMALL
+
+REQUEST = dict(SMALL, steps=5, scheduler="euler")
+
+
+@pytest.fixture(scope="module")
+def unet(tiny_model):
+    from sdopt.runtime.torch import load_pretrained
+
+    return load_pretrained("unet", tiny_model / "unet")
+
+
+def _inputs(unet, latent: tuple[int, int], batch: int = 2, seed: int = 0):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    sample = torch.randn(batch, unet.config.in_channels, *latent, generator=g)
+    hidden = torch.randn(batch, 77, unet.config.cross_attention_dim, generator=g)
+    return sample, torch.tensor(981.0), hidden
+
+
+@pytest.mark.parametrize("latent", [(8, 8), (9, 7)])  # a multiple of the down factor, and not (explicit upsample sizes)
+def test_the_split_unet_is_exactly_the_unet(unet, latent):
+    """DeepUNet's output is Diffusers' bit for bit, and the shallow branch fed the feature of the same call gives it again."""
+    import torch
+
+    from sdopt.stepcache.unet import split
+
+    deep, shallow = split(unet)
+    sample, t, hidden = _inputs(unet, latent)
+    with torch.inference_mode():
+        expected = unet(sample, t, encoder_hidden_states=hidden).sample
+        out = deep(sample, t, encoder_hidden_states=hidden)
+        again = shallow(sample, t, hidden, out.deep_feature)
+    assert torch.equal(out.sample, expected)
+    assert out.deep_feature.shape == (2, unet.config.block_out_channels[1], *latent)
+    assert torch.equal(again, expected)
+    # Another step's inputs with this step's feature: the shallow branch is not the UNet any more.
+    sample2, _, _ = _inputs(unet, latent, seed=1)
+    with torch.inference_mode():
+        stale = shallow(sample2, torch.tensor(901.0), hidden, out.deep_feature)
+        fresh = unet(sample2, torch.tensor(901.0), encoder_hidden_states=hidden).sample
+    assert not torch.allclose(stale, fresh)
+
+
+def test_the_shallow_branch_holds_a_fraction_of_the_weights(unet):
+    from sdopt.stepcache.unet import ShallowUNet
+
+    shallow = sum(p.numel() for p in ShallowUNet(unet).parameters())
+    whole = sum(p.numel() for p in unet.parameters())
+    assert 0 < shallow < 0.5 * whole
+
+
+def test_unsupported_unets_are_refused_with_a_reason():
+    from types import SimpleNamespace
+
+    from sdopt.stepcache.unet import check_supported
+
+    sdxl_like = SimpleNamespace(config={"addition_embed_type": "text_time"}, down_blocks=[0, 0], up_blocks=[0, 0])
+    with pytest.raises(SdoptError, match="addition_embed_type=text_time.*without --deep-cache"):
+        check_supported(sdxl_like)
+
+
+def test_schedule_runs_every_nth_step_whole():
+    from sdopt.stepcache.schedule import runs_whole, shallow_count
+
+    assert [runs_whole(i, 3) for i in range(7)] == [True, False, False, True, False, False, True]
+    assert shallow_count(5, 2) == 2 and shallow_count(5, 1) == 0 and shallow_count(20, 3) == 13
+
+
+@pytest.fixture(scope="module")
+def cached_torch(tiny_model):
+    import sdopt
+
+    with sdopt.load(tiny_model, deep_cache=True) as pipe:
+        yield pipe
+
+
+def test_torch_pipeline_caches_at_the_asked_interval(cached_torch, tiny_pipeline):
+    from sdopt import GenerateRequest
+
+    plain = tiny_pipeline.generate(GenerateRequest(**REQUEST))
+    off = cached_torch.generate(GenerateRequest(**REQUEST))  # deep_cache=True: available, not on by default
+    assert off.timings.shallow_steps == 0
+    np.testing.assert_array_equal(off.latents, plain.latents)
+    cached = cached_torch.generate(GenerateRequest(**REQUEST, cache_interval=2))
+    assert cached.timings.shallow_steps == 2 and len(cached.timings.unet_steps) == 5
+    assert not np.array_equal(cached.latents, plain.latents)
+    assert "2 shallow" in cached.summary()
+
+
+def test_caching_without_the_shallow_branch_says_how_to_get_it(tiny_pipeline):
+    from sdopt import GenerateRequest
+
+    with pytest.raises(SdoptError, match="--deep-cache"):
+        tiny_pipeline.generate(GenerateRequest(**REQUEST, cache_interval=2))
+    with pytest.raises(SdoptError, match="cache_interval=0"):
+        GenerateRequest(**REQUEST, cache_interval=0).validate()
+
+
+def test_openvino_static_artifact_caches_as_torch_does_and_decodes_with_the_tiny_decoder(tiny_model, distilled, cached_torch, tmp_path):
+    """Both levers in one OpenVINO artifact at static shapes (the shallow graph's too); ONNX: test_tiny_decoder.py."""
+    pytest.importorskip("openvino")
+    import torch
+
+    import sdopt
+    from sdopt import GenerateRequest
+    from sdopt.bench.quality import psnr_db
+    from sdopt.decoder.tiny import load_tiny_decoder
+    from sdopt.export.run import export
+    from sdopt.runtime.pipeline import to_images
+
+    out = tmp_path / "ov"
+    export(tiny_model, "openvino", out, deep_cache=2, vae_decoder=str(distilled), height=64, width=64, batch=1)
+    manifest = json.loads((out / "sdopt.json").read_text())
+    assert manifest["export"]["deep_cache"] == {"interval": 2}
+    assert [o["name"] for o in manifest["components"]["unet"]["outputs"]] == ["out_sample", "deep_feature"]
+    assert manifest["parity"]["unet_shallow"]["passed"] and manifest["parity"]["unet"]["passed"]
+    size = {n: sum(f["size_bytes"] for f in c["files"]) for n, c in manifest["components"].items()}
+    assert size["unet_shallow"] < 0.5 * size["unet"]  # only the shallow branch's weights
+
+    with sdopt.load(out) as pipe:
+        by_default = pipe.generate(GenerateRequest(**REQUEST))  # the artifact's interval
+        off = pipe.generate(GenerateRequest(**REQUEST, cache_interval=1))
+    assert by_default.timings.shallow_steps == 2 and off.timings.shallow_steps == 0
+    np.testing.assert_allclose(by_default.latents, cached_torch.generate(GenerateRequest(**REQUEST, cache_interval=2)).latents, atol=2e-3)
+    np.testing.assert_allclose(off.latents, cached_torch.generate(GenerateRequest(**REQUEST)).latents, atol=2e-3)
+    tiny = load_tiny_decoder(distilled, manifest["components"]["vae_decoder"]["replaced"]["input_scale"])
+    with torch.inference_mode():
+        expected = tiny.decode(torch.from_numpy(off.latents / manifest["model"]["vae_scaling_factor"])).sample.numpy()
+    assert psnr_db(np.asarray(to_images(expected)[0]), np.asarray(off.images[0])) > 40
+
+
+def test_export_refuses_a_bad_interval(tiny_model, tmp_path):
+    from sdopt.cli import main
+
+    assert main(["export", str(tiny_model), "--to", "onnx", "-o", str(tmp_path / "x"), "--deep-cache", "0"]) == 2
+    assert not (tmp_path / "x").exists()
