@@ -120,7 +120,7 @@ def train(tiny, latents, targets, settings: DistillSettings, factor: int, scale:
     import torch
     from tqdm import tqdm
 
-    from sdopt.shapes.train import cosine_lr, object_weights
+    from sdopt.shapes.train import cosine_lr, optimizer_step, reconstruction_loss
 
     params = list(tiny.decoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.0)
@@ -128,14 +128,8 @@ def train(tiny, latents, targets, settings: DistillSettings, factor: int, scale:
     for step in tqdm(range(settings.train_steps), desc="distilling the decoder", unit="step", disable=not progress):
         index = torch.randint(len(latents), (settings.batch,), generator=generator)
         batch_latents, batch_targets = _crop(latents[index], targets[index], settings.crop, factor, generator)
-        error = tiny.decode(batch_latents * scale).sample - batch_targets
-        weights = object_weights(batch_targets, settings.object_weight)
-        loss = ((error.abs() + error.pow(2)) * weights).mean() / weights.mean()
-        for group in optimizer.param_groups:
-            group["lr"] = settings.lr * cosine_lr(step, settings.train_steps, settings.warmup_steps)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss = reconstruction_loss(tiny.decode(batch_latents * scale).sample, batch_targets, settings.object_weight)
+        optimizer_step(optimizer, loss, settings.lr * cosine_lr(step, settings.train_steps, settings.warmup_steps))
         log.append({"stage": "decoder", "step": step, "loss": float(loss.detach())})
     tiny.eval()
 

@@ -86,6 +86,20 @@ def object_weights(batch: torch.Tensor, weight: float) -> torch.Tensor:
     return 1.0 + (weight - 1.0) * objects.float()
 
 
+def reconstruction_loss(output: torch.Tensor, target: torch.Tensor, object_weight: float) -> torch.Tensor:
+    """L1 + L2 per pixel, objects weighted (object_weights): the VAE's loss, and the tiny decoder's (sdopt.decoder)."""
+    error, weights = output - target, object_weights(target, object_weight)
+    return ((error.abs() + error.pow(2)) * weights).mean() / weights.mean()
+
+
+def optimizer_step(optimizer, loss: torch.Tensor, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
 def train_vae(vae, pictures: torch.Tensor, settings: TrainSettings, generator: torch.Generator, log: list, progress: bool) -> None:
     optimizer = torch.optim.AdamW(vae.parameters(), lr=settings.vae_lr, weight_decay=0.0)
     vae.train()
@@ -93,15 +107,9 @@ def train_vae(vae, pictures: torch.Tensor, settings: TrainSettings, generator: t
         batch = pictures[torch.randint(len(pictures), (settings.vae_batch,), generator=generator)]
         posterior = vae.encode(batch).latent_dist
         latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
-        reconstruction = vae.decode(latents).sample
-        error, weights = reconstruction - batch, object_weights(batch, settings.object_weight)
-        recon = ((error.abs() + error.pow(2)) * weights).mean() / weights.mean()
+        recon = reconstruction_loss(vae.decode(latents).sample, batch, settings.object_weight)
         loss = recon + settings.kl_weight * posterior.kl().mean()
-        for group in optimizer.param_groups:
-            group["lr"] = settings.vae_lr * cosine_lr(step, settings.vae_steps, settings.warmup_steps)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        optimizer_step(optimizer, loss, settings.vae_lr * cosine_lr(step, settings.vae_steps, settings.warmup_steps))
         log.append({"stage": "vae", "step": step, "loss": float(recon.detach())})
     vae.eval()
 
