@@ -251,8 +251,8 @@ def _summarise(entry: Entry, raw: dict, reference: dict | None, out: Path, flops
             "work_dir": raw["work_dir"],
         }
     )
+    probe = peaks.get(_compute_precision(entry, raw)) or {}  # the ceiling of the precision the UNet computed in
     if flops:
-        probe = peaks.get(_compute_precision(entry, raw)) or {}
         per_step = (stage_flops or {}).get("unet_step") or flops  # averaged over whole and shallow steps when caching
         achieved = per_step / unet_step / 1e9
         row["compute"] = {
@@ -264,7 +264,6 @@ def _summarise(entry: Entry, raw: dict, reference: dict | None, out: Path, flops
     if stage_flops:
         # Every stage against the ceiling of the precision it ran in (the UNet: per step, averaged
         # over whole and shallow steps when caching).
-        probe = peaks.get(_compute_precision(entry, raw)) or {}
         row["stage_compute"] = {
             stage: {
                 "flops": count,

@@ -134,14 +134,6 @@ def train(tiny, latents, targets, settings: DistillSettings, factor: int, scale:
     tiny.eval()
 
 
-def _drop_alias(config: Path) -> None:
-    """AutoencoderTiny registers ``block_out_channels`` (a copy of the decoder's) in its config, then warns
-    on loading that it does not take it: keep it out of the file."""
-    data = json.loads(config.read_text())
-    if data.pop("block_out_channels", None) is not None:
-        config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
 def distill_decoder(model: str | Path, out: str | Path, settings: DistillSettings = DistillSettings(), init: str | Path | None = None,
                     progress: bool = True, force: bool = False) -> Path:
     """Distill a tiny decoder for ``model`` (a PyTorch checkpoint) into ``out``; returns its path."""
@@ -213,8 +205,8 @@ def distill_decoder(model: str | Path, out: str | Path, settings: DistillSetting
 
     with atomic_output_dir(out, force=force, inputs=(source,)) as tmp:
         tiny.save_pretrained(tmp)
-        forget_load_path(tmp / "config.json")
-        _drop_alias(tmp / "config.json")
+        # AutoencoderTiny registers block_out_channels (a copy of the decoder's) and then warns on loading it.
+        forget_load_path(tmp / "config.json", also=("block_out_channels",))
         save_curves(tmp / "training", log, (("decoder", "tiny decoder vs the full decoder's images (L1 + L2)"),))
         report = {
             "source": {"path": str(source.resolve()), "fingerprint": manifest.source.get("fingerprint"), "artifact_id": manifest.artifact_id},
