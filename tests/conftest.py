@@ -99,12 +99,16 @@ def tiny_ov(tiny_model, tmp_path_factory):
     return _session_export(tiny_model, tmp_path_factory, "openvino", "openvino")
 
 
+BENCH_ORT_RUN = {"graph_optimization_level": "basic", "inter_op_num_threads": 1}
+
+
 @pytest.fixture(scope="session")
 def bench_report(tiny_model, tiny_onnx_artifact, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "report"
     from sdopt.bench.runner import BenchSettings, run_bench
 
     settings = BenchSettings.resolve(None, **BENCH_SETTINGS)
+    settings.run = {"onnxruntime": BENCH_ORT_RUN}  # as a profile's [run.onnxruntime] would: recorded per row
     report = run_bench([f"{tiny_model}@bf16", str(tiny_onnx_artifact)], str(tiny_model), out, settings, progress=False)
     return out, report
 

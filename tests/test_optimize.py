@@ -26,6 +26,23 @@ def test_floor_verdicts():
     assert "did not run" in floor.verdict({"status": "failed", "error": "boom"}, ref, exact=True)[1]
 
 
+@pytest.mark.parametrize("lacks_bf16, base", [(True, "fp32"), (False, "bf16")])
+def test_candidates_follow_the_cpus_bf16(monkeypatch, lacks_bf16, base):
+    """Forced either way, whatever this CPU has: int8 candidates are quantized from the float candidate of the CPU's precision."""
+    import sdopt.hardware
+    from sdopt.bench.optimize import candidates
+
+    monkeypatch.setattr(sdopt.hardware, "cpu_lacks_bf16", lambda: lacks_bf16)
+    pool = {c.name: c for c in candidates("cpu")}
+    assert f"openvino-{base}" in pool and pool[f"openvino-{base}"].spec["precision"] == base
+    assert pool[f"openvino-{base}-int8-static-all"].spec["from"] == f"openvino-{base}"
+    assert pool[f"openvino-{base}-int8-static-all"].spec["components"] == ["unet", "text_encoder", "vae_decoder"]
+    assert not pool[f"openvino-{base}-cache3"].exact and pool[f"openvino-{base}-int8-static"].exact
+    assert ("onnx-fp32" in pool) == lacks_bf16  # emulated bf16 is never a candidate; ONNX fp32 only beside fp32
+    # Given explicitly, the precision wins over the CPU's.
+    assert {c.spec.get("precision") for c in candidates("cpu", quick=True, base="fp32")} == {"fp32"}
+
+
 @pytest.mark.slow
 def test_optimize_keeps_the_fastest_candidate_above_the_floor(shapes_model, tmp_path, capsys):
     pytest.importorskip("openvino")
@@ -37,7 +54,7 @@ def test_optimize_keeps_the_fastest_candidate_above_the_floor(shapes_model, tmp_
     prompts.write_text("\n".join(held_out_prompts(2)) + "\n")
     out, work = tmp_path / "best", tmp_path / "work"
     args = ["optimize", str(shapes_model), "-o", str(out), "--work", str(work), "--quick", "--prompts", str(prompts), "--steps", "6",
-            "--height", "64", "--width", "64", "--scheduler", "euler", "--runs", "1", "-q"]
+            "--height", "64", "--width", "64", "--scheduler", "euler", "--runs", "1", "--precision", "fp32", "-q"]
     assert main(args) == 0
     printed = capsys.readouterr().out
     choice = json.loads((out / "optimize" / "choice.json").read_text())

@@ -131,9 +131,9 @@ def _optimize(args: argparse.Namespace) -> int:
     floor = Floor(**{k: v for k, v in (("min_psnr", args.min_psnr), ("min_adherence", args.min_adherence)) if v is not None})
     say = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr))
     work = Path(args.work) if args.work else Path(str(Path(args.output).absolute()) + ".work")
-    distill = {"latents": args.distill_latents} if args.distill_latents else None
+    distill = {k: v for k, v in (("latents", args.distill_latents), ("train_steps", args.distill_steps)) if v}
     outcome = optimize(args.model, args.output, settings, work, floor, quick=args.quick, budget_minutes=args.budget_minutes,
-                       distill=distill, force=args.force, progress=not args.quiet, say=say)
+                       distill=distill or None, precision=args.precision, force=args.force, progress=not args.quiet, say=say)
     print(f"{'candidate':<36} {'exact':<6} {'speed-up':>9} {'PSNR dB':>8} {'adherence':>10}  verdict")
     for r in outcome.rows:
         speed = f"{r['speedup']:.2f}x" if r.get("speedup") else "-"
@@ -499,7 +499,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=None, help="timed runs per candidate (default 3)")
     p.add_argument("--quick", action="store_true", help="a small candidate set (OpenVINO fp32, with and without caching): a first look")
     p.add_argument("--budget-minutes", type=float, default=None, help="stop building new candidates after this long (the built ones are still benched)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+                   help="what the OpenVINO candidates' float parts run in (default: bf16 where this CPU has it natively, else fp32)")
     p.add_argument("--distill-latents", type=int, default=None, help="latents the tiny-decoder candidates learn from (default 256; fewer for big models)")
+    p.add_argument("--distill-steps", type=int, default=None, help="training steps of the tiny-decoder candidates (default 1500; fewer for big models)")
     p.add_argument("--force", action="store_true", help="replace the output folder if it exists")
     p.add_argument("--quiet", "-q", action="store_true")
     p.set_defaults(func=_optimize)

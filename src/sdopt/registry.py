@@ -71,7 +71,7 @@ class Plugin:
             takers = sorted(p.name for p in (others or {}).values() if set(unknown) <= set(p.options))
             raise SdoptError(
                 f"{self.flag} {self.name} does not take {', '.join(option_flag(k) for k in unknown)}"
-                + (f"; {' and '.join(takers)} does" if takers else f"; it takes: {', '.join(option_flag(k) for k in self.options) or 'no options'}")
+                + (f"; {' and '.join(takers)} {'do' if len(takers) > 1 else 'does'}" if takers else f"; it takes: {', '.join(option_flag(k) for k in self.options) or 'no options'}")
             )
 
 

@@ -66,32 +66,54 @@ def _openvino(name: str, precision: str = "fp32", **extra: Any) -> dict[str, Any
     return {"name": name, "export": "openvino", "precision": precision, "static": True, **extra}
 
 
-def candidates(device: str, quick: bool = False, distill: dict[str, Any] | None = None) -> list[Candidate]:
-    """What to try on a device, exact ones first. ``quick``: a small set for tests and a first look."""
+def _int8(name: str, source: str, everything: bool) -> dict[str, Any]:
+    """NNCF int8-static from an OpenVINO candidate; ``everything``: the text encoder and VAE decoder too, not only the UNet."""
+    spec: dict[str, Any] = {"name": name, "quantize": "int8-static", "backend": "nncf", "from": source}
+    if everything:
+        # The VAE decoder is a third of an int8 pipeline's time when only the UNet is int8 (docs/optimize.md).
+        spec["components"] = ["unet", "text_encoder", "vae_decoder"]
+    return spec
+
+
+def float_precision(device: str) -> str:
+    """What OpenVINO's float parts run in: bf16 where the CPU has it natively (AVX-512-BF16, AMX), else fp32.
+
+    Emulated bf16 is slower than fp32 (reports/cpu-avx2), so it is not worth a candidate there."""
+    from sdopt.hardware import cpu_lacks_bf16
+
+    return "fp32" if cpu_lacks_bf16() or not device.startswith("cpu") else "bf16"
+
+
+def candidates(device: str, quick: bool = False, distill: dict[str, Any] | None = None, base: str | None = None) -> list[Candidate]:
+    """What to try on a device, exact ones first. ``quick``: a small set for tests and a first look.
+
+    ``base``: the float precision the OpenVINO candidates run in (``float_precision``): int8 candidates
+    are quantized from it, so what NNCF leaves in float runs in it too."""
     if not device.startswith("cpu"):
         raise SdoptError(f"sdopt optimize knows CPU candidates only so far; --device {device} has none (the GPU paths are another issue)")
+    base = base or float_precision(device)
     tiny = {"vae_decoder": "distilled", **({"distill": distill} if distill else {})}
+    plain = f"openvino-{base}"
     if quick:
         return [
-            Candidate("openvino-fp32", _openvino("openvino-fp32"), exact=True),
-            Candidate("openvino-fp32-cache2", _openvino("openvino-fp32-cache2", options={"deep_cache": 2}), exact=False),
+            Candidate(plain, _openvino(plain, base), exact=True),
+            Candidate(f"{plain}-cache2", _openvino(f"{plain}-cache2", base, options={"deep_cache": 2}), exact=False),
         ]
-    return [
-        Candidate("onnx-fp32", {"name": "onnx-fp32", "export": "onnx", "precision": "fp32"}, exact=True),
-        Candidate("openvino-fp32", _openvino("openvino-fp32"), exact=True),
-        # bf16 where the CPU has it natively (AVX-512-BF16/AMX); elsewhere OpenVINO runs fp32 and the row says so.
-        Candidate("openvino-bf16", _openvino("openvino-bf16", "bf16"), exact=True),
-        Candidate("openvino-int8-static", {"name": "openvino-int8-static", "quantize": "int8-static", "backend": "nncf", "from": "openvino-fp32"}, exact=True),
-        # The VAE decoder in int8 too: a third of an int8 pipeline's time when only the UNet is (docs/optimize.md).
-        Candidate("openvino-int8-static-vae", {"name": "openvino-int8-static-vae", "quantize": "int8-static", "backend": "nncf", "from": "openvino-fp32",
-                                               "components": ["unet", "text_encoder", "vae_decoder"]}, exact=True),
-        Candidate("openvino-fp32-tiny-decoder", _openvino("openvino-fp32-tiny-decoder", **tiny), exact=False),
-        Candidate("openvino-fp32-cache2", _openvino("openvino-fp32-cache2", options={"deep_cache": 2}), exact=False),
-        Candidate("openvino-fp32-cache3", _openvino("openvino-fp32-cache3", options={"deep_cache": 3}), exact=False),
-        Candidate("openvino-tiny-decoder-cache3", _openvino("openvino-tiny-decoder-cache3", options={"deep_cache": 3}, **tiny), exact=False),
-        Candidate("openvino-int8-static-tiny-cache3",
-                  {"name": "openvino-int8-static-tiny-cache3", "quantize": "int8-static", "backend": "nncf", "from": "openvino-tiny-decoder-cache3"}, exact=False),
+    pool = []
+    if base == "fp32":
+        pool.append(Candidate("onnx-fp32", {"name": "onnx-fp32", "export": "onnx", "precision": "fp32"}, exact=True))
+    pool += [
+        Candidate(plain, _openvino(plain, base), exact=True),
+        Candidate(f"{plain}-int8-static", _int8(f"{plain}-int8-static", plain, everything=False), exact=True),
+        Candidate(f"{plain}-int8-static-all", _int8(f"{plain}-int8-static-all", plain, everything=True), exact=True),
+        Candidate(f"{plain}-tiny-decoder", _openvino(f"{plain}-tiny-decoder", base, **tiny), exact=False),
+        Candidate(f"{plain}-cache2", _openvino(f"{plain}-cache2", base, options={"deep_cache": 2}), exact=False),
+        Candidate(f"{plain}-cache3", _openvino(f"{plain}-cache3", base, options={"deep_cache": 3}), exact=False),
+        Candidate(f"{plain}-tiny-cache3", _openvino(f"{plain}-tiny-cache3", base, options={"deep_cache": 3}, **tiny), exact=False),
+        Candidate(f"{plain}-int8-static-all-tiny-cache3", _int8(f"{plain}-int8-static-all-tiny-cache3", f"{plain}-tiny-cache3", everything=True),
+                  exact=False),
     ]
+    return pool
 
 
 @dataclass
@@ -103,7 +125,7 @@ class Outcome:
 
 
 def optimize(model: str | Path, out: str | Path, settings, work: str | Path, floor: Floor = Floor(), quick: bool = False,
-             budget_minutes: float | None = None, distill: dict[str, Any] | None = None, force: bool = False,
+             budget_minutes: float | None = None, distill: dict[str, Any] | None = None, precision: str | None = None, force: bool = False,
              progress: bool = True, say: Callable[[str], None] = lambda line: None) -> Outcome:
     """Build the candidates, bench them against fp32, copy the fastest that holds the floor to ``out``."""
     from sdopt.bench.build import build_one
@@ -121,7 +143,7 @@ def optimize(model: str | Path, out: str | Path, settings, work: str | Path, flo
     not_built: dict[str, str] = {}
     # The decoder learns from latents made as the bench makes them (its steps and guidance).
     distill = {"steps_per_image": settings.steps, "guidance_scale": settings.guidance_scale, **(distill or {})}
-    pool = candidates(settings.device, quick, distill)
+    pool = candidates(settings.device, quick, distill, precision)
     for candidate in pool:
         if budget_minutes is not None and time.monotonic() - started > budget_minutes * 60:
             not_built[candidate.name] = f"the --budget-minutes {budget_minutes:g} ran out before it was built"
@@ -154,7 +176,8 @@ def optimize(model: str | Path, out: str | Path, settings, work: str | Path, flo
     holding = [r for r in rows if r["holds"] and r["latency_s"] is not None]
     choice = min(holding, key=lambda r: r["latency_s"]) if holding else None
     summary = {
-        "model": str(source), "floor": asdict(floor), "settings": {"quick": quick, "budget_minutes": budget_minutes},
+        "model": str(source), "floor": asdict(floor),
+        "settings": {"quick": quick, "budget_minutes": budget_minutes, "precision": precision or float_precision(settings.device)},
         "reference": {"name": reference["name"], "latency_s": (reference.get("latency_s") or {}).get("median"),
                       "adherence": (reference.get("adherence") or {}).get("mean")},
         "candidates": rows, "chosen": choice["name"] if choice else None,

@@ -43,6 +43,9 @@ class HardwareProfile:
     artifacts: list[dict[str, Any]] = field(default_factory=list)  # what a full profile run builds
     gate: dict[str, Any] = field(default_factory=dict)  # metric -> rule(s), see bench/gate.py
     requires_isa: list[str] = field(default_factory=list)  # CPU features this machine kind has
+    # Backend -> run settings ([run.openvino]: OpenVINO properties; [run.onnxruntime]: session options),
+    # passed to every artifact of that backend as the run_settings load option.
+    run: dict[str, dict[str, Any]] = field(default_factory=dict)
     path: str | None = None
 
     def mismatch(self, machine: dict[str, Any]) -> str | None:
@@ -102,5 +105,18 @@ def load_profile(name_or_path: str) -> HardwareProfile:
         artifacts=list(data.get("artifacts", [])),
         gate=dict(data.get("gate", {})),
         requires_isa=list(data.get("requires_isa", [])),
+        run=_run_tables(data.get("run", {}), path),
         path=str(path),
     )
+
+
+def _run_tables(run: Any, path: Path) -> dict[str, dict[str, Any]]:
+    from sdopt.runtime.backends import BACKENDS
+
+    if not isinstance(run, dict) or not all(isinstance(v, dict) for v in run.values()):
+        raise SdoptError(f"{path}: [run] holds one table per backend, such as [run.openvino] PERFORMANCE_HINT = \"LATENCY\"")
+    unknown = [b for b in run if b not in BACKENDS or "run_settings" not in BACKENDS[b].options]
+    if unknown:
+        takers = [b for b, backend in BACKENDS.items() if "run_settings" in backend.options]
+        raise SdoptError(f"{path}: [run.{unknown[0]}]: run settings apply to {', '.join(takers)}")
+    return {backend: dict(settings) for backend, settings in run.items()}

@@ -155,6 +155,10 @@ def markdown(report: dict) -> str:
     if staged:
         lines += ["", "Per stage, GFLOP/s achieved (and of the probed peak in the precision that ran):", ""]
         lines += [f"- {a['name']}: " + " · ".join(_stage_note(stage, c) for stage, c in a["stage_compute"].items()) for a in staged]
+    configured = [a for a in report["artifacts"] if a.get("run_settings")]
+    if configured:
+        lines += ["", "Run settings, as each backend reports them after loading (a profile's [run] tables set them):", ""]
+        lines += [f"- {a['name']}: {_run_note(a['run_settings'])}" for a in configured]
     lines += ["", "GFLOP/s is the UNet's counted FLOPs over its measured step time; \"of peak\" divides it by the best square-matmul rate probed in the artifact's precision on this machine."]
     peaks = report.get("matmul_peak_gflops") or {}
     if peaks:
@@ -165,6 +169,17 @@ def markdown(report: dict) -> str:
     if any((r["fraction_of_peak"] or 0) > 1 for r in flat_rows(report)):
         lines += ["Above 100%, the model's kernels (e.g. oneDNN convolutions) beat the probed matmul: the probe is no ceiling there."]
     return "\n".join(lines) + "\n"
+
+
+def _run_note(settings: dict[str, dict]) -> str:
+    """One line per artifact: the settings every component shares, then what differs per component."""
+    shared = {k: v for k, v in next(iter(settings.values())).items() if all(c.get(k) == v for c in settings.values())}
+    parts = [", ".join(f"{k}={v}" for k, v in shared.items())]
+    for name, component in settings.items():
+        rest = {k: v for k, v in component.items() if k not in shared}
+        if rest:
+            parts.append(f"{name}: " + ", ".join(f"{k}={v}" for k, v in rest.items()))
+    return "; ".join(p for p in parts if p)
 
 
 def write_reports(report: dict, out: Path) -> dict[str, Path]:

@@ -9,7 +9,7 @@ import re
 import statistics
 import subprocess
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,7 @@ class BenchSettings:
     # AVX2) would otherwise hold the matrix for hours.
     max_seconds: float | None = None
     judge: str = "auto"  # prompt adherence (sdopt.bench.grounding): auto, none, classical, openai, transformers
+    run: dict[str, dict[str, Any]] = field(default_factory=dict)  # backend -> run settings (a profile's [run] tables)
 
     @classmethod
     def resolve(cls, profile: HardwareProfile | None, **overrides: Any) -> "BenchSettings":
@@ -71,6 +72,7 @@ class BenchSettings:
             else:
                 values[key] = BENCH_DEFAULTS[key]
         values["device"] = overrides.get("device") or (profile.device if profile else "cpu")
+        values["run"] = dict(profile.run) if profile else {}
         budget = overrides.get("max_seconds")
         values["max_seconds"] = budget if budget is not None else (profile.bench.get("max_seconds") if profile else None)
         settings = cls(**values)
@@ -165,7 +167,8 @@ def check_static_shapes(entries: list[Entry], settings: BenchSettings) -> None:
 def _run_worker(entry: Entry, settings: BenchSettings, out: Path, timeout: float | None) -> dict:
     work = out / "raw" / _slug(entry.name)
     work.mkdir(parents=True, exist_ok=True)
-    job = {**asdict(settings), "path": str(entry.path), "precision": entry.precision, "output_dir": str(work)}
+    job = {**asdict(settings), "path": str(entry.path), "precision": entry.precision, "output_dir": str(work),
+           "run_settings": settings.run.get(entry.manifest.backend)}
     (work / "job.json").write_text(json.dumps(job, indent=2))
     with open(work / "worker.log", "w") as log:
         try:
@@ -238,6 +241,7 @@ def _summarise(entry: Entry, raw: dict, reference: dict | None, out: Path, flops
             "warmups": raw.get("warmups"),
             "first_generate_counted": raw.get("first_generate_counted", False),
             "latency_s": latency,
+            "run_settings": raw.get("run_settings"),
             "stages_s": {
                 "text_encoder": statistics.median(raw["text_encoder_samples_s"]),
                 "unet_step": unet_step,

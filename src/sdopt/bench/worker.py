@@ -42,7 +42,8 @@ def measure(job: dict) -> dict:
 
     out_dir = Path(job["output_dir"])
     start = time.perf_counter()
-    pipe = sdopt.load(job["path"], device=job["device"], precision=job.get("precision"))
+    options = {"run_settings": job["run_settings"]} if job.get("run_settings") else {}
+    pipe = sdopt.load(job["path"], device=job["device"], precision=job.get("precision"), **options)
     load_s = time.perf_counter() - start
 
     budget = job.get("max_seconds")
@@ -89,6 +90,7 @@ def measure(job: dict) -> dict:
         # What the UNet's compute runs in, where the backend can say (OpenVINO asks the compiled
         # model: a bf16 artifact runs fp32 on a CPU without bf16); else the artifact's precision.
         "compute_precision": getattr(pipe.components.get("unet"), "runs", None) or pipe.precision,
+        "run_settings": pipe.run_settings(),
         "load_s": load_s,
         "first_generate_s": first_generate_s,
         "runs": runs,

@@ -67,7 +67,7 @@ register_backend(
         extra="onnx",
         requires=("onnxruntime",),
         precisions={"cpu": ("fp32", "fp16", "mixed"), "cuda": ("fp32", "fp16", "mixed")},
-        options=("threads", "provider"),
+        options=("threads", "provider", "run_settings"),
     )
 )
 
@@ -86,6 +86,6 @@ register_backend(
             "auto": ("fp32", "fp16", "bf16"),
             "openvino": ("fp32", "fp16", "bf16"),
         },
-        options=("reshape", "cache_dir", "threads"),
+        options=("reshape", "cache_dir", "threads", "run_settings"),
     )
 )

@@ -49,17 +49,63 @@ def providers_for(device: str, provider: str | None = None) -> list:
     return wanted
 
 
+# A profile's [run.onnxruntime] keys -> how each sets ort.SessionOptions.
+_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+_MODES = {"sequential": "ORT_SEQUENTIAL", "parallel": "ORT_PARALLEL"}
+RUN_SETTINGS = ("intra_op_num_threads", "inter_op_num_threads", "graph_optimization_level", "execution_mode", "allow_spinning")
+
+
+def session_options(threads: int | None = None, run_settings: dict[str, Any] | None = None) -> ort.SessionOptions:
+    """SessionOptions from the ``threads`` load option and a profile's run settings (names as in RUN_SETTINGS)."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # warnings about unused initializers etc. are noise for users
+    settings = dict(run_settings or {})
+    if threads:
+        settings.setdefault("intra_op_num_threads", threads)
+    unknown = sorted(set(settings) - set(RUN_SETTINGS))
+    if unknown:
+        raise SdoptError(f"ONNX Runtime run settings {', '.join(unknown)} are not known; give any of {', '.join(RUN_SETTINGS)}")
+    for key in ("intra_op_num_threads", "inter_op_num_threads"):
+        if key in settings:
+            setattr(options, key, int(settings[key]))
+    for key, names, enum in (("graph_optimization_level", _LEVELS, ort.GraphOptimizationLevel),
+                             ("execution_mode", _MODES, ort.ExecutionMode)):
+        if key in settings:
+            if settings[key] not in names:
+                raise SdoptError(f"ONNX Runtime {key} = {settings[key]!r}: give one of {', '.join(names)}")
+            setattr(options, key, getattr(enum, names[settings[key]]))
+    if not settings.get("allow_spinning", True):
+        # Idle ORT threads busy-wait after a run by default: right for a pipeline (the next
+        # step starts at once), wrong beside another engine timed on the same cores.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+def describe(options: ort.SessionOptions, providers: list) -> dict[str, Any]:
+    """What a session was created with, for the bench report (0 threads: ORT's default, one per physical core)."""
+    return {
+        "providers": [p if isinstance(p, str) else p[0] for p in providers],
+        "intra_op_num_threads": options.intra_op_num_threads,
+        "inter_op_num_threads": options.inter_op_num_threads,
+        "graph_optimization_level": str(options.graph_optimization_level).rsplit(".", 1)[-1],
+        "execution_mode": str(options.execution_mode).rsplit(".", 1)[-1],
+        "allow_spinning": _config_entry(options, "session.intra_op.allow_spinning") != "0",
+    }
+
+
+def _config_entry(options: ort.SessionOptions, key: str) -> str | None:
+    try:
+        return options.get_session_config_entry(key)
+    except RuntimeError:  # never set: ORT's default
+        return None
+
+
 class OrtComponent:
-    def __init__(self, path: Path, providers: list, threads: int | None, device: str, spin: bool = True):
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        if not spin:
-            # Idle ORT threads busy-wait after a run by default: right for a pipeline (the next
-            # step starts at once), wrong beside another engine timed on the same cores.
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.log_severity_level = 3  # warnings about unused initializers etc. are noise for users
+    def __init__(self, path: Path, providers: list, threads: int | None, device: str, spin: bool = True,
+                 run_settings: dict[str, Any] | None = None):
+        options = session_options(threads, {**({} if spin else {"allow_spinning": False}), **(run_settings or {})})
         self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        self.settings = describe(options, providers)
         self.inputs = {i.name: i for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.use_binding = device.startswith("cuda")
@@ -89,8 +135,9 @@ class OrtComponent:
 def load_components(folder: Path, manifest: Manifest, device: str, precision: str, options: dict[str, Any]) -> dict:
     providers = providers_for(device, options.get("provider"))
     threads = options.get("threads")
+    session_options(threads, options.get("run_settings"))  # bad settings refused before any graph loads
     return {
-        name: OrtComponent(folder / _graph_file(entry.files, name), providers, threads, device)
+        name: OrtComponent(folder / _graph_file(entry.files, name), providers, threads, device, run_settings=options.get("run_settings"))
         for name, entry in manifest.components.items()
     }
 

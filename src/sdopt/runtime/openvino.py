@@ -90,11 +90,37 @@ def _device_name(c: ov.Core, device: str) -> str:
         return "?"
 
 
-def compile_config(precision: str, threads: int | None = None) -> dict[str, Any]:
+# What a run's speed depends on, read back from each compiled model into the bench report.
+REPORTED_PROPERTIES = ("PERFORMANCE_HINT", "NUM_STREAMS", "INFERENCE_NUM_THREADS", "INFERENCE_PRECISION_HINT",
+                       "ENABLE_HYPER_THREADING", "ENABLE_CPU_PINNING", "SCHEDULING_CORE_TYPE")
+
+
+def compile_config(precision: str, threads: int | None = None, run_settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """OpenVINO properties for compile_model: the artifact's precision, the latency hint (one image
+    at a time), and ``run_settings`` (a profile's [run.openvino]: any OpenVINO property) over them."""
     config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
+    for key, value in (run_settings or {}).items():
+        if key == "INFERENCE_PRECISION_HINT":
+            raise SdoptError("run settings cannot set INFERENCE_PRECISION_HINT: the artifact's precision decides it "
+                             "(export again with --precision)")
+        if not isinstance(key, str) or not key.isupper():
+            raise SdoptError(f"OpenVINO run setting {key!r}: give OpenVINO property names, such as PERFORMANCE_HINT or NUM_STREAMS")
+        config[key] = value if isinstance(value, (int, float)) else str(value)
     return config
+
+
+def read_properties(compiled: ov.CompiledModel, names: tuple[str, ...] = REPORTED_PROPERTIES) -> dict[str, str]:
+    """Each property the compiled model answers, as text (virtual devices answer fewer)."""
+    out = {}
+    for name in names:
+        try:
+            value = compiled.get_property(name)
+        except RuntimeError:
+            continue
+        out[name] = value.to_string() if hasattr(value, "to_string") else str(value)
+    return out
 
 
 def runs_precision(compiled: ov.CompiledModel) -> str:
@@ -167,6 +193,7 @@ class OpenVINOComponent:
             shapes[p.get_any_name()] = shape
         self._compile(model, shapes)
         self.runs = runs_precision(self._compiled[0][1])
+        self.settings = read_properties(self._compiled[0][1])
 
     def _read(self) -> ov.Model:
         try:
@@ -179,7 +206,7 @@ class OpenVINOComponent:
             model.reshape(shapes)
         try:
             compiled = self.core.compile_model(model, self.device, self.config)
-        except RuntimeError as exc:
+        except (RuntimeError, TypeError) as exc:  # TypeError: a run setting of a type the property does not take
             raise SdoptError(f"OpenVINO could not compile {self.path.parent.name} for {self.device}: {str(exc).splitlines()[0][:300]}") from exc
         self._compiled.append((shapes, compiled, compiled.create_infer_request()))
 
@@ -218,7 +245,7 @@ def load_components(folder: Path, manifest: Manifest, device: str, precision: st
     cache = options.get("cache_dir")
     c = core(None if cache is False else cache_dir(cache))
     target = openvino_device(device, c)
-    config = compile_config(precision, options.get("threads"))
+    config = compile_config(precision, options.get("threads"), options.get("run_settings"))
     if options.get("reshape") and manifest.static_shapes:
         # The static shapes stay what is compiled at load; other requests are compiled on first use.
         # Pipeline.check_request reads manifest.static_shapes, so lifting the limit means clearing it here.

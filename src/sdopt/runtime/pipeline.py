@@ -213,6 +213,11 @@ class Pipeline:
         return GenerateResult(images=images, latents=final, timings=timings, memory=dict(memory), request=request,
                               problems=output_problems(images, final), warnings=notices)
 
+    def run_settings(self) -> dict[str, Any]:
+        """What each component runs with, as its backend reports it (OpenVINO's compiled-model properties,
+        ONNX Runtime's session options, torch's threads); the bench records it per row."""
+        return {name: dict(c.settings) for name, c in self.components.items() if getattr(c, "settings", None)}
+
     def close(self) -> None:
         close_all(self.components)
 

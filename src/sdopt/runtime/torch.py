@@ -32,6 +32,12 @@ class TorchComponent:
         self.offload = offload
         self.module.to("cpu" if offload else self.device)
 
+    @property
+    def settings(self) -> dict[str, Any]:
+        """What a run's speed depends on, for the bench report (read when asked: threads may change after load)."""
+        return {"device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."), "intra_op_threads": torch.get_num_threads(),
+                "inter_op_threads": torch.get_num_interop_threads(), "offload": self.offload}
+
     def _tensor(self, name: str, array: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(array))
         # The timestep stays float32, as in Diffusers: in bf16, 981 would round to 980

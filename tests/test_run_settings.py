@@ -1,0 +1,71 @@
+"""Backend run settings (a profile's [run] tables -> the run_settings load option): applied, read back, refused when wrong."""
+
+import pytest
+
+import sdopt
+from sdopt import GenerateRequest, SdoptError
+from sdopt.bench.profiles import load_profile
+
+from conftest import SMALL
+
+
+def _profile(tmp_path, body: str):
+    path = tmp_path / "p.toml"
+    path.write_text('name = "p"\ndevice = "cpu"\n' + body)
+    return path
+
+
+def test_profile_run_tables(tmp_path):
+    profile = load_profile(str(_profile(tmp_path, '[run.openvino]\nPERFORMANCE_HINT = "LATENCY"\n[run.onnxruntime]\ninter_op_num_threads = 1\n')))
+    assert profile.run == {"openvino": {"PERFORMANCE_HINT": "LATENCY"}, "onnxruntime": {"inter_op_num_threads": 1}}
+    with pytest.raises(SdoptError, match=r"\[run.torch\]: run settings apply to onnxruntime, openvino"):
+        load_profile(str(_profile(tmp_path, "[run.torch]\nthreads = 2\n")))
+    with pytest.raises(SdoptError, match="one table per backend"):
+        load_profile(str(_profile(tmp_path, "[run]\nthreads = 2\n")))
+
+
+def test_shipped_cpu_profiles_set_run_settings():
+    for name in ("cpu-generic", "cpu-avx512", "cpu-shapes"):
+        run = load_profile(name).run
+        assert run["openvino"]["PERFORMANCE_HINT"] == "LATENCY", name
+        assert run["onnxruntime"]["graph_optimization_level"] in ("extended", "all"), name
+
+
+def test_openvino_applies_and_reports_run_settings(tiny_ov):
+    pytest.importorskip("openvino")
+    with sdopt.load(tiny_ov, run_settings={"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": 2}) as pipe:
+        unet = pipe.run_settings()["unet"]
+        assert unet["PERFORMANCE_HINT"] == "THROUGHPUT" and unet["NUM_STREAMS"] == "2"
+        assert unet["INFERENCE_PRECISION_HINT"] == "f32"  # the artifact's precision, untouched
+        assert pipe.generate(GenerateRequest(**SMALL)).images[0].size == (SMALL["width"], SMALL["height"])
+    with sdopt.load(tiny_ov) as pipe:  # without: the latency hint, one stream
+        assert pipe.run_settings()["unet"]["PERFORMANCE_HINT"] == "LATENCY" and pipe.run_settings()["unet"]["NUM_STREAMS"] == "1"
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"INFERENCE_PRECISION_HINT": "f16"}, "the artifact's precision decides it"),
+    ({"performance_hint": "LATENCY"}, "give OpenVINO property names"),
+    ({"NUM_STREAMS": "many"}, "OpenVINO could not compile"),
+])
+def test_openvino_refuses_bad_run_settings(tiny_ov, settings, message):
+    pytest.importorskip("openvino")
+    with pytest.raises(SdoptError, match=message):
+        sdopt.load(tiny_ov, run_settings=settings)
+
+
+def test_onnxruntime_applies_and_reports_run_settings(tiny_onnx_artifact):
+    pytest.importorskip("onnxruntime")
+    settings = {"graph_optimization_level": "extended", "intra_op_num_threads": 1, "execution_mode": "sequential", "allow_spinning": False}
+    with sdopt.load(tiny_onnx_artifact, run_settings=settings) as pipe:
+        unet = pipe.run_settings()["unet"]
+        assert unet["graph_optimization_level"] == "ORT_ENABLE_EXTENDED" and unet["intra_op_num_threads"] == 1
+        assert unet["allow_spinning"] is False and unet["providers"] == ["CPUExecutionProvider"]
+    with pytest.raises(SdoptError, match="intra_op_threads are not known; give any of intra_op_num_threads"):
+        sdopt.load(tiny_onnx_artifact, run_settings={"intra_op_threads": 2})
+    with pytest.raises(SdoptError, match="graph_optimization_level = 'max': give one of disable, basic, extended, all"):
+        sdopt.load(tiny_onnx_artifact, run_settings={"graph_optimization_level": "max"})
+
+
+def test_torch_refuses_run_settings(tiny_model):
+    with pytest.raises(SdoptError, match="does not take --run-settings; onnxruntime and openvino do"):
+        sdopt.load(tiny_model, run_settings={"x": 1})
