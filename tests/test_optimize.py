@@ -21,8 +21,11 @@ def test_floor_verdicts():
     holds, why = floor.verdict({"status": "ok", "quality": {"psnr_db": 40.0}, "adherence": {"mean": 0.89}}, ref, exact=False)
     assert not holds and "adherence 0.890 < 0.900" in why
     assert not Floor(min_adherence=0.93).verdict({"status": "ok", "adherence": {"mean": 0.92}}, ref, exact=False)[0]
-    # Without a judge, a lever must hold the PSNR floor.
-    assert not floor.verdict({"status": "ok", "quality": {"psnr_db": 18.0}}, {"status": "ok"}, exact=False)[0]
+    # Without a judge, a lever must hold the PSNR floor: --min-psnr, or its own --lever-min-psnr.
+    holds, why = floor.verdict({"status": "ok", "quality": {"psnr_db": 18.0}}, {"status": "ok"}, exact=False)
+    assert not holds and "PSNR 18.0 dB < 30 dB (no judge" in why
+    assert Floor(lever_min_psnr=15).verdict({"status": "ok", "quality": {"psnr_db": 18.0}}, {"status": "ok"}, exact=False)[0]
+    assert not Floor(lever_min_psnr=15).verdict({"status": "ok", "quality": {"psnr_db": 18.0}}, {"status": "ok"}, exact=True)[0]
     assert "did not run" in floor.verdict({"status": "failed", "error": "boom"}, ref, exact=True)[1]
 
 
@@ -65,8 +68,13 @@ def test_optimize_keeps_the_fastest_candidate_above_the_floor(shapes_model, tmp_
     assert (out / "optimize" / "report.md").is_file() and (out / "optimize" / "report.json").is_file()
     with sdopt.load(out) as pipe:  # the chosen artifact, verified against its manifest
         assert pipe.generate(GenerateRequest(prompt=held_out_prompts(1)[0], steps=2, height=64, width=64)).images[0].size == (64, 64)
-    # A floor nothing holds: said, and no output written; the built candidates are reused, not rebuilt.
+    # A floor nothing holds: said, and no output written; the built candidates are reused, not rebuilt,
+    # and so is their bench (same candidates, same settings): only the verdicts are new.
     built = (work / "openvino-fp32" / "sdopt.json").stat().st_mtime_ns
+    benched = (work / "bench" / "report.json").stat().st_mtime_ns
     assert main([*args[:3], str(tmp_path / "none"), *args[4:], "--min-psnr", "200", "--min-adherence", "1.01"]) == 2
     assert "no candidate holds the floor" in capsys.readouterr().err and not (tmp_path / "none").exists()
     assert (work / "openvino-fp32" / "sdopt.json").stat().st_mtime_ns == built
+    assert (work / "bench" / "report.json").stat().st_mtime_ns == benched
+    verdicts = json.loads((work / "bench" / "choice.json").read_text())["candidates"]
+    assert not any(c["holds"] for c in verdicts) and "< 200 dB" in verdicts[0]["why"]

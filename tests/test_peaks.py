@@ -45,3 +45,21 @@ def test_an_int8_static_unet_is_measured_against_int8():
     assert _compute_precision(entry("int8-static"), {"compute_precision": "fp32"}) == "int8"
     assert _compute_precision(entry("int4"), {"compute_precision": "fp32"}) == "fp32"
     assert _compute_precision(entry(None), {"compute_precision": "bf16"}) == "bf16"
+
+
+def test_each_stage_is_measured_against_the_precision_it_ran_in():
+    """An int8-static UNet beside a decoder whose weights only were compressed: two ceilings, one per stage."""
+    from sdopt.bench.runner import Entry, _compute_precision
+    from sdopt.manifest import ComponentEntry, Manifest
+
+    components = {
+        "unet": ComponentEntry(folder="unet", files=[], quantization={"scheme": "int8-static"}),
+        "text_encoder": ComponentEntry(folder="text_encoder", files=[], quantization={"scheme": "int8", "weights_only": True}),
+        "vae_decoder": ComponentEntry(folder="vae_decoder", files=[]),
+    }
+    entry = Entry("x", None, Manifest(backend="openvino", precision="bf16", components=components))
+    raw = {"compute_precision": "int8", "runs_by_component": {"unet": "bf16", "text_encoder": "bf16", "vae_decoder": "fp32"}}
+    assert _compute_precision(entry, raw, "unet") == "int8"
+    assert _compute_precision(entry, raw, "text_encoder") == "bf16"  # int8 weights, bf16 compute
+    assert _compute_precision(entry, raw, "vae_decoder") == "fp32"  # what the backend said it ran
+    assert _compute_precision(entry, {}, "vae_decoder") == "bf16"  # nothing said: the artifact's precision

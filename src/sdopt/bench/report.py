@@ -77,7 +77,8 @@ _STAGE_NAMES = {"text_encoder": "text encoder", "unet_step": "UNet", "vae_decode
 
 
 def _stage_note(stage: str, c: dict) -> str:
-    peak = f" ({_fmt(c['fraction_of_peak'], 'pct')})" if c.get("fraction_of_peak") is not None else ""
+    probed = f" of {c['precision_probed']}" if c.get("precision_probed") else ""
+    peak = f" ({_fmt(c['fraction_of_peak'], 'pct')}{probed})" if c.get("fraction_of_peak") is not None else ""
     return f"{_STAGE_NAMES.get(stage, stage)} {c['achieved_gflops']:,.1f}{peak}"
 
 

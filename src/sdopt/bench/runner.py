@@ -267,16 +267,18 @@ def _summarise(entry: Entry, raw: dict, reference: dict | None, out: Path, flops
         }
     if stage_flops:
         # Every stage against the ceiling of the precision it ran in (the UNet: per step, averaged
-        # over whole and shallow steps when caching).
-        row["stage_compute"] = {
-            stage: {
+        # over whole and shallow steps when caching): an int8 UNet beside a bf16 decoder has two.
+        row["stage_compute"] = {}
+        for stage, count in stage_flops.items():
+            if not (seconds := row["stages_s"].get(stage)):
+                continue
+            ceiling = peaks.get(_compute_precision(entry, raw, STAGE_COMPONENTS[stage])) or {}
+            row["stage_compute"][stage] = {
                 "flops": count,
                 "achieved_gflops": count / seconds / 1e9,
-                "fraction_of_peak": count / seconds / 1e9 / probe["gflops"] if probe.get("gflops") else None,
+                "precision_probed": ceiling.get("precision_probed"),
+                "fraction_of_peak": count / seconds / 1e9 / ceiling["gflops"] if ceiling.get("gflops") else None,
             }
-            for stage, count in stage_flops.items()
-            if (seconds := row["stages_s"].get(stage))
-        }
     images, latents = _load_samples(out / raw["work_dir"], raw["samples"])
     broken = next((why for i, l in zip(images, latents) if (why := broken_output(i, l))), None)
     if judge is not None:
@@ -295,11 +297,16 @@ def _summarise(entry: Entry, raw: dict, reference: dict | None, out: Path, flops
 INT8_COMPUTE_SCHEMES = ("int8-static", "int8-dynamic")
 
 
-def _compute_precision(entry: Entry, raw: dict) -> str:
-    unet = entry.manifest.components.get("unet")
-    if unet and (unet.quantization or {}).get("scheme") in INT8_COMPUTE_SCHEMES:
+STAGE_COMPONENTS = {"text_encoder": "text_encoder", "unet_step": "unet", "vae_decoder": "vae_decoder"}
+
+
+def _compute_precision(entry: Entry, raw: dict, component: str = "unet") -> str:
+    """The precision a component computed in: int8 where its activations were quantized too, else
+    what the backend says it ran (OpenVINO asks the compiled model), else the artifact's precision."""
+    entry_component = entry.manifest.components.get(component)
+    if entry_component and (entry_component.quantization or {}).get("scheme") in INT8_COMPUTE_SCHEMES:
         return "int8"
-    runs = raw.get("compute_precision")
+    runs = (raw.get("runs_by_component") or {}).get(component) or (raw.get("compute_precision") if component == "unet" else None)
     return runs if runs not in (None, "unknown") else entry.precision or entry.manifest.precision
 
 
@@ -395,7 +402,7 @@ def assemble_report(entries: list[Entry], raws: dict[str, dict], settings: Bench
     flops = _unet_flops(entries[0], settings)
     # Probe the precision the compute actually ran in (a bf16 OpenVINO artifact runs fp32 on a
     # CPU without bf16), else the fraction of peak compares with the wrong ceiling.
-    precisions = {_compute_precision(e, raws[e.name]) for e in entries}
+    precisions = {_compute_precision(e, raws[e.name], c) for e in entries for c in STAGE_COMPONENTS.values()}
     peaks = {p: matmul_peak_gflops(p, settings.device) for p in sorted(precisions)}
 
     ref_raw = raws[entries[0].name]

@@ -90,6 +90,8 @@ def measure(job: dict) -> dict:
         # What the UNet's compute runs in, where the backend can say (OpenVINO asks the compiled
         # model: a bf16 artifact runs fp32 on a CPU without bf16); else the artifact's precision.
         "compute_precision": getattr(pipe.components.get("unet"), "runs", None) or pipe.precision,
+        # The same per component, for the per-stage ceilings (int8 UNet beside a bf16 decoder).
+        "runs_by_component": {name: getattr(c, "runs", None) for name, c in pipe.components.items()},
         "run_settings": pipe.run_settings(),
         "load_s": load_s,
         "first_generate_s": first_generate_s,
