@@ -89,7 +89,8 @@ def _optimum_precision(pipe) -> str:
         compiled = getattr(unet, attr, None)
         compiled = getattr(compiled, "get_compiled_model", lambda: compiled)()
         try:
-            return str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+            value = compiled.get_property("INFERENCE_PRECISION_HINT")
+            return value.get_type_name() if hasattr(value, "get_type_name") else str(value)
         except Exception:  # noqa: BLE001 - best effort, reported as unknown
             continue
     return "unknown"

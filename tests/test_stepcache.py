@@ -141,6 +141,18 @@ def test_openvino_static_artifact_caches_as_torch_does_and_decodes_with_the_tiny
         expected = tiny.decode(torch.from_numpy(off.latents / manifest["model"]["vae_scaling_factor"])).sample.numpy()
     assert psnr_db(np.asarray(to_images(expected)[0]), np.asarray(off.images[0])) > 40
 
+    # Quantized, it stays a cached artifact: both UNet graphs calibrated in int8, the interval kept.
+    pytest.importorskip("nncf")
+    from sdopt.quant.run import quantize
+
+    q = quantize(out, "int8-static", tmp_path / "ov-int8", backend="nncf", components=["unet"])
+    assert q.export["deep_cache"] == {"interval": 2}
+    assert {n: (c.quantization or {}).get("scheme") for n, c in q.components.items() if c.quantization} == {
+        "unet": "int8-static", "unet_shallow": "int8-static"}
+    assert q.components["unet_shallow"].quantization["calibration"]["samples"] > 0
+    with sdopt.load(tmp_path / "ov-int8") as pipe:
+        assert pipe.generate(GenerateRequest(**REQUEST)).timings.shallow_steps == 2
+
 
 def test_export_refuses_a_bad_interval(tiny_model, tmp_path):
     from sdopt.cli import main

@@ -53,7 +53,7 @@ CALIBRATION_PROMPTS = (
 CALIBRATION_STEPS = 4  # UNet calls recorded per prompt: one sample per step, across the noise levels
 # Components int8-static quantizes with calibrated activations (the others get int8 weights): the UNet,
 # and the VAE decoder when asked for (--components unet,vae_decoder), a third of an int8 pipeline's time.
-CALIBRATED = ("unet", "vae_decoder")
+CALIBRATED = ("unet", "unet_shallow", "vae_decoder")  # unet_shallow: a step-cached artifact's shallow branch
 DEFAULT_GROUP_SIZE = 128
 DEFAULT_RATIO = 1.0
 

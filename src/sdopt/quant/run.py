@@ -23,7 +23,9 @@ from sdopt.source import resolve
 # encoder most of the rest; the VAE is small and its errors show directly in the pixels.
 DEFAULT_COMPONENTS = ("unet", "text_encoder")
 # Names that stand for several manifest components.
-ALIASES = {"vae": ("vae_decoder", "vae_encoder")}
+# A name that stands for several graphs: "unet" is also its shallow branch where the artifact caches
+# step features (sdopt.stepcache), so a quantized UNet is quantized on every step, whole or shallow.
+ALIASES = {"vae": ("vae_decoder", "vae_encoder"), "unet": ("unet", "unet_shallow")}
 
 
 def quantize(
@@ -88,6 +90,8 @@ def quantize(
                 "components": list(plan.components),
                 "exclude": list(plan.exclude),
                 **({"options": plan.options} if plan.options else {}),
+                # The source's step-feature caching default stays the artifact's (Pipeline.default_cache_interval).
+                **({"deep_cache": manifest.export["deep_cache"]} if (manifest.export or {}).get("deep_cache") else {}),
             },
             notes=result.notes,
         )
