@@ -160,7 +160,7 @@ def markdown(report: dict) -> str:
     if configured:
         lines += ["", "Run settings, as each backend reports them after loading (a profile's [run] tables set them):", ""]
         lines += [f"- {a['name']}: {_run_note(a['run_settings'])}" for a in configured]
-    lines += ["", "GFLOP/s is the UNet's counted FLOPs over its measured step time; \"of peak\" divides it by the best square-matmul rate probed in the artifact's precision on this machine."]
+    lines += ["", "GFLOP/s is the UNet's counted FLOPs over its measured step time (per stage: that stage's FLOPs over its time); \"of peak\" divides it by the best square-matmul rate probed on this machine in the precision that stage computed in (int8 where its activations were quantized too)."]
     peaks = report.get("matmul_peak_gflops") or {}
     if peaks:
         lines += ["Probed peaks: " + "; ".join(
