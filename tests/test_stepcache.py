@@ -145,7 +145,8 @@ def test_openvino_static_artifact_caches_as_torch_does_and_decodes_with_the_tiny
     pytest.importorskip("nncf")
     from sdopt.quant.run import quantize
 
-    q = quantize(out, "int8-static", tmp_path / "ov-int8", backend="nncf", components=["unet"])
+    q = quantize(out, "int8-static", tmp_path / "ov-int8", backend="nncf", components=["unet"],
+                 options={"calibration_prompts": ["a red circle", "a blue square at the top"]})  # two: enough to see both graphs calibrated
     assert q.export["deep_cache"] == {"interval": 2}
     assert {n: (c.quantization or {}).get("scheme") for n, c in q.components.items() if c.quantization} == {
         "unet": "int8-static", "unet_shallow": "int8-static"}
