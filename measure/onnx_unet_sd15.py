@@ -30,13 +30,14 @@ def main() -> None:
     from sdopt.bench.machine import fingerprint
     from sdopt.export.spec import dummy_inputs
     from sdopt.manifest import read_manifest
-    from sdopt.runtime.onnxruntime import OrtComponent
+    from sdopt.runtime.onnxruntime import OrtComponent, session_options
     from sdopt.runtime.torch import FORWARDS, load_modules
 
     manifest = read_manifest(args.model)
     only_unet = dataclasses.replace(manifest, components={"unet": manifest.components["unet"]})
     unet = load_modules(args.model, only_unet, torch.float32)["unet"].eval()
-    session = OrtComponent(args.onnx / "unet" / "model.onnx", ["CPUExecutionProvider"], threads=None, device="cpu", spin=False)
+    session = OrtComponent(args.onnx / "unet" / "model.onnx", ["CPUExecutionProvider"], device="cpu",
+                           options=session_options(run_settings={"allow_spinning": False}))
     inputs = dummy_inputs("unet", manifest.model, 768, batch=2, height=256, width=256)
     tensors = {k: torch.from_numpy(v) for k, v in inputs.items()}
 

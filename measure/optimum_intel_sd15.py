@@ -111,14 +111,14 @@ def _timed(make, runs: int, image: Path, load_s: float, facts: dict) -> dict:
 
 
 # --- the parent: run the engines, twice, and write the table -----------------------------
-def _psnr(a: Path, b: Path) -> float | None:
+def _psnr(a: Path, b: Path) -> float:
     import numpy as np
     from PIL import Image
 
-    x = np.asarray(Image.open(a).convert("RGB"), dtype=np.float64)
-    y = np.asarray(Image.open(b).convert("RGB"), dtype=np.float64)
-    mse = float(np.mean((x - y) ** 2))
-    return 100.0 if mse == 0 else float(10 * np.log10(255.0**2 / mse))
+    from sdopt.bench.quality import psnr_db  # the parent runs in sdopt's venv
+    from sdopt.bench.runner import PSNR_CAP_DB
+
+    return min(psnr_db(*(np.asarray(Image.open(p).convert("RGB")) for p in (a, b))), PSNR_CAP_DB)  # identical: capped, as in the bench
 
 
 def _run_worker(python: str, args: list[str]) -> dict:

@@ -38,13 +38,13 @@ def test_report_files_and_fields(bench_report):
         assert set(stages) == {"text_encoder", "unet_step", "vae_decoder"} and all(c["achieved_gflops"] > 0 for c in stages.values())
         assert stages["unet_step"]["achieved_gflops"] == pytest.approx(a["compute"]["achieved_gflops"])
     assert "Per stage, GFLOP/s achieved" in (out / "report.md").read_text()
+    by = {a["name"]: a for a in data["artifacts"]}
     # Run settings as each backend reports them: the profile's [run.onnxruntime] reached ONNX Runtime's sessions.
-    ort = by_name(data, "tiny-onnx")["run_settings"]
+    ort = by["tiny-onnx"]["run_settings"]
     assert {"text_encoder", "unet", "vae_decoder"} <= set(ort)
     assert ort["unet"]["graph_optimization_level"] == "ORT_ENABLE_BASIC" and ort["unet"]["inter_op_num_threads"] == 1
-    assert by_name(data, "tiny")["run_settings"]["unet"]["intra_op_threads"] >= 1
+    assert by["tiny"]["run_settings"]["unet"]["intra_op_threads"] >= 1
     assert "graph_optimization_level=ORT_ENABLE_BASIC" in (out / "report.md").read_text()
-    by = {a["name"]: a for a in data["artifacts"]}
     assert by["tiny"]["quality"]["psnr_db"] == 100.0  # the reference against itself: capped
     assert by["tiny-onnx"]["quality"]["psnr_db"] >= 40
     print("bf16 PSNR", by["tiny@bf16"]["quality"]["psnr_db"], "onnx PSNR", by["tiny-onnx"]["quality"]["psnr_db"])
@@ -53,10 +53,6 @@ def test_report_files_and_fields(bench_report):
     import pandas as pd
 
     assert list(pd.read_csv(out / "results.csv")["artifact"]) == names
-
-
-def by_name(report: dict, name: str) -> dict:
-    return next(a for a in report["artifacts"] if a["name"] == name)
 
 
 def _broken_copy(tiny_model, tmp_path):

@@ -62,9 +62,12 @@ class Floor:
 
 @dataclass(frozen=True)
 class Candidate:
-    name: str
     spec: dict[str, Any]  # a profile [[artifacts]] entry (bench/build.py)
     exact: bool  # the same computation as the reference (no tiny decoder, no caching)
+
+    @property
+    def name(self) -> str:
+        return self.spec["name"]
 
 
 def _openvino(name: str, precision: str = "fp32", **extra: Any) -> dict[str, Any]:
@@ -101,22 +104,21 @@ def candidates(device: str, quick: bool = False, distill: dict[str, Any] | None 
     plain = f"openvino-{base}"
     if quick:
         return [
-            Candidate(plain, _openvino(plain, base), exact=True),
-            Candidate(f"{plain}-cache2", _openvino(f"{plain}-cache2", base, options={"deep_cache": 2}), exact=False),
+            Candidate(_openvino(plain, base), exact=True),
+            Candidate(_openvino(f"{plain}-cache2", base, options={"deep_cache": 2}), exact=False),
         ]
     pool = []
     if base == "fp32":
-        pool.append(Candidate("onnx-fp32", {"name": "onnx-fp32", "export": "onnx", "precision": "fp32"}, exact=True))
+        pool.append(Candidate({"name": "onnx-fp32", "export": "onnx", "precision": "fp32"}, exact=True))
     pool += [
-        Candidate(plain, _openvino(plain, base), exact=True),
-        Candidate(f"{plain}-int8-static", _int8(f"{plain}-int8-static", plain, everything=False), exact=True),
-        Candidate(f"{plain}-int8-static-all", _int8(f"{plain}-int8-static-all", plain, everything=True), exact=True),
-        Candidate(f"{plain}-tiny-decoder", _openvino(f"{plain}-tiny-decoder", base, **tiny), exact=False),
-        Candidate(f"{plain}-cache2", _openvino(f"{plain}-cache2", base, options={"deep_cache": 2}), exact=False),
-        Candidate(f"{plain}-cache3", _openvino(f"{plain}-cache3", base, options={"deep_cache": 3}), exact=False),
-        Candidate(f"{plain}-tiny-cache3", _openvino(f"{plain}-tiny-cache3", base, options={"deep_cache": 3}, **tiny), exact=False),
-        Candidate(f"{plain}-int8-static-all-tiny-cache3", _int8(f"{plain}-int8-static-all-tiny-cache3", f"{plain}-tiny-cache3", everything=True),
-                  exact=False),
+        Candidate(_openvino(plain, base), exact=True),
+        Candidate(_int8(f"{plain}-int8-static", plain, everything=False), exact=True),
+        Candidate(_int8(f"{plain}-int8-static-all", plain, everything=True), exact=True),
+        Candidate(_openvino(f"{plain}-tiny-decoder", base, **tiny), exact=False),
+        Candidate(_openvino(f"{plain}-cache2", base, options={"deep_cache": 2}), exact=False),
+        Candidate(_openvino(f"{plain}-cache3", base, options={"deep_cache": 3}), exact=False),
+        Candidate(_openvino(f"{plain}-tiny-cache3", base, options={"deep_cache": 3}, **tiny), exact=False),
+        Candidate(_int8(f"{plain}-int8-static-all-tiny-cache3", f"{plain}-tiny-cache3", everything=True), exact=False),
     ]
     return pool
 
@@ -149,6 +151,7 @@ def optimize(model: str | Path, out: str | Path, settings, work: str | Path, flo
     not_built: dict[str, str] = {}
     # The decoder learns from latents made as the bench makes them (its steps and guidance).
     distill = {"steps_per_image": settings.steps, "guidance_scale": settings.guidance_scale, **(distill or {})}
+    precision = precision or float_precision(settings.device)
     pool = candidates(settings.device, quick, distill, precision)
     for candidate in pool:
         if budget_minutes is not None and time.monotonic() - started > budget_minutes * 60:
@@ -165,10 +168,11 @@ def optimize(model: str | Path, out: str | Path, settings, work: str | Path, flo
 
     profile = HardwareProfile(name="optimize", description=f"sdopt optimize {source}", device=settings.device, precisions=[], backends=[])
     bench_out = work / "bench"
-    report = _earlier_bench(bench_out, built, source, settings) if not rebench else None
+    key = _bench_key(built, source, settings)
+    report = None if rebench else _earlier_bench(bench_out, key)
     if report is None:
         report = run_bench(list(built.values()), str(source), bench_out, settings, profile=profile, progress=progress)
-        (bench_out / BENCH_KEY).write_text(json.dumps(_bench_key(built, source, settings), indent=2) + "\n")
+        (bench_out / BENCH_KEY).write_text(json.dumps(key, indent=2) + "\n")
     else:
         say(f"== the bench of these candidates with these settings is in {bench_out}: reused (--rebench measures again)")
     by_name = {a["name"]: a for a in report["artifacts"]}
@@ -188,7 +192,7 @@ def optimize(model: str | Path, out: str | Path, settings, work: str | Path, flo
     choice = min(holding, key=lambda r: r["latency_s"]) if holding else None
     summary = {
         "model": str(source), "floor": asdict(floor),
-        "settings": {"quick": quick, "budget_minutes": budget_minutes, "precision": precision or float_precision(settings.device)},
+        "settings": {"quick": quick, "budget_minutes": budget_minutes, "precision": precision},
         "reference": {"name": reference["name"], "latency_s": (reference.get("latency_s") or {}).get("median"),
                       "adherence": (reference.get("adherence") or {}).get("mean")},
         "candidates": rows, "chosen": choice["name"] if choice else None,
@@ -210,17 +214,19 @@ BENCH_KEY = "optimize-key.json"
 
 
 def _bench_key(built: dict[str, str], source: Path, settings) -> dict[str, Any]:
-    """What a bench run measured: the same key means the same measurement (each artifact by its manifest id)."""
+    """What a bench run measured: the same key means the same measurement (each artifact by its manifest id).
+    As JSON reads it back (tuples become lists), so a key from disk compares equal."""
     from sdopt.manifest import read_manifest
 
-    return {"source": str(source), "settings": asdict(settings),
-            "artifacts": {name: read_manifest(Path(path)).artifact_id for name, path in built.items()}}
+    key = {"source": str(source), "settings": asdict(settings),
+           "artifacts": {name: read_manifest(Path(path)).artifact_id for name, path in built.items()}}
+    return json.loads(json.dumps(key))
 
 
-def _earlier_bench(bench_out: Path, built: dict[str, str], source: Path, settings) -> dict[str, Any] | None:
+def _earlier_bench(bench_out: Path, key: dict[str, Any]) -> dict[str, Any] | None:
     """The report of an earlier run that benched exactly these candidates with these settings, or None."""
     try:
-        same = json.loads((bench_out / BENCH_KEY).read_text()) == json.loads(json.dumps(_bench_key(built, source, settings)))
+        same = json.loads((bench_out / BENCH_KEY).read_text()) == key
         return json.loads((bench_out / "report.json").read_text()) if same else None
     except (OSError, ValueError):
         return None

@@ -87,7 +87,7 @@ def _validate(spec: ComponentSpec, module, path: Path, model_info: dict, text_hi
 
     inputs = check_inputs(spec.name, model_info, text_hidden)
     reference = torch_reference(spec, module, inputs)
-    session = OrtComponent(path, ["CPUExecutionProvider"], threads=None, device="cpu")
+    session = OrtComponent(path, ["CPUExecutionProvider"], device="cpu")
     got = session(**inputs)
     session.close()
     return compare(reference, got, spec.tolerance[precision])

@@ -101,9 +101,8 @@ def _config_entry(options: ort.SessionOptions, key: str) -> str | None:
 
 
 class OrtComponent:
-    def __init__(self, path: Path, providers: list, threads: int | None, device: str, spin: bool = True,
-                 run_settings: dict[str, Any] | None = None):
-        options = session_options(threads, {**({} if spin else {"allow_spinning": False}), **(run_settings or {})})
+    def __init__(self, path: Path, providers: list, device: str, options: ort.SessionOptions | None = None):
+        options = options or session_options()
         self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         self.settings = describe(options, providers)
         self.inputs = {i.name: i for i in self.session.get_inputs()}
@@ -134,12 +133,9 @@ class OrtComponent:
 
 def load_components(folder: Path, manifest: Manifest, device: str, precision: str, options: dict[str, Any]) -> dict:
     providers = providers_for(device, options.get("provider"))
-    threads = options.get("threads")
-    session_options(threads, options.get("run_settings"))  # bad settings refused before any graph loads
-    return {
-        name: OrtComponent(folder / _graph_file(entry.files, name), providers, threads, device, run_settings=options.get("run_settings"))
-        for name, entry in manifest.components.items()
-    }
+    session = session_options(options.get("threads"), options.get("run_settings"))  # bad settings refused before any graph loads
+    return {name: OrtComponent(folder / _graph_file(entry.files, name), providers, device, session)
+            for name, entry in manifest.components.items()}
 
 
 def _graph_file(files, name: str) -> str:

@@ -124,13 +124,10 @@ def read_properties(compiled: ov.CompiledModel, names: tuple[str, ...] = REPORTE
 
 
 def runs_precision(compiled: ov.CompiledModel) -> str:
-    """The precision the compiled model runs, asked of the compiled model itself."""
-    try:
-        hint = compiled.get_property("INFERENCE_PRECISION_HINT")
-    except RuntimeError:  # virtual devices (AUTO) do not all answer
-        return "unknown"
-    name = hint.to_string() if hasattr(hint, "to_string") else str(hint)
-    return _SDOPT_NAMES.get(name, name)
+    """The precision the compiled model runs, asked of the compiled model itself ("unknown" where it
+    does not answer: virtual devices such as AUTO)."""
+    name = read_properties(compiled, ("INFERENCE_PRECISION_HINT",)).get("INFERENCE_PRECISION_HINT")
+    return "unknown" if name is None else _SDOPT_NAMES.get(name, name)
 
 
 def device_facts(c: ov.Core, device: str) -> dict[str, Any]:
