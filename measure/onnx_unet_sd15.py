@@ -38,7 +38,7 @@ def main() -> None:
     unet = load_modules(args.model, only_unet, torch.float32)["unet"].eval()
     session = OrtComponent(args.onnx / "unet" / "model.onnx", ["CPUExecutionProvider"], device="cpu",
                            options=session_options(run_settings={"allow_spinning": False}))
-    inputs = dummy_inputs("unet", manifest.model, 768, batch=2, height=256, width=256)
+    inputs = dummy_inputs("unet", manifest.model, batch=2, height=256, width=256)
     tensors = {k: torch.from_numpy(v) for k, v in inputs.items()}
 
     def run_torch():

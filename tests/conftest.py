@@ -20,6 +20,14 @@ def tiny_model(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def sdxl_tiny(tmp_path_factory):
+    """The SDXL-shaped toy: two text encoders, pooled embedding and time ids."""
+    from sdopt.zoo import write_model
+
+    return write_model("sdxl-tiny", tmp_path_factory.mktemp("zoo") / "sdxl-tiny", seed=0, progress=False)
+
+
+@pytest.fixture(scope="session")
 def shapes_model(tmp_path_factory):
     """The shipped shapes model (trained weights; v-prediction, zero terminal SNR), installed once."""
     from sdopt.zoo import write_model

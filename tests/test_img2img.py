@@ -231,7 +231,7 @@ def test_a_static_batch_encoder_is_given_its_batch(tiny_pipeline):
 
     manifest = copy.deepcopy(p.manifest)
     manifest.static_shapes = {"batch": 2, "height": 64, "width": 64}
-    static = Pipeline(manifest, {**p.components, "vae_encoder": encoder}, p.tokenizer, p.scheduler_config, folder=p.folder)
+    static = Pipeline(manifest, {**p.components, "vae_encoder": encoder}, p.tokenizers, p.scheduler_config, folder=p.folder)
     request = GenerateRequest(**{**BASE, "steps": 2}, num_images=2, init_image=_picture(), strength=1.0, scheduler="euler")
     ours, ref = static.generate(request), p.generate(request)
     assert seen == [2]
@@ -266,7 +266,7 @@ def test_bad_image_fields_are_refused_naming_the_field(fields, message):
 
 def test_an_artifact_without_the_encoder_says_how_to_get_it(tiny_pipeline):
     p = tiny_pipeline
-    no_encoder = Pipeline(p.manifest, {k: v for k, v in p.components.items() if k != "vae_encoder"}, p.tokenizer, p.scheduler_config, folder=p.folder)
+    no_encoder = Pipeline(p.manifest, {k: v for k, v in p.components.items() if k != "vae_encoder"}, p.tokenizers, p.scheduler_config, folder=p.folder)
     with pytest.raises(SdoptError, match=r"no vae_encoder component .*Export it again"):
         no_encoder.generate(GenerateRequest(**BASE, init_image=_picture()))
     no_encoder.generate(GenerateRequest(**{**BASE, "steps": 1}))  # text to image needs no encoder
@@ -280,7 +280,7 @@ def test_an_inpainting_unet_is_refused_for_now(tiny_pipeline, tmp_path):
     shutil.copytree(p.folder / "unet", tmp_path / "unet", ignore=shutil.ignore_patterns("*.safetensors"))
     config = json.loads((tmp_path / "unet" / "config.json").read_text())
     (tmp_path / "unet" / "config.json").write_text(json.dumps({**config, "in_channels": 9}))
-    nine = Pipeline(p.manifest, p.components, p.tokenizer, p.scheduler_config, folder=tmp_path)
+    nine = Pipeline(p.manifest, p.components, p.tokenizers, p.scheduler_config, folder=tmp_path)
     with pytest.raises(SdoptError, match="UNet takes 9 input channels .* not support yet"):
         nine.generate(GenerateRequest(**BASE, init_image=_picture(), mask_image=_mask()))
 

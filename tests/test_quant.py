@@ -293,7 +293,7 @@ def _nothing_written(out):
         (["--scheme", "int4", "--backend", "torchao"], "is not supported: torchao 0.18's packed int4 layouts need CUDA kernels"),
         (["--scheme", "fp8", "--backend", "bnb"], "bitsandbytes has no fp8 weight type"),
         (["--scheme", "nf4", "--backend", "quanto"], "nf4 on cpu is supported by: bnb"),
-        (["--scheme", "int8", "--components", "unet,vea"], "unknown component 'vea'; choose from: unet, text_encoder, vae"),
+        (["--scheme", "int8", "--components", "unet,vea"], "unknown component 'vea'; choose from: unet, text_encoder, text_encoder_2, vae"),
         (["--scheme", "int8", "--components", ","], "--components is empty"),
         (["--scheme", "int8", "--device", "tpu"], "unknown device 'tpu'"),
         (["--scheme", "int8", "--backend", "quanto", "--group-size", "64"], "--backend quanto does not take --group-size; nncf does"),

@@ -182,3 +182,22 @@ def test_text_encoder_weights_use_canonical_names(tiny):
     with safe_open(tiny / "text_encoder" / "model.safetensors", "np") as f:
         keys = list(f.keys())
     assert keys and all(k.startswith("text_model.") for k in keys)
+
+
+# SDXL base 1.0's published parameter counts (stabilityai/stable-diffusion-xl-base-1.0).
+SDXL_PARAMS = {"unet": 2_567_463_684, "vae": 83_653_863, "text_encoder": 123_060_480, "text_encoder_2": 694_659_840}
+
+
+def test_sdxl_architecture_has_the_real_parameter_counts():
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    sdxl = MODELS["sdxl"]
+    with torch.device("meta"):
+        models = {
+            "unet": UNet2DConditionModel(**sdxl.unet),
+            "vae": AutoencoderKL(**sdxl.vae),
+            "text_encoder": CLIPTextModel(CLIPTextConfig(**sdxl.text_encoder)),
+            "text_encoder_2": CLIPTextModelWithProjection(CLIPTextConfig(**sdxl.text_encoder_2)),
+        }
+    assert {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()} == SDXL_PARAMS

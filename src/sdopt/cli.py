@@ -24,6 +24,13 @@ def _init_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _init_lora(args: argparse.Namespace) -> int:
+    from sdopt.zoo.lora import write_lora
+
+    print(write_lora(args.model, args.out, seed=args.seed, force=args.force))
+    return 0
+
+
 def _inspect(args: argparse.Namespace) -> int:
     from sdopt.inspect_artifact import describe, format_description
 
@@ -82,7 +89,7 @@ def _export(args: argparse.Namespace) -> int:
     if args.deep_cache is not None and args.deep_cache < 1:
         raise SdoptError(f"--deep-cache {args.deep_cache}: give the caching interval, an integer of 1 or more (2 or 3 are usual)")
     options = {k: v for k, v in vars(args).items() if k in EXPORT_OPTIONS and v not in (None, False)}
-    export(args.model, args.to, args.output, precision=args.precision, force=args.force, **options)
+    export(args.model, args.to, args.output, precision=args.precision, force=args.force, loras=args.lora, **options)
     print(format_description(describe(args.output)))
     return 0
 
@@ -105,7 +112,7 @@ def _quantize(args: argparse.Namespace) -> int:
 
         options["calibration_prompts"] = read_prompts(args.calibration_prompts, what="calibration prompt file")
     manifest = quantize(args.model, args.scheme, args.output, backend=args.backend, components=components,
-                        exclude=args.exclude, device=args.device, force=args.force, options=options)
+                        exclude=args.exclude, device=args.device, force=args.force, options=options, loras=args.lora)
     if args.backend is None:
         print(f"backend: {manifest.export['backend']} (the first supported for {args.scheme} on {args.device}; see --list)")
     print(format_description(describe(args.output)))
@@ -273,6 +280,7 @@ def _generate(args: argparse.Namespace) -> int:
         init_image=init_image,
         mask_image=mask,
         cache_interval=args.cache_interval,
+        loras=_lora_scales(args.lora),
         **({"strength": args.strength} if args.strength is not None else {}),
     ).validate()  # before the (slow) load, so a bad request fails at once
     from sdopt.runtime.schedulers import check_scheduler
@@ -351,12 +359,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sdopt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("init-model", help="write a zoo checkpoint: real architecture, random weights (tiny, sd15) or sdopt's trained shapes model")
+    p = sub.add_parser("init-model", help="write a zoo checkpoint: real architecture, random weights (tiny, sd15, sd2-tiny, sdxl-tiny, sdxl) or sdopt's trained shapes model")
     p.add_argument("name", choices=sorted(MODELS), help="; ".join(f"{k}: {m.description}" for k, m in MODELS.items()))
     p.add_argument("out", help="output folder (must not exist)")
     p.add_argument("--seed", type=int, default=0, help="weights seed; the same seed gives identical files (default 0)")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=_init_model)
+
+    p = sub.add_parser("init-lora", help="write a synthetic LoRA for a model (Diffusers' format, deterministic random weights): for tests and the demo")
+    p.add_argument("model", help="the Diffusers model folder it is made for")
+    p.add_argument("out", help="output .safetensors file")
+    p.add_argument("--seed", type=int, default=0, help="weights seed (default 0)")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.set_defaults(func=_init_lora)
 
     p = sub.add_parser("train-shapes", help="train the shapes model (what `init-model shapes` installs) from sdopt's shapes dataset, on this machine")
     p.add_argument("out", help="output folder (must not exist)")
@@ -416,6 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deep-cache", type=int, default=None, metavar="N",
                    help="step-feature caching (DeepCache): export the UNet as two graphs (whole, and its shallow branch) and run the whole UNet "
                         "every N-th step by default (a request's cache_interval overrides; 1 keeps both graphs but caches nothing)")
+    _add_lora_flag(p, "fused into the weights before export (recorded in the manifest)")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("quantize", help="quantize a PyTorch checkpoint's weights (int8, int4, nf4, fp8) into a reloadable artifact")
@@ -431,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ratio", type=float, default=None, help="nncf int4/nf4: fraction of layers in 4 bits, the rest int8 (default 1.0)")
     p.add_argument("--calibration-prompts", default=None, metavar="FILE", help="nncf int8-static: prompts to calibrate activations on, one per line (default: a built-in set)")
     p.add_argument("--list", action="store_true", help="print the backend x scheme x device capability table and exit")
+    _add_lora_flag(p, "fused into the weights before quantizing (PyTorch checkpoints; recorded in the manifest)")
     p.set_defaults(func=_quantize)
 
     p = sub.add_parser(
@@ -543,10 +560,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vae-tiling", action="store_true", help="torch: decode large images in tiles (less memory)")
     p.add_argument("--cpu-offload", action="store_true", help="torch on CUDA: keep idle components in CPU memory")
     p.add_argument("--reshape", action="store_true", help="openvino: let a static-shape artifact run another size (compiled on first use)")
+    _add_lora_flag(p, "applied for this run (torch backend; other backends take LoRAs fused at export)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.add_argument("-o", "--output", required=True, help="output PNG (several images: OUT-0.png, OUT-1.png, ...)")
     p.set_defaults(func=_generate)
     return parser
+
+
+def _add_lora_flag(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
+                   help=f"a LoRA (.safetensors, Diffusers or kohya format) {what}, at SCALE (default 1.0); repeatable")
+
+
+def _lora_scales(items: list[str]) -> dict[str, float] | None:
+    """--lora FILE[:SCALE] flags as a request's {file: scale}."""
+    from sdopt.lora import parse_loras
+
+    return {str(l.path): l.scale for l in parse_loras(items)} or None
 
 
 def _exit_on_sigterm() -> None:

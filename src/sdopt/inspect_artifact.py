@@ -60,6 +60,8 @@ def format_description(d: dict[str, Any]) -> str:
     lines.append(f"source     {origin}  fingerprint {str(src.get('fingerprint') or 'unknown')[:16]}")
     if d.get("model"):
         lines.append("model      " + ", ".join(f"{k}={v}" for k, v in d["model"].items()))
+    for lora in (d.get("export") or {}).get("loras") or []:  # fused at export or quantization (sdopt.lora)
+        lines.append(f"lora       {lora['file']} fused at scale {lora['scale']:g}  sha256 {lora['sha256'][:16]}")
     lines.append("components")
     for name, c in d["components"].items():
         quant = c.get("quantization")
@@ -71,15 +73,15 @@ def format_description(d: dict[str, Any]) -> str:
             psnr = (rep.get("quality") or {}).get("psnr_db")
             q += f"  replaced by {rep['by']}" + (f" ({psnr:.1f} dB vs the full decoder)" if psnr is not None else "")
         prec = f"  {c['precision']}" if c.get("precision") else ""
-        lines.append(f"  {name:<13} {c['folder'] + '/':<16} {_mib(c['size_bytes']):>14}{prec}{q}")
+        lines.append(f"  {name:<14} {c['folder'] + '/':<16} {_mib(c['size_bytes']):>14}{prec}{q}")
     if d.get("parity"):
         lines.append("parity at export")
         for name, p in d["parity"].items():
             if p.get("skipped"):
-                lines.append(f"  {name:<13} skipped (--skip-validation)")
+                lines.append(f"  {name:<14} skipped (--skip-validation)")
             else:
                 verdict = "ok" if p.get("passed") else "FAILED"
-                lines.append(f"  {name:<13} max abs {p.get('max_abs'):.3g}  max rel {p.get('max_rel'):.3g}  tolerance {p.get('tolerance'):.3g}  {verdict}")
+                lines.append(f"  {name:<14} max abs {p.get('max_abs'):.3g}  max rel {p.get('max_rel'):.3g}  tolerance {p.get('tolerance'):.3g}  {verdict}")
     for note in d.get("notes") or []:
         lines.append(f"note       {note}")
     return "\n".join(lines)

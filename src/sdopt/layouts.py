@@ -14,10 +14,10 @@ from typing import Callable
 
 from sdopt.errors import SdoptError
 from sdopt.fsutil import read_json
-from sdopt.manifest import ComponentEntry, Manifest, check_family, files_in, model_info
+from sdopt.manifest import ComponentEntry, Manifest, files_in, folder_family, model_info
 
 # Which Diffusers folder holds each component of the torch backend.
-DIFFUSERS_FOLDERS = {"text_encoder": "text_encoder", "unet": "unet", "vae_decoder": "vae", "vae_encoder": "vae"}
+DIFFUSERS_FOLDERS = {"text_encoder": "text_encoder", "text_encoder_2": "text_encoder_2", "unet": "unet", "vae_decoder": "vae", "vae_encoder": "vae"}
 _TORCH_SUFFIXES = (".safetensors", ".json")
 
 
@@ -41,9 +41,14 @@ def _torch_dtype_name(folder: Path) -> str:
     return {"float16": "fp16", "bfloat16": "bf16"}.get(str(cfg.get("torch_dtype", "")), "fp32")
 
 
-def diffusers_components(folder: Path) -> dict[str, ComponentEntry]:
+def diffusers_components(folder: Path, family: str) -> dict[str, ComponentEntry]:
+    from sdopt.families import get_family
+
+    needed = get_family(family).components
     comps = {}
     for name, sub in DIFFUSERS_FOLDERS.items():
+        if name not in needed and name != "vae_encoder":
+            continue
         sub_dir = folder / sub
         files = files_in(sub_dir, folder, _TORCH_SUFFIXES) if sub_dir.is_dir() else []
         if not any(f.path.endswith(".safetensors") for f in files):
@@ -60,16 +65,22 @@ def diffusers_components(folder: Path) -> dict[str, ComponentEntry]:
     return comps
 
 
+def _index(folder: Path) -> dict:
+    path = folder / "model_index.json"
+    return read_json(path) if path.is_file() else {}
+
+
 def diffusers_model_info(folder: Path) -> dict:
-    return model_info(read_json(folder / "unet" / "config.json"), read_json(folder / "vae" / "config.json"))
+    return model_info(read_json(folder / "unet" / "config.json"), read_json(folder / "vae" / "config.json"), index=_index(folder))
 
 
 def _build_diffusers(folder: Path) -> Manifest:
-    check_family(folder)
+    family = folder_family(folder)
     return Manifest(
         backend="torch",
         precision=_torch_dtype_name(folder),
-        components=diffusers_components(folder),
+        family=family,
+        components=diffusers_components(folder, family),
         model=diffusers_model_info(folder),
         inferred=True,
         source={"path": str(folder.resolve())},
@@ -77,7 +88,7 @@ def _build_diffusers(folder: Path) -> Manifest:
     )
 
 
-_ONNX_COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
+_ONNX_COMPONENTS = ("text_encoder", "text_encoder_2", "unet", "vae_decoder", "vae_encoder")
 
 
 def _is_optimum_onnx(folder: Path) -> bool:
@@ -95,20 +106,23 @@ def _onnx_precision(graph: Path) -> str:
 
 def _optimum_export(folder: Path, *, graph: str, suffixes: tuple[str, ...], backend: str, kind: str, precision: Callable[[Path], str], note: str) -> Manifest:
     """The manifest of a folder an Optimum exporter wrote: one ``graph`` file per component folder."""
-    check_family(folder)
+    from sdopt.families import get_family
+
+    family = folder_family(folder)
     comps = {
         name: ComponentEntry(folder=name, files=files_in(folder / name, folder, suffixes))
         for name in _ONNX_COMPONENTS
         if (folder / name / graph).is_file()
     }
-    missing = {"text_encoder", "unet", "vae_decoder"} - set(comps)
+    missing = set(get_family(family).components) - set(comps)
     if missing:
         raise SdoptError(f"{folder} looks like an {kind} export but has no {', '.join(sorted(missing))}/{graph}")
     return Manifest(
         backend=backend,
         precision=precision(folder),
+        family=family,
         components=comps,
-        model=model_info(read_json(folder / "unet" / "config.json"), read_json(folder / "vae_decoder" / "config.json")),
+        model=model_info(read_json(folder / "unet" / "config.json"), read_json(folder / "vae_decoder" / "config.json"), index=_index(folder)),
         inferred=True,
         source={"path": str(folder.resolve())},
         notes=[f"no sdopt.json: inferred from {note}; no parity recorded"],
@@ -170,11 +184,13 @@ def write_torch_manifest(folder: Path, source: dict | None = None, notes: list[s
     from sdopt.manifest import fingerprint_of, hash_components
     from sdopt.runtime.versions import library_versions
 
-    components = diffusers_components(folder)
+    family = folder_family(folder)
+    components = diffusers_components(folder, family)
     hash_components(components, folder)
     manifest = Manifest(
         backend="torch",
         precision=_torch_dtype_name(folder),
+        family=family,
         components=components,
         model=diffusers_model_info(folder),
         backend_versions=library_versions("torch", "diffusers", "transformers"),

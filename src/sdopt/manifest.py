@@ -22,15 +22,8 @@ from sdopt.fsutil import INCOMPLETE_MARKER, read_json, sha256_file
 
 MANIFEST_NAME = "sdopt.json"
 SCHEMA_VERSION = 1
-COMPONENT_NAMES = ("text_encoder", "unet", "unet_shallow", "vae_decoder", "vae_encoder")
-FAMILY = "stable-diffusion"
-# Diffusers pipeline classes whose folders share the SD-1/2 component set we run.
-_SD_PIPELINE_CLASSES = {
-    "StableDiffusionPipeline",
-    "OnnxStableDiffusionPipeline",
-    "ORTStableDiffusionPipeline",
-    "OVStableDiffusionPipeline",
-}
+COMPONENT_NAMES = ("text_encoder", "text_encoder_2", "unet", "unet_shallow", "vae_decoder", "vae_encoder")
+FAMILY = "stable-diffusion"  # the default; sdopt.families has them all
 
 
 @dataclass
@@ -123,6 +116,13 @@ class Manifest:
         return sum({f.path: f.size_bytes for c in self.components.values() for f in c.files}.values())
 
     @property
+    def pipeline_family(self):
+        """The sdopt.families.Family this artifact belongs to (what its loop and exporters ask)."""
+        from sdopt.families import get_family
+
+        return get_family(self.family)
+
+    @property
     def artifact_id(self) -> str:
         """A short id that changes whenever any component file changes."""
         return fingerprint_of(self.components)[:12]
@@ -181,7 +181,7 @@ def derive(source: "Manifest", source_folder: Path, folder: Path, components: di
     if source.inferred:
         hash_components(source.components, source_folder)
     origin = {"path": str(Path(source_folder).resolve()), "fingerprint": source.source.get("fingerprint") or fingerprint_of(source.components)}
-    return Manifest(components=components, model=source.model, source=origin, **fields)
+    return Manifest(components=components, model=source.model, source=origin, family=source.family, tokenizer=source.tokenizer, **fields)
 
 
 def hash_components(components: dict[str, ComponentEntry], folder: str | Path) -> None:
@@ -261,7 +261,8 @@ def check_paths(manifest: "Manifest", folder: Path) -> None:
 
 def check_support_folders(folder: Path, manifest: "Manifest") -> None:
     """The tokenizer and scheduler folders the loop reads exist (their files carry no hashes)."""
-    for what, sub, needed in (("tokenizer", manifest.tokenizer, None), ("scheduler", manifest.scheduler, "scheduler_config.json")):
+    tokenizers = [("tokenizer", sub, None) for sub in tokenizer_folders(manifest)]
+    for what, sub, needed in (*tokenizers, ("scheduler", manifest.scheduler, "scheduler_config.json")):
         path = folder / sub
         if not path.is_dir() or (needed and not (path / needed).is_file()):
             raise SdoptError(f"{path} is missing: the artifact has no {what}; export it again")
@@ -298,18 +299,21 @@ def pipeline_class(folder: Path) -> str | None:
     return index_data.get("_class_name") if isinstance(index_data, dict) else None
 
 
-def check_family(folder: Path) -> None:
-    cls = pipeline_class(folder)
-    if cls is not None and cls not in _SD_PIPELINE_CLASSES:
-        raise SdoptError(
-            f"{folder} holds a {cls}; sdopt runs Stable Diffusion 1.x/2.x pipelines "
-            f"({', '.join(sorted(_SD_PIPELINE_CLASSES))})"
-        )
+def tokenizer_folders(manifest: "Manifest") -> list[str]:
+    """The artifact's tokenizer folders: ``manifest.tokenizer``, then the family's others (SDXL's tokenizer_2)."""
+    return [manifest.tokenizer, *manifest.pipeline_family.tokenizers[1:]]
 
 
-def model_info(unet_config: dict[str, Any], vae_config: dict[str, Any], text_max_length: int = 77) -> dict[str, Any]:
-    """The manifest's ``model`` section from Diffusers' UNet and VAE config.json contents."""
-    return {
+def folder_family(folder: Path) -> str:
+    """The family of a folder from its model_index.json (refused with the families sdopt runs when unknown)."""
+    from sdopt.families import family_of_class
+
+    return family_of_class(pipeline_class(folder), folder).name
+
+
+def model_info(unet_config: dict[str, Any], vae_config: dict[str, Any], text_max_length: int = 77, index: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The manifest's ``model`` section from Diffusers' UNet and VAE config.json contents (and model_index.json's)."""
+    info = {
         "latent_channels": int(vae_config.get("latent_channels", 4)),
         "vae_scale_factor": 2 ** (len(vae_config.get("block_out_channels", [0, 0, 0, 0])) - 1),
         "vae_scaling_factor": float(vae_config.get("scaling_factor", 0.18215)),
@@ -317,3 +321,11 @@ def model_info(unet_config: dict[str, Any], vae_config: dict[str, Any], text_max
         "cross_attention_dim": int(unet_config.get("cross_attention_dim", 768)),
         "text_max_length": text_max_length,
     }
+    if unet_config.get("addition_embed_type") == "text_time":  # SDXL: a pooled text embedding and six size ids
+        from sdopt.families.sdxl import TIME_IDS
+
+        info["time_ids_dim"] = TIME_IDS
+        info["text_embeds_dim"] = int(unet_config["projection_class_embeddings_input_dim"]) - TIME_IDS * int(unet_config["addition_time_embed_dim"])
+    if index and "force_zeros_for_empty_prompt" in index:
+        info["force_zeros_for_empty_prompt"] = bool(index["force_zeros_for_empty_prompt"])
+    return info

@@ -73,6 +73,9 @@ class GenerateRequest:
     # Step-feature caching (sdopt.stepcache): run the whole UNet every N-th step and only its shallow
     # branch between. None: the artifact's default (set at export with --deep-cache; 1 = off).
     cache_interval: int | None = None
+    # LoRAs applied for this request (torch backend): {path of a .safetensors LoRA: scale}. Each file is
+    # loaded once per pipeline; other backends take LoRAs fused at export (sdopt export --lora).
+    loras: dict[str, float] | None = None
 
     @property
     def prompts(self) -> list[str]:
@@ -149,6 +152,12 @@ class GenerateRequest:
             raise SdoptError(f"{len(self.prompts)} prompts x {self.num_images} images = {self.batch_size} images in one call: at most {MAX_IMAGES}")
         self._validate_seeds()
         self._validate_images()
+        if self.loras is not None:
+            if not isinstance(self.loras, dict) or not all(isinstance(k, str) and _is_number(v) for k, v in self.loras.items()):
+                raise SdoptError(f"loras={self.loras!r}: must map LoRA file paths to scales, e.g. {{'style.safetensors': 0.8}}")
+            from sdopt.lora import parse_loras
+
+            parse_loras(self.loras)  # each file exists, is safetensors, and its scale is in range
         return self
 
     def _validate_seeds(self) -> None:

@@ -14,7 +14,7 @@ from sdopt.errors import SdoptError, require
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # What a text-to-image run needs; pickles and the safety checker's weights are never fetched.
-_HUB_PATTERNS = ["model_index.json", "*/config.json", "*/*.safetensors", "*.onnx", "*/*.onnx*", "tokenizer/*", "scheduler/*", "sdopt.json"]
+_HUB_PATTERNS = ["model_index.json", "*/config.json", "*/*.safetensors", "*.onnx", "*/*.onnx*", "tokenizer/*", "tokenizer_2/*", "scheduler/*", "sdopt.json"]
 
 
 def resolve(model: str | Path) -> Path:

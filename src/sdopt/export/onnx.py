@@ -68,11 +68,11 @@ def _initializer_bytes(model: onnx.ModelProto) -> int:
     return sum(len(t.raw_data) for t in model.graph.initializer)
 
 
-def _export_one(spec: ComponentSpec, module, model_info: dict, text_hidden: int, out: Path, opset: int, staging: Path) -> Path:
+def _export_one(spec: ComponentSpec, module, model_info: dict, out: Path, opset: int, staging: Path) -> Path:
     """Trace one component into staging, then save it once, consolidated, under out/<name>/."""
     raw = staging / spec.name / "model.onnx"
     raw.parent.mkdir(parents=True)
-    _trace_to_onnx(spec, module, trace_inputs(spec.name, model_info, text_hidden), raw, opset)
+    _trace_to_onnx(spec, module, trace_inputs(spec.name, model_info), raw, opset)
     # Over 2 GB the tracer scatters one file per weight; load and save once to consolidate.
     graph = onnx.load(str(raw), load_external_data=True)
     shutil.rmtree(raw.parent)
@@ -81,11 +81,11 @@ def _export_one(spec: ComponentSpec, module, model_info: dict, text_hidden: int,
     return final
 
 
-def _validate(spec: ComponentSpec, module, path: Path, model_info: dict, text_hidden: int, precision: str) -> dict[str, Any]:
+def _validate(spec: ComponentSpec, module, path: Path, model_info: dict, precision: str) -> dict[str, Any]:
     """Run the graph in ONNX Runtime at a shape other than the traced one, and compare with PyTorch fp32."""
     from sdopt.runtime.onnxruntime import OrtComponent
 
-    inputs = check_inputs(spec.name, model_info, text_hidden)
+    inputs = check_inputs(spec.name, model_info)
     reference = torch_reference(spec, module, inputs)
     session = OrtComponent(path, ["CPUExecutionProvider"], device="cpu")
     got = session(**inputs)
@@ -100,7 +100,6 @@ def export_components(source: Path, manifest: Manifest, out: Path, precision: st
     skip_validation = bool(options.get("skip_validation"))
     prepared = prepare_source(source, manifest, options)
     modules, model_info = prepared.modules, prepared.model
-    text_hidden = modules["text_encoder"].config.hidden_size
     components, parity, notes = {}, {}, []
     export_info: dict[str, Any] = {"opset": opset, "exporter": "torch.onnx.export(dynamo=False)"}
 
@@ -108,7 +107,7 @@ def export_components(source: Path, manifest: Manifest, out: Path, precision: st
     try:
         for name in tqdm(prepared.names, desc="exporting to ONNX", unit="component"):
             spec = prepared.specs[name]
-            path = _export_one(spec, modules[name], model_info, text_hidden, out, opset, staging)
+            path = _export_one(spec, modules[name], model_info, out, opset, staging)
             if precision == "fp16":
                 from sdopt.export.onnx_fp16 import convert_to_fp16
 
@@ -120,7 +119,7 @@ def export_components(source: Path, manifest: Manifest, out: Path, precision: st
             if skip_validation:
                 parity[name] = {"skipped": True}
             else:
-                parity[name] = _validate(spec, modules[name], path, model_info, text_hidden, precision)
+                parity[name] = _validate(spec, modules[name], path, model_info, precision)
                 if not parity[name]["passed"]:
                     raise SdoptError(f"{name}: {describe_failure(parity[name], precision)}")
             shutil.copy(component_config(source, spec.source_folder, name, options), out / name / "config.json")

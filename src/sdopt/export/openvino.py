@@ -82,12 +82,12 @@ def convert(spec: ComponentSpec, module: torch.nn.Module, example: dict[str, np.
     return model
 
 
-def _validation_inputs(spec: ComponentSpec, model_info: dict, text_hidden: int, static: dict[str, int] | None) -> dict[str, np.ndarray]:
-    if not static or spec.name == "text_encoder":  # the text encoder's batch stays dynamic in static artifacts
-        return check_inputs(spec.name, model_info, text_hidden)
+def _validation_inputs(spec: ComponentSpec, model_info: dict, static: dict[str, int] | None) -> dict[str, np.ndarray]:
+    if not static or spec.name.startswith("text_encoder"):  # text encoders' batch stays dynamic in static artifacts
+        return check_inputs(spec.name, model_info)
     batch = static.get("batch", 1) * (2 if spec.name in ("unet", "unet_shallow") else 1)
     height, width = latent_image_size(model_info, CHECK_LATENT)  # a batch-only static artifact: the check's size
-    return dummy_inputs(spec.name, model_info, text_hidden, batch=batch, height=static.get("height", height), width=static.get("width", width), seed=1)
+    return dummy_inputs(spec.name, model_info, batch=batch, height=static.get("height", height), width=static.get("width", width), seed=1)
 
 
 def _validate(core: ov.Core, path: Path, spec: ComponentSpec, module, inputs: dict[str, np.ndarray], precision: str, axes) -> tuple[dict, str]:
@@ -109,7 +109,6 @@ def export_components(source: Path, manifest: Manifest, out: Path, precision: st
     skip_validation = bool(options.get("skip_validation"))
     prepared = prepare_source(source, manifest, options)  # always traced from fp32: the IR's precision is ours to set
     modules, model_info = prepared.modules, prepared.model
-    text_hidden = modules["text_encoder"].config.hidden_size
     compress = precision != "fp32"
     core = ov.Core()  # no cache: validation must not leave compiled blobs behind
     components, parity, runs = {}, {}, {}
@@ -118,7 +117,7 @@ def export_components(source: Path, manifest: Manifest, out: Path, precision: st
 
     for name in tqdm(prepared.names, desc="exporting to OpenVINO", unit="component"):
         spec = prepared.specs[name]
-        model = convert(spec, modules[name], trace_inputs(name, model_info, text_hidden))
+        model = convert(spec, modules[name], trace_inputs(name, model_info))
         path = out / name / MODEL_FILE
         path.parent.mkdir(parents=True)
         ov.save_model(model, path, compress_to_fp16=compress)
@@ -137,7 +136,7 @@ def export_components(source: Path, manifest: Manifest, out: Path, precision: st
             parity[name] = {"skipped": True}
         else:
             axes = static_axes(shaped, name) if static else {}
-            inputs = _validation_inputs(spec, model_info, text_hidden, static)
+            inputs = _validation_inputs(spec, model_info, static)
             parity[name], runs[name] = _validate(core, path, spec, modules[name], inputs, precision, axes)
             if not parity[name]["passed"]:
                 raise SdoptError(f"{name}: {describe_failure(parity[name], precision)}")

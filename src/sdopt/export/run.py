@@ -9,13 +9,16 @@ from typing import Any
 
 from sdopt.errors import SdoptError
 from sdopt.export import EXPORTERS, get_exporter
-from sdopt.export.spec import CACHED_UNET_SPECS, SPECS, ComponentSpec
+from sdopt.export.spec import CACHED_UNET_SPECS, ComponentSpec, family_specs
 from sdopt.fsutil import atomic_output_dir, check_output_dir, local_inputs
 from sdopt.manifest import ComponentEntry, Manifest, derive, read_manifest
 from sdopt.source import resolve
 
-# Files an exported artifact carries over from its source, as Optimum's exports do.
-_CARRIED = ("tokenizer", "scheduler")
+def carried_folders(manifest: Manifest) -> list[str]:
+    """Folders an exported artifact carries over from its source, as Optimum's exports do: the tokenizers and the scheduler."""
+    from sdopt.manifest import tokenizer_folders
+
+    return [*tokenizer_folders(manifest), manifest.scheduler]
 
 
 @dataclass
@@ -53,14 +56,21 @@ class ExportSource:
 
 
 def prepare_source(source: Path, manifest: Manifest, options: dict[str, Any]) -> ExportSource:
-    """The source's modules as an exporter traces them. ``vae_decoder``: a tiny decoder in the full one's
-    place (checked to fit in ``export``); ``deep_cache``: the UNet split in two graphs (sdopt.stepcache)."""
+    """The source's modules as an exporter traces them. ``loras``: LoRAs fused into the weights first
+    (sdopt.lora); ``vae_decoder``: a tiny decoder in the full one's place (checked to fit in ``export``);
+    ``deep_cache``: the UNet split in two graphs (sdopt.stepcache)."""
     import torch
 
     from sdopt.runtime.torch import load_modules
 
     modules = load_modules(source, manifest, torch.float32)
-    specs, model = dict(SPECS), dict(manifest.model)
+    if options.get("loras"):
+        from sdopt.lora.apply import fuse
+
+        fuse(modules, manifest.pipeline_family, options["loras"])
+    family = manifest.pipeline_family
+    layers = {name: int(modules[name].config.num_hidden_layers) for name in family.text_encoders if name in modules}
+    specs, model = family_specs(family, layers), dict(manifest.model)
     if options.get("vae_decoder"):
         from sdopt.decoder.tiny import input_scale, load_tiny_decoder, read_config
 
@@ -69,6 +79,7 @@ def prepare_source(source: Path, manifest: Manifest, options: dict[str, Any]) ->
     if options.get("deep_cache") and "unet" in modules:
         from sdopt.stepcache.unet import split
 
+        family.refuse("deep_cache", "--deep-cache")
         model["deep_feature_channels"] = int(modules["unet"].config.block_out_channels[1])  # what enters the last up block
         modules["unet"], modules["unet_shallow"] = split(modules["unet"])
         specs.update(CACHED_UNET_SPECS)
@@ -114,6 +125,17 @@ def mark_replaced_decoder(out: Path) -> None:
         path.write_text(json.dumps(index, indent=2) + "\n")
 
 
+def lora_fields(loras: list, manifest: Manifest) -> dict[str, Any]:
+    """The manifest's record of fused LoRAs: each file's name, sha256 and scale."""
+    return {"loras": [lora.record() for lora in loras]} if loras else {}
+
+
+def lora_notes(loras: list) -> list[str]:
+    if not loras:
+        return []
+    return ["LoRA fused into the weights: " + ", ".join(f"{l.path.name} at scale {l.scale:g}" for l in loras)]
+
+
 def source_checkpoint(model: str | Path) -> tuple[Path, Manifest]:
     """A source for export or quantization must be a full-precision PyTorch checkpoint."""
     folder = resolve(model)
@@ -128,9 +150,14 @@ def source_checkpoint(model: str | Path) -> tuple[Path, Manifest]:
     return folder, manifest
 
 
-def export(model: str | Path, target: str, out: str | Path, precision: str = "fp32", force: bool = False, **options: Any) -> Manifest:
+def export(model: str | Path, target: str, out: str | Path, precision: str = "fp32", force: bool = False,
+           loras: list | None = None, **options: Any) -> Manifest:
+    """Export ``model`` to ``target`` at ``out``. loras: FILE[:SCALE] strings (or LoraFiles) fused first."""
+    from sdopt.lora import parse_loras
+
     exporter = get_exporter(target)
     exporter.check_options(options, EXPORTERS)
+    loras = parse_loras(loras)  # before any slow work: each file exists and is safetensors
     if precision not in exporter.precisions:
         raise SdoptError(f"--to {target} supports precisions {', '.join(exporter.precisions)}, not {precision}")
     check_output_dir(out, force, local_inputs(model))  # before any slow work
@@ -142,8 +169,8 @@ def export(model: str | Path, target: str, out: str | Path, precision: str = "fp
     replaced, replace_notes = _replace_decoder(options["vae_decoder"], source, source_manifest) if options.get("vae_decoder") else (None, [])
 
     with atomic_output_dir(out, force=force, inputs=(source,)) as tmp:
-        result: ExportedComponents = impl.export_components(source, source_manifest, tmp, precision, options)
-        for name in _CARRIED:
+        result: ExportedComponents = impl.export_components(source, source_manifest, tmp, precision, {**options, "loras": loras})
+        for name in carried_folders(source_manifest):
             shutil.copytree(source / name, tmp / name)
         if replaced:
             result.components["vae_decoder"].replaced = replaced
@@ -156,8 +183,8 @@ def export(model: str | Path, target: str, out: str | Path, precision: str = "fp
             backend_versions=result.backend_versions,
             static_shapes=result.static_shapes,
             parity=result.parity,
-            export={"target": target, **result.export, **({"deep_cache": {"interval": interval}} if interval else {})},
-            notes=result.notes,
+            export={"target": target, **result.export, **({"deep_cache": {"interval": interval}} if interval else {}), **lora_fields(loras, source_manifest)},
+            notes=[*result.notes, *lora_notes(loras)],
         )
         manifest.write(tmp)
     return manifest

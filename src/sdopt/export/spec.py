@@ -114,6 +114,28 @@ def _cached_unet_specs() -> dict[str, ComponentSpec]:
 CACHED_UNET_SPECS: dict[str, ComponentSpec] = _cached_unet_specs()
 
 
+def family_specs(family: Any, text_layers: dict[str, int]) -> dict[str, ComponentSpec]:
+    """The specs of a family's components (sdopt.families): SD's four, and for SDXL a second text
+    encoder, text encoders giving every layer's hidden state, and the UNet's extra inputs.
+
+    text_layers: each text encoder's layer count (its hidden_states run 0..N). Names are Optimum's:
+    ``text_encoder_2`` is the projection model whose pooled output is ``text_embeds``.
+    """
+    specs = dict(SPECS)
+    if family.text_hidden_states:
+        for name in family.text_encoders:
+            pooled = TensorSpec("text_embeds" if name == "text_encoder_2" else "pooler_output", "float32", {0: "batch_size"})
+            hidden = TensorSpec("last_hidden_state", "float32", {0: "batch_size", 1: "sequence_length"})
+            layers = tuple(TensorSpec(f"hidden_states.{i}", "float32", {0: "batch_size", 1: "sequence_length"}) for i in range(text_layers[name] + 1))
+            outputs = (pooled, hidden) if name == "text_encoder_2" else (hidden, pooled)
+            specs[name] = ComponentSpec(name, name, inputs=SPECS["text_encoder"].inputs, outputs=(*outputs, *layers), tolerance=SPECS["text_encoder"].tolerance)
+    if family.unet_extras:
+        unet = SPECS["unet"]
+        extras = tuple(TensorSpec(name, "float32", {0: "batch_size"}) for name, _ in family.unet_extras)
+        specs["unet"] = ComponentSpec("unet", "unet", inputs=(*unet.inputs, *extras), outputs=unet.outputs, tolerance=unet.tolerance)
+    return specs
+
+
 @dataclass(frozen=True)
 class ShapeProfile:
     """min/opt/max of batch and image side (pixels), TensorRT-style."""
@@ -140,32 +162,38 @@ def latent_image_size(model: dict[str, Any], latent: tuple[int, int] | int) -> t
     return h * model["vae_scale_factor"], w * model["vae_scale_factor"]
 
 
-def trace_inputs(name: str, model: dict[str, Any], text_hidden: int) -> dict[str, np.ndarray]:
+def trace_inputs(name: str, model: dict[str, Any]) -> dict[str, np.ndarray]:
     height, width = latent_image_size(model, TRACE_LATENT)
-    return dummy_inputs(name, model, text_hidden, batch=2, height=height, width=width)
+    return dummy_inputs(name, model, batch=2, height=height, width=width)
 
 
-def check_inputs(name: str, model: dict[str, Any], text_hidden: int) -> dict[str, np.ndarray]:
+def check_inputs(name: str, model: dict[str, Any]) -> dict[str, np.ndarray]:
     height, width = latent_image_size(model, CHECK_LATENT)
-    return dummy_inputs(name, model, text_hidden, batch=1, height=height, width=width, seed=1)
+    return dummy_inputs(name, model, batch=1, height=height, width=width, seed=1)
 
 
-def dummy_inputs(name: str, model: dict[str, Any], text_hidden: int, batch: int = 2, height: int = 64, width: int = 64, seed: int = 0) -> dict[str, np.ndarray]:
-    """Deterministic dummy inputs for export tracing and parity checks."""
+def dummy_inputs(name: str, model: dict[str, Any], batch: int = 2, height: int = 64, width: int = 64, seed: int = 0) -> dict[str, np.ndarray]:
+    """Deterministic dummy inputs for export tracing and parity checks (``model``: the manifest's model facts)."""
     rng = np.random.default_rng(seed)
     factor, channels, seq = model["vae_scale_factor"], model["latent_channels"], model.get("text_max_length", 77)
+    text_hidden = model["cross_attention_dim"]  # what the UNet's cross-attention takes (SDXL: both encoders' widths)
     h, w = height // factor, width // factor
-    if name == "text_encoder":
+    if name.startswith("text_encoder"):
         # Token ids below the smallest vocabulary we ship (the tiny zoo tokenizer has 1720).
         return {"input_ids": rng.integers(0, 1000, size=(batch, seq)).astype(np.int64)}
     if name == "unet":
+        extras = {}
+        if "text_embeds_dim" in model:  # SDXL: the pooled text embedding and the size ids (original, crop, target)
+            extras["text_embeds"] = rng.standard_normal((batch, model["text_embeds_dim"])).astype(np.float32)
+            extras["time_ids"] = np.tile(np.array([height, width, 0, 0, height, width], dtype=np.float32), (batch, 1))
         return {
             "sample": rng.standard_normal((batch, channels, h, w)).astype(np.float32),
             "timestep": np.array(981.0, dtype=np.float32),
             "encoder_hidden_states": rng.standard_normal((batch, seq, text_hidden)).astype(np.float32),
+            **extras,
         }
     if name == "unet_shallow":  # the UNet's inputs and a deep feature (model["deep_feature_channels"], set by export)
-        inputs = dummy_inputs("unet", model, text_hidden, batch, height, width, seed)
+        inputs = dummy_inputs("unet", model, batch, height, width, seed)
         return {**inputs, "deep_feature": rng.standard_normal((batch, model["deep_feature_channels"], h, w)).astype(np.float32)}
     if name == "vae_decoder":
         return {"latent_sample": rng.standard_normal((batch, channels, h, w)).astype(np.float32)}

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from sdopt.export.spec import ComponentSpec
-from sdopt.runtime.torch import FORWARDS
+from sdopt.runtime.torch import forward_of
 
 
 class PositionalComponent(torch.nn.Module):
@@ -18,12 +18,17 @@ class PositionalComponent(torch.nn.Module):
         self.spec, self.module = spec, module
 
     def forward(self, *args):
-        out = FORWARDS[self.spec.name](self.module, **dict(zip(self.spec.input_names, args)))
+        out = forward_of(self.spec.name, every_layer(self.spec))(self.module, **dict(zip(self.spec.input_names, args)))
         return tuple(out[name] for name in self.spec.output_names)
 
 
 def torch_reference(spec: ComponentSpec, module: torch.nn.Module, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The PyTorch fp32 outputs an exported component is validated against."""
     with torch.inference_mode():
-        out = FORWARDS[spec.name](module, **{k: torch.from_numpy(v) for k, v in inputs.items()})
+        out = forward_of(spec.name, every_layer(spec))(module, **{k: torch.from_numpy(v) for k, v in inputs.items()})
     return {k: v.float().numpy() for k, v in out.items()}
+
+
+def every_layer(spec: ComponentSpec) -> bool:
+    """A text encoder whose graph gives every layer's hidden state (SDXL's)."""
+    return any(name.startswith("hidden_states.") for name in spec.output_names)

@@ -8,15 +8,18 @@ source (an artifact of the backend the quantizer accepts, not quantized yet).
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Iterable
 
 from sdopt.errors import SdoptError
 from sdopt.fsutil import atomic_output_dir, check_output_dir, local_inputs
-from sdopt.manifest import COMPONENT_NAMES, Manifest, derive, read_manifest
+from sdopt.manifest import COMPONENT_NAMES, Manifest, derive, read_manifest, tokenizer_folders
 from sdopt.quant import QUANTIZERS, Plan, QuantizedComponents, get_quantizer
 from sdopt.quant.schemes import check_scheme, choose, lookup
+from sdopt.export.run import lora_fields, lora_notes
 from sdopt.source import resolve
 
 # The components quantized when none are named: the UNet holds most of the weights and the text
@@ -25,7 +28,8 @@ DEFAULT_COMPONENTS = ("unet", "text_encoder")
 # Names that stand for several manifest components.
 # A name that stands for several graphs: "unet" is also its shallow branch where the artifact caches
 # step features (sdopt.stepcache), so a quantized UNet is quantized on every step, whole or shallow.
-ALIASES = {"vae": ("vae_decoder", "vae_encoder"), "unet": ("unet", "unet_shallow")}
+# "text_encoder" is every text encoder (SDXL has two); text_encoder_2 alone is named as it is.
+ALIASES = {"vae": ("vae_decoder", "vae_encoder"), "unet": ("unet", "unet_shallow"), "text_encoder": ("text_encoder", "text_encoder_2")}
 
 
 def quantize(
@@ -38,9 +42,14 @@ def quantize(
     device: str = "cpu",
     force: bool = False,
     options: dict | None = None,
+    loras: list | None = None,
 ) -> Manifest:
-    """Quantize a checkpoint's weights into a new artifact at ``out``; returns its manifest."""
+    """Quantize a checkpoint's weights into a new artifact at ``out``; returns its manifest.
+    loras: FILE[:SCALE] strings (or LoraFiles) fused into the weights before quantizing (torch sources)."""
+    from sdopt.lora import parse_loras
+
     check_scheme(scheme)
+    loras = parse_loras(loras)
     if backend is not None:
         quantizer = get_quantizer(backend)
         capability = lookup(backend, scheme, device)
@@ -48,6 +57,11 @@ def quantize(
     source = resolve(model)
     manifest = read_manifest(source)
     refuse_quantized(source, manifest)
+    if loras and manifest.backend != "torch":
+        raise SdoptError(
+            f"--lora fuses LoRAs into PyTorch weights, and {source} is a {manifest.backend} artifact: fuse them when you "
+            f"export it (`sdopt export MODEL --to {manifest.backend} --lora FILE`), then quantize that"
+        )
     if backend is None:
         capability = choose(scheme, device, accepts=manifest.backend)
         quantizer = get_quantizer(capability.backend)
@@ -68,10 +82,10 @@ def quantize(
     engine = quantizer.engine()  # a missing library is named before the output folder exists
     engine.check_plan(source, manifest, plan)  # what needs the model (--exclude patterns), still before writing
 
-    with atomic_output_dir(out, force=force, inputs=(source,)) as tmp:
+    with atomic_output_dir(out, force=force, inputs=(source,)) as tmp, _fused(source, manifest, loras, Path(tmp)) as (source, manifest, origin):
         result: QuantizedComponents = engine.quantize_components(source, manifest, tmp, plan)
         entries = {**copy_untouched(source, manifest, tmp, plan.components), **result.components}
-        for name in (manifest.tokenizer, manifest.scheduler, "model_index.json"):
+        for name in (*tokenizer_folders(manifest), manifest.scheduler, "model_index.json"):
             copy_path(source / name, tmp / name)
         from sdopt.runtime.versions import library_versions
 
@@ -93,10 +107,32 @@ def quantize(
                 # The source's step-feature caching default stays the artifact's (Pipeline.default_cache_interval).
                 **({"deep_cache": manifest.export["deep_cache"]} if (manifest.export or {}).get("deep_cache") else {}),
             },
-            notes=result.notes,
+            notes=[*result.notes, *lora_notes(loras)],
         )
+        if loras:  # quantized from a fused copy: the artifact's source is the checkpoint the user named
+            quantized.source = origin
+            quantized.export = {**quantized.export, **lora_fields(loras, manifest)}
         quantized.write(tmp)
     return quantized
+
+
+@contextlib.contextmanager
+def _fused(source: Path, manifest: Manifest, loras: list, out: Path):
+    """(source, manifest, the source's origin record) to quantize: with LoRAs, a fused fp32 copy of the
+    checkpoint written beside the output (removed after), else the source itself."""
+    if not loras:
+        yield source, manifest, {}
+        return
+    from sdopt.lora.fused import fused_checkpoint
+    from sdopt.manifest import fingerprint_of, hash_components
+
+    if manifest.inferred:
+        hash_components(manifest.components, source)
+    origin = {"path": str(source.resolve()), "fingerprint": manifest.source.get("fingerprint") or fingerprint_of(manifest.components)}
+
+    with tempfile.TemporaryDirectory(prefix=".lora-fused-", dir=out) as folder:
+        fused_checkpoint(source, manifest, loras, Path(folder) / "model")
+        yield Path(folder) / "model", read_manifest(Path(folder) / "model"), origin
 
 
 def refuse_quantized(source: Path, manifest: Manifest) -> None:
@@ -131,7 +167,7 @@ def select_components(manifest: Manifest, names: Iterable[str] | None) -> tuple[
 
 
 def _known_names() -> list[str]:
-    return ["unet", "text_encoder", "vae", "vae_decoder", "vae_encoder"]
+    return ["unet", "text_encoder", "text_encoder_2", "vae", "vae_decoder", "vae_encoder"]
 
 
 def copy_untouched(source: Path, manifest: Manifest, out: Path, quantized: tuple[str, ...]) -> dict:

@@ -8,7 +8,7 @@ from typing import Any
 
 from sdopt.errors import SdoptError
 from sdopt.fsutil import read_json
-from sdopt.manifest import read_manifest
+from sdopt.manifest import read_manifest, tokenizer_folders
 from sdopt.runtime.backends import BACKENDS, get_backend
 from sdopt.runtime.pipeline import Pipeline
 from sdopt.source import resolve
@@ -40,14 +40,16 @@ def load(path: str | Path, device: str = "cpu", precision: str | None = None, ve
         manifest.verify_files(folder)
     impl = backend.implementation()
     components = impl.load_components(folder, manifest, device, precision, options)
+    loras = getattr(impl, "lora_runtime", None)  # backends that apply LoRAs per request (torch)
     return Pipeline(
         manifest,
         components,
-        tokenizer=load_tokenizer(folder / manifest.tokenizer),
+        tokenizers=[load_tokenizer(folder / sub) for sub in tokenizer_folders(manifest)],
         scheduler_config=read_json(folder / manifest.scheduler / "scheduler_config.json"),
         device=device,
         precision=precision,
         folder=folder,
+        loras=loras(components, manifest) if loras else None,
     )
 
 

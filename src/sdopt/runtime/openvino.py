@@ -224,8 +224,10 @@ class OpenVINOComponent:
         with self._lock:  # one infer request per compiled shape: calls on one component are serial
             request = self._request_for(feed)
             request.infer(feed)
-            # Copies: the request reuses its output buffers on the next call.
-            return {n: np.array(request.get_tensor(n).data, dtype=np.float32) for n in self.output_names}
+            # Copies: the request reuses its output buffers on the next call. By position, not name: a
+            # compiled graph may lose an output's tensor name where two names met (seen on Optimum's
+            # SDXL text encoders), and outputs keep the model's order.
+            return {n: np.array(request.get_output_tensor(i).data, dtype=np.float32) for i, n in enumerate(self.output_names)}
 
     def close(self) -> None:
         self._compiled = []

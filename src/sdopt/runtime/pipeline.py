@@ -51,32 +51,37 @@ class Pipeline:
         self,
         manifest: Manifest,
         components: dict[str, Component],
-        tokenizer: Any,
+        tokenizers: list[Any],
         scheduler_config: dict[str, Any],
         device: str = "cpu",
         precision: str = "fp32",
         folder: Path | None = None,
+        loras: Any = None,
     ):
-        missing = {"text_encoder", "unet", "vae_decoder"} - set(components)
+        self.family = manifest.pipeline_family
+        missing = set(self.family.components) - set(components)
         if missing:
             raise SdoptError(f"the artifact lacks {', '.join(sorted(missing))}: it cannot generate images")
         self.manifest = manifest
         self.components = components
-        self.tokenizer = tokenizer
+        self.tokenizers = tokenizers  # one per text encoder, in the family's order
+        self.tokenizer = tokenizers[0]
         self.scheduler_config = scheduler_config
         self.device = device
         self.precision = precision
         self.folder = folder
+        self.loras = loras  # sdopt.lora.runtime.RuntimeLoras where the backend applies LoRAs per request (torch)
 
     def __repr__(self) -> str:
         return f"Pipeline({self.manifest.backend}, {self.precision}, device={self.device}, folder={self.folder})"
 
     # --- stages -----------------------------------------------------------------
-    def _tokenize(self, texts: list[str]) -> np.ndarray:
-        ids = self.tokenizer(
+    @staticmethod
+    def _tokenize(tokenizer: Any, texts: list[str]) -> np.ndarray:
+        ids = tokenizer(
             texts,
             padding="max_length",
-            max_length=self.tokenizer.model_max_length,
+            max_length=tokenizer.model_max_length,
             truncation=True,
             return_tensors="np",
         ).input_ids
@@ -93,17 +98,15 @@ class Pipeline:
                 out.append(f"prompt {text[:40]!r}... is {count} tokens; the text encoder reads the first {limit}, the rest is ignored")
         return out
 
-    def encode_prompts(self, request: GenerateRequest) -> np.ndarray:
-        """Text embeddings for the UNet: [negatives; positives] with guidance, else positives."""
+    def encode_prompts(self, request: GenerateRequest) -> dict[str, np.ndarray]:
+        """The UNet's conditioning inputs, one row per image, [negatives; positives] with guidance:
+        encoder_hidden_states, and what else the family's UNet takes (SDXL's text_embeds, time_ids)."""
         texts = request.prompts + (request.negative_prompts if request.uses_guidance else [])
-        hidden = self.components["text_encoder"](input_ids=self._tokenize(texts))["last_hidden_state"]
-        n = len(request.prompts)
-        # One embedding per image, prompt-major, as Diffusers' repeat(1, n, 1).view(...) lays them out.
-        positive = np.repeat(hidden[:n], request.num_images, axis=0)
-        if not request.uses_guidance:
-            return positive
-        negative = np.repeat(hidden[n:], request.num_images, axis=0)
-        return np.concatenate([negative, positive])
+        outputs = [
+            self.components[name](input_ids=self._tokenize(tokenizer, texts))
+            for name, tokenizer in zip(self.family.text_encoders, self.tokenizers)
+        ]
+        return self.family.conditioning(outputs, request, self.manifest.model)
 
     def encode_images(self, pixels: np.ndarray, timings: StageTimings) -> np.ndarray:
         """The VAE encoder's latent_parameters (mean and log-variance) of images in [-1, 1]."""
@@ -131,10 +134,17 @@ class Pipeline:
 
     def check_request(self, request: GenerateRequest) -> None:
         request.validate()
+        if request.init_image is not None:
+            self.family.refuse("img2img", "img2img and inpainting (init_image)")
         if self.cache_interval(request) > 1 and "unet_shallow" not in self.components:
             raise SdoptError(
                 f"cache_interval={request.cache_interval} needs the UNet's shallow branch, which this {self.manifest.backend} artifact lacks: "
                 "export it with --deep-cache N (or load a PyTorch checkpoint with deep_cache=True), or ask for cache_interval 1"
+            )
+        if request.loras and self.loras is None:
+            raise SdoptError(
+                f"this {self.manifest.backend} artifact cannot apply LoRAs per request (only the torch backend can): "
+                "fuse them into the artifact instead, `sdopt export ... --lora FILE[:SCALE]`, or generate with the Diffusers checkpoint"
             )
         check_scheduler(request.scheduler)
         conditioning.check_artifact(request, self.manifest, self.components, self.unet_in_channels)
@@ -167,9 +177,14 @@ class Pipeline:
         shallow = self.components.get("unet_shallow") if interval > 1 else None
         feature = None  # the UNet's deep feature from the last whole step (step-feature caching)
 
+        if self.loras is not None and (request.loras or self.loras.active):
+            from sdopt.lora import parse_loras
+
+            self.loras.activate(parse_loras(request.loras))  # none asked: the base weights again
+
         with track_peak(cuda=self.device.startswith("cuda")) as memory:
             begin = start = time.perf_counter()
-            embeddings = self.encode_prompts(request)
+            text = self.encode_prompts(request)  # the UNet's conditioning inputs
             timings.text_encoder = time.perf_counter() - start
 
             # Noise, or the init image's latents noised to where strength starts the schedule.
@@ -182,7 +197,7 @@ class Pipeline:
                 model_input = torch.cat([latents] * 2) if cfg else latents
                 model_input = scheduler.scale_model_input(model_input, t)
                 timestep = np.array(t.item(), dtype=np.float32)  # one for the whole batch, as a float scalar
-                inputs = {"sample": model_input.numpy(), "timestep": timestep, "encoder_hidden_states": embeddings}
+                inputs = {"sample": model_input.numpy(), "timestep": timestep, **text}
                 step_start = time.perf_counter()
                 if shallow is not None and feature is not None and not runs_whole(i, interval):
                     noise = shallow(**inputs, deep_feature=feature)["out_sample"]
@@ -217,6 +232,11 @@ class Pipeline:
         """What each component runs with, as its backend reports it (OpenVINO's compiled-model properties,
         ONNX Runtime's session options, torch's threads); the bench records it per row."""
         return {name: dict(c.settings) for name, c in self.components.items() if getattr(c, "settings", None)}
+
+    def unload_loras(self) -> None:
+        """Remove every LoRA a request loaded: the modules are as loaded again."""
+        if self.loras is not None:
+            self.loras.unload()
 
     def close(self) -> None:
         close_all(self.components)

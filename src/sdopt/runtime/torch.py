@@ -62,13 +62,19 @@ class TorchComponent:
         self.module = None
 
 
-def _text_encoder(m, input_ids):
-    out = m(input_ids=input_ids)
-    return {"last_hidden_state": out[0], "pooler_output": out[1]}
+def _text_encoder(m, input_ids, every_layer: bool = False):
+    """Optimum's output names: CLIPTextModel's last_hidden_state and pooler_output, or a projection
+    model's text_embeds (SDXL's second encoder); with every_layer, hidden_states.0..N too (SDXL reads N-1)."""
+    out = m(input_ids=input_ids, output_hidden_states=every_layer)
+    pooled = {"text_embeds": out.text_embeds} if hasattr(out, "text_embeds") else {"pooler_output": out.pooler_output}
+    layers = {f"hidden_states.{i}": h for i, h in enumerate(out.hidden_states)} if every_layer else {}
+    return {"last_hidden_state": out.last_hidden_state, **pooled, **layers}
 
 
-def _unet(m, sample, timestep, encoder_hidden_states):
-    out = m(sample, timestep, encoder_hidden_states=encoder_hidden_states)
+def _unet(m, sample, timestep, encoder_hidden_states, text_embeds=None, time_ids=None):
+    # SDXL's UNet also takes the pooled text embedding and the size ids (Diffusers' added_cond_kwargs).
+    added = {"added_cond_kwargs": {"text_embeds": text_embeds, "time_ids": time_ids}} if text_embeds is not None else {}
+    out = m(sample, timestep, encoder_hidden_states=encoder_hidden_states, **added)
     feature = getattr(out, "deep_feature", None)  # a step-cached UNet (sdopt.stepcache) also gives its deep feature
     return {"out_sample": out.sample} if feature is None else {"out_sample": out.sample, "deep_feature": feature}
 
@@ -86,15 +92,16 @@ def _vae_encoder(m, sample):
     return {"latent_parameters": m.encode(sample).latent_dist.parameters}
 
 
-FORWARDS = {"text_encoder": _text_encoder, "unet": _unet, "unet_shallow": _unet_shallow, "vae_decoder": _vae_decoder, "vae_encoder": _vae_encoder}
+FORWARDS = {"text_encoder": _text_encoder, "text_encoder_2": _text_encoder, "unet": _unet, "unet_shallow": _unet_shallow, "vae_decoder": _vae_decoder, "vae_encoder": _vae_encoder}
 
 
 def module_class(name: str):
     """The Diffusers/Transformers class of a component (vae_decoder and vae_encoder share AutoencoderKL)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    return {"text_encoder": CLIPTextModel, "unet": UNet2DConditionModel, "vae_decoder": AutoencoderKL, "vae_encoder": AutoencoderKL}[name]
+    return {"text_encoder": CLIPTextModel, "text_encoder_2": CLIPTextModelWithProjection, "unet": UNet2DConditionModel,
+            "vae_decoder": AutoencoderKL, "vae_encoder": AutoencoderKL}[name]
 
 
 def _is_diffusers(cls) -> bool:
@@ -174,10 +181,29 @@ def load_components(folder: Path, manifest: Manifest, device: str, precision: st
     if options.get("deep_cache") and "unet" in modules:
         from sdopt.stepcache.unet import split
 
+        manifest.pipeline_family.refuse("deep_cache", "step-feature caching (deep_cache)")
         modules["unet"], modules["unet_shallow"] = split(modules["unet"])
         # deep_cache=N: requests that do not say cache_interval run every N-th step whole (True: 1, none).
         manifest.export = {**manifest.export, "deep_cache": {"interval": int(options["deep_cache"]), "set": "at load"}}
     offload = bool(options.get("cpu_offload"))
     if offload and not device.startswith("cuda"):
         raise SdoptError("cpu_offload moves components between GPU and CPU memory: it needs --device cuda")
-    return {name: TorchComponent(m, FORWARDS[name], device, dtype, offload) for name, m in modules.items()}
+    every = manifest.pipeline_family.text_hidden_states
+    return {name: TorchComponent(m, forward_of(name, every), device, dtype, offload) for name, m in modules.items()}
+
+
+def lora_runtime(components: dict[str, TorchComponent], manifest: Manifest):
+    """Per-request LoRAs (sdopt.lora.runtime) on this artifact's modules."""
+    from sdopt.lora.runtime import RuntimeLoras
+
+    return RuntimeLoras({name: c.module for name, c in components.items()}, manifest.pipeline_family)
+
+
+def forward_of(name: str, every_layer: bool = False) -> Callable:
+    """How the torch backend (and what exporters trace) calls a component: its FORWARDS entry, with
+    every layer's hidden state from text encoders when asked (the families that read one: SDXL)."""
+    if every_layer and name.startswith("text_encoder"):
+        import functools
+
+        return functools.partial(_text_encoder, every_layer=True)
+    return FORWARDS[name]

@@ -40,6 +40,10 @@ class ZooModel:
     vae: dict
     text_encoder: dict
     scheduler: dict = field(default_factory=lambda: dict(SD15_SCHEDULER))
+    # SDXL: the second text encoder (a CLIPTextModelWithProjection; its pooled, projected output
+    # conditions the UNet) and what model_index.json says of the pipeline.
+    text_encoder_2: dict | None = None
+    pipeline_class: str = "StableDiffusionPipeline"
     # Trained weights shipped with sdopt (package data under sdopt/zoo/weights/NAME), written
     # instead of the random initial ones; None: a random-weight model.
     trained: str | None = None
@@ -204,4 +208,103 @@ SHAPES = ZooModel(
     trained="shapes",
 )
 
-MODELS: dict[str, ZooModel] = {model.name: model for model in (TINY, SD15, SHAPES)}
+# SD 2.x (stabilityai/stable-diffusion-2's layout, at toy size): an OpenCLIP-style text encoder
+# (gelu), linear-projection attention with per-block head widths, and v-prediction with DDIM.
+SD2_TINY = ZooModel(
+    name="sd2-tiny",
+    description="SD-2-shaped toy (a few MB): v-prediction, linear-projection attention, OpenCLIP-style text encoder, for tests",
+    unet={
+        **TINY.unet,
+        "attention_head_dim": [2, 4],  # SD 2's per-block list ([5, 10, 20, 20]), at this size
+        "use_linear_projection": True,
+        "upcast_attention": True,  # as the 768-v model
+    },
+    vae=dict(TINY.vae),
+    text_encoder={**TINY.text_encoder, "hidden_act": "gelu"},
+    scheduler={**SD15_SCHEDULER, "_class_name": "DDIMScheduler", "prediction_type": "v_prediction"},
+)
+
+# SDXL base 1.0's scheduler_config.json.
+SDXL_SCHEDULER = {
+    **SD15_SCHEDULER,
+    "_class_name": "EulerDiscreteScheduler",
+    "interpolation_type": "linear",
+    "sample_max_value": 1.0,
+    "timestep_spacing": "leading",
+    "use_karras_sigmas": False,
+}
+
+SDXL_TINY = ZooModel(
+    name="sdxl-tiny",
+    description="SDXL-shaped toy (a few MB): two text encoders, pooled embedding and time ids, for tests",
+    unet={
+        "sample_size": 8,
+        "in_channels": 4,
+        "out_channels": 4,
+        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+        "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
+        "block_out_channels": [32, 64],
+        "layers_per_block": 2,
+        "attention_head_dim": [2, 4],
+        "transformer_layers_per_block": [1, 2],
+        "use_linear_projection": True,
+        "cross_attention_dim": 64,  # the two text encoders' hidden widths, concatenated (32 + 32)
+        "addition_embed_type": "text_time",
+        "addition_time_embed_dim": 8,
+        "projection_class_embeddings_input_dim": 6 * 8 + 32,  # six time ids + text_encoder_2's projection
+        "norm_num_groups": 32,
+    },
+    vae={**TINY.vae, "scaling_factor": 0.13025, "force_upcast": True},
+    text_encoder={**TINY.text_encoder},
+    text_encoder_2={**TINY.text_encoder, "hidden_act": "gelu"},
+    scheduler=dict(SDXL_SCHEDULER),
+    pipeline_class="StableDiffusionXLPipeline",
+)
+
+SDXL = ZooModel(
+    name="sdxl",
+    description="Stable Diffusion XL base 1.0 architecture (~2.6B-parameter UNet, CLIP ViT-L + OpenCLIP bigG text encoders), random weights; ~13 GB fp32",
+    unet={
+        "sample_size": 128,
+        "in_channels": 4,
+        "out_channels": 4,
+        "act_fn": "silu",
+        "center_input_sample": False,
+        "flip_sin_to_cos": True,
+        "freq_shift": 0,
+        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+        "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+        "block_out_channels": [320, 640, 1280],
+        "layers_per_block": 2,
+        "downsample_padding": 1,
+        "mid_block_scale_factor": 1,
+        "norm_num_groups": 32,
+        "norm_eps": 1e-5,
+        "attention_head_dim": [5, 10, 20],
+        "transformer_layers_per_block": [1, 2, 10],
+        "use_linear_projection": True,
+        "cross_attention_dim": 2048,
+        "addition_embed_type": "text_time",
+        "addition_embed_type_num_heads": 64,
+        "addition_time_embed_dim": 256,
+        "projection_class_embeddings_input_dim": 2816,
+    },
+    vae={**SD15.vae, "sample_size": 1024, "scaling_factor": 0.13025, "force_upcast": True},
+    text_encoder={**SD15.text_encoder},
+    text_encoder_2={
+        # OpenCLIP ViT-bigG/14's text tower.
+        "vocab_size": 49408,
+        "hidden_size": 1280,
+        "intermediate_size": 5120,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 20,
+        "max_position_embeddings": 77,
+        "hidden_act": "gelu",
+        "projection_dim": 1280,
+        "layer_norm_eps": 1e-5,
+    },
+    scheduler=dict(SDXL_SCHEDULER),
+    pipeline_class="StableDiffusionXLPipeline",
+)
+
+MODELS: dict[str, ZooModel] = {model.name: model for model in (TINY, SD15, SHAPES, SD2_TINY, SDXL_TINY, SDXL)}

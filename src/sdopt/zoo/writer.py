@@ -56,19 +56,25 @@ def _write_vae(folder: Path, model: ZooModel, seed: int) -> None:
     vae.save_pretrained(folder / "vae")
 
 
-def _write_text_encoder(folder: Path, model: ZooModel, seed: int) -> None:
-    from transformers import CLIPTextConfig, CLIPTextModel
+def _write_text_encoder(folder: Path, model: ZooModel, seed: int, name: str = "text_encoder") -> None:
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     # Token ids come from the tokenizer: CLIPTextModel pools the hidden state at
     # the EOS id, so a mismatch would silently pool at the wrong position.
-    config = {"vocab_size": len(build_vocab()), **model.text_encoder, **special_token_ids()}
+    architecture = model.text_encoder_2 if name == "text_encoder_2" else model.text_encoder
+    config = {"vocab_size": len(build_vocab()), **architecture, **special_token_ids()}
     if config["vocab_size"] < len(build_vocab()):
         raise ValueError(f"{model.name}: text encoder vocab_size is smaller than the tokenizer's vocabulary")
-    with _seeded(seed, "text_encoder"):
-        text_encoder = CLIPTextModel(CLIPTextConfig(**config))
+    cls = CLIPTextModelWithProjection if name == "text_encoder_2" else CLIPTextModel  # SDXL's second pools through a projection
+    with _seeded(seed, name):
+        text_encoder = cls(CLIPTextConfig(**config))
     with without_transformers_progress_bar():
-        text_encoder.save_pretrained(folder / "text_encoder")
-    canonical_text_encoder_keys(folder / "text_encoder" / "model.safetensors")
+        text_encoder.save_pretrained(folder / name)
+    canonical_text_encoder_keys(folder / name / "model.safetensors")
+
+
+def _write_text_encoder_2(folder: Path, model: ZooModel, seed: int) -> None:
+    _write_text_encoder(folder, model, seed, "text_encoder_2")
 
 
 def canonical_text_encoder_keys(path: Path) -> None:
@@ -82,7 +88,8 @@ def canonical_text_encoder_keys(path: Path) -> None:
     from safetensors.torch import load_file, save_file
 
     tensors = load_file(path)
-    renamed = {k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in tensors.items()}
+    # The projection model's text_projection sits beside text_model, not inside it.
+    renamed = {k if k.startswith(("text_model.", "text_projection.")) else f"text_model.{k}": v for k, v in tensors.items()}
     save_file(dict(sorted(renamed.items())), path, metadata={"format": "pt"})
 
 
@@ -103,6 +110,8 @@ def without_transformers_progress_bar():
 
 def _write_tokenizer(folder: Path, model: ZooModel, seed: int) -> None:
     write_tokenizer(folder / "tokenizer")
+    if model.text_encoder_2 is not None:  # SDXL: one tokenizer per text encoder (the same vocabulary)
+        write_tokenizer(folder / "tokenizer_2")
 
 
 def _write_scheduler(folder: Path, model: ZooModel, seed: int) -> None:
@@ -124,17 +133,19 @@ def _write_model_index(folder: Path, model: ZooModel, seed: int) -> None:
     import diffusers
 
     index = {
-        "_class_name": "StableDiffusionPipeline",
+        "_class_name": model.pipeline_class,
         "_diffusers_version": diffusers.__version__,
-        "feature_extractor": [None, None],
-        "requires_safety_checker": False,
-        "safety_checker": [None, None],
         "scheduler": ["diffusers", scheduler_class(model)],
         "text_encoder": ["transformers", "CLIPTextModel"],
         "tokenizer": ["transformers", "CLIPTokenizer"],
         "unet": ["diffusers", "UNet2DConditionModel"],
         "vae": ["diffusers", "AutoencoderKL"],
     }
+    if model.text_encoder_2 is None:
+        index.update({"feature_extractor": [None, None], "requires_safety_checker": False, "safety_checker": [None, None]})
+    else:  # SDXL base's index: no safety checker; empty negative prompts condition on zeros
+        index.update({"text_encoder_2": ["transformers", "CLIPTextModelWithProjection"], "tokenizer_2": ["transformers", "CLIPTokenizer"],
+                      "force_zeros_for_empty_prompt": True, "image_encoder": [None, None], "feature_extractor": [None, None]})
     _write_json(folder / "model_index.json", index)
 
 
@@ -173,6 +184,8 @@ def write(model: ZooModel, out: Path, seed: int, progress: bool, force: bool = F
         # Looked up by name at call time (not bound earlier), so each writer
         # stays replaceable, e.g. by a test that makes one fail.
         initial = [("text_encoder", _write_text_encoder), ("vae", _write_vae), ("unet", _write_unet)]
+        if model.text_encoder_2 is not None:
+            initial.insert(1, ("text_encoder_2", _write_text_encoder_2))
         steps = [
             ("tokenizer", _write_tokenizer),
             ("scheduler", _write_scheduler),

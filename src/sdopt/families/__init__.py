@@ -1,0 +1,46 @@
+"""Pipeline families: what differs between Stable Diffusion 1.x/2.x and SDXL, declared in one place.
+
+The one denoising loop (runtime/pipeline.py) asks an artifact's family which
+text encoders and tokenizers it has, how their outputs become the UNet's
+conditioning (embeddings, and SDXL's pooled embedding and time ids), and what
+the UNet's extra inputs are; it never tests a family's name. Exporters read the
+family's component specs the same way. A new family is one module here and one
+entry in ``FAMILIES``.
+
+This module stays free of torch and numpy at import: manifests and the CLI read it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sdopt.errors import SdoptError
+from sdopt.families.base import Family
+
+
+def _families() -> dict[str, Family]:
+    from sdopt.families import sd, sdxl
+
+    return {f.name: f for f in (sd.FAMILY, sdxl.FAMILY)}
+
+
+FAMILIES: dict[str, Family] = _families()
+DEFAULT = "stable-diffusion"
+
+
+def get_family(name: str) -> Family:
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise SdoptError(f"unknown model family {name!r}: sdopt runs {', '.join(sorted(FAMILIES))}") from None
+
+
+def family_of_class(pipeline_class: str | None, where: Path | str) -> Family:
+    """The family of a folder whose model_index.json names ``pipeline_class`` (None: no index, SD)."""
+    if pipeline_class is None:
+        return FAMILIES[DEFAULT]
+    for family in FAMILIES.values():
+        if pipeline_class in family.pipeline_classes:
+            return family
+    known = sorted(c for f in FAMILIES.values() for c in f.pipeline_classes if not c.startswith(("ORT", "OV", "Onnx")))
+    raise SdoptError(f"{where} holds a {pipeline_class}; sdopt runs {', '.join(known)} pipelines (and their ONNX/OpenVINO exports)")

@@ -1,0 +1,39 @@
+"""The Family type: what a pipeline family declares (sdopt.families lists them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from sdopt.errors import SdoptError
+
+# (outputs of each text encoder for the texts [prompts..., negatives...], request, model facts) -> UNet inputs
+Conditioning = Callable[[list[dict[str, Any]], Any, dict[str, Any]], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str  # the manifest's "family"
+    title: str  # for people: "Stable Diffusion XL"
+    pipeline_classes: frozenset[str]  # model_index.json _class_name values of its folders (Diffusers', Optimum's)
+    text_encoders: tuple[str, ...]  # component names, in the order prompts are encoded
+    tokenizers: tuple[str, ...]  # the tokenizer folder of each text encoder, same order
+    conditioning: Conditioning
+    lora_loader: str  # the Diffusers loader mixin (diffusers.loaders.lora_pipeline) that reads this family's LoRA files
+    # UNet inputs past sample/timestep/encoder_hidden_states: name -> the model fact giving its width.
+    unet_extras: tuple[tuple[str, str], ...] = ()
+    # Text encoders give every layer's hidden state (hidden_states.0..N, Optimum's names): SDXL reads the penultimate.
+    text_hidden_states: bool = False
+    # What this family's loop does not do yet, each with the reason the refusal gives.
+    unsupported: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        """Every component a generating artifact of this family has (vae_encoder only for img2img)."""
+        return (*self.text_encoders, "unet", "vae_decoder")
+
+    def refuse(self, feature: str, what: str) -> None:
+        """A clear error when ``feature`` (img2img, deep_cache, ...) is one this family does not support."""
+        reason = dict(self.unsupported).get(feature)
+        if reason is not None:
+            raise SdoptError(f"{what} is not supported for {self.title} models yet: {reason}")

@@ -1,0 +1,67 @@
+"""LoRA: low-rank weight deltas users train for a model, fused at export or applied per request.
+
+- ``sdopt export|quantize ... --lora FILE[:SCALE]`` fuses one or more LoRAs into
+  the weights before they are exported or quantized (sdopt.lora.fuse); the
+  manifest records each file's sha256 and scale (``export.loras``), and
+  ``sdopt inspect`` shows them.
+- On the torch backend, ``GenerateRequest(loras={FILE: SCALE})`` applies LoRAs
+  at run time: each file is loaded once per pipeline as a PEFT adapter, each
+  request sets the scales it asks for, and a request without LoRAs runs the
+  base weights (sdopt.lora.runtime).
+
+Files are read by Diffusers' own LoRA loaders (the family's: SD or SDXL), so the
+formats ``pipe.load_lora_weights`` reads — Diffusers/PEFT and kohya
+safetensors — are the formats sdopt reads. Those loaders need PEFT
+(``pip install sdopt[lora]``). This module stays free of torch at import.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sdopt.errors import SdoptError
+
+
+@dataclass(frozen=True)
+class LoraFile:
+    path: Path
+    scale: float = 1.0
+
+    def record(self) -> dict[str, Any]:
+        """What a manifest keeps of a fused LoRA: its file name, content hash and scale."""
+        from sdopt.fsutil import sha256_file
+
+        return {"file": self.path.name, "sha256": sha256_file(self.path), "scale": self.scale}
+
+
+def parse_lora(text: str | Path | LoraFile) -> LoraFile:
+    """``FILE`` or ``FILE:SCALE`` (scale 1.0 when not given), checked to exist and be safetensors."""
+    if isinstance(text, LoraFile):
+        lora = text
+    else:
+        path, scale = str(text), 1.0
+        head, sep, tail = path.rpartition(":")
+        if sep and head:
+            try:
+                path, scale = head, float(tail)
+            except ValueError:
+                pass  # a colon in the path itself
+        lora = LoraFile(Path(path).expanduser(), scale)
+    if not lora.path.is_file():
+        raise SdoptError(f"LoRA file {lora.path} does not exist: give a .safetensors LoRA (FILE or FILE:SCALE, e.g. style.safetensors:0.8)")
+    if lora.path.suffix != ".safetensors":
+        raise SdoptError(f"LoRA file {lora.path} is not .safetensors: sdopt reads weights from safetensors only, never pickles")
+    if not -10.0 <= lora.scale <= 10.0:
+        raise SdoptError(f"LoRA scale {lora.scale} for {lora.path.name} is out of range: give a scale between -10 and 10 (1.0 is the LoRA as trained)")
+    return lora
+
+
+def parse_loras(items: Any) -> list[LoraFile]:
+    """A list of FILE[:SCALE] strings, or a {FILE: SCALE} mapping (a request's form), as LoraFiles."""
+    if not items:
+        return []
+    if isinstance(items, dict):
+        return [parse_lora(LoraFile(Path(str(k)).expanduser(), float(v))) for k, v in items.items()]
+    return [parse_lora(item) for item in items]

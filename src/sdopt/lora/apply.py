@@ -1,0 +1,118 @@
+"""LoRA adapters on a pipeline's torch modules, through Diffusers' loaders and PEFT.
+
+The family names the Diffusers loader mixin that reads its LoRA files (SD's or
+SDXL's, which knows text_encoder_2); its class methods load a file's layers into
+the UNet and each text encoder as a named PEFT adapter, without a Diffusers
+pipeline object.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+
+from sdopt.errors import SdoptError, require
+from sdopt.lora import LoraFile
+
+
+def _loader(family):
+    require("peft", "lora")
+    from diffusers.loaders import lora_pipeline
+
+    return getattr(lora_pipeline, family.lora_loader)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Diffusers logs a line per component a LoRA has no keys for; that is normal (a UNet-only LoRA)."""
+    from diffusers.utils import logging as dlogging
+
+    level = dlogging.get_verbosity()
+    dlogging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        dlogging.set_verbosity(level)
+
+
+def adapters_of(module: torch.nn.Module) -> set[str]:
+    return set(getattr(module, "peft_config", None) or {})
+
+
+def load_adapter(modules: dict[str, torch.nn.Module], family, lora: LoraFile, name: str) -> list[str]:
+    """Load one LoRA file as adapter ``name`` into the UNet and text encoders; the components it touched."""
+    loader = _loader(family)
+    try:
+        with _quiet():
+            state, alphas = loader.lora_state_dict(str(lora.path))
+            if not state:
+                raise SdoptError(f"{lora.path} holds no LoRA weights Diffusers recognises")
+            if any(k.startswith("unet.") for k in state) or not any("." in k and k.split(".")[0].startswith("text_encoder") for k in state):
+                loader.load_lora_into_unet(state, alphas, modules["unet"], adapter_name=name)
+            for encoder in family.text_encoders:
+                if any(k.startswith(f"{encoder}.") for k in state):
+                    loader.load_lora_into_text_encoder(state, alphas, modules[encoder], prefix=encoder, adapter_name=name)
+    except SdoptError:
+        raise
+    except (ValueError, KeyError, RuntimeError) as exc:  # a file for another architecture or family
+        raise SdoptError(
+            f"LoRA {lora.path.name} does not fit this {family.title} model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}): "
+            "use a LoRA trained for this model's architecture"
+        ) from exc
+    touched = [n for n in ("unet", *family.text_encoders) if name in adapters_of(modules[n])]
+    if not touched:
+        raise SdoptError(f"LoRA {lora.path.name} changed no layer of this model: it was trained for another architecture")
+    return touched
+
+
+def set_scales(modules: dict[str, torch.nn.Module], family, scales: dict[str, float]) -> None:
+    """Activate the named adapters at these scales on every module that has them; none: the base weights."""
+    from diffusers.loaders.lora_base import disable_lora_for_text_encoder, enable_lora_for_text_encoder, set_adapters_for_text_encoder
+
+    for name in ("unet", *family.text_encoders):
+        module = modules[name]
+        have = adapters_of(module)
+        if not have:
+            continue
+        active = {a: s for a, s in scales.items() if a in have}
+        is_unet = name == "unet"
+        if not active:
+            module.disable_lora() if is_unet else disable_lora_for_text_encoder(module)
+            continue
+        if is_unet:
+            module.enable_lora()
+            module.set_adapters(list(active), list(active.values()))
+        else:
+            enable_lora_for_text_encoder(module)
+            set_adapters_for_text_encoder(list(active), module, list(active.values()))
+
+
+def fuse(modules: dict[str, torch.nn.Module], family, loras: list[LoraFile]) -> list[str]:
+    """Merge the LoRAs, at their scales, into the modules' weights and remove the adapter layers:
+    the modules are plain Diffusers/Transformers modules again, ready to export or quantize."""
+    from diffusers.loaders.lora_base import _remove_text_encoder_monkey_patch, fuse_text_encoder_lora
+
+    names = [f"lora{i}" for i in range(len(loras))]
+    touched: set[str] = set()
+    for lora, name in zip(loras, names):
+        touched.update(load_adapter(modules, family, lora, name))
+    set_scales(modules, family, dict(zip(names, (l.scale for l in loras))))
+    with torch.no_grad():
+        for component in touched:
+            module = modules[component]
+            mine = [n for n in names if n in adapters_of(module)]
+            if component == "unet":
+                module.fuse_lora(adapter_names=mine)
+                module.unload_lora()
+            else:
+                fuse_text_encoder_lora(module, adapter_names=mine)
+                _remove_text_encoder_monkey_patch(module)
+    return sorted(touched)
+
+
+def describe(loras: list[LoraFile], touched: list[str]) -> str:
+    listed = ", ".join(f"{l.path.name} at {l.scale:g}" for l in loras)
+    return f"LoRA fused into {', '.join(touched)}: {listed}"
+

@@ -1,0 +1,62 @@
+"""LoRAs per request on the torch backend: each file loaded once, scales set per request, unloaded cleanly.
+
+A pipeline keeps the adapters it has loaded (by file, size and modification
+time, so an edited file is loaded again). A request names the LoRAs it wants and
+their scales; the others stay loaded but inactive, and a request with none runs
+the base weights (PEFT bypasses disabled adapters, so its image is the base
+model's). ``unload()`` removes every adapter layer and leaves the modules as
+they were loaded.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from sdopt.lora import LoraFile
+
+
+class RuntimeLoras:
+    def __init__(self, modules: dict[str, Any], family):
+        self.modules, self.family = modules, family
+        self.loaded: dict[tuple, str] = {}  # (path, size, mtime) -> adapter name
+        self.active: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(path: Path) -> tuple:
+        stat = path.stat()
+        return (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+    def activate(self, loras: list[LoraFile]) -> dict[str, float]:
+        """Load what is new, then make exactly these adapters active at these scales."""
+        from sdopt.lora.apply import load_adapter, set_scales
+
+        with self._lock:
+            scales: dict[str, float] = {}
+            for lora in loras:
+                key = self._key(lora.path)
+                if key not in self.loaded:
+                    name = f"lora{len(self.loaded)}"
+                    load_adapter(self.modules, self.family, lora, name)
+                    self.loaded[key] = name
+                scales[self.loaded[key]] = scales.get(self.loaded[key], 0.0) + lora.scale
+            if scales != self.active:
+                set_scales(self.modules, self.family, scales)
+                self.active = scales
+            return scales
+
+    def unload(self) -> None:
+        """Remove every adapter layer: the modules hold their loaded weights again."""
+        from diffusers.loaders.lora_base import _remove_text_encoder_monkey_patch
+
+        from sdopt.lora.apply import adapters_of
+
+        with self._lock:
+            for name in ("unet", *self.family.text_encoders):
+                module = self.modules[name]
+                if adapters_of(module):
+                    module.unload_lora() if name == "unet" else _remove_text_encoder_monkey_patch(module)
+            self.loaded.clear()
+            self.active = {}
