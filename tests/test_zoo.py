@@ -19,6 +19,8 @@ from sdopt.zoo import MODELS, write_model
 from sdopt.zoo import writer as zoo_writer
 
 SD15_PARAMS = {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_480}
+# SDXL base 1.0's published parameter counts (stabilityai/stable-diffusion-xl-base-1.0).
+SDXL_PARAMS = {"unet": 2_567_463_684, "vae": 83_653_863, "text_encoder": 123_060_480, "text_encoder_2": 694_659_840}
 
 
 def _digests(folder: Path) -> dict[str, str]:
@@ -143,20 +145,24 @@ def test_unknown_model_name_lists_known_ones(tmp_path):
         write_model("sd99", tmp_path / "model")
 
 
-def test_sd15_architecture_has_the_real_parameter_counts():
+@pytest.mark.parametrize("name", ["sd15", "sdxl"])
+def test_architecture_has_the_real_parameter_counts(name):
+    """sd15 and sdxl are SD 1.5's and SDXL base 1.0's architectures: their published parameter counts."""
     # On the meta device: shapes only, no memory and no initialisation cost.
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    sd15 = MODELS["sd15"]
+    model = MODELS[name]
     with torch.device("meta"):
         models = {
-            "unet": UNet2DConditionModel(**sd15.unet),
-            "vae": AutoencoderKL(**sd15.vae),
-            "text_encoder": CLIPTextModel(CLIPTextConfig(**sd15.text_encoder)),
+            "unet": UNet2DConditionModel(**model.unet),
+            "vae": AutoencoderKL(**model.vae),
+            "text_encoder": CLIPTextModel(CLIPTextConfig(**model.text_encoder)),
         }
-    counts = {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()}
-    assert counts == SD15_PARAMS
+        if model.text_encoder_2 is not None:
+            models["text_encoder_2"] = CLIPTextModelWithProjection(CLIPTextConfig(**model.text_encoder_2))
+    counts = {component: sum(p.numel() for p in m.parameters()) for component, m in models.items()}
+    assert counts == {"sd15": SD15_PARAMS, "sdxl": SDXL_PARAMS}[name]
 
 
 @pytest.mark.slow
@@ -183,21 +189,3 @@ def test_text_encoder_weights_use_canonical_names(tiny):
         keys = list(f.keys())
     assert keys and all(k.startswith("text_model.") for k in keys)
 
-
-# SDXL base 1.0's published parameter counts (stabilityai/stable-diffusion-xl-base-1.0).
-SDXL_PARAMS = {"unet": 2_567_463_684, "vae": 83_653_863, "text_encoder": 123_060_480, "text_encoder_2": 694_659_840}
-
-
-def test_sdxl_architecture_has_the_real_parameter_counts():
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    sdxl = MODELS["sdxl"]
-    with torch.device("meta"):
-        models = {
-            "unet": UNet2DConditionModel(**sdxl.unet),
-            "vae": AutoencoderKL(**sdxl.vae),
-            "text_encoder": CLIPTextModel(CLIPTextConfig(**sdxl.text_encoder)),
-            "text_encoder_2": CLIPTextModelWithProjection(CLIPTextConfig(**sdxl.text_encoder_2)),
-        }
-    assert {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()} == SDXL_PARAMS
