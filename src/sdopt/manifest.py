@@ -178,10 +178,15 @@ def derive(source: "Manifest", source_folder: Path, folder: Path, components: di
     (hashing an inferred source's files to get one), and carries its model facts.
     """
     hash_components(components, folder)
+    return Manifest(components=components, model=source.model, source=origin_of(source, source_folder), family=source.family, tokenizer=source.tokenizer, **fields)
+
+
+def origin_of(source: "Manifest", source_folder: Path) -> dict[str, Any]:
+    """What an artifact records of the checkpoint it was made from: its path and fingerprint
+    (hashing an inferred source's files to get one)."""
     if source.inferred:
         hash_components(source.components, source_folder)
-    origin = {"path": str(Path(source_folder).resolve()), "fingerprint": source.source.get("fingerprint") or fingerprint_of(source.components)}
-    return Manifest(components=components, model=source.model, source=origin, family=source.family, tokenizer=source.tokenizer, **fields)
+    return {"path": str(Path(source_folder).resolve()), "fingerprint": source.source.get("fingerprint") or fingerprint_of(source.components)}
 
 
 def hash_components(components: dict[str, ComponentEntry], folder: str | Path) -> None:

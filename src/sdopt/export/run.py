@@ -125,17 +125,6 @@ def mark_replaced_decoder(out: Path) -> None:
         path.write_text(json.dumps(index, indent=2) + "\n")
 
 
-def lora_fields(loras: list, manifest: Manifest) -> dict[str, Any]:
-    """The manifest's record of fused LoRAs: each file's name, sha256 and scale."""
-    return {"loras": [lora.record() for lora in loras]} if loras else {}
-
-
-def lora_notes(loras: list) -> list[str]:
-    if not loras:
-        return []
-    return ["LoRA fused into the weights: " + ", ".join(f"{l.path.name} at scale {l.scale:g}" for l in loras)]
-
-
 def source_checkpoint(model: str | Path) -> tuple[Path, Manifest]:
     """A source for export or quantization must be a full-precision PyTorch checkpoint."""
     folder = resolve(model)
@@ -153,7 +142,7 @@ def source_checkpoint(model: str | Path) -> tuple[Path, Manifest]:
 def export(model: str | Path, target: str, out: str | Path, precision: str = "fp32", force: bool = False,
            loras: list | None = None, **options: Any) -> Manifest:
     """Export ``model`` to ``target`` at ``out``. loras: FILE[:SCALE] strings (or LoraFiles) fused first."""
-    from sdopt.lora import parse_loras
+    from sdopt.lora import manifest_fields, notes_of, parse_loras
 
     exporter = get_exporter(target)
     exporter.check_options(options, EXPORTERS)
@@ -183,8 +172,8 @@ def export(model: str | Path, target: str, out: str | Path, precision: str = "fp
             backend_versions=result.backend_versions,
             static_shapes=result.static_shapes,
             parity=result.parity,
-            export={"target": target, **result.export, **({"deep_cache": {"interval": interval}} if interval else {}), **lora_fields(loras, source_manifest)},
-            notes=[*result.notes, *lora_notes(loras)],
+            export={"target": target, **result.export, **({"deep_cache": {"interval": interval}} if interval else {}), **manifest_fields(loras)},
+            notes=[*result.notes, *notes_of(loras)],
         )
         manifest.write(tmp)
     return manifest

@@ -36,6 +36,18 @@ class LoraFile:
         return {"file": self.path.name, "sha256": sha256_file(self.path), "scale": self.scale}
 
 
+def manifest_fields(loras: list[LoraFile]) -> dict[str, Any]:
+    """The manifest's record of fused LoRAs (its ``export`` section): each file's name, sha256 and scale."""
+    return {"loras": [lora.record() for lora in loras]} if loras else {}
+
+
+def notes_of(loras: list[LoraFile]) -> list[str]:
+    """The manifest note that says LoRAs were fused."""
+    if not loras:
+        return []
+    return ["LoRA fused into the weights: " + ", ".join(f"{l.path.name} at scale {l.scale:g}" for l in loras)]
+
+
 def parse_lora(text: str | Path | LoraFile) -> LoraFile:
     """``FILE`` or ``FILE:SCALE`` (scale 1.0 when not given), checked to exist and be safetensors."""
     if isinstance(text, LoraFile):

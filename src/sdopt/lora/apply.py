@@ -9,7 +9,6 @@ pipeline object.
 from __future__ import annotations
 
 import contextlib
-from typing import Any
 
 import torch
 
@@ -67,6 +66,13 @@ def load_adapter(modules: dict[str, torch.nn.Module], family, lora: LoraFile, na
     return touched
 
 
+def remove_adapter_layers(component: str, module: torch.nn.Module) -> None:
+    """Put every LoRA layer's base layer back (a fused adapter's weights stay merged in it)."""
+    from diffusers.loaders.lora_base import _remove_text_encoder_monkey_patch
+
+    module.unload_lora() if component == "unet" else _remove_text_encoder_monkey_patch(module)
+
+
 def set_scales(modules: dict[str, torch.nn.Module], family, scales: dict[str, float]) -> None:
     """Activate the named adapters at these scales on every module that has them; none: the base weights."""
     from diffusers.loaders.lora_base import disable_lora_for_text_encoder, enable_lora_for_text_encoder, set_adapters_for_text_encoder
@@ -92,7 +98,7 @@ def set_scales(modules: dict[str, torch.nn.Module], family, scales: dict[str, fl
 def fuse(modules: dict[str, torch.nn.Module], family, loras: list[LoraFile]) -> list[str]:
     """Merge the LoRAs, at their scales, into the modules' weights and remove the adapter layers:
     the modules are plain Diffusers/Transformers modules again, ready to export or quantize."""
-    from diffusers.loaders.lora_base import _remove_text_encoder_monkey_patch, fuse_text_encoder_lora
+    from diffusers.loaders.lora_base import fuse_text_encoder_lora
 
     names = [f"lora{i}" for i in range(len(loras))]
     touched: set[str] = set()
@@ -105,14 +111,7 @@ def fuse(modules: dict[str, torch.nn.Module], family, loras: list[LoraFile]) -> 
             mine = [n for n in names if n in adapters_of(module)]
             if component == "unet":
                 module.fuse_lora(adapter_names=mine)
-                module.unload_lora()
             else:
                 fuse_text_encoder_lora(module, adapter_names=mine)
-                _remove_text_encoder_monkey_patch(module)
+            remove_adapter_layers(component, module)
     return sorted(touched)
-
-
-def describe(loras: list[LoraFile], touched: list[str]) -> str:
-    listed = ", ".join(f"{l.path.name} at {l.scale:g}" for l in loras)
-    return f"LoRA fused into {', '.join(touched)}: {listed}"
-

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from sdopt.lora import LoraFile
-from sdopt.lora.apply import describe, fuse
+from sdopt.lora import LoraFile, notes_of
+from sdopt.lora.apply import fuse
 
 
 def fused_checkpoint(source, manifest, loras: list[LoraFile], into) -> list[str]:
@@ -31,5 +31,5 @@ def fused_checkpoint(source, manifest, loras: list[LoraFile], into) -> list[str]
             modules[name].save_pretrained(into / DIFFUSERS_FOLDERS[name], safe_serialization=True)
         if name.startswith("text_encoder"):
             canonical_text_encoder_keys(into / name / "model.safetensors")
-    write_torch_manifest(into, source={"path": str(source.resolve())}, notes=[describe(loras, touched)])
+    write_torch_manifest(into, source={"path": str(source.resolve())}, notes=notes_of(loras))
     return touched

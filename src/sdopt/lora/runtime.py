@@ -49,14 +49,12 @@ class RuntimeLoras:
 
     def unload(self) -> None:
         """Remove every adapter layer: the modules hold their loaded weights again."""
-        from diffusers.loaders.lora_base import _remove_text_encoder_monkey_patch
-
-        from sdopt.lora.apply import adapters_of
+        from sdopt.lora.apply import adapters_of, remove_adapter_layers
 
         with self._lock:
             for name in ("unet", *self.family.text_encoders):
                 module = self.modules[name]
                 if adapters_of(module):
-                    module.unload_lora() if name == "unet" else _remove_text_encoder_monkey_patch(module)
+                    remove_adapter_layers(name, module)
             self.loaded.clear()
             self.active = {}

@@ -19,7 +19,6 @@ from sdopt.fsutil import atomic_output_dir, check_output_dir, local_inputs
 from sdopt.manifest import COMPONENT_NAMES, Manifest, derive, read_manifest, tokenizer_folders
 from sdopt.quant import QUANTIZERS, Plan, QuantizedComponents, get_quantizer
 from sdopt.quant.schemes import check_scheme, choose, lookup
-from sdopt.export.run import lora_fields, lora_notes
 from sdopt.source import resolve
 
 # The components quantized when none are named: the UNet holds most of the weights and the text
@@ -46,7 +45,7 @@ def quantize(
 ) -> Manifest:
     """Quantize a checkpoint's weights into a new artifact at ``out``; returns its manifest.
     loras: FILE[:SCALE] strings (or LoraFiles) fused into the weights before quantizing (torch sources)."""
-    from sdopt.lora import parse_loras
+    from sdopt.lora import manifest_fields, notes_of, parse_loras
 
     check_scheme(scheme)
     loras = parse_loras(loras)
@@ -107,11 +106,11 @@ def quantize(
                 # The source's step-feature caching default stays the artifact's (Pipeline.default_cache_interval).
                 **({"deep_cache": manifest.export["deep_cache"]} if (manifest.export or {}).get("deep_cache") else {}),
             },
-            notes=[*result.notes, *lora_notes(loras)],
+            notes=[*result.notes, *notes_of(loras)],
         )
         if loras:  # quantized from a fused copy: the artifact's source is the checkpoint the user named
             quantized.source = origin
-            quantized.export = {**quantized.export, **lora_fields(loras, manifest)}
+            quantized.export = {**quantized.export, **manifest_fields(loras)}
         quantized.write(tmp)
     return quantized
 
@@ -124,11 +123,9 @@ def _fused(source: Path, manifest: Manifest, loras: list, out: Path):
         yield source, manifest, {}
         return
     from sdopt.lora.fused import fused_checkpoint
-    from sdopt.manifest import fingerprint_of, hash_components
+    from sdopt.manifest import origin_of
 
-    if manifest.inferred:
-        hash_components(manifest.components, source)
-    origin = {"path": str(source.resolve()), "fingerprint": manifest.source.get("fingerprint") or fingerprint_of(manifest.components)}
+    origin = origin_of(manifest, source)
 
     with tempfile.TemporaryDirectory(prefix=".lora-fused-", dir=out) as folder:
         fused_checkpoint(source, manifest, loras, Path(folder) / "model")
