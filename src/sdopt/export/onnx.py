@@ -10,6 +10,7 @@ Graphs over 2 GB (protobuf's limit) are saved with their weights in one
 
 from __future__ import annotations
 
+import gc
 import shutil
 import tempfile
 import warnings
@@ -25,12 +26,12 @@ from sdopt.errors import SdoptError
 from sdopt.export.parity import compare, describe_failure
 from sdopt.export.run import ExportedComponents, component_config, prepare_source, write_optimum_model_index
 from sdopt.export.spec import ComponentSpec, check_inputs, trace_inputs
+from sdopt.export.onnx_external import EXTERNAL_DATA, move_graph
 from sdopt.export.tracing import PositionalComponent, torch_reference
 from sdopt.manifest import ComponentEntry, Manifest, files_in
 from sdopt.runtime.versions import library_versions
 
 DEFAULT_OPSET = 18
-EXTERNAL_DATA = "model.onnx_data"
 _PROTOBUF_LIMIT = 2**31 - 2**26  # stay clear of the 2 GiB hard limit: metadata counts too
 
 
@@ -68,25 +69,10 @@ def _initializer_bytes(model: onnx.ModelProto) -> int:
     return sum(len(t.raw_data) for t in model.graph.initializer)
 
 
-def _export_one(spec: ComponentSpec, module, model_info: dict, out: Path, opset: int, staging: Path) -> Path:
-    """Trace one component into staging, then save it once, consolidated, under out/<name>/."""
-    raw = staging / spec.name / "model.onnx"
-    raw.parent.mkdir(parents=True)
-    _trace_to_onnx(spec, module, trace_inputs(spec.name, model_info), raw, opset)
-    # Over 2 GB the tracer scatters one file per weight; load and save once to consolidate.
-    graph = onnx.load(str(raw), load_external_data=True)
-    shutil.rmtree(raw.parent)
-    final = out / spec.name / "model.onnx"
-    save_graph(graph, final)
-    return final
-
-
-def _validate(spec: ComponentSpec, module, path: Path, model_info: dict, precision: str) -> dict[str, Any]:
+def _validate(spec: ComponentSpec, path: Path, inputs: dict[str, np.ndarray], reference: dict[str, np.ndarray], precision: str) -> dict[str, Any]:
     """Run the graph in ONNX Runtime at a shape other than the traced one, and compare with PyTorch fp32."""
     from sdopt.runtime.onnxruntime import OrtComponent
 
-    inputs = check_inputs(spec.name, model_info)
-    reference = torch_reference(spec, module, inputs)
     session = OrtComponent(path, ["CPUExecutionProvider"], device="cpu")
     got = session(**inputs)
     session.close()
@@ -99,7 +85,7 @@ def export_components(source: Path, manifest: Manifest, out: Path, precision: st
         raise SdoptError(f"--opset {opset}: choose an opset between 14 and 21 (default {DEFAULT_OPSET})")
     skip_validation = bool(options.get("skip_validation"))
     prepared = prepare_source(source, manifest, options)
-    modules, model_info = prepared.modules, prepared.model
+    model_info = prepared.model
     components, parity, notes = {}, {}, []
     export_info: dict[str, Any] = {"opset": opset, "exporter": "torch.onnx.export(dynamo=False)"}
 
@@ -107,7 +93,18 @@ def export_components(source: Path, manifest: Manifest, out: Path, precision: st
     try:
         for name in tqdm(prepared.names, desc="exporting to ONNX", unit="component"):
             spec = prepared.specs[name]
-            path = _export_one(spec, modules[name], model_info, out, opset, staging)
+            # One module in memory at a time: traced, its reference outputs kept, and freed
+            # before its graph is consolidated and loaded by ONNX Runtime to validate.
+            module = prepared.take(name)
+            raw = staging / name / "model.onnx"
+            raw.parent.mkdir(parents=True)
+            _trace_to_onnx(spec, module, trace_inputs(name, model_info), raw, opset)
+            inputs = None if skip_validation else check_inputs(name, model_info)
+            reference = None if inputs is None else torch_reference(spec, module, inputs)
+            del module
+            gc.collect()
+            path = out / name / "model.onnx"
+            move_graph(raw, path)
             if precision == "fp16":
                 from sdopt.export.onnx_fp16 import convert_to_fp16
 
@@ -119,7 +116,7 @@ def export_components(source: Path, manifest: Manifest, out: Path, precision: st
             if skip_validation:
                 parity[name] = {"skipped": True}
             else:
-                parity[name] = _validate(spec, modules[name], path, model_info, precision)
+                parity[name] = _validate(spec, path, inputs, reference, precision)
                 if not parity[name]["passed"]:
                     raise SdoptError(f"{name}: {describe_failure(parity[name], precision)}")
             shutil.copy(component_config(source, spec.source_folder, name, options), out / name / "config.json")

@@ -90,10 +90,9 @@ def _validation_inputs(spec: ComponentSpec, model_info: dict, static: dict[str, 
     return dummy_inputs(spec.name, model_info, batch=batch, height=static.get("height", height), width=static.get("width", width), seed=1)
 
 
-def _validate(core: ov.Core, path: Path, spec: ComponentSpec, module, inputs: dict[str, np.ndarray], precision: str, axes) -> tuple[dict, str]:
+def _validate(core: ov.Core, path: Path, spec: ComponentSpec, inputs: dict[str, np.ndarray], reference: dict[str, np.ndarray], precision: str, axes) -> tuple[dict, str]:
     """Run the saved IR through the runtime's own executor (reshaped, with the precision hint)
     and compare with PyTorch fp32."""
-    reference = torch_reference(spec, module, inputs)
     component = OpenVINOComponent(core, path, "CPU", compile_config(precision), axes)
     got = component(**inputs)
     component.close()
@@ -108,7 +107,7 @@ def export_components(source: Path, manifest: Manifest, out: Path, precision: st
     static = static_shapes_from(options)
     skip_validation = bool(options.get("skip_validation"))
     prepared = prepare_source(source, manifest, options)  # always traced from fp32: the IR's precision is ours to set
-    modules, model_info = prepared.modules, prepared.model
+    model_info = prepared.model
     compress = precision != "fp32"
     core = ov.Core()  # no cache: validation must not leave compiled blobs behind
     components, parity, runs = {}, {}, {}
@@ -117,11 +116,17 @@ def export_components(source: Path, manifest: Manifest, out: Path, precision: st
 
     for name in tqdm(prepared.names, desc="exporting to OpenVINO", unit="component"):
         spec = prepared.specs[name]
-        model = convert(spec, modules[name], trace_inputs(name, model_info))
+        # One module in memory at a time (the converted graph shares its weights until saved):
+        # converted, saved, its reference outputs kept, and freed before the IR is compiled to validate.
+        module = prepared.take(name)
+        model = convert(spec, module, trace_inputs(name, model_info))
         path = out / name / MODEL_FILE
         path.parent.mkdir(parents=True)
         ov.save_model(model, path, compress_to_fp16=compress)
         del model
+        inputs = None if skip_validation else _validation_inputs(spec, model_info, static)
+        reference = None if inputs is None else torch_reference(spec, module, inputs)
+        del module
         gc.collect()
         shutil.copy(component_config(source, spec.source_folder, name, options), out / name / "config.json")
         entry = ComponentEntry(
@@ -136,8 +141,7 @@ def export_components(source: Path, manifest: Manifest, out: Path, precision: st
             parity[name] = {"skipped": True}
         else:
             axes = static_axes(shaped, name) if static else {}
-            inputs = _validation_inputs(spec, model_info, static)
-            parity[name], runs[name] = _validate(core, path, spec, modules[name], inputs, precision, axes)
+            parity[name], runs[name] = _validate(core, path, spec, inputs, reference, precision, axes)
             if not parity[name]["passed"]:
                 raise SdoptError(f"{name}: {describe_failure(parity[name], precision)}")
         components[name] = entry

@@ -136,25 +136,32 @@ def empty_module(name: str, path: Path) -> torch.nn.Module:
         return cls._from_config(config, dtype=torch.float32)
 
 
+def load_module(folder: Path, manifest: Manifest, name: str, dtype: torch.dtype, device: str = "cpu") -> torch.nn.Module:
+    """One component's Diffusers/Transformers module (vae_decoder and vae_encoder: the whole AutoencoderKL)."""
+    entry = manifest.components[name]
+    if entry.replaced:  # a tiny decoder in the full one's place (sdopt.decoder)
+        from sdopt.decoder.tiny import load_tiny_decoder
+
+        return load_tiny_decoder(folder / entry.folder, entry.replaced["input_scale"], dtype).to(device)
+    if entry.quantization:
+        # Quantized weights (`sdopt quantize`): the quantizer that wrote them builds the module.
+        from sdopt.quant import get_quantizer
+
+        engine = get_quantizer(entry.quantization.get("backend", "?")).engine()
+        return engine.load_component(name, folder, entry, dtype, device)
+    return load_pretrained(name, folder / entry.folder, dtype)
+
+
 def load_modules(folder: Path, manifest: Manifest, dtype: torch.dtype, device: str = "cpu") -> dict[str, torch.nn.Module]:
     """The Diffusers/Transformers modules of a torch artifact, one per component folder."""
     by_folder: dict[str, torch.nn.Module] = {}
     modules = {}
     for name, entry in manifest.components.items():
-        if entry.replaced:  # a tiny decoder in the full one's place (sdopt.decoder)
-            from sdopt.decoder.tiny import load_tiny_decoder
-
-            modules[name] = load_tiny_decoder(folder / entry.folder, entry.replaced["input_scale"], dtype).to(device)
+        if entry.replaced:
+            modules[name] = load_module(folder, manifest, name, dtype, device)
             continue
         if entry.folder not in by_folder:  # vae_decoder and vae_encoder share one AutoencoderKL
-            if entry.quantization:
-                # Quantized weights (`sdopt quantize`): the quantizer that wrote them builds the module.
-                from sdopt.quant import get_quantizer
-
-                engine = get_quantizer(entry.quantization.get("backend", "?")).engine()
-                by_folder[entry.folder] = engine.load_component(name, folder, entry, dtype, device)
-            else:
-                by_folder[entry.folder] = load_pretrained(name, folder / entry.folder, dtype)
+            by_folder[entry.folder] = load_module(folder, manifest, name, dtype, device)
         modules[name] = by_folder[entry.folder]
     return modules
 
