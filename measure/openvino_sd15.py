@@ -176,7 +176,7 @@ def main() -> int:
     int8_pipe, results["load_int8_static"] = load_twice(ov_int8, args.work / "cache-int8")
     results["openvino_runs"] = {"bf16_static": bf16_pipe.components["unet"].runs, "int8_static": int8_pipe.components["unet"].runs}
 
-    flops = unet_flops_per_call(args.model / "unet" / "config.json", 2 * IMAGES, HEIGHT, WIDTH, 8, 768)
+    flops = unet_flops_per_call(args.model / "unet" / "config.json", 2 * IMAGES, HEIGHT, WIDTH, 8)
     results["unet_gflop_per_call"] = flops / 1e9
     variants = {
         "torch_fp32": torch_unet(args.model, torch.float32),

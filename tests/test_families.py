@@ -201,3 +201,23 @@ def test_optimum_written_sdxl_openvino_folder_loads(sdxl_tiny, sdxl_reference, t
     quality = psnr(sdxl_reference.images[0], result.images[0])
     print(f"Optimum-written SDXL OpenVINO folder: {quality:.1f} dB against sdopt's torch backend")
     assert quality >= 40
+
+
+def test_sdxl_bench_counts_both_encoders_and_the_conditioned_unet(sdxl_tiny, sdxl_exports, tmp_path):
+    """sdopt bench on SDXL artifacts: the rows, quality against the reference, and FLOPs of SDXL's UNet
+    (with its pooled embedding and size ids) and of both text encoders."""
+    pytest.importorskip("pandas")
+    from sdopt.bench.flops import text_encoder_flops, unet_flops_per_call
+    from sdopt.bench.runner import BenchSettings, run_bench
+
+    onnx_out, _ = sdxl_exports("onnx")
+    settings = BenchSettings.resolve(None, prompts=["a lighthouse at dawn"], seeds=[0], steps=2, height=64, width=64, warmup=0, runs=1, scheduler="euler")
+    report = run_bench([str(onnx_out)], str(sdxl_tiny), tmp_path / "report", settings, progress=False)
+    by = {a["name"]: a for a in report["artifacts"]}
+    assert all(a["status"] == "ok" for a in by.values()), [a.get("error") for a in by.values()]
+    assert by["onnx"]["quality"]["psnr_db"] >= 40
+    unet = unet_flops_per_call(sdxl_tiny / "unet" / "config.json", 2, 64, 64, 8)
+    assert report["unet_flops_per_call"] == unet > 0
+    encoders = [text_encoder_flops(sdxl_tiny / n / "config.json", 2) for n in ("text_encoder", "text_encoder_2")]
+    assert all(e > 0 for e in encoders)
+    assert by["onnx"]["stage_compute"]["text_encoder"]["flops"] == sum(encoders)

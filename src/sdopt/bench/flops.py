@@ -20,13 +20,15 @@ def _counted(call) -> int:
 
 
 @functools.lru_cache(maxsize=None)  # one count per model and shape in a report
-def unet_flops_per_call(unet_config: Path, batch: int, height: int, width: int, vae_scale_factor: int, text_hidden: int, seq: int = 77,
+def unet_flops_per_call(unet_config: Path, batch: int, height: int, width: int, vae_scale_factor: int, seq: int = 77,
                         shallow: bool = False) -> int:
     """FLOPs of one UNet call at this shape, counted once by torch's FlopCounterMode.
 
     The model is built on the meta device from its config.json: no weights are
     read or allocated, so counting the sd15 UNet costs a second, not 3.4 GB.
-    ``shallow``: only the branch a step-cached step runs (sdopt.stepcache).
+    The text conditioning's width is the config's ``cross_attention_dim``; an
+    SDXL UNet (``addition_embed_type: text_time``) also gets its pooled text
+    embedding and size ids. ``shallow``: only the branch a step-cached step runs (sdopt.stepcache).
     """
     import torch
     from diffusers import UNet2DConditionModel
@@ -35,25 +37,34 @@ def unet_flops_per_call(unet_config: Path, batch: int, height: int, width: int, 
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(config)
         sample = torch.empty(batch, config.get("in_channels", 4), height // vae_scale_factor, width // vae_scale_factor)
-        hidden = torch.empty(batch, seq, text_hidden)
+        hidden = torch.empty(batch, seq, int(config["cross_attention_dim"]))
         timestep = torch.tensor(981.0)
+        added = None
+        if config.get("addition_embed_type") == "text_time":
+            ids = 6 * int(config["addition_time_embed_dim"])  # original size, crop top-left, target size
+            added = {"text_embeds": torch.empty(batch, int(config["projection_class_embeddings_input_dim"]) - ids),
+                     "time_ids": torch.empty(batch, 6)}
     if shallow:
         from sdopt.stepcache.unet import ShallowUNet
 
         with torch.device("meta"):
             feature = torch.empty(batch, config["block_out_channels"][1], *sample.shape[-2:])
         return _counted(lambda: ShallowUNet(unet)(sample, timestep, hidden, feature))
-    return _counted(lambda: unet(sample, timestep, encoder_hidden_states=hidden))
+    return _counted(lambda: unet(sample, timestep, encoder_hidden_states=hidden, added_cond_kwargs=added))
 
 
 @functools.lru_cache(maxsize=None)  # one count per model and shape in a report
 def text_encoder_flops(config: Path, batch: int, seq: int = 77) -> int:
-    """FLOPs of one text-encoder call (batch: the prompts and, with guidance, their negatives)."""
+    """FLOPs of one text-encoder call (batch: the prompts and, with guidance, their negatives).
+    ``config``: a text encoder folder's config.json; the folder's name says which class it is
+    (SDXL's ``text_encoder_2`` has a projection)."""
     import torch
-    from transformers import CLIPTextConfig, CLIPTextModel
 
+    from sdopt.runtime.torch import module_class
+
+    cls = module_class("text_encoder_2" if Path(config).parent.name == "text_encoder_2" else "text_encoder")
     with torch.device("meta"):
-        model = CLIPTextModel(CLIPTextConfig.from_pretrained(Path(config).parent))
+        model = cls(cls.config_class.from_pretrained(Path(config).parent))
         ids = torch.zeros(batch, seq, dtype=torch.long)
     return _counted(lambda: model(input_ids=ids))
 

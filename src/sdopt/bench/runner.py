@@ -322,12 +322,10 @@ def _unet_flops(reference: Entry, settings: BenchSettings) -> int | None:
     from sdopt.bench.flops import unet_flops_per_call
 
     unet_cfg = reference.path / "unet" / "config.json"
-    te_cfg = reference.path / "text_encoder" / "config.json"
-    if not (unet_cfg.is_file() and te_cfg.is_file()):
+    if not unet_cfg.is_file():
         return None
-    hidden = json.loads(te_cfg.read_text()).get("hidden_size")
     batch = 2 if settings.guidance_scale > 1 else 1
-    return unet_flops_per_call(unet_cfg, batch, settings.height, settings.width, reference.manifest.model["vae_scale_factor"], hidden)
+    return unet_flops_per_call(unet_cfg, batch, settings.height, settings.width, reference.manifest.model["vae_scale_factor"])
 
 
 def _stage_flops(entry: Entry, reference: Entry, settings: BenchSettings, unet_whole: int | None) -> dict[str, float] | None:
@@ -336,12 +334,12 @@ def _stage_flops(entry: Entry, reference: Entry, settings: BenchSettings, unet_w
     from sdopt.bench.flops import text_encoder_flops, unet_flops_per_call, vae_decoder_flops
     from sdopt.stepcache.schedule import shallow_count
 
-    te_cfg, unet_cfg = reference.path / "text_encoder" / "config.json", reference.path / "unet" / "config.json"
-    if not (unet_whole and te_cfg.is_file() and unet_cfg.is_file()):
+    unet_cfg = reference.path / "unet" / "config.json"
+    te_cfgs = [reference.path / name / "config.json" for name in reference.manifest.pipeline_family.text_encoders]
+    if not (unet_whole and unet_cfg.is_file() and all(c.is_file() for c in te_cfgs)):
         return None
     model, guided = reference.manifest.model, settings.guidance_scale > 1
     factor = int(model["vae_scale_factor"])
-    hidden = json.loads(te_cfg.read_text()).get("hidden_size")
     decoder = entry.manifest.components.get("vae_decoder")
     replaced = bool(decoder and decoder.replaced)
     vae_cfg = entry.path / decoder.folder / "config.json" if replaced else reference.path / reference.manifest.components["vae_decoder"].folder / "config.json"
@@ -349,11 +347,11 @@ def _stage_flops(entry: Entry, reference: Entry, settings: BenchSettings, unet_w
     interval = int((entry.manifest.export.get("deep_cache") or {}).get("interval", 1))
     unet = float(unet_whole)
     if interval > 1:
-        shallow = unet_flops_per_call(unet_cfg, 2 if guided else 1, settings.height, settings.width, factor, hidden, shallow=True)
+        shallow = unet_flops_per_call(unet_cfg, 2 if guided else 1, settings.height, settings.width, factor, shallow=True)
         k = shallow_count(settings.steps, interval)
         unet = (unet_whole * (settings.steps - k) + shallow * k) / settings.steps
     return {
-        "text_encoder": float(text_encoder_flops(te_cfg, 2 if guided else 1)),
+        "text_encoder": float(sum(text_encoder_flops(c, 2 if guided else 1) for c in te_cfgs)),  # every text encoder: the stage times them together
         "unet_step": unet,
         "vae_decoder": float(vae_decoder_flops(vae_cfg, latent, tiny=replaced)) if vae_cfg.is_file() else None,
     }

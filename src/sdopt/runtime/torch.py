@@ -110,9 +110,12 @@ def _is_diffusers(cls) -> bool:
 
 def load_pretrained(name: str, path: Path, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     """One component's module with its weights, from its folder."""
+    from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # our CLI draws its own progress; a per-tensor bar is noise
+    # Our CLI draws its own progress; a per-tensor or per-shard bar is noise.
+    hf_logging.disable_progress_bar()
+    diffusers_logging.disable_progress_bar()
     cls = module_class(name)
     dtype_arg = "torch_dtype" if _is_diffusers(cls) else "dtype"  # Transformers 5 renamed it
     return cls.from_pretrained(path, use_safetensors=True, **{dtype_arg: dtype})
