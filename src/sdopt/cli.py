@@ -120,7 +120,8 @@ def _quantize(args: argparse.Namespace) -> int:
 
 
 # Options that pass through to exporters; an exporter refuses those it does not declare.
-EXPORT_OPTIONS = ("opset", "optimize", "skip_validation", "height", "width", "batch", "vae_decoder", "deep_cache")
+EXPORT_OPTIONS = ("opset", "optimize", "skip_validation", "height", "width", "batch", "vae_decoder", "deep_cache",
+                  "shapes", "batch_range", "static", "refit")
 
 
 def _optimize(args: argparse.Namespace) -> int:
@@ -422,9 +423,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=None, help="onnx: opset version")
     p.add_argument("--optimize", action="store_true", help="onnx: apply ONNX Runtime graph optimizations and fusions")
     p.add_argument("--skip-validation", action="store_true", help="do not fail when parity exceeds tolerance (recorded in the manifest)")
-    p.add_argument("--height", type=int, default=None, help="openvino: static image height")
-    p.add_argument("--width", type=int, default=None, help="openvino: static image width")
+    p.add_argument("--height", type=int, default=None, help="openvino: static image height; tensorrt: the size the engines are best at")
+    p.add_argument("--width", type=int, default=None, help="openvino: static image width; tensorrt: as --height")
     p.add_argument("--batch", type=int, default=None, help="openvino: static batch (images per call; the UNet runs twice that with guidance)")
+    p.add_argument("--shapes", default=None, metavar="HxW,...",
+                   help="tensorrt: the image sizes the engines must run (e.g. 512x512,768x768); the first is the one they are tuned for")
+    p.add_argument("--batch-range", default=None, metavar="MIN:MAX", help="tensorrt: images per request the engines take (default 1:4)")
+    p.add_argument("--static", action="store_true", help="tensorrt: one size and batch only (smallest, fastest engines)")
+    p.add_argument("--refit", action="store_true", help="tensorrt: refittable engines (UNet weights, e.g. a fused LoRA, swap without a rebuild)")
     p.add_argument("--vae-decoder", default=None, metavar="PATH",
                    help="replace the VAE decoder by this tiny decoder (an AutoencoderTiny folder: `sdopt distill-decoder` writes one, TAESD's weights are one); "
                         "its PSNR against the full decoder is measured and recorded")

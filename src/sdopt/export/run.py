@@ -194,6 +194,8 @@ def export(model: str | Path, target: str, out: str | Path, precision: str = "fp
         raise SdoptError(f"--deep-cache {interval}: give the caching interval, an integer of 1 or more (2 or 3 are usual)")
     source, source_manifest = source_checkpoint(model)
     impl = exporter.implementation()
+    if hasattr(impl, "preflight"):  # what a target needs of this machine (a GPU), asked before any slow work
+        impl.preflight(options)
     replaced, replace_notes = _replace_decoder(options["vae_decoder"], source, source_manifest) if options.get("vae_decoder") else (None, [])
 
     with atomic_output_dir(out, force=force, inputs=(source,)) as tmp:

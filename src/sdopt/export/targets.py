@@ -27,3 +27,16 @@ register_exporter(
         description="OpenVINO IR in Optimum Intel's layout; optional static shapes (--height/--width/--batch)",
     )
 )
+
+register_exporter(
+    Exporter(
+        name="tensorrt",
+        module="sdopt.export.tensorrt",
+        backend="tensorrt",
+        extra="tensorrt",
+        requires=("tensorrt", "onnx", "onnxruntime", "torch"),
+        precisions=("fp32", "fp16", "bf16"),
+        options=("skip_validation", "opset", "height", "width", "shapes", "batch_range", "static", "refit"),
+        description="TensorRT engines (NVIDIA GPUs), built from the ONNX graphs the artifact keeps; unverified on a GPU so far",
+    )
+)

@@ -89,3 +89,15 @@ register_backend(
         options=("reshape", "cache_dir", "threads", "run_settings"),
     )
 )
+
+# Engines run where they were built (TensorRT version, GPU compute capability): checked at load
+# against the manifest's export.tensorrt (sdopt.tensorrt.engines).
+register_backend(
+    Backend(
+        name="tensorrt",
+        module="sdopt.runtime.tensorrt",
+        extra="tensorrt",
+        requires=("tensorrt", "torch"),
+        precisions={"cuda": ("fp32", "fp16", "bf16")},
+    )
+)

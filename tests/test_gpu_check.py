@@ -1,0 +1,23 @@
+"""scripts/gpu_check.sh, the one prepared GPU check: its dry run (what a GPU machine would run) on any machine."""
+
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_dry_run_lists_every_check_and_runs_none(tmp_path):
+    out, work = tmp_path / "out", tmp_path / "work"
+    done = subprocess.run(["bash", "scripts/gpu_check.sh", "--dry-run", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "WORK": str(work)}, timeout=60)
+    assert done.returncode == 0, done.stderr
+    commands = [line[2:] for line in done.stdout.splitlines() if line.startswith("+ ")]
+    assert any("measure/cuda_roundtrip.py" in c and "--device cuda" in c for c in commands)
+    assert any(" bench " in c and "--profile cuda-h100" in c and "--steps 20 --height 512 --width 512" in c for c in commands)
+    assert any("--to tensorrt" in c and "--precision fp16 --static" in c for c in commands)
+    assert done.stdout.rstrip().endswith("done")
+    assert not out.exists() and not work.exists()  # nothing was run
+
+
+def test_script_parses():
+    assert subprocess.run(["bash", "-n", "scripts/gpu_check.sh"], cwd=ROOT).returncode == 0

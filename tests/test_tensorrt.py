@@ -1,0 +1,135 @@
+"""TensorRT without a GPU: shape profiles, the engine key and its refusals, the timing cache's place, and
+the export's fail-fast checks. Building and running engines needs an NVIDIA GPU and TensorRT (scripts/gpu_check.sh)."""
+
+import sys
+import types
+
+import pytest
+
+from sdopt import SdoptError
+from sdopt.cli import main
+from sdopt.export.spec import family_specs
+from sdopt.manifest import read_manifest
+from sdopt.tensorrt.engines import check_engines, engine_key, timing_cache_path
+from sdopt.tensorrt.profiles import parse_batch_range, parse_sizes, profiles_for, shape_profile, static_profile
+
+
+@pytest.fixture(scope="module")
+def tiny_facts(tiny_model):
+    manifest = read_manifest(tiny_model)
+    return family_specs(manifest.pipeline_family, {"text_encoder": 2}), manifest.model
+
+
+def test_dynamic_profiles_double_the_guided_batch_and_span_the_sizes(tiny_facts):
+    specs, model = tiny_facts
+    shapes = shape_profile(parse_sizes("512x512,768x640"), parse_batch_range("1:4"))
+    profiles = profiles_for(specs, model, shapes)
+    unet = profiles["unet"]
+    channels, seq, hidden = model["latent_channels"], model["text_max_length"], model["cross_attention_dim"]
+    # min: one image without guidance; opt: one image with it (two rows); max: four images with it, the largest sides.
+    assert unet["sample"].min == (1, channels, 64, 64)
+    assert unet["sample"].opt == (2, channels, 64, 64)
+    assert unet["sample"].max == (8, channels, 96, 80)
+    assert unet["encoder_hidden_states"].to_dict() == {"min": [1, seq, hidden], "opt": [2, seq, hidden], "max": [8, seq, hidden]}
+    assert unet["timestep"].min == unet["timestep"].max == ()
+    assert profiles["text_encoder"]["input_ids"].max == (8, seq)  # prompts and negatives in one call
+    # The VAE sees the images themselves: no doubling; the encoder takes pixels, the decoder latents.
+    assert profiles["vae_decoder"]["latent_sample"].max == (4, channels, 96, 80)
+    assert profiles["vae_encoder"]["sample"].opt == (1, 3, 512, 512) and profiles["vae_encoder"]["sample"].max == (4, 3, 768, 640)
+
+
+def test_static_profile_is_one_guided_shape(tiny_facts):
+    specs, model = tiny_facts
+    profiles = profiles_for(specs, model, static_profile(512, 512, 1), static=True)
+    sample = profiles["unet"]["sample"]
+    assert sample.min == sample.opt == sample.max == (2, model["latent_channels"], 64, 64)
+    assert profiles["vae_decoder"]["latent_sample"].max[0] == 1
+
+
+def test_sdxl_unet_profile_has_its_extra_inputs(sdxl_tiny):
+    manifest = read_manifest(sdxl_tiny)
+    specs = family_specs(manifest.pipeline_family, {"text_encoder": 2, "text_encoder_2": 2})
+    unet = profiles_for(specs, manifest.model, shape_profile([(512, 512)], (1, 2)))["unet"]
+    assert unet["text_embeds"].max == (4, manifest.model["text_embeds_dim"])
+    assert unet["time_ids"].min == (1, 6) and unet["time_ids"].opt == (2, 6)
+    assert set(profiles_for(specs, manifest.model, static_profile(512, 512, 1), static=True)) == set(specs)
+
+
+@pytest.mark.parametrize("flag, value, says", [
+    ("shapes", "512by512", "HEIGHTxWIDTH"), ("shapes", "500x512", "multiple of"), ("shapes", ",", "empty"),
+    ("batch_range", "4:1", "MIN:MAX"), ("batch_range", "2", "MIN:MAX"),
+])
+def test_bad_shape_options_are_refused(flag, value, says):
+    with pytest.raises(SdoptError, match=says):
+        (parse_sizes if flag == "shapes" else parse_batch_range)(value)
+
+
+def test_static_with_several_sizes_is_refused():
+    from sdopt.export.tensorrt import shapes_of
+
+    model = {"sample_size": 64, "vae_scale_factor": 8}
+    with pytest.raises(SdoptError, match="one size and one batch"):
+        shapes_of({"shapes": "512x512,768x768", "static": True}, model)
+    with pytest.raises(SdoptError, match="not both"):
+        shapes_of({"shapes": "512x512", "height": 512, "width": 512}, model)
+    shapes, static = shapes_of({}, model)  # defaults: the model's own size, 1 to 4 images
+    assert not static and shapes.height == (512, 512, 512) and shapes.batch == (1, 1, 4)
+
+
+def test_engines_from_another_gpu_or_version_are_refused_with_the_way_out(tmp_path):
+    built = engine_key("10.7.0", "9.0")
+    check_engines(built, engine_key("10.7.0", "9.0"), tmp_path)  # the same: loads
+    with pytest.raises(SdoptError) as err:
+        check_engines(built, engine_key("10.7.0", "8.9"), tmp_path, "/models/sd15")
+    assert "GPU compute capability 9.0 (this machine: 8.9)" in str(err.value)
+    assert "sdopt export /models/sd15 --to tensorrt" in str(err.value) and "TensorRT 10.7" not in str(err.value)
+    with pytest.raises(SdoptError, match=r"TensorRT 10.7.0 \(this machine: 10.8.0\)"):
+        check_engines(built, engine_key("10.8.0", "9.0"), tmp_path)
+    with pytest.raises(SdoptError, match="does not say which TensorRT"):
+        check_engines(None, built, tmp_path)
+
+
+def test_timing_cache_is_kept_per_version_and_gpu_in_the_cache_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv("SDOPT_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    path = timing_cache_path(engine_key("10.7.0", "9.0"))
+    assert path == tmp_path / "xdg" / "sdopt" / "tensorrt" / "timing-trt10.7.0-sm90.cache"
+    assert timing_cache_path(engine_key("10.7.0", "8.9")) != path
+    monkeypatch.setenv("SDOPT_CACHE_DIR", str(tmp_path / "mine"))
+    assert timing_cache_path(engine_key("10.7.0", "9.0")).parent == tmp_path / "mine" / "tensorrt"
+
+
+def test_export_without_tensorrt_names_the_extra_and_writes_nothing(tiny_model, tmp_path, capsys):
+    if "tensorrt" in sys.modules or _installed("tensorrt"):
+        pytest.skip("TensorRT is installed here")
+    out = tmp_path / "trt"
+    assert main(["export", str(tiny_model), "--to", "tensorrt", "-o", str(out)]) != 0
+    assert "pip install 'sdopt[tensorrt]'" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_without_a_gpu_says_so_before_any_work(tiny_model, tmp_path, capsys, monkeypatch):
+    """TensorRT installed but no CUDA device (a fake tensorrt module stands in for the library here)."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))
+    out = tmp_path / "trt"
+    assert main(["export", str(tiny_model), "--to", "tensorrt", "--shapes", "512x512", "-o", str(out)]) != 0
+    assert "TensorRT needs an NVIDIA GPU: no CUDA device here" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+    # A bad option is refused before the GPU is even asked for.
+    assert main(["export", str(tiny_model), "--to", "tensorrt", "--shapes", "512by512", "-o", str(out)]) != 0
+    assert "HEIGHTxWIDTH" in capsys.readouterr().err
+
+
+def test_tensorrt_options_are_refused_by_other_targets(tiny_model, tmp_path, capsys):
+    assert main(["export", str(tiny_model), "--to", "onnx", "--static", "-o", str(tmp_path / "x")]) != 0
+    assert "--to onnx does not take --static; tensorrt does" in capsys.readouterr().err
+
+
+def _installed(name):
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
