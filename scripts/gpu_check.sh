@@ -12,9 +12,10 @@
 #    run against fp32 on CUDA (measure/cuda_roundtrip.py), and `sdopt bench` on CUDA for a few
 #    (each artifact in its own worker: CUDA allocator peak and fp16 matmul probe exercised);
 # 3. sd15 at 512x512, batch 1, 20 steps on the cuda-h100 profile: torch fp16 (reference),
-#    bf16, torchao int8 and fp8 — if SD15_MIN_SECONDS are left of BUDGET_SECONDS;
+#    bf16, fp16 with torch.compile (max-autotune-no-cudagraphs) and with CUDA graphs
+#    (reduce-overhead), torchao int8 and fp8 — if SD15_MIN_SECONDS are left of BUDGET_SECONDS;
 # 4. TensorRT, where installed: the sd15 export to static fp16 engines at 512x512, benched
-#    against torch fp16. Not built yet, so not run: torch.compile and CUDA-graph rows.
+#    against torch fp16.
 # Everything lands in OUT as log.txt, rows.txt and reports.tgz (the report folders).
 set -u
 DRY=0
@@ -61,10 +62,10 @@ pack
 
 left=$((BUDGET_SECONDS - (SECONDS - START)))
 if [ "$DRY" = 1 ] || [ $left -ge "$SD15_MIN_SECONDS" ]; then
-    step "sd15, 512x512, 20 steps, on the cuda-h100 profile: torch fp16 (reference), bf16, int8, fp8 ($left s left)"
+    step "sd15, 512x512, 20 steps, on the cuda-h100 profile: torch fp16 (reference), bf16, compiled, CUDA graphs, int8, fp8 ($left s left)"
     run "$SDOPT init-model sd15 $WORK/sd15 >/dev/null"
     run "timeout $((left > 60 ? left - 40 : 20)) $SDOPT bench --profile cuda-h100 --build-from $WORK/sd15 --work $WORK/sd15-art \
--o $OUT/sd15 --only torch-fp16,torch-bf16,torch-int8,torch-fp8 --steps 20 --height 512 --width 512 --seeds 0 --runs 3"
+-o $OUT/sd15 --only torch-fp16,torch-bf16,torch-fp16-compile,torch-fp16-cudagraphs,torch-int8,torch-fp8 --steps 20 --height 512 --width 512 --seeds 0 --runs 3"
     pack
 else
     step "sd15 skipped ($left s left)"

@@ -25,7 +25,7 @@ def test_report_files_and_fields(bench_report):
     assert data["machine"]["cpu"]["model"] and data["machine"]["libraries"]["torch"]
     assert data["unet_flops_per_call"] > 0
     names = [a["name"] for a in data["artifacts"]]
-    assert names[0] == data["reference"] == "tiny" and len(names) == 3
+    assert names[0] == data["reference"] == "tiny" and len(names) == 4
     for a in data["artifacts"]:
         assert a["status"] == "ok", a.get("error")
         assert a["latency_s"]["median"] > 0 and a["latency_s"]["p90"] >= a["latency_s"]["median"]

@@ -304,6 +304,8 @@ def _generate(args: argparse.Namespace) -> int:
         attention_slicing=args.attention_slicing,
         vae_tiling=args.vae_tiling,
         cpu_offload=args.cpu_offload,
+        compile=args.compile,
+        channels_last=args.channels_last,
         **({"reshape": True} if args.reshape else {}),
         **({"deep_cache": True} if (args.cache_interval or 1) > 1 and _backend_of(args.artifact) == "torch" else {}),
     )
@@ -565,6 +567,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attention-slicing", action="store_true", help="torch: compute attention in slices (less memory)")
     p.add_argument("--vae-tiling", action="store_true", help="torch: decode large images in tiles (less memory)")
     p.add_argument("--cpu-offload", action="store_true", help="torch on CUDA: keep idle components in CPU memory")
+    p.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
+                   help="torch: torch.compile the UNet and VAE decode (MODE: default, max-autotune, max-autotune-no-cudagraphs, "
+                        "reduce-overhead = with CUDA graphs; or a backend: cudagraphs, eager). Compiles in the first image")
+    p.add_argument("--channels-last", action="store_true", help="torch: NHWC memory layout for the UNet and VAE decoder")
     p.add_argument("--reshape", action="store_true", help="openvino: let a static-shape artifact run another size (compiled on first use)")
     _add_lora_flag(p, "applied for this run (torch backend; other backends take LoRAs fused at export)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")

@@ -5,7 +5,8 @@ benches what it built against the profile's reference. Each ``[[artifacts]]``
 entry of the profile is one of:
 
 - the checkpoint itself, optionally in another precision (``backend = "torch"``,
-  ``precision``); ``reference = true`` marks the one whose images count as correct;
+  ``precision``) and compiled (``compile = "max-autotune"``: sdopt.runtime.compiled);
+  ``reference = true`` marks the one whose images count as correct;
 - an export (``export = "onnx"``, ``precision``, ``options``; ``static = true``
   builds it at the bench's height and width, batch 1);
 - a quantization (``quantize = "int8"``, optional ``backend`` and ``components``), of the
@@ -43,7 +44,8 @@ def build_one(spec: dict[str, Any], model: Path, work: Path, height: int, width:
     """The path (or PATH@precision) that benches one profile artifact, building it if needed."""
     if "export" not in spec and "quantize" not in spec:
         precision = spec.get("precision", "fp32")
-        return str(model) if precision == "fp32" else f"{model}@{precision}"
+        compiled = f"+compile={spec['compile']}" if spec.get("compile") else ""
+        return (str(model) if precision == "fp32" else f"{model}@{precision}") + compiled
     out = work / spec["name"]
     if (out / "sdopt.json").is_file():
         return str(out)

@@ -160,6 +160,12 @@ def markdown(report: dict) -> str:
     if configured:
         lines += ["", "Run settings, as each backend reports them after loading (a profile's [run] tables set them):", ""]
         lines += [f"- {a['name']}: {_run_note(a['run_settings'])}" for a in configured]
+    compiled = [a for a in report["artifacts"] if a.get("compiled")]
+    if compiled:
+        lines += ["", "torch.compile (compilation happens in the first generate, at each new shape):", ""]
+        lines += [f"- {a['name']}: {a['compiled']['setting']}; first generate {a['first_generate_s']:.1f} s (compilation included) "
+                  f"vs {a['latency_s']['median']:.2f} s median; {a['compiled']['graphs_after_warmup']} graphs compiled, "
+                  f"{a['compiled']['recompiles_measured']} recompiles during the measured runs" for a in compiled]
     lines += ["", "GFLOP/s is the UNet's counted FLOPs over its measured step time (per stage: that stage's FLOPs over its time); \"of peak\" divides it by the best square-matmul rate probed on this machine in the precision that stage computed in (int8 where its activations were quantized too)."]
     peaks = report.get("matmul_peak_gflops") or {}
     if peaks:

@@ -101,6 +101,7 @@ class Entry:
     path: Path
     manifest: Manifest
     precision: str | None = None  # a torch artifact may run in another precision (e.g. bf16)
+    options: dict[str, Any] = field(default_factory=dict)  # load options the argument asked for (compile)
 
 
 def _model_fingerprint(m: Manifest) -> str | None:
@@ -112,27 +113,41 @@ def _model_fingerprint(m: Manifest) -> str | None:
     return None
 
 
-def parse_artifact_arg(text: str) -> tuple[str, str | None]:
-    """PATH or PATH@PRECISION (run a torch artifact in another precision, e.g. models/sd15@bf16)."""
+def parse_artifact_arg(text: str) -> tuple[str, str | None, dict[str, Any]]:
+    """PATH[@PRECISION][+compile[=SETTING]]: a torch artifact in another precision (models/sd15@bf16),
+    and/or compiled with torch.compile (models/sd15@fp16+compile=max-autotune; sdopt.runtime.compiled)."""
+    options: dict[str, Any] = {}
+    match = re.fullmatch(r"(.+?)\+compile(?:=([a-z_-]+))?", text)
+    if match:
+        from sdopt.runtime.compiled import compile_setting
+
+        text, options["compile"] = match.group(1), compile_setting(match.group(2) or True, "cuda")  # the device is checked at load
     match = re.fullmatch(r"(.+)@(fp32|fp16|bf16)", text)
-    return (match.group(1), match.group(2)) if match else (text, None)
+    return (match.group(1), match.group(2), options) if match else (text, None, options)
+
+
+def artifact_label(path: Path, precision: str | None, options: dict[str, Any]) -> str:
+    """How a bench row names an artifact run: the folder, then what the argument changed."""
+    return path.name + (f"@{precision}" if precision else "") + (f"+compile={options['compile']}" if options.get("compile") else "")
 
 
 def collect(artifacts: list[str], reference: str) -> list[Entry]:
     """The reference first, then every artifact, with unique names; refuses incomparable sets."""
     entries, names = [], set()
     for text in [reference, *artifacts]:
-        path_text, precision = parse_artifact_arg(text)
+        path_text, precision, options = parse_artifact_arg(text)
         path = resolve(path_text)
         manifest = read_manifest(path)
-        name = path.name + (f"@{precision}" if precision else "")
-        if any(e.path == path and e.precision == precision for e in entries):
+        name = artifact_label(path, precision, options)
+        if options and manifest.backend != "torch":
+            raise SdoptError(f"{text}: +compile runs torch.compile, on torch artifacts only; {path} is a {manifest.backend} artifact")
+        if any(e.path == path and e.precision == precision and e.options == options for e in entries):
             continue  # the reference given again among the artifacts
         base, n = name, 2
         while name in names:
             name, n = f"{base}-{n}", n + 1
         names.add(name)
-        entries.append(Entry(name, path, manifest, precision))
+        entries.append(Entry(name, path, manifest, precision, options))
     ref = entries[0]
     for e in entries[1:]:
         if e.manifest.family != ref.manifest.family:
@@ -168,7 +183,7 @@ def _run_worker(entry: Entry, settings: BenchSettings, out: Path, timeout: float
     work = out / "raw" / _slug(entry.name)
     work.mkdir(parents=True, exist_ok=True)
     job = {**asdict(settings), "path": str(entry.path), "precision": entry.precision, "output_dir": str(work),
-           "run_settings": settings.run.get(entry.manifest.backend)}
+           "run_settings": settings.run.get(entry.manifest.backend), "load_options": entry.options}
     (work / "job.json").write_text(json.dumps(job, indent=2))
     with open(work / "worker.log", "w") as log:
         try:
@@ -242,6 +257,7 @@ def _summarise(entry: Entry, raw: dict, reference: dict | None, out: Path, flops
             "first_generate_counted": raw.get("first_generate_counted", False),
             "latency_s": latency,
             "run_settings": raw.get("run_settings"),
+            **({"compiled": raw["compiled"]} if raw.get("compiled") else {}),
             "stages_s": {
                 "text_encoder": statistics.median(raw["text_encoder_samples_s"]),
                 "unet_step": unet_step,

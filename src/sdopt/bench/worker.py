@@ -38,11 +38,13 @@ def _generate_all(pipe, job: dict) -> list[tuple[dict, object]]:
 
 def measure(job: dict) -> dict:
     import sdopt
+    from sdopt.runtime.compiled import compiled_graphs
     from sdopt.runtime.memory import rss_peak_bytes
 
     out_dir = Path(job["output_dir"])
     start = time.perf_counter()
     options = {"run_settings": job["run_settings"]} if job.get("run_settings") else {}
+    options.update(job.get("load_options") or {})  # e.g. compile (PATH+compile=MODE)
     pipe = sdopt.load(job["path"], device=job["device"], precision=job.get("precision"), **options)
     load_s = time.perf_counter() - start
 
@@ -61,6 +63,7 @@ def measure(job: dict) -> dict:
         _generate_all(pipe, warm_job)
         warmups += 1
 
+    graphs_warm = compiled_graphs()  # torch.compile: what the warm-up compiled; more below is a recompile
     if first_counts:
         calls, runs = list(first), 1
     else:
@@ -98,6 +101,8 @@ def measure(job: dict) -> dict:
         "runs": runs,
         "warmups": warmups,
         "first_generate_counted": first_counts,  # the first generate is the one measured pass
+        **({"compiled": {"setting": options["compile"], "graphs_after_warmup": graphs_warm, "recompiles_measured": (compiled_graphs() or 0) - (graphs_warm or 0)}}
+           if options.get("compile") else {}),
         "latency_samples_s": totals,
         "text_encoder_samples_s": [r.timings.text_encoder for _, r in calls],
         "unet_step_samples_s": steps,

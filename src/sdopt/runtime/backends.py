@@ -55,7 +55,7 @@ register_backend(
         extra=None,
         requires=("torch", "diffusers", "transformers"),
         precisions={"cpu": ("fp32", "bf16"), "cuda": ("fp32", "fp16", "bf16")},
-        options=("attention_slicing", "vae_tiling", "cpu_offload", "deep_cache"),
+        options=("attention_slicing", "vae_tiling", "cpu_offload", "deep_cache", "compile", "channels_last"),
         casts_at_load=True,
     )
 )

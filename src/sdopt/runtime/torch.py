@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from sdopt.errors import SdoptError
+from sdopt.runtime.compiled import compile_components, compile_setting, original
 from sdopt.manifest import Manifest
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -31,12 +32,13 @@ class TorchComponent:
         self.dtype = dtype
         self.offload = offload
         self.module.to("cpu" if offload else self.device)
+        self.extra_settings: dict[str, Any] = {}  # load options that change how it runs (compile, channels_last)
 
     @property
     def settings(self) -> dict[str, Any]:
         """What a run's speed depends on, for the bench report (read when asked: threads may change after load)."""
         return {"device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."), "intra_op_threads": torch.get_num_threads(),
-                "inter_op_threads": torch.get_num_interop_threads(), "offload": self.offload}
+                "inter_op_threads": torch.get_num_interop_threads(), "offload": self.offload, **self.extra_settings}
 
     def _tensor(self, name: str, array: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(array))
@@ -173,6 +175,7 @@ def load_components(folder: Path, manifest: Manifest, device: str, precision: st
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SdoptError("device 'cuda' was asked for but torch sees no CUDA GPU (is the CUDA build of torch installed? see README)")
     dtype = DTYPES[precision]
+    setting = compile_setting(options.get("compile"), device)  # refused before any weights load
     if precision == "bf16" and device.startswith("cpu"):
         from sdopt.hardware import cpu_lacks_bf16
 
@@ -199,14 +202,23 @@ def load_components(folder: Path, manifest: Manifest, device: str, precision: st
     if offload and not device.startswith("cuda"):
         raise SdoptError("cpu_offload moves components between GPU and CPU memory: it needs --device cuda")
     every = manifest.pipeline_family.text_hidden_states
-    return {name: TorchComponent(m, forward_of(name, every), device, dtype, offload) for name, m in modules.items()}
+    if options.get("channels_last"):  # NHWC convolutions: what cuDNN and oneDNN run fastest
+        for name in ("unet", "vae_decoder"):
+            if name in modules:
+                modules[name].to(memory_format=torch.channels_last)
+    components = {name: TorchComponent(m, forward_of(name, every), device, dtype, offload) for name, m in modules.items()}
+    if setting:
+        compile_components(components, setting)
+    for component in components.values():
+        component.extra_settings = {"compile": setting, "channels_last": bool(options.get("channels_last"))}
+    return components
 
 
 def lora_runtime(components: dict[str, TorchComponent], manifest: Manifest):
     """Per-request LoRAs (sdopt.lora.runtime) on this artifact's modules."""
     from sdopt.lora.runtime import RuntimeLoras
 
-    return RuntimeLoras({name: c.module for name, c in components.items()}, manifest.pipeline_family)
+    return RuntimeLoras({name: original(c.module) for name, c in components.items()}, manifest.pipeline_family)
 
 
 def forward_of(name: str, every_layer: bool = False) -> Callable:
