@@ -441,3 +441,50 @@ def test_binding_beyond_loopback_without_credentials_warns(tiny_model, monkeypat
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # with a key: no warning
         server.serve(tiny_model, ServeSettings(host="0.0.0.0", port=0, api_key="k"))
+
+
+# --- LoRAs by name in the prompt ---------------------------------------------------------
+def test_prompt_lora_tags_apply_the_named_lora_and_jobs_batch_only_with_their_own(tiny_model, tmp_path):
+    """AUTOMATIC1111's <lora:NAME:WEIGHT> in any API's prompt: the same image as GenerateRequest.loras,
+    listed at /sdapi/v1/loras, and a job with other LoRAs never shares a generate call."""
+    pytest.importorskip("peft")
+    import sdopt
+    from sdopt.request import GenerateRequest
+    from sdopt.serve import jobs as J
+    from sdopt.serve.worker import Worker
+    from sdopt.zoo.lora import write_lora
+
+    folder = tmp_path / "loras"
+    folder.mkdir()
+    style = write_lora(tiny_model, folder / "style.safetensors", seed=1)
+    pipeline = sdopt.load(tiny_model)  # its own: LoRA adapters are loaded into it
+    same = dict(prompt="a red circle", seed=5, steps=4, height=64, width=64, scheduler="euler")  # AUTOMATIC1111's default sampler here
+    expected = pipeline.generate(GenerateRequest(**same, loras={str(style): 0.8}))
+    base = pipeline.generate(GenerateRequest(**same))
+    with running_server(pipeline, lora_dir=str(folder)) as (url, _app):
+        assert httpx.get(f"{url}/sdapi/v1/loras").json() == [{"name": "style", "alias": "style", "path": str(style), "metadata": {}}]
+        r = httpx.post(f"{url}/sdapi/v1/txt2img", json={"prompt": "a red circle <lora:style:0.8>", "seed": 5, "cfg_scale": 7.5, **SMALL}, timeout=120)
+        assert r.status_code == 200, r.text
+        info = json.loads(r.json()["info"])
+        assert info["prompt"] == "a red circle" and info["sdopt_loras"] == {"style": 0.8}
+        got = np.asarray(png(r.json()["images"][0]), dtype=np.int16)
+        assert np.abs(got - np.asarray(expected.images[0], dtype=np.int16)).max() <= 1
+        assert np.abs(got - np.asarray(base.images[0], dtype=np.int16)).max() > 1  # the LoRA changed the image
+        r = httpx.post(f"{url}/sdapi/v1/txt2img", json={"prompt": "a <lora:nope:1>", **SMALL}, timeout=60)
+        assert r.status_code == 422 and "available: style" in r.text
+        r = httpx.post(f"{url}/v1/images/generations", json={"prompt": "a <lora:style:x>", "size": "64x64"}, timeout=60)
+        assert r.status_code == 422 and "must be a number" in r.text
+    with running_server(pipeline) as (url, _app):
+        r = httpx.post(f"{url}/sdapi/v1/txt2img", json={"prompt": "a <lora:style:1>", **SMALL}, timeout=60)
+        assert r.status_code == 422 and "--lora-dir" in r.text
+
+    worker = Worker(pipeline, max_batch=8)
+    jobs = [worker.submit(J.Job(spec=J.JobSpec(prompt=p, loras=l, **SMALL)))
+            for p, l in (("a", {str(style): 0.8}), ("b", {str(style): 0.8}), ("c", {str(style): 0.5}), ("d", None))]
+    worker.start()
+    try:
+        for job in jobs:
+            job.future.result(timeout=120)
+    finally:
+        worker.stop()
+    assert [job.batch_size for job in jobs] == [2, 2, 1, 1]

@@ -340,7 +340,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings = ServeSettings(
         host=args.host, port=args.port, api_key=args.api_key or os.environ.get("SDOPT_API_KEY") or None,
         api_auth=args.api_auth, max_queue=args.max_queue, max_batch=args.max_batch, job_timeout=args.job_timeout,
-        max_pixels=args.max_pixels, max_steps=args.max_steps, max_images=args.max_images, name=args.name,
+        max_pixels=args.max_pixels, max_steps=args.max_steps, max_images=args.max_images, name=args.name, lora_dir=args.lora_dir,
     )
     from sdopt.serve.server import serve
 
@@ -503,6 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=150, help="most denoising steps a request may ask (default 150)")
     p.add_argument("--max-images", type=int, default=8, help="most images one request may ask (default 8)")
     p.add_argument("--name", default=None, help="model name the APIs report (default: the artifact folder's name)")
+    p.add_argument("--lora-dir", default=None, metavar="DIR",
+                   help="LoRAs (DIR/NAME.safetensors) a prompt may apply as <lora:NAME:WEIGHT>, AUTOMATIC1111's syntax (torch backend; docs/serve.md)")
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None, help="default: the artifact's")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     p.set_defaults(func=_serve)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -252,6 +253,7 @@ def _info(request: Request, job: J.Job, spec: J.JobSpec, body: _Processing, inte
         "sdopt_ignored": ignored_fields(body, spec.scheduler),
         "sdopt_scheduler": spec.scheduler,
         "sdopt_batch_size": job.batch_size,
+        "sdopt_loras": {Path(f).stem: w for f, w in (spec.loras or {}).items()},
     }
 
 
@@ -338,6 +340,14 @@ def sd_models(request: Request) -> list[dict[str, Any]]:
     name = request.app.state.model_name
     folder = getattr(request.app.state.worker.pipeline, "folder", None)
     return [{"title": name, "model_name": name, "hash": None, "sha256": None, "filename": str(folder or name), "config": None}]
+
+
+@router.get("/sdapi/v1/loras")
+def loras(request: Request) -> list[dict[str, Any]]:
+    """The LoRAs a prompt can name as <lora:NAME:WEIGHT> (sdopt serve --lora-dir), as AUTOMATIC1111 lists them."""
+    from sdopt.serve.loras import available
+
+    return [{"name": name, "alias": name, "path": str(path), "metadata": {}} for name, path in available(request.app.state.settings.lora_dir).items()]
 
 
 @router.get("/sdapi/v1/samplers")

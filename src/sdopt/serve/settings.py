@@ -22,6 +22,7 @@ class ServeSettings:
     max_body_bytes: int = 32 * 2**20  # a request body (base64 images included)
     max_image_bytes: int = 16 * 2**20  # one decoded input image
     name: str | None = None  # the model name the APIs report; default: the artifact folder's name
+    lora_dir: str | None = None  # LoRAs a prompt may name as <lora:NAME:WEIGHT> (serve/loras.py)
 
     def __post_init__(self):
         for field_name in ("max_queue", "max_batch", "max_pixels", "max_steps", "max_images", "max_body_bytes", "max_image_bytes"):
@@ -32,6 +33,11 @@ class ServeSettings:
             raise SdoptError(f"--job-timeout {self.job_timeout!r}: must be a positive number of seconds")
         if self.api_auth is not None and ":" not in self.api_auth:
             raise SdoptError("--api-auth must be USER:PASS (as AUTOMATIC1111's --api-auth)")
+        if self.lora_dir is not None:
+            from pathlib import Path
+
+            if not Path(self.lora_dir).is_dir():
+                raise SdoptError(f"--lora-dir {self.lora_dir}: not a folder; give the folder that holds your LoRA .safetensors files")
         if self.api_key is not None and not self.api_key.strip():
             raise SdoptError("--api-key is empty: give a key, or leave the option out")
 

@@ -54,8 +54,13 @@ def random_seed() -> int:
 
 
 def submit(request: Request, spec: J.JobSpec, api: str, job_id: str | None = None, names: dict[str, str] | None = None) -> J.Job:
+    """Queue ``spec``: its prompt's LoRA tags taken out into ``spec.loras`` (every API alike), then checked."""
+    from sdopt.serve.loras import take_loras
+
     worker: Worker = request.app.state.worker
-    check_spec(spec, request.app.state.settings, worker.pipeline, names or {})
+    settings: ServeSettings = request.app.state.settings
+    spec.prompt, spec.loras = take_loras(spec.prompt, settings.lora_dir, (names or {}).get("prompt", "prompt"))
+    check_spec(spec, settings, worker.pipeline, names or {})
     job = J.Job(spec=spec, api=api, **({"id": job_id} if job_id else {}))
     return worker.submit(job)
 

@@ -1,0 +1,48 @@
+"""LoRAs by name in any API's prompt: AUTOMATIC1111's ``<lora:NAME:WEIGHT>`` syntax, from the server's LoRA folder.
+
+``sdopt serve ARTIFACT --lora-dir DIR`` makes every ``DIR/NAME.safetensors``
+available by NAME. A prompt's tags are taken out of the text the text encoder
+sees and applied to that job (the torch backend loads each file once and sets
+scales per request: sdopt.lora.runtime). Names are looked up among the files
+the folder lists, never joined onto a path, so a name cannot reach outside it.
+Jobs batch together only with the same LoRAs at the same weights.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from sdopt.serve.errors import RequestError
+
+# <lora:NAME> or <lora:NAME:WEIGHT>; AUTOMATIC1111 also takes a second (UNet) weight: <lora:NAME:TE:UNET>.
+TAG = re.compile(r"<lora:([^:<>]+)(?::([^:<>]*))?(?::([^:<>]*))?>")
+
+
+def available(folder: str | Path | None) -> dict[str, Path]:
+    """NAME -> file, for every .safetensors file in the server's LoRA folder."""
+    if folder is None:
+        return {}
+    return {p.stem: p for p in sorted(Path(folder).glob("*.safetensors")) if p.is_file()}
+
+
+def take_loras(prompt: str, folder: str | Path | None, field: str = "prompt") -> tuple[str, dict[str, float] | None]:
+    """The prompt without its LoRA tags, and {file: weight} for the job (None when it names none)."""
+    tags = TAG.findall(prompt)
+    if not tags:
+        return prompt, None
+    files = available(folder)
+    loras: dict[str, float] = {}
+    for name, weight, unet_weight in tags:
+        if unet_weight:
+            raise RequestError(field, f"<lora:{name}:{weight}:{unet_weight}>: separate text-encoder and UNet weights are not supported; give one weight")
+        if folder is None:
+            raise RequestError(field, f"<lora:{name}>: this server has no LoRA folder (start it with sdopt serve ... --lora-dir DIR)")
+        if name not in files:
+            raise RequestError(field, f"<lora:{name}>: no {name}.safetensors in this server's LoRA folder; available: {', '.join(files) or 'none'}")
+        try:
+            scale = float(weight) if weight else 1.0
+        except ValueError:
+            raise RequestError(field, f"<lora:{name}:{weight}>: the weight must be a number, e.g. <lora:{name}:0.8>") from None
+        loras[str(files[name])] = loras.get(str(files[name]), 0.0) + scale
+    return " ".join(TAG.sub(" ", prompt).split()), loras
