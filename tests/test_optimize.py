@@ -54,7 +54,7 @@ def test_optimize_keeps_the_fastest_candidate_above_the_floor(shapes_model, tmp_
     from sdopt.shapes.scenes import held_out_prompts
 
     prompts = tmp_path / "prompts.txt"
-    prompts.write_text("\n".join(held_out_prompts(2)) + "\n")
+    prompts.write_text("\n".join(held_out_prompts(1)) + "\n")
     out, work = tmp_path / "best", tmp_path / "work"
     args = ["optimize", str(shapes_model), "-o", str(out), "--work", str(work), "--quick", "--prompts", str(prompts), "--steps", "6",
             "--height", "64", "--width", "64", "--scheduler", "euler", "--runs", "1", "--seeds", "0", "--precision", "fp32", "-q"]
