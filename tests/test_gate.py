@@ -58,6 +58,24 @@ def test_change_within_recorded_noise_is_called_noise(report):
     assert check.verdict == "noise" and result.exit_code == 0
 
 
+def test_speed_is_compared_only_between_cpus_with_the_same_features(report):
+    """A baseline from another kind of CPU (AVX2 only, say): backends take other kernels there, so the
+    speed ratios are not compared, and the gate says so; quality, memory and status still are."""
+    import copy
+
+    baseline = _pin_noise(copy.deepcopy(report))
+    baseline["machine"]["cpu"]["isa"] = ["avx2", "fma"]
+    current = _pin_noise(derived(report, **{"tiny-onnx": {"latency_s.median": lambda v: v * 3, "latency_ratio_to_reference": lambda v: v * 3}}))
+    if sorted(current["machine"]["cpu"]["isa"]) == ["avx2", "fma"]:
+        current["machine"]["cpu"]["isa"] = ["avx2", "avx512f", "fma"]  # this machine is the AVX2 one: make it the other
+    result = gate(current, RULES, baseline=baseline)
+    assert result.exit_code == 0 and not any(c.metric == "latency.median" for c in result.checks)
+    assert "speed not compared: the baseline ran on a CPU with avx2 fma" in result.notes[0]
+    assert table(result).startswith("note: speed not compared")
+    worse = derived(current, **{"tiny-onnx": {"quality.psnr_db": 20.0}})
+    assert gate(worse, RULES, baseline=baseline).exit_code == 1  # quality is still held
+
+
 def test_psnr_below_the_floor_fails_even_without_a_baseline(report):
     worse = derived(report, **{"tiny@bf16": {"quality.psnr_db": 25.0}})
     result = gate(worse, RULES)

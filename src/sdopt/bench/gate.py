@@ -77,6 +77,7 @@ class Check:
 @dataclass
 class GateResult:
     checks: list[Check] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the gate did not compare, and why
 
     @property
     def exit_code(self) -> int:
@@ -93,6 +94,7 @@ class GateResult:
             "verdict": {EXIT_OK: "pass", EXIT_REGRESSION: "fail"}.get(self.exit_code, "cannot judge"),
             "exit_code": self.exit_code,
             "regressions": sum(c.failed for c in self.checks),
+            "notes": self.notes,
             "checks": [c.__dict__ for c in self.checks],
         }
 
@@ -225,6 +227,13 @@ def gate(current: dict, rules_table: dict[str, Any], baseline: dict | None = Non
     if not any(r.metric == "status" for r in rules):
         rules.append(parse_rules({"status": "ok"})[0])  # a failed artifact always fails the gate
     result = GateResult()
+    other_cpu = baseline is not None and cpu_kind(current) != cpu_kind(baseline)
+    if other_cpu:
+        result.notes.append(
+            f"speed not compared: the baseline ran on a CPU with {cpu_kind(baseline) or 'unknown features'}, this run on one with "
+            f"{cpu_kind(current) or 'unknown features'}; backends take other kernels on each, so their speed ratios differ by design. "
+            "Commit a baseline from this kind of CPU to gate speed here (scripts/ci_bench.sh --refresh)"
+        )
     base_artifacts = _by_name(baseline) if baseline else {}
     for name in base_artifacts.keys() - _by_name(current).keys():
         result.checks.append(Check(name, "present", "yes", "missing", "", "in baseline", "REGRESSION"))
@@ -237,6 +246,8 @@ def gate(current: dict, rules_table: dict[str, Any], baseline: dict | None = Non
                 continue  # the reference is its own yardstick: ratio 1, identical images
             if rule.needs_baseline and baseline is None:
                 continue  # without a baseline the gate checks absolute floors only
+            if other_cpu and rule.metric in _RATIO_METRICS:
+                continue  # said once in the notes
             value = metric_value(rule.metric, artifact, current)
             base_value = metric_value(rule.metric, base, baseline) if base is not None else None
             if base is not None and base.get("status") != "ok":
@@ -250,6 +261,11 @@ def gate(current: dict, rules_table: dict[str, Any], baseline: dict | None = Non
     return result
 
 
+def cpu_kind(report: dict) -> str:
+    """The CPU features a report's speed depends on (its ISA extensions, as the bench records them)."""
+    return " ".join(sorted((report.get("machine") or {}).get("cpu", {}).get("isa") or []))
+
+
 def table(result: GateResult, markdown: bool = False) -> str:
     header = ("artifact", "metric", "baseline", "current", "change", "threshold", "verdict")
     rows = [(c.artifact, c.metric, str(c.baseline), str(c.current), c.change, c.threshold, c.verdict) for c in result.checks]
@@ -260,7 +276,8 @@ def table(result: GateResult, markdown: bool = False) -> str:
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(f"**{v}**" if v == "REGRESSION" else v for v in row) + " |" for row in rows]
-        return f"## sdopt gate: {verdict}\n\n" + "\n".join(lines) + "\n"
+        notes = "".join(f"> {n}\n\n" for n in result.notes)
+        return f"## sdopt gate: {verdict}\n\n" + notes + "\n".join(lines) + "\n"
     widths = [max(len(x) for x in col) for col in zip(header, *rows)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join([fmt.format(*header), *(fmt.format(*row) for row in rows), summary])
+    return "\n".join([*(f"note: {n}" for n in result.notes), fmt.format(*header), *(fmt.format(*row) for row in rows), summary])
