@@ -140,7 +140,7 @@ def test_any_manifest_mutation_is_read_safely(artifact_with_decoy, monkeypatch, 
 # --- gate reports ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ci_report():
-    return json.loads((Path(__file__).parents[1] / "reports" / "ci" / "report.json").read_text())
+    return json.loads((Path(__file__).parents[1] / "reports" / "ci" / "baselines" / "avx2-fma.json").read_text())
 
 
 RULE_TEXTS = st.sampled_from(["+10%", "-0.5", ">= 30", "<= 2", "ok", "+5", "-2%", "bogus", ">= -1", ""])
