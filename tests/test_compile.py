@@ -31,8 +31,9 @@ def test_compiled_pipeline_agrees_and_recompiles_on_a_new_size(tiny_model, tiny_
     assert compiled_graphs() == first  # the same shape: no recompile
     pipe.generate(GenerateRequest(**{**REQUEST, "height": 72}))
     assert compiled_graphs() > first  # a new size recompiles
-    settings = pipe.run_settings()["unet"]
-    assert settings["compile"] == "eager" and settings["channels_last"] is True
+    settings = pipe.run_settings()
+    assert settings["unet"]["compile"] == "eager" and settings["unet"]["channels_last"] is True
+    assert settings["text_encoder"]["compile"] is None and settings["text_encoder"]["channels_last"] is False
 
 
 @pytest.mark.parametrize("value, says", [("bogus", "choose an inductor mode"), ("reduce-overhead", "needs --device cuda"),

@@ -67,12 +67,11 @@ def test_bad_shape_options_are_refused(flag, value, says):
 def test_static_with_several_sizes_is_refused():
     from sdopt.export.tensorrt import shapes_of
 
-    model = {"sample_size": 64, "vae_scale_factor": 8}
     with pytest.raises(SdoptError, match="one size and one batch"):
-        shapes_of({"shapes": "512x512,768x768", "static": True}, model)
+        shapes_of({"shapes": "512x512,768x768", "static": True}, 512)
     with pytest.raises(SdoptError, match="not both"):
-        shapes_of({"shapes": "512x512", "height": 512, "width": 512}, model)
-    shapes, static = shapes_of({}, model)  # defaults: the model's own size, 1 to 4 images
+        shapes_of({"shapes": "512x512", "height": 512, "width": 512}, 512)
+    shapes, static = shapes_of({}, 512)  # defaults: the model's own size, 1 to 4 images
     assert not static and shapes.height == (512, 512, 512) and shapes.batch == (1, 1, 4)
 
 

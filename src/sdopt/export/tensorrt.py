@@ -25,20 +25,21 @@ _ONNX_OPTIONS = ("skip_validation", "opset")
 
 
 def preflight(options: dict[str, Any]) -> None:
-    """Before any slow work or output folder: a GPU, and shape options that parse."""
-    shapes_of(options, {"vae_scale_factor": 8, "sample_size": 64})  # the options' syntax; the model's default size comes later
+    """Before any slow work or output folder: shape options that parse, and a GPU."""
+    shapes_of(options, default_side=None)
     require_gpu()
 
 
-def shapes_of(options: dict[str, Any], model: dict[str, Any]):
-    """(ShapeProfile, static) from --height/--width | --shapes, --batch-range, --static."""
+def shapes_of(options: dict[str, Any], default_side: int | None):
+    """(ShapeProfile, static) from --height/--width | --shapes, --batch-range, --static; without a size,
+    ``default_side`` (the model's own; None: only check the options, as preflight does)."""
     height, width, listed = options.get("height"), options.get("width"), options.get("shapes")
     if listed and (height or width):
         raise SdoptError("give either --shapes or --height/--width, not both")
     if (height is None) != (width is None):
         raise SdoptError("give --height and --width together, or neither (the model's default size)")
-    default = int(model["sample_size"]) * int(model["vae_scale_factor"])
-    sizes = parse_sizes(listed) if listed else parse_sizes(f"{height or default}x{width or default}")
+    side = default_side or 512  # the preflight's stand-in: only the options' syntax is checked then
+    sizes = parse_sizes(listed) if listed else parse_sizes(f"{height or side}x{width or side}")
     batch = parse_batch_range(options.get("batch_range") or "1:4")
     static = bool(options.get("static"))
     if static:
@@ -53,7 +54,7 @@ def export_components(source: Path, manifest: Manifest, out: Path, precision: st
     from sdopt.tensorrt.build import build_engine
 
     key = here()
-    shapes, static = shapes_of(options, manifest.model)
+    shapes, static = shapes_of(options, int(manifest.model["sample_size"]) * int(manifest.model["vae_scale_factor"]))
     specs = prepare_source(source, manifest, {}).specs
     onnx = export_onnx(source, manifest, out, "fp32", {k: v for k, v in options.items() if k in _ONNX_OPTIONS})
     profiles = profiles_for({n: specs[n] for n in onnx.components}, manifest.model, shapes, static=static)

@@ -21,6 +21,7 @@ from sdopt.errors import SdoptError
 INDUCTOR_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 OTHER_BACKENDS = ("cudagraphs", "eager", "aot_eager")
 COMPILED = ("unet", "unet_shallow")  # where the time goes; the VAE decode is compiled as a method
+COMPILED_COMPONENTS = (*COMPILED, "vae_decoder")
 
 
 def compile_setting(value: Any, device: str) -> str | None:

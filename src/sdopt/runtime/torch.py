@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from sdopt.errors import SdoptError
-from sdopt.runtime.compiled import compile_components, compile_setting, original
+from sdopt.runtime.compiled import COMPILED_COMPONENTS, compile_components, compile_setting, original
 from sdopt.manifest import Manifest
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -202,15 +202,16 @@ def load_components(folder: Path, manifest: Manifest, device: str, precision: st
     if offload and not device.startswith("cuda"):
         raise SdoptError("cpu_offload moves components between GPU and CPU memory: it needs --device cuda")
     every = manifest.pipeline_family.text_hidden_states
-    if options.get("channels_last"):  # NHWC convolutions: what cuDNN and oneDNN run fastest
+    if options.get("channels_last"):  # NHWC convolutions: what cuDNN and oneDNN run fastest (the VAE's encoder shares its module)
         for name in ("unet", "vae_decoder"):
             if name in modules:
                 modules[name].to(memory_format=torch.channels_last)
     components = {name: TorchComponent(m, forward_of(name, every), device, dtype, offload) for name, m in modules.items()}
     if setting:
         compile_components(components, setting)
-    for component in components.values():
-        component.extra_settings = {"compile": setting, "channels_last": bool(options.get("channels_last"))}
+    for name, component in components.items():  # what the bench's run settings show per component
+        component.extra_settings = {"compile": setting if name in COMPILED_COMPONENTS else None,
+                                    "channels_last": bool(options.get("channels_last")) and not name.startswith("text_encoder")}
     return components
 
 
