@@ -76,6 +76,17 @@ def test_speed_is_compared_only_between_cpus_with_the_same_features(report):
     assert gate(worse, RULES, baseline=baseline).exit_code == 1  # quality is still held
 
 
+@pytest.mark.parametrize("machine", [True, None, {"cpu": "epyc"}, {"cpu": {"isa": "avx2"}}])
+def test_a_malformed_machine_section_counts_as_unknown_features(report, machine):
+    """Found by the fuzz test: `"machine": true` in a hand-edited report crashed the CPU-kind check."""
+    import copy
+
+    current = copy.deepcopy(report)
+    current["machine"] = machine
+    result = gate(current, RULES, baseline=_pin_noise(copy.deepcopy(report)))
+    assert "unknown features" in result.notes[0] and not any(c.metric == "latency.median" for c in result.checks)
+
+
 def test_psnr_below_the_floor_fails_even_without_a_baseline(report):
     worse = derived(report, **{"tiny@bf16": {"quality.psnr_db": 25.0}})
     result = gate(worse, RULES)

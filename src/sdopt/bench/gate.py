@@ -263,7 +263,11 @@ def gate(current: dict, rules_table: dict[str, Any], baseline: dict | None = Non
 
 def cpu_kind(report: dict) -> str:
     """The CPU features a report's speed depends on (its ISA extensions, as the bench records them)."""
-    return " ".join(sorted((report.get("machine") or {}).get("cpu", {}).get("isa") or []))
+    machine = report.get("machine")
+    cpu = machine.get("cpu") if isinstance(machine, dict) else None
+    isa = cpu.get("isa") if isinstance(cpu, dict) else None
+    # A report edited by hand or written by an older sdopt may lack these: it then counts as "unknown features".
+    return " ".join(sorted(str(x) for x in isa)) if isinstance(isa, list) else ""
 
 
 def table(result: GateResult, markdown: bool = False) -> str:
