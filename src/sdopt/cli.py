@@ -159,40 +159,56 @@ def _bench(args: argparse.Namespace) -> int:
     from sdopt.bench.runner import BenchSettings, run_bench
     from sdopt.prompts import read_prompts
 
-    profile = load_profile(args.profile) if args.profile else None
-    settings = BenchSettings.resolve(
-        profile,
-        prompts=read_prompts(args.prompts) if args.prompts else None,
-        seeds=_int_list(args.seeds, "--seeds") if args.seeds else None,
-        steps=args.steps,
-        height=args.height,
-        width=args.width,
-        guidance_scale=args.guidance,
-        warmup=args.warmup,
-        runs=args.runs,
-        max_seconds=args.max_seconds,
-        scheduler=args.scheduler,
-        device=args.device,
-        judge=args.judge,
-    )
-    artifacts, reference, not_built = args.artifacts, args.reference, {}
+    profiles = [load_profile(p) for p in args.profile or []]
+    if len(profiles) > 1 and args.ray is None:
+        raise SdoptError("several --profile are several machine kinds: add --ray [ADDRESS] to run each on its nodes (docs/ray.md), "
+                         "or bench one profile at a time here")
     if args.build_from:
-        from sdopt.bench.build import build_profile_artifacts
-
-        if profile is None or args.work is None or artifacts or reference:
+        if not profiles or args.work is None or args.artifacts or args.reference:
             raise SdoptError("--build-from MODEL builds the artifacts a profile lists: give --profile and --work, and no artifacts or --reference")
-        only = [n for n in args.only.split(",") if n] if args.only else None
-        say = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr))
-        built = build_profile_artifacts(profile, args.build_from, args.work, settings.height, settings.width, settings.device, only, say)
-        artifacts, reference, not_built = built.others, built.reference, built.not_built
     elif args.work or args.only:
         raise SdoptError("--work and --only go with --build-from MODEL (building a profile's artifacts)")
-    elif not artifacts or not reference:
+    elif not args.artifacts or not args.reference:
         raise SdoptError("give the artifacts to measure and --reference (or --profile NAME --build-from MODEL --work DIR)")
-    run_bench(artifacts, reference, args.output, settings, profile=profile, timeout=args.timeout, progress=not args.quiet)
-    out = Path(args.output)
-    print((out / "report.md").read_text())
-    print(f"report: {(out / 'report.html').resolve()}")
+    prompts = read_prompts(args.prompts) if args.prompts else None
+    seeds = _int_list(args.seeds, "--seeds") if args.seeds else None
+    say = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr))
+    plans, not_built = [], {}
+    for profile in profiles or [None]:
+        settings = BenchSettings.resolve(
+            profile, prompts=prompts, seeds=seeds, steps=args.steps, height=args.height, width=args.width, guidance_scale=args.guidance,
+            warmup=args.warmup, runs=args.runs, max_seconds=args.max_seconds, scheduler=args.scheduler, device=args.device, judge=args.judge,
+        )
+        artifacts, reference = args.artifacts, args.reference
+        if args.build_from:
+            from sdopt.bench.build import build_profile_artifacts
+
+            only = [n for n in args.only.split(",") if n] if args.only else None
+            work = Path(args.work) / profile.name if len(profiles) > 1 else Path(args.work)
+            built = build_profile_artifacts(profile, args.build_from, work, settings.height, settings.width, settings.device, only, say)
+            artifacts, reference = built.others, built.reference
+            not_built.update({f"{profile.name}/{k}" if len(profiles) > 1 else k: v for k, v in built.not_built.items()})
+        # On a cluster every profile's report has a folder of its own under OUTPUT.
+        out = Path(args.output) / profile.name if args.ray is not None and profile else Path(args.output)
+        plans.append((profile, settings, artifacts, reference, out))
+    if args.ray is None:
+        profile, settings, artifacts, reference, out = plans[0]
+        run_bench(artifacts, reference, out, settings, profile=profile, timeout=args.timeout, progress=not args.quiet)
+        outs = [out]
+    else:
+        from sdopt.bench.runner import check_static_shapes, collect
+        from sdopt.cluster.bench import ProfileRun, run_matrix
+
+        runs = []
+        for profile, settings, artifacts, reference, out in plans:
+            entries = collect(artifacts, reference)
+            check_static_shapes(entries, settings)
+            runs.append(ProfileRun(profile, entries, settings, out))
+        run_matrix(runs, address=args.ray or None, timeout=args.timeout, progress=not args.quiet)
+        outs = [r.out for r in runs]
+    for out in outs:
+        print((out / "report.md").read_text())
+        print(f"report: {(out / 'report.html').resolve()}")
     for name, why in not_built.items():
         print(f"not built: {name}: {why}", file=sys.stderr)
     return 1 if not_built else 0
@@ -470,7 +486,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--build-from", metavar="MODEL", help="build the profile's artifacts from this checkpoint (reused when already under --work)")
     p.add_argument("--work", help="with --build-from: where the built artifacts are kept")
     p.add_argument("--only", help="with --build-from: comma-separated artifact names of the profile (the reference always runs)")
-    p.add_argument("--profile", help="hardware profile name (sdopt's own, or ./profiles/NAME.toml) or a .toml file")
+    p.add_argument("--profile", action="append", help="hardware profile name (sdopt's own, or ./profiles/NAME.toml) or a .toml file; "
+                   "with --ray, repeat it to run the matrix on each profile's kind of node, one report each under OUTPUT/NAME/")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run each artifact as a Ray task on a node of its profile's kind ([resources] in the profile): on the cluster at ADDRESS "
+                        "(ray://HOST:10001, HOST:6379 or auto), else on a local one started for the run; artifacts must be on a path every node sees (docs/ray.md)")
     p.add_argument("--prompts", help="file with one prompt per line")
     p.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2")
     p.add_argument("--steps", type=int)

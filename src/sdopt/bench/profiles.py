@@ -46,6 +46,8 @@ class HardwareProfile:
     # Backend -> run settings ([run.openvino]: OpenVINO properties; [run.onnxruntime]: session options),
     # passed to every artifact of that backend as the run_settings load option.
     run: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # What one bench job of this profile asks a Ray cluster for ([resources]: sdopt.cluster.resources).
+    resources: dict[str, Any] = field(default_factory=dict)
     path: str | None = None
 
     def mismatch(self, machine: dict[str, Any]) -> str | None:
@@ -106,6 +108,7 @@ def load_profile(name_or_path: str) -> HardwareProfile:
         gate=dict(data.get("gate", {})),
         requires_isa=list(data.get("requires_isa", [])),
         run=_run_tables(data.get("run", {}), path),
+        resources=_resources_table(data.get("resources", {}), path),
         path=str(path),
     )
 
@@ -120,3 +123,26 @@ def _run_tables(run: Any, path: Path) -> dict[str, dict[str, Any]]:
         takers = [b for b, backend in BACKENDS.items() if "run_settings" in backend.options]
         raise SdoptError(f"{path}: [run.{unknown[0]}]: run settings apply to {', '.join(takers)}")
     return {backend: dict(settings) for backend, settings in run.items()}
+
+
+RESOURCE_KEYS = {"num_cpus": (int, float), "num_gpus": (int, float), "accelerator_type": str, "custom": dict}
+
+
+def _resources_table(table: Any, path: Path) -> dict[str, Any]:
+    """[resources]: num_cpus, num_gpus, accelerator_type, custom = {NAME = AMOUNT}; checked here, used by sdopt.cluster."""
+    example = '[resources] num_cpus = 2, custom = {"cpu-avx512" = 1}'
+    if not isinstance(table, dict):
+        raise SdoptError(f"{path}: [resources] is a table, such as {example}")
+    for key, value in table.items():
+        kinds = RESOURCE_KEYS.get(key)
+        if kinds is None:
+            raise SdoptError(f"{path}: [resources] {key}: unknown; the keys are {', '.join(RESOURCE_KEYS)}")
+        if not isinstance(value, kinds) or isinstance(value, bool):
+            raise SdoptError(f"{path}: [resources] {key} = {value!r}: the wrong kind of value; for example {example}")
+        if key.startswith("num_") and value < 0:
+            raise SdoptError(f"{path}: [resources] {key} = {value}: a count cannot be negative")
+    custom = table.get("custom", {})
+    bad = [k for k, v in custom.items() if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0]
+    if bad:
+        raise SdoptError(f"{path}: [resources] custom.{bad[0]}: give a positive amount, such as custom = {{\"{bad[0]}\" = 1}}")
+    return dict(table)

@@ -97,6 +97,14 @@ def _lever_note(artifact: dict, steps: int) -> str:
     return ", ".join(parts)
 
 
+def _cluster_note(report: dict) -> str:
+    """Where a Ray run placed the jobs: which node ran each artifact, and what each job asked for."""
+    c = report["cluster"]
+    where = "; ".join(f"{a['name']} on {(a.get('node') or {}).get('hostname', '?')}" for a in report["artifacts"] if a.get("node"))
+    asked = ", ".join(f"{k}={v}" for k, v in (c.get("task_options") or {}).items())
+    return f"- ran on Ray {c.get('ray_version')} ({len(c.get('nodes', []))} node(s) in the cluster); each job asked for {asked}: {where or 'no job ran'}"
+
+
 def markdown(report: dict) -> str:
     req, machine = report["request"], report["machine"]
     cpu = machine.get("cpu", {})
@@ -111,6 +119,7 @@ def markdown(report: dict) -> str:
         f"guidance {req['guidance_scale']}, scheduler {req['scheduler']}; {report['settings']['runs']} run(s) after {report['settings']['warmup']} warm-up",
         f"- reference: **{report['reference']}**; UNet {_fmt((report.get('unet_flops_per_call') or 0) / 1e9)} GFLOP per call",
         f"- created {report['created']}",
+        *([_cluster_note(report)] if report.get("cluster") else []),
         *[f"- **warning**: {w}" for w in report.get("warnings", [])],
         "",
         "| artifact | backend | precision | status | latency median (ms) | p90 (ms) | speed-up | text enc (ms) | UNet step (ms) | VAE dec (ms) | peak mem (MiB) | size (MiB) | PSNR (dB) | SSIM | adherence | latent cos | GFLOP/s | of peak |",

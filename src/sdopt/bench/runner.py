@@ -179,18 +179,23 @@ def check_static_shapes(entries: list[Entry], settings: BenchSettings) -> None:
 
 
 # --- running ----------------------------------------------------------------------------
+def worker_job(entry: Entry, settings: BenchSettings, output_dir: str) -> dict:
+    """What one worker measures (python -m sdopt.bench.worker JOB.json RESULT.json), wherever it runs."""
+    return {**asdict(settings), "path": str(entry.path), "precision": entry.precision, "output_dir": output_dir,
+            "run_settings": settings.run.get(entry.manifest.backend), "load_options": entry.options}
+
+
+def worker_command(job_file: Path, result_file: Path) -> list[str]:
+    return [sys.executable, "-m", "sdopt.bench.worker", str(job_file), str(result_file)]
+
+
 def _run_worker(entry: Entry, settings: BenchSettings, out: Path, timeout: float | None) -> dict:
-    work = out / "raw" / _slug(entry.name)
+    work = out / "raw" / slug(entry.name)
     work.mkdir(parents=True, exist_ok=True)
-    job = {**asdict(settings), "path": str(entry.path), "precision": entry.precision, "output_dir": str(work),
-           "run_settings": settings.run.get(entry.manifest.backend), "load_options": entry.options}
-    (work / "job.json").write_text(json.dumps(job, indent=2))
+    (work / "job.json").write_text(json.dumps(worker_job(entry, settings, str(work)), indent=2))
     with open(work / "worker.log", "w") as log:
         try:
-            proc = subprocess.run(
-                [sys.executable, "-m", "sdopt.bench.worker", str(work / "job.json"), str(work / "result.json")],
-                stdout=log, stderr=subprocess.STDOUT, timeout=timeout,
-            )
+            proc = subprocess.run(worker_command(work / "job.json", work / "result.json"), stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
         except subprocess.TimeoutExpired:
             return {"status": "failed", "error": f"did not finish within {timeout:.0f} s"}
     if not (work / "result.json").is_file():
@@ -200,7 +205,7 @@ def _run_worker(entry: Entry, settings: BenchSettings, out: Path, timeout: float
     return result
 
 
-def _slug(name: str) -> str:
+def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.@-]+", "_", name)
 
 
@@ -240,6 +245,8 @@ def _summarise(entry: Entry, raw: dict, reference: dict | None, out: Path, flops
         "size_bytes": m.size_bytes,
         "status": raw["status"],
         "error": raw.get("error"),
+        # Where a cluster ran it (sdopt.cluster.bench): the node, and that node's machine fingerprint.
+        **{k: raw[k] for k in ("node", "machine", "attempts") if raw.get(k) is not None},
     }
     if raw["status"] != "ok":
         return row
@@ -407,17 +414,27 @@ def run_bench(
     return assemble_report(entries, raws, settings, out, profile)
 
 
-def assemble_report(entries: list[Entry], raws: dict[str, dict], settings: BenchSettings, out: Path, profile: HardwareProfile | None = None) -> dict:
-    """The report from the workers' raw results (out/raw/*/result.json): metrics, quality, files."""
-    from sdopt import __version__
+def precisions_to_probe(entries: list[Entry], raws: dict[str, dict]) -> list[str]:
+    """The precisions the compute actually ran in (a bf16 OpenVINO artifact runs fp32 on a CPU without
+    bf16): their matmul ceilings are probed, else the fraction of peak compares with the wrong one."""
+    return sorted({_compute_precision(e, raws[e.name], c) for e in entries for c in STAGE_COMPONENTS.values()})
+
+
+def probe_peaks(precisions: list[str], device: str) -> dict[str, dict]:
     from sdopt.bench.flops import matmul_peak_gflops
+
+    return {p: matmul_peak_gflops(p, device) for p in precisions}
+
+
+def assemble_report(entries: list[Entry], raws: dict[str, dict], settings: BenchSettings, out: Path, profile: HardwareProfile | None = None,
+                    machine: dict | None = None, peaks: dict | None = None, cluster: dict | None = None) -> dict:
+    """The report from the workers' raw results (out/raw/*/result.json): metrics, quality, files.
+    ``machine`` and ``peaks`` default to this machine's; a cluster run passes those of the node kind that ran the jobs."""
+    from sdopt import __version__
     from sdopt.bench.machine import fingerprint
 
     flops = _unet_flops(entries[0], settings)
-    # Probe the precision the compute actually ran in (a bf16 OpenVINO artifact runs fp32 on a
-    # CPU without bf16), else the fraction of peak compares with the wrong ceiling.
-    precisions = {_compute_precision(e, raws[e.name], c) for e in entries for c in STAGE_COMPONENTS.values()}
-    peaks = {p: matmul_peak_gflops(p, settings.device) for p in sorted(precisions)}
+    peaks = peaks if peaks is not None else probe_peaks(precisions_to_probe(entries, raws), settings.device)
 
     ref_raw = raws[entries[0].name]
     if ref_raw["status"] == "ok":
@@ -426,7 +443,7 @@ def assemble_report(entries: list[Entry], raws: dict[str, dict], settings: Bench
     rows = [_summarise(e, raws[e.name], ref_raw, out, flops, peaks, judge, settings.prompts, _stage_flops_or_none(e, entries[0], settings, flops))
             for e in entries]
     ref_fp = _model_fingerprint(entries[0].manifest)
-    machine = fingerprint()
+    machine = machine or fingerprint()
     warnings = [w for w in [profile.mismatch(machine) if profile else None] if w]
     for w in warnings:
         print(f"sdopt bench: warning: {w}", file=sys.stderr)
@@ -455,6 +472,7 @@ def assemble_report(entries: list[Entry], raws: dict[str, dict], settings: Bench
         "matmul_peak_gflops": peaks,
         "units": UNITS,
         "artifacts": rows,
+        **({"cluster": cluster} if cluster else {}),
     }
     from sdopt.bench.report import write_reports
 

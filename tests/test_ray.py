@@ -1,0 +1,162 @@
+"""sdopt on a local Ray cluster started by these tests (2 CPUs, two simulated node kinds as custom
+resources, shut down after): bench matrices per node kind, a killed job retried then reported, jobs
+no node can take, and sdopt serve as a Ray Serve deployment with two replicas."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import BENCH_ORT_RUN, BENCH_SETTINGS
+from sdopt import SdoptError
+
+ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install 'sdopt[ray]'")
+
+pytestmark = pytest.mark.slow
+KINDS = ("kind-a", "kind-b")
+
+
+@pytest.fixture(scope="module")
+def local_cluster():
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(address="local", num_cpus=2, resources={k: 1 for k in KINDS}, include_dashboard=False, log_to_driver=False,
+             configure_logging=False, object_store_memory=128 * 2**20)
+    yield
+    ray.shutdown()
+
+
+def _profile(tmp_path: Path, name: str, resources: str) -> "HardwareProfile":  # noqa: F821
+    from sdopt.bench.profiles import load_profile
+
+    path = tmp_path / f"{name}.toml"
+    path.write_text(f'name = "{name}"\ndevice = "cpu"\n[run.onnxruntime]\ngraph_optimization_level = "basic"\ninter_op_num_threads = 1\n'
+                    f"[resources]\n{resources}\n")
+    return load_profile(str(path))
+
+
+def _runs(profiles, artifacts, reference, out: Path):
+    from sdopt.bench.runner import BenchSettings, collect
+    from sdopt.cluster.bench import ProfileRun
+
+    runs = []
+    for profile in profiles:
+        settings = BenchSettings.resolve(profile, **BENCH_SETTINGS)
+        runs.append(ProfileRun(profile, collect(artifacts, reference), settings, out / profile.name))
+    return runs
+
+
+def test_a_matrix_over_two_node_kinds_gives_one_report_per_kind_with_the_rows_of_a_local_run(local_cluster, bench_report, tiny_model, tiny_onnx_artifact, tmp_path):
+    from sdopt.cluster.bench import run_matrix
+
+    assert bench_report[1]["settings"]["device"] == "cpu" and BENCH_ORT_RUN == {"graph_optimization_level": "basic", "inter_op_num_threads": 1}
+    profiles = [_profile(tmp_path, kind, f'num_cpus = 1\ncustom = {{"{kind}" = 1}}') for kind in KINDS]
+    artifacts = [str(tiny_onnx_artifact)]
+    reports = run_matrix(_runs(profiles, artifacts, str(tiny_model), tmp_path / "out"), progress=False)
+
+    local = {a["name"]: a for a in bench_report[1]["artifacts"]}
+    assert sorted(reports) == list(KINDS)
+    for kind in KINDS:
+        folder = tmp_path / "out" / kind
+        assert {"report.json", "report.md", "report.html", "results.csv"} <= {p.name for p in folder.iterdir()}
+        report = json.loads((folder / "report.json").read_text())
+        assert report["profile"] == kind and report["cluster"]["engine"] == "ray"
+        assert report["cluster"]["task_options"]["resources"] == {kind: 1}
+        assert report["machine"]["cpu"]["isa"] == bench_report[1]["machine"]["cpu"]["isa"]  # probed on a node of the kind
+        for row in report["artifacts"]:
+            mine = local[row["name"]]  # the same artifacts, named as a local run names them
+            assert (row["backend"], row["precision"], row["status"]) == (mine["backend"], mine["precision"], "ok")
+            assert row["node"]["hostname"] and row["node"]["node_id"] and row["machine"]["cpu"]["isa"]
+            assert (folder / row["work_dir"] / row["samples"][0]["image"]).is_file()  # the images came back to the driver
+            if row["name"] != report["reference"]:
+                # Same prompts, seeds and noise: the quality a local run measured, whichever node ran it. (Ray gives a
+                # job as many threads as the CPUs it asks for, here 1: reductions round differently, and above
+                # 60 dB that moves PSNR by a few dB of float noise.)
+                ours, theirs = row["quality"]["psnr_db"], mine["quality"]["psnr_db"]
+                assert min(ours, theirs) >= 60 or ours == pytest.approx(theirs, abs=0.5)
+        assert "ran on Ray" in (folder / "report.md").read_text()
+
+
+def _bench_processes():
+    """pid -> (parent pid, the artifact path its job measures) for every bench worker process running now."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+            if b"sdopt.bench.worker" not in args:
+                continue
+            job = json.loads(Path(args[args.index(b"sdopt.bench.worker") + 1].decode()).read_text())
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        found[int(proc.name)] = (ppid, job["path"])
+    return found
+
+
+def test_a_killed_job_is_retried_once_then_reported_and_the_run_never_hangs(local_cluster, tiny_model, tiny_onnx_artifact, tmp_path):
+    """The ONNX job's worker process is killed on both tries: reported failed. The reference's Ray worker
+    (the task's own process) is killed once: Ray runs it again and it is measured."""
+    from sdopt.cluster.bench import run_matrix
+
+    profile = _profile(tmp_path, "any", "num_cpus = 1")
+    runs = _runs([profile], [str(tiny_onnx_artifact)], str(tiny_model), tmp_path / "out")
+    kills = {"onnx": 0, "reference": 0}
+    done = threading.Event()
+
+    def killer():
+        seen = set()
+        while not done.is_set():
+            for pid, (ppid, path) in _bench_processes().items():
+                if pid in seen:
+                    continue
+                if path == str(tiny_onnx_artifact) and kills["onnx"] < 2:
+                    os.kill(pid, signal.SIGKILL)
+                    kills["onnx"] += 1
+                elif path == str(tiny_model) and kills["reference"] < 1:
+                    os.kill(ppid, signal.SIGKILL)  # the Ray worker running the task; its worker process dies with it
+                    kills["reference"] += 1
+                seen.add(pid)
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=killer, daemon=True)
+    watcher.start()
+    result = {}
+    runner = threading.Thread(target=lambda: result.update(run_matrix(runs, progress=False)), daemon=True)
+    runner.start()
+    runner.join(timeout=300)
+    done.set()
+    assert not runner.is_alive(), "the Ray bench hung after its workers were killed"
+    assert kills == {"onnx": 2, "reference": 1}
+    rows = {r["name"]: r for r in result["any"]["artifacts"]}
+    assert rows["tiny"]["status"] == "ok"  # retried after its Ray worker died
+    onnx = rows[Path(tiny_onnx_artifact).name]
+    assert onnx["status"] == "failed" and "killed on both tries" in onnx["error"] and "signal 9" in onnx["error"]
+
+
+def test_jobs_no_node_can_take_are_reported_at_once(local_cluster, tiny_model, tmp_path):
+    from sdopt.cluster.bench import run_matrix
+
+    profile = _profile(tmp_path, "h100-box", 'custom = {"h100-node" = 1}')
+    start = time.monotonic()
+    report = run_matrix(_runs([profile], [], str(tiny_model), tmp_path / "out"), progress=False)["h100-box"]
+    assert time.monotonic() - start < 60
+    (row,) = report["artifacts"]
+    assert row["status"] == "failed" and "no node of the Ray cluster can run" in row["error"] and "h100-node=1" in row["error"]
+
+
+def test_profile_resources_are_checked_and_several_profiles_need_ray(tmp_path, tiny_model):
+    from sdopt.cli import main
+
+    with pytest.raises(SdoptError, match=r"\[resources\] gpus: unknown; the keys are num_cpus"):
+        _profile(tmp_path, "bad", "gpus = 1")
+    with pytest.raises(SdoptError, match="custom.x: give a positive amount"):
+        _profile(tmp_path, "bad2", 'custom = {"x" = 0}')
+    a, b = (_profile(tmp_path, k, "num_cpus = 1").path for k in KINDS)
+    assert main(["bench", str(tiny_model), "--reference", str(tiny_model), "--profile", a, "--profile", b, "-o", str(tmp_path / "o")]) == 2
