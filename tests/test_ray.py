@@ -160,3 +160,54 @@ def test_profile_resources_are_checked_and_several_profiles_need_ray(tmp_path, t
         _profile(tmp_path, "bad2", 'custom = {"x" = 0}')
     a, b = (_profile(tmp_path, k, "num_cpus = 1").path for k in KINDS)
     assert main(["bench", str(tiny_model), "--reference", str(tiny_model), "--profile", a, "--profile", b, "-o", str(tmp_path / "o")]) == 2
+
+
+def test_ray_serve_replicas_serve_the_openai_client_share_the_requests_and_keep_their_limits(local_cluster, tiny_model):
+    """Two replicas behind one endpoint: the OpenAI SDK gets images; both replicas answer (the header names
+    which); each replica keeps the single-process server's auth and its queue limit, answered with 429."""
+    openai = pytest.importorskip("openai", reason="pip install 'sdopt[serve-test]'")
+    import base64
+    import io
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+    from PIL import Image
+    from ray import serve
+
+    from serving import free_port
+    from sdopt.cluster.serve import Scaling, start
+    from sdopt.serve.settings import ServeSettings
+
+    port = free_port()
+    start(str(tiny_model), ServeSettings(port=port, api_key="k", max_queue=1, max_batch=1), {"device": "cpu"}, Scaling(replicas=2))
+    try:
+        url = f"http://127.0.0.1:{port}"
+        client = openai.OpenAI(base_url=url + "/v1", api_key="k", max_retries=0)
+
+        def generate(_):
+            raw = client.images.with_raw_response.generate(prompt="a red circle", size="64x64", response_format="b64_json")
+            image = Image.open(io.BytesIO(base64.b64decode(raw.parse().data[0].b64_json)))
+            return raw.headers["x-sdopt-replica"], image.size
+
+        served = []
+        with ThreadPoolExecutor(2) as pool:
+            for _ in range(4):  # two at a time: never more than one replica's running + queued job each
+                served += list(pool.map(generate, range(2)))
+        assert all(size == (64, 64) for _, size in served)
+        assert len({replica for replica, _ in served}) == 2, f"one replica served everything: {served}"
+
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0).images.generate(prompt="x", size="64x64")
+
+        def post(_):
+            return httpx.post(url + "/v1/images/generations", json={"prompt": "a blue square", "size": "64x64"},
+                              headers={"Authorization": "Bearer k"}, timeout=120)
+
+        with ThreadPoolExecutor(12) as pool:
+            answers = list(pool.map(post, range(12)))
+        codes = sorted(a.status_code for a in answers)
+        assert set(codes) == {200, 429} and codes.count(200) >= 2, codes
+        full = next(a for a in answers if a.status_code == 429)
+        assert full.headers.get("retry-after") and full.headers.get("x-sdopt-replica") and "queue" in full.text.lower()
+    finally:
+        serve.shutdown()

@@ -358,9 +358,20 @@ def _serve(args: argparse.Namespace) -> int:
         api_auth=args.api_auth, max_queue=args.max_queue, max_batch=args.max_batch, job_timeout=args.job_timeout,
         max_pixels=args.max_pixels, max_steps=args.max_steps, max_images=args.max_images, name=args.name, lora_dir=args.lora_dir,
     )
-    from sdopt.serve.server import serve
+    load_options = {"device": args.device, "precision": args.precision}
+    if args.ray is None:
+        if args.replicas is not None or args.autoscale or args.gpus_per_replica or args.cpus_per_replica is not None:
+            raise SdoptError("--replicas, --autoscale, --cpus-per-replica and --gpus-per-replica go with --ray [ADDRESS] (Ray Serve; docs/ray.md)")
+        from sdopt.serve.server import serve
 
-    serve(args.artifact, settings, {"device": args.device, "precision": args.precision})
+        serve(args.artifact, settings, load_options)
+        return 0
+    from sdopt.cluster.serve import Scaling, parse_autoscale, serve_on_ray
+    from sdopt.source import resolve
+
+    scaling = Scaling(replicas=args.replicas, autoscale=parse_autoscale(args.autoscale) if args.autoscale else None,
+                      cpus_per_replica=args.cpus_per_replica or 1.0, gpus_per_replica=args.gpus_per_replica or 0.0)
+    serve_on_ray(str(resolve(args.artifact)), settings, load_options, scaling, args.ray or None)
     return 0
 
 
@@ -527,6 +538,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="LoRAs (DIR/NAME.safetensors) a prompt may apply as <lora:NAME:WEIGHT>, AUTOMATIC1111's syntax (torch backend; docs/serve.md)")
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None, help="default: the artifact's")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="serve through Ray Serve: replicas behind one endpoint, on the cluster at ADDRESS or a local one (docs/ray.md)")
+    p.add_argument("--replicas", type=int, default=None, help="with --ray: replicas, each loading the artifact once (default 1)")
+    p.add_argument("--autoscale", default=None, metavar="MIN:MAX", help="with --ray: let Ray Serve's autoscaler keep MIN to MAX replicas")
+    p.add_argument("--cpus-per-replica", type=float, default=None, help="with --ray: CPUs each replica holds (default 1; also its thread count)")
+    p.add_argument("--gpus-per-replica", type=float, default=None, help="with --ray: GPUs each replica holds (default 0; 1 with --device cuda is usual)")
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("optimize", help="build the candidates this machine can run, bench them against fp32, keep the fastest above a quality floor")

@@ -65,7 +65,10 @@ def job_view(request: Request, job: J.Job, images: bool = True) -> dict[str, Any
 def find(request: Request, job_id: str) -> J.Job:
     job = request.app.state.worker.jobs.get(job_id)
     if job is None:
-        raise HTTPException(404, f"no job {job_id!r} (the server keeps the last {FINISHED_KEPT:,} finished jobs)")
+        replica = request.app.state.replica
+        where = (f"; replica {replica} answered, and each of the replicas behind this endpoint keeps only its own jobs: "
+                 "with replicas, use the synchronous endpoints (/sdapi/v1/txt2img, /sdapi/v1/img2img, /v1/images/generations), which answer on the connection that asked") if replica else ""
+        raise HTTPException(404, f"no job {job_id!r} (the server keeps the last {FINISHED_KEPT:,} finished jobs{where})")
     return job
 
 

@@ -35,14 +35,18 @@ def _error_body(request: Request, status: int, message: str, field: str | None =
     return {"detail": detail}
 
 
-def create_app(worker: Worker, settings: ServeSettings, model_name: str) -> FastAPI:
+def create_app(worker: Worker, settings: ServeSettings, model_name: str, replica: str | None = None) -> FastAPI:
+    """``replica``: this copy's name when several serve the same endpoint (Ray Serve, sdopt.cluster.serve):
+    every response says which one answered (``X-Sdopt-Replica``), and so does /health."""
     from sdopt import __version__
     from sdopt.serve import api_a1111, api_native, api_openai
 
     app = FastAPI(title="sdopt serve", version=__version__, description=f"Serving {model_name} with sdopt")
     app.state.worker, app.state.settings, app.state.model_name = worker, settings, model_name
-    app.state.started = time.time()
+    app.state.started, app.state.replica = time.time(), replica
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    if replica is not None:
+        app.add_middleware(ReplicaHeader, replica=replica)
 
     @app.exception_handler(RequestError)
     async def _request_error(request: Request, exc: RequestError):
@@ -80,6 +84,7 @@ def create_app(worker: Worker, settings: ServeSettings, model_name: str) -> Fast
             "default_size": default_size(pipe),
             "queue": worker.queue_depth,
             "running": len(worker.current),
+            **({"replica": replica} if replica is not None else {}),
         }
 
     @app.get("/metrics", tags=["server"], dependencies=[Depends(require_auth)], response_class=PlainTextResponse)
@@ -97,6 +102,24 @@ def create_app(worker: Worker, settings: ServeSettings, model_name: str) -> Fast
     app.include_router(api_a1111.router, dependencies=[Depends(require_auth)])
     app.include_router(api_openai.router, dependencies=[Depends(require_auth)])
     return app
+
+
+class ReplicaHeader:
+    """X-Sdopt-Replica on every response: which of the replicas behind one endpoint answered."""
+
+    def __init__(self, app, replica: str):
+        self.app, self.header = app, (b"x-sdopt-replica", replica.encode())
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def marked_send(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), self.header]}
+            await send(message)
+
+        await self.app(scope, receive, marked_send)
 
 
 class BodyLimit:

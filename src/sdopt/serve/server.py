@@ -27,8 +27,8 @@ def check_port_free(host: str, port: int) -> None:
             raise SdoptError(f"cannot listen on {host}:{port} ({exc.strerror}): pass another --port, or stop what uses it") from None
 
 
-def build(pipeline: Any, settings: ServeSettings, name: str, start_worker: bool = True):
-    """The app over an already loaded pipeline (tests and embedders call this). start_worker=False
+def build(pipeline: Any, settings: ServeSettings, name: str, start_worker: bool = True, replica: str | None = None):
+    """The app over an already loaded pipeline (tests, embedders and Ray Serve replicas call this). start_worker=False
     leaves the worker idle until ``app.state.worker.start()``: tests that fill the queue first."""
     from sdopt.serve.app import create_app
     from sdopt.serve.worker import Worker
@@ -36,7 +36,7 @@ def build(pipeline: Any, settings: ServeSettings, name: str, start_worker: bool 
     worker = Worker(pipeline, max_queue=settings.max_queue, max_batch=settings.max_batch, job_timeout=settings.job_timeout)
     if start_worker:
         worker.start()
-    return create_app(worker, settings, name)
+    return create_app(worker, settings, name, replica=replica)
 
 
 def serve(artifact: str | Path, settings: ServeSettings, load_options: dict[str, Any] | None = None) -> None:
