@@ -80,6 +80,7 @@ def test_a_matrix_over_two_node_kinds_gives_one_report_per_kind_with_the_rows_of
                 ours, theirs = row["quality"]["psnr_db"], mine["quality"]["psnr_db"]
                 assert min(ours, theirs) >= 60 or ours == pytest.approx(theirs, abs=0.5)
         assert "ran on Ray" in (folder / "report.md").read_text()
+        assert "node" in (folder / "results.csv").read_text().splitlines()[0].split(",")
 
 
 def _bench_processes():
@@ -160,6 +161,16 @@ def test_profile_resources_are_checked_and_several_profiles_need_ray(tmp_path, t
         _profile(tmp_path, "bad2", 'custom = {"x" = 0}')
     a, b = (_profile(tmp_path, k, "num_cpus = 1").path for k in KINDS)
     assert main(["bench", str(tiny_model), "--reference", str(tiny_model), "--profile", a, "--profile", b, "-o", str(tmp_path / "o")]) == 2
+    assert main(["serve", str(tiny_model), "--replicas", "2"]) == 2  # replicas are Ray Serve's: refused without --ray
+    assert main(["optimize", str(tiny_model), "-o", str(tmp_path / "best"), "--ray-kind", "x"]) == 2
+    from sdopt.cluster.serve import Scaling, parse_autoscale
+
+    with pytest.raises(SdoptError, match="either-or"):
+        Scaling(replicas=2, autoscale=(1, 4))
+    with pytest.raises(SdoptError, match="MIN <= MAX"):
+        Scaling(autoscale=parse_autoscale("3:1"))
+    with pytest.raises(SdoptError, match="give MIN:MAX"):
+        parse_autoscale("four")
 
 
 def test_ray_serve_replicas_serve_the_openai_client_share_the_requests_and_keep_their_limits(local_cluster, tiny_model):
@@ -211,3 +222,23 @@ def test_ray_serve_replicas_serve_the_openai_client_share_the_requests_and_keep_
         assert full.headers.get("retry-after") and full.headers.get("x-sdopt-replica") and "queue" in full.text.lower()
     finally:
         serve.shutdown()
+
+
+def test_optimize_builds_fan_out_and_a_candidate_waits_for_the_one_it_quantizes(local_cluster, tiny_model, tmp_path):
+    """sdopt optimize --ray's build step on the cluster: a candidate that cannot be built is reported, and the
+    one quantized from it says so instead of building; one that needs no build comes back as its path.
+    (The whole optimize --ray run, builds and bench, is measured in docs/ray.md.)"""
+    from types import SimpleNamespace
+
+    from sdopt.bench.optimize import Candidate
+    from sdopt.cluster.optimize import RayPlan, build_all
+
+    pool = [Candidate({"name": "torch-fp32", "backend": "torch", "precision": "fp32"}, exact=True),
+            Candidate({"name": "bad", "quantize": "int3"}, exact=True),
+            Candidate({"name": "child", "quantize": "int8-static", "backend": "nncf", "from": "bad"}, exact=True)]
+    settings = SimpleNamespace(height=64, width=64, device="cpu")
+    said = []
+    built, not_built = build_all(RayPlan(kind="kind-a"), pool, tiny_model, tmp_path / "work", settings, None, said.append)
+    assert built == {"torch-fp32": str(tiny_model)}
+    assert "int3" in not_built["bad"] and not_built["child"].startswith("bad was not built: ")
+    assert any("building 3 candidates on Ray" in line for line in said)

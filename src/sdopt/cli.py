@@ -141,8 +141,16 @@ def _optimize(args: argparse.Namespace) -> int:
     say = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr))
     work = Path(args.work) if args.work else Path(str(Path(args.output).absolute()) + ".work")
     distill = {k: v for k, v in (("latents", args.distill_latents), ("train_steps", args.distill_steps)) if v}
+    plan = None
+    if args.ray is not None:
+        from sdopt.cluster.optimize import RayPlan
+
+        plan = RayPlan(address=args.ray or None, kind=args.ray_kind, cpus=args.cpus_per_job or 1.0)
+    elif args.ray_kind or args.cpus_per_job:
+        raise SdoptError("--ray-kind and --cpus-per-job go with --ray [ADDRESS] (docs/ray.md)")
     outcome = optimize(args.model, args.output, settings, work, floor, quick=args.quick, budget_minutes=args.budget_minutes,
-                       distill=distill or None, precision=args.precision, rebench=args.rebench, force=args.force, progress=not args.quiet, say=say)
+                       distill=distill or None, precision=args.precision, rebench=args.rebench, force=args.force, progress=not args.quiet, say=say,
+                       ray=plan)
     print(f"{'candidate':<36} {'exact':<6} {'speed-up':>9} {'PSNR dB':>8} {'adherence':>10}  verdict")
     for r in outcome.rows:
         speed = f"{r['speedup']:.2f}x" if r.get("speedup") else "-"
@@ -573,6 +581,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rebench", action="store_true", help="measure again even where the work folder holds a bench of the same candidates and settings")
     p.add_argument("--force", action="store_true", help="replace the output folder if it exists")
     p.add_argument("--quiet", "-q", action="store_true")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="build the candidates in parallel and bench them on a Ray cluster (at ADDRESS, else a local one); the work folder must be on a path every node sees (docs/ray.md)")
+    p.add_argument("--ray-kind", default=None, metavar="RESOURCE",
+                   help="with --ray: the custom resource naming the node kind every build and bench job runs on, so the timings compare (ray start --resources '{\"RESOURCE\": 1}')")
+    p.add_argument("--cpus-per-job", type=float, default=None, help="with --ray: CPUs each build and bench job holds (default 1; also its thread count)")
     p.set_defaults(func=_optimize)
 
     p = sub.add_parser("gate", help="check a bench report against a baseline and thresholds (exit 0 ok, 1 regression, 2 incomparable)")

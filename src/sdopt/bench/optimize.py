@@ -134,8 +134,18 @@ class Outcome:
 def optimize(model: str | Path, out: str | Path, settings, work: str | Path, floor: Floor = Floor(), quick: bool = False,
              budget_minutes: float | None = None, distill: dict[str, Any] | None = None, precision: str | None = None,
              rebench: bool = False, force: bool = False,
-             progress: bool = True, say: Callable[[str], None] = lambda line: None) -> Outcome:
-    """Build the candidates, bench them against fp32, copy the fastest that holds the floor to ``out``."""
+             progress: bool = True, say: Callable[[str], None] = lambda line: None, ray: "RayPlan | None" = None) -> Outcome:  # noqa: F821
+    """Build the candidates, bench them against fp32, copy the fastest that holds the floor to ``out``.
+    ``ray``: build the candidates in parallel and bench them on a Ray cluster's nodes of one kind (sdopt.cluster.optimize)."""
+    if ray is None:
+        return _optimize(model, out, settings, work, floor, quick, budget_minutes, distill, precision, rebench, force, progress, say, None)
+    from sdopt.cluster.optimize import connected
+
+    with connected(ray):
+        return _optimize(model, out, settings, work, floor, quick, budget_minutes, distill, precision, rebench, force, progress, say, ray)
+
+
+def _optimize(model, out, settings, work, floor, quick, budget_minutes, distill, precision, rebench, force, progress, say, ray) -> Outcome:
     from sdopt.bench.build import build_one
     from sdopt.bench.profiles import HardwareProfile
     from sdopt.bench.runner import run_bench
@@ -153,7 +163,11 @@ def optimize(model: str | Path, out: str | Path, settings, work: str | Path, flo
     distill = {"steps_per_image": settings.steps, "guidance_scale": settings.guidance_scale, **(distill or {})}
     precision = precision or float_precision(settings.device)
     pool = candidates(settings.device, quick, distill, precision)
-    for candidate in pool:
+    if ray is not None:
+        from sdopt.cluster.optimize import build_all
+
+        built, not_built = build_all(ray, pool, source, work, settings, budget_minutes, say)
+    for candidate in pool if ray is None else ():
         if budget_minutes is not None and time.monotonic() - started > budget_minutes * 60:
             not_built[candidate.name] = f"the --budget-minutes {budget_minutes:g} ran out before it was built"
             continue
@@ -171,7 +185,12 @@ def optimize(model: str | Path, out: str | Path, settings, work: str | Path, flo
     key = _bench_key(built, source, settings)
     report = None if rebench else _earlier_bench(bench_out, key)
     if report is None:
-        report = run_bench(list(built.values()), str(source), bench_out, settings, profile=profile, progress=progress)
+        if ray is not None:
+            from sdopt.cluster.optimize import bench
+
+            report = bench(ray, list(built.values()), source, bench_out, settings, progress)
+        else:
+            report = run_bench(list(built.values()), str(source), bench_out, settings, profile=profile, progress=progress)
         (bench_out / BENCH_KEY).write_text(json.dumps(key, indent=2) + "\n")
     else:
         say(f"== the bench of these candidates with these settings is in {bench_out}: reused (--rebench measures again)")

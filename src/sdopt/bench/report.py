@@ -52,6 +52,7 @@ def flat_rows(report: dict) -> list[dict[str, Any]]:
                 "achieved_gflops": c.get("achieved_gflops"),
                 "fraction_of_peak": c.get("fraction_of_peak"),
                 **{f"{stage}_gflops": (a.get("stage_compute") or {}).get(stage, {}).get("achieved_gflops") for stage in ("text_encoder", "vae_decoder")},
+                "node": (a.get("node") or {}).get("hostname"),  # where a Ray run placed it (sdopt.cluster.bench); empty locally
             }
         )
     return rows

@@ -61,6 +61,16 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+def _local_threads_env() -> dict[str, str]:
+    """The environment a local run has: Ray sets OMP_NUM_THREADS to a task's num_cpus, which torch obeys and
+    ONNX Runtime and OpenVINO ignore; one artifact on 1 thread beside others on every core would skew the
+    ratios. So each backend takes the threads it takes locally (or what the profile's [run] tables set), and
+    a node kind is meant to run one job at a time (docs/ray.md)."""
+    env = dict(os.environ)
+    env.pop("OMP_NUM_THREADS", None)
+    return env
+
+
 def _where() -> dict[str, Any]:
     import platform
 
@@ -84,7 +94,7 @@ def run_job(job: dict, timeout: float | None) -> dict:
         with open(work / "worker.log", "w") as log:
             try:
                 proc = subprocess.run(worker_command(work / "job.json", work / "result.json"), stdout=log, stderr=subprocess.STDOUT,
-                                      timeout=timeout, preexec_fn=_die_with_parent)
+                                      timeout=timeout, preexec_fn=_die_with_parent, env=_local_threads_env())
             except subprocess.TimeoutExpired:
                 proc = None
         if proc is not None and proc.returncode < 0 and not (work / "result.json").is_file():
