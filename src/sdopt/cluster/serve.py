@@ -10,6 +10,7 @@ endpoints are the ones to use.
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -109,12 +110,18 @@ def serve_on_ray(artifact: str, settings: ServeSettings, load_options: dict[str,
 
         count = f"{scaling.autoscale[0]}..{scaling.autoscale[1]} replicas (autoscaled)" if scaling.autoscale else f"{scaling.replicas or 1} replica(s)"
         print(f"starting {count} of {artifact} on Ray ...", file=sys.stderr)
-        start(artifact, settings, load_options, scaling)
-        print(f"serving on http://{settings.host}:{settings.port}/ through Ray Serve, {count}; Ctrl-C stops it", file=sys.stderr)
+        signal.signal(signal.SIGTERM, _stop)  # a service manager's stop: the same clean shutdown as Ctrl-C (Ray's own handler only dumps a stack)
         try:
+            start(artifact, settings, load_options, scaling)
+            print(f"serving on http://{settings.host}:{settings.port}/ through Ray Serve, {count}; Ctrl-C stops it", file=sys.stderr)
             while True:
                 time.sleep(3600)
         except KeyboardInterrupt:
             pass
         finally:
+            print("stopping the replicas ...", file=sys.stderr)
             serve.shutdown()
+
+
+def _stop(signum, frame):
+    raise KeyboardInterrupt
