@@ -132,3 +132,83 @@ def _installed(name):
     import importlib.util
 
     return importlib.util.find_spec(name) is not None
+
+
+def _trt_artifact_from(onnx_artifact, folder):
+    """A TensorRT artifact as the exporter writes it, but for engines built elsewhere: the ONNX export's graphs,
+    a stand-in plan per component, and the manifest fields the exporter records (profiles, engines, key)."""
+    import shutil
+
+    from sdopt.manifest import files_in, hash_components
+
+    shutil.copytree(onnx_artifact, folder)
+    manifest = read_manifest(folder)
+    specs = family_specs(manifest.pipeline_family, {"text_encoder": 2})
+    shapes, _ = __import__("sdopt.export.tensorrt", fromlist=["shapes_of"]).shapes_of({"shapes": "64x64", "batch_range": "1:2"}, None)
+    profiles = profiles_for({n: specs[n] for n in manifest.components}, manifest.model, shapes, static=False)
+    for name, entry in manifest.components.items():
+        (folder / entry.folder / "model.plan").write_bytes(b"an engine for sm 8.9")
+        entry.files = files_in(folder / entry.folder, folder, (".onnx", ".onnx_data", ".plan", ".json"))
+    manifest.backend = "tensorrt"
+    manifest.export = {"target": "tensorrt", "tensorrt": engine_key("10.7.0", "8.9"),
+                       "engines": {n: {"precision": "fp16", "refittable": n == "unet", "layers": 1} for n in manifest.components},
+                       "profiles": {n: {i: p.to_dict() for i, p in ps.items()} for n, ps in profiles.items()}}
+    hash_components(manifest.components, folder)
+    manifest.write(folder)
+    return manifest
+
+
+def test_rebuild_builds_the_engines_again_from_the_kept_onnx_with_the_recorded_profiles(tiny_onnx_artifact, tmp_path, monkeypatch, capsys):
+    """`--rebuild` on another GPU: TensorRT's builder and the GPU check are stood in for (no GPU here); what is tested is
+    everything around them: the recorded profiles and precision reach the builder, the new artifact's files and key, the old one untouched."""
+    import sdopt.export.tensorrt as trt_export
+    import sdopt.tensorrt.build as trt_build
+    from sdopt.tensorrt.engines import check_engines
+
+    old = tmp_path / "trt-sm89"
+    before = _trt_artifact_from(tiny_onnx_artifact, old)
+    monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))  # "installed"
+    calls = {}
+
+    def stand_in_builder(onnx_path, plan_path, profiles, precision, timing_cache, refit=False, workspace_gib=None):
+        assert onnx_path.is_file() and onnx_path.parent == plan_path.parent and not plan_path.exists()
+        calls[onnx_path.parent.name] = (profiles, precision, refit)
+        plan_path.write_bytes(b"an engine for sm 9.0")
+        return {"precision": precision, "refittable": refit, "layers": 2}
+
+    monkeypatch.setattr(trt_build, "build_engine", stand_in_builder)
+    monkeypatch.setattr(trt_export, "here", lambda: engine_key("10.7.0", "9.0"))
+    new = tmp_path / "trt-sm90"
+    assert main(["export", str(old), "--to", "tensorrt", "--rebuild", "-o", str(new)]) == 0, capsys.readouterr().err
+    rebuilt = read_manifest(new)
+    rebuilt.verify_files(new)  # every file listed and hashed, the new plans among them
+    assert rebuilt.export["tensorrt"] == engine_key("10.7.0", "9.0") and rebuilt.export["rebuilt_from"]["tensorrt"] == engine_key("10.7.0", "8.9")
+    check_engines(rebuilt.export["tensorrt"], engine_key("10.7.0", "9.0"), new)  # loads on this machine now
+    assert set(calls) == {before.components[n].folder for n in before.components}
+    unet = calls[before.components["unet"].folder]
+    assert unet[1] == "fp16" and unet[2] is True and unet[0]["sample"].max[0] == 4  # batch 2, guided: doubled
+    assert all((new / e.folder / "model.plan").read_bytes() == b"an engine for sm 9.0" for e in before.components.values())
+    read_manifest(old).verify_files(old)  # the old artifact is as it was
+    assert read_manifest(old).export["tensorrt"] == engine_key("10.7.0", "8.9")
+    assert any("rebuilt from the kept ONNX graphs" in n for n in rebuilt.notes)
+
+    # What --rebuild refuses: another kind of artifact, and options it would ignore.
+    assert main(["export", str(tiny_onnx_artifact), "--to", "tensorrt", "--rebuild", "-o", str(tmp_path / "x")]) == 2
+    assert "is a onnxruntime artifact: export from its checkpoint" in capsys.readouterr().err
+    assert main(["export", str(old), "--to", "tensorrt", "--rebuild", "--static", "-o", str(tmp_path / "x")]) == 2
+    assert "--rebuild takes the shapes, precision and options the artifact's manifest records" in capsys.readouterr().err
+    assert main(["export", str(old), "--to", "onnx", "--rebuild", "-o", str(tmp_path / "x")]) == 2
+    assert "does not take --rebuild" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_rebuild_without_a_gpu_says_so_and_writes_nothing(tiny_onnx_artifact, tmp_path, monkeypatch, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    old = tmp_path / "trt-sm89"
+    _trt_artifact_from(tiny_onnx_artifact, old)
+    monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))
+    assert main(["export", str(old), "--to", "tensorrt", "--rebuild", "-o", str(tmp_path / "new")]) == 2
+    assert "TensorRT needs an NVIDIA GPU: no CUDA device here" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trt-sm89"]

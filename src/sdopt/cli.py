@@ -121,7 +121,7 @@ def _quantize(args: argparse.Namespace) -> int:
 
 # Options that pass through to exporters; an exporter refuses those it does not declare.
 EXPORT_OPTIONS = ("opset", "optimize", "skip_validation", "height", "width", "batch", "vae_decoder", "deep_cache",
-                  "shapes", "batch_range", "static", "refit")
+                  "shapes", "batch_range", "static", "refit", "rebuild")
 
 
 def _optimize(args: argparse.Namespace) -> int:
@@ -468,6 +468,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-range", default=None, metavar="MIN:MAX", help="tensorrt: images per request the engines take (default 1:4)")
     p.add_argument("--static", action="store_true", help="tensorrt: one size and batch only (smallest, fastest engines)")
     p.add_argument("--refit", action="store_true", help="tensorrt: refittable engines (UNet weights, e.g. a fused LoRA, swap without a rebuild)")
+    p.add_argument("--rebuild", action="store_true",
+                   help="tensorrt: MODEL is a TensorRT artifact; build its engines again on this machine from the ONNX graphs it keeps, "
+                        "with the shapes and precision its manifest records (for engines built for another GPU or TensorRT version)")
     p.add_argument("--vae-decoder", default=None, metavar="PATH",
                    help="replace the VAE decoder by this tiny decoder (an AutoencoderTiny folder: `sdopt distill-decoder` writes one, TAESD's weights are one); "
                         "its PSNR against the full decoder is measured and recorded")

@@ -185,6 +185,11 @@ def export(model: str | Path, target: str, out: str | Path, precision: str = "fp
 
     exporter = get_exporter(target)
     exporter.check_options(options, EXPORTERS)
+    if options.get("rebuild"):  # a target's own artifact built again from what it keeps (TensorRT: its ONNX graphs)
+        other = sorted(k for k, v in options.items() if v and k != "rebuild")
+        if other or loras or precision != "fp32":
+            raise SdoptError("--rebuild takes the shapes, precision and options the artifact's manifest records: give only the artifact, --to and -o")
+        return exporter.implementation().rebuild(model, out, force=force)
     loras = parse_loras(loras)  # before any slow work: each file exists and is safetensors
     if precision not in exporter.precisions:
         raise SdoptError(f"--to {target} supports precisions {', '.join(exporter.precisions)}, not {precision}")

@@ -36,7 +36,7 @@ register_exporter(
         extra="tensorrt",
         requires=("tensorrt", "onnx", "onnxruntime", "torch"),
         precisions=("fp32", "fp16", "bf16"),
-        options=("skip_validation", "opset", "height", "width", "shapes", "batch_range", "static", "refit"),
+        options=("skip_validation", "opset", "height", "width", "shapes", "batch_range", "static", "refit", "rebuild"),
         description="TensorRT engines (NVIDIA GPUs), built from the ONNX graphs the artifact keeps; unverified on a GPU so far",
     )
 )

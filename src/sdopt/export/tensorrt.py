@@ -76,3 +76,51 @@ def export_components(source: Path, manifest: Manifest, out: Path, precision: st
         notes=[*onnx.notes, f"engines built for TensorRT {key['tensorrt_version']} on compute capability {key['compute_capability']}: they run only there"],
         static_shapes=static_shapes,
     )
+
+
+def rebuild(artifact: str | Path, out: str | Path, force: bool = False) -> Manifest:
+    """`sdopt export TRT_ARTIFACT --to tensorrt --rebuild -o NEW`: the engines built again on this machine from the
+    ONNX graphs the artifact keeps, with the shape profiles, precision and refit its manifest records. For an
+    artifact whose engines were built for another TensorRT version or GPU generation (loading it says so)."""
+    import shutil
+
+    from sdopt.fsutil import atomic_output_dir, check_output_dir, local_inputs
+    from sdopt.manifest import hash_components, read_manifest
+    from sdopt.source import resolve
+    from sdopt.tensorrt.build import build_engine
+    from sdopt.tensorrt.profiles import InputProfile
+
+    folder = resolve(artifact)
+    old = read_manifest(folder)
+    if old.backend != "tensorrt":
+        raise SdoptError(f"--rebuild builds a TensorRT artifact's engines again from the ONNX graphs it keeps; {folder} is a "
+                         f"{old.backend} artifact: export from its checkpoint instead (sdopt export CHECKPOINT --to tensorrt -o NEW)")
+    recorded, engines = old.export.get("profiles") or {}, old.export.get("engines") or {}
+    missing = [n for n in old.components if n not in recorded or n not in engines or not (folder / old.components[n].folder / "model.onnx").is_file()]
+    if missing:
+        raise SdoptError(f"{folder}: no kept ONNX graph or recorded shape profile for {', '.join(missing)}: "
+                         "it cannot be rebuilt; export it again from its checkpoint")
+    old.verify_files(folder)  # the graphs are the ones the manifest describes
+    check_output_dir(out, force, local_inputs(folder))
+    key = here()  # TensorRT and a GPU, or the error naming what is missing: before any slow work
+    cache = timing_cache_path(key)
+    with atomic_output_dir(out, force=force, inputs=(folder,)) as tmp:
+        shutil.copytree(folder, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(PLAN_FILE, "sdopt.json"))
+        built = {}
+        for name in tqdm(list(old.components), desc="rebuilding TensorRT engines", unit="engine"):
+            entry = old.components[name]
+            profiles = {i: InputProfile(tuple(p["min"]), tuple(p["opt"]), tuple(p["max"])) for i, p in recorded[name].items()}
+            built[name] = build_engine(tmp / entry.folder / "model.onnx", tmp / entry.folder / PLAN_FILE, profiles, engines[name]["precision"],
+                                       cache, refit=bool(engines[name].get("refittable")))
+            entry.files = files_in(tmp / entry.folder, tmp, (".onnx", ".onnx_data", ".plan", ".json"))
+        was = old.export.get("tensorrt") or {}
+        old.export = {**old.export, "tensorrt": key, "engines": built, "timing_cache": str(cache),
+                      "rebuilt_from": {"artifact_id": read_manifest(folder).artifact_id, "tensorrt": was}}
+        old.backend_versions = {**old.backend_versions, "tensorrt": key["tensorrt_version"]}
+        old.notes = [n for n in old.notes if not n.startswith("engines built for TensorRT")] + [
+            f"engines built for TensorRT {key['tensorrt_version']} on compute capability {key['compute_capability']}: they run only there "
+            f"(rebuilt from the kept ONNX graphs; built before for TensorRT {was.get('tensorrt_version')} on {was.get('compute_capability')})"]
+        old.created = ""  # stamped anew
+        hash_components(old.components, tmp)
+        old.write(tmp)
+    return old

@@ -2,9 +2,9 @@
 
 A serialized engine runs only on the TensorRT version that built it and on GPUs
 of the same compute capability: the manifest records both (``export.tensorrt``),
-and loading elsewhere is refused with the way out (export again on that
-machine; rebuilding from the ONNX graphs the artifact keeps, ``--rebuild``, is
-not built yet). Everything here but ``here()`` imports nothing
+and loading elsewhere is refused with the way out (``--rebuild``: the engines
+built again on that machine from the ONNX graphs the artifact keeps; or export
+again). Everything here but ``here()`` imports nothing
 heavy, so the refusals are tested on any machine.
 """
 
@@ -35,7 +35,8 @@ def check_engines(recorded: dict[str, Any] | None, here: dict[str, str], folder:
     if wrong:
         raise SdoptError(
             f"{folder}: its TensorRT engines were built for {' and '.join(wrong)}; engines run only where they were built. "
-            f"Build them on this machine: sdopt export {source or 'CHECKPOINT'} --to tensorrt -o NEW_FOLDER"
+            f"Build them on this machine from the ONNX graphs it keeps: sdopt export {folder} --to tensorrt --rebuild -o NEW_FOLDER "
+            f"(or export again: sdopt export {source or 'CHECKPOINT'} --to tensorrt -o NEW_FOLDER)"
         )
 
 
