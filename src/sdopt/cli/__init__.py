@@ -1,0 +1,69 @@
+"""The sdopt command line. Argument parsing only: every command is a thin call into a package.
+
+One module per group of commands, each with its handlers and the ``add_*`` functions that declare
+their flags: ``models.py`` (init-model, init-lora, train-shapes, distill-decoder), ``artifacts.py``
+(inspect, clean, export, quantize), ``generating.py`` (generate), ``measure.py`` (bench, optimize,
+gate), ``serving.py`` (serve); ``common.py`` what several of them parse alike.
+
+Errors caused by input are SdoptError: printed on one line, exit status 2
+(3 when a generation ran but gave no usable image; the gate's own codes: 0/1/2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+
+from sdopt import __version__
+from sdopt.cli import artifacts, generating, measure, models, serving
+from sdopt.errors import SdoptError
+
+# In the order `sdopt --help` lists them.
+COMMANDS = (
+    models.add_init_model, models.add_init_lora, models.add_train_shapes, models.add_distill_decoder,
+    artifacts.add_inspect, artifacts.add_clean, artifacts.add_export, artifacts.add_quantize,
+    measure.add_bench, serving.add_serve, measure.add_optimize, measure.add_gate, generating.add_generate,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sdopt", description="Export, quantize, run and benchmark Stable Diffusion models.")
+    parser.add_argument("--version", action="version", version=f"sdopt {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def _exit_on_sigterm() -> None:
+    """Turn SIGTERM into an exception, so a terminated export still removes its temporary folder."""
+    import signal
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (sdopt.cli.main called from a worker): leave it
+        pass
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings meant for users (bf16 emulated, bf16 asked but fp32 runs) read like our errors."""
+    return f"sdopt: warning: {message}\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _exit_on_sigterm()
+    warnings.formatwarning = _format_warning
+    try:
+        return args.func(args)
+    except SdoptError as exc:
+        print(f"sdopt: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("sdopt: interrupted", file=sys.stderr)
+        return 130

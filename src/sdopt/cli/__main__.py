@@ -1,0 +1,7 @@
+"""python -m sdopt.cli"""
+
+import sys
+
+from sdopt.cli import main
+
+sys.exit(main())

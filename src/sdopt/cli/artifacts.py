@@ -1,0 +1,144 @@
+"""Making and looking at artifacts: inspect, clean, export, quantize."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from sdopt.cli.common import exporter_names, add_lora_flag
+from sdopt.errors import SdoptError
+
+
+# Options that pass through to exporters; an exporter refuses those it does not declare.
+EXPORT_OPTIONS = ("opset", "optimize", "skip_validation", "height", "width", "batch", "vae_decoder", "deep_cache",
+                  "shapes", "batch_range", "static", "refit", "rebuild")
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from sdopt.inspect_artifact import describe, format_description
+
+    data = describe(args.artifact, verify=not args.no_verify)
+    print(json.dumps(data, indent=2) if args.json else format_description(data))
+    return 0
+
+
+def _clean(args: argparse.Namespace) -> int:
+    from sdopt.fsutil import remove_stale_temp_folders
+
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise SdoptError(f"{folder} is not a folder: give the folder where the interrupted command was writing its output")
+    stale = remove_stale_temp_folders(folder, dry_run=args.dry_run)
+    for path, size in stale:
+        print(f"{'would remove' if args.dry_run else 'removed'} {path} ({size / 2**20:,.1f} MiB)")
+    if not stale:
+        print(f"nothing to clean in {folder}: no temporary folder of an interrupted sdopt command")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from sdopt.export.run import export
+    from sdopt.inspect_artifact import describe, format_description
+
+    if args.deep_cache is not None and args.deep_cache < 1:
+        raise SdoptError(f"--deep-cache {args.deep_cache}: give the caching interval, an integer of 1 or more (2 or 3 are usual)")
+    options = {k: v for k, v in vars(args).items() if k in EXPORT_OPTIONS and v not in (None, False)}
+    export(args.model, args.to, args.output, precision=args.precision, force=args.force, loras=args.lora, **options)
+    print(format_description(describe(args.output)))
+    return 0
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    from sdopt.quant.schemes import format_table
+
+    if args.list:
+        print(format_table())
+        return 0
+    if not (args.model and args.scheme and args.output):
+        raise SdoptError("give MODEL, --scheme and -o OUT (or --list to see the schemes and backends)")
+    from sdopt.inspect_artifact import describe, format_description
+    from sdopt.quant.run import quantize
+
+    components = [c.strip() for c in args.components.split(",") if c.strip()] if args.components is not None else None
+    options = {k: v for k, v in (("group_size", args.group_size), ("ratio", args.ratio)) if v is not None}
+    if args.calibration_prompts is not None:
+        from sdopt.prompts import read_prompts
+
+        options["calibration_prompts"] = read_prompts(args.calibration_prompts, what="calibration prompt file")
+    manifest = quantize(args.model, args.scheme, args.output, backend=args.backend, components=components,
+                        exclude=args.exclude, device=args.device, force=args.force, options=options, loras=args.lora)
+    if args.backend is None:
+        print(f"backend: {manifest.export['backend']} (the first supported for {args.scheme} on {args.device}; see --list)")
+    print(format_description(describe(args.output)))
+    return 0
+
+
+# Options that pass through to exporters; an exporter refuses those it does not declare.
+EXPORT_OPTIONS = ("opset", "optimize", "skip_validation", "height", "width", "batch", "vae_decoder", "deep_cache",
+                  "shapes", "batch_range", "static", "refit", "rebuild")
+
+
+def add_inspect(sub) -> None:
+    p = sub.add_parser("inspect", help="show what an artifact is: backend, precision, components, parity, fingerprint")
+    p.add_argument("artifact", help="artifact folder or Diffusers model folder")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--no-verify", action="store_true", help="do not hash the files (large artifacts): sizes shown as sdopt.json records them")
+    p.set_defaults(func=_inspect)
+
+
+def add_clean(sub) -> None:
+    p = sub.add_parser("clean", help="remove the temporary folders that interrupted exports and quantizations left (.NAME.tmp-*)")
+    p.add_argument("folder", nargs="?", default=".", help="the folder that holds them: the output's parent (default: here)")
+    p.add_argument("--dry-run", action="store_true", help="list them without removing")
+    p.set_defaults(func=_clean)
+
+
+def add_export(sub) -> None:
+    p = sub.add_parser("export", help="export a PyTorch checkpoint to another runtime's format")
+    p.add_argument("model", help="Diffusers model folder (or hub id) to export from")
+    p.add_argument("--to", required=True, help="target format: " + ", ".join(sorted(exporter_names())))
+    p.add_argument("-o", "--output", required=True, help="output artifact folder")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"),
+                   help="weights precision (default fp32). ONNX: fp32 or fp16; fp16 is a GPU precision, on CPUs ORT wraps it in casts and it is no faster (docs/onnx.md). OpenVINO: fp32, fp16 or bf16")
+    p.add_argument("--force", action="store_true", help="replace the output folder if it exists")
+    p.add_argument("--opset", type=int, default=None, help="onnx: opset version")
+    p.add_argument("--optimize", action="store_true", help="onnx: apply ONNX Runtime graph optimizations and fusions")
+    p.add_argument("--skip-validation", action="store_true", help="do not fail when parity exceeds tolerance (recorded in the manifest)")
+    p.add_argument("--height", type=int, default=None, help="openvino: static image height; tensorrt: the size the engines are best at")
+    p.add_argument("--width", type=int, default=None, help="openvino: static image width; tensorrt: as --height")
+    p.add_argument("--batch", type=int, default=None, help="openvino: static batch (images per call; the UNet runs twice that with guidance)")
+    p.add_argument("--shapes", default=None, metavar="HxW,...",
+                   help="tensorrt: the image sizes the engines must run (e.g. 512x512,768x768); the first is the one they are tuned for")
+    p.add_argument("--batch-range", default=None, metavar="MIN:MAX", help="tensorrt: images per request the engines take (default 1:4)")
+    p.add_argument("--static", action="store_true", help="tensorrt: one size and batch only (smallest, fastest engines)")
+    p.add_argument("--refit", action="store_true", help="tensorrt: refittable engines (UNet weights, e.g. a fused LoRA, swap without a rebuild)")
+    p.add_argument("--rebuild", action="store_true",
+                   help="tensorrt: MODEL is a TensorRT artifact; build its engines again on this machine from the ONNX graphs it keeps, "
+                        "with the shapes and precision its manifest records (for engines built for another GPU or TensorRT version)")
+    p.add_argument("--vae-decoder", default=None, metavar="PATH",
+                   help="replace the VAE decoder by this tiny decoder (an AutoencoderTiny folder: `sdopt distill-decoder` writes one, TAESD's weights are one); "
+                        "its PSNR against the full decoder is measured and recorded")
+    p.add_argument("--deep-cache", type=int, default=None, metavar="N",
+                   help="step-feature caching (DeepCache): export the UNet as two graphs (whole, and its shallow branch) and run the whole UNet "
+                        "every N-th step by default (a request's cache_interval overrides; 1 keeps both graphs but caches nothing)")
+    add_lora_flag(p, "fused into the weights before export (recorded in the manifest)")
+    p.set_defaults(func=_export)
+
+
+def add_quantize(sub) -> None:
+    p = sub.add_parser("quantize", help="quantize a PyTorch checkpoint's weights (int8, int4, nf4, fp8) into a reloadable artifact")
+    p.add_argument("model", nargs="?", help="Diffusers model folder (or hub id) in full precision")
+    p.add_argument("--scheme", help="int8, int8-dynamic, int4, nf4 or fp8 (--list shows which backend does which)")
+    p.add_argument("--backend", default=None, help="torchao, quanto, bnb, or nncf for OpenVINO artifacts (default: the first that supports the scheme on --device)")
+    p.add_argument("--components", default=None, help="comma-separated: unet, text_encoder, vae (default: unet,text_encoder)")
+    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN", help="keep layers whose name matches this fnmatch pattern in full precision, e.g. 'unet.conv_in' (repeatable)")
+    p.add_argument("--device", default="cpu", help="where the artifact will run: cpu or cuda (default cpu)")
+    p.add_argument("-o", "--output", help="output artifact folder")
+    p.add_argument("--force", action="store_true", help="replace the output folder if it exists")
+    p.add_argument("--group-size", type=int, default=None, help="nncf int4/nf4: weights per scale group (default 128; -1: per channel)")
+    p.add_argument("--ratio", type=float, default=None, help="nncf int4/nf4: fraction of layers in 4 bits, the rest int8 (default 1.0)")
+    p.add_argument("--calibration-prompts", default=None, metavar="FILE", help="nncf int8-static: prompts to calibrate activations on, one per line (default: a built-in set)")
+    p.add_argument("--list", action="store_true", help="print the backend x scheme x device capability table and exit")
+    add_lora_flag(p, "fused into the weights before quantizing (PyTorch checkpoints; recorded in the manifest)")
+    p.set_defaults(func=_quantize)

@@ -1,0 +1,66 @@
+"""What several commands parse the same way: integer lists, LoRA flags, output paths, input images."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from sdopt.errors import SdoptError
+
+
+def int_list(text: str, flag: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise SdoptError(f"{flag} {text!r}: give integers separated by commas, like 0,1,2") from None
+
+
+def output_paths(out: Path, count: int) -> list[Path]:
+    """OUT.png for one image; OUT-0.png, OUT-1.png, ... for several."""
+    if count == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}-{i}{out.suffix or '.png'}") for i in range(count)]
+
+
+def open_image(path: str | None, flag: str):
+    """The PIL image at PATH (read now), or an SdoptError naming the flag."""
+    if path is None:
+        return None
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image
+    except FileNotFoundError:
+        raise SdoptError(f"{flag} {path}: no such file") from None
+    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
+        raise SdoptError(f"{flag} {path}: not an image sdopt can read (PNG, JPEG, WebP...): {exc}") from None
+    except OSError as exc:
+        raise SdoptError(f"{flag} {path}: cannot read it ({exc.strerror or exc})") from None
+
+
+def backend_of(artifact: str) -> str:
+    """The backend an artifact names (a PyTorch checkpoint splits its UNet at load for step-feature caching)."""
+    from sdopt.manifest import read_manifest
+    from sdopt.source import resolve
+
+    return read_manifest(resolve(artifact)).backend
+
+
+def exporter_names() -> list[str]:
+    from sdopt.export import EXPORTERS  # plain data: imports no backend
+
+    return list(EXPORTERS)
+
+
+def add_lora_flag(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
+                   help=f"a LoRA (.safetensors, Diffusers or kohya format) {what}, at SCALE (default 1.0); repeatable")
+
+
+def lora_scales(items: list[str]) -> dict[str, float] | None:
+    """--lora FILE[:SCALE] flags as a request's {file: scale}."""
+    from sdopt.lora import parse_loras
+
+    return {str(l.path): l.scale for l in parse_loras(items)} or None

@@ -1,0 +1,115 @@
+"""sdopt generate: images from any artifact, text-to-image, img2img and inpainting."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from sdopt.cli.common import output_paths, open_image, backend_of, add_lora_flag, lora_scales
+from sdopt.errors import BrokenOutputError, SdoptError
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from sdopt.request import GenerateRequest
+
+    init_image, mask = open_image(args.init_image, "--init-image"), open_image(args.mask, "--mask")
+    # Without --height/--width an init image keeps its size (down to a multiple of 8), as in Diffusers' img2img.
+    width, height = init_image.size if init_image is not None else (512, 512)
+    request = GenerateRequest(
+        prompt=args.prompt if len(args.prompt) > 1 else args.prompt[0],
+        negative_prompt=args.negative_prompt,
+        seed=args.seed,
+        steps=args.steps,
+        guidance_scale=args.guidance,
+        height=args.height if args.height is not None else height - height % 8,
+        width=args.width if args.width is not None else width - width % 8,
+        num_images=args.num_images,
+        scheduler=args.scheduler,
+        init_image=init_image,
+        mask_image=mask,
+        cache_interval=args.cache_interval,
+        loras=lora_scales(args.lora),
+        **({"strength": args.strength} if args.strength is not None else {}),
+    ).validate()  # before the (slow) load, so a bad request fails at once
+    from sdopt.runtime.schedulers import check_scheduler
+
+    check_scheduler(request.scheduler)  # the precision is checked by the artifact's backend at load (before any weights)
+    from sdopt.fsutil import check_output_files
+
+    out = Path(args.output)
+    paths = output_paths(out, request.batch_size)
+    check_output_files(paths)  # before the (slow) load and generation
+
+    from tqdm import tqdm
+
+    import sdopt
+
+    pipe = sdopt.load(
+        args.artifact,
+        device=args.device,
+        precision=args.precision,
+        attention_slicing=args.attention_slicing,
+        vae_tiling=args.vae_tiling,
+        cpu_offload=args.cpu_offload,
+        compile=args.compile,
+        channels_last=args.channels_last,
+        **({"reshape": True} if args.reshape else {}),
+        **({"deep_cache": True} if (args.cache_interval or 1) > 1 and backend_of(args.artifact) == "torch" else {}),
+    )
+    with tqdm(total=request.steps, desc="denoising", unit="step", file=sys.stderr, disable=args.quiet) as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total  # second-order schedulers (heun) take more UNet calls than steps
+            bar.update(done - bar.n)
+
+        result = pipe.generate(request, progress=progress)
+    if result.problems:
+        raise BrokenOutputError(
+            f"the generation produced no usable image ({'; '.join(result.problems)}); nothing was saved. "
+            "The artifact or the request makes the numbers overflow: try a guidance scale near 7.5, fp32, or export again"
+        )
+    paths[0].parent.mkdir(parents=True, exist_ok=True)
+    for image, path in zip(result.images, paths):
+        try:
+            image.save(path)
+        except OSError as exc:  # the disk filled up, or the path changed meanwhile
+            raise SdoptError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        print(path)
+    print(result.summary(), file=sys.stderr)
+    return 0
+
+
+def add_generate(sub) -> None:
+    from sdopt.runtime.schedulers import SCHEDULERS
+
+    p = sub.add_parser("generate", help="generate images with any artifact")
+    p.add_argument("artifact", help="artifact folder, Diffusers model folder, or hub id")
+    p.add_argument("--prompt", "-p", required=True, action="append", help="the prompt (repeat for several)")
+    p.add_argument("--negative-prompt", "-n", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (<=1 turns it off)")
+    p.add_argument("--height", type=int, default=None, help="default 512, or the init image's height")
+    p.add_argument("--width", type=int, default=None, help="default 512, or the init image's width")
+    p.add_argument("--num-images", type=int, default=1, help="images per prompt")
+    p.add_argument("--scheduler", default=None, help=f"one of {', '.join(SCHEDULERS)} (default: the checkpoint's own)")
+    p.add_argument("--init-image", default=None, metavar="PATH", help="img2img: start from this image (resized to --height/--width)")
+    p.add_argument("--strength", type=float, default=None, help="img2img/inpaint: how much of the schedule repaints the image, (0, 1] (default 0.8)")
+    p.add_argument("--mask", default=None, metavar="PATH", help="inpaint: white = repaint, black = keep; the init image's size (needs --init-image)")
+    p.add_argument("--cache-interval", type=int, default=None, metavar="N",
+                   help="step-feature caching: the whole UNet every N-th step, its shallow branch between (default: the artifact's, set by export --deep-cache; 1 = off)")
+    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None, help="default: the artifact's")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+    p.add_argument("--attention-slicing", action="store_true", help="torch: compute attention in slices (less memory)")
+    p.add_argument("--vae-tiling", action="store_true", help="torch: decode large images in tiles (less memory)")
+    p.add_argument("--cpu-offload", action="store_true", help="torch on CUDA: keep idle components in CPU memory")
+    p.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
+                   help="torch: torch.compile the UNet and VAE decode (MODE: default, max-autotune, max-autotune-no-cudagraphs, "
+                        "reduce-overhead = with CUDA graphs; or a backend: cudagraphs, eager). Compiles in the first image")
+    p.add_argument("--channels-last", action="store_true", help="torch: NHWC memory layout for the UNet and VAE decoder")
+    p.add_argument("--reshape", action="store_true", help="openvino: let a static-shape artifact run another size (compiled on first use)")
+    add_lora_flag(p, "applied for this run (torch backend; other backends take LoRAs fused at export)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument("-o", "--output", required=True, help="output PNG (several images: OUT-0.png, OUT-1.png, ...)")
+    p.set_defaults(func=_generate)

@@ -1,0 +1,219 @@
+"""Measuring and choosing: bench, optimize, gate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from sdopt.cli.common import int_list
+from sdopt.errors import SdoptError
+
+
+def _optimize(args: argparse.Namespace) -> int:
+    from sdopt.bench.optimize import Floor, optimize
+    from sdopt.bench.runner import BenchSettings
+    from sdopt.prompts import read_prompts
+
+    settings = BenchSettings.resolve(
+        None,
+        prompts=read_prompts(args.prompts) if args.prompts else None,
+        seeds=int_list(args.seeds, "--seeds") if args.seeds else None,
+        steps=args.steps, height=args.height, width=args.width, guidance_scale=args.guidance,
+        scheduler=args.scheduler, runs=args.runs, device=args.device,
+    )
+    floor = Floor(**{k: v for k, v in (("min_psnr", args.min_psnr), ("min_adherence", args.min_adherence),
+                                        ("lever_min_psnr", args.lever_min_psnr)) if v is not None})
+    say = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr))
+    work = Path(args.work) if args.work else Path(str(Path(args.output).absolute()) + ".work")
+    distill = {k: v for k, v in (("latents", args.distill_latents), ("train_steps", args.distill_steps)) if v}
+    plan = None
+    if args.ray is not None:
+        from sdopt.cluster.optimize import RayPlan
+
+        plan = RayPlan(address=args.ray or None, kind=args.ray_kind, cpus=args.cpus_per_job or 1.0)
+    elif args.ray_kind or args.cpus_per_job:
+        raise SdoptError("--ray-kind and --cpus-per-job go with --ray [ADDRESS] (docs/ray.md)")
+    outcome = optimize(args.model, args.output, settings, work, floor, quick=args.quick, budget_minutes=args.budget_minutes,
+                       distill=distill or None, precision=args.precision, rebench=args.rebench, force=args.force, progress=not args.quiet, say=say,
+                       ray=plan)
+    print(f"{'candidate':<36} {'exact':<6} {'speed-up':>9} {'PSNR dB':>8} {'adherence':>10}  verdict")
+    for r in outcome.rows:
+        speed = f"{r['speedup']:.2f}x" if r.get("speedup") else "-"
+        psnr = f"{r['psnr_db']:.1f}" if r.get("psnr_db") is not None else "-"
+        adh = f"{r['adherence']:.3f}" if r.get("adherence") is not None else "-"
+        mark = " <- chosen" if r["name"] == outcome.chosen else ""
+        print(f"{r['name']:<36} {'yes' if r['exact'] else 'no':<6} {speed:>9} {psnr:>8} {adh:>10}  {r['why']}{mark}")
+    print(f"chosen: {outcome.chosen} -> {outcome.out} (report: {outcome.out / 'optimize' / 'report.md'})")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from sdopt.bench.profiles import load_profile
+    from sdopt.bench.runner import BenchSettings, run_bench
+    from sdopt.prompts import read_prompts
+
+    profiles = [load_profile(p) for p in args.profile or []]
+    if len(profiles) > 1 and args.ray is None:
+        raise SdoptError("several --profile are several machine kinds: add --ray [ADDRESS] to run each on its nodes (docs/ray.md), "
+                         "or bench one profile at a time here")
+    if args.build_from:
+        if not profiles or args.work is None or args.artifacts or args.reference:
+            raise SdoptError("--build-from MODEL builds the artifacts a profile lists: give --profile and --work, and no artifacts or --reference")
+    elif args.work or args.only:
+        raise SdoptError("--work and --only go with --build-from MODEL (building a profile's artifacts)")
+    elif not args.artifacts or not args.reference:
+        raise SdoptError("give the artifacts to measure and --reference (or --profile NAME --build-from MODEL --work DIR)")
+    prompts = read_prompts(args.prompts) if args.prompts else None
+    seeds = int_list(args.seeds, "--seeds") if args.seeds else None
+    say = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr))
+    plans, not_built = [], {}
+    for profile in profiles or [None]:
+        settings = BenchSettings.resolve(
+            profile, prompts=prompts, seeds=seeds, steps=args.steps, height=args.height, width=args.width, guidance_scale=args.guidance,
+            warmup=args.warmup, runs=args.runs, max_seconds=args.max_seconds, scheduler=args.scheduler, device=args.device, judge=args.judge,
+        )
+        artifacts, reference = args.artifacts, args.reference
+        if args.build_from:
+            from sdopt.bench.build import build_profile_artifacts
+
+            only = [n for n in args.only.split(",") if n] if args.only else None
+            work = Path(args.work) / profile.name if len(profiles) > 1 else Path(args.work)
+            built = build_profile_artifacts(profile, args.build_from, work, settings.height, settings.width, settings.device, only, say)
+            artifacts, reference = built.others, built.reference
+            not_built.update({f"{profile.name}/{k}" if len(profiles) > 1 else k: v for k, v in built.not_built.items()})
+        # On a cluster every profile's report has a folder of its own under OUTPUT.
+        out = Path(args.output) / profile.name if args.ray is not None and profile else Path(args.output)
+        plans.append((profile, settings, artifacts, reference, out))
+    if args.ray is None:
+        profile, settings, artifacts, reference, out = plans[0]
+        run_bench(artifacts, reference, out, settings, profile=profile, timeout=args.timeout, progress=not args.quiet)
+        outs = [out]
+    else:
+        from sdopt.bench.runner import check_static_shapes, collect
+        from sdopt.cluster.bench import ProfileRun, run_matrix
+
+        runs = []
+        for profile, settings, artifacts, reference, out in plans:
+            entries = collect(artifacts, reference)
+            check_static_shapes(entries, settings)
+            runs.append(ProfileRun(profile, entries, settings, out))
+        run_matrix(runs, address=args.ray or None, timeout=args.timeout, progress=not args.quiet)
+        outs = [r.out for r in runs]
+    for out in outs:
+        print((out / "report.md").read_text())
+        print(f"report: {(out / 'report.html').resolve()}")
+    for name, why in not_built.items():
+        print(f"not built: {name}: {why}", file=sys.stderr)
+    return 1 if not_built else 0
+
+
+def _gate(args: argparse.Namespace) -> int:
+    from sdopt.bench import gate
+    from sdopt.bench.profiles import load_profile
+    from sdopt.bench.rules import load_rules_file
+
+    current = gate.read_report(args.current)
+    baseline = gate.read_report(args.baseline) if args.baseline else None
+    if args.rules:
+        rules, source = load_rules_file(args.rules), args.rules
+    elif args.profile or current.get("profile"):
+        profile = load_profile(args.profile or current["profile"])
+        rules, source = profile.gate or gate.DEFAULT_RULES, f"profile {profile.name}"
+    else:
+        rules, source = gate.DEFAULT_RULES, "default rules"
+    result = gate.gate(current, rules, baseline)
+    print(f"rules: {source}; baseline: {args.baseline or 'none (absolute floors only)'}")
+    print(gate.table(result))
+    if args.markdown:
+        Path(args.markdown).write_text(gate.table(result, markdown=True))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    return result.exit_code
+
+
+def add_bench(sub) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="measure artifacts side by side: latency per stage, memory, size, quality vs a reference",
+        description="Measure artifacts side by side. Either name them (ARTIFACT... --reference REF), or let a "
+        "profile's [[artifacts]] list be built from one checkpoint (--profile NAME --build-from MODEL --work DIR); "
+        "then exit 1 if one could not be built here (the report has the others).",
+    )
+    p.add_argument("artifacts", nargs="*", help="artifact folders; PATH@bf16 runs a torch artifact in another precision")
+    p.add_argument("--reference", help="the artifact whose images count as correct (usually the fp32 checkpoint)")
+    p.add_argument("--build-from", metavar="MODEL", help="build the profile's artifacts from this checkpoint (reused when already under --work)")
+    p.add_argument("--work", help="with --build-from: where the built artifacts are kept")
+    p.add_argument("--only", help="with --build-from: comma-separated artifact names of the profile (the reference always runs)")
+    p.add_argument("--profile", action="append", help="hardware profile name (sdopt's own, or ./profiles/NAME.toml) or a .toml file; "
+                   "with --ray, repeat it to run the matrix on each profile's kind of node, one report each under OUTPUT/NAME/")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run each artifact as a Ray task on a node of its profile's kind ([resources] in the profile): on the cluster at ADDRESS "
+                        "(ray://HOST:10001, HOST:6379 or auto), else on a local one started for the run; artifacts must be on a path every node sees (docs/ray.md)")
+    p.add_argument("--prompts", help="file with one prompt per line")
+    p.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--height", type=int)
+    p.add_argument("--width", type=int)
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the profile's, else 7.5)")
+    p.add_argument("--scheduler")
+    p.add_argument("--warmup", type=int, help="warm-up generate calls before measuring")
+    p.add_argument("--runs", type=int, help="measured passes over all prompts and seeds")
+    p.add_argument("--max-seconds", type=float, default=None, help="per-artifact time budget: no more warm-ups or measured passes once spent (at least one pass runs, the first generate itself when it alone outlasts the budget and covers every prompt and seed; the report says so)")
+    p.add_argument("--device", help="default: the profile's, else cpu")
+    p.add_argument("--judge", help="prompt adherence judge: auto (classical when every prompt is a shapes caption, else none; default), none, classical, "
+                   "openai (a VLM behind an OpenAI-compatible API: SDOPT_JUDGE_URL, SDOPT_JUDGE_MODEL, SDOPT_JUDGE_API_KEY), "
+                   "transformers (a local VLM folder in SDOPT_JUDGE_MODEL); docs/judges.md")
+    p.add_argument("--timeout", type=float, default=None, help="seconds an artifact may take before it is recorded as failed")
+    p.add_argument("--quiet", "-q", action="store_true")
+    p.add_argument("-o", "--output", required=True, help="report folder")
+    p.set_defaults(func=_bench)
+
+
+def add_optimize(sub) -> None:
+    p = sub.add_parser("optimize", help="build the candidates this machine can run, bench them against fp32, keep the fastest above a quality floor")
+    p.add_argument("model", help="Diffusers model folder (or hub id) in full precision")
+    p.add_argument("-o", "--output", required=True, help="output artifact folder (the chosen candidate, with its bench report in optimize/)")
+    p.add_argument("--work", default=None, help="where candidates are built and kept, so a second run resumes (default: OUTPUT.work)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--min-psnr", type=float, default=None, help="floor for exact candidates: worst-case PSNR vs fp32 in dB (default 30)")
+    p.add_argument("--min-adherence", type=float, default=None, help="floor for levers (tiny decoder, caching): adherence at least this, "
+                   "besides within 0.05 of fp32's (the shapes judge; without it levers must hold the PSNR floor)")
+    p.add_argument("--lever-min-psnr", type=float, default=None, help="where no judge reads the prompts: the PSNR floor for levers "
+                   "(default: --min-psnr; levers change the computation, so 30 dB is usually out of their reach)")
+    p.add_argument("--prompts", default=None, help="prompt file, one per line (default: the bench's)")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1)")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--scheduler", default=None)
+    p.add_argument("--runs", type=int, default=None, help="timed runs per candidate (default 3)")
+    p.add_argument("--quick", action="store_true", help="a small candidate set (OpenVINO fp32, with and without caching): a first look")
+    p.add_argument("--budget-minutes", type=float, default=None, help="stop building new candidates after this long (the built ones are still benched)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+                   help="what the OpenVINO candidates' float parts run in (default: bf16 where this CPU has it natively, else fp32)")
+    p.add_argument("--distill-latents", type=int, default=None, help="latents the tiny-decoder candidates learn from (default 256; fewer for big models)")
+    p.add_argument("--distill-steps", type=int, default=None, help="training steps of the tiny-decoder candidates (default 1500; fewer for big models)")
+    p.add_argument("--rebench", action="store_true", help="measure again even where the work folder holds a bench of the same candidates and settings")
+    p.add_argument("--force", action="store_true", help="replace the output folder if it exists")
+    p.add_argument("--quiet", "-q", action="store_true")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="build the candidates in parallel and bench them on a Ray cluster (at ADDRESS, else a local one); the work folder must be on a path every node sees (docs/ray.md)")
+    p.add_argument("--ray-kind", default=None, metavar="RESOURCE",
+                   help="with --ray: the custom resource naming the node kind every build and bench job runs on, so the timings compare (ray start --resources '{\"RESOURCE\": 1}')")
+    p.add_argument("--cpus-per-job", type=float, default=None, help="with --ray: CPUs each build and bench job holds (default 1; also its thread count)")
+    p.set_defaults(func=_optimize)
+
+
+def add_gate(sub) -> None:
+    p = sub.add_parser("gate", help="check a bench report against a baseline and thresholds (exit 0 ok, 1 regression, 2 incomparable)")
+    p.add_argument("current", help="report.json of this run")
+    p.add_argument("--baseline", help="report.json to compare with; without it only absolute floors are checked")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--rules", help="TOML file with a [gate] table of metric = rule")
+    group.add_argument("--profile", help="take the rules from this hardware profile (default: the report's profile)")
+    p.add_argument("--markdown", help="also write the table as Markdown here (for a CI job summary)")
+    p.add_argument("--json", help="also write the verdict as JSON here")
+    p.set_defaults(func=_gate)

@@ -1,0 +1,61 @@
+"""sdopt serve: one process under uvicorn, or replicas on Ray Serve."""
+
+from __future__ import annotations
+
+import argparse
+
+from sdopt.errors import SdoptError
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import os
+
+    from sdopt.serve.settings import ServeSettings
+
+    settings = ServeSettings(
+        host=args.host, port=args.port, api_key=args.api_key or os.environ.get("SDOPT_API_KEY") or None,
+        api_auth=args.api_auth, max_queue=args.max_queue, max_batch=args.max_batch, job_timeout=args.job_timeout,
+        max_pixels=args.max_pixels, max_steps=args.max_steps, max_images=args.max_images, name=args.name, lora_dir=args.lora_dir,
+    )
+    load_options = {"device": args.device, "precision": args.precision}
+    if args.ray is None:
+        if args.replicas is not None or args.autoscale or args.gpus_per_replica or args.cpus_per_replica is not None:
+            raise SdoptError("--replicas, --autoscale, --cpus-per-replica and --gpus-per-replica go with --ray [ADDRESS] (Ray Serve; docs/ray.md)")
+        from sdopt.serve.server import serve
+
+        serve(args.artifact, settings, load_options)
+        return 0
+    from sdopt.cluster.serve import Scaling, parse_autoscale, serve_on_ray
+    from sdopt.source import resolve
+
+    scaling = Scaling(replicas=args.replicas, autoscale=parse_autoscale(args.autoscale) if args.autoscale else None,
+                      cpus_per_replica=args.cpus_per_replica or 1.0, gpus_per_replica=args.gpus_per_replica or 0.0)
+    serve_on_ray(str(resolve(args.artifact)), settings, load_options, scaling, args.ray or None)
+    return 0
+
+
+def add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="serve an artifact over HTTP: AUTOMATIC1111 and OpenAI APIs, jobs with progress and cancel, a web page")
+    p.add_argument("artifact", help="artifact folder, Diffusers model folder, or hub id")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="default 7860, as AUTOMATIC1111")
+    p.add_argument("--api-key", default=None, help="require Authorization: Bearer KEY (default: env SDOPT_API_KEY)")
+    p.add_argument("--api-auth", default=None, metavar="USER:PASS", help="require HTTP Basic credentials (as AUTOMATIC1111's --api-auth)")
+    p.add_argument("--max-queue", type=int, default=64, help="jobs that may wait; one more gets 429 (default 64)")
+    p.add_argument("--max-batch", type=int, default=4, help="images in one generate call, across requests (default 4)")
+    p.add_argument("--job-timeout", type=float, default=600.0, help="seconds from submission to result (default 600)")
+    p.add_argument("--max-pixels", type=int, default=1024 * 1024, help="largest width x height (default 1048576)")
+    p.add_argument("--max-steps", type=int, default=150, help="most denoising steps a request may ask (default 150)")
+    p.add_argument("--max-images", type=int, default=8, help="most images one request may ask (default 8)")
+    p.add_argument("--name", default=None, help="model name the APIs report (default: the artifact folder's name)")
+    p.add_argument("--lora-dir", default=None, metavar="DIR",
+                   help="LoRAs (DIR/NAME.safetensors) a prompt may apply as <lora:NAME:WEIGHT>, AUTOMATIC1111's syntax (torch backend; docs/serve.md)")
+    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None, help="default: the artifact's")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="serve through Ray Serve: replicas behind one endpoint, on the cluster at ADDRESS or a local one (docs/ray.md)")
+    p.add_argument("--replicas", type=int, default=None, help="with --ray: replicas, each loading the artifact once (default 1)")
+    p.add_argument("--autoscale", default=None, metavar="MIN:MAX", help="with --ray: let Ray Serve's autoscaler keep MIN to MAX replicas")
+    p.add_argument("--cpus-per-replica", type=float, default=None, help="with --ray: CPUs each replica holds (default 1; also its thread count)")
+    p.add_argument("--gpus-per-replica", type=float, default=None, help="with --ray: GPUs each replica holds (default 0; 1 with --device cuda is usual)")
+    p.set_defaults(func=_serve)
