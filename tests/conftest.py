@@ -90,6 +90,10 @@ def tiny_onnx_artifact(tiny_model, tmp_path_factory):
     return _session_export(tiny_model, tmp_path_factory, "onnx", "onnxruntime")
 
 
+# "Of peak" is checked for its logic here, not its figure: a short matmul probe (1 s per precision otherwise).
+os.environ.setdefault("SDOPT_PEAK_PROBE_SECONDS", "0.2")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def own_compiled_model_cache(tmp_path_factory):
     """OpenVINO's compiled models go to a cache folder of the session's own, never the user's."""
