@@ -203,7 +203,7 @@ def add_optimize(sub) -> None:
                    help="build the candidates in parallel and bench them on a Ray cluster (at ADDRESS, else a local one); the work folder must be on a path every node sees (docs/ray.md)")
     p.add_argument("--ray-kind", default=None, metavar="RESOURCE",
                    help="with --ray: the custom resource naming the node kind every build and bench job runs on, so the timings compare (ray start --resources '{\"RESOURCE\": 1}')")
-    p.add_argument("--cpus-per-job", type=float, default=None, help="with --ray: CPUs each build and bench job holds (default 1; also its thread count)")
+    p.add_argument("--cpus-per-job", type=float, default=None, help="with --ray: CPUs each build and bench job holds (default 1); a bench job still computes with the threads a local run would (docs/ray.md)")
     p.set_defaults(func=_optimize)
 
 

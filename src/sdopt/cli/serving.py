@@ -56,6 +56,6 @@ def add_serve(sub) -> None:
                    help="serve through Ray Serve: replicas behind one endpoint, on the cluster at ADDRESS or a local one (docs/ray.md)")
     p.add_argument("--replicas", type=int, default=None, help="with --ray: replicas, each loading the artifact once (default 1)")
     p.add_argument("--autoscale", default=None, metavar="MIN:MAX", help="with --ray: let Ray Serve's autoscaler keep MIN to MAX replicas")
-    p.add_argument("--cpus-per-replica", type=float, default=None, help="with --ray: CPUs each replica holds (default 1; also its thread count)")
+    p.add_argument("--cpus-per-replica", type=float, default=None, help="with --ray: CPUs each replica holds (default 1; Ray sets torch's thread count to it, ONNX Runtime and OpenVINO use every core)")
     p.add_argument("--gpus-per-replica", type=float, default=None, help="with --ray: GPUs each replica holds (default 0; 1 with --device cuda is usual)")
     p.set_defaults(func=_serve)
