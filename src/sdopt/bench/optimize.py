@@ -146,7 +146,6 @@ def optimize(model: str | Path, out: str | Path, settings, work: str | Path, flo
 
 
 def _optimize(model, out, settings, work, floor, quick, budget_minutes, distill, precision, rebench, force, progress, say, ray) -> Outcome:
-    from sdopt.bench.build import build_one
     from sdopt.bench.profiles import HardwareProfile
     from sdopt.bench.runner import run_bench
     from sdopt.export.run import source_checkpoint
@@ -157,8 +156,6 @@ def _optimize(model, out, settings, work, floor, quick, budget_minutes, distill,
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    built: dict[str, str] = {}
-    not_built: dict[str, str] = {}
     # The decoder learns from latents made as the bench makes them (its steps and guidance).
     distill = {"steps_per_image": settings.steps, "guidance_scale": settings.guidance_scale, **(distill or {})}
     precision = precision or float_precision(settings.device)
@@ -167,16 +164,8 @@ def _optimize(model, out, settings, work, floor, quick, budget_minutes, distill,
         from sdopt.cluster.optimize import build_all
 
         built, not_built = build_all(ray, pool, source, work, settings, budget_minutes, say)
-    for candidate in pool if ray is None else ():
-        if budget_minutes is not None and time.monotonic() - started > budget_minutes * 60:
-            not_built[candidate.name] = f"the --budget-minutes {budget_minutes:g} ran out before it was built"
-            continue
-        say(f"== building {candidate.name}")
-        try:
-            built[candidate.name] = build_one(candidate.spec, source, work, settings.height, settings.width, settings.device, built)
-        except SdoptError as exc:
-            not_built[candidate.name] = str(exc)
-            say(f"   not built: {exc}")
+    else:
+        built, not_built = _build_here(pool, source, work, settings, budget_minutes, started, say)
     if not built:
         raise SdoptError("no candidate could be built here: " + "; ".join(f"{k}: {v}" for k, v in not_built.items()))
 
@@ -227,6 +216,26 @@ def _optimize(model, out, settings, work, floor, quick, budget_minutes, distill,
         shutil.copytree(built[choice["name"]], tmp, dirs_exist_ok=True)
         shutil.copytree(bench_out, tmp / REPORT_FOLDER)  # the report with its images and choice.json
     return Outcome(choice["name"], rows, not_built, Path(out).absolute())
+
+
+def _build_here(pool, source: Path, work: Path, settings, budget_minutes: float | None, started: float,
+                say: Callable[[str], None]) -> tuple[dict[str, str], dict[str, str]]:
+    """Every candidate built on this machine, one after another: (built, not_built)."""
+    from sdopt.bench.build import build_one
+
+    built: dict[str, str] = {}
+    not_built: dict[str, str] = {}
+    for candidate in pool:
+        if budget_minutes is not None and time.monotonic() - started > budget_minutes * 60:
+            not_built[candidate.name] = f"the --budget-minutes {budget_minutes:g} ran out before it was built"
+            continue
+        say(f"== building {candidate.name}")
+        try:
+            built[candidate.name] = build_one(candidate.spec, source, work, settings.height, settings.width, settings.device, built)
+        except SdoptError as exc:
+            not_built[candidate.name] = str(exc)
+            say(f"   not built: {exc}")
+    return built, not_built
 
 
 BENCH_KEY = "optimize-key.json"

@@ -101,6 +101,7 @@ def rebuild(artifact: str | Path, out: str | Path, force: bool = False) -> Manif
         raise SdoptError(f"{folder}: no kept ONNX graph or recorded shape profile for {', '.join(missing)}: "
                          "it cannot be rebuilt; export it again from its checkpoint")
     old.verify_files(folder)  # the graphs are the ones the manifest describes
+    old_id = old.artifact_id  # before its file entries are replaced by the rebuilt ones
     check_output_dir(out, force, local_inputs(folder))
     key = here()  # TensorRT and a GPU, or the error naming what is missing: before any slow work
     cache = timing_cache_path(key)
@@ -115,7 +116,7 @@ def rebuild(artifact: str | Path, out: str | Path, force: bool = False) -> Manif
             entry.files = files_in(tmp / entry.folder, tmp, (".onnx", ".onnx_data", ".plan", ".json"))
         was = old.export.get("tensorrt") or {}
         old.export = {**old.export, "tensorrt": key, "engines": built, "timing_cache": str(cache),
-                      "rebuilt_from": {"artifact_id": read_manifest(folder).artifact_id, "tensorrt": was}}
+                      "rebuilt_from": {"artifact_id": old_id, "tensorrt": was}}
         old.backend_versions = {**old.backend_versions, "tensorrt": key["tensorrt_version"]}
         old.notes = [n for n in old.notes if not n.startswith("engines built for TensorRT")] + [
             f"engines built for TensorRT {key['tensorrt_version']} on compute capability {key['compute_capability']}: they run only there "
