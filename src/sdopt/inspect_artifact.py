@@ -62,6 +62,10 @@ def format_description(d: dict[str, Any]) -> str:
         lines.append("model      " + ", ".join(f"{k}={v}" for k, v in d["model"].items()))
     for lora in (d.get("export") or {}).get("loras") or []:  # fused at export or quantization (sdopt.lora)
         lines.append(f"lora       {lora['file']} fused at scale {lora['scale']:g}  sha256 {lora['sha256'][:16]}")
+    from sdopt.rewrite import recorded
+
+    for name, applied in recorded(d.get("export")).items():
+        lines.append(f"rewritten  {name}: " + ", ".join(f"{rewrite} ×{count}" for rewrite, count in applied.items()) + " (exact: same outputs, fewer FLOPs)")
     lines.append("components")
     for name, c in d["components"].items():
         quant = c.get("quantization")

@@ -71,8 +71,9 @@ def text_encoder_flops(config: Path, batch: int, seq: int = 77) -> int:
 
 
 @functools.lru_cache(maxsize=None)  # one count per model and shape in a report
-def vae_decoder_flops(config: Path, latent_shape: tuple[int, ...], tiny: bool = False) -> int:
-    """FLOPs of one decode at this latent shape: the full AutoencoderKL, or a tiny decoder (AutoencoderTiny)."""
+def vae_decoder_flops(config: Path, latent_shape: tuple[int, ...], tiny: bool = False, rewritten: bool = False) -> int:
+    """FLOPs of one decode at this latent shape: the full AutoencoderKL, or a tiny decoder (AutoencoderTiny);
+    ``rewritten``: as the artifact computes it after sdopt.rewrite's exact rewrites (fewer FLOPs, same outputs)."""
     import torch
     from diffusers import AutoencoderKL, AutoencoderTiny
 
@@ -80,6 +81,10 @@ def vae_decoder_flops(config: Path, latent_shape: tuple[int, ...], tiny: bool = 
     with torch.device("meta"):
         module = (AutoencoderTiny if tiny else AutoencoderKL).from_config(data)
         latents = torch.empty(*latent_shape)
+        if rewritten:
+            from sdopt.rewrite import apply_rewrites
+
+            apply_rewrites("vae_decoder", module)
     return _counted(lambda: module.decode(latents))
 
 

@@ -355,6 +355,7 @@ def _stage_flops(entry: Entry, reference: Entry, settings: BenchSettings, unet_w
     """FLOPs per call of each stage of this artifact: the reference's text encoder; its UNet (averaged over whole
     and shallow steps when it caches); its own VAE decoder (a tiny one when replaced). None when configs are missing."""
     from sdopt.bench.flops import text_encoder_flops, unet_flops_per_call, vae_decoder_flops
+    from sdopt.rewrite import recorded
     from sdopt.stepcache.schedule import shallow_count
 
     unet_cfg = reference.path / "unet" / "config.json"
@@ -376,7 +377,7 @@ def _stage_flops(entry: Entry, reference: Entry, settings: BenchSettings, unet_w
     return {
         "text_encoder": float(sum(text_encoder_flops(c, 2 if guided else 1) for c in te_cfgs)),  # every text encoder: the stage times them together
         "unet_step": unet,
-        "vae_decoder": float(vae_decoder_flops(vae_cfg, latent, tiny=replaced)) if vae_cfg.is_file() else None,
+        "vae_decoder": float(vae_decoder_flops(vae_cfg, latent, tiny=replaced, rewritten="vae_decoder" in recorded(entry.manifest.export))) if vae_cfg.is_file() else None,
     }
 
 

@@ -12,7 +12,7 @@ from sdopt.errors import SdoptError
 
 # Options that pass through to exporters; an exporter refuses those it does not declare.
 EXPORT_OPTIONS = ("opset", "optimize", "skip_validation", "height", "width", "batch", "vae_decoder", "deep_cache",
-                  "shapes", "batch_range", "static", "refit", "rebuild")
+                  "shapes", "batch_range", "static", "refit", "rebuild", "no_rewrites")
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -74,11 +74,6 @@ def _quantize(args: argparse.Namespace) -> int:
     return 0
 
 
-# Options that pass through to exporters; an exporter refuses those it does not declare.
-EXPORT_OPTIONS = ("opset", "optimize", "skip_validation", "height", "width", "batch", "vae_decoder", "deep_cache",
-                  "shapes", "batch_range", "static", "refit", "rebuild")
-
-
 def add_inspect(sub) -> None:
     p = sub.add_parser("inspect", help="show what an artifact is: backend, precision, components, parity, fingerprint")
     p.add_argument("artifact", help="artifact folder or Diffusers model folder")
@@ -122,6 +117,9 @@ def add_export(sub) -> None:
     p.add_argument("--deep-cache", type=int, default=None, metavar="N",
                    help="step-feature caching (DeepCache): export the UNet as two graphs (whole, and its shallow branch) and run the whole UNet "
                         "every N-th step by default (a request's cache_interval overrides; 1 keeps both graphs but caches nothing)")
+    p.add_argument("--no-rewrites", action="store_true",
+                   help="trace the modules as the checkpoint defines them, without sdopt's exact rewrites (by default the VAE decoder's "
+                        "upsample+conv pairs become transposed convolutions: same outputs, fewer FLOPs; docs/optimize.md)")
     add_lora_flag(p, "fused into the weights before export (recorded in the manifest)")
     p.set_defaults(func=_export)
 

@@ -129,6 +129,8 @@ def export_components(source: Path, manifest: Manifest, out: Path, precision: st
             )
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    if prepared.rewrites:
+        export_info["rewrites"] = prepared.rewrites
     if skip_validation:
         notes.append("exported with --skip-validation: parity against PyTorch was not checked")
     write_optimum_model_index(source, out)

@@ -153,6 +153,8 @@ def export_components(source: Path, manifest: Manifest, out: Path, precision: st
         "inference_precision_hint": HINTS[precision],
         "validated_on": {**facts, "runs": runs} if runs else None,
     }
+    if prepared.rewrites:
+        export_info["rewrites"] = prepared.rewrites
     notes = _precision_notes(precision, runs, facts)
     if skip_validation:
         notes.append("exported with --skip-validation: parity against PyTorch was not checked")

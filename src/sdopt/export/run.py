@@ -53,9 +53,10 @@ class ExportSource:
     encoders together, so those are built together (and still handed over one by one).
     """
 
-    def __init__(self, specs: dict[str, ComponentSpec], model: dict[str, Any], builders: dict[str, Callable[[], Any]]):
-        self.specs, self.model, self._builders = specs, model, builders
+    def __init__(self, specs: dict[str, ComponentSpec], model: dict[str, Any], builders: dict[str, Callable[[], Any]], rewrites: bool = True):
+        self.specs, self.model, self._builders, self._rewrite = specs, model, builders, rewrites
         self._built: dict[str, Any] = {}  # modules built together with another, waiting to be taken
+        self.rewrites: dict[str, dict[str, int]] = {}  # component -> the exact rewrites applied to it (sdopt.rewrite)
 
     @property
     def names(self) -> list[str]:
@@ -65,7 +66,13 @@ class ExportSource:
         """``name``'s module; the caller owns it from here (take each name once)."""
         if name not in self._built:
             self._built.update(self._builders[name]())
-        return self._built.pop(name)
+        module = self._built.pop(name)
+        if self._rewrite:
+            from sdopt.rewrite import apply_rewrites
+
+            if applied := apply_rewrites(name, module):
+                self.rewrites[name] = applied
+        return module
 
 
 def _text_layers(source: Path, manifest: Manifest, names: tuple[str, ...]) -> dict[str, int]:
@@ -76,7 +83,8 @@ def _text_layers(source: Path, manifest: Manifest, names: tuple[str, ...]) -> di
 def prepare_source(source: Path, manifest: Manifest, options: dict[str, Any]) -> ExportSource:
     """The source's modules as an exporter traces them. ``loras``: LoRAs fused into the weights first
     (sdopt.lora); ``vae_decoder``: a tiny decoder in the full one's place (checked to fit in ``export``);
-    ``deep_cache``: the UNet split in two graphs (sdopt.stepcache)."""
+    ``deep_cache``: the UNet split in two graphs (sdopt.stepcache); ``no_rewrites``: the modules traced
+    without sdopt.rewrite's exact rewrites."""
     import torch
 
     from sdopt.runtime.torch import load_module, load_modules
@@ -116,7 +124,7 @@ def prepare_source(source: Path, manifest: Manifest, options: dict[str, Any]) ->
 
         builders["unet"] = builders["unet_shallow"] = halves
         specs.update(CACHED_UNET_SPECS)
-    return ExportSource(specs, model, builders)
+    return ExportSource(specs, model, builders, rewrites=not options.get("no_rewrites"))
 
 
 def json_config(folder: Path) -> dict[str, Any]:

@@ -103,8 +103,9 @@ def quantize(
                 "components": list(plan.components),
                 "exclude": list(plan.exclude),
                 **({"options": plan.options} if plan.options else {}),
-                # The source's step-feature caching default stays the artifact's (Pipeline.default_cache_interval).
-                **({"deep_cache": manifest.export["deep_cache"]} if (manifest.export or {}).get("deep_cache") else {}),
+                # What the source's graphs are stays true of the quantized ones: its step-feature caching
+                # default (Pipeline.default_cache_interval) and the exact rewrites traced into them.
+                **{key: manifest.export[key] for key in ("deep_cache", "rewrites") if (manifest.export or {}).get(key)},
             },
             notes=[*result.notes, *notes_of(loras)],
         )

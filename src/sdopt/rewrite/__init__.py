@@ -1,0 +1,36 @@
+"""Exact rewrites: the same computation in fewer operations, applied to a module before an exporter traces it.
+
+Each rewrite keeps every output equal up to floating-point rounding (the export's parity
+check against the untouched PyTorch module holds them to fp32 tolerance), so an artifact
+with them is still *exact* for ``sdopt optimize``. What was rewritten is recorded in the
+manifest (``export.rewrites``); ``sdopt export --no-rewrites`` traces the modules as the
+checkpoint defines them (to measure the difference, or to rule the rewrites out).
+
+- ``upsample_transposed_conv`` (upsample.py): nearest ×2 then a 3×3 convolution as one
+  stride-2 transposed convolution — 5/9 of those convolutions' FLOPs gone. Applied to the
+  VAE decoder, whose upsamplers always double; the UNet's are left as they are because an
+  exported UNet takes its upsample sizes from its skip connections (spec.TRACE_LATENT), and
+  an odd size is not a doubling.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# component -> the rewrites applied to it, by name
+REWRITES: dict[str, tuple[str, ...]] = {"vae_decoder": ("upsample_transposed_conv",)}
+
+
+def apply_rewrites(component: str, module: Any) -> dict[str, int]:
+    """Rewrite ``module`` (the exporter's ``component``) in place; how many places each rewrite changed (those that changed any)."""
+    from sdopt.rewrite.upsample import rewrite_upsamplers
+
+    functions = {"upsample_transposed_conv": rewrite_upsamplers}
+    done = {name: functions[name](module) for name in REWRITES.get(component, ())}
+    return {name: count for name, count in done.items() if count}
+
+
+def recorded(export: dict[str, Any] | None) -> dict[str, dict[str, int]]:
+    """The rewrites a manifest's ``export`` section records, per component (a TensorRT artifact keeps its ONNX export's)."""
+    export = export or {}
+    return dict(export.get("rewrites") or (export.get("onnx") or {}).get("rewrites") or {})
