@@ -4,7 +4,9 @@ Every engine makes the same images (prompts, seed 0, Euler, 4 steps, guidance 7.
 batch 1) in its own process, one after another: load, one warm-up image per prompt, then
 ``--runs`` timed passes over the prompts. The whole sequence runs twice, the second time in
 reverse order, so a slow spell of a shared machine does not land on one engine alone; the
-figure per engine is the median of its timed images over both sequences.
+figure per engine is the median of its timed images over both sequences. ``--interleave``
+loads every engine at once instead and times one image of each in turn, round after round:
+the steadier ratios, for the memory of all engines together.
 
 Engines:
 - ``torch-fp32``: sdopt's torch backend on the Diffusers folder (the reference);
@@ -101,6 +103,13 @@ def _timed(make, runs: int, image: Path, load_s: float, facts: dict) -> dict:
         picture = make(prompt)
         if i == 0:
             picture.save(image)
+    if runs < 0:  # --interleave: the parent asks for one image at a time (a prompt's index per line) and reads its seconds
+        print(json.dumps({"ready": True, "load_s": load_s, **facts}), flush=True)
+        for line in sys.stdin:
+            start = time.perf_counter()
+            make(PROMPTS[int(line)])
+            print(json.dumps({"seconds": time.perf_counter() - start}), flush=True)
+        return {"seconds": [], "load_s": load_s, **facts}
     seconds = []
     for _ in range(runs):
         for prompt in PROMPTS:
@@ -136,6 +145,9 @@ def main() -> None:
     parser.add_argument("--work", help="where Optimum's export is kept (reused when there)")
     parser.add_argument("--out", help="folder for optimum.json, optimum.md and the first images")
     parser.add_argument("--runs", type=int, default=2, help="timed passes over the prompts per engine and sequence")
+    parser.add_argument("--interleave", action="store_true",
+                        help="load every engine at once and time one image of each in turn (needs their memory together)")
+    parser.add_argument("--skip-optimum-bf16", action="store_true", help="leave out Optimum with the bf16 hint (its default runs bf16 on a CPU with it)")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -155,13 +167,20 @@ def main() -> None:
         name, _, path = spec.partition("=")
         engines.append((f"sdopt-{name}", sys.executable, ["sdopt", name, path]))
     export = str(work / "optimum-openvino")
-    engines += [("optimum-default", args.optimum_python, ["optimum", "default", export]),
-                ("optimum-bf16", args.optimum_python, ["optimum", "bf16", export])]
+    engines.append(("optimum-default", args.optimum_python, ["optimum", "default", export]))
+    if not args.skip_optimum_bf16:
+        engines.append(("optimum-bf16", args.optimum_python, ["optimum", "bf16", export]))
     # Optimum's export first, untimed, so neither sequence carries it.
     if not (Path(export) / "model_index.json").is_file():
         print("exporting with Optimum Intel ...", flush=True)
         first = _run_worker(args.optimum_python, ["optimum", "default", export, "0", str(out / "optimum-export.png"), "--model", args.model])
         print(f"  Optimum export {first['export_s']:.0f} s", flush=True)
+    results = _interleaved(engines, args, out) if args.interleave else _in_sequences(engines, args, out)
+    _write(results, args, out)
+
+
+def _in_sequences(engines: list, args: argparse.Namespace, out: Path) -> dict[str, dict]:
+    """Each engine in its own process, one after another; the whole sequence twice, the second reversed."""
     results: dict[str, dict] = {}
     for sequence, order in enumerate((engines, engines[::-1])):
         for name, python, worker in order:
@@ -170,6 +189,46 @@ def main() -> None:
             print(f"  median {statistics.median(r['seconds']):.2f} s over {len(r['seconds'])} images (load {r['load_s']:.0f} s)", flush=True)
             kept = results.setdefault(name, {**r, "seconds": []})
             kept["seconds"] += r["seconds"]
+    return results
+
+
+def _interleaved(engines: list, args: argparse.Namespace, out: Path) -> dict[str, dict]:
+    """Every engine loaded at once, each in its own process, and asked for one image at a time in turn: round r
+    times one image of every engine (the order rotating), so a slow spell of a shared machine lands on all alike.
+    Needs the memory of every engine together. A pause between images lets the last engine's threads go idle."""
+    procs = {}
+    for name, python, worker in engines:
+        procs[name] = subprocess.Popen([python, __file__, "--worker", *worker, "-1", str(out / f"{name}.png"), "--model", args.model],
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        print(f"loading {name} ...", flush=True)
+    results = {}
+    for name, proc in procs.items():
+        results[name] = {**_reply(proc, name), "seconds": []}
+        results[name].pop("ready", None)
+    names = list(procs)
+    rounds = args.runs * 2 * len(PROMPTS)  # as many images per engine as the two sequences time
+    for r in range(rounds):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            time.sleep(0.5)
+            procs[name].stdin.write(f"{r % len(PROMPTS)}\n")
+            results[name]["seconds"].append(_reply(procs[name], name)["seconds"])
+        print(f"round {r + 1}/{rounds}: " + ", ".join(f"{n} {results[n]['seconds'][-1]:.2f} s" for n in names), flush=True)
+    for proc in procs.values():
+        proc.stdin.close()
+        proc.wait()
+    return results
+
+
+def _reply(proc: subprocess.Popen, name: str) -> dict:
+    """The worker's next JSON line (a library may print other lines to stdout)."""
+    for line in proc.stdout:
+        if line.startswith("{"):
+            return json.loads(line)
+    raise SystemExit(f"worker {name} ended early (its stderr is above)")
+
+
+def _write(results: dict[str, dict], args: argparse.Namespace, out: Path) -> None:
     reference = statistics.median(results["torch-fp32"]["seconds"])
     rows = []
     for name, r in results.items():
@@ -179,13 +238,15 @@ def main() -> None:
                      "images_timed": len(r["seconds"]), **{k: v for k, v in r.items() if k not in ("seconds", "load_s")}})
     from sdopt.bench.machine import fingerprint  # the parent runs in sdopt's venv
 
-    summary = {"settings": {"prompts": PROMPTS, "seed": SEED, "steps": STEPS, "size": SIZE, "guidance": GUIDANCE, "runs": args.runs},
+    summary = {"settings": {"prompts": PROMPTS, "seed": SEED, "steps": STEPS, "size": SIZE, "guidance": GUIDANCE, "runs": args.runs,
+                            "order": "interleaved image by image" if args.interleave else "two sequences, the second reversed"},
                "machine": fingerprint(), "rows": rows}
     by = {r["engine"]: r["median_s"] for r in rows}
     for name in by:
         if name.startswith("sdopt-"):
             summary[f"{name}_vs_optimum_default"] = round(by["optimum-default"] / by[name], 2)
-            summary[f"{name}_vs_optimum_bf16"] = round(by["optimum-bf16"] / by[name], 2)
+            if "optimum-bf16" in by:
+                summary[f"{name}_vs_optimum_bf16"] = round(by["optimum-bf16"] / by[name], 2)
     (out / "optimum.json").write_text(json.dumps(summary, indent=2) + "\n")
     lines = ["| engine | median s | vs torch fp32 | vs Optimum default | PSNR vs torch fp32 (dB) |", "|---|---:|---:|---:|---:|"]
     for r in rows:
