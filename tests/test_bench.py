@@ -146,6 +146,12 @@ def test_cli_bench_bad_input(tiny_model, tmp_path, capsys):
     assert "unknown profile" in capsys.readouterr().err
     assert main(["bench", str(tiny_model), "--reference", str(tiny_model), "--seeds", "a,b", "-o", str(tmp_path / "o")]) == 2
     assert "give integers" in capsys.readouterr().err
+    assert main(["bench", str(tiny_model), "--reference", str(tiny_model), "--rounds", "0", "-o", str(tmp_path / "o")]) == 2
+    assert "--rounds 0" in capsys.readouterr().err
+    # Rounds rotate the order on one machine; on Ray each artifact runs once on its node kind: refused before Ray starts.
+    assert main(["bench", str(tiny_model), "--reference", str(tiny_model), "--rounds", "2", "--ray", "-o", str(tmp_path / "o")]) == 2
+    assert "--rounds is for a bench on this machine" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.slow
@@ -180,3 +186,46 @@ def test_a_profile_is_built_from_one_checkpoint_and_benched(tiny_model, tmp_path
     assert main([*args, "--work", str(work), "--only", "nope", "-o", str(tmp_path / "r3")]) == 2
     assert "--only nope: profile tiny-cpu lists torch-fp32, torch-int8, torch-nf4-torchao" in capsys.readouterr().err
     assert main(["bench", str(tiny_model), "--build-from", str(tiny_model), "-o", str(tmp_path / "r4")]) == 2
+
+
+def test_merged_rounds_join_samples_and_a_failed_round_fails_the_artifact():
+    from sdopt.bench.runner import merge_rounds
+
+    def round_result(scale, peak):
+        return {"status": "ok", "load_s": 10.0 * scale, "first_generate_s": 5.0 * scale, "runs": 2, "warmups": 1,
+                "latency_samples_s": [1.0 * scale, 1.1 * scale], "text_encoder_samples_s": [0.1, 0.1], "unet_step_samples_s": [0.2] * 4,
+                "vae_decoder_samples_s": [0.3, 0.3], "unet_total_samples_s": [0.4 * scale, 0.5 * scale], "unet_total_median_s": 0.45 * scale,
+                "peak_memory_bytes": peak, "process_peak_rss_bytes": peak + 1, "samples": [{"image": f"x{scale}.png"}]}
+
+    first, second = round_result(1, 100), round_result(2, 50)
+    merged = merge_rounds([first, second])
+    assert merged["latency_samples_s"] == [1.0, 1.1, 2.0, 2.2] and merged["unet_step_samples_s"] == [0.2] * 8
+    assert merged["runs"] == 4 and merged["warmups"] == 2 and merged["rounds"] == 2
+    assert merged["load_s"] == 10.0 and merged["first_generate_s"] == 5.0 and merged["load_s_by_round"] == [10.0, 20.0]
+    assert merged["peak_memory_bytes"] == 100 and merged["process_peak_rss_bytes"] == 101
+    assert merged["unet_total_median_s"] == pytest.approx(0.65)  # the median of the four samples, not the mean of the two medians (0.675)
+    assert merged["samples"] == [{"image": "x2.png"}]  # the last round's images
+    assert merge_rounds([first]) is first
+    failed = merge_rounds([first, {"status": "failed", "error": "boom"}])
+    assert failed["status"] == "failed" and failed["error"] == "round 2 of 2: boom"
+
+
+@pytest.mark.slow
+def test_rounds_rotate_the_order_join_every_rounds_samples_and_skip_what_failed(tiny_model, tiny_onnx_artifact, tmp_path):
+    settings = BenchSettings.resolve(None, **{**SETTINGS, "seeds": [0], "runs": 1, "rounds": 2})
+    out = tmp_path / "out"
+    broken = _broken_copy(tiny_model, tmp_path)
+    report = run_bench([str(tiny_onnx_artifact), str(broken)], str(tiny_model), out, settings, progress=False)
+    reference, onnx, failed = report["artifacts"]
+    for row in (reference, onnx):
+        assert row["status"] == "ok" and row["rounds"] == 2 and row["runs"] == 2 and row["latency_s"]["n"] == 2
+    assert failed["status"] == "failed" and not (out / "raw" / failed["name"] / "round-2").exists()  # not tried again
+    assert report["settings"]["rounds"] == 2
+    assert "in each of 2 rounds" in (out / "report.md").read_text()
+
+    def finished(row, r):
+        return (out / "raw" / row["name"] / f"round-{r}" / "result.json").stat().st_mtime
+
+    # Round 1 in the given order, round 2 rotated by one: the ONNX artifact first, the reference last.
+    assert finished(reference, 1) < finished(onnx, 1) < finished(onnx, 2) < finished(reference, 2)
+    assert onnx["work_dir"].endswith("round-2")  # images and latents: the last round's, compared with the reference's

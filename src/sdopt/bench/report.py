@@ -117,7 +117,8 @@ def markdown(report: dict) -> str:
         f"- software: sdopt {report['sdopt_version']} (commit {str(machine.get('git_commit'))[:12]}), "
         + ", ".join(f"{k} {v}" for k, v in machine.get("libraries", {}).items()),
         f"- request: {len(req['prompts'])} prompt(s) × seeds {req['seeds']}, {req['steps']} steps, {req['height']}×{req['width']}, "
-        f"guidance {req['guidance_scale']}, scheduler {req['scheduler']}; {report['settings']['runs']} run(s) after {report['settings']['warmup']} warm-up",
+        f"guidance {req['guidance_scale']}, scheduler {req['scheduler']}; {report['settings']['runs']} run(s) after {report['settings']['warmup']} warm-up"
+        + (f", in each of {report['settings']['rounds']} rounds (every artifact once per round, the order rotating)" if (report["settings"].get("rounds") or 1) > 1 else ""),
         f"- reference: **{report['reference']}**; UNet {_fmt((report.get('unet_flops_per_call') or 0) / 1e9)} GFLOP per call",
         f"- created {report['created']}",
         *([_cluster_note(report)] if report.get("cluster") else []),

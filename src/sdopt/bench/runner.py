@@ -59,6 +59,10 @@ class BenchSettings:
     max_seconds: float | None = None
     judge: str = "auto"  # prompt adherence (sdopt.bench.grounding): auto, none, classical, openai, transformers
     run: dict[str, dict[str, Any]] = field(default_factory=dict)  # backend -> run settings (a profile's [run] tables)
+    # Passes over every artifact, the order rotating, each a fresh worker with its warm-up and ``runs``
+    # measured runs: an artifact's samples then spread over the whole bench instead of one stretch of
+    # it, so a shared machine's slow minutes land on every artifact alike (merge_rounds).
+    rounds: int = 1
 
     @classmethod
     def resolve(cls, profile: HardwareProfile | None, **overrides: Any) -> "BenchSettings":
@@ -73,6 +77,7 @@ class BenchSettings:
                 values[key] = BENCH_DEFAULTS[key]
         values["device"] = overrides.get("device") or (profile.device if profile else "cpu")
         values["run"] = dict(profile.run) if profile else {}
+        values["rounds"] = 1 if overrides.get("rounds") is None else int(overrides["rounds"])
         budget = overrides.get("max_seconds")
         values["max_seconds"] = budget if budget is not None else (profile.bench.get("max_seconds") if profile else None)
         settings = cls(**values)
@@ -86,6 +91,8 @@ class BenchSettings:
             raise SdoptError("no seeds to run: give --seeds 0,1,2")
         if self.runs < 1 or self.warmup < 0:
             raise SdoptError(f"--runs {self.runs} / --warmup {self.warmup}: need at least 1 run and 0 or more warm-ups")
+        if self.rounds < 1:
+            raise SdoptError(f"--rounds {self.rounds}: give the number of passes over the artifacts (1 or more)")
         if self.max_seconds is not None and self.max_seconds <= 0:
             raise SdoptError(f"--max-seconds {self.max_seconds}: give a positive time budget per artifact in seconds")
         check_scheduler(self.scheduler)
@@ -189,8 +196,10 @@ def worker_command(job_file: Path, result_file: Path) -> list[str]:
     return [sys.executable, "-m", "sdopt.bench.worker", str(job_file), str(result_file)]
 
 
-def _run_worker(entry: Entry, settings: BenchSettings, out: Path, timeout: float | None) -> dict:
+def _run_worker(entry: Entry, settings: BenchSettings, out: Path, timeout: float | None, round_index: int | None = None) -> dict:
     work = out / "raw" / slug(entry.name)
+    if round_index is not None:
+        work = work / f"round-{round_index + 1}"
     work.mkdir(parents=True, exist_ok=True)
     (work / "job.json").write_text(json.dumps(worker_job(entry, settings, str(work)), indent=2))
     with open(work / "worker.log", "w") as log:
@@ -260,6 +269,7 @@ def _summarise(entry: Entry, raw: dict, reference: dict | None, out: Path, flops
             "load_s": raw["load_s"],
             "first_generate_s": raw["first_generate_s"],
             "runs": raw["runs"],
+            "rounds": raw.get("rounds", 1),  # separate workers whose samples were joined (merge_rounds)
             "warmups": raw.get("warmups"),
             "first_generate_counted": raw.get("first_generate_counted", False),
             "latency_s": latency,
@@ -407,12 +417,49 @@ def run_bench(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
-    raws: dict[str, dict] = {}
-    with tqdm(entries, desc="bench", unit="artifact", file=sys.stderr, disable=not progress) as bar:
-        for entry in bar:
-            bar.set_postfix_str(entry.name)
-            raws[entry.name] = _run_worker(entry, settings, out, timeout)
+    rounds = settings.rounds
+    results: dict[str, list[dict]] = {entry.name: [] for entry in entries}
+    with tqdm(total=len(entries) * rounds, desc="bench", unit="artifact", file=sys.stderr, disable=not progress) as bar:
+        for r in range(rounds):
+            shift = r % len(entries)
+            for entry in entries[shift:] + entries[:shift]:
+                bar.set_postfix_str(entry.name + (f" (round {r + 1}/{rounds})" if rounds > 1 else ""))
+                done = results[entry.name]
+                if not (done and done[-1].get("status") != "ok"):  # a failed artifact is not tried again
+                    done.append(_run_worker(entry, settings, out, timeout, r if rounds > 1 else None))
+                bar.update()
+    raws = {name: merge_rounds(done) for name, done in results.items()}
     return assemble_report(entries, raws, settings, out, profile)
+
+
+# What each round's worker measured, one sample per generate (or UNet step): the rounds' lists are joined.
+SAMPLE_KEYS = ("latency_samples_s", "text_encoder_samples_s", "unet_step_samples_s", "vae_decoder_samples_s", "unet_total_samples_s")
+
+
+def merge_rounds(results: list[dict]) -> dict:
+    """One artifact's worker results over the rounds, as one: the samples joined, the counts summed, the
+    peaks the largest; load and first generate are the first round's (a cold start, as without rounds);
+    images, latents and run settings the last round's (the same prompts and seeds give the same images).
+    A failed round makes the artifact failed, saying which."""
+    if len(results) == 1:
+        return results[0]
+    for i, result in enumerate(results):
+        if result.get("status") != "ok":
+            return {**result, "error": f"round {i + 1} of {len(results)}: {result.get('error')}"}
+    merged = {**results[-1], "load_s": results[0]["load_s"], "first_generate_s": results[0]["first_generate_s"],
+              "first_generate_counted": results[0].get("first_generate_counted"), "rounds": len(results),
+              "load_s_by_round": [r["load_s"] for r in results]}
+    for key in SAMPLE_KEYS:
+        if all(key in r for r in results):
+            merged[key] = [x for r in results for x in r[key]]
+    for key in ("runs", "warmups"):
+        merged[key] = sum(r[key] for r in results)
+    for key in ("peak_memory_bytes", "process_peak_rss_bytes"):
+        if all(r.get(key) is not None for r in results):
+            merged[key] = max(r[key] for r in results)
+    if "unet_total_samples_s" in merged:
+        merged["unet_total_median_s"] = statistics.median(merged["unet_total_samples_s"])
+    return merged
 
 
 def precisions_to_probe(entries: list[Entry], raws: dict[str, dict]) -> list[str]:
@@ -466,7 +513,7 @@ def assemble_report(entries: list[Entry], raws: dict[str, dict], settings: Bench
             "scheduler": settings.scheduler,
             "images_per_call": 1,
         },
-        "settings": {"warmup": settings.warmup, "runs": settings.runs, "max_seconds": settings.max_seconds, "device": settings.device},
+        "settings": {"warmup": settings.warmup, "runs": settings.runs, "rounds": settings.rounds, "max_seconds": settings.max_seconds, "device": settings.device},
         "model": {"fingerprint": ref_fp, "family": entries[0].manifest.family, **entries[0].manifest.model},
         "reference": entries[0].name,
         "unet_flops_per_call": flops,

@@ -108,6 +108,7 @@ def measure(job: dict) -> dict:
         "unet_step_samples_s": steps,
         "unet_calls_per_generate": len(calls[0][1].timings.unet_steps),
         "vae_decoder_samples_s": [r.timings.vae_decoder for _, r in calls],
+        "unet_total_samples_s": [r.timings.unet_total for _, r in calls],
         "unet_total_median_s": statistics.median(r.timings.unet_total for _, r in calls),
         "peak_memory_bytes": max(r.peak_memory_bytes for _, r in calls),
         "peak_memory_kind": calls[0][1].peak_memory_kind,

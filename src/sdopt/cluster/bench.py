@@ -30,6 +30,7 @@ from sdopt.bench.profiles import HardwareProfile
 from sdopt.bench.runner import BenchSettings, Entry, assemble_report, precisions_to_probe, slug, worker_command, worker_job
 from sdopt.cluster.connect import cluster, ray_module
 from sdopt.cluster.resources import local_resources, task_options, why_unplaceable
+from sdopt.errors import SdoptError
 
 RETRIES = 1  # a job that dies is tried once more, then reported failed
 
@@ -153,6 +154,9 @@ def run_matrix(runs: list[ProfileRun], address: str | None = None, timeout: floa
     Returns {profile name: report}."""
     from tqdm import tqdm
 
+    if any(r.settings.rounds > 1 for r in runs):  # before Ray starts
+        raise SdoptError("--rounds is for a bench on this machine: on Ray each artifact runs once on its node kind, "
+                         "one job at a time per kind; leave --rounds out, or bench here without --ray")
     ray = ray_module()
     kinds = [r.profile for r in runs if r.profile is not None]
     with cluster(address, local_resources(kinds)) as info:

@@ -8,9 +8,8 @@ is a 2×2 convolution of ``x`` itself, with the 3×3 kernel's taps summed where 
 the same source pixel. That is exactly a stride-2 transposed convolution with a 4×4
 kernel (the sub-pixel form of a resize-convolution): the same arithmetic up to the
 order of additions, 16 multiply-adds per source pixel and channel pair instead of 36,
-and no 4×-sized intermediate. On SD's
-VAE decoder the three upsampling convolutions are 28% of its FLOPs (174 of 622 GFLOP at
-256²); this removes 5/9 of that.
+and no 4×-sized intermediate. On SD's VAE decoder the three upsampling convolutions are
+28% of its FLOPs (174 of 622 GFLOP at 256²); this removes 5/9 of that.
 
 Only where the upsampling is exactly ×2 (``output_size`` not given): Diffusers' UNet
 passes explicit sizes when a latent side is not a multiple of its down factor, and an
