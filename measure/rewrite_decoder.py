@@ -56,7 +56,6 @@ def main() -> None:
     from sdopt.rewrite import apply_rewrites
     from sdopt.runtime.torch import forward_of, load_module
 
-    torch.set_num_threads(torch.get_num_threads())
     source = Path(args.model)
     manifest = read_manifest(source)
     modules = {"checkpoint": load_module(source, manifest, "vae_decoder", torch.float32)}

@@ -189,7 +189,7 @@ def test_a_profile_is_built_from_one_checkpoint_and_benched(tiny_model, tmp_path
 
 
 def test_merged_rounds_join_samples_and_a_failed_round_fails_the_artifact():
-    from sdopt.bench.runner import merge_rounds
+    from sdopt.bench.rounds import merge_rounds
 
     def round_result(scale, peak):
         return {"status": "ok", "load_s": 10.0 * scale, "first_generate_s": 5.0 * scale, "runs": 2, "warmups": 1,

@@ -13,7 +13,7 @@ from diffusers.models.upsampling import Upsample2D  # noqa: E402
 from sdopt.cli import main  # noqa: E402
 from sdopt.manifest import read_manifest  # noqa: E402
 from sdopt.rewrite import recorded  # noqa: E402
-from sdopt.rewrite.upsample import PhaseUpsampleConv, rewrite_upsamplers  # noqa: E402
+from sdopt.rewrite.upsample import UpsampleAsTransposedConv, rewrite_upsamplers  # noqa: E402
 
 
 @pytest.mark.parametrize("channels,out_channels,height,width,bias", [(8, 8, 7, 5, True), (6, 10, 1, 1, False), (16, 4, 12, 9, True)])
@@ -24,7 +24,7 @@ def test_a_transposed_convolution_gives_what_upsample_then_conv_gives(channels, 
     with torch.no_grad():
         before = holder[0](x)
         assert rewrite_upsamplers(holder) == 1
-        assert isinstance(holder[0], PhaseUpsampleConv)
+        assert isinstance(holder[0], UpsampleAsTransposedConv)
         after = holder[0](x)
         # An explicit output size (the UNet's odd latents) runs the original computation, unchanged.
         odd = (2 * height - 1, 2 * width - 1)
@@ -43,7 +43,7 @@ def test_only_plain_nearest_upsample_conv_pairs_are_rewritten():
         Upsample2D(8, use_conv=True, interpolate=False),  # the conv without upsampling
     ])
     assert rewrite_upsamplers(others) == 0
-    assert not any(isinstance(m, PhaseUpsampleConv) for m in others)
+    assert not any(isinstance(m, UpsampleAsTransposedConv) for m in others)
 
 
 def test_the_counted_flops_drop_by_what_the_transposed_convolutions_save(tiny_model):

@@ -18,6 +18,7 @@ import numpy as np
 from sdopt.bench import quality
 from sdopt.bench.grounding import adherence, choose_judge
 from sdopt.bench.profiles import BENCH_DEFAULTS, HardwareProfile
+from sdopt.bench.rounds import merge_rounds, rotated
 from sdopt.errors import SdoptError
 from sdopt.manifest import Manifest, fingerprint_of, read_manifest
 from sdopt.request import GenerateRequest
@@ -61,7 +62,7 @@ class BenchSettings:
     run: dict[str, dict[str, Any]] = field(default_factory=dict)  # backend -> run settings (a profile's [run] tables)
     # Passes over every artifact, the order rotating, each a fresh worker with its warm-up and ``runs``
     # measured runs: an artifact's samples then spread over the whole bench instead of one stretch of
-    # it, so a shared machine's slow minutes land on every artifact alike (merge_rounds).
+    # it, so a shared machine's slow minutes land on every artifact alike (sdopt.bench.rounds).
     rounds: int = 1
 
     @classmethod
@@ -269,7 +270,7 @@ def _summarise(entry: Entry, raw: dict, reference: dict | None, out: Path, flops
             "load_s": raw["load_s"],
             "first_generate_s": raw["first_generate_s"],
             "runs": raw["runs"],
-            "rounds": raw.get("rounds", 1),  # separate workers whose samples were joined (merge_rounds)
+            "rounds": raw.get("rounds", 1),  # separate workers whose samples were joined (sdopt.bench.rounds)
             "warmups": raw.get("warmups"),
             "first_generate_counted": raw.get("first_generate_counted", False),
             "latency_s": latency,
@@ -421,8 +422,7 @@ def run_bench(
     results: dict[str, list[dict]] = {entry.name: [] for entry in entries}
     with tqdm(total=len(entries) * rounds, desc="bench", unit="artifact", file=sys.stderr, disable=not progress) as bar:
         for r in range(rounds):
-            shift = r % len(entries)
-            for entry in entries[shift:] + entries[:shift]:
+            for entry in rotated(entries, r):
                 bar.set_postfix_str(entry.name + (f" (round {r + 1}/{rounds})" if rounds > 1 else ""))
                 done = results[entry.name]
                 if not (done and done[-1].get("status") != "ok"):  # a failed artifact is not tried again
@@ -430,36 +430,6 @@ def run_bench(
                 bar.update()
     raws = {name: merge_rounds(done) for name, done in results.items()}
     return assemble_report(entries, raws, settings, out, profile)
-
-
-# What each round's worker measured, one sample per generate (or UNet step): the rounds' lists are joined.
-SAMPLE_KEYS = ("latency_samples_s", "text_encoder_samples_s", "unet_step_samples_s", "vae_decoder_samples_s", "unet_total_samples_s")
-
-
-def merge_rounds(results: list[dict]) -> dict:
-    """One artifact's worker results over the rounds, as one: the samples joined, the counts summed, the
-    peaks the largest; load and first generate are the first round's (a cold start, as without rounds);
-    images, latents and run settings the last round's (the same prompts and seeds give the same images).
-    A failed round makes the artifact failed, saying which."""
-    if len(results) == 1:
-        return results[0]
-    for i, result in enumerate(results):
-        if result.get("status") != "ok":
-            return {**result, "error": f"round {i + 1} of {len(results)}: {result.get('error')}"}
-    merged = {**results[-1], "load_s": results[0]["load_s"], "first_generate_s": results[0]["first_generate_s"],
-              "first_generate_counted": results[0].get("first_generate_counted"), "rounds": len(results),
-              "load_s_by_round": [r["load_s"] for r in results]}
-    for key in SAMPLE_KEYS:
-        if all(key in r for r in results):
-            merged[key] = [x for r in results for x in r[key]]
-    for key in ("runs", "warmups"):
-        merged[key] = sum(r[key] for r in results)
-    for key in ("peak_memory_bytes", "process_peak_rss_bytes"):
-        if all(r.get(key) is not None for r in results):
-            merged[key] = max(r[key] for r in results)
-    if "unet_total_samples_s" in merged:
-        merged["unet_total_median_s"] = statistics.median(merged["unet_total_samples_s"])
-    return merged
 
 
 def precisions_to_probe(entries: list[Entry], raws: dict[str, dict]) -> list[str]:

@@ -44,7 +44,7 @@ def transposed_kernel(weight: torch.Tensor) -> torch.Tensor:
     return out
 
 
-class PhaseUpsampleConv(nn.Module):
+class UpsampleAsTransposedConv(nn.Module):
     """Stands in for a Diffusers ``Upsample2D`` (nearest ×2, then a 3×3 padding-1 conv): the same
     outputs from one stride-2 transposed convolution of the un-upsampled input."""
 
@@ -79,7 +79,7 @@ def rewrite_upsamplers(root: nn.Module) -> int:
         parent_name, _, child = name.rpartition(".")
         parent = root.get_submodule(parent_name) if parent_name else root
         if isinstance(parent, nn.ModuleList):
-            parent[int(child)] = PhaseUpsampleConv(module)
+            parent[int(child)] = UpsampleAsTransposedConv(module)
         else:
-            setattr(parent, child, PhaseUpsampleConv(module))
+            setattr(parent, child, UpsampleAsTransposedConv(module))
     return len(targets)
