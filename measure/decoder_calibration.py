@@ -8,7 +8,10 @@ the decoder with sdopt's own int8-static recipe (``sdopt.quant.nncf._quantize_st
 - ``checkpoint only``: every calibration prompt under the checkpoint's scheduler (sdopt before 2026-12-03);
 - ``sdopt``: what ``sdopt quantize`` records now (``calibration_runs``): those, and every prompt again under
   the next of ``DECODER_SCHEDULERS``;
-- ``all``: every calibration prompt under every scheduler here.
+- ``all``: every calibration prompt under every scheduler here;
+- ``sdopt, min-max ranges``: sdopt's samples with NNCF's MINMAX activation range estimator (the largest
+  value seen, not the mean over samples of each one's min and max: the small PNDM latents then cannot
+  pull the ranges down) — a candidate for the decoder's recipe, not what sdopt does.
 
 and prints each variant's worst PSNR against the float decoder (OpenVINO f32) on each scheduler's
 validation latents, with the decoder call's median time (docs/optimize.md, "Calibrating across schedulers").
@@ -97,10 +100,20 @@ def main() -> None:
         "checkpoint only": latents["calibration", None],
         "sdopt": [latents["calibration", scheduler][seed] for seed, _, scheduler in calibration_runs(CALIBRATION_PROMPTS, ["vae_decoder"])],
         "all": [x for s in SCHEDULERS for x in latents["calibration", s]],
+        "sdopt, min-max ranges": "minmax",
     }
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
     rows = []
     for name, samples in variants.items():
-        model = read() if samples is None else _quantize_static(nncf, read(), [{"latent_sample": x} for x in samples])[0]
+        if samples == "minmax":
+            samples = variants["sdopt"]
+            model = nncf.quantize(read(), nncf.Dataset([{"latent_sample": x} for x in samples]), subset_size=len(samples),
+                                  model_type=nncf.ModelType.TRANSFORMER, preset=nncf.QuantizationPreset.MIXED,
+                                  advanced_parameters=AdvancedQuantizationParameters(
+                                      activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX))
+        else:
+            model = read() if samples is None else _quantize_static(nncf, read(), [{"latent_sample": x} for x in samples])[0]
         outputs, seconds = decode(model, "bf16")
         psnr = {s or "checkpoint": round(worst_psnr(outputs[s], reference[s]), 1) for s in SCHEDULERS}
         rows.append({"calibration": name, "samples": 0 if samples is None else len(samples), "decoder_ms": round(seconds * 1000, 1), "worst_psnr_db": psnr})
