@@ -45,6 +45,8 @@ def main() -> None:
 
     import nncf
     import openvino as ov
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
     import sdopt
     from sdopt import GenerateRequest
@@ -95,25 +97,18 @@ def main() -> None:
         return float(min(10 * np.log10(1 / np.mean((unit(a) - unit(b)) ** 2)) for a, b in zip(images, references)))
 
     reference, _ = decode(read(), "f32")
-    variants = {
-        "bf16, not quantized": None,
-        "checkpoint only": latents["calibration", None],
-        "sdopt": [latents["calibration", scheduler][seed] for seed, _, scheduler in calibration_runs(CALIBRATION_PROMPTS, ["vae_decoder"])],
-        "all": [x for s in SCHEDULERS for x in latents["calibration", s]],
-        "sdopt, min-max ranges": "minmax",
+    sdopt_runs = [latents["calibration", scheduler][seed] for seed, _, scheduler in calibration_runs(CALIBRATION_PROMPTS, ["vae_decoder"])]
+    minmax = AdvancedQuantizationParameters(activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX)
+    variants = {  # name: (calibration latents, NNCF's advanced parameters); no latents: the float decoder
+        "bf16, not quantized": (None, None),
+        "checkpoint only": (latents["calibration", None], None),
+        "sdopt": (sdopt_runs, None),
+        "all": ([x for s in SCHEDULERS for x in latents["calibration", s]], None),
+        "sdopt, min-max ranges": (sdopt_runs, minmax),
     }
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
-    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
     rows = []
-    for name, samples in variants.items():
-        if samples == "minmax":
-            samples = variants["sdopt"]
-            model = nncf.quantize(read(), nncf.Dataset([{"latent_sample": x} for x in samples]), subset_size=len(samples),
-                                  model_type=nncf.ModelType.TRANSFORMER, preset=nncf.QuantizationPreset.MIXED,
-                                  advanced_parameters=AdvancedQuantizationParameters(
-                                      activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX))
-        else:
-            model = read() if samples is None else _quantize_static(nncf, read(), [{"latent_sample": x} for x in samples])[0]
+    for name, (samples, advanced) in variants.items():
+        model = read() if samples is None else _quantize_static(nncf, read(), [{"latent_sample": x} for x in samples], advanced)[0]
         outputs, seconds = decode(model, "bf16")
         psnr = {s or "checkpoint": round(worst_psnr(outputs[s], reference[s]), 1) for s in SCHEDULERS}
         rows.append({"calibration": name, "samples": 0 if samples is None else len(samples), "decoder_ms": round(seconds * 1000, 1), "worst_psnr_db": psnr})

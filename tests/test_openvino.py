@@ -209,7 +209,7 @@ def test_nncf_int8_static_calibrates_the_unet_and_the_vae_decoder(tiny_ov_bf16_s
     decoder = m.components["vae_decoder"].quantization  # calibrated on the final latents: one per generation
     # Calibrated on the final latents: one per generation, the prompt's with the checkpoint's scheduler and again with Euler's.
     assert decoder["scheme"] == "int8-static" and not decoder["weights_only"] and decoder["calibration"]["samples"] == 2
-    assert decoder["calibration"]["schedulers"] == ["checkpoint", "euler", "euler_a", "dpmpp_2m"]
+    assert decoder["calibration"]["schedulers"] == ["checkpoint", "euler"]  # what its one prompt's two runs used
     assert unet["calibration"]["schedulers"] == ["checkpoint"]
     assert m.static_shapes == STATIC and m.precision == "bf16"
     with _warns_unless_bf16():
@@ -237,6 +237,10 @@ def test_the_decoder_is_calibrated_on_the_schedulers_in_turn_the_unet_on_the_che
         samples = sdopt_nncf.record_inputs(tiny_ov_bf16_static, ["a", "b", "c", "d"], ["unet", "vae_decoder"])
         unet_only = sdopt_nncf.record_inputs(tiny_ov_bf16_static, ["a", "b"], ["unet"])
     assert asked == [None] * 4 + ["euler", "euler_a", "dpmpp_2m", "euler"] + [None] * 2
+    # The manifest names the schedulers each component recorded: the built-in 8 prompts reach all of them.
+    builtin = sdopt_nncf.CALIBRATION_PROMPTS
+    assert sdopt_nncf.calibration_schedulers(builtin, ["unet", "vae_decoder"], "vae_decoder") == ["checkpoint", "euler", "euler_a", "dpmpp_2m"]
+    assert sdopt_nncf.calibration_schedulers(builtin, ["unet", "vae_decoder"], "unet") == ["checkpoint"]
     assert len(samples["vae_decoder"]) == 8
     unet_calls = len(unet_only["unet"]) // 2  # per checkpoint-scheduler generation
     assert unet_calls >= sdopt_nncf.CALIBRATION_STEPS and len(samples["unet"]) == 4 * unet_calls  # the extra runs not recorded

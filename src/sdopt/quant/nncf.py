@@ -128,6 +128,8 @@ class NncfEngine(Engine):
         import nncf
 
         options = NncfOptions.from_plan(plan)
+        prompts = options.calibration_prompts or CALIBRATION_PROMPTS
+        wanted = [n for n in CALIBRATED if n in plan.components]  # every calibrated component records in one pass
         core = ov.Core()
         # Keep the source's weight storage for what stays float: fp16 unless the source is an fp32 artifact.
         compress_to_fp16 = (manifest.export or {}).get("weights", "fp16") == "fp16"
@@ -138,14 +140,13 @@ class NncfEngine(Engine):
             model = core.read_model(source / model_file(entry.files, name))
             if plan.capability.calibrated and name in CALIBRATED:
                 if calibration is None:  # one pass of generations records every calibrated component's inputs
-                    wanted = [n for n in CALIBRATED if n in plan.components]
-                    calibration = record_inputs(source, options.calibration_prompts or CALIBRATION_PROMPTS, wanted)
+                    calibration = record_inputs(source, prompts, wanted)
                 model, recipe = _quantize_static(nncf, model, calibration[name])
                 recipe["calibration"] = {
-                    "prompts": len(options.calibration_prompts or CALIBRATION_PROMPTS),
+                    "prompts": len(prompts),
                     "builtin_prompts": options.calibration_prompts is None,
                     "steps_per_prompt": CALIBRATION_STEPS,
-                    "schedulers": ["checkpoint", *DECODER_SCHEDULERS] if name == "vae_decoder" else ["checkpoint"],
+                    "schedulers": calibration_schedulers(prompts, wanted, name),
                     "samples": len(calibration[name]),
                 }
             else:
@@ -199,13 +200,16 @@ def _compress_weights(nncf, model: ov.Model, scheme: str, options: NncfOptions) 
     return compressed, recipe
 
 
-def _quantize_static(nncf, model: ov.Model, samples: list[dict[str, np.ndarray]]) -> tuple[ov.Model, dict[str, Any]]:
+def _quantize_static(nncf, model: ov.Model, samples: list[dict[str, np.ndarray]], advanced_parameters=None) -> tuple[ov.Model, dict[str, Any]]:
+    """sdopt's int8-static recipe; ``advanced_parameters`` (NNCF's) only for measuring alternatives to it (measure/)."""
+    extra = {} if advanced_parameters is None else {"advanced_parameters": advanced_parameters}
     quantized = nncf.quantize(
         model,
         nncf.Dataset(samples),
         model_type=nncf.ModelType.TRANSFORMER,  # keeps softmax/norm inputs in float, quantizes the attention matmuls' inputs
         preset=nncf.QuantizationPreset.MIXED,  # symmetric weights, asymmetric activations (SiLU/GELU outputs are skewed)
         subset_size=len(samples),
+        **extra,
     )
     return quantized, {"scheme": "int8-static", "mode": "int8 weights and activations", "weights_only": False, "preset": "mixed", "model_type": "transformer", "layers": _count_fake_quantize(quantized)}
 
@@ -246,6 +250,17 @@ def calibration_runs(prompts: tuple[str, ...] | list[str], names: list[str]) -> 
     return runs
 
 
+def records(name: str, scheduler: str | None) -> bool:
+    """Whether a component records a calibration run: the VAE decoder every run, the others the checkpoint scheduler's."""
+    return scheduler is None or name == "vae_decoder"
+
+
+def calibration_schedulers(prompts: tuple[str, ...] | list[str], names: list[str], name: str) -> list[str]:
+    """The schedulers the component ``name`` was calibrated on, in order ("checkpoint": the checkpoint's own)."""
+    used = dict.fromkeys(s for _, _, s in calibration_runs(prompts, names) if records(name, s))
+    return [s or "checkpoint" for s in used]
+
+
 def record_inputs(source: Path, prompts: tuple[str, ...] | list[str], names: list[str]) -> dict[str, list[dict[str, np.ndarray]]]:
     """The inputs each named component sees while the source artifact makes ``calibration_runs`` (guidance on):
     the VAE decoder records every run, the others the checkpoint scheduler's."""
@@ -264,7 +279,7 @@ def record_inputs(source: Path, prompts: tuple[str, ...] | list[str], names: lis
     try:
         for seed, prompt, scheduler in tqdm(calibration_runs(prompts, names), desc=f"calibrating ({', '.join(names)})", unit="image"):
             for name, recorder in recorders.items():
-                recorder.recording = scheduler is None or name == "vae_decoder"
+                recorder.recording = records(name, scheduler)
             pipe.generate(
                 GenerateRequest(
                     prompt=prompt,
