@@ -211,10 +211,49 @@ def test_nncf_int8_static_calibrates_the_unet_and_the_vae_decoder(tiny_ov_bf16_s
     assert decoder["scheme"] == "int8-static" and not decoder["weights_only"] and decoder["calibration"]["samples"] == 2
     assert decoder["calibration"]["schedulers"] == ["checkpoint", "euler"]  # what its one prompt's two runs used
     assert unet["calibration"]["schedulers"] == ["checkpoint"]
+    # The rewritten decoder's transposed convolutions get symmetric inputs (so OpenVINO runs them in int8).
+    import openvino as ov
+
+    from sdopt.runtime.openvino import model_file
+
+    graph = ov.Core().read_model(out / model_file(m.components["vae_decoder"].files, "vae_decoder"))
+    inputs = [op.input(0).get_source_output().get_node() for op in graph.get_ordered_ops() if op.get_type_name() == "ConvolutionBackpropData"]
+    assert inputs and decoder["symmetric_inputs"] == {"transposed convolutions": len(inputs)}
+    for fq in inputs:
+        low, high = (fq.input(i).get_source_output().get_node().get_data() for i in (1, 2))
+        assert fq.get_type_name() == "FakeQuantize" and np.allclose(high, -low * 127 / 128)
+    assert "symmetric_inputs" not in unet  # no transposed convolutions there
     assert m.static_shapes == STATIC and m.precision == "bf16"
     with _warns_unless_bf16():
         result = sdopt.load(out).generate(GenerateRequest(**SMALL))
     assert np.isfinite(result.latents).all()
+
+
+def test_only_the_ranges_before_transposed_convolutions_are_made_symmetric():
+    # OpenVINO's CPU plugin runs a transposed convolution in int8 only with a symmetric input range.
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    from sdopt.quant.nncf import symmetric_transposed_conv_inputs
+
+    x = ops.parameter([1, 4, 8, 8], np.float32)
+
+    def fq(low, high):
+        lo, hi = ops.constant(np.float32(low)), ops.constant(np.float32(high))
+        return ops.fake_quantize(x, lo, hi, lo, hi, 256)
+
+    weights = ops.constant(np.ones((4, 4, 4, 4), np.float32))
+    up = ops.convolution_backprop_data(fq(-1.0, 3.0), weights, [2, 2], [1, 1], [1, 1], [1, 1])
+    kept = ops.convolution(fq(-0.5, 2.0), ops.constant(np.ones((4, 4, 3, 3), np.float32)), [1, 1], [1, 1], [1, 1], [1, 1])
+    model = ov.Model([up, kept], [x])
+    assert symmetric_transposed_conv_inputs(model) == 1
+
+    def ranges(op):
+        return [float(op.input(0).get_source_output().get_node().input(i).get_source_output().get_node().get_data()) for i in range(1, 5)]
+
+    assert np.allclose(ranges(up), [-3.0, 3.0 * 127 / 128, -3.0, 3.0 * 127 / 128])
+    assert np.allclose(ranges(kept), [-0.5, 2.0, -0.5, 2.0])  # an ordinary convolution keeps NNCF's asymmetric range
+    assert symmetric_transposed_conv_inputs(model) == 1  # idempotent: the range stays as it is
 
 
 def test_the_decoder_is_calibrated_on_the_schedulers_in_turn_the_unet_on_the_checkpoints(tiny_ov_bf16_static, monkeypatch):

@@ -13,6 +13,7 @@ from diffusers.models.upsampling import Upsample2D  # noqa: E402
 from sdopt.cli import main  # noqa: E402
 from sdopt.manifest import read_manifest  # noqa: E402
 from sdopt.rewrite import recorded  # noqa: E402
+from sdopt.rewrite.geglu import SplitGEGLU, rewrite_geglus  # noqa: E402
 from sdopt.rewrite.upsample import UpsampleAsTransposedConv, rewrite_upsamplers  # noqa: E402
 
 
@@ -46,6 +47,35 @@ def test_only_plain_nearest_upsample_conv_pairs_are_rewritten():
     assert not any(isinstance(m, UpsampleAsTransposedConv) for m in others)
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_a_geglu_as_two_projections_gives_what_one_projection_and_a_split_give(bias):
+    from diffusers.models.activations import GEGLU
+
+    torch.manual_seed(1)
+    holder = torch.nn.Sequential(torch.nn.Identity(), GEGLU(24, 40, bias=bias))
+    x = torch.randn(2, 13, 24)
+    with torch.no_grad():
+        before = holder(x)
+        assert rewrite_geglus(holder) == 1
+        assert isinstance(holder[1], SplitGEGLU) and holder[1].value.out_features == holder[1].gate.out_features == 40
+        after = holder(x)
+        assert rewrite_geglus(holder) == 1  # counted where it is, not rewritten twice
+    assert after.shape == before.shape == (2, 13, 40)
+    assert (after - before).abs().max().item() <= 1e-6 * before.abs().max().item()
+
+
+def test_only_diffusers_own_geglu_is_split():
+    from diffusers.models.activations import GEGLU, GELU
+
+    class Scaled(GEGLU):  # a subclass may compute something else: left alone
+        def forward(self, hidden_states, *args, **kwargs):
+            return 2 * super().forward(hidden_states)
+
+    others = torch.nn.ModuleList([GELU(8, 8), Scaled(8, 8)])
+    assert rewrite_geglus(others) == 0
+    assert not any(isinstance(m, SplitGEGLU) for m in others)
+
+
 def test_the_counted_flops_drop_by_what_the_transposed_convolutions_save(tiny_model):
     from sdopt.bench.flops import vae_decoder_flops
 
@@ -68,14 +98,19 @@ def test_exports_record_the_rewrite_and_no_rewrites_traces_the_checkpoint_as_it_
     assert main(["export", str(tiny_model), "--to", "onnx", "--no-rewrites", "-o", str(plain)]) == 0
 
     rewritten_manifest, plain_manifest = read_manifest(tiny_onnx_artifact), read_manifest(plain)
-    assert recorded(rewritten_manifest.export) == {"vae_decoder": {"upsample_transposed_conv": 3}}
+    rewrites = recorded(rewritten_manifest.export)
+    assert rewrites["vae_decoder"] == {"upsample_transposed_conv": 3}
+    assert set(rewrites) == {"vae_decoder", "unet"} and rewrites["unet"]["geglu_split"] > 0
     assert recorded(plain_manifest.export) == {}
 
-    def ops(folder):
-        return {node.op_type for node in onnx.load(str(folder / "vae_decoder" / "model.onnx"), load_external_data=False).graph.node}
+    def ops(folder, component="vae_decoder"):
+        return [node.op_type for node in onnx.load(str(folder / component / "model.onnx"), load_external_data=False).graph.node]
 
     assert "ConvTranspose" in ops(tiny_onnx_artifact) and "Resize" not in ops(tiny_onnx_artifact)
     assert "Resize" in ops(plain) and "ConvTranspose" not in ops(plain)
+    # Each GEGLU's split is gone from the UNet graph: one Split (or a Slice pair) fewer per GEGLU.
+    splits = [sum(ops(folder, "unet").count(kind) for kind in ("Split", "Slice")) for folder in (plain, tiny_onnx_artifact)]
+    assert splits[0] - splits[1] >= rewrites["unet"]["geglu_split"], splits
     latents = np.random.default_rng(3).standard_normal((2, 4, 9, 7)).astype(np.float32)
     outputs = [ort.InferenceSession(str(folder / "vae_decoder" / "model.onnx")).run(None, {"latent_sample": latents})[0] for folder in (tiny_onnx_artifact, plain)]
     assert outputs[0].shape == outputs[1].shape == (2, 3, 72, 56)
@@ -84,4 +119,5 @@ def test_exports_record_the_rewrite_and_no_rewrites_traces_the_checkpoint_as_it_
 
 def test_inspect_names_the_rewrite(tiny_onnx_artifact, capsys):
     assert main(["inspect", str(tiny_onnx_artifact), "--no-verify"]) == 0
-    assert "rewritten  vae_decoder: upsample_transposed_conv ×3" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "vae_decoder: upsample_transposed_conv ×3" in out and "unet: geglu_split ×" in out

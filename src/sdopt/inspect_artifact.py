@@ -65,7 +65,7 @@ def format_description(d: dict[str, Any]) -> str:
     from sdopt.rewrite import recorded
 
     for name, applied in recorded(d.get("export")).items():
-        lines.append(f"rewritten  {name}: " + ", ".join(f"{rewrite} ×{count}" for rewrite, count in applied.items()) + " (exact: same outputs, fewer FLOPs)")
+        lines.append(f"rewritten  {name}: " + ", ".join(f"{rewrite} ×{count}" for rewrite, count in applied.items()) + " (exact: the same outputs from fewer operations)")
     lines.append("components")
     for name, c in d["components"].items():
         quant = c.get("quantization")

@@ -11,6 +11,8 @@ checkpoint defines them (to measure the difference, or to rule the rewrites out)
   VAE decoder, whose upsamplers always double; the UNet's are left as they are because an
   exported UNet takes its upsample sizes from its skip connections (spec.TRACE_LATENT), and
   an odd size is not a doubling.
+- ``geglu_split`` (geglu.py): a GEGLU's one double-width projection and split as two linear
+  layers, value and gate. Applied to the UNet (and its DeepCache halves); same FLOPs, no split.
 """
 
 from __future__ import annotations
@@ -18,14 +20,19 @@ from __future__ import annotations
 from typing import Any
 
 # component -> the rewrites applied to it, by name
-REWRITES: dict[str, tuple[str, ...]] = {"vae_decoder": ("upsample_transposed_conv",)}
+REWRITES: dict[str, tuple[str, ...]] = {
+    "vae_decoder": ("upsample_transposed_conv",),
+    "unet": ("geglu_split",),
+    "unet_shallow": ("geglu_split",),
+}
 
 
 def apply_rewrites(component: str, module: Any) -> dict[str, int]:
     """Rewrite ``module`` (the exporter's ``component``) in place; how many places each rewrite changed (those that changed any)."""
+    from sdopt.rewrite.geglu import rewrite_geglus
     from sdopt.rewrite.upsample import rewrite_upsamplers
 
-    functions = {"upsample_transposed_conv": rewrite_upsamplers}
+    functions = {"upsample_transposed_conv": rewrite_upsamplers, "geglu_split": rewrite_geglus}
     done = {name: functions[name](module) for name in REWRITES.get(component, ())}
     return {name: count for name, count in done.items() if count}
 
