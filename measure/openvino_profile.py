@@ -131,7 +131,7 @@ def main() -> None:
     result = {"artifact": str(artifact), "size": args.size, "rounds": args.rounds, "cpu_flags": sorted(cpu_flags()),
               "machine": platform.processor() or platform.machine(), "openvino": ov.__version__,
               "peaks_gops": {p: round(v, 1) for p, v in peaks.items()}, "components": {}}
-    print(f"probed peaks (GOP/s): " + ", ".join(f"{p} {v:,.0f}" for p, v in peaks.items()))
+    print("probed peaks (GOP/s): " + ", ".join(f"{p} {v:,.0f}" for p, v in peaks.items()))
     for name, batch in (("text_encoder", 2), ("unet", 2), ("vae_decoder", 1)):
         xml = artifact / name / "openvino_model.xml"
         if not xml.exists():
