@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sdopt.rewrite import replace_module
+
 
 class SplitGEGLU(nn.Module):
     """Stands in for a Diffusers ``GEGLU``: the same outputs from two linear layers instead of one and a split."""
@@ -49,10 +51,5 @@ def rewrite_geglus(root: nn.Module) -> int:
     """Replace every GEGLU under ``root`` in place; how many ``root`` holds rewritten afterwards (the
     DeepCache halves share their blocks, so the second half finds them already done)."""
     for name, module in [(n, m) for n, m in root.named_modules() if rewritable(m)]:
-        parent_name, _, child = name.rpartition(".")
-        parent = root.get_submodule(parent_name) if parent_name else root
-        if isinstance(parent, nn.ModuleList):
-            parent[int(child)] = SplitGEGLU(module)
-        else:
-            setattr(parent, child, SplitGEGLU(module))
+        replace_module(root, name, SplitGEGLU(module))
     return sum(isinstance(m, SplitGEGLU) for m in root.modules())

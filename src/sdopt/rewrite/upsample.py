@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sdopt.rewrite import replace_module
+
 # Output row 2i + a of conv3x3(upsample2x(x)) reads upsampled rows 2i + a - 1 .. 2i + a + 1, that is
 # source rows i - 1, i (a = 0) or i, i + 1 (a = 1); the 3×3 kernel's rows k = 0, 1, 2 that land on
 # each source row are summed: a = 0 -> (row 0), (rows 1 + 2); a = 1 -> (rows 0 + 1), (row 2). Columns alike.
@@ -76,10 +78,5 @@ def rewrite_upsamplers(root: nn.Module) -> int:
     """Replace every rewritable upsampler under ``root`` in place; how many were replaced."""
     targets = [(name, module) for name, module in root.named_modules() if rewritable(module)]
     for name, module in targets:
-        parent_name, _, child = name.rpartition(".")
-        parent = root.get_submodule(parent_name) if parent_name else root
-        if isinstance(parent, nn.ModuleList):
-            parent[int(child)] = UpsampleAsTransposedConv(module)
-        else:
-            setattr(parent, child, UpsampleAsTransposedConv(module))
+        replace_module(root, name, UpsampleAsTransposedConv(module))
     return len(targets)
