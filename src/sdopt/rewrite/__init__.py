@@ -37,18 +37,6 @@ def apply_rewrites(component: str, module: Any) -> dict[str, int]:
     return {name: count for name, count in done.items() if count}
 
 
-def replace_module(root: Any, name: str, new: Any) -> None:
-    """Put ``new`` where ``root``'s submodule ``name`` (a dotted path) is."""
-    from torch import nn
-
-    parent_name, _, child = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    if isinstance(parent, nn.ModuleList):
-        parent[int(child)] = new
-    else:
-        setattr(parent, child, new)
-
-
 def recorded(export: dict[str, Any] | None) -> dict[str, dict[str, int]]:
     """The rewrites a manifest's ``export`` section records, per component (a TensorRT artifact keeps its ONNX export's)."""
     export = export or {}

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sdopt.rewrite import replace_module
+from sdopt.rewrite.modules import replace_module
 
 
 class SplitGEGLU(nn.Module):

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sdopt.rewrite import replace_module
+from sdopt.rewrite.modules import replace_module
 
 # Output row 2i + a of conv3x3(upsample2x(x)) reads upsampled rows 2i + a - 1 .. 2i + a + 1, that is
 # source rows i - 1, i (a = 0) or i, i + 1 (a = 1); the 3×3 kernel's rows k = 0, 1, 2 that land on
