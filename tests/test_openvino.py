@@ -166,6 +166,20 @@ def test_nncf_options_are_checked(tiny_ov, tmp_path):
         quantize_openvino(tiny_ov, "int4", tmp_path / "b", ratio=1.5)
     with pytest.raises(SdoptError, match="calibration prompt file"):
         quantize_openvino(tiny_ov, "int8-static", tmp_path / "c", calibration_prompts=tmp_path / "none.txt")
+    with pytest.raises(SdoptError, match="--calibration-schedulers applies to int8-static only"):
+        quantize_openvino(tiny_ov, "int8", tmp_path / "d", calibration_schedulers=["euler"])
+    with pytest.raises(SdoptError, match=r"give scheduler names from .*\(eulr is not one\)"):
+        quantize_openvino(tiny_ov, "int8-static", tmp_path / "e", calibration_schedulers=["eulr"], components=["unet", "vae_decoder"])
+    with pytest.raises(SdoptError, match="add vae_decoder to --components"):
+        quantize_openvino(tiny_ov, "int8-static", tmp_path / "f", calibration_schedulers=["euler"])  # the UNet alone: nothing to choose
+    assert not any((tmp_path / name).exists() for name in "def")
+
+
+def test_the_cli_refuses_calibration_schedulers_for_a_backend_without_them(tiny_model, tmp_path, capsys):
+    code = main(["quantize", str(tiny_model), "--scheme", "int8", "--calibration-schedulers", "euler", "-o", str(tmp_path / "q")])
+    err = capsys.readouterr().err
+    assert code == 2 and "calibration" in err and "Traceback" not in err
+    assert not (tmp_path / "q").exists()
 
 
 def test_nncf_int4_options_come_from_the_cli_and_are_recorded(tiny_ov, tmp_path):
@@ -198,18 +212,20 @@ def test_nncf_int8_static_calibrates_the_unet_and_the_vae_decoder(tiny_ov_bf16_s
     prompts.write_text("# one prompt: quick\n\na red fox\n")
     out = tmp_path / "int8-static"
     code = main(["quantize", str(tiny_ov_bf16_static), "--backend", "nncf", "--scheme", "int8-static", "--calibration-prompts", str(prompts),
-                 "--components", "unet,text_encoder,vae_decoder", "-o", str(out)])
+                 "--components", "unet,text_encoder,vae_decoder", "--calibration-schedulers", "dpmpp_2m", "-o", str(out)])
     assert code == 0
     m = read_manifest(out)
     assert m.export["options"]["calibration_prompts"] == ["a red fox"]  # the prompts themselves, not the path
+    assert m.export["options"]["calibration_schedulers"] == ["dpmpp_2m"]
     unet, text = m.components["unet"].quantization, m.components["text_encoder"].quantization
     assert unet["scheme"] == "int8-static" and not unet["weights_only"] and unet["layers"] > 0
     assert unet["calibration"]["prompts"] == 1 and unet["calibration"]["samples"] >= 4  # a sample per UNet call
     assert text["scheme"] == "int8" and text["weights_only"]
     decoder = m.components["vae_decoder"].quantization  # calibrated on the final latents: one per generation
-    # Calibrated on the final latents: one per generation, the prompt's with the checkpoint's scheduler and again with Euler's.
+    # Calibrated on the final latents: one per generation, the prompt's with the checkpoint's scheduler and again with
+    # the one --calibration-schedulers names (Euler's by default).
     assert decoder["scheme"] == "int8-static" and not decoder["weights_only"] and decoder["calibration"]["samples"] == 2
-    assert decoder["calibration"]["schedulers"] == ["checkpoint", "euler"]  # what its one prompt's two runs used
+    assert decoder["calibration"]["schedulers"] == ["checkpoint", "dpmpp_2m"]  # what its one prompt's two runs used
     assert unet["calibration"]["schedulers"] == ["checkpoint"]
     # The rewritten decoder's transposed convolutions get symmetric inputs (so OpenVINO runs them in int8).
     import openvino as ov
@@ -275,7 +291,10 @@ def test_the_decoder_is_calibrated_on_the_schedulers_in_turn_the_unet_on_the_che
         warnings.simplefilter("ignore")
         samples = sdopt_nncf.record_inputs(tiny_ov_bf16_static, ["a", "b", "c", "d"], ["unet", "vae_decoder"])
         unet_only = sdopt_nncf.record_inputs(tiny_ov_bf16_static, ["a", "b"], ["unet"])
-    assert asked == [None] * 4 + ["euler", "euler_a", "dpmpp_2m", "euler"] + [None] * 2
+        chosen = sdopt_nncf.record_inputs(tiny_ov_bf16_static, ["a", "b", "c"], ["vae_decoder"], ("dpmpp_2m", "ddim"))  # --calibration-schedulers
+    assert asked == [None] * 4 + ["euler", "euler_a", "dpmpp_2m", "euler"] + [None] * 2 + [None] * 3 + ["dpmpp_2m", "ddim", "dpmpp_2m"]
+    assert len(chosen["vae_decoder"]) == 6
+    assert sdopt_nncf.calibration_schedulers(["a", "b", "c"], ["vae_decoder"], "vae_decoder", ("dpmpp_2m", "ddim")) == ["checkpoint", "dpmpp_2m", "ddim"]
     # The manifest names the schedulers each component recorded: the built-in 8 prompts reach all of them.
     builtin = sdopt_nncf.CALIBRATION_PROMPTS
     assert sdopt_nncf.calibration_schedulers(builtin, ["unet", "vae_decoder"], "vae_decoder") == ["checkpoint", "euler", "euler_a", "dpmpp_2m"]

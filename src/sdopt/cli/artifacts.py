@@ -66,6 +66,8 @@ def _quantize(args: argparse.Namespace) -> int:
         from sdopt.prompts import read_prompts
 
         options["calibration_prompts"] = read_prompts(args.calibration_prompts, what="calibration prompt file")
+    if args.calibration_schedulers is not None:
+        options["calibration_schedulers"] = [n.strip() for n in args.calibration_schedulers.split(",") if n.strip()]
     manifest = quantize(args.model, args.scheme, args.output, backend=args.backend, components=components,
                         exclude=args.exclude, device=args.device, force=args.force, options=options, loras=args.lora)
     if args.backend is None:
@@ -137,6 +139,9 @@ def add_quantize(sub) -> None:
     p.add_argument("--group-size", type=int, default=None, help="nncf int4/nf4: weights per scale group (default 128; -1: per channel)")
     p.add_argument("--ratio", type=float, default=None, help="nncf int4/nf4: fraction of layers in 4 bits, the rest int8 (default 1.0)")
     p.add_argument("--calibration-prompts", default=None, metavar="FILE", help="nncf int8-static: prompts to calibrate activations on, one per line (default: a built-in set)")
+    p.add_argument("--calibration-schedulers", default=None, metavar="NAMES",
+                   help="nncf int8-static with vae_decoder in --components: the schedulers the decoder's calibration runs take in turn, "
+                        "besides the checkpoint's (default: euler,euler_a,dpmpp_2m); name the ones you generate with")
     p.add_argument("--list", action="store_true", help="print the backend x scheme x device capability table and exit")
     add_lora_flag(p, "fused into the weights before quantizing (PyTorch checkpoints; recorded in the manifest)")
     p.set_defaults(func=_quantize)

@@ -71,13 +71,19 @@ class NncfOptions:
     group_size: int | None = None
     ratio: float | None = None
     calibration_prompts: tuple[str, ...] | None = None
+    calibration_schedulers: tuple[str, ...] | None = None  # the decoder's extra runs (default DECODER_SCHEDULERS)
 
     @classmethod
     def from_plan(cls, plan) -> "NncfOptions":
         """The backend options of a quantize request (Plan.options; the quantize command refused any other)."""
         options = dict(getattr(plan, "options", None) or {})
-        prompts = options.get("calibration_prompts")
-        return cls(options.get("group_size"), options.get("ratio"), _calibration_prompts(prompts) if prompts is not None else None)
+        prompts, schedulers = options.get("calibration_prompts"), options.get("calibration_schedulers")
+        return cls(options.get("group_size"), options.get("ratio"), _calibration_prompts(prompts) if prompts is not None else None,
+                   tuple(schedulers) if schedulers is not None else None)
+
+    @property
+    def decoder_schedulers(self) -> tuple[str, ...]:
+        return self.calibration_schedulers or DECODER_SCHEDULERS
 
 
 def quantize_openvino(
@@ -89,16 +95,20 @@ def quantize_openvino(
     ratio: float | None = None,
     calibration_prompts: str | Path | list[str] | None = None,
     components: list[str] | None = None,
+    calibration_schedulers: list[str] | None = None,
 ) -> Manifest:
     """Quantize an OpenVINO artifact with NNCF into ``out``; the Python form of
     ``sdopt quantize ARTIFACT --backend nncf --scheme ...``. calibration_prompts: a file
-    with one prompt per line, or a list of prompts (int8-static only)."""
+    with one prompt per line, or a list of prompts (int8-static only); calibration_schedulers: the
+    schedulers the VAE decoder's extra calibration runs take in turn (int8-static with the decoder)."""
     from sdopt.quant.run import quantize
 
     options: dict[str, Any] = {k: v for k, v in (("group_size", group_size), ("ratio", ratio)) if v is not None}
     if calibration_prompts is not None:
         # Recorded in the manifest as the prompts themselves: a file path would say nothing later.
         options["calibration_prompts"] = list(_calibration_prompts(calibration_prompts))
+    if calibration_schedulers is not None:
+        options["calibration_schedulers"] = list(calibration_schedulers)
     return quantize(artifact, scheme, out, backend="nncf", components=components, force=force, options=options)
 
 
@@ -118,11 +128,24 @@ def check_options(capability: Capability, options: NncfOptions) -> None:
         raise SdoptError(f"--ratio {options.ratio}: give the fraction of layers in 4 bits, 0 < ratio <= 1 (the rest int8)")
     if options.calibration_prompts is not None and not capability.calibrated:
         raise SdoptError(f"--calibration-prompts applies to int8-static only: {scheme} compresses weights without data")
+    if options.calibration_schedulers is not None:
+        from sdopt.runtime.schedulers import SCHEDULERS
+
+        if not capability.calibrated:
+            raise SdoptError(f"--calibration-schedulers applies to int8-static only: {scheme} compresses weights without data")
+        unknown = [s for s in options.calibration_schedulers if s not in SCHEDULERS]
+        if unknown or not options.calibration_schedulers:
+            raise SdoptError(f"--calibration-schedulers {','.join(options.calibration_schedulers)}: give scheduler names from "
+                             f"{', '.join(SCHEDULERS)}, comma-separated" + (f" ({', '.join(unknown)} is not one)" if unknown else ""))
 
 
 class NncfEngine(Engine):
     def check_plan(self, source: Path, manifest: Manifest, plan: Plan) -> None:
-        check_options(plan.capability, NncfOptions.from_plan(plan))
+        options = NncfOptions.from_plan(plan)
+        check_options(plan.capability, options)
+        if options.calibration_schedulers is not None and "vae_decoder" not in plan.components:
+            raise SdoptError("--calibration-schedulers chooses the schedulers the VAE decoder is calibrated on "
+                             "(the UNet is calibrated on the checkpoint's): add vae_decoder to --components")
 
     def quantize_components(self, source: Path, manifest: Manifest, out: Path, plan: Plan) -> QuantizedComponents:
         import nncf
@@ -140,13 +163,13 @@ class NncfEngine(Engine):
             model = core.read_model(source / model_file(entry.files, name))
             if plan.capability.calibrated and name in CALIBRATED:
                 if calibration is None:  # one pass of generations records every calibrated component's inputs
-                    calibration = record_inputs(source, prompts, wanted)
+                    calibration = record_inputs(source, prompts, wanted, options.decoder_schedulers)
                 model, recipe = _quantize_static(nncf, model, calibration[name])
                 recipe["calibration"] = {
                     "prompts": len(prompts),
                     "builtin_prompts": options.calibration_prompts is None,
                     "steps_per_prompt": CALIBRATION_STEPS,
-                    "schedulers": calibration_schedulers(prompts, wanted, name),
+                    "schedulers": calibration_schedulers(prompts, wanted, name, options.decoder_schedulers),
                     "samples": len(calibration[name]),
                 }
             else:
@@ -276,13 +299,14 @@ class _Recorder:
         self.component.close()
 
 
-def calibration_runs(prompts: tuple[str, ...] | list[str], names: list[str]) -> list[tuple[int, str, str | None]]:
+def calibration_runs(prompts: tuple[str, ...] | list[str], names: list[str],
+                     decoder_schedulers: tuple[str, ...] = DECODER_SCHEDULERS) -> list[tuple[int, str, str | None]]:
     """The generations calibration makes, as (seed, prompt, scheduler; None: the checkpoint's): every prompt
     with the checkpoint's scheduler, then, when the VAE decoder is calibrated, every prompt again with the
-    next of DECODER_SCHEDULERS."""
+    next of ``decoder_schedulers`` (--calibration-schedulers; DECODER_SCHEDULERS by default)."""
     runs = [(seed, prompt, None) for seed, prompt in enumerate(prompts)]
     if "vae_decoder" in names:
-        runs += [(seed, prompt, DECODER_SCHEDULERS[seed % len(DECODER_SCHEDULERS)]) for seed, prompt in enumerate(prompts)]
+        runs += [(seed, prompt, decoder_schedulers[seed % len(decoder_schedulers)]) for seed, prompt in enumerate(prompts)]
     return runs
 
 
@@ -291,13 +315,15 @@ def records(name: str, scheduler: str | None) -> bool:
     return scheduler is None or name == "vae_decoder"
 
 
-def calibration_schedulers(prompts: tuple[str, ...] | list[str], names: list[str], name: str) -> list[str]:
+def calibration_schedulers(prompts: tuple[str, ...] | list[str], names: list[str], name: str,
+                           decoder_schedulers: tuple[str, ...] = DECODER_SCHEDULERS) -> list[str]:
     """The schedulers the component ``name`` was calibrated on, in order ("checkpoint": the checkpoint's own)."""
-    used = dict.fromkeys(s for _, _, s in calibration_runs(prompts, names) if records(name, s))
+    used = dict.fromkeys(s for _, _, s in calibration_runs(prompts, names, decoder_schedulers) if records(name, s))
     return [s or "checkpoint" for s in used]
 
 
-def record_inputs(source: Path, prompts: tuple[str, ...] | list[str], names: list[str]) -> dict[str, list[dict[str, np.ndarray]]]:
+def record_inputs(source: Path, prompts: tuple[str, ...] | list[str], names: list[str],
+                  decoder_schedulers: tuple[str, ...] = DECODER_SCHEDULERS) -> dict[str, list[dict[str, np.ndarray]]]:
     """The inputs each named component sees while the source artifact makes ``calibration_runs`` (guidance on):
     the VAE decoder records every run, the others the checkpoint scheduler's."""
     from tqdm import tqdm
@@ -313,7 +339,7 @@ def record_inputs(source: Path, prompts: tuple[str, ...] | list[str], names: lis
     recorders = {name: _Recorder(pipe.components[name]) for name in names}
     pipe.components.update(recorders)
     try:
-        for seed, prompt, scheduler in tqdm(calibration_runs(prompts, names), desc=f"calibrating ({', '.join(names)})", unit="image"):
+        for seed, prompt, scheduler in tqdm(calibration_runs(prompts, names, decoder_schedulers), desc=f"calibrating ({', '.join(names)})", unit="image"):
             for name, recorder in recorders.items():
                 recorder.recording = records(name, scheduler)
             pipe.generate(
