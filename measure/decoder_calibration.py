@@ -9,6 +9,9 @@ the decoder with sdopt's own int8-static recipe (``sdopt.quant.nncf._quantize_st
 - ``sdopt``: what ``sdopt quantize`` records now (``calibration_runs``): those, and every prompt again under
   the next of ``DECODER_SCHEDULERS``;
 - ``all``: every calibration prompt under every scheduler here;
+- ``--calibration-schedulers NAME``: what ``sdopt quantize --calibration-schedulers NAME`` records: every
+  prompt under NAME alone (DPM++ 2M, DDIM here);
+- ``checkpoint and dpmpp_2m``: the checkpoint's runs and DPM++ 2M's — what that option recorded at first;
 - ``sdopt, min-max ranges``: sdopt's samples with NNCF's MINMAX activation range estimator (the largest
   value seen, not the mean over samples of each one's min and max: the small PNDM latents then cannot
   pull the ranges down) — a candidate for the decoder's recipe, not what sdopt does.
@@ -106,6 +109,11 @@ def main() -> None:
         "all": ([x for s in SCHEDULERS for x in latents["calibration", s]], None),
         "sdopt, min-max ranges": (sdopt_runs, minmax),
     }
+    for chosen in ("dpmpp_2m", "ddim"):  # `sdopt quantize --calibration-schedulers NAME`: a user who generates with one scheduler
+        runs = calibration_runs(CALIBRATION_PROMPTS, ["vae_decoder"], (chosen,))
+        variants[f"--calibration-schedulers {chosen}"] = ([latents["calibration", s][seed] for seed, _, s in runs], None)
+    # The option's first version recorded the checkpoint's runs too: their small latents pulled the ranges down.
+    variants["checkpoint and dpmpp_2m"] = (latents["calibration", None] + latents["calibration", "dpmpp_2m"], None)
     rows = []
     for name, (samples, advanced) in variants.items():
         model = read() if samples is None else _quantize_static(nncf, read(), [{"latent_sample": x} for x in samples], advanced)[0]

@@ -222,10 +222,10 @@ def test_nncf_int8_static_calibrates_the_unet_and_the_vae_decoder(tiny_ov_bf16_s
     assert unet["calibration"]["prompts"] == 1 and unet["calibration"]["samples"] >= 4  # a sample per UNet call
     assert text["scheme"] == "int8" and text["weights_only"]
     decoder = m.components["vae_decoder"].quantization  # calibrated on the final latents: one per generation
-    # Calibrated on the final latents: one per generation, the prompt's with the checkpoint's scheduler and again with
-    # the one --calibration-schedulers names (Euler's by default).
-    assert decoder["scheme"] == "int8-static" and not decoder["weights_only"] and decoder["calibration"]["samples"] == 2
-    assert decoder["calibration"]["schedulers"] == ["checkpoint", "dpmpp_2m"]  # what its one prompt's two runs used
+    # Calibrated on the final latents, one per generation: with --calibration-schedulers only the named scheduler's
+    # (by default the checkpoint's and Euler's: test_the_decoder_is_calibrated_on_the_schedulers_in_turn...).
+    assert decoder["scheme"] == "int8-static" and not decoder["weights_only"] and decoder["calibration"]["samples"] == 1
+    assert decoder["calibration"]["schedulers"] == ["dpmpp_2m"]
     assert unet["calibration"]["schedulers"] == ["checkpoint"]
     # The rewritten decoder's transposed convolutions get symmetric inputs (so OpenVINO runs them in int8).
     import openvino as ov
@@ -291,10 +291,13 @@ def test_the_decoder_is_calibrated_on_the_schedulers_in_turn_the_unet_on_the_che
         warnings.simplefilter("ignore")
         samples = sdopt_nncf.record_inputs(tiny_ov_bf16_static, ["a", "b", "c", "d"], ["unet", "vae_decoder"])
         unet_only = sdopt_nncf.record_inputs(tiny_ov_bf16_static, ["a", "b"], ["unet"])
-        chosen = sdopt_nncf.record_inputs(tiny_ov_bf16_static, ["a", "b", "c"], ["vae_decoder"], ("dpmpp_2m", "ddim"))  # --calibration-schedulers
-    assert asked == [None] * 4 + ["euler", "euler_a", "dpmpp_2m", "euler"] + [None] * 2 + [None] * 3 + ["dpmpp_2m", "ddim", "dpmpp_2m"]
-    assert len(chosen["vae_decoder"]) == 6
-    assert sdopt_nncf.calibration_schedulers(["a", "b", "c"], ["vae_decoder"], "vae_decoder", ("dpmpp_2m", "ddim")) == ["checkpoint", "dpmpp_2m", "ddim"]
+        # --calibration-schedulers: the decoder records the named schedulers' runs alone, the UNet still the checkpoint's
+        chosen = sdopt_nncf.record_inputs(tiny_ov_bf16_static, ["a", "b", "c"], ["unet", "vae_decoder"], ("dpmpp_2m", "ddim"))
+        decoder_only = sdopt_nncf.record_inputs(tiny_ov_bf16_static, ["a"], ["vae_decoder"], ("ddim",))
+    assert asked == ([None] * 4 + ["euler", "euler_a", "dpmpp_2m", "euler"] + [None] * 2
+                     + [None] * 3 + ["dpmpp_2m", "ddim", "dpmpp_2m"] + ["ddim"])  # no checkpoint run that nobody records
+    assert sdopt_nncf.calibration_schedulers(["a", "b", "c"], ["unet", "vae_decoder"], "vae_decoder", ("dpmpp_2m", "ddim")) == ["dpmpp_2m", "ddim"]
+    assert sdopt_nncf.calibration_schedulers(["a", "b", "c"], ["unet", "vae_decoder"], "unet", ("dpmpp_2m", "ddim")) == ["checkpoint"]
     # The manifest names the schedulers each component recorded: the built-in 8 prompts reach all of them.
     builtin = sdopt_nncf.CALIBRATION_PROMPTS
     assert sdopt_nncf.calibration_schedulers(builtin, ["unet", "vae_decoder"], "vae_decoder") == ["checkpoint", "euler", "euler_a", "dpmpp_2m"]
@@ -302,6 +305,7 @@ def test_the_decoder_is_calibrated_on_the_schedulers_in_turn_the_unet_on_the_che
     assert len(samples["vae_decoder"]) == 8
     unet_calls = len(unet_only["unet"]) // 2  # per checkpoint-scheduler generation
     assert unet_calls >= sdopt_nncf.CALIBRATION_STEPS and len(samples["unet"]) == 4 * unet_calls  # the extra runs not recorded
+    assert len(chosen["vae_decoder"]) == 3 and len(chosen["unet"]) == 3 * unet_calls and len(decoder_only["vae_decoder"]) == 1
 
 
 def test_a_decoder_calibrated_across_schedulers_holds_on_euler_latents(tiny_ov):

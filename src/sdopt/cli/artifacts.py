@@ -140,8 +140,8 @@ def add_quantize(sub) -> None:
     p.add_argument("--ratio", type=float, default=None, help="nncf int4/nf4: fraction of layers in 4 bits, the rest int8 (default 1.0)")
     p.add_argument("--calibration-prompts", default=None, metavar="FILE", help="nncf int8-static: prompts to calibrate activations on, one per line (default: a built-in set)")
     p.add_argument("--calibration-schedulers", default=None, metavar="NAMES",
-                   help="nncf int8-static with vae_decoder in --components: the schedulers the decoder's calibration runs take in turn, "
-                        "besides the checkpoint's (default: euler,euler_a,dpmpp_2m); name the ones you generate with")
+                   help="nncf int8-static with vae_decoder in --components: calibrate the decoder on these schedulers' runs alone, in turn "
+                        "(default: the checkpoint's, then euler,euler_a,dpmpp_2m); name the ones you generate with")
     p.add_argument("--list", action="store_true", help="print the backend x scheme x device capability table and exit")
     add_lora_flag(p, "fused into the weights before quantizing (PyTorch checkpoints; recorded in the manifest)")
     p.set_defaults(func=_quantize)
