@@ -101,7 +101,7 @@ def profile(core, xml: Path, precision: str, size: int, batch: int, rounds: int)
         # runtimePrecision says u8 for a bf16 matmul over int8-compressed weights.
         computed = rt["primitiveType"].astype(str).rsplit("_", 1)[-1].lower()
         key = f"{rt['layerType'].astype(str)} ({computed})"
-        k = kernels.setdefault(key, {"ms": 0.0, "layers": 0, "counted_ms": 0.0, "gop": 0.0})
+        k = kernels.setdefault(key, {"computed": computed, "ms": 0.0, "layers": 0, "counted_ms": 0.0, "gop": 0.0})
         k["ms"] += seconds * 1e3
         k["layers"] += 1
         count = macs(op)
@@ -123,9 +123,11 @@ def main() -> None:
 
     from sdopt.bench.flops import matmul_peak_gflops
     from sdopt.hardware import cpu_flags
+    from sdopt.manifest import read_manifest
+    from sdopt.runtime.openvino import model_file
 
     artifact = Path(args.artifact)
-    manifest = json.loads((artifact / "sdopt.json").read_text())
+    manifest = read_manifest(artifact)
     peaks = {p: matmul_peak_gflops(p, seconds=2.0)["gflops"] for p in ("int8", "bf16", "fp32")}
     core = ov.Core()
     result = {"artifact": str(artifact), "size": args.size, "rounds": args.rounds, "cpu_flags": sorted(cpu_flags()),
@@ -133,10 +135,11 @@ def main() -> None:
               "peaks_gops": {p: round(v, 1) for p, v in peaks.items()}, "components": {}}
     print("probed peaks (GOP/s): " + ", ".join(f"{p} {v:,.0f}" for p, v in peaks.items()))
     for name, batch in (("text_encoder", 2), ("unet", 2), ("vae_decoder", 1)):
-        xml = artifact / name / "openvino_model.xml"
-        if not xml.exists():
+        entry = manifest.components.get(name)
+        if entry is None:
             continue
-        precision = manifest["components"].get(name, {}).get("precision") or manifest["precision"]
+        xml = artifact / model_file(entry.files, name)
+        precision = entry.precision or manifest.precision
         found = profile(core, xml, precision, args.size, batch, args.rounds)
         counted_gop = sum(k["gop"] for k in found["kernels"].values())
         found["bound_ms"] = counted_gop / peaks["int8"] * 1e3
@@ -149,7 +152,7 @@ def main() -> None:
             rate = ""
             if k["gop"]:
                 gops = k["gop"] / (k["counted_ms"] / 1e3)
-                probed = "int8" if key.endswith("(i8)") else "bf16" if key.endswith("(bf16)") else "fp32"
+                probed = {"i8": "int8", "bf16": "bf16"}.get(k["computed"], "fp32")
                 k["gops"], k["of_peak"] = round(gops, 1), round(gops / peaks[probed], 3)
                 rate = f"  {gops:7.0f} GOP/s = {100 * gops / peaks[probed]:3.0f}% of {probed} peak"
             print(f"  {k['ms']:8.1f} ms {100 * k['ms'] / found['layers_ms']:5.1f}%  {k['layers']:4d} layers  {key:40s}{rate}")

@@ -82,7 +82,6 @@ class NncfOptions:
                    tuple(schedulers) if schedulers is not None else None)
 
 
-
 def quantize_openvino(
     artifact: str | Path,
     scheme: str,
@@ -123,13 +122,12 @@ def check_options(capability: Capability, options: NncfOptions) -> None:
         raise SdoptError(f"--group-size {options.group_size}: give a positive group size (128 is usual), or -1 for one scale per channel")
     if options.ratio is not None and not 0 < options.ratio <= 1:
         raise SdoptError(f"--ratio {options.ratio}: give the fraction of layers in 4 bits, 0 < ratio <= 1 (the rest int8)")
-    if options.calibration_prompts is not None and not capability.calibrated:
-        raise SdoptError(f"--calibration-prompts applies to int8-static only: {scheme} compresses weights without data")
+    for flag, value in (("--calibration-prompts", options.calibration_prompts), ("--calibration-schedulers", options.calibration_schedulers)):
+        if value is not None and not capability.calibrated:
+            raise SdoptError(f"{flag} applies to int8-static only: {scheme} compresses weights without data")
     if options.calibration_schedulers is not None:
         from sdopt.runtime.schedulers import SCHEDULERS
 
-        if not capability.calibrated:
-            raise SdoptError(f"--calibration-schedulers applies to int8-static only: {scheme} compresses weights without data")
         unknown = [s for s in options.calibration_schedulers if s not in SCHEDULERS]
         if unknown or not options.calibration_schedulers:
             raise SdoptError(f"--calibration-schedulers {','.join(options.calibration_schedulers)}: give scheduler names from "

@@ -23,21 +23,23 @@ class SplitGEGLU(nn.Module):
 
     def __init__(self, original: nn.Module):
         super().__init__()
-        proj: nn.Linear = original.proj
-        inner = proj.out_features // 2
-        self.value = nn.Linear(proj.in_features, inner, bias=proj.bias is not None, device=proj.weight.device, dtype=proj.weight.dtype)
-        self.gate = nn.Linear(proj.in_features, inner, bias=proj.bias is not None, device=proj.weight.device, dtype=proj.weight.dtype)
-        with torch.no_grad():
-            self.value.weight.copy_(proj.weight[:inner])
-            self.gate.weight.copy_(proj.weight[inner:])
-            if proj.bias is not None:
-                self.value.bias.copy_(proj.bias[:inner])
-                self.gate.bias.copy_(proj.bias[inner:])
-        self.value.requires_grad_(False)
-        self.gate.requires_grad_(False)
+        inner = original.proj.out_features // 2
+        self.value = _rows(original.proj, slice(0, inner))
+        self.gate = _rows(original.proj, slice(inner, None))
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         return self.value(hidden_states) * F.gelu(self.gate(hidden_states))
+
+
+def _rows(proj: nn.Linear, rows: slice) -> nn.Linear:
+    """A frozen linear layer computing ``rows`` of ``proj``'s outputs, with those rows of its weight and bias."""
+    weight = proj.weight[rows]
+    layer = nn.Linear(proj.in_features, weight.shape[0], bias=proj.bias is not None, device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        if proj.bias is not None:
+            layer.bias.copy_(proj.bias[rows])
+    return layer.requires_grad_(False)
 
 
 def rewritable(module: nn.Module) -> bool:
