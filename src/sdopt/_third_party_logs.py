@@ -7,8 +7,14 @@ deprecated" warnings, and then diffusers logs "Unable to import `torchao` Tensor
 objects". On a CPU with AVX-512-BF16, importing bitsandbytes logs that it
 could not fetch a CPU kernel from the Hugging Face hub through the ``kernels``
 package: sdopt never downloads at run time, and bitsandbytes then uses the
-kernel it ships. They appear on every sdopt command and say nothing about the
-user's work. Only these messages are filtered, by logger and text; every other warning
+kernel it ships; with the ``kernels`` package installed (transformers 5.25
+depends on it) and the hub offline, ``kernels`` first logs that it skipped the
+publisher check for that repository. transformers 5.25 logs, once per class,
+that an image processor "requires torchvision" and falls back to its PIL
+version whenever diffusers' pipelines are imported: sdopt uses no image
+processor, and torchvision would pull a second torch build. They appear on
+every sdopt command and say nothing about the user's work. Only these
+messages are filtered, by logger and a fragment of their text; every other warning
 from these loggers still shows. Uses only the standard library: ``import sdopt``
 stays free of torch.
 """
@@ -22,20 +28,23 @@ _KNOWN_NOISE = {
     "torch.utils._pytree": ("%s is an Enum subclass and is now natively supported",),
     "diffusers.quantizers.torchao.torchao_quantizer": ("Unable to import `torchao` Tensor objects",),
     "bitsandbytes.backends.cpu.ops": ("Failed to load CPU gemm_4bit_forward from kernels-community",),
+    "kernels._internals.hf_hub": ("Skipping publisher trust check for 'kernels-community/",),
+    "transformers.utils.import_utils": ("requires torchvision (not installed); falling back to ",),
 }
 
 
 class _DropKnownNoise(logging.Filter):
-    def __init__(self, prefixes: tuple[str, ...]):
+    def __init__(self, fragments: tuple[str, ...]):
         super().__init__()
-        self.prefixes = prefixes
+        self.fragments = fragments
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.levelno == logging.WARNING and str(record.msg).startswith(self.prefixes))
+        # Matched in the unformatted message: some libraries log f-strings, others %-formats.
+        return not (record.levelno == logging.WARNING and any(f in str(record.msg) for f in self.fragments))
 
 
 def install() -> None:
-    for name, prefixes in _KNOWN_NOISE.items():
+    for name, fragments in _KNOWN_NOISE.items():
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropKnownNoise) for f in logger.filters):
-            logger.addFilter(_DropKnownNoise(prefixes))
+            logger.addFilter(_DropKnownNoise(fragments))
