@@ -136,8 +136,11 @@ def test_sdxl_exports_agree_with_torch(sdxl_exports, sdxl_reference, target):
 
 
 # PSNR floors of the quantized SDXL toy against its fp32 image: measured less 3 dB, rounded down
-# (torch 2.13.0, torchao 0.18.0, OpenVINO 2026.4.1, NNCF 3.4.0; AMD EPYC with AVX-512 VNNI and BF16).
-QUANT_FLOOR = {"torchao:int8": 49.0, "nncf:int8-static": 36.0}  # measured 52.8, 39.3
+# (torch 2.13.0, torchao 0.18.0, OpenVINO 2026.4.1, NNCF 3.4.0; torchao on an AMD EPYC with AVX-512 VNNI and BF16).
+# nncf int8-static with 7-bit weights everywhere (--overflow-fix enable), so its int8 products fit 16 bits and the
+# image is the same on CPUs with and without VNNI: measured 37.7 dB on an AVX2-only EPYC. With NNCF's default
+# (first layer only) it measured 39.3 dB with VNNI and 33.4 dB without (saturating sums).
+QUANT_FLOOR = {"torchao:int8": 49.0, "nncf:int8-static": 34.0}  # measured 52.8, 37.7
 
 
 @pytest.mark.parametrize("backend, scheme", [("torchao", "int8"), ("nncf", "int8-static")])
@@ -149,7 +152,8 @@ def test_sdxl_quantized_generates_and_agrees(sdxl_tiny, sdxl_exports, sdxl_refer
     if backend == "nncf":
         pytest.importorskip("nncf")
         source, _ = sdxl_exports("openvino")
-    manifest = quantize(source, scheme, tmp_path / "q", backend=backend, components=["unet", "text_encoder"])
+    options = {"overflow_fix": "enable"} if backend == "nncf" else None
+    manifest = quantize(source, scheme, tmp_path / "q", backend=backend, components=["unet", "text_encoder"], options=options)
     done = {name for name, c in manifest.components.items() if c.quantization}
     assert done == {"unet", "text_encoder", "text_encoder_2"}
     assert manifest.family == "stable-diffusion-xl"

@@ -172,7 +172,11 @@ def test_nncf_options_are_checked(tiny_ov, tmp_path):
         quantize_openvino(tiny_ov, "int8-static", tmp_path / "e", calibration_schedulers=["eulr"], components=["unet", "vae_decoder"])
     with pytest.raises(SdoptError, match="add vae_decoder to --components"):
         quantize_openvino(tiny_ov, "int8-static", tmp_path / "f", calibration_schedulers=["euler"])  # the UNet alone: nothing to choose
-    assert not any((tmp_path / name).exists() for name in "def")
+    with pytest.raises(SdoptError, match="--overflow-fix applies to int8-static only"):
+        quantize_openvino(tiny_ov, "int8", tmp_path / "g", overflow_fix="enable")
+    with pytest.raises(SdoptError, match="--overflow-fix half: give auto, enable, first-layer, disable"):
+        quantize_openvino(tiny_ov, "int8-static", tmp_path / "h", overflow_fix="half")
+    assert not any((tmp_path / name).exists() for name in "defgh")
 
 
 def test_the_cli_refuses_calibration_schedulers_for_a_backend_without_them(tiny_model, tmp_path, capsys):
@@ -239,10 +243,56 @@ def test_nncf_int8_static_calibrates_the_unet_and_the_vae_decoder(tiny_ov_bf16_s
         low, high = (fq.input(i).get_source_output().get_node().get_data() for i in (1, 2))
         assert fq.get_type_name() == "FakeQuantize" and np.allclose(high, -low * 127 / 128)
     assert "symmetric_inputs" not in unet  # no transposed convolutions there
+    # The overflow fix this CPU gets by default (test_the_overflow_fix_follows_the_cpu forces both kinds): with it every
+    # int8 weight of the UNet stays within 7 bits, without it some use all 8.
+    from sdopt.quant.nncf import choose_overflow_fix
+
+    mode = choose_overflow_fix(None)[0]
+    assert unet["overflow_fix"]["mode"] == decoder["overflow_fix"]["mode"] == mode and "overflow_fix" not in text
+    unet_graph = ov.Core().read_model(out / model_file(m.components["unet"].files, "unet"))
+    peak = max(int(np.abs(op.get_data().astype(np.int32)).max()) for op in unet_graph.get_ordered_ops()
+               if op.get_type_name() == "Constant" and op.get_element_type() == ov.Type.i8)
+    assert peak <= 64 if mode == "enable" else peak > 64
     assert m.static_shapes == STATIC and m.precision == "bf16"
     with _warns_unless_bf16():
         result = sdopt.load(out).generate(GenerateRequest(**SMALL))
     assert np.isfinite(result.latents).all()
+
+
+@pytest.mark.parametrize("flags, mode", [({"avx2", "fma"}, "enable"), ({"avx2", "avx512f", "avx512bw"}, "enable"),
+                                         ({"avx2", "avx512f", "avx512_vnni"}, "first-layer"), ({"avx2", "avx_vnni"}, "first-layer"),
+                                         ({"amx_int8"}, "first-layer"), (set(), "first-layer")])
+def test_the_overflow_fix_follows_the_cpu(monkeypatch, flags, mode):
+    """auto: 7-bit weights everywhere where int8 products go through 16-bit saturating sums (no VNNI/AMX);
+    flags unknown (no /proc/cpuinfo): NNCF's default. An explicit choice is kept whatever the CPU."""
+    import sdopt.hardware
+    from sdopt.quant.nncf import choose_overflow_fix
+
+    monkeypatch.setattr(sdopt.hardware, "cpu_flags", lambda: frozenset(flags))
+    assert choose_overflow_fix(None)[0] == choose_overflow_fix("auto")[0] == mode
+    assert choose_overflow_fix("disable") == ("disable", "asked for (--overflow-fix)")
+
+
+@pytest.mark.parametrize("flags, quantized_with, warns", [({"avx2", "fma"}, "first-layer", True), ({"avx2", "fma"}, None, True),
+                                                          ({"avx2", "fma"}, "enable", False), ({"avx512_vnni"}, "first-layer", False)])
+def test_loading_int8_static_without_the_fix_on_a_cpu_that_saturates_warns(monkeypatch, flags, quantized_with, warns):
+    """None: an artifact quantized before sdopt recorded the fix (NNCF's default, first layer only, was applied)."""
+    import types
+    import warnings
+
+    import sdopt.hardware
+    from sdopt.runtime.openvino import _warn_if_int8_may_saturate
+
+    monkeypatch.setattr(sdopt.hardware, "cpu_flags", lambda: frozenset(flags))
+    recipe = {"scheme": "int8-static", **({"overflow_fix": {"mode": quantized_with}} if quantized_with else {})}
+    manifest = types.SimpleNamespace(components={"unet": types.SimpleNamespace(quantization=recipe),
+                                                 "text_encoder": types.SimpleNamespace(quantization={"scheme": "int8"})})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _warn_if_int8_may_saturate(manifest)
+    saturate = [str(w.message) for w in caught if "--overflow-fix enable" in str(w.message)]
+    assert bool(saturate) == warns
+    assert all(m.startswith("unet:") for m in saturate)
 
 
 def test_only_the_ranges_before_transposed_convolutions_are_made_symmetric():

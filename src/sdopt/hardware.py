@@ -11,6 +11,9 @@ from pathlib import Path
 
 # CPU features that give native bf16 matmul/convolution kernels; without them PyTorch emulates bf16.
 BF16_ISA = ("avx512_bf16", "amx_bf16")
+# CPU features that multiply u8 by s8 and add into 32 bits in one instruction (VNNI's vpdpbusd, AMX).
+# Without them int8 kernels use vpmaddubsw, whose pairwise sums saturate at 16 bits.
+INT8_DOT_ISA = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 
 @lru_cache(maxsize=1)
@@ -30,3 +33,9 @@ def cpu_lacks_bf16() -> bool:
     """True only when the flags are known and none of the bf16 features is among them."""
     flags = cpu_flags()
     return bool(flags) and not any(f in flags for f in BF16_ISA)
+
+
+def cpu_lacks_int8_dot() -> bool:
+    """True only when the flags are known and none of the int8 dot-product features is among them."""
+    flags = cpu_flags()
+    return bool(flags) and not any(f in flags for f in INT8_DOT_ISA)

@@ -68,6 +68,8 @@ def _quantize(args: argparse.Namespace) -> int:
         options["calibration_prompts"] = read_prompts(args.calibration_prompts, what="calibration prompt file")
     if args.calibration_schedulers is not None:
         options["calibration_schedulers"] = [n.strip() for n in args.calibration_schedulers.split(",") if n.strip()]
+    if args.overflow_fix is not None:
+        options["overflow_fix"] = args.overflow_fix
     manifest = quantize(args.model, args.scheme, args.output, backend=args.backend, components=components,
                         exclude=args.exclude, device=args.device, force=args.force, options=options, loras=args.lora)
     if args.backend is None:
@@ -142,6 +144,9 @@ def add_quantize(sub) -> None:
     p.add_argument("--calibration-schedulers", default=None, metavar="NAMES",
                    help="nncf int8-static with vae_decoder in --components: calibrate the decoder on these schedulers' runs alone, in turn "
                         "(default: the checkpoint's, then euler,euler_a,dpmpp_2m); name the ones you generate with")
+    p.add_argument("--overflow-fix", default=None, choices=("auto", "enable", "first-layer", "disable"),
+                   help="nncf int8-static: 7-bit weights in every layer (enable), the first only (first-layer) or none, so 8-bit "
+                        "products cannot saturate on CPUs without VNNI/AMX (default auto: enable where this CPU lacks them, else first-layer)")
     p.add_argument("--list", action="store_true", help="print the backend x scheme x device capability table and exit")
     add_lora_flag(p, "fused into the weights before quantizing (PyTorch checkpoints; recorded in the manifest)")
     p.set_defaults(func=_quantize)
