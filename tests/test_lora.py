@@ -65,8 +65,11 @@ def test_runtime_matches_diffusers_load_lora_weights(tiny_model, tiny_lora):
     ref = pipe(prompt=request.prompt, num_inference_steps=request.steps, guidance_scale=request.guidance_scale, height=request.height,
                width=request.width, generator=torch.Generator("cpu").manual_seed(request.seed), output_type="latent").images
     ours = sdopt.load(tiny_model).generate(request)
-    err = float(np.abs(ours.latents - ref.numpy()).max())
-    print(f"runtime LoRA vs Diffusers' load_lora_weights: max abs latent diff {err:.2e}")
+    # Relative to the largest latent, as the SDXL parity tests: the tiny model's latents reach ~45, and the two
+    # apply the same adapter in float32 in a different order. Measured on an AVX2-only EPYC: 4.6e-5 absolute at
+    # scale 43.8 (1.1e-6 of it), where without the LoRA the two are bit-identical; a wrong scale is ~1e-1 of it.
+    err = float(np.abs(ours.latents - ref.numpy()).max() / max(1.0, np.abs(ref.numpy()).max()))
+    print(f"runtime LoRA vs Diffusers' load_lora_weights: max latent diff {err:.2e} of their scale")
     assert err <= 1e-5
 
 
