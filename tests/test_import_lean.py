@@ -32,6 +32,7 @@ NOISE_AS_LOGGED = [
     ("diffusers.quantizers.torchao.torchao_quantizer", "Unable to import `torchao` Tensor objects. This may affect loading checkpoints serialized with `torchao`", ()),
     ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure you already `pip install kernels` and the kernels >= 0.11.1", ("No module named 'kernels'",)),
     ("kernels._internals.hf_hub", "Skipping publisher trust check for 'kernels-community/quantization-bitsandbytes' because Hugging Face Hub is in offline mode.", ()),
+    ("transformers.modeling_utils", "`loss_type=None` was set in the config but it is unrecognized. Using the default loss: `ForCausalLMLoss`.", ()),
     ("transformers.utils.import_utils", "`CLIPImageProcessor` requires torchvision (not installed); falling back to `CLIPImageProcessorPil` for backward compatibility. Install torchvision to use the default backend, or import `CLIPImageProcessorPil` directly to silence this warning.", ()),
 ]
 

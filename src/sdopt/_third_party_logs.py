@@ -12,7 +12,9 @@ depends on it) and the hub offline, ``kernels`` first logs that it skipped the
 publisher check for that repository. transformers 5.25 logs, once per class,
 that an image processor "requires torchvision" and falls back to its PIL
 version whenever diffusers' pipelines are imported: sdopt uses no image
-processor, and torchvision would pull a second torch build. They appear on
+processor, and torchvision would pull a second torch build. It also logs, when an
+exporter's tracing touches a text encoder's ``loss_function``, that the config's
+``loss_type=None`` is unrecognized: sdopt computes no loss. They appear on
 every sdopt command and say nothing about the user's work. Only these
 messages are filtered, by logger and a fragment of their text; every other warning
 from these loggers still shows. Uses only the standard library: ``import sdopt``
@@ -30,6 +32,7 @@ _KNOWN_NOISE = {
     "bitsandbytes.backends.cpu.ops": ("Failed to load CPU gemm_4bit_forward from kernels-community",),
     "kernels._internals.hf_hub": ("Skipping publisher trust check for 'kernels-community/",),
     "transformers.utils.import_utils": ("requires torchvision (not installed); falling back to ",),
+    "transformers.modeling_utils": ("was set in the config but it is unrecognized. Using the default loss",),
 }
 
 
