@@ -29,13 +29,15 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
-def cpu_lacks_bf16() -> bool:
-    """True only when the flags are known and none of the bf16 features is among them."""
+def _cpu_lacks(features: tuple[str, ...]) -> bool:
+    """True only when the flags are known and none of ``features`` is among them."""
     flags = cpu_flags()
-    return bool(flags) and not any(f in flags for f in BF16_ISA)
+    return bool(flags) and not any(f in flags for f in features)
+
+
+def cpu_lacks_bf16() -> bool:
+    return _cpu_lacks(BF16_ISA)
 
 
 def cpu_lacks_int8_dot() -> bool:
-    """True only when the flags are known and none of the int8 dot-product features is among them."""
-    flags = cpu_flags()
-    return bool(flags) and not any(f in flags for f in INT8_DOT_ISA)
+    return _cpu_lacks(INT8_DOT_ISA)

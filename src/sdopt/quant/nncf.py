@@ -97,13 +97,13 @@ class NncfOptions:
 OVERFLOW_FIXES = {"enable": "ENABLE", "first-layer": "FIRST_LAYER", "disable": "DISABLE"}
 
 
-def choose_overflow_fix(option: str | None, lacks_int8_dot=None) -> tuple[str, str]:
+def choose_overflow_fix(option: str | None) -> tuple[str, str]:
     """The overflow fix int8-static applies (a key of OVERFLOW_FIXES) and why."""
     if option not in (None, "auto"):
         return option, "asked for (--overflow-fix)"
-    if lacks_int8_dot is None:
-        from sdopt.hardware import cpu_lacks_int8_dot as lacks_int8_dot
-    if lacks_int8_dot():
+    from sdopt.hardware import cpu_lacks_int8_dot
+
+    if cpu_lacks_int8_dot():
         return "enable", "auto: this CPU has no VNNI/AMX int8 dot product, so 8-bit products would saturate at 16 bits"
     return "first-layer", "auto: this CPU has an int8 dot product (VNNI/AMX); NNCF's default"
 
