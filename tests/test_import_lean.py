@@ -86,3 +86,34 @@ def test_importing_the_backends_prints_nothing_on_this_cpu():
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # as the suite runs: with a network, kernels would fetch instead
     err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300, env=env).stderr
     assert err.strip() == "", err
+
+
+_COUNT_HUB_KERNEL_REQUESTS = """
+import sys
+import sdopt
+import kernels
+asked = []
+def get_kernel(repo_id, *args, **kwargs):  # stands in for the download: nothing leaves this machine
+    asked.append(repo_id)
+    raise RuntimeError("no hub in this test")
+kernels.get_kernel = get_kernel
+""" + _FORCE_BNB_AVX512_BF16 + """
+print(len(asked), sys.modules.get("kernels") is kernels, bnb_cpu_ops.has_avx512bf16())
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("opt_in", ["", "1"])
+def test_bitsandbytes_asks_the_hub_for_a_kernel_only_when_the_user_allows_it(opt_in):
+    """Its AVX-512-BF16 branch (forced, so it runs on any CPU) downloads code at import unless stopped."""
+    import importlib.util
+
+    if not (importlib.util.find_spec("bitsandbytes") and importlib.util.find_spec("kernels")):
+        pytest.skip("bitsandbytes or kernels not installed: nothing asks the hub")
+    env = {**os.environ, "SDOPT_ALLOW_HUB_KERNELS": opt_in}
+    run = subprocess.run([sys.executable, "-c", _COUNT_HUB_KERNEL_REQUESTS], capture_output=True, text=True, check=True, timeout=300, env=env)
+    asked, kernels_still_importable, branch_taken = run.stdout.split()
+    assert branch_taken == "True"
+    assert asked == ("1" if opt_in else "0")
+    assert kernels_still_importable == "True"  # hidden only while bitsandbytes' module ran
+    assert run.stderr.strip() == ""  # bitsandbytes' "Failed to load" line is filtered either way

@@ -6,10 +6,10 @@ of torch, makes torch log two "Enum subclass ... register_constant() is
 deprecated" warnings, and then diffusers logs "Unable to import `torchao` Tensor
 objects". On a CPU with AVX-512-BF16, importing bitsandbytes logs that it
 could not fetch a CPU kernel from the Hugging Face hub through the ``kernels``
-package: sdopt never downloads at run time, and bitsandbytes then uses the
-kernel it ships; with the ``kernels`` package installed (transformers 5.25
-depends on it) and the hub offline, ``kernels`` first logs that it skipped the
-publisher check for that repository. transformers 5.25 logs, once per class,
+package: sdopt never downloads at run time (``_no_hub_kernels`` hides
+``kernels`` from it), and bitsandbytes then uses the kernel it ships; where a
+user allows the fetch and the hub is offline, ``kernels`` first logs that it
+skipped the publisher check for that repository. transformers 5.25 logs, once per class,
 that an image processor "requires torchvision" and falls back to its PIL
 version whenever diffusers' pipelines are imported: sdopt uses no image
 processor, and torchvision would pull a second torch build. It also logs, when an
