@@ -121,3 +121,90 @@ def test_inspect_names_the_rewrite(tiny_onnx_artifact, capsys):
     assert main(["inspect", str(tiny_onnx_artifact), "--no-verify"]) == 0
     out = capsys.readouterr().out
     assert "vae_decoder: upsample_transposed_conv ×3" in out and "unet: geglu_split ×" in out
+
+
+def _transformer(**overrides):
+    from diffusers.models.transformers.transformer_2d import Transformer2DModel
+
+    torch.manual_seed(2)
+    config = dict(num_attention_heads=2, attention_head_dim=4, in_channels=8, cross_attention_dim=6, norm_num_groups=4)
+    return Transformer2DModel(**{**config, **overrides}).eval()
+
+
+@pytest.mark.parametrize("linear_projection,layers", [(False, 1), (True, 2)])
+def test_a_channels_first_transformer_gives_what_diffusers_gives(linear_projection, layers):
+    """SD 1.x's form (1x1 conv projections) and SD 2/XL's (linear projections, several blocks)."""
+    from sdopt.rewrite.channels_first import ChannelsFirstTransformer2D, rewrite_transformers
+
+    holder = torch.nn.ModuleList([_transformer(use_linear_projection=linear_projection, num_layers=layers)])
+    x, context = torch.randn(2, 8, 5, 7), torch.randn(2, 11, 6)
+    with torch.no_grad():
+        before = holder[0](x, encoder_hidden_states=context, return_dict=False)[0]
+        assert rewrite_transformers(holder) == 1 and isinstance(holder[0], ChannelsFirstTransformer2D)
+        after = holder[0](x, encoder_hidden_states=context, return_dict=False)[0]
+        assert torch.equal(holder[0](x, encoder_hidden_states=context).sample, after)
+        assert rewrite_transformers(holder) == 1  # counted where it is, not rewritten twice
+        with pytest.raises(ValueError, match="attention masks"):
+            holder[0](x, encoder_hidden_states=context, attention_mask=torch.ones(2, 35))
+    assert after.shape == before.shape == (2, 8, 5, 7)
+    assert (after - before).abs().max().item() <= 1e-5 * before.abs().max().item()
+
+
+def test_only_plain_transformers_go_channels_first():
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from sdopt.rewrite.channels_first import rewrite_transformers
+
+    class Custom(AttnProcessor2_0):  # a user's processor may compute anything
+        pass
+
+    custom = _transformer()
+    custom.transformer_blocks[0].attn2.set_processor(Custom())
+    others = torch.nn.ModuleList([
+        custom,
+        _transformer(only_cross_attention=True),  # no self-attention
+        _transformer(norm_type="ada_norm", num_embeds_ada_norm=10),  # timestep-conditioned norms
+        _transformer(activation_fn="gelu"),  # not a GEGLU feed-forward
+    ])
+    assert rewrite_transformers(others) == 0
+
+
+def test_the_sd_unets_go_channels_first_whole(tiny_model, sdxl_tiny):
+    """Every transformer of the SD 1 and SDXL toys is rewritten and the UNets' outputs stay the same."""
+    import copy
+
+    from diffusers import UNet2DConditionModel
+    from diffusers.models.transformers.transformer_2d import Transformer2DModel
+
+    from sdopt.rewrite import apply_rewrites
+
+    for folder in (tiny_model, sdxl_tiny):
+        unet = UNet2DConditionModel.from_pretrained(folder / "unet").eval()
+        config, transformers = unet.config, sum(type(m) is Transformer2DModel for m in unet.modules())
+        rewritten = copy.deepcopy(unet)
+        applied = apply_rewrites("unet", rewritten, ("transformer_channels_first",))
+        # It goes first and takes the GEGLUs in with it: nothing is left for the default split.
+        assert applied == {"transformer_channels_first": transformers}, applied
+        torch.manual_seed(4)
+        x, t = torch.randn(2, config.in_channels, 8, 8), torch.tensor([500.0, 20.0])
+        context = torch.randn(2, 77, config.cross_attention_dim)
+        extra = {}
+        if config.addition_embed_type == "text_time":
+            extra = {"added_cond_kwargs": {"text_embeds": torch.randn(2, config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim),
+                                           "time_ids": torch.rand(2, 6) * 256}}
+        with torch.no_grad():
+            before, after = (m(x, t, context, **extra).sample for m in (unet, rewritten))
+        assert (after - before).abs().max().item() <= 1e-5 * before.abs().max().item(), folder
+
+
+def test_an_export_takes_an_optional_rewrite_by_name_and_records_it(tiny_model, tmp_path, capsys):
+    pytest.importorskip("openvino")
+    out = tmp_path / "cf"
+    assert main(["export", str(tiny_model), "--to", "openvino", "--rewrite", "transformer_channels_first", "-o", str(out)]) == 0
+    rewrites = recorded(read_manifest(out).export)
+    assert set(rewrites["unet"]) == {"transformer_channels_first"} and rewrites["unet"]["transformer_channels_first"] > 0
+    assert rewrites["vae_decoder"] == {"upsample_transposed_conv": 3}  # the defaults still apply
+    capsys.readouterr()
+    assert main(["export", str(tiny_model), "--to", "openvino", "--rewrite", "transformer_channels_first", "--no-rewrites", "-o", str(tmp_path / "x")]) == 2
+    assert "give one of them" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -8,11 +8,12 @@ from pathlib import Path
 
 from sdopt.cli.common import exporter_names, add_lora_flag
 from sdopt.errors import SdoptError
+from sdopt.rewrite import OPTIONAL_REWRITES
 
 
 # Options that pass through to exporters; an exporter refuses those it does not declare.
 EXPORT_OPTIONS = ("opset", "optimize", "skip_validation", "height", "width", "batch", "vae_decoder", "deep_cache",
-                  "shapes", "batch_range", "static", "refit", "rebuild", "no_rewrites")
+                  "shapes", "batch_range", "static", "refit", "rebuild", "no_rewrites", "rewrite")
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -43,7 +44,9 @@ def _export(args: argparse.Namespace) -> int:
 
     if args.deep_cache is not None and args.deep_cache < 1:
         raise SdoptError(f"--deep-cache {args.deep_cache}: give the caching interval, an integer of 1 or more (2 or 3 are usual)")
-    options = {k: v for k, v in vars(args).items() if k in EXPORT_OPTIONS and v not in (None, False)}
+    if args.rewrite and args.no_rewrites:
+        raise SdoptError("--rewrite asks for a rewrite and --no-rewrites for none: give one of them")
+    options = {k: v for k, v in vars(args).items() if k in EXPORT_OPTIONS and v not in (None, False, [])}
     export(args.model, args.to, args.output, precision=args.precision, force=args.force, loras=args.lora, **options)
     print(format_description(describe(args.output)))
     return 0
@@ -124,6 +127,9 @@ def add_export(sub) -> None:
     p.add_argument("--no-rewrites", action="store_true",
                    help="trace the modules as the checkpoint defines them, without sdopt's exact rewrites (by default the VAE decoder's "
                         "upsample+conv pairs become transposed convolutions: same outputs, fewer FLOPs; docs/optimize.md)")
+    p.add_argument("--rewrite", action="append", default=[], choices=sorted(OPTIONAL_REWRITES), metavar="NAME",
+                   help="also apply this optional exact rewrite (repeatable): transformer_channels_first keeps the UNet's transformers "
+                        "in [B, C, H, W] with 1x1 convolutions for their linear layers — faster int8 on CPUs without VNNI (docs/optimize.md)")
     add_lora_flag(p, "fused into the weights before export (recorded in the manifest)")
     p.set_defaults(func=_export)
 

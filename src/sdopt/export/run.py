@@ -53,8 +53,10 @@ class ExportSource:
     encoders together, so those are built together (and still handed over one by one).
     """
 
-    def __init__(self, specs: dict[str, ComponentSpec], model: dict[str, Any], builders: dict[str, Callable[[], Any]], rewrites: bool = True):
+    def __init__(self, specs: dict[str, ComponentSpec], model: dict[str, Any], builders: dict[str, Callable[[], Any]], rewrites: bool = True,
+                 optional_rewrites: tuple[str, ...] = ()):
         self.specs, self.model, self._builders, self._rewrite = specs, model, builders, rewrites
+        self._optional = optional_rewrites
         self._built: dict[str, Any] = {}  # modules built together with another, waiting to be taken
         self.rewrites: dict[str, dict[str, int]] = {}  # component -> the exact rewrites applied to it (sdopt.rewrite)
 
@@ -70,7 +72,7 @@ class ExportSource:
         if self._rewrite:
             from sdopt.rewrite import apply_rewrites
 
-            if applied := apply_rewrites(name, module):
+            if applied := apply_rewrites(name, module, self._optional):
                 self.rewrites[name] = applied
         return module
 
@@ -84,7 +86,7 @@ def prepare_source(source: Path, manifest: Manifest, options: dict[str, Any]) ->
     """The source's modules as an exporter traces them. ``loras``: LoRAs fused into the weights first
     (sdopt.lora); ``vae_decoder``: a tiny decoder in the full one's place (checked to fit in ``export``);
     ``deep_cache``: the UNet split in two graphs (sdopt.stepcache); ``no_rewrites``: the modules traced
-    without sdopt.rewrite's exact rewrites."""
+    without sdopt.rewrite's exact rewrites; ``rewrite``: optional rewrites to apply too (by name)."""
     import torch
 
     from sdopt.runtime.torch import load_module, load_modules
@@ -124,7 +126,7 @@ def prepare_source(source: Path, manifest: Manifest, options: dict[str, Any]) ->
 
         builders["unet"] = builders["unet_shallow"] = halves
         specs.update(CACHED_UNET_SPECS)
-    return ExportSource(specs, model, builders, rewrites=not options.get("no_rewrites"))
+    return ExportSource(specs, model, builders, rewrites=not options.get("no_rewrites"), optional_rewrites=tuple(options.get("rewrite") or ()))
 
 
 def json_config(folder: Path) -> dict[str, Any]:

@@ -10,7 +10,7 @@ register_exporter(
         extra="onnx",
         requires=("onnx", "onnxruntime", "torch"),
         precisions=("fp32", "fp16"),
-        options=("skip_validation", "opset", "optimize", "vae_decoder", "deep_cache", "no_rewrites"),
+        options=("skip_validation", "opset", "optimize", "vae_decoder", "deep_cache", "no_rewrites", "rewrite"),
         description="ONNX graphs in Optimum's layout, run by ONNX Runtime",
     )
 )
@@ -23,7 +23,7 @@ register_exporter(
         extra="openvino",
         requires=("openvino", "torch"),
         precisions=("fp32", "fp16", "bf16"),
-        options=("skip_validation", "height", "width", "batch", "vae_decoder", "deep_cache", "no_rewrites"),
+        options=("skip_validation", "height", "width", "batch", "vae_decoder", "deep_cache", "no_rewrites", "rewrite"),
         description="OpenVINO IR in Optimum Intel's layout; optional static shapes (--height/--width/--batch)",
     )
 )
@@ -36,7 +36,7 @@ register_exporter(
         extra="tensorrt",
         requires=("tensorrt", "onnx", "onnxruntime", "torch"),
         precisions=("fp32", "fp16", "bf16"),
-        options=("skip_validation", "opset", "height", "width", "shapes", "batch_range", "static", "refit", "rebuild", "no_rewrites"),
+        options=("skip_validation", "opset", "height", "width", "shapes", "batch_range", "static", "refit", "rebuild", "no_rewrites", "rewrite"),
         description="TensorRT engines (NVIDIA GPUs), built from the ONNX graphs the artifact keeps; unverified on a GPU so far",
     )
 )

@@ -21,7 +21,7 @@ from sdopt.tensorrt.engines import here, require_gpu, timing_cache_path
 from sdopt.tensorrt.profiles import parse_batch_range, parse_sizes, profiles_for, shape_profile, static_profile
 
 PLAN_FILE = "model.plan"
-_ONNX_OPTIONS = ("skip_validation", "opset", "no_rewrites")
+_ONNX_OPTIONS = ("skip_validation", "opset", "no_rewrites", "rewrite")
 
 
 def preflight(options: dict[str, Any]) -> None:

@@ -13,6 +13,14 @@ checkpoint defines them (to measure the difference, or to rule the rewrites out)
   an odd size is not a doubling.
 - ``geglu_split`` (geglu.py): a GEGLU's one double-width projection and split as two linear
   layers, value and gate. Applied to the UNet (and its DeepCache halves); same FLOPs, no split.
+
+Optional ones, asked for by name (``sdopt export --rewrite NAME``), because they pay on some
+CPUs and were not measured on others:
+
+- ``transformer_channels_first`` (channels_first.py): the UNet's transformers kept in
+  [B, C, H, W], every token-wise linear layer a 1×1 convolution — OpenVINO's int8
+  convolutions are ~2.5× its int8 linear layers on a CPU without VNNI. Applied before the
+  defaults (it takes in the GEGLUs itself).
 """
 
 from __future__ import annotations
@@ -26,14 +34,22 @@ REWRITES: dict[str, tuple[str, ...]] = {
     "unet_shallow": ("geglu_split",),
 }
 
+# optional rewrite -> the components it applies to
+OPTIONAL_REWRITES: dict[str, tuple[str, ...]] = {
+    "transformer_channels_first": ("unet", "unet_shallow"),
+}
 
-def apply_rewrites(component: str, module: Any) -> dict[str, int]:
-    """Rewrite ``module`` (the exporter's ``component``) in place; how many places each rewrite changed (those that changed any)."""
+
+def apply_rewrites(component: str, module: Any, optional: tuple[str, ...] = ()) -> dict[str, int]:
+    """Rewrite ``module`` (the exporter's ``component``) in place: the ``optional`` rewrites that apply to it, then
+    the default ones; how many places each rewrite changed (those that changed any)."""
+    from sdopt.rewrite.channels_first import rewrite_transformers
     from sdopt.rewrite.geglu import rewrite_geglus
     from sdopt.rewrite.upsample import rewrite_upsamplers
 
-    functions = {"upsample_transposed_conv": rewrite_upsamplers, "geglu_split": rewrite_geglus}
-    done = {name: functions[name](module) for name in REWRITES.get(component, ())}
+    functions = {"upsample_transposed_conv": rewrite_upsamplers, "geglu_split": rewrite_geglus, "transformer_channels_first": rewrite_transformers}
+    chosen = [name for name in optional if component in OPTIONAL_REWRITES[name]] + list(REWRITES.get(component, ()))
+    done = {name: functions[name](module) for name in chosen}
     return {name: count for name, count in done.items() if count}
 
 
