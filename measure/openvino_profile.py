@@ -48,7 +48,10 @@ def macs(op) -> int | None:
         return math.prod(x) * math.prod(w[1:])
     if kind.startswith("FullyConnected"):  # weights [N, K]
         return math.prod(out) * w[-1]
-    return math.prod(out) * x[-1]  # MatMul without transposes (the attention's are inside subgraphs)
+    # MatMul: out [.., M, N]; the first input is [.., M, K], or [.., K, M] when it is read transposed (the
+    # channels-first attention's queries): its dimension that is not M is the reduced one.
+    transposed = x[-1] == out[-2] and x[-2] != out[-2]
+    return math.prod(out) * (x[-2] if transposed else x[-1])
 
 
 def feeds_for(model, size: int, batch: int) -> dict:

@@ -46,6 +46,22 @@ def test_candidates_follow_the_cpus_bf16(monkeypatch, lacks_bf16, base):
     assert {c.spec.get("precision") for c in candidates("cpu", quick=True, base="fp32")} == {"fp32"}
 
 
+@pytest.mark.parametrize("lacks_int8_dot", [True, False])
+def test_a_cpu_without_an_int8_dot_product_also_tries_channels_first_transformers(monkeypatch, lacks_int8_dot):
+    """Forced either way: the rewrite that pays where OpenVINO's int8 linear layers are slow is tried there only."""
+    import sdopt.hardware
+    from sdopt.bench.optimize import candidates
+
+    monkeypatch.setattr(sdopt.hardware, "cpu_lacks_int8_dot", lambda: lacks_int8_dot)
+    pool = {c.name: c for c in candidates("cpu", base="fp32")}
+    assert ("openvino-fp32-channels-first-int8-static-all" in pool) == lacks_int8_dot
+    if lacks_int8_dot:
+        assert pool["openvino-fp32-channels-first"].spec["options"] == {"rewrite": ["transformer_channels_first"]}
+        int8 = pool["openvino-fp32-channels-first-int8-static-all"]
+        assert int8.exact and int8.spec["from"] == "openvino-fp32-channels-first" and int8.spec["components"] == ["unet", "text_encoder", "vae_decoder"]
+    assert not any("channels-first" in c.name for c in candidates("cpu", quick=True, base="fp32"))
+
+
 @pytest.mark.slow
 def test_optimize_keeps_the_fastest_candidate_above_the_floor(shapes_model, tmp_path, capsys):
     pytest.importorskip("openvino")
