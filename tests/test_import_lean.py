@@ -117,3 +117,31 @@ def test_bitsandbytes_asks_the_hub_for_a_kernel_only_when_the_user_allows_it(opt
     assert asked == ("1" if opt_in else "0")
     assert kernels_still_importable == "True"  # hidden only while bitsandbytes' module ran
     assert run.stderr.strip() == ""  # bitsandbytes' "Failed to load" line is filtered either way
+
+
+_WHICH_TELEMETRY = """
+import sdopt
+import openvino.tools.ovc.convert_impl as convert_impl
+import openvino.tools.ovc.telemetry_utils as telemetry_utils
+from nncf.telemetry import wrapper
+print(convert_impl.tm.__name__, telemetry_utils.tm.__name__, isinstance(wrapper.telemetry, wrapper.NNCFTelemetry))
+import openvino_telemetry  # hidden only from the modules that would send
+"""
+
+
+@pytest.mark.parametrize("opt_in", ["", "1"])
+def test_openvino_and_nncf_send_no_telemetry_unless_the_user_allows_it(opt_in):
+    """OpenVINO's converter and NNCF take their no-op stubs: nothing is sent, nothing forks to send it."""
+    import importlib.util
+
+    if not all(importlib.util.find_spec(m) for m in ("openvino", "nncf", "openvino_telemetry")):
+        pytest.skip("OpenVINO, NNCF or openvino_telemetry not installed: nothing here sends")
+    env = {**os.environ, "SDOPT_ALLOW_TELEMETRY": opt_in}
+    for name in ("NNCF_CI", "NNCF_DEV"):  # NNCF's own switches, left unset: sdopt's guard is what is tested
+        env.pop(name, None)
+    run = subprocess.run([sys.executable, "-c", _WHICH_TELEMETRY], capture_output=True, text=True, check=True, timeout=300, env=env)
+    converter, utils, nncf_telemetry = run.stdout.split()
+    if opt_in:
+        assert (converter, utils, nncf_telemetry) == ("openvino_telemetry", "openvino_telemetry", "True")
+    else:  # NNCF's stub is a MagicMock
+        assert (converter, utils, nncf_telemetry) == ("openvino.tools.ovc.telemetry_stub", "openvino.tools.ovc.telemetry_stub", "False")

@@ -4,14 +4,14 @@ Importing this package is cheap on purpose: it must not import torch or any
 backend library. ``load`` imports the runtime only when called.
 """
 
-from sdopt import _no_hub_kernels, _third_party_logs
+from sdopt import _offline, _third_party_logs
 from sdopt.errors import SdoptError
 from sdopt.request import GenerateRequest, GenerateResult
 
 __version__ = "0.1.0"
 
 _third_party_logs.install()
-_no_hub_kernels.install()
+_offline.install()
 
 __all__ = ["load", "GenerateRequest", "GenerateResult", "SdoptError", "__version__"]
 

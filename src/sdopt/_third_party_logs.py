@@ -6,7 +6,7 @@ of torch, makes torch log two "Enum subclass ... register_constant() is
 deprecated" warnings, and then diffusers logs "Unable to import `torchao` Tensor
 objects". On a CPU with AVX-512-BF16, importing bitsandbytes logs that it
 could not fetch a CPU kernel from the Hugging Face hub through the ``kernels``
-package: sdopt never downloads at run time (``_no_hub_kernels`` hides
+package: sdopt never downloads at run time (``_offline`` hides
 ``kernels`` from it), and bitsandbytes then uses the kernel it ships; where a
 user allows the fetch and the hub is offline, ``kernels`` first logs that it
 skipped the publisher check for that repository. transformers 5.25 logs, once per class,
