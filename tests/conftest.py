@@ -11,6 +11,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import sdopt  # noqa: E402,F401  before any test module imports a backend: its guards (sdopt/_offline.py) then cover them
+
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
