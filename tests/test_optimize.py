@@ -59,6 +59,11 @@ def test_a_cpu_without_an_int8_dot_product_also_tries_channels_first_transformer
         assert pool["openvino-fp32-channels-first"].spec["options"] == {"rewrite": ["transformer_channels_first"]}
         int8 = pool["openvino-fp32-channels-first-int8-static-all"]
         assert int8.exact and int8.spec["from"] == "openvino-fp32-channels-first" and int8.spec["components"] == ["unet", "text_encoder", "vae_decoder"]
+        fastest = pool["openvino-fp32-channels-first-int8-static-all-tiny-cache3"]
+        assert not fastest.exact and fastest.spec["from"] == "openvino-fp32-channels-first-tiny-cache3"
+        assert pool["openvino-fp32-channels-first-tiny-cache3"].spec["options"] == {"deep_cache": 3, "rewrite": ["transformer_channels_first"]}
+    names = list(pool)
+    assert all(pool[n].exact for n in names[: sum(c.exact for c in pool.values())])  # exact ones first
     assert not any("channels-first" in c.name for c in candidates("cpu", quick=True, base="fp32"))
 
 

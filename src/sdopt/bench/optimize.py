@@ -132,6 +132,12 @@ def candidates(device: str, quick: bool = False, distill: dict[str, Any] | None 
         Candidate(_openvino(f"{plain}-tiny-cache3", base, options={"deep_cache": 3}, **tiny), exact=False),
         Candidate(_int8(f"{plain}-int8-static-all-tiny-cache3", f"{plain}-tiny-cache3", everything=True), exact=False),
     ]
+    if cpu_lacks_int8_dot():  # the fastest lever, its transformers channels-first too (see above)
+        levers = f"{plain}-channels-first-tiny-cache3"
+        pool += [
+            Candidate(_openvino(levers, base, options={"deep_cache": 3, "rewrite": ["transformer_channels_first"]}, **tiny), exact=False),
+            Candidate(_int8(f"{plain}-channels-first-int8-static-all-tiny-cache3", levers, everything=True), exact=False),
+        ]
     return pool
 
 
