@@ -117,12 +117,13 @@ def candidates(device: str, quick: bool = False, distill: dict[str, Any] | None 
         Candidate(_int8(f"{plain}-int8-static", plain, everything=False), exact=True),
         Candidate(_int8(f"{plain}-int8-static-all", plain, everything=True), exact=True),
     ]
-    if cpu_lacks_int8_dot():
-        # Without VNNI, OpenVINO's int8 linear layers run no faster than fp32 ones, its int8 1x1 convolutions
-        # ~2.5x faster: the UNet's transformers as convolutions (an exact rewrite) is worth an int8 pipeline there.
-        channels_first = f"{plain}-channels-first"
+    # Without VNNI, OpenVINO's int8 linear layers run no faster than fp32 ones, its int8 1x1 convolutions
+    # ~2.5x faster: the UNet's transformers as convolutions (an exact rewrite) is worth an int8 pipeline there.
+    channels_first = f"{plain}-channels-first" if cpu_lacks_int8_dot() else None
+    rewrite = ["transformer_channels_first"]
+    if channels_first:
         pool += [
-            Candidate(_openvino(channels_first, base, options={"rewrite": ["transformer_channels_first"]}), exact=True),
+            Candidate(_openvino(channels_first, base, options={"rewrite": rewrite}), exact=True),
             Candidate(_int8(f"{channels_first}-int8-static-all", channels_first, everything=True), exact=True),
         ]
     pool += [
@@ -132,11 +133,11 @@ def candidates(device: str, quick: bool = False, distill: dict[str, Any] | None 
         Candidate(_openvino(f"{plain}-tiny-cache3", base, options={"deep_cache": 3}, **tiny), exact=False),
         Candidate(_int8(f"{plain}-int8-static-all-tiny-cache3", f"{plain}-tiny-cache3", everything=True), exact=False),
     ]
-    if cpu_lacks_int8_dot():  # the fastest lever, its transformers channels-first too (see above)
-        levers = f"{plain}-channels-first-tiny-cache3"
+    if channels_first:  # the fastest lever, its transformers channels-first too
+        levers = f"{channels_first}-tiny-cache3"
         pool += [
-            Candidate(_openvino(levers, base, options={"deep_cache": 3, "rewrite": ["transformer_channels_first"]}, **tiny), exact=False),
-            Candidate(_int8(f"{plain}-channels-first-int8-static-all-tiny-cache3", levers, everything=True), exact=False),
+            Candidate(_openvino(levers, base, options={"deep_cache": 3, "rewrite": rewrite}, **tiny), exact=False),
+            Candidate(_int8(f"{channels_first}-int8-static-all-tiny-cache3", levers, everything=True), exact=False),
         ]
     return pool
 
