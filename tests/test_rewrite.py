@@ -208,3 +208,14 @@ def test_an_export_takes_an_optional_rewrite_by_name_and_records_it(tiny_model, 
     assert main(["export", str(tiny_model), "--to", "openvino", "--rewrite", "transformer_channels_first", "--no-rewrites", "-o", str(tmp_path / "x")]) == 2
     assert "give one of them" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_the_python_api_refuses_an_unknown_optional_rewrite_before_any_work(tiny_model, tmp_path):
+    from sdopt.errors import SdoptError
+    from sdopt.export.run import export
+
+    with pytest.raises(SdoptError, match="not an optional rewrite; known: transformer_channels_first"):
+        export(tiny_model, "onnx", tmp_path / "x", rewrite=["channels_last"])
+    with pytest.raises(SdoptError, match="give one of them"):
+        export(tiny_model, "onnx", tmp_path / "x", rewrite=["transformer_channels_first"], no_rewrites=True)
+    assert not list(tmp_path.iterdir())

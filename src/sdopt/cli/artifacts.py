@@ -44,8 +44,6 @@ def _export(args: argparse.Namespace) -> int:
 
     if args.deep_cache is not None and args.deep_cache < 1:
         raise SdoptError(f"--deep-cache {args.deep_cache}: give the caching interval, an integer of 1 or more (2 or 3 are usual)")
-    if args.rewrite and args.no_rewrites:
-        raise SdoptError("--rewrite asks for a rewrite and --no-rewrites for none: give one of them")
     options = {k: v for k, v in vars(args).items() if k in EXPORT_OPTIONS and v not in (None, False, [])}
     export(args.model, args.to, args.output, precision=args.precision, force=args.force, loras=args.lora, **options)
     print(format_description(describe(args.output)))

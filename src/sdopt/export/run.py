@@ -11,6 +11,7 @@ from sdopt.errors import SdoptError
 from sdopt.export import EXPORTERS, get_exporter
 from sdopt.export.spec import CACHED_UNET_SPECS, ComponentSpec, family_specs
 from sdopt.fsutil import atomic_output_dir, check_output_dir, local_inputs
+from sdopt.rewrite import check_optional_rewrites
 from sdopt.manifest import ComponentEntry, Manifest, derive, read_manifest
 from sdopt.source import resolve
 
@@ -207,6 +208,7 @@ def export(model: str | Path, target: str, out: str | Path, precision: str = "fp
     interval = options.get("deep_cache")
     if interval is not None and (isinstance(interval, bool) or not isinstance(interval, int) or interval < 1):
         raise SdoptError(f"--deep-cache {interval}: give the caching interval, an integer of 1 or more (2 or 3 are usual)")
+    check_optional_rewrites(options.get("rewrite") or (), bool(options.get("no_rewrites")))
     source, source_manifest = source_checkpoint(model)
     impl = exporter.implementation()
     if hasattr(impl, "preflight"):  # what a target needs of this machine (a GPU), asked before any slow work

@@ -40,6 +40,17 @@ OPTIONAL_REWRITES: dict[str, tuple[str, ...]] = {
 }
 
 
+def check_optional_rewrites(names, no_rewrites: bool) -> None:
+    """Refuse unknown optional rewrites, and asking for one together with ``no_rewrites``."""
+    from sdopt.errors import SdoptError
+
+    unknown = sorted(set(names) - set(OPTIONAL_REWRITES))
+    if unknown:
+        raise SdoptError(f"--rewrite {', '.join(unknown)}: not an optional rewrite; known: {', '.join(sorted(OPTIONAL_REWRITES))}")
+    if names and no_rewrites:
+        raise SdoptError("--rewrite asks for a rewrite and --no-rewrites for none: give one of them")
+
+
 def apply_rewrites(component: str, module: Any, optional: tuple[str, ...] = ()) -> dict[str, int]:
     """Rewrite ``module`` (the exporter's ``component``) in place: the ``optional`` rewrites that apply to it, then
     the default ones; how many places each rewrite changed (those that changed any)."""
