@@ -198,13 +198,15 @@ def test_jobs_that_cannot_share_a_call_run_apart(tiny_pipeline):
     d = worker.submit(J.Job(spec=J.JobSpec(prompt="d", init_image=init, strength=0.5, **SMALL)))  # img2img
     e = worker.submit(J.Job(spec=J.JobSpec(prompt="e", init_image=init, strength=0.75, **SMALL)))  # other strength
     f = worker.submit(J.Job(spec=J.JobSpec(prompt="f", cache_interval=1, **SMALL)))  # another caching interval
+    g = worker.submit(J.Job(spec=J.JobSpec(prompt="g", guidance_end=0.5, **SMALL)))  # truncated guidance
     worker.start()
     try:
-        for job in (a, b, c, d, e, f):
+        for job in (a, b, c, d, e, f, g):
             job.future.result(timeout=120)
     finally:
         worker.stop()
-    assert (a.batch_size, b.batch_size, c.batch_size, d.batch_size, e.batch_size, f.batch_size) == (2, 1, 2, 1, 1, 1)
+    assert (a.batch_size, b.batch_size, c.batch_size, d.batch_size, e.batch_size, f.batch_size, g.batch_size) == (2, 1, 2, 1, 1, 1, 1)
+    assert J.generate_request([g.spec]).guidance_end == 0.5 and J.generate_request([a.spec]).guidance_end is None
 
 
 # --- cancel, queue, timeout -----------------------------------------------------------------
@@ -293,6 +295,8 @@ def test_credentials_are_required_everywhere_but_health(tiny_pipeline):
         ("/v1/jobs", {"strength": 0}, "strength"),
         ("/v1/jobs", {"cache_interval": 0}, "cache_interval"),
         ("/v1/jobs", {"cache_interval": 2}, "cache_interval"),  # the tiny torch model has no shallow UNet branch: says --deep-cache
+        ("/v1/jobs", {"guidance_end": 0}, "guidance_end"),
+        ("/v1/jobs", {"guidance_end": 1.5}, "guidance_end"),
     ],
 )
 def test_bad_input_is_422_naming_the_field(tiny_pipeline, path, body, field):

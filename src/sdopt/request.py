@@ -73,6 +73,10 @@ class GenerateRequest:
     # Step-feature caching (sdopt.stepcache): run the whole UNet every N-th step and only its shallow
     # branch between. None: the artifact's default (set at export with --deep-cache; 1 = off).
     cache_interval: int | None = None
+    # Truncated guidance (sdopt.runtime.guidance): the fraction (0, 1] of the steps that run classifier-free
+    # guidance; the later ones run the conditional pass alone, at half the UNet's batch. None: the
+    # artifact's default (export.guidance_end; 1.0, every step, unless sdopt optimize chose less).
+    guidance_end: float | None = None
     # LoRAs applied for this request (torch backend): {path of a .safetensors LoRA: scale}. Each file is
     # loaded once per pipeline; other backends take LoRAs fused at export (sdopt export --lora).
     loras: dict[str, float] | None = None
@@ -139,6 +143,9 @@ class GenerateRequest:
         ci = self.cache_interval
         if ci is not None and (not _is_int(ci) or not 1 <= ci <= MAX_STEPS):
             raise SdoptError(f"cache_interval={ci!r}: must be an integer from 1 (no caching) to {MAX_STEPS}, or None (the artifact's default)")
+        end = self.guidance_end
+        if end is not None and (isinstance(end, bool) or not isinstance(end, (int, float)) or not math.isfinite(end) or not 0 < end <= 1):
+            raise SdoptError(f"guidance_end={end!r}: must be a number in (0, 1], the fraction of the steps that run guided (1: all), or None (the artifact's default)")
         if self.scheduler is not None and not isinstance(self.scheduler, str):
             raise SdoptError(f"scheduler={self.scheduler!r}: must be a scheduler name or None")
         if not self.prompts:
@@ -218,6 +225,7 @@ class StageTimings:
     vae_encoder: float = 0.0  # img2img and inpainting only: the init image to latents
     unet_steps: list[float] = field(default_factory=list)  # every step's UNet time, whole or shallow
     shallow_steps: int = 0  # of those, how many ran only the shallow branch (step-feature caching)
+    unguided_steps: int = 0  # of those, how many ran the conditional rows alone (truncated guidance)
     vae_decoder: float = 0.0
     total: float = 0.0
 
@@ -232,6 +240,7 @@ class StageTimings:
             "unet_steps_s": list(self.unet_steps),
             "unet_total_s": self.unet_total,
             "unet_shallow_steps": self.shallow_steps,
+            "unet_unguided_steps": self.unguided_steps,
             "vae_decoder_s": self.vae_decoder,
             "total_s": self.total,
         }

@@ -29,6 +29,7 @@ def _generate(args: argparse.Namespace) -> int:
         init_image=init_image,
         mask_image=mask,
         cache_interval=args.cache_interval,
+        guidance_end=args.guidance_end,
         loras=lora_scales(args.lora),
         **({"strength": args.strength} if args.strength is not None else {}),
     ).validate()  # before the (slow) load, so a bad request fails at once
@@ -99,6 +100,9 @@ def add_generate(sub) -> None:
     p.add_argument("--mask", default=None, metavar="PATH", help="inpaint: white = repaint, black = keep; the init image's size (needs --init-image)")
     p.add_argument("--cache-interval", type=int, default=None, metavar="N",
                    help="step-feature caching: the whole UNet every N-th step, its shallow branch between (default: the artifact's, set by export --deep-cache; 1 = off)")
+    p.add_argument("--guidance-end", type=float, default=None, metavar="F",
+                   help="truncated guidance: the fraction (0, 1] of the steps that run classifier-free guidance, the rest the conditional pass alone "
+                        "(default: the artifact's, 1 = every step unless sdopt optimize chose less)")
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None, help="default: the artifact's")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     p.add_argument("--attention-slicing", action="store_true", help="torch: compute attention in slices (less memory)")

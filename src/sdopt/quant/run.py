@@ -104,8 +104,9 @@ def quantize(
                 "exclude": list(plan.exclude),
                 **({"options": plan.options} if plan.options else {}),
                 # What the source's graphs are stays true of the quantized ones: its step-feature caching
-                # default (Pipeline.default_cache_interval) and the exact rewrites traced into them.
-                **{key: manifest.export[key] for key in ("deep_cache", "rewrites") if (manifest.export or {}).get(key)},
+                # default (Pipeline.default_cache_interval) and the exact rewrites traced into them; so does
+                # its truncated-guidance default (Pipeline.default_guidance_end).
+                **{key: manifest.export[key] for key in ("deep_cache", "rewrites", "guidance_end") if (manifest.export or {}).get(key)},
             },
             notes=[*result.notes, *notes_of(loras)],
         )

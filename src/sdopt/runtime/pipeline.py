@@ -26,7 +26,7 @@ import numpy as np
 from sdopt.errors import SdoptError
 from sdopt.manifest import Manifest
 from sdopt.request import GenerateRequest, GenerateResult, StageTimings
-from sdopt.runtime import conditioning
+from sdopt.runtime import conditioning, guidance
 from sdopt.runtime.executor import Component, close_all
 from sdopt.runtime.memory import track_peak
 from sdopt.runtime.noise import Noise
@@ -132,6 +132,14 @@ class Pipeline:
     def cache_interval(self, request: GenerateRequest) -> int:
         return request.cache_interval or self.default_cache_interval
 
+    @property
+    def default_guidance_end(self) -> float:
+        """The fraction of steps an artifact guides by default (sdopt.runtime.guidance; 1.0: all)."""
+        return float((self.manifest.export or {}).get("guidance_end", guidance.OFF))
+
+    def guidance_end(self, request: GenerateRequest) -> float:
+        return request.guidance_end if request.guidance_end is not None else self.default_guidance_end
+
     def check_request(self, request: GenerateRequest) -> None:
         request.validate()
         if request.init_image is not None:
@@ -175,6 +183,7 @@ class Pipeline:
         unet, cfg = self.components["unet"], request.uses_guidance
         interval = self.cache_interval(request)
         shallow = self.components.get("unet_shallow") if interval > 1 else None
+        images = request.batch_size
         feature = None  # the UNet's deep feature from the last whole step (step-feature caching)
 
         if self.loras is not None and (request.loras or self.loras.active):
@@ -192,8 +201,14 @@ class Pipeline:
             start_at = conditioning.start(request, scheduler, rng, model, lambda pixels: self.encode_images(pixels, timings))
             latents, timesteps = start_at.latents, start_at.timesteps
             step_kwargs = _step_kwargs(scheduler, rng.for_scheduler)
+            guided = guidance.guided_steps(len(timesteps), self.guidance_end(request)) if cfg else 0
 
             for i, t in enumerate(timesteps):
+                if cfg and i == guided:  # truncated guidance ends here: the conditional rows alone from now on
+                    cfg, text = False, guidance.conditional_half(text, images)
+                    feature = None if feature is None else feature[images:]
+                if not cfg and guided:
+                    timings.unguided_steps += 1
                 model_input = torch.cat([latents] * 2) if cfg else latents
                 model_input = scheduler.scale_model_input(model_input, t)
                 timestep = np.array(t.item(), dtype=np.float32)  # one for the whole batch, as a float scalar

@@ -36,6 +36,7 @@ class JobRequest(BaseModel):
     mask: str | None = Field(None, description="base64 image, white = repaint: inpainting (needs init_image)")
     strength: float = Field(0.8, gt=0, le=1)
     cache_interval: int | None = Field(None, ge=1, description="step-feature caching: the whole UNet every N-th step (1: off); None: the artifact's default")
+    guidance_end: float | None = Field(None, gt=0, le=1, description="truncated guidance: the fraction of the steps that run guided (1: all); None: the artifact's default")
 
 
 def job_view(request: Request, job: J.Job, images: bool = True) -> dict[str, Any]:
@@ -82,6 +83,7 @@ def spec_from(request: Request, body: JobRequest) -> J.JobSpec:
         prompt=body.prompt, negative_prompt=body.negative_prompt, seed=random_seed() if body.seed is None else body.seed,
         n=body.n, steps=body.steps, guidance_scale=body.guidance_scale, width=body.width or side, height=body.height or side,
         scheduler=body.scheduler, init_image=init, mask_image=mask, strength=body.strength, cache_interval=body.cache_interval,
+        guidance_end=body.guidance_end,
     )
 
 

@@ -34,6 +34,7 @@ class JobSpec:
     mask_image: Any = None  # PIL image, white = repaint
     strength: float = 0.8
     cache_interval: int | None = None  # step-feature caching; None: the artifact's default
+    guidance_end: float | None = None  # truncated guidance; None: the artifact's default
     loras: dict[str, float] | None = None  # LoRA file -> weight, from the prompt's <lora:NAME:W> tags (serve/loras.py)
 
     @property
@@ -42,7 +43,7 @@ class JobSpec:
 
     def batch_key(self) -> tuple:
         """Jobs with equal keys can share one generate call (each keeps its own prompt, seeds and init image)."""
-        key = (self.width, self.height, self.steps, self.scheduler, float(self.guidance_scale), self.cache_interval,
+        key = (self.width, self.height, self.steps, self.scheduler, float(self.guidance_scale), self.cache_interval, self.guidance_end,
                tuple(sorted((self.loras or {}).items())))
         if self.init_image is None:
             return ("text", *key)
@@ -78,7 +79,7 @@ def generate_request(specs: list[JobSpec]):
         prompt=prompts, negative_prompt=negatives, seed=first.seed, seeds=seeds, steps=first.steps,
         guidance_scale=first.guidance_scale, height=first.height, width=first.width, scheduler=first.scheduler,
         init_image=per_row("init_image"), mask_image=per_row("mask_image"), strength=first.strength,
-        cache_interval=first.cache_interval, loras=first.loras,
+        cache_interval=first.cache_interval, guidance_end=first.guidance_end, loras=first.loras,
     )
 
 
