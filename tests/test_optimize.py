@@ -43,7 +43,7 @@ def test_candidates_follow_the_cpus_bf16(monkeypatch, lacks_bf16, base):
     assert not pool[f"openvino-{base}-cache3"].exact and pool[f"openvino-{base}-int8-static"].exact
     assert ("onnx-fp32" in pool) == lacks_bf16  # emulated bf16 is never a candidate; ONNX fp32 only beside fp32
     # Given explicitly, the precision wins over the CPU's.
-    assert {c.spec.get("precision") for c in candidates("cpu", quick=True, base="fp32")} == {"fp32"}
+    assert {c.spec.get("precision") for c in candidates("cpu", quick=True, base="fp32") if "export" in c.spec} == {"fp32"}
 
 
 @pytest.mark.parametrize("lacks_int8_dot", [True, False])
@@ -82,13 +82,17 @@ def test_optimize_keeps_the_fastest_candidate_above_the_floor(shapes_model, tmp_
     assert main(args) == 0
     printed = capsys.readouterr().out
     choice = json.loads((out / "optimize" / "choice.json").read_text())
-    assert [c["name"] for c in choice["candidates"]] == ["openvino-fp32", "openvino-fp32-cache2"]
+    assert [c["name"] for c in choice["candidates"]] == ["openvino-fp32", "openvino-fp32-cache2", "openvino-fp32-cache2-guidance-half"]
+    rows = {a["name"]: a for a in json.loads((out / "optimize" / "report.json").read_text())["artifacts"]}
+    assert rows["openvino-fp32-cache2+guidance-end=0.5"]["guidance_end"] == 0.5 and rows["openvino-fp32-cache2"]["guidance_end"] is None
     holding = [c for c in choice["candidates"] if c["holds"]]
     assert holding and choice["chosen"] == min(holding, key=lambda c: c["latency_s"])["name"]
     assert f"{choice['chosen']} -> " in printed and "<- chosen" in printed
     assert (out / "optimize" / "report.md").is_file() and (out / "optimize" / "report.json").is_file()
-    with sdopt.load(out) as pipe:  # the chosen artifact, verified against its manifest
-        assert pipe.generate(GenerateRequest(prompt=held_out_prompts(1)[0], steps=2, height=64, width=64)).images[0].size == (64, 64)
+    with sdopt.load(out) as pipe:  # the chosen artifact, verified against its manifest, running as it was measured
+        result = pipe.generate(GenerateRequest(prompt=held_out_prompts(1)[0], steps=2, height=64, width=64))
+        assert result.images[0].size == (64, 64)
+        assert result.timings.unguided_steps == (1 if choice["chosen"].endswith("guidance-half") else 0)
     # A floor nothing holds: said, and no output written; the built candidates are reused, not rebuilt,
     # and so is their bench (same candidates, same settings): only the verdicts are new.
     built = (work / "openvino-fp32" / "sdopt.json").stat().st_mtime_ns

@@ -11,7 +11,10 @@ entry of the profile is one of:
   builds it at the bench's height and width, batch 1);
 - a quantization (``quantize = "int8"``, optional ``backend`` and ``components``), of the
   checkpoint or, with ``from = "NAME"``, of an artifact listed before it (an
-  OpenVINO export for ``backend = "nncf"``).
+  OpenVINO export for ``backend = "nncf"``);
+- a request lever on the checkpoint or, with ``from = "NAME"``, on an artifact listed before it
+  (``guidance_end = 0.5``: truncated guidance, sdopt.runtime.guidance): nothing is built, the
+  bench runs that artifact's requests with it (``PATH+guidance-end=0.5``).
 
 An export may replace the VAE decoder by a tiny one (``vae_decoder = PATH``, an
 AutoencoderTiny folder, or ``vae_decoder = "distilled"``: one distilled from the
@@ -41,7 +44,9 @@ class ProfileArtifacts:
 
 
 def build_one(spec: dict[str, Any], model: Path, work: Path, height: int, width: int, device: str, built: dict[str, str]) -> str:
-    """The path (or PATH@precision) that benches one profile artifact, building it if needed."""
+    """The path (or PATH@precision, PATH+guidance-end=F) that benches one profile artifact, building it if needed."""
+    if "guidance_end" in spec:
+        return f"{_built_source(spec, model, built)}+guidance-end={spec['guidance_end']:g}"
     if "export" not in spec and "quantize" not in spec:
         precision = spec.get("precision", "fp32")
         compiled = f"+compile={spec['compile']}" if spec.get("compile") else ""
@@ -61,11 +66,18 @@ def build_one(spec: dict[str, Any], model: Path, work: Path, height: int, width:
     else:
         from sdopt.quant.run import quantize
 
-        if spec.get("from") and spec["from"] not in built:
-            raise SdoptError(f"{spec['name']} quantizes {spec['from']}, which was not built (list it before, and check it built)")
-        source = Path(built[spec["from"]]) if spec.get("from") else model
+        source = Path(_built_source(spec, model, built))
         quantize(source, spec["quantize"], out, backend=spec.get("backend"), device=device, components=spec.get("components"))
     return str(out)
+
+
+def _built_source(spec: dict[str, Any], model: Path, built: dict[str, str]) -> str:
+    """What an entry starts from: the artifact its ``from`` names (built before it), else the checkpoint."""
+    if not spec.get("from"):
+        return str(model)
+    if spec["from"] not in built:
+        raise SdoptError(f"{spec['name']} starts from {spec['from']}, which was not built (list it before, and check it built)")
+    return built[spec["from"]]
 
 
 DISTILLED = "distilled"

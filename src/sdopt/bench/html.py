@@ -159,7 +159,8 @@ def render_html(report: dict, out: Path) -> str:
     header = ["artifact", "backend", "precision", "status", "latency median (ms)", "p90 (ms)", "speed-up", "UNet step (ms)", "peak mem (MiB)", "size (MiB)", "PSNR (dB)", "SSIM", "adherence", "latent cos", "GFLOP/s", "of peak"]
     body = []
     for r in rows:
-        levers = [x for x in (r["replaced"], f"cache every {r['cache_interval']} steps" if (r["cache_interval"] or 1) > 1 else None) if x]
+        levers = [x for x in (r["replaced"], f"cache every {r['cache_interval']} steps" if (r["cache_interval"] or 1) > 1 else None,
+                              f"guidance until {r['guidance_end']:g} of the steps" if r.get("guidance_end") else None) if x]
         cells = [r["artifact"] + (f" ({'; '.join(levers)})" if levers else ""), r["backend"], r["precision"], r["status"] + (f": {r['error']}" if r["error"] else ""),
                  _fmt(r["latency_median_s"], "ms"), _fmt(r["latency_p90_s"], "ms"), _fmt(r["speedup_vs_reference"], "x"),
                  _fmt(r["unet_step_s"], "ms"), _fmt(r["peak_memory_bytes"], "mib"), _fmt(r["size_bytes"], "mib"),

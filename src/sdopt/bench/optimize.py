@@ -7,13 +7,15 @@
 2. One bench run of them all against PyTorch fp32 on the same prompts and seeds.
 3. The floor: an *exact* candidate (same computation, other runtime or
    precision) must keep the worst-case PSNR at ``min_psnr``; a *lever* (a tiny
-   decoder, step-feature caching: another computation by design) must keep the
+   decoder, step-feature caching, truncated guidance: another computation by design) must keep the
    grounding judge's adherence within ``max_adherence_drop`` of the reference's
    (and at ``min_adherence`` when given) — without a judge (prompts that are
    not shapes captions) it must hold the PSNR floor too.
 4. The fastest candidate that holds it is copied to OUT, with the bench report
    that justifies the choice (``OUT/optimize/``: report.md/html/json, and
-   ``choice.json`` with every candidate's verdict).
+   ``choice.json`` with every candidate's verdict). A request lever it chose
+   (truncated guidance) becomes the copy's default (``export.guidance_end``),
+   so the artifact runs as it was measured.
 """
 
 from __future__ import annotations
@@ -83,6 +85,14 @@ def _int8(name: str, source: str, everything: bool) -> dict[str, Any]:
     return spec
 
 
+GUIDANCE_END = 0.5  # truncated guidance's candidates: guided for the first half of the steps
+
+
+def _guidance_half(source: str) -> Candidate:
+    """The same artifact with its requests guided for the first half of the steps only (nothing to build)."""
+    return Candidate({"name": f"{source}-guidance-half", "from": source, "guidance_end": GUIDANCE_END}, exact=False)
+
+
 def float_precision(device: str) -> str:
     """What OpenVINO's float parts run in: bf16 where the CPU has it natively (AVX-512-BF16, AMX), else fp32.
 
@@ -108,6 +118,7 @@ def candidates(device: str, quick: bool = False, distill: dict[str, Any] | None 
         return [
             Candidate(_openvino(plain, base), exact=True),
             Candidate(_openvino(f"{plain}-cache2", base, options={"deep_cache": 2}), exact=False),
+            _guidance_half(f"{plain}-cache2"),
         ]
     pool = []
     if base == "fp32":
@@ -132,12 +143,15 @@ def candidates(device: str, quick: bool = False, distill: dict[str, Any] | None 
         Candidate(_openvino(f"{plain}-cache3", base, options={"deep_cache": 3}), exact=False),
         Candidate(_openvino(f"{plain}-tiny-cache3", base, options={"deep_cache": 3}, **tiny), exact=False),
         Candidate(_int8(f"{plain}-int8-static-all-tiny-cache3", f"{plain}-tiny-cache3", everything=True), exact=False),
+        _guidance_half(f"{plain}-int8-static-all"),
+        _guidance_half(f"{plain}-int8-static-all-tiny-cache3"),
     ]
     if channels_first:  # the fastest lever, its transformers channels-first too
         levers = f"{channels_first}-tiny-cache3"
         pool += [
             Candidate(_openvino(levers, base, options={"deep_cache": 3, "rewrite": rewrite}, **tiny), exact=False),
             Candidate(_int8(f"{channels_first}-int8-static-all-tiny-cache3", levers, everything=True), exact=False),
+            _guidance_half(f"{channels_first}-int8-static-all-tiny-cache3"),
         ]
     return pool
 
@@ -209,7 +223,7 @@ def _optimize(model, out, settings, work, floor, quick, budget_minutes, distill,
         if candidate.name in not_built:
             rows.append({"name": candidate.name, "exact": candidate.exact, "holds": False, "why": f"not built: {not_built[candidate.name]}"})
             continue
-        row = by_name[Path(built[candidate.name]).name]
+        row = by_name[bench_label(built[candidate.name])]
         holds, why = floor.verdict(row, reference, candidate.exact)
         rows.append({"name": candidate.name, "exact": candidate.exact, "holds": holds, "why": why,
                      "latency_s": (row.get("latency_s") or {}).get("median"),
@@ -231,8 +245,17 @@ def _optimize(model, out, settings, work, floor, quick, budget_minutes, distill,
     if choice is None:
         raise SdoptError(f"no candidate holds the floor (see {bench_out / 'choice.json'} and {bench_out / 'report.md'}): "
                          "lower --min-psnr, or widen the adherence floor")
+    from sdopt.bench.runner import parse_artifact_arg
+
+    chosen = parse_artifact_arg(built[choice["name"]])
     with atomic_output_dir(out, force=force, inputs=(source, work)) as tmp:
-        shutil.copytree(built[choice["name"]], tmp, dirs_exist_ok=True)
+        shutil.copytree(chosen[0], tmp, dirs_exist_ok=True)
+        if chosen[3]:  # a request lever: the copy runs with it by default
+            from sdopt.manifest import read_manifest
+
+            manifest = read_manifest(chosen[0])  # the source's (the temporary folder reads as unfinished)
+            manifest.export = {**(manifest.export or {}), **chosen[3]}
+            manifest.write(tmp)
         shutil.copytree(bench_out, tmp / REPORT_FOLDER)  # the report with its images and choice.json
     return Outcome(choice["name"], rows, not_built, Path(out).absolute())
 
@@ -263,10 +286,11 @@ BENCH_KEY = "optimize-key.json"
 def _bench_key(built: dict[str, str], source: Path, settings) -> dict[str, Any]:
     """What a bench run measured: the same key means the same measurement (each artifact by its manifest id).
     As JSON reads it back (tuples become lists), so a key from disk compares equal."""
+    from sdopt.bench.runner import parse_artifact_arg
     from sdopt.manifest import read_manifest
 
     key = {"source": str(source), "settings": asdict(settings),
-           "artifacts": {name: read_manifest(Path(path)).artifact_id for name, path in built.items()}}
+           "artifacts": {name: [read_manifest(Path(parse_artifact_arg(path)[0])).artifact_id, bench_label(path)] for name, path in built.items()}}
     return json.loads(json.dumps(key))
 
 
@@ -277,6 +301,14 @@ def _earlier_bench(bench_out: Path, key: dict[str, Any]) -> dict[str, Any] | Non
         return json.loads((bench_out / "report.json").read_text()) if same else None
     except (OSError, ValueError):
         return None
+
+
+def bench_label(text: str) -> str:
+    """The name a bench row gives a built candidate (its folder, and what its argument adds)."""
+    from sdopt.bench.runner import artifact_label, parse_artifact_arg
+
+    path, precision, options, request = parse_artifact_arg(text)
+    return artifact_label(Path(path), precision, options, request)
 
 
 def _fastest(rows: list[dict[str, Any]], exact: bool) -> str | None:

@@ -27,6 +27,7 @@ def flat_rows(report: dict) -> list[dict[str, Any]]:
                 "precision": a["precision"],
                 "replaced": "; ".join(f"{n} by {r['by']}" for n, r in (a.get("replaced") or {}).items()) or None,
                 "cache_interval": a.get("cache_interval"),
+                "guidance_end": a.get("guidance_end"),
                 "status": a["status"],
                 "error": a.get("error"),
                 "latency_median_s": lat.get("median"),
@@ -83,11 +84,21 @@ def _stage_note(stage: str, c: dict) -> str:
     return f"{_STAGE_NAMES.get(stage, stage)} {c['achieved_gflops']:,.1f}{peak}"
 
 
+def changes_computation(artifact: dict) -> bool:
+    """Whether a bench row's artifact runs a lever that changes what is computed (judged by adherence, not PSNR alone)."""
+    return bool(artifact.get("replaced") or (artifact.get("cache_interval") or 1) > 1 or artifact.get("guidance_end"))
+
+
 def _lever_note(artifact: dict, steps: int) -> str:
     from sdopt.stepcache.schedule import shallow_count
 
     parts = []
     interval = artifact.get("cache_interval") or 1
+    end = artifact.get("guidance_end")
+    if end:
+        from sdopt.runtime.guidance import guided_steps
+
+        parts.append(f"guidance for the first {guided_steps(steps, end)} of {steps} steps (guidance_end {end:g}), the conditional pass alone after")
     if interval > 1:
         parts.append(f"step-feature caching, the whole UNet every {interval} steps ({shallow_count(steps, interval)} of {steps} steps shallow; "
                      "its UNet step is the mean over both kinds)")
@@ -143,7 +154,7 @@ def markdown(report: dict) -> str:
             )
             + " |"
         )
-    changed = [r for r in report["artifacts"] if r.get("replaced") or (r.get("cache_interval") or 1) > 1]
+    changed = [r for r in report["artifacts"] if changes_computation(r)]
     if changed:
         lines += ["", "Levers that change what is computed (by design, so judge them by adherence, not PSNR alone): "
                   + "; ".join(f"**{r['name']}**: {_lever_note(r, req['steps'])}" for r in changed) + "."]

@@ -110,6 +110,7 @@ class Entry:
     manifest: Manifest
     precision: str | None = None  # a torch artifact may run in another precision (e.g. bf16)
     options: dict[str, Any] = field(default_factory=dict)  # load options the argument asked for (compile)
+    request: dict[str, Any] = field(default_factory=dict)  # request fields the argument set (guidance_end)
 
 
 def _model_fingerprint(m: Manifest) -> str | None:
@@ -121,41 +122,55 @@ def _model_fingerprint(m: Manifest) -> str | None:
     return None
 
 
-def parse_artifact_arg(text: str) -> tuple[str, str | None, dict[str, Any]]:
-    """PATH[@PRECISION][+compile[=SETTING]]: a torch artifact in another precision (models/sd15@bf16),
-    and/or compiled with torch.compile (models/sd15@fp16+compile=max-autotune; sdopt.runtime.compiled)."""
+def parse_artifact_arg(text: str) -> tuple[str, str | None, dict[str, Any], dict[str, Any]]:
+    """PATH[@PRECISION][+compile[=SETTING]][+guidance-end=F]: a torch artifact in another precision (models/sd15@bf16),
+    and/or compiled with torch.compile (models/sd15@fp16+compile=max-autotune; sdopt.runtime.compiled); any artifact
+    with its requests' guidance truncated (models/sd15-ov+guidance-end=0.5; sdopt.runtime.guidance).
+    Returns (path, precision, load options, request fields)."""
     options: dict[str, Any] = {}
+    request: dict[str, Any] = {}
+    match = re.fullmatch(r"(.+?)\+guidance-end=([^+@]*)", text)
+    if match:
+        from sdopt.request import GenerateRequest
+
+        try:
+            request["guidance_end"] = float(match.group(2))
+        except ValueError:
+            raise SdoptError(f"{text}: +guidance-end={match.group(2)} is not a number; give the fraction of the steps that run guided, e.g. +guidance-end=0.5") from None
+        GenerateRequest(prompt="", guidance_end=request["guidance_end"]).validate()
+        text = match.group(1)
     match = re.fullmatch(r"(.+?)\+compile(?:=([a-z_-]+))?", text)
     if match:
         from sdopt.runtime.compiled import compile_setting
 
         text, options["compile"] = match.group(1), compile_setting(match.group(2) or True, "cuda")  # the device is checked at load
     match = re.fullmatch(r"(.+)@(fp32|fp16|bf16)", text)
-    return (match.group(1), match.group(2), options) if match else (text, None, options)
+    return (match.group(1), match.group(2), options, request) if match else (text, None, options, request)
 
 
-def artifact_label(path: Path, precision: str | None, options: dict[str, Any]) -> str:
+def artifact_label(path: Path, precision: str | None, options: dict[str, Any], request: dict[str, Any] | None = None) -> str:
     """How a bench row names an artifact run: the folder, then what the argument changed."""
-    return path.name + (f"@{precision}" if precision else "") + (f"+compile={options['compile']}" if options.get("compile") else "")
+    return (path.name + (f"@{precision}" if precision else "") + (f"+compile={options['compile']}" if options.get("compile") else "")
+            + (f"+guidance-end={request['guidance_end']:g}" if (request or {}).get("guidance_end") is not None else ""))
 
 
 def collect(artifacts: list[str], reference: str) -> list[Entry]:
     """The reference first, then every artifact, with unique names; refuses incomparable sets."""
     entries, names = [], set()
     for text in [reference, *artifacts]:
-        path_text, precision, options = parse_artifact_arg(text)
+        path_text, precision, options, request = parse_artifact_arg(text)
         path = resolve(path_text)
         manifest = read_manifest(path)
-        name = artifact_label(path, precision, options)
+        name = artifact_label(path, precision, options, request)
         if options and manifest.backend != "torch":
             raise SdoptError(f"{text}: +compile runs torch.compile, on torch artifacts only; {path} is a {manifest.backend} artifact")
-        if any(e.path == path and e.precision == precision and e.options == options for e in entries):
+        if any(e.path == path and e.precision == precision and e.options == options and e.request == request for e in entries):
             continue  # the reference given again among the artifacts
         base, n = name, 2
         while name in names:
             name, n = f"{base}-{n}", n + 1
         names.add(name)
-        entries.append(Entry(name, path, manifest, precision, options))
+        entries.append(Entry(name, path, manifest, precision, options, request))
     ref = entries[0]
     for e in entries[1:]:
         if e.manifest.family != ref.manifest.family:
@@ -190,7 +205,7 @@ def check_static_shapes(entries: list[Entry], settings: BenchSettings) -> None:
 def worker_job(entry: Entry, settings: BenchSettings, output_dir: str) -> dict:
     """What one worker measures (python -m sdopt.bench.worker JOB.json RESULT.json), wherever it runs."""
     return {**asdict(settings), "path": str(entry.path), "precision": entry.precision, "output_dir": output_dir,
-            "run_settings": settings.run.get(entry.manifest.backend), "load_options": entry.options}
+            "run_settings": settings.run.get(entry.manifest.backend), "load_options": entry.options, "request_options": entry.request}
 
 
 def worker_command(job_file: Path, result_file: Path) -> list[str]:
@@ -251,6 +266,7 @@ def _summarise(entry: Entry, raw: dict, reference: dict | None, out: Path, flops
         # Levers that change what is computed (a tiny decoder): judged by adherence, not PSNR alone.
         "replaced": {n: c.replaced for n, c in m.components.items() if c.replaced} or None,
         "cache_interval": (m.export.get("deep_cache") or {}).get("interval"),
+        "guidance_end": guidance_end_of(entry),
         "artifact_id": m.artifact_id,
         "size_bytes": m.size_bytes,
         "status": raw["status"],
@@ -261,10 +277,11 @@ def _summarise(entry: Entry, raw: dict, reference: dict | None, out: Path, flops
     if raw["status"] != "ok":
         return row
     latency = _latency(raw["latency_samples_s"])
-    # A step-cached artifact's steps are of two kinds (whole, shallow): their median is one kind's time,
-    # so its UNet step is the mean over the steps, and its FLOPs the mean over them (_stage_flops).
-    caching = (row["cache_interval"] or 1) > 1
-    unet_step = (statistics.mean if caching else statistics.median)(raw["unet_step_samples_s"])
+    # A step-cached artifact's steps are of two kinds (whole, shallow), and so are truncated guidance's
+    # (guided, conditional alone): their median is one kind's time, so the UNet step is the mean over
+    # the steps, and its FLOPs the mean over them (_stage_flops).
+    mixed = (row["cache_interval"] or 1) > 1 or (row["guidance_end"] or 1) < 1
+    unet_step = (statistics.mean if mixed else statistics.median)(raw["unet_step_samples_s"])
     row.update(
         {
             "load_s": raw["load_s"],
@@ -362,12 +379,19 @@ def _unet_flops(reference: Entry, settings: BenchSettings) -> int | None:
     return unet_flops_per_call(unet_cfg, batch, settings.height, settings.width, reference.manifest.model["vae_scale_factor"])
 
 
+def guidance_end_of(entry: Entry) -> float | None:
+    """The truncated-guidance fraction an entry's requests run with (its argument's, else the artifact's default); None: off."""
+    end = entry.request.get("guidance_end", (entry.manifest.export or {}).get("guidance_end"))
+    return None if end is None or end >= 1 else float(end)
+
+
 def _stage_flops(entry: Entry, reference: Entry, settings: BenchSettings, unet_whole: int | None) -> dict[str, float] | None:
     """FLOPs per call of each stage of this artifact: the reference's text encoder; its UNet (averaged over whole
     and shallow steps when it caches); its own VAE decoder (a tiny one when replaced). None when configs are missing."""
     from sdopt.bench.flops import text_encoder_flops, unet_flops_per_call, vae_decoder_flops
     from sdopt.rewrite import recorded
-    from sdopt.stepcache.schedule import shallow_count
+    from sdopt.runtime.guidance import guided_steps
+    from sdopt.stepcache.schedule import runs_whole
 
     unet_cfg = reference.path / "unet" / "config.json"
     te_cfgs = [reference.path / name / "config.json" for name in reference.manifest.pipeline_family.text_encoders]
@@ -380,11 +404,10 @@ def _stage_flops(entry: Entry, reference: Entry, settings: BenchSettings, unet_w
     vae_cfg = entry.path / decoder.folder / "config.json" if replaced else reference.path / reference.manifest.components["vae_decoder"].folder / "config.json"
     latent = (1, int(model["latent_channels"]), settings.height // factor, settings.width // factor)
     interval = int((entry.manifest.export.get("deep_cache") or {}).get("interval", 1))
-    unet = float(unet_whole)
-    if interval > 1:
-        shallow = unet_flops_per_call(unet_cfg, 2 if guided else 1, settings.height, settings.width, factor, shallow=True)
-        k = shallow_count(settings.steps, interval)
-        unet = (unet_whole * (settings.steps - k) + shallow * k) / settings.steps
+    shallow = unet_flops_per_call(unet_cfg, 2 if guided else 1, settings.height, settings.width, factor, shallow=True) if interval > 1 else 0
+    # Per step: the whole UNet or its shallow branch; half of either once truncated guidance has ended.
+    n_guided = guided_steps(settings.steps, guidance_end_of(entry) or 1.0) if guided else settings.steps
+    unet = sum((unet_whole if runs_whole(i, interval) else shallow) * (1.0 if i < n_guided else 0.5) for i in range(settings.steps)) / settings.steps
     return {
         "text_encoder": float(sum(text_encoder_flops(c, 2 if guided else 1) for c in te_cfgs)),  # every text encoder: the stage times them together
         "unet_step": unet,

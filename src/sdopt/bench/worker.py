@@ -31,6 +31,7 @@ def _generate_all(pipe, job: dict) -> list[tuple[dict, object]]:
                 height=job["height"],
                 width=job["width"],
                 scheduler=job["scheduler"],
+                **(job.get("request_options") or {}),  # e.g. guidance_end (PATH+guidance-end=F)
             )
             outputs.append(({"prompt_index": p, "seed": seed}, pipe.generate(request)))
     return outputs
