@@ -95,3 +95,17 @@ def test_without_guidance_nothing_is_truncated(tiny_pipeline):
     same = tiny_pipeline.generate(GenerateRequest(**{**REQUEST, "guidance_scale": 1.0}))
     np.testing.assert_array_equal(off.latents, same.latents)
     assert off.timings.unguided_steps == 0
+
+
+def test_the_bench_takes_it_per_artifact_argument(tmp_path):
+    from pathlib import Path
+
+    from sdopt.bench.runner import artifact_label, parse_artifact_arg
+
+    assert parse_artifact_arg("models/sd15-ov+guidance-end=0.5") == ("models/sd15-ov", None, {}, {"guidance_end": 0.5})
+    path, precision, options, request = parse_artifact_arg("models/sd15@bf16+guidance-end=0.25")
+    assert (path, precision, request) == ("models/sd15", "bf16", {"guidance_end": 0.25})
+    assert artifact_label(Path(path), precision, options, request) == "sd15@bf16+guidance-end=0.25"
+    for bad, says in (("m+guidance-end=2", r"\(0, 1\]"), ("m+guidance-end=half", "not a number")):
+        with pytest.raises(SdoptError, match=says):
+            parse_artifact_arg(bad)
