@@ -229,3 +229,55 @@ def test_rounds_rotate_the_order_join_every_rounds_samples_and_skip_what_failed(
     # Round 1 in the given order, round 2 rotated by one: the ONNX artifact first, the reference last.
     assert finished(reference, 1) < finished(onnx, 1) < finished(onnx, 2) < finished(reference, 2)
     assert onnx["work_dir"].endswith("round-2")  # images and latents: the last round's, compared with the reference's
+
+
+@pytest.mark.slow
+def test_a_terminated_bench_reports_what_finished_and_kills_its_worker(tiny_model, tmp_path):
+    # What `timeout 300 sdopt bench ...` does at its limit: SIGTERM while the second artifact's worker runs.
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "sdopt.cli", "bench", f"{tiny_model}@bf16", "--reference", str(tiny_model), "--steps", "2",
+           "--height", "64", "--width", "64", "--seeds", "0", "--warmup", "0", "--runs", "100000", "--max-seconds", "10", "-q", "-o", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    second = out / "raw" / f"{tiny_model.name}@bf16" / "job.json"
+    deadline = time.monotonic() + 240
+    while not second.is_file() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    time.sleep(3)  # the second worker is running: it measures for 10 s (--max-seconds) after loading
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert "interrupted: 1 of 2 artifacts finished" in stderr
+    report = json.loads((out / "report.json").read_text())
+    reference, cut = report["artifacts"]
+    assert reference["status"] == "ok" and reference["latency_s"]["n"] >= 1
+    assert cut["status"] == "failed" and "interrupted" in cut["error"]
+    assert any("interrupted" in w for w in report["warnings"])
+    assert "interrupted" in (out / "report.md").read_text()
+    job = json.loads(second.read_text())
+    alive = subprocess.run(["pgrep", "-f", f"sdopt.bench.worker {second.parent}"], capture_output=True, text=True).stdout.split()
+    assert job["path"] and not [pid for pid in alive if int(pid) != os.getpid()]  # the cut worker did not outlive the bench
+
+
+def test_only_sets_the_order_the_reference_first(tiny_model, tmp_path):
+    # Under a time limit the order decides what a cut bench still reports (scripts/gpu_check.sh).
+    from sdopt.bench.build import build_profile_artifacts
+
+    profile = tmp_path / "order.toml"
+    profile.write_text(
+        'name = "order"\ndescription = "test"\ndevice = "cpu"\nprecisions = ["fp32", "bf16"]\nbackends = ["torch"]\n'
+        '[[artifacts]]\nname = "a-bf16"\nbackend = "torch"\nprecision = "bf16"\n'
+        '[[artifacts]]\nname = "ref"\nreference = true\n'
+        '[[artifacts]]\nname = "b-eager"\nbackend = "torch"\nprecision = "fp32"\ncompile = "eager"\n'
+    )
+    built = build_profile_artifacts(load_profile(str(profile)), tiny_model, tmp_path / "w", 64, 64, "cpu", only=["b-eager", "a-bf16"])
+    assert built.reference == str(tiny_model)
+    assert built.others == [f"{tiny_model}+compile=eager", f"{tiny_model}@bf16"]
+    backwards = build_profile_artifacts(load_profile(str(profile)), tiny_model, tmp_path / "w", 64, 64, "cpu", only=["a-bf16", "b-eager"])
+    assert backwards.others == built.others[::-1]

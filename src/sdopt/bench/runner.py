@@ -443,16 +443,36 @@ def run_bench(
 
     rounds = settings.rounds
     results: dict[str, list[dict]] = {entry.name: [] for entry in entries}
-    with tqdm(total=len(entries) * rounds, desc="bench", unit="artifact", file=sys.stderr, disable=not progress) as bar:
-        for r in range(rounds):
-            for entry in rotated(entries, r):
-                bar.set_postfix_str(entry.name + (f" (round {r + 1}/{rounds})" if rounds > 1 else ""))
-                done = results[entry.name]
-                if not (done and done[-1].get("status") != "ok"):  # a failed artifact is not tried again
-                    done.append(_run_worker(entry, settings, out, timeout, r if rounds > 1 else None))
-                bar.update()
-    raws = {name: merge_rounds(done) for name, done in results.items()}
-    return assemble_report(entries, raws, settings, out, profile)
+    warnings = []
+    try:
+        with tqdm(total=len(entries) * rounds, desc="bench", unit="artifact", file=sys.stderr, disable=not progress) as bar:
+            for r in range(rounds):
+                for entry in rotated(entries, r):
+                    bar.set_postfix_str(entry.name + (f" (round {r + 1}/{rounds})" if rounds > 1 else ""))
+                    done = results[entry.name]
+                    if not (done and done[-1].get("status") != "ok"):  # a failed artifact is not tried again
+                        done.append(_run_worker(entry, settings, out, timeout, r if rounds > 1 else None))
+                    bar.update()
+    except KeyboardInterrupt:
+        # Ctrl-C, or SIGTERM from a time limit (sdopt.cli turns it into this): the running worker is
+        # killed (subprocess.run does so on any exception), and what finished still makes a report.
+        warnings.append(interrupted_warning(results, entries[0].name))
+        print(f"sdopt bench: {warnings[-1]}", file=sys.stderr)
+    raws = {name: merge_rounds(done) if done else NOT_RUN for name, done in results.items()}
+    return assemble_report(entries, raws, settings, out, profile, warnings=warnings)
+
+
+NOT_RUN = {"status": "failed", "error": "not run: the bench was interrupted before this artifact's turn"}
+
+
+def interrupted_warning(results: dict[str, list[dict]], reference: str) -> str:
+    """What an interrupted bench says in its report, or KeyboardInterrupt again when nothing can be compared."""
+    ref = results[reference]
+    if not ref or ref[-1].get("status") != "ok":
+        raise KeyboardInterrupt  # without the reference's images and timings there is nothing to compare
+    finished = sum(1 for done in results.values() if done and done[-1].get("status") == "ok")
+    return (f"interrupted: {finished} of {len(results)} artifacts finished and are reported; the others are marked not run "
+            "(the artifact running when it stopped was killed)")
 
 
 def precisions_to_probe(entries: list[Entry], raws: dict[str, dict]) -> list[str]:
@@ -468,7 +488,7 @@ def probe_peaks(precisions: list[str], device: str) -> dict[str, dict]:
 
 
 def assemble_report(entries: list[Entry], raws: dict[str, dict], settings: BenchSettings, out: Path, profile: HardwareProfile | None = None,
-                    machine: dict | None = None, peaks: dict | None = None, cluster: dict | None = None) -> dict:
+                    machine: dict | None = None, peaks: dict | None = None, cluster: dict | None = None, warnings: list[str] = ()) -> dict:
     """The report from the workers' raw results (out/raw/*/result.json): metrics, quality, files.
     ``machine`` and ``peaks`` default to this machine's; a cluster run passes those of the node kind that ran the jobs."""
     from sdopt import __version__
@@ -485,9 +505,10 @@ def assemble_report(entries: list[Entry], raws: dict[str, dict], settings: Bench
             for e in entries]
     ref_fp = _model_fingerprint(entries[0].manifest)
     machine = machine or fingerprint()
-    warnings = [w for w in [profile.mismatch(machine) if profile else None] if w]
-    for w in warnings:
+    mismatch = [w for w in [profile.mismatch(machine) if profile else None] if w]
+    for w in mismatch:
         print(f"sdopt bench: warning: {w}", file=sys.stderr)
+    warnings = [*mismatch, *warnings]
     report = {
         "schema": REPORT_SCHEMA,
         "schema_version": REPORT_SCHEMA_VERSION,

@@ -146,7 +146,7 @@ def add_bench(sub) -> None:
     p.add_argument("--reference", help="the artifact whose images count as correct (usually the fp32 checkpoint)")
     p.add_argument("--build-from", metavar="MODEL", help="build the profile's artifacts from this checkpoint (reused when already under --work)")
     p.add_argument("--work", help="with --build-from: where the built artifacts are kept")
-    p.add_argument("--only", help="with --build-from: comma-separated artifact names of the profile (the reference always runs)")
+    p.add_argument("--only", help="with --build-from: comma-separated artifact names of the profile, run in this order (the reference always runs, first)")
     p.add_argument("--profile", action="append", help="hardware profile name (sdopt's own, or ./profiles/NAME.toml) or a .toml file; "
                    "with --ray, repeat it to run the matrix on each profile's kind of node, one report each under OUTPUT/NAME/")
     p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
