@@ -90,3 +90,14 @@ def test_init_model_into_existing_folder_is_refused(tiny_model, capsys):
 def test_unknown_zoo_model_is_an_argparse_error():
     proc = _run("init-model", "sd99", "/tmp/x")
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
+def test_only_sdopts_own_warnings_read_as_sdopts():
+    # Ours read like our errors; a library's keeps its file and line (torchao's SyntaxWarning on Python 3.12
+    # printed as "sdopt: warning: invalid escape sequence" looked like sdopt's own).
+    import sdopt.runtime.load as ours
+    from sdopt.cli import _format_warning
+
+    assert _format_warning("bf16 is emulated here", UserWarning, ours.__file__, 10) == "sdopt: warning: bf16 is emulated here\n"
+    other = _format_warning("invalid escape sequence '\\.'", SyntaxWarning, "/tmp/site/torchao/quantization/quant_api.py", 1542)
+    assert other.startswith("/tmp/site/torchao/quantization/quant_api.py:1542: SyntaxWarning: invalid escape sequence")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from pathlib import Path
 
 from sdopt import __version__
 from sdopt.cli import artifacts, generating, measure, models, serving
@@ -49,9 +50,17 @@ def _exit_on_sigterm() -> None:
         pass
 
 
+_PACKAGE_DIR = str(Path(__file__).resolve().parents[1])
+_library_format = warnings.formatwarning
+
+
 def _format_warning(message, category, filename, lineno, line=None) -> str:
-    """Warnings meant for users (bf16 emulated, bf16 asked but fp32 runs) read like our errors."""
-    return f"sdopt: warning: {message}\n"
+    """Warnings meant for users (bf16 emulated, bf16 asked but fp32 runs) read like our errors; a
+    library's own (a SyntaxWarning in torchao's source, say) keeps its file and line, so it is not
+    mistaken for sdopt's."""
+    if str(Path(filename).resolve()).startswith(_PACKAGE_DIR):
+        return f"sdopt: warning: {message}\n"
+    return _library_format(message, category, filename, lineno, line)
 
 
 def main(argv: list[str] | None = None) -> int:
