@@ -10,8 +10,9 @@
 # Most important first, since a GPU lease is short (BUDGET_SECONDS for all of it):
 # 1. machine: GPU, driver, library versions;
 # 2. sd15 at 512x512, batch 1, 20 steps on the cuda-h100 profile: torch fp16 (reference), fp16
-#    with CUDA graphs (inductor's reduce-overhead), torchao int8 and fp8, bf16, fp16 with
-#    torch.compile alone (inductor's default mode) — in that order, each artifact in its own
+#    with CUDA graphs (inductor's reduce-overhead), torchao int8 with fp16 activations and fp8
+#    with bf16, the same two computing in fp32, bf16, fp16 with torch.compile alone (inductor's
+#    default mode) — in that order, each artifact in its own
 #    worker (so the CUDA allocator peak and the fp16 matmul probe are exercised); on an H200
 #    each takes ~40 s (load ~25 s of it), a compiled one ~100 s; at SD15_SECONDS the bench
 #    stops and reports what finished (reports/cuda-h200/README.md has the timings);
@@ -62,7 +63,7 @@ run "nproc; python3 -c \"import importlib.metadata as m; print(*[f'{p} {m.versio
 step "sd15, 512x512, 20 steps, on the cuda-h100 profile: torch fp16 (reference), bf16, compiled, CUDA graphs, int8, fp8"
 run "$SDOPT init-model sd15 $WORK/sd15 >/dev/null"
 run "timeout -k 60 $SD15_SECONDS $SDOPT bench --profile cuda-h100 --build-from $WORK/sd15 --work $WORK/sd15-art \
--o $OUT/sd15 --only torch-fp16-cudagraphs,torch-int8,torch-fp8,torch-bf16,torch-fp16-compile --steps 20 --height 512 --width 512 --seeds 0 --warmup 2 --runs 3 --timeout $ARTIFACT_SECONDS"
+-o $OUT/sd15 --only torch-fp16-cudagraphs,torch-int8-fp16,torch-fp8-bf16,torch-int8,torch-fp8,torch-bf16,torch-fp16-compile --steps 20 --height 512 --width 512 --seeds 0 --warmup 2 --runs 3 --timeout $ARTIFACT_SECONDS"
 pack
 
 step "bench on $DEVICE: a few tiny artifacts against torch fp32 (a worker process each; $(left) s left)"

@@ -281,3 +281,15 @@ def test_only_sets_the_order_the_reference_first(tiny_model, tmp_path):
     assert built.others == [f"{tiny_model}+compile=eager", f"{tiny_model}@bf16"]
     backwards = build_profile_artifacts(load_profile(str(profile)), tiny_model, tmp_path / "w", 64, 64, "cpu", only=["a-bf16", "b-eager"])
     assert backwards.others == built.others[::-1]
+
+
+def test_a_quantized_profile_entry_with_a_precision_runs_in_it(tmp_path):
+    # torchao's quantized weights take fp16/bf16 activations: the entry benches as PATH@precision (built or reused).
+    from sdopt.bench.build import build_one
+
+    (tmp_path / "torch-int8-fp16").mkdir()
+    (tmp_path / "torch-int8-fp16" / "sdopt.json").write_text("{}")  # already built: reused as it is
+    spec = {"name": "torch-int8-fp16", "quantize": "int8", "backend": "torchao", "precision": "fp16"}
+    assert build_one(spec, tmp_path / "model", tmp_path, 64, 64, "cuda", {}) == f"{tmp_path / 'torch-int8-fp16'}@fp16"
+    spec = {"name": "torch-int8-fp16", "quantize": "int8", "backend": "torchao"}
+    assert build_one(spec, tmp_path / "model", tmp_path, 64, 64, "cuda", {}) == str(tmp_path / "torch-int8-fp16")

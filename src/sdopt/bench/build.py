@@ -52,8 +52,10 @@ def build_one(spec: dict[str, Any], model: Path, work: Path, height: int, width:
         compiled = f"+compile={spec['compile']}" if spec.get("compile") else ""
         return (str(model) if precision == "fp32" else f"{model}@{precision}") + compiled
     out = work / spec["name"]
+    # A quantized torch artifact may run in another precision than its fp32 activations (torchao's: fp16, bf16).
+    runs_in = f"@{spec['precision']}" if "quantize" in spec and spec.get("precision", "fp32") != "fp32" else ""
     if (out / "sdopt.json").is_file():
-        return str(out)
+        return str(out) + runs_in
     if "export" in spec:
         from sdopt.export.run import export
 
@@ -68,7 +70,7 @@ def build_one(spec: dict[str, Any], model: Path, work: Path, height: int, width:
 
         source = Path(_built_source(spec, model, built))
         quantize(source, spec["quantize"], out, backend=spec.get("backend"), device=device, components=spec.get("components"))
-    return str(out)
+    return str(out) + runs_in
 
 
 def _built_source(spec: dict[str, Any], model: Path, built: dict[str, str]) -> str:

@@ -78,6 +78,11 @@ def folders_of(manifest: Manifest, components: tuple[str, ...]) -> dict[str, lis
 class TorchWeights(Engine):
     """Quantized weights of torch modules, written per component folder and rebuilt at load."""
 
+    # Whether the quantized layers also run with fp16/bf16 activations (load with --precision): on a
+    # GPU fp32 compute costs the quantization its speed (sd15 on an H200: torchao int8 computing in
+    # fp32 ran 0.41x torch fp16 eager, reports/cuda-h200/). Set where it was checked (tests/test_quant.py).
+    half_activations = False
+
     @abstractmethod
     def recipe(self, module: torch.nn.Module, capability: Capability, layers: list[str]) -> dict:
         """What ``quantize`` applied, as the manifest records it: built from the objects it used, or
@@ -175,10 +180,10 @@ class TorchWeights(Engine):
     def load_component(self, name: str, artifact: Path, entry: ComponentEntry, dtype: torch.dtype, device: str) -> torch.nn.Module:
         """The quantized module of one component folder, ready for the torch runtime."""
         quant, path = entry.quantization or {}, artifact / entry.folder
-        if dtype != torch.float32:
+        if dtype != torch.float32 and not self.half_activations:
             raise SdoptError(
-                f"{name} holds {quant.get('scheme')} weights, which run with fp32 activations; "
-                "load the artifact without --precision (or with fp32)"
+                f"{name} holds {self.quantizer.name} {quant.get('scheme')} weights, which run with fp32 activations; "
+                "load the artifact without --precision (or with fp32); torchao's quantized weights also run in fp16/bf16"
             )
         capability = lookup(self.quantizer.name, quant.get("scheme", "?"), device)  # cannot run it on that device: say why
         if quant.get("serialized"):
@@ -202,6 +207,8 @@ class TorchWeights(Engine):
                 )
             module = self.quantize(module, capability, layers, device)
         check_materialized(module, name)
+        if dtype != torch.float32:  # the float parameters (norms, biases, unquantized layers) and the activations
+            module.to(dtype)
         return module.eval()
 
 
