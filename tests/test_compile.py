@@ -49,9 +49,10 @@ def test_compile_is_a_torch_option(tiny_onnx_artifact):
 
 
 def test_artifact_argument_syntax():
-    assert parse_artifact_arg("m@fp16+compile=max-autotune") == ("m", "fp16", {"compile": "max-autotune"})
-    assert parse_artifact_arg("m+compile") == ("m", None, {"compile": "default"})
-    assert parse_artifact_arg("m@bf16") == ("m", "bf16", {})
+    # (path, precision, load options, request fields: PATH+guidance-end=F, tests/test_guidance.py)
+    assert parse_artifact_arg("m@fp16+compile=max-autotune") == ("m", "fp16", {"compile": "max-autotune"}, {})
+    assert parse_artifact_arg("m+compile") == ("m", None, {"compile": "default"}, {})
+    assert parse_artifact_arg("m@bf16") == ("m", "bf16", {}, {})
     with pytest.raises(SdoptError, match="choose an inductor mode"):
         parse_artifact_arg("m+compile=fastest")
 
