@@ -63,3 +63,14 @@ def test_each_stage_is_measured_against_the_precision_it_ran_in():
     assert _compute_precision(entry, raw, "text_encoder") == "bf16"  # int8 weights, bf16 compute
     assert _compute_precision(entry, raw, "vae_decoder") == "fp32"  # what the backend said it ran
     assert _compute_precision(entry, {}, "vae_decoder") == "bf16"  # nothing said: the artifact's precision
+
+
+def test_a_gpu_is_probed_on_matrices_big_enough_to_fill_it(monkeypatch):
+    # On an H200 a 2048² fp16 product reads about half of what 8192² does: "of peak" needs the bigger one.
+    from sdopt.bench import flops
+
+    asked = {}
+    monkeypatch.setattr(flops, "_float_peak", lambda probed, device, seconds, sizes: asked.setdefault(device, sizes) and {"gflops": 1.0})
+    flops.matmul_peak_gflops("fp16", "cuda:0", seconds=0.1)
+    flops.matmul_peak_gflops("fp32", "cpu", seconds=0.1)
+    assert max(asked["cuda:0"]) >= 8192 and max(asked["cpu"]) == 2048  # a CPU's emulated precisions must stay small

@@ -114,7 +114,17 @@ def probe_precision(precision: str, device: str = "cpu") -> tuple[str, str | Non
     return ("fp16" if cuda else "fp32"), None
 
 
-def matmul_peak_gflops(precision: str, device: str = "cpu", seconds: float | None = None, sizes: tuple[int, ...] = (256, 512, 1024, 2048)) -> dict:
+CPU_PROBE_SIZES = (256, 512, 1024, 2048)
+# A GPU's tensor cores fill only on larger matrices: on an H200 the fp16 probe stopped at 2048² read
+# 440 TFLOP/s, where an 8192² bf16 product runs at ~790 (reports/cuda-h200/: "of peak" was against the former).
+CUDA_PROBE_SIZES = (1024, 2048, 4096, 8192)
+
+
+def probe_sizes(device: str) -> tuple[int, ...]:
+    return CUDA_PROBE_SIZES if device.startswith("cuda") else CPU_PROBE_SIZES
+
+
+def matmul_peak_gflops(precision: str, device: str = "cpu", seconds: float | None = None, sizes: tuple[int, ...] | None = None) -> dict:
     """Best GFLOP/s (GOP/s for int8) of a square matmul in this precision: a practical ceiling for this machine.
 
     ``seconds``: the probe's time budget, default 1 s per precision ($SDOPT_PEAK_PROBE_SECONDS sets it: the
@@ -126,6 +136,7 @@ def matmul_peak_gflops(precision: str, device: str = "cpu", seconds: float | Non
     for which is ``probe_precision``'s decision; the report says which it was.
     """
     probed, why = probe_precision(precision, device)
+    sizes = sizes or probe_sizes(device)
     seconds = seconds if seconds is not None else float(os.environ.get("SDOPT_PEAK_PROBE_SECONDS") or 1.0)
     if probed == "int8":
         result = _int8_peak(seconds, sizes)
