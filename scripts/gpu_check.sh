@@ -60,7 +60,7 @@ run "nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --forma
 run "python3 -c \"import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available() and torch.cuda.get_device_name(0))\""
 run "nproc; python3 -c \"import importlib.metadata as m; print(*[f'{p} {m.version(p)}' for p in ('diffusers','transformers','torchao','optimum-quanto','bitsandbytes','onnxruntime')])\""
 
-step "sd15, 512x512, 20 steps, on the cuda-h100 profile: torch fp16 (reference), bf16, compiled, CUDA graphs, int8, fp8"
+step "sd15, 512x512, 20 steps, on the cuda-h100 profile: torch fp16 (reference), CUDA graphs, int8/fp8 in half precision and in fp32, bf16, inductor alone"
 run "$SDOPT init-model sd15 $WORK/sd15 >/dev/null"
 run "timeout -k 60 $SD15_SECONDS $SDOPT bench --profile cuda-h100 --build-from $WORK/sd15 --work $WORK/sd15-art \
 -o $OUT/sd15 --only torch-fp16-cudagraphs,torch-int8-fp16,torch-fp8-bf16,torch-int8,torch-fp8,torch-bf16,torch-fp16-compile --steps 20 --height 512 --width 512 --seeds 0 --warmup 2 --runs 3 --timeout $ARTIFACT_SECONDS"

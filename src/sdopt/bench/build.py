@@ -113,12 +113,13 @@ def build_profile_artifacts(
 ) -> ProfileArtifacts:
     specs = profile.artifacts
     if only:
-        unknown = sorted(set(only) - {s["name"] for s in specs})
+        by_name = {s["name"]: s for s in specs}
+        unknown = sorted(set(only) - by_name.keys())
         if unknown:
-            raise SdoptError(f"--only {', '.join(unknown)}: profile {profile.name} lists {', '.join(s['name'] for s in specs)}")
-        # The reference always runs; the rest in the order --only names them (which runs first matters
-        # under a time limit: a bench cut short still reports what finished).
-        specs = [s for s in specs if s.get("reference")] + [s for name in only for s in specs if s["name"] == name and not s.get("reference")]
+            raise SdoptError(f"--only {', '.join(unknown)}: profile {profile.name} lists {', '.join(by_name)}")
+        # The reference always runs; the rest in the order --only names them, once each (which runs first
+        # matters under a time limit: a bench cut short still reports what finished).
+        specs = [s for s in specs if s.get("reference")] + [by_name[n] for n in dict.fromkeys(only) if not by_name[n].get("reference")]
     reference = next((s for s in specs if s.get("reference")), None)
     if reference is None:
         raise SdoptError(f"profile {profile.name} marks no artifact as reference = true: add it to one [[artifacts]] entry")

@@ -50,7 +50,7 @@ def _exit_on_sigterm() -> None:
         pass
 
 
-_PACKAGE_DIR = str(Path(__file__).resolve().parents[1])
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]
 _library_format = warnings.formatwarning
 
 
@@ -58,7 +58,7 @@ def _format_warning(message, category, filename, lineno, line=None) -> str:
     """Warnings meant for users (bf16 emulated, bf16 asked but fp32 runs) read like our errors; a
     library's own (a SyntaxWarning in torchao's source, say) keeps its file and line, so it is not
     mistaken for sdopt's."""
-    if str(Path(filename).resolve()).startswith(_PACKAGE_DIR):
+    if Path(filename).resolve().is_relative_to(_PACKAGE_DIR):
         return f"sdopt: warning: {message}\n"
     return _library_format(message, category, filename, lineno, line)
 
