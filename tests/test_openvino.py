@@ -255,8 +255,49 @@ def test_nncf_int8_static_calibrates_the_unet_and_the_vae_decoder(tiny_ov_bf16_s
     assert peak <= 64 if mode == "enable" else peak > 64
     assert m.static_shapes == STATIC and m.precision == "bf16"
     with _warns_unless_bf16():
-        result = sdopt.load(out).generate(GenerateRequest(**SMALL))
+        pipe = sdopt.load(out)
+        result = pipe.generate(GenerateRequest(**SMALL))
     assert np.isfinite(result.latents).all()
+    # int8-static runs its convolutions and matmuls in u8/i8 on any CPU: the bench's "of peak" takes int8's ceiling.
+    assert pipe.components["unet"].computes == pipe.components["vae_decoder"].computes == "int8"
+
+
+def test_what_a_weight_only_int8_graph_computes_in_follows_the_plugins_rule(tiny_ov, tmp_path, monkeypatch):
+    """int8 weights alone: OpenVINO's CPU plugin quantizes their f32 activations itself on a CPU with VNNI
+    (DYNAMIC_QUANTIZATION_GROUP_SIZE, 32 by default), not in bf16 nor with the group size 0. Both kinds of CPU
+    are forced: the runtime graph is this machine's, the VNNI question is answered both ways."""
+    pytest.importorskip("nncf")
+    import openvino as ov
+
+    import sdopt.hardware as hardware
+    from sdopt.runtime.openvino import computes_precision, dominant_precision, model_file
+
+    out = tmp_path / "int8"
+    assert main(["quantize", str(tiny_ov), "--backend", "nncf", "--scheme", "int8", "-o", str(out)]) == 0
+    m = read_manifest(out)
+    graph = ov.Core().read_model(out / model_file(m.components["text_encoder"].files, "text_encoder"))
+
+    def compiled(hint, group):
+        return ov.Core().compile_model(graph, "CPU", {"INFERENCE_PRECISION_HINT": hint, "DYNAMIC_QUANTIZATION_GROUP_SIZE": group})
+
+    for lacks_vnni, expected in ((False, "int8"), (True, "fp32")):
+        monkeypatch.setattr(hardware, "cpu_lacks_int8_dot", lambda lacks=lacks_vnni: lacks)
+        assert computes_precision(compiled("f32", 32), "fp32") == expected
+        assert computes_precision(compiled("f32", 0), "fp32") == "fp32"  # dynamic quantization off
+    monkeypatch.undo()
+    from sdopt.runtime.openvino import runs_precision
+
+    bf16 = compiled("bf16", 32)
+    if runs_precision(bf16) == "bf16":  # this CPU runs bf16: its activations are never quantized (the rule below, on any CPU)
+        assert computes_precision(bf16, "bf16") == "bf16"
+    # The decision itself: most compute layers with int8 activations (static, or quantized by the plugin).
+    static = [("Convolution", "u8", "i8"), ("FullyConnected", "i8", "i8"), ("MatMul", "bf16", "bf16")]
+    assert dominant_precision(static, "bf16", dynamic=False) == "int8"
+    weights_only = [("FullyConnected", "f32", "u8")] * 3 + [("MatMul", "f32", "f32")]
+    assert dominant_precision(weights_only, "fp32", dynamic=True) == "int8"
+    assert dominant_precision(weights_only, "fp32", dynamic=False) == "fp32"
+    assert dominant_precision([("FullyConnected", "bf16", "u8")], "bf16", dynamic=True) == "bf16"
+    assert dominant_precision([], "fp32", dynamic=True) == "fp32"
 
 
 @pytest.mark.parametrize("flags, mode", [({"avx2", "fma"}, "enable"), ({"avx2", "avx512f", "avx512bw"}, "enable"),

@@ -63,6 +63,10 @@ def test_each_stage_is_measured_against_the_precision_it_ran_in():
     assert _compute_precision(entry, raw, "text_encoder") == "bf16"  # int8 weights, bf16 compute
     assert _compute_precision(entry, raw, "vae_decoder") == "fp32"  # what the backend said it ran
     assert _compute_precision(entry, {}, "vae_decoder") == "bf16"  # nothing said: the artifact's precision
+    # The runtime quantized the int8 weights' activations itself (OpenVINO's dynamic quantization): int8's ceiling.
+    raw["computes_by_component"] = {"unet": "int8", "text_encoder": "int8", "vae_decoder": "fp32"}
+    assert _compute_precision(entry, raw, "text_encoder") == "int8"
+    assert _compute_precision(entry, raw, "vae_decoder") == "fp32"
 
 
 def test_a_gpu_is_probed_on_matrices_big_enough_to_fill_it(monkeypatch):

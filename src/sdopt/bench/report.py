@@ -188,7 +188,7 @@ def markdown(report: dict) -> str:
         lines += [f"- {a['name']}: {a['compiled']['setting']}; first generate {a['first_generate_s']:.1f} s (compilation included) "
                   f"vs {a['latency_s']['median']:.2f} s median; {a['compiled']['graphs_after_warmup']} graphs compiled, "
                   f"{a['compiled']['recompiles_measured']} recompiles during the measured runs" for a in compiled]
-    lines += ["", "GFLOP/s is the UNet's counted FLOPs over its measured step time (per stage: that stage's FLOPs over its time); \"of peak\" divides it by the best square-matmul rate probed on this machine in the precision that stage computed in (int8 where its activations were quantized too)."]
+    lines += ["", "GFLOP/s is the UNet's counted FLOPs over its measured step time (per stage: that stage's FLOPs over its time); \"of peak\" divides it by the best square-matmul rate probed on this machine in the precision that stage computed in (int8 where its convolutions and matmuls ran int8: activations quantized by the artifact, or by the runtime for int8 weights)."]
     peaks = report.get("matmul_peak_gflops") or {}
     if peaks:
         lines += ["Probed peaks: " + "; ".join(

@@ -96,6 +96,9 @@ def measure(job: dict) -> dict:
         "compute_precision": getattr(pipe.components.get("unet"), "runs", None) or pipe.precision,
         # The same per component, for the per-stage ceilings (int8 UNet beside a bf16 decoder).
         "runs_by_component": {name: getattr(c, "runs", None) for name, c in pipe.components.items()},
+        # What each component's convolutions and matmuls ran in (OpenVINO: "int8" also for int8 weights whose
+        # activations the runtime quantizes itself); None where the backend cannot say.
+        "computes_by_component": {name: getattr(c, "computes", None) for name, c in pipe.components.items()},
         "run_settings": pipe.run_settings(),
         "load_s": load_s,
         "first_generate_s": first_generate_s,

@@ -130,6 +130,50 @@ def runs_precision(compiled: ov.CompiledModel) -> str:
     return "unknown" if name is None else _SDOPT_NAMES.get(name, name)
 
 
+# Layers whose multiply-adds are the FLOPs the bench counts: the precision they run is the one a stage computes in.
+_COMPUTE_LAYERS = frozenset({"Convolution", "GroupConvolution", "Deconvolution", "FullyConnected", "MatMul"})
+_INT8 = frozenset({"u8", "i8"})
+_LOW_BIT_WEIGHTS = frozenset({"u8", "i8", "u4", "i4"})
+
+
+def computes_precision(compiled: ov.CompiledModel, runs: str) -> str:
+    """What the compiled graph's convolutions and matmuls compute in: "int8" where most of them multiply
+    int8 activations, else ``runs`` (the float precision). int8 activations come from NNCF int8-static
+    (the layer's input is u8/i8 in the runtime graph), but also from int8 *weights* alone: the CPU plugin
+    quantizes a compressed FullyConnected layer's activations on the fly ("dynamic quantization") when its
+    input is f32, DYNAMIC_QUANTIZATION_GROUP_SIZE is a non-zero multiple of 16 (32 by default) and the
+    CPU has VNNI (the plugin's DnnlFCPrimitive::useDynamicQuantizationImpl; its runtime graph does not
+    show it: such a layer reads "u8" for its weights either way). The bench compares each stage with this
+    precision's matmul ceiling."""
+    from sdopt.hardware import cpu_lacks_int8_dot
+
+    try:
+        group = int(compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE"))
+    except (RuntimeError, TypeError, ValueError):
+        group = 0
+    dynamic = group > 0 and group % 16 == 0 and not cpu_lacks_int8_dot()
+    try:
+        layers = []
+        for op in compiled.get_runtime_model().get_ops():
+            kind = op.get_rt_info()["layerType"].astype(str)
+            if kind in _COMPUTE_LAYERS:
+                types = [i.get_element_type().get_type_name() for i in op.inputs()]
+                layers.append((kind, types[0], types[1] if len(types) > 1 else ""))
+    except (RuntimeError, KeyError, AttributeError):  # a device (or virtual device) without a runtime graph
+        return runs
+    return dominant_precision(layers, runs, dynamic)
+
+
+def dominant_precision(layers: list[tuple[str, str, str]], runs: str, dynamic: bool) -> str:
+    """``computes_precision``'s decision over (layer type, activation type, weight type) triples;
+    ``dynamic``: the plugin quantizes a compressed FullyConnected layer's f32 activations itself."""
+    def int8(kind: str, activations: str, weights: str) -> bool:
+        return activations in _INT8 or (dynamic and kind == "FullyConnected" and activations == "f32" and weights in _LOW_BIT_WEIGHTS)
+
+    count = sum(int8(*layer) for layer in layers)
+    return "int8" if layers and 2 * count > len(layers) else runs
+
+
 def device_facts(c: ov.Core, device: str) -> dict[str, Any]:
     base = device.split(":", 1)[0]
     facts: dict[str, Any] = {"device": device, "name": _device_name(c, base)}
@@ -190,6 +234,7 @@ class OpenVINOComponent:
             shapes[p.get_any_name()] = shape
         self._compile(model, shapes)
         self.runs = runs_precision(self._compiled[0][1])
+        self.computes = computes_precision(self._compiled[0][1], self.runs)
         self.settings = read_properties(self._compiled[0][1])
 
     def _read(self) -> ov.Model:
