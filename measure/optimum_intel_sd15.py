@@ -125,7 +125,7 @@ def _psnr(a: Path, b: Path) -> float:
     from PIL import Image
 
     from sdopt.bench.quality import psnr_db  # the parent runs in sdopt's venv
-    from sdopt.bench.runner import PSNR_CAP_DB
+    from sdopt.bench.assemble import PSNR_CAP_DB
 
     return min(psnr_db(*(np.asarray(Image.open(p).convert("RGB")) for p in (a, b))), PSNR_CAP_DB)  # identical: capped, as in the bench
 

@@ -24,7 +24,9 @@ def main() -> None:
 
     from sdopt.bench.machine import fingerprint
     from sdopt.bench.profiles import HardwareProfile
-    from sdopt.bench.runner import BenchSettings, collect, run_bench
+    from sdopt.bench.artifacts import collect
+    from sdopt.bench.runner import run_bench
+    from sdopt.bench.settings import BenchSettings
     from sdopt.cluster.bench import ProfileRun, run_matrix
     from sdopt.export.run import export
     from sdopt.zoo import write_model

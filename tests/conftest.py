@@ -119,7 +119,8 @@ BENCH_ORT_RUN = {"graph_optimization_level": "basic", "inter_op_num_threads": 1}
 @pytest.fixture(scope="session")
 def bench_report(tiny_model, tiny_onnx_artifact, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "report"
-    from sdopt.bench.runner import BenchSettings, run_bench
+    from sdopt.bench.runner import run_bench
+    from sdopt.bench.settings import BenchSettings
 
     settings = BenchSettings.resolve(None, **BENCH_SETTINGS)
     settings.run = {"onnxruntime": BENCH_ORT_RUN}  # as a profile's [run.onnxruntime] would: recorded per row

@@ -7,7 +7,8 @@ import pytest
 
 from sdopt import SdoptError
 from sdopt.bench.profiles import available_profiles, load_profile
-from sdopt.bench.runner import BenchSettings, run_bench
+from sdopt.bench.runner import run_bench
+from sdopt.bench.settings import BenchSettings
 from sdopt.prompts import read_prompts
 
 pytest.importorskip("pandas")

@@ -12,7 +12,9 @@ import pytest
 
 import sdopt
 from sdopt import GenerateRequest, SdoptError
-from sdopt.bench.runner import BenchSettings, parse_artifact_arg, run_bench
+from sdopt.bench.artifacts import parse_artifact_arg
+from sdopt.bench.runner import run_bench
+from sdopt.bench.settings import BenchSettings
 from sdopt.runtime.compiled import compiled_graphs
 
 REQUEST = dict(prompt="a lighthouse at dawn", steps=2, height=64, width=64, seed=0, scheduler="euler")

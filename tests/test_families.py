@@ -212,7 +212,8 @@ def test_sdxl_bench_counts_both_encoders_and_the_conditioned_unet(sdxl_tiny, sdx
     (with its pooled embedding and size ids) and of both text encoders."""
     pytest.importorskip("pandas")
     from sdopt.bench.flops import text_encoder_flops, unet_flops_per_call
-    from sdopt.bench.runner import BenchSettings, run_bench
+    from sdopt.bench.runner import run_bench
+    from sdopt.bench.settings import BenchSettings
 
     onnx_out, _ = sdxl_exports("onnx")
     settings = BenchSettings.resolve(None, prompts=["a lighthouse at dawn"], seeds=[0], steps=2, height=64, width=64, warmup=0, runs=1, scheduler="euler")

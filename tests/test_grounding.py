@@ -40,7 +40,9 @@ def test_adherence_scores_each_image_and_the_artifact():
 
 def test_a_bench_of_shapes_prompts_reports_adherence_per_image_and_artifact(bench_report, tiny_model, tmp_path):
     """The session's bench results, assembled again as if its prompts had been shapes captions."""
-    from sdopt.bench.runner import BenchSettings, assemble_report, collect
+    from sdopt.bench.artifacts import collect
+    from sdopt.bench.assemble import assemble_report
+    from sdopt.bench.settings import BenchSettings
 
     out, report = bench_report
     copy = tmp_path / "report"

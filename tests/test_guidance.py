@@ -100,7 +100,7 @@ def test_without_guidance_nothing_is_truncated(tiny_pipeline):
 def test_the_bench_takes_it_per_artifact_argument(tmp_path):
     from pathlib import Path
 
-    from sdopt.bench.runner import artifact_label, parse_artifact_arg
+    from sdopt.bench.artifacts import artifact_label, parse_artifact_arg
 
     assert parse_artifact_arg("models/sd15-ov+guidance-end=0.5") == ("models/sd15-ov", None, {}, {"guidance_end": 0.5})
     path, precision, options, request = parse_artifact_arg("models/sd15@bf16+guidance-end=0.25")

@@ -35,7 +35,8 @@ def test_the_int8_probe_runs_an_int8_matmul():
 
 
 def test_an_int8_static_unet_is_measured_against_int8():
-    from sdopt.bench.runner import Entry, _compute_precision
+    from sdopt.bench.artifacts import Entry
+    from sdopt.bench.assemble import _compute_precision
     from sdopt.manifest import ComponentEntry, Manifest
 
     def entry(scheme):
@@ -49,7 +50,8 @@ def test_an_int8_static_unet_is_measured_against_int8():
 
 def test_each_stage_is_measured_against_the_precision_it_ran_in():
     """An int8-static UNet beside a decoder whose weights only were compressed: two ceilings, one per stage."""
-    from sdopt.bench.runner import Entry, _compute_precision
+    from sdopt.bench.artifacts import Entry
+    from sdopt.bench.assemble import _compute_precision
     from sdopt.manifest import ComponentEntry, Manifest
 
     components = {

@@ -41,7 +41,8 @@ def _profile(tmp_path: Path, name: str, resources: str) -> "HardwareProfile":  #
 
 
 def _runs(profiles, artifacts, reference, out: Path):
-    from sdopt.bench.runner import BenchSettings, collect
+    from sdopt.bench.artifacts import collect
+    from sdopt.bench.settings import BenchSettings
     from sdopt.cluster.bench import ProfileRun
 
     runs = []

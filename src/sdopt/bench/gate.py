@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sdopt.bench.rules import Rule, parse_rules
-from sdopt.bench.runner import REPORT_SCHEMA
+from sdopt.bench.assemble import REPORT_SCHEMA
 from sdopt.errors import SdoptError
 from sdopt.fsutil import read_json
 

@@ -245,7 +245,7 @@ def _optimize(model, out, settings, work, floor, quick, budget_minutes, distill,
     if choice is None:
         raise SdoptError(f"no candidate holds the floor (see {bench_out / 'choice.json'} and {bench_out / 'report.md'}): "
                          "lower --min-psnr, or widen the adherence floor")
-    from sdopt.bench.runner import parse_artifact_arg
+    from sdopt.bench.artifacts import parse_artifact_arg
 
     chosen = parse_artifact_arg(built[choice["name"]])
     with atomic_output_dir(out, force=force, inputs=(source, work)) as tmp:
@@ -286,7 +286,7 @@ BENCH_KEY = "optimize-key.json"
 def _bench_key(built: dict[str, str], source: Path, settings) -> dict[str, Any]:
     """What a bench run measured: the same key means the same measurement (each artifact by its manifest id).
     As JSON reads it back (tuples become lists), so a key from disk compares equal."""
-    from sdopt.bench.runner import parse_artifact_arg
+    from sdopt.bench.artifacts import parse_artifact_arg
     from sdopt.manifest import read_manifest
 
     key = {"source": str(source), "settings": asdict(settings),
@@ -305,7 +305,7 @@ def _earlier_bench(bench_out: Path, key: dict[str, Any]) -> dict[str, Any] | Non
 
 def bench_label(text: str) -> str:
     """The name a bench row gives a built candidate (its folder, and what its argument adds)."""
-    from sdopt.bench.runner import artifact_label, parse_artifact_arg
+    from sdopt.bench.artifacts import artifact_label, parse_artifact_arg
 
     path, precision, options, request = parse_artifact_arg(text)
     return artifact_label(Path(path), precision, options, request)

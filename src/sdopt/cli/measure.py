@@ -13,7 +13,7 @@ from sdopt.errors import SdoptError
 
 def _optimize(args: argparse.Namespace) -> int:
     from sdopt.bench.optimize import Floor, optimize
-    from sdopt.bench.runner import BenchSettings
+    from sdopt.bench.settings import BenchSettings
     from sdopt.prompts import read_prompts
 
     settings = BenchSettings.resolve(
@@ -51,7 +51,8 @@ def _optimize(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     from sdopt.bench.profiles import load_profile
-    from sdopt.bench.runner import BenchSettings, run_bench
+    from sdopt.bench.runner import run_bench
+    from sdopt.bench.settings import BenchSettings
     from sdopt.prompts import read_prompts
 
     profiles = [load_profile(p) for p in args.profile or []]
@@ -92,7 +93,7 @@ def _bench(args: argparse.Namespace) -> int:
         run_bench(artifacts, reference, out, settings, profile=profile, timeout=args.timeout, progress=not args.quiet)
         outs = [out]
     else:
-        from sdopt.bench.runner import check_static_shapes, collect
+        from sdopt.bench.artifacts import check_static_shapes, collect
         from sdopt.cluster.bench import ProfileRun, run_matrix
 
         runs = []

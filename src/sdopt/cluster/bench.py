@@ -27,7 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from sdopt.bench.profiles import HardwareProfile
-from sdopt.bench.runner import BenchSettings, Entry, assemble_report, precisions_to_probe, slug, worker_command, worker_job
+from sdopt.bench.artifacts import Entry
+from sdopt.bench.assemble import assemble_report, precisions_to_probe
+from sdopt.bench.runner import slug, worker_command, worker_job
+from sdopt.bench.settings import BenchSettings
 from sdopt.cluster.connect import cluster, ray_module
 from sdopt.cluster.resources import local_resources, task_options, why_unplaceable
 from sdopt.errors import SdoptError
@@ -114,7 +117,7 @@ def run_job(job: dict, timeout: float | None) -> dict:
 def probe_node(precisions: list[str], device: str) -> dict:
     """The machine fingerprint and matmul ceilings of a node of the profile's kind (the report's "of peak")."""
     from sdopt.bench.machine import fingerprint
-    from sdopt.bench.runner import probe_peaks
+    from sdopt.bench.assemble import probe_peaks
 
     return {"machine": fingerprint(), "peaks": probe_peaks(precisions, device), "node": _where()}
 

@@ -113,7 +113,7 @@ def build_all(plan: RayPlan, pool: list, source: Path, work: Path, settings, bud
 
 def bench(plan: RayPlan, artifacts: list[str], source: Path, out: Path, settings, progress: bool) -> dict:
     """The candidates' bench, every job on a node of the plan's kind (one report, as a local run writes it)."""
-    from sdopt.bench.runner import check_static_shapes, collect
+    from sdopt.bench.artifacts import check_static_shapes, collect
     from sdopt.cluster.bench import ProfileRun, run_matrix
 
     entries = collect(artifacts, str(source))

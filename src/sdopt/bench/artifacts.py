@@ -1,0 +1,118 @@
+"""What a bench compares: its artifact arguments (PATH[@PRECISION][+compile][+guidance-end=F]) parsed,
+resolved and checked to be comparable with the reference."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sdopt.bench.settings import BenchSettings
+from sdopt.errors import SdoptError
+from sdopt.manifest import Manifest, fingerprint_of, read_manifest
+from sdopt.source import resolve
+
+
+@dataclass
+class Entry:
+    name: str
+    path: Path
+    manifest: Manifest
+    precision: str | None = None  # a torch artifact may run in another precision (e.g. bf16)
+    options: dict[str, Any] = field(default_factory=dict)  # load options the argument asked for (compile)
+    request: dict[str, Any] = field(default_factory=dict)  # request fields the argument set (guidance_end)
+
+
+def model_fingerprint(m: Manifest) -> str | None:
+    """The fingerprint of the weights this artifact was made from (its own, for a source checkpoint)."""
+    if m.source.get("fingerprint"):
+        return m.source["fingerprint"]
+    if m.backend == "torch" and all(f.sha256 for c in m.components.values() for f in c.files):
+        return fingerprint_of(m.components)
+    return None
+
+
+def parse_artifact_arg(text: str) -> tuple[str, str | None, dict[str, Any], dict[str, Any]]:
+    """PATH[@PRECISION][+compile[=SETTING]][+guidance-end=F]: a torch artifact in another precision (models/sd15@bf16),
+    and/or compiled with torch.compile (models/sd15@fp16+compile=max-autotune; sdopt.runtime.compiled); any artifact
+    with its requests' guidance truncated (models/sd15-ov+guidance-end=0.5; sdopt.runtime.guidance).
+    Returns (path, precision, load options, request fields)."""
+    options: dict[str, Any] = {}
+    request: dict[str, Any] = {}
+    match = re.fullmatch(r"(.+?)\+guidance-end=([^+@]*)", text)
+    if match:
+        from sdopt.request import GenerateRequest
+
+        try:
+            request["guidance_end"] = float(match.group(2))
+        except ValueError:
+            raise SdoptError(f"{text}: +guidance-end={match.group(2)} is not a number; give the fraction of the steps that run guided, e.g. +guidance-end=0.5") from None
+        GenerateRequest(prompt="", guidance_end=request["guidance_end"]).validate()
+        text = match.group(1)
+    match = re.fullmatch(r"(.+?)\+compile(?:=([a-z_-]+))?", text)
+    if match:
+        from sdopt.runtime.compiled import compile_setting
+
+        text, options["compile"] = match.group(1), compile_setting(match.group(2) or True, "cuda")  # the device is checked at load
+    match = re.fullmatch(r"(.+)@(fp32|fp16|bf16)", text)
+    return (match.group(1), match.group(2), options, request) if match else (text, None, options, request)
+
+
+def artifact_label(path: Path, precision: str | None, options: dict[str, Any], request: dict[str, Any] | None = None) -> str:
+    """How a bench row names an artifact run: the folder, then what the argument changed."""
+    return (path.name + (f"@{precision}" if precision else "") + (f"+compile={options['compile']}" if options.get("compile") else "")
+            + (f"+guidance-end={request['guidance_end']:g}" if (request or {}).get("guidance_end") is not None else ""))
+
+
+def collect(artifacts: list[str], reference: str) -> list[Entry]:
+    """The reference first, then every artifact, with unique names; refuses incomparable sets."""
+    entries, names = [], set()
+    for text in [reference, *artifacts]:
+        path_text, precision, options, request = parse_artifact_arg(text)
+        path = resolve(path_text)
+        manifest = read_manifest(path)
+        name = artifact_label(path, precision, options, request)
+        if options and manifest.backend != "torch":
+            raise SdoptError(f"{text}: +compile runs torch.compile, on torch artifacts only; {path} is a {manifest.backend} artifact")
+        if any(e.path == path and e.precision == precision and e.options == options and e.request == request for e in entries):
+            continue  # the reference given again among the artifacts
+        base, n = name, 2
+        while name in names:
+            name, n = f"{base}-{n}", n + 1
+        names.add(name)
+        entries.append(Entry(name, path, manifest, precision, options, request))
+    ref = entries[0]
+    for e in entries[1:]:
+        if e.manifest.family != ref.manifest.family:
+            raise SdoptError(f"{e.name} is a {e.manifest.family} model and the reference a {ref.manifest.family}: they cannot be compared")
+        keys = ("latent_channels", "vae_scale_factor", "cross_attention_dim")
+        diff = [k for k in keys if e.manifest.model.get(k) != ref.manifest.model.get(k)]
+        if diff:
+            raise SdoptError(
+                f"{e.name} and the reference {ref.name} have different shapes ({', '.join(f'{k}: {e.manifest.model.get(k)} vs {ref.manifest.model.get(k)}' for k in diff)}): "
+                "give a reference made from the same model"
+            )
+        a, b = model_fingerprint(e.manifest), model_fingerprint(ref.manifest)
+        if a and b and a != b:
+            raise SdoptError(
+                f"{e.name} was made from other weights than the reference {ref.name} (fingerprints {a[:12]} vs {b[:12]}): "
+                "quality against it would mean nothing; give the checkpoint it was exported from as --reference"
+            )
+    return entries
+
+
+def check_static_shapes(entries: list[Entry], settings: BenchSettings) -> None:
+    for e in entries:
+        shapes = e.manifest.static_shapes
+        if shapes and (shapes.get("height"), shapes.get("width")) != (settings.height, settings.width):
+            raise SdoptError(
+                f"{e.name} is built for {shapes.get('height')}x{shapes.get('width')} only; the bench asks for "
+                f"{settings.height}x{settings.width}: pass --height {shapes.get('height')} --width {shapes.get('width')}"
+            )
+
+
+def guidance_end_of(entry: Entry) -> float | None:
+    """The truncated-guidance fraction an entry's requests run with (its argument's, else the artifact's default); None: off."""
+    end = entry.request.get("guidance_end", (entry.manifest.export or {}).get("guidance_end"))
+    return None if end is None or end >= 1 else float(end)

@@ -1,0 +1,289 @@
+"""A bench report from its workers' raw results: latency, per-stage time and FLOP rates against the
+matmul ceiling of the precision each stage ran in, memory, and quality against the reference."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sdopt.bench import quality
+from sdopt.bench.artifacts import Entry, guidance_end_of, model_fingerprint
+from sdopt.bench.grounding import adherence, choose_judge
+from sdopt.bench.profiles import HardwareProfile
+from sdopt.bench.settings import BenchSettings
+from sdopt.runtime.output_checks import broken_output
+
+REPORT_SCHEMA = "sdopt.bench.report"
+REPORT_SCHEMA_VERSION = 1
+PSNR_CAP_DB = 100.0  # identical images have infinite PSNR; JSON has no inf, so it is capped here
+UNITS = {
+    "*_s": "seconds",
+    "*_bytes": "bytes",
+    "psnr_db": "decibels (capped at 100 for identical images)",
+    "ssim": "1 = identical",
+    "latent_cosine": "1 = identical direction",
+    "max_abs_pixel_error": "8-bit levels (0-255)",
+    "*_gflops": "GFLOP/s",
+    "unet_flops_per_call": "floating-point operations",
+    "steps_per_s": "UNet calls per second",
+}
+
+
+def _latency(samples: list[float]) -> dict[str, float]:
+    s = sorted(samples)
+    median = statistics.median(s)
+    mad = statistics.median(abs(x - median) for x in s)
+    return {
+        "median": median,
+        "p90": float(np.percentile(s, 90)),
+        "min": s[0],
+        "max": s[-1],
+        "mean": statistics.fmean(s),
+        "n": len(s),
+        # Run-to-run noise, relative to the median: the median absolute deviation, and from it the
+        # standard error of the median (1.4826·MAD estimates σ; the median's error is 1.2533·σ/√n).
+        # The gate calls no change inside this noise a regression.
+        "rel_mad": mad / median if median else 0.0,
+        "rel_stderr": 1.2533 * 1.4826 * mad / median / len(s) ** 0.5 if median else 0.0,
+    }
+
+
+def _summarise(entry: Entry, raw: dict, reference: dict | None, out: Path, flops: int | None, peaks: dict, judge=None, prompts=(),
+               stage_flops: dict[str, float] | None = None) -> dict:
+    m = entry.manifest
+    row: dict[str, Any] = {
+        "name": entry.name,
+        "path": str(entry.path),
+        "backend": m.backend,
+        "precision": entry.precision or m.precision,
+        "quantization": {n: c.quantization for n, c in m.components.items() if c.quantization} or None,
+        "static_shapes": m.static_shapes,
+        # Levers that change what is computed (a tiny decoder): judged by adherence, not PSNR alone.
+        "replaced": {n: c.replaced for n, c in m.components.items() if c.replaced} or None,
+        "cache_interval": (m.export.get("deep_cache") or {}).get("interval"),
+        "guidance_end": guidance_end_of(entry),
+        "artifact_id": m.artifact_id,
+        "size_bytes": m.size_bytes,
+        "status": raw["status"],
+        "error": raw.get("error"),
+        # Where a cluster ran it (sdopt.cluster.bench): the node, and that node's machine fingerprint.
+        **{k: raw[k] for k in ("node", "machine", "attempts") if raw.get(k) is not None},
+    }
+    if raw["status"] != "ok":
+        return row
+    latency = _latency(raw["latency_samples_s"])
+    # A step-cached artifact's steps are of two kinds (whole, shallow), and so are truncated guidance's
+    # (guided, conditional alone): their median is one kind's time, so the UNet step is the mean over
+    # the steps, and its FLOPs the mean over them (_stage_flops).
+    mixed = (row["cache_interval"] or 1) > 1 or (row["guidance_end"] or 1) < 1
+    unet_step = (statistics.mean if mixed else statistics.median)(raw["unet_step_samples_s"])
+    row.update(
+        {
+            "load_s": raw["load_s"],
+            "first_generate_s": raw["first_generate_s"],
+            "runs": raw["runs"],
+            "rounds": raw.get("rounds", 1),  # separate workers whose samples were joined (sdopt.bench.rounds)
+            "warmups": raw.get("warmups"),
+            "first_generate_counted": raw.get("first_generate_counted", False),
+            "latency_s": latency,
+            "run_settings": raw.get("run_settings"),
+            **({"compiled": raw["compiled"]} if raw.get("compiled") else {}),
+            "stages_s": {
+                "text_encoder": statistics.median(raw["text_encoder_samples_s"]),
+                "unet_step": unet_step,
+                "vae_decoder": statistics.median(raw["vae_decoder_samples_s"]),
+            },
+            "steps_per_s": 1.0 / unet_step,
+            "peak_memory_bytes": raw["peak_memory_bytes"],
+            "peak_memory_kind": raw["peak_memory_kind"],
+            "process_peak_rss_bytes": raw["process_peak_rss_bytes"],
+            "samples": raw["samples"],
+            "work_dir": raw["work_dir"],
+        }
+    )
+    probe = peaks.get(_compute_precision(entry, raw)) or {}  # the ceiling of the precision the UNet computed in
+    if flops:
+        per_step = (stage_flops or {}).get("unet_step") or flops  # averaged over whole and shallow steps when caching
+        achieved = per_step / unet_step / 1e9
+        row["compute"] = {
+            "achieved_gflops": achieved,
+            "peak_gflops": probe.get("gflops"),
+            "precision_probed": probe.get("precision_probed"),
+            "fraction_of_peak": achieved / probe["gflops"] if probe.get("gflops") else None,
+        }
+    if stage_flops:
+        # Every stage against the ceiling of the precision it ran in (the UNet: per step, averaged
+        # over whole and shallow steps when caching): an int8 UNet beside a bf16 decoder has two.
+        row["stage_compute"] = {}
+        for stage, count in stage_flops.items():
+            if not (seconds := row["stages_s"].get(stage)):
+                continue
+            ceiling = peaks.get(_compute_precision(entry, raw, STAGE_COMPONENTS[stage])) or {}
+            row["stage_compute"][stage] = {
+                "flops": count,
+                "achieved_gflops": count / seconds / 1e9,
+                "precision_probed": ceiling.get("precision_probed"),
+                "fraction_of_peak": count / seconds / 1e9 / ceiling["gflops"] if ceiling.get("gflops") else None,
+            }
+    images, latents = _load_samples(out / raw["work_dir"], raw["samples"])
+    broken = next((why for i, l in zip(images, latents) if (why := broken_output(i, l))), None)
+    if judge is not None:
+        row["adherence"] = adherence(judge, images, row["samples"], list(prompts))
+    if reference is not None and reference.get("status") == "ok":
+        ref_images, ref_latents = _load_samples(out / reference["work_dir"], reference["samples"])
+        q = quality.compare(ref_images, images, ref_latents, latents)
+        row["quality"] = {k: (min(v, PSNR_CAP_DB) if k.startswith("psnr") else v) for k, v in q.items()}
+        row["latency_ratio_to_reference"] = latency["median"] / reference["latency_s"]["median"]
+    if broken:
+        row["status"], row["error"] = "failed", broken
+    return row
+
+
+# Schemes whose UNet computes in int8 (activations and weights): measured against the int8 matmul's ceiling.
+INT8_COMPUTE_SCHEMES = ("int8-static", "int8-dynamic")
+
+
+STAGE_COMPONENTS = {"text_encoder": "text_encoder", "unet_step": "unet", "vae_decoder": "vae_decoder"}
+
+
+def _compute_precision(entry: Entry, raw: dict, component: str = "unet") -> str:
+    """The precision a component computed in: int8 where its activations were quantized too (by the
+    artifact's scheme, or by the runtime itself: the backend's answer), else what the backend says it ran
+    (OpenVINO asks the compiled model), else the artifact's precision."""
+    entry_component = entry.manifest.components.get(component)
+    if entry_component and (entry_component.quantization or {}).get("scheme") in INT8_COMPUTE_SCHEMES:
+        return "int8"
+    if (raw.get("computes_by_component") or {}).get(component) == "int8":
+        return "int8"
+    runs = (raw.get("runs_by_component") or {}).get(component) or (raw.get("compute_precision") if component == "unet" else None)
+    return runs if runs not in (None, "unknown") else entry.precision or entry.manifest.precision
+
+
+def _load_samples(folder: Path, samples: list[dict]):
+    from PIL import Image
+
+    images = [np.asarray(Image.open(folder / s["image"]).convert("RGB")) for s in samples]
+    latents = [np.load(folder / s["latents"]) for s in samples]
+    return images, latents
+
+
+def _unet_flops(reference: Entry, settings: BenchSettings) -> int | None:
+    from sdopt.bench.flops import unet_flops_per_call
+
+    unet_cfg = reference.path / "unet" / "config.json"
+    if not unet_cfg.is_file():
+        return None
+    batch = 2 if settings.guidance_scale > 1 else 1
+    return unet_flops_per_call(unet_cfg, batch, settings.height, settings.width, reference.manifest.model["vae_scale_factor"])
+
+
+def _stage_flops(entry: Entry, reference: Entry, settings: BenchSettings, unet_whole: int | None) -> dict[str, float] | None:
+    """FLOPs per call of each stage of this artifact: the reference's text encoder; its UNet (averaged over whole
+    and shallow steps when it caches); its own VAE decoder (a tiny one when replaced). None when configs are missing."""
+    from sdopt.bench.flops import text_encoder_flops, unet_flops_per_call, vae_decoder_flops
+    from sdopt.rewrite import recorded
+    from sdopt.runtime.guidance import guided_steps
+    from sdopt.stepcache.schedule import runs_whole
+
+    unet_cfg = reference.path / "unet" / "config.json"
+    te_cfgs = [reference.path / name / "config.json" for name in reference.manifest.pipeline_family.text_encoders]
+    if not (unet_whole and unet_cfg.is_file() and all(c.is_file() for c in te_cfgs)):
+        return None
+    model, guided = reference.manifest.model, settings.guidance_scale > 1
+    factor = int(model["vae_scale_factor"])
+    decoder = entry.manifest.components.get("vae_decoder")
+    replaced = bool(decoder and decoder.replaced)
+    vae_cfg = entry.path / decoder.folder / "config.json" if replaced else reference.path / reference.manifest.components["vae_decoder"].folder / "config.json"
+    latent = (1, int(model["latent_channels"]), settings.height // factor, settings.width // factor)
+    interval = int((entry.manifest.export.get("deep_cache") or {}).get("interval", 1))
+    shallow = unet_flops_per_call(unet_cfg, 2 if guided else 1, settings.height, settings.width, factor, shallow=True) if interval > 1 else 0
+    # Per step: the whole UNet or its shallow branch; half of either once truncated guidance has ended.
+    n_guided = guided_steps(settings.steps, guidance_end_of(entry) or 1.0) if guided else settings.steps
+    unet = sum((unet_whole if runs_whole(i, interval) else shallow) * (1.0 if i < n_guided else 0.5) for i in range(settings.steps)) / settings.steps
+    return {
+        "text_encoder": float(sum(text_encoder_flops(c, 2 if guided else 1) for c in te_cfgs)),  # every text encoder: the stage times them together
+        "unet_step": unet,
+        "vae_decoder": float(vae_decoder_flops(vae_cfg, latent, tiny=replaced, rewritten="vae_decoder" in recorded(entry.manifest.export))) if vae_cfg.is_file() else None,
+    }
+
+
+def _stage_flops_or_none(entry: Entry, reference: Entry, settings: BenchSettings, unet_whole: int | None) -> dict[str, float] | None:
+    """Counting is a report's extra: a model the counter cannot build leaves the per-stage figures out, not the report."""
+    try:
+        counts = _stage_flops(entry, reference, settings, unet_whole)
+    except Exception as exc:  # noqa: BLE001 - any failure of FlopCounterMode on a meta model
+        print(f"sdopt bench: per-stage FLOPs of {entry.name} not counted: {exc}", file=sys.stderr)
+        return None
+    return {k: v for k, v in counts.items() if v} if counts else None
+
+
+def precisions_to_probe(entries: list[Entry], raws: dict[str, dict]) -> list[str]:
+    """The precisions the compute actually ran in (a bf16 OpenVINO artifact runs fp32 on a CPU without
+    bf16): their matmul ceilings are probed, else the fraction of peak compares with the wrong one."""
+    return sorted({_compute_precision(e, raws[e.name], c) for e in entries for c in STAGE_COMPONENTS.values()})
+
+
+def probe_peaks(precisions: list[str], device: str) -> dict[str, dict]:
+    from sdopt.bench.flops import matmul_peak_gflops
+
+    return {p: matmul_peak_gflops(p, device) for p in precisions}
+
+
+def assemble_report(entries: list[Entry], raws: dict[str, dict], settings: BenchSettings, out: Path, profile: HardwareProfile | None = None,
+                    machine: dict | None = None, peaks: dict | None = None, cluster: dict | None = None, warnings: list[str] = ()) -> dict:
+    """The report from the workers' raw results (out/raw/*/result.json): metrics, quality, files.
+    ``machine`` and ``peaks`` default to this machine's; a cluster run passes those of the node kind that ran the jobs."""
+    from sdopt import __version__
+    from sdopt.bench.machine import fingerprint
+
+    flops = _unet_flops(entries[0], settings)
+    peaks = peaks if peaks is not None else probe_peaks(precisions_to_probe(entries, raws), settings.device)
+
+    ref_raw = raws[entries[0].name]
+    if ref_raw["status"] == "ok":
+        ref_raw["latency_s"] = _latency(ref_raw["latency_samples_s"])
+    judge = choose_judge(settings.judge, settings.prompts)
+    rows = [_summarise(e, raws[e.name], ref_raw, out, flops, peaks, judge, settings.prompts, _stage_flops_or_none(e, entries[0], settings, flops))
+            for e in entries]
+    ref_fp = model_fingerprint(entries[0].manifest)
+    machine = machine or fingerprint()
+    mismatch = [w for w in [profile.mismatch(machine) if profile else None] if w]
+    for w in mismatch:
+        print(f"sdopt bench: warning: {w}", file=sys.stderr)
+    warnings = [*mismatch, *warnings]
+    report = {
+        "schema": REPORT_SCHEMA,
+        "schema_version": REPORT_SCHEMA_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "sdopt_version": __version__,
+        "machine": machine,
+        "profile": profile.name if profile else None,
+        "warnings": warnings,
+        "request": {
+            "prompts": settings.prompts,
+            "seeds": settings.seeds,
+            "steps": settings.steps,
+            "height": settings.height,
+            "width": settings.width,
+            "guidance_scale": settings.guidance_scale,
+            "scheduler": settings.scheduler,
+            "images_per_call": 1,
+        },
+        "settings": {"warmup": settings.warmup, "runs": settings.runs, "rounds": settings.rounds, "max_seconds": settings.max_seconds, "device": settings.device},
+        "model": {"fingerprint": ref_fp, "family": entries[0].manifest.family, **entries[0].manifest.model},
+        "reference": entries[0].name,
+        "unet_flops_per_call": flops,
+        "matmul_peak_gflops": peaks,
+        "units": UNITS,
+        "artifacts": rows,
+        **({"cluster": cluster} if cluster else {}),
+    }
+    from sdopt.bench.report import write_reports
+
+    write_reports(report, out)
+    return report

@@ -1,0 +1,73 @@
+"""What one bench run asks of every artifact: prompts, seeds, size, steps, warm-ups, runs, rounds —
+from the command line over a hardware profile's [bench] over the defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sdopt.bench.grounding import choose_judge
+from sdopt.bench.profiles import BENCH_DEFAULTS, HardwareProfile
+from sdopt.errors import SdoptError
+from sdopt.request import GenerateRequest
+from sdopt.runtime.schedulers import check_scheduler
+
+
+@dataclass
+class BenchSettings:
+    prompts: list[str]
+    seeds: list[int]
+    steps: int
+    height: int
+    width: int
+    guidance_scale: float
+    scheduler: str | None
+    warmup: int
+    runs: int
+    device: str = "cpu"
+    # An artifact's time budget: no further warm-up or measured run starts once it is spent (one
+    # full run always happens; worker.measure): a precision the hardware only emulates (bf16 on
+    # AVX2) would otherwise hold the matrix for hours.
+    max_seconds: float | None = None
+    judge: str = "auto"  # prompt adherence (sdopt.bench.grounding): auto, none, classical, openai, transformers
+    run: dict[str, dict[str, Any]] = field(default_factory=dict)  # backend -> run settings (a profile's [run] tables)
+    # Passes over every artifact, the order rotating, each a fresh worker with its warm-up and ``runs``
+    # measured runs: an artifact's samples then spread over the whole bench instead of one stretch of
+    # it, so a shared machine's slow minutes land on every artifact alike (sdopt.bench.rounds).
+    rounds: int = 1
+
+    @classmethod
+    def resolve(cls, profile: HardwareProfile | None, **overrides: Any) -> "BenchSettings":
+        """Command-line values over the profile's [bench] over the defaults."""
+        values = {}
+        for key in ("prompts", "seeds", "steps", "height", "width", "guidance_scale", "scheduler", "warmup", "runs", "judge"):
+            if overrides.get(key) is not None:
+                values[key] = overrides[key]
+            elif profile is not None:
+                values[key] = profile.bench_setting(key)
+            else:
+                values[key] = BENCH_DEFAULTS[key]
+        values["device"] = overrides.get("device") or (profile.device if profile else "cpu")
+        values["run"] = dict(profile.run) if profile else {}
+        values["rounds"] = 1 if overrides.get("rounds") is None else int(overrides["rounds"])
+        budget = overrides.get("max_seconds")
+        values["max_seconds"] = budget if budget is not None else (profile.bench.get("max_seconds") if profile else None)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if not self.prompts:
+            raise SdoptError("no prompts to run: the prompt file is empty; put one prompt per line")
+        if not self.seeds:
+            raise SdoptError("no seeds to run: give --seeds 0,1,2")
+        if self.runs < 1 or self.warmup < 0:
+            raise SdoptError(f"--runs {self.runs} / --warmup {self.warmup}: need at least 1 run and 0 or more warm-ups")
+        if self.rounds < 1:
+            raise SdoptError(f"--rounds {self.rounds}: give the number of passes over the artifacts (1 or more)")
+        if self.max_seconds is not None and self.max_seconds <= 0:
+            raise SdoptError(f"--max-seconds {self.max_seconds}: give a positive time budget per artifact in seconds")
+        check_scheduler(self.scheduler)
+        choose_judge(self.judge, self.prompts)  # an unknown judge, or prompts it cannot read: before any worker runs
+        for prompt in self.prompts:
+            GenerateRequest(prompt=prompt, steps=self.steps, height=self.height, width=self.width, guidance_scale=self.guidance_scale).validate()
