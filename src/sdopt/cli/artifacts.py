@@ -8,6 +8,7 @@ from pathlib import Path
 
 from sdopt.cli.common import exporter_names, add_lora_flag
 from sdopt.errors import SdoptError
+from sdopt.quant.schemes import OVERFLOW_FIXES
 from sdopt.rewrite import OPTIONAL_REWRITES
 
 
@@ -42,9 +43,8 @@ def _export(args: argparse.Namespace) -> int:
     from sdopt.export.run import export
     from sdopt.inspect_artifact import describe, format_description
 
-    if args.deep_cache is not None and args.deep_cache < 1:
-        raise SdoptError(f"--deep-cache {args.deep_cache}: give the caching interval, an integer of 1 or more (2 or 3 are usual)")
-    options = {k: v for k, v in vars(args).items() if k in EXPORT_OPTIONS and v not in (None, False, [])}
+    # Unset flags are None, False or []; a 0 is a value (export refuses --deep-cache 0 itself).
+    options = {k: v for k, v in vars(args).items() if k in EXPORT_OPTIONS and v is not None and v is not False and v != []}
     export(args.model, args.to, args.output, precision=args.precision, force=args.force, loras=args.lora, **options)
     print(format_description(describe(args.output)))
     return 0
@@ -148,7 +148,7 @@ def add_quantize(sub) -> None:
     p.add_argument("--calibration-schedulers", default=None, metavar="NAMES",
                    help="nncf int8-static with vae_decoder in --components: calibrate the decoder on these schedulers' runs alone, in turn "
                         "(default: the checkpoint's, then euler,euler_a,dpmpp_2m); name the ones you generate with")
-    p.add_argument("--overflow-fix", default=None, choices=("auto", "enable", "first-layer", "disable"),
+    p.add_argument("--overflow-fix", default=None, choices=("auto", *OVERFLOW_FIXES),
                    help="nncf int8-static: 7-bit weights in every layer (enable), the first only (first-layer) or none, so 8-bit "
                         "products cannot saturate on CPUs without VNNI/AMX (default auto: enable where this CPU lacks them, else first-layer)")
     p.add_argument("--list", action="store_true", help="print the backend x scheme x device capability table and exit")

@@ -41,6 +41,7 @@ import numpy as np
 import openvino as ov
 
 from sdopt.errors import SdoptError
+from sdopt.quant.schemes import OVERFLOW_FIXES
 from sdopt.prompts import read_prompts
 from sdopt.manifest import ComponentEntry, Manifest, files_in
 from sdopt.quant import Plan, QuantizedComponents
@@ -93,8 +94,6 @@ class NncfOptions:
                    tuple(schedulers) if schedulers is not None else None, options.get("overflow_fix"))
 
 
-# --overflow-fix values -> NNCF's OverflowFix member names ("auto" picks one by this CPU).
-OVERFLOW_FIXES = {"enable": "ENABLE", "first-layer": "FIRST_LAYER", "disable": "DISABLE"}
 
 
 def choose_overflow_fix(option: str | None) -> tuple[str, str]:

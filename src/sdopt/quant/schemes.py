@@ -22,6 +22,10 @@ from typing import Iterable
 from sdopt.errors import SdoptError
 from sdopt.runtime.backends import device_kind
 
+# nncf int8-static's --overflow-fix values -> NNCF's OverflowFix member names ("auto" picks one by this CPU:
+# sdopt.quant.nncf.choose_overflow_fix). Here, not beside it, so the CLI offers them without importing OpenVINO.
+OVERFLOW_FIXES = {"enable": "ENABLE", "first-layer": "FIRST_LAYER", "disable": "DISABLE"}
+
 # The schemes sdopt knows, and what each means. A quantizer may support a subset.
 SCHEME_DESCRIPTIONS = {
     "int8": "8-bit integer weights, per output channel; activations stay in floating point",
