@@ -22,6 +22,7 @@
 # 4. TensorRT, where installed: the sd15 export to static fp16 engines at 512x512, benched
 #    against torch fp16.
 # Everything lands in OUT as log.txt, rows.txt and reports.tgz (the report folders).
+# SDOPT_GIT_COMMIT=<commit> names the commit in the reports: the lent machine's copy of .git may be stale.
 set -u
 DRY=0
 if [ "${1:-}" = "--dry-run" ]; then DRY=1; shift; fi

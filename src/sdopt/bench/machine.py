@@ -53,6 +53,10 @@ def _gpus() -> list[dict]:
 
 
 def git_commit() -> str | None:
+    """The sdopt commit a report was made with: $SDOPT_GIT_COMMIT where set (a copy of the tree whose .git is not
+    its own, as on a lent GPU machine: the GPU reports read a stale commit), else git's answer for this source tree."""
+    if os.environ.get("SDOPT_GIT_COMMIT"):
+        return os.environ["SDOPT_GIT_COMMIT"].strip()
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent)
