@@ -88,6 +88,10 @@ def test_one_guides_every_step_and_the_artifact_default_applies(tiny_model, tiny
     np.testing.assert_array_equal(by_default.latents, half.latents)
     np.testing.assert_array_equal(asked.latents, plain.latents)
     assert by_default.timings.unguided_steps == 3
+    from sdopt.inspect_artifact import describe, format_description
+
+    assert "truncated guidance: guided for the first 50% of the steps" in format_description(describe(copy))
+    assert "truncated guidance" not in format_description(describe(tiny_model))
 
 
 def test_without_guidance_nothing_is_truncated(tiny_pipeline):

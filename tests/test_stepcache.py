@@ -125,6 +125,9 @@ def test_openvino_static_artifact_caches_as_torch_does_and_decodes_with_the_tiny
     export(tiny_model, "openvino", out, deep_cache=2, vae_decoder=str(distilled), height=64, width=64, batch=1)
     manifest = json.loads((out / "sdopt.json").read_text())
     assert manifest["export"]["deep_cache"] == {"interval": 2}
+    from sdopt.inspect_artifact import describe, format_description
+
+    assert "step-feature caching: the whole UNet every 2 steps" in format_description(describe(out, verify=False))
     assert [o["name"] for o in manifest["components"]["unet"]["outputs"]] == ["out_sample", "deep_feature"]
     assert manifest["parity"]["unet_shallow"]["passed"] and manifest["parity"]["unet"]["passed"]
     size = {n: sum(f["size_bytes"] for f in c["files"]) for n, c in manifest["components"].items()}

@@ -66,6 +66,14 @@ def format_description(d: dict[str, Any]) -> str:
 
     for name, applied in recorded(d.get("export")).items():
         lines.append(f"rewritten  {name}: " + ", ".join(f"{rewrite} ×{count}" for rewrite, count in applied.items()) + " (exact: the same outputs from fewer operations)")
+    export = d.get("export") or {}
+    # Request defaults the artifact carries (levers that change the computation): said, since they shape every image.
+    if (export.get("deep_cache") or {}).get("interval", 1) > 1:
+        lines.append(f"default    step-feature caching: the whole UNet every {export['deep_cache']['interval']} steps "
+                     "(a request's cache_interval overrides; 1 = off)")
+    if export.get("guidance_end") is not None and export["guidance_end"] < 1:
+        lines.append(f"default    truncated guidance: guided for the first {export['guidance_end']:.0%} of the steps "
+                     "(a request's guidance_end overrides; 1 = every step)")
     lines.append("components")
     for name, c in d["components"].items():
         quant = c.get("quantization")
