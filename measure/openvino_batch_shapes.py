@@ -7,6 +7,8 @@ artifact does once guidance ends), or once with a bounded dynamic batch 1..2. Pr
 import resource, sys, time
 import numpy as np, openvino as ov
 
+if len(sys.argv) != 3 or sys.argv[1] not in ("static", "dynamic"):
+    sys.exit("usage: python measure/openvino_batch_shapes.py static|dynamic UNET.xml")
 mode, xml = sys.argv[1], sys.argv[2]
 core = ov.Core()
 cfg = {"INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "LATENCY"}
@@ -42,7 +44,6 @@ else:
     compiled = {2: c, 1: c}
 print(mode, "compile s", round(time.perf_counter() - t, 1))
 reqs = {b: compiled[b].create_infer_request() for b in (2, 1)}
-res = {}
 for b in (2, 1):
     f = feed(compiled[b], b)
     reqs[b].infer(f)
