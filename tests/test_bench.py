@@ -243,13 +243,13 @@ def test_a_terminated_bench_reports_what_finished_and_kills_its_worker(tiny_mode
 
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "sdopt.cli", "bench", f"{tiny_model}@bf16", "--reference", str(tiny_model), "--steps", "2",
-           "--height", "64", "--width", "64", "--seeds", "0", "--warmup", "0", "--runs", "100000", "--max-seconds", "10", "-q", "-o", str(out)]
+           "--height", "64", "--width", "64", "--seeds", "0", "--warmup", "0", "--runs", "100000", "--max-seconds", "5", "-q", "-o", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     second = out / "raw" / f"{tiny_model.name}@bf16" / "job.json"
     deadline = time.monotonic() + 240
     while not second.is_file() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.5)
-    time.sleep(3)  # the second worker is running: it measures for 10 s (--max-seconds) after loading
+    time.sleep(2)  # the second worker is running: it loads, then measures for 5 s (--max-seconds)
     assert proc.poll() is None, proc.communicate()
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
