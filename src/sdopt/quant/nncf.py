@@ -94,8 +94,6 @@ class NncfOptions:
                    tuple(schedulers) if schedulers is not None else None, options.get("overflow_fix"))
 
 
-
-
 def choose_overflow_fix(option: str | None) -> tuple[str, str]:
     """The overflow fix int8-static applies (a key of OVERFLOW_FIXES) and why."""
     if option not in (None, "auto"):

@@ -23,6 +23,7 @@ string through unchanged (openvino:GPU.1, openvino:HETERO:GPU,CPU).
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import warnings
@@ -148,8 +149,8 @@ def computes_precision(compiled: ov.CompiledModel, runs: str) -> str:
     from sdopt.hardware import cpu_lacks_int8_dot
 
     try:
-        group = int(compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE"))
-    except (RuntimeError, TypeError, ValueError):
+        group = int(read_properties(compiled, ("DYNAMIC_QUANTIZATION_GROUP_SIZE",)).get("DYNAMIC_QUANTIZATION_GROUP_SIZE", 0))
+    except ValueError:
         group = 0
     dynamic = group > 0 and group % 16 == 0 and not cpu_lacks_int8_dot()
     try:
@@ -234,8 +235,13 @@ class OpenVINOComponent:
             shapes[p.get_any_name()] = shape
         self._compile(model, shapes)
         self.runs = runs_precision(self._compiled[0][1])
-        self.computes = computes_precision(self._compiled[0][1], self.runs)
         self.settings = read_properties(self._compiled[0][1])
+
+    @functools.cached_property
+    def computes(self) -> str:
+        """``computes_precision`` of the first compiled shape: asked when a bench reads it, not at every load
+        (it walks the runtime graph: ~45 ms for sd15's UNet)."""
+        return computes_precision(self._compiled[0][1], self.runs)
 
     def _read(self) -> ov.Model:
         try:
