@@ -244,13 +244,18 @@ def test_a_terminated_bench_reports_what_finished_and_kills_its_worker(tiny_mode
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "sdopt.cli", "bench", f"{tiny_model}@bf16", "--reference", str(tiny_model), "--steps", "2",
            "--height", "64", "--width", "64", "--seeds", "0", "--warmup", "0", "--runs", "100000", "--max-seconds", "5", "-q", "-o", str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Every process the bench starts inherits this tag (a forked worker has its fork server's command
+    # line, not the worker's), so any that outlives the bench is found in /proc/*/environ.
+    value = f"{tmp_path.name}-{os.getpid()}"
+    tag = f"SDOPT_TEST_TAG={value}".encode()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "SDOPT_TEST_TAG": value})
     second = out / "raw" / f"{tiny_model.name}@bf16" / "job.json"
     deadline = time.monotonic() + 240
     while not second.is_file() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.5)
     time.sleep(2)  # the second worker is running: it loads, then measures for 5 s (--max-seconds)
     assert proc.poll() is None, proc.communicate()
+    assert len(_tagged_processes(tag)) >= 3  # the check below sees them: the bench, its fork server, the worker
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
@@ -261,9 +266,22 @@ def test_a_terminated_bench_reports_what_finished_and_kills_its_worker(tiny_mode
     assert cut["status"] == "failed" and "interrupted" in cut["error"]
     assert any("interrupted" in w for w in report["warnings"])
     assert "interrupted" in (out / "report.md").read_text()
-    job = json.loads(second.read_text())
-    alive = subprocess.run(["pgrep", "-f", f"sdopt.bench.worker {second.parent}"], capture_output=True, text=True).stdout.split()
-    assert job["path"] and not [pid for pid in alive if int(pid) != os.getpid()]  # the cut worker did not outlive the bench
+    assert json.loads(second.read_text())["path"]
+    time.sleep(1)  # a killed process leaves /proc once reaped
+    assert not _tagged_processes(tag), "a worker or fork server outlived the bench"
+
+
+def _tagged_processes(tag: bytes) -> list[int]:
+    from pathlib import Path
+
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if tag in environ.read_bytes().split(b"\0"):
+                found.append(int(environ.parent.name))
+        except OSError:  # gone, or another user's
+            pass
+    return found
 
 
 def test_only_sets_the_order_the_reference_first(tiny_model, tmp_path):

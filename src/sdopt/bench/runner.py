@@ -12,6 +12,7 @@ from pathlib import Path
 
 from sdopt.bench.artifacts import Entry, check_static_shapes, collect
 from sdopt.bench.assemble import assemble_report
+from sdopt.bench.forkserver import server_for, uses_fork_server
 from sdopt.bench.profiles import HardwareProfile
 from sdopt.bench.rounds import merge_rounds, rotated
 from sdopt.bench.settings import BenchSettings
@@ -28,19 +29,48 @@ def worker_command(job_file: Path, result_file: Path) -> list[str]:
     return [sys.executable, "-m", "sdopt.bench.worker", str(job_file), str(result_file)]
 
 
-def _run_worker(entry: Entry, settings: BenchSettings, out: Path, timeout: float | None, round_index: int | None = None) -> dict:
+class WorkerStarts:
+    """Starts each worker: forked from its backend's fork server where one applies (bench/forkserver.py),
+    else a fresh ``python -m sdopt.bench.worker``. A server that cannot start is said once per bench."""
+
+    def __init__(self, settings: BenchSettings):
+        self.settings = settings
+        self.warnings: list[str] = []
+        self._failed: set[str] = set()
+
+    def run(self, entry: Entry, work: Path, timeout: float | None) -> int | None:
+        """The worker's exit status, or None when it did not finish within ``timeout`` (it is killed)."""
+        job, result, log = work / "job.json", work / "result.json", work / "worker.log"
+        backend = entry.manifest.backend
+        if uses_fork_server(self.settings.worker_start, self.settings.device, backend) and backend not in self._failed:
+            try:
+                server = server_for(backend)
+            except (OSError, RuntimeError) as exc:  # its workers start cold instead: slower, the same figures
+                self._failed.add(backend)
+                self.warnings.append(f"{exc}; its workers started cold (load times include the imports)")
+                print(f"sdopt bench: warning: {self.warnings[-1]}", file=sys.stderr)
+            else:
+                return server.run(job, result, log, timeout)
+        with open(log, "w") as out:
+            try:
+                return subprocess.run(worker_command(job, result), stdout=out, stderr=subprocess.STDOUT, timeout=timeout).returncode
+            except subprocess.TimeoutExpired:  # subprocess.run has killed it
+                return None
+
+
+def _run_worker(entry: Entry, settings: BenchSettings, out: Path, timeout: float | None, starts: WorkerStarts,
+                round_index: int | None = None) -> dict:
     work = out / "raw" / slug(entry.name)
     if round_index is not None:
         work = work / f"round-{round_index + 1}"
     work.mkdir(parents=True, exist_ok=True)
+    (work / "result.json").unlink(missing_ok=True)
     (work / "job.json").write_text(json.dumps(worker_job(entry, settings, str(work)), indent=2))
-    with open(work / "worker.log", "w") as log:
-        try:
-            proc = subprocess.run(worker_command(work / "job.json", work / "result.json"), stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return {"status": "failed", "error": f"did not finish within {timeout:.0f} s"}
+    status = starts.run(entry, work, timeout)
+    if status is None:
+        return {"status": "failed", "error": f"did not finish within {timeout:.0f} s"}
     if not (work / "result.json").is_file():
-        return {"status": "failed", "error": f"the worker process died (exit status {proc.returncode}); see {work / 'worker.log'}"}
+        return {"status": "failed", "error": f"the worker process died (exit status {status}); see {work / 'worker.log'}"}
     result = json.loads((work / "result.json").read_text())
     result["work_dir"] = str(work.relative_to(out))
     return result
@@ -69,6 +99,7 @@ def run_bench(
     rounds = settings.rounds
     results: dict[str, list[dict]] = {entry.name: [] for entry in entries}
     warnings = []
+    starts = WorkerStarts(settings)
     try:
         with tqdm(total=len(entries) * rounds, desc="bench", unit="artifact", file=sys.stderr, disable=not progress) as bar:
             for r in range(rounds):
@@ -76,15 +107,16 @@ def run_bench(
                     bar.set_postfix_str(entry.name + (f" (round {r + 1}/{rounds})" if rounds > 1 else ""))
                     done = results[entry.name]
                     if not (done and done[-1].get("status") != "ok"):  # a failed artifact is not tried again
-                        done.append(_run_worker(entry, settings, out, timeout, r if rounds > 1 else None))
+                        done.append(_run_worker(entry, settings, out, timeout, starts, r if rounds > 1 else None))
                     bar.update()
     except KeyboardInterrupt:
         # Ctrl-C, or SIGTERM from a time limit (sdopt.cli turns it into this): the running worker is
-        # killed (subprocess.run does so on any exception), and what finished still makes a report.
+        # killed (subprocess.run, or the fork server's client, does so on any exception), and what
+        # finished still makes a report.
         warnings.append(interrupted_warning(results, entries[0].name))
         print(f"sdopt bench: {warnings[-1]}", file=sys.stderr)
     raws = {name: merge_rounds(done) if done else NOT_RUN for name, done in results.items()}
-    return assemble_report(entries, raws, settings, out, profile, warnings=warnings)
+    return assemble_report(entries, raws, settings, out, profile, warnings=[*starts.warnings, *warnings])
 
 
 NOT_RUN = {"status": "failed", "error": "not run: the bench was interrupted before this artifact's turn"}

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from sdopt.bench.forkserver import WORKER_STARTS
 from sdopt.bench.grounding import choose_judge
 from sdopt.bench.profiles import BENCH_DEFAULTS, HardwareProfile
 from sdopt.errors import SdoptError
@@ -35,6 +36,10 @@ class BenchSettings:
     # measured runs: an artifact's samples then spread over the whole bench instead of one stretch of
     # it, so a shared machine's slow minutes land on every artifact alike (sdopt.bench.rounds).
     rounds: int = 1
+    # "fork": a worker is forked from a process that has imported its backend's libraries once per
+    # bench (CPU; bench/forkserver.py), so its load time is the artifact's own; "cold": a fresh
+    # interpreter per worker, whose load time includes importing torch and Diffusers (~6 s).
+    worker_start: str = "fork"
 
     @classmethod
     def resolve(cls, profile: HardwareProfile | None, **overrides: Any) -> "BenchSettings":
@@ -50,6 +55,7 @@ class BenchSettings:
         values["device"] = overrides.get("device") or (profile.device if profile else "cpu")
         values["run"] = dict(profile.run) if profile else {}
         values["rounds"] = 1 if overrides.get("rounds") is None else int(overrides["rounds"])
+        values["worker_start"] = overrides.get("worker_start") or "fork"
         budget = overrides.get("max_seconds")
         values["max_seconds"] = budget if budget is not None else (profile.bench.get("max_seconds") if profile else None)
         settings = cls(**values)
@@ -67,6 +73,8 @@ class BenchSettings:
             raise SdoptError(f"--rounds {self.rounds}: give the number of passes over the artifacts (1 or more)")
         if self.max_seconds is not None and self.max_seconds <= 0:
             raise SdoptError(f"--max-seconds {self.max_seconds}: give a positive time budget per artifact in seconds")
+        if self.worker_start not in WORKER_STARTS:
+            raise SdoptError(f"--worker-start {self.worker_start}: give one of {', '.join(WORKER_STARTS)}")
         check_scheduler(self.scheduler)
         choose_judge(self.judge, self.prompts)  # an unknown judge, or prompts it cannot read: before any worker runs
         for prompt in self.prompts:

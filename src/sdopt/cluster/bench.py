@@ -16,13 +16,14 @@ can take is reported at once. The run as a whole never waits on a job that canno
 
 from __future__ import annotations
 
+
 import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -208,5 +209,7 @@ def _report(run: ProfileRun, raws: dict[str, dict], info: dict) -> dict:
         machine = next((r["machine"] for r in raws.values() if r.get("machine")), None) or {"hostname": None, "cpu": {}, "note": "no node of this kind ran"}
         peaks = peaks or {}
     nodes = sorted({(r.get("node") or {}).get("hostname") or "?" for r in raws.values() if r.get("node")})
-    return assemble_report(run.entries, raws, run.settings, run.out, run.profile, machine=machine, peaks=peaks,
+    # A Ray job runs its worker in a fresh interpreter (run_job): load times include the imports.
+    settings = replace(run.settings, worker_start="cold")
+    return assemble_report(run.entries, raws, settings, run.out, run.profile, machine=machine, peaks=peaks,
                            cluster={**info, "nodes_used": nodes, "task_options": options})

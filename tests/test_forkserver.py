@@ -1,0 +1,118 @@
+"""Bench workers forked from a server that imported their backend once (bench/forkserver.py): a
+forked worker must measure what a cold one would, but its load time (imports excluded)."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from sdopt.bench.forkserver import PRELOADS, uses_fork_server
+from sdopt.bench.runner import run_bench
+from sdopt.bench.settings import BenchSettings
+
+from conftest import BENCH_ORT_RUN, BENCH_SETTINGS  # noqa: E402
+
+pytest.importorskip("pandas")
+
+LINUX = sys.platform.startswith("linux")
+
+_IMPORTED_BY_LOAD = textwrap.dedent("""
+    import json, sys
+    import sdopt
+    sdopt.load(sys.argv[1], device="cpu")
+    print(json.dumps([m for m in sys.argv[2:] if m not in sys.modules]))
+""")
+
+
+def test_the_server_imports_nothing_a_cold_worker_of_its_backend_would_not(tiny_model, tiny_ov, tiny_onnx_artifact):
+    # A module the server imported and the artifact's load would not is memory only the forked
+    # worker holds: every preloaded module must be one a fresh process loading the plainest artifact
+    # of that backend imports anyway (a quantized one imports more, never less).
+    artifacts = {"torch": tiny_model, "openvino": tiny_ov, "onnxruntime": tiny_onnx_artifact}
+    assert set(artifacts) == set(PRELOADS)
+    procs = {backend: subprocess.Popen([sys.executable, "-c", _IMPORTED_BY_LOAD, str(path), *PRELOADS[backend]],
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for backend, path in artifacts.items()}
+    for backend, proc in procs.items():
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        assert json.loads(out.splitlines()[-1]) == [], f"{backend}: preloaded but not imported by its load"
+
+
+def test_which_workers_are_forked():
+    assert uses_fork_server("fork", "cpu", "torch") == LINUX
+    assert not uses_fork_server("cold", "cpu", "torch")
+    assert not uses_fork_server("fork", "cuda", "torch")  # a process that asked CUDA anything cannot fork a CUDA user
+    assert not uses_fork_server("fork", "cpu", "tensorrt")  # no server for it: started cold
+
+
+def test_an_unknown_worker_start_is_refused():
+    from sdopt import SdoptError
+
+    with pytest.raises(SdoptError, match="--worker-start"):
+        BenchSettings.resolve(None, **BENCH_SETTINGS, worker_start="spawn")
+
+
+@pytest.mark.skipif(not LINUX, reason="the fork server is Linux-only")
+def test_a_forked_worker_measures_what_a_cold_one_does_but_the_imports(bench_report, tiny_model, tiny_onnx_artifact, tmp_path):
+    # The shared bench (conftest.bench_report) forked its workers; the same artifacts again, cold.
+    _, forked = bench_report
+    settings = BenchSettings.resolve(None, **BENCH_SETTINGS, worker_start="cold")
+    settings.run = {"onnxruntime": BENCH_ORT_RUN}
+    cold = run_bench([str(tiny_onnx_artifact)], str(tiny_model), tmp_path / "cold", settings, progress=False)
+    assert forked["settings"]["worker_start"] == "fork" and cold["settings"]["worker_start"] == "cold"
+    rows = {name: ({a["name"]: a for a in forked["artifacts"]}[name], {a["name"]: a for a in cold["artifacts"]}[name])
+            for name in (cold["reference"], cold["artifacts"][1]["name"])}
+    for name, (f, c) in rows.items():
+        assert f["status"] == c["status"] == "ok"
+        # Peak RSS: the libraries' file-backed pages, which the kernel does not map into a forked
+        # child, are mapped again (without that, the torch worker read ~100 MB, 17% here, lower).
+        assert f["process_peak_rss_bytes"] == pytest.approx(c["process_peak_rss_bytes"], rel=0.05), name
+        assert f["peak_memory_bytes"] == pytest.approx(c["peak_memory_bytes"], rel=0.05), name
+    torch_forked, torch_cold = rows[cold["reference"]]
+    # Load time is the artifact's own: importing torch and Diffusers (~6 s) is not in it.
+    assert torch_forked["load_s"] < torch_cold["load_s"] / 3
+
+
+@pytest.mark.skipif(not LINUX, reason="the fork server is Linux-only")
+def test_a_worker_past_its_timeout_is_killed_and_the_server_runs_the_next(tiny_model, tiny_ov, tmp_path):
+    from sdopt.bench.artifacts import collect
+    from sdopt.bench.forkserver import ForkServer
+    from sdopt.bench.runner import worker_job
+
+    entry = collect([str(tiny_ov)], str(tiny_model))[1]
+    server = ForkServer("openvino")
+    try:
+        endless, short = tmp_path / "endless", tmp_path / "short"
+        for folder, runs in ((endless, 100000), (short, 1)):
+            folder.mkdir()
+            settings = BenchSettings.resolve(None, **{**BENCH_SETTINGS, "runs": runs, "warmup": 0, "seeds": [0]})
+            (folder / "job.json").write_text(json.dumps(worker_job(entry, settings, str(folder))))
+        assert server.run(endless / "job.json", endless / "result.json", endless / "worker.log", timeout=5) is None
+        assert not (endless / "result.json").exists()
+        with pytest.raises(ProcessLookupError):  # killed and reaped
+            os.kill(server.last_worker, 0)
+        assert server.run(short / "job.json", short / "result.json", short / "worker.log", timeout=120) == 0
+        assert json.loads((short / "result.json").read_text())["status"] == "ok"
+    finally:
+        server.close()
+    assert server._proc.poll() is not None
+
+
+@pytest.mark.skipif(not LINUX, reason="the fork server is Linux-only")
+def test_one_server_per_backend_and_environment_and_a_clear_error_when_it_cannot_start(monkeypatch):
+    from sdopt.bench import forkserver
+
+    server = forkserver.server_for("onnxruntime")
+    assert forkserver.server_for("onnxruntime") is server  # every bench of this process forks from it
+    monkeypatch.setenv("SDOPT_TEST_FORKSERVER", "1")  # a cold worker would see it: so must a forked one
+    other = forkserver.server_for("onnxruntime")
+    assert other is not server and other.alive()
+    other.close()
+    assert not other.alive()
+    monkeypatch.setitem(forkserver.PRELOADS, "onnxruntime", ("sdopt_no_such_module",))
+    with pytest.raises(RuntimeError, match="fork server did not start.*sdopt_no_such_module"):
+        forkserver.server_for("onnxruntime")
