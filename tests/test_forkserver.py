@@ -111,6 +111,7 @@ def test_one_server_per_backend_and_environment_and_a_clear_error_when_it_cannot
     monkeypatch.setenv("SDOPT_TEST_FORKSERVER", "1")  # a cold worker would see it: so must a forked one
     other = forkserver.server_for("onnxruntime")
     assert other is not server and other.alive()
+    assert not server.alive()  # replaced: one server per backend holds its imports' memory at a time
     other.close()
     assert not other.alive()
     monkeypatch.setitem(forkserver.PRELOADS, "onnxruntime", ("sdopt_no_such_module",))

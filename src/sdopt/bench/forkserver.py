@@ -127,7 +127,7 @@ class ForkServer:
 # One server per backend and environment for the life of this process: every bench it runs (a test
 # session runs dozens; `sdopt optimize` several) forks from the same one. A server whose environment
 # differs from the process's now (a changed variable reaches a cold worker, so it must reach a
-# forked one) is not reused.
+# forked one) is replaced.
 _servers: dict[tuple, ForkServer] = {}
 _servers_lock = threading.Lock()
 
@@ -137,6 +137,8 @@ def server_for(backend: str) -> ForkServer:
     with _servers_lock:
         server = _servers.get(key)
         if server is None or not server.alive():
+            for other in [k for k in _servers if k[0] == backend]:  # one per backend at a time: each holds its imports' memory
+                _servers.pop(other).close()
             server = _servers[key] = ForkServer(backend)
     return server
 
