@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from sdopt.bench.forkserver import PRELOADS, uses_fork_server
+from sdopt.bench.forkserver import PRELOADS, effective_worker_start, uses_fork_server
 from sdopt.bench.runner import run_bench
 from sdopt.bench.settings import BenchSettings
 
@@ -46,6 +46,7 @@ def test_which_workers_are_forked():
     assert uses_fork_server("fork", "cpu", "torch") == LINUX
     assert not uses_fork_server("cold", "cpu", "torch")
     assert not uses_fork_server("fork", "cuda", "torch")  # a process that asked CUDA anything cannot fork a CUDA user
+    assert effective_worker_start("fork", "cuda") == "cold"  # what a CUDA bench's report says
     assert not uses_fork_server("fork", "cpu", "tensorrt")  # no server for it: started cold
 
 
@@ -59,11 +60,13 @@ def test_an_unknown_worker_start_is_refused():
 @pytest.mark.skipif(not LINUX, reason="the fork server is Linux-only")
 def test_a_forked_worker_measures_what_a_cold_one_does_but_the_imports(bench_report, tiny_model, tiny_onnx_artifact, tmp_path):
     # The shared bench (conftest.bench_report) forked its workers; the same artifacts again, cold.
-    _, forked = bench_report
+    forked_out, forked = bench_report
     settings = BenchSettings.resolve(None, **BENCH_SETTINGS, worker_start="cold")
     settings.run = {"onnxruntime": BENCH_ORT_RUN}
     cold = run_bench([str(tiny_onnx_artifact)], str(tiny_model), tmp_path / "cold", settings, progress=False)
     assert forked["settings"]["worker_start"] == "fork" and cold["settings"]["worker_start"] == "cold"
+    assert "- workers: a process per artifact and round, forked" in (forked_out / "report.md").read_text()
+    assert "- workers: a fresh interpreter per artifact" in (tmp_path / "cold" / "report.md").read_text()
     rows = {name: ({a["name"]: a for a in forked["artifacts"]}[name], {a["name"]: a for a in cold["artifacts"]}[name])
             for name in (cold["reference"], cold["artifacts"][1]["name"])}
     for name, (f, c) in rows.items():

@@ -13,6 +13,7 @@ import numpy as np
 
 from sdopt.bench import quality
 from sdopt.bench.artifacts import Entry, guidance_end_of, model_fingerprint
+from sdopt.bench.forkserver import effective_worker_start
 from sdopt.bench.grounding import adherence, choose_judge
 from sdopt.bench.profiles import HardwareProfile
 from sdopt.bench.settings import BenchSettings
@@ -275,7 +276,7 @@ def assemble_report(entries: list[Entry], raws: dict[str, dict], settings: Bench
             "images_per_call": 1,
         },
         "settings": {"warmup": settings.warmup, "runs": settings.runs, "rounds": settings.rounds, "max_seconds": settings.max_seconds, "device": settings.device,
-                     "worker_start": settings.worker_start},
+                     "worker_start": effective_worker_start(settings.worker_start, settings.device)},
         "model": {"fingerprint": ref_fp, "family": entries[0].manifest.family, **entries[0].manifest.model},
         "reference": entries[0].name,
         "unet_flops_per_call": flops,

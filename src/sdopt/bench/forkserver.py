@@ -49,9 +49,14 @@ PRELOADS: dict[str, tuple[str, ...]] = {
 WORKER_STARTS = ("fork", "cold")
 
 
-def uses_fork_server(worker_start: str, device: str, backend: str) -> bool:
+def effective_worker_start(worker_start: str, device: str) -> str:
+    """What a bench asked to start its workers with gets on this device and OS ("fork" or "cold")."""
     # Linux: the pages a child maps again are read from /proc/self/pagemap.
-    return worker_start == "fork" and device == "cpu" and backend in PRELOADS and sys.platform.startswith("linux")
+    return "fork" if worker_start == "fork" and device == "cpu" and sys.platform.startswith("linux") else "cold"
+
+
+def uses_fork_server(worker_start: str, device: str, backend: str) -> bool:
+    return effective_worker_start(worker_start, device) == "fork" and backend in PRELOADS
 
 
 class ForkServer:

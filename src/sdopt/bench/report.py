@@ -117,6 +117,13 @@ def _cluster_note(report: dict) -> str:
     return f"- ran on Ray {c.get('ray_version')} ({len(c.get('nodes', []))} node(s) in the cluster); each job asked for {asked}: {where or 'no job ran'}"
 
 
+def _workers_note(worker_start: str) -> str:
+    if worker_start == "fork":
+        return ("- workers: a process per artifact and round, forked on CPU from one that imported its backend "
+                "(load time is the artifact's own, without the imports)")
+    return "- workers: a fresh interpreter per artifact and round (load time includes importing the backend)"
+
+
 def markdown(report: dict) -> str:
     req, machine = report["request"], report["machine"]
     cpu = machine.get("cpu", {})
@@ -130,6 +137,7 @@ def markdown(report: dict) -> str:
         f"- request: {len(req['prompts'])} prompt(s) × seeds {req['seeds']}, {req['steps']} steps, {req['height']}×{req['width']}, "
         f"guidance {req['guidance_scale']}, scheduler {req['scheduler']}; {report['settings']['runs']} run(s) after {report['settings']['warmup']} warm-up"
         + (f", in each of {report['settings']['rounds']} rounds (every artifact once per round, the order rotating)" if (report["settings"].get("rounds") or 1) > 1 else ""),
+        *([_workers_note(report["settings"]["worker_start"])] if report["settings"].get("worker_start") else []),
         f"- reference: **{report['reference']}**; UNet {_fmt((report.get('unet_flops_per_call') or 0) / 1e9)} GFLOP per call",
         f"- created {report['created']}",
         *([_cluster_note(report)] if report.get("cluster") else []),
