@@ -1,4 +1,4 @@
-"""File-system helpers: atomic output folders, what --force may replace, content hashes.
+"""File-system helpers: atomic output folders, what --force may replace, content hashes, the cache folder.
 
 Every command that writes an artifact writes it into a hidden temporary
 sibling folder and renames it into place only when complete, so an export
@@ -30,6 +30,15 @@ INCOMPLETE_MARKER = ".sdopt-incomplete"
 # Every file of a finished output folder, one relative path a line: what --force may later remove.
 WRITTEN_LIST = ".sdopt-files"
 _TEMP_KINDS = (".tmp-", ".old-")  # .NAME.tmp-XXXX while writing, .NAME.old-XXXX while swapping in
+
+
+def user_cache_dir() -> Path:
+    """sdopt's per-user cache folder (compiled OpenVINO models, TensorRT timing caches):
+    $SDOPT_CACHE_DIR, else $XDG_CACHE_HOME/sdopt, else ~/.cache/sdopt."""
+    if os.environ.get("SDOPT_CACHE_DIR"):
+        return Path(os.environ["SDOPT_CACHE_DIR"]).expanduser()
+    base = Path(os.environ["XDG_CACHE_HOME"]) if os.environ.get("XDG_CACHE_HOME") else Path.home() / ".cache"
+    return base / "sdopt"
 
 
 def sha256_file(path: str | Path) -> str:

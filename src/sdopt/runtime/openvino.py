@@ -50,13 +50,9 @@ _NUMPY = {"f32": np.float32, "f16": np.float16, "i64": np.int64, "i32": np.int32
 def cache_dir(override: str | os.PathLike | None = None) -> Path:
     """Per-user folder for compiled models: $SDOPT_CACHE_DIR/openvino, else $XDG_CACHE_HOME/sdopt/openvino,
     else ~/.cache/sdopt/openvino."""
-    if override:
-        return Path(override).expanduser()
-    root = os.environ.get("SDOPT_CACHE_DIR")
-    if root:
-        return Path(root).expanduser() / "openvino"
-    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(xdg) / "sdopt" / "openvino"
+    from sdopt.fsutil import user_cache_dir
+
+    return Path(override).expanduser() if override else user_cache_dir() / "openvino"
 
 
 def core(cache: Path | None) -> ov.Core:

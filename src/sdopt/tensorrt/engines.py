@@ -10,11 +10,11 @@ heavy, so the refusals are tested on any machine.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from sdopt.errors import SdoptError, require
+from sdopt.fsutil import user_cache_dir
 
 
 def engine_key(tensorrt_version: str, compute_capability: str) -> dict[str, str]:
@@ -40,19 +40,11 @@ def check_engines(recorded: dict[str, Any] | None, here: dict[str, str], folder:
         )
 
 
-def cache_dir() -> Path:
-    """sdopt's cache folder: $SDOPT_CACHE_DIR, else $XDG_CACHE_HOME/sdopt, else ~/.cache/sdopt."""
-    if os.environ.get("SDOPT_CACHE_DIR"):
-        return Path(os.environ["SDOPT_CACHE_DIR"])
-    base = Path(os.environ["XDG_CACHE_HOME"]) if os.environ.get("XDG_CACHE_HOME") else Path.home() / ".cache"
-    return base / "sdopt"
-
-
 def timing_cache_path(key: dict[str, str]) -> Path:
     """One persisted timing cache per TensorRT version and GPU generation: a rebuild, or the next
     model's build on the same machine, reuses the kernel timings instead of measuring them again
     (a timing cache from another version or GPU is invalid, so it is never shared across them)."""
-    return cache_dir() / "tensorrt" / f"timing-trt{key['tensorrt_version']}-sm{key['compute_capability'].replace('.', '')}.cache"
+    return user_cache_dir() / "tensorrt" / f"timing-trt{key['tensorrt_version']}-sm{key['compute_capability'].replace('.', '')}.cache"
 
 
 def require_gpu() -> str:
