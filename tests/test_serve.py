@@ -93,6 +93,23 @@ def test_webuiapi_txt2img_and_inpaint_with_basic_auth(tiny_pipeline):
         assert np.array_equal(np.asarray(result.images[0]), np.asarray(again.images[0]))
 
 
+def test_a1111_and_openai_requests_take_the_levers_as_sdopt_fields(tiny_pipeline):
+    # Step-feature caching and truncated guidance, which the native API takes as cache_interval and
+    # guidance_end: AUTOMATIC1111's and OpenAI's APIs have no such fields, so they are sdopt_NAME there.
+    openai = pytest.importorskip("openai", reason="pip install 'sdopt[serve-test]'")
+    with running_server(tiny_pipeline) as (url, app):
+        body = {"prompt": "a cross", **SMALL, "seed": 3}
+        plain = httpx.post(url + "/sdapi/v1/txt2img", json=body, timeout=60).json()
+        half = httpx.post(url + "/sdapi/v1/txt2img", json={**body, "sdopt_guidance_end": 0.5}, timeout=60).json()
+        info = json.loads(half["info"])
+        assert info["sdopt_guidance_end"] == 0.5 and info["sdopt_ignored"] == []
+        assert json.loads(plain["info"])["sdopt_guidance_end"] is None  # the artifact's default
+        assert half["images"][0] != plain["images"][0]  # guided for 2 of the 4 steps: another image from the same seed
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        client.images.generate(prompt="a cross", size="64x64", extra_body={"sdopt_guidance_end": 0.5})
+        assert [job.spec.guidance_end for job in app.state.worker.jobs.values() if job.api == "openai"] == [0.5]
+
+
 def test_a1111_reports_ignored_fields_and_honours_force_task_id(tiny_pipeline):
     with running_server(tiny_pipeline) as (url, _):
         body = {"prompt": "a cross", **SMALL, "seed": 1, "force_task_id": "task(abc123)", "enable_hr": True,
@@ -297,6 +314,10 @@ def test_credentials_are_required_everywhere_but_health(tiny_pipeline):
         ("/v1/jobs", {"cache_interval": 2}, "cache_interval"),  # the tiny torch model has no shallow UNet branch: says --deep-cache
         ("/v1/jobs", {"guidance_end": 0}, "guidance_end"),
         ("/v1/jobs", {"guidance_end": 1.5}, "guidance_end"),
+        ("/sdapi/v1/txt2img", {"sdopt_guidance_end": 1.5}, "sdopt_guidance_end"),
+        ("/sdapi/v1/txt2img", {"sdopt_cache_interval": 2}, "sdopt_cache_interval"),  # named as this API names it
+        ("/v1/images/generations", {"sdopt_cache_interval": 0}, "sdopt_cache_interval"),
+        ("/v1/images/generations", {"sdopt_cache_interval": 2}, "sdopt_cache_interval"),
     ],
 )
 def test_bad_input_is_422_naming_the_field(tiny_pipeline, path, body, field):

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sdopt.serve import jobs as J
 from sdopt.serve.errors import RequestError
-from sdopt.serve.submission import failure_status, random_seed, submit, wait
+from sdopt.serve.submission import LEVER_NAMES, cache_interval_field, failure_status, guidance_end_field, random_seed, submit, wait
 from sdopt.serve.images import decode_image, encode_png
 
 router = APIRouter(tags=["automatic1111"])
@@ -43,7 +43,8 @@ SAMPLERS = {
 }
 # AUTOMATIC1111's separate "scheduler" (noise schedule) field; only Karras changes a sampler here.
 KARRAS = {"dpmpp_2m": "dpmpp_2m_karras"}
-A1111_NAMES = {"guidance_scale": "cfg_scale", "num_images": "batch_size", "scheduler": "sampler_name", "strength": "denoising_strength", "mask_image": "mask", "init_image": "init_images"}
+A1111_NAMES = {"guidance_scale": "cfg_scale", "num_images": "batch_size", "scheduler": "sampler_name", "strength": "denoising_strength", "mask_image": "mask",
+               "init_image": "init_images", **LEVER_NAMES}
 
 
 class _Processing(BaseModel):
@@ -93,6 +94,9 @@ class _Processing(BaseModel):
     alwayson_scripts: dict = Field(default_factory=dict)
     force_task_id: str | None = Field(None, max_length=200)
     infotext: str | None = None
+    # sdopt's own: AUTOMATIC1111 has no such fields (and, like it, ignores what it does not know).
+    sdopt_cache_interval: int | None = cache_interval_field()
+    sdopt_guidance_end: float | None = guidance_end_field()
 
 
 class Txt2ImgRequest(_Processing):
@@ -144,6 +148,7 @@ _USED = {
     "do_not_save_grid", "override_settings_restore_afterwards", "disable_extra_networks", "comments", "infotext",
     "init_images", "mask", "denoising_strength", "inpainting_mask_invert", "mask_blur", "mask_blur_x", "mask_blur_y",
     "include_init_images", "resize_mode", "mask_round", "inpaint_full_res", "inpaint_full_res_padding", "styles",
+    "sdopt_cache_interval", "sdopt_guidance_end",
 }
 # Values that change nothing in AUTOMATIC1111 either (clients such as webuiapi send them).
 _NEUTRAL = {"s_noise": 1.0, "initial_noise_multiplier": 1.0}
@@ -206,7 +211,7 @@ def _spec(request: Request, body: _Processing, init=None, mask=None, strength: f
         prompt=body.prompt or "", negative_prompt=body.negative_prompt or "", seed=seed, n=n,
         steps=body.steps if body.steps is not None else 50, guidance_scale=body.cfg_scale if body.cfg_scale is not None else 7.0,
         width=body.width or 512, height=body.height or 512, scheduler=scheduler_for(body),
-        init_image=init, mask_image=mask, strength=strength,
+        init_image=init, mask_image=mask, strength=strength, cache_interval=body.sdopt_cache_interval, guidance_end=body.sdopt_guidance_end,
     )
 
 
@@ -254,6 +259,8 @@ def _info(request: Request, job: J.Job, spec: J.JobSpec, body: _Processing, inte
         "sdopt_scheduler": spec.scheduler,
         "sdopt_batch_size": job.batch_size,
         "sdopt_loras": {Path(f).stem: w for f, w in (spec.loras or {}).items()},
+        "sdopt_cache_interval": spec.cache_interval,  # None: the artifact's default
+        "sdopt_guidance_end": spec.guidance_end,
     }
 
 

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from sdopt.serve import jobs as J
-from sdopt.serve.submission import default_size, random_seed, submit
+from sdopt.serve.submission import cache_interval_field, default_size, guidance_end_field, random_seed, submit
 from sdopt.serve.images import decode_image, encode_png
 from sdopt.serve.worker import FINISHED_KEPT
 
@@ -35,8 +35,8 @@ class JobRequest(BaseModel):
     init_image: str | None = Field(None, description="base64 image: img2img")
     mask: str | None = Field(None, description="base64 image, white = repaint: inpainting (needs init_image)")
     strength: float = Field(0.8, gt=0, le=1)
-    cache_interval: int | None = Field(None, ge=1, description="step-feature caching: the whole UNet every N-th step (1: off); None: the artifact's default")
-    guidance_end: float | None = Field(None, gt=0, le=1, description="truncated guidance: the fraction of the steps that run guided (1: all); None: the artifact's default")
+    cache_interval: int | None = cache_interval_field()
+    guidance_end: float | None = guidance_end_field()
 
 
 def job_view(request: Request, job: J.Job, images: bool = True) -> dict[str, Any]:

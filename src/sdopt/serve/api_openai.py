@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sdopt.serve import jobs as J
 from sdopt.serve.errors import RequestError
-from sdopt.serve.submission import default_size, failure_status, random_seed, submit, wait
+from sdopt.serve.submission import LEVER_NAMES, cache_interval_field, default_size, failure_status, guidance_end_field, random_seed, submit, wait
 from sdopt.serve.images import encode_png
 
 router = APIRouter(tags=["openai"])
@@ -31,6 +31,9 @@ class ImageGeneration(BaseModel):
     size: str | None = Field("auto", description="WIDTHxHEIGHT, or auto: the model's own size (512x512 for SD 1.5)")
     response_format: Literal["b64_json", "url"] | None = "b64_json"
     user: str | None = None
+    # sdopt's own (the OpenAI SDK sends them with extra_body={...}).
+    sdopt_cache_interval: int | None = cache_interval_field()
+    sdopt_guidance_end: float | None = guidance_end_field()
 
 
 def _size(text: str | None, side: int) -> tuple[int, int]:
@@ -50,8 +53,9 @@ async def generations(request: Request, body: ImageGeneration) -> dict[str, Any]
     if body.response_format == "url":
         raise RequestError("response_format", "response_format=url is not supported: ask for b64_json", status=400)
     width, height = _size(body.size, default_size(request.app.state.worker.pipeline))
-    spec = J.JobSpec(prompt=body.prompt, seed=random_seed(), n=body.n or 1, width=width, height=height)
-    job = await wait(submit(request, spec, "openai", names={"num_images": "n", "width": "size", "height": "size"}))
+    spec = J.JobSpec(prompt=body.prompt, seed=random_seed(), n=body.n or 1, width=width, height=height,
+                     cache_interval=body.sdopt_cache_interval, guidance_end=body.sdopt_guidance_end)
+    job = await wait(submit(request, spec, "openai", names={"num_images": "n", "width": "size", "height": "size", **LEVER_NAMES}))
     if job.status != J.SUCCEEDED:
         raise RequestError("prompt", f"the image was not made: {job.status} ({job.error})", status=failure_status(job))
     return {"created": int(job.finished or time.time()), "data": [{"b64_json": encode_png(im), "revised_prompt": None} for im in job.images]}

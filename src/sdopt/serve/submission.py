@@ -8,6 +8,7 @@ import secrets
 from typing import Any
 
 from fastapi import Request
+from pydantic import Field
 
 from sdopt.errors import SdoptError
 from sdopt.serve import jobs as J
@@ -16,6 +17,19 @@ from sdopt.serve.settings import ServeSettings
 from sdopt.serve.worker import Worker
 
 _FIELD = re.compile(r"^(\w+)[=:]")
+
+
+# The two request options that change the computation, as every API takes them (the native API by
+# these names; AUTOMATIC1111's and OpenAI's, whose own fields have no such thing, as sdopt_NAME).
+def cache_interval_field() -> Any:
+    return Field(None, ge=1, description="step-feature caching: the whole UNet every N-th step (1: off); None: the artifact's default")
+
+
+def guidance_end_field() -> Any:
+    return Field(None, gt=0, le=1, description="truncated guidance: the fraction of the steps that run guided (1: all); None: the artifact's default")
+
+
+LEVER_NAMES = {"cache_interval": "sdopt_cache_interval", "guidance_end": "sdopt_guidance_end"}
 
 
 def check_spec(spec: J.JobSpec, settings: ServeSettings, pipeline: Any, names: dict[str, str]) -> None:
