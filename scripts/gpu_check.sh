@@ -14,8 +14,10 @@
 #    with bf16, the same two computing in fp32, bf16, fp16 with torch.compile alone (inductor's
 #    default mode) — in that order, each artifact in its own
 #    worker (so the CUDA allocator peak and the fp16 matmul probe are exercised); on an H200
-#    each takes ~40 s (load ~25 s of it), a compiled one ~100 s; at SD15_SECONDS the bench
-#    stops and reports what finished (reports/cuda-h200/README.md has the timings);
+#    each took ~40 s (load ~25 s of it, mostly imports), a compiled one ~100 s, when every worker
+#    started cold; workers are now forked from a server that imported torch once (the bench's
+#    fork server; its first run on a GPU: a report warning says if it fell back to cold starts);
+#    at SD15_SECONDS the bench stops and reports what finished (reports/cuda-h200/README.md);
 # 3. the tiny model: `sdopt bench` on CUDA for a few artifacts against fp32, then every CUDA
 #    row of the quantization capability table quantized, loaded and run against fp32 on CUDA
 #    (measure/cuda_roundtrip.py), if ROUNDTRIP_MIN_SECONDS are left;

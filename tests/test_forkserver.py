@@ -45,8 +45,9 @@ def test_the_server_imports_nothing_a_cold_worker_of_its_backend_would_not(tiny_
 def test_which_workers_are_forked():
     assert uses_fork_server("fork", "cpu", "torch") == LINUX
     assert not uses_fork_server("cold", "cpu", "torch")
-    assert not uses_fork_server("fork", "cuda", "torch")  # a process that asked CUDA anything cannot fork a CUDA user
-    assert effective_worker_start("fork", "cuda") == "cold"  # what a CUDA bench's report says
+    assert uses_fork_server("fork", "cuda:0", "torch") == LINUX  # a server that keeps CUDA uninitialised (below)
+    assert effective_worker_start("fork", "cuda") == ("fork" if LINUX else "cold")
+    assert effective_worker_start("fork", "mps") == "cold"
     assert not uses_fork_server("fork", "cpu", "tensorrt")  # no server for it: started cold
 
 
@@ -120,3 +121,23 @@ def test_one_server_per_backend_and_environment_and_a_clear_error_when_it_cannot
     monkeypatch.setitem(forkserver.PRELOADS, "onnxruntime", ("sdopt_no_such_module",))
     with pytest.raises(RuntimeError, match="fork server did not start.*sdopt_no_such_module"):
         forkserver.server_for("onnxruntime")
+
+
+@pytest.mark.skipif(not LINUX, reason="the fork server is Linux-only")
+def test_a_cuda_server_serves_only_where_a_forked_child_could_use_cuda(tmp_path, monkeypatch):
+    # No GPU here: with torch imported (by this sitecustomize, in the servers of the lighter ONNX
+    # Runtime backend; a torch server imports it itself) there is nothing CUDA set up, so a server
+    # for CUDA workers is ready. Where an import had set CUDA up, torch would mark the forked child a
+    # "bad fork": simulated by the sitecustomize saying so, and the server must refuse and say why.
+    from sdopt.bench import forkserver
+
+    (tmp_path / "sitecustomize.py").write_text(
+        "import os\nimport torch.cuda\nif os.environ.get('SDOPT_TEST_BAD_FORK'):\n    torch.cuda._is_in_bad_fork = lambda: True\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    assert forkserver.server_for("onnxruntime", "cuda").alive()
+    monkeypatch.setenv("SDOPT_TEST_BAD_FORK", "1")
+    with pytest.raises(RuntimeError, match="would not be able to use CUDA"):
+        forkserver.server_for("onnxruntime", "cuda")
+    cpu = forkserver.server_for("onnxruntime", "cpu")  # a server for CPU workers does not ask: the same import is fine there
+    assert cpu.alive()
+    cpu.close()

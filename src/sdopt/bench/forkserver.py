@@ -14,8 +14,12 @@ pages again (``_map_again``) — the kernel copies a parent's page tables for it
 but not for file-backed mappings, and torch's libraries alone hold ~100 MB of those. What changes: ``load_s`` no longer counts importing those modules
 (it is the artifact's own load: weights, compilation, graph set-up).
 
-CPU only: a process that has asked CUDA anything cannot fork a child that uses CUDA, and importing
-Diffusers asks it; ``--worker-start cold`` (or ``BenchSettings.worker_start``) also turns it off.
+On CUDA a forked child can use the GPU only if its parent never initialised CUDA, and importing
+torchao asks ``torch.cuda.is_available()``, which does. A server for CUDA workers (``--cuda``) has
+torch answer that through NVML instead (``PYTORCH_NVML_BASED_CUDA_CHECK=1``, torch's documented way
+not to poison fork), and before saying ready checks that CUDA is uninitialised and that a forked
+child is not in torch's "bad fork" state; if either fails it says why and the bench starts that
+backend's workers cold. ``--worker-start cold`` (or ``BenchSettings.worker_start``) turns it off.
 
 Protocol (one JSON object per line): the client writes {"job", "result", "log"}; the server forks,
 answers {"pid"} at once and {"exit"} (the exit status, negative for a signal) when the worker ends.
@@ -52,7 +56,12 @@ WORKER_STARTS = ("fork", "cold")
 def effective_worker_start(worker_start: str, device: str) -> str:
     """What a bench asked to start its workers with gets on this device and OS ("fork" or "cold")."""
     # Linux: the pages a child maps again are read from /proc/self/pagemap.
-    return "fork" if worker_start == "fork" and device == "cpu" and sys.platform.startswith("linux") else "cold"
+    forkable = device == "cpu" or _is_cuda(device)
+    return "fork" if worker_start == "fork" and forkable and sys.platform.startswith("linux") else "cold"
+
+
+def _is_cuda(device: str) -> bool:
+    return device == "cuda" or device.startswith("cuda:")
 
 
 def uses_fork_server(worker_start: str, device: str, backend: str) -> bool:
@@ -62,10 +71,10 @@ def uses_fork_server(worker_start: str, device: str, backend: str) -> bool:
 class ForkServer:
     """The client side: start the server for one backend, run workers through it (one at a time), close it."""
 
-    def __init__(self, backend: str):
+    def __init__(self, backend: str, cuda: bool = False):
         self.backend = backend
         self._log = tempfile.NamedTemporaryFile("w+", prefix=f"sdopt-forkserver-{backend}-", suffix=".log")
-        self._proc = subprocess.Popen([sys.executable, "-m", "sdopt.bench.forkserver", *PRELOADS[backend]],
+        self._proc = subprocess.Popen([sys.executable, "-m", "sdopt.bench.forkserver", *(["--cuda"] if cuda else []), *PRELOADS[backend]],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log)
         self._pending = b""  # read from the server, not yet a whole line
         self._lock = threading.Lock()
@@ -75,11 +84,12 @@ class ForkServer:
             ready = self._read()
         except RuntimeError:
             ready = None
-        if ready != {"ready": True}:
+        if not (ready or {}).get("ready"):
             self._log.seek(0)
             lines = self._log.read().strip().splitlines()
+            why = (ready or {}).get("why") or (lines[-1] if lines else None)
             self.close()
-            raise RuntimeError(f"the {backend} fork server did not start" + (f": {lines[-1]}" if lines else ""))
+            raise RuntimeError(f"the {backend} fork server did not start" + (f": {why}" if why else ""))
 
     def alive(self) -> bool:
         return self._proc.poll() is None
@@ -137,14 +147,15 @@ _servers: dict[tuple, ForkServer] = {}
 _servers_lock = threading.Lock()
 
 
-def server_for(backend: str) -> ForkServer:
-    key = (backend, sys.executable, tuple(sorted(os.environ.items())))
+def server_for(backend: str, device: str = "cpu") -> ForkServer:
+    cuda = _is_cuda(device)
+    key = (backend, cuda, sys.executable, tuple(sorted(os.environ.items())))
     with _servers_lock:
         server = _servers.get(key)
         if server is None or not server.alive():
             for other in [k for k in _servers if k[0] == backend]:  # one per backend at a time: each holds its imports' memory
                 _servers.pop(other).close()
-            server = _servers[key] = ForkServer(backend)
+            server = _servers[key] = ForkServer(backend, cuda)
     return server
 
 
@@ -217,22 +228,44 @@ def _worker_child(request: dict, protocol_fds: tuple[int, ...], pages: list[int]
     return worker.main([request["job"], request["result"]])
 
 
-def serve(modules: list[str]) -> None:
+def _cuda_unforkable() -> str | None:
+    """Why a child forked now could not use CUDA, or None."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    if torch.cuda.is_initialized():
+        return "an import initialised CUDA in the server"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # torch marks a child forked after CUDA was set up; nothing else runs here
+        os._exit(3 if torch.cuda._is_in_bad_fork() else 0)
+    _, status = os.waitpid(pid, 0)
+    return None if os.waitstatus_to_exitcode(status) == 0 else "a child forked from the server would not be able to use CUDA (torch: bad fork)"
+
+
+def serve(argv: list[str]) -> None:
     # Ctrl-C reaches the whole process group: the bench decides what to kill, not the server.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     parent = os.getppid()
     _die_with_parent()
     if os.getppid() != parent:  # the bench died before the line above
         return
-    for name in modules:
+    cuda = "--cuda" in argv
+    if cuda:  # torch.cuda.is_available() through NVML: it then does not initialise CUDA (torch's documented switch)
+        os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
+    for name in (a for a in argv if a != "--cuda"):
         importlib.import_module(name)
     importlib.import_module("sdopt.bench.worker")  # and what the worker itself imports
+    why = _cuda_unforkable() if cuda else None
 
     pages = resident_file_pages()
 
     requests, answers = sys.stdin, os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # nothing but the protocol on the client's pipe
-    answers.write(json.dumps({"ready": True}) + "\n")
+    answers.write(json.dumps({"ready": why is None, **({"why": why} if why else {})}) + "\n")
+    if why:
+        return
     for line in requests:
         request = json.loads(line)
         sys.stdout.flush()

@@ -44,7 +44,7 @@ class WorkerStarts:
         backend = entry.manifest.backend
         if uses_fork_server(self.settings.worker_start, self.settings.device, backend) and backend not in self._failed:
             try:
-                server = server_for(backend)
+                server = server_for(backend, self.settings.device)
             except (OSError, RuntimeError) as exc:  # its workers start cold instead: slower, the same figures
                 self._failed.add(backend)
                 self.warnings.append(f"{exc}; its workers started cold (load times include the imports)")
