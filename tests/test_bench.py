@@ -243,7 +243,7 @@ def test_a_terminated_bench_reports_what_finished_and_kills_its_worker(tiny_mode
 
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "sdopt.cli", "bench", f"{tiny_model}@bf16", "--reference", str(tiny_model), "--steps", "2",
-           "--height", "64", "--width", "64", "--seeds", "0", "--warmup", "0", "--runs", "100000", "--max-seconds", "5", "-q", "-o", str(out)]
+           "--height", "64", "--width", "64", "--seeds", "0", "--warmup", "0", "--runs", "100000", "--max-seconds", "3", "-q", "-o", str(out)]
     # Every process the bench starts inherits this tag (a forked worker has its fork server's command
     # line, not the worker's), so any that outlives the bench is found in /proc/*/environ.
     value = f"{tmp_path.name}-{os.getpid()}"
@@ -253,7 +253,7 @@ def test_a_terminated_bench_reports_what_finished_and_kills_its_worker(tiny_mode
     deadline = time.monotonic() + 240
     while not second.is_file() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.5)
-    time.sleep(2)  # the second worker is running: it loads, then measures for 5 s (--max-seconds)
+    time.sleep(1)  # the second worker is running: it loads (forked: well under a second), then measures for 3 s (--max-seconds)
     assert proc.poll() is None, proc.communicate()
     assert len(_tagged_processes(tag)) >= 3  # the check below sees them: the bench, its fork server, the worker
     proc.send_signal(signal.SIGTERM)

@@ -95,7 +95,7 @@ def test_a_worker_past_its_timeout_is_killed_and_the_server_runs_the_next(tiny_m
             folder.mkdir()
             settings = BenchSettings.resolve(None, **{**BENCH_SETTINGS, "runs": runs, "warmup": 0, "seeds": [0]})
             (folder / "job.json").write_text(json.dumps(worker_job(entry, settings, str(folder))))
-        assert server.run(endless / "job.json", endless / "result.json", endless / "worker.log", timeout=5) is None
+        assert server.run(endless / "job.json", endless / "result.json", endless / "worker.log", timeout=3) is None
         assert not (endless / "result.json").exists()
         with pytest.raises(ProcessLookupError):  # killed and reaped
             os.kill(server.last_worker, 0)
