@@ -1,8 +1,10 @@
 """One artifact's measurements, in a process of its own.
 
-The runner starts one worker per artifact, so each one's load time is a cold
-load and its peak memory is its own, not the sum of the artifacts before it.
-Usage: python -m sdopt.bench.worker JOB.json RESULT.json
+The runner starts one worker per artifact and round, so each one's load is the
+artifact's first and its peak memory is its own, not the sum of the artifacts
+before it. Usage: python -m sdopt.bench.worker JOB.json RESULT.json (a fresh
+interpreter), or forked from a fork server that has imported the backend
+(bench/forkserver.py calls ``main``).
 """
 
 from __future__ import annotations
