@@ -11,8 +11,9 @@ worker is that artifact's failure only. Peak memory is RSS, so a forked worker m
 one would: the server imports only modules every artifact of that backend imports anyway
 (``PRELOADS``, checked by tests/test_forkserver.py), and a forked child maps the shared libraries'
 pages again (``_map_again``) — the kernel copies a parent's page tables for its anonymous memory
-but not for file-backed mappings, and torch's libraries alone hold ~100 MB of those. What changes: ``load_s`` no longer counts importing those modules
-(it is the artifact's own load: weights, compilation, graph set-up).
+but not for file-backed mappings, and torch's libraries alone hold ~100 MB of those. What changes:
+``load_s`` no longer counts importing those modules (it is the artifact's own load: weights,
+compilation, graph set-up).
 
 On CUDA a forked child can use the GPU only if its parent never initialised CUDA, and importing
 torchao asks ``torch.cuda.is_available()``, which does. A server for CUDA workers (``--cuda``) has
@@ -21,8 +22,9 @@ not to poison fork), and before saying ready checks that CUDA is uninitialised a
 child is not in torch's "bad fork" state; if either fails it says why and the bench starts that
 backend's workers cold. ``--worker-start cold`` (or ``BenchSettings.worker_start``) turns it off.
 
-Protocol (one JSON object per line): the client writes {"job", "result", "log"}; the server forks,
-answers {"pid"} at once and {"exit"} (the exit status, negative for a signal) when the worker ends.
+Protocol (one JSON object per line): the server first says {"ready": true}, or {"ready": false,
+"why"} and exits; then for each {"job", "result", "log", "cwd"} the client writes, it forks, answers
+{"pid"} at once and {"exit"} (the exit status, negative for a signal) when the worker ends.
 """
 
 from __future__ import annotations
@@ -102,9 +104,9 @@ class ForkServer:
                 self._worker = self.last_worker = self._read()["pid"]
                 done = self._read(timeout)
                 if done is None:
-                    os.kill(self._worker, signal.SIGKILL)
-                    self._read()  # its exit: reaped
-                    return None
+                    _kill(self._worker)  # (it may have ended a moment ago: then its own exit status stands)
+                    done = self._read()  # its exit: reaped
+                    return None if done["exit"] == -signal.SIGKILL else done["exit"]
                 return done["exit"]
             except BaseException:  # Ctrl-C / SIGTERM in the bench: the running worker goes with it
                 self.close()

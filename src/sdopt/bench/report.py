@@ -119,7 +119,7 @@ def _cluster_note(report: dict) -> str:
 
 def _workers_note(worker_start: str) -> str:
     if worker_start == "fork":
-        return ("- workers: a process per artifact and round, forked on CPU from one that imported its backend "
+        return ("- workers: a process per artifact and round, forked from one that imported its backend "
                 "(load time is the artifact's own, without the imports)")
     return "- workers: a fresh interpreter per artifact and round (load time includes importing the backend)"
 

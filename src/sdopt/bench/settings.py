@@ -36,9 +36,9 @@ class BenchSettings:
     # measured runs: an artifact's samples then spread over the whole bench instead of one stretch of
     # it, so a shared machine's slow minutes land on every artifact alike (sdopt.bench.rounds).
     rounds: int = 1
-    # "fork": a worker is forked from a process that has imported its backend's libraries once per
-    # bench (CPU; bench/forkserver.py), so its load time is the artifact's own; "cold": a fresh
-    # interpreter per worker, whose load time includes importing torch and Diffusers (~6 s).
+    # "fork": a worker is forked from a process that has imported its backend's libraries once
+    # (bench/forkserver.py; Linux, CPU or CUDA), so its load time is the artifact's own; "cold": a
+    # fresh interpreter per worker, whose load time includes importing torch and Diffusers (~6 s).
     worker_start: str = "fork"
 
     @classmethod

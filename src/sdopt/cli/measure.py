@@ -135,6 +135,14 @@ def _gate(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
+def _add_worker_start(p: argparse.ArgumentParser) -> None:
+    from sdopt.bench.forkserver import WORKER_STARTS
+
+    p.add_argument("--worker-start", choices=WORKER_STARTS, default=None,
+                   help="fork (default): each artifact's worker process is forked from one that imported its backend's libraries once "
+                        "(Linux), so load time is the artifact's own; cold: a fresh interpreter per worker, load time including the imports")
+
+
 def add_bench(sub) -> None:
     p = sub.add_parser(
         "bench",
@@ -165,9 +173,7 @@ def add_bench(sub) -> None:
     p.add_argument("--rounds", type=int, default=None, metavar="K",
                    help="go over every artifact K times, the order rotating, each time a fresh process with its warm-up and --runs; "
                         "the rows join every round's samples, so a shared machine's slow minutes land on every artifact alike (default 1)")
-    p.add_argument("--worker-start", choices=("fork", "cold"), default=None,
-                   help="fork (default): each artifact's worker process is forked from one that imported its backend's libraries once "
-                        "(CPU), so load time is the artifact's own; cold: a fresh interpreter per worker, load time including the imports")
+    _add_worker_start(p)
     p.add_argument("--max-seconds", type=float, default=None, help="per-artifact time budget: no more warm-ups or measured passes once spent (at least one pass runs, the first generate itself when it alone outlasts the budget and covers every prompt and seed; the report says so)")
     p.add_argument("--device", help="default: the profile's, else cpu")
     p.add_argument("--judge", help="prompt adherence judge: auto (classical when every prompt is a shapes caption, else none; default), none, classical, "
@@ -200,9 +206,7 @@ def add_optimize(sub) -> None:
     p.add_argument("--runs", type=int, default=None, help="timed runs per candidate (default 3)")
     p.add_argument("--rounds", type=int, default=None, metavar="K",
                    help="bench every candidate K times, the order rotating, and join the samples (sdopt bench --rounds; default 1)")
-    p.add_argument("--worker-start", choices=("fork", "cold"), default=None,
-                   help="fork (default): each artifact's worker process is forked from one that imported its backend's libraries once "
-                        "(CPU), so load time is the artifact's own; cold: a fresh interpreter per worker, load time including the imports")
+    _add_worker_start(p)
     p.add_argument("--quick", action="store_true", help="a small candidate set (OpenVINO fp32, with and without caching): a first look")
     p.add_argument("--budget-minutes", type=float, default=None, help="stop building new candidates after this long (the built ones are still benched)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default=None,

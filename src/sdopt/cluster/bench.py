@@ -16,7 +16,6 @@ can take is reported at once. The run as a whole never waits on a job that canno
 
 from __future__ import annotations
 
-
 import json
 import os
 import signal

@@ -34,6 +34,7 @@ import numpy as np
 import openvino as ov
 
 from sdopt.errors import SdoptError
+from sdopt.fsutil import user_cache_dir
 from sdopt.manifest import Manifest
 from sdopt.runtime.executor import to_rank
 
@@ -50,8 +51,6 @@ _NUMPY = {"f32": np.float32, "f16": np.float16, "i64": np.int64, "i32": np.int32
 def cache_dir(override: str | os.PathLike | None = None) -> Path:
     """Per-user folder for compiled models: $SDOPT_CACHE_DIR/openvino, else $XDG_CACHE_HOME/sdopt/openvino,
     else ~/.cache/sdopt/openvino."""
-    from sdopt.fsutil import user_cache_dir
-
     return Path(override).expanduser() if override else user_cache_dir() / "openvino"
 
 
