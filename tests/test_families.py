@@ -17,6 +17,7 @@ from sdopt.runtime.schedulers import make_scheduler
 
 from conftest import SMALL
 from imaging import psnr
+from init_images import diffusers_latents, mask_image, picture
 
 # Relative to the largest latent: SDXL's latents (scaling factor 0.13025) span about 5x SD 1.x's,
 # and float32 rounding in the batched text encoders (we encode prompts and negatives in one call,
@@ -86,13 +87,40 @@ def test_sdxl_manifest_and_conditioning(sdxl_tiny, sdxl_pipeline):
     assert text["time_ids"].tolist() == [[64, 64, 0, 0, 64, 64]] * 2
 
 
-def test_sdxl_refuses_what_its_loop_lacks(sdxl_pipeline, sdxl_tiny):
-    from PIL import Image
-
-    with pytest.raises(SdoptError, match="not supported for Stable Diffusion XL models yet"):
-        sdxl_pipeline.generate(GenerateRequest(**SMALL, init_image=Image.new("RGB", (64, 64))))
+def test_sdxl_refuses_what_its_loop_lacks(sdxl_tiny):
     with pytest.raises(SdoptError, match="step-feature caching"):
         sdopt.load(sdxl_tiny, deep_cache=2)
+
+
+@pytest.fixture(scope="module")
+def sdxl_diffusers_img2img(sdxl_diffusers):
+    from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline
+
+    pipes = {"img2img": StableDiffusionXLImg2ImgPipeline(**sdxl_diffusers.components),  # the same modules
+             "inpaint": StableDiffusionXLInpaintPipeline(**sdxl_diffusers.components)}
+    for pipe in pipes.values():
+        pipe.set_progress_bar_config(disable=True)
+    return pipes
+
+
+@pytest.mark.parametrize(
+    "scheduler, negative, strength, masked",
+    [("euler", "blurry", 0.6, False), ("euler_a", None, 0.6, False), ("ddim", None, 0.8, True), ("euler_a", "blurry", 1.0, True)],
+    ids=["img2img-euler-negative", "img2img-euler_a-zero-negatives", "inpaint-ddim", "inpaint-euler_a-strength-1"],
+)
+def test_sdxl_img2img_and_inpaint_match_diffusers(sdxl_pipeline, sdxl_diffusers_img2img, scheduler, negative, strength, masked):
+    """The loop's img2img and inpainting start and blend on SDXL as StableDiffusionXLImg2ImgPipeline and
+    StableDiffusionXLInpaintPipeline do (same time ids as text-to-image for a base model), two images per prompt."""
+    request = GenerateRequest(**{**SMALL, "steps": 5}, scheduler=scheduler, negative_prompt=negative, init_image=picture(),
+                              mask_image=mask_image() if masked else None, strength=strength, num_images=2)
+    ours = sdxl_pipeline.generate(request)
+    assert len(ours.timings.unet_steps) == int(5 * strength) and ours.timings.vae_encoder > 0
+    extra = {"mask_image": request.mask_image, "height": 64, "width": 64} if masked else {}
+    ref_latents, ref_images = diffusers_latents(sdxl_diffusers_img2img["inpaint" if masked else "img2img"], request, **extra)
+    latent_err = float(np.abs(ours.latents - ref_latents).max() / max(1.0, np.abs(ref_latents).max()))
+    pixel_err = int(np.abs(np.stack([np.asarray(im) for im in ours.images]).astype(int) - (ref_images * 255).round().astype(int)).max())
+    print(f"{scheduler} strength {strength}{' masked' if masked else ''}: latents {latent_err:.2e} of their scale, pixels {pixel_err}/255")
+    assert ours.latents.shape == ref_latents.shape and latent_err <= TOLERANCE and pixel_err <= 1
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +145,7 @@ def sdxl_exports(sdxl_tiny, tmp_path_factory):
 
 
 @pytest.mark.parametrize("target", ["onnx", "openvino"])
-def test_sdxl_exports_agree_with_torch(sdxl_exports, sdxl_reference, target):
+def test_sdxl_exports_agree_with_torch(sdxl_exports, sdxl_reference, sdxl_pipeline, target):
     """Optimum's SDXL layout (text_encoder_2/, a UNet taking text_embeds and time_ids), and the same image."""
     pytest.importorskip({"onnx": "onnxruntime", "openvino": "openvino"}[target])
     out, manifest = sdxl_exports(target)
@@ -128,11 +156,14 @@ def test_sdxl_exports_agree_with_torch(sdxl_exports, sdxl_reference, target):
     te2_outputs = [t["name"] for t in manifest.components["text_encoder_2"].outputs]
     assert te2_outputs[:2] == ["text_embeds", "last_hidden_state"] and te2_outputs[-1] == "hidden_states.5"
     assert all(p["passed"] for p in manifest.parity.values())
+    img2img = GenerateRequest(**SMALL, scheduler="euler", init_image=picture(), mask_image=mask_image(), strength=0.8)
     with sdopt.load(out) as pipeline:
         result = pipeline.generate(sdxl_reference.request)
+        inpainted = pipeline.generate(img2img)  # through the exported VAE encoder
     quality = psnr(sdxl_reference.images[0], result.images[0])
-    print(f"{target}: {quality:.1f} dB against torch fp32")
-    assert quality >= 40
+    inpaint_quality = psnr(sdxl_pipeline.generate(img2img).images[0], inpainted.images[0])
+    print(f"{target}: {quality:.1f} dB against torch fp32; inpainting {inpaint_quality:.1f} dB")
+    assert quality >= 40 and inpaint_quality >= 40
 
 
 # PSNR floors of the quantized SDXL toy against its fp32 image: measured less 3 dB, rounded down

@@ -29,28 +29,11 @@ from sdopt.runtime.schedulers import make_scheduler
 
 from conftest import SMALL
 from imaging import psnr
+from init_images import contiguous, diffusers_latents, mask_image, picture
 
 TOLERANCE = 1e-5  # as tests/test_parity_diffusers.py: fp32, same operations in the same order
 PIL_TOLERANCE = 5e-5  # Diffusers on the PIL image: another conv kernel in its encoder (see above); measured 2.3e-5
 BASE = {**SMALL, "steps": 5, "negative_prompt": "blurry"}
-
-
-def _picture(seed: int = 0, size=(64, 64)) -> Image.Image:
-    """A deterministic picture with structure (gradients and a disc), so the encoder sees more than noise."""
-    w, h = size
-    y, x = np.mgrid[0:h, 0:w] / max(w, h)
-    disc = ((x - 0.6) ** 2 + (y - 0.4) ** 2 < 0.05).astype(float)
-    rng = np.random.default_rng(seed)
-    rgb = np.stack([x, y, disc], axis=-1) * 200 + rng.integers(0, 40, size=(h, w, 3))
-    return Image.fromarray(rgb.clip(0, 255).astype(np.uint8), "RGB")
-
-
-def _mask(size=(64, 64)) -> Image.Image:
-    """White (repaint) in a rectangle off the centre, black elsewhere."""
-    w, h = size
-    pixels = np.zeros((h, w), np.uint8)
-    pixels[h // 4 : h * 3 // 4, w // 8 : w // 2] = 255
-    return Image.fromarray(pixels, "L")
 
 
 @pytest.fixture(scope="module")
@@ -62,31 +45,6 @@ def diffusers_pipes(tiny_model):
     inpaint = StableDiffusionInpaintPipeline(**img2img.components)  # the same modules
     inpaint.set_progress_bar_config(disable=True)
     return {"img2img": img2img, "inpaint": inpaint}
-
-
-def _contiguous(image: Image.Image) -> torch.Tensor:
-    """The image as Diffusers' preprocessing reads it ([0, 1], NCHW), but laid out contiguously."""
-    return torch.from_numpy(np.array(image).astype(np.float32) / 255.0).permute(2, 0, 1)[None].contiguous()
-
-
-def _diffusers_latents(pipe, request: GenerateRequest, image=None, **extra) -> np.ndarray:
-    """Diffusers' final latents, caught at its last step (after inpainting's blend), and its images in [0, 1]."""
-    pipe.scheduler = make_scheduler(request.scheduler, dict(pipe.scheduler.config))
-    caught = {}
-
-    def catch(_pipe, _i, _t, kwargs):
-        caught["latents"] = kwargs["latents"]
-        return {}
-
-    seeds = request.seeds
-    generator = [torch.Generator("cpu").manual_seed(s) for s in seeds] if seeds else torch.Generator("cpu").manual_seed(request.seed)
-    images = pipe(
-        prompt=request.prompt, negative_prompt=request.negative_prompt, image=_contiguous(request.init_image) if image is None else image,
-        strength=request.strength, num_inference_steps=request.steps, guidance_scale=request.guidance_scale,
-        num_images_per_prompt=request.num_images, generator=generator, output_type="np", callback_on_step_end=catch,
-        **extra,
-    ).images
-    return caught["latents"].numpy(), images
 
 
 def _compare(ours, ref_latents, ref_images, label, tolerance=TOLERANCE):
@@ -101,17 +59,17 @@ def _compare(ours, ref_latents, ref_images, label, tolerance=TOLERANCE):
 
 @pytest.mark.parametrize("scheduler", ["ddim", "euler", "euler_a"])
 def test_img2img_matches_diffusers(tiny_pipeline, diffusers_pipes, scheduler):
-    request = GenerateRequest(**BASE, scheduler=scheduler, init_image=_picture(), strength=0.6, num_images=2)
+    request = GenerateRequest(**BASE, scheduler=scheduler, init_image=picture(), strength=0.6, num_images=2)
     ours = tiny_pipeline.generate(request)
     assert len(ours.timings.unet_steps) == 3  # int(5 x 0.6): strength drops the first steps
     assert ours.timings.vae_encoder > 0 and "vae_encoder_s" in ours.timings.to_dict()
-    ref_latents, ref_images = _diffusers_latents(diffusers_pipes["img2img"], request)
+    ref_latents, ref_images = diffusers_latents(diffusers_pipes["img2img"], request)
     _compare(ours, ref_latents, ref_images, f"img2img {scheduler}")
 
 
 def test_img2img_on_the_pil_image_itself_matches_diffusers(tiny_pipeline, diffusers_pipes):
-    request = GenerateRequest(**BASE, scheduler="euler_a", init_image=_picture(), strength=0.6)
-    ref_latents, ref_images = _diffusers_latents(diffusers_pipes["img2img"], request, image=request.init_image)
+    request = GenerateRequest(**BASE, scheduler="euler_a", init_image=picture(), strength=0.6)
+    ref_latents, ref_images = diffusers_latents(diffusers_pipes["img2img"], request, image=request.init_image)
     _compare(tiny_pipeline.generate(request), ref_latents, ref_images, "img2img euler_a, Diffusers on the PIL image", PIL_TOLERANCE)
 
 
@@ -120,21 +78,21 @@ def test_preprocessing_and_encoder_are_diffusers_bit_for_bit(tiny_pipeline, diff
 
     inpaint = diffusers_pipes["inpaint"]
     for size in ((64, 64), (96, 80)):  # the second is resized (Lanczos) to 64 x 64
-        ref = inpaint.image_processor.preprocess(_picture(size=size), height=64, width=64)
-        assert np.array_equal(pixels(_picture(size=size), 64, 64), ref.numpy())
-        ref_mask = inpaint.mask_processor.preprocess(_mask(size), height=64, width=64)
-        assert np.array_equal(mask_pixels(_mask(size), 64, 64).numpy(), ref_mask.numpy())
-    ours = tiny_pipeline.components["vae_encoder"](sample=pixels(_picture(), 64, 64))["latent_parameters"]
+        ref = inpaint.image_processor.preprocess(picture(size=size), height=64, width=64)
+        assert np.array_equal(pixels(picture(size=size), 64, 64), ref.numpy())
+        ref_mask = inpaint.mask_processor.preprocess(mask_image(size), height=64, width=64)
+        assert np.array_equal(mask_pixels(mask_image(size), 64, 64).numpy(), ref_mask.numpy())
+    ours = tiny_pipeline.components["vae_encoder"](sample=pixels(picture(), 64, 64))["latent_parameters"]
     with torch.no_grad():
-        theirs = inpaint.vae.encode(_contiguous(_picture()) * 2 - 1).latent_dist.parameters.numpy()
+        theirs = inpaint.vae.encode(contiguous(picture()) * 2 - 1).latent_dist.parameters.numpy()
     assert np.array_equal(ours, theirs)
 
 
 @pytest.mark.parametrize("scheduler,strength", [("euler", 1.0), ("euler_a", 1.0), ("euler_a", 0.6), ("ddim", 0.8)])
 def test_inpaint_matches_diffusers(tiny_pipeline, diffusers_pipes, scheduler, strength):
-    request = GenerateRequest(**BASE, scheduler=scheduler, init_image=_picture(), mask_image=_mask(), strength=strength, num_images=2)
+    request = GenerateRequest(**BASE, scheduler=scheduler, init_image=picture(), mask_image=mask_image(), strength=strength, num_images=2)
     ours = tiny_pipeline.generate(request)
-    ref_latents, ref_images = _diffusers_latents(diffusers_pipes["inpaint"], request, mask_image=request.mask_image, height=64, width=64)
+    ref_latents, ref_images = diffusers_latents(diffusers_pipes["inpaint"], request, mask_image=request.mask_image, height=64, width=64)
     _compare(ours, ref_latents, ref_images, f"inpaint {scheduler} strength {strength}")
 
 
@@ -144,11 +102,11 @@ def test_inpaint_keeps_the_unmasked_part(tiny_pipeline):
     from sdopt.runtime.conditioning import latent_mask, pixels, sample_posterior
     from sdopt.runtime.noise import Noise
 
-    request = GenerateRequest(**BASE, scheduler="euler_a", init_image=_picture(), mask_image=_mask(), strength=1.0)
+    request = GenerateRequest(**BASE, scheduler="euler_a", init_image=picture(), mask_image=mask_image(), strength=1.0)
     ours = tiny_pipeline.generate(request).latents[0]
-    parameters = tiny_pipeline.encode_images(pixels(_picture(), 64, 64), StageTimings())
+    parameters = tiny_pipeline.encode_images(pixels(picture(), 64, 64), StageTimings())
     image = 0.18215 * sample_posterior(parameters, Noise(request.seed), [0]).numpy()[0]  # the first draw, as in the loop
-    repaint = latent_mask([_mask()], request, (8, 8)).numpy()[0, 0] == 1
+    repaint = latent_mask([mask_image()], request, (8, 8)).numpy()[0, 0] == 1
     assert 0 < repaint.sum() < repaint.size
     assert np.array_equal(ours[:, ~repaint], image[:, ~repaint])
     assert np.abs(ours[:, repaint] - image[:, repaint]).mean() > 0.1
@@ -157,7 +115,7 @@ def test_inpaint_keeps_the_unmasked_part(tiny_pipeline):
 def test_per_image_seeds_give_each_row_its_image_alone(tiny_pipeline):
     """A server batches several requests into one call: each row must be the image its request gets alone."""
     prompts, seeds = ["a red fox", "a lighthouse", "a red fox"], [11, 2**40 + 3, 5]
-    for extra in ({}, {"init_image": _picture(), "mask_image": _mask(), "strength": 0.8}):
+    for extra in ({}, {"init_image": picture(), "mask_image": mask_image(), "strength": 0.8}):
         batch = tiny_pipeline.generate(GenerateRequest(**{**BASE, "prompt": prompts}, scheduler="euler_a", seeds=seeds, **extra))
         worst = 0.0
         for row, (prompt, seed) in enumerate(zip(prompts, seeds)):
@@ -196,7 +154,7 @@ def test_per_image_seeds_match_diffusers_with_a_list_of_generators(tiny_model, t
 
 
 def test_an_init_image_of_another_size_is_resized_with_a_warning(tiny_pipeline):
-    request = GenerateRequest(**BASE, init_image=_picture(size=(96, 80)), strength=0.5)
+    request = GenerateRequest(**BASE, init_image=picture(size=(96, 80)), strength=0.5)
     with pytest.warns(UserWarning, match="init_image is 96x80; it was resized to the request's 64x64"):
         result = tiny_pipeline.generate(request)
     assert result.images[0].size == (64, 64) and any("resized" in w for w in result.warnings)
@@ -212,8 +170,8 @@ def test_exported_backends_agree_with_torch(request, tiny_pipeline, backend):
     pytest.importorskip(library)
     pipe = sdopt.load(request.getfixturevalue(fixture))
     assert "vae_encoder" in pipe.components  # the export includes the encoder
-    for extra in ({"strength": 0.6}, {"mask_image": _mask(), "strength": 1.0}):
-        req = GenerateRequest(**BASE, scheduler="euler", init_image=_picture(), **extra)
+    for extra in ({"strength": 0.6}, {"mask_image": mask_image(), "strength": 1.0}):
+        req = GenerateRequest(**BASE, scheduler="euler", init_image=picture(), **extra)
         value = psnr(tiny_pipeline.generate(req).images[0], pipe.generate(req).images[0])
         print(f"{backend} fp32 vs torch fp32, {'inpaint' if 'mask_image' in extra else 'img2img'}: PSNR {value:.1f} dB")
         assert value >= 40  # the floor tests/test_backends_agree.py uses
@@ -232,7 +190,7 @@ def test_a_static_batch_encoder_is_given_its_batch(tiny_pipeline):
     manifest = copy.deepcopy(p.manifest)
     manifest.static_shapes = {"batch": 2, "height": 64, "width": 64}
     static = Pipeline(manifest, {**p.components, "vae_encoder": encoder}, p.tokenizers, p.scheduler_config, folder=p.folder)
-    request = GenerateRequest(**{**BASE, "steps": 2}, num_images=2, init_image=_picture(), strength=1.0, scheduler="euler")
+    request = GenerateRequest(**{**BASE, "steps": 2}, num_images=2, init_image=picture(), strength=1.0, scheduler="euler")
     ours, ref = static.generate(request), p.generate(request)
     assert seen == [2]
     # Only the encoder's float sums differ with its batch (~1e-6); these latents reach ~50, the difference ~2e-4.
@@ -258,7 +216,7 @@ def test_a_static_batch_encoder_is_given_its_batch(tiny_pipeline):
     ],
 )
 def test_bad_image_fields_are_refused_naming_the_field(fields, message):
-    named = {"pic": _picture(), "mask": _mask(), "small mask": _mask((32, 32))}
+    named = {"pic": picture(), "mask": mask_image(), "small mask": mask_image((32, 32))}
     fields = {k: ([named.get(x, x) for x in v] if isinstance(v, list) and k != "seeds" else named.get(v, v) if isinstance(v, str) else v) for k, v in fields.items()}
     with pytest.raises(SdoptError, match=message):
         GenerateRequest(**BASE, **fields).validate()
@@ -268,7 +226,7 @@ def test_an_artifact_without_the_encoder_says_how_to_get_it(tiny_pipeline):
     p = tiny_pipeline
     no_encoder = Pipeline(p.manifest, {k: v for k, v in p.components.items() if k != "vae_encoder"}, p.tokenizers, p.scheduler_config, folder=p.folder)
     with pytest.raises(SdoptError, match=r"no vae_encoder component .*Export it again"):
-        no_encoder.generate(GenerateRequest(**BASE, init_image=_picture()))
+        no_encoder.generate(GenerateRequest(**BASE, init_image=picture()))
     no_encoder.generate(GenerateRequest(**{**BASE, "steps": 1}))  # text to image needs no encoder
 
 
@@ -282,19 +240,19 @@ def test_an_inpainting_unet_is_refused_for_now(tiny_pipeline, tmp_path):
     (tmp_path / "unet" / "config.json").write_text(json.dumps({**config, "in_channels": 9}))
     nine = Pipeline(p.manifest, p.components, p.tokenizers, p.scheduler_config, folder=tmp_path)
     with pytest.raises(SdoptError, match="UNet takes 9 input channels .* not support yet"):
-        nine.generate(GenerateRequest(**BASE, init_image=_picture(), mask_image=_mask()))
+        nine.generate(GenerateRequest(**BASE, init_image=picture(), mask_image=mask_image()))
 
 
 def test_to_dict_records_images_by_size_not_pixels():
-    data = GenerateRequest(**BASE, init_image=_picture(size=(96, 80)), mask_image=_mask((96, 80)), seeds=[4]).to_dict()
+    data = GenerateRequest(**BASE, init_image=picture(size=(96, 80)), mask_image=mask_image((96, 80)), seeds=[4]).to_dict()
     assert data["init_image"] == {"size": [96, 80], "mode": "RGB"} and data["mask_image"] == {"size": [96, 80], "mode": "L"}
     assert data["seeds"] == [4] and data["strength"] == 0.8 and data["prompt"] == BASE["prompt"]
 
 
 # --- the command line -------------------------------------------------------------------------
 def test_cli_inpaint_writes_the_python_api_image(tiny_model, tiny_pipeline, tmp_path):
-    _picture(size=(64, 72)).save(tmp_path / "in.png")
-    _mask((64, 72)).save(tmp_path / "mask.png")
+    picture(size=(64, 72)).save(tmp_path / "in.png")
+    mask_image((64, 72)).save(tmp_path / "mask.png")
     args = ["generate", str(tiny_model), "-p", BASE["prompt"], "--seed", "7", "--steps", "4", "--scheduler", "euler_a", "-q",
             "--init-image", str(tmp_path / "in.png"), "--mask", str(tmp_path / "mask.png"), "--strength", "0.75", "-o", str(tmp_path / "out.png")]
     assert main(args) == 0
@@ -315,7 +273,7 @@ def test_cli_inpaint_writes_the_python_api_image(tiny_model, tiny_pipeline, tmp_
     ],
 )
 def test_cli_bad_image_arguments(tiny_model, tmp_path, capsys, extra, message):
-    _picture().save(tmp_path / "in.png")
+    picture().save(tmp_path / "in.png")
     (tmp_path / "notes.png").write_text("not a picture")
     extra = [{"IMAGE": str(tmp_path / "in.png"), "NOT_AN_IMAGE": str(tmp_path / "notes.png")}.get(e, e) for e in extra]
     args = ["generate", str(tiny_model), "-p", "x", "--steps", "2", "--height", "64", "--width", "64", "-o", str(tmp_path / "o.png")]

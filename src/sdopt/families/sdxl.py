@@ -8,6 +8,14 @@ as ``text_embeds``; ``time_ids`` = original size + crop top-left + target size
 says ``force_zeros_for_empty_prompt`` (SDXL base does), the negative rows are
 zeros rather than the encoding of "".
 
+img2img and inpainting (a 4-channel UNet) start and blend as SD 1.x's do
+(runtime/conditioning.py): Diffusers' StableDiffusionXLImg2ImgPipeline and
+StableDiffusionXLInpaintPipeline differ from the SD 1.x ones only where a base
+model does not go — aesthetic-score time ids (``requires_aesthetics_score``,
+the refiner's) and ``denoising_start``/``denoising_end`` (handing latents
+between base and refiner) — so the loop gives them the same conditioning as
+text-to-image (tests/test_families.py holds both to Diffusers).
+
 Text encoder graphs give every layer's hidden state under Optimum's names
 (``hidden_states.0`` ... ``hidden_states.N``, N the layer count), so an Optimum
 SDXL export and ours are read alike: the penultimate is ``N - 1``.
@@ -56,8 +64,6 @@ FAMILY = Family(
     unet_extras=(("text_embeds", "text_embeds_dim"), ("time_ids", "time_ids_dim")),
     text_hidden_states=True,
     unsupported=(
-        ("img2img", "SDXL's img2img and inpainting pipelines condition on more than the text-to-image loop gives them "
-                    "(aesthetic scores, denoising_start); generate from text, or use the Diffusers pipeline for these"),
         ("deep_cache", "step-feature caching splits the SD 1.x UNet's up blocks; the SDXL UNet's are laid out differently "
                        "and its split is not written yet. Export without --deep-cache"),
     ),
