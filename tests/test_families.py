@@ -238,6 +238,88 @@ def test_optimum_written_sdxl_openvino_folder_loads(sdxl_tiny, sdxl_reference, t
     assert quality >= 40
 
 
+def test_sdxl_vae_stays_fp32_under_fp16_as_diffusers_upcasts_it(sdxl_pipeline, sdxl_exports, tiny_pipeline):
+    """SDXL's VAE overflows fp16's range (its config says force_upcast, and Diffusers' SDXL pipelines decode
+    in float32): under fp16 every backend runs it in fp32, unless the VAE says it need not (the fp16-fix VAE);
+    SD 1.x pipelines never upcast, and bf16 (fp32's range) needs no upcast."""
+    import dataclasses
+    import warnings
+
+    from sdopt.runtime.torch import load_components
+
+    manifest = sdxl_pipeline.manifest
+    assert {n: manifest.component_precision(n, "fp16") for n in manifest.components} == {
+        "text_encoder": "fp16", "text_encoder_2": "fp16", "unet": "fp16", "vae_decoder": "fp32", "vae_encoder": "fp32"}
+    assert manifest.component_precision("vae_decoder", "bf16") == "bf16"
+    assert tiny_pipeline.manifest.component_precision("vae_decoder", "fp16") == "fp16"
+    fp16_safe = dataclasses.replace(manifest, model={**manifest.model, "vae_force_upcast": False})
+    assert fp16_safe.component_precision("vae_decoder", "fp16") == "fp16"
+
+    # torch (its fp16 runs on CUDA; the dtypes and the overflow are the same on the CPU): latents this large
+    # push the decoder's activations past fp16's 65,504, as SDXL's real VAE does inside its up blocks.
+    latents = np.random.default_rng(0).standard_normal((1, 4, 8, 8)).astype(np.float32) * 1e5
+    for which, expected, finite in ((manifest, torch.float32, True), (fp16_safe, torch.float16, False)):
+        components = load_components(sdxl_pipeline.folder, which, "cpu", "fp16", {})
+        assert components["unet"].dtype == torch.float16 and components["vae_decoder"].dtype == expected
+        assert components["vae_encoder"].dtype == expected
+        assert components["vae_decoder"].runs == {torch.float32: "fp32", torch.float16: "fp16"}[expected]  # the bench's stage ceiling
+        assert np.isfinite(components["vae_decoder"](latent_sample=latents)["sample"]).all() == finite
+
+    # OpenVINO (an fp16 artifact's components, compiled from the fp32 export's graphs): the VAE with an f32
+    # hint, the rest with the artifact's.
+    from sdopt.runtime.openvino import load_components as openvino_components
+
+    out, exported = sdxl_exports("openvino")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # this CPU may run f16 as f32 or bf16: said in a warning, not asserted here
+        components = openvino_components(out, dataclasses.replace(exported, precision="fp16"), "cpu", "fp16", {})
+    hints = {n: c.config["INFERENCE_PRECISION_HINT"] for n, c in components.items()}
+    assert hints == {"text_encoder": "f16", "text_encoder_2": "f16", "unet": "f16", "vae_decoder": "f32", "vae_encoder": "f32"}
+
+
+@pytest.mark.parametrize("key, value", [("latents_mean", [0.1, 0.2, 0.3, 0.4]), ("shift_factor", 0.06)])
+def test_a_vae_that_normalises_its_latents_is_refused_not_run_wrong(tiny_model, tmp_path, capsys, key, value):
+    """Playground v2.5's and SD3-class VAEs shift or normalise latents, which the loop does not: refused, saying so."""
+    import json
+    import shutil
+
+    from sdopt.cli import main
+
+    folder = tmp_path / "diffusers"
+    shutil.copytree(tiny_model, folder)
+    (folder / "sdopt.json").unlink()  # a plain Diffusers folder: its facts are read from the configs
+    config = json.loads((folder / "vae" / "config.json").read_text())
+    (folder / "vae" / "config.json").write_text(json.dumps({**config, key: value}))
+    with pytest.raises(SdoptError, match=f"VAE config sets {key}.*not supported yet"):
+        sdopt.load(folder)
+    assert main(["generate", str(folder), "-p", "x", "--steps", "1", "-o", str(tmp_path / "x.png"), "-q"]) == 2
+    assert f"VAE config sets {key}" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.slow
+def test_sdxl_fp16_onnx_export_keeps_the_vae_fp32(sdxl_tiny, sdxl_reference, tmp_path):
+    import onnx
+
+    from sdopt.export.run import export
+
+    manifest = export(sdxl_tiny, "onnx", tmp_path / "fp16", precision="fp16")
+    assert manifest.precision == "fp16" and all(p["passed"] for p in manifest.parity.values())
+    assert {n: c.precision for n, c in manifest.components.items()} == {
+        "text_encoder": "fp16", "text_encoder_2": "fp16", "unet": "fp16", "vae_decoder": "fp32", "vae_encoder": "fp32"}
+    assert manifest.export["fp16"]["vae_decoder"]["kept"] == "fp32"
+
+    def weight_types(name):
+        graph = onnx.load(str(tmp_path / "fp16" / name / "model.onnx"), load_external_data=False).graph
+        return {onnx.TensorProto.DataType.Name(t.data_type) for t in graph.initializer if t.dims}
+
+    assert weight_types("unet") == {"FLOAT16"} and weight_types("vae_decoder") == {"FLOAT"}
+    with sdopt.load(tmp_path / "fp16") as pipeline:
+        result = pipeline.generate(sdxl_reference.request)
+    quality = psnr(sdxl_reference.images[0], result.images[0])
+    print(f"SDXL ONNX fp16 (VAE fp32) vs torch fp32: {quality:.1f} dB")
+    assert np.isfinite(result.latents).all() and quality >= 40
+
+
 def test_sdxl_bench_counts_both_encoders_and_the_conditioned_unet(sdxl_tiny, sdxl_exports, tmp_path):
     """sdopt bench on SDXL artifacts: the rows, quality against the reference, and FLOPs of SDXL's UNet
     (with its pooled embedding and size ids) and of both text encoders."""

@@ -65,6 +65,9 @@ def test_each_stage_is_measured_against_the_precision_it_ran_in():
     assert _compute_precision(entry, raw, "text_encoder") == "bf16"  # int8 weights, bf16 compute
     assert _compute_precision(entry, raw, "vae_decoder") == "fp32"  # what the backend said it ran
     assert _compute_precision(entry, {}, "vae_decoder") == "bf16"  # nothing said: the artifact's precision
+    # Nothing said, but the exporter recorded the component's own (an fp16 ONNX export keeps SDXL's VAE fp32).
+    components["vae_decoder"].precision = "fp32"
+    assert _compute_precision(entry, {}, "vae_decoder") == "fp32"
     # The runtime quantized the int8 weights' activations itself (OpenVINO's dynamic quantization): int8's ceiling.
     raw["computes_by_component"] = {"unet": "int8", "text_encoder": "int8", "vae_decoder": "fp32"}
     assert _compute_precision(entry, raw, "text_encoder") == "int8"

@@ -122,6 +122,15 @@ class Manifest:
 
         return get_family(self.family)
 
+    def component_precision(self, name: str, precision: str) -> str:
+        """The precision component ``name`` runs in when this artifact runs in ``precision``: fp32 for the VAE
+        of a family that upcasts it under fp16 (SDXL: Family.upcasts_vae) unless the VAE says force_upcast
+        false, ``precision`` for everything else (a tiny decoder in the VAE's place included: it is fp16-safe)."""
+        entry = self.components.get(name)
+        upcast = (precision == "fp16" and name.startswith("vae_") and self.pipeline_family.upcasts_vae
+                  and self.model.get("vae_force_upcast", True) and not (entry and entry.replaced))
+        return "fp32" if upcast else precision
+
     @property
     def artifact_id(self) -> str:
         """A short id that changes whenever any component file changes."""
@@ -316,8 +325,20 @@ def folder_family(folder: Path) -> str:
     return family_of_class(pipeline_class(folder), folder).name
 
 
+# VAE config keys that change how latents are scaled (Diffusers: (latents - mean) * scaling_factor / std, or
+# (latents - shift_factor) * scaling_factor), which the loop does not do.
+_LATENT_NORMALISATION = ("latents_mean", "latents_std", "shift_factor")
+
+
 def model_info(unet_config: dict[str, Any], vae_config: dict[str, Any], text_max_length: int = 77, index: dict[str, Any] | None = None) -> dict[str, Any]:
     """The manifest's ``model`` section from Diffusers' UNet and VAE config.json contents (and model_index.json's)."""
+    for key in _LATENT_NORMALISATION:
+        if vae_config.get(key) is not None:
+            raise SdoptError(
+                f"this model's VAE config sets {key}: its latents are shifted or normalised per channel before the UNet "
+                "sees them (Playground v2.5, SD3-class VAEs), and sdopt's loop scales them by scaling_factor only, so it "
+                "would make wrong images without saying so; such VAEs are not supported yet"
+            )
     info = {
         "latent_channels": int(vae_config.get("latent_channels", 4)),
         "vae_scale_factor": 2 ** (len(vae_config.get("block_out_channels", [0, 0, 0, 0])) - 1),
@@ -331,6 +352,9 @@ def model_info(unet_config: dict[str, Any], vae_config: dict[str, Any], text_max
 
         info["time_ids_dim"] = TIME_IDS
         info["text_embeds_dim"] = int(unet_config["projection_class_embeddings_input_dim"]) - TIME_IDS * int(unet_config["addition_time_embed_dim"])
+        # Its pipelines run the VAE in float32 under fp16 unless the VAE says it need not (the fp16-fix VAE
+        # says force_upcast false); AutoencoderKL's default is true.
+        info["vae_force_upcast"] = bool(vae_config.get("force_upcast", True))
     if index and "force_zeros_for_empty_prompt" in index:
         info["force_zeros_for_empty_prompt"] = bool(index["force_zeros_for_empty_prompt"])
     return info

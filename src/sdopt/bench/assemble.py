@@ -155,14 +155,17 @@ STAGE_COMPONENTS = {"text_encoder": "text_encoder", "unet_step": "unet", "vae_de
 def _compute_precision(entry: Entry, raw: dict, component: str = "unet") -> str:
     """The precision a component computed in: int8 where its activations were quantized too (by the
     artifact's scheme, or by the runtime itself: the backend's answer), else what the backend says it ran
-    (OpenVINO asks the compiled model), else the artifact's precision."""
+    (OpenVINO asks the compiled model; torch: its module's dtype), else the manifest's."""
     entry_component = entry.manifest.components.get(component)
     if entry_component and (entry_component.quantization or {}).get("scheme") in INT8_COMPUTE_SCHEMES:
         return "int8"
     if (raw.get("computes_by_component") or {}).get(component) == "int8":
         return "int8"
     runs = (raw.get("runs_by_component") or {}).get(component) or (raw.get("compute_precision") if component == "unet" else None)
-    return runs if runs not in (None, "unknown") else entry.precision or entry.manifest.precision
+    if runs not in (None, "unknown"):
+        return runs
+    # The exporter's record for the component (an fp16 ONNX artifact keeps SDXL's VAE fp32), else the artifact's.
+    return (entry_component.precision if entry_component else None) or entry.precision or entry.manifest.precision
 
 
 def _load_samples(folder: Path, samples: list[dict]):

@@ -105,10 +105,13 @@ def export_components(source: Path, manifest: Manifest, out: Path, precision: st
             gc.collect()
             path = out / name / "model.onnx"
             move_graph(raw, path)
-            if precision == "fp16":
+            runs = manifest.component_precision(name, precision)  # SDXL's VAE stays fp32 under fp16
+            if runs == "fp16":
                 from sdopt.export.onnx_fp16 import convert_to_fp16
 
                 export_info.setdefault("fp16", {})[name] = convert_to_fp16(path)
+            elif precision == "fp16":
+                export_info.setdefault("fp16", {})[name] = {"kept": runs, "why": "the VAE's force_upcast: it overflows fp16"}
             if options.get("optimize"):
                 from sdopt.export.onnx_optimize import optimize_graph
 
@@ -123,7 +126,7 @@ def export_components(source: Path, manifest: Manifest, out: Path, precision: st
             components[name] = ComponentEntry(
                 folder=name,
                 files=files_in(out / name, out, (".onnx", EXTERNAL_DATA, ".json")),
-                precision=precision,
+                precision=runs,
                 inputs=[t.to_dict() for t in spec.inputs],
                 outputs=[t.to_dict() for t in spec.outputs],
             )

@@ -61,11 +61,12 @@ def export_components(source: Path, manifest: Manifest, out: Path, precision: st
     cache = timing_cache_path(key)
     built = {}
     for name in tqdm(list(onnx.components), desc="building TensorRT engines", unit="engine"):
-        built[name] = build_engine(out / name / "model.onnx", out / name / PLAN_FILE, profiles[name], precision, cache,
+        runs = manifest.component_precision(name, precision)  # SDXL's VAE: no fp16 kernels (it overflows)
+        built[name] = build_engine(out / name / "model.onnx", out / name / PLAN_FILE, profiles[name], runs, cache,
                                    refit=bool(options.get("refit")))
         entry = onnx.components[name]
         entry.files = files_in(out / name, out, (".onnx", ".onnx_data", ".plan", ".json"))
-        entry.precision = precision
+        entry.precision = runs
     static_shapes = {"batch": shapes.batch[0], "height": shapes.height[0], "width": shapes.width[0]} if static else None
     return ExportedComponents(
         components=onnx.components,

@@ -24,6 +24,10 @@ class Family:
     unet_extras: tuple[tuple[str, str], ...] = ()
     # Text encoders give every layer's hidden state (hidden_states.0..N, Optimum's names): SDXL reads the penultimate.
     text_hidden_states: bool = False
+    # Under fp16 its VAE runs in float32 when the VAE's config says force_upcast, as Diffusers' pipelines of
+    # this family do: SDXL's VAE overflows fp16's range and decodes NaN or black. SD 1.x pipelines never upcast
+    # (Manifest.component_precision decides, for every backend).
+    upcasts_vae: bool = False
     # What this family's loop does not do yet, each with the reason the refusal gives.
     unsupported: tuple[tuple[str, str], ...] = ()
 

@@ -318,13 +318,15 @@ def load_components(folder: Path, manifest: Manifest, device: str, precision: st
         manifest.static_shapes = None
     else:
         axes = {name: static_axes(manifest, name) if manifest.static_shapes else {} for name in manifest.components}
+    wants = {name: manifest.component_precision(name, precision) for name in manifest.components}  # SDXL's VAE: fp32 under fp16
     components = {
-        name: OpenVINOComponent(c, folder / model_file(entry.files, name), target, config, axes[name])
+        name: OpenVINOComponent(c, folder / model_file(entry.files, name), target,
+                                {**config, "INFERENCE_PRECISION_HINT": HINTS[wants[name]]}, axes[name])
         for name, entry in manifest.components.items()
     }
     if target == "CPU":
         _warn_if_int8_may_saturate(manifest)
-    differs = {name: comp.runs for name, comp in components.items() if comp.runs not in (precision, "unknown")}
+    differs = {name: comp.runs for name, comp in components.items() if comp.runs not in (wants[name], "unknown")}
     if differs:
         warnings.warn(
             f"OpenVINO on {target} runs {', '.join(sorted(set(differs.values())))} where {precision} was asked for "

@@ -35,6 +35,11 @@ class TorchComponent:
         self.extra_settings: dict[str, Any] = {}  # load options that change how it runs (compile, channels_last)
 
     @property
+    def runs(self) -> str:
+        """The precision it computes in (SDXL's VAE: fp32 in an fp16 artifact), for the bench's per-stage ceilings."""
+        return next(p for p, d in DTYPES.items() if d == self.dtype)
+
+    @property
     def settings(self) -> dict[str, Any]:
         """What a run's speed depends on, for the bench report (read when asked: threads may change after load)."""
         return {"device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."), "intra_op_threads": torch.get_num_threads(),
@@ -157,16 +162,24 @@ def load_module(folder: Path, manifest: Manifest, name: str, dtype: torch.dtype,
     return load_pretrained(name, folder / entry.folder, dtype)
 
 
+def component_dtype(manifest: Manifest, name: str, dtype: torch.dtype) -> torch.dtype:
+    """The dtype ``name`` runs in when the artifact runs in ``dtype`` (SDXL's VAE stays float32 under fp16:
+    Manifest.component_precision)."""
+    precision = next(p for p, d in DTYPES.items() if d == dtype)
+    return DTYPES[manifest.component_precision(name, precision)]
+
+
 def load_modules(folder: Path, manifest: Manifest, dtype: torch.dtype, device: str = "cpu") -> dict[str, torch.nn.Module]:
-    """The Diffusers/Transformers modules of a torch artifact, one per component folder."""
+    """The Diffusers/Transformers modules of a torch artifact, one per component folder, each in its
+    ``component_dtype``."""
     by_folder: dict[str, torch.nn.Module] = {}
     modules = {}
     for name, entry in manifest.components.items():
         if entry.replaced:
-            modules[name] = load_module(folder, manifest, name, dtype, device)
+            modules[name] = load_module(folder, manifest, name, component_dtype(manifest, name, dtype), device)
             continue
         if entry.folder not in by_folder:  # vae_decoder and vae_encoder share one AutoencoderKL
-            by_folder[entry.folder] = load_module(folder, manifest, name, dtype, device)
+            by_folder[entry.folder] = load_module(folder, manifest, name, component_dtype(manifest, name, dtype), device)
         modules[name] = by_folder[entry.folder]
     return modules
 
@@ -206,7 +219,8 @@ def load_components(folder: Path, manifest: Manifest, device: str, precision: st
         for name in ("unet", "vae_decoder"):
             if name in modules:
                 modules[name].to(memory_format=torch.channels_last)
-    components = {name: TorchComponent(m, forward_of(name, every), device, dtype, offload) for name, m in modules.items()}
+    components = {name: TorchComponent(m, forward_of(name, every), device, component_dtype(manifest, name, dtype), offload)
+                  for name, m in modules.items()}
     if setting:
         compile_components(components, setting)
     for name, component in components.items():  # what the bench's run settings show per component
