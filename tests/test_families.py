@@ -87,11 +87,6 @@ def test_sdxl_manifest_and_conditioning(sdxl_tiny, sdxl_pipeline):
     assert text["time_ids"].tolist() == [[64, 64, 0, 0, 64, 64]] * 2
 
 
-def test_sdxl_refuses_what_its_loop_lacks(sdxl_tiny):
-    with pytest.raises(SdoptError, match="step-feature caching"):
-        sdopt.load(sdxl_tiny, deep_cache=2)
-
-
 @pytest.fixture(scope="module")
 def sdxl_diffusers_img2img(sdxl_diffusers):
     from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline
@@ -318,6 +313,32 @@ def test_sdxl_fp16_onnx_export_keeps_the_vae_fp32(sdxl_tiny, sdxl_reference, tmp
     quality = psnr(sdxl_reference.images[0], result.images[0])
     print(f"SDXL ONNX fp16 (VAE fp32) vs torch fp32: {quality:.1f} dB")
     assert np.isfinite(result.latents).all() and quality >= 40
+
+
+def test_sdxl_caches_step_features_on_torch_and_a_static_openvino_artifact(sdxl_tiny, sdxl_pipeline, tmp_path):
+    """Step-feature caching on SDXL: off, the cached torch pipeline is the plain one exactly; the OpenVINO
+    artifact's two UNet graphs take SDXL's extra inputs (static shapes, the unguided batch compiled on first
+    use) and follow torch's caching, with truncated guidance on top."""
+    pytest.importorskip("openvino")
+    from sdopt.export.run import export
+
+    request = GenerateRequest(**{**SMALL, "steps": 5}, scheduler="euler")
+    with sdopt.load(sdxl_tiny, deep_cache=True) as cached:
+        np.testing.assert_array_equal(cached.generate(request).latents, sdxl_pipeline.generate(request).latents)
+        expected = {end: cached.generate(GenerateRequest(**{**SMALL, "steps": 5}, scheduler="euler", cache_interval=2, guidance_end=end))
+                    for end in (1.0, 0.5)}
+    assert expected[1.0].timings.shallow_steps == 2 and not np.array_equal(expected[1.0].latents, expected[0.5].latents)
+    manifest = export(sdxl_tiny, "openvino", tmp_path / "ov", deep_cache=2, height=64, width=64, batch=1)
+    assert [t["name"] for t in manifest.components["unet_shallow"].inputs] == [
+        "sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids", "deep_feature"]
+    assert manifest.parity["unet_shallow"]["passed"] and manifest.parity["unet"]["passed"]
+    with sdopt.load(tmp_path / "ov") as pipeline:
+        for end, torch_result in expected.items():
+            result = pipeline.generate(GenerateRequest(**{**SMALL, "steps": 5}, scheduler="euler", guidance_end=end))  # its interval: 2
+            assert result.timings.shallow_steps == 2 and result.timings.unguided_steps == (2 if end == 0.5 else 0)
+            err = float(np.abs(result.latents - torch_result.latents).max() / max(1.0, np.abs(torch_result.latents).max()))
+            print(f"SDXL cached every 2, guidance_end {end}: OpenVINO vs torch {err:.1e} of the latents' scale")
+            assert err <= 1e-4
 
 
 def test_sdxl_bench_counts_both_encoders_and_the_conditioned_unet(sdxl_tiny, sdxl_exports, tmp_path):

@@ -21,37 +21,57 @@ def unet(tiny_model):
     return load_pretrained("unet", tiny_model / "unet")
 
 
+@pytest.fixture(scope="module")
+def sdxl_unet(sdxl_tiny):
+    from sdopt.runtime.torch import load_pretrained
+
+    return load_pretrained("unet", sdxl_tiny / "unet")
+
+
 def _inputs(unet, latent: tuple[int, int], batch: int = 2, seed: int = 0):
+    """sample, timestep, encoder_hidden_states, and SDXL's added_cond_kwargs (pooled embedding, size ids)."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
     sample = torch.randn(batch, unet.config.in_channels, *latent, generator=g)
     hidden = torch.randn(batch, 77, unet.config.cross_attention_dim, generator=g)
-    return sample, torch.tensor(981.0), hidden
+    added = None
+    if unet.config.addition_embed_type == "text_time":
+        pooled = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
+        size = [latent[0] * 8, latent[1] * 8]
+        added = {"text_embeds": torch.randn(batch, pooled, generator=g), "time_ids": torch.tensor([[*size, 0, 0, *size]] * batch, dtype=torch.float32)}
+    return sample, torch.tensor(981.0), hidden, added
 
 
+@pytest.mark.parametrize("which", ["unet", "sdxl_unet"])
 @pytest.mark.parametrize("latent", [(8, 8), (9, 7)])  # a multiple of the down factor, and not (explicit upsample sizes)
-def test_the_split_unet_is_exactly_the_unet(unet, latent):
-    """DeepUNet's output is Diffusers' bit for bit, and the shallow branch fed the feature of the same call gives it again."""
+def test_the_split_unet_is_exactly_the_unet(request, which, latent):
+    """DeepUNet's output is Diffusers' bit for bit, and the shallow branch fed the feature of the same call gives it
+    again: SD 1.x's UNet, and SDXL's (its time embedding adds the pooled text embedding and the size ids)."""
     import torch
 
     from sdopt.stepcache.unet import split
 
+    unet = request.getfixturevalue(which)
     deep, shallow = split(unet)
-    sample, t, hidden = _inputs(unet, latent)
+    sample, t, hidden, added = _inputs(unet, latent)
     with torch.inference_mode():
-        expected = unet(sample, t, encoder_hidden_states=hidden).sample
-        out = deep(sample, t, encoder_hidden_states=hidden)
-        again = shallow(sample, t, hidden, out.deep_feature)
+        expected = unet(sample, t, encoder_hidden_states=hidden, added_cond_kwargs=added).sample
+        out = deep(sample, t, encoder_hidden_states=hidden, added_cond_kwargs=added)
+        again = shallow(sample, t, hidden, out.deep_feature, added_cond_kwargs=added)
     assert torch.equal(out.sample, expected)
     assert out.deep_feature.shape == (2, unet.config.block_out_channels[1], *latent)
     assert torch.equal(again, expected)
     # Another step's inputs with this step's feature: the shallow branch is not the UNet any more.
-    sample2, _, _ = _inputs(unet, latent, seed=1)
+    sample2, _, _, _ = _inputs(unet, latent, seed=1)
     with torch.inference_mode():
-        stale = shallow(sample2, torch.tensor(901.0), hidden, out.deep_feature)
-        fresh = unet(sample2, torch.tensor(901.0), encoder_hidden_states=hidden).sample
+        stale = shallow(sample2, torch.tensor(901.0), hidden, out.deep_feature, added_cond_kwargs=added)
+        fresh = unet(sample2, torch.tensor(901.0), encoder_hidden_states=hidden, added_cond_kwargs=added).sample
     assert not torch.allclose(stale, fresh)
+    if added is not None:  # the added embeddings reach the shallow branch too
+        other = {**added, "text_embeds": added["text_embeds"] + 1}
+        with torch.inference_mode():
+            assert not torch.equal(shallow(sample, t, hidden, out.deep_feature, added_cond_kwargs=other), expected)
 
 
 def test_the_shallow_branch_holds_a_fraction_of_the_weights(unet):
@@ -67,9 +87,10 @@ def test_unsupported_unets_are_refused_with_a_reason():
 
     from sdopt.stepcache.unet import check_supported
 
-    sdxl_like = SimpleNamespace(config={"addition_embed_type": "text_time"}, down_blocks=[0, 0], up_blocks=[0, 0])
-    with pytest.raises(SdoptError, match="addition_embed_type=text_time.*without --deep-cache"):
-        check_supported(sdxl_like)
+    kandinsky_like = SimpleNamespace(config={"addition_embed_type": "image"}, down_blocks=[0, 0], up_blocks=[0, 0])
+    with pytest.raises(SdoptError, match="addition_embed_type=image.*without --deep-cache"):
+        check_supported(kandinsky_like)
+    check_supported(SimpleNamespace(config={"addition_embed_type": "text_time"}, down_blocks=[0, 0], up_blocks=[0, 0]))  # SDXL
 
 
 def test_schedule_runs_every_nth_step_whole():

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from sdopt.errors import SdoptError
 from sdopt.export import EXPORTERS, get_exporter
-from sdopt.export.spec import CACHED_UNET_SPECS, ComponentSpec, family_specs
+from sdopt.export.spec import ComponentSpec, cached_unet_specs, family_specs
 from sdopt.fsutil import atomic_output_dir, check_output_dir, local_inputs
 from sdopt.rewrite import check_optional_rewrites
 from sdopt.manifest import ComponentEntry, Manifest, derive, read_manifest
@@ -126,7 +126,7 @@ def prepare_source(source: Path, manifest: Manifest, options: dict[str, Any]) ->
             return built
 
         builders["unet"] = builders["unet_shallow"] = halves
-        specs.update(CACHED_UNET_SPECS)
+        specs.update(cached_unet_specs(specs["unet"]))
     return ExportSource(specs, model, builders, rewrites=not options.get("no_rewrites"), optional_rewrites=tuple(options.get("rewrite") or ()))
 
 

@@ -100,18 +100,16 @@ def _specs() -> dict[str, ComponentSpec]:
 SPECS: dict[str, ComponentSpec] = _specs()
 
 
-def _cached_unet_specs() -> dict[str, ComponentSpec]:
-    """Step-feature caching (sdopt.stepcache): the UNet also gives the feature entering its last up block,
-    and the shallow branch takes it. The feature is at the latent's size, so it shares the latent's axes."""
-    unet = SPECS["unet"]
+def cached_unet_specs(unet: ComponentSpec) -> dict[str, ComponentSpec]:
+    """Step-feature caching (sdopt.stepcache): the UNet (``unet``: the family's spec, SDXL's extra inputs
+    included) also gives the feature entering its last up block, and the shallow branch takes the same
+    inputs and that feature. The feature is at the latent's size, so it shares the latent's axes."""
     feature = TensorSpec("deep_feature", "float32", {0: "batch_size", 2: "height", 3: "width"})
     return {
         "unet": ComponentSpec("unet", "unet", inputs=unet.inputs, outputs=(*unet.outputs, feature), tolerance=unet.tolerance),
         "unet_shallow": ComponentSpec("unet_shallow", "unet", inputs=(*unet.inputs, feature), outputs=unet.outputs, tolerance=unet.tolerance),
     }
 
-
-CACHED_UNET_SPECS: dict[str, ComponentSpec] = _cached_unet_specs()
 
 
 def family_specs(family: Any, text_layers: dict[str, int]) -> dict[str, ComponentSpec]:

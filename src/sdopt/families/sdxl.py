@@ -64,8 +64,4 @@ FAMILY = Family(
     unet_extras=(("text_embeds", "text_embeds_dim"), ("time_ids", "time_ids_dim")),
     text_hidden_states=True,
     upcasts_vae=True,
-    unsupported=(
-        ("deep_cache", "step-feature caching splits the SD 1.x UNet's up blocks; the SDXL UNet's are laid out differently "
-                       "and its split is not written yet. Export without --deep-cache"),
-    ),
 )

@@ -78,16 +78,19 @@ def _text_encoder(m, input_ids, every_layer: bool = False):
     return {"last_hidden_state": out.last_hidden_state, **pooled, **layers}
 
 
+def _added(text_embeds, time_ids) -> dict:
+    """SDXL's UNet also takes the pooled text embedding and the size ids (Diffusers' added_cond_kwargs)."""
+    return {"added_cond_kwargs": {"text_embeds": text_embeds, "time_ids": time_ids}} if text_embeds is not None else {}
+
+
 def _unet(m, sample, timestep, encoder_hidden_states, text_embeds=None, time_ids=None):
-    # SDXL's UNet also takes the pooled text embedding and the size ids (Diffusers' added_cond_kwargs).
-    added = {"added_cond_kwargs": {"text_embeds": text_embeds, "time_ids": time_ids}} if text_embeds is not None else {}
-    out = m(sample, timestep, encoder_hidden_states=encoder_hidden_states, **added)
+    out = m(sample, timestep, encoder_hidden_states=encoder_hidden_states, **_added(text_embeds, time_ids))
     feature = getattr(out, "deep_feature", None)  # a step-cached UNet (sdopt.stepcache) also gives its deep feature
     return {"out_sample": out.sample} if feature is None else {"out_sample": out.sample, "deep_feature": feature}
 
 
-def _unet_shallow(m, sample, timestep, encoder_hidden_states, deep_feature):
-    return {"out_sample": m(sample, timestep, encoder_hidden_states, deep_feature)}
+def _unet_shallow(m, sample, timestep, encoder_hidden_states, deep_feature, text_embeds=None, time_ids=None):
+    return {"out_sample": m(sample, timestep, encoder_hidden_states, deep_feature, **_added(text_embeds, time_ids))}
 
 
 def _vae_decoder(m, latent_sample):

@@ -1,8 +1,9 @@
 """The UNet split for step-feature caching: the whole UNet with its deep feature, and the shallow branch.
 
 ``DeepUNet`` repeats Diffusers' ``UNet2DConditionModel.forward`` for the SD-1/2
-UNet (no class or added embeddings, no adapters or ControlNet residuals) and
-also returns the feature entering the last up block; its first output is
+UNet and SDXL's (whose time embedding adds the pooled text embedding and the
+size ids; no class embeddings, adapters or ControlNet residuals) and also
+returns the feature entering the last up block; its first output is
 Diffusers' own, bit for bit (tests/test_stepcache.py). ``ShallowUNet`` holds
 only the modules the shallow branch uses, so its exported graph carries only
 their weights (a few percent of the UNet's).
@@ -19,12 +20,16 @@ from sdopt.errors import SdoptError
 FEATURE = "deep_feature"
 
 
+# The added embeddings the split computes: none (SD-1/2), SDXL's pooled text embedding and size ids.
+ADDITIONS = (None, "text_time")
+
+
 def check_supported(unet) -> None:
-    """The split covers the SD-1/2 UNet; say so for anything else rather than compute something wrong."""
+    """The split covers the SD-1/2 and SDXL UNets; say so for anything else rather than compute something wrong."""
     config = unet.config
     unsupported = {
         "class_embed_type": config.get("class_embed_type"),
-        "addition_embed_type": config.get("addition_embed_type"),
+        "addition_embed_type": None if config.get("addition_embed_type") in ADDITIONS else config.get("addition_embed_type"),
         "encoder_hid_dim_type": config.get("encoder_hid_dim_type"),
         "time_cond_proj_dim": config.get("time_cond_proj_dim"),
         "num_class_embeds": config.get("num_class_embeds"),
@@ -32,7 +37,7 @@ def check_supported(unet) -> None:
     present = {k: v for k, v in unsupported.items() if v is not None}
     if present:
         raise SdoptError(
-            f"step-feature caching supports the SD-1/2 UNet; this one has {', '.join(f'{k}={v}' for k, v in present.items())}. "
+            f"step-feature caching supports the SD-1/2 and SDXL UNets; this one has {', '.join(f'{k}={v}' for k, v in present.items())}. "
             "Export it without --deep-cache"
         )
     if len(unet.down_blocks) < 2 or len(unet.up_blocks) < 2:
@@ -45,10 +50,14 @@ class CachedOutput:
     deep_feature: torch.Tensor
 
 
-def _embed(parts, sample, timestep, encoder_hidden_states):
-    """The time embedding and the text states, as Diffusers' forward prepares them (SD-1/2: no extra embeddings)."""
+def _embed(parts, sample, timestep, added):
+    """The time embedding as Diffusers' forward makes it: SD-1/2's alone; SDXL's plus its pooled text
+    embedding and size ids (``added``: Diffusers' added_cond_kwargs; get_aug_embed's "text_time" branch)."""
     t_emb = parts.get_time_embed(sample=sample, timestep=timestep)
     emb = parts.time_embedding(t_emb, None)
+    if added is not None:
+        time_embeds = parts.add_time_proj(added["time_ids"].flatten()).reshape((added["text_embeds"].shape[0], -1))
+        emb = emb + parts.add_embedding(torch.concat([added["text_embeds"], time_embeds], dim=-1).to(emb.dtype))
     if parts.time_embed_act is not None:
         emb = parts.time_embed_act(emb)
     return emb
@@ -90,9 +99,9 @@ class DeepUNet(torch.nn.Module):
         self.unet = unet
         self.config = unet.config
 
-    def forward(self, sample, timestep, encoder_hidden_states) -> CachedOutput:
+    def forward(self, sample, timestep, encoder_hidden_states, added_cond_kwargs=None) -> CachedOutput:
         u = self.unet
-        emb = _embed(u, sample, timestep, encoder_hidden_states)
+        emb = _embed(u, sample, timestep, added_cond_kwargs)
         # Diffusers passes explicit upsample sizes only when the latent is not a multiple of the
         # overall down factor (decided in Python: see export/spec.py on tracing at an odd latent).
         forward_upsample_size = any(dim % 2**u.num_upsamplers != 0 for dim in sample.shape[-2:])
@@ -131,6 +140,8 @@ class ShallowUNet(torch.nn.Module):
         self.config = unet.config
         self.center_input_sample = bool(unet.config.center_input_sample)
         self.time_proj, self.time_embedding, self.time_embed_act = unet.time_proj, unet.time_embedding, unet.time_embed_act
+        # SDXL's added embeddings (None on SD-1/2): the time embedding every step needs, shallow or whole.
+        self.add_time_proj, self.add_embedding = getattr(unet, "add_time_proj", None), getattr(unet, "add_embedding", None)
         self.conv_in = unet.conv_in
         self.down_blocks = torch.nn.ModuleList([unet.down_blocks[0]])
         self.last_up = unet.up_blocks[-1]
@@ -140,8 +151,8 @@ class ShallowUNet(torch.nn.Module):
     def get_time_embed(self, sample, timestep):
         return self._get_time_embed(self, sample=sample, timestep=timestep)
 
-    def forward(self, sample, timestep, encoder_hidden_states, deep_feature):
-        emb = _embed(self, sample, timestep, encoder_hidden_states)
+    def forward(self, sample, timestep, encoder_hidden_states, deep_feature, added_cond_kwargs=None):
+        emb = _embed(self, sample, timestep, added_cond_kwargs)
         skips = _shallow_start(self, sample, emb, encoder_hidden_states)
         res = skips[: len(self.last_up.resnets)]
         return _head(self, _up(self.last_up, deep_feature, emb, encoder_hidden_states, res, None))
