@@ -12,6 +12,11 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
+	# optimum-quanto compiles its C++ int4 unpack kernel into its own package folder the first time an int4
+	# model loads (~25 s on 2 cores): built here with the rest of the install, not during the first load
+	# (import sdopt first: it keeps the libraries this pulls in off the network).
+	$(BIN)/python -c "import sdopt; from optimum.quanto.library.extensions import get_extension; get_extension('quanto_cpp').lib" \
+		|| echo "optimum-quanto's C++ kernel did not build here (no C++ compiler?): the first int4 load will try again"
 	touch $(STAMP)
 
 test: $(STAMP)
