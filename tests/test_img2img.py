@@ -230,17 +230,67 @@ def test_an_artifact_without_the_encoder_says_how_to_get_it(tiny_pipeline):
     no_encoder.generate(GenerateRequest(**{**BASE, "steps": 1}))  # text to image needs no encoder
 
 
-def test_an_inpainting_unet_is_refused_for_now(tiny_pipeline, tmp_path):
+def test_a_unet_of_another_input_width_is_refused(tiny_pipeline, tmp_path):
     import json
     import shutil
 
     p = tiny_pipeline
     shutil.copytree(p.folder / "unet", tmp_path / "unet", ignore=shutil.ignore_patterns("*.safetensors"))
     config = json.loads((tmp_path / "unet" / "config.json").read_text())
-    (tmp_path / "unet" / "config.json").write_text(json.dumps({**config, "in_channels": 9}))
-    nine = Pipeline(p.manifest, p.components, p.tokenizers, p.scheduler_config, folder=tmp_path)
-    with pytest.raises(SdoptError, match="UNet takes 9 input channels .* not support yet"):
-        nine.generate(GenerateRequest(**BASE, init_image=picture(), mask_image=mask_image()))
+    (tmp_path / "unet" / "config.json").write_text(json.dumps({**config, "in_channels": 8}))
+    eight = Pipeline(p.manifest, p.components, p.tokenizers, p.scheduler_config, folder=tmp_path)
+    with pytest.raises(SdoptError, match="UNet takes 8 input channels; sdopt runs UNets of 4 .* or 9 .inpainting"):
+        eight.generate(GenerateRequest(**BASE, init_image=picture(), mask_image=mask_image()))
+
+
+# --- an inpainting checkpoint (9-channel UNet: latents, mask, masked image's latents) -------------------------
+@pytest.fixture(scope="module")
+def tiny_inpaint(tmp_path_factory):
+    from sdopt.zoo import write_model
+
+    return write_model("tiny-inpaint", tmp_path_factory.mktemp("zoo") / "tiny-inpaint", seed=0, progress=False)
+
+
+@pytest.fixture(scope="module")
+def inpaint_pipeline(tiny_inpaint):
+    with sdopt.load(tiny_inpaint) as pipe:
+        yield pipe
+
+
+@pytest.mark.parametrize("scheduler,strength,images", [("euler", 1.0, 2), ("euler_a", 1.0, 1), ("euler_a", 0.6, 2), ("ddim", 0.8, 1)])
+def test_an_inpainting_checkpoint_matches_diffusers(tiny_inpaint, inpaint_pipeline, scheduler, strength, images):
+    """The UNet reads the mask and the masked image's latents every step (no blend after it), and at strength 1
+    the init image is not encoded (no posterior draw before the noise): Diffusers' order, so euler_a matches too."""
+    from diffusers import StableDiffusionInpaintPipeline
+
+    pipe = StableDiffusionInpaintPipeline.from_pretrained(tiny_inpaint, safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    request = GenerateRequest(**BASE, scheduler=scheduler, init_image=picture(), mask_image=mask_image(), strength=strength, num_images=images)
+    ours = inpaint_pipeline.generate(request)
+    assert inpaint_pipeline.manifest.model["unet_in_channels"] == 9 and len(ours.timings.unet_steps) == int(5 * strength)
+    ref_latents, ref_images = diffusers_latents(pipe, request, mask_image=request.mask_image, height=64, width=64)
+    _compare(ours, ref_latents, ref_images, f"inpainting checkpoint, {scheduler} strength {strength}")
+
+
+def test_an_inpainting_checkpoint_needs_an_image_and_a_mask(inpaint_pipeline, tiny_inpaint, tmp_path, capsys):
+    for extra in ({}, {"init_image": picture(), "strength": 0.6}):  # text-to-image, img2img
+        with pytest.raises(SdoptError, match="inpainting checkpoint .* needs init_image and mask_image"):
+            inpaint_pipeline.generate(GenerateRequest(**BASE, **extra))
+    assert main(["generate", str(tiny_inpaint), "-p", "x", "--steps", "2", "-o", str(tmp_path / "x.png"), "-q"]) == 2
+    assert "--init-image and --mask" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
+
+
+def test_an_inpainting_checkpoint_exports_and_agrees(tiny_inpaint, inpaint_pipeline, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from sdopt.export.run import export
+
+    manifest = export(tiny_inpaint, "onnx", tmp_path / "onnx")
+    assert all(p["passed"] for p in manifest.parity.values())  # traced and checked with 9-channel samples
+    request = GenerateRequest(**BASE, scheduler="euler", init_image=picture(), mask_image=mask_image(), strength=0.8)
+    with sdopt.load(tmp_path / "onnx") as pipe:
+        quality = psnr(inpaint_pipeline.generate(request).images[0], pipe.generate(request).images[0])
+    print(f"inpainting checkpoint, ONNX vs torch: {quality:.1f} dB")
+    assert quality >= 40
 
 
 def test_to_dict_records_images_by_size_not_pixels():

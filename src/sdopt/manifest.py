@@ -347,6 +347,8 @@ def model_info(unet_config: dict[str, Any], vae_config: dict[str, Any], text_max
         "cross_attention_dim": int(unet_config.get("cross_attention_dim", 768)),
         "text_max_length": text_max_length,
     }
+    if int(unet_config.get("in_channels", info["latent_channels"])) != info["latent_channels"]:
+        info["unet_in_channels"] = int(unet_config["in_channels"])  # an inpainting UNet: latents, mask, masked image
     if unet_config.get("addition_embed_type") == "text_time":  # SDXL: a pooled text embedding and six size ids
         from sdopt.families.sdxl import TIME_IDS
 

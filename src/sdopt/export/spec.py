@@ -185,7 +185,7 @@ def dummy_inputs(name: str, model: dict[str, Any], batch: int = 2, height: int =
             extras["text_embeds"] = rng.standard_normal((batch, model["text_embeds_dim"])).astype(np.float32)
             extras["time_ids"] = np.tile(np.array([height, width, 0, 0, height, width], dtype=np.float32), (batch, 1))
         return {
-            "sample": rng.standard_normal((batch, channels, h, w)).astype(np.float32),
+            "sample": rng.standard_normal((batch, model.get("unet_in_channels", channels), h, w)).astype(np.float32),
             "timestep": np.array(981.0, dtype=np.float32),
             "encoder_hidden_states": rng.standard_normal((batch, seq, text_hidden)).astype(np.float32),
             **extras,

@@ -34,7 +34,9 @@ def conditioning(outputs: list[dict[str, Any]], request, model: dict[str, Any]) 
 FAMILY = Family(
     name="stable-diffusion",
     title="Stable Diffusion 1.x/2.x",
-    pipeline_classes=frozenset({"StableDiffusionPipeline", "OnnxStableDiffusionPipeline", "ORTStableDiffusionPipeline", "OVStableDiffusionPipeline"}),
+    pipeline_classes=frozenset({"StableDiffusionPipeline", "OnnxStableDiffusionPipeline", "ORTStableDiffusionPipeline", "OVStableDiffusionPipeline",
+                                # inpainting checkpoints (a 9-channel UNet) and their exports
+                                "StableDiffusionInpaintPipeline", "ORTStableDiffusionInpaintPipeline", "OVStableDiffusionInpaintPipeline"}),
     text_encoders=("text_encoder",),
     tokenizers=("tokenizer",),
     conditioning=conditioning,

@@ -41,10 +41,17 @@ class Start:
     latents: Any  # torch float32 (batch, C, h, w)
     timesteps: Any  # torch: scheduler.timesteps, or its tail when strength < 1
     after_step: Callable[[Any, int], Any] | None = None  # (latents after step i, i) -> latents
+    # An inpainting UNet's extra input channels, concatenated to the scaled latents every step:
+    # torch float32 (batch, 1 + C, h, w), the mask and the masked image's latents.
+    unet_extra: Any = None
 
 
-def start(request: GenerateRequest, scheduler: Any, noise: Noise, model: dict[str, Any], encode: Encode) -> Start:
-    """The start for this request; ``scheduler.set_timesteps`` has been called."""
+def start(request: GenerateRequest, scheduler: Any, noise: Noise, model: dict[str, Any], encode: Encode,
+          inpainting_unet: bool = False) -> Start:
+    """The start for this request; ``scheduler.set_timesteps`` has been called. ``inpainting_unet``: the
+    UNet reads the mask and the masked image's latents too (9 channels; check_artifact asked for a mask)."""
+    import torch
+
     factor = model["vae_scale_factor"]
     shape = (request.batch_size, model["latent_channels"], request.height // factor, request.width // factor)
     if request.init_image is None:
@@ -54,21 +61,29 @@ def start(request: GenerateRequest, scheduler: Any, noise: Noise, model: dict[st
     timesteps = strength_timesteps(scheduler, request.steps, request.strength)
     first = timesteps[:1].repeat(shape[0])
     images = request.init_images
-    parameters = encode(np.concatenate([pixels(im, request.height, request.width) for im in images]))
-    image_latents = model["vae_scaling_factor"] * sample_posterior(parameters, noise, rows_of(len(images), request))
+    image_pixels = np.concatenate([pixels(im, request.height, request.width) for im in images])
+    image_latents = None
+    # An inpainting UNet at strength 1 starts from noise alone: Diffusers then does not encode the image
+    # (no posterior draw before the noise); every other start does.
+    if not (inpainting_unet and request.strength == 1.0):
+        image_latents = model["vae_scaling_factor"] * sample_posterior(encode(image_pixels), noise, rows_of(len(images), request))
     fresh = noise.randn(shape)
     if request.mask_image is None:
         return Start(scheduler.add_noise(image_latents, fresh, first), timesteps)
 
     # Inpainting: pure noise at strength 1 (is_strength_max), else the image noised like img2img.
     latents = fresh * scheduler.init_noise_sigma if request.strength == 1.0 else scheduler.add_noise(image_latents, fresh, first)
-    # Diffusers encodes the masked image here and samples its posterior with the generator. Only a
-    # 9-channel (inpainting) UNet reads those latents, so we skip the encoder but draw the same numbers
-    # (same shape, dtype and order): an ancestral scheduler's later draws then match Diffusers'.
     masks = request.mask_images
-    masked_rows = shape[0] if noise.per_image else max(len(images), len(masks))  # init_image * mask broadcasts
-    noise.randn((masked_rows, *shape[1:]))
     mask = latent_mask(masks, request, shape[2:])
+    # Diffusers encodes the masked image here (the init image where the mask keeps it, 0 where it
+    # repaints; images and masks broadcast) and samples its posterior with the generator.
+    masked_pixels = torch.from_numpy(image_pixels) * (torch.cat([mask_pixels(m, request.height, request.width) for m in masks]) < 0.5)
+    if inpainting_unet:  # the UNet reads the mask and those latents every step, instead of a blend after it
+        masked_latents = sample_posterior(encode(masked_pixels.numpy()), noise, rows_of(len(masked_pixels), request))
+        return Start(latents, timesteps, unet_extra=torch.cat([mask, model["vae_scaling_factor"] * masked_latents], dim=1))
+    # A text-to-image UNet does not read them: skip the encoder but draw the same numbers (same shape,
+    # dtype and order), so an ancestral scheduler's later draws still match Diffusers'.
+    noise.randn((shape[0] if noise.per_image else len(masked_pixels), *shape[1:]))
 
     def blend(latents, i: int):
         kept = image_latents
@@ -142,9 +157,25 @@ def latent_mask(masks: list, request: GenerateRequest, size: tuple[int, int]):
 
 
 # --- what the artifact must have --------------------------------------------------------------------
+def inpainting_channels(model: dict[str, Any]) -> int:
+    """An inpainting UNet's input channels: the latents, the mask, the masked image's latents (9 on SD)."""
+    return 2 * model["latent_channels"] + 1
+
+
 def check_artifact(request: GenerateRequest, manifest: Any, components: dict[str, Any], unet_channels: int | None) -> None:
-    """Refuse, before any work, an image-conditioned request this artifact cannot run.
+    """Refuse, before any work, a request this artifact cannot run: an image-conditioned one without
+    the VAE encoder, any but inpainting on an inpainting UNet, a UNet of another input width.
     unet_channels: the UNet's input channels (``unet_in_channels``), None when unknown."""
+    latent, inpainting = manifest.model["latent_channels"], inpainting_channels(manifest.model)
+    if unet_channels not in (None, latent, inpainting):
+        raise SdoptError(f"this artifact's UNet takes {unet_channels} input channels; sdopt runs UNets of {latent} "
+                         f"(text-to-image) or {inpainting} (inpainting: latents, mask and masked image)")
+    if unet_channels == inpainting and request.mask_image is None:
+        raise SdoptError(
+            f"this is an inpainting checkpoint (its UNet reads {inpainting} channels: latents, mask and masked image): "
+            "it needs init_image and mask_image (--init-image and --mask), as Diffusers' StableDiffusionInpaintPipeline "
+            "does; for text-to-image or img2img use a text-to-image checkpoint"
+        )
     if request.init_image is None:
         return
     if "vae_encoder" not in components:
@@ -153,12 +184,6 @@ def check_artifact(request: GenerateRequest, manifest: Any, components: dict[str
             f"{manifest.backend} artifact has no vae_encoder component (it has {', '.join(sorted(components))}). "
             "Export it again from the Diffusers checkpoint: `sdopt export` includes vae_encoder whenever the "
             "checkpoint's vae/ has its weights; or generate with the Diffusers folder itself"
-        )
-    if request.mask_image is not None and unet_channels not in (None, manifest.model["latent_channels"]):
-        raise SdoptError(
-            f"this artifact's UNet takes {unet_channels} input channels (an inpainting UNet: latents, mask and masked "
-            "image), which sdopt does not support yet. Inpaint with a text-to-image checkpoint instead: sdopt "
-            "blends the mask after every step, as Diffusers' StableDiffusionInpaintPipeline does with such a UNet"
         )
 
 

@@ -198,7 +198,8 @@ class Pipeline:
 
             # Noise, or the init image's latents noised to where strength starts the schedule.
             rng = Noise(request.seed, request.seeds)  # one generator, or one per image (request.seeds)
-            start_at = conditioning.start(request, scheduler, rng, model, lambda pixels: self.encode_images(pixels, timings))
+            start_at = conditioning.start(request, scheduler, rng, model, lambda pixels: self.encode_images(pixels, timings),
+                                          inpainting_unet=self.unet_in_channels == conditioning.inpainting_channels(model))
             latents, timesteps = start_at.latents, start_at.timesteps
             step_kwargs = _step_kwargs(scheduler, rng.for_scheduler)
             guided = guidance.guided_steps(len(timesteps), self.guidance_end(request)) if cfg else 0
@@ -211,6 +212,8 @@ class Pipeline:
                     timings.unguided_steps += 1
                 model_input = torch.cat([latents] * 2) if cfg else latents
                 model_input = scheduler.scale_model_input(model_input, t)
+                if start_at.unet_extra is not None:  # an inpainting UNet: the mask and the masked image's latents too
+                    model_input = torch.cat([model_input, torch.cat([start_at.unet_extra] * 2) if cfg else start_at.unet_extra], dim=1)
                 timestep = np.array(t.item(), dtype=np.float32)  # one for the whole batch, as a float scalar
                 inputs = {"sample": model_input.numpy(), "timestep": timestep, **text}
                 step_start = time.perf_counter()

@@ -90,6 +90,17 @@ TINY = ZooModel(
     },
 )
 
+# An inpainting checkpoint's layout (stable-diffusion-inpainting): the UNet reads 9 channels each step,
+# the latents, the mask and the masked image's latents.
+TINY_INPAINT = ZooModel(
+    name="tiny-inpaint",
+    description="SD-1 inpainting-shaped toy (a few MB): a 9-channel UNet (latents, mask, masked image), for tests",
+    unet={**TINY.unet, "in_channels": 9},
+    vae=dict(TINY.vae),
+    text_encoder=dict(TINY.text_encoder),
+    pipeline_class="StableDiffusionInpaintPipeline",
+)
+
 SD15 = ZooModel(
     name="sd15",
     description="Stable Diffusion 1.5 architecture (~860M-parameter UNet, CLIP ViT-L/14 text encoder), random weights",
@@ -307,4 +318,4 @@ SDXL = ZooModel(
     pipeline_class="StableDiffusionXLPipeline",
 )
 
-MODELS: dict[str, ZooModel] = {model.name: model for model in (TINY, SD15, SHAPES, SD2_TINY, SDXL_TINY, SDXL)}
+MODELS: dict[str, ZooModel] = {model.name: model for model in (TINY, TINY_INPAINT, SD15, SHAPES, SD2_TINY, SDXL_TINY, SDXL)}
