@@ -111,7 +111,6 @@ def cached_unet_specs(unet: ComponentSpec) -> dict[str, ComponentSpec]:
     }
 
 
-
 def family_specs(family: Any, text_layers: dict[str, int]) -> dict[str, ComponentSpec]:
     """The specs of a family's components (sdopt.families): SD's four, and for SDXL a second text
     encoder, text encoders giving every layer's hidden state, and the UNet's extra inputs.
