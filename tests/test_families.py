@@ -233,6 +233,35 @@ def test_optimum_written_sdxl_openvino_folder_loads(sdxl_tiny, sdxl_reference, t
     assert quality >= 40
 
 
+@pytest.fixture(scope="module")
+def sdxl_inpainting(tmp_path_factory):
+    """The 9-channel SDXL toy, and Diffusers' StableDiffusionXLInpaintPipeline on it."""
+    from diffusers import StableDiffusionXLInpaintPipeline
+
+    from sdopt.zoo import write_model
+
+    folder = write_model("sdxl-tiny-inpaint", tmp_path_factory.mktemp("zoo") / "sdxl-tiny-inpaint", seed=0, progress=False)
+    theirs = StableDiffusionXLInpaintPipeline.from_pretrained(folder, add_watermarker=False)
+    theirs.set_progress_bar_config(disable=True)
+    return folder, theirs
+
+
+@pytest.mark.parametrize("scheduler, strength", [("euler", 1.0), ("euler_a", 0.6)])
+def test_an_sdxl_inpainting_checkpoint_matches_diffusers(sdxl_inpainting, scheduler, strength):
+    """A 9-channel SDXL UNet (as stable-diffusion-xl-1.0-inpainting): the mask and the masked image's latents
+    every step, as StableDiffusionXLInpaintPipeline does; text-to-image on it is refused."""
+    folder, theirs = sdxl_inpainting
+    request = GenerateRequest(**{**SMALL, "steps": 5}, scheduler=scheduler, init_image=picture(), mask_image=mask_image(), strength=strength, num_images=2)
+    with sdopt.load(folder) as pipeline:
+        ours = pipeline.generate(request)
+        with pytest.raises(SdoptError, match="inpainting checkpoint"):
+            pipeline.generate(GenerateRequest(**SMALL))
+    ref_latents, _ = diffusers_latents(theirs, request, mask_image=request.mask_image, height=64, width=64)
+    latent_err = float(np.abs(ours.latents - ref_latents).max() / max(1.0, np.abs(ref_latents).max()))
+    print(f"SDXL inpainting checkpoint, {scheduler} strength {strength}: latents {latent_err:.2e} of their scale")
+    assert latent_err <= TOLERANCE
+
+
 def test_sdxl_vae_stays_fp32_under_fp16_as_diffusers_upcasts_it(sdxl_pipeline, sdxl_exports, tiny_pipeline):
     """SDXL's VAE overflows fp16's range (its config says force_upcast, and Diffusers' SDXL pipelines decode
     in float32): under fp16 every backend runs it in fp32, unless the VAE says it need not (the fp16-fix VAE);

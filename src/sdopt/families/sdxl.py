@@ -56,7 +56,9 @@ def conditioning(outputs: list[dict[str, Any]], request, model: dict[str, Any]) 
 FAMILY = Family(
     name="stable-diffusion-xl",
     title="Stable Diffusion XL",
-    pipeline_classes=frozenset({"StableDiffusionXLPipeline", "ORTStableDiffusionXLPipeline", "OVStableDiffusionXLPipeline"}),
+    pipeline_classes=frozenset({"StableDiffusionXLPipeline", "ORTStableDiffusionXLPipeline", "OVStableDiffusionXLPipeline",
+                                # inpainting checkpoints (a 9-channel UNet) and their exports
+                                "StableDiffusionXLInpaintPipeline", "ORTStableDiffusionXLInpaintPipeline", "OVStableDiffusionXLInpaintPipeline"}),
     text_encoders=("text_encoder", "text_encoder_2"),
     tokenizers=("tokenizer", "tokenizer_2"),
     conditioning=conditioning,

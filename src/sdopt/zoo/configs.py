@@ -272,6 +272,17 @@ SDXL_TINY = ZooModel(
     pipeline_class="StableDiffusionXLPipeline",
 )
 
+SDXL_TINY_INPAINT = ZooModel(
+    name="sdxl-tiny-inpaint",
+    description="SDXL inpainting-shaped toy (a few MB): sdxl-tiny with a 9-channel UNet (latents, mask, masked image), for tests",
+    unet={**SDXL_TINY.unet, "in_channels": 9},
+    vae=dict(SDXL_TINY.vae),
+    text_encoder=dict(SDXL_TINY.text_encoder),
+    text_encoder_2=dict(SDXL_TINY.text_encoder_2),
+    scheduler=dict(SDXL_SCHEDULER),
+    pipeline_class="StableDiffusionXLInpaintPipeline",
+)
+
 SDXL = ZooModel(
     name="sdxl",
     description="Stable Diffusion XL base 1.0 architecture (~2.6B-parameter UNet, CLIP ViT-L + OpenCLIP bigG text encoders), random weights; ~13 GB fp32",
@@ -318,4 +329,4 @@ SDXL = ZooModel(
     pipeline_class="StableDiffusionXLPipeline",
 )
 
-MODELS: dict[str, ZooModel] = {model.name: model for model in (TINY, TINY_INPAINT, SD15, SHAPES, SD2_TINY, SDXL_TINY, SDXL)}
+MODELS: dict[str, ZooModel] = {model.name: model for model in (TINY, TINY_INPAINT, SD15, SHAPES, SD2_TINY, SDXL_TINY, SDXL_TINY_INPAINT, SDXL)}
