@@ -7,7 +7,7 @@ this module free of torch: the CLI lists the zoo without importing it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 # SD 1.5's scheduler_config.json. Both models share it, so a pipeline built on
 # the tiny model runs the same timestep schedule as the real one.
@@ -90,16 +90,24 @@ TINY = ZooModel(
     },
 )
 
-# An inpainting checkpoint's layout (stable-diffusion-inpainting): the UNet reads 9 channels each step,
-# the latents, the mask and the masked image's latents.
-TINY_INPAINT = ZooModel(
-    name="tiny-inpaint",
-    description="SD-1 inpainting-shaped toy (a few MB): a 9-channel UNet (latents, mask, masked image), for tests",
-    unet={**TINY.unet, "in_channels": 9},
-    vae=dict(TINY.vae),
-    text_encoder=dict(TINY.text_encoder),
-    pipeline_class="StableDiffusionInpaintPipeline",
-)
+
+def inpainting_variant(model: ZooModel, pipeline_class: str) -> ZooModel:
+    """``model`` laid out as an inpainting checkpoint (stable-diffusion-inpainting's): its UNet reads 9 channels
+    each step, the latents, the mask and the masked image's latents; model_index.json names ``pipeline_class``."""
+    return replace(
+        model,
+        name=f"{model.name}-inpaint",
+        description=f"{model.name} with a 9-channel inpainting UNet (latents, mask, masked image), for tests",
+        unet={**model.unet, "in_channels": 9},
+        vae=dict(model.vae),
+        text_encoder=dict(model.text_encoder),
+        text_encoder_2=None if model.text_encoder_2 is None else dict(model.text_encoder_2),
+        scheduler=dict(model.scheduler),
+        pipeline_class=pipeline_class,
+    )
+
+
+TINY_INPAINT = inpainting_variant(TINY, "StableDiffusionInpaintPipeline")
 
 SD15 = ZooModel(
     name="sd15",
@@ -272,16 +280,7 @@ SDXL_TINY = ZooModel(
     pipeline_class="StableDiffusionXLPipeline",
 )
 
-SDXL_TINY_INPAINT = ZooModel(
-    name="sdxl-tiny-inpaint",
-    description="SDXL inpainting-shaped toy (a few MB): sdxl-tiny with a 9-channel UNet (latents, mask, masked image), for tests",
-    unet={**SDXL_TINY.unet, "in_channels": 9},
-    vae=dict(SDXL_TINY.vae),
-    text_encoder=dict(SDXL_TINY.text_encoder),
-    text_encoder_2=dict(SDXL_TINY.text_encoder_2),
-    scheduler=dict(SDXL_SCHEDULER),
-    pipeline_class="StableDiffusionXLInpaintPipeline",
-)
+SDXL_TINY_INPAINT = inpainting_variant(SDXL_TINY, "StableDiffusionXLInpaintPipeline")
 
 SDXL = ZooModel(
     name="sdxl",
