@@ -16,6 +16,8 @@ checks that our preprocessing of the PIL image is Diffusers' bit for bit, and
 one test runs Diffusers on the PIL image itself at a looser tolerance.
 """
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -280,17 +282,46 @@ def test_an_inpainting_checkpoint_needs_an_image_and_a_mask(inpaint_pipeline, ti
     assert "--init-image and --mask" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
 
 
-def test_an_inpainting_checkpoint_exports_and_agrees(tiny_inpaint, inpaint_pipeline, tmp_path):
+@pytest.fixture(scope="module")
+def inpaint_onnx(tiny_inpaint, tmp_path_factory):
     pytest.importorskip("onnxruntime")
     from sdopt.export.run import export
 
-    manifest = export(tiny_inpaint, "onnx", tmp_path / "onnx")
+    out = tmp_path_factory.mktemp("onnx") / "tiny-inpaint-onnx"
+    return out, export(tiny_inpaint, "onnx", out)
+
+
+def test_an_inpainting_checkpoint_exports_and_agrees(inpaint_onnx, inpaint_pipeline):
+    out, manifest = inpaint_onnx
     assert all(p["passed"] for p in manifest.parity.values())  # traced and checked with 9-channel samples
     request = GenerateRequest(**BASE, scheduler="euler", init_image=picture(), mask_image=mask_image(), strength=0.8)
-    with sdopt.load(tmp_path / "onnx") as pipe:
+    with sdopt.load(out) as pipe:
         quality = psnr(inpaint_pipeline.generate(request).images[0], pipe.generate(request).images[0])
     print(f"inpainting checkpoint, ONNX vs torch: {quality:.1f} dB")
     assert quality >= 40
+
+
+def test_the_bench_runs_inpainting_requests(tiny_inpaint, inpaint_onnx, tmp_path, capsys):
+    """sdopt bench --init-image/--mask: every artifact inpaints the same image under the same mask (an inpainting
+    checkpoint takes nothing else), quality against the reference's inpainting; bad image options refused up front."""
+    picture().save(tmp_path / "photo.png")
+    mask_image().save(tmp_path / "mask.png")
+    common = ["--reference", str(tiny_inpaint), "--steps", "3", "--height", "64", "--width", "64", "--seeds", "0", "--warmup", "0",
+              "--runs", "1", "--scheduler", "euler", "-q"]
+    assert main(["bench", str(inpaint_onnx[0]), *common, "--init-image", str(tmp_path / "photo.png"), "--mask", str(tmp_path / "mask.png"),
+                 "--strength", "0.7", "-o", str(tmp_path / "r")]) == 0
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["request"]["init_image"] == "photo.png" and report["request"]["mask_image"] == "mask.png" and report["request"]["strength"] == 0.7
+    rows = {a["name"]: a for a in report["artifacts"]}
+    assert all(a["status"] == "ok" for a in rows.values()), [a.get("error") for a in rows.values()]
+    assert rows["tiny-inpaint-onnx"]["quality"]["psnr_db"] >= 40
+    assert "inpainting photo.png under the mask mask.png at strength 0.7" in (tmp_path / "r" / "report.md").read_text()
+    capsys.readouterr()
+    assert main(["bench", str(inpaint_onnx[0]), *common, "--mask", str(tmp_path / "mask.png"), "-o", str(tmp_path / "x")]) == 2
+    assert "mask_image" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    assert main(["bench", str(inpaint_onnx[0]), *common, "--init-image", str(tmp_path / "nothing.png"), "-o", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "--init-image" in err and "no such file" in err
 
 
 def test_to_dict_records_images_by_size_not_pixels():

@@ -23,6 +23,24 @@ MAX_IMAGES = 64  # images in one generate call (prompts x num_images)
 MAX_SEED = 2**63 - 1
 
 
+def open_image(path: str | None, flag: str):
+    """The PIL image at PATH (read now), or an SdoptError naming the flag."""
+    if path is None:
+        return None
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image
+    except FileNotFoundError:
+        raise SdoptError(f"{flag} {path}: no such file") from None
+    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
+        raise SdoptError(f"{flag} {path}: not an image sdopt can read (PNG, JPEG, WebP...): {exc}") from None
+    except OSError as exc:
+        raise SdoptError(f"{flag} {path}: cannot read it ({exc.strerror or exc})") from None
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 

@@ -277,6 +277,9 @@ def assemble_report(entries: list[Entry], raws: dict[str, dict], settings: Bench
             "guidance_scale": settings.guidance_scale,
             "scheduler": settings.scheduler,
             "images_per_call": 1,
+            # img2img / inpainting: the files every artifact started from (their names; the paths are the user's)
+            **({"init_image": Path(settings.init_image).name, "mask_image": Path(settings.mask_image).name if settings.mask_image else None,
+                "strength": settings.strength} if settings.init_image else {}),
         },
         "settings": {"warmup": settings.warmup, "runs": settings.runs, "rounds": settings.rounds, "max_seconds": settings.max_seconds, "device": settings.device,
                      "worker_start": effective_worker_start(settings.worker_start, settings.device)},

@@ -117,6 +117,15 @@ def _cluster_note(report: dict) -> str:
     return f"- ran on Ray {c.get('ray_version')} ({len(c.get('nodes', []))} node(s) in the cluster); each job asked for {asked}: {where or 'no job ran'}"
 
 
+def _image_note(req: dict) -> str:
+    """img2img or inpainting requests: on what, and how much of the schedule ran."""
+    if not req.get("init_image"):
+        return ""
+    what = f"inpainting {req['init_image']} under the mask {req['mask_image']}" if req.get("mask_image") else f"img2img on {req['init_image']}"
+    strength = "the default strength" if req.get("strength") is None else f"strength {req['strength']}"
+    return f", {what} at {strength}"
+
+
 def _workers_note(worker_start: str) -> str:
     if worker_start == "fork":
         return ("- workers: a process per artifact and round, forked from one that imported its backend "
@@ -135,7 +144,7 @@ def markdown(report: dict) -> str:
         f"- software: sdopt {report['sdopt_version']} (commit {str(machine.get('git_commit'))[:12]}), "
         + ", ".join(f"{k} {v}" for k, v in machine.get("libraries", {}).items()),
         f"- request: {len(req['prompts'])} prompt(s) × seeds {req['seeds']}, {req['steps']} steps, {req['height']}×{req['width']}, "
-        f"guidance {req['guidance_scale']}, scheduler {req['scheduler']}; {report['settings']['runs']} run(s) after {report['settings']['warmup']} warm-up"
+        f"guidance {req['guidance_scale']}, scheduler {req['scheduler']}{_image_note(req)}; {report['settings']['runs']} run(s) after {report['settings']['warmup']} warm-up"
         + (f", in each of {report['settings']['rounds']} rounds (every artifact once per round, the order rotating)" if (report["settings"].get("rounds") or 1) > 1 else ""),
         *([_workers_note(report["settings"]["worker_start"])] if report["settings"].get("worker_start") else []),
         f"- reference: **{report['reference']}**; UNet {_fmt((report.get('unet_flops_per_call') or 0) / 1e9)} GFLOP per call",

@@ -1,5 +1,6 @@
-"""What one bench run asks of every artifact: prompts, seeds, size, steps, warm-ups, runs, rounds —
-from the command line over a hardware profile's [bench] over the defaults."""
+"""What one bench run asks of every artifact: prompts, seeds, size, steps, warm-ups, runs, rounds, and
+an init image (and mask) when it benches img2img or inpainting — from the command line over a hardware
+profile's [bench] over the defaults."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from sdopt.bench.forkserver import WORKER_STARTS
 from sdopt.bench.grounding import choose_judge
 from sdopt.bench.profiles import BENCH_DEFAULTS, HardwareProfile
 from sdopt.errors import SdoptError
-from sdopt.request import GenerateRequest
+from sdopt.request import GenerateRequest, open_image
 from sdopt.runtime.schedulers import check_scheduler
 
 
@@ -40,6 +41,12 @@ class BenchSettings:
     # (bench/forkserver.py; Linux, CPU or CUDA), so its load time is the artifact's own; "cold": a
     # fresh interpreter per worker, whose load time includes importing torch and Diffusers (~6 s).
     worker_start: str = "fork"
+    # Image-conditioned requests (file paths): every prompt and seed runs img2img on init_image, or
+    # inpainting with mask_image too (an inpainting checkpoint takes only those); strength as
+    # GenerateRequest's, None for its default. Each worker reads the files once.
+    init_image: str | None = None
+    mask_image: str | None = None
+    strength: float | None = None
 
     @classmethod
     def resolve(cls, profile: HardwareProfile | None, **overrides: Any) -> "BenchSettings":
@@ -56,6 +63,8 @@ class BenchSettings:
         values["run"] = dict(profile.run) if profile else {}
         values["rounds"] = 1 if overrides.get("rounds") is None else int(overrides["rounds"])
         values["worker_start"] = overrides.get("worker_start") or "fork"
+        for key in ("init_image", "mask_image", "strength"):
+            values[key] = overrides.get(key)
         budget = overrides.get("max_seconds")
         values["max_seconds"] = budget if budget is not None else (profile.bench.get("max_seconds") if profile else None)
         settings = cls(**values)
@@ -77,5 +86,15 @@ class BenchSettings:
             raise SdoptError(f"--worker-start {self.worker_start}: give one of {', '.join(WORKER_STARTS)}")
         check_scheduler(self.scheduler)
         choose_judge(self.judge, self.prompts)  # an unknown judge, or prompts it cannot read: before any worker runs
+        images = image_options(self.init_image, self.mask_image, self.strength)  # readable images, before any worker runs
         for prompt in self.prompts:
-            GenerateRequest(prompt=prompt, steps=self.steps, height=self.height, width=self.width, guidance_scale=self.guidance_scale).validate()
+            GenerateRequest(prompt=prompt, steps=self.steps, height=self.height, width=self.width, guidance_scale=self.guidance_scale,
+                            **images).validate()
+
+
+def image_options(init_image: str | None, mask_image: str | None, strength: float | None) -> dict[str, Any]:
+    """A bench request's image fields (GenerateRequest's), the files read now; errors name the option."""
+    options: dict[str, Any] = {"init_image": open_image(init_image, "--init-image"), "mask_image": open_image(mask_image, "--mask")}
+    if strength is not None:
+        options["strength"] = strength
+    return {k: v for k, v in options.items() if v is not None}

@@ -22,24 +22,6 @@ def output_paths(out: Path, count: int) -> list[Path]:
     return [out.with_name(f"{out.stem}-{i}{out.suffix or '.png'}") for i in range(count)]
 
 
-def open_image(path: str | None, flag: str):
-    """The PIL image at PATH (read now), or an SdoptError naming the flag."""
-    if path is None:
-        return None
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image
-    except FileNotFoundError:
-        raise SdoptError(f"{flag} {path}: no such file") from None
-    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
-        raise SdoptError(f"{flag} {path}: not an image sdopt can read (PNG, JPEG, WebP...): {exc}") from None
-    except OSError as exc:
-        raise SdoptError(f"{flag} {path}: cannot read it ({exc.strerror or exc})") from None
-
-
 def backend_of(artifact: str) -> str:
     """The backend an artifact names (a PyTorch checkpoint splits its UNet at load for step-feature caching)."""
     from sdopt.manifest import read_manifest

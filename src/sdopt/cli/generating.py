@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from sdopt.cli.common import output_paths, open_image, backend_of, add_lora_flag, lora_scales
+from sdopt.cli.common import output_paths, backend_of, add_lora_flag, lora_scales
+from sdopt.request import open_image
 from sdopt.errors import BrokenOutputError, SdoptError
 
 

@@ -74,7 +74,7 @@ def _bench(args: argparse.Namespace) -> int:
         settings = BenchSettings.resolve(
             profile, prompts=prompts, seeds=seeds, steps=args.steps, height=args.height, width=args.width, guidance_scale=args.guidance,
             warmup=args.warmup, runs=args.runs, max_seconds=args.max_seconds, scheduler=args.scheduler, device=args.device, judge=args.judge,
-            rounds=args.rounds, worker_start=args.worker_start,
+            rounds=args.rounds, worker_start=args.worker_start, init_image=args.init_image, mask_image=args.mask, strength=args.strength,
         )
         artifacts, reference = args.artifacts, args.reference
         if args.build_from:
@@ -173,6 +173,11 @@ def add_bench(sub) -> None:
     p.add_argument("--rounds", type=int, default=None, metavar="K",
                    help="go over every artifact K times, the order rotating, each time a fresh process with its warm-up and --runs; "
                         "the rows join every round's samples, so a shared machine's slow minutes land on every artifact alike (default 1)")
+    p.add_argument("--init-image", default=None, metavar="PATH", help="bench img2img: every prompt and seed starts from this image "
+                   "(resized to --height/--width); with --ray, a path every node sees")
+    p.add_argument("--mask", default=None, metavar="PATH", help="bench inpainting: white = repaint, black = keep (needs --init-image; "
+                   "an inpainting checkpoint takes only this)")
+    p.add_argument("--strength", type=float, default=None, help="with --init-image: how much of the schedule runs (default 0.8)")
     _add_worker_start(p)
     p.add_argument("--max-seconds", type=float, default=None, help="per-artifact time budget: no more warm-ups or measured passes once spent (at least one pass runs, the first generate itself when it alone outlasts the budget and covers every prompt and seed; the report says so)")
     p.add_argument("--device", help="default: the profile's, else cpu")
