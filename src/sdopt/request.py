@@ -41,6 +41,15 @@ def open_image(path: str | None, flag: str):
         raise SdoptError(f"{flag} {path}: cannot read it ({exc.strerror or exc})") from None
 
 
+def image_options(init_image: str | None, mask_image: str | None, strength: float | None) -> dict[str, Any]:
+    """GenerateRequest's image fields from file paths (a bench's --init-image/--mask/--strength), the files
+    read now; errors name the option."""
+    options: dict[str, Any] = {"init_image": open_image(init_image, "--init-image"), "mask_image": open_image(mask_image, "--mask")}
+    if strength is not None:
+        options["strength"] = strength
+    return {k: v for k, v in options.items() if v is not None}
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 

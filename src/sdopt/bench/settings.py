@@ -11,7 +11,7 @@ from sdopt.bench.forkserver import WORKER_STARTS
 from sdopt.bench.grounding import choose_judge
 from sdopt.bench.profiles import BENCH_DEFAULTS, HardwareProfile
 from sdopt.errors import SdoptError
-from sdopt.request import GenerateRequest, open_image
+from sdopt.request import GenerateRequest, image_options
 from sdopt.runtime.schedulers import check_scheduler
 
 
@@ -90,11 +90,3 @@ class BenchSettings:
         for prompt in self.prompts:
             GenerateRequest(prompt=prompt, steps=self.steps, height=self.height, width=self.width, guidance_scale=self.guidance_scale,
                             **images).validate()
-
-
-def image_options(init_image: str | None, mask_image: str | None, strength: float | None) -> dict[str, Any]:
-    """A bench request's image fields (GenerateRequest's), the files read now; errors name the option."""
-    options: dict[str, Any] = {"init_image": open_image(init_image, "--init-image"), "mask_image": open_image(mask_image, "--mask")}
-    if strength is not None:
-        options["strength"] = strength
-    return {k: v for k, v in options.items() if v is not None}

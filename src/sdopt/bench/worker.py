@@ -20,7 +20,7 @@ import numpy as np
 
 
 def _generate_all(pipe, job: dict, images: dict) -> list[tuple[dict, object]]:
-    """Every prompt and seed of ``job`` once; ``images``: the request's image fields (settings.image_options)."""
+    """Every prompt and seed of ``job`` once; ``images``: the request's image fields (sdopt.request.image_options)."""
     from sdopt import GenerateRequest
 
     outputs = []
@@ -43,7 +43,7 @@ def _generate_all(pipe, job: dict, images: dict) -> list[tuple[dict, object]]:
 
 def measure(job: dict) -> dict:
     import sdopt
-    from sdopt.bench.settings import image_options
+    from sdopt.request import image_options
     from sdopt.runtime.compiled import compiled_graphs
     from sdopt.runtime.memory import rss_peak_bytes
 
