@@ -77,13 +77,14 @@ def start(request: GenerateRequest, scheduler: Any, noise: Noise, model: dict[st
     mask = latent_mask(masks, request, shape[2:])
     # Diffusers encodes the masked image here (the init image where the mask keeps it, 0 where it
     # repaints; images and masks broadcast) and samples its posterior with the generator.
-    masked_pixels = torch.from_numpy(image_pixels) * (torch.cat([mask_pixels(m, request.height, request.width) for m in masks]) < 0.5)
+    masked_rows = max(len(images), len(masks))
     if inpainting_unet:  # the UNet reads the mask and those latents every step, instead of a blend after it
-        masked_latents = sample_posterior(encode(masked_pixels.numpy()), noise, rows_of(len(masked_pixels), request))
+        keep = torch.cat([mask_pixels(m, request.height, request.width) for m in masks]) < 0.5
+        masked_latents = sample_posterior(encode((torch.from_numpy(image_pixels) * keep).numpy()), noise, rows_of(masked_rows, request))
         return Start(latents, timesteps, unet_extra=torch.cat([mask, model["vae_scaling_factor"] * masked_latents], dim=1))
     # A text-to-image UNet does not read them: skip the encoder but draw the same numbers (same shape,
     # dtype and order), so an ancestral scheduler's later draws still match Diffusers'.
-    noise.randn((shape[0] if noise.per_image else len(masked_pixels), *shape[1:]))
+    noise.randn((shape[0] if noise.per_image else masked_rows, *shape[1:]))
 
     def blend(latents, i: int):
         kept = image_latents

@@ -14,6 +14,7 @@ from sdopt.runtime.compiled import COMPILED_COMPONENTS, compile_components, comp
 from sdopt.manifest import Manifest
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PRECISIONS = {dtype: name for name, dtype in DTYPES.items()}
 FULL_PRECISION_INPUTS = {"timestep"}
 
 
@@ -37,7 +38,7 @@ class TorchComponent:
     @property
     def runs(self) -> str:
         """The precision it computes in (SDXL's VAE: fp32 in an fp16 artifact), for the bench's per-stage ceilings."""
-        return next(p for p, d in DTYPES.items() if d == self.dtype)
+        return PRECISIONS[self.dtype]
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -168,8 +169,7 @@ def load_module(folder: Path, manifest: Manifest, name: str, dtype: torch.dtype,
 def component_dtype(manifest: Manifest, name: str, dtype: torch.dtype) -> torch.dtype:
     """The dtype ``name`` runs in when the artifact runs in ``dtype`` (SDXL's VAE stays float32 under fp16:
     Manifest.component_precision)."""
-    precision = next(p for p, d in DTYPES.items() if d == dtype)
-    return DTYPES[manifest.component_precision(name, precision)]
+    return DTYPES[manifest.component_precision(name, PRECISIONS[dtype])]
 
 
 def load_modules(folder: Path, manifest: Manifest, dtype: torch.dtype, device: str = "cpu") -> dict[str, torch.nn.Module]:
