@@ -101,3 +101,21 @@ def test_only_sdopts_own_warnings_read_as_sdopts():
     assert _format_warning("bf16 is emulated here", UserWarning, ours.__file__, 10) == "sdopt: warning: bf16 is emulated here\n"
     other = _format_warning("invalid escape sequence '\\.'", SyntaxWarning, "/tmp/site/torchao/quantization/quant_api.py", 1542)
     assert other.startswith("/tmp/site/torchao/quantization/quant_api.py:1542: SyntaxWarning: invalid escape sequence")
+
+
+def test_a_reader_that_stops_reading_ends_the_command_quietly(tiny_model):
+    """`sdopt inspect MODEL | head -1`: the pipe's reader is gone before sdopt writes (its end closed
+    first, so this does not race): exit 141 as a shell reports it, and no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run([sys.executable, "-m", "sdopt.cli", "inspect", "--no-verify", str(tiny_model)], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 141, done.stderr
+    assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr, done.stderr

@@ -69,10 +69,35 @@ def main(argv: list[str] | None = None) -> int:
     _exit_on_sigterm()
     warnings.formatwarning = _format_warning
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # so a reader that left is met here, not in the interpreter's flush at exit
+        return code
     except SdoptError as exc:
         print(f"sdopt: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("sdopt: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        if not _stdout_is_gone():
+            raise  # another pipe (a worker's): a bug to see, not a reader that left
+        return 141  # as a shell reports a command its reader stopped (`sdopt inspect ... | head`): 128 + SIGPIPE
+
+
+def _stdout_is_gone() -> bool:
+    """Whether stdout is a pipe whose reader has gone away (poll says POLLERR on such a write end); if so,
+    stdout now points at /dev/null, so that the interpreter's flush at exit does not fail on it again
+    (the recipe of Python's signal docs)."""
+    import os
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        gone = any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), or stdout is no file
+        return False
+    if gone:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return gone
