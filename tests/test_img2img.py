@@ -274,6 +274,13 @@ def test_an_inpainting_checkpoint_matches_diffusers(tiny_inpaint, inpaint_pipeli
     _compare(ours, ref_latents, ref_images, f"inpainting checkpoint, {scheduler} strength {strength}")
 
 
+def test_optimize_measures_an_inpainting_checkpoint_inpainting_only(tiny_inpaint, tmp_path, capsys):
+    """Refused before any candidate is built (its bench rows would all be refused), saying what to add; nothing written."""
+    assert main(["optimize", str(tiny_inpaint), "-o", str(tmp_path / "best"), "--quick", "-q"]) == 2
+    assert "give --init-image and --mask" in capsys.readouterr().err
+    assert not (tmp_path / "best").exists() and not (tmp_path / "best.work").exists()
+
+
 def test_an_inpainting_checkpoint_needs_an_image_and_a_mask(inpaint_pipeline, tiny_inpaint, tmp_path, capsys):
     for extra in ({}, {"init_image": picture(), "strength": 0.6}):  # text-to-image, img2img
         with pytest.raises(SdoptError, match="inpainting checkpoint .* needs init_image and mask_image"):
@@ -360,3 +367,54 @@ def test_cli_bad_image_arguments(tiny_model, tmp_path, capsys, extra, message):
     args = ["generate", str(tiny_model), "-p", "x", "--steps", "2", "--height", "64", "--width", "64", "-o", str(tmp_path / "o.png")]
     assert main(args + extra) == 2
     assert message in capsys.readouterr().err
+
+
+def test_calibration_masks_are_drawn_from_the_seed():
+    from sdopt.quant.nncf import calibration_mask
+
+    masks = [np.array(calibration_mask(seed, 64, 48)) for seed in range(8)]
+    assert all(m.shape == (64, 48) and set(np.unique(m)) <= {0, 255} for m in masks)
+    assert np.array_equal(masks[5], np.array(calibration_mask(5, 64, 48)))  # the same seed, the same mask
+    for seed, m in enumerate(masks):
+        covered = (m == 255).mean()
+        assert covered == 1.0 if seed % 4 == 3 else 0.03 < covered < 0.8, (seed, covered)  # whole image a quarter of the time
+    assert len({m.tobytes() for m in masks}) == 7  # seeds 3 and 7 both the whole image
+
+
+@pytest.mark.slow
+def test_an_inpainting_checkpoint_calibrates_int8_static_on_images_it_repaints(tiny_inpaint, tiny_model, tmp_path, capsys):
+    """sdopt quantize --scheme int8-static cannot calibrate an inpainting checkpoint from text (it takes nothing but
+    inpainting requests): it needs --calibration-images, repaints them under masks drawn per run, and inpaints like its
+    float source; a text-to-image checkpoint refuses the option. Refusals come before any work and leave no output."""
+    pytest.importorskip("nncf")
+    from sdopt.export.run import export
+    from sdopt.manifest import read_manifest
+    from sdopt.quant.nncf import check_calibration_images
+
+    source = tmp_path / "inpaint-ov"
+    export(tiny_inpaint, "openvino", source, height=64, width=64, batch=1)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for seed in (1, 2):
+        picture(seed).save(photos / f"p{seed}.png")
+    quantize = ["quantize", "--backend", "nncf", "--scheme", "int8-static"]
+    capsys.readouterr()
+    assert main([*quantize, str(source), "-o", str(tmp_path / "q0")]) == 2
+    assert "inpainting checkpoint" in capsys.readouterr().err and not (tmp_path / "q0").exists()
+    with pytest.raises(SdoptError, match="--calibration-images is for inpainting checkpoints"):  # what quantize checks first
+        check_calibration_images(tiny_model, read_manifest(tiny_model), (str(photos / "p1.png"),))
+    assert main([*quantize, str(source), "--calibration-images", str(tmp_path / "none"), "-o", str(tmp_path / "q2")]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+
+    out = tmp_path / "inpaint-int8"
+    (tmp_path / "prompts.txt").write_text("a red apple\na blue car on a road\na cat on a sofa\n")  # 3 runs: seconds, not the built-in 8
+    assert main([*quantize, str(source), "--calibration-images", str(photos), "--calibration-prompts", str(tmp_path / "prompts.txt"),
+                 "--components", "unet", "-o", str(out)]) == 0
+    unet = json.loads((out / "sdopt.json").read_text())["components"]["unet"]["quantization"]
+    assert unet["scheme"] == "int8-static" and unet["calibration"]["inpainting"]["images"] == ["p1.png", "p2.png"]
+    assert unet["calibration"]["samples"] == 3 * 5  # every UNet call of 3 runs (PNDM: 4 steps, 5 calls)
+    request = GenerateRequest(**{**SMALL, "scheduler": "euler"}, init_image=picture(7), mask_image=mask_image(), strength=1.0)
+    with sdopt.load(source) as fp32, sdopt.load(out) as int8:
+        quality = psnr(fp32.generate(request).images[0], int8.generate(request).images[0])
+    print(f"inpainting checkpoint, NNCF int8-static (calibrated repainting 2 images) vs its fp32 OpenVINO source: {quality:.1f} dB")
+    assert quality >= 30

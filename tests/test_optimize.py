@@ -47,6 +47,21 @@ def test_candidates_follow_the_cpus_bf16(monkeypatch, lacks_bf16, base):
 
 
 @pytest.mark.parametrize("lacks_int8_dot", [True, False])
+def test_calibration_images_reach_every_int8_candidate_and_nothing_else(monkeypatch, lacks_int8_dot):
+    """An inpainting checkpoint's int8 candidates calibrate repainting the images given (sdopt quantize's option)."""
+    import sdopt.hardware
+    from sdopt.bench.optimize import candidates
+
+    monkeypatch.setattr(sdopt.hardware, "cpu_lacks_int8_dot", lambda: lacks_int8_dot)
+    pool = candidates("cpu", base="fp32", calibration_images=["/photos/a.png"])
+    int8 = [c for c in pool if c.spec.get("quantize") == "int8-static"]
+    assert len(int8) == (5 if lacks_int8_dot else 3)
+    assert all(c.spec["options"] == {"calibration_images": ["/photos/a.png"]} for c in int8)
+    assert not any("calibration_images" in (c.spec.get("options") or {}) for c in pool if c not in int8)
+    assert not any("options" in c.spec for c in candidates("cpu", base="fp32") if "quantize" in c.spec)  # none given: none passed
+
+
+@pytest.mark.parametrize("lacks_int8_dot", [True, False])
 def test_a_cpu_without_an_int8_dot_product_also_tries_channels_first_transformers(monkeypatch, lacks_int8_dot):
     """Forced either way: the rewrite that pays where OpenVINO's int8 linear layers are slow is tried there only."""
     import sdopt.hardware

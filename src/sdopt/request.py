@@ -41,6 +41,31 @@ def open_image(path: str | None, flag: str):
         raise SdoptError(f"{flag} {path}: cannot read it ({exc.strerror or exc})") from None
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def image_files(value: Any, flag: str) -> tuple[str, ...]:
+    """The image files an option names (a folder's images, sorted, or the files themselves), as absolute paths;
+    an SdoptError naming the flag when there are none. The files are not read here."""
+    from pathlib import Path
+
+    paths = [Path(value)] if isinstance(value, (str, Path)) else [Path(v) for v in value]
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise SdoptError(f"{flag} {path}: no images in that folder ({', '.join(IMAGE_SUFFIXES)})")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise SdoptError(f"{flag} {path}: no such file or folder")
+    if not files:
+        raise SdoptError(f"{flag}: give a folder of images or image files")
+    return tuple(str(f.absolute()) for f in files)
+
+
 def image_options(init_image: str | None, mask_image: str | None, strength: float | None) -> dict[str, Any]:
     """GenerateRequest's image fields from file paths (a bench's --init-image/--mask/--strength), the files
     read now; errors name the option."""

@@ -9,7 +9,8 @@ entry of the profile is one of:
   ``reference = true`` marks the one whose images count as correct;
 - an export (``export = "onnx"``, ``precision``, ``options``; ``static = true``
   builds it at the bench's height and width, batch 1);
-- a quantization (``quantize = "int8"``, optional ``backend`` and ``components``), of the
+- a quantization (``quantize = "int8"``, optional ``backend``, ``components`` and the
+  quantizer's ``options``, e.g. ``{calibration_images = ["photos/"]}``), of the
   checkpoint or, with ``from = "NAME"``, of an artifact listed before it (an
   OpenVINO export for ``backend = "nncf"``);
 - a request lever on the checkpoint or, with ``from = "NAME"``, on an artifact listed before it
@@ -69,7 +70,8 @@ def build_one(spec: dict[str, Any], model: Path, work: Path, height: int, width:
         from sdopt.quant.run import quantize
 
         source = Path(_built_source(spec, model, built))
-        quantize(source, spec["quantize"], out, backend=spec.get("backend"), device=device, components=spec.get("components"))
+        quantize(source, spec["quantize"], out, backend=spec.get("backend"), device=device, components=spec.get("components"),
+                 options=spec.get("options"))
     return str(out) + runs_in
 
 

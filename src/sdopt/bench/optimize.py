@@ -76,9 +76,12 @@ def _openvino(name: str, precision: str = "fp32", **extra: Any) -> dict[str, Any
     return {"name": name, "export": "openvino", "precision": precision, "static": True, **extra}
 
 
-def _int8(name: str, source: str, everything: bool) -> dict[str, Any]:
-    """NNCF int8-static from an OpenVINO candidate; ``everything``: the text encoder and VAE decoder too, not only the UNet."""
+def _int8(name: str, source: str, everything: bool, calibration_images: list[str] | None = None) -> dict[str, Any]:
+    """NNCF int8-static from an OpenVINO candidate; ``everything``: the text encoder and VAE decoder too, not only the UNet.
+    ``calibration_images``: what an inpainting checkpoint repaints while calibrating (sdopt quantize --calibration-images)."""
     spec: dict[str, Any] = {"name": name, "quantize": "int8-static", "backend": "nncf", "from": source}
+    if calibration_images:
+        spec["options"] = {"calibration_images": list(calibration_images)}
     if everything:
         # The VAE decoder is a third of an int8 pipeline's time when only the UNet is int8 (docs/optimize.md).
         spec["components"] = ["unet", "text_encoder", "vae_decoder"]
@@ -102,11 +105,13 @@ def float_precision(device: str) -> str:
     return "fp32" if cpu_lacks_bf16() or not device.startswith("cpu") else "bf16"
 
 
-def candidates(device: str, quick: bool = False, distill: dict[str, Any] | None = None, base: str | None = None) -> list[Candidate]:
+def candidates(device: str, quick: bool = False, distill: dict[str, Any] | None = None, base: str | None = None,
+               calibration_images: list[str] | None = None) -> list[Candidate]:
     """What to try on a device, exact ones first. ``quick``: a small set for tests and a first look.
 
     ``base``: the float precision the OpenVINO candidates run in (``float_precision``): int8 candidates
-    are quantized from it, so what NNCF leaves in float runs in it too."""
+    are quantized from it, so what NNCF leaves in float runs in it too. ``calibration_images``: for the
+    int8 candidates of an inpainting checkpoint (``_int8``)."""
     from sdopt.hardware import cpu_lacks_int8_dot
 
     if not device.startswith("cpu"):
@@ -125,8 +130,8 @@ def candidates(device: str, quick: bool = False, distill: dict[str, Any] | None 
         pool.append(Candidate({"name": "onnx-fp32", "export": "onnx", "precision": "fp32"}, exact=True))
     pool += [
         Candidate(_openvino(plain, base), exact=True),
-        Candidate(_int8(f"{plain}-int8-static", plain, everything=False), exact=True),
-        Candidate(_int8(f"{plain}-int8-static-all", plain, everything=True), exact=True),
+        Candidate(_int8(f"{plain}-int8-static", plain, False, calibration_images), exact=True),
+        Candidate(_int8(f"{plain}-int8-static-all", plain, True, calibration_images), exact=True),
     ]
     # Without VNNI, OpenVINO's int8 linear layers run no faster than fp32 ones, its int8 1x1 convolutions
     # ~2.5x faster: the UNet's transformers as convolutions (an exact rewrite) is worth an int8 pipeline there.
@@ -135,14 +140,14 @@ def candidates(device: str, quick: bool = False, distill: dict[str, Any] | None 
     if channels_first:
         pool += [
             Candidate(_openvino(channels_first, base, options={"rewrite": rewrite}), exact=True),
-            Candidate(_int8(f"{channels_first}-int8-static-all", channels_first, everything=True), exact=True),
+            Candidate(_int8(f"{channels_first}-int8-static-all", channels_first, True, calibration_images), exact=True),
         ]
     pool += [
         Candidate(_openvino(f"{plain}-tiny-decoder", base, **tiny), exact=False),
         Candidate(_openvino(f"{plain}-cache2", base, options={"deep_cache": 2}), exact=False),
         Candidate(_openvino(f"{plain}-cache3", base, options={"deep_cache": 3}), exact=False),
         Candidate(_openvino(f"{plain}-tiny-cache3", base, options={"deep_cache": 3}, **tiny), exact=False),
-        Candidate(_int8(f"{plain}-int8-static-all-tiny-cache3", f"{plain}-tiny-cache3", everything=True), exact=False),
+        Candidate(_int8(f"{plain}-int8-static-all-tiny-cache3", f"{plain}-tiny-cache3", True, calibration_images), exact=False),
         _guidance_half(f"{plain}-int8-static-all"),
         _guidance_half(f"{plain}-int8-static-all-tiny-cache3"),
     ]
@@ -150,7 +155,7 @@ def candidates(device: str, quick: bool = False, distill: dict[str, Any] | None 
         levers = f"{channels_first}-tiny-cache3"
         pool += [
             Candidate(_openvino(levers, base, options={"deep_cache": 3, "rewrite": rewrite}, **tiny), exact=False),
-            Candidate(_int8(f"{channels_first}-int8-static-all-tiny-cache3", levers, everything=True), exact=False),
+            Candidate(_int8(f"{channels_first}-int8-static-all-tiny-cache3", levers, True, calibration_images), exact=False),
             _guidance_half(f"{channels_first}-int8-static-all-tiny-cache3"),
         ]
     return pool
@@ -167,32 +172,45 @@ class Outcome:
 def optimize(model: str | Path, out: str | Path, settings, work: str | Path, floor: Floor = Floor(), quick: bool = False,
              budget_minutes: float | None = None, distill: dict[str, Any] | None = None, precision: str | None = None,
              rebench: bool = False, force: bool = False,
-             progress: bool = True, say: Callable[[str], None] = lambda line: None, ray: "RayPlan | None" = None) -> Outcome:  # noqa: F821
+             progress: bool = True, say: Callable[[str], None] = lambda line: None, ray: "RayPlan | None" = None,  # noqa: F821
+             calibration_images: list[str] | None = None) -> Outcome:
     """Build the candidates, bench them against fp32, copy the fastest that holds the floor to ``out``.
-    ``ray``: build the candidates in parallel and bench them on a Ray cluster's nodes of one kind (sdopt.cluster.optimize)."""
+    ``ray``: build the candidates in parallel and bench them on a Ray cluster's nodes of one kind (sdopt.cluster.optimize).
+    ``calibration_images``: what an inpainting checkpoint's int8 candidates repaint while calibrating."""
+    args = (model, out, settings, work, floor, quick, budget_minutes, distill, precision, rebench, force, progress, say, calibration_images)
     if ray is None:
-        return _optimize(model, out, settings, work, floor, quick, budget_minutes, distill, precision, rebench, force, progress, say, None)
+        return _optimize(*args, None)
     from sdopt.cluster.optimize import connected
 
     with connected(ray):
-        return _optimize(model, out, settings, work, floor, quick, budget_minutes, distill, precision, rebench, force, progress, say, ray)
+        return _optimize(*args, ray)
 
 
-def _optimize(model, out, settings, work, floor, quick, budget_minutes, distill, precision, rebench, force, progress, say, ray) -> Outcome:
+def _optimize(model, out, settings, work, floor, quick, budget_minutes, distill, precision, rebench, force, progress, say,
+              calibration_images, ray) -> Outcome:
     from sdopt.bench.profiles import HardwareProfile
     from sdopt.bench.runner import run_bench
     from sdopt.export.run import source_checkpoint
     from sdopt.fsutil import atomic_output_dir, check_output_dir, local_inputs
 
     check_output_dir(out, force, local_inputs(model))  # before any slow work
-    source, _ = source_checkpoint(model)
+    source, manifest = source_checkpoint(model)
+    from sdopt.runtime.conditioning import is_inpainting
+
+    if is_inpainting(manifest, source) and settings.mask_image is None:
+        raise SdoptError(f"{source} is an inpainting checkpoint: it is measured inpainting, so give --init-image and --mask "
+                         "(and --calibration-images for its int8 candidates)")
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     # The decoder learns from latents made as the bench makes them (its steps and guidance).
     distill = {"steps_per_image": settings.steps, "guidance_scale": settings.guidance_scale, **(distill or {})}
     precision = precision or float_precision(settings.device)
-    pool = candidates(settings.device, quick, distill, precision)
+    if calibration_images:
+        from sdopt.request import image_files
+
+        calibration_images = list(image_files(calibration_images, "--calibration-images"))  # absolute: builds may run elsewhere (Ray)
+    pool = candidates(settings.device, quick, distill, precision, calibration_images)
     if ray is not None:
         from sdopt.cluster.optimize import build_all
 
@@ -233,7 +251,8 @@ def _optimize(model, out, settings, work, floor, quick, budget_minutes, distill,
     choice = min(holding, key=lambda r: r["latency_s"]) if holding else None
     summary = {
         "model": str(source), "floor": asdict(floor),
-        "settings": {"quick": quick, "budget_minutes": budget_minutes, "precision": precision},
+        "settings": {"quick": quick, "budget_minutes": budget_minutes, "precision": precision,
+                     **({"calibration_images": list(calibration_images)} if calibration_images else {})},
         "reference": {"name": reference["name"], "latency_s": (reference.get("latency_s") or {}).get("median"),
                       "adherence": (reference.get("adherence") or {}).get("mean")},
         "candidates": rows, "chosen": choice["name"] if choice else None,

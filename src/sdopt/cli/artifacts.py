@@ -71,6 +71,8 @@ def _quantize(args: argparse.Namespace) -> int:
         options["calibration_schedulers"] = [n.strip() for n in args.calibration_schedulers.split(",") if n.strip()]
     if args.overflow_fix is not None:
         options["overflow_fix"] = args.overflow_fix
+    if args.calibration_images is not None:
+        options["calibration_images"] = [p.strip() for p in args.calibration_images.split(",") if p.strip()]
     manifest = quantize(args.model, args.scheme, args.output, backend=args.backend, components=components,
                         exclude=args.exclude, device=args.device, force=args.force, options=options, loras=args.lora)
     if args.backend is None:
@@ -148,6 +150,9 @@ def add_quantize(sub) -> None:
     p.add_argument("--calibration-schedulers", default=None, metavar="NAMES",
                    help="nncf int8-static with vae_decoder in --components: calibrate the decoder on these schedulers' runs alone, in turn "
                         "(default: the checkpoint's, then euler,euler_a,dpmpp_2m); name the ones you generate with")
+    p.add_argument("--calibration-images", default=None, metavar="PATHS",
+                   help="nncf int8-static on an inpainting checkpoint (which needs them): a folder of images, or comma-separated image files, "
+                        "that calibration repaints under masks sdopt draws (a few photos like the ones it will inpaint)")
     p.add_argument("--overflow-fix", default=None, choices=("auto", *OVERFLOW_FIXES),
                    help="nncf int8-static: 7-bit weights in every layer (enable), the first only (first-layer) or none, so 8-bit "
                         "products cannot saturate on CPUs without VNNI/AMX (default auto: enable where this CPU lacks them, else first-layer)")

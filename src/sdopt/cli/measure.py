@@ -22,6 +22,7 @@ def _optimize(args: argparse.Namespace) -> int:
         seeds=int_list(args.seeds, "--seeds") if args.seeds else None,
         steps=args.steps, height=args.height, width=args.width, guidance_scale=args.guidance,
         scheduler=args.scheduler, runs=args.runs, device=args.device, rounds=args.rounds, worker_start=args.worker_start,
+        init_image=args.init_image, mask_image=args.mask, strength=args.strength,
     )
     floor = Floor(**{k: v for k, v in (("min_psnr", args.min_psnr), ("min_adherence", args.min_adherence),
                                         ("lever_min_psnr", args.lever_min_psnr)) if v is not None})
@@ -35,9 +36,10 @@ def _optimize(args: argparse.Namespace) -> int:
         plan = RayPlan(address=args.ray or None, kind=args.ray_kind, cpus=args.cpus_per_job or 1.0)
     elif args.ray_kind or args.cpus_per_job:
         raise SdoptError("--ray-kind and --cpus-per-job go with --ray [ADDRESS] (docs/ray.md)")
+    images = [p.strip() for p in args.calibration_images.split(",") if p.strip()] if args.calibration_images else None
     outcome = optimize(args.model, args.output, settings, work, floor, quick=args.quick, budget_minutes=args.budget_minutes,
                        distill=distill or None, precision=args.precision, rebench=args.rebench, force=args.force, progress=not args.quiet, say=say,
-                       ray=plan)
+                       ray=plan, calibration_images=images)
     print(f"{'candidate':<36} {'exact':<6} {'speed-up':>9} {'PSNR dB':>8} {'adherence':>10}  verdict")
     for r in outcome.rows:
         speed = f"{r['speedup']:.2f}x" if r.get("speedup") else "-"
@@ -143,6 +145,14 @@ def _add_worker_start(p: argparse.ArgumentParser) -> None:
                         "(Linux), so load time is the artifact's own; cold: a fresh interpreter per worker, load time including the imports")
 
 
+def _add_image_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--init-image", default=None, metavar="PATH", help="bench img2img: every prompt and seed starts from this image "
+                   "(resized to --height/--width); with --ray, a path every node sees")
+    p.add_argument("--mask", default=None, metavar="PATH", help="bench inpainting: white = repaint, black = keep (needs --init-image; "
+                   "an inpainting checkpoint takes only this)")
+    p.add_argument("--strength", type=float, default=None, help="with --init-image: how much of the schedule runs (default 0.8)")
+
+
 def add_bench(sub) -> None:
     p = sub.add_parser(
         "bench",
@@ -173,11 +183,7 @@ def add_bench(sub) -> None:
     p.add_argument("--rounds", type=int, default=None, metavar="K",
                    help="go over every artifact K times, the order rotating, each time a fresh process with its warm-up and --runs; "
                         "the rows join every round's samples, so a shared machine's slow minutes land on every artifact alike (default 1)")
-    p.add_argument("--init-image", default=None, metavar="PATH", help="bench img2img: every prompt and seed starts from this image "
-                   "(resized to --height/--width); with --ray, a path every node sees")
-    p.add_argument("--mask", default=None, metavar="PATH", help="bench inpainting: white = repaint, black = keep (needs --init-image; "
-                   "an inpainting checkpoint takes only this)")
-    p.add_argument("--strength", type=float, default=None, help="with --init-image: how much of the schedule runs (default 0.8)")
+    _add_image_options(p)
     _add_worker_start(p)
     p.add_argument("--max-seconds", type=float, default=None, help="per-artifact time budget: no more warm-ups or measured passes once spent (at least one pass runs, the first generate itself when it alone outlasts the budget and covers every prompt and seed; the report says so)")
     p.add_argument("--device", help="default: the profile's, else cpu")
@@ -211,6 +217,10 @@ def add_optimize(sub) -> None:
     p.add_argument("--runs", type=int, default=None, help="timed runs per candidate (default 3)")
     p.add_argument("--rounds", type=int, default=None, metavar="K",
                    help="bench every candidate K times, the order rotating, and join the samples (sdopt bench --rounds; default 1)")
+    _add_image_options(p)
+    p.add_argument("--calibration-images", default=None, metavar="PATHS",
+                   help="an inpainting checkpoint's int8-static candidates calibrate repainting these (a folder of images, or comma-separated "
+                        "files; not the --init-image the bench measures on); without them those candidates are not built")
     _add_worker_start(p)
     p.add_argument("--quick", action="store_true", help="a small candidate set (OpenVINO fp32, with and without caching): a first look")
     p.add_argument("--budget-minutes", type=float, default=None, help="stop building new candidates after this long (the built ones are still benched)")

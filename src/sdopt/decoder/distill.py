@@ -155,6 +155,11 @@ def distill_decoder(model: str | Path, out: str | Path, settings: DistillSetting
     vae_entry = manifest.components.get("vae_decoder")
     if vae_entry is None:
         raise SdoptError(f"{source} has no VAE decoder to distill from")
+    from sdopt.runtime.conditioning import is_inpainting
+
+    if is_inpainting(manifest, source):
+        raise SdoptError(f"{source} is an inpainting checkpoint: a decoder is distilled on the latents a model makes from text, "
+                         "which it does not; distill one from its text-to-image sibling (the same VAE) and give it with --vae-decoder PATH")
     torch.set_num_threads(settings.threads or os.cpu_count() or 1)
     started = time.monotonic()
     timings: dict[str, float] = {}

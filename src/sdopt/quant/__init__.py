@@ -105,7 +105,7 @@ register_quantizer(
         extra="openvino",
         requires=("openvino", "nncf"),
         accepts="openvino",
-        options=("group_size", "ratio", "calibration_prompts", "calibration_schedulers", "overflow_fix"),
+        options=("group_size", "ratio", "calibration_prompts", "calibration_schedulers", "overflow_fix", "calibration_images"),
         capabilities=rows(
             "nncf",
             ("int8", "cpu", True, True, ("MatMul", "Convolution"), "INT8_ASYM weights per output channel, computed in the artifact's float precision"),

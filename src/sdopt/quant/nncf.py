@@ -43,6 +43,7 @@ import openvino as ov
 from sdopt.errors import SdoptError
 from sdopt.quant.schemes import OVERFLOW_FIXES
 from sdopt.prompts import read_prompts
+from sdopt.request import image_files
 from sdopt.manifest import ComponentEntry, Manifest, files_in
 from sdopt.quant import Plan, QuantizedComponents
 from sdopt.quant.engine import Engine
@@ -84,14 +85,16 @@ class NncfOptions:
     calibration_prompts: tuple[str, ...] | None = None
     calibration_schedulers: tuple[str, ...] | None = None  # the decoder's runs alone (None: the checkpoint's + DECODER_SCHEDULERS)
     overflow_fix: str | None = None  # one of OVERFLOW_FIXES; None: auto (choose_overflow_fix)
+    calibration_images: tuple[str, ...] | None = None  # image files an inpainting checkpoint repaints while calibrating
 
     @classmethod
     def from_plan(cls, plan) -> "NncfOptions":
         """The backend options of a quantize request (Plan.options; the quantize command refused any other)."""
         options = dict(getattr(plan, "options", None) or {})
-        prompts, schedulers = options.get("calibration_prompts"), options.get("calibration_schedulers")
+        prompts, schedulers, images = (options.get(k) for k in ("calibration_prompts", "calibration_schedulers", "calibration_images"))
         return cls(options.get("group_size"), options.get("ratio"), _calibration_prompts(prompts) if prompts is not None else None,
-                   tuple(schedulers) if schedulers is not None else None, options.get("overflow_fix"))
+                   tuple(schedulers) if schedulers is not None else None, options.get("overflow_fix"),
+                   image_files(images, "--calibration-images") if images is not None else None)
 
 
 def choose_overflow_fix(option: str | None) -> tuple[str, str]:
@@ -116,12 +119,15 @@ def quantize_openvino(
     components: list[str] | None = None,
     calibration_schedulers: list[str] | None = None,
     overflow_fix: str | None = None,
+    calibration_images: str | Path | list[str | Path] | None = None,
 ) -> Manifest:
     """Quantize an OpenVINO artifact with NNCF into ``out``; the Python form of
     ``sdopt quantize ARTIFACT --backend nncf --scheme ...``. calibration_prompts: a file
     with one prompt per line, or a list of prompts (int8-static only); calibration_schedulers: the
     schedulers the VAE decoder alone is calibrated on, in turn (int8-static with the decoder);
-    overflow_fix: auto (default), enable, first-layer or disable (int8-static; see the module's docstring)."""
+    overflow_fix: auto (default), enable, first-layer or disable (int8-static; see the module's docstring);
+    calibration_images: a folder of images or a list of image files, which an inpainting checkpoint
+    (and only one) needs to calibrate on (``inpainting_calibration``)."""
     from sdopt.quant.run import quantize
 
     options: dict[str, Any] = {k: v for k, v in (("group_size", group_size), ("ratio", ratio)) if v is not None}
@@ -132,11 +138,15 @@ def quantize_openvino(
         options["calibration_schedulers"] = list(calibration_schedulers)
     if overflow_fix is not None:
         options["overflow_fix"] = overflow_fix
+    if calibration_images is not None:
+        options["calibration_images"] = list(image_files(calibration_images, "--calibration-images"))
     return quantize(artifact, scheme, out, backend="nncf", components=components, force=force, options=options)
 
 
 def _calibration_prompts(value: str | Path | list[str] | tuple[str, ...]) -> tuple[str, ...]:
     return tuple(read_prompts(value, what="calibration prompt file" if isinstance(value, (str, Path)) else "calibration prompt"))
+
+
 
 
 def check_options(capability: Capability, options: NncfOptions) -> None:
@@ -150,7 +160,7 @@ def check_options(capability: Capability, options: NncfOptions) -> None:
     if options.ratio is not None and not 0 < options.ratio <= 1:
         raise SdoptError(f"--ratio {options.ratio}: give the fraction of layers in 4 bits, 0 < ratio <= 1 (the rest int8)")
     for flag, value in (("--calibration-prompts", options.calibration_prompts), ("--calibration-schedulers", options.calibration_schedulers),
-                        ("--overflow-fix", options.overflow_fix)):
+                        ("--overflow-fix", options.overflow_fix), ("--calibration-images", options.calibration_images)):
         if value is not None and not capability.calibrated:
             raise SdoptError(f"{flag} applies to int8-static only: {scheme} compresses weights without data")
     if options.overflow_fix not in (None, "auto", *OVERFLOW_FIXES):
@@ -171,6 +181,8 @@ class NncfEngine(Engine):
         if options.calibration_schedulers is not None and "vae_decoder" not in plan.components:
             raise SdoptError("--calibration-schedulers chooses the schedulers the VAE decoder is calibrated on "
                              "(the UNet is calibrated on the checkpoint's): add vae_decoder to --components")
+        if plan.capability.calibrated and set(CALIBRATED) & set(plan.components):
+            check_calibration_images(source, manifest, options.calibration_images)
 
     def quantize_components(self, source: Path, manifest: Manifest, out: Path, plan: Plan) -> QuantizedComponents:
         import nncf
@@ -189,7 +201,7 @@ class NncfEngine(Engine):
             model = core.read_model(source / model_file(entry.files, name))
             if plan.capability.calibrated and name in CALIBRATED:
                 if calibration is None:  # one pass of generations records every calibrated component's inputs
-                    calibration = record_inputs(source, prompts, wanted, options.calibration_schedulers)
+                    calibration = record_inputs(source, prompts, wanted, options.calibration_schedulers, options.calibration_images)
                 model, recipe = _quantize_static(nncf, model, calibration[name], overflow_fix=overflow_fix[0])
                 recipe["overflow_fix"] = {"mode": overflow_fix[0], "why": overflow_fix[1]}
                 recipe["calibration"] = {
@@ -199,6 +211,9 @@ class NncfEngine(Engine):
                     "schedulers": calibration_schedulers(prompts, wanted, name, options.calibration_schedulers),
                     "samples": len(calibration[name]),
                 }
+                if options.calibration_images:
+                    recipe["calibration"]["inpainting"] = {"images": [Path(p).name for p in options.calibration_images],
+                                                           "masks": MASKS, "strength": INPAINTING_STRENGTH}
             else:
                 # int8-static calibrates the UNet (and the VAE decoder when asked); the others get int8 weights, and say so.
                 applied = "int8" if plan.scheme == "int8-static" else plan.scheme
@@ -343,6 +358,45 @@ def records(name: str, scheduler: str | None, decoder_schedulers: tuple[str, ...
     return scheduler is None
 
 
+def check_calibration_images(source: Path, manifest: Manifest, images: tuple[str, ...] | None) -> None:
+    """An inpainting checkpoint calibrates on images it repaints; any other on its own generations from text."""
+    from sdopt.runtime.conditioning import is_inpainting
+
+    inpainting = is_inpainting(manifest, source)
+    if inpainting and images is None:
+        raise SdoptError("this is an inpainting checkpoint (its UNet reads the mask and the masked image): int8-static calibrates it "
+                         "repainting images, so give --calibration-images FOLDER (a few photos like the ones it will inpaint; "
+                         "sdopt draws the masks)")
+    if images is not None and not inpainting:
+        raise SdoptError("--calibration-images is for inpainting checkpoints: this one is calibrated on its own generations from "
+                         "the calibration prompts")
+    from sdopt.request import open_image
+
+    for path in images or ():
+        open_image(path, "--calibration-images")  # every file readable before any slow work
+
+
+def calibration_mask(seed: int, height: int, width: int):
+    """The mask a calibration run repaints (white) on an inpainting checkpoint, drawn from its seed: every
+    fourth run the whole image (SD's inpainting training masks everything a quarter of the time, so the
+    UNet sees its text-to-image case), else one to three rectangles, each a fifth to a half of each side."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    mask = Image.new("L", (width, height), 255 if seed % 4 == 3 else 0)
+    if seed % 4 != 3:
+        draw = ImageDraw.Draw(mask)
+        for _ in range(int(rng.integers(1, 4))):
+            w, h = (int(side * rng.uniform(0.2, 0.5)) for side in (width, height))
+            x, y = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
+            draw.rectangle((x, y, x + w - 1, y + h - 1), fill=255)
+    return mask
+
+
+MASKS = "drawn from each run's seed: the whole image every fourth run, else 1-3 rectangles of 1/5-1/2 of each side"
+INPAINTING_STRENGTH = 1.0  # calibration repaints from pure noise: every noise level the UNet sees, as Diffusers' default
+
+
 def calibration_runs(prompts: tuple[str, ...] | list[str], names: list[str],
                      decoder_schedulers: tuple[str, ...] | None = None) -> list[tuple[int, str, str | None]]:
     """The generations calibration makes, as (seed, prompt, scheduler; None: the checkpoint's): every prompt
@@ -366,9 +420,11 @@ def calibration_schedulers(prompts: tuple[str, ...] | list[str], names: list[str
 
 
 def record_inputs(source: Path, prompts: tuple[str, ...] | list[str], names: list[str],
-                  decoder_schedulers: tuple[str, ...] | None = None) -> dict[str, list[dict[str, np.ndarray]]]:
+                  decoder_schedulers: tuple[str, ...] | None = None,
+                  images: tuple[str, ...] | None = None) -> dict[str, list[dict[str, np.ndarray]]]:
     """The inputs each named component sees while the source artifact makes ``calibration_runs`` (guidance on),
-    as ``records`` says who records which."""
+    as ``records`` says who records which. ``images`` (an inpainting checkpoint's): run k repaints image
+    k mod len(images) under ``calibration_mask(k)``."""
     from tqdm import tqdm
 
     import sdopt
@@ -381,19 +437,29 @@ def record_inputs(source: Path, prompts: tuple[str, ...] | list[str], names: lis
     side = pipe.manifest.model.get("sample_size", 64) * pipe.manifest.model.get("vae_scale_factor", 8)
     recorders = {name: _Recorder(pipe.components[name]) for name in names}
     pipe.components.update(recorders)
+    height, width = shapes.get("height", side), shapes.get("width", side)
+    if images:
+        from sdopt.request import open_image
+
+        opened = [open_image(path, "--calibration-images") for path in images]
     try:
         for seed, prompt, scheduler in tqdm(calibration_runs(prompts, names, decoder_schedulers), desc=f"calibrating ({', '.join(names)})", unit="image"):
             for name, recorder in recorders.items():
                 recorder.recording = records(name, scheduler, decoder_schedulers)
+            repaint = {}
+            if images:
+                repaint = dict(init_image=opened[seed % len(opened)].convert("RGB"), mask_image=calibration_mask(seed, height, width),
+                               strength=INPAINTING_STRENGTH)
             pipe.generate(
                 GenerateRequest(
                     prompt=prompt,
                     seed=seed,
                     steps=CALIBRATION_STEPS,
                     scheduler=scheduler,
-                    height=shapes.get("height", side),
-                    width=shapes.get("width", side),
+                    height=height,
+                    width=width,
                     num_images=shapes.get("batch", 1),
+                    **repaint,
                 )
             )
     finally:

@@ -199,6 +199,11 @@ def unet_in_channels(manifest: Any, folder: Path | None) -> int | None:
         return None
 
 
+def is_inpainting(manifest: Any, folder: Path | None) -> bool:
+    """Whether the artifact's UNet is an inpainting one (latents, mask, masked image): it takes inpainting requests only."""
+    return unet_in_channels(manifest, folder) == inpainting_channels(manifest.model)
+
+
 def resize_notices(request: GenerateRequest) -> list[str]:
     """A warning when the init image is resized to the request's size (as Diffusers does when given height/width)."""
     want = (request.width, request.height)
