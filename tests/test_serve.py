@@ -60,6 +60,60 @@ def test_openai_sdk_generates_decodable_images(tiny_pipeline):
             openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0).images.generate(prompt="x", size="64x64")
 
 
+def _png_bytes(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_openai_sdk_edits_inpaint_where_the_mask_is_transparent(tiny_pipeline):
+    """images.edit: OpenAI's mask (alpha 0 = edit) becomes the loop's (white = repaint), at strength 1, and the image
+    equals the Python API's inpainting from the same seed; the image's own transparency serves when no mask is sent;
+    nothing transparent edits the whole image (img2img at 0.8). Bad masks are refused naming the field."""
+    openai = pytest.importorskip("openai", reason="pip install 'sdopt[serve-test]'")
+    from PIL import Image, ImageDraw
+
+    from sdopt import GenerateRequest
+
+    photo = Image.fromarray((np.indices((64, 64)).sum(0) * 2 % 256).astype(np.uint8)).convert("RGB")
+    mask = Image.new("RGBA", (64, 64), (0, 0, 0, 255))
+    ImageDraw.Draw(mask).rectangle([16, 8, 47, 39], fill=(0, 0, 0, 0))  # transparent: edit here
+    repaint = Image.fromarray(np.where(np.asarray(mask.getchannel("A")) == 0, 255, 0).astype(np.uint8), "L")
+    with running_server(tiny_pipeline) as (url, app):
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        edited = client.images.edit(image=("photo.png", _png_bytes(photo)), mask=("mask.png", _png_bytes(mask)), prompt="a red apple",
+                                    n=2, extra_body={"sdopt_seed": 5})
+        steps = next(iter(app.state.worker.jobs.values())).spec.steps  # OpenAI's API has no steps: the server's default
+        ours = tiny_pipeline.generate(GenerateRequest(prompt="a red apple", num_images=2, seeds=[5, 6], steps=steps, height=64, width=64,
+                                                      init_image=photo, mask_image=repaint, strength=1.0))
+        assert [np.array_equal(np.asarray(png(d.b64_json)), np.asarray(im)) for d, im in zip(edited.data, ours.images)] == [True, True]
+
+        # No mask: the image's own transparent pixels are the area (dall-e-2's rule); a fully opaque image is edited whole.
+        cut_out = photo.convert("RGBA")
+        cut_out.putalpha(mask.getchannel("A"))
+        same = client.images.edit(image=("cut.png", _png_bytes(cut_out)), prompt="a red apple", n=2, extra_body={"sdopt_seed": 5})
+        assert [d.b64_json for d in same.data] == [d.b64_json for d in edited.data]
+        client.images.edit(image=("photo.png", _png_bytes(photo)), prompt="a watercolor", size="64x64")
+        specs = [job.spec for job in app.state.worker.jobs.values()]
+        assert [(s.strength, s.mask_image is not None) for s in specs] == [(1.0, True), (1.0, True), (0.8, False)]
+
+
+        listed = client.images.edit(image=[("cut.png", _png_bytes(cut_out))], prompt="a red apple", extra_body={"sdopt_seed": 5})
+        assert listed.data[0].b64_json == edited.data[0].b64_json  # a list of one image: the SDK's image[] field
+        with pytest.raises(openai.UnprocessableEntityError, match="sdopt edits one image per request"):
+            client.images.edit(image=[("a.png", _png_bytes(photo)), ("b.png", _png_bytes(photo))], prompt="x")
+        with pytest.raises(openai.UnprocessableEntityError, match="alpha channel"):
+            client.images.edit(image=("photo.png", _png_bytes(photo)), mask=("mask.png", _png_bytes(repaint)), prompt="x")
+        with pytest.raises(openai.UnprocessableEntityError, match="the mask is 32x32 but the image is 64x64"):
+            client.images.edit(image=("photo.png", _png_bytes(photo)), mask=("mask.png", _png_bytes(mask.resize((32, 32)))), prompt="x")
+        with pytest.raises(openai.UnprocessableEntityError, match="nothing to edit"):
+            client.images.edit(image=("photo.png", _png_bytes(photo)), mask=("mask.png", _png_bytes(photo.convert("RGBA"))), prompt="x")
+        with pytest.raises(openai.UnprocessableEntityError, match="sdopt_strength"):
+            client.images.edit(image=("photo.png", _png_bytes(photo)), prompt="x", extra_body={"sdopt_strength": 2})
+        response = httpx.post(url + "/v1/images/edits", json={"prompt": "x"}, timeout=30)
+        assert response.status_code == 422 and "multipart/form-data" in response.text
+
+
 # --- AUTOMATIC1111's webuiapi client ---------------------------------------------------
 def test_webuiapi_txt2img_and_inpaint_with_basic_auth(tiny_pipeline):
     webuiapi = pytest.importorskip("webuiapi", reason="pip install 'sdopt[serve-test]'")

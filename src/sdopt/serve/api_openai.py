@@ -1,9 +1,15 @@
-"""OpenAI's Images API (``images.generate`` in its SDK) and ``/v1/models``, over the loaded artifact.
+"""OpenAI's Images API (``images.generate`` and ``images.edit`` in its SDK) and ``/v1/models``, over the loaded artifact.
 
 Only ``response_format=b64_json`` is served: a ``url`` answer would need the
 server to host files for a while, so it is refused with a 400 that says so.
 Fields OpenAI's newer models take (quality, style, background, ...) are
 accepted and have no effect on an SD model.
+
+An edit is inpainting where OpenAI's mask is fully transparent (alpha 0) — the
+mask's, or the image's own when no mask is sent, as OpenAI reads it — and
+img2img of the whole image when nothing is transparent. sdopt's own fields
+(the SDK sends them with ``extra_body``): ``sdopt_seed``, ``sdopt_strength``
+(edits), ``sdopt_cache_interval``, ``sdopt_guidance_end``.
 """
 
 from __future__ import annotations
@@ -11,13 +17,15 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
+import numpy as np
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from sdopt.serve import jobs as J
 from sdopt.serve.errors import RequestError
 from sdopt.serve.submission import LEVER_NAMES, cache_interval_field, default_size, failure_status, guidance_end_field, random_seed, submit, wait
-from sdopt.serve.images import encode_png
+from sdopt.request import MAX_SEED
+from sdopt.serve.images import encode_png, read_image
 
 router = APIRouter(tags=["openai"])
 
@@ -34,6 +42,10 @@ class ImageGeneration(BaseModel):
     # sdopt's own (the OpenAI SDK sends them with extra_body={...}).
     sdopt_cache_interval: int | None = cache_interval_field()
     sdopt_guidance_end: float | None = guidance_end_field()
+    sdopt_seed: int | None = Field(None, ge=0, le=MAX_SEED, description="the first image's seed (the n images take seed, seed+1, ...); None: random")
+
+
+OPENAI_NAMES = {"num_images": "n", "width": "size", "height": "size", "seed": "sdopt_seed", **LEVER_NAMES}
 
 
 def _size(text: str | None, side: int) -> tuple[int, int]:
@@ -45,20 +57,137 @@ def _size(text: str | None, side: int) -> tuple[int, int]:
     return int(width), int(height)
 
 
-@router.post("/v1/images/generations")
-async def generations(request: Request, body: ImageGeneration) -> dict[str, Any]:
+def _check_model_and_format(request: Request, model: str | None, response_format: str | None) -> None:
     name = request.app.state.model_name
-    if body.model not in (None, name):
-        raise RequestError("model", f"model {body.model!r} is not served here; this server serves {name!r}", status=404)
-    if body.response_format == "url":
+    if model not in (None, "", name):
+        raise RequestError("model", f"model {model!r} is not served here; this server serves {name!r}", status=404)
+    if response_format == "url":
         raise RequestError("response_format", "response_format=url is not supported: ask for b64_json", status=400)
-    width, height = _size(body.size, default_size(request.app.state.worker.pipeline))
-    spec = J.JobSpec(prompt=body.prompt, seed=random_seed(), n=body.n or 1, width=width, height=height,
-                     cache_interval=body.sdopt_cache_interval, guidance_end=body.sdopt_guidance_end)
-    job = await wait(submit(request, spec, "openai", names={"num_images": "n", "width": "size", "height": "size", **LEVER_NAMES}))
+
+
+async def _answer(request: Request, spec: J.JobSpec, names: dict[str, str]) -> dict[str, Any]:
+    job = await wait(submit(request, spec, "openai", names=names))
     if job.status != J.SUCCEEDED:
         raise RequestError("prompt", f"the image was not made: {job.status} ({job.error})", status=failure_status(job))
     return {"created": int(job.finished or time.time()), "data": [{"b64_json": encode_png(im), "revised_prompt": None} for im in job.images]}
+
+
+@router.post("/v1/images/generations")
+async def generations(request: Request, body: ImageGeneration) -> dict[str, Any]:
+    _check_model_and_format(request, body.model, body.response_format)
+    width, height = _size(body.size, default_size(request.app.state.worker.pipeline))
+    spec = J.JobSpec(prompt=body.prompt, seed=body.sdopt_seed if body.sdopt_seed is not None else random_seed(), n=body.n or 1,
+                     width=width, height=height, cache_interval=body.sdopt_cache_interval, guidance_end=body.sdopt_guidance_end)
+    return await _answer(request, spec, OPENAI_NAMES)
+
+
+# --- images.edit: multipart/form-data, as OpenAI's SDK sends it ---------------------------------------------
+EDIT_FORM = {
+    "type": "object",
+    "required": ["image", "prompt"],
+    "properties": {
+        "image": {"type": "string", "format": "binary", "description": "the image to edit (PNG, JPEG, WebP); its fully transparent pixels are "
+                  "the area to edit when no mask is sent"},
+        "mask": {"type": "string", "format": "binary", "description": "a PNG the image's size whose fully transparent pixels (alpha 0) are the area to edit"},
+        "prompt": {"type": "string", "maxLength": 32000},
+        "model": {"type": "string"},
+        "n": {"type": "integer", "minimum": 1, "maximum": 10, "default": 1},
+        "size": {"type": "string", "description": "WIDTHxHEIGHT, or auto (default): the image's size, rounded down to a multiple of 8"},
+        "response_format": {"type": "string", "enum": ["b64_json", "url"], "default": "b64_json"},
+        "sdopt_strength": {"type": "number", "exclusiveMinimum": 0, "maximum": 1,
+                           "description": "how much of the schedule runs on the image (default 1 where a mask is transparent: the area is "
+                                          "repainted; 0.8 for an edit of the whole image)"},
+        "sdopt_seed": {"type": "integer", "minimum": 0},
+        "sdopt_cache_interval": {"type": "integer", "minimum": 1},
+        "sdopt_guidance_end": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+    },
+}
+EDIT_NAMES = {**OPENAI_NAMES, "init_image": "image", "mask_image": "mask", "strength": "sdopt_strength"}
+MASKED_STRENGTH, WHOLE_IMAGE_STRENGTH = 1.0, 0.8
+
+
+def _number(form, name: str, kind: type, low: float | None = None, high: float | None = None, above: float | None = None):
+    """A form field as an int or float within bounds, None when absent; a 422 naming it otherwise."""
+    text = form.get(name)
+    if text is None or text == "":
+        return None
+    try:
+        value = kind(text)
+    except (TypeError, ValueError):
+        raise RequestError(name, f"{name}={text!r}: give {'an integer' if kind is int else 'a number'}") from None
+    if (low is not None and value < low) or (high is not None and value > high) or (above is not None and value <= above):
+        bounds = f"{'more than ' + str(above) if above is not None else 'at least ' + str(low)}" + (f" and at most {high}" if high is not None else "")
+        raise RequestError(name, f"{name}={text}: give {bounds}")
+    return value
+
+
+async def _file(form, names: tuple[str, ...], settings) -> Any:
+    """The one image file sent under any of ``names`` (``image`` or the SDK's ``image[]``), None when none is."""
+    sent = [value for key, value in form.multi_items() if key in names]
+    if not sent:
+        return None
+    if len(sent) > 1:
+        raise RequestError(names[0], f"{len(sent)} files under {names[0]}: sdopt edits one image per request")
+    if isinstance(sent[0], str):
+        raise RequestError(names[0], f"{names[0]}: send it as a file (multipart/form-data, as OpenAI's images.edit does), not as text")
+    return read_image(await sent[0].read(settings.max_image_bytes + 1), names[0], settings.max_image_bytes, settings.max_input_pixels)
+
+
+def _has_alpha(image) -> bool:
+    return image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info)
+
+
+def edit_mask(image, mask):
+    """OpenAI's mask -> the loop's (white = repaint): the fully transparent pixels of the mask, or of the image
+    itself when no mask is sent; None (edit the whole image: img2img) when the image has none."""
+    from PIL import Image
+
+    if mask is not None and mask.size != image.size:
+        raise RequestError("mask", f"the mask is {mask.width}x{mask.height} but the image is {image.width}x{image.height}: send them the same size")
+    source = mask if mask is not None else image
+    if not _has_alpha(source):
+        if mask is not None:
+            raise RequestError("mask", "the mask has no alpha channel: OpenAI's mask marks the area to edit as fully transparent (alpha 0), "
+                                       "so send a PNG with transparency")
+        return None
+    edit = np.asarray(source.convert("RGBA").getchannel("A")) == 0
+    if not edit.any():
+        if mask is not None:
+            raise RequestError("mask", "no pixel of the mask is fully transparent (alpha 0): there is nothing to edit")
+        return None
+    return Image.fromarray(np.where(edit, 255, 0).astype(np.uint8), "L")
+
+
+@router.post("/v1/images/edits", openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": EDIT_FORM}}}})
+async def edits(request: Request) -> dict[str, Any]:
+    settings = request.app.state.settings
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise RequestError("image", "send the edit as multipart/form-data with the image as a file (as OpenAI's images.edit does)")
+    form = await request.form(max_files=4, max_fields=64)
+    prompt = form.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise RequestError("prompt", "give the prompt: what the edited image shows")
+    if len(prompt) > 32_000:
+        raise RequestError("prompt", "the prompt is longer than 32000 characters")
+    model, response_format = form.get("model"), form.get("response_format")
+    _check_model_and_format(request, model if isinstance(model, str) else None, response_format if isinstance(response_format, str) else None)
+    image = await _file(form, ("image", "image[]"), settings)
+    if image is None:
+        raise RequestError("image", "give the image to edit (a PNG, JPEG or WebP file)")
+    mask = edit_mask(image, await _file(form, ("mask",), settings))
+    size = form.get("size")
+    if size in (None, "", "auto"):
+        width, height = (max(8, side - side % 8) for side in image.size)  # the loop's sides are multiples of 8: resized to them
+    else:
+        width, height = _size(size, 0)
+    strength = _number(form, "sdopt_strength", float, high=1, above=0)
+    seed = _number(form, "sdopt_seed", int, low=0, high=MAX_SEED)
+    spec = J.JobSpec(prompt=prompt, seed=seed if seed is not None else random_seed(), n=_number(form, "n", int, low=1, high=10) or 1,
+                     width=width, height=height, init_image=image.convert("RGB"), mask_image=mask,
+                     strength=strength if strength is not None else MASKED_STRENGTH if mask is not None else WHOLE_IMAGE_STRENGTH,
+                     cache_interval=_number(form, "sdopt_cache_interval", int, low=1),
+                     guidance_end=_number(form, "sdopt_guidance_end", float, high=1, above=0))
+    return await _answer(request, spec, EDIT_NAMES)
 
 
 def _model(name: str, created: float) -> dict[str, Any]:

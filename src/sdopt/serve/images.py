@@ -24,9 +24,7 @@ def _refuse(field: str, message: str) -> RequestError:
 
 
 def decode_image(text: str, field: str, max_bytes: int, max_pixels: int):
-    """A base64 image (with or without a ``data:image/...;base64,`` prefix) -> an RGB PIL image."""
-    from PIL import Image, UnidentifiedImageError
-
+    """A base64 image (with or without a ``data:image/...;base64,`` prefix) -> a PIL image (``read_image``)."""
     if not isinstance(text, str) or not text:
         raise _refuse(field, "give a base64-encoded PNG or JPEG image")
     text = _DATA_URL.sub("", text.strip(), count=1)
@@ -36,6 +34,15 @@ def decode_image(text: str, field: str, max_bytes: int, max_pixels: int):
         data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise _refuse(field, "not valid base64: send the image's bytes base64-encoded") from None
+    return read_image(data, field, max_bytes, max_pixels)
+
+
+def read_image(data: bytes, field: str, max_bytes: int, max_pixels: int):
+    """An image file's bytes -> an RGB PIL image, or RGBA/LA/P when it carries transparency (a mask may mean it)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if len(data) > max_bytes:
+        raise _refuse(field, f"the image is larger than {max_bytes // 2**20} MiB")
     try:
         image = Image.open(io.BytesIO(data))
         if image.width * image.height > max_pixels:
