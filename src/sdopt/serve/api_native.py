@@ -68,7 +68,7 @@ def find(request: Request, job_id: str) -> J.Job:
     if job is None:
         replica = request.app.state.replica
         where = (f"; replica {replica} answered, and each of the replicas behind this endpoint keeps only its own jobs: "
-                 "with replicas, use the synchronous endpoints (/sdapi/v1/txt2img, /sdapi/v1/img2img, /v1/images/generations), which answer on the connection that asked") if replica else ""
+                 "with replicas, use the synchronous endpoints (/sdapi/v1/txt2img, /sdapi/v1/img2img, /v1/images/generations, /v1/images/edits), which answer on the connection that asked") if replica else ""
         raise HTTPException(404, f"no job {job_id!r} (the server keeps the last {FINISHED_KEPT:,} finished jobs{where})")
     return job
 
