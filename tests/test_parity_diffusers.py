@@ -32,9 +32,10 @@ def _our_float_image(pipeline, latents):
     return np.clip(decoded / 2 + 0.5, 0, 1).transpose(0, 2, 3, 1)
 
 
-@pytest.mark.parametrize("scheduler", ["ddim", "euler", "euler_a", "dpmpp_2m", "pndm", "lms"])
-def test_image_matches_diffusers_pipeline(tiny_pipeline, diffusers_pipe, scheduler):
-    request = GenerateRequest(**SMALL, scheduler=scheduler, negative_prompt="blurry, low quality", num_images=2)
+@pytest.mark.parametrize("scheduler, guidance", [("ddim", 7.5), ("euler", 7.5), ("euler_a", 7.5), ("dpmpp_2m", 7.5), ("pndm", 7.5), ("lms", 7.5),
+                                                  ("lcm", 1.5), ("lcm", 1.0)])  # lcm: an LCM-LoRA's guidance (1.0: no unconditional pass)
+def test_image_matches_diffusers_pipeline(tiny_pipeline, diffusers_pipe, scheduler, guidance):
+    request = GenerateRequest(**{**SMALL, "guidance_scale": guidance}, scheduler=scheduler, negative_prompt="blurry, low quality", num_images=2)
     ours = tiny_pipeline.generate(request)
 
     diffusers_pipe.scheduler = make_scheduler(scheduler, dict(diffusers_pipe.scheduler.config))

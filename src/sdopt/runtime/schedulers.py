@@ -24,6 +24,9 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "lms": ("LMSDiscreteScheduler", {}),
     "heun": ("HeunDiscreteScheduler", {}),
     "unipc": ("UniPCMultistepScheduler", {}),
+    # Latent consistency: the sampler of LCM-distilled UNets and of LCM-LoRAs fused into a checkpoint (2-8 steps,
+    # guidance 1-2 for a LoRA). It predicts the clean latents each step and adds fresh noise between (it takes the generator).
+    "lcm": ("LCMScheduler", {}),
 }
 
 

@@ -40,6 +40,7 @@ SAMPLERS = {
     "LMS": "lms",
     "Heun": "heun",
     "UniPC": "unipc",
+    "LCM": "lcm",
 }
 # AUTOMATIC1111's separate "scheduler" (noise schedule) field; only Karras changes a sampler here.
 KARRAS = {"dpmpp_2m": "dpmpp_2m_karras"}
