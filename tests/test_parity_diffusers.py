@@ -101,3 +101,42 @@ def test_v_prediction_with_zero_terminal_snr_matches_diffusers(shapes_model, sch
     err = float(np.abs(ours.latents - ref.numpy()).max())
     print(f"shapes model, {scheduler}: max abs latent diff {err:.2e}")
     assert err <= TOLERANCE
+
+
+@pytest.fixture(scope="module")
+def tiny_lcm(tmp_path_factory):
+    from sdopt.zoo import write_model
+
+    return write_model("tiny-lcm", tmp_path_factory.mktemp("zoo") / "tiny-lcm", seed=0, progress=False)
+
+
+@pytest.mark.parametrize("guidance", [8.5, 2.0])
+def test_a_latent_consistency_model_matches_diffusers(tiny_lcm, guidance):
+    """An LCM-distilled UNet (guidance embedded: timestep_cond) under LCMScheduler, against Diffusers'
+    LatentConsistencyModelPipeline: one UNet pass per step whatever the guidance scale, and a negative
+    prompt, which such a model cannot use, is said to be unused rather than silently dropped."""
+    import warnings
+
+    import sdopt
+    from diffusers import LatentConsistencyModelPipeline
+
+    request = GenerateRequest(**{**SMALL, "guidance_scale": guidance}, num_images=2)
+    with sdopt.load(tiny_lcm) as pipe:
+        ours = pipe.generate(request)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pipe.generate(GenerateRequest(**{**SMALL, "steps": 1}, negative_prompt="blurry"))
+    assert pipe.manifest.model["time_cond_proj_dim"] == 256 and ours.request.guidance_scale == guidance
+    assert len(ours.timings.unet_steps) == request.steps and ours.timings.unguided_steps == 0
+    assert any("negative prompt is not used" in str(w.message) for w in caught)
+
+    theirs = LatentConsistencyModelPipeline.from_pretrained(tiny_lcm, safety_checker=None, requires_safety_checker=False)
+    theirs.set_progress_bar_config(disable=True)
+    common = dict(prompt=request.prompt, num_inference_steps=request.steps, guidance_scale=guidance, height=request.height,
+                  width=request.width, num_images_per_prompt=request.num_images)
+    ref_latents = theirs(**common, generator=torch.Generator("cpu").manual_seed(request.seed), output_type="latent").images
+    ref_image = theirs(**common, generator=torch.Generator("cpu").manual_seed(request.seed), output_type="np").images
+    latent_err = float(np.abs(ours.latents - ref_latents.numpy()).max())
+    print(f"LCM, guidance {guidance}: max abs latent diff {latent_err:.2e}")
+    assert latent_err <= TOLERANCE
+    assert np.abs(np.stack([np.asarray(im) for im in ours.images]).astype(int) - (ref_image * 255).round().astype(int)).max() <= 1

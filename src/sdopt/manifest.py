@@ -349,6 +349,8 @@ def model_info(unet_config: dict[str, Any], vae_config: dict[str, Any], text_max
     }
     if int(unet_config.get("in_channels", info["latent_channels"])) != info["latent_channels"]:
         info["unet_in_channels"] = int(unet_config["in_channels"])  # an inpainting UNet: latents, mask, masked image
+    if unet_config.get("time_cond_proj_dim"):  # a latent consistency model's UNet: the guidance scale is its input (timestep_cond)
+        info["time_cond_proj_dim"] = int(unet_config["time_cond_proj_dim"])
     if unet_config.get("addition_embed_type") == "text_time":  # SDXL: a pooled text embedding and six size ids
         from sdopt.families.sdxl import TIME_IDS
 

@@ -36,7 +36,9 @@ FAMILY = Family(
     title="Stable Diffusion 1.x/2.x",
     pipeline_classes=frozenset({"StableDiffusionPipeline", "OnnxStableDiffusionPipeline", "ORTStableDiffusionPipeline", "OVStableDiffusionPipeline",
                                 # inpainting checkpoints (a 9-channel UNet) and their exports
-                                "StableDiffusionInpaintPipeline", "ORTStableDiffusionInpaintPipeline", "OVStableDiffusionInpaintPipeline"}),
+                                "StableDiffusionInpaintPipeline", "ORTStableDiffusionInpaintPipeline", "OVStableDiffusionInpaintPipeline",
+                                # latent consistency models (LCM_Dreamshaper_v7: guidance embedded in the UNet) and their exports
+                                "LatentConsistencyModelPipeline", "ORTLatentConsistencyModelPipeline", "OVLatentConsistencyModelPipeline"}),
     text_encoders=("text_encoder",),
     tokenizers=("tokenizer",),
     conditioning=conditioning,

@@ -26,7 +26,7 @@ import numpy as np
 from sdopt.errors import SdoptError
 from sdopt.manifest import Manifest
 from sdopt.request import GenerateRequest, GenerateResult, StageTimings
-from sdopt.runtime import conditioning, guidance
+from sdopt.runtime import conditioning, embedded_guidance, guidance
 from sdopt.runtime.executor import Component, close_all
 from sdopt.runtime.memory import track_peak
 from sdopt.runtime.noise import Noise
@@ -173,10 +173,13 @@ class Pipeline:
         import torch
 
         self.check_request(request)
-        notices = self.truncated_prompts(request) + conditioning.resize_notices(request)
+        asked = request
+        model = self.manifest.model
+        if embedded_guidance.embeds_guidance(model):  # an LCM-distilled UNet: guidance is its input, one pass per step
+            request = embedded_guidance.unguided(asked)
+        notices = self.truncated_prompts(request) + conditioning.resize_notices(request) + embedded_guidance.notices(asked)
         for notice in notices:
             warnings.warn(notice, UserWarning, stacklevel=2)
-        model = self.manifest.model
         scheduler = make_scheduler(request.scheduler, self.scheduler_config)
         scheduler.set_timesteps(request.steps, device="cpu")
         timings = StageTimings()
@@ -194,6 +197,8 @@ class Pipeline:
         with track_peak(cuda=self.device.startswith("cuda")) as memory:
             begin = start = time.perf_counter()
             text = self.encode_prompts(request)  # the UNet's conditioning inputs
+            if embedded_guidance.embeds_guidance(model):
+                text["timestep_cond"] = embedded_guidance.scale_embedding(asked.guidance_scale, int(model[embedded_guidance.FACT]), images)
             timings.text_encoder = time.perf_counter() - start
 
             # Noise, or the init image's latents noised to where strength starts the schedule.
@@ -243,7 +248,7 @@ class Pipeline:
             images = to_images(decoded)
             timings.total = time.perf_counter() - begin
 
-        return GenerateResult(images=images, latents=final, timings=timings, memory=dict(memory), request=request,
+        return GenerateResult(images=images, latents=final, timings=timings, memory=dict(memory), request=asked,
                               problems=output_problems(images, final), warnings=notices)
 
     def run_settings(self) -> dict[str, Any]:

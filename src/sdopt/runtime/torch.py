@@ -79,13 +79,15 @@ def _text_encoder(m, input_ids, every_layer: bool = False):
     return {"last_hidden_state": out.last_hidden_state, **pooled, **layers}
 
 
-def _added(text_embeds, time_ids) -> dict:
-    """SDXL's UNet also takes the pooled text embedding and the size ids (Diffusers' added_cond_kwargs)."""
-    return {"added_cond_kwargs": {"text_embeds": text_embeds, "time_ids": time_ids}} if text_embeds is not None else {}
+def _added(text_embeds, time_ids, timestep_cond=None) -> dict:
+    """SDXL's UNet also takes the pooled text embedding and the size ids (Diffusers' added_cond_kwargs);
+    an LCM-distilled UNet the guidance scale's embedding (timestep_cond: sdopt.runtime.embedded_guidance)."""
+    added = {"added_cond_kwargs": {"text_embeds": text_embeds, "time_ids": time_ids}} if text_embeds is not None else {}
+    return {**added, "timestep_cond": timestep_cond} if timestep_cond is not None else added
 
 
-def _unet(m, sample, timestep, encoder_hidden_states, text_embeds=None, time_ids=None):
-    out = m(sample, timestep, encoder_hidden_states=encoder_hidden_states, **_added(text_embeds, time_ids))
+def _unet(m, sample, timestep, encoder_hidden_states, text_embeds=None, time_ids=None, timestep_cond=None):
+    out = m(sample, timestep, encoder_hidden_states=encoder_hidden_states, **_added(text_embeds, time_ids, timestep_cond))
     feature = getattr(out, "deep_feature", None)  # a step-cached UNet (sdopt.stepcache) also gives its deep feature
     return {"out_sample": out.sample} if feature is None else {"out_sample": out.sample, "deep_feature": feature}
 

@@ -91,23 +91,48 @@ TINY = ZooModel(
 )
 
 
-def inpainting_variant(model: ZooModel, pipeline_class: str) -> ZooModel:
-    """``model`` laid out as an inpainting checkpoint (stable-diffusion-inpainting's): its UNet reads 9 channels
-    each step, the latents, the mask and the masked image's latents; model_index.json names ``pipeline_class``."""
+def _variant(model: ZooModel, suffix: str, description: str, pipeline_class: str, unet: dict, scheduler: dict | None = None) -> ZooModel:
+    """``model`` with another UNet config (and scheduler), every config a copy of its own."""
     return replace(
         model,
-        name=f"{model.name}-inpaint",
-        description=f"{model.name} with a 9-channel inpainting UNet (latents, mask, masked image), for tests",
-        unet={**model.unet, "in_channels": 9},
+        name=f"{model.name}-{suffix}",
+        description=f"{model.name} {description}",
+        unet={**model.unet, **unet},
         vae=dict(model.vae),
         text_encoder=dict(model.text_encoder),
         text_encoder_2=None if model.text_encoder_2 is None else dict(model.text_encoder_2),
-        scheduler=dict(model.scheduler),
+        scheduler=dict(model.scheduler if scheduler is None else scheduler),
         pipeline_class=pipeline_class,
     )
 
 
+def inpainting_variant(model: ZooModel, pipeline_class: str) -> ZooModel:
+    """``model`` laid out as an inpainting checkpoint (stable-diffusion-inpainting's): its UNet reads 9 channels
+    each step, the latents, the mask and the masked image's latents; model_index.json names ``pipeline_class``."""
+    return _variant(model, "inpaint", "with a 9-channel inpainting UNet (latents, mask, masked image), for tests", pipeline_class,
+                    {"in_channels": 9})
+
+
+# LCM_Dreamshaper_v7's scheduler_config.json (SD 1.5's noise schedule).
+LCM_SCHEDULER = {
+    "_class_name": "LCMScheduler",
+    **{k: v for k, v in SD15_SCHEDULER.items() if k != "skip_prk_steps"},
+    "original_inference_steps": 50,
+    "timestep_spacing": "leading",
+    "set_alpha_to_one": True,
+    "clip_sample": False,
+}
+
+
+def lcm_variant(model: ZooModel, pipeline_class: str) -> ZooModel:
+    """``model`` as a latent consistency model (LCM_Dreamshaper_v7's layout): its UNet embeds the guidance scale
+    (``time_cond_proj_dim``, sdopt.runtime.embedded_guidance) and it samples with LCMScheduler in a few steps."""
+    return _variant(model, "lcm", "as a latent consistency model (guidance embedded in the UNet, LCMScheduler), for tests", pipeline_class,
+                    {"time_cond_proj_dim": 256}, LCM_SCHEDULER)
+
+
 TINY_INPAINT = inpainting_variant(TINY, "StableDiffusionInpaintPipeline")
+TINY_LCM = lcm_variant(TINY, "LatentConsistencyModelPipeline")
 
 SD15 = ZooModel(
     name="sd15",
@@ -328,4 +353,4 @@ SDXL = ZooModel(
     pipeline_class="StableDiffusionXLPipeline",
 )
 
-MODELS: dict[str, ZooModel] = {model.name: model for model in (TINY, TINY_INPAINT, SD15, SHAPES, SD2_TINY, SDXL_TINY, SDXL_TINY_INPAINT, SDXL)}
+MODELS: dict[str, ZooModel] = {model.name: model for model in (TINY, TINY_INPAINT, TINY_LCM, SD15, SHAPES, SD2_TINY, SDXL_TINY, SDXL_TINY_INPAINT, SDXL)}
