@@ -182,7 +182,9 @@ def _unet_flops(reference: Entry, settings: BenchSettings) -> int | None:
     unet_cfg = reference.path / "unet" / "config.json"
     if not unet_cfg.is_file():
         return None
-    batch = 2 if settings.guidance_scale > 1 else 1
+    from sdopt.runtime.embedded_guidance import runs_guided
+
+    batch = 2 if runs_guided(settings.guidance_scale, reference.manifest.model) else 1
     return unet_flops_per_call(unet_cfg, batch, settings.height, settings.width, reference.manifest.model["vae_scale_factor"])
 
 
@@ -191,6 +193,7 @@ def _stage_flops(entry: Entry, reference: Entry, settings: BenchSettings, unet_w
     and shallow steps when it caches); its own VAE decoder (a tiny one when replaced). None when configs are missing."""
     from sdopt.bench.flops import text_encoder_flops, unet_flops_per_call, vae_decoder_flops
     from sdopt.rewrite import recorded
+    from sdopt.runtime.embedded_guidance import runs_guided
     from sdopt.runtime.guidance import guided_steps
     from sdopt.stepcache.schedule import runs_whole
 
@@ -198,7 +201,8 @@ def _stage_flops(entry: Entry, reference: Entry, settings: BenchSettings, unet_w
     te_cfgs = [reference.path / name / "config.json" for name in reference.manifest.pipeline_family.text_encoders]
     if not (unet_whole and unet_cfg.is_file() and all(c.is_file() for c in te_cfgs)):
         return None
-    model, guided = reference.manifest.model, settings.guidance_scale > 1
+    model = reference.manifest.model
+    guided = runs_guided(settings.guidance_scale, model)
     factor = int(model["vae_scale_factor"])
     decoder = entry.manifest.components.get("vae_decoder")
     replaced = bool(decoder and decoder.replaced)

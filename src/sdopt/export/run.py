@@ -93,7 +93,8 @@ def prepare_source(source: Path, manifest: Manifest, options: dict[str, Any]) ->
     from sdopt.runtime.torch import load_module, load_modules
 
     family = manifest.pipeline_family
-    specs, model = family_specs(family, _text_layers(source, manifest, family.text_encoders)), dict(manifest.model)
+    model = dict(manifest.model)
+    specs = family_specs(family, _text_layers(source, manifest, family.text_encoders), model)
     builders: dict[str, Callable[[], dict[str, Any]]] = {
         name: (lambda name=name: {name: load_module(source, manifest, name, torch.float32)}) for name in manifest.components
     }

@@ -111,9 +111,10 @@ def cached_unet_specs(unet: ComponentSpec) -> dict[str, ComponentSpec]:
     }
 
 
-def family_specs(family: Any, text_layers: dict[str, int]) -> dict[str, ComponentSpec]:
+def family_specs(family: Any, text_layers: dict[str, int], model: dict[str, Any] | None = None) -> dict[str, ComponentSpec]:
     """The specs of a family's components (sdopt.families): SD's four, and for SDXL a second text
-    encoder, text encoders giving every layer's hidden state, and the UNet's extra inputs.
+    encoder, text encoders giving every layer's hidden state, and the UNet's extra inputs; with
+    ``model`` (the model facts), an LCM-distilled UNet's ``timestep_cond`` (sdopt.runtime.embedded_guidance).
 
     text_layers: each text encoder's layer count (its hidden_states run 0..N). Names are Optimum's:
     ``text_encoder_2`` is the projection model whose pooled output is ``text_embeds``.
@@ -126,10 +127,13 @@ def family_specs(family: Any, text_layers: dict[str, int]) -> dict[str, Componen
             layers = tuple(TensorSpec(f"hidden_states.{i}", "float32", {0: "batch_size", 1: "sequence_length"}) for i in range(text_layers[name] + 1))
             outputs = (pooled, hidden) if name == "text_encoder_2" else (hidden, pooled)
             specs[name] = ComponentSpec(name, name, inputs=SPECS["text_encoder"].inputs, outputs=(*outputs, *layers), tolerance=SPECS["text_encoder"].tolerance)
-    if family.unet_extras:
+    from sdopt.runtime.embedded_guidance import embeds_guidance
+
+    extras = [name for name, _ in family.unet_extras] + (["timestep_cond"] if embeds_guidance(model or {}) else [])
+    if extras:
         unet = SPECS["unet"]
-        extras = tuple(TensorSpec(name, "float32", {0: "batch_size"}) for name, _ in family.unet_extras)
-        specs["unet"] = ComponentSpec("unet", "unet", inputs=(*unet.inputs, *extras), outputs=unet.outputs, tolerance=unet.tolerance)
+        added = tuple(TensorSpec(name, "float32", {0: "batch_size"}) for name in extras)
+        specs["unet"] = ComponentSpec("unet", "unet", inputs=(*unet.inputs, *added), outputs=unet.outputs, tolerance=unet.tolerance)
     return specs
 
 
@@ -183,6 +187,10 @@ def dummy_inputs(name: str, model: dict[str, Any], batch: int = 2, height: int =
         if "text_embeds_dim" in model:  # SDXL: the pooled text embedding and the size ids (original, crop, target)
             extras["text_embeds"] = rng.standard_normal((batch, model["text_embeds_dim"])).astype(np.float32)
             extras["time_ids"] = np.tile(np.array([height, width, 0, 0, height, width], dtype=np.float32), (batch, 1))
+        if model.get("time_cond_proj_dim"):  # an LCM-distilled UNet: the guidance scale's embedding (LCM's default scale)
+            from sdopt.runtime.embedded_guidance import scale_embedding
+
+            extras["timestep_cond"] = scale_embedding(8.5, int(model["time_cond_proj_dim"]), batch)
         return {
             "sample": rng.standard_normal((batch, model.get("unet_in_channels", channels), h, w)).astype(np.float32),
             "timestep": np.array(981.0, dtype=np.float32),

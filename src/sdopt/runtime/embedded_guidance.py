@@ -21,6 +21,11 @@ def embeds_guidance(model: dict[str, Any]) -> bool:
     return bool(model.get(FACT))
 
 
+def runs_guided(guidance_scale: float, model: dict[str, Any]) -> bool:
+    """Whether the loop runs an unconditional pass beside each conditional one (doubling the UNet's batch)."""
+    return guidance_scale > 1 and not embeds_guidance(model)
+
+
 def scale_embedding(guidance_scale: float, dim: int, rows: int) -> np.ndarray:
     """``timestep_cond`` for ``rows`` images: Diffusers' get_guidance_scale_embedding(w = guidance_scale - 1),
     computed with the same torch operations so the loop matches its pipeline bit for bit."""

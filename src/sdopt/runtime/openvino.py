@@ -185,7 +185,7 @@ def static_axes(manifest: Manifest, component: str) -> dict[str, dict[int, int]]
     """input name -> {axis: size} for a static artifact, from manifest.static_shapes.
 
     batch in static_shapes counts images per request (as Pipeline.check_request
-    does). Guidance doubles the UNet batch; the text encoder's batch is prompts
+    does). Guidance doubles the UNet batch (not an LCM-distilled UNet's); the text encoder's batch is prompts
     plus negatives, unknown here, so it stays dynamic (it runs once per request).
     """
     shapes = manifest.static_shapes or {}
@@ -194,7 +194,9 @@ def static_axes(manifest: Manifest, component: str) -> dict[str, dict[int, int]]
     sizes: dict[str, int] = {"sequence_length": int(model.get("text_max_length", 77))}
     batch = shapes.get("batch")
     if batch and component in ("unet", "unet_shallow"):
-        sizes["batch_size"] = 2 * batch
+        from sdopt.runtime.embedded_guidance import embeds_guidance
+
+        sizes["batch_size"] = batch if embeds_guidance(model) else 2 * batch  # an LCM UNet runs unguided (its guidance is an input)
     elif batch and component in ("vae_decoder", "vae_encoder"):
         sizes["batch_size"] = batch
     pixel = component == "vae_encoder"

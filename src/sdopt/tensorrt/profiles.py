@@ -82,7 +82,9 @@ def input_profiles(spec: ComponentSpec, model: dict[str, Any], shapes: ShapeProf
     guided components' opt and max batch are doubled; min stays one half, for
     requests without guidance. ``static``: one shape, guided when ``guidance``.
     """
-    doubled = guidance and spec.name in GUIDED
+    from sdopt.runtime.embedded_guidance import embeds_guidance
+
+    doubled = guidance and spec.name in GUIDED and not embeds_guidance(model)  # an LCM UNet takes guidance as an input instead
 
     def at(i: int, double: bool) -> dict[str, Shape]:
         inputs = _shapes_of(spec.name, model, shapes.batch[i] * (2 if double else 1), shapes.height[i], shapes.width[i])

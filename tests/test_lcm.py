@@ -1,0 +1,97 @@
+"""Latent consistency models: an LCM-distilled UNet takes the guidance scale as an input (timestep_cond) and
+samples with LCMScheduler in a few steps. Held to Diffusers' LatentConsistencyModelPipeline, and exported."""
+
+import numpy as np
+import pytest
+import torch
+
+import sdopt
+from sdopt import GenerateRequest, SdoptError
+
+from conftest import SMALL
+
+TOLERANCE = 1e-5  # as tests/test_parity_diffusers.py
+
+
+@pytest.fixture(scope="module")
+def tiny_lcm(tmp_path_factory):
+    from sdopt.zoo import write_model
+
+    return write_model("tiny-lcm", tmp_path_factory.mktemp("zoo") / "tiny-lcm", seed=0, progress=False)
+
+
+@pytest.mark.parametrize("guidance", [8.5, 2.0])
+def test_a_latent_consistency_model_matches_diffusers(tiny_lcm, guidance):
+    """An LCM-distilled UNet (guidance embedded: timestep_cond) under LCMScheduler, against Diffusers'
+    LatentConsistencyModelPipeline: one UNet pass per step whatever the guidance scale, and a negative
+    prompt, which such a model cannot use, is said to be unused rather than silently dropped."""
+    import warnings
+
+    from diffusers import LatentConsistencyModelPipeline
+
+    request = GenerateRequest(**{**SMALL, "guidance_scale": guidance}, num_images=2)
+    with sdopt.load(tiny_lcm) as pipe:
+        ours = pipe.generate(request)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pipe.generate(GenerateRequest(**{**SMALL, "steps": 1}, negative_prompt="blurry"))
+    assert pipe.manifest.model["time_cond_proj_dim"] == 256 and ours.request.guidance_scale == guidance
+    assert len(ours.timings.unet_steps) == request.steps and ours.timings.unguided_steps == 0
+    assert any("negative prompt is not used" in str(w.message) for w in caught)
+
+    theirs = LatentConsistencyModelPipeline.from_pretrained(tiny_lcm, safety_checker=None, requires_safety_checker=False)
+    theirs.set_progress_bar_config(disable=True)
+    common = dict(prompt=request.prompt, num_inference_steps=request.steps, guidance_scale=guidance, height=request.height,
+                  width=request.width, num_images_per_prompt=request.num_images)
+    ref_latents = theirs(**common, generator=torch.Generator("cpu").manual_seed(request.seed), output_type="latent").images
+    ref_image = theirs(**common, generator=torch.Generator("cpu").manual_seed(request.seed), output_type="np").images
+    latent_err = float(np.abs(ours.latents - ref_latents.numpy()).max())
+    print(f"LCM, guidance {guidance}: max abs latent diff {latent_err:.2e}")
+    assert latent_err <= TOLERANCE
+    assert np.abs(np.stack([np.asarray(im) for im in ours.images]).astype(int) - (ref_image * 255).round().astype(int)).max() <= 1
+
+
+@pytest.mark.slow
+def test_exports_of_a_latent_consistency_model_agree_with_torch(tiny_lcm, tmp_path):
+    """ONNX (dynamic) and OpenVINO (static, batch 1: the UNet's batch is not doubled, since it runs unguided) take
+    timestep_cond; their latents follow torch's."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("openvino")
+    from sdopt.export.run import export
+
+    request = GenerateRequest(**{**SMALL, "guidance_scale": 8.5})
+    with sdopt.load(tiny_lcm) as pipe:
+        reference = pipe.generate(request).latents
+    scale = float(np.abs(reference).max())
+    for target, options in (("onnx", {}), ("openvino", {"height": 64, "width": 64, "batch": 1})):
+        manifest = export(tiny_lcm, target, tmp_path / target, **options)
+        assert "timestep_cond" in [i["name"] for i in manifest.components["unet"].inputs]
+        with sdopt.load(tmp_path / target) as pipe:
+            latents = pipe.generate(request).latents
+            other = pipe.generate(GenerateRequest(**{**SMALL, "guidance_scale": 2.0})).latents
+        error = float(np.abs(latents - reference).max()) / scale
+        print(f"LCM {target} vs torch: max abs latent diff {error:.1e} of the latents' scale")
+        assert error < 1e-5
+        assert float(np.abs(other - latents).max()) > 1e-3 * scale  # the guidance scale reaches the graph
+
+
+def test_the_shapes_an_lcm_unet_is_built_for_are_unguided(tiny_lcm):
+    """A static OpenVINO artifact and TensorRT's profiles size the UNet for the images alone, not twice them."""
+    from sdopt.export.spec import ShapeProfile, family_specs
+    from sdopt.manifest import read_manifest
+    from sdopt.tensorrt.profiles import profiles_for
+
+    manifest = read_manifest(tiny_lcm)
+    specs = family_specs(manifest.pipeline_family, {"text_encoder": 2}, manifest.model)
+    assert specs["unet"].input_names[-1] == "timestep_cond"
+    profiles = profiles_for(specs, manifest.model, ShapeProfile(batch=(1, 2, 4), height=(64,) * 3, width=(64,) * 3))
+    assert [p[0] for p in (profiles["unet"]["sample"].min, profiles["unet"]["sample"].opt, profiles["unet"]["sample"].max)] == [1, 2, 4]
+    assert profiles["unet"]["timestep_cond"].opt == (2, 256)
+
+
+def test_step_feature_caching_says_it_does_not_cover_an_lcm_unet(tiny_lcm, tmp_path):
+    from sdopt.export.run import export
+
+    with pytest.raises(SdoptError, match="time_cond_proj_dim=256.*Export it without --deep-cache"):
+        export(tiny_lcm, "onnx", tmp_path / "x", deep_cache=2)
+    assert not (tmp_path / "x").exists()
