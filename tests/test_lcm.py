@@ -95,3 +95,24 @@ def test_step_feature_caching_says_it_does_not_cover_an_lcm_unet(tiny_lcm, tmp_p
     with pytest.raises(SdoptError, match="time_cond_proj_dim=256.*Export it without --deep-cache"):
         export(tiny_lcm, "onnx", tmp_path / "x", deep_cache=2)
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("strength", [0.6, 1.0])
+def test_img2img_on_a_latent_consistency_model_matches_diffusers(tiny_lcm, strength):
+    """LCMScheduler takes the strength itself (every step, spread below it), as LatentConsistencyModelImg2ImgPipeline does."""
+    from diffusers import LatentConsistencyModelImg2ImgPipeline, LatentConsistencyModelPipeline
+
+    from init_images import contiguous, picture
+
+    request = GenerateRequest(**{**SMALL, "guidance_scale": 8.5}, init_image=picture(), strength=strength)
+    with sdopt.load(tiny_lcm) as pipe:
+        ours = pipe.generate(request)
+    assert len(ours.timings.unet_steps) == request.steps  # not int(steps x strength): LCM's schedule
+    base = LatentConsistencyModelPipeline.from_pretrained(tiny_lcm, safety_checker=None, requires_safety_checker=False)
+    theirs = LatentConsistencyModelImg2ImgPipeline(**base.components)
+    theirs.set_progress_bar_config(disable=True)
+    ref = theirs(prompt=request.prompt, image=contiguous(picture()), num_inference_steps=request.steps, guidance_scale=8.5,
+                 strength=strength, generator=torch.Generator("cpu").manual_seed(request.seed), output_type="latent").images
+    error = float(np.abs(ours.latents - ref.numpy()).max())
+    print(f"LCM img2img, strength {strength}: max abs latent diff {error:.2e}")
+    assert error <= TOLERANCE

@@ -97,7 +97,14 @@ def start(request: GenerateRequest, scheduler: Any, noise: Noise, model: dict[st
 
 # --- the pieces, each one Diffusers function ----------------------------------------------------
 def strength_timesteps(scheduler: Any, steps: int, strength: float):
-    """Diffusers' get_timesteps: strength s keeps the last int(steps x s) steps of the schedule."""
+    """Diffusers' get_timesteps: strength s keeps the last int(steps x s) steps of the schedule. A scheduler
+    that takes the strength itself (LCMScheduler: all ``steps`` spread over the noise levels below it, as
+    Diffusers' LatentConsistencyModelImg2ImgPipeline asks) is given it."""
+    import inspect
+
+    if "strength" in inspect.signature(scheduler.set_timesteps).parameters:
+        scheduler.set_timesteps(steps, device="cpu", strength=strength)
+        return scheduler.timesteps
     kept = min(int(steps * strength), steps)
     t_start = max(steps - kept, 0)
     if hasattr(scheduler, "set_begin_index"):
