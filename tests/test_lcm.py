@@ -116,3 +116,24 @@ def test_img2img_on_a_latent_consistency_model_matches_diffusers(tiny_lcm, stren
     error = float(np.abs(ours.latents - ref.numpy()).max())
     print(f"LCM img2img, strength {strength}: max abs latent diff {error:.2e}")
     assert error <= TOLERANCE
+
+
+def test_an_sdxl_lcm_unet_matches_diffusers_sdxl_pipeline(tmp_path):
+    """lcm-sdxl's layout: an LCM UNet in StableDiffusionXLPipeline, which (as sdopt) embeds the guidance scale and
+    runs no unconditional pass when the UNet has time_cond_proj_dim."""
+    from diffusers import StableDiffusionXLPipeline
+
+    from sdopt.zoo import write_model
+
+    folder = write_model("sdxl-tiny-lcm", tmp_path / "sdxl-tiny-lcm", seed=0, progress=False)
+    request = GenerateRequest(**{**SMALL, "guidance_scale": 8.0})
+    with sdopt.load(folder) as pipe:
+        ours = pipe.generate(request)
+    assert len(ours.timings.unet_steps) == request.steps
+    theirs = StableDiffusionXLPipeline.from_pretrained(folder)
+    theirs.set_progress_bar_config(disable=True)
+    ref = theirs(prompt=request.prompt, num_inference_steps=request.steps, guidance_scale=8.0, height=64, width=64,
+                 generator=torch.Generator("cpu").manual_seed(request.seed), output_type="latent").images
+    error = float(np.abs(ours.latents - ref.numpy()).max())
+    print(f"SDXL LCM: max abs latent diff {error:.2e}")
+    assert error <= TOLERANCE

@@ -61,6 +61,15 @@ def test_calibration_images_reach_every_int8_candidate_and_nothing_else(monkeypa
     assert not any("options" in c.spec for c in candidates("cpu", base="fp32") if "quantize" in c.spec)  # none given: none passed
 
 
+def test_a_model_without_an_unconditional_pass_gets_no_truncated_guidance_candidates():
+    from sdopt.bench.optimize import candidates
+
+    assert any("guidance_end" in c.spec for c in candidates("cpu", base="bf16"))
+    unguided = candidates("cpu", base="bf16", guided=False)  # an LCM-distilled UNet: guidance is its input
+    assert unguided and not any("guidance_end" in c.spec for c in unguided)
+    assert [c.name for c in unguided] == [c.name for c in candidates("cpu", base="bf16") if "guidance_end" not in c.spec]
+
+
 @pytest.mark.parametrize("lacks_int8_dot", [True, False])
 def test_a_cpu_without_an_int8_dot_product_also_tries_channels_first_transformers(monkeypatch, lacks_int8_dot):
     """Forced either way: the rewrite that pays where OpenVINO's int8 linear layers are slow is tried there only."""

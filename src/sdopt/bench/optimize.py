@@ -106,12 +106,19 @@ def float_precision(device: str) -> str:
 
 
 def candidates(device: str, quick: bool = False, distill: dict[str, Any] | None = None, base: str | None = None,
-               calibration_images: list[str] | None = None) -> list[Candidate]:
+               calibration_images: list[str] | None = None, guided: bool = True) -> list[Candidate]:
     """What to try on a device, exact ones first. ``quick``: a small set for tests and a first look.
 
     ``base``: the float precision the OpenVINO candidates run in (``float_precision``): int8 candidates
     are quantized from it, so what NNCF leaves in float runs in it too. ``calibration_images``: for the
-    int8 candidates of an inpainting checkpoint (``_int8``)."""
+    int8 candidates of an inpainting checkpoint (``_int8``). ``guided``: False where the requests run no
+    unconditional pass (guidance <= 1, or an LCM-distilled UNet, which embeds it): truncated guidance has nothing to cut."""
+    pool = _candidates(device, quick, distill, base, calibration_images)
+    return pool if guided else [c for c in pool if "guidance_end" not in c.spec]
+
+
+def _candidates(device: str, quick: bool, distill: dict[str, Any] | None, base: str | None,
+                calibration_images: list[str] | None) -> list[Candidate]:
     from sdopt.hardware import cpu_lacks_int8_dot
 
     if not device.startswith("cpu"):
@@ -210,7 +217,10 @@ def _optimize(model, out, settings, work, floor, quick, budget_minutes, distill,
         from sdopt.request import image_files
 
         calibration_images = list(image_files(calibration_images, "--calibration-images"))  # absolute: builds may run elsewhere (Ray)
-    pool = candidates(settings.device, quick, distill, precision, calibration_images)
+    from sdopt.runtime.embedded_guidance import runs_guided
+
+    # Truncated guidance needs an unconditional pass to cut: none at guidance <= 1 (Turbo models) or in an LCM UNet.
+    pool = candidates(settings.device, quick, distill, precision, calibration_images, guided=runs_guided(settings.guidance_scale, manifest.model))
     if ray is not None:
         from sdopt.cluster.optimize import build_all
 

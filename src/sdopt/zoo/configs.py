@@ -306,6 +306,7 @@ SDXL_TINY = ZooModel(
 )
 
 SDXL_TINY_INPAINT = inpainting_variant(SDXL_TINY, "StableDiffusionXLInpaintPipeline")
+SDXL_TINY_LCM = lcm_variant(SDXL_TINY, "StableDiffusionXLPipeline")  # as latent-consistency/lcm-sdxl: an LCM UNet in SDXL's pipeline
 
 SDXL = ZooModel(
     name="sdxl",
@@ -353,4 +354,4 @@ SDXL = ZooModel(
     pipeline_class="StableDiffusionXLPipeline",
 )
 
-MODELS: dict[str, ZooModel] = {model.name: model for model in (TINY, TINY_INPAINT, TINY_LCM, SD15, SHAPES, SD2_TINY, SDXL_TINY, SDXL_TINY_INPAINT, SDXL)}
+MODELS: dict[str, ZooModel] = {model.name: model for model in (TINY, TINY_INPAINT, TINY_LCM, SD15, SHAPES, SD2_TINY, SDXL_TINY, SDXL_TINY_INPAINT, SDXL_TINY_LCM, SDXL)}
