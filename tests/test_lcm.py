@@ -89,12 +89,38 @@ def test_the_shapes_an_lcm_unet_is_built_for_are_unguided(tiny_lcm):
     assert profiles["unet"]["timestep_cond"].opt == (2, 256)
 
 
-def test_step_feature_caching_says_it_does_not_cover_an_lcm_unet(tiny_lcm, tmp_path):
+def test_step_feature_caching_carries_the_guidance_embedding(tiny_lcm, tmp_path):
+    """The split UNet is Diffusers' bit for bit with timestep_cond, the shallow branch reads it too, and a cached
+    ONNX export follows torch's caching."""
+    pytest.importorskip("onnxruntime")
     from sdopt.export.run import export
+    from sdopt.runtime.embedded_guidance import scale_embedding
+    from sdopt.runtime.torch import load_pretrained
+    from sdopt.stepcache.unet import split
 
-    with pytest.raises(SdoptError, match="time_cond_proj_dim=256.*Export it without --deep-cache"):
-        export(tiny_lcm, "onnx", tmp_path / "x", deep_cache=2)
-    assert not (tmp_path / "x").exists()
+    unet = load_pretrained("unet", tiny_lcm / "unet")
+    deep, shallow = split(unet)
+    g = torch.Generator().manual_seed(0)
+    sample, hidden = torch.randn(2, 4, 9, 7, generator=g), torch.randn(2, 77, unet.config.cross_attention_dim, generator=g)
+    cond, other = (torch.from_numpy(scale_embedding(scale, 256, 2)) for scale in (8.5, 2.0))
+    t = torch.tensor(981.0)
+    with torch.inference_mode():
+        expected = unet(sample, t, encoder_hidden_states=hidden, timestep_cond=cond).sample
+        out = deep(sample, t, encoder_hidden_states=hidden, timestep_cond=cond)
+        assert torch.equal(out.sample, expected)
+        assert torch.equal(shallow(sample, t, hidden, out.deep_feature, timestep_cond=cond), expected)
+        assert not torch.equal(shallow(sample, t, hidden, out.deep_feature, timestep_cond=other), expected)
+
+    request = GenerateRequest(**{**SMALL, "guidance_scale": 8.5, "steps": 5}, cache_interval=2)
+    with sdopt.load(tiny_lcm, deep_cache=True) as pipe:
+        reference = pipe.generate(request)
+    assert reference.timings.shallow_steps == 2
+    export(tiny_lcm, "onnx", tmp_path / "onnx", deep_cache=2)
+    with sdopt.load(tmp_path / "onnx") as pipe:
+        cached = pipe.generate(request)
+    error = float(np.abs(cached.latents - reference.latents).max()) / float(np.abs(reference.latents).max())
+    print(f"LCM with step-feature caching, ONNX vs torch: {error:.1e} of the latents' scale")
+    assert cached.timings.shallow_steps == 2 and error < 1e-5
 
 
 @pytest.mark.parametrize("strength", [0.6, 1.0])

@@ -92,8 +92,8 @@ def _unet(m, sample, timestep, encoder_hidden_states, text_embeds=None, time_ids
     return {"out_sample": out.sample} if feature is None else {"out_sample": out.sample, "deep_feature": feature}
 
 
-def _unet_shallow(m, sample, timestep, encoder_hidden_states, deep_feature, text_embeds=None, time_ids=None):
-    return {"out_sample": m(sample, timestep, encoder_hidden_states, deep_feature, **_added(text_embeds, time_ids))}
+def _unet_shallow(m, sample, timestep, encoder_hidden_states, deep_feature, text_embeds=None, time_ids=None, timestep_cond=None):
+    return {"out_sample": m(sample, timestep, encoder_hidden_states, deep_feature, **_added(text_embeds, time_ids, timestep_cond))}
 
 
 def _vae_decoder(m, latent_sample):

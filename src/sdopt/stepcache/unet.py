@@ -2,7 +2,8 @@
 
 ``DeepUNet`` repeats Diffusers' ``UNet2DConditionModel.forward`` for the SD-1/2
 UNet and SDXL's (whose time embedding adds the pooled text embedding and the
-size ids; no class embeddings, adapters or ControlNet residuals) and also
+size ids), an LCM-distilled UNet's (the guidance embedding, timestep_cond, projected
+into the time embedding; no class embeddings, adapters or ControlNet residuals) and also
 returns the feature entering the last up block; its first output is
 Diffusers' own, bit for bit (tests/test_stepcache.py). ``ShallowUNet`` holds
 only the modules the shallow branch uses, so its exported graph carries only
@@ -31,7 +32,6 @@ def check_supported(unet) -> None:
         "class_embed_type": config.get("class_embed_type"),
         "addition_embed_type": None if config.get("addition_embed_type") in ADDITIONS else config.get("addition_embed_type"),
         "encoder_hid_dim_type": config.get("encoder_hid_dim_type"),
-        "time_cond_proj_dim": config.get("time_cond_proj_dim"),
         "num_class_embeds": config.get("num_class_embeds"),
     }
     present = {k: v for k, v in unsupported.items() if v is not None}
@@ -50,11 +50,12 @@ class CachedOutput:
     deep_feature: torch.Tensor
 
 
-def _embed(parts, sample, timestep, added):
+def _embed(parts, sample, timestep, added, timestep_cond=None):
     """The time embedding as Diffusers' forward makes it: SD-1/2's alone; SDXL's plus its pooled text
-    embedding and size ids (``added``: Diffusers' added_cond_kwargs; get_aug_embed's "text_time" branch)."""
+    embedding and size ids (``added``: Diffusers' added_cond_kwargs; get_aug_embed's "text_time" branch);
+    an LCM-distilled UNet's with the guidance scale's embedding (``timestep_cond``) projected into it."""
     t_emb = parts.get_time_embed(sample=sample, timestep=timestep)
-    emb = parts.time_embedding(t_emb, None)
+    emb = parts.time_embedding(t_emb, timestep_cond)
     if added is not None:
         time_embeds = parts.add_time_proj(added["time_ids"].flatten()).reshape((added["text_embeds"].shape[0], -1))
         emb = emb + parts.add_embedding(torch.concat([added["text_embeds"], time_embeds], dim=-1).to(emb.dtype))
@@ -99,9 +100,9 @@ class DeepUNet(torch.nn.Module):
         self.unet = unet
         self.config = unet.config
 
-    def forward(self, sample, timestep, encoder_hidden_states, added_cond_kwargs=None) -> CachedOutput:
+    def forward(self, sample, timestep, encoder_hidden_states, added_cond_kwargs=None, timestep_cond=None) -> CachedOutput:
         u = self.unet
-        emb = _embed(u, sample, timestep, added_cond_kwargs)
+        emb = _embed(u, sample, timestep, added_cond_kwargs, timestep_cond)
         # Diffusers passes explicit upsample sizes only when the latent is not a multiple of the
         # overall down factor (decided in Python: see export/spec.py on tracing at an odd latent).
         forward_upsample_size = any(dim % 2**u.num_upsamplers != 0 for dim in sample.shape[-2:])
@@ -151,8 +152,8 @@ class ShallowUNet(torch.nn.Module):
     def get_time_embed(self, sample, timestep):
         return self._get_time_embed(self, sample=sample, timestep=timestep)
 
-    def forward(self, sample, timestep, encoder_hidden_states, deep_feature, added_cond_kwargs=None):
-        emb = _embed(self, sample, timestep, added_cond_kwargs)
+    def forward(self, sample, timestep, encoder_hidden_states, deep_feature, added_cond_kwargs=None, timestep_cond=None):
+        emb = _embed(self, sample, timestep, added_cond_kwargs, timestep_cond)
         skips = _shallow_start(self, sample, emb, encoder_hidden_states)
         res = skips[: len(self.last_up.resnets)]
         return _head(self, _up(self.last_up, deep_feature, emb, encoder_hidden_states, res, None))
