@@ -274,6 +274,29 @@ def test_an_inpainting_checkpoint_matches_diffusers(tiny_inpaint, inpaint_pipeli
     _compare(ours, ref_latents, ref_images, f"inpainting checkpoint, {scheduler} strength {strength}")
 
 
+def test_served_an_inpainting_checkpoint_inpaints_and_says_so(inpaint_pipeline):
+    """AUTOMATIC1111's img2img with a mask on a 9-channel UNet: its info says is_using_inpainting_conditioning, as A1111's does."""
+    pytest.importorskip("fastapi")
+    import base64
+    import io
+
+    import httpx
+
+    from serving import running_server
+
+    def b64(image):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return base64.b64encode(buffer.getvalue()).decode()
+
+    with running_server(inpaint_pipeline) as (url, _):
+        body = {"prompt": "a red apple", "init_images": [b64(picture())], "mask": b64(mask_image()), "steps": 3, "width": 64, "height": 64,
+                "seed": 1, "denoising_strength": 1.0, "sampler_name": "Euler"}
+        answer = httpx.post(url + "/sdapi/v1/img2img", json=body, timeout=60)
+    assert answer.status_code == 200, answer.text
+    assert json.loads(answer.json()["info"])["is_using_inpainting_conditioning"] is True
+
+
 def test_optimize_measures_an_inpainting_checkpoint_inpainting_only(tiny_inpaint, tmp_path, capsys):
     """Refused before any candidate is built (its bench rows would all be refused), saying what to add; nothing written."""
     assert main(["optimize", str(tiny_inpaint), "-o", str(tmp_path / "best"), "--quick", "-q"]) == 2

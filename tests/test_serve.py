@@ -139,7 +139,7 @@ def test_webuiapi_txt2img_and_inpaint_with_basic_auth(tiny_pipeline):
                              seed=5, denoising_strength=0.6, mask_blur=0)
         assert result.images[0].size == (64, 64)
         assert result.info["denoising_strength"] == 0.6
-        assert result.info["sdopt_ignored"] == []
+        assert result.info["sdopt_ignored"] == [] and result.info["is_using_inpainting_conditioning"] is False  # a 4-channel UNet
 
         # The same seed again gives the same picture: nothing of one request leaks into the next.
         again = api.img2img(images=[init], mask_image=mask, prompt="a green circle", width=64, height=64, steps=4,
