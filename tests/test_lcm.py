@@ -163,3 +163,32 @@ def test_an_sdxl_lcm_unet_matches_diffusers_sdxl_pipeline(tmp_path):
     error = float(np.abs(ours.latents - ref.numpy()).max())
     print(f"SDXL LCM: max abs latent diff {error:.2e}")
     assert error <= TOLERANCE
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_a_turbo_checkpoint_needs_nothing_more(tiny_model, tmp_path, steps):
+    """SD-Turbo's recipe — its own scheduler config (Euler ancestral, trailing timesteps), guidance 0, 1-4 steps — is what
+    the loop already reads: Diffusers' StableDiffusionPipeline on the same folder, bit for bit."""
+    import json
+    import shutil
+
+    from diffusers import StableDiffusionPipeline
+
+    folder = tmp_path / "turbo"
+    shutil.copytree(tiny_model, folder)
+    config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    config.update({"_class_name": "EulerAncestralDiscreteScheduler", "timestep_spacing": "trailing"})
+    config.pop("skip_prk_steps", None)
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(config))
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "scheduler": ["diffusers", "EulerAncestralDiscreteScheduler"]}))
+    (folder / "sdopt.json").unlink(missing_ok=True)  # a Diffusers folder again: read as it is now
+    request = GenerateRequest(**{**SMALL, "guidance_scale": 0.0, "steps": steps}, num_images=2)
+    with sdopt.load(folder) as pipe:
+        ours = pipe.generate(request)
+    theirs = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+    theirs.set_progress_bar_config(disable=True)
+    ref = theirs(prompt=request.prompt, num_inference_steps=steps, guidance_scale=0.0, height=64, width=64, num_images_per_prompt=2,
+                 generator=torch.Generator("cpu").manual_seed(request.seed), output_type="latent").images
+    assert type(theirs.scheduler).__name__ == "EulerAncestralDiscreteScheduler" and len(ours.timings.unet_steps) == steps
+    assert float(np.abs(ours.latents - ref.numpy()).max()) <= TOLERANCE
