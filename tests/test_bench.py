@@ -184,6 +184,16 @@ def test_a_profile_is_built_from_one_checkpoint_and_benched(tiny_model, tmp_path
     again = build_profile_artifacts(load_profile(str(profile)), tiny_model, work, 64, 64, "cpu", only=["torch-int8"])
     assert again.others == [str(work / "torch-int8")] and again.reference == str(tiny_model) and not again.not_built
     assert (work / "torch-int8" / "sdopt.json").stat().st_mtime_ns == built  # reused, not rebuilt
+    # An edited entry is built again, and said so; one built before records were kept is reused and recorded.
+    profile.write_text(profile.read_text().replace('backend = "torchao"\n[[', 'backend = "torchao"\ncomponents = ["unet"]\n[[', 1))
+    said = []
+    build_profile_artifacts(load_profile(str(profile)), tiny_model, work, 64, 64, "cpu", only=["torch-int8"], say=said.append)
+    assert (work / "torch-int8" / "sdopt.json").stat().st_mtime_ns != built and any("torch-int8 is built again: its spec changed" in s for s in said)
+    assert json.loads((work / "torch-int8" / "sdopt.json").read_text())["components"]["text_encoder"].get("quantization") is None
+    (work / ".built" / "torch-int8.json").unlink()
+    rebuilt = (work / "torch-int8" / "sdopt.json").stat().st_mtime_ns
+    build_profile_artifacts(load_profile(str(profile)), tiny_model, work, 64, 64, "cpu", only=["torch-int8"])
+    assert (work / "torch-int8" / "sdopt.json").stat().st_mtime_ns == rebuilt and (work / ".built" / "torch-int8.json").is_file()
     assert main([*args, "--work", str(work), "--only", "nope", "-o", str(tmp_path / "r3")]) == 2
     assert "--only nope: profile tiny-cpu lists torch-fp32, torch-int8, torch-nf4-torchao" in capsys.readouterr().err
     assert main(["bench", str(tiny_model), "--build-from", str(tiny_model), "-o", str(tmp_path / "r4")]) == 2
@@ -312,3 +322,28 @@ def test_a_quantized_profile_entry_with_a_precision_runs_in_it(tmp_path):
     assert build_one(spec, tmp_path / "model", tmp_path, 64, 64, "cuda", {}) == f"{tmp_path / 'torch-int8-fp16'}@fp16"
     spec = {"name": "torch-int8-fp16", "quantize": "int8", "backend": "torchao"}
     assert build_one(spec, tmp_path / "model", tmp_path, 64, 64, "cuda", {}) == str(tmp_path / "torch-int8-fp16")
+
+
+def test_a_tiny_decoder_distilled_with_other_settings_is_distilled_again(tmp_path, monkeypatch):
+    """WORK/tiny-decoder is shared by the entries that ask for it: reused while its distill.json has the asked settings."""
+    import sdopt.decoder.distill
+    from sdopt.bench.build import tiny_decoder
+
+    runs = []
+
+    def fake_distill(model, out, settings, progress=True):
+        runs.append(settings.train_steps)
+        out.mkdir(parents=True)
+        (out / "distill.json").write_text(json.dumps({"settings": {"height": settings.height, "width": settings.width,
+                                                                   "train_steps": settings.train_steps}}))
+        return out
+
+    monkeypatch.setattr(sdopt.decoder.distill, "distill_decoder", fake_distill)
+    spec = {"name": "x", "vae_decoder": "distilled", "distill": {"train_steps": 4}}
+    for train_steps in (4, 4, 8):
+        tiny_decoder({**spec, "distill": {"train_steps": train_steps}}, tmp_path / "model", tmp_path, 64, 64)
+    tiny_decoder(spec, tmp_path / "model", tmp_path, 64, 96)  # another size
+    assert runs == [4, 8, 4]
+    with pytest.raises(SdoptError, match="distill = .*nonsense"):
+        tiny_decoder({**spec, "distill": {"nonsense": 1}}, tmp_path / "model", tmp_path, 64, 96)
+    assert (tmp_path / "tiny-decoder" / "distill.json").is_file()  # a typo in the table removes nothing

@@ -22,13 +22,19 @@ AutoencoderTiny folder, or ``vae_decoder = "distilled"``: one distilled from the
 checkpoint by ``sdopt distill-decoder`` into ``WORK/tiny-decoder`` at the bench's
 size, with the ``distill = {...}`` table's settings, once for every entry).
 
-Artifacts already under the work folder are reused (delete them to rebuild).
-One that cannot be built here (a missing backend, an unsupported scheme) is
+Artifacts already under the work folder are reused, as long as what they were
+built from is the same: ``WORK/.built/NAME.json`` records each one's entry, the
+checkpoint, the size a static one was built for and the artifact a ``from`` entry
+started from; an artifact whose record differs (an edited entry, a rebuilt
+source, other calibration images) is built again, and said so. One built before
+sdopt kept records is reused as before, and recorded. One that cannot be built here (a missing backend, an unsupported scheme) is
 reported and left out; the others are still measured.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -44,8 +50,36 @@ class ProfileArtifacts:
     not_built: dict[str, str] = field(default_factory=dict)  # name -> why
 
 
-def build_one(spec: dict[str, Any], model: Path, work: Path, height: int, width: int, device: str, built: dict[str, str]) -> str:
-    """The path (or PATH@precision, PATH+guidance-end=F) that benches one profile artifact, building it if needed."""
+BUILT = ".built"  # WORK/.built/NAME.json: what the artifact WORK/NAME was built from
+
+
+def build_key(spec: dict[str, Any], model: Path, height: int, width: int, device: str, built: dict[str, str]) -> dict[str, Any]:
+    """What an artifact is built from: the same key, the same artifact (as JSON reads it back, so a key from disk compares equal)."""
+    # A quantized entry's precision is what it runs in (PATH@precision), not how it is built.
+    entry = {k: v for k, v in spec.items() if not (k == "precision" and "quantize" in spec)}
+    key: dict[str, Any] = {"spec": entry, "model": str(Path(model).absolute()), "device": device}
+    if spec.get("static") or spec.get("vae_decoder") == DISTILLED:  # built for the bench's size (the tiny decoder distilled at it)
+        key["size"] = [height, width]
+    if spec.get("from"):
+        from sdopt.bench.artifacts import parse_artifact_arg
+        from sdopt.manifest import read_manifest
+
+        source = Path(parse_artifact_arg(_built_source(spec, model, built))[0])
+        key["from"] = {"path": str(source), "artifact_id": read_manifest(source).artifact_id}  # a rebuilt source: rebuild this too
+    return json.loads(json.dumps(key, default=str))
+
+
+def _recorded(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def build_one(spec: dict[str, Any], model: Path, work: Path, height: int, width: int, device: str, built: dict[str, str],
+              say: Callable[[str], None] = lambda line: None) -> str:
+    """The path (or PATH@precision, PATH+guidance-end=F) that benches one profile artifact, building it if needed
+    (again when its build record differs: the module's docstring)."""
     if "guidance_end" in spec:
         return f"{_built_source(spec, model, built)}+guidance-end={spec['guidance_end']:g}"
     if "export" not in spec and "quantize" not in spec:
@@ -55,8 +89,15 @@ def build_one(spec: dict[str, Any], model: Path, work: Path, height: int, width:
     out = work / spec["name"]
     # A quantized torch artifact may run in another precision than its fp32 activations (torchao's: fp16, bf16).
     runs_in = f"@{spec['precision']}" if "quantize" in spec and spec.get("precision", "fp32") != "fp32" else ""
+    key, record = build_key(spec, model, height, width, device, built), work / BUILT / f"{spec['name']}.json"
     if (out / "sdopt.json").is_file():
-        return str(out) + runs_in
+        earlier = _recorded(record)
+        if earlier in (None, key):  # None: built before sdopt kept records, reused as it always was
+            _write_record(record, key)
+            return str(out) + runs_in
+        changed = ", ".join(k for k in key.keys() | earlier.keys() if key.get(k) != earlier.get(k))
+        say(f"   {spec['name']} is built again: its {changed} changed since it was built")
+        shutil.rmtree(out)
     if "export" in spec:
         from sdopt.export.run import export
 
@@ -72,7 +113,13 @@ def build_one(spec: dict[str, Any], model: Path, work: Path, height: int, width:
         source = Path(_built_source(spec, model, built))
         quantize(source, spec["quantize"], out, backend=spec.get("backend"), device=device, components=spec.get("components"),
                  options=spec.get("options"))
+    _write_record(record, key)
     return str(out) + runs_in
+
+
+def _write_record(record: Path, key: dict[str, Any]) -> None:
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(key, indent=2) + "\n")
 
 
 def _built_source(spec: dict[str, Any], model: Path, built: dict[str, str]) -> str:
@@ -91,15 +138,20 @@ def tiny_decoder(spec: dict[str, Any], model: Path, work: Path, height: int, wid
     """The tiny decoder an entry asks for: its path, or the one distilled from the checkpoint (built once)."""
     if spec["vae_decoder"] != DISTILLED:
         return str(spec["vae_decoder"])
-    out = work / "tiny-decoder"
-    if not (out / "distill.json").is_file():
-        from sdopt.decoder.distill import DistillSettings, distill_decoder
+    from sdopt.decoder.distill import DistillSettings, distill_decoder
 
-        settings = {"height": height, "width": width, **spec.get("distill", {})}
-        try:
-            distill_decoder(model, out, DistillSettings(**settings), progress=True)
-        except TypeError as exc:  # an unknown key in the profile's distill table
-            raise SdoptError(f"{spec['name']}: distill = {spec.get('distill')}: {exc}") from None
+    out = work / "tiny-decoder"
+    asked = {"height": height, "width": width, **spec.get("distill", {})}
+    try:
+        settings = DistillSettings(**asked)
+    except TypeError as exc:  # an unknown key in the profile's distill table
+        raise SdoptError(f"{spec['name']}: distill = {spec.get('distill')}: {exc}") from None
+    done = _recorded(out / "distill.json")
+    if done is not None and any(done.get("settings", {}).get(k) != v for k, v in asked.items()):
+        shutil.rmtree(out)  # distilled with other settings (another size, more steps): distilled again
+        done = None
+    if done is None:
+        distill_decoder(model, out, settings, progress=True)
     return str(out)
 
 
@@ -132,7 +184,7 @@ def build_profile_artifacts(
     for spec in specs:
         say(f"== {spec['name']}")
         try:
-            paths[spec["name"]] = build_one(spec, model, work, height, width, device, paths)
+            paths[spec["name"]] = build_one(spec, model, work, height, width, device, paths, say)
         except SdoptError as exc:
             if spec is reference:
                 raise SdoptError(f"the reference {spec['name']} cannot be built: {exc}") from None

@@ -302,7 +302,7 @@ def _build_here(pool, source: Path, work: Path, settings, budget_minutes: float 
             continue
         say(f"== building {candidate.name}")
         try:
-            built[candidate.name] = build_one(candidate.spec, source, work, settings.height, settings.width, settings.device, built)
+            built[candidate.name] = build_one(candidate.spec, source, work, settings.height, settings.width, settings.device, built, say)
         except SdoptError as exc:
             not_built[candidate.name] = str(exc)
             say(f"   not built: {exc}")
