@@ -127,7 +127,7 @@ def quantize_openvino(
     schedulers the VAE decoder alone is calibrated on, in turn (int8-static with the decoder);
     overflow_fix: auto (default), enable, first-layer or disable (int8-static; see the module's docstring);
     calibration_images: a folder of images or a list of image files, which an inpainting checkpoint
-    (and only one) needs to calibrate on (``inpainting_calibration``)."""
+    (and only one) needs to calibrate on (``check_calibration_images``, ``calibration_mask``)."""
     from sdopt.quant.run import quantize
 
     options: dict[str, Any] = {k: v for k, v in (("group_size", group_size), ("ratio", ratio)) if v is not None}
@@ -145,8 +145,6 @@ def quantize_openvino(
 
 def _calibration_prompts(value: str | Path | list[str] | tuple[str, ...]) -> tuple[str, ...]:
     return tuple(read_prompts(value, what="calibration prompt file" if isinstance(value, (str, Path)) else "calibration prompt"))
-
-
 
 
 def check_options(capability: Capability, options: NncfOptions) -> None:
