@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import sdopt
-from sdopt import GenerateRequest, SdoptError
+from sdopt import GenerateRequest
 
 from conftest import SMALL
 

@@ -92,8 +92,9 @@ def build_one(spec: dict[str, Any], model: Path, work: Path, height: int, width:
     key, record = build_key(spec, model, height, width, device, built), work / BUILT / f"{spec['name']}.json"
     if (out / "sdopt.json").is_file():
         earlier = _recorded(record)
-        if earlier in (None, key):  # None: built before sdopt kept records, reused as it always was
+        if earlier is None:  # built before sdopt kept records: reused as it always was, and recorded
             _write_record(record, key)
+        if earlier in (None, key):
             return str(out) + runs_in
         changed = ", ".join(k for k in key.keys() | earlier.keys() if key.get(k) != earlier.get(k))
         say(f"   {spec['name']} is built again: its {changed} changed since it was built")

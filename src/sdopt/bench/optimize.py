@@ -76,12 +76,9 @@ def _openvino(name: str, precision: str = "fp32", **extra: Any) -> dict[str, Any
     return {"name": name, "export": "openvino", "precision": precision, "static": True, **extra}
 
 
-def _int8(name: str, source: str, everything: bool, calibration_images: list[str] | None = None) -> dict[str, Any]:
-    """NNCF int8-static from an OpenVINO candidate; ``everything``: the text encoder and VAE decoder too, not only the UNet.
-    ``calibration_images``: what an inpainting checkpoint repaints while calibrating (sdopt quantize --calibration-images)."""
+def _int8(name: str, source: str, everything: bool) -> dict[str, Any]:
+    """NNCF int8-static from an OpenVINO candidate; ``everything``: the text encoder and VAE decoder too, not only the UNet."""
     spec: dict[str, Any] = {"name": name, "quantize": "int8-static", "backend": "nncf", "from": source}
-    if calibration_images:
-        spec["options"] = {"calibration_images": list(calibration_images)}
     if everything:
         # The VAE decoder is a third of an int8 pipeline's time when only the UNet is int8 (docs/optimize.md).
         spec["components"] = ["unet", "text_encoder", "vae_decoder"]
@@ -111,14 +108,17 @@ def candidates(device: str, quick: bool = False, distill: dict[str, Any] | None 
 
     ``base``: the float precision the OpenVINO candidates run in (``float_precision``): int8 candidates
     are quantized from it, so what NNCF leaves in float runs in it too. ``calibration_images``: for the
-    int8 candidates of an inpainting checkpoint (``_int8``). ``guided``: False where the requests run no
-    unconditional pass (guidance <= 1, or an LCM-distilled UNet, which embeds it): truncated guidance has nothing to cut."""
-    pool = _candidates(device, quick, distill, base, calibration_images)
-    return pool if guided else [c for c in pool if "guidance_end" not in c.spec]
+    int8 candidates of an inpainting checkpoint (what they repaint while calibrating: sdopt quantize
+    --calibration-images). ``guided``: False where the requests run no unconditional pass (guidance <= 1,
+    or an LCM-distilled UNet, which embeds it): truncated guidance has nothing to cut."""
+    pool = [c for c in _candidates(device, quick, distill, base) if guided or "guidance_end" not in c.spec]
+    for candidate in pool:
+        if calibration_images and candidate.spec.get("quantize") == "int8-static":
+            candidate.spec["options"] = {"calibration_images": list(calibration_images)}
+    return pool
 
 
-def _candidates(device: str, quick: bool, distill: dict[str, Any] | None, base: str | None,
-                calibration_images: list[str] | None) -> list[Candidate]:
+def _candidates(device: str, quick: bool, distill: dict[str, Any] | None, base: str | None) -> list[Candidate]:
     from sdopt.hardware import cpu_lacks_int8_dot
 
     if not device.startswith("cpu"):
@@ -137,8 +137,8 @@ def _candidates(device: str, quick: bool, distill: dict[str, Any] | None, base: 
         pool.append(Candidate({"name": "onnx-fp32", "export": "onnx", "precision": "fp32"}, exact=True))
     pool += [
         Candidate(_openvino(plain, base), exact=True),
-        Candidate(_int8(f"{plain}-int8-static", plain, False, calibration_images), exact=True),
-        Candidate(_int8(f"{plain}-int8-static-all", plain, True, calibration_images), exact=True),
+        Candidate(_int8(f"{plain}-int8-static", plain, everything=False), exact=True),
+        Candidate(_int8(f"{plain}-int8-static-all", plain, everything=True), exact=True),
     ]
     # Without VNNI, OpenVINO's int8 linear layers run no faster than fp32 ones, its int8 1x1 convolutions
     # ~2.5x faster: the UNet's transformers as convolutions (an exact rewrite) is worth an int8 pipeline there.
@@ -147,14 +147,14 @@ def _candidates(device: str, quick: bool, distill: dict[str, Any] | None, base: 
     if channels_first:
         pool += [
             Candidate(_openvino(channels_first, base, options={"rewrite": rewrite}), exact=True),
-            Candidate(_int8(f"{channels_first}-int8-static-all", channels_first, True, calibration_images), exact=True),
+            Candidate(_int8(f"{channels_first}-int8-static-all", channels_first, everything=True), exact=True),
         ]
     pool += [
         Candidate(_openvino(f"{plain}-tiny-decoder", base, **tiny), exact=False),
         Candidate(_openvino(f"{plain}-cache2", base, options={"deep_cache": 2}), exact=False),
         Candidate(_openvino(f"{plain}-cache3", base, options={"deep_cache": 3}), exact=False),
         Candidate(_openvino(f"{plain}-tiny-cache3", base, options={"deep_cache": 3}, **tiny), exact=False),
-        Candidate(_int8(f"{plain}-int8-static-all-tiny-cache3", f"{plain}-tiny-cache3", True, calibration_images), exact=False),
+        Candidate(_int8(f"{plain}-int8-static-all-tiny-cache3", f"{plain}-tiny-cache3", everything=True), exact=False),
         _guidance_half(f"{plain}-int8-static-all"),
         _guidance_half(f"{plain}-int8-static-all-tiny-cache3"),
     ]
@@ -162,7 +162,7 @@ def _candidates(device: str, quick: bool, distill: dict[str, Any] | None, base: 
         levers = f"{channels_first}-tiny-cache3"
         pool += [
             Candidate(_openvino(levers, base, options={"deep_cache": 3, "rewrite": rewrite}, **tiny), exact=False),
-            Candidate(_int8(f"{channels_first}-int8-static-all-tiny-cache3", levers, True, calibration_images), exact=False),
+            Candidate(_int8(f"{channels_first}-int8-static-all-tiny-cache3", levers, everything=True), exact=False),
             _guidance_half(f"{channels_first}-int8-static-all-tiny-cache3"),
         ]
     return pool

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from sdopt.cli.common import exporter_names, add_lora_flag
+from sdopt.cli.common import add_lora_flag, comma_list, exporter_names
 from sdopt.errors import SdoptError
 from sdopt.quant.schemes import OVERFLOW_FIXES
 from sdopt.rewrite import OPTIONAL_REWRITES
@@ -61,18 +61,18 @@ def _quantize(args: argparse.Namespace) -> int:
     from sdopt.inspect_artifact import describe, format_description
     from sdopt.quant.run import quantize
 
-    components = [c.strip() for c in args.components.split(",") if c.strip()] if args.components is not None else None
+    components = comma_list(args.components) if args.components is not None else None
     options = {k: v for k, v in (("group_size", args.group_size), ("ratio", args.ratio)) if v is not None}
     if args.calibration_prompts is not None:
         from sdopt.prompts import read_prompts
 
         options["calibration_prompts"] = read_prompts(args.calibration_prompts, what="calibration prompt file")
     if args.calibration_schedulers is not None:
-        options["calibration_schedulers"] = [n.strip() for n in args.calibration_schedulers.split(",") if n.strip()]
+        options["calibration_schedulers"] = comma_list(args.calibration_schedulers)
     if args.overflow_fix is not None:
         options["overflow_fix"] = args.overflow_fix
     if args.calibration_images is not None:
-        options["calibration_images"] = [p.strip() for p in args.calibration_images.split(",") if p.strip()]
+        options["calibration_images"] = comma_list(args.calibration_images)
     manifest = quantize(args.model, args.scheme, args.output, backend=args.backend, components=components,
                         exclude=args.exclude, device=args.device, force=args.force, options=options, loras=args.lora)
     if args.backend is None:

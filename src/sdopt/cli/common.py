@@ -15,6 +15,11 @@ def int_list(text: str, flag: str) -> list[int]:
         raise SdoptError(f"{flag} {text!r}: give integers separated by commas, like 0,1,2") from None
 
 
+def comma_list(text: str) -> list[str]:
+    """NAME,NAME,...: the names, stripped, empty ones dropped."""
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
 def output_paths(out: Path, count: int) -> list[Path]:
     """OUT.png for one image; OUT-0.png, OUT-1.png, ... for several."""
     if count == 1:

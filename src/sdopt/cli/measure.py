@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from sdopt.cli.common import int_list
+from sdopt.cli.common import comma_list, int_list
 from sdopt.errors import SdoptError
 
 
@@ -36,7 +36,7 @@ def _optimize(args: argparse.Namespace) -> int:
         plan = RayPlan(address=args.ray or None, kind=args.ray_kind, cpus=args.cpus_per_job or 1.0)
     elif args.ray_kind or args.cpus_per_job:
         raise SdoptError("--ray-kind and --cpus-per-job go with --ray [ADDRESS] (docs/ray.md)")
-    images = [p.strip() for p in args.calibration_images.split(",") if p.strip()] if args.calibration_images else None
+    images = comma_list(args.calibration_images) if args.calibration_images else None
     outcome = optimize(args.model, args.output, settings, work, floor, quick=args.quick, budget_minutes=args.budget_minutes,
                        distill=distill or None, precision=args.precision, rebench=args.rebench, force=args.force, progress=not args.quiet, say=say,
                        ray=plan, calibration_images=images)

@@ -125,6 +125,11 @@ class Pipeline:
         return conditioning.unet_in_channels(self.manifest, self.folder)
 
     @property
+    def inpainting_unet(self) -> bool:
+        """A 9-channel inpainting UNet (latents, mask, masked image): it takes inpainting requests only."""
+        return self.unet_in_channels == conditioning.inpainting_channels(self.manifest.model)
+
+    @property
     def default_cache_interval(self) -> int:
         """The step-feature caching interval an artifact exported with --deep-cache runs by default (1: none)."""
         return int((self.manifest.export.get("deep_cache") or {}).get("interval", 1)) if "unet_shallow" in self.components else 1
@@ -175,7 +180,8 @@ class Pipeline:
         self.check_request(request)
         asked = request
         model = self.manifest.model
-        if embedded_guidance.embeds_guidance(model):  # an LCM-distilled UNet: guidance is its input, one pass per step
+        embeds_guidance = embedded_guidance.embeds_guidance(model)
+        if embeds_guidance:  # an LCM-distilled UNet: guidance is its input, one pass per step
             request = embedded_guidance.unguided(asked)
         notices = self.truncated_prompts(request) + conditioning.resize_notices(request) + embedded_guidance.notices(asked)
         for notice in notices:
@@ -197,14 +203,14 @@ class Pipeline:
         with track_peak(cuda=self.device.startswith("cuda")) as memory:
             begin = start = time.perf_counter()
             text = self.encode_prompts(request)  # the UNet's conditioning inputs
-            if embedded_guidance.embeds_guidance(model):
+            if embeds_guidance:
                 text["timestep_cond"] = embedded_guidance.scale_embedding(asked.guidance_scale, int(model[embedded_guidance.FACT]), images)
             timings.text_encoder = time.perf_counter() - start
 
             # Noise, or the init image's latents noised to where strength starts the schedule.
             rng = Noise(request.seed, request.seeds)  # one generator, or one per image (request.seeds)
             start_at = conditioning.start(request, scheduler, rng, model, lambda pixels: self.encode_images(pixels, timings),
-                                          inpainting_unet=self.unet_in_channels == conditioning.inpainting_channels(model))
+                                          inpainting_unet=self.inpainting_unet)
             latents, timesteps = start_at.latents, start_at.timesteps
             step_kwargs = _step_kwargs(scheduler, rng.for_scheduler)
             guided = guidance.guided_steps(len(timesteps), self.guidance_end(request)) if cfg else 0

@@ -253,7 +253,8 @@ def _info(request: Request, job: J.Job, spec: J.JobSpec, body: _Processing, inte
         "denoising_strength": spec.strength if spec.init_image is not None else None,
         "index_of_first_image": 0,
         "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(job.created)),
-        "is_using_inpainting_conditioning": _inpainting_unet(request),  # A1111's name for a 9-channel inpainting UNet
+        # A1111's name for a 9-channel inpainting UNet (a stand-in pipeline in tests has none)
+        "is_using_inpainting_conditioning": bool(getattr(request.app.state.worker.pipeline, "inpainting_unet", False)),
         "task_id": job.id,
         "interrupted": interrupted,
         "sdopt_ignored": ignored_fields(body, spec.scheduler),
@@ -263,13 +264,6 @@ def _info(request: Request, job: J.Job, spec: J.JobSpec, body: _Processing, inte
         "sdopt_cache_interval": spec.cache_interval,  # None: the artifact's default
         "sdopt_guidance_end": spec.guidance_end,
     }
-
-
-def _inpainting_unet(request: Request) -> bool:
-    from sdopt.runtime.conditioning import inpainting_channels
-
-    pipeline = request.app.state.worker.pipeline
-    return getattr(pipeline, "unet_in_channels", None) == inpainting_channels(pipeline.manifest.model)
 
 
 @router.post("/sdapi/v1/txt2img", response_model=ImagesResponse)

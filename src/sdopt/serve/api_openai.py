@@ -25,7 +25,7 @@ from sdopt.serve import jobs as J
 from sdopt.serve.errors import RequestError
 from sdopt.serve.submission import LEVER_NAMES, cache_interval_field, default_size, failure_status, guidance_end_field, random_seed, submit, wait
 from sdopt.request import MAX_SEED
-from sdopt.serve.images import encode_png, read_image
+from sdopt.serve.images import encode_png, has_alpha, read_image
 
 router = APIRouter(tags=["openai"])
 
@@ -133,10 +133,6 @@ async def _file(form, names: tuple[str, ...], settings) -> Any:
     return read_image(await sent[0].read(settings.max_image_bytes + 1), names[0], settings.max_image_bytes, settings.max_input_pixels)
 
 
-def _has_alpha(image) -> bool:
-    return image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info)
-
-
 def edit_mask(image, mask):
     """OpenAI's mask -> the loop's (white = repaint): the fully transparent pixels of the mask, or of the image
     itself when no mask is sent; None (edit the whole image: img2img) when the image has none."""
@@ -145,7 +141,7 @@ def edit_mask(image, mask):
     if mask is not None and mask.size != image.size:
         raise RequestError("mask", f"the mask is {mask.width}x{mask.height} but the image is {image.width}x{image.height}: send them the same size")
     source = mask if mask is not None else image
-    if not _has_alpha(source):
+    if not has_alpha(source):
         if mask is not None:
             raise RequestError("mask", "the mask has no alpha channel: OpenAI's mask marks the area to edit as fully transparent (alpha 0), "
                                        "so send a PNG with transparency")

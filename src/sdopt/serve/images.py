@@ -50,9 +50,14 @@ def read_image(data: bytes, field: str, max_bytes: int, max_pixels: int):
         image.load()
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
         raise _refuse(field, "not an image PIL can read: send a PNG or JPEG") from None
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+    if has_alpha(image):
         return image  # masks may carry their meaning in alpha; the caller converts
     return image.convert("RGB")
+
+
+def has_alpha(image) -> bool:
+    """Whether a PIL image carries transparency (an alpha channel, or a palette with a transparent entry)."""
+    return image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info)
 
 
 def encode_png(image) -> str:
