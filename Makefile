@@ -23,10 +23,12 @@ $(STAMP): pyproject.toml Makefile
 # much of the suite is single-threaded (interpreter start-up, imports, ONNX tracing, small tensors), so on
 # CI's 2 cores two processes finish it in 7.5 min where one takes 10.5 (measured side by side, 2026-12-05).
 # More workers than cores oversubscribe (each computes with every core); TEST_WORKERS=0 runs it in one process.
+# Files go out in the order tests/conftest.py gives (longest first, test_ray last: see LONGEST_FIRST there), and
+# the checkpoints, exports and bench the files share are built once for both processes (conftest's built_once).
 TEST_WORKERS ?= 2
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh

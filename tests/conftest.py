@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import copy
+import fcntl
+import json
 import os
+import shutil
 
 import pytest
 
@@ -14,27 +17,49 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import sdopt  # noqa: E402,F401  before any test module imports a backend: its guards (sdopt/_offline.py) then cover them
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory):
+def built_once(tmp_path_factory, name: str, build) -> "Path":  # noqa: F821
+    """The folder `build(folder)` fills, built once per test run. Under pytest-xdist every worker process has a
+    session of its own, and each built the same checkpoints, exports and bench (the bench alone 25-35 s on CI's
+    2 cores): here the first worker to ask builds it under a lock, the others wait for it and read it. What is
+    built this way is read by the tests, never changed."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        folder = tmp_path_factory.mktemp(name)
+        build(folder)
+        return folder
+    shared = tmp_path_factory.getbasetemp().parent / "shared"  # the workers' base folders share this parent
+    shared.mkdir(exist_ok=True)
+    folder, done = shared / name, shared / f"{name}.done"
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also when build raises
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a build that failed in the other worker
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
+
+def _zoo_model(tmp_path_factory, name: str, **options):
     from sdopt.zoo import write_model
 
-    return write_model("tiny", tmp_path_factory.mktemp("zoo") / "tiny", seed=0, progress=False)
+    return built_once(tmp_path_factory, f"zoo-{name}", lambda folder: write_model(name, folder / name, progress=False, **options)) / name
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    return _zoo_model(tmp_path_factory, "tiny", seed=0)
 
 
 @pytest.fixture(scope="session")
 def sdxl_tiny(tmp_path_factory):
     """The SDXL-shaped toy: two text encoders, pooled embedding and time ids."""
-    from sdopt.zoo import write_model
-
-    return write_model("sdxl-tiny", tmp_path_factory.mktemp("zoo") / "sdxl-tiny", seed=0, progress=False)
+    return _zoo_model(tmp_path_factory, "sdxl-tiny", seed=0)
 
 
 @pytest.fixture(scope="session")
 def shapes_model(tmp_path_factory):
     """The shipped shapes model (trained weights; v-prediction, zero terminal SNR), installed once."""
-    from sdopt.zoo import write_model
-
-    return write_model("shapes", tmp_path_factory.mktemp("zoo") / "shapes", progress=False)
+    return _zoo_model(tmp_path_factory, "shapes")
 
 
 # A tiny-decoder distillation cut to seconds: what it writes and how it behaves, not how good it gets.
@@ -46,7 +71,10 @@ def distilled(tiny_model, tmp_path_factory):
     """A tiny decoder distilled from the tiny model (sdopt distill-decoder, DISTILL_FEW)."""
     from sdopt.decoder.distill import DistillSettings, distill_decoder
 
-    return distill_decoder(tiny_model, tmp_path_factory.mktemp("decoder") / "tiny-decoder", DistillSettings(**DISTILL_FEW), progress=False)
+    def distill(folder):
+        distill_decoder(tiny_model, folder / "tiny-decoder", DistillSettings(**DISTILL_FEW), progress=False)
+
+    return built_once(tmp_path_factory, "decoder", distill) / "tiny-decoder"
 
 
 @pytest.fixture(scope="session")
@@ -61,10 +89,22 @@ def tiny_pipeline(tiny_model):
 SLOW_FIXTURES = {"bench_report", "quantized", "tiny_ov", "tiny_ov_bf16_static"}
 
 
+# The order `make test` hands whole test files to its two processes (--dist loadfile --no-loadscope-reorder takes
+# collection order): the longest first (seconds each on CI's 2 cores, 2026-12-05), the short ones filling in, so
+# both processes finish together, and test_ray last. Its Ray jobs run beside each other with every core each:
+# measured beside the longest files its cluster test took 97 s and the file 200 s, beside the short ones at the
+# end 50 s and 100 s (16 s alone). In xdist's own order (most tests first) one process waited 40 s for the other.
+LONGEST_FIRST = ("test_families", "test_quant", "test_bench", "test_img2img", "test_optimize", "test_openvino", "test_guarantees",
+                 "test_forkserver", "test_lcm", "test_serve", "test_stepcache", "test_tiny_decoder", "test_onnx", "test_lora")
+LAST = ("test_ray",)
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)} | {name: len(LONGEST_FIRST) + 1 + i for i, name in enumerate(LAST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(LONGEST_FIRST)))  # stable: each file's own order is kept
 
 
 # A request small enough for a 2-core machine, large enough to exercise the whole loop.
@@ -82,9 +122,7 @@ def _session_export(tiny_model, tmp_path_factory, target: str, library: str):
     pytest.importorskip(library)
     from sdopt.export.run import export
 
-    out = tmp_path_factory.mktemp(target) / f"tiny-{target}"
-    export(tiny_model, target, out)
-    return out
+    return built_once(tmp_path_factory, target, lambda folder: export(tiny_model, target, folder / f"tiny-{target}")) / f"tiny-{target}"
 
 
 @pytest.fixture(scope="session")
@@ -118,15 +156,19 @@ BENCH_ORT_RUN = {"graph_optimization_level": "basic", "inter_op_num_threads": 1}
 
 @pytest.fixture(scope="session")
 def bench_report(tiny_model, tiny_onnx_artifact, tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench") / "report"
+    """(the report's folder, its report.json as every worker reads it)."""
     from sdopt.bench.runner import run_bench
     from sdopt.bench.settings import BenchSettings
 
-    settings = BenchSettings.resolve(None, **BENCH_SETTINGS)
-    settings.run = {"onnxruntime": BENCH_ORT_RUN}  # as a profile's [run.onnxruntime] would: recorded per row
-    # torch.compile with Dynamo's eager backend: the compiled row's bookkeeping without inductor's ~40 s (test_compile).
-    report = run_bench([f"{tiny_model}@bf16", str(tiny_onnx_artifact), f"{tiny_model}+compile=eager"], str(tiny_model), out, settings, progress=False)
-    return out, report
+    def bench(folder):
+        settings = BenchSettings.resolve(None, **BENCH_SETTINGS)
+        settings.run = {"onnxruntime": BENCH_ORT_RUN}  # as a profile's [run.onnxruntime] would: recorded per row
+        # torch.compile with Dynamo's eager backend: the compiled row's bookkeeping without inductor's ~40 s (test_compile).
+        artifacts = [f"{tiny_model}@bf16", str(tiny_onnx_artifact), f"{tiny_model}+compile=eager"]
+        run_bench(artifacts, str(tiny_model), folder / "report", settings, progress=False)
+
+    out = built_once(tmp_path_factory, "bench", bench) / "report"
+    return out, json.loads((out / "report.json").read_text())
 
 
 def derived(report, **changes):
