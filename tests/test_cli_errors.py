@@ -28,6 +28,7 @@ def _gen(model, *extra):
         (["--steps", "0"], "must be an integer from 1 to 1000"),
         (["--guidance", "-2"], "must be a finite number from 0 to 50"),
         (["--scheduler", "nope"], "known schedulers: ddim, euler, euler_a"),
+        (["--scheduler", "tcd", "--eta", "2"], "eta=2.0: must be a number from 0 to 1"),
         (["--precision", "fp16"], "fp16 is not supported on cpu by the torch backend"),
     ],
 )

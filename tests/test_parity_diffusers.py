@@ -63,6 +63,30 @@ def test_image_matches_diffusers_pipeline(tiny_pipeline, diffusers_pipe, schedul
     assert np.abs(ours_u8.astype(int) - (ref_image * 255).round().astype(int)).max() <= 1
 
 
+@pytest.mark.parametrize("scheduler, guidance, eta", [("ddim", 7.5, 0.5), ("tcd", 1.0, 0.3), ("tcd", 7.5, 1.0), ("tcd", 1.0, None)])
+def test_eta_runs_as_diffusers_eta_argument(tiny_pipeline, diffusers_pipe, scheduler, guidance, eta):
+    """DDIM's eta and TCD's gamma (the request's eta; Diffusers' pipelines take it as `eta`, default 0): the same
+    latents, and a non-zero eta changes them (so neither side ignored it)."""
+    request = GenerateRequest(**{**SMALL, "guidance_scale": guidance}, scheduler=scheduler, eta=eta, num_images=2)
+    ours = tiny_pipeline.generate(request)
+    diffusers_pipe.scheduler = make_scheduler(scheduler, dict(diffusers_pipe.scheduler.config))
+    ref = diffusers_pipe(prompt=request.prompt, num_inference_steps=request.steps, guidance_scale=guidance, height=64, width=64,
+                         num_images_per_prompt=2, generator=torch.Generator("cpu").manual_seed(request.seed), output_type="latent",
+                         **({} if eta is None else {"eta": eta})).images
+    assert float(np.abs(ours.latents - ref.numpy()).max()) <= TOLERANCE
+    assert not [w for w in ours.warnings if "eta" in w]
+    if eta:
+        deterministic = tiny_pipeline.generate(GenerateRequest(**{**SMALL, "guidance_scale": guidance}, scheduler=scheduler, eta=0.0, num_images=2))
+        assert float(np.abs(ours.latents - deterministic.latents).max()) > 0.01
+
+
+def test_an_eta_no_scheduler_reads_is_said_to_be_unused(tiny_pipeline):
+    result = tiny_pipeline.generate(GenerateRequest(**SMALL, scheduler="euler", eta=0.3))
+    assert [w for w in result.warnings if "eta" in w] == [
+        "eta=0.3 is not used: only DDIM and TCD add noise by eta, and this request runs EulerDiscreteScheduler (--scheduler ddim or tcd)"]
+    assert np.array_equal(result.latents, tiny_pipeline.generate(GenerateRequest(**SMALL, scheduler="euler")).latents)
+
+
 def test_explicit_latents_path_matches(tiny_pipeline, diffusers_pipe):
     """The issue's form of the check: Diffusers given our initial latents explicitly."""
     request = GenerateRequest(**{**SMALL, "scheduler": "euler"})

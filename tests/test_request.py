@@ -19,6 +19,11 @@ from sdopt import GenerateRequest, SdoptError
         ("seed", -1, "from 0 to"),
         ("seed", "7", "must be an integer"),
         ("prompt", 5, "must be a string or a list of strings"),
+        ("eta", -0.1, "eta=-0.1: must be a number from 0 to 1"),
+        ("eta", 1.5, "eta=1.5: must be a number from 0 to 1"),
+        ("eta", float("nan"), "must be a number from 0 to 1"),
+        ("eta", "0.3", "must be a number from 0 to 1"),
+        ("eta", True, "must be a number from 0 to 1"),
     ],
 )
 def test_bad_fields_are_refused_with_a_reason(field, value, message):

@@ -164,6 +164,25 @@ def test_a1111_and_openai_requests_take_the_levers_as_sdopt_fields(tiny_pipeline
         assert [job.spec.guidance_end for job in app.state.worker.jobs.values() if job.api == "openai"] == [0.5]
 
 
+def test_eta_reaches_the_samplers_that_read_it(tiny_pipeline):
+    """AUTOMATIC1111's eta: DDIM's (and TCD's, as Forge and SD.Next name it); webuiapi sends eta 1 with every sampler,
+    which the others do not read (nor in AUTOMATIC1111); Euler a here always adds its full noise, so another eta
+    is listed as ignored. The native API takes eta too."""
+    with running_server(tiny_pipeline) as (url, app):
+        specs = {}
+        for sampler, eta in (("DDIM", 0.5), ("TCD", 0.3), ("Euler", 1.0), ("Euler a", 0.5), ("Euler a", 1.0)):
+            body = {"prompt": "a cross", **SMALL, "seed": 3, "sampler_name": sampler, "eta": eta, "force_task_id": f"{sampler}-{eta}"}
+            response = httpx.post(url + "/sdapi/v1/txt2img", json=body, timeout=60)
+            assert response.status_code == 200, response.text
+            specs[sampler, eta] = (app.state.worker.jobs[f"{sampler}-{eta}"].spec.eta, json.loads(response.json()["info"])["sdopt_ignored"])
+        assert specs == {("DDIM", 0.5): (0.5, []), ("TCD", 0.3): (0.3, []), ("Euler", 1.0): (None, []),
+                         ("Euler a", 0.5): (None, ["eta"]), ("Euler a", 1.0): (None, [])}
+        job = httpx.post(url + "/v1/jobs", json={"prompt": "x", **SMALL, "scheduler": "ddim", "eta": 0.25}).json()
+        assert job["parameters"]["eta"] == 0.25
+        refused = httpx.post(url + "/v1/jobs", json={"prompt": "x", **SMALL, "scheduler": "ddim", "eta": 2})
+        assert refused.status_code == 422 and "eta" in refused.text
+
+
 def test_a1111_reports_ignored_fields_and_honours_force_task_id(tiny_pipeline):
     with running_server(tiny_pipeline) as (url, _):
         body = {"prompt": "a cross", **SMALL, "seed": 1, "force_task_id": "task(abc123)", "enable_hr": True,

@@ -14,8 +14,12 @@ that an image processor "requires torchvision" and falls back to its PIL
 version whenever diffusers' pipelines are imported: sdopt uses no image
 processor, and torchvision would pull a second torch build. It also logs, when an
 exporter's tracing touches a text encoder's ``loss_function``, that the config's
-``loss_type=None`` is unrecognized: sdopt computes no loss. They appear on
-every sdopt command and say nothing about the user's work. Only these
+``loss_type=None`` is unrecognized: sdopt computes no loss. diffusers logs, when
+a scheduler is built from a checkpoint's config for another class than its own
+(``--scheduler tcd`` on SD 1.5's PNDM config), that keys the other class does
+not take are in "your scheduler_config.json": they are the checkpoint's own
+scheduler's, and the file is fine. Most of these appear on every sdopt command;
+none says anything about the user's work. Only these
 messages are filtered, by logger and a fragment of their text; every other warning
 from these loggers still shows. Uses only the standard library: ``import sdopt``
 stays free of torch.
@@ -33,6 +37,7 @@ _KNOWN_NOISE = {
     "kernels._internals.hf_hub": ("Skipping publisher trust check for 'kernels-community/",),
     "transformers.utils.import_utils": ("requires torchvision (not installed); falling back to ",),
     "transformers.modeling_utils": ("was set in the config but it is unrecognized. Using the default loss",),
+    "diffusers.configuration_utils": ("but are not expected and will be ignored. Please verify your scheduler_config.json",),
 }
 
 

@@ -129,6 +129,10 @@ class GenerateRequest:
     # guidance; the later ones run the conditional pass alone, at half the UNet's batch. None: the
     # artifact's default (export.guidance_end; 1.0, every step, unless sdopt optimize chose less).
     guidance_end: float | None = None
+    # The fresh noise DDIM and TCD add at each step (DDIM's eta, TCD's gamma), 0 to 1; read only by schedulers
+    # whose step takes it, as in Diffusers. None: 0.0, Diffusers' pipelines' default (deterministic DDIM; TCD's
+    # authors suggest 0.3).
+    eta: float | None = None
     # LoRAs applied for this request (torch backend): {path of a .safetensors LoRA: scale}. Each file is
     # loaded once per pipeline; other backends take LoRAs fused at export (sdopt export --lora).
     loras: dict[str, float] | None = None
@@ -198,6 +202,9 @@ class GenerateRequest:
         end = self.guidance_end
         if end is not None and (isinstance(end, bool) or not isinstance(end, (int, float)) or not math.isfinite(end) or not 0 < end <= 1):
             raise SdoptError(f"guidance_end={end!r}: must be a number in (0, 1], the fraction of the steps that run guided (1: all), or None (the artifact's default)")
+        eta = self.eta
+        if eta is not None and not (_is_number(eta) and 0 <= eta <= 1):
+            raise SdoptError(f"eta={eta!r}: must be a number from 0 to 1, the fresh noise DDIM and TCD add at each step (0: none), or None (0)")
         if self.scheduler is not None and not isinstance(self.scheduler, str):
             raise SdoptError(f"scheduler={self.scheduler!r}: must be a scheduler name or None")
         if not self.prompts:

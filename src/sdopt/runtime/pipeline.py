@@ -31,7 +31,7 @@ from sdopt.runtime.executor import Component, close_all
 from sdopt.runtime.memory import track_peak
 from sdopt.runtime.noise import Noise
 from sdopt.runtime.output_checks import output_problems
-from sdopt.runtime.schedulers import check_scheduler, make_scheduler
+from sdopt.runtime.schedulers import check_scheduler, make_scheduler, takes_eta
 from sdopt.stepcache.schedule import runs_whole
 
 ProgressFn = Callable[[int, int], None]  # (steps done, steps in all)
@@ -183,10 +183,11 @@ class Pipeline:
         embeds_guidance = embedded_guidance.embeds_guidance(model)
         if embeds_guidance:  # an LCM-distilled UNet: guidance is its input, one pass per step
             request = embedded_guidance.unguided(asked)
-        notices = self.truncated_prompts(request) + conditioning.resize_notices(request) + embedded_guidance.notices(asked)
+        scheduler = make_scheduler(request.scheduler, self.scheduler_config)
+        notices = (self.truncated_prompts(request) + conditioning.resize_notices(request) + embedded_guidance.notices(asked)
+                   + _eta_notices(request, scheduler))
         for notice in notices:
             warnings.warn(notice, UserWarning, stacklevel=2)
-        scheduler = make_scheduler(request.scheduler, self.scheduler_config)
         scheduler.set_timesteps(request.steps, device="cpu")
         timings = StageTimings()
         unet, cfg = self.components["unet"], request.uses_guidance
@@ -212,7 +213,7 @@ class Pipeline:
             start_at = conditioning.start(request, scheduler, rng, model, lambda pixels: self.encode_images(pixels, timings),
                                           inpainting_unet=self.inpainting_unet)
             latents, timesteps = start_at.latents, start_at.timesteps
-            step_kwargs = _step_kwargs(scheduler, rng.for_scheduler)
+            step_kwargs = _step_kwargs(scheduler, rng.for_scheduler, request.eta)
             guided = guidance.guided_steps(len(timesteps), self.guidance_end(request)) if cfg else 0
 
             for i, t in enumerate(timesteps):
@@ -277,14 +278,19 @@ class Pipeline:
         self.close()
 
 
-def _step_kwargs(scheduler, generator) -> dict[str, Any]:
+def _step_kwargs(scheduler, generator, eta: float | None) -> dict[str, Any]:
     """eta and generator, passed only to schedulers whose step() takes them (as Diffusers does)."""
     import inspect
 
-    params = inspect.signature(scheduler.step).parameters
     kwargs: dict[str, Any] = {}
-    if "eta" in params:
-        kwargs["eta"] = 0.0
-    if "generator" in params:
+    if takes_eta(scheduler):
+        kwargs["eta"] = 0.0 if eta is None else float(eta)  # Diffusers' pipelines' default, TCD's included
+    if "generator" in inspect.signature(scheduler.step).parameters:
         kwargs["generator"] = generator
     return kwargs
+
+
+def _eta_notices(request: GenerateRequest, scheduler) -> list[str]:
+    if request.eta and not takes_eta(scheduler):
+        return [f"eta={request.eta:g} is not used: only DDIM and TCD add noise by eta, and this request runs {type(scheduler).__name__} (--scheduler ddim or tcd)"]
+    return []

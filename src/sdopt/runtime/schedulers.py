@@ -27,6 +27,9 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     # Latent consistency: the sampler of LCM-distilled UNets and of LCM-LoRAs fused into a checkpoint (2-8 steps,
     # guidance 1-2 for a LoRA). It predicts the clean latents each step and adds fresh noise between (it takes the generator).
     "lcm": ("LCMScheduler", {}),
+    # Trajectory consistency (TCD-LoRAs fused into a checkpoint, Hyper-SD's and TCD's 2-8 step recipes, guidance
+    # 0-1): the request's eta is its gamma, the fresh noise each step adds (its authors suggest 0.3).
+    "tcd": ("TCDScheduler", {}),
 }
 
 
@@ -37,20 +40,13 @@ def check_scheduler(name: str | None) -> None:
 
 def make_scheduler(name: str | None, config: dict[str, Any]):
     """A fresh scheduler: ``name`` from SCHEDULERS, or the checkpoint's own class when None."""
-    import diffusers
-
     check_scheduler(name)
-    if name is None:
-        cls_name, overrides = config.get("_class_name", "PNDMScheduler"), {}
-    else:
-        cls_name, overrides = SCHEDULERS[name]
-    cls = getattr(diffusers, cls_name, None)
-    if cls is None:
-        raise SdoptError(f"the checkpoint's scheduler class {cls_name} is not in this diffusers version")
+    cls, overrides = scheduler_class(name, config), ({} if name is None else SCHEDULERS[name][1])
+    cls_name = cls.__name__
     if config.get("rescale_betas_zero_snr") and not _accepts(cls, "rescale_betas_zero_snr"):
         # The class would build SD 1.5's noise levels, not the ones the model was trained on, and
         # draw washed-out pictures without a word.
-        fits = [name for name, (other, _) in SCHEDULERS.items() if _accepts(getattr(diffusers, other), "rescale_betas_zero_snr")]
+        fits = [other for other in SCHEDULERS if _accepts(scheduler_class(other), "rescale_betas_zero_snr")]
         raise SdoptError(
             f"this checkpoint was trained with zero terminal SNR (rescale_betas_zero_snr), which {cls_name} "
             f"cannot schedule; choose one of: {', '.join(fits)} (--scheduler)"
@@ -58,7 +54,27 @@ def make_scheduler(name: str | None, config: dict[str, Any]):
     return cls.from_config(config, **overrides)
 
 
+def scheduler_class(name: str | None, config: dict[str, Any] | None = None):
+    """The Diffusers class of a scheduler name from SCHEDULERS, or of the checkpoint's own (its config's) when None."""
+    import diffusers
+
+    cls_name = SCHEDULERS[name][0] if name is not None else (config or {}).get("_class_name", "PNDMScheduler")
+    cls = getattr(diffusers, cls_name, None)
+    if cls is None:
+        raise SdoptError(f"the checkpoint's scheduler class {cls_name} is not in this diffusers version")
+    return cls
+
+
+def takes_eta(scheduler) -> bool:
+    """Whether this scheduler (a class or an instance) reads eta in its step, as DDIM and TCD do: Diffusers'
+    pipelines pass it to those alone."""
+    import inspect
+
+    return "eta" in inspect.signature(scheduler.step).parameters
+
+
 def _accepts(cls, option: str) -> bool:
     import inspect
 
-    return option in inspect.signature(cls.__init__).parameters
+    params = inspect.signature(cls.__init__).parameters
+    return option in params or any(p.kind is p.VAR_KEYWORD for p in params.values())

@@ -41,6 +41,7 @@ SAMPLERS = {
     "Heun": "heun",
     "UniPC": "unipc",
     "LCM": "lcm",
+    "TCD": "tcd",  # as Forge and SD.Next name it
 }
 # AUTOMATIC1111's separate "scheduler" (noise schedule) field; only Karras changes a sampler here.
 KARRAS = {"dpmpp_2m": "dpmpp_2m_karras"}
@@ -155,8 +156,9 @@ _USED = {
 _NEUTRAL = {"s_noise": 1.0, "initial_noise_multiplier": 1.0}
 # Read by AUTOMATIC1111 only for instruct-pix2pix ("edit") models, which sdopt does not run.
 _EDIT_MODELS_ONLY = {"image_cfg_scale"}
-# eta as the sampler runs it here: DDIM with eta 0, the ancestral sampler with the full noise (eta 1).
-_ETA = {"ddim": 0.0, "euler_a": 1.0}
+# eta is read here by DDIM and TCD. AUTOMATIC1111's ancestral samplers scale their fresh noise by it too; sdopt's
+# Euler a always adds the full noise (eta 1), so another eta for it is listed as ignored.
+_ETA_FIXED = {"euler_a": 1.0}
 
 
 def _hires_only(name: str) -> bool:
@@ -171,8 +173,8 @@ def ignored_fields(body: _Processing, scheduler: str | None) -> list[str]:
     for name in sorted(body.model_fields_set | set(body.model_extra or {})):
         if name in _USED or name in _EDIT_MODELS_ONLY:
             continue
-        if name == "eta":  # only DDIM and ancestral samplers read it, in AUTOMATIC1111 too
-            if body.eta is not None and scheduler in _ETA and body.eta != _ETA[scheduler]:
+        if name == "eta":  # only DDIM and ancestral samplers read it in AUTOMATIC1111 (DDIM and TCD here)
+            if body.eta is not None and scheduler in _ETA_FIXED and body.eta != _ETA_FIXED[scheduler]:
                 out.append(name)
             continue
         if _hires_only(name) and not getattr(body, "enable_hr", False):  # inert in AUTOMATIC1111 too
@@ -205,13 +207,21 @@ def scheduler_for(body: _Processing) -> str | None:
     return KARRAS.get(ours, ours) if karras else ours
 
 
+def _eta(body: _Processing, scheduler: str | None) -> float | None:
+    """The request's eta where the sampler reads it (clients such as webuiapi send eta 1 with every sampler)."""
+    from sdopt.runtime.schedulers import scheduler_class, takes_eta
+
+    return body.eta if scheduler is None or takes_eta(scheduler_class(scheduler)) else None
+
+
 def _spec(request: Request, body: _Processing, init=None, mask=None, strength: float = 0.8) -> J.JobSpec:
     seed = body.seed if body.seed is not None and body.seed >= 0 else random_seed()
     n = (body.batch_size or 1) * (body.n_iter or 1)
+    scheduler = scheduler_for(body)
     return J.JobSpec(
         prompt=body.prompt or "", negative_prompt=body.negative_prompt or "", seed=seed, n=n,
         steps=body.steps if body.steps is not None else 50, guidance_scale=body.cfg_scale if body.cfg_scale is not None else 7.0,
-        width=body.width or 512, height=body.height or 512, scheduler=scheduler_for(body),
+        width=body.width or 512, height=body.height or 512, scheduler=scheduler, eta=_eta(body, scheduler),
         init_image=init, mask_image=mask, strength=strength, cache_interval=body.sdopt_cache_interval, guidance_end=body.sdopt_guidance_end,
     )
 

@@ -32,6 +32,7 @@ class JobRequest(BaseModel):
     width: int | None = Field(None, ge=64, le=2048, multiple_of=8, description="None: the model's own size")
     height: int | None = Field(None, ge=64, le=2048, multiple_of=8, description="None: the model's own size")
     scheduler: str | None = None
+    eta: float | None = Field(None, ge=0, le=1, description="ddim and tcd: the fresh noise each step adds; None: 0")
     init_image: str | None = Field(None, description="base64 image: img2img")
     mask: str | None = Field(None, description="base64 image, white = repaint: inpainting (needs init_image)")
     strength: float = Field(0.8, gt=0, le=1)
@@ -82,7 +83,7 @@ def spec_from(request: Request, body: JobRequest) -> J.JobSpec:
     return J.JobSpec(
         prompt=body.prompt, negative_prompt=body.negative_prompt, seed=random_seed() if body.seed is None else body.seed,
         n=body.n, steps=body.steps, guidance_scale=body.guidance_scale, width=body.width or side, height=body.height or side,
-        scheduler=body.scheduler, init_image=init, mask_image=mask, strength=body.strength, cache_interval=body.cache_interval,
+        scheduler=body.scheduler, eta=body.eta, init_image=init, mask_image=mask, strength=body.strength, cache_interval=body.cache_interval,
         guidance_end=body.guidance_end,
     )
 

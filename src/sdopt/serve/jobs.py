@@ -30,6 +30,7 @@ class JobSpec:
     width: int = 512
     height: int = 512
     scheduler: str | None = None
+    eta: float | None = None  # ddim and tcd: the fresh noise each step adds; None: 0
     init_image: Any = None  # PIL image: img2img / inpainting
     mask_image: Any = None  # PIL image, white = repaint
     strength: float = 0.8
@@ -43,7 +44,7 @@ class JobSpec:
 
     def batch_key(self) -> tuple:
         """Jobs with equal keys can share one generate call (each keeps its own prompt, seeds and init image)."""
-        key = (self.width, self.height, self.steps, self.scheduler, float(self.guidance_scale), self.cache_interval, self.guidance_end,
+        key = (self.width, self.height, self.steps, self.scheduler, self.eta, float(self.guidance_scale), self.cache_interval, self.guidance_end,
                tuple(sorted((self.loras or {}).items())))
         if self.init_image is None:
             return ("text", *key)
@@ -77,7 +78,7 @@ def generate_request(specs: list[JobSpec]):
 
     return GenerateRequest(
         prompt=prompts, negative_prompt=negatives, seed=first.seed, seeds=seeds, steps=first.steps,
-        guidance_scale=first.guidance_scale, height=first.height, width=first.width, scheduler=first.scheduler,
+        guidance_scale=first.guidance_scale, height=first.height, width=first.width, scheduler=first.scheduler, eta=first.eta,
         init_image=per_row("init_image"), mask_image=per_row("mask_image"), strength=first.strength,
         cache_interval=first.cache_interval, guidance_end=first.guidance_end, loras=first.loras,
     )
