@@ -195,10 +195,13 @@ def test_nncf_int4_options_come_from_the_cli_and_are_recorded(tiny_ov, tmp_path)
     assert m.components["unet"].quantization["group_size"] == 32 and m.components["unet"].quantization["ratio"] == 0.5
 
 
-def test_nncf_int8_weights(tiny_ov, ov_pipe, tmp_path):
+def test_nncf_int8_weights(tiny_ov, ov_pipe, tmp_path, capsys):
     pytest.importorskip("nncf")
     out = tmp_path / "int8"
-    assert main(["quantize", str(tiny_ov), "--backend", "nncf", "--scheme", "int8", "-o", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["quantize", str(tiny_ov), "--backend", "nncf", "--scheme", "int8", "-o", str(out), "-q"]) == 0
+    printed = capsys.readouterr()  # -q: the artifact's summary alone, none of NNCF's bars and tables
+    assert printed.out.startswith("artifact ") and "nncf" not in printed.err.lower() and "Weight Compression" not in printed.out + printed.err
     m = read_manifest(out)
     q = m.components["unet"].quantization
     assert q["scheme"] == "int8" and q["backend"] == "nncf" and q["weights_only"] and q["layers"] > 0
@@ -210,7 +213,7 @@ def test_nncf_int8_weights(tiny_ov, ov_pipe, tmp_path):
     assert value >= 25
 
 
-def test_nncf_int8_static_calibrates_the_unet_and_the_vae_decoder(tiny_ov_bf16_static, tmp_path):
+def test_nncf_int8_static_calibrates_the_unet_and_the_vae_decoder(tiny_ov_bf16_static, tmp_path, capsys):
     pytest.importorskip("nncf")
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("# one prompt: quick\n\na red fox\n")
@@ -218,6 +221,10 @@ def test_nncf_int8_static_calibrates_the_unet_and_the_vae_decoder(tiny_ov_bf16_s
     code = main(["quantize", str(tiny_ov_bf16_static), "--backend", "nncf", "--scheme", "int8-static", "--calibration-prompts", str(prompts),
                  "--components", "unet,text_encoder,vae_decoder", "--calibration-schedulers", "dpmpp_2m", "-o", str(out)])
     assert code == 0
+    # NNCF draws its bars and logs its tables on stdout, where the command prints the artifact's summary: on stderr here.
+    printed = capsys.readouterr()
+    assert printed.out.startswith("artifact ") and "Statistics collection" not in printed.out and "INFO:nncf" not in printed.out
+    assert "Statistics collection" in printed.err and "calibrating (unet, vae_decoder)" in printed.err
     m = read_manifest(out)
     assert m.export["options"]["calibration_prompts"] == ["a red fox"]  # the prompts themselves, not the path
     assert m.export["options"]["calibration_schedulers"] == ["dpmpp_2m"]

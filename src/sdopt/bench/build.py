@@ -77,7 +77,7 @@ def _recorded(path: Path) -> dict[str, Any] | None:
 
 
 def build_one(spec: dict[str, Any], model: Path, work: Path, height: int, width: int, device: str, built: dict[str, str],
-              say: Callable[[str], None] = lambda line: None) -> str:
+              say: Callable[[str], None] = lambda line: None, progress: bool = True) -> str:
     """The path (or PATH@precision, PATH+guidance-end=F) that benches one profile artifact, building it if needed
     (again when its build record differs: the module's docstring)."""
     if "guidance_end" in spec:
@@ -106,14 +106,14 @@ def build_one(spec: dict[str, Any], model: Path, work: Path, height: int, width:
         if spec.get("static"):
             options.update(height=height, width=width, batch=1)
         if spec.get("vae_decoder"):
-            options["vae_decoder"] = tiny_decoder(spec, model, work, height, width)
-        export(model, spec["export"], out, precision=spec.get("precision", "fp32"), **options)
+            options["vae_decoder"] = tiny_decoder(spec, model, work, height, width, progress)
+        export(model, spec["export"], out, precision=spec.get("precision", "fp32"), progress=progress, **options)
     else:
         from sdopt.quant.run import quantize
 
         source = Path(_built_source(spec, model, built))
         quantize(source, spec["quantize"], out, backend=spec.get("backend"), device=device, components=spec.get("components"),
-                 options=spec.get("options"))
+                 options=spec.get("options"), progress=progress)
     _write_record(record, key)
     return str(out) + runs_in
 
@@ -135,7 +135,7 @@ def _built_source(spec: dict[str, Any], model: Path, built: dict[str, str]) -> s
 DISTILLED = "distilled"
 
 
-def tiny_decoder(spec: dict[str, Any], model: Path, work: Path, height: int, width: int) -> str:
+def tiny_decoder(spec: dict[str, Any], model: Path, work: Path, height: int, width: int, progress: bool = True) -> str:
     """The tiny decoder an entry asks for: its path, or the one distilled from the checkpoint (built once)."""
     if spec["vae_decoder"] != DISTILLED:
         return str(spec["vae_decoder"])
@@ -152,7 +152,7 @@ def tiny_decoder(spec: dict[str, Any], model: Path, work: Path, height: int, wid
         shutil.rmtree(out)  # distilled with other settings (another size, more steps): distilled again
         done = None
     if done is None:
-        distill_decoder(model, out, settings, progress=True)
+        distill_decoder(model, out, settings, progress=progress)
     return str(out)
 
 
@@ -165,6 +165,7 @@ def build_profile_artifacts(
     device: str,
     only: list[str] | None = None,
     say: Callable[[str], None] = lambda line: None,
+    progress: bool = True,
 ) -> ProfileArtifacts:
     specs = profile.artifacts
     if only:
@@ -185,7 +186,7 @@ def build_profile_artifacts(
     for spec in specs:
         say(f"== {spec['name']}")
         try:
-            paths[spec["name"]] = build_one(spec, model, work, height, width, device, paths, say)
+            paths[spec["name"]] = build_one(spec, model, work, height, width, device, paths, say, progress)
         except SdoptError as exc:
             if spec is reference:
                 raise SdoptError(f"the reference {spec['name']} cannot be built: {exc}") from None

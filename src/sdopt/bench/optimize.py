@@ -226,7 +226,7 @@ def _optimize(model, out, settings, work, floor, quick, budget_minutes, distill,
 
         built, not_built = build_all(ray, pool, source, work, settings, budget_minutes, say)
     else:
-        built, not_built = _build_here(pool, source, work, settings, budget_minutes, started, say)
+        built, not_built = _build_here(pool, source, work, settings, budget_minutes, started, say, progress)
     if not built:
         raise SdoptError("no candidate could be built here: " + "; ".join(f"{k}: {v}" for k, v in not_built.items()))
 
@@ -290,7 +290,7 @@ def _optimize(model, out, settings, work, floor, quick, budget_minutes, distill,
 
 
 def _build_here(pool, source: Path, work: Path, settings, budget_minutes: float | None, started: float,
-                say: Callable[[str], None]) -> tuple[dict[str, str], dict[str, str]]:
+                say: Callable[[str], None], progress: bool = True) -> tuple[dict[str, str], dict[str, str]]:
     """Every candidate built on this machine, one after another: (built, not_built)."""
     from sdopt.bench.build import build_one
 
@@ -302,7 +302,8 @@ def _build_here(pool, source: Path, work: Path, settings, budget_minutes: float 
             continue
         say(f"== building {candidate.name}")
         try:
-            built[candidate.name] = build_one(candidate.spec, source, work, settings.height, settings.width, settings.device, built, say)
+            built[candidate.name] = build_one(candidate.spec, source, work, settings.height, settings.width, settings.device, built, say,
+                                              progress)
         except SdoptError as exc:
             not_built[candidate.name] = str(exc)
             say(f"   not built: {exc}")

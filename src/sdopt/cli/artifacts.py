@@ -45,7 +45,7 @@ def _export(args: argparse.Namespace) -> int:
 
     # Unset flags are None, False or []; a 0 is a value (export refuses --deep-cache 0 itself).
     options = {k: v for k, v in vars(args).items() if k in EXPORT_OPTIONS and v is not None and v is not False and v != []}
-    export(args.model, args.to, args.output, precision=args.precision, force=args.force, loras=args.lora, **options)
+    export(args.model, args.to, args.output, precision=args.precision, force=args.force, loras=args.lora, progress=not args.quiet, **options)
     print(format_description(describe(args.output)))
     return 0
 
@@ -74,7 +74,8 @@ def _quantize(args: argparse.Namespace) -> int:
     if args.calibration_images is not None:
         options["calibration_images"] = comma_list(args.calibration_images)
     manifest = quantize(args.model, args.scheme, args.output, backend=args.backend, components=components,
-                        exclude=args.exclude, device=args.device, force=args.force, options=options, loras=args.lora)
+                        exclude=args.exclude, device=args.device, force=args.force, options=options, loras=args.lora,
+                        progress=not args.quiet)
     if args.backend is None:
         print(f"backend: {manifest.export['backend']} (the first supported for {args.scheme} on {args.device}; see --list)")
     print(format_description(describe(args.output)))
@@ -104,6 +105,7 @@ def add_export(sub) -> None:
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"),
                    help="weights precision (default fp32). ONNX: fp32 or fp16; fp16 is a GPU precision, on CPUs ORT wraps it in casts and it is no faster (docs/onnx.md). OpenVINO: fp32, fp16 or bf16")
     p.add_argument("--force", action="store_true", help="replace the output folder if it exists")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars (the artifact's summary is still printed)")
     p.add_argument("--opset", type=int, default=None, help="onnx: opset version")
     p.add_argument("--optimize", action="store_true", help="onnx: apply ONNX Runtime graph optimizations and fusions")
     p.add_argument("--skip-validation", action="store_true", help="do not fail when parity exceeds tolerance (recorded in the manifest)")
@@ -144,6 +146,7 @@ def add_quantize(sub) -> None:
     p.add_argument("--device", default="cpu", help="where the artifact will run: cpu or cuda (default cpu)")
     p.add_argument("-o", "--output", help="output artifact folder")
     p.add_argument("--force", action="store_true", help="replace the output folder if it exists")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars (the artifact's summary is still printed)")
     p.add_argument("--group-size", type=int, default=None, help="nncf int4/nf4: weights per scale group (default 128; -1: per channel)")
     p.add_argument("--ratio", type=float, default=None, help="nncf int4/nf4: fraction of layers in 4 bits, the rest int8 (default 1.0)")
     p.add_argument("--calibration-prompts", default=None, metavar="FILE", help="nncf int8-static: prompts to calibrate activations on, one per line (default: a built-in set)")

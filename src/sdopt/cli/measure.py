@@ -84,7 +84,8 @@ def _bench(args: argparse.Namespace) -> int:
 
             only = [n for n in args.only.split(",") if n] if args.only else None
             work = Path(args.work) / profile.name if len(profiles) > 1 else Path(args.work)
-            built = build_profile_artifacts(profile, args.build_from, work, settings.height, settings.width, settings.device, only, say)
+            built = build_profile_artifacts(profile, args.build_from, work, settings.height, settings.width, settings.device, only, say,
+                                            progress=not args.quiet)
             artifacts, reference = built.others, built.reference
             not_built.update({f"{profile.name}/{k}" if len(profiles) > 1 else k: v for k, v in built.not_built.items()})
         # On a cluster every profile's report has a folder of its own under OUTPUT.

@@ -91,7 +91,7 @@ def export_components(source: Path, manifest: Manifest, out: Path, precision: st
 
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
     try:
-        for name in tqdm(prepared.names, desc="exporting to ONNX", unit="component"):
+        for name in tqdm(prepared.names, desc="exporting to ONNX", unit="component", disable=not options.get("progress", True)):
             spec = prepared.specs[name]
             # One module in memory at a time: traced, its reference outputs kept, and freed
             # before its graph is consolidated and loaded by ONNX Runtime to validate.

@@ -114,7 +114,7 @@ def export_components(source: Path, manifest: Manifest, out: Path, precision: st
     # For validation only: the shapes the runtime would compile, from a stand-in manifest.
     shaped = Manifest(backend="openvino", precision=precision, components={}, model=model_info, static_shapes=static)
 
-    for name in tqdm(prepared.names, desc="exporting to OpenVINO", unit="component"):
+    for name in tqdm(prepared.names, desc="exporting to OpenVINO", unit="component", disable=not options.get("progress", True)):
         spec = prepared.specs[name]
         # One module in memory at a time (the converted graph shares its weights until saved):
         # converted, saved, its reference outputs kept, and freed before the IR is compiled to validate.

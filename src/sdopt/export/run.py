@@ -191,8 +191,9 @@ def source_checkpoint(model: str | Path) -> tuple[Path, Manifest]:
 
 
 def export(model: str | Path, target: str, out: str | Path, precision: str = "fp32", force: bool = False,
-           loras: list | None = None, **options: Any) -> Manifest:
-    """Export ``model`` to ``target`` at ``out``. loras: FILE[:SCALE] strings (or LoraFiles) fused first."""
+           loras: list | None = None, progress: bool = True, **options: Any) -> Manifest:
+    """Export ``model`` to ``target`` at ``out``. loras: FILE[:SCALE] strings (or LoraFiles) fused first;
+    progress: a bar per component on stderr."""
     from sdopt.lora import manifest_fields, notes_of, parse_loras
 
     exporter = get_exporter(target)
@@ -217,7 +218,7 @@ def export(model: str | Path, target: str, out: str | Path, precision: str = "fp
     replaced, replace_notes = _replace_decoder(options["vae_decoder"], source, source_manifest) if options.get("vae_decoder") else (None, [])
 
     with atomic_output_dir(out, force=force, inputs=(source,)) as tmp:
-        result: ExportedComponents = impl.export_components(source, source_manifest, tmp, precision, {**options, "loras": loras})
+        result: ExportedComponents = impl.export_components(source, source_manifest, tmp, precision, {**options, "loras": loras, "progress": progress})
         for name in carried_folders(source_manifest):
             shutil.copytree(source / name, tmp / name)
         if replaced:

@@ -56,11 +56,11 @@ def export_components(source: Path, manifest: Manifest, out: Path, precision: st
     key = here()
     shapes, static = shapes_of(options, int(manifest.model["sample_size"]) * int(manifest.model["vae_scale_factor"]))
     specs = prepare_source(source, manifest, {}).specs
-    onnx = export_onnx(source, manifest, out, "fp32", {k: v for k, v in options.items() if k in _ONNX_OPTIONS})
+    onnx = export_onnx(source, manifest, out, "fp32", {k: v for k, v in options.items() if k in (*_ONNX_OPTIONS, "progress")})
     profiles = profiles_for({n: specs[n] for n in onnx.components}, manifest.model, shapes, static=static)
     cache = timing_cache_path(key)
     built = {}
-    for name in tqdm(list(onnx.components), desc="building TensorRT engines", unit="engine"):
+    for name in tqdm(list(onnx.components), desc="building TensorRT engines", unit="engine", disable=not options.get("progress", True)):
         runs = manifest.component_precision(name, precision)  # SDXL's VAE: no fp16 kernels (it overflows)
         built[name] = build_engine(out / name / "model.onnx", out / name / PLAN_FILE, profiles[name], runs, cache,
                                    refit=bool(options.get("refit")))

@@ -45,6 +45,7 @@ class Plan:
     exclude: tuple[str, ...] = ()  # fnmatch patterns of layer names kept in full precision
     device: str = "cpu"
     options: dict[str, Any] = field(default_factory=dict)  # backend-specific knobs (e.g. a group size), recorded
+    progress: bool = True  # progress bars (on stderr) while it works; not recorded
 
     @property
     def scheme(self) -> str:

@@ -32,10 +32,12 @@ or else at the model's native size.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import openvino as ov
@@ -172,6 +174,33 @@ def check_options(capability: Capability, options: NncfOptions) -> None:
                              f"{', '.join(SCHEDULERS)}, comma-separated" + (f" ({', '.join(unknown)} is not one)" if unknown else ""))
 
 
+@contextmanager
+def nncf_output(progress: bool) -> Iterator[None]:
+    """NNCF draws its progress bars on rich's console and logs its tables through a handler, both on stdout,
+    where sdopt's commands print their result (the artifact's summary): while it works here they go to
+    stderr, as sdopt's own bars do, and without progress only NNCF's warnings show."""
+    import logging
+
+    import rich
+    from nncf.common.logging.logger import nncf_logger
+
+    console = rich.get_console()  # what NNCF's track() draws on: it passes no console of its own
+    # None again afterwards where the console followed sys.stdout (it follows a replaced sys.stdout, as under pytest)
+    kept_file, kept_quiet = (None if console.file is sys.stdout else console.file), console.quiet
+    # NNCF's handler holds the sys.stdout of when nncf was imported: swapped for one on stderr (never written to or flushed here).
+    handlers = list(nncf_logger.handlers)
+    to_stderr = logging.StreamHandler(sys.stderr)
+    to_stderr.setLevel(logging.INFO if progress else logging.WARNING)
+    to_stderr.setFormatter(next((h.formatter for h in handlers if type(h) is logging.StreamHandler), None))
+    nncf_logger.handlers = [h for h in handlers if type(h) is not logging.StreamHandler] + [to_stderr]
+    console.file, console.quiet = sys.stderr, not progress
+    try:
+        yield
+    finally:
+        console.file, console.quiet = kept_file, kept_quiet
+        nncf_logger.handlers = handlers
+
+
 class NncfEngine(Engine):
     def check_plan(self, source: Path, manifest: Manifest, plan: Plan) -> None:
         options = NncfOptions.from_plan(plan)
@@ -183,6 +212,10 @@ class NncfEngine(Engine):
             check_calibration_images(source, manifest, options.calibration_images)
 
     def quantize_components(self, source: Path, manifest: Manifest, out: Path, plan: Plan) -> QuantizedComponents:
+        with nncf_output(plan.progress):
+            return self._quantize_components(source, manifest, out, plan)
+
+    def _quantize_components(self, source: Path, manifest: Manifest, out: Path, plan: Plan) -> QuantizedComponents:
         import nncf
 
         options = NncfOptions.from_plan(plan)
@@ -199,7 +232,8 @@ class NncfEngine(Engine):
             model = core.read_model(source / model_file(entry.files, name))
             if plan.capability.calibrated and name in CALIBRATED:
                 if calibration is None:  # one pass of generations records every calibrated component's inputs
-                    calibration = record_inputs(source, prompts, wanted, options.calibration_schedulers, options.calibration_images)
+                    calibration = record_inputs(source, prompts, wanted, options.calibration_schedulers, options.calibration_images,
+                                                progress=plan.progress)
                 model, recipe = _quantize_static(nncf, model, calibration[name], overflow_fix=overflow_fix[0])
                 recipe["overflow_fix"] = {"mode": overflow_fix[0], "why": overflow_fix[1]}
                 recipe["calibration"] = {
@@ -419,7 +453,7 @@ def calibration_schedulers(prompts: tuple[str, ...] | list[str], names: list[str
 
 def record_inputs(source: Path, prompts: tuple[str, ...] | list[str], names: list[str],
                   decoder_schedulers: tuple[str, ...] | None = None,
-                  images: tuple[str, ...] | None = None) -> dict[str, list[dict[str, np.ndarray]]]:
+                  images: tuple[str, ...] | None = None, progress: bool = True) -> dict[str, list[dict[str, np.ndarray]]]:
     """The inputs each named component sees while the source artifact makes ``calibration_runs`` (guidance on),
     as ``records`` says who records which. ``images`` (an inpainting checkpoint's): run k repaints image
     k mod len(images) under ``calibration_mask(k)``."""
@@ -441,7 +475,8 @@ def record_inputs(source: Path, prompts: tuple[str, ...] | list[str], names: lis
 
         opened = [open_image(path, "--calibration-images") for path in images]
     try:
-        for seed, prompt, scheduler in tqdm(calibration_runs(prompts, names, decoder_schedulers), desc=f"calibrating ({', '.join(names)})", unit="image"):
+        for seed, prompt, scheduler in tqdm(calibration_runs(prompts, names, decoder_schedulers), desc=f"calibrating ({', '.join(names)})", unit="image",
+                                               disable=not progress):
             for name, recorder in recorders.items():
                 recorder.recording = records(name, scheduler, decoder_schedulers)
             repaint = {}

@@ -42,6 +42,7 @@ def quantize(
     force: bool = False,
     options: dict | None = None,
     loras: list | None = None,
+    progress: bool = True,
 ) -> Manifest:
     """Quantize a checkpoint's weights into a new artifact at ``out``; returns its manifest.
     loras: FILE[:SCALE] strings (or LoraFiles) fused into the weights before quantizing (torch sources)."""
@@ -77,7 +78,7 @@ def quantize(
     elif not manifest.inferred:
         manifest.verify_files(source)
     quantizer.check_options(options or {}, QUANTIZERS)
-    plan = Plan(quantizer, capability, select_components(manifest, components), tuple(exclude), device, dict(options or {}))
+    plan = Plan(quantizer, capability, select_components(manifest, components), tuple(exclude), device, dict(options or {}), progress)
     engine = quantizer.engine()  # a missing library is named before the output folder exists
     engine.check_plan(source, manifest, plan)  # what needs the model (--exclude patterns), still before writing
 
