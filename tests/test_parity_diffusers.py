@@ -87,6 +87,33 @@ def test_an_eta_no_scheduler_reads_is_said_to_be_unused(tiny_pipeline):
     assert np.array_equal(result.latents, tiny_pipeline.generate(GenerateRequest(**SMALL, scheduler="euler")).latents)
 
 
+def test_the_default_scheduler_is_the_class_model_index_names(tiny_model, tmp_path):
+    """A folder whose model_index.json names another scheduler class than scheduler_config.json's _class_name: Diffusers
+    builds model_index's class from that config, and so does sdopt (it took the config's)."""
+    import json
+    import shutil
+
+    from diffusers import StableDiffusionPipeline
+
+    import sdopt
+
+    folder = tmp_path / "renamed"
+    shutil.copytree(tiny_model, folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "scheduler": ["diffusers", "DDIMScheduler"]}))
+    (folder / "sdopt.json").unlink(missing_ok=True)  # a Diffusers folder again: read as it is now
+    assert json.loads((folder / "scheduler" / "scheduler_config.json").read_text())["_class_name"] == "PNDMScheduler"
+    request = GenerateRequest(**SMALL)
+    with sdopt.load(folder) as pipe:
+        ours = pipe.generate(request)
+    theirs = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+    theirs.set_progress_bar_config(disable=True)
+    assert type(theirs.scheduler).__name__ == "DDIMScheduler"
+    ref = theirs(prompt=request.prompt, num_inference_steps=request.steps, guidance_scale=request.guidance_scale, height=64, width=64,
+                 generator=torch.Generator("cpu").manual_seed(request.seed), output_type="latent").images
+    assert float(np.abs(ours.latents - ref.numpy()).max()) <= TOLERANCE
+
+
 def test_explicit_latents_path_matches(tiny_pipeline, diffusers_pipe):
     """The issue's form of the check: Diffusers given our initial latents explicitly."""
     request = GenerateRequest(**{**SMALL, "scheduler": "euler"})

@@ -45,12 +45,23 @@ def load(path: str | Path, device: str = "cpu", precision: str | None = None, ve
         manifest,
         components,
         tokenizers=[load_tokenizer(folder / sub) for sub in tokenizer_folders(manifest)],
-        scheduler_config=read_json(folder / manifest.scheduler / "scheduler_config.json"),
+        scheduler_config=checkpoint_scheduler_config(folder, manifest.scheduler),
         device=device,
         precision=precision,
         folder=folder,
         loras=loras(components, manifest) if loras else None,
     )
+
+
+def checkpoint_scheduler_config(folder: Path, sub: str) -> dict[str, Any]:
+    """The scheduler the checkpoint runs by default: its config, of the class model_index.json names where that
+    differs from the config's own ``_class_name`` — Diffusers builds the class model_index names from that config."""
+    config = read_json(folder / sub / "scheduler_config.json")
+    index = folder / "model_index.json"
+    named = read_json(index).get(sub) if index.is_file() else None
+    if isinstance(named, list) and len(named) == 2 and isinstance(named[1], str) and named[1] != config.get("_class_name"):
+        config = {**config, "_class_name": named[1]}
+    return config
 
 
 def load_tokenizer(folder: Path):
