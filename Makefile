@@ -21,10 +21,11 @@ $(STAMP): pyproject.toml Makefile
 
 # Two pytest processes (pytest-xdist), each taking whole test files so a file's module fixtures are built once:
 # much of the suite is single-threaded (interpreter start-up, imports, ONNX tracing, small tensors), so on
-# CI's 2 cores two processes finish it in 7.5 min where one takes 10.5 (measured side by side, 2026-12-05).
+# CI's 2 cores two processes finished it in 7.5 min where one took 10.5 (side by side, 2026-12-05; 6.4 min now).
 # More workers than cores oversubscribe (each computes with every core); TEST_WORKERS=0 runs it in one process.
 # Files go out in the order tests/conftest.py gives (longest first, test_ray last: see LONGEST_FIRST there), and
-# the checkpoints, exports and bench the files share are built once for both processes (conftest's built_once).
+# the checkpoints, exports and bench the files share are built once for both processes (conftest's built_once),
+# and each process's torch takes its share of the cores (OMP_NUM_THREADS, set in conftest; 8:20 -> 6:40).
 TEST_WORKERS ?= 2
 
 test: $(STAMP)
