@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import time
 
 import numpy as np
@@ -19,6 +20,7 @@ pytest.importorskip("fastapi", reason="the serve extra is not installed: pip ins
 httpx = pytest.importorskip("httpx", reason="httpx is not installed: pip install 'sdopt[serve-test]'")
 
 from serving import Faulty, SlowSteps, running_server, wait_for  # noqa: E402
+from sdopt import SdoptError  # noqa: E402
 
 SMALL = {"width": 64, "height": 64, "steps": 4}
 KEY = "test-key-123"
@@ -181,6 +183,37 @@ def test_eta_reaches_the_samplers_that_read_it(tiny_pipeline):
         assert job["parameters"]["eta"] == 0.25
         refused = httpx.post(url + "/v1/jobs", json={"prompt": "x", **SMALL, "scheduler": "ddim", "eta": 2})
         assert refused.status_code == 422 and "eta" in refused.text
+
+
+def test_the_servers_request_defaults_serve_what_a_request_does_not_say(tiny_pipeline):
+    """sdopt serve --steps/--guidance/--scheduler: OpenAI's requests (no such fields; sdopt_steps and sdopt_guidance_scale
+    override), native ones without them and the page take the server's; AUTOMATIC1111's keep its own (50 steps, cfg 7)."""
+    openai = pytest.importorskip("openai", reason="pip install 'sdopt[serve-test]'")
+    with running_server(tiny_pipeline, steps=3, guidance_scale=0.0, scheduler="euler") as (url, app):
+        def last(api):
+            spec = [job for job in app.state.worker.jobs.values() if job.api == api][-1].spec
+            return spec.steps, spec.guidance_scale, spec.scheduler
+
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        client.images.generate(prompt="a cross", size="64x64")
+        assert last("openai") == (3, 0.0, "euler")
+        client.images.generate(prompt="a cross", size="64x64", extra_body={"sdopt_steps": 2, "sdopt_guidance_scale": 5.0})
+        assert last("openai") == (2, 5.0, "euler")
+        with pytest.raises(openai.UnprocessableEntityError, match="sdopt_steps"):
+            client.images.generate(prompt="a cross", size="64x64", extra_body={"sdopt_steps": 151})  # over --max-steps
+        httpx.post(url + "/v1/jobs", json={"prompt": "x", "width": 64, "height": 64}).raise_for_status()
+        assert last("native") == (3, 0.0, "euler")
+        httpx.post(url + "/v1/jobs", json={"prompt": "x", "width": 64, "height": 64, "steps": 4, "guidance_scale": 2.0, "scheduler": "ddim"}).raise_for_status()
+        assert last("native") == (4, 2.0, "ddim")
+        assert httpx.post(url + "/sdapi/v1/txt2img", json={"prompt": "x", "width": 64, "height": 64}, timeout=60).status_code == 200
+        assert last("a1111") == (50, 7.0, "euler")  # AUTOMATIC1111's defaults: its sampler_index "Euler"
+        assert 'id="steps" type="number" value="3" min="1" max="150"' in httpx.get(url + "/").text
+    from sdopt.serve.settings import ServeSettings
+
+    for bad, message in (({"steps": 0}, "--steps 0: must be an integer from 1 to --max-steps"), ({"steps": 40, "max_steps": 30}, "--max-steps (30)"),
+                         ({"guidance_scale": 60.0}, "--guidance 60.0: must be a number from 0 to 50"), ({"scheduler": "nope"}, "unknown scheduler 'nope'")):
+        with pytest.raises(SdoptError, match=re.escape(message)):
+            ServeSettings(**bad)
 
 
 def test_a1111_reports_ignored_fields_and_honours_force_task_id(tiny_pipeline):

@@ -16,6 +16,7 @@ def _serve(args: argparse.Namespace) -> int:
         host=args.host, port=args.port, api_key=args.api_key or os.environ.get("SDOPT_API_KEY") or None,
         api_auth=args.api_auth, max_queue=args.max_queue, max_batch=args.max_batch, job_timeout=args.job_timeout,
         max_pixels=args.max_pixels, max_steps=args.max_steps, max_images=args.max_images, name=args.name, lora_dir=args.lora_dir,
+        steps=args.steps, guidance_scale=args.guidance, scheduler=args.scheduler,
     )
     load_options = {"device": args.device, "precision": args.precision}
     if args.ray is None:
@@ -46,6 +47,10 @@ def add_serve(sub) -> None:
     p.add_argument("--job-timeout", type=float, default=600.0, help="seconds from submission to result (default 600)")
     p.add_argument("--max-pixels", type=int, default=1024 * 1024, help="largest width x height (default 1048576)")
     p.add_argument("--max-steps", type=int, default=150, help="most denoising steps a request may ask (default 150)")
+    p.add_argument("--steps", type=int, default=20, help="steps of a request that does not say: every OpenAI request, a native one without steps, "
+                   "the page (default 20; a Turbo, LCM or TCD model: 1-8). AUTOMATIC1111's API keeps its own default, 50")
+    p.add_argument("--guidance", type=float, default=7.5, help="guidance scale of a request that does not say, as --steps (default 7.5; Turbo: 0)")
+    p.add_argument("--scheduler", default=None, help="scheduler of a request that does not name one, as --steps (default: the model's own)")
     p.add_argument("--max-images", type=int, default=8, help="most images one request may ask (default 8)")
     p.add_argument("--name", default=None, help="model name the APIs report (default: the artifact folder's name)")
     p.add_argument("--lora-dir", default=None, metavar="DIR",

@@ -27,11 +27,11 @@ class JobRequest(BaseModel):
     negative_prompt: str = Field("", max_length=10_000)
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="None: a random seed, reported back")
     n: int = Field(1, ge=1, description="images, seeds seed, seed+1, ...")
-    steps: int = Field(20, ge=1)
-    guidance_scale: float = Field(7.5, ge=0, le=50)
+    steps: int | None = Field(None, ge=1, description="None: the server's default (sdopt serve --steps, 20)")
+    guidance_scale: float | None = Field(None, ge=0, le=50, description="None: the server's default (--guidance, 7.5)")
     width: int | None = Field(None, ge=64, le=2048, multiple_of=8, description="None: the model's own size")
     height: int | None = Field(None, ge=64, le=2048, multiple_of=8, description="None: the model's own size")
-    scheduler: str | None = None
+    scheduler: str | None = Field(None, description="None: the server's default (--scheduler), else the model's own")
     eta: float | None = Field(None, ge=0, le=1, description="ddim and tcd: the fresh noise each step adds; None: 0")
     init_image: str | None = Field(None, description="base64 image: img2img")
     mask: str | None = Field(None, description="base64 image, white = repaint: inpainting (needs init_image)")
@@ -82,8 +82,8 @@ def spec_from(request: Request, body: JobRequest) -> J.JobSpec:
     side = default_size(request.app.state.worker.pipeline)
     return J.JobSpec(
         prompt=body.prompt, negative_prompt=body.negative_prompt, seed=random_seed() if body.seed is None else body.seed,
-        n=body.n, steps=body.steps, guidance_scale=body.guidance_scale, width=body.width or side, height=body.height or side,
-        scheduler=body.scheduler, eta=body.eta, init_image=init, mask_image=mask, strength=body.strength, cache_interval=body.cache_interval,
+        n=body.n, steps=body.steps or settings.steps, guidance_scale=settings.guidance_scale if body.guidance_scale is None else body.guidance_scale,
+        width=body.width or side, height=body.height or side, scheduler=body.scheduler or settings.scheduler, eta=body.eta, init_image=init, mask_image=mask, strength=body.strength, cache_interval=body.cache_interval,
         guidance_end=body.guidance_end,
     )
 

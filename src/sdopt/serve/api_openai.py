@@ -9,7 +9,9 @@ An edit is inpainting where OpenAI's mask is fully transparent (alpha 0) — the
 mask's, or the image's own when no mask is sent, as OpenAI reads it — and
 img2img of the whole image when nothing is transparent. sdopt's own fields
 (the SDK sends them with ``extra_body``): ``sdopt_seed``, ``sdopt_strength``
-(edits), ``sdopt_cache_interval``, ``sdopt_guidance_end``.
+(edits), ``sdopt_cache_interval``, ``sdopt_guidance_end``, ``sdopt_steps`` and
+``sdopt_guidance_scale`` (by default the server's: ``sdopt serve --steps/--guidance``;
+it serves its ``--scheduler``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sdopt.serve import jobs as J
 from sdopt.serve.errors import RequestError
 from sdopt.serve.submission import LEVER_NAMES, cache_interval_field, default_size, failure_status, guidance_end_field, random_seed, submit, wait
-from sdopt.request import MAX_SEED
+from sdopt.request import MAX_GUIDANCE, MAX_SEED
 from sdopt.serve.images import encode_png, has_alpha, read_image
 
 router = APIRouter(tags=["openai"])
@@ -43,9 +45,19 @@ class ImageGeneration(BaseModel):
     sdopt_cache_interval: int | None = cache_interval_field()
     sdopt_guidance_end: float | None = guidance_end_field()
     sdopt_seed: int | None = Field(None, ge=0, le=MAX_SEED, description="the first image's seed (the n images take seed, seed+1, ...); None: random")
+    sdopt_steps: int | None = Field(None, ge=1, description="None: the server's default (sdopt serve --steps)")
+    sdopt_guidance_scale: float | None = Field(None, ge=0, le=MAX_GUIDANCE, description="None: the server's default (sdopt serve --guidance)")
 
 
-OPENAI_NAMES = {"num_images": "n", "width": "size", "height": "size", "seed": "sdopt_seed", **LEVER_NAMES}
+OPENAI_NAMES = {"num_images": "n", "width": "size", "height": "size", "seed": "sdopt_seed", "steps": "sdopt_steps",
+                "guidance_scale": "sdopt_guidance_scale", **LEVER_NAMES}
+
+
+def _server_defaults(request: Request, steps: int | None, guidance_scale: float | None) -> dict[str, Any]:
+    """What OpenAI's API has no fields for: the request's sdopt_ fields, else the server's (sdopt serve --steps, --guidance, --scheduler)."""
+    settings = request.app.state.settings
+    return {"steps": steps or settings.steps, "guidance_scale": settings.guidance_scale if guidance_scale is None else guidance_scale,
+            "scheduler": settings.scheduler}
 
 
 def _size(text: str | None, side: int) -> tuple[int, int]:
@@ -77,7 +89,8 @@ async def generations(request: Request, body: ImageGeneration) -> dict[str, Any]
     _check_model_and_format(request, body.model, body.response_format)
     width, height = _size(body.size, default_size(request.app.state.worker.pipeline))
     spec = J.JobSpec(prompt=body.prompt, seed=body.sdopt_seed if body.sdopt_seed is not None else random_seed(), n=body.n or 1,
-                     width=width, height=height, cache_interval=body.sdopt_cache_interval, guidance_end=body.sdopt_guidance_end)
+                     width=width, height=height, cache_interval=body.sdopt_cache_interval, guidance_end=body.sdopt_guidance_end,
+                     **_server_defaults(request, body.sdopt_steps, body.sdopt_guidance_scale))
     return await _answer(request, spec, OPENAI_NAMES)
 
 
@@ -100,6 +113,8 @@ EDIT_FORM = {
         "sdopt_seed": {"type": "integer", "minimum": 0},
         "sdopt_cache_interval": {"type": "integer", "minimum": 1},
         "sdopt_guidance_end": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+        "sdopt_steps": {"type": "integer", "minimum": 1, "description": "default: the server's (sdopt serve --steps)"},
+        "sdopt_guidance_scale": {"type": "number", "minimum": 0, "maximum": MAX_GUIDANCE, "description": "default: the server's (sdopt serve --guidance)"},
     },
 }
 EDIT_NAMES = {**OPENAI_NAMES, "init_image": "image", "mask_image": "mask", "strength": "sdopt_strength"}
@@ -182,7 +197,9 @@ async def edits(request: Request) -> dict[str, Any]:
                      width=width, height=height, init_image=image.convert("RGB"), mask_image=mask,
                      strength=strength if strength is not None else MASKED_STRENGTH if mask is not None else WHOLE_IMAGE_STRENGTH,
                      cache_interval=_number(form, "sdopt_cache_interval", int, low=1),
-                     guidance_end=_number(form, "sdopt_guidance_end", float, high=1, above=0))
+                     guidance_end=_number(form, "sdopt_guidance_end", float, high=1, above=0),
+                     **_server_defaults(request, _number(form, "sdopt_steps", int, low=1),
+                                        _number(form, "sdopt_guidance_scale", float, low=0, high=MAX_GUIDANCE)))
     return await _answer(request, spec, EDIT_NAMES)
 
 

@@ -8,6 +8,7 @@ gets 429 with ``Retry-After``.
 
 from __future__ import annotations
 
+import html
 import json
 import time
 from importlib import resources
@@ -96,7 +97,10 @@ def create_app(worker: Worker, settings: ServeSettings, model_name: str, replica
     @app.get("/", tags=["page"], response_class=HTMLResponse, include_in_schema=False)
     def index() -> HTMLResponse:
         # The page is static HTML with no data in it; the API calls it makes carry the credentials.
-        return HTMLResponse(page.replace("{{MODEL}}", model_name).replace("{{AUTH}}", "1" if settings.needs_auth else "0"))
+        text = page
+        for key, value in {"MODEL": html.escape(model_name), "AUTH": "1" if settings.needs_auth else "0", "STEPS": settings.steps, "MAX_STEPS": settings.max_steps}.items():
+            text = text.replace("{{%s}}" % key, str(value))
+        return HTMLResponse(text)
 
     app.include_router(api_native.router, dependencies=[Depends(require_auth)])
     app.include_router(api_a1111.router, dependencies=[Depends(require_auth)])

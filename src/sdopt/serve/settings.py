@@ -23,12 +23,28 @@ class ServeSettings:
     max_image_bytes: int = 16 * 2**20  # one decoded input image
     name: str | None = None  # the model name the APIs report; default: the artifact folder's name
     lora_dir: str | None = None  # LoRAs a prompt may name as <lora:NAME:WEIGHT> (serve/loras.py)
+    # What a request that does not say gets: every OpenAI request (its API has no such fields; sdopt_steps and
+    # sdopt_guidance_scale override), a native one without them, the page. A few-step model (Turbo, LCM, TCD)
+    # is served with its own (--steps 4 --guidance 0). AUTOMATIC1111's API keeps its own defaults (50 steps,
+    # cfg_scale 7), which its clients expect and mostly send.
+    steps: int = 20
+    guidance_scale: float = 7.5
+    scheduler: str | None = None  # None: the model's own
 
     def __post_init__(self):
         for field_name in ("max_queue", "max_batch", "max_pixels", "max_steps", "max_images", "max_body_bytes", "max_image_bytes"):
             value = getattr(self, field_name)
             if not isinstance(value, int) or value < 1:
                 raise SdoptError(f"--{field_name.replace('_', '-')} {value!r}: must be a positive integer")
+        if not isinstance(self.steps, int) or not 1 <= self.steps <= self.max_steps:
+            raise SdoptError(f"--steps {self.steps!r}: must be an integer from 1 to --max-steps ({self.max_steps})")
+        from sdopt.request import MAX_GUIDANCE
+        from sdopt.runtime.schedulers import check_scheduler
+
+        g = self.guidance_scale
+        if isinstance(g, bool) or not isinstance(g, (int, float)) or not 0 <= g <= MAX_GUIDANCE:
+            raise SdoptError(f"--guidance {self.guidance_scale!r}: must be a number from 0 to {MAX_GUIDANCE:g} (1 or less turns guidance off)")
+        check_scheduler(self.scheduler)
         if not self.job_timeout > 0:
             raise SdoptError(f"--job-timeout {self.job_timeout!r}: must be a positive number of seconds")
         if self.api_auth is not None and ":" not in self.api_auth:

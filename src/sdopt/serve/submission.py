@@ -44,7 +44,7 @@ def check_spec(spec: J.JobSpec, settings: ServeSettings, pipeline: Any, names: d
     if spec.width * spec.height > settings.max_pixels:
         raise RequestError(name("width"), f"{spec.width}x{spec.height} is more than this server's {settings.max_pixels} pixels (--max-pixels)")
     if isinstance(spec.steps, int) and spec.steps > settings.max_steps:
-        raise RequestError(name("steps"), f"steps={spec.steps}: this server allows at most {settings.max_steps}")
+        raise RequestError(name("steps"), f"{name('steps')}={spec.steps}: this server allows at most {settings.max_steps} (--max-steps)")
     if isinstance(spec.n, int) and not 1 <= spec.n <= settings.max_images:
         raise RequestError(name("num_images"), f"{spec.n} images: this server makes 1 to {settings.max_images} per request")
     try:
