@@ -302,6 +302,15 @@ def test_optimize_measures_an_inpainting_checkpoint_inpainting_only(tiny_inpaint
     assert main(["optimize", str(tiny_inpaint), "-o", str(tmp_path / "best"), "--quick", "-q"]) == 2
     assert "give --init-image and --mask" in capsys.readouterr().err
     assert not (tmp_path / "best").exists() and not (tmp_path / "best.work").exists()
+    # Calibrating on the image the candidates are judged on would flatter their PSNR: refused, by content, not name.
+    picture(3).save(tmp_path / "measured.png")
+    (tmp_path / "photos").mkdir()
+    picture(3).save(tmp_path / "photos" / "copy.png")
+    mask_image().save(tmp_path / "mask.png")
+    assert main(["optimize", str(tiny_inpaint), "-o", str(tmp_path / "best"), "--quick", "-q", "--init-image", str(tmp_path / "measured.png"),
+                 "--mask", str(tmp_path / "mask.png"), "--calibration-images", str(tmp_path / "photos")]) == 2
+    assert "--calibration-images holds the image the candidates are judged on (--init-image: copy.png)" in capsys.readouterr().err
+    assert not (tmp_path / "best").exists()
 
 
 def test_an_inpainting_checkpoint_needs_an_image_and_a_mask(inpaint_pipeline, tiny_inpaint, tmp_path, capsys):
@@ -436,6 +445,20 @@ def test_an_inpainting_checkpoint_calibrates_int8_static_on_images_it_repaints(t
     unet = json.loads((out / "sdopt.json").read_text())["components"]["unet"]["quantization"]
     assert unet["scheme"] == "int8-static" and unet["calibration"]["inpainting"]["images"] == ["p1.png", "p2.png"]
     assert unet["calibration"]["samples"] == 3 * 5  # every UNet call of 3 runs (PNDM: 4 steps, 5 calls)
+    # A bench that repaints one of those images says its quality is flattered (the images are known by content).
+    from types import SimpleNamespace
+
+    from sdopt.bench.assemble import _calibrated_on_the_measured_image
+    from sdopt.fsutil import sha256_file
+
+    assert unet["calibration"]["inpainting"]["sha256"] == [sha256_file(photos / "p1.png"), sha256_file(photos / "p2.png")]
+    rows = [SimpleNamespace(name="int8", manifest=read_manifest(out)), SimpleNamespace(name="fp32", manifest=read_manifest(source))]
+    picture(2).save(tmp_path / "same-as-p2.png")
+    picture(9).save(tmp_path / "other.png")
+    assert _calibrated_on_the_measured_image(rows, SimpleNamespace(init_image=str(tmp_path / "same-as-p2.png"))) == [
+        "int8: its unet calibrated on the image this bench repaints (same-as-p2.png), so its quality here is measured on what it was "
+        "fitted to; bench on another image, or quantize with other --calibration-images"]
+    assert _calibrated_on_the_measured_image(rows, SimpleNamespace(init_image=str(tmp_path / "other.png"))) == []
     request = GenerateRequest(**{**SMALL, "scheduler": "euler"}, init_image=picture(7), mask_image=mask_image(), strength=1.0)
     with sdopt.load(source) as fp32, sdopt.load(out) as int8:
         quality = psnr(fp32.generate(request).images[0], int8.generate(request).images[0])

@@ -242,6 +242,19 @@ def probe_peaks(precisions: list[str], device: str) -> dict[str, dict]:
     return {p: matmul_peak_gflops(p, device) for p in precisions}
 
 
+def _calibrated_on_the_measured_image(entries: list[Entry], settings: BenchSettings) -> list[str]:
+    """Rows int8-calibrated on the very image this bench repaints: their quality would be flattered, so the report says so."""
+    if not settings.init_image:
+        return []
+    from sdopt.fsutil import sha256_file
+    from sdopt.quant import calibrated_on
+
+    digest = sha256_file(settings.init_image)
+    return [f"{e.name}: its {', '.join(names)} calibrated on the image this bench repaints ({Path(settings.init_image).name}), so its "
+            "quality here is measured on what it was fitted to; bench on another image, or quantize with other --calibration-images"
+            for e in entries if (names := calibrated_on(e.manifest, digest))]
+
+
 def assemble_report(entries: list[Entry], raws: dict[str, dict], settings: BenchSettings, out: Path, profile: HardwareProfile | None = None,
                     machine: dict | None = None, peaks: dict | None = None, cluster: dict | None = None, warnings: list[str] = ()) -> dict:
     """The report from the workers' raw results (out/raw/*/result.json): metrics, quality, files.
@@ -263,7 +276,7 @@ def assemble_report(entries: list[Entry], raws: dict[str, dict], settings: Bench
     mismatch = [w for w in [profile.mismatch(machine) if profile else None] if w]
     for w in mismatch:
         print(f"sdopt bench: warning: {w}", file=sys.stderr)
-    warnings = [*mismatch, *warnings]
+    warnings = [*mismatch, *_calibrated_on_the_measured_image(entries, settings), *warnings]
     report = {
         "schema": REPORT_SCHEMA,
         "schema_version": REPORT_SCHEMA_VERSION,

@@ -217,6 +217,13 @@ def _optimize(model, out, settings, work, floor, quick, budget_minutes, distill,
         from sdopt.request import image_files
 
         calibration_images = list(image_files(calibration_images, "--calibration-images"))  # absolute: builds may run elsewhere (Ray)
+        if settings.init_image:
+            from sdopt.fsutil import sha256_file
+
+            measured = sha256_file(settings.init_image)
+            if same := [Path(p).name for p in calibration_images if sha256_file(p) == measured]:
+                raise SdoptError(f"--calibration-images holds the image the candidates are judged on (--init-image: {', '.join(same)}): "
+                                 "int8 calibrated on it would be measured on what it was fitted to, its PSNR flattered; give other images")
     from sdopt.runtime.embedded_guidance import runs_guided
 
     # Truncated guidance needs an unconditional pass to cut: none at guidance <= 1 (Turbo models) or in an LCM UNet.

@@ -46,6 +46,7 @@ from sdopt.errors import SdoptError
 from sdopt.quant.schemes import OVERFLOW_FIXES
 from sdopt.prompts import read_prompts
 from sdopt.request import image_files
+from sdopt.fsutil import sha256_file
 from sdopt.manifest import ComponentEntry, Manifest, files_in
 from sdopt.quant import Plan, QuantizedComponents
 from sdopt.quant.engine import Engine
@@ -245,6 +246,7 @@ class NncfEngine(Engine):
                 }
                 if options.calibration_images:
                     recipe["calibration"]["inpainting"] = {"images": [Path(p).name for p in options.calibration_images],
+                                                           "sha256": [sha256_file(p) for p in options.calibration_images],
                                                            "masks": MASKS, "strength": INPAINTING_STRENGTH}
             else:
                 # int8-static calibrates the UNet (and the VAE decoder when asked); the others get int8 weights, and say so.
