@@ -137,6 +137,22 @@ def test_profile_settings_are_overridden_by_flags():
     assert settings.steps == 2 and settings.height == profile.bench["height"] and settings.device == "cpu"
 
 
+def test_eta_is_checked_with_the_settings_and_reaches_every_measured_request():
+    """sdopt bench/optimize --eta: refused with the settings when out of range, else in each request a worker makes."""
+    from types import SimpleNamespace
+
+    from sdopt.bench.worker import _generate_all
+
+    with pytest.raises(SdoptError, match="eta=2: must be a number from 0 to 1"):
+        BenchSettings.resolve(None, **SETTINGS, eta=2)
+    settings = BenchSettings.resolve(None, **{**SETTINGS, "scheduler": "ddim", "seeds": [0]}, eta=0.5)
+    job = {**settings.__dict__, "steps": 2}
+    seen = []
+    fake = SimpleNamespace(generate=lambda request: seen.append((request.scheduler, request.eta)) or request)
+    _generate_all(fake, job, {})
+    assert seen == [("ddim", 0.5)]
+
+
 def test_cli_bench_bad_input(tiny_model, tmp_path, capsys):
     from sdopt.cli import main
 

@@ -293,6 +293,7 @@ def assemble_report(entries: list[Entry], raws: dict[str, dict], settings: Bench
             "width": settings.width,
             "guidance_scale": settings.guidance_scale,
             "scheduler": settings.scheduler,
+            **({"eta": settings.eta} if settings.eta is not None else {}),
             "images_per_call": 1,
             # img2img / inpainting: the files every artifact started from (their names; the paths are the user's)
             **({"init_image": Path(settings.init_image).name, "mask_image": Path(settings.mask_image).name if settings.mask_image else None,

@@ -47,6 +47,7 @@ class BenchSettings:
     init_image: str | None = None
     mask_image: str | None = None
     strength: float | None = None
+    eta: float | None = None  # ddim and tcd: GenerateRequest's eta (None: 0)
 
     @classmethod
     def resolve(cls, profile: HardwareProfile | None, **overrides: Any) -> "BenchSettings":
@@ -63,7 +64,7 @@ class BenchSettings:
         values["run"] = dict(profile.run) if profile else {}
         values["rounds"] = 1 if overrides.get("rounds") is None else int(overrides["rounds"])
         values["worker_start"] = overrides.get("worker_start") or "fork"
-        for key in ("init_image", "mask_image", "strength"):
+        for key in ("init_image", "mask_image", "strength", "eta"):
             values[key] = overrides.get(key)
         budget = overrides.get("max_seconds")
         values["max_seconds"] = budget if budget is not None else (profile.bench.get("max_seconds") if profile else None)
@@ -89,4 +90,4 @@ class BenchSettings:
         images = image_options(self.init_image, self.mask_image, self.strength)  # readable images, before any worker runs
         for prompt in self.prompts:
             GenerateRequest(prompt=prompt, steps=self.steps, height=self.height, width=self.width, guidance_scale=self.guidance_scale,
-                            **images).validate()
+                            eta=self.eta, **images).validate()

@@ -34,6 +34,7 @@ def _generate_all(pipe, job: dict, images: dict) -> list[tuple[dict, object]]:
                 height=job["height"],
                 width=job["width"],
                 scheduler=job["scheduler"],
+                eta=job.get("eta"),
                 **(job.get("request_options") or {}),  # e.g. guidance_end (PATH+guidance-end=F)
                 **images,
             )

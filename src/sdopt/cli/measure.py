@@ -21,7 +21,7 @@ def _optimize(args: argparse.Namespace) -> int:
         prompts=read_prompts(args.prompts) if args.prompts else None,
         seeds=int_list(args.seeds, "--seeds") if args.seeds else None,
         steps=args.steps, height=args.height, width=args.width, guidance_scale=args.guidance,
-        scheduler=args.scheduler, runs=args.runs, device=args.device, rounds=args.rounds, worker_start=args.worker_start,
+        scheduler=args.scheduler, eta=args.eta, runs=args.runs, device=args.device, rounds=args.rounds, worker_start=args.worker_start,
         init_image=args.init_image, mask_image=args.mask, strength=args.strength,
     )
     floor = Floor(**{k: v for k, v in (("min_psnr", args.min_psnr), ("min_adherence", args.min_adherence),
@@ -75,7 +75,7 @@ def _bench(args: argparse.Namespace) -> int:
     for profile in profiles or [None]:
         settings = BenchSettings.resolve(
             profile, prompts=prompts, seeds=seeds, steps=args.steps, height=args.height, width=args.width, guidance_scale=args.guidance,
-            warmup=args.warmup, runs=args.runs, max_seconds=args.max_seconds, scheduler=args.scheduler, device=args.device, judge=args.judge,
+            warmup=args.warmup, runs=args.runs, max_seconds=args.max_seconds, scheduler=args.scheduler, eta=args.eta, device=args.device, judge=args.judge,
             rounds=args.rounds, worker_start=args.worker_start, init_image=args.init_image, mask_image=args.mask, strength=args.strength,
         )
         artifacts, reference = args.artifacts, args.reference
@@ -179,6 +179,7 @@ def add_bench(sub) -> None:
     p.add_argument("--width", type=int)
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the profile's, else 7.5)")
     p.add_argument("--scheduler")
+    p.add_argument("--eta", type=float, default=None, help="ddim and tcd: the fresh noise each step adds, 0 to 1 (default 0)")
     p.add_argument("--warmup", type=int, help="warm-up generate calls before measuring")
     p.add_argument("--runs", type=int, help="measured passes over all prompts and seeds")
     p.add_argument("--rounds", type=int, default=None, metavar="K",
@@ -215,6 +216,7 @@ def add_optimize(sub) -> None:
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--guidance", type=float, default=None)
     p.add_argument("--scheduler", default=None)
+    p.add_argument("--eta", type=float, default=None, help="ddim and tcd: the fresh noise each step adds, 0 to 1 (default 0)")
     p.add_argument("--runs", type=int, default=None, help="timed runs per candidate (default 3)")
     p.add_argument("--rounds", type=int, default=None, metavar="K",
                    help="bench every candidate K times, the order rotating, and join the samples (sdopt bench --rounds; default 1)")
