@@ -117,6 +117,10 @@ def _cluster_note(report: dict) -> str:
     return f"- ran on Ray {c.get('ray_version')} ({len(c.get('nodes', []))} node(s) in the cluster); each job asked for {asked}: {where or 'no job ran'}"
 
 
+def _eta_note(req: dict) -> str:
+    return f" (eta {req['eta']:g})" if req.get("eta") is not None else ""
+
+
 def _image_note(req: dict) -> str:
     """img2img or inpainting requests: on what, and how much of the schedule ran."""
     if not req.get("init_image"):
@@ -144,7 +148,7 @@ def markdown(report: dict) -> str:
         f"- software: sdopt {report['sdopt_version']} (commit {str(machine.get('git_commit'))[:12]}), "
         + ", ".join(f"{k} {v}" for k, v in machine.get("libraries", {}).items()),
         f"- request: {len(req['prompts'])} prompt(s) × seeds {req['seeds']}, {req['steps']} steps, {req['height']}×{req['width']}, "
-        f"guidance {req['guidance_scale']}, scheduler {req['scheduler']}{_image_note(req)}; {report['settings']['runs']} run(s) after {report['settings']['warmup']} warm-up"
+        f"guidance {req['guidance_scale']}, scheduler {req['scheduler']}{_eta_note(req)}{_image_note(req)}; {report['settings']['runs']} run(s) after {report['settings']['warmup']} warm-up"
         + (f", in each of {report['settings']['rounds']} rounds (every artifact once per round, the order rotating)" if (report["settings"].get("rounds") or 1) > 1 else ""),
         *([_workers_note(report["settings"]["worker_start"])] if report["settings"].get("worker_start") else []),
         f"- reference: **{report['reference']}**; UNet {_fmt((report.get('unet_flops_per_call') or 0) / 1e9)} GFLOP per call",
