@@ -1,4 +1,4 @@
-"""Shared fixtures: one tiny synthetic checkpoint per test session."""
+"""Shared fixtures: the synthetic checkpoints, their exports and a bench, built once per test run (for every xdist process)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import fcntl
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -25,7 +26,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import sdopt  # noqa: E402,F401  before any test module imports a backend: its guards (sdopt/_offline.py) then cover them
 
 
-def built_once(tmp_path_factory, name: str, build) -> "Path":  # noqa: F821
+def built_once(tmp_path_factory, name: str, build) -> Path:
     """The folder `build(folder)` fills, built once per test run. Under pytest-xdist every worker process has a
     session of its own, and each built the same checkpoints, exports and bench (the bench alone 25-35 s on CI's
     2 cores): here the first worker to ask builds it under a lock, the others wait for it and read it. What is
