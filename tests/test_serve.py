@@ -207,7 +207,8 @@ def test_the_servers_request_defaults_serve_what_a_request_does_not_say(tiny_pip
         assert last("native") == (4, 2.0, "ddim")
         assert httpx.post(url + "/sdapi/v1/txt2img", json={"prompt": "x", "width": 64, "height": 64}, timeout=60).status_code == 200
         assert last("a1111") == (50, 7.0, "euler")  # AUTOMATIC1111's defaults: its sampler_index "Euler"
-        assert 'id="steps" type="number" value="3" min="1" max="150"' in httpx.get(url + "/").text
+        page = httpx.get(url + "/").text  # the server's steps, the model's own size (the tiny model's 64)
+        assert 'id="steps" type="number" value="3" min="1" max="150"' in page and 'id="width" type="number" value="64"' in page
     from sdopt.serve.settings import ServeSettings
 
     for bad, message in (({"steps": 0}, "--steps 0: must be an integer from 1 to --max-steps"), ({"steps": 40, "max_steps": 30}, "--max-steps (30)"),

@@ -98,7 +98,8 @@ def create_app(worker: Worker, settings: ServeSettings, model_name: str, replica
     def index() -> HTMLResponse:
         # The page is static HTML with no data in it; the API calls it makes carry the credentials.
         text = page
-        for key, value in {"MODEL": html.escape(model_name), "AUTH": "1" if settings.needs_auth else "0", "STEPS": settings.steps, "MAX_STEPS": settings.max_steps}.items():
+        for key, value in {"MODEL": html.escape(model_name), "AUTH": "1" if settings.needs_auth else "0", "STEPS": settings.steps, "MAX_STEPS": settings.max_steps,
+                           "SIDE": default_size(worker.pipeline)}.items():
             text = text.replace("{{%s}}" % key, str(value))
         return HTMLResponse(text)
 
