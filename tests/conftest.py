@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import fcntl
 import json
 import os
 import shutil
@@ -35,6 +34,8 @@ def built_once(tmp_path_factory, name: str, build) -> Path:
         folder = tmp_path_factory.mktemp(name)
         build(folder)
         return folder
+    import fcntl  # POSIX: pytest-xdist's processes on Linux and macOS
+
     shared = tmp_path_factory.getbasetemp().parent / "shared"  # the workers' base folders share this parent
     shared.mkdir(exist_ok=True)
     folder, done = shared / name, shared / f"{name}.done"
