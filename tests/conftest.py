@@ -101,9 +101,10 @@ SLOW_FIXTURES = {"bench_report", "quantized", "tiny_ov", "tiny_ov_bf16_static"}
 
 # The order `make test` hands whole test files to its two processes (--dist loadfile --no-loadscope-reorder takes
 # collection order): the longest first (seconds each on CI's 2 cores, 2026-12-05), the short ones filling in, so
-# both processes finish together, and test_ray last. Its Ray jobs run beside each other with every core each:
-# measured beside the longest files its cluster test took 97 s and the file 200 s, beside the short ones at the
-# end 50 s and 100 s (16 s alone). In xdist's own order (most tests first) one process waited 40 s for the other.
+# both processes finish together, and test_ray last: its Ray jobs run beside each other, each on every core, and
+# beside the longest files its cluster test took 97 s and the file 200 s, beside the short ones at the end 50 s
+# and 100 s (16 s alone; measured before OMP_NUM_THREADS above, which brought it to ~20 s in the suite). In
+# xdist's own order (most tests first) one process waited 40 s for the other.
 LONGEST_FIRST = ("test_families", "test_quant", "test_bench", "test_img2img", "test_optimize", "test_openvino", "test_guarantees",
                  "test_forkserver", "test_lcm", "test_serve", "test_stepcache", "test_tiny_decoder", "test_onnx", "test_lora")
 LAST = ("test_ray",)
