@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from sdopt.serve import jobs as J
-from sdopt.serve.submission import cache_interval_field, default_size, guidance_end_field, random_seed, submit
+from sdopt.serve.submission import cache_interval_field, default_size, guidance_end_field, random_seed, submit, with_server_defaults
 from sdopt.serve.images import decode_image, encode_png
 from sdopt.serve.worker import FINISHED_KEPT
 
@@ -82,9 +82,8 @@ def spec_from(request: Request, body: JobRequest) -> J.JobSpec:
     side = default_size(request.app.state.worker.pipeline)
     return J.JobSpec(
         prompt=body.prompt, negative_prompt=body.negative_prompt, seed=random_seed() if body.seed is None else body.seed,
-        n=body.n, steps=body.steps or settings.steps, guidance_scale=settings.guidance_scale if body.guidance_scale is None else body.guidance_scale,
-        width=body.width or side, height=body.height or side, scheduler=body.scheduler or settings.scheduler, eta=body.eta, init_image=init, mask_image=mask, strength=body.strength, cache_interval=body.cache_interval,
-        guidance_end=body.guidance_end,
+        n=body.n, width=body.width or side, height=body.height or side, eta=body.eta, init_image=init, mask_image=mask, strength=body.strength,
+        cache_interval=body.cache_interval, guidance_end=body.guidance_end, **with_server_defaults(settings, body.steps, body.guidance_scale, body.scheduler),
     )
 
 

@@ -25,7 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sdopt.serve import jobs as J
 from sdopt.serve.errors import RequestError
-from sdopt.serve.submission import LEVER_NAMES, cache_interval_field, default_size, failure_status, guidance_end_field, random_seed, submit, wait
+from sdopt.serve.submission import (LEVER_NAMES, cache_interval_field, default_size, failure_status, guidance_end_field, random_seed, submit, wait,
+                                    with_server_defaults)
 from sdopt.request import MAX_GUIDANCE, MAX_SEED
 from sdopt.serve.images import encode_png, has_alpha, read_image
 
@@ -51,13 +52,6 @@ class ImageGeneration(BaseModel):
 
 OPENAI_NAMES = {"num_images": "n", "width": "size", "height": "size", "seed": "sdopt_seed", "steps": "sdopt_steps",
                 "guidance_scale": "sdopt_guidance_scale", **LEVER_NAMES}
-
-
-def _server_defaults(request: Request, steps: int | None, guidance_scale: float | None) -> dict[str, Any]:
-    """What OpenAI's API has no fields for: the request's sdopt_ fields, else the server's (sdopt serve --steps, --guidance, --scheduler)."""
-    settings = request.app.state.settings
-    return {"steps": steps or settings.steps, "guidance_scale": settings.guidance_scale if guidance_scale is None else guidance_scale,
-            "scheduler": settings.scheduler}
 
 
 def _size(text: str | None, side: int) -> tuple[int, int]:
@@ -90,7 +84,7 @@ async def generations(request: Request, body: ImageGeneration) -> dict[str, Any]
     width, height = _size(body.size, default_size(request.app.state.worker.pipeline))
     spec = J.JobSpec(prompt=body.prompt, seed=body.sdopt_seed if body.sdopt_seed is not None else random_seed(), n=body.n or 1,
                      width=width, height=height, cache_interval=body.sdopt_cache_interval, guidance_end=body.sdopt_guidance_end,
-                     **_server_defaults(request, body.sdopt_steps, body.sdopt_guidance_scale))
+                     **with_server_defaults(request.app.state.settings, body.sdopt_steps, body.sdopt_guidance_scale))
     return await _answer(request, spec, OPENAI_NAMES)
 
 
@@ -198,8 +192,8 @@ async def edits(request: Request) -> dict[str, Any]:
                      strength=strength if strength is not None else MASKED_STRENGTH if mask is not None else WHOLE_IMAGE_STRENGTH,
                      cache_interval=_number(form, "sdopt_cache_interval", int, low=1),
                      guidance_end=_number(form, "sdopt_guidance_end", float, high=1, above=0),
-                     **_server_defaults(request, _number(form, "sdopt_steps", int, low=1),
-                                        _number(form, "sdopt_guidance_scale", float, low=0, high=MAX_GUIDANCE)))
+                     **with_server_defaults(request.app.state.settings, _number(form, "sdopt_steps", int, low=1),
+                                            _number(form, "sdopt_guidance_scale", float, low=0, high=MAX_GUIDANCE)))
     return await _answer(request, spec, EDIT_NAMES)
 
 

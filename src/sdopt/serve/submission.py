@@ -55,6 +55,14 @@ def check_spec(spec: J.JobSpec, settings: ServeSettings, pipeline: Any, names: d
         raise RequestError(name("seed" if field == "seeds" else field), str(exc)) from None
 
 
+def with_server_defaults(settings: ServeSettings, steps: int | None = None, guidance_scale: float | None = None,
+                         scheduler: str | None = None) -> dict[str, Any]:
+    """A request's steps, guidance scale and scheduler: its own where it gave them, else the server's
+    (sdopt serve --steps, --guidance, --scheduler; what OpenAI's requests, which have no such fields, always get)."""
+    return {"steps": steps or settings.steps, "guidance_scale": settings.guidance_scale if guidance_scale is None else guidance_scale,
+            "scheduler": scheduler or settings.scheduler}
+
+
 def default_size(pipeline: Any) -> int:
     """The side the model was trained at (UNet sample size x VAE factor): 512 for SD 1.5, 64 for the tiny and shapes models."""
     model = getattr(getattr(pipeline, "manifest", None), "model", None) or {}
