@@ -197,8 +197,9 @@ def test_the_servers_request_defaults_serve_what_a_request_does_not_say(tiny_pip
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
         client.images.generate(prompt="a cross", size="64x64")
         assert last("openai") == (3, 0.0, "euler")
-        client.images.generate(prompt="a cross", size="64x64", extra_body={"sdopt_steps": 2, "sdopt_guidance_scale": 5.0})
+        client.images.generate(prompt="a cross", size="64x64", extra_body={"sdopt_steps": 2, "sdopt_guidance_scale": 5.0, "sdopt_negative_prompt": "blur"})
         assert last("openai") == (2, 5.0, "euler")
+        assert [job.spec.negative_prompt for job in app.state.worker.jobs.values() if job.api == "openai"] == ["", "blur"]
         with pytest.raises(openai.UnprocessableEntityError, match="sdopt_steps"):
             client.images.generate(prompt="a cross", size="64x64", extra_body={"sdopt_steps": 151})  # over --max-steps
         httpx.post(url + "/v1/jobs", json={"prompt": "x", "width": 64, "height": 64}).raise_for_status()

@@ -9,7 +9,7 @@ An edit is inpainting where OpenAI's mask is fully transparent (alpha 0) — the
 mask's, or the image's own when no mask is sent, as OpenAI reads it — and
 img2img of the whole image when nothing is transparent. sdopt's own fields
 (the SDK sends them with ``extra_body``): ``sdopt_seed``, ``sdopt_strength``
-(edits), ``sdopt_cache_interval``, ``sdopt_guidance_end``, ``sdopt_steps`` and
+(edits), ``sdopt_negative_prompt``, ``sdopt_cache_interval``, ``sdopt_guidance_end``, ``sdopt_steps`` and
 ``sdopt_guidance_scale`` (by default the server's: ``sdopt serve --steps/--guidance``;
 it serves its ``--scheduler``).
 """
@@ -47,11 +47,12 @@ class ImageGeneration(BaseModel):
     sdopt_guidance_end: float | None = guidance_end_field()
     sdopt_seed: int | None = Field(None, ge=0, le=MAX_SEED, description="the first image's seed (the n images take seed, seed+1, ...); None: random")
     sdopt_steps: int | None = Field(None, ge=1, description="None: the server's default (sdopt serve --steps)")
+    sdopt_negative_prompt: str = Field("", max_length=32_000, description="what the image should not show (classifier-free guidance's other prompt)")
     sdopt_guidance_scale: float | None = Field(None, ge=0, le=MAX_GUIDANCE, description="None: the server's default (sdopt serve --guidance)")
 
 
 OPENAI_NAMES = {"num_images": "n", "width": "size", "height": "size", "seed": "sdopt_seed", "steps": "sdopt_steps",
-                "guidance_scale": "sdopt_guidance_scale", **LEVER_NAMES}
+                "guidance_scale": "sdopt_guidance_scale", "negative_prompt": "sdopt_negative_prompt", **LEVER_NAMES}
 
 
 def _size(text: str | None, side: int) -> tuple[int, int]:
@@ -82,7 +83,8 @@ async def _answer(request: Request, spec: J.JobSpec, names: dict[str, str]) -> d
 async def generations(request: Request, body: ImageGeneration) -> dict[str, Any]:
     _check_model_and_format(request, body.model, body.response_format)
     width, height = _size(body.size, default_size(request.app.state.worker.pipeline))
-    spec = J.JobSpec(prompt=body.prompt, seed=body.sdopt_seed if body.sdopt_seed is not None else random_seed(), n=body.n or 1,
+    spec = J.JobSpec(prompt=body.prompt, negative_prompt=body.sdopt_negative_prompt, n=body.n or 1,
+                     seed=body.sdopt_seed if body.sdopt_seed is not None else random_seed(),
                      width=width, height=height, cache_interval=body.sdopt_cache_interval, guidance_end=body.sdopt_guidance_end,
                      **with_server_defaults(request.app.state.settings, body.sdopt_steps, body.sdopt_guidance_scale))
     return await _answer(request, spec, OPENAI_NAMES)
@@ -108,6 +110,7 @@ EDIT_FORM = {
         "sdopt_cache_interval": {"type": "integer", "minimum": 1},
         "sdopt_guidance_end": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
         "sdopt_steps": {"type": "integer", "minimum": 1, "description": "default: the server's (sdopt serve --steps)"},
+        "sdopt_negative_prompt": {"type": "string", "maxLength": 32000},
         "sdopt_guidance_scale": {"type": "number", "minimum": 0, "maximum": MAX_GUIDANCE, "description": "default: the server's (sdopt serve --guidance)"},
     },
 }
@@ -172,8 +175,10 @@ async def edits(request: Request) -> dict[str, Any]:
     prompt = form.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise RequestError("prompt", "give the prompt: what the edited image shows")
-    if len(prompt) > 32_000:
-        raise RequestError("prompt", "the prompt is longer than 32000 characters")
+    negative = form.get("sdopt_negative_prompt") or ""
+    for name, text in (("prompt", prompt), ("sdopt_negative_prompt", negative)):
+        if not isinstance(text, str) or len(text) > 32_000:
+            raise RequestError(name, f"{name} must be text of at most 32000 characters")
     model, response_format = form.get("model"), form.get("response_format")
     _check_model_and_format(request, model if isinstance(model, str) else None, response_format if isinstance(response_format, str) else None)
     image = await _file(form, ("image", "image[]"), settings)
@@ -187,7 +192,7 @@ async def edits(request: Request) -> dict[str, Any]:
         width, height = _size(size, 0)
     strength = _number(form, "sdopt_strength", float, high=1, above=0)
     seed = _number(form, "sdopt_seed", int, low=0, high=MAX_SEED)
-    spec = J.JobSpec(prompt=prompt, seed=seed if seed is not None else random_seed(), n=_number(form, "n", int, low=1, high=10) or 1,
+    spec = J.JobSpec(prompt=prompt, negative_prompt=negative, seed=seed if seed is not None else random_seed(), n=_number(form, "n", int, low=1, high=10) or 1,
                      width=width, height=height, init_image=image.convert("RGB"), mask_image=mask,
                      strength=strength if strength is not None else MASKED_STRENGTH if mask is not None else WHOLE_IMAGE_STRENGTH,
                      cache_interval=_number(form, "sdopt_cache_interval", int, low=1),
