@@ -65,8 +65,8 @@ def sdxl_pipeline(sdxl_tiny):
 
 @pytest.mark.parametrize(
     "scheduler, negative, images",
-    [("euler", None, 1), ("ddim", "blurry, low quality", 2), ("dpmpp_2m", None, 2)],
-    ids=["euler-zero-negatives", "ddim-negative-prompt", "dpmpp-two-images"],
+    [("euler", None, 1), ("ddim", "blurry, low quality", 2), ("dpmpp_2m", None, 2), ("euler", "", 1)],
+    ids=["euler-zero-negatives", "ddim-negative-prompt", "dpmpp-two-images", "euler-empty-negative-encoded"],
 )
 def test_sdxl_matches_diffusers(sdxl_pipeline, sdxl_diffusers, scheduler, negative, images):
     """No negative prompt: SDXL base conditions the unguided half on zeros (force_zeros_for_empty_prompt);
@@ -84,6 +84,7 @@ def test_sdxl_manifest_and_conditioning(sdxl_tiny, sdxl_pipeline):
     assert text["encoder_hidden_states"].shape == (2, 77, 64)  # both encoders' 32 wide, concatenated
     assert text["text_embeds"].shape == (2, 32)
     assert not text["encoder_hidden_states"][0].any() and text["encoder_hidden_states"][1].any()  # zeros for no negative
+    assert sdxl_pipeline.encode_prompts(GenerateRequest(**SMALL, negative_prompt=""))["encoder_hidden_states"][0].any()  # "" is encoded
     assert text["time_ids"].tolist() == [[64, 64, 0, 0, 64, 64]] * 2
 
 

@@ -249,6 +249,17 @@ def test_a1111_reports_ignored_fields_and_honours_force_task_id(tiny_pipeline):
 
 
 # --- batching ---------------------------------------------------------------------------
+def test_a_job_without_a_negative_prompt_never_shares_a_call_with_one_that_has_it():
+    """SDXL base conditions a call with no negative prompt on zeros and encodes "" in a call where any row has one:
+    so the two kinds of job batch apart, and a call of jobs that gave none passes none."""
+    from sdopt.serve.jobs import JobSpec, generate_request
+
+    plain, other, negative = JobSpec(prompt="x"), JobSpec(prompt="z"), JobSpec(prompt="y", negative_prompt="blurry")
+    assert plain.batch_key() == other.batch_key() != negative.batch_key()
+    assert generate_request([plain, other]).negative_prompt is None
+    assert generate_request([negative]).negative_prompt == ["blurry"]
+
+
 def test_batched_images_equal_the_images_made_alone(tiny_pipeline):
     """Three users' requests share one generate call; each gets the image its request gets alone."""
     from sdopt.request import GenerateRequest

@@ -4,9 +4,9 @@ As Diffusers' StableDiffusionXLPipeline.encode_prompt does (the parity test
 holds the loop to it): each text encoder's penultimate hidden state, the two
 concatenated on the feature axis; the second encoder's projected pooled output
 as ``text_embeds``; ``time_ids`` = original size + crop top-left + target size
-(the request's size, no crop). When no negative prompt is given and the model
-says ``force_zeros_for_empty_prompt`` (SDXL base does), the negative rows are
-zeros rather than the encoding of "".
+(the request's size, no crop). When no negative prompt is given (None) and the
+model says ``force_zeros_for_empty_prompt`` (SDXL base does), the negative rows
+are zeros rather than the encoding of ""; a "" given is encoded, as in Diffusers.
 
 img2img and inpainting (a 4-channel UNet) start and blend as SD 1.x's do
 (runtime/conditioning.py): Diffusers' StableDiffusionXLImg2ImgPipeline and
@@ -43,7 +43,8 @@ def conditioning(outputs: list[dict[str, Any]], request, model: dict[str, Any]) 
 
     hidden = np.concatenate([penultimate(o) for o in outputs], axis=-1)
     pooled = outputs[-1]["text_embeds"]
-    zeros = request.uses_guidance and model.get("force_zeros_for_empty_prompt", True) and not any(request.negative_prompts)
+    # Diffusers' rule: zeros for no negative prompt at all (None); "" is encoded like any text.
+    zeros = request.uses_guidance and model.get("force_zeros_for_empty_prompt", True) and request.negative_prompt is None
     rows = len(request.prompts) * request.num_images
     time_ids = np.array([[request.height, request.width, 0, 0, request.height, request.width]], dtype=np.float32)
     return {

@@ -44,8 +44,10 @@ class JobSpec:
 
     def batch_key(self) -> tuple:
         """Jobs with equal keys can share one generate call (each keeps its own prompt, seeds and init image)."""
+        # A job without a negative prompt never shares a call with one that has it: an SDXL call with any negative
+        # prompt encodes "" for the others, alone they get zeros.
         key = (self.width, self.height, self.steps, self.scheduler, self.eta, float(self.guidance_scale), self.cache_interval, self.guidance_end,
-               tuple(sorted((self.loras or {}).items())))
+               tuple(sorted((self.loras or {}).items())), bool(self.negative_prompt))
         if self.init_image is None:
             return ("text", *key)
         # img2img and inpainting share a call only with their own kind, at the same strength.
@@ -77,7 +79,8 @@ def generate_request(specs: list[JobSpec]):
         return [getattr(spec, name) for spec in specs for _ in range(spec.n)]
 
     return GenerateRequest(
-        prompt=prompts, negative_prompt=negatives, seed=first.seed, seeds=seeds, steps=first.steps,
+        # No job gave one: none at all (SDXL base then conditions on zeros; AUTOMATIC1111 does so for empty negatives).
+        prompt=prompts, negative_prompt=negatives if any(negatives) else None, seed=first.seed, seeds=seeds, steps=first.steps,
         guidance_scale=first.guidance_scale, height=first.height, width=first.width, scheduler=first.scheduler, eta=first.eta,
         init_image=per_row("init_image"), mask_image=per_row("mask_image"), strength=first.strength,
         cache_interval=first.cache_interval, guidance_end=first.guidance_end, loras=first.loras,
