@@ -402,7 +402,7 @@ def test_cli_bad_image_arguments(tiny_model, tmp_path, capsys, extra, message):
 
 
 def test_calibration_masks_are_drawn_from_the_seed():
-    from sdopt.quant.nncf import calibration_mask
+    from sdopt.quant.inpainting_calibration import calibration_mask
 
     masks = [np.array(calibration_mask(seed, 64, 48)) for seed in range(8)]
     assert all(m.shape == (64, 48) and set(np.unique(m)) <= {0, 255} for m in masks)
@@ -421,7 +421,7 @@ def test_an_inpainting_checkpoint_calibrates_int8_static_on_images_it_repaints(t
     pytest.importorskip("nncf")
     from sdopt.export.run import export
     from sdopt.manifest import read_manifest
-    from sdopt.quant.nncf import check_calibration_images
+    from sdopt.quant.inpainting_calibration import check_calibration_images
 
     source = tmp_path / "inpaint-ov"
     export(tiny_inpaint, "openvino", source, height=64, width=64, batch=1)

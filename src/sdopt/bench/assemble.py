@@ -247,7 +247,7 @@ def _calibrated_on_the_measured_image(entries: list[Entry], settings: BenchSetti
     if not settings.init_image:
         return []
     from sdopt.fsutil import sha256_file
-    from sdopt.quant import calibrated_on
+    from sdopt.quant.inpainting_calibration import calibrated_on
 
     digest = sha256_file(settings.init_image)
     return [f"{e.name}: its {', '.join(names)} calibrated on the image this bench repaints ({Path(settings.init_image).name}), so its "

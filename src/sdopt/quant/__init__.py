@@ -122,15 +122,3 @@ register_quantizer(
         description="NNCF on OpenVINO artifacts: weight compression (int8, int4, nf4) and int8 with calibrated activations",
     )
 )
-
-
-def calibrated_on(manifest, image_sha256: str) -> list[str]:
-    """The components of an artifact whose int8 calibration repainted the image with this sha256 (an inpainting
-    checkpoint's --calibration-images, as NNCF's recipe records them): judged on that image, their quality
-    is measured on what they were fitted to."""
-    found = []
-    for name, entry in manifest.components.items():
-        calibration = (entry.quantization or {}).get("calibration") or {}
-        if image_sha256 in (calibration.get("inpainting") or {}).get("sha256", ()):
-            found.append(name)
-    return found

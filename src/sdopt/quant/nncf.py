@@ -46,10 +46,10 @@ from sdopt.errors import SdoptError
 from sdopt.quant.schemes import OVERFLOW_FIXES
 from sdopt.prompts import read_prompts
 from sdopt.request import image_files
-from sdopt.fsutil import sha256_file
 from sdopt.manifest import ComponentEntry, Manifest, files_in
 from sdopt.quant import Plan, QuantizedComponents
 from sdopt.quant.engine import Engine
+from sdopt.quant.inpainting_calibration import INPAINTING_STRENGTH, calibration_mask, check_calibration_images, inpainting_record
 from sdopt.quant.schemes import Capability
 from sdopt.runtime.openvino import MODEL_FILE, model_file
 
@@ -228,6 +228,7 @@ class NncfEngine(Engine):
         calibration: dict[str, list[dict[str, np.ndarray]]] | None = None
         entries, notes = {}, []
         overflow_fix = choose_overflow_fix(options.overflow_fix) if plan.capability.calibrated else None
+        inpainting = inpainting_record(options.calibration_images) if options.calibration_images else None  # hashed once, for every recipe
         for name in plan.components:
             entry = manifest.components[name]
             model = core.read_model(source / model_file(entry.files, name))
@@ -244,10 +245,8 @@ class NncfEngine(Engine):
                     "schedulers": calibration_schedulers(prompts, wanted, name, options.calibration_schedulers),
                     "samples": len(calibration[name]),
                 }
-                if options.calibration_images:
-                    recipe["calibration"]["inpainting"] = {"images": [Path(p).name for p in options.calibration_images],
-                                                           "sha256": [sha256_file(p) for p in options.calibration_images],
-                                                           "masks": MASKS, "strength": INPAINTING_STRENGTH}
+                if inpainting is not None:
+                    recipe["calibration"]["inpainting"] = inpainting
             else:
                 # int8-static calibrates the UNet (and the VAE decoder when asked); the others get int8 weights, and say so.
                 applied = "int8" if plan.scheme == "int8-static" else plan.scheme
@@ -390,45 +389,6 @@ def records(name: str, scheduler: str | None, decoder_schedulers: tuple[str, ...
     if name == "vae_decoder":
         return scheduler is not None or decoder_schedulers is None
     return scheduler is None
-
-
-def check_calibration_images(source: Path, manifest: Manifest, images: tuple[str, ...] | None) -> None:
-    """An inpainting checkpoint calibrates on images it repaints; any other on its own generations from text."""
-    from sdopt.runtime.conditioning import is_inpainting
-
-    inpainting = is_inpainting(manifest, source)
-    if inpainting and images is None:
-        raise SdoptError("this is an inpainting checkpoint (its UNet reads the mask and the masked image): int8-static calibrates it "
-                         "repainting images, so give --calibration-images FOLDER (a few photos like the ones it will inpaint; "
-                         "sdopt draws the masks)")
-    if images is not None and not inpainting:
-        raise SdoptError("--calibration-images is for inpainting checkpoints: this one is calibrated on its own generations from "
-                         "the calibration prompts")
-    from sdopt.request import open_image
-
-    for path in images or ():
-        open_image(path, "--calibration-images")  # every file readable before any slow work
-
-
-def calibration_mask(seed: int, height: int, width: int):
-    """The mask a calibration run repaints (white) on an inpainting checkpoint, drawn from its seed: every
-    fourth run the whole image (SD's inpainting training masks everything a quarter of the time, so the
-    UNet sees its text-to-image case), else one to three rectangles, each a fifth to a half of each side."""
-    from PIL import Image, ImageDraw
-
-    rng = np.random.default_rng(seed)
-    mask = Image.new("L", (width, height), 255 if seed % 4 == 3 else 0)
-    if seed % 4 != 3:
-        draw = ImageDraw.Draw(mask)
-        for _ in range(int(rng.integers(1, 4))):
-            w, h = (int(side * rng.uniform(0.2, 0.5)) for side in (width, height))
-            x, y = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
-            draw.rectangle((x, y, x + w - 1, y + h - 1), fill=255)
-    return mask
-
-
-MASKS = "drawn from each run's seed: the whole image every fourth run, else 1-3 rectangles of 1/5-1/2 of each side"
-INPAINTING_STRENGTH = 1.0  # calibration repaints from pure noise: every noise level the UNet sees, as Diffusers' default
 
 
 def calibration_runs(prompts: tuple[str, ...] | list[str], names: list[str],
