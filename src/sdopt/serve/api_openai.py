@@ -31,12 +31,13 @@ from sdopt.request import MAX_GUIDANCE, MAX_SEED
 from sdopt.serve.images import encode_png, has_alpha, read_image
 
 router = APIRouter(tags=["openai"])
+MAX_PROMPT_CHARS = 32_000  # a prompt's and a negative prompt's length, on both endpoints
 
 
 class ImageGeneration(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    prompt: str = Field(max_length=32_000)
+    prompt: str = Field(max_length=MAX_PROMPT_CHARS)
     model: str | None = None
     n: int | None = Field(1, ge=1, le=10)
     size: str | None = Field("auto", description="WIDTHxHEIGHT, or auto: the model's own size (512x512 for SD 1.5)")
@@ -47,7 +48,7 @@ class ImageGeneration(BaseModel):
     sdopt_guidance_end: float | None = guidance_end_field()
     sdopt_seed: int | None = Field(None, ge=0, le=MAX_SEED, description="the first image's seed (the n images take seed, seed+1, ...); None: random")
     sdopt_steps: int | None = Field(None, ge=1, description="None: the server's default (sdopt serve --steps)")
-    sdopt_negative_prompt: str = Field("", max_length=32_000, description="what the image should not show (classifier-free guidance's other prompt)")
+    sdopt_negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="what the image should not show (classifier-free guidance's other prompt)")
     sdopt_guidance_scale: float | None = Field(None, ge=0, le=MAX_GUIDANCE, description="None: the server's default (sdopt serve --guidance)")
 
 
@@ -98,7 +99,7 @@ EDIT_FORM = {
         "image": {"type": "string", "format": "binary", "description": "the image to edit (PNG, JPEG, WebP); its fully transparent pixels are "
                   "the area to edit when no mask is sent"},
         "mask": {"type": "string", "format": "binary", "description": "a PNG the image's size whose fully transparent pixels (alpha 0) are the area to edit"},
-        "prompt": {"type": "string", "maxLength": 32000},
+        "prompt": {"type": "string", "maxLength": MAX_PROMPT_CHARS},
         "model": {"type": "string"},
         "n": {"type": "integer", "minimum": 1, "maximum": 10, "default": 1},
         "size": {"type": "string", "description": "WIDTHxHEIGHT, or auto (default): the image's size, rounded down to a multiple of 8"},
@@ -110,7 +111,7 @@ EDIT_FORM = {
         "sdopt_cache_interval": {"type": "integer", "minimum": 1},
         "sdopt_guidance_end": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
         "sdopt_steps": {"type": "integer", "minimum": 1, "description": "default: the server's (sdopt serve --steps)"},
-        "sdopt_negative_prompt": {"type": "string", "maxLength": 32000},
+        "sdopt_negative_prompt": {"type": "string", "maxLength": MAX_PROMPT_CHARS},
         "sdopt_guidance_scale": {"type": "number", "minimum": 0, "maximum": MAX_GUIDANCE, "description": "default: the server's (sdopt serve --guidance)"},
     },
 }
@@ -177,8 +178,8 @@ async def edits(request: Request) -> dict[str, Any]:
         raise RequestError("prompt", "give the prompt: what the edited image shows")
     negative = form.get("sdopt_negative_prompt") or ""
     for name, text in (("prompt", prompt), ("sdopt_negative_prompt", negative)):
-        if not isinstance(text, str) or len(text) > 32_000:
-            raise RequestError(name, f"{name} must be text of at most 32000 characters")
+        if not isinstance(text, str) or len(text) > MAX_PROMPT_CHARS:
+            raise RequestError(name, f"{name} must be text of at most {MAX_PROMPT_CHARS} characters")
     model, response_format = form.get("model"), form.get("response_format")
     _check_model_and_format(request, model if isinstance(model, str) else None, response_format if isinstance(response_format, str) else None)
     image = await _file(form, ("image", "image[]"), settings)
@@ -197,7 +198,7 @@ async def edits(request: Request) -> dict[str, Any]:
                      strength=strength if strength is not None else MASKED_STRENGTH if mask is not None else WHOLE_IMAGE_STRENGTH,
                      cache_interval=_number(form, "sdopt_cache_interval", int, low=1),
                      guidance_end=_number(form, "sdopt_guidance_end", float, high=1, above=0),
-                     **with_server_defaults(request.app.state.settings, _number(form, "sdopt_steps", int, low=1),
+                     **with_server_defaults(settings, _number(form, "sdopt_steps", int, low=1),
                                             _number(form, "sdopt_guidance_scale", float, low=0, high=MAX_GUIDANCE)))
     return await _answer(request, spec, EDIT_NAMES)
 

@@ -92,16 +92,16 @@ def create_app(worker: Worker, settings: ServeSettings, model_name: str, replica
     def metrics() -> PlainTextResponse:
         return PlainTextResponse(worker.metrics.render(), media_type="text/plain; version=0.0.4")
 
+    # The page is static HTML with no data in it (the API calls it makes carry the credentials), filled in once
+    # with what the server was started with.
     page = resources.files("sdopt.serve").joinpath("page.html").read_text(encoding="utf-8")
+    for key, value in {"MODEL": html.escape(model_name), "AUTH": "1" if settings.needs_auth else "0", "STEPS": settings.steps,
+                       "MAX_STEPS": settings.max_steps, "SIDE": default_size(worker.pipeline)}.items():
+        page = page.replace("{{%s}}" % key, str(value))
 
     @app.get("/", tags=["page"], response_class=HTMLResponse, include_in_schema=False)
     def index() -> HTMLResponse:
-        # The page is static HTML with no data in it; the API calls it makes carry the credentials.
-        text = page
-        for key, value in {"MODEL": html.escape(model_name), "AUTH": "1" if settings.needs_auth else "0", "STEPS": settings.steps, "MAX_STEPS": settings.max_steps,
-                           "SIDE": default_size(worker.pipeline)}.items():
-            text = text.replace("{{%s}}" % key, str(value))
-        return HTMLResponse(text)
+        return HTMLResponse(page)
 
     app.include_router(api_native.router, dependencies=[Depends(require_auth)])
     app.include_router(api_a1111.router, dependencies=[Depends(require_auth)])
