@@ -46,6 +46,12 @@ def add_lora_flag(p: argparse.ArgumentParser, what: str) -> None:
                    help=f"a LoRA (.safetensors, Diffusers or kohya format) {what}, at SCALE (default 1.0); repeatable")
 
 
+def add_eta_flag(p: argparse.ArgumentParser) -> None:
+    """--eta, as generate, bench and optimize take it (GenerateRequest.eta)."""
+    p.add_argument("--eta", type=float, default=None, metavar="E",
+                   help="ddim and tcd: the fresh noise each step adds, 0 to 1 (default 0: deterministic DDIM; TCD's authors suggest 0.3)")
+
+
 def lora_scales(items: list[str]) -> dict[str, float] | None:
     """--lora FILE[:SCALE] flags as a request's {file: scale}."""
     from sdopt.lora import parse_loras

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from sdopt.cli.common import output_paths, backend_of, add_lora_flag, lora_scales
+from sdopt.cli.common import output_paths, backend_of, add_eta_flag, add_lora_flag, lora_scales
 from sdopt.request import open_image
 from sdopt.errors import BrokenOutputError, SdoptError
 
@@ -97,8 +97,7 @@ def add_generate(sub) -> None:
     p.add_argument("--width", type=int, default=None, help="default 512, or the init image's width")
     p.add_argument("--num-images", type=int, default=1, help="images per prompt")
     p.add_argument("--scheduler", default=None, help=f"one of {', '.join(SCHEDULERS)} (default: the checkpoint's own)")
-    p.add_argument("--eta", type=float, default=None, metavar="E",
-                   help="ddim and tcd: the fresh noise each step adds, 0 to 1 (default 0: deterministic DDIM; TCD's authors suggest 0.3)")
+    add_eta_flag(p)
     p.add_argument("--init-image", default=None, metavar="PATH", help="img2img: start from this image (resized to --height/--width)")
     p.add_argument("--strength", type=float, default=None, help="img2img/inpaint: how much of the schedule repaints the image, (0, 1] (default 0.8)")
     p.add_argument("--mask", default=None, metavar="PATH", help="inpaint: white = repaint, black = keep; the init image's size (needs --init-image)")

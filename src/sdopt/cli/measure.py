@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from sdopt.cli.common import comma_list, int_list
+from sdopt.cli.common import add_eta_flag, comma_list, int_list
 from sdopt.errors import SdoptError
 
 
@@ -179,7 +179,7 @@ def add_bench(sub) -> None:
     p.add_argument("--width", type=int)
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the profile's, else 7.5)")
     p.add_argument("--scheduler")
-    p.add_argument("--eta", type=float, default=None, help="ddim and tcd: the fresh noise each step adds, 0 to 1 (default 0)")
+    add_eta_flag(p)
     p.add_argument("--warmup", type=int, help="warm-up generate calls before measuring")
     p.add_argument("--runs", type=int, help="measured passes over all prompts and seeds")
     p.add_argument("--rounds", type=int, default=None, metavar="K",
@@ -216,7 +216,7 @@ def add_optimize(sub) -> None:
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--guidance", type=float, default=None)
     p.add_argument("--scheduler", default=None)
-    p.add_argument("--eta", type=float, default=None, help="ddim and tcd: the fresh noise each step adds, 0 to 1 (default 0)")
+    add_eta_flag(p)
     p.add_argument("--runs", type=int, default=None, help="timed runs per candidate (default 3)")
     p.add_argument("--rounds", type=int, default=None, metavar="K",
                    help="bench every candidate K times, the order rotating, and join the samples (sdopt bench --rounds; default 1)")
