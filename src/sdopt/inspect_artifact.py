@@ -35,6 +35,11 @@ def describe(path: str | Path, verify: bool = True) -> dict[str, Any]:
         data["source"]["fingerprint"] = fingerprint_of(manifest.components) if manifest.inferred else None
     for name, comp in manifest.components.items():
         data["components"][name]["size_bytes"] = comp.size_bytes
+    from dataclasses import asdict
+
+    from sdopt.runtime.request_defaults import request_defaults
+
+    data["request_defaults"] = asdict(request_defaults(manifest.model, manifest.export))  # what generate and serve run by default
     return data
 
 
@@ -74,6 +79,11 @@ def format_description(d: dict[str, Any]) -> str:
     if export.get("guidance_end") is not None and export["guidance_end"] < 1:
         lines.append(f"default    truncated guidance: guided for the first {export['guidance_end']:.0%} of the steps "
                      "(a request's guidance_end overrides; 1 = every step)")
+    from sdopt.runtime.request_defaults import RequestDefaults
+
+    defaults = RequestDefaults(**d["request_defaults"])
+    if not defaults.is_sdopts:
+        lines.append(f"default    request: {defaults.describe()}; a request's steps and guidance override")
     lines.append("components")
     for name, c in d["components"].items():
         quant = c.get("quantization")

@@ -83,6 +83,16 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def is_valid_steps(value: Any, most: int = MAX_STEPS) -> bool:
+    """A step count sdopt runs: an integer from 1 to ``most`` (a server's --max-steps, or MAX_STEPS)."""
+    return _is_int(value) and 1 <= value <= most
+
+
+def is_valid_guidance(value: Any) -> bool:
+    """A classifier-free guidance scale sdopt runs: a finite number from 0 to MAX_GUIDANCE (1 or less: unguided)."""
+    return _is_number(value) and 0 <= value <= MAX_GUIDANCE
+
+
 def _is_pil_image(value: Any) -> bool:
     # A PIL image exists only once PIL.Image is imported, so this never imports it (`import sdopt` stays lean).
     module = sys.modules.get("PIL.Image")
@@ -194,7 +204,7 @@ class GenerateRequest:
                     f"{MIN_SIDE} and {MAX_SIDE} (for example 512)"
                 )
         g = self.guidance_scale
-        if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or not 0 <= g <= MAX_GUIDANCE:
+        if not is_valid_guidance(g):
             raise SdoptError(f"guidance_scale={g!r}: must be a finite number from 0 to {MAX_GUIDANCE:g} (7.5 is usual; 1 or less turns guidance off)")
         ci = self.cache_interval
         if ci is not None and (not _is_int(ci) or not 1 <= ci <= MAX_STEPS):

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from sdopt.cli.common import add_lora_flag, comma_list, exporter_names
+from sdopt.cli.common import add_lora_flag, add_request_default_flags, comma_list, exporter_names
 from sdopt.errors import SdoptError
 from sdopt.quant.schemes import OVERFLOW_FIXES
 from sdopt.rewrite import OPTIONAL_REWRITES
@@ -45,7 +45,8 @@ def _export(args: argparse.Namespace) -> int:
 
     # Unset flags are None, False or []; a 0 is a value (export refuses --deep-cache 0 itself).
     options = {k: v for k, v in vars(args).items() if k in EXPORT_OPTIONS and v is not None and v is not False and v != []}
-    export(args.model, args.to, args.output, precision=args.precision, force=args.force, loras=args.lora, progress=not args.quiet, **options)
+    export(args.model, args.to, args.output, precision=args.precision, force=args.force, loras=args.lora, progress=not args.quiet,
+           default_steps=args.default_steps, default_guidance=args.default_guidance, **options)
     print(format_description(describe(args.output)))
     return 0
 
@@ -75,7 +76,7 @@ def _quantize(args: argparse.Namespace) -> int:
         options["calibration_images"] = comma_list(args.calibration_images)
     manifest = quantize(args.model, args.scheme, args.output, backend=args.backend, components=components,
                         exclude=args.exclude, device=args.device, force=args.force, options=options, loras=args.lora,
-                        progress=not args.quiet)
+                        progress=not args.quiet, default_steps=args.default_steps, default_guidance=args.default_guidance)
     if args.backend is None:
         print(f"backend: {manifest.export['backend']} (the first supported for {args.scheme} on {args.device}; see --list)")
     print(format_description(describe(args.output)))
@@ -133,6 +134,7 @@ def add_export(sub) -> None:
                    help="also apply this optional exact rewrite (repeatable): transformer_channels_first keeps the UNet's transformers "
                         "in [B, C, H, W] with 1x1 convolutions for their linear layers — faster int8 on CPUs without VNNI (docs/optimize.md)")
     add_lora_flag(p, "fused into the weights before export (recorded in the manifest)")
+    add_request_default_flags(p)
     p.set_defaults(func=_export)
 
 
@@ -161,4 +163,5 @@ def add_quantize(sub) -> None:
                         "products cannot saturate on CPUs without VNNI/AMX (default auto: enable where this CPU lacks them, else first-layer)")
     p.add_argument("--list", action="store_true", help="print the backend x scheme x device capability table and exit")
     add_lora_flag(p, "fused into the weights before quantizing (PyTorch checkpoints; recorded in the manifest)")
+    add_request_default_flags(p)
     p.set_defaults(func=_quantize)

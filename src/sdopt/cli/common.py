@@ -52,6 +52,15 @@ def add_eta_flag(p: argparse.ArgumentParser) -> None:
                    help="ddim and tcd: the fresh noise each step adds, 0 to 1 (default 0: deterministic DDIM; TCD's authors suggest 0.3)")
 
 
+def add_request_default_flags(p: argparse.ArgumentParser) -> None:
+    """--default-steps and --default-guidance, as export and quantize record them (sdopt.runtime.request_defaults)."""
+    p.add_argument("--default-steps", type=int, default=None, metavar="N",
+                   help="the steps a request that does not say runs with this artifact, in sdopt generate and serve (a few-step "
+                        "model's: 1 for SD-Turbo; default: 4 for an LCM UNet, else 20)")
+    p.add_argument("--default-guidance", type=float, default=None, metavar="G",
+                   help="likewise the guidance scale (0 for a Turbo model, which runs unguided; default: 8.5 for an LCM UNet, else 7.5)")
+
+
 def lora_scales(items: list[str]) -> dict[str, float] | None:
     """--lora FILE[:SCALE] flags as a request's {file: scale}."""
     from sdopt.lora import parse_loras

@@ -12,7 +12,10 @@ from sdopt.errors import BrokenOutputError, SdoptError
 
 
 def _generate(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from sdopt.request import GenerateRequest
+    from sdopt.runtime.request_defaults import SDOPT_GUIDANCE, SDOPT_STEPS
 
     init_image, mask = open_image(args.init_image, "--init-image"), open_image(args.mask, "--mask")
     # Without --height/--width an init image keeps its size (down to a multiple of 8), as in Diffusers' img2img.
@@ -21,8 +24,9 @@ def _generate(args: argparse.Namespace) -> int:
         prompt=args.prompt if len(args.prompt) > 1 else args.prompt[0],
         negative_prompt=args.negative_prompt,
         seed=args.seed,
-        steps=args.steps,
-        guidance_scale=args.guidance,
+        # Unset: the model's own (sdopt.runtime.request_defaults), known once it is loaded; checked with sdopt's until then.
+        steps=SDOPT_STEPS if args.steps is None else args.steps,
+        guidance_scale=SDOPT_GUIDANCE if args.guidance is None else args.guidance,
         height=args.height if args.height is not None else height - height % 8,
         width=args.width if args.width is not None else width - width % 8,
         num_images=args.num_images,
@@ -60,6 +64,13 @@ def _generate(args: argparse.Namespace) -> int:
         **({"reshape": True} if args.reshape else {}),
         **({"deep_cache": True} if (args.cache_interval or 1) > 1 and backend_of(args.artifact) == "torch" else {}),
     )
+    defaults = pipe.request_defaults
+    taken = {k: getattr(defaults, k) for k, flag in (("steps", args.steps), ("guidance_scale", args.guidance)) if flag is None}
+    if taken and not defaults.is_sdopts:
+        request = dataclasses.replace(request, **taken)
+        if not args.quiet:
+            said = [f"{request.steps} step{'s' * (request.steps != 1)}" if "steps" in taken else "", f"guidance {request.guidance_scale:g}" if "guidance_scale" in taken else ""]
+            print(f"{' at '.join(x for x in said if x)}: {defaults.source} (--steps/--guidance to change)", file=sys.stderr)
     with tqdm(total=request.steps, desc="denoising", unit="step", file=sys.stderr, disable=args.quiet) as bar:
 
         def progress(done: int, total: int) -> None:
@@ -91,8 +102,10 @@ def add_generate(sub) -> None:
     p.add_argument("--prompt", "-p", required=True, action="append", help="the prompt (repeat for several)")
     p.add_argument("--negative-prompt", "-n", default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (<=1 turns it off)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="denoising steps (default: the model's, `sdopt inspect` shows them: 4 for an LCM UNet, what export --default-steps recorded, else 20)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale, <=1 turns it off (default: the model's: 8.5 for an LCM UNet, what export --default-guidance recorded, else 7.5)")
     p.add_argument("--height", type=int, default=None, help="default 512, or the init image's height")
     p.add_argument("--width", type=int, default=None, help="default 512, or the init image's width")
     p.add_argument("--num-images", type=int, default=1, help="images per prompt")

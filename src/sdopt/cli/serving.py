@@ -47,9 +47,11 @@ def add_serve(sub) -> None:
     p.add_argument("--job-timeout", type=float, default=600.0, help="seconds from submission to result (default 600)")
     p.add_argument("--max-pixels", type=int, default=1024 * 1024, help="largest width x height (default 1048576)")
     p.add_argument("--max-steps", type=int, default=150, help="most denoising steps a request may ask (default 150)")
-    p.add_argument("--steps", type=int, default=20, help="steps of a request that does not say: every OpenAI request, a native one without steps, "
-                   "the page (default 20; a Turbo, LCM or TCD model: 1-8). AUTOMATIC1111's API keeps its own default, 50")
-    p.add_argument("--guidance", type=float, default=7.5, help="guidance scale of a request that does not say, as --steps (default 7.5; Turbo: 0)")
+    p.add_argument("--steps", type=int, default=None, help="steps of a request that does not say: every OpenAI request, a native one without steps, "
+                   "the page (default: the model's, as `sdopt inspect` shows them: what export --default-steps recorded, 4 for an LCM UNet, "
+                   "else 20; a Turbo model: 1). AUTOMATIC1111's API keeps its own default, 50")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="guidance scale of a request that does not say, as --steps (default: the model's: 8.5 for an LCM UNet, else 7.5; Turbo: 0)")
     p.add_argument("--scheduler", default=None, help="scheduler of a request that does not name one, as --steps (default: the model's own)")
     p.add_argument("--max-images", type=int, default=8, help="most images one request may ask (default 8)")
     p.add_argument("--name", default=None, help="model name the APIs report (default: the artifact folder's name)")

@@ -191,16 +191,20 @@ def source_checkpoint(model: str | Path) -> tuple[Path, Manifest]:
 
 
 def export(model: str | Path, target: str, out: str | Path, precision: str = "fp32", force: bool = False,
-           loras: list | None = None, progress: bool = True, **options: Any) -> Manifest:
+           loras: list | None = None, progress: bool = True, default_steps: int | None = None,
+           default_guidance: float | None = None, **options: Any) -> Manifest:
     """Export ``model`` to ``target`` at ``out``. loras: FILE[:SCALE] strings (or LoraFiles) fused first;
-    progress: a bar per component on stderr."""
+    progress: a bar per component on stderr; default_steps/default_guidance: what a request that does not say
+    runs with this artifact (sdopt.runtime.request_defaults; a Turbo model's 1 step unguided)."""
     from sdopt.lora import manifest_fields, notes_of, parse_loras
+    from sdopt.runtime.request_defaults import record as defaults_record
 
     exporter = get_exporter(target)
     exporter.check_options(options, EXPORTERS)
+    defaults = defaults_record(default_steps, default_guidance)
     if options.get("rebuild"):  # a target's own artifact built again from what it keeps (TensorRT: its ONNX graphs)
         other = sorted(k for k, v in options.items() if v and k != "rebuild")
-        if other or loras or precision != "fp32":
+        if other or loras or defaults or precision != "fp32":
             raise SdoptError("--rebuild takes the shapes, precision and options the artifact's manifest records: give only the artifact, --to and -o")
         return exporter.implementation().rebuild(model, out, force=force)
     loras = parse_loras(loras)  # before any slow work: each file exists and is safetensors
@@ -232,7 +236,8 @@ def export(model: str | Path, target: str, out: str | Path, precision: str = "fp
             backend_versions=result.backend_versions,
             static_shapes=result.static_shapes,
             parity=result.parity,
-            export={"target": target, **result.export, **({"deep_cache": {"interval": interval}} if interval else {}), **manifest_fields(loras)},
+            export={"target": target, **result.export, **({"deep_cache": {"interval": interval}} if interval else {}), **manifest_fields(loras),
+                    **defaults},
             notes=[*result.notes, *notes_of(loras)],
         )
         manifest.write(tmp)

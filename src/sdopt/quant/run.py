@@ -43,12 +43,17 @@ def quantize(
     options: dict | None = None,
     loras: list | None = None,
     progress: bool = True,
+    default_steps: int | None = None,
+    default_guidance: float | None = None,
 ) -> Manifest:
     """Quantize a checkpoint's weights into a new artifact at ``out``; returns its manifest.
-    loras: FILE[:SCALE] strings (or LoraFiles) fused into the weights before quantizing (torch sources)."""
+    loras: FILE[:SCALE] strings (or LoraFiles) fused into the weights before quantizing (torch sources);
+    default_steps/default_guidance: as sdopt.export.run.export's (the source's, if it records them, otherwise)."""
     from sdopt.lora import manifest_fields, notes_of, parse_loras
+    from sdopt.runtime.request_defaults import RECORD, record as defaults_record
 
     check_scheme(scheme)
+    defaults = defaults_record(default_steps, default_guidance)
     loras = parse_loras(loras)
     if backend is not None:
         quantizer = get_quantizer(backend)
@@ -106,8 +111,10 @@ def quantize(
                 **({"options": plan.options} if plan.options else {}),
                 # What the source's graphs are stays true of the quantized ones: its step-feature caching
                 # default (Pipeline.default_cache_interval) and the exact rewrites traced into them; so does
-                # its truncated-guidance default (Pipeline.default_guidance_end).
-                **{key: manifest.export[key] for key in ("deep_cache", "rewrites", "guidance_end") if (manifest.export or {}).get(key)},
+                # its truncated-guidance default (Pipeline.default_guidance_end) and its request defaults, unless
+                # given again here.
+                **{key: manifest.export[key] for key in ("deep_cache", "rewrites", "guidance_end", RECORD) if (manifest.export or {}).get(key)},
+                **({RECORD: {**(manifest.export or {}).get(RECORD, {}), **defaults[RECORD]}} if defaults else {}),
             },
             notes=[*result.notes, *notes_of(loras)],
         )

@@ -31,6 +31,7 @@ from sdopt.runtime.executor import Component, close_all
 from sdopt.runtime.memory import track_peak
 from sdopt.runtime.noise import Noise
 from sdopt.runtime.output_checks import output_problems
+from sdopt.runtime.request_defaults import RequestDefaults, request_defaults
 from sdopt.runtime.schedulers import check_scheduler, make_scheduler, takes_eta
 from sdopt.stepcache.schedule import runs_whole
 
@@ -128,6 +129,12 @@ class Pipeline:
     def inpainting_unet(self) -> bool:
         """A 9-channel inpainting UNet (latents, mask, masked image): it takes inpainting requests only."""
         return self.unet_in_channels == conditioning.inpainting_channels(self.manifest.model)
+
+    @property
+    def request_defaults(self) -> RequestDefaults:
+        """The steps and guidance scale to run where the caller does not say (sdopt.runtime.request_defaults):
+        ``GenerateRequest(prompt, steps=pipe.request_defaults.steps, ...)``."""
+        return request_defaults(self.manifest.model, self.manifest.export)
 
     @property
     def default_cache_interval(self) -> int:

@@ -21,7 +21,7 @@ from sdopt.errors import SdoptError
 from sdopt.serve.auth import require_auth
 from sdopt.serve.settings import ServeSettings
 from sdopt.serve.errors import RequestError
-from sdopt.serve.submission import default_size
+from sdopt.serve.submission import default_size, with_model_defaults
 from sdopt.serve.worker import QueueFull, Worker
 
 def _openai_route(request: Request) -> bool:
@@ -42,6 +42,7 @@ def create_app(worker: Worker, settings: ServeSettings, model_name: str, replica
     from sdopt import __version__
     from sdopt.serve import api_a1111, api_native, api_openai
 
+    settings = with_model_defaults(settings, worker.pipeline)  # a request's steps and guidance where neither it nor sdopt serve says
     app = FastAPI(title="sdopt serve", version=__version__, description=f"Serving {model_name} with sdopt")
     app.state.worker, app.state.settings, app.state.model_name = worker, settings, model_name
     app.state.started, app.state.replica = time.time(), replica

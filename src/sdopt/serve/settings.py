@@ -24,11 +24,12 @@ class ServeSettings:
     name: str | None = None  # the model name the APIs report; default: the artifact folder's name
     lora_dir: str | None = None  # LoRAs a prompt may name as <lora:NAME:WEIGHT> (serve/loras.py)
     # What a request that does not say gets: every OpenAI request (its API has no such fields; sdopt_steps and
-    # sdopt_guidance_scale override), a native one without them, the page. A few-step model (Turbo, LCM, TCD)
-    # is served with its own (--steps 4 --guidance 0). AUTOMATIC1111's API keeps its own defaults (50 steps,
-    # cfg_scale 7), which its clients expect and mostly send.
-    steps: int = 20
-    guidance_scale: float = 7.5
+    # sdopt_guidance_scale override), a native one without them, the page. AUTOMATIC1111's API keeps its own
+    # defaults (50 steps, cfg_scale 7), which its clients expect and mostly send.
+    # None: the model's own (sdopt.runtime.request_defaults: what its artifact records, 4 at 8.5 for an LCM UNet,
+    # else 20 at 7.5), filled in when the app is built (serve/submission.py: with_model_defaults).
+    steps: int | None = None
+    guidance_scale: float | None = None
     scheduler: str | None = None  # None: the model's own
 
     def __post_init__(self):
@@ -36,13 +37,12 @@ class ServeSettings:
             value = getattr(self, field_name)
             if not isinstance(value, int) or value < 1:
                 raise SdoptError(f"--{field_name.replace('_', '-')} {value!r}: must be a positive integer")
-        if not isinstance(self.steps, int) or not 1 <= self.steps <= self.max_steps:
-            raise SdoptError(f"--steps {self.steps!r}: must be an integer from 1 to --max-steps ({self.max_steps})")
-        from sdopt.request import MAX_GUIDANCE
+        from sdopt.request import MAX_GUIDANCE, is_valid_guidance, is_valid_steps
         from sdopt.runtime.schedulers import check_scheduler
 
-        g = self.guidance_scale
-        if isinstance(g, bool) or not isinstance(g, (int, float)) or not 0 <= g <= MAX_GUIDANCE:
+        if self.steps is not None and not is_valid_steps(self.steps, self.max_steps):
+            raise SdoptError(f"--steps {self.steps!r}: must be an integer from 1 to --max-steps ({self.max_steps})")
+        if self.guidance_scale is not None and not is_valid_guidance(self.guidance_scale):
             raise SdoptError(f"--guidance {self.guidance_scale!r}: must be a number from 0 to {MAX_GUIDANCE:g} (1 or less turns guidance off)")
         check_scheduler(self.scheduler)
         if not self.job_timeout > 0:

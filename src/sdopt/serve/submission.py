@@ -63,6 +63,22 @@ def with_server_defaults(settings: ServeSettings, steps: int | None = None, guid
             "scheduler": scheduler or settings.scheduler}
 
 
+def with_model_defaults(settings: ServeSettings, pipeline: Any) -> ServeSettings:
+    """``settings`` with the steps and guidance scale sdopt serve was not given set to the model's own
+    (sdopt.runtime.request_defaults), the steps no more than --max-steps."""
+    import dataclasses
+
+    from sdopt.runtime.request_defaults import request_defaults
+
+    manifest = getattr(pipeline, "manifest", None)
+    defaults = request_defaults(getattr(manifest, "model", None) or {}, getattr(manifest, "export", None))
+    return dataclasses.replace(
+        settings,
+        steps=min(defaults.steps, settings.max_steps) if settings.steps is None else settings.steps,
+        guidance_scale=defaults.guidance_scale if settings.guidance_scale is None else settings.guidance_scale,
+    )
+
+
 def default_size(pipeline: Any) -> int:
     """The side the model was trained at (UNet sample size x VAE factor): 512 for SD 1.5, 64 for the tiny and shapes models."""
     model = getattr(getattr(pipeline, "manifest", None), "model", None) or {}

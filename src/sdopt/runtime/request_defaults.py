@@ -1,0 +1,68 @@
+"""The steps and guidance scale a request that does not say gets: the model's own, not one pair for every model.
+
+sdopt's general defaults (20 steps, guidance 7.5) run a few-step model far slower than it needs (an LCM wants 4
+steps, SD-Turbo 1) and burn a Turbo model's images (it was distilled to run unguided). Where the defaults come
+from, the first that applies:
+
+1. what the artifact records: ``sdopt export`` / ``sdopt quantize --default-steps N --default-guidance G``.
+   Nothing in a Turbo checkpoint's files says it is one, so its user says it once, at export;
+2. what the model's files say: an LCM-distilled UNet (``time_cond_proj_dim``) gets Diffusers'
+   ``LatentConsistencyModelPipeline`` defaults, 4 steps at guidance 8.5;
+3. sdopt's: 20 steps at guidance 7.5.
+
+``sdopt generate`` and ``sdopt serve`` (its OpenAI and native APIs and its page) use them where no flag or
+field says otherwise; a Python caller reads them from ``Pipeline.request_defaults``. GenerateRequest's own
+field defaults stay 20 and 7.5: a request is the same request whatever model it meets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sdopt.errors import SdoptError
+from sdopt.runtime import embedded_guidance
+
+RECORD = "request_defaults"  # the manifest's export key: {"steps": N, "guidance_scale": G}, either may be absent
+SDOPT_STEPS, SDOPT_GUIDANCE = 20, 7.5
+LCM_STEPS, LCM_GUIDANCE = 4, 8.5  # diffusers.LatentConsistencyModelPipeline.__call__'s defaults
+
+
+@dataclass(frozen=True)
+class RequestDefaults:
+    steps: int
+    guidance_scale: float
+    source: str  # where they come from, said to the user when they are not sdopt's
+
+    @property
+    def is_sdopts(self) -> bool:
+        return (self.steps, self.guidance_scale) == (SDOPT_STEPS, SDOPT_GUIDANCE)
+
+    def describe(self) -> str:
+        return f"{self.steps} step{'s' if self.steps != 1 else ''} at guidance {self.guidance_scale:g} ({self.source})"
+
+
+def record(steps: int | None, guidance_scale: float | None) -> dict[str, Any]:
+    """The manifest's export fields for ``--default-steps``/``--default-guidance`` (none when neither is given),
+    checked against the bounds a request has; the errors name the flags."""
+    from sdopt.request import MAX_GUIDANCE, MAX_STEPS, is_valid_guidance, is_valid_steps
+
+    if steps is not None and not is_valid_steps(steps):
+        raise SdoptError(f"--default-steps {steps!r}: must be an integer from 1 to {MAX_STEPS} (1 for SD-Turbo, 4 for an LCM)")
+    if guidance_scale is not None and not is_valid_guidance(guidance_scale):
+        raise SdoptError(f"--default-guidance {guidance_scale!r}: must be a number from 0 to {MAX_GUIDANCE:g} (0 for a Turbo model: unguided)")
+    chosen = {k: v for k, v in (("steps", steps), ("guidance_scale", None if guidance_scale is None else float(guidance_scale))) if v is not None}
+    return {RECORD: chosen} if chosen else {}
+
+
+def request_defaults(model: dict[str, Any], export: dict[str, Any] | None) -> RequestDefaults:
+    """The defaults for an artifact with these model facts and export record (Manifest.model, Manifest.export)."""
+    if embedded_guidance.embeds_guidance(model):
+        steps, guidance, source = LCM_STEPS, LCM_GUIDANCE, "an LCM-distilled UNet: Diffusers' LatentConsistencyModelPipeline defaults"
+    else:
+        steps, guidance, source = SDOPT_STEPS, SDOPT_GUIDANCE, "sdopt's defaults"
+    recorded = (export or {}).get(RECORD) or {}
+    if recorded:
+        steps, guidance = int(recorded.get("steps", steps)), float(recorded.get("guidance_scale", guidance))
+        source = "the artifact's, set at export (--default-steps/--default-guidance)"
+    return RequestDefaults(steps, guidance, source)
