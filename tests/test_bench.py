@@ -210,7 +210,7 @@ def test_a_profile_is_built_from_one_checkpoint_and_benched(tiny_model, tmp_path
     rebuilt = (work / "torch-int8" / "sdopt.json").stat().st_mtime_ns
     build_profile_artifacts(load_profile(str(profile)), tiny_model, work, 64, 64, "cpu", only=["torch-int8"])
     assert (work / "torch-int8" / "sdopt.json").stat().st_mtime_ns == rebuilt and (work / ".built" / "torch-int8.json").is_file()
-    assert main([*args, "--work", str(work), "--only", "nope", "-o", str(tmp_path / "r3")]) == 2
+    assert main([*args, "--work", str(work), "--only", "torch-fp32, nope", "-o", str(tmp_path / "r3")]) == 2
     assert "--only nope: profile tiny-cpu lists torch-fp32, torch-int8, torch-nf4-torchao" in capsys.readouterr().err
     assert main(["bench", str(tiny_model), "--build-from", str(tiny_model), "-o", str(tmp_path / "r4")]) == 2
 

@@ -51,6 +51,16 @@ def test_a_latent_consistency_model_matches_diffusers(tiny_lcm, guidance):
     assert np.abs(np.stack([np.asarray(im) for im in ours.images]).astype(int) - (ref_image * 255).round().astype(int)).max() <= 1
 
 
+def test_only_an_lcm_says_the_negative_prompt_is_unused(tiny_pipeline):
+    """An ordinary UNet uses the negative prompt: nothing is said of it (every request with one was told otherwise)."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = tiny_pipeline.generate(GenerateRequest(**{**SMALL, "steps": 1}, negative_prompt="blurry"))
+    assert not any("embeds guidance" in str(w.message) for w in caught) and not any("embeds guidance" in n for n in result.warnings)
+
+
 @pytest.mark.slow
 def test_exports_of_a_latent_consistency_model_agree_with_torch(tiny_lcm, tmp_path):
     """ONNX (dynamic) and OpenVINO (static, batch 1: the UNet's batch is not doubled, since it runs unguided) take

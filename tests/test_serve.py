@@ -281,6 +281,9 @@ def test_batched_images_equal_the_images_made_alone(tiny_pipeline):
         alone = tiny_pipeline.generate(GenerateRequest(prompt=spec.prompt, seeds=[spec.seed], seed=spec.seed, steps=4, height=64, width=64))
         diff = np.abs(np.asarray(job.images[0], dtype=np.int16) - np.asarray(alone.images[0], dtype=np.int16))
         assert diff.max() <= 1, f"{spec.prompt}: batched differs from alone by {diff.max()} levels"
+        # Each image's parameters are its own row's, not the batch's (sdopt.infotext)
+        assert job.images[0].info["parameters"] == alone.images[0].info["parameters"]
+        assert job.images[0].info["parameters"].startswith(spec.prompt + "\n") and f"Seed: {spec.seed}," in job.images[0].info["parameters"]
 
 
 @pytest.mark.parametrize("with_mask", [False, True], ids=["img2img", "inpaint"])

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from sdopt.cli.common import output_paths, backend_of, add_eta_flag, add_lora_flag, lora_scales
+from sdopt.infotext import png_info
 from sdopt.request import open_image
 from sdopt.errors import BrokenOutputError, SdoptError
 
@@ -86,7 +87,7 @@ def _generate(args: argparse.Namespace) -> int:
     paths[0].parent.mkdir(parents=True, exist_ok=True)
     for image, path in zip(result.images, paths):
         try:
-            image.save(path)
+            image.save(path, pnginfo=png_info(image))  # its parameters, as AUTOMATIC1111 writes them
         except OSError as exc:  # the disk filled up, or the path changed meanwhile
             raise SdoptError(f"cannot write {path}: {exc.strerror or exc}") from exc
         print(path)

@@ -82,7 +82,7 @@ def _bench(args: argparse.Namespace) -> int:
         if args.build_from:
             from sdopt.bench.build import build_profile_artifacts
 
-            only = [n for n in args.only.split(",") if n] if args.only else None
+            only = comma_list(args.only) if args.only else None
             work = Path(args.work) / profile.name if len(profiles) > 1 else Path(args.work)
             built = build_profile_artifacts(profile, args.build_from, work, settings.height, settings.width, settings.device, only, say,
                                             progress=not args.quiet)

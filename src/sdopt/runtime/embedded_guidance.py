@@ -47,7 +47,8 @@ def unguided(request):
     return dataclasses.replace(request, guidance_scale=1.0)
 
 
-def notices(request) -> list[str]:
-    if request.negative_prompt not in (None, "", []) and any(request.negative_prompts):
+def notices(request, model: dict[str, Any]) -> list[str]:
+    """What the loop says of a request on a UNet with these model facts: a negative prompt an LCM cannot use."""
+    if embeds_guidance(model) and request.negative_prompt not in (None, "", []) and any(request.negative_prompts):
         return ["this UNet embeds guidance (a latent consistency model): it runs on the prompt alone, so the negative prompt is not used"]
     return []

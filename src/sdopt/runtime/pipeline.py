@@ -32,6 +32,8 @@ from sdopt.runtime.memory import track_peak
 from sdopt.runtime.noise import Noise
 from sdopt.runtime.output_checks import output_problems
 from sdopt.runtime.request_defaults import RequestDefaults, request_defaults
+from sdopt import infotext
+from sdopt.runtime import schedulers
 from sdopt.runtime.schedulers import check_scheduler, make_scheduler, takes_eta
 from sdopt.stepcache.schedule import runs_whole
 
@@ -191,7 +193,7 @@ class Pipeline:
         if embeds_guidance:  # an LCM-distilled UNet: guidance is its input, one pass per step
             request = embedded_guidance.unguided(asked)
         scheduler = make_scheduler(request.scheduler, self.scheduler_config)
-        notices = (self.truncated_prompts(request) + conditioning.resize_notices(request) + embedded_guidance.notices(asked)
+        notices = (self.truncated_prompts(request) + conditioning.resize_notices(request) + embedded_guidance.notices(asked, model)
                    + _eta_notices(request, scheduler))
         for notice in notices:
             warnings.warn(notice, UserWarning, stacklevel=2)
@@ -261,9 +263,28 @@ class Pipeline:
             timings.vae_decoder = time.perf_counter() - start
             images = to_images(decoded)
             timings.total = time.perf_counter() - begin
+        for index, image in enumerate(images):  # how each was made, written into its PNG (sdopt.infotext)
+            image.info[infotext.KEY] = self.parameters(asked, index)
 
         return GenerateResult(images=images, latents=final, timings=timings, memory=dict(memory), request=asked,
                               problems=output_problems(images, final), warnings=notices)
+
+    @functools.cached_property
+    def default_scheduler_name(self) -> str | None:
+        """The sdopt name of the checkpoint's own scheduler (None when no name builds it alike)."""
+        return schedulers.name_of(self.scheduler_config)
+
+    def parameters(self, request: GenerateRequest, index: int) -> str:
+        """Image ``index`` of ``request``'s result, as AUTOMATIC1111 writes generation parameters (sdopt.infotext)."""
+        from sdopt import __version__
+
+        name = request.scheduler or self.default_scheduler_name
+        manifest = self.manifest
+        return infotext.image_parameters(
+            request, index, sampler=schedulers.A1111_SAMPLERS.get(name) if name else None,
+            model=self.folder.name if self.folder is not None else None, model_hash=None if manifest.inferred else manifest.artifact_id[:10],
+            backend=f"{manifest.backend} {self.precision}", cache_interval=self.cache_interval(request),
+            guidance_end=self.guidance_end(request), version=__version__)
 
     def run_settings(self) -> dict[str, Any]:
         """What each component runs with, as its backend reports it (OpenVINO's compiled-model properties,

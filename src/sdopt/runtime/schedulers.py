@@ -33,6 +33,23 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
+# What AUTOMATIC1111 calls each: (its sampler name, its schedule type where it is not "Automatic"). Its API takes
+# these names (sdopt.serve.api_a1111) and its PNG parameters say them (sdopt.infotext).
+A1111_SAMPLERS: dict[str, tuple[str, str | None]] = {
+    "euler": ("Euler", None),
+    "euler_a": ("Euler a", None),
+    "ddim": ("DDIM", None),
+    "dpmpp_2m": ("DPM++ 2M", None),
+    "dpmpp_2m_karras": ("DPM++ 2M", "Karras"),
+    "pndm": ("PLMS", None),
+    "lms": ("LMS", None),
+    "heun": ("Heun", None),
+    "unipc": ("UniPC", None),
+    "lcm": ("LCM", None),
+    "tcd": ("TCD", None),  # as Forge and SD.Next name it
+}
+
+
 def check_scheduler(name: str | None) -> None:
     if name is not None and name not in SCHEDULERS:
         raise SdoptError(f"unknown scheduler '{name}'; known schedulers: {', '.join(SCHEDULERS)}")
@@ -63,6 +80,16 @@ def scheduler_class(name: str | None, config: dict[str, Any] | None = None):
     if cls is None:
         raise SdoptError(f"the checkpoint's scheduler class {cls_name} is not in this diffusers version")
     return cls
+
+
+def name_of(config: dict[str, Any]) -> str | None:
+    """The sdopt name that builds the same scheduler as the checkpoint's own (its class, with the same config), so
+    that a request naming it makes the same images; None when no name does (a DPM++ config of another order)."""
+    own = make_scheduler(None, config)
+    for name, (cls_name, _) in SCHEDULERS.items():
+        if cls_name == type(own).__name__ and dict(make_scheduler(name, config).config) == dict(own.config):
+            return name
+    return None
 
 
 def takes_eta(scheduler) -> bool:

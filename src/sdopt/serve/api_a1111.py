@@ -23,6 +23,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from sdopt.runtime.schedulers import A1111_SAMPLERS
 from sdopt.serve import jobs as J
 from sdopt.serve.errors import RequestError
 from sdopt.serve.submission import LEVER_NAMES, cache_interval_field, failure_status, guidance_end_field, random_seed, submit, wait
@@ -31,20 +32,9 @@ from sdopt.serve.images import decode_image, encode_png
 router = APIRouter(tags=["automatic1111"])
 
 # AUTOMATIC1111 sampler names -> sdopt scheduler names (sdopt's own names are accepted too).
-SAMPLERS = {
-    "Euler": "euler",
-    "Euler a": "euler_a",
-    "DDIM": "ddim",
-    "DPM++ 2M": "dpmpp_2m",
-    "PLMS": "pndm",
-    "LMS": "lms",
-    "Heun": "heun",
-    "UniPC": "unipc",
-    "LCM": "lcm",
-    "TCD": "tcd",  # as Forge and SD.Next name it
-}
+SAMPLERS = {a1111: ours for ours, (a1111, schedule) in A1111_SAMPLERS.items() if schedule is None}
 # AUTOMATIC1111's separate "scheduler" (noise schedule) field; only Karras changes a sampler here.
-KARRAS = {"dpmpp_2m": "dpmpp_2m_karras"}
+KARRAS = {SAMPLERS[a1111]: ours for ours, (a1111, schedule) in A1111_SAMPLERS.items() if schedule == "Karras"}
 A1111_NAMES = {"guidance_scale": "cfg_scale", "num_images": "batch_size", "scheduler": "sampler_name", "strength": "denoising_strength", "mask_image": "mask",
                "init_image": "init_images", **LEVER_NAMES}
 
@@ -214,6 +204,33 @@ def _eta(body: _Processing, scheduler: str | None) -> float | None:
     return body.eta if scheduler is None or takes_eta(scheduler_class(scheduler)) else None
 
 
+# Infotext keys (sdopt.infotext) -> the request fields they fill, with the type each field takes.
+_INFOTEXT_FIELDS = {
+    "Prompt": ("prompt", str), "Negative prompt": ("negative_prompt", str), "Steps": ("steps", int),
+    "Sampler": ("sampler_name", str), "Schedule type": ("scheduler", str), "CFG scale": ("cfg_scale", float),
+    "Seed": ("seed", int), "Size-1": ("width", int), "Size-2": ("height", int), "Denoising strength": ("denoising_strength", float),
+    "Eta": ("eta", float), "Cache interval": ("sdopt_cache_interval", int), "Guidance end": ("sdopt_guidance_end", float),
+}
+
+
+def apply_infotext(body: _Processing) -> None:
+    """AUTOMATIC1111's ``infotext`` field: the generation parameters of an image (what its PNGs carry) fill every field
+    the request does not set itself, so an image sdopt or AUTOMATIC1111 made can be asked for again."""
+    if not body.infotext:
+        return
+    from sdopt.infotext import parse_parameters
+
+    given = set(body.model_fields_set)
+    for key, value in parse_parameters(body.infotext).items():
+        name, kind = _INFOTEXT_FIELDS.get(key, (None, None))
+        if name is None or name in given or value == "":
+            continue
+        try:
+            setattr(body, name, kind(value))
+        except ValueError:
+            raise RequestError("infotext", f"infotext: {key}: {value!r} is not a {kind.__name__}") from None
+
+
 def _spec(request: Request, body: _Processing, init=None, mask=None, strength: float = 0.8) -> J.JobSpec:
     seed = body.seed if body.seed is not None and body.seed >= 0 else random_seed()
     n = (body.batch_size or 1) * (body.n_iter or 1)
@@ -278,6 +295,7 @@ def _info(request: Request, job: J.Job, spec: J.JobSpec, body: _Processing, inte
 
 @router.post("/sdapi/v1/txt2img", response_model=ImagesResponse)
 async def txt2img(request: Request, body: Txt2ImgRequest) -> dict[str, Any]:
+    apply_infotext(body)
     return await _run(request, body, _spec(request, body))
 
 
@@ -303,6 +321,7 @@ def _mask(request: Request, body: Img2ImgRequest, size: tuple[int, int]):
 @router.post("/sdapi/v1/img2img", response_model=ImagesResponse)
 async def img2img(request: Request, body: Img2ImgRequest) -> dict[str, Any]:
     settings = request.app.state.settings
+    apply_infotext(body)
     if not body.init_images:
         raise RequestError("init_images", "give one init image (base64 PNG or JPEG) in init_images")
     init = decode_image(body.init_images[0], "init_images", settings.max_image_bytes, settings.max_input_pixels).convert("RGB")
@@ -352,6 +371,23 @@ def interrupt(request: Request) -> dict[str, Any]:
 def skip(request: Request) -> dict[str, Any]:
     request.app.state.worker.interrupt()
     return {}
+
+
+class PngInfoRequest(BaseModel):
+    image: str = Field(description="base64 PNG (a data: prefix is accepted)")
+
+
+@router.post("/sdapi/v1/png-info")
+def png_info(request: Request, body: PngInfoRequest) -> dict[str, Any]:
+    """An image's generation parameters, as AUTOMATIC1111's PNG Info reads them: ``info`` the text, ``parameters`` its
+    keys and values, ``items`` the image's other text chunks."""
+    from sdopt.infotext import KEY, parse_parameters
+
+    settings = request.app.state.settings
+    image = decode_image(body.image, "image", settings.max_image_bytes, settings.max_input_pixels)
+    texts = {k: v for k, v in image.info.items() if isinstance(k, str) and isinstance(v, str)}
+    text = texts.pop(KEY, "")
+    return {"info": text, "items": texts, "parameters": parse_parameters(text) if text else {}}
 
 
 @router.get("/sdapi/v1/sd-models")

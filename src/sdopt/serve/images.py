@@ -62,8 +62,10 @@ def has_alpha(image) -> bool:
 
 def encode_png(image) -> str:
     """A PIL image -> base64 PNG, without a data: prefix (what AUTOMATIC1111 and OpenAI return)."""
+    from sdopt.infotext import png_info
+
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    image.save(buffer, format="PNG", pnginfo=png_info(image))  # its generation parameters, as AUTOMATIC1111's API sends them
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 

@@ -1,0 +1,128 @@
+"""An image's generation parameters as AUTOMATIC1111 writes them into its PNGs (the "parameters" text), and read back.
+
+Every image sdopt makes carries them (``image.info["parameters"]``, written as a PNG text chunk by ``sdopt
+generate`` and by every API of ``sdopt serve``), so a picture says how it was made: the prompt, the negative
+prompt, then one line of ``Key: value`` pairs::
+
+    a lighthouse at dawn
+    Negative prompt: blurry
+    Steps: 20, Sampler: Euler a, CFG scale: 7.5, Seed: 1, Size: 512x512, Model hash: 3f2a9c1b0d, Model: sd15, Backend: openvino bf16, Version: sdopt 0.1.0
+
+AUTOMATIC1111's PNG Info tab, SD.Next, image browsers and ``/sdapi/v1/png-info`` read it; a txt2img request whose
+``infotext`` is such a text takes its values for every field it does not set itself (AUTOMATIC1111's rule), so an
+image can be made again. sdopt's own levers use keys of their own (``Cache interval``, ``Guidance end``).
+An image of a batch drawn from one seed (``sdopt generate --num-images 2``) is made again only with its batch:
+``Batch size`` and ``Batch pos`` say so, as AUTOMATIC1111 writes them.
+
+Standard library only: ``import sdopt`` stays lean.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+KEY = "parameters"  # the PNG text chunk's key, AUTOMATIC1111's
+NEGATIVE = "Negative prompt: "
+# AUTOMATIC1111's modules/infotext_utils.py: a key, a colon, a value that is either JSON-quoted or runs to the next comma.
+_PAIR = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+_SIZE = re.compile(r"^(\d+)x(\d+)$")
+
+
+def _quote(value: Any) -> str:
+    """A value as AUTOMATIC1111 writes it: JSON-quoted when it holds a comma, a colon or a line break."""
+    text = str(value)
+    return json.dumps(text, ensure_ascii=False) if any(c in text for c in ",:\n\"") else text
+
+
+def _stem(path: str) -> str:
+    from pathlib import Path
+
+    return Path(path).stem
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
+
+
+def format_parameters(prompt: str, negative_prompt: str | None, pairs: dict[str, Any]) -> str:
+    """The text: the prompt, the negative prompt's line when there is one, the pairs whose value is not None."""
+    line = ", ".join(f"{key}: {_quote(value)}" for key, value in pairs.items() if value is not None)
+    return "\n".join([prompt, *([NEGATIVE + negative_prompt] if negative_prompt else []), line])
+
+
+def parse_parameters(text: str) -> dict[str, Any]:
+    """AUTOMATIC1111's parse_generation_parameters for what sdopt reads: {"Prompt", "Negative prompt", each key of the
+    last line (its values as strings, quotes removed), "Size-1"/"Size-2" for the width and height}."""
+    lines = text.strip().split("\n")
+    last = lines[-1] if lines else ""
+    found = _PAIR.findall(last)
+    if len(found) < 3:  # no parameter line: all of it is the prompt
+        found = []
+    else:
+        lines = lines[:-1]
+    prompt, negative, in_negative = [], [], False
+    for line in lines:
+        if line.startswith(NEGATIVE):
+            in_negative, line = True, line[len(NEGATIVE):]
+        (negative if in_negative else prompt).append(line)
+    out: dict[str, Any] = {"Prompt": "\n".join(prompt), "Negative prompt": "\n".join(negative)}
+    for key, value in found:
+        value = value.strip()
+        if len(value) > 1 and value[0] == '"' and value[-1] == '"':
+            try:
+                value = json.loads(value)
+            except ValueError:
+                pass
+        size = _SIZE.match(value) if key == "Size" else None
+        if size:
+            out["Size-1"], out["Size-2"] = size.group(1), size.group(2)
+        else:
+            out[key] = value
+    return out
+
+
+def png_info(image: Any):
+    """The PNG text chunks that carry an image's parameters (``image.info[KEY]``), for ``image.save(..., pnginfo=)``;
+    None when it has none. PIL writes no text chunk unless given one."""
+    text = getattr(image, "info", {}).get(KEY)
+    if not isinstance(text, str):
+        return None
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text(KEY, text)  # an iTXt chunk (UTF-8) where the text is not Latin-1, as AUTOMATIC1111's
+    return info
+
+
+def image_parameters(request: Any, index: int, *, sampler: tuple[str, str | None] | None, model: str | None, model_hash: str | None,
+                     backend: str, cache_interval: int = 1, guidance_end: float = 1.0, version: str = "") -> str:
+    """The text for image ``index`` of a GenerateRequest's result (prompt-major: prompt index // num_images).
+    sampler: (AUTOMATIC1111's sampler name, its schedule type or None); None when no name describes the scheduler
+    (a checkpoint's own scheduler that no sdopt name builds alike), said as sdopt's key "Scheduler"."""
+    row = index // request.num_images
+    seeds = request.seeds
+    image_to_image = request.init_image is not None
+    negative = request.negative_prompts[row] if request.negative_prompt is not None else None
+    pairs: dict[str, Any] = {
+        "Steps": request.steps,
+        "Sampler": sampler[0] if sampler else None,
+        "Schedule type": sampler[1] if sampler else None,
+        "Scheduler": None if sampler else "the checkpoint's own",
+        "CFG scale": _number(request.guidance_scale),
+        "Seed": seeds[index] if seeds else request.seed,
+        "Size": f"{request.width}x{request.height}",
+        "Batch size": None if seeds or request.batch_size == 1 else request.batch_size,
+        "Batch pos": None if seeds or request.batch_size == 1 else index,
+        "Denoising strength": _number(request.strength) if image_to_image else None,
+        "Eta": _number(request.eta) if request.eta is not None else None,
+        "Cache interval": cache_interval if cache_interval > 1 else None,
+        "Guidance end": _number(guidance_end) if guidance_end < 1 and request.guidance_scale > 1 else None,
+        "Loras": ", ".join(f"{_stem(f)}:{_number(w)}" for f, w in request.loras.items()) if request.loras else None,
+        "Model hash": model_hash,
+        "Model": model,
+        "Backend": backend,
+        "Version": f"sdopt {version}".strip(),
+    }
+    return format_parameters(request.prompts[row], negative, pairs)

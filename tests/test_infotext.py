@@ -1,0 +1,92 @@
+"""Every image carries its generation parameters as AUTOMATIC1111 writes them (sdopt.infotext): in the PNGs of
+sdopt generate and of sdopt serve, read back by /sdapi/v1/png-info, and enough to make the image again through
+AUTOMATIC1111's ``infotext`` request field."""
+
+import base64
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sdopt.cli import main
+from sdopt.infotext import format_parameters, parse_parameters
+
+# What AUTOMATIC1111 1.10 writes (its own keys, a prompt with commas and a weight in parentheses).
+A1111_TEXT = ("masterpiece, a (red:1.2) lighthouse at dawn\nNegative prompt: blurry, lowres\n"
+              "Steps: 28, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 6.5, Seed: 1234567, Size: 512x768, "
+              'Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Lora hashes: "detail: 0a1b2c3d4e5f", Version: v1.10.1')
+
+
+def test_parameters_read_as_automatic1111_reads_them():
+    parsed = parse_parameters(A1111_TEXT)
+    assert parsed["Prompt"] == "masterpiece, a (red:1.2) lighthouse at dawn" and parsed["Negative prompt"] == "blurry, lowres"
+    assert (parsed["Steps"], parsed["Sampler"], parsed["Schedule type"], parsed["CFG scale"], parsed["Seed"]) == ("28", "DPM++ 2M", "Karras", "6.5", "1234567")
+    assert (parsed["Size-1"], parsed["Size-2"], parsed["Lora hashes"]) == ("512", "768", "detail: 0a1b2c3d4e5f")
+    # Values with commas, colons, quotes and line breaks are JSON-quoted on the way out and back in one piece.
+    tricky = {"Steps": 4, "Model": 'my, "odd": model', "Loras": "a:0.5, b:1", "Unicode": "lumière"}
+    text = format_parameters("line one\nline two, with: colons", "no\nblur", tricky)
+    back = parse_parameters(text)
+    assert back["Prompt"] == "line one\nline two, with: colons" and back["Negative prompt"] == "no\nblur"
+    assert {k: back[k] for k in tricky} == {k: str(v) for k, v in tricky.items()}
+    assert parse_parameters("just a prompt, no parameters") == {"Prompt": "just a prompt, no parameters", "Negative prompt": ""}
+
+
+def test_generate_writes_the_parameters_into_the_png(tiny_model, tmp_path):
+    from sdopt.manifest import read_manifest
+
+    out = tmp_path / "cross.png"
+    prompt = "a cross, red: big"
+    assert main(["generate", str(tiny_model), "-p", prompt, "-n", "blurry", "--steps", "3", "--seed", "7", "--guidance", "6",
+                 "--height", "64", "--width", "64", "-q", "-o", str(out)]) == 0
+    parsed = parse_parameters(Image.open(out).info["parameters"])
+    assert parsed["Prompt"] == prompt and parsed["Negative prompt"] == "blurry"
+    assert (parsed["Steps"], parsed["CFG scale"], parsed["Seed"], parsed["Size-1"], parsed["Size-2"]) == ("3", "6", "7", "64", "64")
+    # The tiny model's own scheduler is SD 1.5's PNDM, which --scheduler pndm ("PLMS") builds alike.
+    assert parsed["Sampler"] == "PLMS" and "Scheduler" not in parsed
+    assert parsed["Model"] == tiny_model.name and parsed["Model hash"] == read_manifest(tiny_model).artifact_id[:10]
+    assert parsed["Backend"] == "torch fp32" and parsed["Version"].startswith("sdopt ")
+    # Two images of one seed: each says it is made again only with its batch.
+    assert main(["generate", str(tiny_model), "-p", "x", "--steps", "2", "--num-images", "2", "--scheduler", "dpmpp_2m_karras",
+                 "--height", "64", "--width", "64", "-q", "-o", str(tmp_path / "pair.png")]) == 0
+    second = parse_parameters(Image.open(tmp_path / "pair-1.png").info["parameters"])
+    assert (second["Batch size"], second["Batch pos"], second["Sampler"], second["Schedule type"]) == ("2", "1", "DPM++ 2M", "Karras")
+
+
+def _png(b64: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(b64)))
+
+
+def test_an_image_made_again_from_its_parameters(tiny_model, tiny_pipeline, tmp_path):
+    """sdopt generate's PNG -> /sdapi/v1/png-info -> a txt2img request with that infotext alone: the same pixels; a field
+    the request sets wins over the infotext's; the API's own PNGs carry their parameters."""
+    pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install 'sdopt[serve]'")
+    httpx = pytest.importorskip("httpx", reason="pip install 'sdopt[serve-test]'")
+    from serving import running_server
+
+    out = tmp_path / "made.png"
+    assert main(["generate", str(tiny_model), "-p", "a green square", "-n", "noise", "--steps", "3", "--seed", "5",
+                 "--scheduler", "euler_a", "--height", "64", "--width", "64", "-q", "-o", str(out)]) == 0
+    with running_server(tiny_pipeline) as (url, app):
+        info = httpx.post(url + "/sdapi/v1/png-info", json={"image": base64.b64encode(out.read_bytes()).decode()}).json()
+        assert info["parameters"]["Sampler"] == "Euler a" and info["parameters"]["Seed"] == "5" and info["info"].startswith("a green square\n")
+        again = httpx.post(url + "/sdapi/v1/txt2img", json={"infotext": info["info"]}, timeout=60).json()
+        image = _png(again["images"][0])
+        assert np.array_equal(np.asarray(image.convert("RGB")), np.asarray(Image.open(out).convert("RGB")))
+        assert json.loads(again["info"])["sdopt_ignored"] == []
+        assert parse_parameters(image.info["parameters"])["Seed"] == "5"  # the API's PNG says how it was made
+
+        spec = lambda: list(app.state.worker.jobs.values())[-1].spec  # noqa: E731
+        httpx.post(url + "/sdapi/v1/txt2img", json={"infotext": info["info"], "steps": 2, "seed": 9}, timeout=60).raise_for_status()
+        assert (spec().steps, spec().seed, spec().scheduler, spec().prompt) == (2, 9, "euler_a", "a green square")
+        bad = httpx.post(url + "/sdapi/v1/txt2img", json={"infotext": "x\nSteps: many, Sampler: Euler, Seed: 1"}, timeout=60)
+        assert bad.status_code == 422 and "infotext: Steps: 'many' is not a int" in bad.text
+        plain = httpx.post(url + "/sdapi/v1/png-info", json={"image": base64.b64encode(_plain_png()).decode()}).json()
+        assert plain == {"info": "", "items": {}, "parameters": {}}
+
+
+def _plain_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, format="PNG")
+    return buffer.getvalue()
