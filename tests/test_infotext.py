@@ -54,6 +54,40 @@ def test_generate_writes_the_parameters_into_the_png(tiny_model, tmp_path):
     assert (second["Batch size"], second["Batch pos"], second["Sampler"], second["Schedule type"]) == ("2", "1", "DPM++ 2M", "Karras")
 
 
+def test_generate_makes_an_image_again_from_its_png(tiny_model, tiny_onnx_artifact, tmp_path, capsys):
+    """sdopt generate --parameters-from PNG: the same pixels from the same artifact with no other flag; a flag given
+    wins; the ONNX artifact makes the same request (its own rounding); an image without parameters is refused."""
+    first = tmp_path / "first.png"
+    assert main(["generate", str(tiny_model), "-p", "a blue circle", "-n", "grey", "--steps", "3", "--seed", "11", "--guidance", "5",
+                 "--scheduler", "dpmpp_2m_karras", "--height", "64", "--width", "72", "-q", "-o", str(first)]) == 0
+    again = tmp_path / "again.png"
+    assert main(["generate", str(tiny_model), "--parameters-from", str(first), "-q", "-o", str(again)]) == 0
+    assert np.array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(first)))
+    assert Image.open(again).info["parameters"] == Image.open(first).info["parameters"]
+
+    other_seed = tmp_path / "seed12.png"
+    assert main(["generate", str(tiny_model), "--parameters-from", str(first), "--seed", "12", "-q", "-o", str(other_seed)]) == 0
+    changed = parse_parameters(Image.open(other_seed).info["parameters"])
+    assert (changed["Seed"], changed["Prompt"], changed["Sampler"], changed["Schedule type"], changed["Size-1"]) == ("12", "a blue circle", "DPM++ 2M", "Karras", "72")
+    assert not np.array_equal(np.asarray(Image.open(other_seed)), np.asarray(Image.open(first)))
+
+    onnx = tmp_path / "onnx.png"
+    assert main(["generate", str(tiny_onnx_artifact), "--parameters-from", str(first), "-q", "-o", str(onnx)]) == 0
+    theirs = parse_parameters(Image.open(onnx).info["parameters"])
+    assert theirs["Backend"].startswith("onnxruntime") and theirs["Model hash"] != parse_parameters(Image.open(first).info["parameters"])["Model hash"]
+    assert {k: theirs[k] for k in ("Prompt", "Negative prompt", "Steps", "Seed", "CFG scale", "Size-1", "Size-2", "Sampler")} == \
+        {k: changed[k] for k in ("Prompt", "Negative prompt", "Steps", "CFG scale", "Size-1", "Size-2", "Sampler")} | {"Seed": "11"}
+    diff = np.abs(np.asarray(Image.open(onnx), dtype=np.int16) - np.asarray(Image.open(first), dtype=np.int16)).max()
+    assert diff <= 2, f"ONNX Runtime's image differs from torch's by {diff} levels"
+
+    (tmp_path / "plain.png").write_bytes(_plain_png())
+    capsys.readouterr()
+    assert main(["generate", str(tiny_model), "--parameters-from", str(tmp_path / "plain.png"), "-o", str(tmp_path / "never.png")]) == 2
+    assert "carries no generation parameters" in capsys.readouterr().err and not (tmp_path / "never.png").exists()
+    assert main(["generate", str(tiny_model), "-o", str(tmp_path / "never.png")]) == 2
+    assert "give the prompt, --prompt TEXT" in capsys.readouterr().err
+
+
 def _png(b64: str) -> Image.Image:
     return Image.open(io.BytesIO(base64.b64decode(b64)))
 
@@ -81,7 +115,7 @@ def test_an_image_made_again_from_its_parameters(tiny_model, tiny_pipeline, tmp_
         httpx.post(url + "/sdapi/v1/txt2img", json={"infotext": info["info"], "steps": 2, "seed": 9}, timeout=60).raise_for_status()
         assert (spec().steps, spec().seed, spec().scheduler, spec().prompt) == (2, 9, "euler_a", "a green square")
         bad = httpx.post(url + "/sdapi/v1/txt2img", json={"infotext": "x\nSteps: many, Sampler: Euler, Seed: 1"}, timeout=60)
-        assert bad.status_code == 422 and "infotext: Steps: 'many' is not a int" in bad.text
+        assert bad.status_code == 422 and "infotext: Steps: 'many' is not an integer" in bad.text
         plain = httpx.post(url + "/sdapi/v1/png-info", json={"image": base64.b64encode(_plain_png()).decode()}).json()
         assert plain == {"info": "", "items": {}, "parameters": {}}
 

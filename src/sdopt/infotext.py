@@ -83,6 +83,53 @@ def parse_parameters(text: str) -> dict[str, Any]:
     return out
 
 
+# Keys of the parameters -> the GenerateRequest field each fills, and its type ("Sampler" and "Schedule type" make
+# its scheduler; "Batch size" its num_images, the images one seed drew together).
+FIELDS: dict[str, tuple[str, type]] = {
+    "Prompt": ("prompt", str), "Negative prompt": ("negative_prompt", str), "Steps": ("steps", int),
+    "CFG scale": ("guidance_scale", float), "Seed": ("seed", int), "Size-1": ("width", int), "Size-2": ("height", int),
+    "Denoising strength": ("strength", float), "Eta": ("eta", float), "Cache interval": ("cache_interval", int),
+    "Guidance end": ("guidance_end", float), "Batch size": ("num_images", int),
+}
+
+
+def request_fields(parsed: dict[str, Any]) -> dict[str, Any]:
+    """GenerateRequest's fields from parsed parameters (parse_parameters): typed, the sampler as sdopt's scheduler
+    name; an SdoptError naming the key for a value of the wrong type or a sampler sdopt does not have."""
+    from sdopt.errors import SdoptError
+
+    out: dict[str, Any] = {}
+    for key, (name, kind) in FIELDS.items():
+        value = parsed.get(key)
+        if value in (None, ""):
+            continue
+        try:
+            out[name] = kind(value)
+        except ValueError:
+            raise SdoptError(f"{key}: {value!r} is not {'an integer' if kind is int else 'a number'}") from None
+    if parsed.get("Sampler"):
+        from sdopt.runtime.schedulers import from_a1111
+
+        out["scheduler"] = from_a1111(parsed["Sampler"], parsed.get("Schedule type"))
+    return out
+
+
+def read_png_parameters(path: str) -> dict[str, Any]:
+    """GenerateRequest's fields from the parameters an image file carries (request_fields); an SdoptError naming
+    the file when it carries none or cannot be read."""
+    from sdopt.errors import SdoptError
+    from sdopt.request import open_image
+
+    image = open_image(path, "--parameters-from")
+    text = image.info.get(KEY)
+    if not isinstance(text, str) or not text.strip():
+        raise SdoptError(f"--parameters-from {path}: the image carries no generation parameters (the PNGs sdopt and AUTOMATIC1111 write do)")
+    try:
+        return request_fields(parse_parameters(text))
+    except SdoptError as exc:
+        raise SdoptError(f"--parameters-from {path}: {exc}") from None
+
+
 def png_info(image: Any):
     """The PNG text chunks that carry an image's parameters (``image.info[KEY]``), for ``image.save(..., pnginfo=)``;
     None when it has none. PIL writes no text chunk unless given one."""

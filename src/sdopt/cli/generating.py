@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from sdopt.cli.common import output_paths, backend_of, add_eta_flag, add_lora_flag, lora_scales
-from sdopt.infotext import png_info
+from sdopt.infotext import png_info, read_png_parameters
 from sdopt.request import open_image
 from sdopt.errors import BrokenOutputError, SdoptError
 
@@ -19,26 +19,29 @@ def _generate(args: argparse.Namespace) -> int:
     from sdopt.runtime.request_defaults import SDOPT_GUIDANCE, SDOPT_STEPS
 
     init_image, mask = open_image(args.init_image, "--init-image"), open_image(args.mask, "--mask")
-    # Without --height/--width an init image keeps its size (down to a multiple of 8), as in Diffusers' img2img.
+    flags = {
+        "prompt": (args.prompt if len(args.prompt) > 1 else args.prompt[0]) if args.prompt else None,
+        "negative_prompt": args.negative_prompt, "seed": args.seed, "steps": args.steps, "guidance_scale": args.guidance,
+        "height": args.height, "width": args.width, "num_images": args.num_images, "scheduler": args.scheduler, "eta": args.eta,
+        "strength": args.strength, "cache_interval": args.cache_interval, "guidance_end": args.guidance_end,
+    }
+    # An image's own parameters (the PNGs sdopt and AUTOMATIC1111 write carry them), then every flag given over them.
+    made_from = read_png_parameters(args.parameters_from) if args.parameters_from else {}
+    asked = {**made_from, **{k: v for k, v in flags.items() if v is not None}}
+    if "prompt" not in asked:
+        raise SdoptError("give the prompt, --prompt TEXT (or --parameters-from IMAGE.png to take an image's)")
+    # Without a size an init image keeps its own (down to a multiple of 8), as in Diffusers' img2img.
     width, height = init_image.size if init_image is not None else (512, 512)
     request = GenerateRequest(
-        prompt=args.prompt if len(args.prompt) > 1 else args.prompt[0],
-        negative_prompt=args.negative_prompt,
-        seed=args.seed,
+        **{k: v for k, v in asked.items() if k not in ("steps", "guidance_scale", "height", "width")},
         # Unset: the model's own (sdopt.runtime.request_defaults), known once it is loaded; checked with sdopt's until then.
-        steps=SDOPT_STEPS if args.steps is None else args.steps,
-        guidance_scale=SDOPT_GUIDANCE if args.guidance is None else args.guidance,
-        height=args.height if args.height is not None else height - height % 8,
-        width=args.width if args.width is not None else width - width % 8,
-        num_images=args.num_images,
-        scheduler=args.scheduler,
-        eta=args.eta,
+        steps=asked.get("steps", SDOPT_STEPS),
+        guidance_scale=asked.get("guidance_scale", SDOPT_GUIDANCE),
+        height=asked.get("height", height - height % 8),
+        width=asked.get("width", width - width % 8),
         init_image=init_image,
         mask_image=mask,
-        cache_interval=args.cache_interval,
-        guidance_end=args.guidance_end,
         loras=lora_scales(args.lora),
-        **({"strength": args.strength} if args.strength is not None else {}),
     ).validate()  # before the (slow) load, so a bad request fails at once
     from sdopt.runtime.schedulers import check_scheduler
 
@@ -66,7 +69,7 @@ def _generate(args: argparse.Namespace) -> int:
         **({"deep_cache": True} if (args.cache_interval or 1) > 1 and backend_of(args.artifact) == "torch" else {}),
     )
     defaults = pipe.request_defaults
-    taken = {k: getattr(defaults, k) for k, flag in (("steps", args.steps), ("guidance_scale", args.guidance)) if flag is None}
+    taken = {k: getattr(defaults, k) for k in ("steps", "guidance_scale") if k not in asked}
     if taken and not defaults.is_sdopts:
         request = dataclasses.replace(request, **taken)
         if not args.quiet:
@@ -100,16 +103,20 @@ def add_generate(sub) -> None:
 
     p = sub.add_parser("generate", help="generate images with any artifact")
     p.add_argument("artifact", help="artifact folder, Diffusers model folder, or hub id")
-    p.add_argument("--prompt", "-p", required=True, action="append", help="the prompt (repeat for several)")
+    p.add_argument("--prompt", "-p", action="append", help="the prompt (repeat for several)")
     p.add_argument("--negative-prompt", "-n", default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None, help="default 0")
+    p.add_argument("--parameters-from", default=None, metavar="IMAGE",
+                   help="make an image again: take the prompt, negative prompt, steps, sampler, guidance, seed, size (and strength, "
+                        "eta, sdopt's levers) from the generation parameters IMAGE carries (sdopt's and AUTOMATIC1111's PNGs do); "
+                        "every flag given wins over them (LoRAs are not taken: give --lora). With another artifact: the same request on another backend")
     p.add_argument("--steps", type=int, default=None,
                    help="denoising steps (default: the model's, `sdopt inspect` shows them: 4 for an LCM UNet, what export --default-steps recorded, else 20)")
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance scale, <=1 turns it off (default: the model's: 8.5 for an LCM UNet, what export --default-guidance recorded, else 7.5)")
     p.add_argument("--height", type=int, default=None, help="default 512, or the init image's height")
     p.add_argument("--width", type=int, default=None, help="default 512, or the init image's width")
-    p.add_argument("--num-images", type=int, default=1, help="images per prompt")
+    p.add_argument("--num-images", type=int, default=None, help="images per prompt (default 1)")
     p.add_argument("--scheduler", default=None, help=f"one of {', '.join(SCHEDULERS)} (default: the checkpoint's own)")
     add_eta_flag(p)
     p.add_argument("--init-image", default=None, metavar="PATH", help="img2img: start from this image (resized to --height/--width)")

@@ -33,8 +33,6 @@ router = APIRouter(tags=["automatic1111"])
 
 # AUTOMATIC1111 sampler names -> sdopt scheduler names (sdopt's own names are accepted too).
 SAMPLERS = {a1111: ours for ours, (a1111, schedule) in A1111_SAMPLERS.items() if schedule is None}
-# AUTOMATIC1111's separate "scheduler" (noise schedule) field; only Karras changes a sampler here.
-KARRAS = {SAMPLERS[a1111]: ours for ours, (a1111, schedule) in A1111_SAMPLERS.items() if schedule == "Karras"}
 A1111_NAMES = {"guidance_scale": "cfg_scale", "num_images": "batch_size", "scheduler": "sampler_name", "strength": "denoising_strength", "mask_image": "mask",
                "init_image": "init_images", **LEVER_NAMES}
 
@@ -135,7 +133,7 @@ class ImagesResponse(BaseModel):
 # Fields this server uses (or that change nothing here); any other field set away from
 # AUTOMATIC1111's default is reported as ignored.
 _USED = {
-    "prompt", "negative_prompt", "seed", "sampler_name", "sampler_index", "scheduler", "batch_size", "n_iter", "steps",
+    "prompt", "negative_prompt", "seed", "sampler_name", "sampler_index", "batch_size", "n_iter", "steps",
     "cfg_scale", "width", "height", "send_images", "save_images", "force_task_id", "do_not_save_samples",
     "do_not_save_grid", "override_settings_restore_afterwards", "disable_extra_networks", "comments", "infotext",
     "init_images", "mask", "denoising_strength", "inpainting_mask_invert", "mask_blur", "mask_blur_x", "mask_blur_y",
@@ -163,6 +161,10 @@ def ignored_fields(body: _Processing, scheduler: str | None) -> list[str]:
     for name in sorted(body.model_fields_set | set(body.model_extra or {})):
         if name in _USED or name in _EDIT_MODELS_ONLY:
             continue
+        if name == "scheduler":  # AUTOMATIC1111's schedule type: applied where sdopt has the variant (Karras for DPM++ 2M)
+            if (body.scheduler or "automatic").lower() != "automatic" and scheduler is not None and A1111_SAMPLERS.get(scheduler, ("", None))[1] is None:
+                out.append(name)
+            continue
         if name == "eta":  # only DDIM and ancestral samplers read it in AUTOMATIC1111 (DDIM and TCD here)
             if body.eta is not None and scheduler in _ETA_FIXED and body.eta != _ETA_FIXED[scheduler]:
                 out.append(name)
@@ -181,20 +183,16 @@ def ignored_fields(body: _Processing, scheduler: str | None) -> list[str]:
 
 
 def scheduler_for(body: _Processing) -> str | None:
-    from sdopt.runtime.schedulers import SCHEDULERS
+    from sdopt.errors import SdoptError
+    from sdopt.runtime.schedulers import from_a1111
 
     name = body.sampler_name or body.sampler_index
     if name in (None, ""):
         return None
-    if name.endswith(" Karras"):  # AUTOMATIC1111's older combined names, "DPM++ 2M Karras"
-        name, karras = name[: -len(" Karras")], True
-    else:
-        karras = (body.scheduler or "").lower() == "karras"
-    ours = SAMPLERS.get(name, name if name in SCHEDULERS else None)
-    if ours is None:
-        known = ", ".join(list(SAMPLERS) + [f"{k} (scheduler Karras)" for k in ("DPM++ 2M",)])
-        raise RequestError("sampler_name", f"sampler {name!r} is not available here; available: {known}")
-    return KARRAS.get(ours, ours) if karras else ours
+    try:
+        return from_a1111(name, body.scheduler)
+    except SdoptError as exc:
+        raise RequestError("sampler_name", str(exc)) from None
 
 
 def _eta(body: _Processing, scheduler: str | None) -> float | None:
@@ -204,31 +202,24 @@ def _eta(body: _Processing, scheduler: str | None) -> float | None:
     return body.eta if scheduler is None or takes_eta(scheduler_class(scheduler)) else None
 
 
-# Infotext keys (sdopt.infotext) -> the request fields they fill, with the type each field takes.
-_INFOTEXT_FIELDS = {
-    "Prompt": ("prompt", str), "Negative prompt": ("negative_prompt", str), "Steps": ("steps", int),
-    "Sampler": ("sampler_name", str), "Schedule type": ("scheduler", str), "CFG scale": ("cfg_scale", float),
-    "Seed": ("seed", int), "Size-1": ("width", int), "Size-2": ("height", int), "Denoising strength": ("denoising_strength", float),
-    "Eta": ("eta", float), "Cache interval": ("sdopt_cache_interval", int), "Guidance end": ("sdopt_guidance_end", float),
-}
-
-
 def apply_infotext(body: _Processing) -> None:
     """AUTOMATIC1111's ``infotext`` field: the generation parameters of an image (what its PNGs carry) fill every field
     the request does not set itself, so an image sdopt or AUTOMATIC1111 made can be asked for again."""
     if not body.infotext:
         return
-    from sdopt.infotext import parse_parameters
+    from sdopt.errors import SdoptError
+    from sdopt.infotext import parse_parameters, request_fields
 
+    try:
+        fields = request_fields(parse_parameters(body.infotext))
+    except SdoptError as exc:
+        raise RequestError("infotext", f"infotext: {exc}") from None
     given = set(body.model_fields_set)
-    for key, value in parse_parameters(body.infotext).items():
-        name, kind = _INFOTEXT_FIELDS.get(key, (None, None))
-        if name is None or name in given or value == "":
-            continue
-        try:
-            setattr(body, name, kind(value))
-        except ValueError:
-            raise RequestError("infotext", f"infotext: {key}: {value!r} is not a {kind.__name__}") from None
+    fields.pop("num_images", None)  # a batch drawn from one seed: this API draws each image from its own
+    for name, value in fields.items():
+        field = A1111_NAMES.get(name, name)  # the sampler as sdopt's name (with its schedule type), which sampler_name takes
+        if field not in given and field in type(body).model_fields:
+            setattr(body, field, value)
 
 
 def _spec(request: Request, body: _Processing, init=None, mask=None, strength: float = 0.8) -> J.JobSpec:
