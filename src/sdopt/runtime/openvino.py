@@ -240,6 +240,12 @@ class OpenVINOComponent:
         (it walks the runtime graph: ~45 ms for sd15's UNet)."""
         return computes_precision(self._compiled[0][1], self.runs)
 
+    def kernels(self) -> set[str]:
+        """The kernels OpenVINO chose, over every shape compiled: each runtime node's primitive type, which names the CPU
+        path that ran (``brgconv_avx512_I8``, ``jit_avx2_I8``); for a dynamic shape, known once it has run."""
+        return {node.get_rt_info()["primitiveType"].astype(str) for _, compiled, _ in self._compiled
+                for node in compiled.get_runtime_model().get_ops()}
+
     def _read(self) -> ov.Model:
         try:
             return self.core.read_model(self.path)
