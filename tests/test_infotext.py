@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 from sdopt.cli import main
 from sdopt.infotext import format_parameters, parse_parameters
@@ -80,6 +81,18 @@ def test_generate_makes_an_image_again_from_its_png(tiny_model, tiny_onnx_artifa
     diff = np.abs(np.asarray(Image.open(onnx), dtype=np.int16) - np.asarray(Image.open(first), dtype=np.int16)).max()
     assert diff <= 2, f"ONNX Runtime's image differs from torch's by {diff} levels"
 
+    # An AUTOMATIC1111 PNG: its request, and a warning for what the request does not take (its LoRAs, its clip skip).
+    a1111 = tmp_path / "a1111.png"
+    info = PngInfo()
+    info.add_text("parameters", A1111_TEXT.replace("Version:", "Clip skip: 2, Version:"))
+    Image.new("RGB", (8, 8)).save(a1111, pnginfo=info)
+    capsys.readouterr()
+    assert main(["generate", str(tiny_model), "--parameters-from", str(a1111), "--steps", "2", "--height", "64", "--width", "64",
+                 "-o", str(tmp_path / "from-a1111.png")]) == 0
+    assert "says Lora hashes, Clip skip, which this request does not take: the image will differ" in capsys.readouterr().err
+    made = parse_parameters(Image.open(tmp_path / "from-a1111.png").info["parameters"])
+    assert (made["Seed"], made["Sampler"], made["Schedule type"], made["CFG scale"], made["Steps"]) == ("1234567", "DPM++ 2M", "Karras", "6.5", "2")
+
     (tmp_path / "plain.png").write_bytes(_plain_png())
     capsys.readouterr()
     assert main(["generate", str(tiny_model), "--parameters-from", str(tmp_path / "plain.png"), "-o", str(tmp_path / "never.png")]) == 2
@@ -114,6 +127,10 @@ def test_an_image_made_again_from_its_parameters(tiny_model, tiny_pipeline, tmp_
         spec = lambda: list(app.state.worker.jobs.values())[-1].spec  # noqa: E731
         httpx.post(url + "/sdapi/v1/txt2img", json={"infotext": info["info"], "steps": 2, "seed": 9}, timeout=60).raise_for_status()
         assert (spec().steps, spec().seed, spec().scheduler, spec().prompt) == (2, 9, "euler_a", "a green square")
+        # An AUTOMATIC1111 image's parameters: what sdopt takes applies, what it does not is named.
+        answer = httpx.post(url + "/sdapi/v1/txt2img", json={"infotext": A1111_TEXT, "width": 64, "height": 64, "steps": 2}, timeout=60).json()
+        assert (spec().scheduler, spec().seed, spec().guidance_scale, spec().negative_prompt) == ("dpmpp_2m_karras", 1234567, 6.5, "blurry, lowres")
+        assert json.loads(answer["info"])["sdopt_ignored"] == ["infotext: Lora hashes"]
         bad = httpx.post(url + "/sdapi/v1/txt2img", json={"infotext": "x\nSteps: many, Sampler: Euler, Seed: 1"}, timeout=60)
         assert bad.status_code == 422 and "infotext: Steps: 'many' is not an integer" in bad.text
         plain = httpx.post(url + "/sdapi/v1/png-info", json={"image": base64.b64encode(_plain_png()).decode()}).json()

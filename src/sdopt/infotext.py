@@ -93,6 +93,17 @@ FIELDS: dict[str, tuple[str, type]] = {
 }
 
 
+# Keys that describe the image without changing what a request makes (the rest of a parameter line would change it).
+DESCRIPTIVE = {"Prompt", "Negative prompt", "Sampler", "Schedule type", "Scheduler", "Model", "Model hash", "Backend", "Version",
+               "Batch pos", "Size-1", "Size-2"}
+
+
+def unapplied(parsed: dict[str, Any]) -> list[str]:
+    """The keys of parsed parameters that would change the image but that a request made from them does not take
+    (AUTOMATIC1111's "Clip skip", "Hires upscale", "Variation seed", "RNG"; sdopt's "Loras", whose files it cannot know)."""
+    return [key for key in parsed if key not in FIELDS and key not in DESCRIPTIVE]
+
+
 def request_fields(parsed: dict[str, Any]) -> dict[str, Any]:
     """GenerateRequest's fields from parsed parameters (parse_parameters): typed, the sampler as sdopt's scheduler
     name; an SdoptError naming the key for a value of the wrong type or a sampler sdopt does not have."""
@@ -115,8 +126,8 @@ def request_fields(parsed: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_png_parameters(path: str) -> dict[str, Any]:
-    """GenerateRequest's fields from the parameters an image file carries (request_fields); an SdoptError naming
-    the file when it carries none or cannot be read."""
+    """The parameters an image file carries (parse_parameters); an SdoptError naming the file when it carries none
+    or cannot be read, or when they do not make a request (request_fields)."""
     from sdopt.errors import SdoptError
     from sdopt.request import open_image
 
@@ -124,10 +135,12 @@ def read_png_parameters(path: str) -> dict[str, Any]:
     text = image.info.get(KEY)
     if not isinstance(text, str) or not text.strip():
         raise SdoptError(f"--parameters-from {path}: the image carries no generation parameters (the PNGs sdopt and AUTOMATIC1111 write do)")
+    parsed = parse_parameters(text)
     try:
-        return request_fields(parse_parameters(text))
+        request_fields(parsed)
     except SdoptError as exc:
         raise SdoptError(f"--parameters-from {path}: {exc}") from None
+    return parsed
 
 
 def png_info(image: Any):

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from sdopt.cli.common import output_paths, backend_of, add_eta_flag, add_lora_flag, lora_scales
-from sdopt.infotext import png_info, read_png_parameters
+from sdopt.infotext import png_info, read_png_parameters, request_fields, unapplied
 from sdopt.request import open_image
 from sdopt.errors import BrokenOutputError, SdoptError
 
@@ -26,7 +26,13 @@ def _generate(args: argparse.Namespace) -> int:
         "strength": args.strength, "cache_interval": args.cache_interval, "guidance_end": args.guidance_end,
     }
     # An image's own parameters (the PNGs sdopt and AUTOMATIC1111 write carry them), then every flag given over them.
-    made_from = read_png_parameters(args.parameters_from) if args.parameters_from else {}
+    made_from = {}
+    if args.parameters_from:
+        parsed = read_png_parameters(args.parameters_from)
+        made_from = request_fields(parsed)
+        if unapplied(parsed) and not args.quiet:
+            print(f"warning: {args.parameters_from} says {', '.join(unapplied(parsed))}, which this request does not take: "
+                  "the image will differ" + (" (give the LoRAs with --lora)" if "Loras" in parsed else ""), file=sys.stderr)
     asked = {**made_from, **{k: v for k, v in flags.items() if v is not None}}
     if "prompt" not in asked:
         raise SdoptError("give the prompt, --prompt TEXT (or --parameters-from IMAGE.png to take an image's)")

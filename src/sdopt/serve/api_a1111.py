@@ -179,6 +179,10 @@ def ignored_fields(body: _Processing, scheduler: str | None) -> list[str]:
             if value == default or value in (None, "", [], {}, 0, False):
                 continue
         out.append(name)
+    if body.infotext:  # what the infotext says that no field here takes (AUTOMATIC1111's Clip skip, hires fix, RNG, ...)
+        from sdopt.infotext import parse_parameters, unapplied
+
+        out += [f"infotext: {key}" for key in unapplied(parse_parameters(body.infotext))]
     return out
 
 
@@ -210,8 +214,9 @@ def apply_infotext(body: _Processing) -> None:
     from sdopt.errors import SdoptError
     from sdopt.infotext import parse_parameters, request_fields
 
+    parsed = parse_parameters(body.infotext)
     try:
-        fields = request_fields(parse_parameters(body.infotext))
+        fields = request_fields(parsed)
     except SdoptError as exc:
         raise RequestError("infotext", f"infotext: {exc}") from None
     given = set(body.model_fields_set)
