@@ -250,8 +250,13 @@ def test_a1111_reports_ignored_fields_and_honours_force_task_id(tiny_pipeline):
         assert json.loads(response.json()["info"])["denoising_strength"] == 0.75
         names = [s["name"] for s in httpx.get(url + "/sdapi/v1/samplers").json()]
         assert "Euler a" in names and "DPM++ 2M" in names
-        assert httpx.get(url + "/sdapi/v1/sd-models").json()[0]["model_name"] == "tiny"
-        assert httpx.get(url + "/sdapi/v1/options").json()["sd_model_checkpoint"] == "tiny"
+        model = httpx.get(url + "/sdapi/v1/sd-models").json()[0]
+        assert model["model_name"] == "tiny" and model["hash"] == tiny_pipeline.model_hash and len(model["hash"]) == 10
+        assert model["title"] == f"tiny [{model['hash']}]" == httpx.get(url + "/sdapi/v1/options").json()["sd_model_checkpoint"]
+        for name in ("tiny", model["title"], model["hash"]):  # what clients send back: the title AUTOMATIC1111 lists, or less
+            httpx.post(url + "/sdapi/v1/options", json={"sd_model_checkpoint": name}).raise_for_status()
+        assert httpx.post(url + "/sdapi/v1/options", json={"sd_model_checkpoint": "other"}).status_code == 422
+        assert f"Model hash: {model['hash']}," in png(response.json()["images"][0]).info["parameters"]  # the images say the same
 
 
 # --- batching ---------------------------------------------------------------------------

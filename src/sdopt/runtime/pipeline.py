@@ -274,6 +274,12 @@ class Pipeline:
         """The sdopt name of the checkpoint's own scheduler (None when no name builds it alike)."""
         return schedulers.name_of(self.scheduler_config)
 
+    @property
+    def model_hash(self) -> str | None:
+        """AUTOMATIC1111's short "Model hash" for this artifact: its id's first 10 hex digits (it changes with any file);
+        None for a folder without sdopt.json, whose files were never hashed."""
+        return None if self.manifest.inferred else self.manifest.artifact_id[:10]
+
     def parameters(self, request: GenerateRequest, index: int) -> str:
         """Image ``index`` of ``request``'s result, as AUTOMATIC1111 writes generation parameters (sdopt.infotext)."""
         from sdopt import __version__
@@ -282,7 +288,7 @@ class Pipeline:
         manifest = self.manifest
         return infotext.image_parameters(
             request, index, sampler=schedulers.A1111_SAMPLERS.get(name) if name else None,
-            model=self.folder.name if self.folder is not None else None, model_hash=None if manifest.inferred else manifest.artifact_id[:10],
+            model=self.folder.name if self.folder is not None else None, model_hash=self.model_hash,
             backend=f"{manifest.backend} {self.precision}", cache_interval=self.cache_interval(request),
             guidance_end=self.guidance_end(request), version=__version__)
 

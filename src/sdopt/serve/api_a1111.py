@@ -388,9 +388,15 @@ def png_info(request: Request, body: PngInfoRequest) -> dict[str, Any]:
 
 @router.get("/sdapi/v1/sd-models")
 def sd_models(request: Request) -> list[dict[str, Any]]:
-    name = request.app.state.model_name
-    folder = getattr(request.app.state.worker.pipeline, "folder", None)
-    return [{"title": name, "model_name": name, "hash": None, "sha256": None, "filename": str(folder or name), "config": None}]
+    name, pipeline = request.app.state.model_name, request.app.state.worker.pipeline
+    return [{"title": _title(request), "model_name": name, "hash": getattr(pipeline, "model_hash", None), "sha256": None,
+             "filename": str(getattr(pipeline, "folder", None) or name), "config": None}]
+
+
+def _title(request: Request) -> str:
+    """The model as AUTOMATIC1111 titles a checkpoint, "NAME [HASH]": the hash its images' "Model hash" says."""
+    name, short = request.app.state.model_name, getattr(request.app.state.worker.pipeline, "model_hash", None)
+    return f"{name} [{short}]" if short else name
 
 
 @router.get("/sdapi/v1/loras")
@@ -416,7 +422,8 @@ def schedulers() -> list[dict[str, Any]]:
 
 @router.get("/sdapi/v1/options")
 def get_options(request: Request) -> dict[str, Any]:
-    return {"sd_model_checkpoint": request.app.state.model_name, "samples_format": "png", "sd_checkpoint_hash": None}
+    return {"sd_model_checkpoint": _title(request), "samples_format": "png",
+            "sd_checkpoint_hash": getattr(request.app.state.worker.pipeline, "model_hash", None)}
 
 
 @router.post("/sdapi/v1/options")
@@ -424,7 +431,7 @@ def set_options(request: Request, body: dict[str, Any]) -> dict[str, Any]:
     """Accepted for clients that set options before generating; this server has one model and no saved options."""
     name = request.app.state.model_name
     wanted = body.get("sd_model_checkpoint")
-    if wanted not in (None, name):
+    if wanted not in (None, name, _title(request), getattr(request.app.state.worker.pipeline, "model_hash", None)):
         raise RequestError("sd_model_checkpoint", f"this server serves only {name!r}; start another `sdopt serve` for {wanted!r}")
     return {}
 
