@@ -275,6 +275,7 @@ def _info(request: Request, job: J.Job, spec: J.JobSpec, body: _Processing, inte
         "sd_model_name": request.app.state.model_name,
         "denoising_strength": spec.strength if spec.init_image is not None else None,
         "index_of_first_image": 0,
+        "infotexts": [image.info.get("parameters") for image in job.images],  # what each image's PNG carries (sdopt.infotext)
         "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(job.created)),
         # A1111's name for a 9-channel inpainting UNet (a stand-in pipeline in tests has none)
         "is_using_inpainting_conditioning": bool(getattr(request.app.state.worker.pipeline, "inpainting_unet", False)),

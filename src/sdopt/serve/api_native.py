@@ -11,6 +11,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from sdopt.infotext import KEY
 from sdopt.serve import jobs as J
 from sdopt.serve.submission import cache_interval_field, default_size, guidance_end_field, random_seed, submit, with_server_defaults
 from sdopt.serve.images import decode_image, encode_png
@@ -58,6 +59,7 @@ def job_view(request: Request, job: J.Job, images: bool = True) -> dict[str, Any
         "started": job.started,
         "finished": job.finished,
         "parameters": job.spec.describe(),
+        "infotexts": [image.info.get(KEY) for image in job.images],  # each image's generation parameters (sdopt.infotext)
     }
     if images:
         view["images"] = [encode_png(im) for im in job.images]
