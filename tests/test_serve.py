@@ -41,7 +41,7 @@ def b64png(image) -> str:
 # --- the OpenAI SDK ------------------------------------------------------------------
 def test_openai_sdk_generates_decodable_images(tiny_pipeline):
     openai = pytest.importorskip("openai", reason="pip install 'sdopt[serve-test]'")
-    with running_server(tiny_pipeline, api_key=KEY) as (url, _):
+    with running_server(tiny_pipeline, api_key=KEY) as (url, app):
         client = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
         result = client.images.generate(model="tiny", prompt="a red circle", n=2, size="64x64", response_format="b64_json")
         images = [png(item.b64_json) for item in result.data]
@@ -54,12 +54,34 @@ def test_openai_sdk_generates_decodable_images(tiny_pipeline):
 
         with pytest.raises(openai.NotFoundError, match="not served here"):
             client.images.generate(model="dall-e-3", prompt="x", size="64x64")
-        with pytest.raises(openai.BadRequestError, match="b64_json"):
-            client.images.generate(model="tiny", prompt="x", size="64x64", response_format="url")
+        # response_format=url: signed links that need no key, as OpenAI's; a link changed or out of date is refused.
+        linked = client.images.generate(model="tiny", prompt="a red circle", n=2, size="64x64", response_format="url",
+                                        extra_body={"sdopt_seed": result_seed(result)})
+        fetched = [httpx.get(item.url) for item in linked.data]  # no Authorization header
+        assert all(r.status_code == 200 and r.headers["content-type"] == "image/png" for r in fetched)
+        assert [np.asarray(png(base64.b64encode(r.content))).tolist() for r in fetched] == [np.asarray(im).tolist() for im in images]
+        assert "Seed:" in png(base64.b64encode(fetched[0].content)).info["parameters"]
+        assert httpx.get(linked.data[0].url.replace("/0.png", "/1.png")).status_code == 403  # another image, same signature
+        assert httpx.get(re.sub(r"expires=(\d+)", lambda m: f"expires={int(m.group(1)) + 1}", linked.data[0].url)).status_code == 403
+        from sdopt.serve.image_links import LIFETIME_S
+
+        job_id = linked.data[0].url.split("/files/")[1].split("/")[0]
+        stale = app.state.image_links.url(url, job_id, 0, now=time.time() - LIFETIME_S - 1)
+        assert httpx.get(stale).status_code == 410 and "expired" in httpx.get(stale).json()["error"]["message"]
+        app.state.worker.jobs[job_id].images_dropped = True  # what the worker marks once IMAGES_KEPT newer jobs have finished
+        gone = httpx.get(linked.data[0].url)
+        assert gone.status_code == 410 and "no longer kept" in gone.json()["error"]["message"]
+        with pytest.raises(openai.UnprocessableEntityError, match="response_format"):
+            client.images.generate(model="tiny", prompt="x", size="64x64", response_format="jpeg")
         with pytest.raises(openai.UnprocessableEntityError, match="size"):
             client.images.generate(model="tiny", prompt="x", size="big")
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0).images.generate(prompt="x", size="64x64")
+
+
+def result_seed(result) -> int:
+    """The seed an OpenAI answer's first image was made with, from the parameters its PNG carries."""
+    return int(re.search(r"Seed: (\d+)", png(result.data[0].b64_json).info["parameters"]).group(1))
 
 
 def _png_bytes(image) -> bytes:

@@ -1,7 +1,9 @@
 """OpenAI's Images API (``images.generate`` and ``images.edit`` in its SDK) and ``/v1/models``, over the loaded artifact.
 
-Only ``response_format=b64_json`` is served: a ``url`` answer would need the
-server to host files for a while, so it is refused with a 400 that says so.
+``response_format=url`` answers with signed links to the images, valid for 60
+minutes without the API key, as OpenAI's (serve/image_links.py); b64_json is the
+default. Behind several replicas (``--ray``) a link could reach a replica that
+does not hold the image, so there it is refused with a 400 that says so.
 Fields OpenAI's newer models take (quality, style, background, ...) are
 accepted and have no effect on an SD model.
 
@@ -20,15 +22,17 @@ import time
 from typing import Any, Literal
 
 import numpy as np
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from sdopt.serve import image_links
 from sdopt.serve import jobs as J
 from sdopt.serve.errors import RequestError
 from sdopt.serve.submission import (LEVER_NAMES, cache_interval_field, default_size, failure_status, guidance_end_field, random_seed, submit, wait,
                                     with_server_defaults)
 from sdopt.request import MAX_GUIDANCE, MAX_SEED
-from sdopt.serve.images import encode_png, has_alpha, read_image
+from sdopt.serve.images import encode_png, has_alpha, png_bytes, read_image
+from sdopt.serve.worker import IMAGES_KEPT
 
 router = APIRouter(tags=["openai"])
 MAX_PROMPT_CHARS = 32_000  # a prompt's and a negative prompt's length, on both endpoints
@@ -69,15 +73,37 @@ def _check_model_and_format(request: Request, model: str | None, response_format
     name = request.app.state.model_name
     if model not in (None, "", name):
         raise RequestError("model", f"model {model!r} is not served here; this server serves {name!r}", status=404)
-    if response_format == "url":
-        raise RequestError("response_format", "response_format=url is not supported: ask for b64_json", status=400)
+    if response_format not in (None, "b64_json", "url"):
+        raise RequestError("response_format", f"response_format={response_format!r}: give b64_json or url", status=400)
+    if response_format == "url" and request.app.state.replica is not None:
+        raise RequestError("response_format", "response_format=url is not served behind several replicas (a link could reach one that "
+                                              "does not hold the image): ask for b64_json", status=400)
 
 
-async def _answer(request: Request, spec: J.JobSpec, names: dict[str, str]) -> dict[str, Any]:
+async def _answer(request: Request, spec: J.JobSpec, names: dict[str, str], response_format: str | None) -> dict[str, Any]:
     job = await wait(submit(request, spec, "openai", names=names))
     if job.status != J.SUCCEEDED:
         raise RequestError("prompt", f"the image was not made: {job.status} ({job.error})", status=failure_status(job))
-    return {"created": int(job.finished or time.time()), "data": [{"b64_json": encode_png(im), "revised_prompt": None} for im in job.images]}
+    if response_format == "url":
+        links = request.app.state.image_links
+        data = [{"url": links.url(str(request.base_url), job.id, i, job.finished), "revised_prompt": None} for i in range(len(job.images))]
+    else:
+        data = [{"b64_json": encode_png(im), "revised_prompt": None} for im in job.images]
+    return {"created": int(job.finished or time.time()), "data": data}
+
+
+# Outside the API key (a link is its own credential), so the router is included without it (app.py).
+files_router = APIRouter(tags=["openai"])
+
+
+@files_router.get(image_links.PATH + "/{job_id}/{index}.png", response_class=Response)
+def image_file(request: Request, job_id: str, index: int, expires: int, signature: str) -> Response:
+    """An image a response_format=url answer links to."""
+    request.app.state.image_links.check(job_id, index, expires, signature)
+    job = request.app.state.worker.jobs.get(job_id)
+    if job is None or job.images_dropped or not 0 <= index < len(job.images):
+        raise RequestError("url", f"this image is no longer kept (the server keeps the images of its newest {IMAGES_KEPT} jobs): generate it again", status=410)
+    return Response(png_bytes(job.images[index]), media_type="image/png")
 
 
 @router.post("/v1/images/generations")
@@ -88,7 +114,7 @@ async def generations(request: Request, body: ImageGeneration) -> dict[str, Any]
                      seed=body.sdopt_seed if body.sdopt_seed is not None else random_seed(),
                      width=width, height=height, cache_interval=body.sdopt_cache_interval, guidance_end=body.sdopt_guidance_end,
                      **with_server_defaults(request.app.state.settings, body.sdopt_steps, body.sdopt_guidance_scale))
-    return await _answer(request, spec, OPENAI_NAMES)
+    return await _answer(request, spec, OPENAI_NAMES, body.response_format)
 
 
 # --- images.edit: multipart/form-data, as OpenAI's SDK sends it ---------------------------------------------
@@ -200,7 +226,7 @@ async def edits(request: Request) -> dict[str, Any]:
                      guidance_end=_number(form, "sdopt_guidance_end", float, high=1, above=0),
                      **with_server_defaults(settings, _number(form, "sdopt_steps", int, low=1),
                                             _number(form, "sdopt_guidance_scale", float, low=0, high=MAX_GUIDANCE)))
-    return await _answer(request, spec, EDIT_NAMES)
+    return await _answer(request, spec, EDIT_NAMES, response_format if isinstance(response_format, str) else None)
 
 
 def _model(name: str, created: float) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from sdopt.errors import SdoptError
 from sdopt.serve.auth import require_auth
 from sdopt.serve.settings import ServeSettings
 from sdopt.serve.errors import RequestError
+from sdopt.serve.image_links import ImageLinks
 from sdopt.serve.submission import default_size, with_model_defaults
 from sdopt.serve.worker import QueueFull, Worker
 
@@ -46,6 +47,7 @@ def create_app(worker: Worker, settings: ServeSettings, model_name: str, replica
     app = FastAPI(title="sdopt serve", version=__version__, description=f"Serving {model_name} with sdopt")
     app.state.worker, app.state.settings, app.state.model_name = worker, settings, model_name
     app.state.started, app.state.replica = time.time(), replica
+    app.state.image_links = ImageLinks()  # OpenAI's response_format=url
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if replica is not None:
         app.add_middleware(ReplicaHeader, replica=replica)
@@ -107,6 +109,7 @@ def create_app(worker: Worker, settings: ServeSettings, model_name: str, replica
     app.include_router(api_native.router, dependencies=[Depends(require_auth)])
     app.include_router(api_a1111.router, dependencies=[Depends(require_auth)])
     app.include_router(api_openai.router, dependencies=[Depends(require_auth)])
+    app.include_router(api_openai.files_router)  # signed links: their own credential, as OpenAI's image URLs
     return app
 
 

@@ -60,13 +60,18 @@ def has_alpha(image) -> bool:
     return image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info)
 
 
-def encode_png(image) -> str:
-    """A PIL image -> base64 PNG, without a data: prefix (what AUTOMATIC1111 and OpenAI return)."""
+def png_bytes(image) -> bytes:
+    """A PIL image as a PNG file, with its generation parameters (sdopt.infotext), as AUTOMATIC1111's API sends them."""
     from sdopt.infotext import png_info
 
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=png_info(image))  # its generation parameters, as AUTOMATIC1111's API sends them
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+    image.save(buffer, format="PNG", pnginfo=png_info(image))
+    return buffer.getvalue()
+
+
+def encode_png(image) -> str:
+    """A PIL image -> base64 PNG, without a data: prefix (what AUTOMATIC1111 and OpenAI return)."""
+    return base64.b64encode(png_bytes(image)).decode("ascii")
 
 
 def latent_preview_png(latents: np.ndarray, size: int = 64) -> bytes:
