@@ -91,6 +91,7 @@ FIELDS: dict[str, tuple[str, type]] = {
     "Denoising strength": ("strength", float), "Eta": ("eta", float), "Cache interval": ("cache_interval", int),
     "Guidance end": ("guidance_end", float), "Batch size": ("num_images", int),
 }
+EMPHASIS = "Emphasis"  # AUTOMATIC1111's key; "Original" its default mode (sdopt.runtime.emphasis), which it does not write
 
 
 # Keys that describe the image without changing what a request makes (the rest of a parameter line would change it).
@@ -98,10 +99,14 @@ DESCRIPTIVE = {"Prompt", "Negative prompt", "Sampler", "Schedule type", "Schedul
                "Batch pos", "Size-1", "Size-2"}
 
 
+def _unapplied_emphasis(parsed: dict[str, Any]) -> bool:
+    return EMPHASIS in parsed and parsed[EMPHASIS] != "Original"  # AUTOMATIC1111's "No norm" and others
+
+
 def unapplied(parsed: dict[str, Any]) -> list[str]:
     """The keys of parsed parameters that would change the image but that a request made from them does not take
     (AUTOMATIC1111's "Clip skip", "Hires upscale", "Variation seed", "RNG"; sdopt's "Loras", whose files it cannot know)."""
-    return [key for key in parsed if key not in FIELDS and key not in DESCRIPTIVE]
+    return [key for key in parsed if key not in FIELDS and key not in DESCRIPTIVE and (key != EMPHASIS or _unapplied_emphasis(parsed))]
 
 
 def request_fields(parsed: dict[str, Any]) -> dict[str, Any]:
@@ -122,6 +127,10 @@ def request_fields(parsed: dict[str, Any]) -> dict[str, Any]:
         from sdopt.runtime.schedulers import from_a1111
 
         out["scheduler"] = from_a1111(parsed["Sampler"], parsed.get("Schedule type"))
+    # sdopt says "Emphasis: Original" when it read the prompt so; AUTOMATIC1111 always does, and says only other modes.
+    made_by_sdopt = str(parsed.get("Version", "")).startswith("sdopt")
+    if parsed.get(EMPHASIS) == "Original" or (not made_by_sdopt and EMPHASIS not in parsed):
+        out["prompt_emphasis"] = True
     return out
 
 
@@ -179,6 +188,7 @@ def image_parameters(request: Any, index: int, *, sampler: tuple[str, str | None
         "Eta": _number(request.eta) if request.eta is not None else None,
         "Cache interval": cache_interval if cache_interval > 1 else None,
         "Guidance end": _number(guidance_end) if guidance_end < 1 and request.guidance_scale > 1 else None,
+        EMPHASIS: "Original" if request.prompt_emphasis else None,
         "Loras": ", ".join(f"{_stem(f)}:{_number(w)}" for f, w in request.loras.items()) if request.loras else None,
         "Model hash": model_hash,
         "Model": model,

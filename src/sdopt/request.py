@@ -143,6 +143,9 @@ class GenerateRequest:
     # whose step takes it, as in Diffusers. None: 0.0, Diffusers' pipelines' default (deterministic DDIM; TCD's
     # authors suggest 0.3).
     eta: float | None = None
+    # AUTOMATIC1111's prompt emphasis, (word:1.2) and the like (sdopt.runtime.emphasis): its API turns it on, as
+    # AUTOMATIC1111 reads every prompt so. Off: prompts are plain text, as in Diffusers.
+    prompt_emphasis: bool = False
     # LoRAs applied for this request (torch backend): {path of a .safetensors LoRA: scale}. Each file is
     # loaded once per pipeline; other backends take LoRAs fused at export (sdopt export --lora).
     loras: dict[str, float] | None = None
@@ -215,6 +218,8 @@ class GenerateRequest:
         eta = self.eta
         if eta is not None and not (_is_number(eta) and 0 <= eta <= 1):
             raise SdoptError(f"eta={eta!r}: must be a number from 0 to 1, the fresh noise DDIM and TCD add at each step (0: none), or None (0)")
+        if not isinstance(self.prompt_emphasis, bool):
+            raise SdoptError(f"prompt_emphasis={self.prompt_emphasis!r}: must be true or false")
         if self.scheduler is not None and not isinstance(self.scheduler, str):
             raise SdoptError(f"scheduler={self.scheduler!r}: must be a scheduler name or None")
         if not self.prompts:

@@ -26,7 +26,7 @@ import numpy as np
 from sdopt.errors import SdoptError
 from sdopt.manifest import Manifest
 from sdopt.request import GenerateRequest, GenerateResult, StageTimings
-from sdopt.runtime import conditioning, embedded_guidance, guidance
+from sdopt.runtime import conditioning, embedded_guidance, emphasis, guidance
 from sdopt.runtime.executor import Component, close_all
 from sdopt.runtime.memory import track_peak
 from sdopt.runtime.noise import Noise
@@ -96,7 +96,8 @@ class Pipeline:
         texts = request.prompts + [n for n in request.negative_prompts if n]
         out = []
         for text in dict.fromkeys(texts):
-            count = len(self.tokenizer(text, truncation=False).input_ids)
+            read = "".join(run for run, _ in emphasis.parse(text)) if request.prompt_emphasis else text  # what the encoder reads
+            count = len(self.tokenizer(read, truncation=False).input_ids)
             if count > limit:
                 out.append(f"prompt {text[:40]!r}... is {count} tokens; the text encoder reads the first {limit}, the rest is ignored")
         return out
@@ -105,10 +106,13 @@ class Pipeline:
         """The UNet's conditioning inputs, one row per image, [negatives; positives] with guidance:
         encoder_hidden_states, and what else the family's UNet takes (SDXL's text_embeds, time_ids)."""
         texts = request.prompts + (request.negative_prompts if request.uses_guidance else [])
-        outputs = [
-            self.components[name](input_ids=self._tokenize(tokenizer, texts))
-            for name, tokenizer in zip(self.family.text_encoders, self.tokenizers)
-        ]
+        outputs = []
+        for name, tokenizer in zip(self.family.text_encoders, self.tokenizers):
+            if request.prompt_emphasis:  # AUTOMATIC1111's (word:1.2): the text without the syntax, its tokens weighted
+                ids, weights = emphasis.weighted_ids(tokenizer, texts)
+                outputs.append(emphasis.weigh(self.components[name](input_ids=ids), weights))
+            else:
+                outputs.append(self.components[name](input_ids=self._tokenize(tokenizer, texts)))
         return self.family.conditioning(outputs, request, self.manifest.model)
 
     def encode_images(self, pixels: np.ndarray, timings: StageTimings) -> np.ndarray:

@@ -236,6 +236,7 @@ def _spec(request: Request, body: _Processing, init=None, mask=None, strength: f
         steps=body.steps if body.steps is not None else 50, guidance_scale=body.cfg_scale if body.cfg_scale is not None else 7.0,
         width=body.width or 512, height=body.height or 512, scheduler=scheduler, eta=_eta(body, scheduler),
         init_image=init, mask_image=mask, strength=strength, cache_interval=body.sdopt_cache_interval, guidance_end=body.sdopt_guidance_end,
+        prompt_emphasis=True,  # AUTOMATIC1111 reads every prompt's (word:1.2) ("Emphasis: Original", its default)
     )
 
 

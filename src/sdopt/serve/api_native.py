@@ -28,8 +28,8 @@ class JobRequest(BaseModel):
     negative_prompt: str = Field("", max_length=10_000)
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="None: a random seed, reported back")
     n: int = Field(1, ge=1, description="images, seeds seed, seed+1, ...")
-    steps: int | None = Field(None, ge=1, description="None: the server's default (sdopt serve --steps, 20)")
-    guidance_scale: float | None = Field(None, ge=0, le=50, description="None: the server's default (--guidance, 7.5)")
+    steps: int | None = Field(None, ge=1, description="None: the server's default (sdopt serve --steps, else the model's own)")
+    guidance_scale: float | None = Field(None, ge=0, le=50, description="None: the server's default (--guidance, else the model's own)")
     width: int | None = Field(None, ge=64, le=2048, multiple_of=8, description="None: the model's own size")
     height: int | None = Field(None, ge=64, le=2048, multiple_of=8, description="None: the model's own size")
     scheduler: str | None = Field(None, description="None: the server's default (--scheduler), else the model's own")
@@ -39,6 +39,7 @@ class JobRequest(BaseModel):
     strength: float = Field(0.8, gt=0, le=1)
     cache_interval: int | None = cache_interval_field()
     guidance_end: float | None = guidance_end_field()
+    prompt_emphasis: bool = Field(False, description="AUTOMATIC1111's emphasis, (word:1.2): weights in the prompts (its API always reads them)")
 
 
 def job_view(request: Request, job: J.Job, images: bool = True) -> dict[str, Any]:
@@ -85,7 +86,8 @@ def spec_from(request: Request, body: JobRequest) -> J.JobSpec:
     return J.JobSpec(
         prompt=body.prompt, negative_prompt=body.negative_prompt, seed=random_seed() if body.seed is None else body.seed,
         n=body.n, width=body.width or side, height=body.height or side, eta=body.eta, init_image=init, mask_image=mask, strength=body.strength,
-        cache_interval=body.cache_interval, guidance_end=body.guidance_end, **with_server_defaults(settings, body.steps, body.guidance_scale, body.scheduler),
+        cache_interval=body.cache_interval, guidance_end=body.guidance_end, prompt_emphasis=body.prompt_emphasis,
+        **with_server_defaults(settings, body.steps, body.guidance_scale, body.scheduler),
     )
 
 

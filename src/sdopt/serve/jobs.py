@@ -37,6 +37,7 @@ class JobSpec:
     cache_interval: int | None = None  # step-feature caching; None: the artifact's default
     guidance_end: float | None = None  # truncated guidance; None: the artifact's default
     loras: dict[str, float] | None = None  # LoRA file -> weight, from the prompt's <lora:NAME:W> tags (serve/loras.py)
+    prompt_emphasis: bool = False  # AUTOMATIC1111's (word:1.2) (sdopt.runtime.emphasis): its API's jobs have it
 
     @property
     def seeds(self) -> list[int]:
@@ -47,7 +48,7 @@ class JobSpec:
         # A job without a negative prompt never shares a call with one that has it: an SDXL call with any negative
         # prompt encodes "" for the others, alone they get zeros.
         key = (self.width, self.height, self.steps, self.scheduler, self.eta, float(self.guidance_scale), self.cache_interval, self.guidance_end,
-               tuple(sorted((self.loras or {}).items())), bool(self.negative_prompt))
+               tuple(sorted((self.loras or {}).items())), bool(self.negative_prompt), self.prompt_emphasis)
         if self.init_image is None:
             return ("text", *key)
         # img2img and inpainting share a call only with their own kind, at the same strength.
@@ -83,7 +84,7 @@ def generate_request(specs: list[JobSpec]):
         prompt=prompts, negative_prompt=negatives if any(negatives) else None, seed=first.seed, seeds=seeds, steps=first.steps,
         guidance_scale=first.guidance_scale, height=first.height, width=first.width, scheduler=first.scheduler, eta=first.eta,
         init_image=per_row("init_image"), mask_image=per_row("mask_image"), strength=first.strength,
-        cache_interval=first.cache_interval, guidance_end=first.guidance_end, loras=first.loras,
+        cache_interval=first.cache_interval, guidance_end=first.guidance_end, loras=first.loras, prompt_emphasis=first.prompt_emphasis,
     )
 
 

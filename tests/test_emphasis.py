@@ -1,0 +1,114 @@
+"""AUTOMATIC1111's prompt emphasis, (word:1.2) and the like (sdopt.runtime.emphasis): parsed as AUTOMATIC1111 parses
+it, each token's hidden state weighted and the row scaled back to its mean, pooled outputs untouched; a prompt
+without the syntax encodes exactly as with emphasis off; AUTOMATIC1111's API reads prompts so, the others when asked."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sdopt import GenerateRequest
+from sdopt.cli import main
+from sdopt.runtime.emphasis import parse, weighted_ids
+
+from conftest import SMALL
+
+# The examples AUTOMATIC1111 documents for its parser (modules/prompt_parser.py), with the weights it gives.
+A1111_EXAMPLES = [
+    ("normal text", [("normal text", 1.0)]),
+    ("an (important) word", [("an ", 1.0), ("important", 1.1), (" word", 1.0)]),
+    ("(unbalanced", [("unbalanced", 1.1)]),
+    ("\\(literal\\]", [("(literal]", 1.0)]),
+    ("(unnecessary)(parens)", [("unnecessaryparens", 1.1)]),
+    ("a (((house:1.3)) [on] a (hill:0.5), sun, (((sky))).",
+     [("a ", 1.0), ("house", 1.5730000000000004), (" ", 1.1), ("on", 1.0), (" a ", 1.1), ("hill", 0.55), (", sun, ", 1.1),
+      ("sky", 1.4641000000000006), (".", 1.1)]),
+]
+
+
+@pytest.mark.parametrize("text,expected", A1111_EXAMPLES)
+def test_prompts_parse_as_automatic1111_parses_them(text, expected):
+    assert parse(text) == expected
+
+
+def _request(prompt: str, **extra) -> GenerateRequest:
+    return GenerateRequest(**{**SMALL, "prompt": prompt, **extra})
+
+
+def test_a_prompt_without_the_syntax_is_the_same_prompt(tiny_pipeline):
+    tokenizer = tiny_pipeline.tokenizer
+    texts = ["a red fox in the snow", "", "word " * 100]  # plain, empty, longer than 77 tokens
+    ids, weights = weighted_ids(tokenizer, texts)
+    assert np.array_equal(ids, tiny_pipeline._tokenize(tokenizer, texts)) and np.all(weights == 1.0)
+    plain = tiny_pipeline.generate(_request("a red fox in the snow", negative_prompt="blurry"))
+    read = tiny_pipeline.generate(_request("a red fox in the snow", negative_prompt="blurry", prompt_emphasis=True))
+    assert np.array_equal(plain.latents, read.latents)
+
+
+def _weighted_by_hand(hidden: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """AUTOMATIC1111's formula for one row: z * w, then z * (mean before / mean after)."""
+    scaled = hidden * weights[:, None]
+    return scaled * (hidden.mean() / scaled.mean())
+
+
+def test_weights_scale_the_tokens_hidden_states_and_keep_the_rows_mean(tiny_pipeline):
+    tokenizer, encoder = tiny_pipeline.tokenizer, tiny_pipeline.components["text_encoder"]
+    request = _request("a (red:1.5) fox in the [snow]", guidance_scale=1.0, prompt_emphasis=True)
+    encoded = tiny_pipeline.encode_prompts(request)["encoder_hidden_states"][0]
+    text_ids = tiny_pipeline._tokenize(tokenizer, ["a red fox in the snow"])  # the text without the syntax
+    hidden = encoder(input_ids=text_ids)["last_hidden_state"][0]
+    red, snow = tokenizer("red", add_special_tokens=False).input_ids, tokenizer("snow", add_special_tokens=False).input_ids
+    weights = np.ones(len(text_ids[0]), dtype=np.float32)
+    weights[[i for i, t in enumerate(text_ids[0]) if t in red]] = 1.5
+    weights[[i for i, t in enumerate(text_ids[0]) if t in snow]] = 1 / 1.1
+    assert (weights != 1).sum() == len(red) + len(snow)
+    np.testing.assert_allclose(encoded, _weighted_by_hand(hidden, weights), rtol=1e-6, atol=1e-6)
+    assert abs(float(encoded.mean()) - float(hidden.mean())) <= 1e-6 * abs(float(hidden.mean())) + 1e-7
+    # An escaped bracket is the bracket itself.
+    literal = tiny_pipeline.encode_prompts(_request("a \\(red\\) fox", guidance_scale=1.0, prompt_emphasis=True))["encoder_hidden_states"]
+    as_text = tiny_pipeline.encode_prompts(_request("a (red) fox", guidance_scale=1.0))["encoder_hidden_states"]
+    assert np.array_equal(literal, as_text)
+    off = tiny_pipeline.generate(_request("a (red:1.5) fox"))
+    on = tiny_pipeline.generate(_request("a (red:1.5) fox", prompt_emphasis=True))
+    assert not np.array_equal(off.latents, on.latents)
+
+
+def test_sdxl_weights_both_encoders_and_leaves_the_pooled_embedding(sdxl_tiny):
+    import sdopt
+
+    with sdopt.load(sdxl_tiny) as pipe:
+        weighted = pipe.encode_prompts(_request("a (fox:1.5)", guidance_scale=1.0, prompt_emphasis=True))
+        plain = pipe.encode_prompts(_request("a fox", guidance_scale=1.0))
+        first_encoder = pipe.components["text_encoder"](input_ids=np.zeros((1, 77), dtype=np.int64))
+    assert np.array_equal(weighted["text_embeds"], plain["text_embeds"])
+    split = first_encoder["last_hidden_state"].shape[-1]  # the first encoder's width: where the two are concatenated
+    first, second = weighted["encoder_hidden_states"][..., :split], weighted["encoder_hidden_states"][..., split:]
+    assert not np.array_equal(first, plain["encoder_hidden_states"][..., :split])
+    assert not np.array_equal(second, plain["encoder_hidden_states"][..., split:])
+
+
+def test_automatic1111s_api_reads_emphasis_and_the_png_says_so(tiny_model, tiny_pipeline, tmp_path):
+    pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install 'sdopt[serve]'")
+    httpx = pytest.importorskip("httpx", reason="pip install 'sdopt[serve-test]'")
+    import base64
+    import io
+
+    from serving import running_server, wait_for
+
+    prompt = "a (red:1.5) circle"
+    with running_server(tiny_pipeline) as (url, app):
+        a1111 = httpx.post(url + "/sdapi/v1/txt2img", json={"prompt": prompt, **{k: SMALL[k] for k in ("width", "height", "steps")},
+                                                             "seed": 4, "sampler_name": "Euler"}, timeout=60).json()
+        native = httpx.post(url + "/v1/jobs", json={"prompt": prompt, "width": 64, "height": 64, "steps": 4, "seed": 4, "scheduler": "euler",
+                                                    "guidance_scale": 7.0}).json()
+        done = wait_for(lambda: (j := httpx.get(f"{url}/v1/jobs/{native['id']}").json())["status"] not in ("queued", "running") and j)
+    image = Image.open(io.BytesIO(base64.b64decode(a1111["images"][0])))
+    alone = tiny_pipeline.generate(GenerateRequest(prompt=prompt, seed=4, seeds=[4], steps=4, height=64, width=64, guidance_scale=7.0,
+                                                   scheduler="euler", prompt_emphasis=True))
+    assert np.array_equal(np.asarray(image), np.asarray(alone.images[0]))
+    assert not np.array_equal(np.asarray(Image.open(io.BytesIO(base64.b64decode(done["images"][0])))), np.asarray(image))
+    assert "Emphasis: Original" in image.info["parameters"] and "Emphasis" not in done["infotexts"][0]
+    # The PNG makes the image again, emphasis and all.
+    png = tmp_path / "a1111.png"
+    image.save(png, pnginfo=__import__("sdopt.infotext", fromlist=["png_info"]).png_info(image))
+    assert main(["generate", str(tiny_model), "--parameters-from", str(png), "-q", "-o", str(tmp_path / "again.png")]) == 0
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "again.png")), np.asarray(image))
