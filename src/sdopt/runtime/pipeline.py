@@ -26,14 +26,13 @@ import numpy as np
 from sdopt.errors import SdoptError
 from sdopt.manifest import Manifest
 from sdopt.request import GenerateRequest, GenerateResult, StageTimings
-from sdopt.runtime import conditioning, embedded_guidance, emphasis, guidance
+from sdopt import infotext
+from sdopt.runtime import conditioning, embedded_guidance, emphasis, guidance, schedulers
 from sdopt.runtime.executor import Component, close_all
 from sdopt.runtime.memory import track_peak
 from sdopt.runtime.noise import Noise
 from sdopt.runtime.output_checks import output_problems
 from sdopt.runtime.request_defaults import RequestDefaults, request_defaults
-from sdopt import infotext
-from sdopt.runtime import schedulers
 from sdopt.runtime.schedulers import check_scheduler, make_scheduler, takes_eta
 from sdopt.stepcache.schedule import runs_whole
 
