@@ -25,7 +25,17 @@ A1111_EXAMPLES = [
 ]
 
 
-@pytest.mark.parametrize("text,expected", A1111_EXAMPLES)
+# Beyond AUTOMATIC1111's examples: what a user may type, never an error.
+EDGES = [
+    ("(x:....)", [("x:....)", 1.1)]),  # not a number: ":....)" is text, and the bracket it would close stays open
+    ("(x:-1)", [("x", -1.0)]),
+    ("((a", [("a", 1.1 * 1.1)]),
+    (")))]]]", [(")))]]]", 1.0)]),  # nothing open: the brackets are text
+    ("", [("", 1.0)]),
+]
+
+
+@pytest.mark.parametrize("text,expected", A1111_EXAMPLES + EDGES)
 def test_prompts_parse_as_automatic1111_parses_them(text, expected):
     assert parse(text) == expected
 

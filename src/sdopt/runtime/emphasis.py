@@ -24,6 +24,14 @@ ROUND, SQUARE = 1.1, 1 / 1.1  # what one pair of ( ) or [ ] multiplies by
 _TOKENS = re.compile(r"\\\(|\\\)|\\\[|\\]|\\\\|\\|\(|\[|:\s*([+-]?[.\d]+)\s*\)|\)|]|[^\\()\[\]:]+|:")
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:  # "(word:...)": the pattern's digits-and-dots take it; it is text
+        return False
+    return True
+
+
 def parse(text: str) -> list[tuple[str, float]]:
     """Runs of text with their weights, neighbours of equal weight merged: "a (red:1.2) fox" ->
     [("a ", 1.0), ("red", 1.2), (" fox", 1.0)]. Brackets left open at the end weigh what follows them."""
@@ -43,7 +51,7 @@ def parse(text: str) -> list[tuple[str, float]]:
             round_open.append(len(runs))
         elif token == "[":
             square_open.append(len(runs))
-        elif weight is not None and round_open:
+        elif weight is not None and round_open and _is_number(weight):
             weigh_from(round_open.pop(), float(weight))
         elif token == ")" and round_open:
             weigh_from(round_open.pop(), ROUND)
