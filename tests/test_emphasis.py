@@ -122,3 +122,67 @@ def test_automatic1111s_api_reads_emphasis_and_the_png_says_so(tiny_model, tiny_
     image.save(png, pnginfo=__import__("sdopt.infotext", fromlist=["png_info"]).png_info(image))
     assert main(["generate", str(tiny_model), "--parameters-from", str(png), "-q", "-o", str(tmp_path / "again.png")]) == 0
     assert np.array_equal(np.asarray(Image.open(tmp_path / "again.png")), np.asarray(image))
+
+
+def test_a_long_prompt_is_read_in_chunks_of_75_tokens(tiny_pipeline, monkeypatch):
+    """AUTOMATIC1111's chunks: 75 tokens each, a full chunk ending after a comma within 20 tokens of its end, every
+    chunk encoded alone and the hidden states joined; the negative prompt padded with empty chunks to the same
+    length. An artifact built for 77 tokens reads the first chunk and says so."""
+    import warnings
+
+    from sdopt.runtime.emphasis import chunks
+
+    tokenizer, encoder = tiny_pipeline.tokenizer, tiny_pipeline.components["text_encoder"]
+    assert tokenizer("a", add_special_tokens=False).input_ids != tokenizer(",", add_special_tokens=False).input_ids
+    text = "a " * 70 + ", " + "a " * 10  # 70 tokens, a comma, 10 more: the comma is 5 tokens from the full chunk's end
+    assert [len(ids) for ids, _ in chunks(tokenizer, text)] == [71, 10]
+    long = ", ".join(f"a (red:1.2) fox number {i}" for i in range(20))
+    parts = chunks(tokenizer, long)
+    all_ids = tokenizer("".join(run for run, _ in parse(long)), add_special_tokens=False).input_ids
+    assert len(parts) >= 2 and all(len(ids) <= 75 for ids, _ in parts) and sum((ids for ids, _ in parts), []) == all_ids
+
+    request = _request(long, negative_prompt="blurry", prompt_emphasis=True)
+    hidden = tiny_pipeline.encode_prompts(request)["encoder_hidden_states"]
+    assert hidden.shape[1] == 77 * len(parts)
+    ids, weights = weighted_ids(tokenizer, [long], max_chunks=None)
+    first = encoder(input_ids=ids[:, :77])["last_hidden_state"][0]
+    np.testing.assert_allclose(hidden[1, :77], _weighted_by_hand(first, weights[0, :77]), rtol=1e-6, atol=1e-6)  # row 1: the prompt
+    empty = encoder(input_ids=weighted_ids(tokenizer, [""])[0])["last_hidden_state"][0]
+    np.testing.assert_array_equal(hidden[0, 77:154], empty)  # row 0: the negative, padded with an empty chunk
+    whole = tiny_pipeline.generate(request)
+    assert whole.warnings == [] and np.isfinite(whole.latents).all()
+
+    monkeypatch.setattr(type(tiny_pipeline), "max_prompt_chunks", property(lambda self: 1))  # as a static-shape artifact
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        cut = tiny_pipeline.generate(request)
+    assert tiny_pipeline.encode_prompts(request)["encoder_hidden_states"].shape[1] == 77
+    assert any("built for one (static shapes), so it reads the first" in w for w in cut.warnings)
+    assert not np.array_equal(cut.latents, whole.latents)
+
+
+def test_a_long_prompt_batches_only_with_prompts_as_long(tiny_pipeline):
+    """In the server, jobs share a call only with jobs whose prompts need as many chunks (every row of a call is padded
+    to the most any needs): each image is still the one its request gets alone."""
+    from sdopt.serve import jobs as J
+    from sdopt.serve.worker import Worker
+
+    small = {"width": 64, "height": 64, "steps": 4, "prompt_emphasis": True}
+    prompts = [(", ".join(f"a (red:1.2) fox number {i}" for i in range(20)), 1), ("a (fox:1.2)", 2), ("a fox, [snow]", 3)]
+    specs = [J.JobSpec(prompt=p, seed=s, **small) for p, s in prompts]
+    for spec in specs:  # what submission does
+        spec.text_chunks = tiny_pipeline.prompt_chunks([spec.prompt, spec.negative_prompt])
+    assert specs[0].text_chunks > 1 and specs[1].batch_key() == specs[2].batch_key() != specs[0].batch_key()
+    worker = Worker(tiny_pipeline, max_batch=4)
+    jobs = [worker.submit(J.Job(spec=spec)) for spec in specs]  # queued before the worker starts
+    worker.start()
+    try:
+        for job in jobs:
+            job.future.result(timeout=120)
+    finally:
+        worker.stop()
+    assert [job.batch_size for job in jobs] == [1, 2, 2]
+    for job, (prompt, seed) in zip(jobs, prompts):
+        alone = tiny_pipeline.generate(GenerateRequest(prompt=prompt, seed=seed, seeds=[seed], steps=4, height=64, width=64, prompt_emphasis=True))
+        diff = np.abs(np.asarray(job.images[0], dtype=np.int16) - np.asarray(alone.images[0], dtype=np.int16)).max()
+        assert diff <= 1, f"{prompt[:20]}: batched differs from alone by {diff} levels"

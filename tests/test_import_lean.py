@@ -34,6 +34,7 @@ NOISE_AS_LOGGED = [
     ("kernels._internals.hf_hub", "Skipping publisher trust check for 'kernels-community/quantization-bitsandbytes' because Hugging Face Hub is in offline mode.", ()),
     ("transformers.modeling_utils", "`loss_type=None` was set in the config but it is unrecognized. Using the default loss: `ForCausalLMLoss`.", ()),
     ("diffusers.configuration_utils", "The config attributes {'skip_prk_steps': True} were passed to TCDScheduler, but are not expected and will be ignored. Please verify your scheduler_config.json configuration file.", ()),
+    ("transformers.tokenization_utils_base", "Token indices sequence length is longer than the specified maximum sequence length for this model (289 > 77). Running this sequence through the model will result in indexing errors", ()),
     ("transformers.utils.import_utils", "`CLIPImageProcessor` requires torchvision (not installed); falling back to `CLIPImageProcessorPil` for backward compatibility. Install torchvision to use the default backend, or import `CLIPImageProcessorPil` directly to silence this warning.", ()),
 ]
 

@@ -18,7 +18,9 @@ exporter's tracing touches a text encoder's ``loss_function``, that the config's
 a scheduler is built from a checkpoint's config for another class than its own
 (``--scheduler tcd`` on SD 1.5's PNDM config), that keys the other class does
 not take are in "your scheduler_config.json": they are the checkpoint's own
-scheduler's, and the file is fine. Most of these appear on every sdopt command;
+scheduler's, and the file is fine. A tokenizer logs that a prompt's tokens are more than
+the text encoder's 77 when sdopt counts them (it says itself what it reads of a long prompt,
+and in emphasis mode encodes it in chunks). Most of these appear on every sdopt command;
 none says anything about the user's work. Only these
 messages are filtered, by logger and a fragment of their text; every other warning
 from these loggers still shows. Uses only the standard library: ``import sdopt``
@@ -38,6 +40,7 @@ _KNOWN_NOISE = {
     "transformers.utils.import_utils": ("requires torchvision (not installed); falling back to ",),
     "transformers.modeling_utils": ("was set in the config but it is unrecognized. Using the default loss",),
     "diffusers.configuration_utils": ("but are not expected and will be ignored. Please verify your scheduler_config.json",),
+    "transformers.tokenization_utils_base": ("Token indices sequence length is longer than the specified maximum sequence length",),
 }
 
 

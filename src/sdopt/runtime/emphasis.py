@@ -8,8 +8,11 @@ whole batch, sdopt each row, so that a row is the same whatever it is batched wi
 ``text_embeds``) are not weighted, as there. ``\\(`` and the like are literal brackets. A prompt without the
 syntax encodes exactly as without emphasis (tested).
 
-Not AUTOMATIC1111's: prompts past the text encoder's 77 tokens are cut, not encoded in further chunks, and
-``BREAK`` is text.
+A prompt longer than the text encoder's 77 tokens is encoded as AUTOMATIC1111 encodes it, in chunks of 75 tokens
+(each with its own BOS and EOS, broken after a comma near a chunk's end), their hidden states joined along the
+tokens; the prompt and its negative get as many chunks (the shorter padded with empty ones). An artifact built for
+77 tokens (static OpenVINO shapes, TensorRT profiles) reads the first chunk, cut as Diffusers cuts, with a warning;
+beyond MAX_CHUNKS the rest is cut. Not AUTOMATIC1111's: ``BREAK`` is text.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ from typing import Any
 import numpy as np
 
 ROUND, SQUARE = 1.1, 1 / 1.1  # what one pair of ( ) or [ ] multiplies by
+CHUNK = 75  # the tokens of one chunk, between its BOS and EOS: the text encoder reads 77
+COMMA_BACKTRACK = 20  # AUTOMATIC1111's default: how far back from a full chunk's end its last comma may end it
+MAX_CHUNKS = 8  # 600 tokens: far past any prompt written to be read, and a bound on what one request costs
 # An escaped bracket or backslash, an opening bracket, ":WEIGHT)" closing a round bracket, a closing bracket, text, a lone colon.
 _TOKENS = re.compile(r"\\\(|\\\)|\\\[|\\]|\\\\|\\|\(|\[|:\s*([+-]?[.\d]+)\s*\)|\)|]|[^\\()\[\]:]+|:")
 
@@ -72,23 +78,70 @@ def parse(text: str) -> list[tuple[str, float]]:
     return [(t, w) for t, w in merged] or [("", 1.0)]
 
 
-def weighted_ids(tokenizer: Any, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids (rows of the tokenizer's max length: BOS, the runs' tokens cut to fit, EOS, padding) and each
-    token's weight (1 for the special tokens)."""
+def _tokens(tokenizer: Any, text: str) -> tuple[list[int], list[float]]:
+    """The text's tokens without the syntax (no BOS/EOS) and each one's weight."""
+    ids: list[int] = []
+    weights: list[float] = []
+    for run, weight in parse(text):
+        tokens = tokenizer(run, add_special_tokens=False).input_ids if run else []
+        ids += tokens
+        weights += [weight] * len(tokens)
+    return ids, weights
+
+
+def chunks(tokenizer: Any, text: str) -> list[tuple[list[int], list[float]]]:
+    """AUTOMATIC1111's chunks of a prompt: CHUNK tokens each, a chunk that fills up ending after its last comma when
+    that is at most COMMA_BACKTRACK tokens from its end (the rest starts the next); at least one."""
+    ids, weights = _tokens(tokenizer, text)
+    comma = tokenizer(",", add_special_tokens=False).input_ids[-1]
+    done: list[tuple[list[int], list[float]]] = []
+    chunk_ids: list[int] = []
+    chunk_weights: list[float] = []
+    last_comma = -1
+    for token, weight in zip(ids, weights):
+        if token == comma:
+            last_comma = len(chunk_ids)
+        elif len(chunk_ids) == CHUNK and last_comma != -1 and len(chunk_ids) - last_comma <= COMMA_BACKTRACK:
+            cut = last_comma + 1
+            done.append((chunk_ids[:cut], chunk_weights[:cut]))
+            chunk_ids, chunk_weights, last_comma = chunk_ids[cut:], chunk_weights[cut:], -1
+        if len(chunk_ids) == CHUNK:
+            done.append((chunk_ids, chunk_weights))
+            chunk_ids, chunk_weights, last_comma = [], [], -1
+        chunk_ids.append(token)
+        chunk_weights.append(weight)
+    if chunk_ids or not done:
+        done.append((chunk_ids, chunk_weights))
+    return done
+
+
+def weighted_ids(tokenizer: Any, texts: list[str], max_chunks: int | None = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids and each token's weight (1 for BOS, EOS and padding), a row per text of as many chunks of the
+    tokenizer's length (77: BOS, CHUNK tokens, EOS, padding) as the longest text needs, at most ``max_chunks``
+    (None: no limit); a text of fewer chunks is padded with empty ones, as AUTOMATIC1111 pads the shorter of a
+    prompt and its negative. With one chunk, a text longer than it is cut, as Diffusers cuts it."""
     length = tokenizer.model_max_length
+    per_text = [chunks(tokenizer, text) if max_chunks != 1 else [tuple(x[: length - 2] for x in _tokens(tokenizer, text))] for text in texts]
+    count = min(max(len(c) for c in per_text), max_chunks or MAX_CHUNKS)
     all_ids, all_weights = [], []
-    for text in texts:
-        ids: list[int] = []
-        weights: list[float] = []
-        for run, weight in parse(text):
-            tokens = tokenizer(run, add_special_tokens=False).input_ids if run else []
-            ids += tokens
-            weights += [weight] * len(tokens)
-        ids, weights = ids[: length - 2], weights[: length - 2]
-        pad = length - 2 - len(ids)
-        all_ids.append([tokenizer.bos_token_id, *ids, tokenizer.eos_token_id] + [tokenizer.pad_token_id] * pad)
-        all_weights.append([1.0, *weights, 1.0] + [1.0] * pad)
+    for text_chunks in per_text:
+        row_ids: list[int] = []
+        row_weights: list[float] = []
+        for ids, weights in (text_chunks + [([], [])] * count)[:count]:
+            pad = length - 2 - len(ids)
+            row_ids += [tokenizer.bos_token_id, *ids, tokenizer.eos_token_id] + [tokenizer.pad_token_id] * pad
+            row_weights += [1.0, *weights, 1.0] + [1.0] * pad
+        all_ids.append(row_ids)
+        all_weights.append(row_weights)
     return np.asarray(all_ids, dtype=np.int64), np.asarray(all_weights, dtype=np.float32)
+
+
+def encode(encoder: Any, ids: np.ndarray, weights: np.ndarray, length: int) -> dict[str, np.ndarray]:
+    """A text encoder's outputs for weighted ids of one or more chunks of ``length`` tokens: each chunk encoded alone
+    and weighted (weigh), the per-token outputs of the chunks joined along the tokens, the pooled ones the first
+    chunk's (AUTOMATIC1111's SDXL pooled embedding)."""
+    parts = [weigh(encoder(input_ids=ids[:, s:s + length]), weights[:, s:s + length]) for s in range(0, ids.shape[1], length)]
+    return {name: np.concatenate([p[name] for p in parts], axis=1) if value.ndim == 3 else value for name, value in parts[0].items()}
 
 
 def weigh(outputs: dict[str, np.ndarray], weights: np.ndarray) -> dict[str, np.ndarray]:

@@ -95,11 +95,27 @@ class Pipeline:
         texts = request.prompts + [n for n in request.negative_prompts if n]
         out = []
         for text in dict.fromkeys(texts):
-            read = "".join(run for run, _ in emphasis.parse(text)) if request.prompt_emphasis else text  # what the encoder reads
-            count = len(self.tokenizer(read, truncation=False).input_ids)
+            if request.prompt_emphasis:  # read in chunks of 75 tokens where the artifact takes more than 77 (sdopt.runtime.emphasis)
+                parts, allowed = emphasis.chunks(self.tokenizer, text), self.max_prompt_chunks or emphasis.MAX_CHUNKS
+                if len(parts) > allowed:
+                    out.append(f"prompt {text[:40]!r}... needs {len(parts)} chunks of {emphasis.CHUNK} tokens; "
+                               + ("this artifact's UNet was built for one (static shapes), so it reads the first" if allowed == 1
+                                  else f"sdopt reads the first {allowed}") + ", the rest is ignored")
+                continue
+            count = len(self.tokenizer(text, truncation=False).input_ids)
             if count > limit:
                 out.append(f"prompt {text[:40]!r}... is {count} tokens; the text encoder reads the first {limit}, the rest is ignored")
         return out
+
+    def prompt_chunks(self, texts: list[str]) -> int:
+        """The 75-token chunks the longest of these texts is read in with emphasis (what a call of them pads every row to)."""
+        return min(max(len(emphasis.chunks(self.tokenizer, t)) for t in texts), self.max_prompt_chunks or emphasis.MAX_CHUNKS)
+
+    @property
+    def max_prompt_chunks(self) -> int | None:
+        """How many 77-token chunks of a prompt the UNet takes (emphasis mode): one where it was built for 77 tokens
+        (static OpenVINO shapes, TensorRT's profiles), else no limit of its own (None)."""
+        return 1 if self.manifest.static_shapes or self.manifest.backend == "tensorrt" else None
 
     def encode_prompts(self, request: GenerateRequest) -> dict[str, np.ndarray]:
         """The UNet's conditioning inputs, one row per image, [negatives; positives] with guidance:
@@ -107,9 +123,9 @@ class Pipeline:
         texts = request.prompts + (request.negative_prompts if request.uses_guidance else [])
         outputs = []
         for name, tokenizer in zip(self.family.text_encoders, self.tokenizers):
-            if request.prompt_emphasis:  # AUTOMATIC1111's (word:1.2): the text without the syntax, its tokens weighted
-                ids, weights = emphasis.weighted_ids(tokenizer, texts)
-                outputs.append(emphasis.weigh(self.components[name](input_ids=ids), weights))
+            if request.prompt_emphasis:  # AUTOMATIC1111's (word:1.2) and chunks of 75 tokens (sdopt.runtime.emphasis)
+                ids, weights = emphasis.weighted_ids(tokenizer, texts, self.max_prompt_chunks)
+                outputs.append(emphasis.encode(self.components[name], ids, weights, tokenizer.model_max_length))
             else:
                 outputs.append(self.components[name](input_ids=self._tokenize(tokenizer, texts)))
         return self.family.conditioning(outputs, request, self.manifest.model)

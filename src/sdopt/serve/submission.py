@@ -99,6 +99,10 @@ def submit(request: Request, spec: J.JobSpec, api: str, job_id: str | None = Non
     settings: ServeSettings = request.app.state.settings
     spec.prompt, spec.loras = take_loras(spec.prompt, settings.lora_dir, (names or {}).get("prompt", "prompt"))
     check_spec(spec, settings, worker.pipeline, names or {})
+    if spec.prompt_emphasis and hasattr(worker.pipeline, "prompt_chunks"):
+        # A long prompt is read in chunks, and one call's rows all get the most any of them needs: jobs batch only
+        # with jobs of as many, so each image is the one it gets alone.
+        spec.text_chunks = worker.pipeline.prompt_chunks([spec.prompt, spec.negative_prompt])
     job = J.Job(spec=spec, api=api, **({"id": job_id} if job_id else {}))
     return worker.submit(job)
 
