@@ -571,6 +571,7 @@ def test_page_in_headless_chromium_generates_and_shows_progress(tiny_pipeline, t
         assert int(browser.evaluate("document.getElementById('bar').dataset.stepsSeen")) >= 6
         assert browser.evaluate("document.querySelectorAll('#images img').length") == 1
         assert browser.evaluate("document.querySelector('#images img').naturalWidth") == 64
+        assert "Seed: 3, Size: 64x64" in browser.evaluate("document.getElementById('infotext').textContent")  # its parameters
         browser.screenshot(str(tmp_path / "page.png"))
         assert (tmp_path / "page.png").stat().st_size > 1000
 
