@@ -111,12 +111,17 @@ def test_automatic1111s_api_reads_emphasis_and_the_png_says_so(tiny_model, tiny_
         native = httpx.post(url + "/v1/jobs", json={"prompt": prompt, "width": 64, "height": 64, "steps": 4, "seed": 4, "scheduler": "euler",
                                                     "guidance_scale": 7.0}).json()
         done = wait_for(lambda: (j := httpx.get(f"{url}/v1/jobs/{native['id']}").json())["status"] not in ("queued", "running") and j)
+        openai_body = {"prompt": prompt, "size": "64x64", "sdopt_seed": 4, "sdopt_steps": 4, "sdopt_guidance_scale": 7.0}
+        plain_openai = httpx.post(url + "/v1/images/generations", json=openai_body, timeout=60).json()
+        weighted_openai = httpx.post(url + "/v1/images/generations", json={**openai_body, "sdopt_prompt_emphasis": True}, timeout=60).json()
     image = Image.open(io.BytesIO(base64.b64decode(a1111["images"][0])))
     alone = tiny_pipeline.generate(GenerateRequest(prompt=prompt, seed=4, seeds=[4], steps=4, height=64, width=64, guidance_scale=7.0,
                                                    scheduler="euler", prompt_emphasis=True))
     assert np.array_equal(np.asarray(image), np.asarray(alone.images[0]))
     assert not np.array_equal(np.asarray(Image.open(io.BytesIO(base64.b64decode(done["images"][0])))), np.asarray(image))
     assert "Emphasis: Original" in image.info["parameters"] and "Emphasis" not in done["infotexts"][0]
+    openai_images = [Image.open(io.BytesIO(base64.b64decode(r["data"][0]["b64_json"]))) for r in (plain_openai, weighted_openai)]
+    assert ["Emphasis: Original" in im.info["parameters"] for im in openai_images] == [False, True]
     # The PNG makes the image again, emphasis and all.
     png = tmp_path / "a1111.png"
     image.save(png, pnginfo=__import__("sdopt.infotext", fromlist=["png_info"]).png_info(image))

@@ -11,7 +11,7 @@ An edit is inpainting where OpenAI's mask is fully transparent (alpha 0) — the
 mask's, or the image's own when no mask is sent, as OpenAI reads it — and
 img2img of the whole image when nothing is transparent. sdopt's own fields
 (the SDK sends them with ``extra_body``): ``sdopt_seed``, ``sdopt_strength``
-(edits), ``sdopt_negative_prompt``, ``sdopt_cache_interval``, ``sdopt_guidance_end``, ``sdopt_steps`` and
+(edits), ``sdopt_negative_prompt``, ``sdopt_prompt_emphasis`` (generations: AUTOMATIC1111's (word:1.2) weights), ``sdopt_cache_interval``, ``sdopt_guidance_end``, ``sdopt_steps`` and
 ``sdopt_guidance_scale`` (by default the server's: ``sdopt serve --steps/--guidance``;
 it serves its ``--scheduler``).
 """
@@ -54,6 +54,7 @@ class ImageGeneration(BaseModel):
     sdopt_steps: int | None = Field(None, ge=1, description="None: the server's default (sdopt serve --steps)")
     sdopt_negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="what the image should not show (classifier-free guidance's other prompt)")
     sdopt_guidance_scale: float | None = Field(None, ge=0, le=MAX_GUIDANCE, description="None: the server's default (sdopt serve --guidance)")
+    sdopt_prompt_emphasis: bool = Field(False, description="read AUTOMATIC1111's (word:1.2) weights in the prompts (default: plain text)")
 
 
 OPENAI_NAMES = {"num_images": "n", "width": "size", "height": "size", "seed": "sdopt_seed", "steps": "sdopt_steps",
@@ -110,7 +111,7 @@ def image_file(request: Request, job_id: str, index: int, expires: int, signatur
 async def generations(request: Request, body: ImageGeneration) -> dict[str, Any]:
     _check_model_and_format(request, body.model, body.response_format)
     width, height = _size(body.size, default_size(request.app.state.worker.pipeline))
-    spec = J.JobSpec(prompt=body.prompt, negative_prompt=body.sdopt_negative_prompt, n=body.n or 1,
+    spec = J.JobSpec(prompt=body.prompt, negative_prompt=body.sdopt_negative_prompt, n=body.n or 1, prompt_emphasis=body.sdopt_prompt_emphasis,
                      seed=body.sdopt_seed if body.sdopt_seed is not None else random_seed(),
                      width=width, height=height, cache_interval=body.sdopt_cache_interval, guidance_end=body.sdopt_guidance_end,
                      **with_server_defaults(request.app.state.settings, body.sdopt_steps, body.sdopt_guidance_scale))
