@@ -240,22 +240,52 @@ def test_the_servers_request_defaults_serve_what_a_request_does_not_say(tiny_pip
             ServeSettings(**bad)
 
 
+def test_a1111_hires_fix_upscales_and_repaints_each_image(tiny_pipeline):
+    """enable_hr: the first pass, each image upscaled (Lanczos) and repainted by img2img from its own seed — the same
+    images as those two steps run by hand; AUTOMATIC1111's default Latent upscaler is said to be done otherwise."""
+    from PIL import Image
+
+    from sdopt.request import GenerateRequest
+
+    hires = {"enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Lanczos", "denoising_strength": 0.6, "hr_second_pass_steps": 3}
+    body = {"prompt": "a cross", **SMALL, "seed": 5, "batch_size": 2, "sampler_name": "Euler"}
+    with running_server(tiny_pipeline) as (url, app):
+        answer = httpx.post(url + "/sdapi/v1/txt2img", json={**body, **hires}, timeout=120).json()
+        info = json.loads(answer["info"])
+        first = httpx.post(url + "/sdapi/v1/txt2img", json=body, timeout=120).json()  # the first pass alone
+        latent = json.loads(httpx.post(url + "/sdapi/v1/txt2img", json={**body, "enable_hr": True, "hr_scale": 2}, timeout=120).json()["info"])
+        too_big = httpx.post(url + "/sdapi/v1/txt2img", json={**body, "enable_hr": True, "hr_scale": 40, "width": 64}, timeout=120)
+    images = [png(b64) for b64 in answer["images"]]
+    assert [im.size for im in images] == [(96, 96)] * 2 and (info["width"], info["height"]) == (96, 96)
+    assert info["sdopt_ignored"] == [] and info["sdopt_hires"]["upscaler"] == "Lanczos" and info["all_seeds"] == [5, 6]
+    for image, small, seed in zip(images, map(png, first["images"]), (5, 6)):
+        init = small.convert("RGB").resize((96, 96), Image.Resampling.LANCZOS)
+        by_hand = tiny_pipeline.generate(GenerateRequest(prompt="a cross", seed=seed, seeds=[seed], steps=3, height=96, width=96, guidance_scale=7.0,
+                                                         scheduler="euler", init_image=init, strength=0.6, prompt_emphasis=True))
+        diff = np.abs(np.asarray(image, dtype=np.int16) - np.asarray(by_hand.images[0], dtype=np.int16)).max()
+        assert diff <= 1, f"seed {seed}: the hires image differs from the two passes by hand by {diff} levels"
+        text = image.info["parameters"]
+        assert "Size: 64x64" in text and "Denoising strength: 0.6, Hires upscale: 1.5, Hires steps: 3, Hires upscaler: Lanczos" in text
+    assert latent["sdopt_ignored"] == ["hr_upscaler"] and latent["sdopt_hires"]["upscaler"] == "Lanczos" and latent["width"] == 128
+    assert too_big.status_code == 422 and "hr_scale" in too_big.text  # refused before the first pass runs
+
+
 def test_a1111_reports_ignored_fields_and_honours_force_task_id(tiny_pipeline):
     with running_server(tiny_pipeline) as (url, _):
-        body = {"prompt": "a cross", **SMALL, "seed": 1, "force_task_id": "task(abc123)", "enable_hr": True,
+        body = {"prompt": "a cross", **SMALL, "seed": 1, "force_task_id": "task(abc123)", "tiling": True,
                 "restore_faces": True, "my_extension_field": {"x": 1}, "hr_scale": 2.0}
         response = httpx.post(url + "/sdapi/v1/txt2img", json=body, timeout=60)
         assert response.status_code == 200, response.text
         data = response.json()
         info = json.loads(data["info"])  # a JSON string, as AUTOMATIC1111 sends it
         assert info["task_id"] == "task(abc123)"
-        assert info["sdopt_ignored"] == ["enable_hr", "my_extension_field", "restore_faces"]
+        assert info["sdopt_ignored"] == ["my_extension_field", "restore_faces", "tiling"]  # hr_scale: inert without enable_hr
         assert png(data["images"][0]).size == (64, 64)
         job = httpx.get(url + "/v1/jobs/task(abc123)", params={"images": False}).json()
         assert job["status"] == "succeeded" and job["api"] == "a1111"
         followed = httpx.get(url + "/sdapi/v1/progress", params={"id_task": "task(abc123)"}).json()
         assert followed["progress"] == 1.0 and followed["state"]["job"] == "task(abc123)"
-        again = httpx.post(url + "/sdapi/v1/txt2img", json={**body, "enable_hr": False}, timeout=60)
+        again = httpx.post(url + "/sdapi/v1/txt2img", json={**body, "tiling": False}, timeout=60)
         assert again.status_code == 422 and "already in use" in again.text
         # AUTOMATIC1111's schedule type: Karras where sdopt has the variant; another one is said to be ignored.
         for sampler, schedule, ours, ignored in (("DPM++ 2M", "Karras", "dpmpp_2m_karras", []), ("DPM++ 2M", "Exponential", "dpmpp_2m", ["scheduler"]),

@@ -139,6 +139,9 @@ _USED = {
     "init_images", "mask", "denoising_strength", "inpainting_mask_invert", "mask_blur", "mask_blur_x", "mask_blur_y",
     "include_init_images", "resize_mode", "mask_round", "inpaint_full_res", "inpaint_full_res_padding", "styles",
     "sdopt_cache_interval", "sdopt_guidance_end",
+    # the hires fix (serve/hires.py); hr_upscaler is said below
+    "enable_hr", "hr_scale", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y", "hr_sampler_name", "hr_scheduler", "hr_prompt",
+    "hr_negative_prompt", "hr_upscaler",
 }
 # Values that change nothing in AUTOMATIC1111 either (clients such as webuiapi send them).
 _NEUTRAL = {"s_noise": 1.0, "initial_noise_multiplier": 1.0}
@@ -179,6 +182,11 @@ def ignored_fields(body: _Processing, scheduler: str | None) -> list[str]:
             if value == default or value in (None, "", [], {}, 0, False):
                 continue
         out.append(name)
+    if getattr(body, "enable_hr", False):
+        from sdopt.serve.hires import upscaler
+
+        if not upscaler(body.hr_upscaler)[1]:  # a Latent mode (AUTOMATIC1111's default) or a model: Lanczos here
+            out.append("hr_upscaler")
     if body.infotext:  # what the infotext says that no field here takes (AUTOMATIC1111's Clip skip, hires fix, RNG, ...)
         from sdopt.infotext import parse_parameters, unapplied
 
@@ -242,6 +250,11 @@ def _spec(request: Request, body: _Processing, init=None, mask=None, strength: f
 
 async def _run(request: Request, body: _Processing, spec: J.JobSpec) -> dict[str, Any]:
     job = await wait(submit(request, spec, "a1111", job_id=body.force_task_id or None, names=A1111_NAMES))
+    return _answer(request, body, spec, job, job.images)
+
+
+def _answer(request: Request, body: _Processing, spec: J.JobSpec, job: J.Job, images: list) -> dict[str, Any]:
+    """The response for a finished job and the images it answers with (an interrupted job: none, info.interrupted)."""
     interrupted = job.status == J.CANCELLED
     if job.status not in (J.SUCCEEDED, J.CANCELLED):
         raise RequestError("prompt", f"the image was not made: {job.status} ({job.error})", status=failure_status(job))
@@ -249,12 +262,11 @@ async def _run(request: Request, body: _Processing, spec: J.JobSpec) -> dict[str
     for name in ("init_images", "mask"):
         if name in params:
             params[name] = None  # AUTOMATIC1111 does not echo input images back
-    info = _info(request, job, spec, body, interrupted)
-    images = [encode_png(im) for im in job.images] if body.send_images else []
-    return {"images": images, "parameters": params, "info": json.dumps(info)}
+    info = _info(request, job, spec, body, interrupted, images)
+    return {"images": [encode_png(im) for im in images] if body.send_images else [], "parameters": params, "info": json.dumps(info)}
 
 
-def _info(request: Request, job: J.Job, spec: J.JobSpec, body: _Processing, interrupted: bool) -> dict[str, Any]:
+def _info(request: Request, job: J.Job, spec: J.JobSpec, body: _Processing, interrupted: bool, images: list) -> dict[str, Any]:
     n = len(spec.seeds)
     return {
         "prompt": spec.prompt,
@@ -276,7 +288,7 @@ def _info(request: Request, job: J.Job, spec: J.JobSpec, body: _Processing, inte
         "sd_model_name": request.app.state.model_name,
         "denoising_strength": spec.strength if spec.init_image is not None else None,
         "index_of_first_image": 0,
-        "infotexts": [image.info.get("parameters") for image in job.images],  # what each image's PNG carries (sdopt.infotext)
+        "infotexts": [image.info.get("parameters") for image in images],  # what each image's PNG carries (sdopt.infotext)
         "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(job.created)),
         # A1111's name for a 9-channel inpainting UNet (a stand-in pipeline in tests has none)
         "is_using_inpainting_conditioning": bool(getattr(request.app.state.worker.pipeline, "inpainting_unet", False)),
@@ -294,7 +306,38 @@ def _info(request: Request, job: J.Job, spec: J.JobSpec, body: _Processing, inte
 @router.post("/sdapi/v1/txt2img", response_model=ImagesResponse)
 async def txt2img(request: Request, body: Txt2ImgRequest) -> dict[str, Any]:
     apply_infotext(body)
+    if body.enable_hr:
+        return await _run_hires(request, body, _spec(request, body))
     return await _run(request, body, _spec(request, body))
+
+
+async def _run_hires(request: Request, body: Txt2ImgRequest, spec: J.JobSpec) -> dict[str, Any]:
+    """The hires fix (serve/hires.py): the first pass, then a second-pass job per image; both checked before either runs."""
+    import asyncio
+
+    from sdopt.serve import hires
+    from sdopt.serve.submission import check_spec
+
+    sampler = body.hr_sampler_name if body.hr_sampler_name not in (None, "", "Use same sampler") else None
+    scheduler = scheduler_for(body.model_copy(update={"sampler_name": sampler, "scheduler": body.hr_scheduler})) if sampler else spec.scheduler
+    names = {**A1111_NAMES, "steps": "hr_second_pass_steps", "width": "hr_scale", "height": "hr_scale", "strength": "denoising_strength"}
+    check_spec(hires.second_pass(body, spec, scheduler)[0], request.app.state.settings, request.app.state.worker.pipeline, names)
+    first = await wait(submit(request, spec, "a1111", job_id=body.force_task_id or None, names=A1111_NAMES))
+    if first.status != J.SUCCEEDED:
+        return _answer(request, body, spec, first, first.images)
+    seconds = [submit(request, second, "a1111", names=names) for second in hires.second_pass(body, spec, scheduler, first.images)]
+    done = await asyncio.gather(*(wait(job) for job in seconds))
+    failed = next((job for job in done if job.status != J.SUCCEEDED), None)
+    images = [] if failed else [job.images[0] for job in done]
+    for image, made_from, job in zip(images, first.images, done):  # AUTOMATIC1111's parameters of a hires image
+        image.info["parameters"] = hires.parameters(made_from.info.get("parameters", ""), body, job.spec)
+    answer = _answer(request, body, spec, failed or first, images)
+    info = json.loads(answer["info"])
+    info.update(width=done[0].spec.width, height=done[0].spec.height, denoising_strength=done[0].spec.strength,
+                sdopt_hires={"first_pass": f"{spec.width}x{spec.height}", "upscaler": hires.upscaler(body.hr_upscaler)[0],
+                             "second_pass_steps": done[0].spec.steps, "task_ids": [job.id for job in done]})
+    answer["info"] = json.dumps(info)
+    return answer
 
 
 def _mask(request: Request, body: Img2ImgRequest, size: tuple[int, int]):

@@ -1,0 +1,80 @@
+"""AUTOMATIC1111's hires fix (txt2img's ``enable_hr``): each image made at its size, upscaled, then repainted larger.
+
+Two passes of the one loop, as AUTOMATIC1111 runs them: txt2img at width x height, then each image upscaled to
+``hr_scale`` times that (or to ``hr_resize_x`` x ``hr_resize_y``; one of them alone keeps the aspect), down to a
+multiple of 8, and repainted by img2img at ``denoising_strength`` (default 0.7, AUTOMATIC1111's slider's) in
+``hr_second_pass_steps`` (0: the first pass's), with ``hr_sampler_name``, ``hr_prompt`` and ``hr_negative_prompt``
+where given, each image from its own seed. The upscale is of the image: "Lanczos", "Nearest", and "None"
+(AUTOMATIC1111 then resizes with Lanczos) as there. Its default "Latent" modes upscale the latents instead, and its
+model upscalers (ESRGAN, ...) are networks sdopt does not have: those are done with Lanczos here, and
+``info.sdopt_ignored`` names ``hr_upscaler``. Both sizes given with another aspect: the image is stretched
+(AUTOMATIC1111 crops it). The images carry AUTOMATIC1111's parameters for a hires image: the first pass's, with
+the denoising strength and the Hires keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from sdopt.serve import jobs as J
+from sdopt.serve.errors import RequestError
+
+DEFAULT_STRENGTH = 0.7
+LANCZOS, NEAREST = "Lanczos", "Nearest"
+IMAGE_UPSCALERS = {LANCZOS: LANCZOS, NEAREST: NEAREST, "None": LANCZOS}  # the name asked -> the resize done
+
+
+def upscaler(name: str | None) -> tuple[str, bool]:
+    """(the resize done, whether it is the one asked): AUTOMATIC1111's default, None, is "Latent"."""
+    done = IMAGE_UPSCALERS.get(name or "Latent")
+    return (done, True) if done else (LANCZOS, False)
+
+
+def target_size(body: Any) -> tuple[int, int]:
+    """The second pass's width and height, multiples of 8."""
+    x, y = body.hr_resize_x or 0, body.hr_resize_y or 0
+    width, height = body.width or 512, body.height or 512
+    if x and y:
+        w, h = x, y
+    elif x or y:  # one side given: the other keeps the first pass's aspect
+        w, h = (x, round(x * height / width)) if x else (round(y * width / height), y)
+    else:
+        scale = body.hr_scale if body.hr_scale is not None else 2.0
+        if not scale > 0:
+            raise RequestError("hr_scale", f"hr_scale={scale}: must be above 0 (2 doubles each side)")
+        w, h = int(width * scale), int(height * scale)
+    return max(8, w - w % 8), max(8, h - h % 8)
+
+
+def second_pass(body: Any, first: J.JobSpec, scheduler: str | None, images: list | None = None) -> list[J.JobSpec]:
+    """A job per first-pass image (a blank one per seed when ``images`` is None: for the checks before the first pass)."""
+    from PIL import Image
+
+    width, height = target_size(body)
+    done, _ = upscaler(body.hr_upscaler)
+    resample = Image.Resampling.LANCZOS if done == LANCZOS else Image.Resampling.NEAREST
+    pictures = images or [Image.new("RGB", (first.width, first.height))] * len(first.seeds)
+    return [
+        dataclasses.replace(
+            first, prompt=body.hr_prompt or first.prompt, negative_prompt=body.hr_negative_prompt or first.negative_prompt, seed=seed, n=1,
+            steps=body.hr_second_pass_steps or first.steps, width=width, height=height, scheduler=scheduler,
+            init_image=picture.convert("RGB").resize((width, height), resample), mask_image=None,
+            strength=body.denoising_strength if body.denoising_strength is not None else DEFAULT_STRENGTH,
+        )
+        for seed, picture in zip(first.seeds, pictures)
+    ]
+
+
+def parameters(first_text: str, body: Any, second: J.JobSpec) -> str:
+    """AUTOMATIC1111's parameters for a hires image: the first pass's, with its denoising strength and Hires keys."""
+    from sdopt.infotext import format_parameters, parse_parameters
+
+    parsed = parse_parameters(first_text)
+    pairs = {k: v for k, v in parsed.items() if k not in ("Prompt", "Negative prompt", "Size-1", "Size-2")}
+    pairs = {"Size": f"{parsed.get('Size-1')}x{parsed.get('Size-2')}", **pairs, "Denoising strength": f"{second.strength:g}",
+             "Hires upscale": f"{(body.hr_scale or 2.0):g}" if not (body.hr_resize_x or body.hr_resize_y) else None,
+             "Hires resize": f"{second.width}x{second.height}" if (body.hr_resize_x or body.hr_resize_y) else None,
+             "Hires steps": body.hr_second_pass_steps or None, "Hires upscaler": body.hr_upscaler or "Latent",
+             "Hires prompt": body.hr_prompt or None, "Hires negative prompt": body.hr_negative_prompt or None}
+    return format_parameters(parsed["Prompt"], parsed["Negative prompt"] or None, pairs)
