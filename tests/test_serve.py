@@ -255,6 +255,8 @@ def test_a1111_hires_fix_upscales_and_repaints_each_image(tiny_pipeline):
         first = httpx.post(url + "/sdapi/v1/txt2img", json=body, timeout=120).json()  # the first pass alone
         latent = json.loads(httpx.post(url + "/sdapi/v1/txt2img", json={**body, "enable_hr": True, "hr_scale": 2}, timeout=120).json()["info"])
         too_big = httpx.post(url + "/sdapi/v1/txt2img", json={**body, "enable_hr": True, "hr_scale": 40, "width": 64}, timeout=120)
+        again = httpx.post(url + "/sdapi/v1/txt2img", json={"infotext": png(answer["images"][0]).info["parameters"]}, timeout=120).json()
+        again_info = json.loads(again["info"])
     images = [png(b64) for b64 in answer["images"]]
     assert [im.size for im in images] == [(96, 96)] * 2 and (info["width"], info["height"]) == (96, 96)
     assert info["sdopt_ignored"] == [] and info["sdopt_hires"]["upscaler"] == "Lanczos" and info["all_seeds"] == [5, 6]
@@ -267,6 +269,8 @@ def test_a1111_hires_fix_upscales_and_repaints_each_image(tiny_pipeline):
         text = image.info["parameters"]
         assert "Size: 64x64" in text and "Denoising strength: 0.6, Hires upscale: 1.5, Hires steps: 3, Hires upscaler: Lanczos" in text
     assert latent["sdopt_ignored"] == ["hr_upscaler"] and latent["sdopt_hires"]["upscaler"] == "Lanczos" and latent["width"] == 128
+    assert again_info["sdopt_ignored"] == [] and again_info["sdopt_hires"]["second_pass_steps"] == 3
+    assert np.array_equal(np.asarray(png(again["images"][0])), np.asarray(images[0]))  # made again from its parameters alone
     assert too_big.status_code == 422 and "hr_scale" in too_big.text  # refused before the first pass runs
 
 

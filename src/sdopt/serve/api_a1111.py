@@ -190,7 +190,10 @@ def ignored_fields(body: _Processing, scheduler: str | None) -> list[str]:
     if body.infotext:  # what the infotext says that no field here takes (AUTOMATIC1111's Clip skip, hires fix, RNG, ...)
         from sdopt.infotext import parse_parameters, unapplied
 
-        out += [f"infotext: {key}" for key in unapplied(parse_parameters(body.infotext))]
+        from sdopt.serve.hires import INFOTEXT_FIELDS, RESIZE
+
+        taken = {*INFOTEXT_FIELDS, RESIZE} if isinstance(body, Txt2ImgRequest) else set()  # applied by hires.from_parameters
+        out += [f"infotext: {key}" for key in unapplied(parse_parameters(body.infotext)) if key not in taken]
     return out
 
 
@@ -233,6 +236,10 @@ def apply_infotext(body: _Processing) -> None:
         field = A1111_NAMES.get(name, name)  # the sampler as sdopt's name (with its schedule type), which sampler_name takes
         if field not in given and field in type(body).model_fields:
             setattr(body, field, value)
+    if isinstance(body, Txt2ImgRequest):  # a hires image's parameters: the hires fix again
+        from sdopt.serve import hires
+
+        hires.from_parameters(body, parsed, given)
 
 
 def _spec(request: Request, body: _Processing, init=None, mask=None, strength: float = 0.8) -> J.JobSpec:

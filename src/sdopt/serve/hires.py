@@ -74,7 +74,33 @@ def parameters(first_text: str, body: Any, second: J.JobSpec) -> str:
     pairs = {k: v for k, v in parsed.items() if k not in ("Prompt", "Negative prompt", "Size-1", "Size-2")}
     pairs = {"Size": f"{parsed.get('Size-1')}x{parsed.get('Size-2')}", **pairs, "Denoising strength": f"{second.strength:g}",
              "Hires upscale": f"{(body.hr_scale or 2.0):g}" if not (body.hr_resize_x or body.hr_resize_y) else None,
-             "Hires resize": f"{second.width}x{second.height}" if (body.hr_resize_x or body.hr_resize_y) else None,
+             RESIZE: f"{second.width}x{second.height}" if (body.hr_resize_x or body.hr_resize_y) else None,
              "Hires steps": body.hr_second_pass_steps or None, "Hires upscaler": body.hr_upscaler or "Latent",
              "Hires prompt": body.hr_prompt or None, "Hires negative prompt": body.hr_negative_prompt or None}
     return format_parameters(parsed["Prompt"], parsed["Negative prompt"] or None, pairs)
+
+
+# The Hires keys of an image's parameters -> the txt2img fields they fill (AUTOMATIC1111's infotext rule: each
+# field the request does not set); any of them turns the hires fix on.
+INFOTEXT_FIELDS = {"Hires upscale": ("hr_scale", float), "Hires steps": ("hr_second_pass_steps", int), "Hires upscaler": ("hr_upscaler", str),
+                   "Hires prompt": ("hr_prompt", str), "Hires negative prompt": ("hr_negative_prompt", str)}
+RESIZE = "Hires resize"  # "WIDTHxHEIGHT"
+
+
+def from_parameters(body: Any, parsed: dict[str, Any], given: set[str]) -> None:
+    """Fill a txt2img request's hires fields from parsed parameters (sdopt.infotext.parse_parameters)."""
+    values: dict[str, Any] = {}
+    try:
+        for key, (field, kind) in INFOTEXT_FIELDS.items():
+            if parsed.get(key) not in (None, ""):
+                values[field] = kind(parsed[key])
+        if parsed.get(RESIZE):
+            width, _, height = str(parsed[RESIZE]).partition("x")
+            values["hr_resize_x"], values["hr_resize_y"] = int(width), int(height)
+    except ValueError as exc:
+        raise RequestError("infotext", f"infotext: a Hires value is not a number ({exc})") from None
+    if values and "enable_hr" not in given:
+        values["enable_hr"] = True
+    for field, value in values.items():
+        if field not in given:
+            setattr(body, field, value)
