@@ -42,6 +42,22 @@ def running_server(pipeline: Any, name: str = "tiny", start_worker: bool = True,
         thread.join(10)
 
 
+def run_queued(pipeline: Any, specs: list, max_batch: int = 4) -> list:
+    """The jobs of ``specs``, all queued before a worker starts (so it batches what can share a call), run to the end."""
+    from sdopt.serve import jobs as J
+    from sdopt.serve.worker import Worker
+
+    worker = Worker(pipeline, max_batch=max_batch)
+    jobs = [worker.submit(J.Job(spec=spec)) for spec in specs]
+    worker.start()
+    try:
+        for job in jobs:
+            job.future.result(timeout=120)
+    finally:
+        worker.stop()
+    return jobs
+
+
 class SlowSteps:
     """A pipeline whose every denoising step also sleeps: cancel and timeout tests need a job that is
     still running when the client acts, whatever the machine's speed. Everything else is the real pipeline."""

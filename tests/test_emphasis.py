@@ -169,8 +169,8 @@ def test_a_long_prompt_is_read_in_chunks_of_75_tokens(tiny_pipeline, monkeypatch
 def test_a_long_prompt_batches_only_with_prompts_as_long(tiny_pipeline):
     """In the server, jobs share a call only with jobs whose prompts need as many chunks (every row of a call is padded
     to the most any needs): each image is still the one its request gets alone."""
+    from serving import run_queued
     from sdopt.serve import jobs as J
-    from sdopt.serve.worker import Worker
 
     small = {"width": 64, "height": 64, "steps": 4, "prompt_emphasis": True}
     prompts = [(", ".join(f"a (red:1.2) fox number {i}" for i in range(20)), 1), ("a (fox:1.2)", 2), ("a fox, [snow]", 3)]
@@ -178,14 +178,7 @@ def test_a_long_prompt_batches_only_with_prompts_as_long(tiny_pipeline):
     for spec in specs:  # what submission does
         spec.text_chunks = tiny_pipeline.prompt_chunks([spec.prompt, spec.negative_prompt])
     assert specs[0].text_chunks > 1 and specs[1].batch_key() == specs[2].batch_key() != specs[0].batch_key()
-    worker = Worker(tiny_pipeline, max_batch=4)
-    jobs = [worker.submit(J.Job(spec=spec)) for spec in specs]  # queued before the worker starts
-    worker.start()
-    try:
-        for job in jobs:
-            job.future.result(timeout=120)
-    finally:
-        worker.stop()
+    jobs = run_queued(tiny_pipeline, specs)
     assert [job.batch_size for job in jobs] == [1, 2, 2]
     for job, (prompt, seed) in zip(jobs, prompts):
         alone = tiny_pipeline.generate(GenerateRequest(prompt=prompt, seed=seed, seeds=[seed], steps=4, height=64, width=64, prompt_emphasis=True))

@@ -19,7 +19,7 @@ import pytest
 pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install 'sdopt[serve]'")
 httpx = pytest.importorskip("httpx", reason="httpx is not installed: pip install 'sdopt[serve-test]'")
 
-from serving import Faulty, SlowSteps, running_server, wait_for  # noqa: E402
+from serving import Faulty, SlowSteps, run_queued, running_server, wait_for  # noqa: E402
 from sdopt import SdoptError  # noqa: E402
 
 SMALL = {"width": 64, "height": 64, "steps": 4}
@@ -331,17 +331,9 @@ def test_batched_images_equal_the_images_made_alone(tiny_pipeline):
     """Three users' requests share one generate call; each gets the image its request gets alone."""
     from sdopt.request import GenerateRequest
     from sdopt.serve import jobs as J
-    from sdopt.serve.worker import Worker
 
     specs = [J.JobSpec(prompt=p, seed=s, **SMALL) for p, s in (("a red circle", 11), ("a blue square", 22), ("a green cross", 33))]
-    worker = Worker(tiny_pipeline, max_batch=4)
-    jobs = [worker.submit(J.Job(spec=spec)) for spec in specs]  # queued before the worker starts: one batch
-    worker.start()
-    try:
-        for job in jobs:
-            job.future.result(timeout=120)
-    finally:
-        worker.stop()
+    jobs = run_queued(tiny_pipeline, specs)  # queued before the worker starts: one batch
     assert [job.status for job in jobs] == ["succeeded"] * 3
     assert [job.batch_size for job in jobs] == [3, 3, 3]
     for job, spec in zip(jobs, specs):
@@ -666,7 +658,6 @@ def test_prompt_lora_tags_apply_the_named_lora_and_jobs_batch_only_with_their_ow
     import sdopt
     from sdopt.request import GenerateRequest
     from sdopt.serve import jobs as J
-    from sdopt.serve.worker import Worker
     from sdopt.zoo.lora import write_lora
 
     folder = tmp_path / "loras"
@@ -693,13 +684,6 @@ def test_prompt_lora_tags_apply_the_named_lora_and_jobs_batch_only_with_their_ow
         r = httpx.post(f"{url}/sdapi/v1/txt2img", json={"prompt": "a <lora:style:1>", **SMALL}, timeout=60)
         assert r.status_code == 422 and "--lora-dir" in r.text
 
-    worker = Worker(pipeline, max_batch=8)
-    jobs = [worker.submit(J.Job(spec=J.JobSpec(prompt=p, loras=l, **SMALL)))
-            for p, l in (("a", {str(style): 0.8}), ("b", {str(style): 0.8}), ("c", {str(style): 0.5}), ("d", None))]
-    worker.start()
-    try:
-        for job in jobs:
-            job.future.result(timeout=120)
-    finally:
-        worker.stop()
+    jobs = run_queued(pipeline, [J.JobSpec(prompt=p, loras=l, **SMALL)
+                                 for p, l in (("a", {str(style): 0.8}), ("b", {str(style): 0.8}), ("c", {str(style): 0.5}), ("d", None))], max_batch=8)
     assert [job.batch_size for job in jobs] == [2, 2, 1, 1]
