@@ -270,7 +270,8 @@ def test_a1111_hires_fix_upscales_and_repaints_each_image(tiny_pipeline):
         assert "Size: 64x64" in text and "Denoising strength: 0.6, Hires upscale: 1.5, Hires steps: 3, Hires upscaler: Lanczos" in text
     assert latent["sdopt_ignored"] == ["hr_upscaler"] and latent["sdopt_hires"]["upscaler"] == "Lanczos" and latent["width"] == 128
     assert again_info["sdopt_ignored"] == [] and again_info["sdopt_hires"]["second_pass_steps"] == 3
-    assert np.array_equal(np.asarray(png(again["images"][0])), np.asarray(images[0]))  # made again from its parameters alone
+    # Made again from its parameters alone: alone now, where it was batched with its neighbour (a level at most, as above).
+    assert np.abs(np.asarray(png(again["images"][0]), dtype=np.int16) - np.asarray(images[0], dtype=np.int16)).max() <= 1
     assert too_big.status_code == 422 and "hr_scale" in too_big.text  # refused before the first pass runs
 
 
