@@ -257,6 +257,9 @@ def test_a1111_hires_fix_upscales_and_repaints_each_image(tiny_pipeline):
         too_big = httpx.post(url + "/sdapi/v1/txt2img", json={**body, "enable_hr": True, "hr_scale": 40, "width": 64}, timeout=120)
         again = httpx.post(url + "/sdapi/v1/txt2img", json={"infotext": png(answer["images"][0]).info["parameters"]}, timeout=120).json()
         again_info = json.loads(again["info"])
+    with running_server(tiny_pipeline, max_queue=1) as (url, _):  # an accepted request's second pass is never refused half done
+        small_queue = httpx.post(url + "/sdapi/v1/txt2img", json={**body, **hires}, timeout=120)
+    assert small_queue.status_code == 200 and len(small_queue.json()["images"]) == 2
     images = [png(b64) for b64 in answer["images"]]
     assert [im.size for im in images] == [(96, 96)] * 2 and (info["width"], info["height"]) == (96, 96)
     assert info["sdopt_ignored"] == [] and info["sdopt_hires"]["upscaler"] == "Lanczos" and info["all_seeds"] == [5, 6]

@@ -332,7 +332,7 @@ async def _run_hires(request: Request, body: Txt2ImgRequest, spec: J.JobSpec) ->
     first = await wait(submit(request, spec, "a1111", job_id=body.force_task_id or None, names=A1111_NAMES))
     if first.status != J.SUCCEEDED:
         return _answer(request, body, spec, first, first.images)
-    seconds = [submit(request, second, "a1111", names=names) for second in hires.second_pass(body, spec, scheduler, first.images)]
+    seconds = [submit(request, second, "a1111", names=names, continuing=True) for second in hires.second_pass(body, spec, scheduler, first.images)]
     done = await asyncio.gather(*(wait(job) for job in seconds))
     failed = next((job for job in done if job.status != J.SUCCEEDED), None)
     images = [] if failed else [job.images[0] for job in done]

@@ -91,8 +91,10 @@ def random_seed() -> int:
     return secrets.randbelow(2**32)
 
 
-def submit(request: Request, spec: J.JobSpec, api: str, job_id: str | None = None, names: dict[str, str] | None = None) -> J.Job:
-    """Queue ``spec``: its prompt's LoRA tags taken out into ``spec.loras`` (every API alike), then checked."""
+def submit(request: Request, spec: J.JobSpec, api: str, job_id: str | None = None, names: dict[str, str] | None = None,
+           continuing: bool = False) -> J.Job:
+    """Queue ``spec``: its prompt's LoRA tags taken out into ``spec.loras`` (every API alike), then checked.
+    continuing: the job goes on with a request already accepted (Worker.submit)."""
     from sdopt.serve.loras import take_loras
 
     worker: Worker = request.app.state.worker
@@ -104,7 +106,7 @@ def submit(request: Request, spec: J.JobSpec, api: str, job_id: str | None = Non
         # with jobs of as many, so each image is the one it gets alone.
         spec.text_chunks = worker.pipeline.prompt_chunks([spec.prompt, spec.negative_prompt])
     job = J.Job(spec=spec, api=api, **({"id": job_id} if job_id else {}))
-    return worker.submit(job)
+    return worker.submit(job, continuing=continuing)
 
 
 async def wait(job: J.Job) -> J.Job:

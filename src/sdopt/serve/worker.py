@@ -89,13 +89,15 @@ class Worker:
         return bool(self._thread and self._thread.is_alive())
 
     # --- submitting and following ---------------------------------------------------
-    def submit(self, job: J.Job) -> J.Job:
+    def submit(self, job: J.Job, continuing: bool = False) -> J.Job:
+        """Queue ``job``; QueueFull past max_queue unless it is ``continuing`` a request already accepted (the hires fix's
+        second pass): that one is not refused half done."""
         with self._cond:
             if self._stopping:
                 raise SdoptError("the server is shutting down")
             if job.id in self.jobs:
                 raise SdoptError(f"task id {job.id!r} is already in use: give another force_task_id, or none")
-            if len(self._queue) >= self.max_queue:
+            if len(self._queue) >= self.max_queue and not continuing:
                 self.metrics.count_rejected()
                 raise QueueFull(self.retry_after())
             job.deadline = time.monotonic() + self.job_timeout
