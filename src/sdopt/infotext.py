@@ -134,9 +134,9 @@ def request_fields(parsed: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def read_png_parameters(path: str) -> dict[str, Any]:
-    """The parameters an image file carries (parse_parameters); an SdoptError naming the file when it carries none
-    or cannot be read, or when they do not make a request (request_fields)."""
+def read_png_parameters(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The parameters an image file carries (parse_parameters) and the request fields they make (request_fields); an
+    SdoptError naming the file when it carries none or cannot be read, or when they do not make a request."""
     from sdopt.errors import SdoptError
     from sdopt.request import open_image
 
@@ -146,10 +146,9 @@ def read_png_parameters(path: str) -> dict[str, Any]:
         raise SdoptError(f"--parameters-from {path}: the image carries no generation parameters (the PNGs sdopt and AUTOMATIC1111 write do)")
     parsed = parse_parameters(text)
     try:
-        request_fields(parsed)
+        return parsed, request_fields(parsed)
     except SdoptError as exc:
         raise SdoptError(f"--parameters-from {path}: {exc}") from None
-    return parsed
 
 
 def png_info(image: Any):

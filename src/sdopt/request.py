@@ -213,7 +213,7 @@ class GenerateRequest:
         if ci is not None and (not _is_int(ci) or not 1 <= ci <= MAX_STEPS):
             raise SdoptError(f"cache_interval={ci!r}: must be an integer from 1 (no caching) to {MAX_STEPS}, or None (the artifact's default)")
         end = self.guidance_end
-        if end is not None and (isinstance(end, bool) or not isinstance(end, (int, float)) or not math.isfinite(end) or not 0 < end <= 1):
+        if end is not None and not (_is_number(end) and 0 < end <= 1):
             raise SdoptError(f"guidance_end={end!r}: must be a number in (0, 1], the fraction of the steps that run guided (1: all), or None (the artifact's default)")
         eta = self.eta
         if eta is not None and not (_is_number(eta) and 0 <= eta <= 1):

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from sdopt.cli.common import output_paths, backend_of, add_eta_flag, add_lora_flag, lora_scales
-from sdopt.infotext import png_info, read_png_parameters, request_fields, unapplied
+from sdopt.infotext import png_info, read_png_parameters, unapplied
 from sdopt.request import open_image
 from sdopt.errors import BrokenOutputError, SdoptError
 
@@ -29,8 +29,7 @@ def _generate(args: argparse.Namespace) -> int:
     # An image's own parameters (the PNGs sdopt and AUTOMATIC1111 write carry them), then every flag given over them.
     made_from = {}
     if args.parameters_from:
-        parsed = read_png_parameters(args.parameters_from)
-        made_from = request_fields(parsed)
+        parsed, made_from = read_png_parameters(args.parameters_from)
         if unapplied(parsed) and not args.quiet:
             print(f"warning: {args.parameters_from} says {', '.join(unapplied(parsed))}, which this request does not take: "
                   "the image will differ" + (" (give the LoRAs with --lora)" if "Loras" in parsed else ""), file=sys.stderr)

@@ -260,8 +260,9 @@ async def _run(request: Request, body: _Processing, spec: J.JobSpec) -> dict[str
     return _answer(request, body, spec, job, job.images)
 
 
-def _answer(request: Request, body: _Processing, spec: J.JobSpec, job: J.Job, images: list) -> dict[str, Any]:
-    """The response for a finished job and the images it answers with (an interrupted job: none, info.interrupted)."""
+def _answer(request: Request, body: _Processing, spec: J.JobSpec, job: J.Job, images: list, info_over: dict | None = None) -> dict[str, Any]:
+    """The response for a finished job and the images it answers with (an interrupted job: none, info.interrupted);
+    info_over: info's values where they are not the job's (the hires fix's second pass)."""
     interrupted = job.status == J.CANCELLED
     if job.status not in (J.SUCCEEDED, J.CANCELLED):
         raise RequestError("prompt", f"the image was not made: {job.status} ({job.error})", status=failure_status(job))
@@ -269,7 +270,7 @@ def _answer(request: Request, body: _Processing, spec: J.JobSpec, job: J.Job, im
     for name in ("init_images", "mask"):
         if name in params:
             params[name] = None  # AUTOMATIC1111 does not echo input images back
-    info = _info(request, job, spec, body, interrupted, images)
+    info = {**_info(request, job, spec, body, interrupted, images), **(info_over or {})}
     return {"images": [encode_png(im) for im in images] if body.send_images else [], "parameters": params, "info": json.dumps(info)}
 
 
@@ -328,7 +329,8 @@ async def _run_hires(request: Request, body: Txt2ImgRequest, spec: J.JobSpec) ->
     sampler = body.hr_sampler_name if body.hr_sampler_name not in (None, "", "Use same sampler") else None
     scheduler = scheduler_for(body.model_copy(update={"sampler_name": sampler, "scheduler": body.hr_scheduler})) if sampler else spec.scheduler
     names = {**A1111_NAMES, "steps": "hr_second_pass_steps", "width": "hr_scale", "height": "hr_scale", "strength": "denoising_strength"}
-    check_spec(hires.second_pass(body, spec, scheduler)[0], request.app.state.settings, request.app.state.worker.pipeline, names)
+    [blank] = hires.second_pass(body, spec, scheduler)  # the first seed's second pass, on a blank picture
+    check_spec(blank, request.app.state.settings, request.app.state.worker.pipeline, names)
     first = await wait(submit(request, spec, "a1111", job_id=body.force_task_id or None, names=A1111_NAMES))
     if first.status != J.SUCCEEDED:
         return _answer(request, body, spec, first, first.images)
@@ -338,13 +340,11 @@ async def _run_hires(request: Request, body: Txt2ImgRequest, spec: J.JobSpec) ->
     images = [] if failed else [job.images[0] for job in done]
     for image, made_from, job in zip(images, first.images, done):  # AUTOMATIC1111's parameters of a hires image
         image.info["parameters"] = hires.parameters(made_from.info.get("parameters", ""), body, job.spec)
-    answer = _answer(request, body, spec, failed or first, images)
-    info = json.loads(answer["info"])
-    info.update(width=done[0].spec.width, height=done[0].spec.height, denoising_strength=done[0].spec.strength,
-                sdopt_hires={"first_pass": f"{spec.width}x{spec.height}", "upscaler": hires.upscaler(body.hr_upscaler)[0],
-                             "second_pass_steps": done[0].spec.steps, "task_ids": [job.id for job in done]})
-    answer["info"] = json.dumps(info)
-    return answer
+    second = done[0].spec
+    return _answer(request, body, spec, failed or first, images, {
+        "width": second.width, "height": second.height, "denoising_strength": second.strength,
+        "sdopt_hires": {"first_pass": f"{spec.width}x{spec.height}", "upscaler": hires.upscaler(body.hr_upscaler)[0],
+                        "second_pass_steps": second.steps, "task_ids": [job.id for job in done]}})
 
 
 def _mask(request: Request, body: Img2ImgRequest, size: tuple[int, int]):
@@ -440,14 +440,19 @@ def png_info(request: Request, body: PngInfoRequest) -> dict[str, Any]:
 
 @router.get("/sdapi/v1/sd-models")
 def sd_models(request: Request) -> list[dict[str, Any]]:
-    name, pipeline = request.app.state.model_name, request.app.state.worker.pipeline
-    return [{"title": _title(request), "model_name": name, "hash": getattr(pipeline, "model_hash", None), "sha256": None,
-             "filename": str(getattr(pipeline, "folder", None) or name), "config": None}]
+    name = request.app.state.model_name
+    return [{"title": _title(request), "model_name": name, "hash": _model_hash(request), "sha256": None,
+             "filename": str(getattr(request.app.state.worker.pipeline, "folder", None) or name), "config": None}]
+
+
+def _model_hash(request: Request) -> str | None:
+    """What the served images' "Model hash" says (Pipeline.model_hash; a stand-in pipeline in tests has none)."""
+    return getattr(request.app.state.worker.pipeline, "model_hash", None)
 
 
 def _title(request: Request) -> str:
-    """The model as AUTOMATIC1111 titles a checkpoint, "NAME [HASH]": the hash its images' "Model hash" says."""
-    name, short = request.app.state.model_name, getattr(request.app.state.worker.pipeline, "model_hash", None)
+    """The model as AUTOMATIC1111 titles a checkpoint, "NAME [HASH]"."""
+    name, short = request.app.state.model_name, _model_hash(request)
     return f"{name} [{short}]" if short else name
 
 
@@ -474,8 +479,7 @@ def schedulers() -> list[dict[str, Any]]:
 
 @router.get("/sdapi/v1/options")
 def get_options(request: Request) -> dict[str, Any]:
-    return {"sd_model_checkpoint": _title(request), "samples_format": "png",
-            "sd_checkpoint_hash": getattr(request.app.state.worker.pipeline, "model_hash", None)}
+    return {"sd_model_checkpoint": _title(request), "samples_format": "png", "sd_checkpoint_hash": _model_hash(request)}
 
 
 @router.post("/sdapi/v1/options")
@@ -483,7 +487,7 @@ def set_options(request: Request, body: dict[str, Any]) -> dict[str, Any]:
     """Accepted for clients that set options before generating; this server has one model and no saved options."""
     name = request.app.state.model_name
     wanted = body.get("sd_model_checkpoint")
-    if wanted not in (None, name, _title(request), getattr(request.app.state.worker.pipeline, "model_hash", None)):
+    if wanted not in (None, name, _title(request), _model_hash(request)):
         raise RequestError("sd_model_checkpoint", f"this server serves only {name!r}; start another `sdopt serve` for {wanted!r}")
     return {}
 

@@ -48,13 +48,14 @@ def target_size(body: Any) -> tuple[int, int]:
 
 
 def second_pass(body: Any, first: J.JobSpec, scheduler: str | None, images: list | None = None) -> list[J.JobSpec]:
-    """A job per first-pass image (a blank one per seed when ``images`` is None: for the checks before the first pass)."""
+    """A job per first-pass image; with ``images`` None, the first seed's job on a blank picture (what the checks before
+    the first pass need)."""
     from PIL import Image
 
     width, height = target_size(body)
     done, _ = upscaler(body.hr_upscaler)
     resample = Image.Resampling.LANCZOS if done == LANCZOS else Image.Resampling.NEAREST
-    pictures = images or [Image.new("RGB", (first.width, first.height))] * len(first.seeds)
+    pictures = images or [Image.new("RGB", (first.width, first.height))]
     return [
         dataclasses.replace(
             first, prompt=body.hr_prompt or first.prompt, negative_prompt=body.hr_negative_prompt or first.negative_prompt, seed=seed, n=1,
