@@ -7,9 +7,14 @@ prints it on one line and exits non-zero; a traceback means a bug in sdopt.
 
 
 class SdoptError(Exception):
-    """An error caused by input, with a message meant for the user."""
+    """An error caused by input, with a message meant for the user; ``field``, where one input is at fault,
+    names it as sdopt's request calls it (an HTTP API answers with that field in its own words)."""
 
     exit_code = 2
+
+    def __init__(self, message: str = "", field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 class BrokenOutputError(SdoptError):

@@ -268,7 +268,7 @@ class GenerateRequest:
                     raise SdoptError(f"{name}: the image is empty ({image.size[0]}x{image.size[1]} pixels)")
         images, masks = self.init_images, self.mask_images
         if masks and not images:
-            raise SdoptError("mask_image needs an init_image: the mask says which part of the init image to repaint (white = repaint)")
+            raise SdoptError("mask_image needs an init_image: the mask says which part of the init image to repaint (white = repaint)", field="init_image")
         if images and int(self.steps * s) < 1:
             raise SdoptError(
                 f"strength={s:g} with steps={self.steps} runs no step (int(steps x strength) = 0): raise strength or steps"

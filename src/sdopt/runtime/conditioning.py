@@ -182,7 +182,7 @@ def check_artifact(request: GenerateRequest, manifest: Any, components: dict[str
         raise SdoptError(
             f"this is an inpainting checkpoint (its UNet reads {inpainting} channels: latents, mask and masked image): "
             "it needs init_image and mask_image (--init-image and --mask), as Diffusers' StableDiffusionInpaintPipeline "
-            "does; for text-to-image or img2img use a text-to-image checkpoint"
+            "does; for text-to-image or img2img use a text-to-image checkpoint", field="mask_image"
         )
     if request.init_image is None:
         return
@@ -191,7 +191,7 @@ def check_artifact(request: GenerateRequest, manifest: Any, components: dict[str
             f"init_image needs the VAE encoder (img2img and inpainting start from the image's latents), and this "
             f"{manifest.backend} artifact has no vae_encoder component (it has {', '.join(sorted(components))}). "
             "Export it again from the Diffusers checkpoint: `sdopt export` includes vae_encoder whenever the "
-            "checkpoint's vae/ has its weights; or generate with the Diffusers folder itself"
+            "checkpoint's vae/ has its weights; or generate with the Diffusers folder itself", field="init_image"
         )
 
 

@@ -66,3 +66,17 @@ def request_defaults(model: dict[str, Any], export: dict[str, Any] | None) -> Re
         steps, guidance = int(recorded.get("steps", steps)), float(recorded.get("guidance_scale", guidance))
         source = "the artifact's, set at export (--default-steps/--default-guidance)"
     return RequestDefaults(steps, guidance, source)
+
+
+def default_size(manifest: Any) -> tuple[int, int]:
+    """(height, width) of a request that does not say: the shapes a static artifact was built for, else the size the
+    model was trained at (UNet sample size x VAE factor, Diffusers' pipelines' default: 512 for SD 1.5, 1024 for SDXL,
+    64 for the tiny and shapes models), else 512."""
+    shapes = getattr(manifest, "static_shapes", None) or {}
+    if shapes.get("height") and shapes.get("width"):
+        return int(shapes["height"]), int(shapes["width"])
+    model = getattr(manifest, "model", None) or {}
+    if isinstance(model.get("sample_size"), int) and "vae_scale_factor" in model:
+        side = int(model["sample_size"]) * int(model["vae_scale_factor"])
+        return side, side
+    return 512, 512

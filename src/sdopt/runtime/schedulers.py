@@ -60,7 +60,7 @@ def from_a1111(sampler: str, schedule: str | None = None) -> str:
                  sampler if sampler in SCHEDULERS else None)
     if plain is None:
         known = ", ".join(dict.fromkeys(f"{name} (schedule type {kind})" if kind else name for name, kind in A1111_SAMPLERS.values()))
-        raise SdoptError(f"sampler {sampler!r} is not available here; available: {known}")
+        raise SdoptError(f"sampler {sampler!r} is not available here; available: {known}", field="scheduler")
     wanted = (schedule or "automatic").lower()
     if wanted == "automatic":
         return plain
@@ -70,7 +70,7 @@ def from_a1111(sampler: str, schedule: str | None = None) -> str:
 
 def check_scheduler(name: str | None) -> None:
     if name is not None and name not in SCHEDULERS:
-        raise SdoptError(f"unknown scheduler '{name}'; known schedulers: {', '.join(SCHEDULERS)}")
+        raise SdoptError(f"unknown scheduler '{name}'; known schedulers: {', '.join(SCHEDULERS)}", field="scheduler")
 
 
 def make_scheduler(name: str | None, config: dict[str, Any]):

@@ -10,7 +10,8 @@ image there. Unknown fields (extensions' own) are accepted and named the same wa
 Differences a client can rely on: ``force_task_id`` becomes the job id (``info["task_id"]``;
 ``GET /v1/jobs/{id}`` and ``GET /sdapi/v1/progress?id_task=ID`` follow it), and
 ``/sdapi/v1/interrupt`` stops only what runs now, answering the interrupted
-requests with no images and ``info["interrupted"] = true``.
+requests with no images and ``info["interrupted"] = true``. What the server has (its
+model, samplers, upscalers, options, ...) is listed by ``api_a1111_lists.py``.
 """
 
 from __future__ import annotations
@@ -24,15 +25,13 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from sdopt.runtime.schedulers import A1111_SAMPLERS
-from sdopt.serve import jobs as J
+from sdopt.serve import hires, jobs as J
 from sdopt.serve.errors import RequestError
 from sdopt.serve.submission import LEVER_NAMES, cache_interval_field, failure_status, guidance_end_field, random_seed, submit, wait
 from sdopt.serve.images import decode_image, encode_png
 
 router = APIRouter(tags=["automatic1111"])
 
-# AUTOMATIC1111 sampler names -> sdopt scheduler names (sdopt's own names are accepted too).
-SAMPLERS = {a1111: ours for ours, (a1111, schedule) in A1111_SAMPLERS.items() if schedule is None}
 A1111_NAMES = {"guidance_scale": "cfg_scale", "num_images": "batch_size", "scheduler": "sampler_name", "strength": "denoising_strength", "mask_image": "mask",
                "init_image": "init_images", **LEVER_NAMES}
 
@@ -137,14 +136,14 @@ _USED = {
     "cfg_scale", "width", "height", "send_images", "save_images", "force_task_id", "do_not_save_samples",
     "do_not_save_grid", "override_settings_restore_afterwards", "disable_extra_networks", "comments", "infotext",
     "init_images", "mask", "denoising_strength", "inpainting_mask_invert", "mask_blur", "mask_blur_x", "mask_blur_y",
-    "include_init_images", "resize_mode", "mask_round", "inpaint_full_res", "inpaint_full_res_padding", "styles",
+    "include_init_images", "resize_mode", "mask_round", "inpaint_full_res", "inpaint_full_res_padding", "inpainting_fill",
     "sdopt_cache_interval", "sdopt_guidance_end",
     # the hires fix (serve/hires.py); hr_upscaler is said below
-    "enable_hr", "hr_scale", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y", "hr_sampler_name", "hr_scheduler", "hr_prompt",
+    "enable_hr", "hr_scale", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y", "hr_sampler_name", "hr_prompt",
     "hr_negative_prompt", "hr_upscaler",
 }
 # Values that change nothing in AUTOMATIC1111 either (clients such as webuiapi send them).
-_NEUTRAL = {"s_noise": 1.0, "initial_noise_multiplier": 1.0}
+_NEUTRAL = {"s_noise": 1.0, "initial_noise_multiplier": 1.0, "hr_checkpoint_name": "Use same checkpoint"}
 # Read by AUTOMATIC1111 only for instruct-pix2pix ("edit") models, which sdopt does not run.
 _EDIT_MODELS_ONLY = {"image_cfg_scale"}
 # eta is read here by DDIM and TCD. AUTOMATIC1111's ancestral samplers scale their fresh noise by it too; sdopt's
@@ -158,14 +157,25 @@ def _hires_only(name: str) -> bool:
 
 
 
+def _schedule_unapplied(schedule: str | None, scheduler: str | None) -> bool:
+    """AUTOMATIC1111's schedule type is applied where sdopt has the variant (Karras for DPM++ 2M): whether ``schedule``
+    asked for one that ``scheduler`` (what the sampler and schedule resolved to) is not."""
+    return (schedule or "automatic").lower() not in ("automatic", hires.SAME_SCHEDULE.lower()) and scheduler is not None \
+        and A1111_SAMPLERS.get(scheduler, ("", None))[1] is None
+
+
 def ignored_fields(body: _Processing, scheduler: str | None) -> list[str]:
     defaults = type(body).model_fields
     out = []
     for name in sorted(body.model_fields_set | set(body.model_extra or {})):
         if name in _USED or name in _EDIT_MODELS_ONLY:
             continue
-        if name == "scheduler":  # AUTOMATIC1111's schedule type: applied where sdopt has the variant (Karras for DPM++ 2M)
-            if (body.scheduler or "automatic").lower() != "automatic" and scheduler is not None and A1111_SAMPLERS.get(scheduler, ("", None))[1] is None:
+        if name == "scheduler":
+            if _schedule_unapplied(body.scheduler, scheduler):
+                out.append(name)
+            continue
+        if name == "hr_scheduler":
+            if getattr(body, "enable_hr", False) and _schedule_unapplied(body.hr_scheduler, hires_scheduler(body, scheduler)):
                 out.append(name)
             continue
         if name == "eta":  # only DDIM and ancestral samplers read it in AUTOMATIC1111 (DDIM and TCD here)
@@ -182,22 +192,33 @@ def ignored_fields(body: _Processing, scheduler: str | None) -> list[str]:
             if value == default or value in (None, "", [], {}, 0, False):
                 continue
         out.append(name)
+    if isinstance(body, Img2ImgRequest):
+        out = sorted(out + _img2img_unapplied(body))
     if getattr(body, "enable_hr", False):
-        from sdopt.serve.hires import upscaler
-
-        if not upscaler(body.hr_upscaler)[1]:  # a Latent mode (AUTOMATIC1111's default) or a model: Lanczos here
+        if not hires.upscaler(body.hr_upscaler)[1]:  # a Latent mode (AUTOMATIC1111's default) or a model: Lanczos here
             out.append("hr_upscaler")
     if body.infotext:  # what the infotext says that no field here takes (AUTOMATIC1111's Clip skip, hires fix, RNG, ...)
         from sdopt.infotext import parse_parameters, unapplied
 
-        from sdopt.serve.hires import INFOTEXT_FIELDS, RESIZE
-
-        taken = {*INFOTEXT_FIELDS, RESIZE} if isinstance(body, Txt2ImgRequest) else set()  # applied by hires.from_parameters
+        taken = {*hires.INFOTEXT_FIELDS, hires.RESIZE} if isinstance(body, Txt2ImgRequest) else set()  # applied by hires.from_parameters
         out += [f"infotext: {key}" for key in unapplied(parse_parameters(body.infotext)) if key not in taken]
     return out
 
 
-def scheduler_for(body: _Processing) -> str | None:
+def _img2img_unapplied(body: Img2ImgRequest) -> list[str]:
+    """img2img fields whose value AUTOMATIC1111 would act on and sdopt does not (listed whether sent or its default)."""
+    from sdopt.serve.resize_modes import LATENT_UPSCALE
+
+    from sdopt.serve.inpaint_area import FILL, ORIGINAL
+
+    out = ["resize_mode"] if body.resize_mode == LATENT_UPSCALE else []  # done as "Just resize"
+    if body.mask:
+        out += ["mask_round"] if body.mask_round is False else []  # the loop binarizes the mask as Diffusers does
+        out += ["inpainting_fill"] if body.inpainting_fill not in (None, FILL, ORIGINAL) else []  # latent noise, latent nothing
+    return out
+
+
+def scheduler_for(body: _Processing, field: str = "sampler_name") -> str | None:
     from sdopt.errors import SdoptError
     from sdopt.runtime.schedulers import from_a1111
 
@@ -207,7 +228,17 @@ def scheduler_for(body: _Processing) -> str | None:
     try:
         return from_a1111(name, body.scheduler)
     except SdoptError as exc:
-        raise RequestError("sampler_name", str(exc)) from None
+        raise RequestError(field, str(exc)) from None
+
+
+def hires_scheduler(body: Txt2ImgRequest, first: str | None) -> str | None:
+    """The hires pass's scheduler: ``hr_sampler_name`` with ``hr_scheduler`` (AUTOMATIC1111's "Use same ..." or
+    nothing: the first pass's sampler, ``first``, and schedule type)."""
+    sampler, schedule = hires.chosen(body.hr_sampler_name, hires.SAME_SAMPLER), hires.chosen(body.hr_scheduler, hires.SAME_SCHEDULE)
+    if sampler is None and schedule is None:
+        return first
+    update = {"sampler_name": sampler or body.sampler_name or body.sampler_index, "scheduler": schedule or body.scheduler}
+    return scheduler_for(body.model_copy(update=update), "hr_sampler_name" if sampler else "hr_scheduler")
 
 
 def _eta(body: _Processing, scheduler: str | None) -> float | None:
@@ -237,27 +268,31 @@ def apply_infotext(body: _Processing) -> None:
         if field not in given and field in type(body).model_fields:
             setattr(body, field, value)
     if isinstance(body, Txt2ImgRequest):  # a hires image's parameters: the hires fix again
-        from sdopt.serve import hires
-
         hires.from_parameters(body, parsed, given)
+
+
+def _side(value: int | None) -> int:
+    """A width or height as AUTOMATIC1111 takes it: null is its default, 512; 0 is refused by the loop's check."""
+    return 512 if value is None else value
 
 
 def _spec(request: Request, body: _Processing, init=None, mask=None, strength: float = 0.8) -> J.JobSpec:
     seed = body.seed if body.seed is not None and body.seed >= 0 else random_seed()
-    n = (body.batch_size or 1) * (body.n_iter or 1)
+    n = (1 if body.batch_size is None else body.batch_size) * (1 if body.n_iter is None else body.n_iter)
     scheduler = scheduler_for(body)
     return J.JobSpec(
         prompt=body.prompt or "", negative_prompt=body.negative_prompt or "", seed=seed, n=n,
         steps=body.steps if body.steps is not None else 50, guidance_scale=body.cfg_scale if body.cfg_scale is not None else 7.0,
-        width=body.width or 512, height=body.height or 512, scheduler=scheduler, eta=_eta(body, scheduler),
+        width=_side(body.width), height=_side(body.height), scheduler=scheduler, eta=_eta(body, scheduler),
         init_image=init, mask_image=mask, strength=strength, cache_interval=body.sdopt_cache_interval, guidance_end=body.sdopt_guidance_end,
         prompt_emphasis=True,  # AUTOMATIC1111 reads every prompt's (word:1.2) ("Emphasis: Original", its default)
     )
 
 
-async def _run(request: Request, body: _Processing, spec: J.JobSpec) -> dict[str, Any]:
-    job = await wait(submit(request, spec, "a1111", job_id=body.force_task_id or None, names=A1111_NAMES))
-    return _answer(request, body, spec, job, job.images)
+async def _run(request: Request, body: _Processing, spec: J.JobSpec, finish=None) -> dict[str, Any]:
+    """``finish``: what becomes of each image before it is answered (inpainting's paste and overlay)."""
+    job = await wait(submit(request, spec, "a1111", job_id=body.force_task_id or None, names=A1111_NAMES), request)
+    return _answer(request, body, spec, job, [finish(im) for im in job.images] if finish else job.images)
 
 
 def _answer(request: Request, body: _Processing, spec: J.JobSpec, job: J.Job, images: list, info_over: dict | None = None) -> dict[str, Any]:
@@ -323,19 +358,19 @@ async def _run_hires(request: Request, body: Txt2ImgRequest, spec: J.JobSpec) ->
     """The hires fix (serve/hires.py): the first pass, then a second-pass job per image; both checked before either runs."""
     import asyncio
 
-    from sdopt.serve import hires
     from sdopt.serve.submission import check_spec
 
-    sampler = body.hr_sampler_name if body.hr_sampler_name not in (None, "", "Use same sampler") else None
-    scheduler = scheduler_for(body.model_copy(update={"sampler_name": sampler, "scheduler": body.hr_scheduler})) if sampler else spec.scheduler
-    names = {**A1111_NAMES, "steps": "hr_second_pass_steps", "width": "hr_scale", "height": "hr_scale", "strength": "denoising_strength"}
-    [blank] = hires.second_pass(body, spec, scheduler)  # the first seed's second pass, on a blank picture
+    scheduler = hires_scheduler(body, spec.scheduler)
+    size = hires.size_field(body)
+    names = {**A1111_NAMES, "steps": "hr_second_pass_steps", "width": size, "height": size, "strength": "denoising_strength"}
+    max_pixels = request.app.state.settings.max_pixels
+    [blank] = hires.second_pass(body, spec, scheduler, max_pixels)  # the first seed's second pass, on a blank picture
     check_spec(blank, request.app.state.settings, request.app.state.worker.pipeline, names)
-    first = await wait(submit(request, spec, "a1111", job_id=body.force_task_id or None, names=A1111_NAMES))
+    first = await wait(submit(request, spec, "a1111", job_id=body.force_task_id or None, names=A1111_NAMES), request)
     if first.status != J.SUCCEEDED:
         return _answer(request, body, spec, first, first.images)
-    seconds = [submit(request, second, "a1111", names=names, continuing=True) for second in hires.second_pass(body, spec, scheduler, first.images)]
-    done = await asyncio.gather(*(wait(job) for job in seconds))
+    seconds = [submit(request, second, "a1111", names=names, continuing=True) for second in hires.second_pass(body, spec, scheduler, max_pixels, first.images)]
+    done = await asyncio.gather(*(wait(job, request) for job in seconds))
     failed = next((job for job in done if job.status != J.SUCCEEDED), None)
     images = [] if failed else [job.images[0] for job in done]
     for image, made_from, job in zip(images, first.images, done):  # AUTOMATIC1111's parameters of a hires image
@@ -348,7 +383,8 @@ async def _run_hires(request: Request, body: Txt2ImgRequest, spec: J.JobSpec) ->
 
 
 def _mask(request: Request, body: Img2ImgRequest, size: tuple[int, int]):
-    """The mask as the loop takes it: grayscale, white = repaint, inverted and blurred as asked."""
+    """The mask as the loop takes it: grayscale, white = repaint, rounded, inverted and blurred as asked
+    (AUTOMATIC1111's order: create_binary_mask, invert, blur)."""
     from PIL import ImageFilter, ImageOps
 
     settings = request.app.state.settings
@@ -358,6 +394,8 @@ def _mask(request: Request, body: Img2ImgRequest, size: tuple[int, int]):
     mask = mask.convert("L")
     if mask.size != size:
         raise RequestError("mask", f"the mask is {mask.width}x{mask.height} but the init image is {size[0]}x{size[1]}: send them the same size")
+    if body.mask_round is not False:  # mask_round (default): every pixel repainted or kept, as AUTOMATIC1111
+        mask = mask.point(lambda level: 255 if level > 128 else 0)
     if body.inpainting_mask_invert:
         mask = ImageOps.invert(mask)
     blur = body.mask_blur if body.mask_blur is not None else max(body.mask_blur_x or 0, body.mask_blur_y or 0)
@@ -372,10 +410,27 @@ async def img2img(request: Request, body: Img2ImgRequest) -> dict[str, Any]:
     apply_infotext(body)
     if not body.init_images:
         raise RequestError("init_images", "give one init image (base64 PNG or JPEG) in init_images")
+    import dataclasses
+
+    from sdopt.serve import inpaint_area
+    from sdopt.serve.resize_modes import MODES, resize
+    from sdopt.serve.submission import check_spec
+
+    if body.resize_mode not in (None, *MODES):
+        raise RequestError("resize_mode", f"resize_mode={body.resize_mode}: 0 just resize, 1 crop and resize, 2 resize and fill, 3 latent upscale")
     init = decode_image(body.init_images[0], "init_images", settings.max_image_bytes, settings.max_input_pixels).convert("RGB")
     mask = _mask(request, body, init.size) if body.mask else None
     strength = body.denoising_strength if body.denoising_strength is not None else 0.75
-    return await _run(request, body, _spec(request, body, init, mask, strength))
+    spec = _spec(request, body, init, mask, strength)
+    check_spec(spec, settings, request.app.state.worker.pipeline, A1111_NAMES)  # the size is sound before pictures are made that size
+    mode, size = body.resize_mode or 0, (spec.width, spec.height)
+    if mask is None:
+        return await _run(request, body, dataclasses.replace(spec, init_image=resize(init, mode, *size)))
+    fill = body.inpainting_fill if body.inpainting_fill is not None else inpaint_area.FILL
+    area = inpaint_area.prepare(init, mask, *size, only_masked=bool(body.inpaint_full_res), padding=max(0, body.inpaint_full_res_padding or 0),
+                                resize_mode=mode, fill_mode=fill)
+    spec = dataclasses.replace(spec, init_image=area.init, mask_image=area.mask)
+    return await _run(request, body, spec, finish=lambda image: inpaint_area.finish(image, area))
 
 
 @router.get("/sdapi/v1/progress")
@@ -436,62 +491,3 @@ def png_info(request: Request, body: PngInfoRequest) -> dict[str, Any]:
     texts = {k: v for k, v in image.info.items() if isinstance(k, str) and isinstance(v, str)}
     text = texts.pop(KEY, "")
     return {"info": text, "items": texts, "parameters": parse_parameters(text) if text else {}}
-
-
-@router.get("/sdapi/v1/sd-models")
-def sd_models(request: Request) -> list[dict[str, Any]]:
-    name = request.app.state.model_name
-    return [{"title": _title(request), "model_name": name, "hash": _model_hash(request), "sha256": None,
-             "filename": str(getattr(request.app.state.worker.pipeline, "folder", None) or name), "config": None}]
-
-
-def _model_hash(request: Request) -> str | None:
-    """What the served images' "Model hash" says (Pipeline.model_hash; a stand-in pipeline in tests has none)."""
-    return getattr(request.app.state.worker.pipeline, "model_hash", None)
-
-
-def _title(request: Request) -> str:
-    """The model as AUTOMATIC1111 titles a checkpoint, "NAME [HASH]"."""
-    name, short = request.app.state.model_name, _model_hash(request)
-    return f"{name} [{short}]" if short else name
-
-
-@router.get("/sdapi/v1/loras")
-def loras(request: Request) -> list[dict[str, Any]]:
-    """The LoRAs a prompt can name as <lora:NAME:WEIGHT> (sdopt serve --lora-dir), as AUTOMATIC1111 lists them."""
-    from sdopt.serve.loras import available
-
-    return [{"name": name, "alias": name, "path": str(path), "metadata": {}} for name, path in available(request.app.state.settings.lora_dir).items()]
-
-
-@router.get("/sdapi/v1/samplers")
-def samplers() -> list[dict[str, Any]]:
-    return [{"name": a1111, "aliases": [ours], "options": {}} for a1111, ours in SAMPLERS.items()]
-
-
-@router.get("/sdapi/v1/schedulers")
-def schedulers() -> list[dict[str, Any]]:
-    return [
-        {"name": "automatic", "label": "Automatic", "aliases": None, "default_rho": None, "need_inner_model": False},
-        {"name": "karras", "label": "Karras", "aliases": None, "default_rho": 7.0, "need_inner_model": False},
-    ]
-
-
-@router.get("/sdapi/v1/options")
-def get_options(request: Request) -> dict[str, Any]:
-    return {"sd_model_checkpoint": _title(request), "samples_format": "png", "sd_checkpoint_hash": _model_hash(request)}
-
-
-@router.post("/sdapi/v1/options")
-def set_options(request: Request, body: dict[str, Any]) -> dict[str, Any]:
-    """Accepted for clients that set options before generating; this server has one model and no saved options."""
-    name = request.app.state.model_name
-    wanted = body.get("sd_model_checkpoint")
-    if wanted not in (None, name, _title(request), _model_hash(request)):
-        raise RequestError("sd_model_checkpoint", f"this server serves only {name!r}; start another `sdopt serve` for {wanted!r}")
-    return {}
-
-
-@router.get("/sdapi/v1/scripts")
-def scripts() -> dict[str, list]:
-    return {"txt2img": [], "img2img": []}

@@ -41,7 +41,7 @@ def create_app(worker: Worker, settings: ServeSettings, model_name: str, replica
     """``replica``: this copy's name when several serve the same endpoint (Ray Serve, sdopt.cluster.serve):
     every response says which one answered (``X-Sdopt-Replica``), and so does /health."""
     from sdopt import __version__
-    from sdopt.serve import api_a1111, api_native, api_openai
+    from sdopt.serve import api_a1111, api_a1111_lists, api_native, api_openai
 
     settings = with_model_defaults(settings, worker.pipeline)  # a request's steps and guidance where neither it nor sdopt serve says
     app = FastAPI(title="sdopt serve", version=__version__, description=f"Serving {model_name} with sdopt")
@@ -63,6 +63,14 @@ def create_app(worker: Worker, settings: ServeSettings, model_name: str, replica
     @app.exception_handler(SdoptError)
     async def _sdopt_error(request: Request, exc: SdoptError):
         return JSONResponse(_error_body(request, 422, str(exc)), status_code=422)
+
+    from starlette.exceptions import HTTPException
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException):
+        """401, 404, 405, ... in the API's own error shape (OpenAI's SDK reads the message only from its shape)."""
+        body = _error_body(request, exc.status_code, str(exc.detail)) if _openai_route(request) else {"detail": exc.detail}
+        return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     from fastapi.exceptions import RequestValidationError
 
@@ -98,7 +106,9 @@ def create_app(worker: Worker, settings: ServeSettings, model_name: str, replica
     # The page is static HTML with no data in it (the API calls it makes carry the credentials), filled in once
     # with what the server was started with.
     page = resources.files("sdopt.serve").joinpath("page.html").read_text(encoding="utf-8")
-    for key, value in {"MODEL": html.escape(model_name), "AUTH": "1" if settings.needs_auth else "0", "STEPS": settings.steps,
+    scheme = "both" if settings.api_key and settings.api_auth else "bearer" if settings.api_key else "basic" if settings.api_auth else ""
+    label = {"both": "API key or user:password", "bearer": "API key", "basic": "user:password", "": ""}[scheme]
+    for key, value in {"MODEL": html.escape(model_name), "AUTH": scheme, "AUTH_LABEL": label, "STEPS": settings.steps,
                        "MAX_STEPS": settings.max_steps, "SIDE": default_size(worker.pipeline)}.items():
         page = page.replace("{{%s}}" % key, str(value))
 
@@ -108,6 +118,7 @@ def create_app(worker: Worker, settings: ServeSettings, model_name: str, replica
 
     app.include_router(api_native.router, dependencies=[Depends(require_auth)])
     app.include_router(api_a1111.router, dependencies=[Depends(require_auth)])
+    app.include_router(api_a1111_lists.router, dependencies=[Depends(require_auth)])
     app.include_router(api_openai.router, dependencies=[Depends(require_auth)])
     app.include_router(api_openai.files_router)  # signed links: their own credential, as OpenAI's image URLs
     return app

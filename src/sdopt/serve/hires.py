@@ -15,6 +15,7 @@ the denoising strength and the Hires keys.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 from sdopt.serve import jobs as J
@@ -23,6 +24,12 @@ from sdopt.serve.errors import RequestError
 DEFAULT_STRENGTH = 0.7
 LANCZOS, NEAREST = "Lanczos", "Nearest"
 IMAGE_UPSCALERS = {LANCZOS: LANCZOS, NEAREST: NEAREST, "None": LANCZOS}  # the name asked -> the resize done
+SAME_SAMPLER, SAME_SCHEDULE = "Use same sampler", "Use same scheduler"  # AUTOMATIC1111's choices meaning "the first pass's"
+
+
+def chosen(value: str | None, same: str) -> str | None:
+    """A hires sampler or schedule type the request chose; None where it keeps the first pass's."""
+    return value if value not in (None, "", same) else None
 
 
 def upscaler(name: str | None) -> tuple[str, bool]:
@@ -31,9 +38,18 @@ def upscaler(name: str | None) -> tuple[str, bool]:
     return (done, True) if done else (LANCZOS, False)
 
 
-def target_size(body: Any) -> tuple[int, int]:
-    """The second pass's width and height, multiples of 8."""
+def size_field(body: Any) -> str:
+    """The field that sets the second pass's size, for errors: hr_resize_x (or _y) where given, else hr_scale."""
+    return "hr_resize_x" if body.hr_resize_x else "hr_resize_y" if body.hr_resize_y else "hr_scale"
+
+
+def target_size(body: Any, max_pixels: int) -> tuple[int, int]:
+    """The second pass's width and height, multiples of 8; refused (before any picture is made that size) past
+    ``max_pixels`` (sdopt serve --max-pixels)."""
     x, y = body.hr_resize_x or 0, body.hr_resize_y or 0
+    for name, value in (("hr_resize_x", x), ("hr_resize_y", y)):
+        if not 0 <= value <= max_pixels:
+            raise RequestError(name, f"{name}={value}: must be 0 (from hr_scale) or a size in pixels within this server's {max_pixels} (--max-pixels)")
     width, height = body.width or 512, body.height or 512
     if x and y:
         w, h = x, y
@@ -41,18 +57,21 @@ def target_size(body: Any) -> tuple[int, int]:
         w, h = (x, round(x * height / width)) if x else (round(y * width / height), y)
     else:
         scale = body.hr_scale if body.hr_scale is not None else 2.0
-        if not scale > 0:
-            raise RequestError("hr_scale", f"hr_scale={scale}: must be above 0 (2 doubles each side)")
-        w, h = int(width * scale), int(height * scale)
+        if not (math.isfinite(scale) and scale > 0):
+            raise RequestError("hr_scale", f"hr_scale={scale}: must be a finite number above 0 (2 doubles each side)")
+        w, h = width * scale, height * scale
+    if w * h > max_pixels:  # before int(): an absurd scale is refused here, not overflowed
+        raise RequestError(size_field(body), f"the hires pass would be {w:.0f}x{h:.0f}, more than this server's {max_pixels} pixels (--max-pixels)")
+    w, h = int(w), int(h)
     return max(8, w - w % 8), max(8, h - h % 8)
 
 
-def second_pass(body: Any, first: J.JobSpec, scheduler: str | None, images: list | None = None) -> list[J.JobSpec]:
+def second_pass(body: Any, first: J.JobSpec, scheduler: str | None, max_pixels: int, images: list | None = None) -> list[J.JobSpec]:
     """A job per first-pass image; with ``images`` None, the first seed's job on a blank picture (what the checks before
     the first pass need)."""
     from PIL import Image
 
-    width, height = target_size(body)
+    width, height = target_size(body, max_pixels)
     done, _ = upscaler(body.hr_upscaler)
     resample = Image.Resampling.LANCZOS if done == LANCZOS else Image.Resampling.NEAREST
     pictures = images or [Image.new("RGB", (first.width, first.height))]
@@ -77,6 +96,7 @@ def parameters(first_text: str, body: Any, second: J.JobSpec) -> str:
              "Hires upscale": f"{(body.hr_scale or 2.0):g}" if not (body.hr_resize_x or body.hr_resize_y) else None,
              RESIZE: f"{second.width}x{second.height}" if (body.hr_resize_x or body.hr_resize_y) else None,
              "Hires steps": body.hr_second_pass_steps or None, "Hires upscaler": body.hr_upscaler or "Latent",
+             "Hires sampler": chosen(body.hr_sampler_name, SAME_SAMPLER), "Hires schedule type": chosen(body.hr_scheduler, SAME_SCHEDULE),
              "Hires prompt": body.hr_prompt or None, "Hires negative prompt": body.hr_negative_prompt or None}
     return format_parameters(parsed["Prompt"], parsed["Negative prompt"] or None, pairs)
 
@@ -84,6 +104,7 @@ def parameters(first_text: str, body: Any, second: J.JobSpec) -> str:
 # The Hires keys of an image's parameters -> the txt2img fields they fill (AUTOMATIC1111's infotext rule: each
 # field the request does not set); any of them turns the hires fix on.
 INFOTEXT_FIELDS = {"Hires upscale": ("hr_scale", float), "Hires steps": ("hr_second_pass_steps", int), "Hires upscaler": ("hr_upscaler", str),
+                   "Hires sampler": ("hr_sampler_name", str), "Hires schedule type": ("hr_scheduler", str),
                    "Hires prompt": ("hr_prompt", str), "Hires negative prompt": ("hr_negative_prompt", str)}
 RESIZE = "Hires resize"  # "WIDTHxHEIGHT"
 

@@ -51,7 +51,7 @@ def check_spec(spec: J.JobSpec, settings: ServeSettings, pipeline: Any, names: d
         pipeline.check_request(J.generate_request([spec]))  # the call this job would make alone
     except SdoptError as exc:
         match = _FIELD.match(str(exc))
-        field = match.group(1) if match else "body"
+        field = exc.field or (match.group(1) if match else "body")
         raise RequestError(name("seed" if field == "seeds" else field), str(exc)) from None
 
 
@@ -80,11 +80,11 @@ def with_model_defaults(settings: ServeSettings, pipeline: Any) -> ServeSettings
 
 
 def default_size(pipeline: Any) -> int:
-    """The side the model was trained at (UNet sample size x VAE factor): 512 for SD 1.5, 64 for the tiny and shapes models."""
-    model = getattr(getattr(pipeline, "manifest", None), "model", None) or {}
-    if "sample_size" in model and "vae_scale_factor" in model:
-        return int(model["sample_size"]) * int(model["vae_scale_factor"])
-    return 512
+    """The side of a request that does not say (sdopt.runtime.request_defaults.default_size: a static artifact's
+    width, else the size the model was trained at: 512 for SD 1.5, 64 for the tiny and shapes models)."""
+    from sdopt.runtime.request_defaults import default_size as model_size
+
+    return model_size(getattr(pipeline, "manifest", None))[1]
 
 
 def random_seed() -> int:
@@ -109,8 +109,19 @@ def submit(request: Request, spec: J.JobSpec, api: str, job_id: str | None = Non
     return worker.submit(job, continuing=continuing)
 
 
-async def wait(job: J.Job) -> J.Job:
-    return await asyncio.wrap_future(job.future)
+DISCONNECT_POLL_S = 0.5  # how often a waiting route looks whether its client is still there
+
+
+async def wait(job: J.Job, request: Request) -> J.Job:
+    """The finished job, for a route that answers with its images. A client that hangs up first (a closed
+    connection, a timed-out HTTP client) gets its job cancelled: nobody would read the images, and the job
+    would hold a queue slot and the worker until it ended."""
+    done = asyncio.wrap_future(job.future)
+    while not (await asyncio.wait({done}, timeout=DISCONNECT_POLL_S))[0]:
+        if await request.is_disconnected():
+            request.app.state.worker.cancel(job, "the client disconnected")
+            break
+    return await done
 
 
 def failure_status(job: J.Job) -> int:

@@ -1,0 +1,138 @@
+"""AUTOMATIC1111's listings (``/sdapi/v1``): what this server has, as the clients that list it at start-up read it.
+
+One model (sd-models, options), sdopt's samplers and the schedule types they take, the LoRAs of ``--lora-dir``,
+the image upscalers the hires fix does (serve/hires.py), and empty lists where sdopt has no such thing (VAEs,
+embeddings, hypernetworks, face restorers, styles, scripts): a client such as webuiapi gets a list, not a 404 it
+would read as data. ``POST /sdapi/v1/options`` changes nothing here and says which options it did not apply.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from sdopt.runtime.schedulers import A1111_SAMPLERS
+from sdopt.serve.errors import RequestError
+
+router = APIRouter(tags=["automatic1111"])
+log = logging.getLogger("sdopt.serve")
+
+# AUTOMATIC1111 sampler names -> sdopt scheduler names (sdopt's own names are accepted too).
+SAMPLERS = {a1111: ours for ours, (a1111, schedule) in A1111_SAMPLERS.items() if schedule is None}
+# Options POST /sdapi/v1/options takes without a change: the one model, and PNG (what every image is).
+_OPTIONS_HELD = {"sd_model_checkpoint", "samples_format", "sd_checkpoint_hash"}
+
+
+@router.get("/sdapi/v1/sd-models")
+def sd_models(request: Request) -> list[dict[str, Any]]:
+    name = request.app.state.model_name
+    return [{"title": _title(request), "model_name": name, "hash": _model_hash(request), "sha256": None,
+             "filename": str(getattr(request.app.state.worker.pipeline, "folder", None) or name), "config": None}]
+
+
+def _model_hash(request: Request) -> str | None:
+    """What the served images' "Model hash" says (Pipeline.model_hash; a stand-in pipeline in tests has none)."""
+    return getattr(request.app.state.worker.pipeline, "model_hash", None)
+
+
+def _title(request: Request) -> str:
+    """The model as AUTOMATIC1111 titles a checkpoint, "NAME [HASH]"."""
+    name, short = request.app.state.model_name, _model_hash(request)
+    return f"{name} [{short}]" if short else name
+
+
+@router.get("/sdapi/v1/loras")
+def loras(request: Request) -> list[dict[str, Any]]:
+    """The LoRAs a prompt can name as <lora:NAME:WEIGHT> (sdopt serve --lora-dir), as AUTOMATIC1111 lists them."""
+    from sdopt.serve.loras import available
+
+    return [{"name": name, "alias": name, "path": str(path), "metadata": {}} for name, path in available(request.app.state.settings.lora_dir).items()]
+
+
+@router.get("/sdapi/v1/samplers")
+def samplers() -> list[dict[str, Any]]:
+    return [{"name": a1111, "aliases": [ours], "options": {}} for a1111, ours in SAMPLERS.items()]
+
+
+@router.get("/sdapi/v1/schedulers")
+def schedulers() -> list[dict[str, Any]]:
+    return [
+        {"name": "automatic", "label": "Automatic", "aliases": None, "default_rho": None, "need_inner_model": False},
+        {"name": "karras", "label": "Karras", "aliases": None, "default_rho": 7.0, "need_inner_model": False},
+    ]
+
+
+@router.get("/sdapi/v1/options")
+def get_options(request: Request) -> dict[str, Any]:
+    return {"sd_model_checkpoint": _title(request), "samples_format": "png", "sd_checkpoint_hash": _model_hash(request)}
+
+
+@router.post("/sdapi/v1/options")
+def set_options(request: Request, body: dict[str, Any]) -> dict[str, Any]:
+    """Accepted for clients that set options before generating; this server has one model and no saved options, so
+    every other option (CLIP_stop_at_last_layers, eta_noise_seed_delta, ...) is listed in ``sdopt_ignored``."""
+    name = request.app.state.model_name
+    wanted = body.get("sd_model_checkpoint")
+    if wanted not in (None, name, _title(request), _model_hash(request)):
+        raise RequestError("sd_model_checkpoint", f"this server serves only {name!r}; start another `sdopt serve` for {wanted!r}")
+    if body.get("samples_format") not in (None, "png"):
+        raise RequestError("samples_format", f"samples_format={body['samples_format']!r}: this server answers with PNG images only")
+    ignored = sorted(set(body) - _OPTIONS_HELD)
+    if ignored:
+        log.warning("POST /sdapi/v1/options: not applied (sdopt serve has no such options): %s", ", ".join(ignored))
+    return {"sdopt_ignored": ignored}
+
+
+@router.get("/sdapi/v1/scripts")
+def scripts() -> dict[str, list]:
+    return {"txt2img": [], "img2img": []}
+
+
+@router.get("/sdapi/v1/upscalers")
+def upscalers() -> list[dict[str, Any]]:
+    """The image upscalers the hires fix does (its hr_upscaler): resizes, no networks."""
+    from sdopt.serve.hires import IMAGE_UPSCALERS
+
+    return [{"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4 if name != "None" else None}
+            for name in IMAGE_UPSCALERS]
+
+
+def _none() -> list:
+    return []
+
+
+# AUTOMATIC1111's other lists: sdopt has none of these (latent upscaling: the hires fix does it with Lanczos).
+for _path in ("latent-upscale-modes", "sd-vae", "sd-modules", "hypernetworks", "face-restorers", "realesrgan-models",
+              "prompt-styles", "script-info", "extensions"):
+    router.add_api_route(f"/sdapi/v1/{_path}", _none, methods=["GET"], name=_path)
+
+
+@router.get("/sdapi/v1/embeddings")
+def embeddings() -> dict[str, dict]:
+    return {"loaded": {}, "skipped": {}}
+
+
+@router.get("/sdapi/v1/cmd-flags")
+def cmd_flags(request: Request) -> dict[str, Any]:
+    """What AUTOMATIC1111's command line would say about this server (never its credentials)."""
+    settings = request.app.state.settings
+    return {"api": True, "nowebui": False, "listen": settings.exposed, "port": settings.port,
+            "api_auth": None, "ckpt": request.app.state.model_name, "lora_dir": settings.lora_dir}
+
+
+@router.get("/sdapi/v1/memory")
+def memory() -> dict[str, Any]:
+    """The machine's memory (bytes) as AUTOMATIC1111 reports it; CUDA memory is not reported here."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    total, free = os.sysconf("SC_PHYS_PAGES") * page, os.sysconf("SC_AVPHYS_PAGES") * page
+    return {"ram": {"free": free, "used": total - free, "total": total}, "cuda": {"error": "not reported by sdopt serve"}}
+
+
+@router.post("/sdapi/v1/refresh-checkpoints")
+@router.post("/sdapi/v1/refresh-vae")
+@router.post("/sdapi/v1/refresh-loras")
+def refresh() -> None:
+    """Nothing to refresh: one model, and --lora-dir is read at every request."""

@@ -1,0 +1,308 @@
+"""AUTOMATIC1111 compatibility details of sdopt serve that clients notice: img2img's resize modes, inpainting's
+"Only masked", fill and overlay, mask rounding, what is said to be ignored, the hires fix's limits and its sampler in the infotext, the listings clients call at
+start-up, error shapes and field names, the page's credentials, and a client that hangs up."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import types
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install 'sdopt[serve]'")
+httpx = pytest.importorskip("httpx", reason="httpx is not installed: pip install 'sdopt[serve-test]'")
+
+from serving import SlowSteps, running_server, wait_for  # noqa: E402
+from test_serve import SMALL, b64png, png  # noqa: E402
+
+
+def _pixels(b64: str) -> np.ndarray:
+    return np.asarray(png(b64).convert("RGB"), dtype=np.int16)
+
+
+# --- img2img: resize modes, mask rounding, what is not done ------------------------------------
+def _bands(width: int, height: int, top, middle, bottom):
+    """A picture whose first row is ``top``, last row ``bottom``, everything between ``middle``."""
+    from PIL import Image
+
+    image = Image.new("RGB", (width, height), middle)
+    image.paste(top, (0, 0, width, 1))
+    image.paste(bottom, (0, height - 1, width, height))
+    return image
+
+
+def test_resize_modes_are_automatic1111s_arithmetic():
+    from PIL import Image
+
+    from sdopt.serve.resize_modes import CROP_AND_RESIZE, JUST_RESIZE, LATENT_UPSCALE, RESIZE_AND_FILL, resize
+
+    red, green, blue = (255, 0, 0), (0, 255, 0), (0, 0, 255)
+    wide = _bands(64, 32, red, green, blue)
+    # Resize and fill: fits inside (64x32 at rows 16..47), the bands above and below are its first and last rows stretched.
+    filled = np.asarray(resize(wide, RESIZE_AND_FILL, 64, 64))
+    assert filled.shape == (64, 64, 3)
+    assert (filled[:16] == red).all() and (filled[48:] == blue).all() and (filled[17:47] == green).all()
+    # Crop and resize: covers the size and keeps the middle (a left half red and right half blue -> the middle columns).
+    halves = Image.new("RGB", (128, 64), red)
+    halves.paste(blue, (64, 0, 128, 64))
+    cropped = np.asarray(resize(halves, CROP_AND_RESIZE, 64, 64))
+    assert cropped.shape == (64, 64, 3)
+    assert (cropped[:, :28] == red).all() and (cropped[:, 36:] == blue).all()
+    # Just resize (and latent upscale, done as it): stretched with Lanczos, as the loop would; an image the size: itself.
+    for mode in (JUST_RESIZE, LATENT_UPSCALE):
+        assert np.array_equal(np.asarray(resize(halves, mode, 64, 64)), np.asarray(halves.resize((64, 64), Image.Resampling.LANCZOS)))
+    assert resize(wide, CROP_AND_RESIZE, 64, 32) is wide
+    # A mask keeps its mode (grayscale).
+    assert resize(Image.new("L", (128, 64), 255), CROP_AND_RESIZE, 64, 64).mode == "L"
+
+
+def test_img2img_crops_and_fills_as_asked_and_says_what_it_does_not_do(tiny_pipeline):
+    from PIL import Image
+
+    from sdopt.request import GenerateRequest
+    from sdopt.serve.resize_modes import CROP_AND_RESIZE, resize
+
+    init = Image.new("RGB", (128, 64), (255, 0, 0))
+    init.paste((0, 0, 255), (64, 0, 128, 64))
+    body = {"prompt": "a cross", **SMALL, "seed": 3, "sampler_name": "Euler", "init_images": [b64png(init)], "denoising_strength": 0.5}
+    with running_server(tiny_pipeline) as (url, _):
+        crop = httpx.post(url + "/sdapi/v1/img2img", json={**body, "resize_mode": 1}, timeout=120).json()
+        stretch = httpx.post(url + "/sdapi/v1/img2img", json={**body, "resize_mode": 0}, timeout=120).json()
+        latent = httpx.post(url + "/sdapi/v1/img2img", json={**body, "resize_mode": 3, "styles": ["Cinematic"]}, timeout=120).json()
+        bad = httpx.post(url + "/sdapi/v1/img2img", json={**body, "resize_mode": 7}, timeout=120)
+    def by_hand(picture):
+        request = GenerateRequest(prompt="a cross", seed=3, seeds=[3], steps=4, height=64, width=64, guidance_scale=7.0, scheduler="euler",
+                                  strength=0.5, prompt_emphasis=True, init_image=picture)
+        return np.asarray(tiny_pipeline.generate(request).images[0], dtype=np.int16)
+
+    # Each the image the loop makes from the init image resized that way (the loop itself stretches it).
+    assert np.abs(_pixels(crop["images"][0]) - by_hand(resize(init, CROP_AND_RESIZE, 64, 64))).max() <= 1
+    assert np.abs(_pixels(stretch["images"][0]) - by_hand(init)).max() <= 1
+    assert np.abs(_pixels(crop["images"][0]) - _pixels(stretch["images"][0])).max() >= 3  # and the two differ
+    assert json.loads(crop["info"])["sdopt_ignored"] == [] == json.loads(stretch["info"])["sdopt_ignored"]
+    assert json.loads(latent["info"])["sdopt_ignored"] == ["resize_mode", "styles"]
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "resize_mode"]
+
+
+def _picture(width: int, height: int):
+    """A picture with something everywhere (so a pasted or kept pixel can be told from a repainted one)."""
+    from PIL import Image
+
+    x, y = np.meshgrid(np.arange(width), np.arange(height))
+    return Image.fromarray(np.stack([x * 255 // width, y * 255 // height, (x + y) % 256], axis=-1).astype(np.uint8))
+
+
+def test_only_masked_geometry_is_automatic1111s():
+    from PIL import Image
+
+    from sdopt.serve.inpaint_area import crop_region, expand_to_aspect
+
+    mask = Image.new("L", (128, 96), 0)
+    mask.paste(255, (80, 16, 96, 32))
+    assert crop_region(mask, 0) == (80, 16, 96, 32) and crop_region(mask, 4) == (76, 12, 100, 36)
+    assert crop_region(Image.new("L", (8, 8), 0), 4) is None
+    # Grown on the short side to the request's aspect, kept inside the picture (values worked by hand from masking.py).
+    assert expand_to_aspect((76, 12, 100, 36), 64, 32, 128, 96) == (64, 12, 112, 36)
+    assert expand_to_aspect((110, 10, 128, 20), 64, 64, 128, 96) == (110, 6, 128, 24)
+    assert expand_to_aspect((120, 40, 128, 60), 64, 64, 128, 96) == (108, 40, 128, 60)
+
+
+def test_fill_paints_the_masked_part_with_its_surroundings():
+    from PIL import Image
+
+    from sdopt.serve.inpaint_area import fill
+
+    image = Image.new("RGB", (64, 64), (200, 40, 40))
+    image.paste((0, 0, 255), (24, 24, 40, 40))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (24, 24, 40, 40))
+    filled = np.asarray(fill(image, mask), dtype=np.int16)
+    assert np.abs(filled[24:40, 24:40] - (200, 40, 40)).max() <= 8  # the blue square is gone, red in its place (premultiplied rounding)
+    assert np.array_equal(filled[:20], np.asarray(image)[:20])  # far from the mask: untouched
+
+
+def test_the_repainted_crop_goes_back_where_it_was_cut_under_the_kept_pixels():
+    """Only masked: the loop's 64x64 answer (here solid green) resized to the cut and pasted; the init image's own pixels
+    everywhere the mask keeps; the answer the init image's size."""
+    from PIL import Image
+
+    from sdopt.serve import inpaint_area
+
+    init = _picture(128, 96)
+    mask = Image.new("L", (128, 96), 0)
+    mask.paste(255, (80, 16, 96, 32))
+    area = inpaint_area.prepare(init, mask, 64, 64, only_masked=True, padding=8, resize_mode=0, fill_mode=inpaint_area.ORIGINAL)
+    assert area.paste == (72, 8, 32, 32) and area.init.size == area.mask.size == (64, 64)
+    assert np.array_equal(np.asarray(area.init), np.asarray(init.crop((72, 8, 104, 40)).resize((64, 64), Image.Resampling.LANCZOS)))
+    done = np.asarray(inpaint_area.finish(Image.new("RGB", (64, 64), (0, 255, 0)), area))
+    assert done.shape == (96, 128, 3)
+    kept = np.asarray(mask) == 0
+    assert np.array_equal(done[kept], np.asarray(init)[kept]) and (done[16:32, 80:96] == (0, 255, 0)).all()
+    # The whole picture: the answer at the request's size, the doubled mask's edge leaning to the repainted side.
+    whole = inpaint_area.prepare(init, mask, 64, 48, only_masked=False, padding=0, resize_mode=0, fill_mode=inpaint_area.ORIGINAL)
+    assert whole.paste is None and whole.init.size == (64, 48)
+    assert np.asarray(inpaint_area.finish(Image.new("RGB", (64, 48), (0, 255, 0)), whole)).shape == (48, 64, 3)
+
+
+def test_a1111_inpainting_answers_the_whole_canvas_and_rounds_the_mask(tiny_pipeline):
+    """AUTOMATIC1111's defaults: only the masked area is repainted and the answer is the init image, changed only under
+    the mask; a mask at level 128 is rounded to keep everything (the answer is the init image itself), unrounded the
+    loop repaints it; a blank mask is img2img."""
+    from PIL import Image
+
+    init = _picture(128, 96)
+    mask = Image.new("L", (128, 96), 0)
+    mask.paste(255, (80, 16, 96, 32))
+    body = {"prompt": "a cross", **SMALL, "seed": 2, "init_images": [b64png(init)], "mask_blur": 0}
+    with running_server(tiny_pipeline) as (url, _):
+        def ask(**fields):
+            answer = httpx.post(url + "/sdapi/v1/img2img", json={**body, **fields}, timeout=120)
+            assert answer.status_code == 200, answer.text
+            return answer.json()
+
+        masked = ask(mask=b64png(mask))
+        gray = Image.new("L", (128, 96), 128)
+        rounded = ask(mask=b64png(gray), inpaint_full_res=False)
+        soft = ask(mask=b64png(gray), inpaint_full_res=False, mask_round=False)
+        blank = ask(mask=b64png(Image.new("L", (128, 96), 0)))
+        plain = ask()
+        latent_noise = ask(mask=b64png(mask), inpainting_fill=2)
+    out = _pixels(masked["images"][0])
+    kept = np.asarray(mask) == 0
+    assert out.shape == (96, 128, 3) and np.array_equal(out[kept], np.asarray(init, dtype=np.int16)[kept])
+    assert np.abs(out[16:32, 80:96] - np.asarray(init, dtype=np.int16)[16:32, 80:96]).max() > 16
+    assert json.loads(masked["info"])["sdopt_ignored"] == []
+    init_at_size = np.asarray(init.resize((64, 64), Image.Resampling.LANCZOS), dtype=np.int16)
+    assert np.array_equal(_pixels(rounded["images"][0]), init_at_size)  # rounded to black: every pixel kept
+    assert np.abs(_pixels(soft["images"][0]) - init_at_size).max() > 16
+    assert json.loads(soft["info"])["sdopt_ignored"] == ["mask_round"]
+    assert np.array_equal(_pixels(blank["images"][0]), _pixels(plain["images"][0]))
+    assert json.loads(latent_noise["info"])["sdopt_ignored"] == ["inpainting_fill"]
+
+
+# --- the hires fix: limits before any work, its sampler in the parameters ------------------------
+@pytest.mark.parametrize("fields, field", [
+    ({"hr_scale": 1e308}, "hr_scale"),
+    ({"hr_scale": float("inf")}, "hr_scale"),
+    ({"hr_scale": -1}, "hr_scale"),
+    ({"hr_resize_x": 10**30}, "hr_resize_x"),
+    ({"hr_resize_y": -8}, "hr_resize_y"),
+    ({"hr_resize_x": 46000, "hr_resize_y": 46000}, "hr_resize_x"),  # refused before a picture of that size is made
+    ({"hr_sampler_name": "Bogus"}, "hr_sampler_name"),
+])
+def test_hires_sizes_and_samplers_are_refused_naming_the_field(tiny_pipeline, fields, field):
+    with running_server(tiny_pipeline, start_worker=False) as (url, app):
+        body = json.dumps({"prompt": "x", **SMALL, "enable_hr": True, **fields})  # Infinity as Python's json writes it
+        response = httpx.post(url + "/sdapi/v1/txt2img", content=body, headers={"Content-Type": "application/json"}, timeout=60)
+        assert response.status_code == 422, response.text
+        assert response.json()["detail"][0]["loc"] == ["body", field]
+        assert app.state.worker.queue_depth == 0
+
+
+def test_hires_sampler_and_schedule_type_are_written_and_read_back(tiny_pipeline):
+    body = {"prompt": "a cube", **SMALL, "seed": 5, "sampler_name": "Euler", "enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Lanczos",
+            "denoising_strength": 0.6, "hr_second_pass_steps": 3, "hr_sampler_name": "DPM++ 2M", "hr_scheduler": "Karras"}
+    with running_server(tiny_pipeline) as (url, _):
+        first = httpx.post(url + "/sdapi/v1/txt2img", json=body, timeout=120).json()
+        text = png(first["images"][0]).info["parameters"]
+        again = httpx.post(url + "/sdapi/v1/txt2img", json={"infotext": text}, timeout=120).json()
+        euler_a = httpx.post(url + "/sdapi/v1/txt2img", json={**body, "hr_sampler_name": "Euler a"}, timeout=120).json()
+    assert "Hires sampler: DPM++ 2M, Hires schedule type: Karras" in text
+    assert json.loads(first["info"])["sdopt_ignored"] == []
+    assert np.abs(_pixels(again["images"][0]) - _pixels(first["images"][0])).max() <= 1
+    assert json.loads(euler_a["info"])["sdopt_ignored"] == ["hr_scheduler"]  # sdopt has no Karras Euler a
+
+
+# --- listings, options, errors, credentials ------------------------------------------------------
+def test_the_listings_clients_call_at_start_up_answer_lists(tiny_pipeline):
+    with running_server(tiny_pipeline, start_worker=False) as (url, _):
+        def get(path):
+            response = httpx.get(url + "/sdapi/v1/" + path)
+            assert response.status_code == 200, path
+            return response.json()
+
+        assert [u["name"] for u in get("upscalers")] == ["Lanczos", "Nearest", "None"]
+        for path in ("latent-upscale-modes", "sd-vae", "hypernetworks", "face-restorers", "realesrgan-models", "prompt-styles", "script-info"):
+            assert get(path) == [], path
+        assert get("embeddings") == {"loaded": {}, "skipped": {}}
+        ram = get("memory")["ram"]
+        assert 0 < ram["free"] <= ram["total"]
+        assert get("cmd-flags")["api"] is True
+        answer = httpx.post(url + "/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 2, "samples_format": "png"})
+        assert answer.status_code == 200 and answer.json() == {"sdopt_ignored": ["CLIP_stop_at_last_layers"]}
+        jpeg = httpx.post(url + "/sdapi/v1/options", json={"samples_format": "jpg"})
+        assert jpeg.status_code == 422 and jpeg.json()["detail"][0]["loc"] == ["body", "samples_format"]
+        assert httpx.post(url + "/sdapi/v1/refresh-checkpoints").status_code == 200
+
+
+@pytest.mark.parametrize("what, field", [("scheduler", "scheduler"), ("mask", "init_image")])
+def test_native_errors_name_the_field_that_caused_them(tiny_pipeline, what, field):
+    from PIL import Image
+
+    body = {"scheduler": "bogus"} if what == "scheduler" else {"mask": b64png(Image.new("L", (64, 64), 255))}  # a mask needs an init image
+    with running_server(tiny_pipeline, start_worker=False) as (url, _):
+        response = httpx.post(url + "/v1/jobs", json={"prompt": "x", **SMALL, **body})
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"] == ["body", field]
+
+
+def test_a_401_on_openais_routes_is_in_openais_error_shape(tiny_pipeline):
+    openai = pytest.importorskip("openai")
+    with running_server(tiny_pipeline, start_worker=False, api_key="right-key") as (url, _):
+        client = openai.OpenAI(base_url=url + "/v1", api_key="wrong-key", max_retries=0)
+        with pytest.raises(openai.AuthenticationError) as caught:
+            client.models.list()
+        assert "missing or wrong credentials" in str(caught.value)
+        a1111 = httpx.get(url + "/sdapi/v1/samplers")
+        assert a1111.status_code == 401 and "missing or wrong credentials" in a1111.json()["detail"]  # AUTOMATIC1111's shape
+
+
+@pytest.mark.parametrize("settings, scheme, label", [
+    ({"api_auth": "bob:pw"}, "basic", "user:password"),
+    ({"api_key": "k"}, "bearer", "API key"),
+    ({"api_key": "k", "api_auth": "bob:pw"}, "both", "API key or user:password"),
+    ({}, "", ""),
+])
+def test_the_page_sends_the_credentials_the_server_takes(tiny_pipeline, settings, scheme, label):
+    with running_server(tiny_pipeline, start_worker=False, **settings) as (url, _):
+        page = httpx.get(url + "/").text
+    assert f'const authScheme = "{scheme}";' in page and f'class="auth">{label}</label>' in page
+
+
+# --- a client that hangs up -------------------------------------------------------------------
+def test_a_job_whose_client_hangs_up_is_cancelled(tiny_pipeline):
+    """The HTTP client gives up (its timeout) while its image is being made: the job is cancelled, not left to
+    run to the end holding the worker; the next request is served."""
+    with running_server(SlowSteps(tiny_pipeline, 0.5), job_timeout=120) as (url, app):
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(url + "/sdapi/v1/txt2img", json={"prompt": "x", **SMALL, "steps": 40, "force_task_id": "gone"}, timeout=1.5)
+        job = wait_for(lambda: (j := app.state.worker.jobs.get("gone")) and j.status != "running" and j, timeout=30)
+        assert job.status == "cancelled" and job.error == "the client disconnected" and job.step < 40
+        assert httpx.post(url + "/sdapi/v1/txt2img", json={"prompt": "x", **SMALL}, timeout=120).status_code == 200
+
+
+def test_wait_returns_the_job_when_the_client_stays():
+    """The disconnect check does not cancel a job whose client is still there."""
+    import concurrent.futures
+
+    from sdopt.serve import submission
+
+    future: concurrent.futures.Future = concurrent.futures.Future()
+    job = types.SimpleNamespace(future=future, status="succeeded")
+    cancelled = []
+
+    class Present:
+        app = types.SimpleNamespace(state=types.SimpleNamespace(worker=types.SimpleNamespace(cancel=lambda *a: cancelled.append(a))))
+
+        async def is_disconnected(self):
+            return False
+
+    async def scenario():
+        waiting = asyncio.ensure_future(submission.wait(job, Present()))
+        await asyncio.sleep(submission.DISCONNECT_POLL_S * 2.5)
+        future.set_result(job)
+        return await waiting
+
+    assert asyncio.run(scenario()) is job and cancelled == []
