@@ -30,7 +30,9 @@ def test_report_files_and_fields(bench_report):
     for a in data["artifacts"]:
         assert a["status"] == "ok", a.get("error")
         assert a["latency_s"]["median"] > 0 and a["latency_s"]["p90"] >= a["latency_s"]["median"]
-        assert set(a["stages_s"]) == {"text_encoder", "unet_step", "vae_decoder"}
+        assert set(a["stages_s"]) == {"text_encoder", "unet_step", "vae_decoder", "unet_total", "other"}
+        # What no stage accounts for, measured call by call: the loop's own time, small beside the image's.
+        assert 0 <= a["stages_s"]["other"] < 0.5 * a["latency_s"]["median"]
         assert a["peak_memory_bytes"] > 0 and a["size_bytes"] > 0
         assert {"psnr_db", "ssim", "latent_cosine"} <= set(a["quality"])
         assert a["compute"]["achieved_gflops"] > 0
@@ -168,7 +170,28 @@ def test_cli_bench_bad_input(tiny_model, tmp_path, capsys):
     # Rounds rotate the order on one machine; on Ray each artifact runs once on its node kind: refused before Ray starts.
     assert main(["bench", str(tiny_model), "--reference", str(tiny_model), "--rounds", "2", "--ray", "-o", str(tmp_path / "o")]) == 2
     assert "--rounds is for a bench on this machine" in capsys.readouterr().err
-    assert not (tmp_path / "o").exists()
+    for flags, message in ((["--timeout", "0"], "--timeout 0.0: give the seconds"),
+                           (["--profile", "cpu-generic", "--build-from", str(tiny_model), "--work", str(tmp_path / "w"), "--only", " , "],
+                            "no artifact names given")):
+        args = flags if "--build-from" in flags else [str(tiny_model), "--reference", str(tiny_model), *flags]
+        assert main(["bench", *args, "-o", str(tmp_path / "o")]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "w").exists()  # an empty --only is refused, not read as "all"
+    (tmp_path / "a-file").write_text("")
+    assert main(["bench", str(tiny_model), "--reference", str(tiny_model), "-o", str(tmp_path / "a-file" / "report")]) == 2
+    assert "a-file is a file; give a folder for the report" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_bench_whose_reference_failed_says_so_and_exits_1(tiny_model, tmp_path, capsys):
+    from sdopt.cli import main
+
+    out = tmp_path / "out"
+    code = main(["bench", str(tiny_model), "--reference", str(_broken_copy(tiny_model, tmp_path)), "--steps", "2", "--height", "64",
+                 "--width", "64", "--seeds", "0", "--warmup", "0", "--runs", "1", "-q", "-o", str(out)])
+    assert code == 1 and "the reference broken failed, so nothing was compared" in capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    assert any(w.startswith("the reference failed (") and "sha256" in w for w in report["warnings"])
 
 
 @pytest.mark.slow
@@ -284,12 +307,12 @@ def test_a_terminated_bench_reports_what_finished_and_kills_its_worker(tiny_mode
     assert len(_tagged_processes(tag)) >= 3  # the check below sees them: the bench, its fork server, the worker
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 0, stderr
+    assert proc.returncode == 130, stderr  # the report is written, and the run says it was not completed
     assert "interrupted: 1 of 2 artifacts finished" in stderr
     report = json.loads((out / "report.json").read_text())
     reference, cut = report["artifacts"]
     assert reference["status"] == "ok" and reference["latency_s"]["n"] >= 1
-    assert cut["status"] == "failed" and "interrupted" in cut["error"]
+    assert cut["status"] == "failed" and cut["error"] == "killed: the bench was interrupted while this artifact ran"
     assert any("interrupted" in w for w in report["warnings"])
     assert "interrupted" in (out / "report.md").read_text()
     assert json.loads(second.read_text())["path"]

@@ -126,6 +126,12 @@ def test_cli_writes_markdown_and_json(report, tmp_path, capsys):
     assert code == 0 and "gate: PASS" in out and "verdict" in out
     assert (tmp_path / "g.md").read_text().startswith("## sdopt gate: PASS")
     assert json.loads((tmp_path / "g.json").read_text())["verdict"] == "pass"
+    # A folder that does not exist yet is made; one that cannot be is an error (2), not a traceback read as a regression (1).
+    assert main(["gate", str(tmp_path / "r.json"), "--markdown", str(tmp_path / "new" / "g.md")]) == 0
+    assert (tmp_path / "new" / "g.md").is_file()
+    (tmp_path / "a-file").write_text("")
+    assert main(["gate", str(tmp_path / "r.json"), "--json", str(tmp_path / "a-file" / "g.json")]) == 2
+    assert "cannot write it" in capsys.readouterr().err
 
 
 def test_rule_grammar():

@@ -98,6 +98,7 @@ def _summarise(entry: Entry, raw: dict, reference: dict | None, out: Path, flops
                 "text_encoder": statistics.median(raw["text_encoder_samples_s"]),
                 "unet_step": unet_step,
                 "vae_decoder": statistics.median(raw["vae_decoder_samples_s"]),
+                **_per_image_stages(raw),
             },
             "steps_per_s": 1.0 / unet_step,
             "peak_memory_bytes": raw["peak_memory_bytes"],
@@ -166,6 +167,18 @@ def _compute_precision(entry: Entry, raw: dict, component: str = "unet") -> str:
         return runs
     # The exporter's record for the component (an fp16 ONNX artifact keeps SDXL's VAE fp32), else the artifact's.
     return (entry_component.precision if entry_component else None) or entry.precision or entry.manifest.precision
+
+
+def _per_image_stages(raw: dict) -> dict[str, float]:
+    """The UNet's time per image and what no stage accounts for (the scheduler, the loop, copies), each the median of
+    its per-call values: medians of parts do not add up to the median of the whole, so "other" is measured call by
+    call, not taken as the whole's median less the parts'."""
+    unet = raw.get("unet_total_samples_s")
+    if not unet or len(unet) != len(raw["latency_samples_s"]):  # a report from before these were kept per call
+        return {}
+    other = [total - te - u - vae for total, te, u, vae in
+             zip(raw["latency_samples_s"], raw["text_encoder_samples_s"], unet, raw["vae_decoder_samples_s"])]
+    return {"unet_total": statistics.median(unet), "other": max(0.0, statistics.median(other))}
 
 
 def _load_samples(folder: Path, samples: list[dict]):

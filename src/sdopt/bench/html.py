@@ -39,17 +39,19 @@ def _latency_plot(rows, report) -> str:
     fig, ax = plt.subplots(figsize=(8, 0.5 + 0.45 * len(ok)))
     names = [r["artifact"] for r in ok]
     te = np.array([r["text_encoder_s"] for r in ok])
-    # UNet time per image: the median step times the steps (second-order schedulers take more calls;
-    # the remainder shows as "other").
-    unet = np.array([r["unet_step_s"] * steps for r in ok])
     vae = np.array([r["vae_decoder_s"] for r in ok])
-    other = np.maximum(np.array([r["latency_median_s"] for r in ok]) - te - unet - vae, 0)
+    if all(r["other_s"] is not None for r in ok):  # each stage's median per image, "other" measured call by call
+        unet = np.array([r["unet_per_image_s"] for r in ok])
+        other = np.array([r["other_s"] for r in ok])
+    else:  # a report from before those were kept: the median step times the steps, the rest of the median image as other
+        unet = np.array([r["unet_step_s"] * steps for r in ok])
+        other = np.maximum(np.array([r["latency_median_s"] for r in ok]) - te - unet - vae, 0)
     left = np.zeros(len(ok))
     for values, label, color in ((te, "text encoder", "#4c72b0"), (unet, "UNet steps", "#dd8452"), (vae, "VAE decode", "#55a868"), (other, "other", "#bbbbbb")):
         ax.barh(names, values, left=left, label=label, color=color)
         left += values
     ax.invert_yaxis()
-    ax.set_xlabel("seconds per image (median)")
+    ax.set_xlabel("seconds per image (each stage's median)")
     ax.set_title("Latency per artifact and stage")
     ax.legend(loc="lower right", fontsize=8)
     return _png(fig)

@@ -15,6 +15,12 @@ def _budget_note(r: dict, planned: int, warmup: int) -> str:
     return note + (f" after {r['warmups']} of {warmup} warm-ups" if (r["warmups"] or warmup) < warmup else "")
 
 
+def quantization_label(artifact: dict) -> str | None:
+    """The quantized weights of an artifact's components, e.g. "int8 (torchao)"; None when none are."""
+    schemes = sorted({(q.get("scheme"), q.get("backend")) for q in (artifact.get("quantization") or {}).values()})
+    return ", ".join(f"{scheme} ({backend})" for scheme, backend in schemes) or None
+
+
 def flat_rows(report: dict) -> list[dict[str, Any]]:
     """One flat row per artifact: the CSV's and the Markdown table's data."""
     rows = []
@@ -25,6 +31,7 @@ def flat_rows(report: dict) -> list[dict[str, Any]]:
                 "artifact": a["name"],
                 "backend": a["backend"],
                 "precision": a["precision"],
+                "quantization": quantization_label(a),
                 "replaced": "; ".join(f"{n} by {r['by']}" for n, r in (a.get("replaced") or {}).items()) or None,
                 "cache_interval": a.get("cache_interval"),
                 "guidance_end": a.get("guidance_end"),
@@ -37,6 +44,8 @@ def flat_rows(report: dict) -> list[dict[str, Any]]:
                 "text_encoder_s": st.get("text_encoder"),
                 "unet_step_s": st.get("unet_step"),
                 "vae_decoder_s": st.get("vae_decoder"),
+                "unet_per_image_s": st.get("unet_total"),
+                "other_s": st.get("other"),
                 "steps_per_s": a.get("steps_per_s"),
                 "load_s": a.get("load_s"),
                 "first_generate_s": a.get("first_generate_s"),
@@ -164,7 +173,7 @@ def markdown(report: dict) -> str:
             "| "
             + " | ".join(
                 [
-                    r["artifact"], r["backend"], r["precision"],
+                    r["artifact"], r["backend"], r["precision"] + (f", {r['quantization']} weights" if r["quantization"] else ""),
                     r["status"] if r["status"] == "ok" else f"**{r['status']}**",
                     _fmt(r["latency_median_s"], "ms"), _fmt(r["latency_p90_s"], "ms"), _fmt(r["speedup_vs_reference"], "x"),
                     _fmt(r["text_encoder_s"], "ms"), _fmt(r["unet_step_s"], "ms"), _fmt(r["vae_decoder_s"], "ms"),

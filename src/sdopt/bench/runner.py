@@ -16,6 +16,7 @@ from sdopt.bench.forkserver import server_for, uses_fork_server
 from sdopt.bench.profiles import HardwareProfile
 from sdopt.bench.rounds import merge_rounds, rotated
 from sdopt.bench.settings import BenchSettings
+from sdopt.errors import SdoptError
 
 
 # --- running ----------------------------------------------------------------------------
@@ -93,12 +94,13 @@ def run_bench(
 
     entries = collect(artifacts, reference)
     check_static_shapes(entries, settings)
-    out = Path(out)
+    out = check_report_folder(out)
     out.mkdir(parents=True, exist_ok=True)
 
     rounds = settings.rounds
     results: dict[str, list[dict]] = {entry.name: [] for entry in entries}
     warnings = []
+    interrupted, running = False, None
     starts = WorkerStarts(settings)
     try:
         with tqdm(total=len(entries) * rounds, desc="bench", unit="artifact", file=sys.stderr, disable=not progress) as bar:
@@ -107,19 +109,40 @@ def run_bench(
                     bar.set_postfix_str(entry.name + (f" (round {r + 1}/{rounds})" if rounds > 1 else ""))
                     done = results[entry.name]
                     if not (done and done[-1].get("status") != "ok"):  # a failed artifact is not tried again
+                        running = entry.name
                         done.append(_run_worker(entry, settings, out, timeout, starts, r if rounds > 1 else None))
+                        running = None
                     bar.update()
     except KeyboardInterrupt:
         # Ctrl-C, or SIGTERM from a time limit (sdopt.cli turns it into this): the running worker is
         # killed (subprocess.run, or the fork server's client, does so on any exception), and what
         # finished still makes a report.
         warnings.append(interrupted_warning(results, entries[0].name))
-        print(f"sdopt bench: {warnings[-1]}", file=sys.stderr)
+        interrupted = True
+        print(f"sdopt bench: {warnings[-1]}; writing their report to {out}", file=sys.stderr)
+        if running is not None and not results[running]:  # its worker was killed in its first round: not one that never started
+            results[running] = [{"status": "failed", "error": "killed: the bench was interrupted while this artifact ran"}]
     raws = {name: merge_rounds(done) if done else NOT_RUN for name, done in results.items()}
-    return assemble_report(entries, raws, settings, out, profile, warnings=[*starts.warnings, *warnings])
+    if raws[entries[0].name].get("status") != "ok" and not interrupted:
+        warnings.append(f"the reference failed ({raws[entries[0].name].get('error')}): no artifact could be compared with it")
+    report = assemble_report(entries, raws, settings, out, profile, warnings=[*starts.warnings, *warnings])
+    if interrupted:
+        # The report is written, but the run is not what was asked: the command exits 130, and a caller that
+        # keeps benches (sdopt optimize's resumable work folder) does not keep this one as done.
+        raise KeyboardInterrupt
+    return report
 
 
 NOT_RUN = {"status": "failed", "error": "not run: the bench was interrupted before this artifact's turn"}
+
+
+def check_report_folder(out: str | Path) -> Path:
+    """The report folder, refused before any work when it is a file (or below one)."""
+    out = Path(out)
+    for path in (out, *out.parents):
+        if path.exists() and not path.is_dir():
+            raise SdoptError(f"-o {out}: {path} is a file; give a folder for the report (it is created if missing)")
+    return out
 
 
 def interrupted_warning(results: dict[str, list[dict]], reference: str) -> str:
@@ -128,5 +151,5 @@ def interrupted_warning(results: dict[str, list[dict]], reference: str) -> str:
     if not ref or ref[-1].get("status") != "ok":
         raise KeyboardInterrupt  # without the reference's images and timings there is nothing to compare
     finished = sum(1 for done in results.values() if done and done[-1].get("status") == "ok")
-    return (f"interrupted: {finished} of {len(results)} artifacts finished and are reported; the others are marked not run "
-            "(the artifact running when it stopped was killed)")
+    return (f"interrupted: {finished} of {len(results)} artifacts finished and are reported; the one running when it stopped "
+            "is marked killed, the others not run")

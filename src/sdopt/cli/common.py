@@ -20,11 +20,27 @@ def comma_list(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
+def write_text_file(path: str | Path, text: str) -> None:
+    """A text output the user named (a gate's markdown or JSON): its folder made where missing, a failure said plainly."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    except OSError as exc:
+        raise SdoptError(f"{path}: cannot write it ({exc.strerror or exc}); give a file path in a writable folder") from None
+
+
 def output_paths(out: Path, count: int) -> list[Path]:
-    """OUT.png for one image; OUT-0.png, OUT-1.png, ... for several."""
-    if count == 1:
-        return [out]
-    return [out.with_name(f"{out.stem}-{i}{out.suffix or '.png'}") for i in range(count)]
+    """OUT.png for one image; OUT-0.png, OUT-1.png, ... for several; a name without a suffix gets .png. A suffix no
+    image format has is refused before any work (PIL would refuse it only when saving, after the generation)."""
+    from PIL import Image
+
+    suffix = out.suffix or ".png"
+    if Image.registered_extensions().get(suffix.lower()) not in Image.SAVE:  # formats PIL writes, not only reads
+        raise SdoptError(f"-o {out}: {suffix} is not an image format sdopt can write; end the name in .png (keeps the parameters), .jpg or .webp")
+    if count == 1:  # an existing folder is kept as given, for check_output_files to refuse
+        return [out.with_name(out.name + suffix) if not out.suffix and not out.is_dir() else out]
+    return [out.with_name(f"{out.stem}-{i}{suffix}") for i in range(count)]
 
 
 def backend_of(artifact: str) -> str:

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from sdopt.cli.common import add_eta_flag, comma_list, int_list
+from sdopt.cli.common import add_eta_flag, comma_list, int_list, write_text_file
 from sdopt.errors import SdoptError
 
 
@@ -53,10 +53,15 @@ def _optimize(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     from sdopt.bench.profiles import load_profile
-    from sdopt.bench.runner import run_bench
+    from sdopt.bench.runner import check_report_folder, run_bench
     from sdopt.bench.settings import BenchSettings
     from sdopt.prompts import read_prompts
 
+    check_report_folder(args.output)  # before anything is built or run
+    if args.timeout is not None and not args.timeout > 0:
+        raise SdoptError(f"--timeout {args.timeout}: give the seconds an artifact may take, a positive number")
+    if args.only is not None and not comma_list(args.only):
+        raise SdoptError(f"--only {args.only!r}: no artifact names given; leave --only out to build every artifact of the profile")
     profiles = [load_profile(p) for p in args.profile or []]
     if len(profiles) > 1 and args.ray is None:
         raise SdoptError("several --profile are several machine kinds: add --ray [ADDRESS] to run each on its nodes (docs/ray.md), "
@@ -82,7 +87,7 @@ def _bench(args: argparse.Namespace) -> int:
         if args.build_from:
             from sdopt.bench.build import build_profile_artifacts
 
-            only = comma_list(args.only) if args.only else None
+            only = comma_list(args.only) if args.only is not None else None
             work = Path(args.work) / profile.name if len(profiles) > 1 else Path(args.work)
             built = build_profile_artifacts(profile, args.build_from, work, settings.height, settings.width, settings.device, only, say,
                                             progress=not args.quiet)
@@ -93,7 +98,7 @@ def _bench(args: argparse.Namespace) -> int:
         plans.append((profile, settings, artifacts, reference, out))
     if args.ray is None:
         profile, settings, artifacts, reference, out = plans[0]
-        run_bench(artifacts, reference, out, settings, profile=profile, timeout=args.timeout, progress=not args.quiet)
+        reports = [run_bench(artifacts, reference, out, settings, profile=profile, timeout=args.timeout, progress=not args.quiet)]
         outs = [out]
     else:
         from sdopt.bench.artifacts import check_static_shapes, collect
@@ -106,12 +111,16 @@ def _bench(args: argparse.Namespace) -> int:
             runs.append(ProfileRun(profile, entries, settings, out))
         run_matrix(runs, address=args.ray or None, timeout=args.timeout, progress=not args.quiet)
         outs = [r.out for r in runs]
+        reports = [json.loads((out / "report.json").read_text()) for out in outs]
     for out in outs:
         print((out / "report.md").read_text())
         print(f"report: {(out / 'report.html').resolve()}")
     for name, why in not_built.items():
         print(f"not built: {name}: {why}", file=sys.stderr)
-    return 1 if not_built else 0
+    failed_references = [r["artifacts"][0]["name"] for r in reports if r["artifacts"][0]["status"] != "ok"]
+    for name in failed_references:
+        print(f"sdopt bench: the reference {name} failed, so nothing was compared: see its error in the report", file=sys.stderr)
+    return 1 if not_built or failed_references else 0
 
 
 def _gate(args: argparse.Namespace) -> int:
@@ -131,10 +140,9 @@ def _gate(args: argparse.Namespace) -> int:
     result = gate.gate(current, rules, baseline)
     print(f"rules: {source}; baseline: {args.baseline or 'none (absolute floors only)'}")
     print(gate.table(result))
-    if args.markdown:
-        Path(args.markdown).write_text(gate.table(result, markdown=True))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    for path, text in ((args.markdown, lambda: gate.table(result, markdown=True)), (args.json, lambda: json.dumps(result.to_dict(), indent=2) + "\n")):
+        if path:
+            write_text_file(path, text())
     return result.exit_code
 
 
