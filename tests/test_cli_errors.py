@@ -120,3 +120,64 @@ def test_a_reader_that_stops_reading_ends_the_command_quietly(tiny_model):
         os.close(write_end)
     assert done.returncode == 141, done.stderr
     assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr, done.stderr
+
+
+def test_an_output_inside_the_input_is_refused_and_the_input_stays_whole(tiny_model, tmp_path, capsys):
+    """Written inside the input, the output would be an unlisted folder in it: the input would fail its own verification."""
+    inside = tiny_model / "unet" / "onnx"
+    assert main(["export", str(tiny_model), "--to", "onnx", "-o", str(inside)]) == 2
+    assert f"the output {inside} is inside the input {tiny_model}" in capsys.readouterr().err
+    assert not inside.exists()
+    assert main(["inspect", str(tiny_model)]) == 0  # still verifies
+
+
+def test_generate_output_names(tiny_model, tmp_path, capsys):
+    """No suffix: .png, as for several images; a suffix no image format has is refused before any work (it failed
+    only when saving, after the generation); without a size, the model's own (the tiny model's 64x64, as Diffusers)."""
+    from PIL import Image
+
+    assert main(["generate", str(tiny_model), "-p", "x", "--steps", "1", "-o", str(tmp_path / "plain"), "-q"]) == 0
+    assert Image.open(tmp_path / "plain.png").size == (64, 64)
+    assert main([*_gen(tiny_model)[:-1], str(tmp_path / "o.xyz")]) == 2
+    assert ".xyz is not an image format sdopt can write" in capsys.readouterr().err
+
+
+def test_strength_without_an_init_image(tiny_model, tmp_path, capsys):
+    """--strength alone is refused; an img2img image's parameters without its init image are said to make another picture."""
+    from PIL import Image
+
+    assert main([*_gen(tiny_model), "--strength", "0.5"]) == 2
+    assert "give --init-image IMAGE with it" in capsys.readouterr().err
+    Image.new("RGB", (64, 64), (90, 20, 200)).save(tmp_path / "init.png")
+    made = tmp_path / "i2i.png"
+    assert main(["generate", str(tiny_model), "-p", "x", "--steps", "2", "--init-image", str(tmp_path / "init.png"), "--strength", "0.6", "-o", str(made), "-q"]) == 0
+    assert "Denoising strength: 0.6" in Image.open(made).info["parameters"]
+    capsys.readouterr()
+    assert main(["generate", str(tiny_model), "--parameters-from", str(made), "-o", str(tmp_path / "again.png")]) == 0
+    assert "was made from an init image" in capsys.readouterr().err
+    assert "Denoising strength" not in Image.open(tmp_path / "again.png").info["parameters"]
+
+
+def test_a_precision_no_export_of_this_backend_has_names_the_ones_that_do(tiny_onnx_artifact, capsys):
+    assert main([*_gen(tiny_onnx_artifact), "--precision", "bf16"]) == 2
+    err = capsys.readouterr().err
+    assert "sdopt exports no onnxruntime artifact in bf16: export for openvino or tensorrt instead" in err
+
+
+def test_a_killed_writer_not_yet_reaped_is_gone():
+    """A zombie (killed, its parent has not waited for it) writes nothing more: its temporary folder is stale."""
+    import time
+
+    from sdopt.fsutil import _pid_alive
+
+    child = subprocess.Popen(["true"])
+    try:
+        deadline = time.monotonic() + 30
+        while "Z" not in open(f"/proc/{child.pid}/stat").read().rsplit(")", 1)[1][:3] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _pid_alive(child.pid)
+    finally:
+        child.wait()
+    import os
+
+    assert _pid_alive(os.getpid())

@@ -144,3 +144,20 @@ def _plain_png() -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (8, 8)).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def test_values_that_differ_from_the_artifacts_defaults_are_written_and_unused_eta_is_not():
+    """An artifact that caches every 2nd step by default: an image made with caching off says Cache interval: 1, or its
+    parameters would make the cached image; an eta the scheduler did not read is not written."""
+    from sdopt.infotext import image_parameters, parse_parameters
+    from sdopt.request import GenerateRequest
+
+    request = GenerateRequest(prompt="x", steps=4, cache_interval=1, eta=0.5)
+
+    def written(**kw):
+        return parse_parameters(image_parameters(request, 0, sampler=("Euler", None), model=None, model_hash=None, backend="torch fp32", **kw))
+
+    plain = written(cache_interval=1, guidance_end=1.0, eta_used=True)
+    assert "Cache interval" not in plain and "Guidance end" not in plain and plain["Eta"] == "0.5"
+    cached_artifact = written(cache_interval=1, guidance_end=1.0, defaults={"cache_interval": 2, "guidance_end": 0.5}, eta_used=False)
+    assert (cached_artifact["Cache interval"], cached_artifact["Guidance end"]) == ("1", "1") and "Eta" not in cached_artifact

@@ -94,8 +94,10 @@ def check_output_dir(out: str | Path, force: bool = False, inputs: tuple[str | P
     resolved = out.absolute().resolve()
     for source in inputs:
         inner = Path(source).absolute().resolve()
-        if inner == resolved or resolved in inner.parents:
-            raise SdoptError(f"the output {out} {'is' if inner == resolved else 'contains'} the input {source}: choose an output folder outside the input")
+        if inner == resolved or resolved in inner.parents or inner in resolved.parents:
+            # Inside the input, it would be an unlisted folder in it: the input would fail its own verification.
+            how = "is" if inner == resolved else "contains" if resolved in inner.parents else "is inside"
+            raise SdoptError(f"the output {out} {how} the input {source}: choose an output folder outside the input")
     if out.exists() and not (out.is_dir() and not any(out.iterdir())):
         if not force:
             raise SdoptError(f"{out} already exists: choose another output path, or pass --force to replace it")
@@ -158,7 +160,17 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:  # someone else's live process
         return True
-    return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """A killed process its parent has not reaped yet (in a container whose first process never reaps, for ever):
+    os.kill still finds it, but it writes nothing more."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # no /proc (macOS), or it just went
+        return False
+    return stat[stat.rfind(")") + 2:].startswith("Z")
 
 
 def stale_temp_folders(parent: Path, name: str | None = None) -> list[Path]:

@@ -165,11 +165,15 @@ def png_info(image: Any):
 
 
 def image_parameters(request: Any, index: int, *, sampler: tuple[str, str | None] | None, model: str | None, model_hash: str | None,
-                     backend: str, cache_interval: int = 1, guidance_end: float = 1.0, version: str = "") -> str:
+                     backend: str, cache_interval: int = 1, guidance_end: float = 1.0, version: str = "",
+                     defaults: dict[str, Any] | None = None, eta_used: bool = True) -> str:
     """The text for image ``index`` of a GenerateRequest's result (prompt-major: prompt index // num_images).
     sampler: (AUTOMATIC1111's sampler name, its schedule type or None); None when no name describes the scheduler
-    (a checkpoint's own scheduler that no sdopt name builds alike), said as sdopt's key "Scheduler"."""
+    (a checkpoint's own scheduler that no sdopt name builds alike), said as sdopt's key "Scheduler". defaults: the
+    artifact's own cache_interval and guidance_end; a value is written where it is on or differs from them, so that the
+    parameters make the same image again on that artifact. eta_used: whether the scheduler read the request's eta."""
     row = index // request.num_images
+    defaults = defaults or {}
     seeds = request.seeds
     image_to_image = request.init_image is not None
     negative = request.negative_prompts[row] if request.negative_prompt is not None else None
@@ -181,12 +185,13 @@ def image_parameters(request: Any, index: int, *, sampler: tuple[str, str | None
         "CFG scale": _number(request.guidance_scale),
         "Seed": seeds[index] if seeds else request.seed,
         "Size": f"{request.width}x{request.height}",
+        # The rows one seed's noise was drawn for (every prompt's): the image again is at Batch pos of that many
         "Batch size": None if seeds or request.batch_size == 1 else request.batch_size,
         "Batch pos": None if seeds or request.batch_size == 1 else index,
         "Denoising strength": _number(request.strength) if image_to_image else None,
-        "Eta": _number(request.eta) if request.eta is not None else None,
-        "Cache interval": cache_interval if cache_interval > 1 else None,
-        "Guidance end": _number(guidance_end) if guidance_end < 1 and request.guidance_scale > 1 else None,
+        "Eta": _number(request.eta) if request.eta is not None and eta_used else None,
+        "Cache interval": cache_interval if cache_interval > 1 or cache_interval != defaults.get("cache_interval", 1) else None,
+        "Guidance end": _number(guidance_end) if request.guidance_scale > 1 and (guidance_end < 1 or guidance_end != defaults.get("guidance_end", 1.0)) else None,
         EMPHASIS: "Original" if request.prompt_emphasis else None,
         "Loras": ", ".join(f"{_stem(f)}:{_number(w)}" for f, w in request.loras.items()) if request.loras else None,
         "Model hash": model_hash,

@@ -33,11 +33,20 @@ def _generate(args: argparse.Namespace) -> int:
         if unapplied(parsed) and not args.quiet:
             print(f"warning: {args.parameters_from} says {', '.join(unapplied(parsed))}, which this request does not take: "
                   "the image will differ" + (" (give the LoRAs with --lora)" if "Loras" in parsed else ""), file=sys.stderr)
+    if init_image is None:
+        if args.strength is not None:
+            raise SdoptError("--strength is how much of --init-image is repainted: give --init-image IMAGE with it (text-to-image takes no strength)")
+        if "strength" in made_from:
+            made_from.pop("strength")
+            if not args.quiet:
+                print(f"warning: {args.parameters_from} was made from an init image (img2img or inpainting: its Denoising strength); "
+                      "without --init-image (and --mask) this makes a text-to-image picture, not that one", file=sys.stderr)
     asked = {**made_from, **{k: v for k, v in flags.items() if v is not None}}
     if "prompt" not in asked:
         raise SdoptError("give the prompt, --prompt TEXT (or --parameters-from IMAGE.png to take an image's)")
-    # Without a size an init image keeps its own (down to a multiple of 8), as in Diffusers' img2img.
-    width, height = init_image.size if init_image is not None else (512, 512)
+    # Without a size an init image keeps its own (down to a multiple of 8), as in Diffusers' img2img; else the
+    # artifact's (its static shapes, or the size the model was trained at, as Diffusers' pipelines).
+    width, height = init_image.size if init_image is not None else _model_size(args.artifact)[::-1]
     request = GenerateRequest(
         **{k: v for k, v in asked.items() if k not in ("steps", "guidance_scale", "height", "width")},
         # Unset: the model's own (sdopt.runtime.request_defaults), known once it is loaded; checked with sdopt's until then.
@@ -150,3 +159,17 @@ def add_generate(sub) -> None:
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.add_argument("-o", "--output", required=True, help="output PNG (several images: OUT-0.png, OUT-1.png, ...)")
     p.set_defaults(func=_generate)
+
+
+def _model_size(artifact: str) -> tuple[int, int]:
+    """(height, width) a request on this artifact gets unasked (sdopt.runtime.request_defaults.default_size), read
+    from its manifest before the slow load; 512x512 where it cannot be read here (a hub id, or a folder the load
+    will refuse, saying why)."""
+    from sdopt.manifest import read_manifest
+    from sdopt.runtime.request_defaults import default_size
+
+    folder = Path(artifact).expanduser()
+    try:
+        return default_size(read_manifest(folder)) if folder.is_dir() else (512, 512)  # a hub id: fetched by the load
+    except SdoptError:
+        return 512, 512

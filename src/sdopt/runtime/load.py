@@ -27,10 +27,8 @@ def load(path: str | Path, device: str = "cpu", precision: str | None = None, ve
     backend = get_backend(manifest.backend)
     precision = precision or manifest.precision
     if precision != manifest.precision and not backend.casts_at_load:
-        raise SdoptError(
-            f"this {manifest.backend} artifact was exported in {manifest.precision}; it cannot run in {precision}. "
-            f"Export it again with --precision {precision}"
-        )
+        raise SdoptError(f"this {manifest.backend} artifact was exported in {manifest.precision}; it cannot run in {precision}. "
+                         + _export_advice(manifest.backend, precision))
     backend.check(device, precision)
     backend.check_options(options, BACKENDS)
     if manifest.inferred:
@@ -70,3 +68,17 @@ def load_tokenizer(folder: Path):
     if not folder.is_dir():
         raise SdoptError(f"{folder} is missing: the artifact has no tokenizer; export it again")
     return CLIPTokenizer.from_pretrained(folder)
+
+
+def _export_advice(backend: str, precision: str) -> str:
+    """What to do for an artifact in another precision: an export target for this backend that writes it, or the
+    targets that write it at all."""
+    from sdopt.export import EXPORTERS
+
+    targets = [e.name for e in EXPORTERS.values() if precision in e.precisions]
+    if any(EXPORTERS[t].backend == backend for t in targets):
+        return f"Export it again with --precision {precision}"
+    if targets:
+        return (f"sdopt exports no {backend} artifact in {precision}: export for {' or '.join(targets)} instead "
+                f"(sdopt export MODEL --to {targets[0]} --precision {precision}), or run the Diffusers checkpoint with --precision {precision}")
+    return f"No export runs in {precision}: run the Diffusers checkpoint with --precision {precision}"

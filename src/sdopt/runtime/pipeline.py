@@ -309,7 +309,10 @@ class Pipeline:
             request, index, sampler=schedulers.A1111_SAMPLERS.get(name) if name else None,
             model=self.folder.name if self.folder is not None else None, model_hash=self.model_hash,
             backend=f"{manifest.backend} {self.precision}", cache_interval=self.cache_interval(request),
-            guidance_end=self.guidance_end(request), version=__version__)
+            guidance_end=self.guidance_end(request), version=__version__,
+            # what the artifact does unasked: a value that differs from it is written even when it is "off"
+            defaults={"cache_interval": self.default_cache_interval, "guidance_end": self.default_guidance_end},
+            eta_used=schedulers.takes_eta(schedulers.scheduler_class(request.scheduler, self.scheduler_config)))
 
     def run_settings(self) -> dict[str, Any]:
         """What each component runs with, as its backend reports it (OpenVINO's compiled-model properties,
