@@ -181,3 +181,18 @@ def test_a_killed_writer_not_yet_reaped_is_gone():
     import os
 
     assert _pid_alive(os.getpid())
+
+
+def test_a_lora_scale_that_is_not_a_number_is_named(tiny_model, tmp_path, capsys):
+    lora = tmp_path / "style.safetensors"
+    lora.write_bytes(b"")
+    assert main([*_gen(tiny_model), "--lora", f"{lora}:abc"]) == 2
+    assert "the scale 'abc' is not a number (FILE:SCALE, e.g. style.safetensors:0.8)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["bench", "optimize"])
+def test_bench_and_optimize_refuse_strength_without_an_init_image(tiny_model, tmp_path, capsys, command):
+    args = [str(tiny_model), "--reference", str(tiny_model)] if command == "bench" else [str(tiny_model)]
+    assert main([command, *args, "--strength", "0.5", "-o", str(tmp_path / "o")]) == 2
+    assert "give --init-image IMAGE with it" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -160,6 +160,10 @@ def test_an_init_image_of_another_size_is_resized_with_a_warning(tiny_pipeline):
     with pytest.warns(UserWarning, match="init_image is 96x80; it was resized to the request's 64x64"):
         result = tiny_pipeline.generate(request)
     assert result.images[0].size == (64, 64) and any("resized" in w for w in result.warnings)
+    # Trimmed to the multiples of 8 below its size (all a size can be; what sdopt generate asks unasked): no warning.
+    from sdopt.runtime.conditioning import resize_notices
+
+    assert resize_notices(GenerateRequest(**{**BASE, "height": 64, "width": 64}, init_image=picture(size=(70, 66)), strength=0.5)) == []
 
 
 # --- other backends ---------------------------------------------------------------------------

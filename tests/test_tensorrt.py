@@ -194,7 +194,7 @@ def test_rebuild_builds_the_engines_again_from_the_kept_onnx_with_the_recorded_p
 
     # What --rebuild refuses: another kind of artifact, and options it would ignore.
     assert main(["export", str(tiny_onnx_artifact), "--to", "tensorrt", "--rebuild", "-o", str(tmp_path / "x")]) == 2
-    assert "is a onnxruntime artifact: export from its checkpoint" in capsys.readouterr().err
+    assert "is an artifact for onnxruntime: export from its checkpoint" in capsys.readouterr().err
     assert main(["export", str(old), "--to", "tensorrt", "--rebuild", "--static", "-o", str(tmp_path / "x")]) == 2
     assert "--rebuild takes the shapes, precision and options the artifact's manifest records" in capsys.readouterr().err
     assert main(["export", str(old), "--to", "onnx", "--rebuild", "-o", str(tmp_path / "x")]) == 2

@@ -66,9 +66,16 @@ def image_files(value: Any, flag: str) -> tuple[str, ...]:
     return tuple(str(f.absolute()) for f in files)
 
 
+def check_strength_has_image(strength: float | None, init_image: Any) -> None:
+    """--strength without --init-image would be taken and do nothing: refused (sdopt generate, bench, optimize)."""
+    if strength is not None and init_image is None:
+        raise SdoptError("--strength is how much of --init-image is repainted: give --init-image IMAGE with it (text-to-image takes no strength)")
+
+
 def image_options(init_image: str | None, mask_image: str | None, strength: float | None) -> dict[str, Any]:
     """GenerateRequest's image fields from file paths (a bench's --init-image/--mask/--strength), the files
     read now; errors name the option."""
+    check_strength_has_image(strength, init_image)
     options: dict[str, Any] = {"init_image": open_image(init_image, "--init-image"), "mask_image": open_image(mask_image, "--mask")}
     if strength is not None:
         options["strength"] = strength

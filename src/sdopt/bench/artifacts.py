@@ -74,7 +74,7 @@ def collect(artifacts: list[str], reference: str) -> list[Entry]:
         manifest = read_manifest(path)
         name = artifact_label(path, precision, options, request)
         if options and manifest.backend != "torch":
-            raise SdoptError(f"{text}: +compile runs torch.compile, on torch artifacts only; {path} is a {manifest.backend} artifact")
+            raise SdoptError(f"{text}: +compile runs torch.compile, on torch artifacts only; {path} is an artifact for {manifest.backend}")
         if any(e.path == path and e.precision == precision and e.options == options and e.request == request for e in entries):
             continue  # the reference given again among the artifacts
         base, n = name, 2

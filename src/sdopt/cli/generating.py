@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sdopt.cli.common import output_paths, backend_of, add_eta_flag, add_lora_flag, lora_scales
 from sdopt.infotext import png_info, read_png_parameters, unapplied
-from sdopt.request import open_image
+from sdopt.request import check_strength_has_image, open_image
 from sdopt.errors import BrokenOutputError, SdoptError
 
 
@@ -33,9 +33,8 @@ def _generate(args: argparse.Namespace) -> int:
         if unapplied(parsed) and not args.quiet:
             print(f"warning: {args.parameters_from} says {', '.join(unapplied(parsed))}, which this request does not take: "
                   "the image will differ" + (" (give the LoRAs with --lora)" if "Loras" in parsed else ""), file=sys.stderr)
+    check_strength_has_image(args.strength, init_image)
     if init_image is None:
-        if args.strength is not None:
-            raise SdoptError("--strength is how much of --init-image is repainted: give --init-image IMAGE with it (text-to-image takes no strength)")
         if "strength" in made_from:
             made_from.pop("strength")
             if not args.quiet:

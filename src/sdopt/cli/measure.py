@@ -233,7 +233,8 @@ def add_optimize(sub) -> None:
                    help="an inpainting checkpoint's int8-static candidates calibrate repainting these (a folder of images, or comma-separated "
                         "files; not the --init-image the bench measures on); without them those candidates are not built")
     _add_worker_start(p)
-    p.add_argument("--quick", action="store_true", help="a small candidate set (OpenVINO fp32, with and without caching): a first look")
+    p.add_argument("--quick", action="store_true", help="a small candidate set (OpenVINO in this CPU's float precision, bf16 where it is native, else fp32; "
+                   "with step-feature caching every 2 steps, and with truncated guidance too): a first look")
     p.add_argument("--budget-minutes", type=float, default=None, help="stop building new candidates after this long (the built ones are still benched)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default=None,
                    help="what the OpenVINO candidates' float parts run in (default: bf16 where this CPU has it natively, else fp32)")

@@ -50,7 +50,7 @@ def read_config(path: str | Path) -> dict[str, Any]:
     if not folder.is_dir():
         raise SdoptError(f"--vae-decoder {folder}: not a folder. Give a Diffusers AutoencoderTiny folder (config.json + {WEIGHTS_FILE}), "
                          "such as `sdopt distill-decoder` writes or TAESD's published weights")
-    config = read_json(folder / "config.json", what=f"the tiny decoder's config in {folder}", missing="give a Diffusers AutoencoderTiny folder")
+    config = read_json(folder / "config.json", what="the tiny decoder's config", missing="give a Diffusers AutoencoderTiny folder")
     if config.get("_class_name") != ARCHITECTURE:
         raise SdoptError(f"{folder} holds a {config.get('_class_name', 'model of unknown class')}, not an {ARCHITECTURE}: "
                          "give a tiny decoder (`sdopt distill-decoder` writes one)")

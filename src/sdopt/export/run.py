@@ -182,7 +182,7 @@ def source_checkpoint(model: str | Path) -> tuple[Path, Manifest]:
     manifest = read_manifest(folder)
     if manifest.backend != "torch" or any(c.quantization for c in manifest.components.values()):
         raise SdoptError(
-            f"{folder} is a {manifest.backend} artifact{' with quantized weights' if manifest.backend == 'torch' else ''}; "
+            f"{folder} is an artifact for {manifest.backend}{' with quantized weights' if manifest.backend == 'torch' else ''}; "
             "export from the original PyTorch (Diffusers) checkpoint"
         )
     if not manifest.inferred:

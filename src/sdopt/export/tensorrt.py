@@ -94,8 +94,8 @@ def rebuild(artifact: str | Path, out: str | Path, force: bool = False) -> Manif
     folder = resolve(artifact)
     old = read_manifest(folder)
     if old.backend != "tensorrt":
-        raise SdoptError(f"--rebuild builds a TensorRT artifact's engines again from the ONNX graphs it keeps; {folder} is a "
-                         f"{old.backend} artifact: export from its checkpoint instead (sdopt export CHECKPOINT --to tensorrt -o NEW)")
+        raise SdoptError(f"--rebuild builds a TensorRT artifact's engines again from the ONNX graphs it keeps; {folder} is an "
+                         f"artifact for {old.backend}: export from its checkpoint instead (sdopt export CHECKPOINT --to tensorrt -o NEW)")
     recorded, engines = old.export.get("profiles") or {}, old.export.get("engines") or {}
     missing = [n for n in old.components if n not in recorded or n not in engines or not (folder / old.components[n].folder / "model.onnx").is_file()]
     if missing:

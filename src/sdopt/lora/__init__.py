@@ -58,8 +58,9 @@ def parse_lora(text: str | Path | LoraFile) -> LoraFile:
         if sep and head:
             try:
                 path, scale = head, float(tail)
-            except ValueError:
-                pass  # a colon in the path itself
+            except ValueError:  # a colon in the path itself, or a scale that is not a number
+                if not Path(path).expanduser().is_file() and Path(head).expanduser().is_file():
+                    raise SdoptError(f"LoRA {text}: the scale {tail!r} is not a number (FILE:SCALE, e.g. {Path(head).name}:0.8)") from None
         lora = LoraFile(Path(path).expanduser(), scale)
     if not lora.path.is_file():
         raise SdoptError(f"LoRA file {lora.path} does not exist: give a .safetensors LoRA (FILE or FILE:SCALE, e.g. style.safetensors:0.8)")

@@ -64,7 +64,7 @@ def quantize(
     refuse_quantized(source, manifest)
     if loras and manifest.backend != "torch":
         raise SdoptError(
-            f"--lora fuses LoRAs into PyTorch weights, and {source} is a {manifest.backend} artifact: fuse them when you "
+            f"--lora fuses LoRAs into PyTorch weights, and {source} is an artifact for {manifest.backend}: fuse them when you "
             f"export it (`sdopt export MODEL --to {manifest.backend} --lora FILE`), then quantize that"
         )
     if backend is None:
@@ -73,7 +73,7 @@ def quantize(
     elif quantizer.accepts != manifest.backend:
         others = sorted(q.name for q in QUANTIZERS.values() if q.accepts == manifest.backend)
         raise SdoptError(
-            f"--backend {backend} quantizes {quantizer.accepts} artifacts, and {source} is a {manifest.backend} artifact: "
+            f"--backend {backend} quantizes {quantizer.accepts} artifacts, and {source} is an artifact for {manifest.backend}: "
             f"give it an artifact of the {quantizer.accepts} backend" + (f", or use --backend {' or '.join(others)} for this one" if others else "")
         )
     if manifest.backend == "torch":

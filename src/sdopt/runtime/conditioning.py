@@ -212,9 +212,11 @@ def is_inpainting(manifest: Any, folder: Path | None) -> bool:
 
 
 def resize_notices(request: GenerateRequest) -> list[str]:
-    """A warning when the init image is resized to the request's size (as Diffusers does when given height/width)."""
+    """A warning when the init image is resized to the request's size (as Diffusers does when given height/width);
+    none when it is only trimmed to the multiples of 8 below its size, which is all a size can be (Diffusers' own
+    rounding, and what sdopt generate asks for an image of another size)."""
     want = (request.width, request.height)
-    sizes = dict.fromkeys(im.size for im in request.init_images if im.size != want)
+    sizes = dict.fromkeys(im.size for im in request.init_images if (im.size[0] - im.size[0] % 8, im.size[1] - im.size[1] % 8) != want)
     return [
         f"init_image is {w}x{h}; it was resized to the request's {want[0]}x{want[1]} "
         "(give height and width of the image's size, multiples of 8, to keep its proportions)"
