@@ -95,6 +95,7 @@ def build_one(spec: dict[str, Any], model: Path, work: Path, height: int, width:
         if earlier is None:  # built before sdopt kept records: reused as it always was, and recorded
             _write_record(record, key)
         if earlier in (None, key):
+            say(f"   reused: {out} was built from this checkpoint with these settings")
             return str(out) + runs_in
         changed = ", ".join(k for k in key.keys() | earlier.keys() if key.get(k) != earlier.get(k))
         say(f"   {spec['name']} is built again: its {changed} changed since it was built")

@@ -260,7 +260,7 @@ def _optimize(model, out, settings, work, floor, quick, budget_minutes, distill,
             continue
         row = by_name[bench_label(built[candidate.name])]
         holds, why = floor.verdict(row, reference, candidate.exact)
-        rows.append({"name": candidate.name, "exact": candidate.exact, "holds": holds, "why": why,
+        rows.append({"name": candidate.name, "report_row": row["name"], "exact": candidate.exact, "holds": holds, "why": why,
                      "latency_s": (row.get("latency_s") or {}).get("median"),
                      "speedup": 1 / row["latency_ratio_to_reference"] if row.get("latency_ratio_to_reference") else None,
                      "psnr_db": (row.get("quality") or {}).get("psnr_db"), "adherence": (row.get("adherence") or {}).get("mean")})
@@ -307,7 +307,7 @@ def _build_here(pool, source: Path, work: Path, settings, budget_minutes: float 
         if budget_minutes is not None and time.monotonic() - started > budget_minutes * 60:
             not_built[candidate.name] = f"the --budget-minutes {budget_minutes:g} ran out before it was built"
             continue
-        say(f"== building {candidate.name}")
+        say(f"== {candidate.name}")  # build_one says whether it builds it or reuses what --work holds
         try:
             built[candidate.name] = build_one(candidate.spec, source, work, settings.height, settings.width, settings.device, built, say,
                                               progress)

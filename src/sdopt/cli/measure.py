@@ -46,6 +46,7 @@ def _optimize(args: argparse.Namespace) -> int:
         psnr = f"{r['psnr_db']:.1f}" if r.get("psnr_db") is not None else "-"
         adh = f"{r['adherence']:.3f}" if r.get("adherence") is not None else "-"
         mark = " <- chosen" if r["name"] == outcome.chosen else ""
+        mark += f" (the report's row {r['report_row']})" if r.get("report_row", r["name"]) != r["name"] else ""
         print(f"{r['name']:<36} {'yes' if r['exact'] else 'no':<6} {speed:>9} {psnr:>8} {adh:>10}  {r['why']}{mark}")
     print(f"chosen: {outcome.chosen} -> {outcome.out} (report: {outcome.out / 'optimize' / 'report.md'})")
     return 0
