@@ -177,6 +177,8 @@ def test_cli_bench_bad_input(tiny_model, tmp_path, capsys):
         assert main(["bench", *args, "-o", str(tmp_path / "o")]) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "o").exists() and not (tmp_path / "w").exists()  # an empty --only is refused, not read as "all"
+    assert main(["bench", f"{tiny_model}@int3", "--reference", str(tiny_model), "-o", str(tmp_path / "o")]) == 2
+    assert "@int3 is not a precision an artifact runs in" in capsys.readouterr().err
     (tmp_path / "a-file").write_text("")
     assert main(["bench", str(tiny_model), "--reference", str(tiny_model), "-o", str(tmp_path / "a-file" / "report")]) == 2
     assert "a-file is a file; give a folder for the report" in capsys.readouterr().err

@@ -295,6 +295,7 @@ def test_a1111_reports_ignored_fields_and_honours_force_task_id(tiny_pipeline):
         assert followed["progress"] == 1.0 and followed["state"]["job"] == "task(abc123)"
         again = httpx.post(url + "/sdapi/v1/txt2img", json={**body, "tiling": False}, timeout=60)
         assert again.status_code == 422 and "already in use" in again.text
+        assert again.json()["detail"][0]["loc"] == ["body", "force_task_id"]
         # AUTOMATIC1111's schedule type: Karras where sdopt has the variant; another one is said to be ignored.
         for sampler, schedule, ours, ignored in (("DPM++ 2M", "Karras", "dpmpp_2m_karras", []), ("DPM++ 2M", "Exponential", "dpmpp_2m", ["scheduler"]),
                                                  ("Euler a", "Karras", "euler_a", ["scheduler"]), ("Euler", "Automatic", "euler", [])):

@@ -56,7 +56,13 @@ def parse_artifact_arg(text: str) -> tuple[str, str | None, dict[str, Any], dict
 
         text, options["compile"] = match.group(1), compile_setting(match.group(2) or True, "cuda")  # the device is checked at load
     match = re.fullmatch(r"(.+)@(fp32|fp16|bf16)", text)
-    return (match.group(1), match.group(2), options, request) if match else (text, None, options, request)
+    if match:
+        return match.group(1), match.group(2), options, request
+    other = re.fullmatch(r"(.+)@([A-Za-z0-9_-]+)", text)
+    if other and not Path(text).exists() and Path(other.group(1)).exists():  # a folder named x@y is still a folder
+        raise SdoptError(f"{text}: @{other.group(2)} is not a precision an artifact runs in; give @fp32, @fp16 or @bf16 "
+                         "(quantized weights are an artifact of their own: sdopt quantize)")
+    return text, None, options, request
 
 
 def artifact_label(path: Path, precision: str | None, options: dict[str, Any], request: dict[str, Any] | None = None) -> str:

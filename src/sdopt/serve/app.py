@@ -62,7 +62,7 @@ def create_app(worker: Worker, settings: ServeSettings, model_name: str, replica
 
     @app.exception_handler(SdoptError)
     async def _sdopt_error(request: Request, exc: SdoptError):
-        return JSONResponse(_error_body(request, 422, str(exc)), status_code=422)
+        return JSONResponse(_error_body(request, 422, str(exc), exc.field), status_code=422)
 
     from starlette.exceptions import HTTPException
 

@@ -96,7 +96,7 @@ class Worker:
             if self._stopping:
                 raise SdoptError("the server is shutting down")
             if job.id in self.jobs:
-                raise SdoptError(f"task id {job.id!r} is already in use: give another force_task_id, or none")
+                raise SdoptError(f"task id {job.id!r} is already in use: give another force_task_id, or none", field="force_task_id")
             if len(self._queue) >= self.max_queue and not continuing:
                 self.metrics.count_rejected()
                 raise QueueFull(self.retry_after())
