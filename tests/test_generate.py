@@ -95,3 +95,38 @@ def test_cli_several_images_are_numbered(tiny_model, tmp_path):
     args = ["generate", str(tiny_model), "-p", "x", "--steps", "2", "--height", "64", "--width", "64", "--num-images", "2", "-q"]
     assert main(args + ["-o", str(tmp_path / "out.png")]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out-0.png", "out-1.png"]
+
+
+def test_what_generate_and_load_are_given_is_checked(tiny_model, tiny_pipeline):
+    """A Python caller's wrong argument is an SdoptError naming it, before any work — not a TypeError from inside."""
+    from PIL import Image
+
+    from sdopt import GenerateRequest, SdoptError
+
+    request = GenerateRequest(prompt="x", steps=1, height=64, width=64)
+    for call, message in ((lambda: tiny_pipeline.generate({"prompt": "x"}), "takes a sdopt.GenerateRequest, not dict"),
+                          (lambda: tiny_pipeline.generate(request, progress=5), "progress must be a function"),
+                          (lambda: sdopt.load(None), "not NoneType"),
+                          (lambda: sdopt.load(tiny_model, device=None), "device=None"),
+                          (lambda: sdopt.load(tiny_model, deep_cache="yes"), "deep_cache='yes': must be true, or the interval"),
+                          (lambda: GenerateRequest(prompt="x", steps=2, height=64, width=64, init_image=Image.new("RGB", (64, 64)),
+                                                   mask_image=Image.new("LAB", (64, 64)), strength=1.0).validate(), "a LAB image cannot be read as a mask")):
+        with pytest.raises(SdoptError, match=message):
+            call()
+    assert sdopt.load(tiny_model, device="CPU").device == "cpu"
+
+
+def test_a_closed_pipeline_refuses_to_generate(tiny_model):
+    from sdopt import GenerateRequest, SdoptError
+
+    with sdopt.load(tiny_model) as pipeline:
+        pipeline.generate(GenerateRequest(prompt="x", steps=1, height=64, width=64))
+    with pytest.raises(SdoptError, match="this pipeline is closed"):
+        pipeline.generate(GenerateRequest(prompt="x", steps=1, height=64, width=64))
+
+
+def test_a_long_negative_prompt_is_called_one(tiny_pipeline):
+    from sdopt import GenerateRequest
+
+    warnings = tiny_pipeline.truncated_prompts(GenerateRequest(prompt="a fox", negative_prompt="dog " * 100))
+    assert len(warnings) == 1 and warnings[0].startswith("negative prompt 'dog dog")

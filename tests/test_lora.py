@@ -139,3 +139,41 @@ def test_a_lora_for_another_model_is_refused(sdxl_tiny, tiny_lora):
     pipeline = sdopt.load(sdxl_tiny)
     with pytest.raises(SdoptError, match="LoRA"):
         pipeline.generate(GenerateRequest(**SMALL, loras={str(tiny_lora): 1.0}))
+
+
+def test_threads_sharing_a_pipeline_get_their_own_loras(tiny_model, tiny_lora):
+    """One thread asks for a LoRA, another for the base weights, on one pipeline at once: each gets the image it gets
+    alone (generate calls run one after another; before, the second thread's call reset the first's adapters mid-loop)."""
+    import threading
+
+    pipeline = sdopt.load(tiny_model)
+    with_lora, plain = GenerateRequest(**{**SMALL, "steps": 6}, loras={str(tiny_lora): 1.0}), GenerateRequest(**{**SMALL, "steps": 6, "seed": 8})
+    alone = {"lora": pipeline.generate(with_lora).latents, "plain": pipeline.generate(plain).latents}
+    for _ in range(2):
+        out = {}
+        threads = [threading.Thread(target=lambda k=k, r=r: out.__setitem__(k, pipeline.generate(r).latents))
+                   for k, r in (("lora", with_lora), ("plain", plain))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert all(np.array_equal(out[k], alone[k]) for k in alone)
+
+
+def test_a_step_cached_pipeline_takes_loras(tiny_model, tiny_lora):
+    """deep_cache=N wraps the UNet: the LoRA goes into the UNet inside (the shallow branch shares its blocks), so
+    caching off gives the plain pipeline's LoRA image exactly, and caching on runs the adapted layers too."""
+    lora = {str(tiny_lora): 1.0}
+    plain = sdopt.load(tiny_model).generate(GenerateRequest(**SMALL, loras=lora))
+    cached = sdopt.load(tiny_model, deep_cache=2)
+    assert np.array_equal(cached.generate(GenerateRequest(**SMALL, loras=lora, cache_interval=1)).latents, plain.latents)
+    base_cached = cached.generate(GenerateRequest(**SMALL, cache_interval=2))
+    lora_cached = cached.generate(GenerateRequest(**SMALL, loras=lora, cache_interval=2))
+    assert psnr(_pixels(base_cached), _pixels(lora_cached)) < 30
+
+
+def test_a_file_that_is_not_safetensors_inside_is_refused(tiny_model, tmp_path):
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_text("garbage")
+    with pytest.raises(SdoptError, match="cannot be read as safetensors"):
+        sdopt.load(tiny_model).generate(GenerateRequest(**SMALL, loras={str(garbage): 1.0}))

@@ -66,6 +66,18 @@ def image_files(value: Any, flag: str) -> tuple[str, ...]:
     return tuple(str(f.absolute()) for f in files)
 
 
+def _check_convertible(image: Any, name: str, mode: str) -> None:
+    """An image the loop can read: PIL converts it to ``mode`` (RGB for an init image, L for a mask). Tried on one
+    pixel of its mode, so the check costs nothing; a LAB mask, say, has no conversion to L."""
+    from PIL import Image
+
+    try:
+        Image.new(image.mode, (1, 1)).convert(mode)
+    except ValueError:
+        raise SdoptError(f"{name}: a {image.mode} image cannot be read as {'a picture' if mode == 'RGB' else 'a mask'} "
+                         f"(PIL has no conversion to {mode}): give an RGB or grayscale image", field=name) from None
+
+
 def check_strength_has_image(strength: float | None, init_image: Any) -> None:
     """--strength without --init-image would be taken and do nothing: refused (sdopt generate, bench, optimize)."""
     if strength is not None and init_image is None:
@@ -273,6 +285,7 @@ class GenerateRequest:
             for image in items:
                 if min(image.size) < 1:
                     raise SdoptError(f"{name}: the image is empty ({image.size[0]}x{image.size[1]} pixels)")
+                _check_convertible(image, name, "RGB" if name == "init_image" else "L")
         images, masks = self.init_images, self.mask_images
         if masks and not images:
             raise SdoptError("mask_image needs an init_image: the mask says which part of the init image to repaint (white = repaint)", field="init_image")

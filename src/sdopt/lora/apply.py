@@ -55,6 +55,8 @@ def load_adapter(modules: dict[str, torch.nn.Module], family, lora: LoraFile, na
                     loader.load_lora_into_text_encoder(state, alphas, modules[encoder], prefix=encoder, adapter_name=name)
     except SdoptError:
         raise
+    except OSError as exc:  # Diffusers' "Unable to load weights from checkpoint file": not a safetensors file inside
+        raise SdoptError(f"LoRA {lora.path} cannot be read as safetensors ({str(exc).splitlines()[0][:200]}): give a .safetensors LoRA file") from exc
     except (ValueError, KeyError, RuntimeError) as exc:  # a file for another architecture or family
         raise SdoptError(
             f"LoRA {lora.path.name} does not fit this {family.title} model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}): "

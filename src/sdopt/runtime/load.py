@@ -22,6 +22,13 @@ def load(path: str | Path, device: str = "cpu", precision: str | None = None, ve
     against the manifest before use (skipped only for inferred manifests,
     which record no hashes).
     """
+    if not isinstance(path, (str, Path)):
+        raise SdoptError(f"load takes an artifact folder (a path or hub id), not {type(path).__name__}")
+    if not isinstance(device, str) or not device.strip():
+        raise SdoptError(f"device={device!r}: give a device name such as 'cpu' or 'cuda'")
+    kind, sep, rest = device.strip().partition(":")
+    device = kind.lower() + sep + rest  # "CPU", "CUDA:0" as torch names them; what follows the kind as given (openvino:GPU.1)
+    check_option_values(options)
     folder = resolve(path)
     manifest = read_manifest(folder)
     backend = get_backend(manifest.backend)
@@ -82,3 +89,31 @@ def _export_advice(backend: str, precision: str) -> str:
         return (f"sdopt exports no {backend} artifact in {precision}: export for {' or '.join(targets)} instead "
                 f"(sdopt export MODEL --to {targets[0]} --precision {precision}), or run the Diffusers checkpoint with --precision {precision}")
     return f"No export runs in {precision}: run the Diffusers checkpoint with --precision {precision}"
+
+
+def _flag(value: Any) -> bool:
+    return isinstance(value, bool)
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+# What each load option's value must be (which backend takes which: runtime/backends.py), checked before any
+# work so a wrong one is an SdoptError naming it, not a TypeError from deep in a backend.
+OPTION_VALUES: dict[str, tuple[Any, str]] = {
+    **{name: (_flag, "true or false") for name in ("attention_slicing", "vae_tiling", "cpu_offload", "channels_last", "reshape")},
+    "deep_cache": (lambda v: _flag(v) or _count(v), "true, or the interval: an integer from 1 (every step whole)"),
+    "compile": (lambda v: _flag(v) or isinstance(v, str), "true, false, or a torch.compile mode name"),
+    "threads": (_count, "a positive number of threads"),
+    "provider": (lambda v: isinstance(v, str), "an ONNX Runtime provider kind: cpu, cuda or tensorrt"),
+    "run_settings": (lambda v: isinstance(v, dict), "a dict of the backend's own settings"),
+    "cache_dir": (lambda v: isinstance(v, (str, Path)), "a folder path"),
+}
+
+
+def check_option_values(options: dict[str, Any]) -> None:
+    for name, value in options.items():
+        fits, what = OPTION_VALUES.get(name, (None, ""))
+        if value is not None and fits is not None and not fits(value):
+            raise SdoptError(f"{name}={value!r}: must be {what}")

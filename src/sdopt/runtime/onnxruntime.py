@@ -36,6 +36,8 @@ _PROVIDERS = {
 
 def providers_for(device: str, provider: str | None = None) -> list:
     kind = device.split(":", 1)[0]
+    if (provider or kind) not in _PROVIDERS:
+        raise SdoptError(f"provider={provider!r}: ONNX Runtime runs here with one of {', '.join(_PROVIDERS)} (or none: the device's)")
     wanted = _PROVIDERS[provider or kind]
     available = ort.get_available_providers()
     if wanted[0] not in available:

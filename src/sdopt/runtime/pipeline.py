@@ -16,6 +16,7 @@ img2img and inpaint pipelines do (runtime/conditioning.py).
 from __future__ import annotations
 
 import functools
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -73,6 +74,10 @@ class Pipeline:
         self.precision = precision
         self.folder = folder
         self.loras = loras  # sdopt.lora.runtime.RuntimeLoras where the backend applies LoRAs per request (torch)
+        # One generate call at a time: a request's LoRAs are set on the shared modules for its whole loop, and
+        # OpenVINO's compiled models run one inference request each; two threads would change each other's.
+        self._generating = threading.Lock()
+        self.closed = False
 
     def __repr__(self) -> str:
         return f"Pipeline({self.manifest.backend}, {self.precision}, device={self.device}, folder={self.folder})"
@@ -92,19 +97,19 @@ class Pipeline:
     def truncated_prompts(self, request: GenerateRequest) -> list[str]:
         """A warning per prompt longer than the text encoder reads (it sees only the first tokens, as in Diffusers)."""
         limit = self.tokenizer.model_max_length
-        texts = request.prompts + [n for n in request.negative_prompts if n]
+        kinds = {**{n: "negative prompt" for n in request.negative_prompts if n}, **{p: "prompt" for p in request.prompts}}
         out = []
-        for text in dict.fromkeys(texts):
+        for text, kind in kinds.items():
             if request.prompt_emphasis:  # read in chunks of 75 tokens where the artifact takes more than 77 (sdopt.runtime.emphasis)
                 parts, allowed = emphasis.chunks(self.tokenizer, text), self.max_prompt_chunks or emphasis.MAX_CHUNKS
                 if len(parts) > allowed:
-                    out.append(f"prompt {text[:40]!r}... needs {len(parts)} chunks of {emphasis.CHUNK} tokens; "
+                    out.append(f"{kind} {text[:40]!r}... needs {len(parts)} chunks of {emphasis.CHUNK} tokens; "
                                + ("this artifact's UNet was built for one (static shapes), so it reads the first" if allowed == 1
                                   else f"sdopt reads the first {allowed}") + ", the rest is ignored")
                 continue
             count = len(self.tokenizer(text, truncation=False).input_ids)
             if count > limit:
-                out.append(f"prompt {text[:40]!r}... is {count} tokens; the text encoder reads the first {limit}, the rest is ignored")
+                out.append(f"{kind} {text[:40]!r}... is {count} tokens; the text encoder reads the first {limit}, the rest is ignored")
         return out
 
     def prompt_chunks(self, texts: list[str]) -> int:
@@ -202,7 +207,20 @@ class Pipeline:
     def generate(self, request: GenerateRequest, progress: ProgressFn | None = None, on_latents: LatentsFn | None = None) -> GenerateResult:
         """Run the loop. progress(steps done, steps in all) after every UNet call; it may raise to stop the
         call. on_latents(latents) before it, with the batch's latents as a float32 array (servers make
-        previews of them); a copy is made only when on_latents is given."""
+        previews of them); a copy is made only when on_latents is given. Calls from several threads run one
+        after another (a pipeline's modules hold one request's LoRAs at a time): load a pipeline per thread to
+        run them side by side."""
+        if not isinstance(request, GenerateRequest):
+            raise SdoptError(f"generate takes a sdopt.GenerateRequest, not {type(request).__name__}: sdopt.GenerateRequest(prompt=...)")
+        for name, hook in (("progress", progress), ("on_latents", on_latents)):
+            if hook is not None and not callable(hook):
+                raise SdoptError(f"{name} must be a function (or None), not {type(hook).__name__}")
+        with self._generating:
+            if self.closed:
+                raise SdoptError("this pipeline is closed (Pipeline.close(), or its with-block ended): load the artifact again")
+            return self._generate(request, progress, on_latents)
+
+    def _generate(self, request: GenerateRequest, progress: ProgressFn | None, on_latents: LatentsFn | None) -> GenerateResult:
         import torch
 
         self.check_request(request)
@@ -215,7 +233,7 @@ class Pipeline:
         notices = (self.truncated_prompts(request) + conditioning.resize_notices(request) + embedded_guidance.notices(asked, model)
                    + _eta_notices(request, scheduler))
         for notice in notices:
-            warnings.warn(notice, UserWarning, stacklevel=2)
+            warnings.warn(notice, UserWarning, stacklevel=3)
         scheduler.set_timesteps(request.steps, device="cpu")
         timings = StageTimings()
         unet, cfg = self.components["unet"], request.uses_guidance
@@ -325,7 +343,10 @@ class Pipeline:
             self.loras.unload()
 
     def close(self) -> None:
-        close_all(self.components)
+        """Release the components (sessions, compiled models, weights); a later generate is refused."""
+        with self._generating:  # not under a running call
+            self.closed = True
+            close_all(self.components)
 
     def __enter__(self) -> "Pipeline":
         return self

@@ -238,7 +238,16 @@ def lora_runtime(components: dict[str, TorchComponent], manifest: Manifest):
     """Per-request LoRAs (sdopt.lora.runtime) on this artifact's modules."""
     from sdopt.lora.runtime import RuntimeLoras
 
-    return RuntimeLoras({name: original(c.module) for name, c in components.items()}, manifest.pipeline_family)
+    return RuntimeLoras({name: _lora_target(c.module) for name, c in components.items()}, manifest.pipeline_family)
+
+
+def _lora_target(module: Any) -> Any:
+    """The Diffusers module LoRA adapters go into: under torch.compile's wrapper, and under step-feature caching's
+    DeepUNet (whose shallow branch holds the same blocks, so it runs the adapted layers too)."""
+    from sdopt.stepcache.unet import DeepUNet
+
+    module = original(module)
+    return module.unet if isinstance(module, DeepUNet) else module
 
 
 def forward_of(name: str, every_layer: bool = False) -> Callable:
