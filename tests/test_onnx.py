@@ -59,7 +59,10 @@ def test_manifest_records_parity_within_tolerance(tiny_onnx):
 
 
 def test_onnx_artifact_cannot_change_precision_at_load(tiny_onnx):
-    with pytest.raises(SdoptError, match="Export it again with --precision bf16"):
+    # fp16: the ONNX export writes it, so that is the advice; bf16: it does not, so the exports that do are named.
+    with pytest.raises(SdoptError, match="Export it again with --precision fp16"):
+        sdopt.load(tiny_onnx, precision="fp16")
+    with pytest.raises(SdoptError, match="sdopt exports no onnxruntime artifact in bf16: export for openvino or tensorrt instead"):
         sdopt.load(tiny_onnx, precision="bf16")
 
 
