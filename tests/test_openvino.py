@@ -176,7 +176,11 @@ def test_nncf_options_are_checked(tiny_ov, tmp_path):
         quantize_openvino(tiny_ov, "int8", tmp_path / "g", overflow_fix="enable")
     with pytest.raises(SdoptError, match="--overflow-fix half: give auto, enable, first-layer, disable"):
         quantize_openvino(tiny_ov, "int8-static", tmp_path / "h", overflow_fix="half")
-    assert not any((tmp_path / name).exists() for name in "defgh")
+    from sdopt.quant.run import quantize
+
+    with pytest.raises(SdoptError, match="--exclude names PyTorch layers"):  # it was recorded as applied and changed nothing
+        quantize(tiny_ov, "int8", tmp_path / "i", backend="nncf", exclude=["conv_in"])
+    assert not any((tmp_path / name).exists() for name in "defghi")
 
 
 def test_the_cli_refuses_calibration_schedulers_for_a_backend_without_them(tiny_model, tmp_path, capsys):
@@ -193,6 +197,9 @@ def test_nncf_int4_options_come_from_the_cli_and_are_recorded(tiny_ov, tmp_path)
     m = read_manifest(out)
     assert m.export["options"] == {"group_size": 32, "ratio": 0.5}
     assert m.components["unet"].quantization["group_size"] == 32 and m.components["unet"].quantization["ratio"] == 0.5
+    # "layers" counts the weights compressed (int4, or int8 for the ratio's rest), not their zero points: as many as int8's.
+    assert main(["quantize", str(tiny_ov), "--backend", "nncf", "--scheme", "int8", "--components", "unet", "-o", str(tmp_path / "int8"), "-q"]) == 0
+    assert m.components["unet"].quantization["layers"] == read_manifest(tmp_path / "int8").components["unet"].quantization["layers"] > 100
 
 
 def test_nncf_int8_weights(tiny_ov, ov_pipe, tmp_path, capsys):

@@ -186,7 +186,9 @@ def test_manifest_records_what_each_quantizer_applied(quantized):
     """The recipe is built from the objects that quantized (torchao's configs, bnb's recipe) or read back
     from the quantized layers (quanto), never from a description kept beside them."""
     for (backend, scheme), path in quantized.items():
-        q = json.loads((path / "sdopt.json").read_text())["components"]["unet"]["quantization"]
+        components = json.loads((path / "sdopt.json").read_text())["components"]
+        q = components["unet"]["quantization"]
+        assert components["text_encoder"]["quantization"]["layer_types"] == ["Linear"]  # it has no convolutions
         recipe = q["options"]
         if backend == "torchao":
             from sdopt.quant.torchao import configs

@@ -204,6 +204,9 @@ def nncf_output(progress: bool) -> Iterator[None]:
 
 class NncfEngine(Engine):
     def check_plan(self, source: Path, manifest: Manifest, plan: Plan) -> None:
+        if plan.exclude:  # it would be recorded as applied and change nothing: NNCF sees the graphs, not these names
+            raise SdoptError("--exclude names PyTorch layers (unet.conv_in), and --backend nncf quantizes OpenVINO graphs, "
+                             "where those names do not exist: leave it out, or keep a whole component in full precision with --components")
         options = NncfOptions.from_plan(plan)
         check_options(plan.capability, options)
         if options.calibration_schedulers is not None and "vae_decoder" not in plan.components:
@@ -356,9 +359,18 @@ def symmetric_transposed_conv_inputs(model: ov.Model) -> int:
 
 
 def _count_compressed(model: ov.Model) -> int:
-    """Constants stored in 8 or fewer bits: the weights NNCF compressed."""
+    """The weights NNCF compressed: constants of 8 or fewer bits that are a decompression's data (Convert into the
+    first input of its Subtract or Multiply), not its zero points (the second input of the Subtract)."""
     small = {"u8", "i8", "u4", "i4", "nf4"}
-    return sum(1 for op in model.get_ops() if op.get_type_name() == "Constant" and op.get_element_type().to_string() in small)
+    count = 0
+    for op in model.get_ops():
+        if op.get_type_name() != "Constant" or op.get_element_type().to_string() not in small:
+            continue
+        converts = [t.get_node() for t in op.output(0).get_target_inputs() if t.get_node().get_type_name() == "Convert"]
+        if any(t.get_index() == 0 and t.get_node().get_type_name() in ("Subtract", "Multiply")
+               for convert in converts for t in convert.output(0).get_target_inputs()):
+            count += 1
+    return count
 
 
 def _count_fake_quantize(model: ov.Model) -> int:

@@ -116,7 +116,7 @@ def quantize(
                 **{key: manifest.export[key] for key in ("deep_cache", "rewrites", "guidance_end", RECORD) if (manifest.export or {}).get(key)},
                 **({RECORD: {**(manifest.export or {}).get(RECORD, {}), **defaults[RECORD]}} if defaults else {}),
             },
-            notes=[*result.notes, *notes_of(loras)],
+            notes=[*result.notes, *notes_of(loras), *_sharing_notes(manifest, components, plan.components)],
         )
         if loras:  # quantized from a fused copy: the artifact's source is the checkpoint the user named
             quantized.source = origin
@@ -171,6 +171,14 @@ def select_components(manifest: Manifest, names: Iterable[str] | None) -> tuple[
     for name in list(chosen):
         chosen += [other for other in manifest.components if other not in chosen and files[other] & files[name]]
     return tuple(n for n in manifest.components if n in chosen)
+
+
+def _sharing_notes(manifest: Manifest, asked: Iterable[str] | None, chosen: tuple[str, ...]) -> list[str]:
+    """A note per component quantized only because it shares its files with one asked for (vae_encoder with
+    vae_decoder: Diffusers' one vae/ folder)."""
+    named = {n for name in (DEFAULT_COMPONENTS if asked is None else asked) for n in ALIASES.get(name, (name,))}
+    return [f"{name} is quantized too: it shares its files with {', '.join(sorted(named & set(chosen)))}" for name in chosen
+            if name not in named]
 
 
 def _known_names() -> list[str]:

@@ -67,6 +67,12 @@ def select_layers(module: torch.nn.Module, layer_types: Iterable[str], exclude: 
     ]
 
 
+def layer_types_of(module: torch.nn.Module, layers: list[str], layer_types: Iterable[str]) -> list[str]:
+    """Which of ``layer_types`` the chosen layers are (a text encoder has no Conv2d: Linear only), in that order."""
+    named = dict(module.named_modules())
+    return [t for t in layer_types if any(isinstance(named[name], getattr(torch.nn, t)) for name in layers)]
+
+
 def folders_of(manifest: Manifest, components: tuple[str, ...]) -> dict[str, list[str]]:
     """Component folder -> the components it holds (vae/ holds vae_decoder and vae_encoder)."""
     folders: dict[str, list[str]] = {}
@@ -138,6 +144,7 @@ class TorchWeights(Engine):
         for folder, names in folders_of(manifest, plan.components).items():
             module = load_pretrained(names[0], source / folder)
             layers = select_layers(module, cap.layers, plan.exclude, prefix=folder)
+            kinds = layer_types_of(module, layers, cap.layers)  # before quantizing replaces them
             module = self.quantize(module, cap, layers, plan.device)
             (out / folder).mkdir(parents=True)
             for path in sorted((source / folder).iterdir()):  # config.json and anything else that is not weights
@@ -157,7 +164,7 @@ class TorchWeights(Engine):
                 "backend": plan.quantizer.name,
                 "serialized": cap.serialized,
                 "layers": len(layers),
-                "layer_types": list(cap.layers),
+                "layer_types": kinds,
                 "exclude": list(plan.exclude),
                 "device": plan.device,
                 "library": library,
@@ -169,7 +176,7 @@ class TorchWeights(Engine):
             files = files_in(out / folder, out, (".safetensors", ".json"))
             for name in names:
                 entries[name] = ComponentEntry(folder=folder, files=files, quantization=dict(record))
-            notes.append(f"{folder}: {len(layers)} {'/'.join(cap.layers)} layers quantized to {cap.scheme} by {plan.quantizer.name}")
+            notes.append(f"{folder}: {len(layers)} {'/'.join(kinds) or 'no'} layers quantized to {cap.scheme} by {plan.quantizer.name}")
             del module
             gc.collect()
         if not cap.serialized:
