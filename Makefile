@@ -14,8 +14,9 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
 	# optimum-quanto compiles its C++ int4 unpack kernel into its own package folder the first time an int4
 	# model loads (~25 s on 2 cores): built here with the rest of the install, not during the first load
-	# (import sdopt first: it keeps the libraries this pulls in off the network).
-	$(BIN)/python -c "import sdopt; from optimum.quanto.library.extensions import get_extension; get_extension('quanto_cpp').lib" \
+	# (import sdopt first: it keeps the libraries this pulls in off the network). With this environment's ninja first on
+	# PATH, as sdopt puts it when it loads quanto (sdopt/quant/quanto.py): another ninja would build the kernel again.
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -c "import sdopt; from optimum.quanto.library.extensions import get_extension; get_extension('quanto_cpp').lib" \
 		|| echo "optimum-quanto's C++ kernel did not build here (no C++ compiler?): the first int4 load will try again"
 	touch $(STAMP)
 
@@ -35,4 +36,4 @@ demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
 
 clean-demo:
-	rm -rf models/tiny reports/demo
+	rm -rf models/shapes models/shapes-onnx models/shapes-openvino models/shapes-int8 models/shapes-int4 reports/demo

@@ -7,6 +7,9 @@ artifact does once guidance ends), or once with a bounded dynamic batch 1..2. Pr
 import resource, sys, time
 import numpy as np, openvino as ov
 
+if sys.argv[1:2] in (["-h"], ["--help"]):
+    print(__doc__)
+    sys.exit(0)
 if len(sys.argv) != 3 or sys.argv[1] not in ("static", "dynamic"):
     sys.exit("usage: python measure/openvino_batch_shapes.py static|dynamic UNET.xml")
 mode, xml = sys.argv[1], sys.argv[2]

@@ -8,10 +8,16 @@
 # then runs every phase schemathesis has (examples, coverage, fuzzing, stateful) with the
 # not_a_server_error check, authenticated with a key. Needs the serve and serve-test extras.
 set -euo pipefail
+case "${1:-}" in
+    -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    ''|*[!0-9]*) [ -z "${1:-}" ] || { echo "serve_fuzz.sh: EXAMPLES must be a number, not '$1' (--help)" >&2; exit 2; } ;;
+esac
+command -v sdopt >/dev/null || { echo "serve_fuzz.sh: no sdopt on PATH: PATH=\$PWD/.venv/bin:\$PATH bash $0" >&2; exit 2; }
 EXAMPLES=${1:-100}
 PORT=${PORT:-7871}
 WORK=$(mktemp -d)
-trap 'kill "$SERVER" 2>/dev/null; wait "$SERVER" 2>/dev/null; rm -rf "$WORK"' EXIT
+SERVER=
+trap '[ -n "$SERVER" ] && kill "$SERVER" 2>/dev/null; [ -n "$SERVER" ] && wait "$SERVER" 2>/dev/null; rm -rf "$WORK"' EXIT
 sdopt init-model tiny "$WORK/tiny" >/dev/null
 sdopt serve "$WORK/tiny" --port "$PORT" --api-key fuzz --max-pixels 16384 --max-steps 8 --max-images 4 \
     --max-queue 256 --job-timeout 120 2>"$WORK/server.log" &

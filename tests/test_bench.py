@@ -388,3 +388,20 @@ def test_a_tiny_decoder_distilled_with_other_settings_is_distilled_again(tmp_pat
     with pytest.raises(SdoptError, match="distill = .*nonsense"):
         tiny_decoder({**spec, "distill": {"nonsense": 1}}, tmp_path / "model", tmp_path, 64, 96)
     assert (tmp_path / "tiny-decoder" / "distill.json").is_file()  # a typo in the table removes nothing
+
+
+def test_a_noisy_row_is_warned_about_and_quantized_weights_are_named():
+    from sdopt.bench.assemble import NOISY_REL_MAD, _noisy
+    from sdopt.bench.report import precision_label, quantization_label
+
+    rows = [{"name": "quiet", "status": "ok", "latency_s": {"rel_mad": 0.03}},
+            {"name": "busy", "status": "ok", "latency_s": {"rel_mad": NOISY_REL_MAD + 0.7}},
+            {"name": "failed", "status": "failed"}]
+    [warning] = _noisy(rows)
+    assert warning.startswith("timings too noisy to compare: the latency of busy (90%)") and "quiet" not in warning
+    assert _noisy(rows[:1]) == []
+    torchao = {"precision": "fp32", "quantization": {"unet": {"scheme": "int8", "backend": "torchao"}, "text_encoder": {"scheme": "int8", "backend": "torchao"}}}
+    assert precision_label({**torchao, "quantization": quantization_label(torchao)}) == "fp32, int8 (torchao) weights"
+    static = {"precision": "bf16", "quantization": {"unet": {"scheme": "int8-static", "backend": "nncf"}}}
+    assert quantization_label(static) == "int8-static (nncf) weights and activations"
+    assert precision_label({"precision": "fp32", "quantization": None}) == "fp32"

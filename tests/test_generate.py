@@ -88,7 +88,7 @@ def test_cli_generate_twice_gives_identical_png_bytes(tiny_model, tmp_path, caps
     a, b = (hashlib.sha256((tmp_path / n).read_bytes()).hexdigest() for n in ("a.png", "b.png"))
     assert a == b
     err = capsys.readouterr().err
-    assert "image(s) in" in err and "UNet 3 steps" in err
+    assert "image(s) in" in err and "UNet 3 calls" in err
 
 
 def test_cli_several_images_are_numbered(tiny_model, tmp_path):

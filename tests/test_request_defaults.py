@@ -56,7 +56,7 @@ def test_generate_runs_an_lcm_model_at_its_own_steps_and_guidance(tiny_lcm, tiny
     them) and says so; a flag given keeps its value, the other still comes from the model; sdopt's model says nothing."""
     assert main(_generate(tiny_lcm, tmp_path / "lcm.png")) == 0
     err = capsys.readouterr().err
-    assert "4 steps at guidance 8.5: an LCM-distilled UNet" in err and "UNet 4 steps" in err
+    assert "4 steps at guidance 8.5: an LCM-distilled UNet" in err and "UNet 4 calls" in err
     with sdopt.load(tiny_lcm) as pipe:
         assert _pair(pipe.request_defaults) == (4, 8.5)
         asked = pipe.generate(GenerateRequest("a cross", steps=4, guidance_scale=8.5, height=64, width=64))
@@ -66,12 +66,12 @@ def test_generate_runs_an_lcm_model_at_its_own_steps_and_guidance(tiny_lcm, tiny
 
     assert main(_generate(tiny_lcm, tmp_path / "two.png", "--steps", "2")) == 0
     err = capsys.readouterr().err
-    assert "guidance 8.5: an LCM-distilled UNet" in err and "4 steps" not in err and "UNet 2 steps" in err
+    assert "guidance 8.5: an LCM-distilled UNet" in err and "4 steps" not in err and "UNet 2 calls" in err
     assert main(_generate(tiny_lcm, tmp_path / "both.png", "--steps", "2", "--guidance", "3")) == 0
     assert "LCM-distilled" not in capsys.readouterr().err
     assert main(_generate(tiny_model, tmp_path / "plain.png")) == 0
     err = capsys.readouterr().err
-    assert "UNet 21 steps" in err and "defaults" not in err and "guidance" not in err  # PNDM: 20 steps in 21 UNet calls
+    assert "UNet 21 calls" in err and "defaults" not in err and "guidance" not in err  # PNDM: 20 steps in 21 UNet calls
 
 
 def test_an_artifact_records_its_defaults_at_export_and_keeps_them_through_quantization(tiny_model, tmp_path, capsys):
@@ -82,7 +82,7 @@ def test_an_artifact_records_its_defaults_at_export_and_keeps_them_through_quant
     assert "default    request: 1 step at guidance 0 (the artifact's, set at export" in capsys.readouterr().out
     assert json.loads((out / "sdopt.json").read_text())["export"]["request_defaults"] == {"steps": 1, "guidance_scale": 0.0}
     assert main(_generate(out, tmp_path / "turbo.png")) == 0
-    assert "UNet 1 steps" in capsys.readouterr().err
+    assert "UNet 1 calls" in capsys.readouterr().err
     with sdopt.load(out) as pipe:
         asked = pipe.generate(GenerateRequest("a cross", steps=1, guidance_scale=0.0, height=64, width=64))
     assert np.array_equal(np.asarray(Image.open(tmp_path / "turbo.png")), np.asarray(asked.images[0]))

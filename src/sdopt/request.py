@@ -370,6 +370,6 @@ class GenerateResult:
         cached = f" ({t.shallow_steps} shallow: step-feature caching)" if t.shallow_steps else ""
         return (
             f"{len(self.images)} image(s) in {t.total:.2f}s: text encoder {t.text_encoder * 1000:.0f} ms, {encode}"
-            f"UNet {len(t.unet_steps)} steps{cached} × {per_step * 1000:.0f} ms, VAE decode {t.vae_decoder * 1000:.0f} ms; "
+            f"UNet {len(t.unet_steps)} calls{cached} × {per_step * 1000:.0f} ms, VAE decode {t.vae_decoder * 1000:.0f} ms; "
             f"peak memory {self.peak_memory_bytes / 2**20:.0f} MiB ({self.peak_memory_kind})"
         )

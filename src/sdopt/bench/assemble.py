@@ -268,6 +268,23 @@ def _calibrated_on_the_measured_image(entries: list[Entry], settings: BenchSetti
             for e in entries if (names := calibrated_on(e.manifest, digest))]
 
 
+# A row's latency spread past which its ratios say more about the machine than the artifact. The committed reports'
+# 127 rows of 3 or more samples: median 2.4%, all but one under 15%; that one 27%, an H200 eager row whose median moved
+# 556-846 ms between runs of one lease. The demo on a 2-core host loaded 3x over by other jobs: 90%.
+NOISY_REL_MAD = 0.2
+
+
+def _noisy(rows: list[dict]) -> list[str]:
+    """A warning naming the rows whose timings spread too widely to compare (the machine was busy)."""
+    spread = [(r["name"], r["latency_s"]["rel_mad"]) for r in rows
+              if r.get("status") == "ok" and (r.get("latency_s") or {}).get("rel_mad", 0) > NOISY_REL_MAD]
+    if not spread:
+        return []
+    names = ", ".join(f"{name} ({mad:.0%})" for name, mad in spread)
+    return [f"timings too noisy to compare: the latency of {names} varied by more than {NOISY_REL_MAD:.0%} (median absolute "
+            "deviation over the median): the machine was busy while they ran; run again on a quiet machine, or with --rounds K"]
+
+
 def assemble_report(entries: list[Entry], raws: dict[str, dict], settings: BenchSettings, out: Path, profile: HardwareProfile | None = None,
                     machine: dict | None = None, peaks: dict | None = None, cluster: dict | None = None, warnings: list[str] = ()) -> dict:
     """The report from the workers' raw results (out/raw/*/result.json): metrics, quality, files.
@@ -289,7 +306,7 @@ def assemble_report(entries: list[Entry], raws: dict[str, dict], settings: Bench
     mismatch = [w for w in [profile.mismatch(machine) if profile else None] if w]
     for w in mismatch:
         print(f"sdopt bench: warning: {w}", file=sys.stderr)
-    warnings = [*mismatch, *_calibrated_on_the_measured_image(entries, settings), *warnings]
+    warnings = [*mismatch, *_calibrated_on_the_measured_image(entries, settings), *_noisy(rows), *warnings]
     report = {
         "schema": REPORT_SCHEMA,
         "schema_version": REPORT_SCHEMA_VERSION,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sdopt.bench.report import _fmt, flat_rows
+from sdopt.bench.report import _fmt, flat_rows, precision_label
 
 _MAX_GRID_SAMPLES = 4
 
@@ -137,6 +137,10 @@ def _image_grid(report: dict, out: Path) -> str:
                 + f"<figcaption>{html.escape(a['name'])}{score}</figcaption></figure>"
             )
         parts.append(f"<h3>{title}</h3><div class='grid'>{''.join(cells)}</div>")
+    total = len(artifacts[0]["samples"])
+    if total > _MAX_GRID_SAMPLES:
+        parts.append(f"<p>The first {_MAX_GRID_SAMPLES} of the {total} images each artifact made (prompts × seeds) are shown; the "
+                     "tables count them all, and every one is under raw/.</p>")
     return "\n".join(parts)
 
 
@@ -163,7 +167,7 @@ def render_html(report: dict, out: Path) -> str:
     for r in rows:
         levers = [x for x in (r["replaced"], f"cache every {r['cache_interval']} steps" if (r["cache_interval"] or 1) > 1 else None,
                               f"guidance until {r['guidance_end']:g} of the steps" if r.get("guidance_end") else None) if x]
-        cells = [r["artifact"] + (f" ({'; '.join(levers)})" if levers else ""), r["backend"], r["precision"], r["status"] + (f": {r['error']}" if r["error"] else ""),
+        cells = [r["artifact"] + (f" ({'; '.join(levers)})" if levers else ""), r["backend"], precision_label(r), r["status"] + (f": {r['error']}" if r["error"] else ""),
                  _fmt(r["latency_median_s"], "ms"), _fmt(r["latency_p90_s"], "ms"), _fmt(r["speedup_vs_reference"], "x"),
                  _fmt(r["unet_step_s"], "ms"), _fmt(r["peak_memory_bytes"], "mib"), _fmt(r["size_bytes"], "mib"),
                  _fmt(r["psnr_db"]), _fmt(r["ssim"]), _fmt(r["adherence"]), _fmt(r["latent_cosine"]), _fmt(r["achieved_gflops"]), _fmt(r["fraction_of_peak"], "pct")]

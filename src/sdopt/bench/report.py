@@ -16,9 +16,15 @@ def _budget_note(r: dict, planned: int, warmup: int) -> str:
 
 
 def quantization_label(artifact: dict) -> str | None:
-    """The quantized weights of an artifact's components, e.g. "int8 (torchao)"; None when none are."""
+    """What an artifact's components were quantized to, e.g. "int8 (torchao) weights"; None when none were."""
     schemes = sorted({(q.get("scheme"), q.get("backend")) for q in (artifact.get("quantization") or {}).values()})
-    return ", ".join(f"{scheme} ({backend})" for scheme, backend in schemes) or None
+    return ", ".join(f"{scheme} ({backend}) " + ("weights and activations" if scheme == "int8-static" else "weights")
+                     for scheme, backend in schemes) or None
+
+
+def precision_label(row: dict) -> str:
+    """A table row's precision: what it runs in, and what its components were quantized to."""
+    return row["precision"] + (f", {row['quantization']}" if row.get("quantization") else "")
 
 
 def flat_rows(report: dict) -> list[dict[str, Any]]:
@@ -173,7 +179,7 @@ def markdown(report: dict) -> str:
             "| "
             + " | ".join(
                 [
-                    r["artifact"], r["backend"], r["precision"] + (f", {r['quantization']} weights" if r["quantization"] else ""),
+                    r["artifact"], r["backend"], precision_label(r),
                     r["status"] if r["status"] == "ok" else f"**{r['status']}**",
                     _fmt(r["latency_median_s"], "ms"), _fmt(r["latency_p90_s"], "ms"), _fmt(r["speedup_vs_reference"], "x"),
                     _fmt(r["text_encoder_s"], "ms"), _fmt(r["unet_step_s"], "ms"), _fmt(r["vae_decoder_s"], "ms"),

@@ -139,9 +139,10 @@ def add_export(sub) -> None:
 
 
 def add_quantize(sub) -> None:
-    p = sub.add_parser("quantize", help="quantize a PyTorch checkpoint's weights (int8, int4, nf4, fp8) into a reloadable artifact")
-    p.add_argument("model", nargs="?", help="Diffusers model folder (or hub id) in full precision")
-    p.add_argument("--scheme", help="int8, int8-dynamic, int4, nf4 or fp8 (--list shows which backend does which)")
+    p = sub.add_parser("quantize", help="quantize a PyTorch checkpoint's weights (int8, int4, nf4, fp8) or an OpenVINO artifact (NNCF: "
+                       "int8, int4, nf4 weights; int8-static weights and activations) into a reloadable artifact")
+    p.add_argument("model", nargs="?", help="Diffusers model folder (or hub id) in full precision, or an OpenVINO artifact (--backend nncf)")
+    p.add_argument("--scheme", help="int8, int8-dynamic, int4, nf4, fp8 or int8-static (--list shows which backend does which)")
     p.add_argument("--backend", default=None, help="torchao, quanto, bnb, or nncf for OpenVINO artifacts (default: the first that supports the scheme on --device)")
     p.add_argument("--components", default=None, help="comma-separated: unet, text_encoder, vae (default: unet,text_encoder)")
     p.add_argument("--exclude", action="append", default=[], metavar="PATTERN", help="keep layers whose name matches this fnmatch pattern in full precision, e.g. 'unet.conv_in' (repeatable)")

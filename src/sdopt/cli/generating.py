@@ -30,16 +30,15 @@ def _generate(args: argparse.Namespace) -> int:
     made_from = {}
     if args.parameters_from:
         parsed, made_from = read_png_parameters(args.parameters_from)
-        if unapplied(parsed) and not args.quiet:
+        if unapplied(parsed):  # a warning: printed under -q too (the image will not be the one asked for)
             print(f"warning: {args.parameters_from} says {', '.join(unapplied(parsed))}, which this request does not take: "
                   "the image will differ" + (" (give the LoRAs with --lora)" if "Loras" in parsed else ""), file=sys.stderr)
     check_strength_has_image(args.strength, init_image)
     if init_image is None:
         if "strength" in made_from:
             made_from.pop("strength")
-            if not args.quiet:
-                print(f"warning: {args.parameters_from} was made from an init image (img2img or inpainting: its Denoising strength); "
-                      "without --init-image (and --mask) this makes a text-to-image picture, not that one", file=sys.stderr)
+            print(f"warning: {args.parameters_from} was made from an init image (img2img or inpainting: its Denoising strength); "
+                  "without --init-image (and --mask) this makes a text-to-image picture, not that one", file=sys.stderr)
     asked = {**made_from, **{k: v for k, v in flags.items() if v is not None}}
     if "prompt" not in asked:
         raise SdoptError("give the prompt, --prompt TEXT (or --parameters-from IMAGE.png to take an image's)")
@@ -131,8 +130,9 @@ def add_generate(sub) -> None:
                    help="denoising steps (default: the model's, `sdopt inspect` shows them: 4 for an LCM UNet, what export --default-steps recorded, else 20)")
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance scale, <=1 turns it off (default: the model's: 8.5 for an LCM UNet, what export --default-guidance recorded, else 7.5)")
-    p.add_argument("--height", type=int, default=None, help="default 512, or the init image's height")
-    p.add_argument("--width", type=int, default=None, help="default 512, or the init image's width")
+    p.add_argument("--height", type=int, default=None, help="default: the init image's (down to a multiple of 8), else the model's own "
+                   "(a static artifact's shapes, or the size it was trained at: 512 for SD 1.5, 1024 for SDXL, 64 for the toys)")
+    p.add_argument("--width", type=int, default=None, help="default: as --height")
     p.add_argument("--num-images", type=int, default=None, help="images per prompt (default 1)")
     p.add_argument("--scheduler", default=None, help=f"one of {', '.join(SCHEDULERS)} (default: the checkpoint's own)")
     add_eta_flag(p)
@@ -155,7 +155,7 @@ def add_generate(sub) -> None:
     p.add_argument("--channels-last", action="store_true", help="torch: NHWC memory layout for the UNet and VAE decoder")
     p.add_argument("--reshape", action="store_true", help="openvino: let a static-shape artifact run another size (compiled on first use)")
     add_lora_flag(p, "applied for this run (torch backend; other backends take LoRAs fused at export)")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or notes (warnings still print)")
     p.add_argument("-o", "--output", required=True, help="output PNG (several images: OUT-0.png, OUT-1.png, ...)")
     p.set_defaults(func=_generate)
 

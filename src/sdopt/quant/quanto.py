@@ -18,6 +18,22 @@ from sdopt.errors import SdoptError
 from sdopt.quant.schemes import Capability
 from sdopt.quant.torch_weights import TorchWeights
 
+
+def _prefer_this_environments_ninja() -> None:
+    """optimum-quanto builds its C++ int4 kernel with the ``ninja`` on PATH (torch's cpp_extension), and ninja
+    versions keep their build logs differently: a kernel `make` built with one is built again (~90 s on 2 cores)
+    by another, at the first int4 load. This environment's own ninja goes first, as `make` puts it when it builds."""
+    import os
+    import sys
+
+    here = os.path.dirname(sys.executable)
+    path = os.environ.get("PATH", "")
+    if os.path.exists(os.path.join(here, "ninja")) and path.split(os.pathsep)[0] != here:
+        os.environ["PATH"] = here + os.pathsep + path
+
+
+_prefer_this_environments_ninja()
+
 _QMAP_KEY = "quanto_qmap"
 QTYPES = {"int8": "qint8", "int4": "qint4", "fp8": "qfloat8_e4m3fn"}
 
