@@ -207,9 +207,8 @@ def ignored_fields(body: _Processing, scheduler: str | None) -> list[str]:
 
 def _img2img_unapplied(body: Img2ImgRequest) -> list[str]:
     """img2img fields whose value AUTOMATIC1111 would act on and sdopt does not (listed whether sent or its default)."""
-    from sdopt.serve.resize_modes import LATENT_UPSCALE
-
     from sdopt.serve.inpaint_area import FILL, ORIGINAL
+    from sdopt.serve.resize_modes import LATENT_UPSCALE
 
     out = ["resize_mode"] if body.resize_mode == LATENT_UPSCALE else []  # done as "Just resize"
     if body.mask:
