@@ -182,6 +182,8 @@ def test_cli_bench_bad_input(tiny_model, tmp_path, capsys):
     (tmp_path / "a-file").write_text("")
     assert main(["bench", str(tiny_model), "--reference", str(tiny_model), "-o", str(tmp_path / "a-file" / "report")]) == 2
     assert "a-file is a file; give a folder for the report" in capsys.readouterr().err
+    assert main(["bench", str(tiny_model), "--reference", str(tiny_model), "-o", str(tiny_model)]) == 2
+    assert "is a model or artifact folder" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -44,3 +44,19 @@ def test_prompt_lists_and_negative_prompts():
 def test_guidance_at_or_below_one_disables_the_unconditional_pass():
     assert GenerateRequest(prompt="a", guidance_scale=1.0).uses_guidance is False
     assert GenerateRequest(prompt="a", guidance_scale=1.01).uses_guidance is True
+
+
+def test_numpy_numbers_are_taken_as_pythons():
+    """np.random's seeds and np.float32 scales validate and serialise as ints and floats; numpy's bool is no integer."""
+    import json
+
+    import numpy as np
+
+    from sdopt import GenerateRequest, SdoptError
+
+    request = GenerateRequest(prompt="x", seed=np.int64(3), seeds=np.array([1, 2]), steps=np.int32(4), guidance_scale=np.float32(5.5), num_images=2)
+    request.validate()
+    assert (request.seed, request.seeds, request.steps, request.guidance_scale) == (3, [1, 2], 4, 5.5)
+    assert type(request.seed) is int and type(request.guidance_scale) is float and json.dumps(request.to_dict())
+    with pytest.raises(SdoptError, match="seed="):
+        GenerateRequest(prompt="x", seed=np.bool_(True)).validate()

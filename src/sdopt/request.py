@@ -6,6 +6,7 @@ Plain dataclasses with no heavy imports, so that ``import sdopt`` stays lean.
 from __future__ import annotations
 
 import math
+import numbers
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -94,6 +95,13 @@ def image_options(init_image: str | None, mask_image: str | None, strength: floa
     return {k: v for k, v in options.items() if v is not None}
 
 
+def _plain(value: Any, kind: type, cast: type) -> Any:
+    """A numpy scalar of ``kind`` as the Python ``cast``; everything else (bools included) unchanged."""
+    if isinstance(value, kind) and not isinstance(value, (bool, cast)) and type(value).__module__ == "numpy":
+        return cast(value)
+    return value
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -168,6 +176,16 @@ class GenerateRequest:
     # LoRAs applied for this request (torch backend): {path of a .safetensors LoRA: scale}. Each file is
     # loaded once per pipeline; other backends take LoRAs fused at export (sdopt export --lora).
     loras: dict[str, float] | None = None
+
+    def __post_init__(self):
+        # numpy's integers and floats (np.random's seeds, np.float32 scales) as Python's, so they validate and
+        # serialise like them; anything else is left for validate() to refuse.
+        for name in ("seed", "steps", "height", "width", "num_images", "cache_interval"):
+            setattr(self, name, _plain(getattr(self, name), numbers.Integral, int))
+        for name in ("guidance_scale", "strength", "guidance_end", "eta"):
+            setattr(self, name, _plain(getattr(self, name), numbers.Real, float))
+        if isinstance(self.seeds, (list, tuple)) or type(self.seeds).__name__ == "ndarray":
+            self.seeds = [_plain(s, numbers.Integral, int) for s in self.seeds]
 
     @property
     def prompts(self) -> list[str]:

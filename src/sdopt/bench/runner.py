@@ -137,11 +137,13 @@ NOT_RUN = {"status": "failed", "error": "not run: the bench was interrupted befo
 
 
 def check_report_folder(out: str | Path) -> Path:
-    """The report folder, refused before any work when it is a file (or below one)."""
+    """The report folder, refused before any work when it is a file (or below one), or a model's folder."""
     out = Path(out)
     for path in (out, *out.parents):
         if path.exists() and not path.is_dir():
             raise SdoptError(f"-o {out}: {path} is a file; give a folder for the report (it is created if missing)")
+    if any((out / marker).is_file() for marker in ("sdopt.json", "model_index.json")):  # its report files would land in a model
+        raise SdoptError(f"-o {out} is a model or artifact folder: give a folder of its own for the report")
     return out
 
 
