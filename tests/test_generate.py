@@ -130,3 +130,12 @@ def test_a_long_negative_prompt_is_called_one(tiny_pipeline):
 
     warnings = tiny_pipeline.truncated_prompts(GenerateRequest(prompt="a fox", negative_prompt="dog " * 100))
     assert len(warnings) == 1 and warnings[0].startswith("negative prompt 'dog dog")
+
+
+def test_a_truncation_of_guidance_that_is_off_is_said_to_do_nothing(tiny_pipeline):
+    from sdopt import GenerateRequest
+
+    result = tiny_pipeline.generate(GenerateRequest(prompt="x", steps=1, height=64, width=64, guidance_scale=1.0, guidance_end=0.5))
+    assert any(w.startswith("guidance_end=0.5 is not used") for w in result.warnings)
+    guided = tiny_pipeline.generate(GenerateRequest(prompt="x", steps=2, height=64, width=64, guidance_end=0.5))
+    assert not any("guidance_end" in w for w in guided.warnings)

@@ -205,6 +205,10 @@ def choose(scheme: str, device: str, accepts: str) -> Capability:
 
     check_scheme(scheme)
     kind = check_device(device)
+    if accepts not in {q.accepts for q in QUANTIZERS.values()}:  # no quantizer reads this kind of artifact at all
+        takers = " or ".join(sorted({q.accepts for q in QUANTIZERS.values()}))
+        raise SdoptError(f"sdopt quantizes {takers} artifacts, not {accepts} ones: quantize the Diffusers checkpoint "
+                         "(sdopt quantize MODEL), or export to OpenVINO and quantize that (--backend nncf)")
     found = supported(scheme, kind, accepts)
     found = [r for r in found if QUANTIZERS[r.backend].available()] or found
     if not found:

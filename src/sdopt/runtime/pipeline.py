@@ -231,7 +231,7 @@ class Pipeline:
             request = embedded_guidance.unguided(asked)
         scheduler = make_scheduler(request.scheduler, self.scheduler_config)
         notices = (self.truncated_prompts(request) + conditioning.resize_notices(request) + embedded_guidance.notices(asked, model)
-                   + _eta_notices(request, scheduler))
+                   + _eta_notices(request, scheduler) + _guidance_end_notices(request))
         for notice in notices:
             warnings.warn(notice, UserWarning, stacklevel=3)
         scheduler.set_timesteps(request.steps, device="cpu")
@@ -365,6 +365,14 @@ def _step_kwargs(scheduler, generator, eta: float | None) -> dict[str, Any]:
     if "generator" in inspect.signature(scheduler.step).parameters:
         kwargs["generator"] = generator
     return kwargs
+
+
+def _guidance_end_notices(request: GenerateRequest) -> list[str]:
+    """A truncation asked of a request that runs no guidance (guidance scale 1 or less, or a UNet that embeds it)."""
+    if request.guidance_end is not None and request.guidance_end < 1 and not request.uses_guidance:
+        return [f"guidance_end={request.guidance_end:g} is not used: this request runs no classifier-free guidance to truncate "
+                "(guidance scale 1 or less, or a UNet that embeds guidance)"]
+    return []
 
 
 def _eta_notices(request: GenerateRequest, scheduler) -> list[str]:
