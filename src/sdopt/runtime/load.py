@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ def load(path: str | Path, device: str = "cpu", precision: str | None = None, ve
     against the manifest before use (skipped only for inferred manifests,
     which record no hashes).
     """
-    if not isinstance(path, (str, Path)):
+    if not isinstance(path, (str, os.PathLike)):
         raise SdoptError(f"load takes an artifact folder (a path or hub id), not {type(path).__name__}")
     if not isinstance(device, str) or not device.strip():
         raise SdoptError(f"device={device!r}: give a device name such as 'cpu' or 'cuda'")
@@ -108,7 +109,7 @@ OPTION_VALUES: dict[str, tuple[Any, str]] = {
     "threads": (_count, "a positive number of threads"),
     "provider": (lambda v: isinstance(v, str), "an ONNX Runtime provider kind: cpu, cuda or tensorrt"),
     "run_settings": (lambda v: isinstance(v, dict), "a dict of the backend's own settings"),
-    "cache_dir": (lambda v: isinstance(v, (str, Path)), "a folder path"),
+    "cache_dir": (lambda v: isinstance(v, (str, os.PathLike)), "a folder path"),
 }
 
 
