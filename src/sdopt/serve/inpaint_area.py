@@ -76,11 +76,9 @@ def _grow(low: int, high: int, grow: int, size: int) -> tuple[int, int]:
 
 def fill(image: Any, mask: Any) -> Any:
     """The masked part of ``image`` filled with its surroundings' colours (AUTOMATIC1111's masking.fill)."""
-    from PIL import Image, ImageFilter, ImageOps
+    from PIL import Image, ImageFilter
 
-    filled = Image.new("RGBA", image.size)
-    kept = Image.new("RGBa", image.size)
-    kept.paste(image.convert("RGBA").convert("RGBa"), mask=ImageOps.invert(mask.convert("L")))
+    filled, kept = Image.new("RGBA", image.size), _kept(image, mask)
     for radius, repeats in ((256, 1), (64, 1), (16, 2), (4, 4), (2, 2), (0, 1)):
         blurred = kept.filter(ImageFilter.GaussianBlur(radius)).convert("RGBA")
         for _ in range(repeats):
@@ -88,12 +86,17 @@ def fill(image: Any, mask: Any) -> Any:
     return filled.convert("RGB")
 
 
-def _overlay(image: Any, mask: Any) -> Any:
+def _kept(image: Any, mask: Any) -> Any:
+    """``image`` where the mask keeps it, transparent where it repaints (premultiplied RGBa, as AUTOMATIC1111 pastes it)."""
     from PIL import Image, ImageOps
 
     kept = Image.new("RGBa", image.size)
     kept.paste(image.convert("RGBA").convert("RGBa"), mask=ImageOps.invert(mask.convert("L")))
-    return kept.convert("RGBA")
+    return kept
+
+
+def _overlay(image: Any, mask: Any) -> Any:
+    return _kept(image, mask).convert("RGBA")
 
 
 def prepare(init: Any, mask: Any, width: int, height: int, *, only_masked: bool, padding: int, resize_mode: int, fill_mode: int) -> Area:
