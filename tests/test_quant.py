@@ -370,3 +370,13 @@ def test_cli_error_has_no_traceback(tiny_model, tmp_path):
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "use --scheme nf4, or --backend quanto" in proc.stderr
+
+
+def test_a_component_sharing_files_with_one_asked_for_comes_along_and_is_named(tiny_model):
+    from sdopt.manifest import read_manifest
+    from sdopt.quant.run import select_components
+
+    manifest = read_manifest(tiny_model)
+    chosen, companions = select_components(manifest, ["vae_decoder"])
+    assert set(chosen) == {"vae_decoder", "vae_encoder"} and companions == {"vae_encoder": "vae_decoder"}  # one vae/ folder
+    assert select_components(manifest, ["vae"])[1] == {} and select_components(manifest, None)[1] == {}

@@ -83,7 +83,8 @@ def quantize(
     elif not manifest.inferred:
         manifest.verify_files(source)
     quantizer.check_options(options or {}, QUANTIZERS)
-    plan = Plan(quantizer, capability, select_components(manifest, components), tuple(exclude), device, dict(options or {}), progress)
+    chosen, companions = select_components(manifest, components)
+    plan = Plan(quantizer, capability, chosen, tuple(exclude), device, dict(options or {}), progress)
     engine = quantizer.engine()  # a missing library is named before the output folder exists
     engine.check_plan(source, manifest, plan)  # what needs the model (--exclude patterns), still before writing
 
@@ -116,7 +117,8 @@ def quantize(
                 **{key: manifest.export[key] for key in ("deep_cache", "rewrites", "guidance_end", RECORD) if (manifest.export or {}).get(key)},
                 **({RECORD: {**(manifest.export or {}).get(RECORD, {}), **defaults[RECORD]}} if defaults else {}),
             },
-            notes=[*result.notes, *notes_of(loras), *_sharing_notes(manifest, components, plan.components)],
+            notes=[*result.notes, *notes_of(loras),
+                   *(f"{name} is quantized too: it shares its files with {sharer}" for name, sharer in companions.items())],
         )
         if loras:  # quantized from a fused copy: the artifact's source is the checkpoint the user named
             quantized.source = origin
@@ -153,8 +155,9 @@ def refuse_quantized(source: Path, manifest: Manifest) -> None:
         )
 
 
-def select_components(manifest: Manifest, names: Iterable[str] | None) -> tuple[str, ...]:
-    """Manifest component names to quantize; those that share files with one named come along."""
+def select_components(manifest: Manifest, names: Iterable[str] | None) -> tuple[tuple[str, ...], dict[str, str]]:
+    """Manifest component names to quantize, and those among them that come along because they share files with one
+    named (each with the one it shares them with: vae_encoder with vae_decoder, Diffusers' one vae/ folder)."""
     names = list(DEFAULT_COMPONENTS if names is None else names)
     if not names:
         raise SdoptError("--components is empty: name at least one of " + ", ".join(_known_names()))
@@ -168,17 +171,13 @@ def select_components(manifest: Manifest, names: Iterable[str] | None) -> tuple[
         chosen += [n for n in present if n not in chosen]
     # A file shared by two components (the Diffusers vae/ folder) is quantized once, for both.
     files = {name: {f.path for f in c.files} for name, c in manifest.components.items()}
+    companions: dict[str, str] = {}
     for name in list(chosen):
-        chosen += [other for other in manifest.components if other not in chosen and files[other] & files[name]]
-    return tuple(n for n in manifest.components if n in chosen)
-
-
-def _sharing_notes(manifest: Manifest, asked: Iterable[str] | None, chosen: tuple[str, ...]) -> list[str]:
-    """A note per component quantized only because it shares its files with one asked for (vae_encoder with
-    vae_decoder: Diffusers' one vae/ folder)."""
-    named = {n for name in (DEFAULT_COMPONENTS if asked is None else asked) for n in ALIASES.get(name, (name,))}
-    return [f"{name} is quantized too: it shares its files with {', '.join(sorted(named & set(chosen)))}" for name in chosen
-            if name not in named]
+        for other in manifest.components:
+            if other not in chosen and files[other] & files[name]:
+                chosen.append(other)
+                companions[other] = name
+    return tuple(n for n in manifest.components if n in chosen), companions
 
 
 def _known_names() -> list[str]:
