@@ -5,12 +5,12 @@ time, so an edited file is loaded again). A request names the LoRAs it wants and
 their scales; the others stay loaded but inactive, and a request with none runs
 the base weights (PEFT bypasses disabled adapters, so its image is the base
 model's). ``unload()`` removes every adapter layer and leaves the modules as
-they were loaded.
+they were loaded. Its owner, the Pipeline, calls it under its one-call-at-a-time lock, which covers the
+loop that runs on the adapters too: it needs no lock of its own.
 """
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,6 @@ class RuntimeLoras:
         self.modules, self.family = modules, family
         self.loaded: dict[tuple, str] = {}  # (path, size, mtime) -> adapter name
         self.active: dict[str, float] = {}
-        self._lock = threading.Lock()
 
     @staticmethod
     def _key(path: Path) -> tuple:
@@ -33,28 +32,26 @@ class RuntimeLoras:
         """Load what is new, then make exactly these adapters active at these scales."""
         from sdopt.lora.apply import load_adapter, set_scales
 
-        with self._lock:
-            scales: dict[str, float] = {}
-            for lora in loras:
-                key = self._key(lora.path)
-                if key not in self.loaded:
-                    name = f"lora{len(self.loaded)}"
-                    load_adapter(self.modules, self.family, lora, name)
-                    self.loaded[key] = name
-                scales[self.loaded[key]] = scales.get(self.loaded[key], 0.0) + lora.scale
-            if scales != self.active:
-                set_scales(self.modules, self.family, scales)
-                self.active = scales
-            return scales
+        scales: dict[str, float] = {}
+        for lora in loras:
+            key = self._key(lora.path)
+            if key not in self.loaded:
+                name = f"lora{len(self.loaded)}"
+                load_adapter(self.modules, self.family, lora, name)
+                self.loaded[key] = name
+            scales[self.loaded[key]] = scales.get(self.loaded[key], 0.0) + lora.scale
+        if scales != self.active:
+            set_scales(self.modules, self.family, scales)
+            self.active = scales
+        return scales
 
     def unload(self) -> None:
         """Remove every adapter layer: the modules hold their loaded weights again."""
         from sdopt.lora.apply import adapters_of, remove_adapter_layers
 
-        with self._lock:
-            for name in ("unet", *self.family.text_encoders):
-                module = self.modules[name]
-                if adapters_of(module):
-                    remove_adapter_layers(name, module)
-            self.loaded.clear()
-            self.active = {}
+        for name in ("unet", *self.family.text_encoders):
+            module = self.modules[name]
+            if adapters_of(module):
+                remove_adapter_layers(name, module)
+        self.loaded.clear()
+        self.active = {}

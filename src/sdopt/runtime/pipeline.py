@@ -75,7 +75,8 @@ class Pipeline:
         self.folder = folder
         self.loras = loras  # sdopt.lora.runtime.RuntimeLoras where the backend applies LoRAs per request (torch)
         # One generate call at a time: a request's LoRAs are set on the shared modules for its whole loop, and
-        # OpenVINO's compiled models run one inference request each; two threads would change each other's.
+        # OpenVINO's compiled models run one inference request each; two threads would change each other's. The
+        # LoRAs are changed under it only (generate, unload_loras).
         self._generating = threading.Lock()
         self.closed = False
 
@@ -338,9 +339,10 @@ class Pipeline:
         return {name: dict(c.settings) for name, c in self.components.items() if getattr(c, "settings", None)}
 
     def unload_loras(self) -> None:
-        """Remove every LoRA a request loaded: the modules are as loaded again."""
+        """Remove every LoRA a request loaded: the modules are as loaded again (not under a running call)."""
         if self.loras is not None:
-            self.loras.unload()
+            with self._generating:
+                self.loras.unload()
 
     def close(self) -> None:
         """Release the components (sessions, compiled models, weights); a later generate is refused."""
