@@ -2,11 +2,35 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import io
 import socket
 import threading
 import time
 from typing import Any, Callable
+
+
+SMALL = {"width": 64, "height": 64, "steps": 4}  # a serve request's size and steps: the tiny model's own size
+
+
+def png(b64: str):
+    """A base64 PNG from a response -> a PIL image (its text chunks in .info)."""
+    from PIL import Image
+
+    return Image.open(io.BytesIO(base64.b64decode(b64)))
+
+
+def png_bytes(image) -> bytes:
+    """A PIL image -> a PNG file's bytes (what a multipart upload carries)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def b64png(image) -> str:
+    """A PIL image -> the base64 PNG a JSON request carries."""
+    return base64.b64encode(png_bytes(image)).decode("ascii")
 
 
 def free_port() -> int:

@@ -101,16 +101,12 @@ def test_generate_makes_an_image_again_from_its_png(tiny_model, tiny_onnx_artifa
     assert "give the prompt, --prompt TEXT" in capsys.readouterr().err
 
 
-def _png(b64: str) -> Image.Image:
-    return Image.open(io.BytesIO(base64.b64decode(b64)))
-
-
 def test_an_image_made_again_from_its_parameters(tiny_model, tiny_pipeline, tmp_path):
     """sdopt generate's PNG -> /sdapi/v1/png-info -> a txt2img request with that infotext alone: the same pixels; a field
     the request sets wins over the infotext's; the API's own PNGs carry their parameters."""
     pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install 'sdopt[serve]'")
     httpx = pytest.importorskip("httpx", reason="pip install 'sdopt[serve-test]'")
-    from serving import running_server, wait_for
+    from serving import png, running_server, wait_for
 
     out = tmp_path / "made.png"
     assert main(["generate", str(tiny_model), "-p", "a green square", "-n", "noise", "--steps", "3", "--seed", "5",
@@ -119,14 +115,14 @@ def test_an_image_made_again_from_its_parameters(tiny_model, tiny_pipeline, tmp_
         info = httpx.post(url + "/sdapi/v1/png-info", json={"image": base64.b64encode(out.read_bytes()).decode()}).json()
         assert info["parameters"]["Sampler"] == "Euler a" and info["parameters"]["Seed"] == "5" and info["info"].startswith("a green square\n")
         again = httpx.post(url + "/sdapi/v1/txt2img", json={"infotext": info["info"]}, timeout=60).json()
-        image = _png(again["images"][0])
+        image = png(again["images"][0])
         assert np.array_equal(np.asarray(image.convert("RGB")), np.asarray(Image.open(out).convert("RGB")))
         assert json.loads(again["info"])["sdopt_ignored"] == [] and json.loads(again["info"])["infotexts"] == [image.info["parameters"]]
         assert parse_parameters(image.info["parameters"])["Seed"] == "5"  # the API's PNG says how it was made
 
         job = httpx.post(url + "/v1/jobs", json={"prompt": "x", "width": 64, "height": 64, "steps": 2, "seed": 3}).json()
         done = wait_for(lambda: (j := httpx.get(f"{url}/v1/jobs/{job['id']}").json())["status"] not in ("queued", "running") and j)
-        assert done["infotexts"][0] == _png(done["images"][0]).info["parameters"] and "Seed: 3," in done["infotexts"][0]
+        assert done["infotexts"][0] == png(done["images"][0]).info["parameters"] and "Seed: 3," in done["infotexts"][0]
         spec = lambda: list(app.state.worker.jobs.values())[-1].spec  # noqa: E731
         httpx.post(url + "/sdapi/v1/txt2img", json={"infotext": info["info"], "steps": 2, "seed": 9}, timeout=60).raise_for_status()
         assert (spec().steps, spec().seed, spec().scheduler, spec().prompt) == (2, 9, "euler_a", "a green square")

@@ -8,7 +8,6 @@ a thread; httpx covers what neither client does (jobs, events, cancel, 429,
 from __future__ import annotations
 
 import base64
-import io
 import json
 import re
 import time
@@ -19,23 +18,10 @@ import pytest
 pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install 'sdopt[serve]'")
 httpx = pytest.importorskip("httpx", reason="httpx is not installed: pip install 'sdopt[serve-test]'")
 
-from serving import Faulty, SlowSteps, run_queued, running_server, wait_for  # noqa: E402
+from serving import SMALL, Faulty, SlowSteps, b64png, png, png_bytes, run_queued, running_server, wait_for  # noqa: E402
 from sdopt import SdoptError  # noqa: E402
 
-SMALL = {"width": 64, "height": 64, "steps": 4}
 KEY = "test-key-123"
-
-
-def png(b64: str):
-    from PIL import Image
-
-    return Image.open(io.BytesIO(base64.b64decode(b64)))
-
-
-def b64png(image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 # --- the OpenAI SDK ------------------------------------------------------------------
@@ -84,12 +70,6 @@ def result_seed(result) -> int:
     return int(re.search(r"Seed: (\d+)", png(result.data[0].b64_json).info["parameters"]).group(1))
 
 
-def _png_bytes(image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def test_openai_sdk_edits_inpaint_where_the_mask_is_transparent(tiny_pipeline):
     """images.edit: OpenAI's mask (alpha 0 = edit) becomes the loop's (white = repaint), at strength 1, and the image
     equals the Python API's inpainting from the same seed; the image's own transparency serves when no mask is sent;
@@ -105,7 +85,7 @@ def test_openai_sdk_edits_inpaint_where_the_mask_is_transparent(tiny_pipeline):
     repaint = Image.fromarray(np.where(np.asarray(mask.getchannel("A")) == 0, 255, 0).astype(np.uint8), "L")
     with running_server(tiny_pipeline) as (url, app):
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
-        edited = client.images.edit(image=("photo.png", _png_bytes(photo)), mask=("mask.png", _png_bytes(mask)), prompt="a red apple",
+        edited = client.images.edit(image=("photo.png", png_bytes(photo)), mask=("mask.png", png_bytes(mask)), prompt="a red apple",
                                     n=2, extra_body={"sdopt_seed": 5})
         steps = next(iter(app.state.worker.jobs.values())).spec.steps  # OpenAI's API has no steps: the server's default
         ours = tiny_pipeline.generate(GenerateRequest(prompt="a red apple", num_images=2, seeds=[5, 6], steps=steps, height=64, width=64,
@@ -115,25 +95,25 @@ def test_openai_sdk_edits_inpaint_where_the_mask_is_transparent(tiny_pipeline):
         # No mask: the image's own transparent pixels are the area (dall-e-2's rule); a fully opaque image is edited whole.
         cut_out = photo.convert("RGBA")
         cut_out.putalpha(mask.getchannel("A"))
-        same = client.images.edit(image=("cut.png", _png_bytes(cut_out)), prompt="a red apple", n=2, extra_body={"sdopt_seed": 5})
+        same = client.images.edit(image=("cut.png", png_bytes(cut_out)), prompt="a red apple", n=2, extra_body={"sdopt_seed": 5})
         assert [d.b64_json for d in same.data] == [d.b64_json for d in edited.data]
-        client.images.edit(image=("photo.png", _png_bytes(photo)), prompt="a watercolor", size="64x64")
+        client.images.edit(image=("photo.png", png_bytes(photo)), prompt="a watercolor", size="64x64")
         specs = [job.spec for job in app.state.worker.jobs.values()]
         assert [(s.strength, s.mask_image is not None) for s in specs] == [(1.0, True), (1.0, True), (0.8, False)]
 
 
-        listed = client.images.edit(image=[("cut.png", _png_bytes(cut_out))], prompt="a red apple", extra_body={"sdopt_seed": 5})
+        listed = client.images.edit(image=[("cut.png", png_bytes(cut_out))], prompt="a red apple", extra_body={"sdopt_seed": 5})
         assert listed.data[0].b64_json == edited.data[0].b64_json  # a list of one image: the SDK's image[] field
         with pytest.raises(openai.UnprocessableEntityError, match="sdopt edits one image per request"):
-            client.images.edit(image=[("a.png", _png_bytes(photo)), ("b.png", _png_bytes(photo))], prompt="x")
+            client.images.edit(image=[("a.png", png_bytes(photo)), ("b.png", png_bytes(photo))], prompt="x")
         with pytest.raises(openai.UnprocessableEntityError, match="alpha channel"):
-            client.images.edit(image=("photo.png", _png_bytes(photo)), mask=("mask.png", _png_bytes(repaint)), prompt="x")
+            client.images.edit(image=("photo.png", png_bytes(photo)), mask=("mask.png", png_bytes(repaint)), prompt="x")
         with pytest.raises(openai.UnprocessableEntityError, match="the mask is 32x32 but the image is 64x64"):
-            client.images.edit(image=("photo.png", _png_bytes(photo)), mask=("mask.png", _png_bytes(mask.resize((32, 32)))), prompt="x")
+            client.images.edit(image=("photo.png", png_bytes(photo)), mask=("mask.png", png_bytes(mask.resize((32, 32)))), prompt="x")
         with pytest.raises(openai.UnprocessableEntityError, match="nothing to edit"):
-            client.images.edit(image=("photo.png", _png_bytes(photo)), mask=("mask.png", _png_bytes(photo.convert("RGBA"))), prompt="x")
+            client.images.edit(image=("photo.png", png_bytes(photo)), mask=("mask.png", png_bytes(photo.convert("RGBA"))), prompt="x")
         with pytest.raises(openai.UnprocessableEntityError, match="sdopt_strength"):
-            client.images.edit(image=("photo.png", _png_bytes(photo)), prompt="x", extra_body={"sdopt_strength": 2})
+            client.images.edit(image=("photo.png", png_bytes(photo)), prompt="x", extra_body={"sdopt_strength": 2})
         response = httpx.post(url + "/v1/images/edits", json={"prompt": "x"}, timeout=30)
         assert response.status_code == 422 and "multipart/form-data" in response.text
 

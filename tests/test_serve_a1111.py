@@ -14,8 +14,7 @@ import pytest
 pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install 'sdopt[serve]'")
 httpx = pytest.importorskip("httpx", reason="httpx is not installed: pip install 'sdopt[serve-test]'")
 
-from serving import SlowSteps, running_server, wait_for  # noqa: E402
-from test_serve import SMALL, b64png, png  # noqa: E402
+from serving import SMALL, SlowSteps, b64png, png, running_server, wait_for  # noqa: E402
 
 
 def _pixels(b64: str) -> np.ndarray:
