@@ -25,9 +25,11 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from sdopt.runtime.schedulers import A1111_SAMPLERS
-from sdopt.serve import hires, jobs as J
+from sdopt.serve import hires, inpaint_area, jobs as J
 from sdopt.serve.errors import RequestError
-from sdopt.serve.submission import LEVER_NAMES, cache_interval_field, failure_status, guidance_end_field, random_seed, submit, wait
+from sdopt.serve.resize_modes import LATENT_UPSCALE, MODES, resize
+from sdopt.serve.submission import (LEVER_NAMES, cache_interval_field, check_spec, failure_status, guidance_end_field, random_seed, submit,
+                                    wait)
 from sdopt.serve.images import decode_image, encode_png
 
 router = APIRouter(tags=["automatic1111"])
@@ -207,13 +209,10 @@ def ignored_fields(body: _Processing, scheduler: str | None) -> list[str]:
 
 def _img2img_unapplied(body: Img2ImgRequest) -> list[str]:
     """img2img fields whose value AUTOMATIC1111 would act on and sdopt does not (listed whether sent or its default)."""
-    from sdopt.serve.inpaint_area import FILL, ORIGINAL
-    from sdopt.serve.resize_modes import LATENT_UPSCALE
-
     out = ["resize_mode"] if body.resize_mode == LATENT_UPSCALE else []  # done as "Just resize"
     if body.mask:
         out += ["mask_round"] if body.mask_round is False else []  # the loop binarizes the mask as Diffusers does
-        out += ["inpainting_fill"] if body.inpainting_fill not in (None, FILL, ORIGINAL) else []  # latent noise, latent nothing
+        out += ["inpainting_fill"] if body.inpainting_fill not in (None, inpaint_area.FILL, inpaint_area.ORIGINAL) else []  # latent noise, latent nothing
     return out
 
 
@@ -357,8 +356,6 @@ async def _run_hires(request: Request, body: Txt2ImgRequest, spec: J.JobSpec) ->
     """The hires fix (serve/hires.py): the first pass, then a second-pass job per image; both checked before either runs."""
     import asyncio
 
-    from sdopt.serve.submission import check_spec
-
     scheduler = hires_scheduler(body, spec.scheduler)
     size = hires.size_field(body)
     names = {**A1111_NAMES, "steps": "hr_second_pass_steps", "width": size, "height": size, "strength": "denoising_strength"}
@@ -410,10 +407,6 @@ async def img2img(request: Request, body: Img2ImgRequest) -> dict[str, Any]:
     if not body.init_images:
         raise RequestError("init_images", "give one init image (base64 PNG or JPEG) in init_images")
     import dataclasses
-
-    from sdopt.serve import inpaint_area
-    from sdopt.serve.resize_modes import MODES, resize
-    from sdopt.serve.submission import check_spec
 
     if body.resize_mode not in (None, *MODES):
         raise RequestError("resize_mode", f"resize_mode={body.resize_mode}: 0 just resize, 1 crop and resize, 2 resize and fill, 3 latent upscale")
