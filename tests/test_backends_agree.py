@@ -49,6 +49,17 @@ def test_images_match_torch_fp32(backend, tiny_pipeline):
     assert len(values) == 2 and min(values) >= 40
 
 
+def test_clip_skip_agrees(backend, tiny_pipeline):
+    """The exported text encoder's clip_skip.K outputs (AUTOMATIC1111's Clip skip) are the torch backend's layers."""
+    name, _, pipe = backend
+    assert pipe.clip_skip_layers == 5
+    request = GenerateRequest(**SMALL, scheduler="euler", clip_skip=3)
+    ref, ours = tiny_pipeline.generate(request), pipe.generate(request)
+    value = psnr(ref.images[0], ours.images[0])
+    print(f"{name} clip skip 3 vs torch PSNR {value:.1f} dB")
+    assert value >= 40 and psnr(ours.images[0], pipe.generate(GenerateRequest(**SMALL, scheduler="euler")).images[0]) < 40
+
+
 def test_a_size_whose_latent_is_odd_runs_and_agrees(backend, tiny_pipeline):
     # 600 x 72 px -> latent 75 x 9: neither a multiple of the UNet's down factor. A graph traced at a
     # multiple of 8 fails here with mismatched Concat dimensions, and upsample sizes must come from

@@ -81,7 +81,7 @@ def test_generate_makes_an_image_again_from_its_png(tiny_model, tiny_onnx_artifa
     diff = np.abs(np.asarray(Image.open(onnx), dtype=np.int16) - np.asarray(Image.open(first), dtype=np.int16)).max()
     assert diff <= 2, f"ONNX Runtime's image differs from torch's by {diff} levels"
 
-    # An AUTOMATIC1111 PNG: its request, and a warning for what the request does not take (its LoRAs, its clip skip).
+    # An AUTOMATIC1111 PNG: its request (its Clip skip too), and a warning for what the request does not take (its LoRAs).
     a1111 = tmp_path / "a1111.png"
     info = PngInfo()
     info.add_text("parameters", A1111_TEXT.replace("Version:", "Clip skip: 2, Version:"))
@@ -89,9 +89,10 @@ def test_generate_makes_an_image_again_from_its_png(tiny_model, tiny_onnx_artifa
     capsys.readouterr()
     assert main(["generate", str(tiny_model), "--parameters-from", str(a1111), "--steps", "2", "--height", "64", "--width", "64",
                  "-o", str(tmp_path / "from-a1111.png")]) == 0
-    assert "says Lora hashes, Clip skip, which this request does not take: the image will differ" in capsys.readouterr().err
+    assert "says Lora hashes, which this request does not take: the image will differ" in capsys.readouterr().err
     made = parse_parameters(Image.open(tmp_path / "from-a1111.png").info["parameters"])
-    assert (made["Seed"], made["Sampler"], made["Schedule type"], made["CFG scale"], made["Steps"]) == ("1234567", "DPM++ 2M", "Karras", "6.5", "2")
+    assert (made["Seed"], made["Sampler"], made["Schedule type"], made["CFG scale"], made["Steps"], made["Clip skip"]) == \
+        ("1234567", "DPM++ 2M", "Karras", "6.5", "2", "2")
 
     (tmp_path / "plain.png").write_bytes(_plain_png())
     capsys.readouterr()

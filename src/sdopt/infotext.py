@@ -89,7 +89,7 @@ FIELDS: dict[str, tuple[str, type]] = {
     "Prompt": ("prompt", str), "Negative prompt": ("negative_prompt", str), "Steps": ("steps", int),
     "CFG scale": ("guidance_scale", float), "Seed": ("seed", int), "Size-1": ("width", int), "Size-2": ("height", int),
     "Denoising strength": ("strength", float), "Eta": ("eta", float), "Cache interval": ("cache_interval", int),
-    "Guidance end": ("guidance_end", float), "Batch size": ("num_images", int),
+    "Guidance end": ("guidance_end", float), "Batch size": ("num_images", int), "Clip skip": ("clip_skip", int),
 }
 EMPHASIS = "Emphasis"  # AUTOMATIC1111's key; "Original" its default mode (sdopt.runtime.emphasis), which it does not write
 
@@ -105,7 +105,7 @@ def _unapplied_emphasis(parsed: dict[str, Any]) -> bool:
 
 def unapplied(parsed: dict[str, Any]) -> list[str]:
     """The keys of parsed parameters that would change the image but that a request made from them does not take
-    (AUTOMATIC1111's "Clip skip", "Hires upscale", "Variation seed", "RNG"; sdopt's "Loras", whose files it cannot know)."""
+    (AUTOMATIC1111's "Hires upscale", "Variation seed", "RNG"; sdopt's "Loras", whose files it cannot know)."""
     return [key for key in parsed if key not in FIELDS and key not in DESCRIPTIVE and (key != EMPHASIS or _unapplied_emphasis(parsed))]
 
 
@@ -166,12 +166,13 @@ def png_info(image: Any):
 
 def image_parameters(request: Any, index: int, *, sampler: tuple[str, str | None] | None, model: str | None, model_hash: str | None,
                      backend: str, cache_interval: int = 1, guidance_end: float = 1.0, version: str = "",
-                     defaults: dict[str, Any] | None = None, eta_used: bool = True) -> str:
+                     defaults: dict[str, Any] | None = None, eta_used: bool = True, clip_skip: int = 1) -> str:
     """The text for image ``index`` of a GenerateRequest's result (prompt-major: prompt index // num_images).
     sampler: (AUTOMATIC1111's sampler name, its schedule type or None); None when no name describes the scheduler
     (a checkpoint's own scheduler that no sdopt name builds alike), said as sdopt's key "Scheduler". defaults: the
     artifact's own cache_interval and guidance_end; a value is written where it is on or differs from them, so that the
-    parameters make the same image again on that artifact. eta_used: whether the scheduler read the request's eta."""
+    parameters make the same image again on that artifact. eta_used: whether the scheduler read the request's eta.
+    clip_skip: the Clip skip the image was made with (1 where the family ignores the request's)."""
     row = index // request.num_images
     defaults = defaults or {}
     seeds = request.seeds
@@ -189,6 +190,7 @@ def image_parameters(request: Any, index: int, *, sampler: tuple[str, str | None
         "Batch size": None if seeds or request.batch_size == 1 else request.batch_size,
         "Batch pos": None if seeds or request.batch_size == 1 else index,
         "Denoising strength": _number(request.strength) if image_to_image else None,
+        "Clip skip": clip_skip if clip_skip > 1 else None,  # AUTOMATIC1111 writes it only when set
         "Eta": _number(request.eta) if request.eta is not None and eta_used else None,
         "Cache interval": cache_interval if cache_interval > 1 or cache_interval != defaults.get("cache_interval", 1) else None,
         "Guidance end": _number(guidance_end) if request.guidance_scale > 1 and (guidance_end < 1 or guidance_end != defaults.get("guidance_end", 1.0)) else None,

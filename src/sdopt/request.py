@@ -22,6 +22,8 @@ MAX_STEPS = 1000
 MAX_GUIDANCE = 50.0
 MAX_IMAGES = 64  # images in one generate call (prompts x num_images)
 MAX_SEED = 2**63 - 1
+# AUTOMATIC1111's Clip skip slider stops at 12, SD 1.x's layer count; the artifact's own count is checked at generate.
+MAX_CLIP_SKIP = 12
 
 
 def open_image(path: str | None, flag: str):
@@ -173,6 +175,10 @@ class GenerateRequest:
     # AUTOMATIC1111's prompt emphasis, (word:1.2) and the like (sdopt.runtime.emphasis): its API turns it on, as
     # AUTOMATIC1111 reads every prompt so. Off: prompts are plain text, as in Diffusers.
     prompt_emphasis: bool = False
+    # AUTOMATIC1111's Clip skip: the prompt is read from the text encoder's last layer but clip_skip - 1, through its
+    # final layer norm (1: the last layer, as Diffusers; 2: the penultimate, what many SD 1.5 fine-tunes were trained
+    # on; Diffusers' clip_skip is this minus 1). SD 1.x/2.x; an artifact exported before sdopt read it must be exported again.
+    clip_skip: int = 1
     # LoRAs applied for this request (torch backend): {path of a .safetensors LoRA: scale}. Each file is
     # loaded once per pipeline; other backends take LoRAs fused at export (sdopt export --lora).
     loras: dict[str, float] | None = None
@@ -180,7 +186,7 @@ class GenerateRequest:
     def __post_init__(self):
         # numpy's integers and floats (np.random's seeds, np.float32 scales) as Python's, so they validate and
         # serialise like them; anything else is left for validate() to refuse.
-        for name in ("seed", "steps", "height", "width", "num_images", "cache_interval"):
+        for name in ("seed", "steps", "height", "width", "num_images", "cache_interval", "clip_skip"):
             setattr(self, name, _plain(getattr(self, name), numbers.Integral, int))
         for name in ("guidance_scale", "strength", "guidance_end", "eta"):
             setattr(self, name, _plain(getattr(self, name), numbers.Real, float))
@@ -255,6 +261,9 @@ class GenerateRequest:
         eta = self.eta
         if eta is not None and not (_is_number(eta) and 0 <= eta <= 1):
             raise SdoptError(f"eta={eta!r}: must be a number from 0 to 1, the fresh noise DDIM and TCD add at each step (0: none), or None (0)")
+        if not _is_int(self.clip_skip) or not 1 <= self.clip_skip <= MAX_CLIP_SKIP:
+            raise SdoptError(f"clip_skip={self.clip_skip!r}: must be an integer from 1 (the text encoder's last layer) to "
+                             f"{MAX_CLIP_SKIP}, AUTOMATIC1111's Clip skip (2: the penultimate layer)")
         if not isinstance(self.prompt_emphasis, bool):
             raise SdoptError(f"prompt_emphasis={self.prompt_emphasis!r}: must be true or false")
         if self.scheduler is not None and not isinstance(self.scheduler, str):

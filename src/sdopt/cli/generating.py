@@ -24,7 +24,7 @@ def _generate(args: argparse.Namespace) -> int:
         "negative_prompt": args.negative_prompt, "seed": args.seed, "steps": args.steps, "guidance_scale": args.guidance,
         "height": args.height, "width": args.width, "num_images": args.num_images, "scheduler": args.scheduler, "eta": args.eta,
         "strength": args.strength, "cache_interval": args.cache_interval, "guidance_end": args.guidance_end,
-        "prompt_emphasis": args.prompt_emphasis,
+        "prompt_emphasis": args.prompt_emphasis, "clip_skip": args.clip_skip,
     }
     # An image's own parameters (the PNGs sdopt and AUTOMATIC1111 write carry them), then every flag given over them.
     made_from = {}
@@ -121,6 +121,9 @@ def add_generate(sub) -> None:
     p.add_argument("--prompt-emphasis", action=argparse.BooleanOptionalAction, default=None,
                    help="read AUTOMATIC1111's emphasis in the prompts: (word) x1.1, (word:1.5), [word] /1.1, \\( for a literal bracket "
                         "(default: prompts are plain text, as in Diffusers; an AUTOMATIC1111 image's --parameters-from turns it on)")
+    p.add_argument("--clip-skip", type=int, default=None, metavar="N",
+                   help="AUTOMATIC1111's Clip skip: read the prompt from the text encoder's last layer but N-1 (default 1, the last; "
+                        "2, the penultimate, is what many SD 1.5 fine-tunes expect; Diffusers' clip_skip is N-1). SD 1.x/2.x")
     p.add_argument("--seed", type=int, default=None, help="default 0")
     p.add_argument("--parameters-from", default=None, metavar="IMAGE",
                    help="make an image again: take the prompt, negative prompt, steps, sampler, guidance, seed, size (and strength, "

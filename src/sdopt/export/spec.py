@@ -112,15 +112,21 @@ def cached_unet_specs(unet: ComponentSpec) -> dict[str, ComponentSpec]:
 
 
 def family_specs(family: Any, text_layers: dict[str, int], model: dict[str, Any] | None = None) -> dict[str, ComponentSpec]:
-    """The specs of a family's components (sdopt.families): SD's four, and for SDXL a second text
-    encoder, text encoders giving every layer's hidden state, and the UNet's extra inputs; with
-    ``model`` (the model facts), an LCM-distilled UNet's ``timestep_cond`` (sdopt.runtime.embedded_guidance).
+    """The specs of a family's components (sdopt.families): SD's four, its text encoder giving the layers
+    AUTOMATIC1111's Clip skip reads too; for SDXL a second text encoder, text encoders giving every layer's
+    hidden state, and the UNet's extra inputs; with ``model`` (the model facts), an LCM-distilled UNet's
+    ``timestep_cond`` (sdopt.runtime.embedded_guidance).
 
-    text_layers: each text encoder's layer count (its hidden_states run 0..N). Names are Optimum's:
-    ``text_encoder_2`` is the projection model whose pooled output is ``text_embeds``.
+    text_layers: each text encoder's layer count (its hidden_states run 0..N). Names are Optimum's (but
+    ``clip_skip.K``, sdopt's): ``text_encoder_2`` is the projection model whose pooled output is ``text_embeds``.
     """
     specs = dict(SPECS)
-    if family.text_hidden_states:
+    if family.text_outputs == "clip_skip":  # clip_skip.2..N (sdopt.runtime.torch._text_encoder)
+        for name in family.text_encoders:
+            base = SPECS["text_encoder"]
+            layers = tuple(TensorSpec(f"clip_skip.{k}", "float32", {0: "batch_size", 1: "sequence_length"}) for k in range(2, text_layers.get(name, 1) + 1))
+            specs[name] = ComponentSpec(name, name, inputs=base.inputs, outputs=(*base.outputs, *layers), tolerance=base.tolerance)
+    if family.text_outputs == "hidden_states":
         for name in family.text_encoders:
             pooled = TensorSpec("text_embeds" if name == "text_encoder_2" else "pooler_output", "float32", {0: "batch_size"})
             hidden = TensorSpec("last_hidden_state", "float32", {0: "batch_size", 1: "sequence_length"})

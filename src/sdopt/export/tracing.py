@@ -18,17 +18,20 @@ class PositionalComponent(torch.nn.Module):
         self.spec, self.module = spec, module
 
     def forward(self, *args):
-        out = forward_of(self.spec.name, every_layer(self.spec))(self.module, **dict(zip(self.spec.input_names, args)))
+        out = forward_of(self.spec.name, text_layers(self.spec))(self.module, **dict(zip(self.spec.input_names, args)))
         return tuple(out[name] for name in self.spec.output_names)
 
 
 def torch_reference(spec: ComponentSpec, module: torch.nn.Module, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The PyTorch fp32 outputs an exported component is validated against."""
     with torch.inference_mode():
-        out = forward_of(spec.name, every_layer(spec))(module, **{k: torch.from_numpy(v) for k, v in inputs.items()})
+        out = forward_of(spec.name, text_layers(spec))(module, **{k: torch.from_numpy(v) for k, v in inputs.items()})
     return {k: v.float().numpy() for k, v in out.items()}
 
 
-def every_layer(spec: ComponentSpec) -> bool:
-    """A text encoder whose graph gives every layer's hidden state (SDXL's)."""
-    return any(name.startswith("hidden_states.") for name in spec.output_names)
+def text_layers(spec: ComponentSpec) -> str | None:
+    """Which layers a text encoder's graph gives past its last (Family.text_outputs), from its outputs' names."""
+    for prefix in ("hidden_states", "clip_skip"):
+        if any(name.startswith(prefix + ".") for name in spec.output_names):
+            return prefix
+    return None

@@ -22,14 +22,22 @@ class Family:
     lora_loader: str  # the Diffusers loader mixin (diffusers.loaders.lora_pipeline) that reads this family's LoRA files
     # UNet inputs past sample/timestep/encoder_hidden_states: name -> the model fact giving its width.
     unet_extras: tuple[tuple[str, str], ...] = ()
-    # Text encoders give every layer's hidden state (hidden_states.0..N, Optimum's names): SDXL reads the penultimate.
-    text_hidden_states: bool = False
+    # What the text encoders give past their last hidden state and pooled output: "hidden_states", every layer's
+    # (hidden_states.0..N, Optimum's names: SDXL reads the penultimate); "clip_skip", clip_skip.2..N, the layer
+    # AUTOMATIC1111's Clip skip K reads (the last but K - 1) through the final layer norm (SD 1.x/2.x).
+    text_outputs: str = "clip_skip"
     # Under fp16 its VAE runs in float32 when the VAE's config says force_upcast, as Diffusers' pipelines of
     # this family do: SDXL's VAE overflows fp16's range and decodes NaN or black. SD 1.x pipelines never upcast
     # (Manifest.component_precision decides, for every backend).
     upcasts_vae: bool = False
     # What this family's loop does not do yet, each with the reason the refusal gives.
     unsupported: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def reads_clip_skip(self) -> bool:
+        """Whether a request's Clip skip changes what conditions the UNet. SDXL reads fixed layers of its encoders,
+        and AUTOMATIC1111 ignores Clip skip there too (its PNGs still write it): ignored with a warning."""
+        return self.text_outputs == "clip_skip"
 
     @property
     def components(self) -> tuple[str, ...]:

@@ -28,7 +28,10 @@ def per_image(array, request, negative=None):
 
 
 def conditioning(outputs: list[dict[str, Any]], request, model: dict[str, Any]) -> dict[str, Any]:
-    return {"encoder_hidden_states": per_image(outputs[0]["last_hidden_state"], request)}
+    # Clip skip K: the text encoder's last layer but K - 1, final-normed (Diffusers' clip_skip=K-1; Pipeline.check_request
+    # made sure the encoder gives it).
+    layer = "last_hidden_state" if request.clip_skip == 1 else f"clip_skip.{request.clip_skip}"
+    return {"encoder_hidden_states": per_image(outputs[0][layer], request)}
 
 
 FAMILY = Family(

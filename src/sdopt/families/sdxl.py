@@ -65,6 +65,6 @@ FAMILY = Family(
     conditioning=conditioning,
     lora_loader="StableDiffusionXLLoraLoaderMixin",
     unet_extras=(("text_embeds", "text_embeds_dim"), ("time_ids", "time_ids_dim")),
-    text_hidden_states=True,
+    text_outputs="hidden_states",
     upcasts_vae=True,
 )

@@ -179,10 +179,36 @@ class Pipeline:
     def guidance_end(self, request: GenerateRequest) -> float:
         return request.guidance_end if request.guidance_end is not None else self.default_guidance_end
 
+    @property
+    def clip_skip_layers(self) -> int:
+        """The most AUTOMATIC1111's Clip skip can be on this artifact: the K of its text encoder's clip_skip.K
+        outputs (sdopt.runtime.torch._text_encoder), its layer count; 1 where it gives none (no Clip skip)."""
+        names = getattr(self.components.get(self.family.text_encoders[0]), "output_names", None) or ()
+        return max([1] + [int(n.split(".")[1]) for n in names if n.startswith("clip_skip.") and n.split(".")[1].isdigit()])
+
+    def _check_clip_skip(self, request: GenerateRequest) -> None:
+        if request.clip_skip == 1 or not self.family.reads_clip_skip:  # SDXL: ignored with a warning (_clip_skip_notices)
+            return
+        most = self.clip_skip_layers
+        if most == 1:
+            raise SdoptError(f"clip_skip={request.clip_skip}: this {self.manifest.backend} artifact's text encoder gives only its last layer "
+                             "(it was exported before sdopt read Clip skip, or by another tool): export it again with `sdopt export`, "
+                             "or generate with the Diffusers checkpoint", field="clip_skip")
+        if request.clip_skip > most:
+            raise SdoptError(f"clip_skip={request.clip_skip}: this model's text encoder has {most} layers, so Clip skip goes from 1 to {most}",
+                             field="clip_skip")
+
+    def _clip_skip_notices(self, request: GenerateRequest) -> list[str]:
+        if request.clip_skip == 1 or self.family.reads_clip_skip:
+            return []
+        return [f"clip_skip={request.clip_skip} is ignored: {self.family.title} conditions on fixed layers of its text encoders "
+                "(AUTOMATIC1111 ignores Clip skip there too)"]
+
     def check_request(self, request: GenerateRequest) -> None:
         request.validate()
         if request.init_image is not None:
             self.family.refuse("img2img", "img2img and inpainting (init_image)")
+        self._check_clip_skip(request)
         if self.cache_interval(request) > 1 and "unet_shallow" not in self.components:
             raise SdoptError(
                 f"cache_interval={request.cache_interval} needs the UNet's shallow branch, which this {self.manifest.backend} artifact lacks: "
@@ -232,7 +258,7 @@ class Pipeline:
             request = embedded_guidance.unguided(asked)
         scheduler = make_scheduler(request.scheduler, self.scheduler_config)
         notices = (self.truncated_prompts(request) + conditioning.resize_notices(request) + embedded_guidance.notices(asked, model)
-                   + _eta_notices(request, scheduler) + _guidance_end_notices(request))
+                   + _eta_notices(request, scheduler) + _guidance_end_notices(request) + self._clip_skip_notices(request))
         for notice in notices:
             warnings.warn(notice, UserWarning, stacklevel=3)
         scheduler.set_timesteps(request.steps, device="cpu")
@@ -328,7 +354,7 @@ class Pipeline:
             request, index, sampler=schedulers.A1111_SAMPLERS.get(name) if name else None,
             model=self.folder.name if self.folder is not None else None, model_hash=self.model_hash,
             backend=f"{manifest.backend} {self.precision}", cache_interval=self.cache_interval(request),
-            guidance_end=self.guidance_end(request), version=__version__,
+            guidance_end=self.guidance_end(request), version=__version__, clip_skip=request.clip_skip if self.family.reads_clip_skip else 1,
             # what the artifact does unasked: a value that differs from it is written even when it is "off"
             defaults={"cache_interval": self.default_cache_interval, "guidance_end": self.default_guidance_end},
             eta_used=schedulers.takes_eta(schedulers.scheduler_class(request.scheduler, self.scheduler_config)))

@@ -35,6 +35,7 @@ class TensorRTComponent:
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        self.output_names = self.outputs  # as every backend's component names them (Pipeline.clip_skip_layers)
 
     def __call__(self, **arrays: np.ndarray) -> dict[str, np.ndarray]:
         keep = []  # device tensors must outlive the asynchronous launch

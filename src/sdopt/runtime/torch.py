@@ -70,13 +70,30 @@ class TorchComponent:
         self.module = None
 
 
-def _text_encoder(m, input_ids, every_layer: bool = False):
+def _text_encoder(m, input_ids, layers: str | None = None):
     """Optimum's output names: CLIPTextModel's last_hidden_state and pooler_output, or a projection
-    model's text_embeds (SDXL's second encoder); with every_layer, hidden_states.0..N too (SDXL reads N-1)."""
-    out = m(input_ids=input_ids, output_hidden_states=every_layer)
+    model's text_embeds (SDXL's second encoder); and the family's ``layers`` (Family.text_outputs):
+    "hidden_states", hidden_states.0..N (SDXL reads N-1), or "clip_skip", clip_skip.2..N: the hidden
+    state AUTOMATIC1111's Clip skip K reads, the last layer but K - 1 through the final layer norm
+    (Diffusers' encode_prompt with clip_skip=K-1). Every layer is computed anyway: keeping them is free."""
+    out = m(input_ids=input_ids, output_hidden_states=layers is not None)
     pooled = {"text_embeds": out.text_embeds} if hasattr(out, "text_embeds") else {"pooler_output": out.pooler_output}
-    layers = {f"hidden_states.{i}": h for i, h in enumerate(out.hidden_states)} if every_layer else {}
-    return {"last_hidden_state": out.last_hidden_state, **pooled, **layers}
+    extra = {}
+    if layers == "hidden_states":
+        extra = {f"hidden_states.{i}": h for i, h in enumerate(out.hidden_states)}
+    elif layers == "clip_skip":
+        norm = getattr(m, "text_model", m).final_layer_norm  # transformers 5 has no text_model level
+        extra = {f"clip_skip.{k}": norm(out.hidden_states[-k]) for k in range(2, len(out.hidden_states))}
+    return {"last_hidden_state": out.last_hidden_state, **pooled, **extra}
+
+
+def text_output_names(module, layers: str | None) -> list[str]:
+    """What _text_encoder gives for this module (its layer count from its config), before any call."""
+    count = int(module.config.num_hidden_layers)
+    pooled = "text_embeds" if hasattr(module, "text_projection") else "pooler_output"
+    extra = ([f"hidden_states.{i}" for i in range(count + 1)] if layers == "hidden_states"
+             else [f"clip_skip.{k}" for k in range(2, count + 1)] if layers == "clip_skip" else [])
+    return ["last_hidden_state", pooled, *extra]
 
 
 def _added(text_embeds, time_ids, timestep_cond=None) -> dict:
@@ -219,13 +236,16 @@ def load_components(folder: Path, manifest: Manifest, device: str, precision: st
     offload = bool(options.get("cpu_offload"))
     if offload and not device.startswith("cuda"):
         raise SdoptError("cpu_offload moves components between GPU and CPU memory: it needs --device cuda")
-    every = manifest.pipeline_family.text_hidden_states
+    text_layers = manifest.pipeline_family.text_outputs
     if options.get("channels_last"):  # NHWC convolutions: what cuDNN and oneDNN run fastest (the VAE's encoder shares its module)
         for name in ("unet", "vae_decoder"):
             if name in modules:
                 modules[name].to(memory_format=torch.channels_last)
-    components = {name: TorchComponent(m, forward_of(name, every), device, component_dtype(manifest, name, dtype), offload)
+    components = {name: TorchComponent(m, forward_of(name, text_layers), device, component_dtype(manifest, name, dtype), offload)
                   for name, m in modules.items()}
+    for name in manifest.pipeline_family.text_encoders:  # what a request may ask of them (Pipeline.clip_skip_layers)
+        if name in modules:
+            components[name].output_names = text_output_names(modules[name], text_layers)
     if setting:
         compile_components(components, setting)
     for name, component in components.items():  # what the bench's run settings show per component
@@ -250,11 +270,11 @@ def _lora_target(module: Any) -> Any:
     return module.unet if isinstance(module, DeepUNet) else module
 
 
-def forward_of(name: str, every_layer: bool = False) -> Callable:
-    """How the torch backend (and what exporters trace) calls a component: its FORWARDS entry, with
-    every layer's hidden state from text encoders when asked (the families that read one: SDXL)."""
-    if every_layer and name.startswith("text_encoder"):
+def forward_of(name: str, text_layers: str | None = None) -> Callable:
+    """How the torch backend (and what exporters trace) calls a component: its FORWARDS entry, text
+    encoders giving the layers their family reads (``text_layers``: Family.text_outputs)."""
+    if text_layers and name.startswith("text_encoder"):
         import functools
 
-        return functools.partial(_text_encoder, every_layer=True)
+        return functools.partial(_text_encoder, layers=text_layers)
     return FORWARDS[name]

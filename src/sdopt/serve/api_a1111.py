@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sdopt.runtime.schedulers import A1111_SAMPLERS
 from sdopt.serve import hires, inpaint_area, jobs as J
+from sdopt.serve.api_a1111_lists import CLIP_SKIP_SETTING, check_clip_skip
 from sdopt.serve.errors import RequestError
 from sdopt.serve.resize_modes import LATENT_UPSCALE, MODES, resize
 from sdopt.serve.submission import (LEVER_NAMES, cache_interval_field, check_spec, failure_status, guidance_end_field, random_seed, submit,
@@ -34,7 +35,7 @@ from sdopt.serve.images import decode_image, encode_png
 
 router = APIRouter(tags=["automatic1111"])
 
-A1111_NAMES = {"guidance_scale": "cfg_scale", "num_images": "batch_size", "scheduler": "sampler_name", "strength": "denoising_strength", "mask_image": "mask",
+A1111_NAMES = {"clip_skip": "override_settings", "guidance_scale": "cfg_scale", "num_images": "batch_size", "scheduler": "sampler_name", "strength": "denoising_strength", "mask_image": "mask",
                "init_image": "init_images", **LEVER_NAMES}
 
 
@@ -180,6 +181,9 @@ def ignored_fields(body: _Processing, scheduler: str | None) -> list[str]:
             if getattr(body, "enable_hr", False) and _schedule_unapplied(body.hr_scheduler, hires_scheduler(body, scheduler)):
                 out.append(name)
             continue
+        if name == "override_settings":  # by key: what is applied is not ignored
+            out += [f"override_settings.{key}" for key in sorted(body.override_settings or {}) if key not in CLIP_SKIP_SETTING]
+            continue
         if name == "eta":  # only DDIM and ancestral samplers read it in AUTOMATIC1111 (DDIM and TCD here)
             if body.eta is not None and scheduler in _ETA_FIXED and body.eta != _ETA_FIXED[scheduler]:
                 out.append(name)
@@ -260,13 +264,22 @@ def apply_infotext(body: _Processing) -> None:
     except SdoptError as exc:
         raise RequestError("infotext", f"infotext: {exc}") from None
     given = set(body.model_fields_set)
-    fields.pop("num_images", None)  # a batch drawn from one seed: this API draws each image from its own
+    fields.pop("num_images", None)
+    if "clip_skip" in fields:  # AUTOMATIC1111 maps "Clip skip" to this setting; the request's own override wins
+        body.override_settings = {CLIP_SKIP_SETTING: fields.pop("clip_skip"), **(body.override_settings or {})}  # a batch drawn from one seed: this API draws each image from its own
     for name, value in fields.items():
         field = A1111_NAMES.get(name, name)  # the sampler as sdopt's name (with its schedule type), which sampler_name takes
         if field not in given and field in type(body).model_fields:
             setattr(body, field, value)
     if isinstance(body, Txt2ImgRequest):  # a hires image's parameters: the hires fix again
         hires.from_parameters(body, parsed, given)
+
+
+def clip_skip(request: Request, body: _Processing) -> int:
+    """The request's Clip skip: its override_settings', else what POST /sdapi/v1/options set (1 until then), as AUTOMATIC1111."""
+    if CLIP_SKIP_SETTING in (body.override_settings or {}):
+        return check_clip_skip(body.override_settings[CLIP_SKIP_SETTING], "override_settings")
+    return request.app.state.clip_skip
 
 
 def _side(value: int | None) -> int:
@@ -284,6 +297,7 @@ def _spec(request: Request, body: _Processing, init=None, mask=None, strength: f
         width=_side(body.width), height=_side(body.height), scheduler=scheduler, eta=_eta(body, scheduler),
         init_image=init, mask_image=mask, strength=strength, cache_interval=body.sdopt_cache_interval, guidance_end=body.sdopt_guidance_end,
         prompt_emphasis=True,  # AUTOMATIC1111 reads every prompt's (word:1.2) ("Emphasis: Original", its default)
+        clip_skip=clip_skip(request, body),
     )
 
 

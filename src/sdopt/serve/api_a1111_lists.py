@@ -24,6 +24,18 @@ log = logging.getLogger("sdopt.serve")
 SAMPLERS = {a1111: ours for ours, (a1111, schedule) in A1111_SAMPLERS.items() if schedule is None}
 # Options POST /sdapi/v1/options takes without a change: the one model, and PNG (what every image is).
 _OPTIONS_HELD = {"sd_model_checkpoint", "samples_format", "sd_checkpoint_hash"}
+CLIP_SKIP_SETTING = "CLIP_stop_at_last_layers"  # Clip skip, which requests without their own override take
+
+
+def check_clip_skip(value: Any, field: str) -> int:
+    """A Clip skip as AUTOMATIC1111's setting takes it (its slider: 1 to 12), or a 422 naming where it came from."""
+    from sdopt.request import MAX_CLIP_SKIP
+
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_CLIP_SKIP:
+        raise RequestError(field, f"{CLIP_SKIP_SETTING}={value!r}: give an integer from 1 (the text encoder's last layer) to {MAX_CLIP_SKIP}")
+    return value
 
 
 @router.get("/sdapi/v1/sd-models")
@@ -67,20 +79,24 @@ def schedulers() -> list[dict[str, Any]]:
 
 @router.get("/sdapi/v1/options")
 def get_options(request: Request) -> dict[str, Any]:
-    return {"sd_model_checkpoint": _title(request), "samples_format": "png", "sd_checkpoint_hash": _model_hash(request)}
+    return {"sd_model_checkpoint": _title(request), "samples_format": "png", "sd_checkpoint_hash": _model_hash(request),
+            CLIP_SKIP_SETTING: request.app.state.clip_skip}
 
 
 @router.post("/sdapi/v1/options")
 def set_options(request: Request, body: dict[str, Any]) -> dict[str, Any]:
-    """Accepted for clients that set options before generating; this server has one model and no saved options, so
-    every other option (CLIP_stop_at_last_layers, eta_noise_seed_delta, ...) is listed in ``sdopt_ignored``."""
+    """Accepted for clients that set options before generating. CLIP_stop_at_last_layers (Clip skip) is kept, in this
+    process, for the requests that do not override it; this server has one model and PNG images; every other option
+    (eta_noise_seed_delta, ...) is listed in ``sdopt_ignored``."""
     name = request.app.state.model_name
     wanted = body.get("sd_model_checkpoint")
     if wanted not in (None, name, _title(request), _model_hash(request)):
         raise RequestError("sd_model_checkpoint", f"this server serves only {name!r}; start another `sdopt serve` for {wanted!r}")
     if body.get("samples_format") not in (None, "png"):
         raise RequestError("samples_format", f"samples_format={body['samples_format']!r}: this server answers with PNG images only")
-    ignored = sorted(set(body) - _OPTIONS_HELD)
+    if CLIP_SKIP_SETTING in body:
+        request.app.state.clip_skip = check_clip_skip(body[CLIP_SKIP_SETTING], CLIP_SKIP_SETTING)
+    ignored = sorted(set(body) - _OPTIONS_HELD - {CLIP_SKIP_SETTING})
     if ignored:
         log.warning("POST /sdapi/v1/options: not applied (sdopt serve has no such options): %s", ", ".join(ignored))
     return {"sdopt_ignored": ignored}

@@ -11,7 +11,7 @@ An edit is inpainting where OpenAI's mask is fully transparent (alpha 0) — the
 mask's, or the image's own when no mask is sent, as OpenAI reads it — and
 img2img of the whole image when nothing is transparent. sdopt's own fields
 (the SDK sends them with ``extra_body``): ``sdopt_seed``, ``sdopt_strength``
-(edits), ``sdopt_negative_prompt``, ``sdopt_prompt_emphasis`` (generations: AUTOMATIC1111's (word:1.2) weights), ``sdopt_cache_interval``, ``sdopt_guidance_end``, ``sdopt_steps`` and
+(edits), ``sdopt_negative_prompt``, ``sdopt_prompt_emphasis`` (generations: AUTOMATIC1111's (word:1.2) weights), ``sdopt_cache_interval``, ``sdopt_guidance_end``, ``sdopt_clip_skip`` (AUTOMATIC1111's Clip skip), ``sdopt_steps`` and
 ``sdopt_guidance_scale`` (by default the server's: ``sdopt serve --steps/--guidance``;
 it serves its ``--scheduler``).
 """
@@ -28,9 +28,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from sdopt.serve import image_links
 from sdopt.serve import jobs as J
 from sdopt.serve.errors import RequestError
-from sdopt.serve.submission import (LEVER_NAMES, cache_interval_field, default_size, failure_status, guidance_end_field, random_seed, submit, wait,
+from sdopt.serve.submission import (LEVER_NAMES, cache_interval_field, clip_skip_field, default_size, failure_status, guidance_end_field, random_seed, submit, wait,
                                     with_server_defaults)
-from sdopt.request import MAX_GUIDANCE, MAX_SEED
+from sdopt.request import MAX_CLIP_SKIP, MAX_GUIDANCE, MAX_SEED
 from sdopt.serve.images import encode_png, has_alpha, png_bytes, read_image
 from sdopt.serve.worker import IMAGES_KEPT
 
@@ -55,10 +55,12 @@ class ImageGeneration(BaseModel):
     sdopt_negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="what the image should not show (classifier-free guidance's other prompt)")
     sdopt_guidance_scale: float | None = Field(None, ge=0, le=MAX_GUIDANCE, description="None: the server's default (sdopt serve --guidance)")
     sdopt_prompt_emphasis: bool = Field(False, description="read AUTOMATIC1111's (word:1.2) weights in the prompts (default: plain text)")
+    sdopt_clip_skip: int = clip_skip_field()
 
 
 OPENAI_NAMES = {"num_images": "n", "width": "size", "height": "size", "seed": "sdopt_seed", "steps": "sdopt_steps",
-                "guidance_scale": "sdopt_guidance_scale", "negative_prompt": "sdopt_negative_prompt", **LEVER_NAMES}
+                "guidance_scale": "sdopt_guidance_scale", "negative_prompt": "sdopt_negative_prompt", "clip_skip": "sdopt_clip_skip",
+                **LEVER_NAMES}
 
 
 def _size(text: str | None, side: int) -> tuple[int, int]:
@@ -112,7 +114,7 @@ async def generations(request: Request, body: ImageGeneration) -> dict[str, Any]
     _check_model_and_format(request, body.model, body.response_format)
     width, height = _size(body.size, default_size(request.app.state.worker.pipeline))
     spec = J.JobSpec(prompt=body.prompt, negative_prompt=body.sdopt_negative_prompt, n=body.n or 1, prompt_emphasis=body.sdopt_prompt_emphasis,
-                     seed=body.sdopt_seed if body.sdopt_seed is not None else random_seed(),
+                     clip_skip=body.sdopt_clip_skip, seed=body.sdopt_seed if body.sdopt_seed is not None else random_seed(),
                      width=width, height=height, cache_interval=body.sdopt_cache_interval, guidance_end=body.sdopt_guidance_end,
                      **with_server_defaults(request.app.state.settings, body.sdopt_steps, body.sdopt_guidance_scale))
     return await _answer(request, spec, OPENAI_NAMES, body.response_format)
@@ -137,6 +139,7 @@ EDIT_FORM = {
         "sdopt_seed": {"type": "integer", "minimum": 0},
         "sdopt_cache_interval": {"type": "integer", "minimum": 1},
         "sdopt_guidance_end": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+        "sdopt_clip_skip": {"type": "integer", "minimum": 1, "maximum": MAX_CLIP_SKIP, "description": "AUTOMATIC1111's Clip skip (default 1)"},
         "sdopt_steps": {"type": "integer", "minimum": 1, "description": "default: the server's (sdopt serve --steps)"},
         "sdopt_negative_prompt": {"type": "string", "maxLength": MAX_PROMPT_CHARS},
         "sdopt_guidance_scale": {"type": "number", "minimum": 0, "maximum": MAX_GUIDANCE, "description": "default: the server's (sdopt serve --guidance)"},
@@ -225,6 +228,7 @@ async def edits(request: Request) -> dict[str, Any]:
                      strength=strength if strength is not None else MASKED_STRENGTH if mask is not None else WHOLE_IMAGE_STRENGTH,
                      cache_interval=_number(form, "sdopt_cache_interval", int, low=1),
                      guidance_end=_number(form, "sdopt_guidance_end", float, high=1, above=0),
+                     clip_skip=_number(form, "sdopt_clip_skip", int, low=1, high=MAX_CLIP_SKIP) or 1,
                      **with_server_defaults(settings, _number(form, "sdopt_steps", int, low=1),
                                             _number(form, "sdopt_guidance_scale", float, low=0, high=MAX_GUIDANCE)))
     return await _answer(request, spec, EDIT_NAMES, response_format if isinstance(response_format, str) else None)

@@ -38,6 +38,7 @@ class JobSpec:
     guidance_end: float | None = None  # truncated guidance; None: the artifact's default
     loras: dict[str, float] | None = None  # LoRA file -> weight, from the prompt's <lora:NAME:W> tags (serve/loras.py)
     prompt_emphasis: bool = False  # AUTOMATIC1111's (word:1.2) (sdopt.runtime.emphasis): its API's jobs have it
+    clip_skip: int = 1  # AUTOMATIC1111's Clip skip (GenerateRequest.clip_skip)
     text_chunks: int = 1  # with emphasis, the 75-token chunks its prompt or negative needs (set at submission)
 
     @property
@@ -49,7 +50,8 @@ class JobSpec:
         # A job without a negative prompt never shares a call with one that has it: an SDXL call with any negative
         # prompt encodes "" for the others, alone they get zeros.
         key = (self.width, self.height, self.steps, self.scheduler, self.eta, float(self.guidance_scale), self.cache_interval, self.guidance_end,
-               tuple(sorted((self.loras or {}).items())), bool(self.negative_prompt), self.prompt_emphasis, self.text_chunks)
+               tuple(sorted((self.loras or {}).items())), bool(self.negative_prompt), self.prompt_emphasis, self.text_chunks,
+               self.clip_skip)
         if self.init_image is None:
             return ("text", *key)
         # img2img and inpainting share a call only with their own kind, at the same strength.
@@ -86,6 +88,7 @@ def generate_request(specs: list[JobSpec]):
         guidance_scale=first.guidance_scale, height=first.height, width=first.width, scheduler=first.scheduler, eta=first.eta,
         init_image=per_row("init_image"), mask_image=per_row("mask_image"), strength=first.strength,
         cache_interval=first.cache_interval, guidance_end=first.guidance_end, loras=first.loras, prompt_emphasis=first.prompt_emphasis,
+        clip_skip=first.clip_skip,
     )
 
 

@@ -29,6 +29,12 @@ def guidance_end_field() -> Any:
     return Field(None, gt=0, le=1, description="truncated guidance: the fraction of the steps that run guided (1: all); None: the artifact's default")
 
 
+def clip_skip_field() -> Any:
+    from sdopt.request import MAX_CLIP_SKIP
+
+    return Field(1, ge=1, le=MAX_CLIP_SKIP, description="AUTOMATIC1111's Clip skip: the text encoder's last layer but N-1 (1: the last; 2: the penultimate)")
+
+
 LEVER_NAMES = {"cache_interval": "sdopt_cache_interval", "guidance_end": "sdopt_guidance_end"}
 
 
