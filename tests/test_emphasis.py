@@ -184,3 +184,41 @@ def test_a_long_prompt_batches_only_with_prompts_as_long(tiny_pipeline):
         alone = tiny_pipeline.generate(GenerateRequest(prompt=prompt, seed=seed, seeds=[seed], steps=4, height=64, width=64, prompt_emphasis=True))
         diff = np.abs(np.asarray(job.images[0], dtype=np.int16) - np.asarray(alone.images[0], dtype=np.int16)).max()
         assert diff <= 1, f"{prompt[:20]}: batched differs from alone by {diff} levels"
+
+
+# AUTOMATIC1111's BREAK: a run of its own (its marker, weight -1), the spaces around it gone; a word in capitals only.
+BREAKS = [
+    ("a BREAK b", [("a", 1.0), ("BREAK", -1.0), ("b", 1.0)]),
+    ("BREAK a", [("", 1.0), ("BREAK", -1.0), ("a", 1.0)]),
+    ("a BREAK BREAK b", [("a", 1.0), ("BREAK", -1.0), ("", 1.0), ("BREAK", -1.0), ("b", 1.0)]),
+    ("BREAKfast, a break", [("BREAKfast, a break", 1.0)]),
+    ("(a BREAK b:1.2)", [("a", 1.2), ("BREAK", -1.0), ("b", 1.2)]),  # still a BREAK in brackets (AUTOMATIC1111: the text "BREAK")
+]
+
+
+@pytest.mark.parametrize("text,expected", BREAKS)
+def test_break_parses_as_automatic1111s_marker(text, expected):
+    assert parse(text) == expected
+
+
+def test_break_starts_a_new_chunk(tiny_pipeline, monkeypatch):
+    """Each part before and after a BREAK is a chunk of its own, encoded alone (an empty one too, as AUTOMATIC1111's
+    next_chunk); a BREAK at the end adds none; an artifact built for 77 tokens reads the part before the first."""
+    from sdopt.runtime.emphasis import chunks
+
+    tokenizer = tiny_pipeline.tokenizer
+    fox, snow = (tokenizer(t, add_special_tokens=False).input_ids for t in ("a red fox", "in the snow"))
+    assert [ids for ids, _ in chunks(tokenizer, "a red fox BREAK in the snow")] == [fox, snow]
+    assert [ids for ids, _ in chunks(tokenizer, "BREAK a red fox BREAK")] == [[], fox]
+    assert [ids for ids, _ in chunks(tokenizer, "a red fox BREAK BREAK in the snow")] == [fox, [], snow]
+
+    hidden = tiny_pipeline.encode_prompts(_request("a red fox BREAK in the snow", guidance_scale=1.0, prompt_emphasis=True))["encoder_hidden_states"]
+    alone = [tiny_pipeline.encode_prompts(_request(t, guidance_scale=1.0, prompt_emphasis=True))["encoder_hidden_states"] for t in ("a red fox", "in the snow")]
+    np.testing.assert_array_equal(hidden, np.concatenate(alone, axis=1))
+    # Without emphasis BREAK is text, as in Diffusers.
+    plain = tiny_pipeline.encode_prompts(_request("a red fox BREAK in the snow", guidance_scale=1.0))["encoder_hidden_states"]
+    assert plain.shape[1] == 77 and not np.array_equal(plain, alone[0])
+
+    monkeypatch.setattr(type(tiny_pipeline), "max_prompt_chunks", property(lambda self: 1))  # as a static-shape artifact
+    cut = tiny_pipeline.encode_prompts(_request("a red fox BREAK in the snow", guidance_scale=1.0, prompt_emphasis=True))["encoder_hidden_states"]
+    np.testing.assert_array_equal(cut, alone[0])

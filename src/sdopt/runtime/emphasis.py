@@ -12,7 +12,9 @@ A prompt longer than the text encoder's 77 tokens is encoded as AUTOMATIC1111 en
 (each with its own BOS and EOS, broken after a comma near a chunk's end), their hidden states joined along the
 tokens; the prompt and its negative get as many chunks (the shorter padded with empty ones). An artifact built for
 77 tokens (static OpenVINO shapes, TensorRT profiles) reads the first chunk, cut as Diffusers cuts, with a warning;
-beyond MAX_CHUNKS the rest is cut. Not AUTOMATIC1111's: ``BREAK`` is text.
+beyond MAX_CHUNKS the rest is cut. ``BREAK`` (the word, in capitals) ends a chunk there and starts the next, as in
+AUTOMATIC1111 (the spaces around it go with it); inside brackets it still does, where AUTOMATIC1111 would weigh the
+marker and read the word as text.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ COMMA_BACKTRACK = 20  # AUTOMATIC1111's default: how far back from a full chunk'
 MAX_CHUNKS = 8  # 600 tokens: far past any prompt written to be read, and a bound on what one request costs
 # An escaped bracket or backslash, an opening bracket, ":WEIGHT)" closing a round bracket, a closing bracket, text, a lone colon.
 _TOKENS = re.compile(r"\\\(|\\\)|\\\[|\\]|\\\\|\\|\(|\[|:\s*([+-]?[.\d]+)\s*\)|\)|]|[^\\()\[\]:]+|:")
+BREAK = ("BREAK", -1.0)  # parse's run for a BREAK (AUTOMATIC1111's marker)
+_BREAK = re.compile(r"\s*\bBREAK\b\s*", re.S)
+_BREAK_ID = -1  # _tokens' id for a BREAK: no token has it
 
 
 def _is_number(text: str) -> bool:
@@ -47,7 +52,8 @@ def parse(text: str) -> list[tuple[str, float]]:
 
     def weigh_from(start: int, factor: float) -> None:
         for run in runs[start:]:
-            run[1] *= factor
+            if tuple(run) != BREAK:
+                run[1] *= factor
 
     for match in _TOKENS.finditer(text):
         token, weight = match.group(0), match.group(1)
@@ -63,15 +69,17 @@ def parse(text: str) -> list[tuple[str, float]]:
             weigh_from(round_open.pop(), ROUND)
         elif token == "]" and square_open:
             weigh_from(square_open.pop(), SQUARE)
-        else:
-            runs.append([token, 1.0])
+        else:  # text, a BREAK in it a run of its own
+            for i, part in enumerate(_BREAK.split(token)):
+                runs += [list(BREAK)] if i else []
+                runs.append([part, 1.0])
     for start in round_open:
         weigh_from(start, ROUND)
     for start in square_open:
         weigh_from(start, SQUARE)
     merged: list[list[Any]] = []
     for text_run, weight in runs:
-        if merged and merged[-1][1] == weight:
+        if merged and merged[-1][1] == weight and BREAK not in (tuple(merged[-1]), (text_run, weight)):  # a BREAK stays one
             merged[-1][0] += text_run
         else:
             merged.append([text_run, weight])
@@ -83,6 +91,10 @@ def _tokens(tokenizer: Any, text: str) -> tuple[list[int], list[float]]:
     ids: list[int] = []
     weights: list[float] = []
     for run, weight in parse(text):
+        if (run, weight) == BREAK:
+            ids.append(_BREAK_ID)
+            weights.append(1.0)
+            continue
         tokens = tokenizer(run, add_special_tokens=False).input_ids if run else []
         ids += tokens
         weights += [weight] * len(tokens)
@@ -99,6 +111,10 @@ def chunks(tokenizer: Any, text: str) -> list[tuple[list[int], list[float]]]:
     chunk_weights: list[float] = []
     last_comma = -1
     for token, weight in zip(ids, weights):
+        if token == _BREAK_ID:  # the chunk ends here, however short (an empty one too, as AUTOMATIC1111's)
+            done.append((chunk_ids, chunk_weights))
+            chunk_ids, chunk_weights, last_comma = [], [], -1
+            continue
         if token == comma:
             last_comma = len(chunk_ids)
         elif len(chunk_ids) == CHUNK and last_comma != -1 and len(chunk_ids) - last_comma <= COMMA_BACKTRACK:
@@ -115,13 +131,20 @@ def chunks(tokenizer: Any, text: str) -> list[tuple[list[int], list[float]]]:
     return done
 
 
+def _first_tokens(tokenizer: Any, text: str, most: int) -> tuple[list[int], list[float]]:
+    """The text's first ``most`` tokens before any BREAK (the one chunk an artifact built for 77 tokens reads)."""
+    ids, weights = _tokens(tokenizer, text)
+    end = min(ids.index(_BREAK_ID) if _BREAK_ID in ids else len(ids), most)
+    return ids[:end], weights[:end]
+
+
 def weighted_ids(tokenizer: Any, texts: list[str], max_chunks: int | None = 1) -> tuple[np.ndarray, np.ndarray]:
     """Token ids and each token's weight (1 for BOS, EOS and padding), a row per text of as many chunks of the
     tokenizer's length (77: BOS, CHUNK tokens, EOS, padding) as the longest text needs, at most ``max_chunks``
     (None: no limit); a text of fewer chunks is padded with empty ones, as AUTOMATIC1111 pads the shorter of a
     prompt and its negative. With one chunk, a text longer than it is cut, as Diffusers cuts it."""
     length = tokenizer.model_max_length
-    per_text = [chunks(tokenizer, text) if max_chunks != 1 else [tuple(x[: length - 2] for x in _tokens(tokenizer, text))] for text in texts]
+    per_text = [chunks(tokenizer, text) if max_chunks != 1 else [_first_tokens(tokenizer, text, length - 2)] for text in texts]
     count = min(max(len(c) for c in per_text), max_chunks or MAX_CHUNKS)
     all_ids, all_weights = [], []
     for text_chunks in per_text:
