@@ -80,3 +80,43 @@ def test_inspect_text_names_backend_components_and_sizes(tiny_model):
     text = format_description(describe(tiny_model))
     for word in ("backend    torch", "precision  fp32", "unet", "text_encoder", "vae_decoder", "MiB", "fingerprint"):
         assert word in text
+
+
+def test_a_file_is_hashed_once_while_it_is_unchanged(tiny_model, tmp_path, monkeypatch):
+    """sdopt.hash_records: the second verification of a settled, unchanged artifact reads the recorded hashes; a file
+    rewritten in place (same size) is hashed again and refused; a file changed just before its hash is not recorded."""
+    import time
+
+    from sdopt import hash_records
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model, copy)
+    hashed = []
+    real = hash_records.sha256_file
+    monkeypatch.setattr(hash_records, "sha256_file", lambda path: hashed.append(path) or real(path))
+    manifest = read_manifest(copy)
+    files = sum(len(c.files) for c in manifest.components.values())
+    shared = len({f.path for c in manifest.components.values() for f in c.files})  # the VAE's file serves two components
+
+    manifest.verify_files(copy)  # just written: hashed, not recorded (it may change again within its timestamps' tick)
+    manifest.verify_files(copy)
+    assert len(hashed) == 2 * shared and shared <= files
+
+    monkeypatch.setattr(hash_records, "HASH_SETTLE_S", 0.0)
+    time.sleep(0.05)  # past the file system's timestamp tick
+    hashed.clear()
+    manifest.verify_files(copy)
+    manifest.verify_files(copy)
+    assert len(hashed) == shared  # the second time: every hash from its record
+
+    weights = copy / "unet" / "diffusion_pytorch_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # the same size, one byte changed
+    weights.write_bytes(bytes(data))
+    with pytest.raises(SdoptError, match="does not match the sha256 recorded"):
+        manifest.verify_files(copy)
+
+    monkeypatch.setenv("SDOPT_CACHE_DIR", str(tmp_path / "file-not-folder"))
+    (tmp_path / "file-not-folder").write_text("x")  # an unusable cache folder: hashed every time, never an error
+    shutil.copy(tiny_model / "unet" / "diffusion_pytorch_model.safetensors", weights)
+    manifest.verify_files(copy)

@@ -19,6 +19,7 @@ from typing import Any
 
 from sdopt.errors import SdoptError
 from sdopt.fsutil import INCOMPLETE_MARKER, read_json, sha256_file
+from sdopt.hash_records import recorded_sha256
 
 MANIFEST_NAME = "sdopt.json"
 SCHEMA_VERSION = 1
@@ -137,8 +138,9 @@ class Manifest:
         return fingerprint_of(self.components)[:12]
 
     def verify_files(self, folder: str | Path) -> None:
-        """Check that every listed file exists and matches its recorded sha256, that nothing unlisted is
-        beside them, and that the tokenizer and scheduler folders are there.
+        """Check that every listed file exists and matches its recorded sha256 (hashed once while the file stays
+        unchanged: sdopt.hash_records), that nothing unlisted is beside them, and that the tokenizer and scheduler
+        folders are there.
 
         A file in a component folder that the manifest does not list would be
         loaded unchecked (a weights file whose entry was removed): refused.
@@ -162,7 +164,7 @@ class Manifest:
                     raise SdoptError(f"{path} is listed in {MANIFEST_NAME} for {name} but missing: the artifact is incomplete; export it again")
                 if f.sha256 is None or f.path in checked:
                     continue
-                if sha256_file(path) != f.sha256:
+                if recorded_sha256(path) != f.sha256:  # hashed once while the file is unchanged (sdopt.hash_records)
                     raise SdoptError(
                         f"{path} does not match the sha256 recorded in {MANIFEST_NAME}: the file was changed "
                         "or corrupted after export; export the artifact again"

@@ -1,0 +1,70 @@
+"""A file's sha256, hashed once while the file stays the same file, unchanged.
+
+Loading an artifact checks every file against the sha256 its manifest records
+(Manifest.verify_files). Hashing runs at well under 1 GB/s on a busy CPU core,
+so SD 1.5's 4 GB of fp32 weights cost seconds and SDXL's 14 GB tens of seconds
+on every `sdopt generate`, every bench worker and every server start. Instead,
+as git's index does, a hash is recorded in the user's cache folder with the file's
+identity and change stamps (device, inode, size, modification and change time)
+and read back while they are all the same. Any write to the file, or its
+replacement by another file, changes one of them; the change time cannot be set
+back by a user. A file changed within HASH_SETTLE_S of its hashing is never
+recorded (git's "racy" rule): a write within the file system's timestamp tick
+after the hash could leave the stamps as they were.
+
+The record is a convenience, never a condition: an unreadable, stale or
+unwritable record means the file is hashed again, and a load never fails
+because of one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+from sdopt.fsutil import sha256_file, user_cache_dir
+
+HASH_SETTLE_S = 2.0  # a file changed more recently than this before its hash started is not recorded
+RECORDS = "verified-hashes"  # the folder under the user's cache folder
+
+
+def _stamps(stat: os.stat_result) -> list[int]:
+    return [stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
+
+
+def _record_path(path: Path) -> Path:
+    return user_cache_dir() / RECORDS / (hashlib.sha256(str(path).encode()).hexdigest()[:40] + ".json")
+
+
+def recorded_sha256(path: str | Path) -> str:
+    """The sha256 of the file at ``path``: its record's while the file's stamps are the recorded ones, else hashed
+    now (and recorded when the file had settled before the hash and did not change during it)."""
+    path = Path(path).resolve()
+    stamps = _stamps(path.stat())
+    record_path = _record_path(path)
+    try:
+        record = json.loads(record_path.read_text())
+        if record["path"] == str(path) and record["stamps"] == stamps and len(record["sha256"]) == 64:
+            return str(record["sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    started = time.time_ns()
+    digest = sha256_file(path)
+    settled = stamps[4] < started - int(HASH_SETTLE_S * 1e9) and stamps[3] < started - int(HASH_SETTLE_S * 1e9)
+    if settled and _stamps(path.stat()) == stamps:
+        _write(record_path, {"path": str(path), "stamps": stamps, "sha256": digest})
+    return digest
+
+
+def _write(record_path: Path, record: dict) -> None:
+    """The record, written whole or not at all (renamed into place); nothing when the cache folder is not writable."""
+    try:
+        record_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = record_path.with_name(f".{record_path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, record_path)
+    except OSError:
+        pass
