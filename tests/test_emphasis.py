@@ -55,9 +55,10 @@ def test_a_prompt_without_the_syntax_is_the_same_prompt(tiny_pipeline):
 
 
 def _weighted_by_hand(hidden: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """AUTOMATIC1111's formula for one row: z * w, then z * (mean before / mean after)."""
+    """AUTOMATIC1111's formula for one row: z * w, then z * (mean before / mean after) — where the means are not
+    rounding noise (the toys' final layer norm has no bias: see test_a_mean_that_is_noise_is_not_scaled_back)."""
     scaled = hidden * weights[:, None]
-    return scaled * (hidden.mean() / scaled.mean())
+    return scaled * (hidden.mean() / scaled.mean()) if abs(hidden.mean()) > 1e-3 * np.abs(scaled).mean() else scaled
 
 
 def test_weights_scale_the_tokens_hidden_states_and_keep_the_rows_mean(tiny_pipeline):
@@ -80,6 +81,25 @@ def test_weights_scale_the_tokens_hidden_states_and_keep_the_rows_mean(tiny_pipe
     off = tiny_pipeline.generate(_request("a (red:1.5) fox"))
     on = tiny_pipeline.generate(_request("a (red:1.5) fox", prompt_emphasis=True))
     assert not np.array_equal(off.latents, on.latents)
+
+
+def test_a_mean_that_is_noise_is_not_scaled_back():
+    """weigh() scales a weighted row back to its mean as AUTOMATIC1111 does, float for float — unless either mean is
+    rounding noise next to the row's values (the toys' text encoders: ~1e-9 of them), where the ratio would scale the
+    row by noise, and differently on each backend; such a row is weighted only."""
+    from sdopt.runtime.emphasis import weigh
+
+    rng = np.random.default_rng(0)
+    weights = np.ones((2, 6), dtype=np.float32)
+    weights[:, 2] = 1.5
+    trained = rng.standard_normal((1, 6, 8)).astype(np.float32) + 0.3  # a mean well away from zero, as a trained encoder's
+    centred = trained - trained.mean()  # a mean of rounding noise
+    out = weigh({"last_hidden_state": np.concatenate([trained, centred]), "pooler_output": np.ones((2, 8), np.float32)}, weights)
+    hidden = out["last_hidden_state"]
+    scaled = trained[0] * weights[0][:, None]
+    np.testing.assert_array_equal(hidden[0], scaled * (trained[0].mean() / scaled.mean()))
+    np.testing.assert_array_equal(hidden[1], centred[0] * weights[1][:, None])
+    assert np.array_equal(out["pooler_output"], np.ones((2, 8), np.float32))
 
 
 def test_sdxl_weights_both_encoders_and_leaves_the_pooled_embedding(sdxl_tiny):

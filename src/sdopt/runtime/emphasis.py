@@ -167,9 +167,16 @@ def encode(encoder: Any, ids: np.ndarray, weights: np.ndarray, length: int) -> d
     return {name: np.concatenate([p[name] for p in parts], axis=1) if value.ndim == 3 else value for name, value in parts[0].items()}
 
 
+# Below this |mean| / mean(|value|) the row's mean is rounding noise (a text encoder whose final layer norm has no bias:
+# sdopt's random-weight toys), and its ratio to the weighted row's would scale the row by noise — by a different noise on
+# each backend. Such a row is weighted and not scaled back. A trained encoder's rows sit far above (its norm's bias).
+MEAN_FLOOR = 1e-3
+
+
 def weigh(outputs: dict[str, np.ndarray], weights: np.ndarray) -> dict[str, np.ndarray]:
     """A text encoder's outputs with every per-token one ([rows, tokens, width]) weighted token by token and each
-    row scaled back to its mean; rows whose weights are all 1 and pooled outputs as they were."""
+    row scaled back to its mean (unless the mean is noise: MEAN_FLOOR); rows whose weights are all 1 and pooled
+    outputs as they were."""
     rows = ~np.all(weights == 1.0, axis=1)
     if not rows.any():
         return outputs
@@ -181,6 +188,8 @@ def weigh(outputs: dict[str, np.ndarray], weights: np.ndarray) -> dict[str, np.n
         for row in np.flatnonzero(rows):
             before = value[row].mean()
             scaled = value[row] * weights[row][:, None]
-            weighted[row] = scaled * (before / scaled.mean())
+            after = scaled.mean()
+            noise = min(abs(before), abs(after)) < MEAN_FLOOR * float(np.abs(scaled).mean())
+            weighted[row] = scaled if noise else scaled * (before / after)
         out[name] = weighted
     return out
