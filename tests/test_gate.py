@@ -99,6 +99,19 @@ def test_failed_artifact_fails(report):
     assert gate(failed, RULES).exit_code == 1
 
 
+def test_a_number_the_baseline_lacks_is_missing_not_skipped(report):
+    """The baseline ran the artifact but its latency, PSNR and memory are gone (an older or edited report): the gate
+    cannot judge the current report's 3x slower, bigger, worse run, and says so (exit 2), never PASS."""
+    base = json.loads(json.dumps(report))
+    onnx = next(a for a in base["artifacts"] if a["name"] == "tiny-onnx")
+    del onnx["latency_s"]["median"], onnx["quality"]["psnr_db"], onnx["peak_memory_bytes"]
+    worse = derived(report, **{"tiny-onnx": {"latency_s.median": lambda v: 3 * v, "quality.psnr_db": 40.0,
+                                             "peak_memory_bytes": lambda v: 2 * v}})
+    result = gate(worse, RULES, baseline=base)
+    missing = {c.metric for c in result.checks if c.artifact == "tiny-onnx" and c.verdict == "MISSING"}
+    assert result.exit_code == 2 and {"latency.median", "peak_memory", "quality.psnr_db"} <= missing, table(result)
+
+
 def test_artifact_missing_from_the_current_report_fails(report):
     partial = json.loads(json.dumps(report))
     partial["artifacts"] = [a for a in partial["artifacts"] if a["name"] != "tiny-onnx"]

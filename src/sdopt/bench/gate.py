@@ -252,6 +252,8 @@ def gate(current: dict, rules_table: dict[str, Any], baseline: dict | None = Non
             base_value = metric_value(rule.metric, base, baseline) if base is not None else None
             if base is not None and base.get("status") != "ok":
                 base_value = None  # nothing to compare with: the baseline's run of it failed
+            elif base is not None and base_value is None:
+                base_value = "absent"  # the baseline ran it and lacks the number: MISSING, never a silent pass
             noise = None
             if rule.metric in ("latency.median", "latency.p90") and _number(base_value):
                 noise = math.hypot(ratio_noise(artifact, current), ratio_noise(base, baseline))
