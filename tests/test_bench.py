@@ -1,6 +1,7 @@
 """The bench on the tiny model: one real run shared by the report and gate tests."""
 
 import json
+import re
 import shutil
 
 import pytest
@@ -125,6 +126,21 @@ def test_every_profile_parses_with_gate_rules():
         profile = load_profile(name)
         assert profile.device in ("cpu", "cuda") and profile.artifacts
         assert parse_rules(profile.gate)
+
+
+@pytest.mark.parametrize("body,message", [
+    ('[bench]\nstep = 1\n', "[bench] has no key 'step' (did you mean 'steps'?)"),
+    ('[[artifacts]]\nname = "q"\nquantise = "int8"\n', "[[artifacts]] 'q' has no key 'quantise' (did you mean 'quantize'?)"),
+    ('[[artifacts]]\nquantize = "int8"\n', "[[artifacts]] entry 1 has no name"),
+    ('requires_avx = ["avx512f"]\n', "the profile has no key 'requires_avx'"),
+])
+def test_a_profile_key_sdopt_does_not_know_is_refused(tmp_path, body, message):
+    """A typo in a profile was silently ignored: [bench] step = 1 benched 4 steps, an artifact's quantise = "int8"
+    benched the checkpoint itself (and was missing from the report)."""
+    path = tmp_path / "typo.toml"
+    path.write_text('name = "typo"\ndevice = "cpu"\n' + body)
+    with pytest.raises(SdoptError, match=re.escape(message)):
+        load_profile(str(path))
 
 
 def test_empty_prompt_file_is_refused(tmp_path):

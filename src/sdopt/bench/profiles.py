@@ -97,6 +97,12 @@ def load_profile(name_or_path: str) -> HardwareProfile:
     missing = [k for k in ("name", "device") if k not in data]
     if missing:
         raise SdoptError(f"{path} lacks {', '.join(missing)}: every profile names itself and its device")
+    _known_keys(data, PROFILE_KEYS, path, "the profile")
+    _known_keys(data.get("bench", {}), BENCH_KEYS, path, "[bench]")
+    for index, entry in enumerate(data.get("artifacts", [])):
+        if not isinstance(entry, dict) or "name" not in entry:
+            raise SdoptError(f"{path}: [[artifacts]] entry {index + 1} has no name: every entry is a table with name = \"...\"")
+        _known_keys(entry, ARTIFACT_KEYS, path, f"[[artifacts]] {entry['name']!r}")
     return HardwareProfile(
         name=data["name"],
         description=data.get("description", ""),
@@ -111,6 +117,26 @@ def load_profile(name_or_path: str) -> HardwareProfile:
         resources=_resources_table(data.get("resources", {}), path),
         path=str(path),
     )
+
+
+# What a profile may say (src/sdopt/profiles/README.md): a key outside these is a typo that would be silently ignored
+# ([bench] step = 1 benching 4 steps; an artifact's quantise = "int8" benching the checkpoint itself).
+PROFILE_KEYS = {"name", "description", "device", "precisions", "backends", "bench", "artifacts", "gate", "requires_isa", "run", "resources"}
+BENCH_KEYS = {*BENCH_DEFAULTS, "max_seconds"}
+ARTIFACT_KEYS = {"name", "reference", "backend", "precision", "export", "quantize", "from", "static", "vae_decoder", "distill",
+                 "guidance_end", "compile", "options", "components"}
+
+
+def _known_keys(table: Any, known: set[str], path: Path, where: str) -> None:
+    if not isinstance(table, dict):
+        raise SdoptError(f"{path}: {where} must be a table")
+    unknown = sorted(set(table) - known)
+    if unknown:
+        import difflib
+
+        near = difflib.get_close_matches(unknown[0], known, n=1)
+        raise SdoptError(f"{path}: {where} has no key {unknown[0]!r}" + (f" (did you mean {near[0]!r}?)" if near else "")
+                         + f"; its keys are {', '.join(sorted(known))} (src/sdopt/profiles/README.md)")
 
 
 def _run_tables(run: Any, path: Path) -> dict[str, dict[str, Any]]:
