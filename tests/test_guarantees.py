@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -332,3 +333,38 @@ def test_a_mistyped_local_path_is_not_sent_to_the_hub(tmp_path, capsys, monkeypa
     assert main(["inspect", "x/onnx2"]) == 2
     err = capsys.readouterr().err
     assert "x/onnx2 does not exist" in err and "hub" not in err.split("does not exist")[0]
+
+
+def test_an_empty_output_folder_that_cannot_move_is_filled_in_place(tmp_path, monkeypatch):
+    """A container's volume (a mount point) or an immutable folder cannot be renamed: an export onto it, empty, fills it
+    entry by entry (it failed with a traceback after all the work, the artifact hidden in .NAME.tmp-*); onto one that
+    holds files, the error says where the finished output is kept."""
+    import errno
+
+    from sdopt import fsutil
+
+    real = os.replace
+
+    def busy(src, dst):
+        if Path(src).name in ("mounted", "full"):
+            raise OSError(errno.EBUSY, "Device or resource busy")
+        return real(src, dst)
+
+    monkeypatch.setattr(fsutil.os, "replace", busy)
+    mounted = tmp_path / "mounted"
+    mounted.mkdir()
+    with fsutil.atomic_output_dir(mounted) as folder:
+        (folder / "sub").mkdir()
+        (folder / "sub" / "weights.bin").write_bytes(b"w")
+        (folder / "sdopt.json").write_text("{}")
+    assert sorted(p.relative_to(mounted).as_posix() for p in mounted.rglob("*")) == [fsutil.WRITTEN_LIST, "sdopt.json", "sub", "sub/weights.bin"]
+    assert [p.name for p in tmp_path.iterdir()] == ["mounted"]  # no temporary folder left
+
+    full = tmp_path / "full"
+    with fsutil.atomic_output_dir(full) as folder:
+        (folder / "a").write_text("1")
+    with pytest.raises(SdoptError, match=r"cannot replace .*full: Device or resource busy .* kept in .*\.full\.tmp-"):
+        with fsutil.atomic_output_dir(full, force=True) as folder:
+            (folder / "a").write_text("2")
+    kept = next(tmp_path.glob(".full.tmp-*"))
+    assert (kept / "a").read_text() == "2" and (full / "a").read_text() == "1"

@@ -283,11 +283,33 @@ def atomic_output_dir(out: str | Path, force: bool = False, inputs: tuple[str | 
     if out.exists():
         # --force: move the old folder aside first, so a crash here never loses both.
         old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / out.name)
+        try:
+            os.replace(out, old / out.name)
+        except OSError as exc:  # a mount point (a container's volume), an immutable folder: it cannot move
+            shutil.rmtree(old, ignore_errors=True)
+            _fill_in_place(tmp, out, exc)
+            return
         os.replace(tmp, out)
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, out)
+
+
+def _fill_in_place(tmp: Path, out: Path, why: OSError) -> None:
+    """The finished ``tmp`` into ``out``, which cannot be renamed (``why``): moved in entry by entry when ``out`` is
+    empty, under the marker that keeps a half-moved folder from being read as an artifact; else an error that says
+    where the finished output is (nothing is lost)."""
+    kept = f"the finished output is kept in {tmp}: move its contents there yourself, or choose another output path"
+    if any(out.iterdir()):
+        raise SdoptError(f"cannot replace {out}: {why.strerror} (it cannot be moved aside); {kept}") from why
+    try:
+        (out / INCOMPLETE_MARKER).write_text(f"an sdopt command was moving its output here and did not finish: pid {os.getpid()} host {socket.gethostname()}\n")
+    except OSError as exc:
+        raise SdoptError(f"cannot write into {out}: {exc.strerror}; {kept}") from exc
+    for child in sorted(tmp.iterdir()):
+        shutil.move(str(child), str(out / child.name))  # a rename, or a copy where out is another file system
+    (out / INCOMPLETE_MARKER).unlink()
+    tmp.rmdir()
 
 
 def _apply_umask(folder: Path) -> None:
