@@ -187,6 +187,43 @@ def test_a_folder_without_sdopt_json_says_once_that_it_is_unverified(model_copy)
     assert sum("loaded unverified" in str(w.message) for w in caught) == 1
 
 
+def test_a_damaged_folder_without_sdopt_json_is_one_clear_error(model_copy, tiny_onnx_artifact, tmp_path, capsys):
+    """Nothing records the hashes of a plain Diffusers or Optimum folder, so damage shows only when it loads: a truncated
+    weights file, a missing config.json, a truncated graph each give one line naming the file (they were tracebacks)."""
+    (model_copy / "sdopt.json").unlink()
+    weights = model_copy / "unet" / "diffusion_pytorch_model.safetensors"
+    kept = weights.read_bytes()
+    weights.write_bytes(kept[:1000])
+    assert main(["generate", str(model_copy), "-p", "x", *FAST, "-o", str(tmp_path / "a.png")]) == 2
+    assert "cannot load unet from" in capsys.readouterr().err
+    weights.write_bytes(kept)
+    (model_copy / "text_encoder" / "config.json").unlink()
+    with pytest.raises(SdoptError, match="cannot load text_encoder: .*text_encoder has no config.json"):
+        sdopt.load(model_copy)
+
+    onnx = tmp_path / "onnx"
+    shutil.copytree(tiny_onnx_artifact, onnx)
+    (onnx / "sdopt.json").unlink()
+    (onnx / ".sdopt-files").unlink()
+    graph = onnx / "unet" / "model.onnx"
+    graph.write_bytes(graph.read_bytes()[:100_000])
+    with pytest.raises(SdoptError, match="cannot read .*unet/model.onnx: not a complete ONNX graph"):
+        sdopt.load(onnx)
+
+
+def test_a_folder_of_fp16_variant_weights_loads(model_copy, tiny_pipeline):
+    """The Hub's variant layout (NAME.fp16.safetensors and no plain file) is read as Diffusers reads it with variant="fp16"."""
+    (model_copy / "sdopt.json").unlink()
+    for folder in ("unet", "vae"):
+        weights = model_copy / folder / "diffusion_pytorch_model.safetensors"
+        weights.rename(weights.with_name("diffusion_pytorch_model.fp16.safetensors"))
+    request = GenerateRequest(**SMALL)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        image = sdopt.load(model_copy).generate(request).images[0]
+    assert np.array_equal(np.asarray(image), np.asarray(tiny_pipeline.generate(request).images[0]))  # the same weights, renamed
+
+
 # --- 5. non-finite and out-of-range numbers; broken images are flagged, not saved -----------------
 @pytest.mark.parametrize("value", ["inf", "nan", "-inf", "1e9"])
 def test_non_finite_or_huge_guidance_is_refused_before_any_work(tiny_model, tmp_path, capsys, value):

@@ -99,7 +99,11 @@ def _onnx_precision(graph: Path) -> str:
     """fp16 when the graph takes float16 latents, else fp32 (read from the graph's inputs only)."""
     import onnx
 
-    model = onnx.load(str(graph), load_external_data=False)
+    try:
+        model = onnx.load(str(graph), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError, and whatever else a damaged file raises
+        raise SdoptError(f"cannot read {graph}: not a complete ONNX graph ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unreadable'}); "
+                         "the export is damaged or incomplete: export it again") from None
     types = {i.type.tensor_type.elem_type for i in model.graph.input}
     return "fp16" if onnx.TensorProto.FLOAT16 in types else "fp32"
 

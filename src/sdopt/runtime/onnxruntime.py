@@ -105,7 +105,13 @@ def _config_entry(options: ort.SessionOptions, key: str) -> str | None:
 class OrtComponent:
     def __init__(self, path: Path, providers: list, device: str, options: ort.SessionOptions | None = None):
         options = options or session_options()
-        self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        except Exception as exc:  # ONNX Runtime's InvalidProtobuf, Fail, ...: its first line says what
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            damaged = "protobuf" in first.lower() or "invalid" in first.lower()
+            raise SdoptError(f"ONNX Runtime cannot load {path}: {first[:400]}"
+                             + ("; the graph is damaged or incomplete: export it again" if damaged else "")) from None
         self.settings = describe(options, providers)
         self.inputs = {i.name: i for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]

@@ -148,7 +148,27 @@ def load_pretrained(name: str, path: Path, dtype: torch.dtype = torch.float32) -
     diffusers_logging.disable_progress_bar()
     cls = module_class(name)
     dtype_arg = "torch_dtype" if _is_diffusers(cls) else "dtype"  # Transformers 5 renamed it
-    return cls.from_pretrained(path, use_safetensors=True, **{dtype_arg: dtype})
+    if not (Path(path) / "config.json").is_file():  # Transformers would build a default model and fail on its shapes
+        raise SdoptError(f"cannot load {name}: {path} has no config.json (what the weights' architecture is); the checkpoint "
+                         "is incomplete: download or export it again")
+    variant = weights_variant(path)
+    try:
+        return cls.from_pretrained(path, use_safetensors=True, **{dtype_arg: dtype}, **({"variant": variant} if variant else {}))
+    except Exception as exc:  # a damaged or incomplete folder: safetensors', Diffusers' and Transformers' own errors
+        text = " ".join(str(exc).split())
+        raise SdoptError(f"cannot load {name} from {path}: {type(exc).__name__}: {text[:300] or 'no message'}"
+                         f"{'...' if len(text) > 300 else ''}; the checkpoint is damaged or incomplete (a file truncated, "
+                         "config.json missing): download or export it again") from None
+
+
+def weights_variant(path: Path) -> str | None:
+    """The variant of a folder that holds only variant weights (Hugging Face's ``NAME.fp16.safetensors``), which
+    from_pretrained reads only when told; None where plain weights are there."""
+    files = [p.name for p in Path(path).glob("*.safetensors")]
+    if not files or any(len(f.split(".")) == 2 for f in files):
+        return None
+    variants = {f.split(".")[-2] for f in files if len(f.split(".")) == 3}
+    return variants.pop() if len(variants) == 1 else None
 
 
 def empty_module(name: str, path: Path) -> torch.nn.Module:
