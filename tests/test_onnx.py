@@ -58,6 +58,25 @@ def test_manifest_records_parity_within_tolerance(tiny_onnx):
     assert m.export["opset"] == 18
 
 
+def test_skip_validation_keeps_a_failed_component_and_records_its_parity(tiny_model, tmp_path, monkeypatch, capsys):
+    """Parity over its tolerance fails the export; --skip-validation keeps it, with the parity measured and recorded
+    (it skipped the measurement, so the manifest never said by how much) and a note."""
+    from sdopt.export import onnx as onnx_export
+
+    real = onnx_export.compare
+    monkeypatch.setattr(onnx_export, "compare", lambda reference, got, tolerance: real(reference, got, -1.0))  # everything fails
+    with pytest.raises(SdoptError, match="text_encoder: the exported graph differs from PyTorch by .* over the fp32 tolerance -1"):
+        export(tiny_model, "onnx", tmp_path / "refused", progress=False)
+    assert not (tmp_path / "refused").exists()
+    kept = tmp_path / "kept"
+    export(tiny_model, "onnx", kept, progress=False, skip_validation=True)
+    manifest = read_manifest(kept)
+    assert all(not p["passed"] and p["accepted"] == "--skip-validation" and p["max_rel"] >= 0 for p in manifest.parity.values())
+    assert any("unet: the exported graph differs from PyTorch" in n and "kept (--skip-validation)" in n for n in manifest.notes)
+    assert main(["inspect", str(kept)]) == 0
+    assert "FAILED, kept (--skip-validation)" in capsys.readouterr().out
+
+
 def test_onnx_artifact_cannot_change_precision_at_load(tiny_onnx):
     # fp16: the ONNX export writes it, so that is the advice; bf16: it does not, so the exports that do are named.
     with pytest.raises(SdoptError, match="Export it again with --precision fp16"):

@@ -99,11 +99,12 @@ def format_description(d: dict[str, Any]) -> str:
     if d.get("parity"):
         lines.append("parity at export")
         for name, p in d["parity"].items():
-            if p.get("skipped"):
+            if p.get("skipped"):  # artifacts exported before --skip-validation measured anyway
                 lines.append(f"  {name:<14} skipped (--skip-validation)")
             else:
-                verdict = "ok" if p.get("passed") else "FAILED"
-                lines.append(f"  {name:<14} max abs {p.get('max_abs'):.3g}  max rel {p.get('max_rel'):.3g}  tolerance {p.get('tolerance'):.3g}  {verdict}")
+                verdict = "ok" if p.get("passed") else "FAILED, kept (--skip-validation)" if p.get("accepted") else "FAILED"
+                errors = "NaN or inf" if p.get("max_abs") is None else f"max abs {p['max_abs']:.3g}  max rel {p['max_rel']:.3g}"
+                lines.append(f"  {name:<14} {errors}  tolerance {p.get('tolerance'):.3g}  {verdict}")
     for note in d.get("notes") or []:
         lines.append(f"note       {note}")
     return "\n".join(lines)

@@ -109,7 +109,7 @@ def add_export(sub) -> None:
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars (the artifact's summary is still printed)")
     p.add_argument("--opset", type=int, default=None, help="onnx: opset version")
     p.add_argument("--optimize", action="store_true", help="onnx: apply ONNX Runtime graph optimizations and fusions")
-    p.add_argument("--skip-validation", action="store_true", help="do not fail when parity exceeds tolerance (recorded in the manifest)")
+    p.add_argument("--skip-validation", action="store_true", help="keep a component whose parity against PyTorch exceeds its tolerance (measured and recorded in the manifest all the same)")
     p.add_argument("--height", type=int, default=None, help="openvino: static image height; tensorrt: the size the engines are best at")
     p.add_argument("--width", type=int, default=None, help="openvino: static image width; tensorrt: as --height")
     p.add_argument("--batch", type=int, default=None, help="openvino: static batch (images per call; the UNet runs twice that with guidance)")

@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from sdopt.errors import SdoptError
-from sdopt.export.parity import compare, describe_failure
+from sdopt.export.parity import compare, settle
 from sdopt.export.run import ExportedComponents, component_config, prepare_source, write_optimum_model_index
 from sdopt.export.spec import ComponentSpec, check_inputs, trace_inputs
 from sdopt.export.onnx_external import EXTERNAL_DATA, move_graph
@@ -99,7 +99,7 @@ def export_components(source: Path, manifest: Manifest, out: Path, precision: st
             raw = staging / name / "model.onnx"
             raw.parent.mkdir(parents=True)
             _trace_to_onnx(spec, module, trace_inputs(name, model_info), raw, opset)
-            inputs = None if skip_validation else check_inputs(name, model_info)
+            inputs = check_inputs(name, model_info)
             reference = None if inputs is None else torch_reference(spec, module, inputs)
             del module
             gc.collect()
@@ -116,12 +116,8 @@ def export_components(source: Path, manifest: Manifest, out: Path, precision: st
                 from sdopt.export.onnx_optimize import optimize_graph
 
                 export_info.setdefault("optimizations", {})[name] = optimize_graph(path, name, precision)
-            if skip_validation:
-                parity[name] = {"skipped": True}
-            else:
-                parity[name] = _validate(spec, path, inputs, reference, precision)
-                if not parity[name]["passed"]:
-                    raise SdoptError(f"{name}: {describe_failure(parity[name], precision)}")
+            parity[name] = _validate(spec, path, inputs, reference, precision)
+            settle(name, parity[name], precision, skip_validation, notes)  # measured and recorded either way
             shutil.copy(component_config(source, spec.source_folder, name, options), out / name / "config.json")
             components[name] = ComponentEntry(
                 folder=name,
@@ -134,8 +130,6 @@ def export_components(source: Path, manifest: Manifest, out: Path, precision: st
         shutil.rmtree(staging, ignore_errors=True)
     if prepared.rewrites:
         export_info["rewrites"] = prepared.rewrites
-    if skip_validation:
-        notes.append("exported with --skip-validation: parity against PyTorch was not checked")
     write_optimum_model_index(source, out)
     return ExportedComponents(
         components=components,

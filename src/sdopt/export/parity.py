@@ -27,6 +27,20 @@ def compare(reference: dict[str, np.ndarray], got: dict[str, np.ndarray], tolera
     return {"max_abs": max_abs, "max_rel": max_rel, "tolerance": tolerance, "passed": max_rel <= tolerance, "finite": True}
 
 
+def settle(name: str, parity: dict[str, Any], precision: str, keep: bool, notes: list[str], cause: str = "") -> None:
+    """A component's parity decides the export: passed, it goes on; failed, an SdoptError — unless ``keep``
+    (--skip-validation), which keeps the export with the failure recorded (``accepted``) and said in a note.
+    ``cause``: what the failure may come from (OpenVINO running bf16 where fp16 was asked)."""
+    if parity["passed"]:
+        return
+    if not keep:
+        from sdopt.errors import SdoptError
+
+        raise SdoptError(f"{name}: {describe_failure(parity, precision)}{cause}")
+    parity["accepted"] = "--skip-validation"
+    notes.append(f"{name}: {describe_failure(parity, precision).split('. Pass')[0]}; kept (--skip-validation){cause}")
+
+
 def describe_failure(parity: dict[str, Any], precision: str) -> str:
     what = (
         "the exported graph gives NaN or inf"
