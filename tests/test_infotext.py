@@ -158,3 +158,20 @@ def test_values_that_differ_from_the_artifacts_defaults_are_written_and_unused_e
     assert "Cache interval" not in plain and "Guidance end" not in plain and plain["Eta"] == "0.5"
     cached_artifact = written(cache_interval=1, guidance_end=1.0, defaults={"cache_interval": 2, "guidance_end": 0.5}, eta_used=False)
     assert (cached_artifact["Cache interval"], cached_artifact["Guidance end"]) == ("1", "1") and "Eta" not in cached_artifact
+
+
+@pytest.mark.parametrize("sampler,schedule,unapplied_key", [
+    ("Euler", "Karras", "Schedule type"), ("LMS Karras", None, "Sampler"),  # sdopt has no Karras Euler or LMS
+    ("DPM++ 2M", "Karras", None), ("DPM++ 2M Karras", None, None), ("Euler", "Automatic", None),
+])
+def test_a_schedule_type_sdopt_does_not_apply_is_said(sampler, schedule, unapplied_key):
+    """An AUTOMATIC1111 image's schedule type that sdopt's sampler of that name lacks was dropped without a word
+    (--parameters-from, the infotext field, and the older combined sampler names through the API)."""
+    from sdopt.infotext import unapplied
+    from sdopt.serve.api_a1111 import Txt2ImgRequest, ignored_fields, scheduler_for
+
+    text = f"a fox\nSteps: 3, Sampler: {sampler}, " + (f"Schedule type: {schedule}, " if schedule else "") + "CFG scale: 7, Seed: 5, Size: 64x64"
+    assert [k for k in unapplied(parse_parameters(text)) if k in ("Schedule type", "Sampler")] == ([unapplied_key] if unapplied_key else [])
+    body = Txt2ImgRequest(prompt="a fox", sampler_name=sampler, **({"scheduler": schedule} if schedule else {}))
+    ignored = ignored_fields(body, scheduler_for(body))
+    assert bool({"scheduler", "sampler_name"} & set(ignored)) == (unapplied_key is not None), ignored

@@ -103,10 +103,27 @@ def _unapplied_emphasis(parsed: dict[str, Any]) -> bool:
     return EMPHASIS in parsed and parsed[EMPHASIS] != "Original"  # AUTOMATIC1111's "No norm" and others
 
 
+def _unapplied_schedule(parsed: dict[str, Any]) -> bool:
+    """A schedule type (or a combined sampler name, "LMS Karras") that sdopt's sampler of that name does not have."""
+    if not parsed.get("Sampler"):
+        return False
+    from sdopt.errors import SdoptError
+    from sdopt.runtime.schedulers import unapplied_schedule
+
+    try:
+        return unapplied_schedule(parsed["Sampler"], parsed.get("Schedule type")) is not None
+    except SdoptError:  # a sampler sdopt does not have: request_fields says so
+        return False
+
+
 def unapplied(parsed: dict[str, Any]) -> list[str]:
     """The keys of parsed parameters that would change the image but that a request made from them does not take
-    (AUTOMATIC1111's "Hires upscale", "Variation seed", "RNG"; sdopt's "Loras", whose files it cannot know)."""
-    return [key for key in parsed if key not in FIELDS and key not in DESCRIPTIVE and (key != EMPHASIS or _unapplied_emphasis(parsed))]
+    (AUTOMATIC1111's "Hires upscale", "Variation seed", "RNG", a schedule type sdopt's sampler lacks; sdopt's "Loras",
+    whose files it cannot know)."""
+    out = [key for key in parsed if key not in FIELDS and key not in DESCRIPTIVE and (key != EMPHASIS or _unapplied_emphasis(parsed))]
+    if _unapplied_schedule(parsed):
+        out.append("Schedule type" if parsed.get("Schedule type") else "Sampler")
+    return out
 
 
 def request_fields(parsed: dict[str, Any]) -> dict[str, Any]:

@@ -68,6 +68,17 @@ def from_a1111(sampler: str, schedule: str | None = None) -> str:
     return next((ours for ours, (name, kind) in A1111_SAMPLERS.items() if name == family and (kind or "").lower() == wanted), plain)
 
 
+def unapplied_schedule(sampler: str, schedule: str | None = None) -> str | None:
+    """The schedule type asked with ``sampler`` (or in its combined name, "LMS Karras") that from_a1111 does not apply
+    (sdopt has no Karras LMS), for a warning; None where it is applied or none was asked."""
+    if sampler.endswith(" Karras"):
+        sampler, schedule = sampler[: -len(" Karras")], "Karras"
+    if (schedule or "automatic").lower() == "automatic":
+        return None
+    got = A1111_SAMPLERS.get(from_a1111(sampler, schedule), ("", None))[1]
+    return None if (got or "").lower() == schedule.lower() else schedule
+
+
 def check_scheduler(name: str | None) -> None:
     if name is not None and name not in SCHEDULERS:
         raise SdoptError(f"unknown scheduler '{name}'; known schedulers: {', '.join(SCHEDULERS)}", field="scheduler")

@@ -167,6 +167,16 @@ def _schedule_unapplied(schedule: str | None, scheduler: str | None) -> bool:
         and A1111_SAMPLERS.get(scheduler, ("", None))[1] is None
 
 
+def _combined_unapplied(sampler: str) -> bool:
+    from sdopt.errors import SdoptError
+    from sdopt.runtime.schedulers import unapplied_schedule
+
+    try:
+        return unapplied_schedule(sampler) is not None
+    except SdoptError:  # an unknown sampler: refused on its own
+        return False
+
+
 def ignored_fields(body: _Processing, scheduler: str | None) -> list[str]:
     defaults = type(body).model_fields
     out = []
@@ -198,6 +208,9 @@ def ignored_fields(body: _Processing, scheduler: str | None) -> list[str]:
             if value == default or value in (None, "", [], {}, 0, False):
                 continue
         out.append(name)
+    sampler = body.sampler_name or body.sampler_index
+    if sampler and sampler.endswith(" Karras") and "scheduler" not in out and _combined_unapplied(sampler):
+        out.append("sampler_name")  # an older combined name whose Karras variant sdopt lacks ("LMS Karras": LMS)
     if isinstance(body, Img2ImgRequest):
         out = sorted(out + _img2img_unapplied(body))
     if getattr(body, "enable_hr", False):
