@@ -277,6 +277,21 @@ def test_output_path_is_checked_before_loading(tiny_model, tmp_path, capsys, mon
         locked.chmod(0o700)
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc: a folder no one, root included, may create files in")
+def test_a_place_that_takes_no_files_is_refused_before_the_work(tiny_model, capsys, monkeypatch):
+    """os.access says root may write anywhere: generate made its image and then died in mkdir with a traceback, bench
+    and init-lora the same. A file is now created and removed there first."""
+    def never(*a, **k):
+        raise AssertionError("loaded before the output path was checked")
+
+    monkeypatch.setattr(sdopt, "load", never)
+    for argv in (["generate", str(tiny_model), "-p", "x", *FAST, "-o", "/proc/sdopt-nope/a.png"],
+                 ["bench", str(tiny_model), "--steps", "1", "-o", "/proc/sdopt-nope/report"],
+                 ["init-lora", str(tiny_model), "/proc/sdopt-nope/l.safetensors"]):
+        assert main(argv) == 2, argv
+        assert "/proc does not take new files" in capsys.readouterr().err
+
+
 # --- 7. a killed export's leftovers are removed by the next run and by `sdopt clean` -------------
 def _start_export(model, out):
     return subprocess.Popen(

@@ -105,13 +105,13 @@ def check_output_dir(out: str | Path, force: bool = False, inputs: tuple[str | P
     parent = out.parent if str(out.parent) else Path(".")
     if parent.exists() and not parent.is_dir():
         raise SdoptError(f"cannot write {out}: {parent} is not a folder")
-    probe = _nearest_existing(parent)
+    probe = nearest_existing(parent)
     if not os.access(probe, os.W_OK | os.X_OK):
         raise SdoptError(f"cannot write {out}: {probe} is not writable; choose an output path you can write to")
     return out
 
 
-def _nearest_existing(path: Path) -> Path:
+def nearest_existing(path: Path) -> Path:
     """The path itself or its nearest existing ancestor: it decides whether we may create what is missing."""
     while not path.exists():
         path = path.parent
@@ -246,11 +246,24 @@ def check_output_files(paths: list[Path]) -> None:
     for path in paths:
         if path.is_dir():
             raise SdoptError(f"-o {path} is a folder: give a file name such as {path / 'out.png'}")
-        probe = _nearest_existing(path.parent if str(path.parent) else Path("."))
+        probe = nearest_existing(path.parent if str(path.parent) else Path("."))
         if not probe.is_dir():
             raise SdoptError(f"cannot write {path}: {probe} is a file, not a folder")
         if not os.access(probe, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
             raise SdoptError(f"cannot write {path}: {probe if not path.exists() else path} is not writable; choose an output path you can write to")
+        check_can_create_in(probe, path)
+
+
+def check_can_create_in(folder: Path, path: Path) -> None:
+    """Before any work: a file can be created in ``folder`` (the nearest existing folder of ``path``), tried with
+    one that is removed at once — os.access cannot see read-only mounts, /proc, or what root may not write."""
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".sdopt-probe-", dir=folder)
+    except OSError as exc:
+        raise SdoptError(f"cannot write {path}: {folder} does not take new files ({exc.strerror or exc}); "
+                         "choose an output path you can write to") from None
+    os.close(handle)
+    os.unlink(probe)
 
 
 @contextlib.contextmanager

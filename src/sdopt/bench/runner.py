@@ -144,6 +144,9 @@ def check_report_folder(out: str | Path) -> Path:
             raise SdoptError(f"-o {out}: {path} is a file; give a folder for the report (it is created if missing)")
     if any((out / marker).is_file() for marker in ("sdopt.json", "model_index.json")):  # its report files would land in a model
         raise SdoptError(f"-o {out} is a model or artifact folder: give a folder of its own for the report")
+    from sdopt.fsutil import check_can_create_in, nearest_existing
+
+    check_can_create_in(nearest_existing(out), out)
     return out
 
 
