@@ -155,3 +155,14 @@ def test_rule_grammar():
         parse_rule("latency.median", "ten percent")
     with pytest.raises(SdoptError, match="unknown gate metric"):
         parse_rule("latency.mean", "+5%")
+    # A sign pointing the good way would pass any regression (a run 5x slower passed "-10%").
+    with pytest.raises(SdoptError, match=r"'-10%' would pass any change the bad way: latency.median gets worse as it grows, so its rule is \+10%"):
+        parse_rule("latency.median", "-10%")
+    with pytest.raises(SdoptError, match=r"quality.psnr_db gets worse as it drops, so its rule is -0.5"):
+        parse_rule("quality.psnr_db", "+0.5")
+    with pytest.raises(SdoptError, match="status takes 'ok'"):
+        parse_rule("status", "fine")
+    from sdopt.bench.rules import parse_rules
+
+    with pytest.raises(SdoptError, match="an empty list checks nothing"):
+        parse_rules({"quality.psnr_db": []})

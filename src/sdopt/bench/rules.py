@@ -34,6 +34,11 @@ METRICS: dict[str, str] = {
     "status": "ok or failed",
 }
 
+# Which way each metric gets worse: a signed rule must say that way ("latency.median: -10%" would fail a faster run
+# and pass any slowdown).
+LARGER_IS_WORSE = {"latency.median", "latency.p90", "peak_memory", "size", "load"}
+STATUS_WORDS = ("ok",)
+
 _RULE = re.compile(r"^\s*(?:(?P<cmp>>=|<=)\s*(?P<bound>-?\d+(?:\.\d+)?)|(?P<sign>[+-])\s*(?P<amount>\d+(?:\.\d+)?)(?P<pct>%)?|(?P<word>[a-z]+))\s*$")
 
 
@@ -60,9 +65,18 @@ def parse_rule(metric: str, text: str) -> Rule:
     if m["cmp"]:
         return Rule(metric, text, "floor" if m["cmp"] == ">=" else "ceiling", float(m["bound"]))
     if m["sign"]:
+        if metric == "status":
+            raise SdoptError(f"gate rule status: {text!r}: status takes 'ok'")
+        worse = "+" if metric in LARGER_IS_WORSE else "-"
+        if m["sign"] != worse:
+            way = "grows" if worse == "+" else "drops"
+            raise SdoptError(f"gate rule {metric}: {text!r} would pass any change the bad way: {metric} gets worse as it {way}, "
+                             f"so its rule is {worse}{m['amount']}{m['pct'] or ''} (how much worse is allowed)")
         return Rule(metric, text, "increase" if m["sign"] == "+" else "decrease", float(m["amount"]), relative=bool(m["pct"]))
     if metric != "status":
         raise SdoptError(f"gate rule {metric}: {text!r}: a word rule ('ok') applies to status only")
+    if m["word"] not in STATUS_WORDS:
+        raise SdoptError(f"gate rule status: {text!r}: status takes 'ok' (every artifact ran)")
     return Rule(metric, text, "equals", word=m["word"])
 
 
@@ -71,6 +85,8 @@ def parse_rules(table: dict[str, Any]) -> list[Rule]:
         raise SdoptError(f"gate rules must be a table of metric = rule, not {type(table).__name__}")
     rules = []
     for metric, value in table.items():
+        if isinstance(value, list) and not value:
+            raise SdoptError(f"gate rule {metric}: an empty list checks nothing; give a rule such as '+10%', or remove the metric")
         for text in value if isinstance(value, list) else [value]:
             rules.append(parse_rule(metric, text))
     return rules
