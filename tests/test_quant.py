@@ -357,8 +357,13 @@ def test_torchao_weights_run_with_bf16_activations(quantized):
     assert {str(p.dtype) for p in bf16.components["unet"].module.parameters() if not hasattr(p, "qdata")} == {"torch.bfloat16"}
     quantized_linear = [p for p in bf16.components["unet"].module.parameters() if type(p).__name__ in ("Int8Tensor", "IntxUnpackedToInt8Tensor")]
     assert quantized_linear, "the bf16 UNet still holds torchao's quantized weights"
-    a, b = np.asarray(fp32.generate(request).images[0]), np.asarray(bf16.generate(request).images[0])
+    image = bf16.generate(request).images[0]
+    a, b = np.asarray(fp32.generate(request).images[0]), np.asarray(image)
     assert bf16.precision == "bf16" and _psnr(a, b) > 25, _psnr(a, b)
+    # The image's parameters say what made it: quantized weights, not "torch bf16" alone.
+    from sdopt.infotext import parse_parameters
+
+    assert parse_parameters(image.info["parameters"])["Backend"] == "torch bf16, int8 (torchao) weights"
 
 
 def test_cli_error_has_no_traceback(tiny_model, tmp_path):

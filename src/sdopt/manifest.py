@@ -51,6 +51,14 @@ class ComponentEntry:
         return sum(f.size_bytes for f in self.files)
 
 
+def quantization_label(by_component: dict[str, dict[str, Any]] | None) -> str | None:
+    """What components were quantized to ({component: its quantization record}), e.g. "int8 (torchao) weights";
+    None when none were. Said by the bench's tables and each image's parameters."""
+    schemes = sorted({(q.get("scheme"), q.get("backend")) for q in (by_component or {}).values() if q})
+    return ", ".join(f"{scheme} ({backend}) " + ("weights and activations" if scheme == "int8-static" else "weights")
+                     for scheme, backend in schemes) or None
+
+
 @dataclass
 class Manifest:
     backend: str

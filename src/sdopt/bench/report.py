@@ -17,9 +17,9 @@ def _budget_note(r: dict, planned: int, warmup: int) -> str:
 
 def quantization_label(artifact: dict) -> str | None:
     """What an artifact's components were quantized to, e.g. "int8 (torchao) weights"; None when none were."""
-    schemes = sorted({(q.get("scheme"), q.get("backend")) for q in (artifact.get("quantization") or {}).values()})
-    return ", ".join(f"{scheme} ({backend}) " + ("weights and activations" if scheme == "int8-static" else "weights")
-                     for scheme, backend in schemes) or None
+    from sdopt.manifest import quantization_label as label
+
+    return label(artifact.get("quantization"))
 
 
 def precision_label(row: dict) -> str:

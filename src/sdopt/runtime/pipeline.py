@@ -353,11 +353,19 @@ class Pipeline:
         return infotext.image_parameters(
             request, index, sampler=schedulers.A1111_SAMPLERS.get(name) if name else None,
             model=self.folder.name if self.folder is not None else None, model_hash=self.model_hash,
-            backend=f"{manifest.backend} {self.precision}", cache_interval=self.cache_interval(request),
+            backend=f"{manifest.backend} {self.precision}" + (f", {quantized}" if (quantized := self.quantization) else ""),
+            cache_interval=self.cache_interval(request),
             guidance_end=self.guidance_end(request), version=__version__, clip_skip=request.clip_skip if self.family.reads_clip_skip else 1,
             # what the artifact does unasked: a value that differs from it is written even when it is "off"
             defaults={"cache_interval": self.default_cache_interval, "guidance_end": self.default_guidance_end},
             eta_used=schedulers.takes_eta(schedulers.scheduler_class(request.scheduler, self.scheduler_config)))
+
+    @property
+    def quantization(self) -> str | None:
+        """What the artifact's weights were quantized to ("int8 (nncf) weights"), None for none (sdopt.manifest)."""
+        from sdopt.manifest import quantization_label
+
+        return quantization_label({name: c.quantization for name, c in self.manifest.components.items()})
 
     def run_settings(self) -> dict[str, Any]:
         """What each component runs with, as its backend reports it (OpenVINO's compiled-model properties,
