@@ -202,3 +202,8 @@ def test_quantizing_an_onnx_artifact_says_what_to_quantize_instead(tiny_onnx_art
     assert main(["quantize", str(tiny_onnx_artifact), "--scheme", "int8", "-o", str(tmp_path / "q")]) == 2
     assert "sdopt quantizes openvino or torch artifacts, not onnxruntime ones: quantize the Diffusers checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "q").exists()
+
+
+def test_an_empty_model_path_is_refused_not_read_as_the_current_folder(capsys):
+    assert main(["inspect", ""]) == 2
+    assert "the model path is empty" in capsys.readouterr().err

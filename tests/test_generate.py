@@ -139,3 +139,11 @@ def test_a_truncation_of_guidance_that_is_off_is_said_to_do_nothing(tiny_pipelin
     assert any(w.startswith("guidance_end=0.5 is not used") for w in result.warnings)
     guided = tiny_pipeline.generate(GenerateRequest(prompt="x", steps=2, height=64, width=64, guidance_end=0.5))
     assert not any("guidance_end" in w for w in guided.warnings)
+
+
+def test_a_static_batch_names_the_num_images_that_fill_it(tiny_pipeline, monkeypatch):
+    """An artifact built for 2 images a call refused the default request without saying how to ask for 2."""
+    monkeypatch.setattr(tiny_pipeline.manifest, "static_shapes", {"batch": 2, "height": 64, "width": 64})
+    with pytest.raises(SdoptError, match=r"--num-images 2 asks for 2\)"):
+        tiny_pipeline.check_request(GenerateRequest(**SMALL))
+    tiny_pipeline.check_request(GenerateRequest(**SMALL, num_images=2))

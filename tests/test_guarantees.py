@@ -320,8 +320,13 @@ def test_sdopt_clean_removes_only_dead_writers_folders(tmp_path, capsys):
     assert main(["clean", str(tmp_path), "--dry-run"]) == 0
     assert "would remove" in capsys.readouterr().out and (tmp_path / ".art.tmp-dead").exists()
     assert main(["clean", str(tmp_path)]) == 0
-    assert f"removed {tmp_path / '.art.tmp-dead'}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"removed {tmp_path / '.art.tmp-dead'}" in out
+    assert f"left {tmp_path / '.art.tmp-alive'}: its writer is still running (pid {os.getpid()} on this machine)" in out
     assert {p.name for p in tmp_path.iterdir()} == {".art.tmp-alive", ".art.tmp-notsdopt"}
+    assert main(["clean", str(tmp_path)]) == 0  # nothing left to remove: the live one is still said, never "nothing to clean"
+    out = capsys.readouterr().out
+    assert "left" in out and "nothing to clean" not in out
 
 
 @pytest.mark.slow

@@ -231,6 +231,20 @@ def _is_old_swap(path: Path) -> bool:
     return len(children) == 1 and children[0].is_dir() and (written_files(children[0]) is not None or (children[0] / "sdopt.json").is_file())
 
 
+def temp_folders_in_use(parent: Path) -> list[tuple[Path, int | None, str | None]]:
+    """sdopt's marked temporary folders under parent that stale_temp_folders leaves: (folder, pid, host) of a writer
+    that still runs here, or of another host's (which cannot be judged from here)."""
+    stale = set(stale_temp_folders(parent))
+    out = []
+    for path in sorted(parent.iterdir()) if parent.is_dir() else ():
+        if path in stale or not path.is_dir() or _split_temp_name(path.name)[1] != ".tmp-":
+            continue
+        writer = _marker_writer(path / INCOMPLETE_MARKER)
+        if writer is not None:
+            out.append((path, *writer))
+    return out
+
+
 def remove_stale_temp_folders(parent: Path, name: str | None = None, dry_run: bool = False) -> list[tuple[Path, int]]:
     """Remove (or with ``dry_run`` only list) the stale temporary folders; returns each with its size in bytes."""
     removed = []

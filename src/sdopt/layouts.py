@@ -92,7 +92,9 @@ _ONNX_COMPONENTS = ("text_encoder", "text_encoder_2", "unet", "vae_decoder", "va
 
 
 def _is_optimum_onnx(folder: Path) -> bool:
-    return (folder / "model_index.json").is_file() and (folder / "unet" / "model.onnx").is_file()
+    """Any component's model.onnx makes an ONNX export: one that lacks the UNet's graph is then said to lack it,
+    not taken for a Diffusers checkpoint without weights."""
+    return (folder / "model_index.json").is_file() and any((folder / name / "model.onnx").is_file() for name in _ONNX_COMPONENTS)
 
 
 def _onnx_precision(graph: Path) -> str:

@@ -289,7 +289,9 @@ def check_support_folders(folder: Path, manifest: "Manifest") -> None:
     for what, sub, needed in (*tokenizers, ("scheduler", manifest.scheduler, "scheduler_config.json")):
         path = folder / sub
         if not path.is_dir() or (needed and not (path / needed).is_file()):
-            raise SdoptError(f"{path} is missing: the artifact has no {what}; export it again")
+            again = ("export it again" if not manifest.inferred or manifest.backend != "torch"
+                     else f"the checkpoint is incomplete: download it again (a Diffusers folder has {sub}/ beside unet/)")
+            raise SdoptError(f"{path} is missing: the artifact has no {what}; {again}")
 
 
 # --- reading ----------------------------------------------------------------------

@@ -18,6 +18,8 @@ _HUB_PATTERNS = ["model_index.json", "*/config.json", "*/*.safetensors", "*.onnx
 
 
 def resolve(model: str | Path) -> Path:
+    if not str(model).strip():  # Path("") is the current folder: never what an empty argument meant
+        raise SdoptError("the model path is empty: give a model folder (for example one written by `sdopt init-model`) or a hub id like org/name")
     path = Path(model).expanduser()
     if path.exists():
         return path

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 from pathlib import Path
 
 from sdopt.cli.common import add_lora_flag, add_request_default_flags, comma_list, exporter_names
@@ -26,7 +27,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _clean(args: argparse.Namespace) -> int:
-    from sdopt.fsutil import remove_stale_temp_folders
+    from sdopt.fsutil import remove_stale_temp_folders, temp_folders_in_use
 
     folder = Path(args.folder)
     if not folder.is_dir():
@@ -34,7 +35,11 @@ def _clean(args: argparse.Namespace) -> int:
     stale = remove_stale_temp_folders(folder, dry_run=args.dry_run)
     for path, size in stale:
         print(f"{'would remove' if args.dry_run else 'removed'} {path} ({size / 2**20:,.1f} MiB)")
-    if not stale:
+    in_use = temp_folders_in_use(folder)
+    for path, pid, host in in_use:  # said, so that "nothing to clean" is never said beside a folder it left
+        where = f"pid {pid} on this machine" if host == socket.gethostname() else f"pid {pid} on {host} (another machine: not judged from here)"
+        print(f"left {path}: its writer is still running ({where}); remove it yourself if that process is not an sdopt command")
+    if not stale and not in_use:
         print(f"nothing to clean in {folder}: no temporary folder of an interrupted sdopt command")
     return 0
 

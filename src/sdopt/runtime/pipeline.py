@@ -225,8 +225,11 @@ class Pipeline:
         if shapes:
             want = {"batch": request.batch_size, "height": request.height, "width": request.width}
             if any(shapes.get(k) not in (None, v) for k, v in want.items()):
+                batch = shapes.get("batch")
+                per_prompt = (f" (batch = prompts x num_images: --num-images {batch // len(request.prompts)} asks for {batch})"
+                              if batch not in (None, request.batch_size) and batch % len(request.prompts) == 0 else "")
                 raise SdoptError(
-                    f"this artifact was built for static shapes {shapes}; the request asks for {want}. "
+                    f"this artifact was built for static shapes {shapes}; the request asks for {want}{per_prompt}. "
                     "Ask for the built shapes, pass --reshape (sdopt.load(..., reshape=True)) to compile this one on first use, or export again for these"
                 )
 
