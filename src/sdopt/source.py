@@ -17,6 +17,12 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _HUB_PATTERNS = ["model_index.json", "*/config.json", "*/*.safetensors", "*.onnx", "*/*.onnx*", "tokenizer/*", "tokenizer_2/*", "scheduler/*", "sdopt.json"]
 
 
+def _first_sentence(exc: Exception, most: int = 300) -> str:
+    """The hub client's first line, cut at a word (it was cut mid-word, inside a quote) when longer than ``most``."""
+    line = (str(exc).splitlines() or [""])[0]
+    return line if len(line) <= most else line[:most].rsplit(" ", 1)[0] + " ..."
+
+
 def resolve(model: str | Path) -> Path:
     if not str(model).strip():  # Path("") is the current folder: never what an empty argument meant
         raise SdoptError("the model path is empty: give a model folder (for example one written by `sdopt init-model`) or a hub id like org/name")
@@ -36,6 +42,6 @@ def _from_hub(repo_id: str) -> Path:
         return Path(hub.snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS))
     except Exception as exc:  # the hub client raises many types for "offline", "not found", "gated"
         raise SdoptError(
-            f"could not fetch '{repo_id}' from the Hugging Face hub ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). "
+            f"could not fetch '{repo_id}' from the Hugging Face hub ({type(exc).__name__}: {_first_sentence(exc)}). "
             "If this machine is offline, download the model where a network exists and pass its local folder"
         ) from exc

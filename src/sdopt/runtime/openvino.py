@@ -213,6 +213,14 @@ def static_axes(manifest: Manifest, component: str) -> dict[str, dict[int, int]]
 
 
 # --- the executor --------------------------------------------------------------------
+def _reason(exc: Exception) -> str:
+    """The line of an OpenVINO exception that says what is wrong: its messages start with the C++ source location
+    ("Exception from src/inference/src/cpp/core.cpp:84:") and put the reason below."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    told = [line for line in lines if not line.startswith(("Exception from", "Check '")) and not line.endswith(".cpp:")]
+    return (told[0] if told else lines[0] if lines else type(exc).__name__)[:300]
+
+
 class OpenVINOComponent:
     """One component: compiled models by input shape, and the precision each really runs."""
 
@@ -250,7 +258,7 @@ class OpenVINOComponent:
         try:
             return self.core.read_model(self.path)
         except RuntimeError as exc:
-            raise SdoptError(f"OpenVINO cannot read {self.path}: {str(exc).splitlines()[0][:300]}; export the artifact again") from exc
+            raise SdoptError(f"OpenVINO cannot read {self.path}: {_reason(exc)}; export the artifact again") from exc
 
     def _compile(self, model: ov.Model, shapes: dict[str, ov.PartialShape]) -> None:
         if any(shapes[p.get_any_name()] != p.get_partial_shape() for p in model.inputs):
