@@ -114,6 +114,35 @@ def test_inpaint_keeps_the_unmasked_part(tiny_pipeline):
     assert np.abs(ours[:, repaint] - image[:, repaint]).mean() > 0.1
 
 
+@pytest.mark.parametrize("content", ["noise", "zeros"])
+def test_masked_content_is_what_the_start_has_under_the_mask(tiny_pipeline, content):
+    """AUTOMATIC1111's "latent noise" and "latent nothing" (masked_content): below strength 1 the start is the image's
+    latents noised as img2img's outside the mask, and the start's own noise (or zeros) noised the same way under it."""
+    from sdopt.request import StageTimings
+    from sdopt.runtime import conditioning
+    from sdopt.runtime.noise import Noise
+
+    model = tiny_pipeline.manifest.model
+    starts = {}
+    for masked in ("original", content):
+        request = GenerateRequest(**BASE, scheduler="euler", init_image=picture(), mask_image=mask_image(), strength=0.6, masked_content=masked)
+        scheduler = make_scheduler("euler", tiny_pipeline.scheduler_config)
+        scheduler.set_timesteps(request.steps)
+        start = conditioning.start(request, scheduler, Noise(request.seed), model, lambda px: tiny_pipeline.encode_images(px, StageTimings()))
+        starts[masked] = start.latents.numpy()[0]
+        first = start.timesteps[:1]
+    repaint = conditioning.latent_mask([mask_image()], request, (8, 8)).numpy()[0, 0] == 1
+    assert np.array_equal(starts[content][:, ~repaint], starts["original"][:, ~repaint])
+    # The same noise drawn again (the loop's first draw is the posterior sample, then the start's noise).
+    noise = Noise(request.seed)
+    noise.randn((1, 4, 8, 8))
+    fresh = noise.randn((1, 4, 8, 8))
+    under = fresh if content == "noise" else torch.zeros_like(fresh)
+    expected = scheduler.add_noise(under, fresh, first).numpy()[0]
+    np.testing.assert_allclose(starts[content][:, repaint], expected[:, repaint], rtol=1e-5, atol=1e-5)
+    assert np.abs(starts[content][:, repaint] - starts["original"][:, repaint]).mean() > 0.05
+
+
 def test_per_image_seeds_give_each_row_its_image_alone(tiny_pipeline):
     """A server batches several requests into one call: each row must be the image its request gets alone."""
     prompts, seeds = ["a red fox", "a lighthouse", "a red fox"], [11, 2**40 + 3, 5]

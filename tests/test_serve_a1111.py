@@ -167,7 +167,10 @@ def test_a1111_inpainting_answers_the_whole_canvas_and_rounds_the_mask(tiny_pipe
         soft = ask(mask=b64png(gray), inpaint_full_res=False, mask_round=False)
         blank = ask(mask=b64png(Image.new("L", (128, 96), 0)))
         plain = ask()
+        original = ask(mask=b64png(mask), inpainting_fill=1)
         latent_noise = ask(mask=b64png(mask), inpainting_fill=2)
+        latent_nothing = ask(mask=b64png(mask), inpainting_fill=3)
+        assert httpx.post(url + "/sdapi/v1/img2img", json={**body, "mask": b64png(mask), "inpainting_fill": 7}, timeout=60).status_code == 422
     out = _pixels(masked["images"][0])
     kept = np.asarray(mask) == 0
     assert out.shape == (96, 128, 3) and np.array_equal(out[kept], np.asarray(init, dtype=np.int16)[kept])
@@ -178,7 +181,14 @@ def test_a1111_inpainting_answers_the_whole_canvas_and_rounds_the_mask(tiny_pipe
     assert np.abs(_pixels(soft["images"][0]) - init_at_size).max() > 16
     assert json.loads(soft["info"])["sdopt_ignored"] == ["mask_round"]
     assert np.array_equal(_pixels(blank["images"][0]), _pixels(plain["images"][0]))
-    assert json.loads(latent_noise["info"])["sdopt_ignored"] == ["inpainting_fill"]
+    # Latent noise and latent nothing start the masked part from the start's noise or zeros (masked_content): other
+    # pixels under the mask, the same outside it (the overlay), and said in the parameters.
+    inside = (slice(16, 32), slice(80, 96))
+    for answer, words in ((latent_noise, "latent noise"), (latent_nothing, "latent nothing")):
+        assert json.loads(answer["info"])["sdopt_ignored"] == []
+        assert np.abs(_pixels(answer["images"][0])[inside] - _pixels(original["images"][0])[inside]).max() > 4  # (9 and more on the toy)
+        assert np.array_equal(_pixels(answer["images"][0])[kept], _pixels(original["images"][0])[kept])
+        assert f"Masked content: {words}" in png(answer["images"][0]).info["parameters"]
 
 
 # --- the hires fix: limits before any work, its sampler in the parameters ------------------------

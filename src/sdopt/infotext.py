@@ -91,12 +91,14 @@ FIELDS: dict[str, tuple[str, type]] = {
     "Denoising strength": ("strength", float), "Eta": ("eta", float), "Cache interval": ("cache_interval", int),
     "Guidance end": ("guidance_end", float), "Batch size": ("num_images", int), "Clip skip": ("clip_skip", int),
 }
+# GenerateRequest.masked_content in AUTOMATIC1111's words for its inpainting_fill 2 and 3 ("original" is not written).
+MASKED_CONTENT = {"noise": "latent noise", "zeros": "latent nothing"}
 EMPHASIS = "Emphasis"  # AUTOMATIC1111's key; "Original" its default mode (sdopt.runtime.emphasis), which it does not write
 
 
 # Keys that describe the image without changing what a request makes (the rest of a parameter line would change it).
 DESCRIPTIVE = {"Prompt", "Negative prompt", "Sampler", "Schedule type", "Scheduler", "Model", "Model hash", "Backend", "Version",
-               "Batch pos", "Size-1", "Size-2"}
+               "Batch pos", "Size-1", "Size-2", "Masked content"}  # the last: read by request_fields
 
 
 def _unapplied_emphasis(parsed: dict[str, Any]) -> bool:
@@ -140,6 +142,9 @@ def request_fields(parsed: dict[str, Any]) -> dict[str, Any]:
             out[name] = kind(value)
         except ValueError:
             raise SdoptError(f"{key}: {value!r} is not {'an integer' if kind is int else 'a number'}") from None
+    content = {words: ours for ours, words in MASKED_CONTENT.items()}.get(str(parsed.get("Masked content", "")).lower())
+    if content:
+        out["masked_content"] = content
     if parsed.get("Sampler"):
         from sdopt.runtime.schedulers import from_a1111
 
@@ -207,6 +212,7 @@ def image_parameters(request: Any, index: int, *, sampler: tuple[str, str | None
         "Batch size": None if seeds or request.batch_size == 1 else request.batch_size,
         "Batch pos": None if seeds or request.batch_size == 1 else index,
         "Denoising strength": _number(request.strength) if image_to_image else None,
+        "Masked content": MASKED_CONTENT.get(request.masked_content) if request.mask_image is not None else None,
         "Clip skip": clip_skip if clip_skip > 1 else None,  # AUTOMATIC1111 writes it only when set
         "Eta": _number(request.eta) if request.eta is not None and eta_used else None,
         "Cache interval": cache_interval if cache_interval > 1 or cache_interval != defaults.get("cache_interval", 1) else None,

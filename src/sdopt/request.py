@@ -24,6 +24,7 @@ MAX_IMAGES = 64  # images in one generate call (prompts x num_images)
 MAX_SEED = 2**63 - 1
 # AUTOMATIC1111's Clip skip slider stops at 12, SD 1.x's layer count; the artifact's own count is checked at generate.
 MAX_CLIP_SKIP = 12
+MASKED_CONTENT = ("original", "noise", "zeros")  # GenerateRequest.masked_content
 
 
 def open_image(path: str | None, flag: str):
@@ -158,6 +159,10 @@ class GenerateRequest:
     strength: float = 0.8
     # Inpainting: a PIL image the init image's size, white where to repaint (as in Diffusers).
     mask_image: Any = None
+    # Inpainting: what the loop starts from under the mask (AUTOMATIC1111's "Masked content"): "original", the init
+    # image's latents as Diffusers does; "noise" (its "latent noise"), the start's own noise there; "zeros" (its
+    # "latent nothing"). It changes the start only below strength 1 (at 1 every start is pure noise, as in Diffusers).
+    masked_content: str = "original"
     # One seed per image (prompt-major, batch_size of them): each image draws from its own generator,
     # so it is the same alone or batched with others. None: `seed` draws for the whole batch.
     seeds: list[int] | None = None
@@ -264,6 +269,11 @@ class GenerateRequest:
         if not _is_int(self.clip_skip) or not 1 <= self.clip_skip <= MAX_CLIP_SKIP:
             raise SdoptError(f"clip_skip={self.clip_skip!r}: must be an integer from 1 (the text encoder's last layer) to "
                              f"{MAX_CLIP_SKIP}, AUTOMATIC1111's Clip skip (2: the penultimate layer)")
+        if self.masked_content not in MASKED_CONTENT:
+            raise SdoptError(f"masked_content={self.masked_content!r}: one of {', '.join(MASKED_CONTENT)} (what inpainting starts from under the mask)")
+        if self.masked_content != "original" and self.mask_image is None:
+            raise SdoptError(f"masked_content={self.masked_content!r} is what inpainting starts from under the mask: give mask_image with it",
+                             field="masked_content")
         if not isinstance(self.prompt_emphasis, bool):
             raise SdoptError(f"prompt_emphasis={self.prompt_emphasis!r}: must be true or false")
         if self.scheduler is not None and not isinstance(self.scheduler, str):

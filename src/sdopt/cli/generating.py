@@ -24,6 +24,7 @@ def _generate(args: argparse.Namespace) -> int:
         "negative_prompt": args.negative_prompt, "seed": args.seed, "steps": args.steps, "guidance_scale": args.guidance,
         "height": args.height, "width": args.width, "num_images": args.num_images, "scheduler": args.scheduler, "eta": args.eta,
         "strength": args.strength, "cache_interval": args.cache_interval, "guidance_end": args.guidance_end,
+        "masked_content": args.masked_content,
         "prompt_emphasis": args.prompt_emphasis, "clip_skip": args.clip_skip,
     }
     # An image's own parameters (the PNGs sdopt and AUTOMATIC1111 write carry them), then every flag given over them.
@@ -142,6 +143,9 @@ def add_generate(sub) -> None:
     p.add_argument("--init-image", default=None, metavar="PATH", help="img2img: start from this image (resized to --height/--width)")
     p.add_argument("--strength", type=float, default=None, help="img2img/inpaint: how much of the schedule repaints the image, (0, 1] (default 0.8)")
     p.add_argument("--mask", default=None, metavar="PATH", help="inpaint: white = repaint, black = keep; the init image's size (needs --init-image)")
+    p.add_argument("--masked-content", choices=("original", "noise", "zeros"), default=None,
+                   help="inpaint: what the loop starts from under the mask below strength 1 — the init image (default, as Diffusers), "
+                        "noise or zeros (AUTOMATIC1111's \"latent noise\", \"latent nothing\")")
     p.add_argument("--cache-interval", type=int, default=None, metavar="N",
                    help="step-feature caching: the whole UNet every N-th step, its shallow branch between (default: the artifact's, set by export --deep-cache; 1 = off)")
     p.add_argument("--guidance-end", type=float, default=None, metavar="F",

@@ -71,10 +71,12 @@ def start(request: GenerateRequest, scheduler: Any, noise: Noise, model: dict[st
     if request.mask_image is None:
         return Start(scheduler.add_noise(image_latents, fresh, first), timesteps)
 
-    # Inpainting: pure noise at strength 1 (is_strength_max), else the image noised like img2img.
-    latents = fresh * scheduler.init_noise_sigma if request.strength == 1.0 else scheduler.add_noise(image_latents, fresh, first)
     masks = request.mask_images
     mask = latent_mask(masks, request, shape[2:])
+    if image_latents is not None:
+        image_latents = masked_content(image_latents, mask, fresh, request.masked_content)
+    # Inpainting: pure noise at strength 1 (is_strength_max), else the image noised like img2img.
+    latents = fresh * scheduler.init_noise_sigma if request.strength == 1.0 else scheduler.add_noise(image_latents, fresh, first)
     # Diffusers encodes the masked image here (the init image where the mask keeps it, 0 where it
     # repaints; images and masks broadcast) and samples its posterior with the generator.
     masked_rows = max(len(images), len(masks))
@@ -110,6 +112,18 @@ def strength_timesteps(scheduler: Any, steps: int, strength: float):
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(t_start * scheduler.order)
     return scheduler.timesteps[t_start * scheduler.order :]
+
+
+def masked_content(image_latents, mask, fresh, content: str):
+    """The image latents the start is noised from, under the mask (1 = repaint) as GenerateRequest.masked_content asks:
+    AUTOMATIC1111's inpainting_fill 2 puts its random tensor there — the one its sampler starts from, the same seeds'
+    draw, so here the start's own noise — and 3 zeros. Only the start reads the masked part (each step's blend keeps
+    the image outside the mask)."""
+    if content == "noise":
+        return image_latents * (1 - mask) + fresh * mask
+    if content == "zeros":
+        return image_latents * (1 - mask)
+    return image_latents
 
 
 def rows_of(count: int, request: GenerateRequest) -> list[int]:
@@ -209,6 +223,14 @@ def unet_in_channels(manifest: Any, folder: Path | None) -> int | None:
 def is_inpainting(manifest: Any, folder: Path | None) -> bool:
     """Whether the artifact's UNet is an inpainting one (latents, mask, masked image): it takes inpainting requests only."""
     return unet_in_channels(manifest, folder) == inpainting_channels(manifest.model)
+
+
+def masked_content_notices(request: GenerateRequest) -> list[str]:
+    """A masked_content that cannot change the image (strength 1 starts from noise alone, as Diffusers does)."""
+    if request.masked_content == "original" or request.mask_image is None or request.strength < 1.0:
+        return []
+    return [f"masked_content={request.masked_content!r} changes where inpainting starts only below strength 1; at strength 1 "
+            "every start is pure noise (as in Diffusers): lower strength for it to matter"]
 
 
 def resize_notices(request: GenerateRequest) -> list[str]:

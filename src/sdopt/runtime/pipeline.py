@@ -260,7 +260,8 @@ class Pipeline:
         if embeds_guidance:  # an LCM-distilled UNet: guidance is its input, one pass per step
             request = embedded_guidance.unguided(asked)
         scheduler = make_scheduler(request.scheduler, self.scheduler_config)
-        notices = (self.truncated_prompts(request) + conditioning.resize_notices(request) + embedded_guidance.notices(asked, model)
+        notices = (self.truncated_prompts(request) + conditioning.resize_notices(request) + conditioning.masked_content_notices(request)
+                   + embedded_guidance.notices(asked, model)
                    + _eta_notices(request, scheduler) + _guidance_end_notices(request) + self._clip_skip_notices(request))
         for notice in notices:
             warnings.warn(notice, UserWarning, stacklevel=3)

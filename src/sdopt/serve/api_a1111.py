@@ -229,7 +229,6 @@ def _img2img_unapplied(body: Img2ImgRequest) -> list[str]:
     out = ["resize_mode"] if body.resize_mode == LATENT_UPSCALE else []  # done as "Just resize"
     if body.mask:
         out += ["mask_round"] if body.mask_round is False else []  # the loop binarizes the mask as Diffusers does
-        out += ["inpainting_fill"] if body.inpainting_fill not in (None, inpaint_area.FILL, inpaint_area.ORIGINAL) else []  # latent noise, latent nothing
     return out
 
 
@@ -446,9 +445,11 @@ async def img2img(request: Request, body: Img2ImgRequest) -> dict[str, Any]:
     if mask is None:
         return await _run(request, body, dataclasses.replace(spec, init_image=resize(init, mode, *size)))
     fill = body.inpainting_fill if body.inpainting_fill is not None else inpaint_area.FILL
+    if fill not in (inpaint_area.FILL, inpaint_area.ORIGINAL, *inpaint_area.LATENT_FILLS):
+        raise RequestError("inpainting_fill", f"inpainting_fill={fill}: 0 fill, 1 original, 2 latent noise, 3 latent nothing")
     area = inpaint_area.prepare(init, mask, *size, only_masked=bool(body.inpaint_full_res), padding=max(0, body.inpaint_full_res_padding or 0),
                                 resize_mode=mode, fill_mode=fill)
-    spec = dataclasses.replace(spec, init_image=area.init, mask_image=area.mask)
+    spec = dataclasses.replace(spec, init_image=area.init, mask_image=area.mask, masked_content=inpaint_area.LATENT_FILLS.get(fill, "original"))
     return await _run(request, body, spec, finish=lambda image: inpaint_area.finish(image, area))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -37,6 +37,8 @@ class JobRequest(BaseModel):
     init_image: str | None = Field(None, description="base64 image: img2img")
     mask: str | None = Field(None, description="base64 image, white = repaint: inpainting (needs init_image)")
     strength: float = Field(0.8, gt=0, le=1)
+    masked_content: Literal["original", "noise", "zeros"] = Field("original", description="inpainting: what the loop starts from under the mask "
+                                                                   "below strength 1 (AUTOMATIC1111's inpainting_fill 1, 2, 3)")
     cache_interval: int | None = cache_interval_field()
     guidance_end: float | None = guidance_end_field()
     prompt_emphasis: bool = Field(False, description="AUTOMATIC1111's emphasis, (word:1.2): weights in the prompts (its API always reads them)")
@@ -86,7 +88,7 @@ def spec_from(request: Request, body: JobRequest) -> J.JobSpec:
     side = default_size(request.app.state.worker.pipeline)
     return J.JobSpec(
         prompt=body.prompt, negative_prompt=body.negative_prompt, seed=random_seed() if body.seed is None else body.seed,
-        n=body.n, width=body.width or side, height=body.height or side, eta=body.eta, init_image=init, mask_image=mask, strength=body.strength,
+        n=body.n, width=body.width or side, height=body.height or side, eta=body.eta, init_image=init, mask_image=mask, strength=body.strength, masked_content=body.masked_content,
         cache_interval=body.cache_interval, guidance_end=body.guidance_end, prompt_emphasis=body.prompt_emphasis,
         clip_skip=body.clip_skip, **with_server_defaults(settings, body.steps, body.guidance_scale, body.scheduler),
     )

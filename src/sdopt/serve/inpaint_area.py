@@ -10,8 +10,8 @@ editors sending a whole picture with a small mask) rely on it:
   nothing to cut: the whole picture is repainted as img2img, without a mask.
 - **fill** (``inpainting_fill`` 0, its API's default): before the loop, the masked part of the init image is
   filled with its surroundings' colours, blurred in from far to near, so nothing of what was there shows through.
-  1 ("original") repaints the init image as it is, as Diffusers does. 2 and 3 change the latents, which sdopt's
-  loop does not: they run as 1 and the API lists them as ignored.
+  1 ("original") repaints the init image as it is, as Diffusers does. 2 ("latent noise") and 3 ("latent nothing")
+  change the latents the loop starts from under the mask (GenerateRequest.masked_content "noise", "zeros").
 - **The overlay** (both areas): outside the mask the answer keeps the init image's own pixels (the VAE round trip
   would change them), blended over the mask's blurred edge; for the whole picture the mask is doubled first, so the
   edge leans to the repainted side.
@@ -27,7 +27,8 @@ from typing import Any
 
 from sdopt.serve.resize_modes import CROP_AND_RESIZE, RESIZE_AND_FILL, resize
 
-FILL, ORIGINAL = 0, 1  # inpainting_fill values done here (2 "latent noise" and 3 "latent nothing" are not)
+FILL, ORIGINAL = 0, 1  # inpainting_fill values done here
+LATENT_FILLS = {2: "noise", 3: "zeros"}  # the inpainting_fill values the loop does (GenerateRequest.masked_content)
 
 
 @dataclass

@@ -34,6 +34,7 @@ class JobSpec:
     init_image: Any = None  # PIL image: img2img / inpainting
     mask_image: Any = None  # PIL image, white = repaint
     strength: float = 0.8
+    masked_content: str = "original"  # inpainting: GenerateRequest.masked_content (AUTOMATIC1111's inpainting_fill 2, 3)
     cache_interval: int | None = None  # step-feature caching; None: the artifact's default
     guidance_end: float | None = None  # truncated guidance; None: the artifact's default
     loras: dict[str, float] | None = None  # LoRA file -> weight, from the prompt's <lora:NAME:W> tags (serve/loras.py)
@@ -55,7 +56,7 @@ class JobSpec:
         if self.init_image is None:
             return ("text", *key)
         # img2img and inpainting share a call only with their own kind, at the same strength.
-        return ("image", *key, float(self.strength), self.mask_image is not None)
+        return ("image", *key, float(self.strength), self.mask_image is not None, self.masked_content)
 
     def describe(self) -> dict[str, Any]:
         """The parameters as JSON (images as their sizes, not their pixels)."""
@@ -86,7 +87,7 @@ def generate_request(specs: list[JobSpec]):
         # No job gave one: none at all (SDXL base then conditions on zeros; AUTOMATIC1111 does so for empty negatives).
         prompt=prompts, negative_prompt=negatives if any(negatives) else None, seed=first.seed, seeds=seeds, steps=first.steps,
         guidance_scale=first.guidance_scale, height=first.height, width=first.width, scheduler=first.scheduler, eta=first.eta,
-        init_image=per_row("init_image"), mask_image=per_row("mask_image"), strength=first.strength,
+        init_image=per_row("init_image"), mask_image=per_row("mask_image"), strength=first.strength, masked_content=first.masked_content,
         cache_interval=first.cache_interval, guidance_end=first.guidance_end, loras=first.loras, prompt_emphasis=first.prompt_emphasis,
         clip_skip=first.clip_skip,
     )
