@@ -162,6 +162,12 @@ def test_rule_grammar():
         parse_rule("quality.psnr_db", "+0.5")
     with pytest.raises(SdoptError, match="status takes 'ok'"):
         parse_rule("status", "fine")
+    # So would a bound on the wrong side: a ceiling on PSNR passed a drop to 10 dB.
+    with pytest.raises(SdoptError, match="quality.psnr_db gets worse as it drops, so its bound is >= 60"):
+        parse_rule("quality.psnr_db", "<= 60")
+    with pytest.raises(SdoptError, match="peak_memory gets worse as it grows, so its bound is <= 1000"):
+        parse_rule("peak_memory", ">= 1000")
+    assert parse_rule("size", "<= 1000").kind == "ceiling"
     from sdopt.bench.rules import parse_rules
 
     with pytest.raises(SdoptError, match="an empty list checks nothing"):

@@ -89,6 +89,7 @@ def test_a_file_is_hashed_once_while_it_is_unchanged(tiny_model, tmp_path, monke
 
     from sdopt import hash_records
 
+    monkeypatch.setenv("SDOPT_CACHE_DIR", str(tmp_path / "cache"))
     copy = tmp_path / "copy"
     shutil.copytree(tiny_model, copy)
     hashed = []
@@ -108,6 +109,16 @@ def test_a_file_is_hashed_once_while_it_is_unchanged(tiny_model, tmp_path, monke
     manifest.verify_files(copy)
     manifest.verify_files(copy)
     assert len(hashed) == shared  # the second time: every hash from its record
+
+    # A damaged record (right stamps, wrong hash) is not believed: the file is hashed again, and the good artifact loads.
+    records = sorted((tmp_path / "cache" / "verified-hashes").glob("*.json"))
+    assert len(records) == shared
+    for record in records:
+        text = json.loads(record.read_text())
+        record.write_text(json.dumps({**text, "sha256": "0" * 64}))
+    hashed.clear()
+    manifest.verify_files(copy)
+    assert len(hashed) == shared
 
     weights = copy / "unet" / "diffusion_pytorch_model.safetensors"
     data = bytearray(weights.read_bytes())

@@ -13,8 +13,10 @@ recorded (git's "racy" rule): a write within the file system's timestamp tick
 after the hash could leave the stamps as they were.
 
 The record is a convenience, never a condition: an unreadable, stale or
-unwritable record means the file is hashed again, and a load never fails
-because of one.
+unwritable record, or one that disagrees with the manifest, means the file is
+hashed again, and a load never fails because of one. The records are trusted
+as the user's own files: a cache folder others may write (SDOPT_CACHE_DIR on a
+shared volume) lets them vouch for a changed file — keep it private.
 """
 
 from __future__ import annotations
@@ -39,15 +41,17 @@ def _record_path(path: Path) -> Path:
     return user_cache_dir() / RECORDS / (hashlib.sha256(str(path).encode()).hexdigest()[:40] + ".json")
 
 
-def recorded_sha256(path: str | Path) -> str:
+def recorded_sha256(path: str | Path, expected: str | None = None) -> str:
     """The sha256 of the file at ``path``: its record's while the file's stamps are the recorded ones, else hashed
-    now (and recorded when the file had settled before the hash and did not change during it)."""
+    now (and recorded when the file had settled before the hash and did not change during it). A record that
+    disagrees with ``expected`` is not believed: the file is hashed again, so a damaged record never fails a load."""
     path = Path(path).resolve()
     stamps = _stamps(path.stat())
     record_path = _record_path(path)
     try:
         record = json.loads(record_path.read_text())
-        if record["path"] == str(path) and record["stamps"] == stamps and len(record["sha256"]) == 64:
+        if record["path"] == str(path) and record["stamps"] == stamps and len(record["sha256"]) == 64 \
+                and (expected is None or record["sha256"] == expected):
             return str(record["sha256"])
     except (OSError, ValueError, KeyError, TypeError):
         pass

@@ -172,7 +172,7 @@ class Manifest:
                     raise SdoptError(f"{path} is listed in {MANIFEST_NAME} for {name} but missing: the artifact is incomplete; export it again")
                 if f.sha256 is None or f.path in checked:
                     continue
-                if recorded_sha256(path) != f.sha256:  # hashed once while the file is unchanged (sdopt.hash_records)
+                if recorded_sha256(path, f.sha256) != f.sha256:  # hashed once while the file is unchanged (sdopt.hash_records)
                     raise SdoptError(
                         f"{path} does not match the sha256 recorded in {MANIFEST_NAME}: the file was changed "
                         "or corrupted after export; export the artifact again"

@@ -63,6 +63,13 @@ def parse_rule(metric: str, text: str) -> Rule:
     if not m:
         raise SdoptError(f"gate rule {metric}: {text!r} is not understood; write like '+10%', '-0.5', '>= 30' or 'ok'")
     if m["cmp"]:
+        if metric == "status":
+            raise SdoptError(f"gate rule status: {text!r}: status takes 'ok'")
+        bad = "<=" if metric not in LARGER_IS_WORSE else ">="  # a ceiling on quality, a floor on latency: no regression fails it
+        if m["cmp"] == bad:
+            good = ">=" if bad == "<=" else "<="
+            raise SdoptError(f"gate rule {metric}: {text!r} would pass any change the bad way: {metric} gets worse as it "
+                             f"{'drops' if bad == '<=' else 'grows'}, so its bound is {good} {m['bound']}")
         return Rule(metric, text, "floor" if m["cmp"] == ">=" else "ceiling", float(m["bound"]))
     if m["sign"]:
         if metric == "status":
