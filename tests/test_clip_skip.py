@@ -3,6 +3,8 @@ N - 1, through its final layer norm — on the prompt and on the negative, as AU
 encode_prompt applies its clip_skip, N - 1, to the prompt only). Exported text encoders give those layers as
 ``clip_skip.K`` outputs; SDXL ignores it with a warning, as AUTOMATIC1111 does."""
 
+import json
+
 import numpy as np
 import pytest
 import requests
@@ -85,6 +87,10 @@ def test_sdxl_ignores_clip_skip_with_a_warning(sdxl_tiny):
     plain = pipe.generate(GenerateRequest(**request))
     assert np.array_equal(skipped.latents, plain.latents)
     assert "Clip skip" not in parse_parameters(skipped.images[0].info["parameters"])  # not what made it
+    with running_server(pipe) as (url, _):  # the A1111 API says it did not apply it (the warning is the server's log's)
+        r = requests.post(f"{url}/sdapi/v1/txt2img", json={"prompt": "a fox", "steps": 2, "width": 64, "height": 64,
+                                                            "override_settings": {"CLIP_stop_at_last_layers": 2}}, timeout=120)
+    assert r.status_code == 200 and "override_settings.CLIP_stop_at_last_layers" in json.loads(r.json()["info"])["sdopt_ignored"]
 
 
 def test_cli_clip_skip_and_its_png_made_again(tiny_model, tmp_path, capsys):
@@ -115,6 +121,7 @@ def test_a1111_clip_skip_from_override_settings_options_and_infotext(tiny_pipeli
         assert np.array_equal(overridden, want)
         info = answer["info"]
         assert "Clip skip: 2" in info and "override_settings.sd_vae" in info and "override_settings.CLIP" not in info
+        assert json.loads(info)["clip_skip"] == 2
         from_text, _ = txt2img(infotext="a fox\nNegative prompt: blurry\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 3, Size: 64x64, Clip skip: 2")
         assert np.array_equal(from_text, want)
         # POST /options sets it for the requests that do not override it, as AUTOMATIC1111's setting.

@@ -147,3 +147,12 @@ def test_a_static_batch_names_the_num_images_that_fill_it(tiny_pipeline, monkeyp
     with pytest.raises(SdoptError, match=r"--num-images 2 asks for 2\)"):
         tiny_pipeline.check_request(GenerateRequest(**SMALL))
     tiny_pipeline.check_request(GenerateRequest(**SMALL, num_images=2))
+
+
+@pytest.mark.skipif(not __import__("pathlib").Path("/dev/null").is_char_device(), reason="needs /dev/null")
+def test_output_to_dev_null_is_written_there(tiny_model, capsys):
+    """-o /dev/null discards the image, as any command's output there; it wrote /dev/null.png (a new file in /dev)."""
+    from pathlib import Path
+
+    assert main(["generate", str(tiny_model), "-p", "x", "--steps", "1", "--height", "64", "--width", "64", "-q", "-o", "/dev/null"]) == 0
+    assert not Path("/dev/null.png").exists() and Path("/dev/null").is_char_device()

@@ -260,6 +260,10 @@ def check_output_files(paths: list[Path]) -> None:
     for path in paths:
         if path.is_dir():
             raise SdoptError(f"-o {path} is a folder: give a file name such as {path / 'out.png'}")
+        if path.is_char_device():  # /dev/null: written as it is, nothing created beside it
+            if not os.access(path, os.W_OK):
+                raise SdoptError(f"cannot write {path}: it is not writable")
+            continue
         probe = nearest_existing(path.parent if str(path.parent) else Path("."))
         if not probe.is_dir():
             raise SdoptError(f"cannot write {path}: {probe} is a file, not a folder")
@@ -326,7 +330,7 @@ def _fill_in_place(tmp: Path, out: Path, why: OSError) -> None:
     """The finished ``tmp`` into ``out``, which cannot be renamed (``why``): moved in entry by entry when ``out`` is
     empty, under the marker that keeps a half-moved folder from being read as an artifact; else an error that says
     where the finished output is (nothing is lost)."""
-    kept = f"the finished output is kept in {tmp}: move its contents there yourself, or choose another output path"
+    kept = f"the finished output is kept in {tmp}: move its contents into {out} yourself, or choose another output path"
     if any(out.iterdir()):
         raise SdoptError(f"cannot replace {out}: {why.strerror} (it cannot be moved aside); {kept}") from why
     try:

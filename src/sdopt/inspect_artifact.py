@@ -104,7 +104,8 @@ def format_description(d: dict[str, Any]) -> str:
             else:
                 verdict = "ok" if p.get("passed") else "FAILED, kept (--skip-validation)" if p.get("accepted") else "FAILED"
                 errors = "NaN or inf" if p.get("max_abs") is None else f"max abs {p['max_abs']:.3g}  max rel {p['max_rel']:.3g}"
-                lines.append(f"  {name:<14} {errors}  tolerance {p.get('tolerance'):.3g}  {verdict}")
+                judged = f" ({p['judged_as']}'s: it ran {p['judged_as']})" if p.get("judged_as") not in (None, d.get("precision")) else ""
+                lines.append(f"  {name:<14} {errors}  tolerance {p.get('tolerance'):.3g}{judged}  {verdict}")
     for note in d.get("notes") or []:
         lines.append(f"note       {note}")
     return "\n".join(lines)

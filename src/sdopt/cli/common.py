@@ -38,6 +38,8 @@ def output_paths(out: Path, count: int) -> list[Path]:
     suffix = out.suffix or ".png"
     if Image.registered_extensions().get(suffix.lower()) not in Image.SAVE:  # formats PIL writes, not only reads
         raise SdoptError(f"-o {out}: {suffix} is not an image format sdopt can write; end the name in .png (keeps the parameters), .jpg or .webp")
+    if out.is_char_device():  # -o /dev/null: the images are written there (and discarded), as to any file
+        return [out] * count
     if count == 1:  # an existing folder is kept as given, for check_output_files to refuse
         return [out.with_name(out.name + suffix) if not out.suffix and not out.is_dir() else out]
     return [out.with_name(f"{out.stem}-{i}{suffix}") for i in range(count)]

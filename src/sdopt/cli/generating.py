@@ -101,10 +101,13 @@ def _generate(args: argparse.Namespace) -> int:
             f"the generation produced no usable image ({'; '.join(result.problems)}); nothing was saved. "
             "The artifact or the request makes the numbers overflow: try a guidance scale near 7.5, fp32, or export again"
         )
+    from PIL import Image
+
     paths[0].parent.mkdir(parents=True, exist_ok=True)
     for image, path in zip(result.images, paths):
         try:
-            image.save(path, pnginfo=png_info(image))  # its parameters, as AUTOMATIC1111 writes them
+            # its parameters, as AUTOMATIC1111 writes them; PNG where the name says no format (-o /dev/null)
+            image.save(path, format=Image.registered_extensions().get(path.suffix.lower(), "PNG"), pnginfo=png_info(image))
         except OSError as exc:  # the disk filled up, or the path changed meanwhile
             raise SdoptError(f"cannot write {path}: {exc.strerror or exc}") from exc
         print(path)

@@ -142,7 +142,9 @@ def export_components(source: Path, manifest: Manifest, out: Path, precision: st
         axes = static_axes(shaped, name) if static else {}
         parity[name], runs[name] = _validate(core, path, spec, inputs, reference, precision, axes)
         # measured and recorded either way; --skip-validation keeps a failed component
-        settle(name, parity[name], precision, skip_validation, failures, _runs_instead(precision, runs[name]))
+        judged = runs[name] if runs[name] in ("fp16", "bf16") else precision  # _validate's tolerance: what ran
+        parity[name]["judged_as"] = judged
+        settle(name, parity[name], judged, skip_validation, failures, _runs_instead(precision, runs[name]))
         components[name] = entry
 
     facts = device_facts(core, "CPU")
@@ -177,8 +179,6 @@ def _runs_instead(precision: str, ran: str) -> str:
 
 
 def _precision_notes(precision: str, runs: dict[str, str], facts: dict[str, Any]) -> list[str]:
-    if not runs:
-        return [f"inference precision hint {HINTS[precision]}; what the device runs was not checked (--skip-validation)"]
     ran = sorted(set(runs.values()))
     where = f"{facts['device']} ({facts.get('name', '?')}, capabilities {', '.join(facts.get('capabilities', [])) or '?'})"
     if ran == [precision]:

@@ -167,6 +167,12 @@ def _schedule_unapplied(schedule: str | None, scheduler: str | None) -> bool:
         and A1111_SAMPLERS.get(scheduler, ("", None))[1] is None
 
 
+def _clip_skip_ignored(request: Request, spec: J.JobSpec) -> list[str]:
+    """Clip skip asked of a model whose family reads fixed text-encoder layers (SDXL: AUTOMATIC1111 ignores it too)."""
+    family = getattr(getattr(request.app.state.worker.pipeline, "family", None), "reads_clip_skip", True)
+    return [f"override_settings.{CLIP_SKIP_SETTING}"] if spec.clip_skip > 1 and not family else []
+
+
 def _combined_unapplied(sampler: str) -> bool:
     from sdopt.errors import SdoptError
     from sdopt.runtime.schedulers import unapplied_schedule
@@ -192,7 +198,7 @@ def ignored_fields(body: _Processing, scheduler: str | None) -> list[str]:
                 out.append(name)
             continue
         if name == "override_settings":  # by key: what is applied is not ignored
-            out += [f"override_settings.{key}" for key in sorted(body.override_settings or {}) if key not in CLIP_SKIP_SETTING]
+            out += [f"override_settings.{key}" for key in sorted(body.override_settings or {}) if key != CLIP_SKIP_SETTING]
             continue
         if name == "eta":  # only DDIM and ancestral samplers read it in AUTOMATIC1111 (DDIM and TCD here)
             if body.eta is not None and scheduler in _ETA_FIXED and body.eta != _ETA_FIXED[scheduler]:
@@ -276,9 +282,9 @@ def apply_infotext(body: _Processing) -> None:
     except SdoptError as exc:
         raise RequestError("infotext", f"infotext: {exc}") from None
     given = set(body.model_fields_set)
-    fields.pop("num_images", None)
+    fields.pop("num_images", None)  # a batch drawn from one seed: this API draws each image from its own
     if "clip_skip" in fields:  # AUTOMATIC1111 maps "Clip skip" to this setting; the request's own override wins
-        body.override_settings = {CLIP_SKIP_SETTING: fields.pop("clip_skip"), **(body.override_settings or {})}  # a batch drawn from one seed: this API draws each image from its own
+        body.override_settings = {CLIP_SKIP_SETTING: fields.pop("clip_skip"), **(body.override_settings or {})}
     for name, value in fields.items():
         field = A1111_NAMES.get(name, name)  # the sampler as sdopt's name (with its schedule type), which sampler_name takes
         if field not in given and field in type(body).model_fields:
@@ -361,7 +367,8 @@ def _info(request: Request, job: J.Job, spec: J.JobSpec, body: _Processing, inte
         "is_using_inpainting_conditioning": bool(getattr(request.app.state.worker.pipeline, "inpainting_unet", False)),
         "task_id": job.id,
         "interrupted": interrupted,
-        "sdopt_ignored": ignored_fields(body, spec.scheduler),
+        "clip_skip": spec.clip_skip,  # AUTOMATIC1111's Processed.js() has it
+        "sdopt_ignored": ignored_fields(body, spec.scheduler) + _clip_skip_ignored(request, spec),
         "sdopt_scheduler": spec.scheduler,
         "sdopt_batch_size": job.batch_size,
         "sdopt_loras": {Path(f).stem: w for f, w in (spec.loras or {}).items()},

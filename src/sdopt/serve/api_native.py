@@ -42,7 +42,7 @@ class JobRequest(BaseModel):
     cache_interval: int | None = cache_interval_field()
     guidance_end: float | None = guidance_end_field()
     prompt_emphasis: bool = Field(False, description="AUTOMATIC1111's emphasis, (word:1.2): weights in the prompts (its API always reads them)")
-    clip_skip: int = clip_skip_field()
+    clip_skip: int | None = clip_skip_field()
 
 
 def job_view(request: Request, job: J.Job, images: bool = True) -> dict[str, Any]:
@@ -90,7 +90,7 @@ def spec_from(request: Request, body: JobRequest) -> J.JobSpec:
         prompt=body.prompt, negative_prompt=body.negative_prompt, seed=random_seed() if body.seed is None else body.seed,
         n=body.n, width=body.width or side, height=body.height or side, eta=body.eta, init_image=init, mask_image=mask, strength=body.strength, masked_content=body.masked_content,
         cache_interval=body.cache_interval, guidance_end=body.guidance_end, prompt_emphasis=body.prompt_emphasis,
-        clip_skip=body.clip_skip, **with_server_defaults(settings, body.steps, body.guidance_scale, body.scheduler),
+        clip_skip=body.clip_skip or 1, **with_server_defaults(settings, body.steps, body.guidance_scale, body.scheduler),
     )
 
 
