@@ -133,6 +133,9 @@ def test_every_profile_parses_with_gate_rules():
     ('[[artifacts]]\nname = "q"\nquantise = "int8"\n', "[[artifacts]] 'q' has no key 'quantise' (did you mean 'quantize'?)"),
     ('[[artifacts]]\nquantize = "int8"\n', "[[artifacts]] entry 1 has no name"),
     ('requires_avx = ["avx512f"]\n', "the profile has no key 'requires_avx'"),
+    ('[run.onnxruntime]\nintra_op_threads = 2\n', "[run.onnxruntime] has no key 'intra_op_threads' (did you mean 'intra_op_num_threads'?)"),
+    ('[[artifacts]]\nname = "e"\nexport = "onnx"\noptions = { deep_cach = 2 }\n', "[[artifacts]] 'e': --to onnx does not take --deep-cach"),
+    ('[[artifacts]]\nname = "q"\nquantize = "int4"\nbackend = "nncf"\noptions = { grup_size = 64 }\n', "'q': --backend nncf does not take --grup-size"),
 ])
 def test_a_profile_key_sdopt_does_not_know_is_refused(tmp_path, body, message):
     """A typo in a profile was silently ignored: [bench] step = 1 benched 4 steps, an artifact's quantise = "int8"

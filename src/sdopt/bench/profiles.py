@@ -103,6 +103,7 @@ def load_profile(name_or_path: str) -> HardwareProfile:
         if not isinstance(entry, dict) or "name" not in entry:
             raise SdoptError(f"{path}: [[artifacts]] entry {index + 1} has no name: every entry is a table with name = \"...\"")
         _known_keys(entry, ARTIFACT_KEYS, path, f"[[artifacts]] {entry['name']!r}")
+        _check_recipe_options(entry, path)
     return HardwareProfile(
         name=data["name"],
         description=data.get("description", ""),
@@ -139,6 +140,27 @@ def _known_keys(table: Any, known: set[str], path: Path, where: str) -> None:
                          + f"; its keys are {', '.join(sorted(known))} (src/sdopt/profiles/README.md)")
 
 
+def _check_recipe_options(entry: dict[str, Any], path: Path) -> None:
+    """An entry's ``options`` are ones its exporter (or its named quantizer) takes: refused when the profile is read,
+    not when the bench reaches the entry after building the others (a quantizer chosen by scheme is checked then)."""
+    options = entry.get("options")
+    if not options:
+        return
+    if not isinstance(options, dict):
+        raise SdoptError(f"{path}: [[artifacts]] {entry['name']!r}: options is a table, such as options = {{ deep_cache = 2 }}")
+    try:
+        if "export" in entry:
+            from sdopt.export import EXPORTERS
+
+            EXPORTERS.lookup(entry["export"]).check_options(options, EXPORTERS)
+        elif "quantize" in entry and entry.get("backend"):
+            from sdopt.quant import QUANTIZERS
+
+            QUANTIZERS.lookup(entry["backend"]).check_options(options, QUANTIZERS)
+    except SdoptError as exc:
+        raise SdoptError(f"{path}: [[artifacts]] {entry['name']!r}: {exc}") from None
+
+
 def _run_tables(run: Any, path: Path) -> dict[str, dict[str, Any]]:
     from sdopt.runtime.backends import BACKENDS
 
@@ -148,6 +170,10 @@ def _run_tables(run: Any, path: Path) -> dict[str, dict[str, Any]]:
     if unknown:
         takers = [b for b, backend in BACKENDS.items() if "run_settings" in backend.options]
         raise SdoptError(f"{path}: [run.{unknown[0]}]: run settings apply to {', '.join(takers)}")
+    for backend, settings in run.items():
+        known = BACKENDS[backend].run_settings
+        if known is not None:
+            _known_keys(settings, set(known), path, f"[run.{backend}]")
     return {backend: dict(settings) for backend, settings in run.items()}
 
 

@@ -22,6 +22,9 @@ class Backend(Plugin):
     # Whether it can run an artifact in another precision than it was written in (torch casts
     # weights at load); the others run what their export compiled.
     casts_at_load: bool = False
+    # The keys of its run_settings (a profile's [run.NAME] table), checked when a profile is read; None: any
+    # (OpenVINO takes its device's properties by name, which only OpenVINO itself can list).
+    run_settings: tuple[str, ...] | None = None
 
     flag = "the backend"
 
@@ -68,6 +71,7 @@ register_backend(
         requires=("onnxruntime",),
         precisions={"cpu": ("fp32", "fp16", "mixed"), "cuda": ("fp32", "fp16", "mixed")},
         options=("threads", "provider", "run_settings"),
+        run_settings=("intra_op_num_threads", "inter_op_num_threads", "graph_optimization_level", "execution_mode", "allow_spinning"),
     )
 )
 

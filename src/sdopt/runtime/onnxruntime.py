@@ -16,6 +16,7 @@ import onnxruntime as ort
 
 from sdopt.errors import SdoptError
 from sdopt.manifest import Manifest
+from sdopt.runtime.backends import BACKENDS
 from sdopt.runtime.executor import to_rank
 
 # ONNX tensor type strings -> numpy dtypes, for feeding graphs exported by others (Optimum's
@@ -54,7 +55,7 @@ def providers_for(device: str, provider: str | None = None) -> list:
 # A profile's [run.onnxruntime] keys -> how each sets ort.SessionOptions.
 _LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
 _MODES = {"sequential": "ORT_SEQUENTIAL", "parallel": "ORT_PARALLEL"}
-RUN_SETTINGS = ("intra_op_num_threads", "inter_op_num_threads", "graph_optimization_level", "execution_mode", "allow_spinning")
+RUN_SETTINGS = BACKENDS["onnxruntime"].run_settings
 
 
 def session_options(threads: int | None = None, run_settings: dict[str, Any] | None = None) -> ort.SessionOptions:
