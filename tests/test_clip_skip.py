@@ -38,7 +38,7 @@ def diffusers_pipe(tiny_model):
     return pipe
 
 
-@pytest.mark.parametrize("clip_skip", [2, 3, 5])
+@pytest.mark.parametrize("clip_skip", [2, 5])  # the penultimate, and the first layer of the tiny encoder
 def test_clip_skip_is_diffusers_clip_skip_on_prompt_and_negative(tiny_pipeline, diffusers_pipe, clip_skip):
     ours = tiny_pipeline.generate(GenerateRequest(**REQUEST, clip_skip=clip_skip))
     # Diffusers' encode_prompt, clip_skip = N - 1, for the prompt and (through the prompt's path) the negative.
