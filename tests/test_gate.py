@@ -19,10 +19,12 @@ def report(bench_report):
     return bench_report[1]
 
 
-def _pin_noise(report, rel_stderr=0.01):
-    """Fix the recorded run-to-run noise, so these tests judge the rule and not this machine's load."""
+def _pin_noise(report, rel_stderr=0.01, rel_mad=0.02):
+    """Fix the recorded run-to-run noise (and spread: rows past 20% are not judged), so these tests judge the rule and
+    not this machine's load."""
     for a in report["artifacts"]:
         a["latency_s"]["rel_stderr"] = rel_stderr
+        a["latency_s"]["rel_mad"] = rel_mad
     return report
 
 
@@ -110,6 +112,19 @@ def test_a_number_the_baseline_lacks_is_missing_not_skipped(report):
     result = gate(worse, RULES, baseline=base)
     missing = {c.metric for c in result.checks if c.artifact == "tiny-onnx" and c.verdict == "MISSING"}
     assert result.exit_code == 2 and {"latency.median", "peak_memory", "quality.psnr_db"} <= missing, table(result)
+
+
+def test_a_slowdown_in_rows_the_bench_called_too_noisy_cannot_be_judged(report):
+    """Both reports warned "timings too noisy to compare" and the gate still failed a 3x slowdown as a regression: a
+    change past the rule in such rows is TOO NOISY (exit 2) with a note; quiet rows still fail."""
+    quiet_report = _pin_noise(json.loads(json.dumps(report)))
+    slow = {"latency_s.median": lambda v: 3 * v}
+    noisy = derived(quiet_report, **{"tiny-onnx": {**slow, "latency_s.rel_mad": 0.45}})
+    result = gate(noisy, RULES, baseline=quiet_report)
+    check = next(c for c in result.checks if c.artifact == "tiny-onnx" and c.metric == "latency.median")
+    assert check.verdict == "TOO NOISY" and result.exit_code == 2, table(result)
+    assert any("tiny-onnx (current, 45%)" in n and "quiet machine" in n for n in result.notes)
+    assert gate(derived(quiet_report, **{"tiny-onnx": slow}), RULES, baseline=quiet_report).exit_code == 1
 
 
 def test_artifact_missing_from_the_current_report_fails(report):

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sdopt.bench.rules import Rule, parse_rules
-from sdopt.bench.assemble import REPORT_SCHEMA
+from sdopt.bench.assemble import NOISY_REL_MAD, REPORT_SCHEMA
 from sdopt.errors import SdoptError
 from sdopt.fsutil import read_json
 
@@ -63,7 +63,9 @@ class Check:
     current: float | str | None
     change: str
     threshold: str
-    verdict: str  # ok, noise, REGRESSION, MISSING, n/a (the artifact failed: status says so), skipped (no baseline value)
+    # ok, noise, REGRESSION, MISSING, TOO NOISY (a slowdown past the rule in rows the bench itself called too noisy to
+    # compare: cannot judge), n/a (the artifact failed: status says so), skipped (no baseline value)
+    verdict: str
 
     @property
     def failed(self) -> bool:
@@ -71,7 +73,8 @@ class Check:
 
     @property
     def missing(self) -> bool:
-        return self.verdict == "MISSING"
+        """A check the gate cannot judge (exit 2): a number absent, or timings too noisy to call a change a regression."""
+        return self.verdict in ("MISSING", "TOO NOISY")
 
 
 @dataclass
@@ -258,9 +261,28 @@ def gate(current: dict, rules_table: dict[str, Any], baseline: dict | None = Non
             if rule.metric in ("latency.median", "latency.p90") and _number(base_value):
                 noise = math.hypot(ratio_noise(artifact, current), ratio_noise(base, baseline))
             change, verdict = _judge(rule, value, base_value, noise, ran=artifact.get("status") == "ok")
+            if verdict == "REGRESSION" and rule.metric in _LATENCY_METRICS:
+                noisy = _noisy_rows(artifact, current, "current") + _noisy_rows(base, baseline, "baseline")
+                if noisy:  # the bench said these timings cannot be compared: neither a pass nor a regression
+                    verdict = "TOO NOISY"
+                    result.notes.append(f"{name} {rule.metric}: not judged: {', '.join(noisy)} spread past {NOISY_REL_MAD:.0%} "
+                                        "(the report's own warning); bench again on a quiet machine, or with --rounds K")
             threshold = rule.text + (f" (noise ±{2 * noise * 100:.1f}%)" if noise else "")
             result.checks.append(Check(name, rule.metric, _fmt(rule.metric, base_value) if base is not None else "–", _fmt(rule.metric, value), change, threshold, verdict))
     return result
+
+
+_LATENCY_METRICS = ("latency.median", "latency.p90")
+
+
+def _noisy_rows(artifact: dict | None, report: dict | None, which: str) -> list[str]:
+    """The rows a latency ratio is made of (the artifact and its report's reference) whose timings spread past
+    NOISY_REL_MAD, named with their report (``which``: "tiny-int8 (current, 44%)")."""
+    if not artifact or not report:
+        return []
+    rows = [artifact, _by_name(report).get(report.get("reference"), {})]
+    return list(dict.fromkeys(f"{r.get('name')} ({which}, {mad:.0%})" for r in rows
+                              if _number(mad := (r.get("latency_s") or {}).get("rel_mad")) and mad > NOISY_REL_MAD))
 
 
 def cpu_kind(report: dict) -> str:
