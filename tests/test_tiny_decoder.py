@@ -141,3 +141,14 @@ def test_a_profile_distills_a_decoder_and_exports_it_with_caching_to_onnx(tiny_m
     np.testing.assert_allclose(cached.latents, torch_cached.latents, atol=2e-3)  # ONNX caches as PyTorch does
     np.testing.assert_allclose(whole.latents, full.latents, atol=2e-3)  # and without caching is the full UNet
     assert psnr_db(np.asarray(full.images[0]), np.asarray(whole.images[0])) < 60  # the decoder did change
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--channels", "0"], "--channels must be at least 1, got 0"),  # 0 was taken for the default
+    (["--height", "0"], "--height 0: must be a multiple of 8"),  # 0 was taken for the model's size
+    (["--steps", "0"], "--steps must be at least 1, got 0"),  # it named a --steps-per-image no one can pass
+    (["--init", "/nonexistent"], "--init /nonexistent: not a folder"),  # it named --vae-decoder
+])
+def test_bad_distill_values_are_refused_naming_their_flag(tiny_model, tmp_path, capsys, flags, message):
+    assert main(["distill-decoder", str(tiny_model), "-o", str(tmp_path / "d"), "--latents", "4", "-q", *flags]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "d").exists()

@@ -46,3 +46,9 @@ def test_training_writes_a_loadable_model_with_its_curves_and_repeats_by_seed(tm
     assert not all(torch.equal(a["unet"][k], c["unet"][k]) for k in a["unet"])
     assert main(["train-shapes", str(first), *FEW]) == 2  # exists: refused, not overwritten
     assert "exists" in capsys.readouterr().err
+
+
+def test_a_bad_training_value_is_an_error_naming_its_flag(tmp_path, capsys):
+    """It was a ValueError traceback naming the field."""
+    assert main(["train-shapes", str(tmp_path / "t"), "-q", "--vae-steps", "0"]) == 2
+    assert "--vae-steps must be at least 1, got 0" in capsys.readouterr().err and not (tmp_path / "t").exists()

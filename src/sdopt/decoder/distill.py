@@ -51,11 +51,20 @@ class DistillSettings:
     threads: int = 0  # 0: every core
 
     def check(self) -> None:
+        flags = {"steps_per_image": "--steps"}  # the CLI's names where they are not the field's
         for name in ("latents", "steps_per_image", "generate_batch", "train_steps", "batch", "crop"):
             if getattr(self, name) < 1:
-                raise SdoptError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+                raise SdoptError(f"{flags.get(name, '--' + name.replace('_', '-'))} must be at least 1, got {getattr(self, name)}")
         if self.latents < 2:
             raise SdoptError("--latents must be at least 2: one is held out to measure the decoder")
+        if self.channels is not None and self.channels < 1:  # 0 was taken for "the default"
+            raise SdoptError(f"--channels must be at least 1, got {self.channels} (leave it out for the default)")
+        from sdopt.request import MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE
+
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            if value is not None and (value % SIDE_MULTIPLE or not MIN_SIDE <= value <= MAX_SIDE):  # 0 was taken for the default
+                raise SdoptError(f"--{name} {value}: must be a multiple of {SIDE_MULTIPLE} between {MIN_SIDE} and {MAX_SIDE} (leave it out for the model's)")
 
 
 def default_channels(vae_config: dict[str, Any]) -> int:
@@ -150,7 +159,7 @@ def distill_decoder(model: str | Path, out: str | Path, settings: DistillSetting
 
     settings.check()
     check_output_dir(out, force, local_inputs(model))  # before any slow work
-    source, manifest = source_checkpoint(model)
+    source, manifest = source_checkpoint(model, "distill")
     model_info = manifest.model
     vae_entry = manifest.components.get("vae_decoder")
     if vae_entry is None:
@@ -168,7 +177,7 @@ def distill_decoder(model: str | Path, out: str | Path, settings: DistillSetting
     height, width = settings.height or side, settings.width or side
 
     if init is not None:
-        config = tiny_mod.read_config(init)
+        config = tiny_mod.read_config(init, "--init")
         tiny_mod.check_fits(config, model_info, f"--init {init}")
         tiny = AutoencoderTiny.from_pretrained(Path(init), use_safetensors=True)
     else:

@@ -44,11 +44,12 @@ def tiny_config(model: dict[str, Any], channels: int = DEFAULT_CHANNELS) -> dict
     }
 
 
-def read_config(path: str | Path) -> dict[str, Any]:
-    """The config of a tiny-decoder folder (Diffusers' AutoencoderTiny layout), checked for what loading needs."""
+def read_config(path: str | Path, flag: str = "--vae-decoder") -> dict[str, Any]:
+    """The config of a tiny-decoder folder (Diffusers' AutoencoderTiny layout), checked for what loading needs;
+    ``flag``: the option that named it (distill-decoder's --init)."""
     folder = Path(path)
     if not folder.is_dir():
-        raise SdoptError(f"--vae-decoder {folder}: not a folder. Give a Diffusers AutoencoderTiny folder (config.json + {WEIGHTS_FILE}), "
+        raise SdoptError(f"{flag} {folder}: not a folder. Give a Diffusers AutoencoderTiny folder (config.json + {WEIGHTS_FILE}), "
                          "such as `sdopt distill-decoder` writes or TAESD's published weights")
     config = read_json(folder / "config.json", what="the tiny decoder's config", missing="give a Diffusers AutoencoderTiny folder")
     if config.get("_class_name") != ARCHITECTURE:

@@ -176,14 +176,14 @@ def mark_replaced_decoder(out: Path) -> None:
         path.write_text(json.dumps(index, indent=2) + "\n")
 
 
-def source_checkpoint(model: str | Path) -> tuple[Path, Manifest]:
-    """A source for export or quantization must be a full-precision PyTorch checkpoint."""
+def source_checkpoint(model: str | Path, verb: str = "export") -> tuple[Path, Manifest]:
+    """A source for export or quantization (or ``verb``: distill) must be a full-precision PyTorch checkpoint."""
     folder = resolve(model)
     manifest = read_manifest(folder)
     if manifest.backend != "torch" or any(c.quantization for c in manifest.components.values()):
         raise SdoptError(
             f"{folder} is an artifact for {manifest.backend}{' with quantized weights' if manifest.backend == 'torch' else ''}; "
-            "export from the original PyTorch (Diffusers) checkpoint"
+            f"{verb} from the original PyTorch (Diffusers) checkpoint"
         )
     if not manifest.inferred:
         manifest.verify_files(folder)

@@ -53,9 +53,11 @@ class TrainSettings:
     threads: int = 0  # 0: every core
 
     def check(self) -> None:
+        from sdopt.errors import SdoptError
+
         for name in ("vae_steps", "vae_batch", "images", "unet_steps", "unet_batch"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
+                raise SdoptError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
 
 
 def _to_tensor(images: list[np.ndarray]) -> torch.Tensor:
