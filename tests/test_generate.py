@@ -144,7 +144,7 @@ def test_a_truncation_of_guidance_that_is_off_is_said_to_do_nothing(tiny_pipelin
 def test_a_static_batch_names_the_num_images_that_fill_it(tiny_pipeline, monkeypatch):
     """An artifact built for 2 images a call refused the default request without saying how to ask for 2."""
     monkeypatch.setattr(tiny_pipeline.manifest, "static_shapes", {"batch": 2, "height": 64, "width": 64})
-    with pytest.raises(SdoptError, match=r"--num-images 2 asks for 2\)"):
+    with pytest.raises(SdoptError, match=r"it takes 2 images a call, prompts x num_images: ask for num_images=2, --num-images 2"):
         tiny_pipeline.check_request(GenerateRequest(**SMALL))
     tiny_pipeline.check_request(GenerateRequest(**SMALL, num_images=2))
 
@@ -156,3 +156,11 @@ def test_output_to_dev_null_is_written_there(tiny_model, capsys):
 
     assert main(["generate", str(tiny_model), "-p", "x", "--steps", "1", "--height", "64", "--width", "64", "-q", "-o", "/dev/null"]) == 0
     assert not Path("/dev/null.png").exists() and Path("/dev/null").is_char_device()
+
+
+def test_a_negative_prompt_an_unguided_request_never_reads_is_said(tiny_pipeline):
+    """Guidance 1 or less (a Turbo model's 0) runs no unconditional pass: the negative prompt did nothing, silently."""
+    unguided = tiny_pipeline.generate(GenerateRequest(**{**SMALL, "guidance_scale": 1.0, "steps": 1}, negative_prompt="blurry"))
+    assert any("the negative prompt is not used" in w for w in unguided.warnings)
+    guided = tiny_pipeline.generate(GenerateRequest(**{**SMALL, "steps": 1}, negative_prompt="blurry"))
+    assert not any("negative prompt" in w for w in guided.warnings)

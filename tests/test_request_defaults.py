@@ -79,7 +79,7 @@ def test_an_artifact_records_its_defaults_at_export_and_keeps_them_through_quant
     generate runs; sdopt quantize carries the source's and changes only what it is given; bad values refused at once."""
     out = tmp_path / "turbo-onnx"
     assert main(["export", str(tiny_model), "--to", "onnx", "--default-steps", "1", "--default-guidance", "0", "-q", "-o", str(out)]) == 0
-    assert "default    request: 1 step at guidance 0 (the artifact's, set at export" in capsys.readouterr().out
+    assert "default    request: 1 step at guidance 0 (the artifact's, set when it was made" in capsys.readouterr().out
     assert json.loads((out / "sdopt.json").read_text())["export"]["request_defaults"] == {"steps": 1, "guidance_scale": 0.0}
     assert main(_generate(out, tmp_path / "turbo.png")) == 0
     assert "UNet 1 calls" in capsys.readouterr().err

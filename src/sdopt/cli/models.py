@@ -54,7 +54,8 @@ def _distill_decoder(args: argparse.Namespace) -> int:
 def add_init_model(sub) -> None:
     from sdopt.zoo import MODELS
 
-    p = sub.add_parser("init-model", help="write a zoo checkpoint: real architecture, random weights (tiny, tiny-inpaint, sd15, sd2-tiny, sdxl-tiny, sdxl-tiny-inpaint, sdxl) or sdopt's trained shapes model")
+    p = sub.add_parser("init-model", help="write a zoo checkpoint: real architecture, random weights (tiny, tiny-inpaint, tiny-lcm, sd15, sd2-tiny, "
+                                          "sdxl-tiny, sdxl-tiny-inpaint, sdxl-tiny-lcm, sdxl) or sdopt's trained shapes model")
     p.add_argument("name", choices=sorted(MODELS), help="; ".join(f"{k}: {m.description}" for k, m in MODELS.items()))
     p.add_argument("out", help="output folder (must not exist)")
     p.add_argument("--seed", type=int, default=0, help="weights seed; the same seed gives identical files (default 0)")

@@ -226,7 +226,8 @@ class Pipeline:
             want = {"batch": request.batch_size, "height": request.height, "width": request.width}
             if any(shapes.get(k) not in (None, v) for k, v in want.items()):
                 batch = shapes.get("batch")
-                per_prompt = (f" (batch = prompts x num_images: --num-images {batch // len(request.prompts)} asks for {batch})"
+                per_prompt = (f" (it takes {batch} images a call, prompts x num_images: ask for num_images={batch // len(request.prompts)}, "
+                              f"--num-images {batch // len(request.prompts)})"
                               if batch not in (None, request.batch_size) and batch % len(request.prompts) == 0 else "")
                 raise SdoptError(
                     f"this artifact was built for static shapes {shapes}; the request asks for {want}{per_prompt}. "
@@ -262,7 +263,8 @@ class Pipeline:
         scheduler = make_scheduler(request.scheduler, self.scheduler_config)
         notices = (self.truncated_prompts(request) + conditioning.resize_notices(request) + conditioning.masked_content_notices(request)
                    + embedded_guidance.notices(asked, model)
-                   + _eta_notices(request, scheduler) + _guidance_end_notices(request) + self._clip_skip_notices(request))
+                   + _eta_notices(request, scheduler) + _guidance_end_notices(request) + self._clip_skip_notices(request)
+                   + _negative_prompt_notices(request, embeds_guidance))
         for notice in notices:
             warnings.warn(notice, UserWarning, stacklevel=3)
         scheduler.set_timesteps(request.steps, device="cpu")
@@ -405,6 +407,15 @@ def _step_kwargs(scheduler, generator, eta: float | None) -> dict[str, Any]:
     if "generator" in inspect.signature(scheduler.step).parameters:
         kwargs["generator"] = generator
     return kwargs
+
+
+def _negative_prompt_notices(request: GenerateRequest, embeds_guidance: bool) -> list[str]:
+    """A negative prompt a request without classifier-free guidance never reads (guidance 1 or less: a Turbo model's
+    0), said as the LCM case is (embedded_guidance.notices)."""
+    if embeds_guidance or request.uses_guidance or not any(request.negative_prompts):
+        return []
+    return [f"guidance_scale={request.guidance_scale:g} runs no unconditional pass, so the negative prompt is not used "
+            "(it is read only with guidance above 1)"]
 
 
 def _guidance_end_notices(request: GenerateRequest) -> list[str]:

@@ -64,7 +64,7 @@ def request_defaults(model: dict[str, Any], export: dict[str, Any] | None) -> Re
     recorded = (export or {}).get(RECORD) or {}
     if recorded:
         steps, guidance = int(recorded.get("steps", steps)), float(recorded.get("guidance_scale", guidance))
-        source = "the artifact's, set at export (--default-steps/--default-guidance)"
+        source = "the artifact's, set when it was made (export or quantize --default-steps/--default-guidance)"
     return RequestDefaults(steps, guidance, source)
 
 
