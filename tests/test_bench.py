@@ -54,6 +54,9 @@ def test_report_files_and_fields(bench_report):
     print("bf16 PSNR", by["tiny@bf16"]["quality"]["psnr_db"], "onnx PSNR", by["tiny-onnx"]["quality"]["psnr_db"])
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 3 + 3 * 2  # three plots, and the image grid
+    # The HTML says what report.md says below its table (it had the table alone), every stage's column included.
+    assert "<th>text enc (ms)</th>" in html and "<th>VAE dec (ms)</th>" in html and "Speed-up is the reference" in html
+    assert "Adherence was not measured" in (out / "report.md").read_text()  # these prompts are not the shapes model's
     import pandas as pd
 
     assert list(pd.read_csv(out / "results.csv")["artifact"]) == names

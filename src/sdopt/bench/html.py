@@ -155,6 +155,17 @@ figure img{display:block;width:192px;height:192px;image-rendering:pixelated;marg
 """
 
 
+def _paragraph_html(text: str) -> str:
+    """One of report.md's paragraphs as HTML: a heading, a bullet list, or text (its ** and ` marks dropped)."""
+    plain = html.escape(text.replace("**", "").replace("`", ""))
+    if plain.startswith("## "):
+        return f"<h3>{plain[3:]}</h3>"
+    lines = plain.splitlines()
+    if all(line.startswith("- ") for line in lines):
+        return "<ul>" + "".join(f"<li>{line[2:]}</li>" for line in lines) + "</ul>"
+    return f"<p>{'<br>'.join(lines)}</p>"
+
+
 def render_html(report: dict, out: Path) -> str:
     from sdopt.bench.report import markdown
 
@@ -162,14 +173,16 @@ def render_html(report: dict, out: Path) -> str:
 
     matplotlib.use("Agg")
     rows = flat_rows(report)
-    header = ["artifact", "backend", "precision", "status", "latency median (ms)", "p90 (ms)", "speed-up", "UNet step (ms)", "peak mem (MiB)", "size (MiB)", "PSNR (dB)", "SSIM", "adherence", "latent cos", "GFLOP/s", "of peak"]
+    header = ["artifact", "backend", "precision", "status", "latency median (ms)", "p90 (ms)", "speed-up", "text enc (ms)", "UNet step (ms)",
+              "VAE dec (ms)", "peak mem (MiB)", "size (MiB)", "PSNR (dB)", "SSIM", "adherence", "latent cos", "GFLOP/s", "of peak"]
     body = []
     for r in rows:
         levers = [x for x in (r["replaced"], f"cache every {r['cache_interval']} steps" if (r["cache_interval"] or 1) > 1 else None,
                               f"guidance until {r['guidance_end']:g} of the steps" if r.get("guidance_end") else None) if x]
         cells = [r["artifact"] + (f" ({'; '.join(levers)})" if levers else ""), r["backend"], precision_label(r), r["status"] + (f": {r['error']}" if r["error"] else ""),
                  _fmt(r["latency_median_s"], "ms"), _fmt(r["latency_p90_s"], "ms"), _fmt(r["speedup_vs_reference"], "x"),
-                 _fmt(r["unet_step_s"], "ms"), _fmt(r["peak_memory_bytes"], "mib"), _fmt(r["size_bytes"], "mib"),
+                 _fmt(r["text_encoder_s"], "ms"), _fmt(r["unet_step_s"], "ms"), _fmt(r["vae_decoder_s"], "ms"),
+                 _fmt(r["peak_memory_bytes"], "mib"), _fmt(r["size_bytes"], "mib"),
                  _fmt(r["psnr_db"]), _fmt(r["ssim"]), _fmt(r["adherence"]), _fmt(r["latent_cosine"]), _fmt(r["achieved_gflops"]), _fmt(r["fraction_of_peak"], "pct")]
         cls = "" if r["status"] == "ok" else " class='failed'"
         body.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
@@ -181,8 +194,12 @@ def render_html(report: dict, out: Path) -> str:
         if pareto:
             plots.append(pareto)
         plots.append(_memory_plot(ok_rows))
-    summary = markdown(report).split("\n\n")[1]  # the bullet list: machine, software, request
+    paragraphs = markdown(report).split("\n\n")
+    summary = paragraphs[1]  # the bullet list: machine, software, request
     summary_html = "<ul>" + "".join(f"<li>{html.escape(line[2:].replace('**', ''))}</li>" for line in summary.splitlines()) + "</ul>"
+    # What report.md says below its table (how each column is measured, levers, budgets, failures, per-stage rates).
+    table_at = next((i for i, p in enumerate(paragraphs) if p.startswith("| artifact")), len(paragraphs))
+    notes_html = "".join(_paragraph_html(p) for p in paragraphs[table_at + 1:] if p.strip())
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>sdopt bench report</title><style>{_CSS}</style></head>
 <body>
@@ -190,6 +207,7 @@ def render_html(report: dict, out: Path) -> str:
 {summary_html}
 <h2>Results</h2>
 <table><tr>{''.join(f'<th>{h}</th>' for h in header)}</tr>{''.join(body)}</table>
+{notes_html}
 <h2>Plots</h2>
 <div class="plots">{''.join(f"<p><img src='{p}' alt='plot'></p>" for p in plots)}</div>
 <h2>Images: reference beside each artifact, same prompt and seed, with the difference (×4) below</h2>

@@ -79,8 +79,9 @@ def _fmt(value: Any, kind: str = "") -> str:
         return "–"
     if kind == "ms":
         return f"{value * 1000:,.1f}"
-    if kind == "mib":
-        return f"{value / 2**20:,.0f}"
+    if kind == "mib":  # a decimal below 100 MiB: the toys' 5.8 and 6.5 MiB both read "6"
+        mib = value / 2**20
+        return f"{mib:,.1f}" if mib < 100 else f"{mib:,.0f}"
     if kind == "x":
         return f"{value:.2f}×"
     if kind == "pct":
@@ -210,6 +211,9 @@ def markdown(report: dict) -> str:
     judges = {a["adherence"]["judge"] for a in report["artifacts"] if a.get("adherence")}
     if judges:
         lines += ["", f"Adherence is the grounding judge's score ({', '.join(sorted(judges))}): the fraction of each prompt's colour, shape and position checks an image passes, averaged over the images (docs/judges.md). It needs no reference."]
+    else:
+        lines += ["", "Adherence was not measured (–): the grounding judge reads only prompts of the shapes model's form, 'a red circle on "
+                  "the left [and a blue square on the right]' (--judge auto, the default, turns it on for those; docs/judges.md)."]
     staged = [a for a in report["artifacts"] if a.get("stage_compute")]
     if staged:
         lines += ["", "Per stage, GFLOP/s achieved (and of the probed peak in the precision that ran):", ""]
