@@ -169,8 +169,8 @@ def _schedule_unapplied(schedule: str | None, scheduler: str | None) -> bool:
 
 def _clip_skip_ignored(request: Request, spec: J.JobSpec) -> list[str]:
     """Clip skip asked of a model whose family reads fixed text-encoder layers (SDXL: AUTOMATIC1111 ignores it too)."""
-    family = getattr(getattr(request.app.state.worker.pipeline, "family", None), "reads_clip_skip", True)
-    return [f"override_settings.{CLIP_SKIP_SETTING}"] if spec.clip_skip > 1 and not family else []
+    reads = getattr(getattr(request.app.state.worker.pipeline, "family", None), "reads_clip_skip", True)  # a stand-in: True
+    return [f"override_settings.{CLIP_SKIP_SETTING}"] if spec.clip_skip > 1 and not reads else []
 
 
 def _combined_unapplied(sampler: str) -> bool:
