@@ -162,6 +162,10 @@ def test_a1111_inpainting_answers_the_whole_canvas_and_rounds_the_mask(tiny_pipe
             return answer.json()
 
         masked = ask(mask=b64png(mask))
+        text = png(masked["images"][0]).info["parameters"]
+        # The image's parameters say AUTOMATIC1111's inpainting keys, and make the same image again from the same
+        # init image and mask (its Mask blur 0, not the API's default 4, comes from them).
+        again = httpx.post(url + "/sdapi/v1/img2img", json={"init_images": [b64png(init)], "mask": b64png(mask), "infotext": text}, timeout=120).json()
         gray = Image.new("L", (128, 96), 128)
         rounded = ask(mask=b64png(gray), inpaint_full_res=False)
         soft = ask(mask=b64png(gray), inpaint_full_res=False, mask_round=False)
@@ -176,6 +180,8 @@ def test_a1111_inpainting_answers_the_whole_canvas_and_rounds_the_mask(tiny_pipe
     assert out.shape == (96, 128, 3) and np.array_equal(out[kept], np.asarray(init, dtype=np.int16)[kept])
     assert np.abs(out[16:32, 80:96] - np.asarray(init, dtype=np.int16)[16:32, 80:96]).max() > 16
     assert json.loads(masked["info"])["sdopt_ignored"] == []
+    assert "Mask blur: 0, Inpaint area: Only masked, Masked area padding: 0, Masked content: fill" in text, text
+    assert np.array_equal(_pixels(again["images"][0]), out) and json.loads(again["info"])["sdopt_ignored"] == []
     init_at_size = np.asarray(init.resize((64, 64), Image.Resampling.LANCZOS), dtype=np.int16)
     assert np.array_equal(_pixels(rounded["images"][0]), init_at_size)  # rounded to black: every pixel kept
     assert np.abs(_pixels(soft["images"][0]) - init_at_size).max() > 16

@@ -52,6 +52,15 @@ def format_parameters(prompt: str, negative_prompt: str | None, pairs: dict[str,
     return "\n".join([prompt, *([NEGATIVE + negative_prompt] if negative_prompt else []), line])
 
 
+def with_pairs(text: str, extra: dict[str, Any]) -> str:
+    """Parameters with ``extra`` pairs set (added at the end, or replacing the same keys; None values are dropped): what
+    a server adds to the loop's text for what it did around the loop (a hires pass, AUTOMATIC1111's inpainting area)."""
+    parsed = parse_parameters(text)
+    pairs = {k: v for k, v in parsed.items() if k not in ("Prompt", "Negative prompt", "Size-1", "Size-2")}
+    size = {"Size": f"{parsed['Size-1']}x{parsed['Size-2']}"} if "Size-1" in parsed else {}
+    return format_parameters(parsed["Prompt"], parsed["Negative prompt"] or None, {**size, **pairs, **extra})
+
+
 def parse_parameters(text: str) -> dict[str, Any]:
     """AUTOMATIC1111's parse_generation_parameters for what sdopt reads: {"Prompt", "Negative prompt", each key of the
     last line (its values as strings, quotes removed), "Size-1"/"Size-2" for the width and height}."""

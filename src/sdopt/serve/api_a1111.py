@@ -225,7 +225,8 @@ def ignored_fields(body: _Processing, scheduler: str | None) -> list[str]:
     if body.infotext:  # what the infotext says that no field here takes (AUTOMATIC1111's Clip skip, hires fix, RNG, ...)
         from sdopt.infotext import parse_parameters, unapplied
 
-        taken = {*hires.INFOTEXT_FIELDS, hires.RESIZE} if isinstance(body, Txt2ImgRequest) else set()  # applied by hires.from_parameters
+        # applied by hires.from_parameters, inpaint_area.from_parameters
+        taken = {*hires.INFOTEXT_FIELDS, hires.RESIZE} if isinstance(body, Txt2ImgRequest) else set(inpaint_area.INFOTEXT_FIELDS)
         out += [f"infotext: {key}" for key in unapplied(parse_parameters(body.infotext)) if key not in taken]
     return out
 
@@ -291,6 +292,8 @@ def apply_infotext(body: _Processing) -> None:
             setattr(body, field, value)
     if isinstance(body, Txt2ImgRequest):  # a hires image's parameters: the hires fix again
         hires.from_parameters(body, parsed, given)
+    elif isinstance(body, Img2ImgRequest):  # an inpainted image's: its mask blur, area and masked content
+        inpaint_area.from_parameters(body, parsed, given)
 
 
 def clip_skip(request: Request, body: _Processing) -> int:
@@ -411,6 +414,11 @@ async def _run_hires(request: Request, body: Txt2ImgRequest, spec: J.JobSpec) ->
                         "second_pass_steps": second.steps, "task_ids": [job.id for job in done]}})
 
 
+def _blur(body: Img2ImgRequest) -> int:
+    """The mask's Gaussian blur radius: mask_blur, else the larger of AUTOMATIC1111's x and y radii."""
+    return body.mask_blur if body.mask_blur is not None else max(body.mask_blur_x or 0, body.mask_blur_y or 0)
+
+
 def _mask(request: Request, body: Img2ImgRequest, size: tuple[int, int]):
     """The mask as the loop takes it: grayscale, white = repaint, rounded, inverted and blurred as asked
     (AUTOMATIC1111's order: create_binary_mask, invert, blur)."""
@@ -427,7 +435,7 @@ def _mask(request: Request, body: Img2ImgRequest, size: tuple[int, int]):
         mask = mask.point(lambda level: 255 if level > 128 else 0)
     if body.inpainting_mask_invert:
         mask = ImageOps.invert(mask)
-    blur = body.mask_blur if body.mask_blur is not None else max(body.mask_blur_x or 0, body.mask_blur_y or 0)
+    blur = _blur(body)
     if blur:
         mask = mask.filter(ImageFilter.GaussianBlur(blur))
     return mask
@@ -457,7 +465,17 @@ async def img2img(request: Request, body: Img2ImgRequest) -> dict[str, Any]:
     area = inpaint_area.prepare(init, mask, *size, only_masked=bool(body.inpaint_full_res), padding=max(0, body.inpaint_full_res_padding or 0),
                                 resize_mode=mode, fill_mode=fill)
     spec = dataclasses.replace(spec, init_image=area.init, mask_image=area.mask, masked_content=inpaint_area.LATENT_FILLS.get(fill, "original"))
-    return await _run(request, body, spec, finish=lambda image: inpaint_area.finish(image, area))
+    said = inpaint_area.parameters_of(_blur(body), bool(body.inpaint_full_res), max(0, body.inpaint_full_res_padding or 0), fill)
+
+    def finish(image):
+        from sdopt.infotext import KEY, with_pairs
+
+        out = inpaint_area.finish(image, area)
+        if isinstance(out.info.get(KEY), str):  # its parameters, with what was done around the loop (AUTOMATIC1111's keys)
+            out.info[KEY] = with_pairs(out.info[KEY], said)
+        return out
+
+    return await _run(request, body, spec, finish=finish)
 
 
 @router.get("/sdapi/v1/progress")

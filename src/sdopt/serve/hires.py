@@ -88,17 +88,15 @@ def second_pass(body: Any, first: J.JobSpec, scheduler: str | None, max_pixels: 
 
 def parameters(first_text: str, body: Any, second: J.JobSpec) -> str:
     """AUTOMATIC1111's parameters for a hires image: the first pass's, with its denoising strength and Hires keys."""
-    from sdopt.infotext import format_parameters, parse_parameters
+    from sdopt.infotext import with_pairs
 
-    parsed = parse_parameters(first_text)
-    pairs = {k: v for k, v in parsed.items() if k not in ("Prompt", "Negative prompt", "Size-1", "Size-2")}
-    pairs = {"Size": f"{parsed.get('Size-1')}x{parsed.get('Size-2')}", **pairs, "Denoising strength": f"{second.strength:g}",
-             "Hires upscale": f"{(body.hr_scale or 2.0):g}" if not (body.hr_resize_x or body.hr_resize_y) else None,
-             RESIZE: f"{second.width}x{second.height}" if (body.hr_resize_x or body.hr_resize_y) else None,
-             "Hires steps": body.hr_second_pass_steps or None, "Hires upscaler": body.hr_upscaler or "Latent",
-             "Hires sampler": chosen(body.hr_sampler_name, SAME_SAMPLER), "Hires schedule type": chosen(body.hr_scheduler, SAME_SCHEDULE),
-             "Hires prompt": body.hr_prompt or None, "Hires negative prompt": body.hr_negative_prompt or None}
-    return format_parameters(parsed["Prompt"], parsed["Negative prompt"] or None, pairs)
+    return with_pairs(first_text, {
+        "Denoising strength": f"{second.strength:g}",
+        "Hires upscale": f"{(body.hr_scale or 2.0):g}" if not (body.hr_resize_x or body.hr_resize_y) else None,
+        RESIZE: f"{second.width}x{second.height}" if (body.hr_resize_x or body.hr_resize_y) else None,
+        "Hires steps": body.hr_second_pass_steps or None, "Hires upscaler": body.hr_upscaler or "Latent",
+        "Hires sampler": chosen(body.hr_sampler_name, SAME_SAMPLER), "Hires schedule type": chosen(body.hr_scheduler, SAME_SCHEDULE),
+        "Hires prompt": body.hr_prompt or None, "Hires negative prompt": body.hr_negative_prompt or None})
 
 
 # The Hires keys of an image's parameters -> the txt2img fields they fill (AUTOMATIC1111's infotext rule: each

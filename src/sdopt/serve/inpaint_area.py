@@ -29,6 +29,40 @@ from sdopt.serve.resize_modes import CROP_AND_RESIZE, RESIZE_AND_FILL, resize
 
 FILL, ORIGINAL = 0, 1  # inpainting_fill values done here
 LATENT_FILLS = {2: "noise", 3: "zeros"}  # the inpainting_fill values the loop does (GenerateRequest.masked_content)
+# AUTOMATIC1111's words for inpainting_fill in its parameters ("Masked content") and its UI.
+FILL_WORDS = {FILL: "fill", ORIGINAL: "original", 2: "latent noise", 3: "latent nothing"}
+# The keys AUTOMATIC1111 writes for an inpainted image -> the img2img fields they fill (its infotext rule: each field
+# the request does not set). "Inpaint area" is "Only masked" or "Whole picture".
+INFOTEXT_FIELDS = {"Mask blur": "mask_blur", "Inpaint area": "inpaint_full_res", "Masked area padding": "inpaint_full_res_padding",
+                   "Masked content": "inpainting_fill"}
+
+
+def parameters_of(blur: int, only_masked: bool, padding: int, fill: int) -> dict[str, Any]:
+    """The pairs AUTOMATIC1111 writes for an inpainted image (its processing's extra_generation_params)."""
+    return {"Mask blur": blur, "Inpaint area": "Only masked" if only_masked else None,
+            "Masked area padding": padding if only_masked else None, "Masked content": FILL_WORDS.get(fill)}
+
+
+def from_parameters(body: Any, parsed: dict[str, Any], given: set[str]) -> None:
+    """An img2img request's inpainting fields from an image's parsed parameters, where the request does not set them."""
+    from sdopt.serve.errors import RequestError
+
+    words = {v: k for k, v in FILL_WORDS.items()}
+    values: dict[str, Any] = {}
+    try:
+        if parsed.get("Mask blur") not in (None, ""):
+            values["mask_blur"] = int(parsed["Mask blur"])
+        if parsed.get("Masked area padding") not in (None, ""):
+            values["inpaint_full_res_padding"] = int(parsed["Masked area padding"])
+    except ValueError as exc:
+        raise RequestError("infotext", f"infotext: a mask value is not a number ({exc})") from None
+    if parsed.get("Inpaint area"):
+        values["inpaint_full_res"] = parsed["Inpaint area"] == "Only masked"
+    if str(parsed.get("Masked content", "")).lower() in words:
+        values["inpainting_fill"] = words[str(parsed["Masked content"]).lower()]
+    for field, value in values.items():
+        if field not in given:
+            setattr(body, field, value)
 
 
 @dataclass
