@@ -97,6 +97,8 @@ def test_export_flags_are_checked_before_work(tiny_model, tmp_path):
         export(tiny_model, "openvino", tmp_path / "a", height=64)
     with pytest.raises(SdoptError, match="multiple of 8"):
         export(tiny_model, "openvino", tmp_path / "b", height=60, width=64)
+    with pytest.raises(SdoptError, match="--batch 65: give the number of images per request, 1 to 64"):  # no request could run it
+        export(tiny_model, "openvino", tmp_path / "c", batch=65)
     assert not any(tmp_path.iterdir())
 
 

@@ -139,11 +139,12 @@ def _gate(args: argparse.Namespace) -> int:
     else:
         rules, source = gate.DEFAULT_RULES, "default rules"
     result = gate.gate(current, rules, baseline)
-    print(f"rules: {source}; baseline: {args.baseline or 'none (absolute floors only)'}")
-    print(gate.table(result))
+    # The files first: one that cannot be written is exit 2, and no verdict is printed above that error.
     for path, text in ((args.markdown, lambda: gate.table(result, markdown=True)), (args.json, lambda: json.dumps(result.to_dict(), indent=2) + "\n")):
         if path:
             write_text_file(path, text())
+    print(f"rules: {source}; baseline: {args.baseline or 'none (absolute floors only)'}")
+    print(gate.table(result))
     return result.exit_code
 
 

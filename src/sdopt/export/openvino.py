@@ -36,7 +36,7 @@ from sdopt.export.run import ExportedComponents, component_config, prepare_sourc
 from sdopt.export.spec import CHECK_LATENT, ComponentSpec, check_inputs, dummy_inputs, latent_image_size, trace_inputs
 from sdopt.export.tracing import PositionalComponent, torch_reference
 from sdopt.manifest import ComponentEntry, Manifest, files_in
-from sdopt.request import MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE
+from sdopt.request import MAX_IMAGES, MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE
 from sdopt.runtime.openvino import HINTS, MODEL_FILE, OpenVINOComponent, compile_config, device_facts, static_axes
 from sdopt.runtime.versions import library_versions
 
@@ -53,8 +53,8 @@ def static_shapes_from(options: dict[str, Any]) -> dict[str, int] | None:
     for flag, value in (("--height", height), ("--width", width)):
         if value is not None and (value % SIDE_MULTIPLE or not MIN_SIDE <= value <= MAX_SIDE):
             raise SdoptError(f"{flag} {value}: must be a multiple of {SIDE_MULTIPLE} between {MIN_SIDE} and {MAX_SIDE}")
-    if batch is not None and batch < 1:
-        raise SdoptError(f"--batch {batch}: give the number of images per request (1 or more)")
+    if batch is not None and not 1 <= batch <= MAX_IMAGES:  # more than one call may make: no request could run it
+        raise SdoptError(f"--batch {batch}: give the number of images per request, 1 to {MAX_IMAGES}")
     shapes = {k: int(v) for k, v in (("batch", batch), ("height", height), ("width", width)) if v is not None}
     return shapes or None
 
