@@ -164,3 +164,17 @@ def test_a_negative_prompt_an_unguided_request_never_reads_is_said(tiny_pipeline
     assert any("the negative prompt is not used" in w for w in unguided.warnings)
     guided = tiny_pipeline.generate(GenerateRequest(**{**SMALL, "steps": 1}, negative_prompt="blurry"))
     assert not any("negative prompt" in w for w in guided.warnings)
+
+
+@pytest.mark.parametrize("scheduler, strength", [("pndm", None), ("heun", None), ("euler", None), ("euler", 0.5)])
+def test_unet_calls_is_the_total_progress_reports(tiny_pipeline, scheduler, strength):
+    """What a progress bar is given before the call (PNDM, SD 1.5's own scheduler, makes one call more than its steps:
+    sdopt generate's bar moved from 4 to 5 at the first call)."""
+    from PIL import Image
+
+    image = {"init_image": Image.new("RGB", (64, 64), (90, 120, 200)), "strength": strength} if strength else {}
+    request = GenerateRequest(**{**SMALL, "steps": 4}, scheduler=scheduler, **image)
+    totals = []
+    tiny_pipeline.generate(request, progress=lambda done, total: totals.append(total))
+    assert set(totals) == {tiny_pipeline.unet_calls(request)} and len(totals) == totals[0]
+    assert tiny_pipeline.unet_calls(request) == {"pndm": 5, "heun": 7, "euler": 2 if strength else 4}[scheduler]

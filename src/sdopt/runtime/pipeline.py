@@ -179,6 +179,15 @@ class Pipeline:
     def guidance_end(self, request: GenerateRequest) -> float:
         return request.guidance_end if request.guidance_end is not None else self.default_guidance_end
 
+    def unet_calls(self, request: GenerateRequest) -> int:
+        """The UNet calls (progress steps) ``request`` makes: PNDM's one more than its steps, Heun's about twice, img2img's
+        the strength's share — the total the progress callback reports, known before the call (for a progress bar)."""
+        scheduler = make_scheduler(request.scheduler, self.scheduler_config)
+        scheduler.set_timesteps(request.steps, device="cpu")
+        if request.init_image is None:
+            return len(scheduler.timesteps)
+        return len(conditioning.strength_timesteps(scheduler, request.steps, request.strength))
+
     @property
     def clip_skip_layers(self) -> int:
         """The most AUTOMATIC1111's Clip skip can be on this artifact: the K of its text encoder's clip_skip.K
