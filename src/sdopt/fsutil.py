@@ -300,7 +300,7 @@ def atomic_output_dir(out: str | Path, force: bool = False, inputs: tuple[str | 
     # A process killed outright (SIGKILL) cannot clean up; this marker makes sure that what it
     # leaves is never read as an artifact (manifest.read_manifest refuses it).
     # The writer's pid tells a later run (or `sdopt clean`) whether the folder is still in use.
-    (tmp / INCOMPLETE_MARKER).write_text(f"an sdopt command was writing this folder and did not finish: pid {os.getpid()} host {socket.gethostname()}\n")
+    _mark_unfinished(tmp, "writing this folder")
     try:
         yield tmp
         (tmp / INCOMPLETE_MARKER).unlink()
@@ -326,6 +326,11 @@ def atomic_output_dir(out: str | Path, force: bool = False, inputs: tuple[str | 
         os.replace(tmp, out)
 
 
+def _mark_unfinished(folder: Path, doing: str) -> None:
+    """The marker readers refuse, naming this process (pid and host: _marker_writer reads them back)."""
+    (folder / INCOMPLETE_MARKER).write_text(f"an sdopt command was {doing} and did not finish: pid {os.getpid()} host {socket.gethostname()}\n")
+
+
 def _fill_in_place(tmp: Path, out: Path, why: OSError) -> None:
     """The finished ``tmp`` into ``out``, which cannot be renamed (``why``): moved in entry by entry when ``out`` is
     empty, under the marker that keeps a half-moved folder from being read as an artifact; else an error that says
@@ -334,7 +339,7 @@ def _fill_in_place(tmp: Path, out: Path, why: OSError) -> None:
     if any(out.iterdir()):
         raise SdoptError(f"cannot replace {out}: {why.strerror} (it cannot be moved aside); {kept}") from why
     try:
-        (out / INCOMPLETE_MARKER).write_text(f"an sdopt command was moving its output here and did not finish: pid {os.getpid()} host {socket.gethostname()}\n")
+        _mark_unfinished(out, "moving its output here")
     except OSError as exc:
         raise SdoptError(f"cannot write into {out}: {exc.strerror}; {kept}") from exc
     for child in sorted(tmp.iterdir()):

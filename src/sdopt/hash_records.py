@@ -57,8 +57,8 @@ def recorded_sha256(path: str | Path, expected: str | None = None) -> str:
         pass
     started = time.time_ns()
     digest = sha256_file(path)
-    settled = stamps[4] < started - int(HASH_SETTLE_S * 1e9) and stamps[3] < started - int(HASH_SETTLE_S * 1e9)
-    if settled and _stamps(path.stat()) == stamps:
+    settled_before = started - int(HASH_SETTLE_S * 1e9)
+    if max(stamps[3], stamps[4]) < settled_before and _stamps(path.stat()) == stamps:  # mtime and ctime both settled
         _write(record_path, {"path": str(path), "stamps": stamps, "sha256": digest})
     return digest
 

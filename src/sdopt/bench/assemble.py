@@ -274,10 +274,16 @@ def _calibrated_on_the_measured_image(entries: list[Entry], settings: BenchSetti
 NOISY_REL_MAD = 0.2
 
 
+def too_noisy(row: dict) -> float | None:
+    """A row's latency spread (median absolute deviation over the median) where it is past NOISY_REL_MAD, else None."""
+    mad = (row.get("latency_s") or {}).get("rel_mad")
+    number = isinstance(mad, (int, float)) and not isinstance(mad, bool)
+    return mad if row.get("status") == "ok" and number and mad > NOISY_REL_MAD else None
+
+
 def _noisy(rows: list[dict]) -> list[str]:
     """A warning naming the rows whose timings spread too widely to compare (the machine was busy)."""
-    spread = [(r["name"], r["latency_s"]["rel_mad"]) for r in rows
-              if r.get("status") == "ok" and (r.get("latency_s") or {}).get("rel_mad", 0) > NOISY_REL_MAD]
+    spread = [(r["name"], mad) for r in rows if (mad := too_noisy(r)) is not None]
     if not spread:
         return []
     names = ", ".join(f"{name} ({mad:.0%})" for name, mad in spread)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sdopt.bench.rules import Rule, parse_rules
-from sdopt.bench.assemble import NOISY_REL_MAD, REPORT_SCHEMA
+from sdopt.bench.assemble import NOISY_REL_MAD, REPORT_SCHEMA, too_noisy
 from sdopt.errors import SdoptError
 from sdopt.fsutil import read_json
 
@@ -258,7 +258,7 @@ def gate(current: dict, rules_table: dict[str, Any], baseline: dict | None = Non
             elif base is not None and base_value is None:
                 base_value = "absent"  # the baseline ran it and lacks the number: MISSING, never a silent pass
             noise = None
-            if rule.metric in ("latency.median", "latency.p90") and _number(base_value):
+            if rule.metric in _LATENCY_METRICS and _number(base_value):
                 noise = math.hypot(ratio_noise(artifact, current), ratio_noise(base, baseline))
             change, verdict = _judge(rule, value, base_value, noise, ran=artifact.get("status") == "ok")
             if verdict == "REGRESSION" and rule.metric in _LATENCY_METRICS:
@@ -281,8 +281,7 @@ def _noisy_rows(artifact: dict | None, report: dict | None, which: str) -> list[
     if not artifact or not report:
         return []
     rows = [artifact, _by_name(report).get(report.get("reference"), {})]
-    return list(dict.fromkeys(f"{r.get('name')} ({which}, {mad:.0%})" for r in rows
-                              if _number(mad := (r.get("latency_s") or {}).get("rel_mad")) and mad > NOISY_REL_MAD))
+    return list(dict.fromkeys(f"{r.get('name')} ({which}, {mad:.0%})" for r in rows if (mad := too_noisy(r)) is not None))
 
 
 def cpu_kind(report: dict) -> str:

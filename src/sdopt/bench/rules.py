@@ -62,23 +62,20 @@ def parse_rule(metric: str, text: str) -> Rule:
     m = _RULE.match(str(text))
     if not m:
         raise SdoptError(f"gate rule {metric}: {text!r} is not understood; write like '+10%', '-0.5', '>= 30' or 'ok'")
+    if metric == "status" and not m["word"]:
+        raise SdoptError(f"gate rule status: {text!r}: status takes 'ok'")
+    # The side a rule must take (a ceiling on quality, a floor on latency, a sign the good way: no regression fails it).
+    grows_worse = metric in LARGER_IS_WORSE
+    bad_way = f"would pass any change the bad way: {metric} gets worse as it {'grows' if grows_worse else 'drops'}"
     if m["cmp"]:
-        if metric == "status":
-            raise SdoptError(f"gate rule status: {text!r}: status takes 'ok'")
-        bad = "<=" if metric not in LARGER_IS_WORSE else ">="  # a ceiling on quality, a floor on latency: no regression fails it
-        if m["cmp"] == bad:
-            good = ">=" if bad == "<=" else "<="
-            raise SdoptError(f"gate rule {metric}: {text!r} would pass any change the bad way: {metric} gets worse as it "
-                             f"{'drops' if bad == '<=' else 'grows'}, so its bound is {good} {m['bound']}")
+        bound = "<=" if grows_worse else ">="
+        if m["cmp"] != bound:
+            raise SdoptError(f"gate rule {metric}: {text!r} {bad_way}, so its bound is {bound} {m['bound']}")
         return Rule(metric, text, "floor" if m["cmp"] == ">=" else "ceiling", float(m["bound"]))
     if m["sign"]:
-        if metric == "status":
-            raise SdoptError(f"gate rule status: {text!r}: status takes 'ok'")
-        worse = "+" if metric in LARGER_IS_WORSE else "-"
+        worse = "+" if grows_worse else "-"
         if m["sign"] != worse:
-            way = "grows" if worse == "+" else "drops"
-            raise SdoptError(f"gate rule {metric}: {text!r} would pass any change the bad way: {metric} gets worse as it {way}, "
-                             f"so its rule is {worse}{m['amount']}{m['pct'] or ''} (how much worse is allowed)")
+            raise SdoptError(f"gate rule {metric}: {text!r} {bad_way}, so its rule is {worse}{m['amount']}{m['pct'] or ''} (how much worse is allowed)")
         return Rule(metric, text, "increase" if m["sign"] == "+" else "decrease", float(m["amount"]), relative=bool(m["pct"]))
     if metric != "status":
         raise SdoptError(f"gate rule {metric}: {text!r}: a word rule ('ok') applies to status only")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sdopt.cli.common import output_paths, backend_of, add_eta_flag, add_lora_flag, lora_scales
 from sdopt.infotext import png_info, read_png_parameters, unapplied
-from sdopt.request import check_strength_has_image, open_image
+from sdopt.request import MASKED_CONTENT, check_strength_has_image, open_image
 from sdopt.errors import BrokenOutputError, SdoptError
 
 
@@ -148,7 +148,7 @@ def add_generate(sub) -> None:
     p.add_argument("--init-image", default=None, metavar="PATH", help="img2img: start from this image (resized to --height/--width)")
     p.add_argument("--strength", type=float, default=None, help="img2img/inpaint: how much of the schedule repaints the image, (0, 1] (default 0.8)")
     p.add_argument("--mask", default=None, metavar="PATH", help="inpaint: white = repaint, black = keep; the init image's size (needs --init-image)")
-    p.add_argument("--masked-content", choices=("original", "noise", "zeros"), default=None,
+    p.add_argument("--masked-content", choices=MASKED_CONTENT, default=None,
                    help="inpaint: what the loop starts from under the mask below strength 1 — the init image (default, as Diffusers), "
                         "noise or zeros (AUTOMATIC1111's \"latent noise\", \"latent nothing\")")
     p.add_argument("--cache-interval", type=int, default=None, metavar="N",

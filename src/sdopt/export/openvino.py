@@ -97,7 +97,8 @@ def _validate(core: ov.Core, path: Path, spec: ComponentSpec, inputs: dict[str, 
     got = component(**inputs)
     component.close()
     # Judged by the precision the device ran: a CPU without fp16 arithmetic runs an fp16 IR in bf16 (said in a note).
-    return compare(reference, got, tolerance(spec, component.runs if component.runs in ("fp16", "bf16") else precision)), component.runs
+    judged = component.runs if component.runs in ("fp16", "bf16") else precision
+    return {**compare(reference, got, tolerance(spec, judged)), "judged_as": judged}, component.runs
 
 
 def tolerance(spec: ComponentSpec, precision: str) -> float:
@@ -142,9 +143,7 @@ def export_components(source: Path, manifest: Manifest, out: Path, precision: st
         axes = static_axes(shaped, name) if static else {}
         parity[name], runs[name] = _validate(core, path, spec, inputs, reference, precision, axes)
         # measured and recorded either way; --skip-validation keeps a failed component
-        judged = runs[name] if runs[name] in ("fp16", "bf16") else precision  # _validate's tolerance: what ran
-        parity[name]["judged_as"] = judged
-        settle(name, parity[name], judged, skip_validation, failures, _runs_instead(precision, runs[name]))
+        settle(name, parity[name], parity[name]["judged_as"], skip_validation, failures, _runs_instead(precision, runs[name]))
         components[name] = entry
 
     facts = device_facts(core, "CPU")

@@ -375,7 +375,7 @@ class Pipeline:
             defaults={"cache_interval": self.default_cache_interval, "guidance_end": self.default_guidance_end},
             eta_used=schedulers.takes_eta(schedulers.scheduler_class(request.scheduler, self.scheduler_config)))
 
-    @property
+    @functools.cached_property
     def quantization(self) -> str | None:
         """What the artifact's weights were quantized to ("int8 (nncf) weights"), None for none (sdopt.manifest)."""
         from sdopt.manifest import quantization_label

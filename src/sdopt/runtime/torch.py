@@ -87,15 +87,6 @@ def _text_encoder(m, input_ids, layers: str | None = None):
     return {"last_hidden_state": out.last_hidden_state, **pooled, **extra}
 
 
-def text_output_names(module, layers: str | None) -> list[str]:
-    """What _text_encoder gives for this module (its layer count from its config), before any call."""
-    count = int(module.config.num_hidden_layers)
-    pooled = "text_embeds" if hasattr(module, "text_projection") else "pooler_output"
-    extra = ([f"hidden_states.{i}" for i in range(count + 1)] if layers == "hidden_states"
-             else [f"clip_skip.{k}" for k in range(2, count + 1)] if layers == "clip_skip" else [])
-    return ["last_hidden_state", pooled, *extra]
-
-
 def _added(text_embeds, time_ids, timestep_cond=None) -> dict:
     """SDXL's UNet also takes the pooled text embedding and the size ids (Diffusers' added_cond_kwargs);
     an LCM-distilled UNet the guidance scale's embedding (timestep_cond: sdopt.runtime.embedded_guidance)."""
@@ -263,9 +254,13 @@ def load_components(folder: Path, manifest: Manifest, device: str, precision: st
                 modules[name].to(memory_format=torch.channels_last)
     components = {name: TorchComponent(m, forward_of(name, text_layers), device, component_dtype(manifest, name, dtype), offload)
                   for name, m in modules.items()}
-    for name in manifest.pipeline_family.text_encoders:  # what a request may ask of them (Pipeline.clip_skip_layers)
-        if name in modules:
-            components[name].output_names = text_output_names(modules[name], text_layers)
+    # What the text encoders give (Pipeline.clip_skip_layers asks), named as an export of them would be.
+    from sdopt.export.spec import family_specs
+
+    encoders = [name for name in manifest.pipeline_family.text_encoders if name in modules]
+    specs = family_specs(manifest.pipeline_family, {name: int(modules[name].config.num_hidden_layers) for name in encoders})
+    for name in encoders:
+        components[name].output_names = list(specs[name].output_names)
     if setting:
         compile_components(components, setting)
     for name, component in components.items():  # what the bench's run settings show per component

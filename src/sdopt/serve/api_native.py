@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from sdopt.infotext import KEY
+from sdopt.request import MASKED_CONTENT
 from sdopt.serve import jobs as J
 from sdopt.serve.submission import cache_interval_field, clip_skip_field, default_size, guidance_end_field, random_seed, submit, with_server_defaults
 from sdopt.serve.images import decode_image, encode_png
@@ -37,7 +38,7 @@ class JobRequest(BaseModel):
     init_image: str | None = Field(None, description="base64 image: img2img")
     mask: str | None = Field(None, description="base64 image, white = repaint: inpainting (needs init_image)")
     strength: float = Field(0.8, gt=0, le=1)
-    masked_content: Literal["original", "noise", "zeros"] = Field("original", description="inpainting: what the loop starts from under the mask "
+    masked_content: Literal[MASKED_CONTENT] = Field("original", description="inpainting: what the loop starts from under the mask "
                                                                    "below strength 1 (AUTOMATIC1111's inpainting_fill 1, 2, 3)")
     cache_interval: int | None = cache_interval_field()
     guidance_end: float | None = guidance_end_field()

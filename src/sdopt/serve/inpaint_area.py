@@ -25,16 +25,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from sdopt.infotext import MASKED_CONTENT
 from sdopt.serve.resize_modes import CROP_AND_RESIZE, RESIZE_AND_FILL, resize
 
 FILL, ORIGINAL = 0, 1  # inpainting_fill values done here
 LATENT_FILLS = {2: "noise", 3: "zeros"}  # the inpainting_fill values the loop does (GenerateRequest.masked_content)
-# AUTOMATIC1111's words for inpainting_fill in its parameters ("Masked content") and its UI.
-FILL_WORDS = {FILL: "fill", ORIGINAL: "original", 2: "latent noise", 3: "latent nothing"}
-# The keys AUTOMATIC1111 writes for an inpainted image -> the img2img fields they fill (its infotext rule: each field
-# the request does not set). "Inpaint area" is "Only masked" or "Whole picture".
-INFOTEXT_FIELDS = {"Mask blur": "mask_blur", "Inpaint area": "inpaint_full_res", "Masked area padding": "inpaint_full_res_padding",
-                   "Masked content": "inpainting_fill"}
+# AUTOMATIC1111's words for inpainting_fill in its parameters ("Masked content") and its UI; the latent ones are the
+# words sdopt.infotext writes for the loop's masked_content.
+FILL_WORDS = {FILL: "fill", ORIGINAL: "original", **{n: MASKED_CONTENT[content] for n, content in LATENT_FILLS.items()}}
+_FILLS = {words: n for n, words in FILL_WORDS.items()}
+# The keys AUTOMATIC1111 writes for an inpainted image -> the img2img field each fills and how its text reads (its
+# infotext rule: each field the request does not set). "Inpaint area" is "Only masked" or "Whole picture".
+INFOTEXT_FIELDS: dict[str, tuple[str, Any]] = {
+    "Mask blur": ("mask_blur", int), "Inpaint area": ("inpaint_full_res", lambda text: text == "Only masked"),
+    "Masked area padding": ("inpaint_full_res_padding", int), "Masked content": ("inpainting_fill", lambda text: _FILLS[text.lower()]),
+}
 
 
 def parameters_of(blur: int, only_masked: bool, padding: int, fill: int) -> dict[str, Any]:
@@ -47,19 +52,14 @@ def from_parameters(body: Any, parsed: dict[str, Any], given: set[str]) -> None:
     """An img2img request's inpainting fields from an image's parsed parameters, where the request does not set them."""
     from sdopt.serve.errors import RequestError
 
-    words = {v: k for k, v in FILL_WORDS.items()}
     values: dict[str, Any] = {}
-    try:
-        if parsed.get("Mask blur") not in (None, ""):
-            values["mask_blur"] = int(parsed["Mask blur"])
-        if parsed.get("Masked area padding") not in (None, ""):
-            values["inpaint_full_res_padding"] = int(parsed["Masked area padding"])
-    except ValueError as exc:
-        raise RequestError("infotext", f"infotext: a mask value is not a number ({exc})") from None
-    if parsed.get("Inpaint area"):
-        values["inpaint_full_res"] = parsed["Inpaint area"] == "Only masked"
-    if str(parsed.get("Masked content", "")).lower() in words:
-        values["inpainting_fill"] = words[str(parsed["Masked content"]).lower()]
+    for key, (field, read) in INFOTEXT_FIELDS.items():
+        if parsed.get(key) in (None, "") or (key == "Masked content" and str(parsed[key]).lower() not in _FILLS):
+            continue  # absent, or a masked content AUTOMATIC1111 has no word for: the request's own
+        try:
+            values[field] = read(str(parsed[key]))
+        except ValueError as exc:
+            raise RequestError("infotext", f"infotext: a mask value is not a number ({exc})") from None
     for field, value in values.items():
         if field not in given:
             setattr(body, field, value)
