@@ -22,7 +22,7 @@ from sdopt.errors import SdoptError
 
 # In the order `sdopt --help` lists them.
 COMMANDS = (
-    models.add_init_model, models.add_init_lora, models.add_train_shapes, models.add_distill_decoder,
+    models.add_init_model, models.add_init_lora, models.add_init_embedding, models.add_train_shapes, models.add_distill_decoder,
     artifacts.add_inspect, artifacts.add_clean, artifacts.add_export, artifacts.add_quantize,
     measure.add_bench, serving.add_serve, measure.add_optimize, measure.add_gate, generating.add_generate,
 )

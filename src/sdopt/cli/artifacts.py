@@ -7,7 +7,7 @@ import json
 import socket
 from pathlib import Path
 
-from sdopt.cli.common import add_lora_flag, add_request_default_flags, comma_list, exporter_names
+from sdopt.cli.common import add_embedding_flag, add_lora_flag, add_request_default_flags, comma_list, exporter_names
 from sdopt.errors import SdoptError
 from sdopt.quant.schemes import OVERFLOW_FIXES
 from sdopt.rewrite import OPTIONAL_REWRITES
@@ -51,7 +51,7 @@ def _export(args: argparse.Namespace) -> int:
     # Unset flags are None, False or []; a 0 is a value (export refuses --deep-cache 0 itself).
     options = {k: v for k, v in vars(args).items() if k in EXPORT_OPTIONS and v is not None and v is not False and v != []}
     export(args.model, args.to, args.output, precision=args.precision, force=args.force, loras=args.lora, progress=not args.quiet,
-           default_steps=args.default_steps, default_guidance=args.default_guidance, **options)
+           default_steps=args.default_steps, default_guidance=args.default_guidance, embeddings=args.embedding, **options)
     print(format_description(describe(args.output)))
     return 0
 
@@ -139,6 +139,7 @@ def add_export(sub) -> None:
                    help="also apply this optional exact rewrite (repeatable): transformer_channels_first keeps the UNet's transformers "
                         "in [B, C, H, W] with 1x1 convolutions for their linear layers — faster int8 on CPUs without VNNI (docs/optimize.md)")
     add_lora_flag(p, "fused into the weights before export (recorded in the manifest)")
+    add_embedding_flag(p, "fused into the text encoders (recorded in the manifest; prompts use it on every backend)")
     add_request_default_flags(p)
     p.set_defaults(func=_export)
 

@@ -64,6 +64,11 @@ def add_lora_flag(p: argparse.ArgumentParser, what: str) -> None:
                    help=f"a LoRA (.safetensors, Diffusers or kohya format) {what}, at SCALE (default 1.0); repeatable")
 
 
+def add_embedding_flag(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--embedding", action="append", default=[], metavar="PATH",
+                   help=f"a textual inversion embedding (.safetensors; its file name is the word a prompt uses), or a folder of them, {what}; repeatable")
+
+
 def add_eta_flag(p: argparse.ArgumentParser) -> None:
     """--eta, as generate, bench and optimize take it (GenerateRequest.eta)."""
     p.add_argument("--eta", type=float, default=None, metavar="E",

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from sdopt.cli.common import output_paths, backend_of, add_eta_flag, add_lora_flag, lora_scales
+from sdopt.cli.common import output_paths, backend_of, add_embedding_flag, add_eta_flag, add_lora_flag, lora_scales
 from sdopt.infotext import png_info, read_png_parameters, unapplied
 from sdopt.request import MASKED_CONTENT, check_strength_has_image, open_image
 from sdopt.errors import BrokenOutputError, SdoptError
@@ -65,6 +65,10 @@ def _generate(args: argparse.Namespace) -> int:
     out = Path(args.output)
     paths = output_paths(out, request.batch_size)
     check_output_files(paths)  # before the (slow) load and generation
+    if args.embedding:
+        from sdopt.embeddings import parse_embeddings
+
+        parse_embeddings(args.embedding)  # each file readable, before the load
 
     from tqdm import tqdm
 
@@ -82,6 +86,9 @@ def _generate(args: argparse.Namespace) -> int:
         **({"reshape": True} if args.reshape else {}),
         **({"deep_cache": True} if (args.cache_interval or 1) > 1 and backend_of(args.artifact) == "torch" else {}),
     )
+    if args.embedding:
+        for word, why in pipe.add_embeddings(args.embedding).items():  # found in a folder given; a file named is refused instead
+            print(f"embedding {word} left out: {why}", file=sys.stderr)
     defaults = pipe.request_defaults
     taken = {k: getattr(defaults, k) for k in ("steps", "guidance_scale") if k not in asked}
     if taken and not defaults.is_sdopts:
@@ -167,6 +174,7 @@ def add_generate(sub) -> None:
     p.add_argument("--channels-last", action="store_true", help="torch: NHWC memory layout for the UNet and VAE decoder")
     p.add_argument("--reshape", action="store_true", help="openvino: let a static-shape artifact run another size (compiled on first use)")
     add_lora_flag(p, "applied for this run (torch backend; other backends take LoRAs fused at export)")
+    add_embedding_flag(p, "loaded for this run (torch backend; other backends read the embeddings fused at export)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or notes (warnings still print)")
     p.add_argument("-o", "--output", required=True, help="output PNG (several images: OUT-0.png, OUT-1.png, ...)")
     p.set_defaults(func=_generate)

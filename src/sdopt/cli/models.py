@@ -1,4 +1,5 @@
-"""Zoo checkpoints, synthetic LoRAs and the models sdopt trains: init-model, init-lora, train-shapes, distill-decoder."""
+"""Zoo checkpoints, synthetic LoRAs and embeddings, and the models sdopt trains: init-model, init-lora, init-embedding,
+train-shapes, distill-decoder."""
 
 from __future__ import annotations
 
@@ -19,6 +20,13 @@ def _init_lora(args: argparse.Namespace) -> int:
     from sdopt.zoo.lora import write_lora
 
     print(write_lora(args.model, args.out, seed=args.seed, force=args.force))
+    return 0
+
+
+def _init_embedding(args: argparse.Namespace) -> int:
+    from sdopt.zoo.embedding import write_embedding
+
+    print(write_embedding(args.model, args.out, vectors=args.vectors, seed=args.seed, force=args.force))
     return 0
 
 
@@ -70,6 +78,17 @@ def add_init_lora(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="weights seed (default 0)")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=_init_lora)
+
+
+def add_init_embedding(sub) -> None:
+    p = sub.add_parser("init-embedding", help="write a synthetic textual inversion embedding for a model (AUTOMATIC1111's format, "
+                                              "deterministic random vectors): for tests and the demo")
+    p.add_argument("model", help="the Diffusers model folder it is made for")
+    p.add_argument("out", help="output .safetensors file; its name is the word prompts use (e.g. mystyle.safetensors: 'a fox, mystyle')")
+    p.add_argument("--vectors", type=int, default=4, help="how many vectors (tokens) it stands for (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="vectors seed (default 0)")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.set_defaults(func=_init_embedding)
 
 
 def add_train_shapes(sub) -> None:

@@ -16,6 +16,7 @@ def _serve(args: argparse.Namespace) -> int:
         host=args.host, port=args.port, api_key=args.api_key or os.environ.get("SDOPT_API_KEY") or None,
         api_auth=args.api_auth, max_queue=args.max_queue, max_batch=args.max_batch, job_timeout=args.job_timeout,
         max_pixels=args.max_pixels, max_steps=args.max_steps, max_images=args.max_images, name=args.name, lora_dir=args.lora_dir,
+        embeddings_dir=args.embeddings_dir,
         steps=args.steps, guidance_scale=args.guidance, scheduler=args.scheduler,
     )
     load_options = {"device": args.device, "precision": args.precision}
@@ -55,6 +56,9 @@ def add_serve(sub) -> None:
     p.add_argument("--scheduler", default=None, help="scheduler of a request that does not name one, as --steps (default: the model's own)")
     p.add_argument("--max-images", type=int, default=8, help="most images one request may ask (default 8)")
     p.add_argument("--name", default=None, help="model name the APIs report (default: the artifact folder's name)")
+    p.add_argument("--embeddings-dir", default=None, metavar="DIR",
+                   help="textual inversion embeddings (DIR/WORD.safetensors) prompts use by WORD, as AUTOMATIC1111's embeddings folder: "
+                        "loaded on the torch backend, those fused at export elsewhere; the others are listed as skipped (docs/serve.md)")
     p.add_argument("--lora-dir", default=None, metavar="DIR",
                    help="LoRAs (DIR/NAME.safetensors) a prompt may apply as <lora:NAME:WEIGHT>, AUTOMATIC1111's syntax (torch backend; docs/serve.md)")
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None, help="default: the artifact's")

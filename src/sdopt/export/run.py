@@ -55,9 +55,10 @@ class ExportSource:
     """
 
     def __init__(self, specs: dict[str, ComponentSpec], model: dict[str, Any], builders: dict[str, Callable[[], Any]], rewrites: bool = True,
-                 optional_rewrites: tuple[str, ...] = ()):
+                 optional_rewrites: tuple[str, ...] = (), finish: dict[str, Callable[[Any], None]] | None = None):
         self.specs, self.model, self._builders, self._rewrite = specs, model, builders, rewrites
         self._optional = optional_rewrites
+        self._finish = finish or {}  # name -> what is done to its module once built, whichever builder built it
         self._built: dict[str, Any] = {}  # modules built together with another, waiting to be taken
         self.rewrites: dict[str, dict[str, int]] = {}  # component -> the exact rewrites applied to it (sdopt.rewrite)
 
@@ -70,6 +71,8 @@ class ExportSource:
         if name not in self._built:
             self._built.update(self._builders[name]())
         module = self._built.pop(name)
+        if name in self._finish:
+            self._finish[name](module)
         if self._rewrite:
             from sdopt.rewrite import apply_rewrites
 
@@ -85,7 +88,8 @@ def _text_layers(source: Path, manifest: Manifest, names: tuple[str, ...]) -> di
 
 def prepare_source(source: Path, manifest: Manifest, options: dict[str, Any]) -> ExportSource:
     """The source's modules as an exporter traces them. ``loras``: LoRAs fused into the weights first
-    (sdopt.lora); ``vae_decoder``: a tiny decoder in the full one's place (checked to fit in ``export``);
+    (sdopt.lora); ``embeddings``: textual inversion embeddings appended to the text encoders' token tables
+    (sdopt.embeddings; checked to fit in ``export``); ``vae_decoder``: a tiny decoder in the full one's place (checked to fit in ``export``);
     ``deep_cache``: the UNet split in two graphs (sdopt.stepcache); ``no_rewrites``: the modules traced
     without sdopt.rewrite's exact rewrites; ``rewrite``: optional rewrites to apply too (by name)."""
     import torch
@@ -109,6 +113,12 @@ def prepare_source(source: Path, manifest: Manifest, options: dict[str, Any]) ->
         for name in ("unet", *family.text_encoders):
             if name in builders:
                 builders[name] = fused
+    finish: dict[str, Callable[[Any], None]] = {}
+    if options.get("embeddings"):
+        from sdopt.embeddings.tables import grow
+
+        for name in family.text_encoders:
+            finish[name] = lambda module, name=name: grow(module, name, options["embeddings"])
     if options.get("vae_decoder"):
         from sdopt.decoder.tiny import input_scale, load_tiny_decoder, read_config
 
@@ -128,7 +138,8 @@ def prepare_source(source: Path, manifest: Manifest, options: dict[str, Any]) ->
 
         builders["unet"] = builders["unet_shallow"] = halves
         specs.update(cached_unet_specs(specs["unet"]))
-    return ExportSource(specs, model, builders, rewrites=not options.get("no_rewrites"), optional_rewrites=tuple(options.get("rewrite") or ()))
+    return ExportSource(specs, model, builders, rewrites=not options.get("no_rewrites"), optional_rewrites=tuple(options.get("rewrite") or ()),
+                        finish=finish)
 
 
 def json_config(folder: Path) -> dict[str, Any]:
@@ -192,10 +203,12 @@ def source_checkpoint(model: str | Path, verb: str = "export") -> tuple[Path, Ma
 
 def export(model: str | Path, target: str, out: str | Path, precision: str = "fp32", force: bool = False,
            loras: list | None = None, progress: bool = True, default_steps: int | None = None,
-           default_guidance: float | None = None, **options: Any) -> Manifest:
+           default_guidance: float | None = None, embeddings: list | None = None, **options: Any) -> Manifest:
     """Export ``model`` to ``target`` at ``out``. loras: FILE[:SCALE] strings (or LoraFiles) fused first;
+    embeddings: textual inversion embedding files (or folders of them) fused into the text encoders;
     progress: a bar per component on stderr; default_steps/default_guidance: what a request that does not say
     runs with this artifact (sdopt.runtime.request_defaults; a Turbo model's 1 step unguided)."""
+    from sdopt.embeddings import manifest_fields as embedding_fields, notes_of as embedding_notes, parse_embeddings, planned_records
     from sdopt.lora import manifest_fields, notes_of, parse_loras
     from sdopt.runtime.request_defaults import record as defaults_record
 
@@ -204,10 +217,11 @@ def export(model: str | Path, target: str, out: str | Path, precision: str = "fp
     defaults = defaults_record(default_steps, default_guidance)
     if options.get("rebuild"):  # a target's own artifact built again from what it keeps (TensorRT: its ONNX graphs)
         other = sorted(k for k, v in options.items() if v and k != "rebuild")
-        if other or loras or defaults or precision != "fp32":
+        if other or loras or embeddings or defaults or precision != "fp32":
             raise SdoptError("--rebuild takes the shapes, precision and options the artifact's manifest records: give only the artifact, --to and -o")
         return exporter.implementation().rebuild(model, out, force=force)
     loras = parse_loras(loras)  # before any slow work: each file exists and is safetensors
+    embeddings = parse_embeddings(embeddings)
     if precision not in exporter.precisions:
         raise SdoptError(f"--to {target} supports precisions {', '.join(exporter.precisions)}, not {precision}")
     check_output_dir(out, force, local_inputs(model))  # before any slow work
@@ -220,9 +234,12 @@ def export(model: str | Path, target: str, out: str | Path, precision: str = "fp
     if hasattr(impl, "preflight"):  # what a target needs of this machine (a GPU), asked before any slow work
         impl.preflight(options)
     replaced, replace_notes = _replace_decoder(options["vae_decoder"], source, source_manifest) if options.get("vae_decoder") else (None, [])
+    embeddings, fused = planned_records(embeddings, {n: json_config(source / source_manifest.components[n].folder)
+                                                     for n in source_manifest.pipeline_family.text_encoders}) if embeddings else ([], [])
 
     with atomic_output_dir(out, force=force, inputs=(source,)) as tmp:
-        result: ExportedComponents = impl.export_components(source, source_manifest, tmp, precision, {**options, "loras": loras, "progress": progress})
+        result: ExportedComponents = impl.export_components(source, source_manifest, tmp, precision,
+                                                               {**options, "loras": loras, "embeddings": embeddings, "progress": progress})
         for name in carried_folders(source_manifest):
             shutil.copytree(source / name, tmp / name)
         if replaced:
@@ -237,8 +254,8 @@ def export(model: str | Path, target: str, out: str | Path, precision: str = "fp
             static_shapes=result.static_shapes,
             parity=result.parity,
             export={"target": target, **result.export, **({"deep_cache": {"interval": interval}} if interval else {}), **manifest_fields(loras),
-                    **defaults},
-            notes=[*result.notes, *notes_of(loras)],
+                    **embedding_fields(fused), **defaults},
+            notes=[*result.notes, *notes_of(loras), *embedding_notes(fused)],
         )
         manifest.write(tmp)
     return manifest

@@ -112,9 +112,9 @@ def quantize(
                 **({"options": plan.options} if plan.options else {}),
                 # What the source's graphs are stays true of the quantized ones: its step-feature caching
                 # default (Pipeline.default_cache_interval) and the exact rewrites traced into them; so does
-                # its truncated-guidance default (Pipeline.default_guidance_end) and its request defaults, unless
-                # given again here.
-                **{key: manifest.export[key] for key in ("deep_cache", "rewrites", "guidance_end", RECORD) if (manifest.export or {}).get(key)},
+                # its truncated-guidance default (Pipeline.default_guidance_end), the embeddings fused into its text
+                # encoders' tables (sdopt.embeddings) and its request defaults, unless given again here.
+                **{key: manifest.export[key] for key in ("deep_cache", "rewrites", "guidance_end", "embeddings", RECORD) if (manifest.export or {}).get(key)},
                 **({RECORD: {**(manifest.export or {}).get(RECORD, {}), **defaults[RECORD]}} if defaults else {}),
             },
             notes=[*result.notes, *notes_of(loras),

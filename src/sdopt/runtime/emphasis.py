@@ -86,31 +86,40 @@ def parse(text: str) -> list[tuple[str, float]]:
     return [(t, w) for t, w in merged] or [("", 1.0)]
 
 
-def _tokens(tokenizer: Any, text: str) -> tuple[list[int], list[float]]:
-    """The text's tokens without the syntax (no BOS/EOS) and each one's weight."""
+def _tokens(tokenizer: Any, text: str, vocabulary: Any = None) -> tuple[list[int], list[float], list[int]]:
+    """The text's tokens without the syntax (no BOS/EOS), each one's weight, and where an embedding's vectors start
+    their count (1 for a plain token, 0 inside an embedding: sdopt.embeddings.vocabulary). ``vocabulary``: the
+    embeddings this tokenizer's text encoder holds (none: the tokenizer's own tokens)."""
+    from sdopt.embeddings.vocabulary import Vocabulary
+
+    vocabulary = vocabulary if vocabulary is not None else Vocabulary(tokenizer)
     ids: list[int] = []
     weights: list[float] = []
+    sizes: list[int] = []
     for run, weight in parse(text):
         if (run, weight) == BREAK:
             ids.append(_BREAK_ID)
             weights.append(1.0)
+            sizes.append(1)
             continue
-        tokens = tokenizer(run, add_special_tokens=False).input_ids if run else []
+        tokens, starts = vocabulary.tokens(run)
         ids += tokens
         weights += [weight] * len(tokens)
-    return ids, weights
+        sizes += starts
+    return ids, weights, sizes
 
 
-def chunks(tokenizer: Any, text: str) -> list[tuple[list[int], list[float]]]:
+def chunks(tokenizer: Any, text: str, vocabulary: Any = None) -> list[tuple[list[int], list[float]]]:
     """AUTOMATIC1111's chunks of a prompt: CHUNK tokens each, a chunk that fills up ending after its last comma when
-    that is at most COMMA_BACKTRACK tokens from its end (the rest starts the next); at least one."""
-    ids, weights = _tokens(tokenizer, text)
+    that is at most COMMA_BACKTRACK tokens from its end (the rest starts the next), an embedding's vectors that would
+    not fit in what is left of a chunk starting the next (as there); at least one."""
+    ids, weights, sizes = _tokens(tokenizer, text, vocabulary)
     comma = tokenizer(",", add_special_tokens=False).input_ids[-1]
     done: list[tuple[list[int], list[float]]] = []
     chunk_ids: list[int] = []
     chunk_weights: list[float] = []
     last_comma = -1
-    for token, weight in zip(ids, weights):
+    for token, weight, size in zip(ids, weights, sizes):
         if token == _BREAK_ID:  # the chunk ends here, however short (an empty one too, as AUTOMATIC1111's)
             done.append((chunk_ids, chunk_weights))
             chunk_ids, chunk_weights, last_comma = [], [], -1
@@ -121,7 +130,7 @@ def chunks(tokenizer: Any, text: str) -> list[tuple[list[int], list[float]]]:
             cut = last_comma + 1
             done.append((chunk_ids[:cut], chunk_weights[:cut]))
             chunk_ids, chunk_weights, last_comma = chunk_ids[cut:], chunk_weights[cut:], -1
-        if len(chunk_ids) == CHUNK:
+        if len(chunk_ids) == CHUNK or len(chunk_ids) + size > CHUNK:
             done.append((chunk_ids, chunk_weights))
             chunk_ids, chunk_weights, last_comma = [], [], -1
         chunk_ids.append(token)
@@ -131,20 +140,21 @@ def chunks(tokenizer: Any, text: str) -> list[tuple[list[int], list[float]]]:
     return done
 
 
-def _first_tokens(tokenizer: Any, text: str, most: int) -> tuple[list[int], list[float]]:
+def _first_tokens(tokenizer: Any, text: str, most: int, vocabulary: Any = None) -> tuple[list[int], list[float]]:
     """The text's first ``most`` tokens before any BREAK (the one chunk an artifact built for 77 tokens reads)."""
-    ids, weights = _tokens(tokenizer, text)
+    ids, weights, _ = _tokens(tokenizer, text, vocabulary)
     end = min(ids.index(_BREAK_ID) if _BREAK_ID in ids else len(ids), most)
     return ids[:end], weights[:end]
 
 
-def weighted_ids(tokenizer: Any, texts: list[str], max_chunks: int | None = 1) -> tuple[np.ndarray, np.ndarray]:
+def weighted_ids(tokenizer: Any, texts: list[str], max_chunks: int | None = 1, vocabulary: Any = None) -> tuple[np.ndarray, np.ndarray]:
     """Token ids and each token's weight (1 for BOS, EOS and padding), a row per text of as many chunks of the
     tokenizer's length (77: BOS, CHUNK tokens, EOS, padding) as the longest text needs, at most ``max_chunks``
     (None: no limit); a text of fewer chunks is padded with empty ones, as AUTOMATIC1111 pads the shorter of a
-    prompt and its negative. With one chunk, a text longer than it is cut, as Diffusers cuts it."""
+    prompt and its negative. With one chunk, a text longer than it is cut, as Diffusers cuts it. ``vocabulary``: the
+    embeddings the text encoder holds (sdopt.embeddings.vocabulary)."""
     length = tokenizer.model_max_length
-    per_text = [chunks(tokenizer, text) if max_chunks != 1 else [_first_tokens(tokenizer, text, length - 2)] for text in texts]
+    per_text = [chunks(tokenizer, text, vocabulary) if max_chunks != 1 else [_first_tokens(tokenizer, text, length - 2, vocabulary)] for text in texts]
     count = min(max(len(c) for c in per_text), max_chunks or MAX_CHUNKS)
     all_ids, all_weights = [], []
     for text_chunks in per_text:

@@ -47,6 +47,7 @@ def load(path: str | Path, device: str = "cpu", precision: str | None = None, ve
     impl = backend.implementation()
     components = impl.load_components(folder, manifest, device, precision, options)
     loras = getattr(impl, "lora_runtime", None)  # backends that apply LoRAs per request (torch)
+    token_tables = getattr(impl, "token_tables", None)  # backends whose text encoders take embeddings at run time (torch)
     return Pipeline(
         manifest,
         components,
@@ -56,6 +57,7 @@ def load(path: str | Path, device: str = "cpu", precision: str | None = None, ve
         precision=precision,
         folder=folder,
         loras=loras(components, manifest) if loras else None,
+        token_tables=token_tables(components, manifest) if token_tables else None,
     )
 
 

@@ -16,6 +16,7 @@ img2img and inpaint pipelines do (runtime/conditioning.py).
 from __future__ import annotations
 
 import functools
+import os
 import threading
 import time
 import warnings
@@ -60,6 +61,7 @@ class Pipeline:
         precision: str = "fp32",
         folder: Path | None = None,
         loras: Any = None,
+        token_tables: dict[str, Any] | None = None,
     ):
         self.family = manifest.pipeline_family
         missing = set(self.family.components) - set(components)
@@ -74,6 +76,11 @@ class Pipeline:
         self.precision = precision
         self.folder = folder
         self.loras = loras  # sdopt.lora.runtime.RuntimeLoras where the backend applies LoRAs per request (torch)
+        # The text encoders' torch modules, whose token tables take embeddings at run time (torch); None elsewhere:
+        # there only the embeddings fused at export are read (sdopt.embeddings).
+        self.token_tables = token_tables
+        self.embeddings: list[dict[str, Any]] = list(manifest.export.get("embeddings") or [])  # the manifest's records, then those added
+        self._vocabularies: list[Any] | None = None
         # One generate call at a time: a request's LoRAs are set on the shared modules for its whole loop, and
         # OpenVINO's compiled models run one inference request each; two threads would change each other's. The
         # LoRAs are changed under it only (generate, unload_loras).
@@ -102,20 +109,20 @@ class Pipeline:
         out = []
         for text, kind in kinds.items():
             if request.prompt_emphasis:  # read in chunks of 75 tokens where the artifact takes more than 77 (sdopt.runtime.emphasis)
-                parts, allowed = emphasis.chunks(self.tokenizer, text), self.max_prompt_chunks or emphasis.MAX_CHUNKS
+                parts, allowed = emphasis.chunks(self.tokenizer, text, self.vocabularies[0]), self.max_prompt_chunks or emphasis.MAX_CHUNKS
                 if len(parts) > allowed:
                     out.append(f"{kind} {text[:40]!r}... needs {len(parts)} chunks of {emphasis.CHUNK} tokens; "
                                + ("this artifact's UNet was built for one (static shapes), so it reads the first" if allowed == 1
                                   else f"sdopt reads the first {allowed}") + ", the rest is ignored")
                 continue
-            count = len(self.tokenizer(text, truncation=False).input_ids)
+            count = len(self.vocabularies[0].tokens(text)[0]) + 2  # with BOS and EOS
             if count > limit:
                 out.append(f"{kind} {text[:40]!r}... is {count} tokens; the text encoder reads the first {limit}, the rest is ignored")
         return out
 
     def prompt_chunks(self, texts: list[str]) -> int:
         """The 75-token chunks the longest of these texts is read in with emphasis (what a call of them pads every row to)."""
-        return min(max(len(emphasis.chunks(self.tokenizer, t)) for t in texts), self.max_prompt_chunks or emphasis.MAX_CHUNKS)
+        return min(max(len(emphasis.chunks(self.tokenizer, t, self.vocabularies[0])) for t in texts), self.max_prompt_chunks or emphasis.MAX_CHUNKS)
 
     @property
     def max_prompt_chunks(self) -> int | None:
@@ -128,13 +135,69 @@ class Pipeline:
         encoder_hidden_states, and what else the family's UNet takes (SDXL's text_embeds, time_ids)."""
         texts = request.prompts + (request.negative_prompts if request.uses_guidance else [])
         outputs = []
-        for name, tokenizer in zip(self.family.text_encoders, self.tokenizers):
+        for name, tokenizer, vocabulary in zip(self.family.text_encoders, self.tokenizers, self.vocabularies):
             if request.prompt_emphasis:  # AUTOMATIC1111's (word:1.2) and chunks of 75 tokens (sdopt.runtime.emphasis)
-                ids, weights = emphasis.weighted_ids(tokenizer, texts, self.max_prompt_chunks)
+                ids, weights = emphasis.weighted_ids(tokenizer, texts, self.max_prompt_chunks, vocabulary)
                 outputs.append(emphasis.encode(self.components[name], ids, weights, tokenizer.model_max_length))
-            else:
-                outputs.append(self.components[name](input_ids=self._tokenize(tokenizer, texts)))
+            else:  # with embeddings, their words read (sdopt.embeddings.vocabulary); else as Diffusers tokenizes
+                ids = vocabulary.input_ids(texts) if vocabulary else self._tokenize(tokenizer, texts)
+                outputs.append(self.components[name](input_ids=ids))
         return self.family.conditioning(outputs, request, self.manifest.model)
+
+    # --- textual inversion embeddings (sdopt.embeddings) ----------------------------
+    @property
+    def vocabularies(self) -> list[Any]:
+        """Per tokenizer, the embeddings its text encoder holds, as words a prompt uses (sdopt.embeddings.vocabulary)."""
+        if self._vocabularies is None:
+            from sdopt.embeddings.vocabulary import Vocabulary
+
+            self._vocabularies = [Vocabulary(tokenizer, [(e["name"], e["first_ids"][encoder], e["vectors"]) for e in self.embeddings])
+                                  for encoder, tokenizer in zip(self.family.text_encoders, self.tokenizers)]
+        return self._vocabularies
+
+    def add_embeddings(self, paths: Any, skip_unfit: bool | None = None) -> dict[str, str]:
+        """Make textual inversion embeddings (files, or folders of them) words prompts can use. The torch backend loads
+        them into its text encoders; other backends read those fused at export, so a file already fused is accepted
+        and another refused. An embedding that cannot be used (made for another model, not fused) is refused, or left
+        out as AUTOMATIC1111 skips it: with ``skip_unfit``, or (None) when it was found in a folder given rather than
+        named; returns {word: why} of those left out."""
+        from sdopt.embeddings import parse_embeddings
+        from sdopt.fsutil import sha256_file
+
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
+        have = {e["name"].lower(): e for e in self.embeddings}
+        widths = None
+        new, skipped = [], {}
+        for embedding in parse_embeddings(paths):
+            known = have.get(embedding.name.lower())
+            reason = None
+            if known is not None:
+                if known["sha256"] == sha256_file(embedding.path):
+                    continue  # in already (fused at export, or added before)
+                reason = f"this artifact already has another embedding named {known['name']!r} (from {known['file']})"
+            elif self.token_tables is None:
+                reason = (f"this {self.manifest.backend} artifact reads only the embeddings fused at export: "
+                          f"export it again with --embedding {embedding.path}, or generate with the Diffusers checkpoint")
+            else:
+                from sdopt.embeddings.tables import widths as table_widths
+
+                widths = widths or table_widths(self.token_tables, self.family.text_encoders)
+                if (unfit := embedding.fits(widths)) is not None:
+                    reason = f"it does not fit this model: {unfit}"
+            if reason is None:
+                new.append(embedding)
+            elif skip_unfit or (skip_unfit is None and embedding.listed):
+                skipped[embedding.name] = reason
+            else:
+                raise SdoptError(f"embedding {embedding.path.name}: {reason}")
+        if new:
+            from sdopt.embeddings.tables import extend
+
+            with self._generating:  # not under a running call
+                self.embeddings += extend(self.token_tables, new, self.family.text_encoders)
+                self._vocabularies = None
+        return skipped
 
     def encode_images(self, pixels: np.ndarray, timings: StageTimings) -> np.ndarray:
         """The VAE encoder's latent_parameters (mean and log-variance) of images in [-1, 1]."""

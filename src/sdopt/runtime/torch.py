@@ -276,6 +276,11 @@ def lora_runtime(components: dict[str, TorchComponent], manifest: Manifest):
     return RuntimeLoras({name: _lora_target(c.module) for name, c in components.items()}, manifest.pipeline_family)
 
 
+def token_tables(components: dict[str, TorchComponent], manifest: Manifest) -> dict[str, Any]:
+    """The text encoders' modules, whose token tables take textual inversion embeddings at run time (sdopt.embeddings)."""
+    return {name: components[name].module for name in manifest.pipeline_family.text_encoders}
+
+
 def _lora_target(module: Any) -> Any:
     """The Diffusers module LoRA adapters go into: under torch.compile's wrapper, and under step-feature caching's
     DeepUNet (whose shallow branch holds the same blocks, so it runs the adapted layers too)."""

@@ -1,8 +1,9 @@
 """AUTOMATIC1111's listings (``/sdapi/v1``): what this server has, as the clients that list it at start-up read it.
 
-One model (sd-models, options), sdopt's samplers and the schedule types they take, the LoRAs of ``--lora-dir``,
+One model (sd-models, options), sdopt's samplers and the schedule types they take, the LoRAs of ``--lora-dir``, the
+embeddings of ``--embeddings-dir`` and those fused at export,
 the image upscalers the hires fix does (serve/hires.py), and empty lists where sdopt has no such thing (VAEs,
-embeddings, hypernetworks, face restorers, styles, scripts): a client such as webuiapi gets a list, not a 404 it
+hypernetworks, face restorers, styles, scripts): a client such as webuiapi gets a list, not a 404 it
 would read as data. ``POST /sdapi/v1/options`` changes nothing here and says which options it did not apply.
 """
 
@@ -127,8 +128,16 @@ for _path in ("latent-upscale-modes", "sd-vae", "sd-modules", "hypernetworks", "
 
 
 @router.get("/sdapi/v1/embeddings")
-def embeddings() -> dict[str, dict]:
-    return {"loaded": {}, "skipped": {}}
+def embeddings(request: Request) -> dict[str, dict]:
+    """The embeddings prompts may use (sdopt.embeddings: --embeddings-dir, and those fused at export) and those skipped,
+    in AUTOMATIC1111's shape; sdopt knows no training step or checkpoint of an embedding (null)."""
+    def item(shape: Any, vectors: Any) -> dict[str, Any]:
+        return {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None, "shape": shape, "vectors": vectors}
+
+    loaded = getattr(request.app.state.worker.pipeline, "embeddings", None) or []
+    skipped = getattr(request.app.state, "embeddings_skipped", None) or {}
+    return {"loaded": {e["name"]: item(next(iter(e.get("widths", {}).values()), None), e["vectors"]) for e in loaded},
+            "skipped": {word: item(None, None) for word in skipped}}
 
 
 @router.get("/sdapi/v1/cmd-flags")

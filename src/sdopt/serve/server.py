@@ -33,10 +33,16 @@ def build(pipeline: Any, settings: ServeSettings, name: str, start_worker: bool 
     from sdopt.serve.app import create_app
     from sdopt.serve.worker import Worker
 
+    # AUTOMATIC1111 loads its embeddings folder at start and skips what does not fit (listed by /sdapi/v1/embeddings).
+    skipped = pipeline.add_embeddings(settings.embeddings_dir, skip_unfit=True) if settings.embeddings_dir else {}
+    for word, why in skipped.items():
+        warnings.warn(f"embedding {word} skipped: {why}", UserWarning, stacklevel=2)
     worker = Worker(pipeline, max_queue=settings.max_queue, max_batch=settings.max_batch, job_timeout=settings.job_timeout)
     if start_worker:
         worker.start()
-    return create_app(worker, settings, name, replica=replica)
+    app = create_app(worker, settings, name, replica=replica)
+    app.state.embeddings_skipped = skipped
+    return app
 
 
 def serve(artifact: str | Path, settings: ServeSettings, load_options: dict[str, Any] | None = None) -> None:

@@ -23,6 +23,7 @@ class ServeSettings:
     max_image_bytes: int = 16 * 2**20  # one decoded input image
     name: str | None = None  # the model name the APIs report; default: the artifact folder's name
     lora_dir: str | None = None  # LoRAs a prompt may name as <lora:NAME:WEIGHT> (serve/loras.py)
+    embeddings_dir: str | None = None  # textual inversion embeddings prompts may name by word (sdopt.embeddings)
     # What a request that does not say gets: every OpenAI request (its API has no such fields; sdopt_steps and
     # sdopt_guidance_scale override), a native one without them, the page. AUTOMATIC1111's API keeps its own
     # defaults (50 steps, cfg_scale 7), which its clients expect and mostly send.
@@ -54,6 +55,11 @@ class ServeSettings:
 
             if not Path(self.lora_dir).is_dir():
                 raise SdoptError(f"--lora-dir {self.lora_dir}: not a folder; give the folder that holds your LoRA .safetensors files")
+        if self.embeddings_dir is not None:
+            from pathlib import Path
+
+            if not Path(self.embeddings_dir).is_dir():
+                raise SdoptError(f"--embeddings-dir {self.embeddings_dir}: not a folder; give the folder that holds your embedding .safetensors files")
         if self.api_key is not None and not self.api_key.strip():
             raise SdoptError("--api-key is empty: give a key, or leave the option out")
 

@@ -1,0 +1,200 @@
+"""Textual inversion embeddings (sdopt.embeddings): a prompt's word read as the embedding's vectors, as Diffusers'
+load_textual_inversion reads them (SD and SDXL, prompt and negative, to the bit on torch); a prompt without the word
+encoded exactly as without embeddings; fused at export, the ONNX artifact makes the torch image; AUTOMATIC1111's
+rules (the file name is the word, matched on tokens longest first, an embedding kept whole in one 75-token chunk, a
+folder's unfit files skipped); the refusals; serve's --embeddings-dir and /sdapi/v1/embeddings."""
+
+import json
+
+import numpy as np
+import pytest
+
+import sdopt
+from sdopt import GenerateRequest
+from sdopt.cli import main
+from sdopt.embeddings import parse_embeddings, read_embedding
+from sdopt.embeddings.vocabulary import Vocabulary
+from sdopt.errors import SdoptError
+from sdopt.runtime import emphasis
+
+from conftest import SMALL
+
+PROMPT = "a red fox, mystyle, in the snow"
+
+
+@pytest.fixture(scope="module")
+def embedding(tiny_model, tmp_path_factory):
+    from sdopt.zoo.embedding import write_embedding
+
+    return write_embedding(tiny_model, tmp_path_factory.mktemp("emb") / "mystyle.safetensors")
+
+
+@pytest.fixture(scope="module")
+def sdxl_embedding(sdxl_tiny, tmp_path_factory):
+    from sdopt.zoo.embedding import write_embedding
+
+    return write_embedding(sdxl_tiny, tmp_path_factory.mktemp("emb-xl") / "mystyle.safetensors", vectors=3)
+
+
+def _request(prompt: str = PROMPT, **extra) -> GenerateRequest:
+    return GenerateRequest(**{**SMALL, "prompt": prompt, "negative_prompt": "blurry, mystyle", **extra})
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl"])
+def test_the_word_reads_as_diffusers_load_textual_inversion_reads_it(request, family):
+    """Diffusers given the same vectors under the same token: the same hidden states (and SDXL's pooled embedding),
+    prompt and negative. It adds tokens to its tokenizer; sdopt matches the word's tokens (AUTOMATIC1111's way)."""
+    from safetensors.torch import load_file
+
+    if family == "sd":
+        from diffusers import StableDiffusionPipeline as Diffusers
+
+        model, path = request.getfixturevalue("tiny_model"), request.getfixturevalue("embedding")
+    else:
+        from diffusers import StableDiffusionXLPipeline as Diffusers
+
+        model, path = request.getfixturevalue("sdxl_tiny"), request.getfixturevalue("sdxl_embedding")
+    pipeline = sdopt.load(model)
+    assert pipeline.add_embeddings([path]) == {}
+    ours = pipeline.encode_prompts(_request())
+    theirs = Diffusers.from_pretrained(model)
+    vectors = load_file(path)
+    if family == "sd":
+        theirs.load_textual_inversion(vectors["emb_params"], token="mystyle", text_encoder=theirs.text_encoder, tokenizer=theirs.tokenizer)
+        positive, negative = theirs.encode_prompt(PROMPT, "cpu", 1, True, "blurry, mystyle")
+    else:
+        for key, encoder, tokenizer in (("clip_l", theirs.text_encoder, theirs.tokenizer), ("clip_g", theirs.text_encoder_2, theirs.tokenizer_2)):
+            theirs.load_textual_inversion(vectors[key], token="mystyle", text_encoder=encoder, tokenizer=tokenizer)
+        positive, negative, pooled, negative_pooled = theirs.encode_prompt(PROMPT, device="cpu", num_images_per_prompt=1,
+                                                                           do_classifier_free_guidance=True, negative_prompt="blurry, mystyle")
+        np.testing.assert_allclose(ours["text_embeds"], np.concatenate([negative_pooled.detach().numpy(), pooled.detach().numpy()]), atol=1e-6)
+    hidden = np.concatenate([negative.detach().numpy(), positive.detach().numpy()])
+    np.testing.assert_allclose(ours["encoder_hidden_states"], hidden, atol=1e-6)
+    without = sdopt.load(model).encode_prompts(_request())["encoder_hidden_states"]
+    assert np.abs(without - hidden).max() > 1e-2  # the word was read as the embedding, not as its letters
+
+
+def test_a_prompt_without_the_word_is_the_same_prompt(tiny_model, embedding):
+    plain, loaded = sdopt.load(tiny_model), sdopt.load(tiny_model)
+    loaded.add_embeddings(embedding)
+    request = _request("a red fox in the snow", negative_prompt="blurry")
+    assert np.array_equal(plain.generate(request).latents, loaded.generate(request).latents)
+    assert not np.array_equal(plain.generate(_request()).latents, loaded.generate(_request()).latents)
+    # Its own tokenization, used once embeddings are loaded, pads and cuts as the tokenizer does (long text included).
+    texts = ["a red fox in the snow", "", "word " * 100]
+    vocabulary = loaded.vocabularies[0]
+    assert vocabulary and np.array_equal(vocabulary.input_ids(texts), plain._tokenize(plain.tokenizer, texts))
+    assert not Vocabulary(plain.tokenizer)  # no embeddings: the tokenizer's own path
+
+
+def test_the_word_is_matched_on_its_tokens_longest_first_and_weighted_with_emphasis(tiny_pipeline):
+    tokenizer = tiny_pipeline.tokenizer
+    vocabulary = Vocabulary(tokenizer, [("mystyle", 5000, 2), ("mystyle two", 6000, 3)])
+    ids, sizes = vocabulary.tokens("a mystyle two, mystyle")
+    a = tokenizer("a", add_special_tokens=False).input_ids
+    comma = tokenizer(",", add_special_tokens=False).input_ids
+    assert ids == [*a, 6000, 6001, 6002, *comma, 5000, 5001]  # "mystyle two" is the longer word
+    assert sizes == [1] * len(a) + [3, 0, 0] + [1] * len(comma) + [2, 0]
+    assert vocabulary.used("a mystyle two, mystyle") == ["mystyle two", "mystyle"]
+    # (word:1.5) weighs each of its vectors.
+    weighted, weights = emphasis.weighted_ids(tokenizer, ["(mystyle:1.5) fox"], vocabulary=vocabulary)
+    assert [w for i, w in zip(weighted[0], weights[0]) if i >= 5000] == [1.5, 1.5]
+    # An embedding that would straddle a chunk's end starts the next chunk (AUTOMATIC1111), never split.
+    word = tokenizer("fox", add_special_tokens=False).input_ids
+    filler = " ".join(["fox"] * ((emphasis.CHUNK - 1) // len(word)))
+    chunks = emphasis.chunks(tokenizer, filler + " mystyle two", vocabulary)
+    assert len(chunks[0][0]) > emphasis.CHUNK - 3 and chunks[1][0][:3] == [6000, 6001, 6002]
+
+
+def test_fused_at_export_the_onnx_artifact_makes_the_torch_image(tiny_model, embedding, sdxl_embedding, tmp_path, capsys):
+    folder = tmp_path / "embeddings"
+    folder.mkdir()
+    (folder / embedding.name).write_bytes(embedding.read_bytes())
+    (folder / "xlstyle.safetensors").write_bytes(sdxl_embedding.read_bytes())  # for SDXL: a folder's unfit file is skipped
+    out = tmp_path / "onnx"
+    with pytest.warns(UserWarning, match="xlstyle left out"):
+        assert main(["export", tiny_model.as_posix(), "--to", "onnx", "-o", str(out), "--embedding", str(folder), "-q"]) == 0
+    printed = capsys.readouterr().out
+    assert "embedding  mystyle (4 vectors) from mystyle.safetensors" in printed
+    record = json.loads((out / "sdopt.json").read_text())["export"]["embeddings"]
+    assert [(r["name"], r["vectors"], r["first_ids"]) for r in record] == [("mystyle", 4, {"text_encoder": 1720})]
+    torch_pipeline = sdopt.load(tiny_model)
+    torch_pipeline.add_embeddings([embedding])
+    onnx = sdopt.load(out)
+    assert [e["name"] for e in onnx.embeddings] == ["mystyle"]  # read from the manifest, nothing to give
+    assert onnx.add_embeddings([embedding]) == {}  # the same file: already in
+    ours, exported = torch_pipeline.generate(_request()), onnx.generate(_request())
+    assert np.abs(ours.latents - exported.latents).max() < 1e-4
+    plain = sdopt.load(tiny_model).generate(_request())
+    assert np.abs(plain.latents - exported.latents).max() > 1e-2
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(embedding.read_bytes())
+    with pytest.raises(SdoptError, match="reads only the embeddings fused at export: export it again with --embedding"):
+        onnx.add_embeddings([other])
+    (tmp_path / "edited").mkdir()
+    edited = tmp_path / "edited" / embedding.name  # the same word, other content (its header's text changed)
+    edited.write_bytes(embedding.read_bytes().replace(b"synthetic", b"Synthetic"))
+    with pytest.raises(SdoptError, match="already has another embedding named 'mystyle'"):
+        onnx.add_embeddings([edited])
+    # sdopt generate with the artifact: the word needs no flag.
+    assert main(["generate", str(out), "-p", PROMPT, "--height", "64", "--width", "64", "--steps", "2", "-o", str(tmp_path / "a.png"), "-q"]) == 0
+
+
+def test_refusals(tiny_model, sdxl_tiny, embedding, sdxl_embedding, tmp_path, capsys):
+    from safetensors.numpy import save_file
+
+    def write(name, tensors):
+        path = tmp_path / name
+        save_file(tensors, path)
+        return path
+
+    pickle = tmp_path / "old.pt"
+    pickle.write_bytes(b"\x80\x04")
+    cases = {
+        pickle: "safetensors only, never pickles",
+        tmp_path / "missing.safetensors": "does not exist",
+        write("many.safetensors", {"a": np.zeros((1, 32), np.float32), "b": np.zeros((1, 32), np.float32), "c": np.zeros(32, np.float32)}): "holds 3 tensors",
+        write("long.safetensors", {"emb_params": np.zeros((76, 32), np.float32)}): "76 vectors",
+        write("ints.safetensors", {"emb_params": np.zeros((2, 32), np.int64)}): "floating-point vectors",
+    }
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"\xff" * 20)
+    cases[broken] = "cannot be read as safetensors"
+    for path, message in cases.items():
+        with pytest.raises(SdoptError, match=message):
+            read_embedding(path)
+    twin = tmp_path / "twin"
+    twin.mkdir()
+    (twin / "MyStyle.safetensors").write_bytes(embedding.read_bytes())
+    with pytest.raises(SdoptError, match="both the word"):
+        parse_embeddings([embedding, twin])
+    with pytest.raises(SdoptError, match="made for SDXL"):
+        sdopt.load(tiny_model).add_embeddings([sdxl_embedding])  # named, not found in a folder: refused
+    wide = write("wide.safetensors", {"emb_params": np.zeros((2, 48), np.float32)})
+    with pytest.raises(SdoptError, match="48 wide"):
+        sdopt.load(tiny_model).add_embeddings(wide)
+    # The CLI: one line before the load, nothing written.
+    assert main(["generate", str(tiny_model), "-p", "x", "--embedding", str(pickle), "-o", str(tmp_path / "x.png")]) == 2
+    assert "never pickles" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
+    assert main(["export", str(sdxl_tiny), "--to", "onnx", "-o", str(tmp_path / "xl"), "--embedding", str(embedding)]) == 2
+    assert "made for a model with one text encoder" in capsys.readouterr().err and not (tmp_path / "xl").exists()
+
+
+def test_serve_lists_and_reads_the_embeddings_folder(tiny_model, embedding, sdxl_embedding, tmp_path):
+    import requests
+
+    from serving import SMALL as SERVE_SMALL, running_server
+
+    folder = tmp_path / "embeddings"
+    folder.mkdir()
+    (folder / embedding.name).write_bytes(embedding.read_bytes())
+    (folder / "xlstyle.safetensors").write_bytes(sdxl_embedding.read_bytes())
+    pipeline = sdopt.load(tiny_model)
+    with pytest.warns(UserWarning, match="embedding xlstyle skipped"), running_server(pipeline, embeddings_dir=str(folder)) as (url, _app):
+        listed = requests.get(f"{url}/sdapi/v1/embeddings", timeout=30).json()
+        assert listed["loaded"] == {"mystyle": {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None, "shape": 32, "vectors": 4}}
+        assert list(listed["skipped"]) == ["xlstyle"]
+        body = {**SERVE_SMALL, "seed": 3, "prompt": "a fox"}
+        plain = requests.post(f"{url}/sdapi/v1/txt2img", json=body, timeout=120).json()["images"][0]
+        styled = requests.post(f"{url}/sdapi/v1/txt2img", json={**body, "prompt": "a fox, mystyle"}, timeout=120).json()["images"][0]
+        assert plain != styled
