@@ -198,3 +198,35 @@ def test_serve_lists_and_reads_the_embeddings_folder(tiny_model, embedding, sdxl
         plain = requests.post(f"{url}/sdapi/v1/txt2img", json=body, timeout=120).json()["images"][0]
         styled = requests.post(f"{url}/sdapi/v1/txt2img", json={**body, "prompt": "a fox, mystyle"}, timeout=120).json()["images"][0]
         assert plain != styled
+        # A file added later is loaded by AUTOMATIC1111's refresh; the ones loaded stay.
+        from sdopt.zoo.embedding import write_embedding
+
+        write_embedding(tiny_model, folder / "later.safetensors", vectors=2, seed=1)
+        assert requests.post(f"{url}/sdapi/v1/refresh-embeddings", timeout=30).status_code == 200
+        listed = requests.get(f"{url}/sdapi/v1/embeddings", timeout=30).json()
+        assert sorted(listed["loaded"]) == ["later", "mystyle"] and list(listed["skipped"]) == ["xlstyle"]
+
+
+def test_the_png_names_the_embeddings_its_prompts_used_and_a_remake_without_them_is_warned(tiny_model, embedding, tmp_path, capsys):
+    from PIL import Image
+
+    from sdopt.fsutil import sha256_file
+    from sdopt.infotext import embedding_hashes, parse_parameters
+
+    out = tmp_path / "fox.png"
+    flags = ["--height", "64", "--width", "64", "--steps", "2", "-q"]
+    assert main(["generate", str(tiny_model), "-p", PROMPT, "-n", "blurry, mystyle", "--embedding", str(embedding), "-o", str(out), *flags]) == 0
+    text = Image.open(out).info["parameters"]
+    assert embedding_hashes(parse_parameters(text)) == {"mystyle": sha256_file(embedding)[:12]}  # AUTOMATIC1111's TI hashes, once
+    assert 'TI hashes: "mystyle: ' in text
+    capsys.readouterr()
+    again = tmp_path / "again.png"
+    assert main(["generate", str(tiny_model), "--parameters-from", str(out), "-o", str(again), *flags]) == 0
+    assert "used the embeddings mystyle (its TI hashes), which this run does not have" in capsys.readouterr().err
+    assert main(["generate", str(tiny_model), "--parameters-from", str(out), "--embedding", str(embedding), "-o", str(again), *flags]) == 0
+    assert "TI hashes" not in capsys.readouterr().err
+    assert np.array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(out)))
+    # A prompt without the word writes none.
+    plain = tmp_path / "plain.png"
+    assert main(["generate", str(tiny_model), "-p", "a fox", "--embedding", str(embedding), "-o", str(plain), *flags]) == 0
+    assert "TI hashes" not in Image.open(plain).info["parameters"]

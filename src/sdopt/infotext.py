@@ -106,8 +106,10 @@ EMPHASIS = "Emphasis"  # AUTOMATIC1111's key; "Original" its default mode (sdopt
 
 
 # Keys that describe the image without changing what a request makes (the rest of a parameter line would change it).
+TI_HASHES = "TI hashes"  # AUTOMATIC1111's: the textual inversion embeddings used, "word: first 12 hex digits of the file's sha256"
 DESCRIPTIVE = {"Prompt", "Negative prompt", "Sampler", "Schedule type", "Scheduler", "Model", "Model hash", "Backend", "Version",
-               "Batch pos", "Size-1", "Size-2", "Masked content"}  # the last: read by request_fields
+               "Batch pos", "Size-1", "Size-2", "Masked content",  # read by request_fields
+               TI_HASHES}  # the embeddings a prompt used: the words are in the prompt, the files a run's own (missing_embeddings)
 
 
 def _unapplied_emphasis(parsed: dict[str, Any]) -> bool:
@@ -195,15 +197,30 @@ def png_info(image: Any):
     return info
 
 
+def embedding_hashes(parsed: dict[str, Any]) -> dict[str, str]:
+    """{word: short hash} of AUTOMATIC1111's "TI hashes" (the embeddings an image's prompts used)."""
+    pairs = (part.rpartition(":") for part in str(parsed.get(TI_HASHES) or "").split(","))
+    return {word.strip(): short.strip() for word, sep, short in pairs if sep and word.strip()}
+
+
+def missing_embeddings(parsed: dict[str, Any], have: list[dict[str, Any]]) -> list[str]:
+    """The embeddings an image's parameters say its prompts used that a run with these (Pipeline.embeddings) lacks, or
+    has another file of (its short hash differs): the image will differ."""
+    hashes = {e["name"].lower(): e["sha256"] for e in have}
+    return [word for word, short in embedding_hashes(parsed).items() if not hashes.get(word.lower(), "").startswith(short.lower())]
+
+
 def image_parameters(request: Any, index: int, *, sampler: tuple[str, str | None] | None, model: str | None, model_hash: str | None,
                      backend: str, cache_interval: int = 1, guidance_end: float = 1.0, version: str = "",
-                     defaults: dict[str, Any] | None = None, eta_used: bool = True, clip_skip: int = 1) -> str:
+                     defaults: dict[str, Any] | None = None, eta_used: bool = True, clip_skip: int = 1,
+                     embeddings: dict[str, str] | None = None) -> str:
     """The text for image ``index`` of a GenerateRequest's result (prompt-major: prompt index // num_images).
     sampler: (AUTOMATIC1111's sampler name, its schedule type or None); None when no name describes the scheduler
     (a checkpoint's own scheduler that no sdopt name builds alike), said as sdopt's key "Scheduler". defaults: the
     artifact's own cache_interval and guidance_end; a value is written where it is on or differs from them, so that the
     parameters make the same image again on that artifact. eta_used: whether the scheduler read the request's eta.
-    clip_skip: the Clip skip the image was made with (1 where the family ignores the request's)."""
+    clip_skip: the Clip skip the image was made with (1 where the family ignores the request's). embeddings: {word: the
+    file's short hash} of the textual inversion embeddings the row's prompt and negative used (AUTOMATIC1111's TI hashes)."""
     row = index // request.num_images
     defaults = defaults or {}
     seeds = request.seeds
@@ -228,6 +245,7 @@ def image_parameters(request: Any, index: int, *, sampler: tuple[str, str | None
         "Guidance end": _number(guidance_end) if request.guidance_scale > 1 and (guidance_end < 1 or guidance_end != defaults.get("guidance_end", 1.0)) else None,
         EMPHASIS: "Original" if request.prompt_emphasis else None,
         "Loras": ", ".join(f"{_stem(f)}:{_number(w)}" for f, w in request.loras.items()) if request.loras else None,
+        TI_HASHES: ", ".join(f"{word}: {short}" for word, short in embeddings.items()) if embeddings else None,
         "Model hash": model_hash,
         "Model": model,
         "Backend": backend,

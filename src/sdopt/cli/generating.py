@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from sdopt.cli.common import output_paths, backend_of, add_embedding_flag, add_eta_flag, add_lora_flag, lora_scales
-from sdopt.infotext import png_info, read_png_parameters, unapplied
+from sdopt.infotext import missing_embeddings, png_info, read_png_parameters, unapplied
 from sdopt.request import MASKED_CONTENT, check_strength_has_image, open_image
 from sdopt.errors import BrokenOutputError, SdoptError
 
@@ -89,6 +89,9 @@ def _generate(args: argparse.Namespace) -> int:
     if args.embedding:
         for word, why in pipe.add_embeddings(args.embedding).items():  # found in a folder given; a file named is refused instead
             print(f"embedding {word} left out: {why}", file=sys.stderr)
+    if args.parameters_from and (missing := missing_embeddings(parsed, pipe.embeddings)):
+        print(f"warning: {args.parameters_from}'s prompts used the embeddings {', '.join(missing)} (its TI hashes), which this run "
+              "does not have (or has another file of): the image will differ; give them with --embedding", file=sys.stderr)
     defaults = pipe.request_defaults
     taken = {k: getattr(defaults, k) for k in ("steps", "guidance_scale") if k not in asked}
     if taken and not defaults.is_sdopts:

@@ -436,7 +436,18 @@ class Pipeline:
             guidance_end=self.guidance_end(request), version=__version__, clip_skip=request.clip_skip if self.family.reads_clip_skip else 1,
             # what the artifact does unasked: a value that differs from it is written even when it is "off"
             defaults={"cache_interval": self.default_cache_interval, "guidance_end": self.default_guidance_end},
-            eta_used=schedulers.takes_eta(schedulers.scheduler_class(request.scheduler, self.scheduler_config)))
+            eta_used=schedulers.takes_eta(schedulers.scheduler_class(request.scheduler, self.scheduler_config)),
+            embeddings=self.embeddings_used(request, index))
+
+    def embeddings_used(self, request: GenerateRequest, index: int) -> dict[str, str]:
+        """{word: the file's sha256, first 12 digits} of the embeddings image ``index``'s prompt and negative read
+        (AUTOMATIC1111's "TI hashes"), in the order they are first read."""
+        if not self.embeddings:
+            return {}
+        row = index // request.num_images
+        texts = [request.prompts[row], *([request.negative_prompts[row]] if request.negative_prompt is not None and request.uses_guidance else [])]
+        short = {e["name"]: e["sha256"][:12] for e in self.embeddings}
+        return {word: short[word] for text in texts for word in self.vocabularies[0].used(text)}
 
     @functools.cached_property
     def quantization(self) -> str | None:

@@ -140,6 +140,15 @@ def embeddings(request: Request) -> dict[str, dict]:
             "skipped": {word: item(None, None) for word in skipped}}
 
 
+@router.post("/sdapi/v1/refresh-embeddings")
+def refresh_embeddings(request: Request) -> None:
+    """Load what was added to --embeddings-dir since (AUTOMATIC1111 re-reads its folder); a file already loaded stays
+    as loaded. Waits for a running generate call (the text encoders' tables change between calls only)."""
+    folder = request.app.state.settings.embeddings_dir
+    if folder is not None:
+        request.app.state.embeddings_skipped = request.app.state.worker.pipeline.add_embeddings(folder, skip_unfit=True)
+
+
 @router.get("/sdapi/v1/cmd-flags")
 def cmd_flags(request: Request) -> dict[str, Any]:
     """What AUTOMATIC1111's command line would say about this server (never its credentials)."""
