@@ -69,6 +69,27 @@ def test_img2img_matches_diffusers(tiny_pipeline, diffusers_pipes, scheduler):
     _compare(ours, ref_latents, ref_images, f"img2img {scheduler}")
 
 
+@pytest.mark.parametrize("scheduler", ["euler", "euler_a"])
+def test_img2img_from_latents_matches_diffusers_given_latents(tiny_pipeline, diffusers_pipes, scheduler):
+    """init_latents: Diffusers' img2img given 4-channel latents as its image (no encoder, no posterior draw), one row
+    per prompt; and no VAE encoder is needed for it."""
+    start = np.random.default_rng(0).standard_normal((2, 4, 8, 8)).astype(np.float32)
+    request = GenerateRequest(**{**BASE, "prompt": ["a fox", "a cube"]}, scheduler=scheduler, init_latents=start, strength=0.6)
+    ours = tiny_pipeline.generate(request)
+    pipe = diffusers_pipes["img2img"]
+    pipe.scheduler = make_scheduler(scheduler, tiny_pipeline.scheduler_config)
+    theirs = pipe(prompt=request.prompts, negative_prompt=request.negative_prompts, image=torch.from_numpy(start), strength=0.6,
+                  num_inference_steps=5, guidance_scale=request.guidance_scale, generator=torch.Generator().manual_seed(request.seed),
+                  output_type="latent", height=64, width=64).images
+    assert ours.timings.vae_encoder == 0 and len(ours.timings.unet_steps) == 3
+    assert float(np.abs(ours.latents - theirs.numpy()).max()) <= TOLERANCE
+    p = tiny_pipeline
+    no_encoder = Pipeline(p.manifest, {k: v for k, v in p.components.items() if k != "vae_encoder"}, p.tokenizers, p.scheduler_config, folder=p.folder)
+    assert np.array_equal(no_encoder.generate(request).latents, ours.latents)
+    with pytest.raises(SdoptError, match=r"init_latents are \(4, 8, 8\) .* a 128x64 request on this model starts from \(4, 8, 16\)"):
+        tiny_pipeline.generate(GenerateRequest(**{**BASE, "width": 128}, init_latents=start[:1]))
+
+
 def test_img2img_on_the_pil_image_itself_matches_diffusers(tiny_pipeline, diffusers_pipes):
     request = GenerateRequest(**BASE, scheduler="euler_a", init_image=picture(), strength=0.6)
     ref_latents, ref_images = diffusers_latents(diffusers_pipes["img2img"], request, image=request.init_image)
@@ -245,13 +266,20 @@ def test_a_static_batch_encoder_is_given_its_batch(tiny_pipeline):
         ({"mask_image": "mask"}, r"mask_image needs an init_image"),
         ({"init_image": "pic", "mask_image": "small mask"}, r"mask_image is 32x32 but init_image is 64x64"),
         ({"init_image": ["pic", "pic", "pic"]}, r"init_image: 3 images for 1 prompts"),
+        ({"init_latents": "latents 3"}, r"init_latents has 3 rows for 1 prompts"),
+        ({"init_latents": "latents 1", "init_image": "pic"}, r"give it or init_image, not both"),
+        ({"init_latents": "latents nan"}, r"NaN or infinite"),
+        ({"init_latents": "latents int"}, r"must be a float numpy array"),
+        ({"init_latents": "latents 1", "strength": 0.1}, r"strength=0\.1 with steps=5 runs no step"),
         ({"seeds": [1, 2]}, r"seeds has 2 entries for 1 images"),
         ({"seeds": [-1]}, r"seeds=\[-1\]: must be a list of integers"),
         ({"seeds": 7}, r"seeds=7: must be a list of integers"),
     ],
 )
 def test_bad_image_fields_are_refused_naming_the_field(fields, message):
-    named = {"pic": picture(), "mask": mask_image(), "small mask": mask_image((32, 32))}
+    latents = np.zeros((1, 4, 8, 8), np.float32)
+    named = {"pic": picture(), "mask": mask_image(), "small mask": mask_image((32, 32)), "latents 1": latents, "latents 3": np.repeat(latents, 3, 0),
+             "latents nan": latents + np.nan, "latents int": latents.astype(np.int64)}
     fields = {k: ([named.get(x, x) for x in v] if isinstance(v, list) and k != "seeds" else named.get(v, v) if isinstance(v, str) else v) for k, v in fields.items()}
     with pytest.raises(SdoptError, match=message):
         GenerateRequest(**BASE, **fields).validate()

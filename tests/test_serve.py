@@ -220,9 +220,40 @@ def test_the_servers_request_defaults_serve_what_a_request_does_not_say(tiny_pip
             ServeSettings(**bad)
 
 
+@pytest.mark.parametrize("upscaler, mode, antialias", [(None, "bilinear", False), ("Latent (bicubic antialiased)", "bicubic", True),
+                                                         ("Latent (nearest-exact)", "nearest-exact", False)])
+def test_a1111_hires_fix_latent_upscalers_start_the_second_pass_from_the_first_pass_latents(tiny_pipeline, upscaler, mode, antialias):
+    """AUTOMATIC1111's Latent upscalers (its API's default): each image's final latents interpolated to the second pass's
+    size (torch's interpolate, the mode's way) and repainted from there without the VAE — the same images as those
+    steps by hand; and a model upscaler sdopt lacks is still said to be done with Lanczos."""
+    import torch
+
+    from sdopt.request import GenerateRequest
+
+    hires = {"enable_hr": True, "hr_scale": 1.5, "denoising_strength": 0.6, "hr_second_pass_steps": 3, **({"hr_upscaler": upscaler} if upscaler else {})}
+    body = {"prompt": "a cross", **SMALL, "seed": 5, "batch_size": 2, "sampler_name": "Euler"}
+    with running_server(tiny_pipeline) as (url, app):
+        answer = httpx.post(url + "/sdapi/v1/txt2img", json={**body, **hires}, timeout=120).json()
+        esrgan = json.loads(httpx.post(url + "/sdapi/v1/txt2img", json={**body, **hires, "hr_upscaler": "R-ESRGAN 4x+"}, timeout=120).json()["info"])
+        modes = httpx.get(url + "/sdapi/v1/latent-upscale-modes").json()
+    info = json.loads(answer["info"])
+    assert info["sdopt_ignored"] == [] and info["sdopt_hires"]["upscaler"] == (upscaler or "Latent") and (info["width"], info["height"]) == (96, 96)
+    assert esrgan["sdopt_ignored"] == ["hr_upscaler"] and esrgan["sdopt_hires"]["upscaler"] == "Lanczos"
+    assert [m["name"] for m in modes][:2] == ["Latent", "Latent (antialiased)"] and len(modes) == 6
+    for image, seed in zip(map(png, answer["images"]), (5, 6)):
+        common = dict(prompt="a cross", seed=seed, seeds=[seed], guidance_scale=7.0, scheduler="euler", prompt_emphasis=True)
+        first = tiny_pipeline.generate(GenerateRequest(**common, steps=SMALL["steps"], height=64, width=64))
+        extra = {"antialias": True} if antialias else {}
+        start = torch.nn.functional.interpolate(torch.from_numpy(first.latents), size=(12, 12), mode=mode, **extra).numpy()
+        by_hand = tiny_pipeline.generate(GenerateRequest(**common, steps=3, height=96, width=96, init_latents=start, strength=0.6))
+        diff = np.abs(np.asarray(image, dtype=np.int16) - np.asarray(by_hand.images[0], dtype=np.int16)).max()
+        assert diff <= 1, f"seed {seed}: the hires image differs from the steps by hand by {diff} levels"
+        assert f"Hires upscaler: {upscaler or 'Latent'}" in image.info["parameters"]
+
+
 def test_a1111_hires_fix_upscales_and_repaints_each_image(tiny_pipeline):
     """enable_hr: the first pass, each image upscaled (Lanczos) and repainted by img2img from its own seed — the same
-    images as those two steps run by hand; AUTOMATIC1111's default Latent upscaler is said to be done otherwise."""
+    images as those two steps run by hand; AUTOMATIC1111's default upscaler is Latent (the next test)."""
     from PIL import Image
 
     from sdopt.request import GenerateRequest
@@ -251,7 +282,7 @@ def test_a1111_hires_fix_upscales_and_repaints_each_image(tiny_pipeline):
         assert diff <= 1, f"seed {seed}: the hires image differs from the two passes by hand by {diff} levels"
         text = image.info["parameters"]
         assert "Size: 64x64" in text and "Denoising strength: 0.6, Hires upscale: 1.5, Hires steps: 3, Hires upscaler: Lanczos" in text
-    assert latent["sdopt_ignored"] == ["hr_upscaler"] and latent["sdopt_hires"]["upscaler"] == "Lanczos" and latent["width"] == 128
+    assert latent["sdopt_ignored"] == [] and latent["sdopt_hires"]["upscaler"] == "Latent" and latent["width"] == 128
     assert again_info["sdopt_ignored"] == [] and again_info["sdopt_hires"]["second_pass_steps"] == 3
     # Made again from its parameters alone: alone now, where it was batched with its neighbour (a level at most, as above).
     assert np.abs(np.asarray(png(again["images"][0]), dtype=np.int16) - np.asarray(images[0], dtype=np.int16)).max() <= 1

@@ -239,7 +239,9 @@ def test_the_listings_clients_call_at_start_up_answer_lists(tiny_pipeline):
             return response.json()
 
         assert [u["name"] for u in get("upscalers")] == ["Lanczos", "Nearest", "None"]
-        for path in ("latent-upscale-modes", "sd-vae", "hypernetworks", "face-restorers", "realesrgan-models", "prompt-styles", "script-info"):
+        assert [m["name"] for m in get("latent-upscale-modes")] == ["Latent", "Latent (antialiased)", "Latent (bicubic)",
+                                                                   "Latent (bicubic antialiased)", "Latent (nearest)", "Latent (nearest-exact)"]
+        for path in ("sd-vae", "hypernetworks", "face-restorers", "realesrgan-models", "prompt-styles", "script-info"):
             assert get(path) == [], path
         assert get("embeddings") == {"loaded": {}, "skipped": {}}
         ram = get("memory")["ram"]

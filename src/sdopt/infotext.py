@@ -224,7 +224,7 @@ def image_parameters(request: Any, index: int, *, sampler: tuple[str, str | None
     row = index // request.num_images
     defaults = defaults or {}
     seeds = request.seeds
-    image_to_image = request.init_image is not None
+    image_to_image = request.image_to_image
     negative = request.negative_prompts[row] if request.negative_prompt is not None else None
     pairs: dict[str, Any] = {
         "Steps": request.steps,

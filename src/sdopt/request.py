@@ -157,6 +157,11 @@ class GenerateRequest:
     # resized to height x width; strength (0, 1] is how much of the schedule runs on it.
     init_image: Any = None
     strength: float = 0.8
+    # img2img from latents instead of an image (Diffusers' img2img given 4-channel latents as its image; AUTOMATIC1111's
+    # hires fix with a "Latent" upscaler): a float32 numpy array (rows, C, height/8, width/8), already scaled by the VAE's
+    # scaling factor as GenerateResult.latents are, one row for every prompt or one per prompt; noised to where strength
+    # starts the schedule, no VAE encoder needed. Not with init_image or mask_image.
+    init_latents: Any = None
     # Inpainting: a PIL image the init image's size, white where to repaint (as in Diffusers).
     mask_image: Any = None
     # Inpainting: what the loop starts from under the mask (AUTOMATIC1111's "Masked content"): "original", the init
@@ -215,6 +220,11 @@ class GenerateRequest:
     @property
     def init_images(self) -> list:
         return _as_list(self.init_image)
+
+    @property
+    def image_to_image(self) -> bool:
+        """Whether the loop starts from a picture (init_image, or init_latents): img2img or inpainting, at ``strength``."""
+        return self.init_image is not None or self.init_latents is not None
 
     @property
     def mask_images(self) -> list:
@@ -324,9 +334,10 @@ class GenerateRequest:
                     raise SdoptError(f"{name}: the image is empty ({image.size[0]}x{image.size[1]} pixels)")
                 _check_convertible(image, name, "RGB" if name == "init_image" else "L")
         images, masks = self.init_images, self.mask_images
+        self._validate_latents()
         if masks and not images:
             raise SdoptError("mask_image needs an init_image: the mask says which part of the init image to repaint (white = repaint)", field="init_image")
-        if images and int(self.steps * s) < 1:
+        if self.image_to_image and int(self.steps * s) < 1:
             raise SdoptError(
                 f"strength={s:g} with steps={self.steps} runs no step (int(steps x strength) = 0): raise strength or steps"
             )
@@ -338,11 +349,27 @@ class GenerateRequest:
                     "give a mask of the image's size (white = repaint, black = keep)"
                 )
 
+    def _validate_latents(self) -> None:
+        latents = self.init_latents
+        if latents is None:
+            return
+        if type(latents).__name__ != "ndarray" or latents.ndim != 4 or latents.dtype.kind != "f":
+            raise SdoptError(f"init_latents: must be a float numpy array (rows, channels, height/8, width/8), as GenerateResult.latents, "
+                             f"not {type(latents).__name__}{getattr(latents, 'shape', '')}", field="init_latents")
+        if self.init_image is not None or self.mask_image is not None:
+            raise SdoptError("init_latents is an img2img start of its own: give it or init_image, not both, and no mask_image", field="init_latents")
+        if latents.shape[0] not in (1, len(self.prompts)):
+            raise SdoptError(f"init_latents has {latents.shape[0]} rows for {len(self.prompts)} prompts: give one row, or one per prompt",
+                             field="init_latents")
+        if latents.size == 0 or not all(map(_is_number, (float(latents.min()), float(latents.max())))):
+            raise SdoptError("init_latents is empty or holds NaN or infinite values", field="init_latents")
+
     def to_dict(self) -> dict[str, Any]:
-        """Every field as plain data; images are recorded by size and mode, not pixels."""
+        """Every field as plain data; images are recorded by size and mode, not pixels, latents by shape."""
         from dataclasses import asdict, replace
 
-        data = asdict(replace(self, init_image=None, mask_image=None))
+        data = asdict(replace(self, init_image=None, mask_image=None, init_latents=None))
+        data["init_latents"] = None if self.init_latents is None else {"shape": list(self.init_latents.shape)}
         data["init_image"] = _describe_image(self.init_image)
         data["mask_image"] = _describe_image(self.mask_image)
         return data

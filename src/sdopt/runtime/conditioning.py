@@ -54,12 +54,16 @@ def start(request: GenerateRequest, scheduler: Any, noise: Noise, model: dict[st
 
     factor = model["vae_scale_factor"]
     shape = (request.batch_size, model["latent_channels"], request.height // factor, request.width // factor)
-    if request.init_image is None:
+    if not request.image_to_image:
         # Text to image (StableDiffusionPipeline.prepare_latents): noise at the scheduler's first sigma.
         return Start(noise.randn(shape) * scheduler.init_noise_sigma, scheduler.timesteps)
 
     timesteps = strength_timesteps(scheduler, request.steps, request.strength)
     first = timesteps[:1].repeat(shape[0])
+    if request.init_latents is not None:
+        # Diffusers' img2img given latents as its image: they are the start, noised; no encoder, no posterior draw.
+        given = torch.from_numpy(np.ascontiguousarray(request.init_latents, dtype=np.float32))
+        return Start(scheduler.add_noise(given[torch.tensor(rows_of(len(given), request))], noise.randn(shape), first), timesteps)
     images = request.init_images
     image_pixels = np.concatenate([pixels(im, request.height, request.width) for im in images])
     image_latents = None
@@ -198,6 +202,12 @@ def check_artifact(request: GenerateRequest, manifest: Any, components: dict[str
             "it needs init_image and mask_image (--init-image and --mask), as Diffusers' StableDiffusionInpaintPipeline "
             "does; for text-to-image or img2img use a text-to-image checkpoint", field="mask_image"
         )
+    if request.init_latents is not None:
+        factor = manifest.model["vae_scale_factor"]
+        want = (latent, request.height // factor, request.width // factor)
+        if tuple(request.init_latents.shape[1:]) != want:
+            raise SdoptError(f"init_latents are {tuple(request.init_latents.shape[1:])} (channels, height, width); a {request.width}x{request.height} "
+                             f"request on this model starts from {want}: give latents of the request's size (or ask for theirs)", field="init_latents")
     if request.init_image is None:
         return
     if "vae_encoder" not in components:

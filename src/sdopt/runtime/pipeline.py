@@ -247,7 +247,7 @@ class Pipeline:
         the strength's share — the total the progress callback reports, known before the call (for a progress bar)."""
         scheduler = make_scheduler(request.scheduler, self.scheduler_config)
         scheduler.set_timesteps(request.steps, device="cpu")
-        if request.init_image is None:
+        if not request.image_to_image:
             return len(scheduler.timesteps)
         return len(conditioning.strength_timesteps(scheduler, request.steps, request.strength))
 
@@ -278,7 +278,7 @@ class Pipeline:
 
     def check_request(self, request: GenerateRequest) -> None:
         request.validate()
-        if request.init_image is not None:
+        if request.image_to_image:
             self.family.refuse("img2img", "img2img and inpainting (init_image)")
         self._check_clip_skip(request)
         if self.cache_interval(request) > 1 and "unet_shallow" not in self.components:

@@ -220,7 +220,7 @@ def ignored_fields(body: _Processing, scheduler: str | None) -> list[str]:
     if isinstance(body, Img2ImgRequest):
         out = sorted(out + _img2img_unapplied(body))
     if getattr(body, "enable_hr", False):
-        if not hires.upscaler(body.hr_upscaler)[1]:  # a Latent mode (AUTOMATIC1111's default) or a model: Lanczos here
+        if not hires.upscaler(body.hr_upscaler)[1]:  # a model upscaler (ESRGAN, ...): Lanczos here
             out.append("hr_upscaler")
     if body.infotext:  # what the infotext says that no field here takes (AUTOMATIC1111's Clip skip, hires fix, RNG, ...)
         from sdopt.infotext import parse_parameters, unapplied
@@ -396,12 +396,14 @@ async def _run_hires(request: Request, body: Txt2ImgRequest, spec: J.JobSpec) ->
     size = hires.size_field(body)
     names = {**A1111_NAMES, "steps": "hr_second_pass_steps", "width": size, "height": size, "strength": "denoising_strength"}
     max_pixels = request.app.state.settings.max_pixels
-    [blank] = hires.second_pass(body, spec, scheduler, max_pixels)  # the first seed's second pass, on a blank picture
-    check_spec(blank, request.app.state.settings, request.app.state.worker.pipeline, names)
+    pipeline = request.app.state.worker.pipeline
+    model = getattr(getattr(pipeline, "manifest", None), "model", None)
+    [blank] = hires.second_pass(body, spec, scheduler, max_pixels, model=model)  # the first seed's second pass, on a blank start
+    check_spec(blank, request.app.state.settings, pipeline, names)
     first = await wait(submit(request, spec, "a1111", job_id=body.force_task_id or None, names=A1111_NAMES), request)
     if first.status != J.SUCCEEDED:
         return _answer(request, body, spec, first, first.images)
-    seconds = [submit(request, second, "a1111", names=names, continuing=True) for second in hires.second_pass(body, spec, scheduler, max_pixels, first.images)]
+    seconds = [submit(request, second, "a1111", names=names, continuing=True) for second in hires.second_pass(body, spec, scheduler, max_pixels, first, model)]
     done = await asyncio.gather(*(wait(job, request) for job in seconds))
     failed = next((job for job in done if job.status != J.SUCCEEDED), None)
     images = [] if failed else [job.images[0] for job in done]

@@ -121,8 +121,16 @@ def _none() -> list:
     return []
 
 
-# AUTOMATIC1111's other lists: sdopt has none of these (latent upscaling: the hires fix does it with Lanczos).
-for _path in ("latent-upscale-modes", "sd-vae", "sd-modules", "hypernetworks", "face-restorers", "realesrgan-models",
+@router.get("/sdapi/v1/latent-upscale-modes")
+def latent_upscale_modes() -> list[dict[str, str]]:
+    """The hires fix's latent upscalers (serve/hires.py), AUTOMATIC1111's six."""
+    from sdopt.serve.hires import LATENT_MODES
+
+    return [{"name": name} for name in LATENT_MODES]
+
+
+# AUTOMATIC1111's other lists: sdopt has none of these.
+for _path in ("sd-vae", "sd-modules", "hypernetworks", "face-restorers", "realesrgan-models",
               "prompt-styles", "script-info", "extensions"):
     router.add_api_route(f"/sdapi/v1/{_path}", _none, methods=["GET"], name=_path)
 

@@ -4,10 +4,11 @@ Two passes of the one loop, as AUTOMATIC1111 runs them: txt2img at width x heigh
 ``hr_scale`` times that (or to ``hr_resize_x`` x ``hr_resize_y``; one of them alone keeps the aspect), down to a
 multiple of 8, and repainted by img2img at ``denoising_strength`` (default 0.7, AUTOMATIC1111's slider's) in
 ``hr_second_pass_steps`` (0: the first pass's), with ``hr_sampler_name``, ``hr_prompt`` and ``hr_negative_prompt``
-where given, each image from its own seed. The upscale is of the image: "Lanczos", "Nearest", and "None"
-(AUTOMATIC1111 then resizes with Lanczos) as there. Its default "Latent" modes upscale the latents instead, and its
-model upscalers (ESRGAN, ...) are networks sdopt does not have: those are done with Lanczos here, and
-``info.sdopt_ignored`` names ``hr_upscaler``. Both sizes given with another aspect: the image is stretched
+where given, each image from its own seed. The upscale is AUTOMATIC1111's: its "Latent" modes (the API's default)
+interpolate the first pass's final latents (bilinear, bicubic, nearest; antialiased or not) and the second pass starts
+from them without the VAE (GenerateRequest.init_latents); "Lanczos", "Nearest" and "None" (AUTOMATIC1111 then resizes
+with Lanczos) resize the image, which the second pass encodes. Its model upscalers (ESRGAN, ...) are networks sdopt
+does not have: those are done with Lanczos here, and ``info.sdopt_ignored`` names ``hr_upscaler``. Both sizes given with another aspect: the image is stretched
 (AUTOMATIC1111 crops it). The images carry AUTOMATIC1111's parameters for a hires image: the first pass's, with
 the denoising strength and the Hires keys.
 """
@@ -24,6 +25,10 @@ from sdopt.serve.errors import RequestError
 DEFAULT_STRENGTH = 0.7
 LANCZOS, NEAREST = "Lanczos", "Nearest"
 IMAGE_UPSCALERS = {LANCZOS: LANCZOS, NEAREST: NEAREST, "None": LANCZOS}  # the name asked -> the resize done
+# AUTOMATIC1111's latent upscale modes (shared.latent_upscale_modes): torch's interpolate mode and antialias for each.
+LATENT_MODES = {"Latent": ("bilinear", False), "Latent (antialiased)": ("bilinear", True), "Latent (bicubic)": ("bicubic", False),
+                "Latent (bicubic antialiased)": ("bicubic", True), "Latent (nearest)": ("nearest", False),
+                "Latent (nearest-exact)": ("nearest-exact", False)}
 SAME_SAMPLER, SAME_SCHEDULE = "Use same sampler", "Use same scheduler"  # AUTOMATIC1111's choices meaning "the first pass's"
 
 
@@ -33,9 +38,24 @@ def chosen(value: str | None, same: str) -> str | None:
 
 
 def upscaler(name: str | None) -> tuple[str, bool]:
-    """(the resize done, whether it is the one asked): AUTOMATIC1111's default, None, is "Latent"."""
-    done = IMAGE_UPSCALERS.get(name or "Latent")
+    """(the upscale done: a latent mode or an image resize, whether it is the one asked): AUTOMATIC1111's default,
+    None, is "Latent"."""
+    name = name or "Latent"
+    if name in LATENT_MODES:
+        return name, True
+    done = IMAGE_UPSCALERS.get(name)
     return (done, True) if done else (LANCZOS, False)
+
+
+def upscale_latents(latents: Any, mode: str, size: tuple[int, int]) -> Any:
+    """AUTOMATIC1111's latent upscale: torch's interpolate of the (1, C, h, w) latents to ``size`` (h, w) in the mode's way."""
+    import numpy as np
+    import torch
+
+    how, antialias = LATENT_MODES[mode]
+    resized = torch.nn.functional.interpolate(torch.from_numpy(np.ascontiguousarray(latents, dtype=np.float32)), size=size, mode=how,
+                                              **({"antialias": antialias} if how in ("bilinear", "bicubic") else {}))
+    return resized.numpy()
 
 
 def size_field(body: Any) -> str:
@@ -66,23 +86,35 @@ def target_size(body: Any, max_pixels: int) -> tuple[int, int]:
     return max(8, w - w % 8), max(8, h - h % 8)
 
 
-def second_pass(body: Any, first: J.JobSpec, scheduler: str | None, max_pixels: int, images: list | None = None) -> list[J.JobSpec]:
-    """A job per first-pass image; with ``images`` None, the first seed's job on a blank picture (what the checks before
-    the first pass need)."""
+def second_pass(body: Any, first: J.JobSpec, scheduler: str | None, max_pixels: int, done: J.Job | None = None,
+                model: dict[str, Any] | None = None) -> list[J.JobSpec]:
+    """A job per image of the first pass (``done``: its finished job, whose images and final latents it starts from);
+    with ``done`` None, the first seed's job on a blank start (what the checks before the first pass need). ``model``:
+    the artifact's model facts (Manifest.model: its latent channels and VAE scale factor)."""
     from PIL import Image
 
     width, height = target_size(body, max_pixels)
-    done, _ = upscaler(body.hr_upscaler)
-    resample = Image.Resampling.LANCZOS if done == LANCZOS else Image.Resampling.NEAREST
-    pictures = images or [Image.new("RGB", (first.width, first.height))]
+    mode, _ = upscaler(body.hr_upscaler)
+    starts: dict[str, Any]
+    if mode in LATENT_MODES:
+        import numpy as np
+
+        model = model or {}
+        channels, factor = model.get("latent_channels", 4), model.get("vae_scale_factor", 8)
+        latents = done.latents if done is not None else np.zeros((1, channels, first.height // factor, first.width // factor), np.float32)
+        starts = [{"init_latents": upscale_latents(latents[i:i + 1], mode, (height // factor, width // factor)), "init_image": None}
+                  for i in range(len(latents))]
+    else:
+        resample = Image.Resampling.LANCZOS if mode == LANCZOS else Image.Resampling.NEAREST
+        pictures = done.images if done is not None else [Image.new("RGB", (first.width, first.height))]
+        starts = [{"init_image": picture.convert("RGB").resize((width, height), resample), "init_latents": None} for picture in pictures]
     return [
         dataclasses.replace(
             first, prompt=body.hr_prompt or first.prompt, negative_prompt=body.hr_negative_prompt or first.negative_prompt, seed=seed, n=1,
-            steps=body.hr_second_pass_steps or first.steps, width=width, height=height, scheduler=scheduler,
-            init_image=picture.convert("RGB").resize((width, height), resample), mask_image=None,
-            strength=body.denoising_strength if body.denoising_strength is not None else DEFAULT_STRENGTH,
+            steps=body.hr_second_pass_steps or first.steps, width=width, height=height, scheduler=scheduler, mask_image=None,
+            strength=body.denoising_strength if body.denoising_strength is not None else DEFAULT_STRENGTH, **start,
         )
-        for seed, picture in zip(first.seeds, pictures)
+        for seed, start in zip(first.seeds, starts)
     ]
 
 

@@ -32,6 +32,7 @@ class JobSpec:
     scheduler: str | None = None
     eta: float | None = None  # ddim and tcd: the fresh noise each step adds; None: 0
     init_image: Any = None  # PIL image: img2img / inpainting
+    init_latents: Any = None  # float32 (1, C, h, w): img2img from latents (the hires fix's Latent upscalers, serve/hires.py)
     mask_image: Any = None  # PIL image, white = repaint
     strength: float = 0.8
     masked_content: str = "original"  # inpainting: GenerateRequest.masked_content (AUTOMATIC1111's inpainting_fill 2, 3)
@@ -53,6 +54,8 @@ class JobSpec:
         key = (self.width, self.height, self.steps, self.scheduler, self.eta, float(self.guidance_scale), self.cache_interval, self.guidance_end,
                tuple(sorted((self.loras or {}).items())), bool(self.negative_prompt), self.prompt_emphasis, self.text_chunks,
                self.clip_skip)
+        if self.init_latents is not None:
+            return ("latents", *key, float(self.strength))
         if self.init_image is None:
             return ("text", *key)
         # img2img and inpainting share a call only with their own kind, at the same strength.
@@ -60,8 +63,9 @@ class JobSpec:
 
     def describe(self) -> dict[str, Any]:
         """The parameters as JSON (images as their sizes, not their pixels)."""
-        out = {k: v for k, v in self.__dict__.items() if k not in ("init_image", "mask_image")}
+        out = {k: v for k, v in self.__dict__.items() if k not in ("init_image", "mask_image", "init_latents")}
         out["seeds"] = self.seeds
+        out["init_latents"] = None if self.init_latents is None else list(self.init_latents.shape)
         for name in ("init_image", "mask_image"):
             image = getattr(self, name)
             out[name] = None if image is None else f"{image.width}x{image.height}"
@@ -87,10 +91,19 @@ def generate_request(specs: list[JobSpec]):
         # No job gave one: none at all (SDXL base then conditions on zeros; AUTOMATIC1111 does so for empty negatives).
         prompt=prompts, negative_prompt=negatives if any(negatives) else None, seed=first.seed, seeds=seeds, steps=first.steps,
         guidance_scale=first.guidance_scale, height=first.height, width=first.width, scheduler=first.scheduler, eta=first.eta,
-        init_image=per_row("init_image"), mask_image=per_row("mask_image"), strength=first.strength, masked_content=first.masked_content,
+        init_image=per_row("init_image"), mask_image=per_row("mask_image"), init_latents=_latent_rows(specs), strength=first.strength, masked_content=first.masked_content,
         cache_interval=first.cache_interval, guidance_end=first.guidance_end, loras=first.loras, prompt_emphasis=first.prompt_emphasis,
         clip_skip=first.clip_skip,
     )
+
+
+def _latent_rows(specs: list[JobSpec]) -> Any:
+    """The jobs' init latents, a row per image (None where they start from none: a batch key keeps them apart)."""
+    if specs[0].init_latents is None:
+        return None
+    import numpy as np
+
+    return np.concatenate([spec.init_latents for spec in specs for _ in range(spec.n)])
 
 
 @dataclass
@@ -105,6 +118,7 @@ class Job:
     steps: int = 0
     images: list = field(default_factory=list)  # PIL images once succeeded
     images_dropped: bool = False  # the worker let go of them: IMAGES_KEPT newer jobs have finished since
+    latents: Any = None  # float32 (n, C, h, w): the final latents of its images, kept with them (the hires fix's Latent upscalers)
     preview_png: bytes | None = None  # a low-resolution look at the latents, refreshed while running
     created: float = field(default_factory=time.time)
     started: float | None = None

@@ -234,6 +234,7 @@ class Worker:
         row = 0
         for job in batch:
             images = result.images[row:row + job.spec.n]
+            job.latents = result.latents[row:row + job.spec.n]
             row += job.spec.n
             self._finish(job, J.SUCCEEDED, images=images)
 
@@ -261,7 +262,7 @@ class Worker:
             if len(self._finished_order) > IMAGES_KEPT:
                 old = self.jobs.get(self._finished_order[-IMAGES_KEPT - 1])
                 if old is not None and old.images:
-                    old.images, old.images_dropped = [], True
+                    old.images, old.latents, old.images_dropped = [], None, True
         return True
 
     # --- the watchdog -----------------------------------------------------------------
