@@ -168,7 +168,8 @@ def test_a_schedule_type_sdopt_does_not_apply_is_said(sampler, schedule, unappli
     """An AUTOMATIC1111 image's schedule type that sdopt's sampler of that name lacks was dropped without a word
     (--parameters-from, the infotext field, and the older combined sampler names through the API)."""
     from sdopt.infotext import unapplied
-    from sdopt.serve.api_a1111 import Txt2ImgRequest, ignored_fields, scheduler_for
+    from sdopt.serve.a1111_fields import ignored_fields, scheduler_for
+    from sdopt.serve.a1111_models import Txt2ImgRequest
 
     text = f"a fox\nSteps: 3, Sampler: {sampler}, " + (f"Schedule type: {schedule}, " if schedule else "") + "CFG scale: 7, Seed: 5, Size: 64x64"
     assert [k for k in unapplied(parse_parameters(text)) if k in ("Schedule type", "Sampler")] == ([unapplied_key] if unapplied_key else [])
