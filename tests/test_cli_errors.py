@@ -207,3 +207,17 @@ def test_quantizing_an_onnx_artifact_says_what_to_quantize_instead(tiny_onnx_art
 def test_an_empty_model_path_is_refused_not_read_as_the_current_folder(capsys):
     assert main(["inspect", ""]) == 2
     assert "the model path is empty" in capsys.readouterr().err
+
+
+def test_a_librarys_exception_is_told_by_the_line_that_says_what_is_wrong():
+    """sdopt.errors.exception_line: what every "cannot load ..." message quotes of ONNX Runtime's, OpenVINO's, the hub's,
+    Ray's exceptions — one line, the informative one, never cut mid-word."""
+    from sdopt.errors import exception_line
+
+    openvino = RuntimeError("Exception from src/inference/src/cpp/core.cpp:84:\nCheck 'x' failed at src/core.cpp:12:\n  Unable to read the model: damaged.xml\n")
+    assert exception_line(openvino, skip=("Exception from", "Check '")) == "Unable to read the model: damaged.xml"
+    assert exception_line(RuntimeError("Traceback ...\n  File x\nValueError: the real cause"), last=True) == "ValueError: the real cause"
+    assert exception_line(KeyError()) == "KeyError" and exception_line(OSError("\n\n")) == "OSError"
+    long = exception_line(ValueError("word " * 100), most=50)
+    assert long.endswith(" ...") and len(long) <= 54 and "wor ..." not in long
+    assert exception_line(ValueError("Check 'only this'"), skip=("Check '",)) == "Check 'only this'"  # nothing else to say

@@ -45,3 +45,14 @@ def require(module: str, extra: str):
         if exc.name and exc.name.split(".")[0] == module.split(".")[0]:
             raise MissingDependencyError(module, extra) from exc
         raise
+
+
+def exception_line(exc: BaseException, most: int = 300, last: bool = False, skip: tuple[str, ...] = ()) -> str:
+    """The line of a library's exception that says what is wrong, for an SdoptError's message: its first non-empty line
+    (``last``: its last, where the library puts the cause at the end, as Ray's wrapped tracebacks), passing over lines
+    that start with ``skip`` (OpenVINO's C++ source locations), cut at a word when longer than ``most``; the exception's
+    type name when it says nothing."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    told = [line for line in lines if not line.startswith(skip)] or lines
+    line = (told[-1] if last else told[0]) if told else type(exc).__name__
+    return line if len(line) <= most else line[:most].rsplit(" ", 1)[0] + " ..."

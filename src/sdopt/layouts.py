@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from sdopt.errors import SdoptError
+from sdopt.errors import SdoptError, exception_line
 from sdopt.fsutil import read_json
 from sdopt.manifest import ComponentEntry, Manifest, files_in, folder_family, model_info
 
@@ -104,7 +104,7 @@ def _onnx_precision(graph: Path) -> str:
     try:
         model = onnx.load(str(graph), load_external_data=False)
     except Exception as exc:  # protobuf's DecodeError, and whatever else a damaged file raises
-        raise SdoptError(f"cannot read {graph}: not a complete ONNX graph ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unreadable'}); "
+        raise SdoptError(f"cannot read {graph}: not a complete ONNX graph ({type(exc).__name__}: {exception_line(exc)}); "
                          "the export is damaged or incomplete: export it again") from None
     types = {i.type.tensor_type.elem_type for i in model.graph.input}
     return "fp16" if onnx.TensorProto.FLOAT16 in types else "fp32"

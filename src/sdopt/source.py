@@ -10,17 +10,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from sdopt.errors import SdoptError, require
+from sdopt.errors import SdoptError, exception_line, require
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # What a text-to-image run needs; pickles and the safety checker's weights are never fetched.
 _HUB_PATTERNS = ["model_index.json", "*/config.json", "*/*.safetensors", "*.onnx", "*/*.onnx*", "tokenizer/*", "tokenizer_2/*", "scheduler/*", "sdopt.json"]
-
-
-def _first_sentence(exc: Exception, most: int = 300) -> str:
-    """The hub client's first line, cut at a word (it was cut mid-word, inside a quote) when longer than ``most``."""
-    line = (str(exc).splitlines() or [""])[0]
-    return line if len(line) <= most else line[:most].rsplit(" ", 1)[0] + " ..."
 
 
 def resolve(model: str | Path) -> Path:
@@ -42,6 +36,6 @@ def _from_hub(repo_id: str) -> Path:
         return Path(hub.snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS))
     except Exception as exc:  # the hub client raises many types for "offline", "not found", "gated"
         raise SdoptError(
-            f"could not fetch '{repo_id}' from the Hugging Face hub ({type(exc).__name__}: {_first_sentence(exc)}). "
+            f"could not fetch '{repo_id}' from the Hugging Face hub ({type(exc).__name__}: {exception_line(exc)}). "
             "If this machine is offline, download the model where a network exists and pass its local folder"
         ) from exc

@@ -33,7 +33,7 @@ from sdopt.bench.runner import slug, worker_command, worker_job
 from sdopt.bench.settings import BenchSettings
 from sdopt.cluster.connect import cluster, ray_module
 from sdopt.cluster.resources import local_resources, task_options, why_unplaceable
-from sdopt.errors import SdoptError
+from sdopt.errors import SdoptError, exception_line
 
 RETRIES = 1  # a job that dies is tried once more, then reported failed
 
@@ -135,8 +135,7 @@ def _failure(exc: BaseException) -> str:
         return f"its Ray worker or node died on both tries (retried once): {type(exc).__name__}"
     if isinstance(exc, ray.exceptions.TaskCancelledError):
         return "cancelled"
-    first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-    return f"the Ray task failed: {first_line}"
+    return f"the Ray task failed: {exception_line(exc, last=True)}"
 
 
 def _unpack(answer: dict, out: Path, entry: Entry) -> dict:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sdopt.cluster.connect import cluster, ray_module
-from sdopt.errors import SdoptError
+from sdopt.errors import SdoptError, exception_line
 from sdopt.serve.settings import ServeSettings
 
 DEPLOYMENT = "sdopt"
@@ -100,7 +100,7 @@ def start(artifact: str, settings: ServeSettings, load_options: dict[str, Any], 
         serve.run(application(artifact, settings, load_options, scaling), name=DEPLOYMENT, route_prefix="/")
     except Exception as exc:  # noqa: BLE001 - Ray wraps a replica's failure to start (a bad artifact) in its own types
         serve.shutdown()
-        raise SdoptError(f"the replicas did not start: {str(exc).strip().splitlines()[-1]}") from None
+        raise SdoptError(f"the replicas did not start: {exception_line(exc, last=True)}") from None
 
 
 def serve_on_ray(artifact: str, settings: ServeSettings, load_options: dict[str, Any], scaling: Scaling, address: str | None) -> None:

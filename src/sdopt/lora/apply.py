@@ -12,7 +12,7 @@ import contextlib
 
 import torch
 
-from sdopt.errors import SdoptError, require
+from sdopt.errors import SdoptError, exception_line, require
 from sdopt.lora import LoraFile
 
 
@@ -56,10 +56,10 @@ def load_adapter(modules: dict[str, torch.nn.Module], family, lora: LoraFile, na
     except SdoptError:
         raise
     except OSError as exc:  # Diffusers' "Unable to load weights from checkpoint file": not a safetensors file inside
-        raise SdoptError(f"LoRA {lora.path} cannot be read as safetensors ({str(exc).splitlines()[0][:200]}): give a .safetensors LoRA file") from exc
+        raise SdoptError(f"LoRA {lora.path} cannot be read as safetensors ({exception_line(exc, most=200)}): give a .safetensors LoRA file") from exc
     except (ValueError, KeyError, RuntimeError) as exc:  # a file for another architecture or family
         raise SdoptError(
-            f"LoRA {lora.path.name} does not fit this {family.title} model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}): "
+            f"LoRA {lora.path.name} does not fit this {family.title} model ({type(exc).__name__}: {exception_line(exc, most=200)}): "
             "use a LoRA trained for this model's architecture"
         ) from exc
     touched = [n for n in ("unet", *family.text_encoders) if name in adapters_of(modules[n])]

@@ -42,7 +42,7 @@ from typing import Any, Iterator
 import numpy as np
 import openvino as ov
 
-from sdopt.errors import SdoptError
+from sdopt.errors import SdoptError, exception_line
 from sdopt.quant.schemes import OVERFLOW_FIXES
 from sdopt.prompts import read_prompts
 from sdopt.request import image_files
@@ -296,7 +296,7 @@ def _compress_weights(nncf, model: ov.Model, scheme: str, options: NncfOptions) 
     try:
         compressed = nncf.compress_weights(model, **kwargs)
     except (nncf.InvalidGroupSizeError, nncf.ValidationError, nncf.ParameterNotSupportedError) as exc:
-        raise SdoptError(f"NNCF refused {scheme} with these options: {str(exc).splitlines()[0][:300]}") from exc
+        raise SdoptError(f"NNCF refused {scheme} with these options: {exception_line(exc)}") from exc
     recipe["layers"] = _count_compressed(compressed)
     return compressed, recipe
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from sdopt.errors import SdoptError
+from sdopt.errors import SdoptError, exception_line
 from sdopt.manifest import Manifest
 from sdopt.runtime.backends import BACKENDS
 from sdopt.runtime.executor import to_rank
@@ -109,9 +109,9 @@ class OrtComponent:
         try:
             self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as exc:  # ONNX Runtime's InvalidProtobuf, Fail, ...: its first line says what
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = exception_line(exc, most=400)
             damaged = "protobuf" in first.lower() or "invalid" in first.lower()
-            raise SdoptError(f"ONNX Runtime cannot load {path}: {first[:400]}"
+            raise SdoptError(f"ONNX Runtime cannot load {path}: {first}"
                              + ("; the graph is damaged or incomplete: export it again" if damaged else "")) from None
         self.settings = describe(options, providers)
         self.inputs = {i.name: i for i in self.session.get_inputs()}

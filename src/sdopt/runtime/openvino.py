@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import openvino as ov
 
-from sdopt.errors import SdoptError
+from sdopt.errors import SdoptError, exception_line
 from sdopt.fsutil import user_cache_dir
 from sdopt.manifest import Manifest
 from sdopt.runtime.executor import to_rank
@@ -216,9 +216,7 @@ def static_axes(manifest: Manifest, component: str) -> dict[str, dict[int, int]]
 def _reason(exc: Exception) -> str:
     """The line of an OpenVINO exception that says what is wrong: its messages start with the C++ source location
     ("Exception from src/inference/src/cpp/core.cpp:84:") and put the reason below."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    told = [line for line in lines if not line.startswith(("Exception from", "Check '")) and not line.endswith(".cpp:")]
-    return (told[0] if told else lines[0] if lines else type(exc).__name__)[:300]
+    return exception_line(exc, skip=("Exception from", "Check '"))
 
 
 class OpenVINOComponent:
@@ -266,7 +264,7 @@ class OpenVINOComponent:
         try:
             compiled = self.core.compile_model(model, self.device, self.config)
         except (RuntimeError, TypeError) as exc:  # TypeError: a run setting of a type the property does not take
-            raise SdoptError(f"OpenVINO could not compile {self.path.parent.name} for {self.device}: {str(exc).splitlines()[0][:300]}") from exc
+            raise SdoptError(f"OpenVINO could not compile {self.path.parent.name} for {self.device}: {_reason(exc)}") from exc
         self._compiled.append((shapes, compiled, compiled.create_infer_request()))
 
     def _request_for(self, feed: dict[str, np.ndarray]) -> ov.InferRequest:

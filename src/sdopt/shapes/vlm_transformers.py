@@ -9,7 +9,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from sdopt.errors import SdoptError
+from sdopt.errors import SdoptError, exception_line
 from sdopt.shapes.scenes import ShapeObject
 from sdopt.shapes.vlm import MAX_TOKENS, SEND_SIZE, AnswerError, QuestionJudge, answer_schema, parse_answer, question
 
@@ -83,8 +83,7 @@ class TransformersJudge(QuestionJudge):
             processor = transformers.AutoProcessor.from_pretrained(self.model_path, local_files_only=True)
             model = auto_model.from_pretrained(self.model_path, local_files_only=True, **{dtype_option: "auto"})
         except (OSError, ValueError, KeyError) as e:
-            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise SdoptError(f"cannot load a vision-language model from {self.model_path}: {first_line}") from None
+            raise SdoptError(f"cannot load a vision-language model from {self.model_path}: {exception_line(e)}") from None
         device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
         self._processor, self._model = processor, model.to(device).eval()
         return self._processor, self._model
