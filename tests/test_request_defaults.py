@@ -126,3 +126,22 @@ def test_serve_takes_the_models_defaults_unless_started_with_its_own(tiny_lcm):
         with running_server(pipe) as (url, app):
             assert httpx.post(url + "/sdapi/v1/txt2img", json={"prompt": "x", "width": 64, "height": 64, "steps": 2}, timeout=60).status_code == 200
             assert [job.spec.guidance_scale for job in app.state.worker.jobs.values()] == [7.0]
+
+
+def test_a_python_request_without_a_size_gets_the_models_or_its_init_images(tiny_pipeline, sdxl_tiny):
+    """GenerateRequest's height and width default to None: the pipeline fills them as Diffusers does — the size the
+    model was trained at (SDXL's own, not 512²: what every Python caller got before), an init image's own size down
+    to multiples of 8, init latents' size; one side given keeps it."""
+    plain = tiny_pipeline.generate(GenerateRequest(prompt="a fox", steps=2))
+    assert plain.images[0].size == (64, 64) and (plain.request.height, plain.request.width) == (64, 64)
+    assert "Size: 64x64" in tiny_pipeline.parameters(GenerateRequest(prompt="a fox", steps=2), 0)
+    picture = Image.new("RGB", (101, 70), (120, 40, 200))
+    with_image = tiny_pipeline.generate(GenerateRequest(prompt="a fox", steps=2, init_image=picture, strength=0.5))
+    assert with_image.images[0].size == (96, 64) and not any("resized" in w for w in with_image.warnings)
+    assert tiny_pipeline.generate(GenerateRequest(prompt="a fox", steps=2, width=96)).images[0].size == (96, 64)
+    from_latents = tiny_pipeline.generate(GenerateRequest(prompt="a fox", steps=2, init_latents=np.zeros((1, 4, 8, 10), np.float32), strength=0.5))
+    assert from_latents.images[0].size == (80, 64)
+    xl = sdopt.load(sdxl_tiny)
+    want = xl.manifest.model["sample_size"] * xl.manifest.model["vae_scale_factor"]
+    assert xl.generate(GenerateRequest(prompt="a fox", steps=1)).images[0].size == (want, want)
+    GenerateRequest(prompt="a fox").validate()  # None is a valid size before the pipeline fills it

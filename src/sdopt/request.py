@@ -149,8 +149,10 @@ class GenerateRequest:
     seed: int = 0
     steps: int = 20
     guidance_scale: float = 7.5
-    height: int = 512
-    width: int = 512
+    # The image's size, multiples of 8. None: the pipeline's choice, as Diffusers': an init image's own size (down to
+    # multiples of 8), else the size the model was trained at (512 for SD 1.5, 1024 for SDXL; a static artifact's shapes).
+    height: int | None = None
+    width: int | None = None
     num_images: int = 1
     scheduler: str | None = None  # None: the scheduler the checkpoint ships with
     # img2img: start from this PIL image (one for every prompt, or a list with one per prompt),
@@ -259,6 +261,8 @@ class GenerateRequest:
                 raise SdoptError(f"{name}={value!r}: must be an integer from {low} to {high} (for example {example})")
         for name in ("height", "width"):
             value = getattr(self, name)
+            if value is None:  # the pipeline's choice (Pipeline.sized)
+                continue
             if not _is_int(value) or value % SIDE_MULTIPLE or not MIN_SIDE <= value <= MAX_SIDE:
                 raise SdoptError(
                     f"{name}={value!r}: must be a multiple of {SIDE_MULTIPLE} between "

@@ -43,16 +43,13 @@ def _generate(args: argparse.Namespace) -> int:
     asked = {**made_from, **{k: v for k, v in flags.items() if v is not None}}
     if "prompt" not in asked:
         raise SdoptError("give the prompt, --prompt TEXT (or --parameters-from IMAGE.png to take an image's)")
-    # Without a size an init image keeps its own (down to a multiple of 8), as in Diffusers' img2img; else the
-    # artifact's (its static shapes, or the size the model was trained at, as Diffusers' pipelines).
-    width, height = init_image.size if init_image is not None else _model_size(args.artifact)[::-1]
     request = GenerateRequest(
-        **{k: v for k, v in asked.items() if k not in ("steps", "guidance_scale", "height", "width")},
+        # Without a size (None) the pipeline gives an init image's own (down to a multiple of 8), as Diffusers' img2img,
+        # else the artifact's: its static shapes, or the size the model was trained at (Pipeline.sized).
+        **{k: v for k, v in asked.items() if k not in ("steps", "guidance_scale")},
         # Unset: the model's own (sdopt.runtime.request_defaults), known once it is loaded; checked with sdopt's until then.
         steps=asked.get("steps", SDOPT_STEPS),
         guidance_scale=asked.get("guidance_scale", SDOPT_GUIDANCE),
-        height=asked.get("height", height - height % 8),
-        width=asked.get("width", width - width % 8),
         init_image=init_image,
         mask_image=mask,
         loras=lora_scales(args.lora),
@@ -183,15 +180,3 @@ def add_generate(sub) -> None:
     p.set_defaults(func=_generate)
 
 
-def _model_size(artifact: str) -> tuple[int, int]:
-    """(height, width) a request on this artifact gets unasked (sdopt.runtime.request_defaults.default_size), read
-    from its manifest before the slow load; 512x512 where it cannot be read here (a hub id, or a folder the load
-    will refuse, saying why)."""
-    from sdopt.manifest import read_manifest
-    from sdopt.runtime.request_defaults import default_size
-
-    folder = Path(artifact).expanduser()
-    try:
-        return default_size(read_manifest(folder)) if folder.is_dir() else (512, 512)  # a hub id: fetched by the load
-    except SdoptError:
-        return 512, 512

@@ -15,6 +15,7 @@ img2img and inpaint pipelines do (runtime/conditioning.py).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import threading
@@ -34,7 +35,7 @@ from sdopt.runtime.executor import Component, close_all
 from sdopt.runtime.memory import track_peak
 from sdopt.runtime.noise import Noise
 from sdopt.runtime.output_checks import output_problems
-from sdopt.runtime.request_defaults import RequestDefaults, request_defaults
+from sdopt.runtime.request_defaults import RequestDefaults, request_defaults, size_for
 from sdopt.runtime.schedulers import check_scheduler, make_scheduler, takes_eta
 from sdopt.stepcache.schedule import runs_whole
 
@@ -277,6 +278,7 @@ class Pipeline:
                 "(AUTOMATIC1111 ignores Clip skip there too)"]
 
     def check_request(self, request: GenerateRequest) -> None:
+        request = self.sized(request)
         request.validate()
         if request.image_to_image:
             self.family.refuse("img2img", "img2img and inpainting (init_image)")
@@ -318,10 +320,24 @@ class Pipeline:
         for name, hook in (("progress", progress), ("on_latents", on_latents)):
             if hook is not None and not callable(hook):
                 raise SdoptError(f"{name} must be a function (or None), not {type(hook).__name__}")
+        request = self.sized(request)
         with self._generating:
             if self.closed:
                 raise SdoptError("this pipeline is closed (Pipeline.close(), or its with-block ended): load the artifact again")
             return self._generate(request, progress, on_latents)
+
+    def sized(self, request: GenerateRequest) -> GenerateRequest:
+        """The request with the height and width it left to the pipeline (None) filled in, as Diffusers fills them: the
+        init image's own size, the init latents' size, else the model's (sdopt.runtime.request_defaults.size_for)."""
+        if request.height is not None and request.width is not None:
+            return request
+        if request.init_latents is not None and getattr(request.init_latents, "ndim", 0) == 4:
+            factor = int(self.manifest.model.get("vae_scale_factor", 8))
+            height, width = (int(side) * factor for side in request.init_latents.shape[2:])
+        else:
+            images = request.init_images
+            height, width = size_for(self.manifest, images[0] if images and hasattr(images[0], "size") else None)
+        return dataclasses.replace(request, height=request.height or height, width=request.width or width)
 
     def _generate(self, request: GenerateRequest, progress: ProgressFn | None, on_latents: LatentsFn | None) -> GenerateResult:
         import torch
@@ -426,6 +442,7 @@ class Pipeline:
         """Image ``index`` of ``request``'s result, as AUTOMATIC1111 writes generation parameters (sdopt.infotext)."""
         from sdopt import __version__
 
+        request = self.sized(request)
         name = request.scheduler or self.default_scheduler_name
         manifest = self.manifest
         return infotext.image_parameters(

@@ -68,6 +68,15 @@ def request_defaults(model: dict[str, Any], export: dict[str, Any] | None) -> Re
     return RequestDefaults(steps, guidance, source)
 
 
+def size_for(manifest: Any, init_image: Any = None) -> tuple[int, int]:
+    """(height, width) of a request that does not say: an init image's own size, down to multiples of 8 (Diffusers'
+    img2img keeps it), else default_size."""
+    if init_image is not None:
+        width, height = init_image.size
+        return max(8, height - height % 8), max(8, width - width % 8)
+    return default_size(manifest)
+
+
 def default_size(manifest: Any) -> tuple[int, int]:
     """(height, width) of a request that does not say: the shapes a static artifact was built for, else the size the
     model was trained at (UNet sample size x VAE factor, Diffusers' pipelines' default: 512 for SD 1.5, 1024 for SDXL,
