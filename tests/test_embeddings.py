@@ -230,3 +230,43 @@ def test_the_png_names_the_embeddings_its_prompts_used_and_a_remake_without_them
     plain = tmp_path / "plain.png"
     assert main(["generate", str(tiny_model), "-p", "a fox", "--embedding", str(embedding), "-o", str(plain), *flags]) == 0
     assert "TI hashes" not in Image.open(plain).info["parameters"]
+
+
+def test_a_folder_of_odd_files_loads_what_it_can_and_says_what_it_left_out(tiny_model, embedding, tmp_path, capsys):
+    """AUTOMATIC1111's folder rules: a file in it that is no embedding (a LoRA, a truncated file) or that reads as
+    another one's word is skipped, never failing the rest (the QA sweep's cases); a link is a word of its own; files
+    in sub-folders and .SAFETENSORS count. Named on its own, each of those files is refused in one line."""
+    import os
+
+    from safetensors.numpy import save_file
+
+    folder = tmp_path / "embeddings"
+    (folder / "sub").mkdir(parents=True)
+    data = embedding.read_bytes()
+    (folder / "mystyle.safetensors").write_bytes(data)
+    (folder / "sub" / "Deeper.SAFETENSORS").write_bytes(data)
+    os.symlink(folder / "mystyle.safetensors", folder / "alias.safetensors")
+    (folder / "trunc.safetensors").write_bytes(data[:-20])
+    save_file({"a.lora_A.weight": np.zeros((4, 32), np.float32), "a.lora_B.weight": np.zeros((32, 4), np.float32)}, folder / "lora.safetensors")
+    (folder / "my style.safetensors").write_bytes(data)
+    (folder / "my  style.safetensors").write_bytes(data[:-4] + b"\x00\x00\x80\x3f")  # another file, the same tokens
+    pipeline = sdopt.load(tiny_model)
+    skipped = pipeline.add_embeddings(folder)
+    assert sorted(e["name"] for e in pipeline.embeddings) == ["Deeper", "alias", "my  style", "mystyle"]
+    assert set(skipped) == {"trunc", "lora", "my style"}
+    assert "truncated" in skipped["trunc"] and "holds 2 tensors" in skipped["lora"] and "the same tokens" in skipped["my style"]
+    for name, message in (("trunc.safetensors", "truncated"), ("lora.safetensors", "holds 2 tensors")):
+        assert main(["generate", str(tiny_model), "-p", "x", "--embedding", str(folder / name), "-o", str(tmp_path / "x.png")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(SdoptError, match="the same tokens"):
+        sdopt.load(tiny_model).add_embeddings([folder / "my style.safetensors", folder / "my  style.safetensors"])
+    # The export skips them alike (with a warning each) and fuses the rest.
+    with pytest.warns(UserWarning, match="left out"):
+        assert main(["export", str(tiny_model), "--to", "onnx", "-o", str(tmp_path / "onnx"), "--embedding", str(folder), "-q"]) == 0
+    fused = json.loads((tmp_path / "onnx" / "sdopt.json").read_text())["export"]["embeddings"]
+    assert sorted(r["name"] for r in fused) == ["Deeper", "alias", "my  style", "mystyle"]
+    wide = tmp_path / "wide.safetensors"
+    save_file({"emb_params": np.zeros((2, 48), np.float32)}, wide)
+    with pytest.raises(SdoptError, match=r"its vectors are 48 wide; this model's text encoder takes 32$"):
+        sdopt.load(tiny_model).add_embeddings(wide)

@@ -65,8 +65,10 @@ def format_description(d: dict[str, Any]) -> str:
     lines.append(f"source     {origin}  fingerprint {str(src.get('fingerprint') or 'unknown')[:16]}")
     if d.get("model"):
         lines.append("model      " + ", ".join(f"{k}={v}" for k, v in d["model"].items()))
+    from sdopt.embeddings import vectors_text
+
     for embedding in (d.get("export") or {}).get("embeddings") or []:  # fused at export (sdopt.embeddings)
-        lines.append(f"embedding  {embedding['name']} ({embedding['vectors']} vectors) from {embedding['file']}  sha256 {embedding['sha256'][:16]}")
+        lines.append(f"embedding  {embedding['name']} ({vectors_text(embedding['vectors'])}) from {embedding['file']}  sha256 {embedding['sha256'][:16]}")
     for lora in (d.get("export") or {}).get("loras") or []:  # fused at export or quantization (sdopt.lora)
         lines.append(f"lora       {lora['file']} fused at scale {lora['scale']:g}  sha256 {lora['sha256'][:16]}")
     from sdopt.rewrite import recorded

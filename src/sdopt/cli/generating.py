@@ -65,7 +65,7 @@ def _generate(args: argparse.Namespace) -> int:
     if args.embedding:
         from sdopt.embeddings import parse_embeddings
 
-        parse_embeddings(args.embedding)  # each file readable, before the load
+        parse_embeddings(args.embedding, skipped={})  # each file named readable, before the load (a folder's are said after it)
 
     from tqdm import tqdm
 

@@ -56,13 +56,13 @@ class Embedding:
         a file, as made for another model."""
         mine = {encoder: shape[1] for encoder, shape in self.shapes.items()}
         if set(mine) != set(widths):
-            made_for = "SDXL (clip_l and clip_g vectors)" if len(mine) == 2 else f"a model with one text encoder ({_width_hint(next(iter(mine.values())))})"
-            model = "an SDXL model (two text encoders)" if len(widths) == 2 else f"a model with one text encoder ({_width_hint(next(iter(widths.values())))})"
+            made_for = "SDXL (clip_l and clip_g vectors)" if len(mine) == 2 else f"a model with one text encoder ({_width_hint(next(iter(mine.values())))} wide)"
+            model = "an SDXL model (two text encoders)" if len(widths) == 2 else f"a model with one text encoder ({_width_hint(next(iter(widths.values())))} wide)"
             return f"it was made for {made_for}; this is {model}"
         wrong = {e: w for e, w in mine.items() if w != widths[e]}
         if wrong:
-            return ("its vectors are " + ", ".join(f"{w} wide ({_width_hint(w)})" for w in wrong.values()) + "; this model's text encoder takes "
-                    + ", ".join(f"{widths[e]} ({_width_hint(widths[e])})" for e in wrong))
+            return ("its vectors are " + ", ".join(f"{_width_hint(w)} wide" for w in wrong.values()) + "; this model's text encoder takes "
+                    + ", ".join(_width_hint(widths[e]) for e in wrong))
         return None
 
     def record(self, first_ids: dict[str, int]) -> dict[str, Any]:
@@ -74,11 +74,14 @@ class Embedding:
 
 
 def _width_hint(width: int) -> str:
-    return {768: "SD 1.x", 1024: "SD 2.x", 1280: "SDXL's second encoder"}.get(width, f"{width} wide")
+    """A width, and the model family it belongs to where it is a known one: "768 (SD 1.x)"."""
+    family = {768: "SD 1.x", 1024: "SD 2.x", 1280: "SDXL's second encoder"}.get(width)
+    return f"{width} ({family})" if family else str(width)
 
 
 def _header(path: Path) -> dict[str, Any]:
-    """A safetensors file's header (tensor names, dtypes, shapes) without reading the tensors."""
+    """A safetensors file's header (tensor names, dtypes, shapes) without reading the tensors, checked to cover the file:
+    a truncated or padded file is refused here, not when its vectors are read."""
     try:
         with open(path, "rb") as f:
             size_bytes = f.read(8)
@@ -86,11 +89,14 @@ def _header(path: Path) -> dict[str, Any]:
             if not 2 <= size <= _HEADER_MAX:
                 raise ValueError("no safetensors header")
             header = json.loads(f.read(size))
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        if not isinstance(header, dict):
+            raise ValueError("its header is not a table of tensors")
+        header.pop("__metadata__", None)
+        ends = [info["data_offsets"][1] for info in header.values()]
+        if path.stat().st_size != 8 + size + max(ends, default=0):
+            raise ValueError("the file is truncated or has bytes its header does not cover")
+    except (OSError, ValueError, UnicodeDecodeError, KeyError, IndexError, TypeError) as exc:
         raise SdoptError(f"embedding {path}: cannot be read as safetensors ({exc}); give the .safetensors file of a textual inversion embedding") from exc
-    if not isinstance(header, dict):
-        raise SdoptError(f"embedding {path}: its safetensors header is not a table of tensors")
-    header.pop("__metadata__", None)
     return header
 
 
@@ -99,7 +105,7 @@ def read_embedding(path: str | Path) -> Embedding:
     path = Path(path).expanduser()
     if not path.is_file():
         raise SdoptError(f"embedding {path} does not exist: give a textual inversion .safetensors file, or a folder of them")
-    if path.suffix != ".safetensors":
+    if path.suffix.lower() != ".safetensors":
         raise SdoptError(f"embedding {path} is not .safetensors: sdopt reads embeddings from safetensors only, never pickles "
                          "(convert a .pt or .bin with safetensors' save_file, keeping its tensor as emb_params)")
     header = _header(path)
@@ -131,41 +137,78 @@ def read_embedding(path: str | Path) -> Embedding:
     return embedding
 
 
-def parse_embeddings(items: Iterable[str | Path] | None) -> list[Embedding]:
-    """Embedding files, and every .safetensors file in each folder given (AUTOMATIC1111's embeddings folder), read and
-    checked; two with the same word are refused (a prompt could not say which it means)."""
+def parse_embeddings(items: Iterable[str | Path] | None, skipped: dict[str, str] | None = None) -> list[Embedding]:
+    """Embedding files, and every .safetensors file below each folder given (AUTOMATIC1111's embeddings folder), read and
+    checked. A file named that cannot be used is refused; one found in a folder is left out, as AUTOMATIC1111 skips it —
+    into ``skipped`` ({word: why}) where given, else with a warning. Two files of one word are refused (a prompt could
+    not say which it means); one file under two names (a link) is two words."""
+    import warnings
+
     found: list[Embedding] = []
     for item in items or []:
         path = Path(item).expanduser()
-        if path.is_dir():
-            found += [replace(read_embedding(p), listed=True) for p in sorted(path.glob("*.safetensors")) if p.is_file()]
-        else:
+        if not path.is_dir():
             found.append(read_embedding(path))
-    names: dict[str, Path] = {}
+            continue
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() == ".safetensors" and p.is_file())
+        if not files:
+            warnings.warn(f"embeddings folder {path} holds no .safetensors file", UserWarning, stacklevel=2)
+        for file in files:
+            try:
+                found.append(replace(read_embedding(file), listed=True))
+            except SdoptError as exc:
+                reason = str(exc).removeprefix(f"embedding {file}: ").removeprefix(f"embedding {file.name} ")
+                if skipped is not None:
+                    skipped[file.stem] = reason
+                else:
+                    warnings.warn(f"embedding {file} left out: {reason}", UserWarning, stacklevel=2)
+    unique: dict[tuple[Path, str], Embedding] = {}
+    words: dict[str, Path] = {}
     for embedding in found:
-        key = embedding.name.lower()  # CLIP's tokenizer lowercases: EasyNegative and easynegative are one word
-        if key in names and names[key].resolve() != embedding.path.resolve():
-            raise SdoptError(f"embeddings {names[key]} and {embedding.path} are both the word {embedding.name!r}: rename one of the files")
-        names[key] = embedding.path
-    unique: dict[Path, Embedding] = {e.path.resolve(): e for e in found}
+        word = embedding.name.lower()  # CLIP's tokenizer lowercases: EasyNegative and easynegative are one word
+        if word in words and words[word] != embedding.path.resolve():
+            raise SdoptError(f"embeddings {words[word]} and {embedding.path} are both the word {embedding.name!r}: rename one of the files "
+                             "(the file name is the word)")
+        words[word] = embedding.path.resolve()
+        unique.setdefault((embedding.path.resolve(), word), embedding)
     return list(unique.values())
 
 
-def planned_records(embeddings: list[Embedding], configs: dict[str, dict[str, Any]]) -> tuple[list[Embedding], list[dict[str, Any]]]:
+def clashing_words(tokenizer: Any, embeddings: list[Embedding], taken: Iterable[str] = ()) -> dict[str, str]:
+    """{word: the word it reads as} of embeddings whose word this tokenizer reads as the same tokens as a word before it
+    (``taken``, then the earlier embeddings): "my style" and "my  style" are one word to a prompt."""
+    seen: dict[tuple[int, ...], str] = {}
+    for word in taken:
+        seen.setdefault(tuple(tokenizer(word, add_special_tokens=False).input_ids), word)
+    clashes = {}
+    for embedding in embeddings:
+        tokens = tuple(tokenizer(embedding.name, add_special_tokens=False).input_ids)
+        if tokens in seen and seen[tokens].lower() != embedding.name.lower():
+            clashes[embedding.name] = seen[tokens]
+        seen.setdefault(tokens, embedding.name)
+    return clashes
+
+
+def planned_records(embeddings: list[Embedding], configs: dict[str, dict[str, Any]], tokenizer: Any) -> tuple[list[Embedding], list[dict[str, Any]]]:
     """The embeddings to fuse into text encoders with these config.json files and their manifest records (the ids they
     will have: appended in order after each table's vocab_size), checked before any slow work: one named that does not
     fit is refused, one found in a folder is left out with a warning (AUTOMATIC1111 skips it)."""
     import warnings
 
     widths = {encoder: int(config["hidden_size"]) for encoder, config in configs.items()}
+    clashes = clashing_words(tokenizer, embeddings)
     kept = []
     for embedding in embeddings:
-        if (reason := embedding.fits(widths)) is None:
+        unfit = embedding.fits(widths)
+        reason = f"it does not fit this model: {unfit}" if unfit else None
+        if embedding.name in clashes:
+            reason = f"a prompt reads its word as it reads {clashes[embedding.name]!r}, another embedding's (the same tokens): rename one of the files"
+        if reason is None:
             kept.append(embedding)
         elif embedding.listed:
-            warnings.warn(f"embedding {embedding.name} left out: it does not fit this model: {reason}", UserWarning, stacklevel=2)
+            warnings.warn(f"embedding {embedding.name} left out: {reason}", UserWarning, stacklevel=2)
         else:
-            raise SdoptError(f"embedding {embedding.path.name} does not fit this model: {reason}; use an embedding trained for this model's architecture")
+            raise SdoptError(f"embedding {embedding.path.name}: {reason}")
     next_ids = {encoder: int(config["vocab_size"]) for encoder, config in configs.items()}
     records = []
     for embedding in kept:
@@ -183,4 +226,8 @@ def notes_of(records: list[dict[str, Any]]) -> list[str]:
     if not records:
         return []
     return ["textual inversion embeddings fused into the text encoders (a prompt uses each by its word): "
-            + ", ".join(f"{r['name']} ({r['vectors']} vectors)" for r in records)]
+            + ", ".join(f"{r['name']} ({vectors_text(r['vectors'])})" for r in records)]
+
+
+def vectors_text(count: int) -> str:
+    return f"{count} vector{'s' * (count != 1)}"

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from sdopt.embeddings import Embedding
-from sdopt.errors import SdoptError
+from sdopt.errors import SdoptError, exception_line
 
 
 def table_of(module: torch.nn.Module) -> torch.nn.Embedding:
@@ -30,8 +30,11 @@ def vectors_of(embedding: Embedding) -> dict[str, torch.Tensor]:
     """The embedding's vectors, (vectors, width) per text encoder."""
     from safetensors import safe_open
 
-    with safe_open(str(embedding.path), framework="pt") as f:
-        return {encoder: f.get_tensor(key).reshape(embedding.shapes[encoder]) for encoder, key in embedding.keys.items()}
+    try:
+        with safe_open(str(embedding.path), framework="pt") as f:
+            return {encoder: f.get_tensor(key).reshape(embedding.shapes[encoder]) for encoder, key in embedding.keys.items()}
+    except Exception as exc:  # safetensors' SafetensorError, an OSError: the file changed since its header was read
+        raise SdoptError(f"embedding {embedding.path}: its vectors cannot be read ({exception_line(exc)}); give the file again") from exc
 
 
 def grow(module: torch.nn.Module, encoder: str, embeddings: list[Embedding]) -> list[int]:

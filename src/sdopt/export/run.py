@@ -234,8 +234,14 @@ def export(model: str | Path, target: str, out: str | Path, precision: str = "fp
     if hasattr(impl, "preflight"):  # what a target needs of this machine (a GPU), asked before any slow work
         impl.preflight(options)
     replaced, replace_notes = _replace_decoder(options["vae_decoder"], source, source_manifest) if options.get("vae_decoder") else (None, [])
-    embeddings, fused = planned_records(embeddings, {n: json_config(source / source_manifest.components[n].folder)
-                                                     for n in source_manifest.pipeline_family.text_encoders}) if embeddings else ([], [])
+    if embeddings:
+        from sdopt.manifest import tokenizer_folders
+        from sdopt.runtime.load import load_tokenizer
+
+        configs = {n: json_config(source / source_manifest.components[n].folder) for n in source_manifest.pipeline_family.text_encoders}
+        embeddings, fused = planned_records(embeddings, configs, load_tokenizer(source / tokenizer_folders(source_manifest)[0]))
+    else:
+        fused = []
 
     with atomic_output_dir(out, force=force, inputs=(source,)) as tmp:
         result: ExportedComponents = impl.export_components(source, source_manifest, tmp, precision,
