@@ -292,20 +292,24 @@ def _noisy(rows: list[dict]) -> list[str]:
 
 
 def assemble_report(entries: list[Entry], raws: dict[str, dict], settings: BenchSettings, out: Path, profile: HardwareProfile | None = None,
-                    machine: dict | None = None, peaks: dict | None = None, cluster: dict | None = None, warnings: list[str] = ()) -> dict:
+                    machine: dict | None = None, peaks: dict | None = None, cluster: dict | None = None, warnings: list[str] = (),
+                    counted: bool = True) -> dict:
     """The report from the workers' raw results (out/raw/*/result.json): metrics, quality, files.
-    ``machine`` and ``peaks`` default to this machine's; a cluster run passes those of the node kind that ran the jobs."""
+    ``machine`` and ``peaks`` default to this machine's; a cluster run passes those of the node kind that ran the jobs.
+    ``counted=False`` leaves out the FLOP counts and the matmul peak probes (seconds of imports and matmuls): an
+    interrupted bench's partial report, written before a CI runner's grace period ends."""
     from sdopt import __version__
     from sdopt.bench.machine import fingerprint
 
-    flops = _unet_flops(entries[0], settings)
-    peaks = peaks if peaks is not None else probe_peaks(precisions_to_probe(entries, raws), settings.device)
+    flops = _unet_flops(entries[0], settings) if counted else None
+    peaks = {} if not counted else peaks if peaks is not None else probe_peaks(precisions_to_probe(entries, raws), settings.device)
 
     ref_raw = raws[entries[0].name]
     if ref_raw["status"] == "ok":
         ref_raw["latency_s"] = _latency(ref_raw["latency_samples_s"])
     judge = choose_judge(settings.judge, settings.prompts)
-    rows = [_summarise(e, raws[e.name], ref_raw, out, flops, peaks, judge, settings.prompts, _stage_flops_or_none(e, entries[0], settings, flops))
+    rows = [_summarise(e, raws[e.name], ref_raw, out, flops, peaks, judge, settings.prompts,
+                       _stage_flops_or_none(e, entries[0], settings, flops) if counted else None)
             for e in entries]
     ref_fp = model_fingerprint(entries[0].manifest)
     machine = machine or fingerprint()

@@ -125,7 +125,10 @@ def run_bench(
     raws = {name: merge_rounds(done) if done else NOT_RUN for name, done in results.items()}
     if raws[entries[0].name].get("status") != "ok" and not interrupted:
         warnings.append(f"the reference failed ({raws[entries[0].name].get('error')}): no artifact could be compared with it")
-    report = assemble_report(entries, raws, settings, out, profile, warnings=[*starts.warnings, *warnings])
+    if interrupted:
+        warnings.append("FLOP counts and matmul peaks were not measured for this partial report (GFLOP/s and 'of peak' are empty), "
+                        "to write it quickly")
+    report = assemble_report(entries, raws, settings, out, profile, warnings=[*starts.warnings, *warnings], counted=not interrupted)
     if interrupted:
         # The report is written, but the run is not what was asked: the command exits 130, and a caller that
         # keeps benches (sdopt optimize's resumable work folder) does not keep this one as done.
