@@ -379,6 +379,23 @@ def test_only_sets_the_order_the_reference_first(tiny_model, tmp_path):
     assert backwards.others == built.others[::-1]
 
 
+def test_only_builds_what_its_artifacts_are_made_from_without_benching_it(tiny_model, tmp_path):
+    # --only NAME where NAME is made from another entry (from = ...): that one was "not built" and NAME with it.
+    from sdopt.bench.build import build_profile_artifacts
+
+    profile = tmp_path / "chain.toml"
+    profile.write_text(
+        'name = "chain"\ndescription = "test"\ndevice = "cpu"\nprecisions = ["fp32"]\nbackends = ["torch", "openvino"]\n'
+        '[[artifacts]]\nname = "ref"\nreference = true\n'
+        '[[artifacts]]\nname = "ov"\nexport = "openvino"\nprecision = "fp32"\n'
+        '[[artifacts]]\nname = "ov-half"\nfrom = "ov"\nguidance_end = 0.5\n'
+    )
+    said: list[str] = []
+    built = build_profile_artifacts(load_profile(str(profile)), tiny_model, tmp_path / "w", 64, 64, "cpu", only=["ov-half"], say=said.append)
+    assert built.not_built == {} and len(built.others) == 1 and built.others[0].endswith("ov+guidance-end=0.5")
+    assert "== ov" in said and (tmp_path / "w" / "ov" / "sdopt.json").is_file()  # built first, not benched
+
+
 def test_a_quantized_profile_entry_with_a_precision_runs_in_it(tmp_path):
     # torchao's quantized weights take fp16/bf16 activations: the entry benches as PATH@precision (built or reused).
     from sdopt.bench.build import build_one
