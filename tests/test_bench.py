@@ -394,6 +394,9 @@ def test_only_builds_what_its_artifacts_are_made_from_without_benching_it(tiny_m
     built = build_profile_artifacts(load_profile(str(profile)), tiny_model, tmp_path / "w", 64, 64, "cpu", only=["ov-half"], say=said.append)
     assert built.not_built == {} and len(built.others) == 1 and built.others[0].endswith("ov+guidance-end=0.5")
     assert "== ov" in said and (tmp_path / "w" / "ov" / "sdopt.json").is_file()  # built first, not benched
+    # Asked in an order against what they are made from: built in theirs, benched in the order asked.
+    both = build_profile_artifacts(load_profile(str(profile)), tiny_model, tmp_path / "w", 64, 64, "cpu", only=["ov-half", "ov"])
+    assert both.not_built == {} and [p.rsplit("/", 1)[-1] for p in both.others] == ["ov+guidance-end=0.5", "ov"]
 
 
 def test_a_quantized_profile_entry_with_a_precision_runs_in_it(tmp_path):

@@ -587,6 +587,47 @@ def test_a1111_progress_and_interrupt_follow_the_running_job(tiny_pipeline):
         assert info["interrupted"] is True and response.json()["images"] == []
 
 
+def test_an_interrupted_hires_request_stops_all_its_second_passes(tiny_pipeline):
+    """batch_size 4 with --max-batch 2: the second pass is two calls. An interrupt during the first of them cancels
+    the other too (it ran to its end and its images were thrown away, the QA sweep saw)."""
+    import threading
+
+    with running_server(SlowSteps(tiny_pipeline, 0.1), max_batch=2) as (url, app):
+        answer = {}
+        body = {"prompt": "x", "width": 64, "height": 64, "steps": 4, "batch_size": 4, "enable_hr": True, "hr_scale": 1.5,
+                "hr_second_pass_steps": 30, "denoising_strength": 1.0}
+        thread = threading.Thread(target=lambda: answer.update(r=httpx.post(url + "/sdapi/v1/txt2img", json=body, timeout=120)))
+        thread.start()
+        wait_for(lambda: any(j.spec.width == 96 and j.step >= 2 for j in list(app.state.worker.jobs.values())), timeout=90)
+        assert httpx.post(url + "/sdapi/v1/interrupt").status_code == 200
+        thread.join(60)
+        seconds = [j for j in app.state.worker.jobs.values() if j.spec.width == 96]
+    info = json.loads(answer["r"].json()["info"])
+    assert info["interrupted"] is True and answer["r"].json()["images"] == []
+    assert len(seconds) == 4 and all(j.status == "cancelled" for j in seconds), [(j.status, j.step) for j in seconds]
+    assert max(j.step for j in seconds) < 30  # none ran to its end
+
+
+def test_hires_second_pass_keeps_the_prompts_loras_and_checks_hr_prompts_first(tiny_pipeline, tmp_path):
+    pytest.importorskip("peft")
+    from sdopt.zoo.lora import write_lora
+
+    folder = tmp_path / "loras"
+    write_lora(tiny_pipeline.folder, folder / "style.safetensors")
+    body = {"prompt": "a cat <lora:style:1>", **SMALL, "enable_hr": True, "hr_scale": 1.5, "hr_second_pass_steps": 2}
+    with running_server(tiny_pipeline, lora_dir=str(folder)) as (url, app):
+        info = json.loads(httpx.post(url + "/sdapi/v1/txt2img", json=body, timeout=120).json()["info"])
+        second = app.state.worker.jobs[info["sdopt_hires"]["task_ids"][0]]
+        own = json.loads(httpx.post(url + "/sdapi/v1/txt2img", json={**body, "hr_prompt": "a dog"}, timeout=120).json()["info"])
+        plain = app.state.worker.jobs[own["sdopt_hires"]["task_ids"][0]]
+        started = time.monotonic()
+        bad = httpx.post(url + "/sdapi/v1/txt2img", json={**body, "steps": 40, "hr_prompt": "b <lora:missing:1>"}, timeout=120)
+        refused_in = time.monotonic() - started
+    assert second.spec.loras == {str(folder / "style.safetensors"): 1.0}  # the first pass's (it ran without them)
+    assert plain.spec.loras is None  # hr_prompt without tags: none, as AUTOMATIC1111
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "hr_prompt"] and refused_in < 5
+
+
 def test_metrics_count_jobs_images_steps_and_batches(tiny_pipeline):
     with running_server(tiny_pipeline) as (url, _):
         assert httpx.post(url + "/sdapi/v1/txt2img", json={"prompt": "x", **SMALL, "batch_size": 2}, timeout=60).status_code == 200

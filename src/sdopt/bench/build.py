@@ -177,20 +177,18 @@ def build_profile_artifacts(
         # The reference always runs; the rest in the order --only names them, once each (which runs first
         # matters under a time limit: a bench cut short still reports what finished). What they are made from
         # (``from``, and its own) is built first, not benched.
-        asked = [by_name[n] for n in dict.fromkeys(only) if not by_name[n].get("reference")]
-        sources: list[str] = []
-        for spec in asked:
-            chain, name = [], spec.get("from")
-            while name and name in by_name and name not in sources and name not in chain:
+        asked = [n for n in dict.fromkeys(only) if not by_name[n].get("reference")]
+        order: list[str] = []  # each entry after what it is made from (an asked one too: --only C,B where C is from B)
+        for name in asked:
+            chain = []
+            while name and name in by_name and name not in order and name not in chain:
                 chain.append(name)
                 name = by_name[name].get("from")
-            sources += reversed(chain)
-        benched = {s["name"] for s in asked}
-        specs = ([s for s in specs if s.get("reference")] + [by_name[n] for n in sources if n not in benched and not by_name[n].get("reference")]
-                 + asked)
-        not_benched = {n for n in sources if n not in benched}
+            order += reversed(chain)
+        specs = [s for s in specs if s.get("reference")] + [by_name[n] for n in order if not by_name[n].get("reference")]
+        benched = asked
     else:
-        not_benched = set()
+        benched = [s["name"] for s in specs if not s.get("reference")]
     reference = next((s for s in specs if s.get("reference")), None)
     if reference is None:
         raise SdoptError(f"profile {profile.name} marks no artifact as reference = true: add it to one [[artifacts]] entry")
@@ -207,4 +205,4 @@ def build_profile_artifacts(
                 raise SdoptError(f"the reference {spec['name']} cannot be built: {exc}") from None
             not_built[spec["name"]] = str(exc)
             say(f"   not built: {exc}")
-    return ProfileArtifacts(paths[reference["name"]], [p for n, p in paths.items() if n != reference["name"] and n not in not_benched], not_built)
+    return ProfileArtifacts(paths[reference["name"]], [paths[n] for n in benched if n in paths], not_built)

@@ -133,22 +133,27 @@ async def txt2img(request: Request, body: Txt2ImgRequest) -> dict[str, Any]:
 
 async def _run_hires(request: Request, body: Txt2ImgRequest, spec: J.JobSpec) -> dict[str, Any]:
     """The hires fix (serve/hires.py): the first pass, then a second-pass job per image; both checked before either runs."""
-    import asyncio
-
     scheduler = hires_scheduler(body, spec.scheduler)
     size = hires.size_field(body)
-    names = {**A1111_NAMES, "steps": "hr_second_pass_steps", "width": size, "height": size, "strength": "denoising_strength"}
-    max_pixels = request.app.state.settings.max_pixels
+    names = {**A1111_NAMES, "steps": "hr_second_pass_steps", "width": size, "height": size, "strength": "denoising_strength",
+             **({"prompt": "hr_prompt"} if body.hr_prompt else {})}
+    settings = request.app.state.settings
+    max_pixels = settings.max_pixels
     pipeline = request.app.state.worker.pipeline
     model = getattr(getattr(pipeline, "manifest", None), "model", None)
     [blank] = hires.second_pass(body, spec, scheduler, max_pixels, model=model)  # the first seed's second pass, on a blank start
-    check_spec(blank, request.app.state.settings, pipeline, names)
+    check_spec(blank, settings, pipeline, names)
+    if body.hr_prompt:  # its LoRA tags, before the first pass runs (the first prompt's are checked when it is submitted)
+        from sdopt.serve.loras import take_loras
+
+        take_loras(body.hr_prompt, settings.lora_dir, "hr_prompt")
     first = await wait(submit(request, spec, "a1111", job_id=body.force_task_id or None, names=A1111_NAMES), request)
     if first.status != J.SUCCEEDED:
         return _answer(request, body, spec, first, first.images)
     seconds = [submit(request, second, "a1111", names=names, continuing=True) for second in hires.second_pass(body, spec, scheduler, max_pixels, first, model)]
-    done = await asyncio.gather(*(wait(job, request) for job in seconds))
-    failed = next((job for job in done if job.status != J.SUCCEEDED), None)
+    done = await _all_or_none(seconds, request)
+    # What ended the request: a failure before the cancellations it caused (an interrupt cancels them all alike).
+    failed = next((job for job in done if job.status not in (J.SUCCEEDED, J.CANCELLED)), None) or next((job for job in done if job.status != J.SUCCEEDED), None)
     images = [] if failed else [job.images[0] for job in done]
     for image, made_from, job in zip(images, first.images, done):  # AUTOMATIC1111's parameters of a hires image
         image.info["parameters"] = hires.parameters(made_from.info.get("parameters", ""), body, job.spec)
@@ -157,6 +162,22 @@ async def _run_hires(request: Request, body: Txt2ImgRequest, spec: J.JobSpec) ->
         "width": second.width, "height": second.height, "denoising_strength": second.strength,
         "sdopt_hires": {"first_pass": f"{spec.width}x{spec.height}", "upscaler": hires.upscaler(body.hr_upscaler)[0],
                         "second_pass_steps": second.steps, "task_ids": [job.id for job in done]}})
+
+
+async def _all_or_none(jobs: list[J.Job], request: Request) -> list[J.Job]:
+    """The jobs of one request, ended; once one ends without its image (interrupted, failed, timed out), the others are
+    cancelled at once: the request answers with no images then, and they would run for nothing."""
+    import asyncio
+
+    waiting = {asyncio.ensure_future(wait(job, request)): job for job in jobs}
+    while waiting:
+        ended, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        for future in ended:
+            job = waiting.pop(future)
+            if job.status != J.SUCCEEDED:
+                for other in waiting.values():
+                    request.app.state.worker.cancel(other, "interrupted" if job.status == J.CANCELLED else f"another image of the request {job.status}")
+    return jobs
 
 
 def _blur(body: Img2ImgRequest) -> int:

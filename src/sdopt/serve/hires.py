@@ -112,6 +112,7 @@ def second_pass(body: Any, first: J.JobSpec, scheduler: str | None, max_pixels: 
         dataclasses.replace(
             first, prompt=body.hr_prompt or first.prompt, negative_prompt=body.hr_negative_prompt or first.negative_prompt, seed=seed, n=1,
             steps=body.hr_second_pass_steps or first.steps, width=width, height=height, scheduler=scheduler, mask_image=None,
+            loras=None if body.hr_prompt else first.loras,  # hr_prompt's own tags, or the first pass's (AUTOMATIC1111's)
             strength=body.denoising_strength if body.denoising_strength is not None else DEFAULT_STRENGTH, **start,
         )
         for seed, start in zip(first.seeds, starts)

@@ -99,13 +99,16 @@ def random_seed() -> int:
 
 def submit(request: Request, spec: J.JobSpec, api: str, job_id: str | None = None, names: dict[str, str] | None = None,
            continuing: bool = False) -> J.Job:
-    """Queue ``spec``: its prompt's LoRA tags taken out into ``spec.loras`` (every API alike), then checked.
+    """Queue ``spec``: its prompt's LoRA tags taken out into ``spec.loras`` (every API alike; a prompt without tags
+    keeps the LoRAs the spec has: the hires fix's second pass, its first's), then checked.
     continuing: the job goes on with a request already accepted (Worker.submit)."""
     from sdopt.serve.loras import take_loras
 
     worker: Worker = request.app.state.worker
     settings: ServeSettings = request.app.state.settings
-    spec.prompt, spec.loras = take_loras(spec.prompt, settings.lora_dir, (names or {}).get("prompt", "prompt"))
+    spec.prompt, tagged = take_loras(spec.prompt, settings.lora_dir, (names or {}).get("prompt", "prompt"))
+    if tagged is not None:
+        spec.loras = tagged
     check_spec(spec, settings, worker.pipeline, names or {})
     if spec.prompt_emphasis and hasattr(worker.pipeline, "prompt_chunks"):
         # A long prompt is read in chunks, and one call's rows all get the most any of them needs: jobs batch only
