@@ -86,6 +86,10 @@ def test_img2img_from_latents_matches_diffusers_given_latents(tiny_pipeline, dif
     p = tiny_pipeline
     no_encoder = Pipeline(p.manifest, {k: v for k, v in p.components.items() if k != "vae_encoder"}, p.tokenizers, p.scheduler_config, folder=p.folder)
     assert np.array_equal(no_encoder.generate(request).latents, ours.latents)
+    # A result's own latents, one row per image (prompts x num_images), start the same images again.
+    again = tiny_pipeline.generate(GenerateRequest(**{**BASE, "prompt": ["a fox", "a cube"]}, num_images=2, scheduler=scheduler,
+                                                   init_latents=np.concatenate([start, start + 1]), strength=0.6))
+    assert again.latents.shape == (4, 4, 8, 8)
     with pytest.raises(SdoptError, match=r"init_latents are \(4, 8, 8\) .* a 128x64 request on this model starts from \(4, 8, 16\)"):
         tiny_pipeline.generate(GenerateRequest(**{**BASE, "width": 128}, init_latents=start[:1]))
 
@@ -266,7 +270,7 @@ def test_a_static_batch_encoder_is_given_its_batch(tiny_pipeline):
         ({"mask_image": "mask"}, r"mask_image needs an init_image"),
         ({"init_image": "pic", "mask_image": "small mask"}, r"mask_image is 32x32 but init_image is 64x64"),
         ({"init_image": ["pic", "pic", "pic"]}, r"init_image: 3 images for 1 prompts"),
-        ({"init_latents": "latents 3"}, r"init_latents has 3 rows for 1 prompts"),
+        ({"init_latents": "latents 3"}, r"init_latents has 3 rows for 1 prompt\(s\) x 1 image\(s\)"),
         ({"init_latents": "latents 1", "init_image": "pic"}, r"give it or init_image, not both"),
         ({"init_latents": "latents nan"}, r"NaN or infinite"),
         ({"init_latents": "latents int"}, r"must be a float numpy array"),

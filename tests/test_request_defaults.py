@@ -145,3 +145,16 @@ def test_a_python_request_without_a_size_gets_the_models_or_its_init_images(tiny
     want = xl.manifest.model["sample_size"] * xl.manifest.model["vae_scale_factor"]
     assert xl.generate(GenerateRequest(prompt="a fox", steps=1)).images[0].size == (want, want)
     GenerateRequest(prompt="a fox").validate()  # None is a valid size before the pipeline fills it
+    # 0 is a size asked for, refused; a size an image or latents would make that no request can have names them.
+    with pytest.raises(SdoptError, match="height=0"):
+        tiny_pipeline.generate(GenerateRequest(prompt="a fox", steps=2, height=0))
+    for start, source in (({"init_image": Image.new("RGB", (7, 7))}, r"the init image \(7x7\)"),
+                          ({"init_latents": np.zeros((1, 4, 10, 6), np.float32)}, r"init_latents of shape \(1, 4, 10, 6\)")):
+        with pytest.raises(SdoptError, match=source + r" makes a \d+x\d+ request.*give height and width"):
+            tiny_pipeline.generate(GenerateRequest(prompt="a fox", steps=2, strength=0.5, **start))
+
+
+def test_a_static_artifact_runs_its_built_size_for_an_init_image_of_another(tiny_model, tmp_path):
+    assert main(["export", str(tiny_model), "--to", "openvino", "--height", "64", "--width", "64", "--batch", "1", "-o", str(tmp_path / "ov"), "-q"]) == 0
+    result = sdopt.load(tmp_path / "ov").generate(GenerateRequest(prompt="a fox", steps=2, init_image=Image.new("RGB", (101, 70)), strength=0.5))
+    assert result.images[0].size == (64, 64) and any("resized" in w for w in result.warnings)

@@ -323,3 +323,13 @@ def test_wait_returns_the_job_when_the_client_stays():
         return await waiting
 
     assert asyncio.run(scenario()) is job and cancelled == []
+
+
+def test_a_hires_side_given_alone_keeps_the_aspect_rounded_down_as_automatic1111():
+    from types import SimpleNamespace
+
+    from sdopt.serve.hires import target_size
+
+    body = SimpleNamespace(hr_resize_x=71, hr_resize_y=0, hr_scale=2.0, width=64, height=72)
+    assert target_size(body, 2**20) == (64, 72)  # 71 x 72 // 64 = 79 (it rounded to 80), then multiples of 8
+    assert target_size(SimpleNamespace(**{**vars(body), "hr_resize_x": 0, "hr_resize_y": 100}), 2**20) == (88, 96)  # 100 x 64 // 72 = 88

@@ -358,13 +358,15 @@ class GenerateRequest:
         if latents is None:
             return
         if type(latents).__name__ != "ndarray" or latents.ndim != 4 or latents.dtype.kind != "f":
+            what = type(latents).__name__ + (f" of shape {tuple(latents.shape)}" if hasattr(latents, "shape") else "")
+            what += f" and dtype {latents.dtype}" if hasattr(latents, "dtype") else ""
             raise SdoptError(f"init_latents: must be a float numpy array (rows, channels, height/8, width/8), as GenerateResult.latents, "
-                             f"not {type(latents).__name__}{getattr(latents, 'shape', '')}", field="init_latents")
+                             f"not a {what}" + (" (torch: pass tensor.numpy())" if type(latents).__name__ == "Tensor" else ""), field="init_latents")
         if self.init_image is not None or self.mask_image is not None:
             raise SdoptError("init_latents is an img2img start of its own: give it or init_image, not both, and no mask_image", field="init_latents")
-        if latents.shape[0] not in (1, len(self.prompts)):
-            raise SdoptError(f"init_latents has {latents.shape[0]} rows for {len(self.prompts)} prompts: give one row, or one per prompt",
-                             field="init_latents")
+        if latents.shape[0] not in (1, len(self.prompts), self.batch_size):
+            raise SdoptError(f"init_latents has {latents.shape[0]} rows for {len(self.prompts)} prompt(s) x {self.num_images} image(s): give one "
+                             "row, one per prompt, or one per image (a result's latents)", field="init_latents")
         if latents.size == 0 or not all(map(_is_number, (float(latents.min()), float(latents.max())))):
             raise SdoptError("init_latents is empty or holds NaN or infinite values", field="init_latents")
 

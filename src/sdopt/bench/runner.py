@@ -156,8 +156,9 @@ def check_report_folder(out: str | Path) -> Path:
 def interrupted_warning(results: dict[str, list[dict]], reference: str) -> str:
     """What an interrupted bench says in its report, or KeyboardInterrupt again when nothing can be compared."""
     ref = results[reference]
-    if not ref or ref[-1].get("status") != "ok":
-        raise KeyboardInterrupt  # without the reference's images and timings there is nothing to compare
+    if not ref or ref[-1].get("status") != "ok":  # without the reference's images and timings there is nothing to compare
+        print(f"sdopt bench: interrupted before the reference ({reference}) finished: no report written", file=sys.stderr)
+        raise KeyboardInterrupt
     finished = sum(1 for done in results.values() if done and done[-1].get("status") == "ok")
     return (f"interrupted: {finished} of {len(results)} artifacts finished and are reported; the one running when it stopped "
             "is marked killed, the others not run")

@@ -19,7 +19,7 @@ def _serve(args: argparse.Namespace) -> int:
         embeddings_dir=args.embeddings_dir,
         steps=args.steps, guidance_scale=args.guidance, scheduler=args.scheduler,
     )
-    load_options = {"device": args.device, "precision": args.precision}
+    load_options = {"device": args.device, "precision": args.precision, **({"reshape": True} if args.reshape else {})}
     if args.ray is None:
         if args.replicas is not None or args.autoscale or args.gpus_per_replica or args.cpus_per_replica is not None:
             raise SdoptError("--replicas, --autoscale, --cpus-per-replica and --gpus-per-replica go with --ray [ADDRESS] (Ray Serve; docs/ray.md)")
@@ -56,6 +56,9 @@ def add_serve(sub) -> None:
     p.add_argument("--scheduler", default=None, help="scheduler of a request that does not name one, as --steps (default: the model's own)")
     p.add_argument("--max-images", type=int, default=8, help="most images one request may ask (default 8)")
     p.add_argument("--name", default=None, help="model name the APIs report (default: the artifact folder's name)")
+    p.add_argument("--reshape", action="store_true",
+                   help="openvino: let a static-shape artifact serve other sizes and batches too (each compiled on first use; "
+                        "the built ones stay fastest)")
     p.add_argument("--embeddings-dir", default=None, metavar="DIR",
                    help="textual inversion embeddings (DIR/WORD.safetensors) prompts use by WORD, as AUTOMATIC1111's embeddings folder: "
                         "loaded on the torch backend, those fused at export elsewhere; the others are listed as skipped (docs/serve.md)")

@@ -63,7 +63,8 @@ def start(request: GenerateRequest, scheduler: Any, noise: Noise, model: dict[st
     if request.init_latents is not None:
         # Diffusers' img2img given latents as its image: they are the start, noised; no encoder, no posterior draw.
         given = torch.from_numpy(np.ascontiguousarray(request.init_latents, dtype=np.float32))
-        return Start(scheduler.add_noise(given[torch.tensor(rows_of(len(given), request))], noise.randn(shape), first), timesteps)
+        rows = list(range(len(given))) if len(given) == request.batch_size else rows_of(len(given), request)  # one per image, else as images
+        return Start(scheduler.add_noise(given[torch.tensor(rows)], noise.randn(shape), first), timesteps)
     images = request.init_images
     image_pixels = np.concatenate([pixels(im, request.height, request.width) for im in images])
     image_latents = None

@@ -73,15 +73,16 @@ def target_size(body: Any, max_pixels: int) -> tuple[int, int]:
     width, height = body.width or 512, body.height or 512
     if x and y:
         w, h = x, y
-    elif x or y:  # one side given: the other keeps the first pass's aspect
-        w, h = (x, round(x * height / width)) if x else (round(y * width / height), y)
+    elif x or y:  # one side given: the other keeps the first pass's aspect, rounded down as AUTOMATIC1111's
+        w, h = (x, x * height // width) if x else (y * width // height, y)
     else:
         scale = body.hr_scale if body.hr_scale is not None else 2.0
         if not (math.isfinite(scale) and scale > 0):
             raise RequestError("hr_scale", f"hr_scale={scale}: must be a finite number above 0 (2 doubles each side)")
         w, h = width * scale, height * scale
     if w * h > max_pixels:  # before int(): an absurd scale is refused here, not overflowed
-        raise RequestError(size_field(body), f"the hires pass would be {w:.0f}x{h:.0f}, more than this server's {max_pixels} pixels (--max-pixels)")
+        size = f"{w:.0f}x{h:.0f}" if math.isfinite(w * h) else "unbounded"
+        raise RequestError(size_field(body), f"the hires pass would be {size}, more than this server's {max_pixels} pixels (--max-pixels)")
     w, h = int(w), int(h)
     return max(8, w - w % 8), max(8, h - h % 8)
 
