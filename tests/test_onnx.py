@@ -252,3 +252,24 @@ def test_export_holds_one_module_at_a_time(tiny_model, tmp_path, monkeypatch):
     monkeypatch.setattr(torch_runtime, "load_module", counting)
     export(tiny_model, "onnx", tmp_path / "one-at-a-time")
     assert len(alive_at_load) == 4 and alive_at_load == [0, 0, 0, 0]
+
+
+def test_a_request_whose_attention_would_not_fit_in_memory_is_refused_before_it_runs(tiny_model, tiny_onnx_artifact, monkeypatch):
+    """ONNX Runtime holds each attention's whole score matrix on a CPU (sdopt.runtime.attention_memory): AUTOMATIC1111's
+    default hires pass (1024²) had the kernel kill the server at 23 GB. The estimate, against what is available."""
+    import json
+
+    import sdopt
+    from sdopt import GenerateRequest, SdoptError
+    from sdopt.runtime import attention_memory
+
+    config = json.loads((tiny_model / "unet" / "config.json").read_text())
+    assert attention_memory.score_bytes(config, 2, 512, 512, 8) == 2 * 8 * 4096**2 * 4  # 8 heads at the full 64x64 latent
+    sdxl_like = {"down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"], "attention_head_dim": [5, 10, 20]}
+    assert attention_memory.score_bytes(sdxl_like, 2, 1024, 1024, 8) == 2 * 10 * 4096**2 * 4  # its first attention: level 1, 10 heads
+    monkeypatch.setattr(attention_memory, "available_bytes", lambda: 100 * 2**20)  # 100 MiB; 3 x 64 MiB needed at 256²
+    onnx = sdopt.load(tiny_onnx_artifact)
+    with pytest.raises(SdoptError, match=r"a 256x256 request \(1 image, guided: the UNet runs twice that\) would need about 0\.2 GiB.*OpenVINO or torch"):
+        onnx.generate(GenerateRequest(prompt="a fox", steps=1, height=256, width=256))
+    onnx.check_request(GenerateRequest(prompt="a fox", steps=1, height=256, width=256, guidance_scale=1.0, num_images=1))  # 96 MiB: fits
+    sdopt.load(tiny_model).check_request(GenerateRequest(prompt="a fox", steps=1, height=256, width=256))  # torch: no such matrix

@@ -30,7 +30,7 @@ from sdopt.errors import SdoptError
 from sdopt.manifest import Manifest
 from sdopt.request import MAX_SIDE, MIN_SIDE, GenerateRequest, GenerateResult, StageTimings
 from sdopt import infotext
-from sdopt.runtime import conditioning, embedded_guidance, emphasis, guidance, schedulers
+from sdopt.runtime import attention_memory, conditioning, embedded_guidance, emphasis, guidance, schedulers
 from sdopt.runtime.executor import Component, close_all
 from sdopt.runtime.memory import track_peak
 from sdopt.runtime.noise import Noise
@@ -306,6 +306,10 @@ class Pipeline:
             )
         check_scheduler(request.scheduler)
         conditioning.check_artifact(request, self.manifest, self.components, self.unet_in_channels)
+        unet = self.manifest.components.get("unet")
+        attention_memory.check(self.manifest.backend, self.device, self.folder / unet.folder if self.folder and unet else None, self.manifest.model,
+                               request.batch_size, embedded_guidance.runs_guided(request.guidance_scale, self.manifest.model),
+                               request.height, request.width)
         shapes = self.manifest.static_shapes
         if shapes:
             want = {"batch": request.batch_size, "height": request.height, "width": request.width}

@@ -1,0 +1,81 @@
+"""Memory for attention on a backend that computes every attention's whole score matrix (ONNX Runtime on a CPU).
+
+An exported UNet's attention is MatMul, Softmax, MatMul: ONNX Runtime's CPU kernels hold the (UNet batch x heads x N x N)
+scores, N the latent tokens at the first attention level, so the memory of a call grows with the fourth power of the
+image's side. torch (scaled_dot_product_attention's flash kernel) and OpenVINO (its fused SDPA) do not. Measured on the
+tiny model, 1 step, guidance on (UNet batch 2, 8 heads at the full latent size; SD 1.5 has the same attention there),
+peak RSS in GiB (2-core Zen 4, AVX-512):
+
+    side      256    384    512
+    ONNX RT   0.62   1.39   3.51
+    torch     0.55   0.62   0.73
+    OpenVINO  0.57   0.66   0.75
+
+ONNX Runtime over torch is 1.1, 2.4 and 2.8 score matrices (67 MB, 340 MB, 1074 MB): SCORE_COPIES below. At 1024² the
+scores alone are 17 GB, and a server given AUTOMATIC1111's default hires pass (512² to 1024²) was killed by the kernel
+at 23 GB. A request whose estimate exceeds the memory the machine has available is refused before it runs, saying so.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from sdopt.errors import SdoptError
+
+SCORE_COPIES = 3  # the measured peak over torch's at 512² is 2.8 score matrices (the table above), rounded up
+BYTES = 4  # float32 scores (an fp16 graph's are half: the estimate stays on the safe side)
+BACKENDS = ("onnxruntime",)  # the backends whose attention holds the whole score matrix on a CPU
+
+
+def _first_attention(config: dict[str, Any]) -> tuple[int, int] | None:
+    """(level, heads) of the UNet's first down block with attention: the level halves the latent side that many times."""
+    blocks = config.get("down_block_types") or []
+    level = next((i for i, name in enumerate(blocks) if "Attn" in name), None)
+    if level is None:
+        return None
+    heads = config.get("num_attention_heads") or config.get("attention_head_dim")  # Diffusers' own fallback
+    heads = heads[level] if isinstance(heads, (list, tuple)) else heads
+    return (level, int(heads)) if isinstance(heads, int) or str(heads).isdigit() else None
+
+
+def score_bytes(unet_config: dict[str, Any], unet_batch: int, height: int, width: int, factor: int) -> int:
+    """One attention's scores at the first attention level: UNet batch x heads x N x N x 4 bytes."""
+    found = _first_attention(unet_config)
+    if found is None:
+        return 0
+    level, heads = found
+    tokens = (height // factor >> level) * (width // factor >> level)
+    return unet_batch * heads * tokens * tokens * BYTES
+
+
+def available_bytes() -> int | None:
+    """The memory this machine has available (Linux's MemAvailable); None where it cannot be read."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def check(backend: str, device: str, unet_folder: Path | None, model: dict[str, Any], images: int, guided: bool, height: int, width: int) -> None:
+    """Refuse a request whose attention would need more memory than the machine has available (ONNX Runtime on a CPU)."""
+    if backend not in BACKENDS or not device.startswith("cpu") or unet_folder is None:
+        return
+    try:
+        config = json.loads((unet_folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return
+    unet_batch = images * (2 if guided else 1)
+    need = SCORE_COPIES * score_bytes(config, unet_batch, height, width, int(model.get("vae_scale_factor", 8)))
+    have = available_bytes()
+    if have is None or need <= have:
+        return
+    raise SdoptError(
+        f"a {width}x{height} request ({images} image{'s' * (images != 1)}{', guided: the UNet runs twice that' if guided else ''}) would need about {need / 2**30:.1f} GiB for ONNX Runtime's attention "
+        f"(it holds each attention's whole score matrix: memory grows with the fourth power of the side), and this machine has "
+        f"{have / 2**30:.1f} GiB available: ask for a smaller size or fewer images, or run an OpenVINO or torch artifact, "
+        "whose attention does not hold it", field="width")
