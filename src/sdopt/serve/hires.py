@@ -96,7 +96,7 @@ def second_pass(body: Any, first: J.JobSpec, scheduler: str | None, max_pixels: 
 
     width, height = target_size(body, max_pixels)
     mode, _ = upscaler(body.hr_upscaler)
-    starts: dict[str, Any]
+    starts: list[dict[str, Any]]
     if mode in LATENT_MODES:
         import numpy as np
 
