@@ -137,7 +137,9 @@ def add_export(sub) -> None:
                         "upsample+conv pairs become transposed convolutions: same outputs, fewer FLOPs; docs/optimize.md)")
     p.add_argument("--rewrite", action="append", default=[], choices=sorted(OPTIONAL_REWRITES), metavar="NAME",
                    help="also apply this optional exact rewrite (repeatable): transformer_channels_first keeps the UNet's transformers "
-                        "in [B, C, H, W] with 1x1 convolutions for their linear layers — faster int8 on CPUs without VNNI (docs/optimize.md)")
+                        "in [B, C, H, W] with 1x1 convolutions for their linear layers — faster int8 on CPUs without VNNI (docs/optimize.md); "
+                        "attention_by_head computes the UNet's self-attention a head at a time — ONNX Runtime's memory at large sizes "
+                        "falls several-fold, for time (docs/onnx.md)")
     add_lora_flag(p, "fused into the weights before export (recorded in the manifest)")
     add_embedding_flag(p, "fused into the text encoders (recorded in the manifest; prompts use it on every backend)")
     add_request_default_flags(p)

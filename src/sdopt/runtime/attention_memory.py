@@ -24,7 +24,7 @@ from typing import Any
 
 from sdopt.errors import SdoptError
 
-SCORE_COPIES = 3  # the measured peak over torch's at 512² is 2.8 score matrices (the table above), rounded up
+SCORE_COPIES = 3  # the measured peak over torch's at 512² is 2.8 score matrices (the table above), rounded up; head by head 2.3
 BYTES = 4  # float32 scores (an fp16 graph's are half: the estimate stays on the safe side)
 BACKENDS = ("onnxruntime",)  # the backends whose attention holds the whole score matrix on a CPU
 
@@ -40,12 +40,14 @@ def _first_attention(config: dict[str, Any]) -> tuple[int, int] | None:
     return (level, int(heads)) if isinstance(heads, int) or str(heads).isdigit() else None
 
 
-def score_bytes(unet_config: dict[str, Any], unet_batch: int, height: int, width: int, factor: int) -> int:
-    """One attention's scores at the first attention level: UNet batch x heads x N x N x 4 bytes."""
+def score_bytes(unet_config: dict[str, Any], unet_batch: int, height: int, width: int, factor: int, by_head: bool = False) -> int:
+    """One attention's scores at the first attention level: UNet batch x heads x N x N x 4 bytes; ``by_head``: one head's
+    (a graph exported with the attention_by_head rewrite computes the heads in turn)."""
     found = _first_attention(unet_config)
     if found is None:
         return 0
     level, heads = found
+    heads = 1 if by_head else heads
     tokens = (height // factor >> level) * (width // factor >> level)
     return unet_batch * heads * tokens * tokens * BYTES
 
@@ -61,8 +63,10 @@ def available_bytes() -> int | None:
     return None
 
 
-def check(backend: str, device: str, unet_folder: Path | None, model: dict[str, Any], images: int, guided: bool, height: int, width: int) -> None:
-    """Refuse a request whose attention would need more memory than the machine has available (ONNX Runtime on a CPU)."""
+def check(backend: str, device: str, unet_folder: Path | None, model: dict[str, Any], images: int, guided: bool, height: int, width: int,
+          by_head: bool = False) -> None:
+    """Refuse a request whose attention would need more memory than the machine has available (ONNX Runtime on a CPU).
+    ``by_head``: the UNet was exported with the attention_by_head rewrite (one head's scores at a time)."""
     if backend not in BACKENDS or not device.startswith("cpu") or unet_folder is None:
         return
     try:
@@ -70,12 +74,13 @@ def check(backend: str, device: str, unet_folder: Path | None, model: dict[str, 
     except (OSError, ValueError):
         return
     unet_batch = images * (2 if guided else 1)
-    need = SCORE_COPIES * score_bytes(config, unet_batch, height, width, int(model.get("vae_scale_factor", 8)))
+    need = SCORE_COPIES * score_bytes(config, unet_batch, height, width, int(model.get("vae_scale_factor", 8)), by_head)
     have = available_bytes()
     if have is None or need <= have:
         return
     raise SdoptError(
         f"a {width}x{height} request ({images} image{'s' * (images != 1)}{', guided: the UNet runs twice that' if guided else ''}) would need about {need / 2**30:.1f} GiB for ONNX Runtime's attention "
         f"(it holds each attention's whole score matrix: memory grows with the fourth power of the side), and this machine has "
-        f"{have / 2**30:.1f} GiB available: ask for a smaller size or fewer images, or run an OpenVINO or torch artifact, "
-        "whose attention does not hold it", field="width")
+        f"{have / 2**30:.1f} GiB available: ask for a smaller size or fewer images, run an OpenVINO or torch artifact, whose "
+        "attention does not hold it" + ("" if by_head else ", or export again with --rewrite attention_by_head (a head's scores at a time)"),
+        field="width")

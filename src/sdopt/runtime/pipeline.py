@@ -35,6 +35,7 @@ from sdopt.runtime.executor import Component, close_all
 from sdopt.runtime.memory import track_peak
 from sdopt.runtime.noise import Noise
 from sdopt.runtime.output_checks import output_problems
+from sdopt.rewrite import recorded as recorded_rewrites
 from sdopt.runtime.request_defaults import RequestDefaults, request_defaults, size_for
 from sdopt.runtime.schedulers import check_scheduler, make_scheduler, takes_eta
 from sdopt.stepcache.schedule import runs_whole
@@ -309,7 +310,7 @@ class Pipeline:
         unet = self.manifest.components.get("unet")
         attention_memory.check(self.manifest.backend, self.device, self.folder / unet.folder if self.folder and unet else None, self.manifest.model,
                                request.batch_size, embedded_guidance.runs_guided(request.guidance_scale, self.manifest.model),
-                               request.height, request.width)
+                               request.height, request.width, by_head="attention_by_head" in recorded_rewrites(self.manifest.export).get("unet", {}))
         shapes = self.manifest.static_shapes
         if shapes:
             want = {"batch": request.batch_size, "height": request.height, "width": request.width}
