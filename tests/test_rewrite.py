@@ -214,7 +214,7 @@ def test_the_python_api_refuses_an_unknown_optional_rewrite_before_any_work(tiny
     from sdopt.errors import SdoptError
     from sdopt.export.run import export
 
-    with pytest.raises(SdoptError, match="not an optional rewrite; known: transformer_channels_first"):
+    with pytest.raises(SdoptError, match="not an optional rewrite; known: attention_by_head, transformer_channels_first"):
         export(tiny_model, "onnx", tmp_path / "x", rewrite=["channels_last"])
     with pytest.raises(SdoptError, match="give one of them"):
         export(tiny_model, "onnx", tmp_path / "x", rewrite=["transformer_channels_first"], no_rewrites=True)
