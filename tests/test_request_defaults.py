@@ -155,6 +155,11 @@ def test_a_python_request_without_a_size_gets_the_models_or_its_init_images(tiny
 
 
 def test_a_static_artifact_runs_its_built_size_for_an_init_image_of_another(tiny_model, tmp_path):
-    assert main(["export", str(tiny_model), "--to", "openvino", "--height", "64", "--width", "64", "--batch", "1", "-o", str(tmp_path / "ov"), "-q"]) == 0
+    """Built at 128² (the tiny model's own is 64²): a request without a size runs 128², an init image of another size
+    resized to it, and so does a request on the artifact loaded with reshape (which lifts the limit)."""
+    assert main(["export", str(tiny_model), "--to", "openvino", "--height", "128", "--width", "128", "--batch", "1", "-o", str(tmp_path / "ov"), "-q"]) == 0
     result = sdopt.load(tmp_path / "ov").generate(GenerateRequest(prompt="a fox", steps=2, init_image=Image.new("RGB", (101, 70)), strength=0.5))
-    assert result.images[0].size == (64, 64) and any("resized" in w for w in result.warnings)
+    assert result.images[0].size == (128, 128) and any("resized" in w for w in result.warnings)
+    reshaped = sdopt.load(tmp_path / "ov", reshape=True)
+    assert reshaped.generate(GenerateRequest(prompt="a fox", steps=1)).images[0].size == (128, 128)
+    assert reshaped.generate(GenerateRequest(prompt="a fox", steps=1, height=64, width=64)).images[0].size == (64, 64)

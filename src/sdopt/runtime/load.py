@@ -45,6 +45,7 @@ def load(path: str | Path, device: str = "cpu", precision: str | None = None, ve
     elif verify:
         manifest.verify_files(folder)
     impl = backend.implementation()
+    built = dict(manifest.static_shapes or {})  # OpenVINO's reshape option clears them on the manifest: a request without a size still gets them
     components = impl.load_components(folder, manifest, device, precision, options)
     loras = getattr(impl, "lora_runtime", None)  # backends that apply LoRAs per request (torch)
     token_tables = getattr(impl, "token_tables", None)  # backends whose text encoders take embeddings at run time (torch)
@@ -58,6 +59,7 @@ def load(path: str | Path, device: str = "cpu", precision: str | None = None, ve
         folder=folder,
         loras=loras(components, manifest) if loras else None,
         token_tables=token_tables(components, manifest) if token_tables else None,
+        built_shapes=built,
     )
 
 

@@ -64,6 +64,7 @@ class Pipeline:
         folder: Path | None = None,
         loras: Any = None,
         token_tables: dict[str, Any] | None = None,
+        built_shapes: dict[str, int] | None = None,
     ):
         self.family = manifest.pipeline_family
         missing = set(self.family.components) - set(components)
@@ -81,6 +82,9 @@ class Pipeline:
         # The text encoders' torch modules, whose token tables take embeddings at run time (torch); None elsewhere:
         # there only the embeddings fused at export are read (sdopt.embeddings).
         self.token_tables = token_tables
+        # The static shapes it was built for, kept where loading lifted them (OpenVINO's reshape): a request that does
+        # not say its size runs them, the compiled ones (Pipeline.sized).
+        self.built_shapes = built_shapes or dict(manifest.static_shapes or {})
         self.embeddings: list[dict[str, Any]] = list(manifest.export.get("embeddings") or [])  # the manifest's records, then those added
         self._vocabularies: list[Any] | None = None
         # One generate call at a time: a request's LoRAs are set on the shared modules for its whole loop, and
@@ -349,7 +353,7 @@ class Pipeline:
         request can have is refused naming them."""
         if request.height is not None and request.width is not None:
             return request
-        shapes = self.manifest.static_shapes or {}
+        shapes = self.manifest.static_shapes or self.built_shapes
         source = None
         if shapes.get("height") and shapes.get("width"):
             height, width = int(shapes["height"]), int(shapes["width"])  # the only size it runs (an init image is resized)
