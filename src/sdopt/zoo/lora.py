@@ -22,27 +22,14 @@ _TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 
 def write_lora(model: str | Path, out: str | Path, seed: int = 0, rank: int = RANK, force: bool = False) -> Path:
     import torch
-    from safetensors.torch import save_file
 
-    from sdopt.export.run import source_checkpoint
-    from dataclasses import replace
+    from sdopt.zoo.synthetic_file import checked_output, save_whole, source_modules
 
-    from sdopt.fsutil import check_output_files
-    from sdopt.runtime.torch import load_modules
-
-    out = Path(out)
-    if out.suffix != ".safetensors":
-        raise SdoptError(f"{out}: a LoRA file is written as .safetensors; give a path ending in .safetensors")
-    check_output_files([out])
-    if out.exists() and not force:
-        raise SdoptError(f"{out} exists: pass --force to replace it, or choose another file")
-    folder, manifest = source_checkpoint(model)
-    family = manifest.pipeline_family
-    names = ("unet", *family.text_encoders)
-    modules = load_modules(folder, replace(manifest, components={n: manifest.components[n] for n in names}), torch.float32)
+    out = checked_output(out, "a LoRA file is written as .safetensors", force)
+    folder, manifest, modules = source_modules(model, with_unet=True)
     generator = torch.Generator().manual_seed(seed)
     tensors = {}
-    for name in names:
+    for name in ("unet", *manifest.pipeline_family.text_encoders):
         targets = _UNET_TARGETS if name == "unet" else _TEXT_TARGETS
         for layer, module in modules[name].named_modules():
             if isinstance(module, torch.nn.Linear) and layer.endswith(targets):
@@ -53,8 +40,4 @@ def write_lora(model: str | Path, out: str | Path, seed: int = 0, rank: int = RA
                 tensors[f"{name}.{layer}.lora_B.weight"] = up.contiguous()
     if not tensors:
         raise SdoptError(f"{folder}: found no attention projection to put a LoRA on")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial")
-    save_file(tensors, tmp, metadata={"format": "pt", "sdopt": f"synthetic LoRA, rank {rank}, seed {seed}"})
-    tmp.replace(out)  # written whole or not at all
-    return out
+    return save_whole(tensors, out, {"format": "pt", "sdopt": f"synthetic LoRA, rank {rank}, seed {seed}"})
