@@ -18,7 +18,6 @@ at 23 GB. A request whose estimate exceeds the memory the machine has available 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -63,18 +62,15 @@ def available_bytes() -> int | None:
     return None
 
 
-def check(backend: str, device: str, unet_folder: Path | None, model: dict[str, Any], images: int, guided: bool, height: int, width: int,
+def check(backend: str, device: str, unet_config: dict[str, Any], model: dict[str, Any], images: int, guided: bool, height: int, width: int,
           by_head: bool = False) -> None:
     """Refuse a request whose attention would need more memory than the machine has available (ONNX Runtime on a CPU).
-    ``by_head``: the UNet was exported with the attention_by_head rewrite (one head's scores at a time)."""
-    if backend not in BACKENDS or not device.startswith("cpu") or unet_folder is None:
-        return
-    try:
-        config = json.loads((unet_folder / "config.json").read_text())
-    except (OSError, ValueError):
+    ``unet_config``: the UNet's config.json (empty when unknown: nothing is checked); ``by_head``: the UNet was exported
+    with the attention_by_head rewrite (one head's scores at a time)."""
+    if backend not in BACKENDS or not device.startswith("cpu") or not unet_config:
         return
     unet_batch = images * (2 if guided else 1)
-    need = SCORE_COPIES * score_bytes(config, unet_batch, height, width, int(model.get("vae_scale_factor", 8)), by_head)
+    need = SCORE_COPIES * score_bytes(unet_config, unet_batch, height, width, int(model.get("vae_scale_factor", 8)), by_head)
     have = available_bytes()
     if have is None or need <= have:
         return

@@ -220,14 +220,24 @@ def check_artifact(request: GenerateRequest, manifest: Any, components: dict[str
         )
 
 
-def unet_in_channels(manifest: Any, folder: Path | None) -> int | None:
-    """The UNet's input channels from its config.json (every layout keeps it), None when unknown."""
+def unet_config(manifest: Any, folder: Path | None) -> dict[str, Any]:
+    """The UNet's config.json (every layout keeps it); empty when there is none to read."""
     entry = manifest.components.get("unet")
     if folder is None or entry is None:
-        return None
+        return {}
     try:
-        return int(json.loads((folder / entry.folder / "config.json").read_text())["in_channels"])
-    except (OSError, ValueError, KeyError, TypeError):
+        config = json.loads((folder / entry.folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def unet_in_channels(manifest: Any, folder: Path | None, config: dict[str, Any] | None = None) -> int | None:
+    """The UNet's input channels from its config.json (``config``: already read), None when unknown."""
+    config = unet_config(manifest, folder) if config is None else config
+    try:
+        return int(config["in_channels"])
+    except (KeyError, ValueError, TypeError):
         return None
 
 

@@ -228,9 +228,13 @@ class Pipeline:
         return parameters
 
     @functools.cached_property
+    def unet_config(self) -> dict[str, Any]:
+        """The UNet's config.json, read once per pipeline (a server checks every request with it); empty when unknown."""
+        return conditioning.unet_config(self.manifest, self.folder)
+
+    @functools.cached_property
     def unet_in_channels(self) -> int | None:
-        """Read from the UNet's config.json once per pipeline (a server checks every request with it)."""
-        return conditioning.unet_in_channels(self.manifest, self.folder)
+        return conditioning.unet_in_channels(self.manifest, self.folder, self.unet_config)
 
     @property
     def inpainting_unet(self) -> bool:
@@ -311,8 +315,7 @@ class Pipeline:
             )
         check_scheduler(request.scheduler)
         conditioning.check_artifact(request, self.manifest, self.components, self.unet_in_channels)
-        unet = self.manifest.components.get("unet")
-        attention_memory.check(self.manifest.backend, self.device, self.folder / unet.folder if self.folder and unet else None, self.manifest.model,
+        attention_memory.check(self.manifest.backend, self.device, self.unet_config, self.manifest.model,
                                request.batch_size, embedded_guidance.runs_guided(request.guidance_scale, self.manifest.model),
                                request.height, request.width, by_head="attention_by_head" in recorded_rewrites(self.manifest.export).get("unet", {}))
         shapes = self.manifest.static_shapes
