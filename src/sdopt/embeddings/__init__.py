@@ -189,34 +189,6 @@ def clashing_words(tokenizer: Any, embeddings: list[Embedding], taken: Iterable[
     return clashes
 
 
-def planned_records(embeddings: list[Embedding], configs: dict[str, dict[str, Any]], tokenizer: Any) -> tuple[list[Embedding], list[dict[str, Any]]]:
-    """The embeddings to fuse into text encoders with these config.json files and their manifest records (the ids they
-    will have: appended in order after each table's vocab_size), checked before any slow work: one named that does not
-    fit is refused, one found in a folder is left out with a warning (AUTOMATIC1111 skips it)."""
-    import warnings
-
-    widths = {encoder: int(config["hidden_size"]) for encoder, config in configs.items()}
-    clashes = clashing_words(tokenizer, embeddings)
-    kept = []
-    for embedding in embeddings:
-        unfit = embedding.fits(widths)
-        reason = f"it does not fit this model: {unfit}" if unfit else None
-        if embedding.name in clashes:
-            reason = f"a prompt reads its word as it reads {clashes[embedding.name]!r}, another embedding's (the same tokens): rename one of the files"
-        if reason is None:
-            kept.append(embedding)
-        elif embedding.listed:
-            warnings.warn(f"embedding {embedding.name} left out: {reason}", UserWarning, stacklevel=2)
-        else:
-            raise SdoptError(f"embedding {embedding.path.name}: {reason}")
-    next_ids = {encoder: int(config["vocab_size"]) for encoder, config in configs.items()}
-    records = []
-    for embedding in kept:
-        records.append(embedding.record(dict(next_ids)))
-        next_ids = {encoder: first + embedding.vectors for encoder, first in next_ids.items()}
-    return kept, records
-
-
 def manifest_fields(records: list[dict[str, Any]]) -> dict[str, Any]:
     """The manifest's record of embeddings fused at export (its ``export`` section)."""
     return {"embeddings": records} if records else {}

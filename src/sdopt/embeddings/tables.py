@@ -55,11 +55,7 @@ def grow(module: torch.nn.Module, encoder: str, embeddings: list[Embedding]) -> 
 
 def extend(modules: dict[str, torch.nn.Module], embeddings: list[Embedding], encoders: tuple[str, ...]) -> list[dict[str, Any]]:
     """Append each embedding's vectors to the text encoders' token tables; the manifest records (first ids per encoder).
-    An embedding that does not fit these encoders is refused before any table changes."""
-    have = widths(modules, encoders)
-    for embedding in embeddings:
-        if (reason := embedding.fits(have)) is not None:
-            raise SdoptError(f"embedding {embedding.path.name} does not fit this model: {reason}; use an embedding trained for this model's architecture")
+    The embeddings were sorted out first (sdopt.embeddings.select.to_load: each fits these encoders)."""
     firsts = {encoder: grow(modules[encoder], encoder, embeddings) for encoder in encoders}
     return [embedding.record({encoder: firsts[encoder][i] for encoder in encoders}) for i, embedding in enumerate(embeddings)]
 

@@ -208,7 +208,8 @@ def export(model: str | Path, target: str, out: str | Path, precision: str = "fp
     embeddings: textual inversion embedding files (or folders of them) fused into the text encoders;
     progress: a bar per component on stderr; default_steps/default_guidance: what a request that does not say
     runs with this artifact (sdopt.runtime.request_defaults; a Turbo model's 1 step unguided)."""
-    from sdopt.embeddings import manifest_fields as embedding_fields, notes_of as embedding_notes, parse_embeddings, planned_records
+    from sdopt.embeddings import manifest_fields as embedding_fields, notes_of as embedding_notes, parse_embeddings
+    from sdopt.embeddings.select import planned_records
     from sdopt.lora import manifest_fields, notes_of, parse_loras
     from sdopt.runtime.request_defaults import record as defaults_record
 

@@ -167,47 +167,16 @@ class Pipeline:
         and another refused. An embedding that cannot be used (made for another model, not fused) is refused, or left
         out as AUTOMATIC1111 skips it: with ``skip_unfit``, or (None) when it was found in a folder given rather than
         named (a file a folder holds that is not an embedding file at all, likewise); returns {word: why} of those left out."""
-        import shlex
-
-        from sdopt.embeddings import clashing_words, parse_embeddings
-        from sdopt.fsutil import sha256_file
+        from sdopt.embeddings.select import to_load
 
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
-        skipped: dict[str, str] = {}
-        found = parse_embeddings(paths, skipped if skip_unfit is not False else None)
-        if skip_unfit is False and skipped:
-            raise SdoptError(f"embedding {next(iter(skipped))}: {next(iter(skipped.values()))}")
-        have = {e["name"].lower(): e for e in self.embeddings}
-        clashes = clashing_words(self.tokenizer, found, [e["name"] for e in self.embeddings])
         widths = None
-        new = []
-        for embedding in found:
-            known = have.get(embedding.name.lower())
-            reason = None
-            if known is not None:
-                if known["sha256"] == sha256_file(embedding.path):
-                    continue  # in already (fused at export, or added before)
-                reason = (f"this artifact already has another embedding named {known['name']!r} (from {known['file']}): rename this file "
-                          "to use both (the file name is the word)")
-            elif embedding.name in clashes:
-                reason = (f"a prompt reads its word as it reads {clashes[embedding.name]!r}, another embedding's (the same tokens): "
-                          "rename one of the files")
-            elif self.token_tables is None:
-                reason = (f"this {self.manifest.backend} artifact reads only the embeddings fused at export: "
-                          f"export it again with --embedding {shlex.quote(str(embedding.path))}, or generate with the Diffusers checkpoint")
-            else:
-                from sdopt.embeddings.tables import widths as table_widths
+        if self.token_tables is not None:
+            from sdopt.embeddings.tables import widths as table_widths
 
-                widths = widths or table_widths(self.token_tables, self.family.text_encoders)
-                if (unfit := embedding.fits(widths)) is not None:
-                    reason = f"it does not fit this model: {unfit}"
-            if reason is None:
-                new.append(embedding)
-            elif skip_unfit or (skip_unfit is None and embedding.listed):
-                skipped[embedding.name] = reason
-            else:
-                raise SdoptError(f"embedding {embedding.path.name}: {reason}")
+            widths = table_widths(self.token_tables, self.family.text_encoders)
+        new, skipped = to_load(paths, self.embeddings, self.tokenizer, self.manifest.backend, widths, skip_unfit)
         if new:
             from sdopt.embeddings.tables import extend
 
