@@ -162,4 +162,7 @@ def test_a_static_artifact_runs_its_built_size_for_an_init_image_of_another(tiny
     assert result.images[0].size == (128, 128) and any("resized" in w for w in result.warnings)
     reshaped = sdopt.load(tmp_path / "ov", reshape=True)
     assert reshaped.generate(GenerateRequest(prompt="a fox", steps=1)).images[0].size == (128, 128)
+    from sdopt.serve.submission import default_size
+
+    assert reshaped.default_size == (128, 128) and default_size(reshaped) == 128  # what a served request without a size gets
     assert reshaped.generate(GenerateRequest(prompt="a fox", steps=1, height=64, width=64)).images[0].size == (64, 64)

@@ -15,7 +15,6 @@ img2img and inpaint pipelines do (runtime/conditioning.py).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import threading
@@ -28,7 +27,7 @@ import numpy as np
 
 from sdopt.errors import SdoptError
 from sdopt.manifest import Manifest
-from sdopt.request import MAX_SIDE, MIN_SIDE, GenerateRequest, GenerateResult, StageTimings
+from sdopt.request import GenerateRequest, GenerateResult, StageTimings
 from sdopt import infotext
 from sdopt.runtime import attention_memory, conditioning, embedded_guidance, emphasis, guidance, schedulers
 from sdopt.runtime.executor import Component, close_all
@@ -36,7 +35,7 @@ from sdopt.runtime.memory import track_peak
 from sdopt.runtime.noise import Noise
 from sdopt.runtime.output_checks import output_problems
 from sdopt.rewrite import recorded as recorded_rewrites
-from sdopt.runtime.request_defaults import RequestDefaults, request_defaults, size_for
+from sdopt.runtime.request_defaults import RequestDefaults, default_size, request_defaults, sized as request_defaults_sized
 from sdopt.runtime.schedulers import check_scheduler, make_scheduler, takes_eta
 from sdopt.stepcache.schedule import runs_whole
 
@@ -319,31 +318,13 @@ class Pipeline:
             return self._generate(request, progress, on_latents)
 
     def sized(self, request: GenerateRequest) -> GenerateRequest:
-        """The request with the height and width it left to the pipeline (None) filled in, as Diffusers fills them: the
-        shapes a static artifact was built for, the init image's own size, the init latents' size, else the size the
-        model was trained at (sdopt.runtime.request_defaults.size_for). A size taken from an image or latents that no
-        request can have is refused naming them."""
-        if request.height is not None and request.width is not None:
-            return request
-        shapes = self.manifest.static_shapes or self.built_shapes
-        source = None
-        if shapes.get("height") and shapes.get("width"):
-            height, width = int(shapes["height"]), int(shapes["width"])  # the only size it runs (an init image is resized)
-        elif request.init_latents is not None and getattr(request.init_latents, "ndim", 0) == 4:
-            factor = int(self.manifest.model.get("vae_scale_factor", 8))
-            height, width = (int(side) * factor for side in request.init_latents.shape[2:])
-            source = f"init_latents of shape {tuple(request.init_latents.shape)}"
-        else:
-            images = request.init_images
-            image = images[0] if images and hasattr(images[0], "size") else None
-            height, width = size_for(self.manifest, image)
-            source = f"the init image ({image.size[0]}x{image.size[1]})" if image is not None else None
-        height = height if request.height is None else request.height
-        width = width if request.width is None else request.width
-        if source and not all(MIN_SIDE <= side <= MAX_SIDE for side in (height, width)):
-            raise SdoptError(f"{source} makes a {width}x{height} request, which no model runs (sides {MIN_SIDE} to {MAX_SIDE}): "
-                             "give height and width (--height/--width), and the image is resized to them", field="height")
-        return dataclasses.replace(request, height=height, width=width)
+        """The request with the height and width it left to the pipeline (None) filled in (request_defaults.sized)."""
+        return request_defaults_sized(request, self.manifest, self.built_shapes)
+
+    @property
+    def default_size(self) -> tuple[int, int]:
+        """(height, width) of a request that does not say, nor gives an init image: its built shapes, else the model's."""
+        return default_size(self.manifest, self.built_shapes)
 
     def _generate(self, request: GenerateRequest, progress: ProgressFn | None, on_latents: LatentsFn | None) -> GenerateResult:
         import torch

@@ -68,20 +68,11 @@ def request_defaults(model: dict[str, Any], export: dict[str, Any] | None) -> Re
     return RequestDefaults(steps, guidance, source)
 
 
-def size_for(manifest: Any, init_image: Any = None) -> tuple[int, int]:
-    """(height, width) of a request that does not say: an init image's own size, down to multiples of 8 (Diffusers'
-    img2img keeps it), else default_size."""
-    if init_image is not None:
-        width, height = init_image.size
-        return max(8, height - height % 8), max(8, width - width % 8)
-    return default_size(manifest)
-
-
-def default_size(manifest: Any) -> tuple[int, int]:
-    """(height, width) of a request that does not say: the shapes a static artifact was built for, else the size the
-    model was trained at (UNet sample size x VAE factor, Diffusers' pipelines' default: 512 for SD 1.5, 1024 for SDXL,
-    64 for the tiny and shapes models), else 512."""
-    shapes = getattr(manifest, "static_shapes", None) or {}
+def default_size(manifest: Any, built_shapes: dict[str, int] | None = None) -> tuple[int, int]:
+    """(height, width) of a request that does not say: the shapes a static artifact was built for (``built_shapes``:
+    those its loader lifted, OpenVINO's reshape), else the size the model was trained at (UNet sample size x VAE factor,
+    Diffusers' pipelines' default: 512 for SD 1.5, 1024 for SDXL, 64 for the tiny and shapes models), else 512."""
+    shapes = getattr(manifest, "static_shapes", None) or built_shapes or {}
     if shapes.get("height") and shapes.get("width"):
         return int(shapes["height"]), int(shapes["width"])
     model = getattr(manifest, "model", None) or {}
@@ -89,3 +80,37 @@ def default_size(manifest: Any) -> tuple[int, int]:
         side = int(model["sample_size"]) * int(model["vae_scale_factor"])
         return side, side
     return 512, 512
+
+
+def sized(request: Any, manifest: Any, built_shapes: dict[str, int] | None = None) -> Any:
+    """The GenerateRequest with the height and width it left to the pipeline (None) filled in, as Diffusers fills them:
+    the shapes a static artifact was built for, the init image's own size down to multiples of 8, the init latents'
+    size, else default_size. A size taken from an image or latents that no request can have is refused naming them."""
+    import dataclasses
+
+    from sdopt.request import MAX_SIDE, MIN_SIDE
+
+    if request.height is not None and request.width is not None:
+        return request
+    static = getattr(manifest, "static_shapes", None) or built_shapes or {}
+    images = request.init_images
+    image = images[0] if images and hasattr(images[0], "size") else None
+    source = None
+    if static.get("height") and static.get("width"):
+        height, width = default_size(manifest, built_shapes)  # the only size it runs (an init image is resized)
+    elif request.init_latents is not None and getattr(request.init_latents, "ndim", 0) == 4:
+        factor = int(manifest.model.get("vae_scale_factor", 8))
+        height, width = (int(side) * factor for side in request.init_latents.shape[2:])
+        source = f"init_latents of shape {tuple(request.init_latents.shape)}"
+    elif image is not None:
+        width, height = image.size
+        height, width = max(8, height - height % 8), max(8, width - width % 8)
+        source = f"the init image ({image.size[0]}x{image.size[1]})"
+    else:
+        height, width = default_size(manifest)
+    height = height if request.height is None else request.height
+    width = width if request.width is None else request.width
+    if source and not all(MIN_SIDE <= side <= MAX_SIDE for side in (height, width)):
+        raise SdoptError(f"{source} makes a {width}x{height} request, which no model runs (sides {MIN_SIDE} to {MAX_SIDE}): "
+                         "give height and width (--height/--width), and the image is resized to them", field="height")
+    return dataclasses.replace(request, height=height, width=width)

@@ -86,9 +86,11 @@ def with_model_defaults(settings: ServeSettings, pipeline: Any) -> ServeSettings
 
 
 def default_size(pipeline: Any) -> int:
-    """The side of a request that does not say (sdopt.runtime.request_defaults.default_size: a static artifact's
-    width, else the size the model was trained at: 512 for SD 1.5, 64 for the tiny and shapes models)."""
-    from sdopt.runtime.request_defaults import default_size as model_size
+    """The side of a request that does not say (Pipeline.default_size: a static artifact's width, its built one where
+    loading lifted the shapes, else the size the model was trained at: 512 for SD 1.5, 64 for the tiny and shapes models)."""
+    if hasattr(pipeline, "default_size"):
+        return pipeline.default_size[1]
+    from sdopt.runtime.request_defaults import default_size as model_size  # a stand-in pipeline (tests)
 
     return model_size(getattr(pipeline, "manifest", None))[1]
 
