@@ -1,13 +1,13 @@
 """Peak memory and time of one generate call by image size, per backend: ONNX Runtime holds every attention's whole score
-matrix on a CPU (sdopt.runtime.attention_memory), and the attention_by_head rewrite (sdopt.rewrite.attention) holds one
-head's at a time.
+matrix on a CPU (sdopt.runtime.attention_memory); the attention_by_head rewrite (sdopt.rewrite.attention) holds one
+head's at a time, and attention_fused none (ONNX Runtime's MultiHeadAttention, flash attention on a CPU).
 
 A model (the tiny zoo model by default: 8 heads at the full latent size, as SD 1.5) is exported to ONNX as it is and
-with ``--rewrite attention_by_head``, and to OpenVINO (dynamic shapes); each artifact then runs in a process of its own
+with ``--rewrite attention_by_head`` and ``--rewrite attention_fused``, and to OpenVINO (dynamic shapes); each artifact then runs in a process of its own
 (peak RSS is per process) at each side, 1 step, guidance on: the call's peak RSS (GenerateResult.memory) and the median
 of ``--runs`` calls' times. Prints a table; ``--json`` keeps the figures.
 
-    .venv/bin/python measure/attention_memory.py [--model DIR] [--work DIR] [--sides 256,384,512] [--runs 3] [--json OUT.json]
+    .venv/bin/python measure/attention_memory.py [--model DIR] [--work DIR] [--sides 256,384,512] [--runs 3] [--only NAME,...] [--json OUT.json]
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ def main() -> None:
     parser.add_argument("--work", default="out/attention-memory")
     parser.add_argument("--sides", default="256,384,512")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--only", help="measure only these rows (comma-separated names as printed: torch, onnxruntime, ...)")
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
 
@@ -53,11 +54,17 @@ def main() -> None:
     model = Path(args.model) if args.model else work / "tiny"
     if not model.exists():
         sdopt_main(["init-model", "tiny", str(model)])
-    artifacts = {"torch": model, "onnxruntime": work / "onnx", "onnxruntime, attention_by_head": work / "onnx-by-head", "openvino": work / "openvino"}
+    artifacts = {"torch": model, "onnxruntime": work / "onnx", "onnxruntime, attention_by_head": work / "onnx-by-head",
+                 "onnxruntime, attention_fused": work / "onnx-fused", "openvino": work / "openvino"}
+    if args.only:
+        wanted = args.only.split(",")
+        if unknown := sorted(set(wanted) - set(artifacts)):
+            parser.error(f"--only {', '.join(unknown)}: not a row; rows: {', '.join(artifacts)}")
+        artifacts = {name: path for name, path in artifacts.items() if name in wanted}
     exports = {work / "onnx": ["--to", "onnx"], work / "onnx-by-head": ["--to", "onnx", "--rewrite", "attention_by_head"],
-               work / "openvino": ["--to", "openvino"]}
+               work / "onnx-fused": ["--to", "onnx", "--rewrite", "attention_fused"], work / "openvino": ["--to", "openvino"]}
     for out, flags in exports.items():
-        if not (out / "sdopt.json").is_file():
+        if out in artifacts.values() and not (out / "sdopt.json").is_file():
             sdopt_main(["export", str(model), *flags, "-o", str(out), "--force", "-q"])
     figures = {}
     for name, path in artifacts.items():

@@ -141,6 +141,16 @@ def tiny_onnx_artifact(tiny_model, tmp_path_factory):
     return _session_export(tiny_model, tmp_path_factory, "onnx", "onnxruntime")
 
 
+@pytest.fixture(scope="session")
+def tiny_onnx_plain(tiny_model, tmp_path_factory):
+    """The tiny model exported to ONNX --no-rewrites: the graphs as the checkpoint defines them (attention as MatMul,
+    Softmax, MatMul)."""
+    pytest.importorskip("onnxruntime")
+    from sdopt.export.run import export
+
+    return built_once(tmp_path_factory, "onnx-plain", lambda folder: export(tiny_model, "onnx", folder / "plain", no_rewrites=True)) / "plain"
+
+
 # "Of peak" is checked for its logic here, not its figure: a short matmul probe (1 s per precision otherwise).
 os.environ.setdefault("SDOPT_PEAK_PROBE_SECONDS", "0.2")
 

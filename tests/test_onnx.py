@@ -254,9 +254,11 @@ def test_export_holds_one_module_at_a_time(tiny_model, tmp_path, monkeypatch):
     assert len(alive_at_load) == 4 and alive_at_load == [0, 0, 0, 0]
 
 
-def test_a_request_whose_attention_would_not_fit_in_memory_is_refused_before_it_runs(tiny_model, tiny_onnx_artifact, monkeypatch):
-    """ONNX Runtime holds each attention's whole score matrix on a CPU (sdopt.runtime.attention_memory): AUTOMATIC1111's
-    default hires pass (1024²) had the kernel kill the server at 23 GB. The estimate, against what is available."""
+def test_a_request_whose_attention_would_not_fit_in_memory_is_refused_before_it_runs(tiny_model, tiny_onnx_artifact, tiny_onnx_plain, monkeypatch):
+    """An ONNX graph whose attention is MatMul, Softmax, MatMul (exported --no-rewrites, or before attention_fused)
+    holds each attention's whole score matrix on a CPU (sdopt.runtime.attention_memory): AUTOMATIC1111's default hires
+    pass (1024²) had the kernel kill the server at 23 GB. The estimate, against what is available; head by head counts
+    one head's; the default export's fused attention none."""
     import json
 
     import sdopt
@@ -265,20 +267,25 @@ def test_a_request_whose_attention_would_not_fit_in_memory_is_refused_before_it_
 
     config = json.loads((tiny_model / "unet" / "config.json").read_text())
     assert attention_memory.score_bytes(config, 2, 512, 512, 8) == 2 * 8 * 4096**2 * 4  # 8 heads at the full 64x64 latent
+    assert attention_memory.score_bytes(config, 2, 512, 512, 8, {"attention_by_head": 6}) == 2 * 4096**2 * 4
+    assert attention_memory.score_bytes(config, 2, 512, 512, 8, {"attention_by_head": 6, "attention_fused": 6}) == 2 * 4096**2 * 4  # cross-attention fused
+    assert attention_memory.score_bytes(config, 2, 1024, 1024, 8, {"attention_fused": 12}) == 0
     sdxl_like = {"down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"], "attention_head_dim": [5, 10, 20]}
     assert attention_memory.score_bytes(sdxl_like, 2, 1024, 1024, 8) == 2 * 10 * 4096**2 * 4  # its first attention: level 1, 10 heads
     monkeypatch.setattr(attention_memory, "available_bytes", lambda: 100 * 2**20)  # 100 MiB; 3 x 64 MiB needed at 256²
-    onnx = sdopt.load(tiny_onnx_artifact)
-    with pytest.raises(SdoptError, match=r"a 256x256 request \(1 image, guided: the UNet runs twice that\) would need about 0\.2 GiB.*OpenVINO or torch"):
+    onnx = sdopt.load(tiny_onnx_plain)
+    with pytest.raises(SdoptError, match=r"a 256x256 request \(1 image, guided: the UNet runs twice that\) would need about 0\.2 GiB.*OpenVINO or torch.*without --no-rewrites"):
         onnx.generate(GenerateRequest(prompt="a fox", steps=1, height=256, width=256))
     onnx.check_request(GenerateRequest(prompt="a fox", steps=1, height=256, width=256, guidance_scale=1.0, num_images=1))  # 96 MiB: fits
     sdopt.load(tiny_model).check_request(GenerateRequest(prompt="a fox", steps=1, height=256, width=256))  # torch: no such matrix
+    sdopt.load(tiny_onnx_artifact).check_request(GenerateRequest(prompt="a fox", steps=1, height=256, width=256))  # fused: none either
 
 
 def test_attention_by_head_exports_the_same_unet_and_its_memory_estimate_is_one_heads(tiny_model, tiny_onnx_artifact, tmp_path, monkeypatch):
     """sdopt export --rewrite attention_by_head: the UNet's self-attention a head at a time (sdopt.rewrite.attention) —
-    the export's parity check holds it to fp32 tolerance, the images are the plain export's, and the memory guard
-    counts one head's scores (measured: 3.52 -> 1.16 GiB at 512², measure/attention_memory.py)."""
+    the export's parity check holds it to fp32 tolerance, the images are the default export's, and the memory guard
+    counts one head's scores (measured: 3.52 -> 1.16 GiB at 512², measure/attention_memory.py). Asked for, it takes
+    the self-attention; the ONNX target's default attention_fused still takes the cross-attention."""
     import json
 
     import numpy as np
@@ -292,11 +299,52 @@ def test_attention_by_head_exports_the_same_unet_and_its_memory_estimate_is_one_
     assert main(["export", str(tiny_model), "--to", "onnx", "--rewrite", "attention_by_head", "-o", str(out), "-q"]) == 0
     manifest = json.loads((out / "sdopt.json").read_text())
     assert manifest["export"]["rewrites"]["unet"]["attention_by_head"] == 6  # its transformer blocks: 2 down, 1 mid, 3 up
+    assert manifest["export"]["rewrites"]["unet"]["attention_fused"] == 6  # and their cross-attentions
     assert manifest["parity"]["unet"]["passed"] and manifest["parity"]["unet"]["max_abs"] < 1e-4
     request = GenerateRequest(prompt="a red fox", steps=3, negative_prompt="blurry")
-    by_head, plain = sdopt.load(out).generate(request), sdopt.load(tiny_onnx_artifact).generate(request)
-    assert np.abs(by_head.latents - plain.latents).max() < 1e-4
-    monkeypatch.setattr(attention_memory, "available_bytes", lambda: 100 * 2**20)  # 3 x 8 MiB (one head at 256²) fits
+    by_head, fused = sdopt.load(out).generate(request), sdopt.load(tiny_onnx_artifact).generate(request)
+    assert np.abs(by_head.latents - fused.latents).max() < 1e-4
+    monkeypatch.setattr(attention_memory, "available_bytes", lambda: 20 * 2**20)  # 3 x 8 MiB (one head at 256²) does not fit
+    with pytest.raises(sdopt.SdoptError, match="would need about"):
+        sdopt.load(out).check_request(GenerateRequest(prompt="a fox", steps=1, height=256, width=256))
+    monkeypatch.setattr(attention_memory, "available_bytes", lambda: 30 * 2**20)  # it does now
     sdopt.load(out).check_request(GenerateRequest(prompt="a fox", steps=1, height=256, width=256))
-    with pytest.raises(sdopt.SdoptError, match="export again with --rewrite attention_by_head"):
-        sdopt.load(tiny_onnx_artifact).check_request(GenerateRequest(prompt="a fox", steps=1, height=256, width=256))
+
+
+def test_the_onnx_export_fuses_attention_into_onnx_runtimes_own_operator_by_default(tiny_model, tiny_onnx_artifact):
+    """ONNX exports give every attention of the UNet and the VAE to one com.microsoft MultiHeadAttention node (flash
+    attention on a CPU, no N x N score matrix: measured 3.52 -> 0.64 GiB at 512², measure/attention_memory.py; sd15 at
+    512²: 12.0 -> 8.1 GiB) unless told --no-rewrites; the export's parity check holds it to fp32 tolerance and the
+    images are torch's."""
+    import json
+
+    import numpy as np
+    import onnx
+
+    import sdopt
+    from sdopt import GenerateRequest
+
+    manifest = json.loads((tiny_onnx_artifact / "sdopt.json").read_text())
+    rewrites = manifest["export"]["rewrites"]
+    assert rewrites["unet"]["attention_fused"] == 12  # 6 transformer blocks, a self- and a cross-attention each
+    assert rewrites["vae_decoder"]["attention_fused"] == rewrites["vae_encoder"]["attention_fused"] == 1  # each half's mid block
+    for name, count in (("unet", 12), ("vae_decoder", 1), ("vae_encoder", 1)):
+        graph = onnx.load(str(tiny_onnx_artifact / name / "model.onnx"), load_external_data=False)
+        fused = [n for n in graph.graph.node if n.op_type == "MultiHeadAttention"]
+        assert len(fused) == count and {n.domain for n in fused} == {"com.microsoft"}, name
+        assert not [n for n in graph.graph.node if n.op_type == "Softmax"], name  # no attention left as MatMul, Softmax, MatMul
+    assert all(manifest["parity"][name]["passed"] and manifest["parity"][name]["max_abs"] < 1e-4 for name in manifest["parity"])
+    request = GenerateRequest(prompt="a red fox", steps=3, negative_prompt="blurry")
+    got, reference = sdopt.load(tiny_onnx_artifact).generate(request), sdopt.load(tiny_model).generate(request)
+    assert np.abs(got.latents - reference.latents).max() < 1e-4
+    assert np.abs(np.asarray(got.images[0], dtype=int) - np.asarray(reference.images[0], dtype=int)).max() <= 1
+
+
+def test_attention_fused_is_refused_for_targets_that_cannot_run_it(tiny_model, tmp_path):
+    """ONNX Runtime's contrib operator: OpenVINO's and TensorRT's exports cannot hold it; refused before any work."""
+    from sdopt.errors import SdoptError
+    from sdopt.export.run import export
+
+    with pytest.raises(SdoptError, match=r"--rewrite attention_fused is for --to onnx only"):
+        export(tiny_model, "openvino", tmp_path / "x", rewrite=["attention_fused"])
+    assert not (tmp_path / "x").exists()

@@ -91,16 +91,15 @@ def test_the_counted_flops_drop_by_what_the_transposed_convolutions_save(tiny_mo
     assert full - rewritten == saved > 0
 
 
-def test_exports_record_the_rewrite_and_no_rewrites_traces_the_checkpoint_as_it_is(tiny_model, tiny_onnx_artifact, tmp_path):
+def test_exports_record_the_rewrite_and_no_rewrites_traces_the_checkpoint_as_it_is(tiny_onnx_artifact, tiny_onnx_plain):
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
-    plain = tmp_path / "plain"
-    assert main(["export", str(tiny_model), "--to", "onnx", "--no-rewrites", "-o", str(plain)]) == 0
+    plain = tiny_onnx_plain
 
     rewritten_manifest, plain_manifest = read_manifest(tiny_onnx_artifact), read_manifest(plain)
     rewrites = recorded(rewritten_manifest.export)
-    assert rewrites["vae_decoder"] == {"upsample_transposed_conv": 3}
-    assert set(rewrites) == {"vae_decoder", "unet"} and rewrites["unet"]["geglu_split"] > 0
+    assert rewrites["vae_decoder"] == {"upsample_transposed_conv": 3, "attention_fused": 1}  # the ONNX target's own default too
+    assert set(rewrites) == {"vae_decoder", "vae_encoder", "unet"} and rewrites["unet"]["geglu_split"] > 0
     assert recorded(plain_manifest.export) == {}
 
     def ops(folder, component="vae_decoder"):
@@ -120,7 +119,7 @@ def test_exports_record_the_rewrite_and_no_rewrites_traces_the_checkpoint_as_it_
 def test_inspect_names_the_rewrite(tiny_onnx_artifact, capsys):
     assert main(["inspect", str(tiny_onnx_artifact), "--no-verify"]) == 0
     out = capsys.readouterr().out
-    assert "vae_decoder: upsample_transposed_conv ×3" in out and "unet: geglu_split ×" in out
+    assert "vae_decoder: attention_fused ×1, upsample_transposed_conv ×3" in out and "unet: attention_fused ×12, geglu_split ×" in out
 
 
 def _transformer(**overrides):
@@ -214,7 +213,7 @@ def test_the_python_api_refuses_an_unknown_optional_rewrite_before_any_work(tiny
     from sdopt.errors import SdoptError
     from sdopt.export.run import export
 
-    with pytest.raises(SdoptError, match="not an optional rewrite; known: attention_by_head, transformer_channels_first"):
+    with pytest.raises(SdoptError, match="not an optional rewrite; known: attention_by_head, attention_fused, transformer_channels_first"):
         export(tiny_model, "onnx", tmp_path / "x", rewrite=["channels_last"])
     with pytest.raises(SdoptError, match="give one of them"):
         export(tiny_model, "onnx", tmp_path / "x", rewrite=["transformer_channels_first"], no_rewrites=True)

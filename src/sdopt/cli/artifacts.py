@@ -134,12 +134,14 @@ def add_export(sub) -> None:
                         "every N-th step by default (a request's cache_interval overrides; 1 keeps both graphs but caches nothing)")
     p.add_argument("--no-rewrites", action="store_true",
                    help="trace the modules as the checkpoint defines them, without sdopt's exact rewrites (by default the VAE decoder's "
-                        "upsample+conv pairs become transposed convolutions: same outputs, fewer FLOPs; docs/optimize.md)")
+                        "upsample+conv pairs become transposed convolutions: same outputs, fewer FLOPs, docs/optimize.md; and --to onnx "
+                        "gives attention to ONNX Runtime's fused operator: graphs of standard operators only with this flag)")
     p.add_argument("--rewrite", action="append", default=[], choices=sorted(OPTIONAL_REWRITES), metavar="NAME",
                    help="also apply this optional exact rewrite (repeatable): transformer_channels_first keeps the UNet's transformers "
                         "in [B, C, H, W] with 1x1 convolutions for their linear layers — faster int8 on CPUs without VNNI (docs/optimize.md); "
                         "attention_by_head computes the UNet's self-attention a head at a time — ONNX Runtime's memory at large sizes "
-                        "falls several-fold, for time (docs/onnx.md)")
+                        "falls several-fold, for time; attention_fused (--to onnx only, and its default) makes every UNet and VAE "
+                        "attention ONNX Runtime's MultiHeadAttention — less memory and less time, a graph only ONNX Runtime runs (docs/onnx.md)")
     add_lora_flag(p, "fused into the weights before export (recorded in the manifest)")
     add_embedding_flag(p, "fused into the text encoders (recorded in the manifest; prompts use it on every backend)")
     add_request_default_flags(p)

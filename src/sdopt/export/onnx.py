@@ -52,7 +52,19 @@ def _trace_to_onnx(spec: ComponentSpec, module: torch.nn.Module, inputs: dict[st
             opset_version=opset,
             do_constant_folding=True,
             dynamo=False,
+            custom_opsets=custom_opsets(module),
         )
+
+
+def custom_opsets(module: torch.nn.Module) -> dict[str, int]:
+    """The operator domains beyond ONNX's own that ``module``'s rewritten parts export to (sdopt.rewrite.attention)."""
+    from sdopt.rewrite.attention import CUSTOM_OPSETS, PROCESSORS
+
+    domains: dict[str, int] = {}
+    for name, opsets in CUSTOM_OPSETS.items():
+        if any(isinstance(getattr(m, "processor", None), PROCESSORS[name]) for m in module.modules()):
+            domains.update(opsets)
+    return domains
 
 
 def save_graph(model: onnx.ModelProto, path: Path) -> None:

@@ -11,7 +11,7 @@ from sdopt.errors import SdoptError
 from sdopt.export import EXPORTERS, get_exporter
 from sdopt.export.spec import ComponentSpec, cached_unet_specs, family_specs
 from sdopt.fsutil import atomic_output_dir, check_output_dir, local_inputs
-from sdopt.rewrite import check_optional_rewrites
+from sdopt.rewrite import check_optional_rewrites, with_target_defaults
 from sdopt.manifest import ComponentEntry, Manifest, derive, read_manifest
 from sdopt.source import resolve
 
@@ -229,7 +229,8 @@ def export(model: str | Path, target: str, out: str | Path, precision: str = "fp
     interval = options.get("deep_cache")
     if interval is not None and (isinstance(interval, bool) or not isinstance(interval, int) or interval < 1):
         raise SdoptError(f"--deep-cache {interval}: give the caching interval, an integer of 1 or more (2 or 3 are usual)")
-    check_optional_rewrites(options.get("rewrite") or (), bool(options.get("no_rewrites")))
+    check_optional_rewrites(options.get("rewrite") or (), bool(options.get("no_rewrites")), target)
+    options = {**options, "rewrite": with_target_defaults(target, options.get("rewrite") or (), bool(options.get("no_rewrites")))}
     source, source_manifest = source_checkpoint(model)
     impl = exporter.implementation()
     if hasattr(impl, "preflight"):  # what a target needs of this machine (a GPU), asked before any slow work

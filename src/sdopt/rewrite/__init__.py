@@ -15,7 +15,8 @@ checkpoint defines them (to measure the difference, or to rule the rewrites out)
   layers, value and gate. Applied to the UNet (and its DeepCache halves); same FLOPs, no split.
 
 Optional ones, asked for by name (``sdopt export --rewrite NAME``), because they pay on some
-CPUs and were not measured on others:
+CPUs and were not measured on others, or need one runtime (TARGET_DEFAULTS: a target applies
+those of its own runtime unless told ``--no-rewrites``):
 
 - ``transformer_channels_first`` (channels_first.py): the UNet's transformers kept in
   [B, C, H, W], every token-wise linear layer a 1×1 convolution — OpenVINO's int8
@@ -24,6 +25,10 @@ CPUs and were not measured on others:
 - ``attention_by_head`` (attention.py): the UNet's self-attention computed one head at a
   time, so ONNX Runtime holds one head's score matrix instead of all heads' — its memory on
   a CPU at 512² falls from 3.51 to 1.03 GiB on the tiny model, for time (docs/onnx.md).
+- ``attention_fused`` (attention.py): every attention of the UNet and the VAE as ONNX Runtime's
+  own MultiHeadAttention node (flash attention on a CPU: no N×N score matrix at all) — less
+  memory and less time, in a graph only ONNX Runtime reads: the ONNX target's alone, and its
+  default.
 """
 
 from __future__ import annotations
@@ -41,16 +46,39 @@ REWRITES: dict[str, tuple[str, ...]] = {
 OPTIONAL_REWRITES: dict[str, tuple[str, ...]] = {
     "transformer_channels_first": ("unet", "unet_shallow"),
     "attention_by_head": ("unet", "unet_shallow"),
+    "attention_fused": ("unet", "unet_shallow", "vae_decoder", "vae_encoder"),
+}
+
+# optional rewrite -> the export targets whose graphs may hold it (any target's, where not named)
+REWRITE_TARGETS: dict[str, tuple[str, ...]] = {
+    "attention_fused": ("onnx",),  # an ONNX Runtime contrib operator: TensorRT's parser and OpenVINO do not read it
+}
+
+# export target -> the target-only rewrites it applies unless told --no-rewrites: ONNX Runtime's fused attention
+# (sd15 at 512², 4 steps: peak memory 12.0 -> 8.1 GiB, UNet step 8.56 -> 8.19 s; docs/onnx.md)
+TARGET_DEFAULTS: dict[str, tuple[str, ...]] = {
+    "onnx": ("attention_fused",),
 }
 
 
-def check_optional_rewrites(names, no_rewrites: bool) -> None:
-    """Refuse unknown optional rewrites, and asking for one together with ``no_rewrites``."""
+def with_target_defaults(target: str, asked, no_rewrites: bool) -> tuple[str, ...]:
+    """The optional rewrites an export to ``target`` applies: those ``asked`` for, then the target's defaults (none
+    with ``no_rewrites``)."""
+    asked = tuple(asked)
+    return asked if no_rewrites else asked + tuple(name for name in TARGET_DEFAULTS.get(target, ()) if name not in asked)
+
+
+def check_optional_rewrites(names, no_rewrites: bool, target: str | None = None) -> None:
+    """Refuse unknown optional rewrites, one the export ``target`` cannot hold, and asking for one together with
+    ``no_rewrites``."""
     from sdopt.errors import SdoptError
 
     unknown = sorted(set(names) - set(OPTIONAL_REWRITES))
     if unknown:
         raise SdoptError(f"--rewrite {', '.join(unknown)}: not an optional rewrite; known: {', '.join(sorted(OPTIONAL_REWRITES))}")
+    for name in names:
+        if target is not None and target not in REWRITE_TARGETS.get(name, (target,)):
+            raise SdoptError(f"--rewrite {name} is for --to {' or '.join(REWRITE_TARGETS[name])} only: its graphs need ONNX Runtime's own operators")
     if names and no_rewrites:
         raise SdoptError("--rewrite asks for a rewrite and --no-rewrites for none: give one of them")
 
@@ -64,10 +92,18 @@ def apply_rewrites(component: str, module: Any, optional: tuple[str, ...] = ()) 
     from sdopt.rewrite.upsample import rewrite_upsamplers
 
     functions = {"upsample_transposed_conv": rewrite_upsamplers, "geglu_split": rewrite_geglus, "transformer_channels_first": rewrite_transformers,
-                 "attention_by_head": rewrite_attention}
+                 "attention_by_head": rewrite_attention, "attention_fused": lambda m: rewrite_attention(m, "attention_fused")}
     chosen = [name for name in optional if component in OPTIONAL_REWRITES[name]] + list(REWRITES.get(component, ()))
-    done = {name: functions[name](module) for name in chosen}
+    traced = _traced_part(component, module)
+    done = {name: functions[name](traced) for name in chosen}
     return {name: count for name, count in done.items() if count}
+
+
+def _traced_part(component: str, module: Any) -> Any:
+    """What of ``module`` the component's graph holds: a VAE component's module is the whole AutoencoderKL (one half of
+    it traced), so a rewrite counts the places it changed in that half only."""
+    half = {"vae_decoder": "decoder", "vae_encoder": "encoder"}.get(component)
+    return getattr(module, half, module) if half else module
 
 
 def recorded(export: dict[str, Any] | None) -> dict[str, dict[str, int]]:

@@ -14,6 +14,8 @@ peak RSS in GiB (2-core Zen 4, AVX-512):
 ONNX Runtime over torch is 1.1, 2.4 and 2.8 score matrices (67 MB, 340 MB, 1074 MB): SCORE_COPIES below. At 1024² the
 scores alone are 17 GB, and a server given AUTOMATIC1111's default hires pass (512² to 1024²) was killed by the kernel
 at 23 GB. A request whose estimate exceeds the memory the machine has available is refused before it runs, saying so.
+A UNet exported with the attention_fused rewrite (ONNX Runtime's MultiHeadAttention: flash attention, no score matrix;
+the ONNX export's default since 2026-12-06) is not checked; one with attention_by_head holds one head's.
 """
 
 from __future__ import annotations
@@ -39,11 +41,12 @@ def _first_attention(config: dict[str, Any]) -> tuple[int, int] | None:
     return (level, int(heads)) if isinstance(heads, int) or str(heads).isdigit() else None
 
 
-def score_bytes(unet_config: dict[str, Any], unet_batch: int, height: int, width: int, factor: int, by_head: bool = False) -> int:
-    """One attention's scores at the first attention level: UNet batch x heads x N x N x 4 bytes; ``by_head``: one head's
-    (a graph exported with the attention_by_head rewrite computes the heads in turn)."""
+def score_bytes(unet_config: dict[str, Any], unet_batch: int, height: int, width: int, factor: int, rewrites=()) -> int:
+    """One attention's scores at the first attention level: UNet batch x heads x N x N x 4 bytes. ``rewrites``: those the
+    UNet was exported with — attention_by_head computes the heads in turn (one head's), attention_fused holds none."""
     found = _first_attention(unet_config)
-    if found is None:
+    by_head = "attention_by_head" in rewrites  # asked for, it takes the self-attention before attention_fused would
+    if found is None or ("attention_fused" in rewrites and not by_head):
         return 0
     level, heads = found
     heads = 1 if by_head else heads
@@ -63,14 +66,14 @@ def available_bytes() -> int | None:
 
 
 def check(backend: str, device: str, unet_config: dict[str, Any], model: dict[str, Any], images: int, guided: bool, height: int, width: int,
-          by_head: bool = False) -> None:
+          rewrites=()) -> None:
     """Refuse a request whose attention would need more memory than the machine has available (ONNX Runtime on a CPU).
-    ``unet_config``: the UNet's config.json (empty when unknown: nothing is checked); ``by_head``: the UNet was exported
-    with the attention_by_head rewrite (one head's scores at a time)."""
+    ``unet_config``: the UNet's config.json (empty when unknown: nothing is checked); ``rewrites``: the exact rewrites the
+    UNet was exported with (the manifest's)."""
     if backend not in BACKENDS or not device.startswith("cpu") or not unet_config:
         return
     unet_batch = images * (2 if guided else 1)
-    need = SCORE_COPIES * score_bytes(unet_config, unet_batch, height, width, int(model.get("vae_scale_factor", 8)), by_head)
+    need = SCORE_COPIES * score_bytes(unet_config, unet_batch, height, width, int(model.get("vae_scale_factor", 8)), rewrites)
     have = available_bytes()
     if have is None or need <= have:
         return
@@ -78,5 +81,6 @@ def check(backend: str, device: str, unet_config: dict[str, Any], model: dict[st
         f"a {width}x{height} request ({images} image{'s' * (images != 1)}{', guided: the UNet runs twice that' if guided else ''}) would need about {need / 2**30:.1f} GiB for ONNX Runtime's attention "
         f"(it holds each attention's whole score matrix: memory grows with the fourth power of the side), and this machine has "
         f"{have / 2**30:.1f} GiB available: ask for a smaller size or fewer images, run an OpenVINO or torch artifact, whose "
-        "attention does not hold it" + ("" if by_head else ", or export again with --rewrite attention_by_head (a head's scores at a time)"),
+        "attention does not hold it, or export this model to ONNX again without --no-rewrites or --rewrite attention_by_head "
+        "(sdopt's ONNX exports give attention to ONNX Runtime's own fused operator, which holds no score matrix)",
         field="width")

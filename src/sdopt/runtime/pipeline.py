@@ -285,7 +285,7 @@ class Pipeline:
         conditioning.check_artifact(request, self.manifest, self.components, self.unet_in_channels)
         attention_memory.check(self.manifest.backend, self.device, self.unet_config, self.manifest.model,
                                request.batch_size, embedded_guidance.runs_guided(request.guidance_scale, self.manifest.model),
-                               request.height, request.width, by_head="attention_by_head" in recorded_rewrites(self.manifest.export).get("unet", {}))
+                               request.height, request.width, recorded_rewrites(self.manifest.export).get("unet", {}))
         shapes = self.manifest.static_shapes
         if shapes:
             want = {"batch": request.batch_size, "height": request.height, "width": request.width}
