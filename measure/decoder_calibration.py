@@ -55,14 +55,15 @@ def main() -> None:
     from sdopt import GenerateRequest
     from sdopt.bench.machine import fingerprint
     from sdopt.runtime.openvino import model_file
-    from sdopt.quant.nncf import CALIBRATION_PROMPTS, _quantize_static, _Recorder, calibration_runs
+    from sdopt.quant.calibration import CALIBRATION_PROMPTS, Recorder, calibration_runs
+    from sdopt.quant.nncf import _quantize_static
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pipe = sdopt.load(args.artifact, verify=False)
     entry = pipe.manifest.components["vae_decoder"]
     decoder_xml = Path(args.artifact) / model_file(entry.files, "vae_decoder")
-    recorder = _Recorder(pipe.components["vae_decoder"])
+    recorder = Recorder(pipe.components["vae_decoder"])
     pipe.components["vae_decoder"] = recorder
     latents: dict[tuple[str, str | None], list[np.ndarray]] = {}
     for scheduler in SCHEDULERS:

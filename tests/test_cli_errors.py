@@ -198,9 +198,10 @@ def test_bench_and_optimize_refuse_strength_without_an_init_image(tiny_model, tm
     assert not (tmp_path / "o").exists()
 
 
-def test_quantizing_an_onnx_artifact_says_what_to_quantize_instead(tiny_onnx_artifact, tmp_path, capsys):
+def test_quantizing_an_onnx_artifact_with_a_scheme_it_lacks_says_what_to_do_instead(tiny_onnx_artifact, tmp_path, capsys):
     assert main(["quantize", str(tiny_onnx_artifact), "--scheme", "int8", "-o", str(tmp_path / "q")]) == 2
-    assert "sdopt quantizes openvino or torch artifacts, not onnxruntime ones: quantize the Diffusers checkpoint" in capsys.readouterr().err
+    assert ("no backend quantizes onnxruntime artifacts with int8 on cpu; they take int8-static (--backend onnxruntime), "
+            "or quantize the Diffusers checkpoint (sdopt quantize MODEL)") in capsys.readouterr().err
     assert not (tmp_path / "q").exists()
 
 

@@ -348,3 +348,57 @@ def test_attention_fused_is_refused_for_targets_that_cannot_run_it(tiny_model, t
     with pytest.raises(SdoptError, match=r"--rewrite attention_fused is for --to onnx only"):
         export(tiny_model, "openvino", tmp_path / "x", rewrite=["attention_fused"])
     assert not (tmp_path / "x").exists()
+
+
+def test_onnx_runtime_quantizes_an_onnx_artifact_int8_static(tiny_model, tiny_onnx_artifact, tmp_path, monkeypatch, capsys):
+    """sdopt quantize ONNX_ARTIFACT --scheme int8-static: ONNX Runtime's quantizer (QDQ, calibrated on the same runs as
+    NNCF's) on the UNet; the fused attention stays float; what it left is said and copied as it was; the images stay
+    close to the float artifact's (measured on the tiny model: 32.6 and 36.9 dB on two seeds; sd15 in docs/onnx.md)."""
+    import json
+
+    import numpy as np
+    import onnx
+
+    import sdopt
+    import sdopt.hardware
+    from sdopt import GenerateRequest
+    from sdopt.cli import main
+
+    out = tmp_path / "int8"
+    assert main(["quantize", str(tiny_onnx_artifact), "--scheme", "int8-static", "-o", str(out), "-q"]) == 0
+    assert "backend: onnxruntime" in capsys.readouterr().out  # the only quantizer of ONNX artifacts, chosen
+    manifest = json.loads((out / "sdopt.json").read_text())
+    record = manifest["components"]["unet"]["quantization"]
+    assert record["backend"] == "onnxruntime" and record["scheme"] == "int8-static" and not record["weights_only"]
+    # 8 prompts, a sample per UNet call (the checkpoint's PNDM calls it once more than its steps)
+    assert record["layers"] > 20 and record["calibration"]["samples"] >= 8 * record["calibration"]["steps_per_prompt"]
+    assert record["overflow_fix"]["reduce_range"] is sdopt.hardware.cpu_lacks_int8_dot()  # auto, by this CPU
+    graph = onnx.load(str(out / "unet" / "model.onnx"))
+    ops = [n.op_type for n in graph.graph.node]
+    assert ops.count("QuantizeLinear") > 20 and ops.count("MultiHeadAttention") == 12  # attention stays ORT's float operator
+    assert (out / "text_encoder" / "model.onnx").read_bytes() == (tiny_onnx_artifact / "text_encoder" / "model.onnx").read_bytes()
+    assert any("text_encoder is not quantized" in note for note in manifest["notes"])
+    pipe, float_pipe = sdopt.load(out), sdopt.load(tiny_onnx_artifact)
+    request = GenerateRequest(prompt="a red circle on the left", steps=4, seed=0)
+    got, want = (np.asarray(p.generate(request).images[0], dtype=float) for p in (pipe, float_pipe))
+    assert 10 * np.log10(255**2 / ((got - want) ** 2).mean()) > 25
+    # Loaded on a CPU whose int8 products can saturate (no VNNI/AMX), 8-bit weights warn; forced here whatever this CPU has.
+    if not record["overflow_fix"]["reduce_range"]:
+        monkeypatch.setattr(sdopt.hardware, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+        with pytest.warns(UserWarning, match="unet: int8 with 8-bit weights.*--backend onnxruntime --scheme int8-static --overflow-fix enable"):
+            sdopt.load(out)
+
+
+@pytest.mark.parametrize("flags, option, reduce", [({"avx2", "fma"}, None, True), ({"avx512f", "avx512_vnni"}, None, False),
+                                                   ({"avx2", "amx_int8"}, None, False), ({"avx512_vnni"}, "enable", True), ({"avx2"}, "disable", False)])
+def test_onnx_runtimes_int8_reduces_the_weight_range_where_products_would_saturate(monkeypatch, flags, option, reduce):
+    """u8 x s8 products without VNNI/AMX saturate at 16 bits (vpmaddubsw): reduce_range (7-bit weights) there, by the
+    quantizing CPU's features — forced here, so every branch runs on any machine; first-layer is NNCF's alone."""
+    import sdopt.hardware
+    from sdopt.errors import SdoptError
+    from sdopt.quant.onnxruntime import choose_reduce_range
+
+    monkeypatch.setattr(sdopt.hardware, "cpu_flags", lambda: frozenset(flags))
+    assert choose_reduce_range(option)[0] is reduce
+    with pytest.raises(SdoptError, match="first-layer is NNCF's"):
+        choose_reduce_range("first-layer")

@@ -338,7 +338,7 @@ def test_loading_int8_static_without_the_fix_on_a_cpu_that_saturates_warns(monke
     import warnings
 
     import sdopt.hardware
-    from sdopt.runtime.openvino import _warn_if_int8_may_saturate
+    from sdopt.runtime.int8_saturation import warn_if_int8_may_saturate as _warn_if_int8_may_saturate
 
     monkeypatch.setattr(sdopt.hardware, "cpu_flags", lambda: frozenset(flags))
     recipe = {"scheme": "int8-static", **({"overflow_fix": {"mode": quantized_with}} if quantized_with else {})}
@@ -383,7 +383,7 @@ def test_the_decoder_is_calibrated_on_the_schedulers_in_turn_the_unet_on_the_che
     # The decoder's input scale depends on the scheduler (Euler's final latents are ~3.6x PNDM's on sd15):
     # every prompt is generated again with the next of DECODER_SCHEDULERS, recorded by the decoder only.
     pytest.importorskip("nncf")
-    from sdopt.quant import nncf as sdopt_nncf
+    from sdopt.quant import calibration as calibration_data
 
     real_load, asked = sdopt.load, []
 
@@ -396,22 +396,22 @@ def test_the_decoder_is_calibrated_on_the_schedulers_in_turn_the_unet_on_the_che
     monkeypatch.setattr(sdopt, "load", spying_load)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        samples = sdopt_nncf.record_inputs(tiny_ov_bf16_static, ["a", "b", "c", "d"], ["unet", "vae_decoder"])
-        unet_only = sdopt_nncf.record_inputs(tiny_ov_bf16_static, ["a", "b"], ["unet"])
+        samples = calibration_data.record_inputs(tiny_ov_bf16_static, ["a", "b", "c", "d"], ["unet", "vae_decoder"])
+        unet_only = calibration_data.record_inputs(tiny_ov_bf16_static, ["a", "b"], ["unet"])
         # --calibration-schedulers: the decoder records the named schedulers' runs alone, the UNet still the checkpoint's
-        chosen = sdopt_nncf.record_inputs(tiny_ov_bf16_static, ["a", "b", "c"], ["unet", "vae_decoder"], ("dpmpp_2m", "ddim"))
-        decoder_only = sdopt_nncf.record_inputs(tiny_ov_bf16_static, ["a"], ["vae_decoder"], ("ddim",))
+        chosen = calibration_data.record_inputs(tiny_ov_bf16_static, ["a", "b", "c"], ["unet", "vae_decoder"], ("dpmpp_2m", "ddim"))
+        decoder_only = calibration_data.record_inputs(tiny_ov_bf16_static, ["a"], ["vae_decoder"], ("ddim",))
     assert asked == ([None] * 4 + ["euler", "euler_a", "dpmpp_2m", "euler"] + [None] * 2
                      + [None] * 3 + ["dpmpp_2m", "ddim", "dpmpp_2m"] + ["ddim"])  # no checkpoint run that nobody records
-    assert sdopt_nncf.calibration_schedulers(["a", "b", "c"], ["unet", "vae_decoder"], "vae_decoder", ("dpmpp_2m", "ddim")) == ["dpmpp_2m", "ddim"]
-    assert sdopt_nncf.calibration_schedulers(["a", "b", "c"], ["unet", "vae_decoder"], "unet", ("dpmpp_2m", "ddim")) == ["checkpoint"]
+    assert calibration_data.calibration_schedulers(["a", "b", "c"], ["unet", "vae_decoder"], "vae_decoder", ("dpmpp_2m", "ddim")) == ["dpmpp_2m", "ddim"]
+    assert calibration_data.calibration_schedulers(["a", "b", "c"], ["unet", "vae_decoder"], "unet", ("dpmpp_2m", "ddim")) == ["checkpoint"]
     # The manifest names the schedulers each component recorded: the built-in 8 prompts reach all of them.
-    builtin = sdopt_nncf.CALIBRATION_PROMPTS
-    assert sdopt_nncf.calibration_schedulers(builtin, ["unet", "vae_decoder"], "vae_decoder") == ["checkpoint", "euler", "euler_a", "dpmpp_2m"]
-    assert sdopt_nncf.calibration_schedulers(builtin, ["unet", "vae_decoder"], "unet") == ["checkpoint"]
+    builtin = calibration_data.CALIBRATION_PROMPTS
+    assert calibration_data.calibration_schedulers(builtin, ["unet", "vae_decoder"], "vae_decoder") == ["checkpoint", "euler", "euler_a", "dpmpp_2m"]
+    assert calibration_data.calibration_schedulers(builtin, ["unet", "vae_decoder"], "unet") == ["checkpoint"]
     assert len(samples["vae_decoder"]) == 8
     unet_calls = len(unet_only["unet"]) // 2  # per checkpoint-scheduler generation
-    assert unet_calls >= sdopt_nncf.CALIBRATION_STEPS and len(samples["unet"]) == 4 * unet_calls  # the extra runs not recorded
+    assert unet_calls >= calibration_data.CALIBRATION_STEPS and len(samples["unet"]) == 4 * unet_calls  # the extra runs not recorded
     assert len(chosen["vae_decoder"]) == 3 and len(chosen["unet"]) == 3 * unet_calls and len(decoder_only["vae_decoder"]) == 1
 
 
@@ -422,20 +422,21 @@ def test_a_decoder_calibrated_across_schedulers_holds_on_euler_latents(tiny_ov):
     nncf = pytest.importorskip("nncf")
     import openvino as ov
 
-    from sdopt.quant import nncf as sdopt_nncf
-    from sdopt.quant.nncf import _quantize_static, _Recorder
+    from sdopt.quant import calibration as calibration_data
+    from sdopt.quant.calibration import Recorder
+    from sdopt.quant.nncf import _quantize_static
     from sdopt.runtime.openvino import model_file
 
-    prompts = list(sdopt_nncf.CALIBRATION_PROMPTS[:4])
-    across = sdopt_nncf.record_inputs(tiny_ov, prompts, ["vae_decoder"])["vae_decoder"]
+    prompts = list(calibration_data.CALIBRATION_PROMPTS[:4])
+    across = calibration_data.record_inputs(tiny_ov, prompts, ["vae_decoder"])["vae_decoder"]
     pipe = sdopt.load(tiny_ov)
-    recorder = _Recorder(pipe.components["vae_decoder"])
+    recorder = Recorder(pipe.components["vae_decoder"])
     pipe.components["vae_decoder"] = recorder
     for seed, prompt in enumerate(prompts):  # what sdopt recorded before: the checkpoint's scheduler only
-        pipe.generate(GenerateRequest(prompt=prompt, seed=seed, steps=sdopt_nncf.CALIBRATION_STEPS, height=64, width=64))
+        pipe.generate(GenerateRequest(prompt=prompt, seed=seed, steps=calibration_data.CALIBRATION_STEPS, height=64, width=64))
     checkpoint_only, recorder.samples = recorder.samples, []
     for seed, prompt in enumerate(["a green hill", "a boat on a lake"]):
-        pipe.generate(GenerateRequest(prompt=prompt, seed=seed + 10, steps=sdopt_nncf.CALIBRATION_STEPS, height=64, width=64, scheduler="euler"))
+        pipe.generate(GenerateRequest(prompt=prompt, seed=seed + 10, steps=calibration_data.CALIBRATION_STEPS, height=64, width=64, scheduler="euler"))
     euler = [s["latent_sample"] for s in recorder.samples]
     pipe.close()
 

@@ -149,11 +149,12 @@ def add_export(sub) -> None:
 
 
 def add_quantize(sub) -> None:
-    p = sub.add_parser("quantize", help="quantize a PyTorch checkpoint's weights (int8, int4, nf4, fp8) or an OpenVINO artifact (NNCF: "
-                       "int8, int4, nf4 weights; int8-static weights and activations) into a reloadable artifact")
-    p.add_argument("model", nargs="?", help="Diffusers model folder (or hub id) in full precision, or an OpenVINO artifact (--backend nncf)")
+    p = sub.add_parser("quantize", help="quantize a PyTorch checkpoint's weights (int8, int4, nf4, fp8), an OpenVINO artifact (NNCF: "
+                       "int8, int4, nf4 weights; int8-static weights and activations) or an ONNX artifact (ONNX Runtime: int8-static) "
+                       "into a reloadable artifact")
+    p.add_argument("model", nargs="?", help="Diffusers model folder (or hub id) in full precision, an OpenVINO artifact (--backend nncf) or an ONNX artifact (--backend onnxruntime)")
     p.add_argument("--scheme", help="int8, int8-dynamic, int4, nf4, fp8 or int8-static (--list shows which backend does which)")
-    p.add_argument("--backend", default=None, help="torchao, quanto, bnb, or nncf for OpenVINO artifacts (default: the first that supports the scheme on --device)")
+    p.add_argument("--backend", default=None, help="torchao, quanto, bnb; nncf for OpenVINO artifacts; onnxruntime for ONNX artifacts (default: the first that supports the scheme on --device)")
     p.add_argument("--components", default=None, help="comma-separated: unet, text_encoder, vae (default: unet,text_encoder)")
     p.add_argument("--exclude", action="append", default=[], metavar="PATTERN", help="keep layers whose name matches this fnmatch pattern in full precision, e.g. 'unet.conv_in' (repeatable)")
     p.add_argument("--device", default="cpu", help="where the artifact will run: cpu or cuda (default cpu)")
@@ -162,16 +163,17 @@ def add_quantize(sub) -> None:
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars (the artifact's summary is still printed)")
     p.add_argument("--group-size", type=int, default=None, help="nncf int4/nf4: weights per scale group (default 128; -1: per channel)")
     p.add_argument("--ratio", type=float, default=None, help="nncf int4/nf4: fraction of layers in 4 bits, the rest int8 (default 1.0)")
-    p.add_argument("--calibration-prompts", default=None, metavar="FILE", help="nncf int8-static: prompts to calibrate activations on, one per line (default: a built-in set)")
+    p.add_argument("--calibration-prompts", default=None, metavar="FILE", help="int8-static (nncf, onnxruntime): prompts to calibrate activations on, one per line (default: a built-in set)")
     p.add_argument("--calibration-schedulers", default=None, metavar="NAMES",
-                   help="nncf int8-static with vae_decoder in --components: calibrate the decoder on these schedulers' runs alone, in turn "
+                   help="int8-static (nncf, onnxruntime) with vae_decoder in --components: calibrate the decoder on these schedulers' runs alone, in turn "
                         "(default: the checkpoint's, then euler,euler_a,dpmpp_2m); name the ones you generate with")
     p.add_argument("--calibration-images", default=None, metavar="PATHS",
-                   help="nncf int8-static on an inpainting checkpoint (which needs them): a folder of images, or comma-separated image files, "
+                   help="int8-static (nncf, onnxruntime) on an inpainting checkpoint (which needs them): a folder of images, or comma-separated image files, "
                         "that calibration repaints under masks sdopt draws (a few photos like the ones it will inpaint)")
     p.add_argument("--overflow-fix", default=None, choices=("auto", *OVERFLOW_FIXES),
-                   help="nncf int8-static: 7-bit weights in every layer (enable), the first only (first-layer) or none, so 8-bit "
-                        "products cannot saturate on CPUs without VNNI/AMX (default auto: enable where this CPU lacks them, else first-layer)")
+                   help="int8-static: 7-bit weights in every layer (enable), the first only (first-layer, nncf only) or none, so 8-bit "
+                        "products cannot saturate on CPUs without VNNI/AMX (default auto: enable where this CPU lacks them, else nncf's "
+                        "first-layer, onnxruntime's none)")
     p.add_argument("--list", action="store_true", help="print the backend x scheme x device capability table and exit")
     add_lora_flag(p, "fused into the weights before quantizing (PyTorch checkpoints; recorded in the manifest)")
     add_request_default_flags(p)

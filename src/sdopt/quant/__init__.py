@@ -122,3 +122,21 @@ register_quantizer(
         description="NNCF on OpenVINO artifacts: weight compression (int8, int4, nf4) and int8 with calibrated activations",
     )
 )
+register_quantizer(
+    Quantizer(
+        name="onnxruntime",
+        module="sdopt.quant.onnxruntime:OrtQuantEngine",
+        extra="onnx",
+        requires=("onnx", "onnxruntime"),
+        accepts="onnxruntime",
+        options=("calibration_prompts", "calibration_schedulers", "overflow_fix", "calibration_images"),
+        capabilities=rows(
+            "onnxruntime",
+            ("int8-static", "cpu", True, True, ("Conv", "MatMul", "Gemm"),
+             "UNet (and VAE decoder, when named) weights and activations int8 in QDQ form, calibrated on a prompt set; ONNX Runtime runs its int8 kernels"),
+            ("int8-static", "cuda", False, False, (), "ONNX Runtime runs QDQ int8 on NVIDIA GPUs through its TensorRT provider only, which sdopt has not run: on a GPU export fp16 (docs/gpu.md)"),
+            calibrated=("int8-static",),
+        ),
+        description="ONNX Runtime's quantizer on ONNX artifacts: int8 weights and activations, calibrated (QDQ)",
+    )
+)

@@ -212,9 +212,14 @@ def choose(scheme: str, device: str, accepts: str) -> Capability:
     found = supported(scheme, kind, accepts)
     found = [r for r in found if QUANTIZERS[r.backend].available()] or found
     if not found:
-        declared = [r for r in table() if r.scheme == scheme and r.device == kind]
-        why = "; ".join(f"{r.backend}: {r.reason}" for r in declared) or "no quantizer declares it"
-        raise SdoptError(f"no backend quantizes {accepts} artifacts with {scheme} on {kind} ({why})")
+        # Only the quantizers of this kind of artifact: why a torch quantizer lacks a scheme says nothing of an ONNX artifact.
+        declared = [r for r in table() if r.scheme == scheme and r.device == kind and QUANTIZERS[r.backend].accepts == accepts]
+        why = "; ".join(f"{r.backend}: {r.reason}" for r in declared)
+        offered = sorted({f"{r.scheme} (--backend {r.backend})" for r in table()
+                          if r.device == kind and r.supported and QUANTIZERS[r.backend].accepts == accepts})
+        raise SdoptError(f"no backend quantizes {accepts} artifacts with {scheme} on {kind}" + (f" ({why})" if why else "")
+                         + (f"; they take {', '.join(offered)}" if offered else "")
+                         + (", or quantize the Diffusers checkpoint (sdopt quantize MODEL)" if accepts != "torch" else ""))
     return found[0]
 
 

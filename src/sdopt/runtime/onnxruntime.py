@@ -143,8 +143,13 @@ class OrtComponent:
 def load_components(folder: Path, manifest: Manifest, device: str, precision: str, options: dict[str, Any]) -> dict:
     providers = providers_for(device, options.get("provider"))
     session = session_options(options.get("threads"), options.get("run_settings"))  # bad settings refused before any graph loads
-    return {name: OrtComponent(folder / _graph_file(entry.files, name), providers, device, session)
-            for name, entry in manifest.components.items()}
+    components = {name: OrtComponent(folder / _graph_file(entry.files, name), providers, device, session)
+                  for name, entry in manifest.components.items()}
+    if device.startswith("cpu"):
+        from sdopt.runtime.int8_saturation import warn_if_int8_may_saturate
+
+        warn_if_int8_may_saturate(manifest)
+    return components
 
 
 def _graph_file(files, name: str) -> str:

@@ -37,6 +37,7 @@ from sdopt.errors import SdoptError, exception_line
 from sdopt.fsutil import user_cache_dir
 from sdopt.manifest import Manifest
 from sdopt.runtime.executor import to_rank
+from sdopt.runtime.int8_saturation import warn_if_int8_may_saturate
 
 MODEL_FILE = "openvino_model.xml"
 WEIGHTS_FILE = "openvino_model.bin"
@@ -300,25 +301,6 @@ def model_file(files, name: str) -> str:
     return xml[0]
 
 
-def _warn_if_int8_may_saturate(manifest: Manifest) -> None:
-    """int8-static quantized with 8-bit weights (on a CPU with VNNI/AMX, or by request) loses accuracy on one without."""
-    unfixed = [name for name, entry in manifest.components.items()
-               if (entry.quantization or {}).get("scheme") == "int8-static"
-               and (entry.quantization.get("overflow_fix") or {}).get("mode", "first-layer") != "enable"]
-    if not unfixed:
-        return
-    from sdopt.hardware import cpu_lacks_int8_dot
-
-    if cpu_lacks_int8_dot():
-        warnings.warn(
-            f"{', '.join(unfixed)}: int8 with 8-bit weights, on a CPU without VNNI or AMX, where their int8 products can "
-            "saturate (the SDXL toy lost 4.3 dB): re-quantize with `sdopt quantize --backend nncf --scheme int8-static "
-            "--overflow-fix enable` (the default when quantized on such a CPU)",
-            UserWarning,
-            stacklevel=4,
-        )
-
-
 def load_components(folder: Path, manifest: Manifest, device: str, precision: str, options: dict[str, Any]) -> dict:
     cache = options.get("cache_dir")
     c = core(None if cache is False else cache_dir(cache))
@@ -339,7 +321,7 @@ def load_components(folder: Path, manifest: Manifest, device: str, precision: st
         for name, entry in manifest.components.items()
     }
     if target == "CPU":
-        _warn_if_int8_may_saturate(manifest)
+        warn_if_int8_may_saturate(manifest)
     differs = {name: comp.runs for name, comp in components.items() if comp.runs not in (wants[name], "unknown")}
     if differs:
         warnings.warn(

@@ -1,0 +1,197 @@
+"""ONNX Runtime's quantizer on ONNX artifacts: int8 weights and activations, calibrated.
+
+int8-static: the UNet's (and, when named, the VAE decoder's) Conv, MatMul and Gemm get int8 weights (symmetric, per
+output channel) and uint8 activations whose ranges come from the inputs it sees while the source artifact generates
+from a prompt set (sdopt.quant.calibration, the same runs NNCF calibrates on); the graph carries QuantizeLinear /
+DequantizeLinear pairs (QDQ), which ONNX Runtime fuses into its int8 kernels (QLinearConv, QLinearMatMul) at load.
+Attention given to ONNX Runtime's fused operator (the export's default, sdopt.rewrite.attention) stays float.
+Other components named are left as they are and the manifest says so: ORT's dynamic quantization of a text encoder
+saves little time on a CPU.
+
+u8 x s8 products on a CPU without an int8 dot product (no VNNI or AMX) go through vpmaddubsw, whose pairwise sums
+saturate at 16 bits: ONNX Runtime's ``reduce_range`` quantizes weights to 7 bits so they cannot (its documentation's
+advice; NNCF's "overflow fix"). ``overflow_fix`` auto turns it on where the quantizing CPU lacks the dot product,
+enable/disable force it; the choice and why are recorded, and loading such an artifact on a CPU that lacks the dot
+product warns (as for NNCF's).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sdopt.errors import SdoptError, exception_line
+from sdopt.manifest import ComponentEntry, Manifest, files_in
+from sdopt.quant import Plan, QuantizedComponents
+from sdopt.quant.calibration import CALIBRATED, CALIBRATION_PROMPTS, calibration_prompts as read_calibration_prompts, calibration_record, record_inputs
+from sdopt.quant.engine import Engine
+from sdopt.quant.inpainting_calibration import check_calibration_images, inpainting_record
+
+OP_TYPES = ("Conv", "MatMul", "Gemm")  # what gets int8 kernels; ORT's ConvTranspose int8 kernel is slower than float
+
+
+def choose_reduce_range(option: str | None) -> tuple[bool, str]:
+    """Whether weights are quantized to 7 bits (ORT's reduce_range), and why: ``option`` is --overflow-fix's value."""
+    if option == "enable":
+        return True, "asked for (--overflow-fix enable)"
+    if option == "disable":
+        return False, "asked for (--overflow-fix disable)"
+    if option == "first-layer":
+        raise SdoptError("--overflow-fix first-layer is NNCF's: ONNX Runtime's quantizer reduces the range of every layer or none; give enable, disable or auto")
+    from sdopt.hardware import cpu_lacks_int8_dot
+
+    if cpu_lacks_int8_dot():
+        return True, "auto: this CPU has no VNNI/AMX int8 dot product, so 8-bit products would saturate at 16 bits"
+    return False, "auto: this CPU has an int8 dot product (VNNI/AMX)"
+
+
+class _Samples:
+    """ONNX Runtime's CalibrationDataReader over recorded inputs, cast to the graph's input types (the runtime casts a
+    timestep to what the graph takes; the calibration session is given arrays directly)."""
+
+    def __init__(self, samples: list[dict[str, np.ndarray]], types: dict[str, str]):
+        self._samples, self._types = iter(samples), types
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        sample = next(self._samples, None)
+        if sample is None:
+            return None
+        return {k: np.asarray(v).astype(_NUMPY[self._types[k]]) if self._types.get(k) in _NUMPY else v
+                for k, v in sample.items() if k in self._types}
+
+    def rewind(self):  # ORT calls it between passes of some calibration methods; MinMax makes one
+        raise SdoptError("internal: the calibration reader is read once")
+
+
+def _images(options: dict[str, Any]) -> tuple[str, ...] | None:
+    """--calibration-images as files (a folder's images, or the files named)."""
+    from sdopt.request import image_files
+
+    images = options.get("calibration_images")
+    return image_files(images, "--calibration-images") if images is not None else None
+
+
+_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
+
+
+def input_types(graph: Path) -> dict[str, str]:
+    """The graph's inputs and their types, as ONNX Runtime names them ("tensor(float)")."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # only its signature is read
+    session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+    return {i.name: i.type for i in session.get_inputs()}
+
+
+@contextmanager
+def _quiet_root_logger():
+    """ONNX Runtime's quantizer logs "please consider pre-processing before quantization" on the root logger at every
+    call: the exporter's graphs are shape-inferred and the advice does not apply. Errors still show."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+class OrtQuantEngine(Engine):
+    def check_plan(self, source: Path, manifest: Manifest, plan: Plan) -> None:
+        if plan.exclude:
+            raise SdoptError("--exclude names PyTorch layers (unet.conv_in), and --backend onnxruntime quantizes ONNX graphs, "
+                             "where those names do not exist: leave it out, or keep a whole component in full precision with --components")
+        options = plan.options
+        choose_reduce_range(options.get("overflow_fix") if options.get("overflow_fix") != "auto" else None)  # refuses first-layer
+        if manifest.precision != "fp32" or any(c.precision not in (None, "fp32") for c in manifest.components.values()):
+            raise SdoptError("ONNX Runtime's int8 quantizer takes fp32 graphs: export the model with --precision fp32 (the default), then quantize that")
+        if options.get("calibration_schedulers") is not None and "vae_decoder" not in plan.components:
+            raise SdoptError("--calibration-schedulers chooses the schedulers the VAE decoder is calibrated on "
+                             "(the UNet is calibrated on the checkpoint's): add vae_decoder to --components")
+        if not set(CALIBRATED) & set(plan.components):
+            raise SdoptError("int8-static with --backend onnxruntime quantizes the UNet (and the VAE decoder, when named): "
+                             "name unet or vae_decoder in --components")
+        check_calibration_images(source, manifest, _images(options))
+
+    def quantize_components(self, source: Path, manifest: Manifest, out: Path, plan: Plan) -> QuantizedComponents:
+        import onnx
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        from sdopt.export.onnx import EXTERNAL_DATA, save_graph
+        from sdopt.quant.run import copy_path
+
+        options = plan.options
+        prompts = tuple(options["calibration_prompts"]) if options.get("calibration_prompts") else CALIBRATION_PROMPTS
+        schedulers = tuple(options["calibration_schedulers"]) if options.get("calibration_schedulers") else None
+        images = _images(options)
+        wanted = [n for n in CALIBRATED if n in plan.components]
+        reduce_range, why = choose_reduce_range(options.get("overflow_fix") if options.get("overflow_fix") != "auto" else None)
+        samples = record_inputs(source, prompts, wanted, schedulers, images, progress=plan.progress)
+        inpainting = inpainting_record(images) if images else None
+        entries, notes = {}, []
+        for name in plan.components:
+            entry = manifest.components[name]
+            if name not in CALIBRATED:  # copied as it is, and said
+                for f in entry.files:
+                    copy_path(source / f.path, out / f.path)
+                entries[name] = entry
+                notes.append(f"{name} is not quantized: ONNX Runtime's int8-static recipe here covers the UNet and the VAE decoder")
+                continue
+            graph = source / next(f.path for f in entry.files if f.path.endswith(".onnx"))
+            target = out / entry.folder / "model.onnx"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(prefix=".ort-quant-", dir=out) as work, _quiet_root_logger():
+                staged = Path(work) / "model.onnx"
+                try:
+                    quantize_static(
+                        str(graph), str(staged), _Samples(samples[name], input_types(graph)),
+                        quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=reduce_range,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        op_types_to_quantize=list(OP_TYPES), calibrate_method=CalibrationMethod.MinMax,
+                        use_external_data_format=True,  # the sd15 UNet's fp32 graph is over protobuf's 2 GB
+                    )
+                except (ValueError, RuntimeError) as exc:
+                    raise SdoptError(f"ONNX Runtime's quantizer failed on {name}: {exception_line(exc)}") from exc
+                quantized = onnx.load(str(staged), load_external_data=True)
+                save_graph(quantized, target)  # model.onnx, with model.onnx_data only over 2 GB
+            layers = sum(n.op_type == "DequantizeLinear" and n.input[0].endswith("_quantized") for n in quantized.graph.node)
+            del quantized
+            config = source / entry.folder / "config.json"
+            if config.is_file():
+                (out / entry.folder / "config.json").write_bytes(config.read_bytes())
+            entries[name] = ComponentEntry(
+                folder=entry.folder,
+                files=files_in(out / entry.folder, out, (".onnx", EXTERNAL_DATA, ".json")),
+                precision=entry.precision,
+                quantization={
+                    "scheme": "int8-static", "backend": "onnxruntime", "serialized": True, "weights_only": False,
+                    "mode": "int8 weights (symmetric, per output channel) and uint8 activations (asymmetric), QDQ",
+                    "op_types": list(OP_TYPES), "layers": layers,
+                    "overflow_fix": {"mode": "enable" if reduce_range else "disable", "reduce_range": reduce_range, "why": why},
+                    "calibration": {**calibration_record(prompts, not options.get("calibration_prompts"), wanted, name, schedulers,
+                                                         len(samples[name]), inpainting), "method": "MinMax"},
+                },
+                inputs=entry.inputs,
+                outputs=entry.outputs,
+                replaced=entry.replaced,
+            )
+        return QuantizedComponents(components=entries, notes=notes)
+
+
+def quantize_onnx(artifact: str | Path, out: str | Path, force: bool = False, components: list[str] | None = None,
+                  calibration_prompts: str | Path | list[str] | None = None, overflow_fix: str | None = None) -> Manifest:
+    """The Python form of ``sdopt quantize ARTIFACT --backend onnxruntime --scheme int8-static``."""
+    from sdopt.quant.run import quantize
+
+    options: dict[str, Any] = {}
+    if calibration_prompts is not None:
+        options["calibration_prompts"] = list(read_calibration_prompts(calibration_prompts))
+    if overflow_fix is not None:
+        options["overflow_fix"] = overflow_fix
+    return quantize(artifact, "int8-static", out, backend="onnxruntime", components=components, force=force, options=options)
