@@ -95,6 +95,20 @@ def test_fused_at_export_agrees_with_runtime(request, tiny_model, tiny_lora, tmp
     assert moved < 30  # the fused artifact is not simply the base model
 
 
+def test_fused_at_export_with_step_feature_caching_splits_the_fused_unet(tiny_model, tiny_lora, tmp_path):
+    """--lora with --deep-cache: the UNet is built with the text encoders (the LoRA fuses into both) and still split in
+    two graphs; it was traced unsplit when a text encoder was built first (KeyError: 'deep_feature')."""
+    pytest.importorskip("onnxruntime")
+    from sdopt.export.run import export
+
+    manifest = export(tiny_model, "onnx", tmp_path / "fused", loras=[f"{tiny_lora}:0.8"], deep_cache=2)
+    assert {"unet", "unet_shallow", "text_encoder"} <= set(manifest.components) and manifest.export["loras"]
+    runtime = sdopt.load(tiny_model).generate(GenerateRequest(**SMALL, scheduler="euler", loras={str(tiny_lora): 0.8}))
+    with sdopt.load(tmp_path / "fused") as fused_pipeline:  # every step the whole UNet: the runtime's computation
+        fused = fused_pipeline.generate(GenerateRequest(**SMALL, scheduler="euler", cache_interval=1))
+    assert psnr(_pixels(runtime), _pixels(fused)) >= 40
+
+
 def test_quantize_fuses_and_inspect_says_so(tiny_model, tiny_lora, tmp_path, capsys):
     from sdopt.cli import main
 

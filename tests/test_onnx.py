@@ -296,7 +296,8 @@ def test_attention_by_head_exports_the_same_unet_and_its_memory_estimate_is_one_
     from sdopt.runtime import attention_memory
 
     out = tmp_path / "by-head"
-    assert main(["export", str(tiny_model), "--to", "onnx", "--rewrite", "attention_by_head", "-o", str(out), "-q"]) == 0
+    # Named after attention_fused (the target's default, named too), attention_by_head still takes the self-attention.
+    assert main(["export", str(tiny_model), "--to", "onnx", "--rewrite", "attention_fused", "--rewrite", "attention_by_head", "-o", str(out), "-q"]) == 0
     manifest = json.loads((out / "sdopt.json").read_text())
     assert manifest["export"]["rewrites"]["unet"]["attention_by_head"] == 6  # its transformer blocks: 2 down, 1 mid, 3 up
     assert manifest["export"]["rewrites"]["unet"]["attention_fused"] == 6  # and their cross-attentions
@@ -402,3 +403,16 @@ def test_onnx_runtimes_int8_reduces_the_weight_range_where_products_would_satura
     assert choose_reduce_range(option)[0] is reduce
     with pytest.raises(SdoptError, match="first-layer is NNCF's"):
         choose_reduce_range("first-layer")
+
+
+def test_an_optional_rewrite_that_changed_nothing_in_the_unet_is_said():
+    """transformer_channels_first computes its transformers' attention itself: the ONNX target's attention_fused then
+    changes nothing in the UNet (it still fuses the VAE's), and the manifest says so instead of dropping it silently."""
+    from sdopt.rewrite import as_names, unapplied_notes
+
+    done = {"unet": {"transformer_channels_first": 6}, "vae_decoder": {"attention_fused": 1}}
+    notes = unapplied_notes(("transformer_channels_first", "attention_fused"), done, {"unet": 0, "vae_decoder": 0, "text_encoder": 0})
+    assert notes == ["unet: the attention_fused rewrite changed nothing: transformer_channels_first took what it rewrites"]
+    assert unapplied_notes(("attention_fused",), {"unet": {"attention_fused": 12}}, {"unet": 0}) == []
+    assert as_names("attention_by_head") == ("attention_by_head",)  # the Python API's one name, not its letters
+

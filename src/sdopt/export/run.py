@@ -11,7 +11,7 @@ from sdopt.errors import SdoptError
 from sdopt.export import EXPORTERS, get_exporter
 from sdopt.export.spec import ComponentSpec, cached_unet_specs, family_specs
 from sdopt.fsutil import atomic_output_dir, check_output_dir, local_inputs
-from sdopt.rewrite import check_optional_rewrites, with_target_defaults
+from sdopt.rewrite import check_optional_rewrites, unapplied_notes, with_target_defaults
 from sdopt.manifest import ComponentEntry, Manifest, derive, read_manifest
 from sdopt.source import resolve
 
@@ -136,7 +136,10 @@ def prepare_source(source: Path, manifest: Manifest, options: dict[str, Any]) ->
             built["unet"], built["unet_shallow"] = split(built["unet"])
             return built
 
-        builders["unet"] = builders["unet_shallow"] = halves
+        # Every name the whole UNet's builder served (with fused LoRAs, the text encoders too) gets the split one: built
+        # first by a text encoder, the UNet would be waiting unsplit.
+        for name in [n for n, build in builders.items() if build is whole] + ["unet_shallow"]:
+            builders[name] = halves
         specs.update(cached_unet_specs(specs["unet"]))
     return ExportSource(specs, model, builders, rewrites=not options.get("no_rewrites"), optional_rewrites=tuple(options.get("rewrite") or ()),
                         finish=finish)
@@ -263,7 +266,8 @@ def export(model: str | Path, target: str, out: str | Path, precision: str = "fp
             parity=result.parity,
             export={"target": target, **result.export, **({"deep_cache": {"interval": interval}} if interval else {}), **manifest_fields(loras),
                     **embedding_fields(fused), **defaults},
-            notes=[*result.notes, *notes_of(loras), *embedding_notes(fused)],
+            notes=[*result.notes, *unapplied_notes(options["rewrite"], result.export.get("rewrites") or {}, result.components),
+                   *notes_of(loras), *embedding_notes(fused)],
         )
         manifest.write(tmp)
     return manifest

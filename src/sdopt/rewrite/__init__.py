@@ -64,8 +64,14 @@ TARGET_DEFAULTS: dict[str, tuple[str, ...]] = {
 def with_target_defaults(target: str, asked, no_rewrites: bool) -> tuple[str, ...]:
     """The optional rewrites an export to ``target`` applies: those ``asked`` for, then the target's defaults (none
     with ``no_rewrites``)."""
-    asked = tuple(asked)
+    asked = as_names(asked)
     return asked if no_rewrites else asked + tuple(name for name in TARGET_DEFAULTS.get(target, ()) if name not in asked)
+
+
+def as_names(names) -> tuple[str, ...]:
+    """Rewrite names as a tuple: one name given alone (the Python API's ``rewrite="attention_by_head"``) is one name,
+    not its letters."""
+    return (names,) if isinstance(names, str) else tuple(names or ())
 
 
 def check_optional_rewrites(names, no_rewrites: bool, target: str | None = None) -> None:
@@ -73,6 +79,7 @@ def check_optional_rewrites(names, no_rewrites: bool, target: str | None = None)
     ``no_rewrites``."""
     from sdopt.errors import SdoptError
 
+    names = as_names(names)
     unknown = sorted(set(names) - set(OPTIONAL_REWRITES))
     if unknown:
         raise SdoptError(f"--rewrite {', '.join(unknown)}: not an optional rewrite; known: {', '.join(sorted(OPTIONAL_REWRITES))}")
@@ -93,10 +100,28 @@ def apply_rewrites(component: str, module: Any, optional: tuple[str, ...] = ()) 
 
     functions = {"upsample_transposed_conv": rewrite_upsamplers, "geglu_split": rewrite_geglus, "transformer_channels_first": rewrite_transformers,
                  "attention_by_head": rewrite_attention, "attention_fused": lambda m: rewrite_attention(m, "attention_fused")}
+    # attention_fused takes what the others leave (each attention rewrite takes attentions no rewrite took yet):
+    # asked for together, attention_by_head keeps the self-attention and transformer_channels_first its transformers.
+    optional = sorted(optional, key=lambda name: name == "attention_fused")
     chosen = [name for name in optional if component in OPTIONAL_REWRITES[name]] + list(REWRITES.get(component, ()))
     traced = _traced_part(component, module)
     done = {name: functions[name](traced) for name in chosen}
     return {name: count for name, count in done.items() if count}
+
+
+def unapplied_notes(asked, rewrites: dict[str, dict[str, int]], components) -> list[str]:
+    """Notes for the optional rewrites ``asked`` (with a target's defaults) that changed nothing in an exported UNet graph
+    they apply to (``rewrites``: what each component recorded): another rewrite took its attention first
+    (transformer_channels_first computes its transformers' itself), or the model has none of what it rewrites."""
+    notes = []
+    for name in as_names(asked):
+        for component in OPTIONAL_REWRITES[name]:
+            done = rewrites.get(component, {})
+            if not component.startswith("unet") or component not in components or name in done:
+                continue
+            took = [other for other in OPTIONAL_REWRITES if other != name and other in done]
+            notes.append(f"{component}: the {name} rewrite changed nothing: " + (f"{', '.join(took)} took what it rewrites" if took else "it has nothing this rewrite applies to"))
+    return notes
 
 
 def _traced_part(component: str, module: Any) -> Any:

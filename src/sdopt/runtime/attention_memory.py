@@ -81,6 +81,7 @@ def check(backend: str, device: str, unet_config: dict[str, Any], model: dict[st
         f"a {width}x{height} request ({images} image{'s' * (images != 1)}{', guided: the UNet runs twice that' if guided else ''}) would need about {need / 2**30:.1f} GiB for ONNX Runtime's attention "
         f"(it holds each attention's whole score matrix: memory grows with the fourth power of the side), and this machine has "
         f"{have / 2**30:.1f} GiB available: ask for a smaller size or fewer images, run an OpenVINO or torch artifact, whose "
-        "attention does not hold it, or export this model to ONNX again without --no-rewrites or --rewrite attention_by_head "
-        "(sdopt's ONNX exports give attention to ONNX Runtime's own fused operator, which holds no score matrix)",
+        "attention does not hold it, or export this model to ONNX again with sdopt's default rewrites (without --no-rewrites, "
+        "--rewrite attention_by_head or --rewrite transformer_channels_first): they give attention to ONNX Runtime's own fused "
+        "operator, which holds no score matrix",
         field="width")
