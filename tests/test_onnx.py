@@ -416,3 +416,14 @@ def test_an_optional_rewrite_that_changed_nothing_in_the_unet_is_said():
     assert unapplied_notes(("attention_fused",), {"unet": {"attention_fused": 12}}, {"unet": 0}) == []
     assert as_names("attention_by_head") == ("attention_by_head",)  # the Python API's one name, not its letters
 
+
+def test_onnx_runtime_int8_refuses_before_any_work_where_memory_is_short(tiny_onnx_artifact, tmp_path, monkeypatch, capsys):
+    """Calibration holds the graph, a copy and their sessions (sd15: 17.6 GB for a 3.28 GB UNet): refused up front."""
+    import sdopt.hardware
+    from sdopt.cli import main
+
+    monkeypatch.setattr(sdopt.hardware, "available_bytes", lambda: 2**20)
+    assert main(["quantize", str(tiny_onnx_artifact), "--scheme", "int8-static", "-o", str(tmp_path / "q")]) == 2
+    assert "ONNX Runtime's int8 quantizer would need about" in capsys.readouterr().err
+    assert not (tmp_path / "q").exists()
+

@@ -41,3 +41,14 @@ def cpu_lacks_bf16() -> bool:
 
 def cpu_lacks_int8_dot() -> bool:
     return _cpu_lacks(INT8_DOT_ISA)
+
+
+def available_bytes() -> int | None:
+    """The memory this machine has available (Linux's MemAvailable); None where it cannot be read."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None

@@ -32,7 +32,10 @@ from sdopt.quant.calibration import CALIBRATED, CALIBRATION_PROMPTS, calibration
 from sdopt.quant.engine import Engine
 from sdopt.quant.inpainting_calibration import check_calibration_images, inpainting_record
 
-OP_TYPES = ("Conv", "MatMul", "Gemm")  # what gets int8 kernels; ORT's ConvTranspose int8 kernel is slower than float
+OP_TYPES = ("Conv", "MatMul", "Gemm")  # what gets int8 kernels
+# Peak memory over the largest calibrated graph's fp32 bytes: the sd15 UNet (3.28 GB) peaked at 17.6 GB — the
+# calibration pipeline, the graph, ORT's augmented copy for calibration and their sessions. Checked before any work.
+MEMORY_PER_GRAPH_BYTE = 5.5
 
 
 def choose_reduce_range(option: str | None) -> tuple[bool, str]:
@@ -66,6 +69,20 @@ class _Samples:
 
     def rewind(self):  # ORT calls it between passes of some calibration methods; MinMax makes one
         raise SdoptError("internal: the calibration reader is read once")
+
+
+def _check_memory(source: Path, manifest: Manifest, names: list[str]) -> None:
+    """Refuse, before any work, a quantization that would need more memory than this machine has available (the kernel
+    would kill it an hour in)."""
+    from sdopt.hardware import available_bytes
+
+    largest = max(sum((source / f.path).stat().st_size for f in manifest.components[n].files if not f.path.endswith(".json")) for n in names)
+    need, have = MEMORY_PER_GRAPH_BYTE * largest, available_bytes()
+    if have is not None and need > have:
+        raise SdoptError(f"ONNX Runtime's int8 quantizer would need about {need / 2**30:.0f} GiB here ({MEMORY_PER_GRAPH_BYTE}x the "
+                         f"{largest / 2**30:.1f} GiB graph: calibration keeps the graph, a copy and their sessions) and this machine has "
+                         f"{have / 2**30:.1f} GiB available: quantize on a machine with more memory, or an OpenVINO export with "
+                         "--backend nncf (sd15's fits in 24 GiB)")
 
 
 def _images(options: dict[str, Any]) -> tuple[str, ...] | None:
@@ -118,6 +135,7 @@ class OrtQuantEngine(Engine):
             raise SdoptError("int8-static with --backend onnxruntime quantizes the UNet (and the VAE decoder, when named): "
                              "name unet or vae_decoder in --components")
         check_calibration_images(source, manifest, _images(options))
+        _check_memory(source, manifest, [n for n in CALIBRATED if n in plan.components])
 
     def quantize_components(self, source: Path, manifest: Manifest, out: Path, plan: Plan) -> QuantizedComponents:
         import onnx

@@ -20,10 +20,10 @@ the ONNX export's default since 2026-12-06) is not checked; one with attention_b
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from sdopt.errors import SdoptError
+from sdopt.hardware import available_bytes  # a module global here: the tests replace it
 
 SCORE_COPIES = 3  # the measured peak over torch's at 512² is 2.8 score matrices (the table above), rounded up; head by head 2.3
 BYTES = 4  # float32 scores (an fp16 graph's are half: the estimate stays on the safe side)
@@ -52,17 +52,6 @@ def score_bytes(unet_config: dict[str, Any], unet_batch: int, height: int, width
     heads = 1 if by_head else heads
     tokens = (height // factor >> level) * (width // factor >> level)
     return unet_batch * heads * tokens * tokens * BYTES
-
-
-def available_bytes() -> int | None:
-    """The memory this machine has available (Linux's MemAvailable); None where it cannot be read."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
 
 
 def check(backend: str, device: str, unet_config: dict[str, Any], model: dict[str, Any], images: int, guided: bool, height: int, width: int,
