@@ -132,7 +132,7 @@ register_quantizer(
         options=("calibration_prompts", "calibration_schedulers", "overflow_fix", "calibration_images"),
         capabilities=rows(
             "onnxruntime",
-            ("int8-static", "cpu", True, True, ("Conv", "MatMul", "Gemm"),
+            ("int8-static", "cpu", True, True, ("Conv", "MatMul"),
              "UNet (and VAE decoder, when named) weights and activations int8 in QDQ form, calibrated on a prompt set; ONNX Runtime runs its int8 kernels"),
             ("int8-static", "cuda", False, False, (), "ONNX Runtime runs QDQ int8 on NVIDIA GPUs through its TensorRT provider only, which sdopt has not run: on a GPU export fp16 (docs/gpu.md)"),
             calibrated=("int8-static",),

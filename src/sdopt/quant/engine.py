@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from sdopt.manifest import Manifest
+    from sdopt.manifest import ComponentEntry, Manifest
     from sdopt.quant import Plan, QuantizedComponents, Quantizer
 
 
@@ -38,3 +38,16 @@ class Engine(ABC):
     @abstractmethod
     def quantize_components(self, source: Path, manifest: "Manifest", out: Path, plan: "Plan") -> "QuantizedComponents":
         """Write the files of ``plan.components`` under ``out``; return their manifest entries."""
+
+
+def quantized_entry(source: Path, out: Path, entry: "ComponentEntry", suffixes: tuple[str, ...], quantization: dict) -> "ComponentEntry":
+    """The manifest entry of a component whose quantized files an engine wrote under ``out``/its folder: the source's
+    config.json copied beside them, the files (``suffixes``) listed, the ``quantization`` record, the rest as it was."""
+    from sdopt.manifest import ComponentEntry, files_in
+
+    config = source / entry.folder / "config.json"
+    if config.is_file():
+        (out / entry.folder / "config.json").write_bytes(config.read_bytes())
+    return ComponentEntry(folder=entry.folder, files=files_in(out / entry.folder, out, suffixes), precision=entry.precision,
+                          quantization=quantization, inputs=entry.inputs, outputs=entry.outputs, replaced=entry.replaced)
+

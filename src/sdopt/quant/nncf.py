@@ -44,9 +44,9 @@ import openvino as ov
 from sdopt.errors import SdoptError, exception_line
 from sdopt.quant.schemes import OVERFLOW_FIXES
 from sdopt.request import image_files
-from sdopt.manifest import ComponentEntry, Manifest, files_in
+from sdopt.manifest import Manifest
 from sdopt.quant import Plan, QuantizedComponents
-from sdopt.quant.engine import Engine
+from sdopt.quant.engine import Engine, quantized_entry
 from sdopt.quant.calibration import (CALIBRATED, CALIBRATION_PROMPTS, calibration_prompts as _calibration_prompts, calibration_record,
                                      record_inputs)
 from sdopt.quant.inpainting_calibration import check_calibration_images, inpainting_record
@@ -223,18 +223,8 @@ class NncfEngine(Engine):
             path.parent.mkdir(parents=True, exist_ok=True)
             ov.save_model(model, path, compress_to_fp16=compress_to_fp16)
             del model
-            config = source / entry.folder / "config.json"
-            if config.is_file():
-                (out / entry.folder / "config.json").write_bytes(config.read_bytes())
-            entries[name] = ComponentEntry(
-                folder=entry.folder,
-                files=files_in(out / entry.folder, out, (".xml", ".bin", ".json")),
-                precision=entry.precision,
-                quantization={"scheme": recipe.pop("scheme"), "backend": "nncf", "serialized": True, **recipe},
-                inputs=entry.inputs,
-                outputs=entry.outputs,
-                replaced=entry.replaced,
-            )
+            entries[name] = quantized_entry(source, out, entry, (".xml", ".bin", ".json"),
+                                            {"scheme": recipe.pop("scheme"), "backend": "nncf", "serialized": True, **recipe})
         if plan.scheme == "int8-static" and not set(CALIBRATED) & set(plan.components):
             notes.append("int8-static calibrates the UNet's and VAE decoder's activations; without either only weights were compressed (int8)")
         return QuantizedComponents(components=entries, notes=notes)

@@ -1,8 +1,8 @@
 """ONNX Runtime's quantizer on ONNX artifacts: int8 weights and activations, calibrated.
 
-int8-static: the UNet's (and, when named, the VAE decoder's) Conv, MatMul and Gemm get int8 weights (symmetric, per
-output channel) and uint8 activations whose ranges come from the inputs it sees while the source artifact generates
-from a prompt set (sdopt.quant.calibration, the same runs NNCF calibrates on); the graph carries QuantizeLinear /
+int8-static: the UNet's (and, when named, the VAE decoder's) Conv and MatMul get int8 weights (symmetric, per output
+channel; KEPT_FLOAT stay float) and uint8 activations whose ranges come from the inputs it sees while the source artifact
+generates from a prompt set (sdopt.quant.calibration, the same runs NNCF calibrates on); the graph carries QuantizeLinear /
 DequantizeLinear pairs (QDQ), which ONNX Runtime fuses into its int8 kernels (QLinearConv, QLinearMatMul) at load.
 Attention given to ONNX Runtime's fused operator (the export's default, sdopt.rewrite.attention) stays float.
 Other components named are left as they are and the manifest says so: ORT's dynamic quantization of a text encoder
@@ -26,13 +26,17 @@ from typing import Any
 import numpy as np
 
 from sdopt.errors import SdoptError, exception_line
-from sdopt.manifest import ComponentEntry, Manifest, files_in
+from sdopt.manifest import Manifest
 from sdopt.quant import Plan, QuantizedComponents
 from sdopt.quant.calibration import CALIBRATED, CALIBRATION_PROMPTS, calibration_prompts as read_calibration_prompts, calibration_record, record_inputs
-from sdopt.quant.engine import Engine
+from sdopt.quant.engine import Engine, quantized_entry
 from sdopt.quant.inpainting_calibration import check_calibration_images, inpainting_record
 
-OP_TYPES = ("Conv", "MatMul", "Gemm")  # what gets int8 kernels
+OP_TYPES = ("Conv", "MatMul")  # what gets int8 kernels
+# Kept float: the first and last convolutions (the latents' own scale in and out) — and, by leaving Gemm out of
+# OP_TYPES, the timestep embedding's projections (a 2-D Linear exports as Gemm: its input ranges change with every step
+# and it costs next to nothing).
+KEPT_FLOAT = ("/conv_in/", "/conv_out/")
 # Peak memory over the largest calibrated graph's fp32 bytes: the sd15 UNet (3.28 GB) peaked at 17.6 GB — the
 # calibration pipeline, the graph, ORT's augmented copy for calibration and their sessions. Checked before any work.
 MEMORY_PER_GRAPH_BYTE = 5.5
@@ -69,6 +73,14 @@ class _Samples:
 
     def rewind(self):  # ORT calls it between passes of some calibration methods; MinMax makes one
         raise SdoptError("internal: the calibration reader is read once")
+
+
+def kept_float(graph: Path) -> list[str]:
+    """The nodes of ``graph`` that KEPT_FLOAT names (by the exporter's module paths)."""
+    import onnx
+
+    model = onnx.load(str(graph), load_external_data=False)
+    return [n.name for n in model.graph.node if n.op_type in OP_TYPES and any(part in n.name for part in KEPT_FLOAT)]
 
 
 def _check_memory(source: Path, manifest: Manifest, names: list[str]) -> None:
@@ -172,6 +184,7 @@ class OrtQuantEngine(Engine):
                         quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=reduce_range,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         op_types_to_quantize=list(OP_TYPES), calibrate_method=CalibrationMethod.MinMax,
+                        nodes_to_exclude=kept_float(graph),
                         use_external_data_format=True,  # the sd15 UNet's fp32 graph is over protobuf's 2 GB
                     )
                 except (ValueError, RuntimeError) as exc:
@@ -180,25 +193,14 @@ class OrtQuantEngine(Engine):
                 save_graph(quantized, target)  # model.onnx, with model.onnx_data only over 2 GB
             layers = sum(n.op_type == "DequantizeLinear" and n.input[0].endswith("_quantized") for n in quantized.graph.node)
             del quantized
-            config = source / entry.folder / "config.json"
-            if config.is_file():
-                (out / entry.folder / "config.json").write_bytes(config.read_bytes())
-            entries[name] = ComponentEntry(
-                folder=entry.folder,
-                files=files_in(out / entry.folder, out, (".onnx", EXTERNAL_DATA, ".json")),
-                precision=entry.precision,
-                quantization={
-                    "scheme": "int8-static", "backend": "onnxruntime", "serialized": True, "weights_only": False,
-                    "mode": "int8 weights (symmetric, per output channel) and uint8 activations (asymmetric), QDQ",
-                    "op_types": list(OP_TYPES), "layers": layers,
-                    "overflow_fix": {"mode": "enable" if reduce_range else "disable", "reduce_range": reduce_range, "why": why},
-                    "calibration": {**calibration_record(prompts, not options.get("calibration_prompts"), wanted, name, schedulers,
-                                                         len(samples[name]), inpainting), "method": "MinMax"},
-                },
-                inputs=entry.inputs,
-                outputs=entry.outputs,
-                replaced=entry.replaced,
-            )
+            entries[name] = quantized_entry(source, out, entry, (".onnx", EXTERNAL_DATA, ".json"), {
+                "scheme": "int8-static", "backend": "onnxruntime", "serialized": True, "weights_only": False,
+                "mode": "int8 weights (symmetric, per output channel) and uint8 activations (asymmetric), QDQ",
+                "op_types": list(OP_TYPES), "layers": layers, "kept_float": list(KEPT_FLOAT) + ["Gemm (the timestep embedding)"],
+                "overflow_fix": {"mode": "enable" if reduce_range else "disable", "reduce_range": reduce_range, "why": why},
+                "calibration": {**calibration_record(prompts, not options.get("calibration_prompts"), wanted, name, schedulers,
+                                                     len(samples[name]), inpainting), "method": "MinMax"},
+            })
         return QuantizedComponents(components=entries, notes=notes)
 
 
