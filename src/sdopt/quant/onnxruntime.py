@@ -61,26 +61,29 @@ class _Samples:
     """ONNX Runtime's CalibrationDataReader over recorded inputs, cast to the graph's input types (the runtime casts a
     timestep to what the graph takes; the calibration session is given arrays directly)."""
 
-    def __init__(self, samples: list[dict[str, np.ndarray]], types: dict[str, str]):
-        self._samples, self._types = iter(samples), types
+    def __init__(self, samples: list[dict[str, np.ndarray]], dtypes: dict[str, np.dtype]):
+        self._samples, self._dtypes = iter(samples), dtypes
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         sample = next(self._samples, None)
         if sample is None:
             return None
-        return {k: np.asarray(v).astype(_NUMPY[self._types[k]]) if self._types.get(k) in _NUMPY else v
-                for k, v in sample.items() if k in self._types}
+        return {k: np.asarray(v).astype(self._dtypes[k]) for k, v in sample.items() if k in self._dtypes}
 
     def rewind(self):  # ORT calls it between passes of some calibration methods; MinMax makes one
         raise SdoptError("internal: the calibration reader is read once")
 
 
-def kept_float(graph: Path) -> list[str]:
-    """The nodes of ``graph`` that KEPT_FLOAT names (by the exporter's module paths)."""
+def graph_facts(graph: Path) -> tuple[dict[str, np.dtype], list[str]]:
+    """``graph``'s inputs with their numpy types, and the nodes KEPT_FLOAT names (by the exporter's module paths), read
+    without its weights."""
     import onnx
+    from onnx.helper import tensor_dtype_to_np_dtype
 
     model = onnx.load(str(graph), load_external_data=False)
-    return [n.name for n in model.graph.node if n.op_type in OP_TYPES and any(part in n.name for part in KEPT_FLOAT)]
+    dtypes = {i.name: tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type) for i in model.graph.input}
+    kept = [n.name for n in model.graph.node if n.op_type in OP_TYPES and any(part in n.name for part in KEPT_FLOAT)]
+    return dtypes, kept
 
 
 def _check_memory(source: Path, manifest: Manifest, names: list[str]) -> None:
@@ -103,19 +106,6 @@ def _images(options: dict[str, Any]) -> tuple[str, ...] | None:
 
     images = options.get("calibration_images")
     return image_files(images, "--calibration-images") if images is not None else None
-
-
-_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
-
-
-def input_types(graph: Path) -> dict[str, str]:
-    """The graph's inputs and their types, as ONNX Runtime names them ("tensor(float)")."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # only its signature is read
-    session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
-    return {i.name: i.type for i in session.get_inputs()}
 
 
 @contextmanager
@@ -178,13 +168,14 @@ class OrtQuantEngine(Engine):
             target.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(prefix=".ort-quant-", dir=out) as work, _quiet_root_logger():
                 staged = Path(work) / "model.onnx"
+                dtypes, kept = graph_facts(graph)
                 try:
                     quantize_static(
-                        str(graph), str(staged), _Samples(samples[name], input_types(graph)),
+                        str(graph), str(staged), _Samples(samples[name], dtypes),
                         quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=reduce_range,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         op_types_to_quantize=list(OP_TYPES), calibrate_method=CalibrationMethod.MinMax,
-                        nodes_to_exclude=kept_float(graph),
+                        nodes_to_exclude=kept,
                         use_external_data_format=True,  # the sd15 UNet's fp32 graph is over protobuf's 2 GB
                     )
                 except (ValueError, RuntimeError) as exc:
