@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from sdopt.errors import SdoptError
 from sdopt.prompts import read_prompts
 from sdopt.quant.inpainting_calibration import INPAINTING_STRENGTH, calibration_mask
 
@@ -42,6 +43,13 @@ CALIBRATED = ("unet", "unet_shallow", "vae_decoder")  # unet_shallow: a step-cac
 
 def calibration_prompts(value: str | Path | list[str] | tuple[str, ...]) -> tuple[str, ...]:
     return tuple(read_prompts(value, what="calibration prompt file" if isinstance(value, (str, Path)) else "calibration prompt"))
+
+
+def check_decoder_schedulers(schedulers, components) -> None:
+    """--calibration-schedulers names the runs the VAE decoder alone records: refused without the decoder among ``components``."""
+    if schedulers is not None and "vae_decoder" not in components:
+        raise SdoptError("--calibration-schedulers chooses the schedulers the VAE decoder is calibrated on "
+                         "(the UNet is calibrated on the checkpoint's): add vae_decoder to --components")
 
 
 class Recorder:

@@ -48,7 +48,7 @@ from sdopt.manifest import Manifest
 from sdopt.quant import Plan, QuantizedComponents
 from sdopt.quant.engine import Engine, quantized_entry
 from sdopt.quant.calibration import (CALIBRATED, CALIBRATION_PROMPTS, calibration_prompts as _calibration_prompts, calibration_record,
-                                     record_inputs)
+                                     check_decoder_schedulers, record_inputs)
 from sdopt.quant.inpainting_calibration import check_calibration_images, inpainting_record
 from sdopt.quant.schemes import Capability
 from sdopt.runtime.openvino import MODEL_FILE, model_file
@@ -181,9 +181,7 @@ class NncfEngine(Engine):
                              "where those names do not exist: leave it out, or keep a whole component in full precision with --components")
         options = NncfOptions.from_plan(plan)
         check_options(plan.capability, options)
-        if options.calibration_schedulers is not None and "vae_decoder" not in plan.components:
-            raise SdoptError("--calibration-schedulers chooses the schedulers the VAE decoder is calibrated on "
-                             "(the UNet is calibrated on the checkpoint's): add vae_decoder to --components")
+        check_decoder_schedulers(options.calibration_schedulers, plan.components)
         if plan.capability.calibrated and set(CALIBRATED) & set(plan.components):
             check_calibration_images(source, manifest, options.calibration_images)
 

@@ -28,7 +28,8 @@ import numpy as np
 from sdopt.errors import SdoptError, exception_line
 from sdopt.manifest import Manifest
 from sdopt.quant import Plan, QuantizedComponents
-from sdopt.quant.calibration import CALIBRATED, CALIBRATION_PROMPTS, calibration_prompts as read_calibration_prompts, calibration_record, record_inputs
+from sdopt.quant.calibration import (CALIBRATED, CALIBRATION_PROMPTS, calibration_prompts as read_calibration_prompts, calibration_record,
+                                     check_decoder_schedulers, record_inputs)
 from sdopt.quant.engine import Engine, quantized_entry
 from sdopt.quant.inpainting_calibration import check_calibration_images, inpainting_record
 
@@ -43,7 +44,8 @@ MEMORY_PER_GRAPH_BYTE = 5.5
 
 
 def choose_reduce_range(option: str | None) -> tuple[bool, str]:
-    """Whether weights are quantized to 7 bits (ORT's reduce_range), and why: ``option`` is --overflow-fix's value."""
+    """Whether weights are quantized to 7 bits (ORT's reduce_range), and why: ``option`` is --overflow-fix's value
+    (None or auto: by this CPU)."""
     if option == "enable":
         return True, "asked for (--overflow-fix enable)"
     if option == "disable":
@@ -127,12 +129,10 @@ class OrtQuantEngine(Engine):
             raise SdoptError("--exclude names PyTorch layers (unet.conv_in), and --backend onnxruntime quantizes ONNX graphs, "
                              "where those names do not exist: leave it out, or keep a whole component in full precision with --components")
         options = plan.options
-        choose_reduce_range(options.get("overflow_fix") if options.get("overflow_fix") != "auto" else None)  # refuses first-layer
+        choose_reduce_range(options.get("overflow_fix"))  # refuses first-layer
         if manifest.precision != "fp32" or any(c.precision not in (None, "fp32") for c in manifest.components.values()):
             raise SdoptError("ONNX Runtime's int8 quantizer takes fp32 graphs: export the model with --precision fp32 (the default), then quantize that")
-        if options.get("calibration_schedulers") is not None and "vae_decoder" not in plan.components:
-            raise SdoptError("--calibration-schedulers chooses the schedulers the VAE decoder is calibrated on "
-                             "(the UNet is calibrated on the checkpoint's): add vae_decoder to --components")
+        check_decoder_schedulers(options.get("calibration_schedulers"), plan.components)
         if not set(CALIBRATED) & set(plan.components):
             raise SdoptError("int8-static with --backend onnxruntime quantizes the UNet (and the VAE decoder, when named): "
                              "name unet or vae_decoder in --components")
@@ -144,23 +144,19 @@ class OrtQuantEngine(Engine):
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
         from sdopt.export.onnx import EXTERNAL_DATA, save_graph
-        from sdopt.quant.run import copy_path
 
         options = plan.options
         prompts = tuple(options["calibration_prompts"]) if options.get("calibration_prompts") else CALIBRATION_PROMPTS
         schedulers = tuple(options["calibration_schedulers"]) if options.get("calibration_schedulers") else None
         images = _images(options)
         wanted = [n for n in CALIBRATED if n in plan.components]
-        reduce_range, why = choose_reduce_range(options.get("overflow_fix") if options.get("overflow_fix") != "auto" else None)
+        reduce_range, why = choose_reduce_range(options.get("overflow_fix"))
         samples = record_inputs(source, prompts, wanted, schedulers, images, progress=plan.progress)
         inpainting = inpainting_record(images) if images else None
         entries, notes = {}, []
         for name in plan.components:
             entry = manifest.components[name]
-            if name not in CALIBRATED:  # copied as it is, and said
-                for f in entry.files:
-                    copy_path(source / f.path, out / f.path)
-                entries[name] = entry
+            if name not in CALIBRATED:  # left to the quantize command, which copies it as it is
                 notes.append(f"{name} is not quantized: ONNX Runtime's int8-static recipe here covers the UNet and the VAE decoder")
                 continue
             graph = source / next(f.path for f in entry.files if f.path.endswith(".onnx"))

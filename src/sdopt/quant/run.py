@@ -90,7 +90,8 @@ def quantize(
 
     with atomic_output_dir(out, force=force, inputs=(source,)) as tmp, _fused(source, manifest, loras, Path(tmp)) as (source, manifest, origin):
         result: QuantizedComponents = engine.quantize_components(source, manifest, tmp, plan)
-        entries = {**copy_untouched(source, manifest, tmp, plan.components), **result.components}
+        # What the engine left (not named, or named and left as it was, which the engine notes) is copied as it is.
+        entries = {**copy_untouched(source, manifest, tmp, tuple(result.components)), **result.components}
         for name in (*tokenizer_folders(manifest), manifest.scheduler, "model_index.json"):
             copy_path(source / name, tmp / name)
         from sdopt.runtime.versions import library_versions

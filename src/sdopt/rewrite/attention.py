@@ -83,13 +83,17 @@ class HeadByHeadAttnProcessor(_PlainAttentionProcessor):
         return _merge_heads(torch.stack(per_head, dim=1))
 
 
+def _attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, heads: int) -> torch.Tensor:
+    """torch's scaled-dot-product attention over [batch, tokens, heads·d] inputs, as the processor computes it."""
+    return _merge_heads(torch.nn.functional.scaled_dot_product_attention(*(_split_heads(t, heads) for t in (query, key, value))))
+
+
 class _MultiHeadAttention(torch.autograd.Function):
     """Scaled-dot-product attention over [batch, tokens, heads·d] inputs; exported as ONNX Runtime's contrib op."""
 
     @staticmethod
     def forward(ctx, query, key, value, heads: int):
-        attended = torch.nn.functional.scaled_dot_product_attention(*(_split_heads(t, heads) for t in (query, key, value)))
-        return _merge_heads(attended)
+        return _attention(query, key, value, heads)
 
     @staticmethod
     def symbolic(g, query, key, value, heads: int):
@@ -105,11 +109,11 @@ class FusedAttnProcessor(_PlainAttentionProcessor):
 
     def attend(self, query, key, value, heads):
         if value.shape[-1] != query.shape[-1]:  # the op's output is the value's width; the traced type says the query's
-            return _merge_heads(torch.nn.functional.scaled_dot_product_attention(*(_split_heads(t, heads) for t in (query, key, value))))
+            return _attention(query, key, value, heads)
         return _MultiHeadAttention.apply(query, key, value, heads)
 
 
-# rewrite name -> (its processor, whether it applies to cross-attention)
+# rewrite name -> its processor (whose ``cross`` says whether it takes cross-attention too)
 PROCESSORS = {"attention_by_head": HeadByHeadAttnProcessor, "attention_fused": FusedAttnProcessor}
 
 # the ONNX operator domains a rewrite's graphs use beyond the standard one, for the exporter's opset imports
