@@ -42,6 +42,11 @@ def test_candidates_follow_the_cpus_bf16(monkeypatch, lacks_bf16, base):
     assert pool[f"openvino-{base}-int8-static-all"].spec["components"] == ["unet", "text_encoder", "vae_decoder"]
     assert not pool[f"openvino-{base}-cache3"].exact and pool[f"openvino-{base}-int8-static"].exact
     assert ("onnx-fp32" in pool) == lacks_bf16  # emulated bf16 is never a candidate; ONNX fp32 only beside fp32
+    if lacks_bf16:  # and ONNX Runtime's int8 from it, the UNet and the VAE decoder
+        assert pool["onnx-fp32-int8-static"].spec == {"name": "onnx-fp32-int8-static", "quantize": "int8-static", "backend": "onnxruntime",
+                                                      "from": "onnx-fp32", "components": ["unet", "vae_decoder"]}
+    else:
+        assert "onnx-fp32-int8-static" not in pool
     # Given explicitly, the precision wins over the CPU's.
     assert {c.spec.get("precision") for c in candidates("cpu", quick=True, base="fp32") if "export" in c.spec} == {"fp32"}
 
@@ -55,7 +60,7 @@ def test_calibration_images_reach_every_int8_candidate_and_nothing_else(monkeypa
     monkeypatch.setattr(sdopt.hardware, "cpu_lacks_int8_dot", lambda: lacks_int8_dot)
     pool = candidates("cpu", base="fp32", calibration_images=["/photos/a.png"])
     int8 = [c for c in pool if c.spec.get("quantize") == "int8-static"]
-    assert len(int8) == (5 if lacks_int8_dot else 3)
+    assert len(int8) == (6 if lacks_int8_dot else 4)  # base fp32: ONNX Runtime's int8 among them
     assert all(c.spec["options"] == {"calibration_images": ["/photos/a.png"]} for c in int8)
     assert not any("calibration_images" in (c.spec.get("options") or {}) for c in pool if c not in int8)
     assert not any("options" in c.spec for c in candidates("cpu", base="fp32") if "quantize" in c.spec)  # none given: none passed
