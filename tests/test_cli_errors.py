@@ -203,6 +203,11 @@ def test_quantizing_an_onnx_artifact_with_a_scheme_it_lacks_says_what_to_do_inst
     assert ("no backend quantizes onnxruntime artifacts with int8 on cpu; they take int8-static (--backend onnxruntime), "
             "or quantize the Diffusers checkpoint (sdopt quantize MODEL)") in capsys.readouterr().err
     assert not (tmp_path / "q").exists()
+    # With the backend named: what it takes, and no backend of another kind of artifact (none could take this one).
+    assert main(["quantize", str(tiny_onnx_artifact), "--scheme", "int8", "--backend", "onnxruntime", "-o", str(tmp_path / "q")]) == 2
+    assert ("the onnxruntime quantizer declares no int8 on cpu (it takes int8-static); "
+            "no backend here quantizes onnxruntime artifacts with int8 on cpu") in capsys.readouterr().err
+    assert not (tmp_path / "q").exists()
 
 
 def test_an_empty_model_path_is_refused_not_read_as_the_current_folder(capsys):

@@ -430,7 +430,14 @@ def test_onnx_runtime_int8_averages_the_unets_ranges_over_samples_and_spans_all_
     assert scale_of("unet", "encoder_hidden_states") == pytest.approx(averaged, rel=1e-5)
     latents = [s["latent_sample"] for s in recorded["vae_decoder"]]
     assert scale_of("vae_decoder", "latent_sample") == pytest.approx(uint8_scale(min(x.min() for x in latents), max(x.max() for x in latents)), rel=1e-5)
-    methods = {name: manifest["components"][name]["quantization"]["calibration"]["method"] for name in ("unet", "vae_decoder")}
+    records = {name: manifest["components"][name]["quantization"] for name in ("unet", "vae_decoder")}
+    for name, record in records.items():  # layers: the Conv and MatMul given int8 weights (not their biases)
+        graph = onnx.load(str(tiny_onnx_artifact / name / "model.onnx"), load_external_data=False).graph
+        weighted = sum(n.op_type in ("Conv", "MatMul") and any(i.name == n.input[1] for i in graph.initializer) for n in graph.node)
+        assert 0 < record["layers"] == weighted - 2, name  # all but conv_in and conv_out, kept float
+    assert records["unet"]["kept_float"] == ["/conv_in/", "/conv_out/", "Gemm (the timestep embedding)"]
+    assert records["vae_decoder"]["kept_float"] == ["/conv_in/", "/conv_out/"]  # no timestep embedding in a decoder
+    methods = {name: record["calibration"]["method"] for name, record in records.items()}
     assert methods == {"unet": "MinMax, each sample's min and max averaged over the samples", "vae_decoder": "MinMax, the min and max over all samples"}
 
 

@@ -96,6 +96,25 @@ def graph_facts(graph: Path) -> tuple[dict[str, np.dtype], list[str]]:
     return dtypes, kept
 
 
+def quantized_layers(model) -> int:
+    """The Conv and MatMul nodes that run int8: those whose weight (input 1) a DequantizeLinear gives (their int32 biases
+    are dequantized too, and are not layers)."""
+    dequantized = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    return sum(n.op_type in OP_TYPES and len(n.input) > 1 and n.input[1] in dequantized for n in model.graph.node)
+
+
+def kept_float(graph: Path) -> list[str]:
+    """What the manifest says stayed float in ``graph``: KEPT_FLOAT's nodes where it has them, and its Gemms (OP_TYPES
+    leaves them out: the UNet's timestep embedding)."""
+    import onnx
+
+    nodes = onnx.load(str(graph), load_external_data=False).graph.node
+    kept = [part for part in KEPT_FLOAT if any(n.op_type in OP_TYPES and part in n.name for n in nodes)]
+    if any(n.op_type == "Gemm" for n in nodes):
+        kept.append("Gemm (the timestep embedding)" if any("time_embedding" in n.name for n in nodes if n.op_type == "Gemm") else "Gemm")
+    return kept
+
+
 def _check_memory(source: Path, manifest: Manifest, names: list[str]) -> None:
     """Refuse, before any work, a quantization that would need more memory than this machine has available (the kernel
     would kill it an hour in)."""
@@ -193,12 +212,12 @@ class OrtQuantEngine(Engine):
                     raise SdoptError(f"ONNX Runtime's quantizer failed on {name}: {exception_line(exc)}") from exc
                 quantized = onnx.load(str(staged), load_external_data=True)
                 save_graph(quantized, target)  # model.onnx, with model.onnx_data only over 2 GB
-            layers = sum(n.op_type == "DequantizeLinear" and n.input[0].endswith("_quantized") for n in quantized.graph.node)
+            layers = quantized_layers(quantized)
             del quantized
             entries[name] = quantized_entry(source, out, entry, (".onnx", EXTERNAL_DATA, ".json"), {
                 "scheme": "int8-static", "backend": "onnxruntime", "serialized": True, "weights_only": False,
                 "mode": "int8 weights (symmetric, per output channel) and uint8 activations (asymmetric), QDQ",
-                "op_types": list(OP_TYPES), "layers": layers, "kept_float": list(KEPT_FLOAT) + ["Gemm (the timestep embedding)"],
+                "op_types": list(OP_TYPES), "layers": layers, "kept_float": kept_float(graph),
                 "overflow_fix": {"mode": "enable" if reduce_range else "disable", "reduce_range": reduce_range, "why": why},
                 "calibration": {**calibration_record(prompts, not options.get("calibration_prompts"), wanted, name, schedulers,
                                                      len(samples[name]), inpainting), "method": _method(name)},

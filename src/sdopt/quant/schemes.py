@@ -175,9 +175,12 @@ def lookup(backend: str, scheme: str, device: str) -> Capability:
     quantizer = get_quantizer(backend)
     row = next((r for r in quantizer.capabilities if r.scheme == scheme and r.device == kind), None)
     if row is None or not row.supported:
-        why = row.reason if row else f"the {backend} quantizer declares no {scheme} on {kind}"
-        others = [r.backend for r in supported(scheme, kind)]
-        hint = f"; {scheme} on {kind} is supported by: {', '.join(others)}" if others else f"; no backend here supports {scheme} on {kind}"
+        own = [r.scheme for r in quantizer.capabilities if r.device == kind and r.supported]
+        why = row.reason if row else f"the {backend} quantizer declares no {scheme} on {kind}" + (f" (it takes {', '.join(own)})" if own else "")
+        # Only quantizers of the same kind of artifact: the others cannot take what this one was asked to quantize.
+        others = [r.backend for r in supported(scheme, kind, accepts=quantizer.accepts)]
+        hint = (f"; {scheme} on {kind} is supported by: {', '.join(others)}" if others
+                else f"; no backend here quantizes {quantizer.accepts} artifacts with {scheme} on {kind}")
         raise SdoptError(f"--backend {backend} --scheme {scheme} on {kind} is not supported: {why}{hint}")
     return row
 
