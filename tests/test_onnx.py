@@ -390,7 +390,7 @@ def test_onnx_runtime_quantizes_an_onnx_artifact_int8_static(tiny_model, tiny_on
             sdopt.load(out)
 
 
-def test_onnx_runtime_int8_averages_the_unets_ranges_over_samples_and_spans_all_of_the_decoders(tiny_onnx_artifact, tmp_path, monkeypatch):
+def test_onnx_runtime_int8_averages_the_unets_ranges_over_samples_and_spans_all_of_the_decoders(tiny_onnx_artifact, tmp_path, monkeypatch, capsys):
     """Activation ranges: the UNet's are each calibration sample's min and max averaged over the samples (NNCF's
     MEAN_MINMAX: sd15 28.3 -> 32.0 dB); the VAE decoder's span every sample (its calibration mixes schedulers whose
     latents differ in scale). Read back from the scale of the QuantizeLinear on a graph input each quantizes."""
@@ -438,6 +438,9 @@ def test_onnx_runtime_int8_averages_the_unets_ranges_over_samples_and_spans_all_
     assert records["unet"]["kept_float"] == ["/conv_in/", "/conv_out/", "Gemm (the timestep embedding)"]
     assert records["vae_decoder"]["kept_float"] == ["/conv_in/", "/conv_out/"]  # no timestep embedding in a decoder
     methods = {name: record["calibration"]["method"] for name, record in records.items()}
+    assert main(["inspect", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert f"int8-static via onnxruntime (calibrated on {records['unet']['calibration']['samples']} samples; {methods['unet']})" in shown
     assert methods == {"unet": "MinMax, each sample's min and max averaged over the samples", "vae_decoder": "MinMax, the min and max over all samples"}
 
 

@@ -92,6 +92,9 @@ def format_description(d: dict[str, Any]) -> str:
     for name, c in d["components"].items():
         quant = c.get("quantization")
         q = f"  {quant.get('scheme')} via {quant.get('backend')}" + ("" if quant.get("serialized", True) else " (quantized at load)") if quant else ""
+        calibration = (quant or {}).get("calibration") or {}
+        if calibration.get("samples"):  # int8-static: what its activation ranges came from
+            q += f" (calibrated on {calibration['samples']} samples" + (f"; {calibration['method']}" if calibration.get("method") else "") + ")"
         if quant and "portable_layers" in quant:  # bnb nf4: which Linear layers its AVX-512-BF16 CPU kernel cannot take
             q += f" ({len(quant['portable_layers'])} Linear layer(s) too narrow for the AVX-512-BF16 kernel)"
         if c.get("replaced"):  # a tiny decoder in the full one's place
