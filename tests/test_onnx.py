@@ -434,14 +434,59 @@ def test_onnx_runtime_int8_averages_the_unets_ranges_over_samples_and_spans_all_
     for name, record in records.items():  # layers: the Conv and MatMul given int8 weights (not their biases)
         graph = onnx.load(str(tiny_onnx_artifact / name / "model.onnx"), load_external_data=False).graph
         weighted = sum(n.op_type in ("Conv", "MatMul") and any(i.name == n.input[1] for i in graph.initializer) for n in graph.node)
-        assert 0 < record["layers"] == weighted - 2, name  # all but conv_in and conv_out, kept float
+        undone = record.get("undone_rewrites", {}).get("upsample_transposed_conv", 0)  # each a convolution now (below)
+        assert 0 < record["layers"] == weighted + undone - 2, name  # all but conv_in and conv_out, kept float
     assert records["unet"]["kept_float"] == ["/conv_in/", "/conv_out/", "Gemm (the timestep embedding)"]
     assert records["vae_decoder"]["kept_float"] == ["/conv_in/", "/conv_out/"]  # no timestep embedding in a decoder
+    # The decoder's upsample rewrite undone before quantizing: its convolutions run int8, no transposed one is left float.
+    decoder = onnx.load(str(out / "vae_decoder" / "model.onnx")).graph
+    undone = records["vae_decoder"]["undone_rewrites"]["upsample_transposed_conv"]
+    assert undone == manifest["export"]["rewrites"]["vae_decoder"]["upsample_transposed_conv"] > 0
+    assert not [n for n in decoder.node if n.op_type == "ConvTranspose"] and sum(n.op_type == "Resize" for n in decoder.node) == undone
+    assert any("upsample rewrite(s) turned back" in note for note in manifest["notes"])
+    import sdopt
+    from sdopt import GenerateRequest
+
+    request = GenerateRequest(prompt="a red circle on the left", steps=4, seed=0)  # the images stay close to the float artifact's
+    got, want = (np.asarray(sdopt.load(path).generate(request).images[0], dtype=float) for path in (out, tiny_onnx_artifact))
+    assert 10 * np.log10(255**2 / ((got - want) ** 2).mean()) > 25
     methods = {name: record["calibration"]["method"] for name, record in records.items()}
     assert main(["inspect", str(out)]) == 0
     shown = capsys.readouterr().out
     assert f"int8-static via onnxruntime (calibrated on {records['unet']['calibration']['samples']} samples; {methods['unet']})" in shown
     assert methods == {"unet": "MinMax, each sample's min and max averaged over the samples", "vae_decoder": "MinMax, the min and max over all samples"}
+
+
+def test_the_upsample_rewrites_kernel_comes_back_exactly_and_only_from_its_own_form():
+    """sdopt.quant.undo_upsample inverts sdopt.rewrite.upsample's 4x4 kernel; the graph it writes computes what the
+    transposed convolution did (Resize nearest x2 + 3x3 conv, run by ONNX Runtime); any other 4x4 kernel is left alone."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    import torch
+    from onnx import TensorProto, helper, numpy_helper
+
+    from sdopt.quant.undo_upsample import conv_kernel, undo_upsample_rewrite
+    from sdopt.rewrite.upsample import transposed_kernel
+
+    weight = torch.randn(5, 3, 3, 3)
+    transposed = transposed_kernel(weight).numpy()
+    np.testing.assert_allclose(conv_kernel(transposed), weight.numpy(), atol=1e-5)
+    assert conv_kernel(np.random.default_rng(0).standard_normal((3, 5, 4, 4)).astype(np.float32)) is None
+    node = helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], name="up", strides=[2, 2], pads=[1, 1, 1, 1], kernel_shape=[4, 4])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 7])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5, 12, 14])],
+                              [numpy_helper.from_array(transposed, "w"), numpy_helper.from_array(np.arange(5, dtype=np.float32), "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = np.random.default_rng(1).standard_normal((1, 3, 6, 7)).astype(np.float32)
+    before = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert undo_upsample_rewrite(model) == 1 and [n.op_type for n in model.graph.node] == ["Resize", "Conv"]
+    onnx.checker.check_model(model)
+    after = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    want = torch.nn.functional.conv2d(torch.nn.functional.interpolate(torch.from_numpy(x), scale_factor=2, mode="nearest"), weight, torch.arange(5.0), padding=1)
+    assert after.shape == before.shape == (1, 5, 12, 14)
+    np.testing.assert_allclose(after, before, atol=1e-4)
+    np.testing.assert_allclose(after, want.numpy(), atol=1e-4)
 
 
 @pytest.mark.parametrize("flags, option, reduce", [({"avx2", "fma"}, None, True), ({"avx512f", "avx512_vnni"}, None, False),
