@@ -5,7 +5,8 @@ channel; KEPT_FLOAT stay float) and uint8 activations whose ranges come from the
 generates from a prompt set (sdopt.quant.calibration, the same runs NNCF calibrates on; AVERAGED_RANGES says how the
 samples' ranges become one); the graph carries QuantizeLinear /
 DequantizeLinear pairs (QDQ), which ONNX Runtime fuses into its int8 kernels (QLinearConv, QLinearMatMul) at load.
-Attention given to ONNX Runtime's fused operator (the export's default, sdopt.rewrite.attention) stays float.
+Attention given to ONNX Runtime's fused operator (the export's default, sdopt.rewrite.attention) stays float; a VAE
+decoder's upsample rewrite is turned back first (sdopt.quant.undo_upsample: its convolution then runs int8).
 Other components named are left as they are and the manifest says so: ORT's dynamic quantization of a text encoder
 saves little time on a CPU.
 

@@ -10,7 +10,8 @@ checkpoint defines them (to measure the difference, or to rule the rewrites out)
   stride-2 transposed convolution — 5/9 of those convolutions' FLOPs gone. Applied to the
   VAE decoder, whose upsamplers always double; the UNet's are left as they are because an
   exported UNet takes its upsample sizes from its skip connections (spec.TRACE_LATENT), and
-  an odd size is not a doubling.
+  an odd size is not a doubling. ONNX Runtime's int8 quantizer turns it back (sdopt.quant.undo_upsample): int8, the
+  plain form's convolution is the faster one there.
 - ``geglu_split`` (geglu.py): a GEGLU's one double-width projection and split as two linear
   layers, value and gate. Applied to the UNet (and its DeepCache halves); same FLOPs, no split.
 
