@@ -8,7 +8,8 @@ image quality: one calibration, every rule measured (sdopt.quant.onnxruntime.AVE
 3. Each recipe: ranges from those (``global``: the extremes over all samples, ORT's MinMax; ``mean``: each sample's
    extremes averaged, ORT's CalibMovingAverage and NNCF's MEAN_MINMAX; ``qNN``: the NN-th percentile of the samples'
    extremes), optionally ``+GROUP`` layers kept float (GROUPS), given to ORT's quantize_static as its calibration cache
-   (quantize_static's own arguments otherwise as sdopt's); the quantized graph replaces the component in a copy of
+   (quantize_static's own arguments otherwise as sdopt's, recipe_arguments; a VAE decoder as exported: the engine
+   turns its upsample rewrite back first, sdopt.quant.undo_upsample, which this does not); the quantized graph replaces the component in a copy of
    ``--base`` (an int8 artifact of the same export, hard-linked), which generates the bench's request; worst and mean
    PSNR against the reference and the latents' cosine.
 
@@ -66,7 +67,7 @@ def statistics(source: Path, work: Path, name: str) -> dict[str, np.ndarray]:
         return pickle.loads(path.read_bytes())
     graph = source / name / "model.onnx"
     samples = pickle.loads((work / "calibration.pkl").read_bytes())[name]
-    dtypes, _ = graph_facts(graph)
+    dtypes, _, _ = graph_facts(graph)
     stats: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         calibrator = MinMaxCalibrater(graph, ["Conv", "MatMul", "Gemm"], augmented_model_path=f"{tmp}/augmented.onnx", use_external_data_format=True)
@@ -108,15 +109,15 @@ def ranges(stats: dict[str, np.ndarray], rule: str):
 
 def quantized_copy(source: Path, base: Path, work: Path, name: str, recipe: str, stats) -> tuple[Path, int]:
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import quantize_static
     from onnxruntime.quantization.calibrate import save_tensors_data
 
     from sdopt.export.onnx import save_graph
-    from sdopt.quant.onnxruntime import OP_TYPES, graph_facts
+    from sdopt.quant.onnxruntime import OP_TYPES, graph_facts, recipe_arguments
 
     rule, *groups = recipe.split("+")
     graph = source / name / "model.onnx"
-    _, kept = graph_facts(graph)
+    _, kept, _ = graph_facts(graph)
     patterns = [p for g in groups for p in GROUPS[g]]
     model = onnx.load(str(graph), load_external_data=False)
     excluded = [n.name for n in model.graph.node if n.op_type in OP_TYPES and any(p in n.name for p in patterns)]
@@ -127,9 +128,7 @@ def quantized_copy(source: Path, base: Path, work: Path, name: str, recipe: str,
     cache = work / f"ranges-{name}-{rule}.json"
     save_tensors_data(ranges(stats, rule), cache)
     with tempfile.TemporaryDirectory(dir=work) as tmp:
-        quantize_static(str(graph), f"{tmp}/model.onnx", None, calibration_cache_path=str(cache), quant_format=QuantFormat.QDQ, per_channel=True,
-                        reduce_range=False, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=list(OP_TYPES),
-                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=kept + excluded, use_external_data_format=True)
+        quantize_static(str(graph), f"{tmp}/model.onnx", None, calibration_cache_path=str(cache), **recipe_arguments(False, kept + excluded))
         quantized = onnx.load(f"{tmp}/model.onnx", load_external_data=True)
     target = artifact / name / "model.onnx"
     for old in target.parent.glob("model.onnx*"):

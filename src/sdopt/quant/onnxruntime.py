@@ -85,16 +85,33 @@ class _Samples:
         raise SdoptError("internal: the calibration reader is read once")
 
 
-def graph_facts(graph: Path) -> tuple[dict[str, np.dtype], list[str]]:
-    """``graph``'s inputs with their numpy types, and the nodes KEPT_FLOAT names (by the exporter's module paths), read
-    without its weights."""
+def graph_facts(graph: Path) -> tuple[dict[str, np.dtype], list[str], list[str]]:
+    """``graph``'s inputs with their numpy types, the nodes KEPT_FLOAT names (by the exporter's module paths), and what
+    the manifest says stayed float: KEPT_FLOAT's parts where the graph has them, and its Gemms (OP_TYPES leaves them
+    out: the UNet's timestep embedding). Read without its weights."""
     import onnx
     from onnx.helper import tensor_dtype_to_np_dtype
 
     model = onnx.load(str(graph), load_external_data=False)
+    nodes = model.graph.node
     dtypes = {i.name: tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type) for i in model.graph.input}
-    kept = [n.name for n in model.graph.node if n.op_type in OP_TYPES and any(part in n.name for part in KEPT_FLOAT)]
-    return dtypes, kept
+    kept = [n.name for n in nodes if n.op_type in OP_TYPES and any(part in n.name for part in KEPT_FLOAT)]
+    record = [part for part in KEPT_FLOAT if any(part in name for name in kept)]
+    gemms = [n.name for n in nodes if n.op_type == "Gemm"]
+    if gemms:
+        record.append("Gemm (the timestep embedding)" if any("time_embedding" in name for name in gemms) else "Gemm")
+    return dtypes, kept, record
+
+
+def recipe_arguments(reduce_range: bool, kept: list[str]) -> dict[str, Any]:
+    """quantize_static's arguments in sdopt's int8-static recipe, but for the calibration itself (its reader and how
+    ranges are taken); measure/ort_int8_ranges.py quantizes with the same."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
+
+    return dict(quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=reduce_range, activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8, op_types_to_quantize=list(OP_TYPES), calibrate_method=CalibrationMethod.MinMax,
+                nodes_to_exclude=kept,
+                use_external_data_format=True)  # the sd15 UNet's fp32 graph is over protobuf's 2 GB
 
 
 def quantized_layers(model) -> int:
@@ -102,18 +119,6 @@ def quantized_layers(model) -> int:
     are dequantized too, and are not layers)."""
     dequantized = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
     return sum(n.op_type in OP_TYPES and len(n.input) > 1 and n.input[1] in dequantized for n in model.graph.node)
-
-
-def kept_float(graph: Path) -> list[str]:
-    """What the manifest says stayed float in ``graph``: KEPT_FLOAT's nodes where it has them, and its Gemms (OP_TYPES
-    leaves them out: the UNet's timestep embedding)."""
-    import onnx
-
-    nodes = onnx.load(str(graph), load_external_data=False).graph.node
-    kept = [part for part in KEPT_FLOAT if any(n.op_type in OP_TYPES and part in n.name for n in nodes)]
-    if any(n.op_type == "Gemm" for n in nodes):
-        kept.append("Gemm (the timestep embedding)" if any("time_embedding" in n.name for n in nodes if n.op_type == "Gemm") else "Gemm")
-    return kept
 
 
 def _check_memory(source: Path, manifest: Manifest, names: list[str]) -> None:
@@ -193,7 +198,7 @@ class OrtQuantEngine(Engine):
 
     def quantize_components(self, source: Path, manifest: Manifest, out: Path, plan: Plan) -> QuantizedComponents:
         import onnx
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization import quantize_static
 
         from sdopt.export.onnx import EXTERNAL_DATA, save_graph
 
@@ -216,20 +221,14 @@ class OrtQuantEngine(Engine):
             target.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(prefix=".ort-quant-", dir=out) as work, _quiet_root_logger():
                 staged = Path(work) / "model.onnx"
-                dtypes, kept = graph_facts(graph)
+                dtypes, kept, kept_record = graph_facts(graph)
                 undone, float_graph = _undo_upsample_rewrite(graph, Path(work)) if name == "vae_decoder" else (0, graph)
                 if undone:
                     notes.append(f"vae_decoder: the export's {undone} upsample rewrite(s) turned back into upsample + 3x3 convolution before "
                                  "quantizing: ONNX Runtime runs that convolution int8, the transposed one only float (sd15 at 256²: decode 1,414 -> 1,054 ms)")
                 try:
-                    quantize_static(
-                        str(float_graph), str(staged), _Samples(samples[name], dtypes),
-                        quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=reduce_range,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        op_types_to_quantize=list(OP_TYPES), calibrate_method=CalibrationMethod.MinMax,
-                        nodes_to_exclude=kept, extra_options={"CalibMovingAverage": AVERAGED_RANGES[name]},
-                        use_external_data_format=True,  # the sd15 UNet's fp32 graph is over protobuf's 2 GB
-                    )
+                    quantize_static(str(float_graph), str(staged), _Samples(samples[name], dtypes), **recipe_arguments(reduce_range, kept),
+                                    extra_options={"CalibMovingAverage": AVERAGED_RANGES[name]})
                 except (ValueError, RuntimeError) as exc:
                     raise SdoptError(f"ONNX Runtime's quantizer failed on {name}: {exception_line(exc)}") from exc
                 quantized = onnx.load(str(staged), load_external_data=True)
@@ -239,7 +238,7 @@ class OrtQuantEngine(Engine):
             entries[name] = quantized_entry(source, out, entry, (".onnx", EXTERNAL_DATA, ".json"), {
                 "scheme": "int8-static", "backend": "onnxruntime", "serialized": True, "weights_only": False,
                 "mode": "int8 weights (symmetric, per output channel) and uint8 activations (asymmetric), QDQ",
-                "op_types": list(OP_TYPES), "layers": layers, "kept_float": kept_float(graph),
+                "op_types": list(OP_TYPES), "layers": layers, "kept_float": kept_record,
                 **({"undone_rewrites": {"upsample_transposed_conv": undone}} if undone else {}),
                 "overflow_fix": {"mode": "enable" if reduce_range else "disable", "reduce_range": reduce_range, "why": why},
                 "calibration": {**calibration_record(prompts, not options.get("calibration_prompts"), wanted, name, schedulers,
