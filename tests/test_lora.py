@@ -29,6 +29,17 @@ def tiny_lora(tiny_model, tmp_path_factory):
     return write_lora(tiny_model, tmp_path_factory.mktemp("lora") / "tiny-lora.safetensors")
 
 
+@pytest.fixture(scope="module")
+def fused_onnx(tiny_model, tiny_lora, tmp_path_factory):
+    """The tiny model exported to ONNX with tiny_lora fused at 0.8."""
+    pytest.importorskip("onnxruntime")
+    from sdopt.export.run import export
+
+    out = tmp_path_factory.mktemp("fused") / "onnx"
+    export(tiny_model, "onnx", out, loras=[f"{tiny_lora}:0.8"])
+    return out
+
+
 def _pixels(result):
     return np.asarray(result.images[0])
 
@@ -80,13 +91,17 @@ def test_fused_at_export_agrees_with_runtime(request, tiny_model, tiny_lora, tmp
     from sdopt.export.run import export
     from sdopt.zoo.lora import write_lora
 
-    model = tiny_model if family == "tiny" else request.getfixturevalue("sdxl_tiny")
-    lora = tiny_lora if family == "tiny" else write_lora(model, tmp_path / "xl-lora.safetensors")
-    manifest = export(model, "onnx", tmp_path / "fused", loras=[f"{lora}:0.8"])
-    assert [(l["file"], l["scale"]) for l in manifest.export["loras"]] == [(lora.name, 0.8)]
+    if family == "tiny":
+        model, lora, folder = tiny_model, tiny_lora, request.getfixturevalue("fused_onnx")
+    else:
+        model, folder = request.getfixturevalue("sdxl_tiny"), tmp_path / "fused"
+        lora = write_lora(model, tmp_path / "xl-lora.safetensors")
+        export(model, "onnx", folder, loras=[f"{lora}:0.8"])
+    manifest = json.loads((folder / "sdopt.json").read_text())
+    assert [(l["file"], l["scale"]) for l in manifest["export"]["loras"]] == [(lora.name, 0.8)]
     req = GenerateRequest(**SMALL, scheduler="euler")
     runtime = sdopt.load(model).generate(GenerateRequest(**SMALL, scheduler="euler", loras={str(lora): 0.8}))
-    with sdopt.load(tmp_path / "fused") as fused_pipeline:
+    with sdopt.load(folder) as fused_pipeline:
         fused = fused_pipeline.generate(req)
     base = sdopt.load(model).generate(req)
     agree, moved = psnr(_pixels(runtime), _pixels(fused)), psnr(_pixels(base), _pixels(fused))
@@ -125,6 +140,61 @@ def test_quantize_fuses_and_inspect_says_so(tiny_model, tiny_lora, tmp_path, cap
     runtime = sdopt.load(tiny_model).generate(GenerateRequest(**SMALL, loras={str(tiny_lora): 0.5}))
     print(f"int8 with the LoRA fused vs fp32 applying it: {psnr(_pixels(runtime), _pixels(result)):.1f} dB")
     assert psnr(_pixels(runtime), _pixels(result)) >= 35
+
+
+def test_an_images_parameters_name_the_loras_it_was_made_with_fused_or_asked(tiny_model, tiny_lora, fused_onnx, tiny_onnx_artifact,
+                                                                           tmp_path, capsys):
+    """"Loras" names a LoRA fused into the artifact as it names one the request applied, so that --parameters-from knows
+    whether a run has it: an image made with the LoRA per request, made again on the artifact with it fused, warns of
+    nothing; on an artifact without it, the warning says how that backend takes LoRAs."""
+    from PIL import Image
+
+    from sdopt.cli import main
+    from sdopt.infotext import KEY, parse_parameters
+
+    def loras_of(png):
+        return parse_parameters(Image.open(png).info[KEY]).get("Loras")
+
+    def generate(artifact, *flags):
+        capsys.readouterr()
+        out = tmp_path / f"{len(list(tmp_path.iterdir()))}.png"
+        assert main(["generate", str(artifact), "-q", "-o", str(out), *flags]) == 0
+        return out, capsys.readouterr().err
+
+    small = ["--prompt", SMALL["prompt"], "--seed", "7", "--steps", "2", "--height", "64", "--width", "64"]
+    asked, _ = generate(tiny_model, *small, "--lora", f"{tiny_lora}:0.8")
+    assert loras_of(asked) == "tiny-lora:0.8"
+    fused, said = generate(fused_onnx, "--parameters-from", str(asked))
+    assert loras_of(fused) == "tiny-lora:0.8"  # fused, and still said
+    assert "LoRA" not in said and "--lora" not in said  # this run has it: nothing to warn of
+    _, said = generate(tiny_onnx_artifact, "--parameters-from", str(asked))
+    assert "made with the LoRAs tiny-lora:0.8" in said and "only fused at export" in said
+    _, said = generate(tiny_model, "--parameters-from", str(fused))  # the checkpoint: the LoRA is given per request
+    assert "made with the LoRAs tiny-lora:0.8" in said and "give them with --lora" in said
+    _, said = generate(tiny_model, "--parameters-from", str(fused), "--lora", f"{tiny_lora}:0.5")
+    assert "tiny-lora:0.8" in said  # another scale is another image
+    plain, said = generate(tiny_model, "--parameters-from", str(fused), "--lora", f"{tiny_lora}:0.8")
+    assert "LoRA" not in said and loras_of(plain) == "tiny-lora:0.8"
+
+
+def test_quantizing_an_artifact_keeps_the_loras_fused_into_it(fused_onnx, tmp_path, capsys):
+    """The quantized weights are the fused ones: the manifest, inspect and the images' parameters still say so (the
+    quantize command dropped the record)."""
+    pytest.importorskip("onnxruntime")
+    from sdopt.cli import main
+
+    out = tmp_path / "int8"
+    assert main(["quantize", str(fused_onnx), "--scheme", "int8-static", "-o", str(out), "-q"]) == 0
+    data = json.loads((out / "sdopt.json").read_text())
+    assert [(l["file"], l["scale"]) for l in data["export"]["loras"]] == [("tiny-lora.safetensors", 0.8)]
+    capsys.readouterr()
+    assert main(["inspect", str(out)]) == 0
+    assert "lora       tiny-lora.safetensors fused at scale 0.8" in capsys.readouterr().out
+    from sdopt.infotext import KEY, parse_parameters
+
+    with sdopt.load(out) as pipeline:
+        image = pipeline.generate(GenerateRequest(**SMALL)).images[0]
+    assert parse_parameters(image.info[KEY])["Loras"] == "tiny-lora:0.8"
 
 
 def test_refusals(tiny_model, tiny_lora, tiny_onnx_artifact, tmp_path):

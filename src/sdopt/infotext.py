@@ -210,17 +210,45 @@ def missing_embeddings(parsed: dict[str, Any], have: list[dict[str, Any]]) -> li
     return [word for word, short in embedding_hashes(parsed).items() if not hashes.get(word.lower(), "").startswith(short.lower())]
 
 
+def loras_in_effect(asked: dict[str, float] | None, fused: dict[str, float] | None = None) -> dict[str, float]:
+    """{name: scale} of the LoRAs an image is made with: those fused into the artifact, then the request's (named by
+    their files' stems, as "Loras" writes them)."""
+    out = {_stem(f): float(w) for f, w in (fused or {}).items()}
+    for f, w in (asked or {}).items():
+        out[_stem(f)] = out.get(_stem(f), 0.0) + float(w)  # the same LoRA fused and asked again adds up
+    return out
+
+
+def missing_loras(parsed: dict[str, Any], have: dict[str, float]) -> list[str]:
+    """The "Loras" of an image's parameters ("name:scale") that a run with ``have`` (loras_in_effect) lacks or has at
+    another scale: the image will differ."""
+    out = []
+    for part in str(parsed.get("Loras") or "").split(","):
+        name, _, scale = part.strip().rpartition(":")
+        if not name:
+            continue
+        try:
+            same = name in have and abs(have[name] - float(scale)) < 1e-6
+        except ValueError:
+            same = False
+        if not same:
+            out.append(part.strip())
+    return out
+
+
 def image_parameters(request: Any, index: int, *, sampler: tuple[str, str | None] | None, model: str | None, model_hash: str | None,
                      backend: str, cache_interval: int = 1, guidance_end: float = 1.0, version: str = "",
                      defaults: dict[str, Any] | None = None, eta_used: bool = True, clip_skip: int = 1,
-                     embeddings: dict[str, str] | None = None) -> str:
+                     embeddings: dict[str, str] | None = None, fused_loras: dict[str, float] | None = None) -> str:
     """The text for image ``index`` of a GenerateRequest's result (prompt-major: prompt index // num_images).
     sampler: (AUTOMATIC1111's sampler name, its schedule type or None); None when no name describes the scheduler
     (a checkpoint's own scheduler that no sdopt name builds alike), said as sdopt's key "Scheduler". defaults: the
     artifact's own cache_interval and guidance_end; a value is written where it is on or differs from them, so that the
     parameters make the same image again on that artifact. eta_used: whether the scheduler read the request's eta.
     clip_skip: the Clip skip the image was made with (1 where the family ignores the request's). embeddings: {word: the
-    file's short hash} of the textual inversion embeddings the row's prompt and negative used (AUTOMATIC1111's TI hashes)."""
+    file's short hash} of the textual inversion embeddings the row's prompt and negative used (AUTOMATIC1111's TI hashes).
+    fused_loras: {file name: scale} of the LoRAs fused into the artifact's weights: they made the image as much as the
+    request's own, so "Loras" names both (the fused first), whichever way each was applied."""
     row = index // request.num_images
     defaults = defaults or {}
     seeds = request.seeds
@@ -244,7 +272,7 @@ def image_parameters(request: Any, index: int, *, sampler: tuple[str, str | None
         "Cache interval": cache_interval if cache_interval > 1 or cache_interval != defaults.get("cache_interval", 1) else None,
         "Guidance end": _number(guidance_end) if request.guidance_scale > 1 and (guidance_end < 1 or guidance_end != defaults.get("guidance_end", 1.0)) else None,
         EMPHASIS: "Original" if request.prompt_emphasis else None,
-        "Loras": ", ".join(f"{_stem(f)}:{_number(w)}" for f, w in request.loras.items()) if request.loras else None,
+        "Loras": ", ".join(f"{name}:{_number(w)}" for name, w in loras.items()) if (loras := loras_in_effect(request.loras, fused_loras)) else None,
         TI_HASHES: ", ".join(f"{word}: {short}" for word, short in embeddings.items()) if embeddings else None,
         "Model hash": model_hash,
         "Model": model,

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from sdopt.cli.common import output_paths, backend_of, add_embedding_flag, add_eta_flag, add_lora_flag, lora_scales
-from sdopt.infotext import missing_embeddings, png_info, read_png_parameters, unapplied
+from sdopt.infotext import loras_in_effect, missing_embeddings, missing_loras, png_info, read_png_parameters, unapplied
 from sdopt.request import MASKED_CONTENT, check_strength_has_image, open_image
 from sdopt.errors import BrokenOutputError, SdoptError
 
@@ -31,9 +31,10 @@ def _generate(args: argparse.Namespace) -> int:
     made_from = {}
     if args.parameters_from:
         parsed, made_from = read_png_parameters(args.parameters_from)
-        if unapplied(parsed):  # a warning: printed under -q too (the image will not be the one asked for)
-            print(f"warning: {args.parameters_from} says {', '.join(unapplied(parsed))}, which this request does not take: "
-                  "the image will differ" + (" (give the LoRAs with --lora)" if "Loras" in parsed else ""), file=sys.stderr)
+        # LoRAs are checked once the artifact is loaded: it may have them fused into its weights
+        if untaken := [key for key in unapplied(parsed) if key != "Loras"]:  # a warning: printed under -q too
+            print(f"warning: {args.parameters_from} says {', '.join(untaken)}, which this request does not take: "
+                  "the image will differ", file=sys.stderr)
     check_strength_has_image(args.strength, init_image)
     if init_image is None:
         if "strength" in made_from:
@@ -89,6 +90,12 @@ def _generate(args: argparse.Namespace) -> int:
     if args.parameters_from and (missing := missing_embeddings(parsed, pipe.embeddings)):
         print(f"warning: {args.parameters_from}'s prompts used the embeddings {', '.join(missing)} (its TI hashes), which this run "
               "does not have (or has another file of): the image will differ; give them with --embedding", file=sys.stderr)
+    if args.parameters_from and (missing := missing_loras(parsed, loras_in_effect(request.loras, pipe.fused_loras))):
+        fix = ("give them with --lora FILE:SCALE" if pipe.manifest.backend == "torch" else
+               f"this {pipe.manifest.backend} artifact takes LoRAs only fused at export (sdopt export MODEL --lora FILE:SCALE), "
+               "or generate with the PyTorch checkpoint and --lora")
+        print(f"warning: {args.parameters_from} was made with the LoRAs {', '.join(missing)}, which this run does not have "
+              f"(or has at another scale): the image will differ; {fix}", file=sys.stderr)
     defaults = pipe.request_defaults
     taken = {k: getattr(defaults, k) for k in ("steps", "guidance_scale") if k not in asked}
     if taken and not defaults.is_sdopts:

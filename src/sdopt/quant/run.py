@@ -115,7 +115,8 @@ def quantize(
                 # default (Pipeline.default_cache_interval) and the exact rewrites traced into them; so does
                 # its truncated-guidance default (Pipeline.default_guidance_end), the embeddings fused into its text
                 # encoders' tables (sdopt.embeddings) and its request defaults, unless given again here.
-                **{key: manifest.export[key] for key in ("deep_cache", "rewrites", "guidance_end", "embeddings", RECORD) if (manifest.export or {}).get(key)},
+                # The LoRAs fused into the source's weights stay in the quantized ones (those fused here are added below).
+                **{key: manifest.export[key] for key in ("deep_cache", "rewrites", "guidance_end", "embeddings", "loras", RECORD) if (manifest.export or {}).get(key)},
                 **({RECORD: {**(manifest.export or {}).get(RECORD, {}), **defaults[RECORD]}} if defaults else {}),
             },
             notes=[*result.notes, *notes_of(loras),
@@ -123,7 +124,7 @@ def quantize(
         )
         if loras:  # quantized from a fused copy: the artifact's source is the checkpoint the user named
             quantized.source = origin
-            quantized.export = {**quantized.export, **manifest_fields(loras)}
+            quantized.export = {**quantized.export, "loras": [*(quantized.export.get("loras") or []), *manifest_fields(loras)["loras"]]}
         quantized.write(tmp)
     return quantized
 

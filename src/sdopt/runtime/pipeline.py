@@ -441,7 +441,12 @@ class Pipeline:
             # what the artifact does unasked: a value that differs from it is written even when it is "off"
             defaults={"cache_interval": self.default_cache_interval, "guidance_end": self.default_guidance_end},
             eta_used=schedulers.takes_eta(schedulers.scheduler_class(request.scheduler, self.scheduler_config)),
-            embeddings=self.embeddings_used(request, index))
+            embeddings=self.embeddings_used(request, index), fused_loras=self.fused_loras)
+
+    @property
+    def fused_loras(self) -> dict[str, float]:
+        """{file name: scale} of the LoRAs fused into this artifact's weights at export or quantization (sdopt.lora)."""
+        return {r["file"]: float(r["scale"]) for r in (self.manifest.export or {}).get("loras") or []}
 
     def embeddings_used(self, request: GenerateRequest, index: int) -> dict[str, str]:
         """{word: the file's sha256, first 12 digits} of the embeddings image ``index``'s prompt and negative read
