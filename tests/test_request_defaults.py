@@ -135,6 +135,10 @@ def test_a_python_request_without_a_size_gets_the_models_or_its_init_images(tiny
     plain = tiny_pipeline.generate(GenerateRequest(prompt="a fox", steps=2))
     assert plain.images[0].size == (64, 64) and (plain.request.height, plain.request.width) == (64, 64)
     assert "Size: 64x64" in tiny_pipeline.parameters(GenerateRequest(prompt="a fox", steps=2), 0)
+    with pytest.raises(SdoptError, match="multiple of 8"):  # no image has these parameters: refused, not described
+        tiny_pipeline.parameters(GenerateRequest(prompt="a fox", steps=2, height=60), 0)
+    with pytest.raises(SdoptError, match="give 0 to 1"):
+        tiny_pipeline.parameters(GenerateRequest(prompt="a fox", steps=2, num_images=2), 2)
     picture = Image.new("RGB", (101, 70), (120, 40, 200))
     with_image = tiny_pipeline.generate(GenerateRequest(prompt="a fox", steps=2, init_image=picture, strength=0.5))
     assert with_image.images[0].size == (96, 64) and not any("resized" in w for w in with_image.warnings)

@@ -426,10 +426,14 @@ class Pipeline:
         return None if self.manifest.inferred else self.manifest.artifact_id[:10]
 
     def parameters(self, request: GenerateRequest, index: int) -> str:
-        """Image ``index`` of ``request``'s result, as AUTOMATIC1111 writes generation parameters (sdopt.infotext)."""
+        """Image ``index`` of ``request``'s result, as AUTOMATIC1111 writes generation parameters (sdopt.infotext).
+        A request no generation could run, or an index past its images, is refused: no text describes that image."""
         from sdopt import __version__
 
-        request = self.sized(request)
+        request = self.sized(request).validate()
+        if not isinstance(index, int) or not 0 <= index < request.batch_size:
+            raise SdoptError(f"index={index!r}: the request makes {request.batch_size} image{'s' * (request.batch_size != 1)}, "
+                             f"give 0 to {request.batch_size - 1}")
         name = request.scheduler or self.default_scheduler_name
         manifest = self.manifest
         return infotext.image_parameters(
