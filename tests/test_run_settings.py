@@ -24,6 +24,39 @@ def test_profile_run_tables(tmp_path):
         load_profile(str(_profile(tmp_path, "[run]\nthreads = 2\n")))
 
 
+@pytest.mark.parametrize("body, message", [
+    ('PERFORMANCE_HINT = "LATENC"', r"\[run.openvino\]: OpenVINO's CPU plugin does not take PERFORMANCE_HINT = 'LATENC': Wrong value"),
+    ("NUM_STREAMZ = 1", r"has no property NUM_STREAMZ \(did you mean NUM_STREAMS\?\)"),
+    ('NUM_STREAMS = "many"', "does not take NUM_STREAMS = 'many'"),
+    ('performance_hint = "LATENCY"', "give OpenVINO property names"),
+])
+def test_profile_openvino_run_settings_are_checked_when_read(tmp_path, body, message):
+    """A name OpenVINO's plugin lacks or a value it refuses fails when the profile is read, naming the table: the
+    bench failed on it only on reaching an OpenVINO entry, after building and benching the others."""
+    pytest.importorskip("openvino")
+    with pytest.raises(SdoptError, match=message):
+        load_profile(str(_profile(tmp_path, f"[run.openvino]\n{body}\n")))
+    ok = load_profile(str(_profile(tmp_path, '[run.openvino]\nPERFORMANCE_HINT = "THROUGHPUT"\nNUM_STREAMS = 2\nENABLE_CPU_PINNING = true\n')))
+    assert ok.run["openvino"]["NUM_STREAMS"] == 2
+
+
+@pytest.mark.parametrize("table, message", [
+    ("{ train_step = 30 }", "distill has no key 'train_step'"),
+    ('{ train_steps = "many" }', r"distill.train_steps = 'many': give a number"),
+    ("{ train_steps = 30.5 }", r"give a number \(a whole one\)"),
+    ("{ latents = 1 }", "--latents must be at least 2"),
+    ("{ height = 60 }", "must be a multiple of 8"),
+    ('{ prompts = "a cat" }', "a list of prompts"),
+    ("7", "distill is a table"),
+])
+def test_profile_distill_tables_are_checked_when_read(tmp_path, table, message):
+    entry = f'[[artifacts]]\nname = "tiny-dec"\nbackend = "torch"\nvae_decoder = "distilled"\ndistill = {table}\n'
+    with pytest.raises(SdoptError, match=rf"p.toml: \[\[artifacts\]\] 'tiny-dec': .*{message}"):
+        load_profile(str(_profile(tmp_path, entry)))
+    good = entry.replace(f"distill = {table}", 'distill = { train_steps = 30, lr = 0.002, prompts = ["a red circle"] }')
+    assert load_profile(str(_profile(tmp_path, good))).artifacts[0]["distill"]["train_steps"] == 30
+
+
 def test_shipped_cpu_profiles_set_run_settings():
     for name in ("cpu-generic", "cpu-avx512", "cpu-shapes"):
         run = load_profile(name).run

@@ -144,10 +144,7 @@ def tiny_decoder(spec: dict[str, Any], model: Path, work: Path, height: int, wid
 
     out = work / "tiny-decoder"
     asked = {"height": height, "width": width, **spec.get("distill", {})}
-    try:
-        settings = DistillSettings(**asked)
-    except TypeError as exc:  # an unknown key in the profile's distill table
-        raise SdoptError(f"{spec['name']}: distill = {spec.get('distill')}: {exc}") from None
+    settings = DistillSettings.from_table(spec.get("distill", {}), spec["name"], height=height, width=width)
     done = _recorded(out / "distill.json")
     if done is not None and any(done.get("settings", {}).get(k) != v for k, v in asked.items()):
         shutil.rmtree(out)  # distilled with other settings (another size, more steps): distilled again

@@ -104,6 +104,10 @@ def load_profile(name_or_path: str) -> HardwareProfile:
             raise SdoptError(f"{path}: [[artifacts]] entry {index + 1} has no name: every entry is a table with name = \"...\"")
         _known_keys(entry, ARTIFACT_KEYS, path, f"[[artifacts]] {entry['name']!r}")
         _check_recipe_options(entry, path)
+        if "distill" in entry:  # checked now, not after the entries built before it (sdopt.decoder.distill)
+            from sdopt.decoder.distill import DistillSettings
+
+            DistillSettings.from_table(entry["distill"], f"{path}: [[artifacts]] {entry['name']!r}")
     return HardwareProfile(
         name=data["name"],
         description=data.get("description", ""),
@@ -114,7 +118,7 @@ def load_profile(name_or_path: str) -> HardwareProfile:
         artifacts=list(data.get("artifacts", [])),
         gate=dict(data.get("gate", {})),
         requires_isa=list(data.get("requires_isa", [])),
-        run=_run_tables(data.get("run", {}), path),
+        run=_run_tables(data.get("run", {}), path, str(data["device"])),
         resources=_resources_table(data.get("resources", {}), path),
         path=str(path),
     )
@@ -161,7 +165,7 @@ def _check_recipe_options(entry: dict[str, Any], path: Path) -> None:
         raise SdoptError(f"{path}: [[artifacts]] {entry['name']!r}: {exc}") from None
 
 
-def _run_tables(run: Any, path: Path) -> dict[str, dict[str, Any]]:
+def _run_tables(run: Any, path: Path, device: str) -> dict[str, dict[str, Any]]:
     from sdopt.runtime.backends import BACKENDS
 
     if not isinstance(run, dict) or not all(isinstance(v, dict) for v in run.values()):
@@ -174,6 +178,13 @@ def _run_tables(run: Any, path: Path) -> dict[str, dict[str, Any]]:
         known = BACKENDS[backend].run_settings
         if known is not None:
             _known_keys(settings, set(known), path, f"[run.{backend}]")
+        elif BACKENDS[backend].available():  # a backend that takes any of its own settings checks them itself
+            import importlib
+
+            try:
+                importlib.import_module(BACKENDS[backend].module).check_run_settings(settings, device)
+            except SdoptError as exc:
+                raise SdoptError(f"{path}: [run.{backend}]: {exc}") from None
     return {backend: dict(settings) for backend, settings in run.items()}
 
 

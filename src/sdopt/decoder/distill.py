@@ -50,6 +50,35 @@ class DistillSettings:
     object_weight: float = 5.0
     threads: int = 0  # 0: every core
 
+    @classmethod
+    def from_table(cls, table: Any, where: str, **defaults: Any) -> "DistillSettings":
+        """Settings from a profile's ``distill`` table over ``defaults`` (the bench's size), checked: an unknown key, a
+        value of the wrong kind or out of range is an SdoptError that starts with ``where``."""
+        import dataclasses
+
+        if not isinstance(table, dict):
+            raise SdoptError(f"{where}: distill is a table, such as distill = {{ train_steps = 300 }}")
+        fields = {f.name: f.default for f in dataclasses.fields(cls)}
+        for key, value in table.items():
+            if key not in fields:
+                import difflib
+
+                near = difflib.get_close_matches(key, fields, n=1)
+                raise SdoptError(f"{where}: distill has no key {key!r}" + (f" (did you mean {near[0]!r}?)" if near else "")
+                                 + f"; its keys are {', '.join(fields)}")
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if key == "prompts":
+                if not (isinstance(value, list) and value and all(isinstance(p, str) for p in value)):
+                    raise SdoptError(f"{where}: distill.prompts is a list of prompts, such as [\"a red circle\"]")
+            elif not number or (isinstance(fields[key], int) and value != int(value)):
+                raise SdoptError(f"{where}: distill.{key} = {value!r}: give a number" + (" (a whole one)" if number else ""))
+        settings = cls(**{**defaults, **{k: tuple(v) if k == "prompts" else v for k, v in table.items()}})
+        try:
+            settings.check()
+        except SdoptError as exc:
+            raise SdoptError(f"{where}: distill: {exc}") from None
+        return settings
+
     def check(self) -> None:
         flags = {"steps_per_image": "--steps"}  # the CLI's names where they are not the field's
         for name in ("latents", "steps_per_image", "generate_batch", "train_steps", "batch", "crop"):

@@ -108,6 +108,29 @@ def compile_config(precision: str, threads: int | None = None, run_settings: dic
     return config
 
 
+def check_run_settings(settings: dict[str, Any], device: str) -> None:
+    """A profile's [run.openvino], checked when the profile is read (not when the bench reaches an OpenVINO entry): each
+    name one the device's plugin has and each value one it takes, by setting them on a Core of their own. A device
+    this machine lacks is left to the load (a profile may be read on another machine than it is for)."""
+    config = compile_config("fp32", None, settings)  # the names' form, and no precision hint
+    target = device.split(":", 1)[1] if device.lower().startswith("openvino:") else device.upper()
+    c = ov.Core()
+    if target not in c.available_devices:
+        return
+    supported = set(c.get_property(target, "SUPPORTED_PROPERTIES"))  # loads the plugin: set_property checks from here on
+    for key, value in settings.items():
+        if key not in supported:
+            import difflib
+
+            near = difflib.get_close_matches(key, supported, n=1)
+            raise SdoptError(f"OpenVINO's {target} plugin has no property {key}" + (f" (did you mean {near[0]}?)" if near else "")
+                             + "; its run settings are such as PERFORMANCE_HINT, NUM_STREAMS, INFERENCE_NUM_THREADS, ENABLE_CPU_PINNING")
+        try:
+            c.set_property(target, {key: config[key]})
+        except RuntimeError as exc:
+            raise SdoptError(f"OpenVINO's {target} plugin does not take {key} = {value!r}: {_reason(exc)}") from None
+
+
 def read_properties(compiled: ov.CompiledModel, names: tuple[str, ...] = REPORTED_PROPERTIES) -> dict[str, str]:
     """Each property the compiled model answers, as text (virtual devices answer fewer)."""
     out = {}
