@@ -153,7 +153,7 @@ def test_jobs_no_node_can_take_are_reported_at_once(local_cluster, tiny_model, t
     assert row["status"] == "failed" and "no node of the Ray cluster can run" in row["error"] and "h100-node=1" in row["error"]
 
 
-def test_profile_resources_are_checked_and_several_profiles_need_ray(tmp_path, tiny_model):
+def test_profile_resources_are_checked_and_several_profiles_need_ray(tmp_path, tiny_model, capsys):
     from sdopt.cli import main
 
     with pytest.raises(SdoptError, match=r"\[resources\] gpus: unknown; the keys are num_cpus"):
@@ -163,6 +163,10 @@ def test_profile_resources_are_checked_and_several_profiles_need_ray(tmp_path, t
     a, b = (_profile(tmp_path, k, "num_cpus = 1").path for k in KINDS)
     assert main(["bench", str(tiny_model), "--reference", str(tiny_model), "--profile", a, "--profile", b, "-o", str(tmp_path / "o")]) == 2
     assert main(["serve", str(tiny_model), "--replicas", "2"]) == 2  # replicas are Ray Serve's: refused without --ray
+    capsys.readouterr()
+    # On Ray every job is a fresh interpreter: fork asked for was benched cold without a word (before Ray starts)
+    assert main(["bench", str(tiny_model), "--reference", str(tiny_model), "--ray", "--worker-start", "fork", "-o", str(tmp_path / "f")]) == 2
+    assert "--worker-start fork is for a bench on this machine" in capsys.readouterr().err and not (tmp_path / "f").exists()
     assert main(["optimize", str(tiny_model), "-o", str(tmp_path / "best"), "--ray-kind", "x"]) == 2
     from sdopt.cluster.serve import Scaling, parse_autoscale
 
