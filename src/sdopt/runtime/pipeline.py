@@ -29,14 +29,13 @@ from sdopt.errors import SdoptError
 from sdopt.manifest import Manifest
 from sdopt.request import GenerateRequest, GenerateResult, StageTimings
 from sdopt import infotext
-from sdopt.runtime import attention_memory, conditioning, embedded_guidance, emphasis, guidance, schedulers
+from sdopt.runtime import conditioning, embedded_guidance, emphasis, guidance, request_checks, schedulers
 from sdopt.runtime.executor import Component, close_all
 from sdopt.runtime.memory import track_peak
 from sdopt.runtime.noise import Noise
 from sdopt.runtime.output_checks import output_problems
-from sdopt.rewrite import recorded as recorded_rewrites
 from sdopt.runtime.request_defaults import RequestDefaults, default_size, request_defaults, sized as request_defaults_sized
-from sdopt.runtime.schedulers import check_scheduler, make_scheduler, takes_eta
+from sdopt.runtime.schedulers import make_scheduler, takes_eta
 from sdopt.stepcache.schedule import runs_whole
 
 ProgressFn = Callable[[int, int], None]  # (steps done, steps in all)
@@ -247,57 +246,9 @@ class Pipeline:
         names = getattr(self.components.get(self.family.text_encoders[0]), "output_names", None) or ()
         return max([1] + [int(n.split(".")[1]) for n in names if n.startswith("clip_skip.") and n.split(".")[1].isdigit()])
 
-    def _check_clip_skip(self, request: GenerateRequest) -> None:
-        if request.clip_skip == 1 or not self.family.reads_clip_skip:  # SDXL: ignored with a warning (_clip_skip_notices)
-            return
-        most = self.clip_skip_layers
-        if most == 1:
-            raise SdoptError(f"clip_skip={request.clip_skip}: this {self.manifest.backend} artifact's text encoder gives only its last layer "
-                             "(it was exported before sdopt read Clip skip, or by another tool): export it again with `sdopt export`, "
-                             "or generate with the Diffusers checkpoint", field="clip_skip")
-        if request.clip_skip > most:
-            raise SdoptError(f"clip_skip={request.clip_skip}: this model's text encoder has {most} layers, so Clip skip goes from 1 to {most}",
-                             field="clip_skip")
-
-    def _clip_skip_notices(self, request: GenerateRequest) -> list[str]:
-        if request.clip_skip == 1 or self.family.reads_clip_skip:
-            return []
-        return [f"clip_skip={request.clip_skip} is ignored: {self.family.title} conditions on fixed layers of its text encoders "
-                "(AUTOMATIC1111 ignores Clip skip there too)"]
-
     def check_request(self, request: GenerateRequest) -> None:
-        request = self.sized(request)
-        request.validate()
-        if request.image_to_image:
-            self.family.refuse("img2img", "img2img and inpainting (init_image)")
-        self._check_clip_skip(request)
-        if self.cache_interval(request) > 1 and "unet_shallow" not in self.components:
-            raise SdoptError(
-                f"cache_interval={request.cache_interval} needs the UNet's shallow branch, which this {self.manifest.backend} artifact lacks: "
-                "export it with --deep-cache N (or load a PyTorch checkpoint with deep_cache=True), or ask for cache_interval 1"
-            )
-        if request.loras and self.loras is None:
-            raise SdoptError(
-                f"this {self.manifest.backend} artifact cannot apply LoRAs per request (only the torch backend can): "
-                "fuse them into the artifact instead, `sdopt export ... --lora FILE[:SCALE]`, or generate with the Diffusers checkpoint"
-            )
-        check_scheduler(request.scheduler)
-        conditioning.check_artifact(request, self.manifest, self.components, self.unet_in_channels)
-        attention_memory.check(self.manifest.backend, self.device, self.unet_config, self.manifest.model,
-                               request.batch_size, embedded_guidance.runs_guided(request.guidance_scale, self.manifest.model),
-                               request.height, request.width, recorded_rewrites(self.manifest.export).get("unet", {}))
-        shapes = self.manifest.static_shapes
-        if shapes:
-            want = {"batch": request.batch_size, "height": request.height, "width": request.width}
-            if any(shapes.get(k) not in (None, v) for k, v in want.items()):
-                batch = shapes.get("batch")
-                per_prompt = (f" (it takes {batch} images a call, prompts x num_images: ask for num_images={batch // len(request.prompts)}, "
-                              f"--num-images {batch // len(request.prompts)})"
-                              if batch not in (None, request.batch_size) and batch % len(request.prompts) == 0 else "")
-                raise SdoptError(
-                    f"this artifact was built for static shapes {shapes}; the request asks for {want}{per_prompt}. "
-                    "Ask for the built shapes, pass --reshape (sdopt.load(..., reshape=True)) to compile this one on first use, or export again for these"
-                )
+        """Refuse, before any work, a request this artifact cannot run (sdopt.runtime.request_checks)."""
+        request_checks.check(self, request)
 
     # --- the loop -----------------------------------------------------------------
     def generate(self, request: GenerateRequest, progress: ProgressFn | None = None, on_latents: LatentsFn | None = None) -> GenerateResult:
@@ -336,10 +287,7 @@ class Pipeline:
         if embeds_guidance:  # an LCM-distilled UNet: guidance is its input, one pass per step
             request = embedded_guidance.unguided(asked)
         scheduler = make_scheduler(request.scheduler, self.scheduler_config)
-        notices = (self.truncated_prompts(request) + conditioning.resize_notices(request) + conditioning.masked_content_notices(request)
-                   + embedded_guidance.notices(asked, model)
-                   + _eta_notices(request, scheduler) + _guidance_end_notices(request) + self._clip_skip_notices(request)
-                   + _negative_prompt_notices(request, embeds_guidance))
+        notices = request_checks.notices(self, asked, request, scheduler, embeds_guidance)
         for notice in notices:
             warnings.warn(notice, UserWarning, stacklevel=3)
         scheduler.set_timesteps(request.steps, device="cpu")
@@ -503,26 +451,3 @@ def _step_kwargs(scheduler, generator, eta: float | None) -> dict[str, Any]:
     if "generator" in inspect.signature(scheduler.step).parameters:
         kwargs["generator"] = generator
     return kwargs
-
-
-def _negative_prompt_notices(request: GenerateRequest, embeds_guidance: bool) -> list[str]:
-    """A negative prompt a request without classifier-free guidance never reads (guidance 1 or less: a Turbo model's
-    0), said as the LCM case is (embedded_guidance.notices)."""
-    if embeds_guidance or request.uses_guidance or not any(request.negative_prompts):
-        return []
-    return [f"guidance_scale={request.guidance_scale:g} runs no unconditional pass, so the negative prompt is not used "
-            "(it is read only with guidance above 1)"]
-
-
-def _guidance_end_notices(request: GenerateRequest) -> list[str]:
-    """A truncation asked of a request that runs no guidance (guidance scale 1 or less, or a UNet that embeds it)."""
-    if request.guidance_end is not None and request.guidance_end < 1 and not request.uses_guidance:
-        return [f"guidance_end={request.guidance_end:g} is not used: this request runs no classifier-free guidance to truncate "
-                "(guidance scale 1 or less, or a UNet that embeds guidance)"]
-    return []
-
-
-def _eta_notices(request: GenerateRequest, scheduler) -> list[str]:
-    if request.eta and not takes_eta(scheduler):
-        return [f"eta={request.eta:g} is not used: only DDIM and TCD add noise by eta, and this request runs {type(scheduler).__name__} (--scheduler ddim or tcd)"]
-    return []

@@ -1,0 +1,104 @@
+"""What the loop checks of a request against an artifact before it runs, and what it says of a request's values it
+will not use (each a warning the result carries). Pipeline.check_request and Pipeline.generate call these; the
+values alone are GenerateRequest.validate's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sdopt.errors import SdoptError
+from sdopt.request import GenerateRequest
+from sdopt.rewrite import recorded as recorded_rewrites
+from sdopt.runtime import attention_memory, conditioning, embedded_guidance
+from sdopt.runtime.schedulers import check_scheduler, takes_eta
+
+
+def _check_clip_skip(pipe: Any, request: GenerateRequest) -> None:
+    if request.clip_skip == 1 or not pipe.family.reads_clip_skip:  # SDXL: ignored with a warning (_clip_skip_notices)
+        return
+    most = pipe.clip_skip_layers
+    if most == 1:
+        raise SdoptError(f"clip_skip={request.clip_skip}: this {pipe.manifest.backend} artifact's text encoder gives only its last layer "
+                         "(it was exported before sdopt read Clip skip, or by another tool): export it again with `sdopt export`, "
+                         "or generate with the Diffusers checkpoint", field="clip_skip")
+    if request.clip_skip > most:
+        raise SdoptError(f"clip_skip={request.clip_skip}: this model's text encoder has {most} layers, so Clip skip goes from 1 to {most}",
+                         field="clip_skip")
+
+
+def _clip_skip_notices(pipe: Any, request: GenerateRequest) -> list[str]:
+    if request.clip_skip == 1 or pipe.family.reads_clip_skip:
+        return []
+    return [f"clip_skip={request.clip_skip} is ignored: {pipe.family.title} conditions on fixed layers of its text encoders "
+            "(AUTOMATIC1111 ignores Clip skip there too)"]
+
+
+def check(pipe: Any, request: GenerateRequest) -> None:
+    """Refuse a request ``pipe`` (a Pipeline) cannot run, before any work: its values (GenerateRequest.validate), then
+    what this artifact lacks for it (img2img, Clip skip's layers, the UNet's shallow branch, per-request LoRAs, the
+    condition inputs), the attention memory it would need, and its static shapes."""
+    request = pipe.sized(request)
+    request.validate()
+    if request.image_to_image:
+        pipe.family.refuse("img2img", "img2img and inpainting (init_image)")
+    _check_clip_skip(pipe, request)
+    if pipe.cache_interval(request) > 1 and "unet_shallow" not in pipe.components:
+        raise SdoptError(
+            f"cache_interval={request.cache_interval} needs the UNet's shallow branch, which this {pipe.manifest.backend} artifact lacks: "
+            "export it with --deep-cache N (or load a PyTorch checkpoint with deep_cache=True), or ask for cache_interval 1"
+        )
+    if request.loras and pipe.loras is None:
+        raise SdoptError(
+            f"this {pipe.manifest.backend} artifact cannot apply LoRAs per request (only the torch backend can): "
+            "fuse them into the artifact instead, `sdopt export ... --lora FILE[:SCALE]`, or generate with the Diffusers checkpoint"
+        )
+    check_scheduler(request.scheduler)
+    conditioning.check_artifact(request, pipe.manifest, pipe.components, pipe.unet_in_channels)
+    attention_memory.check(pipe.manifest.backend, pipe.device, pipe.unet_config, pipe.manifest.model,
+                           request.batch_size, embedded_guidance.runs_guided(request.guidance_scale, pipe.manifest.model),
+                           request.height, request.width, recorded_rewrites(pipe.manifest.export).get("unet", {}))
+    shapes = pipe.manifest.static_shapes
+    if shapes:
+        want = {"batch": request.batch_size, "height": request.height, "width": request.width}
+        if any(shapes.get(k) not in (None, v) for k, v in want.items()):
+            batch = shapes.get("batch")
+            per_prompt = (f" (it takes {batch} images a call, prompts x num_images: ask for num_images={batch // len(request.prompts)}, "
+                          f"--num-images {batch // len(request.prompts)})"
+                          if batch not in (None, request.batch_size) and batch % len(request.prompts) == 0 else "")
+            raise SdoptError(
+                f"this artifact was built for static shapes {shapes}; the request asks for {want}{per_prompt}. "
+                "Ask for the built shapes, pass --reshape (sdopt.load(..., reshape=True)) to compile this one on first use, or export again for these"
+            )
+
+
+def notices(pipe: Any, asked: GenerateRequest, request: GenerateRequest, scheduler: Any, embeds_guidance: bool) -> list[str]:
+    """What ``pipe`` will not do of what the request asks (``asked``; ``request``: as the loop runs it, guidance taken
+    out for a UNet that embeds it): truncated prompts, resized init images, unused eta, guidance_end, Clip skip and
+    negative prompts."""
+    return (pipe.truncated_prompts(request) + conditioning.resize_notices(request) + conditioning.masked_content_notices(request)
+            + embedded_guidance.notices(asked, pipe.manifest.model)
+            + _eta_notices(request, scheduler) + _guidance_end_notices(request) + _clip_skip_notices(pipe, request)
+            + _negative_prompt_notices(request, embeds_guidance))
+
+
+def _negative_prompt_notices(request: GenerateRequest, embeds_guidance: bool) -> list[str]:
+    """A negative prompt a request without classifier-free guidance never reads (guidance 1 or less: a Turbo model's
+    0), said as the LCM case is (embedded_guidance.notices)."""
+    if embeds_guidance or request.uses_guidance or not any(request.negative_prompts):
+        return []
+    return [f"guidance_scale={request.guidance_scale:g} runs no unconditional pass, so the negative prompt is not used "
+            "(it is read only with guidance above 1)"]
+
+
+def _guidance_end_notices(request: GenerateRequest) -> list[str]:
+    """A truncation asked of a request that runs no guidance (guidance scale 1 or less, or a UNet that embeds it)."""
+    if request.guidance_end is not None and request.guidance_end < 1 and not request.uses_guidance:
+        return [f"guidance_end={request.guidance_end:g} is not used: this request runs no classifier-free guidance to truncate "
+                "(guidance scale 1 or less, or a UNet that embeds guidance)"]
+    return []
+
+
+def _eta_notices(request: GenerateRequest, scheduler) -> list[str]:
+    if request.eta and not takes_eta(scheduler):
+        return [f"eta={request.eta:g} is not used: only DDIM and TCD add noise by eta, and this request runs {type(scheduler).__name__} (--scheduler ddim or tcd)"]
+    return []
