@@ -158,6 +158,25 @@ def test_strength_without_an_init_image(tiny_model, tmp_path, capsys):
     assert "Denoising strength" not in Image.open(tmp_path / "again.png").info["parameters"]
 
 
+def test_a_value_an_images_parameters_give_that_no_request_takes_is_said_to_come_from_the_image(tiny_model, tmp_path, capsys):
+    """An AUTOMATIC1111 PNG can say "Size: 60x60" (or Steps: 500): refused naming the image and the flag that overrides it,
+    not as if it had been typed; the flag given, the image's other values are taken."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("parameters", "a red fox\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 3, Size: 60x60, Model: x")
+    png = tmp_path / "a1111.png"
+    Image.new("RGB", (60, 60)).save(png, pnginfo=info)
+    assert main(["generate", str(tiny_model), "--parameters-from", str(png), "-q", "-o", str(tmp_path / "o.png")]) == 2
+    err = capsys.readouterr().err
+    assert f"{png}'s parameters give" in err and "must be a multiple of 8" in err and "give --height and --width" in err
+    assert main(["generate", str(tiny_model), "--parameters-from", str(png), "--height", "64", "--width", "64", "-q", "-o", str(tmp_path / "o.png")]) == 0
+    assert "Seed: 3" in Image.open(tmp_path / "o.png").info["parameters"]
+    assert main(["generate", str(tiny_model), "-p", "x", "--height", "60", "-q", "-o", str(tmp_path / "p.png")]) == 2
+    assert "parameters give" not in capsys.readouterr().err  # typed: said as before
+
+
 def test_a_precision_no_export_of_this_backend_has_names_the_ones_that_do(tiny_onnx_artifact, capsys):
     assert main([*_gen(tiny_onnx_artifact), "--precision", "bf16"]) == 2
     err = capsys.readouterr().err

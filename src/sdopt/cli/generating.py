@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -44,17 +45,18 @@ def _generate(args: argparse.Namespace) -> int:
     asked = {**made_from, **{k: v for k, v in flags.items() if v is not None}}
     if "prompt" not in asked:
         raise SdoptError("give the prompt, --prompt TEXT (or --parameters-from IMAGE.png to take an image's)")
-    request = GenerateRequest(
-        # Without a size (None) the pipeline gives an init image's own (down to a multiple of 8), as Diffusers' img2img,
-        # else the artifact's: its static shapes, or the size the model was trained at (Pipeline.sized).
-        **{k: v for k, v in asked.items() if k not in ("steps", "guidance_scale")},
-        # Unset: the model's own (sdopt.runtime.request_defaults), known once it is loaded; checked with sdopt's until then.
-        steps=asked.get("steps", SDOPT_STEPS),
-        guidance_scale=asked.get("guidance_scale", SDOPT_GUIDANCE),
-        init_image=init_image,
-        mask_image=mask,
-        loras=lora_scales(args.lora),
-    ).validate()  # before the (slow) load, so a bad request fails at once
+    with _said_of_the_image(args.parameters_from, made_from, flags):
+        request = GenerateRequest(
+            # Without a size (None) the pipeline gives an init image's own (down to a multiple of 8), as Diffusers' img2img,
+            # else the artifact's: its static shapes, or the size the model was trained at (Pipeline.sized).
+            **{k: v for k, v in asked.items() if k not in ("steps", "guidance_scale")},
+            # Unset: the model's own (sdopt.runtime.request_defaults), known once it is loaded; checked with sdopt's until then.
+            steps=asked.get("steps", SDOPT_STEPS),
+            guidance_scale=asked.get("guidance_scale", SDOPT_GUIDANCE),
+            init_image=init_image,
+            mask_image=mask,
+            loras=lora_scales(args.lora),
+        ).validate()  # before the (slow) load, so a bad request fails at once
     from sdopt.runtime.schedulers import check_scheduler
 
     check_scheduler(request.scheduler)  # the precision is checked by the artifact's backend at load (before any weights)
@@ -129,6 +131,24 @@ def _generate(args: argparse.Namespace) -> int:
         print(path)
     print(result.summary(), file=sys.stderr)
     return 0
+
+
+# The flags that give another value for a request field, where not --FIELD (an image's Size gives both sides)
+_FLAG_NAMES = {"guidance_scale": "--guidance", "height": "--height and --width", "width": "--height and --width"}
+
+
+@contextlib.contextmanager
+def _said_of_the_image(image: str | None, made_from: dict, flags: dict):
+    """A value the request refuses that came from an image's parameters (--parameters-from), not a flag: said so, with
+    the flag that gives another (an AUTOMATIC1111 PNG's "Size: 60x60" was refused as if typed)."""
+    try:
+        yield
+    except SdoptError as exc:
+        name = str(exc).split("=", 1)[0]
+        if image and name in made_from and flags.get(name) is None:
+            raise SdoptError(f"{image}'s parameters give {exc}; give {_FLAG_NAMES.get(name, '--' + name.replace('_', '-'))} "
+                             "to make it with another", field=exc.field) from None
+        raise
 
 
 def add_generate(sub) -> None:
