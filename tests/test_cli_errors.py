@@ -43,6 +43,9 @@ def test_bad_generate_arguments(tiny_model, capsys, extra, message):
         ("openvino", ["--opset", "17"], "--to openvino does not take --opset; onnx and tensorrt do"),
         ("openvino", ["--optimize"], "--to openvino does not take --optimize; onnx does"),
         ("onnx", ["--height", "64", "--width", "64"], "--to onnx does not take --height, --width; openvino and tensorrt do"),
+        # flags that go with different exporters: each flag's (it read as if openvino took none of the three)
+        ("onnx", ["--static", "--height", "64", "--width", "64"],
+         "--to onnx does not take --height, --width (openvino and tensorrt take them); --static (tensorrt takes it)"),
     ],
 )
 def test_exporters_refuse_options_they_do_not_take(tiny_model, tmp_path, capsys, target, extra, message):

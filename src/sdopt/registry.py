@@ -67,12 +67,22 @@ class Plugin:
         """Refuse options this plug-in does not take (set ones: None and False mean "not given")."""
         given = [k for k, v in options.items() if v is not None and v is not False]
         unknown = [k for k in given if k not in self.options]
-        if unknown:
-            takers = sorted(p.name for p in (others or {}).values() if set(unknown) <= set(p.options))
-            raise SdoptError(
-                f"{self.flag} {self.name} does not take {', '.join(option_flag(k) for k in unknown)}"
-                + (f"; {' and '.join(takers)} {'do' if len(takers) > 1 else 'does'}" if takers else f"; it takes: {', '.join(option_flag(k) for k in self.options) or 'no options'}")
-            )
+        if not unknown:
+            return
+        takers = {k: tuple(sorted(p.name for p in (others or {}).values() if k in p.options)) for k in unknown}
+        flags = ", ".join(option_flag(k) for k in unknown)
+        if len(set(takers.values())) > 1:  # the flags go with different plug-ins: each flag's, so none reads as taken by none
+            def said(names: tuple[str, ...], count: int) -> str:
+                return f"{' and '.join(names)} take{'s' * (len(names) == 1)} {'them' if count > 1 else 'it'}" if names else "none does"
+
+            groups = {names: [k for k in unknown if takers[k] == names] for names in dict.fromkeys(takers.values())}
+            raise SdoptError(f"{self.flag} {self.name} does not take "
+                             + "; ".join(f"{', '.join(option_flag(k) for k in ks)} ({said(names, len(ks))})" for names, ks in groups.items()))
+        names = next(iter(takers.values()))
+        raise SdoptError(
+            f"{self.flag} {self.name} does not take {flags}"
+            + (f"; {' and '.join(names)} {'do' if len(names) > 1 else 'does'}" if names else f"; it takes: {', '.join(option_flag(k) for k in self.options) or 'no options'}")
+        )
 
 
 class Registry(dict, Generic[T]):
