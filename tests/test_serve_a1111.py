@@ -333,3 +333,65 @@ def test_a_hires_side_given_alone_keeps_the_aspect_rounded_down_as_automatic1111
     body = SimpleNamespace(hr_resize_x=71, hr_resize_y=0, hr_scale=2.0, width=64, height=72)
     assert target_size(body, 2**20) == (64, 72)  # 71 x 72 // 64 = 79 (it rounded to 80), then multiples of 8
     assert target_size(SimpleNamespace(**{**vars(body), "hr_resize_x": 0, "hr_resize_y": 100}), 2**20) == (88, 96)  # 100 x 64 // 72 = 88
+
+
+# --- skip and interrupt ----------------------------------------------------------------------
+def _in_thread(call):
+    import threading
+
+    answer: dict = {}
+    thread = threading.Thread(target=lambda: answer.update(r=call()))
+    thread.start()
+    return thread, answer
+
+
+def _running(app, task_id: str, iteration: int = 0):
+    """The job of iteration ``iteration`` (0: the first) of the request whose first is ``task_id``, once 2 steps in."""
+    def found():
+        job = app.state.worker.jobs.get(task_id)
+        for _ in range(iteration):
+            job = job and app.state.worker.jobs.get(job.continued_by)
+        return job if job is not None and job.status == "running" and job.step >= 2 else None
+
+    return wait_for(found, timeout=60)
+
+
+def test_skip_ends_the_running_iteration_and_the_request_goes_on_with_the_next(tiny_pipeline):
+    """AUTOMATIC1111's skip: the batch being made now is dropped, the request goes on with its next iteration (n_iter)
+    and answers with the images it made, not interrupted; progress says skipped. Interrupt still ends the request,
+    answering with the iterations finished before it."""
+    body = {"prompt": "x", **SMALL, "steps": 8, "seed": 100, "batch_size": 1}
+    with running_server(SlowSteps(tiny_pipeline, 0.1)) as (url, app):
+        post = lambda **over: httpx.post(url + "/sdapi/v1/txt2img", json={**body, **over}, timeout=120)  # noqa: E731
+        thread, answer = _in_thread(lambda: post(n_iter=3, force_task_id="skip-first"))
+        first = _running(app, "skip-first")
+        assert httpx.post(url + "/sdapi/v1/skip").status_code == 200
+        thread.join(90)
+        response = answer["r"]
+        assert response.status_code == 200, response.text
+        info = json.loads(response.json()["info"])
+        assert len(response.json()["images"]) == 2 and info["interrupted"] is False and info["all_seeds"] == [100, 101, 102]
+        assert info["sdopt_skipped_seeds"] == [100] and len(info["sdopt_task_ids"]) == 3
+        assert first.status == "cancelled" and first.skipped
+        assert ["Seed: 101," in info["infotexts"][0], "Seed: 102," in info["infotexts"][1]] == [True, True]
+
+        # Skipped in its last iteration: the request answers its first; progress follows the request there and says so.
+        thread, answer = _in_thread(lambda: post(n_iter=2, seed=200, force_task_id="skip-last"))
+        _running(app, "skip-last", iteration=1)
+        assert httpx.post(url + "/sdapi/v1/skip").status_code == 200
+        thread.join(90)
+        info = json.loads(answer["r"].json()["info"])
+        assert (len(answer["r"].json()["images"]), info["interrupted"], info["sdopt_skipped_seeds"]) == (1, False, [201])
+        state = httpx.get(url + "/sdapi/v1/progress", params={"id_task": "skip-last"}).json()["state"]
+        assert (state["skipped"], state["interrupted"], state["job_no"]) == (True, False, 1)
+
+        # Interrupt in the second of three iterations: the first's image, interrupted, and the third never queued.
+        thread, answer = _in_thread(lambda: post(n_iter=3, seed=300, force_task_id="interrupted"))
+        _running(app, "interrupted", iteration=1)
+        assert httpx.post(url + "/sdapi/v1/interrupt").status_code == 200
+        thread.join(90)
+        info = json.loads(answer["r"].json()["info"])
+        assert (len(answer["r"].json()["images"]), info["interrupted"], info["sdopt_skipped_seeds"]) == (1, True, [])
+        assert len(info["sdopt_task_ids"]) == 2 and "Seed: 300," in info["infotexts"][0]
+        state = httpx.get(url + "/sdapi/v1/progress", params={"id_task": "interrupted"}).json()["state"]
+        assert (state["skipped"], state["interrupted"]) == (False, True)

@@ -5,11 +5,18 @@ same defaults. Fields sdopt does not implement (scripts, face restoration, ...) 
 accepts them, and named in ``info["sdopt_ignored"]`` when they were set to something that would change the image
 there (a1111_fields.py). Unknown fields (extensions' own) are accepted and named the same way.
 
-Differences a client can rely on: ``force_task_id`` becomes the job id (``info["task_id"]``;
-``GET /v1/jobs/{id}`` and ``GET /sdapi/v1/progress?id_task=ID`` follow it), and
-``/sdapi/v1/interrupt`` stops only what runs now, answering the interrupted
-requests with no images and ``info["interrupted"] = true``. What the server has (its
-model, samplers, upscalers, options, ...) is listed by ``api_a1111_lists.py``.
+A request is AUTOMATIC1111's batch count of batches: ``n_iter`` jobs of ``batch_size`` images each, queued one
+after another (the seeds go on from one to the next, as there), each batching with other requests' jobs.
+``/sdapi/v1/skip`` ends the job running now and its request goes on with its next iteration, answering with the
+images made (the skipped seeds in ``info["sdopt_skipped_seeds"]``, ``interrupted`` false); ``/sdapi/v1/interrupt``
+ends the request, which answers with the images of the iterations finished before and ``info["interrupted"] = true``.
+Both act on what runs now, not on queued requests. The hires fix runs a request's images together, so a skip ends
+it whole (no images, not interrupted).
+
+Differences a client can rely on: ``force_task_id`` becomes the first iteration's job id (``info["task_id"]``;
+``GET /v1/jobs/{id}`` follows that job, ``GET /sdapi/v1/progress?id_task=ID`` the request's iteration running now,
+``job_no`` its index). What the server has (its model, samplers, upscalers, options, ...) is listed by
+``api_a1111_lists.py``.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from sdopt.serve.a1111_models import Img2ImgRequest, ImagesResponse, PngInfoRequ
 from sdopt.serve.api_a1111_lists import CLIP_SKIP_SETTING, check_clip_skip
 from sdopt.serve.errors import RequestError
 from sdopt.serve.resize_modes import MODES, resize
-from sdopt.serve.submission import check_spec, failure_status, random_seed, submit, wait
+from sdopt.serve.submission import check_spec, failure_status, prepare, random_seed, submit, wait
 from sdopt.serve.images import decode_image, encode_png
 
 router = APIRouter(tags=["automatic1111"])
@@ -51,9 +58,16 @@ def _side(value: int | None) -> int:
     return 512 if value is None else value
 
 
+def _batch_size(body: ProcessingRequest) -> int:
+    return 1 if body.batch_size is None else body.batch_size
+
+
 def _spec(request: Request, body: ProcessingRequest, init=None, mask=None, strength: float = 0.8) -> J.JobSpec:
     seed = body.seed if body.seed is not None and body.seed >= 0 else random_seed()
-    n = (1 if body.batch_size is None else body.batch_size) * (1 if body.n_iter is None else body.n_iter)
+    for name in ("batch_size", "n_iter"):
+        if getattr(body, name) is not None and getattr(body, name) < 1:
+            raise RequestError(name, f"{name}={getattr(body, name)}: give 1 or more")
+    n = _batch_size(body) * (1 if body.n_iter is None else body.n_iter)
     scheduler = scheduler_for(body)
     return J.JobSpec(
         prompt=body.prompt or "", negative_prompt=body.negative_prompt or "", seed=seed, n=n,
@@ -66,27 +80,47 @@ def _spec(request: Request, body: ProcessingRequest, init=None, mask=None, stren
 
 
 async def _run(request: Request, body: ProcessingRequest, spec: J.JobSpec, finish=None) -> dict[str, Any]:
-    """``finish``: what becomes of each image before it is answered (inpainting's paste and overlay)."""
-    job = await wait(submit(request, spec, "a1111", job_id=body.force_task_id or None, names=A1111_NAMES), request)
-    return _answer(request, body, spec, job, [finish(im) for im in job.images] if finish else job.images)
+    """The request's n_iter iterations, one job of batch_size images each, one after another, as AUTOMATIC1111 runs
+    its batch count: a skipped iteration is left out and the next one runs; an interrupted (or disconnected) one ends
+    the request with the images made before it; a failed one fails it.
+    ``finish``: what becomes of each image before it is answered (inpainting's paste and overlay)."""
+    import dataclasses
+
+    prepare(request, spec, A1111_NAMES)  # the whole request checked (batch_size x n_iter images) before any of it runs
+    batch = _batch_size(body)
+    jobs: list[J.Job] = []
+    images: list = []
+    for first_seed in range(spec.seed, spec.seed + spec.n, batch):
+        part = dataclasses.replace(spec, seed=first_seed, n=batch)
+        job = submit(request, part, "a1111", job_id=None if jobs else body.force_task_id or None, names=A1111_NAMES, continuing=bool(jobs))
+        if jobs:
+            jobs[-1].continued_by = job.id  # GET /sdapi/v1/progress?id_task= follows the request to it
+        jobs.append(await wait(job, request))
+        if job.status == J.SUCCEEDED:
+            images += [finish(im) for im in job.images] if finish else job.images
+        elif not job.skipped:
+            break
+    return _answer(request, body, spec, jobs, images)
 
 
-def _answer(request: Request, body: ProcessingRequest, spec: J.JobSpec, job: J.Job, images: list, info_over: dict | None = None) -> dict[str, Any]:
-    """The response for a finished job and the images it answers with (an interrupted job: none, info.interrupted);
+def _answer(request: Request, body: ProcessingRequest, spec: J.JobSpec, jobs: list[J.Job], images: list, info_over: dict | None = None) -> dict[str, Any]:
+    """The response for a request's finished jobs and the images it answers with: those made before an interrupt
+    (info.interrupted) and around what was skipped; the first job names the request, the last says how it ended.
     info_over: info's values where they are not the job's (the hires fix's second pass)."""
-    interrupted = job.status == J.CANCELLED
-    if job.status not in (J.SUCCEEDED, J.CANCELLED):
-        raise RequestError("prompt", f"the image was not made: {job.status} ({job.error})", status=failure_status(job))
+    last = jobs[-1]
+    if last.status not in (J.SUCCEEDED, J.CANCELLED):
+        raise RequestError("prompt", f"the image was not made: {last.status} ({last.error})", status=failure_status(last))
+    interrupted = any(job.status == J.CANCELLED and not job.skipped for job in jobs)
     params = body.model_dump()
     for name in ("init_images", "mask"):
         if name in params:
             params[name] = None  # AUTOMATIC1111 does not echo input images back
-    info = {**_info(request, job, spec, body, interrupted, images), **(info_over or {})}
+    info = {**_info(request, jobs, spec, body, interrupted, images), **(info_over or {})}
     return {"images": [encode_png(im) for im in images] if body.send_images else [], "parameters": params, "info": json.dumps(info)}
 
 
-def _info(request: Request, job: J.Job, spec: J.JobSpec, body: ProcessingRequest, interrupted: bool, images: list) -> dict[str, Any]:
-    n = len(spec.seeds)
+def _info(request: Request, jobs: list[J.Job], spec: J.JobSpec, body: ProcessingRequest, interrupted: bool, images: list) -> dict[str, Any]:
+    n, job = len(spec.seeds), jobs[0]
     return {
         "prompt": spec.prompt,
         "all_prompts": [spec.prompt] * n,
@@ -113,6 +147,8 @@ def _info(request: Request, job: J.Job, spec: J.JobSpec, body: ProcessingRequest
         "is_using_inpainting_conditioning": bool(getattr(request.app.state.worker.pipeline, "inpainting_unet", False)),
         "task_id": job.id,
         "interrupted": interrupted,
+        "sdopt_skipped_seeds": [seed for skipped in jobs if skipped.skipped for seed in skipped.spec.seeds],  # /sdapi/v1/skip left them out
+        "sdopt_task_ids": [each.id for each in jobs],  # one job per iteration (n_iter) that ran
         "clip_skip": spec.clip_skip,  # AUTOMATIC1111's Processed.js() has it
         "sdopt_ignored": ignored_fields(body, spec.scheduler) + _clip_skip_ignored(request, spec),
         "sdopt_scheduler": spec.scheduler,
@@ -149,7 +185,7 @@ async def _run_hires(request: Request, body: Txt2ImgRequest, spec: J.JobSpec) ->
         take_loras(body.hr_prompt, settings.lora_dir, "hr_prompt")
     first = await wait(submit(request, spec, "a1111", job_id=body.force_task_id or None, names=A1111_NAMES), request)
     if first.status != J.SUCCEEDED:
-        return _answer(request, body, spec, first, first.images)
+        return _answer(request, body, spec, [first], first.images)
     seconds = [submit(request, second, "a1111", names=names, continuing=True) for second in hires.second_pass(body, spec, scheduler, max_pixels, first, model)]
     done = await _all_or_none(seconds, request)
     # What ended the request: a failure before the cancellations it caused (an interrupt cancels them all alike).
@@ -158,7 +194,7 @@ async def _run_hires(request: Request, body: Txt2ImgRequest, spec: J.JobSpec) ->
     for image, made_from, job in zip(images, first.images, done):  # AUTOMATIC1111's parameters of a hires image
         image.info["parameters"] = hires.parameters(made_from.info.get("parameters", ""), body, job.spec)
     second = done[0].spec
-    return _answer(request, body, spec, failed or first, images, {
+    return _answer(request, body, spec, [failed or first], images, {
         "width": second.width, "height": second.height, "denoising_strength": second.strength,
         "sdopt_hires": {"first_pass": f"{spec.width}x{spec.height}", "upscaler": hires.upscaler(body.hr_upscaler)[0],
                         "second_pass_steps": second.steps, "task_ids": [job.id for job in done]}})
@@ -175,8 +211,9 @@ async def _all_or_none(jobs: list[J.Job], request: Request) -> list[J.Job]:
         for future in ended:
             job = waiting.pop(future)
             if job.status != J.SUCCEEDED:
-                for other in waiting.values():
-                    request.app.state.worker.cancel(other, "interrupted" if job.status == J.CANCELLED else f"another image of the request {job.status}")
+                for other in waiting.values():  # a skip skips the request whole, an interrupt interrupts it
+                    request.app.state.worker.cancel(other, job.error if job.status == J.CANCELLED else f"another image of the request {job.status}",
+                                                    skipped=job.skipped)
     return jobs
 
 
@@ -247,8 +284,11 @@ async def img2img(request: Request, body: Img2ImgRequest) -> dict[str, Any]:
 @router.get("/sdapi/v1/progress")
 def progress(request: Request, skip_current_image: bool = False, id_task: str | None = None) -> dict[str, Any]:
     worker = request.app.state.worker
+    job, before, job_no = None, None, 0
     if id_task is not None:
         job = worker.jobs.get(id_task)
+        while job is not None and job.continued_by in worker.jobs:  # the request's iteration running now (n_iter)
+            before, job, job_no = job, worker.jobs[job.continued_by], job_no + 1
     else:
         job = worker.current[0] if worker.current else None
     queued = worker.queue_depth
@@ -262,12 +302,13 @@ def progress(request: Request, skip_current_image: bool = False, id_task: str | 
 
         image = base64.b64encode(job.preview_png).decode("ascii")
     state = {
-        "skipped": False,
-        "interrupted": job.status == J.CANCELLED,
+        # as AUTOMATIC1111's: skipped from the skip until the request's next iteration starts
+        "skipped": job.skipped or (before is not None and before.skipped and job.status == J.QUEUED),
+        "interrupted": job.status == J.CANCELLED and not job.skipped,
         "job": job.id,
         "job_count": queued + len(worker.current),
         "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(job.created)),
-        "job_no": 0,
+        "job_no": job_no,
         "sampling_step": job.step,
         "sampling_steps": job.steps or job.spec.steps,
         "status": job.status,
@@ -283,7 +324,8 @@ def interrupt(request: Request) -> dict[str, Any]:
 
 @router.post("/sdapi/v1/skip")
 def skip(request: Request) -> dict[str, Any]:
-    request.app.state.worker.interrupt()
+    """End the iteration running now; its request goes on with the next (interrupt ends the request)."""
+    request.app.state.worker.skip()
     return {}
 
 

@@ -125,6 +125,8 @@ class Job:
     finished: float | None = None
     deadline: float = float("inf")  # time.monotonic() after which the job times out
     batch_size: int = 0  # images in the generate call that ran it
+    skipped: bool = False  # cancelled by AUTOMATIC1111's skip: its request goes on with its next iteration (api_a1111.py)
+    continued_by: str | None = None  # the job of its request's next iteration (AUTOMATIC1111's n_iter), once queued
     events: list[dict[str, Any]] = field(default_factory=list)
     future: Future = field(default_factory=Future)  # resolved with the job itself when it finishes
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -146,12 +148,13 @@ class Job:
         self.status, self.started, self.batch_size, self.steps = RUNNING, time.time(), batch_size, steps
         self.emit("started", batch_size=batch_size, steps=steps)
 
-    def finish(self, status: str, error: str | None = None, images: list | None = None) -> bool:
-        """Move to a final status once; False when it already had one (a cancel racing the end)."""
+    def finish(self, status: str, error: str | None = None, images: list | None = None, skipped: bool = False) -> bool:
+        """Move to a final status once; False when it already had one (a cancel racing the end).
+        skipped: a cancel by AUTOMATIC1111's skip, set with the status so that whoever sees the one sees the other."""
         with self._lock:
             if self.status in FINISHED:
                 return False
-            self.status, self.error, self.finished = status, error, time.time()
+            self.status, self.error, self.finished, self.skipped = status, error, time.time(), skipped
             if images is not None:
                 self.images = images
         self.emit("done", status=status, error=error, images=len(self.images))

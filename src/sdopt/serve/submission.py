@@ -101,9 +101,17 @@ def random_seed() -> int:
 
 def submit(request: Request, spec: J.JobSpec, api: str, job_id: str | None = None, names: dict[str, str] | None = None,
            continuing: bool = False) -> J.Job:
-    """Queue ``spec``: its prompt's LoRA tags taken out into ``spec.loras`` (every API alike; a prompt without tags
-    keeps the LoRAs the spec has: the hires fix's second pass, its first's), then checked.
+    """Queue ``spec`` once ``prepare`` has made it ready.
     continuing: the job goes on with a request already accepted (Worker.submit)."""
+    prepare(request, spec, names)
+    job = J.Job(spec=spec, api=api, **({"id": job_id} if job_id else {}))
+    return request.app.state.worker.submit(job, continuing=continuing)
+
+
+def prepare(request: Request, spec: J.JobSpec, names: dict[str, str] | None = None) -> None:
+    """``spec`` made ready to queue: its prompt's LoRA tags taken out into ``spec.loras`` (every API alike; a prompt
+    without tags keeps the LoRAs the spec has: the hires fix's second pass, its first's), then checked. Doing it twice
+    changes nothing: a request split into several jobs (AUTOMATIC1111's n_iter) is checked whole before the first."""
     from sdopt.serve.loras import take_loras
 
     worker: Worker = request.app.state.worker
@@ -116,8 +124,6 @@ def submit(request: Request, spec: J.JobSpec, api: str, job_id: str | None = Non
         # A long prompt is read in chunks, and one call's rows all get the most any of them needs: jobs batch only
         # with jobs of as many, so each image is the one it gets alone.
         spec.text_chunks = worker.pipeline.prompt_chunks([spec.prompt, spec.negative_prompt])
-    job = J.Job(spec=spec, api=api, **({"id": job_id} if job_id else {}))
-    return worker.submit(job, continuing=continuing)
 
 
 DISCONNECT_POLL_S = 0.5  # how often a waiting route looks whether its client is still there

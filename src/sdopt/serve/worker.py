@@ -9,6 +9,9 @@ denoising steps through the loop's progress hook: a job cancelled out of a
 batch is answered at once and its slot freed, while its rows finish with the
 others (the loop has no way to drop a row mid-call) and are thrown away; when
 every job of a call is gone, the call itself stops at the next step.
+AUTOMATIC1111's interrupt cancels every running job; its skip does the same
+but marks them skipped, so that a request with more iterations goes on with
+its next (api_a1111.py).
 
 A generate call that raises fails the jobs it held, with the reason; the
 worker goes on. If the worker thread itself dies, the watchdog fails the jobs
@@ -125,16 +128,21 @@ class Worker:
         recent = list(self._recent_job_seconds)
         return max(1, round(sum(recent) / len(recent))) if recent else 5
 
-    def cancel(self, job: J.Job, reason: str = "cancelled by the client") -> bool:
+    def cancel(self, job: J.Job, reason: str = "cancelled by the client", skipped: bool = False) -> bool:
         """Cancel one job: removed from the queue, or dropped from its running call. False if it had finished."""
         with self._cond:
             if job in self._queue:
                 self._queue.remove(job)
-        return self._finish(job, J.CANCELLED, reason)
+        return self._finish(job, J.CANCELLED, reason, skipped=skipped)
 
     def interrupt(self) -> int:
         """AUTOMATIC1111's interrupt: cancel whatever runs now. Returns how many jobs it cancelled."""
         return sum(self.cancel(job, "interrupted") for job in list(self.current))
+
+    def skip(self) -> int:
+        """AUTOMATIC1111's skip: cancel whatever runs now, marked skipped (Job.skipped), so that the request each job
+        belongs to goes on with its next iteration instead of ending. Returns how many jobs it skipped."""
+        return sum(self.cancel(job, "skipped", skipped=True) for job in list(self.current))
 
     # --- the worker thread ------------------------------------------------------------
     def _run(self) -> None:
@@ -248,8 +256,8 @@ class Worker:
         for job in batch:
             self._finish(job, J.FAILED, reason)
 
-    def _finish(self, job: J.Job, status: str, error: str | None = None, images: list | None = None) -> bool:
-        if not job.finish(status, error, images):
+    def _finish(self, job: J.Job, status: str, error: str | None = None, images: list | None = None, skipped: bool = False) -> bool:
+        if not job.finish(status, error, images, skipped=skipped):
             return False
         seconds = job.seconds()
         if status == J.SUCCEEDED and seconds is not None:
