@@ -65,6 +65,40 @@ def test_openai_sdk_generates_decodable_images(tiny_pipeline):
             openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0).images.generate(prompt="x", size="64x64")
 
 
+def _linked(url: str) -> str:
+    """A response_format=url link to a new image."""
+    body = {"prompt": "a cross", "size": "64x64", "response_format": "url", "sdopt_seed": 3, "sdopt_steps": 2}
+    response = httpx.post(url + "/v1/images/generations", json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    return response.json()["data"][0]["url"]
+
+
+def test_an_image_link_from_before_a_restart_is_gone_and_says_what_to_do(tiny_pipeline):
+    """Without --image-dir a restart ends every link: 410 saying why and what to do, not a 403 that blames the link."""
+    with running_server(tiny_pipeline) as (url, _):
+        link = _linked(url)
+    with running_server(tiny_pipeline) as (again, _):
+        gone = httpx.get(link.replace(url, again))
+        changed = httpx.get(_linked(again).replace("/0.png", "/1.png"))
+    assert gone.status_code == 410 and "--image-dir" in gone.json()["error"]["message"], gone.text
+    assert changed.status_code == 403  # a link changed by hand is still refused as such
+
+
+def test_image_links_outlive_a_restart_with_image_dir(tiny_pipeline, tmp_path):
+    """With --image-dir the image and the links' signing key are on disk: a link made before a restart still answers
+    its image, and a changed one is still refused."""
+    folder = tmp_path / "links"
+    with running_server(tiny_pipeline, image_dir=str(folder)) as (url, _):
+        link = _linked(url)
+        before = httpx.get(link).content
+    with running_server(tiny_pipeline, image_dir=str(folder)) as (again, app):  # a restart: a new app, a new port
+        assert app.state.worker.jobs == {}
+        after = httpx.get(link.replace(url, again))
+        assert after.status_code == 200 and after.content == before and after.headers["content-type"] == "image/png"
+        assert httpx.get(link.replace(url, again).replace("/0.png", "/1.png")).status_code == 403  # a changed link still is refused
+    assert (folder / "link-key").stat().st_mode & 0o077 == 0  # the key is this user's alone
+
+
 def result_seed(result) -> int:
     """The seed an OpenAI answer's first image was made with, from the parameters its PNG carries."""
     return int(re.search(r"Seed: (\d+)", png(result.data[0].b64_json).info["parameters"]).group(1))
@@ -675,6 +709,9 @@ def test_serve_command_refuses_a_busy_port_and_bad_options_before_loading(tiny_m
     assert "USER:PASS" in capsys.readouterr().err
     assert main(["serve", str(tiny_model), "--max-batch", "0"]) == 2
     assert "--max-batch" in capsys.readouterr().err
+    a_file = next(path for path in tiny_model.iterdir() if path.is_file())
+    assert main(["serve", str(tiny_model), "--image-dir", str(a_file)]) == 2
+    assert "--image-dir" in (err := capsys.readouterr().err) and "not a folder" in err
 
 
 def test_serve_command_takes_the_key_from_the_environment(tiny_model, monkeypatch):

@@ -16,7 +16,7 @@ def _serve(args: argparse.Namespace) -> int:
         host=args.host, port=args.port, api_key=args.api_key or os.environ.get("SDOPT_API_KEY") or None,
         api_auth=args.api_auth, max_queue=args.max_queue, max_batch=args.max_batch, job_timeout=args.job_timeout,
         max_pixels=args.max_pixels, max_steps=args.max_steps, max_images=args.max_images, name=args.name, lora_dir=args.lora_dir,
-        embeddings_dir=args.embeddings_dir,
+        embeddings_dir=args.embeddings_dir, image_dir=args.image_dir,
         steps=args.steps, guidance_scale=args.guidance, scheduler=args.scheduler,
     )
     load_options = {"device": args.device, "precision": args.precision, **({"reshape": True} if args.reshape else {})}
@@ -64,6 +64,9 @@ def add_serve(sub) -> None:
                         "loaded on the torch backend, those fused at export elsewhere; the others are listed as skipped (docs/serve.md)")
     p.add_argument("--lora-dir", default=None, metavar="DIR",
                    help="LoRAs (DIR/NAME.safetensors) a prompt may apply as <lora:NAME:WEIGHT>, AUTOMATIC1111's syntax (torch backend; docs/serve.md)")
+    p.add_argument("--image-dir", default=None, metavar="DIR",
+                   help="keep the images of OpenAI response_format=url answers in DIR (made if absent), with the links' signing key, "
+                        "so a link works its whole 60 minutes, across restarts (default: in memory, the newest 64 jobs', until a restart)")
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None, help="default: the artifact's")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",

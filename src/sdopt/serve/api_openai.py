@@ -1,8 +1,8 @@
 """OpenAI's Images API (``images.generate`` and ``images.edit`` in its SDK) and ``/v1/models``, over the loaded artifact.
 
 ``response_format=url`` answers with signed links to the images, valid for 60
-minutes without the API key, as OpenAI's (serve/image_links.py); b64_json is the
-default. Behind several replicas (``--ray``) a link could reach a replica that
+minutes without the API key, as OpenAI's (serve/image_links.py: across restarts
+with ``sdopt serve --image-dir``); b64_json is the default. Behind several replicas (``--ray``) a link could reach a replica that
 does not hold the image, so there it is refused with a 400 that says so.
 Fields OpenAI's newer models take (quality, style, background, ...) are
 accepted and have no effect on an SD model.
@@ -89,6 +89,10 @@ async def _answer(request: Request, spec: J.JobSpec, names: dict[str, str], resp
         raise RequestError("prompt", f"the image was not made: {job.status} ({job.error})", status=failure_status(job))
     if response_format == "url":
         links = request.app.state.image_links
+        if links.folder is not None:  # --image-dir: the links outlive this process and the jobs kept in memory
+            import asyncio
+
+            await asyncio.to_thread(links.keep, job.id, [png_bytes(im) for im in job.images])
         data = [{"url": links.url(str(request.base_url), job.id, i, job.finished), "revised_prompt": None} for i in range(len(job.images))]
     else:
         data = [{"b64_json": encode_png(im), "revised_prompt": None} for im in job.images]
@@ -100,13 +104,20 @@ files_router = APIRouter(tags=["openai"])
 
 
 @files_router.get(image_links.PATH + "/{job_id}/{index}.png", response_class=Response)
-def image_file(request: Request, job_id: str, index: int, expires: int, signature: str) -> Response:
-    """An image a response_format=url answer links to."""
-    request.app.state.image_links.check(job_id, index, expires, signature)
+def image_file(request: Request, job_id: str, index: int, expires: int, signature: str, k: str | None = None) -> Response:
+    """An image a response_format=url answer links to (k: which key signed it, serve/image_links.py)."""
+    links = request.app.state.image_links
+    links.check(job_id, index, expires, signature, k)
     job = request.app.state.worker.jobs.get(job_id)
-    if job is None or job.images_dropped or not 0 <= index < len(job.images):
-        raise RequestError("url", f"this image is no longer kept (the server keeps the images of its newest {IMAGES_KEPT} jobs): generate it again", status=410)
-    return Response(png_bytes(job.images[index]), media_type="image/png")
+    if job is not None and not job.images_dropped and 0 <= index < len(job.images):
+        return Response(png_bytes(job.images[index]), media_type="image/png")
+    stored = links.stored(job_id, index)
+    if stored is not None:
+        return Response(stored, media_type="image/png")
+    kept = (f"the server keeps the images of its newest {IMAGES_KEPT} jobs, and none across a restart; "
+            "`sdopt serve --image-dir DIR` keeps them on disk for the links' lifetime" if links.folder is None else
+            f"it is not in {links.folder} any more")
+    raise RequestError("url", f"this image is no longer kept ({kept}): generate it again", status=410)
 
 
 @router.post("/v1/images/generations")

@@ -47,7 +47,7 @@ def create_app(worker: Worker, settings: ServeSettings, model_name: str, replica
     app = FastAPI(title="sdopt serve", version=__version__, description=f"Serving {model_name} with sdopt")
     app.state.worker, app.state.settings, app.state.model_name = worker, settings, model_name
     app.state.started, app.state.replica = time.time(), replica
-    app.state.image_links = ImageLinks()  # OpenAI's response_format=url
+    app.state.image_links = ImageLinks(settings.image_dir)  # OpenAI's response_format=url
     app.state.clip_skip = 1  # AUTOMATIC1111's CLIP_stop_at_last_layers, as POST /sdapi/v1/options sets it (this process's)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if replica is not None:

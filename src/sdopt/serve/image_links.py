@@ -1,27 +1,46 @@
 """Links to a finished job's images: OpenAI's ``response_format=url``.
 
 OpenAI answers with URLs that work without the API key for 60 minutes. A link here names the job, the image and
-when it expires, signed with an HMAC under a key the server draws when it starts, so it needs no credentials and
-cannot be made for another job or made to last longer. It answers while it is unexpired and the server still keeps
-the job's images (the newest ``IMAGES_KEPT`` jobs', serve/worker.py); a restart ends every link.
+when it expires, signed with an HMAC under the server's key, so it needs no credentials and cannot be made for
+another job or made to last longer. It also names which key signed it (``k``, not a secret: a hash of it), so that a
+link from before a restart is told apart from a tampered one: the first is gone (410), the second refused (403).
+
+Where the images live: by default in memory, with the job (the newest ``IMAGES_KEPT`` jobs', serve/worker.py), under
+a key drawn at start, so a restart ends every link. With ``sdopt serve --image-dir DIR`` the server also writes each
+linked image to ``DIR/JOB/N.png`` and keeps its key in ``DIR/link-key``: a link then works for its whole 60 minutes,
+across restarts and however many jobs ran since. Files older than a link's lifetime are deleted as new ones are
+written.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import os
+import re
 import secrets
+import shutil
+import tempfile
 import time
+from pathlib import Path
 
+from sdopt.errors import SdoptError
 from sdopt.serve.errors import RequestError
 
 LIFETIME_S = 3600  # OpenAI's: "URLs are only valid for 60 minutes after the image has been generated"
 PATH = "/v1/images/files"
+KEY_FILE = "link-key"
+_JOB_ID = re.compile(r"[0-9A-Za-z_-]{1,200}")  # what a folder under --image-dir may be named (job ids are uuid hex)
 
 
 class ImageLinks:
-    def __init__(self) -> None:
-        self._key = secrets.token_bytes(32)
+    def __init__(self, folder: str | Path | None = None) -> None:
+        """folder: sdopt serve --image-dir (None: the images stay in memory and the key is drawn now)."""
+        self.folder = Path(folder) if folder is not None else None
+        self._key = _folder_key(self.folder) if self.folder is not None else secrets.token_bytes(32)
+        self.key_id = hashlib.sha256(self._key).hexdigest()[:8]
+        if self.folder is not None:
+            self._sweep()
 
     def _signature(self, job_id: str, index: int, expires: int) -> str:
         return hmac.new(self._key, f"{job_id}/{index}/{expires}".encode(), hashlib.sha256).hexdigest()[:32]
@@ -29,11 +48,73 @@ class ImageLinks:
     def url(self, base_url: str, job_id: str, index: int, now: float | None = None) -> str:
         """The link to image ``index`` of job ``job_id``; base_url: the server's as the client reached it."""
         expires = int((time.time() if now is None else now) + LIFETIME_S)
-        return f"{base_url.rstrip('/')}{PATH}/{job_id}/{index}.png?expires={expires}&signature={self._signature(job_id, index, expires)}"
+        return (f"{base_url.rstrip('/')}{PATH}/{job_id}/{index}.png?expires={expires}&signature={self._signature(job_id, index, expires)}"
+                f"&k={self.key_id}")
 
-    def check(self, job_id: str, index: int, expires: int, signature: str) -> None:
-        """A RequestError unless the link was made here (403) and is unexpired (410)."""
+    def check(self, job_id: str, index: int, expires: int, signature: str, key_id: str | None = None) -> None:
+        """A RequestError unless the link was made here (403; 410 when made under a key this server no longer has: before
+        a restart) and is unexpired (410)."""
         if not hmac.compare_digest(signature.encode(), self._signature(job_id, index, expires).encode()):
-            raise RequestError("signature", "this image link was not made by this server (or by it before a restart): generate the image again", status=403)
+            if key_id is not None and key_id != self.key_id:
+                keep = ("" if self.folder is None else
+                        f" (this server keeps its key in {self.folder / KEY_FILE}: it was deleted or changed, or the link was made with another --image-dir)")
+                raise RequestError("url", "this image link was made before the server restarted, and its image is gone: generate it again"
+                                          + (keep or "; `sdopt serve --image-dir DIR` keeps images and links across restarts"), status=410)
+            raise RequestError("signature", "this image link was not made by this server, or was changed: generate the image again", status=403)
         if time.time() > expires:
             raise RequestError("expires", f"this image link expired {LIFETIME_S // 60} minutes after the image was made: generate it again", status=410)
+
+    def keep(self, job_id: str, pngs: list[bytes]) -> None:
+        """Write a job's linked images (PNG files' bytes) under the folder, each in place whole or not at all."""
+        if self.folder is None:
+            return
+        self._sweep()
+        job_folder = self.folder / job_id
+        job_folder.mkdir(exist_ok=True)
+        for index, data in enumerate(pngs):
+            with tempfile.NamedTemporaryFile(dir=job_folder, suffix=".tmp", delete=False) as out:
+                out.write(data)
+            os.replace(out.name, job_folder / f"{index}.png")
+
+    def stored(self, job_id: str, index: int) -> bytes | None:
+        """An image ``keep`` wrote, None when there is none (no folder, or deleted)."""
+        if self.folder is None or not _JOB_ID.fullmatch(job_id) or index < 0:
+            return None
+        try:
+            return (self.folder / job_id / f"{index}.png").read_bytes()
+        except OSError:
+            return None
+
+    def _sweep(self) -> None:
+        """Delete the job folders no unexpired link can reach (a minute's grace for clocks)."""
+        oldest = time.time() - LIFETIME_S - 60
+        for entry in self.folder.iterdir():
+            try:
+                if entry.is_dir() and _JOB_ID.fullmatch(entry.name) and entry.stat().st_mtime < oldest:
+                    shutil.rmtree(entry, ignore_errors=True)
+            except OSError:
+                pass  # gone meanwhile (another process sweeping the same folder)
+
+
+def _folder_key(folder: Path) -> bytes:
+    """The signing key kept in ``folder`` (made there, readable by this user only, the first time), so links survive a restart."""
+    path = folder / KEY_FILE
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            fd, temporary = tempfile.mkstemp(dir=folder, prefix=".link-key-")  # mode 0600
+            with os.fdopen(fd, "w") as out:
+                out.write(secrets.token_hex(32))
+            try:
+                os.link(temporary, path)  # in place whole; a server starting at the same time keeps the first one made
+            except FileExistsError:
+                pass
+            finally:
+                os.unlink(temporary)
+        key = bytes.fromhex(path.read_text().strip())
+    except (OSError, ValueError) as exc:
+        raise SdoptError(f"--image-dir {folder}: cannot keep the image links' key in {path} ({exc}): give a folder this user can write, "
+                         f"or delete a damaged {KEY_FILE}") from None
+    if len(key) < 16:
+        raise SdoptError(f"--image-dir {folder}: {path} holds no usable key: delete it and a new one is made")
+    return key

@@ -24,6 +24,7 @@ class ServeSettings:
     name: str | None = None  # the model name the APIs report; default: the artifact folder's name
     lora_dir: str | None = None  # LoRAs a prompt may name as <lora:NAME:WEIGHT> (serve/loras.py)
     embeddings_dir: str | None = None  # textual inversion embeddings prompts may name by word (sdopt.embeddings)
+    image_dir: str | None = None  # OpenAI's response_format=url images and their links' key, kept across restarts (serve/image_links.py)
     # What a request that does not say gets: every OpenAI request (its API has no such fields; sdopt_steps and
     # sdopt_guidance_scale override), a native one without them, the page. AUTOMATIC1111's API keeps its own
     # defaults (50 steps, cfg_scale 7), which its clients expect and mostly send.
@@ -60,6 +61,11 @@ class ServeSettings:
 
             if not Path(self.embeddings_dir).is_dir():
                 raise SdoptError(f"--embeddings-dir {self.embeddings_dir}: not a folder; give the folder that holds your embedding .safetensors files")
+        if self.image_dir is not None:
+            from pathlib import Path
+
+            if Path(self.image_dir).exists() and not Path(self.image_dir).is_dir():
+                raise SdoptError(f"--image-dir {self.image_dir}: not a folder; give a folder (made if absent) for the linked images")
         if self.api_key is not None and not self.api_key.strip():
             raise SdoptError("--api-key is empty: give a key, or leave the option out")
 
