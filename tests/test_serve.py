@@ -138,8 +138,11 @@ def test_openai_sdk_edits_inpaint_where_the_mask_is_transparent(tiny_pipeline):
 
         listed = client.images.edit(image=[("cut.png", png_bytes(cut_out))], prompt="a red apple", extra_body={"sdopt_seed": 5})
         assert listed.data[0].b64_json == edited.data[0].b64_json  # a list of one image: the SDK's image[] field
-        with pytest.raises(openai.UnprocessableEntityError, match="sdopt edits one image per request"):
-            client.images.edit(image=[("a.png", png_bytes(photo)), ("b.png", png_bytes(photo))], prompt="x")
+        # Several images (gpt-image-1's references): refused, saying what to send; never the first alone in silence.
+        for count in (2, 5):
+            with pytest.raises(openai.UnprocessableEntityError, match="one image per request .* send only the image to edit") as refused:
+                client.images.edit(image=[(f"{i}.png", png_bytes(photo)) for i in range(count)], prompt="x")
+            assert refused.value.body["param"] == "image"
         with pytest.raises(openai.UnprocessableEntityError, match="alpha channel"):
             client.images.edit(image=("photo.png", png_bytes(photo)), mask=("mask.png", png_bytes(repaint)), prompt="x")
         with pytest.raises(openai.UnprocessableEntityError, match="the mask is 32x32 but the image is 64x64"):

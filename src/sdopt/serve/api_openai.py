@@ -156,6 +156,7 @@ EDIT_FORM = {
         "sdopt_guidance_scale": {"type": "number", "minimum": 0, "maximum": MAX_GUIDANCE, "description": "default: the server's (sdopt serve --guidance)"},
     },
 }
+MAX_FILES = 4  # the form's files read before refusing: an image and a mask, and a few more to say how many were sent
 EDIT_NAMES = {**OPENAI_NAMES, "init_image": "image", "mask_image": "mask", "strength": "sdopt_strength"}
 MASKED_STRENGTH, WHOLE_IMAGE_STRENGTH = 1.0, 0.8
 
@@ -175,13 +176,18 @@ def _number(form, name: str, kind: type, low: float | None = None, high: float |
     return value
 
 
+# gpt-image-1 takes up to 16 images as references (the SDK's image=[...]); a Stable Diffusion model edits one picture.
+_ONE_IMAGE = ("sdopt edits one image per request (a Stable Diffusion model cannot take several as references, as gpt-image-1 "
+              "does): send only the image to edit, and say in the prompt what the others showed")
+
+
 async def _file(form, names: tuple[str, ...], settings) -> Any:
     """The one image file sent under any of ``names`` (``image`` or the SDK's ``image[]``), None when none is."""
     sent = [value for key, value in form.multi_items() if key in names]
     if not sent:
         return None
     if len(sent) > 1:
-        raise RequestError(names[0], f"{len(sent)} files under {names[0]}: sdopt edits one image per request")
+        raise RequestError(names[0], f"{len(sent)} files under {names[0]}: " + (_ONE_IMAGE if names[0] == "image" else "send one mask"))
     if isinstance(sent[0], str):
         raise RequestError(names[0], f"{names[0]}: send it as a file (multipart/form-data, as OpenAI's images.edit does), not as text")
     return read_image(await sent[0].read(settings.max_image_bytes + 1), names[0], settings.max_image_bytes, settings.max_input_pixels)
@@ -213,7 +219,14 @@ async def edits(request: Request) -> dict[str, Any]:
     settings = request.app.state.settings
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise RequestError("image", "send the edit as multipart/form-data with the image as a file (as OpenAI's images.edit does)")
-    form = await request.form(max_files=4, max_fields=64)
+    from starlette.exceptions import HTTPException
+
+    try:
+        form = await request.form(max_files=MAX_FILES, max_fields=64)
+    except HTTPException as exc:  # starlette's 400 for a form it cannot read: past its limits, or not multipart
+        if "files" not in str(exc.detail):
+            raise
+        raise RequestError("image", f"more than {MAX_FILES} files: {_ONE_IMAGE}") from None  # a 422 as for 2 to 4 of them
     prompt = form.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise RequestError("prompt", "give the prompt: what the edited image shows")
