@@ -208,6 +208,46 @@ def test_cli_bench_bad_input(tiny_model, tmp_path, capsys):
     assert "is a model or artifact folder" in capsys.readouterr().err
 
 
+def test_a_folder_holding_another_bench_report_is_refused_without_force(tiny_model, tmp_path, capsys):
+    """-o into an earlier bench's folder wrote over it without a word, and its raw/ results of other artifacts stayed."""
+    from sdopt.bench.runner import check_report_folder, prepare_report_folder
+    from sdopt.cli import main
+
+    out = tmp_path / "out"
+    (out / "raw" / "old-artifact").mkdir(parents=True)
+    (out / "raw" / "old-artifact" / "job.json").write_text("{}")
+    (out / "report.json").write_text(json.dumps({"schema": "sdopt.bench.report", "artifacts": []}))
+    (out / "report.md").write_text("old")
+    (out / "README.md").write_text("notes on this run")
+    argv = ["bench", str(tiny_model), "--reference", str(tiny_model), "--steps", "1", "--height", "64", "--width", "64", "--seeds", "0",
+            "--warmup", "0", "--runs", "1", "-q", "-o", str(out)]
+    assert main(argv) == 2  # refused before anything runs
+    err = capsys.readouterr().err
+    assert "holds the report of another bench (report.json, report.md, raw/): pass --force to replace it" in err
+    assert (out / "raw" / "old-artifact" / "job.json").is_file() and (out / "report.md").read_text() == "old"
+    # --force: the earlier report's files and raw/ go, nothing else.
+    prepare_report_folder(out, force=True)
+    assert sorted(p.name for p in out.iterdir()) == ["README.md"]
+    # A bench stopped before its report left raw/ alone: that is a bench's too.
+    (out / "raw" / "tiny" / "round-1").mkdir(parents=True)
+    (out / "raw" / "tiny" / "round-1" / "job.json").write_text("{}")
+    with pytest.raises(SdoptError, match=r"holds the report of another bench \(raw/\)"):
+        check_report_folder(out)
+    assert check_report_folder(out, force=True) == out
+    # Files under the bench's names that no bench wrote are never removed, --force or not.
+    foreign = tmp_path / "foreign"
+    (foreign / "raw").mkdir(parents=True)
+    (foreign / "raw" / "data.csv").write_text("mine")
+    (foreign / "report.md").write_text("my own notes")
+    for force in (False, True):
+        with pytest.raises(SdoptError, match="holds report.md, raw/, which sdopt bench did not write"):
+            prepare_report_folder(foreign, force=force)
+    assert (foreign / "raw" / "data.csv").is_file() and (foreign / "report.md").is_file()
+    prepare_report_folder(tmp_path / "other-files", force=False)  # a folder with other files only is fine
+    (tmp_path / "other-files" / "prompts.txt").write_text("a cat")
+    assert check_report_folder(tmp_path / "other-files") == tmp_path / "other-files"
+
+
 @pytest.mark.slow
 def test_a_bench_whose_reference_failed_says_so_and_exits_1(tiny_model, tmp_path, capsys):
     from sdopt.cli import main
@@ -241,7 +281,7 @@ def test_a_profile_is_built_from_one_checkpoint_and_benched(tiny_model, tmp_path
     assert "not built: torch-nf4-torchao: --backend torchao --scheme nf4 on cpu is not supported" in err
     report = json.loads((tmp_path / "r1" / "report.json").read_text())
     assert report["request"]["guidance_scale"] == 3.5  # --guidance over the profile's (none) and the default 7.5
-    assert [a["name"] for a in report["artifacts"]] == ["tiny", "torch-int8"] and report["profile"] == "tiny-cpu"
+    assert [a["name"] for a in report["artifacts"]] == ["torch-fp32", "torch-int8"] and report["profile"] == "tiny-cpu"
     assert all(a["status"] == "ok" for a in report["artifacts"])
     from sdopt.bench.build import build_profile_artifacts
 
@@ -348,6 +388,68 @@ def test_a_terminated_bench_reports_what_finished_and_kills_its_worker(tiny_mode
     assert not _tagged_processes(tag), "a worker or fork server outlived the bench"
 
 
+@pytest.mark.slow
+def test_a_second_ctrl_c_while_the_partial_report_is_written_leaves_a_whole_report(tiny_model, tmp_path):
+    """Ctrl-C twice (to the whole process group, as a terminal sends it): the second, sent as soon as the bench says it is
+    writing the partial report, left raw/ alone, or a report without report.html. It now waits for the report."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "sdopt.cli", "bench", f"{tiny_model}@bf16", "--reference", str(tiny_model), "--steps", "2",
+           "--height", "64", "--width", "64", "--seeds", "0", "--warmup", "0", "--runs", "100000", "--max-seconds", "3", "-q", "-o", str(out)]
+    value = f"{tmp_path.name}-{os.getpid()}"
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "SDOPT_TEST_TAG": value})
+    second = out / "raw" / f"{tiny_model.name}@bf16" / "job.json"
+    deadline = time.monotonic() + 240
+    while not second.is_file() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    time.sleep(1)
+    assert proc.poll() is None, proc.communicate()
+    os.killpg(proc.pid, signal.SIGINT)
+    said = []
+    for line in proc.stderr:  # the first interrupt is being handled: interrupt again the moment it says so
+        said.append(line)
+        if "writing their report to" in line:
+            os.killpg(proc.pid, signal.SIGINT)
+            break
+    _, rest = proc.communicate(timeout=120)
+    stderr = "".join(said) + rest
+    assert proc.returncode == 130, stderr
+    assert "still writing the partial report" in stderr
+    assert sorted(p.name for p in out.iterdir()) == ["raw", "report.html", "report.json", "report.md", "results.csv"]
+    report = json.loads((out / "report.json").read_text())
+    assert [a["status"] for a in report["artifacts"]] == ["ok", "failed"] and "report.html" not in stderr
+    assert "data:image/png;base64," in (out / "report.html").read_text()
+    time.sleep(1)
+    assert not _tagged_processes(f"SDOPT_TEST_TAG={value}".encode()), "a worker or fork server outlived the bench"
+
+
+def test_interrupts_are_deferred_for_a_bounded_time(capfd):
+    """What the partial report is written under: an interrupt is said and ignored within the grace, and interrupts after it."""
+    import os
+    import signal
+
+    from sdopt.bench.runner import interrupts_deferred
+
+    before = signal.getsignal(signal.SIGINT)
+    with interrupts_deferred(60, "still writing"):
+        os.kill(os.getpid(), signal.SIGINT)  # handled in the main thread at the next bytecode
+        for _ in range(1000):
+            pass
+    assert "still writing; interrupt again after" in capfd.readouterr().err
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_deferred(0, "still writing"):
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(100000):
+                pass
+    assert signal.getsignal(signal.SIGINT) is before
+
+
 def _tagged_processes(tag: bytes) -> list[int]:
     from pathlib import Path
 
@@ -377,6 +479,14 @@ def test_only_sets_the_order_the_reference_first(tiny_model, tmp_path):
     assert built.others == [f"{tiny_model}+compile=eager", f"{tiny_model}@bf16"]
     backwards = build_profile_artifacts(load_profile(str(profile)), tiny_model, tmp_path / "w", 64, 64, "cpu", only=["a-bf16", "b-eager"])
     assert backwards.others == built.others[::-1]
+    # The rows take the profile's names, the reference's too: not the checkpoint's folder ("tiny"), which differs between
+    # machines and made sdopt gate call two runs' reports incomparable ("reference differs").
+    from sdopt.bench.artifacts import collect
+
+    assert built.names == {str(tiny_model): "ref", f"{tiny_model}+compile=eager": "b-eager", f"{tiny_model}@bf16": "a-bf16"}
+    entries = collect(built.others, built.reference, built.names)
+    assert [e.name for e in entries] == ["ref", "b-eager", "a-bf16"] and entries[1].options == {"compile": "eager"}
+    assert [e.name for e in collect(built.others, built.reference)] == ["tiny", "tiny+compile=eager", "tiny@bf16"]  # named by folder without them
 
 
 def test_only_builds_what_its_artifacts_are_made_from_without_benching_it(tiny_model, tmp_path):
@@ -451,3 +561,26 @@ def test_a_noisy_row_is_warned_about_and_quantized_weights_are_named():
     static = {"precision": "bf16", "quantization": {"unet": {"scheme": "int8-static", "backend": "nncf"}}}
     assert quantization_label(static) == "int8-static (nncf) weights and activations"
     assert precision_label({"precision": "fp32", "quantization": None}) == "fp32"
+
+
+def test_the_pareto_plot_rings_a_front_of_one_point_and_keeps_every_label_inside():
+    """A front of one artifact drew a dashed line of one point (nothing to see, but in the legend); the slowest
+    artifact's label ran past the axes and was cut."""
+    from sdopt.bench.html import pareto_figure
+
+    def row(name, latency, psnr):
+        return {"artifact": name, "latency_median_s": latency, "psnr_db": psnr}
+
+    fig = pareto_figure([row("reference", 1.0, 100.0), row("a-much-slower-artifact-name", 300.0, 40.0)])
+    ax = fig.axes[0]
+    [handle] = ax.get_legend().legend_handles
+    assert handle.get_marker() == "o" and handle.get_linestyle() == "None"  # a ring, not an invisible line
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    box = ax.get_window_extent(renderer)
+    for text in ax.texts:
+        label = text.get_window_extent(renderer)
+        assert box.x0 <= label.x0 and label.x1 <= box.x1 and label.y1 <= box.y1, text.get_text()
+    two = pareto_figure([row("reference", 1.0, 100.0), row("fast", 0.5, 40.0), row("slow", 2.0, 30.0)])
+    [line] = two.axes[0].get_legend().legend_handles
+    assert line.get_linestyle() == "--" and two.axes[0].get_legend().get_texts()[0].get_text() == "Pareto front"

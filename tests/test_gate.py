@@ -187,3 +187,39 @@ def test_rule_grammar():
 
     with pytest.raises(SdoptError, match="an empty list checks nothing"):
         parse_rules({"quality.psnr_db": []})
+
+
+def _renamed_reference(report, name):
+    """The report as a run whose reference is the same artifact under another name (a profile's, or another folder's)."""
+    other = json.loads(json.dumps(report))
+    row = next(a for a in other["artifacts"] if a["name"] == other["reference"])
+    row["name"] = other["reference"] = name
+    return other
+
+
+def test_the_same_reference_under_another_name_is_compared_as_one(report):
+    """Two runs whose reference checkpoints sat in folders of other names: the gate said "reference differs" (exit 2)."""
+    renamed = _renamed_reference(report, "torch-fp32")
+    result = gate(renamed, RULES, baseline=report)
+    assert result.exit_code == 0, table(result)
+    assert any("named 'torch-fp32' here and 'tiny' in the baseline" in n for n in result.notes)
+    # Its row is judged against the baseline's reference row, not reported missing from the baseline.
+    memory = next(c for c in result.checks if c.artifact == "torch-fp32" and c.metric == "peak_memory")
+    assert memory.baseline != "–" and memory.verdict == "ok"
+    assert not any(c.metric == "present" for c in result.checks)
+
+
+@pytest.mark.parametrize("field,value", [("artifact_id", "0123456789ab"), ("precision", "bf16"), ("compile", "max-autotune")])
+def test_another_reference_cannot_be_compared_whatever_its_name(report, field, value):
+    """The reference's name no longer decides: what it is does (its files, how it ran), under the same name or another."""
+    for current in (json.loads(json.dumps(report)), _renamed_reference(report, "torch-fp32")):
+        next(a for a in current["artifacts"] if a["name"] == current["reference"])[field] = value
+        with pytest.raises(SdoptError, match=f"the reference differs .*{field}"):
+            gate(current, RULES, baseline=report)
+
+
+def test_a_renamed_reference_that_is_another_baseline_row_cannot_be_compared(report):
+    current = _renamed_reference(report, "tiny-onnx")
+    current["artifacts"] = [a for a in current["artifacts"] if a["name"] != "tiny-onnx" or a["backend"] == "torch"]
+    with pytest.raises(SdoptError, match="'tiny-onnx' is another of its artifacts"):
+        gate(current, RULES, baseline=report)

@@ -71,14 +71,16 @@ def artifact_label(path: Path, precision: str | None, options: dict[str, Any], r
             + (f"+guidance-end={request['guidance_end']:g}" if (request or {}).get("guidance_end") is not None else ""))
 
 
-def collect(artifacts: list[str], reference: str) -> list[Entry]:
-    """The reference first, then every artifact, with unique names; refuses incomparable sets."""
+def collect(artifacts: list[str], reference: str, labels: dict[str, str] | None = None) -> list[Entry]:
+    """The reference first, then every artifact, with unique names; refuses incomparable sets. ``labels``: the name
+    an argument's row takes (a profile's name for what it built: its reference is "torch-fp32", not the checkpoint's
+    folder), else artifact_label's (its folder, and what the argument changed)."""
     entries, names = [], set()
     for text in [reference, *artifacts]:
         path_text, precision, options, request = parse_artifact_arg(text)
         path = resolve(path_text)
         manifest = read_manifest(path)
-        name = artifact_label(path, precision, options, request)
+        name = (labels or {}).get(text) or artifact_label(path, precision, options, request)
         if options and manifest.backend != "torch":
             raise SdoptError(f"{text}: +compile runs torch.compile, on torch artifacts only; {path} is an artifact for {manifest.backend}")
         if any(e.path == path and e.precision == precision and e.options == options and e.request == request for e in entries):

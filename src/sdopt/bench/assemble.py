@@ -68,6 +68,7 @@ def _summarise(entry: Entry, raw: dict, reference: dict | None, out: Path, flops
         "replaced": {n: c.replaced for n, c in m.components.items() if c.replaced} or None,
         "cache_interval": (m.export.get("deep_cache") or {}).get("interval"),
         "guidance_end": guidance_end_of(entry),
+        **({"compile": entry.options["compile"]} if entry.options.get("compile") else {}),  # +compile=SETTING: how it ran
         "artifact_id": m.artifact_id,
         "size_bytes": m.size_bytes,
         "status": raw["status"],
@@ -296,8 +297,8 @@ def assemble_report(entries: list[Entry], raws: dict[str, dict], settings: Bench
                     counted: bool = True) -> dict:
     """The report from the workers' raw results (out/raw/*/result.json): metrics, quality, files.
     ``machine`` and ``peaks`` default to this machine's; a cluster run passes those of the node kind that ran the jobs.
-    ``counted=False`` leaves out the FLOP counts and the matmul peak probes (seconds of imports and matmuls): an
-    interrupted bench's partial report, written before a CI runner's grace period ends."""
+    ``counted=False`` leaves out the FLOP counts and the matmul peak probes (seconds of imports and matmuls), and a judge
+    that asks a model (a VLM: minutes): an interrupted bench's partial report, written before a CI runner's grace period ends."""
     from sdopt import __version__
     from sdopt.bench.machine import fingerprint
 
@@ -308,6 +309,11 @@ def assemble_report(entries: list[Entry], raws: dict[str, dict], settings: Bench
     if ref_raw["status"] == "ok":
         ref_raw["latency_s"] = _latency(ref_raw["latency_samples_s"])
     judge = choose_judge(settings.judge, settings.prompts)
+    if judge is not None and not counted and judge[0] != "classical":
+        # A vision-language model judge loads a model or asks a server per image: minutes, past any grace period.
+        warnings = [*warnings, f"adherence was not judged for this partial report (the {judge[0]} judge asks a model about every "
+                               "image), to write it quickly"]
+        judge = None
     rows = [_summarise(e, raws[e.name], ref_raw, out, flops, peaks, judge, settings.prompts,
                        _stage_flops_or_none(e, entries[0], settings, flops) if counted else None)
             for e in entries]

@@ -48,6 +48,9 @@ class ProfileArtifacts:
     reference: str  # a path, or PATH@precision
     others: list[str] = field(default_factory=list)
     not_built: dict[str, str] = field(default_factory=dict)  # name -> why
+    # argument -> the profile's name for it: the bench's rows take these, not the folders' (the reference is the
+    # checkpoint itself, whose folder's name differs from machine to machine: sdopt gate would call the reports incomparable)
+    names: dict[str, str] = field(default_factory=dict)
 
 
 BUILT = ".built"  # WORK/.built/NAME.json: what the artifact WORK/NAME was built from
@@ -202,4 +205,8 @@ def build_profile_artifacts(
                 raise SdoptError(f"the reference {spec['name']} cannot be built: {exc}") from None
             not_built[spec["name"]] = str(exc)
             say(f"   not built: {exc}")
-    return ProfileArtifacts(paths[reference["name"]], [paths[n] for n in benched if n in paths], not_built)
+    names: dict[str, str] = {}
+    for name in [reference["name"], *benched]:  # the reference's first: an entry that is the same run is benched once, as it
+        if name in paths:
+            names.setdefault(paths[name], name)
+    return ProfileArtifacts(paths[reference["name"]], [paths[n] for n in benched if n in paths], not_built, names)

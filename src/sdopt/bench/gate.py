@@ -39,8 +39,10 @@ COMPARABLE_FIELDS = (
     "request.guidance_scale",
     "request.scheduler",
     "model.fingerprint",
-    "reference",
 )
+# What makes the reference the same yardstick in two reports, as its row records it: the same files (artifact_id), run
+# the same way. Its name is not: a profile names it, else the checkpoint's folder, which differs between machines.
+REFERENCE_IDENTITY = ("artifact_id", "backend", "precision", "quantization", "compile", "guidance_end", "cache_interval", "replaced")
 _RATIO_METRICS = {"latency.median", "latency.p90", "load"}
 # Used when neither --rules nor a profile (given, or named in the report) says otherwise.
 DEFAULT_RULES: dict[str, Any] = {
@@ -138,6 +140,19 @@ def check_comparable(current: dict, baseline: dict) -> None:
                 f"the reports cannot be compared: {name} differs (baseline {json.dumps(b)[:120]}, current {json.dumps(a)[:120]}). "
                 "Bench with the same settings as the baseline, or refresh the baseline"
             )
+    a, b = reference_identity(current), reference_identity(baseline)
+    if a != b:
+        diff = ", ".join(f"{k} {json.dumps(b.get(k))[:60]} vs {json.dumps(a.get(k))[:60]}" for k in REFERENCE_IDENTITY if a.get(k) != b.get(k))
+        raise IncomparableReports(
+            f"the reports cannot be compared: the reference differs (baseline {baseline['reference']!r}, current {current['reference']!r}: "
+            f"{diff}, baseline vs current). Bench against the same reference as the baseline, or refresh the baseline"
+        )
+
+
+def reference_identity(report: dict) -> dict[str, Any]:
+    """What the reference is (REFERENCE_IDENTITY, from its row), whatever the report names it."""
+    row = _by_name(report).get(report["reference"], {})
+    return {k: row.get(k) for k in REFERENCE_IDENTITY}
 
 
 def _by_name(report: dict) -> dict[str, dict]:
@@ -238,6 +253,15 @@ def gate(current: dict, rules_table: dict[str, Any], baseline: dict | None = Non
             "Commit a baseline from this kind of CPU to gate speed here (scripts/ci_bench.sh --refresh)"
         )
     base_artifacts = _by_name(baseline) if baseline else {}
+    if baseline is not None and baseline["reference"] != current["reference"]:
+        # The same reference under another name (check_comparable has compared what it is): its row is the current one's.
+        if current["reference"] in base_artifacts:
+            raise IncomparableReports(
+                f"the reports cannot be compared: the baseline's reference is {baseline['reference']!r}, and its {current['reference']!r} "
+                "is another of its artifacts; bench with the baseline's names, or refresh the baseline")
+        base_artifacts[current["reference"]] = base_artifacts.pop(baseline["reference"])
+        result.notes.append(f"the reference is named {current['reference']!r} here and {baseline['reference']!r} in the baseline: "
+                            f"the same artifact ({reference_identity(current)['artifact_id']}, run alike), compared as one")
     for name in base_artifacts.keys() - _by_name(current).keys():
         result.checks.append(Check(name, "present", "yes", "missing", "", "in baseline", "REGRESSION"))
     for artifact in current["artifacts"]:

@@ -68,6 +68,13 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 
 def _pareto_plot(rows) -> str | None:
+    fig = pareto_figure(rows)
+    return _png(fig) if fig is not None else None
+
+
+def pareto_figure(rows):
+    """Latency against PSNR, each artifact labelled, the Pareto front's points ringed and joined (a matplotlib figure;
+    None without a row that has both)."""
     import matplotlib.pyplot as plt
 
     ok = [r for r in rows if r["latency_median_s"] and r["psnr_db"] is not None]
@@ -77,14 +84,23 @@ def _pareto_plot(rows) -> str | None:
     front = pareto_front(points)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.scatter(*zip(*points), color="#4c72b0", zorder=3)
+    # The front's points ringed (the legend shows a ring, also for a front of one point, where a line alone shows
+    # nothing), and joined when there are two or more.
+    ax.plot([points[i][0] for i in front], [points[i][1] for i in front], color="#c44e52", linestyle="--" if len(front) > 1 else "none",
+            marker="o", markersize=11, markerfacecolor="none", zorder=2, label="Pareto front" if len(front) > 1 else "Pareto front (one artifact)")
+    # Room inside the axes for the labels: one at the right edge (the slowest) went past it, and out of the picture.
+    ax.margins(x=0.08, y=0.12)
+    fig.canvas.draw()
+    x_mid = sum(ax.get_xlim()) / 2
     for r, (x, y) in zip(ok, points):
-        ax.annotate(r["artifact"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    ax.plot([points[i][0] for i in front], [points[i][1] for i in front], color="#c44e52", linestyle="--", label="Pareto front")
+        right_half = x > x_mid  # its label to the left of the point, so it stays inside the axes
+        ax.annotate(r["artifact"], (x, y), textcoords="offset points", xytext=(-6 if right_half else 6, 4), fontsize=8,
+                    ha="right" if right_half else "left")
     ax.set_xlabel("latency, seconds per image (median)")
     ax.set_ylabel("PSNR vs reference, dB (worst sample; 100 = identical)")
     ax.set_title("Speed vs quality")
     ax.legend(fontsize=8)
-    return _png(fig)
+    return fig
 
 
 def _memory_plot(rows) -> str:

@@ -246,12 +246,17 @@ def _optimize(model, out, settings, work, floor, quick, budget_minutes, distill,
     key = _bench_key(built, source, settings)
     report = None if rebench else _earlier_bench(bench_out, key)
     if report is None:
+        # Its folder is the work folder's own: an earlier bench there is replaced, and its key goes first, so that a
+        # bench interrupted now (its partial report written) is never taken for that earlier, finished one.
+        (bench_out / BENCH_KEY).unlink(missing_ok=True)
         if ray is not None:
+            from sdopt.bench.runner import prepare_report_folder
             from sdopt.cluster.optimize import bench
 
+            prepare_report_folder(bench_out, force=True, create=False)  # run_bench does this itself
             report = bench(ray, list(built.values()), source, bench_out, settings, progress)
         else:
-            report = run_bench(list(built.values()), str(source), bench_out, settings, profile=profile, progress=progress)
+            report = run_bench(list(built.values()), str(source), bench_out, settings, profile=profile, progress=progress, force=True)
         (bench_out / BENCH_KEY).write_text(json.dumps(key, indent=2) + "\n")
     else:
         say(f"== the bench of these candidates with these settings is in {bench_out}: reused (--rebench measures again)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -252,18 +253,32 @@ def _run_note(settings: dict[str, dict]) -> str:
 
 
 def write_reports(report: dict, out: Path) -> dict[str, Path]:
+    """Every report file, each rendered in full before any is written, then written beside itself and renamed into
+    place, report.json last: an interrupt while writing never leaves a half-written file, nor a report.json (what
+    sdopt gate and sdopt optimize read) without the files it describes."""
     import pandas as pd
 
     from sdopt.bench.html import render_html
 
     paths = {
-        "json": out / "report.json",
-        "csv": out / "results.csv",
-        "md": out / "report.md",
         "html": out / "report.html",
+        "md": out / "report.md",
+        "csv": out / "results.csv",
+        "json": out / "report.json",
     }
-    paths["json"].write_text(json.dumps(report, indent=2) + "\n")
-    pd.DataFrame(flat_rows(report)).to_csv(paths["csv"], index=False)
-    paths["md"].write_text(markdown(report))
-    paths["html"].write_text(render_html(report, out))
+    texts = {
+        "html": render_html(report, out),
+        "md": markdown(report),
+        "csv": pd.DataFrame(flat_rows(report)).to_csv(index=False),
+        "json": json.dumps(report, indent=2) + "\n",
+    }
+    temps = {kind: path.with_name(f".{path.name}.tmp-{os.getpid()}") for kind, path in paths.items()}
+    try:
+        for kind, temp in temps.items():
+            temp.write_text(texts[kind])
+        for kind, temp in temps.items():
+            os.replace(temp, paths[kind])
+    finally:
+        for temp in temps.values():
+            temp.unlink(missing_ok=True)
     return paths

@@ -3,12 +3,19 @@ then speed, memory and quality against the reference, in one report (``bench/ass
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Iterator
 
 from sdopt.bench.artifacts import Entry, check_static_shapes, collect
 from sdopt.bench.assemble import assemble_report
@@ -89,67 +96,156 @@ def run_bench(
     profile: HardwareProfile | None = None,
     timeout: float | None = None,
     progress: bool = True,
+    force: bool = False,
+    names: dict[str, str] | None = None,
 ) -> dict:
+    """Bench ``artifacts`` against ``reference`` into the folder ``out`` (refused when it holds another bench's report,
+    unless ``force``: check_report_folder). ``names``: a row name per argument (a profile's names for what it built)."""
     from tqdm import tqdm
 
-    entries = collect(artifacts, reference)
+    entries = collect(artifacts, reference, names)
     check_static_shapes(entries, settings)
-    out = check_report_folder(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_report_folder(out, force)
 
     rounds = settings.rounds
     results: dict[str, list[dict]] = {entry.name: [] for entry in entries}
     warnings = []
     interrupted, running = False, None
     starts = WorkerStarts(settings)
-    try:
-        with tqdm(total=len(entries) * rounds, desc="bench", unit="artifact", file=sys.stderr, disable=not progress) as bar:
-            for r in range(rounds):
-                for entry in rotated(entries, r):
-                    bar.set_postfix_str(entry.name + (f" (round {r + 1}/{rounds})" if rounds > 1 else ""))
-                    done = results[entry.name]
-                    if not (done and done[-1].get("status") != "ok"):  # a failed artifact is not tried again
-                        running = entry.name
-                        done.append(_run_worker(entry, settings, out, timeout, starts, r if rounds > 1 else None))
-                        running = None
-                    bar.update()
-    except KeyboardInterrupt:
-        # Ctrl-C, or SIGTERM from a time limit (sdopt.cli turns it into this): the running worker is
-        # killed (subprocess.run, or the fork server's client, does so on any exception), and what
-        # finished still makes a report.
-        warnings.append(interrupted_warning(results, entries[0].name))
-        interrupted = True
-        print(f"sdopt bench: {warnings[-1]}; writing their report to {out}", file=sys.stderr)
-        if running is not None and not results[running]:  # its worker was killed in its first round: not one that never started
-            results[running] = [{"status": "failed", "error": "killed: the bench was interrupted while this artifact ran"}]
-    raws = {name: merge_rounds(done) if done else NOT_RUN for name, done in results.items()}
-    if raws[entries[0].name].get("status") != "ok" and not interrupted:
-        warnings.append(f"the reference failed ({raws[entries[0].name].get('error')}): no artifact could be compared with it")
-    if interrupted:
+    with contextlib.ExitStack() as deferred:
+        try:
+            with tqdm(total=len(entries) * rounds, desc="bench", unit="artifact", file=sys.stderr, disable=not progress) as bar:
+                for r in range(rounds):
+                    for entry in rotated(entries, r):
+                        bar.set_postfix_str(entry.name + (f" (round {r + 1}/{rounds})" if rounds > 1 else ""))
+                        done = results[entry.name]
+                        if not (done and done[-1].get("status") != "ok"):  # a failed artifact is not tried again
+                            running = entry.name
+                            done.append(_run_worker(entry, settings, out, timeout, starts, r if rounds > 1 else None))
+                            running = None
+                        bar.update()
+        except KeyboardInterrupt:
+            # Ctrl-C, or SIGTERM from a time limit (sdopt.cli turns it into this): the running worker is
+            # killed (subprocess.run, or the fork server's client, does so on any exception), and what
+            # finished still makes a report. A second Ctrl-C (Ctrl-C pressed twice, or a CI runner's SIGTERM
+            # after it) while that report is written would leave raw/ alone, or a report without its
+            # report.html: from here further interrupts wait, for a bounded time, until it is written.
+            deferred.enter_context(interrupts_deferred(PARTIAL_GRACE_S, "still writing the partial report of the artifacts that finished"))
+            warnings.append(interrupted_warning(results, entries[0].name))
+            interrupted = True
+            print(f"sdopt bench: {warnings[-1]}; writing their report to {out} (further interrupts in the next "
+                  f"{PARTIAL_GRACE_S:.0f} s wait for it)", file=sys.stderr)
+            if running is not None and not results[running]:  # its worker was killed in its first round: not one that never started
+                results[running] = [{"status": "failed", "error": "killed: the bench was interrupted while this artifact ran"}]
+        raws = {name: merge_rounds(done) if done else NOT_RUN for name, done in results.items()}
+        if not interrupted:
+            if raws[entries[0].name].get("status") != "ok":
+                warnings.append(f"the reference failed ({raws[entries[0].name].get('error')}): no artifact could be compared with it")
+            return assemble_report(entries, raws, settings, out, profile, warnings=[*starts.warnings, *warnings])
         warnings.append("FLOP counts and matmul peaks were not measured for this partial report (GFLOP/s and 'of peak' are empty), "
                         "to write it quickly")
-    report = assemble_report(entries, raws, settings, out, profile, warnings=[*starts.warnings, *warnings], counted=not interrupted)
-    if interrupted:
-        # The report is written, but the run is not what was asked: the command exits 130, and a caller that
-        # keeps benches (sdopt optimize's resumable work folder) does not keep this one as done.
-        raise KeyboardInterrupt
-    return report
+        assemble_report(entries, raws, settings, out, profile, warnings=[*starts.warnings, *warnings], counted=False)
+    # The report is written, but the run is not what was asked: the command exits 130, and a caller that
+    # keeps benches (sdopt optimize's resumable work folder) does not keep this one as done.
+    raise KeyboardInterrupt
+
+
+# How long an interrupted bench ignores further interrupts while it writes its partial report (1-2 s on the tiny model,
+# a few more with many images): past it, one more interrupt abandons the report (its files are written whole, or not).
+PARTIAL_GRACE_S = 30.0
+
+
+@contextlib.contextmanager
+def interrupts_deferred(grace_s: float, doing: str) -> Iterator[None]:
+    """SIGINT and SIGTERM ignored, each said on stderr, for ``grace_s`` seconds while the block runs; after that one
+    interrupts it (KeyboardInterrupt). Outside the main thread (no signal handlers there) the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    start = time.monotonic()
+
+    def handler(signum, frame):
+        waited = time.monotonic() - start
+        if waited > grace_s:
+            raise KeyboardInterrupt
+        # os.write, not print: a handler that prints while the interrupted code prints to stderr is a reentrant call.
+        os.write(2, f"sdopt bench: {doing}; interrupt again after {grace_s - waited:.0f} s to abandon it\n".encode())
+
+    earlier = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, was in earlier.items():
+            signal.signal(sig, signal.SIG_DFL if was is None else was)
 
 
 NOT_RUN = {"status": "failed", "error": "not run: the bench was interrupted before this artifact's turn"}
 
 
-def check_report_folder(out: str | Path) -> Path:
-    """The report folder, refused before any work when it is a file (or below one), or a model's folder."""
+# What a bench writes into its report folder; --force removes these (and only these) from an earlier bench's folder.
+REPORT_FILES = ("report.json", "results.csv", "report.md", "report.html")
+RAW = "raw"
+
+
+def check_report_folder(out: str | Path, force: bool = False) -> Path:
+    """The report folder, refused before any work when it is a file (or below one), a model's folder, or holds another
+    bench's report (unless ``force``: run_bench then removes that report's files, and nothing else, before it runs)."""
     out = Path(out)
     for path in (out, *out.parents):
         if path.exists() and not path.is_dir():
             raise SdoptError(f"-o {out}: {path} is a file; give a folder for the report (it is created if missing)")
     if any((out / marker).is_file() for marker in ("sdopt.json", "model_index.json")):  # its report files would land in a model
         raise SdoptError(f"-o {out} is a model or artifact folder: give a folder of its own for the report")
+    held = earlier_report(out)
+    if held:
+        # Written over, the old report's raw/ results of artifacts this run does not measure would stay beside the new
+        # report, and a partial run would leave the old report.json, read by sdopt gate as this run's.
+        if not _is_bench_report(out):
+            raise SdoptError(f"-o {out} holds {', '.join(held)}, which sdopt bench did not write (no bench report.json, no bench raw/ "
+                             "results): move them out, or choose another folder for the report")
+        if not force:
+            raise SdoptError(f"-o {out} holds the report of another bench ({', '.join(held)}): pass --force to replace it (its "
+                             f"{', '.join((*REPORT_FILES, RAW + '/'))} are removed, other files kept), or choose another folder")
     from sdopt.fsutil import check_can_create_in, nearest_existing
 
     check_can_create_in(nearest_existing(out), out)
+    return out
+
+
+def earlier_report(out: Path) -> list[str]:
+    """The files and folders of a bench report already in ``out`` (raw/ alone: a bench interrupted before its report)."""
+    return [name + ("/" if name == RAW else "") for name in (*REPORT_FILES, RAW) if (out / name).exists() or (out / name).is_symlink()]
+
+
+def _is_bench_report(out: Path) -> bool:
+    """Whether what ``out`` holds under the bench's names was written by a bench: a report.json of the bench's schema, or
+    (a bench stopped before its report) a raw/ whose every folder holds a worker's job.json, directly or per round."""
+    from sdopt.bench.assemble import REPORT_SCHEMA
+
+    try:
+        return json.loads((out / "report.json").read_text()).get("schema") == REPORT_SCHEMA
+    except (OSError, ValueError, AttributeError):
+        pass
+    raw = out / RAW
+    if (out / "report.json").exists() or not raw.is_dir() or raw.is_symlink():
+        return False
+    runs = list(raw.iterdir())
+    return bool(runs) and all(r.is_dir() and not r.is_symlink() and ((r / "job.json").is_file() or any(r.glob("round-*/job.json")))
+                              for r in runs)
+
+
+def prepare_report_folder(out: str | Path, force: bool = False, create: bool = True) -> Path:
+    """The report folder, checked (check_report_folder), emptied of an earlier bench's report when ``force``, created
+    (unless not ``create``: a Ray matrix creates its folders once its jobs can start)."""
+    out = check_report_folder(out, force)
+    for name in earlier_report(out):
+        path = out / name.rstrip("/")
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    if create:
+        out.mkdir(parents=True, exist_ok=True)
     return out
 
 

@@ -54,11 +54,12 @@ def _optimize(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     from sdopt.bench.profiles import load_profile
-    from sdopt.bench.runner import check_report_folder, run_bench
+    from sdopt.bench.runner import check_report_folder, prepare_report_folder, run_bench
     from sdopt.bench.settings import BenchSettings
     from sdopt.prompts import read_prompts
 
-    check_report_folder(args.output)  # before anything is built or run
+    if args.ray is None:
+        check_report_folder(args.output, args.force)  # before anything is built or run (each profile's folder on a cluster: below)
     if args.timeout is not None and not args.timeout > 0:
         raise SdoptError(f"--timeout {args.timeout}: give the seconds an artifact may take, a positive number")
     if args.only is not None and not comma_list(args.only):
@@ -87,7 +88,7 @@ def _bench(args: argparse.Namespace) -> int:
             warmup=args.warmup, runs=args.runs, max_seconds=args.max_seconds, scheduler=args.scheduler, eta=args.eta, device=args.device, judge=args.judge,
             rounds=args.rounds, worker_start=args.worker_start, init_image=args.init_image, mask_image=args.mask, strength=args.strength,
         )
-        artifacts, reference = args.artifacts, args.reference
+        artifacts, reference, names = args.artifacts, args.reference, None
         if args.build_from:
             from sdopt.bench.build import build_profile_artifacts
 
@@ -96,23 +97,28 @@ def _bench(args: argparse.Namespace) -> int:
             built = build_profile_artifacts(profile, args.build_from, work, settings.height, settings.width, settings.device, only, say,
                                             progress=not args.quiet)
             artifacts, reference = built.others, built.reference
+            names = built.names
             not_built.update({f"{profile.name}/{k}" if len(profiles) > 1 else k: v for k, v in built.not_built.items()})
         # On a cluster every profile's report has a folder of its own under OUTPUT.
         out = Path(args.output) / profile.name if args.ray is not None and profile else Path(args.output)
-        plans.append((profile, settings, artifacts, reference, out))
+        plans.append((profile, settings, artifacts, reference, names, out))
     if args.ray is None:
-        profile, settings, artifacts, reference, out = plans[0]
-        reports = [run_bench(artifacts, reference, out, settings, profile=profile, timeout=args.timeout, progress=not args.quiet)]
+        profile, settings, artifacts, reference, names, out = plans[0]
+        reports = [run_bench(artifacts, reference, out, settings, profile=profile, timeout=args.timeout, progress=not args.quiet,
+                             force=args.force, names=names)]
         outs = [out]
     else:
         from sdopt.bench.artifacts import check_static_shapes, collect
         from sdopt.cluster.bench import ProfileRun, run_matrix
 
         runs = []
-        for profile, settings, artifacts, reference, out in plans:
-            entries = collect(artifacts, reference)
+        for profile, settings, artifacts, reference, names, out in plans:
+            entries = collect(artifacts, reference, names)
             check_static_shapes(entries, settings)
+            check_report_folder(out, args.force)
             runs.append(ProfileRun(profile, entries, settings, out))
+        for run in runs:  # every folder checked before any is emptied
+            prepare_report_folder(run.out, args.force, create=False)
         run_matrix(runs, address=args.ray or None, timeout=args.timeout, progress=not args.quiet)
         outs = [r.out for r in runs]
         reports = [json.loads((out / "report.json").read_text()) for out in outs]
@@ -207,7 +213,9 @@ def add_bench(sub) -> None:
                    "transformers (a local VLM folder in SDOPT_JUDGE_MODEL); docs/judges.md")
     p.add_argument("--timeout", type=float, default=None, help="seconds an artifact may take before it is recorded as failed")
     p.add_argument("--quiet", "-q", action="store_true")
-    p.add_argument("-o", "--output", required=True, help="report folder")
+    p.add_argument("-o", "--output", required=True, help="report folder (created if missing; other files in it are kept)")
+    p.add_argument("--force", action="store_true", help="bench into a report folder that holds another bench's report: its report "
+                   "files and raw/ results are removed first (other files in the folder are kept)")
     p.set_defaults(func=_bench)
 
 
