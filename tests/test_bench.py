@@ -177,6 +177,20 @@ def test_eta_is_checked_with_the_settings_and_reaches_every_measured_request():
     assert seen == [("ddim", 0.5)]
 
 
+def test_ray_refuses_local_settings_before_force_empties_the_report_folder(bench_report, tiny_model, tmp_path, capsys):
+    """--ray --rounds 2 --force onto an earlier report: refused with the report left whole (it was removed first)."""
+    import shutil
+
+    from sdopt.cli import main
+
+    folder, _ = bench_report
+    kept = tmp_path / "kept"
+    shutil.copytree(folder, kept)
+    assert main(["bench", str(tiny_model), "--reference", str(tiny_model), "--rounds", "2", "--ray", "--force", "-o", str(kept)]) == 2
+    assert "--rounds is for a bench on this machine" in capsys.readouterr().err
+    assert sorted(p.name for p in kept.iterdir()) == sorted(p.name for p in folder.iterdir())
+
+
 def test_cli_bench_bad_input(tiny_model, tmp_path, capsys):
     from sdopt.cli import main
 

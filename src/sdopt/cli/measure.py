@@ -68,9 +68,10 @@ def _bench(args: argparse.Namespace) -> int:
     if len(profiles) > 1 and args.ray is None:
         raise SdoptError("several --profile are several machine kinds: add --ray [ADDRESS] to run each on its nodes (docs/ray.md), "
                          "or bench one profile at a time here")
-    if args.ray is not None and args.worker_start == "fork":  # the report would say cold, and the user not know why
-        raise SdoptError("--worker-start fork is for a bench on this machine: on Ray each job runs in a fresh interpreter on its node "
-                         "(load times include the imports; the report says cold): leave --worker-start out, or give cold")
+    if args.ray is not None:  # before any folder is touched or anything built (run_matrix checks again for Python callers)
+        from sdopt.cluster.bench import refuse_local_settings
+
+        refuse_local_settings(args.rounds or 1, args.worker_start)
     if args.build_from:
         if not profiles or args.work is None or args.artifacts or args.reference:
             raise SdoptError("--build-from MODEL builds the artifacts a profile lists: give --profile and --work, and no artifacts or --reference")

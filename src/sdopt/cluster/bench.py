@@ -151,14 +151,23 @@ def _unpack(answer: dict, out: Path, entry: Entry) -> dict:
     return raw
 
 
+def refuse_local_settings(rounds: int, worker_start: str | None = None) -> None:
+    """What is for a bench on this machine only, refused on Ray: rounds (each artifact runs once on its node kind), and
+    fork worker starts asked for (each job is a fresh interpreter on its node: the report would say cold, unasked)."""
+    if rounds > 1:
+        raise SdoptError("--rounds is for a bench on this machine: on Ray each artifact runs once on its node kind, "
+                         "one job at a time per kind; leave --rounds out, or bench here without --ray")
+    if worker_start == "fork":
+        raise SdoptError("--worker-start fork is for a bench on this machine: on Ray each job runs in a fresh interpreter on its node "
+                         "(load times include the imports; the report says cold): leave --worker-start out, or give cold")
+
+
 def run_matrix(runs: list[ProfileRun], address: str | None = None, timeout: float | None = None, progress: bool = True) -> dict[str, dict]:
     """Every profile's artifacts as Ray tasks on nodes of that profile's kind; one report per profile.
     Returns {profile name: report}."""
     from tqdm import tqdm
 
-    if any(r.settings.rounds > 1 for r in runs):  # before Ray starts
-        raise SdoptError("--rounds is for a bench on this machine: on Ray each artifact runs once on its node kind, "
-                         "one job at a time per kind; leave --rounds out, or bench here without --ray")
+    refuse_local_settings(max(r.settings.rounds for r in runs))  # before Ray starts
     ray = ray_module()
     kinds = [r.profile for r in runs if r.profile is not None]
     with cluster(address, local_resources(kinds)) as info:
