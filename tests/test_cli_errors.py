@@ -178,6 +178,22 @@ def test_a_value_an_images_parameters_give_that_no_request_takes_is_said_to_come
     assert "Seed: 3" in Image.open(tmp_path / "o.png").info["parameters"]
     assert main(["generate", str(tiny_model), "-p", "x", "--height", "60", "-q", "-o", str(tmp_path / "p.png")]) == 2
     assert "parameters give" not in capsys.readouterr().err  # typed: said as before
+    # Values that do not read: refused naming the flag, and not read at all where the flag is given (it wins)
+    for i, (pair, flag, value, message) in enumerate((
+            ("CFG scale: abc", "--guidance", "7", "CFG scale: 'abc' is not a number; give --guidance"),
+            ("Seed: abc", "--seed", "3", "Seed: 'abc' is not an integer; give --seed"),
+            ("Size: 64", "--height", "64", "Size: '64' is not WIDTHxHEIGHT (such as 512x768); give --height and --width"),
+            ("Sampler: Foo", "--scheduler", "euler", "sampler 'Foo' is not available here; available: "))):
+        odd = tmp_path / f"odd{i}.png"
+        fields = {"CFG scale": "7", "Seed": "1", "Size": "64x64", "Sampler": "Euler", pair.split(": ")[0]: pair.split(": ")[1]}
+        info = PngInfo()
+        info.add_text("parameters", "a red fox\nSteps: 2, " + ", ".join(f"{k}: {v}" for k, v in fields.items()))
+        Image.new("RGB", (64, 64)).save(odd, pnginfo=info)
+        capsys.readouterr()
+        assert main(["generate", str(tiny_model), "--parameters-from", str(odd), "-q", "-o", str(tmp_path / "q.png")]) == 2
+        assert message in capsys.readouterr().err, pair
+        both = [flag, value, *(["--width", "64"] if flag == "--height" else [])]
+        assert main(["generate", str(tiny_model), "--parameters-from", str(odd), *both, "-q", "-o", str(tmp_path / f"q{i}.png")]) == 0, pair
 
 
 def test_a_precision_no_export_of_this_backend_has_names_the_ones_that_do(tiny_onnx_artifact, capsys):

@@ -175,6 +175,22 @@ def test_an_images_parameters_name_the_loras_it_was_made_with_fused_or_asked(tin
     assert "tiny-lora:0.8" in said  # another scale is another image
     plain, said = generate(tiny_model, "--parameters-from", str(fused), "--lora", f"{tiny_lora}:0.8")
     assert "LoRA" not in said and loras_of(plain) == "tiny-lora:0.8"
+    # The other way: an image made without LoRAs, made again where one is fused in or given, differs too
+    base, _ = generate(tiny_model, *small)
+    _, said = generate(fused_onnx, "--parameters-from", str(base))
+    assert "made with the LoRAs none, and this run has tiny-lora:0.8 (tiny-lora:0.8 fused into the artifact)" in said
+    _, said = generate(tiny_model, "--parameters-from", str(base), "--lora", f"{tiny_lora}:0.8")
+    assert "made with the LoRAs none, and this run has tiny-lora:0.8" in said
+
+
+def test_lora_difference_reads_what_an_image_says():
+    from sdopt.infotext import lora_difference
+
+    assert lora_difference({}, {}) is None and lora_difference({"Loras": "a:0.5, b:1"}, {"a": 0.5, "b": 1.0}) is None
+    assert lora_difference({"Loras": "a:0.5"}, {"a": 0.8}) == ({"a": "0.5"}, {"a": 0.8})
+    assert lora_difference({}, {"a": 0.8}) == ({}, {"a": 0.8})
+    for malformed in ("a", ":0.8", "a:x"):  # counted as lacking, not dropped (a bare name was skipped without a word)
+        assert lora_difference({"Loras": malformed}, {}) is not None
 
 
 def test_quantizing_an_artifact_keeps_the_loras_fused_into_it(fused_onnx, tmp_path, capsys):
@@ -211,7 +227,7 @@ def test_refusals(tiny_model, tiny_lora, tiny_onnx_artifact, tmp_path):
         export(tiny_model, "onnx", tmp_path / "c", loras=[f"{tiny_lora}:50"])
     with pytest.raises(SdoptError, match="only the torch backend"):
         sdopt.load(tiny_onnx_artifact).generate(GenerateRequest(**SMALL, loras={str(tiny_lora): 1.0}))
-    with pytest.raises(SdoptError, match="fuse them when you export"):
+    with pytest.raises(SdoptError, match=r"fuse them when you export it \(`sdopt export MODEL --to onnx --lora FILE`\)"):
         quantize(tiny_onnx_artifact, "int8", tmp_path / "d", loras=[str(tiny_lora)])
     with pytest.raises(SdoptError, match="loras="):
         GenerateRequest(**SMALL, loras=["not", "a", "mapping"]).validate()

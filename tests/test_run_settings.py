@@ -29,6 +29,7 @@ def test_profile_run_tables(tmp_path):
     ("NUM_STREAMZ = 1", r"has no property NUM_STREAMZ \(did you mean NUM_STREAMS\?\)"),
     ('NUM_STREAMS = "many"', "does not take NUM_STREAMS = 'many'"),
     ('performance_hint = "LATENCY"', "give OpenVINO property names"),
+    ('ENABLE_MMAP = "maybe"', "OpenVINO does not take ENABLE_MMAP = 'maybe'"),
 ])
 def test_profile_openvino_run_settings_are_checked_when_read(tmp_path, body, message):
     """A name OpenVINO's plugin lacks or a value it refuses fails when the profile is read, naming the table: the
@@ -36,7 +37,8 @@ def test_profile_openvino_run_settings_are_checked_when_read(tmp_path, body, mes
     pytest.importorskip("openvino")
     with pytest.raises(SdoptError, match=message):
         load_profile(str(_profile(tmp_path, f"[run.openvino]\n{body}\n")))
-    ok = load_profile(str(_profile(tmp_path, '[run.openvino]\nPERFORMANCE_HINT = "THROUGHPUT"\nNUM_STREAMS = 2\nENABLE_CPU_PINNING = true\n')))
+    ok = load_profile(str(_profile(tmp_path, '[run.openvino]\nPERFORMANCE_HINT = "THROUGHPUT"\nNUM_STREAMS = 2\nENABLE_CPU_PINNING = true\n'
+                                             f'CACHE_DIR = "{tmp_path}"\nENABLE_MMAP = false\n')))  # the core's: no plugin lists them
     assert ok.run["openvino"]["NUM_STREAMS"] == 2
 
 
@@ -48,6 +50,10 @@ def test_profile_openvino_run_settings_are_checked_when_read(tmp_path, body, mes
     ("{ height = 60 }", "must be a multiple of 8"),
     ('{ prompts = "a cat" }', "a list of prompts"),
     ("7", "distill is a table"),
+    ("{ threads = -2 }", "threads -2: must be 0 or more"),  # a traceback from torch.set_num_threads after the others built
+    ("{ guidance_scale = nan }", "guidance_scale nan: a finite number"),
+    ("{ lr = -1.0 }", "lr -1.0: a learning rate is a positive number"),
+    ("{ warmup_steps = -5 }", "warmup_steps -5: must be 0 or more"),
 ])
 def test_profile_distill_tables_are_checked_when_read(tmp_path, table, message):
     entry = f'[[artifacts]]\nname = "tiny-dec"\nbackend = "torch"\nvae_decoder = "distilled"\ndistill = {table}\n'
@@ -55,6 +61,19 @@ def test_profile_distill_tables_are_checked_when_read(tmp_path, table, message):
         load_profile(str(_profile(tmp_path, entry)))
     good = entry.replace(f"distill = {table}", 'distill = { train_steps = 30, lr = 0.002, prompts = ["a red circle"] }')
     assert load_profile(str(_profile(tmp_path, good))).artifacts[0]["distill"]["train_steps"] == 30
+
+
+@pytest.mark.parametrize("body, message", [
+    ('graph_optimization_level = "max"', "graph_optimization_level = 'max': give one of disable, basic, extended, all"),
+    ("intra_op_num_threads = -1", "intra_op_num_threads = -1: give a whole number of threads"),
+    ('inter_op_num_threads = "two"', "inter_op_num_threads = 'two'"),
+    ('allow_spinning = "maybe"', "allow_spinning = 'maybe': give true or false"),
+])
+def test_profile_onnxruntime_run_settings_values_are_checked_when_read(tmp_path, body, message):
+    """Values, not only names: a bad one failed when the bench reached an ONNX entry, after exporting and benching it."""
+    pytest.importorskip("onnxruntime")
+    with pytest.raises(SdoptError, match=rf"\[run.onnxruntime\]: ONNX Runtime {message}"):
+        load_profile(str(_profile(tmp_path, f"[run.onnxruntime]\n{body}\n")))
 
 
 def test_shipped_cpu_profiles_set_run_settings():

@@ -139,24 +139,28 @@ def unapplied(parsed: dict[str, Any]) -> list[str]:
     return out
 
 
-def request_fields(parsed: dict[str, Any]) -> dict[str, Any]:
+def request_fields(parsed: dict[str, Any], given: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
     """GenerateRequest's fields from parsed parameters (parse_parameters): typed, the sampler as sdopt's scheduler
-    name; an SdoptError naming the key for a value of the wrong type or a sampler sdopt does not have."""
+    name; an SdoptError naming the key (and the field, SdoptError.field) for a value of the wrong type, a Size that is
+    not WIDTHxHEIGHT or a sampler sdopt does not have. ``given``: the fields the caller sets itself, not read here (a
+    value it overrides is not refused)."""
     from sdopt.errors import SdoptError
 
     out: dict[str, Any] = {}
     for key, (name, kind) in FIELDS.items():
         value = parsed.get(key)
-        if value in (None, ""):
+        if value in (None, "") or name in given:
             continue
         try:
             out[name] = kind(value)
         except ValueError:
-            raise SdoptError(f"{key}: {value!r} is not {'an integer' if kind is int else 'a number'}") from None
+            raise SdoptError(f"{key}: {value!r} is not {'an integer' if kind is int else 'a number'}", field=name) from None
+    if "Size" in parsed and not {"height", "width"} <= set(given):  # parse_parameters reads WIDTHxHEIGHT; this is not
+        raise SdoptError(f"Size: {parsed['Size']!r} is not WIDTHxHEIGHT (such as 512x768)", field="height")
     content = {words: ours for ours, words in MASKED_CONTENT.items()}.get(str(parsed.get("Masked content", "")).lower())
     if content:
         out["masked_content"] = content
-    if parsed.get("Sampler"):
+    if parsed.get("Sampler") and "scheduler" not in given:
         from sdopt.runtime.schedulers import from_a1111
 
         out["scheduler"] = from_a1111(parsed["Sampler"], parsed.get("Schedule type"))
@@ -167,9 +171,10 @@ def request_fields(parsed: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def read_png_parameters(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The parameters an image file carries (parse_parameters) and the request fields they make (request_fields); an
-    SdoptError naming the file when it carries none or cannot be read, or when they do not make a request."""
+def read_png_parameters(path: str, given: frozenset[str] | set[str] = frozenset()) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The parameters an image file carries (parse_parameters) and the request fields they make (request_fields, but
+    those in ``given``); an SdoptError naming the file when it carries none or cannot be read, or when they do not
+    make a request (its field set)."""
     from sdopt.errors import SdoptError
     from sdopt.request import open_image
 
@@ -179,9 +184,9 @@ def read_png_parameters(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
         raise SdoptError(f"--parameters-from {path}: the image carries no generation parameters (the PNGs sdopt and AUTOMATIC1111 write do)")
     parsed = parse_parameters(text)
     try:
-        return parsed, request_fields(parsed)
+        return parsed, request_fields(parsed, given)
     except SdoptError as exc:
-        raise SdoptError(f"--parameters-from {path}: {exc}") from None
+        raise SdoptError(f"--parameters-from {path}: {exc}", field=exc.field) from None
 
 
 def png_info(image: Any):
@@ -219,21 +224,22 @@ def loras_in_effect(asked: dict[str, float] | None, fused: dict[str, float] | No
     return out
 
 
-def missing_loras(parsed: dict[str, Any], have: dict[str, float]) -> list[str]:
-    """The "Loras" of an image's parameters ("name:scale") that a run with ``have`` (loras_in_effect) lacks or has at
-    another scale: the image will differ."""
-    out = []
-    for part in str(parsed.get("Loras") or "").split(","):
-        name, _, scale = part.strip().rpartition(":")
-        if not name:
-            continue
+def lora_difference(parsed: dict[str, Any], have: dict[str, float]) -> tuple[dict[str, str], dict[str, float]] | None:
+    """None when a run with ``have`` (loras_in_effect) has the LoRAs an image's parameters say ("Loras": "name:scale,
+    ..."; none when it has no such key), each at its scale; else (the image's, as written: {name: scale text}, and the
+    run's) for a warning. An entry that does not read as name:scale counts as one the run lacks."""
+    asked: dict[str, str] = {}
+    for part in (p.strip() for p in str(parsed.get("Loras") or "").split(",")):
+        if part:
+            name, _, scale = part.rpartition(":")
+            asked[name or part] = scale if name else "?"
+    same = set(asked) == set(have)
+    for name, scale in asked.items():
         try:
-            same = name in have and abs(have[name] - float(scale)) < 1e-6
-        except ValueError:
+            same = same and abs(have[name] - float(scale)) < 1e-6
+        except (KeyError, ValueError):
             same = False
-        if not same:
-            out.append(part.strip())
-    return out
+    return None if same else (asked, have)
 
 
 def image_parameters(request: Any, index: int, *, sampler: tuple[str, str | None] | None, model: str | None, model_hash: str | None,

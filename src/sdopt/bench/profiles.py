@@ -178,7 +178,7 @@ def _run_tables(run: Any, path: Path, device: str) -> dict[str, dict[str, Any]]:
         known = BACKENDS[backend].run_settings
         if known is not None:
             _known_keys(settings, set(known), path, f"[run.{backend}]")
-        elif BACKENDS[backend].available():  # a backend that takes any of its own settings checks them itself
+        if BACKENDS[backend].available():  # the values (and, where it takes any, the names) by the backend itself
             import importlib
 
             try:

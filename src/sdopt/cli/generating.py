@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from sdopt.cli.common import output_paths, backend_of, add_embedding_flag, add_eta_flag, add_lora_flag, lora_scales
-from sdopt.infotext import loras_in_effect, missing_embeddings, missing_loras, png_info, read_png_parameters, unapplied
+from sdopt.infotext import lora_difference, loras_in_effect, missing_embeddings, png_info, read_png_parameters, unapplied
 from sdopt.request import MASKED_CONTENT, check_strength_has_image, open_image
 from sdopt.errors import BrokenOutputError, SdoptError
 
@@ -31,7 +31,13 @@ def _generate(args: argparse.Namespace) -> int:
     # An image's own parameters (the PNGs sdopt and AUTOMATIC1111 write carry them), then every flag given over them.
     made_from = {}
     if args.parameters_from:
-        parsed, made_from = read_png_parameters(args.parameters_from)
+        given = {name for name, value in flags.items() if value is not None}  # a flag wins: its value in the image is not read
+        try:
+            parsed, made_from = read_png_parameters(args.parameters_from, given)
+        except SdoptError as exc:
+            if exc.field is None:
+                raise
+            raise SdoptError(f"{exc}; give {_flag_for(exc.field)} to make it with another", field=exc.field) from None
         # LoRAs are checked once the artifact is loaded: it may have them fused into its weights
         if untaken := [key for key in unapplied(parsed) if key != "Loras"]:  # a warning: printed under -q too
             print(f"warning: {args.parameters_from} says {', '.join(untaken)}, which this request does not take: "
@@ -92,12 +98,8 @@ def _generate(args: argparse.Namespace) -> int:
     if args.parameters_from and (missing := missing_embeddings(parsed, pipe.embeddings)):
         print(f"warning: {args.parameters_from}'s prompts used the embeddings {', '.join(missing)} (its TI hashes), which this run "
               "does not have (or has another file of): the image will differ; give them with --embedding", file=sys.stderr)
-    if args.parameters_from and (missing := missing_loras(parsed, loras_in_effect(request.loras, pipe.fused_loras))):
-        fix = ("give them with --lora FILE:SCALE" if pipe.manifest.backend == "torch" else
-               f"this {pipe.manifest.backend} artifact takes LoRAs only fused at export (sdopt export MODEL --lora FILE:SCALE), "
-               "or generate with the PyTorch checkpoint and --lora")
-        print(f"warning: {args.parameters_from} was made with the LoRAs {', '.join(missing)}, which this run does not have "
-              f"(or has at another scale): the image will differ; {fix}", file=sys.stderr)
+    if args.parameters_from and (differ := lora_difference(parsed, loras_in_effect(request.loras, pipe.fused_loras))):
+        print(f"warning: {_loras_differ(args.parameters_from, *differ, pipe.manifest.backend, pipe.fused_loras)}", file=sys.stderr)
     defaults = pipe.request_defaults
     taken = {k: getattr(defaults, k) for k in ("steps", "guidance_scale") if k not in asked}
     if taken and not defaults.is_sdopts:
@@ -134,7 +136,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 # The flags that give another value for a request field, where not --FIELD (an image's Size gives both sides)
-_FLAG_NAMES = {"guidance_scale": "--guidance", "height": "--height and --width", "width": "--height and --width"}
+_FLAG_NAMES = {"guidance_scale": "--guidance", "height": "--height and --width", "width": "--height and --width", "prompt": "--prompt"}
 
 
 @contextlib.contextmanager
@@ -146,9 +148,30 @@ def _said_of_the_image(image: str | None, made_from: dict, flags: dict):
     except SdoptError as exc:
         name = str(exc).split("=", 1)[0]
         if image and name in made_from and flags.get(name) is None:
-            raise SdoptError(f"{image}'s parameters give {exc}; give {_FLAG_NAMES.get(name, '--' + name.replace('_', '-'))} "
-                             "to make it with another", field=exc.field) from None
+            raise SdoptError(f"{image}'s parameters give {exc}; give {_flag_for(name)} to make it with another", field=exc.field) from None
         raise
+
+
+def _flag_for(field: str) -> str:
+    return _FLAG_NAMES.get(field, "--" + field.replace("_", "-"))
+
+
+def _loras_differ(image: str, asked: dict[str, str], have: dict[str, float], backend: str, fused: dict[str, float]) -> str:
+    """The warning for an image made with other LoRAs than this run has (infotext.lora_difference), with the way to
+    have the image's: --lora on PyTorch (added to what the artifact has fused), an export with them fused elsewhere."""
+    def listed(pairs) -> str:
+        return ", ".join(f"{name}:{scale}" if isinstance(scale, str) else f"{name}:{scale:g}" for name, scale in pairs.items()) or "none"
+
+    said = f"{image} was made with the LoRAs {listed(asked)}, and this run has {listed(have)}"
+    if fused:
+        said += f" ({listed({Path(f).stem: w for f, w in fused.items()})} fused into the artifact)"
+    if backend == "torch":
+        fix = ("give them with --lora FILE:SCALE" if not fused else
+               "give --lora FILE:SCALE for what the image has beyond the fused ones (a scale adds to a fused one's), or use the checkpoint without them")
+    else:
+        fix = (f"this {backend} artifact takes LoRAs only fused at export (sdopt export MODEL --lora FILE:SCALE), "
+               "or generate with the PyTorch checkpoint and --lora")
+    return f"{said}: the image will differ; {fix}"
 
 
 def add_generate(sub) -> None:

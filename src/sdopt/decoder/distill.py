@@ -86,6 +86,19 @@ class DistillSettings:
                 raise SdoptError(f"{flags.get(name, '--' + name.replace('_', '-'))} must be at least 1, got {getattr(self, name)}")
         if self.latents < 2:
             raise SdoptError("--latents must be at least 2: one is held out to measure the decoder")
+        import math
+
+        from sdopt.request import is_valid_guidance
+
+        if not is_valid_guidance(self.guidance_scale):
+            raise SdoptError(f"guidance_scale {self.guidance_scale}: a finite number from 0 (7.5 is usual)")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise SdoptError(f"lr {self.lr}: a learning rate is a positive number (the default 1e-3)")
+        for name in ("seed", "warmup_steps", "threads"):
+            if getattr(self, name) < 0:
+                raise SdoptError(f"{name} {getattr(self, name)}: must be 0 or more" + (" (0: every core)" if name == "threads" else ""))
+        if not (math.isfinite(self.object_weight) and self.object_weight >= 0):
+            raise SdoptError(f"object_weight {self.object_weight}: a finite number, 0 or more (the default 5)")
         if self.channels is not None and self.channels < 1:  # 0 was taken for "the default"
             raise SdoptError(f"--channels must be at least 1, got {self.channels} (leave it out for the default)")
         from sdopt.request import MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE

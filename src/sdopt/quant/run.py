@@ -63,9 +63,12 @@ def quantize(
     manifest = read_manifest(source)
     refuse_quantized(source, manifest)
     if loras and manifest.backend != "torch":
+        from sdopt.export import EXPORTERS
+
+        target = next((e.name for e in EXPORTERS.values() if e.backend == manifest.backend), manifest.backend)  # onnxruntime: onnx
         raise SdoptError(
             f"--lora fuses LoRAs into PyTorch weights, and {source} is an artifact for {manifest.backend}: fuse them when you "
-            f"export it (`sdopt export MODEL --to {manifest.backend} --lora FILE`), then quantize that"
+            f"export it (`sdopt export MODEL --to {target} --lora FILE`), then quantize that"
         )
     if backend is None:
         capability = choose(scheme, device, accepts=manifest.backend)

@@ -22,9 +22,9 @@ class Backend(Plugin):
     # Whether it can run an artifact in another precision than it was written in (torch casts
     # weights at load); the others run what their export compiled.
     casts_at_load: bool = False
-    # The keys of its run_settings (a profile's [run.NAME] table), checked when a profile is read; None: its module's
-    # check_run_settings(settings, device) checks them then, where the backend is installed (OpenVINO takes its
-    # device's properties by name, which only OpenVINO itself can list).
+    # The keys of its run_settings (a profile's [run.NAME] table), checked when a profile is read; None: any. Its
+    # module's check_run_settings(settings, device) checks the values then (and the names, where it takes any: OpenVINO
+    # takes its device's properties by name, which only OpenVINO itself can list), where the backend is installed.
     run_settings: tuple[str, ...] | None = None
 
     flag = "the backend"

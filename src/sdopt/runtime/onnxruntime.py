@@ -70,7 +70,12 @@ def session_options(threads: int | None = None, run_settings: dict[str, Any] | N
         raise SdoptError(f"ONNX Runtime run settings {', '.join(unknown)} are not known; give any of {', '.join(RUN_SETTINGS)}")
     for key in ("intra_op_num_threads", "inter_op_num_threads"):
         if key in settings:
-            setattr(options, key, int(settings[key]))
+            value = settings[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise SdoptError(f"ONNX Runtime {key} = {value!r}: give a whole number of threads, 0 or more (0: ONNX Runtime's default)")
+            setattr(options, key, value)
+    if not isinstance(settings.get("allow_spinning", True), bool):
+        raise SdoptError(f"ONNX Runtime allow_spinning = {settings['allow_spinning']!r}: give true or false")
     for key, names, enum in (("graph_optimization_level", _LEVELS, ort.GraphOptimizationLevel),
                              ("execution_mode", _MODES, ort.ExecutionMode)):
         if key in settings:
@@ -82,6 +87,11 @@ def session_options(threads: int | None = None, run_settings: dict[str, Any] | N
         # step starts at once), wrong beside another engine timed on the same cores.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
+
+
+def check_run_settings(settings: dict[str, Any], device: str) -> None:
+    """A profile's [run.onnxruntime], checked when the profile is read: the values session_options takes."""
+    session_options(None, settings)
 
 
 def describe(options: ort.SessionOptions, providers: list) -> dict[str, Any]:

@@ -108,6 +108,10 @@ def compile_config(precision: str, threads: int | None = None, run_settings: dic
     return config
 
 
+# Properties compile_model takes that OpenVINO's core handles, not the device's plugin (the plugin does not list them).
+CORE_PROPERTIES = ("CACHE_DIR", "CACHE_MODE", "ENABLE_MMAP", "FORCE_TBB_TERMINATE")
+
+
 def check_run_settings(settings: dict[str, Any], device: str) -> None:
     """A profile's [run.openvino], checked when the profile is read (not when the bench reaches an OpenVINO entry): each
     name one the device's plugin has and each value one it takes, by setting them on a Core of their own. A device
@@ -119,6 +123,12 @@ def check_run_settings(settings: dict[str, Any], device: str) -> None:
         return
     supported = set(c.get_property(target, "SUPPORTED_PROPERTIES"))  # loads the plugin: set_property checks from here on
     for key, value in settings.items():
+        if key in CORE_PROPERTIES:  # OpenVINO's own, not the plugin's: it takes any name there, and checks the value
+            try:
+                c.set_property({key: config[key]})
+            except RuntimeError as exc:
+                raise SdoptError(f"OpenVINO does not take {key} = {value!r}: {_reason(exc)}") from None
+            continue
         if key not in supported:
             import difflib
 
