@@ -183,6 +183,20 @@ def test_an_images_parameters_name_the_loras_it_was_made_with_fused_or_asked(tin
     assert "made with the LoRAs none, and this run has tiny-lora:0.8" in said
 
 
+def test_two_loras_load_without_peft_warning_of_its_own_config(tiny_model, tiny_lora, tmp_path):
+    """PEFT warns "Already found a peft_config attribute" on every adapter after the first: sdopt loads one per file on
+    purpose, so the user saw a warning that asked them to know what they were doing."""
+    import warnings
+
+    from sdopt.zoo.lora import write_lora
+
+    other = write_lora(tiny_model, tmp_path / "other.safetensors", seed=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sdopt.load(tiny_model).generate(GenerateRequest(**SMALL, loras={str(tiny_lora): 0.5, str(other): 0.5}))
+    assert not [w for w in caught if "peft_config" in str(w.message)]
+
+
 def test_lora_difference_reads_what_an_image_says():
     from sdopt.infotext import lora_difference
 

@@ -388,6 +388,9 @@ def test_skip_ends_the_running_iteration_and_the_request_goes_on_with_the_next(t
         # Interrupt in the second of three iterations: the first's image, interrupted, and the third never queued.
         thread, answer = _in_thread(lambda: post(n_iter=3, seed=300, force_task_id="interrupted"))
         _running(app, "interrupted", iteration=1)
+        # progress over the whole request, as AUTOMATIC1111's: 3 jobs (its batch count), the second running
+        followed = httpx.get(url + "/sdapi/v1/progress", params={"id_task": "interrupted"}).json()
+        assert (followed["state"]["job_count"], followed["state"]["job_no"]) == (3, 1) and 1 / 3 < followed["progress"] < 2 / 3
         assert httpx.post(url + "/sdapi/v1/interrupt").status_code == 200
         thread.join(90)
         info = json.loads(answer["r"].json()["info"])

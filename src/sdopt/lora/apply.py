@@ -25,13 +25,18 @@ def _loader(family):
 
 @contextlib.contextmanager
 def _quiet():
-    """Diffusers logs a line per component a LoRA has no keys for; that is normal (a UNet-only LoRA)."""
+    """Diffusers logs a line per component a LoRA has no keys for; that is normal (a UNet-only LoRA). PEFT warns, on a
+    second adapter, that the module already has a peft_config: sdopt loads several on purpose, one per file."""
+    import warnings
+
     from diffusers.utils import logging as dlogging
 
     level = dlogging.get_verbosity()
     dlogging.set_verbosity_error()
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+            yield
     finally:
         dlogging.set_verbosity(level)
 

@@ -93,6 +93,7 @@ async def _run(request: Request, body: ProcessingRequest, spec: J.JobSpec, finis
     for first_seed in range(spec.seed, spec.seed + spec.n, batch):
         part = dataclasses.replace(spec, seed=first_seed, n=batch)
         job = submit(request, part, "a1111", job_id=None if jobs else body.force_task_id or None, names=A1111_NAMES, continuing=bool(jobs))
+        job.iterations = spec.n // batch  # progress?id_task= counts the request's iterations, as AUTOMATIC1111's job_count
         if jobs:
             jobs[-1].continued_by = job.id  # GET /sdapi/v1/progress?id_task= follows the request to it
         jobs.append(await wait(job, request))
@@ -306,14 +307,17 @@ def progress(request: Request, skip_current_image: bool = False, id_task: str | 
         "skipped": job.skipped or (before is not None and before.skipped and job.status == J.QUEUED),
         "interrupted": job.status == J.CANCELLED and not job.skipped,
         "job": job.id,
-        "job_count": queued + len(worker.current),
+        # a request followed by id_task: its iterations (AUTOMATIC1111's job_count is the batch count); else the server's jobs
+        "job_count": job.iterations if id_task is not None else queued + len(worker.current),
         "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(job.created)),
         "job_no": job_no,
         "sampling_step": job.step,
         "sampling_steps": job.steps or job.spec.steps,
         "status": job.status,
     }
-    return {"progress": job.progress, "eta_relative": job.eta_seconds() or 0.0, "state": state, "current_image": image, "textinfo": None}
+    # As AUTOMATIC1111's: over the request's iterations, those before this one done
+    done = (job_no + job.progress) / job.iterations if id_task is not None else job.progress
+    return {"progress": done, "eta_relative": job.eta_seconds() or 0.0, "state": state, "current_image": image, "textinfo": None}
 
 
 @router.post("/sdapi/v1/interrupt")

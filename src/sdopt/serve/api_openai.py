@@ -226,7 +226,7 @@ async def edits(request: Request) -> dict[str, Any]:
     except HTTPException as exc:  # starlette's 400 for a form it cannot read: past its limits, or not multipart
         if "files" not in str(exc.detail):
             raise
-        raise RequestError("image", f"more than {MAX_FILES} files: {_ONE_IMAGE}") from None  # a 422 as for 2 to 4 of them
+        raise RequestError("image", f"more than {MAX_FILES} files: send one image and at most one mask. {_ONE_IMAGE}") from None  # a 422 as for 2 to 4
     prompt = form.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise RequestError("prompt", "give the prompt: what the edited image shows")

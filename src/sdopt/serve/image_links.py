@@ -57,7 +57,8 @@ class ImageLinks:
         if not hmac.compare_digest(signature.encode(), self._signature(job_id, index, expires).encode()):
             if key_id is not None and key_id != self.key_id:
                 keep = ("" if self.folder is None else
-                        f" (this server keeps its key in {self.folder / KEY_FILE}: it was deleted or changed, or the link was made with another --image-dir)")
+                        f" (it was made under another key than the one in {self.folder / KEY_FILE}: before a restart without --image-dir, "
+                        "with another --image-dir, or before that key file was deleted)")
                 raise RequestError("url", "this image link was made before the server restarted, and its image is gone: generate it again"
                                           + (keep or "; `sdopt serve --image-dir DIR` keeps images and links across restarts"), status=410)
             raise RequestError("signature", "this image link was not made by this server, or was changed: generate the image again", status=403)

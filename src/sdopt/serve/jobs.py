@@ -127,6 +127,7 @@ class Job:
     batch_size: int = 0  # images in the generate call that ran it
     skipped: bool = False  # cancelled by AUTOMATIC1111's skip: its request goes on with its next iteration (api_a1111.py)
     continued_by: str | None = None  # the job of its request's next iteration (AUTOMATIC1111's n_iter), once queued
+    iterations: int = 1  # how many iterations its request has (AUTOMATIC1111's n_iter)
     events: list[dict[str, Any]] = field(default_factory=list)
     future: Future = field(default_factory=Future)  # resolved with the job itself when it finishes
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)

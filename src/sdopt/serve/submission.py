@@ -52,7 +52,8 @@ def check_spec(spec: J.JobSpec, settings: ServeSettings, pipeline: Any, names: d
     if isinstance(spec.steps, int) and spec.steps > settings.max_steps:
         raise RequestError(name("steps"), f"{name('steps')}={spec.steps}: this server allows at most {settings.max_steps} (--max-steps)")
     if isinstance(spec.n, int) and not 1 <= spec.n <= settings.max_images:
-        raise RequestError(name("num_images"), f"{spec.n} images: this server makes 1 to {settings.max_images} per request")
+        counted = " (batch_size x n_iter)" if name("num_images") == "batch_size" else ""  # AUTOMATIC1111's: both make the count
+        raise RequestError(name("num_images"), f"{spec.n} images{counted}: this server makes 1 to {settings.max_images} per request (--max-images)")
     try:
         pipeline.check_request(J.generate_request([spec]))  # the call this job would make alone
     except SdoptError as exc:
