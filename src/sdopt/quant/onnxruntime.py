@@ -214,7 +214,8 @@ class OrtQuantEngine(Engine):
         for name in plan.components:
             entry = manifest.components[name]
             if name not in CALIBRATED:  # left to the quantize command, which copies it as it is
-                notes.append(f"{name} is not quantized: ONNX Runtime's int8-static recipe here covers the UNet and the VAE decoder")
+                notes.append(f"{name} is not quantized: ONNX Runtime's int8-static recipe here covers the UNet and, when named "
+                             "(--components unet,vae_decoder), the VAE decoder")
                 continue
             graph = source / next(f.path for f in entry.files if f.path.endswith(".onnx"))
             target = out / entry.folder / "model.onnx"
