@@ -205,6 +205,8 @@ def test_lora_difference_reads_what_an_image_says():
     assert lora_difference({}, {"a": 0.8}) == ({}, {"a": 0.8})
     for malformed in ("a", ":0.8", "a:x"):  # counted as lacking, not dropped (a bare name was skipped without a word)
         assert lora_difference({"Loras": malformed}, {}) is not None
+    # File names may hold ", " and ":" ("a, b.safetensors" was read as a LoRA "b" the run lacked)
+    assert lora_difference({"Loras": "a, b:0.8, c:d:1"}, {"a, b": 0.8, "c:d": 1.0}) is None
 
 
 def test_quantizing_an_artifact_keeps_the_loras_fused_into_it(fused_onnx, tmp_path, capsys):

@@ -224,15 +224,26 @@ def loras_in_effect(asked: dict[str, float] | None, fused: dict[str, float] | No
     return out
 
 
+# One "name:scale" entry of "Loras", from the start or after ", ": the name may hold ", " and ":" (file names can), the
+# scale is a number, and the entry ends where the next ", " or the text does.
+_LORA_ENTRY = re.compile(r"(?:^|,)\s*(.+?):([-+]?[0-9][0-9.eE+-]*)\s*(?=,|$)")
+
+
 def lora_difference(parsed: dict[str, Any], have: dict[str, float]) -> tuple[dict[str, str], dict[str, float]] | None:
     """None when a run with ``have`` (loras_in_effect) has the LoRAs an image's parameters say ("Loras": "name:scale,
     ..."; none when it has no such key), each at its scale; else (the image's, as written: {name: scale text}, and the
     run's) for a warning. An entry that does not read as name:scale counts as one the run lacks."""
     asked: dict[str, str] = {}
-    for part in (p.strip() for p in str(parsed.get("Loras") or "").split(",")):
-        if part:
-            name, _, scale = part.rpartition(":")
-            asked[name or part] = scale if name else "?"
+    text, at = str(parsed.get("Loras") or ""), 0
+    for entry in _LORA_ENTRY.finditer(text):  # a name may hold ", " (a file "a, b.safetensors"): an entry ends at :NUMBER
+        for stray in (p.strip() for p in text[at:entry.start()].split(",")):
+            if stray:
+                asked[stray] = "?"  # no :scale
+        asked[entry.group(1).strip()] = entry.group(2)
+        at = entry.end()
+    for stray in (p.strip() for p in text[at:].split(",")):
+        if stray:
+            asked[stray] = "?"
     same = set(asked) == set(have)
     for name, scale in asked.items():
         try:
