@@ -42,6 +42,7 @@ def test_bad_generate_arguments(tiny_model, capsys, extra, message):
     [
         ("openvino", ["--opset", "17"], "--to openvino does not take --opset; onnx and tensorrt do"),
         ("openvino", ["--optimize"], "--to openvino does not take --optimize; onnx does"),
+        ("openvino", ["--static"], "--to openvino does not take --static; tensorrt does. For --static: give --height and --width (and --batch)"),
         ("onnx", ["--height", "64", "--width", "64"], "--to onnx does not take --height, --width; openvino and tensorrt do"),
         # flags that go with different exporters: each flag's (it read as if openvino took none of the three)
         ("onnx", ["--static", "--height", "64", "--width", "64"],

@@ -12,7 +12,7 @@ backend library.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Generic, TypeVar
 
 from sdopt.errors import SdoptError, require
@@ -33,6 +33,8 @@ class Plugin:
     requires: tuple[str, ...]  # importable modules it needs
     options: tuple[str, ...] = ()  # the options it takes; any other given is refused, never ignored
     description: str = ""
+    # What it takes instead of an option it refuses, said in the refusal ({"static": "--height and --width ..."})
+    instead: dict[str, str] = field(default_factory=dict)
 
     # How the messages below name this kind ("--backend", "--to"); each kind sets its own.
     flag = "--backend"
@@ -69,6 +71,7 @@ class Plugin:
         unknown = [k for k in given if k not in self.options]
         if not unknown:
             return
+        hints = "".join(f". For {option_flag(k)}: {self.instead[k]}" for k in unknown if k in self.instead)
         takers = {k: tuple(sorted(p.name for p in (others or {}).values() if k in p.options)) for k in unknown}
         flags = ", ".join(option_flag(k) for k in unknown)
         if len(set(takers.values())) > 1:  # the flags go with different plug-ins: each flag's, so none reads as taken by none
@@ -77,11 +80,12 @@ class Plugin:
 
             groups = {names: [k for k in unknown if takers[k] == names] for names in dict.fromkeys(takers.values())}
             raise SdoptError(f"{self.flag} {self.name} does not take "
-                             + "; ".join(f"{', '.join(option_flag(k) for k in ks)} ({said(names, len(ks))})" for names, ks in groups.items()))
+                             + "; ".join(f"{', '.join(option_flag(k) for k in ks)} ({said(names, len(ks))})" for names, ks in groups.items()) + hints)
         names = next(iter(takers.values()))
         raise SdoptError(
             f"{self.flag} {self.name} does not take {flags}"
             + (f"; {' and '.join(names)} {'do' if len(names) > 1 else 'does'}" if names else f"; it takes: {', '.join(option_flag(k) for k in self.options) or 'no options'}")
+            + hints
         )
 
 

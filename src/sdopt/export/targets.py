@@ -25,6 +25,7 @@ register_exporter(
         precisions=("fp32", "fp16", "bf16"),
         options=("skip_validation", "height", "width", "batch", "vae_decoder", "deep_cache", "no_rewrites", "rewrite"),
         description="OpenVINO IR in Optimum Intel's layout; optional static shapes (--height/--width/--batch)",
+        instead={"static": "give --height and --width (and --batch): an OpenVINO export given a size is built for that one shape"},
     )
 )
 
