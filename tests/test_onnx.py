@@ -454,6 +454,7 @@ def test_onnx_runtime_int8_averages_the_unets_ranges_over_samples_and_spans_all_
     assert main(["inspect", str(out)]) == 0
     shown = capsys.readouterr().out
     assert f"int8-static via onnxruntime (calibrated on {records['unet']['calibration']['samples']} samples; {methods['unet']})" in shown
+    assert f"upsample_transposed_conv ×{undone} (undone before quantizing)" in shown  # the graph no longer has them
     assert methods == {"unet": "MinMax, each sample's min and max averaged over the samples", "vae_decoder": "MinMax, the min and max over all samples"}
 
 

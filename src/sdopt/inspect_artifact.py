@@ -74,7 +74,10 @@ def format_description(d: dict[str, Any]) -> str:
     from sdopt.rewrite import recorded
 
     for name, applied in recorded(d.get("export")).items():
-        lines.append(f"rewritten  {name}: " + ", ".join(f"{rewrite} ×{count}" for rewrite, count in applied.items()) + " (exact: the same outputs from fewer operations)")
+        # A quantizer may have turned one back before quantizing (ONNX Runtime's VAE decoder upsamplers): said so
+        undone = (((d.get("components") or {}).get(name) or {}).get("quantization") or {}).get("undone_rewrites") or {}
+        lines.append(f"rewritten  {name}: " + ", ".join(f"{rewrite} ×{count}" + (" (undone before quantizing)" if rewrite in undone else "")
+                                                       for rewrite, count in applied.items()) + " (exact: the same outputs from fewer operations)")
     export = d.get("export") or {}
     # Request defaults the artifact carries (levers that change the computation): said, since they shape every image.
     if (export.get("deep_cache") or {}).get("interval", 1) > 1:
