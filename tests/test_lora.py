@@ -179,8 +179,9 @@ def test_an_images_parameters_name_the_loras_it_was_made_with_fused_or_asked(tin
     base, _ = generate(tiny_model, *small)
     _, said = generate(fused_onnx, "--parameters-from", str(base))
     assert "made with the LoRAs none, and this run has tiny-lora:0.8 (tiny-lora:0.8 fused into the artifact)" in said
+    assert "make it with the checkpoint, or an artifact without them fused" in said
     _, said = generate(tiny_model, "--parameters-from", str(base), "--lora", f"{tiny_lora}:0.8")
-    assert "made with the LoRAs none, and this run has tiny-lora:0.8" in said
+    assert "made with the LoRAs none, and this run has tiny-lora:0.8: the image will differ; leave out --lora" in said
 
 
 def test_two_loras_load_without_peft_warning_of_its_own_config(tiny_model, tiny_lora, tmp_path):

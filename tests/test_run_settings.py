@@ -46,6 +46,7 @@ def test_profile_openvino_run_settings_are_checked_when_read(tmp_path, body, mes
     ("{ train_step = 30 }", "distill has no key 'train_step'"),
     ('{ train_steps = "many" }', r"distill.train_steps = 'many': give a number"),
     ("{ train_steps = 30.5 }", r"give a number \(a whole one\)"),
+    ("{ latents = nan }", r"distill.latents = nan: give a number \(a whole one\)"),  # int(nan) was a ValueError traceback
     ("{ latents = 1 }", "--latents must be at least 2"),
     ("{ height = 60 }", "must be a multiple of 8"),
     ('{ prompts = "a cat" }', "a list of prompts"),

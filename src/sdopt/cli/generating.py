@@ -165,7 +165,9 @@ def _loras_differ(image: str, asked: dict[str, str], have: dict[str, float], bac
     said = f"{image} was made with the LoRAs {listed(asked)}, and this run has {listed(have)}"
     if fused:
         said += f" ({listed({Path(f).stem: w for f, w in fused.items()})} fused into the artifact)"
-    if backend == "torch":
+    if not asked:  # the image had none: this run's are the difference
+        fix = "leave out --lora" if not fused else "make it with the checkpoint, or an artifact without them fused"
+    elif backend == "torch":
         fix = ("give them with --lora FILE:SCALE" if not fused else
                "give --lora FILE:SCALE for what the image has beyond the fused ones (a scale adds to a fused one's), or use the checkpoint without them")
     else:

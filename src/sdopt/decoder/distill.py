@@ -70,7 +70,7 @@ class DistillSettings:
             if key == "prompts":
                 if not (isinstance(value, list) and value and all(isinstance(p, str) for p in value)):
                     raise SdoptError(f"{where}: distill.prompts is a list of prompts, such as [\"a red circle\"]")
-            elif not number or (isinstance(fields[key], int) and value != int(value)):
+            elif not number or (isinstance(fields[key], int) and not float(value).is_integer()):  # nan, inf: not whole
                 raise SdoptError(f"{where}: distill.{key} = {value!r}: give a number" + (" (a whole one)" if number else ""))
         settings = cls(**{**defaults, **{k: tuple(v) if k == "prompts" else v for k, v in table.items()}})
         try:
