@@ -235,15 +235,15 @@ def lora_difference(parsed: dict[str, Any], have: dict[str, float]) -> tuple[dic
     run's) for a warning. An entry that does not read as name:scale counts as one the run lacks."""
     asked: dict[str, str] = {}
     text, at = str(parsed.get("Loras") or ""), 0
+
+    def strays(between: str) -> None:  # what no entry read: entries without a :scale
+        asked.update({part.strip(): "?" for part in between.split(",") if part.strip()})
+
     for entry in _LORA_ENTRY.finditer(text):  # a name may hold ", " (a file "a, b.safetensors"): an entry ends at :NUMBER
-        for stray in (p.strip() for p in text[at:entry.start()].split(",")):
-            if stray:
-                asked[stray] = "?"  # no :scale
+        strays(text[at:entry.start()])
         asked[entry.group(1).strip()] = entry.group(2)
         at = entry.end()
-    for stray in (p.strip() for p in text[at:].split(",")):
-        if stray:
-            asked[stray] = "?"
+    strays(text[at:])
     same = set(asked) == set(have)
     for name, scale in asked.items():
         try:

@@ -66,9 +66,14 @@ def core(cache: Path | None) -> ov.Core:
     return c
 
 
+def _openvino_name(device: str) -> str:
+    """sdopt's device string -> OpenVINO's ("cpu" -> "CPU"; "openvino:NAME" passes NAME through)."""
+    return device.split(":", 1)[1] if device.lower().startswith("openvino:") else device.upper()
+
+
 def openvino_device(device: str, c: ov.Core) -> str:
     """sdopt's device string -> OpenVINO's, checked against what this machine has."""
-    name = device.split(":", 1)[1] if device.lower().startswith("openvino:") else device.upper()
+    name = _openvino_name(device)
     available = list(c.available_devices)
     base = name.split(":", 1)[0].split(".", 1)[0]
     if base not in _VIRTUAL_DEVICES and not any(d == name or d.split(".", 1)[0] == name for d in available):
@@ -117,7 +122,7 @@ def check_run_settings(settings: dict[str, Any], device: str) -> None:
     name one the device's plugin has and each value one it takes, by setting them on a Core of their own. A device
     this machine lacks is left to the load (a profile may be read on another machine than it is for)."""
     config = compile_config("fp32", None, settings)  # the names' form, and no precision hint
-    target = device.split(":", 1)[1] if device.lower().startswith("openvino:") else device.upper()
+    target = _openvino_name(device)
     c = ov.Core()
     if target not in c.available_devices:
         return

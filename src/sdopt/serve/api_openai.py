@@ -92,7 +92,8 @@ async def _answer(request: Request, spec: J.JobSpec, names: dict[str, str], resp
         if links.folder is not None:  # --image-dir: the links outlive this process and the jobs kept in memory
             import asyncio
 
-            await asyncio.to_thread(links.keep, job.id, [png_bytes(im) for im in job.images])
+            # the PNGs encoded there too: seconds of a large batch off the event loop, which serves every other request
+            await asyncio.to_thread(lambda: links.keep(job.id, [png_bytes(im) for im in job.images]))
         data = [{"url": links.url(str(request.base_url), job.id, i, job.finished), "revised_prompt": None} for i in range(len(job.images))]
     else:
         data = [{"b64_json": encode_png(im), "revised_prompt": None} for im in job.images]
