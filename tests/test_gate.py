@@ -209,7 +209,7 @@ def test_the_same_reference_under_another_name_is_compared_as_one(report):
     assert not any(c.metric == "present" for c in result.checks)
 
 
-@pytest.mark.parametrize("field,value", [("artifact_id", "0123456789ab"), ("precision", "bf16"), ("compile", "max-autotune")])
+@pytest.mark.parametrize("field,value", [("identity", "0" * 64), ("precision", "bf16"), ("compile", "max-autotune")])
 def test_another_reference_cannot_be_compared_whatever_its_name(report, field, value):
     """The reference's name no longer decides: what it is does (its files, how it ran), under the same name or another."""
     for current in (json.loads(json.dumps(report)), _renamed_reference(report, "torch-fp32")):
@@ -223,3 +223,54 @@ def test_a_renamed_reference_that_is_another_baseline_row_cannot_be_compared(rep
     current["artifacts"] = [a for a in current["artifacts"] if a["name"] != "tiny-onnx" or a["backend"] == "torch"]
     with pytest.raises(SdoptError, match="'tiny-onnx' is another of its artifacts"):
         gate(current, RULES, baseline=report)
+
+
+def _written_under_other_versions(report):
+    """The report as a run of the same model whose configs another Transformers wrote: other fingerprint and reference
+    artifact_id, the same identity (sdopt.manifest.identity_of)."""
+    other = json.loads(json.dumps(report))
+    other["model"]["fingerprint"] = "1d2c46dde0d07e38421d2079f904033f6e86d6a53a2243c14b2cc4030fd4165d"
+    next(a for a in other["artifacts"] if a["name"] == other["reference"])["artifact_id"] = "1d2c46dde0d0"
+    return other
+
+
+def test_the_same_model_written_by_other_library_versions_is_compared(report):
+    """A CI baseline written under Transformers 5.24 was refused under 5.25 (model.fingerprint differs): the model's
+    configs record the version that wrote them. Where both reports record identities, those decide."""
+    assert report["model"]["identity"] and report["model"]["identity"] == next(
+        a for a in report["artifacts"] if a["name"] == report["reference"])["identity"]
+    result = gate(_written_under_other_versions(report), RULES, baseline=report)
+    assert result.exit_code == 0, table(result)
+    assert any("only in the library versions their configs record" in n for n in result.notes)
+    another_model = _written_under_other_versions(report)
+    another_model["model"]["identity"] = "0" * 64
+    with pytest.raises(SdoptError, match="model.identity differs"):
+        gate(another_model, RULES, baseline=report)
+
+
+def test_a_baseline_without_identities_is_compared_by_fingerprint(report):
+    """A report from before identities: the fingerprint and artifact_id decide, as they did."""
+    legacy = json.loads(json.dumps(report))
+    legacy["model"].pop("identity")
+    for row in legacy["artifacts"]:
+        row.pop("identity")
+    assert gate(report, RULES, baseline=legacy).exit_code == 0
+    with pytest.raises(SdoptError, match="model.fingerprint differs"):
+        gate(_written_under_other_versions(report), RULES, baseline=legacy)
+
+
+def test_every_ci_baseline_measured_the_model_ci_writes(tiny_model):
+    """scripts/ci_bench.sh gates against reports/ci/baselines/<CPU kind>.json: each must be of the model init-model writes
+    now (seed 0), or CI on that kind of CPU stops at "the reports cannot be compared" (the AVX_VNNI one did: written
+    under Transformers 5.24). Refresh a baseline (scripts/ci_bench.sh --refresh) when the model changes."""
+    from pathlib import Path
+
+    from sdopt.manifest import identity_of, read_manifest
+
+    identity = identity_of(read_manifest(tiny_model).components, tiny_model)
+    baselines = sorted((Path(__file__).parents[1] / "reports" / "ci" / "baselines").glob("*.json"))
+    assert baselines
+    for path in baselines:
+        baseline = json.loads(path.read_text())
+        reference = next(a for a in baseline["artifacts"] if a["name"] == baseline["reference"])
+        assert (baseline["model"].get("identity"), reference.get("identity")) == (identity, identity), path.name

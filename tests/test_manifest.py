@@ -131,3 +131,42 @@ def test_a_file_is_hashed_once_while_it_is_unchanged(tiny_model, tmp_path, monke
     (tmp_path / "file-not-folder").write_text("x")  # an unusable cache folder: hashed every time, never an error
     shutil.copy(tiny_model / "unet" / "diffusion_pytorch_model.safetensors", weights)
     manifest.verify_files(copy)
+
+
+def test_identity_is_blind_to_the_library_versions_that_wrote_the_configs(tiny_model, tmp_path):
+    """The tiny model init-model writes under Transformers 5.24 and 5.25 differs in one string (text_encoder/config.json's
+    transformers_version): two fingerprints, which made a CI baseline written under 5.24 incomparable forever. Its
+    identity is one; any change to what the model is changes it."""
+    from sdopt.manifest import fingerprint_of, hash_components, identity_of
+
+    def rewritten(name, edit):
+        folder = tmp_path / name
+        shutil.copytree(tiny_model, folder)
+        edit(folder)
+        manifest = read_manifest(folder)
+        for comp in manifest.components.values():
+            for f in comp.files:
+                f.sha256 = None
+        hash_components(manifest.components, folder)
+        return fingerprint_of(manifest.components), identity_of(manifest.components, folder)
+
+    def config(key, value):
+        def edit(folder):
+            path = folder / "text_encoder" / "config.json"
+            data = json.loads(path.read_text())
+            data[key] = value
+            path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        return edit
+
+    def weights(folder):
+        path = folder / "unet" / "diffusion_pytorch_model.safetensors"
+        data = bytearray(path.read_bytes())
+        data[-1] ^= 1
+        path.write_bytes(bytes(data))
+
+    original = rewritten("original", lambda folder: None)
+    older = rewritten("older", config("transformers_version", "5.24.0"))
+    assert older[0] != original[0] and older[1] == original[1]
+    for name, edit in (("act", config("hidden_act", "gelu")), ("weights", weights)):
+        changed = rewritten(name, edit)
+        assert changed[0] != original[0] and changed[1] != original[1], name

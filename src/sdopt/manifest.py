@@ -186,8 +186,40 @@ def _known(cls, data: dict[str, Any]) -> dict[str, Any]:
 
 def fingerprint_of(components: dict[str, ComponentEntry]) -> str:
     """sha256 over the sorted (path, sha256) pairs of every component file."""
-    pairs = sorted({(f.path, f.sha256 or "") for c in components.values() for f in c.files})
-    return hashlib.sha256("\n".join(f"{p}:{h}" for p, h in pairs).encode()).hexdigest()
+    return _digest({(f.path, f.sha256 or "") for c in components.values() for f in c.files})
+
+
+# Keys Diffusers and Transformers stamp into every config they save: which version wrote the file, not what the model is.
+VERSION_STAMPS = frozenset({"_diffusers_version", "transformers_version"})
+
+
+def identity_of(components: dict[str, ComponentEntry], folder: str | Path) -> str | None:
+    """fingerprint_of, blind to the library versions that wrote the configs: a config (.json) counts by its content
+    without VERSION_STAMPS, every other file by its sha256. The tiny model `sdopt init-model` writes under
+    Transformers 5.24 and under 5.25 has two fingerprints (text_encoder/config.json records which wrote it) and one
+    identity: the gate compares models by it. None when a file is not here to read."""
+    pairs = set()
+    for comp in components.values():
+        for f in comp.files:
+            path = Path(folder) / f.path
+            if not path.is_file():
+                return None
+            pairs.add((f.path, _config_digest(path) if path.suffix == ".json" else f.sha256 or sha256_file(path)))
+    return _digest(pairs)
+
+
+def _config_digest(path: Path) -> str:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return sha256_file(path)  # not a config that reads: its bytes are what there is
+    if isinstance(data, dict):
+        data = {k: v for k, v in data.items() if k not in VERSION_STAMPS}
+    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _digest(pairs: set[tuple[str, str]]) -> str:
+    return hashlib.sha256("\n".join(f"{p}:{h}" for p, h in sorted(pairs)).encode()).hexdigest()
 
 
 def derive(source: "Manifest", source_folder: Path, folder: Path, components: dict[str, ComponentEntry], **fields: Any) -> "Manifest":

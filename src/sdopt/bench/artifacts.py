@@ -10,7 +10,7 @@ from typing import Any
 
 from sdopt.bench.settings import BenchSettings
 from sdopt.errors import SdoptError
-from sdopt.manifest import Manifest, fingerprint_of, read_manifest
+from sdopt.manifest import Manifest, fingerprint_of, identity_of, read_manifest
 from sdopt.source import resolve
 
 
@@ -31,6 +31,25 @@ def model_fingerprint(m: Manifest) -> str | None:
     if m.backend == "torch" and all(f.sha256 for c in m.components.values() for f in c.files):
         return fingerprint_of(m.components)
     return None
+
+
+def model_identity(entry: Entry) -> str | None:
+    """model_fingerprint, blind to the library versions that wrote the configs (sdopt.manifest.identity_of): from the
+    checkpoint's files, the entry's own where it is the source checkpoint, else the source folder its manifest records
+    while that still holds the same files. None where they are not here to read."""
+    fingerprint = model_fingerprint(entry.manifest)
+    if fingerprint is None:
+        return None
+    if fingerprint == fingerprint_of(entry.manifest.components):
+        return identity_of(entry.manifest.components, entry.path)
+    source = entry.manifest.source.get("path")
+    try:
+        manifest = read_manifest(source) if source else None
+    except SdoptError:
+        return None
+    if manifest is None or fingerprint_of(manifest.components) != fingerprint:
+        return None
+    return identity_of(manifest.components, source)
 
 
 def parse_artifact_arg(text: str) -> tuple[str, str | None, dict[str, Any], dict[str, Any]]:

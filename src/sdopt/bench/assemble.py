@@ -12,11 +12,12 @@ from typing import Any
 import numpy as np
 
 from sdopt.bench import quality
-from sdopt.bench.artifacts import Entry, guidance_end_of, model_fingerprint
+from sdopt.bench.artifacts import Entry, guidance_end_of, model_fingerprint, model_identity
 from sdopt.bench.forkserver import effective_worker_start
 from sdopt.bench.grounding import adherence, choose_judge
 from sdopt.bench.profiles import HardwareProfile
 from sdopt.bench.settings import BenchSettings
+from sdopt.manifest import identity_of
 from sdopt.runtime.output_checks import broken_output
 
 REPORT_SCHEMA = "sdopt.bench.report"
@@ -70,6 +71,8 @@ def _summarise(entry: Entry, raw: dict, reference: dict | None, out: Path, flops
         "guidance_end": guidance_end_of(entry),
         **({"compile": entry.options["compile"]} if entry.options.get("compile") else {}),  # +compile=SETTING: how it ran
         "artifact_id": m.artifact_id,
+        # Its files blind to the library versions that wrote their configs: what the gate compares a reference by.
+        "identity": identity_of(m.components, entry.path),
         "size_bytes": m.size_bytes,
         "status": raw["status"],
         "error": raw.get("error"),
@@ -347,7 +350,7 @@ def assemble_report(entries: list[Entry], raws: dict[str, dict], settings: Bench
         },
         "settings": {"warmup": settings.warmup, "runs": settings.runs, "rounds": settings.rounds, "max_seconds": settings.max_seconds, "device": settings.device,
                      "worker_start": effective_worker_start(settings.worker_start, settings.device)},
-        "model": {"fingerprint": ref_fp, "family": entries[0].manifest.family, **entries[0].manifest.model},
+        "model": {"fingerprint": ref_fp, "identity": model_identity(entries[0]), "family": entries[0].manifest.family, **entries[0].manifest.model},
         "reference": entries[0].name,
         "unet_flops_per_call": flops,
         "matmul_peak_gflops": peaks,

@@ -43,6 +43,9 @@ COMPARABLE_FIELDS = (
 # What makes the reference the same yardstick in two reports, as its row records it: the same files (artifact_id), run
 # the same way. Its name is not: a profile names it, else the checkpoint's folder, which differs between machines.
 REFERENCE_IDENTITY = ("artifact_id", "backend", "precision", "quantization", "compile", "guidance_end", "cache_interval", "replaced")
+# Where both reports record them, the model and the reference's files are compared blind to the library versions that
+# wrote their configs (sdopt.manifest.identity_of): the fingerprint and artifact_id change with a Transformers upgrade.
+VERSION_BLIND = {"model.fingerprint": "model.identity", "artifact_id": "identity"}
 _RATIO_METRICS = {"latency.median", "latency.p90", "load"}
 # Used when neither --rules nor a profile (given, or named in the report) says otherwise.
 DEFAULT_RULES: dict[str, Any] = {
@@ -134,25 +137,37 @@ def _get(data: dict, dotted: str) -> Any:
 
 def check_comparable(current: dict, baseline: dict) -> None:
     for name in COMPARABLE_FIELDS:
+        name = _version_blind(name, current, baseline, _get)
         a, b = _get(current, name), _get(baseline, name)
         if a != b:
             raise IncomparableReports(
                 f"the reports cannot be compared: {name} differs (baseline {json.dumps(b)[:120]}, current {json.dumps(a)[:120]}). "
                 "Bench with the same settings as the baseline, or refresh the baseline"
             )
-    a, b = reference_identity(current), reference_identity(baseline)
+    a, b = reference_identity(current, baseline), reference_identity(baseline, current)
     if a != b:
-        diff = ", ".join(f"{k} {json.dumps(b.get(k))[:60]} vs {json.dumps(a.get(k))[:60]}" for k in REFERENCE_IDENTITY if a.get(k) != b.get(k))
+        diff = ", ".join(f"{k} {json.dumps(b.get(k))[:60]} vs {json.dumps(a.get(k))[:60]}" for k in a if a.get(k) != b.get(k))
         raise IncomparableReports(
             f"the reports cannot be compared: the reference differs (baseline {baseline['reference']!r}, current {current['reference']!r}: "
             f"{diff}, baseline vs current). Bench against the same reference as the baseline, or refresh the baseline"
         )
 
 
-def reference_identity(report: dict) -> dict[str, Any]:
-    """What the reference is (REFERENCE_IDENTITY, from its row), whatever the report names it."""
-    row = _by_name(report).get(report["reference"], {})
-    return {k: row.get(k) for k in REFERENCE_IDENTITY}
+def reference_identity(report: dict, other: dict | None = None) -> dict[str, Any]:
+    """What the reference is (REFERENCE_IDENTITY, from its row), whatever the report names it; its files compared
+    blind to library versions where this report's and ``other``'s reference rows both record that (VERSION_BLIND)."""
+    row = _reference_row(report)
+    keys = [_version_blind(k, row, _reference_row(other), dict.get) if other else k for k in REFERENCE_IDENTITY]
+    return {k: row.get(k) for k in keys}
+
+
+def _reference_row(report: dict) -> dict:
+    return _by_name(report).get(report["reference"], {})
+
+
+def _version_blind(key: str, a: dict, b: dict, get) -> str:
+    blind = VERSION_BLIND.get(key)
+    return blind if blind and get(a, blind) and get(b, blind) else key
 
 
 def _by_name(report: dict) -> dict[str, dict]:
@@ -245,6 +260,11 @@ def gate(current: dict, rules_table: dict[str, Any], baseline: dict | None = Non
     if not any(r.metric == "status" for r in rules):
         rules.append(parse_rules({"status": "ok"})[0])  # a failed artifact always fails the gate
     result = GateResult()
+    if baseline is not None and _get(current, "model.fingerprint") != _get(baseline, "model.fingerprint"):
+        # check_comparable let them through: the same model files but for the library versions written in their configs.
+        result.notes.append("the model's files differ from the baseline's only in the library versions their configs record "
+                            f"(fingerprint {str(_get(baseline, 'model.fingerprint'))[:12]} there, {str(_get(current, 'model.fingerprint'))[:12]} "
+                            "here): the same model, compared")
     other_cpu = baseline is not None and cpu_kind(current) != cpu_kind(baseline)
     if other_cpu:
         result.notes.append(
