@@ -28,6 +28,10 @@ def test_profile_run_tables(tmp_path):
     ('PERFORMANCE_HINT = "LATENC"', r"\[run.openvino\]: OpenVINO's CPU plugin does not take PERFORMANCE_HINT = 'LATENC': Wrong value"),
     ("NUM_STREAMZ = 1", r"has no property NUM_STREAMZ \(did you mean NUM_STREAMS\?\)"),
     ('NUM_STREAMS = "many"', "does not take NUM_STREAMS = 'many'"),
+    # OpenVINO takes these without a word: 1.5 runs 1 stream, "" its default
+    ("NUM_STREAMS = 1.5", r"takes a whole number for NUM_STREAMS, not 1.5 \(it would run 1 without saying so\)"),
+    ('NUM_STREAMS = ""', r"not '' \(it would run its default"),
+    ('INFERENCE_NUM_THREADS = "2.0"', "takes a whole number for INFERENCE_NUM_THREADS, not '2.0'"),
     ('performance_hint = "LATENCY"', "give OpenVINO property names"),
     ('ENABLE_MMAP = "maybe"', "OpenVINO does not take ENABLE_MMAP = 'maybe'"),
 ])
@@ -38,6 +42,7 @@ def test_profile_openvino_run_settings_are_checked_when_read(tmp_path, body, mes
     with pytest.raises(SdoptError, match=message):
         load_profile(str(_profile(tmp_path, f"[run.openvino]\n{body}\n")))
     ok = load_profile(str(_profile(tmp_path, '[run.openvino]\nPERFORMANCE_HINT = "THROUGHPUT"\nNUM_STREAMS = 2\nENABLE_CPU_PINNING = true\n'
+                                             'INFERENCE_NUM_THREADS = "2"\n'
                                              f'CACHE_DIR = "{tmp_path}"\nENABLE_MMAP = false\n')))  # the core's: no plugin lists them
     assert ok.run["openvino"]["NUM_STREAMS"] == 2
 

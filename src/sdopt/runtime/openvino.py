@@ -24,6 +24,7 @@ string through unchanged (openvino:GPU.1, openvino:HETERO:GPU,CPU).
 from __future__ import annotations
 
 import functools
+import math
 import os
 import threading
 import warnings
@@ -140,10 +141,33 @@ def check_run_settings(settings: dict[str, Any], device: str) -> None:
             near = difflib.get_close_matches(key, supported, n=1)
             raise SdoptError(f"OpenVINO's {target} plugin has no property {key}" + (f" (did you mean {near[0]}?)" if near else "")
                              + "; its run settings are such as PERFORMANCE_HINT, NUM_STREAMS, INFERENCE_NUM_THREADS, ENABLE_CPU_PINNING")
+        _refuse_a_part_of_a_whole(c, target, key, value)
         try:
             c.set_property(target, {key: config[key]})
         except RuntimeError as exc:
             raise SdoptError(f"OpenVINO's {target} plugin does not take {key} = {value!r}: {_reason(exc)}") from None
+
+
+def _refuse_a_part_of_a_whole(core: ov.Core, target: str, key: str, value: Any) -> None:
+    """A whole-number property (NUM_STREAMS, INFERENCE_NUM_THREADS: their value is an int) given 1.5 or "": OpenVINO
+    takes both without a word and runs 1 for the first, its default for the second. Words (NUM_STREAMS = "AUTO") are
+    left to OpenVINO to judge."""
+    default = core.get_property(target, key)
+    if isinstance(default, bool) or not isinstance(default, int):
+        return
+    text = str(value).strip()
+    try:
+        int(text)
+        return
+    except ValueError:
+        pass
+    try:
+        number = float(text) if text else math.nan
+    except ValueError:
+        return  # a word
+    runs = int(number) if math.isfinite(number) else "its default"
+    raise SdoptError(f"OpenVINO's {target} plugin takes a whole number for {key}, not {value!r} (it would run {runs} without "
+                     "saying so): give one, such as 1 or 2")
 
 
 def read_properties(compiled: ov.CompiledModel, names: tuple[str, ...] = REPORTED_PROPERTIES) -> dict[str, str]:
