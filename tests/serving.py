@@ -40,15 +40,16 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(pipeline: Any, name: str = "tiny", start_worker: bool = True, **settings: Any):
-    """Yields (base_url, app). The worker starts unless start_worker=False (tests that fill the queue first)."""
+def running_server(pipeline: Any, name: str = "tiny", start_worker: bool = True, replica: str | None = None, **settings: Any):
+    """Yields (base_url, app). The worker starts unless start_worker=False (tests that fill the queue first); replica: the
+    app as a Ray Serve replica of that name builds it (sdopt.cluster.serve), without Ray."""
     import uvicorn
 
     from sdopt.serve.server import build
     from sdopt.serve.settings import ServeSettings
 
     port = free_port()
-    app = build(pipeline, ServeSettings(port=port, **settings), name, start_worker=start_worker)
+    app = build(pipeline, ServeSettings(port=port, **settings), name, start_worker=start_worker, replica=replica)
     worker = app.state.worker
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

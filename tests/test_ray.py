@@ -217,7 +217,7 @@ def test_ray_serve_replicas_serve_the_openai_client_share_the_requests_and_keep_
 
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0).images.generate(prompt="x", size="64x64")
-        with pytest.raises(openai.BadRequestError, match="several replicas"):  # a link could reach the other replica
+        with pytest.raises(openai.BadRequestError, match="several replicas only with --image-dir"):  # a link could reach the other replica
             client.images.generate(prompt="x", size="64x64", response_format="url")
 
         def post(_):

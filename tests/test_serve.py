@@ -99,6 +99,25 @@ def test_image_links_outlive_a_restart_with_image_dir(tiny_pipeline, tmp_path):
     assert (folder / "link-key").stat().st_mode & 0o077 == 0  # the key is this user's alone
 
 
+def test_image_links_behind_replicas_need_a_shared_image_dir(tiny_pipeline, tmp_path):
+    """Behind several replicas (sdopt serve --ray) a link may reach another replica than the one that made the image:
+    with one --image-dir they all see, that one answers it (url was refused behind replicas whatever the flags);
+    without, the request is refused saying what to give."""
+    folder = tmp_path / "shared"
+    with running_server(tiny_pipeline, replica="r1", image_dir=str(folder)) as (one, _), \
+            running_server(tiny_pipeline, replica="r2", image_dir=str(folder)) as (other, app):
+        link = _linked(one)
+        made = httpx.get(link)
+        there = httpx.get(link.replace(one, other))
+        assert app.state.worker.jobs == {}  # the other replica never saw the job
+        assert made.status_code == there.status_code == 200 and made.content == there.content
+        assert httpx.get(link.replace(one, other).replace("/0.png", "/1.png")).status_code == 403
+    with running_server(tiny_pipeline, replica="r1") as (url, _):
+        body = {"prompt": "a cross", "size": "64x64", "response_format": "url", "sdopt_steps": 2}
+        refused = httpx.post(url + "/v1/images/generations", json=body, timeout=60)
+    assert refused.status_code == 400 and "--image-dir" in refused.json()["error"]["message"], refused.text
+
+
 def result_seed(result) -> int:
     """The seed an OpenAI answer's first image was made with, from the parameters its PNG carries."""
     return int(re.search(r"Seed: (\d+)", png(result.data[0].b64_json).info["parameters"]).group(1))

@@ -3,7 +3,8 @@
 ``response_format=url`` answers with signed links to the images, valid for 60
 minutes without the API key, as OpenAI's (serve/image_links.py: across restarts
 with ``sdopt serve --image-dir``); b64_json is the default. Behind several replicas (``--ray``) a link could reach a replica that
-does not hold the image, so there it is refused with a 400 that says so.
+does not hold the image, so there it is refused with a 400 that says so, unless ``--image-dir`` names a folder they all see
+(each writes its images and reads the links' key there, so any of them answers any link).
 Fields OpenAI's newer models take (quality, style, background, ...) are
 accepted and have no effect on an SD model.
 
@@ -78,9 +79,11 @@ def _check_model_and_format(request: Request, model: str | None, response_format
         raise RequestError("model", f"model {model!r} is not served here; this server serves {name!r}", status=404)
     if response_format not in (None, "b64_json", "url"):
         raise RequestError("response_format", f"response_format={response_format!r}: give b64_json or url", status=400)
-    if response_format == "url" and request.app.state.replica is not None:
-        raise RequestError("response_format", "response_format=url is not served behind several replicas (a link could reach one that "
-                                              "does not hold the image): ask for b64_json", status=400)
+    if response_format == "url" and request.app.state.replica is not None and request.app.state.image_links.folder is None:
+        # With --image-dir every replica writes its linked images there and signs with the key kept there: any answers a link.
+        raise RequestError("response_format", "response_format=url is served behind several replicas only with --image-dir (a folder "
+                                              "every replica sees, as the artifact): without it a link could reach one that does not "
+                                              "hold the image; give it, or ask for b64_json", status=400)
 
 
 async def _answer(request: Request, spec: J.JobSpec, names: dict[str, str], response_format: str | None) -> dict[str, Any]:
