@@ -567,6 +567,13 @@ def test_the_pareto_plot_rings_a_front_of_one_point_and_keeps_every_label_inside
     for text in ax.texts:
         label = text.get_window_extent(renderer)
         assert box.x0 <= label.x0 and label.x1 <= box.x1 and label.y1 <= box.y1, text.get_text()
+    # Artifacts of near-equal speed and quality (sd15's int4 and nf4): their labels printed over each other.
+    close = pareto_figure([row("reference", 1.0, 100.0), row("torch-int4", 3.0, 40.0), row("torch-nf4", 3.01, 40.05),
+                           row("torch-int8", 2.99, 39.98), row("slow", 2.0, 30.0)])
+    close.canvas.draw()
+    boxes = [(t.get_text(), t.get_window_extent(close.canvas.get_renderer())) for t in close.axes[0].texts]
+    overlapping = [(a, b) for i, (a, box) in enumerate(boxes) for b, other in boxes[i + 1:] if box.overlaps(other)]
+    assert len(boxes) == 5 and not overlapping, overlapping
     two = pareto_figure([row("reference", 1.0, 100.0), row("fast", 0.5, 40.0), row("slow", 2.0, 30.0)])
     [line] = two.axes[0].get_legend().legend_handles
     assert line.get_linestyle() == "--" and two.axes[0].get_legend().get_texts()[0].get_text() == "Pareto front"

@@ -92,15 +92,35 @@ def pareto_figure(rows):
     ax.margins(x=0.08, y=0.12)
     fig.canvas.draw()
     x_mid = sum(ax.get_xlim()) / 2
+    labels = []
     for r, (x, y) in zip(ok, points):
         right_half = x > x_mid  # its label to the left of the point, so it stays inside the axes
-        ax.annotate(r["artifact"], (x, y), textcoords="offset points", xytext=(-6 if right_half else 6, 4), fontsize=8,
-                    ha="right" if right_half else "left")
+        labels.append(ax.annotate(r["artifact"], (x, y), textcoords="offset points", xytext=(-6 if right_half else 6, 4), fontsize=8,
+                                  ha="right" if right_half else "left"))
+    _apart(fig, labels)
     ax.set_xlabel("latency, seconds per image (median)")
     ax.set_ylabel("PSNR vs reference, dB (worst sample; 100 = identical)")
     ax.set_title("Speed vs quality")
     ax.legend(fontsize=8)
     return fig
+
+
+def _apart(fig, labels) -> None:
+    """Move labels down until none overlaps another: artifacts of near-equal speed and quality (sd15's int4 and nf4
+    rows) printed their names over each other. Each in turn, from the top, steps below the labels it meets."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    points_per_pixel = 72 / fig.dpi
+    placed = []
+    for label in sorted(labels, key=lambda a: -a.get_window_extent(renderer).y0):
+        for _ in range(len(labels)):
+            box = label.get_window_extent(renderer)
+            hit = next((other for other in placed if box.overlaps(other)), None)
+            if hit is None:
+                break
+            dx, dy = label.xyann
+            label.xyann = (dx, dy - (box.y1 - hit.y0 + 1) * points_per_pixel)  # its top just under the other's bottom
+        placed.append(label.get_window_extent(renderer))
 
 
 def _memory_plot(rows) -> str:
