@@ -65,6 +65,19 @@ def test_openai_sdk_generates_decodable_images(tiny_pipeline):
             openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0).images.generate(prompt="x", size="64x64")
 
 
+def test_openai_body_that_is_not_a_json_object_is_named_as_the_body(tiny_pipeline):
+    """A body that is not JSON, or JSON but not an object, is about no field: OpenAI's param is null and the message
+    says what to send, not the parser's character offset ("0: JSON decode error") or "None: ..."."""
+    with running_server(tiny_pipeline, start_worker=False) as (url, _):
+        for body in (b"xx", b"[1, 2]"):
+            answer = httpx.post(url + "/v1/images/generations", content=body, headers={"Content-Type": "application/json"})
+            error = answer.json()["error"]
+            assert answer.status_code == 422 and error["param"] is None, answer.text
+            assert error["message"].startswith("the request body: ") and "send a JSON object" in error["message"]
+        named = httpx.post(url + "/v1/images/generations", json={"size": "64x64"}).json()["error"]
+        assert named["param"] == "prompt" and named["message"].startswith("prompt: ")  # a field's error still names it
+
+
 def _linked(url: str) -> str:
     """A response_format=url link to a new image."""
     body = {"prompt": "a cross", "size": "64x64", "response_format": "url", "sdopt_seed": 3, "sdopt_steps": 2}

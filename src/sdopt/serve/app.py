@@ -37,6 +37,14 @@ def _error_body(request: Request, status: int, message: str, field: str | None =
     return {"detail": detail}
 
 
+def _openai_param(error: dict[str, Any]) -> str | None:
+    """The field a validation error is about, as OpenAI's ``param`` names it; None for the body as a whole.
+    A body that is not JSON ends its loc in the character the parser stopped at, which is no field."""
+    if error.get("type") == "json_invalid":
+        return None
+    return ".".join(str(p) for p in error["loc"][1:]) or None
+
+
 def create_app(worker: Worker, settings: ServeSettings, model_name: str, replica: str | None = None) -> FastAPI:
     """``replica``: this copy's name when several serve the same endpoint (Ray Serve, sdopt.cluster.serve):
     every response says which one answered (``X-Sdopt-Replica``), and so does /health."""
@@ -80,8 +88,9 @@ def create_app(worker: Worker, settings: ServeSettings, model_name: str, replica
         errors = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()]
         if _openai_route(request):
             first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
-            field = ".".join(str(p) for p in first["loc"][1:]) or None
-            return JSONResponse(_error_body(request, 422, f"{field}: {first['msg']}", field), status_code=422)
+            field = _openai_param(first)
+            message = f"{field}: {first['msg']}" if field else f"the request body: {first['msg']}: send a JSON object, such as {{\"prompt\": \"a red circle\"}}"
+            return JSONResponse(_error_body(request, 422, message, field), status_code=422)
         return JSONResponse({"detail": errors}, status_code=422)
 
     @app.get("/health", tags=["server"])
