@@ -742,6 +742,8 @@ def test_serve_command_refuses_a_busy_port_and_bad_options_before_loading(tiny_m
         assert "cannot listen on 127.0.0.1" in capsys.readouterr().err
     assert main(["serve", str(tiny_model), "--api-auth", "no-colon"]) == 2
     assert "USER:PASS" in capsys.readouterr().err
+    assert main(["serve", str(tiny_model), "--port", "99999"]) == 2  # was an OverflowError traceback from bind()
+    assert "--port 99999" in capsys.readouterr().err
     assert main(["serve", str(tiny_model), "--max-batch", "0"]) == 2
     assert "--max-batch" in capsys.readouterr().err
     a_file = next(path for path in tiny_model.iterdir() if path.is_file())
