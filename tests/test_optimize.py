@@ -29,6 +29,14 @@ def test_floor_verdicts():
     assert "did not run" in floor.verdict({"status": "failed", "error": "boom"}, ref, exact=True)[1]
 
 
+@pytest.mark.parametrize("flag", ["--min-psnr", "--lever-min-psnr", "--min-adherence"])
+def test_a_floor_that_is_not_a_number_is_refused_before_building(tmp_path, capsys, flag):
+    """--min-psnr nan ran the whole optimize and called every candidate 'PSNR 45.5 dB >= nan dB' (held)."""
+    assert main(["optimize", str(tmp_path / "any-model"), "-o", str(tmp_path / "out"), "--quick", flag, "nan"]) == 2
+    assert f"{flag} nan" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.work").exists()
+
+
 @pytest.mark.parametrize("lacks_bf16, base", [(True, "fp32"), (False, "bf16")])
 def test_candidates_follow_the_cpus_bf16(monkeypatch, lacks_bf16, base):
     """Forced either way, whatever this CPU has: int8 candidates are quantized from the float candidate of the CPU's precision."""

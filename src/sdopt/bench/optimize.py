@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -40,6 +41,13 @@ class Floor:
     # Levers without a judge (prompts that are not shapes captions) are held to this PSNR; None: min_psnr.
     # A lever changes the computation, so 30 dB is usually out of its reach even when the images look right.
     lever_min_psnr: float | None = None
+
+    def __post_init__(self):
+        # Checked before anything is built: a NaN floor compares False both ways, so every candidate "held" it.
+        for flag, value in (("--min-psnr", self.min_psnr), ("--lever-min-psnr", self.lever_min_psnr),
+                            ("--min-adherence", self.min_adherence), ("max_adherence_drop", self.max_adherence_drop)):
+            if value is not None and not math.isfinite(value):
+                raise SdoptError(f"{flag} {value!r}: give a finite number (--min-psnr is in dB, 30 by default; --min-adherence from 0 to 1)")
 
     def verdict(self, row: dict[str, Any], reference: dict[str, Any], exact: bool) -> tuple[bool, str]:
         """(holds, why) for one bench row."""
