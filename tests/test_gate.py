@@ -189,6 +189,20 @@ def test_rule_grammar():
         parse_rules({"quality.psnr_db": []})
 
 
+@pytest.mark.parametrize("text, says", [('[gaet]\n"status" = "ok"\n', r"\[gaet\] is a table, not a rule"),
+                                        ("[gate]\n", "has no rules"), ("", "has no rules")])
+def test_a_rules_file_with_a_misspelt_or_empty_table_is_refused(tmp_path, text, says):
+    """[gaet] read as an unknown metric 'gaet'; an empty [gate] checked status alone and could pass."""
+    from sdopt.bench.rules import load_rules_file
+
+    path = tmp_path / "rules.toml"
+    path.write_text(text)
+    with pytest.raises(SdoptError, match=says):
+        load_rules_file(path)
+    path.write_text('[gate]\n"latency.median" = "+10%"\n')
+    assert load_rules_file(path) == {"latency.median": "+10%"}
+
+
 def _renamed_reference(report, name):
     """The report as a run whose reference is the same artifact under another name (a profile's, or another folder's)."""
     other = json.loads(json.dumps(report))

@@ -101,4 +101,14 @@ def load_rules_file(path) -> dict[str, Any]:
     from sdopt.fsutil import read_toml
 
     data = read_toml(path, what="rules file")
-    return data.get("gate", data)
+    table = data.get("gate", data)
+    # A misspelt [gate] table read as one unknown metric ("unknown gate metric 'gaet'"), and an empty one checked
+    # status alone, so a rules file that says nothing passed the gate.
+    tables = [key for key, value in table.items() if isinstance(value, dict)]
+    if tables:
+        raise SdoptError(f"rules file {path}: [{tables[0]}] is a table, not a rule; write the rules in a [gate] table "
+                         "(or at the top level), one metric = rule a line, such as \"latency.median\" = \"+10%\"")
+    if not table:
+        raise SdoptError(f"rules file {path} has no rules: give its [gate] table lines of metric = rule, such as "
+                         "\"latency.median\" = \"+10%\" (or leave --rules out for the profile's or the default rules)")
+    return table
