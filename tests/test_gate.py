@@ -203,6 +203,13 @@ def test_a_rules_file_with_a_misspelt_or_empty_table_is_refused(tmp_path, text, 
     assert load_rules_file(path) == {"latency.median": "+10%"}
 
 
+def test_a_bench_folder_given_for_its_report_says_which_file_to_give(tmp_path, capsys):
+    """`sdopt gate reports/mine` (the bench's -o) said the report "is missing", though the folder was right there."""
+    (tmp_path / "report.json").write_text("{}")
+    assert main(["gate", str(tmp_path)]) == 2
+    assert f"is a folder: give {tmp_path / 'report.json'}" in capsys.readouterr().err
+
+
 def _renamed_reference(report, name):
     """The report as a run whose reference is the same artifact under another name (a profile's, or another folder's)."""
     other = json.loads(json.dumps(report))

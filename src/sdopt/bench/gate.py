@@ -109,6 +109,9 @@ class GateResult:
 
 def read_report(path: str | Path) -> dict:
     path = Path(path)
+    if path.is_dir():  # the bench's -o folder: read_json called it "missing", though it is right there
+        hint = f"give {path / 'report.json'}" if (path / "report.json").is_file() else "give a report.json written by `sdopt bench`"
+        raise SdoptError(f"report {path} is a folder: {hint}")
     report = read_json(path, what="report", missing="give a report.json written by `sdopt bench`")
     if not isinstance(report, dict) or report.get("schema") != REPORT_SCHEMA:
         schema = report.get("schema") if isinstance(report, dict) else type(report).__name__
