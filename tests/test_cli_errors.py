@@ -266,3 +266,14 @@ def test_a_librarys_exception_is_told_by_the_line_that_says_what_is_wrong():
     long = exception_line(ValueError("word " * 100), most=50)
     assert long.endswith(" ...") and len(long) <= 54 and "wor ..." not in long
     assert exception_line(ValueError("Check 'only this'"), skip=("Check '",)) == "Check 'only this'"  # nothing else to say
+
+
+def test_a_prompt_file_that_is_not_text_is_refused(tmp_path):
+    """quantize --calibration-prompts photo.png (or bench --prompts) was a UnicodeDecodeError traceback."""
+    from sdopt import SdoptError
+    from sdopt.prompts import read_prompts
+
+    image = tmp_path / "photo.png"
+    image.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe")
+    with pytest.raises(SdoptError, match="calibration prompt file .*photo.png is not UTF-8 text"):
+        read_prompts(image, what="calibration prompt file")

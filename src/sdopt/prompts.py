@@ -21,7 +21,11 @@ def read_prompts(source: str | Path | list[str] | tuple[str, ...], what: str = "
     path = Path(source)
     if not path.is_file():
         raise SdoptError(f"{what} {path} does not exist: give a text file with one prompt per line")
-    prompts = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    try:
+        text = path.read_text(encoding="utf-8")  # not the locale's: a prompt file written on another machine reads the same
+    except UnicodeDecodeError:  # an image or other binary file given by mistake
+        raise SdoptError(f"{what} {path} is not UTF-8 text: give a text file with one prompt per line") from None
+    prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     if not prompts:
         raise SdoptError(f"{what} {path} has no prompts: put one prompt per line")
     return prompts
