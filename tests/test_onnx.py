@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -527,3 +528,16 @@ def test_onnx_runtime_int8_refuses_before_any_work_where_memory_is_short(tiny_on
     assert "ONNX Runtime's int8 quantizer would need about" in capsys.readouterr().err
     assert not (tmp_path / "q").exists()
 
+
+
+def test_onnx_runtime_int8_refuses_an_artifact_saved_with_offline_optimizations(tiny_onnx_artifact, tmp_path, capsys):
+    """`export --optimize` fuses SiLU into com.microsoft's QuickGelu, which ORT's calibration leaves without a range: the
+    quantizer failed after calibrating ("Unable to get valid quantization scale"). Refused up front, saying what to do."""
+    optimized = tmp_path / "optimized"
+    shutil.copytree(tiny_onnx_artifact, optimized)
+    record = json.loads((optimized / "sdopt.json").read_text())
+    record["export"]["optimizations"] = {"unet": {"graph_optimization_level": "ORT_ENABLE_EXTENDED"}}
+    (optimized / "sdopt.json").write_text(json.dumps(record))
+    assert main(["quantize", str(optimized), "--scheme", "int8-static", "-o", str(tmp_path / "q")]) == 2
+    assert "unet: saved with ONNX Runtime's offline optimizations (sdopt export --optimize)" in capsys.readouterr().err
+    assert not (tmp_path / "q").exists()

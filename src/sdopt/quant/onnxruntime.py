@@ -180,6 +180,17 @@ def _method(name: str) -> str:
     return "MinMax, the min and max over all samples"
 
 
+def _check_not_optimized(manifest: Manifest, components: list[str]) -> None:
+    """A graph saved with `sdopt export --optimize` has ONNX Runtime's fusions in it (SiLU became com.microsoft's
+    QuickGelu), whose outputs ONNX Runtime's calibration leaves without a range: its quantizer failed after calibrating
+    ("Unable to get valid quantization scale ... when quantizing bias"). Refused before any work instead."""
+    optimized = [n for n in CALIBRATED if n in components and n in manifest.export.get("optimizations", {})]
+    if optimized:
+        raise SdoptError(f"{', '.join(optimized)}: saved with ONNX Runtime's offline optimizations (sdopt export --optimize), whose fused "
+                         "operators ONNX Runtime's int8 quantizer cannot calibrate: export the model again without --optimize and "
+                         "quantize that (ONNX Runtime applies those optimizations itself when it loads the quantized graph)")
+
+
 class OrtQuantEngine(Engine):
     def check_plan(self, source: Path, manifest: Manifest, plan: Plan) -> None:
         if plan.exclude:
@@ -193,6 +204,7 @@ class OrtQuantEngine(Engine):
         if not set(CALIBRATED) & set(plan.components):
             raise SdoptError("int8-static with --backend onnxruntime quantizes the UNet (and the VAE decoder, when named): "
                              "name unet or vae_decoder in --components")
+        _check_not_optimized(manifest, plan.components)
         check_calibration_images(source, manifest, _images(options))
         _check_memory(source, manifest, [n for n in CALIBRATED if n in plan.components])
 
