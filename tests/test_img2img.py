@@ -478,6 +478,16 @@ def test_calibration_masks_are_drawn_from_the_seed():
     assert len({m.tobytes() for m in masks}) == 7  # seeds 3 and 7 both the whole image
 
 
+def test_calibration_repaints_images_of_another_size_than_the_artifacts(tiny_inpaint, tmp_path):
+    """A 100x77 photo in --calibration-images was refused after the export ('mask_image is 64x64 but init_image is
+    100x77: give a mask of the image's size'), a mask sdopt draws itself: the photo is resized to the run's size."""
+    from sdopt.quant.calibration import record_inputs
+
+    picture(3, size=(100, 77)).save(tmp_path / "wide.png")
+    samples = record_inputs(tiny_inpaint, ("a red apple",), ["unet"], images=(str(tmp_path / "wide.png"),), progress=False)
+    assert samples["unet"] and samples["unet"][0]["sample"].shape[-2:] == (8, 8)  # 64x64 latents: the model's size
+
+
 @pytest.mark.slow
 def test_an_inpainting_checkpoint_calibrates_int8_static_on_images_it_repaints(tiny_inpaint, tiny_model, tmp_path, capsys):
     """sdopt quantize --scheme int8-static cannot calibrate an inpainting checkpoint from text (it takes nothing but

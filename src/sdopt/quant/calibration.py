@@ -13,7 +13,7 @@ import numpy as np
 
 from sdopt.errors import SdoptError
 from sdopt.prompts import read_prompts
-from sdopt.quant.inpainting_calibration import INPAINTING_STRENGTH, calibration_mask
+from sdopt.quant.inpainting_calibration import INPAINTING_STRENGTH, calibration_image, calibration_mask
 
 # A small, varied prompt set: activation ranges depend more on the noise level (every step
 # is recorded) than on the words, so a few prompts cover the UNet's range.
@@ -129,7 +129,7 @@ def record_inputs(source: Path, prompts: tuple[str, ...] | list[str], names: lis
                 recorder.recording = records(name, scheduler, decoder_schedulers)
             repaint = {}
             if images:
-                repaint = dict(init_image=opened[seed % len(opened)].convert("RGB"), mask_image=calibration_mask(seed, height, width),
+                repaint = dict(init_image=calibration_image(opened[seed % len(opened)], height, width), mask_image=calibration_mask(seed, height, width),
                                strength=INPAINTING_STRENGTH)
             pipe.generate(
                 GenerateRequest(

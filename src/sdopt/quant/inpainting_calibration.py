@@ -52,6 +52,16 @@ def calibration_mask(seed: int, height: int, width: int):
     return mask
 
 
+def calibration_image(image, height: int, width: int):
+    """A calibration image at the size calibration runs: its mask is drawn at that size, and a request takes a mask of
+    its init image's size only (a photo of another size was refused, blaming a mask the user never gave). Lanczos, as
+    the pipeline's own resize (runtime.conditioning), so an image of that size already is unchanged."""
+    from PIL import Image
+
+    image = image.convert("RGB")
+    return image if image.size == (width, height) else image.resize((width, height), resample=Image.Resampling.LANCZOS)
+
+
 MASKS = "drawn from each run's seed: the whole image every fourth run, else 1-3 rectangles of 1/5-1/2 of each side"
 INPAINTING_STRENGTH = 1.0  # calibration repaints from pure noise: every noise level the UNet sees, as Diffusers' default
 
