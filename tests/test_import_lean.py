@@ -34,6 +34,7 @@ NOISE_AS_LOGGED = [
     ("kernels._internals.hf_hub", "Skipping publisher trust check for 'kernels-community/quantization-bitsandbytes' because Hugging Face Hub is in offline mode.", ()),
     ("transformers.modeling_utils", "`loss_type=None` was set in the config but it is unrecognized. Using the default loss: `ForCausalLMLoss`.", ()),
     ("diffusers.configuration_utils", "The config attributes {'skip_prk_steps': True} were passed to TCDScheduler, but are not expected and will be ignored. Please verify your scheduler_config.json configuration file.", ()),
+    ("diffusers.models.modeling_utils", "There are modules in UNet2DConditionModel that should be kept in float32: []. Casting directly with `to()` can lead to inconsistent results; set `torch_dtype` in `from_pretrained()` instead to keep these modules in float32.", ()),
     ("transformers.tokenization_utils_base", "Token indices sequence length is longer than the specified maximum sequence length for this model (289 > 77). Running this sequence through the model will result in indexing errors", ()),
     ("transformers.utils.import_utils", "`CLIPImageProcessor` requires torchvision (not installed); falling back to `CLIPImageProcessorPil` for backward compatibility. Install torchvision to use the default backend, or import `CLIPImageProcessorPil` directly to silence this warning.", ()),
 ]
@@ -55,6 +56,16 @@ def test_every_known_noise_line_is_filtered_and_other_warnings_from_its_logger_a
     for name, fmt, args in NOISE_AS_LOGGED:
         assert fmt % args not in err, err
         assert f"a real warning from {name}" in err
+
+
+def test_diffusers_float32_modules_warning_is_dropped_only_for_an_empty_list():
+    """sdopt generate TORCHAO_ARTIFACT --precision bf16 -q printed diffusers' "should be kept in float32: []. Casting
+    directly with `to()` can lead to inconsistent results" (no module to keep); a list that names modules is a real warning."""
+    message = "There are modules in UNet2DConditionModel that should be kept in float32: %s. Casting directly with `to()` can lead to inconsistent results; set `torch_dtype` in `from_pretrained()` instead to keep these modules in float32."
+    code = "import logging, sys, sdopt\nlogging.getLogger('diffusers.models.modeling_utils').warning(sys.argv[1])\n"
+    for modules, shown in (("[]", False), ("['proj_out']", True)):
+        err = subprocess.run([sys.executable, "-c", code, message % modules], capture_output=True, text=True, check=True, timeout=120).stderr
+        assert (message % modules in err) == shown, err
 
 
 # bitsandbytes asks the ``kernels`` package for a hub kernel only where the CPU has AVX-512-BF16

@@ -20,7 +20,11 @@ a scheduler is built from a checkpoint's config for another class than its own
 not take are in "your scheduler_config.json": they are the checkpoint's own
 scheduler's, and the file is fine. A tokenizer logs that a prompt's tokens are more than
 the text encoder's 77 when sdopt counts them (it says itself what it reads of a long prompt,
-and in emphasis mode encodes it in chunks). Most of these appear on every sdopt command;
+and in emphasis mode encodes it in chunks). diffusers warns on every ``to(dtype)`` of a model that
+"modules ... should be kept in float32: []", the list empty (its check is ``[] is not None``), when
+a torchao artifact is loaded in bf16 or fp16 (sdopt casts its float parameters after loading the
+quantized weights): no module is kept in fp32, and the advice to use ``torch_dtype`` is not the
+user's to follow; a non-empty list still shows. Most of these appear on every sdopt command;
 none says anything about the user's work. Only these
 messages are filtered, by logger and a fragment of their text; every other warning
 from these loggers still shows. Uses only the standard library: ``import sdopt``
@@ -40,6 +44,7 @@ _KNOWN_NOISE = {
     "transformers.utils.import_utils": ("requires torchvision (not installed); falling back to ",),
     "transformers.modeling_utils": ("was set in the config but it is unrecognized. Using the default loss",),
     "diffusers.configuration_utils": ("but are not expected and will be ignored. Please verify your scheduler_config.json",),
+    "diffusers.models.modeling_utils": ("that should be kept in float32: []. Casting directly with `to()`",),
     "transformers.tokenization_utils_base": ("Token indices sequence length is longer than the specified maximum sequence length",),
 }
 
