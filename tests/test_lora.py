@@ -258,6 +258,15 @@ def test_a_lora_for_another_model_is_refused(sdxl_tiny, tiny_lora):
         pipeline.generate(GenerateRequest(**SMALL, loras={str(tiny_lora): 1.0}))
 
 
+def test_a_lora_for_another_model_names_the_layer_that_does_not_fit_once(sdxl_tiny, tiny_lora, capfd):
+    """It said '(RuntimeError: Error(s) in loading state_dict for UNet2DConditionModel:)', after Diffusers had logged the
+    whole exception as 'Loading lora0 was unsuccessful with the following error' (with -q too)."""
+    pipeline = sdopt.load(sdxl_tiny)
+    with pytest.raises(SdoptError, match=r"does not fit this .* model \(RuntimeError: size mismatch for .*lora_A"):
+        pipeline.generate(GenerateRequest(**SMALL, loras={str(tiny_lora): 1.0}))
+    assert "was unsuccessful" not in capfd.readouterr().err
+
+
 def test_threads_sharing_a_pipeline_get_their_own_loras(tiny_model, tiny_lora):
     """One thread asks for a LoRA, another for the base weights, on one pipeline at once: each gets the image it gets
     alone (generate calls run one after another; before, the second thread's call reset the first's adapters mid-loop)."""

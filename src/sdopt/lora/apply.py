@@ -26,13 +26,15 @@ def _loader(family):
 @contextlib.contextmanager
 def _quiet():
     """Diffusers logs a line per component a LoRA has no keys for; that is normal (a UNet-only LoRA). PEFT warns, on a
-    second adapter, that the module already has a peft_config: sdopt loads several on purpose, one per file."""
+    second adapter, that the module already has a peft_config: sdopt loads several on purpose, one per file. Diffusers
+    also logs, as an error, the exception of a LoRA that does not fit ("Loading lora0 was unsuccessful ...") before
+    raising it: load_adapter says that itself, so only a critical line shows."""
     import warnings
 
     from diffusers.utils import logging as dlogging
 
     level = dlogging.get_verbosity()
-    dlogging.set_verbosity_error()
+    dlogging.set_verbosity(dlogging.CRITICAL)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
@@ -43,6 +45,10 @@ def _quiet():
 
 def adapters_of(module: torch.nn.Module) -> set[str]:
     return set(getattr(module, "peft_config", None) or {})
+
+
+# A line of torch's load_state_dict error that names no layer: the next one ("size mismatch for ...") says what is wrong.
+_HEADINGS = ("Error(s) in loading state_dict",)
 
 
 def load_adapter(modules: dict[str, torch.nn.Module], family, lora: LoraFile, name: str) -> list[str]:
@@ -64,7 +70,7 @@ def load_adapter(modules: dict[str, torch.nn.Module], family, lora: LoraFile, na
         raise SdoptError(f"LoRA {lora.path} cannot be read as safetensors ({exception_line(exc, most=200)}): give a .safetensors LoRA file") from exc
     except (ValueError, KeyError, RuntimeError) as exc:  # a file for another architecture or family
         raise SdoptError(
-            f"LoRA {lora.path.name} does not fit this {family.title} model ({type(exc).__name__}: {exception_line(exc, most=200)}): "
+            f"LoRA {lora.path.name} does not fit this {family.title} model ({type(exc).__name__}: {exception_line(exc, most=200, skip=_HEADINGS)}): "
             "use a LoRA trained for this model's architecture"
         ) from exc
     touched = [n for n in ("unet", *family.text_encoders) if name in adapters_of(modules[n])]
