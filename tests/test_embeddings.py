@@ -232,6 +232,27 @@ def test_the_png_names_the_embeddings_its_prompts_used_and_a_remake_without_them
     assert "TI hashes" not in Image.open(plain).info["parameters"]
 
 
+def test_a_remake_on_another_backend_says_how_that_backend_takes_the_missing_embeddings(tiny_model, tiny_onnx_artifact, embedding,
+                                                                                      tmp_path, capsys):
+    """On an ONNX artifact the warning said 'give them with --embedding', which that backend refuses: it names the export."""
+    flags = ["--height", "64", "--width", "64", "--steps", "2", "-q"]
+    out = tmp_path / "fox.png"
+    assert main(["generate", str(tiny_model), "-p", PROMPT, "--embedding", str(embedding), "-o", str(out), *flags]) == 0
+    capsys.readouterr()
+    assert main(["generate", str(tiny_onnx_artifact), "--parameters-from", str(out), "-o", str(tmp_path / "again.png"), *flags]) == 0
+    err = capsys.readouterr().err
+    assert "used the embeddings mystyle (its TI hashes)" in err and "give them with --embedding" not in err
+    assert "this onnxruntime artifact reads only the embeddings fused at export (sdopt export MODEL --embedding FILE)" in err
+
+
+def test_an_empty_embeddings_folder_is_said_once(tiny_model, tmp_path, recwarn):
+    """generate checks the files named before the load and adds them after it: the empty folder was warned of by both."""
+    (tmp_path / "none").mkdir()
+    assert main(["generate", str(tiny_model), "-p", "a fox", "--embedding", str(tmp_path / "none"), "--height", "64", "--width", "64",
+                 "--steps", "2", "-q", "-o", str(tmp_path / "fox.png")]) == 0
+    assert sum("holds no .safetensors file" in str(w.message) for w in recwarn) == 1
+
+
 def test_a_folder_of_odd_files_loads_what_it_can_and_says_what_it_left_out(tiny_model, embedding, tmp_path, capsys):
     """AUTOMATIC1111's folder rules: a file in it that is no embedding (a LoRA, a truncated file) or that reads as
     another one's word is skipped, never failing the rest (the QA sweep's cases); a link is a word of its own; files

@@ -74,7 +74,11 @@ def _generate(args: argparse.Namespace) -> int:
     if args.embedding:
         from sdopt.embeddings import parse_embeddings
 
-        parse_embeddings(args.embedding, skipped={})  # each file named readable, before the load (a folder's are said after it)
+        import warnings
+
+        with warnings.catch_warnings():  # an empty folder's warning is add_embeddings' to say, after the load (it was said twice)
+            warnings.simplefilter("ignore")
+            parse_embeddings(args.embedding, skipped={})  # each file named readable, before the load (a folder's are said after it)
 
     from tqdm import tqdm
 
@@ -96,8 +100,7 @@ def _generate(args: argparse.Namespace) -> int:
         for word, why in pipe.add_embeddings(args.embedding).items():  # found in a folder given; a file named is refused instead
             print(f"embedding {word} left out: {why}", file=sys.stderr)
     if args.parameters_from and (missing := missing_embeddings(parsed, pipe.embeddings)):
-        print(f"warning: {args.parameters_from}'s prompts used the embeddings {', '.join(missing)} (its TI hashes), which this run "
-              "does not have (or has another file of): the image will differ; give them with --embedding", file=sys.stderr)
+        print(f"warning: {_embeddings_missing(args.parameters_from, missing, pipe.manifest.backend)}", file=sys.stderr)
     if args.parameters_from and (differ := lora_difference(parsed, loras_in_effect(request.loras, pipe.fused_loras))):
         print(f"warning: {_loras_differ(args.parameters_from, *differ, pipe.manifest.backend, pipe.fused_loras)}", file=sys.stderr)
     defaults = pipe.request_defaults
@@ -154,6 +157,16 @@ def _said_of_the_image(image: str | None, made_from: dict, flags: dict):
 
 def _flag_for(field: str) -> str:
     return _FLAG_NAMES.get(field, "--" + field.replace("_", "-"))
+
+
+def _embeddings_missing(image: str, missing: list[str], backend: str) -> str:
+    """The warning for an image whose prompts used embeddings this run lacks, with the way to have them: --embedding on
+    PyTorch; an export with them fused elsewhere (those backends refuse --embedding)."""
+    fix = ("give them with --embedding" if backend == "torch" else
+           f"this {backend} artifact reads only the embeddings fused at export (sdopt export MODEL --embedding FILE), "
+           "or generate with the PyTorch checkpoint and --embedding")
+    return (f"{image}'s prompts used the embeddings {', '.join(missing)} (its TI hashes), which this run does not have "
+            f"(or has another file of): the image will differ; {fix}")
 
 
 def _loras_differ(image: str, asked: dict[str, str], have: dict[str, float], backend: str, fused: dict[str, float]) -> str:
