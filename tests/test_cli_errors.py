@@ -162,6 +162,23 @@ def test_strength_without_an_init_image(tiny_model, tmp_path, capsys):
     assert "Denoising strength" not in Image.open(tmp_path / "again.png").info["parameters"]
 
 
+def test_a_hires_fix_pictures_denoising_strength_is_not_said_to_be_an_init_images(tiny_model, tmp_path, capsys):
+    """AUTOMATIC1111's txt2img with hires fix writes "Denoising strength" for its second pass: --parameters-from said the
+    picture was made from an init image. The hires keys are named as not taken; the strength is not used."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("parameters", "a red fox\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 3, Size: 64x64, Denoising strength: 0.5, "
+                                "Hires upscale: 2, Hires upscaler: Latent")
+    png = tmp_path / "hires.png"
+    Image.new("RGB", (64, 64)).save(png, pnginfo=info)
+    assert main(["generate", str(tiny_model), "--parameters-from", str(png), "-q", "-o", str(tmp_path / "o.png")]) == 0
+    err = capsys.readouterr().err
+    assert "says Hires upscale, Hires upscaler, which this request does not take" in err and "init image" not in err
+    assert "Denoising strength" not in Image.open(tmp_path / "o.png").info["parameters"]
+
+
 def test_a_value_an_images_parameters_give_that_no_request_takes_is_said_to_come_from_the_image(tiny_model, tmp_path, capsys):
     """An AUTOMATIC1111 PNG can say "Size: 60x60" (or Steps: 500): refused naming the image and the flag that overrides it,
     not as if it had been typed; the flag given, the image's other values are taken."""

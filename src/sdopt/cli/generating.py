@@ -44,10 +44,12 @@ def _generate(args: argparse.Namespace) -> int:
                   "the image will differ", file=sys.stderr)
     check_strength_has_image(args.strength, init_image)
     if init_image is None:
-        if "strength" in made_from:
-            made_from.pop("strength")
+        # AUTOMATIC1111's hires fix writes its second pass's Denoising strength on a text-to-image picture: not an init
+        # image's (the Hires keys are named as not taken above)
+        if "strength" in made_from and not any(key.startswith("Hires ") for key in parsed):
             print(f"warning: {args.parameters_from} was made from an init image (img2img or inpainting: its Denoising strength); "
                   "without --init-image (and --mask) this makes a text-to-image picture, not that one", file=sys.stderr)
+        made_from.pop("strength", None)
     asked = {**made_from, **{k: v for k, v in flags.items() if v is not None}}
     if "prompt" not in asked:
         raise SdoptError("give the prompt, --prompt TEXT (or --parameters-from IMAGE.png to take an image's)")
