@@ -294,3 +294,12 @@ def test_a_prompt_file_that_is_not_text_is_refused(tmp_path):
     image.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe")
     with pytest.raises(SdoptError, match="calibration prompt file .*photo.png is not UTF-8 text"):
         read_prompts(image, what="calibration prompt file")
+
+
+def test_a_folder_given_as_a_prompt_file_is_not_said_to_be_missing(tmp_path):
+    """quantize --calibration-prompts photos/ said 'calibration prompt file photos does not exist'."""
+    from sdopt import SdoptError
+    from sdopt.prompts import read_prompts
+
+    with pytest.raises(SdoptError, match="prompt file .* is a folder: give a text file"):
+        read_prompts(tmp_path, what="calibration prompt file")

@@ -19,6 +19,8 @@ def read_prompts(source: str | Path | list[str] | tuple[str, ...], what: str = "
             raise SdoptError(f"the {what} list is empty: give at least one prompt")
         return prompts
     path = Path(source)
+    if path.is_dir():  # not "does not exist": it does
+        raise SdoptError(f"{what} {path} is a folder: give a text file with one prompt per line")
     if not path.is_file():
         raise SdoptError(f"{what} {path} does not exist: give a text file with one prompt per line")
     try:
