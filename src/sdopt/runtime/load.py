@@ -10,7 +10,7 @@ from typing import Any
 from sdopt.errors import SdoptError
 from sdopt.fsutil import read_json
 from sdopt.manifest import read_manifest, tokenizer_folders
-from sdopt.runtime.backends import BACKENDS, get_backend
+from sdopt.runtime.backends import BACKENDS, device_kind, get_backend
 from sdopt.runtime.pipeline import Pipeline
 from sdopt.source import resolve
 
@@ -37,7 +37,15 @@ def load(path: str | Path, device: str = "cpu", precision: str | None = None, ve
     if precision != manifest.precision and not backend.casts_at_load:
         raise SdoptError(f"this {manifest.backend} artifact was exported in {manifest.precision}; it cannot run in {precision}. "
                          + _export_advice(manifest.backend, precision))
-    backend.check(device, precision)
+    try:
+        backend.check(device, precision)
+    except SdoptError:
+        # A device this machine lacks is said first: "fp32 is not supported on npu; choose fp16" sent the user to export
+        # again, only for that load to say there is no NPU here.
+        present = getattr(backend.implementation(), "check_device", None) if device_kind(device) in backend.precisions else None
+        if present:
+            present(device)
+        raise
     backend.check_options(options, BACKENDS)
     if manifest.inferred:
         # Said once per folder per process (Python shows a warning once per place and text).

@@ -86,6 +86,11 @@ def openvino_device(device: str, c: ov.Core) -> str:
     return name
 
 
+def check_device(device: str) -> None:
+    """Refuse a device this machine lacks (sdopt.runtime.load asks before its precision advice)."""
+    openvino_device(device, ov.Core())
+
+
 def _device_name(c: ov.Core, device: str) -> str:
     try:
         return str(c.get_property(device, "FULL_DEVICE_NAME")).strip()
