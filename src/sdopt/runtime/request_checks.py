@@ -62,7 +62,7 @@ def check(pipe: Any, request: GenerateRequest) -> None:
         want = {"batch": request.batch_size, "height": request.height, "width": request.width}
         if any(shapes.get(k) not in (None, v) for k, v in want.items()):
             batch = shapes.get("batch")
-            per_prompt = (f" (it takes {batch} images a call, prompts x num_images: ask for num_images={batch // len(request.prompts)}, "
+            per_prompt = (f" (it takes {batch} image{'s' if batch != 1 else ''} a call, prompts x num_images: ask for num_images={batch // len(request.prompts)}, "
                           f"--num-images {batch // len(request.prompts)})"
                           if batch not in (None, request.batch_size) and batch % len(request.prompts) == 0 else "")
             raise SdoptError(
