@@ -237,7 +237,9 @@ def markdown(report: dict) -> str:
             + (f" ({p['kernel']})" if p.get("kernel") else "") + (f" — {p['note']}" if p.get("note") else "")
             for ran, p in peaks.items()) + "."]
     if any((r["fraction_of_peak"] or 0) > 1 for r in flat_rows(report)):
-        lines += ["Above 100%, the model's kernels (e.g. oneDNN convolutions) beat the probed matmul: the probe is no ceiling there."]
+        lines += ["Above 100%, the model's kernels (e.g. oneDNN convolutions) beat the probed matmul — or the probe ran while the "
+                  "machine was busy (on a shared 2-core host, one probe read 89 GFLOP/s where an idle one read 208): the probe is no "
+                  "ceiling there; bench again on an idle machine to tell which."]
     return "\n".join(lines) + "\n"
 
 
