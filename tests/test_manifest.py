@@ -170,3 +170,13 @@ def test_identity_is_blind_to_the_library_versions_that_wrote_the_configs(tiny_m
     for name, edit in (("act", config("hidden_act", "gelu")), ("weights", weights)):
         changed = rewritten(name, edit)
         assert changed[0] != original[0] and changed[1] != original[1], name
+
+
+def test_inspect_says_a_trained_model_is_not_the_shipped_one():
+    """train-shapes records source {zoo: shapes, trained: true}; inspect showed it as 'zoo model shapes (seed 0)', the
+    same line as the weights `init-model shapes` ships, so a one-step run could pass for the shipped model."""
+    from sdopt.inspect_artifact import _origin
+
+    assert _origin({"zoo": "shapes", "seed": 3, "trained": True}) == "shapes model trained by `sdopt train-shapes` (seed 3)"
+    assert _origin({"zoo": "shapes", "seed": 0}) == "zoo model shapes (seed 0)"
+    assert _origin({"path": "/models/x"}) == "/models/x" and _origin({}) == "unknown"

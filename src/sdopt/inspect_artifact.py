@@ -47,6 +47,18 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:,.1f} MiB"
 
 
+def _origin(src: dict[str, Any]) -> str:
+    """Where the weights came from. `sdopt train-shapes` records the zoo name it trains (shapes) with trained=True: its
+    weights are this machine's run, not the shipped ones `init-model shapes` installs, and the seed is the training's."""
+    if src.get("path"):
+        return src["path"]
+    if "zoo" not in src:
+        return "unknown"
+    if src.get("trained"):
+        return f"{src['zoo']} model trained by `sdopt train-shapes` (seed {src.get('seed')})"
+    return f"zoo model {src['zoo']} (seed {src.get('seed')})"
+
+
 def format_description(d: dict[str, Any]) -> str:
     lines = [
         f"artifact   {d['path']}",
@@ -61,8 +73,7 @@ def format_description(d: dict[str, Any]) -> str:
     if d.get("verified"):
         lines.append(f"verified   {d['verified']}")
     src = d.get("source") or {}
-    origin = src.get("path") or (f"zoo model {src['zoo']} (seed {src.get('seed')})" if "zoo" in src else "unknown")
-    lines.append(f"source     {origin}  fingerprint {str(src.get('fingerprint') or 'unknown')[:16]}")
+    lines.append(f"source     {_origin(src)}  fingerprint {str(src.get('fingerprint') or 'unknown')[:16]}")
     if d.get("model"):
         lines.append("model      " + ", ".join(f"{k}={v}" for k, v in d["model"].items()))
     from sdopt.embeddings import vectors_text
