@@ -289,6 +289,15 @@ def test_bad_image_fields_are_refused_naming_the_field(fields, message):
         GenerateRequest(**BASE, **fields).validate()
 
 
+@pytest.mark.parametrize("image", [np.zeros((64, 64, 3), np.uint8), "tensor"])
+def test_an_init_image_that_is_not_a_pil_image_is_refused_by_generate(tiny_pipeline, image):
+    """generate sizes the request from the init image before validating it: a numpy array's .size (an int) or a
+    tensor's (a method) was unpacked as (width, height), a TypeError instead of the validator's message."""
+    image = torch.zeros(3, 64, 64) if isinstance(image, str) else image
+    with pytest.raises(SdoptError, match="init_image: must be a PIL image"):
+        tiny_pipeline.generate(GenerateRequest(prompt="a", steps=2, init_image=image))
+
+
 def test_an_artifact_without_the_encoder_says_how_to_get_it(tiny_pipeline):
     p = tiny_pipeline
     no_encoder = Pipeline(p.manifest, {k: v for k, v in p.components.items() if k != "vae_encoder"}, p.tokenizers, p.scheduler_config, folder=p.folder)

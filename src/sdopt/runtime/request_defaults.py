@@ -88,13 +88,15 @@ def sized(request: Any, manifest: Any, built_shapes: dict[str, int] | None = Non
     size, else default_size. A size taken from an image or latents that no request can have is refused naming them."""
     import dataclasses
 
-    from sdopt.request import MAX_SIDE, MIN_SIDE
+    from sdopt.request import MAX_SIDE, MIN_SIDE, _is_pil_image
 
     if request.height is not None and request.width is not None:
         return request
     static = getattr(manifest, "static_shapes", None) or built_shapes or {}
     images = request.init_images
-    image = images[0] if images and hasattr(images[0], "size") else None
+    # Only a PIL image gives its size here; anything else (a numpy array's size is an int, a tensor's a method) is left
+    # for GenerateRequest.validate to refuse by name.
+    image = images[0] if images and _is_pil_image(images[0]) else None
     source = None
     if static.get("height") and static.get("width"):
         height, width = default_size(manifest, built_shapes)  # the only size it runs (an init image is resized)
