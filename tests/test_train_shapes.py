@@ -52,3 +52,10 @@ def test_a_bad_training_value_is_an_error_naming_its_flag(tmp_path, capsys):
     """It was a ValueError traceback naming the field."""
     assert main(["train-shapes", str(tmp_path / "t"), "-q", "--vae-steps", "0"]) == 2
     assert "--vae-steps must be at least 1, got 0" in capsys.readouterr().err and not (tmp_path / "t").exists()
+
+
+def test_quiet_training_prints_nothing(tmp_path, capfd):
+    """-q printed transformers' "Loading weights" bar when the text encoder was read back from the zoo's files."""
+    assert main(["train-shapes", str(tmp_path / "m"), "--vae-steps", "1", "--unet-steps", "1", "--images", "1", "-q"]) == 0
+    captured = capfd.readouterr()
+    assert captured.err == "" and "Loading weights" not in captured.out

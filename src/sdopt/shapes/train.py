@@ -215,7 +215,7 @@ def train_shapes(out: str | Path, settings: TrainSettings = TrainSettings(), pro
     from sdopt.fsutil import atomic_output_dir
     from sdopt.layouts import write_torch_manifest
     from sdopt.zoo.configs import MODELS
-    from sdopt.zoo.writer import write
+    from sdopt.zoo.writer import canonical_text_encoder_keys, without_transformers_progress_bar, write
 
     settings.check()
     torch.set_num_threads(settings.threads or os.cpu_count() or 1)
@@ -227,7 +227,8 @@ def train_shapes(out: str | Path, settings: TrainSettings = TrainSettings(), pro
         write(MODELS["shapes"], model_dir, seed=settings.seed, progress=False, untrained=True)
         vae = AutoencoderKL.from_pretrained(model_dir / "vae")
         unet = UNet2DConditionModel.from_pretrained(model_dir / "unet")
-        text_encoder = CLIPTextModel.from_pretrained(model_dir / "text_encoder")
+        with without_transformers_progress_bar():  # transformers' "Loading weights" bar printed through --quiet
+            text_encoder = CLIPTextModel.from_pretrained(model_dir / "text_encoder")
         tokenizer = CLIPTokenizer.from_pretrained(model_dir / "tokenizer")
 
         pairs = list(tqdm(samples(settings.seed, settings.images), total=settings.images, desc="rendering", unit="image", disable=not progress))
@@ -249,8 +250,6 @@ def train_shapes(out: str | Path, settings: TrainSettings = TrainSettings(), pro
         t0 = time.monotonic()
         train_denoiser(unet, text_encoder, tokenizer, latents, captions, settings, generator, log, progress)
         timings["unet_s"] = time.monotonic() - t0
-
-        from sdopt.zoo.writer import canonical_text_encoder_keys, without_transformers_progress_bar
 
         with without_transformers_progress_bar():
             for name, module in (("vae", vae), ("unet", unet), ("text_encoder", text_encoder)):
