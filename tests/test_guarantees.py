@@ -292,6 +292,26 @@ def test_a_place_that_takes_no_files_is_refused_before_the_work(tiny_model, caps
         assert "/proc does not take new files" in capsys.readouterr().err
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc: a folder no one, root included, may create files in")
+def test_distill_optimize_and_a_work_folder_that_takes_no_files_are_refused_before_the_work(tiny_model, tmp_path, capsys, monkeypatch):
+    """distill-decoder and optimize write their output at the end: -o /proc/... passed os.access (root) and distill
+    trained for minutes before failing; optimize and bench --build-from died in mkdir of their work folder with a
+    FileNotFoundError traceback."""
+    import sdopt.runtime.load
+
+    def never(*a, **k):
+        raise AssertionError("loaded before the output path was checked")
+
+    monkeypatch.setattr(sdopt.runtime.load, "load", never)
+    for argv, says in ((["distill-decoder", str(tiny_model), "-o", "/proc/sdopt-nope/d"], "/proc does not take new files"),
+                       (["optimize", str(tiny_model), "--steps", "1", "-o", "/proc/sdopt-nope/o"], "/proc does not take new files"),
+                       (["optimize", str(tiny_model), "--steps", "1", "-o", str(tmp_path / "o"), "--work", "/proc/sdopt-nope/w"], None),
+                       (["bench", "--profile", "cpu-generic", "--build-from", str(tiny_model), "--work", "/proc/sdopt-nope/w",
+                         "--steps", "1", "-o", str(tmp_path / "b")], None)):
+        assert main(argv) == 2, argv
+        assert (says or "cannot make the work folder /proc/sdopt-nope/w") in capsys.readouterr().err
+
+
 # --- 7. a killed export's leftovers are removed by the next run and by `sdopt clean` -------------
 def _start_export(model, out):
     return subprocess.Popen(

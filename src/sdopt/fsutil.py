@@ -108,7 +108,21 @@ def check_output_dir(out: str | Path, force: bool = False, inputs: tuple[str | P
     probe = nearest_existing(parent)
     if not os.access(probe, os.W_OK | os.X_OK):
         raise SdoptError(f"cannot write {out}: {probe} is not writable; choose an output path you can write to")
+    # os.access says root may write anywhere: a command that enters atomic_output_dir only at its end (distill-decoder,
+    # optimize) would find /proc or a read-only mount after all its work. Its temporary sibling goes in this folder.
+    check_can_create_in(probe, out)
     return out
+
+
+def make_work_dir(work: Path) -> Path:
+    """The folder a command keeps what it builds in (bench --build-from --work, optimize's), made before any work: a
+    place that takes no folders (/proc, under a file, a read-only mount) is one line, not an OSError traceback."""
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SdoptError(f"cannot make the work folder {work}: {exc.strerror or exc}; choose a folder you can write to (--work)") from None
+    check_can_create_in(work, work)
+    return work
 
 
 def nearest_existing(path: Path) -> Path:

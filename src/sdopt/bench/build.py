@@ -41,6 +41,7 @@ from typing import Any, Callable
 
 from sdopt.bench.profiles import HardwareProfile
 from sdopt.errors import SdoptError
+from sdopt.fsutil import make_work_dir
 
 
 @dataclass
@@ -192,8 +193,7 @@ def build_profile_artifacts(
     reference = next((s for s in specs if s.get("reference")), None)
     if reference is None:
         raise SdoptError(f"profile {profile.name} marks no artifact as reference = true: add it to one [[artifacts]] entry")
-    model, work = Path(model), Path(work)
-    work.mkdir(parents=True, exist_ok=True)
+    model, work = Path(model), make_work_dir(Path(work))
     paths: dict[str, str] = {}
     not_built: dict[str, str] = {}
     for spec in specs:

@@ -210,7 +210,7 @@ def _optimize(model, out, settings, work, floor, quick, budget_minutes, distill,
     from sdopt.bench.profiles import HardwareProfile
     from sdopt.bench.runner import run_bench
     from sdopt.export.run import source_checkpoint
-    from sdopt.fsutil import atomic_output_dir, check_output_dir, local_inputs
+    from sdopt.fsutil import atomic_output_dir, check_output_dir, local_inputs, make_work_dir
 
     check_output_dir(out, force, local_inputs(model))  # before any slow work
     source, manifest = source_checkpoint(model)
@@ -219,8 +219,7 @@ def _optimize(model, out, settings, work, floor, quick, budget_minutes, distill,
     if is_inpainting(manifest, source) and settings.mask_image is None:
         raise SdoptError(f"{source} is an inpainting checkpoint: it is measured inpainting, so give --init-image and --mask "
                          "(and --calibration-images for its int8 candidates)")
-    work = Path(work)
-    work.mkdir(parents=True, exist_ok=True)
+    work = make_work_dir(Path(work))
     started = time.monotonic()
     # The decoder learns from latents made as the bench makes them (its steps and guidance).
     distill = {"steps_per_image": settings.steps, "guidance_scale": settings.guidance_scale, **(distill or {})}
