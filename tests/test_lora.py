@@ -251,6 +251,16 @@ def test_refusals(tiny_model, tiny_lora, tiny_onnx_artifact, tmp_path):
     assert not any((tmp_path / n).exists() for n in "abcd")  # nothing written
 
 
+def test_init_lora_and_init_embedding_of_an_exported_artifact_name_their_own_work(tiny_onnx_artifact, tmp_path, capsys):
+    """They said '...; export from the original PyTorch (Diffusers) checkpoint' to a user who ran init-lora."""
+    from sdopt.cli import main
+
+    for command, what in (("init-lora", "make the LoRA"), ("init-embedding", "make the embedding")):
+        assert main([command, str(tiny_onnx_artifact), str(tmp_path / "x.safetensors")]) == 2
+        err = capsys.readouterr().err
+        assert f"{what} from the original PyTorch (Diffusers) checkpoint" in err and "export from" not in err
+
+
 def test_a_lora_for_another_model_is_refused(sdxl_tiny, tiny_lora):
     """The tiny SD LoRA's layer shapes do not fit the SDXL toy: a clear error, not a traceback."""
     pipeline = sdopt.load(sdxl_tiny)

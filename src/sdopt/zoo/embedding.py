@@ -25,7 +25,7 @@ def write_embedding(model: str | Path, out: str | Path, vectors: int = VECTORS, 
     out = checked_output(out, "an embedding is written as .safetensors, its name the word prompts use", force)
     if not 1 <= vectors <= MAX_VECTORS:
         raise SdoptError(f"--vectors {vectors}: give 1 to {MAX_VECTORS}")
-    _, manifest, modules = source_modules(model, with_unet=False)
+    _, manifest, modules = source_modules(model, with_unet=False, verb="make the embedding")
     encoders = manifest.pipeline_family.text_encoders
     generator = torch.Generator().manual_seed(seed)
     keys = SDXL_KEYS if len(encoders) == 2 else {encoders[0]: "emb_params"}

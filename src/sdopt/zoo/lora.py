@@ -26,7 +26,7 @@ def write_lora(model: str | Path, out: str | Path, seed: int = 0, rank: int = RA
     from sdopt.zoo.synthetic_file import checked_output, save_whole, source_modules
 
     out = checked_output(out, "a LoRA file is written as .safetensors", force)
-    folder, manifest, modules = source_modules(model, with_unet=True)
+    folder, manifest, modules = source_modules(model, with_unet=True, verb="make the LoRA")
     generator = torch.Generator().manual_seed(seed)
     tensors = {}
     for name in ("unet", *manifest.pipeline_family.text_encoders):

@@ -22,8 +22,9 @@ def checked_output(out: str | Path, written_as: str, force: bool) -> Path:
     return out
 
 
-def source_modules(model: str | Path, with_unet: bool) -> tuple[Path, Any, dict[str, Any]]:
-    """The checkpoint's folder, manifest, and its text encoders (and UNet) as fp32 torch modules (the others are not loaded)."""
+def source_modules(model: str | Path, with_unet: bool, verb: str) -> tuple[Path, Any, dict[str, Any]]:
+    """The checkpoint's folder, manifest, and its text encoders (and UNet) as fp32 torch modules (the others are not loaded).
+    ``verb`` says what to do with the original checkpoint when given an exported one ("make the LoRA"), not "export"."""
     from dataclasses import replace
 
     import torch
@@ -31,7 +32,7 @@ def source_modules(model: str | Path, with_unet: bool) -> tuple[Path, Any, dict[
     from sdopt.export.run import source_checkpoint
     from sdopt.runtime.torch import load_modules
 
-    folder, manifest = source_checkpoint(model)
+    folder, manifest = source_checkpoint(model, verb)
     names = ("unet",) * with_unet + manifest.pipeline_family.text_encoders
     return folder, manifest, load_modules(folder, replace(manifest, components={n: manifest.components[n] for n in names}), torch.float32)
 
