@@ -257,6 +257,26 @@ def test_nan_latents_are_flagged(tiny_pipeline, monkeypatch):
     assert result.problems and "NaN" in result.problems[0]
 
 
+def test_nan_pixels_from_the_decoder_are_flagged(tiny_pipeline, monkeypatch):
+    """Sound latents and a decoder that overflows in places (an fp16 VAE): the NaN pixels were cast to black ones,
+    the image was not all black, and it counted as a success; all NaN read 'the image is all black', after numpy's
+    'invalid value encountered in cast' warning."""
+    import warnings
+
+    decoder = tiny_pipeline.components["vae_decoder"]
+
+    def overflowing(**kw):
+        sample = decoder(**kw)["sample"].copy()
+        sample[:, :, :8, :8] = np.nan
+        return {"sample": sample}
+
+    monkeypatch.setitem(tiny_pipeline.components, "vae_decoder", overflowing)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        result = tiny_pipeline.generate(GenerateRequest(**SMALL))
+    assert result.problems == ["image 0: the VAE decoder gave NaN or inf pixels (saved, they would be black)"]
+
+
 # --- 6. the output path is checked before the work ------------------------------------------------
 def test_output_path_is_checked_before_loading(tiny_model, tmp_path, capsys, monkeypatch):
     def never(*a, **k):

@@ -11,20 +11,25 @@ from __future__ import annotations
 import numpy as np
 
 
-def broken_output(image: np.ndarray, latents: np.ndarray) -> str | None:
-    """Why one output counts as failed (NaN latents, an all-black image), or None."""
+def broken_output(image: np.ndarray, latents: np.ndarray, decoded: np.ndarray | None = None) -> str | None:
+    """Why one output counts as failed (NaN latents, NaN or inf from the VAE decoder, an all-black image), or None."""
     if not np.isfinite(latents).all():
         return "the final latents contain NaN or inf"
+    # Sound latents, and a decoder that overflows (an fp16 VAE): its NaN pixels become black ones in the PNG, and only
+    # where every pixel is NaN would the image be all black.
+    if decoded is not None and not np.isfinite(decoded).all():
+        return "the VAE decoder gave NaN or inf pixels (saved, they would be black)"
     if int(image.max()) == 0:
         return "the image is all black"
     return None
 
 
-def output_problems(images: list, latents: np.ndarray) -> list[str]:
-    """One line per broken image of a batch (PIL images and their final latents), empty when all are sound."""
+def output_problems(images: list, latents: np.ndarray, decoded: np.ndarray | None = None) -> list[str]:
+    """One line per broken image of a batch (PIL images, their final latents and, where known, the decoder's float
+    output), empty when all are sound."""
     problems = []
     for i, (image, lat) in enumerate(zip(images, latents)):
-        why = broken_output(np.asarray(image), lat)
+        why = broken_output(np.asarray(image), lat, None if decoded is None else decoded[i])
         if why:
             problems.append(f"image {i}: {why}")
     return problems

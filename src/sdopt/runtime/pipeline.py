@@ -46,7 +46,8 @@ def to_images(decoded: np.ndarray) -> list:
     """VAE output in [-1, 1], NCHW float -> PIL images, rounded as Diffusers rounds."""
     from PIL import Image
 
-    pixels = np.clip(decoded / 2 + 0.5, 0.0, 1.0).transpose(0, 2, 3, 1)
+    # NaN pixels (reported in GenerateResult.problems) as black, without numpy's "invalid value encountered in cast".
+    pixels = np.nan_to_num(np.clip(decoded / 2 + 0.5, 0.0, 1.0), nan=0.0).transpose(0, 2, 3, 1)
     return [Image.fromarray(img) for img in (pixels * 255).round().astype(np.uint8)]
 
 
@@ -360,7 +361,7 @@ class Pipeline:
             image.info[infotext.KEY] = self.parameters(asked, index)
 
         return GenerateResult(images=images, latents=final, timings=timings, memory=dict(memory), request=asked,
-                              problems=output_problems(images, final), warnings=notices)
+                              problems=output_problems(images, final, decoded), warnings=notices)
 
     @functools.cached_property
     def default_scheduler_name(self) -> str | None:
