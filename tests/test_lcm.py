@@ -202,3 +202,26 @@ def test_a_turbo_checkpoint_needs_nothing_more(tiny_model, tmp_path, steps):
                  generator=torch.Generator("cpu").manual_seed(request.seed), output_type="latent").images
     assert type(theirs.scheduler).__name__ == "EulerAncestralDiscreteScheduler" and len(ours.timings.unet_steps) == steps
     assert float(np.abs(ours.latents - ref.numpy()).max()) <= TOLERANCE
+
+
+@pytest.mark.parametrize("scheduler,fields,most", [("lcm", {"steps": 60}, 50), ("tcd", {"steps": 51}, 50),
+                                                   ("lcm", {"steps": 30, "strength": 0.5, "init_image": "pic"}, 25)])
+def test_more_steps_than_a_consistency_sampler_has_are_refused_naming_steps(tiny_pipeline, tmp_path, capsys, scheduler, fields, most):
+    """LCM and TCD pick their steps from the 50 the model was distilled on (below strength for img2img): asking more
+    was Diffusers' ValueError from set_timesteps, a traceback from `sdopt generate` and the Python API alike."""
+    from PIL import Image
+
+    from sdopt.cli import main
+    from sdopt.errors import SdoptError
+
+    image = Image.new("RGB", (64, 64), (200, 30, 30))
+    fields = {k: image if v == "pic" else v for k, v in fields.items()}
+    with pytest.raises(SdoptError, match=rf"steps={fields['steps']}: .* at most {most} steps") as refused:
+        tiny_pipeline.generate(GenerateRequest(prompt="a", scheduler=scheduler, height=64, width=64, **fields))
+    assert refused.value.field == "steps"
+    argv = ["generate", str(tiny_pipeline.folder), "-p", "a", "--scheduler", scheduler, "--steps", str(fields["steps"]), "-o", str(tmp_path / "x.png")]
+    if "init_image" in fields:
+        image.save(tmp_path / "init.png")
+        argv += ["--init-image", str(tmp_path / "init.png"), "--strength", str(fields["strength"])]
+    assert main(argv) == 2
+    assert f"at most {most} steps" in capsys.readouterr().err

@@ -35,7 +35,7 @@ from sdopt.runtime.memory import track_peak
 from sdopt.runtime.noise import Noise
 from sdopt.runtime.output_checks import output_problems
 from sdopt.runtime.request_defaults import RequestDefaults, default_size, request_defaults, sized as request_defaults_sized
-from sdopt.runtime.schedulers import make_scheduler, takes_eta
+from sdopt.runtime.schedulers import check_steps, make_scheduler, takes_eta
 from sdopt.stepcache.schedule import runs_whole
 
 ProgressFn = Callable[[int, int], None]  # (steps done, steps in all)
@@ -235,6 +235,7 @@ class Pipeline:
         """The UNet calls (progress steps) ``request`` makes: PNDM's one more than its steps, Heun's about twice, img2img's
         the strength's share — the total the progress callback reports, known before the call (for a progress bar)."""
         scheduler = make_scheduler(request.scheduler, self.scheduler_config)
+        check_steps(scheduler, request.steps, request.strength if request.image_to_image else 1.0)
         scheduler.set_timesteps(request.steps, device="cpu")
         if not request.image_to_image:
             return len(scheduler.timesteps)

@@ -10,7 +10,7 @@ from sdopt.errors import SdoptError
 from sdopt.request import GenerateRequest
 from sdopt.rewrite import recorded as recorded_rewrites
 from sdopt.runtime import attention_memory, conditioning, embedded_guidance
-from sdopt.runtime.schedulers import check_scheduler, takes_eta
+from sdopt.runtime.schedulers import check_scheduler, check_steps, make_scheduler, takes_eta
 
 
 def _check_clip_skip(pipe: Any, request: GenerateRequest) -> None:
@@ -53,6 +53,7 @@ def check(pipe: Any, request: GenerateRequest) -> None:
             "fuse them into the artifact instead, `sdopt export ... --lora FILE[:SCALE]`, or generate with the Diffusers checkpoint"
         )
     check_scheduler(request.scheduler)
+    check_steps(make_scheduler(request.scheduler, pipe.scheduler_config), request.steps, request.strength if request.image_to_image else 1.0)
     conditioning.check_artifact(request, pipe.manifest, pipe.components, pipe.unet_in_channels)
     attention_memory.check(pipe.manifest.backend, pipe.device, pipe.unet_config, pipe.manifest.model,
                            request.batch_size, embedded_guidance.runs_guided(request.guidance_scale, pipe.manifest.model),

@@ -100,6 +100,19 @@ def make_scheduler(name: str | None, config: dict[str, Any]):
     return cls.from_config(config, **overrides)
 
 
+def check_steps(scheduler: Any, steps: int, strength: float = 1.0) -> None:
+    """LCMScheduler and TCDScheduler pick their steps from the ``original_inference_steps`` (50) the model was distilled
+    on, below ``strength`` for img2img: more steps than int(original x strength) was Diffusers' ValueError from
+    set_timesteps, a traceback. Said here, before any work, in the request's terms."""
+    original = getattr(scheduler.config, "original_inference_steps", None)
+    if not original or steps <= int(original * strength):
+        return
+    most = int(original * strength)
+    where = f"{original} x strength {strength:g}" if strength < 1 else f"the {original} steps it was distilled on, original_inference_steps"
+    raise SdoptError(f"steps={steps}: {type(scheduler).__name__} runs at most {most} steps here ({where}): ask for {most} or fewer"
+                     + (", or a higher strength" if strength < 1 else "") + ", or another sampler (--scheduler)", field="steps")
+
+
 def scheduler_class(name: str | None, config: dict[str, Any] | None = None):
     """The Diffusers class of a scheduler name from SCHEDULERS, or of the checkpoint's own (its config's) when None."""
     import diffusers
