@@ -189,3 +189,11 @@ def test_text_encoder_weights_use_canonical_names(tiny):
         keys = list(f.keys())
     assert keys and all(k.startswith("text_model.") for k in keys)
 
+
+
+def test_a_seed_for_the_shipped_shapes_model_is_refused(tmp_path):
+    """init-model shapes --seed 5 copied the shipped weights (the seed changes nothing) and recorded seed 5, which
+    inspect showed as 'zoo model shapes (seed 5)'."""
+    with pytest.raises(SdoptError, match=r"no seed changes: .*sdopt train-shapes OUT --seed 5"):
+        write_model("shapes", tmp_path / "s", seed=5, progress=False)
+    assert not (tmp_path / "s").exists()

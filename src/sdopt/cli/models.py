@@ -66,7 +66,7 @@ def add_init_model(sub) -> None:
                                           "sdxl-tiny, sdxl-tiny-inpaint, sdxl-tiny-lcm, sdxl) or sdopt's trained shapes model")
     p.add_argument("name", choices=sorted(MODELS), help="; ".join(f"{k}: {m.description}" for k, m in MODELS.items()))
     p.add_argument("out", help="output folder (must not exist)")
-    p.add_argument("--seed", type=int, default=0, help="weights seed; the same seed gives identical files (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="weights seed; the same seed gives identical files (default 0; not for shapes, whose trained weights are shipped: sdopt train-shapes --seed)")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=_init_model)
 

@@ -26,6 +26,10 @@ def write_model(name: str, out: str | Path, seed: int = 0, progress: bool = True
     """
     if name not in MODELS:
         raise SdoptError(f"unknown zoo model {name!r}; known models: {', '.join(MODELS)}")
+    if MODELS[name].trained and seed != 0:
+        # The shipped weights are copied whatever the seed, yet the manifest would record it (inspect: "seed 5").
+        raise SdoptError(f"{name} installs the trained weights sdopt ships, which no seed changes: leave out --seed, "
+                         f"or train your own with `sdopt train-shapes OUT --seed {seed}`")
     from sdopt.zoo.writer import write
 
     return write(MODELS[name], Path(out), seed=seed, progress=progress, force=force)
