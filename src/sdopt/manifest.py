@@ -197,14 +197,15 @@ def identity_of(components: dict[str, ComponentEntry], folder: str | Path) -> st
     """fingerprint_of, blind to the library versions that wrote the configs: a config (.json) counts by its content
     without VERSION_STAMPS, every other file by its sha256. The tiny model `sdopt init-model` writes under
     Transformers 5.24 and under 5.25 has two fingerprints (text_encoder/config.json records which wrote it) and one
-    identity: the gate compares models by it. None when a file is not here to read."""
+    identity: the gate compares models by it. None when a file is not here to read, or its hash not recorded (a folder
+    without sdopt.json: hashing a checkpoint's gigabytes for a report is not worth it, as for its fingerprint)."""
     pairs = set()
     for comp in components.values():
         for f in comp.files:
             path = Path(folder) / f.path
-            if not path.is_file():
+            if not path.is_file() or f.sha256 is None:
                 return None
-            pairs.add((f.path, _config_digest(path) if path.suffix == ".json" else f.sha256 or sha256_file(path)))
+            pairs.add((f.path, _config_digest(path) if path.suffix == ".json" else f.sha256))
     return _digest(pairs)
 
 
