@@ -277,6 +277,31 @@ def test_nan_pixels_from_the_decoder_are_flagged(tiny_pipeline, monkeypatch):
     assert result.problems == ["image 0: the VAE decoder gave NaN or inf pixels (saved, they would be black)"]
 
 
+def test_the_bench_fails_a_row_whose_decoder_gave_nan_pixels(tiny_model, tiny_pipeline, monkeypatch, tmp_path):
+    """The bench judged broken outputs from the saved files alone, where NaN pixels are black ones: an image partly NaN
+    was an ok row. The worker passes on what the pipeline found, and the row fails with it."""
+    from sdopt.bench.artifacts import Entry
+    from sdopt.bench.assemble import _summarise
+    from sdopt.bench.worker import measure
+
+    decoder = tiny_pipeline.components["vae_decoder"]
+
+    def overflowing(**kw):
+        sample = decoder(**kw)["sample"].copy()
+        sample[:, :, :8, :8] = np.nan
+        return {"sample": sample}
+
+    monkeypatch.setitem(tiny_pipeline.components, "vae_decoder", overflowing)
+    monkeypatch.setattr(sdopt, "load", lambda *a, **k: tiny_pipeline)
+    job = {"output_dir": str(tmp_path / "raw" / "x"), "path": str(tiny_model), "device": "cpu", "precision": None, "prompts": ["a fox"],
+           "seeds": [0], "steps": 2, "guidance_scale": 7.5, "height": 64, "width": 64, "scheduler": "euler", "warmup": 1, "runs": 1,
+           "max_seconds": None}
+    (tmp_path / "raw" / "x").mkdir(parents=True)
+    raw = {**measure(job), "work_dir": "raw/x"}
+    row = _summarise(Entry("x", tiny_model, tiny_pipeline.manifest), raw, None, tmp_path, None, {})
+    assert row["status"] == "failed" and "the VAE decoder gave NaN or inf pixels" in row["error"], row.get("error")
+
+
 # --- 6. the output path is checked before the work ------------------------------------------------
 def test_output_path_is_checked_before_loading(tiny_model, tmp_path, capsys, monkeypatch):
     def never(*a, **k):

@@ -137,7 +137,8 @@ def _summarise(entry: Entry, raw: dict, reference: dict | None, out: Path, flops
                 "fraction_of_peak": count / seconds / 1e9 / ceiling["gflops"] if ceiling.get("gflops") else None,
             }
     images, latents = _load_samples(out / raw["work_dir"], raw["samples"])
-    broken = next((why for i, l in zip(images, latents) if (why := broken_output(i, l))), None)
+    broken = (next((why for i, l in zip(images, latents) if (why := broken_output(i, l))), None)
+              or next((why for s in raw["samples"] for why in s.get("problems", ())), None))
     if judge is not None:
         row["adherence"] = adherence(judge, images, row["samples"], list(prompts))
     if reference is not None and reference.get("status") == "ok":

@@ -90,7 +90,8 @@ def measure(job: dict) -> dict:
         stem = f"p{key['prompt_index']}-s{key['seed']}"
         result.images[0].save(out_dir / f"{stem}.png")
         np.save(out_dir / f"{stem}.npy", result.latents)
-        samples.append({**key, "image": f"{stem}.png", "latents": f"{stem}.npy"})
+        # What the pipeline found broken that the saved files cannot show (NaN pixels from the decoder are black in the PNG)
+        samples.append({**key, "image": f"{stem}.png", "latents": f"{stem}.npy", **({"problems": result.problems} if result.problems else {})})
 
     totals = [r.timings.total for _, r in calls]
     steps = [s for _, r in calls for s in r.timings.unet_steps]
