@@ -31,6 +31,19 @@ def test_bad_fields_are_refused_with_a_reason(field, value, message):
         GenerateRequest(**{"prompt": "x", field: value}).validate()
 
 
+def test_a_misspelt_field_is_an_sdopt_error_naming_it():
+    """GenerateRequest(stpes=2) was Python's TypeError from the dataclass's __init__, where every other wrong argument is
+    an SdoptError (the README's promise); copies and replace() still build requests as before."""
+    import copy
+    import dataclasses
+
+    with pytest.raises(SdoptError, match=r"no field 'stpes' \(did you mean steps\?\)") as caught:
+        GenerateRequest(prompt="x", stpes=2)
+    assert caught.value.field == "stpes"
+    request = GenerateRequest(prompt="x", steps=3)
+    assert dataclasses.replace(request, steps=4).steps == 4 and copy.deepcopy(request) == request
+
+
 def test_prompt_lists_and_negative_prompts():
     r = GenerateRequest(prompt=["a", "b"], negative_prompt="blurry", num_images=3)
     assert r.prompts == ["a", "b"]

@@ -195,6 +195,18 @@ class GenerateRequest:
     # loaded once per pipeline; other backends take LoRAs fused at export (sdopt export --lora).
     loras: dict[str, float] | None = None
 
+    def __new__(cls, *args: Any, **kwargs: Any):
+        # A misspelt field (stpes=2) was Python's TypeError from the generated __init__: an SdoptError naming it, as every
+        # other wrong argument is. Runs before that __init__, which then takes the same arguments.
+        unknown = sorted(set(kwargs) - set(cls.__dataclass_fields__))
+        if unknown:
+            import difflib
+
+            near = difflib.get_close_matches(unknown[0], list(cls.__dataclass_fields__), n=1)
+            raise SdoptError(f"GenerateRequest has no field {unknown[0]!r}" + (f" (did you mean {near[0]}?)" if near else "")
+                             + f"; its fields: {', '.join(cls.__dataclass_fields__)}", field=unknown[0])
+        return super().__new__(cls)
+
     def __post_init__(self):
         # numpy's integers and floats (np.random's seeds, np.float32 scales) as Python's, so they validate and
         # serialise like them; anything else is left for validate() to refuse.
