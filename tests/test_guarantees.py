@@ -257,20 +257,25 @@ def test_nan_latents_are_flagged(tiny_pipeline, monkeypatch):
     assert result.problems and "NaN" in result.problems[0]
 
 
-def test_nan_pixels_from_the_decoder_are_flagged(tiny_pipeline, monkeypatch):
-    """Sound latents and a decoder that overflows in places (an fp16 VAE): the NaN pixels were cast to black ones,
-    the image was not all black, and it counted as a success; all NaN read 'the image is all black', after numpy's
-    'invalid value encountered in cast' warning."""
-    import warnings
-
-    decoder = tiny_pipeline.components["vae_decoder"]
+def _overflow_the_decoder(pipe, monkeypatch):
+    """The pipeline's VAE decoder giving NaN in a corner of every image, as an overflowing fp16 VAE does."""
+    decoder = pipe.components["vae_decoder"]
 
     def overflowing(**kw):
         sample = decoder(**kw)["sample"].copy()
         sample[:, :, :8, :8] = np.nan
         return {"sample": sample}
 
-    monkeypatch.setitem(tiny_pipeline.components, "vae_decoder", overflowing)
+    monkeypatch.setitem(pipe.components, "vae_decoder", overflowing)
+
+
+def test_nan_pixels_from_the_decoder_are_flagged(tiny_pipeline, monkeypatch):
+    """Sound latents and a decoder that overflows in places (an fp16 VAE): the NaN pixels were cast to black ones,
+    the image was not all black, and it counted as a success; all NaN read 'the image is all black', after numpy's
+    'invalid value encountered in cast' warning."""
+    import warnings
+
+    _overflow_the_decoder(tiny_pipeline, monkeypatch)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         result = tiny_pipeline.generate(GenerateRequest(**SMALL))
@@ -284,14 +289,7 @@ def test_the_bench_fails_a_row_whose_decoder_gave_nan_pixels(tiny_model, tiny_pi
     from sdopt.bench.assemble import _summarise
     from sdopt.bench.worker import measure
 
-    decoder = tiny_pipeline.components["vae_decoder"]
-
-    def overflowing(**kw):
-        sample = decoder(**kw)["sample"].copy()
-        sample[:, :, :8, :8] = np.nan
-        return {"sample": sample}
-
-    monkeypatch.setitem(tiny_pipeline.components, "vae_decoder", overflowing)
+    _overflow_the_decoder(tiny_pipeline, monkeypatch)
     monkeypatch.setattr(sdopt, "load", lambda *a, **k: tiny_pipeline)
     job = {"output_dir": str(tmp_path / "raw" / "x"), "path": str(tiny_model), "device": "cpu", "precision": None, "prompts": ["a fox"],
            "seeds": [0], "steps": 2, "guidance_scale": 7.5, "height": 64, "width": 64, "scheduler": "euler", "warmup": 1, "runs": 1,
