@@ -35,6 +35,16 @@ class MissingDependencyError(SdoptError):
         self.extra = extra
 
 
+def did_you_mean(word: str, choices, quoted: bool = False) -> str:
+    """" (did you mean NAME?)" naming the choice nearest a misspelt ``word``, or "" when none is near (difflib's)."""
+    import difflib
+
+    near = difflib.get_close_matches(word, list(choices), n=1)
+    if not near:
+        return ""
+    return f" (did you mean {near[0]!r}?)" if quoted else f" (did you mean {near[0]}?)"
+
+
 def require(module: str, extra: str):
     """Import an optional dependency, or raise an error naming the extra to install."""
     import importlib

@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from sdopt.errors import SdoptError
+from sdopt.errors import SdoptError, did_you_mean
 
 # Bounds on the image side. 8 is the VAE's downsampling factor for every SD-1/2/XL model.
 MIN_SIDE, MAX_SIDE, SIDE_MULTIPLE = 64, 2048, 8
@@ -200,11 +200,8 @@ class GenerateRequest:
         # other wrong argument is. Runs before that __init__, which then takes the same arguments.
         unknown = sorted(set(kwargs) - set(cls.__dataclass_fields__))
         if unknown:
-            import difflib
-
-            near = difflib.get_close_matches(unknown[0], list(cls.__dataclass_fields__), n=1)
-            raise SdoptError(f"GenerateRequest has no field {unknown[0]!r}" + (f" (did you mean {near[0]}?)" if near else "")
-                             + f"; its fields: {', '.join(cls.__dataclass_fields__)}", field=unknown[0])
+            raise SdoptError(f"GenerateRequest has no field {unknown[0]!r}{did_you_mean(unknown[0], cls.__dataclass_fields__)}"
+                             f"; its fields: {', '.join(cls.__dataclass_fields__)}", field=unknown[0])
         return super().__new__(cls)
 
     def __post_init__(self):

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sdopt.errors import SdoptError
+from sdopt.errors import SdoptError, did_you_mean
 
 # Defaults for a bench run when neither the profile nor the command line says otherwise.
 BENCH_DEFAULTS: dict[str, Any] = {
@@ -137,11 +137,8 @@ def _known_keys(table: Any, known: set[str], path: Path, where: str) -> None:
         raise SdoptError(f"{path}: {where} must be a table")
     unknown = sorted(set(table) - known)
     if unknown:
-        import difflib
-
-        near = difflib.get_close_matches(unknown[0], known, n=1)
-        raise SdoptError(f"{path}: {where} has no key {unknown[0]!r}" + (f" (did you mean {near[0]!r}?)" if near else "")
-                         + f"; its keys are {', '.join(sorted(known))} (src/sdopt/profiles/README.md)")
+        raise SdoptError(f"{path}: {where} has no key {unknown[0]!r}{did_you_mean(unknown[0], known, quoted=True)}"
+                         f"; its keys are {', '.join(sorted(known))} (src/sdopt/profiles/README.md)")
 
 
 def _check_recipe_options(entry: dict[str, Any], path: Path) -> None:

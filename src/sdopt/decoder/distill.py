@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from sdopt.errors import SdoptError
+from sdopt.errors import SdoptError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -61,11 +61,8 @@ class DistillSettings:
         fields = {f.name: f.default for f in dataclasses.fields(cls)}
         for key, value in table.items():
             if key not in fields:
-                import difflib
-
-                near = difflib.get_close_matches(key, fields, n=1)
-                raise SdoptError(f"{where}: distill has no key {key!r}" + (f" (did you mean {near[0]!r}?)" if near else "")
-                                 + f"; its keys are {', '.join(fields)}")
+                raise SdoptError(f"{where}: distill has no key {key!r}{did_you_mean(key, fields, quoted=True)}"
+                                 f"; its keys are {', '.join(fields)}")
             number = isinstance(value, (int, float)) and not isinstance(value, bool)
             if key == "prompts":
                 if not (isinstance(value, list) and value and all(isinstance(p, str) for p in value)):

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import openvino as ov
 
-from sdopt.errors import SdoptError, exception_line
+from sdopt.errors import SdoptError, did_you_mean, exception_line
 from sdopt.fsutil import user_cache_dir
 from sdopt.manifest import Manifest
 from sdopt.runtime.executor import to_rank
@@ -141,11 +141,8 @@ def check_run_settings(settings: dict[str, Any], device: str) -> None:
                 raise SdoptError(f"OpenVINO does not take {key} = {value!r}: {_reason(exc)}") from None
             continue
         if key not in supported:
-            import difflib
-
-            near = difflib.get_close_matches(key, supported, n=1)
-            raise SdoptError(f"OpenVINO's {target} plugin has no property {key}" + (f" (did you mean {near[0]}?)" if near else "")
-                             + "; its run settings are such as PERFORMANCE_HINT, NUM_STREAMS, INFERENCE_NUM_THREADS, ENABLE_CPU_PINNING")
+            raise SdoptError(f"OpenVINO's {target} plugin has no property {key}{did_you_mean(key, supported)}"
+                             "; its run settings are such as PERFORMANCE_HINT, NUM_STREAMS, INFERENCE_NUM_THREADS, ENABLE_CPU_PINNING")
         _refuse_a_part_of_a_whole(c, target, key, value)
         try:
             c.set_property(target, {key: config[key]})
