@@ -159,8 +159,8 @@ def check_comparable(current: dict, baseline: dict) -> None:
 def reference_identity(report: dict, other: dict | None = None) -> dict[str, Any]:
     """What the reference is (REFERENCE_IDENTITY, from its row), whatever the report names it; its files compared
     blind to library versions where this report's and ``other``'s reference rows both record that (VERSION_BLIND)."""
-    row = _reference_row(report)
-    keys = [_version_blind(k, row, _reference_row(other), dict.get) if other else k for k in REFERENCE_IDENTITY]
+    row, other_row = _reference_row(report), _reference_row(other) if other else None
+    keys = [_version_blind(k, row, other_row, dict.get) if other_row is not None else k for k in REFERENCE_IDENTITY]
     return {k: row.get(k) for k in keys}
 
 

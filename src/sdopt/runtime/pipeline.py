@@ -235,7 +235,7 @@ class Pipeline:
         """The UNet calls (progress steps) ``request`` makes: PNDM's one more than its steps, Heun's about twice, img2img's
         the strength's share — the total the progress callback reports, known before the call (for a progress bar)."""
         scheduler = make_scheduler(request.scheduler, self.scheduler_config)
-        check_steps(scheduler, request.steps, request.strength if request.image_to_image else 1.0)
+        check_steps(scheduler, request)
         scheduler.set_timesteps(request.steps, device="cpu")
         if not request.image_to_image:
             return len(scheduler.timesteps)

@@ -53,7 +53,7 @@ def check(pipe: Any, request: GenerateRequest) -> None:
             "fuse them into the artifact instead, `sdopt export ... --lora FILE[:SCALE]`, or generate with the Diffusers checkpoint"
         )
     check_scheduler(request.scheduler)
-    check_steps(make_scheduler(request.scheduler, pipe.scheduler_config), request.steps, request.strength if request.image_to_image else 1.0)
+    check_steps(make_scheduler(request.scheduler, pipe.scheduler_config), request)
     conditioning.check_artifact(request, pipe.manifest, pipe.components, pipe.unet_in_channels)
     attention_memory.check(pipe.manifest.backend, pipe.device, pipe.unet_config, pipe.manifest.model,
                            request.batch_size, embedded_guidance.runs_guided(request.guidance_scale, pipe.manifest.model),

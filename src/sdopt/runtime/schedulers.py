@@ -100,14 +100,15 @@ def make_scheduler(name: str | None, config: dict[str, Any]):
     return cls.from_config(config, **overrides)
 
 
-def check_steps(scheduler: Any, steps: int, strength: float = 1.0) -> None:
+def check_steps(scheduler: Any, request: Any) -> None:
     """LCMScheduler and TCDScheduler pick their steps from the ``original_inference_steps`` (50) the model was distilled
-    on, below ``strength`` for img2img: more steps than int(original x strength) was Diffusers' ValueError from
-    set_timesteps, a traceback. Said here, before any work, in the request's terms."""
+    on, below the request's strength for img2img: more steps than int(original x strength) was Diffusers' ValueError
+    from set_timesteps, a traceback. Said here, before any work, in the request's terms."""
+    steps, strength = request.steps, request.strength if request.image_to_image else 1.0
     original = getattr(scheduler.config, "original_inference_steps", None)
-    if not original or steps <= int(original * strength):
+    most = int(original * strength) if original else None
+    if most is None or steps <= most:
         return
-    most = int(original * strength)
     where = f"{original} x strength {strength:g}" if strength < 1 else f"the {original} steps it was distilled on, original_inference_steps"
     raise SdoptError(f"steps={steps}: {type(scheduler).__name__} runs at most {most} steps here ({where}): ask for {most} or fewer"
                      + (", or a higher strength" if strength < 1 else "") + ", or another sampler (--scheduler)", field="steps")
