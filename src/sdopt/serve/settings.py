@@ -39,9 +39,10 @@ class ServeSettings:
             value = getattr(self, field_name)
             if not isinstance(value, int) or value < 1:
                 raise SdoptError(f"--{field_name.replace('_', '-')} {value!r}: must be a positive integer")
-        # socket.bind raises OverflowError (no OSError, so no "port in use" message) for a port past 65535.
+        # socket.bind raises OverflowError (no OSError, so no "port in use" message) for a port past 65535. 0 asks the
+        # system for any free port (embedders and the tests build apps so).
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
-            raise SdoptError(f"--port {self.port!r}: must be a port number from 1 to 65535 (default 7860, as AUTOMATIC1111)")
+            raise SdoptError(f"--port {self.port!r}: must be a port number from 1 to 65535, or 0 for any free one (default 7860, as AUTOMATIC1111)")
         from sdopt.request import MAX_GUIDANCE, is_valid_guidance, is_valid_steps
         from sdopt.runtime.schedulers import check_scheduler
 
