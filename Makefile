@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-EXTRAS := dev,onnx,openvino,quant,bench,serve,serve-test,lora,ray
+EXTRAS := dev,onnx,openvino,quant,bench,serve,serve-test,lora,ray,modelopt
 STAMP := $(VENV)/.sdopt-installed
 
 .PHONY: demo test clean-demo

@@ -212,3 +212,162 @@ def test_rebuild_without_a_gpu_says_so_and_writes_nothing(tiny_onnx_artifact, tm
     assert main(["export", str(old), "--to", "tensorrt", "--rebuild", "-o", str(tmp_path / "new")]) == 2
     assert "TensorRT needs an NVIDIA GPU: no CUDA device here" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["trt-sm89"]
+
+
+def _stand_in_tensorrt(monkeypatch):
+    """TensorRT "installed" (a module with a spec, as torch's Dynamo looks installed packages up when it is imported)."""
+    import importlib.machinery
+
+    module = types.ModuleType("tensorrt")
+    module.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None)
+    monkeypatch.setitem(sys.modules, "tensorrt", module)
+
+
+def _stand_in_gpu_and_builder(monkeypatch):
+    """TensorRT "installed", a GPU "here" and a builder that writes a stand-in plan: what reaches the builder is recorded."""
+    import sdopt.export.tensorrt as trt_export
+    import sdopt.tensorrt.build as trt_build
+
+    _stand_in_tensorrt(monkeypatch)
+    monkeypatch.setattr(trt_export, "require_gpu", lambda: "a stand-in GPU")
+    monkeypatch.setattr(trt_export, "here", lambda: engine_key("10.7.0", "9.0"))
+    calls = {}
+
+    def stand_in_builder(onnx_path, plan_path, profiles, precision, timing_cache, refit=False, workspace_gib=None):
+        calls[onnx_path.parent.name] = precision
+        plan_path.write_bytes(b"an engine")
+        return {"precision": precision, "refittable": refit, "layers": 1}
+
+    monkeypatch.setattr(trt_build, "build_engine", stand_in_builder)
+    return calls
+
+
+def _unet_inputs(manifest, seed=0):
+    """A guided batch (2 rows) at 64x64 for the tiny UNet, as the loop gives it."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return {"sample": rng.standard_normal((2, manifest.model["latent_channels"], 8, 8), dtype=np.float32),
+            "timestep": np.array(500 - 100 * seed, dtype=np.float32),
+            "encoder_hidden_states": rng.standard_normal((2, manifest.model["text_max_length"], manifest.model["cross_attention_dim"]), dtype=np.float32)}
+
+
+def _snr_db(got, reference):
+    import numpy as np
+
+    return float(10 * np.log10(np.mean(reference ** 2) / np.mean((got - reference) ** 2)))
+
+
+def _fp32_unet(model):
+    import torch
+
+    from sdopt.runtime.torch import forward_of, load_module
+
+    module = load_module(model, read_manifest(model), "unet", torch.float32)
+
+    def run(inputs):
+        with torch.inference_mode():
+            return forward_of("unet", None)(module, **{k: torch.from_numpy(v) for k, v in inputs.items()})["out_sample"].numpy()
+
+    return module, run
+
+
+def _run_graph(path, inputs):
+    from sdopt.runtime.onnxruntime import OrtComponent
+
+    session = OrtComponent(path, ["CPUExecutionProvider"], device="cpu")
+    try:
+        return session(**inputs)["out_sample"]
+    finally:
+        session.close()
+
+
+def test_int8_engines_are_built_from_a_unet_graph_with_calibrated_qdq(tiny_model, tmp_path, monkeypatch, capsys):
+    """ModelOpt quantizes the UNet on the inputs it sees while the checkpoint generates the calibration prompts; the
+    graph kept for TensorRT carries ONNX's Q/DQ pairs, and ONNX Runtime runs it here: against the fp32 UNet it is
+    quantized (not identical) yet close, and against its fake-quantized module within the recorded tolerance."""
+    pytest.importorskip("modelopt")
+    import onnx
+
+    from sdopt.tensorrt.quantize import TOLERANCE
+
+    calls = _stand_in_gpu_and_builder(monkeypatch)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\n")
+    out = tmp_path / "trt"
+    assert main(["export", str(tiny_model), "--to", "tensorrt", "--precision", "int8", "--calibration-prompts", str(prompts),
+                 "--static", "--height", "64", "--width", "64", "--batch-range", "1:1", "-q", "-o", str(out)]) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "Inserted" not in printed and "unet" in printed and "int8-static via modelopt (calibrated on" in printed  # inspect's summary only
+    manifest = read_manifest(out)
+    manifest.verify_files(out)
+    unet = manifest.components["unet"]
+    # The artifact is fp16 with its UNet in int8 (as an NNCF int8 artifact keeps its precision): so is each engine built.
+    assert manifest.precision == "fp16" and unet.precision == "int8" and calls["unet"] == "int8"
+    assert {n: c.precision for n, c in manifest.components.items() if n != "unet"} == {n: "fp16" for n in manifest.components if n != "unet"}
+    assert all(calls[n] == "fp16" for n in manifest.components if n != "unet")
+    quant = unet.quantization
+    assert quant["scheme"] == "int8-static" and quant["backend"] == "modelopt" and quant["quantizers"] > 0
+    assert quant["calibration"]["prompts"] == 1 and not quant["calibration"]["builtin_prompts"]
+    # Every UNet call of the calibration generation (PNDM's: each step's, and one more), each a guided batch.
+    assert quant["calibration"]["samples"] == quant["calibrated_on"] >= quant["calibration"]["steps_per_prompt"]
+    parity = manifest.parity["unet"]
+    assert parity["passed"] and parity["tolerance"] == TOLERANCE["int8"] and parity["max_rel"] > 0
+
+    graph = onnx.load(str(out / "unet" / "model.onnx"), load_external_data=False)
+    quantize_ops = sum(n.op_type == "QuantizeLinear" and n.domain == "" for n in graph.graph.node)
+    assert quantize_ops >= quant["quantizers"] // 2  # a weight's and an input's per quantized layer: both exported
+    got = _run_graph(out / "unet" / "model.onnx", _unet_inputs(manifest))
+    snr = _snr_db(got, _fp32_unet(tiny_model)[1](_unet_inputs(manifest)))
+    assert 15 < snr < 45, snr  # quantized (fp32 rounding alone is > 100 dB away), not broken (random weights: ~26 dB)
+
+
+def test_fp8_qdq_are_tensorrts_operators_and_onnxruntime_runs_their_standard_form(tiny_model, tmp_path):
+    """fp8's Q/DQ export as TensorRT's own operators (trt::TRT_FP8QuantizeLinear), which ONNX Runtime lacks; the copy
+    validation runs has ONNX's float8 Q/DQ in their place and agrees with the fake-quantized module and the fp32 UNet."""
+    pytest.importorskip("modelopt")
+    import onnx
+
+    from sdopt.export.onnx import _trace_to_onnx
+    from sdopt.export.parity import compare
+    from sdopt.export.spec import trace_inputs
+    from sdopt.export.tracing import torch_reference
+    from sdopt.tensorrt.quantize import TOLERANCE, quantize, runnable_by_onnxruntime
+
+    manifest = read_manifest(tiny_model)
+    spec = family_specs(manifest.pipeline_family, {"text_encoder": 2})["unet"]
+    module, fp32 = _fp32_unet(tiny_model)
+    inputs = _unet_inputs(manifest)
+    reference = fp32(inputs)
+    record = quantize(spec, module, [_unet_inputs(manifest, seed) for seed in (1, 2)], "fp8")
+    assert record["config"] == "FP8_DEFAULT_CFG" and record["quantizers"] > 0 and record["calibrated_on"] == 2
+    path = tmp_path / "unet" / "model.onnx"
+    path.parent.mkdir()
+    _trace_to_onnx(spec, module, trace_inputs("unet", manifest.model), path, 18)
+    ops = {(n.domain, n.op_type) for n in onnx.load(str(path)).graph.node}
+    assert ("trt", "TRT_FP8QuantizeLinear") in ops and ("", "QuantizeLinear") not in ops
+    (tmp_path / "copy").mkdir()
+    runnable = runnable_by_onnxruntime(path, "fp8", tmp_path / "copy")
+    assert runnable != path and path.is_file()  # the kept graph is TensorRT's, untouched
+    got = _run_graph(runnable, inputs)
+    assert compare(torch_reference(spec, module, inputs), {"out_sample": got}, TOLERANCE["fp8"])["passed"]
+    assert 10 < _snr_db(got, reference) < 45  # quantized, not broken (random weights: ~18 dB)
+    assert runnable_by_onnxruntime(path, "int8", tmp_path / "copy") == path  # int8's Q/DQ are ONNX's own
+
+
+def test_int8_and_fp8_refusals_come_before_any_work(tiny_model, tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    _stand_in_gpu_and_builder(monkeypatch)
+    out = tmp_path / "trt"
+    assert main(["export", str(tiny_model), "--to", "onnx", "--precision", "int8", "-o", str(out)]) == 2
+    assert "--to onnx supports precisions fp32, fp16, not int8" in capsys.readouterr().err
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\n")
+    assert main(["export", str(tiny_model), "--to", "tensorrt", "--precision", "fp16", "--calibration-prompts", str(prompts), "-o", str(out)]) == 2
+    assert "--precision fp16 has nothing to calibrate" in capsys.readouterr().err
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "modelopt" else real_find_spec(name, *a))
+    assert main(["export", str(tiny_model), "--to", "tensorrt", "--precision", "fp8", "-o", str(out)]) == 2
+    assert "pip install 'sdopt[modelopt]'" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prompts.txt"]

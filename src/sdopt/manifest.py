@@ -55,7 +55,7 @@ def quantization_label(by_component: dict[str, dict[str, Any]] | None) -> str | 
     """What components were quantized to ({component: its quantization record}), e.g. "int8 (torchao) weights";
     None when none were. Said by the bench's tables and each image's parameters."""
     schemes = sorted({(q.get("scheme"), q.get("backend")) for q in (by_component or {}).values() if q})
-    return ", ".join(f"{scheme} ({backend}) " + ("weights and activations" if scheme == "int8-static" else "weights")
+    return ", ".join(f"{scheme} ({backend}) " + ("weights and activations" if scheme.endswith("-static") else "weights")
                      for scheme, backend in schemes) or None
 
 

@@ -15,7 +15,7 @@ from sdopt.rewrite import OPTIONAL_REWRITES
 
 # Options that pass through to exporters; an exporter refuses those it does not declare.
 EXPORT_OPTIONS = ("opset", "optimize", "skip_validation", "height", "width", "batch", "vae_decoder", "deep_cache",
-                  "shapes", "batch_range", "static", "refit", "rebuild", "no_rewrites", "rewrite")
+                  "shapes", "batch_range", "static", "refit", "rebuild", "no_rewrites", "rewrite", "calibration_prompts")
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -50,6 +50,10 @@ def _export(args: argparse.Namespace) -> int:
 
     # Unset flags are None, False or []; a 0 is a value (export refuses --deep-cache 0 itself).
     options = {k: v for k, v in vars(args).items() if k in EXPORT_OPTIONS and v is not None and v is not False and v != []}
+    if "calibration_prompts" in options:
+        from sdopt.prompts import read_prompts
+
+        options["calibration_prompts"] = read_prompts(options["calibration_prompts"], what="calibration prompt file")
     export(args.model, args.to, args.output, precision=args.precision, force=args.force, loras=args.lora, progress=not args.quiet,
            default_steps=args.default_steps, default_guidance=args.default_guidance, embeddings=args.embedding, **options)
     print(format_description(describe(args.output)))
@@ -108,8 +112,9 @@ def add_export(sub) -> None:
     p.add_argument("model", help="Diffusers model folder (or hub id) to export from")
     p.add_argument("--to", required=True, help="target format: " + ", ".join(sorted(exporter_names())))
     p.add_argument("-o", "--output", required=True, help="output artifact folder")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"),
-                   help="weights precision (default fp32). ONNX: fp32 or fp16; fp16 is a GPU precision, on CPUs ORT wraps it in casts and it is no faster (docs/onnx.md). OpenVINO: fp32, fp16 or bf16")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16", "int8", "fp8"),
+                   help="weights precision (default fp32). ONNX: fp32 or fp16; fp16 is a GPU precision, on CPUs ORT wraps it in casts and it is no faster (docs/onnx.md). "
+                        "OpenVINO: fp32, fp16 or bf16. TensorRT: those, or int8/fp8 (the UNet quantized by NVIDIA ModelOpt, calibrated; the rest fp16)")
     p.add_argument("--force", action="store_true", help="replace the output folder if it exists")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars (the artifact's summary is still printed)")
     p.add_argument("--opset", type=int, default=None, help="onnx: opset version")
@@ -123,6 +128,8 @@ def add_export(sub) -> None:
     p.add_argument("--batch-range", default=None, metavar="MIN:MAX", help="tensorrt: images per request the engines take (default 1:4)")
     p.add_argument("--static", action="store_true", help="tensorrt: one size and batch only (smallest, fastest engines)")
     p.add_argument("--refit", action="store_true", help="tensorrt: refittable engines (UNet weights, e.g. a fused LoRA, swap without a rebuild)")
+    p.add_argument("--calibration-prompts", default=None, metavar="FILE",
+                   help="tensorrt --precision int8|fp8: prompts whose generations calibrate the UNet's activation ranges, one per line (default: a built-in set)")
     p.add_argument("--rebuild", action="store_true",
                    help="tensorrt: MODEL is a TensorRT artifact; build its engines again on this machine from the ONNX graphs it keeps, "
                         "with the shapes and precision its manifest records (for engines built for another GPU or TensorRT version)")

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import onnx
@@ -33,6 +33,18 @@ from sdopt.runtime.versions import library_versions
 
 DEFAULT_OPSET = 18
 _PROTOBUF_LIMIT = 2**31 - 2**26  # stay clear of the 2 GiB hard limit: metadata counts too
+
+
+class Quantizer(Protocol):
+    """What puts Q/DQ into the modules an ONNX export traces (sdopt.tensorrt.quantize's, for TensorRT's int8/fp8)."""
+
+    names: tuple[str, ...]  # the components it quantizes
+    precision: str  # int8, fp8
+    tolerance: float  # the graph against its fake-quantized module, relative to the output's largest value
+
+    def apply(self, spec: ComponentSpec, module: torch.nn.Module) -> dict[str, Any]: ...  # in place; the manifest's record
+
+    def runnable(self, path: Path, scratch: Path) -> Path: ...  # the graph as ONNX Runtime runs it (a copy in scratch, or path)
 
 
 def _trace_to_onnx(spec: ComponentSpec, module: torch.nn.Module, inputs: dict[str, np.ndarray], path: Path, opset: int) -> None:
@@ -81,17 +93,20 @@ def _initializer_bytes(model: onnx.ModelProto) -> int:
     return sum(len(t.raw_data) for t in model.graph.initializer)
 
 
-def _validate(spec: ComponentSpec, path: Path, inputs: dict[str, np.ndarray], reference: dict[str, np.ndarray], precision: str) -> dict[str, Any]:
-    """Run the graph in ONNX Runtime at a shape other than the traced one, and compare with PyTorch fp32."""
+def _validate(path: Path, inputs: dict[str, np.ndarray], reference: dict[str, np.ndarray], tolerance: float) -> dict[str, Any]:
+    """Run the graph in ONNX Runtime at a shape other than the traced one, and compare with PyTorch's outputs."""
     from sdopt.runtime.onnxruntime import OrtComponent
 
     session = OrtComponent(path, ["CPUExecutionProvider"], device="cpu")
     got = session(**inputs)
     session.close()
-    return compare(reference, got, spec.tolerance[precision])
+    return compare(reference, got, tolerance)
 
 
-def export_components(source: Path, manifest: Manifest, out: Path, precision: str, options: dict[str, Any]) -> ExportedComponents:
+def export_components(source: Path, manifest: Manifest, out: Path, precision: str, options: dict[str, Any],
+                      quantizer: Quantizer | None = None) -> ExportedComponents:
+    """``quantizer``: puts Q/DQ into the modules it names before they are traced (TensorRT's int8/fp8: sdopt.tensorrt.quantize);
+    each such graph is validated against its fake-quantized module, within the quantizer's tolerance."""
     opset = int(options.get("opset") or DEFAULT_OPSET)
     if not 14 <= opset <= 21:
         raise SdoptError(f"--opset {opset}: choose an opset between 14 and 21 (default {DEFAULT_OPSET})")
@@ -108,6 +123,9 @@ def export_components(source: Path, manifest: Manifest, out: Path, precision: st
             # One module in memory at a time: traced, its reference outputs kept, and freed
             # before its graph is consolidated and loaded by ONNX Runtime to validate.
             module = prepared.take(name)
+            quantized = quantizer is not None and name in quantizer.names
+            if quantized:
+                export_info.setdefault("quantization", {})[name] = quantizer.apply(spec, module)
             raw = staging / name / "model.onnx"
             raw.parent.mkdir(parents=True)
             _trace_to_onnx(spec, module, trace_inputs(name, model_info), raw, opset)
@@ -128,8 +146,12 @@ def export_components(source: Path, manifest: Manifest, out: Path, precision: st
                 from sdopt.export.onnx_optimize import optimize_graph
 
                 export_info.setdefault("optimizations", {})[name] = optimize_graph(path, name, precision)
-            parity[name] = _validate(spec, path, inputs, reference, precision)
-            settle(name, parity[name], precision, skip_validation, notes)  # measured and recorded either way
+            if quantized:
+                with tempfile.TemporaryDirectory(dir=staging) as scratch:
+                    parity[name] = _validate(quantizer.runnable(path, Path(scratch)), inputs, reference, quantizer.tolerance)
+            else:
+                parity[name] = _validate(path, inputs, reference, spec.tolerance[precision])
+            settle(name, parity[name], quantizer.precision if quantized else precision, skip_validation, notes)  # measured and recorded either way
             shutil.copy(component_config(source, spec.source_folder, name, options), out / name / "config.json")
             components[name] = ComponentEntry(
                 folder=name,

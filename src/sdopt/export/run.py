@@ -237,7 +237,7 @@ def export(model: str | Path, target: str, out: str | Path, precision: str = "fp
     source, source_manifest = source_checkpoint(model)
     impl = exporter.implementation()
     if hasattr(impl, "preflight"):  # what a target needs of this machine (a GPU), asked before any slow work
-        impl.preflight(options)
+        impl.preflight(options, precision)
     replaced, replace_notes = _replace_decoder(options["vae_decoder"], source, source_manifest) if options.get("vae_decoder") else (None, [])
     if embeddings:
         from sdopt.manifest import tokenizer_folders

@@ -36,8 +36,9 @@ register_exporter(
         backend="tensorrt",
         extra="tensorrt",
         requires=("tensorrt", "onnx", "onnxruntime", "torch"),
-        precisions=("fp32", "fp16", "bf16"),
-        options=("skip_validation", "opset", "height", "width", "shapes", "batch_range", "static", "refit", "rebuild", "no_rewrites", "rewrite"),
+        precisions=("fp32", "fp16", "bf16", "int8", "fp8"),  # int8/fp8: ModelOpt's Q/DQ in the UNet, needs sdopt[modelopt]
+        options=("skip_validation", "opset", "height", "width", "shapes", "batch_range", "static", "refit", "rebuild", "no_rewrites", "rewrite",
+                 "calibration_prompts"),
         description="TensorRT engines (NVIDIA GPUs), built from the ONNX graphs the artifact keeps; unverified on a GPU so far",
     )
 )

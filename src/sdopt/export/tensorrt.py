@@ -14,20 +14,28 @@ from typing import Any
 
 from tqdm import tqdm
 
-from sdopt.errors import SdoptError
+from sdopt.errors import MissingDependencyError, SdoptError
 from sdopt.export.run import ExportedComponents, prepare_source
 from sdopt.manifest import Manifest, files_in
 from sdopt.tensorrt.engines import here, require_gpu, timing_cache_path
 from sdopt.tensorrt.profiles import parse_batch_range, parse_sizes, profiles_for, shape_profile, static_profile
 
 PLAN_FILE = "model.plan"
+QUANTIZED_PRECISIONS = ("int8", "fp8")  # ModelOpt's Q/DQ in the UNet (sdopt.tensorrt.quantize), the rest fp16
 _ONNX_OPTIONS = ("skip_validation", "opset", "no_rewrites", "rewrite")
 
 
-def preflight(options: dict[str, Any]) -> None:
-    """Before any slow work or output folder: shape options that parse, and a GPU."""
+def preflight(options: dict[str, Any], precision: str) -> None:
+    """Before any slow work or output folder: shape options that parse, a GPU, and ModelOpt for int8/fp8."""
     shapes_of(options, default_side=None)
     require_gpu()
+    if precision in QUANTIZED_PRECISIONS:
+        import importlib.util
+
+        if importlib.util.find_spec("modelopt") is None:  # found, not imported: importing it takes seconds
+            raise MissingDependencyError("modelopt", "modelopt")
+    elif options.get("calibration_prompts"):
+        raise SdoptError(f"--calibration-prompts calibrates int8 and fp8 engines; --precision {precision} has nothing to calibrate")
 
 
 def shapes_of(options: dict[str, Any], default_side: int | None):
@@ -56,15 +64,21 @@ def export_components(source: Path, manifest: Manifest, out: Path, precision: st
     key = here()
     shapes, static = shapes_of(options, int(manifest.model["sample_size"]) * int(manifest.model["vae_scale_factor"]))
     specs = prepare_source(source, manifest, {}).specs
-    onnx = export_onnx(source, manifest, out, "fp32", {k: v for k, v in options.items() if k in (*_ONNX_OPTIONS, "progress")})
+    quantizer = _quantizer(source, precision, options) if precision in QUANTIZED_PRECISIONS else None
+    onnx = export_onnx(source, manifest, out, "fp32", {k: v for k, v in options.items() if k in (*_ONNX_OPTIONS, "progress")}, quantizer=quantizer)
     profiles = profiles_for({n: specs[n] for n in onnx.components}, manifest.model, shapes, static=static)
     cache = timing_cache_path(key)
     built = {}
     for name in tqdm(list(onnx.components), desc="building TensorRT engines", unit="engine", disable=not options.get("progress", True)):
-        runs = manifest.component_precision(name, precision)  # SDXL's VAE: no fp16 kernels (it overflows)
+        entry = onnx.components[name]
+        if quantizer is not None and name in quantizer.names:
+            runs = precision
+            entry.quantization = {"scheme": f"{precision}-static", "backend": "modelopt", **onnx.export["quantization"][name],
+                                  "calibration": quantizer.calibration}
+        else:  # int8/fp8 quantize the UNet alone: the rest in fp16. SDXL's VAE: no fp16 kernels (it overflows)
+            runs = manifest.component_precision(name, "fp16" if quantizer is not None else precision)
         built[name] = build_engine(out / name / "model.onnx", out / name / PLAN_FILE, profiles[name], runs, cache,
                                    refit=bool(options.get("refit")))
-        entry = onnx.components[name]
         entry.files = files_in(out / name, out, (".onnx", ".onnx_data", ".plan", ".json"))
         entry.precision = runs
     static_shapes = {"batch": shapes.batch[0], "height": shapes.height[0], "width": shapes.width[0]} if static else None
@@ -76,7 +90,23 @@ def export_components(source: Path, manifest: Manifest, out: Path, precision: st
                 "profiles": {n: {i: p.to_dict() for i, p in ps.items()} for n, ps in profiles.items()}},
         notes=[*onnx.notes, f"engines built for TensorRT {key['tensorrt_version']} on compute capability {key['compute_capability']}: they run only there"],
         static_shapes=static_shapes,
+        precision="fp16" if quantizer is not None else None,  # as an NNCF int8 artifact: its precision, the UNet's quantization
     )
+
+
+def _quantizer(source: Path, precision: str, options: dict[str, Any]):
+    """ModelOpt's quantizer for the UNet, with the inputs it calibrates on: the UNet's, recorded while the checkpoint
+    generates the calibration prompts (--calibration-prompts; sdopt's built-in set by default), as int8-static's."""
+    from sdopt.quant.calibration import CALIBRATION_PROMPTS, calibration_prompts, calibration_record, record_inputs
+    from sdopt.tensorrt.quantize import QUANTIZED, ModelOptQuantizer, modelopt_quantization
+
+    modelopt_quantization()  # imported (seconds) before calibration's generating, so a broken install says so first
+    given = options.get("calibration_prompts")
+    prompts = calibration_prompts(given) if given else CALIBRATION_PROMPTS
+    samples = record_inputs(source, prompts, list(QUANTIZED), progress=options.get("progress", True))["unet"]
+    quantizer = ModelOptQuantizer(precision, samples)
+    quantizer.calibration = calibration_record(prompts, not given, list(QUANTIZED), "unet", None, len(samples))
+    return quantizer
 
 
 def rebuild(artifact: str | Path, out: str | Path, force: bool = False) -> Manifest:

@@ -14,7 +14,9 @@ from typing import Any
 from sdopt.errors import SdoptError
 from sdopt.tensorrt.profiles import InputProfile
 
-_FLAGS = {"fp16": "FP16", "bf16": "BF16", "int8": "INT8", "fp8": "FP8"}
+# int8 and fp8 engines are built from Q/DQ graphs (sdopt.tensorrt.quantize): the layers between no Q/DQ pair run
+# in fp16 rather than fp32, as ModelOpt's diffusion examples build them.
+_FLAGS = {"fp16": ("FP16",), "bf16": ("BF16",), "int8": ("INT8", "FP16"), "fp8": ("FP8", "FP16")}
 
 
 def build_engine(onnx_path: Path, plan_path: Path, profiles: dict[str, InputProfile], precision: str,
@@ -31,8 +33,8 @@ def build_engine(onnx_path: Path, plan_path: Path, profiles: dict[str, InputProf
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise SdoptError(f"TensorRT could not parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
-    if precision in _FLAGS:
-        config.set_flag(getattr(trt.BuilderFlag, _FLAGS[precision]))
+    for flag in _FLAGS.get(precision, ()):
+        config.set_flag(getattr(trt.BuilderFlag, flag))
     if refit:
         config.set_flag(trt.BuilderFlag.REFIT)  # weights swap without a rebuild (a fused LoRA)
     if workspace_gib:
