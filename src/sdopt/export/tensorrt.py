@@ -98,13 +98,14 @@ def _quantizer(source: Path, precision: str, options: dict[str, Any]):
     """ModelOpt's quantizer for the UNet, with the inputs it calibrates on: the UNet's, recorded while the checkpoint
     generates the calibration prompts (--calibration-prompts; sdopt's built-in set by default), as int8-static's."""
     from sdopt.quant.calibration import CALIBRATION_PROMPTS, calibration_prompts, calibration_record, record_inputs
-    from sdopt.tensorrt.quantize import QUANTIZED, ModelOptQuantizer, modelopt_quantization
+    from sdopt.tensorrt.quantize import QUANTIZED, ModelOptQuantizer, calibration_device, modelopt_quantization
 
     modelopt_quantization()  # imported (seconds) before calibration's generating, so a broken install says so first
     given = options.get("calibration_prompts")
     prompts = calibration_prompts(given) if given else CALIBRATION_PROMPTS
-    samples = record_inputs(source, prompts, list(QUANTIZED), progress=options.get("progress", True))["unet"]
-    quantizer = ModelOptQuantizer(precision, samples)
+    device = calibration_device()
+    samples = record_inputs(source, prompts, list(QUANTIZED), progress=options.get("progress", True), device=device)["unet"]
+    quantizer = ModelOptQuantizer(precision, samples, device)
     quantizer.calibration = calibration_record(prompts, not given, list(QUANTIZED), "unet", None, len(samples))
     return quantizer
 

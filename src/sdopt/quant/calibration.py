@@ -101,10 +101,11 @@ def calibration_schedulers(prompts: tuple[str, ...] | list[str], names: list[str
 
 def record_inputs(source: Path, prompts: tuple[str, ...] | list[str], names: list[str],
                   decoder_schedulers: tuple[str, ...] | None = None,
-                  images: tuple[str, ...] | None = None, progress: bool = True) -> dict[str, list[dict[str, np.ndarray]]]:
+                  images: tuple[str, ...] | None = None, progress: bool = True, device: str = "cpu") -> dict[str, list[dict[str, np.ndarray]]]:
     """The inputs each named component sees while the source artifact makes ``calibration_runs`` (guidance on),
     as ``records`` says who records which. ``images`` (an inpainting checkpoint's): run k repaints image
-    k mod len(images) under ``calibration_mask(k)``."""
+    k mod len(images) under ``calibration_mask(k)``. ``device``: where the source generates (TensorRT's
+    calibration runs on the GPU it builds for)."""
     from tqdm import tqdm
 
     import sdopt
@@ -112,7 +113,7 @@ def record_inputs(source: Path, prompts: tuple[str, ...] | list[str], names: lis
 
     with warnings.catch_warnings():  # "runs fp32 where bf16 was asked" is the export's business, not calibration's
         warnings.simplefilter("ignore")
-        pipe = sdopt.load(source, verify=False)  # quantize() has verified the files already
+        pipe = sdopt.load(source, device=device, verify=False)  # quantize() has verified the files already
     shapes = pipe.manifest.static_shapes or {}
     side = pipe.manifest.model.get("sample_size", 64) * pipe.manifest.model.get("vae_scale_factor", 8)
     recorders = {name: Recorder(pipe.components[name]) for name in names}
