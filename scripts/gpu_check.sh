@@ -21,8 +21,8 @@
 # 3. the tiny model: `sdopt bench` on CUDA for a few artifacts against fp32, then every CUDA
 #    row of the quantization capability table quantized, loaded and run against fp32 on CUDA
 #    (measure/cuda_roundtrip.py), if ROUNDTRIP_MIN_SECONDS are left;
-# 4. TensorRT, where installed: the sd15 export to static fp16 engines at 512x512, benched
-#    against torch fp16.
+# 4. TensorRT, where installed: the sd15 export to static fp16 engines at 512x512 (and, with
+#    nvidia-modelopt too, int8 engines), benched against torch fp16.
 # Everything lands in OUT as log.txt, rows.txt and reports.tgz (the report folders).
 # SDOPT_GIT_COMMIT=<commit> names the commit in the reports: the lent machine's copy of .git may be stale.
 set -u
@@ -88,7 +88,12 @@ fi
 if have tensorrt; then
     step "TensorRT: sd15 to static fp16 engines at 512x512, benched against torch fp16"
     run "$SDOPT export $WORK/sd15 --to tensorrt --precision fp16 --static --height 512 --width 512 --batch-range 1:1 -o $WORK/sd15-trt"
-    run "$SDOPT bench $WORK/sd15@fp16 $WORK/sd15-trt --reference $WORK/sd15@fp16 --device cuda --steps 20 --height 512 --width 512 \
+    trt=("$WORK/sd15-trt")
+    if have modelopt; then  # the UNet in int8 (ModelOpt's Q/DQ, calibrated on the GPU), the rest fp16
+        run "$SDOPT export $WORK/sd15 --to tensorrt --precision int8 --static --height 512 --width 512 --batch-range 1:1 -o $WORK/sd15-trt-int8"
+        trt+=("$WORK/sd15-trt-int8")
+    fi
+    run "$SDOPT bench $WORK/sd15@fp16 ${trt[*]} --reference $WORK/sd15@fp16 --device cuda --steps 20 --height 512 --width 512 \
 --seeds 0 --runs 3 -q -o $OUT/sd15-trt"
     pack
 else

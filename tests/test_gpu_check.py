@@ -16,6 +16,8 @@ def test_dry_run_lists_every_check_and_runs_none(tmp_path):
     assert any(" bench " in c and "--profile cuda-h100" in c and "--steps 20 --height 512 --width 512" in c
                and "torch-fp16-cudagraphs,torch-int8-fp16,torch-fp8-bf16,torch-int8,torch-fp8" in c and "timeout -k" in c for c in commands)
     assert any("--to tensorrt" in c and "--precision fp16 --static" in c for c in commands)
+    assert any("--to tensorrt" in c and "--precision int8 --static" in c for c in commands)
+    assert any(" bench " in c and "sd15-trt sd15-trt-int8" in c.replace(str(work) + "/", "") for c in commands)
     assert done.stdout.rstrip().endswith("done")
     assert not out.exists() and not work.exists()  # nothing was run
 
