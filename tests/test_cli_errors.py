@@ -254,6 +254,19 @@ def test_bench_and_optimize_refuse_strength_without_an_init_image(tiny_model, tm
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a CUDA GPU")
+@pytest.mark.parametrize("how", ["artifacts", "profile"])
+def test_a_cuda_bench_without_a_cuda_gpu_is_refused_before_anything_is_built_or_run(tiny_model, tmp_path, capsys, how):
+    """Each worker failed, then the report's CUDA matmul probe was a traceback ("Torch not compiled with CUDA enabled"),
+    leaving raw/ behind; the cuda-h100 profile first built its ONNX artifact in --work."""
+    size = ["--steps", "2", "--height", "64", "--width", "64", "--seeds", "0", "-q", "-o", str(tmp_path / "o")]
+    args = ([f"{tiny_model}@fp16", "--reference", str(tiny_model), "--device", "cuda"] if how == "artifacts"
+            else ["--profile", "cuda-h100", "--build-from", str(tiny_model), "--work", str(tmp_path / "work")])
+    assert main(["bench", *args, *size]) == 2
+    assert "device 'cuda' was asked for but torch sees no CUDA GPU here" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "work").exists()
+
+
 def test_quantizing_an_onnx_artifact_with_a_scheme_it_lacks_says_what_to_do_instead(tiny_onnx_artifact, tmp_path, capsys):
     assert main(["quantize", str(tiny_onnx_artifact), "--scheme", "int8", "-o", str(tmp_path / "q")]) == 2
     assert ("no backend quantizes onnxruntime artifacts with int8 on cpu; they take int8-static (--backend onnxruntime), "

@@ -105,6 +105,7 @@ def run_bench(
 
     entries = collect(artifacts, reference, names)
     check_static_shapes(entries, settings)
+    check_device_here(settings.device)
     out = prepare_report_folder(out, force)
 
     rounds = settings.rounds
@@ -185,6 +186,18 @@ NOT_RUN = {"status": "failed", "error": "not run: the bench was interrupted befo
 # What a bench writes into its report folder; --force removes these (and only these) from an earlier bench's folder.
 REPORT_FILES = ("report.json", "results.csv", "report.md", "report.html")
 RAW = "raw"
+
+
+def check_device_here(device: str) -> None:
+    """Refused before anything is built or run: a CUDA bench on a machine where torch sees no CUDA GPU (each worker
+    would fail, and the report's matmul probe after them)."""
+    if device.split(":", 1)[0].lower() != "cuda":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise SdoptError(f"device {device!r} was asked for but torch sees no CUDA GPU here (is the CUDA build of torch installed? "
+                         "see README): bench on the GPU machine, or pass --device cpu")
 
 
 def check_report_folder(out: str | Path, force: bool = False) -> Path:

@@ -54,7 +54,7 @@ def _optimize(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     from sdopt.bench.profiles import load_profile
-    from sdopt.bench.runner import check_report_folder, prepare_report_folder, run_bench
+    from sdopt.bench.runner import check_device_here, check_report_folder, prepare_report_folder, run_bench
     from sdopt.bench.settings import BenchSettings
     from sdopt.prompts import read_prompts
 
@@ -90,6 +90,8 @@ def _bench(args: argparse.Namespace) -> int:
             rounds=args.rounds, worker_start=args.worker_start, init_image=args.init_image, mask_image=args.mask, strength=args.strength,
         )
         artifacts, reference, names = args.artifacts, args.reference, None
+        if args.ray is None:  # on a cluster the device is the nodes'
+            check_device_here(settings.device)
         if args.build_from:
             from sdopt.bench.build import build_profile_artifacts
 
