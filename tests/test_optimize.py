@@ -37,6 +37,13 @@ def test_a_floor_that_is_not_a_number_is_refused_before_building(tmp_path, capsy
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.work").exists()
 
 
+def test_a_device_without_candidates_is_refused_leaving_no_work_folder(tiny_model, tmp_path, capsys):
+    """--device cuda was refused after the work folder was made: an empty out.work stayed behind."""
+    assert main(["optimize", str(tiny_model), "-o", str(tmp_path / "out"), "--quick", "--device", "cuda"]) == 2
+    assert "sdopt optimize knows CPU candidates only so far; --device cuda has none" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.work").exists()
+
+
 @pytest.mark.parametrize("lacks_bf16, base", [(True, "fp32"), (False, "bf16")])
 def test_candidates_follow_the_cpus_bf16(monkeypatch, lacks_bf16, base):
     """Forced either way, whatever this CPU has: int8 candidates are quantized from the float candidate of the CPU's precision."""

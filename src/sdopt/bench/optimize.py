@@ -219,7 +219,6 @@ def _optimize(model, out, settings, work, floor, quick, budget_minutes, distill,
     if is_inpainting(manifest, source) and settings.mask_image is None:
         raise SdoptError(f"{source} is an inpainting checkpoint: it is measured inpainting, so give --init-image and --mask "
                          "(and --calibration-images for its int8 candidates)")
-    work = make_work_dir(Path(work))
     started = time.monotonic()
     # The decoder learns from latents made as the bench makes them (its steps and guidance).
     distill = {"steps_per_image": settings.steps, "guidance_scale": settings.guidance_scale, **(distill or {})}
@@ -239,6 +238,7 @@ def _optimize(model, out, settings, work, floor, quick, budget_minutes, distill,
 
     # Truncated guidance needs an unconditional pass to cut: none at guidance <= 1 (Turbo models) or in an LCM UNet.
     pool = candidates(settings.device, quick, distill, precision, calibration_images, guided=runs_guided(settings.guidance_scale, manifest.model))
+    work = make_work_dir(Path(work))  # after every refusal above (a device without candidates, the calibration images)
     if ray is not None:
         from sdopt.cluster.optimize import build_all
 
