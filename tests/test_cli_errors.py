@@ -267,6 +267,19 @@ def test_a_cuda_bench_without_a_cuda_gpu_is_refused_before_anything_is_built_or_
     assert not (tmp_path / "o").exists() and not (tmp_path / "work").exists()
 
 
+def test_a_cuda_device_whose_index_is_not_a_number_is_refused_by_name(tiny_model, tiny_onnx_artifact, tmp_path, capsys, monkeypatch):
+    """--device cuda:x reached ONNX Runtime's provider options as int('x'): a ValueError traceback where onnxruntime-gpu is installed."""
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])  # as onnxruntime-gpu
+    for model in (tiny_onnx_artifact, tiny_model):
+        assert main([*_gen(model), "--device", "cuda:x"]) == 2
+        assert "device 'cuda:x': name a CUDA GPU 'cuda' or 'cuda:N', N its index" in capsys.readouterr().err
+    assert main(["quantize", str(tiny_model), "--scheme", "int8", "--device", "cuda:x", "-o", str(tmp_path / "q")]) == 2
+    assert "device 'cuda:x': name a CUDA GPU 'cuda' or 'cuda:N', N its index" in capsys.readouterr().err
+    assert not (tmp_path / "q").exists()
+
+
 def test_quantizing_an_onnx_artifact_with_a_scheme_it_lacks_says_what_to_do_instead(tiny_onnx_artifact, tmp_path, capsys):
     assert main(["quantize", str(tiny_onnx_artifact), "--scheme", "int8", "-o", str(tmp_path / "q")]) == 2
     assert ("no backend quantizes onnxruntime artifacts with int8 on cpu; they take int8-static (--backend onnxruntime), "

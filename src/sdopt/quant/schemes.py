@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from sdopt.errors import SdoptError
-from sdopt.runtime.backends import device_kind
+from sdopt.runtime.backends import check_cuda_index, device_kind
 
 # nncf int8-static's --overflow-fix values -> NNCF's OverflowFix member names ("auto" picks one by this CPU:
 # sdopt.quant.nncf.choose_overflow_fix). Here, not beside it, so the CLI offers them without importing OpenVINO.
@@ -157,6 +157,7 @@ def check_device(device: str) -> str:
     kind = device_kind(device)
     if kind not in DEVICES:
         raise SdoptError(f"unknown device '{device}'; quantized artifacts are made for: {', '.join(DEVICES)} (e.g. cuda:0)")
+    check_cuda_index(device)
     return kind
 
 

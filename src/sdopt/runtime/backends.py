@@ -52,6 +52,13 @@ def device_kind(device: str) -> str:
     return device.split(":", 1)[0].lower()
 
 
+def check_cuda_index(device: str) -> None:
+    """'cuda' or 'cuda:N': another suffix ('cuda:x') reached torch or ONNX Runtime's provider options as a traceback."""
+    kind, sep, index = device.partition(":")
+    if kind.lower() == "cuda" and sep and not index.isdigit():
+        raise SdoptError(f"device '{device}': name a CUDA GPU 'cuda' or 'cuda:N', N its index (0, 1, ...)")
+
+
 register_backend(
     Backend(
         name="torch",

@@ -10,7 +10,7 @@ from typing import Any
 from sdopt.errors import SdoptError
 from sdopt.fsutil import read_json
 from sdopt.manifest import read_manifest, tokenizer_folders
-from sdopt.runtime.backends import BACKENDS, device_kind, get_backend
+from sdopt.runtime.backends import BACKENDS, check_cuda_index, device_kind, get_backend
 from sdopt.runtime.pipeline import Pipeline
 from sdopt.source import resolve
 
@@ -29,6 +29,7 @@ def load(path: str | Path, device: str = "cpu", precision: str | None = None, ve
         raise SdoptError(f"device={device!r}: give a device name such as 'cpu' or 'cuda'")
     kind, sep, rest = device.strip().partition(":")
     device = kind.lower() + sep + rest  # "CPU", "CUDA:0" as torch names them; what follows the kind as given (openvino:GPU.1)
+    check_cuda_index(device)
     check_option_values(options)
     folder = resolve(path)
     manifest = read_manifest(folder)
