@@ -267,6 +267,21 @@ def test_a_cuda_bench_without_a_cuda_gpu_is_refused_before_anything_is_built_or_
     assert not (tmp_path / "o").exists() and not (tmp_path / "work").exists()
 
 
+def test_a_bench_on_a_device_this_machine_lacks_is_refused_before_anything_runs(tiny_model, tiny_ov, tmp_path, capsys):
+    """--device gpu (OpenVINO's) on a machine without one: each worker failed, then the report's matmul probe asked torch for
+    a device named 'gpu', a RuntimeError traceback, raw/ left behind."""
+    import openvino
+
+    if any(d.startswith("GPU") for d in openvino.Core().available_devices):
+        pytest.skip("OpenVINO finds a GPU here")
+    size = ["--device", "gpu", "--steps", "2", "--height", "64", "--width", "64", "--seeds", "0", "-q", "-o", str(tmp_path / "o")]
+    assert main(["bench", str(tiny_ov), "--reference", str(tiny_ov), *size]) == 2
+    assert "OpenVINO has no device 'GPU' on this machine" in capsys.readouterr().err
+    assert main(["bench", str(tiny_ov), "--reference", str(tiny_model), *size]) == 2  # a torch reference: cpu and cuda only
+    assert "the reference tiny is a torch artifact, and the torch backend does not run on device 'gpu'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def test_a_cuda_device_whose_index_is_not_a_number_is_refused_by_name(tiny_model, tiny_onnx_artifact, tmp_path, capsys, monkeypatch):
     """--device cuda:x reached ONNX Runtime's provider options as int('x'): a ValueError traceback where onnxruntime-gpu is installed."""
     import onnxruntime

@@ -105,7 +105,7 @@ def run_bench(
 
     entries = collect(artifacts, reference, names)
     check_static_shapes(entries, settings)
-    check_device_here(settings.device)
+    check_device_here(settings.device, entries)
     out = prepare_report_folder(out, force)
 
     rounds = settings.rounds
@@ -188,10 +188,23 @@ REPORT_FILES = ("report.json", "results.csv", "report.md", "report.html")
 RAW = "raw"
 
 
-def check_device_here(device: str) -> None:
-    """Refused before anything is built or run: a CUDA bench on a machine where torch sees no CUDA GPU (each worker
-    would fail, and the report's matmul probe after them)."""
-    if device.split(":", 1)[0].lower() != "cuda":
+def check_device_here(device: str, entries: list[Entry] = ()) -> None:
+    """Refused before anything is built or run: a device this machine lacks (each worker would fail, and the report's
+    matmul probe after them was a traceback): a CUDA bench where torch sees no CUDA GPU; an OpenVINO device (gpu, npu)
+    that OpenVINO does not find, asked of the backends of ``entries`` that run on it."""
+    from sdopt.runtime.backends import device_kind, get_backend
+
+    kind = device_kind(device)
+    if kind not in ("cpu", "cuda"):
+        reference = get_backend(entries[0].manifest.backend) if entries else None
+        if reference is not None and kind not in reference.precisions:
+            raise SdoptError(f"the reference {entries[0].name} is a {reference.name} artifact, and the {reference.name} backend does not run "
+                             f"on device '{device}' (it runs on: {', '.join(reference.precisions)}): give a reference that does, or another --device")
+        for backend in map(get_backend, sorted({e.manifest.backend for e in entries})):
+            present = getattr(backend.implementation(), "check_device", None) if kind in backend.precisions else None
+            if present:
+                present(device)
+    if kind != "cuda":
         return
     import torch
 
