@@ -229,3 +229,25 @@ def test_openvino_int8_without_vnni_saturates_unless_the_overflow_fix_is_on(tiny
     assert quality["AVX2"]["first-layer"] <= quality["native"]["first-layer"] - 3.0  # saturated sums on AVX2 kernels
     assert quality["AVX2"]["first-layer"] <= quality["AVX2"]["enable"] - 2.5  # which the fix avoids
     assert quality["AVX2"]["enable"] >= quality["native"]["enable"] - 2.0 and quality["AVX2"]["enable"] >= 33.0
+
+
+def test_an_openvino_compile_failure_under_the_onednn_cap_says_to_unset_it(tiny_ov, monkeypatch):
+    """Under ONEDNN_MAX_CPU_ISA=AVX2 OpenVINO compiles no bf16 or weight-compressed layer ("Supported primitive descriptors
+    list is empty for node: Softmax", on a bf16 text encoder here): the error said only OpenVINO's line, not what caused it.
+    The failure is stood in for: the variable must be set before OpenVINO loads, and a real one needs a bf16 export."""
+    import openvino as ov
+
+    import sdopt
+    from sdopt.errors import SdoptError
+
+    def fails(self, *args, **kwargs):
+        raise RuntimeError("Exception from src/inference/src/cpp/core.cpp:1:\nSupported primitive descriptors list is empty for node: Softmax")
+
+    monkeypatch.setattr(ov.Core, "compile_model", fails)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    with pytest.raises(SdoptError) as plain:
+        sdopt.load(tiny_ov)
+    assert "Supported primitive descriptors list is empty" in str(plain.value) and "ONEDNN_MAX_CPU_ISA" not in str(plain.value)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    with pytest.raises(SdoptError, match="ONEDNN_MAX_CPU_ISA=AVX2 is set, under which OpenVINO compiles no bf16 or weight-compressed layers: unset it"):
+        sdopt.load(tiny_ov)

@@ -329,7 +329,9 @@ class OpenVINOComponent:
         try:
             compiled = self.core.compile_model(model, self.device, self.config)
         except (RuntimeError, TypeError) as exc:  # TypeError: a run setting of a type the property does not take
-            raise SdoptError(f"OpenVINO could not compile {self.path.parent.name} for {self.device}: {_reason(exc)}") from exc
+            cap = os.environ.get("ONEDNN_MAX_CPU_ISA")  # OpenVINO's bf16 and weight-compressed layers then fail (docs/cpu-features.md)
+            hint = f"; ONEDNN_MAX_CPU_ISA={cap} is set, under which OpenVINO compiles no bf16 or weight-compressed layers: unset it" if cap else ""
+            raise SdoptError(f"OpenVINO could not compile {self.path.parent.name} for {self.device}: {_reason(exc)}{hint}") from exc
         self._compiled.append((shapes, compiled, compiled.create_infer_request()))
 
     def _request_for(self, feed: dict[str, np.ndarray]) -> ov.InferRequest:
