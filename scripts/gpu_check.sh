@@ -5,7 +5,8 @@
 #
 #   bash scripts/gpu_check.sh [--dry-run] [OUT]    # OUT defaults to $OUT, else /tmp/gpu-check
 #
-# --dry-run prints every command it would run and runs none (the test suite runs it so).
+# --dry-run prints every command it would run and runs none (the test suite runs it so). Without it, where python3's
+# torch sees no CUDA GPU (DEVICE=cuda, the default), it stops before making anything (exit status 2).
 #
 # Most important first, since a GPU lease is short (BUDGET_SECONDS for all of it):
 # 1. machine: GPU, driver, library versions;
@@ -51,6 +52,11 @@ pack() { [ "$DRY" = 1 ] || tar czf "$OUT/reports.tgz" -C "$OUT" $(cd "$OUT" && l
 left() { echo $((BUDGET_SECONDS - (SECONDS - START))); }
 have() { [ "$DRY" = 1 ] && return 0; python3 -c "import $1" 2>/dev/null; }
 
+# Before anything is made or written: without a CUDA GPU every step below would fail, after minutes of building sd15.
+if [ "$DRY" = 0 ] && [[ $DEVICE == cuda* ]] && ! python3 -c "import sys, torch; sys.exit(not torch.cuda.is_available())" 2>/dev/null; then
+    echo "gpu_check.sh: python3 here has no torch that sees a CUDA GPU (the CUDA build of torch, README): run it on the GPU machine (--dry-run lists the checks)" >&2
+    exit 2
+fi
 if [ "$DRY" = 0 ]; then
     mkdir -p "$OUT" "$WORK/q" "$WORK/tq"
     exec > >(tee -a "$OUT/log.txt") 2>&1
