@@ -83,3 +83,12 @@ def test_a_gpu_is_probed_on_matrices_big_enough_to_fill_it(monkeypatch):
     flops.matmul_peak_gflops("fp16", "cuda:0", seconds=0.1)
     flops.matmul_peak_gflops("fp32", "cpu", seconds=0.1)
     assert max(asked["cuda:0"]) >= 8192 and max(asked["cpu"]) == 2048  # a CPU's emulated precisions must stay small
+
+
+@pytest.mark.parametrize("device", ["auto", "gpu", "npu", "openvino:CPU"])
+def test_no_peak_is_probed_on_a_device_torch_has_no_name_for(device):
+    """sdopt bench --device auto (OpenVINO's) ran every artifact, then the probe asked torch for a device named 'auto':
+    a RuntimeError traceback and no report."""
+    from sdopt.bench.assemble import probe_peaks
+
+    assert probe_peaks(["fp32"], device) == {}

@@ -255,9 +255,16 @@ def precisions_to_probe(entries: list[Entry], raws: dict[str, dict]) -> list[str
 
 
 def probe_peaks(precisions: list[str], device: str) -> dict[str, dict]:
+    """None probed on a device torch has no name for (OpenVINO's gpu, npu, auto): the probe is a torch matmul."""
     from sdopt.bench.flops import matmul_peak_gflops
 
+    if not probes(device):
+        return {}
     return {p: matmul_peak_gflops(p, device) for p in precisions}
+
+
+def probes(device: str) -> bool:
+    return device.split(":", 1)[0].lower() in ("cpu", "cuda")
 
 
 def _calibrated_on_the_measured_image(entries: list[Entry], settings: BenchSettings) -> list[str]:
@@ -308,6 +315,8 @@ def assemble_report(entries: list[Entry], raws: dict[str, dict], settings: Bench
 
     flops = _unet_flops(entries[0], settings) if counted else None
     peaks = {} if not counted else peaks if peaks is not None else probe_peaks(precisions_to_probe(entries, raws), settings.device)
+    if counted and not peaks and not probes(settings.device):
+        warnings = [*warnings, f"no \"of peak\": the matmul probe runs in torch, which has no device '{settings.device}' (OpenVINO's)"]
 
     ref_raw = raws[entries[0].name]
     if ref_raw["status"] == "ok":
