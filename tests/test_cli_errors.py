@@ -292,7 +292,9 @@ def test_a_cuda_device_whose_index_is_not_a_number_is_refused_by_name(tiny_model
         assert "device 'cuda:x': name a CUDA GPU 'cuda' or 'cuda:N', N its index" in capsys.readouterr().err
     assert main(["quantize", str(tiny_model), "--scheme", "int8", "--device", "cuda:x", "-o", str(tmp_path / "q")]) == 2
     assert "device 'cuda:x': name a CUDA GPU 'cuda' or 'cuda:N', N its index" in capsys.readouterr().err
-    assert not (tmp_path / "q").exists()
+    assert main(["bench", str(tiny_model), "--reference", str(tiny_model), "--device", "cuda:x", "-o", str(tmp_path / "r")]) == 2
+    assert "device 'cuda:x': name a CUDA GPU 'cuda' or 'cuda:N', N its index" in capsys.readouterr().err
+    assert not (tmp_path / "q").exists() and not (tmp_path / "r").exists()
 
 
 def test_quantizing_an_onnx_artifact_with_a_scheme_it_lacks_says_what_to_do_instead(tiny_onnx_artifact, tmp_path, capsys):

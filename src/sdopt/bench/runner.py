@@ -192,8 +192,9 @@ def check_device_here(device: str, entries: list[Entry] = ()) -> None:
     """Refused before anything is built or run: a device this machine lacks (each worker would fail, and the report's
     matmul probe after them was a traceback): a CUDA bench where torch sees no CUDA GPU; an OpenVINO device (gpu, npu)
     that OpenVINO does not find, asked of the backends of ``entries`` that run on it."""
-    from sdopt.runtime.backends import device_kind, get_backend
+    from sdopt.runtime.backends import check_cuda_index, device_kind, get_backend
 
+    check_cuda_index(device)  # the probe's torch device too
     kind = device_kind(device)
     if kind not in ("cpu", "cuda"):
         reference = get_backend(entries[0].manifest.backend) if entries else None
