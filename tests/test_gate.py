@@ -136,7 +136,9 @@ def test_artifact_missing_from_the_current_report_fails(report):
 
 @pytest.mark.parametrize(
     "field,value",
-    [("prompts", ["another prompt"]), ("seeds", [7]), ("steps", 50), ("height", 512)],
+    [("prompts", ["another prompt"]), ("seeds", [7]), ("steps", 50), ("height", 512),
+     # an img2img or inpainting bench, or one with eta, is another request than the text-to-image baseline's
+     ("init_image", "photo.png"), ("mask_image", "mask.png"), ("strength", 0.3), ("eta", 0.5)],
 )
 def test_reports_that_cannot_be_compared_exit_2(report, tmp_path, capsys, field, value):
     other = json.loads(json.dumps(report))

@@ -38,6 +38,10 @@ COMPARABLE_FIELDS = (
     "request.width",
     "request.guidance_scale",
     "request.scheduler",
+    "request.eta",  # the next four only in reports that set them (a bench of ddim/tcd with eta, of img2img or inpainting)
+    "request.init_image",
+    "request.mask_image",
+    "request.strength",
     "model.fingerprint",
 )
 # What makes the reference the same yardstick in two reports, as its row records it: the same files (artifact_id), run
