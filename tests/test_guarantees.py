@@ -488,3 +488,25 @@ def test_an_empty_output_folder_that_cannot_move_is_filled_in_place(tmp_path, mo
             (folder / "a").write_text("2")
     kept = next(tmp_path.glob(".full.tmp-*"))
     assert (kept / "a").read_text() == "2" and (full / "a").read_text() == "1"
+
+
+def test_every_test_the_guarantees_doc_names_exists():
+    """docs/guarantees.md names, for each promise, the tests that hold it: in test_guarantees.py unless a file is named."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    doc = (root / "docs" / "guarantees.md").read_text()
+    named = [cell for row in doc.splitlines() if row.startswith("| **") for cell in re.findall(r"`([^`]+)`", row.split("|")[-2])]
+    absent, file = [], None
+    for name in named:
+        if "::" in name:
+            file, test = name.split("::")[0] or file, name.split("::")[1]  # "::test_x": in the file named just before
+        elif name.startswith("test_") and not name.endswith(".py"):
+            file, test = "test_guarantees.py", name
+        else:
+            continue  # a whole test file, or the code that keeps the promise
+        path = root / "tests" / file.removeprefix("tests/")
+        test = test.rstrip("…_")  # a name cut short ("test_exports_killed_at_random_points_…")
+        if not path.is_file() or not re.search(rf"^def {re.escape(test)}", path.read_text(), re.MULTILINE):
+            absent.append(name)
+    assert named and not absent, f"docs/guarantees.md names tests that are not where it says: {absent}"
