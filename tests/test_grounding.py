@@ -26,6 +26,19 @@ def test_the_judge_is_chosen_by_the_prompts():
         choose_judge("clip", SHAPES_PROMPTS)
 
 
+def test_the_transformers_judge_needs_its_model_folder_before_any_artifact_runs(tmp_path, monkeypatch):
+    """The bench checks its settings (choose_judge) before the first worker; the judge itself loads after the last."""
+    monkeypatch.delenv("SDOPT_JUDGE_MODEL", raising=False)
+    with pytest.raises(SdoptError, match="SDOPT_JUDGE_MODEL is not set: set it to"):
+        choose_judge("transformers", SHAPES_PROMPTS)
+    monkeypatch.setenv("SDOPT_JUDGE_MODEL", str(tmp_path / "absent"))
+    with pytest.raises(SdoptError, match="absent holds no config.json"):
+        choose_judge("transformers", SHAPES_PROMPTS)
+    (tmp_path / "config.json").write_text("{}")
+    monkeypatch.setenv("SDOPT_JUDGE_MODEL", str(tmp_path))
+    assert choose_judge("transformers", SHAPES_PROMPTS)[0] == "transformers"  # the model itself loads on first use
+
+
 def test_adherence_scores_each_image_and_the_artifact():
     pairs = list(samples(seed=3, n=12))
     prompts = [caption for _, caption in pairs]

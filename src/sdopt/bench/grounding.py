@@ -51,6 +51,11 @@ def choose_judge(kind: str, prompts: list[str]) -> tuple[str, Judge] | None:
         )
     kind = "classical" if kind == "auto" else kind
     model_path = os.environ.get("SDOPT_JUDGE_MODEL") if kind == "transformers" else None
+    if kind == "transformers" and not (model_path and os.path.isfile(os.path.join(model_path, "config.json"))):
+        # The judge loads its model on first use, after every artifact has run: a wrong folder would lose the whole bench.
+        problem = f"SDOPT_JUDGE_MODEL={model_path} holds no config.json" if model_path else "SDOPT_JUDGE_MODEL is not set"
+        raise SdoptError(f"--judge transformers reads its model from the folder SDOPT_JUDGE_MODEL names, and {problem}: "
+                         "set it to a vision-language model saved with save_pretrained (e.g. a downloaded Qwen2.5-VL)")
     return kind, make_judge(kind, **({"model_path": model_path} if model_path else {})).judge
 
 
