@@ -82,6 +82,17 @@ def test_the_gate_holds_an_adherence_floor_for_every_artifact_and_the_reference(
     assert gate(report, {"adherence": ">= 0.8"}).exit_code == 2  # no judge ran: cannot judge, never a pass
 
 
+def test_the_gate_does_not_compare_adherence_from_two_judges(bench_report):
+    report = bench_report[1]
+    names = [a["name"] for a in report["artifacts"]]
+    baseline = derived(report, **{n: {"adherence": {"judge": "classical", "mean": 0.9, "min": 0.5, "images": 2}} for n in names})
+    vlm = derived(baseline, **{n: {"adherence.judge": "openai"} for n in names})
+    assert gate(baseline, {"adherence": "-0.05"}, baseline=baseline).exit_code == 0
+    with pytest.raises(SdoptError, match="cannot be compared on adherence: .* classical judge in the baseline and by the openai judge here"):
+        gate(vlm, {"adherence": "-0.05"}, baseline=baseline)
+    assert gate(vlm, {"adherence": ">= 0.8"}, baseline=baseline).exit_code == 0  # a floor needs no baseline's scale
+
+
 def test_the_held_out_prompt_file_is_the_held_out_set():
     from pathlib import Path
 

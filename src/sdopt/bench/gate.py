@@ -304,6 +304,8 @@ def gate(current: dict, rules_table: dict[str, Any], baseline: dict | None = Non
                 continue  # said once in the notes
             value = metric_value(rule.metric, artifact, current)
             base_value = metric_value(rule.metric, base, baseline) if base is not None else None
+            if rule.metric == "adherence" and rule.needs_baseline and base is not None:
+                _check_same_judge(name, artifact, base)
             if base is not None and base.get("status") != "ok":
                 base_value = None  # nothing to compare with: the baseline's run of it failed
             elif base is not None and base_value is None:
@@ -324,6 +326,16 @@ def gate(current: dict, rules_table: dict[str, Any], baseline: dict | None = Non
 
 
 _LATENCY_METRICS = ("latency.median", "latency.p90")
+
+
+def _check_same_judge(name: str, artifact: dict, base: dict) -> None:
+    """Adherence scores from two judges (the classical one, a VLM) are two scales: a change between them is no change."""
+    judges = [_get(row, "adherence.judge") for row in (base, artifact)]
+    if all(judges) and judges[0] != judges[1]:
+        raise IncomparableReports(
+            f"the reports cannot be compared on adherence: {name}'s was judged by the {judges[0]} judge in the baseline and by the "
+            f"{judges[1]} judge here. Bench with --judge {judges[0]}, or refresh the baseline"
+        )
 
 
 def _noisy_rows(artifact: dict | None, report: dict | None, which: str) -> list[str]:
