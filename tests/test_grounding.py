@@ -71,6 +71,35 @@ def test_a_bench_of_shapes_prompts_reports_adherence_per_image_and_artifact(benc
     assert " · adherence " in (copy / "report.html").read_text()  # the image grid labels each image
 
 
+def test_a_vlm_judge_that_fails_after_the_bench_leaves_the_report_unjudged_not_lost(bench_report, tmp_path, monkeypatch, capsys):
+    """The judge runs once every artifact has: its server down then must not throw the measurements away."""
+    import socket
+
+    from sdopt.bench.artifacts import collect
+    from sdopt.bench.assemble import assemble_report
+    from sdopt.bench.settings import BenchSettings
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("SDOPT_JUDGE_URL", f"http://127.0.0.1:{port}/v1")
+    monkeypatch.setenv("SDOPT_JUDGE_MODEL", "some-vlm")
+    monkeypatch.setattr("sdopt.shapes.vlm_openai.RETRY_DELAY_S", 0.0)
+    out, report = bench_report
+    copy = tmp_path / "report"
+    shutil.copytree(out, copy)
+    raws = {a["name"]: {**json.loads((copy / a["work_dir"] / "result.json").read_text()), "work_dir": a["work_dir"]} for a in report["artifacts"]}
+    settings = BenchSettings.resolve(None, **{**BENCH_SETTINGS, "prompts": SHAPES_PROMPTS[:1], "judge": "openai"})
+    entries = collect([a["path"] for a in report["artifacts"][1:]], report["artifacts"][0]["path"])
+    again = assemble_report(entries, raws, settings, copy)
+    assert [a["name"] for a in again["artifacts"]] == [e.name for e in entries]  # every row kept
+    assert all("adherence" not in a and all("adherence" not in s for s in a["samples"]) for a in again["artifacts"])
+    assert any(w.startswith(f"adherence was not judged from {report['reference']} on: VLM judge at") for w in again["warnings"])
+    assert "cannot connect" in capsys.readouterr().err
+    assert json.loads((copy / "report.json").read_text())["warnings"] == again["warnings"]
+    assert gate(again, {"adherence": ">= 0.5"}).exit_code == 2  # unjudged: cannot judge, never a pass
+
+
 def test_the_gate_holds_an_adherence_floor_for_every_artifact_and_the_reference(bench_report):
     report = bench_report[1]
     names = [a["name"] for a in report["artifacts"]]

@@ -17,6 +17,7 @@ from sdopt.bench.forkserver import effective_worker_start
 from sdopt.bench.grounding import adherence, choose_judge
 from sdopt.bench.profiles import HardwareProfile
 from sdopt.bench.settings import BenchSettings
+from sdopt.errors import SdoptError
 from sdopt.manifest import identity_of
 from sdopt.runtime.output_checks import broken_output
 
@@ -327,9 +328,22 @@ def assemble_report(entries: list[Entry], raws: dict[str, dict], settings: Bench
         warnings = [*warnings, f"adherence was not judged for this partial report (the {judge[0]} judge asks a model about every "
                                "image), to write it quickly"]
         judge = None
-    rows = [_summarise(e, raws[e.name], ref_raw, out, flops, peaks, judge, settings.prompts,
-                       _stage_flops_or_none(e, entries[0], settings, flops) if counted else None)
-            for e in entries]
+    rows = []
+    for e in entries:
+        stage_flops = _stage_flops_or_none(e, entries[0], settings, flops) if counted else None
+        try:
+            rows.append(_summarise(e, raws[e.name], ref_raw, out, flops, peaks, judge, settings.prompts, stage_flops))
+        except SdoptError as exc:
+            if judge is None or judge[0] == "classical":
+                raise
+            # A vision-language model's server or folder failed after every artifact ran: keep the measurements, unjudged
+            # from here on (the gate finds an adherence rule's numbers MISSING: cannot judge, never a pass), and say why.
+            warnings = [*warnings, f"adherence was not judged from {e.name} on: {exc}"]
+            print(f"sdopt bench: warning: {warnings[-1]}", file=sys.stderr)
+            judge = None
+            for sample in raws[e.name]["samples"]:
+                sample.pop("adherence", None)
+            rows.append(_summarise(e, raws[e.name], ref_raw, out, flops, peaks, None, settings.prompts, stage_flops))
     ref_fp = model_fingerprint(entries[0].manifest)
     machine = machine or fingerprint()
     mismatch = [w for w in [profile.mismatch(machine) if profile else None] if w]
