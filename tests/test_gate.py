@@ -114,6 +114,16 @@ def test_a_number_the_baseline_lacks_is_missing_not_skipped(report):
     assert result.exit_code == 2 and {"latency.median", "peak_memory", "quality.psnr_db"} <= missing, table(result)
 
 
+def test_a_negative_time_or_size_is_missing_not_a_gain(report):
+    """A hand-edited (or corrupted) report whose latency, load, memory or size is negative passed every growth rule
+    as a huge improvement; no bench writes one: the gate cannot judge it."""
+    baseline = _pin_noise(derived(report))
+    edited = _pin_noise(derived(report, **{"tiny-onnx": {"latency_s.median": -1.0, "load_s": -1.0, "peak_memory_bytes": -1, "size_bytes": -1}}))
+    result = gate(edited, {**RULES, "load": "+10%", "size": "+1%"}, baseline=baseline)
+    missing = {c.metric for c in result.checks if c.artifact == "tiny-onnx" and c.verdict == "MISSING"}
+    assert result.exit_code == 2 and missing == {"latency.median", "load", "peak_memory", "size"}, table(result)
+
+
 def test_a_slowdown_in_rows_the_bench_called_too_noisy_cannot_be_judged(report):
     """Both reports warned "timings too noisy to compare" and the gate still failed a 3x slowdown as a regression: a
     change past the rule in such rows is TOO NOISY (exit 2) with a note; quiet rows still fail."""

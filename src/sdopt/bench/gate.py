@@ -183,7 +183,7 @@ def _by_name(report: dict) -> dict[str, dict]:
 
 def _ratio(a: dict, ref: dict, path: str) -> float | None:
     x, y = _get(a, path), _get(ref, path)
-    return x / y if _number(x) and _number(y) and y > 0 else None
+    return x / y if _number(x) and _number(y) and x >= 0 and y > 0 else None  # a negative time is no time: MISSING
 
 
 def metric_value(metric: str, artifact: dict, report: dict) -> Any:
@@ -196,10 +196,9 @@ def metric_value(metric: str, artifact: dict, report: dict) -> Any:
         return _ratio(artifact, ref, "latency_s.p90")
     if metric == "load":
         return _ratio(artifact, ref, "load_s")
-    if metric == "peak_memory":
-        return artifact.get("peak_memory_bytes")
-    if metric == "size":
-        return artifact.get("size_bytes")
+    if metric in ("peak_memory", "size"):
+        value = artifact.get("peak_memory_bytes" if metric == "peak_memory" else "size_bytes")
+        return None if _number(value) and value < 0 else value  # a negative count of bytes: MISSING, never smaller
     if metric == "adherence":
         return _get(artifact, "adherence.mean")
     return _get(artifact, metric)  # quality.*
