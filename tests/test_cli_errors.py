@@ -346,3 +346,13 @@ def test_a_folder_given_as_a_prompt_file_is_not_said_to_be_missing(tmp_path):
 
     with pytest.raises(SdoptError, match="prompt file .* is a folder: give a text file"):
         read_prompts(tmp_path, what="calibration prompt file")
+
+
+def test_bench_on_ray_without_the_ray_extra_is_refused_before_anything_is_built(tiny_model, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if `pip install 'sdopt[ray]'` had not been run
+    profile = tmp_path / "one.toml"
+    profile.write_text('name = "one"\ndevice = "cpu"\n[[artifacts]]\nname = "ref"\nbackend = "torch"\nprecision = "fp32"\nreference = true\n')
+    assert main(["bench", "--profile", str(profile), "--build-from", str(tiny_model), "--work", str(tmp_path / "w"), "--ray",
+                 "-o", str(tmp_path / "r")]) == 2
+    assert "pip install 'sdopt[ray]'" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists() and not (tmp_path / "r").exists()

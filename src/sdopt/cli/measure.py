@@ -70,8 +70,10 @@ def _bench(args: argparse.Namespace) -> int:
                          "or bench one profile at a time here")
     if args.ray is not None:  # before any folder is touched or anything built (run_matrix checks again for Python callers)
         from sdopt.cluster.bench import refuse_local_settings
+        from sdopt.cluster.connect import ray_module
 
         refuse_local_settings(args.rounds or 1, args.worker_start)
+        ray_module()  # the ray extra, not after the artifacts are built
     if args.build_from:
         if not profiles or args.work is None or args.artifacts or args.reference:
             raise SdoptError("--build-from MODEL builds the artifacts a profile lists: give --profile and --work, and no artifacts or --reference")
