@@ -149,6 +149,23 @@ def test_a_profile_key_sdopt_does_not_know_is_refused(tmp_path, body, message):
         load_profile(str(path))
 
 
+@pytest.mark.parametrize("text,message", [
+    ('name = "x"\ndevice = "cpu"\nartifacts = 3\n', "artifacts = 3: the wrong kind of value"),
+    ('name = "x"\ndevice = "cpu"\ngate = 3\n', "gate = 3: the wrong kind of value"),
+    ('name = "x"\ndevice = "cpu"\nprecisions = "fp32"\n', "precisions = 'fp32': the wrong kind of value"),
+    ('name = "x"\ndevice = "cpu"\nrequires_isa = "avx512f"\n', "requires_isa = 'avx512f': the wrong kind of value"),
+    ('name = 3\ndevice = "cpu"\n', "name = 3: the wrong kind of value"),
+    ('name = "x"\ndevice = "tpu"\n', "device = 'tpu': a profile's device is cpu or cuda"),
+])
+def test_a_profile_value_of_the_wrong_kind_is_refused_when_read(tmp_path, text, message):
+    """artifacts = 3 or gate = 3 was a TypeError traceback; name = 3 or device = "tpu" one after the whole bench had run;
+    precisions = "fp32" was read as its letters."""
+    path = tmp_path / "kinds.toml"
+    path.write_text(text)
+    with pytest.raises(SdoptError, match=re.escape(message)):
+        load_profile(str(path))
+
+
 def test_empty_prompt_file_is_refused(tmp_path):
     (tmp_path / "prompts.txt").write_text("\n# only a comment\n\n")
     with pytest.raises(SdoptError, match="has no prompts"):

@@ -98,6 +98,7 @@ def load_profile(name_or_path: str) -> HardwareProfile:
     if missing:
         raise SdoptError(f"{path} lacks {', '.join(missing)}: every profile names itself and its device")
     _known_keys(data, PROFILE_KEYS, path, "the profile")
+    _check_kinds(data, path)
     _known_keys(data.get("bench", {}), BENCH_KEYS, path, "[bench]")
     for index, entry in enumerate(data.get("artifacts", [])):
         if not isinstance(entry, dict) or "name" not in entry:
@@ -139,6 +140,26 @@ def _known_keys(table: Any, known: set[str], path: Path, where: str) -> None:
     if unknown:
         raise SdoptError(f"{path}: {where} has no key {unknown[0]!r}{did_you_mean(unknown[0], known, quoted=True)}"
                          f"; its keys are {', '.join(sorted(known))} (src/sdopt/profiles/README.md)")
+
+
+# The kind of each top-level value: a string where a list is meant (precisions = "fp32") would be read as its letters,
+# and a number where a table or list is meant failed with a traceback.
+PROFILE_KINDS = {"name": (str, 'name = "my-box"'), "description": (str, 'description = "..."'), "device": (str, 'device = "cpu"'),
+                 "precisions": (list, 'precisions = ["fp32", "int8"]'), "backends": (list, 'backends = ["torch", "onnxruntime"]'),
+                 "requires_isa": (list, 'requires_isa = ["avx512f"]'), "artifacts": (list, '[[artifacts]] name = "..."'),
+                 "gate": (dict, '[gate] "latency.median" = "+10%"')}
+PROFILE_DEVICES = ("cpu", "cuda")
+
+
+def _check_kinds(data: dict[str, Any], path: Path) -> None:
+    for key, (kind, example) in PROFILE_KINDS.items():
+        value = data.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, kind) or (kind is list and key != "artifacts" and not all(isinstance(v, str) for v in value)):
+            raise SdoptError(f"{path}: {key} = {value!r}: the wrong kind of value; for example {example} (src/sdopt/profiles/README.md)")
+    if data["device"] not in PROFILE_DEVICES:
+        raise SdoptError(f"{path}: device = {data['device']!r}: a profile's device is {' or '.join(PROFILE_DEVICES)}")
 
 
 def _check_recipe_options(entry: dict[str, Any], path: Path) -> None:
