@@ -156,6 +156,10 @@ def test_a_profile_key_sdopt_does_not_know_is_refused(tmp_path, body, message):
     ('name = "x"\ndevice = "cpu"\nrequires_isa = "avx512f"\n', "requires_isa = 'avx512f': the wrong kind of value"),
     ('name = 3\ndevice = "cpu"\n', "name = 3: the wrong kind of value"),
     ('name = "x"\ndevice = "tpu"\n', "device = 'tpu': a profile's device is cpu or cuda"),
+    # nan passed the check and was Ray's ValueError traceback once the cluster had started; inf was asked of it
+    ('name = "x"\ndevice = "cpu"\n[resources]\nnum_cpus = nan\n', "[resources] num_cpus = nan: give a count, 0 or more"),
+    ('name = "x"\ndevice = "cpu"\n[resources]\nnum_gpus = inf\n', "[resources] num_gpus = inf: give a count, 0 or more"),
+    ('name = "x"\ndevice = "cpu"\n[resources]\ncustom = {"k" = nan}\n', "[resources] custom.k: give a positive amount"),
 ])
 def test_a_profile_value_of_the_wrong_kind_is_refused_when_read(tmp_path, text, message):
     """artifacts = 3 or gate = 3 was a TypeError traceback; name = 3 or device = "tpu" one after the whole bench had run;

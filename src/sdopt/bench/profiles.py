@@ -7,6 +7,7 @@ Profiles are TOML files shipped in the package (``src/sdopt/profiles/``), in a
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -220,10 +221,10 @@ def _resources_table(table: Any, path: Path) -> dict[str, Any]:
             raise SdoptError(f"{path}: [resources] {key}: unknown; the keys are {', '.join(RESOURCE_KEYS)}")
         if not isinstance(value, kinds) or isinstance(value, bool):
             raise SdoptError(f"{path}: [resources] {key} = {value!r}: the wrong kind of value; for example {example}")
-        if key.startswith("num_") and value < 0:
-            raise SdoptError(f"{path}: [resources] {key} = {value}: a count cannot be negative")
+        if key.startswith("num_") and not 0 <= value < math.inf:  # nan and inf too: Ray's own ValueError, a traceback
+            raise SdoptError(f"{path}: [resources] {key} = {value}: give a count, 0 or more")
     custom = table.get("custom", {})
-    bad = [k for k, v in custom.items() if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0]
+    bad = [k for k, v in custom.items() if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v < math.inf]
     if bad:
         raise SdoptError(f"{path}: [resources] custom.{bad[0]}: give a positive amount, such as custom = {{\"{bad[0]}\" = 1}}")
     return dict(table)
