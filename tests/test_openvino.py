@@ -154,6 +154,13 @@ def test_second_load_reuses_the_compiled_model_cache(tiny_ov, tmp_path):
     assert np.array_equal(first.generate(request).latents, second.generate(request).latents)
 
 
+def test_cache_dir_false_turns_the_compiled_model_cache_off(tiny_ov, tmp_path, monkeypatch):
+    """docs/openvino.md: cache_dir=False turns the cache off; the load-option check refused it ("must be a folder path")."""
+    monkeypatch.setenv("SDOPT_CACHE_DIR", str(tmp_path / "default"))
+    sdopt.load(tiny_ov, cache_dir=False, verify=False)
+    assert not (tmp_path / "default").exists()
+
+
 # --- NNCF --------------------------------------------------------------------------------
 def test_nncf_refuses_what_is_not_an_openvino_artifact(tiny_model, tmp_path, capsys):
     code = main(["quantize", str(tiny_model), "--backend", "nncf", "--scheme", "int8", "-o", str(tmp_path / "q")])

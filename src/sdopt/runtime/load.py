@@ -122,7 +122,7 @@ OPTION_VALUES: dict[str, tuple[Any, str]] = {
     "threads": (_count, "a positive number of threads"),
     "provider": (lambda v: isinstance(v, str), "an ONNX Runtime provider kind: cpu, cuda or tensorrt"),
     "run_settings": (lambda v: isinstance(v, dict), "a dict of the backend's own settings"),
-    "cache_dir": (lambda v: isinstance(v, (str, os.PathLike)), "a folder path"),
+    "cache_dir": (lambda v: v is False or isinstance(v, (str, os.PathLike)), "a folder path, or False for no cache"),
 }
 
 
