@@ -356,3 +356,13 @@ def test_bench_on_ray_without_the_ray_extra_is_refused_before_anything_is_built(
                  "-o", str(tmp_path / "r")]) == 2
     assert "pip install 'sdopt[ray]'" in capsys.readouterr().err
     assert not (tmp_path / "w").exists() and not (tmp_path / "r").exists()
+
+
+def test_two_profiles_of_one_name_are_refused_as_their_reports_would_share_a_folder(tmp_path, capsys):
+    """--profile a.toml --profile b.toml, both name = "box": both reports went to OUTPUT/box/, the second over the first."""
+    for stem in ("a", "b"):
+        (tmp_path / f"{stem}.toml").write_text('name = "box"\ndevice = "cpu"\n')
+    out = tmp_path / "r"
+    assert main(["bench", str(tmp_path / "no-artifact"), "--reference", str(tmp_path / "no-reference"),
+                 "--profile", str(tmp_path / "a.toml"), "--profile", str(tmp_path / "b.toml"), "--ray", "-o", str(out)]) == 2
+    assert "2 profiles are named 'box'" in capsys.readouterr().err and not out.exists()

@@ -68,6 +68,12 @@ def _bench(args: argparse.Namespace) -> int:
     if len(profiles) > 1 and args.ray is None:
         raise SdoptError("several --profile are several machine kinds: add --ray [ADDRESS] to run each on its nodes (docs/ray.md), "
                          "or bench one profile at a time here")
+    named = [p.name for p in profiles]
+    twice = next((n for n in named if named.count(n) > 1), None)
+    if twice is not None:  # their reports (OUTPUT/NAME/) and builds (WORK/NAME/) would be one folder, the last overwriting the first
+        paths = sorted({str(p.path) for p in profiles if p.name == twice})
+        raise SdoptError(f"--profile: {named.count(twice)} profiles are named {twice!r} ({', '.join(paths)}), and each profile's report "
+                         "goes to OUTPUT/NAME/: give each --profile once, and each profile a name of its own (name = \"...\")")
     if args.ray is not None:  # before any folder is touched or anything built (run_matrix checks again for Python callers)
         from sdopt.cluster.bench import refuse_local_settings
         from sdopt.cluster.connect import ray_module
