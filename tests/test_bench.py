@@ -122,6 +122,15 @@ def test_unknown_profile_lists_the_known_ones():
         load_profile("tpu-v9")
 
 
+def test_a_folder_named_like_a_profile_is_not_listed_as_one(tmp_path, monkeypatch):
+    """profiles/x.toml a folder: "unknown profile 'x'; known profiles: ..., x" named it among the known ones."""
+    (tmp_path / "x.toml").mkdir()
+    monkeypatch.setenv("SDOPT_PROFILES", str(tmp_path))
+    assert "x" not in available_profiles()
+    with pytest.raises(SdoptError, match="unknown profile 'x'"):
+        load_profile("x")
+
+
 def test_every_profile_parses_with_gate_rules():
     from sdopt.bench.rules import parse_rules
 

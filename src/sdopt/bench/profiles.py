@@ -79,7 +79,7 @@ def search_path() -> list[Path]:
 
 
 def available_profiles() -> list[str]:
-    return sorted({p.stem for folder in search_path() for p in folder.glob("*.toml")})
+    return sorted({p.stem for folder in search_path() for p in folder.glob("*.toml") if p.is_file()})
 
 
 def load_profile(name_or_path: str) -> HardwareProfile:
