@@ -366,3 +366,10 @@ def test_two_profiles_of_one_name_are_refused_as_their_reports_would_share_a_fol
     assert main(["bench", str(tmp_path / "no-artifact"), "--reference", str(tmp_path / "no-reference"),
                  "--profile", str(tmp_path / "a.toml"), "--profile", str(tmp_path / "b.toml"), "--ray", "-o", str(out)]) == 2
     assert "2 profiles are named 'box'" in capsys.readouterr().err and not out.exists()
+
+
+def test_an_artifact_right_after_bench_ray_is_not_taken_for_the_clusters_address(tiny_model, tmp_path, capsys):
+    """--ray takes an optional ADDRESS: `--ray ARTIFACT --reference REF` read the artifact as the address, and the error
+    said "give the artifacts to measure", which the user had."""
+    assert main(["bench", "--ray", str(tiny_model), "--reference", str(tiny_model), "-o", str(tmp_path / "r")]) == 2
+    assert "a path, not a Ray cluster's address: put the artifacts before --ray" in capsys.readouterr().err

@@ -74,6 +74,9 @@ def _bench(args: argparse.Namespace) -> int:
         paths = sorted({str(p.path) for p in profiles if p.name == twice})
         raise SdoptError(f"--profile: {named.count(twice)} profiles are named {twice!r} ({', '.join(paths)}), and each profile's report "
                          "goes to OUTPUT/NAME/: give each --profile once, and each profile a name of its own (name = \"...\")")
+    if args.ray and ":" not in args.ray and args.ray != "auto" and Path(args.ray).exists():  # `--ray ART1 ART2 --reference REF`: ART1 read as the cluster's address
+        raise SdoptError(f"--ray {args.ray}: a path, not a Ray cluster's address: put the artifacts before --ray, "
+                         "or give it an address (HOST:6379, ray://HOST:10001, auto)")
     if args.ray is not None:  # before any folder is touched or anything built (run_matrix checks again for Python callers)
         from sdopt.cluster.bench import refuse_local_settings
         from sdopt.cluster.connect import ray_module
