@@ -176,6 +176,10 @@ def test_profile_resources_are_checked_and_several_profiles_need_ray(tmp_path, t
         Scaling(autoscale=parse_autoscale("3:1"))
     with pytest.raises(SdoptError, match="give MIN:MAX"):
         parse_autoscale("four")
+    # 0 was served with 1 CPU each without a word; nan and inf were Ray's ValueError once it had started
+    for cpus in ("0", "nan", "inf"):
+        assert main(["serve", str(tmp_path / "no-artifact"), "--ray", "--cpus-per-replica", cpus]) == 2
+        assert "--cpus-per-replica must be positive" in capsys.readouterr().err
 
 
 def test_ray_serve_replicas_serve_the_openai_client_share_the_requests_and_keep_their_limits(local_cluster, tiny_model):

@@ -31,7 +31,8 @@ def _serve(args: argparse.Namespace) -> int:
     from sdopt.source import resolve
 
     scaling = Scaling(replicas=args.replicas, autoscale=parse_autoscale(args.autoscale) if args.autoscale else None,
-                      cpus_per_replica=args.cpus_per_replica or 1.0, gpus_per_replica=args.gpus_per_replica or 0.0)
+                      cpus_per_replica=1.0 if args.cpus_per_replica is None else args.cpus_per_replica,
+                      gpus_per_replica=args.gpus_per_replica or 0.0)
     serve_on_ray(str(resolve(args.artifact)), settings, load_options, scaling, args.ray or None)
     return 0
 

@@ -10,6 +10,7 @@ endpoints are the ones to use.
 
 from __future__ import annotations
 
+import math
 import signal
 import sys
 import time
@@ -40,7 +41,7 @@ class Scaling:
             raise SdoptError(f"--replicas {self.replicas}: give 1 or more")
         if self.autoscale is not None and not (0 <= self.autoscale[0] <= self.autoscale[1] and self.autoscale[1] >= 1):
             raise SdoptError(f"--autoscale {self.autoscale[0]}:{self.autoscale[1]}: give MIN:MAX with 0 <= MIN <= MAX and MAX >= 1")
-        if self.cpus_per_replica <= 0 or self.gpus_per_replica < 0:
+        if not (0 < self.cpus_per_replica < math.inf and 0 <= self.gpus_per_replica < math.inf):  # nan too: Ray's ValueError
             raise SdoptError("--cpus-per-replica must be positive and --gpus-per-replica 0 or more")
 
     def deployment_options(self, settings: ServeSettings) -> dict[str, Any]:
