@@ -185,6 +185,12 @@ def test_empty_prompt_file_is_refused(tmp_path):
         read_prompts(tmp_path / "prompts.txt")
 
 
+def test_a_device_no_backend_runs_on_is_refused_before_the_bench():
+    """--device tpu: every artifact failed, then the report's matmul peak probe was a torch traceback (raw/ left alone)."""
+    with pytest.raises(SdoptError, match="--device tpu: no backend runs on it; give one of .*cpu, cuda"):
+        BenchSettings.resolve(None, device="tpu")
+
+
 def test_profile_settings_are_overridden_by_flags():
     profile = load_profile("cpu-avx512")
     settings = BenchSettings.resolve(profile, steps=2)

@@ -12,6 +12,7 @@ from sdopt.bench.grounding import choose_judge
 from sdopt.bench.profiles import BENCH_DEFAULTS, HardwareProfile
 from sdopt.errors import SdoptError
 from sdopt.request import GenerateRequest, image_options
+from sdopt.runtime.backends import BACKENDS, device_kind
 from sdopt.runtime.schedulers import check_scheduler
 
 
@@ -83,6 +84,9 @@ class BenchSettings:
             raise SdoptError(f"--rounds {self.rounds}: give the number of passes over the artifacts (1 or more)")
         if self.max_seconds is not None and self.max_seconds <= 0:
             raise SdoptError(f"--max-seconds {self.max_seconds}: give a positive time budget per artifact in seconds")
+        devices = sorted({kind for backend in BACKENDS.values() for kind in backend.precisions})
+        if device_kind(self.device) not in devices:  # else every artifact failed, then the report's peak probe a traceback
+            raise SdoptError(f"--device {self.device}: no backend runs on it; give one of {', '.join(devices)}")
         if self.worker_start not in WORKER_STARTS:
             raise SdoptError(f"--worker-start {self.worker_start}: give one of {', '.join(WORKER_STARTS)}")
         check_scheduler(self.scheduler)
