@@ -168,6 +168,10 @@ def test_profile_resources_are_checked_and_several_profiles_need_ray(tmp_path, t
     assert main(["bench", str(tiny_model), "--reference", str(tiny_model), "--ray", "--worker-start", "fork", "-o", str(tmp_path / "f")]) == 2
     assert "--worker-start fork is for a bench on this machine" in capsys.readouterr().err and not (tmp_path / "f").exists()
     assert main(["optimize", str(tiny_model), "-o", str(tmp_path / "best"), "--ray-kind", "x"]) == 2
+    capsys.readouterr()
+    for cpus in ("-1", "0", "nan"):  # -1 was Ray's ValueError traceback after its start; 0 ran with 1 CPU a job
+        assert main(["optimize", str(tmp_path / "no-model"), "-o", str(tmp_path / "best"), "--ray", "--cpus-per-job", cpus]) == 2
+        assert f"--cpus-per-job {float(cpus)}: give the CPUs each build and bench job holds" in capsys.readouterr().err
     from sdopt.cluster.serve import Scaling, parse_autoscale
 
     with pytest.raises(SdoptError, match="either-or"):

@@ -33,7 +33,7 @@ def _optimize(args: argparse.Namespace) -> int:
     if args.ray is not None:
         from sdopt.cluster.optimize import RayPlan
 
-        plan = RayPlan(address=args.ray or None, kind=args.ray_kind, cpus=args.cpus_per_job or 1.0)
+        plan = RayPlan(address=args.ray or None, kind=args.ray_kind, cpus=1.0 if args.cpus_per_job is None else args.cpus_per_job)
     elif args.ray_kind or args.cpus_per_job:
         raise SdoptError("--ray-kind and --cpus-per-job go with --ray [ADDRESS] (docs/ray.md)")
     images = comma_list(args.calibration_images) if args.calibration_images else None

@@ -9,6 +9,7 @@ asking for the same node kind, so the candidates' timings compare.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +28,10 @@ class RayPlan:
     address: str | None = None
     kind: str | None = None  # a custom resource naming the node kind every job runs on (ray start --resources)
     cpus: float = 1.0  # CPUs each build and bench job holds
+
+    def __post_init__(self):
+        if not 0 < self.cpus < math.inf:  # before Ray starts: its ValueError for a negative or nan count was a traceback
+            raise SdoptError(f"--cpus-per-job {self.cpus}: give the CPUs each build and bench job holds, a positive number")
 
     def profile(self, device: str) -> HardwareProfile:
         resources: dict[str, Any] = {"num_cpus": self.cpus}
