@@ -169,6 +169,9 @@ def test_a_profile_key_sdopt_does_not_know_is_refused(tmp_path, body, message):
     ('name = "x"\ndevice = "cpu"\n[resources]\nnum_cpus = nan\n', "[resources] num_cpus = nan: give a count, 0 or more"),
     ('name = "x"\ndevice = "cpu"\n[resources]\nnum_gpus = inf\n', "[resources] num_gpus = inf: give a count, 0 or more"),
     ('name = "x"\ndevice = "cpu"\n[resources]\ncustom = {"k" = nan}\n', "[resources] custom.k: give a positive amount"),
+    # prompts = "a fox" benched 5 one-letter prompts; seeds = 3 failed every artifact, the reference too
+    ('name = "x"\ndevice = "cpu"\n[bench]\nprompts = "a fox"\n', "[bench] prompts = 'a fox': give a list"),
+    ('name = "x"\ndevice = "cpu"\n[bench]\nseeds = 3\n', "[bench] seeds = 3: give a list, such as seeds = [0, 1]"),
 ])
 def test_a_profile_value_of_the_wrong_kind_is_refused_when_read(tmp_path, text, message):
     """artifacts = 3 or gate = 3 was a TypeError traceback; name = 3 or device = "tpu" one after the whole bench had run;

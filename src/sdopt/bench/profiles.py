@@ -101,6 +101,7 @@ def load_profile(name_or_path: str) -> HardwareProfile:
     _known_keys(data, PROFILE_KEYS, path, "the profile")
     _check_kinds(data, path)
     _known_keys(data.get("bench", {}), BENCH_KEYS, path, "[bench]")
+    _check_bench_lists(data.get("bench", {}), path)
     for index, entry in enumerate(data.get("artifacts", [])):
         if not isinstance(entry, dict) or "name" not in entry:
             raise SdoptError(f"{path}: [[artifacts]] entry {index + 1} has no name: every entry is a table with name = \"...\"")
@@ -161,6 +162,15 @@ def _check_kinds(data: dict[str, Any], path: Path) -> None:
             raise SdoptError(f"{path}: {key} = {value!r}: the wrong kind of value; for example {example} (src/sdopt/profiles/README.md)")
     if data["device"] not in PROFILE_DEVICES:
         raise SdoptError(f"{path}: device = {data['device']!r}: a profile's device is {' or '.join(PROFILE_DEVICES)}")
+
+
+def _check_bench_lists(bench: dict[str, Any], path: Path) -> None:
+    """[bench] prompts and seeds are lists (the other values are checked as a request's): prompts = "a fox" benched each
+    of its letters as a prompt, and seeds = 3 failed every artifact."""
+    for key, kind, example in (("prompts", str, 'prompts = ["a lighthouse at dawn"]'), ("seeds", int, "seeds = [0, 1]")):
+        value = bench.get(key)
+        if value is not None and not (isinstance(value, list) and all(isinstance(v, kind) and not isinstance(v, bool) for v in value)):
+            raise SdoptError(f"{path}: [bench] {key} = {value!r}: give a list, such as {example}")
 
 
 def _check_recipe_options(entry: dict[str, Any], path: Path) -> None:
