@@ -174,6 +174,14 @@ def test_cli_writes_markdown_and_json(report, tmp_path, capsys):
     assert "cannot write it" in capsys.readouterr().err
 
 
+def test_a_profile_without_gate_rules_says_the_default_rules_judged(report, tmp_path, capsys):
+    """A profile with no [gate] is judged by the default rules: the verdict said "rules: profile NAME"."""
+    (tmp_path / "r.json").write_text(json.dumps(report))
+    (tmp_path / "mine.toml").write_text('name = "mine"\ndevice = "cpu"\n')
+    assert main(["gate", str(tmp_path / "r.json"), "--profile", str(tmp_path / "mine.toml")]) == 0
+    assert "rules: default rules (profile mine has no [gate])" in capsys.readouterr().out
+
+
 def test_rule_grammar():
     assert parse_rule("latency.median", "+10%").kind == "increase"
     assert parse_rule("quality.psnr_db", "-0.5").amount == 0.5

@@ -158,7 +158,8 @@ def _gate(args: argparse.Namespace) -> int:
         rules, source = load_rules_file(args.rules), args.rules
     elif args.profile or current.get("profile"):
         profile = load_profile(args.profile or current["profile"])
-        rules, source = profile.gate or gate.DEFAULT_RULES, f"profile {profile.name}"
+        rules = profile.gate or gate.DEFAULT_RULES
+        source = f"profile {profile.name}" if profile.gate else f"default rules (profile {profile.name} has no [gate])"
     else:
         rules, source = gate.DEFAULT_RULES, "default rules"
     result = gate.gate(current, rules, baseline)
