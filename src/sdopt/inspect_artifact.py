@@ -90,6 +90,10 @@ def format_description(d: dict[str, Any]) -> str:
         lines.append(f"rewritten  {name}: " + ", ".join(f"{rewrite} ×{count}" + (" (undone before quantizing)" if rewrite in undone else "")
                                                        for rewrite, count in applied.items()) + " (exact: the same outputs from fewer operations)")
     export = d.get("export") or {}
+    if export.get("tensorrt"):  # engines run only where they were built (sdopt.tensorrt.engines)
+        key = export["tensorrt"]
+        lines.append(f"engines    TensorRT {key.get('tensorrt_version')} on GPU compute capability {key.get('compute_capability')}: they run only there"
+                     + (" (rebuilt from the kept ONNX graphs)" if export.get("rebuilt_from") else ""))
     # Request defaults the artifact carries (levers that change the computation): said, since they shape every image.
     if (export.get("deep_cache") or {}).get("interval", 1) > 1:
         lines.append(f"default    step-feature caching: the whole UNet every {export['deep_cache']['interval']} steps "

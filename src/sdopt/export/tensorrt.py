@@ -105,9 +105,7 @@ def _quantizer(source: Path, precision: str, options: dict[str, Any]):
     prompts = calibration_prompts(given) if given else CALIBRATION_PROMPTS
     device = calibration_device()
     samples = record_inputs(source, prompts, list(QUANTIZED), progress=options.get("progress", True), device=device)["unet"]
-    quantizer = ModelOptQuantizer(precision, samples, device)
-    quantizer.calibration = calibration_record(prompts, not given, list(QUANTIZED), "unet", None, len(samples))
-    return quantizer
+    return ModelOptQuantizer(precision, samples, calibration_record(prompts, not given, list(QUANTIZED), "unet", None, len(samples)), device)
 
 
 def rebuild(artifact: str | Path, out: str | Path, force: bool = False) -> Manifest:

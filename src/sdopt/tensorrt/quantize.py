@@ -57,8 +57,9 @@ class ModelOptQuantizer:
 
     names = QUANTIZED
 
-    def __init__(self, precision: str, samples: list[dict[str, np.ndarray]], device: str = "cpu"):
+    def __init__(self, precision: str, samples: list[dict[str, np.ndarray]], calibration: dict[str, Any], device: str = "cpu"):
         self.precision, self.samples, self.device, self.tolerance = precision, samples, device, TOLERANCE[precision]
+        self.calibration = calibration  # the manifest's record of what the samples came from (calibration.calibration_record)
 
     def apply(self, spec, module) -> dict[str, Any]:
         return quantize(spec, module, self.samples, self.precision, self.device)
