@@ -106,7 +106,7 @@ SLOW_FIXTURES = {"bench_report", "quantized", "tiny_ov", "tiny_ov_bf16_static"}
 # and 100 s (16 s alone; measured before OMP_NUM_THREADS above, which brought it to ~20 s in the suite). In
 # xdist's own order (most tests first) one process waited 40 s for the other.
 LONGEST_FIRST = ("test_families", "test_quant", "test_bench", "test_img2img", "test_optimize", "test_openvino", "test_guarantees",
-                 "test_forkserver", "test_lcm", "test_serve", "test_stepcache", "test_tiny_decoder", "test_onnx", "test_cpu_paths", "test_lora")
+                 "test_forkserver", "test_lcm", "test_serve", "test_stepcache", "test_tiny_decoder", "test_onnx", "test_tensorrt", "test_cpu_paths", "test_lora")
 LAST = ("test_ray",)
 
 
