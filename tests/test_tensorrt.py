@@ -372,3 +372,29 @@ def test_int8_and_fp8_refusals_come_before_any_work(tiny_model, tmp_path, monkey
     assert main(["export", str(tiny_model), "--to", "tensorrt", "--precision", "fp8", "-o", str(out)]) == 2
     assert "pip install 'sdopt[modelopt]'" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prompts.txt"]
+
+
+def test_lora_is_fused_into_the_graphs_tensorrt_builds_from(tiny_model, tiny_onnx_artifact, tmp_path, monkeypatch, capsys):
+    """--lora reaches the ONNX graphs the engines are built from (the manifest says it was fused): the text encoder's
+    graph no longer gives the unfused one's outputs."""
+    import numpy as np
+
+    from sdopt.runtime.onnxruntime import OrtComponent
+    from sdopt.zoo.lora import write_lora
+
+    _stand_in_gpu_and_builder(monkeypatch)
+    lora = write_lora(tiny_model, tmp_path / "tiny-lora.safetensors")
+    out = tmp_path / "trt"
+    assert main(["export", str(tiny_model), "--to", "tensorrt", "--precision", "fp16", "--lora", f"{lora}:0.8", "--static",
+                 "--height", "64", "--width", "64", "--batch-range", "1:1", "-q", "-o", str(out)]) == 0, capsys.readouterr().err
+    assert read_manifest(out).export["loras"]
+    ids = {"input_ids": np.arange(77, dtype=np.int64).reshape(1, 77) % 50}
+
+    def encoded(folder):
+        session = OrtComponent(folder / "text_encoder" / "model.onnx", ["CPUExecutionProvider"], device="cpu")
+        try:
+            return next(iter(session(**ids).values()))
+        finally:
+            session.close()
+
+    assert not np.allclose(encoded(out), encoded(tiny_onnx_artifact), atol=1e-4)

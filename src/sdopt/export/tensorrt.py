@@ -22,7 +22,7 @@ from sdopt.tensorrt.profiles import parse_batch_range, parse_sizes, profiles_for
 
 PLAN_FILE = "model.plan"
 QUANTIZED_PRECISIONS = ("int8", "fp8")  # ModelOpt's Q/DQ in the UNet (sdopt.tensorrt.quantize), the rest fp16
-_ONNX_OPTIONS = ("skip_validation", "opset", "no_rewrites", "rewrite")
+_ONNX_OPTIONS = ("skip_validation", "opset", "no_rewrites", "rewrite", "loras", "embeddings")  # fused into the graphs the engines build from
 
 
 def preflight(options: dict[str, Any], precision: str) -> None:
