@@ -398,3 +398,33 @@ def test_lora_is_fused_into_the_graphs_tensorrt_builds_from(tiny_model, tiny_onn
             session.close()
 
     assert not np.allclose(encoded(out), encoded(tiny_onnx_artifact), atol=1e-4)
+
+
+@pytest.mark.parametrize("opset", [18, 21])
+def test_fp8_copy_for_onnxruntime_keeps_a_later_opset(tmp_path, opset):
+    """The fp8 copy ONNX Runtime runs needs opset 19's float8 Q/DQ; a graph exported at --opset 20 or 21 keeps its own
+    (lowered to 19, opset 20's Gelu was refused as an invalid graph)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    from sdopt.runtime.onnxruntime import OrtComponent
+    from sdopt.tensorrt.quantize import runnable_by_onnxruntime
+
+    nodes = [helper.make_node("TRT_FP8QuantizeLinear", ["x", "scale"], ["q"], domain="trt"),
+             helper.make_node("TRT_FP8DequantizeLinear", ["q", "scale"], ["dq"], domain="trt"),
+             helper.make_node("Gelu" if opset >= 20 else "Relu", ["dq"], ["out_sample"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info("out_sample", TensorProto.FLOAT, [4])],
+                              [helper.make_tensor("scale", TensorProto.FLOAT, [], [0.5])])
+    path = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid("trt", 1)]), str(path))
+    (tmp_path / "copy").mkdir()
+    runnable = runnable_by_onnxruntime(path, "fp8", tmp_path / "copy")
+    assert {o.domain: o.version for o in onnx.load(str(runnable)).opset_import}[""] == max(opset, 19)
+    session = OrtComponent(runnable, ["CPUExecutionProvider"], device="cpu")
+    try:
+        got = session(x=np.array([-1.0, 0.0, 1.0, 3.0], dtype=np.float32))["out_sample"]
+    finally:
+        session.close()
+    assert got[1] == 0 and got[3] > 2.9  # fp8 e4m3 holds 3.0/0.5 = 6 exactly

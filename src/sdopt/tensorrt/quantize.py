@@ -111,7 +111,7 @@ def quantize(spec, module, samples: list[dict[str, np.ndarray]], precision: str,
 
 def runnable_by_onnxruntime(path: Path, precision: str, folder: Path) -> Path:
     """A graph ONNX Runtime runs: ``path`` itself for int8 (ONNX's Q/DQ); for fp8 a copy in ``folder`` with
-    TensorRT's fp8 Q/DQ turned into ONNX's (opset 19, float8e4m3fn zero points), which ONNX Runtime runs on CPU."""
+    TensorRT's fp8 Q/DQ turned into ONNX's (opset 19 or the graph's own if later, float8e4m3fn zero points), which ONNX Runtime runs on CPU."""
     if precision != "fp8":
         return path
     import onnx
@@ -130,9 +130,10 @@ def runnable_by_onnxruntime(path: Path, precision: str, folder: Path) -> Path:
     kept = [v for v in graph.value_info if v.name not in quantized]  # the exporter typed them uint8
     del graph.value_info[:]
     graph.value_info.extend(kept)
+    onnx_opset = max([o.version for o in model.opset_import if o.domain == ""] + [19])  # --opset 20, 21: not lowered (Gelu is 20's)
     opsets = [o for o in model.opset_import if o.domain not in ("", "trt")]
     del model.opset_import[:]
-    model.opset_import.extend([helper.make_opsetid("", 19), *opsets])
+    model.opset_import.extend([helper.make_opsetid("", onnx_opset), *opsets])
     copy = folder / "model.onnx"
     onnx.save_model(model, str(copy), save_as_external_data=True, all_tensors_to_one_file=True, location="model.onnx_data")
     return copy
