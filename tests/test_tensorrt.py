@@ -428,3 +428,18 @@ def test_fp8_copy_for_onnxruntime_keeps_a_later_opset(tmp_path, opset):
     finally:
         session.close()
     assert got[1] == 0 and got[3] > 2.9  # fp8 e4m3 holds 3.0/0.5 = 6 exactly
+
+
+def test_int8_of_an_inpainting_checkpoint_is_refused_before_calibrating(tmp_path, monkeypatch, capsys):
+    """Its 9-channel UNet takes inpainting requests only: calibration's generations from text cannot run on it (they failed
+    with the runtime's "--init-image and --mask" error, options export does not take, after seconds of work)."""
+    from sdopt.zoo import write_model
+
+    _stand_in_gpu_and_builder(monkeypatch)
+    model = write_model("tiny-inpaint", tmp_path / "inpaint", seed=0, progress=False)
+    out = tmp_path / "trt"
+    assert main(["export", str(model), "--to", "tensorrt", "--precision", "int8", "--static", "--height", "64", "--width", "64",
+                 "--batch-range", "1:1", "-q", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "this is an inpainting checkpoint" in err and "--precision fp16" in err and "--init-image" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["inpaint"]

@@ -64,7 +64,7 @@ def export_components(source: Path, manifest: Manifest, out: Path, precision: st
     key = here()
     shapes, static = shapes_of(options, int(manifest.model["sample_size"]) * int(manifest.model["vae_scale_factor"]))
     specs = prepare_source(source, manifest, {}).specs
-    quantizer = _quantizer(source, precision, options) if precision in QUANTIZED_PRECISIONS else None
+    quantizer = _quantizer(source, manifest, precision, options) if precision in QUANTIZED_PRECISIONS else None
     onnx = export_onnx(source, manifest, out, "fp32", {k: v for k, v in options.items() if k in (*_ONNX_OPTIONS, "progress")}, quantizer=quantizer)
     profiles = profiles_for({n: specs[n] for n in onnx.components}, manifest.model, shapes, static=static)
     cache = timing_cache_path(key)
@@ -94,12 +94,16 @@ def export_components(source: Path, manifest: Manifest, out: Path, precision: st
     )
 
 
-def _quantizer(source: Path, precision: str, options: dict[str, Any]):
+def _quantizer(source: Path, manifest: Manifest, precision: str, options: dict[str, Any]):
     """ModelOpt's quantizer for the UNet, with the inputs it calibrates on: the UNet's, recorded while the checkpoint
     generates the calibration prompts (--calibration-prompts; sdopt's built-in set by default), as int8-static's."""
     from sdopt.quant.calibration import CALIBRATION_PROMPTS, calibration_prompts, calibration_record, record_inputs
+    from sdopt.runtime.conditioning import is_inpainting
     from sdopt.tensorrt.quantize import QUANTIZED, ModelOptQuantizer, calibration_device, modelopt_quantization
 
+    if is_inpainting(manifest, source):  # its UNet takes inpainting requests only: no generations from text to record
+        raise SdoptError(f"--precision {precision} calibrates the UNet on the checkpoint's generations from text; this is an inpainting "
+                         "checkpoint (its UNet reads the mask and the masked image): export it with --precision fp16")
     modelopt_quantization()  # imported (seconds) before calibration's generating, so a broken install says so first
     given = options.get("calibration_prompts")
     prompts = calibration_prompts(given) if given else CALIBRATION_PROMPTS
