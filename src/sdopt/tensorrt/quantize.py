@@ -3,7 +3,7 @@
 TensorRT 10 builds int8 and fp8 layers from explicit quantization: QuantizeLinear/DequantizeLinear
 pairs in the ONNX graph (its implicit int8 calibrators are deprecated). ModelOpt
 (``nvidia-modelopt``, ``modelopt.torch.quantization``) puts fake quantizers into the PyTorch UNet
-(weights per output channel, activations per tensor), sets their ranges from the inputs the UNet
+(int8 weights per output channel, fp8's per tensor; activations per tensor), sets their ranges from the inputs the UNet
 sees while the checkpoint generates the calibration prompts (recorded as int8-static records them
 for NNCF and ONNX Runtime: sdopt.quant.calibration), and the ONNX exporter writes each quantizer as
 a Q/DQ pair: ONNX's own operators for int8, TensorRT's ``trt::TRT_FP8QuantizeLinear`` for fp8. The
@@ -29,7 +29,7 @@ import numpy as np
 
 from sdopt.errors import require
 
-# The precision -> ModelOpt's configuration for it (activations per tensor, weights per output channel).
+# The precision -> ModelOpt's configuration for it (activations per tensor; weights per output channel in int8, per tensor in fp8).
 CONFIGS = {"int8": "INT8_DEFAULT_CFG", "fp8": "FP8_DEFAULT_CFG"}
 QUANTIZED = ("unet",)  # the components that get Q/DQ; the others build in fp16
 # The Q/DQ graph in ONNX Runtime against the fake-quantized PyTorch UNet it was traced from, relative to the
