@@ -76,6 +76,11 @@ def calibration_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _fp32(tensor):
+    """A recorded input as the fp32 module takes it: a checkpoint that generates in fp16 records fp16 inputs."""
+    return tensor.float() if tensor.is_floating_point() else tensor
+
+
 def quantize(spec, module, samples: list[dict[str, np.ndarray]], precision: str, device: str = "cpu") -> dict[str, Any]:
     """Put ModelOpt's ``precision`` quantizers into ``module`` (in place) and calibrate them on ``samples`` (the
     UNet's recorded inputs) on ``device``; the module is left on the CPU, where the ONNX exporter traces it.
@@ -90,7 +95,7 @@ def quantize(spec, module, samples: list[dict[str, np.ndarray]], precision: str,
     def calibrate(model) -> None:
         with torch.no_grad():
             for sample in samples:
-                forward(model, **{k: torch.from_numpy(v).to(device) for k, v in sample.items()})
+                forward(model, **{k: _fp32(torch.from_numpy(v)).to(device) for k, v in sample.items()})
 
     config = CONFIGS[precision]
     module.to(device)
