@@ -8,6 +8,7 @@ again, bit for bit.
 """
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -313,3 +314,23 @@ def test_a_file_that_is_not_safetensors_inside_is_refused(tiny_model, tmp_path):
     garbage.write_text("garbage")
     with pytest.raises(SdoptError, match="cannot be read as safetensors"):
         sdopt.load(tiny_model).generate(GenerateRequest(**SMALL, loras={str(garbage): 1.0}))
+
+
+def test_an_interrupted_init_lora_leaves_nothing_beside_the_file_and_the_old_one_intact(tiny_model, tmp_path, monkeypatch, capsys):
+    """Ctrl-C (or SIGTERM, a KeyboardInterrupt in the CLI) while the file was written left its .NAME.partial beside it,
+    which neither a re-run's output nor `sdopt clean` removed."""
+    import safetensors.torch
+
+    from sdopt.cli import main
+
+    out = tmp_path / "l.safetensors"
+    out.write_bytes(b"the old LoRA")
+
+    def interrupted(tensors, path, metadata=None):
+        Path(path).write_bytes(b"half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(safetensors.torch, "save_file", interrupted)
+    assert main(["init-lora", str(tiny_model), str(out), "--force"]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["l.safetensors"] and out.read_bytes() == b"the old LoRA"

@@ -43,6 +43,10 @@ def save_whole(tensors: dict[str, Any], out: Path, metadata: dict[str, str]) -> 
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.partial")
-    save_file(tensors, tmp, metadata=metadata)
-    tmp.replace(out)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        tmp.replace(out)
+    except BaseException:  # Ctrl-C, SIGTERM (a KeyboardInterrupt here), a full disk: no partial file left beside out
+        tmp.unlink(missing_ok=True)
+        raise
     return out
