@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -144,6 +145,24 @@ def test_generate_output_names(tiny_model, tmp_path, capsys):
     assert Image.open(tmp_path / "plain.png").size == (64, 64)
     assert main([*_gen(tiny_model)[:-1], str(tmp_path / "o.xyz")]) == 2
     assert ".xyz is not an image format sdopt can write" in capsys.readouterr().err
+
+
+def test_an_interrupted_image_save_leaves_the_old_image_whole(tiny_model, tmp_path, monkeypatch, capsys):
+    """-o wrote straight into the file: Ctrl-C (or SIGTERM) while saving left half a PNG where the old image was."""
+    from PIL import Image
+
+    out = tmp_path / "a.png"
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(out)
+    old = out.read_bytes()
+
+    def interrupted(self, fp, *args, **kwargs):
+        Path(fp).write_bytes(b"\x89PNG half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Image.Image, "save", interrupted)
+    assert main(["generate", str(tiny_model), "-p", "x", "--steps", "1", "-o", str(out), "-q"]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["a.png"] and out.read_bytes() == old
 
 
 def test_strength_without_an_init_image(tiny_model, tmp_path, capsys):
