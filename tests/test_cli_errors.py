@@ -136,6 +136,17 @@ def test_an_output_inside_the_input_is_refused_and_the_input_stays_whole(tiny_mo
     assert main(["inspect", str(tiny_model)]) == 0  # still verifies
 
 
+def test_an_output_file_inside_the_input_is_refused_and_the_input_stays_whole(tiny_model, capsys):
+    """init-lora, init-embedding and generate -o wrote their file into the model's component folder: the model then
+    failed its own verification ("is in the artifact but not listed in sdopt.json")."""
+    for argv in (["init-lora", str(tiny_model), str(tiny_model / "unet" / "l.safetensors")],
+                 ["init-embedding", str(tiny_model), str(tiny_model / "text_encoder" / "e.safetensors")],
+                 ["generate", str(tiny_model), "-p", "x", "--steps", "1", "-o", str(tiny_model / "vae" / "x.png"), "-q"]):
+        assert main(argv) == 2, argv
+        assert f"is inside the input {tiny_model}: choose an output path outside the input" in capsys.readouterr().err
+    assert main(["inspect", str(tiny_model)]) == 0  # still verifies
+
+
 def test_generate_output_names(tiny_model, tmp_path, capsys):
     """No suffix: .png, as for several images; a suffix no image format has is refused before any work (it failed
     only when saving, after the generation); without a size, the model's own (the tiny model's 64x64, as Diffusers)."""

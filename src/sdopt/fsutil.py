@@ -269,9 +269,14 @@ def remove_stale_temp_folders(parent: Path, name: str | None = None, dry_run: bo
     return removed
 
 
-def check_output_files(paths: list[Path]) -> None:
-    """Before any work: each output file can be written (its folder is creatable and writable, it is no folder)."""
+def check_output_files(paths: list[Path], inputs: tuple[str | Path, ...] = ()) -> None:
+    """Before any work: each output file can be written (its folder is creatable and writable, it is no folder), and is
+    not inside one of ``inputs`` (the folders the command reads), where it would be an unlisted file that fails the
+    input's verification."""
     for path in paths:
+        for source in inputs:
+            if Path(source).absolute().resolve() in path.absolute().resolve().parents:
+                raise SdoptError(f"the output {path} is inside the input {source}: choose an output path outside the input")
         if path.is_dir():
             raise SdoptError(f"-o {path} is a folder: give a file name such as {path / 'out.png'}")
         if path.is_char_device():  # /dev/null: written as it is, nothing created beside it

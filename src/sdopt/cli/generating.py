@@ -68,11 +68,11 @@ def _generate(args: argparse.Namespace) -> int:
     from sdopt.runtime.schedulers import check_scheduler
 
     check_scheduler(request.scheduler)  # the precision is checked by the artifact's backend at load (before any weights)
-    from sdopt.fsutil import check_output_files
+    from sdopt.fsutil import check_output_files, local_inputs
 
     out = Path(args.output)
     paths = output_paths(out, request.batch_size)
-    check_output_files(paths)  # before the (slow) load and generation
+    check_output_files(paths, local_inputs(args.artifact))  # before the (slow) load and generation
     if args.embedding:
         from sdopt.embeddings import parse_embeddings
 

@@ -22,7 +22,7 @@ def write_embedding(model: str | Path, out: str | Path, vectors: int = VECTORS, 
     from sdopt.embeddings.tables import table_of
     from sdopt.zoo.synthetic_file import checked_output, save_whole, source_modules
 
-    out = checked_output(out, "an embedding is written as .safetensors, its name the word prompts use", force)
+    out = checked_output(out, "an embedding is written as .safetensors, its name the word prompts use", force, model)
     if not 1 <= vectors <= MAX_VECTORS:
         raise SdoptError(f"--vectors {vectors}: give 1 to {MAX_VECTORS}")
     _, manifest, modules = source_modules(model, with_unet=False, verb="make the embedding")

@@ -25,7 +25,7 @@ def write_lora(model: str | Path, out: str | Path, seed: int = 0, rank: int = RA
 
     from sdopt.zoo.synthetic_file import checked_output, save_whole, source_modules
 
-    out = checked_output(out, "a LoRA file is written as .safetensors", force)
+    out = checked_output(out, "a LoRA file is written as .safetensors", force, model)
     folder, manifest, modules = source_modules(model, with_unet=True, verb="make the LoRA")
     generator = torch.Generator().manual_seed(seed)
     tensors = {}

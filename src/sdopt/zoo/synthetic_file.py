@@ -9,14 +9,15 @@ from typing import Any
 from sdopt.errors import SdoptError
 
 
-def checked_output(out: str | Path, written_as: str, force: bool) -> Path:
-    """``out`` as a .safetensors path that may be written (``written_as``: "a LoRA file is written as .safetensors")."""
-    from sdopt.fsutil import check_output_files
+def checked_output(out: str | Path, written_as: str, force: bool, model: str | Path) -> Path:
+    """``out`` as a .safetensors path that may be written (``written_as``: "a LoRA file is written as .safetensors"),
+    outside ``model``, the checkpoint it is made for."""
+    from sdopt.fsutil import check_output_files, local_inputs
 
     out = Path(out)
     if out.suffix != ".safetensors":
         raise SdoptError(f"{out}: {written_as}; give a path ending in .safetensors")
-    check_output_files([out])
+    check_output_files([out], local_inputs(model))
     if out.exists() and not force:
         raise SdoptError(f"{out} exists: pass --force to replace it, or choose another file")
     return out
