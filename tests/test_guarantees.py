@@ -455,6 +455,21 @@ def test_a_mistyped_local_path_is_not_sent_to_the_hub(tmp_path, capsys, monkeypa
     assert "x/onnx2 does not exist" in err and "hub" not in err.split("does not exist")[0]
 
 
+def test_an_interrupt_before_the_marker_is_written_leaves_no_folder(tmp_path, monkeypatch):
+    """Ctrl-C or SIGTERM between making the temporary folder and writing its marker left an empty .NAME.tmp-* folder
+    without the marker: not sdopt's to the next run or to `sdopt clean`, so it stayed (seen once in init-model --force)."""
+    from sdopt import fsutil
+
+    def interrupted(folder, doing):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fsutil, "_mark_unfinished", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with fsutil.atomic_output_dir(tmp_path / "out"):
+            pass
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_an_empty_output_folder_that_cannot_move_is_filled_in_place(tmp_path, monkeypatch):
     """A container's volume (a mount point) or an immutable folder cannot be renamed: an export onto it, empty, fills it
     entry by entry (it failed with a traceback after all the work, the artifact hidden in .NAME.tmp-*); onto one that

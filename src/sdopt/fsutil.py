@@ -318,9 +318,10 @@ def atomic_output_dir(out: str | Path, force: bool = False, inputs: tuple[str | 
         raise SdoptError(f"cannot write {out}: {exc.strerror}; choose an output path you can write to") from exc
     # A process killed outright (SIGKILL) cannot clean up; this marker makes sure that what it
     # leaves is never read as an artifact (manifest.read_manifest refuses it).
-    # The writer's pid tells a later run (or `sdopt clean`) whether the folder is still in use.
-    _mark_unfinished(tmp, "writing this folder")
+    # The writer's pid tells a later run (or `sdopt clean`) whether the folder is still in use. Inside the try: a
+    # folder left without the marker is not sdopt's to the next run and `sdopt clean`, and stays for ever.
     try:
+        _mark_unfinished(tmp, "writing this folder")
         yield tmp
         (tmp / INCOMPLETE_MARKER).unlink()
         (tmp / WRITTEN_LIST).write_text("".join(f"{p}\n" for p in sorted(_files_below(tmp))))
