@@ -309,6 +309,7 @@ def test_int8_engines_are_built_from_a_unet_graph_with_calibrated_qdq(tiny_model
     assert all(calls[n] == "fp16" for n in manifest.components if n != "unet")
     quant = unet.quantization
     assert quant["scheme"] == "int8-static" and quant["backend"] == "modelopt" and quant["quantizers"] > 0
+    assert "quantization" not in manifest.export["onnx"]  # said once, in the component's entry
     assert quant["calibration"]["prompts"] == 1 and not quant["calibration"]["builtin_prompts"]
     # Every UNet call of the calibration generation (PNDM's: each step's, and one more), each a guided batch.
     assert quant["calibration"]["samples"] == quant["calibrated_on"] >= quant["calibration"]["steps_per_prompt"]

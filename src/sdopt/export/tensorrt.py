@@ -69,11 +69,12 @@ def export_components(source: Path, manifest: Manifest, out: Path, precision: st
     profiles = profiles_for({n: specs[n] for n in onnx.components}, manifest.model, shapes, static=static)
     cache = timing_cache_path(key)
     built = {}
+    quantized = onnx.export.pop("quantization", {})  # the ONNX export's record of each quantized module: the component's own below
     for name in tqdm(list(onnx.components), desc="building TensorRT engines", unit="engine", disable=not options.get("progress", True)):
         entry = onnx.components[name]
         if quantizer is not None and name in quantizer.names:
             runs = precision
-            entry.quantization = {"scheme": f"{precision}-static", "backend": "modelopt", **onnx.export["quantization"][name],
+            entry.quantization = {"scheme": f"{precision}-static", "backend": "modelopt", **quantized[name],
                                   "calibration": quantizer.calibration}
         else:  # int8/fp8 quantize the UNet alone: the rest in fp16. SDXL's VAE: no fp16 kernels (it overflows)
             runs = manifest.component_precision(name, "fp16" if quantizer is not None else precision)
