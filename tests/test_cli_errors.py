@@ -176,6 +176,31 @@ def test_an_interrupted_image_save_leaves_the_old_image_whole(tiny_model, tmp_pa
     assert [p.name for p in tmp_path.iterdir()] == ["a.png"] and out.read_bytes() == old
 
 
+def test_an_interrupted_save_of_several_images_leaves_the_old_set_whole(tiny_model, tmp_path, monkeypatch, capsys):
+    """--num-images 2 over a run's two images, interrupted while saving the second: both old ones stay, none is new
+    (each was renamed into place as it was saved: a set mixing this run's first image with the last run's second)."""
+    from PIL import Image
+
+    from sdopt.cli.common import output_paths
+
+    paths = output_paths(tmp_path / "a.png", 2)
+    for i, path in enumerate(paths):
+        Image.new("RGB", (64, 64), (i, 2, 3)).save(path)
+    old = [p.read_bytes() for p in paths]
+    real_save, saved = Image.Image.save, []
+
+    def second_interrupted(self, fp, *args, **kwargs):
+        if saved:
+            raise KeyboardInterrupt
+        saved.append(fp)
+        return real_save(self, fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", second_interrupted)
+    assert main(["generate", str(tiny_model), "-p", "x", "--steps", "1", "--num-images", "2", "-o", str(tmp_path / "a.png"), "-q"]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths) and [p.read_bytes() for p in paths] == old
+
+
 def test_strength_without_an_init_image(tiny_model, tmp_path, capsys):
     """--strength alone is refused; an img2img image's parameters without its init image are said to make another picture."""
     from PIL import Image
