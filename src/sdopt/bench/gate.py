@@ -266,6 +266,8 @@ def gate(current: dict, rules_table: dict[str, Any], baseline: dict | None = Non
     if not any(r.metric == "status" for r in rules):
         rules.append(parse_rules({"status": "ok"})[0])  # a failed artifact always fails the gate
     result = GateResult()
+    if baseline is None and (relative := [f"{r.metric} {r.text}" for r in rules if r.needs_baseline]):
+        result.notes.append(f"not judged without a baseline (--baseline REPORT): {', '.join(relative)}; only absolute floors were checked")
     if baseline is not None and _get(current, "model.fingerprint") != _get(baseline, "model.fingerprint"):
         # check_comparable let them through: the same model files but for the library versions written in their configs.
         result.notes.append("the model's files differ from the baseline's only in the library versions their configs record "
