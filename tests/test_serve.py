@@ -509,6 +509,46 @@ def test_cancel_stops_a_running_job_between_steps_and_the_server_goes_on(tiny_pi
         assert done["status"] == "succeeded"
 
 
+def test_a_shutdown_signal_answers_the_waiting_requests_503_and_the_server_exits(tiny_pipeline):
+    """SIGINT or SIGTERM with a job running and one queued: uvicorn waits for the requests in flight before it exits,
+    and they waited for their jobs (up to --job-timeout, 600 s by default; the QA walk saw a SIGTERM take 24 s with
+    --job-timeout 20). The server's signal handler stops the worker: both are answered 503 at once and it exits."""
+    import signal
+    import threading
+
+    from serving import free_port
+    from sdopt.serve.server import build, http_server
+    from sdopt.serve.settings import ServeSettings
+
+    port = free_port()
+    app = build(SlowSteps(tiny_pipeline, 0.2), ServeSettings(port=port), "tiny")
+    server = http_server(app, "127.0.0.1", port)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url, answers = f"http://127.0.0.1:{port}", {}
+    try:
+        wait_for(lambda: server.started, timeout=20)
+        posts = [threading.Thread(target=lambda path=path, body=body: answers.update({path: httpx.post(url + path, json=body, timeout=120)}))
+                 for path, body in (("/sdapi/v1/txt2img", {"prompt": "x", **SMALL, "steps": 100}),
+                                    ("/v1/images/generations", {"prompt": "y", "size": "64x64", "sdopt_steps": 100, "sdopt_guidance_scale": 3}))]
+        for post in posts:
+            post.start()
+        wait_for(lambda: app.state.worker.current and app.state.worker.queue_depth == 1)
+        started = time.monotonic()
+        server.handle_exit(signal.SIGTERM, None)
+        thread.join(30)
+        for post in posts:
+            post.join(10)
+        exited_in = time.monotonic() - started
+    finally:
+        server.should_exit = True
+        app.state.worker.stop()
+    assert not thread.is_alive() and exited_in < 10, exited_in
+    a1111, openai = answers["/sdapi/v1/txt2img"], answers["/v1/images/generations"]
+    assert a1111.status_code == 503 and "shutting down" in a1111.text, a1111.text
+    assert openai.status_code == 503 and "shutting down" in openai.json()["error"]["message"], openai.text
+
+
 def test_a_batched_job_cancelled_alone_leaves_the_others_running(tiny_pipeline):
     from sdopt.serve import jobs as J
     from sdopt.serve.worker import Worker
@@ -764,13 +804,13 @@ def test_serve_command_takes_the_key_from_the_environment(tiny_model, monkeypatc
 
 
 def test_binding_beyond_loopback_without_credentials_warns(tiny_model, monkeypatch):
-    import uvicorn
+    from types import SimpleNamespace
 
     import sdopt.serve.server as server
     from sdopt.serve.settings import ServeSettings
 
     ran = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, log_level: ran.update(host=host, port=port))
+    monkeypatch.setattr(server, "http_server", lambda app, host, port: SimpleNamespace(run=lambda: ran.update(host=host, port=port)))
     with pytest.warns(UserWarning, match="WITHOUT credentials"):
         server.serve(tiny_model, ServeSettings(host="0.0.0.0", port=0))
     assert ran == {"host": "0.0.0.0", "port": 0}

@@ -109,7 +109,7 @@ def _answer(request: Request, body: ProcessingRequest, spec: J.JobSpec, jobs: li
     (info.interrupted) and around what was skipped; the first job names the request, the last says how it ended.
     info_over: info's values where they are not the job's (the hires fix's second pass)."""
     last = jobs[-1]
-    if last.status not in (J.SUCCEEDED, J.CANCELLED):
+    if last.status not in (J.SUCCEEDED, J.CANCELLED) or failure_status(last) == 503:  # 503: the server is shutting down
         raise RequestError("prompt", f"the image was not made: {last.status} ({last.error})", status=failure_status(last))
     interrupted = any(job.status == J.CANCELLED and not job.skipped for job in jobs)
     params = body.model_dump()

@@ -45,9 +45,29 @@ def build(pipeline: Any, settings: ServeSettings, name: str, start_worker: bool 
     return app
 
 
+def http_server(app: Any, host: str, port: int) -> Any:
+    """The uvicorn server for ``app``. On SIGINT or SIGTERM it stops the worker at once, besides taking no new
+    connections: the queued and running jobs are cancelled, so the requests waiting for them are answered 503 (the
+    server is shutting down) and the process exits, instead of uvicorn waiting for every one of them to run to its
+    end or to --job-timeout (600 s by default) before it exits."""
+    import threading
+
+    import uvicorn
+
+    worker = app.state.worker
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            # In a thread: a signal handler interrupts the event loop's thread, which may hold a job's lock.
+            threading.Thread(target=worker.stop, name="sdopt-serve-stop", daemon=True).start()
+
+    return Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+
+
 def serve(artifact: str | Path, settings: ServeSettings, load_options: dict[str, Any] | None = None) -> None:
     require("fastapi", "serve")
-    uvicorn = require("uvicorn", "serve")
+    require("uvicorn", "serve")
     import sdopt
 
     if settings.exposed and not settings.needs_auth:
@@ -68,7 +88,7 @@ def serve(artifact: str | Path, settings: ServeSettings, load_options: dict[str,
         file=sys.stderr,
     )
     try:
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
+        http_server(app, settings.host, settings.port).run()
     finally:
         app.state.worker.stop()
         pipeline.close()

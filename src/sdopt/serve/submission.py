@@ -14,7 +14,7 @@ from sdopt.errors import SdoptError
 from sdopt.serve import jobs as J
 from sdopt.serve.errors import RequestError
 from sdopt.serve.settings import ServeSettings
-from sdopt.serve.worker import Worker
+from sdopt.serve.worker import SHUTTING_DOWN, Worker
 
 _FIELD = re.compile(r"^(\w+)[=:]")
 
@@ -144,4 +144,6 @@ async def wait(job: J.Job, request: Request) -> J.Job:
 
 def failure_status(job: J.Job) -> int:
     """The HTTP status for a job that ended without its images, for the APIs that wait for them."""
+    if job.status == J.CANCELLED and job.error == SHUTTING_DOWN:
+        return 503
     return {J.TIMED_OUT: 504, J.CANCELLED: 409}.get(job.status, 500 if job.internal_error else 422)

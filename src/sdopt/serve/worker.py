@@ -37,6 +37,7 @@ log = logging.getLogger("sdopt.serve")
 FINISHED_KEPT = 1000  # finished jobs kept for GET /v1/jobs/{id}, oldest dropped first
 IMAGES_KEPT = 64  # ... of which the newest keep their images (64 SD 1.5 jobs of 4 images at 512²: ~200 MB)
 PREVIEW_EVERY_S = 0.5  # at most one preview per this many seconds per batch (PNG encoding costs)
+SHUTTING_DOWN = "the server is shutting down"  # why stop() cancels the jobs it finds (answered 503)
 
 
 class QueueFull(SdoptError):
@@ -79,7 +80,7 @@ class Worker:
             self._queue.clear()
             self._cond.notify_all()
         for job in pending + list(self.current):
-            self._finish(job, J.CANCELLED, "the server is shutting down")
+            self._finish(job, J.CANCELLED, SHUTTING_DOWN)
         if self._thread:
             self._thread.join(timeout)
 
@@ -97,7 +98,7 @@ class Worker:
         second pass): that one is not refused half done."""
         with self._cond:
             if self._stopping:
-                raise SdoptError("the server is shutting down")
+                raise SdoptError(SHUTTING_DOWN)
             if job.id in self.jobs:
                 raise SdoptError(f"task id {job.id!r} is already in use: give another force_task_id, or none", field="force_task_id")
             if len(self._queue) >= self.max_queue and not continuing:
