@@ -154,6 +154,24 @@ def test_img2img_on_a_latent_consistency_model_matches_diffusers(tiny_lcm, stren
     assert error <= TOLERANCE
 
 
+def test_a_consistency_sampler_runs_every_step_below_a_low_strength(tiny_lcm, tiny_pipeline):
+    """int(steps x strength) is the share an ordinary sampler keeps, not LCM's or TCD's: 4 steps at strength 0.2 run 4 steps
+    (Diffusers' LatentConsistencyModelImg2ImgPipeline too), where they were refused as running none. Euler's is still refused,
+    the checkpoint's own sampler (PNDM on tiny) at load's check, before any work."""
+    from sdopt.errors import SdoptError
+
+    from init_images import picture
+
+    request = GenerateRequest(**{**SMALL, "guidance_scale": 8.5}, init_image=picture(), strength=0.2)
+    with sdopt.load(tiny_lcm) as pipe:
+        assert len(pipe.generate(request).timings.unet_steps) == 4
+    tcd = tiny_pipeline.generate(GenerateRequest(**{**SMALL, "guidance_scale": 1.0}, init_image=picture(), strength=0.2, scheduler="tcd"))
+    assert len(tcd.timings.unet_steps) == 4
+    for scheduler in ("euler", None):
+        with pytest.raises(SdoptError, match=r"strength=0\.2 with steps=4 runs no step"):
+            tiny_pipeline.generate(GenerateRequest(**SMALL, init_image=picture(), strength=0.2, scheduler=scheduler))
+
+
 def test_an_sdxl_lcm_unet_matches_diffusers_sdxl_pipeline(tmp_path):
     """lcm-sdxl's layout: an LCM UNet in StableDiffusionXLPipeline, which (as sdopt) embeds the guidance scale and
     runs no unconditional pass when the UNet has time_cond_proj_dim."""

@@ -350,10 +350,8 @@ class GenerateRequest:
         self._validate_latents()
         if masks and not images:
             raise SdoptError("mask_image needs an init_image: the mask says which part of the init image to repaint (white = repaint)", field="init_image")
-        if self.image_to_image and int(self.steps * s) < 1:
-            raise SdoptError(
-                f"strength={s:g} with steps={self.steps} runs no step (int(steps x strength) = 0): raise strength or steps"
-            )
+        if self.image_to_image and self.scheduler not in (None, "lcm", "tcd"):  # those: the scheduler's (schedulers.check_steps)
+            check_strength_steps(self.steps, s)
         pairs = zip(images, masks) if len(images) == len(masks) else [(i, m) for i in images for m in masks]
         for image, mask in pairs:
             if image.size != mask.size:
@@ -452,3 +450,9 @@ class GenerateResult:
             f"UNet {len(t.unet_steps)} calls{cached} × {per_step * 1000:.0f} ms, VAE decode {t.vae_decoder * 1000:.0f} ms; "
             f"peak memory {self.peak_memory_bytes / 2**20:.0f} MiB ({self.peak_memory_kind})"
         )
+
+
+def check_strength_steps(steps: int, strength: float) -> None:
+    """img2img keeps the last int(steps x strength) steps of an ordinary sampler's schedule: refused where that is none."""
+    if int(steps * strength) < 1:
+        raise SdoptError(f"strength={strength:g} with steps={steps} runs no step (int(steps x strength) = 0): raise strength or steps")

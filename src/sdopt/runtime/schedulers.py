@@ -103,8 +103,16 @@ def make_scheduler(name: str | None, config: dict[str, Any]):
 def check_steps(scheduler: Any, request: Any) -> None:
     """LCMScheduler and TCDScheduler pick their steps from the ``original_inference_steps`` (50) the model was distilled
     on, below the request's strength for img2img: more steps than int(original x strength) was Diffusers' ValueError
-    from set_timesteps, a traceback. Said here, before any work, in the request's terms."""
+    from set_timesteps, a traceback. Said here, before any work, in the request's terms. Every other sampler keeps the
+    last int(steps x strength) steps of its schedule for img2img: refused where that is none (those two run all the
+    steps below the strength, Diffusers' LatentConsistencyModelImg2ImgPipeline's 4 steps at strength 0.2 too)."""
+    import inspect
+
+    from sdopt.request import check_strength_steps
+
     steps, strength = request.steps, request.strength if request.image_to_image else 1.0
+    if request.image_to_image and "strength" not in inspect.signature(scheduler.set_timesteps).parameters:
+        check_strength_steps(steps, strength)
     original = getattr(scheduler.config, "original_inference_steps", None)
     most = int(original * strength) if original else None
     if most is None or steps <= most:
