@@ -172,6 +172,17 @@ def test_a_consistency_sampler_runs_every_step_below_a_low_strength(tiny_lcm, ti
             tiny_pipeline.generate(GenerateRequest(**SMALL, init_image=picture(), strength=0.2, scheduler=scheduler))
 
 
+def test_a_strength_that_leaves_a_consistency_sampler_no_step_is_refused_naming_strength(tiny_pipeline):
+    """int(50 x 0.01) = 0: the refusal said "at most 0 steps ... ask for 0 or fewer", a steps count no request can give."""
+    from sdopt.errors import SdoptError
+
+    from init_images import picture
+
+    with pytest.raises(SdoptError, match=r"strength=0\.01 leaves LCMScheduler no step .* raise strength to 0\.02 or more") as refused:
+        tiny_pipeline.generate(GenerateRequest(**SMALL, init_image=picture(), strength=0.01, scheduler="lcm"))
+    assert refused.value.field == "strength"
+
+
 def test_an_sdxl_lcm_unet_matches_diffusers_sdxl_pipeline(tmp_path):
     """lcm-sdxl's layout: an LCM UNet in StableDiffusionXLPipeline, which (as sdopt) embeds the guidance scale and
     runs no unconditional pass when the UNet has time_cond_proj_dim."""

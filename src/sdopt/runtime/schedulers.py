@@ -117,6 +117,9 @@ def check_steps(scheduler: Any, request: Any) -> None:
     most = int(original * strength) if original else None
     if most is None or steps <= most:
         return
+    if most < 1:  # no steps count to ask for: "at most 0 steps"
+        raise SdoptError(f"strength={strength:g} leaves {type(scheduler).__name__} no step (int({original} x strength) = 0): "
+                         f"raise strength to {1 / original:g} or more, or use another sampler (--scheduler)", field="strength")
     where = f"{original} x strength {strength:g}" if strength < 1 else f"the {original} steps it was distilled on, original_inference_steps"
     raise SdoptError(f"steps={steps}: {type(scheduler).__name__} runs at most {most} steps here ({where}): ask for {most} or fewer"
                      + (", or a higher strength" if strength < 1 else "") + ", or another sampler (--scheduler)", field="steps")
