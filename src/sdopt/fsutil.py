@@ -91,12 +91,9 @@ def check_output_dir(out: str | Path, force: bool = False, inputs: tuple[str | P
     or contain one, with or without --force.
     """
     out = Path(out).expanduser()
-    resolved = out.absolute().resolve()
     for source in inputs:
-        inner = Path(source).absolute().resolve()
-        if inner == resolved or resolved in inner.parents or inner in resolved.parents:
+        if how := _placement(out, source):
             # Inside the input, it would be an unlisted folder in it: the input would fail its own verification.
-            how = "is" if inner == resolved else "contains" if resolved in inner.parents else "is inside"
             raise SdoptError(f"the output {out} {how} the input {source}: choose an output folder outside the input")
     if out.exists() and not (out.is_dir() and not any(out.iterdir())):
         if not force:
@@ -112,6 +109,12 @@ def check_output_dir(out: str | Path, force: bool = False, inputs: tuple[str | P
     # optimize) would find /proc or a read-only mount after all its work. Its temporary sibling goes in this folder.
     check_can_create_in(probe, out)
     return out
+
+
+def _placement(out: Path, source: str | Path) -> str | None:
+    """How an output path stands to an input folder: it "is" it, "contains" it, "is inside" it, or None (apart)."""
+    resolved, inner = out.absolute().resolve(), Path(source).absolute().resolve()
+    return "is" if inner == resolved else "contains" if resolved in inner.parents else "is inside" if inner in resolved.parents else None
 
 
 def make_work_dir(work: Path) -> Path:
@@ -275,7 +278,7 @@ def check_output_files(paths: list[Path], inputs: tuple[str | Path, ...] = ()) -
     input's verification."""
     for path in paths:
         for source in inputs:
-            if Path(source).absolute().resolve() in path.absolute().resolve().parents:
+            if _placement(path, source) == "is inside":
                 raise SdoptError(f"the output {path} is inside the input {source}: choose an output path outside the input")
         if path.is_dir():
             raise SdoptError(f"-o {path} is a folder: give a file name such as {path / 'out.png'}")
@@ -301,6 +304,23 @@ def check_can_create_in(folder: Path, path: Path) -> None:
                          "choose an output path you can write to") from None
     os.close(handle)
     os.unlink(probe)
+
+
+@contextlib.contextmanager
+def files_written_whole(paths: list[Path]) -> Iterator[list[Path]]:
+    """Yield the path to write for each of ``paths``: a partial file beside it (the path itself for a character device,
+    -o /dev/null). When the block ends, every partial replaces its path, all of them written first; on an error or an
+    interrupt each is removed. So no half file is left, none it replaces is truncated, and a set is never part new."""
+    partials = [path if path.is_char_device() else path.with_name(f".{path.name}.partial") for path in paths]
+    try:
+        yield partials
+        for path, partial in zip(paths, partials):
+            if partial != path:
+                partial.replace(path)
+    finally:
+        for path, partial in zip(paths, partials):
+            if partial != path:
+                partial.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

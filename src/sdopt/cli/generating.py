@@ -128,24 +128,20 @@ def _generate(args: argparse.Namespace) -> int:
         )
     from PIL import Image
 
+    from sdopt.fsutil import files_written_whole
+
     paths[0].parent.mkdir(parents=True, exist_ok=True)
-    # Every image to a partial file first, then each renamed into place (not /dev/null): an interrupted or failed save
-    # never leaves half an image, nor truncates the one it replaces, nor a set mixing new images with a run's before.
-    partials = [path if path.is_char_device() else path.with_name(f".{path.name}.partial") for path in paths]
-    try:
+    # An interrupted or failed save never leaves half an image, nor truncates the one it replaces, nor a set mixing new
+    # images with a run's before.
+    with files_written_whole(paths) as partials:
         for image, path, partial in zip(result.images, paths, partials):
             try:
                 # its parameters, as AUTOMATIC1111 writes them; PNG where the name says no format (-o /dev/null)
                 image.save(partial, format=Image.registered_extensions().get(path.suffix.lower(), "PNG"), pnginfo=png_info(image))
             except OSError as exc:  # the disk filled up, or the path changed meanwhile
                 raise SdoptError(f"cannot write {path}: {exc.strerror or exc}") from exc
-        for path, partial in zip(paths, partials):
-            partial.replace(path)
-            print(path)
-    finally:
-        for path, partial in zip(paths, partials):
-            if partial != path:
-                partial.unlink(missing_ok=True)
+    for path in paths:
+        print(path)
     print(result.summary(), file=sys.stderr)
     return 0
 

@@ -42,12 +42,9 @@ def save_whole(tensors: dict[str, Any], out: Path, metadata: dict[str, str]) -> 
     """Write the tensors to ``out`` through a partial file renamed at the end: written whole or not at all."""
     from safetensors.torch import save_file
 
+    from sdopt.fsutil import files_written_whole
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial")
-    try:
+    with files_written_whole([out]) as (tmp,):  # Ctrl-C, SIGTERM, a full disk: no partial file left beside out
         save_file(tensors, tmp, metadata=metadata)
-        tmp.replace(out)
-    except BaseException:  # Ctrl-C, SIGTERM (a KeyboardInterrupt here), a full disk: no partial file left beside out
-        tmp.unlink(missing_ok=True)
-        raise
     return out
