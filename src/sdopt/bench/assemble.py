@@ -265,7 +265,9 @@ def probe_peaks(precisions: list[str], device: str) -> dict[str, dict]:
 
 
 def probes(device: str) -> bool:
-    return device.split(":", 1)[0].lower() in ("cpu", "cuda")
+    from sdopt.runtime.backends import device_kind
+
+    return device_kind(device) in ("cpu", "cuda")
 
 
 def _calibrated_on_the_measured_image(entries: list[Entry], settings: BenchSettings) -> list[str]:
