@@ -31,7 +31,7 @@ from sdopt.export.spec import family_specs, trace_inputs
 from sdopt.manifest import files_in, hash_components, read_manifest
 from sdopt.quant.calibration import CALIBRATION_PROMPTS, calibration_record, record_inputs
 from sdopt.runtime.torch import load_module
-from sdopt.tensorrt.quantize import CONFIGS, QUANTIZED, quantize, runnable_by_onnxruntime
+from sdopt.tensorrt.quantize import CONFIGS, QUANTIZED, ModelOptQuantizer
 
 
 def sdopt(*args: str) -> None:
@@ -43,7 +43,8 @@ def qdq_artifact(model: Path, onnx_fp32: Path, out: Path, precision: str, sample
     manifest = read_manifest(model)
     spec = family_specs(manifest.pipeline_family, {})["unet"]
     module = load_module(model, manifest, "unet", torch.float32)
-    record = quantize(spec, module, samples, precision)
+    quantizer = ModelOptQuantizer(precision, samples, calibration_record(CALIBRATION_PROMPTS, True, list(QUANTIZED), "unet", None, len(samples)))
+    applied = quantizer.apply(spec, module)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(onnx_fp32, tmp)
@@ -53,15 +54,14 @@ def qdq_artifact(model: Path, onnx_fp32: Path, out: Path, precision: str, sample
     traced = folder / "traced" / "model.onnx"
     traced.parent.mkdir()
     _trace_to_onnx(spec, module, trace_inputs("unet", manifest.model), traced, 18)
-    runnable = runnable_by_onnxruntime(traced, precision, folder)  # int8: the graph itself; fp8: its copy written in folder
+    runnable = quantizer.runnable(traced, folder)  # int8: the graph itself; fp8: its copy written in folder
     if runnable == traced:
         shutil.move(traced, folder / "model.onnx")
     shutil.rmtree(folder / "traced")
     artifact = read_manifest(tmp)
     entry = artifact.components["unet"]
     entry.files = files_in(folder, tmp, (".onnx", ".onnx_data", ".json"))
-    entry.quantization = {"scheme": f"{precision}-static", "backend": "modelopt", **record,
-                          "calibration": calibration_record(CALIBRATION_PROMPTS, True, list(QUANTIZED), "unet", None, len(samples)),
+    entry.quantization = {**quantizer.component_record(applied),
                           "note": "the Q/DQ graph sdopt export --to tensorrt keeps, run by ONNX Runtime (measure/tensorrt_qdq_quality.py)"}
     artifact.parity.pop("unet", None)  # the fp32 graph's: not this one's
     hash_components(artifact.components, tmp)

@@ -72,10 +72,9 @@ def export_components(source: Path, manifest: Manifest, out: Path, precision: st
     quantized = onnx.export.pop("quantization", {})  # the ONNX export's record of each quantized module: the component's own below
     for name in tqdm(list(onnx.components), desc="building TensorRT engines", unit="engine", disable=not options.get("progress", True)):
         entry = onnx.components[name]
-        if quantizer is not None and name in quantizer.names:
+        if name in quantized:
             runs = precision
-            entry.quantization = {"scheme": f"{precision}-static", "backend": "modelopt", **quantized[name],
-                                  "calibration": quantizer.calibration}
+            entry.quantization = quantizer.component_record(quantized[name])
         else:  # int8/fp8 quantize the UNet alone: the rest in fp16. SDXL's VAE: no fp16 kernels (it overflows)
             runs = manifest.component_precision(name, "fp16" if quantizer is not None else precision)
         built[name] = build_engine(out / name / "model.onnx", out / name / PLAN_FILE, profiles[name], runs, cache,

@@ -67,6 +67,10 @@ class ModelOptQuantizer:
     def runnable(self, path: Path, scratch: Path) -> Path:
         return runnable_by_onnxruntime(path, self.precision, scratch)
 
+    def component_record(self, applied: dict[str, Any]) -> dict[str, Any]:
+        """A quantized component's manifest record (ComponentEntry.quantization), from what ``apply`` returned."""
+        return {"scheme": f"{self.precision}-static", "backend": "modelopt", **applied, "calibration": self.calibration}
+
 
 def calibration_device() -> str:
     """Where calibration runs: the GPU the engines are built for when torch sees one (sd15's UNet calibrates in
