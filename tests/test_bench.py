@@ -31,6 +31,9 @@ def test_report_files_and_fields(bench_report):
     for a in data["artifacts"]:
         assert a["status"] == "ok", a.get("error")
         assert a["latency_s"]["median"] > 0 and a["latency_s"]["p90"] >= a["latency_s"]["median"]
+        # Other processes' share of the CPUs, from /proc/stat over the timed runs: none over a span too short to tell
+        share, timed_s = a["latency_s"]["others_cpu_share"], a["latency_s"]["mean"] * a["latency_s"]["n"]
+        assert (share is not None or timed_s < 0.2) and (share is None or 0 <= share <= 1), (share, timed_s)
         assert set(a["stages_s"]) == {"text_encoder", "unet_step", "vae_decoder", "unet_total", "other"}
         # What no stage accounts for, measured call by call: the loop's own time, small beside the image's.
         assert 0 <= a["stages_s"]["other"] < 0.5 * a["latency_s"]["median"]
@@ -572,15 +575,18 @@ def test_a_tiny_decoder_distilled_with_other_settings_is_distilled_again(tmp_pat
 
 
 def test_a_noisy_row_is_warned_about_and_quantized_weights_are_named():
-    from sdopt.bench.assemble import NOISY_REL_MAD, _noisy
+    from sdopt.bench.assemble import BUSY_OTHERS_SHARE, NOISY_REL_MAD, _noisy
     from sdopt.bench.report import precision_label, quantization_label
 
-    rows = [{"name": "quiet", "status": "ok", "latency_s": {"rel_mad": 0.03}},
-            {"name": "busy", "status": "ok", "latency_s": {"rel_mad": NOISY_REL_MAD + 0.7}},
+    rows = [{"name": "quiet", "status": "ok", "latency_s": {"rel_mad": 0.03, "others_cpu_share": 0.02}},
+            {"name": "jumpy", "status": "ok", "latency_s": {"rel_mad": NOISY_REL_MAD + 0.7}},
+            # every sample alike and slow: only the share of the CPUs other processes took says so
+            {"name": "crowded", "status": "ok", "latency_s": {"rel_mad": 0.01, "others_cpu_share": BUSY_OTHERS_SHARE + 0.36}},
+            {"name": "unknown", "status": "ok", "latency_s": {"rel_mad": 0.01, "others_cpu_share": None}},  # not Linux
             {"name": "failed", "status": "failed"}]
     [warning] = _noisy(rows)
-    assert warning.startswith("timings too noisy to compare: the latency of busy (90%) varied")  # the quiet row not named
-    assert _noisy(rows[:1]) == []
+    assert warning.startswith("timings too noisy to compare: jumpy (spread 90%), crowded (others took 61% of its CPUs): the machine")
+    assert _noisy(rows[:1]) == [] and _noisy(rows[3:]) == []
     torchao = {"precision": "fp32", "quantization": {"unet": {"scheme": "int8", "backend": "torchao"}, "text_encoder": {"scheme": "int8", "backend": "torchao"}}}
     assert precision_label({**torchao, "quantization": quantization_label(torchao)}) == "fp32, int8 (torchao) weights"
     static = {"precision": "bf16", "quantization": {"unet": {"scheme": "int8-static", "backend": "nncf"}}}

@@ -19,12 +19,13 @@ def report(bench_report):
     return bench_report[1]
 
 
-def _pin_noise(report, rel_stderr=0.01, rel_mad=0.02):
-    """Fix the recorded run-to-run noise (and spread: rows past 20% are not judged), so these tests judge the rule and
-    not this machine's load."""
+def _pin_noise(report, rel_stderr=0.01, rel_mad=0.02, others_cpu_share=0.01):
+    """Fix the recorded run-to-run noise (and spread and other processes' share of the CPUs: rows past 20% and 25% are
+    not judged), so these tests judge the rule and not this machine's load."""
     for a in report["artifacts"]:
         a["latency_s"]["rel_stderr"] = rel_stderr
         a["latency_s"]["rel_mad"] = rel_mad
+        a["latency_s"]["others_cpu_share"] = others_cpu_share
     return report
 
 
@@ -136,8 +137,13 @@ def test_a_slowdown_in_rows_the_bench_called_too_noisy_cannot_be_judged(report):
     result = gate(noisy, RULES, baseline=quiet_report)
     check = next(c for c in result.checks if c.artifact == "tiny-onnx" and c.metric == "latency.median")
     assert check.verdict == "TOO NOISY" and result.exit_code == 2, table(result)
-    assert any("tiny-onnx (current, 45%)" in n and "quiet machine" in n for n in result.notes)
+    assert any("tiny-onnx (current, spread 45%)" in n and "quiet machine" in n for n in result.notes)
     assert gate(derived(quiet_report, **{"tiny-onnx": slow}), RULES, baseline=quiet_report).exit_code == 1
+    # A baseline whose reference ran while other processes held most of its CPUs: its samples agree, all slow
+    crowded = derived(quiet_report, **{quiet_report["reference"]: {"latency_s.others_cpu_share": 0.6}})
+    result = gate(derived(quiet_report, **{"tiny-onnx": slow}), RULES, baseline=crowded)
+    assert result.exit_code == 2, table(result)
+    assert any(f"{quiet_report['reference']} (baseline, others took 60% of its CPUs)" in n for n in result.notes)
 
 
 def test_artifact_missing_from_the_current_report_fails(report):

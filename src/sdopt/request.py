@@ -109,7 +109,8 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: Any) -> bool:
+def is_finite_number(value: Any) -> bool:
+    """A real number, not a bool, nan or infinity (what JSON, TOML and Python callers can hand in)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -120,7 +121,7 @@ def is_valid_steps(value: Any, most: int = MAX_STEPS) -> bool:
 
 def is_valid_guidance(value: Any) -> bool:
     """A classifier-free guidance scale sdopt runs: a finite number from 0 to MAX_GUIDANCE (1 or less: unguided)."""
-    return _is_number(value) and 0 <= value <= MAX_GUIDANCE
+    return is_finite_number(value) and 0 <= value <= MAX_GUIDANCE
 
 
 def _is_pil_image(value: Any) -> bool:
@@ -284,10 +285,10 @@ class GenerateRequest:
         if ci is not None and (not _is_int(ci) or not 1 <= ci <= MAX_STEPS):
             raise SdoptError(f"cache_interval={ci!r}: must be an integer from 1 (no caching) to {MAX_STEPS}, or None (the artifact's default)")
         end = self.guidance_end
-        if end is not None and not (_is_number(end) and 0 < end <= 1):
+        if end is not None and not (is_finite_number(end) and 0 < end <= 1):
             raise SdoptError(f"guidance_end={end!r}: must be a number in (0, 1], the fraction of the steps that run guided (1: all), or None (the artifact's default)")
         eta = self.eta
-        if eta is not None and not (_is_number(eta) and 0 <= eta <= 1):
+        if eta is not None and not (is_finite_number(eta) and 0 <= eta <= 1):
             raise SdoptError(f"eta={eta!r}: must be a number from 0 to 1, the fresh noise DDIM and TCD add at each step (0: none), or None (0)")
         if not _is_int(self.clip_skip) or not 1 <= self.clip_skip <= MAX_CLIP_SKIP:
             raise SdoptError(f"clip_skip={self.clip_skip!r}: must be an integer from 1 (the text encoder's last layer) to "
@@ -313,7 +314,7 @@ class GenerateRequest:
         self._validate_seeds()
         self._validate_images()
         if self.loras is not None:
-            if not isinstance(self.loras, dict) or not all(isinstance(k, str) and _is_number(v) for k, v in self.loras.items()):
+            if not isinstance(self.loras, dict) or not all(isinstance(k, str) and is_finite_number(v) for k, v in self.loras.items()):
                 raise SdoptError(f"loras={self.loras!r}: must map LoRA file paths to scales, e.g. {{'style.safetensors': 0.8}}")
             from sdopt.lora import parse_loras
 
@@ -334,7 +335,7 @@ class GenerateRequest:
 
     def _validate_images(self) -> None:
         s = self.strength
-        if not _is_number(s) or not 0 < s <= 1:
+        if not is_finite_number(s) or not 0 < s <= 1:
             raise SdoptError(f"strength={s!r}: must be a finite number in (0, 1] (0.8 is usual; 1 repaints the image entirely)")
         for name in ("init_image", "mask_image"):
             items = _as_list(getattr(self, name))
@@ -374,7 +375,7 @@ class GenerateRequest:
         if latents.shape[0] not in (1, len(self.prompts), self.batch_size):
             raise SdoptError(f"init_latents has {latents.shape[0]} rows for {len(self.prompts)} prompt(s) x {self.num_images} image(s): give one "
                              "row, one per prompt, or one per image (a result's latents)", field="init_latents")
-        if latents.size == 0 or not all(map(_is_number, (float(latents.min()), float(latents.max())))):
+        if latents.size == 0 or not all(map(is_finite_number, (float(latents.min()), float(latents.max())))):
             raise SdoptError("init_latents is empty or holds NaN or infinite values", field="init_latents")
 
     def to_dict(self) -> dict[str, Any]:

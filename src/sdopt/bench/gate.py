@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from sdopt.bench.rules import Rule, parse_rules
-from sdopt.bench.assemble import NOISY_REL_MAD, REPORT_SCHEMA, too_noisy
+from sdopt.bench.assemble import REPORT_SCHEMA, too_noisy
+from sdopt.request import is_finite_number
 from sdopt.errors import SdoptError
 from sdopt.fsutil import read_json
 
@@ -183,7 +184,7 @@ def _by_name(report: dict) -> dict[str, dict]:
 
 def _ratio(a: dict, ref: dict, path: str) -> float | None:
     x, y = _get(a, path), _get(ref, path)
-    return x / y if _number(x) and _number(y) and x >= 0 and y > 0 else None  # a negative time is no time: MISSING
+    return x / y if is_finite_number(x) and is_finite_number(y) and x >= 0 and y > 0 else None  # a negative time is no time: MISSING
 
 
 def metric_value(metric: str, artifact: dict, report: dict) -> Any:
@@ -198,7 +199,7 @@ def metric_value(metric: str, artifact: dict, report: dict) -> Any:
         return _ratio(artifact, ref, "load_s")
     if metric in ("peak_memory", "size"):
         value = artifact.get("peak_memory_bytes" if metric == "peak_memory" else "size_bytes")
-        return None if _number(value) and value < 0 else value  # a negative count of bytes: MISSING, never smaller
+        return None if is_finite_number(value) and value < 0 else value  # a negative count of bytes: MISSING, never smaller
     if metric == "adherence":
         return _get(artifact, "adherence.mean")
     return _get(artifact, metric)  # quality.*
@@ -208,7 +209,7 @@ def ratio_noise(artifact: dict, report: dict) -> float:
     """Relative standard error of an artifact's latency ratio to the reference, from the samples."""
     ref = _by_name(report).get(report["reference"], {})
     a, r = _get(artifact, "latency_s.rel_stderr"), _get(ref, "latency_s.rel_stderr")
-    return math.hypot(a if _number(a) else 0.0, r if _number(r) else 0.0)
+    return math.hypot(a if is_finite_number(a) else 0.0, r if is_finite_number(r) else 0.0)
 
 
 def _fmt(metric: str, value: Any) -> str:
@@ -216,7 +217,7 @@ def _fmt(metric: str, value: Any) -> str:
         return "–"
     if isinstance(value, str):
         return value
-    if not _number(value):
+    if not is_finite_number(value):
         return repr(value)[:24]
     if metric in _RATIO_METRICS:
         return f"{value:.3f}× ref"
@@ -225,15 +226,11 @@ def _fmt(metric: str, value: Any) -> str:
     return f"{value:.4g}"
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _judge(rule: Rule, value: Any, base: Any, noise: float | None, ran: bool) -> tuple[str, str]:
     """(change text, verdict) of one rule on one value. ``ran``: the artifact's status is ok."""
     if rule.kind == "equals":
         return "", "ok" if value == rule.word else "REGRESSION"
-    if not _number(value):
+    if not is_finite_number(value):
         # A failed artifact has no numbers, and its status check already fails the gate.
         return "", "MISSING" if ran else "n/a"
     if rule.kind == "floor":
@@ -242,7 +239,7 @@ def _judge(rule: Rule, value: Any, base: Any, noise: float | None, ran: bool) ->
         return "", "ok" if value <= rule.amount else "REGRESSION"
     if base is None:
         return "", "skipped"
-    if not _number(base):
+    if not is_finite_number(base):
         return "", "MISSING"  # the baseline ran this artifact but lacks the number
     rel = (value / base - 1) if base else 0.0
     change = f"{rel * 100:+.1f}%" if rule.relative or rule.metric in _RATIO_METRICS else f"{value - base:+.3g}"
@@ -312,14 +309,14 @@ def gate(current: dict, rules_table: dict[str, Any], baseline: dict | None = Non
             elif base is not None and base_value is None:
                 base_value = "absent"  # the baseline ran it and lacks the number: MISSING, never a silent pass
             noise = None
-            if rule.metric in _LATENCY_METRICS and _number(base_value):
+            if rule.metric in _LATENCY_METRICS and is_finite_number(base_value):
                 noise = math.hypot(ratio_noise(artifact, current), ratio_noise(base, baseline))
             change, verdict = _judge(rule, value, base_value, noise, ran=artifact.get("status") == "ok")
             if verdict == "REGRESSION" and rule.metric in _LATENCY_METRICS:
                 noisy = _noisy_rows(artifact, current, "current") + _noisy_rows(base, baseline, "baseline")
                 if noisy:  # the bench said these timings cannot be compared: neither a pass nor a regression
                     verdict = "TOO NOISY"
-                    result.notes.append(f"{name} {rule.metric}: not judged: {', '.join(noisy)} spread past {NOISY_REL_MAD:.0%} "
+                    result.notes.append(f"{name} {rule.metric}: not judged: the timings of {'; '.join(noisy)} cannot be compared "
                                         "(the report's own warning); bench again on a quiet machine, or with --rounds K")
             threshold = rule.text + (f" (noise ±{2 * noise * 100:.1f}%)" if noise else "")
             result.checks.append(Check(name, rule.metric, _fmt(rule.metric, base_value) if base is not None else "–", _fmt(rule.metric, value), change, threshold, verdict))
@@ -340,12 +337,12 @@ def _check_same_judge(name: str, artifact: dict, base: dict) -> None:
 
 
 def _noisy_rows(artifact: dict | None, report: dict | None, which: str) -> list[str]:
-    """The rows a latency ratio is made of (the artifact and its report's reference) whose timings spread past
-    NOISY_REL_MAD, named with their report (``which``: "tiny-int8 (current, 44%)")."""
+    """The rows a latency ratio is made of (the artifact and its report's reference) whose timings the bench called
+    not comparable (assemble.too_noisy), named with their report and why (``which``: "tiny-int8 (current, spread 44%)")."""
     if not artifact or not report:
         return []
     rows = [artifact, _by_name(report).get(report.get("reference"), {})]
-    return list(dict.fromkeys(f"{r.get('name')} ({which}, {mad:.0%})" for r in rows if (mad := too_noisy(r)) is not None))
+    return list(dict.fromkeys(f"{r.get('name')} ({which}, {why})" for r in rows if (why := too_noisy(r)) is not None))
 
 
 def cpu_kind(report: dict) -> str:

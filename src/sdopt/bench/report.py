@@ -47,6 +47,7 @@ def flat_rows(report: dict) -> list[dict[str, Any]]:
                 "latency_median_s": lat.get("median"),
                 "latency_p90_s": lat.get("p90"),
                 "latency_rel_mad": lat.get("rel_mad"),
+                "others_cpu_share": lat.get("others_cpu_share"),  # of the CPUs the bench ran on, while it was timed
                 "speedup_vs_reference": (1 / a["latency_ratio_to_reference"]) if a.get("latency_ratio_to_reference") else None,
                 "text_encoder_s": st.get("text_encoder"),
                 "unet_step_s": st.get("unet_step"),

@@ -41,6 +41,9 @@ def merge_rounds(results: list[dict]) -> dict:
     for key in ("peak_memory_bytes", "process_peak_rss_bytes"):
         if all(r.get(key) is not None for r in results):
             merged[key] = max(r[key] for r in results)
+    # A round whose CPUs other work took is what makes the joined samples untrustworthy: the busiest round's share.
+    shares = [r["others_cpu_share"] for r in results if r.get("others_cpu_share") is not None]
+    merged["others_cpu_share"] = max(shares) if shares else None
     if "unet_total_samples_s" in merged:
         merged["unet_total_median_s"] = statistics.median(merged["unet_total_samples_s"])
     return merged

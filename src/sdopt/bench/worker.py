@@ -44,6 +44,7 @@ def _generate_all(pipe, job: dict, images: dict) -> list[tuple[dict, object]]:
 
 def measure(job: dict) -> dict:
     import sdopt
+    from sdopt.bench import contention
     from sdopt.request import image_options
     from sdopt.runtime.compiled import compiled_graphs
     from sdopt.runtime.memory import rss_peak_bytes
@@ -58,9 +59,10 @@ def measure(job: dict) -> dict:
 
     budget = job.get("max_seconds")
     warm_job = {**job, "prompts": job["prompts"][:1], "seeds": job["seeds"][:1]}
-    start = time.perf_counter()
+    start, counters = time.perf_counter(), contention.sample()
     first = _generate_all(pipe, warm_job, images)
     first_generate_s = time.perf_counter() - start
+    others_share = contention.others_share(counters, contention.sample())
     warmups = 1  # the first generate above is the first warm-up
     # Where one generate takes longer than the whole budget (emulated bf16 on a CPU without it:
     # the sd15 VAE decoder alone runs for half an hour), warming up again buys nothing, and when
@@ -75,12 +77,13 @@ def measure(job: dict) -> dict:
     if first_counts:
         calls, runs = list(first), 1
     else:
-        calls, runs, start = [], 0, time.perf_counter()
+        calls, runs, start, counters = [], 0, time.perf_counter(), contention.sample()
         while runs < job["runs"]:
             calls.extend(_generate_all(pipe, job, images))
             runs += 1
             if budget is not None and time.perf_counter() - start >= budget:
                 break  # at least one full run: every prompt and seed has its image for the quality check
+        others_share = contention.others_share(counters, contention.sample())
     del first
 
     # Images and latents of the last run: the same prompts and seeds give the same output every run.
@@ -117,6 +120,8 @@ def measure(job: dict) -> dict:
         **({"compiled": {"setting": options["compile"], "graphs_after_warmup": graphs_warm, "recompiles_measured": (compiled_graphs() or 0) - (graphs_warm or 0)}}
            if options.get("compile") else {}),
         "latency_samples_s": totals,
+        # What other processes took of this worker's CPUs while those samples were timed (bench/contention.py)
+        "others_cpu_share": others_share,
         "text_encoder_samples_s": [r.timings.text_encoder for _, r in calls],
         "unet_step_samples_s": steps,
         "unet_calls_per_generate": len(calls[0][1].timings.unet_steps),
