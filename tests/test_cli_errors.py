@@ -428,3 +428,19 @@ def test_an_artifact_right_after_bench_ray_is_not_taken_for_the_clusters_address
     said "give the artifacts to measure", which the user had."""
     assert main(["bench", "--ray", str(tiny_model), "--reference", str(tiny_model), "-o", str(tmp_path / "r")]) == 2
     assert "a path, not a Ray cluster's address: put the artifacts before --ray" in capsys.readouterr().err
+
+
+def test_an_error_names_an_argument_as_its_caller_gave_it(tiny_model, capsys):
+    """sdopt.load(path, reshape=True) on a torch artifact said "does not take --reshape" to a Python caller, who passed no
+    flag: the keyword there, the flag on the command line (sdopt.errors.argument, one switch set by cli.main)."""
+    import sdopt
+
+    with pytest.raises(sdopt.SdoptError) as caught:
+        sdopt.load(tiny_model, reshape=True, cpu_offload=True)
+    assert str(caught.value) == "the torch backend does not take reshape; openvino does"
+    with pytest.raises(sdopt.SdoptError, match=r"^threads=0: must be a positive number of threads$"):
+        sdopt.load(tiny_model, threads=0)
+    assert main([*_gen(tiny_model), "--reshape"]) == 2
+    assert "sdopt: error: the torch backend does not take --reshape; openvino does" in capsys.readouterr().err
+    with pytest.raises(sdopt.SdoptError, match="does not take reshape"):  # main's switch is off again once it returns
+        sdopt.load(tiny_model, reshape=True)

@@ -80,7 +80,7 @@ def test_skip_validation_keeps_a_failed_component_and_records_its_parity(tiny_mo
 
 def test_onnx_artifact_cannot_change_precision_at_load(tiny_onnx):
     # fp16: the ONNX export writes it, so that is the advice; bf16: it does not, so the exports that do are named.
-    with pytest.raises(SdoptError, match="Export it again with --precision fp16"):
+    with pytest.raises(SdoptError, match="Export it again with precision='fp16'"):
         sdopt.load(tiny_onnx, precision="fp16")
     with pytest.raises(SdoptError, match="sdopt exports no onnxruntime artifact in bf16: export for openvino or tensorrt instead"):
         sdopt.load(tiny_onnx, precision="bf16")

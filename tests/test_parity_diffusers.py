@@ -83,7 +83,7 @@ def test_eta_runs_as_diffusers_eta_argument(tiny_pipeline, diffusers_pipe, sched
 def test_an_eta_no_scheduler_reads_is_said_to_be_unused(tiny_pipeline):
     result = tiny_pipeline.generate(GenerateRequest(**SMALL, scheduler="euler", eta=0.3))
     assert [w for w in result.warnings if "eta" in w] == [
-        "eta=0.3 is not used: only DDIM and TCD add noise by eta, and this request runs EulerDiscreteScheduler (--scheduler ddim or tcd)"]
+        "eta=0.3 is not used: only DDIM and TCD add noise by eta, and this request runs EulerDiscreteScheduler: ask for ddim or tcd (scheduler)"]
     assert np.array_equal(result.latents, tiny_pipeline.generate(GenerateRequest(**SMALL, scheduler="euler")).latents)
 
 

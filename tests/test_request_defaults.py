@@ -39,10 +39,11 @@ def test_where_the_defaults_come_from():
     assert _pair(request_defaults({}, turbo)) == (1, 0.0) and "export" in request_defaults({}, turbo).source
     assert _pair(request_defaults(LCM, {"request_defaults": {"steps": 2}})) == (2, 8.5)  # the rest from the model
     assert record(None, None) == {} and record(1, 0) == turbo and record(None, 3) == {"request_defaults": {"guidance_scale": 3.0}}
-    for steps, guidance, message in ((0, None, "--default-steps 0: must be an integer from 1 to 1000"),
-                                     (True, None, "--default-steps True"), (2.5, None, "--default-steps 2.5"),
-                                     (None, 51, "--default-guidance 51: must be a number from 0 to 50"),
-                                     (None, math.nan, "--default-guidance nan"), (None, -1.0, "--default-guidance -1.0")):
+    # Named as export's and quantize's keyword arguments here; the command line's flags by sdopt export (below).
+    for steps, guidance, message in ((0, None, "default_steps=0: must be an integer from 1 to 1000"),
+                                     (True, None, "default_steps=True"), (2.5, None, "default_steps=2.5"),
+                                     (None, 51, "default_guidance=51: must be a number from 0 to 50"),
+                                     (None, math.nan, "default_guidance=nan"), (None, -1.0, "default_guidance=-1.0")):
         with pytest.raises(SdoptError, match=message):
             record(steps, guidance)
 

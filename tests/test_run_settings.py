@@ -125,5 +125,5 @@ def test_onnxruntime_applies_and_reports_run_settings(tiny_onnx_artifact):
 
 
 def test_torch_refuses_run_settings(tiny_model):
-    with pytest.raises(SdoptError, match="does not take --run-settings; onnxruntime and openvino do"):
+    with pytest.raises(SdoptError, match="the torch backend does not take run_settings; onnxruntime and openvino do"):
         sdopt.load(tiny_model, run_settings={"x": 1})

@@ -3,7 +3,12 @@
 Every problem caused by input (a path, a flag, a file on disk) is raised as an
 ``SdoptError`` whose message says what went wrong and what to do. The CLI
 prints it on one line and exits non-zero; a traceback means a bug in sdopt.
+A message that names an argument the caller gave spells it the caller's way (``argument``).
 """
+
+import contextvars
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 
 class SdoptError(Exception):
@@ -33,6 +38,33 @@ class MissingDependencyError(SdoptError):
         )
         self.module = module
         self.extra = extra
+
+
+# Whether the sdopt command is the caller (cli.main sets it around a command's run): its errors name the flags typed
+# (--num-images 2), a Python program's the keyword arguments it passed (num_images=2), as a flag means nothing there.
+_COMMAND_LINE: contextvars.ContextVar[bool] = contextvars.ContextVar("sdopt_command_line", default=False)
+_UNSET: Any = object()
+
+
+@contextmanager
+def command_line(on: bool = True) -> Iterator[None]:
+    """Within it, ``argument`` names arguments as the command line's flags (``on``) or as Python's keywords."""
+    token = _COMMAND_LINE.set(on)
+    try:
+        yield
+    finally:
+        _COMMAND_LINE.reset(token)
+
+
+def argument(name: str, value: Any = _UNSET, flag: str | None = None) -> str:
+    """How a message names the argument ``name`` (a keyword of sdopt.load, a GenerateRequest field, an option of
+    export or quantize), with ``value`` where one is given: as the flag on the command line (``--num-images 2``,
+    ``--reshape`` for True; ``flag`` where the command line spells it otherwise than --NAME), as the keyword in
+    Python (``num_images=2``)."""
+    if _COMMAND_LINE.get():
+        flag = flag or "--" + name.replace("_", "-")
+        return flag if value is _UNSET or value is True else f"{flag} {value}"
+    return name if value is _UNSET else f"{name}={value!r}"
 
 
 def did_you_mean(word: str, choices, quoted: bool = False) -> str:

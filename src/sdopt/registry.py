@@ -15,14 +15,9 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Callable, Generic, TypeVar
 
-from sdopt.errors import SdoptError, require
+from sdopt.errors import SdoptError, argument, require
 
 T = TypeVar("T")
-
-
-def option_flag(name: str) -> str:
-    """How an option is spelled on the command line: group_size -> --group-size."""
-    return "--" + name.replace("_", "-")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,8 +31,14 @@ class Plugin:
     # What it takes instead of an option it refuses, said in the refusal ({"static": "--height and --width ..."})
     instead: dict[str, str] = field(default_factory=dict)
 
-    # How the messages below name this kind ("--backend", "--to"); each kind sets its own.
+    # The argument that chooses a plug-in of this kind, as the messages below name it (errors.argument: --to onnx on
+    # the command line, target='onnx' in Python); each kind sets its own.
+    keyword = "backend"
     flag = "--backend"
+
+    def named(self) -> str:
+        """This plug-in as the argument that chose it: --backend quanto, backend='quanto'."""
+        return argument(self.keyword, self.name, self.flag)
 
     def implementation(self):
         """The implementing module, or the object ``module:Name`` names in it; a missing library
@@ -71,20 +72,20 @@ class Plugin:
         unknown = [k for k in given if k not in self.options]
         if not unknown:
             return
-        hints = "".join(f". For {option_flag(k)}: {self.instead[k]}" for k in unknown if k in self.instead)
+        hints = "".join(f". For {argument(k)}: {self.instead[k]}" for k in unknown if k in self.instead)
         takers = {k: tuple(sorted(p.name for p in (others or {}).values() if k in p.options)) for k in unknown}
-        flags = ", ".join(option_flag(k) for k in unknown)
+        flags = ", ".join(argument(k) for k in unknown)
         if len(set(takers.values())) > 1:  # the flags go with different plug-ins: each flag's, so none reads as taken by none
             def said(names: tuple[str, ...], count: int) -> str:
                 return f"{' and '.join(names)} take{'s' * (len(names) == 1)} {'them' if count > 1 else 'it'}" if names else "none does"
 
             groups = {names: [k for k in unknown if takers[k] == names] for names in dict.fromkeys(takers.values())}
-            raise SdoptError(f"{self.flag} {self.name} does not take "
-                             + "; ".join(f"{', '.join(option_flag(k) for k in ks)} ({said(names, len(ks))})" for names, ks in groups.items()) + hints)
+            raise SdoptError(f"{self.named()} does not take "
+                             + "; ".join(f"{', '.join(argument(k) for k in ks)} ({said(names, len(ks))})" for names, ks in groups.items()) + hints)
         names = next(iter(takers.values()))
         raise SdoptError(
-            f"{self.flag} {self.name} does not take {flags}"
-            + (f"; {' and '.join(names)} {'do' if len(names) > 1 else 'does'}" if names else f"; it takes: {', '.join(option_flag(k) for k in self.options) or 'no options'}")
+            f"{self.named()} does not take {flags}"
+            + (f"; {' and '.join(names)} {'do' if len(names) > 1 else 'does'}" if names else f"; it takes: {', '.join(argument(k) for k in self.options) or 'no options'}")
             + hints
         )
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sdopt.errors import SdoptError, did_you_mean
+from sdopt.errors import SdoptError, command_line, did_you_mean
 
 # Defaults for a bench run when neither the profile nor the command line says otherwise.
 BENCH_DEFAULTS: dict[str, Any] = {
@@ -182,14 +182,15 @@ def _check_recipe_options(entry: dict[str, Any], path: Path) -> None:
     if not isinstance(options, dict):
         raise SdoptError(f"{path}: [[artifacts]] {entry['name']!r}: options is a table, such as options = {{ deep_cache = 2 }}")
     try:
-        if "export" in entry:
-            from sdopt.export import EXPORTERS
+        with command_line():  # named as the flags (--to onnx ... --deep-cache), whoever reads the profile, as before
+            if "export" in entry:
+                from sdopt.export import EXPORTERS
 
-            EXPORTERS.lookup(entry["export"]).check_options(options, EXPORTERS)
-        elif "quantize" in entry and entry.get("backend"):
-            from sdopt.quant import QUANTIZERS
+                EXPORTERS.lookup(entry["export"]).check_options(options, EXPORTERS)
+            elif "quantize" in entry and entry.get("backend"):
+                from sdopt.quant import QUANTIZERS
 
-            QUANTIZERS.lookup(entry["backend"]).check_options(options, QUANTIZERS)
+                QUANTIZERS.lookup(entry["backend"]).check_options(options, QUANTIZERS)
     except SdoptError as exc:
         raise SdoptError(f"{path}: [[artifacts]] {entry['name']!r}: {exc}") from None
 

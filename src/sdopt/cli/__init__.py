@@ -18,7 +18,7 @@ from pathlib import Path
 
 from sdopt import __version__
 from sdopt.cli import artifacts, generating, measure, models, serving
-from sdopt.errors import SdoptError
+from sdopt.errors import SdoptError, command_line
 
 # In the order `sdopt --help` lists them.
 COMMANDS = (
@@ -64,6 +64,11 @@ def _format_warning(message, category, filename, lineno, line=None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    with command_line():  # errors name the flags typed, not the keyword arguments a Python caller passes (errors.argument)
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _exit_on_sigterm()

@@ -23,6 +23,7 @@ class Exporter(Plugin):
     backend: str  # the runtime backend that runs what it writes
     precisions: tuple[str, ...]
 
+    keyword = "target"  # sdopt.export.run.export(model, target, ...)
     flag = "--to"
 
 

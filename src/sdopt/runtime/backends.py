@@ -27,7 +27,8 @@ class Backend(Plugin):
     # takes its device's properties by name, which only OpenVINO itself can list), where the backend is installed.
     run_settings: tuple[str, ...] | None = None
 
-    flag = "the backend"
+    def named(self) -> str:
+        return f"the {self.name} backend"  # the artifact's, chosen by no argument
 
     def check(self, device: str, precision: str) -> None:
         kind = device_kind(device)

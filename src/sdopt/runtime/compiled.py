@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sdopt.errors import SdoptError
+from sdopt.errors import SdoptError, argument
 
 INDUCTOR_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 OTHER_BACKENDS = ("cudagraphs", "eager", "aot_eager")
@@ -32,7 +32,7 @@ def compile_setting(value: Any, device: str) -> str | None:
     if setting not in (*INDUCTOR_MODES, *OTHER_BACKENDS):
         raise SdoptError(f"compile={setting!r}: choose an inductor mode ({', '.join(INDUCTOR_MODES)}) or a backend ({', '.join(OTHER_BACKENDS)})")
     if setting in ("reduce-overhead", "cudagraphs") and not device.startswith("cuda"):
-        raise SdoptError(f"compile={setting!r} captures CUDA graphs: it needs --device cuda (on CPU use 'default' or 'max-autotune')")
+        raise SdoptError(f"{argument('compile', setting)} captures CUDA graphs: it needs {argument('device', 'cuda')} (on CPU use 'default' or 'max-autotune')")
     return setting
 
 

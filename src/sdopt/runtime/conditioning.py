@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from sdopt.errors import SdoptError
+from sdopt.errors import SdoptError, argument
 from sdopt.request import GenerateRequest
 from sdopt.runtime.noise import Noise
 
@@ -200,7 +200,7 @@ def check_artifact(request: GenerateRequest, manifest: Any, components: dict[str
     if unet_channels == inpainting and request.mask_image is None:
         raise SdoptError(
             f"this is an inpainting checkpoint (its UNet reads {inpainting} channels: latents, mask and masked image): "
-            "it needs init_image and mask_image (--init-image and --mask), as Diffusers' StableDiffusionInpaintPipeline "
+            f"it needs {argument('init_image')} and {argument('mask_image', flag='--mask')}, as Diffusers' StableDiffusionInpaintPipeline "
             "does; for text-to-image or img2img use a text-to-image checkpoint", field="mask_image"
         )
     if request.init_latents is not None:

@@ -7,7 +7,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from sdopt.errors import SdoptError
+from sdopt.errors import SdoptError, argument
 from sdopt.fsutil import read_json
 from sdopt.manifest import read_manifest, tokenizer_folders
 from sdopt.runtime.backends import BACKENDS, check_cuda_index, device_kind, get_backend
@@ -26,7 +26,7 @@ def load(path: str | Path, device: str = "cpu", precision: str | None = None, ve
     if not isinstance(path, (str, os.PathLike)):
         raise SdoptError(f"load takes an artifact folder (a path or hub id), not {type(path).__name__}")
     if not isinstance(device, str) or not device.strip():
-        raise SdoptError(f"device={device!r}: give a device name such as 'cpu' or 'cuda'")
+        raise SdoptError(f"{argument('device', device)}: give a device name such as 'cpu' or 'cuda'")
     kind, sep, rest = device.strip().partition(":")
     device = kind.lower() + sep + rest  # "CPU", "CUDA:0" as torch names them; what follows the kind as given (openvino:GPU.1)
     check_cuda_index(device)
@@ -98,11 +98,11 @@ def _export_advice(backend: str, precision: str) -> str:
 
     targets = [e.name for e in EXPORTERS.values() if precision in e.precisions]
     if any(EXPORTERS[t].backend == backend for t in targets):
-        return f"Export it again with --precision {precision}"
+        return f"Export it again with {argument('precision', precision)}"
     if targets:
         return (f"sdopt exports no {backend} artifact in {precision}: export for {' or '.join(targets)} instead "
-                f"(sdopt export MODEL --to {targets[0]} --precision {precision}), or run the Diffusers checkpoint with --precision {precision}")
-    return f"No export runs in {precision}: run the Diffusers checkpoint with --precision {precision}"
+                f"(sdopt export MODEL --to {targets[0]} --precision {precision}), or run the Diffusers checkpoint with {argument('precision', precision)}")
+    return f"No export runs in {precision}: run the Diffusers checkpoint with {argument('precision', precision)}"
 
 
 def _flag(value: Any) -> bool:
@@ -130,4 +130,4 @@ def check_option_values(options: dict[str, Any]) -> None:
     for name, value in options.items():
         fits, what = OPTION_VALUES.get(name, (None, ""))
         if value is not None and fits is not None and not fits(value):
-            raise SdoptError(f"{name}={value!r}: must be {what}")
+            raise SdoptError(f"{argument(name, value)}: must be {what}")

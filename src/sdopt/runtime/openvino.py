@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import openvino as ov
 
-from sdopt.errors import SdoptError, did_you_mean, exception_line
+from sdopt.errors import SdoptError, argument, did_you_mean, exception_line
 from sdopt.fsutil import user_cache_dir
 from sdopt.manifest import Manifest
 from sdopt.runtime.executor import to_rank
@@ -81,7 +81,7 @@ def openvino_device(device: str, c: ov.Core) -> str:
         described = ", ".join(f"{d} ({_device_name(c, d)})" for d in available) or "none"
         raise SdoptError(
             f"OpenVINO has no device '{name}' on this machine; available: {described}. "
-            "Pass --device cpu (or gpu, npu, auto; openvino:NAME for any other OpenVINO device string)"
+            f"Pass {argument('device', 'cpu')} (or gpu, npu, auto; openvino:NAME for any other OpenVINO device string)"
         )
     return name
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sdopt.errors import SdoptError
+from sdopt.errors import SdoptError, argument
 from sdopt.request import GenerateRequest
 from sdopt.rewrite import recorded as recorded_rewrites
 from sdopt.runtime import attention_memory, conditioning, embedded_guidance
@@ -45,7 +45,7 @@ def check(pipe: Any, request: GenerateRequest) -> None:
     if pipe.cache_interval(request) > 1 and "unet_shallow" not in pipe.components:
         raise SdoptError(
             f"cache_interval={request.cache_interval} needs the UNet's shallow branch, which this {pipe.manifest.backend} artifact lacks: "
-            "export it with --deep-cache N (or load a PyTorch checkpoint with deep_cache=True), or ask for cache_interval 1"
+            f"export it with --deep-cache N (or load a PyTorch checkpoint with deep_cache=True), or ask for {argument('cache_interval', 1)}"
         )
     if request.loras and pipe.loras is None:
         raise SdoptError(
@@ -63,12 +63,12 @@ def check(pipe: Any, request: GenerateRequest) -> None:
         want = {"batch": request.batch_size, "height": request.height, "width": request.width}
         if any(shapes.get(k) not in (None, v) for k, v in want.items()):
             batch = shapes.get("batch")
-            per_prompt = (f" (it takes {batch} image{'s' if batch != 1 else ''} a call, prompts x num_images: ask for num_images={batch // len(request.prompts)}, "
-                          f"--num-images {batch // len(request.prompts)})"
+            per_prompt = (f" (it takes {batch} image{'s' if batch != 1 else ''} a call, prompts x num_images: ask for "
+                          f"{argument('num_images', batch // len(request.prompts))})"
                           if batch not in (None, request.batch_size) and batch % len(request.prompts) == 0 else "")
             raise SdoptError(
                 f"this artifact was built for static shapes {shapes}; the request asks for {want}{per_prompt}. "
-                "Ask for the built shapes, pass --reshape (sdopt.load(..., reshape=True)) to compile this one on first use, or export again for these"
+                f"Ask for the built shapes, load it with {argument('reshape', True)} to compile this one on first use, or export again for these"
             )
 
 
@@ -101,5 +101,5 @@ def _guidance_end_notices(request: GenerateRequest) -> list[str]:
 
 def _eta_notices(request: GenerateRequest, scheduler) -> list[str]:
     if request.eta and not takes_eta(scheduler):
-        return [f"eta={request.eta:g} is not used: only DDIM and TCD add noise by eta, and this request runs {type(scheduler).__name__} (--scheduler ddim or tcd)"]
+        return [f"eta={request.eta:g} is not used: only DDIM and TCD add noise by eta, and this request runs {type(scheduler).__name__}: ask for ddim or tcd ({argument('scheduler')})"]
     return []

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sdopt.errors import SdoptError
+from sdopt.errors import SdoptError, argument
 from sdopt.runtime import embedded_guidance
 
 RECORD = "request_defaults"  # the manifest's export key: {"steps": N, "guidance_scale": G}, either may be absent
@@ -48,9 +48,9 @@ def record(steps: int | None, guidance_scale: float | None) -> dict[str, Any]:
     from sdopt.request import MAX_GUIDANCE, MAX_STEPS, is_valid_guidance, is_valid_steps
 
     if steps is not None and not is_valid_steps(steps):
-        raise SdoptError(f"--default-steps {steps!r}: must be an integer from 1 to {MAX_STEPS} (1 for SD-Turbo, 4 for an LCM)")
+        raise SdoptError(f"{argument('default_steps', steps)}: must be an integer from 1 to {MAX_STEPS} (1 for SD-Turbo, 4 for an LCM)")
     if guidance_scale is not None and not is_valid_guidance(guidance_scale):
-        raise SdoptError(f"--default-guidance {guidance_scale!r}: must be a number from 0 to {MAX_GUIDANCE:g} (0 for a Turbo model: unguided)")
+        raise SdoptError(f"{argument('default_guidance', guidance_scale)}: must be a number from 0 to {MAX_GUIDANCE:g} (0 for a Turbo model: unguided)")
     chosen = {k: v for k, v in (("steps", steps), ("guidance_scale", None if guidance_scale is None else float(guidance_scale))) if v is not None}
     return {RECORD: chosen} if chosen else {}
 
@@ -114,5 +114,5 @@ def sized(request: Any, manifest: Any, built_shapes: dict[str, int] | None = Non
     width = width if request.width is None else request.width
     if source and not all(MIN_SIDE <= side <= MAX_SIDE for side in (height, width)):
         raise SdoptError(f"{source} makes a {width}x{height} request, which no model runs (sides {MIN_SIDE} to {MAX_SIDE}): "
-                         "give height and width (--height/--width), and the image is resized to them", field="height")
+                         f"give {argument('height')} and {argument('width')}, and the image is resized to them", field="height")
     return dataclasses.replace(request, height=height, width=width)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sdopt.errors import SdoptError
+from sdopt.errors import SdoptError, argument
 
 SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "ddim": ("DDIMScheduler", {}),
@@ -95,7 +95,7 @@ def make_scheduler(name: str | None, config: dict[str, Any]):
         fits = [other for other in SCHEDULERS if _accepts(scheduler_class(other), "rescale_betas_zero_snr")]
         raise SdoptError(
             f"this checkpoint was trained with zero terminal SNR (rescale_betas_zero_snr), which {cls_name} "
-            f"cannot schedule; choose one of: {', '.join(fits)} (--scheduler)"
+            f"cannot schedule; choose one of: {', '.join(fits)} ({argument('scheduler')})"
         )
     return cls.from_config(config, **overrides)
 
@@ -119,10 +119,10 @@ def check_steps(scheduler: Any, request: Any) -> None:
         return
     if most < 1:  # no steps count to ask for: "at most 0 steps"
         raise SdoptError(f"strength={strength:g} leaves {type(scheduler).__name__} no step (int({original} x strength) = 0): "
-                         f"raise strength to {1 / original:g} or more, or use another sampler (--scheduler)", field="strength")
+                         f"raise strength to {1 / original:g} or more, or use another sampler ({argument('scheduler')})", field="strength")
     where = f"{original} x strength {strength:g}" if strength < 1 else f"the {original} steps it was distilled on, original_inference_steps"
     raise SdoptError(f"steps={steps}: {type(scheduler).__name__} runs at most {most} steps here ({where}): ask for {most} or fewer"
-                     + (", or a higher strength" if strength < 1 else "") + ", or another sampler (--scheduler)", field="steps")
+                     + (", or a higher strength" if strength < 1 else "") + f", or another sampler ({argument('scheduler')})", field="steps")
 
 
 def scheduler_class(name: str | None, config: dict[str, Any] | None = None):

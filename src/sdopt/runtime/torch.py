@@ -9,7 +9,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from sdopt.errors import SdoptError
+from sdopt.errors import SdoptError, argument
 from sdopt.runtime.compiled import COMPILED_COMPONENTS, compile_components, compile_setting, original
 from sdopt.manifest import Manifest
 
@@ -246,7 +246,7 @@ def load_components(folder: Path, manifest: Manifest, device: str, precision: st
         manifest.export = {**manifest.export, "deep_cache": {"interval": int(options["deep_cache"]), "set": "at load"}}
     offload = bool(options.get("cpu_offload"))
     if offload and not device.startswith("cuda"):
-        raise SdoptError("cpu_offload moves components between GPU and CPU memory: it needs --device cuda")
+        raise SdoptError(f"{argument('cpu_offload')} moves components between GPU and CPU memory: it needs {argument('device', 'cuda')}")
     text_layers = manifest.pipeline_family.text_outputs
     if options.get("channels_last"):  # NHWC convolutions: what cuDNN and oneDNN run fastest (the VAE's encoder shares its module)
         for name in ("unet", "vae_decoder"):
