@@ -160,3 +160,13 @@ def test_openvino_and_nncf_send_no_telemetry_unless_the_user_allows_it(opt_in):
         assert (converter, utils, nncf_telemetry) == ("openvino_telemetry", "openvino_telemetry", "True")
     else:  # NNCF's stub is a MagicMock
         assert (converter, utils, nncf_telemetry) == ("openvino.tools.ovc.telemetry_stub", "openvino.tools.ovc.telemetry_stub", "False")
+
+
+def test_sdopt_load_says_every_load_option_a_backend_takes():
+    """help(sdopt.load) said "Load any sdopt artifact ... as a Pipeline" and nothing of **options: a Python caller had
+    to read the source to learn reshape, threads or deep_cache exist."""
+    import sdopt
+    from sdopt.runtime.backends import BACKENDS
+
+    assert not {o for b in BACKENDS.values() for o in b.options if o not in sdopt.load.__doc__}
+    assert "verify=False" in sdopt.load.__doc__ and "SdoptError" in sdopt.load.__doc__
