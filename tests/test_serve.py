@@ -549,6 +549,17 @@ def test_a_shutdown_signal_answers_the_waiting_requests_503_and_the_server_exits
     assert openai.status_code == 503 and "shutting down" in openai.json()["error"]["message"], openai.text
 
 
+def test_a_request_arriving_during_shutdown_is_answered_503_as_the_waiting_ones(tiny_pipeline):
+    """A request that comes in once the worker is stopping was answered 422 (a client error), while the requests
+    already waiting got 503; a client retrying on 503 must get the same for both."""
+    with running_server(tiny_pipeline, start_worker=False) as (url, app):
+        app.state.worker.stop()
+        for path, body in (("/sdapi/v1/txt2img", {"prompt": "x", **SMALL}), ("/v1/images/generations", {"prompt": "y", "size": "64x64"}),
+                           ("/v1/jobs", {"prompt": "z", **SMALL})):
+            response = httpx.post(url + path, json=body)
+            assert response.status_code == 503 and "shutting down" in response.text, (path, response.status_code, response.text)
+
+
 def test_a_batched_job_cancelled_alone_leaves_the_others_running(tiny_pipeline):
     from sdopt.serve import jobs as J
     from sdopt.serve.worker import Worker

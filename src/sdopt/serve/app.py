@@ -3,7 +3,8 @@
 Shared rules: a request body over ``max_body_bytes`` gets 413 before it is read
 whole; a request the loop would refuse gets 422 naming the field (checked
 before it is queued, so a bad request never takes a queue slot); a full queue
-gets 429 with ``Retry-After``.
+gets 429 with ``Retry-After``; a request that arrives while the server shuts down gets
+503, as the requests waiting for the jobs it cancels.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from sdopt.serve.settings import ServeSettings
 from sdopt.serve.errors import RequestError
 from sdopt.serve.image_links import ImageLinks
 from sdopt.serve.submission import default_size, with_model_defaults
-from sdopt.serve.worker import QueueFull, Worker
+from sdopt.serve.worker import QueueFull, ShuttingDown, Worker
 
 def _openai_route(request: Request) -> bool:
     return request.url.path.startswith(("/v1/images", "/v1/models"))
@@ -68,6 +69,10 @@ def create_app(worker: Worker, settings: ServeSettings, model_name: str, replica
     @app.exception_handler(QueueFull)
     async def _queue_full(request: Request, exc: QueueFull):
         return JSONResponse(_error_body(request, 429, str(exc)), status_code=429, headers={"Retry-After": str(exc.retry_after)})
+
+    @app.exception_handler(ShuttingDown)
+    async def _shutting_down(request: Request, exc: ShuttingDown):
+        return JSONResponse(_error_body(request, 503, str(exc)), status_code=503)
 
     @app.exception_handler(SdoptError)
     async def _sdopt_error(request: Request, exc: SdoptError):

@@ -46,6 +46,13 @@ class QueueFull(SdoptError):
         self.retry_after = retry_after
 
 
+class ShuttingDown(SdoptError):
+    """A job submitted once stop() has begun: answered 503, as the jobs stop() cancels."""
+
+    def __init__(self):
+        super().__init__(SHUTTING_DOWN)
+
+
 class _StopCall(Exception):
     """Raised from the progress hook when no job of the running call is still wanted."""
 
@@ -98,7 +105,7 @@ class Worker:
         second pass): that one is not refused half done."""
         with self._cond:
             if self._stopping:
-                raise SdoptError(SHUTTING_DOWN)
+                raise ShuttingDown()
             if job.id in self.jobs:
                 raise SdoptError(f"task id {job.id!r} is already in use: give another force_task_id, or none", field="force_task_id")
             if len(self._queue) >= self.max_queue and not continuing:
