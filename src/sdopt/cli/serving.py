@@ -46,7 +46,7 @@ def add_serve(sub) -> None:
     p.add_argument("--api-auth", default=None, metavar="USER:PASS", help="require HTTP Basic credentials (as AUTOMATIC1111's --api-auth)")
     p.add_argument("--max-queue", type=int, default=64, help="jobs that may wait; one more gets 429 (default 64)")
     p.add_argument("--max-batch", type=int, default=4, help="images in one generate call, across requests (default 4)")
-    p.add_argument("--job-timeout", type=float, default=600.0, help="seconds from submission to result (default 600)")
+    p.add_argument("--job-timeout", type=float, default=600.0, help="seconds from submission to result; inf: no timeout (default 600)")
     p.add_argument("--max-pixels", type=int, default=1024 * 1024, help="largest width x height (default 1048576)")
     p.add_argument("--max-steps", type=int, default=150, help="most denoising steps a request may ask (default 150)")
     p.add_argument("--steps", type=int, default=None, help="steps of a request that does not say: every OpenAI request, a native one without steps, "

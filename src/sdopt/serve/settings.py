@@ -15,7 +15,7 @@ class ServeSettings:
     api_auth: str | None = None  # "USER:PASS" for HTTP Basic, as AUTOMATIC1111's --api-auth
     max_queue: int = 64  # jobs waiting (not running); one more gets 429
     max_batch: int = 4  # images in one generate call
-    job_timeout: float = 600.0  # seconds from submission to the last image
+    job_timeout: float = 600.0  # seconds from submission to the last image; inf: none (a job's deadline is then inf)
     max_pixels: int = 1024 * 1024  # width x height of one image
     max_steps: int = 150
     max_images: int = 8  # images in one request (n, batch_size x n_iter)
@@ -52,7 +52,7 @@ class ServeSettings:
             raise SdoptError(f"--guidance {self.guidance_scale!r}: must be a number from 0 to {MAX_GUIDANCE:g} (1 or less turns guidance off)")
         check_scheduler(self.scheduler)
         if not self.job_timeout > 0:
-            raise SdoptError(f"--job-timeout {self.job_timeout!r}: must be a positive number of seconds")
+            raise SdoptError(f"--job-timeout {self.job_timeout!r}: must be a positive number of seconds, or inf for no timeout")
         if self.api_auth is not None and ":" not in self.api_auth:
             raise SdoptError("--api-auth must be USER:PASS (as AUTOMATIC1111's --api-auth)")
         if self.lora_dir is not None:
