@@ -263,6 +263,20 @@ def test_an_sdxl_inpainting_checkpoint_matches_diffusers(sdxl_inpainting, schedu
     assert latent_err <= TOLERANCE
 
 
+@pytest.mark.parametrize("family, peer", [("stable-diffusion", "StableDiffusionInpaintPipeline"),
+                                          ("stable-diffusion-xl", "StableDiffusionXLInpaintPipeline")])
+def test_an_inpainting_checkpoint_without_a_mask_names_its_familys_inpainting_pipeline(family, peer):
+    """The refusal of text-to-image on a 9-channel UNet named SD 1.x's StableDiffusionInpaintPipeline for SDXL too."""
+    from types import SimpleNamespace
+
+    from sdopt.families import get_family
+    from sdopt.runtime.conditioning import check_artifact
+
+    manifest = SimpleNamespace(model={"latent_channels": 4}, pipeline_family=get_family(family), backend="torch")
+    with pytest.raises(SdoptError, match=f"as Diffusers' {peer} does"):
+        check_artifact(GenerateRequest(**SMALL), manifest, {}, unet_channels=9)
+
+
 def test_sdxl_vae_stays_fp32_under_fp16_as_diffusers_upcasts_it(sdxl_pipeline, sdxl_exports, tiny_pipeline):
     """SDXL's VAE overflows fp16's range (its config says force_upcast, and Diffusers' SDXL pipelines decode
     in float32): under fp16 every backend runs it in fp32, unless the VAE says it need not (the fp16-fix VAE);

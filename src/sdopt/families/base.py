@@ -20,6 +20,7 @@ class Family:
     tokenizers: tuple[str, ...]  # the tokenizer folder of each text encoder, same order
     conditioning: Conditioning
     lora_loader: str  # the Diffusers loader mixin (diffusers.loaders.lora_pipeline) that reads this family's LoRA files
+    inpaint_pipeline: str  # Diffusers' inpainting pipeline of this family, which errors name as the peer of its 9-channel UNets
     # UNet inputs past sample/timestep/encoder_hidden_states: name -> the model fact giving its width.
     unet_extras: tuple[tuple[str, str], ...] = ()
     # What the text encoders give past their last hidden state and pooled output: "hidden_states", every layer's

@@ -46,4 +46,5 @@ FAMILY = Family(
     tokenizers=("tokenizer",),
     conditioning=conditioning,
     lora_loader="StableDiffusionLoraLoaderMixin",
+    inpaint_pipeline="StableDiffusionInpaintPipeline",
 )

@@ -64,6 +64,7 @@ FAMILY = Family(
     tokenizers=("tokenizer", "tokenizer_2"),
     conditioning=conditioning,
     lora_loader="StableDiffusionXLLoraLoaderMixin",
+    inpaint_pipeline="StableDiffusionXLInpaintPipeline",
     unet_extras=(("text_embeds", "text_embeds_dim"), ("time_ids", "time_ids_dim")),
     text_outputs="hidden_states",
     upcasts_vae=True,

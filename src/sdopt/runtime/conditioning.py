@@ -200,7 +200,7 @@ def check_artifact(request: GenerateRequest, manifest: Any, components: dict[str
     if unet_channels == inpainting and request.mask_image is None:
         raise SdoptError(
             f"this is an inpainting checkpoint (its UNet reads {inpainting} channels: latents, mask and masked image): "
-            f"it needs {argument('init_image')} and {argument('mask_image', flag='--mask')}, as Diffusers' StableDiffusionInpaintPipeline "
+            f"it needs {argument('init_image')} and {argument('mask_image', flag='--mask')}, as Diffusers' {manifest.pipeline_family.inpaint_pipeline} "
             "does; for text-to-image or img2img use a text-to-image checkpoint", field="mask_image"
         )
     if request.init_latents is not None:
