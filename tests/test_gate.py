@@ -128,6 +128,21 @@ def test_a_negative_time_or_size_is_missing_not_a_gain(report):
     assert result.exit_code == 2 and missing == {"latency.median", "load", "peak_memory", "size"}, table(result)
 
 
+def test_a_quality_or_adherence_past_its_possible_range_is_missing_not_a_pass(report):
+    """An edited (or corrupted) report with adherence 7, SSIM 1.7, PSNR past the bench's 100 dB cap or below 0 passed
+    every floor and every drop rule; no bench writes such a value: the gate cannot judge it. The bounds themselves pass."""
+    rules = {"quality.psnr_db": [">= 30", "-0.5"], "quality.ssim": [">= 0.9", "-2%"], "quality.latent_cosine": ">= 0.9", "adherence": ">= 0.5"}
+    scored = {a["name"]: {"adherence": {"judge": "shapes", "mean": 0.9}} for a in report["artifacts"]}
+    baseline = derived(report, **scored)
+    edited = derived(baseline, **{"tiny-onnx": {"quality.psnr_db": 250.0, "quality.ssim": 1.7, "quality.latent_cosine": -3.0, "adherence.mean": 7.0},
+                                  "tiny@bf16": {"quality.psnr_db": -3.0}})
+    result = gate(edited, rules, baseline=baseline)
+    missing = {(c.artifact, c.metric) for c in result.checks if c.verdict == "MISSING"}
+    assert result.exit_code == 2 and missing == {("tiny-onnx", m) for m in rules} | {("tiny@bf16", "quality.psnr_db")}, table(result)
+    at_bounds = derived(baseline, **{"tiny-onnx": {"quality.psnr_db": 100.0, "quality.ssim": 1.0, "quality.latent_cosine": 1.0, "adherence.mean": 1.0}})
+    assert gate(at_bounds, rules, baseline=at_bounds).exit_code == 0, table(gate(at_bounds, rules, baseline=at_bounds))
+
+
 def test_a_slowdown_in_rows_the_bench_called_too_noisy_cannot_be_judged(report):
     """Both reports warned "timings too noisy to compare" and the gate still failed a 3x slowdown as a regression: a
     change past the rule in such rows is TOO NOISY (exit 2) with a note; quiet rows still fail."""

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sdopt.bench.rules import Rule, parse_rules
-from sdopt.bench.assemble import REPORT_SCHEMA, too_noisy
+from sdopt.bench.assemble import PSNR_CAP_DB, REPORT_SCHEMA, too_noisy
 from sdopt.request import is_finite_number
 from sdopt.errors import SdoptError
 from sdopt.fsutil import read_json
@@ -52,6 +52,10 @@ REFERENCE_IDENTITY = ("artifact_id", "backend", "precision", "quantization", "co
 # wrote their configs (sdopt.manifest.identity_of): the fingerprint and artifact_id change with a Transformers upgrade.
 VERSION_BLIND = {"model.fingerprint": "model.identity", "artifact_id": "identity"}
 _RATIO_METRICS = {"latency.median", "latency.p90", "load"}
+# The values a bench can write (PSNR of uint8 images is at least 0 dB, capped at PSNR_CAP_DB; SSIM and a cosine lie in
+# [-1, 1]; a judge scores 0 to 1). One outside was edited or corrupted: MISSING, as a negative time, never a pass of a floor.
+POSSIBLE = {"quality.psnr_db": (0.0, PSNR_CAP_DB), "quality.ssim": (-1.0, 1.0), "quality.latent_cosine": (-1.0, 1.0), "adherence": (0.0, 1.0)}
+_ROUNDING = 1e-9  # a cosine of equal vectors may come out 1 + 2e-16
 # Used when neither --rules nor a profile (given, or named in the report) says otherwise.
 DEFAULT_RULES: dict[str, Any] = {
     "latency.median": "+10%",
@@ -200,9 +204,9 @@ def metric_value(metric: str, artifact: dict, report: dict) -> Any:
     if metric in ("peak_memory", "size"):
         value = artifact.get("peak_memory_bytes" if metric == "peak_memory" else "size_bytes")
         return None if is_finite_number(value) and value < 0 else value  # a negative count of bytes: MISSING, never smaller
-    if metric == "adherence":
-        return _get(artifact, "adherence.mean")
-    return _get(artifact, metric)  # quality.*
+    value = _get(artifact, "adherence.mean" if metric == "adherence" else metric)  # adherence, quality.*
+    low, high = POSSIBLE.get(metric, (-math.inf, math.inf))
+    return None if is_finite_number(value) and not low - _ROUNDING <= value <= high + _ROUNDING else value  # MISSING, never a pass
 
 
 def ratio_noise(artifact: dict, report: dict) -> float:
