@@ -59,6 +59,15 @@ def choose_judge(kind: str, prompts: list[str]) -> tuple[str, Judge] | None:
     return kind, make_judge(kind, **({"model_path": model_path} if model_path else {})).judge
 
 
+def unjudged_rows(report: dict, kind: str) -> list[str]:
+    """The rows of ``report`` that ran but have no adherence although ``--judge kind`` was asked for by name: a model
+    judge that failed once every artifact had run (assemble_report keeps the measurements and warns). "auto" and
+    "none" ask for no judge in particular: auto with other prompts than shapes captions judges nothing, by design."""
+    if kind in ("auto", "none"):
+        return []
+    return [a["name"] for a in report["artifacts"] if a.get("status") == "ok" and "adherence" not in a]
+
+
 def adherence(judge: tuple[str, Judge], images: list, samples: list[dict], prompts: list[str]) -> dict[str, Any]:
     """The judge's score per image (written into each sample) and over the artifact's images."""
     name, run = judge

@@ -53,6 +53,7 @@ def _optimize(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    from sdopt.bench.grounding import unjudged_rows
     from sdopt.bench.profiles import load_profile
     from sdopt.bench.runner import check_device_here, check_report_folder, prepare_report_folder, run_bench
     from sdopt.bench.settings import BenchSettings
@@ -144,7 +145,14 @@ def _bench(args: argparse.Namespace) -> int:
     failed_references = [r["artifacts"][0]["name"] for r in reports if r["artifacts"][0]["status"] != "ok"]
     for name in failed_references:
         print(f"sdopt bench: the reference {name} failed, so nothing was compared: see its error in the report", file=sys.stderr)
-    return 1 if not_built or failed_references else 0
+    unjudged = []  # a --judge that failed after the bench: the report is kept, but a measurement asked for is not in it
+    for (_, settings, *_, out), report in zip(plans, reports):
+        rows = unjudged_rows(report, settings.judge)
+        if rows:
+            unjudged.append(out)
+            print(f"sdopt bench: the {settings.judge} judge failed, so {out / 'report.json'} has no adherence for {', '.join(rows)} "
+                  "(its warnings say why); the other measurements are kept: fix the judge and bench again", file=sys.stderr)
+    return 1 if not_built or failed_references or unjudged else 0
 
 
 def _gate(args: argparse.Namespace) -> int:
