@@ -197,6 +197,23 @@ def test_a1111_inpainting_answers_the_whole_canvas_and_rounds_the_mask(tiny_pipe
         assert f"Masked content: {words}" in png(answer["images"][0]).info["parameters"]
 
 
+def test_a_negative_mask_blur_or_padding_is_refused_naming_the_field(tiny_pipeline):
+    """mask_blur -4 was applied as no blur and written "Mask blur: -4" into the image's parameters; a negative
+    inpaint_full_res_padding was taken as 0. Both are refused before any work, an infotext's as well."""
+    from PIL import Image
+
+    image = b64png(Image.new("RGB", (64, 64), (200, 20, 20)))
+    inpaint = {"prompt": "x", **SMALL, "init_images": [image], "mask": b64png(Image.new("L", (64, 64), 255))}
+    with running_server(tiny_pipeline, start_worker=False) as (url, app):
+        for fields, field in (({"mask_blur": -4}, "mask_blur"), ({"mask_blur_x": -3, "mask_blur_y": 2}, "mask_blur_x"),
+                              ({"inpaint_full_res": True, "inpaint_full_res_padding": -8}, "inpaint_full_res_padding"),
+                              ({"infotext": "x\nSteps: 4, Sampler: Euler, Mask blur: -2"}, "mask_blur")):
+            response = httpx.post(url + "/sdapi/v1/img2img", json={**inpaint, **fields}, timeout=10)  # accepted: it would wait
+            assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", field], (fields, response.text)
+            assert "give 0 or more pixels" in response.text
+        assert app.state.worker.queue_depth == 0
+
+
 # --- the hires fix: limits before any work, its sampler in the parameters ------------------------
 @pytest.mark.parametrize("fields, field", [
     ({"hr_scale": 1e308}, "hr_scale"),

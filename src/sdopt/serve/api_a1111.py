@@ -218,6 +218,15 @@ async def _all_or_none(jobs: list[J.Job], request: Request) -> list[J.Job]:
     return jobs
 
 
+def _check_mask_sizes(body: Img2ImgRequest) -> None:
+    """The mask's blur radii and its padding (given, or from the infotext) are 0 or more pixels: a negative blur was
+    applied as none and written into the image's parameters as it came, a negative padding taken as 0."""
+    for name, none in (("mask_blur", "no blur"), ("mask_blur_x", "no blur"), ("mask_blur_y", "no blur"), ("inpaint_full_res_padding", "no padding")):
+        value = getattr(body, name)
+        if value is not None and value < 0:
+            raise RequestError(name, f"{name}={value}: give 0 or more pixels (0: {none})")
+
+
 def _blur(body: Img2ImgRequest) -> int:
     """The mask's Gaussian blur radius: mask_blur, else the larger of AUTOMATIC1111's x and y radii."""
     return body.mask_blur if body.mask_blur is not None else max(body.mask_blur_x or 0, body.mask_blur_y or 0)
@@ -255,6 +264,8 @@ async def img2img(request: Request, body: Img2ImgRequest) -> dict[str, Any]:
 
     if body.resize_mode not in (None, *MODES):
         raise RequestError("resize_mode", f"resize_mode={body.resize_mode}: 0 just resize, 1 crop and resize, 2 resize and fill, 3 latent upscale")
+    if body.mask:
+        _check_mask_sizes(body)
     init = decode_image(body.init_images[0], "init_images", settings.max_image_bytes, settings.max_input_pixels).convert("RGB")
     mask = _mask(request, body, init.size) if body.mask else None
     strength = body.denoising_strength if body.denoising_strength is not None else 0.75
@@ -266,10 +277,10 @@ async def img2img(request: Request, body: Img2ImgRequest) -> dict[str, Any]:
     fill = body.inpainting_fill if body.inpainting_fill is not None else inpaint_area.FILL
     if fill not in (inpaint_area.FILL, inpaint_area.ORIGINAL, *inpaint_area.LATENT_FILLS):
         raise RequestError("inpainting_fill", f"inpainting_fill={fill}: 0 fill, 1 original, 2 latent noise, 3 latent nothing")
-    area = inpaint_area.prepare(init, mask, *size, only_masked=bool(body.inpaint_full_res), padding=max(0, body.inpaint_full_res_padding or 0),
+    area = inpaint_area.prepare(init, mask, *size, only_masked=bool(body.inpaint_full_res), padding=body.inpaint_full_res_padding or 0,
                                 resize_mode=mode, fill_mode=fill)
     spec = dataclasses.replace(spec, init_image=area.init, mask_image=area.mask, masked_content=inpaint_area.LATENT_FILLS.get(fill, "original"))
-    said = inpaint_area.parameters_of(_blur(body), bool(body.inpaint_full_res), max(0, body.inpaint_full_res_padding or 0), fill)
+    said = inpaint_area.parameters_of(_blur(body), bool(body.inpaint_full_res), body.inpaint_full_res_padding or 0, fill)
 
     def finish(image):
         from sdopt.infotext import KEY, with_pairs
