@@ -4,16 +4,19 @@ An exported UNet's attention is MatMul, Softmax, MatMul: ONNX Runtime's CPU kern
 scores, N the latent tokens at the first attention level, so the memory of a call grows with the fourth power of the
 image's side. torch (scaled_dot_product_attention's flash kernel) and OpenVINO (its fused SDPA) do not. Measured on the
 tiny model, 1 step, guidance on (UNet batch 2, 8 heads at the full latent size; SD 1.5 has the same attention there),
-peak RSS in GiB (2-core Zen 4, AVX-512):
+peak RSS in GiB, by measure/attention_memory.py (2-core Zen 4, AVX-512; committed in
+docs/measurements/onnx_attention_fused/tiny_attention_memory.json):
 
-    side      256    384    512
-    ONNX RT   0.62   1.39   3.51
-    torch     0.55   0.62   0.73
-    OpenVINO  0.57   0.66   0.75
+    side                        256    384    512
+    ONNX RT, plain graph        0.62   1.39   3.52
+    ONNX RT, attention_by_head  0.51   0.70   1.16
+    ONNX RT, attention_fused    0.49   0.57   0.64
+    torch                       0.58   0.69   0.77
+    OpenVINO                    0.57   0.67   0.75
 
-ONNX Runtime over torch is 1.1, 2.4 and 2.8 score matrices (67 MB, 340 MB, 1074 MB): SCORE_COPIES below. At 1024² the
-scores alone are 17 GB, and a server given AUTOMATIC1111's default hires pass (512² to 1024²) was killed by the kernel
-at 23 GB. A request whose estimate exceeds the memory the machine has available is refused before it runs, saying so.
+The plain graph over torch is 0.5, 2.2 and 2.75 score matrices (67 MB, 340 MB, 1074 MB each; over the fused graph, the
+same runtime without them, 2.1, 2.6 and 2.9): SCORE_COPIES below. At 1024² the scores alone are 17 GB, and a server
+given AUTOMATIC1111's default hires pass (512² to 1024²) was killed by the kernel at 23 GB. A request whose estimate exceeds the memory the machine has available is refused before it runs, saying so.
 A UNet exported with the attention_fused rewrite (ONNX Runtime's MultiHeadAttention: flash attention, no score matrix;
 the ONNX export's default since 2026-12-06) is not checked; one with attention_by_head holds one head's.
 """
@@ -25,7 +28,12 @@ from typing import Any
 from sdopt.errors import SdoptError
 from sdopt.hardware import available_bytes  # a module global here: the tests replace it
 
-SCORE_COPIES = 3  # the measured peak over torch's at 512² is 2.8 score matrices (the table above), rounded up; head by head 2.3
+# The plain graph's peak over torch's at 512² is 2.75 score matrices (the table above), rounded up. Head by head: 3.1
+# of one head's (0.39 GiB over torch's, one head's scores being 0.125 GiB; 3.3-4.1 over the fused graph's): 3 counts
+# 0.016 GiB less than that at 512², under what a peak RSS moves between runs (torch's was 0.73 GiB in an earlier run).
+# A larger factor would over-count the plain graph, whose scores reach 16 GiB at 1024², and nothing here counts the
+# rest of the call's activations anyway: the guard stops the fourth-power growth, it is not a memory budget.
+SCORE_COPIES = 3
 BYTES = 4  # float32 scores (an fp16 graph's are half: the estimate stays on the safe side)
 BACKENDS = ("onnxruntime",)  # the backends whose attention holds the whole score matrix on a CPU
 
