@@ -87,6 +87,33 @@ def test_failed_artifact_is_recorded_and_the_run_goes_on(tiny_model, tmp_path):
     assert "Failures" in md and "ran 1 of 2 runs after 1 of 2 warm-ups" in md
 
 
+def test_the_bar_follows_what_the_worker_says_and_a_timeout_says_where_it_was(tiny_model, tmp_path, monkeypatch):
+    """The bar moved only when an artifact ended (12 min on one under load with nothing moving); a worker past --timeout
+    failed without saying how far it got."""
+    import time
+    import types
+
+    from sdopt.bench import runner
+    from sdopt.bench.artifacts import collect
+    from sdopt.bench.worker import say
+
+    class Worker:  # stands in for WorkerStarts: says what a worker says, then outlasts its timeout
+        def run(self, entry, work, timeout):
+            for line in ("loading", "loaded in 0.1 s, warming up", "2/6 images measured"):
+                say(work, line)
+                time.sleep(0.15)
+            return None
+
+    monkeypatch.setattr(runner, "PROGRESS_EVERY_S", 0.02)
+    shown = []
+    [entry] = collect([], str(tiny_model))
+    settings = BenchSettings.resolve(None, **SETTINGS)
+    result = runner._run_worker(entry, settings, tmp_path, 9.0, Worker(), show=shown.append)
+    assert shown == ["loading", "loaded in 0.1 s, warming up", "2/6 images measured"]
+    assert result == {"status": "failed", "error": "did not finish within 9 s (it was at: 2/6 images measured)"}
+    assert not (tmp_path / "raw" / runner.slug(entry.name) / "progress").exists()
+
+
 @pytest.mark.slow
 def test_a_first_generate_over_budget_is_the_measured_run_when_it_covers_the_request(tiny_model, tmp_path):
     # One prompt, one seed: the first generate is already a full pass, so it is the one measured.

@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from sdopt.bench.artifacts import Entry, check_static_shapes, collect
 from sdopt.bench.assemble import assemble_report
@@ -23,6 +23,7 @@ from sdopt.bench.forkserver import server_for, uses_fork_server
 from sdopt.bench.profiles import HardwareProfile
 from sdopt.bench.rounds import merge_rounds, rotated
 from sdopt.bench.settings import BenchSettings
+from sdopt.bench.worker import PROGRESS_FILE
 from sdopt.errors import SdoptError
 
 
@@ -67,21 +68,62 @@ class WorkerStarts:
 
 
 def _run_worker(entry: Entry, settings: BenchSettings, out: Path, timeout: float | None, starts: WorkerStarts,
-                round_index: int | None = None) -> dict:
+                round_index: int | None = None, show: Callable[[str], None] | None = None) -> dict:
+    """One worker's result; ``show`` is given what the worker says it is doing while it runs (for the progress bar)."""
     work = out / "raw" / slug(entry.name)
     if round_index is not None:
         work = work / f"round-{round_index + 1}"
     work.mkdir(parents=True, exist_ok=True)
-    (work / "result.json").unlink(missing_ok=True)
+    for stale in ("result.json", PROGRESS_FILE):
+        (work / stale).unlink(missing_ok=True)
     (work / "job.json").write_text(json.dumps(worker_job(entry, settings, str(work)), indent=2))
-    status = starts.run(entry, work, timeout)
+    with watch_progress(work / PROGRESS_FILE, show):
+        status = starts.run(entry, work, timeout)
+    try:  # where it was when it stopped: said with a timeout or a death, removed after a result
+        doing = (work / PROGRESS_FILE).read_text().strip()
+        (work / PROGRESS_FILE).unlink()
+    except OSError:
+        doing = ""
+    at = f" (it was at: {doing})" if doing else ""
     if status is None:
-        return {"status": "failed", "error": f"did not finish within {timeout:.0f} s"}
+        return {"status": "failed", "error": f"did not finish within {timeout:.0f} s{at}"}
     if not (work / "result.json").is_file():
-        return {"status": "failed", "error": f"the worker process died (exit status {status}); see {work / 'worker.log'}"}
+        return {"status": "failed", "error": f"the worker process died (exit status {status}){at}; see {work / 'worker.log'}"}
     result = json.loads((work / "result.json").read_text())
     result["work_dir"] = str(work.relative_to(out))
     return result
+
+
+PROGRESS_EVERY_S = 0.5  # how often the bar reads what the running worker says
+
+
+@contextlib.contextmanager
+def watch_progress(file: Path, show: Callable[[str], None] | None) -> Iterator[None]:
+    """While the block runs, ``show`` each new line a worker writes to ``file`` (worker.say): a long artifact (minutes per
+    image on a real model) moves the bar between its loading, warm-ups and measured images, not only when it ends. The
+    worker is another process: a thread here reads the file twice a second, nothing of the worker's CPUs."""
+    if show is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def watch() -> None:
+        last = None
+        while not stop.wait(PROGRESS_EVERY_S):
+            try:
+                line = file.read_text().strip()
+            except OSError:
+                continue  # not written yet
+            if line and line != last:
+                show(last := line)
+
+    thread = threading.Thread(target=watch, name="bench-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def slug(name: str) -> str:
@@ -118,11 +160,13 @@ def run_bench(
             with tqdm(total=len(entries) * rounds, desc="bench", unit="artifact", file=sys.stderr, disable=not progress) as bar:
                 for r in range(rounds):
                     for entry in rotated(entries, r):
-                        bar.set_postfix_str(entry.name + (f" (round {r + 1}/{rounds})" if rounds > 1 else ""))
+                        label = entry.name + (f" (round {r + 1}/{rounds})" if rounds > 1 else "")
+                        bar.set_postfix_str(label)
                         done = results[entry.name]
                         if not (done and done[-1].get("status") != "ok"):  # a failed artifact is not tried again
                             running = entry.name
-                            done.append(_run_worker(entry, settings, out, timeout, starts, r if rounds > 1 else None))
+                            show = (lambda line, label=label: bar.set_postfix_str(f"{label}: {line}")) if progress else None
+                            done.append(_run_worker(entry, settings, out, timeout, starts, r if rounds > 1 else None, show))
                             running = None
                         bar.update()
         except KeyboardInterrupt:

@@ -9,7 +9,9 @@ interpreter), or forked from a fork server that has imported the backend
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import statistics
 import sys
 import time
@@ -19,8 +21,22 @@ from pathlib import Path
 import numpy as np
 
 
-def _generate_all(pipe, job: dict, images: dict) -> list[tuple[dict, object]]:
-    """Every prompt and seed of ``job`` once; ``images``: the request's image fields (sdopt.request.image_options)."""
+PROGRESS_FILE = "progress"  # what the worker is doing, one line, for the bench's progress bar (runner.watch_progress)
+
+
+def say(out_dir: Path, text: str) -> None:
+    """Tell the bench what this worker is doing: the line replaces the last one whole (a reader never sees half)."""
+    partial = out_dir / f".{PROGRESS_FILE}.partial"
+    try:
+        partial.write_text(text)
+        os.replace(partial, out_dir / PROGRESS_FILE)
+    except OSError:
+        pass  # a progress line is for the eye: never a reason to fail a measurement
+
+
+def _generate_all(pipe, job: dict, images: dict, done=None) -> list[tuple[dict, object]]:
+    """Every prompt and seed of ``job`` once; ``images``: the request's image fields (sdopt.request.image_options);
+    ``done()`` is called after each image (between timed generates, never inside one)."""
     from sdopt import GenerateRequest
 
     outputs = []
@@ -39,6 +55,8 @@ def _generate_all(pipe, job: dict, images: dict) -> list[tuple[dict, object]]:
                 **images,
             )
             outputs.append(({"prompt_index": p, "seed": seed}, pipe.generate(request)))
+            if done is not None:
+                done()
     return outputs
 
 
@@ -50,6 +68,7 @@ def measure(job: dict) -> dict:
     from sdopt.runtime.memory import rss_peak_bytes
 
     out_dir = Path(job["output_dir"])
+    say(out_dir, "loading")
     images = image_options(job.get("init_image"), job.get("mask_image"), job.get("strength"))  # read once, not timed
     start = time.perf_counter()
     options = {"run_settings": job["run_settings"]} if job.get("run_settings") else {}
@@ -58,6 +77,7 @@ def measure(job: dict) -> dict:
     load_s = time.perf_counter() - start
 
     budget = job.get("max_seconds")
+    say(out_dir, f"loaded in {load_s:.1f} s, warming up")
     warm_job = {**job, "prompts": job["prompts"][:1], "seeds": job["seeds"][:1]}
     start, counters = time.perf_counter(), contention.sample()
     first = _generate_all(pipe, warm_job, images)
@@ -70,6 +90,7 @@ def measure(job: dict) -> dict:
     # would double the artifact's cost to refine first-call effects of well under 1%.
     first_counts = budget is not None and first_generate_s >= budget and len(first) == len(job["prompts"]) * len(job["seeds"])
     while warmups < job["warmup"] and (budget is None or time.perf_counter() - start < budget):
+        say(out_dir, f"warm-up {warmups + 1}/{job['warmup']}")
         _generate_all(pipe, warm_job, images)
         warmups += 1
 
@@ -77,9 +98,11 @@ def measure(job: dict) -> dict:
     if first_counts:
         calls, runs = list(first), 1
     else:
+        images_due, measured = job["runs"] * len(job["prompts"]) * len(job["seeds"]), itertools.count(1)
+        say(out_dir, f"0/{images_due} images measured")
         calls, runs, start, counters = [], 0, time.perf_counter(), contention.sample()
         while runs < job["runs"]:
-            calls.extend(_generate_all(pipe, job, images))
+            calls.extend(_generate_all(pipe, job, images, done=lambda: say(out_dir, f"{next(measured)}/{images_due} images measured")))
             runs += 1
             if budget is not None and time.perf_counter() - start >= budget:
                 break  # at least one full run: every prompt and seed has its image for the quality check
