@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -207,6 +208,7 @@ def optimize(model: str | Path, out: str | Path, settings, work: str | Path, flo
 
 def _optimize(model, out, settings, work, floor, quick, budget_minutes, distill, precision, rebench, force, progress, say,
               calibration_images, ray) -> Outcome:
+    from sdopt.bench.assemble import too_noisy
     from sdopt.bench.profiles import HardwareProfile
     from sdopt.bench.runner import run_bench
     from sdopt.export.run import source_checkpoint
@@ -282,13 +284,19 @@ def _optimize(model, out, settings, work, floor, quick, budget_minutes, distill,
                      "psnr_db": (row.get("quality") or {}).get("psnr_db"), "adherence": (row.get("adherence") or {}).get("mean")})
     holding = [r for r in rows if r["holds"] and r["latency_s"] is not None]
     choice = min(holding, key=lambda r: r["latency_s"]) if holding else None
+    # Rows the bench could not time fairly (a busy machine: assemble.too_noisy): the fastest by their medians may not be.
+    noisy = {a["name"]: why for a in report["artifacts"] if (why := too_noisy(a))}
+    if noisy:
+        print(f"sdopt optimize: warning: the bench could not time {', '.join(f'{n} ({w})' for n, w in noisy.items())} fairly "
+              "(the machine was busy), so the fastest by these timings may not be the fastest: measure again on a quiet "
+              "machine (--rebench), or with --rounds K", file=sys.stderr)
     summary = {
         "model": str(source), "floor": asdict(floor),
         "settings": {"quick": quick, "budget_minutes": budget_minutes, "precision": precision,
                      **({"calibration_images": list(calibration_images)} if calibration_images else {})},
         "reference": {"name": reference["name"], "latency_s": (reference.get("latency_s") or {}).get("median"),
                       "adherence": (reference.get("adherence") or {}).get("mean")},
-        "candidates": rows, "chosen": choice["name"] if choice else None,
+        "candidates": rows, "chosen": choice["name"] if choice else None, "too_noisy": noisy,
         "best_exact": _fastest(rows, exact=True), "best_overall": choice["name"] if choice else None,
         # Whatever the floor says: the fastest that ran, so a report shows what the levers buy where they cannot be judged.
         "fastest_that_ran": min((r for r in rows if r.get("latency_s") is not None), key=lambda r: r["latency_s"])["name"],
