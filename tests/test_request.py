@@ -44,6 +44,20 @@ def test_a_misspelt_field_is_an_sdopt_error_naming_it():
     assert dataclasses.replace(request, steps=4).steps == 4 and copy.deepcopy(request) == request
 
 
+def test_a_missing_prompt_or_a_field_given_twice_is_an_sdopt_error():
+    """GenerateRequest() and GenerateRequest("a", prompt="b") were Python's TypeError from the dataclass's __init__; copy
+    and pickle, which build a request without calling it (cls.__new__(cls)), still do."""
+    import copy
+    import pickle
+
+    for args, kwargs, message in (((), {}, "needs a prompt"), ((), {"seed": 3}, "needs a prompt"),
+                                  (("a",), {"prompt": "b"}, "prompt given twice"), (tuple("x" * 22), {}, "22 fields given by position")):
+        with pytest.raises(SdoptError, match=message):
+            GenerateRequest(*args, **kwargs)
+    request = GenerateRequest("x", steps=3)
+    assert copy.deepcopy(request) == request == pickle.loads(pickle.dumps(request)) == copy.copy(request)
+
+
 def test_prompt_lists_and_negative_prompts():
     r = GenerateRequest(prompt=["a", "b"], negative_prompt="blurry", num_images=3)
     assert r.prompts == ["a", "b"]

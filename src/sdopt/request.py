@@ -134,6 +134,18 @@ def _as_list(value: Any) -> list:
     return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
 
 
+class _Required:
+    """The default of a field a request must be given (GenerateRequest.prompt): a missing one is an SdoptError at
+    construction, where the generated __init__ raised Python's TypeError. A default, not a check in __new__: copy and
+    pickle call ``cls.__new__(cls)`` with no arguments."""
+
+    def __repr__(self) -> str:
+        return "<required>"
+
+
+_REQUIRED: Any = _Required()
+
+
 def _describe_image(value: Any) -> Any:
     """What to_dict records of an image: its size and mode, not its pixels."""
     if isinstance(value, (list, tuple)):
@@ -145,7 +157,7 @@ def _describe_image(value: Any) -> Any:
 
 @dataclass
 class GenerateRequest:
-    prompt: str | list[str]
+    prompt: str | list[str] = _REQUIRED
     negative_prompt: str | list[str] | None = None
     seed: int = 0
     steps: int = 20
@@ -197,15 +209,24 @@ class GenerateRequest:
     loras: dict[str, float] | None = None
 
     def __new__(cls, *args: Any, **kwargs: Any):
-        # A misspelt field (stpes=2) was Python's TypeError from the generated __init__: an SdoptError naming it, as every
-        # other wrong argument is. Runs before that __init__, which then takes the same arguments.
-        unknown = sorted(set(kwargs) - set(cls.__dataclass_fields__))
+        # A misspelt field (stpes=2), too many positional arguments or one given twice were Python's TypeError from the
+        # generated __init__: an SdoptError naming it, as every other wrong argument is. Runs before that __init__, which
+        # then takes the same arguments. (A missing prompt: __post_init__; copy and pickle call __new__ with none.)
+        names = list(cls.__dataclass_fields__)
+        unknown = sorted(set(kwargs) - set(names))
         if unknown:
-            raise SdoptError(f"GenerateRequest has no field {unknown[0]!r}{did_you_mean(unknown[0], cls.__dataclass_fields__)}"
-                             f"; its fields: {', '.join(cls.__dataclass_fields__)}", field=unknown[0])
+            raise SdoptError(f"GenerateRequest has no field {unknown[0]!r}{did_you_mean(unknown[0], names)}"
+                             f"; its fields: {', '.join(names)}", field=unknown[0])
+        twice = [name for name in names[:len(args)] if name in kwargs]
+        if len(args) > len(names) or twice:
+            said = f"{twice[0]} given twice, by position and by name" if twice else f"{len(args)} fields given by position, of {len(names)}"
+            raise SdoptError(f"GenerateRequest: {said}: give the fields by name, GenerateRequest(prompt='a red fox', steps=20, ...)",
+                             field=twice[0] if twice else None)
         return super().__new__(cls)
 
     def __post_init__(self):
+        if self.prompt is _REQUIRED:
+            raise SdoptError("GenerateRequest needs a prompt: GenerateRequest(prompt='a red fox', ...)", field="prompt")
         # numpy's integers and floats (np.random's seeds, np.float32 scales) as Python's, so they validate and
         # serialise like them; anything else is left for validate() to refuse.
         for name in ("seed", "steps", "height", "width", "num_images", "cache_interval", "clip_skip"):
