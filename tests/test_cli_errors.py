@@ -38,6 +38,14 @@ def test_bad_generate_arguments(tiny_model, capsys, extra, message):
     assert message in capsys.readouterr().err
 
 
+def test_a_request_the_artifact_refuses_is_said_before_any_progress_bar(tiny_model, capsys):
+    """A refusal from the artifact's checks (an OpenVINO static shape, Clip skip past the text encoder's layers) came
+    after an empty "denoising 0/N" bar."""
+    assert main(_gen(tiny_model, "--clip-skip", "12")) == 2
+    err = capsys.readouterr().err
+    assert "text encoder has 5 layers" in err and "denoising" not in err
+
+
 @pytest.mark.parametrize(
     "target,extra,message",
     [

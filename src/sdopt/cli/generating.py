@@ -112,6 +112,9 @@ def _generate(args: argparse.Namespace) -> int:
         if not args.quiet:
             said = [f"{request.steps} step{'s' * (request.steps != 1)}" if "steps" in taken else "", f"guidance {request.guidance_scale:g}" if "guidance_scale" in taken else ""]
             print(f"{' at '.join(x for x in said if x)}: {defaults.source} (--steps/--guidance to change)", file=sys.stderr)
+    # A request the artifact refuses (static shapes, Clip skip past its layers, ...) is said before any progress bar:
+    # generate's own check came after an empty "denoising 0/N" bar.
+    pipe.check_request(request)
     # The UNet calls, not the steps: PNDM (SD 1.5's own scheduler) makes one more, Heun about twice (the bar's total
     # moved from 20 to 21 at the first call).
     with tqdm(total=pipe.unet_calls(request), desc="denoising", unit="step", file=sys.stderr, disable=args.quiet) as bar:
