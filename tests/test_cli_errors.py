@@ -452,3 +452,17 @@ def test_an_error_names_an_argument_as_its_caller_gave_it(tiny_model, capsys):
     assert "sdopt: error: the torch backend does not take --reshape; openvino does" in capsys.readouterr().err
     with pytest.raises(sdopt.SdoptError, match="does not take reshape"):  # main's switch is off again once it returns
         sdopt.load(tiny_model, reshape=True)
+
+
+@pytest.mark.parametrize("keywords,message", [
+    ({"verify": "no"}, r"^verify='no': must be True or False"),
+    ({"precision": 0}, r"^precision=0: give a precision name such as 'fp32'"),
+    ({"precision": ""}, r"^precision='': give a precision name"),
+])
+def test_load_refuses_a_wrong_kind_of_verify_or_precision(tiny_model, keywords, message):
+    """sdopt.load(path, verify="no") verified the files (a string is true) and precision=0 ran the artifact's own: neither
+    keyword was type-checked, unlike the load options."""
+    import sdopt
+
+    with pytest.raises(sdopt.SdoptError, match=message):
+        sdopt.load(tiny_model, **keywords)

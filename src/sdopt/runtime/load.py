@@ -27,6 +27,12 @@ def load(path: str | Path, device: str = "cpu", precision: str | None = None, ve
         raise SdoptError(f"load takes an artifact folder (a path or hub id), not {type(path).__name__}")
     if not isinstance(device, str) or not device.strip():
         raise SdoptError(f"{argument('device', device)}: give a device name such as 'cpu' or 'cuda'")
+    # Neither is a load option (check_option_values): verify="no" verified, a string being true; precision=0 or "" ran the
+    # artifact's own, precision=32 said "32 is not supported".
+    if not isinstance(verify, bool):
+        raise SdoptError(f"{argument('verify', verify)}: must be True or False (False skips checking each file's sha256)")
+    if precision is not None and (not isinstance(precision, str) or not precision.strip()):
+        raise SdoptError(f"{argument('precision', precision)}: give a precision name such as 'fp32' or 'bf16', or None for the artifact's own")
     kind, sep, rest = device.strip().partition(":")
     device = kind.lower() + sep + rest  # "CPU", "CUDA:0" as torch names them; what follows the kind as given (openvino:GPU.1)
     check_cuda_index(device)
