@@ -58,6 +58,24 @@ def test_a_missing_prompt_or_a_field_given_twice_is_an_sdopt_error():
     assert copy.deepcopy(request) == request == pickle.loads(pickle.dumps(request)) == copy.copy(request)
 
 
+def test_a_strength_given_without_an_image_is_refused_but_the_default_is_not():
+    """GenerateRequest(prompt=..., strength=0.5) ran text-to-image and dropped the strength unsaid (sdopt generate refuses
+    --strength without --init-image); the default strength, kept through copies, pickles and replace(), is no strength given."""
+    import copy
+    import dataclasses
+    import json
+    import pickle
+
+    for strength in (0.5, 0.8):
+        with pytest.raises(SdoptError, match=rf"strength={strength} is how much of the init image is repainted: give init_image") as caught:
+            GenerateRequest(prompt="x", strength=strength).validate()
+        assert caught.value.field == "strength"
+    request = GenerateRequest(prompt="x")
+    for same in (request, copy.deepcopy(request), pickle.loads(pickle.dumps(request)), dataclasses.replace(request, steps=3)):
+        assert same.validate().strength == 0.8
+    assert json.loads(json.dumps(request.to_dict()))["strength"] == 0.8
+
+
 def test_prompt_lists_and_negative_prompts():
     r = GenerateRequest(prompt=["a", "b"], negative_prompt="blurry", num_images=3)
     assert r.prompts == ["a", "b"]

@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from sdopt.errors import SdoptError, did_you_mean
+from sdopt.errors import SdoptError, argument, did_you_mean
 
 # Bounds on the image side. 8 is the VAE's downsampling factor for every SD-1/2/XL model.
 MIN_SIDE, MAX_SIDE, SIDE_MULTIPLE = 64, 2048, 8
@@ -146,6 +146,14 @@ class _Required:
 _REQUIRED: Any = _Required()
 
 
+class _DefaultStrength(float):
+    """GenerateRequest.strength when not given: 0.8 to every reader, but told from a strength the caller gave, which
+    validate refuses without an image to repaint. Its own type, not one object, so copies and pickles keep it."""
+
+
+DEFAULT_STRENGTH: float = _DefaultStrength(0.8)
+
+
 def _describe_image(value: Any) -> Any:
     """What to_dict records of an image: its size and mode, not its pixels."""
     if isinstance(value, (list, tuple)):
@@ -169,9 +177,9 @@ class GenerateRequest:
     num_images: int = 1
     scheduler: str | None = None  # None: the scheduler the checkpoint ships with
     # img2img: start from this PIL image (one for every prompt, or a list with one per prompt),
-    # resized to height x width; strength (0, 1] is how much of the schedule runs on it.
+    # resized to height x width; strength (0, 1] is how much of the schedule runs on it (given without an image: refused).
     init_image: Any = None
-    strength: float = 0.8
+    strength: float = DEFAULT_STRENGTH
     # img2img from latents instead of an image (Diffusers' img2img given 4-channel latents as its image; AUTOMATIC1111's
     # hires fix with a "Latent" upscaler): a float32 numpy array (rows, C, height/8, width/8), already scaled by the VAE's
     # scaling factor as GenerateResult.latents are, one row for every prompt or one per prompt; noised to where strength
@@ -368,6 +376,9 @@ class GenerateRequest:
                 if min(image.size) < 1:
                     raise SdoptError(f"{name}: the image is empty ({image.size[0]}x{image.size[1]} pixels)")
                 _check_convertible(image, name, "RGB" if name == "init_image" else "L")
+        if not self.image_to_image and not isinstance(s, _DefaultStrength):
+            raise SdoptError(f"{argument('strength', s)} is how much of the init image is repainted: give {argument('init_image')} (or "
+                             f"init_latents) with it, or no {argument('strength')} for text-to-image", field="strength")
         images, masks = self.init_images, self.mask_images
         self._validate_latents()
         if masks and not images:

@@ -91,9 +91,11 @@ def generate_request(specs: list[JobSpec]):
         # No job gave one: none at all (SDXL base then conditions on zeros; AUTOMATIC1111 does so for empty negatives).
         prompt=prompts, negative_prompt=negatives if any(negatives) else None, seed=first.seed, seeds=seeds, steps=first.steps,
         guidance_scale=first.guidance_scale, height=first.height, width=first.width, scheduler=first.scheduler, eta=first.eta,
-        init_image=per_row("init_image"), mask_image=per_row("mask_image"), init_latents=_latent_rows(specs), strength=first.strength, masked_content=first.masked_content,
+        init_image=per_row("init_image"), mask_image=per_row("mask_image"), init_latents=_latent_rows(specs), masked_content=first.masked_content,
         cache_interval=first.cache_interval, guidance_end=first.guidance_end, loras=first.loras, prompt_emphasis=first.prompt_emphasis,
         clip_skip=first.clip_skip,
+        # text-to-image takes no strength (GenerateRequest refuses one given without an image to repaint)
+        **({"strength": first.strength} if first.init_image is not None or first.init_latents is not None else {}),
     )
 
 
