@@ -231,6 +231,22 @@ def test_quantizing_an_artifact_keeps_the_loras_fused_into_it(fused_onnx, tmp_pa
     assert parse_parameters(image.info[KEY])["Loras"] == "tiny-lora:0.8"
 
 
+def test_a_missing_lora_file_is_said_in_the_form_its_caller_gave_it(tmp_path):
+    """GenerateRequest(loras={FILE: SCALE}) with a missing file was told "(FILE or FILE:SCALE, e.g. style.safetensors:0.8)",
+    the command line's syntax, which a dict cannot hold."""
+    from sdopt.errors import command_line
+
+    missing = str(tmp_path / "missing.safetensors")
+    with pytest.raises(SdoptError, match=r"give a \.safetensors LoRA \(its path and scale, e\.g\. loras=\{'style\.safetensors': 0\.8\}\)$"):
+        GenerateRequest(prompt="x", loras={missing: 0.5}).validate()
+    from sdopt.lora import parse_loras
+
+    with pytest.raises(SdoptError, match=r"\(FILE or FILE:SCALE, e\.g\. loras=\['style\.safetensors:0\.8'\]\)$"):  # export(loras=[...])
+        parse_loras([missing])
+    with command_line(), pytest.raises(SdoptError, match=r"\(--lora FILE or FILE:SCALE, e\.g\. --lora style\.safetensors:0\.8\)$"):
+        parse_loras([missing])
+
+
 def test_refusals(tiny_model, tiny_lora, tiny_onnx_artifact, tmp_path):
     from sdopt.export.run import export
     from sdopt.quant.run import quantize

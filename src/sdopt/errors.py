@@ -56,6 +56,12 @@ def command_line(on: bool = True) -> Iterator[None]:
         _COMMAND_LINE.reset(token)
 
 
+def on_command_line() -> bool:
+    """Whether the sdopt command is the caller (``command_line`` is on), for a message whose form differs beyond an
+    argument's name: a LoRA is ``--lora FILE:SCALE`` there, ``loras={FILE: SCALE}`` in a Python GenerateRequest."""
+    return _COMMAND_LINE.get()
+
+
 def argument(name: str, value: Any = _UNSET, flag: str | None = None) -> str:
     """How a message names the argument ``name`` (a keyword of sdopt.load, a GenerateRequest field, an option of
     export or quantize), with ``value`` where one is given: as the flag on the command line (``--num-images 2``,

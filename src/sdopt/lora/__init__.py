@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sdopt.errors import SdoptError
+from sdopt.errors import SdoptError, on_command_line
 
 
 @dataclass(frozen=True)
@@ -48,8 +48,19 @@ def notes_of(loras: list[LoraFile]) -> list[str]:
     return ["LoRA fused into the weights: " + ", ".join(f"{l.path.name} at scale {l.scale:g}" for l in loras)]
 
 
-def parse_lora(text: str | Path | LoraFile) -> LoraFile:
-    """``FILE`` or ``FILE:SCALE`` (scale 1.0 when not given), checked to exist and be safetensors."""
+def _how(mapping: bool) -> str:
+    """How the caller gives a LoRA, in its own terms: the flag on the command line; in Python, a request's
+    {FILE: SCALE} (``mapping``) or export's and quantize's FILE[:SCALE] strings."""
+    if on_command_line():
+        return "--lora FILE or FILE:SCALE, e.g. --lora style.safetensors:0.8"
+    if mapping:
+        return "its path and scale, e.g. loras={'style.safetensors': 0.8}"
+    return "FILE or FILE:SCALE, e.g. loras=['style.safetensors:0.8']"
+
+
+def parse_lora(text: str | Path | LoraFile, mapping: bool = False) -> LoraFile:
+    """``FILE`` or ``FILE:SCALE`` (scale 1.0 when not given), checked to exist and be safetensors; ``mapping``: an entry
+    of a request's {FILE: SCALE}, which its errors show."""
     if isinstance(text, LoraFile):
         lora = text
     else:
@@ -63,7 +74,7 @@ def parse_lora(text: str | Path | LoraFile) -> LoraFile:
                     raise SdoptError(f"LoRA {text}: the scale {tail!r} is not a number (FILE:SCALE, e.g. {Path(head).name}:0.8)") from None
         lora = LoraFile(Path(path).expanduser(), scale)
     if not lora.path.is_file():
-        raise SdoptError(f"LoRA file {lora.path} does not exist: give a .safetensors LoRA (FILE or FILE:SCALE, e.g. style.safetensors:0.8)")
+        raise SdoptError(f"LoRA file {lora.path} does not exist: give a .safetensors LoRA ({_how(mapping)})")
     if lora.path.suffix != ".safetensors":
         raise SdoptError(f"LoRA file {lora.path} is not .safetensors: sdopt reads weights from safetensors only, never pickles")
     if not -10.0 <= lora.scale <= 10.0:
@@ -76,5 +87,5 @@ def parse_loras(items: Any) -> list[LoraFile]:
     if not items:
         return []
     if isinstance(items, dict):
-        return [parse_lora(LoraFile(Path(str(k)).expanduser(), float(v))) for k, v in items.items()]
+        return [parse_lora(LoraFile(Path(str(k)).expanduser(), float(v)), mapping=True) for k, v in items.items()]
     return [parse_lora(item) for item in items]
