@@ -124,10 +124,35 @@ def test_torch_pipeline_caches_at_the_asked_interval(cached_torch, tiny_pipeline
 def test_caching_without_the_shallow_branch_says_how_to_get_it(tiny_pipeline):
     from sdopt import GenerateRequest
 
-    with pytest.raises(SdoptError, match="--deep-cache"):
+    # the direct fix first, a Python caller's way: export advice ("--deep-cache N") came first to a torch pipeline
+    with pytest.raises(SdoptError, match=r"^cache_interval=2 needs the UNet's shallow branch, which this torch pipeline was loaded "
+                                         r"without: load it with deep_cache=True \(step-feature caching\), or ask for cache_interval=1$"):
         tiny_pipeline.generate(GenerateRequest(**REQUEST, cache_interval=2))
     with pytest.raises(SdoptError, match="cache_interval=0"):
         GenerateRequest(**REQUEST, cache_interval=0).validate()
+
+
+def test_generate_loads_a_pytorch_checkpoint_with_the_shallow_branch_for_an_images_cache_interval(tiny_model, tmp_path, monkeypatch):
+    """--parameters-from an image made with Cache interval: 2 loaded the PyTorch checkpoint without the branch (only the
+    --cache-interval flag asked for it), and the request was refused with advice to export."""
+    import sdopt
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    from sdopt.cli import main
+
+    info = PngInfo()
+    info.add_text("parameters", "a fox\nSteps: 2, Sampler: Euler, CFG scale: 7.5, Seed: 1, Size: 64x64, Cache interval: 2")
+    Image.new("RGB", (64, 64)).save(tmp_path / "made.png", pnginfo=info)
+    loaded = {}
+
+    def load(path, **options):
+        loaded.update(options)
+        raise SdoptError("loaded")
+
+    monkeypatch.setattr(sdopt, "load", load)
+    assert main(["generate", str(tiny_model), "--parameters-from", str(tmp_path / "made.png"), "-o", str(tmp_path / "out.png")]) == 2
+    assert loaded.get("deep_cache") is True
 
 
 def test_openvino_static_artifact_caches_as_torch_does_and_decodes_with_the_tiny_decoder(tiny_model, distilled, cached_torch, tmp_path):

@@ -96,7 +96,8 @@ def _generate(args: argparse.Namespace) -> int:
         compile=args.compile,
         channels_last=args.channels_last,
         **({"reshape": True} if args.reshape else {}),
-        **({"deep_cache": True} if (args.cache_interval or 1) > 1 and backend_of(args.artifact) == "torch" else {}),
+        # the request's: a flag's or an image's (--parameters-from), which loaded without it and was refused
+        **({"deep_cache": True} if (request.cache_interval or 1) > 1 and backend_of(args.artifact) == "torch" else {}),
     )
     if args.embedding:
         for word, why in pipe.add_embeddings(args.embedding).items():  # found in a folder given; a file named is refused instead

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sdopt.errors import SdoptError, argument
+from sdopt.errors import SdoptError, argument, on_command_line
 from sdopt.request import GenerateRequest
 from sdopt.rewrite import recorded as recorded_rewrites
 from sdopt.runtime import attention_memory, conditioning, embedded_guidance
@@ -33,6 +33,24 @@ def _clip_skip_notices(pipe: Any, request: GenerateRequest) -> list[str]:
             "(AUTOMATIC1111 ignores Clip skip there too)"]
 
 
+def _refuse_cache_interval(pipe: Any, request: GenerateRequest) -> None:
+    """A cache_interval the pipeline has no shallow UNet branch for, with the direct fix first: a backend that splits the
+    UNet at load (torch's deep_cache option) needs only that; the others an export with it."""
+    from sdopt.runtime.backends import get_backend
+
+    backend = pipe.manifest.backend
+    asked, whole = argument("cache_interval", request.cache_interval), argument("cache_interval", 1)
+    if "deep_cache" in get_backend(backend).options:
+        raise SdoptError(f"{asked} needs the UNet's shallow branch, which this {backend} pipeline was loaded without: load it with "
+                         f"{argument('deep_cache', True)} (step-feature caching), or ask for {whole}", field="cache_interval")
+    target = (pipe.manifest.export or {}).get("target") or "TARGET"
+    # sdopt generate loads a PyTorch checkpoint with the branch for a --cache-interval (it has no --deep-cache)
+    torch = ("generate from the PyTorch checkpoint" if on_command_line() else
+             f"load the PyTorch checkpoint with {argument('deep_cache', True)}")
+    raise SdoptError(f"{asked} needs the UNet's shallow branch, which this {backend} artifact lacks: export it with step-feature "
+                     f"caching (sdopt export MODEL --to {target} --deep-cache N), {torch}, or ask for {whole}", field="cache_interval")
+
+
 def check(pipe: Any, request: GenerateRequest) -> None:
     """Refuse a request ``pipe`` (a Pipeline) cannot run, before any work: its values (GenerateRequest.validate), then
     what this artifact lacks for it (img2img, Clip skip's layers, the UNet's shallow branch, per-request LoRAs, the
@@ -43,10 +61,7 @@ def check(pipe: Any, request: GenerateRequest) -> None:
         pipe.family.refuse("img2img", "img2img and inpainting (init_image)")
     _check_clip_skip(pipe, request)
     if pipe.cache_interval(request) > 1 and "unet_shallow" not in pipe.components:
-        raise SdoptError(
-            f"cache_interval={request.cache_interval} needs the UNet's shallow branch, which this {pipe.manifest.backend} artifact lacks: "
-            f"export it with --deep-cache N (or load a PyTorch checkpoint with deep_cache=True), or ask for {argument('cache_interval', 1)}"
-        )
+        _refuse_cache_interval(pipe, request)
     if request.loras and pipe.loras is None:
         raise SdoptError(
             f"this {pipe.manifest.backend} artifact cannot apply LoRAs per request (only the torch backend can): "
