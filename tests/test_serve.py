@@ -816,6 +816,23 @@ def test_serve_command_takes_the_key_from_the_environment(tiny_model, monkeypatc
     assert seen["options"] == {"device": "cpu", "precision": None}
 
 
+def test_the_servers_requests_are_answered_in_field_names_not_sdopt_serves_flags(monkeypatch):
+    """Under `sdopt serve` (cli.main turns errors.command_line on) an HTTP client's cache_interval was refused with
+    "--cache-interval 2 ... ask for --cache-interval 1": uvicorn's event loop copies the context it starts in."""
+    from types import SimpleNamespace
+
+    import uvicorn
+
+    from sdopt.errors import argument, command_line
+    from sdopt.serve.server import http_server
+
+    seen = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, *a, **k: seen.append(argument("cache_interval", 2)))
+    with command_line():
+        http_server(SimpleNamespace(state=SimpleNamespace(worker=None)), "127.0.0.1", 0).run()
+    assert seen == ["cache_interval=2"]
+
+
 def test_binding_beyond_loopback_without_credentials_warns(tiny_model, monkeypatch):
     from types import SimpleNamespace
 

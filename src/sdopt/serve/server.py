@@ -7,7 +7,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from sdopt.errors import SdoptError, require
+from sdopt.errors import SdoptError, command_line, require
 from sdopt.serve.settings import ServeSettings
 
 
@@ -57,6 +57,12 @@ def http_server(app: Any, host: str, port: int) -> Any:
     worker = app.state.worker
 
     class Server(uvicorn.Server):
+        def run(self, *args: Any, **kwargs: Any) -> None:
+            # Its requests' errors name the fields an HTTP client sent: the event loop's tasks copy the context it starts
+            # in, where sdopt serve's command line named flags ("ask for --cache-interval 1" to a JSON body).
+            with command_line(False):
+                super().run(*args, **kwargs)
+
         def handle_exit(self, sig: int, frame: Any) -> None:
             super().handle_exit(sig, frame)
             # In a thread: a signal handler interrupts the event loop's thread, which may hold a job's lock.
