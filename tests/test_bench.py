@@ -91,7 +91,6 @@ def test_the_bar_follows_what_the_worker_says_and_a_timeout_says_where_it_was(ti
     """The bar moved only when an artifact ended (12 min on one under load with nothing moving); a worker past --timeout
     failed without saying how far it got."""
     import time
-    import types
 
     from sdopt.bench import runner
     from sdopt.bench.artifacts import collect
