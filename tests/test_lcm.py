@@ -254,3 +254,54 @@ def test_more_steps_than_a_consistency_sampler_has_are_refused_naming_steps(tiny
         argv += ["--init-image", str(tmp_path / "init.png"), "--strength", str(fields["strength"])]
     assert main(argv) == 2
     assert f"at most {most} steps" in capsys.readouterr().err
+
+
+def test_the_bench_runs_a_few_step_model_as_its_own_defaults_say(tiny_lcm, tiny_model, tmp_path, monkeypatch, capsys):
+    """sdopt bench and optimize gave every model BENCH_DEFAULTS' Euler at 7.5: an LCM benched with a sampler and guidance
+    nobody runs it with. What the user and the profile leave unset is now the reference's own, as sdopt generate runs it
+    (4 steps at 8.5 with its LCMScheduler; a Turbo artifact's recorded 1 step unguided), and said; an ordinary checkpoint
+    benches as before (the committed baselines' requests). Stopped before any worker runs."""
+    import json
+    import shutil
+    import sys
+
+    import sdopt.bench.optimize  # noqa: F401 (the module, for monkeypatch)
+    from sdopt.bench import runner
+    from sdopt.bench.profiles import HardwareProfile
+    from sdopt.bench.settings import BenchSettings
+    from sdopt.cli import main
+    from sdopt.errors import SdoptError
+
+    asked = []
+
+    def stop(*args, **kwargs):
+        asked.append(next(a for a in (*args, *kwargs.values()) if isinstance(a, BenchSettings)))
+        raise SdoptError("stopped before the bench")
+
+    monkeypatch.setattr(runner, "run_bench", stop)
+    monkeypatch.setattr(sys.modules["sdopt.bench.optimize"], "optimize", stop)
+    assert main(["bench", str(tiny_lcm), "--reference", str(tiny_lcm), "-o", str(tmp_path / "b")]) == 2
+    assert "benching at the model's own: 4 steps at guidance 8.5, its LCM scheduler (an LCM-distilled UNet" in capsys.readouterr().err
+    assert main(["optimize", str(tiny_lcm), "--guidance", "2", "-o", str(tmp_path / "o")]) == 2  # given: kept
+    assert "benching at the model's own: 4 steps, its LCM scheduler (" in capsys.readouterr().err
+    assert [(s.steps, s.guidance_scale, s.scheduler) for s in asked] == [(4, 8.5, "lcm"), (4, 2.0, "lcm")]
+
+    said = []
+    profile = HardwareProfile(name="p", description="", device="cpu", precisions=[], backends=[], bench={"scheduler": "ddim"})
+    settings = BenchSettings.resolve(profile, str(tiny_lcm), said.append)  # the profile's scheduler stands
+    assert (settings.scheduler, settings.guidance_scale) == ("ddim", 8.5) and "its LCM" not in said[0]
+    plain = BenchSettings.resolve(None, str(tiny_model), said.append)  # scripts/ci_bench.sh's reference: as before, unsaid
+    assert (plain.steps, plain.guidance_scale, plain.scheduler) == (4, 7.5, "euler") and len(said) == 1
+
+    turbo = tmp_path / "turbo"  # what export --default-steps 1 --default-guidance 0 records, on SD-Turbo's scheduler
+    shutil.copytree(tiny_model, turbo)
+    config = json.loads((turbo / "scheduler" / "scheduler_config.json").read_text())
+    config.update({"_class_name": "EulerAncestralDiscreteScheduler", "timestep_spacing": "trailing"})
+    config.pop("skip_prk_steps", None)
+    (turbo / "scheduler" / "scheduler_config.json").write_text(json.dumps(config))
+    index = json.loads((turbo / "model_index.json").read_text())
+    (turbo / "model_index.json").write_text(json.dumps({**index, "scheduler": ["diffusers", "EulerAncestralDiscreteScheduler"]}))
+    manifest = json.loads((turbo / "sdopt.json").read_text())
+    (turbo / "sdopt.json").write_text(json.dumps({**manifest, "export": {"request_defaults": {"steps": 1, "guidance_scale": 0.0}}}))
+    settings = BenchSettings.resolve(None, str(turbo))
+    assert (settings.steps, settings.guidance_scale, settings.scheduler) == (1, 0.0, "euler_a")

@@ -61,9 +61,6 @@ class HardwareProfile:
             return f"profile {self.name} is for a CUDA GPU, and this machine shows none"
         return None
 
-    def bench_setting(self, key: str) -> Any:
-        return self.bench.get(key, BENCH_DEFAULTS[key])
-
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items()}
 

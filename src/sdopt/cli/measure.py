@@ -16,17 +16,8 @@ def _optimize(args: argparse.Namespace) -> int:
     from sdopt.bench.settings import BenchSettings
     from sdopt.prompts import read_prompts
 
-    settings = BenchSettings.resolve(
-        None,
-        prompts=read_prompts(args.prompts) if args.prompts else None,
-        seeds=int_list(args.seeds, "--seeds") if args.seeds else None,
-        steps=args.steps, height=args.height, width=args.width, guidance_scale=args.guidance,
-        scheduler=args.scheduler, eta=args.eta, runs=args.runs, device=args.device, rounds=args.rounds, worker_start=args.worker_start,
-        init_image=args.init_image, mask_image=args.mask, strength=args.strength,
-    )
     floor = Floor(**{k: v for k, v in (("min_psnr", args.min_psnr), ("min_adherence", args.min_adherence),
                                         ("lever_min_psnr", args.lever_min_psnr)) if v is not None})
-    say = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr))
     work = Path(args.work) if args.work else Path(str(Path(args.output).absolute()) + ".work")
     distill = {k: v for k, v in (("latents", args.distill_latents), ("train_steps", args.distill_steps)) if v}
     plan = None
@@ -37,6 +28,16 @@ def _optimize(args: argparse.Namespace) -> int:
     elif args.ray_kind or args.cpus_per_job:
         raise SdoptError("--ray-kind and --cpus-per-job go with --ray [ADDRESS] (docs/ray.md)")
     images = comma_list(args.calibration_images) if args.calibration_images else None
+    say = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr))
+    # Last: the flags above are refused before the model is read (it names the settings a few-step model is benched at).
+    settings = BenchSettings.resolve(
+        None, args.model, say,  # what the user did not give: the model's own where it is a few-step one
+        prompts=read_prompts(args.prompts) if args.prompts else None,
+        seeds=int_list(args.seeds, "--seeds") if args.seeds else None,
+        steps=args.steps, height=args.height, width=args.width, guidance_scale=args.guidance,
+        scheduler=args.scheduler, eta=args.eta, runs=args.runs, device=args.device, rounds=args.rounds, worker_start=args.worker_start,
+        init_image=args.init_image, mask_image=args.mask, strength=args.strength,
+    )
     outcome = optimize(args.model, args.output, settings, work, floor, quick=args.quick, budget_minutes=args.budget_minutes,
                        distill=distill or None, precision=args.precision, rebench=args.rebench, force=args.force, progress=not args.quiet, say=say,
                        ray=plan, calibration_images=images)
@@ -97,7 +98,8 @@ def _bench(args: argparse.Namespace) -> int:
     plans, not_built = [], {}
     for profile in profiles or [None]:
         settings = BenchSettings.resolve(
-            profile, prompts=prompts, seeds=seeds, steps=args.steps, height=args.height, width=args.width, guidance_scale=args.guidance,
+            profile, args.build_from or args.reference, None if plans else say,  # the model's own where the user did not say (once)
+            prompts=prompts, seeds=seeds, steps=args.steps, height=args.height, width=args.width, guidance_scale=args.guidance,
             warmup=args.warmup, runs=args.runs, max_seconds=args.max_seconds, scheduler=args.scheduler, eta=args.eta, device=args.device, judge=args.judge,
             rounds=args.rounds, worker_start=args.worker_start, init_image=args.init_image, mask_image=args.mask, strength=args.strength,
         )
@@ -219,8 +221,9 @@ def add_bench(sub) -> None:
     p.add_argument("--steps", type=int)
     p.add_argument("--height", type=int)
     p.add_argument("--width", type=int)
-    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the profile's, else 7.5)")
-    p.add_argument("--scheduler")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the profile's, else the reference's own "
+                   "for a few-step model (8.5 for an LCM), else 7.5)")
+    p.add_argument("--scheduler", help="default: the profile's, else the reference's own for a few-step model (lcm for an LCM), else euler")
     add_eta_flag(p)
     p.add_argument("--warmup", type=int, help="warm-up generate calls before measuring")
     p.add_argument("--runs", type=int, help="measured passes over all prompts and seeds")
