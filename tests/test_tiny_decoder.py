@@ -6,6 +6,7 @@ OpenVINO (with step caching as well) is exercised in test_stepcache.py; ONNX her
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -67,6 +68,13 @@ def test_bad_tiny_decoders_are_refused_before_anything_is_written(tiny_model, sh
     # Made for the tiny model (8x), given to the shapes model (4x): its images would be the wrong size.
     with pytest.raises(SdoptError, match="upsamples latents 8x; this model's VAE does 4x"):
         export(shapes_model, "onnx", out, vae_decoder=str(distilled))
+    # Weights that do not load (cut short in a copy) are a one-line error, not Diffusers' traceback.
+    damaged = tmp_path / "damaged"
+    shutil.copytree(distilled, damaged)
+    with open(damaged / "diffusion_pytorch_model.safetensors", "r+b") as f:
+        f.truncate(1000)
+    with pytest.raises(SdoptError, match="cannot load the tiny decoder in .*damaged"):
+        export(tiny_model, "onnx", out, vae_decoder=str(damaged))
     assert not out.exists() and not list(tmp_path.glob(".out*"))
 
 

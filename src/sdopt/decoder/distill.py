@@ -218,7 +218,7 @@ def distill_decoder(model: str | Path, out: str | Path, settings: DistillSetting
     if init is not None:
         config = tiny_mod.read_config(init, "--init")
         tiny_mod.check_fits(config, model_info, f"--init {init}")
-        tiny = AutoencoderTiny.from_pretrained(Path(init), use_safetensors=True)
+        tiny = tiny_mod.load_tiny(init)
     else:
         vae_config = json.loads((source / vae_entry.folder / "config.json").read_text())
         channels = settings.channels or default_channels(vae_config)

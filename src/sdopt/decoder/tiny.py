@@ -81,13 +81,24 @@ def input_scale(config: dict[str, Any], model: dict[str, Any]) -> float:
     return float(model["vae_scaling_factor"]) / float(config.get("scaling_factor", 1.0) or 1.0)
 
 
-def load_tiny_decoder(path: str | Path, scale: float, dtype=None):
-    """The tiny decoder of a folder, wrapped to the full decoder's contract."""
+def load_tiny(path: str | Path, dtype=None):
+    """The AutoencoderTiny of a folder; weights that do not load (truncated, or not the shapes its config.json
+    gives) are an SdoptError naming the folder, not Diffusers' traceback."""
     import torch
     from diffusers import AutoencoderTiny
 
-    module = AutoencoderTiny.from_pretrained(Path(path), use_safetensors=True, torch_dtype=dtype or torch.float32)
-    return wrap(module, scale)
+    try:
+        return AutoencoderTiny.from_pretrained(Path(path), use_safetensors=True, torch_dtype=dtype or torch.float32)
+    except Exception as exc:  # safetensors' and Diffusers' own errors
+        text = " ".join(str(exc).split())
+        raise SdoptError(f"cannot load the tiny decoder in {path}: {type(exc).__name__}: {text[:300] or 'no message'}"
+                         f"{'...' if len(text) > 300 else ''}; its {WEIGHTS_FILE} is damaged or does not match its "
+                         "config.json: distill it again (`sdopt distill-decoder`) or copy the folder whole") from None
+
+
+def load_tiny_decoder(path: str | Path, scale: float, dtype=None):
+    """The tiny decoder of a folder, wrapped to the full decoder's contract."""
+    return wrap(load_tiny(path, dtype), scale)
 
 
 def wrap(module, scale: float):
