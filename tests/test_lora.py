@@ -8,6 +8,7 @@ again, bit for bit.
 """
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -350,3 +351,16 @@ def test_an_interrupted_init_lora_leaves_nothing_beside_the_file_and_the_old_one
     assert main(["init-lora", str(tiny_model), str(out), "--force"]) == 130
     assert "interrupted" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["l.safetensors"] and out.read_bytes() == b"the old LoRA"
+
+
+def test_init_lora_writes_its_file_with_the_umask_mode(tiny_model, tmp_path):
+    """safetensors writes 0600; a LoRA made for a server run by another user (serve --lora-dir) was unreadable to it.
+    The file gets the mode a plain open() gives, as an artifact's files do (fsutil._apply_umask)."""
+    from sdopt.cli import main
+
+    old = os.umask(0o022)
+    try:
+        assert main(["init-lora", str(tiny_model), str(tmp_path / "l.safetensors")]) == 0
+    finally:
+        os.umask(old)
+    assert (tmp_path / "l.safetensors").stat().st_mode & 0o777 == 0o644

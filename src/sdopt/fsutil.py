@@ -313,9 +313,15 @@ def files_written_whole(paths: list[Path]) -> Iterator[list[Path]]:
     interrupt each is removed. So no half file is left, none it replaces is truncated, and a set is never part new."""
     partials = [path if path.is_char_device() else path.with_name(f".{path.name}.partial") for path in paths]
     try:
+        modes = {}
+        for path, partial in zip(paths, partials):
+            if partial != path:  # the mode a plain open() gives (the umask's); safetensors writes its files 0600
+                partial.touch()
+                modes[partial] = partial.stat().st_mode & 0o777
         yield partials
         for path, partial in zip(paths, partials):
             if partial != path:
+                partial.chmod(modes[partial])
                 partial.replace(path)
     finally:
         for path, partial in zip(paths, partials):
