@@ -212,6 +212,20 @@ def test_lora_difference_reads_what_an_image_says():
     assert lora_difference({"Loras": "a, b:0.8, c:d:1"}, {"a, b": 0.8, "c:d": 1.0}) is None
 
 
+def test_a_lora_named_twice_counts_at_the_sum_of_its_scales(tiny_lora):
+    """export --lora F --lora F:0.3 fuses F twice (1.3 in the weights), serve adds two <lora:F:W> tags up; generate's
+    --lora took the last (0.3), and an artifact with F fused twice wrote "Loras: F:0.3" into its images."""
+    from types import SimpleNamespace
+
+    from sdopt.cli.common import lora_scales
+    from sdopt.runtime.pipeline import Pipeline
+
+    assert lora_scales([str(tiny_lora), f"{tiny_lora}:0.3"]) == {str(tiny_lora): pytest.approx(1.3)}
+    records = [{"file": tiny_lora.name, "scale": 1.0}, {"file": tiny_lora.name, "scale": 0.3}]
+    fused = Pipeline.fused_loras.fget(SimpleNamespace(manifest=SimpleNamespace(export={"loras": records})))
+    assert fused == {tiny_lora.name: pytest.approx(1.3)}
+
+
 def test_quantizing_an_artifact_keeps_the_loras_fused_into_it(fused_onnx, tmp_path, capsys):
     """The quantized weights are the fused ones: the manifest, inspect and the images' parameters still say so (the
     quantize command dropped the record)."""
