@@ -852,6 +852,20 @@ def test_binding_beyond_loopback_without_credentials_warns(tiny_model, monkeypat
 
 
 # --- LoRAs by name in the prompt ---------------------------------------------------------
+def test_a_prompt_lora_weight_out_of_range_names_the_prompt(tmp_path):
+    """<lora:NAME:50> (or two tags whose weights add past 10) was refused by the loop's check, which names no field: the
+    422 said loc ["body", "body"]."""
+    from sdopt.serve.errors import RequestError
+    from sdopt.serve.loras import take_loras
+
+    (tmp_path / "style.safetensors").write_bytes(b"")
+    assert take_loras("a <lora:style:6> <lora:style:-2>", tmp_path)[1] == {str(tmp_path / "style.safetensors"): 4.0}
+    for prompt in ("a <lora:style:50>", "a <lora:style:6> <lora:style:6>", "a <lora:style:nan>"):
+        with pytest.raises(RequestError, match="out of range") as caught:
+            take_loras(prompt, tmp_path, "hr_prompt")
+        assert caught.value.field == "hr_prompt"
+
+
 def test_prompt_lora_tags_apply_the_named_lora_and_jobs_batch_only_with_their_own(tiny_model, tmp_path):
     """AUTOMATIC1111's <lora:NAME:WEIGHT> in any API's prompt: the same image as GenerateRequest.loras,
     listed at /sdapi/v1/loras, and a job with other LoRAs never shares a generate call."""

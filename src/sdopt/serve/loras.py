@@ -45,4 +45,8 @@ def take_loras(prompt: str, folder: str | Path | None, field: str = "prompt") ->
         except ValueError:
             raise RequestError(field, f"<lora:{name}:{weight}>: the weight must be a number, e.g. <lora:{name}:0.8>") from None
         loras[str(files[name])] = loras.get(str(files[name]), 0.0) + scale
+    for file, scale in loras.items():  # checked here, where the field is known (the loop's check named none: "body")
+        if not -10.0 <= scale <= 10.0:
+            raise RequestError(field, f"<lora:{Path(file).stem}>: weight {scale:g} (its tags' sum) is out of range: give -10 to 10 "
+                                      "(1 is the LoRA as trained)")
     return " ".join(TAG.sub(" ", prompt).split()), loras
