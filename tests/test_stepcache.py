@@ -210,4 +210,10 @@ def test_export_refuses_a_bad_interval(tiny_model, tmp_path):
     from sdopt.cli import main
 
     assert main(["export", str(tiny_model), "--to", "onnx", "-o", str(tmp_path / "x"), "--deep-cache", "0"]) == 2
+    # Past a request's most (1000): the artifact made images whose "Cache interval: 1001" no request could give again
+    assert main(["export", str(tiny_model), "--to", "onnx", "-o", str(tmp_path / "x"), "--deep-cache", "1001"]) == 2
     assert not (tmp_path / "x").exists()
+    import sdopt
+
+    with pytest.raises(SdoptError, match="deep_cache=1001"):
+        sdopt.load(tiny_model, deep_cache=1001)

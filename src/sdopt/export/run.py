@@ -13,6 +13,7 @@ from sdopt.export.spec import ComponentSpec, cached_unet_specs, family_specs
 from sdopt.fsutil import atomic_output_dir, check_output_dir, local_inputs
 from sdopt.rewrite import check_optional_rewrites, unapplied_notes, with_target_defaults
 from sdopt.manifest import ComponentEntry, Manifest, derive, read_manifest
+from sdopt.request import MAX_STEPS
 from sdopt.source import resolve
 
 def carried_folders(manifest: Manifest) -> list[str]:
@@ -230,8 +231,9 @@ def export(model: str | Path, target: str, out: str | Path, precision: str = "fp
         raise SdoptError(f"--to {target} supports precisions {', '.join(exporter.precisions)}, not {precision}")
     check_output_dir(out, force, local_inputs(model))  # before any slow work
     interval = options.get("deep_cache")
-    if interval is not None and (isinstance(interval, bool) or not isinstance(interval, int) or interval < 1):
-        raise SdoptError(f"--deep-cache {interval}: give the caching interval, an integer of 1 or more (2 or 3 are usual)")
+    if interval is not None and (isinstance(interval, bool) or not isinstance(interval, int) or not 1 <= interval <= MAX_STEPS):
+        # the artifact's default must be an interval a request may give (its images' "Cache interval" is read back as one)
+        raise SdoptError(f"--deep-cache {interval}: give the caching interval, an integer from 1 to {MAX_STEPS} (2 or 3 are usual)")
     check_optional_rewrites(options.get("rewrite") or (), bool(options.get("no_rewrites")), target)
     options = {**options, "rewrite": with_target_defaults(target, options.get("rewrite") or (), bool(options.get("no_rewrites")))}
     source, source_manifest = source_checkpoint(model)

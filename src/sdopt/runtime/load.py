@@ -10,6 +10,7 @@ from typing import Any
 from sdopt.errors import SdoptError, argument
 from sdopt.fsutil import read_json
 from sdopt.manifest import read_manifest, tokenizer_folders
+from sdopt.request import MAX_STEPS
 from sdopt.runtime.backends import BACKENDS, check_cuda_index, device_kind, get_backend
 from sdopt.runtime.pipeline import Pipeline
 from sdopt.source import resolve
@@ -123,7 +124,7 @@ def _count(value: Any) -> bool:
 # work so a wrong one is an SdoptError naming it, not a TypeError from deep in a backend.
 OPTION_VALUES: dict[str, tuple[Any, str]] = {
     **{name: (_flag, "true or false") for name in ("attention_slicing", "vae_tiling", "cpu_offload", "channels_last", "reshape")},
-    "deep_cache": (lambda v: _flag(v) or _count(v), "true, or the interval: an integer from 1 (every step whole)"),
+    "deep_cache": (lambda v: _flag(v) or (_count(v) and v <= MAX_STEPS), f"true, or the interval: an integer from 1 (every step whole) to {MAX_STEPS}"),
     "compile": (lambda v: _flag(v) or isinstance(v, str), "true, false, or a torch.compile mode name"),
     "threads": (_count, "a positive number of threads"),
     "provider": (lambda v: isinstance(v, str), "an ONNX Runtime provider kind: cpu, cuda or tensorrt"),
