@@ -292,8 +292,9 @@ def _calibrated_on_the_measured_image(entries: list[Entry], settings: BenchSetti
 NOISY_REL_MAD = 0.2
 # The share of a worker's CPUs other processes may take while it is timed before its row is not comparable. The
 # spread above cannot see a machine busy for the whole of one artifact's runs (all its samples slow alike): the
-# demo under load benched torch int8 "17.1x" the reference with every row's spread under 20%. A quiet 2-core VM
-# measured 0-3% (the bench's own parent, the kernel); another job on one of two cores takes 50%. Not a p90 rule:
+# demo under load benched torch int8 "17.1x" the reference with every row's spread under 20%. scripts/ci_bench.sh on a
+# 2-core Zen 4 VM (docs/measurements/bench_contention.json): quiet, 0-2.3% in each of its 15 worker rounds; while
+# other jobs ran (load average 5.6), 37-87%, and ONNX "15x" the reference. One busy job on one of two cores is 50%. Not a p90 rule:
 # the CI baselines' tiny rows reach p90 = 1.43x their median on a quiet machine (the tiny model's timings swing
 # between processes), where busy rows of the committed reports reached 2.4x.
 BUSY_OTHERS_SHARE = 0.25
