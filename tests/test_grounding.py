@@ -100,7 +100,7 @@ def test_a_vlm_judge_that_fails_after_the_bench_leaves_the_report_unjudged_not_l
     assert gate(again, {"adherence": ">= 0.5"}).exit_code == 2  # unjudged: cannot judge, never a pass
 
 
-def test_a_judge_that_failed_after_the_bench_makes_the_command_exit_1_with_its_report(tmp_path, monkeypatch, capsys):
+def test_a_judge_that_failed_after_the_bench_makes_the_command_exit_1_with_its_report(tiny_model, tmp_path, monkeypatch, capsys):
     """sdopt bench --judge openai whose server went down exited 0 while its report and stderr said adherence was not
     judged: a measurement asked for by name is missing, as an artifact not built (exit 1, the report kept)."""
     import sdopt.bench.runner as runner
@@ -115,7 +115,7 @@ def test_a_judge_that_failed_after_the_bench_makes_the_command_exit_1_with_its_r
     monkeypatch.setenv("SDOPT_JUDGE_URL", "http://127.0.0.1:9/v1")
     monkeypatch.setenv("SDOPT_JUDGE_MODEL", "some-vlm")
     (tmp_path / "prompts.txt").write_text(SHAPES_PROMPTS[0] + "\n")
-    args = ["bench", "int8", "broken", "--reference", "ref", "--prompts", str(tmp_path / "prompts.txt")]
+    args = ["bench", "int8", "broken", "--reference", str(tiny_model), "--prompts", str(tmp_path / "prompts.txt")]  # read for its defaults
     assert main([*args, "--judge", "openai", "-o", str(tmp_path / "judged")]) == 1
     assert "the openai judge failed, so" in (err := capsys.readouterr().err) and "no adherence for ref, int8 (its warnings" in err
     assert main([*args, "--judge", "none", "-o", str(tmp_path / "unjudged")]) == 0  # no judge asked for: none missing

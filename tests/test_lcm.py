@@ -268,6 +268,7 @@ def test_the_bench_runs_a_few_step_model_as_its_own_defaults_say(tiny_lcm, tiny_
     import sdopt.bench.optimize  # noqa: F401 (the module, for monkeypatch)
     from sdopt.bench import runner
     from sdopt.bench.profiles import HardwareProfile
+    from sdopt.bench.artifacts import model_defaults
     from sdopt.bench.settings import BenchSettings
     from sdopt.cli import main
     from sdopt.errors import SdoptError
@@ -288,9 +289,9 @@ def test_the_bench_runs_a_few_step_model_as_its_own_defaults_say(tiny_lcm, tiny_
 
     said = []
     profile = HardwareProfile(name="p", description="", device="cpu", precisions=[], backends=[], bench={"scheduler": "ddim"})
-    settings = BenchSettings.resolve(profile, str(tiny_lcm), said.append)  # the profile's scheduler stands
+    settings = BenchSettings.resolve(profile, model_defaults(str(tiny_lcm)), said.append)  # the profile's scheduler stands
     assert (settings.scheduler, settings.guidance_scale) == ("ddim", 8.5) and "its LCM" not in said[0]
-    plain = BenchSettings.resolve(None, str(tiny_model), said.append)  # scripts/ci_bench.sh's reference: as before, unsaid
+    plain = BenchSettings.resolve(None, model_defaults(str(tiny_model)), said.append)  # scripts/ci_bench.sh's reference: as before, unsaid
     assert (plain.steps, plain.guidance_scale, plain.scheduler) == (4, 7.5, "euler") and len(said) == 1
 
     turbo = tmp_path / "turbo"  # what export --default-steps 1 --default-guidance 0 records, on SD-Turbo's scheduler
@@ -303,5 +304,5 @@ def test_the_bench_runs_a_few_step_model_as_its_own_defaults_say(tiny_lcm, tiny_
     (turbo / "model_index.json").write_text(json.dumps({**index, "scheduler": ["diffusers", "EulerAncestralDiscreteScheduler"]}))
     manifest = json.loads((turbo / "sdopt.json").read_text())
     (turbo / "sdopt.json").write_text(json.dumps({**manifest, "export": {"request_defaults": {"steps": 1, "guidance_scale": 0.0}}}))
-    settings = BenchSettings.resolve(None, str(turbo))
+    settings = BenchSettings.resolve(None, model_defaults(str(turbo)))
     assert (settings.steps, settings.guidance_scale, settings.scheduler) == (1, 0.0, "euler_a")

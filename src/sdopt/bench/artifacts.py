@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sdopt.bench.settings import BenchSettings
+from sdopt.bench.settings import BenchSettings, ModelDefaults
 from sdopt.errors import SdoptError
 from sdopt.manifest import Manifest, fingerprint_of, identity_of, read_manifest
 from sdopt.source import resolve
@@ -143,3 +143,26 @@ def guidance_end_of(entry: Entry) -> float | None:
     """The truncated-guidance fraction an entry's requests run with (its argument's, else the artifact's default); None: off."""
     end = entry.request.get("guidance_end", (entry.manifest.export or {}).get("guidance_end"))
     return None if end is None or end >= 1 else float(end)
+
+
+def model_defaults(reference: str) -> ModelDefaults:
+    """The steps, guidance scale and scheduler a few-step model runs at where a request does not say, as sdopt generate
+    and serve run it (sdopt.runtime.request_defaults; the checkpoint's own scheduler): an LCM's 4 steps at 8.5 with its
+    LCMScheduler, a Turbo artifact's recorded 1 step unguided. BENCH_DEFAULTS' Euler at 7.5 would time and judge a
+    request nobody makes. An ordinary checkpoint gets none: its benches stay comparable with the reports before.
+    Steps only where the model has its own (not sdopt's 20, far slower than the bench's 4)."""
+    from sdopt.runtime.load import checkpoint_scheduler_config
+    from sdopt.runtime.request_defaults import SDOPT_STEPS, request_defaults
+    from sdopt.runtime.schedulers import name_of
+
+    folder = resolve(parse_artifact_arg(reference)[0])
+    manifest = read_manifest(folder)
+    defaults = request_defaults(manifest.model, manifest.export)
+    if defaults.is_sdopts:
+        return ModelDefaults()
+    config = checkpoint_scheduler_config(folder, manifest.scheduler)
+    # Its sdopt name (recorded in the report, compared by the gate); None, the checkpoint's own, where no name builds it alike.
+    own = {"guidance_scale": defaults.guidance_scale, "scheduler": name_of(config)}
+    if defaults.steps != SDOPT_STEPS:
+        own["steps"] = defaults.steps
+    return ModelDefaults(own, defaults.source, str(config.get("_class_name", "PNDMScheduler")))  # scheduler_class's default

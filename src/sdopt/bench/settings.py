@@ -16,31 +16,13 @@ from sdopt.runtime.backends import BACKENDS, device_kind
 from sdopt.runtime.schedulers import check_scheduler
 
 
-def model_defaults(reference: str) -> tuple[dict[str, Any], str, str]:
-    """The steps, guidance scale and scheduler a few-step model runs at where a request does not say, as sdopt generate
-    and serve run it (sdopt.runtime.request_defaults; the checkpoint's own scheduler): an LCM's 4 steps at 8.5 with its
-    LCMScheduler, a Turbo artifact's recorded 1 step unguided. BENCH_DEFAULTS' Euler at 7.5 would time and judge a
-    request nobody makes. An ordinary checkpoint gets none ({}): its benches stay comparable with the reports before.
-    Steps only where the model has its own (not sdopt's 20, far slower than the bench's 4). Returns (settings, where
-    they come from, the scheduler's class)."""
-    from sdopt.bench.artifacts import parse_artifact_arg
-    from sdopt.manifest import read_manifest
-    from sdopt.runtime.load import checkpoint_scheduler_config
-    from sdopt.runtime.request_defaults import SDOPT_STEPS, request_defaults
-    from sdopt.runtime.schedulers import name_of
-    from sdopt.source import resolve
-
-    folder = resolve(parse_artifact_arg(reference)[0])
-    manifest = read_manifest(folder)
-    defaults = request_defaults(manifest.model, manifest.export)
-    if defaults.is_sdopts:
-        return {}, "", ""
-    config = checkpoint_scheduler_config(folder, manifest.scheduler)
-    # Its sdopt name (recorded in the report, compared by the gate); None, the checkpoint's own, where no name builds it alike.
-    own = {"guidance_scale": defaults.guidance_scale, "scheduler": name_of(config)}
-    if defaults.steps != SDOPT_STEPS:
-        own["steps"] = defaults.steps
-    return own, defaults.source, str(config.get("_class_name", "PNDMScheduler"))  # scheduler_class's default
+@dataclass(frozen=True)
+class ModelDefaults:
+    """What a few-step reference runs at where a request does not say (bench.artifacts.model_defaults): the settings
+    (steps, guidance_scale, scheduler; none for an ordinary checkpoint), where they come from, its scheduler's class."""
+    settings: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+    scheduler_class: str = ""
 
 
 @dataclass
@@ -78,11 +60,12 @@ class BenchSettings:
     eta: float | None = None  # ddim and tcd: GenerateRequest's eta (None: 0)
 
     @classmethod
-    def resolve(cls, profile: HardwareProfile | None, reference: str | None = None, say: Callable[[str], None] | None = None,
+    def resolve(cls, profile: HardwareProfile | None, model: ModelDefaults | None = None, say: Callable[[str], None] | None = None,
                 **overrides: Any) -> "BenchSettings":
-        """Command-line values over the profile's [bench] over the defaults: the reference's own (model_defaults) for a
-        few-step model, said to ``say``, else BENCH_DEFAULTS."""
-        own, source, scheduler_class = model_defaults(reference) if reference is not None else ({}, "", "")
+        """Command-line values over the profile's [bench] over the defaults: the reference's own (``model``, from
+        bench.artifacts.model_defaults) for a few-step model, said to ``say``, else BENCH_DEFAULTS."""
+        model = model or ModelDefaults()
+        own, source, scheduler_class = model.settings, model.source, model.scheduler_class
         values, taken = {}, {}
         for key in ("prompts", "seeds", "steps", "height", "width", "guidance_scale", "scheduler", "warmup", "runs", "judge"):
             if overrides.get(key) is not None:

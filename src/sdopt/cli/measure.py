@@ -13,6 +13,7 @@ from sdopt.errors import SdoptError
 
 def _optimize(args: argparse.Namespace) -> int:
     from sdopt.bench.optimize import Floor, optimize
+    from sdopt.bench.artifacts import model_defaults
     from sdopt.bench.settings import BenchSettings
     from sdopt.prompts import read_prompts
 
@@ -31,7 +32,7 @@ def _optimize(args: argparse.Namespace) -> int:
     say = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr))
     # Last: the flags above are refused before the model is read (it names the settings a few-step model is benched at).
     settings = BenchSettings.resolve(
-        None, args.model, say,  # what the user did not give: the model's own where it is a few-step one
+        None, model_defaults(args.model), say,  # what the user did not give: the model's own where it is a few-step one
         prompts=read_prompts(args.prompts) if args.prompts else None,
         seeds=int_list(args.seeds, "--seeds") if args.seeds else None,
         steps=args.steps, height=args.height, width=args.width, guidance_scale=args.guidance,
@@ -57,6 +58,7 @@ def _bench(args: argparse.Namespace) -> int:
     from sdopt.bench.grounding import unjudged_rows
     from sdopt.bench.profiles import load_profile
     from sdopt.bench.runner import check_device_here, check_report_folder, prepare_report_folder, run_bench
+    from sdopt.bench.artifacts import model_defaults
     from sdopt.bench.settings import BenchSettings
     from sdopt.prompts import read_prompts
 
@@ -96,9 +98,10 @@ def _bench(args: argparse.Namespace) -> int:
     seeds = int_list(args.seeds, "--seeds") if args.seeds else None
     say = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr))
     plans, not_built = [], {}
+    model = model_defaults(args.build_from or args.reference)  # a few-step model's own steps, guidance and sampler
     for profile in profiles or [None]:
         settings = BenchSettings.resolve(
-            profile, args.build_from or args.reference, None if plans else say,  # the model's own where the user did not say (once)
+            profile, model, None if plans else say,  # the model's own where the user did not say (once)
             prompts=prompts, seeds=seeds, steps=args.steps, height=args.height, width=args.width, guidance_scale=args.guidance,
             warmup=args.warmup, runs=args.runs, max_seconds=args.max_seconds, scheduler=args.scheduler, eta=args.eta, device=args.device, judge=args.judge,
             rounds=args.rounds, worker_start=args.worker_start, init_image=args.init_image, mask_image=args.mask, strength=args.strength,
