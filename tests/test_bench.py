@@ -611,7 +611,7 @@ def test_a_noisy_row_is_warned_about_and_quantized_weights_are_named():
             {"name": "unknown", "status": "ok", "latency_s": {"rel_mad": 0.01, "others_cpu_share": None}},  # not Linux
             {"name": "failed", "status": "failed"}]
     [warning] = _noisy(rows)
-    assert warning.startswith("timings too noisy to compare: jumpy (spread 90%), crowded (others took 61% of its CPUs): the machine")
+    assert warning.startswith("timings too noisy to compare: jumpy (spread 90%), crowded (others took 61% of its CPUs) (a spread")
     assert _noisy(rows[:1]) == [] and _noisy(rows[3:]) == []
     torchao = {"precision": "fp32", "quantization": {"unet": {"scheme": "int8", "backend": "torchao"}, "text_encoder": {"scheme": "int8", "backend": "torchao"}}}
     assert precision_label({**torchao, "quantization": quantization_label(torchao)}) == "fp32, int8 (torchao) weights"

@@ -320,10 +320,12 @@ def _noisy(rows: list[dict]) -> list[str]:
     named = [f"{r['name']} ({why})" for r in rows if (why := too_noisy(r)) is not None]
     if not named:
         return []
-    return [f"timings too noisy to compare: {', '.join(named)}: the machine was busy while they ran (a spread is the "
-            f"median absolute deviation over the median, past {NOISY_REL_MAD:.0%}; a share is of the CPUs the bench ran "
-            f"on, taken by other processes while it was timed, past {BUSY_OTHERS_SHARE:.0%}); run again on a quiet "
-            "machine, or with --rounds K"]
+    # Said apart: a spread alone is runs that disagree (the tiny model's ONNX row reaches 22% between processes on a
+    # quiet machine, others taking 1%); only a share says other work held the CPUs.
+    return [f"timings too noisy to compare: {', '.join(named)} (a spread is the median absolute deviation of the "
+            f"latency over its median, past {NOISY_REL_MAD:.0%}: its runs disagree; a share is of the CPUs the bench ran "
+            f"on that other processes took while it was timed, past {BUSY_OTHERS_SHARE:.0%}: the machine was busy); "
+            "run again on a quiet machine, or with --rounds K"]
 
 
 def assemble_report(entries: list[Entry], raws: dict[str, dict], settings: BenchSettings, out: Path, profile: HardwareProfile | None = None,
