@@ -159,6 +159,11 @@ def test_a_slowdown_in_rows_the_bench_called_too_noisy_cannot_be_judged(report):
     result = gate(derived(quiet_report, **{"tiny-onnx": slow}), RULES, baseline=crowded)
     assert result.exit_code == 2, table(result)
     assert any(f"{quiet_report['reference']} (baseline, others took 60% of its CPUs)" in n for n in result.notes)
+    # The same crowded reference here, nothing slower: every check passes, and the note says on what
+    result = gate(derived(quiet_report, **{quiet_report["reference"]: {"latency_s.others_cpu_share": 0.6}}), RULES, baseline=quiet_report)
+    assert result.exit_code == 0, table(result)
+    assert any(f"held the CPUs: {quiet_report['reference']} (current, others took 60%)" in n for n in result.notes), result.notes
+    assert not any("held the CPUs" in n for n in gate(quiet_report, RULES, baseline=quiet_report).notes)
 
 
 def test_artifact_missing_from_the_current_report_fails(report):

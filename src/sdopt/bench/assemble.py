@@ -300,17 +300,22 @@ NOISY_REL_MAD = 0.2
 BUSY_OTHERS_SHARE = 0.25
 
 
+def crowded(row: dict) -> float | None:
+    """The share of its CPUs other processes took while a row was timed, where it is past BUSY_OTHERS_SHARE; else None."""
+    share = (row.get("latency_s") or {}).get("others_cpu_share")
+    return share if row.get("status") == "ok" and is_finite_number(share) and share > BUSY_OTHERS_SHARE else None
+
+
 def too_noisy(row: dict) -> str | None:
     """Why a row's timings cannot be compared (its spread past NOISY_REL_MAD, or other processes' share of its
     CPUs past BUSY_OTHERS_SHARE while it was timed), as "spread 44%" / "others took 61% of its CPUs"; else None."""
     if row.get("status") != "ok":
         return None
-    latency = row.get("latency_s") or {}
-    mad, share = latency.get("rel_mad"), latency.get("others_cpu_share")
+    mad, share = (row.get("latency_s") or {}).get("rel_mad"), crowded(row)
     reasons = []
     if is_finite_number(mad) and mad > NOISY_REL_MAD:
         reasons.append(f"spread {mad:.0%}")
-    if is_finite_number(share) and share > BUSY_OTHERS_SHARE:
+    if share is not None:
         reasons.append(f"others took {share:.0%} of its CPUs")
     return ", ".join(reasons) or None
 
