@@ -814,6 +814,9 @@ def test_serve_command_takes_the_key_from_the_environment(tiny_model, monkeypatc
     assert main(["serve", str(tiny_model), "--max-batch", "8"]) == 0
     assert seen["settings"].api_key == "from-env" and seen["settings"].max_batch == 8
     assert seen["options"] == {"device": "cpu", "precision": None}
+    # A PyTorch checkpoint served with its shallow UNet branch, so requests may ask for cache_interval (no flag did it)
+    assert main(["serve", str(tiny_model), "--deep-cache"]) == 0 and seen["options"]["deep_cache"] == 1
+    assert main(["serve", str(tiny_model), "--deep-cache", "3"]) == 0 and seen["options"]["deep_cache"] == 3
 
 
 def test_the_servers_requests_are_answered_in_field_names_not_sdopt_serves_flags(monkeypatch):

@@ -126,7 +126,8 @@ def test_caching_without_the_shallow_branch_says_how_to_get_it(tiny_pipeline):
 
     # the direct fix first, a Python caller's way: export advice ("--deep-cache N") came first to a torch pipeline
     with pytest.raises(SdoptError, match=r"^cache_interval=2 needs the UNet's shallow branch, which this torch pipeline was loaded "
-                                         r"without: load it with deep_cache=True \(step-feature caching\), or ask for cache_interval=1$"):
+                                         r"without: load it with deep_cache=True \(step-feature caching; a server: sdopt serve --deep-cache\), or ask for "
+                                         r"cache_interval=1$"):
         tiny_pipeline.generate(GenerateRequest(**REQUEST, cache_interval=2))
     with pytest.raises(SdoptError, match="cache_interval=0"):
         GenerateRequest(**REQUEST, cache_interval=0).validate()

@@ -19,7 +19,8 @@ def _serve(args: argparse.Namespace) -> int:
         embeddings_dir=args.embeddings_dir, image_dir=args.image_dir,
         steps=args.steps, guidance_scale=args.guidance, scheduler=args.scheduler,
     )
-    load_options = {"device": args.device, "precision": args.precision, **({"reshape": True} if args.reshape else {})}
+    load_options = {"device": args.device, "precision": args.precision, **({"reshape": True} if args.reshape else {}),
+                    **({"deep_cache": args.deep_cache} if args.deep_cache is not None else {})}
     if args.ray is None:
         if args.replicas is not None or args.autoscale or args.gpus_per_replica or args.cpus_per_replica is not None:
             raise SdoptError("--replicas, --autoscale, --cpus-per-replica and --gpus-per-replica go with --ray [ADDRESS] (Ray Serve; docs/ray.md)")
@@ -60,6 +61,10 @@ def add_serve(sub) -> None:
     p.add_argument("--reshape", action="store_true",
                    help="openvino: let a static-shape artifact serve other sizes and batches too (each compiled on first use; "
                         "the built ones stay fastest)")
+    p.add_argument("--deep-cache", nargs="?", type=int, const=1, default=None, metavar="N",
+                   help="torch: load the UNet with its shallow branch, so requests may ask for step-feature caching (cache_interval); "
+                        "N: the interval of requests that do not say (default 1: caching only when asked). Exported artifacts carry "
+                        "theirs (export --deep-cache)")
     p.add_argument("--embeddings-dir", default=None, metavar="DIR",
                    help="textual inversion embeddings (DIR/WORD.safetensors) prompts use by WORD, as AUTOMATIC1111's embeddings folder: "
                         "loaded on the torch backend, those fused at export elsewhere; the others are listed as skipped (docs/serve.md)")

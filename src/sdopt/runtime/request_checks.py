@@ -41,8 +41,10 @@ def _refuse_cache_interval(pipe: Any, request: GenerateRequest) -> None:
     backend = pipe.manifest.backend
     asked, whole = argument("cache_interval", request.cache_interval), argument("cache_interval", 1)
     if "deep_cache" in get_backend(backend).options:
+        # A server's client cannot reload it: its operator can (sdopt serve --deep-cache), which the message names too.
         raise SdoptError(f"{asked} needs the UNet's shallow branch, which this {backend} pipeline was loaded without: load it with "
-                         f"{argument('deep_cache', True)} (step-feature caching), or ask for {whole}", field="cache_interval")
+                         f"{argument('deep_cache', True)} (step-feature caching; a server: sdopt serve --deep-cache), or ask for {whole}",
+                         field="cache_interval")
     target = (pipe.manifest.export or {}).get("target") or "TARGET"
     # sdopt generate loads a PyTorch checkpoint with the branch for a --cache-interval (it has no --deep-cache)
     torch = ("generate from the PyTorch checkpoint" if on_command_line() else
