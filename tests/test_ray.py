@@ -153,6 +153,29 @@ def test_jobs_no_node_can_take_are_reported_at_once(local_cluster, tiny_model, t
     assert row["status"] == "failed" and "no node of the Ray cluster can run" in row["error"] and "h100-node=1" in row["error"]
 
 
+def test_a_ray_address_nobody_listens_at_is_refused_in_seconds():
+    """ray.init retried its GCS connect for over 2 minutes on an address nobody listens at, then raised Ray's traceback."""
+    import socket
+
+    from sdopt.cluster.connect import check_reachable
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    start = time.monotonic()
+    for address, tried in ((f"127.0.0.1:{port}", port), (f"ray://127.0.0.1:{port}", port), ("ray://[::1]:1", 1)):
+        with pytest.raises(SdoptError, match=f"cannot reach the Ray cluster at .*nothing answers at .*:{tried} .*ray start --head"):
+            check_reachable(address)
+    with pytest.raises(SdoptError, match="the port 'x' is not a number"):
+        check_reachable("localhost:x")
+    assert time.monotonic() - start < 5  # refused connections answer at once
+    with socket.socket() as head:
+        head.bind(("127.0.0.1", 0))
+        head.listen()
+        check_reachable(f"127.0.0.1:{head.getsockname()[1]}")  # something listens: left to Ray
+    check_reachable("auto")
+
+
 def test_profile_resources_are_checked_and_several_profiles_need_ray(tmp_path, tiny_model, capsys):
     from sdopt.cli import main
 

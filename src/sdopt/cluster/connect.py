@@ -26,6 +26,8 @@ def cluster(address: str | None, local_resources: dict[str, float] | None = None
     started_here = False
     if not ray.is_initialized():
         quiet = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+        if address:
+            check_reachable(address)  # before ray.init, which waits minutes on an address nobody listens at
         try:
             if address:
                 ray.init(address=address, **quiet)
@@ -44,6 +46,36 @@ def cluster(address: str | None, local_resources: dict[str, float] | None = None
     finally:
         if started_here:
             ray.shutdown()
+
+
+# Where a Ray address names no port: the client server's (ray://) and the head's GCS (host alone), Ray's defaults.
+_DEFAULT_PORTS = {"ray": 10001, "": 6379}
+REACH_TIMEOUT_S = 5.0
+
+
+def check_reachable(address: str) -> None:
+    """Refuse an address nothing listens at, in seconds: ray.init retried its GCS connect for minutes there (seen: over
+    2 min, then Ray's own traceback). "auto" (this machine's running cluster, found by Ray) is left to Ray."""
+    import socket
+
+    if address == "auto":
+        return
+    scheme, _, rest = address.rpartition("://")
+    rest = rest.partition("/")[0]
+    host, _, port = rest.rpartition(":") if ":" in rest else (rest, "", "")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]  # [::1]:6379
+    elif ":" in host:
+        return  # a bare IPv6 address (its port cannot be told from it): left to Ray
+    try:
+        port_number = int(port) if port else _DEFAULT_PORTS.get(scheme, 6379)
+    except ValueError:
+        raise SdoptError(f"--ray {address}: the port {port!r} is not a number; give ray://HOST:10001, HOST:6379 or auto") from None
+    try:
+        socket.create_connection((host or "127.0.0.1", port_number), timeout=REACH_TIMEOUT_S).close()
+    except OSError as exc:
+        raise SdoptError(f"cannot reach the Ray cluster at {address}: nothing answers at {host or '127.0.0.1'}:{port_number} ({exc}). "
+                         "Start one with `ray start --head` and pass its address (docs/ray.md), or leave the address out for a local one") from None
 
 
 def describe() -> dict[str, Any]:
