@@ -21,6 +21,21 @@ def tiny_lcm(tmp_path_factory):
 
 
 @pytest.mark.parametrize("guidance", [8.5, 2.0])
+def _on_turbos_scheduler(model, folder):
+    """A copy of ``model`` on SD-Turbo's scheduler (Euler ancestral, trailing timesteps), as its checkpoint ships."""
+    import json
+    import shutil
+
+    shutil.copytree(model, folder)
+    config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    config.update({"_class_name": "EulerAncestralDiscreteScheduler", "timestep_spacing": "trailing"})
+    config.pop("skip_prk_steps", None)
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(config))
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "scheduler": ["diffusers", "EulerAncestralDiscreteScheduler"]}))
+    return folder
+
+
 def test_a_latent_consistency_model_matches_diffusers(tiny_lcm, guidance):
     """An LCM-distilled UNet (guidance embedded: timestep_cond) under LCMScheduler, against Diffusers'
     LatentConsistencyModelPipeline: one UNet pass per step whatever the guidance scale, and a negative
@@ -208,19 +223,9 @@ def test_an_sdxl_lcm_unet_matches_diffusers_sdxl_pipeline(tmp_path):
 def test_a_turbo_checkpoint_needs_nothing_more(tiny_model, tmp_path, steps):
     """SD-Turbo's recipe — its own scheduler config (Euler ancestral, trailing timesteps), guidance 0, 1-4 steps — is what
     the loop already reads: Diffusers' StableDiffusionPipeline on the same folder, bit for bit."""
-    import json
-    import shutil
-
     from diffusers import StableDiffusionPipeline
 
-    folder = tmp_path / "turbo"
-    shutil.copytree(tiny_model, folder)
-    config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
-    config.update({"_class_name": "EulerAncestralDiscreteScheduler", "timestep_spacing": "trailing"})
-    config.pop("skip_prk_steps", None)
-    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(config))
-    index = json.loads((folder / "model_index.json").read_text())
-    (folder / "model_index.json").write_text(json.dumps({**index, "scheduler": ["diffusers", "EulerAncestralDiscreteScheduler"]}))
+    folder = _on_turbos_scheduler(tiny_model, tmp_path / "turbo")
     (folder / "sdopt.json").unlink(missing_ok=True)  # a Diffusers folder again: read as it is now
     request = GenerateRequest(**{**SMALL, "guidance_scale": 0.0, "steps": steps}, num_images=2)
     with sdopt.load(folder) as pipe:
@@ -262,7 +267,6 @@ def test_the_bench_runs_a_few_step_model_as_its_own_defaults_say(tiny_lcm, tiny_
     (4 steps at 8.5 with its LCMScheduler; a Turbo artifact's recorded 1 step unguided), and said; an ordinary checkpoint
     benches as before (the committed baselines' requests). Stopped before any worker runs."""
     import json
-    import shutil
     import sys
 
     import sdopt.bench.optimize  # noqa: F401 (the module, for monkeypatch)
@@ -294,14 +298,7 @@ def test_the_bench_runs_a_few_step_model_as_its_own_defaults_say(tiny_lcm, tiny_
     plain = BenchSettings.resolve(None, model_defaults(str(tiny_model)), said.append)  # scripts/ci_bench.sh's reference: as before, unsaid
     assert (plain.steps, plain.guidance_scale, plain.scheduler) == (4, 7.5, "euler") and len(said) == 1
 
-    turbo = tmp_path / "turbo"  # what export --default-steps 1 --default-guidance 0 records, on SD-Turbo's scheduler
-    shutil.copytree(tiny_model, turbo)
-    config = json.loads((turbo / "scheduler" / "scheduler_config.json").read_text())
-    config.update({"_class_name": "EulerAncestralDiscreteScheduler", "timestep_spacing": "trailing"})
-    config.pop("skip_prk_steps", None)
-    (turbo / "scheduler" / "scheduler_config.json").write_text(json.dumps(config))
-    index = json.loads((turbo / "model_index.json").read_text())
-    (turbo / "model_index.json").write_text(json.dumps({**index, "scheduler": ["diffusers", "EulerAncestralDiscreteScheduler"]}))
+    turbo = _on_turbos_scheduler(tiny_model, tmp_path / "turbo")  # what export --default-steps 1 --default-guidance 0 records
     manifest = json.loads((turbo / "sdopt.json").read_text())
     (turbo / "sdopt.json").write_text(json.dumps({**manifest, "export": {"request_defaults": {"steps": 1, "guidance_scale": 0.0}}}))
     settings = BenchSettings.resolve(None, model_defaults(str(turbo)))
