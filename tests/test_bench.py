@@ -149,6 +149,21 @@ def test_unknown_profile_lists_the_known_ones():
     assert {"cpu-avx512", "cpu-generic", "cuda-h100", "cuda-l4", "cuda-rtx4090"} <= set(available_profiles())
     with pytest.raises(SdoptError, match="unknown profile 'tpu-v9'; known profiles: cpu-avx512"):
         load_profile("tpu-v9")
+    with pytest.raises(SdoptError, match=r"unknown profile 'cpu-avx521' \(did you mean cpu-avx512\?\)"):
+        load_profile("cpu-avx521")
+
+
+def test_a_profile_path_is_read_as_a_path_whatever_the_case_of_its_suffix(tmp_path):
+    """x.TOML (or a path to a missing file) was looked up as a profile's name: "unknown profile 'x.TOML'"."""
+    from sdopt.bench.profiles import search_path
+
+    text = (next(f for f in search_path() if (f / "cpu-generic.toml").is_file()) / "cpu-generic.toml").read_text()
+    (tmp_path / "mine.TOML").write_text(text)
+    assert load_profile(str(tmp_path / "mine.TOML")).name == "cpu-generic"
+    with pytest.raises(SdoptError, match=r"profile file .*missing\.toml does not exist: give the path of a \.toml profile"):
+        load_profile(str(tmp_path / "missing.toml"))
+    with pytest.raises(SdoptError, match="is a folder"):
+        load_profile(str(tmp_path))
 
 
 def test_a_folder_named_like_a_profile_is_not_listed_as_one(tmp_path, monkeypatch):
