@@ -663,3 +663,21 @@ def test_the_pareto_plot_rings_a_front_of_one_point_and_keeps_every_label_inside
     two = pareto_figure([row("reference", 1.0, 100.0), row("fast", 0.5, 40.0), row("slow", 2.0, 30.0)])
     [line] = two.axes[0].get_legend().legend_handles
     assert line.get_linestyle() == "--" and two.axes[0].get_legend().get_texts()[0].get_text() == "Pareto front"
+
+
+def test_the_latency_plot_legend_covers_no_bar():
+    """The legend sat inside the axes at the lower right, over the end of the last artifact's bar when it was the
+    slowest (tiny-int8 in a tiny bench)."""
+    from sdopt.bench.html import latency_figure
+
+    def row(name, text, unet, vae):
+        return {"artifact": name, "latency_median_s": text + unet + vae, "text_encoder_s": text, "unet_per_image_s": unet,
+                "vae_decoder_s": vae, "other_s": 0.0, "unet_step_s": unet / 4}
+
+    fig = latency_figure([row("tiny", 0.02, 0.9, 0.08), row("tiny-onnx", 0.01, 0.08, 0.02), row("tiny-int8", 0.07, 1.4, 0.05)], steps=4)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    legend = ax.get_legend().get_window_extent(renderer)
+    bars = [p.get_window_extent(renderer) for p in ax.patches if p.get_width() > 0]
+    assert bars and not [b for b in bars if legend.overlaps(b)]

@@ -32,10 +32,14 @@ def _image_uri(array: np.ndarray) -> str:
 
 
 def _latency_plot(rows, report) -> str:
+    return _png(latency_figure(rows, report["request"]["steps"]))
+
+
+def latency_figure(rows, steps: int):
+    """Each artifact's bar of its stages' medians per image (a matplotlib figure)."""
     import matplotlib.pyplot as plt
 
     ok = [r for r in rows if r["latency_median_s"]]
-    steps = report["request"]["steps"]
     fig, ax = plt.subplots(figsize=(8, 0.5 + 0.45 * len(ok)))
     names = [r["artifact"] for r in ok]
     te = np.array([r["text_encoder_s"] for r in ok])
@@ -53,8 +57,9 @@ def _latency_plot(rows, report) -> str:
     ax.invert_yaxis()
     ax.set_xlabel("seconds per image (each stage's median)")
     ax.set_title("Latency per artifact and stage")
-    ax.legend(loc="lower right", fontsize=8)
-    return _png(fig)
+    # Beside the axes, not on them: inside, "lower right" covered the end of the slowest artifact's bar.
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
+    return fig
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
