@@ -681,3 +681,25 @@ def test_the_latency_plot_legend_covers_no_bar():
     legend = ax.get_legend().get_window_extent(renderer)
     bars = [p.get_window_extent(renderer) for p in ax.patches if p.get_width() > 0]
     assert bars and not [b for b in bars if legend.overlaps(b)]
+
+
+def _small_report(warnings=()):
+    """A report of two rows, the second failed, as render_html reads it (no images: the grid says so)."""
+    ok = {"name": "tiny", "backend": "torch", "precision": "fp32", "status": "ok", "size_bytes": 6 * 2**20, "peak_memory_bytes": 500 * 2**20,
+          "latency_s": {"median": 1.0, "p90": 1.2}, "latency_ratio_to_reference": 1.0, "quality": {"psnr_db": 100.0},
+          "stages_s": {"text_encoder": 0.02, "unet_step": 0.2, "vae_decoder": 0.08, "unet_total": 0.8, "other": 0.01}}
+    failed = {"name": "tiny-bad", "backend": "torch", "precision": "fp32", "status": "failed", "size_bytes": 6 * 2**20,
+              "error": "tiny-bad/unet/diffusion_pytorch_model.safetensors does not match the sha256 recorded in sdopt.json"}
+    return {"request": {"prompts": ["p"], "seeds": [0], "steps": 4, "height": 64, "width": 64, "guidance_scale": 7.5, "scheduler": "euler"},
+            "machine": {"cpu": {"model": "AMD EPYC", "usable_cores": 2, "isa": ["avx2", "avx512_bf16"]}, "libraries": {}},
+            "sdopt_version": "0", "reference": "tiny", "created": "now", "settings": {"runs": 1, "warmup": 0},
+            "warnings": list(warnings), "artifacts": [ok, failed]}
+
+
+def test_a_failed_rows_error_is_said_under_failures_not_in_its_table_cell(tmp_path):
+    """The error sat in the HTML table's status cell too, and a sha256 mismatch's widened the table past the window."""
+    from sdopt.bench.html import render_html
+
+    page = render_html(_small_report(), tmp_path)
+    assert "<td>failed</td>" in page and page.count("does not match the sha256") == 1
+    assert page.index("<h3>Failures</h3>") < page.index("does not match the sha256")
