@@ -696,10 +696,27 @@ def _small_report(warnings=()):
             "warnings": list(warnings), "artifacts": [ok, failed]}
 
 
-def test_a_failed_rows_error_is_said_under_failures_not_in_its_table_cell(tmp_path):
+@pytest.fixture
+def render_html(monkeypatch):
+    """render_html without drawing its plots (a second each)."""
+    from sdopt.bench import html
+
+    for plot in ("_latency_plot", "_pareto_plot", "_memory_plot"):
+        monkeypatch.setattr(html, plot, lambda *args: "data:image/png;base64,")
+    return html.render_html
+
+
+def test_a_failed_rows_error_is_said_under_failures_not_in_its_table_cell(tmp_path, render_html):
     """The error sat in the HTML table's status cell too, and a sha256 mismatch's widened the table past the window."""
-    from sdopt.bench.html import render_html
 
     page = render_html(_small_report(), tmp_path)
     assert "<td>failed</td>" in page and page.count("does not match the sha256") == 1
     assert page.index("<h3>Failures</h3>") < page.index("does not match the sha256")
+
+
+def test_the_warnings_stand_out_in_report_html(tmp_path, render_html):
+    """"timings too noisy to compare" was the summary list's last plain bullet in report.html, below the creation date."""
+    noisy = "timings too noisy to compare: tiny (others took 70% of its CPUs)"
+    page = render_html(_small_report([noisy]), tmp_path)
+    assert f"<p class='warning'><strong>Warning:</strong> {noisy}</p>" in page and page.count(noisy) == 1
+    assert page.index(noisy) < page.index("<h2>Results</h2>") and ".warning{" in page

@@ -192,7 +192,7 @@ td:first-child,th:first-child{text-align:left}.failed{background:#fde2e2}
 .grid{display:flex;flex-wrap:wrap;gap:12px}figure{margin:0;text-align:center;font-size:12px}
 figure img{display:block;width:192px;height:192px;image-rendering:pixelated;margin-bottom:3px}
 .ref{width:192px;height:192px;display:flex;align-items:center;justify-content:center;background:#eee;color:#666}
-.plots img{max-width:100%}
+.plots img{max-width:100%}.warning{background:#fff3cd;border-left:5px solid #e0a800;padding:8px 12px;max-width:1100px}
 """
 
 
@@ -239,7 +239,11 @@ def render_html(report: dict, out: Path) -> str:
         plots.append(_memory_plot(ok_rows))
     paragraphs = markdown(report).split("\n\n")
     summary = paragraphs[1]  # the bullet list: machine, software, request
-    summary_html = "<ul>" + "".join(f"<li>{html.escape(line[2:].replace('**', ''))}</li>" for line in summary.splitlines()) + "</ul>"
+    # The warnings (timings too noisy to compare, an interrupted run) in a box of their own above the table: as the
+    # summary's last plain bullet they read like the creation date.
+    summary_html = "<ul>" + "".join(f"<li>{html.escape(line[2:].replace('**', ''))}</li>" for line in summary.splitlines()
+                                    if not line.startswith("- **warning**")) + "</ul>"
+    warnings_html = "".join(f"<p class='warning'><strong>Warning:</strong> {html.escape(w)}</p>" for w in report.get("warnings", []))
     # What report.md says below its table (how each column is measured, levers, budgets, failures, per-stage rates).
     table_at = next((i for i, p in enumerate(paragraphs) if p.startswith("| artifact")), len(paragraphs))
     notes_html = "".join(_paragraph_html(p) for p in paragraphs[table_at + 1:] if p.strip())
@@ -248,6 +252,7 @@ def render_html(report: dict, out: Path) -> str:
 <body>
 <h1>sdopt bench report{html.escape(' — ' + report['profile']) if report.get('profile') else ''}</h1>
 {summary_html}
+{warnings_html}
 <h2>Results</h2>
 <table><tr>{''.join(f'<th>{h}</th>' for h in header)}</tr>{''.join(body)}</table>
 {notes_html}
