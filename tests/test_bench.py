@@ -720,3 +720,10 @@ def test_the_warnings_stand_out_in_report_html(tmp_path, render_html):
     page = render_html(_small_report([noisy]), tmp_path)
     assert f"<p class='warning'><strong>Warning:</strong> {noisy}</p>" in page and page.count(noisy) == 1
     assert page.index(noisy) < page.index("<h2>Results</h2>") and ".warning{" in page
+
+
+def test_the_plots_name_the_machine_and_request_they_measured(tmp_path, render_html):
+    """The CPU and its ISA features were named only at the top of report.html, a screen away from the plots."""
+    page = render_html(_small_report(), tmp_path)
+    plots = page[page.index("<h2>Plots</h2>"):page.index("<div class=\"plots\">")]
+    assert "machine: AMD EPYC (2 cores; avx2 avx512_bf16)" in plots and "request: 1 prompt(s)" in plots

@@ -243,6 +243,9 @@ def render_html(report: dict, out: Path) -> str:
     # summary's last plain bullet they read like the creation date.
     summary_html = "<ul>" + "".join(f"<li>{html.escape(line[2:].replace('**', ''))}</li>" for line in summary.splitlines()
                                     if not line.startswith("- **warning**")) + "</ul>"
+    # The plots (and a screenshot of them) say what machine and request they measured: both were only at the top.
+    setting = [line[2:].replace("**", "") for line in summary.splitlines() if line.startswith(("- machine: ", "- request: "))]
+    setting_html = f"<p class='setting'>{html.escape('; '.join(setting))}</p>"
     warnings_html = "".join(f"<p class='warning'><strong>Warning:</strong> {html.escape(w)}</p>" for w in report.get("warnings", []))
     # What report.md says below its table (how each column is measured, levers, budgets, failures, per-stage rates).
     table_at = next((i for i, p in enumerate(paragraphs) if p.startswith("| artifact")), len(paragraphs))
@@ -257,6 +260,7 @@ def render_html(report: dict, out: Path) -> str:
 <table><tr>{''.join(f'<th>{h}</th>' for h in header)}</tr>{''.join(body)}</table>
 {notes_html}
 <h2>Plots</h2>
+{setting_html}
 <div class="plots">{''.join(f"<p><img src='{p}' alt='plot'></p>" for p in plots)}</div>
 <h2>Images: reference beside each artifact, same prompt and seed, with the difference (×4) below</h2>
 {_image_grid(report, out)}
