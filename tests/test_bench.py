@@ -628,6 +628,7 @@ def test_a_noisy_row_is_warned_about_and_quantized_weights_are_named():
     [warning] = _noisy(rows)
     assert warning.startswith("timings too noisy to compare: jumpy (spread 90%), crowded (others took 61% of its CPUs) (a spread")
     assert _noisy(rows[:1]) == [] and _noisy(rows[3:]) == []
+    assert warning.endswith("or with --rounds K") and _noisy(rows, rounds=2)[0].endswith("or with more rounds than 2")
     torchao = {"precision": "fp32", "quantization": {"unet": {"scheme": "int8", "backend": "torchao"}, "text_encoder": {"scheme": "int8", "backend": "torchao"}}}
     assert precision_label({**torchao, "quantization": quantization_label(torchao)}) == "fp32, int8 (torchao) weights"
     static = {"precision": "bf16", "quantization": {"unet": {"scheme": "int8-static", "backend": "nncf"}}}

@@ -320,8 +320,9 @@ def too_noisy(row: dict) -> str | None:
     return ", ".join(reasons) or None
 
 
-def _noisy(rows: list[dict]) -> list[str]:
-    """A warning naming the rows whose timings cannot be compared (the machine was busy)."""
+def _noisy(rows: list[dict], rounds: int = 1) -> list[str]:
+    """A warning naming the rows whose timings cannot be compared (the machine was busy); ``rounds``, the bench's, for
+    its advice (a bench that ran --rounds 2 was told to run "with --rounds K")."""
     named = [f"{r['name']} ({why})" for r in rows if (why := too_noisy(r)) is not None]
     if not named:
         return []
@@ -330,7 +331,7 @@ def _noisy(rows: list[dict]) -> list[str]:
     return [f"timings too noisy to compare: {', '.join(named)} (a spread is the median absolute deviation of the "
             f"latency over its median, past {NOISY_REL_MAD:.0%}: its runs disagree; a share is of the CPUs the bench ran "
             f"on that other processes took while it was timed, past {BUSY_OTHERS_SHARE:.0%}: the machine was busy); "
-            "run again on a quiet machine, or with --rounds K"]
+            "run again on a quiet machine, or with " + ("--rounds K" if rounds <= 1 else f"more rounds than {rounds}")]
 
 
 def assemble_report(entries: list[Entry], raws: dict[str, dict], settings: BenchSettings, out: Path, profile: HardwareProfile | None = None,
@@ -378,7 +379,7 @@ def assemble_report(entries: list[Entry], raws: dict[str, dict], settings: Bench
     mismatch = [w for w in [profile.mismatch(machine) if profile else None] if w]
     for w in mismatch:
         print(f"sdopt bench: warning: {w}", file=sys.stderr)
-    warnings = [*mismatch, *_calibrated_on_the_measured_image(entries, settings), *_noisy(rows), *warnings]
+    warnings = [*mismatch, *_calibrated_on_the_measured_image(entries, settings), *_noisy(rows, settings.rounds or 1), *warnings]
     report = {
         "schema": REPORT_SCHEMA,
         "schema_version": REPORT_SCHEMA_VERSION,
