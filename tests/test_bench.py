@@ -4,6 +4,7 @@ import json
 import re
 import shutil
 
+import numpy as np
 import pytest
 
 from sdopt import SdoptError
@@ -728,3 +729,15 @@ def test_the_plots_name_the_machine_and_request_they_measured(tmp_path, render_h
     page = render_html(_small_report(), tmp_path)
     plots = page[page.index("<h2>Plots</h2>"):page.index("<div class=\"plots\">")]
     assert "machine: AMD EPYC (2 cores; avx2 avx512_bf16)" in plots and "request: 1 prompt(s)" in plots
+
+
+def test_the_image_grid_says_what_a_difference_maps_colours_mean(tmp_path, render_html):
+    """The grid's heading said "difference (×4)" and no more: not what black, purple or yellow stood for."""
+    from sdopt.bench.html import _diff_heatmap
+
+    page = render_html(_small_report(), tmp_path)
+    assert "black is identical, purple about 10-20 levels of 255, orange about 40, yellow 64 or more" in page
+    ref = np.zeros((1, 3, 3), np.uint8)
+    image = np.array([[[0, 0, 0], [15, 15, 15], [64, 64, 64]]], np.uint8)
+    black, purple, yellow = _diff_heatmap(ref, image)[0].astype(int)
+    assert black.sum() < 10 and purple[2] > purple[1] and yellow[0] > 200 and yellow[1] > 200

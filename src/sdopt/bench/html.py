@@ -145,12 +145,18 @@ def _memory_plot(rows) -> str:
     return _png(fig)
 
 
+# What a difference map's colours mean (its "×4" alone did not say what black or yellow stood for).
+_DIFF_AMPLIFY = 4
+_DIFF_SCALE = (f"A difference map is |artifact − reference| per pixel, averaged over R, G and B, times {_DIFF_AMPLIFY}, in the "
+               f"'inferno' colours: black is identical, purple about 10-20 levels of 255, orange about 40, yellow {255 / _DIFF_AMPLIFY:.0f} or more.")
+
+
 def _diff_heatmap(reference: np.ndarray, image: np.ndarray) -> np.ndarray:
     """|difference| averaged over channels, amplified ×4, in the 'inferno' colour map."""
     from matplotlib import colormaps
 
     diff = np.abs(reference.astype(np.float32) - image.astype(np.float32)).mean(axis=2)
-    rgba = colormaps["inferno"](np.clip(diff * 4 / 255.0, 0, 1))
+    rgba = colormaps["inferno"](np.clip(diff * _DIFF_AMPLIFY / 255.0, 0, 1))
     return (rgba[..., :3] * 255).astype(np.uint8)
 
 
@@ -263,6 +269,7 @@ def render_html(report: dict, out: Path) -> str:
 {setting_html}
 <div class="plots">{''.join(f"<p><img src='{p}' alt='plot'></p>" for p in plots)}</div>
 <h2>Images: reference beside each artifact, same prompt and seed, with the difference (×4) below</h2>
+<p>{_DIFF_SCALE}</p>
 {_image_grid(report, out)}
 </body></html>
 """
