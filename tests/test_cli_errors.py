@@ -27,6 +27,9 @@ def _gen(model, *extra):
         (["--height", "100"], "multiple of 8"),
         (["--width", "4096"], "between 64 and 2048"),
         (["--steps", "0"], "must be an integer from 1 to 1000"),
+        # the tiny model's own PNDM (SD 1.5's) with steps_offset 1: timestep 1000 was an IndexError after the whole run
+        (["--steps", "1000"], "would step at timestep 1000, past the 1000 it was trained on: ask for 999 or fewer"),
+        (["--steps", "1000", "--scheduler", "ddim"], "DDIMScheduler on this checkpoint's schedule"),
         (["--guidance", "-2"], "must be a finite number from 0 to 50"),
         (["--scheduler", "nope"], "known schedulers: ddim, euler, euler_a"),
         (["--scheduler", "tcd", "--eta", "2"], "eta=2.0: must be a number from 0 to 1"),

@@ -114,6 +114,8 @@ def check_steps(scheduler: Any, request: Any) -> None:
     if request.image_to_image and "strength" not in inspect.signature(scheduler.set_timesteps).parameters:
         check_strength_steps(steps, strength)
     original = getattr(scheduler.config, "original_inference_steps", None)
+    if not original:
+        _check_last_timestep(scheduler, steps)
     most = int(original * strength) if original else None
     if most is None or steps <= most:
         return
@@ -123,6 +125,23 @@ def check_steps(scheduler: Any, request: Any) -> None:
     where = f"{original} x strength {strength:g}" if strength < 1 else f"the {original} steps it was distilled on, original_inference_steps"
     raise SdoptError(f"steps={steps}: {type(scheduler).__name__} runs at most {most} steps here ({where}): ask for {most} or fewer"
                      + (", or a higher strength" if strength < 1 else "") + f", or another sampler ({argument('scheduler')})", field="steps")
+
+
+def _check_last_timestep(scheduler: Any, steps: int) -> None:
+    """DDIM and PNDM (SD 1.5's own) add the checkpoint's steps_offset (1) to every timestep: at 1000 steps that reaches
+    timestep 1000, past the 0-999 the model was trained on, and Diffusers indexed its schedule out of range (an
+    IndexError traceback at the last step, after the whole generation). Said before any work, with the most it takes."""
+    trained = getattr(scheduler.config, "num_train_timesteps", None)
+    if not trained:
+        return
+    scheduler.set_timesteps(steps, device="cpu")  # cheap; the pipeline sets them again for its run
+    if int(max(scheduler.timesteps)) < trained:
+        return
+    offset = int(getattr(scheduler.config, "steps_offset", 0) or 0)
+    most = trained - max(offset, 1)
+    raise SdoptError(f"steps={steps}: {type(scheduler).__name__} on this checkpoint's schedule (steps_offset "
+                     f"{offset}) would step at timestep {int(max(scheduler.timesteps))}, past the "
+                     f"{trained} it was trained on: ask for {most} or fewer, or another sampler ({argument('scheduler')})", field="steps")
 
 
 def scheduler_class(name: str | None, config: dict[str, Any] | None = None):
