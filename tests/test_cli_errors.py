@@ -469,3 +469,19 @@ def test_load_refuses_a_wrong_kind_of_verify_or_precision(tiny_model, keywords, 
 
     with pytest.raises(sdopt.SdoptError, match=message):
         sdopt.load(tiny_model, **keywords)
+
+
+def test_every_flag_says_what_it_does_and_init_model_takes_quiet(monkeypatch, tmp_path):
+    """`-q` of train-shapes, distill-decoder, bench and optimize, bench's --steps/--height/--width, optimize's --device,
+    --steps, --guidance... showed in --help with no text at all; init-model printed a progress bar and had no -q."""
+    from sdopt.cli import build_parser
+    import sdopt.zoo
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    bare = [f"{name} {'/'.join(a.option_strings)}" for name, p in sub.choices.items() for a in p._actions
+            if a.option_strings and a.dest != "help" and not a.help]
+    assert not bare, bare
+    seen = {}
+    monkeypatch.setattr(sdopt.zoo, "write_model", lambda name, out, **kw: seen.update(kw) or out)
+    assert main(["init-model", "tiny", str(tmp_path / "m"), "-q"]) == 0
+    assert seen["progress"] is False

@@ -207,7 +207,7 @@ def add_generate(sub) -> None:
     p = sub.add_parser("generate", help="generate images with any artifact")
     p.add_argument("artifact", help="artifact folder, Diffusers model folder, or hub id")
     p.add_argument("--prompt", "-p", action="append", help="the prompt (repeat for several)")
-    p.add_argument("--negative-prompt", "-n", default=None)
+    p.add_argument("--negative-prompt", "-n", default=None, help="what the images should not show (with guidance; default: none)")
     p.add_argument("--prompt-emphasis", action=argparse.BooleanOptionalAction, default=None,
                    help="read AUTOMATIC1111's emphasis in the prompts: (word) x1.1, (word:1.5), [word] /1.1, \\( for a literal bracket "
                         "(default: prompts are plain text, as in Diffusers; an AUTOMATIC1111 image's --parameters-from turns it on)")

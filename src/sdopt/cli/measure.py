@@ -219,17 +219,17 @@ def add_bench(sub) -> None:
     p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="run each artifact as a Ray task on a node of its profile's kind ([resources] in the profile): on the cluster at ADDRESS "
                         "(ray://HOST:10001, HOST:6379 or auto), else on a local one started for the run; artifacts must be on a path every node sees (docs/ray.md)")
-    p.add_argument("--prompts", help="file with one prompt per line")
-    p.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--height", type=int)
-    p.add_argument("--width", type=int)
+    p.add_argument("--prompts", help="file with one prompt per line (default: the profile's, else two built-in prompts)")
+    p.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (default: the profile's, else 0,1)")
+    p.add_argument("--steps", type=int, help="denoising steps (default: the profile's, else the reference's own for a few-step model, else 4)")
+    p.add_argument("--height", type=int, help="image height in pixels, a multiple of 8 (default: the profile's, else 256)")
+    p.add_argument("--width", type=int, help="image width in pixels, a multiple of 8 (default: the profile's, else 256)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the profile's, else the reference's own "
                    "for a few-step model (8.5 for an LCM), else 7.5)")
     p.add_argument("--scheduler", help="default: the profile's, else the reference's own for a few-step model (lcm for an LCM), else euler")
     add_eta_flag(p)
-    p.add_argument("--warmup", type=int, help="warm-up generate calls before measuring")
-    p.add_argument("--runs", type=int, help="measured passes over all prompts and seeds")
+    p.add_argument("--warmup", type=int, help="warm-up generate calls before measuring (default: the profile's, else 1)")
+    p.add_argument("--runs", type=int, help="measured passes over all prompts and seeds (default: the profile's, else 3)")
     p.add_argument("--rounds", type=int, default=None, metavar="K",
                    help="go over every artifact K times, the order rotating, each time a fresh process with its warm-up and --runs; "
                         "the rows join every round's samples, so a shared machine's slow minutes land on every artifact alike (default 1)")
@@ -241,7 +241,7 @@ def add_bench(sub) -> None:
                    "openai (a VLM behind an OpenAI-compatible API: SDOPT_JUDGE_URL, SDOPT_JUDGE_MODEL, SDOPT_JUDGE_API_KEY), "
                    "transformers (a local VLM folder in SDOPT_JUDGE_MODEL); docs/judges.md")
     p.add_argument("--timeout", type=float, default=None, help="seconds an artifact may take before it is recorded as failed")
-    p.add_argument("--quiet", "-q", action="store_true")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or notes (the report and warnings are still printed)")
     p.add_argument("-o", "--output", required=True, help="report folder (created if missing; other files in it are kept)")
     p.add_argument("--force", action="store_true", help="bench into a report folder that holds another bench's report: its report "
                    "files and raw/ results are removed first (other files in the folder are kept)")
@@ -253,7 +253,7 @@ def add_optimize(sub) -> None:
     p.add_argument("model", help="Diffusers model folder (or hub id) in full precision")
     p.add_argument("-o", "--output", required=True, help="output artifact folder (the chosen candidate, with its bench report in optimize/)")
     p.add_argument("--work", default=None, help="where candidates are built and kept, so a second run resumes (default: OUTPUT.work)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="where the candidates are built for and benched: cpu or cuda (default cpu)")
     p.add_argument("--min-psnr", type=float, default=None, help="floor for exact candidates: worst-case PSNR vs fp32 in dB (default 30)")
     p.add_argument("--min-adherence", type=float, default=None, help="floor for levers (tiny decoder, caching): adherence at least this, "
                    "besides within 0.05 of fp32's (the shapes judge; without it levers must hold the PSNR floor)")
@@ -261,11 +261,12 @@ def add_optimize(sub) -> None:
                    "(default: --min-psnr; levers change the computation, so 30 dB is usually out of their reach)")
     p.add_argument("--prompts", default=None, help="prompt file, one per line (default: the bench's)")
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1)")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--height", type=int, default=None)
-    p.add_argument("--width", type=int, default=None)
-    p.add_argument("--guidance", type=float, default=None)
-    p.add_argument("--scheduler", default=None)
+    p.add_argument("--steps", type=int, default=None, help="denoising steps of the bench (default: the model's own for a few-step model, else 4, as sdopt bench)")
+    p.add_argument("--height", type=int, default=None, help="image height in pixels of the bench, a multiple of 8 (default 256)")
+    p.add_argument("--width", type=int, default=None, help="image width in pixels of the bench, a multiple of 8 (default 256)")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale of the bench (default: the model's own "
+                   "for a few-step model (8.5 for an LCM), else 7.5)")
+    p.add_argument("--scheduler", default=None, help="scheduler of the bench (default: the model's own for a few-step model, else euler)")
     add_eta_flag(p)
     p.add_argument("--runs", type=int, default=None, help="timed runs per candidate (default 3)")
     p.add_argument("--rounds", type=int, default=None, metavar="K",
@@ -284,7 +285,7 @@ def add_optimize(sub) -> None:
     p.add_argument("--distill-steps", type=int, default=None, help="training steps of the tiny-decoder candidates (default 1500; fewer for big models)")
     p.add_argument("--rebench", action="store_true", help="measure again even where the work folder holds a bench of the same candidates and settings")
     p.add_argument("--force", action="store_true", help="replace the output folder if it exists")
-    p.add_argument("--quiet", "-q", action="store_true")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or notes (the candidates' table is still printed)")
     p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="build the candidates in parallel and bench them on a Ray cluster (at ADDRESS, else a local one); the work folder must be on a path every node sees (docs/ray.md)")
     p.add_argument("--ray-kind", default=None, metavar="RESOURCE",

@@ -11,7 +11,7 @@ import json
 def _init_model(args: argparse.Namespace) -> int:
     from sdopt.zoo import write_model
 
-    out = write_model(args.name, args.out, seed=args.seed, force=args.force)
+    out = write_model(args.name, args.out, seed=args.seed, progress=not args.quiet, force=args.force)
     print(out)
     return 0
 
@@ -68,6 +68,7 @@ def add_init_model(sub) -> None:
     p.add_argument("out", help="output folder (must not exist)")
     p.add_argument("--seed", type=int, default=0, help="weights seed; the same seed gives identical files (default 0; not for shapes, whose trained weights are shipped: sdopt train-shapes --seed)")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar (the folder written is still printed)")
     p.set_defaults(func=_init_model)
 
 
@@ -99,7 +100,7 @@ def add_train_shapes(sub) -> None:
     p.add_argument("--unet-steps", type=int, help="UNet and text encoder training steps (default: the shipped model's)")
     p.add_argument("--images", type=int, help="training pictures rendered (default: the shipped model's)")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
-    p.add_argument("--quiet", "-q", action="store_true")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars (the folder trained is still printed)")
     p.set_defaults(func=_train_shapes)
 
 
@@ -118,6 +119,6 @@ def add_distill_decoder(sub) -> None:
     p.add_argument("--batch", type=int, help="latents per training step (default 16)")
     p.add_argument("--crop", type=int, help="latent side of the training crops (default 16)")
     p.add_argument("--init", default=None, help="start from this AutoencoderTiny folder (TAESD's published weights) instead of random weights")
-    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
-    p.add_argument("--quiet", "-q", action="store_true")
+    p.add_argument("--force", action="store_true", help="replace the output folder if it exists")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars (the summary is still printed)")
     p.set_defaults(func=_distill_decoder)
