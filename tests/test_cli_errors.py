@@ -31,6 +31,8 @@ def _gen(model, *extra):
         (["--steps", "1000"], "would step at timestep 1000, past the 1000 it was trained on: ask for 999 or fewer"),
         (["--steps", "1000", "--scheduler", "ddim"], "DDIMScheduler on this checkpoint's schedule"),
         (["--guidance", "-2"], "must be a finite number from 0 to 50"),
+        # the request field's name (guidance_scale=, in this very error; Diffusers' and the Python API's) is a flag too
+        (["--guidance-scale", "-2"], "must be a finite number from 0 to 50"),
         (["--scheduler", "nope"], "known schedulers: ddim, euler, euler_a"),
         (["--scheduler", "tcd", "--eta", "2"], "eta=2.0: must be a number from 0 to 1"),
         (["--precision", "fp16"], "fp16 is not supported on cpu by the torch backend"),

@@ -221,7 +221,7 @@ def add_generate(sub) -> None:
                         "every flag given wins over them (LoRAs are not taken: give --lora). With another artifact: the same request on another backend")
     p.add_argument("--steps", type=int, default=None,
                    help="denoising steps (default: the model's, `sdopt inspect` shows them: 4 for an LCM UNet, what export --default-steps recorded, else 20)")
-    p.add_argument("--guidance", type=float, default=None,
+    p.add_argument("--guidance", "--guidance-scale", type=float, default=None,
                    help="classifier-free guidance scale, <=1 turns it off (default: the model's: 8.5 for an LCM UNet, what export --default-guidance recorded, else 7.5)")
     p.add_argument("--height", type=int, default=None, help="default: the init image's (down to a multiple of 8), else the model's own "
                    "(a static artifact's shapes, or the size it was trained at: 512 for SD 1.5, 1024 for SDXL, 64 for the toys)")

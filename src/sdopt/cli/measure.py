@@ -224,7 +224,7 @@ def add_bench(sub) -> None:
     p.add_argument("--steps", type=int, help="denoising steps (default: the profile's, else the reference's own for a few-step model, else 4)")
     p.add_argument("--height", type=int, help="image height in pixels, a multiple of 8 (default: the profile's, else 256)")
     p.add_argument("--width", type=int, help="image width in pixels, a multiple of 8 (default: the profile's, else 256)")
-    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the profile's, else the reference's own "
+    p.add_argument("--guidance", "--guidance-scale", type=float, help="classifier-free guidance scale (default: the profile's, else the reference's own "
                    "for a few-step model (8.5 for an LCM), else 7.5)")
     p.add_argument("--scheduler", help="default: the profile's, else the reference's own for a few-step model (lcm for an LCM), else euler")
     add_eta_flag(p)
@@ -264,7 +264,7 @@ def add_optimize(sub) -> None:
     p.add_argument("--steps", type=int, default=None, help="denoising steps of the bench (default: the model's own for a few-step model, else 4, as sdopt bench)")
     p.add_argument("--height", type=int, default=None, help="image height in pixels of the bench, a multiple of 8 (default 256)")
     p.add_argument("--width", type=int, default=None, help="image width in pixels of the bench, a multiple of 8 (default 256)")
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale of the bench (default: the model's own "
+    p.add_argument("--guidance", "--guidance-scale", type=float, default=None, help="classifier-free guidance scale of the bench (default: the model's own "
                    "for a few-step model (8.5 for an LCM), else 7.5)")
     p.add_argument("--scheduler", default=None, help="scheduler of the bench (default: the model's own for a few-step model, else euler)")
     add_eta_flag(p)

@@ -53,7 +53,7 @@ def add_serve(sub) -> None:
     p.add_argument("--steps", type=int, default=None, help="steps of a request that does not say: every OpenAI request, a native one without steps, "
                    "the page (default: the model's, as `sdopt inspect` shows them: what export --default-steps recorded, 4 for an LCM UNet, "
                    "else 20; a Turbo model: 1). AUTOMATIC1111's API keeps its own default, 50")
-    p.add_argument("--guidance", type=float, default=None,
+    p.add_argument("--guidance", "--guidance-scale", type=float, default=None,
                    help="guidance scale of a request that does not say, as --steps (default: the model's: 8.5 for an LCM UNet, else 7.5; Turbo: 0)")
     p.add_argument("--scheduler", default=None, help="scheduler of a request that does not name one, as --steps (default: the model's own)")
     p.add_argument("--max-images", type=int, default=8, help="most images one request may ask (default 8)")
