@@ -20,7 +20,6 @@ def tiny_lcm(tmp_path_factory):
     return write_model("tiny-lcm", tmp_path_factory.mktemp("zoo") / "tiny-lcm", seed=0, progress=False)
 
 
-@pytest.mark.parametrize("guidance", [8.5, 2.0])
 def _on_turbos_scheduler(model, folder):
     """A copy of ``model`` on SD-Turbo's scheduler (Euler ancestral, trailing timesteps), as its checkpoint ships."""
     import json
@@ -36,6 +35,7 @@ def _on_turbos_scheduler(model, folder):
     return folder
 
 
+@pytest.mark.parametrize("guidance", [8.5, 2.0])
 def test_a_latent_consistency_model_matches_diffusers(tiny_lcm, guidance):
     """An LCM-distilled UNet (guidance embedded: timestep_cond) under LCMScheduler, against Diffusers'
     LatentConsistencyModelPipeline: one UNet pass per step whatever the guidance scale, and a negative
