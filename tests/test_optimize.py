@@ -37,6 +37,19 @@ def test_a_floor_that_is_not_a_number_is_refused_before_building(tmp_path, capsy
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.work").exists()
 
 
+@pytest.mark.parametrize("flags,says", [(["--budget-minutes", "0"], "--budget-minutes 0: give the minutes"),
+                                         (["--budget-minutes", "-1"], "--budget-minutes -1: give the minutes"),
+                                         (["--distill-latents", "-5"], "--distill-latents -5: give 2 or more"),
+                                         (["--distill-steps", "0"], "--distill-steps 0: give 1 or more"),
+                                         (["--cpus-per-job", "0"], "go with --ray")])
+def test_optimize_settings_that_cannot_run_are_refused_before_building(tmp_path, capsys, flags, says):
+    """A budget of 0 or less ran every check and called each candidate 'ran out'; --distill-steps 0 and --cpus-per-job 0
+    (without --ray) were dropped for the defaults without a word."""
+    assert main(["optimize", str(tmp_path / "any-model"), "-o", str(tmp_path / "out"), "--quick", *flags]) == 2
+    assert says in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.work").exists()
+
+
 def test_a_device_without_candidates_is_refused_leaving_no_work_folder(tiny_model, tmp_path, capsys):
     """--device cuda was refused after the work folder was made: an empty out.work stayed behind."""
     assert main(["optimize", str(tiny_model), "-o", str(tmp_path / "out"), "--quick", "--device", "cuda"]) == 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -20,13 +21,21 @@ def _optimize(args: argparse.Namespace) -> int:
     floor = Floor(**{k: v for k, v in (("min_psnr", args.min_psnr), ("min_adherence", args.min_adherence),
                                         ("lever_min_psnr", args.lever_min_psnr)) if v is not None})
     work = Path(args.work) if args.work else Path(str(Path(args.output).absolute()) + ".work")
-    distill = {k: v for k, v in (("latents", args.distill_latents), ("train_steps", args.distill_steps)) if v}
+    # Before any work: a budget of 0 or less called every candidate "ran out" after the checks; 0 latents or steps
+    # were dropped for the defaults without a word, and fewer failed in the tiny decoder's build.
+    if args.budget_minutes is not None and not (math.isfinite(args.budget_minutes) and args.budget_minutes > 0):
+        raise SdoptError(f"--budget-minutes {args.budget_minutes:g}: give the minutes building may take, a positive number "
+                         "(leave it out for no limit)")
+    for flag, value, least in (("--distill-latents", args.distill_latents, 2), ("--distill-steps", args.distill_steps, 1)):
+        if value is not None and value < least:
+            raise SdoptError(f"{flag} {value}: give {least} or more" + (" (one latent is held out to measure the decoder)" if least == 2 else ""))
+    distill = {k: v for k, v in (("latents", args.distill_latents), ("train_steps", args.distill_steps)) if v is not None}
     plan = None
     if args.ray is not None:
         from sdopt.cluster.optimize import RayPlan
 
         plan = RayPlan(address=args.ray or None, kind=args.ray_kind, cpus=1.0 if args.cpus_per_job is None else args.cpus_per_job)
-    elif args.ray_kind or args.cpus_per_job:
+    elif args.ray_kind or args.cpus_per_job is not None:  # --cpus-per-job 0 too: said, not dropped
         raise SdoptError("--ray-kind and --cpus-per-job go with --ray [ADDRESS] (docs/ray.md)")
     images = comma_list(args.calibration_images) if args.calibration_images else None
     say = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr))
