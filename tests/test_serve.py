@@ -799,6 +799,8 @@ def test_serve_command_refuses_a_busy_port_and_bad_options_before_loading(tiny_m
     assert "--max-batch" in capsys.readouterr().err
     assert main(["serve", str(tiny_model), "--job-timeout", "0"]) == 2
     assert "--job-timeout 0" in (err := capsys.readouterr().err) and "inf for no timeout" in err  # what to give for none
+    assert main(["serve", str(tiny_model / "missing")]) == 2  # said alone: it printed "loading ..." first
+    assert "does not exist" in (err := capsys.readouterr().err) and "loading" not in err
     a_file = next(path for path in tiny_model.iterdir() if path.is_file())
     assert main(["serve", str(tiny_model), "--image-dir", str(a_file)]) == 2
     assert "--image-dir" in (err := capsys.readouterr().err) and "not a folder" in err

@@ -84,8 +84,11 @@ def serve(artifact: str | Path, settings: ServeSettings, load_options: dict[str,
             stacklevel=2,
         )
     check_port_free(settings.host, settings.port)  # before the (slow) load
+    from sdopt.source import resolve
+
+    folder = resolve(artifact)  # a path that does not exist: said alone, not after "loading ..."
     print(f"loading {artifact} ...", file=sys.stderr)
-    pipeline = sdopt.load(artifact, **(load_options or {}))
+    pipeline = sdopt.load(folder, **(load_options or {}))
     name = model_name(artifact, settings)
     app = build(pipeline, settings, name)
     print(
