@@ -627,6 +627,7 @@ def test_credentials_are_required_everywhere_but_health(tiny_pipeline):
         ("/v1/jobs", {"n": 0}, "n"),
         ("/v1/jobs", {"scheduler": "nope"}, "scheduler"),
         ("/v1/jobs", {"strength": 0}, "strength"),
+        ("/v1/jobs", {"strength": 0.5}, "strength"),  # sent without init_image: ignored unsaid before
         ("/v1/jobs", {"cache_interval": 0}, "cache_interval"),
         ("/v1/jobs", {"cache_interval": 2}, "cache_interval"),  # the tiny torch model has no shallow UNet branch: says --deep-cache
         ("/v1/jobs", {"guidance_end": 0}, "guidance_end"),

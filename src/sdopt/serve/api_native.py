@@ -15,6 +15,7 @@ from sdopt.infotext import KEY
 from sdopt.request import MASKED_CONTENT
 from sdopt.serve import jobs as J
 from sdopt.serve.submission import cache_interval_field, clip_skip_field, default_size, guidance_end_field, random_seed, submit, with_server_defaults
+from sdopt.serve.errors import RequestError
 from sdopt.serve.images import decode_image, encode_png
 from sdopt.serve.worker import FINISHED_KEPT
 
@@ -83,6 +84,9 @@ def find(request: Request, job_id: str) -> J.Job:
 
 def spec_from(request: Request, body: JobRequest) -> J.JobSpec:
     settings = request.app.state.settings
+    if "strength" in body.model_fields_set and not body.init_image:  # sent, not the field's default: ignored unsaid before
+        raise RequestError("strength", f"strength={body.strength:g} is how much of init_image is repainted: send init_image with "
+                                       "it, or leave strength out for text-to-image")
     limits = (settings.max_image_bytes, settings.max_input_pixels)
     init = decode_image(body.init_image, "init_image", *limits) if body.init_image else None
     mask = decode_image(body.mask, "mask", *limits) if body.mask else None
