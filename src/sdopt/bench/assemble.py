@@ -331,7 +331,12 @@ def _noisy(rows: list[dict], rounds: int = 1) -> list[str]:
     return [f"timings too noisy to compare: {', '.join(named)} (a spread is the median absolute deviation of the "
             f"latency over its median, past {NOISY_REL_MAD:.0%}: its runs disagree; a share is of the CPUs the bench ran "
             f"on that other processes took while it was timed, past {BUSY_OTHERS_SHARE:.0%}: the machine was busy); "
-            "run again on a quiet machine, or with " + ("--rounds K" if rounds <= 1 else f"more rounds than {rounds}")]
+            f"run again on a quiet machine, or {with_more_rounds(rounds)}"]
+
+
+def with_more_rounds(rounds: int | None) -> str:
+    """The advice to time again in more rounds, for a bench that ran ``rounds`` (the bench's, the gate's, optimize's)."""
+    return "with --rounds K" if (rounds or 1) <= 1 else f"with more rounds than {rounds}"
 
 
 def assemble_report(entries: list[Entry], raws: dict[str, dict], settings: BenchSettings, out: Path, profile: HardwareProfile | None = None,

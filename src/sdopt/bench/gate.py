@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sdopt.bench.rules import Rule, parse_rules
-from sdopt.bench.assemble import PSNR_CAP_DB, REPORT_SCHEMA, crowded, too_noisy
+from sdopt.bench.assemble import PSNR_CAP_DB, REPORT_SCHEMA, crowded, too_noisy, with_more_rounds
 from sdopt.request import is_finite_number
 from sdopt.errors import SdoptError
 from sdopt.fsutil import read_json
@@ -321,7 +321,8 @@ def gate(current: dict, rules_table: dict[str, Any], baseline: dict | None = Non
                 if noisy:  # the bench said these timings cannot be compared: neither a pass nor a regression
                     verdict = "TOO NOISY"
                     result.notes.append(f"{name} {rule.metric}: not judged: the timings of {'; '.join(noisy)} cannot be compared "
-                                        "(the report's own warning); bench again on a quiet machine, or with --rounds K")
+                                        "(the report's own warning); bench again on a quiet machine, or "
+                                        + with_more_rounds(_get(current, "settings.rounds")))
             threshold = rule.text + (f" (noise ±{2 * noise * 100:.1f}%)" if noise else "")
             result.checks.append(Check(name, rule.metric, _fmt(rule.metric, base_value) if base is not None else "–", _fmt(rule.metric, value), change, threshold, verdict))
     # A speed check that passed says little where other processes held the CPUs while a row ran: a crowded reference makes

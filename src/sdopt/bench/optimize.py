@@ -208,7 +208,7 @@ def optimize(model: str | Path, out: str | Path, settings, work: str | Path, flo
 
 def _optimize(model, out, settings, work, floor, quick, budget_minutes, distill, precision, rebench, force, progress, say,
               calibration_images, ray) -> Outcome:
-    from sdopt.bench.assemble import too_noisy
+    from sdopt.bench.assemble import too_noisy, with_more_rounds
     from sdopt.bench.profiles import HardwareProfile
     from sdopt.bench.runner import run_bench
     from sdopt.export.run import source_checkpoint
@@ -289,7 +289,7 @@ def _optimize(model, out, settings, work, floor, quick, budget_minutes, distill,
     if noisy:
         print(f"sdopt optimize: warning: the bench could not time {', '.join(f'{n} ({w})' for n, w in noisy.items())} fairly "
               "(the machine was busy), so the fastest by these timings may not be the fastest: measure again on a quiet "
-              "machine (--rebench), or with --rounds K", file=sys.stderr)
+              f"machine (--rebench), or {with_more_rounds(settings.rounds)}", file=sys.stderr)
     summary = {
         "model": str(source), "floor": asdict(floor),
         "settings": {"quick": quick, "budget_minutes": budget_minutes, "precision": precision,
