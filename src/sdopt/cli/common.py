@@ -87,9 +87,6 @@ def add_request_default_flags(p: argparse.ArgumentParser) -> None:
 def lora_scales(items: list[str]) -> dict[str, float] | None:
     """--lora FILE[:SCALE] flags as a request's {file: scale}. A file named twice counts at the sum of its scales, as
     export --lora fuses it twice and a prompt's two <lora:NAME:W> tags add up (serve, AUTOMATIC1111)."""
-    from sdopt.lora import parse_loras
+    from sdopt.lora import parse_loras, summed_scales
 
-    scales: dict[str, float] = {}
-    for lora in parse_loras(items):
-        scales[str(lora.path)] = scales.get(str(lora.path), 0.0) + lora.scale
-    return scales or None
+    return summed_scales((str(lora.path), lora.scale) for lora in parse_loras(items)) or None

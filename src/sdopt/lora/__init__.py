@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from sdopt.errors import SdoptError, on_command_line
 
@@ -34,6 +34,15 @@ class LoraFile:
         from sdopt.fsutil import sha256_file
 
         return {"file": self.path.name, "sha256": sha256_file(self.path), "scale": self.scale}
+
+
+def summed_scales(pairs: Iterable[tuple[str, float]]) -> dict[str, float]:
+    """{key: scale} from (key, scale) pairs, a key named twice at the sum of its scales: a file fused twice is in the
+    weights twice, and two <lora:NAME:W> tags add up (AUTOMATIC1111), so every place that names LoRAs sums alike."""
+    scales: dict[str, float] = {}
+    for key, scale in pairs:
+        scales[key] = scales.get(key, 0.0) + scale
+    return scales
 
 
 def manifest_fields(loras: list[LoraFile]) -> dict[str, Any]:

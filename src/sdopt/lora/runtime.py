@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sdopt.lora import LoraFile
+from sdopt.lora import LoraFile, summed_scales
 
 
 class RuntimeLoras:
@@ -32,14 +32,15 @@ class RuntimeLoras:
         """Load what is new, then make exactly these adapters active at these scales."""
         from sdopt.lora.apply import load_adapter, set_scales
 
-        scales: dict[str, float] = {}
+        adapters = []
         for lora in loras:
             key = self._key(lora.path)
             if key not in self.loaded:
                 name = f"lora{len(self.loaded)}"
                 load_adapter(self.modules, self.family, lora, name)
                 self.loaded[key] = name
-            scales[self.loaded[key]] = scales.get(self.loaded[key], 0.0) + lora.scale
+            adapters.append((self.loaded[key], lora.scale))
+        scales = summed_scales(adapters)
         if scales != self.active:
             set_scales(self.modules, self.family, scales)
             self.active = scales

@@ -401,10 +401,9 @@ class Pipeline:
     def fused_loras(self) -> dict[str, float]:
         """{file name: scale} of the LoRAs fused into this artifact's weights at export or quantization (sdopt.lora); a
         file fused twice (--lora F --lora F:0.3) is in the weights at the sum of its scales."""
-        fused: dict[str, float] = {}
-        for r in (self.manifest.export or {}).get("loras") or []:
-            fused[r["file"]] = fused.get(r["file"], 0.0) + float(r["scale"])
-        return fused
+        from sdopt.lora import summed_scales
+
+        return summed_scales((r["file"], float(r["scale"])) for r in (self.manifest.export or {}).get("loras") or [])
 
     def embeddings_used(self, request: GenerateRequest, index: int) -> dict[str, str]:
         """{word: the file's sha256, first 12 digits} of the embeddings image ``index``'s prompt and negative read

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from sdopt.lora import summed_scales
 from sdopt.serve.errors import RequestError
 
 # <lora:NAME> or <lora:NAME:WEIGHT>; AUTOMATIC1111 also takes a second (UNet) weight: <lora:NAME:TE:UNET>.
@@ -32,7 +33,7 @@ def take_loras(prompt: str, folder: str | Path | None, field: str = "prompt") ->
     if not tags:
         return prompt, None
     files = available(folder)
-    loras: dict[str, float] = {}
+    weights = []
     for name, weight, unet_weight in tags:
         if unet_weight:
             raise RequestError(field, f"<lora:{name}:{weight}:{unet_weight}>: separate text-encoder and UNet weights are not supported; give one weight")
@@ -44,7 +45,8 @@ def take_loras(prompt: str, folder: str | Path | None, field: str = "prompt") ->
             scale = float(weight) if weight else 1.0
         except ValueError:
             raise RequestError(field, f"<lora:{name}:{weight}>: the weight must be a number, e.g. <lora:{name}:0.8>") from None
-        loras[str(files[name])] = loras.get(str(files[name]), 0.0) + scale
+        weights.append((str(files[name]), scale))
+    loras = summed_scales(weights)
     for file, scale in loras.items():  # checked here, where the field is known (the loop's check named none: "body")
         if not -10.0 <= scale <= 10.0:
             raise RequestError(field, f"<lora:{Path(file).stem}>: weight {scale:g} (its tags' sum) is out of range: give -10 to 10 "
