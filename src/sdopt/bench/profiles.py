@@ -82,16 +82,16 @@ def available_profiles() -> list[str]:
 def load_profile(name_or_path: str) -> HardwareProfile:
     """A profile by name (profiles/NAME.toml on the search path) or by the path of its .toml file."""
     path = Path(name_or_path)
-    known = ", ".join(available_profiles()) or "none found"
     if path.suffix.lower() == ".toml" or len(path.parts) > 1:  # a path (x.TOML too): never looked up as a name
         if not path.is_file():
             raise SdoptError(f"profile file {path} {'is a folder' if path.is_dir() else 'does not exist'}: give the path of a "
-                             f".toml profile, or a profile's name (known profiles: {known})")
+                             f".toml profile, or a profile's name (known profiles: {', '.join(available_profiles()) or 'none found'})")
     else:
         found = [folder / f"{name_or_path}.toml" for folder in search_path() if (folder / f"{name_or_path}.toml").is_file()]
         if not found:
-            raise SdoptError(f"unknown profile '{name_or_path}'{did_you_mean(name_or_path, available_profiles())}; "
-                             f"known profiles: {known} (or give the path of a .toml file)")
+            known = available_profiles()  # listed only for the error: a found profile needs no glob of every folder
+            raise SdoptError(f"unknown profile '{name_or_path}'{did_you_mean(name_or_path, known)}; "
+                             f"known profiles: {', '.join(known) or 'none found'} (or give the path of a .toml file)")
         path = found[0]
     from sdopt.fsutil import read_toml
 
