@@ -180,3 +180,13 @@ def test_inspect_says_a_trained_model_is_not_the_shipped_one():
     assert _origin({"zoo": "shapes", "seed": 3, "trained": True}) == "shapes model trained by `sdopt train-shapes` (seed 3)"
     assert _origin({"zoo": "shapes", "seed": 0}) == "zoo model shapes (seed 0)"
     assert _origin({"path": "/models/x"}) == "/models/x" and _origin({}) == "unknown"
+
+
+@pytest.mark.parametrize("name", ["v1-5-pruned-emaonly.safetensors", "model.ckpt"])
+def test_a_single_file_checkpoint_is_refused_with_how_to_convert_it(tmp_path, name):
+    """The form most SD users download was refused as "a file, not an artifact folder", not saying that single-file
+    checkpoints are not read or how to make a folder of one."""
+    single = tmp_path / name
+    single.write_bytes(b"\0" * 16)
+    with pytest.raises(SdoptError, match=r"is a single-file checkpoint .*\.from_single_file\(FILE\)\.save_pretrained\(FOLDER\)"):
+        read_manifest(single)
