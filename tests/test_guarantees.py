@@ -525,3 +525,11 @@ def test_every_test_the_guarantees_doc_names_exists():
         if not path.is_file() or not re.search(rf"^def {re.escape(test)}", path.read_text(), re.MULTILINE):
             absent.append(name)
     assert named and not absent, f"docs/guarantees.md names tests that are not where it says: {absent}"
+
+
+def test_a_diffusers_folder_without_tokenizer_is_said_incomplete(model_copy, capsys):
+    """Without sdopt.json nothing checked the tokenizer before loading: inspect passed it, generate said to export it again."""
+    (model_copy / "sdopt.json").unlink()
+    shutil.rmtree(model_copy / "tokenizer")
+    assert main(["inspect", str(model_copy)]) == 2
+    assert "the checkpoint is incomplete: download it again (a Diffusers folder has tokenizer/ beside unet/)" in capsys.readouterr().err

@@ -355,6 +355,9 @@ def read_manifest(folder: str | Path) -> Manifest:
         from sdopt.layouts import infer_manifest
 
         manifest = infer_manifest(folder)
+        # Nothing to verify, but a Diffusers folder without its tokenizer is said incomplete here, before any loading
+        # (verify_files checks them for sdopt artifacts; the loader's own refusal said to export it again).
+        check_support_folders(folder, manifest)
     check_paths(manifest, folder)
     return manifest
 
