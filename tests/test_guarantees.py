@@ -224,6 +224,31 @@ def test_a_folder_of_fp16_variant_weights_loads(model_copy, tiny_pipeline):
     assert np.array_equal(np.asarray(image), np.asarray(tiny_pipeline.generate(request).images[0]))  # the same weights, renamed
 
 
+def test_a_folder_of_sharded_fp16_variant_weights_loads(model_copy):
+    """save_pretrained(variant="fp16") shards as NAME.fp16-00001-of-00002.safetensors: read as one variant, not as two
+    (the loader asked for diffusion_pytorch_model.safetensors and called the checkpoint damaged)."""
+    from safetensors.torch import load_file, save_file
+
+    from sdopt.layouts import variant_of
+
+    assert [variant_of(n) for n in ("model.safetensors", "model-00001-of-00002.safetensors", "model.fp16.safetensors",
+                                    "diffusion_pytorch_model.fp16-00002-of-00002.safetensors")] == [None, None, "fp16", "fp16"]
+    (model_copy / "sdopt.json").unlink()
+    plain = model_copy / "unet" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(plain)
+    names = sorted(tensors)
+    shards = {f"diffusion_pytorch_model.fp16-0000{i + 1}-of-00002.safetensors": names[i::2] for i in range(2)}
+    for shard, keys in shards.items():
+        save_file({k: tensors[k] for k in keys}, model_copy / "unet" / shard)
+    index = {"metadata": {}, "weight_map": {k: shard for shard, keys in shards.items() for k in keys}}
+    (model_copy / "unet" / "diffusion_pytorch_model.safetensors.index.fp16.json").write_text(json.dumps(index))
+    plain.unlink()
+    from sdopt.runtime.torch import load_pretrained
+
+    loaded = load_pretrained("unet", model_copy / "unet").state_dict()
+    assert all(loaded[k].equal(tensors[k]) for k in names)  # every shard read, as Diffusers reads it with variant="fp16"
+
+
 # --- 5. non-finite and out-of-range numbers; broken images are flagged, not saved -----------------
 @pytest.mark.parametrize("value", ["inf", "nan", "-inf", "1e9"])
 def test_non_finite_or_huge_guidance_is_refused_before_any_work(tiny_model, tmp_path, capsys, value):
