@@ -190,3 +190,39 @@ def test_a_single_file_checkpoint_is_refused_with_how_to_convert_it(tmp_path, na
     single.write_bytes(b"\0" * 16)
     with pytest.raises(SdoptError, match=r"is a single-file checkpoint .*\.from_single_file\(FILE\)\.save_pretrained\(FOLDER\)"):
         read_manifest(single)
+
+
+# stable-diffusion-v1-5/stable-diffusion-v1-5's files on the hub (the folders a run reads, and what is beside them)
+_SD15_REPO = """model_index.json feature_extractor/preprocessor_config.json safety_checker/config.json
+safety_checker/model.safetensors safety_checker/model.fp16.safetensors safety_checker/pytorch_model.bin
+scheduler/scheduler_config.json text_encoder/config.json text_encoder/model.safetensors text_encoder/model.fp16.safetensors
+text_encoder/pytorch_model.bin tokenizer/merges.txt tokenizer/special_tokens_map.json tokenizer/tokenizer_config.json
+tokenizer/vocab.json unet/config.json unet/diffusion_pytorch_model.safetensors unet/diffusion_pytorch_model.fp16.safetensors
+unet/diffusion_pytorch_model.non_ema.safetensors unet/diffusion_pytorch_model.bin vae/config.json
+vae/diffusion_pytorch_model.safetensors vae/diffusion_pytorch_model.fp16.safetensors v1-5-pruned-emaonly.safetensors
+v1-5-pruned-emaonly.ckpt""".split()
+
+
+def test_a_hub_id_fetches_one_set_of_weights_per_component(monkeypatch, tmp_path):
+    """The patterns fetched every safetensors file of every folder: SD 1.5's fp16 and non-EMA copies and its safety
+    checker (about 11.7 GB where a run reads 4.3); a sharded checkpoint came without its index."""
+    from types import SimpleNamespace
+
+    import huggingface_hub
+    import huggingface_hub.constants
+
+    from sdopt.source import hub_files, resolve
+
+    got = hub_files(_SD15_REPO)
+    assert [f for f in got if f.endswith(".safetensors")] == [
+        "text_encoder/model.safetensors", "unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors"]
+    assert {"model_index.json", "unet/config.json", "tokenizer/vocab.json", "scheduler/scheduler_config.json"} <= set(got)
+    fp16_only = ["unet/config.json", "unet/diffusion_pytorch_model.fp16-00001-of-00002.safetensors",
+                 "unet/diffusion_pytorch_model.fp16-00002-of-00002.safetensors", "unet/diffusion_pytorch_model.safetensors.index.fp16.json",
+                 "unet/diffusion_pytorch_model.non_ema.safetensors"]
+    assert hub_files(fp16_only) == [fp16_only[0], fp16_only[3], fp16_only[1], fp16_only[2]]
+    asked = {}
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "model_info", lambda repo_id: SimpleNamespace(siblings=[SimpleNamespace(rfilename=f) for f in _SD15_REPO]))
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, allow_patterns: asked.update(patterns=allow_patterns) or str(tmp_path))
+    assert resolve("someorg/sd15") == tmp_path and asked["patterns"] == got

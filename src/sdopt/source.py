@@ -13,8 +13,11 @@ from pathlib import Path
 from sdopt.errors import SdoptError, exception_line, require
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-# What a text-to-image run needs; pickles and the safety checker's weights are never fetched.
-_HUB_PATTERNS = ["model_index.json", "*/config.json", "*/*.safetensors", "*.onnx", "*/*.onnx*", "tokenizer/*", "tokenizer_2/*", "scheduler/*", "sdopt.json"]
+# What a text-to-image run needs; pickles are never fetched.
+_HUB_PATTERNS = ["model_index.json", "*/config.json", "*/*.safetensors.index*.json", "*/*.safetensors", "*.onnx", "*/*.onnx*",
+                 "tokenizer/*", "tokenizer_2/*", "scheduler/*", "sdopt.json"]
+# The Diffusers folders whose weights a run reads (sdopt.layouts.DIFFUSERS_FOLDERS): not the safety checker's.
+_WEIGHT_FOLDERS = ("text_encoder", "text_encoder_2", "unet", "vae")
 
 
 def resolve(model: str | Path) -> Path:
@@ -30,10 +33,37 @@ def resolve(model: str | Path) -> Path:
     raise SdoptError(f"{model} does not exist: give a model folder (for example one written by `sdopt init-model`) or a hub id like org/name")
 
 
+def hub_files(files: list[str]) -> list[str]:
+    """Which of a hub repo's files to fetch: _HUB_PATTERNS, with the safetensors weights of the folders a run reads only,
+    and of each one set: the plain weights, or where a folder has only variants (NAME.fp16.safetensors) the fp16 ones,
+    as the loader reads them (sdopt.runtime.torch.weights_variant). SD 1.5's repo also holds fp16 and non-EMA copies
+    and the safety checker's weights: about 11.7 GB where a run reads 4.3. An sdopt artifact keeps all it lists."""
+    from fnmatch import fnmatch
+
+    from sdopt.layouts import variant_of
+
+    wanted = [f for f in files if any(fnmatch(f, p) for p in _HUB_PATTERNS)]
+    if "sdopt.json" in files:
+        return wanted
+    chosen = [f for f in wanted if not f.endswith(".safetensors")]
+    for folder in _WEIGHT_FOLDERS:
+        weights = [f for f in wanted if f.endswith(".safetensors") and f.rpartition("/")[0] == folder]
+        variants = {variant_of(f.rpartition("/")[2]) for f in weights}
+        keep = None if None in variants else "fp16" if "fp16" in variants else min(variants, default=None)
+        chosen += [f for f in weights if variant_of(f.rpartition("/")[2]) == keep]
+    return chosen
+
+
 def _from_hub(repo_id: str) -> Path:
     hub = require("huggingface_hub", "all")
+    patterns = _HUB_PATTERNS
+    if not require("huggingface_hub.constants", "all").HF_HUB_OFFLINE:  # offline, snapshot_download reads the cache whatever the patterns
+        try:
+            patterns = hub_files([f.rfilename for f in hub.model_info(repo_id).siblings or []])  # list_repo_files retries for 23 s
+        except Exception:  # unreachable, not found, gated: snapshot_download reads the cache, or says why not
+            pass
     try:
-        return Path(hub.snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS))
+        return Path(hub.snapshot_download(repo_id, allow_patterns=patterns))
     except Exception as exc:  # the hub client raises many types for "offline", "not found", "gated"
         raise SdoptError(
             f"could not fetch '{repo_id}' from the Hugging Face hub ({type(exc).__name__}: {exception_line(exc)}). "
