@@ -226,3 +226,13 @@ def test_a_hub_id_fetches_one_set_of_weights_per_component(monkeypatch, tmp_path
     monkeypatch.setattr(huggingface_hub, "model_info", lambda repo_id: SimpleNamespace(siblings=[SimpleNamespace(rfilename=f) for f in _SD15_REPO]))
     monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, allow_patterns: asked.update(patterns=allow_patterns) or str(tmp_path))
     assert resolve("someorg/sd15") == tmp_path and asked["patterns"] == got
+
+
+def test_a_hub_id_shadowed_by_a_local_folder_says_so(tmp_path, monkeypatch):
+    """With ./org here, org/name was refused as not existing, saying to give 'a hub id like org/name', which it was."""
+    from sdopt.source import resolve
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "org").mkdir()
+    with pytest.raises(SdoptError, match=r"read as a local path since \./org is a folder here, not as the hub id org/name"):
+        resolve("org/name")

@@ -28,8 +28,11 @@ def resolve(model: str | Path) -> Path:
         return path
     text = str(model)
     # org/name where ./org is a local folder is a mistyped local path, not a hub id.
-    if _HUB_ID.match(text) and not text.startswith((".", "/")) and not Path(path.parts[0]).exists():
-        return _from_hub(text)
+    if _HUB_ID.match(text) and not text.startswith((".", "/")):
+        if not Path(path.parts[0]).exists():
+            return _from_hub(text)
+        raise SdoptError(f"{model} does not exist: read as a local path since ./{path.parts[0]} is a folder here, not as the hub id "
+                         f"{model}; give the model folder's path, or run from a folder without ./{path.parts[0]} to use the hub id")
     raise SdoptError(f"{model} does not exist: give a model folder (for example one written by `sdopt init-model`) or a hub id like org/name")
 
 
