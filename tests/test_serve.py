@@ -654,7 +654,10 @@ def test_mask_of_another_size_and_oversized_body_are_refused(tiny_pipeline):
         response = httpx.post(url + "/sdapi/v1/img2img", json={"prompt": "x", **SMALL, "init_images": [init], "mask": mask})
         assert response.status_code == 422 and "32x32" in response.text and "64x64" in response.text
         response = httpx.post(url + "/v1/jobs", content=b'{"prompt": "' + b"x" * 300_000 + b'"}', headers={"Content-Type": "application/json"})
-        assert response.status_code == 413
+        assert response.status_code == 413 and "send smaller images" in response.json()["detail"]
+        # On OpenAI's routes in OpenAI's shape: its SDK reads the message from nowhere else ("Error code: 413" alone).
+        response = httpx.post(url + "/v1/images/edits", files={"image": ("a.png", b"x" * 300_000, "image/png")}, data={"prompt": "x"})
+        assert response.status_code == 413 and "send smaller images" in response.json()["error"]["message"]
 
 
 # --- failures ---------------------------------------------------------------------------------

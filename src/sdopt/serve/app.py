@@ -26,12 +26,17 @@ from sdopt.serve.image_links import ImageLinks
 from sdopt.serve.submission import default_size, with_model_defaults
 from sdopt.serve.worker import QueueFull, ShuttingDown, Worker
 
+def _openai_path(path: str) -> bool:
+    return path.startswith(("/v1/images", "/v1/models"))
+
+
 def _openai_route(request: Request) -> bool:
-    return request.url.path.startswith(("/v1/images", "/v1/models"))
+    return _openai_path(request.url.path)
 
 
-def _error_body(request: Request, status: int, message: str, field: str | None = None) -> dict[str, Any]:
-    if _openai_route(request):
+def _error_body(request: Request | None, status: int, message: str, field: str | None = None, path: str | None = None) -> dict[str, Any]:
+    """``path``: where no Request is built yet (the body limit, before the route)."""
+    if _openai_path(path if request is None else request.url.path):
         # OpenAI's error shape, which its SDK turns into BadRequestError and friends.
         return {"error": {"message": message, "type": "invalid_request_error", "param": field, "code": None}}
     detail: Any = message if field is None else [{"loc": ["body", field], "msg": message, "type": "value_error"}]
@@ -168,7 +173,7 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            return await self._refuse(send)
+            return await self._refuse(scope, send)
         seen = 0
 
         async def limited_receive():
@@ -183,11 +188,11 @@ class BodyLimit:
         try:
             await self.app(scope, limited_receive, send)
         except _TooLarge:
-            await self._refuse(send)
+            await self._refuse(scope, send)
 
-    async def _refuse(self, send):
+    async def _refuse(self, scope, send):
         message = f"the request body is larger than the {self.max_bytes / 2**20:g} MiB this server accepts: send smaller images"
-        body = json.dumps({"detail": message}).encode()
+        body = json.dumps(_error_body(None, 413, message, path=scope.get("path", ""))).encode()  # OpenAI's shape on its routes
         await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
 
