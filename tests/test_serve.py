@@ -78,6 +78,22 @@ def test_openai_body_that_is_not_a_json_object_is_named_as_the_body(tiny_pipelin
         assert named["param"] == "prompt" and named["message"].startswith("prompt: ")  # a field's error still names it
 
 
+def test_openai_stream_true_is_refused_not_answered_with_json_the_sdk_reads_as_no_events(tiny_pipeline):
+    """The SDK's stream=True reads server-sent events: a JSON answer read that way was an empty stream, no image and no
+    error, while the server made the image for nobody. Refused before it is queued, naming the field."""
+    openai = pytest.importorskip("openai")
+    from PIL import Image
+
+    with running_server(tiny_pipeline, start_worker=False) as (url, app):
+        client = openai.OpenAI(base_url=url + "/v1", api_key="k", max_retries=0, timeout=5)  # no worker: a queued job never ends
+        with pytest.raises(openai.UnprocessableEntityError, match="stream=false") as caught:
+            list(client.images.generate(prompt="x", size="64x64", stream=True))
+        assert caught.value.body["param"] == "stream"
+        with pytest.raises(openai.UnprocessableEntityError, match="stream=false"):
+            list(client.images.edit(image=("a.png", png_bytes(Image.new("RGB", (64, 64))), "image/png"), prompt="x", stream=True))
+        assert app.state.worker.queue_depth == 0
+
+
 def _linked(url: str) -> str:
     """A response_format=url link to a new image."""
     body = {"prompt": "a cross", "size": "64x64", "response_format": "url", "sdopt_seed": 3, "sdopt_steps": 2}

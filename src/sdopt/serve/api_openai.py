@@ -48,6 +48,7 @@ class ImageGeneration(BaseModel):
     size: str | None = Field("auto", description="WIDTHxHEIGHT, or auto: the model's own size (512x512 for SD 1.5)")
     response_format: Literal["b64_json", "url"] | None = "b64_json"
     user: str | None = None
+    stream: bool | None = Field(None, description="refused when true: the answer is the finished images (see POST /v1/jobs for progress)")
     # sdopt's own (the OpenAI SDK sends them with extra_body={...}).
     sdopt_cache_interval: int | None = cache_interval_field()
     sdopt_guidance_end: float | None = guidance_end_field()
@@ -73,7 +74,15 @@ def _size(text: str | None, side: int) -> tuple[int, int]:
     return int(width), int(height)
 
 
-def _check_model_and_format(request: Request, model: str | None, response_format: str | None) -> None:
+# The SDK's stream=True reads server-sent events (partial images, then the image): a JSON answer read that way yields
+# nothing, so the client would get no image and no error while the server made it for nobody.
+_NO_STREAM = ("stream=true: sdopt serve answers with the finished images only, not a stream of partial images; send "
+              "stream=false (or leave it out), or follow the progress of a native job: POST /v1/jobs, GET /v1/jobs/{id}/events")
+
+
+def _check_model_and_format(request: Request, model: str | None, response_format: str | None, stream: bool = False) -> None:
+    if stream:
+        raise RequestError("stream", _NO_STREAM)
     name = request.app.state.model_name
     if model not in (None, "", name):
         raise RequestError("model", f"model {model!r} is not served here; this server serves {name!r}", status=404)
@@ -126,7 +135,7 @@ def image_file(request: Request, job_id: str, index: int, expires: int, signatur
 
 @router.post("/v1/images/generations")
 async def generations(request: Request, body: ImageGeneration) -> dict[str, Any]:
-    _check_model_and_format(request, body.model, body.response_format)
+    _check_model_and_format(request, body.model, body.response_format, bool(body.stream))
     width, height = _size(body.size, default_size(request.app.state.worker.pipeline))
     spec = J.JobSpec(prompt=body.prompt, negative_prompt=body.sdopt_negative_prompt, n=body.n or 1, prompt_emphasis=body.sdopt_prompt_emphasis,
                      clip_skip=body.sdopt_clip_skip, seed=body.sdopt_seed if body.sdopt_seed is not None else random_seed(),
@@ -148,6 +157,7 @@ EDIT_FORM = {
         "n": {"type": "integer", "minimum": 1, "maximum": 10, "default": 1},
         "size": {"type": "string", "description": "WIDTHxHEIGHT, or auto (default): the image's size, rounded down to a multiple of 8"},
         "response_format": {"type": "string", "enum": ["b64_json", "url"], "default": "b64_json"},
+        "stream": {"type": "boolean", "description": "refused when true: the answer is the finished images"},
         "sdopt_strength": {"type": "number", "exclusiveMinimum": 0, "maximum": 1,
                            "description": "how much of the schedule runs on the image (default 1 where a mask is transparent: the area is "
                                           "repainted; 0.8 for an edit of the whole image)"},
@@ -239,7 +249,9 @@ async def edits(request: Request) -> dict[str, Any]:
         if not isinstance(text, str) or len(text) > MAX_PROMPT_CHARS:
             raise RequestError(name, f"{name} must be text of at most {MAX_PROMPT_CHARS} characters")
     model, response_format = form.get("model"), form.get("response_format")
-    _check_model_and_format(request, model if isinstance(model, str) else None, response_format if isinstance(response_format, str) else None)
+    stream = form.get("stream")
+    _check_model_and_format(request, model if isinstance(model, str) else None, response_format if isinstance(response_format, str) else None,
+                            isinstance(stream, str) and stream.strip().lower() in ("true", "1"))  # the SDK's form says "true"
     image = await _file(form, ("image", "image[]"), settings)
     if image is None:
         raise RequestError("image", "give the image to edit (a PNG, JPEG or WebP file)")
