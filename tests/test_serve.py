@@ -374,6 +374,16 @@ def test_a1111_hires_fix_upscales_and_repaints_each_image(tiny_pipeline):
     assert too_big.status_code == 422 and "hr_scale" in too_big.text  # refused before the first pass runs
 
 
+# The keys of AUTOMATIC1111's Processed.js() (modules/processing.py, v1.10): its API's info, as a JSON string.
+PROCESSED_JS_KEYS = (
+    "prompt", "all_prompts", "negative_prompt", "all_negative_prompts", "seed", "all_seeds", "subseed", "all_subseeds",
+    "subseed_strength", "width", "height", "sampler_name", "cfg_scale", "steps", "batch_size", "restore_faces",
+    "face_restoration_model", "sd_model_name", "sd_model_hash", "sd_vae_name", "sd_vae_hash", "seed_resize_from_w",
+    "seed_resize_from_h", "denoising_strength", "extra_generation_params", "index_of_first_image", "infotexts", "styles",
+    "job_timestamp", "clip_skip", "is_using_inpainting_conditioning", "version",
+)
+
+
 def test_a1111_reports_ignored_fields_and_honours_force_task_id(tiny_pipeline):
     with running_server(tiny_pipeline) as (url, _):
         body = {"prompt": "a cross", **SMALL, "seed": 1, "force_task_id": "task(abc123)", "tiling": True,
@@ -383,6 +393,10 @@ def test_a1111_reports_ignored_fields_and_honours_force_task_id(tiny_pipeline):
         data = response.json()
         info = json.loads(data["info"])  # a JSON string, as AUTOMATIC1111 sends it
         assert info["task_id"] == "task(abc123)"
+        missing = set(PROCESSED_JS_KEYS) - set(info)  # clients index it: info["sd_model_hash"] was a KeyError
+        assert not missing, missing
+        assert info["sd_model_hash"] == tiny_pipeline.model_hash and info["styles"] == [] and info["extra_generation_params"] == {}
+        assert info["version"].startswith("sdopt ") and (info["seed_resize_from_w"], info["seed_resize_from_h"]) == (-1, -1)
         assert info["sdopt_ignored"] == ["my_extension_field", "restore_faces", "tiling"]  # hr_scale: inert without enable_hr
         assert png(data["images"][0]).size == (64, 64)
         job = httpx.get(url + "/v1/jobs/task(abc123)", params={"images": False}).json()

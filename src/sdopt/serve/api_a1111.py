@@ -121,6 +121,9 @@ def _answer(request: Request, body: ProcessingRequest, spec: J.JobSpec, jobs: li
 
 
 def _info(request: Request, jobs: list[J.Job], spec: J.JobSpec, body: ProcessingRequest, interrupted: bool, images: list) -> dict[str, Any]:
+    """AUTOMATIC1111's Processed.js(), every key of it (clients index it), then sdopt's own (sdopt_*, task_id, interrupted)."""
+    from sdopt import __version__
+
     n, job = len(spec.seeds), jobs[0]
     return {
         "prompt": spec.prompt,
@@ -139,13 +142,22 @@ def _info(request: Request, jobs: list[J.Job], spec: J.JobSpec, body: Processing
         "steps": spec.steps,
         "batch_size": body.batch_size or 1,
         "restore_faces": False,
+        "face_restoration_model": None,
         "sd_model_name": request.app.state.model_name,
+        "sd_model_hash": getattr(request.app.state.worker.pipeline, "model_hash", None),  # the images' "Model hash"
+        "sd_vae_name": None,  # the artifact's own VAE, as AUTOMATIC1111 says of a checkpoint's baked-in one
+        "sd_vae_hash": None,
+        "seed_resize_from_w": body.seed_resize_from_w,
+        "seed_resize_from_h": body.seed_resize_from_h,
         "denoising_strength": spec.strength if spec.init_image is not None else None,
+        "extra_generation_params": {},  # the infotexts carry every parameter
         "index_of_first_image": 0,
         "infotexts": [image.info.get("parameters") for image in images],  # what each image's PNG carries (sdopt.infotext)
+        "styles": body.styles or [],
         "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(job.created)),
         # A1111's name for a 9-channel inpainting UNet (a stand-in pipeline in tests has none)
         "is_using_inpainting_conditioning": bool(getattr(request.app.state.worker.pipeline, "inpainting_unet", False)),
+        "version": f"sdopt {__version__}",  # as the infotexts' Version
         "task_id": job.id,
         "interrupted": interrupted,
         "sdopt_skipped_seeds": [seed for skipped in jobs if skipped.skipped for seed in skipped.spec.seeds],  # /sdapi/v1/skip left them out
