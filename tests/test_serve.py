@@ -724,15 +724,22 @@ def test_events_stream_queued_steps_previews_and_done(tiny_pipeline):
         assert events[-1]["status"] == "succeeded"
 
 
+# AUTOMATIC1111's State.dict() (modules/shared_state.py): progress's state, whose keys clients index.
+STATE_KEYS = {"skipped", "interrupted", "stopping_generation", "job", "job_count", "job_timestamp", "job_no", "sampling_step", "sampling_steps"}
+
+
 def test_a1111_progress_and_interrupt_follow_the_running_job(tiny_pipeline):
     import threading
 
     with running_server(SlowSteps(tiny_pipeline, 0.2)) as (url, _):
+        idle = httpx.get(url + "/sdapi/v1/progress").json()
+        assert STATE_KEYS <= set(idle["state"]) and idle["current_image"] is None and idle["eta_relative"] == 0
         answer = {}
         thread = threading.Thread(target=lambda: answer.update(r=httpx.post(url + "/sdapi/v1/txt2img", json={"prompt": "x", "width": 64, "height": 64, "steps": 40}, timeout=60)))
         thread.start()
         progress = wait_for(lambda: (lambda p: p if p["state"]["sampling_step"] >= 2 else None)(httpx.get(url + "/sdapi/v1/progress").json()))
         assert progress["state"]["sampling_steps"] == 40 and 0 < progress["progress"] < 1 and progress["eta_relative"] > 0
+        assert STATE_KEYS <= set(progress["state"]) and isinstance(progress["current_image"], str)
         assert httpx.post(url + "/sdapi/v1/interrupt").status_code == 200
         thread.join(30)
         response = answer["r"]

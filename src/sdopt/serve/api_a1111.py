@@ -317,7 +317,7 @@ def progress(request: Request, skip_current_image: bool = False, id_task: str | 
         job = worker.current[0] if worker.current else None
     queued = worker.queue_depth
     if job is None:
-        state = {"skipped": False, "interrupted": False, "job": "", "job_count": queued, "job_timestamp": "0",
+        state = {"skipped": False, "interrupted": False, "stopping_generation": False, "job": "", "job_count": queued, "job_timestamp": "0",
                  "job_no": 0, "sampling_step": 0, "sampling_steps": 0}
         return {"progress": 0.0, "eta_relative": 0.0, "state": state, "current_image": None, "textinfo": None}
     image = None
@@ -329,6 +329,7 @@ def progress(request: Request, skip_current_image: bool = False, id_task: str | 
         # as AUTOMATIC1111's: skipped from the skip until the request's next iteration starts
         "skipped": job.skipped or (before is not None and before.skipped and job.status == J.QUEUED),
         "interrupted": job.status == J.CANCELLED and not job.skipped,
+        "stopping_generation": False,  # AUTOMATIC1111's "finish the image, then stop": sdopt has no such call
         "job": job.id,
         # a request followed by id_task: its iterations (AUTOMATIC1111's job_count is the batch count); else the server's jobs
         "job_count": job.iterations if id_task is not None else queued + len(worker.current),
