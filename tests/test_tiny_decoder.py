@@ -160,3 +160,29 @@ def test_a_profile_distills_a_decoder_and_exports_it_with_caching_to_onnx(tiny_m
 def test_bad_distill_values_are_refused_naming_their_flag(tiny_model, tmp_path, capsys, flags, message):
     assert main(["distill-decoder", str(tiny_model), "-o", str(tmp_path / "d"), "--latents", "4", "-q", *flags]) == 2
     assert message in capsys.readouterr().err and not (tmp_path / "d").exists()
+
+
+def test_a_decoder_distilled_for_another_vae_is_taken_with_a_warning_naming_both_models(tiny_model, distilled, tmp_path, monkeypatch):
+    """Its latents' shape fits, so nothing else stopped a decoder distilled for one model being exported into another."""
+    from sdopt.decoder import probe
+    from sdopt.decoder.tiny import distilled_elsewhere
+    from sdopt.export.run import _replace_decoder
+    from sdopt.manifest import read_manifest
+
+    manifest = read_manifest(tiny_model)
+    assert distilled_elsewhere(distilled, manifest, tiny_model) is None  # its own model (or one sharing its VAE)
+    other = tmp_path / "other-decoder"
+    shutil.copytree(distilled, other)
+    report = json.loads((other / "distill.json").read_text())
+    assert len(report["source"]["vae_decoder"]) == 64  # what distill-decoder recorded of the VAE it imitated
+    report["source"].update(path="/models/elsewhere", vae_decoder="0" * 64)
+    (other / "distill.json").write_text(json.dumps(report))
+    monkeypatch.setattr(probe, "measure", lambda full, tiny, model: {"psnr_db": 20.0, "images": 8, "size": "128x128"})  # seconds saved
+    with pytest.warns(UserWarning, match=f"distilled for /models/elsewhere \\(another VAE\\), not for {tiny_model}"):
+        _replace_decoder(other, tiny_model, manifest)
+    del report["source"]["vae_decoder"]  # distilled before distill.json recorded the VAE: the checkpoints are compared
+    (other / "distill.json").write_text(json.dumps(report))
+    assert distilled_elsewhere(other, manifest, tiny_model) is None  # the same checkpoint
+    report["source"]["fingerprint"] = "0" * 64
+    (other / "distill.json").write_text(json.dumps(report))
+    assert "another checkpoint, whose VAE it does not record" in distilled_elsewhere(other, manifest, tiny_model)

@@ -262,7 +262,8 @@ def distill_decoder(model: str | Path, out: str | Path, settings: DistillSetting
         forget_load_path(tmp / "config.json", also=("block_out_channels",))
         save_curves(tmp / "training", log, (("decoder", "tiny decoder vs the full decoder's images (L1 + L2)"),))
         report = {
-            "source": {"path": str(source.resolve()), "fingerprint": manifest.source.get("fingerprint"), "artifact_id": manifest.artifact_id},
+            "source": {"path": str(source.resolve()), "fingerprint": manifest.source.get("fingerprint"), "artifact_id": manifest.artifact_id,
+                       "vae_decoder": tiny_mod.vae_identity(manifest, source)},  # what export compares (tiny.distilled_elsewhere)
             "settings": {**asdict(settings), "init": str(init) if init else None, "height": height, "width": width,
                          "channels": list(tiny.config.decoder_block_out_channels)},
             "decoder_parameters": sum(p.numel() for p in tiny.decoder.parameters()),

@@ -121,6 +121,40 @@ def wrap(module, scale: float):
     return TinyDecoder(module, scale).eval()
 
 
+def vae_identity(manifest, folder: str | Path) -> str | None:
+    """The identity of a checkpoint's full VAE decoder (sdopt.manifest.identity_of over its files): what a tiny
+    decoder learned to imitate. Two checkpoints may share one VAE (a model and its fine-tunes, tiny and tiny-lcm)."""
+    from sdopt.manifest import hash_components, identity_of
+
+    entry = manifest.components.get("vae_decoder")
+    if entry is None:
+        return None
+    hash_components({"vae_decoder": entry}, folder)  # a folder without sdopt.json records no hashes
+    return identity_of({"vae_decoder": entry}, folder)
+
+
+def distilled_elsewhere(path: str | Path, manifest, source: str | Path) -> str | None:
+    """A warning when the tiny decoder in ``path`` was distilled (its distill.json) against another VAE than the
+    model's in ``source``: it fits the latents' shape, so nothing else stops it, but it imitates the other decoder.
+    None when it was distilled for this VAE, or records nothing (TAESD's published weights)."""
+    distilled = Path(path) / "distill.json"
+    if not distilled.is_file():
+        return None
+    theirs = read_json(distilled).get("source") or {}
+    if theirs.get("vae_decoder"):  # distill.json records the VAE it imitated: compare that (a fine-tune may share it)
+        if theirs["vae_decoder"] == vae_identity(manifest, source):
+            return None
+        why = "another VAE"
+    else:  # written before distill.json recorded the VAE: only the checkpoint can be compared
+        ours = manifest.source.get("fingerprint")
+        if not theirs.get("fingerprint") or not ours or theirs["fingerprint"] == ours:
+            return None
+        why = "another checkpoint, whose VAE it does not record"
+    return (f"--vae-decoder {path} was distilled for {theirs.get('path', 'another model')} ({why}), not for {source}: "
+            "it imitates that model's decoder, so this one's images may come out wrong; "
+            f"distill one for this model (`sdopt distill-decoder {source} -o OUT`)")
+
+
 def replacement_record(path: str | Path, config: dict[str, Any], model: dict[str, Any], quality: dict[str, Any] | None) -> dict[str, Any]:
     """What the manifest keeps of a replaced decoder: what replaced it, how it is fed, how close it decodes."""
     folder = Path(path)

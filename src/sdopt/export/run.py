@@ -162,13 +162,17 @@ def component_config(source: Path, folder: str, name: str, options: dict[str, An
 def _replace_decoder(path: str | Path, source: Path, manifest: Manifest) -> tuple[dict[str, Any], list[str]]:
     """Check that --vae-decoder fits the model, measure it against the full decoder; its manifest record and note."""
     from sdopt.decoder import probe
-    from sdopt.decoder.tiny import check_fits, input_scale, load_tiny_decoder, read_config, replacement_record
+    import warnings
+
+    from sdopt.decoder.tiny import check_fits, distilled_elsewhere, input_scale, load_tiny_decoder, read_config, replacement_record
     from sdopt.runtime.torch import load_pretrained
 
     config = read_config(path)
     check_fits(config, manifest.model, f"--vae-decoder {path}")
     if "vae_decoder" not in manifest.components:
         raise SdoptError(f"{source} has no VAE decoder for --vae-decoder to replace")
+    if warning := distilled_elsewhere(path, manifest, source):
+        warnings.warn(warning, UserWarning, stacklevel=2)
     full = load_pretrained("vae_decoder", source / manifest.components["vae_decoder"].folder)
     tiny = load_tiny_decoder(path, input_scale(config, manifest.model))
     quality = probe.measure(full, tiny, manifest.model)
