@@ -119,6 +119,9 @@ def test_output_under_a_file_is_refused(tiny_model, tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
     assert main(["export", str(tiny_model), "--to", "onnx", "-o", str(tmp_path / "afile" / "out")]) == 2
     assert "is not a folder" in capsys.readouterr().err
+    # Missing folders between (made at the end): the file was said "not writable", which chmod would not cure.
+    assert main(["export", str(tiny_model), "--to", "onnx", "-o", str(tmp_path / "afile" / "sub" / "out")]) == 2
+    assert f"{tmp_path / 'afile'} is not a folder" in capsys.readouterr().err
 
 
 def test_unknown_target_lists_the_known_ones(tiny_model, tmp_path, capsys):

@@ -99,10 +99,9 @@ def check_output_dir(out: str | Path, force: bool = False, inputs: tuple[str | P
         if not force:
             raise SdoptError(f"{out} already exists: choose another output path, or pass --force to replace it")
         check_replaceable(out)
-    parent = out.parent if str(out.parent) else Path(".")
-    if parent.exists() and not parent.is_dir():
-        raise SdoptError(f"cannot write {out}: {parent} is not a folder")
-    probe = nearest_existing(parent)
+    probe = nearest_existing(out.parent if str(out.parent) else Path("."))
+    if not probe.is_dir():  # its parent, or a folder above it that is missing: made at the end, they could not be
+        raise SdoptError(f"cannot write {out}: {probe} is not a folder")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise SdoptError(f"cannot write {out}: {probe} is not writable; choose an output path you can write to")
     # os.access says root may write anywhere: a command that enters atomic_output_dir only at its end (distill-decoder,
