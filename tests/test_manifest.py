@@ -58,6 +58,10 @@ def test_other_pipeline_classes_are_refused(tiny_model, tmp_path):
     (other / "model_index.json").write_text(json.dumps(index))
     with pytest.raises(SdoptError, match="holds a FluxPipeline"):
         read_manifest(other)
+    index["_class_name"] = "AuraFlowPipeline"
+    (other / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(SdoptError, match="holds an AuraFlowPipeline"):  # it said "a AuraFlowPipeline"
+        read_manifest(other)
 
 
 def test_missing_component_file_is_named(tiny_model, tmp_path):

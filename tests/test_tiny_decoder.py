@@ -63,7 +63,7 @@ def test_bad_tiny_decoders_are_refused_before_anything_is_written(tiny_model, sh
     out = tmp_path / "out"
     with pytest.raises(SdoptError, match="not a folder"):
         export(tiny_model, "onnx", out, vae_decoder=str(tmp_path / "missing"))
-    with pytest.raises(SdoptError, match="not an AutoencoderTiny"):
+    with pytest.raises(SdoptError, match="holds an AutoencoderKL, not an AutoencoderTiny"):
         export(tiny_model, "onnx", out, vae_decoder=str(tiny_model / "vae"))
     # Made for the tiny model (8x), given to the shapes model (4x): its images would be the wrong size.
     with pytest.raises(SdoptError, match="upsamples latents 8x; this model's VAE does 4x"):

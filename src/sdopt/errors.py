@@ -83,6 +83,11 @@ def did_you_mean(word: str, choices, quoted: bool = False) -> str:
     return f" (did you mean {near[0]!r}?)" if quoted else f" (did you mean {near[0]}?)"
 
 
+def with_article(name: str) -> str:
+    """"a NAME" or "an NAME" by its first letter (a class name in a message: "an AutoencoderKL")."""
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
+
+
 def require(module: str, extra: str):
     """Import an optional dependency, or raise an error naming the extra to install."""
     import importlib

@@ -17,7 +17,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from sdopt.errors import SdoptError
+from sdopt.errors import SdoptError, with_article
 from sdopt.fsutil import read_json, sha256_file
 
 ARCHITECTURE = "AutoencoderTiny"
@@ -53,7 +53,7 @@ def read_config(path: str | Path, flag: str = "--vae-decoder") -> dict[str, Any]
                          "such as `sdopt distill-decoder` writes or TAESD's published weights")
     config = read_json(folder / "config.json", what="the tiny decoder's config", missing="give a Diffusers AutoencoderTiny folder")
     if config.get("_class_name") != ARCHITECTURE:
-        raise SdoptError(f"{folder} holds a {config.get('_class_name', 'model of unknown class')}, not an {ARCHITECTURE}: "
+        raise SdoptError(f"{folder} holds {with_article(config.get('_class_name', 'model of unknown class'))}, not an {ARCHITECTURE}: "
                          "give a tiny decoder (`sdopt distill-decoder` writes one)")
     if not (folder / WEIGHTS_FILE).is_file():
         raise SdoptError(f"{folder} has no {WEIGHTS_FILE}: the tiny decoder's weights must be in safetensors")

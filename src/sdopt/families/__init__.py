@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sdopt.errors import SdoptError
+from sdopt.errors import SdoptError, with_article
 from sdopt.families.base import Family
 
 
@@ -43,4 +43,4 @@ def family_of_class(pipeline_class: str | None, where: Path | str) -> Family:
         if pipeline_class in family.pipeline_classes:
             return family
     known = sorted(c for f in FAMILIES.values() for c in f.pipeline_classes if not c.startswith(("ORT", "OV", "Onnx")))
-    raise SdoptError(f"{where} holds a {pipeline_class}; sdopt runs {', '.join(known)} pipelines (and their ONNX/OpenVINO exports)")
+    raise SdoptError(f"{where} holds {with_article(pipeline_class)}; sdopt runs {', '.join(known)} pipelines (and their ONNX/OpenVINO exports)")
