@@ -43,6 +43,26 @@ def test_bad_generate_arguments(tiny_model, capsys, extra, message):
     assert message in capsys.readouterr().err
 
 
+def test_the_last_timestep_check_sets_a_schedule_once_per_config_and_steps(tiny_model, monkeypatch):
+    """It set the timesteps of the scheduler built for the check on every request; Diffusers' Euler, DPM++, Heun, LMS
+    and UniPC warn on each call (numpy's copy=), which doubled the suite's warnings. A refusal is still said each time."""
+    from diffusers import EulerDiscreteScheduler
+
+    from sdopt.errors import SdoptError
+    from sdopt.request import GenerateRequest
+    from sdopt.runtime.schedulers import check_steps, make_scheduler
+
+    config = json.loads((tiny_model / "scheduler" / "scheduler_config.json").read_text())
+    calls, real = [], EulerDiscreteScheduler.set_timesteps
+    monkeypatch.setattr(EulerDiscreteScheduler, "set_timesteps", lambda self, *a, **k: calls.append(a) or real(self, *a, **k))
+    for _ in range(3):
+        check_steps(make_scheduler("euler", config), GenerateRequest(prompt="x", steps=37))
+    assert len(calls) <= 1  # none where another test in this process checked the same already
+    for _ in range(2):
+        with pytest.raises(SdoptError, match="would step at timestep 1000"):
+            check_steps(make_scheduler(None, config), GenerateRequest(prompt="x", steps=1000))
+
+
 def test_a_request_the_artifact_refuses_is_said_before_any_progress_bar(tiny_model, capsys):
     """A refusal from the artifact's checks (an OpenVINO static shape, Clip skip past the text encoder's layers) came
     after an empty "denoising 0/N" bar."""

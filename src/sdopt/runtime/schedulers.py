@@ -7,6 +7,7 @@ Diffusers community names them (A1111's sampler names in comments).
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from sdopt.errors import SdoptError, argument
@@ -127,6 +128,12 @@ def check_steps(scheduler: Any, request: Any) -> None:
                      + (", or a higher strength" if strength < 1 else "") + f", or another sampler ({argument('scheduler')})", field="steps")
 
 
+# The last timestep of each (scheduler class, config, steps) _check_last_timestep has seen. set_timesteps is cheap,
+# but in Diffusers' Euler, DPM++, Heun, LMS and UniPC each call warns (numpy's copy=False on a tensor): once per
+# request on top of the run's own, it doubled the suite's warnings. At most 1000 step counts per scheduler config.
+_LAST_TIMESTEPS: dict[tuple[str, str, int], int] = {}
+
+
 def _check_last_timestep(scheduler: Any, steps: int) -> None:
     """DDIM and PNDM (SD 1.5's own) add the checkpoint's steps_offset (1) to every timestep: at 1000 steps that reaches
     timestep 1000, past the 0-999 the model was trained on, and Diffusers indexed its schedule out of range (an
@@ -134,13 +141,17 @@ def _check_last_timestep(scheduler: Any, steps: int) -> None:
     trained = getattr(scheduler.config, "num_train_timesteps", None)
     if not trained:
         return
-    scheduler.set_timesteps(steps, device="cpu")  # cheap; the pipeline sets them again for its run
-    if int(max(scheduler.timesteps)) < trained:
+    key = (type(scheduler).__name__, json.dumps(dict(scheduler.config), sort_keys=True, default=str), steps)
+    last = _LAST_TIMESTEPS.get(key)
+    if last is None:
+        scheduler.set_timesteps(steps, device="cpu")  # the pipeline sets them again for its run
+        last = _LAST_TIMESTEPS[key] = int(max(scheduler.timesteps))
+    if last < trained:
         return
     offset = int(getattr(scheduler.config, "steps_offset", 0) or 0)
     most = trained - max(offset, 1)
     raise SdoptError(f"steps={steps}: {type(scheduler).__name__} on this checkpoint's schedule (steps_offset "
-                     f"{offset}) would step at timestep {int(max(scheduler.timesteps))}, past the "
+                     f"{offset}) would step at timestep {last}, past the "
                      f"{trained} it was trained on: ask for {most} or fewer, or another sampler ({argument('scheduler')})", field="steps")
 
 
