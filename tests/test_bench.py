@@ -662,6 +662,7 @@ def test_the_pareto_plot_rings_a_front_of_one_point_and_keeps_every_label_inside
     boxes = [(t.get_text(), t.get_window_extent(close.canvas.get_renderer())) for t in close.axes[0].texts]
     overlapping = [(a, b) for i, (a, box) in enumerate(boxes) for b, other in boxes[i + 1:] if box.overlaps(other)]
     assert len(boxes) == 5 and not overlapping, overlapping
+    assert close.axes[0].get_xlabel() == "latency, ms per image (median)" and close.axes[0].get_xlim()[1] > 3000  # ms, as the tables
     two = pareto_figure([row("reference", 1.0, 100.0), row("fast", 0.5, 40.0), row("slow", 2.0, 30.0)])
     [line] = two.axes[0].get_legend().legend_handles
     assert line.get_linestyle() == "--" and two.axes[0].get_legend().get_texts()[0].get_text() == "Pareto front"
@@ -683,6 +684,8 @@ def test_the_latency_plot_legend_covers_no_bar():
     legend = ax.get_legend().get_window_extent(renderer)
     bars = [p.get_window_extent(renderer) for p in ax.patches if p.get_width() > 0]
     assert bars and not [b for b in bars if legend.overlaps(b)]
+    # In ms, as the tables beside it in report.html (the plots said seconds): tiny's text encoder, 0.02 s, is 20 ms.
+    assert ax.get_xlabel().startswith("ms per image") and ax.patches[0].get_width() == pytest.approx(20)
 
 
 def _small_report(warnings=()):

@@ -52,10 +52,10 @@ def latency_figure(rows, steps: int):
         other = np.maximum(np.array([r["latency_median_s"] for r in ok]) - te - unet - vae, 0)
     left = np.zeros(len(ok))
     for values, label, color in ((te, "text encoder", "#4c72b0"), (unet, "UNet steps", "#dd8452"), (vae, "VAE decode", "#55a868"), (other, "other", "#bbbbbb")):
-        ax.barh(names, values, left=left, label=label, color=color)
-        left += values
+        ax.barh(names, values * 1000, left=left, label=label, color=color)  # in ms, as the tables beside it
+        left += values * 1000
     ax.invert_yaxis()
-    ax.set_xlabel("seconds per image (each stage's median)")
+    ax.set_xlabel("ms per image (each stage's median)")
     ax.set_title("Latency per artifact and stage")
     # Beside the axes, not on them: inside, "lower right" covered the end of the slowest artifact's bar.
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
@@ -85,7 +85,7 @@ def pareto_figure(rows):
     ok = [r for r in rows if r["latency_median_s"] and r["psnr_db"] is not None]
     if not ok:
         return None
-    points = [(r["latency_median_s"], r["psnr_db"]) for r in ok]
+    points = [(r["latency_median_s"] * 1000, r["psnr_db"]) for r in ok]  # in ms, as the tables beside it
     front = pareto_front(points)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.scatter(*zip(*points), color="#4c72b0", zorder=3)
@@ -103,7 +103,7 @@ def pareto_figure(rows):
         labels.append(ax.annotate(r["artifact"], (x, y), textcoords="offset points", xytext=(-6 if right_half else 6, 4), fontsize=8,
                                   ha="right" if right_half else "left"))
     _apart(fig, labels)
-    ax.set_xlabel("latency, seconds per image (median)")
+    ax.set_xlabel("latency, ms per image (median)")
     ax.set_ylabel("PSNR vs reference, dB (worst sample; 100 = identical)")
     ax.set_title("Speed vs quality")
     ax.legend(fontsize=8)
