@@ -507,3 +507,15 @@ def test_every_flag_says_what_it_does_and_init_model_takes_quiet(monkeypatch, tm
     monkeypatch.setattr(sdopt.zoo, "write_model", lambda name, out, **kw: seen.update(kw) or out)
     assert main(["init-model", "tiny", str(tmp_path / "m"), "-q"]) == 0
     assert seen["progress"] is False
+
+
+def test_flags_are_not_abbreviated_and_a_misspelt_one_is_said_with_the_nearest(tiny_model, capsys):
+    """argparse took --ste for --steps: it would stop working, or change meaning, the day a flag shares the prefix. And
+    a misspelt flag was said under the top-level usage (sdopt [-h] [--version] COMMAND) with no hint."""
+    for typed in (["--ste", "3"], ["--stesp=3"]):
+        with pytest.raises(SystemExit) as exc:
+            main(_gen(tiny_model, *typed))
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert f"sdopt generate: error: unrecognized arguments: {' '.join(typed)} (did you mean --steps?)" in err
+        assert "usage: sdopt generate" in err

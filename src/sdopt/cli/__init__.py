@@ -18,7 +18,7 @@ from pathlib import Path
 
 from sdopt import __version__
 from sdopt.cli import artifacts, generating, measure, models, serving
-from sdopt.errors import SdoptError, command_line
+from sdopt.errors import SdoptError, command_line, did_you_mean
 
 # In the order `sdopt --help` lists them.
 COMMANDS = (
@@ -28,12 +28,32 @@ COMMANDS = (
 )
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser (every command's too: add_subparsers makes them of this class) taking no abbreviations:
+    --ste for --steps was taken, and would stop working, or change meaning, the day a flag shares its prefix. A flag no
+    command has is said by the command's parser, with the nearest of its flags (Python 3.11 has no suggest_on_error)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            command = self.commands.get(getattr(parsed, "command", None), self)
+            flags = [word.split("=", 1)[0] for word in unknown if word.startswith("--")]
+            near = next((hint for flag in flags if (hint := did_you_mean(flag, command._option_string_actions))), "")
+            command.error(f"unrecognized arguments: {' '.join(unknown)}{near}")
+        return parsed
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sdopt", description="Export, quantize, run and benchmark Stable Diffusion models.")
+    parser = Parser(prog="sdopt", description="Export, quantize, run and benchmark Stable Diffusion models.")
     parser.add_argument("--version", action="version", version=f"sdopt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMANDS:
         add(sub)
+    parser.commands = sub.choices  # name -> its parser: an unknown flag is said by its command (Parser.parse_args)
     return parser
 
 
