@@ -744,3 +744,21 @@ def test_the_image_grid_says_what_a_difference_maps_colours_mean(tmp_path, rende
     image = np.array([[[0, 0, 0], [15, 15, 15], [64, 64, 64]]], np.uint8)
     black, purple, yellow = _diff_heatmap(ref, image)[0].astype(int)
     assert black.sum() < 10 and purple[2] > purple[1] and yellow[0] > 200 and yellow[1] > 200
+
+
+def test_the_image_grid_labels_no_artifact_reference_when_the_reference_failed(tmp_path):
+    """With the reference failed, every other artifact's image had a grey "reference" box under it, as the reference's."""
+    from PIL import Image
+
+    from sdopt.bench.html import _image_grid
+
+    report = _small_report()
+    report["reference"] = "tiny-bad"  # the failed row (no samples)
+    (tmp_path / "w").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "w" / "0.png")
+    report["artifacts"][0].update(work_dir="w", samples=[{"prompt_index": 0, "seed": 0, "image": "0.png"}])
+    grid = _image_grid(report, tmp_path)
+    assert "<div class='ref'>no reference</div><figcaption>tiny</figcaption>" in grid
+    assert "The reference, tiny-bad, made no images (it failed): no difference maps." in grid
+    report["reference"] = "tiny"
+    assert "<div class='ref'>reference</div><figcaption>tiny</figcaption>" in _image_grid(report, tmp_path)

@@ -168,7 +168,10 @@ def _image_grid(report: dict, out: Path) -> str:
         return "<p>No images: every artifact failed.</p>"
     ref = next((a for a in artifacts if a["name"] == report["reference"]), None)
     prompts = report["request"]["prompts"]
-    parts = []
+    # Without the reference's images (it failed) there is no difference to map: its cell under every artifact read
+    # "reference", as under the reference itself.
+    parts = [] if ref else [f"<p>The reference, {html.escape(str(report['reference']))}, made no images (it failed): "
+                            "no difference maps.</p>"]
     for sample_index, sample in enumerate(artifacts[0]["samples"][:_MAX_GRID_SAMPLES]):
         title = f"prompt {sample['prompt_index'] + 1} “{html.escape(prompts[sample['prompt_index']])}”, seed {sample['seed']}"
         ref_img = np.asarray(Image.open(out / ref["work_dir"] / ref["samples"][sample_index]["image"]).convert("RGB")) if ref else None
@@ -180,7 +183,8 @@ def _image_grid(report: dict, out: Path) -> str:
             heat = _diff_heatmap(ref_img, img) if ref_img is not None and a is not ref else None
             cells.append(
                 f"<figure><img src='{_image_uri(img)}' alt='{html.escape(a['name'])}'>"
-                + (f"<img src='{_image_uri(heat)}' alt='difference'>" if heat is not None else "<div class='ref'>reference</div>")
+                + (f"<img src='{_image_uri(heat)}' alt='difference'>" if heat is not None
+                   else f"<div class='ref'>{'reference' if a is ref else 'no reference'}</div>")
                 + f"<figcaption>{html.escape(a['name'])}{score}</figcaption></figure>"
             )
         parts.append(f"<h3>{title}</h3><div class='grid'>{''.join(cells)}</div>")
