@@ -948,3 +948,25 @@ def test_prompt_lora_tags_apply_the_named_lora_and_jobs_batch_only_with_their_ow
     jobs = run_queued(pipeline, [J.JobSpec(prompt=p, loras=l, **SMALL)
                                  for p, l in (("a", {str(style): 0.8}), ("b", {str(style): 0.8}), ("c", {str(style): 0.5}), ("d", None))], max_batch=8)
     assert [job.batch_size for job in jobs] == [2, 2, 1, 1]
+
+
+def test_the_fuzz_script_exits_with_schemathesis_status_and_removes_its_folder(tmp_path):
+    """measure/serve_fuzz.sh, run with stand-ins for sdopt, curl and schemathesis: its exit trap, under set -e, ended on
+    `wait` returning the stopped server's 130, so a clean run exited 130 and left its temporary folder."""
+    import subprocess
+    from pathlib import Path
+
+    stubs = {"sdopt": 'if [ "$1" = init-model ]; then mkdir -p "$3"; exit 0; fi\ntrap "exit 130" TERM\nwhile :; do sleep 0.1; done',
+             "curl": "echo 'sdopt_jobs_total{outcome=\"succeeded\"} 0'"}
+    (tmp_path / "bin").mkdir()
+    for name, body in stubs.items():
+        (tmp_path / "bin" / name).write_text(f"#!/bin/bash\n{body}\n")
+        (tmp_path / "bin" / name).chmod(0o755)
+    (tmp_path / "tmp").mkdir()
+    for status in (0, 1):  # schemathesis' own: 1 when a check failed
+        (tmp_path / "bin" / "schemathesis").write_text(f"#!/bin/bash\nexit {status}\n")
+        (tmp_path / "bin" / "schemathesis").chmod(0o755)
+        done = subprocess.run(["bash", "measure/serve_fuzz.sh", "1"], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
+                              env={"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "TMPDIR": str(tmp_path / "tmp")}, timeout=60)
+        assert done.returncode == status, done.stdout + done.stderr
+        assert not list((tmp_path / "tmp").iterdir())
