@@ -402,6 +402,18 @@ def test_a_profile_is_built_from_one_checkpoint_and_benched(tiny_model, tmp_path
     assert main(["bench", str(tiny_model), "--build-from", str(tiny_model), "-o", str(tmp_path / "r4")]) == 2
 
 
+def test_a_work_folder_inside_the_model_is_refused_before_building(tiny_model, tmp_path, capsys):
+    """bench --build-from M --work M/w made M/w in the model and went on for minutes, each export it tried refused as an
+    output inside the input: one line up front instead, and the model left as it was."""
+    from sdopt.cli import main
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)  # a folder of its own: the old code made model/w
+    assert main(["bench", "--profile", "cpu-shapes", "--build-from", str(model), "--work", str(model / "w"), "-o", str(tmp_path / "r")]) == 2
+    assert f"--work {model / 'w'} is inside the input {model}: choose a work folder outside the input" in capsys.readouterr().err
+    assert not (model / "w").exists() and not (tmp_path / "r").exists()
+
+
 def test_merged_rounds_join_samples_and_a_failed_round_fails_the_artifact():
     from sdopt.bench.rounds import merge_rounds
 

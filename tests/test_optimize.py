@@ -57,6 +57,24 @@ def test_a_device_without_candidates_is_refused_leaving_no_work_folder(tiny_mode
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.work").exists()
 
 
+@pytest.mark.parametrize("work,says", [("out/w", "is inside the output"), ("out", "is the output"), (".", "contains the output"),
+                                        ("model/w", "is inside the input")])
+def test_a_work_folder_against_the_output_or_inside_the_model_is_refused_before_building(tiny_model, tmp_path, monkeypatch, capsys, work, says):
+    """--work inside -o (or -o itself, or above it) built and benched every candidate, then was refused by the final
+    rename ("the output ... contains the input ..."); inside the model it made a folder there and every candidate failed."""
+    import shutil
+
+    import sdopt.bench.optimize
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)  # a folder of its own: the old code made model/w
+    monkeypatch.setattr(sdopt.bench.optimize, "_build_here", lambda *a, **k: pytest.fail("built before refusing --work"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["optimize", "model", "-o", "out", "--quick", "--work", work]) == 2
+    assert f"--work {work} {says}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not (model / "w").exists()
+
+
 @pytest.mark.parametrize("lacks_bf16, base", [(True, "fp32"), (False, "bf16")])
 def test_candidates_follow_the_cpus_bf16(monkeypatch, lacks_bf16, base):
     """Forced either way, whatever this CPU has: int8 candidates are quantized from the float candidate of the CPU's precision."""

@@ -116,9 +116,18 @@ def _placement(out: Path, source: str | Path) -> str | None:
     return "is" if inner == resolved else "contains" if resolved in inner.parents else "is inside" if inner in resolved.parents else None
 
 
-def make_work_dir(work: Path) -> Path:
+def make_work_dir(work: Path, inputs: tuple[str | Path, ...] = (), output: str | Path | None = None) -> Path:
     """The folder a command keeps what it builds in (bench --build-from --work, optimize's), made before any work: a
-    place that takes no folders (/proc, under a file, a read-only mount) is one line, not an OSError traceback."""
+    place that takes no folders (/proc, under a file, a read-only mount) is one line, not an OSError traceback.
+
+    It may not be or lie inside one of ``inputs`` (what it builds there would be refused, each an output inside the
+    input), and is apart from ``output`` (optimize's -o, renamed into place at the end: which found it, after all the
+    building and benching, to be the output, inside it or holding it)."""
+    for source in inputs:
+        if (how := _placement(work, source)) in ("is", "is inside"):
+            raise SdoptError(f"--work {work} {how} the input {source}: choose a work folder outside the input")
+    if output is not None and (how := _placement(work, Path(output).expanduser())):
+        raise SdoptError(f"--work {work} {how} the output {output}: choose a work folder apart from the output (the default is OUTPUT.work)")
     try:
         work.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

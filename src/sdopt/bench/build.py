@@ -41,7 +41,7 @@ from typing import Any, Callable
 
 from sdopt.bench.profiles import HardwareProfile
 from sdopt.errors import SdoptError
-from sdopt.fsutil import make_work_dir
+from sdopt.fsutil import local_inputs, make_work_dir
 
 
 @dataclass
@@ -193,7 +193,7 @@ def build_profile_artifacts(
     reference = next((s for s in specs if s.get("reference")), None)
     if reference is None:
         raise SdoptError(f"profile {profile.name} marks no artifact as reference = true: add it to one [[artifacts]] entry")
-    model, work = Path(model), make_work_dir(Path(work))
+    model, work = Path(model), make_work_dir(Path(work), local_inputs(model))
     paths: dict[str, str] = {}
     not_built: dict[str, str] = {}
     for spec in specs:

@@ -240,7 +240,7 @@ def _optimize(model, out, settings, work, floor, quick, budget_minutes, distill,
 
     # Truncated guidance needs an unconditional pass to cut: none at guidance <= 1 (Turbo models) or in an LCM UNet.
     pool = candidates(settings.device, quick, distill, precision, calibration_images, guided=runs_guided(settings.guidance_scale, manifest.model))
-    work = make_work_dir(Path(work))  # after every refusal above (a device without candidates, the calibration images)
+    work = make_work_dir(Path(work), (source,), out)  # after every refusal above (a device without candidates, the calibration images)
     if ray is not None:
         from sdopt.cluster.optimize import build_all
 
