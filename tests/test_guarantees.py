@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -528,6 +529,37 @@ def test_an_empty_output_folder_that_cannot_move_is_filled_in_place(tmp_path, mo
             (folder / "a").write_text("2")
     kept = next(tmp_path.glob(".full.tmp-*"))
     assert (kept / "a").read_text() == "2" and (full / "a").read_text() == "1"
+
+
+@pytest.mark.parametrize("failure,says", [
+    (OSError(28, "No space left on device"), "its disk is full"),  # torch.onnx, json, PIL: an OSError
+    (RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)"), "its disk is full"),  # safetensors
+    (RuntimeError("basic_ios::clear: iostream error"), "OpenVINO failed writing it (basic_ios::clear: iostream error), most likely"),
+])
+def test_a_full_disk_is_one_line_and_keeps_the_output_it_would_replace(tmp_path, capsys, monkeypatch, failure, says):
+    """A full disk mid-export (init-model, export --to onnx/openvino, distill-decoder, init-lora, a bench's report) was a
+    library's traceback: safetensors' SafetensorError, torch.onnx's OSError, OpenVINO's 'basic_ios::clear: iostream
+    error'. It is one line that says so; nothing half-written is left, and a --force run keeps the output it replaces."""
+    from sdopt import fsutil
+
+    out = tmp_path / "out"
+    with fsutil.atomic_output_dir(out) as folder:
+        (folder / "a").write_text("old")
+    with pytest.raises(SdoptError, match=rf"cannot write .*out: {re.escape(says)}.*what was written is removed\); free some space"):
+        with fsutil.atomic_output_dir(out, force=True) as folder:
+            (folder / "a").write_text("new")
+            raise failure
+    assert (out / "a").read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["out"]
+
+    def full(*args, **kwargs):  # a file written outside an artifact folder
+        raise OSError(28, "No space left on device")
+
+    import sdopt.zoo.lora
+
+    monkeypatch.setattr(sdopt.zoo.lora, "write_lora", full)
+    assert main(["init-lora", str(tmp_path / "model"), str(tmp_path / "l.safetensors")]) == 2
+    assert capsys.readouterr().err == ("sdopt: error: the disk is full ([Errno 28] No space left on device): free some space, or choose an "
+                                       "output path on another disk\n")
 
 
 def test_every_test_the_guarantees_doc_names_exists():

@@ -14,6 +14,7 @@ holds nothing else, and never the command's input or a folder containing it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import secrets
@@ -23,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from sdopt.errors import SdoptError
+from sdopt.errors import SdoptError, exception_line
 
 _HASH_CHUNK = 8 * 2**20
 INCOMPLETE_MARKER = ".sdopt-incomplete"
@@ -361,9 +362,15 @@ def atomic_output_dir(out: str | Path, force: bool = False, inputs: tuple[str | 
         (tmp / WRITTEN_LIST).write_text("".join(f"{p}\n" for p in sorted(_files_below(tmp))))
         _apply_umask(tmp)
         check_output_dir(out, force, inputs)  # someone may have created it while we wrote
-    except BaseException:
+    except BaseException as exc:
         # Also on KeyboardInterrupt: a half-written folder must never look like an artifact.
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, Exception) and not isinstance(exc, SdoptError):
+            if out_of_space(exc):
+                raise SdoptError(f"cannot write {out}: its disk is full (what was written is removed); {DISK_FULL}") from exc
+            if "iostream error" in str(exc):  # all OpenVINO says when it cannot write (its disk full: the usual reason)
+                raise SdoptError(f"cannot write {out}: OpenVINO failed writing it ({exception_line(exc)}), most likely for want of "
+                                 f"disk space (what was written is removed); {DISK_FULL}") from exc
         raise
     if out.exists():
         # --force: move the old folder aside first, so a crash here never loses both.
@@ -378,6 +385,23 @@ def atomic_output_dir(out: str | Path, force: bool = False, inputs: tuple[str | 
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, out)
+
+
+DISK_FULL = "free some space, or choose an output path on another disk"
+
+
+def out_of_space(exc: BaseException) -> bool:
+    """Whether a failed write ran out of disk space: an OSError ENOSPC or EDQUOT in ``exc``'s chain, or a library's
+    message of one (safetensors' "No space left on device (os error 28)")."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(exc) or "Disk quota exceeded" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _mark_unfinished(folder: Path, doing: str) -> None:

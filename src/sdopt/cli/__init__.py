@@ -18,7 +18,7 @@ from pathlib import Path
 
 from sdopt import __version__
 from sdopt.cli import artifacts, generating, measure, models, serving
-from sdopt.errors import SdoptError, command_line, did_you_mean
+from sdopt.errors import SdoptError, command_line, did_you_mean, exception_line
 
 # In the order `sdopt --help` lists them.
 COMMANDS = (
@@ -107,6 +107,13 @@ def _main(argv: list[str] | None) -> int:
         if not _stdout_is_gone():
             raise  # another pipe (a worker's): a bug to see, not a reader that left
         return 141  # as a shell reports a command its reader stopped (`sdopt inspect ... | head`): 128 + SIGPIPE
+    except Exception as exc:
+        from sdopt.fsutil import DISK_FULL, out_of_space
+
+        if not out_of_space(exc):  # a file written outside an artifact folder (a LoRA, a bench report): one line too
+            raise
+        print(f"sdopt: error: the disk is full ({exception_line(exc)}): {DISK_FULL}", file=sys.stderr)
+        return SdoptError.exit_code
 
 
 def _stdout_is_gone() -> bool:
