@@ -180,6 +180,24 @@ def test_an_output_file_inside_the_input_is_refused_and_the_input_stays_whole(ti
     assert main(["inspect", str(tiny_model)]) == 0  # still verifies
 
 
+def test_a_quoted_tilde_in_an_output_path_is_the_home_folder(tiny_model, tmp_path, monkeypatch, capsys):
+    """A quoted ~ (a script's "~/out", a config file) reached sdopt as it is: model folders and artifact outputs read it as
+    the home folder, but init-lora, generate -o, bench -o and --work made a folder named ~ in the working directory, one
+    an `rm -rf ~` to tidy up would take the home folder with; init-model wrote to the home folder and printed ./~/NAME."""
+    from sdopt.cli import build_parser
+
+    home, here = tmp_path / "home", tmp_path / "here"
+    home.mkdir(), here.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(here)
+    assert main(["init-lora", str(tiny_model), "~/l.safetensors"]) == 0
+    assert capsys.readouterr().out == f"{home / 'l.safetensors'}\n" and not (here / "~").exists()
+    for argv, dest in ((["generate", "m", "-p", "x", "-o", "~/x.png"], "output"), (["bench", "a", "-o", "~/r", "--work", "~/w"], "work"),
+                       (["bench", "a", "-o", "~/r"], "output"), (["optimize", "m", "-o", "~/o"], "output"), (["init-model", "tiny", "~/t"], "out"),
+                       (["distill-decoder", "m", "-o", "~/d"], "output"), (["serve", "m", "--image-dir", "~/i"], "image_dir")):
+        assert getattr(build_parser().parse_args(argv), dest) == str(home / argv[-1][2:]), argv
+
+
 def test_generate_output_names(tiny_model, tmp_path, capsys):
     """No suffix: .png, as for several images; a suffix no image format has is refused before any work (it failed
     only when saving, after the generation); without a size, the model's own (the tiny model's 64x64, as Diffusers)."""

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from sdopt.errors import SdoptError
+
+
+def user_path(text: str) -> str:
+    """An output path as given, a leading ~ read as the home folder (argparse ``type=``). A quoted ~ reaches sdopt as it
+    is: model folders and artifact outputs read it as home, while generate -o, init-lora, bench -o and --work made a
+    folder named ~ in the working directory (and init-model printed that path for the home folder it wrote)."""
+    return os.path.expanduser(text)
 
 
 def int_list(text: str, flag: str) -> list[int]:

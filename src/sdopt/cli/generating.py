@@ -7,7 +7,7 @@ import contextlib
 import sys
 from pathlib import Path
 
-from sdopt.cli.common import output_paths, backend_of, add_embedding_flag, add_eta_flag, add_lora_flag, lora_scales
+from sdopt.cli.common import output_paths, backend_of, user_path, add_embedding_flag, add_eta_flag, add_lora_flag, lora_scales
 from sdopt.infotext import lora_difference, loras_in_effect, missing_embeddings, png_info, read_png_parameters, unapplied
 from sdopt.request import MASKED_CONTENT, check_strength_has_image, open_image
 from sdopt.errors import BrokenOutputError, SdoptError
@@ -253,7 +253,7 @@ def add_generate(sub) -> None:
     add_lora_flag(p, "applied for this run (torch backend; other backends take LoRAs fused at export)")
     add_embedding_flag(p, "loaded for this run (torch backend; other backends read the embeddings fused at export)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or notes (warnings still print)")
-    p.add_argument("-o", "--output", required=True, help="output PNG (several images: OUT-0.png, OUT-1.png, ...)")
+    p.add_argument("-o", "--output", required=True, type=user_path, help="output PNG (several images: OUT-0.png, OUT-1.png, ...)")
     p.set_defaults(func=_generate)
 
 

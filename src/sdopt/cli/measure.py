@@ -8,7 +8,7 @@ import math
 import sys
 from pathlib import Path
 
-from sdopt.cli.common import add_eta_flag, comma_list, int_list, write_text_file
+from sdopt.cli.common import add_eta_flag, comma_list, int_list, user_path, write_text_file
 from sdopt.errors import SdoptError
 
 
@@ -221,7 +221,7 @@ def add_bench(sub) -> None:
     p.add_argument("artifacts", nargs="*", help="artifact folders; PATH@bf16 runs a torch artifact in another precision")
     p.add_argument("--reference", help="the artifact whose images count as correct (usually the fp32 checkpoint)")
     p.add_argument("--build-from", metavar="MODEL", help="build the profile's artifacts from this checkpoint (reused when already under --work)")
-    p.add_argument("--work", help="with --build-from: where the built artifacts are kept")
+    p.add_argument("--work", type=user_path, help="with --build-from: where the built artifacts are kept")
     p.add_argument("--only", help="with --build-from: comma-separated artifact names of the profile, run in this order (the reference always runs, first)")
     p.add_argument("--profile", action="append", help="hardware profile name (sdopt's own, or ./profiles/NAME.toml) or a .toml file; "
                    "with --ray, repeat it to run the matrix on each profile's kind of node, one report each under OUTPUT/NAME/")
@@ -251,7 +251,7 @@ def add_bench(sub) -> None:
                    "transformers (a local VLM folder in SDOPT_JUDGE_MODEL); docs/judges.md")
     p.add_argument("--timeout", type=float, default=None, help="seconds an artifact may take before it is recorded as failed")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or notes (the report and warnings are still printed)")
-    p.add_argument("-o", "--output", required=True, help="report folder (created if missing; other files in it are kept)")
+    p.add_argument("-o", "--output", required=True, type=user_path, help="report folder (created if missing; other files in it are kept)")
     p.add_argument("--force", action="store_true", help="bench into a report folder that holds another bench's report: its report "
                    "files and raw/ results are removed first (other files in the folder are kept)")
     p.set_defaults(func=_bench)
@@ -260,8 +260,8 @@ def add_bench(sub) -> None:
 def add_optimize(sub) -> None:
     p = sub.add_parser("optimize", help="build the candidates this machine can run, bench them against fp32, keep the fastest above a quality floor")
     p.add_argument("model", help="Diffusers model folder (or hub id) in full precision")
-    p.add_argument("-o", "--output", required=True, help="output artifact folder (the chosen candidate, with its bench report in optimize/)")
-    p.add_argument("--work", default=None, help="where candidates are built and kept, so a second run resumes (default: OUTPUT.work)")
+    p.add_argument("-o", "--output", required=True, type=user_path, help="output artifact folder (the chosen candidate, with its bench report in optimize/)")
+    p.add_argument("--work", default=None, type=user_path, help="where candidates are built and kept, so a second run resumes (default: OUTPUT.work)")
     p.add_argument("--device", default="cpu", help="where the candidates are built for and benched: cpu or cuda (default cpu)")
     p.add_argument("--min-psnr", type=float, default=None, help="floor for exact candidates: worst-case PSNR vs fp32 in dB (default 30)")
     p.add_argument("--min-adherence", type=float, default=None, help="floor for levers (tiny decoder, caching): adherence at least this, "
@@ -311,5 +311,5 @@ def add_gate(sub) -> None:
     group.add_argument("--rules", help="TOML file with a [gate] table of metric = rule")
     group.add_argument("--profile", help="take the rules from this hardware profile (default: the report's profile)")
     p.add_argument("--markdown", help="also write the table as Markdown here (for a CI job summary)")
-    p.add_argument("--json", help="also write the verdict as JSON here")
+    p.add_argument("--json", type=user_path, help="also write the verdict as JSON here")
     p.set_defaults(func=_gate)

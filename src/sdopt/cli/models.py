@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from sdopt.cli.common import user_path
 
 
 def _init_model(args: argparse.Namespace) -> int:
@@ -65,7 +66,7 @@ def add_init_model(sub) -> None:
     p = sub.add_parser("init-model", help="write a zoo checkpoint: real architecture, random weights (tiny, tiny-inpaint, tiny-lcm, sd15, sd2-tiny, "
                                           "sdxl-tiny, sdxl-tiny-inpaint, sdxl-tiny-lcm, sdxl) or sdopt's trained shapes model")
     p.add_argument("name", choices=sorted(MODELS), help="; ".join(f"{k}: {m.description}" for k, m in MODELS.items()))
-    p.add_argument("out", help="output folder (must not exist)")
+    p.add_argument("out", type=user_path, help="output folder (must not exist)")
     p.add_argument("--seed", type=int, default=0, help="weights seed; the same seed gives identical files (default 0; not for shapes, whose trained weights are shipped: sdopt train-shapes --seed)")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar (the folder written is still printed)")
@@ -75,7 +76,7 @@ def add_init_model(sub) -> None:
 def add_init_lora(sub) -> None:
     p = sub.add_parser("init-lora", help="write a synthetic LoRA for a model (Diffusers' format, deterministic random weights): for tests and the demo")
     p.add_argument("model", help="the Diffusers model folder it is made for")
-    p.add_argument("out", help="output .safetensors file")
+    p.add_argument("out", type=user_path, help="output .safetensors file")
     p.add_argument("--seed", type=int, default=0, help="weights seed (default 0)")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=_init_lora)
@@ -85,7 +86,7 @@ def add_init_embedding(sub) -> None:
     p = sub.add_parser("init-embedding", help="write a synthetic textual inversion embedding for a model (AUTOMATIC1111's format, "
                                               "deterministic random vectors): for tests and the demo")
     p.add_argument("model", help="the Diffusers model folder it is made for")
-    p.add_argument("out", help="output .safetensors file; its name is the word prompts use (e.g. mystyle.safetensors: 'a fox, mystyle')")
+    p.add_argument("out", type=user_path, help="output .safetensors file; its name is the word prompts use (e.g. mystyle.safetensors: 'a fox, mystyle')")
     p.add_argument("--vectors", type=int, default=4, help="how many vectors (tokens) it stands for (default 4)")
     p.add_argument("--seed", type=int, default=0, help="vectors seed (default 0)")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
@@ -94,7 +95,7 @@ def add_init_embedding(sub) -> None:
 
 def add_train_shapes(sub) -> None:
     p = sub.add_parser("train-shapes", help="train the shapes model (what `init-model shapes` installs) from sdopt's shapes dataset, on this machine")
-    p.add_argument("out", help="output folder (must not exist)")
+    p.add_argument("out", type=user_path, help="output folder (must not exist)")
     p.add_argument("--seed", type=int, help="the same seed and settings give the same weights on the same machine (default 0)")
     p.add_argument("--vae-steps", type=int, help="VAE training steps (default: the shipped model's)")
     p.add_argument("--unet-steps", type=int, help="UNet and text encoder training steps (default: the shipped model's)")
@@ -107,7 +108,7 @@ def add_train_shapes(sub) -> None:
 def add_distill_decoder(sub) -> None:
     p = sub.add_parser("distill-decoder", help="train a tiny decoder (AutoencoderTiny, TAESD's architecture) against a model's own VAE decoder, for `export --vae-decoder`")
     p.add_argument("model", help="Diffusers model folder (or hub id) in full precision")
-    p.add_argument("-o", "--output", required=True, help="output folder: a Diffusers AutoencoderTiny folder with distill.json and the loss curve")
+    p.add_argument("-o", "--output", required=True, type=user_path, help="output folder: a Diffusers AutoencoderTiny folder with distill.json and the loss curve")
     p.add_argument("--seed", type=int, help="the same seed and settings give the same weights on the same machine (default 0)")
     p.add_argument("--latents", type=int, help="latents the model generates to learn from; one in eight held out (default 256)")
     p.add_argument("--prompts", default=None, help="prompt file (one per line) for those latents (default: the shapes dataset's captions)")

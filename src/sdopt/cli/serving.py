@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from sdopt.cli.common import user_path
 from sdopt.errors import SdoptError
 
 
@@ -70,7 +71,7 @@ def add_serve(sub) -> None:
                         "loaded on the torch backend, those fused at export elsewhere; the others are listed as skipped (docs/serve.md)")
     p.add_argument("--lora-dir", default=None, metavar="DIR",
                    help="LoRAs (DIR/NAME.safetensors) a prompt may apply as <lora:NAME:WEIGHT>, AUTOMATIC1111's syntax (torch backend; docs/serve.md)")
-    p.add_argument("--image-dir", default=None, metavar="DIR",
+    p.add_argument("--image-dir", default=None, type=user_path, metavar="DIR",
                    help="keep the images of OpenAI response_format=url answers in DIR (made if absent), with the links' signing key, "
                         "so a link works its whole 60 minutes, across restarts (default: in memory, the newest 64 jobs', until a restart)")
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None, help="default: the artifact's")
