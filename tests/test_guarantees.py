@@ -230,7 +230,7 @@ def test_a_folder_of_sharded_fp16_variant_weights_loads(model_copy):
     (the loader asked for diffusion_pytorch_model.safetensors and called the checkpoint damaged)."""
     from safetensors.torch import load_file, save_file
 
-    from sdopt.layouts import variant_of
+    from sdopt.source import variant_of
 
     assert [variant_of(n) for n in ("model.safetensors", "model-00001-of-00002.safetensors", "model.fp16.safetensors",
                                     "diffusion_pytorch_model.fp16-00002-of-00002.safetensors")] == [None, None, "fp16", "fp16"]

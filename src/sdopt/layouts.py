@@ -8,7 +8,6 @@ export (Optimum's ONNX or OpenVINO folders) add an entry here.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -20,17 +19,6 @@ from sdopt.manifest import ComponentEntry, Manifest, files_in, folder_family, mo
 # Which Diffusers folder holds each component of the torch backend.
 DIFFUSERS_FOLDERS = {"text_encoder": "text_encoder", "text_encoder_2": "text_encoder_2", "unet": "unet", "vae_decoder": "vae", "vae_encoder": "vae"}
 _TORCH_SUFFIXES = (".safetensors", ".json")
-
-
-_SHARD = re.compile(r"-\d+-of-\d+$")
-
-
-def variant_of(name: str) -> str | None:
-    """The variant of a safetensors weights file as Hugging Face names them: fp16 for ``model.fp16.safetensors`` and,
-    sharded, ``diffusion_pytorch_model.fp16-00001-of-00002.safetensors``; None for plain weights (``model.safetensors``,
-    ``model-00001-of-00002.safetensors``)."""
-    parts = name.removesuffix(".safetensors").split(".")
-    return _SHARD.sub("", parts[-1]) if len(parts) > 1 else None
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,16 @@ _HUB_PATTERNS = ["model_index.json", "*/config.json", "*/*.safetensors.index*.js
 # The Diffusers folders whose weights a run reads (sdopt.layouts.DIFFUSERS_FOLDERS): not the safety checker's.
 _WEIGHT_FOLDERS = ("text_encoder", "text_encoder_2", "unet", "vae")
 
+_SHARD = re.compile(r"-\d+-of-\d+$")
+
+
+def variant_of(name: str) -> str | None:
+    """The variant of a safetensors weights file as Hugging Face names them: fp16 for ``model.fp16.safetensors`` and,
+    sharded, ``diffusion_pytorch_model.fp16-00001-of-00002.safetensors``; None for plain weights (``model.safetensors``,
+    ``model-00001-of-00002.safetensors``)."""
+    parts = name.removesuffix(".safetensors").split(".")
+    return _SHARD.sub("", parts[-1]) if len(parts) > 1 else None
+
 
 def resolve(model: str | Path) -> Path:
     if not str(model).strip():  # Path("") is the current folder: never what an empty argument meant
@@ -42,8 +52,6 @@ def hub_files(files: list[str]) -> list[str]:
     as the loader reads them (sdopt.runtime.torch.weights_variant). SD 1.5's repo also holds fp16 and non-EMA copies
     and the safety checker's weights: about 11.7 GB where a run reads 4.3. An sdopt artifact keeps all it lists."""
     from fnmatch import fnmatch
-
-    from sdopt.layouts import variant_of
 
     wanted = [f for f in files if any(fnmatch(f, p) for p in _HUB_PATTERNS)]
     if "sdopt.json" in files:
