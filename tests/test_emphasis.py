@@ -242,3 +242,42 @@ def test_break_starts_a_new_chunk(tiny_pipeline, monkeypatch):
     monkeypatch.setattr(type(tiny_pipeline), "max_prompt_chunks", property(lambda self: 1))  # as a static-shape artifact
     cut = tiny_pipeline.encode_prompts(_request("a red fox BREAK in the snow", guidance_scale=1.0, prompt_emphasis=True))["encoder_hidden_states"]
     np.testing.assert_array_equal(cut, alone[0])
+
+
+def test_tokenizer_calls_from_threads_run_one_at_a_time(tiny_pipeline):
+    """A server checks one request's prompt (prompt_chunks, truncated_prompts) on its event loop while its worker
+    encodes another's: transformers' tokenizer keeps padding as state of its backend during a call, and two calls at
+    once padded the worker's rows to several lengths (measured: 45 of 2,419 encodes failed, 'setting an array element
+    with a sequence'), which failed the jobs with a 500."""
+    import copy
+    import threading
+    import time
+
+    class Spy:  # the real tokenizer, each call slowed so that calls from two threads would overlap
+        def __init__(self, tokenizer):
+            self.tokenizer, self.inside, self.most = tokenizer, 0, 0
+
+        def __call__(self, *args, **kwargs):
+            self.inside += 1
+            self.most = max(self.most, self.inside)
+            time.sleep(0.01)
+            try:
+                return self.tokenizer(*args, **kwargs)
+            finally:
+                self.inside -= 1
+
+        def __getattr__(self, name):
+            return getattr(self.tokenizer, name)
+
+    pipe = copy.copy(tiny_pipeline)  # its own tokenizers; the same lock
+    spy = Spy(tiny_pipeline.tokenizer)
+    pipe.tokenizers, pipe.tokenizer, pipe._vocabularies = [spy], spy, None
+    pipe.vocabularies  # built before the threads start
+    request = GenerateRequest(prompt=["a red circle", "a blue square"], steps=1, height=64, width=64)
+    checking = threading.Thread(target=lambda: [pipe.prompt_chunks([f"word{i} (red:1.2)", ""]) for i in range(5)])
+    checking.start()
+    for _ in range(5):
+        pipe.encode_prompts(request)
+        pipe.truncated_prompts(request)
+    checking.join()
+    assert spy.most == 1

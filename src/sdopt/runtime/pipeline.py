@@ -90,6 +90,10 @@ class Pipeline:
         # OpenVINO's compiled models run one inference request each; two threads would change each other's. The
         # LoRAs are changed under it only (generate, unload_loras).
         self._generating = threading.Lock()
+        # One tokenizer call at a time: transformers' tokenizers set padding and truncation on their shared backend for
+        # each call, so a server checking one request (prompt_chunks, truncated_prompts: unpadded) while its worker
+        # encodes another's prompts (padded to 77) gave the worker rows of several lengths, and its jobs failed.
+        self._tokenizing = threading.RLock()
         self.closed = False
 
     def __repr__(self) -> str:
@@ -109,6 +113,10 @@ class Pipeline:
 
     def truncated_prompts(self, request: GenerateRequest) -> list[str]:
         """A warning per prompt longer than the text encoder reads (it sees only the first tokens, as in Diffusers)."""
+        with self._tokenizing:
+            return self._truncated_prompts(request)
+
+    def _truncated_prompts(self, request: GenerateRequest) -> list[str]:
         limit = self.tokenizer.model_max_length
         kinds = {**{n: "negative prompt" for n in request.negative_prompts if n}, **{p: "prompt" for p in request.prompts}}
         out = []
@@ -127,7 +135,8 @@ class Pipeline:
 
     def prompt_chunks(self, texts: list[str]) -> int:
         """The 75-token chunks the longest of these texts is read in with emphasis (what a call of them pads every row to)."""
-        return min(max(len(emphasis.chunks(self.tokenizer, t, self.vocabularies[0])) for t in texts), self.max_prompt_chunks or emphasis.MAX_CHUNKS)
+        with self._tokenizing:
+            return min(max(len(emphasis.chunks(self.tokenizer, t, self.vocabularies[0])) for t in texts), self.max_prompt_chunks or emphasis.MAX_CHUNKS)
 
     @property
     def max_prompt_chunks(self) -> int | None:
@@ -142,10 +151,12 @@ class Pipeline:
         outputs = []
         for name, tokenizer, vocabulary in zip(self.family.text_encoders, self.tokenizers, self.vocabularies):
             if request.prompt_emphasis:  # AUTOMATIC1111's (word:1.2) and chunks of 75 tokens (sdopt.runtime.emphasis)
-                ids, weights = emphasis.weighted_ids(tokenizer, texts, self.max_prompt_chunks, vocabulary)
+                with self._tokenizing:
+                    ids, weights = emphasis.weighted_ids(tokenizer, texts, self.max_prompt_chunks, vocabulary)
                 outputs.append(emphasis.encode(self.components[name], ids, weights, tokenizer.model_max_length))
             else:  # with embeddings, their words read (sdopt.embeddings.vocabulary); else as Diffusers tokenizes
-                ids = vocabulary.input_ids(texts) if vocabulary else self._tokenize(tokenizer, texts)
+                with self._tokenizing:
+                    ids = vocabulary.input_ids(texts) if vocabulary else self._tokenize(tokenizer, texts)
                 outputs.append(self.components[name](input_ids=ids))
         return self.family.conditioning(outputs, request, self.manifest.model)
 
@@ -156,8 +167,9 @@ class Pipeline:
         if self._vocabularies is None:
             from sdopt.embeddings.vocabulary import Vocabulary
 
-            self._vocabularies = [Vocabulary(tokenizer, [(e["name"], e["first_ids"][encoder], e["vectors"]) for e in self.embeddings])
-                                  for encoder, tokenizer in zip(self.family.text_encoders, self.tokenizers)]
+            with self._tokenizing:
+                self._vocabularies = [Vocabulary(tokenizer, [(e["name"], e["first_ids"][encoder], e["vectors"]) for e in self.embeddings])
+                                      for encoder, tokenizer in zip(self.family.text_encoders, self.tokenizers)]
         return self._vocabularies
 
     def add_embeddings(self, paths: Any, skip_unfit: bool | None = None) -> dict[str, str]:
@@ -175,7 +187,8 @@ class Pipeline:
             from sdopt.embeddings.tables import widths as table_widths
 
             widths = table_widths(self.token_tables, self.family.text_encoders)
-        new, skipped = to_load(paths, self.embeddings, self.tokenizer, self.manifest.backend, widths, skip_unfit)
+        with self._tokenizing:
+            new, skipped = to_load(paths, self.embeddings, self.tokenizer, self.manifest.backend, widths, skip_unfit)
         if new:
             from sdopt.embeddings.tables import extend
 
