@@ -497,6 +497,24 @@ def test_batched_img2img_and_inpaint_equal_the_images_made_alone(tiny_pipeline, 
             assert diff.max() <= 1, f"batched differs from alone by {diff.max()} levels"
 
 
+def test_a_finished_job_lets_go_of_its_init_image_and_mask(tiny_pipeline):
+    """The worker keeps its last FINISHED_KEPT (1,000) finished jobs; each kept its init image and mask decoded, up
+    to 16 megapixels (48 MB): a native img2img job of a 2048x2048 picture grew the server by 16 MiB, kept for 1,000
+    jobs. Once finished, a job keeps their sizes (GET /v1/jobs/{id}'s parameters), not their pixels; the spec the
+    route submitted keeps its own."""
+    from PIL import Image
+
+    from sdopt.serve import jobs as J
+
+    spec = J.JobSpec(prompt="a red circle", init_image=Image.new("RGB", (256, 128), (200, 20, 20)),
+                     mask_image=Image.new("L", (256, 128), 255), strength=0.5, **{**SMALL, "steps": 2})
+    [job] = run_queued(tiny_pipeline, [spec])
+    assert job.status == "succeeded" and len(job.images) == 1
+    assert job.spec.init_image is None and job.spec.mask_image is None
+    assert job.describe()["init_image"] == "256x128" and job.describe()["mask_image"] == "256x128"
+    assert spec.init_image is not None and spec.init_image.size == (256, 128)
+
+
 def test_jobs_that_cannot_share_a_call_run_apart(tiny_pipeline):
     from PIL import Image
 

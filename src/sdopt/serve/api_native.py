@@ -64,7 +64,7 @@ def job_view(request: Request, job: J.Job, images: bool = True) -> dict[str, Any
         "created": job.created,
         "started": job.started,
         "finished": job.finished,
-        "parameters": job.spec.describe(),
+        "parameters": job.describe(),
         "infotexts": [image.info.get(KEY) for image in job.images],  # each image's generation parameters (sdopt.infotext)
     }
     if images:

@@ -131,6 +131,7 @@ class Job:
     continued_by: str | None = None  # the job of its request's next iteration (AUTOMATIC1111's n_iter), once queued
     iterations: int = 1  # how many iterations its request has (AUTOMATIC1111's n_iter)
     events: list[dict[str, Any]] = field(default_factory=list)
+    parameters: dict[str, Any] | None = None  # spec.describe(), kept once the worker let go of the spec's input pixels
     future: Future = field(default_factory=Future)  # resolved with the job itself when it finishes
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -164,6 +165,21 @@ class Job:
         if not self.future.done():
             self.future.set_result(self)
         return True
+
+    def describe(self) -> dict[str, Any]:
+        """What was asked, as JSON (JobSpec.describe), also once the inputs are let go of."""
+        return self.parameters if self.parameters is not None else self.spec.describe()
+
+    def drop_inputs(self) -> None:
+        """Let go of the init image, mask and init latents, which a finished job needs no more: each may be 16
+        megapixels (--max-pixels x 16), and the worker keeps FINISHED_KEPT finished jobs. Their sizes stay in describe().
+        The spec is replaced, not changed: a route may still read the one it submitted."""
+        import dataclasses
+
+        if self.spec.init_image is None and self.spec.mask_image is None and self.spec.init_latents is None:
+            return
+        self.parameters = self.spec.describe()
+        self.spec = dataclasses.replace(self.spec, init_image=None, mask_image=None, init_latents=None)
 
     @property
     def progress(self) -> float:

@@ -156,10 +156,10 @@ class Worker:
     def _run(self) -> None:
         try:
             while True:
-                batch = self._take_batch()
-                if batch is None:
+                taken = self._take_batch()
+                if taken is None:
                     return
-                self._execute(batch)
+                self._execute(*taken)
         except BaseException as exc:  # the thread is dying: the watchdog restarts it
             log.error("sdopt serve: the worker crashed:\n%s", traceback.format_exc())
             for job in list(self.current):
@@ -167,7 +167,9 @@ class Worker:
                 self._finish(job, J.FAILED, f"the worker crashed ({type(exc).__name__}: {exc}); it was restarted")
             self.current = []
 
-    def _take_batch(self) -> list[J.Job] | None:
+    def _take_batch(self) -> tuple[list[J.Job], Any] | None:
+        """The next call's jobs and its GenerateRequest, made under the lock: a job cancelled from now on lets go of
+        its init image (_finish) without changing the call."""
         with self._cond:
             while True:
                 self._expire_queued()
@@ -187,7 +189,7 @@ class Worker:
                     batch.append(job)
                     rows += job.spec.n
             self.current = batch
-            return batch
+            return batch, J.generate_request([job.spec for job in batch])
 
     def _expire_queued(self) -> None:
         now = time.monotonic()
@@ -195,8 +197,7 @@ class Worker:
             self._queue.remove(job)
             self._finish(job, J.TIMED_OUT, f"timed out after {self.job_timeout:g} s in the queue")
 
-    def _execute(self, batch: list[J.Job]) -> None:
-        request = J.generate_request([job.spec for job in batch])
+    def _execute(self, batch: list[J.Job], request: Any) -> None:
         self.metrics.observe_batch(request.batch_size)
         for job in batch:
             job.start(request.batch_size, request.steps)
@@ -272,6 +273,7 @@ class Worker:
             self._recent_job_seconds.append(seconds)
         self.metrics.job_finished(status, seconds, len(images or []))
         with self._cond:
+            job.drop_inputs()  # under the lock: a call being taken (_take_batch) has read them already
             self._finished_order.append(job.id)
             while len(self._finished_order) > FINISHED_KEPT:
                 self.jobs.pop(self._finished_order.popleft(), None)
