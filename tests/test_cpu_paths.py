@@ -24,6 +24,7 @@ hence the Python-level forcing up here.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 
 import pytest
@@ -34,6 +35,7 @@ from imaging import psnr
 import sdopt
 from sdopt import GenerateRequest, SdoptError
 from sdopt.cli import main
+from sdopt.hardware import cpu_lacks_int8_dot
 
 try:
     import bitsandbytes as bnb
@@ -175,19 +177,22 @@ def test_openvino_bf16_says_what_runs_on_the_other_kind_of_cpu(tiny_model, tmp_p
     assert any("runs fp32 where bf16 was asked" in str(w.message) for w in caught) == (runs == "fp32")
 
 
-# A child process that generates with each artifact given and says which int8 kernels OpenVINO chose for its UNet.
-_OPENVINO_INT8 = """
-import json, sys, warnings
-warnings.simplefilter("ignore")
-import sdopt
-from sdopt import GenerateRequest
-request, out, kernels = GenerateRequest(**json.loads(sys.argv[1])), sys.argv[2], {}
-for i, path in enumerate(sys.argv[3:]):
-    with sdopt.load(path) as pipe:
-        pipe.generate(request).images[0].save(f"{out}/{i}.png")
-        kernels[path] = sorted(k for k in pipe.components["unet"].kernels() if k.endswith(("I8", "i8")))
-print(json.dumps(kernels))
-"""
+def _int8_images(request: dict, out: str, paths: list[str]) -> dict[str, list[str]]:
+    """Generates with each artifact (out/0.png, out/1.png, ...); the int8 kernels OpenVINO chose for its UNet, by path."""
+    import sdopt
+    from sdopt import GenerateRequest
+
+    kernels = {}
+    for i, path in enumerate(paths):
+        with sdopt.load(path) as pipe:
+            pipe.generate(GenerateRequest(**request)).images[0].save(f"{out}/{i}.png")
+            kernels[path] = sorted(k for k in pipe.components["unet"].kernels() if k.endswith(("I8", "i8")))
+    return kernels
+
+
+# The same in a child process, where ONEDNN_MAX_CPU_ISA can be set before OpenVINO loads.
+_OPENVINO_INT8 = "import json, sys, warnings\nwarnings.simplefilter('ignore')\n" + inspect.getsource(_int8_images) + \
+    "print(json.dumps(_int8_images(json.loads(sys.argv[1]), sys.argv[2], sys.argv[3:])))\n"
 
 
 def test_openvino_int8_without_vnni_saturates_unless_the_overflow_fix_is_on(tiny_ov, tiny_pipeline, tmp_path):
@@ -212,23 +217,29 @@ def test_openvino_int8_without_vnni_saturates_unless_the_overflow_fix_is_on(tiny
         quantize(tiny_ov, "int8-static", paths[-1], backend="nncf", components=["unet"], options={"overflow_fix": fix}, progress=False)
     reference = tiny_pipeline.generate(GenerateRequest(**REQUEST)).images[0]
     quality, chosen = {}, {}
-    for isa in ("native", "AVX2"):
+    # The CPU's own int8 kernels are the comparison only where they add into 32 bits (VNNI, AMX): on a CPU without
+    # them they are the AVX2 ones already. In this process (the AVX2 run needs a child: the cap is read at OpenVINO's load).
+    for isa in ("AVX2",) if cpu_lacks_int8_dot() else ("native", "AVX2"):
         out = tmp_path / isa
         out.mkdir()
-        env = {**os.environ, **({"ONEDNN_MAX_CPU_ISA": isa} if isa != "native" else {})}
-        proc = subprocess.run([sys.executable, "-c", _OPENVINO_INT8, json.dumps(REQUEST), str(out), *map(str, paths)],
-                              capture_output=True, text=True, env=env, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-4000:]
-        kernels = json.loads(proc.stdout.strip().splitlines()[-1])
-        if isa == "AVX2":  # the forcing took: AVX2 int8 kernels, none of AVX-512's
+        if isa == "native":
+            kernels = _int8_images(REQUEST, str(out), list(map(str, paths)))
+        else:
+            proc = subprocess.run([sys.executable, "-c", _OPENVINO_INT8, json.dumps(REQUEST), str(out), *map(str, paths)],
+                                  capture_output=True, text=True, env={**os.environ, "ONEDNN_MAX_CPU_ISA": isa}, timeout=600)
+            assert proc.returncode == 0, proc.stderr[-4000:]
+            kernels = json.loads(proc.stdout.strip().splitlines()[-1])
+            # the forcing took: AVX2 int8 kernels, none of AVX-512's
             assert all(any("avx2" in k for k in ks) and not any("avx512" in k for k in ks) for ks in kernels.values()), kernels
         quality[isa] = {fix: round(psnr(reference, Image.open(out / f"{i}.png")), 1) for i, fix in enumerate(("first-layer", "enable"))}
         chosen[isa] = kernels[str(paths[0])]
     print(f"\nint8-static UNet vs torch fp32, tiny model, dB: {quality}; int8 kernels: {chosen}")
     # Measured (AMD EPYC, AVX-512 VNNI): native 36.8 / 37.5, AVX2 kernels 31.7 / 36.0 (first-layer / enable).
-    assert quality["AVX2"]["first-layer"] <= quality["native"]["first-layer"] - 3.0  # saturated sums on AVX2 kernels
-    assert quality["AVX2"]["first-layer"] <= quality["AVX2"]["enable"] - 2.5  # which the fix avoids
-    assert quality["AVX2"]["enable"] >= quality["native"]["enable"] - 2.0 and quality["AVX2"]["enable"] >= 33.0
+    assert quality["AVX2"]["first-layer"] <= quality["AVX2"]["enable"] - 2.5  # saturated sums, which the fix avoids
+    assert quality["AVX2"]["enable"] >= 33.0
+    if "native" in quality:  # and on a CPU whose kernels do not saturate, the first-layer default holds: the AVX2 kernels' loss
+        assert quality["AVX2"]["first-layer"] <= quality["native"]["first-layer"] - 3.0
+        assert quality["AVX2"]["enable"] >= quality["native"]["enable"] - 2.0
 
 
 def test_an_openvino_compile_failure_under_the_onednn_cap_says_to_unset_it(tiny_ov, monkeypatch):
