@@ -18,9 +18,6 @@ import torch
 
 from sdopt.errors import SdoptError
 
-FEATURE = "deep_feature"
-
-
 # The added embeddings the split computes: none (SD-1/2), SDXL's pooled text embedding and size ids.
 ADDITIONS = (None, "text_time")
 
