@@ -19,11 +19,10 @@ REQUEST = dict(SMALL, steps=6, scheduler="euler", negative_prompt="blurry")
 
 
 def test_the_schedule_guides_the_first_fraction_of_the_steps():
-    from sdopt.runtime.guidance import guided_steps, unet_work
+    from sdopt.runtime.guidance import guided_steps
 
     assert [guided_steps(4, e) for e in (0.01, 0.25, 0.4, 0.5, 0.75, 1.0)] == [1, 1, 2, 2, 3, 4]
     assert guided_steps(20, 0.3) == 6 and guided_steps(3, 1.0) == 3
-    assert unet_work(4, 0.5, guided=True) == 0.75 and unet_work(4, 1.0, guided=True) == 1.0 and unet_work(4, 0.5, guided=False) == 1.0
 
 
 @pytest.mark.parametrize("value", [0, -0.5, 1.5, float("nan"), "half", True])

@@ -29,10 +29,3 @@ def conditional_half(arrays: dict[str, Any], images: int) -> dict[str, Any]:
     """The conditional rows of guided inputs (rows are [unconditional; conditional]); arrays of another batch unchanged."""
     return {k: (v[images:] if getattr(v, "ndim", 0) and v.shape[0] == 2 * images else v) for k, v in arrays.items()}
 
-
-def unet_work(steps: int, guidance_end: float, guided: bool) -> float:
-    """The UNet's work over the steps relative to guiding all of them (an unguided step is half a guided one)."""
-    if not guided or steps == 0:
-        return 1.0
-    k = guided_steps(steps, guidance_end)
-    return (k + 0.5 * (steps - k)) / steps
