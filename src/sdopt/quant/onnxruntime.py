@@ -30,7 +30,7 @@ import numpy as np
 from sdopt.errors import SdoptError, exception_line
 from sdopt.manifest import Manifest
 from sdopt.quant import Plan, QuantizedComponents
-from sdopt.quant.calibration import (CALIBRATED, CALIBRATION_PROMPTS, calibration_prompts as read_calibration_prompts, calibration_record,
+from sdopt.quant.calibration import (CALIBRATED, CALIBRATION_PROMPTS, calibration_record,
                                      check_decoder_schedulers, record_inputs)
 from sdopt.quant.engine import Engine, quantized_entry
 from sdopt.quant.inpainting_calibration import check_calibration_images, inpainting_record
@@ -258,16 +258,3 @@ class OrtQuantEngine(Engine):
                                                      len(samples[name]), inpainting), "method": _method(name)},
             })
         return QuantizedComponents(components=entries, notes=notes)
-
-
-def quantize_onnx(artifact: str | Path, out: str | Path, force: bool = False, components: list[str] | None = None,
-                  calibration_prompts: str | Path | list[str] | None = None, overflow_fix: str | None = None) -> Manifest:
-    """The Python form of ``sdopt quantize ARTIFACT --backend onnxruntime --scheme int8-static``."""
-    from sdopt.quant.run import quantize
-
-    options: dict[str, Any] = {}
-    if calibration_prompts is not None:
-        options["calibration_prompts"] = list(read_calibration_prompts(calibration_prompts))
-    if overflow_fix is not None:
-        options["overflow_fix"] = overflow_fix
-    return quantize(artifact, "int8-static", out, backend="onnxruntime", components=components, force=force, options=options)
