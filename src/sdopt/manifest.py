@@ -24,7 +24,7 @@ from sdopt.hash_records import recorded_sha256
 MANIFEST_NAME = "sdopt.json"
 SCHEMA_VERSION = 1
 COMPONENT_NAMES = ("text_encoder", "text_encoder_2", "unet", "unet_shallow", "vae_decoder", "vae_encoder")
-FAMILY = "stable-diffusion"  # the default; sdopt.families has them all
+FAMILY = "stable-diffusion"  # the default (sdopt.families.DEFAULT too); sdopt.families has them all
 
 
 @dataclass

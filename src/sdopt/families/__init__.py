@@ -16,6 +16,7 @@ from pathlib import Path
 
 from sdopt.errors import SdoptError, with_article
 from sdopt.families.base import Family
+from sdopt.manifest import FAMILY as DEFAULT  # a folder or manifest that names no family: SD 1/2, one default for both
 
 
 def _families() -> dict[str, Family]:
@@ -25,7 +26,6 @@ def _families() -> dict[str, Family]:
 
 
 FAMILIES: dict[str, Family] = _families()
-DEFAULT = "stable-diffusion"
 
 
 def get_family(name: str) -> Family:
