@@ -25,6 +25,9 @@ MAX_SEED = 2**63 - 1
 # AUTOMATIC1111's Clip skip slider stops at 12, SD 1.x's layer count; the artifact's own count is checked at generate.
 MAX_CLIP_SKIP = 12
 MASKED_CONTENT = ("original", "noise", "zeros")  # GenerateRequest.masked_content
+# sdopt's own steps and guidance scale: a request's field defaults, and what a model that says nothing of its own
+# gets where a caller asks for the model's (sdopt.runtime.request_defaults).
+DEFAULT_STEPS, DEFAULT_GUIDANCE = 20, 7.5
 
 
 def open_image(path: str | None, flag: str):
@@ -168,8 +171,8 @@ class GenerateRequest:
     prompt: str | list[str] = _REQUIRED
     negative_prompt: str | list[str] | None = None
     seed: int = 0
-    steps: int = 20
-    guidance_scale: float = 7.5
+    steps: int = DEFAULT_STEPS
+    guidance_scale: float = DEFAULT_GUIDANCE
     # The image's size, multiples of 8. None: the pipeline's choice, as Diffusers': an init image's own size (down to
     # multiples of 8), else the size the model was trained at (512 for SD 1.5, 1024 for SDXL; a static artifact's shapes).
     height: int | None = None

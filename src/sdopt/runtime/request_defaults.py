@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sdopt.errors import SdoptError, argument
+from sdopt.request import DEFAULT_GUIDANCE as SDOPT_GUIDANCE, DEFAULT_STEPS as SDOPT_STEPS
 from sdopt.runtime import embedded_guidance
 
 RECORD = "request_defaults"  # the manifest's export key: {"steps": N, "guidance_scale": G}, either may be absent
-SDOPT_STEPS, SDOPT_GUIDANCE = 20, 7.5
 LCM_STEPS, LCM_GUIDANCE = 4, 8.5  # diffusers.LatentConsistencyModelPipeline.__call__'s defaults
 
 
