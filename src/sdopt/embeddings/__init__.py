@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from sdopt.errors import SdoptError
+from sdopt.runtime.emphasis import CHUNK as MAX_VECTORS  # one chunk of a prompt: an embedding longer than that could not be read whole
 
-MAX_VECTORS = 75  # one chunk of a prompt: an embedding longer than that could not be read whole
 SDXL_KEYS = {"text_encoder": "clip_l", "text_encoder_2": "clip_g"}  # AUTOMATIC1111's SDXL embedding files
 _FLOATS = {"F16", "BF16", "F32", "F64"}
 _HEADER_MAX = 100 * 2**20  # safetensors' own bound on a header
