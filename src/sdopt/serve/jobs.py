@@ -15,6 +15,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from sdopt.request import DEFAULT_GUIDANCE, DEFAULT_STEPS
+
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, TIMED_OUT = "queued", "running", "succeeded", "failed", "cancelled", "timed_out"
 FINISHED = (SUCCEEDED, FAILED, CANCELLED, TIMED_OUT)
 
@@ -25,8 +27,10 @@ class JobSpec:
     negative_prompt: str = ""
     seed: int = 0
     n: int = 1
-    steps: int = 20
-    guidance_scale: float = 7.5
+    steps: int = DEFAULT_STEPS
+    guidance_scale: float = DEFAULT_GUIDANCE
+    # Every API sets the size. GenerateRequest's default, None (the pipeline's choice), cannot be checked against
+    # --max-pixels before queueing, so a JobSpec built by hand (tests) gets SD 1.5's side.
     width: int = 512
     height: int = 512
     scheduler: str | None = None
