@@ -672,6 +672,11 @@ def test_credentials_are_required_everywhere_but_health(tiny_pipeline):
         ("/sdapi/v1/img2img", {"init_images": ["not base64!"]}, "init_images"),
         ("/sdapi/v1/img2img", {"init_images": [base64.b64encode(b"not an image").decode()]}, "init_images"),
         ("/sdapi/v1/img2img", {}, "init_images"),
+        # the native API's cap: a 100 kB prompt was accepted, its chunks counted for seconds on the event loop
+        ("/sdapi/v1/txt2img", {"prompt": "x" * 10_001}, "prompt"),
+        ("/sdapi/v1/img2img", {"negative_prompt": "x" * 10_001}, "negative_prompt"),
+        ("/sdapi/v1/txt2img", {"enable_hr": True, "hr_prompt": "x" * 10_001}, "hr_prompt"),
+        ("/sdapi/v1/txt2img", {"infotext": "x\nNegative prompt: " + "x" * 10_001 + "\nSteps: 4"}, "infotext"),
         ("/v1/jobs", {"n": 0}, "n"),
         ("/v1/jobs", {"scheduler": "nope"}, "scheduler"),
         ("/v1/jobs", {"strength": 0}, "strength"),

@@ -10,7 +10,7 @@ from sdopt.serve.a1111_models import Img2ImgRequest, ProcessingRequest, Txt2ImgR
 from sdopt.serve.api_a1111_lists import CLIP_SKIP_SETTING
 from sdopt.serve.errors import RequestError
 from sdopt.serve.resize_modes import LATENT_UPSCALE
-from sdopt.serve.submission import LEVER_NAMES
+from sdopt.serve.submission import LEVER_NAMES, MAX_PROMPT_CHARS
 
 A1111_NAMES = {"clip_skip": "override_settings", "guidance_scale": "cfg_scale", "num_images": "batch_size", "scheduler": "sampler_name", "strength": "denoising_strength", "mask_image": "mask",
                "init_image": "init_images", **LEVER_NAMES}
@@ -171,3 +171,7 @@ def apply_infotext(body: ProcessingRequest) -> None:
         hires.from_parameters(body, parsed, given)
     elif isinstance(body, Img2ImgRequest):  # an inpainted image's: its mask blur, area and masked content
         inpaint_area.from_parameters(body, parsed, given)
+    for name in ("prompt", "negative_prompt", "hr_prompt", "hr_negative_prompt"):  # the fields' own cap, which setattr skips
+        text = getattr(body, name, None)
+        if name not in given and text and len(text) > MAX_PROMPT_CHARS:
+            raise RequestError("infotext", f"infotext: its {name} is {len(text):,} characters; this server takes at most {MAX_PROMPT_CHARS:,}")

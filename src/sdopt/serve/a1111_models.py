@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sdopt.serve.submission import cache_interval_field, guidance_end_field
+from sdopt.serve.submission import MAX_PROMPT_CHARS, cache_interval_field, guidance_end_field
 
 
 class ProcessingRequest(BaseModel):
@@ -16,8 +16,8 @@ class ProcessingRequest(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    prompt: str | None = ""
-    negative_prompt: str | None = ""
+    prompt: str | None = Field("", max_length=MAX_PROMPT_CHARS)
+    negative_prompt: str | None = Field("", max_length=MAX_PROMPT_CHARS)
     styles: list[str] | None = None
     seed: int | None = -1
     subseed: int | None = -1
@@ -75,8 +75,8 @@ class Txt2ImgRequest(ProcessingRequest):
     hr_checkpoint_name: str | None = None
     hr_sampler_name: str | None = None
     hr_scheduler: str | None = None
-    hr_prompt: str | None = ""
-    hr_negative_prompt: str | None = ""
+    hr_prompt: str | None = Field("", max_length=MAX_PROMPT_CHARS)
+    hr_negative_prompt: str | None = Field("", max_length=MAX_PROMPT_CHARS)
 
 
 class Img2ImgRequest(ProcessingRequest):

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sdopt.infotext import KEY
 from sdopt.request import MASKED_CONTENT
 from sdopt.serve import jobs as J
-from sdopt.serve.submission import cache_interval_field, clip_skip_field, default_size, guidance_end_field, random_seed, submit, with_server_defaults
+from sdopt.serve.submission import MAX_PROMPT_CHARS, cache_interval_field, clip_skip_field, default_size, guidance_end_field, random_seed, submit, with_server_defaults
 from sdopt.serve.errors import RequestError
 from sdopt.serve.images import decode_image, encode_png
 from sdopt.serve.worker import FINISHED_KEPT
@@ -26,8 +26,8 @@ EVENT_POLL_S = 0.05
 class JobRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str = Field(max_length=10_000)
-    negative_prompt: str = Field("", max_length=10_000)
+    prompt: str = Field(max_length=MAX_PROMPT_CHARS)
+    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="None: a random seed, reported back")
     n: int = Field(1, ge=1, description="images, seeds seed, seed+1, ...")
     steps: int | None = Field(None, ge=1, description="None: the server's default (sdopt serve --steps, else the model's own)")

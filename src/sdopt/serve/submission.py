@@ -17,6 +17,10 @@ from sdopt.serve.settings import ServeSettings
 from sdopt.serve.worker import SHUTTING_DOWN, Worker
 
 _FIELD = re.compile(r"^(\w+)[=:]")
+# A prompt's (and a negative prompt's) length on the native and AUTOMATIC1111 APIs; OpenAI's takes its own API's 32,000
+# (api_openai.MAX_PROMPT_CHARS). Its chunks are counted as it is accepted (prepare), on the event loop, which answers no
+# other client meanwhile: a 100 kB AUTOMATIC1111 prompt held it for seconds.
+MAX_PROMPT_CHARS = 10_000
 
 
 # The two request options that change the computation, as every API takes them (the native API by
