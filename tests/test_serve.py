@@ -78,6 +78,19 @@ def test_openai_body_that_is_not_a_json_object_is_named_as_the_body(tiny_pipelin
         assert named["param"] == "prompt" and named["message"].startswith("prompt: ")  # a field's error still names it
 
 
+def test_a_json_body_nested_too_deeply_or_not_utf8_is_422_as_one_that_is_not_json(tiny_pipeline):
+    """json.loads raises RecursionError (100k '[') or UnicodeDecodeError, not JSONDecodeError, for these: FastAPI
+    answered its 400 "There was an error parsing the body", where every other unreadable body is a 422."""
+    with running_server(tiny_pipeline, start_worker=False) as (url, _):
+        for body, why in ((b"[" * 100_000, "nested too deeply"), (b'{"prompt": "\xff"}', "not UTF-8")):
+            for path in ("/sdapi/v1/txt2img", "/v1/jobs"):
+                answer = httpx.post(url + path, content=body, headers={"Content-Type": "application/json"})
+                assert answer.status_code == 422 and answer.json()["detail"][0]["type"] == "json_invalid" and why in answer.text, answer.text
+            answer = httpx.post(url + "/v1/images/generations", content=body, headers={"Content-Type": "application/json"})
+            error = answer.json()["error"]
+            assert answer.status_code == 422 and error["param"] is None and why in error["message"], answer.text
+
+
 def test_openai_stream_true_is_refused_not_answered_with_json_the_sdk_reads_as_no_events(tiny_pipeline):
     """The SDK's stream=True reads server-sent events: a JSON answer read that way was an empty stream, no image and no
     error, while the server made the image for nobody. Refused before it is queued, naming the field."""

@@ -43,6 +43,12 @@ def _error_body(request: Request | None, status: int, message: str, field: str |
     return {"detail": detail}
 
 
+# FastAPI's 400 for a JSON body that json.loads fails on with something other than a JSONDecodeError (which it answers
+# 422, as this server does all bad input): one nested past Python's recursion limit, or not UTF-8.
+_BODY_UNPARSED = "There was an error parsing the body"
+_UNPARSED_WHY = {RecursionError: "JSON decode error: nested too deeply", UnicodeDecodeError: "JSON decode error: not UTF-8 text"}
+
+
 def _openai_param(error: dict[str, Any]) -> str | None:
     """The field a validation error is about, as OpenAI's ``param`` names it; None for the body as a whole.
     A body that is not JSON ends its loc in the character the parser stopped at, which is no field."""
@@ -83,15 +89,17 @@ def create_app(worker: Worker, settings: ServeSettings, model_name: str, replica
     async def _sdopt_error(request: Request, exc: SdoptError):
         return JSONResponse(_error_body(request, 422, str(exc), exc.field), status_code=422)
 
+    from fastapi.exceptions import RequestValidationError
     from starlette.exceptions import HTTPException
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException):
         """401, 404, 405, ... in the API's own error shape (OpenAI's SDK reads the message only from its shape)."""
+        if exc.status_code == 400 and exc.detail == _BODY_UNPARSED:  # a JSON body as unreadable as one that is not JSON
+            why = _UNPARSED_WHY.get(type(exc.__cause__), "JSON decode error")
+            return await _validation(request, RequestValidationError([{"type": "json_invalid", "loc": ("body",), "msg": why}]))
         body = _error_body(request, exc.status_code, str(exc.detail)) if _openai_route(request) else {"detail": exc.detail}
         return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
-
-    from fastapi.exceptions import RequestValidationError
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
