@@ -29,9 +29,10 @@ def test_openai_sdk_generates_decodable_images(tiny_pipeline):
     openai = pytest.importorskip("openai", reason="pip install 'sdopt[serve-test]'")
     with running_server(tiny_pipeline, api_key=KEY) as (url, app):
         client = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
-        result = client.images.generate(model="tiny", prompt="a red circle", n=2, size="64x64", response_format="b64_json")
+        result = client.images.generate(model="tiny", prompt="a red circle", n=2, size="64x64", response_format="b64_json", output_format="jpeg")
         images = [png(item.b64_json) for item in result.data]
         assert [im.size for im in images] == [(64, 64), (64, 64)]
+        assert result.output_format == "png" and {im.format for im in images} == {"PNG"}  # what is sent, whatever was asked (None before)
         assert result.created > 0
         assert [m.id for m in client.models.list().data] == ["tiny"]
         # No size (or "auto"): the model's own, 64x64 for the tiny model (512x512 for SD 1.5).
