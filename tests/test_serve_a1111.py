@@ -271,6 +271,23 @@ def test_the_listings_clients_call_at_start_up_answer_lists(tiny_pipeline):
         assert httpx.post(url + "/sdapi/v1/refresh-checkpoints").status_code == 200
 
 
+def test_override_settings_naming_the_model_or_format_answer_as_options_do(tiny_pipeline):
+    """The served model in override_settings was listed as ignored (a false alarm), another model ignored with 200 while
+    POST /sdapi/v1/options refused it: both paths now take the served one silently and refuse another alike."""
+    body = {"prompt": "x", **SMALL, "steps": 1}
+    with running_server(tiny_pipeline) as (url, app):
+        served = httpx.post(url + "/sdapi/v1/txt2img", json={**body, "override_settings": {"sd_model_checkpoint": "tiny", "samples_format": "png"}}, timeout=60)
+        assert served.status_code == 200 and json.loads(served.json()["info"])["sdopt_ignored"] == [], served.text[-400:]
+        for option in ({"sd_model_checkpoint": "other"}, {"samples_format": "jpg"}):
+            [key] = option
+            overridden = httpx.post(url + "/sdapi/v1/txt2img", json={**body, "override_settings": option})
+            assert overridden.status_code == 422 and overridden.json()["detail"][0]["loc"] == ["body", "override_settings"], overridden.text
+            options = httpx.post(url + "/sdapi/v1/options", json=option)
+            assert options.status_code == 422 and options.json()["detail"][0]["loc"] == ["body", key]
+            assert overridden.json()["detail"][0]["msg"] == "override_settings." + options.json()["detail"][0]["msg"]
+        assert app.state.worker.queue_depth == 0
+
+
 @pytest.mark.parametrize("what, field", [("scheduler", "scheduler"), ("mask", "init_image")])
 def test_native_errors_name_the_field_that_caused_them(tiny_pipeline, what, field):
     from PIL import Image

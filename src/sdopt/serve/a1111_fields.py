@@ -7,7 +7,7 @@ from __future__ import annotations
 from sdopt.runtime.schedulers import A1111_SAMPLERS
 from sdopt.serve import hires, inpaint_area
 from sdopt.serve.a1111_models import Img2ImgRequest, ProcessingRequest, Txt2ImgRequest
-from sdopt.serve.api_a1111_lists import CLIP_SKIP_SETTING
+from sdopt.serve.api_a1111_lists import CLIP_SKIP_SETTING, OPTIONS_HELD
 from sdopt.serve.errors import RequestError
 from sdopt.serve.resize_modes import LATENT_UPSCALE
 from sdopt.serve.submission import LEVER_NAMES, MAX_PROMPT_CHARS
@@ -74,8 +74,8 @@ def ignored_fields(body: ProcessingRequest, scheduler: str | None) -> list[str]:
             if getattr(body, "enable_hr", False) and _schedule_unapplied(body.hr_scheduler, hires_scheduler(body, scheduler)):
                 out.append(name)
             continue
-        if name == "override_settings":  # by key: what is applied is not ignored
-            out += [f"override_settings.{key}" for key in sorted(body.override_settings or {}) if key != CLIP_SKIP_SETTING]
+        if name == "override_settings":  # by key: what is applied, or what the server already is (else refused), is not ignored
+            out += [f"override_settings.{key}" for key in sorted(body.override_settings or {}) if key not in {CLIP_SKIP_SETTING, *OPTIONS_HELD}]
             continue
         if name == "eta":  # only DDIM and ancestral samplers read it in AUTOMATIC1111 (DDIM and TCD here)
             if body.eta is not None and scheduler in _ETA_FIXED and body.eta != _ETA_FIXED[scheduler]:

@@ -31,7 +31,7 @@ from fastapi import APIRouter, Request
 from sdopt.serve import hires, inpaint_area, jobs as J
 from sdopt.serve.a1111_fields import A1111_NAMES, apply_infotext, eta_for, hires_scheduler, ignored_fields, scheduler_for
 from sdopt.serve.a1111_models import Img2ImgRequest, ImagesResponse, PngInfoRequest, ProcessingRequest, Txt2ImgRequest
-from sdopt.serve.api_a1111_lists import CLIP_SKIP_SETTING, check_clip_skip
+from sdopt.serve.api_a1111_lists import CLIP_SKIP_SETTING, check_clip_skip, check_held_options
 from sdopt.serve.errors import RequestError
 from sdopt.serve.resize_modes import MODES, resize
 from sdopt.serve.submission import check_spec, failure_status, prepare, random_seed, submit, wait
@@ -68,6 +68,7 @@ def _spec(request: Request, body: ProcessingRequest, init=None, mask=None, stren
         if getattr(body, name) is not None and getattr(body, name) < 1:
             raise RequestError(name, f"{name}={getattr(body, name)}: give 1 or more")
     n = _batch_size(body) * (1 if body.n_iter is None else body.n_iter)
+    check_held_options(request, body.override_settings or {}, "override_settings")  # as POST /sdapi/v1/options
     scheduler = scheduler_for(body)
     return J.JobSpec(
         prompt=body.prompt or "", negative_prompt=body.negative_prompt or "", seed=seed, n=n,

@@ -23,8 +23,9 @@ log = logging.getLogger("sdopt.serve")
 
 # AUTOMATIC1111 sampler names -> sdopt scheduler names (sdopt's own names are accepted too).
 SAMPLERS = {a1111: ours for ours, (a1111, schedule) in A1111_SAMPLERS.items() if schedule is None}
-# Options POST /sdapi/v1/options takes without a change: the one model, and PNG (what every image is).
-_OPTIONS_HELD = {"sd_model_checkpoint", "samples_format", "sd_checkpoint_hash"}
+# Options POST /sdapi/v1/options and a request's override_settings take without a change: the one model, and PNG (what
+# every image is); another model or format is refused (check_held_options).
+OPTIONS_HELD = {"sd_model_checkpoint", "samples_format", "sd_checkpoint_hash"}
 CLIP_SKIP_SETTING = "CLIP_stop_at_last_layers"  # Clip skip, which requests without their own override take
 
 
@@ -89,18 +90,25 @@ def set_options(request: Request, body: dict[str, Any]) -> dict[str, Any]:
     """Accepted for clients that set options before generating. CLIP_stop_at_last_layers (Clip skip) is kept, in this
     process, for the requests that do not override it; this server has one model and PNG images; every other option
     (eta_noise_seed_delta, ...) is listed in ``sdopt_ignored``."""
-    name = request.app.state.model_name
-    wanted = body.get("sd_model_checkpoint")
-    if wanted not in (None, name, _title(request), _model_hash(request)):
-        raise RequestError("sd_model_checkpoint", f"this server serves only {name!r}; start another `sdopt serve` for {wanted!r}")
-    if body.get("samples_format") not in (None, "png"):
-        raise RequestError("samples_format", f"samples_format={body['samples_format']!r}: this server answers with PNG images only")
+    check_held_options(request, body)
     if CLIP_SKIP_SETTING in body:
         request.app.state.clip_skip = check_clip_skip(body[CLIP_SKIP_SETTING], CLIP_SKIP_SETTING)
-    ignored = sorted(set(body) - _OPTIONS_HELD - {CLIP_SKIP_SETTING})
+    ignored = sorted(set(body) - OPTIONS_HELD - {CLIP_SKIP_SETTING})
     if ignored:
         log.warning("POST /sdapi/v1/options: not applied (sdopt serve has no such options): %s", ", ".join(ignored))
     return {"sdopt_ignored": ignored}
+
+
+def check_held_options(request: Request, options: dict[str, Any], field: str | None = None) -> None:
+    """The served model and PNG pass; another model or samples_format is a 422, alike from POST /sdapi/v1/options and
+    from a request's override_settings (``field``: named so, the option otherwise), which AUTOMATIC1111 would apply."""
+    name, where = request.app.state.model_name, f"{field}." if field else ""
+    wanted = options.get("sd_model_checkpoint")
+    if wanted not in (None, name, _title(request), _model_hash(request)):
+        raise RequestError(field or "sd_model_checkpoint", f"{where}sd_model_checkpoint={wanted!r}: this server serves only {name!r}; "
+                                                           f"start another `sdopt serve` for {wanted!r}")
+    if options.get("samples_format") not in (None, "png"):
+        raise RequestError(field or "samples_format", f"{where}samples_format={options['samples_format']!r}: this server answers with PNG images only")
 
 
 @router.get("/sdapi/v1/scripts")
