@@ -68,7 +68,7 @@ def test_img2img_crops_and_fills_as_asked_and_says_what_it_does_not_do(tiny_pipe
     body = {"prompt": "a cross", **SMALL, "seed": 3, "sampler_name": "Euler", "init_images": [b64png(init)], "denoising_strength": 0.5}
     with running_server(tiny_pipeline) as (url, _):
         crop = httpx.post(url + "/sdapi/v1/img2img", json={**body, "resize_mode": 1}, timeout=120).json()
-        stretch = httpx.post(url + "/sdapi/v1/img2img", json={**body, "resize_mode": 0}, timeout=120).json()
+        stretch = httpx.post(url + "/sdapi/v1/img2img", json={**body, "resize_mode": 0, "include_init_images": True}, timeout=120).json()
         latent = httpx.post(url + "/sdapi/v1/img2img", json={**body, "resize_mode": 3, "styles": ["Cinematic"]}, timeout=120).json()
         bad = httpx.post(url + "/sdapi/v1/img2img", json={**body, "resize_mode": 7}, timeout=120)
     def by_hand(picture):
@@ -81,6 +81,8 @@ def test_img2img_crops_and_fills_as_asked_and_says_what_it_does_not_do(tiny_pipe
     assert np.abs(_pixels(stretch["images"][0]) - by_hand(init)).max() <= 1
     assert np.abs(_pixels(crop["images"][0]) - _pixels(stretch["images"][0])).max() >= 3  # and the two differ
     assert json.loads(crop["info"])["sdopt_ignored"] == [] == json.loads(stretch["info"])["sdopt_ignored"]
+    # The input images echoed in parameters only with include_init_images, as AUTOMATIC1111 (always null before)
+    assert stretch["parameters"]["init_images"] == body["init_images"] and crop["parameters"]["init_images"] is None
     assert json.loads(latent["info"])["sdopt_ignored"] == ["resize_mode", "styles"]
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "resize_mode"]
 

@@ -114,9 +114,10 @@ def _answer(request: Request, body: ProcessingRequest, spec: J.JobSpec, jobs: li
         raise RequestError("prompt", f"the image was not made: {last.status} ({last.error})", status=failure_status(last))
     interrupted = any(job.status == J.CANCELLED and not job.skipped for job in jobs)
     params = body.model_dump()
-    for name in ("init_images", "mask"):
-        if name in params:
-            params[name] = None  # AUTOMATIC1111 does not echo input images back
+    if not getattr(body, "include_init_images", False):  # AUTOMATIC1111 echoes the input images only when asked to
+        for name in ("init_images", "mask"):
+            if name in params:
+                params[name] = None
     info = {**_info(request, jobs, spec, body, interrupted, images), **(info_over or {})}
     return {"images": [encode_png(im) for im in images] if body.send_images else [], "parameters": params, "info": json.dumps(info)}
 
