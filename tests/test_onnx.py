@@ -544,3 +544,20 @@ def test_onnx_runtime_int8_refuses_an_artifact_saved_with_offline_optimizations(
     assert main(["quantize", str(optimized), "--scheme", "int8-static", "-o", str(tmp_path / "q")]) == 2
     assert "unet: saved with ONNX Runtime's offline optimizations (sdopt export --optimize)" in capsys.readouterr().err
     assert not (tmp_path / "q").exists()
+
+
+def test_a_path_onnx_runtime_cannot_open_is_refused_with_the_cause(tiny_model, tmp_path):
+    """ONNX Runtime opens a path's UTF-8 bytes: a name in another encoding (ISO-8859-1's é, written under such a
+    locale) is refused with the fix, before the export's tracing, not with ORT's "File doesn't exist" for a file that is
+    there."""
+    from sdopt.runtime.onnxruntime import OrtComponent
+
+    folder = tmp_path / os.fsdecode(b"caf\xe9")
+    folder.mkdir()
+    (folder / "model.onnx").write_bytes(b"")
+    with pytest.raises(SdoptError, match="UTF-8 locale"):
+        OrtComponent(folder / "model.onnx", ["CPUExecutionProvider"], device="cpu")
+    started = time.perf_counter()
+    with pytest.raises(SdoptError, match="UTF-8 locale"):
+        export(tiny_model, "onnx", folder / "out", progress=False)
+    assert time.perf_counter() - started < 5  # before any component is traced

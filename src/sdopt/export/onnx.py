@@ -111,6 +111,9 @@ def export_components(source: Path, manifest: Manifest, out: Path, precision: st
     if not 14 <= opset <= 21:
         raise SdoptError(f"--opset {opset}: choose an opset between 14 and 21 (default {DEFAULT_OPSET})")
     skip_validation = bool(options.get("skip_validation"))
+    from sdopt.runtime.onnxruntime import native_path
+
+    native_path(out, exact=True)  # a name the exporter or ONNX Runtime cannot open: refused before the tracing, not after it
     prepared = prepare_source(source, manifest, options)
     model_info = prepared.model
     components, parity, notes = {}, {}, []

@@ -23,16 +23,18 @@ def optimize_graph(path: Path, name: str, precision: str) -> dict:
     import onnx
     import onnxruntime as ort
 
+    from sdopt.runtime.onnxruntime import native_path
+
     external = (path.parent / EXTERNAL_DATA).exists()
     before = _op_count(onnx.load(str(path), load_external_data=False))
     optimized = path.with_name("optimized.onnx")
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    options.optimized_model_filepath = str(optimized)
+    options.optimized_model_filepath = native_path(optimized)
     if external:  # over 2 GB, ORT must be told to write the weights beside the graph
         options.add_session_config_entry("session.optimized_model_external_initializers_file_name", "optimized.onnx_data")
         options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
-    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    ort.InferenceSession(native_path(path), options, providers=["CPUExecutionProvider"])
     for stale in path.parent.glob("model.onnx*"):
         stale.unlink()
     os.replace(optimized, path)

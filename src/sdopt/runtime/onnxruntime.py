@@ -8,6 +8,8 @@ each tensor once rather than per run-call allocation.
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -113,11 +115,29 @@ def _config_entry(options: ort.SessionOptions, key: str) -> str | None:
         return None
 
 
+def native_path(path: str | os.PathLike, exact: bool = False) -> str:
+    """The path as ONNX Runtime must be given it: it opens the UTF-8 bytes of the str it gets, which are the file's
+    own bytes only where the file system encoding is UTF-8. Under another locale (ISO-8859-1, say) a path with a
+    non-ASCII character gave ORT's "File doesn't exist" for a file that does. Its bytes read as UTF-8 where they are;
+    else the cause and the fix are said. exact: the path must also be the same str, for a library that opens it both
+    ways (torch's ONNX exporter: Python's open, and its UTF-8 bytes for a graph's external weights)."""
+    try:
+        name = os.fsencode(path).decode("utf-8")
+    except UnicodeDecodeError:
+        name = None
+    if name is None or (exact and name != os.fsdecode(path)):
+        raise SdoptError(f"{os.fsdecode(path)}: ONNX Runtime and the ONNX exporter open files by UTF-8 names, and this locale "
+                         f"reads them in {sys.getfilesystemencoding()}: run sdopt under a UTF-8 locale (LC_ALL=C.UTF-8), or give "
+                         "a path in ASCII")
+    return name
+
+
 class OrtComponent:
     def __init__(self, path: Path, providers: list, device: str, options: ort.SessionOptions | None = None):
         options = options or session_options()
+        name = native_path(path)
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+            self.session = ort.InferenceSession(name, sess_options=options, providers=providers)
         except Exception as exc:  # ONNX Runtime's InvalidProtobuf, Fail, ...: its first line says what
             first = exception_line(exc, most=400)
             damaged = "protobuf" in first.lower() or "invalid" in first.lower()
