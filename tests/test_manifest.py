@@ -1,5 +1,8 @@
+import hashlib
 import json
+import os
 import shutil
+import time
 
 import pytest
 
@@ -135,6 +138,21 @@ def test_a_file_is_hashed_once_while_it_is_unchanged(tiny_model, tmp_path, monke
     (tmp_path / "file-not-folder").write_text("x")  # an unusable cache folder: hashed every time, never an error
     shutil.copy(tiny_model / "unet" / "diffusion_pytorch_model.safetensors", weights)
     manifest.verify_files(copy)
+
+
+def test_a_path_the_locale_cannot_decode_is_hashed_and_recorded(tmp_path, monkeypatch):
+    """A name whose bytes the file system encoding cannot decode (any non-ASCII one under LC_ALL=C, PYTHONUTF8=0) made
+    every load a UnicodeEncodeError in the hash record's key; the record is keyed by the path's bytes."""
+    from sdopt import hash_records
+
+    monkeypatch.setenv("SDOPT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(hash_records, "HASH_SETTLE_S", 0.0)
+    weights = tmp_path / os.fsdecode(b"caf\xe9.safetensors")
+    weights.write_bytes(b"weights")
+    time.sleep(0.05)  # past the file system's timestamp tick
+    digest = hashlib.sha256(b"weights").hexdigest()
+    assert hash_records.recorded_sha256(weights) == digest
+    assert len(list((tmp_path / "cache" / "verified-hashes").glob("*.json"))) == 1
 
 
 def test_identity_is_blind_to_the_library_versions_that_wrote_the_configs(tiny_model, tmp_path):

@@ -38,7 +38,9 @@ def _stamps(stat: os.stat_result) -> list[int]:
 
 
 def _record_path(path: Path) -> Path:
-    return user_cache_dir() / RECORDS / (hashlib.sha256(str(path).encode()).hexdigest()[:40] + ".json")
+    # The path's bytes on disk: str(path).encode() failed on a name the locale cannot decode (any non-ASCII one under
+    # LC_ALL=C with PYTHONUTF8=0), a traceback on every load of an artifact there. Under a UTF-8 locale: the same bytes.
+    return user_cache_dir() / RECORDS / (hashlib.sha256(os.fsencode(path)).hexdigest()[:40] + ".json")
 
 
 def recorded_sha256(path: str | Path, expected: str | None = None) -> str:
