@@ -176,3 +176,20 @@ def test_a_schedule_type_sdopt_does_not_apply_is_said(sampler, schedule, unappli
     body = Txt2ImgRequest(prompt="a fox", sampler_name=sampler, **({"scheduler": schedule} if schedule else {}))
     ignored = ignored_fields(body, scheduler_for(body))
     assert bool({"scheduler", "sampler_name"} & set(ignored)) == (unapplied_key is not None), ignored
+
+
+def test_a_folder_name_the_locale_cannot_decode_is_written_in_the_png(tiny_pipeline, monkeypatch):
+    """Under LC_ALL=C (PYTHONUTF8=0) a non-ASCII artifact folder's name is undecoded bytes, which PNG text (UTF-8)
+    refused when the image was saved, after the generation: its name is read from its bytes, in UTF-8."""
+    import os
+    from pathlib import Path
+
+    from sdopt import GenerateRequest
+    from sdopt.infotext import png_info
+
+    monkeypatch.setattr(tiny_pipeline, "folder", Path(os.fsdecode(b"/models/caf\xe9")))
+    text = tiny_pipeline.parameters(GenerateRequest(prompt="a fox", steps=2), 0)
+    assert "Model: caf\ufffd" in text
+    image = Image.new("RGB", (8, 8))
+    image.info["parameters"] = text
+    image.save(io.BytesIO(), format="PNG", pnginfo=png_info(image))
