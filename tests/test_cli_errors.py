@@ -198,6 +198,38 @@ def test_a_quoted_tilde_in_an_output_path_is_the_home_folder(tiny_model, tmp_pat
         assert getattr(build_parser().parse_args(argv), dest) == str(home / argv[-1][2:]), argv
 
 
+def test_a_quoted_tilde_in_an_input_path_is_the_home_folder(tmp_path, monkeypatch):
+    """Every flag that names a file or folder reads a quoted ~ as home, as model folders and outputs did: --init-image,
+    --mask, --parameters-from, --prompts, gate's reports, clean, --vae-decoder, profile files and the rest took it
+    literally, and a file in the home folder was 'not found'."""
+    from sdopt.cli import build_parser
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for argv, dests in (
+            (["generate", "~/m", "-p", "x", "-o", "o", "--init-image", "~/i", "--mask", "~/k", "--parameters-from", "~/p",
+              "--lora", "~/l", "--embedding", "~/e"], ("artifact", "init_image", "mask", "parameters_from", "lora", "embedding")),
+            (["bench", "~/a", "--reference", "~/r", "-o", "o", "--prompts", "~/p", "--profile", "~/f.toml", "--init-image", "~/i",
+              "--mask", "~/k"], ("artifacts", "reference", "prompts", "profile", "init_image", "mask")),
+            (["bench", "--build-from", "~/m", "--work", "w", "-o", "o"], ("build_from",)),
+            (["gate", "~/c", "--baseline", "~/b", "--rules", "~/r", "--markdown", "~/m"], ("current", "baseline", "rules", "markdown")),
+            (["gate", "~/c", "--profile", "~/f.toml"], ("profile",)),
+            (["clean", "~/t"], ("folder",)), (["inspect", "~/a"], ("artifact",)),
+            (["export", "~/m", "--to", "onnx", "-o", "~/o", "--vae-decoder", "~/d", "--calibration-prompts", "~/p"],
+             ("model", "output", "vae_decoder", "calibration_prompts")),
+            (["quantize", "~/m", "--scheme", "int8", "-o", "~/o", "--calibration-prompts", "~/p"], ("model", "output", "calibration_prompts")),
+            (["optimize", "~/m", "-o", "o", "--prompts", "~/p"], ("model", "prompts")),
+            (["distill-decoder", "~/m", "-o", "o", "--prompts", "~/p", "--init", "~/i"], ("model", "prompts", "init")),
+            (["serve", "~/m", "--lora-dir", "~/l", "--embeddings-dir", "~/e"], ("artifact", "lora_dir", "embeddings_dir")),
+            (["init-lora", "~/m", "l"], ("model",)), (["init-embedding", "~/m", "e"], ("model",))):
+        parsed = build_parser().parse_args(argv)
+        for dest in dests:
+            value = getattr(parsed, dest)
+            assert all(v.startswith(str(tmp_path)) for v in (value if isinstance(value, list) else [value])), (argv[0], dest, value)
+    from sdopt.cli.common import path_list
+
+    assert path_list("~/a.png, ~/b.png") == [str(tmp_path / "a.png"), str(tmp_path / "b.png")]  # --calibration-images
+
+
 def test_generate_output_names(tiny_model, tmp_path, capsys):
     """No suffix: .png, as for several images; a suffix no image format has is refused before any work (it failed
     only when saving, after the generation); without a size, the model's own (the tiny model's 64x64, as Diffusers)."""

@@ -7,7 +7,7 @@ import json
 import socket
 from pathlib import Path
 
-from sdopt.cli.common import add_embedding_flag, add_lora_flag, add_request_default_flags, comma_list, exporter_names
+from sdopt.cli.common import add_embedding_flag, add_lora_flag, add_request_default_flags, comma_list, exporter_names, path_list, user_path
 from sdopt.errors import SdoptError
 from sdopt.quant.schemes import OVERFLOW_FIXES
 from sdopt.rewrite import OPTIONAL_REWRITES
@@ -82,7 +82,7 @@ def _quantize(args: argparse.Namespace) -> int:
     if args.overflow_fix is not None:
         options["overflow_fix"] = args.overflow_fix
     if args.calibration_images is not None:
-        options["calibration_images"] = comma_list(args.calibration_images)
+        options["calibration_images"] = path_list(args.calibration_images)
     manifest = quantize(args.model, args.scheme, args.output, backend=args.backend, components=components,
                         exclude=args.exclude, device=args.device, force=args.force, options=options, loras=args.lora,
                         progress=not args.quiet, default_steps=args.default_steps, default_guidance=args.default_guidance)
@@ -94,7 +94,7 @@ def _quantize(args: argparse.Namespace) -> int:
 
 def add_inspect(sub) -> None:
     p = sub.add_parser("inspect", help="show what an artifact is: backend, precision, components, parity, fingerprint")
-    p.add_argument("artifact", help="artifact folder or Diffusers model folder")
+    p.add_argument("artifact", type=user_path, help="artifact folder or Diffusers model folder")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--no-verify", action="store_true", help="do not hash the files (large artifacts): sizes shown as sdopt.json records them")
     p.set_defaults(func=_inspect)
@@ -102,16 +102,16 @@ def add_inspect(sub) -> None:
 
 def add_clean(sub) -> None:
     p = sub.add_parser("clean", help="remove the temporary folders that interrupted exports and quantizations left (.NAME.tmp-*)")
-    p.add_argument("folder", nargs="?", default=".", help="the folder that holds them: the output's parent (default: here)")
+    p.add_argument("folder", type=user_path, nargs="?", default=".", help="the folder that holds them: the output's parent (default: here)")
     p.add_argument("--dry-run", action="store_true", help="list them without removing")
     p.set_defaults(func=_clean)
 
 
 def add_export(sub) -> None:
     p = sub.add_parser("export", help="export a PyTorch checkpoint to another runtime's format")
-    p.add_argument("model", help="Diffusers model folder (or hub id) to export from")
+    p.add_argument("model", type=user_path, help="Diffusers model folder (or hub id) to export from")
     p.add_argument("--to", required=True, help="target format: " + ", ".join(sorted(exporter_names())))
-    p.add_argument("-o", "--output", required=True, help="output artifact folder")
+    p.add_argument("-o", "--output", type=user_path, required=True, help="output artifact folder")
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16", "int8", "fp8"),
                    help="weights precision (default fp32). ONNX: fp32 or fp16; fp16 is a GPU precision, on CPUs ORT wraps it in casts and it is no faster (docs/onnx.md). "
                         "OpenVINO: fp32, fp16 or bf16. TensorRT: those, or int8/fp8 (the UNet quantized by NVIDIA ModelOpt, calibrated; the rest fp16)")
@@ -128,12 +128,12 @@ def add_export(sub) -> None:
     p.add_argument("--batch-range", default=None, metavar="MIN:MAX", help="tensorrt: images per request the engines take (default 1:4)")
     p.add_argument("--static", action="store_true", help="tensorrt: one size and batch only (smallest, fastest engines)")
     p.add_argument("--refit", action="store_true", help="tensorrt: refittable engines (UNet weights, e.g. a fused LoRA, swap without a rebuild)")
-    p.add_argument("--calibration-prompts", default=None, metavar="FILE",
+    p.add_argument("--calibration-prompts", type=user_path, default=None, metavar="FILE",
                    help="tensorrt --precision int8|fp8: prompts whose generations calibrate the UNet's activation ranges, one per line (default: a built-in set)")
     p.add_argument("--rebuild", action="store_true",
                    help="tensorrt: MODEL is a TensorRT artifact; build its engines again on this machine from the ONNX graphs it keeps, "
                         "with the shapes and precision its manifest records (for engines built for another GPU or TensorRT version)")
-    p.add_argument("--vae-decoder", default=None, metavar="PATH",
+    p.add_argument("--vae-decoder", type=user_path, default=None, metavar="PATH",
                    help="replace the VAE decoder by this tiny decoder (an AutoencoderTiny folder: `sdopt distill-decoder` writes one, TAESD's weights are one); "
                         "its PSNR against the full decoder is measured and recorded")
     p.add_argument("--deep-cache", type=int, default=None, metavar="N",
@@ -159,18 +159,18 @@ def add_quantize(sub) -> None:
     p = sub.add_parser("quantize", help="quantize a PyTorch checkpoint's weights (int8, int4, nf4, fp8), an OpenVINO artifact (NNCF: "
                        "int8, int4, nf4 weights; int8-static weights and activations) or an ONNX artifact (ONNX Runtime: int8-static) "
                        "into a reloadable artifact")
-    p.add_argument("model", nargs="?", help="Diffusers model folder (or hub id) in full precision, an OpenVINO artifact (--backend nncf) or an ONNX artifact (--backend onnxruntime)")
+    p.add_argument("model", type=user_path, nargs="?", help="Diffusers model folder (or hub id) in full precision, an OpenVINO artifact (--backend nncf) or an ONNX artifact (--backend onnxruntime)")
     p.add_argument("--scheme", help="int8, int8-dynamic, int4, nf4, fp8 or int8-static (--list shows which backend does which)")
     p.add_argument("--backend", default=None, help="torchao, quanto, bnb; nncf for OpenVINO artifacts; onnxruntime for ONNX artifacts (default: the first that supports the scheme on --device)")
     p.add_argument("--components", default=None, help="comma-separated: unet, text_encoder, vae (default: unet,text_encoder)")
     p.add_argument("--exclude", action="append", default=[], metavar="PATTERN", help="keep layers whose name matches this fnmatch pattern in full precision, e.g. 'unet.conv_in' (repeatable)")
     p.add_argument("--device", default="cpu", help="where the artifact will run: cpu or cuda (default cpu)")
-    p.add_argument("-o", "--output", help="output artifact folder")
+    p.add_argument("-o", "--output", type=user_path, help="output artifact folder")
     p.add_argument("--force", action="store_true", help="replace the output folder if it exists")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars (the artifact's summary is still printed)")
     p.add_argument("--group-size", type=int, default=None, help="nncf int4/nf4: weights per scale group (default 128; -1: per channel)")
     p.add_argument("--ratio", type=float, default=None, help="nncf int4/nf4: fraction of layers in 4 bits, the rest int8 (default 1.0)")
-    p.add_argument("--calibration-prompts", default=None, metavar="FILE", help="int8-static (nncf, onnxruntime): prompts to calibrate activations on, one per line (default: a built-in set)")
+    p.add_argument("--calibration-prompts", type=user_path, default=None, metavar="FILE", help="int8-static (nncf, onnxruntime): prompts to calibrate activations on, one per line (default: a built-in set)")
     p.add_argument("--calibration-schedulers", default=None, metavar="NAMES",
                    help="int8-static (nncf, onnxruntime) with vae_decoder in --components: calibrate the decoder on these schedulers' runs alone, in turn "
                         "(default: the checkpoint's, then euler,euler_a,dpmpp_2m); name the ones you generate with")

@@ -10,10 +10,16 @@ from sdopt.errors import SdoptError
 
 
 def user_path(text: str) -> str:
-    """An output path as given, a leading ~ read as the home folder (argparse ``type=``). A quoted ~ reaches sdopt as it
-    is: model folders and artifact outputs read it as home, while generate -o, init-lora, bench -o and --work made a
-    folder named ~ in the working directory (and init-model printed that path for the home folder it wrote)."""
+    """A path as given, a leading ~ read as the home folder: the argparse ``type=`` of every flag that names a file or
+    folder, input or output. A quoted ~ reaches sdopt as it is: model folders and artifact outputs read it as home,
+    while generate -o, init-lora, bench -o and --work made a folder named ~ in the working directory, and --init-image,
+    --mask, --parameters-from, --prompts, gate's reports, clean, --vae-decoder and profile files were not found."""
     return os.path.expanduser(text)
+
+
+def path_list(text: str) -> list[str]:
+    """PATH,PATH,...: each a user_path (a ~ after the first comma too)."""
+    return [user_path(x) for x in comma_list(text)]
 
 
 def int_list(text: str, flag: str) -> list[int]:
@@ -68,12 +74,12 @@ def exporter_names() -> list[str]:
 
 
 def add_lora_flag(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
+    p.add_argument("--lora", action="append", default=[], type=user_path, metavar="FILE[:SCALE]",
                    help=f"a LoRA (.safetensors, Diffusers or kohya format) {what}, at SCALE (default 1.0); repeatable")
 
 
 def add_embedding_flag(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("--embedding", action="append", default=[], metavar="PATH",
+    p.add_argument("--embedding", action="append", default=[], type=user_path, metavar="PATH",
                    help=f"a textual inversion embedding (.safetensors; its file name is the word a prompt uses), or a folder of them, {what}; repeatable")
 
 

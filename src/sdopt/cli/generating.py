@@ -205,7 +205,7 @@ def add_generate(sub) -> None:
     from sdopt.runtime.schedulers import SCHEDULERS
 
     p = sub.add_parser("generate", help="generate images with any artifact")
-    p.add_argument("artifact", help="artifact folder, Diffusers model folder, or hub id")
+    p.add_argument("artifact", type=user_path, help="artifact folder, Diffusers model folder, or hub id")
     p.add_argument("--prompt", "-p", action="append", help="the prompt (repeat for several)")
     p.add_argument("--negative-prompt", "-n", default=None, help="what the images should not show (with guidance; default: none)")
     p.add_argument("--prompt-emphasis", action=argparse.BooleanOptionalAction, default=None,
@@ -215,7 +215,7 @@ def add_generate(sub) -> None:
                    help="AUTOMATIC1111's Clip skip: read the prompt from the text encoder's last layer but N-1 (default 1, the last; "
                         "2, the penultimate, is what many SD 1.5 fine-tunes expect; Diffusers' clip_skip is N-1). SD 1.x/2.x")
     p.add_argument("--seed", type=int, default=None, help="default 0")
-    p.add_argument("--parameters-from", default=None, metavar="IMAGE",
+    p.add_argument("--parameters-from", type=user_path, default=None, metavar="IMAGE",
                    help="make an image again: take the prompt, negative prompt, steps, sampler, guidance, seed, size (and strength, "
                         "eta, sdopt's levers) from the generation parameters IMAGE carries (sdopt's and AUTOMATIC1111's PNGs do); "
                         "every flag given wins over them (LoRAs are not taken: give --lora). With another artifact: the same request on another backend")
@@ -229,9 +229,9 @@ def add_generate(sub) -> None:
     p.add_argument("--num-images", type=int, default=None, help="images per prompt (default 1)")
     p.add_argument("--scheduler", default=None, help=f"one of {', '.join(SCHEDULERS)} (default: the checkpoint's own)")
     add_eta_flag(p)
-    p.add_argument("--init-image", default=None, metavar="PATH", help="img2img: start from this image (resized to --height/--width)")
+    p.add_argument("--init-image", type=user_path, default=None, metavar="PATH", help="img2img: start from this image (resized to --height/--width)")
     p.add_argument("--strength", type=float, default=None, help="img2img/inpaint: how much of the schedule repaints the image, (0, 1] (default 0.8)")
-    p.add_argument("--mask", default=None, metavar="PATH", help="inpaint: white = repaint, black = keep; the init image's size (needs --init-image)")
+    p.add_argument("--mask", type=user_path, default=None, metavar="PATH", help="inpaint: white = repaint, black = keep; the init image's size (needs --init-image)")
     p.add_argument("--masked-content", choices=MASKED_CONTENT, default=None,
                    help="inpaint: what the loop starts from under the mask below strength 1 — the init image (default, as Diffusers), "
                         "noise or zeros (AUTOMATIC1111's \"latent noise\", \"latent nothing\")")

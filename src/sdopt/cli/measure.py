@@ -8,7 +8,7 @@ import math
 import sys
 from pathlib import Path
 
-from sdopt.cli.common import add_eta_flag, comma_list, int_list, user_path, write_text_file
+from sdopt.cli.common import add_eta_flag, comma_list, int_list, path_list, user_path, write_text_file
 from sdopt.errors import SdoptError
 
 
@@ -37,7 +37,7 @@ def _optimize(args: argparse.Namespace) -> int:
         plan = RayPlan(address=args.ray or None, kind=args.ray_kind, cpus=1.0 if args.cpus_per_job is None else args.cpus_per_job)
     elif args.ray_kind or args.cpus_per_job is not None:  # --cpus-per-job 0 too: said, not dropped
         raise SdoptError("--ray-kind and --cpus-per-job go with --ray [ADDRESS] (docs/ray.md)")
-    images = comma_list(args.calibration_images) if args.calibration_images else None
+    images = path_list(args.calibration_images) if args.calibration_images else None
     say = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr))
     # Last: the flags above are refused before the model is read (it names the settings a few-step model is benched at).
     settings = BenchSettings.resolve(
@@ -203,9 +203,9 @@ def _add_worker_start(p: argparse.ArgumentParser) -> None:
 
 
 def _add_image_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--init-image", default=None, metavar="PATH", help="bench img2img: every prompt and seed starts from this image "
+    p.add_argument("--init-image", type=user_path, default=None, metavar="PATH", help="bench img2img: every prompt and seed starts from this image "
                    "(resized to --height/--width); with --ray, a path every node sees")
-    p.add_argument("--mask", default=None, metavar="PATH", help="bench inpainting: white = repaint, black = keep (needs --init-image; "
+    p.add_argument("--mask", type=user_path, default=None, metavar="PATH", help="bench inpainting: white = repaint, black = keep (needs --init-image; "
                    "an inpainting checkpoint takes only this)")
     p.add_argument("--strength", type=float, default=None, help="with --init-image: how much of the schedule runs (default 0.8)")
 
@@ -218,17 +218,17 @@ def add_bench(sub) -> None:
         "profile's [[artifacts]] list be built from one checkpoint (--profile NAME --build-from MODEL --work DIR); "
         "then exit 1 if one could not be built here (the report has the others).",
     )
-    p.add_argument("artifacts", nargs="*", help="artifact folders; PATH@bf16 runs a torch artifact in another precision")
-    p.add_argument("--reference", help="the artifact whose images count as correct (usually the fp32 checkpoint)")
-    p.add_argument("--build-from", metavar="MODEL", help="build the profile's artifacts from this checkpoint (reused when already under --work)")
+    p.add_argument("artifacts", type=user_path, nargs="*", help="artifact folders; PATH@bf16 runs a torch artifact in another precision")
+    p.add_argument("--reference", type=user_path, help="the artifact whose images count as correct (usually the fp32 checkpoint)")
+    p.add_argument("--build-from", type=user_path, metavar="MODEL", help="build the profile's artifacts from this checkpoint (reused when already under --work)")
     p.add_argument("--work", type=user_path, help="with --build-from: where the built artifacts are kept")
     p.add_argument("--only", help="with --build-from: comma-separated artifact names of the profile, run in this order (the reference always runs, first)")
-    p.add_argument("--profile", action="append", help="hardware profile name (sdopt's own, or ./profiles/NAME.toml) or a .toml file; "
+    p.add_argument("--profile", type=user_path, action="append", help="hardware profile name (sdopt's own, or ./profiles/NAME.toml) or a .toml file; "
                    "with --ray, repeat it to run the matrix on each profile's kind of node, one report each under OUTPUT/NAME/")
     p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="run each artifact as a Ray task on a node of its profile's kind ([resources] in the profile): on the cluster at ADDRESS "
                         "(ray://HOST:10001, HOST:6379 or auto), else on a local one started for the run; artifacts must be on a path every node sees (docs/ray.md)")
-    p.add_argument("--prompts", help="file with one prompt per line (default: the profile's, else two built-in prompts)")
+    p.add_argument("--prompts", type=user_path, help="file with one prompt per line (default: the profile's, else two built-in prompts)")
     p.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (default: the profile's, else 0,1)")
     p.add_argument("--steps", type=int, help="denoising steps (default: the profile's, else the reference's own for a few-step model, else 4)")
     p.add_argument("--height", type=int, help="image height in pixels, a multiple of 8 (default: the profile's, else 256)")
@@ -259,7 +259,7 @@ def add_bench(sub) -> None:
 
 def add_optimize(sub) -> None:
     p = sub.add_parser("optimize", help="build the candidates this machine can run, bench them against fp32, keep the fastest above a quality floor")
-    p.add_argument("model", help="Diffusers model folder (or hub id) in full precision")
+    p.add_argument("model", type=user_path, help="Diffusers model folder (or hub id) in full precision")
     p.add_argument("-o", "--output", required=True, type=user_path, help="output artifact folder (the chosen candidate, with its bench report in optimize/)")
     p.add_argument("--work", default=None, type=user_path, help="where candidates are built and kept, so a second run resumes (default: OUTPUT.work)")
     p.add_argument("--device", default="cpu", help="where the candidates are built for and benched: cpu or cuda (default cpu)")
@@ -268,7 +268,7 @@ def add_optimize(sub) -> None:
                    "besides within 0.05 of fp32's (the shapes judge; without it levers must hold the PSNR floor)")
     p.add_argument("--lever-min-psnr", type=float, default=None, help="where no judge reads the prompts: the PSNR floor for levers "
                    "(default: --min-psnr; levers change the computation, so 30 dB is usually out of their reach)")
-    p.add_argument("--prompts", default=None, help="prompt file, one per line (default: the bench's)")
+    p.add_argument("--prompts", type=user_path, default=None, help="prompt file, one per line (default: the bench's)")
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1)")
     p.add_argument("--steps", type=int, default=None, help="denoising steps of the bench (default: the model's own for a few-step model, else 4, as sdopt bench)")
     p.add_argument("--height", type=int, default=None, help="image height in pixels of the bench, a multiple of 8 (default 256)")
@@ -305,11 +305,11 @@ def add_optimize(sub) -> None:
 
 def add_gate(sub) -> None:
     p = sub.add_parser("gate", help="check a bench report against a baseline and thresholds (exit 0 ok, 1 regression, 2 incomparable)")
-    p.add_argument("current", help="report.json of this run")
-    p.add_argument("--baseline", help="report.json to compare with; without it only absolute floors are checked")
+    p.add_argument("current", type=user_path, help="report.json of this run")
+    p.add_argument("--baseline", type=user_path, help="report.json to compare with; without it only absolute floors are checked")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--rules", help="TOML file with a [gate] table of metric = rule")
-    group.add_argument("--profile", help="take the rules from this hardware profile (default: the report's profile)")
-    p.add_argument("--markdown", help="also write the table as Markdown here (for a CI job summary)")
+    group.add_argument("--rules", type=user_path, help="TOML file with a [gate] table of metric = rule")
+    group.add_argument("--profile", type=user_path, help="take the rules from this hardware profile (default: the report's profile)")
+    p.add_argument("--markdown", type=user_path, help="also write the table as Markdown here (for a CI job summary)")
     p.add_argument("--json", type=user_path, help="also write the verdict as JSON here")
     p.set_defaults(func=_gate)

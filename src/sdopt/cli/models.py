@@ -75,7 +75,7 @@ def add_init_model(sub) -> None:
 
 def add_init_lora(sub) -> None:
     p = sub.add_parser("init-lora", help="write a synthetic LoRA for a model (Diffusers' format, deterministic random weights): for tests and the demo")
-    p.add_argument("model", help="the Diffusers model folder it is made for")
+    p.add_argument("model", type=user_path, help="the Diffusers model folder it is made for")
     p.add_argument("out", type=user_path, help="output .safetensors file")
     p.add_argument("--seed", type=int, default=0, help="weights seed (default 0)")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
@@ -85,7 +85,7 @@ def add_init_lora(sub) -> None:
 def add_init_embedding(sub) -> None:
     p = sub.add_parser("init-embedding", help="write a synthetic textual inversion embedding for a model (AUTOMATIC1111's format, "
                                               "deterministic random vectors): for tests and the demo")
-    p.add_argument("model", help="the Diffusers model folder it is made for")
+    p.add_argument("model", type=user_path, help="the Diffusers model folder it is made for")
     p.add_argument("out", type=user_path, help="output .safetensors file; its name is the word prompts use (e.g. mystyle.safetensors: 'a fox, mystyle')")
     p.add_argument("--vectors", type=int, default=4, help="how many vectors (tokens) it stands for (default 4)")
     p.add_argument("--seed", type=int, default=0, help="vectors seed (default 0)")
@@ -107,11 +107,11 @@ def add_train_shapes(sub) -> None:
 
 def add_distill_decoder(sub) -> None:
     p = sub.add_parser("distill-decoder", help="train a tiny decoder (AutoencoderTiny, TAESD's architecture) against a model's own VAE decoder, for `export --vae-decoder`")
-    p.add_argument("model", help="Diffusers model folder (or hub id) in full precision")
+    p.add_argument("model", type=user_path, help="Diffusers model folder (or hub id) in full precision")
     p.add_argument("-o", "--output", required=True, type=user_path, help="output folder: a Diffusers AutoencoderTiny folder with distill.json and the loss curve")
     p.add_argument("--seed", type=int, help="the same seed and settings give the same weights on the same machine (default 0)")
     p.add_argument("--latents", type=int, help="latents the model generates to learn from; one in eight held out (default 256)")
-    p.add_argument("--prompts", default=None, help="prompt file (one per line) for those latents (default: the shapes dataset's captions)")
+    p.add_argument("--prompts", type=user_path, default=None, help="prompt file (one per line) for those latents (default: the shapes dataset's captions)")
     p.add_argument("--steps", type=int, help="denoising steps per generated latent (default 20)")
     p.add_argument("--height", type=int, help="image height of the generated latents (default: the model's)")
     p.add_argument("--width", type=int, help="image width of the generated latents (default: the model's)")
@@ -119,7 +119,7 @@ def add_distill_decoder(sub) -> None:
     p.add_argument("--train-steps", type=int, help="training steps (default 1500)")
     p.add_argument("--batch", type=int, help="latents per training step (default 16)")
     p.add_argument("--crop", type=int, help="latent side of the training crops (default 16)")
-    p.add_argument("--init", default=None, help="start from this AutoencoderTiny folder (TAESD's published weights) instead of random weights")
+    p.add_argument("--init", type=user_path, default=None, help="start from this AutoencoderTiny folder (TAESD's published weights) instead of random weights")
     p.add_argument("--force", action="store_true", help="replace the output folder if it exists")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars (the summary is still printed)")
     p.set_defaults(func=_distill_decoder)

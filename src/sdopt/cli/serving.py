@@ -41,7 +41,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def add_serve(sub) -> None:
     p = sub.add_parser("serve", help="serve an artifact over HTTP: AUTOMATIC1111 and OpenAI APIs, jobs with progress and cancel, a web page")
-    p.add_argument("artifact", help="artifact folder, Diffusers model folder, or hub id")
+    p.add_argument("artifact", type=user_path, help="artifact folder, Diffusers model folder, or hub id")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="default 7860, as AUTOMATIC1111")
     p.add_argument("--api-key", default=None, help="require Authorization: Bearer KEY (default: env SDOPT_API_KEY)")
@@ -66,10 +66,10 @@ def add_serve(sub) -> None:
                    help="torch: load the UNet with its shallow branch, so requests may ask for step-feature caching (cache_interval); "
                         "N: the interval of requests that do not say (default 1: caching only when asked). Exported artifacts carry "
                         "theirs (export --deep-cache)")
-    p.add_argument("--embeddings-dir", default=None, metavar="DIR",
+    p.add_argument("--embeddings-dir", type=user_path, default=None, metavar="DIR",
                    help="textual inversion embeddings (DIR/WORD.safetensors) prompts use by WORD, as AUTOMATIC1111's embeddings folder: "
                         "loaded on the torch backend, those fused at export elsewhere; the others are listed as skipped (docs/serve.md)")
-    p.add_argument("--lora-dir", default=None, metavar="DIR",
+    p.add_argument("--lora-dir", type=user_path, default=None, metavar="DIR",
                    help="LoRAs (DIR/NAME.safetensors) a prompt may apply as <lora:NAME:WEIGHT>, AUTOMATIC1111's syntax (torch backend; docs/serve.md)")
     p.add_argument("--image-dir", default=None, type=user_path, metavar="DIR",
                    help="keep the images of OpenAI response_format=url answers in DIR (made if absent), with the links' signing key, "
