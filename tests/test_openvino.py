@@ -161,6 +161,30 @@ def test_cache_dir_false_turns_the_compiled_model_cache_off(tiny_ov, tmp_path, m
     assert not (tmp_path / "default").exists()
 
 
+def test_an_unusable_default_cache_folder_runs_uncached_an_asked_one_is_an_error(tiny_ov, tmp_path, monkeypatch):
+    """The default cache folder (a read-only home on a server) only speeds loads up: it stopped generate and serve;
+    now the models run uncached, with a warning. SDOPT_CACHE_DIR or cache_dir= that cannot be made stays an error."""
+    from sdopt.runtime import openvino as backend
+
+    cores = []
+
+    def stop_at_the_device(device, c):  # the Core the load compiles with, without compiling (seconds)
+        cores.append(c)
+        raise KeyboardInterrupt
+
+    (tmp_path / "a-file").write_text("x")  # a folder cannot be made under it
+    monkeypatch.delenv("SDOPT_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "a-file"))
+    monkeypatch.setattr(backend, "openvino_device", stop_at_the_device)
+    with pytest.warns(UserWarning, match="compiled at every load; set SDOPT_CACHE_DIR"), pytest.raises(KeyboardInterrupt):
+        sdopt.load(tiny_ov, verify=False)
+    assert cores[0].get_property("CACHE_DIR") == ""  # uncached
+    for asked in ({"cache_dir": tmp_path / "a-file" / "ov"}, {}):
+        monkeypatch.setenv("SDOPT_CACHE_DIR", str(tmp_path / "a-file"))
+        with pytest.raises(SdoptError, match="cannot create the OpenVINO cache folder"):
+            sdopt.load(tiny_ov, verify=False, **asked)
+
+
 # --- NNCF --------------------------------------------------------------------------------
 def test_nncf_refuses_what_is_not_an_openvino_artifact(tiny_model, tmp_path, capsys):
     code = main(["quantize", str(tiny_model), "--backend", "nncf", "--scheme", "int8", "-o", str(tmp_path / "q")])

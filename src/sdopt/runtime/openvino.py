@@ -56,13 +56,20 @@ def cache_dir(override: str | os.PathLike | None = None) -> Path:
     return Path(override).expanduser() if override else user_cache_dir() / "openvino"
 
 
-def core(cache: Path | None) -> ov.Core:
+def core(cache: Path | None, required: bool = True) -> ov.Core:
+    """OpenVINO's Core, compiling into ``cache``. A cache folder that cannot be made is an error where it was asked
+    for (SDOPT_CACHE_DIR, cache_dir=); the default one (under XDG_CACHE_HOME or HOME, read-only on many servers) only
+    speeds loads up, so without it the models run uncached, with one warning: it stopped generate and serve."""
     c = ov.Core()
     if cache is not None:
         try:
             cache.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise SdoptError(f"cannot create the OpenVINO cache folder {cache} ({exc}); set SDOPT_CACHE_DIR to a writable folder") from exc
+            if required:
+                raise SdoptError(f"cannot create the OpenVINO cache folder {cache} ({exc}); set SDOPT_CACHE_DIR to a writable folder") from exc
+            warnings.warn(f"cannot create the OpenVINO cache folder {cache} ({exc.strerror or exc}): the models are compiled "
+                          "at every load; set SDOPT_CACHE_DIR to a writable folder to keep them", stacklevel=2)
+            return c
         c.set_property({"CACHE_DIR": str(cache)})
     return c
 
@@ -369,7 +376,7 @@ def model_file(files, name: str) -> str:
 
 def load_components(folder: Path, manifest: Manifest, device: str, precision: str, options: dict[str, Any]) -> dict:
     cache = options.get("cache_dir")
-    c = core(None if cache is False else cache_dir(cache))
+    c = core(None if cache is False else cache_dir(cache), required=bool(cache or os.environ.get("SDOPT_CACHE_DIR")))
     target = openvino_device(device, c)
     config = compile_config(precision, options.get("threads"), options.get("run_settings"))
     if options.get("reshape") and manifest.static_shapes:
