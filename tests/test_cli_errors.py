@@ -230,6 +230,19 @@ def test_a_quoted_tilde_in_an_input_path_is_the_home_folder(tmp_path, monkeypatc
     assert path_list("~/a.png, ~/b.png") == [str(tmp_path / "a.png"), str(tmp_path / "b.png")]  # --calibration-images
 
 
+def test_a_value_that_starts_with_a_dash_is_said_how_to_write(capsys):
+    """argparse reads -o -x.png's value as a flag and said only "expected one argument": the error says to write
+    --output=VALUE, which argparse always reads as the value."""
+    from sdopt.cli import build_parser
+
+    for argv, flag in ((["generate", "m", "-o", "-x.png"], "--output"), (["generate", "m", "-o", "o", "-p", "-dark"], "--prompt")):
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert f"expected one argument (a value that starts with '-' is written {flag}=VALUE)" in capsys.readouterr().err
+    parsed = build_parser().parse_args(["generate", "m", "--output=-x.png", "--prompt=-dark"])
+    assert (parsed.output, parsed.prompt) == ("-x.png", ["-dark"])
+
+
 def test_generate_output_names(tiny_model, tmp_path, capsys):
     """No suffix: .png, as for several images; a suffix no image format has is refused before any work (it failed
     only when saving, after the generation); without a size, the model's own (the tiny model's 64x64, as Diffusers)."""

@@ -46,6 +46,15 @@ class Parser(argparse.ArgumentParser):
             command.error(f"unrecognized arguments: {' '.join(unknown)}{near}")
         return parsed
 
+    def error(self, message):
+        # argparse reads a value that starts with '-' as a flag: "-o -x.png", "-p -dark" said only "expected one
+        # argument". After '=' it is always the value.
+        if message.endswith(": expected one argument"):
+            names = message.removeprefix("argument ").split(":", 1)[0].split("/")
+            flag = next((name for name in names if name.startswith("--")), names[0])
+            message += f" (a value that starts with '-' is written {flag}=VALUE)"
+        super().error(message)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="sdopt", description="Export, quantize, run and benchmark Stable Diffusion models.")
