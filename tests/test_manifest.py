@@ -250,6 +250,46 @@ def test_a_hub_id_fetches_one_set_of_weights_per_component(monkeypatch, tmp_path
     assert resolve("someorg/sd15") == tmp_path and asked["patterns"] == got
 
 
+def _hub_cache(monkeypatch, home, repo_id, folder, skip=(), unfetched=()):
+    """A Hugging Face cache holding repo_id as an offline snapshot_download finds it: folder's files (but ``skip``) in a
+    snapshot linked to blobs/, and the repo's listing that huggingface_hub 2.4 caches with a download, where ``unfetched``
+    are the repo's files a selective download left out. Returns the snapshot folder."""
+    import hashlib
+    import os
+
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(home))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    repo, commit = home / ("models--" + repo_id.replace("/", "--")), "0" * 40
+    snapshot, listing = repo / "snapshots" / commit, {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.relative_to(folder).as_posix() not in skip):
+        name, data = path.relative_to(folder).as_posix(), path.read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
+        (snapshot / name).symlink_to(os.path.relpath(blob, (snapshot / name).parent))
+        listing[name] = {"size": len(data), "blob_id": hashlib.sha1(data).hexdigest()}
+    listing.update({name: {"size": 1, "blob_id": "0" * 40} for name in unfetched})
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "trees").mkdir()
+    (repo / "trees" / f"{commit}.json").write_text(json.dumps({"format_version": 1, "files": listing}))
+    return snapshot
+
+
+def test_a_hub_id_fetched_selectively_loads_offline(tiny_model, tmp_path, monkeypatch):
+    """Offline, snapshot_download (huggingface_hub 2.4) refuses a cached snapshot that lacks a file its patterns match in
+    the repo listing it cached: a model hub_files fetched without its fp16 copies was 'incomplete' offline ever after."""
+    from sdopt.source import resolve
+
+    snapshot = _hub_cache(monkeypatch, tmp_path / "hub", "org/tiny", tiny_model, skip={MANIFEST_NAME},
+                          unfetched=["unet/diffusion_pytorch_model.fp16.safetensors", "safety_checker/model.safetensors"])
+    assert resolve("org/tiny") == snapshot
+    assert read_manifest(snapshot).backend == "torch"
+
+
 def test_a_hub_id_shadowed_by_a_local_folder_says_so(tmp_path, monkeypatch):
     """With ./org here, org/name was refused as not existing, saying to give 'a hub id like org/name', which it was."""
     from sdopt.source import resolve

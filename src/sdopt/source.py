@@ -65,14 +65,22 @@ def hub_files(files: list[str]) -> list[str]:
     return chosen
 
 
+def _repo_files(hub, repo_id: str) -> list[str] | None:
+    """The repo's file names: from the hub, or offline from the listing huggingface_hub (2.4 on) cached with the download,
+    whose offline snapshot_download refuses a snapshot that lacks a file the patterns match (SD 1.5's fp16 copies, which
+    hub_files left out); None where neither is known (snapshot_download then reads the cache whatever the patterns)."""
+    try:
+        if not require("huggingface_hub.constants", "all").HF_HUB_OFFLINE:
+            return [f.rfilename for f in hub.model_info(repo_id).siblings or []]  # list_repo_files retries for 23 s
+        return [f.path for f in hub.get_cached_repo_tree(repo_id)] if hasattr(hub, "get_cached_repo_tree") else None
+    except Exception:  # unreachable, not found, gated, never listed: snapshot_download reads the cache, or says why not
+        return None
+
+
 def _from_hub(repo_id: str) -> Path:
     hub = require("huggingface_hub", "all")
-    patterns = _HUB_PATTERNS
-    if not require("huggingface_hub.constants", "all").HF_HUB_OFFLINE:  # offline, snapshot_download reads the cache whatever the patterns
-        try:
-            patterns = hub_files([f.rfilename for f in hub.model_info(repo_id).siblings or []])  # list_repo_files retries for 23 s
-        except Exception:  # unreachable, not found, gated: snapshot_download reads the cache, or says why not
-            pass
+    files = _repo_files(hub, repo_id)
+    patterns = _HUB_PATTERNS if files is None else hub_files(files)
     try:
         return Path(hub.snapshot_download(repo_id, allow_patterns=patterns))
     except Exception as exc:  # the hub client raises many types for "offline", "not found", "gated"
