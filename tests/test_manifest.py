@@ -250,6 +250,37 @@ def test_a_hub_id_fetches_one_set_of_weights_per_component(monkeypatch, tmp_path
     assert resolve("someorg/sd15") == tmp_path and asked["patterns"] == got
 
 
+def test_a_hub_sdopt_artifact_fetches_the_files_its_manifest_lists(tiny_model, tmp_path, monkeypatch):
+    """The patterns were Diffusers' and ONNX's: an OpenVINO artifact pushed as is came without its .xml/.bin (and a
+    TensorRT one without its engines), so `sdopt generate org/name` failed. Its sdopt.json is read first and says."""
+    from types import SimpleNamespace
+
+    import huggingface_hub
+    import huggingface_hub.constants
+
+    from sdopt.manifest import FileEntry
+    from sdopt.source import resolve
+
+    manifest = read_manifest(tiny_model)
+    manifest.backend = "openvino"
+    for name, comp in manifest.components.items():
+        comp.folder = name
+        comp.files = [FileEntry(f"{name}/{file}", 1, "0" * 64) for file in ("config.json", "openvino_model.xml", "openvino_model.bin")]
+    manifest.write(tmp_path)
+    listed = [f.path for c in manifest.components.values() for f in c.files]
+    support = ["sdopt.json", "model_index.json", "scheduler/scheduler_config.json", "tokenizer/vocab.json", "tokenizer/merges.txt"]
+    repo = [*support, *listed, "README.md", "unet/diffusion_pytorch_model.safetensors", "unet/openvino_model_old.bin"]
+    asked = {}
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "model_info", lambda repo_id: SimpleNamespace(siblings=[SimpleNamespace(rfilename=f) for f in repo]))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo_id, filename: str(tmp_path / filename))
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, allow_patterns: asked.update(patterns=allow_patterns) or str(tmp_path))
+    assert resolve("someorg/tiny-ov") == tmp_path
+    assert sorted(asked["patterns"]) == sorted([*support, *listed])
+    (tmp_path / MANIFEST_NAME).write_text('{"components": []}')  # not a manifest: the patterns, and the loader's schema check
+    assert resolve("someorg/tiny-ov") == tmp_path and "unet/diffusion_pytorch_model.safetensors" in asked["patterns"]
+
+
 def _hub_cache(monkeypatch, home, repo_id, folder, skip=(), unfetched=()):
     """A Hugging Face cache holding repo_id as an offline snapshot_download finds it: folder's files (but ``skip``) in a
     snapshot linked to blobs/, and the repo's listing that huggingface_hub 2.4 caches with a download, where ``unfetched``

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 from sdopt.errors import SdoptError, exception_line, require
 
@@ -46,16 +47,23 @@ def resolve(model: str | Path) -> Path:
     raise SdoptError(f"{model} does not exist: give a model folder (for example one written by `sdopt init-model`) or a hub id like org/name")
 
 
-def hub_files(files: list[str]) -> list[str]:
+def hub_files(files: list[str], manifest: dict[str, Any] | None = None) -> list[str]:
     """Which of a hub repo's files to fetch: _HUB_PATTERNS, with the safetensors weights of the folders a run reads only,
     and of each one set: the plain weights, or where a folder has only variants (NAME.fp16.safetensors) the fp16 ones,
     as the loader reads them (sdopt.runtime.torch.weights_variant). SD 1.5's repo also holds fp16 and non-EMA copies
-    and the safety checker's weights: about 11.7 GB where a run reads 4.3. An sdopt artifact keeps all it lists."""
+    and the safety checker's weights: about 11.7 GB where a run reads 4.3. An sdopt artifact (``manifest``, its
+    sdopt.json as read) is what it lists, whatever the format: OpenVINO's .xml/.bin, TensorRT's engines, a tiny
+    decoder's weights; with its tokenizer and scheduler folders and model_index.json. One whose sdopt.json does not
+    read as a manifest is fetched by the patterns, and the loader's schema check says what is wrong with it."""
     from fnmatch import fnmatch
 
+    listed = _listed(manifest) if manifest is not None else None
+    if listed is not None:
+        # Its tokenizer and scheduler folders, and SDXL's second tokenizer (sdopt.families: not imported here,
+        # it imports this module back through the loader).
+        folders = tuple(f"{sub}/" for sub in (manifest.get("tokenizer", "tokenizer"), manifest.get("scheduler", "scheduler"), "tokenizer_2"))
+        return [f for f in files if f in listed or f in ("sdopt.json", "model_index.json") or f.startswith(folders)]
     wanted = [f for f in files if any(fnmatch(f, p) for p in _HUB_PATTERNS)]
-    if "sdopt.json" in files:
-        return wanted
     chosen = [f for f in wanted if not f.endswith(".safetensors")]
     for folder in _WEIGHT_FOLDERS:
         weights = [f for f in wanted if f.endswith(".safetensors") and f.rpartition("/")[0] == folder]
@@ -63,6 +71,14 @@ def hub_files(files: list[str]) -> list[str]:
         keep = None if None in variants else "fp16" if "fp16" in variants else min(variants, default=None)
         chosen += [f for f in weights if variant_of(f.rpartition("/")[2]) == keep]
     return chosen
+
+
+def _listed(manifest: dict[str, Any]) -> set[str] | None:
+    """The files an sdopt.json lists, None where it is not a manifest (sdopt.manifest.validate says why, once fetched)."""
+    try:
+        return {str(f["path"]) for c in manifest["components"].values() for f in c["files"]}
+    except (KeyError, TypeError, AttributeError):
+        return None
 
 
 def _repo_files(hub, repo_id: str) -> list[str] | None:
@@ -80,9 +96,16 @@ def _repo_files(hub, repo_id: str) -> list[str] | None:
 def _from_hub(repo_id: str) -> Path:
     hub = require("huggingface_hub", "all")
     files = _repo_files(hub, repo_id)
-    patterns = _HUB_PATTERNS if files is None else hub_files(files)
     try:
+        manifest = None
+        if files is not None and "sdopt.json" in files:  # an sdopt artifact: its manifest says which files it is
+            from sdopt.fsutil import read_json
+
+            manifest = read_json(hub.hf_hub_download(repo_id, "sdopt.json"), missing="download it again")
+        patterns = _HUB_PATTERNS if files is None else hub_files(files, manifest)
         return Path(hub.snapshot_download(repo_id, allow_patterns=patterns))
+    except SdoptError:  # its sdopt.json is not JSON: said as it is
+        raise
     except Exception as exc:  # the hub client raises many types for "offline", "not found", "gated"
         raise SdoptError(
             f"could not fetch '{repo_id}' from the Hugging Face hub ({type(exc).__name__}: {exception_line(exc)}). "
