@@ -250,6 +250,17 @@ def test_a_hub_id_fetches_one_set_of_weights_per_component(monkeypatch, tmp_path
     assert resolve("someorg/sd15") == tmp_path and asked["patterns"] == got
 
 
+def test_a_hub_optimum_openvino_export_fetches_its_models():
+    """An Optimum Intel OpenVINO export on the hub (optimum-cli export openvino) came without its openvino_model.xml/.bin:
+    sdopt.layouts then took it for a Diffusers checkpoint without weights."""
+    from sdopt.source import hub_files
+
+    ov = [f"{name}/{file}" for name in ("text_encoder", "unet", "vae_decoder", "vae_encoder")
+          for file in ("config.json", "openvino_model.xml", "openvino_model.bin")]
+    assert hub_files(["model_index.json", "scheduler/scheduler_config.json", *ov, "unet/diffusion_pytorch_model.bin"]) == [
+        "model_index.json", "scheduler/scheduler_config.json", *ov]
+
+
 def test_a_hub_sdopt_artifact_fetches_the_files_its_manifest_lists(tiny_model, tmp_path, monkeypatch):
     """The patterns were Diffusers' and ONNX's: an OpenVINO artifact pushed as is came without its .xml/.bin (and a
     TensorRT one without its engines), so `sdopt generate org/name` failed. Its sdopt.json is read first and says."""

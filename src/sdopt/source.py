@@ -14,9 +14,10 @@ from typing import Any
 from sdopt.errors import SdoptError, exception_line, require
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-# What a text-to-image run needs; pickles are never fetched.
+# What a text-to-image run needs, in the layouts sdopt reads (sdopt.layouts: Diffusers', Optimum's ONNX and OpenVINO
+# exports); pickles are never fetched (so OpenVINO's weights by name: *.bin are PyTorch's too).
 _HUB_PATTERNS = ["model_index.json", "*/config.json", "*/*.safetensors.index*.json", "*/*.safetensors", "*.onnx", "*/*.onnx*",
-                 "tokenizer/*", "tokenizer_2/*", "scheduler/*", "sdopt.json"]
+                 "*/openvino_model.xml", "*/openvino_model.bin", "tokenizer/*", "tokenizer_2/*", "scheduler/*", "sdopt.json"]
 # The Diffusers folders whose weights a run reads (sdopt.layouts.DIFFUSERS_FOLDERS): not the safety checker's.
 _WEIGHT_FOLDERS = ("text_encoder", "text_encoder_2", "unet", "vae")
 
