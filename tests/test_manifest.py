@@ -83,6 +83,22 @@ def test_hub_id_offline_gives_a_clear_error(monkeypatch):
         resolve("someorg/some-model-that-is-not-cached")
 
 
+def test_inspect_counts_the_weights_that_load(tiny_model, tmp_path):
+    """fp16 copies beside a Diffusers folder's plain weights (as on the hub) were counted in its size and its id,
+    though the plain ones alone load (sdopt.runtime.torch.weights_variant)."""
+    folder = tmp_path / "variants"
+    shutil.copytree(tiny_model, folder, ignore=shutil.ignore_patterns(MANIFEST_NAME))
+    plain = describe(folder)
+    for weights in ("unet/diffusion_pytorch_model", "text_encoder/model"):
+        shutil.copy(folder / f"{weights}.safetensors", folder / f"{weights}.fp16.safetensors")
+    (folder / "unet/diffusion_pytorch_model.safetensors.index.fp16.json").write_text("{}")
+    both = describe(folder)
+    assert (both["artifact_id"], both["size_bytes"]) == (plain["artifact_id"], plain["size_bytes"])
+    (folder / "unet/diffusion_pytorch_model.safetensors").unlink()  # fp16 alone: those load
+    assert {f["path"] for f in describe(folder)["components"]["unet"]["files"]} == {
+        "unet/config.json", "unet/diffusion_pytorch_model.fp16.safetensors", "unet/diffusion_pytorch_model.safetensors.index.fp16.json"}
+
+
 def test_inspect_text_names_backend_components_and_sizes(tiny_model):
     text = format_description(describe(tiny_model))
     for word in ("backend    torch", "precision  fp32", "unet", "text_encoder", "vae_decoder", "MiB", "fingerprint"):

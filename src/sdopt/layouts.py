@@ -14,7 +14,7 @@ from typing import Callable
 
 from sdopt.errors import SdoptError, exception_line
 from sdopt.fsutil import read_json
-from sdopt.manifest import ComponentEntry, Manifest, files_in, folder_family, model_info
+from sdopt.manifest import ComponentEntry, FileEntry, Manifest, files_in, folder_family, model_info
 
 # Which Diffusers folder holds each component of the torch backend.
 DIFFUSERS_FOLDERS = {"text_encoder": "text_encoder", "text_encoder_2": "text_encoder_2", "unet": "unet", "vae_decoder": "vae", "vae_encoder": "vae"}
@@ -61,8 +61,24 @@ def diffusers_components(folder: Path, family: str) -> dict[str, ComponentEntry]
             if name == "vae_encoder":
                 continue  # text-to-image never needs the encoder
             raise SdoptError(f"{folder} has no {sub}/ weights in safetensors: it is not a complete Diffusers checkpoint")
-        comps[name] = ComponentEntry(folder=sub, files=files)
+        comps[name] = ComponentEntry(folder=sub, files=_loaded(files))
     return comps
+
+
+def _loaded(files: list[FileEntry]) -> list[FileEntry]:
+    """The files of a Diffusers folder from_pretrained reads (sdopt.runtime.torch.weights_variant): with plain and fp16
+    weights side by side, the plain ones and their shard index; the others are no part of its size or its id."""
+    from sdopt.source import loaded_variant, variant_of
+
+    names = [f.path.rpartition("/")[2] for f in files]
+    loaded = loaded_variant(names)
+
+    def variant(name: str) -> str | None:
+        if ".safetensors.index." in name:  # NAME.safetensors.index.json, NAME.safetensors.index.fp16.json
+            return name.rpartition(".safetensors.index.")[2].removesuffix("json").rstrip(".") or None
+        return variant_of(name) if name.endswith(".safetensors") else loaded  # config.json: read whichever loads
+
+    return [f for f, name in zip(files, names) if variant(name) == loaded]
 
 
 def _index(folder: Path) -> dict:

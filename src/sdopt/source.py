@@ -32,6 +32,15 @@ def variant_of(name: str) -> str | None:
     return _SHARD.sub("", parts[-1]) if len(parts) > 1 else None
 
 
+def loaded_variant(names) -> str | None:
+    """The variant from_pretrained is told to read of a folder holding the files ``names``: None where plain weights are
+    there (a folder with fp16 copies beside them loads the plain ones); a folder's only variant where it has no others."""
+    variants = {variant_of(name) for name in names if name.endswith(".safetensors")}
+    if not variants or None in variants:
+        return None
+    return variants.pop() if len(variants) == 1 else None
+
+
 def resolve(model: str | Path) -> Path:
     if not str(model).strip():  # Path("") is the current folder: never what an empty argument meant
         raise SdoptError("the model path is empty: give a model folder (for example one written by `sdopt init-model`) or a hub id like org/name")

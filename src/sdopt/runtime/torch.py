@@ -155,12 +155,9 @@ def load_pretrained(name: str, path: Path, dtype: torch.dtype = torch.float32) -
 def weights_variant(path: Path) -> str | None:
     """The variant of a folder that holds only variant weights (Hugging Face's ``NAME.fp16.safetensors``), which
     from_pretrained reads only when told; None where plain weights are there."""
-    from sdopt.source import variant_of
+    from sdopt.source import loaded_variant
 
-    variants = {variant_of(p.name) for p in Path(path).glob("*.safetensors")}
-    if not variants or None in variants:
-        return None
-    return variants.pop() if len(variants) == 1 else None
+    return loaded_variant(p.name for p in Path(path).glob("*.safetensors"))
 
 
 def empty_module(name: str, path: Path) -> torch.nn.Module:
