@@ -348,6 +348,15 @@ def test_a_hub_id_fetched_selectively_loads_offline(tiny_model, tmp_path, monkey
     assert read_manifest(snapshot).backend == "torch"
 
 
+def test_a_hub_revision_is_said_unsupported(tmp_path, monkeypatch):
+    """org/name@REV was refused as a path that does not exist, saying to give 'a hub id like org/name'."""
+    from sdopt.source import resolve
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SdoptError, match=r"revision \(@v1\.0\) is not supported.*hf download org/name --revision v1\.0 --local-dir FOLDER"):
+        resolve("org/name@v1.0")
+
+
 def test_a_hub_id_shadowed_by_a_local_folder_says_so(tmp_path, monkeypatch):
     """With ./org here, org/name was refused as not existing, saying to give 'a hub id like org/name', which it was."""
     from sdopt.source import resolve

@@ -14,6 +14,7 @@ from typing import Any
 from sdopt.errors import SdoptError, exception_line, require
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_HUB_REVISION = re.compile(r"^([A-Za-z0-9][\w.-]*/[\w.-]+)@(.+)$")  # org/name@REV, as Hugging Face's tools write a revision
 # What a text-to-image run needs, in the layouts sdopt reads (sdopt.layouts: Diffusers', Optimum's ONNX and OpenVINO
 # exports); pickles are never fetched (so OpenVINO's weights by name: *.bin are PyTorch's too).
 _HUB_PATTERNS = ["model_index.json", "*/config.json", "*/*.safetensors.index*.json", "*/*.safetensors", "*.onnx", "*/*.onnx*",
@@ -54,6 +55,12 @@ def resolve(model: str | Path) -> Path:
             return _from_hub(text)
         raise SdoptError(f"{model} does not exist: read as a local path since ./{path.parts[0]} is a folder here, not as the hub id "
                          f"{model}; give the model folder's path, or run from a folder without ./{path.parts[0]} to use the hub id")
+    pinned = _HUB_REVISION.match(text)
+    if pinned and not text.startswith((".", "/")) and not Path(path.parts[0]).exists():
+        repo_id, revision = pinned.groups()
+        raise SdoptError(f"{model} does not exist: a hub id with a revision (@{revision}) is not supported. To run that revision, "
+                         f"download it where a network exists (hf download {repo_id} --revision {revision} --local-dir FOLDER) "
+                         f"and give FOLDER; {repo_id} alone runs the main branch")
     raise SdoptError(f"{model} does not exist: give a model folder (for example one written by `sdopt init-model`) or a hub id like org/name")
 
 
