@@ -18,13 +18,13 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from sdopt.errors import SdoptError
+from sdopt.families import DEFAULT as FAMILY  # a manifest that names no family; sdopt.families has them all
 from sdopt.fsutil import INCOMPLETE_MARKER, read_json, sha256_file
 from sdopt.hash_records import recorded_sha256
 
 MANIFEST_NAME = "sdopt.json"
 SCHEMA_VERSION = 1
 COMPONENT_NAMES = ("text_encoder", "text_encoder_2", "unet", "unet_shallow", "vae_decoder", "vae_encoder")
-FAMILY = "stable-diffusion"  # the default (sdopt.families.DEFAULT too); sdopt.families has them all
 
 
 @dataclass

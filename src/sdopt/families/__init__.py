@@ -16,7 +16,6 @@ from pathlib import Path
 
 from sdopt.errors import SdoptError, with_article
 from sdopt.families.base import Family
-from sdopt.manifest import FAMILY as DEFAULT  # a folder or manifest that names no family: SD 1/2, one default for both
 
 
 def _families() -> dict[str, Family]:
@@ -26,6 +25,8 @@ def _families() -> dict[str, Family]:
 
 
 FAMILIES: dict[str, Family] = _families()
+# The family of a folder or manifest that names none: SD 1/2, one default for both (sdopt.manifest.FAMILY reads it).
+DEFAULT = "stable-diffusion"
 
 
 def get_family(name: str) -> Family:
