@@ -99,6 +99,21 @@ def test_inspect_counts_the_weights_that_load(tiny_model, tmp_path):
         "unet/config.json", "unet/diffusion_pytorch_model.fp16.safetensors", "unet/diffusion_pytorch_model.safetensors.index.fp16.json"}
 
 
+def test_a_folder_of_several_variants_loads_its_fp16_weights(tiny_model, tmp_path):
+    """A Diffusers folder with fp16 and non_ema copies and no plain weights did not load (source.loaded_variant: None,
+    so from_pretrained looked for the plain file) and inspect counted its config.json alone; hub_files fetches fp16 there."""
+    from sdopt.runtime.torch import load_pretrained
+
+    folder = tmp_path / "variants"
+    shutil.copytree(tiny_model, folder, ignore=shutil.ignore_patterns(MANIFEST_NAME))
+    plain = folder / "unet/diffusion_pytorch_model.safetensors"
+    shutil.copy(plain, folder / "unet/diffusion_pytorch_model.fp16.safetensors")
+    plain.rename(folder / "unet/diffusion_pytorch_model.non_ema.safetensors")
+    assert {f["path"] for f in describe(folder)["components"]["unet"]["files"]} == {
+        "unet/config.json", "unet/diffusion_pytorch_model.fp16.safetensors"}
+    load_pretrained("unet", folder / "unet")
+
+
 def test_inspect_text_names_backend_components_and_sizes(tiny_model):
     text = format_description(describe(tiny_model))
     for word in ("backend    torch", "precision  fp32", "unet", "text_encoder", "vae_decoder", "MiB", "fingerprint"):

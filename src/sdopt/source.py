@@ -35,11 +35,12 @@ def variant_of(name: str) -> str | None:
 
 def loaded_variant(names) -> str | None:
     """The variant from_pretrained is told to read of a folder holding the files ``names``: None where plain weights are
-    there (a folder with fp16 copies beside them loads the plain ones); a folder's only variant where it has no others."""
+    there (a folder with fp16 copies beside them loads the plain ones); where it has variants only, fp16 if it is one
+    (SD 1.5's fp16 and non_ema copies: non_ema is for training), else the first by name. hub_files fetches the same."""
     variants = {variant_of(name) for name in names if name.endswith(".safetensors")}
     if not variants or None in variants:
         return None
-    return variants.pop() if len(variants) == 1 else None
+    return "fp16" if "fp16" in variants else min(variants)
 
 
 def resolve(model: str | Path) -> Path:
@@ -84,8 +85,7 @@ def hub_files(files: list[str], manifest: dict[str, Any] | None = None) -> list[
     chosen = [f for f in wanted if not f.endswith(".safetensors")]
     for folder in _WEIGHT_FOLDERS:
         weights = [f for f in wanted if f.endswith(".safetensors") and f.rpartition("/")[0] == folder]
-        variants = {variant_of(f.rpartition("/")[2]) for f in weights}
-        keep = None if None in variants else "fp16" if "fp16" in variants else min(variants, default=None)
+        keep = loaded_variant(f.rpartition("/")[2] for f in weights)
         chosen += [f for f in weights if variant_of(f.rpartition("/")[2]) == keep]
     return chosen
 

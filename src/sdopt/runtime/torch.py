@@ -154,7 +154,7 @@ def load_pretrained(name: str, path: Path, dtype: torch.dtype = torch.float32) -
 
 def weights_variant(path: Path) -> str | None:
     """The variant of a folder that holds only variant weights (Hugging Face's ``NAME.fp16.safetensors``), which
-    from_pretrained reads only when told; None where plain weights are there."""
+    from_pretrained reads only when told (fp16 of several); None where plain weights are there."""
     from sdopt.source import loaded_variant
 
     return loaded_variant(p.name for p in Path(path).glob("*.safetensors"))
