@@ -193,3 +193,18 @@ def test_a_folder_name_the_locale_cannot_decode_is_written_in_the_png(tiny_pipel
     image = Image.new("RGB", (8, 8))
     image.info["parameters"] = text
     image.save(io.BytesIO(), format="PNG", pnginfo=png_info(image))
+
+
+def test_a_lora_name_the_locale_cannot_decode_is_written_in_the_png(tiny_pipeline, tmp_path, monkeypatch):
+    """As the folder's name above: a LoRA file with a non-ASCII name (sdopt generate --lora under LC_ALL=C) was written
+    in "Loras:" as undecoded bytes, and PIL's save failed after the generation; read in UTF-8, its real name."""
+    from sdopt import GenerateRequest
+    from sdopt.infotext import png_info
+
+    monkeypatch.setattr("sdopt.lora.parse_loras", lambda loras: None)  # no such file: the name is what is tested
+    lora = f"{tmp_path}/caf\udcc3\udca9.safetensors"  # café's UTF-8 bytes as an ASCII locale leaves them in argv
+    text = tiny_pipeline.parameters(GenerateRequest(prompt="a fox", steps=2, loras={lora: 0.5}), 0)
+    assert 'Loras: "café:0.5"' in text
+    image = Image.new("RGB", (8, 8))
+    image.info["parameters"] = text
+    image.save(io.BytesIO(), format="PNG", pnginfo=png_info(image))

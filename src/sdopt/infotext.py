@@ -36,10 +36,21 @@ def _quote(value: Any) -> str:
     return json.dumps(text, ensure_ascii=False) if any(c in text for c in ",:\n\"") else text
 
 
+def readable(text: str) -> str:
+    """A file name or command-line argument as the Unicode text a PNG text chunk or a JSON answer must be. Where the
+    locale could not decode its bytes (a non-ASCII name under LC_ALL=C with PYTHONUTF8=0) Python holds them as
+    surrogates, which UTF-8 refuses: PIL's save and the server's JSON failed on them. They are read in UTF-8 here (the
+    real text where the bytes are UTF-8, U+FFFD for a byte that is not); other text is returned as it is."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a surrogate that is no undecoded byte
+        return text.encode("utf-8", "replace").decode("utf-8")
+
+
 def _stem(path: str) -> str:
     from pathlib import Path
 
-    return Path(path).stem
+    return readable(Path(path).stem)  # "Loras" names the file: PNG text (readable)
 
 
 def _number(value: float) -> str:
