@@ -434,3 +434,26 @@ def test_skip_ends_the_running_iteration_and_the_request_goes_on_with_the_next(t
         assert len(info["sdopt_task_ids"]) == 2 and "Seed: 300," in info["infotexts"][0]
         state = httpx.get(url + "/sdapi/v1/progress", params={"id_task": "interrupted"}).json()["state"]
         assert (state["skipped"], state["interrupted"]) == (False, True)
+
+
+def test_names_the_locale_cannot_decode_are_answered_as_text(tiny_pipeline, tmp_path, monkeypatch):
+    """Under LC_ALL=C (PYTHONUTF8=0) a non-ASCII folder, --name or LoRA file name is undecoded bytes (surrogates): every
+    answer naming them failed to encode (500 on sd-models, options, /v1/models, loras, cmd-flags) and no <lora:NAME>
+    tag matched the file. They are answered as text (sdopt.infotext.readable: U+FFFD for a byte that is not UTF-8)."""
+    import os
+    from pathlib import Path
+
+    from sdopt.serve.server import model_name
+    from sdopt.serve.settings import ServeSettings
+
+    assert model_name("/m/x", ServeSettings(name="caf\udcc3\udca9")) == "café"
+    name = model_name(os.fsdecode(b"/models/mod\xe8le"), ServeSettings())
+    monkeypatch.setattr(tiny_pipeline, "folder", Path(os.fsdecode(str(tmp_path).encode() + b"/mod\xe8le")))
+    loras = tmp_path / os.fsdecode(b"lor\xe8s")
+    loras.mkdir()
+    (loras / os.fsdecode(b"caf\xe9.safetensors")).write_bytes(b"")
+    with running_server(tiny_pipeline, name=name, start_worker=False, lora_dir=str(loras)) as (url, _):
+        for path in ("/sdapi/v1/sd-models", "/sdapi/v1/options", "/v1/models", "/sdapi/v1/loras", "/sdapi/v1/cmd-flags"):
+            assert httpx.get(url + path).status_code == 200, path
+        assert httpx.get(url + "/sdapi/v1/loras").json()[0]["name"] == "caf\ufffd"
+        assert httpx.get(url + "/v1/models").json()["data"][0]["id"] == "mod\ufffdle"

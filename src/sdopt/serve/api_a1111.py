@@ -28,6 +28,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from sdopt.infotext import readable
 from sdopt.serve import hires, inpaint_area, jobs as J
 from sdopt.serve.a1111_fields import A1111_NAMES, apply_infotext, eta_for, hires_scheduler, ignored_fields, scheduler_for
 from sdopt.serve.a1111_models import Img2ImgRequest, ImagesResponse, PngInfoRequest, ProcessingRequest, Txt2ImgRequest
@@ -168,7 +169,7 @@ def _info(request: Request, jobs: list[J.Job], spec: J.JobSpec, body: Processing
         "sdopt_ignored": ignored_fields(body, spec.scheduler) + _clip_skip_ignored(request, spec),
         "sdopt_scheduler": spec.scheduler,
         "sdopt_batch_size": job.batch_size,
-        "sdopt_loras": {Path(f).stem: w for f, w in (spec.loras or {}).items()},
+        "sdopt_loras": {readable(Path(f).stem): w for f, w in (spec.loras or {}).items()},
         "sdopt_cache_interval": spec.cache_interval,  # None: the artifact's default
         "sdopt_guidance_end": spec.guidance_end,
     }

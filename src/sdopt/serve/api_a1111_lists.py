@@ -15,6 +15,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from sdopt.infotext import readable
 from sdopt.runtime.schedulers import A1111_SAMPLERS
 from sdopt.serve.errors import RequestError
 
@@ -44,7 +45,7 @@ def check_clip_skip(value: Any, field: str) -> int:
 def sd_models(request: Request) -> list[dict[str, Any]]:
     name = request.app.state.model_name
     return [{"title": _title(request), "model_name": name, "hash": _model_hash(request), "sha256": None,
-             "filename": str(getattr(request.app.state.worker.pipeline, "folder", None) or name), "config": None}]
+             "filename": readable(str(getattr(request.app.state.worker.pipeline, "folder", None) or name)), "config": None}]
 
 
 def _model_hash(request: Request) -> str | None:
@@ -63,7 +64,7 @@ def loras(request: Request) -> list[dict[str, Any]]:
     """The LoRAs a prompt can name as <lora:NAME:WEIGHT> (sdopt serve --lora-dir), as AUTOMATIC1111 lists them."""
     from sdopt.serve.loras import available
 
-    return [{"name": name, "alias": name, "path": str(path), "metadata": {}} for name, path in available(request.app.state.settings.lora_dir).items()]
+    return [{"name": name, "alias": name, "path": readable(str(path)), "metadata": {}} for name, path in available(request.app.state.settings.lora_dir).items()]
 
 
 @router.get("/sdapi/v1/samplers")
@@ -170,7 +171,8 @@ def cmd_flags(request: Request) -> dict[str, Any]:
     """What AUTOMATIC1111's command line would say about this server (never its credentials)."""
     settings = request.app.state.settings
     return {"api": True, "nowebui": False, "listen": settings.exposed, "port": settings.port,
-            "api_auth": None, "ckpt": request.app.state.model_name, "lora_dir": settings.lora_dir}
+            "api_auth": None, "ckpt": request.app.state.model_name,
+            "lora_dir": readable(settings.lora_dir) if settings.lora_dir else None}
 
 
 @router.get("/sdapi/v1/memory")

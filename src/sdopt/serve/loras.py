@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from sdopt.infotext import readable
 from sdopt.lora import summed_scales
 from sdopt.serve.errors import RequestError
 
@@ -21,10 +22,12 @@ TAG = re.compile(r"<lora:([^:<>]+)(?::([^:<>]*))?(?::([^:<>]*))?>")
 
 
 def available(folder: str | Path | None) -> dict[str, Path]:
-    """NAME -> file, for every .safetensors file in the server's LoRA folder."""
+    """NAME -> file, for every .safetensors file in the server's LoRA folder. NAME is text (sdopt.infotext.readable), as
+    a prompt's tag names it: under LC_ALL=C a non-ASCII file name was undecoded bytes that no tag matched and that
+    /sdapi/v1/loras failed to answer."""
     if folder is None:
         return {}
-    return {p.stem: p for p in sorted(Path(folder).glob("*.safetensors")) if p.is_file()}
+    return {readable(p.stem): p for p in sorted(Path(folder).glob("*.safetensors")) if p.is_file()}
 
 
 def take_loras(prompt: str, folder: str | Path | None, field: str = "prompt") -> tuple[str, dict[str, float] | None]:
@@ -49,6 +52,6 @@ def take_loras(prompt: str, folder: str | Path | None, field: str = "prompt") ->
     loras = summed_scales(weights)
     for file, scale in loras.items():  # checked here, where the field is known (the loop's check named none: "body")
         if not -10.0 <= scale <= 10.0:
-            raise RequestError(field, f"<lora:{Path(file).stem}>: weight {scale:g} (its tags' sum) is out of range: give -10 to 10 "
+            raise RequestError(field, f"<lora:{readable(Path(file).stem)}>: weight {scale:g} (its tags' sum) is out of range: give -10 to 10 "
                                       "(1 is the LoRA as trained)")
     return " ".join(TAG.sub(" ", prompt).split()), loras

@@ -12,7 +12,11 @@ from sdopt.serve.settings import ServeSettings
 
 
 def model_name(artifact: str | Path, settings: ServeSettings) -> str:
-    return settings.name or Path(str(artifact).rstrip("/")).name or str(artifact)
+    from sdopt.infotext import readable
+
+    # text, as JSON answers must be: under LC_ALL=C a non-ASCII --name or folder name was undecoded bytes (surrogates)
+    # that every answer naming the model refused to encode (500: /sdapi/v1/sd-models, /v1/models, options)
+    return readable(settings.name or Path(str(artifact).rstrip("/")).name or str(artifact))
 
 
 def check_port_free(host: str, port: int) -> None:
