@@ -582,3 +582,12 @@ def test_flags_are_not_abbreviated_and_a_misspelt_one_is_said_with_the_nearest(t
         err = capsys.readouterr().err
         assert f"sdopt generate: error: unrecognized arguments: {' '.join(typed)} (did you mean --steps?)" in err
         assert "usage: sdopt generate" in err
+
+
+def test_a_prompt_the_locale_cannot_decode_is_read_as_utf8():
+    """Under LC_ALL=C (PYTHONUTF8=0) generate -p café reached the tokenizer as undecoded bytes (surrogates), which it
+    refused with a TypeError traceback before any step: prompts are read in UTF-8 (sdopt.infotext.readable)."""
+    from sdopt.cli import build_parser
+
+    args = build_parser().parse_args(["generate", "m", "-p", "caf\udcc3\udca9", "-n", "na\udcc3\udcafve", "-o", "o.png"])
+    assert (args.prompt, args.negative_prompt) == (["café"], "naïve")

@@ -17,6 +17,14 @@ def user_path(text: str) -> str:
     return os.path.expanduser(text)
 
 
+def user_text(text: str) -> str:
+    """A prompt as given: under LC_ALL=C (PYTHONUTF8=0) a non-ASCII argument is undecoded bytes (surrogates), which the
+    tokenizer refused with a TypeError traceback; read in UTF-8 (sdopt.infotext.readable), the text that was typed."""
+    from sdopt.infotext import readable
+
+    return readable(text)
+
+
 def path_list(text: str) -> list[str]:
     """PATH,PATH,...: each a user_path (a ~ after the first comma too)."""
     return [user_path(x) for x in comma_list(text)]

@@ -7,7 +7,7 @@ import contextlib
 import sys
 from pathlib import Path
 
-from sdopt.cli.common import output_paths, backend_of, user_path, add_embedding_flag, add_eta_flag, add_lora_flag, lora_scales
+from sdopt.cli.common import output_paths, backend_of, user_path, user_text, add_embedding_flag, add_eta_flag, add_lora_flag, lora_scales
 from sdopt.infotext import lora_difference, loras_in_effect, missing_embeddings, png_info, read_png_parameters, unapplied
 from sdopt.request import MASKED_CONTENT, check_strength_has_image, open_image
 from sdopt.errors import BrokenOutputError, SdoptError
@@ -206,8 +206,8 @@ def add_generate(sub) -> None:
 
     p = sub.add_parser("generate", help="generate images with any artifact")
     p.add_argument("artifact", type=user_path, help="artifact folder, Diffusers model folder, or hub id")
-    p.add_argument("--prompt", "-p", action="append", help="the prompt (repeat for several)")
-    p.add_argument("--negative-prompt", "-n", default=None, help="what the images should not show (with guidance; default: none)")
+    p.add_argument("--prompt", "-p", action="append", type=user_text, help="the prompt (repeat for several)")
+    p.add_argument("--negative-prompt", "-n", default=None, type=user_text, help="what the images should not show (with guidance; default: none)")
     p.add_argument("--prompt-emphasis", action=argparse.BooleanOptionalAction, default=None,
                    help="read AUTOMATIC1111's emphasis in the prompts: (word) x1.1, (word:1.5), [word] /1.1, \\( for a literal bracket "
                         "(default: prompts are plain text, as in Diffusers; an AUTOMATIC1111 image's --parameters-from turns it on)")
