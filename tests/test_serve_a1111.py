@@ -266,7 +266,7 @@ def test_the_listings_clients_call_at_start_up_answer_lists(tiny_pipeline):
         ram = get("memory")["ram"]
         assert 0 < ram["free"] <= ram["total"]
         assert get("cmd-flags")["api"] is True
-        answer = httpx.post(url + "/sdapi/v1/options", json={"eta_noise_seed_delta": 31337, "samples_format": "png"})
+        answer = httpx.post(url + "/sdapi/v1/options", json={"eta_noise_seed_delta": 31337, "samples_format": "PNG"})  # any case, as A1111
         assert answer.status_code == 200 and answer.json() == {"sdopt_ignored": ["eta_noise_seed_delta"]}
         jpeg = httpx.post(url + "/sdapi/v1/options", json={"samples_format": "jpg"})
         assert jpeg.status_code == 422 and jpeg.json()["detail"][0]["loc"] == ["body", "samples_format"]

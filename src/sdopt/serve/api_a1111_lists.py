@@ -108,7 +108,7 @@ def check_held_options(request: Request, options: dict[str, Any], field: str | N
     if wanted not in (None, name, _title(request), _model_hash(request)):
         raise RequestError(field or "sd_model_checkpoint", f"{where}sd_model_checkpoint={wanted!r}: this server serves only {name!r}; "
                                                            f"start another `sdopt serve` for {wanted!r}")
-    if options.get("samples_format") not in (None, "png"):
+    if (fmt := options.get("samples_format")) is not None and str(fmt).lower() != "png":  # "PNG" too: AUTOMATIC1111 lowercases it
         raise RequestError(field or "samples_format", f"{where}samples_format={options['samples_format']!r}: this server answers with PNG images only")
 
 
