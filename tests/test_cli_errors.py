@@ -241,6 +241,10 @@ def test_a_value_that_starts_with_a_dash_is_said_how_to_write(capsys):
         assert f"expected one argument (a value that starts with '-' is written {flag}=VALUE)" in capsys.readouterr().err
     parsed = build_parser().parse_args(["generate", "m", "--output=-x.png", "--prompt=-dark"])
     assert (parsed.output, parsed.prompt) == ("-x.png", ["-dark"])
+    # a flag whose value is optional takes none, and the word was only "unrecognized"
+    with pytest.raises(SystemExit):
+        main(["generate", "m", "-o", "o", "--compile", "-x"])
+    assert "unrecognized arguments: -x (a value that starts with '-' is written --compile=VALUE)" in capsys.readouterr().err
 
 
 def test_generate_output_names(tiny_model, tmp_path, capsys):

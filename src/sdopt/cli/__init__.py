@@ -43,7 +43,7 @@ class Parser(argparse.ArgumentParser):
             command = self.commands.get(getattr(parsed, "command", None), self)
             flags = [word.split("=", 1)[0] for word in unknown if word.startswith("--")]
             near = next((hint for flag in flags if (hint := did_you_mean(flag, command._option_string_actions))), "")
-            command.error(f"unrecognized arguments: {' '.join(unknown)}{near}")
+            command.error(f"unrecognized arguments: {' '.join(unknown)}{near or _optional_value_hint(args, unknown, command)}")
         return parsed
 
     def error(self, message):
@@ -54,6 +54,18 @@ class Parser(argparse.ArgumentParser):
             flag = next((name for name in names if name.startswith("--")), names[0])
             message += f" (a value that starts with '-' is written {flag}=VALUE)"
         super().error(message)
+
+
+def _optional_value_hint(args, unknown: list[str], command: argparse.ArgumentParser) -> str:
+    """A flag whose value is optional (--compile, --deep-cache) took none before a word starting with '-', which was then
+    'unrecognized' with no word of why: the hint Parser.error gives a flag that needs its value."""
+    argv = list(sys.argv[1:] if args is None else args)
+    for word in (w for w in unknown if not w.startswith("--")):  # --bogus is a mistyped flag, not a value
+        at = argv.index(word) if word in argv else 0
+        action = command._option_string_actions.get(argv[at - 1]) if at else None
+        if action is not None and action.nargs == "?":
+            return f" (a value that starts with '-' is written {argv[at - 1]}=VALUE)"
+    return ""
 
 
 def build_parser() -> argparse.ArgumentParser:
