@@ -8,7 +8,21 @@ from sdopt.cli import main
 
 pytestmark = pytest.mark.slow
 
-FEW = ["--vae-steps", "2", "--unet-steps", "2", "--images", "64", "-q"]
+FEW = ["--vae-steps", "2", "--unet-steps", "2", "--images", "8", "-q"]
+
+
+@pytest.fixture
+def small_batches(monkeypatch):
+    """Batches of 2 (16 and 32 by default; the CLI has no flag for them): each step's forward and backward were most of
+    a run's time, and nothing below depends on a batch's size. The thread count stays the test process's own (the
+    training otherwise sets torch's to every core, for the rest of the process)."""
+    import functools
+
+    import torch
+
+    from sdopt.shapes import train
+
+    monkeypatch.setattr(train, "TrainSettings", functools.partial(train.TrainSettings, vae_batch=2, unet_batch=2, threads=torch.get_num_threads()))
 
 
 def _weights(folder):
@@ -20,7 +34,7 @@ def _weights(folder):
     }
 
 
-def test_training_writes_a_loadable_model_with_its_curves_and_repeats_by_seed(tmp_path, capsys):
+def test_training_writes_a_loadable_model_with_its_curves_and_repeats_by_seed(tmp_path, capsys, small_batches):
     import torch
 
     import sdopt
@@ -32,7 +46,7 @@ def test_training_writes_a_loadable_model_with_its_curves_and_repeats_by_seed(tm
     log = (first / "training" / "loss.csv").read_text().splitlines()
     assert log[0] == "stage,step,loss" and len(log) == 1 + 2 + 2
     settings = json.loads((first / "training" / "settings.json").read_text())
-    assert settings["settings"]["unet_steps"] == 2 and settings["seconds"]["total_s"] > 0 and settings["vae_scaling_factor"] > 0
+    assert settings["settings"]["unet_steps"] == 2 and settings["settings"]["images"] == 8 and settings["seconds"]["total_s"] > 0 and settings["vae_scaling_factor"] > 0
     config = json.loads((first / "vae" / "config.json").read_text())
     assert config["scaling_factor"] == pytest.approx(settings["vae_scaling_factor"])
     result = sdopt.load(first).generate(GenerateRequest(prompt="a red circle on the left", steps=2, height=64, width=64))
@@ -54,7 +68,7 @@ def test_a_bad_training_value_is_an_error_naming_its_flag(tmp_path, capsys):
     assert "--vae-steps must be at least 1, got 0" in capsys.readouterr().err and not (tmp_path / "t").exists()
 
 
-def test_quiet_training_prints_nothing(tmp_path, capfd):
+def test_quiet_training_prints_nothing(tmp_path, capfd, small_batches):
     """-q printed transformers' "Loading weights" bar when the text encoder was read back from the zoo's files."""
     assert main(["train-shapes", str(tmp_path / "m"), "--vae-steps", "1", "--unet-steps", "1", "--images", "1", "-q"]) == 0
     captured = capfd.readouterr()
