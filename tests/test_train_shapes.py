@@ -14,8 +14,8 @@ FEW = ["--vae-steps", "2", "--unet-steps", "2", "--images", "8", "-q"]
 @pytest.fixture
 def small_batches(monkeypatch):
     """Batches of 2 (16 and 32 by default; the CLI has no flag for them): each step's forward and backward were most of
-    a run's time, and nothing below depends on a batch's size. The thread count stays the test process's own (the
-    training otherwise sets torch's to every core, for the rest of the process)."""
+    a run's time, and nothing below depends on a batch's size. The trainings run on the test process's share of the
+    cores (conftest's thread count), not every core beside the other test worker."""
     import functools
 
     import torch
@@ -68,8 +68,23 @@ def test_a_bad_training_value_is_an_error_naming_its_flag(tmp_path, capsys):
     assert "--vae-steps must be at least 1, got 0" in capsys.readouterr().err and not (tmp_path / "t").exists()
 
 
-def test_quiet_training_prints_nothing(tmp_path, capfd, small_batches):
-    """-q printed transformers' "Loading weights" bar when the text encoder was read back from the zoo's files."""
-    assert main(["train-shapes", str(tmp_path / "m"), "--vae-steps", "1", "--unet-steps", "1", "--images", "1", "-q"]) == 0
+def test_quiet_training_prints_nothing_and_gives_the_thread_count_back(tmp_path, capfd, monkeypatch):
+    """-q printed transformers' "Loading weights" bar when the text encoder was read back from the zoo's files. The
+    training runs on every core (threads=0) and left torch there for the rest of the process (a Python caller's, a
+    test worker's): it gives the caller's count back."""
+    import functools
+
+    import torch
+
+    from sdopt.shapes import train
+
+    monkeypatch.setattr(train, "TrainSettings", functools.partial(train.TrainSettings, vae_batch=2, unet_batch=2, threads=2))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["train-shapes", str(tmp_path / "m"), "--vae-steps", "1", "--unet-steps", "1", "--images", "1", "-q"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
     captured = capfd.readouterr()
     assert captured.err == "" and "Loading weights" not in captured.out

@@ -208,7 +208,18 @@ def save_curves(folder: Path, log: list, panels: tuple[tuple[str, str], ...]) ->
 
 
 def train_shapes(out: str | Path, settings: TrainSettings = TrainSettings(), progress: bool = True, force: bool = False) -> Path:
-    """Train the shapes model into ``out`` (written atomically); returns its path."""
+    """Train the shapes model into ``out`` (written atomically); returns its path. Runs on ``settings.threads`` torch
+    threads, and gives the caller's count back after (a Python caller, or a test process, keeps its own)."""
+    settings.check()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(settings.threads or os.cpu_count() or 1)
+    try:
+        return _train(out, settings, progress, force)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _train(out: str | Path, settings: TrainSettings, progress: bool, force: bool) -> Path:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -217,8 +228,6 @@ def train_shapes(out: str | Path, settings: TrainSettings = TrainSettings(), pro
     from sdopt.zoo.configs import MODELS
     from sdopt.zoo.writer import canonical_text_encoder_keys, without_transformers_progress_bar, write
 
-    settings.check()
-    torch.set_num_threads(settings.threads or os.cpu_count() or 1)
     started = time.monotonic()
     out = Path(out)
     with atomic_output_dir(out, force=force) as tmp:
