@@ -81,6 +81,41 @@ def test_every_scheduler_runs(tiny_pipeline, scheduler):
     assert np.isfinite(result.latents).all()
 
 
+@pytest.mark.parametrize("scheduler", [None, "euler_a", "dpmpp_2m"])
+def test_a_scheduler_is_built_once_per_config_and_each_call_gets_a_fresh_copy(scheduler, monkeypatch):
+    """make_scheduler ran Diffusers' from_config on every call (1-2 ms: it reads the signature of every compatible
+    class), twice per generate call: a fifth to a third of the loop's own work at 64 px (measure/loop_overhead.py). It
+    builds one per name and config now and hands out copies, which step as a freshly built scheduler does, to the bit,
+    whatever an earlier copy went through."""
+    import inspect
+
+    import torch
+
+    from sdopt.runtime import schedulers
+
+    config = {"_class_name": "PNDMScheduler", "beta_start": 0.00085, "beta_end": 0.01201, "beta_schedule": "scaled_linear",
+              "num_train_timesteps": 1000, "skip_prk_steps": True, "steps_offset": 1, "set_alpha_to_one": False, "clip_sample": False}
+    fresh = schedulers.scheduler_class(scheduler, config).from_config(config, **schedulers.SCHEDULERS.get(scheduler, ("", {}))[1])
+    built, real = [], schedulers.scheduler_class
+    monkeypatch.setattr(schedulers, "scheduler_class", lambda *a: built.append(a) or real(*a))
+
+    def run(s) -> torch.Tensor:
+        s.set_timesteps(4, device="cpu")
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn((1, 4, 8, 8), generator=g) * s.init_noise_sigma
+        extra = {"generator": g} if "generator" in inspect.signature(s.step).parameters else {}
+        for t in s.timesteps:
+            s.scale_model_input(x, t)
+            x = s.step(torch.randn((1, 4, 8, 8), generator=g), t, x, **extra).prev_sample
+        return x
+
+    copies = [schedulers.make_scheduler(scheduler, config) for _ in range(3)]
+    assert len(built) <= 1 and len({id(c) for c in copies}) == 3
+    expected = run(fresh)
+    for copy in copies:  # each after the one before it ran
+        assert torch.equal(run(copy), expected)
+
+
 def test_cli_generate_twice_gives_identical_png_bytes(tiny_model, tmp_path, capsys):
     args = ["generate", str(tiny_model), "-p", "a lighthouse", "--seed", "3", "--steps", "3", "--scheduler", "ddim", "--height", "64", "--width", "64", "-q"]
     assert main(args + ["-o", str(tmp_path / "a.png")]) == 0
