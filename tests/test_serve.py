@@ -691,6 +691,8 @@ def test_credentials_are_required_everywhere_but_health(tiny_pipeline):
         ("/sdapi/v1/img2img", {"negative_prompt": "x" * 10_001}, "negative_prompt"),
         ("/sdapi/v1/txt2img", {"enable_hr": True, "hr_prompt": "x" * 10_001}, "hr_prompt"),
         ("/sdapi/v1/txt2img", {"infotext": "x\nNegative prompt: " + "x" * 10_001 + "\nSteps: 4"}, "infotext"),
+        # uncapped, a 32 MiB body's infotext was parsed for seconds on the event loop
+        ("/sdapi/v1/img2img", {"infotext": "x\nSteps: 4, " + "Key: value, " * 6_000}, "infotext"),
         ("/v1/jobs", {"n": 0}, "n"),
         ("/v1/jobs", {"scheduler": "nope"}, "scheduler"),
         ("/v1/jobs", {"strength": 0}, "strength"),

@@ -10,6 +10,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sdopt.serve.submission import MAX_PROMPT_CHARS, cache_interval_field, guidance_end_field
 
+# An image's generation parameters (``infotext``) as this server takes them: a real one is a few hundred characters
+# (a few kB with extensions' keys); 64,000 holds its four prompts at their 10,000 cap and far more keys than any
+# carries. It is parsed on the request's way in (~1.4 s per 10 MB): uncapped, a 32 MiB body held the server for seconds.
+MAX_INFOTEXT_CHARS = 64_000
+
 
 class ProcessingRequest(BaseModel):
     """StableDiffusionProcessing's API fields, with AUTOMATIC1111's defaults."""
@@ -57,7 +62,7 @@ class ProcessingRequest(BaseModel):
     save_images: bool = False
     alwayson_scripts: dict = Field(default_factory=dict)
     force_task_id: str | None = Field(None, max_length=200)
-    infotext: str | None = None
+    infotext: str | None = Field(None, max_length=MAX_INFOTEXT_CHARS)
     # sdopt's own: AUTOMATIC1111 has no such fields (and, like it, ignores what it does not know).
     sdopt_cache_interval: int | None = cache_interval_field()
     sdopt_guidance_end: float | None = guidance_end_field()
