@@ -271,6 +271,17 @@ def _mask(request: Request, body: Img2ImgRequest, size: tuple[int, int]):
 
 @router.post("/sdapi/v1/img2img", response_model=ImagesResponse)
 async def img2img(request: Request, body: Img2ImgRequest) -> dict[str, Any]:
+    import asyncio
+
+    # Off the event loop, which answers every other client meanwhile (progress, /metrics, their requests): decoding
+    # images up to --max-input-pixels, the mask's blur, the resize and the inpainting fill take a second or more.
+    spec, finish = await asyncio.to_thread(_img2img_job, request, body)
+    return await _run(request, body, spec, finish=finish)
+
+
+def _img2img_job(request: Request, body: Img2ImgRequest) -> tuple[J.JobSpec, Any]:
+    """An img2img request's job, checked, and what becomes of each image it makes (inpainting's paste and overlay;
+    None for img2img of the whole picture)."""
     settings = request.app.state.settings
     apply_infotext(body)
     if not body.init_images:
@@ -288,7 +299,7 @@ async def img2img(request: Request, body: Img2ImgRequest) -> dict[str, Any]:
     check_spec(spec, settings, request.app.state.worker.pipeline, A1111_NAMES)  # the size is sound before pictures are made that size
     mode, size = body.resize_mode or 0, (spec.width, spec.height)
     if mask is None:
-        return await _run(request, body, dataclasses.replace(spec, init_image=resize(init, mode, *size)))
+        return dataclasses.replace(spec, init_image=resize(init, mode, *size)), None
     fill = body.inpainting_fill if body.inpainting_fill is not None else inpaint_area.FILL
     if fill not in (inpaint_area.FILL, inpaint_area.ORIGINAL, *inpaint_area.LATENT_FILLS):
         raise RequestError("inpainting_fill", f"inpainting_fill={fill}: 0 fill, 1 original, 2 latent noise, 3 latent nothing")
@@ -305,7 +316,7 @@ async def img2img(request: Request, body: Img2ImgRequest) -> dict[str, Any]:
             out.info[KEY] = with_pairs(out.info[KEY], said)
         return out
 
-    return await _run(request, body, spec, finish=finish)
+    return spec, finish
 
 
 @router.get("/sdapi/v1/progress")

@@ -1,0 +1,63 @@
+"""One client's heavy work does not hold sdopt serve's event loop: while a request's images are decoded, its prompt's
+chunks counted or its answer encoded (seconds of CPU for large images and long prompts), /sdapi/v1/progress, /metrics
+and the other clients' requests are answered.
+
+Each test holds one such step (a stand-in that waits until the test lets it go, not a timed sleep) and asks for
+progress meanwhile: on the event loop the step would keep progress from answering at all."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+
+import pytest
+
+pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install 'sdopt[serve]'")
+httpx = pytest.importorskip("httpx", reason="httpx is not installed: pip install 'sdopt[serve-test]'")
+
+from serving import b64png, png_bytes, running_server  # noqa: E402
+
+ONE_STEP = {"width": 64, "height": 64, "steps": 1}
+
+
+def held(monkeypatch, owner, name: str) -> tuple[threading.Event, threading.Event]:
+    """``owner.name`` made to wait, once called, until the test sets the second event (the first says it was called)."""
+    called, release = threading.Event(), threading.Event()
+    real = getattr(owner, name)
+
+    def holding(*args, **kwargs):
+        called.set()
+        release.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, holding)
+    return called, release
+
+
+def answers_progress_while_held(url: str, called: threading.Event, release: threading.Event, path: str, **request) -> httpx.Response:
+    """POST ``path`` from another thread; once it is held, GET /sdapi/v1/progress must answer. The POST's response."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        heavy = pool.submit(httpx.post, url + path, timeout=60, **request)
+        try:
+            assert called.wait(30), f"{path} never reached the held step"
+            try:
+                progress = httpx.get(url + "/sdapi/v1/progress", timeout=3)
+            except httpx.TimeoutException:
+                pytest.fail(f"/sdapi/v1/progress did not answer while {path} was being prepared: the work is on the event loop")
+        finally:
+            release.set()
+        assert progress.status_code == 200
+        return heavy.result()
+
+
+def test_img2img_images_are_prepared_off_the_event_loop(tiny_pipeline, monkeypatch):
+    """Decoding the init image and mask (up to 16 megapixels), the resize and inpainting's fill."""
+    from PIL import Image
+
+    from sdopt.serve import api_a1111
+
+    called, release = held(monkeypatch, api_a1111, "decode_image")
+    body = {"prompt": "x", **ONE_STEP, "denoising_strength": 1, "init_images": [b64png(Image.new("RGB", (64, 64), "red"))]}
+    with running_server(tiny_pipeline) as (url, _):
+        answer = answers_progress_while_held(url, called, release, "/sdapi/v1/img2img", json=body)
+    assert answer.status_code == 200, answer.text
