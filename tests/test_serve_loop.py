@@ -61,3 +61,17 @@ def test_img2img_images_are_prepared_off_the_event_loop(tiny_pipeline, monkeypat
     with running_server(tiny_pipeline) as (url, _):
         answer = answers_progress_while_held(url, called, release, "/sdapi/v1/img2img", json=body)
     assert answer.status_code == 200, answer.text
+
+
+def test_openai_edit_images_are_read_off_the_event_loop(tiny_pipeline, monkeypatch):
+    """images.edit's image and mask files: decoded, their transparency read (up to 16 megapixels each)."""
+    from PIL import Image
+
+    from sdopt.serve import api_openai
+
+    called, release = held(monkeypatch, api_openai, "read_image")
+    upload = {"files": {"image": ("a.png", png_bytes(Image.new("RGB", (64, 64), "red")), "image/png")},
+              "data": {"prompt": "x", "size": "64x64", "sdopt_steps": "1", "sdopt_strength": "1"}}
+    with running_server(tiny_pipeline) as (url, _):
+        answer = answers_progress_while_held(url, called, release, "/v1/images/edits", **upload)
+    assert answer.status_code == 200, answer.text

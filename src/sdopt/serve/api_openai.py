@@ -19,6 +19,7 @@ it serves its ``--scheduler``).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any, Literal
 
@@ -102,8 +103,6 @@ async def _answer(request: Request, spec: J.JobSpec, names: dict[str, str], resp
     if response_format == "url":
         links = request.app.state.image_links
         if links.folder is not None:  # --image-dir: the links outlive this process and the jobs kept in memory
-            import asyncio
-
             # the PNGs encoded there too: seconds of a large batch off the event loop, which serves every other request
             await asyncio.to_thread(lambda: links.keep(job.id, [png_bytes(im) for im in job.images]))
         data = [{"url": links.url(str(request.base_url), job.id, i, job.finished), "revised_prompt": None} for i in range(len(job.images))]
@@ -206,7 +205,9 @@ async def _file(form, names: tuple[str, ...], settings) -> Any:
         raise RequestError(names[0], f"{len(sent)} files under {names[0]}: " + (_ONE_IMAGE if names[0] == "image" else "send one mask"))
     if isinstance(sent[0], str):
         raise RequestError(names[0], f"{names[0]}: send it as a file (multipart/form-data, as OpenAI's images.edit does), not as text")
-    return read_image(await sent[0].read(settings.max_image_bytes + 1), names[0], settings.max_image_bytes, settings.max_input_pixels)
+    data = await sent[0].read(settings.max_image_bytes + 1)
+    # decoded off the event loop, which answers every other client meanwhile: up to 16 megapixels take a second
+    return await asyncio.to_thread(read_image, data, names[0], settings.max_image_bytes, settings.max_input_pixels)
 
 
 def edit_mask(image, mask):
@@ -257,7 +258,7 @@ async def edits(request: Request) -> dict[str, Any]:
     image = await _file(form, ("image", "image[]"), settings)
     if image is None:
         raise RequestError("image", "give the image to edit (a PNG, JPEG or WebP file)")
-    mask = edit_mask(image, await _file(form, ("mask",), settings))
+    mask = await asyncio.to_thread(edit_mask, image, await _file(form, ("mask",), settings))  # as the images: off the loop
     size = form.get("size")
     if size in (None, "", "auto"):
         width, height = (max(8, side - side % 8) for side in image.size)  # the loop's sides are multiples of 8: resized to them
@@ -266,7 +267,7 @@ async def edits(request: Request) -> dict[str, Any]:
     strength = _number(form, "sdopt_strength", float, high=1, above=0)
     seed = _number(form, "sdopt_seed", int, low=0, high=MAX_SEED)
     spec = J.JobSpec(prompt=prompt, negative_prompt=negative, seed=seed if seed is not None else random_seed(), n=_number(form, "n", int, low=1, high=10) or 1,
-                     width=width, height=height, init_image=image.convert("RGB"), mask_image=mask,
+                     width=width, height=height, init_image=await asyncio.to_thread(image.convert, "RGB"), mask_image=mask,
                      strength=strength if strength is not None else MASKED_STRENGTH if mask is not None else WHOLE_IMAGE_STRENGTH,
                      cache_interval=_number(form, "sdopt_cache_interval", int, low=1),
                      guidance_end=_number(form, "sdopt_guidance_end", float, high=1, above=0),
