@@ -75,3 +75,16 @@ def test_openai_edit_images_are_read_off_the_event_loop(tiny_pipeline, monkeypat
     with running_server(tiny_pipeline) as (url, _):
         answer = answers_progress_while_held(url, called, release, "/v1/images/edits", **upload)
     assert answer.status_code == 200, answer.text
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/sdapi/v1/txt2img", {"prompt": "a (red:1.2) circle", **ONE_STEP}),  # AUTOMATIC1111's API reads every prompt's emphasis
+    ("/v1/images/generations", {"prompt": "a (red:1.2) circle", "size": "64x64", "sdopt_steps": 1, "sdopt_prompt_emphasis": True}),
+])
+def test_prompt_chunks_are_counted_off_the_event_loop(tiny_pipeline, monkeypatch, path, body):
+    """With emphasis a prompt's 75-token chunks are counted as it is submitted: ~0.4 s for OpenAI's 32,000 characters,
+    and it waits for the tokenizer (Pipeline._tokenizing) while the worker encodes a batch."""
+    called, release = held(monkeypatch, type(tiny_pipeline), "prompt_chunks")
+    with running_server(tiny_pipeline) as (url, _):
+        answer = answers_progress_while_held(url, called, release, path, json=body)
+    assert answer.status_code == 200, answer.text

@@ -21,6 +21,7 @@ Differences a client can rely on: ``force_task_id`` becomes the first iteration'
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -88,13 +89,16 @@ async def _run(request: Request, body: ProcessingRequest, spec: J.JobSpec, finis
     ``finish``: what becomes of each image before it is answered (inpainting's paste and overlay)."""
     import dataclasses
 
-    prepare(request, spec, A1111_NAMES)  # the whole request checked (batch_size x n_iter images) before any of it runs
+    # The whole request checked (batch_size x n_iter images) before any of it runs. Off the event loop, as each submit
+    # below: counting a long prompt's chunks takes a while, and waits for the tokenizer while the worker encodes a batch.
+    await asyncio.to_thread(prepare, request, spec, A1111_NAMES)
     batch = _batch_size(body)
     jobs: list[J.Job] = []
     images: list = []
     for first_seed in range(spec.seed, spec.seed + spec.n, batch):
         part = dataclasses.replace(spec, seed=first_seed, n=batch)
-        job = submit(request, part, "a1111", job_id=None if jobs else body.force_task_id or None, names=A1111_NAMES, continuing=bool(jobs))
+        job = await asyncio.to_thread(submit, request, part, "a1111", job_id=None if jobs else body.force_task_id or None, names=A1111_NAMES,
+                                      continuing=bool(jobs))
         job.iterations = spec.n // batch  # progress?id_task= counts the request's iterations, as AUTOMATIC1111's job_count
         if jobs:
             jobs[-1].continued_by = job.id  # GET /sdapi/v1/progress?id_task= follows the request to it
@@ -199,10 +203,12 @@ async def _run_hires(request: Request, body: Txt2ImgRequest, spec: J.JobSpec) ->
         from sdopt.serve.loras import take_loras
 
         take_loras(body.hr_prompt, settings.lora_dir, "hr_prompt")
-    first = await wait(submit(request, spec, "a1111", job_id=body.force_task_id or None, names=A1111_NAMES), request)
+    # Off the event loop (submission.submit counts a long prompt's chunks; the second passes upscale the first's images)
+    first = await wait(await asyncio.to_thread(submit, request, spec, "a1111", job_id=body.force_task_id or None, names=A1111_NAMES), request)
     if first.status != J.SUCCEEDED:
         return _answer(request, body, spec, [first], first.images)
-    seconds = [submit(request, second, "a1111", names=names, continuing=True) for second in hires.second_pass(body, spec, scheduler, max_pixels, first, model)]
+    seconds = await asyncio.to_thread(lambda: [submit(request, second, "a1111", names=names, continuing=True)
+                                               for second in hires.second_pass(body, spec, scheduler, max_pixels, first, model)])
     done = await _all_or_none(seconds, request)
     # What ended the request: a failure before the cancellations it caused (an interrupt cancels them all alike).
     failed = next((job for job in done if job.status not in (J.SUCCEEDED, J.CANCELLED)), None) or next((job for job in done if job.status != J.SUCCEEDED), None)
@@ -219,8 +225,6 @@ async def _run_hires(request: Request, body: Txt2ImgRequest, spec: J.JobSpec) ->
 async def _all_or_none(jobs: list[J.Job], request: Request) -> list[J.Job]:
     """The jobs of one request, ended; once one ends without its image (interrupted, failed, timed out), the others are
     cancelled at once: the request answers with no images then, and they would run for nothing."""
-    import asyncio
-
     waiting = {asyncio.ensure_future(wait(job, request)): job for job in jobs}
     while waiting:
         ended, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
@@ -271,8 +275,6 @@ def _mask(request: Request, body: Img2ImgRequest, size: tuple[int, int]):
 
 @router.post("/sdapi/v1/img2img", response_model=ImagesResponse)
 async def img2img(request: Request, body: Img2ImgRequest) -> dict[str, Any]:
-    import asyncio
-
     # Off the event loop, which answers every other client meanwhile (progress, /metrics, their requests): decoding
     # images up to --max-input-pixels, the mask's blur, the resize and the inpainting fill take a second or more.
     spec, finish = await asyncio.to_thread(_img2img_job, request, body)

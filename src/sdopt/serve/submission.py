@@ -18,8 +18,8 @@ from sdopt.serve.worker import SHUTTING_DOWN, Worker
 
 _FIELD = re.compile(r"^(\w+)[=:]")
 # A prompt's (and a negative prompt's) length on the native and AUTOMATIC1111 APIs; OpenAI's takes its own API's 32,000
-# (api_openai.MAX_PROMPT_CHARS). Its chunks are counted as it is accepted (prepare), on the event loop, which answers no
-# other client meanwhile: a 100 kB AUTOMATIC1111 prompt held it for seconds.
+# (api_openai.MAX_PROMPT_CHARS). Its chunks are counted as it is accepted (prepare, which the async routes run in a thread:
+# on the event loop, which answers no other client meanwhile, a 100 kB AUTOMATIC1111 prompt held it for seconds).
 MAX_PROMPT_CHARS = 10_000
 
 
