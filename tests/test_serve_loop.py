@@ -43,7 +43,7 @@ def answers_progress_while_held(url: str, called: threading.Event, release: thre
             try:
                 progress = httpx.get(url + "/sdapi/v1/progress", timeout=3)
             except httpx.TimeoutException:
-                pytest.fail(f"/sdapi/v1/progress did not answer while {path} was being prepared: the work is on the event loop")
+                pytest.fail(f"/sdapi/v1/progress did not answer while {path} was held: the work is on the event loop")
         finally:
             release.set()
         assert progress.status_code == 200
@@ -85,6 +85,20 @@ def test_prompt_chunks_are_counted_off_the_event_loop(tiny_pipeline, monkeypatch
     """With emphasis a prompt's 75-token chunks are counted as it is submitted: ~0.4 s for OpenAI's 32,000 characters,
     and it waits for the tokenizer (Pipeline._tokenizing) while the worker encodes a batch."""
     called, release = held(monkeypatch, type(tiny_pipeline), "prompt_chunks")
+    with running_server(tiny_pipeline) as (url, _):
+        answer = answers_progress_while_held(url, called, release, path, json=body)
+    assert answer.status_code == 200, answer.text
+
+
+@pytest.mark.parametrize("api, path, body", [
+    ("api_a1111", "/sdapi/v1/txt2img", {"prompt": "x", **ONE_STEP}),
+    ("api_openai", "/v1/images/generations", {"prompt": "x", "size": "64x64", "sdopt_steps": 1}),
+])
+def test_answers_are_encoded_off_the_event_loop(tiny_pipeline, monkeypatch, api, path, body):
+    """The answer's PNGs: seconds for a batch of large images, or an inpainted picture the size of its init image."""
+    import importlib
+
+    called, release = held(monkeypatch, importlib.import_module(f"sdopt.serve.{api}"), "encode_png")
     with running_server(tiny_pipeline) as (url, _):
         answer = answers_progress_while_held(url, called, release, path, json=body)
     assert answer.status_code == 200, answer.text

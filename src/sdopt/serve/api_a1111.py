@@ -103,17 +103,19 @@ async def _run(request: Request, body: ProcessingRequest, spec: J.JobSpec, finis
         if jobs:
             jobs[-1].continued_by = job.id  # GET /sdapi/v1/progress?id_task= follows the request to it
         jobs.append(await wait(job, request))
-        if job.status == J.SUCCEEDED:
-            images += [finish(im) for im in job.images] if finish else job.images
+        if job.status == J.SUCCEEDED:  # inpainting's paste and overlay: on the init image, up to 16 megapixels, off the loop
+            images += await asyncio.to_thread(lambda: [finish(im) for im in job.images]) if finish else job.images
         elif not job.skipped:
             break
-    return _answer(request, body, spec, jobs, images)
+    return await asyncio.to_thread(_answer, request, body, spec, jobs, images)  # its PNGs encoded off the event loop
 
 
 def _answer(request: Request, body: ProcessingRequest, spec: J.JobSpec, jobs: list[J.Job], images: list, info_over: dict | None = None) -> dict[str, Any]:
     """The response for a request's finished jobs and the images it answers with: those made before an interrupt
     (info.interrupted) and around what was skipped; the first job names the request, the last says how it ended.
-    info_over: info's values where they are not the job's (the hires fix's second pass)."""
+    info_over: info's values where they are not the job's (the hires fix's second pass).
+    Called in a thread: encoding the PNGs takes seconds for a large batch or an inpainted 16-megapixel picture, in
+    which the event loop would answer no other client."""
     last = jobs[-1]
     if last.status not in (J.SUCCEEDED, J.CANCELLED) or failure_status(last) == 503:  # 503: the server is shutting down
         raise RequestError("prompt", f"the image was not made: {last.status} ({last.error})", status=failure_status(last))
@@ -206,7 +208,7 @@ async def _run_hires(request: Request, body: Txt2ImgRequest, spec: J.JobSpec) ->
     # Off the event loop (submission.submit counts a long prompt's chunks; the second passes upscale the first's images)
     first = await wait(await asyncio.to_thread(submit, request, spec, "a1111", job_id=body.force_task_id or None, names=A1111_NAMES), request)
     if first.status != J.SUCCEEDED:
-        return _answer(request, body, spec, [first], first.images)
+        return await asyncio.to_thread(_answer, request, body, spec, [first], first.images)
     seconds = await asyncio.to_thread(lambda: [submit(request, second, "a1111", names=names, continuing=True)
                                                for second in hires.second_pass(body, spec, scheduler, max_pixels, first, model)])
     done = await _all_or_none(seconds, request)
@@ -216,7 +218,7 @@ async def _run_hires(request: Request, body: Txt2ImgRequest, spec: J.JobSpec) ->
     for image, made_from, job in zip(images, first.images, done):  # AUTOMATIC1111's parameters of a hires image
         image.info["parameters"] = hires.parameters(made_from.info.get("parameters", ""), body, job.spec)
     second = done[0].spec
-    return _answer(request, body, spec, [failed or first], images, {
+    return await asyncio.to_thread(_answer, request, body, spec, [failed or first], images, {
         "width": second.width, "height": second.height, "denoising_strength": second.strength,
         "sdopt_hires": {"first_pass": f"{spec.width}x{spec.height}", "upscaler": hires.upscaler(body.hr_upscaler)[0],
                         "second_pass_steps": second.steps, "task_ids": [job.id for job in done]}})

@@ -109,7 +109,8 @@ async def _answer(request: Request, spec: J.JobSpec, names: dict[str, str], resp
             await asyncio.to_thread(lambda: links.keep(job.id, [png_bytes(im) for im in job.images]))
         data = [{"url": links.url(str(request.base_url), job.id, i, job.finished), "revised_prompt": None} for i in range(len(job.images))]
     else:
-        data = [{"b64_json": encode_png(im), "revised_prompt": None} for im in job.images]
+        # encoded off the event loop, as above
+        data = await asyncio.to_thread(lambda: [{"b64_json": encode_png(im), "revised_prompt": None} for im in job.images])
     # Always PNG, whatever output_format asked (its text chunk carries the parameters; the links are .png files): said, as
     # OpenAI's answer says the format it sent, so a client that asked for jpeg or webp does not read PNG bytes as those.
     return {"created": int(job.finished or time.time()), "data": data, "output_format": "png"}
