@@ -34,9 +34,9 @@ def _openai_route(request: Request) -> bool:
     return _openai_path(request.url.path)
 
 
-def _error_body(request: Request | None, status: int, message: str, field: str | None = None, path: str | None = None) -> dict[str, Any]:
-    """``path``: where no Request is built yet (the body limit, before the route)."""
-    if _openai_path(path if request is None else request.url.path):
+def _error_body(path: str, status: int, message: str, field: str | None = None) -> dict[str, Any]:
+    """The error in the shape of the API ``path`` belongs to (a path, not a Request: the body limit answers before any)."""
+    if _openai_path(path):
         # OpenAI's error shape, which its SDK turns into BadRequestError and friends.
         return {"error": {"message": message, "type": "invalid_request_error", "param": field, "code": None}}
     detail: Any = message if field is None else [{"loc": ["body", field], "msg": message, "type": "value_error"}]
@@ -75,19 +75,19 @@ def create_app(worker: Worker, settings: ServeSettings, model_name: str, replica
 
     @app.exception_handler(RequestError)
     async def _request_error(request: Request, exc: RequestError):
-        return JSONResponse(_error_body(request, exc.status, str(exc), exc.field), status_code=exc.status)
+        return JSONResponse(_error_body(request.url.path, exc.status, str(exc), exc.field), status_code=exc.status)
 
     @app.exception_handler(QueueFull)
     async def _queue_full(request: Request, exc: QueueFull):
-        return JSONResponse(_error_body(request, 429, str(exc)), status_code=429, headers={"Retry-After": str(exc.retry_after)})
+        return JSONResponse(_error_body(request.url.path, 429, str(exc)), status_code=429, headers={"Retry-After": str(exc.retry_after)})
 
     @app.exception_handler(ShuttingDown)
     async def _shutting_down(request: Request, exc: ShuttingDown):
-        return JSONResponse(_error_body(request, 503, str(exc)), status_code=503)
+        return JSONResponse(_error_body(request.url.path, 503, str(exc)), status_code=503)
 
     @app.exception_handler(SdoptError)
     async def _sdopt_error(request: Request, exc: SdoptError):
-        return JSONResponse(_error_body(request, 422, str(exc), exc.field), status_code=422)
+        return JSONResponse(_error_body(request.url.path, 422, str(exc), exc.field), status_code=422)
 
     from fastapi.exceptions import RequestValidationError
     from starlette.exceptions import HTTPException
@@ -98,7 +98,7 @@ def create_app(worker: Worker, settings: ServeSettings, model_name: str, replica
         if exc.status_code == 400 and exc.detail == _BODY_UNPARSED:  # a JSON body as unreadable as one that is not JSON
             why = _UNPARSED_WHY.get(type(exc.__cause__), "JSON decode error")
             return await _validation(request, RequestValidationError([{"type": "json_invalid", "loc": ("body",), "msg": why}]))
-        body = _error_body(request, exc.status_code, str(exc.detail)) if _openai_route(request) else {"detail": exc.detail}
+        body = _error_body(request.url.path, exc.status_code, str(exc.detail)) if _openai_route(request) else {"detail": exc.detail}
         return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
@@ -108,7 +108,7 @@ def create_app(worker: Worker, settings: ServeSettings, model_name: str, replica
             first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
             field = _openai_param(first)
             message = f"{field}: {first['msg']}" if field else f"the request body: {first['msg']}: send a JSON object, such as {{\"prompt\": \"a red circle\"}}"
-            return JSONResponse(_error_body(request, 422, message, field), status_code=422)
+            return JSONResponse(_error_body(request.url.path, 422, message, field), status_code=422)
         return JSONResponse({"detail": errors}, status_code=422)
 
     @app.get("/health", tags=["server"])
@@ -200,7 +200,7 @@ class BodyLimit:
 
     async def _refuse(self, scope, send):
         message = f"the request body is larger than the {self.max_bytes / 2**20:g} MiB this server accepts: send smaller images"
-        body = json.dumps(_error_body(None, 413, message, path=scope.get("path", ""))).encode()  # OpenAI's shape on its routes
+        body = json.dumps(_error_body(scope.get("path", ""), 413, message)).encode()  # OpenAI's shape on its routes
         await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
 
