@@ -52,8 +52,12 @@ class Parser(argparse.ArgumentParser):
         if message.endswith(": expected one argument"):
             names = message.removeprefix("argument ").split(":", 1)[0].split("/")
             flag = next((name for name in names if name.startswith("--")), names[0])
-            message += f" (a value that starts with '-' is written {flag}=VALUE)"
+            message += _dash_value_hint(flag)
         super().error(message)
+
+
+def _dash_value_hint(flag: str) -> str:
+    return f" (a value that starts with '-' is written {flag}=VALUE)"
 
 
 def _optional_value_hint(args, unknown: list[str], command: argparse.ArgumentParser) -> str:
@@ -64,7 +68,7 @@ def _optional_value_hint(args, unknown: list[str], command: argparse.ArgumentPar
         at = argv.index(word) if word in argv else 0
         action = command._option_string_actions.get(argv[at - 1]) if at else None
         if action is not None and action.nargs == "?":
-            return f" (a value that starts with '-' is written {argv[at - 1]}=VALUE)"
+            return _dash_value_hint(argv[at - 1])
     return ""
 
 
