@@ -899,6 +899,7 @@ def test_serve_command_takes_the_key_from_the_environment(tiny_model, monkeypatc
     # A PyTorch checkpoint served with its shallow UNet branch, so requests may ask for cache_interval (no flag did it)
     assert main(["serve", str(tiny_model), "--deep-cache"]) == 0 and seen["options"]["deep_cache"] == 1
     assert main(["serve", str(tiny_model), "--deep-cache", "3"]) == 0 and seen["options"]["deep_cache"] == 3
+    assert main(["serve", str(tiny_model), "--threads", "1"]) == 0 and seen["options"]["threads"] == 1
 
 
 def test_the_servers_requests_are_answered_in_field_names_not_sdopt_serves_flags(monkeypatch):

@@ -97,6 +97,13 @@ def add_eta_flag(p: argparse.ArgumentParser) -> None:
                    help="ddim and tcd: the fresh noise each step adds, 0 to 1 (default 0: deterministic DDIM; TCD's authors suggest 0.3)")
 
 
+def add_threads_flag(p: argparse.ArgumentParser) -> None:
+    """--threads, as generate and serve take it (the threads load option of every CPU backend)."""
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads each model computes with (torch, ONNX Runtime, OpenVINO; default: one per core). On a machine "
+                        "other work keeps busy, the cores left free (docs/optimize.md, \"Threads\")")
+
+
 def add_request_default_flags(p: argparse.ArgumentParser) -> None:
     """--default-steps and --default-guidance, as export and quantize record them (sdopt.runtime.request_defaults)."""
     p.add_argument("--default-steps", type=int, default=None, metavar="N",

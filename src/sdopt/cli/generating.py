@@ -7,7 +7,7 @@ import contextlib
 import sys
 from pathlib import Path
 
-from sdopt.cli.common import output_paths, backend_of, user_path, user_text, add_embedding_flag, add_eta_flag, add_lora_flag, lora_scales
+from sdopt.cli.common import output_paths, backend_of, user_path, user_text, add_embedding_flag, add_eta_flag, add_lora_flag, add_threads_flag, lora_scales
 from sdopt.infotext import lora_difference, loras_in_effect, missing_embeddings, png_info, read_png_parameters, unapplied
 from sdopt.request import MASKED_CONTENT, check_strength_has_image, open_image
 from sdopt.errors import BrokenOutputError, SdoptError
@@ -95,6 +95,7 @@ def _generate(args: argparse.Namespace) -> int:
         cpu_offload=args.cpu_offload,
         compile=args.compile,
         channels_last=args.channels_last,
+        threads=args.threads,
         **({"reshape": True} if args.reshape else {}),
         # the request's: a flag's or an image's (--parameters-from), which loaded without it and was refused
         **({"deep_cache": True} if (request.cache_interval or 1) > 1 and backend_of(args.artifact) == "torch" else {}),
@@ -249,6 +250,7 @@ def add_generate(sub) -> None:
                    help="torch: torch.compile the UNet and VAE decode (MODE: default, max-autotune, max-autotune-no-cudagraphs, "
                         "reduce-overhead = with CUDA graphs; or a backend: cudagraphs, eager). Compiles in the first image")
     p.add_argument("--channels-last", action="store_true", help="torch: NHWC memory layout for the UNet and VAE decoder")
+    add_threads_flag(p)
     p.add_argument("--reshape", action="store_true", help="openvino: let a static-shape artifact run another size (compiled on first use)")
     add_lora_flag(p, "applied for this run (torch backend; other backends take LoRAs fused at export)")
     add_embedding_flag(p, "loaded for this run (torch backend; other backends read the embeddings fused at export)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from sdopt.cli.common import user_path
+from sdopt.cli.common import add_threads_flag, user_path
 from sdopt.errors import SdoptError
 
 
@@ -21,6 +21,7 @@ def _serve(args: argparse.Namespace) -> int:
         steps=args.steps, guidance_scale=args.guidance, scheduler=args.scheduler,
     )
     load_options = {"device": args.device, "precision": args.precision, **({"reshape": True} if args.reshape else {}),
+                    **({"threads": args.threads} if args.threads is not None else {}),
                     **({"deep_cache": args.deep_cache} if args.deep_cache is not None else {})}
     if args.ray is None:
         if args.replicas is not None or args.autoscale or args.gpus_per_replica or args.cpus_per_replica is not None:
@@ -76,6 +77,7 @@ def add_serve(sub) -> None:
                         "so a link works its whole 60 minutes, across restarts (default: in memory, the newest 64 jobs', until a restart)")
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None, help="default: the artifact's")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+    add_threads_flag(p)
     p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="serve through Ray Serve: replicas behind one endpoint, on the cluster at ADDRESS or a local one (docs/ray.md)")
     p.add_argument("--replicas", type=int, default=None, help="with --ray: replicas, each loading the artifact once (default 1)")

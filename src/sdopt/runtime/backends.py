@@ -67,7 +67,7 @@ register_backend(
         extra=None,
         requires=("torch", "diffusers", "transformers"),
         precisions={"cpu": ("fp32", "bf16"), "cuda": ("fp32", "fp16", "bf16")},
-        options=("attention_slicing", "vae_tiling", "cpu_offload", "deep_cache", "compile", "channels_last"),
+        options=("attention_slicing", "vae_tiling", "cpu_offload", "deep_cache", "compile", "channels_last", "threads"),
         casts_at_load=True,
     )
 )

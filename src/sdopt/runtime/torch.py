@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -16,6 +17,8 @@ from sdopt.manifest import Manifest
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PRECISIONS = {dtype: name for name, dtype in DTYPES.items()}
 FULL_PRECISION_INPUTS = {"timestep"}
+# OpenMP reads it once, when torch loads (sdopt.hardware.sleep_idle_openmp_threads); None: GNU OpenMP's spin, then sleep
+OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")
 
 
 class TorchComponent:
@@ -44,7 +47,8 @@ class TorchComponent:
     def settings(self) -> dict[str, Any]:
         """What a run's speed depends on, for the bench report (read when asked: threads may change after load)."""
         return {"device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."), "intra_op_threads": torch.get_num_threads(),
-                "inter_op_threads": torch.get_num_interop_threads(), "offload": self.offload, **self.extra_settings}
+                "inter_op_threads": torch.get_num_interop_threads(), "offload": self.offload,
+                "omp_wait_policy": OMP_WAIT_POLICY, **self.extra_settings}
 
     def _tensor(self, name: str, array: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(array))
@@ -230,6 +234,9 @@ def load_components(folder: Path, manifest: Manifest, device: str, precision: st
                 UserWarning,
                 stacklevel=2,
             )
+    if options.get("threads"):
+        # torch's intra-op pool is the process's, not the artifact's: the last load that sets it wins
+        torch.set_num_threads(int(options["threads"]))
     modules = load_modules(folder, manifest, dtype, device)
     if options.get("attention_slicing") and "unet" in modules:
         modules["unet"].set_attention_slice("auto")
