@@ -79,6 +79,20 @@ def test_openai_body_that_is_not_a_json_object_is_named_as_the_body(tiny_pipelin
         assert named["param"] == "prompt" and named["message"].startswith("prompt: ")  # a field's error still names it
 
 
+def test_openai_size_that_int_cannot_read_is_422_not_500(tiny_pipeline):
+    """str.isdigit() let through sizes int() refuses: "²x²" (a Unicode digit), a 5,000-digit side (past int()'s limit),
+    and an edit's size sent as a file (no .partition): each a ValueError or AttributeError answered 500."""
+    with running_server(tiny_pipeline, start_worker=False) as (url, _):
+        for size in ("\u00b2x\u00b2", "9" * 5000 + "x64"):
+            answer = httpx.post(url + "/v1/images/generations", json={"prompt": "x", "size": size})
+            assert answer.status_code == 422 and answer.json()["error"]["param"] == "size", answer.text
+        from PIL import Image
+
+        answer = httpx.post(url + "/v1/images/edits", data={"prompt": "x"},
+                            files={"image": ("a.png", png_bytes(Image.new("RGB", (64, 64))), "image/png"), "size": ("s.txt", b"64x64", "text/plain")})
+        assert answer.status_code == 422 and answer.json()["error"]["param"] == "size", answer.text
+
+
 def test_a_json_body_nested_too_deeply_or_not_utf8_is_422_as_one_that_is_not_json(tiny_pipeline):
     """json.loads raises RecursionError (100k '[') or UnicodeDecodeError, not JSONDecodeError, for these: FastAPI
     answered its 400 "There was an error parsing the body", where every other unreadable body is a 422."""

@@ -20,6 +20,7 @@ it serves its ``--scheduler``).
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Any, Literal
 
@@ -66,13 +67,20 @@ OPENAI_NAMES = {"num_images": "n", "width": "size", "height": "size", "seed": "s
                 **LEVER_NAMES}
 
 
-def _size(text: str | None, side: int) -> tuple[int, int]:
+# ASCII digits, at most 9 of each side: str.isdigit() passed "²" (and other Unicode digits int() refuses) and 5,000-digit
+# sides (past int()'s limit), each a ValueError answered 500.
+_SIZE = re.compile(r"([0-9]{1,9})x([0-9]{1,9})")
+
+
+def _size(text: Any, side: int) -> tuple[int, int]:
     if text in (None, "auto"):
         return side, side
-    width, sep, height = text.partition("x")
-    if not sep or not width.isdigit() or not height.isdigit():
+    if not isinstance(text, str):  # an edit's form field sent as a file
+        raise RequestError("size", "size: send it as text, WIDTHxHEIGHT like 512x512, not as a file")
+    match = _SIZE.fullmatch(text)
+    if match is None:
         raise RequestError("size", f"size={text!r}: give WIDTHxHEIGHT, like 512x512")
-    return int(width), int(height)
+    return int(match.group(1)), int(match.group(2))
 
 
 # The SDK's stream=True reads server-sent events (partial images, then the image): a JSON answer read that way yields
