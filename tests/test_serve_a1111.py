@@ -216,6 +216,22 @@ def test_a_negative_mask_blur_or_padding_is_refused_naming_the_field(tiny_pipeli
         assert app.state.worker.queue_depth == 0
 
 
+def test_a_mask_blur_past_what_pil_takes_is_422_not_500(tiny_pipeline):
+    """PIL's GaussianBlur raises ValueError for a radius past ~2**31 ("radius too large"; past 2**63 "must be >= 0"):
+    mask_blur, mask_blur_x or an infotext's Mask blur that large was answered 500. Refused before any work now."""
+    from PIL import Image
+
+    image = b64png(Image.new("RGB", (64, 64), (200, 20, 20)))
+    inpaint = {"prompt": "x", **SMALL, "init_images": [image], "mask": b64png(Image.new("L", (64, 64), 255))}
+    with running_server(tiny_pipeline, start_worker=False) as (url, app):
+        for fields, field in (({"mask_blur": 2**31}, "mask_blur"), ({"mask_blur_x": 10**30}, "mask_blur_x"),
+                              ({"infotext": f"x\nSteps: 4, Sampler: Euler, Mask blur: {2**40}"}, "mask_blur")):
+            response = httpx.post(url + "/sdapi/v1/img2img", json={**inpaint, **fields}, timeout=10)
+            assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", field], (fields, response.text)
+            assert "give at most" in response.text
+        assert app.state.worker.queue_depth == 0
+
+
 # --- the hires fix: limits before any work, its sampler in the parameters ------------------------
 @pytest.mark.parametrize("fields, field", [
     ({"hr_scale": 1e308}, "hr_scale"),

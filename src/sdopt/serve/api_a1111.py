@@ -239,13 +239,21 @@ async def _all_or_none(jobs: list[J.Job], request: Request) -> list[J.Job]:
     return jobs
 
 
+# The most a mask's blur radius may be: AUTOMATIC1111's slider stops at 64. PIL refuses a radius past ~2**31 (and one
+# past 2**63 overflows to "must be >= 0"), which was a ValueError answered 500.
+MAX_MASK_BLUR = 1024
+
+
 def _check_mask_sizes(body: Img2ImgRequest) -> None:
-    """The mask's blur radii and its padding (given, or from the infotext) are 0 or more pixels: a negative blur was
-    applied as none and written into the image's parameters as it came, a negative padding taken as 0."""
+    """The mask's blur radii and its padding (given, or from the infotext) are 0 or more pixels, the blur at most
+    MAX_MASK_BLUR: a negative blur was applied as none and written into the image's parameters as it came, a negative
+    padding taken as 0."""
     for name, none in (("mask_blur", "no blur"), ("mask_blur_x", "no blur"), ("mask_blur_y", "no blur"), ("inpaint_full_res_padding", "no padding")):
         value = getattr(body, name)
         if value is not None and value < 0:
             raise RequestError(name, f"{name}={value}: give 0 or more pixels (0: {none})")
+        if value is not None and none == "no blur" and value > MAX_MASK_BLUR:
+            raise RequestError(name, f"{name}={value}: give at most {MAX_MASK_BLUR} pixels (AUTOMATIC1111's slider stops at 64)")
 
 
 def _blur(body: Img2ImgRequest) -> int:
