@@ -57,6 +57,31 @@ def test_resize_modes_are_automatic1111s_arithmetic():
     assert resize(Image.new("L", (128, 64), 255), CROP_AND_RESIZE, 64, 64).mode == "L"
 
 
+def test_resize_modes_of_an_init_image_of_extreme_aspect_are_bounded(monkeypatch):
+    """Crop and resize scaled the whole init image to cover the size before cropping: a 65536x1 picture (a few hundred
+    bytes of PNG) at 64x64 became 4194304x64 pixels (1.3 GB, 7 s), and the 16-megapixel init images the server takes
+    could ask hundreds of GB. Resize and fill scaled a 1x1000 picture to 0 pixels wide, which PIL refuses (a 500)."""
+    from PIL import Image
+
+    from sdopt.serve.resize_modes import CROP_AND_RESIZE, RESIZE_AND_FILL, resize
+
+    asked = []
+    real = Image.Image.resize
+
+    def spy(self, size, *args, **kwargs):
+        asked.append(size[0] * size[1])
+        assert size[0] * size[1] <= 16 * 64 * 64, f"resized to {size}"  # never the whole of a far wider picture
+        return real(self, size, *args, **kwargs)
+
+    gradient = Image.fromarray(np.linspace(0, 255, 1024)[None, :, None].repeat(4, 0).repeat(3, 2).astype(np.uint8))
+    whole = gradient.resize((16384, 64), Image.Resampling.LANCZOS).crop((8160, 0, 8224, 64))  # AUTOMATIC1111's arithmetic
+    monkeypatch.setattr(Image.Image, "resize", spy)
+    cropped = resize(gradient, CROP_AND_RESIZE, 64, 64)
+    assert np.abs(np.asarray(cropped, dtype=np.int16) - np.asarray(whole, dtype=np.int16)).max() <= 1  # the same picture
+    assert resize(Image.new("RGB", (1, 1000), (9, 9, 9)), RESIZE_AND_FILL, 64, 64).size == (64, 64)
+    assert resize(Image.new("L", (1000, 1), 255), RESIZE_AND_FILL, 64, 64).size == (64, 64)
+
+
 def test_img2img_crops_and_fills_as_asked_and_says_what_it_does_not_do(tiny_pipeline):
     from PIL import Image
 
