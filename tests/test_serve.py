@@ -729,6 +729,24 @@ def test_bad_input_is_422_naming_the_field(tiny_pipeline, path, body, field):
         assert app.state.worker.queue_depth == 0  # refused before taking a queue slot
 
 
+def test_an_image_past_pils_own_pixel_limit_is_called_too_large_not_unreadable():
+    """Image.open raises DecompressionBombError for a picture over ~179 megapixels, before the server's own size check:
+    the 422 said "not an image PIL can read" of a valid 20000x20000 PNG, not that it is too large."""
+    import struct
+    import zlib
+
+    from sdopt.serve.errors import RequestError
+    from sdopt.serve.images import read_image
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    # A PNG's header and an empty IDAT: Image.open reads the size, and the pixels are never needed
+    data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)) + chunk(b"IDAT", b"")
+    with pytest.raises(RequestError, match="more than 16777216 pixels"):
+        read_image(data, "init_images", 2**20, 16777216)
+
+
 def test_mask_of_another_size_and_oversized_body_are_refused(tiny_pipeline):
     from PIL import Image
 

@@ -48,7 +48,9 @@ def read_image(data: bytes, field: str, max_bytes: int, max_pixels: int):
         if image.width * image.height > max_pixels:
             raise _refuse(field, f"the image is {image.width}x{image.height}, more than {max_pixels} pixels")
         image.load()
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+    except Image.DecompressionBombError:  # Image.open's own limit, before the size above could be read: a picture far larger
+        raise _refuse(field, f"the image is more than {max_pixels} pixels") from None
+    except (UnidentifiedImageError, OSError):
         raise _refuse(field, "not an image PIL can read: send a PNG or JPEG") from None
     if has_alpha(image):
         return image  # masks may carry their meaning in alpha; the caller converts
