@@ -380,3 +380,17 @@ def test_a_hub_id_shadowed_by_a_local_folder_says_so(tmp_path, monkeypatch):
     (tmp_path / "org").mkdir()
     with pytest.raises(SdoptError, match=r"read as a local path since \./org is a folder here, not as the hub id org/name"):
         resolve("org/name")
+
+
+def test_a_manifest_of_a_newer_schema_says_to_upgrade_sdopt(tiny_model, tmp_path):
+    """schema_version 2 (a newer sdopt's artifact) was refused with the schema's 'at schema_version: 1 was expected',
+    which says neither who wrote it nor what to do."""
+    newer = tmp_path / "newer"
+    shutil.copytree(tiny_model, newer)
+    data = json.loads((newer / MANIFEST_NAME).read_text())
+    (newer / MANIFEST_NAME).write_text(json.dumps({**data, "schema_version": 2, "sdopt_version": "9.1.0"}))
+    with pytest.raises(SdoptError, match=r"manifest schema 2, written by sdopt 9\.1\.0; this sdopt .* reads schema 1 only: upgrade sdopt"):
+        read_manifest(newer)
+    (newer / MANIFEST_NAME).write_text(json.dumps({**data, "schema_version": 0}))  # not newer: the schema's own refusal
+    with pytest.raises(SdoptError, match="at schema_version: 1 was expected"):
+        read_manifest(newer)

@@ -349,6 +349,7 @@ def read_manifest(folder: str | Path) -> Manifest:
     path = folder / MANIFEST_NAME
     if path.is_file():
         data = read_json(path, missing="export the artifact again")
+        check_schema_version(data, path)
         validate(data, where=str(path))
         manifest = Manifest.from_dict(data)
     else:
@@ -360,6 +361,21 @@ def read_manifest(folder: str | Path) -> Manifest:
         check_support_folders(folder, manifest)
     check_paths(manifest, folder)
     return manifest
+
+
+def check_schema_version(data: Any, path: Path) -> None:
+    """A manifest of a later schema was written by a newer sdopt: say so and what to do (the schema's own refusal said
+    only "1 was expected")."""
+    version = data.get("schema_version") if isinstance(data, dict) else None
+    if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
+        from sdopt import __version__
+
+        written = data.get("sdopt_version")
+        raise SdoptError(
+            f"{path} is manifest schema {version}, written by "
+            f"{f'sdopt {written}' if isinstance(written, str) and written else 'a newer sdopt'}; this sdopt ({__version__}) "
+            f"reads schema {SCHEMA_VERSION} only: upgrade sdopt (pip install -U sdopt) to load it, or export the artifact again with this one"
+        )
 
 
 def pipeline_class(folder: Path) -> str | None:
