@@ -387,3 +387,29 @@ def test_a_component_sharing_files_with_one_asked_for_comes_along_and_is_named(t
     chosen, companions = select_components(manifest, ["vae_decoder"])
     assert set(chosen) == {"vae_decoder", "vae_encoder"} and companions == {"vae_encoder": "vae_decoder"}  # one vae/ folder
     assert select_components(manifest, ["vae"])[1] == {} and select_components(manifest, None)[1] == {}
+
+
+def test_a_damaged_quantized_weights_record_or_file_is_one_error(tiny_model, tmp_path):
+    """A serialized torchao component whose manifest lacks quantization.weights (sdopt.json edited by hand: the
+    schema leaves the key optional, so inspect verified it) was a KeyError traceback at load; a weights entry naming
+    a file that is not safetensors, or a truncated file loaded with verify=False, a SafetensorError traceback."""
+    import shutil
+
+    import torch
+
+    from sdopt.manifest import ComponentEntry
+    from sdopt.quant.torch_weights import WEIGHTS_NAME
+
+    if not _available("torchao"):
+        pytest.skip("torchao is not installed")
+    engine = get_quantizer("torchao").engine()
+    (tmp_path / "unet").mkdir()
+    shutil.copy(tiny_model / "unet" / "config.json", tmp_path / "unet" / "config.json")
+    record = {"scheme": "int8", "backend": "torchao", "serialized": True}
+    with pytest.raises(SdoptError, match="records stored weights but not their file .*quantize the original checkpoint again"):
+        engine.load_component("unet", tmp_path, ComponentEntry(folder="unet", files=[], quantization=record), torch.float32, "cpu")
+    for name in ("config.json", WEIGHTS_NAME):
+        (tmp_path / "unet" / WEIGHTS_NAME).write_bytes(b'\x10\x00\x00\x00\x00\x00\x00\x00{"a"')  # truncated header
+        entry = ComponentEntry(folder="unet", files=[], quantization={**record, "weights": f"unet/{name}"})
+        with pytest.raises(SdoptError, match=f"cannot read unet's quantized weights .*unet/{name}: SafetensorError.*damaged"):
+            engine.load_component("unet", tmp_path, entry, torch.float32, "cpu")

@@ -197,13 +197,21 @@ class TorchWeights(Engine):
             from safetensors import safe_open
             from safetensors.torch import load_file
 
+            if not quant.get("weights"):  # the schema leaves it optional (recipes, other backends): an edited manifest
+                raise SdoptError(f"{name}'s quantization in {artifact / 'sdopt.json'} records stored weights but not their file "
+                                 "(weights): the manifest was edited or damaged; quantize the original checkpoint again")
             weights = artifact / quant["weights"]
-            with safe_open(weights, "pt") as f:
-                metadata = f.metadata() or {}
+            try:
+                with safe_open(weights, "pt") as f:
+                    metadata = f.metadata() or {}
+                tensors = load_file(weights) if LAYERS_KEY in metadata else {}
+            except Exception as exc:  # safetensors' SafetensorError (a truncated or foreign file), an OSError
+                raise SdoptError(f"cannot read {name}'s quantized weights {weights}: {type(exc).__name__}: {exc}; the file is "
+                                 "damaged or not sdopt's: quantize the original checkpoint again") from None
             if LAYERS_KEY not in metadata:
                 raise SdoptError(f"{weights} lacks its list of quantized layers: it was not written by `sdopt quantize`; quantize again")
             layers = json.loads(metadata[LAYERS_KEY])
-            module = self.deserialize(empty_module(name, path), load_file(weights), metadata, capability, layers, device)
+            module = self.deserialize(empty_module(name, path), tensors, metadata, capability, layers, device)
         else:
             module = load_pretrained(name, path)
             layers = select_layers(module, capability.layers, quant.get("exclude", ()), prefix=path.name)
