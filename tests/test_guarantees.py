@@ -418,6 +418,24 @@ def test_sdopt_clean_removes_only_dead_writers_folders(tmp_path, capsys):
     assert "left" in out and "nothing to clean" not in out
 
 
+def test_sdopt_clean_leaves_a_users_backup_named_like_a_moved_aside_artifact(tmp_path, capsys):
+    """A --force swap moves the old output into .NAME.old-XXXX/NAME; `sdopt clean` took any such folder holding one
+    artifact beside an existing NAME for one, and removed a user's own backup (.art.old-2024/art/sdopt.json), which
+    carries no marker of sdopt's. Only the folder sdopt marked (its writer gone) is removed."""
+    import socket
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, timeout=60)
+    for folder in (tmp_path / "art", tmp_path / ".art.old-2024" / "art", tmp_path / ".art.old-k3x9qz2a" / "art"):
+        folder.mkdir(parents=True)
+        (folder / "sdopt.json").write_text("{}")
+    (tmp_path / ".art.old-k3x9qz2a" / ".sdopt-incomplete").write_text(  # the marker sdopt writes into its swap folder
+        f"an sdopt command was replacing art and did not finish: pid {int(gone.stdout)} host {socket.gethostname()}\n")
+    assert main(["clean", str(tmp_path)]) == 0
+    assert f"removed {tmp_path / '.art.old-k3x9qz2a'}" in capsys.readouterr().out
+    assert {p.name for p in tmp_path.iterdir()} == {"art", ".art.old-2024"}
+    assert (tmp_path / ".art.old-2024" / "art" / "sdopt.json").is_file()
+
+
 @pytest.mark.slow
 def test_exports_killed_at_random_points_leave_no_half_artifact_and_the_old_one_intact(tiny_model, tmp_path):
     """Fault injection: SIGKILL at three random moments of an export over an existing artifact (--force)."""

@@ -224,7 +224,7 @@ def stale_temp_folders(parent: Path, name: str | None = None) -> list[Path]:
             pid, host = writer
             if pid is not None and (host != socket.gethostname() or _pid_alive(pid)):
                 continue
-        elif not _is_old_swap(path) or not (parent / stem).exists():
+        elif not _is_old_swap(path, stem) or not (parent / stem).exists():
             continue  # while the output itself is missing, the moved-aside old one is the only copy
         stale.append(path)
     return stale
@@ -251,10 +251,14 @@ def _marker_writer(marker: Path) -> tuple[int | None, str | None] | None:
     return (int(pid) if pid.isdigit() else None), host
 
 
-def _is_old_swap(path: Path) -> bool:
-    """A .NAME.old-XXXX folder holds one sdopt output moved aside during a --force swap."""
-    children = list(path.iterdir())
-    return len(children) == 1 and children[0].is_dir() and (written_files(children[0]) is not None or (children[0] / "sdopt.json").is_file())
+def _is_old_swap(path: Path, stem: str) -> bool:
+    """A .NAME.old-XXXX folder holds one sdopt output, NAME, moved aside during a --force swap, under sdopt's marker:
+    without it, a user's own backup of an artifact (.NAME.old-2024/NAME/sdopt.json) looked the same and was removed."""
+    if _marker_writer(path / INCOMPLETE_MARKER) is None:
+        return False
+    children = [child for child in path.iterdir() if child.name != INCOMPLETE_MARKER]
+    return (len(children) == 1 and children[0].name == stem and children[0].is_dir()
+            and (written_files(children[0]) is not None or (children[0] / "sdopt.json").is_file()))
 
 
 def temp_folders_in_use(parent: Path) -> list[tuple[Path, int | None, str | None]]:
@@ -376,6 +380,7 @@ def atomic_output_dir(out: str | Path, force: bool = False, inputs: tuple[str | 
         # --force: move the old folder aside first, so a crash here never loses both.
         old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
         try:
+            _mark_unfinished(old, f"replacing {out.name}")  # what tells `sdopt clean` this folder is sdopt's (_is_old_swap)
             os.replace(out, old / out.name)
         except OSError as exc:  # a mount point (a container's volume), an immutable folder: it cannot move
             shutil.rmtree(old, ignore_errors=True)
