@@ -178,6 +178,26 @@ def test_a_schedule_type_sdopt_does_not_apply_is_said(sampler, schedule, unappli
     assert bool({"scheduler", "sampler_name"} & set(ignored)) == (unapplied_key is not None), ignored
 
 
+def test_a_batch_is_asked_again_as_its_maker_drew_it():
+    """sdopt generate --num-images draws its batch from one seed ("Batch size" with the batch's Seed): made again only
+    with its batch, which the CLI asks for and the A1111 API, drawing each image from its own seed, cannot (it made
+    another image without a word: now sdopt_ignored names it). AUTOMATIC1111 writes the same keys, but its Seed is the
+    image's own: that seed alone is its request (the CLI made the whole batch from it, which no image there came from)."""
+    from sdopt.infotext import request_fields
+
+    ours = "a fox\nSteps: 2, Sampler: PLMS, CFG scale: 7.5, Seed: 5, Size: 64x64, Batch size: 2, Batch pos: 1, Version: sdopt 0.1.0"
+    theirs = "a fox\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1236, Size: 512x512, Batch size: 4, Batch pos: 2, Version: v1.5.1"
+    assert request_fields(parse_parameters(ours))["num_images"] == 2
+    assert "num_images" not in request_fields(parse_parameters(theirs)) and request_fields(parse_parameters(theirs))["seed"] == 1236
+    pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install 'sdopt[serve]'")
+    from sdopt.serve.a1111_fields import ignored_fields
+    from sdopt.serve.a1111_models import Txt2ImgRequest
+
+    assert ignored_fields(Txt2ImgRequest(infotext=ours), None) == ["infotext: Batch size"]
+    assert ignored_fields(Txt2ImgRequest(infotext=ours.replace("Batch size: 2, Batch pos: 1, ", "")), None) == []
+    assert ignored_fields(Txt2ImgRequest(infotext=theirs), None) == []
+
+
 def test_a_folder_name_the_locale_cannot_decode_is_written_in_the_png(tiny_pipeline, monkeypatch):
     """Under LC_ALL=C (PYTHONUTF8=0) a non-ASCII artifact folder's name is undecoded bytes, which PNG text (UTF-8)
     refused when the image was saved, after the generation: its name is read from its bytes, in UTF-8."""

@@ -12,7 +12,8 @@ AUTOMATIC1111's PNG Info tab, SD.Next, image browsers and ``/sdapi/v1/png-info``
 ``infotext`` is such a text takes its values for every field it does not set itself (AUTOMATIC1111's rule), so an
 image can be made again. sdopt's own levers use keys of their own (``Cache interval``, ``Guidance end``).
 An image of a batch drawn from one seed (``sdopt generate --num-images 2``) is made again only with its batch:
-``Batch size`` and ``Batch pos`` say so, as AUTOMATIC1111 writes them.
+``Batch size`` and ``Batch pos`` say so, as AUTOMATIC1111 writes them (where they only say where an image was, its
+``Seed`` being the image's own: one_seed_batch).
 
 Standard library only: ``import sdopt`` stays lean.
 """
@@ -150,6 +151,17 @@ def unapplied(parsed: dict[str, Any]) -> list[str]:
     return out
 
 
+def made_by_sdopt(parsed: dict[str, Any]) -> bool:
+    return str(parsed.get("Version", "")).startswith("sdopt")
+
+
+def one_seed_batch(parsed: dict[str, Any]) -> bool:
+    """Whether parsed parameters are of an image sdopt drew in a batch from one seed (``sdopt generate --num-images``:
+    "Batch size" over 1), which is made again only with its batch. AUTOMATIC1111 writes "Batch size" and "Batch pos"
+    too, but its "Seed" is the image's own, drawn for it alone: that seed alone asks for the image again."""
+    return made_by_sdopt(parsed) and str(parsed.get("Batch size") or "1").strip() != "1"
+
+
 def request_fields(parsed: dict[str, Any], given: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
     """GenerateRequest's fields from parsed parameters (parse_parameters): typed, the sampler as sdopt's scheduler
     name; an SdoptError naming the key (and the field, SdoptError.field) for a value of the wrong type, a Size that is
@@ -158,9 +170,12 @@ def request_fields(parsed: dict[str, Any], given: frozenset[str] | set[str] = fr
     from sdopt.errors import SdoptError
 
     out: dict[str, Any] = {}
+    made_by_us = made_by_sdopt(parsed)
     for key, (name, kind) in FIELDS.items():
         value = parsed.get(key)
         if value in (None, "") or name in given:
+            continue
+        if key == "Batch size" and not made_by_us:  # AUTOMATIC1111's batch: each image has its own Seed (one_seed_batch)
             continue
         try:
             out[name] = kind(value)
@@ -176,8 +191,7 @@ def request_fields(parsed: dict[str, Any], given: frozenset[str] | set[str] = fr
 
         out["scheduler"] = from_a1111(parsed["Sampler"], parsed.get("Schedule type"))
     # sdopt says "Emphasis: Original" when it read the prompt so; AUTOMATIC1111 always does, and says only other modes.
-    made_by_sdopt = str(parsed.get("Version", "")).startswith("sdopt")
-    if parsed.get(EMPHASIS) == "Original" or (not made_by_sdopt and EMPHASIS not in parsed):
+    if parsed.get(EMPHASIS) == "Original" or (not made_by_us and EMPHASIS not in parsed):
         out["prompt_emphasis"] = True
     return out
 

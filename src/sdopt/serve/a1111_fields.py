@@ -100,11 +100,14 @@ def ignored_fields(body: ProcessingRequest, scheduler: str | None) -> list[str]:
         if not hires.upscaler(body.hr_upscaler)[1]:  # a model upscaler (ESRGAN, ...): Lanczos here
             out.append("hr_upscaler")
     if body.infotext:  # what the infotext says that no field here takes (AUTOMATIC1111's Clip skip, hires fix, RNG, ...)
-        from sdopt.infotext import parse_parameters, unapplied
+        from sdopt.infotext import one_seed_batch, parse_parameters, unapplied
 
         # applied by hires.from_parameters, inpaint_area.from_parameters
         taken = {*hires.INFOTEXT_FIELDS, hires.RESIZE} if isinstance(body, Txt2ImgRequest) else set(inpaint_area.INFOTEXT_FIELDS)
-        out += [f"infotext: {key}" for key in unapplied(parse_parameters(body.infotext)) if key not in taken]
+        parsed = parse_parameters(body.infotext)
+        out += [f"infotext: {key}" for key in unapplied(parsed) if key not in taken]
+        if one_seed_batch(parsed):  # sdopt generate --num-images drew its batch from one seed; every image here has its own
+            out.append("infotext: Batch size")
     return out
 
 
@@ -160,7 +163,7 @@ def apply_infotext(body: ProcessingRequest) -> None:
     except SdoptError as exc:
         raise RequestError("infotext", f"infotext: {exc}") from None
     given = set(body.model_fields_set)
-    fields.pop("num_images", None)  # a batch drawn from one seed: this API draws each image from its own
+    fields.pop("num_images", None)  # a batch drawn from one seed: this API draws each image from its own (sdopt_ignored says so)
     if "clip_skip" in fields:  # AUTOMATIC1111 maps "Clip skip" to this setting; the request's own override wins
         body.override_settings = {CLIP_SKIP_SETTING: fields.pop("clip_skip"), **(body.override_settings or {})}
     for name, value in fields.items():
