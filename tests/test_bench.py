@@ -227,6 +227,14 @@ def test_a_profile_value_of_the_wrong_kind_is_refused_when_read(tmp_path, text, 
         load_profile(str(path))
 
 
+@pytest.mark.parametrize("seed", [-1, 2**63, 1.5])
+def test_a_seed_no_request_takes_is_refused_before_any_worker(seed):
+    """--seeds -1 (or a profile's seeds = [-1]) passed the bench's checks: every artifact loaded and failed on it, the
+    reference first, and the bench exited 1 after the machine's probes, where bad input is 2 before any work."""
+    with pytest.raises(SdoptError, match=re.escape(f"--seeds: seed={seed!r}: must be an integer from 0 to {2**63 - 1}")):
+        BenchSettings.resolve(None, **{**SETTINGS, "seeds": [0, seed]})
+
+
 def test_empty_prompt_file_is_refused(tmp_path):
     (tmp_path / "prompts.txt").write_text("\n# only a comment\n\n")
     with pytest.raises(SdoptError, match="has no prompts"):

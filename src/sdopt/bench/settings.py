@@ -115,3 +115,8 @@ class BenchSettings:
         for prompt in self.prompts:
             GenerateRequest(prompt=prompt, steps=self.steps, height=self.height, width=self.width, guidance_scale=self.guidance_scale,
                             eta=self.eta, **images).validate()
+        for seed in self.seeds:  # as a request's (0 to 2**63-1): a bad one failed every artifact, the reference first
+            try:
+                GenerateRequest(prompt=self.prompts[0], seed=seed).validate()
+            except SdoptError as exc:
+                raise SdoptError(f"--seeds: {exc}", field="seeds") from None
