@@ -257,6 +257,15 @@ def test_a_mask_blur_past_what_pil_takes_is_422_not_500(tiny_pipeline):
         assert app.state.worker.queue_depth == 0
 
 
+def test_a_negative_seed_other_than_minus_one_is_refused(tiny_pipeline):
+    """seed -5 was made from a random seed (AUTOMATIC1111 draws from -5 itself, the same picture every time): refused,
+    naming the field; -1 and null stay random and are reported."""
+    with running_server(tiny_pipeline, start_worker=False) as (url, app):
+        response = httpx.post(url + "/sdapi/v1/txt2img", json={"prompt": "x", **SMALL, "seed": -5}, timeout=10)
+        assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "seed"], response.text
+        assert "give -1 for a random seed" in response.text and app.state.worker.queue_depth == 0
+
+
 # --- the hires fix: limits before any work, its sampler in the parameters ------------------------
 @pytest.mark.parametrize("fields, field", [
     ({"hr_scale": 1e308}, "hr_scale"),

@@ -30,6 +30,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from sdopt.infotext import readable
+from sdopt.request import MAX_SEED
 from sdopt.serve import hires, inpaint_area, jobs as J
 from sdopt.serve.a1111_fields import A1111_NAMES, apply_infotext, eta_for, hires_scheduler, ignored_fields, scheduler_for
 from sdopt.serve.a1111_models import Img2ImgRequest, ImagesResponse, PngInfoRequest, ProcessingRequest, Txt2ImgRequest
@@ -65,6 +66,8 @@ def _batch_size(body: ProcessingRequest) -> int:
 
 
 def _spec(request: Request, body: ProcessingRequest, init=None, mask=None, strength: float = 0.8) -> J.JobSpec:
+    if body.seed is not None and body.seed < -1:  # AUTOMATIC1111 draws from -5 as a seed of its own; it was a random one here
+        raise RequestError("seed", f"seed={body.seed}: give -1 for a random seed (said in info.all_seeds), or one from 0 to {MAX_SEED}")
     seed = body.seed if body.seed is not None and body.seed >= 0 else random_seed()
     for name in ("batch_size", "n_iter"):
         if getattr(body, name) is not None and getattr(body, name) < 1:
