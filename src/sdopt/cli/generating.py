@@ -227,7 +227,8 @@ def add_generate(sub) -> None:
     p.add_argument("--height", type=int, default=None, help="default: the init image's (down to a multiple of 8), else the model's own "
                    "(a static artifact's shapes, or the size it was trained at: 512 for SD 1.5, 1024 for SDXL, 64 for the toys)")
     p.add_argument("--width", type=int, default=None, help="default: as --height")
-    p.add_argument("--num-images", type=int, default=None, help="images per prompt (default 1)")
+    p.add_argument("--num-images", type=int, default=None, help="images per prompt (default 1), drawn together from --seed (not seed, seed+1, ...): "
+                   "an image is made again with its batch, as --parameters-from does")
     p.add_argument("--scheduler", default=None, help=f"one of {', '.join(SCHEDULERS)} (default: the checkpoint's own)")
     add_eta_flag(p)
     p.add_argument("--init-image", type=user_path, default=None, metavar="PATH", help="img2img: start from this image (resized to --height/--width)")
