@@ -127,6 +127,18 @@ def test_static_artifact_refuses_another_size_unless_reshaped(tiny_ov_bf16_stati
     assert code == 0 and (tmp_path / "y.png").is_file()
 
 
+def test_a_server_batches_a_static_artifact_no_wider_than_it_was_built(static_pipe):
+    """Two requests a static batch-1 artifact takes alone were batched into one call of 2 images, which it refused:
+    both failed (sdopt serve answered 422 to each)."""
+    pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install 'sdopt[serve]'")
+    from sdopt.serve import jobs as J
+    from serving import run_queued
+
+    specs = [J.JobSpec(prompt=p, seed=1, steps=2, height=64, width=64) for p in ("a red circle", "a blue square")]
+    jobs = run_queued(static_pipe, specs, max_batch=4)
+    assert [(job.status, job.batch_size) for job in jobs] == [("succeeded", 1)] * 2, [job.error for job in jobs]
+
+
 # --- devices and the cache -------------------------------------------------------------
 def test_unknown_device_lists_the_available_ones(tiny_ov, tmp_path, capsys):
     import openvino as ov

@@ -97,7 +97,7 @@ def serve(artifact: str | Path, settings: ServeSettings, load_options: dict[str,
     app = build(pipeline, settings, name)
     print(
         f"serving {name} ({pipeline.manifest.backend}, {pipeline.precision}) on http://{settings.host}:{settings.port}/ "
-        f"(API docs at /docs; max batch {settings.max_batch}, queue {settings.max_queue})",
+        f"(API docs at /docs; max batch {app.state.worker.max_batch}, queue {settings.max_queue})",
         file=sys.stderr,
     )
     try:
