@@ -55,6 +55,32 @@ def test_sdxl_unet_profile_has_its_extra_inputs(sdxl_tiny):
     assert set(profiles_for(specs, manifest.model, static_profile(512, 512, 1), static=True)) == set(specs)
 
 
+def test_a_request_outside_the_engines_profiles_is_refused_before_any_work_and_inspect_shows_them(tiny_facts, tiny_model, tiny_pipeline):
+    """A dynamic TensorRT artifact's engines run only inside their profiles, but a request of another size or batch
+    passed every check and failed in TensorRT mid-run; inspect showed no shapes, and a server batched past the max."""
+    import copy
+    import dataclasses
+
+    from sdopt import GenerateRequest
+    from sdopt.inspect_artifact import describe, format_description
+    from sdopt.serve.worker import Worker
+
+    specs, model = tiny_facts
+    profiles = profiles_for(specs, model, shape_profile(parse_sizes("64x64,128x64"), parse_batch_range("1:2")))
+    pipe = copy.copy(tiny_pipeline)
+    pipe.manifest = dataclasses.replace(tiny_pipeline.manifest, backend="tensorrt", export={
+        **tiny_pipeline.manifest.export, "profiles": {n: {i: p.to_dict() for i, p in ps.items()} for n, ps in profiles.items()}})
+    pipe.check_request(GenerateRequest(prompt="a fox", height=128, width=64, num_images=2))  # inside: taken
+    for asked in ({"height": 136, "width": 64}, {"height": 64, "width": 72}, {"height": 64, "width": 64, "num_images": 3}):
+        with pytest.raises(SdoptError, match=r"engines take 64\.\.128 x 64 px \(height x width\), 1\.\.2 images a call.*--to tensorrt --shapes 64x64,"):
+            pipe.check_request(GenerateRequest(prompt="a fox", **asked))
+    described = describe(tiny_model, verify=False)
+    text = format_description({**described, "export": {**described["export"], "profiles": pipe.manifest.export["profiles"]}})
+    assert "shapes     engines take 64..128 x 64 px (height x width), 1..2 images a call (best at 64x64, 1 image)" in text
+    assert "shapes     dynamic: 1 to 64 images a call, height and width multiples of 8 from 64 to 2048" in format_description(described)
+    assert Worker(pipe, max_batch=4).max_batch == 2
+
+
 @pytest.mark.parametrize("flag, value, says", [
     ("shapes", "512by512", "HEIGHTxWIDTH"), ("shapes", "500x512", "multiple of"), ("shapes", ",", "empty"),
     ("batch_range", "4:1", "MIN:MAX"), ("batch_range", "2", "MIN:MAX"),

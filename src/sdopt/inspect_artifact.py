@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from sdopt.manifest import fingerprint_of, hash_components, read_manifest
+from sdopt.request import MAX_IMAGES, MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE
 from sdopt.source import resolve
 
 
@@ -59,6 +60,17 @@ def _origin(src: dict[str, Any]) -> str:
     return f"zoo model {src['zoo']} (seed {src.get('seed')})"
 
 
+def _shapes(d: dict[str, Any]) -> str:
+    """The sizes and batches the artifact takes: a static one's, a TensorRT artifact's engine profiles, or any."""
+    if d.get("static_shapes"):
+        return f"static {d['static_shapes']}"
+    from sdopt.tensorrt.profiles import describe_ranges, image_ranges
+
+    if ranges := image_ranges(d.get("export"), d.get("model") or {}):
+        return f"engines take {describe_ranges(ranges)}"
+    return f"dynamic: 1 to {MAX_IMAGES} images a call, height and width multiples of {SIDE_MULTIPLE} from {MIN_SIDE} to {MAX_SIDE}"
+
+
 def format_description(d: dict[str, Any]) -> str:
     lines = [
         f"artifact   {d['path']}",
@@ -67,8 +79,7 @@ def format_description(d: dict[str, Any]) -> str:
         f"backend    {d['backend']}" + (f"  ({', '.join(f'{k} {v}' for k, v in d['backend_versions'].items())})" if d.get("backend_versions") else ""),
         f"precision  {d['precision']}",
     ]
-    if d.get("static_shapes"):
-        lines.append(f"shapes     static {d['static_shapes']}")
+    lines.append(f"shapes     {_shapes(d)}")
     lines.append(f"size       {_mib(d['size_bytes'])}")
     if d.get("verified"):
         lines.append(f"verified   {d['verified']}")

@@ -11,6 +11,7 @@ from sdopt.request import GenerateRequest
 from sdopt.rewrite import recorded as recorded_rewrites
 from sdopt.runtime import attention_memory, conditioning, embedded_guidance
 from sdopt.runtime.schedulers import check_scheduler, check_steps, make_scheduler, takes_eta
+from sdopt.tensorrt.profiles import describe_ranges, image_ranges
 
 
 def _check_clip_skip(pipe: Any, request: GenerateRequest) -> None:
@@ -86,6 +87,15 @@ def check(pipe: Any, request: GenerateRequest) -> None:
             raise SdoptError(
                 f"this artifact was built for static shapes {shapes}; the request asks for {want}{per_prompt}. "
                 f"Ask for the built shapes, load it with {argument('reshape', True)} to compile this one on first use, or export again for these"
+            )
+    elif ranges := image_ranges(pipe.manifest.export, pipe.manifest.model):  # TensorRT engines run inside their profiles only
+        want = {"batch": request.batch_size, "height": request.height, "width": request.width}
+        if any(not ranges[k][0] <= v <= ranges[k][2] for k, v in want.items()):
+            (b0, _, b2), (_, h1, _), (_, w1, _) = ranges["batch"], ranges["height"], ranges["width"]
+            raise SdoptError(
+                f"this artifact's TensorRT engines take {describe_ranges(ranges)}; the request asks for {want}. Ask for a "
+                f"size and batch inside them, or build engines that take it: sdopt export MODEL --to tensorrt --shapes "
+                f"{h1}x{w1},{request.height}x{request.width} --batch-range {min(b0, request.batch_size)}:{max(b2, request.batch_size)}"
             )
 
 

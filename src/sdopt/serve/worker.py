@@ -61,9 +61,15 @@ class Worker:
     def __init__(self, pipeline: Any, max_queue: int = 64, max_batch: int = 4, job_timeout: float = 600.0):
         self.pipeline = pipeline
         self.max_queue, self.max_batch, self.job_timeout = max_queue, max_batch, job_timeout
-        # A static-shape artifact runs exactly the images per call it was built for (OpenVINO's --batch): requests it
-        # takes alone, batched past that, were refused together and every one of them failed.
-        built = (getattr(getattr(pipeline, "manifest", None), "static_shapes", None) or {}).get("batch")
+        # A static-shape artifact runs exactly the images per call it was built for (OpenVINO's --batch), TensorRT's
+        # engines at most their profile's: requests it takes alone, batched past that, were refused together and
+        # every one of them failed.
+        manifest = getattr(pipeline, "manifest", None)
+        built = (getattr(manifest, "static_shapes", None) or {}).get("batch")
+        if not built and getattr(manifest, "export", None):
+            from sdopt.tensorrt.profiles import image_ranges
+
+            built = (image_ranges(manifest.export, manifest.model) or {}).get("batch", (None,) * 3)[2]
         if built:
             self.max_batch = min(max_batch, built)
         self.metrics = Metrics(queue_depth=lambda: self.queue_depth, running=lambda: len(self.current))

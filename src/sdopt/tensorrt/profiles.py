@@ -105,3 +105,26 @@ def profiles_for(specs: dict[str, ComponentSpec], model: dict[str, Any], shapes:
                  static: bool = False) -> dict[str, dict[str, InputProfile]]:
     """Every component's input profiles (what the manifest records and the builder declares)."""
     return {name: input_profiles(spec, model, shapes, guidance, static) for name, spec in specs.items()}
+
+
+def image_ranges(export: dict[str, Any] | None, model: dict[str, Any]) -> dict[str, tuple[int, int, int]] | None:
+    """The (min, opt, max) images per call, height and width (pixels) a dynamic TensorRT artifact's engines take, from
+    the VAE decoder's recorded profile (it sees the images themselves, never doubled by guidance); None without one
+    (another backend, or a manifest from before profiles were recorded). A request outside them cannot run."""
+    profile = (((export or {}).get("profiles") or {}).get("vae_decoder") or {}).get("latent_sample")
+    if not profile:
+        return None
+    factor = int(model.get("vae_scale_factor", 8))
+    rows = [profile[k] for k in ("min", "opt", "max")]
+    return {"batch": tuple(int(r[0]) for r in rows), "height": tuple(int(r[2]) * factor for r in rows),
+            "width": tuple(int(r[3]) * factor for r in rows)}
+
+
+def describe_ranges(ranges: dict[str, tuple[int, int, int]]) -> str:
+    """``image_ranges`` in words: 512..768 x 512..640 px, 1..4 images a call (best at 512x512, 1 image)."""
+    def span(low: int, high: int) -> str:
+        return str(low) if low == high else f"{low}..{high}"
+
+    (b0, b1, b2), (h0, h1, h2), (w0, w1, w2) = ranges["batch"], ranges["height"], ranges["width"]
+    return (f"{span(h0, h2)} x {span(w0, w2)} px (height x width), {span(b0, b2)} image{'s' * (b2 != 1)} a call "
+            f"(best at {h1}x{w1}, {b1} image{'s' * (b1 != 1)})")
