@@ -127,6 +127,22 @@ def test_static_artifact_refuses_another_size_unless_reshaped(tiny_ov_bf16_stati
     assert code == 0 and (tmp_path / "y.png").is_file()
 
 
+def test_a_static_refusal_names_the_export_that_takes_the_request_and_a_servers_own_reshape(tiny_pipeline):
+    """It said "export again for these" with no command, and told a server's HTTP client to load it with reshape=True."""
+    import copy
+    import dataclasses
+
+    from sdopt.errors import command_line
+
+    pipe = copy.copy(tiny_pipeline)
+    pipe.manifest = dataclasses.replace(tiny_pipeline.manifest, static_shapes=STATIC)
+    request = GenerateRequest(**{**SMALL, "height": 128, "num_images": 2})
+    with pytest.raises(SdoptError, match=r"reshape=True \(a server: sdopt serve --reshape\).*: sdopt export MODEL --to openvino --height 128 --width 64 --batch 2$"):
+        pipe.check_request(request)
+    with command_line(True), pytest.raises(SdoptError, match=r"load it with --reshape to compile"):
+        pipe.check_request(request)
+
+
 def test_a_server_batches_a_static_artifact_no_wider_than_it_was_built(static_pipe):
     """Two requests a static batch-1 artifact takes alone were batched into one call of 2 images, which it refused:
     both failed (sdopt serve answered 422 to each)."""

@@ -84,10 +84,18 @@ def check(pipe: Any, request: GenerateRequest) -> None:
             per_prompt = (f" (it takes {batch} image{'s' if batch != 1 else ''} a call, prompts x num_images: ask for "
                           f"{argument('num_images', batch // len(request.prompts))})"
                           if batch not in (None, request.batch_size) and batch % len(request.prompts) == 0 else "")
-            raise SdoptError(
-                f"this artifact was built for static shapes {shapes}; the request asks for {want}{per_prompt}. "
-                f"Ask for the built shapes, load it with {argument('reshape', True)} to compile this one on first use, or export again for these"
-            )
+            # "export again for these" named no command; a server's client read "load it with reshape=True", which
+            # only the server's operator can (as _refuse_cache_interval says it)
+            # and a static TensorRT engine has no reshape
+            size, images = f"--height {request.height} --width {request.width}", request.batch_size
+            if pipe.manifest.backend == "tensorrt":
+                instead = f"export again for these: sdopt export MODEL --to tensorrt --static {size} --batch-range {images}:{images}"
+            else:
+                reshape = argument("reshape", True) + ("" if on_command_line() else " (a server: sdopt serve --reshape)")
+                instead = (f"load it with {reshape} to compile this one on first use, or export again for these: "
+                           f"sdopt export MODEL --to openvino {size} --batch {images}")
+            raise SdoptError(f"this artifact was built for static shapes {shapes}; the request asks for {want}{per_prompt}. "
+                             f"Ask for the built shapes, {instead}")
     elif ranges := image_ranges(pipe.manifest.export, pipe.manifest.model):  # TensorRT engines run inside their profiles only
         want = {"batch": request.batch_size, "height": request.height, "width": request.width}
         if any(not ranges[k][0] <= v <= ranges[k][2] for k, v in want.items()):
