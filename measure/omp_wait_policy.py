@@ -1,18 +1,20 @@
-"""What OpenMP's wait policy does to torch's generate on a quiet and on a busy CPU (docs/optimize.md, "Threads").
+"""What OpenMP's wait policy and thread count do to torch's generate on a quiet and on a busy CPU (docs/optimize.md,
+"Threads").
 
-torch's CPU wheels run their parallel regions on GNU OpenMP (libgomp). Between regions its idle threads spin
-before they sleep; on a machine whose cores are all taken by someone else, a thread that spins holds a core the
-working thread needs, and every op waits out a scheduler slice. The tiny model's 20 steps took 8-17 s instead of
-0.6-1 s on this project's 2-core machine while other jobs ran. OMP_WAIT_POLICY=PASSIVE makes idle threads sleep
-at once; the sdopt command line sets it where the user has not (sdopt.cli.threads).
+torch's CPU wheels run their parallel regions on GNU OpenMP (libgomp), whose idle threads spin before they sleep.
+Where other work holds the cores, a spinning thread takes the core the working one needs, and each op waits out a
+scheduler slice: the tiny model's 20 steps took 7.5-18.8 s instead of 0.4-1.4 s on this project's 2-core machine
+while other jobs ran. OMP_WAIT_POLICY=PASSIVE (sleep at once) or fewer threads avoid it, and cost speed on a quiet
+machine; this script measures both sides, so the docs' advice rests on figures.
 
-Each row is one model run in a fresh process (the policy is read when torch loads libgomp, so it cannot change
-inside one process) with torch's default threads (every core), under each policy, with --busy processes spinning
-on the side (0: quiet) — every combination interleaved round by round so a slow spell hits all alike, given as
-medians of the per-round medians. The processes set OMP_WAIT_POLICY themselves: "default" unsets it.
+Each row is one model run in a fresh process (OpenMP reads its variables once, when torch loads it) with torch's
+default threads (every core) under each --policies entry ("default": OMP_WAIT_POLICY, GOMP_SPINCOUNT and
+OMP_NUM_THREADS all unset; else NAME=VALUE[+NAME=VALUE]), with --busy processes spinning on the side (0: quiet):
+every combination interleaved round by round so a slow spell hits all alike, given as medians of the per-round
+medians.
 
     .venv/bin/python measure/omp_wait_policy.py MODEL... [--steps 20] [--size 64] [--busy 0,1] [--rounds 3]
-        [--calls 3] [--out OUT.json]
+        [--policies default,OMP_WAIT_POLICY=PASSIVE] [--calls 3] [--out OUT.json]
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import subprocess
 import sys
 import time
 
-POLICIES = ("default", "PASSIVE")
+POLICIES = ("default", "OMP_WAIT_POLICY=PASSIVE")
 
 CHILD = """
 import json, sys, time
@@ -52,10 +54,12 @@ def spin(stop) -> None:
 
 def run_child(model: str, policy: str, args) -> dict:
     env = dict(os.environ)
-    env.pop("OMP_WAIT_POLICY", None)
-    env.pop("OMP_NUM_THREADS", None)
+    for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS"):
+        env.pop(name, None)
     if policy != "default":
-        env["OMP_WAIT_POLICY"] = policy
+        for assignment in policy.split("+"):
+            name, _, value = assignment.partition("=")
+            env[name] = value
     out = subprocess.run([sys.executable, "-c", CHILD, model, str(args.steps), str(args.size), str(args.calls)],
                          env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -67,6 +71,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--busy", default="0,1", help="spinning side processes per condition, comma-separated (default 0,1)")
+    parser.add_argument("--policies", default=",".join(POLICIES),
+                        help="comma-separated: 'default' (neither variable set) or NAME=VALUE[+NAME=VALUE], e.g. GOMP_SPINCOUNT=10000")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--calls", type=int, default=3, help="timed generate calls per process after one warm-up")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
@@ -78,6 +84,7 @@ def main() -> None:
     machine = fingerprint()
     flags = sorted(f for f in cpu_flags() if f.startswith(("avx", "amx")))
     busy_levels = [int(b) for b in args.busy.split(",")]
+    policies = args.policies.split(",")
     runs: dict[tuple, list[float]] = {}
     loads = []
     for round_index in range(args.rounds):
@@ -88,10 +95,10 @@ def main() -> None:
                 p.start()
             try:
                 for model in args.models:
-                    for policy in POLICIES:
+                    for policy in policies:
                         result = run_child(model, policy, args)
                         runs.setdefault((model, busy, policy), []).append(statistics.median(result["walls"]))
-                        print(f"round {round_index + 1} busy {busy} {policy:>7} {os.path.basename(model.rstrip('/'))}: "
+                        print(f"round {round_index + 1} busy {busy} {policy} {os.path.basename(model.rstrip('/'))}: "
                               f"{' '.join(f'{w:.2f}' for w in result['walls'])} s ({result['threads']} threads)", flush=True)
             finally:
                 stop.set()
@@ -104,12 +111,13 @@ def main() -> None:
     rows = []
     for model in args.models:
         for busy in busy_levels:
-            default = statistics.median(runs[(model, busy, "default")])
-            passive = statistics.median(runs[(model, busy, "PASSIVE")])
-            rows.append({"model": model, "busy_processes": busy, "default_s": default, "passive_s": passive,
-                         "passive_speedup": default / passive})
-            print(f"{os.path.basename(model.rstrip('/')):>12}  busy {busy}: default {default:6.2f} s  PASSIVE {passive:6.2f} s  "
-                  f"-> PASSIVE {default / passive:.2f}x")
+            first = statistics.median(runs[(model, busy, policies[0])])
+            for policy in policies:
+                median = statistics.median(runs[(model, busy, policy)])
+                rows.append({"model": model, "busy_processes": busy, "policy": policy, "median_s": median,
+                             f"speedup_over_{policies[0]}": first / median})
+                print(f"{os.path.basename(model.rstrip('/')):>12}  busy {busy}  {policy:<40} {median:6.2f} s  "
+                      f"{first / median:5.2f}x {policies[0]}'s speed")
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
             json.dump({"machine": machine, "cpu_flags": flags, "steps": args.steps, "size": args.size, "rounds": args.rounds,

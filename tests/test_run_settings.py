@@ -143,29 +143,3 @@ def test_torch_takes_threads_and_reports_them(tiny_model):
     finally:
         torch.set_num_threads(before)
 
-
-def test_the_command_line_makes_idle_openmp_threads_sleep_unless_the_user_chose(monkeypatch, tmp_path):
-    """torch's OpenMP threads spun between ops: with other work on the cores the tiny model's 20 steps took 8-17 s
-    instead of under 1 s (measure/omp_wait_policy.py). sdopt's command line sets OMP_WAIT_POLICY=PASSIVE before any
-    command imports torch (its workers inherit it); a policy the user set is theirs."""
-    import os
-
-    from sdopt.cli import main
-
-    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    assert main(["inspect", str(tmp_path / "absent")]) == 2
-    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
-    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    assert main(["inspect", str(tmp_path / "absent")]) == 2
-    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
-
-
-def test_a_ray_bench_jobs_worker_runs_as_a_local_one(monkeypatch):
-    """Ray sets OMP_NUM_THREADS to a task's CPUs and knows nothing of the command line's wait policy: the worker a
-    Ray bench job starts gets neither Ray's thread count nor the spinning OpenMP threads a local run no longer has."""
-    from sdopt.cluster.bench import _local_threads_env
-
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    env = _local_threads_env()
-    assert "OMP_NUM_THREADS" not in env and env["OMP_WAIT_POLICY"] == "PASSIVE"

@@ -6,8 +6,6 @@ read the flags the same way. Standard library only.
 
 from __future__ import annotations
 
-import os
-from collections.abc import MutableMapping
 from functools import lru_cache
 from pathlib import Path
 
@@ -55,12 +53,3 @@ def available_bytes() -> int | None:
         return None
     return None
 
-
-def sleep_idle_openmp_threads(environ: MutableMapping[str, str] = os.environ) -> None:
-    """OMP_WAIT_POLICY=PASSIVE unless the user chose a policy. torch's CPU wheels run on GNU OpenMP, whose idle
-    threads spin between parallel regions before they sleep; where other work holds the cores, the spinning
-    thread takes the core the working one needs and every op waits out a scheduler slice: the tiny model's
-    20 steps took 8-17 s instead of under 1 s (measure/omp_wait_policy.py, docs/optimize.md "Threads").
-    OpenMP reads the variable once, when torch loads it: call this before importing torch (sdopt's command
-    line does, for itself and every worker it starts; a Ray bench job, for the worker it starts)."""
-    environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -19,7 +19,6 @@ from pathlib import Path
 from sdopt import __version__
 from sdopt.cli import artifacts, generating, measure, models, serving
 from sdopt.errors import SdoptError, command_line, did_you_mean, exception_line
-from sdopt.hardware import sleep_idle_openmp_threads
 
 # In the order `sdopt --help` lists them.
 COMMANDS = (
@@ -118,7 +117,6 @@ def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _exit_on_sigterm()
-    sleep_idle_openmp_threads()  # before any command imports torch; its workers inherit it
     warnings.formatwarning = _format_warning
     try:
         code = args.func(args)

@@ -69,13 +69,9 @@ def _local_threads_env() -> dict[str, str]:
     """The environment a local run has: Ray sets OMP_NUM_THREADS to a task's num_cpus, which torch obeys and
     ONNX Runtime and OpenVINO ignore; one artifact on 1 thread beside others on every core would skew the
     ratios. So each backend takes the threads it takes locally (or what the profile's [run] tables set), and
-    a node kind is meant to run one job at a time (docs/ray.md). OpenMP's idle threads sleep, as sdopt's
-    command line has them (hardware.sleep_idle_openmp_threads): a Ray worker's environment is not the CLI's."""
-    from sdopt.hardware import sleep_idle_openmp_threads
-
+    a node kind is meant to run one job at a time (docs/ray.md)."""
     env = dict(os.environ)
     env.pop("OMP_NUM_THREADS", None)
-    sleep_idle_openmp_threads(env)
     return env
 
 

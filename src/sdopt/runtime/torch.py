@@ -17,7 +17,7 @@ from sdopt.manifest import Manifest
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PRECISIONS = {dtype: name for name, dtype in DTYPES.items()}
 FULL_PRECISION_INPUTS = {"timestep"}
-# OpenMP reads it once, when torch loads (sdopt.hardware.sleep_idle_openmp_threads); None: GNU OpenMP's spin, then sleep
+# OpenMP reads it once, when torch loads; None: GNU OpenMP's spin, then sleep (docs/optimize.md, "Threads")
 OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")
 
 
