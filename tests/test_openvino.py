@@ -114,12 +114,17 @@ def test_bf16_static_image_matches_torch_fp32(static_pipe, tiny_pipeline):
     assert np.isfinite(off.latents).all()
 
 
-def test_static_artifact_refuses_another_size_unless_reshaped(tiny_ov_bf16_static, static_pipe, tmp_path, capsys):
+def test_static_artifact_refuses_another_size_unless_reshaped(tiny_ov_bf16_static, static_pipe, tmp_path, capsys, monkeypatch):
     request = GenerateRequest(**{**SMALL, "height": 128})
     with pytest.raises(SdoptError, match="static shapes .*'height': 64"):
         static_pipe.generate(request)
-    code = main(["generate", str(tiny_ov_bf16_static), "-p", "a fox", "--height", "128", "--width", "64", "-o", str(tmp_path / "x.png"), "-q"])
-    assert code == 2 and "built for static shapes" in capsys.readouterr().err
+    # sdopt generate refuses before the load, which compiles every model first (it refused after it)
+    loads = []
+    with monkeypatch.context() as patch:
+        patch.setattr(sdopt, "load", lambda *a, **k: loads.append(a))
+        for flags in (["--height", "128", "--width", "64"], ["--num-images", "2"]):
+            code = main(["generate", str(tiny_ov_bf16_static), "-p", "a fox", *flags, "-o", str(tmp_path / "x.png"), "-q"])
+            assert code == 2 and "built for static shapes" in capsys.readouterr().err and not loads
     with _warns_unless_bf16():
         reshaped = sdopt.load(tiny_ov_bf16_static, reshape=True)
     assert reshaped.generate(request).images[0].size == (64, 128)

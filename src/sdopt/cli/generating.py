@@ -73,6 +73,8 @@ def _generate(args: argparse.Namespace) -> int:
     out = Path(args.output)
     paths = output_paths(out, request.batch_size)
     check_output_files(paths, local_inputs(args.artifact))  # before the (slow) load and generation
+    if not args.reshape:
+        _check_shapes_before_load(args.artifact, request)
     if args.embedding:
         from sdopt.embeddings import parse_embeddings
 
@@ -200,6 +202,21 @@ def _loras_differ(image: str, asked: dict[str, str], have: dict[str, float], bac
         fix = (f"this {backend} artifact takes LoRAs only fused at export (sdopt export MODEL --lora FILE:SCALE), "
                "or generate with the PyTorch checkpoint and --lora")
     return f"{said}: the image will differ; {fix}"
+
+
+def _check_shapes_before_load(artifact: str, request) -> None:
+    """A static-shape artifact, or TensorRT engines, refuse another size or batch: asked of the manifest before the
+    load, which compiles every model first (15 s for sd15's OpenVINO artifact, docs/openvino.md). An artifact folder
+    only; anything else is the load's to resolve and read."""
+    folder = Path(artifact)
+    if not (folder / "sdopt.json").is_file():
+        return
+    from sdopt.manifest import read_manifest
+    from sdopt.runtime.request_checks import check_shapes
+    from sdopt.runtime.request_defaults import sized
+
+    manifest = read_manifest(folder)
+    check_shapes(manifest, sized(request, manifest))
 
 
 def add_generate(sub) -> None:

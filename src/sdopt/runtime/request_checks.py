@@ -76,7 +76,14 @@ def check(pipe: Any, request: GenerateRequest) -> None:
     attention_memory.check(pipe.manifest.backend, pipe.device, pipe.unet_config, pipe.manifest.model,
                            request.batch_size, embedded_guidance.runs_guided(request.guidance_scale, pipe.manifest.model),
                            request.height, request.width, recorded_rewrites(pipe.manifest.export).get("unet", {}))
-    shapes = pipe.manifest.static_shapes
+    check_shapes(pipe.manifest, request)
+
+
+def check_shapes(manifest: Any, request: GenerateRequest) -> None:
+    """Refuse a request (its size filled in: Pipeline.sized) outside the shapes the artifact runs: a static-shape
+    artifact's built shapes, TensorRT engines' profiles. The manifest alone decides, so sdopt generate asks before
+    the (slow) load too."""
+    shapes = manifest.static_shapes
     if shapes:
         want = {"batch": request.batch_size, "height": request.height, "width": request.width}
         if any(shapes.get(k) not in (None, v) for k, v in want.items()):
@@ -88,7 +95,7 @@ def check(pipe: Any, request: GenerateRequest) -> None:
             # only the server's operator can (as _refuse_cache_interval says it)
             # and a static TensorRT engine has no reshape
             size, images = f"--height {request.height} --width {request.width}", request.batch_size
-            if pipe.manifest.backend == "tensorrt":
+            if manifest.backend == "tensorrt":
                 instead = f"export again for these: sdopt export MODEL --to tensorrt --static {size} --batch-range {images}:{images}"
             else:
                 reshape = argument("reshape", True) + ("" if on_command_line() else " (a server: sdopt serve --reshape)")
@@ -96,7 +103,7 @@ def check(pipe: Any, request: GenerateRequest) -> None:
                            f"sdopt export MODEL --to openvino {size} --batch {images}")
             raise SdoptError(f"this artifact was built for static shapes {shapes}; the request asks for {want}{per_prompt}. "
                              f"Ask for the built shapes, {instead}")
-    elif ranges := image_ranges(pipe.manifest.export, pipe.manifest.model):  # TensorRT engines run inside their profiles only
+    elif ranges := image_ranges(manifest.export, manifest.model):  # TensorRT engines run inside their profiles only
         want = {"batch": request.batch_size, "height": request.height, "width": request.width}
         if any(not ranges[k][0] <= v <= ranges[k][2] for k, v in want.items()):
             (b0, _, b2), (_, h1, _), (_, w1, _) = ranges["batch"], ranges["height"], ranges["width"]
