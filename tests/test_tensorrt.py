@@ -81,6 +81,25 @@ def test_a_request_outside_the_engines_profiles_is_refused_before_any_work_and_i
     assert Worker(pipe, max_batch=4).max_batch == 2
 
 
+def test_a_static_engines_request_without_guidance_is_refused_before_any_work(tiny_facts, tiny_pipeline):
+    """Static engines are built guided (the UNet's one batch is prompts and negatives together): a request with
+    guidance_scale 1 runs one half, which no profile of the engine takes, and failed inside TensorRT mid-run."""
+    import copy
+    import dataclasses
+
+    from sdopt import GenerateRequest
+
+    specs, model = tiny_facts
+    profiles = profiles_for(specs, model, static_profile(64, 64, 1), static=True)
+    pipe = copy.copy(tiny_pipeline)
+    pipe.manifest = dataclasses.replace(tiny_pipeline.manifest, backend="tensorrt", static_shapes={"batch": 1, "height": 64, "width": 64},
+                                        export={**tiny_pipeline.manifest.export,
+                                                "profiles": {n: {i: p.to_dict() for i, p in ps.items()} for n, ps in profiles.items()}})
+    pipe.check_request(GenerateRequest(prompt="a fox", height=64, width=64, guidance_scale=7.5))  # guided: the built shape
+    with pytest.raises(SdoptError, match=r"guidance_scale=1\.0 runs the UNet without guidance.*--to tensorrt --height 64 --width 64 --batch-range 1:1$"):
+        pipe.check_request(GenerateRequest(prompt="a fox", height=64, width=64, guidance_scale=1.0))
+
+
 @pytest.mark.parametrize("flag, value, says", [
     ("shapes", "512by512", "HEIGHTxWIDTH"), ("shapes", "500x512", "multiple of"), ("shapes", ",", "empty"),
     ("batch_range", "4:1", "MIN:MAX"), ("batch_range", "2", "MIN:MAX"),

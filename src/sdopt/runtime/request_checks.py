@@ -103,6 +103,7 @@ def check_shapes(manifest: Any, request: GenerateRequest) -> None:
                            f"sdopt export MODEL --to openvino {size} --batch {images}")
             raise SdoptError(f"this artifact was built for static shapes {shapes}; the request asks for {want}{per_prompt}. "
                              f"Ask for the built shapes, {instead}")
+        _check_unguided_on_guided_engines(manifest, request)
     elif ranges := image_ranges(manifest.export, manifest.model):  # TensorRT engines run inside their profiles only
         want = {"batch": request.batch_size, "height": request.height, "width": request.width}
         if any(not ranges[k][0] <= v <= ranges[k][2] for k, v in want.items()):
@@ -112,6 +113,21 @@ def check_shapes(manifest: Any, request: GenerateRequest) -> None:
                 f"size and batch inside them, or build engines that take it: sdopt export MODEL --to tensorrt --shapes "
                 f"{h1}x{w1},{request.height}x{request.width} --batch-range {min(b0, request.batch_size)}:{max(b2, request.batch_size)}"
             )
+
+
+def _check_unguided_on_guided_engines(manifest: Any, request: GenerateRequest) -> None:
+    """Static TensorRT engines take one UNet batch, prompts and negatives together (tensorrt.profiles: static is
+    guided); a request without guidance (guidance_scale <= 1) runs one half, a shape the engine has no profile for,
+    and failed inside TensorRT after the text encoder had run."""
+    sample = (((manifest.export or {}).get("profiles") or {}).get("unet") or {}).get("sample")
+    if manifest.backend != "tensorrt" or not sample or embedded_guidance.runs_guided(request.guidance_scale, manifest.model):
+        return
+    if request.batch_size < int(sample["min"][0]):
+        raise SdoptError(
+            f"{argument('guidance_scale', request.guidance_scale)} runs the UNet without guidance, but this artifact's static TensorRT "
+            f"engines take prompts and their negatives together ({int(sample['min'][0])} a call): ask for guidance above 1, or "
+            f"build dynamic engines, which take both: sdopt export MODEL --to tensorrt --height {request.height} --width "
+            f"{request.width} --batch-range 1:{request.batch_size}", field="guidance_scale")
 
 
 def notices(pipe: Any, asked: GenerateRequest, request: GenerateRequest, scheduler: Any, embeds_guidance: bool) -> list[str]:
