@@ -52,4 +52,3 @@ def available_bytes() -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
-
