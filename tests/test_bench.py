@@ -782,3 +782,28 @@ def test_the_image_grid_labels_no_artifact_reference_when_the_reference_failed(t
     assert "The reference, tiny-bad, made no images (it failed): no difference maps." in grid
     report["reference"] = "tiny"
     assert "<div class='ref'>reference</div><figcaption>tiny</figcaption>" in _image_grid(report, tmp_path)
+
+
+def test_reports_are_written_read_and_printed_under_a_locale_that_is_not_utf8(bench_report, tmp_path):
+    """Under a non-UTF-8 locale (LC_ALL=C with PYTHONUTF8=0; a Latin-1 one lacks the dash) sdopt bench ran every
+    artifact, then died writing report.md ('ascii' codec can't encode character '\\xd7'): no report at all. The report
+    files are UTF-8 whatever the locale, and what sdopt prints of them is escaped where stdout cannot encode it."""
+    import os
+    import subprocess
+    import sys
+
+    out, _ = bench_report
+    folder = tmp_path / "report"
+    shutil.copytree(out, folder)
+    for name in ("report.md", "report.html", "results.csv"):
+        (folder / name).unlink()
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONIOENCODING": ""}
+    rewrite = ("import json, sys; from pathlib import Path; from sdopt.bench.report import write_reports; "
+               "out = Path(sys.argv[1]); write_reports(json.loads((out / 'report.json').read_text(encoding='utf-8')), out)")
+    done = subprocess.run([sys.executable, "-c", rewrite, str(folder)], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "\u00d7" in (folder / "report.md").read_text(encoding="utf-8")
+    gate = subprocess.run([sys.executable, "-m", "sdopt.cli", "gate", str(folder / "report.json"), "--markdown", str(tmp_path / "gate.md")],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert gate.returncode in (0, 1) and "Traceback" not in gate.stderr, gate.stderr
+    assert (tmp_path / "gate.md").is_file()

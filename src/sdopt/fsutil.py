@@ -66,7 +66,7 @@ def _read(path: Path, what: str, missing: str, kind: str) -> Any:
 
     name = f"{what} {path}" if what else str(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")  # JSON and TOML are UTF-8 whatever the locale
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
         raise SdoptError(f"{name} is missing: {missing}") from exc
     except (OSError, UnicodeDecodeError) as exc:

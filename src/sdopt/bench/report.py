@@ -278,7 +278,7 @@ def write_reports(report: dict, out: Path) -> dict[str, Path]:
     temps = {kind: path.with_name(f".{path.name}.tmp-{os.getpid()}") for kind, path in paths.items()}
     try:
         for kind, temp in temps.items():
-            temp.write_text(texts[kind])
+            temp.write_text(texts[kind], encoding="utf-8")  # whatever the locale: the texts hold × and —
         for kind, temp in temps.items():
             os.replace(temp, paths[kind])
     finally:

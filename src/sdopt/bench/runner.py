@@ -80,7 +80,7 @@ def _run_worker(entry: Entry, settings: BenchSettings, out: Path, timeout: float
     with watch_progress(work / PROGRESS_FILE, show):
         status = starts.run(entry, work, timeout)
     try:  # where it was when it stopped: said with a timeout or a death, removed after a result
-        doing = (work / PROGRESS_FILE).read_text().strip()
+        doing = (work / PROGRESS_FILE).read_text(encoding="utf-8").strip()
         (work / PROGRESS_FILE).unlink()
     except OSError:
         doing = ""
@@ -111,7 +111,7 @@ def watch_progress(file: Path, show: Callable[[str], None] | None) -> Iterator[N
         last = None
         while not stop.wait(PROGRESS_EVERY_S):
             try:
-                line = file.read_text().strip()
+                line = file.read_text(encoding="utf-8").strip()
             except OSError:
                 continue  # not written yet
             if line and line != last:

@@ -28,7 +28,7 @@ def say(out_dir: Path, text: str) -> None:
     """Tell the bench what this worker is doing: the line replaces the last one whole (a reader never sees half)."""
     partial = out_dir / f".{PROGRESS_FILE}.partial"
     try:
-        partial.write_text(text)
+        partial.write_text(text, encoding="utf-8")
         os.replace(partial, out_dir / PROGRESS_FILE)
     except OSError:
         pass  # a progress line is for the eye: never a reason to fail a measurement

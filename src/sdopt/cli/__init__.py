@@ -117,6 +117,10 @@ def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _exit_on_sigterm()
+    # Under a locale that is not UTF-8, stdout cannot encode the × and — of sdopt's tables: printed as \xd7 (as Python's
+    # stderr does), not a UnicodeEncodeError after the work is done (a bench printing its report.md)
+    if callable(getattr(sys.stdout, "reconfigure", None)):
+        sys.stdout.reconfigure(errors="backslashreplace")
     warnings.formatwarning = _format_warning
     try:
         code = args.func(args)

@@ -47,7 +47,7 @@ def write_text_file(path: str | Path, text: str) -> None:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+        path.write_text(text, encoding="utf-8")
     except OSError as exc:
         raise SdoptError(f"{path}: cannot write it ({exc.strerror or exc}); give a file path in a writable folder") from None
 

@@ -150,9 +150,9 @@ def _bench(args: argparse.Namespace) -> int:
             prepare_report_folder(run.out, args.force, create=False)
         run_matrix(runs, address=args.ray or None, timeout=args.timeout, progress=not args.quiet)
         outs = [r.out for r in runs]
-        reports = [json.loads((out / "report.json").read_text()) for out in outs]
+        reports = [json.loads((out / "report.json").read_text(encoding="utf-8")) for out in outs]
     for out in outs:
-        print((out / "report.md").read_text())
+        print((out / "report.md").read_text(encoding="utf-8"))
         print(f"report: {(out / 'report.html').resolve()}")
     for name, why in not_built.items():
         print(f"not built: {name}: {why}", file=sys.stderr)
