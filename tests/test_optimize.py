@@ -142,6 +142,37 @@ def test_a_cpu_without_an_int8_dot_product_also_tries_channels_first_transformer
     assert not any("channels-first" in c.name for c in candidates("cpu", quick=True, base="fp32"))
 
 
+def test_a_candidate_built_from_another_checkpoint_at_the_same_path_is_built_again(tiny_model, tmp_path, monkeypatch):
+    """The build record names the checkpoint by its path: another model written to that folder since (tiny where shapes
+    was) had its candidates, tiny decoder and bench reused, and the output was a copy of the old model. The fingerprint
+    each built artifact and tiny decoder records of its checkpoint now tells them apart."""
+    import sdopt.decoder.distill
+    import sdopt.export.run
+    from sdopt.bench.build import BUILT, build_key, build_one, tiny_decoder
+    from sdopt.manifest import read_manifest
+
+    now = read_manifest(tiny_model).source["fingerprint"]
+    spec, work, said, made = {"name": "ov", "export": "openvino", "precision": "fp32", "static": True}, tmp_path / "work", [], []
+
+    def built(folder, fingerprint):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / ("distill.json" if folder.name == "tiny-decoder" else "sdopt.json")).write_text(
+            json.dumps({"source": {"path": str(tiny_model), "fingerprint": fingerprint}, "settings": {"height": 64, "width": 64}}))
+
+    monkeypatch.setattr(sdopt.export.run, "export", lambda model, target, out, **kw: (made.append(out), built(out, now)))
+    monkeypatch.setattr(sdopt.decoder.distill, "distill_decoder", lambda model, out, *a, **kw: (made.append(out), built(out, now)))
+    built(work / "ov", "0" * 64)  # the same entry, path and size: only the checkpoint there is another
+    (work / BUILT).mkdir()
+    (work / BUILT / "ov.json").write_text(json.dumps(build_key(spec, tiny_model, 64, 64, "cpu", {})))
+    assert build_one(spec, tiny_model, work, 64, 64, "cpu", {}, say=said.append) == str(work / "ov") and made == [work / "ov"]
+    assert any("ov is built again: it was made from another checkpoint" in s for s in said)
+    build_one(spec, tiny_model, work, 64, 64, "cpu", {}, say=said.append)  # now from this one: reused
+    assert made == [work / "ov"] and said[-1].startswith("   reused")
+    built(work / "tiny-decoder", "0" * 64)
+    tiny_decoder({"name": "ov-tiny", "vae_decoder": "distilled"}, tiny_model, work, 64, 64, progress=False)
+    assert made[-1] == work / "tiny-decoder"
+
+
 @pytest.mark.slow
 def test_optimize_keeps_the_fastest_candidate_above_the_floor(shapes_model, tmp_path, capsys):
     pytest.importorskip("openvino")

@@ -26,7 +26,8 @@ Artifacts already under the work folder are reused, as long as what they were
 built from is the same: ``WORK/.built/NAME.json`` records each one's entry, the
 checkpoint, the size a static one was built for and the artifact a ``from`` entry
 started from; an artifact whose record differs (an edited entry, a rebuilt
-source, other calibration images) is built again, and said so. One built before
+source, other calibration images) is built again, and said so; so is one made from another
+checkpoint than the one now at the model's path (the fingerprint its manifest records). One built before
 sdopt kept records is reused as before, and recorded. One that cannot be built here (a missing backend, an unsupported scheme) is
 reported and left out; the others are still measured.
 """
@@ -96,13 +97,15 @@ def build_one(spec: dict[str, Any], model: Path, work: Path, height: int, width:
     key, record = build_key(spec, model, height, width, device, built), work / BUILT / f"{spec['name']}.json"
     if (out / "sdopt.json").is_file():
         earlier = _recorded(record)
-        if earlier is None:  # built before sdopt kept records: reused as it always was, and recorded
+        # The record names the checkpoint by its path: another model written to that folder since is told by its fingerprint.
+        other = _another_checkpoint(_recorded(out / "sdopt.json"), model)
+        if earlier is None and not other:  # built before sdopt kept records: reused as it always was, and recorded
             _write_record(record, key)
-        if earlier in (None, key):
+        if earlier in (None, key) and not other:
             say(f"   reused: {out} was built from this checkpoint with these settings")
             return str(out) + runs_in
-        changed = ", ".join(k for k in key.keys() | earlier.keys() if key.get(k) != earlier.get(k))
-        say(f"   {spec['name']} is built again: its {changed} changed since it was built")
+        changed = other or "its " + ", ".join(k for k in key.keys() | earlier.keys() if key.get(k) != earlier.get(k)) + " changed since it was built"
+        say(f"   {spec['name']} is built again: {changed}")
         shutil.rmtree(out)
     if "export" in spec:
         from sdopt.export.run import export
@@ -121,6 +124,25 @@ def build_one(spec: dict[str, Any], model: Path, work: Path, height: int, width:
                  options=spec.get("options"), progress=progress)
     _write_record(record, key)
     return str(out) + runs_in
+
+
+def _another_checkpoint(made: dict[str, Any] | None, model: Path) -> str | None:
+    """Why what ``made`` describes (an artifact's sdopt.json, a tiny decoder's distill.json) was made from another
+    checkpoint than the one now at ``model``, or None. The build record names the checkpoint by its path only, so one
+    replaced in place (another model written to the same folder) would be reused against it; the fingerprint the
+    artifact records of its checkpoint tells them apart. A checkpoint without recorded hashes (a Diffusers folder
+    without sdopt.json) is not hashed for this: it is taken as before."""
+    from sdopt.bench.artifacts import model_fingerprint
+    from sdopt.manifest import read_manifest
+
+    recorded = ((made or {}).get("source") or {}).get("fingerprint")
+    try:
+        now = model_fingerprint(read_manifest(model))
+    except SdoptError:  # not a folder here (a hub id): what its export resolves, not this check's to refuse
+        return None
+    if recorded is None or now is None or recorded == now:
+        return None
+    return f"it was made from another checkpoint at {model} (fingerprint {recorded[:12]}, the checkpoint there now {now[:12]})"
 
 
 def _write_record(record: Path, key: dict[str, Any]) -> None:
@@ -150,8 +172,8 @@ def tiny_decoder(spec: dict[str, Any], model: Path, work: Path, height: int, wid
     asked = {"height": height, "width": width, **spec.get("distill", {})}
     settings = DistillSettings.from_table(spec.get("distill", {}), spec["name"], height=height, width=width)
     done = _recorded(out / "distill.json")
-    if done is not None and any(done.get("settings", {}).get(k) != v for k, v in asked.items()):
-        shutil.rmtree(out)  # distilled with other settings (another size, more steps): distilled again
+    if done is not None and (any(done.get("settings", {}).get(k) != v for k, v in asked.items()) or _another_checkpoint(done, model)):
+        shutil.rmtree(out)  # distilled with other settings (another size, more steps) or from another checkpoint: distilled again
         done = None
     if done is None:
         distill_decoder(model, out, settings, progress=progress)
