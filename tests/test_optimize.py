@@ -50,6 +50,14 @@ def test_optimize_settings_that_cannot_run_are_refused_before_building(tmp_path,
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.work").exists()
 
 
+def test_min_adherence_without_a_judge_for_the_prompts_is_refused_before_building(tiny_model, tmp_path, capsys):
+    """--min-adherence 0.99 with prompts no judge reads (the bench's default ones) was dropped without a word: every lever
+    was held to PSNR instead, and one chosen with no adherence measured."""
+    assert main(["optimize", str(tiny_model), "-o", str(tmp_path / "out"), "--quick", "--min-adherence", "0.99"]) == 2
+    assert "--min-adherence 0.99 is a floor on the shapes judge's adherence, and no judge reads these prompts" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.work").exists()
+
+
 def test_a_device_without_candidates_is_refused_leaving_no_work_folder(tiny_model, tmp_path, capsys):
     """--device cuda was refused after the work folder was made: an empty out.work stayed behind."""
     assert main(["optimize", str(tiny_model), "-o", str(tmp_path / "out"), "--quick", "--device", "cuda"]) == 2

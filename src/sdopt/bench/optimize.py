@@ -215,6 +215,14 @@ def _optimize(model, out, settings, work, floor, quick, budget_minutes, distill,
     from sdopt.fsutil import atomic_output_dir, check_output_dir, local_inputs, make_work_dir
 
     check_output_dir(out, force, local_inputs(model))  # before any slow work
+    from sdopt.bench.grounding import choose_judge
+
+    if floor.min_adherence is not None and choose_judge(settings.judge, settings.prompts) is None:
+        # Without a judge every lever is held to PSNR: the floor asked for was dropped without a word.
+        raise SdoptError(f"--min-adherence {floor.min_adherence:g} is a floor on the shapes judge's adherence, and no judge reads these "
+                         "prompts (it reads shapes captions only, 'a red circle on the left [and a blue square on the right]'): give "
+                         "such prompts (--prompts prompts/shapes-held-out.txt), or leave --min-adherence out and floor the levers' "
+                         "PSNR with --lever-min-psnr")
     source, manifest = source_checkpoint(model)
     from sdopt.runtime.conditioning import is_inpainting
 

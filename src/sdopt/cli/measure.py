@@ -265,7 +265,8 @@ def add_optimize(sub) -> None:
     p.add_argument("--device", default="cpu", help="where the candidates are built for and benched: cpu or cuda (default cpu)")
     p.add_argument("--min-psnr", type=float, default=None, help="floor for exact candidates: worst-case PSNR vs fp32 in dB (default 30)")
     p.add_argument("--min-adherence", type=float, default=None, help="floor for levers (tiny decoder, caching): adherence at least this, "
-                   "besides within 0.05 of fp32's (the shapes judge; without it levers must hold the PSNR floor)")
+                   "besides within 0.05 of fp32's (the shapes judge, which reads shapes captions only: refused with other prompts, whose "
+                   "levers are held to --lever-min-psnr)")
     p.add_argument("--lever-min-psnr", type=float, default=None, help="where no judge reads the prompts: the PSNR floor for levers "
                    "(default: --min-psnr; levers change the computation, so 30 dB is usually out of their reach)")
     p.add_argument("--prompts", type=user_path, default=None, help="prompt file, one per line (default: the bench's)")
