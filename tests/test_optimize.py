@@ -58,6 +58,28 @@ def test_min_adherence_without_a_judge_for_the_prompts_is_refused_before_buildin
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.work").exists()
 
 
+def test_when_no_candidate_holds_the_floor_the_verdicts_are_printed_too(tiny_model, tmp_path, monkeypatch, capsys):
+    """Nothing holding the floor printed one line naming choice.json: the table of verdicts (how far each candidate was
+    from the floor, what to lower it to), printed when one is chosen, was not. Built and benched here by stand-ins."""
+    import sdopt.bench.optimize
+    import sdopt.bench.runner
+    from sdopt.bench.optimize import bench_label
+
+    monkeypatch.setattr(sdopt.bench.optimize, "_build_here", lambda *a, **k: (
+        {"openvino-fp32": str(tiny_model)}, {"openvino-fp32-cache2": "no openvino here", "openvino-fp32-cache2-guidance-half": "its source was not built"}))
+    row = {"name": bench_label(str(tiny_model)), "status": "ok", "quality": {"psnr_db": 21.5}, "latency_s": {"median": 0.1},
+           "latency_ratio_to_reference": 0.5}
+    def bench(artifacts, reference, out, *a, **k):
+        out.mkdir(parents=True)
+        return {"artifacts": [{"name": "reference", "status": "ok"}, row]}
+
+    monkeypatch.setattr(sdopt.bench.runner, "run_bench", bench)
+    assert main(["optimize", str(tiny_model), "-o", str(tmp_path / "out"), "--quick", "--precision", "fp32", "-q"]) == 2
+    out, err = capsys.readouterr()
+    assert "no candidate holds the floor" in err and not (tmp_path / "out").exists()
+    assert "PSNR 21.5 dB < 30 dB" in out and "not built: no openvino here" in out and "<- chosen" not in out
+
+
 def test_a_device_without_candidates_is_refused_leaving_no_work_folder(tiny_model, tmp_path, capsys):
     """--device cuda was refused after the work folder was made: an empty out.work stayed behind."""
     assert main(["optimize", str(tiny_model), "-o", str(tmp_path / "out"), "--quick", "--device", "cuda"]) == 2

@@ -181,6 +181,14 @@ def _candidates(device: str, quick: bool, distill: dict[str, Any] | None, base: 
     return pool
 
 
+class NoCandidateHolds(SdoptError):
+    """Nothing held the floor: the verdicts come with the error, so that the command line shows why each failed."""
+
+    def __init__(self, message: str, rows: list[dict[str, Any]]):
+        super().__init__(message)
+        self.rows = rows
+
+
 @dataclass
 class Outcome:
     chosen: str | None
@@ -311,8 +319,8 @@ def _optimize(model, out, settings, work, floor, quick, budget_minutes, distill,
     }
     (bench_out / "choice.json").write_text(json.dumps(summary, indent=2) + "\n")
     if choice is None:
-        raise SdoptError(f"no candidate holds the floor (see {bench_out / 'choice.json'} and {bench_out / 'report.md'}): "
-                         "lower --min-psnr, or widen the adherence floor")
+        raise NoCandidateHolds(f"no candidate holds the floor (see {bench_out / 'choice.json'} and {bench_out / 'report.md'}): "
+                               "lower --min-psnr, or widen the adherence floor", rows)
     from sdopt.bench.artifacts import parse_artifact_arg
 
     chosen = parse_artifact_arg(built[choice["name"]])

@@ -13,7 +13,7 @@ from sdopt.errors import SdoptError
 
 
 def _optimize(args: argparse.Namespace) -> int:
-    from sdopt.bench.optimize import Floor, optimize
+    from sdopt.bench.optimize import Floor, NoCandidateHolds, optimize
     from sdopt.bench.artifacts import model_defaults
     from sdopt.bench.settings import BenchSettings
     from sdopt.prompts import read_prompts
@@ -48,19 +48,27 @@ def _optimize(args: argparse.Namespace) -> int:
         scheduler=args.scheduler, eta=args.eta, runs=args.runs, device=args.device, rounds=args.rounds, worker_start=args.worker_start,
         init_image=args.init_image, mask_image=args.mask, strength=args.strength,
     )
-    outcome = optimize(args.model, args.output, settings, work, floor, quick=args.quick, budget_minutes=args.budget_minutes,
-                       distill=distill or None, precision=args.precision, rebench=args.rebench, force=args.force, progress=not args.quiet, say=say,
-                       ray=plan, calibration_images=images)
+    try:
+        outcome = optimize(args.model, args.output, settings, work, floor, quick=args.quick, budget_minutes=args.budget_minutes,
+                           distill=distill or None, precision=args.precision, rebench=args.rebench, force=args.force, progress=not args.quiet,
+                           say=say, ray=plan, calibration_images=images)
+    except NoCandidateHolds as exc:  # the verdicts say how far each candidate was from the floor: what to lower it to
+        _print_candidates(exc.rows, None)
+        raise
+    _print_candidates(outcome.rows, outcome.chosen)
+    print(f"chosen: {outcome.chosen} -> {outcome.out} (report: {outcome.out / 'optimize' / 'report.md'})")
+    return 0
+
+
+def _print_candidates(rows: list[dict], chosen: str | None) -> None:
     print(f"{'candidate':<36} {'exact':<6} {'speed-up':>9} {'PSNR dB':>8} {'adherence':>10}  verdict")
-    for r in outcome.rows:
+    for r in rows:
         speed = f"{r['speedup']:.2f}x" if r.get("speedup") else "-"
         psnr = f"{r['psnr_db']:.1f}" if r.get("psnr_db") is not None else "-"
         adh = f"{r['adherence']:.3f}" if r.get("adherence") is not None else "-"
-        mark = " <- chosen" if r["name"] == outcome.chosen else ""
+        mark = " <- chosen" if r["name"] == chosen else ""
         mark += f" (the report's row {r['report_row']})" if r.get("report_row", r["name"]) != r["name"] else ""
         print(f"{r['name']:<36} {'yes' if r['exact'] else 'no':<6} {speed:>9} {psnr:>8} {adh:>10}  {r['why']}{mark}")
-    print(f"chosen: {outcome.chosen} -> {outcome.out} (report: {outcome.out / 'optimize' / 'report.md'})")
-    return 0
 
 
 def _bench(args: argparse.Namespace) -> int:
