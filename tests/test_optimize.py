@@ -248,3 +248,25 @@ def test_optimize_keeps_the_fastest_candidate_above_the_floor(shapes_model, tmp_
     assert main([*args[:3], str(tmp_path / "busy"), *args[4:]]) == 0
     assert "could not time openvino-fp32 (others took 70% of its CPUs) fairly" in capsys.readouterr().err
     assert json.loads((work / "bench" / "choice.json").read_text())["too_noisy"] == {"openvino-fp32": "others took 70% of its CPUs"}
+
+
+def test_past_the_budget_what_work_holds_built_is_still_taken(tiny_model, tiny_onnx_artifact, tmp_path):
+    """Past --budget-minutes every candidate not yet looked at was 'ran out', even one --work held built, which costs
+    nothing to take (walk qa43). Now only what would need building is left out, and nothing is built."""
+    import shutil
+    import time
+    from types import SimpleNamespace
+
+    from sdopt.bench.optimize import _build_here
+
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copytree(tiny_onnx_artifact, work / "onnx-fp32")  # built by an earlier run
+    pool = [SimpleNamespace(name=name, spec={"name": name, **spec}) for name, spec in (
+        ("onnx-fp32", {"export": "onnx", "precision": "fp32"}), ("openvino-fp32", {"export": "openvino", "precision": "fp32"}),
+        ("torch-bf16", {"precision": "bf16"}))]
+    settings = SimpleNamespace(height=64, width=64, device="cpu")
+    built, not_built = _build_here(pool, tiny_model, work, settings, 1, time.monotonic() - 3600, lambda line: None, progress=False)
+    assert built == {"onnx-fp32": str(work / "onnx-fp32"), "torch-bf16": f"{tiny_model}@bf16"}
+    assert not_built == {"openvino-fp32": "the --budget-minutes 1 ran out before it was built"}
+    assert not (work / "openvino-fp32").exists()

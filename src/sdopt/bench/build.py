@@ -82,9 +82,11 @@ def _recorded(path: Path) -> dict[str, Any] | None:
 
 
 def build_one(spec: dict[str, Any], model: Path, work: Path, height: int, width: int, device: str, built: dict[str, str],
-              say: Callable[[str], None] = lambda line: None, progress: bool = True) -> str:
+              say: Callable[[str], None] = lambda line: None, progress: bool = True, reuse_only: str | None = None) -> str:
     """The path (or PATH@precision, PATH+guidance-end=F) that benches one profile artifact, building it if needed
-    (again when its build record differs: the module's docstring)."""
+    (again when its build record differs: the module's docstring). ``reuse_only``: build nothing; a candidate that
+    would need building is an SdoptError saying this (sdopt optimize past its --budget-minutes: what --work holds is
+    still taken, at no cost)."""
     if "guidance_end" in spec:
         return f"{_built_source(spec, model, built)}+guidance-end={spec['guidance_end']:g}"
     if "export" not in spec and "quantize" not in spec:
@@ -104,9 +106,13 @@ def build_one(spec: dict[str, Any], model: Path, work: Path, height: int, width:
         if earlier in (None, key) and not other:
             say(f"   reused: {out} was built from this checkpoint with these settings")
             return str(out) + runs_in
+        if reuse_only:
+            raise SdoptError(reuse_only)
         changed = other or "its " + ", ".join(k for k in key.keys() | earlier.keys() if key.get(k) != earlier.get(k)) + " changed since it was built"
         say(f"   {spec['name']} is built again: {changed}")
         shutil.rmtree(out)
+    if reuse_only:
+        raise SdoptError(reuse_only)
     if "export" in spec:
         from sdopt.export.run import export
 
