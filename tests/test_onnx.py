@@ -533,6 +533,23 @@ def test_onnx_runtime_int8_refuses_before_any_work_where_memory_is_short(tiny_on
 
 
 
+def test_onnx_runtime_int8_refuses_unknown_calibration_schedulers_before_calibrating(tiny_onnx_artifact, tmp_path, monkeypatch, capsys):
+    """--calibration-schedulers was checked by name on NNCF's path only: ONNX Runtime's ran the UNet's calibration
+    generations first and failed at the decoder's first run ("unknown scheduler 'eulr'"), or took an empty list as the
+    default. Refused up front now, as NNCF refuses them."""
+    import sdopt.quant.onnxruntime
+
+    def calibrating(*args, **kwargs):
+        raise AssertionError("calibration ran before the options were checked")
+
+    monkeypatch.setattr(sdopt.quant.onnxruntime, "record_inputs", calibrating)
+    for value, said in (("euler,eulr", "(eulr is not one)"), (",", "give scheduler names from")):
+        assert main(["quantize", str(tiny_onnx_artifact), "--scheme", "int8-static", "--components", "unet,vae_decoder",
+                     "--calibration-schedulers", value, "-o", str(tmp_path / "q")]) == 2
+        assert said in capsys.readouterr().err
+        assert not (tmp_path / "q").exists()
+
+
 def test_onnx_runtime_int8_refuses_an_artifact_saved_with_offline_optimizations(tiny_onnx_artifact, tmp_path, capsys):
     """`export --optimize` fuses SiLU into com.microsoft's QuickGelu, which ORT's calibration leaves without a range: the
     quantizer failed after calibrating ("Unable to get valid quantization scale"). Refused up front, saying what to do."""

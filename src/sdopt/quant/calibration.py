@@ -46,10 +46,20 @@ def calibration_prompts(value: str | Path | list[str] | tuple[str, ...]) -> tupl
 
 
 def check_decoder_schedulers(schedulers, components) -> None:
-    """--calibration-schedulers names the runs the VAE decoder alone records: refused without the decoder among ``components``."""
-    if schedulers is not None and "vae_decoder" not in components:
+    """--calibration-schedulers names the runs the VAE decoder alone records: refused without the decoder among ``components``,
+    and, before any calibration run, empty or with a name that is no scheduler (NNCF and ONNX Runtime alike: a bad name
+    used to fail only when its first run came, after the UNet's calibration runs)."""
+    if schedulers is None:
+        return
+    if "vae_decoder" not in components:
         raise SdoptError("--calibration-schedulers chooses the schedulers the VAE decoder is calibrated on "
                          "(the UNet is calibrated on the checkpoint's): add vae_decoder to --components")
+    from sdopt.runtime.schedulers import SCHEDULERS
+
+    unknown = [s for s in schedulers if s not in SCHEDULERS]
+    if unknown or not schedulers:
+        raise SdoptError(f"--calibration-schedulers {','.join(schedulers)}: give scheduler names from "
+                         f"{', '.join(SCHEDULERS)}, comma-separated" + (f" ({', '.join(unknown)} is not one)" if unknown else ""))
 
 
 class Recorder:

@@ -138,13 +138,6 @@ def check_options(capability: Capability, options: NncfOptions) -> None:
             raise SdoptError(f"{flag} applies to int8-static only: {scheme} compresses weights without data")
     if options.overflow_fix not in (None, "auto", *OVERFLOW_FIXES):
         raise SdoptError(f"--overflow-fix {options.overflow_fix}: give auto, {', '.join(OVERFLOW_FIXES)}")
-    if options.calibration_schedulers is not None:
-        from sdopt.runtime.schedulers import SCHEDULERS
-
-        unknown = [s for s in options.calibration_schedulers if s not in SCHEDULERS]
-        if unknown or not options.calibration_schedulers:
-            raise SdoptError(f"--calibration-schedulers {','.join(options.calibration_schedulers)}: give scheduler names from "
-                             f"{', '.join(SCHEDULERS)}, comma-separated" + (f" ({', '.join(unknown)} is not one)" if unknown else ""))
 
 
 @contextmanager
