@@ -368,6 +368,24 @@ def test_torchao_weights_run_with_bf16_activations(quantized):
     assert parse_parameters(image.info["parameters"])["Backend"] == "torch bf16, int8 (torchao) weights"
 
 
+def test_quantos_4bit_linears_stay_linear_layers_at_their_names(quantized, tiny_model):
+    """quanto's 4-bit linears run outside inference mode (issue #304). A wrapping module did that and hid them from PEFT,
+    which finds Linear layers by name: `generate --lora` on an int4 artifact failed with "LoRA ... does not fit this model
+    (Target module OutsideInferenceMode() is not supported)", blaming a LoRA that fits (by hand, with the fix: int4 + the
+    tiny LoRA at 0.8 vs fp32 + it, 33.3 dB). They stay Linear layers, at the checkpoint's names."""
+    path = quantized.get(("quanto", "int4"))
+    if path is None:
+        pytest.skip("optimum-quanto is not installed")
+    import torch
+
+    def linears(module):
+        return {name for name, layer in module.named_modules() if isinstance(layer, torch.nn.Linear)}
+
+    fp32, int4 = (sdopt.load(p).components["text_encoder"].module for p in (tiny_model, path))
+    assert linears(int4) == linears(fp32)
+    assert any(type(layer).__name__ == "QLinearOutsideInferenceMode" for layer in int4.modules())  # and still guarded
+
+
 def test_cli_error_has_no_traceback(tiny_model, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "sdopt.cli", "quantize", str(tiny_model), "--scheme", "int4", "--backend", "bnb", "-o", str(tmp_path / "o")],

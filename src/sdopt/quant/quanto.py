@@ -10,6 +10,7 @@ quantizing again.
 
 from __future__ import annotations
 
+import functools
 import json
 
 import torch
@@ -80,29 +81,32 @@ class QuantoWeights(TorchWeights):
         return skeleton
 
 
-class OutsideInferenceMode(torch.nn.Module):
-    """Runs one layer with autograd off but outside ``torch.inference_mode``.
+@functools.cache
+def _qlinear_outside_inference_mode() -> type:
+    """QLinear whose forward runs with autograd off but outside ``torch.inference_mode``.
 
     quanto 0.2.7's 4-bit linear transposes its weight with a view op that fails
     inside inference mode ("Cannot set version_counter for inference tensor",
     optimum-quanto issue #304, closed unfixed), and our executors run every
     component in inference mode. Inference-mode inputs are fine here; only the
-    weight's view must be made outside it.
+    weight's view must be made outside it. A subclass, not a wrapping module:
+    the layer keeps its name and stays a Linear, so a LoRA given at run time
+    (PEFT wraps Linear layers by name) finds it as it finds an int8 one; a
+    wrapper hid it ("Target module OutsideInferenceMode() is not supported").
     """
+    from optimum.quanto.nn import QLinear
 
-    def __init__(self, layer: torch.nn.Module):
-        super().__init__()
-        self.layer = layer
+    class QLinearOutsideInferenceMode(QLinear):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            with torch.inference_mode(False), torch.no_grad():
+                return super().forward(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode(False), torch.no_grad():
-            return self.layer(x)
+    return QLinearOutsideInferenceMode
 
 
 def _guard_4bit_linears(module: torch.nn.Module) -> None:
     from optimum.quanto.nn import QLinear
 
-    for fqn, layer in list(module.named_modules()):
+    for layer in module.modules():
         if isinstance(layer, QLinear) and layer.weight_qtype is not None and layer.weight_qtype.bits == 4:
-            parent, _, attr = fqn.rpartition(".")
-            setattr(module.get_submodule(parent) if parent else module, attr, OutsideInferenceMode(layer))
+            layer.__class__ = _qlinear_outside_inference_mode()  # the same object, state and name; only its forward changes
