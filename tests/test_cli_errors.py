@@ -595,3 +595,22 @@ def test_a_prompt_the_locale_cannot_decode_is_read_as_utf8():
 
     args = build_parser().parse_args(["generate", "m", "-p", "caf\udcc3\udca9", "-n", "na\udcc3\udcafve", "-o", "o.png"])
     assert (args.prompt, args.negative_prompt) == (["café"], "naïve")
+
+
+def test_a_pipe_given_as_a_prompt_file_is_read(tmp_path):
+    """--prompts <(grep cat prompts.txt) (a pipe, /dev/fd/N) and --calibration-prompts /dev/null were "does not exist":
+    they exist, they are not regular files. A pipe is read as a file; /dev/null has no prompts."""
+    import os
+    import threading
+
+    from sdopt import SdoptError
+    from sdopt.prompts import read_prompts
+
+    fifo = tmp_path / "prompts"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_text("a cat\n# a comment\na dog\n", encoding="utf-8"))
+    writer.start()
+    assert read_prompts(fifo) == ["a cat", "a dog"]
+    writer.join()
+    with pytest.raises(SdoptError, match="prompt file /dev/null has no prompts"):
+        read_prompts("/dev/null")

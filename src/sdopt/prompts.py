@@ -21,7 +21,7 @@ def read_prompts(source: str | Path | list[str] | tuple[str, ...], what: str = "
     path = Path(source)
     if path.is_dir():  # not "does not exist": it does
         raise SdoptError(f"{what} {path} is a folder: give a text file with one prompt per line")
-    if not path.is_file():
+    if not path.exists():  # a pipe is read as a file (--prompts <(grep cat prompts.txt), /dev/stdin): it was "does not exist"
         raise SdoptError(f"{what} {path} does not exist: give a text file with one prompt per line")
     try:
         text = path.read_text(encoding="utf-8")  # not the locale's: a prompt file written on another machine reads the same
