@@ -452,6 +452,16 @@ def test_a_cuda_device_whose_index_is_not_a_number_is_refused_by_name(tiny_model
     assert not (tmp_path / "q").exists() and not (tmp_path / "r").exists()
 
 
+def test_int8_static_on_a_checkpoint_names_the_exports_that_take_it(tiny_model, tmp_path, capsys):
+    """quantize MODEL --scheme int8-static listed the schemes torch artifacts take and not that int8-static is an
+    OpenVINO or ONNX export's (walk qa42)."""
+    assert main(["quantize", str(tiny_model), "--scheme", "int8-static", "-o", str(tmp_path / "q")]) == 2
+    err = capsys.readouterr().err
+    assert "int8-static is taken by an export: sdopt export MODEL --to onnx, then sdopt quantize it --scheme int8-static --backend onnxruntime" in err
+    assert "sdopt export MODEL --to openvino, then sdopt quantize it --scheme int8-static --backend nncf" in err
+    assert not (tmp_path / "q").exists()
+
+
 def test_quantizing_an_onnx_artifact_with_a_scheme_it_lacks_says_what_to_do_instead(tiny_onnx_artifact, tmp_path, capsys):
     assert main(["quantize", str(tiny_onnx_artifact), "--scheme", "int8", "-o", str(tmp_path / "q")]) == 2
     assert ("no backend quantizes onnxruntime artifacts with int8 on cpu; they take int8-static (--backend onnxruntime), "

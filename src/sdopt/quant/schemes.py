@@ -223,8 +223,23 @@ def choose(scheme: str, device: str, accepts: str) -> Capability:
                           if r.device == kind and r.supported and QUANTIZERS[r.backend].accepts == accepts})
         raise SdoptError(f"no backend quantizes {accepts} artifacts with {scheme} on {kind}" + (f" ({why})" if why else "")
                          + (f"; they take {', '.join(offered)}" if offered else "")
-                         + (", or quantize the Diffusers checkpoint (sdopt quantize MODEL)" if accepts != "torch" else ""))
+                         + (", or quantize the Diffusers checkpoint (sdopt quantize MODEL)" if accepts != "torch" else "")
+                         + _exported_first(scheme, kind, accepts))
     return found[0]
+
+
+def _exported_first(scheme: str, kind: str, accepts: str) -> str:
+    """Where the scheme is another kind of artifact's (int8-static: an OpenVINO or ONNX export's), the export to make
+    first: the refusal listed only the schemes of the artifact given."""
+    from sdopt.export import EXPORTERS
+    from sdopt.quant import QUANTIZERS
+
+    takers = sorted({(QUANTIZERS[r.backend].accepts, r.backend) for r in table()
+                     if r.scheme == scheme and r.device == kind and r.supported and QUANTIZERS[r.backend].accepts != accepts})
+    targets = {exporter.backend: target for target, exporter in EXPORTERS.items()}
+    ways = [f"sdopt export MODEL --to {targets[taker]}, then sdopt quantize it --scheme {scheme} --backend {backend}"
+            for taker, backend in takers if taker in targets]
+    return f". {scheme} is taken by an export: {'; or '.join(ways)}" if ways else ""
 
 
 def format_table(capabilities: Iterable[Capability] | None = None) -> str:
