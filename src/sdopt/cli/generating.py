@@ -261,7 +261,7 @@ def add_generate(sub) -> None:
                         "(default: the artifact's, 1 = every step unless sdopt optimize chose less)")
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None, help="default: the artifact's")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
-    p.add_argument("--attention-slicing", action="store_true", help="torch: compute attention in slices (less memory)")
+    p.add_argument("--attention-slicing", action="store_true", help="torch: Diffusers' sliced attention instead of PyTorch's scaled-dot-product attention: more memory and slower, not less (it warns)")
     p.add_argument("--vae-tiling", action="store_true", help="torch: decode large images in tiles (less memory)")
     p.add_argument("--cpu-offload", action="store_true", help="torch on CUDA: keep idle components in CPU memory")
     p.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
