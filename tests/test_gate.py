@@ -344,3 +344,16 @@ def test_every_ci_baseline_measured_the_model_ci_writes(tiny_model):
         baseline = json.loads(path.read_text())
         reference = next(a for a in baseline["artifacts"] if a["name"] == baseline["reference"])
         assert (baseline["model"].get("identity"), reference.get("identity")) == (identity, identity), path.name
+
+
+def test_peak_memory_of_another_kind_cannot_be_compared(report):
+    """A CUDA row's peak memory is the allocator's, a CPU row's the process's RSS: a CUDA report gated against a CPU
+    baseline passed peak_memory at -90% (and the other way failed at +900%), comparing two quantities."""
+    from sdopt.bench.gate import IncomparableReports
+
+    names = [a["name"] for a in report["artifacts"]]
+    cuda = derived(report, **{n: {"peak_memory_kind": "cuda_allocated", "peak_memory_bytes": lambda v: v // 10} for n in names})
+    for current, baseline in ((cuda, report), (report, cuda)):
+        with pytest.raises(IncomparableReports, match="cannot be compared on peak_memory: .*rss.*cuda_allocated|cuda_allocated.*rss"):
+            gate(current, {"peak_memory": "+25%"}, baseline=baseline)
+    assert gate(cuda, {"peak_memory": "+25%"}, baseline=cuda).exit_code == 0  # the same kind on both sides: judged

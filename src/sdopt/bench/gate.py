@@ -308,6 +308,8 @@ def gate(current: dict, rules_table: dict[str, Any], baseline: dict | None = Non
             base_value = metric_value(rule.metric, base, baseline) if base is not None else None
             if rule.metric == "adherence" and rule.needs_baseline and base is not None:
                 _check_same_judge(name, artifact, base)
+            if rule.metric == "peak_memory" and rule.needs_baseline and base is not None:
+                _check_same_memory_kind(name, artifact, base)
             if base is not None and base.get("status") != "ok":
                 base_value = None  # nothing to compare with: the baseline's run of it failed
             elif base is not None and base_value is None:
@@ -347,6 +349,20 @@ def _check_same_judge(name: str, artifact: dict, base: dict) -> None:
         raise IncomparableReports(
             f"the reports cannot be compared on adherence: {name}'s was judged by the {judges[0]} judge in the baseline and by the "
             f"{judges[1]} judge here. Bench with --judge {judges[0]}, or refresh the baseline"
+        )
+
+
+_MEMORY_KINDS = {"rss": "the process's peak resident set (rss)", "cuda_allocated": "the CUDA allocator's peak (cuda_allocated)"}
+
+
+def _check_same_memory_kind(name: str, artifact: dict, base: dict) -> None:
+    """A CPU run's peak memory is its RSS, a CUDA run's the allocator's peak: two quantities, so a change between them is
+    no change (a CUDA report against a CPU baseline passed at -90%)."""
+    kinds = [row.get("peak_memory_kind") for row in (base, artifact)]
+    if all(kinds) and kinds[0] != kinds[1]:
+        raise IncomparableReports(
+            f"the reports cannot be compared on peak_memory: {name}'s is {_MEMORY_KINDS.get(kinds[0], kinds[0])} in the baseline "
+            f"and {_MEMORY_KINDS.get(kinds[1], kinds[1])} here. Bench on the baseline's device, or refresh the baseline"
         )
 
 
