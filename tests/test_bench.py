@@ -807,3 +807,28 @@ def test_reports_are_written_read_and_printed_under_a_locale_that_is_not_utf8(be
                           env=env, capture_output=True, text=True, timeout=120)
     assert gate.returncode in (0, 1) and "Traceback" not in gate.stderr, gate.stderr
     assert (tmp_path / "gate.md").is_file()
+
+
+def test_process_peak_rss_counts_the_load(tiny_model, tiny_pipeline, monkeypatch, tmp_path):
+    """process_peak_rss_bytes was read after the last generate, which resets the RSS high-water mark (runtime/memory.py):
+    it was that generate's peak again (sd15 ONNX: 12,614,737,920 and 12,614,836,224 bytes), never the load's. A load that
+    holds 200 MiB for a moment counts now; peak_memory_bytes stays the generate's own."""
+    import sdopt
+    from sdopt.bench.worker import measure
+
+    def rss() -> int:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+    def load(*a, **k):
+        held = np.ones(200 * 2**20 // 8)  # touched: resident until freed
+        del held
+        return tiny_pipeline
+
+    monkeypatch.setattr(sdopt, "load", load)
+    job = {"output_dir": str(tmp_path), "path": str(tiny_model), "device": "cpu", "precision": None, "prompts": ["a fox"],
+           "seeds": [0], "steps": 1, "guidance_scale": 7.5, "height": 64, "width": 64, "scheduler": "euler", "warmup": 1, "runs": 1,
+           "max_seconds": None}
+    before = rss()
+    raw = measure(job)
+    assert raw["process_peak_rss_bytes"] >= before + 190 * 2**20 > raw["peak_memory_bytes"], raw

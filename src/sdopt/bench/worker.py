@@ -75,6 +75,8 @@ def measure(job: dict) -> dict:
     options.update(job.get("load_options") or {})  # e.g. compile (PATH+compile=MODE)
     pipe = sdopt.load(job["path"], device=job["device"], precision=job.get("precision"), **options)
     load_s = time.perf_counter() - start
+    # Each generate resets the RSS high-water mark (runtime/memory.py): the load's own peak is read now or never.
+    rss_peaks = [rss_peak_bytes()]
 
     budget = job.get("max_seconds")
     say(out_dir, f"loaded in {load_s:.1f} s, warming up")
@@ -82,6 +84,7 @@ def measure(job: dict) -> dict:
     start, counters = time.perf_counter(), contention.sample()
     first = _generate_all(pipe, warm_job, images)
     first_generate_s = time.perf_counter() - start
+    rss_peaks += [r.memory["rss"] for _, r in first]
     others_share = contention.others_share(counters, contention.sample())
     warmups = 1  # the first generate above is the first warm-up
     # Where one generate takes longer than the whole budget (emulated bf16 on a CPU without it:
@@ -91,7 +94,7 @@ def measure(job: dict) -> dict:
     first_counts = budget is not None and first_generate_s >= budget and len(first) == len(job["prompts"]) * len(job["seeds"])
     while warmups < job["warmup"] and (budget is None or time.perf_counter() - start < budget):
         say(out_dir, f"warm-up {warmups + 1}/{job['warmup']}")
-        _generate_all(pipe, warm_job, images)
+        rss_peaks += [r.memory["rss"] for _, r in _generate_all(pipe, warm_job, images)]
         warmups += 1
 
     graphs_warm = compiled_graphs()  # torch.compile: what the warm-up compiled; more below is a recompile
@@ -121,7 +124,9 @@ def measure(job: dict) -> dict:
 
     totals = [r.timings.total for _, r in calls]
     steps = [s for _, r in calls for s in r.timings.unet_steps]
-    process_peak = rss_peak_bytes()  # before anything below asks the backend more (computes walks the runtime graph)
+    # The process's peak RSS from the load on (the load's, every generate's), read before anything below asks the
+    # backend more (computes walks the runtime graph).
+    process_peak = max(rss_peak_bytes(), *rss_peaks, *(r.memory["rss"] for _, r in calls))
     return {
         "status": "ok",
         "backend": pipe.manifest.backend,
