@@ -79,6 +79,19 @@ def test_openai_body_that_is_not_a_json_object_is_named_as_the_body(tiny_pipelin
         assert named["param"] == "prompt" and named["message"].startswith("prompt: ")  # a field's error still names it
 
 
+def test_a_json_body_sent_as_form_data_is_told_the_content_type_to_send(tiny_pipeline):
+    """curl -d '{"prompt": ...}' sends application/x-www-form-urlencoded (docs/serve.md's examples did): FastAPI reads no
+    JSON then, and every API answered only "Input should be a valid dictionary", which does not say to send the header."""
+    with running_server(tiny_pipeline, start_worker=False) as (url, _):
+        for path in ("/sdapi/v1/txt2img", "/v1/jobs", "/sdapi/v1/options"):
+            answer = httpx.post(url + path, content=b'{"prompt": "x"}', headers={"Content-Type": "application/x-www-form-urlencoded"})
+            message = answer.json()["detail"][0]["msg"]
+            assert answer.status_code == 422 and "Content-Type: application/json" in message and "x-www-form-urlencoded" in message, answer.text
+        answer = httpx.post(url + "/v1/images/generations", content=b'{"prompt": "x"}', headers={"Content-Type": "text/plain"})
+        error = answer.json()["error"]
+        assert answer.status_code == 422 and error["param"] is None and "Content-Type: application/json" in error["message"], answer.text
+
+
 def test_openai_size_that_int_cannot_read_is_422_not_500(tiny_pipeline):
     """str.isdigit() let through sizes int() refuses: "²x²" (a Unicode digit), a 5,000-digit side (past int()'s limit),
     and an edit's size sent as a file (no .partition): each a ValueError or AttributeError answered 500."""

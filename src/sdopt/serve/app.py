@@ -57,6 +57,16 @@ def _openai_param(error: dict[str, Any]) -> str | None:
     return ".".join(str(p) for p in error["loc"][1:]) or None
 
 
+def _sent_as_other_than_json(request: Request) -> str | None:
+    """The Content-Type a body came with when it is not JSON's, else None. FastAPI then reads the body as no JSON at
+    all, and says only "Input should be a valid dictionary": curl -d sends a JSON object so, as form data."""
+    sent = request.headers.get("content-type")
+    kind = (sent or "").partition(";")[0].strip().lower()
+    if kind == "application/json" or kind.endswith("+json"):
+        return None
+    return f"Content-Type: {sent}" if sent else "no Content-Type"
+
+
 def create_app(worker: Worker, settings: ServeSettings, model_name: str, replica: str | None = None) -> FastAPI:
     """``replica``: this copy's name when several serve the same endpoint (Ray Serve, sdopt.cluster.serve):
     every response says which one answered (``X-Sdopt-Replica``), and so does /health."""
@@ -104,10 +114,16 @@ def create_app(worker: Worker, settings: ServeSettings, model_name: str, replica
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
         errors = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()]
+        sent_as = _sent_as_other_than_json(request)
+        unread = [e for e in errors if sent_as and tuple(e["loc"]) == ("body",) and e["type"] in ("model_attributes_type", "dict_type")]
+        for error in unread:  # a JSON object that came as form data (curl -d): the header is what to change
+            error["msg"] = (f"the body came with {sent_as}, so it was not read as JSON: send it with "
+                            "Content-Type: application/json (curl: -H 'Content-Type: application/json')")
         if _openai_route(request):
             first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
             field = _openai_param(first)
-            message = f"{field}: {first['msg']}" if field else f"the request body: {first['msg']}: send a JSON object, such as {{\"prompt\": \"a red circle\"}}"
+            what = "" if unread else ": send a JSON object, such as {\"prompt\": \"a red circle\"}"
+            message = f"{field}: {first['msg']}" if field else f"the request body: {first['msg']}{what}"
             return JSONResponse(_error_body(request.url.path, 422, message, field), status_code=422)
         return JSONResponse({"detail": errors}, status_code=422)
 
