@@ -357,3 +357,16 @@ def test_peak_memory_of_another_kind_cannot_be_compared(report):
         with pytest.raises(IncomparableReports, match="cannot be compared on peak_memory: .*rss.*cuda_allocated|cuda_allocated.*rss"):
             gate(current, {"peak_memory": "+25%"}, baseline=baseline)
     assert gate(cuda, {"peak_memory": "+25%"}, baseline=cuda).exit_code == 0  # the same kind on both sides: judged
+
+
+def test_reports_of_another_device_cannot_be_compared(report):
+    """settings.device was not compared: a CUDA bench gated against a CPU baseline judged the latency ratios of two
+    kinds of machine whenever the host CPUs' extensions matched (walk qa41)."""
+    import copy
+
+    from sdopt.bench.gate import IncomparableReports
+
+    cuda = copy.deepcopy(report)
+    cuda["settings"]["device"] = "cuda"
+    with pytest.raises(IncomparableReports, match=r"settings\.device differs \(baseline \"cpu\", current \"cuda\"\)"):
+        gate(cuda, {"latency.median": "+50%"}, baseline=report)

@@ -44,6 +44,9 @@ COMPARABLE_FIELDS = (
     "request.mask_image",
     "request.strength",
     "model.fingerprint",
+    # A CUDA bench against a CPU baseline compared latency ratios of other machines' kinds whenever the host CPUs'
+    # extensions matched (and peak memory of other kinds: the allocator's against RSS)
+    "settings.device",
 )
 # What makes the reference the same yardstick in two reports, as its row records it: the same files (artifact_id), run
 # the same way. Its name is not: a profile names it, else the checkpoint's folder, which differs between machines.
