@@ -26,7 +26,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
 POLICIES = ("default", "OMP_WAIT_POLICY=PASSIVE")
 
