@@ -34,7 +34,7 @@ def test_parameters_read_as_automatic1111_reads_them():
     assert parse_parameters("just a prompt, no parameters") == {"Prompt": "just a prompt, no parameters", "Negative prompt": ""}
 
 
-def test_generate_writes_the_parameters_into_the_png(tiny_model, tmp_path):
+def test_generate_writes_the_parameters_into_the_png(tiny_model, tmp_path, capsys):
     from sdopt.manifest import read_manifest
 
     out = tmp_path / "cross.png"
@@ -53,6 +53,11 @@ def test_generate_writes_the_parameters_into_the_png(tiny_model, tmp_path):
                  "--height", "64", "--width", "64", "-q", "-o", str(tmp_path / "pair.png")]) == 0
     second = parse_parameters(Image.open(tmp_path / "pair-1.png").info["parameters"])
     assert (second["Batch size"], second["Batch pos"], second["Sampler"], second["Schedule type"]) == ("2", "1", "DPM++ 2M", "Karras")
+    # Made again from the second, the batch comes back whole: which file is the image given was said nowhere.
+    capsys.readouterr()
+    assert main(["generate", str(tiny_model), "--parameters-from", str(tmp_path / "pair-1.png"), "-o", str(tmp_path / "again.png")]) == 0
+    assert f"pair-1.png was image 1 of its batch: {tmp_path / 'again-1.png'}" in capsys.readouterr().err
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "again-1.png")), np.asarray(Image.open(tmp_path / "pair-1.png")))
 
 
 def test_generate_makes_an_image_again_from_its_png(tiny_model, tiny_onnx_artifact, tmp_path, capsys):

@@ -149,8 +149,22 @@ def _generate(args: argparse.Namespace) -> int:
                 raise SdoptError(f"cannot write {path}: {exc.strerror or exc}") from exc
     for path in paths:
         print(path)
+    if args.parameters_from and not args.quiet and (asked_for := _batch_position(parsed, len(paths))) is not None:
+        # Its batch is made again whole (drawn from one seed): which of the files is the image that was given
+        print(f"{args.parameters_from} was image {asked_for} of its batch: {paths[asked_for]}", file=sys.stderr)
     print(result.summary(), file=sys.stderr)
     return 0
+
+
+def _batch_position(parsed: dict, images: int) -> int | None:
+    """Where an sdopt batch image (infotext.one_seed_batch) is among the images made again; None for any other."""
+    from sdopt.infotext import one_seed_batch
+
+    try:
+        position = int(str(parsed.get("Batch pos", "")).strip())
+    except ValueError:
+        return None
+    return position if one_seed_batch(parsed) and 0 <= position < images else None
 
 
 # The flags that give another value for a request field, where not --FIELD (an image's Size gives both sides)
