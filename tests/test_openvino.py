@@ -132,6 +132,31 @@ def test_static_artifact_refuses_another_size_unless_reshaped(tiny_ov_bf16_stati
     assert code == 0 and (tmp_path / "y.png").is_file()
 
 
+def test_generate_without_num_images_makes_the_batch_a_static_artifact_was_built_for(tiny_ov_bf16_static, tmp_path, capsys, monkeypatch):
+    """Its built height and width were the default, its built batch was not: an artifact exported with --batch 2 refused
+    `sdopt generate ART -p x` (1 image) and said to ask for --num-images 2."""
+    import json
+    import shutil
+
+    art = tmp_path / "batch2"
+    shutil.copytree(tiny_ov_bf16_static, art)
+    manifest = json.loads((art / "sdopt.json").read_text())
+    manifest["static_shapes"]["batch"] = 2  # as `sdopt export --batch 2` records it; nothing here is loaded
+    (art / "sdopt.json").write_text(json.dumps(manifest))
+    asked = []
+
+    def load(*args, **options):
+        asked.append(args)
+        raise SdoptError("stopped before the load")
+
+    monkeypatch.setattr(sdopt, "load", load)
+    assert main(["generate", str(art), "-p", "a fox", "-o", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert "2 images a prompt: the batch this artifact was built for (--num-images to say)" in err and "stopped before the load" in err
+    assert main(["generate", str(art), "-p", "a fox", "--num-images", "1", "-o", str(tmp_path / "x.png")]) == 2  # said: refused
+    assert "built for static shapes" in capsys.readouterr().err and len(asked) == 1
+
+
 def test_a_static_refusal_names_the_export_that_takes_the_request_and_a_servers_own_reshape(tiny_pipeline):
     """It said "export again for these" with no command, and told a server's HTTP client to load it with reshape=True."""
     import copy

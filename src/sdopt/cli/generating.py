@@ -70,11 +70,19 @@ def _generate(args: argparse.Namespace) -> int:
     check_scheduler(request.scheduler)  # the precision is checked by the artifact's backend at load (before any weights)
     from sdopt.fsutil import check_output_files, local_inputs
 
+    manifest = _artifact_manifest(args.artifact)  # read before the (slow) load: what it was built for
+    if manifest is not None and "num_images" not in asked:
+        request = _built_batch(manifest, request, args.quiet)
     out = Path(args.output)
     paths = output_paths(out, request.batch_size)
     check_output_files(paths, local_inputs(args.artifact))  # before the (slow) load and generation
-    if not args.reshape:
-        _check_shapes_before_load(args.artifact, request)
+    if manifest is not None and not args.reshape:
+        # a size or batch it cannot run, refused before the load (which compiles every model first: 15 s for sd15's
+        # OpenVINO artifact, docs/openvino.md)
+        from sdopt.runtime.request_checks import check_shapes
+        from sdopt.runtime.request_defaults import sized
+
+        check_shapes(manifest, sized(request, manifest))
     if args.embedding:
         from sdopt.embeddings import parse_embeddings
 
@@ -218,19 +226,28 @@ def _loras_differ(image: str, asked: dict[str, str], have: dict[str, float], bac
     return f"{said}: the image will differ; {fix}"
 
 
-def _check_shapes_before_load(artifact: str, request) -> None:
-    """A static-shape artifact, or TensorRT engines, refuse another size or batch: asked of the manifest before the
-    load, which compiles every model first (15 s for sd15's OpenVINO artifact, docs/openvino.md). An artifact folder
-    only; anything else is the load's to resolve and read."""
+def _artifact_manifest(artifact: str):
+    """An artifact folder's manifest, or None: anything else (a hub id, a Diffusers folder) is the load's to resolve."""
     folder = Path(artifact)
     if not (folder / "sdopt.json").is_file():
-        return
+        return None
     from sdopt.manifest import read_manifest
-    from sdopt.runtime.request_checks import check_shapes
-    from sdopt.runtime.request_defaults import sized
 
-    manifest = read_manifest(folder)
-    check_shapes(manifest, sized(request, manifest))
+    return read_manifest(folder)
+
+
+def _built_batch(manifest, request, quiet: bool):
+    """Without --num-images, a static artifact built for a batch of B images makes B (B / prompts each), as its built
+    height and width are the default: one image was asked of it and refused."""
+    import dataclasses
+
+    batch, prompts = (manifest.static_shapes or {}).get("batch"), len(request.prompts)
+    if not batch or batch == request.batch_size or batch % prompts:
+        return request
+    if not quiet:
+        print(f"{batch // prompts} image{'s' * (batch // prompts != 1)} a prompt: the batch this artifact was built for "
+              "(--num-images to say)", file=sys.stderr)
+    return dataclasses.replace(request, num_images=batch // prompts)
 
 
 def add_generate(sub) -> None:
