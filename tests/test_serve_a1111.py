@@ -264,6 +264,11 @@ def test_a_negative_seed_other_than_minus_one_is_refused(tiny_pipeline):
         response = httpx.post(url + "/sdapi/v1/txt2img", json={"prompt": "x", **SMALL, "seed": -5}, timeout=10)
         assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "seed"], response.text
         assert "give -1 for a random seed" in response.text and app.state.worker.queue_depth == 0
+        # The batch's last seed past the top: said of the seed the client sent (it named seeds=[...], never sent)
+        top = 2**63 - 1
+        response = httpx.post(url + "/sdapi/v1/txt2img", json={"prompt": "x", **SMALL, "seed": top, "batch_size": 2}, timeout=10)
+        assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "seed"], response.text
+        assert f"its 2 images take seeds {top} to {top + 1}, past {top}: give a seed of at most {top - 1}" in response.text
 
 
 # --- the hires fix: limits before any work, its sampler in the parameters ------------------------

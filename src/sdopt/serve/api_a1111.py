@@ -73,6 +73,9 @@ def _spec(request: Request, body: ProcessingRequest, init=None, mask=None, stren
         if getattr(body, name) is not None and getattr(body, name) < 1:
             raise RequestError(name, f"{name}={getattr(body, name)}: give 1 or more")
     n = _batch_size(body) * (1 if body.n_iter is None else body.n_iter)
+    if seed + n - 1 > MAX_SEED:  # image k is seed + k: the loop's refusal named seeds=[...], which the client never sent
+        raise RequestError("seed", f"seed={seed}: its {n} images take seeds {seed} to {seed + n - 1}, past {MAX_SEED}: give a seed of "
+                                   f"at most {MAX_SEED - n + 1}, or -1 for a random one")
     check_held_options(request, body.override_settings or {}, "override_settings")  # as POST /sdapi/v1/options
     scheduler = scheduler_for(body)
     return J.JobSpec(
