@@ -218,6 +218,11 @@ def test_an_init_image_of_another_size_is_resized_with_a_warning(tiny_pipeline):
     from sdopt.runtime.conditioning import resize_notices
 
     assert resize_notices(GenerateRequest(**{**BASE, "height": 64, "width": 64}, init_image=picture(size=(70, 66)), strength=0.5)) == []
+    # An artifact built for one size refuses the image's own: the advice is to crop it (it said to ask for 96x80)
+    static = resize_notices(GenerateRequest(**{**BASE, "height": 64, "width": 64}, init_image=picture(size=(96, 80)), strength=0.5),
+                            {"batch": 1, "height": 64, "width": 64})
+    assert static == ["init_image is 96x80; it was resized to the request's 64x64 (this artifact runs 64x64 only: crop the image to "
+                      "that shape to keep its proportions)"]
 
 
 # --- other backends ---------------------------------------------------------------------------

@@ -254,14 +254,13 @@ def masked_content_notices(request: GenerateRequest) -> list[str]:
             "every start is pure noise (as in Diffusers): lower strength for it to matter"]
 
 
-def resize_notices(request: GenerateRequest) -> list[str]:
+def resize_notices(request: GenerateRequest, static_shapes: dict[str, int] | None = None) -> list[str]:
     """A warning when the init image is resized to the request's size (as Diffusers does when given height/width);
     none when it is only trimmed to the multiples of 8 below its size, which is all a size can be (Diffusers' own
-    rounding, and what sdopt generate asks for an image of another size)."""
+    rounding, and what sdopt generate asks for an image of another size). An artifact built for one size
+    (``static_shapes``) would refuse the image's own size, which the advice named: it says to crop the image instead."""
     want = (request.width, request.height)
     sizes = dict.fromkeys(im.size for im in request.init_images if (im.size[0] - im.size[0] % 8, im.size[1] - im.size[1] % 8) != want)
-    return [
-        f"init_image is {w}x{h}; it was resized to the request's {want[0]}x{want[1]} "
-        "(give height and width of the image's size, multiples of 8, to keep its proportions)"
-        for w, h in sizes
-    ]
+    keep = (f"this artifact runs {want[0]}x{want[1]} only: crop the image to that shape to keep its proportions"
+            if (static_shapes or {}).get("height") else "give height and width of the image's size, multiples of 8, to keep its proportions")
+    return [f"init_image is {w}x{h}; it was resized to the request's {want[0]}x{want[1]} ({keep})" for w, h in sizes]

@@ -134,7 +134,7 @@ def notices(pipe: Any, asked: GenerateRequest, request: GenerateRequest, schedul
     """What ``pipe`` will not do of what the request asks (``asked``; ``request``: as the loop runs it, guidance taken
     out for a UNet that embeds it): truncated prompts, resized init images, unused eta, guidance_end, Clip skip and
     negative prompts."""
-    return (pipe.truncated_prompts(request) + conditioning.resize_notices(request) + conditioning.masked_content_notices(request)
+    return (pipe.truncated_prompts(request) + conditioning.resize_notices(request, pipe.manifest.static_shapes) + conditioning.masked_content_notices(request)
             + embedded_guidance.notices(asked, pipe.manifest.model)
             + _eta_notices(request, scheduler) + _guidance_end_notices(request) + _clip_skip_notices(pipe, request)
             + _negative_prompt_notices(request, embeds_guidance))
