@@ -378,3 +378,20 @@ def test_init_lora_writes_its_file_with_the_umask_mode(tiny_model, tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "l.safetensors").stat().st_mode & 0o777 == 0o644
+
+
+def test_peft_s_torchao_merge_warning_is_not_shown():
+    """A LoRA at run time on a torchao artifact printed PEFT's "TorchaoLoraLinear was instantiated without
+    `get_apply_tensor_subclass` ... merge() / unmerge() will raise" on every generate (walk qa42): sdopt never merges
+    a per-request LoRA. The message as PEFT words it, inside the adapter load's quiet block: not shown."""
+    import warnings
+
+    from sdopt.lora.apply import _quiet
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with _quiet():
+            warnings.warn("TorchaoLoraLinear was instantiated without `get_apply_tensor_subclass`. Forward and training will work, "
+                          "but `merge()` / `unmerge()` will raise an error.", UserWarning)
+            warnings.warn("another warning", UserWarning)
+    assert [str(w.message) for w in seen] == ["another warning"]

@@ -28,7 +28,9 @@ def _quiet():
     """Diffusers logs a line per component a LoRA has no keys for; that is normal (a UNet-only LoRA). PEFT warns, on a
     second adapter, that the module already has a peft_config: sdopt loads several on purpose, one per file. Diffusers
     also logs, as an error, the exception of a LoRA that does not fit ("Loading lora0 was unsuccessful ...") before
-    raising it: load_adapter says that itself, so only a critical line shows."""
+    raising it: load_adapter says that itself, so only a critical line shows. PEFT warns, wrapping a torchao layer,
+    that merge() would fail without a TorchAoConfig: sdopt never merges a per-request LoRA (fusing is done before
+    quantizing), and the warning came on every generate with a LoRA on a torchao artifact."""
     import warnings
 
     from diffusers.utils import logging as dlogging
@@ -38,6 +40,7 @@ def _quiet():
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+            warnings.filterwarnings("ignore", message="TorchaoLoraLinear was instantiated without `get_apply_tensor_subclass`")
             yield
     finally:
         dlogging.set_verbosity(level)
