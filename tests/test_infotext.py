@@ -233,3 +233,14 @@ def test_a_lora_name_the_locale_cannot_decode_is_written_in_the_png(tiny_pipelin
     image = Image.new("RGB", (8, 8))
     image.info["parameters"] = text
     image.save(io.BytesIO(), format="PNG", pnginfo=png_info(image))
+
+
+def test_a_subseed_at_strength_0_is_not_said_to_be_ignored():
+    """subseed was listed in sdopt_ignored whenever a client sent one, even at subseed_strength 0, where it changes
+    nothing in AUTOMATIC1111 either (webui clients send both always; walk qa37). At a strength above 0 it is."""
+    pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install 'sdopt[serve]'")
+    from sdopt.serve.a1111_fields import ignored_fields
+    from sdopt.serve.a1111_models import Txt2ImgRequest
+
+    assert ignored_fields(Txt2ImgRequest(prompt="x", subseed=12345, subseed_strength=0), None) == []
+    assert ignored_fields(Txt2ImgRequest(prompt="x", subseed=12345, subseed_strength=0.3), None) == ["subseed", "subseed_strength"]

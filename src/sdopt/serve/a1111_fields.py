@@ -83,6 +83,8 @@ def ignored_fields(body: ProcessingRequest, scheduler: str | None) -> list[str]:
             continue
         if _hires_only(name) and not getattr(body, "enable_hr", False):  # inert in AUTOMATIC1111 too
             continue
+        if name == "subseed" and not getattr(body, "subseed_strength", None):  # mixed in at strength 0: inert in AUTOMATIC1111 too
+            continue
         value = getattr(body, name, None)
         if name in _NEUTRAL and value == _NEUTRAL[name]:
             continue
