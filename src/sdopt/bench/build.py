@@ -106,11 +106,11 @@ def build_one(spec: dict[str, Any], model: Path, work: Path, height: int, width:
         if earlier in (None, key) and not other:
             say(f"   reused: {out} was built from this checkpoint with these settings")
             return str(out) + runs_in
-        if reuse_only:
-            raise SdoptError(reuse_only)
-        changed = other or "its " + ", ".join(k for k in key.keys() | earlier.keys() if key.get(k) != earlier.get(k)) + " changed since it was built"
-        say(f"   {spec['name']} is built again: {changed}")
-        shutil.rmtree(out)
+        if not reuse_only:  # with nothing to be built, what is there stays
+            changed = other or ("its " + ", ".join(k for k in key.keys() | earlier.keys() if key.get(k) != earlier.get(k))
+                                + " changed since it was built")
+            say(f"   {spec['name']} is built again: {changed}")
+            shutil.rmtree(out)
     if reuse_only:
         raise SdoptError(reuse_only)
     if "export" in spec:

@@ -344,18 +344,17 @@ def _build_here(pool, source: Path, work: Path, settings, budget_minutes: float 
     built: dict[str, str] = {}
     not_built: dict[str, str] = {}
     for candidate in pool:
-        # Past the budget, what --work holds built is still taken (it costs nothing); nothing more is built.
+        # Past the budget, what --work holds built is still taken, unsaid (it costs nothing); nothing more is built.
         spent = budget_minutes is not None and time.monotonic() - started > budget_minutes * 60
         ran_out = f"the --budget-minutes {budget_minutes:g} ran out before it was built" if spent else None
-        if not spent:
-            say(f"== {candidate.name}")  # build_one says whether it builds it or reuses what --work holds
+        tell = (lambda line: None) if spent else say
+        tell(f"== {candidate.name}")  # build_one says whether it builds it or reuses what --work holds
         try:
             built[candidate.name] = build_one(candidate.spec, source, work, settings.height, settings.width, settings.device, built,
-                                              say if not spent else lambda line: None, progress, reuse_only=ran_out)
+                                              tell, progress, reuse_only=ran_out)
         except SdoptError as exc:
             not_built[candidate.name] = str(exc)
-            if not spent:
-                say(f"   not built: {exc}")
+            tell(f"   not built: {exc}")
     return built, not_built
 
 

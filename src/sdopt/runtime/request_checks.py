@@ -11,7 +11,7 @@ from sdopt.request import GenerateRequest
 from sdopt.rewrite import recorded as recorded_rewrites
 from sdopt.runtime import attention_memory, conditioning, embedded_guidance
 from sdopt.runtime.schedulers import check_scheduler, check_steps, make_scheduler, takes_eta
-from sdopt.tensorrt.profiles import describe_ranges, image_ranges
+from sdopt.tensorrt.profiles import describe_ranges, image_ranges, recorded_profile
 
 
 def _check_clip_skip(pipe: Any, request: GenerateRequest) -> None:
@@ -119,7 +119,7 @@ def _check_unguided_on_guided_engines(manifest: Any, request: GenerateRequest) -
     """Static TensorRT engines take one UNet batch, prompts and negatives together (tensorrt.profiles: static is
     guided); a request without guidance (guidance_scale <= 1) runs one half, a shape the engine has no profile for,
     and failed inside TensorRT after the text encoder had run."""
-    sample = (((manifest.export or {}).get("profiles") or {}).get("unet") or {}).get("sample")
+    sample = recorded_profile(manifest.export, "unet", "sample")
     if manifest.backend != "tensorrt" or not sample or embedded_guidance.runs_guided(request.guidance_scale, manifest.model):
         return
     if request.batch_size < int(sample["min"][0]):

@@ -69,7 +69,8 @@ class Worker:
         if not built and getattr(manifest, "export", None):
             from sdopt.tensorrt.profiles import image_ranges
 
-            built = (image_ranges(manifest.export, manifest.model) or {}).get("batch", (None,) * 3)[2]
+            ranges = image_ranges(manifest.export, manifest.model)
+            built = ranges["batch"][2] if ranges else None  # (min, opt, max)
         if built:
             self.max_batch = min(max_batch, built)
         self.metrics = Metrics(queue_depth=lambda: self.queue_depth, running=lambda: len(self.current))

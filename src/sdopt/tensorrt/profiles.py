@@ -107,11 +107,17 @@ def profiles_for(specs: dict[str, ComponentSpec], model: dict[str, Any], shapes:
     return {name: input_profiles(spec, model, shapes, guidance, static) for name, spec in specs.items()}
 
 
+def recorded_profile(export: dict[str, Any] | None, component: str, name: str) -> dict[str, list[int]] | None:
+    """One engine input's {"min", "opt", "max"} shapes as a TensorRT artifact's manifest records them (export.profiles);
+    None without them (another backend, or a manifest from before profiles were recorded)."""
+    return (((export or {}).get("profiles") or {}).get(component) or {}).get(name)
+
+
 def image_ranges(export: dict[str, Any] | None, model: dict[str, Any]) -> dict[str, tuple[int, int, int]] | None:
     """The (min, opt, max) images per call, height and width (pixels) a dynamic TensorRT artifact's engines take, from
     the VAE decoder's recorded profile (it sees the images themselves, never doubled by guidance); None without one
     (another backend, or a manifest from before profiles were recorded). A request outside them cannot run."""
-    profile = (((export or {}).get("profiles") or {}).get("vae_decoder") or {}).get("latent_sample")
+    profile = recorded_profile(export, "vae_decoder", "latent_sample")
     if not profile:
         return None
     factor = int(model.get("vae_scale_factor", 8))
