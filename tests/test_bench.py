@@ -114,6 +114,26 @@ def test_the_bar_follows_what_the_worker_says_and_a_timeout_says_where_it_was(ti
     assert not (tmp_path / "raw" / runner.slug(entry.name) / "progress").exists()
 
 
+def test_the_bar_ends_on_the_workers_last_line(tiny_model, tmp_path, monkeypatch):
+    """A worker that ended between two reads of its progress left the bar on the line before its last: every bench's
+    bar ended on "3/4 images measured"."""
+    from sdopt.bench import runner
+    from sdopt.bench.artifacts import collect
+    from sdopt.bench.worker import say
+
+    class Worker:  # says its lines faster than the bar reads them, then ends
+        def run(self, entry, work, timeout):
+            for line in ("loading", "3/4 images measured", "4/4 images measured"):
+                say(work, line)
+            return 0
+
+    monkeypatch.setattr(runner, "PROGRESS_EVERY_S", 30.0)  # no read lands while it runs
+    shown = []
+    [entry] = collect([], str(tiny_model))
+    runner._run_worker(entry, BenchSettings.resolve(None, **SETTINGS), tmp_path, 9.0, Worker(), show=shown.append)
+    assert shown == ["4/4 images measured"]
+
+
 @pytest.mark.slow
 def test_a_first_generate_over_budget_is_the_measured_run_when_it_covers_the_request(tiny_model, tmp_path):
     # One prompt, one seed: the first generate is already a full pass, so it is the one measured.

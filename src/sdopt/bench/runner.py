@@ -108,8 +108,11 @@ def watch_progress(file: Path, show: Callable[[str], None] | None) -> Iterator[N
     stop = threading.Event()
 
     def watch() -> None:
-        last = None
-        while not stop.wait(PROGRESS_EVERY_S):
+        last, stopping = None, False
+        while not stopping:
+            # Once more after the worker ended: its last line ("4/4 images measured") is what the bar keeps showing,
+            # not whichever line the last read before it happened to catch.
+            stopping = stop.wait(PROGRESS_EVERY_S)
             try:
                 line = file.read_text(encoding="utf-8").strip()
             except OSError:
