@@ -43,6 +43,8 @@ def test_matches_diffusers_dynamic_guidance_callback(tiny_model, tiny_pipeline, 
     ours = tiny_pipeline.generate(request)
     k = guided_steps(request.steps, end)
     assert ours.timings.unguided_steps == request.steps - k
+    # generate's closing line says which of its calls were the cheaper unguided ones (it said only "6 calls")
+    assert f"UNet 6 calls ({request.steps - k} unguided: guidance ended early)" in ours.summary()
 
     pipe = StableDiffusionPipeline.from_pretrained(tiny_model, safety_checker=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)

@@ -480,7 +480,10 @@ class GenerateResult:
         t = self.timings
         per_step = t.unet_total / len(t.unet_steps) if t.unet_steps else 0.0
         encode = f"VAE encode {t.vae_encoder * 1000:.0f} ms, " if t.vae_encoder else ""
-        cached = f" ({t.shallow_steps} shallow: step-feature caching)" if t.shallow_steps else ""
+        # The calls that were not whole guided ones, so "N calls x M ms" reads right: a shallow or unguided call is cheaper.
+        lighter = [f"{t.shallow_steps} shallow: step-feature caching" if t.shallow_steps else "",
+                   f"{t.unguided_steps} unguided: guidance ended early" if t.unguided_steps else ""]
+        cached = f" ({'; '.join(x for x in lighter if x)})" if any(lighter) else ""
         return (
             f"{len(self.images)} image(s) in {t.total:.2f}s: text encoder {t.text_encoder * 1000:.0f} ms, {encode}"
             f"UNet {len(t.unet_steps)} calls{cached} × {per_step * 1000:.0f} ms, VAE decode {t.vae_decoder * 1000:.0f} ms; "
