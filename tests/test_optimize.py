@@ -80,6 +80,17 @@ def test_when_no_candidate_holds_the_floor_the_verdicts_are_printed_too(tiny_mod
     assert "PSNR 21.5 dB < 30 dB" in out and "not built: no openvino here" in out and "<- chosen" not in out
 
 
+def test_a_long_candidate_name_keeps_the_table_in_columns(capsys):
+    """A candidate with every lever in its name (past 36 characters) pushed its row's columns right of the header's."""
+    from sdopt.cli.measure import _print_candidates
+
+    rows = [{"name": "openvino-bf16-int8-static-all-tiny-decoder-cache3-guidance-half", "exact": False, "speedup": 9.1, "psnr_db": 31.2,
+             "adherence": None, "why": "holds"}, {"name": "openvino-bf16", "exact": True, "speedup": 3.0, "psnr_db": 48.0, "adherence": None, "why": "holds"}]
+    _print_candidates(rows, rows[0]["name"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len({line.index(f" {word} ") for line, word in zip(lines, ("exact", "no", "yes"))}) == 1, lines
+
+
 def test_a_device_without_candidates_is_refused_leaving_no_work_folder(tiny_model, tmp_path, capsys):
     """--device cuda was refused after the work folder was made: an empty out.work stayed behind."""
     assert main(["optimize", str(tiny_model), "-o", str(tmp_path / "out"), "--quick", "--device", "cuda"]) == 2

@@ -61,14 +61,15 @@ def _optimize(args: argparse.Namespace) -> int:
 
 
 def _print_candidates(rows: list[dict], chosen: str | None) -> None:
-    print(f"{'candidate':<36} {'exact':<6} {'speed-up':>9} {'PSNR dB':>8} {'adherence':>10}  verdict")
+    width = max([36, *(len(r["name"]) for r in rows)])  # a long candidate name (every lever) shifted its row's columns
+    print(f"{'candidate':<{width}} {'exact':<6} {'speed-up':>9} {'PSNR dB':>8} {'adherence':>10}  verdict")
     for r in rows:
         speed = f"{r['speedup']:.2f}x" if r.get("speedup") else "-"
         psnr = f"{r['psnr_db']:.1f}" if r.get("psnr_db") is not None else "-"
         adh = f"{r['adherence']:.3f}" if r.get("adherence") is not None else "-"
         mark = " <- chosen" if r["name"] == chosen else ""
         mark += f" (the report's row {r['report_row']})" if r.get("report_row", r["name"]) != r["name"] else ""
-        print(f"{r['name']:<36} {'yes' if r['exact'] else 'no':<6} {speed:>9} {psnr:>8} {adh:>10}  {r['why']}{mark}")
+        print(f"{r['name']:<{width}} {'yes' if r['exact'] else 'no':<6} {speed:>9} {psnr:>8} {adh:>10}  {r['why']}{mark}")
 
 
 def _bench(args: argparse.Namespace) -> int:
