@@ -281,3 +281,24 @@ def test_tokenizer_calls_from_threads_run_one_at_a_time(tiny_pipeline):
         pipe.truncated_prompts(request)
     checking.join()
     assert spy.most == 1
+
+
+def test_prompt_editing_and_alternation_are_said_not_read_silently(tiny_pipeline):
+    """AUTOMATIC1111's prompt editing ([cat:dog:0.5]: cat, then dog from half the steps) and alternation ([cat|dog])
+    are not done here: parse reads them as [word], the text "cat:dog:0.5" weighted ÷1.1, which went to the text
+    encoder without a word (a pasted AUTOMATIC1111 prompt). Now the result's warnings and sdopt_ignored name them;
+    emphasis brackets, escaped ones and plain-text prompts are not named."""
+    pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install 'sdopt[serve]'")
+    from sdopt.runtime.request_checks import notices
+    from sdopt.serve.a1111_fields import ignored_fields
+    from sdopt.serve.a1111_models import Txt2ImgRequest
+
+    prompt, negative = "a [cat:dog:0.5] on a (hill:1.2), [sun], \\[x:1\\]", "[blur|noise]"
+    request = _request(prompt, negative_prompt=negative, prompt_emphasis=True)
+    said = notices(tiny_pipeline, request, request, None, False)
+    assert [s for s in said if "AUTOMATIC1111's prompt editing [cat:dog:0.5] is not done" in s]
+    assert [s for s in said if "alternation [blur|noise]" in s] and len(said) == 2, said
+    assert notices(tiny_pipeline, request, _request(prompt, negative_prompt=negative), None, False) == []  # plain text
+    body = Txt2ImgRequest(prompt=prompt, negative_prompt=negative)
+    assert ignored_fields(body, None) == ["prompt: prompt editing [cat:dog:0.5]", "negative_prompt: alternation [blur|noise]"]
+    assert ignored_fields(Txt2ImgRequest(prompt="a (hill:1.2) [sun] [x:y]"), None) == []

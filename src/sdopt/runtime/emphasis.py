@@ -86,6 +86,27 @@ def parse(text: str) -> list[tuple[str, float]]:
     return [(t, w) for t, w in merged] or [("", 1.0)]
 
 
+# AUTOMATIC1111's square brackets that are not emphasis, innermost first: prompt editing ([from:to:when], [to:when],
+# [from::when]; when a number) and alternation ([a|b]). sdopt does neither: parse reads them as [word], the text
+# inside weighted ÷1.1, which sdopt_unread says rather than doing it silently.
+_SQUARE = re.compile(r"(?<!\\)\[((?:\\.|[^\[\]\\])*)\]")
+_WHEN = re.compile(r":\s*[+-]?(?:\d+\.?\d*|\.\d+)\s*$")
+_BAR = re.compile(r"(?<!\\)\|")
+
+
+def unread_syntax(text: str) -> list[str]:
+    """AUTOMATIC1111's prompt editing and alternation in ``text``, which sdopt reads as weighted text: each as
+    "prompt editing [cat:dog:0.5]", "alternation [cat|dog]"."""
+    out = []
+    for match in _SQUARE.finditer(text):
+        inside = match.group(1)
+        if _WHEN.search(inside):
+            out.append(f"prompt editing {match.group(0)}")
+        elif _BAR.search(inside):
+            out.append(f"alternation {match.group(0)}")
+    return out
+
+
 def _tokens(tokenizer: Any, text: str, vocabulary: Any = None) -> tuple[list[int], list[float], list[int]]:
     """The text's tokens without the syntax (no BOS/EOS), each one's weight, and where an embedding's vectors start
     their count (1 for a plain token, 0 inside an embedding: sdopt.embeddings.vocabulary). ``vocabulary``: the

@@ -9,7 +9,7 @@ from typing import Any
 from sdopt.errors import SdoptError, argument, on_command_line
 from sdopt.request import GenerateRequest
 from sdopt.rewrite import recorded as recorded_rewrites
-from sdopt.runtime import attention_memory, conditioning, embedded_guidance
+from sdopt.runtime import attention_memory, conditioning, embedded_guidance, emphasis
 from sdopt.runtime.schedulers import check_scheduler, check_steps, make_scheduler, takes_eta
 from sdopt.tensorrt.profiles import describe_ranges, image_ranges, recorded_profile
 
@@ -133,11 +133,20 @@ def _check_unguided_on_guided_engines(manifest: Any, request: GenerateRequest) -
 def notices(pipe: Any, asked: GenerateRequest, request: GenerateRequest, scheduler: Any, embeds_guidance: bool) -> list[str]:
     """What ``pipe`` will not do of what the request asks (``asked``; ``request``: as the loop runs it, guidance taken
     out for a UNet that embeds it): truncated prompts, resized init images, unused eta, guidance_end, Clip skip and
-    negative prompts."""
-    return (pipe.truncated_prompts(request) + conditioning.resize_notices(request, pipe.manifest.static_shapes) + conditioning.masked_content_notices(request)
+    negative prompts, AUTOMATIC1111's prompt editing."""
+    return (pipe.truncated_prompts(request) + _unread_syntax_notices(request) + conditioning.resize_notices(request, pipe.manifest.static_shapes) + conditioning.masked_content_notices(request)
             + embedded_guidance.notices(asked, pipe.manifest.model)
             + _eta_notices(request, scheduler) + _guidance_end_notices(request) + _clip_skip_notices(pipe, request)
             + _negative_prompt_notices(request, embeds_guidance))
+
+
+def _unread_syntax_notices(request: GenerateRequest) -> list[str]:
+    """AUTOMATIC1111's prompt editing and alternation, which emphasis reads as [word]: said, not done silently."""
+    if not request.prompt_emphasis:  # plain text: every bracket is read as written, as in Diffusers
+        return []
+    kinds = {**{n: "negative prompt" for n in request.negative_prompts if n}, **{p: "prompt" for p in request.prompts}}
+    return [f"{kind} {text[:40]!r}: AUTOMATIC1111's {found} is not done here; the text in its brackets is read as "
+            "[word] (weight ÷1.1) at every step" for text, kind in kinds.items() for found in emphasis.unread_syntax(text)]
 
 
 def _negative_prompt_notices(request: GenerateRequest, embeds_guidance: bool) -> list[str]:

@@ -4,6 +4,7 @@ the fields set to something sdopt does not do (``info["sdopt_ignored"]``)."""
 
 from __future__ import annotations
 
+from sdopt.runtime.emphasis import unread_syntax
 from sdopt.runtime.schedulers import A1111_SAMPLERS
 from sdopt.serve import hires, inpaint_area
 from sdopt.serve.a1111_models import Img2ImgRequest, ProcessingRequest, Txt2ImgRequest
@@ -96,6 +97,8 @@ def ignored_fields(body: ProcessingRequest, scheduler: str | None) -> list[str]:
     sampler = body.sampler_name or body.sampler_index
     if sampler and sampler.endswith(" Karras") and "scheduler" not in out and _combined_unapplied(sampler):
         out.append("sampler_name")  # an older combined name whose Karras variant sdopt lacks ("LMS Karras": LMS)
+    prompts = ["prompt", "negative_prompt"] + (["hr_prompt", "hr_negative_prompt"] if getattr(body, "enable_hr", False) else [])
+    out += [f"{name}: {found}" for name in prompts for found in unread_syntax(getattr(body, name, None) or "")]  # read as [word]
     if isinstance(body, Img2ImgRequest):
         out = sorted(out + _img2img_unapplied(body))
     if getattr(body, "enable_hr", False):
