@@ -395,3 +395,19 @@ def test_peft_s_torchao_merge_warning_is_not_shown():
                           "but `merge()` / `unmerge()` will raise an error.", UserWarning)
             warnings.warn("another warning", UserWarning)
     assert [str(w.message) for w in seen] == ["another warning"]
+
+
+def test_generate_takes_automatic1111_lora_tags_out_of_the_prompt(tiny_model, tiny_pipeline, tmp_path, capsys, monkeypatch):
+    """sdopt generate read a pasted prompt's <lora:NAME:W> (typed, or an AUTOMATIC1111 image's, --parameters-from) as
+    words for the text encoder, silently: a tag is never text in AUTOMATIC1111 nor in sdopt serve. It is taken out,
+    as sdopt serve takes it out, with a warning that says how a LoRA is given here."""
+    from PIL import Image
+
+    from sdopt.cli import main
+
+    monkeypatch.setattr(sdopt, "load", lambda *a, **k: tiny_pipeline)
+    out = tmp_path / "o.png"
+    assert main(["generate", str(tiny_model), "-p", "a fox <lora:style:0.8>, red", "-n", "<lora:x> ugly", "--steps", "1",
+                 "--height", "64", "--width", "64", "-q", "-o", str(out)]) == 0
+    assert Image.open(out).text["parameters"].startswith("a fox , red\nNegative prompt: ugly\n")
+    assert "warning: <lora:style:0.8>, <lora:x> taken out of the prompt: sdopt generate applies a LoRA given as --lora" in capsys.readouterr().err

@@ -53,6 +53,7 @@ def _generate(args: argparse.Namespace) -> int:
     asked = {**made_from, **{k: v for k, v in flags.items() if v is not None}}
     if "prompt" not in asked:
         raise SdoptError("give the prompt, --prompt TEXT (or --parameters-from IMAGE.png to take an image's)")
+    asked = _lora_tags_taken_out(asked)
     with _said_of_the_image(args.parameters_from, made_from, flags):
         request = GenerateRequest(
             # Without a size (None) the pipeline gives an init image's own (down to a multiple of 8), as Diffusers' img2img,
@@ -162,6 +163,28 @@ def _generate(args: argparse.Namespace) -> int:
         print(f"{args.parameters_from} was image {asked_for} of its batch: {paths[asked_for]}", file=sys.stderr)
     print(result.summary(), file=sys.stderr)
     return 0
+
+
+def _lora_tags_taken_out(asked: dict) -> dict:
+    """The prompts without AUTOMATIC1111's <lora:NAME:WEIGHT> tags (typed, or an AUTOMATIC1111 image's), with a warning:
+    they went to the text encoder as words. A tag is never text there nor in sdopt serve (which applies it from its
+    --lora-dir); here a LoRA is given as --lora FILE[:SCALE]."""
+    from sdopt.lora import PROMPT_TAG
+
+    def without(text: str) -> str:  # the spaces a tag leaves closed up, as sdopt serve does (serve/loras.py)
+        tags.extend(tag.group(0) for tag in PROMPT_TAG.finditer(text))
+        return " ".join(PROMPT_TAG.sub(" ", text).split()) if PROMPT_TAG.search(text) else text
+
+    out, tags = dict(asked), []
+    for key in ("prompt", "negative_prompt"):
+        if isinstance(asked.get(key), str):
+            out[key] = without(asked[key])
+        elif asked.get(key):
+            out[key] = [without(text) for text in asked[key]]
+    if tags:  # a warning: printed under -q too
+        print(f"warning: {', '.join(dict.fromkeys(tags))} taken out of the prompt: sdopt generate applies a LoRA given as "
+              "--lora FILE[:SCALE] (sdopt serve --lora-dir reads such tags)", file=sys.stderr)
+    return out
 
 
 def _batch_position(parsed: dict, images: int) -> int | None:

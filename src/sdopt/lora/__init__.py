@@ -17,11 +17,17 @@ safetensors — are the formats sdopt reads. Those loaders need PEFT
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 from sdopt.errors import SdoptError, on_command_line
+
+# AUTOMATIC1111's LoRA tag in a prompt: <lora:NAME> or <lora:NAME:WEIGHT>, or a second (UNet) weight <lora:NAME:TE:UNET>.
+# Never text for the text encoder: sdopt serve applies it from its --lora-dir (serve/loras.py), sdopt generate takes it out.
+PROMPT_TAG = re.compile(r"<lora:([^:<>]+)(?::([^:<>]*))?(?::([^:<>]*))?>")
 
 
 @dataclass(frozen=True)

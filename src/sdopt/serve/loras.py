@@ -10,15 +10,11 @@ Jobs batch together only with the same LoRAs at the same weights.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from sdopt.infotext import readable
-from sdopt.lora import summed_scales
+from sdopt.lora import PROMPT_TAG as TAG, summed_scales
 from sdopt.serve.errors import RequestError
-
-# <lora:NAME> or <lora:NAME:WEIGHT>; AUTOMATIC1111 also takes a second (UNet) weight: <lora:NAME:TE:UNET>.
-TAG = re.compile(r"<lora:([^:<>]+)(?::([^:<>]*))?(?::([^:<>]*))?>")
 
 
 def available(folder: str | Path | None) -> dict[str, Path]:
