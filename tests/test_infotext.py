@@ -244,3 +244,14 @@ def test_a_subseed_at_strength_0_is_not_said_to_be_ignored():
 
     assert ignored_fields(Txt2ImgRequest(prompt="x", subseed=12345, subseed_strength=0), None) == []
     assert ignored_fields(Txt2ImgRequest(prompt="x", subseed=12345, subseed_strength=0.3), None) == ["subseed", "subseed_strength"]
+
+
+def test_an_unknown_combined_karras_sampler_is_refused_by_the_name_sent():
+    """"DPM++ 2M SDE Karras" (a sampler sdopt lacks, in AUTOMATIC1111's older combined form) was refused as
+    'DPM++ 2M SDE', a name the client never sent."""
+    from sdopt.errors import SdoptError
+    from sdopt.runtime.schedulers import from_a1111
+
+    with pytest.raises(SdoptError, match=r"sampler 'DPM\+\+ 2M SDE Karras' is not available here; available: Euler, "):
+        from_a1111("DPM++ 2M SDE Karras")
+    assert from_a1111("DPM++ 2M Karras") == "dpmpp_2m_karras"

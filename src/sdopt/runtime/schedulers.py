@@ -55,13 +55,14 @@ def from_a1111(sampler: str, schedule: str | None = None) -> str:
     """The sdopt name of AUTOMATIC1111's sampler, its older combined names ("DPM++ 2M Karras") or sdopt's own name, in
     the schedule type given where sdopt has that variant (Karras for DPM++ 2M); another schedule type is not applied
     (the caller can tell: the plain sampler's name comes back). An SdoptError listing the samplers for any other name."""
+    sent = sampler
     if sampler.endswith(" Karras"):
         sampler, schedule = sampler[: -len(" Karras")], "Karras"
     plain = next((ours for ours, (name, kind) in A1111_SAMPLERS.items() if name == sampler and kind is None),
                  sampler if sampler in SCHEDULERS else None)
     if plain is None:
         known = ", ".join(dict.fromkeys(f"{name} (schedule type {kind})" if kind else name for name, kind in A1111_SAMPLERS.values()))
-        raise SdoptError(f"sampler {sampler!r} is not available here; available: {known}", field="scheduler")
+        raise SdoptError(f"sampler {sent!r} is not available here; available: {known}", field="scheduler")
     wanted = (schedule or "automatic").lower()
     if wanted == "automatic":
         return plain
