@@ -18,7 +18,6 @@ safetensors — are the formats sdopt reads. Those loaders need PEFT
 from __future__ import annotations
 
 import re
-
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
