@@ -105,3 +105,28 @@ def test_numpy_numbers_are_taken_as_pythons():
     assert type(request.seed) is int and type(request.guidance_scale) is float and json.dumps(request.to_dict())
     with pytest.raises(SdoptError, match="seed="):
         GenerateRequest(prompt="x", seed=np.bool_(True)).validate()
+
+
+def _sideways_jpeg(path):
+    """A 24x16 picture, red on its left half, stored as a camera does: turned 90 degrees, EXIF orientation 6."""
+    from PIL import Image
+
+    picture = Image.new("RGB", (24, 16), "blue")
+    picture.paste("red", (0, 0, 12, 16))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to show
+    picture.transpose(Image.Transpose.ROTATE_90).save(path, exif=exif.tobytes(), quality=95)
+
+
+def test_an_exif_rotated_init_image_is_read_the_right_way_up(tmp_path):
+    """A phone's portrait JPEG was repainted lying on its side: the CLI and the server read the stored pixels and
+    ignored EXIF's orientation, which Diffusers' load_image and AUTOMATIC1111 apply."""
+    from sdopt.request import open_image
+    from sdopt.serve.images import read_image
+
+    _sideways_jpeg(tmp_path / "photo.jpg")
+    for image in (open_image(str(tmp_path / "photo.jpg"), "--init-image"),
+                  read_image((tmp_path / "photo.jpg").read_bytes(), "init_images", 2**20, 2**20)):
+        assert image.size == (24, 16)
+        red, _, blue = image.convert("RGB").getpixel((2, 8))
+        assert red > 200 and blue < 60

@@ -39,13 +39,23 @@ def open_image(path: str | None, flag: str):
     try:
         with Image.open(path) as image:
             image.load()
-            return image
+            return upright(image)
     except FileNotFoundError:
         raise SdoptError(f"{flag} {path}: no such file") from None
     except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
         raise SdoptError(f"{flag} {path}: not an image sdopt can read (PNG, JPEG, WebP...): {exc}") from None
     except OSError as exc:
         raise SdoptError(f"{flag} {path}: cannot read it ({exc.strerror or exc})") from None
+
+
+def upright(image):
+    """The picture as a viewer shows it: a camera's JPEG stored sideways with an EXIF orientation is turned the right way
+    up, as Diffusers' load_image and AUTOMATIC1111's images.read do. The image itself when it has no orientation."""
+    from PIL import ImageOps
+
+    if image.getexif().get(0x0112, 1) == 1:  # ExifTags.Base.Orientation: 1 is upright
+        return image
+    return ImageOps.exif_transpose(image)
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
