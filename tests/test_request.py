@@ -130,3 +130,18 @@ def test_an_exif_rotated_init_image_is_read_the_right_way_up(tmp_path):
         assert image.size == (24, 16)
         red, _, blue = image.convert("RGB").getpixel((2, 8))
         assert red > 200 and blue < 60
+
+
+def test_a_16_bit_grayscale_init_image_keeps_its_greys(tmp_path):
+    """A 16-bit PNG opens as PIL's I;16, whose conversion to RGB clips every value above 255: mid-grey came out white,
+    and the image was repainted from a blank page (CLI and server alike)."""
+    import numpy as np
+    from PIL import Image
+
+    from sdopt.request import open_image
+    from sdopt.serve.images import read_image
+
+    Image.fromarray(np.full((8, 8), 32896, np.uint16)).save(tmp_path / "grey16.png")  # 128 * 257
+    for image in (open_image(str(tmp_path / "grey16.png"), "--init-image"),
+                  read_image((tmp_path / "grey16.png").read_bytes(), "init_images", 2**20, 2**20)):
+        assert image.convert("RGB").getpixel((0, 0)) == (128, 128, 128)

@@ -39,7 +39,7 @@ def open_image(path: str | None, flag: str):
     try:
         with Image.open(path) as image:
             image.load()
-            return upright(image)
+            return eight_bit(upright(image))
     except FileNotFoundError:
         raise SdoptError(f"{flag} {path}: no such file") from None
     except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
@@ -56,6 +56,17 @@ def upright(image):
     if image.getexif().get(0x0112, 1) == 1:  # ExifTags.Base.Orientation: 1 is upright
         return image
     return ImageOps.exif_transpose(image)
+
+
+def eight_bit(image):
+    """A 16-bit grayscale image (a 16-bit PNG opens as PIL's I;16) scaled to 8-bit L: PIL's own conversion to RGB or L
+    clips every value above 255, so the picture came out white. Any other image unchanged."""
+    if not image.mode.startswith("I;16"):
+        return image
+    import numpy as np
+    from PIL import Image
+
+    return Image.fromarray((np.asarray(image, dtype=np.float32) / 257).round().astype(np.uint8), "L")
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
