@@ -224,6 +224,22 @@ def test_a1111_inpainting_answers_the_whole_canvas_and_rounds_the_mask(tiny_pipe
         assert f"Masked content: {words}" in png(answer["images"][0]).info["parameters"]
 
 
+def test_an_init_images_transparent_part_is_laid_on_white_as_automatic1111s(tiny_pipeline):
+    """AUTOMATIC1111's img2img fills an init image's transparent parts with img2img_background_color (white): the
+    server dropped the alpha, and what lay under it (black here, as most editors leave it) was repainted. A mask that
+    keeps every pixel returns the init image as the loop saw it."""
+    from PIL import Image
+
+    init = Image.new("RGBA", (64, 64), (255, 0, 0, 255))
+    init.paste((0, 0, 0, 0), (0, 32, 64, 64))  # the lower half transparent black
+    body = {"prompt": "x", **SMALL, "steps": 1, "denoising_strength": 1, "init_images": [b64png(init)], "mask": b64png(Image.new("L", (64, 64), 0)), "inpaint_full_res": False}
+    with running_server(tiny_pipeline) as (url, _):
+        answer = httpx.post(url + "/sdapi/v1/img2img", json=body, timeout=120)
+    assert answer.status_code == 200, answer.text
+    out = _pixels(answer.json()["images"][0])
+    assert (out[40:, :] == 255).all() and (out[:24, :] == (255, 0, 0)).all()
+
+
 def test_a_negative_mask_blur_or_padding_is_refused_naming_the_field(tiny_pipeline):
     """mask_blur -4 was applied as no blur and written "Mask blur: -4" into the image's parameters; a negative
     inpaint_full_res_padding was taken as 0. Both are refused before any work, an infotext's as well."""

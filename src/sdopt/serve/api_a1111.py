@@ -38,7 +38,7 @@ from sdopt.serve.api_a1111_lists import CLIP_SKIP_SETTING, check_clip_skip, chec
 from sdopt.serve.errors import RequestError
 from sdopt.serve.resize_modes import MODES, resize
 from sdopt.serve.submission import check_spec, failure_status, prepare, random_seed, submit, wait
-from sdopt.serve.images import decode_image, encode_png
+from sdopt.serve.images import decode_image, encode_png, flatten
 
 router = APIRouter(tags=["automatic1111"])
 
@@ -310,7 +310,8 @@ def _img2img_job(request: Request, body: Img2ImgRequest) -> tuple[J.JobSpec, Any
         raise RequestError("resize_mode", f"resize_mode={body.resize_mode}: 0 just resize, 1 crop and resize, 2 resize and fill, 3 latent upscale")
     if body.mask:
         _check_mask_sizes(body)
-    init = decode_image(body.init_images[0], "init_images", settings.max_image_bytes, settings.max_input_pixels).convert("RGB")
+    # Transparent parts on white, as AUTOMATIC1111's img2img (its img2img_background_color), not what lies under them
+    init = flatten(decode_image(body.init_images[0], "init_images", settings.max_image_bytes, settings.max_input_pixels))
     mask = _mask(request, body, init.size) if body.mask else None
     strength = body.denoising_strength if body.denoising_strength is not None else 0.75
     spec = _spec(request, body, init, mask, strength)

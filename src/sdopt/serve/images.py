@@ -65,6 +65,18 @@ def has_alpha(image) -> bool:
     return image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info)
 
 
+def flatten(image, background: str = "#ffffff"):
+    """An RGB picture, its transparent parts laid on ``background`` (AUTOMATIC1111's images.flatten with its
+    img2img_background_color, white by default): what lies under alpha 0 is often black, or anything."""
+    if not has_alpha(image):
+        return image.convert("RGB")
+    from PIL import Image
+
+    laid = Image.new("RGBA", image.size, background)
+    laid.alpha_composite(image.convert("RGBA"))
+    return laid.convert("RGB")
+
+
 def png_bytes(image) -> bytes:
     """A PIL image as a PNG file, with its generation parameters (sdopt.infotext), as AUTOMATIC1111's API sends them."""
     from sdopt.infotext import png_info
