@@ -439,6 +439,7 @@ def test_a1111_reports_ignored_fields_and_honours_force_task_id(tiny_pipeline):
         assert info["sd_model_hash"] == tiny_pipeline.model_hash and info["styles"] == [] and info["extra_generation_params"] == {}
         assert info["version"].startswith("sdopt ") and (info["seed_resize_from_w"], info["seed_resize_from_h"]) == (-1, -1)
         assert info["sdopt_ignored"] == ["my_extension_field", "restore_faces", "tiling"]  # hr_scale: inert without enable_hr
+        assert info["sdopt_warnings"] == []
         assert png(data["images"][0]).size == (64, 64)
         job = httpx.get(url + "/v1/jobs/task(abc123)", params={"images": False}).json()
         assert job["status"] == "succeeded" and job["api"] == "a1111"
@@ -499,6 +500,26 @@ def test_batched_images_equal_the_images_made_alone(tiny_pipeline):
         # Each image's parameters are its own row's, not the batch's (sdopt.infotext)
         assert job.images[0].info["parameters"] == alone.images[0].info["parameters"]
         assert job.images[0].info["parameters"].startswith(spec.prompt + "\n") and f"Seed: {spec.seed}," in job.images[0].info["parameters"]
+
+
+def test_each_client_is_told_the_warnings_of_its_own_request(tiny_pipeline):
+    """A prompt cut at the text encoder's 77 tokens (or an init image resized, a field not used) was warned of in the
+    server's log only: no API told the client. Each job now carries its own request's warnings, never those of another
+    client's request in the same call (they quote its prompt)."""
+    from sdopt.serve import jobs as J
+
+    long, short = "a red fox in the snow " * 20, "a blue square"
+    jobs = run_queued(tiny_pipeline, [J.JobSpec(prompt=long, seed=1, **SMALL), J.JobSpec(prompt=short, seed=2, **SMALL)])
+    assert [job.batch_size for job in jobs] == [2, 2]  # one call
+    assert any("the text encoder reads the first 77" in w for w in jobs[0].warnings) and jobs[1].warnings == []
+    with running_server(tiny_pipeline) as (url, _):
+        # (AUTOMATIC1111 reads a long prompt in chunks, cutting nothing: its prompt editing is a warning there)
+        answer = httpx.post(url + "/sdapi/v1/txt2img", json={"prompt": "a [cat:dog:0.5]", **SMALL, "seed": 1}, timeout=60)
+        assert "prompt editing [cat:dog:0.5] is not done here" in " ".join(json.loads(answer.json()["info"])["sdopt_warnings"])
+        answer = httpx.post(url + "/v1/images/generations", json={"prompt": long, "size": "64x64", "sdopt_steps": 2}, timeout=60)
+        assert answer.status_code == 200 and "the text encoder reads the first 77" in " ".join(answer.json()["sdopt_warnings"])
+        job = httpx.post(url + "/v1/jobs", json={"prompt": short, **SMALL}, timeout=60).json()
+        assert "warnings" in httpx.get(url + f"/v1/jobs/{job['id']}", params={"images": False}).json()
 
 
 @pytest.mark.parametrize("with_mask", [False, True], ids=["img2img", "inpaint"])

@@ -265,6 +265,19 @@ class Pipeline:
         """Refuse, before any work, a request this artifact cannot run (sdopt.runtime.request_checks)."""
         request_checks.check(self, request)
 
+    def notices(self, request: GenerateRequest) -> list[str]:
+        """What generate would warn of for ``request`` (prompts cut, an init image resized, a field it does not use):
+        a server says them to the client whose request it is, apart from the others' it ran in the same call."""
+        as_run, scheduler, embeds_guidance = self._as_run(request)
+        return request_checks.notices(self, request, as_run, scheduler, embeds_guidance)
+
+    def _as_run(self, asked: GenerateRequest) -> tuple[GenerateRequest, Any, bool]:
+        """The request as the loop runs it (guidance taken out for a UNet that embeds it: an LCM-distilled UNet takes
+        guidance as its input, one pass per step), its scheduler, and whether the UNet embeds guidance."""
+        embeds_guidance = embedded_guidance.embeds_guidance(self.manifest.model)
+        request = embedded_guidance.unguided(asked) if embeds_guidance else asked
+        return request, make_scheduler(request.scheduler, self.scheduler_config), embeds_guidance
+
     # --- the loop -----------------------------------------------------------------
     def generate(self, request: GenerateRequest, progress: ProgressFn | None = None, on_latents: LatentsFn | None = None) -> GenerateResult:
         """Run the loop. progress(steps done, steps in all) after every UNet call; it may raise to stop the
@@ -298,10 +311,7 @@ class Pipeline:
         self.check_request(request)
         asked = request
         model = self.manifest.model
-        embeds_guidance = embedded_guidance.embeds_guidance(model)
-        if embeds_guidance:  # an LCM-distilled UNet: guidance is its input, one pass per step
-            request = embedded_guidance.unguided(asked)
-        scheduler = make_scheduler(request.scheduler, self.scheduler_config)
+        request, scheduler, embeds_guidance = self._as_run(asked)
         notices = request_checks.notices(self, asked, request, scheduler, embeds_guidance)
         for notice in notices:
             warnings.warn(notice, UserWarning, stacklevel=3)

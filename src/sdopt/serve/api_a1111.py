@@ -179,6 +179,8 @@ def _info(request: Request, jobs: list[J.Job], spec: J.JobSpec, body: Processing
         "sdopt_task_ids": [each.id for each in jobs],  # one job per iteration (n_iter) that ran
         "clip_skip": spec.clip_skip,  # AUTOMATIC1111's Processed.js() has it
         "sdopt_ignored": ignored_fields(body, spec.scheduler) + _clip_skip_ignored(request, spec),
+        # what the pipeline warned of for this request (a prompt cut at the text encoder's tokens, ...), once per iteration
+        "sdopt_warnings": list(dict.fromkeys(w for each in jobs for w in each.warnings)),
         "sdopt_scheduler": spec.scheduler,
         "sdopt_batch_size": job.batch_size,
         "sdopt_loras": {readable(Path(f).stem): w for f, w in (spec.loras or {}).items()},

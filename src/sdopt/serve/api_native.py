@@ -59,6 +59,7 @@ def job_view(request: Request, job: J.Job, images: bool = True) -> dict[str, Any
         "progress": job.progress,
         "eta_seconds": job.eta_seconds(),
         "error": job.error,
+        "warnings": job.warnings,  # what the pipeline warned of for this request: a prompt cut, an init image resized
         "images_dropped": job.images_dropped,
         "batch_size": job.batch_size,
         "created": job.created,

@@ -121,7 +121,8 @@ async def _answer(request: Request, spec: J.JobSpec, names: dict[str, str], resp
         data = await asyncio.to_thread(lambda: [{"b64_json": encode_png(im), "revised_prompt": None} for im in job.images])
     # Always PNG, whatever output_format asked (its text chunk carries the parameters; the links are .png files): said, as
     # OpenAI's answer says the format it sent, so a client that asked for jpeg or webp does not read PNG bytes as those.
-    return {"created": int(job.finished or time.time()), "data": data, "output_format": "png"}
+    # sdopt_warnings: what the pipeline warned of (a prompt cut at the text encoder's tokens, ...), which a client saw nowhere
+    return {"created": int(job.finished or time.time()), "data": data, "output_format": "png", "sdopt_warnings": job.warnings}
 
 
 # Outside the API key (a link is its own credential), so the router is included without it (app.py).

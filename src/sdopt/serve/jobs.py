@@ -135,6 +135,9 @@ class Job:
     continued_by: str | None = None  # the job of its request's next iteration (AUTOMATIC1111's n_iter), once queued
     iterations: int = 1  # how many iterations its request has (AUTOMATIC1111's n_iter)
     events: list[dict[str, Any]] = field(default_factory=list)
+    # What the pipeline warned of for this job's own request (its prompt cut at the encoder's tokens, its init image
+    # resized, a field it did not use): said to its client, never another job's of the same call
+    warnings: list[str] = field(default_factory=list)
     parameters: dict[str, Any] | None = None  # spec.describe(), kept once the worker let go of the spec's input pixels
     future: Future = field(default_factory=Future)  # resolved with the job itself when it finishes
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)

@@ -264,8 +264,17 @@ class Worker:
         for job in batch:
             images = result.images[row:row + job.spec.n]
             job.latents = result.latents[row:row + job.spec.n]
+            job.warnings = self._warnings(job, batch, result)
             row += job.spec.n
             self._finish(job, J.SUCCEEDED, images=images)
+
+    def _warnings(self, job: J.Job, batch: list[J.Job], result: Any) -> list[str]:
+        """The call's warnings that are ``job``'s: all of them when it ran alone; in a shared call, its own request's
+        asked again (a warning quotes its prompt: another client's is not this one's to read)."""
+        if len(batch) == 1:
+            return list(result.warnings)
+        notices = getattr(self.pipeline, "notices", None)  # a stand-in pipeline in tests may lack it
+        return notices(J.generate_request([job.spec])) if notices is not None else []
 
     def _expire_running(self, batch: list[J.Job]) -> None:
         now = time.monotonic()
