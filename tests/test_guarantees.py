@@ -491,6 +491,19 @@ def test_a_prompt_longer_than_the_encoder_reads_warns(tiny_pipeline):
     assert result.warnings
 
 
+def test_generates_warnings_are_printed_on_lines_of_their_own_above_the_bar(tiny_model, tmp_path, capsys, monkeypatch):
+    """A warning raised while the denoising bar was open was printed after the bar's half-drawn line
+    ("denoising:   0%|   | 0/2 [00:00<?, ?step/s]sdopt: warning: prompt ...")."""
+    import sys
+    import warnings
+
+    # Shown as Python shows them outside pytest (which records them instead)
+    monkeypatch.setattr(warnings, "showwarning", lambda m, c, f, n, file=None, line=None: sys.stderr.write(warnings.formatwarning(m, c, f, n, line)))
+    assert main(["generate", str(tiny_model), "-p", "a red fox " * 40, "--steps", "2", "-o", str(tmp_path / "x.png")]) == 0
+    shown = [line for line in capsys.readouterr().err.split("\n") if "sdopt: warning:" in line]
+    assert shown and all(line.split("\r")[-1].startswith("sdopt: warning:") for line in shown), shown
+
+
 def test_a_mistyped_local_path_is_not_sent_to_the_hub(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "x").mkdir()

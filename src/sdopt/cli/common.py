@@ -3,10 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import sys
+import warnings
 from pathlib import Path
 
 from sdopt.errors import SdoptError
+
+
+@contextlib.contextmanager
+def warnings_above(bar):
+    """While the tqdm ``bar`` is open, a warning is printed on a line of its own above it (tqdm.write), not after the bar's
+    half-drawn line ("denoising:   0%|          | 0/20 [00:00<?, ?step/s]sdopt: warning: prompt ... is 102 tokens")."""
+    shown = warnings.showwarning
+
+    def above(message, category, filename, lineno, file=None, line=None):
+        bar.write(warnings.formatwarning(message, category, filename, lineno, line).rstrip("\n"), file=file or sys.stderr)
+
+    warnings.showwarning = above
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
 
 
 def user_path(text: str) -> str:

@@ -7,7 +7,7 @@ import contextlib
 import sys
 from pathlib import Path
 
-from sdopt.cli.common import output_paths, backend_of, user_path, user_text, add_embedding_flag, add_eta_flag, add_lora_flag, add_threads_flag, lora_scales
+from sdopt.cli.common import output_paths, backend_of, user_path, user_text, add_embedding_flag, add_eta_flag, add_lora_flag, add_threads_flag, lora_scales, warnings_above
 from sdopt.infotext import lora_difference, loras_in_effect, missing_embeddings, png_info, read_png_parameters, unapplied
 from sdopt.request import MASKED_CONTENT, check_strength_has_image, open_image
 from sdopt.errors import BrokenOutputError, SdoptError
@@ -130,7 +130,7 @@ def _generate(args: argparse.Namespace) -> int:
     pipe.check_request(request)
     # The UNet calls, not the steps: PNDM (SD 1.5's own scheduler) makes one more, Heun about twice (the bar's total
     # moved from 20 to 21 at the first call).
-    with tqdm(total=pipe.unet_calls(request), desc="denoising", unit="step", file=sys.stderr, disable=args.quiet) as bar:
+    with tqdm(total=pipe.unet_calls(request), desc="denoising", unit="step", file=sys.stderr, disable=args.quiet) as bar, warnings_above(bar):
 
         def progress(done: int, total: int) -> None:
             bar.total = total
