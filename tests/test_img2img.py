@@ -272,7 +272,7 @@ def test_a_static_batch_encoder_is_given_its_batch(tiny_pipeline):
         ({"strength": True}, r"strength=True: must be"),
         ({"init_image": "pic", "strength": 0.1, "scheduler": "euler"}, r"strength=0\.1 with steps=5 runs no step"),
         ({"init_image": "a/path.png"}, r"init_image: must be a PIL image"),
-        ({"mask_image": "mask"}, r"mask_image needs an init_image"),
+        ({"mask_image": "mask"}, r"mask_image needs init_image"),
         ({"init_image": "pic", "mask_image": "small mask"}, r"mask_image is 32x32 but init_image is 64x64"),
         ({"init_image": ["pic", "pic", "pic"]}, r"init_image: 3 images for 1 prompts"),
         ({"init_latents": "latents 3"}, r"init_latents has 3 rows for 1 prompt\(s\) x 1 image\(s\)"),
@@ -467,14 +467,18 @@ def test_cli_inpaint_writes_the_python_api_image(tiny_model, tiny_pipeline, tmp_
     [
         (["--init-image", "/nonexistent/in.png"], "--init-image /nonexistent/in.png: no such file"),
         (["--init-image", "NOT_AN_IMAGE"], "not an image sdopt can read"),
-        (["--mask", "IMAGE"], "mask_image needs an init_image"),
-        (["--init-image", "IMAGE", "--strength", "2"], "strength=2.0: must be a finite number in (0, 1]"),
+        # named by their flags (they named the Python fields mask_image, init_image, strength=2.0)
+        (["--mask", "IMAGE"], "--mask needs --init-image"),
+        (["--init-image", "IMAGE", "--strength", "2"], "--strength 2.0: must be a finite number in (0, 1]"),
+        (["--init-image", "IMAGE", "--mask", "SMALL"], "--mask is 32x32 but --init-image is 64x64"),
+        (["--init-image", "IMAGE", "--strength", "0.1"], "--strength 0.1 with --steps 2 runs no step (int(steps x strength) = 0): raise --strength or --steps"),
     ],
 )
 def test_cli_bad_image_arguments(tiny_model, tmp_path, capsys, extra, message):
     picture().save(tmp_path / "in.png")
+    picture().resize((32, 32)).convert("L").save(tmp_path / "small.png")
     (tmp_path / "notes.png").write_text("not a picture")
-    extra = [{"IMAGE": str(tmp_path / "in.png"), "NOT_AN_IMAGE": str(tmp_path / "notes.png")}.get(e, e) for e in extra]
+    extra = [{"IMAGE": str(tmp_path / "in.png"), "NOT_AN_IMAGE": str(tmp_path / "notes.png"), "SMALL": str(tmp_path / "small.png")}.get(e, e) for e in extra]
     args = ["generate", str(tiny_model), "-p", "x", "--steps", "2", "--height", "64", "--width", "64", "-o", str(tmp_path / "o.png")]
     assert main(args + extra) == 2
     assert message in capsys.readouterr().err

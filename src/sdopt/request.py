@@ -389,7 +389,7 @@ class GenerateRequest:
     def _validate_images(self) -> None:
         s = self.strength
         if not is_finite_number(s) or not 0 < s <= 1:
-            raise SdoptError(f"strength={s!r}: must be a finite number in (0, 1] (0.8 is usual; 1 repaints the image entirely)")
+            raise SdoptError(f"{argument('strength', s)}: must be a finite number in (0, 1] (0.8 is usual; 1 repaints the image entirely)")
         for name in ("init_image", "mask_image"):
             items = _as_list(getattr(self, name))
             if getattr(self, name) is not None and (not items or not all(_is_pil_image(i) for i in items)):
@@ -406,14 +406,15 @@ class GenerateRequest:
         images, masks = self.init_images, self.mask_images
         self._validate_latents()
         if masks and not images:
-            raise SdoptError("mask_image needs an init_image: the mask says which part of the init image to repaint (white = repaint)", field="init_image")
+            raise SdoptError(f"{_mask_name()} needs {argument('init_image')}: the mask says which part of the init image to repaint (white = repaint)",
+                             field="init_image")
         if self.image_to_image and self.scheduler not in (None, "lcm", "tcd"):  # those: the scheduler's (schedulers.check_steps)
             check_strength_steps(self.steps, s)
         pairs = zip(images, masks) if len(images) == len(masks) else [(i, m) for i in images for m in masks]
         for image, mask in pairs:
             if image.size != mask.size:
                 raise SdoptError(
-                    f"mask_image is {mask.size[0]}x{mask.size[1]} but init_image is {image.size[0]}x{image.size[1]}: "
+                    f"{_mask_name()} is {mask.size[0]}x{mask.size[1]} but {argument('init_image')} is {image.size[0]}x{image.size[1]}: "
                     "give a mask of the image's size (white = repaint, black = keep)"
                 )
 
@@ -512,7 +513,13 @@ class GenerateResult:
         )
 
 
+def _mask_name() -> str:
+    """How a message names the mask: --mask on the command line, mask_image in Python."""
+    return argument("mask_image", flag="--mask")
+
+
 def check_strength_steps(steps: int, strength: float) -> None:
     """img2img keeps the last int(steps x strength) steps of an ordinary sampler's schedule: refused where that is none."""
     if int(steps * strength) < 1:
-        raise SdoptError(f"strength={strength:g} with steps={steps} runs no step (int(steps x strength) = 0): raise strength or steps")
+        raise SdoptError(f"{argument('strength', strength)} with {argument('steps', steps)} runs no step (int(steps x strength) = 0): "
+                         f"raise {argument('strength')} or {argument('steps')}")
