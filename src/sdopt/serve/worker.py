@@ -263,8 +263,9 @@ class Worker:
         row = 0
         for job in batch:
             images = result.images[row:row + job.spec.n]
-            job.latents = result.latents[row:row + job.spec.n]
-            job.warnings = self._warnings(job, batch, result)
+            if not job.ended:  # a job cancelled out of the call keeps none of its rows (its latents, a view of the whole call's, stayed for 1,000 jobs)
+                job.latents = result.latents[row:row + job.spec.n]
+                job.warnings = self._warnings(job, batch, result)
             row += job.spec.n
             self._finish(job, J.SUCCEEDED, images=images)
 
@@ -300,8 +301,10 @@ class Worker:
                 self.jobs.pop(self._finished_order.popleft(), None)
             if len(self._finished_order) > IMAGES_KEPT:
                 old = self.jobs.get(self._finished_order[-IMAGES_KEPT - 1])
-                if old is not None and old.images:
-                    old.images, old.latents, old.images_dropped = [], None, True
+                if old is not None:
+                    old.latents = None
+                    if old.images:
+                        old.images, old.images_dropped = [], True
         return True
 
     # --- the watchdog -----------------------------------------------------------------
