@@ -63,6 +63,28 @@ def test_runtime_scales_per_request_and_base_again(tiny_model, tiny_lora):
     assert np.array_equal(pipeline.generate(request).latents, base.latents)
 
 
+def test_a_lora_file_saved_again_replaces_its_adapter(tiny_model, tiny_lora, tmp_path):
+    """A file changed on disk (sdopt serve --lora-dir while a training run saves the same name) is loaded again, as
+    before, and its old adapter let go of: each save added one, with its weights, for the process's life."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from sdopt.lora.apply import adapters_of
+
+    lora, other = shutil.copy(tiny_lora, tmp_path / "style.safetensors"), shutil.copy(tiny_lora, tmp_path / "other.safetensors")
+    pipeline = sdopt.load(tiny_model)
+    both = GenerateRequest(**{**SMALL, "steps": 2}, loras={str(lora): 1.0, str(other): 0.5})
+    pipeline.generate(both)
+    save_file({k: v * 2 for k, v in load_file(lora).items()}, lora)  # saved again, other weights
+    os.utime(lora, ns=(0, 10**18))  # changed, whatever the file system's clock resolution
+    again = pipeline.generate(both)
+    modules = pipeline.loras.modules
+    assert len(pipeline.loras.loaded) == 2 and all(len(adapters_of(modules[n])) == 2 for n in ("unet", "text_encoder"))
+    pipeline.unload_loras()  # both loaded afresh: the new file's weights, and the other's
+    assert np.array_equal(again.latents, pipeline.generate(both).latents)
+
+
 def test_runtime_matches_diffusers_load_lora_weights(tiny_model, tiny_lora):
     import torch
     from diffusers import StableDiffusionPipeline

@@ -89,6 +89,16 @@ def remove_adapter_layers(component: str, module: torch.nn.Module) -> None:
     module.unload_lora() if component == "unet" else _remove_text_encoder_monkey_patch(module)
 
 
+def delete_adapter(modules: dict[str, torch.nn.Module], family, name: str) -> None:
+    """Remove adapter ``name``'s layers and weights from every module that has it; the other adapters stay."""
+    from diffusers.utils.peft_utils import delete_adapter_layers
+
+    for component in ("unet", *family.text_encoders):
+        module = modules[component]
+        if name in adapters_of(module):
+            module.delete_adapters([name]) if component == "unet" else delete_adapter_layers(module, name)
+
+
 def set_scales(modules: dict[str, torch.nn.Module], family, scales: dict[str, float]) -> None:
     """Activate the named adapters at these scales on every module that has them; none: the base weights."""
     from diffusers.loaders.lora_base import disable_lora_for_text_encoder, enable_lora_for_text_encoder, set_adapters_for_text_encoder

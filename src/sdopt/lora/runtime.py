@@ -1,7 +1,7 @@
 """LoRAs per request on the torch backend: each file loaded once, scales set per request, unloaded cleanly.
 
 A pipeline keeps the adapters it has loaded (by file, size and modification
-time, so an edited file is loaded again). A request names the LoRAs it wants and
+time, so an edited file is loaded again, and its old adapter removed). A request names the LoRAs it wants and
 their scales; the others stay loaded but inactive, and a request with none runs
 the base weights (PEFT bypasses disabled adapters, so its image is the base
 model's). ``unload()`` removes every adapter layer and leaves the modules as
@@ -22,6 +22,7 @@ class RuntimeLoras:
         self.modules, self.family = modules, family
         self.loaded: dict[tuple, str] = {}  # (path, size, mtime) -> adapter name
         self.active: dict[str, float] = {}
+        self._made = 0  # adapters made so far: the next one's name (a replaced one's name is not used again)
 
     @staticmethod
     def _key(path: Path) -> tuple:
@@ -30,13 +31,20 @@ class RuntimeLoras:
 
     def activate(self, loras: list[LoraFile]) -> dict[str, float]:
         """Load what is new, then make exactly these adapters active at these scales."""
-        from sdopt.lora.apply import load_adapter, set_scales
+        from sdopt.lora.apply import delete_adapter, load_adapter, set_scales
 
         adapters = []
         for lora in loras:
             key = self._key(lora.path)
             if key not in self.loaded:
-                name = f"lora{len(self.loaded)}"
+                # The file as it was before it changed: let go of its adapter, which no request can reach any more (a
+                # server whose LoRA is saved again and again, by a training run, grew by one adapter's weights each time).
+                for stale in [k for k in self.loaded if k[0] == key[0]]:
+                    old = self.loaded.pop(stale)
+                    delete_adapter(self.modules, self.family, old)
+                    self.active.pop(old, None)
+                name = f"lora{self._made}"
+                self._made += 1
                 load_adapter(self.modules, self.family, lora, name)
                 self.loaded[key] = name
             adapters.append((self.loaded[key], lora.scale))
