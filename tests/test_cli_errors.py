@@ -523,6 +523,20 @@ def test_bench_on_ray_without_the_ray_extra_is_refused_before_anything_is_built(
     assert not (tmp_path / "w").exists() and not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("missing", ["pandas", "matplotlib"])
+@pytest.mark.parametrize("command", ["bench", "optimize"])
+def test_bench_and_optimize_without_the_bench_extra_are_refused_before_anything_runs(tiny_model, tmp_path, monkeypatch, capsys,
+                                                                                     command, missing):
+    """A `pip install sdopt` without [bench]: the whole bench ran, then writing results.csv (pandas) or report.html's plots
+    (matplotlib) ended in a traceback, and the report was lost."""
+    monkeypatch.setitem(sys.modules, missing, None)  # as if `pip install 'sdopt[bench]'` had not been run
+    out = tmp_path / "r"
+    args = ["--reference", str(tiny_model)] if command == "bench" else ["--work", str(tmp_path / "w")]
+    assert main([command, str(tiny_model), *args, "--steps", "2", "-o", str(out)]) == 2
+    assert f"the Python package '{missing}', which is not installed: pip install 'sdopt[bench]'" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "w").exists()
+
+
 def test_two_profiles_of_one_name_are_refused_as_their_reports_would_share_a_folder(tmp_path, capsys):
     """--profile a.toml --profile b.toml, both name = "box": both reports went to OUTPUT/box/, the second over the first."""
     for stem in ("a", "b"):

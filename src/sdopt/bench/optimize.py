@@ -218,11 +218,13 @@ def _optimize(model, out, settings, work, floor, quick, budget_minutes, distill,
               calibration_images, ray) -> Outcome:
     from sdopt.bench.assemble import too_noisy, with_more_rounds
     from sdopt.bench.profiles import HardwareProfile
+    from sdopt.bench.report import require_report_libraries
     from sdopt.bench.runner import run_bench
     from sdopt.export.run import source_checkpoint
     from sdopt.fsutil import atomic_output_dir, check_output_dir, local_inputs, make_work_dir
 
     check_output_dir(out, force, local_inputs(model))  # before any slow work
+    require_report_libraries()  # the bench extra: its report is written once every candidate is benched
     from sdopt.bench.grounding import choose_judge
 
     if floor.min_adherence is not None and choose_judge(settings.judge, settings.prompts) is None:

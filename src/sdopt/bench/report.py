@@ -7,6 +7,15 @@ import os
 from pathlib import Path
 from typing import Any
 
+from sdopt.errors import require
+
+
+def require_report_libraries() -> None:
+    """The bench extra's libraries that write_reports needs (pandas: results.csv; matplotlib: report.html's plots),
+    checked before a bench runs: missing, they failed with a traceback once every artifact had been measured."""
+    require("pandas", "bench")
+    require("matplotlib", "bench")
+
 
 def _budget_note(r: dict, planned: int, warmup: int) -> str:
     if r.get("first_generate_counted"):
@@ -259,6 +268,7 @@ def write_reports(report: dict, out: Path) -> dict[str, Path]:
     """Every report file, each rendered in full before any is written, then written beside itself and renamed into
     place, report.json last: an interrupt while writing never leaves a half-written file, nor a report.json (what
     sdopt gate and sdopt optimize read) without the files it describes."""
+    require_report_libraries()
     import pandas as pd
 
     from sdopt.bench.html import render_html

@@ -148,6 +148,9 @@ def run_bench(
     unless ``force``: check_report_folder). ``names``: a row name per argument (a profile's names for what it built)."""
     from tqdm import tqdm
 
+    from sdopt.bench.report import require_report_libraries
+
+    require_report_libraries()  # the bench extra, not after every artifact has run
     entries = collect(artifacts, reference, names)
     check_static_shapes(entries, settings)
     check_device_here(settings.device, entries)

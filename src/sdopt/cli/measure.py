@@ -75,6 +75,7 @@ def _print_candidates(rows: list[dict], chosen: str | None) -> None:
 def _bench(args: argparse.Namespace) -> int:
     from sdopt.bench.grounding import unjudged_rows
     from sdopt.bench.profiles import load_profile
+    from sdopt.bench.report import require_report_libraries
     from sdopt.bench.runner import check_device_here, check_report_folder, prepare_report_folder, run_bench
     from sdopt.bench.artifacts import model_defaults
     from sdopt.bench.settings import BenchSettings
@@ -105,6 +106,7 @@ def _bench(args: argparse.Namespace) -> int:
 
         refuse_local_settings(args.rounds or 1, args.worker_start)
         ray_module()  # the ray extra, not after the artifacts are built
+    require_report_libraries()  # the bench extra's too (the report's writers), before --build-from builds anything
     if args.build_from:
         if not profiles or args.work is None or args.artifacts or args.reference:
             raise SdoptError("--build-from MODEL builds the artifacts a profile lists: give --profile and --work, and no artifacts or --reference")

@@ -29,6 +29,7 @@ from typing import Any
 from sdopt.bench.profiles import HardwareProfile
 from sdopt.bench.artifacts import Entry
 from sdopt.bench.assemble import assemble_report, precisions_to_probe
+from sdopt.bench.report import require_report_libraries
 from sdopt.bench.runner import slug, worker_command, worker_job
 from sdopt.bench.settings import BenchSettings
 from sdopt.cluster.connect import cluster, ray_module
@@ -169,6 +170,7 @@ def run_matrix(runs: list[ProfileRun], address: str | None = None, timeout: floa
 
     refuse_local_settings(max(r.settings.rounds for r in runs))  # before Ray starts
     ray = ray_module()
+    require_report_libraries()  # the reports are written here, on the driver
     kinds = [r.profile for r in runs if r.profile is not None]
     with cluster(address, local_resources(kinds)) as info:
         job_task = ray.remote(max_retries=RETRIES, retry_exceptions=[JobProcessKilled])(run_job)
