@@ -79,3 +79,56 @@ def test_quant_builds_on_runtime_and_runtime_reaches_quantizers_only_through_the
     runtime_to_quant = {(m, t) for m, ts in graph.items() if m.startswith("sdopt.runtime") for t in ts if t.startswith("sdopt.quant")}
     assert runtime_to_quant == {("sdopt.runtime.torch", "sdopt.quant")}
     assert ("sdopt.quant.torch_weights", "sdopt.runtime.torch") in {(m, t) for m, ts in graph.items() for t in ts}
+
+
+# The distribution that brings a module the extras name by another name (the rest: the module's own top name).
+DISTRIBUTION = {"optimum": "optimum-quanto", "modelopt": "nvidia-modelopt",
+                "huggingface_hub": "diffusers"}  # huggingface_hub: a dependency of diffusers and transformers
+
+
+def extras() -> dict[str | None, set[str]]:
+    """pyproject's distributions per extra (None: the core install), each extra with the core's, `all` expanded."""
+    import re
+    import tomllib
+
+    project = tomllib.loads((SRC.parent / "pyproject.toml").read_text())["project"]
+
+    by_extra: dict[str, set[str]] = {}
+
+    def names(requirements: list[str]) -> set[str]:
+        out = set()
+        for requirement in requirements:
+            name, listed = re.match(r"([A-Za-z0-9_.-]+)(?:\[([^]]*)\])?", requirement).groups()
+            if name == "sdopt":  # sdopt[onnx,...]: those extras' distributions
+                out |= {n for extra in listed.split(",") for n in by_extra[extra.strip()]}
+            else:
+                out.add(name.lower())
+        return out
+
+    core = names(project["dependencies"])
+    for extra, requirements in project["optional-dependencies"].items():
+        by_extra[extra] = core | names(requirements)  # `all` lists sdopt[...] last, after the extras it names
+    return {None: core, **by_extra}
+
+
+def test_each_extra_installs_what_the_code_requires_of_it():
+    """`pip install 'sdopt[X]'`, the extra an error names (errors.require) or a plug-in declares, must install every module that
+    error or plug-in needs: the tensorrt extra lacked onnxruntime, which the TensorRT exporter requires (its ONNX graphs'
+    parity check), so a user who installed it was told to install it again."""
+    from sdopt.export import EXPORTERS
+    from sdopt.quant import QUANTIZERS
+    from sdopt.runtime.backends import BACKENDS
+
+    wanted = {(p.extra, m) for registry in (EXPORTERS, QUANTIZERS, BACKENDS) for p in registry.values() for m in p.requires}
+    for path in (SRC / "sdopt").rglob("*.py"):  # require("module", "extra") calls
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "require" and len(node.args) == 2:
+                module, extra = (getattr(a, "value", None) for a in node.args)
+                if isinstance(module, str) and isinstance(extra, str):
+                    wanted.add((extra, module))
+    assert ("bench", "pandas") in wanted and ("tensorrt", "onnx") in wanted, "the requirements were not read from the sources"
+    installs = extras()
+    top = lambda module: module.split(".")[0]  # noqa: E731
+    missing = sorted(f"sdopt[{extra}] lacks {module}" for extra, module in wanted
+                     if DISTRIBUTION.get(top(module), top(module)).lower() not in installs[extra])
+    assert missing == []
