@@ -537,6 +537,19 @@ def test_bench_and_optimize_without_the_bench_extra_are_refused_before_anything_
     assert not out.exists() and not (tmp_path / "w").exists()
 
 
+@pytest.mark.parametrize("command", ["train-shapes", "distill-decoder"])
+def test_training_without_matplotlib_is_refused_before_it_trains(tiny_model, tmp_path, monkeypatch, capsys, command):
+    """Without the bench extra, train-shapes and distill-decoder trained to the end, then drawing loss.png failed with a
+    traceback and the trained weights were thrown away."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    out = tmp_path / "out"
+    args = [str(out), "--vae-steps", "1", "--unet-steps", "1", "--images", "8"] if command == "train-shapes" else \
+        [str(tiny_model), "-o", str(out), "--latents", "2", "--steps", "1", "--train-steps", "1", "--batch", "1"]
+    assert main([command, *args, "-q"]) == 2
+    assert "the Python package 'matplotlib', which is not installed: pip install 'sdopt[bench]'" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_two_profiles_of_one_name_are_refused_as_their_reports_would_share_a_folder(tmp_path, capsys):
     """--profile a.toml --profile b.toml, both name = "box": both reports went to OUTPUT/box/, the second over the first."""
     for stem in ("a", "b"):

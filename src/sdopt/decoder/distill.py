@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from sdopt.errors import SdoptError, did_you_mean
+from sdopt.errors import SdoptError, did_you_mean, require
 
 
 @dataclass(frozen=True)
@@ -197,6 +197,7 @@ def distill_decoder(model: str | Path, out: str | Path, settings: DistillSetting
     from sdopt.shapes.train import forget_load_path, save_curves
 
     settings.check()
+    require("matplotlib", "bench")  # loss.png, drawn once training is done: missing, it failed there with a traceback
     check_output_dir(out, force, local_inputs(model))  # before any slow work
     source, manifest = source_checkpoint(model, "distill")
     model_info = manifest.model

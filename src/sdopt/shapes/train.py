@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from sdopt.errors import require
 from sdopt.shapes.scenes import samples
 
 
@@ -211,6 +212,7 @@ def train_shapes(out: str | Path, settings: TrainSettings = TrainSettings(), pro
     """Train the shapes model into ``out`` (written atomically); returns its path. Runs on ``settings.threads`` torch
     threads, and gives the caller's count back after (a Python caller, or a test process, keeps its own)."""
     settings.check()
+    require("matplotlib", "bench")  # loss.png, drawn once training is done: missing, it failed there with a traceback
     previous = torch.get_num_threads()
     torch.set_num_threads(settings.threads or os.cpu_count() or 1)
     try:
