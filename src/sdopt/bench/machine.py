@@ -54,12 +54,18 @@ def _gpus() -> list[dict]:
 
 def git_commit() -> str | None:
     """The sdopt commit a report was made with: $SDOPT_GIT_COMMIT where set (a copy of the tree whose .git is not
-    its own, as on a lent GPU machine: the GPU reports read a stale commit), else git's answer for this source tree."""
+    its own, as on a lent GPU machine: the GPU reports read a stale commit), else git's answer for this source tree; None
+    where this file is not tracked by the repository git finds (sdopt installed from a wheel into a project's .venv: that
+    project's commit is not sdopt's)."""
     if os.environ.get("SDOPT_GIT_COMMIT"):
         return os.environ["SDOPT_GIT_COMMIT"].strip()
+    here = Path(__file__).parent
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent)
+        tracked = subprocess.run(["git", "ls-files", "--error-unmatch", "--", Path(__file__).name], capture_output=True, text=True, timeout=5, cwd=here)
+        if tracked.returncode:
+            return None
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=here)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5, cwd=here)
     except (OSError, subprocess.TimeoutExpired):
         return None
     if out.returncode:
