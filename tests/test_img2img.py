@@ -436,7 +436,7 @@ def test_the_bench_runs_inpainting_requests(tiny_inpaint, inpaint_onnx, tmp_path
     assert "inpainting photo.png under the mask mask.png at strength 0.7" in (tmp_path / "r" / "report.md").read_text()
     capsys.readouterr()
     assert main(["bench", str(inpaint_onnx[0]), *common, "--mask", str(tmp_path / "mask.png"), "-o", str(tmp_path / "x")]) == 2
-    assert "mask_image" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    assert "--mask needs --init-image" in capsys.readouterr().err and not (tmp_path / "x").exists()
     assert main(["bench", str(inpaint_onnx[0]), *common, "--init-image", str(tmp_path / "nothing.png"), "-o", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert "--init-image" in err and "no such file" in err
