@@ -1076,3 +1076,53 @@ def test_the_fuzz_script_exits_with_schemathesis_status_and_removes_its_folder(t
                               env={"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "TMPDIR": str(tmp_path / "tmp")}, timeout=60)
         assert done.returncode == status, done.stdout + done.stderr
         assert not list((tmp_path / "tmp").iterdir())
+
+
+def test_image_dir_is_swept_once_a_minute_and_a_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    """Every linked answer walked the whole --image-dir for expired folders (an hour of a busy server's jobs: tens of
+    thousands of entries per answer, walk qa47); and a write that failed (a full disk) left its .tmp file behind."""
+    import os
+
+    from sdopt.serve import image_links
+
+    links = image_links.ImageLinks(tmp_path)
+    walks = []
+    real = image_links.Path.iterdir
+    monkeypatch.setattr(image_links.Path, "iterdir", lambda self: (walks.append(self), real(self))[1])
+    for n in range(3):
+        links.keep(f"{n:032x}", [b"png"])
+    assert walks == []  # swept when made, not again within the minute
+    monkeypatch.setattr(links, "_swept", links._swept - image_links.SWEEP_EVERY_S)
+    links.keep("f" * 32, [b"png"])
+    assert walks == [tmp_path]
+
+    monkeypatch.setattr(image_links.tempfile, "NamedTemporaryFile", _failing_temporary(image_links.tempfile.NamedTemporaryFile))
+    with pytest.raises(OSError):
+        links.keep("e" * 32, [b"png"])
+    assert os.listdir(tmp_path / ("e" * 32)) == []
+
+
+def _failing_temporary(make):
+    """NamedTemporaryFile whose file is made, but whose write fails (a full disk)."""
+    def temporary(*args, **kwargs):
+        out = make(*args, **kwargs)
+
+        class Failing:
+            name = out.name
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                out.close()
+                return False
+
+            def write(self, data):
+                raise OSError(28, "No space left on device")
+
+            def close(self):
+                out.close()
+
+        return Failing()
+
+    return temporary

@@ -28,6 +28,7 @@ from sdopt.errors import SdoptError
 from sdopt.serve.errors import RequestError
 
 LIFETIME_S = 3600  # OpenAI's: "URLs are only valid for 60 minutes after the image has been generated"
+SWEEP_EVERY_S = 60.0  # how often keep() looks for expired job folders
 PATH = "/v1/images/files"
 KEY_FILE = "link-key"
 _JOB_ID = re.compile(r"[0-9A-Za-z_-]{1,200}")  # what a folder under --image-dir may be named (job ids are uuid hex)
@@ -39,6 +40,7 @@ class ImageLinks:
         self.folder = Path(folder) if folder is not None else None
         self._key = _folder_key(self.folder) if self.folder is not None else secrets.token_bytes(32)
         self.key_id = hashlib.sha256(self._key).hexdigest()[:8]
+        self._swept = float("-inf")  # when _sweep last walked the folder
         if self.folder is not None:
             self._sweep()
 
@@ -74,7 +76,12 @@ class ImageLinks:
         job_folder.mkdir(exist_ok=True)
         for index, data in enumerate(pngs):
             with tempfile.NamedTemporaryFile(dir=job_folder, suffix=".tmp", delete=False) as out:
-                out.write(data)
+                try:
+                    out.write(data)
+                except BaseException:  # a full disk: no half file left behind
+                    out.close()
+                    os.unlink(out.name)
+                    raise
             os.replace(out.name, job_folder / f"{index}.png")
 
     def stored(self, job_id: str, index: int) -> bytes | None:
@@ -87,7 +94,12 @@ class ImageLinks:
             return None
 
     def _sweep(self) -> None:
-        """Delete the job folders no unexpired link can reach (a minute's grace for clocks)."""
+        """Delete the job folders no unexpired link can reach (a minute's grace for clocks); at most once a minute: an
+        hour of a busy server's folders is tens of thousands of entries, which every linked answer walked."""
+        now = time.monotonic()
+        if now - self._swept < SWEEP_EVERY_S:
+            return
+        self._swept = now
         oldest = time.time() - LIFETIME_S - 60
         for entry in self.folder.iterdir():
             try:
