@@ -237,6 +237,15 @@ def test_a_profile_key_sdopt_does_not_know_is_refused(tmp_path, body, message):
     # prompts = "a fox" benched 5 one-letter prompts; seeds = 3 failed every artifact, the reference too
     ('name = "x"\ndevice = "cpu"\n[bench]\nprompts = "a fox"\n', "[bench] prompts = 'a fox': give a list"),
     ('name = "x"\ndevice = "cpu"\n[bench]\nseeds = 3\n', "[bench] seeds = 3: give a list, such as seeds = [0, 1]"),
+    # [bench] values were checked only as the bench's request, naming no file or key (steps=0, "--runs 0 / --warmup 0",
+    # "give --seeds 0,1,2"); runs = 1.5 was taken, and max_seconds = "600" was a TypeError traceback
+    ('name = "x"\ndevice = "cpu"\n[bench]\nsteps = 0\n', "kinds.toml: [bench] steps=0: must be an integer from 1 to 1000"),
+    ('name = "x"\ndevice = "cpu"\n[bench]\nheight = 60\n', "kinds.toml: [bench] height=60: must be a multiple of 8"),
+    ('name = "x"\ndevice = "cpu"\n[bench]\nruns = 0\n', "kinds.toml: [bench] runs = 0: give a whole number, 1 or more"),
+    ('name = "x"\ndevice = "cpu"\n[bench]\nruns = 1.5\n', "kinds.toml: [bench] runs = 1.5: give a whole number, 1 or more"),
+    ('name = "x"\ndevice = "cpu"\n[bench]\nseeds = []\n', "kinds.toml: [bench] seeds = []: give one or more"),
+    ('name = "x"\ndevice = "cpu"\n[bench]\nmax_seconds = "600"\n', "kinds.toml: [bench] max_seconds = '600': give each artifact's"),
+    ('name = "x"\ndevice = "cpu"\n[bench]\njudge = "clasical"\n', "kinds.toml: [bench] judge = 'clasical': give one of auto"),
 ])
 def test_a_profile_value_of_the_wrong_kind_is_refused_when_read(tmp_path, text, message):
     """artifacts = 3 or gate = 3 was a TypeError traceback; name = 3 or device = "tpu" one after the whole bench had run;

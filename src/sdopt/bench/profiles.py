@@ -103,6 +103,7 @@ def load_profile(name_or_path: str) -> HardwareProfile:
     _check_kinds(data, path)
     _known_keys(data.get("bench", {}), BENCH_KEYS, path, "[bench]")
     _check_bench_lists(data.get("bench", {}), path)
+    _check_bench_values(data.get("bench", {}), path)
     for index, entry in enumerate(data.get("artifacts", [])):
         if not isinstance(entry, dict) or "name" not in entry:
             raise SdoptError(f"{path}: [[artifacts]] entry {index + 1} has no name: every entry is a table with name = \"...\"")
@@ -172,6 +173,38 @@ def _check_bench_lists(bench: dict[str, Any], path: Path) -> None:
         value = bench.get(key)
         if value is not None and not (isinstance(value, list) and all(isinstance(v, kind) and not isinstance(v, bool) for v in value)):
             raise SdoptError(f"{path}: [bench] {key} = {value!r}: give a list, such as {example}")
+
+
+def _check_bench_values(bench: dict[str, Any], path: Path) -> None:
+    """Each [bench] value, named by its key in this file (the command line's over them are checked again by BenchSettings):
+    steps = 0 or runs = 0 was refused as a request's steps=0 or as flags never typed (--runs 0 / --warmup 0), seeds = []
+    with "give --seeds 0,1,2", runs = 1.5 was taken, and max_seconds = "600" was a TypeError traceback."""
+    from sdopt.request import GenerateRequest
+    from sdopt.runtime.schedulers import check_scheduler
+
+    for key in ("prompts", "seeds"):
+        if bench.get(key) == []:
+            raise SdoptError(f"{path}: [bench] {key} = []: give one or more, or leave {key} out for the defaults")
+    try:
+        for key in ("steps", "height", "width", "guidance_scale"):
+            if key in bench:
+                GenerateRequest(prompt="a fox", **{key: bench[key]}).validate()
+        check_scheduler(bench.get("scheduler"))
+        if "judge" in bench:  # the name only: whether it can read the prompts depends on --prompts, checked with the settings
+            from sdopt.bench.grounding import CHOICES
+
+            if bench["judge"] not in CHOICES:
+                raise SdoptError(f"judge = {bench['judge']!r}: give one of {', '.join(CHOICES)}")
+    except SdoptError as exc:
+        raise SdoptError(f"{path}: [bench] {exc}") from None
+    for key, low in (("warmup", 0), ("runs", 1)):
+        value = bench.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
+            raise SdoptError(f"{path}: [bench] {key} = {value!r}: give a whole number, {low} or more, such as {key} = {BENCH_DEFAULTS[key]}")
+    budget = bench.get("max_seconds")
+    if budget is not None and (not isinstance(budget, (int, float)) or isinstance(budget, bool) or not 0 < budget < math.inf):
+        raise SdoptError(f"{path}: [bench] max_seconds = {budget!r}: give each artifact's time budget in seconds, a positive number, "
+                         "such as max_seconds = 900")
 
 
 def _check_recipe_options(entry: dict[str, Any], path: Path) -> None:
