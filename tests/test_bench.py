@@ -256,6 +256,30 @@ def test_a_profile_value_of_the_wrong_kind_is_refused_when_read(tmp_path, text, 
         load_profile(str(path))
 
 
+@pytest.mark.parametrize("entries,message", [
+    ('name = "a"\nexport = "onxx"\n', "[[artifacts]] 'a': unknown export target 'onxx'"),
+    ('name = "a"\nexport = "onnx"\nprecision = "fp23"\n', "[[artifacts]] 'a': precision = 'fp23': export = 'onnx' builds fp32"),
+    ('name = "a"\nquantize = "int9"\n', "[[artifacts]] 'a': unknown scheme 'int9'"),
+    ('name = "a"\nquantize = "int8"\nbackend = "torchaoo"\n', "[[artifacts]] 'a': unknown quantization backend 'torchaoo'"),
+    ('name = "a"\nbackend = "openvino"\nreference = true\n', "'a': backend = 'openvino': an entry without export or quantize is the "
+                                                             'checkpoint, run by torch; for openvino, write export = "openvino"'),
+    ('name = "a"\nreference = true\n[[artifacts]]\nname = "a"\nquantize = "int8"\n', "[[artifacts]] 'a' is listed twice"),
+    ('name = "a"\nreference = true\n[[artifacts]]\nname = "b"\nreference = true\n', "'a', 'b' are each reference = true: mark one"),
+    ('name = "a"\nreference = "yes"\n', "'a': reference = 'yes': write reference = true on the one entry"),
+    ('name = "a"\nquantize = "int8"\nfrom = "b"\n[[artifacts]]\nname = "b"\nexport = "onnx"\n', "'a': from = 'b' names no entry listed before it"),
+    ('name = "a"\nexport = "onnx"\nquantize = "int8"\n', "'a' has both export and quantize: an entry is one artifact"),
+    ('name = "../a"\nexport = "onnx"\n', "[[artifacts]] name = '../a': give a name that can be a folder's"),
+])
+def test_a_profile_entry_naming_what_cannot_be_built_is_refused_when_read(tmp_path, entries, message):
+    """A typo in an export target, scheme or backend was found only when the bench reached that entry (after building the
+    others; "not built", exit 1 after the whole bench); a name given twice built the second entry over the first's folder; a
+    second reference was dropped without a word; a checkpoint entry's backend = "openvino" benched the torch checkpoint."""
+    path = tmp_path / "entries.toml"
+    path.write_text('name = "x"\ndevice = "cpu"\n[[artifacts]]\n' + entries)
+    with pytest.raises(SdoptError, match=re.escape(f"{path}: ") + ".*" + re.escape(message)):
+        load_profile(str(path))
+
+
 @pytest.mark.parametrize("seed", [-1, 2**63, 1.5])
 def test_a_seed_no_request_takes_is_refused_before_any_worker(seed):
     """--seeds -1 (or a profile's seeds = [-1]) passed the bench's checks: every artifact loaded and failed on it, the

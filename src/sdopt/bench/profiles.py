@@ -113,6 +113,7 @@ def load_profile(name_or_path: str) -> HardwareProfile:
             from sdopt.decoder.distill import DistillSettings
 
             DistillSettings.from_table(entry["distill"], f"{path}: [[artifacts]] {entry['name']!r}")
+    _check_entries(data.get("artifacts", []), path)
     return HardwareProfile(
         name=data["name"],
         description=data.get("description", ""),
@@ -205,6 +206,66 @@ def _check_bench_values(bench: dict[str, Any], path: Path) -> None:
     if budget is not None and (not isinstance(budget, (int, float)) or isinstance(budget, bool) or not 0 < budget < math.inf):
         raise SdoptError(f"{path}: [bench] max_seconds = {budget!r}: give each artifact's time budget in seconds, a positive number, "
                          "such as max_seconds = 900")
+
+
+def _check_entries(entries: list[dict[str, Any]], path: Path) -> None:
+    """What the [[artifacts]] entries name, checked when the profile is read, before anything is built: a typo in an
+    export target, scheme or backend was found only when the bench reached its entry (built after the others, then
+    "not built" and exit 1 after the whole bench); a name given twice built the second entry into the first's folder
+    over it; a second reference = true was dropped from the run without a word; a checkpoint entry's backend other
+    than torch was ignored (the torch checkpoint benched under its name); a name such as "../x" built outside --work."""
+    from sdopt.export import EXPORTERS
+    from sdopt.quant import QUANTIZERS
+    from sdopt.quant.schemes import check_scheme
+    from sdopt.runtime.backends import BACKENDS
+
+    seen: list[str] = []
+    references: list[str] = []
+    for entry in entries:
+        name = entry["name"]
+        if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name:
+            raise SdoptError(f"{path}: [[artifacts]] name = {name!r}: give a name that can be a folder's (the artifact is built in "
+                             "WORK/NAME), such as name = \"onnx-fp32\"")
+        where = f"{path}: [[artifacts]] {name!r}"
+        if name in seen:
+            raise SdoptError(f"{where} is listed twice: give each entry a name of its own (each is built in WORK/NAME and is a report row)")
+        if not isinstance(entry.get("reference", False), bool):
+            raise SdoptError(f"{where}: reference = {entry['reference']!r}: write reference = true on the one entry the others are "
+                             "measured against, and leave it out elsewhere")
+        if entry.get("reference"):
+            references.append(name)
+        if "from" in entry and entry["from"] not in seen:
+            raise SdoptError(f"{where}: from = {entry['from']!r} names no entry listed before it: list that entry first"
+                             + (f" (listed before: {', '.join(seen)})" if seen else ""))
+        seen.append(name)
+        recipes = [k for k in ("export", "quantize", "guidance_end") if k in entry]
+        if len(recipes) > 1:
+            raise SdoptError(f"{where} has both {recipes[0]} and {recipes[1]}: an entry is one artifact; list one entry for each, "
+                             f"the second with from = {name!r}")
+        try:
+            if "export" in entry:
+                exporter = EXPORTERS.lookup(entry["export"])
+                if entry.get("precision", "fp32") not in exporter.precisions:
+                    raise SdoptError(f"precision = {entry['precision']!r}: export = {exporter.name!r} builds "
+                                     f"{', '.join(exporter.precisions)}")
+            elif "quantize" in entry:
+                check_scheme(entry["quantize"])
+                if entry.get("backend") is not None:
+                    QUANTIZERS.lookup(entry["backend"])
+            elif not recipes:  # the checkpoint itself, run by torch
+                if entry.get("backend", "torch") != "torch":
+                    instead = (f'for {entry["backend"]}, write export = "{entry["backend"]}"' if entry["backend"] in EXPORTERS
+                               else f"write backend = \"torch\" or leave it out (another backend's artifact is an export: {', '.join(EXPORTERS)})")
+                    raise SdoptError(f"backend = {entry['backend']!r}: an entry without export or quantize is the checkpoint, run by "
+                                     f"torch; {instead}")
+                precisions = sorted({p for kind in BACKENDS["torch"].precisions.values() for p in kind})
+                if entry.get("precision", "fp32") not in precisions:
+                    raise SdoptError(f"precision = {entry['precision']!r}: the checkpoint runs in {', '.join(precisions)}")
+        except SdoptError as exc:
+            raise SdoptError(f"{where}: {exc}") from None
+    if len(references) > 1:
+        raise SdoptError(f"{path}: [[artifacts]] {', '.join(repr(r) for r in references)} are each reference = true: "
+                         "mark one, the others are measured against it")
 
 
 def _check_recipe_options(entry: dict[str, Any], path: Path) -> None:
