@@ -211,6 +211,15 @@ def test_a_profile_without_gate_rules_says_the_default_rules_judged(report, tmp_
     assert "rules: default rules (profile mine has no [gate])" in capsys.readouterr().out
 
 
+def test_a_report_of_a_profile_not_installed_here_says_to_give_it(report, tmp_path, capsys):
+    """A report benched with the user's own profile names it; gated without --profile it said only "unknown profile
+    'mine'", not that the name came from the report nor how to give the file (walk qa51)."""
+    (tmp_path / "r.json").write_text(json.dumps({**report, "profile": "mine"}))
+    assert main(["gate", str(tmp_path / "r.json")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'r.json'} was benched with profile 'mine'" in err and "give --profile FILE.toml" in err
+
+
 def test_rule_grammar():
     assert parse_rule("latency.median", "+10%").kind == "increase"
     assert parse_rule("quality.psnr_db", "-0.5").amount == 0.5

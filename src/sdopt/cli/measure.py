@@ -190,7 +190,14 @@ def _gate(args: argparse.Namespace) -> int:
     if args.rules:
         rules, source = load_rules_file(args.rules), args.rules
     elif args.profile or current.get("profile"):
-        profile = load_profile(args.profile or current["profile"])
+        try:
+            profile = load_profile(args.profile or current["profile"])
+        except SdoptError as exc:
+            if args.profile:
+                raise
+            # a profile of the user's own, named by the report but not installed here: say where the name came from
+            raise SdoptError(f"{args.current} was benched with profile {current['profile']!r}, whose [gate] rules apply, but it is not "
+                             f"found here ({exc}): give --profile FILE.toml (the profile it was made with) or --rules FILE") from None
         rules = profile.gate or gate.DEFAULT_RULES
         source = f"profile {profile.name}" if profile.gate else f"default rules (profile {profile.name} has no [gate])"
     else:
