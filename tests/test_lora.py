@@ -433,3 +433,25 @@ def test_generate_takes_automatic1111_lora_tags_out_of_the_prompt(tiny_model, ti
                  "--height", "64", "--width", "64", "-q", "-o", str(out)]) == 0
     assert Image.open(out).text["parameters"].startswith("a fox , red\nNegative prompt: ugly\n")
     assert "warning: <lora:style:0.8>, <lora:x> taken out of the prompt: sdopt generate applies a LoRA given as --lora" in capsys.readouterr().err
+
+
+def test_a_lycoris_loha_or_lokr_file_is_refused_naming_its_kind(tiny_model, tiny_lora, tmp_path):
+    """A LoHa made for this very model said it 'does not fit this Stable Diffusion 1.x/2.x model (ValueError: The following
+    keys have not been correctly renamed:): use a LoRA trained for this model's architecture': it was; Diffusers reads no
+    LyCORIS LoHa/LoKr file."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    downs = {k: v for k, v in load_file(tiny_lora).items() if k.startswith("unet.") and k.endswith("lora_A.weight")}
+    kinds = {"LoHa": ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"), "LoKr": ("lokr_w1", "lokr_w2")}
+    pipeline = sdopt.load(tiny_model)
+    for kind, parts in kinds.items():
+        tensors = {}
+        for key, down in downs.items():
+            name = "lora_unet_" + key.removeprefix("unet.").removesuffix(".lora_A.weight").replace(".", "_")
+            tensors.update({f"{name}.{part}": torch.zeros(2, down.shape[1]) for part in parts})
+            tensors[f"{name}.alpha"] = torch.tensor(4.0)
+        path = tmp_path / f"{kind}.safetensors"
+        save_file(tensors, path)
+        with pytest.raises(SdoptError, match=rf"^LoRA {kind}\.safetensors is a LyCORIS {kind} file, .*give a LoRA \(Diffusers/PEFT or kohya format\)"):
+            pipeline.generate(GenerateRequest(**SMALL, loras={str(path): 1.0}))

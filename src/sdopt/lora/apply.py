@@ -50,6 +50,24 @@ def adapters_of(module: torch.nn.Module) -> set[str]:
     return set(getattr(module, "peft_config", None) or {})
 
 
+# LyCORIS' other adapter kinds, by a key part each of their files has: Diffusers' LoRA loaders read none of them (they said
+# "The following keys have not been correctly renamed", which sdopt passed on as a LoRA for another architecture).
+_LYCORIS = {".hada_w1_": "LoHa", ".lokr_w1": "LoKr", ".oft_": "OFT"}
+
+
+def _lycoris_kind(lora: LoraFile) -> str | None:
+    """The LyCORIS kind of this file's adapters (LoHa, LoKr, OFT) where its keys say so; None otherwise, and for a file
+    that cannot be read (load_adapter says why)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(lora.path), framework="pt") as f:
+            keys = list(f.keys())
+    except Exception:  # not safetensors: Diffusers' loader fails on it, and load_adapter says so
+        return None
+    return next((kind for part, kind in _LYCORIS.items() if any(part in key for key in keys)), None)
+
+
 # A line of torch's load_state_dict error that names no layer: the next one ("size mismatch for ...") says what is wrong.
 _HEADINGS = ("Error(s) in loading state_dict",)
 
@@ -57,6 +75,10 @@ _HEADINGS = ("Error(s) in loading state_dict",)
 def load_adapter(modules: dict[str, torch.nn.Module], family, lora: LoraFile, name: str) -> list[str]:
     """Load one LoRA file as adapter ``name`` into the UNet and text encoders; the components it touched."""
     loader = _loader(family)
+    kind = _lycoris_kind(lora)
+    if kind:
+        raise SdoptError(f"LoRA {lora.path.name} is a LyCORIS {kind} file, which Diffusers' LoRA loaders (and so sdopt) do not read: "
+                         "give a LoRA (Diffusers/PEFT or kohya format), or merge this one into the checkpoint with LyCORIS' tools and use that")
     try:
         with _quiet():
             state, alphas = loader.lora_state_dict(str(lora.path))
