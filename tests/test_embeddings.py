@@ -291,3 +291,23 @@ def test_a_folder_of_odd_files_loads_what_it_can_and_says_what_it_left_out(tiny_
     save_file({"emb_params": np.zeros((2, 48), np.float32)}, wide)
     with pytest.raises(SdoptError, match=r"its vectors are 48 wide; this model's text encoder takes 32$"):
         sdopt.load(tiny_model).add_embeddings(wide)
+
+
+def test_a_pickled_embedding_in_a_folder_is_left_out_saying_so(tiny_model, embedding, tmp_path):
+    """An AUTOMATIC1111 embeddings folder holds .pt files: they were passed over in silence (the word then meant nothing
+    to prompts, and sdopt serve's list of skipped files did not name them)."""
+    folder = tmp_path / "embeddings"
+    folder.mkdir()
+    (folder / "mystyle.safetensors").write_bytes(embedding.read_bytes())
+    (folder / "easynegative.pt").write_bytes(b"a pickle")
+    (folder / "badhands.BIN").write_bytes(b"a pickle")
+    (folder / "notes.txt").write_text("not an embedding")
+    pipeline = sdopt.load(tiny_model)
+    skipped = pipeline.add_embeddings(folder)
+    assert [e["name"] for e in pipeline.embeddings] == ["mystyle"]
+    assert set(skipped) == {"easynegative", "badhands"}
+    assert skipped["easynegative"].startswith("is not .safetensors: ") and "convert" in skipped["easynegative"]
+    from sdopt.embeddings import parse_embeddings
+
+    with pytest.warns(UserWarning, match=r"easynegative\.pt left out: is not \.safetensors"):
+        parse_embeddings([folder])

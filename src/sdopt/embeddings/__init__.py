@@ -150,14 +150,15 @@ def parse_embeddings(items: Iterable[str | Path] | None, skipped: dict[str, str]
         if not path.is_dir():
             found.append(read_embedding(path))
             continue
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() == ".safetensors" and p.is_file())
+        # AUTOMATIC1111's folder holds pickled .pt and .bin embeddings too: each is left out saying so, not passed over
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in (".safetensors", ".pt", ".bin") and p.is_file())
         if not files:
             warnings.warn(f"embeddings folder {path} holds no .safetensors file", UserWarning, stacklevel=2)
         for file in files:
             try:
                 found.append(replace(read_embedding(file), listed=True))
             except SdoptError as exc:
-                reason = str(exc).removeprefix(f"embedding {file}: ").removeprefix(f"embedding {file.name} ")
+                reason = str(exc).removeprefix(f"embedding {file}: ").removeprefix(f"embedding {file} ").removeprefix(f"embedding {file.name} ")
                 if skipped is not None:
                     skipped[file.stem] = reason
                 else:
