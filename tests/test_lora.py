@@ -455,3 +455,28 @@ def test_a_lycoris_loha_or_lokr_file_is_refused_naming_its_kind(tiny_model, tiny
         save_file(tensors, path)
         with pytest.raises(SdoptError, match=rf"^LoRA {kind}\.safetensors is a LyCORIS {kind} file, .*give a LoRA \(Diffusers/PEFT or kohya format\)"):
             pipeline.generate(GenerateRequest(**SMALL, loras={str(path): 1.0}))
+
+
+def test_a_lora_that_does_not_fit_after_one_that_did_warns_of_no_internal_adapter(tiny_model, tiny_lora, tmp_path):
+    """After a LoRA had loaded, one that did not fit was refused and PEFT warned 'Adapter lora1 was active which is now
+    deleted. Setting active adapter to lora0.': names no user gave (a server's log got one per bad tag)."""
+    import warnings
+
+    from safetensors.torch import load_file, save_file
+
+    from sdopt.lora import LoraFile
+    from sdopt.lora.apply import adapters_of
+
+    tensors = load_file(tiny_lora)
+    key = next(k for k in tensors if k.startswith("unet.") and k.endswith("lora_A.weight"))
+    tensors[key] = tensors[key][:, :-1].contiguous()  # one layer of another width
+    wrong = tmp_path / "wrong.safetensors"
+    save_file(tensors, wrong)
+    loras = sdopt.load(tiny_model).loras  # the pipeline's per-request LoRAs, without a generate around them
+    loras.activate([LoraFile(Path(tiny_lora))])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(SdoptError, match="does not fit"):
+            loras.activate([LoraFile(wrong)])
+    assert not [str(w.message) for w in caught if "was active" in str(w.message)]
+    assert adapters_of(loras.modules["unet"]) == {"lora0"}  # the refused one left nothing behind

@@ -30,7 +30,9 @@ def _quiet():
     also logs, as an error, the exception of a LoRA that does not fit ("Loading lora0 was unsuccessful ...") before
     raising it: load_adapter says that itself, so only a critical line shows. PEFT warns, wrapping a torchao layer,
     that merge() would fail without a TorchAoConfig: sdopt never merges a per-request LoRA (fusing is done before
-    quantizing), and the warning came on every generate with a LoRA on a torchao artifact."""
+    quantizing), and the warning came on every generate with a LoRA on a torchao artifact. PEFT warns, as Diffusers
+    deletes the adapter of a LoRA that did not fit, that another adapter (by sdopt's internal name) is now the active
+    one: the refusal says what went wrong, and the next request sets its own adapters."""
     import warnings
 
     from diffusers.utils import logging as dlogging
@@ -41,6 +43,7 @@ def _quiet():
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
             warnings.filterwarnings("ignore", message="TorchaoLoraLinear was instantiated without `get_apply_tensor_subclass`")
+            warnings.filterwarnings("ignore", message=r"Adapter \S+ was active which is now deleted")
             yield
     finally:
         dlogging.set_verbosity(level)
