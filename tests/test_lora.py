@@ -433,6 +433,17 @@ def test_generate_takes_automatic1111_lora_tags_out_of_the_prompt(tiny_model, ti
                  "--height", "64", "--width", "64", "-q", "-o", str(out)]) == 0
     assert Image.open(out).text["parameters"].startswith("a fox , red\nNegative prompt: ugly\n")
     assert "warning: <lora:style:0.8>, <lora:x> taken out of the prompt: sdopt generate applies a LoRA given as --lora" in capsys.readouterr().err
+    # Another kind of AUTOMATIC1111 extra network (a hypernetwork) was read as words: taken out too, and said not applied
+    assert main(["generate", str(tiny_model), "-p", "a fox <hypernet:anime:0.6> red", "--steps", "1", "--height", "64", "--width", "64",
+                 "-q", "-o", str(out)]) == 0
+    assert Image.open(out).text["parameters"].startswith("a fox red\n")
+    assert "<hypernet:anime:0.6> taken out of the prompt and not applied: sdopt applies LoRAs only" in capsys.readouterr().err
+    from sdopt.serve.a1111_fields import ignored_fields
+    from sdopt.serve.a1111_models import Txt2ImgRequest
+    from sdopt.serve.loras import take_loras
+
+    assert take_loras("a fox <hypernet:anime:0.6> red", None) == ("a fox red", None)  # serve: out of the text, as AUTOMATIC1111
+    assert ignored_fields(Txt2ImgRequest(prompt="a fox <hypernet:anime:0.6>"), "euler") == ["prompt: <hypernet:anime:0.6>"]
 
 
 def test_a_lycoris_loha_or_lokr_file_is_refused_naming_its_kind(tiny_model, tiny_lora, tmp_path):

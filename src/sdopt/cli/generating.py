@@ -169,13 +169,15 @@ def _lora_tags_taken_out(asked: dict) -> dict:
     """The prompts without AUTOMATIC1111's <lora:NAME:WEIGHT> tags (typed, or an AUTOMATIC1111 image's), with a warning:
     they went to the text encoder as words. A tag is never text there nor in sdopt serve (which applies it from its
     --lora-dir); here a LoRA is given as --lora FILE[:SCALE]."""
-    from sdopt.lora import PROMPT_TAG
+    from sdopt.lora import PROMPT_TAG, other_network_tags, without_other_network_tags
 
     def without(text: str) -> str:  # the spaces a tag leaves closed up, as sdopt serve does (serve/loras.py)
         tags.extend(tag.group(0) for tag in PROMPT_TAG.finditer(text))
+        others.extend(other_network_tags(text))
+        text = without_other_network_tags(text)
         return " ".join(PROMPT_TAG.sub(" ", text).split()) if PROMPT_TAG.search(text) else text
 
-    out, tags = dict(asked), []
+    out, tags, others = dict(asked), [], []
     for key in ("prompt", "negative_prompt"):
         if isinstance(asked.get(key), str):
             out[key] = without(asked[key])
@@ -184,6 +186,8 @@ def _lora_tags_taken_out(asked: dict) -> dict:
     if tags:  # a warning: printed under -q too
         print(f"warning: {', '.join(dict.fromkeys(tags))} taken out of the prompt: sdopt generate applies a LoRA given as "
               "--lora FILE[:SCALE] (sdopt serve --lora-dir reads such tags)", file=sys.stderr)
+    if others:  # AUTOMATIC1111 applies its hypernetworks' and extensions' tags; sdopt applies LoRAs only
+        print(f"warning: {', '.join(dict.fromkeys(others))} taken out of the prompt and not applied: sdopt applies LoRAs only", file=sys.stderr)
     return out
 
 

@@ -27,6 +27,22 @@ from sdopt.errors import SdoptError, on_command_line
 # AUTOMATIC1111's LoRA tag in a prompt: <lora:NAME> or <lora:NAME:WEIGHT>, or a second (UNet) weight <lora:NAME:TE:UNET>.
 # Never text for the text encoder: sdopt serve applies it from its --lora-dir (serve/loras.py), sdopt generate takes it out.
 PROMPT_TAG = re.compile(r"<lora:([^:<>]+)(?::([^:<>]*))?(?::([^:<>]*))?>")
+# Any of AUTOMATIC1111's extra-network tags (its extra_networks.re_extra_net): it takes every one out of the prompt's
+# text, applying the kinds it has (<hypernet:NAME:W>, an extension's <lyco:...>). sdopt applies LoRAs only: the others
+# are taken out and named (other_network_tags), never read as words.
+_EXTRA_NETWORK_TAG = re.compile(r"<(\w+):([^>]+)>")
+
+
+def other_network_tags(text: str) -> list[str]:
+    """The extra-network tags in ``text`` that are not LoRAs (<hypernet:style:0.6>), which sdopt does not apply."""
+    return [tag.group(0) for tag in _EXTRA_NETWORK_TAG.finditer(text) if tag.group(1) != "lora"]
+
+
+def without_other_network_tags(text: str) -> str:
+    """``text`` without other_network_tags, the spaces they leave closed up; the text itself when it has none."""
+    if not other_network_tags(text):
+        return text
+    return " ".join(_EXTRA_NETWORK_TAG.sub(lambda tag: tag.group(0) if tag.group(1) == "lora" else " ", text).split())
 
 
 @dataclass(frozen=True)

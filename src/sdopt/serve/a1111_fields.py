@@ -4,6 +4,7 @@ the fields set to something sdopt does not do (``info["sdopt_ignored"]``)."""
 
 from __future__ import annotations
 
+from sdopt.lora import other_network_tags
 from sdopt.runtime.emphasis import unread_syntax
 from sdopt.runtime.schedulers import A1111_SAMPLERS
 from sdopt.serve import hires, inpaint_area
@@ -99,6 +100,9 @@ def ignored_fields(body: ProcessingRequest, scheduler: str | None) -> list[str]:
         out.append("sampler_name")  # an older combined name whose Karras variant sdopt lacks ("LMS Karras": LMS)
     prompts = ["prompt", "negative_prompt"] + (["hr_prompt", "hr_negative_prompt"] if getattr(body, "enable_hr", False) else [])
     out += [f"{name}: {found}" for name in prompts for found in unread_syntax(getattr(body, name, None) or "")]  # read as [word]
+    # taken out of the text, not applied (serve/loras.py): sdopt applies LoRAs only
+    out += [f"{name}: {tag}" for name in ("prompt", *(["hr_prompt"] if getattr(body, "enable_hr", False) else []))
+            for tag in other_network_tags(getattr(body, name, None) or "")]
     if isinstance(body, Img2ImgRequest):
         out = sorted(out + _img2img_unapplied(body))
     if getattr(body, "enable_hr", False):

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sdopt.infotext import readable
-from sdopt.lora import PROMPT_TAG as TAG, summed_scales
+from sdopt.lora import PROMPT_TAG as TAG, summed_scales, without_other_network_tags
 from sdopt.serve.errors import RequestError
 
 
@@ -27,7 +27,10 @@ def available(folder: str | Path | None) -> dict[str, Path]:
 
 
 def take_loras(prompt: str, folder: str | Path | None, field: str = "prompt") -> tuple[str, dict[str, float] | None]:
-    """The prompt without its LoRA tags, and {file: weight} for the job (None when it names none)."""
+    """The prompt without its LoRA tags, and {file: weight} for the job (None when it names none). Other extra-network tags
+    (<hypernet:...>) are taken out too, as AUTOMATIC1111 takes them out of the text (AUTOMATIC1111's info names them in
+    sdopt_ignored)."""
+    prompt = without_other_network_tags(prompt)
     tags = TAG.findall(prompt)
     if not tags:
         return prompt, None
