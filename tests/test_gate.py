@@ -259,7 +259,10 @@ def test_rule_grammar():
 
 
 @pytest.mark.parametrize("text, says", [('[gaet]\n"status" = "ok"\n', r"\[gaet\] is a table, not a rule"),
-                                        ("[gate]\n", "has no rules"), ("", "has no rules")])
+                                        ("[gate]\n", "has no rules"), ("", "has no rules"),
+                                        # a traceback (AttributeError: no .items()), exit 1 as if a regression
+                                        ("gate = 3\n", "gate = 3 is not a table of rules"),
+                                        ('gate = ["+10%"]\n', r'gate = \["\+10%"\] is not a table of rules')])
 def test_a_rules_file_with_a_misspelt_or_empty_table_is_refused(tmp_path, text, says):
     """[gaet] read as an unknown metric 'gaet'; an empty [gate] checked status alone and could pass."""
     from sdopt.bench.rules import load_rules_file

@@ -13,6 +13,7 @@ larger is worse (latency, memory, size), "-" rules where smaller is worse.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -102,6 +103,9 @@ def load_rules_file(path) -> dict[str, Any]:
 
     data = read_toml(path, what="rules file")
     table = data.get("gate", data)
+    if not isinstance(table, dict):  # gate = "+10%": a traceback (no .items()) where a line is due
+        raise SdoptError(f"rules file {path}: gate = {json.dumps(table)[:40]} is not a table of rules; write a [gate] table, "
+                         "one metric = rule a line under it, such as \"latency.median\" = \"+10%\"")
     # A misspelt [gate] table read as one unknown metric ("unknown gate metric 'gaet'"), and an empty one checked
     # status alone, so a rules file that says nothing passed the gate.
     tables = [key for key, value in table.items() if isinstance(value, dict)]
