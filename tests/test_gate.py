@@ -153,6 +153,9 @@ def test_a_slowdown_in_rows_the_bench_called_too_noisy_cannot_be_judged(report):
     check = next(c for c in result.checks if c.artifact == "tiny-onnx" and c.metric == "latency.median")
     assert check.verdict == "TOO NOISY" and result.exit_code == 2, table(result)
     assert any("tiny-onnx (current, spread 45%)" in n and "quiet machine" in n for n in result.notes)
+    # its summary line said "1 number(s) missing", though no number was
+    summary = table(result).splitlines()[-1]
+    assert "(0 regression(s), 1 too noisy to judge in " in summary and "missing" not in summary, summary
     assert gate(derived(quiet_report, **{"tiny-onnx": slow}), RULES, baseline=quiet_report).exit_code == 1
     # A baseline whose reference ran while other processes held most of its CPUs: its samples agree, all slow
     crowded = derived(quiet_report, **{quiet_report["reference"]: {"latency_s.others_cpu_share": 0.6}})

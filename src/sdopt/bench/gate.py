@@ -393,9 +393,13 @@ def table(result: GateResult, markdown: bool = False) -> str:
     header = ("artifact", "metric", "baseline", "current", "change", "threshold", "verdict")
     rows = [(c.artifact, c.metric, str(c.baseline), str(c.current), c.change, c.threshold, c.verdict) for c in result.checks]
     verdict = result.verdict
-    missing = sum(c.missing for c in result.checks)
+    # Two reasons not to judge, said apart: a TOO NOISY row's numbers are all there ("1 number(s) missing" sent readers
+    # looking for an absent value)
+    missing = sum(c.verdict == "MISSING" for c in result.checks)
+    noisy = sum(c.verdict == "TOO NOISY" for c in result.checks)
     summary = (f"gate: {verdict} ({sum(c.failed for c in result.checks)} regression(s)"
-               + (f", {missing} number(s) missing" if missing else "") + f" in {len(result.checks)} checks)")
+               + (f", {missing} number(s) missing" if missing else "") + (f", {noisy} too noisy to judge" if noisy else "")
+               + f" in {len(result.checks)} checks)")
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(f"**{v}**" if v == "REGRESSION" else v for v in row) + " |" for row in rows]
