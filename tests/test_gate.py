@@ -167,6 +167,10 @@ def test_a_slowdown_in_rows_the_bench_called_too_noisy_cannot_be_judged(report):
     assert result.exit_code == 0, table(result)
     assert any(f"held the CPUs: {quiet_report['reference']} (current, others took 60%)" in n for n in result.notes), result.notes
     assert not any("held the CPUs" in n for n in gate(quiet_report, RULES, baseline=quiet_report).notes)
+    # A crowded row whose own check was TOO NOISY is no row a passed check read: it was named as one
+    crowded_slow = derived(quiet_report, **{"tiny-onnx": {**slow, "latency_s.others_cpu_share": 0.6}})
+    result = gate(crowded_slow, RULES, baseline=quiet_report)
+    assert result.exit_code == 2 and not any("held the CPUs" in n for n in result.notes), result.notes
 
 
 def test_a_slowdown_within_a_too_noisy_rows_own_noise_band_is_not_passed_as_noise(report):

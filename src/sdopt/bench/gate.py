@@ -335,9 +335,13 @@ def gate(current: dict, rules_table: dict[str, Any], baseline: dict | None = Non
     # A speed check that passed says little where other processes held the CPUs while a row ran: a crowded reference makes
     # every artifact look faster (ONNX "15x" the reference under load, 2x quiet). Not a verdict (the gate judges
     # regressions, and TOO NOISY already takes those); said, so a CI log shows it without the bench report.
-    if any(c.metric in _LATENCY_METRICS and c.verdict in ("ok", "noise") for c in result.checks):
+    # Only the rows those checks read (the artifact and each report's reference): a crowded row whose own check was TOO
+    # NOISY was named as one a check had passed on.
+    passed = {c.artifact for c in result.checks if c.metric in _LATENCY_METRICS and c.verdict in ("ok", "noise")}
+    if passed:
         busy = [f"{r['name']} ({which}, others took {share:.0%})" for which, report in (("current", current), ("baseline", baseline))
-                if report is not None for r in report["artifacts"] if (share := crowded(r)) is not None]
+                if report is not None for r in report["artifacts"]
+                if (r["name"] in passed or r["name"] == report["reference"]) and (share := crowded(r)) is not None]
         if busy:
             result.notes.append(f"speed checks passed on timings taken while other processes held the CPUs: {', '.join(busy)}; "
                                 "they may pass on a crowded reference alone: bench again on a quiet machine to trust them")
