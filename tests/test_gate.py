@@ -238,6 +238,14 @@ def test_a_report_of_a_profile_not_installed_here_says_to_give_it(report, tmp_pa
     assert f"{tmp_path / 'r.json'} was benched with profile 'mine'" in err and "give --profile FILE.toml" in err
 
 
+def test_gate_help_says_the_rules_and_the_exit_codes(capsys):
+    """`sdopt gate --help` said neither the rule grammar nor what exit 2 means (walk qa49): a CI author had the README only."""
+    with pytest.raises(SystemExit):
+        main(["gate", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert '"latency.median" = "+10%"' in shown and "Exit 0:" in shown and "2: the reports cannot be compared" in shown
+
+
 def test_rule_grammar():
     assert parse_rule("latency.median", "+10%").kind == "increase"
     assert parse_rule("quality.psnr_db", "-0.5").amount == 0.5

@@ -323,7 +323,15 @@ def add_optimize(sub) -> None:
 
 
 def add_gate(sub) -> None:
-    p = sub.add_parser("gate", help="check a bench report against a baseline and thresholds (exit 0 ok, 1 regression, 2 incomparable)")
+    p = sub.add_parser(
+        "gate", help="check a bench report against a baseline and thresholds (exit 0 ok, 1 regression, 2 incomparable)",
+        description="Judge a bench report by rules, per metric: '\"latency.median\" = \"+10%\"' (may grow 10% against the "
+        "baseline; latency as the ratio to the reference of the same run), '\"quality.psnr_db\" = \">= 30\"' (an absolute floor, "
+        "needs no baseline), '\"status\" = \"ok\"'. Metrics: latency.median, latency.p90, load, peak_memory, size, quality.psnr_db, "
+        "quality.ssim, quality.latent_cosine, adherence, status. Exit 0: every check passed (or within the recorded noise); "
+        "1: a regression, or an artifact failed or missing; 2: the reports cannot be compared (other settings, device or schema), a number "
+        "is missing, or the timings were too noisy to judge: bench again. README, 'Regression gate', has the whole grammar.",
+    )
     p.add_argument("current", type=user_path, help="report.json of this run")
     p.add_argument("--baseline", type=user_path, help="report.json to compare with; without it only absolute floors are checked")
     group = p.add_mutually_exclusive_group()
