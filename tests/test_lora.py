@@ -296,6 +296,9 @@ def test_refusals(tiny_model, tiny_lora, tiny_onnx_artifact, tmp_path):
         export(tiny_model, "onnx", tmp_path / "b", loras=[str(pickle)])
     with pytest.raises(SdoptError, match="scale 50.0"):
         export(tiny_model, "onnx", tmp_path / "c", loras=[f"{tiny_lora}:50"])
+    (tmp_path / "cut.safetensors").write_bytes(b"")  # an interrupted download: said to be empty, before the model loads
+    with pytest.raises(SdoptError, match=r"cut.safetensors is empty \(0 bytes\)"):
+        export(tiny_model, "onnx", tmp_path / "d", loras=[str(tmp_path / "cut.safetensors")])
     with pytest.raises(SdoptError, match="only the torch backend"):
         sdopt.load(tiny_onnx_artifact).generate(GenerateRequest(**SMALL, loras={str(tiny_lora): 1.0}))
     with pytest.raises(SdoptError, match=r"fuse them when you export it \(`sdopt export MODEL --to onnx --lora FILE`\)"):

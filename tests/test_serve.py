@@ -710,6 +710,8 @@ def test_a_job_past_its_timeout_is_answered_timed_out(tiny_pipeline):
 def test_credentials_are_required_everywhere_but_health(tiny_pipeline):
     with running_server(tiny_pipeline, api_key=KEY, api_auth="bob:pw") as (url, _):
         assert httpx.get(url + "/health").status_code == 200
+        # a load balancer's or uptime monitor's HEAD probe (it answered 405)
+        assert httpx.head(url + "/health").status_code == 200 and httpx.head(url + "/").status_code == 200
         for method, path in (("GET", "/metrics"), ("POST", "/v1/jobs"), ("GET", "/sdapi/v1/progress"), ("POST", "/sdapi/v1/txt2img"), ("GET", "/v1/models")):
             response = httpx.request(method, url + path, json={"prompt": "x"})
             assert response.status_code == 401, path

@@ -107,6 +107,8 @@ def parse_lora(text: str | Path | LoraFile, mapping: bool = False) -> LoraFile:
         raise SdoptError(f"LoRA file {lora.path} does not exist: give a .safetensors LoRA ({_how(mapping)})")
     if lora.path.suffix != ".safetensors":
         raise SdoptError(f"LoRA file {lora.path} is not .safetensors: sdopt reads weights from safetensors only, never pickles")
+    if lora.path.stat().st_size == 0:  # "cannot be read as safetensors (Unable to load weights ...)" said less
+        raise SdoptError(f"LoRA file {lora.path} is empty (0 bytes): an interrupted download or copy? Give the LoRA file again")
     if not -10.0 <= lora.scale <= 10.0:
         raise SdoptError(f"LoRA scale {lora.scale} for {lora.path.name} is out of range: give a scale between -10 and 10 (1.0 is the LoRA as trained)")
     return lora

@@ -127,7 +127,8 @@ def create_app(worker: Worker, settings: ServeSettings, model_name: str, replica
             return JSONResponse(_error_body(request.url.path, 422, message, field), status_code=422)
         return JSONResponse({"detail": errors}, status_code=422)
 
-    @app.get("/health", tags=["server"])
+    # HEAD as well as GET: load balancers' and uptime monitors' probes often send HEAD, which answered 405
+    @app.api_route("/health", methods=["GET", "HEAD"], tags=["server"])
     def health() -> dict[str, Any]:
         pipe = worker.pipeline
         manifest = getattr(pipe, "manifest", None)
@@ -156,7 +157,7 @@ def create_app(worker: Worker, settings: ServeSettings, model_name: str, replica
                        "MAX_STEPS": settings.max_steps, "SIDE": default_size(worker.pipeline)}.items():
         page = page.replace("{{%s}}" % key, str(value))
 
-    @app.get("/", tags=["page"], response_class=HTMLResponse, include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], tags=["page"], response_class=HTMLResponse, include_in_schema=False)
     def index() -> HTMLResponse:
         return HTMLResponse(page)
 
