@@ -269,6 +269,7 @@ def test_a_profile_value_of_the_wrong_kind_is_refused_when_read(tmp_path, text, 
     ('name = "a"\nquantize = "int8"\nfrom = "b"\n[[artifacts]]\nname = "b"\nexport = "onnx"\n', "'a': from = 'b' names no entry listed before it"),
     ('name = "a"\nexport = "onnx"\nquantize = "int8"\n', "'a' has both export and quantize: an entry is one artifact"),
     ('name = "../a"\nexport = "onnx"\n', "[[artifacts]] name = '../a': give a name that can be a folder's"),
+    ('name = "a"\nreference = true\n[[artifacts]]\nname = "b"\nfrom = "a"\nguidance_end = 2.0\n', "'b': guidance_end=2.0: must be a number in (0, 1]"),
 ])
 def test_a_profile_entry_naming_what_cannot_be_built_is_refused_when_read(tmp_path, entries, message):
     """A typo in an export target, scheme or backend was found only when the bench reached that entry (after building the

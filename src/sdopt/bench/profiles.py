@@ -216,6 +216,7 @@ def _check_entries(entries: list[dict[str, Any]], path: Path) -> None:
     than torch was ignored (the torch checkpoint benched under its name); a name such as "../x" built outside --work."""
     from sdopt.export import EXPORTERS
     from sdopt.quant import QUANTIZERS
+    from sdopt.request import GenerateRequest
     from sdopt.quant.schemes import check_scheme
     from sdopt.runtime.backends import BACKENDS
 
@@ -243,6 +244,8 @@ def _check_entries(entries: list[dict[str, Any]], path: Path) -> None:
             raise SdoptError(f"{where} has both {recipes[0]} and {recipes[1]}: an entry is one artifact; list one entry for each, "
                              f"the second with from = {name!r}")
         try:
+            if "guidance_end" in entry:  # 2.0 or "0.5" was found when the bench reached the entry, after building the others
+                GenerateRequest(prompt="a fox", guidance_end=entry["guidance_end"]).validate()
             if "export" in entry:
                 exporter = EXPORTERS.lookup(entry["export"])
                 if entry.get("precision", "fp32") not in exporter.precisions:
