@@ -206,6 +206,14 @@ def test_reports_that_cannot_be_compared_exit_2(report, tmp_path, capsys, field,
     assert f"request.{field} differs" in capsys.readouterr().err
 
 
+def test_a_baseline_of_another_report_schema_version_says_to_bench_it_again(report):
+    """Another schema_version was told "bench with the same settings as the baseline": no setting makes an older sdopt's
+    report comparable (walk qa49)."""
+    old = {**json.loads(json.dumps(report)), "schema_version": report["schema_version"] - 1}
+    with pytest.raises(SdoptError, match="schema_version differs .* written by another version of sdopt's report: bench the baseline again"):
+        gate(report, RULES, baseline=old)
+
+
 def test_cli_writes_markdown_and_json(report, tmp_path, capsys):
     (tmp_path / "r.json").write_text(json.dumps(report))
     code = main(["gate", str(tmp_path / "r.json"), "--baseline", str(tmp_path / "r.json"), "--markdown", str(tmp_path / "g.md"), "--json", str(tmp_path / "g.json")])

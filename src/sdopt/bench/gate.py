@@ -155,9 +155,11 @@ def check_comparable(current: dict, baseline: dict) -> None:
         name = _version_blind(name, current, baseline, _get)
         a, b = _get(current, name), _get(baseline, name)
         if a != b:
+            # another schema_version is another sdopt's report, not other settings: only a new baseline helps
+            todo = ("The baseline was written by another version of sdopt's report: bench the baseline again with this sdopt"
+                    if name == "schema_version" else "Bench with the same settings as the baseline, or refresh the baseline")
             raise IncomparableReports(
-                f"the reports cannot be compared: {name} differs (baseline {json.dumps(b)[:120]}, current {json.dumps(a)[:120]}). "
-                "Bench with the same settings as the baseline, or refresh the baseline"
+                f"the reports cannot be compared: {name} differs (baseline {json.dumps(b)[:120]}, current {json.dumps(a)[:120]}). {todo}"
             )
     a, b = reference_identity(current, baseline), reference_identity(baseline, current)
     if a != b:
