@@ -214,6 +214,16 @@ def test_a_baseline_of_another_report_schema_version_says_to_bench_it_again(repo
         gate(report, RULES, baseline=old)
 
 
+def test_the_noise_band_is_shown_only_beside_rules_it_applies_to(report):
+    """"(noise ±X%)" was printed beside an absolute latency rule ("<= 100") and on rows that did not run, where the band is
+    never applied (walk qa49)."""
+    quiet = _pin_noise(json.loads(json.dumps(report)))
+    result = gate(quiet, {"latency.median": ["+10%", "<= 100"]}, baseline=quiet)
+    shown = {(c.artifact, c.threshold.split(" (")[0]): c.threshold for c in result.checks if c.metric == "latency.median"}
+    assert all("noise ±" in t for (_, rule), t in shown.items() if rule == "+10%") and shown
+    assert not any("noise ±" in t for (_, rule), t in shown.items() if rule == "<= 100")
+
+
 def test_cli_writes_markdown_and_json(report, tmp_path, capsys):
     (tmp_path / "r.json").write_text(json.dumps(report))
     code = main(["gate", str(tmp_path / "r.json"), "--baseline", str(tmp_path / "r.json"), "--markdown", str(tmp_path / "g.md"), "--json", str(tmp_path / "g.json")])

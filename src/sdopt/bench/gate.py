@@ -332,7 +332,9 @@ def gate(current: dict, rules_table: dict[str, Any], baseline: dict | None = Non
                     result.notes.append(f"{name} {rule.metric}: not judged: the timings of {'; '.join(noisy)} cannot be compared "
                                         "(the report's own warning); bench again on a quiet machine, or "
                                         + with_more_rounds(_get(current, "settings.rounds")))
-            threshold = rule.text + (f" (noise ±{2 * noise * 100:.1f}%)" if noise else "")
+            # the band only where _judge applies it (a relative change rule on a row that ran): beside "<= 2" or an n/a it misled
+            applies = noise and rule.relative and rule.kind not in ("equals", "floor", "ceiling") and verdict != "n/a"
+            threshold = rule.text + (f" (noise ±{2 * noise * 100:.1f}%)" if applies else "")
             result.checks.append(Check(name, rule.metric, _fmt(rule.metric, base_value) if base is not None else "–", _fmt(rule.metric, value), change, threshold, verdict))
     # A speed check that passed says little where other processes held the CPUs while a row ran: a crowded reference makes
     # every artifact look faster (ONNX "15x" the reference under load, 2x quiet). Not a verdict (the gate judges
