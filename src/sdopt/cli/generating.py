@@ -169,13 +169,13 @@ def _lora_tags_taken_out(asked: dict) -> dict:
     """The prompts without AUTOMATIC1111's <lora:NAME:WEIGHT> tags (typed, or an AUTOMATIC1111 image's), with a warning:
     they went to the text encoder as words. A tag is never text there nor in sdopt serve (which applies it from its
     --lora-dir); here a LoRA is given as --lora FILE[:SCALE]."""
-    from sdopt.lora import PROMPT_TAG, other_network_tags, without_other_network_tags
+    from sdopt.lora import take_network_tags
 
-    def without(text: str) -> str:  # the spaces a tag leaves closed up, as sdopt serve does (serve/loras.py)
-        tags.extend(tag.group(0) for tag in PROMPT_TAG.finditer(text))
-        others.extend(other_network_tags(text))
-        text = without_other_network_tags(text)
-        return " ".join(PROMPT_TAG.sub(" ", text).split()) if PROMPT_TAG.search(text) else text
+    def without(text: str) -> str:  # as sdopt serve takes them out (serve/loras.py)
+        text, loras, other = take_network_tags(text)
+        tags.extend(tag.group(0) for tag in loras)
+        others.extend(other)
+        return text
 
     out, tags, others = dict(asked), [], []
     for key in ("prompt", "negative_prompt"):

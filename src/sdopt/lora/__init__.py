@@ -38,11 +38,15 @@ def other_network_tags(text: str) -> list[str]:
     return [tag.group(0) for tag in _EXTRA_NETWORK_TAG.finditer(text) if tag.group(1) != "lora"]
 
 
-def without_other_network_tags(text: str) -> str:
-    """``text`` without other_network_tags, the spaces they leave closed up; the text itself when it has none."""
-    if not other_network_tags(text):
-        return text
-    return " ".join(_EXTRA_NETWORK_TAG.sub(lambda tag: tag.group(0) if tag.group(1) == "lora" else " ", text).split())
+def take_network_tags(text: str) -> tuple[str, list[re.Match], list[str]]:
+    """``text`` without AUTOMATIC1111's extra-network tags, the spaces they leave closed up (the text itself where it has
+    none); its LoRA tags (PROMPT_TAG's matches: name, weight, UNet weight); its other tags as written, not applied.
+    The one place sdopt serve (serve/loras.py) and sdopt generate take tags out of a prompt."""
+    loras, others = list(PROMPT_TAG.finditer(text)), other_network_tags(text)
+    if not loras and not others:
+        return text, [], []
+    kept = _EXTRA_NETWORK_TAG.sub(lambda tag: tag.group(0) if tag.group(1) == "lora" else " ", text)
+    return " ".join(PROMPT_TAG.sub(" ", kept).split()), loras, others
 
 
 @dataclass(frozen=True)

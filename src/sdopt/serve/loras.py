@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sdopt.infotext import readable
-from sdopt.lora import PROMPT_TAG as TAG, summed_scales, without_other_network_tags
+from sdopt.lora import summed_scales, take_network_tags
 from sdopt.serve.errors import RequestError
 
 
@@ -30,13 +30,12 @@ def take_loras(prompt: str, folder: str | Path | None, field: str = "prompt") ->
     """The prompt without its LoRA tags, and {file: weight} for the job (None when it names none). Other extra-network tags
     (<hypernet:...>) are taken out too, as AUTOMATIC1111 takes them out of the text (AUTOMATIC1111's info names them in
     sdopt_ignored)."""
-    prompt = without_other_network_tags(prompt)
-    tags = TAG.findall(prompt)
+    prompt, tags, _ = take_network_tags(prompt)
     if not tags:
         return prompt, None
     files = available(folder)
     weights = []
-    for name, weight, unet_weight in tags:
+    for name, weight, unet_weight in (tag.groups() for tag in tags):
         if unet_weight:
             raise RequestError(field, f"<lora:{name}:{weight}:{unet_weight}>: separate text-encoder and UNet weights are not supported; give one weight")
         if folder is None:
@@ -53,4 +52,4 @@ def take_loras(prompt: str, folder: str | Path | None, field: str = "prompt") ->
         if not -10.0 <= scale <= 10.0:
             raise RequestError(field, f"<lora:{readable(Path(file).stem)}>: weight {scale:g} (its tags' sum) is out of range: give -10 to 10 "
                                       "(1 is the LoRA as trained)")
-    return " ".join(TAG.sub(" ", prompt).split()), loras
+    return prompt, loras
