@@ -39,7 +39,7 @@ def open_image(path: str | None, flag: str):
     try:
         with Image.open(path) as image:
             image.load()
-            return eight_bit(upright(image))
+            return as_shown(image)
     except FileNotFoundError:
         raise SdoptError(f"{flag} {path}: no such file") from None
     except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
@@ -48,7 +48,13 @@ def open_image(path: str | None, flag: str):
         raise SdoptError(f"{flag} {path}: cannot read it ({exc.strerror or exc})") from None
 
 
-def upright(image):
+def as_shown(image):
+    """An input picture as a viewer shows it (_upright, _eight_bit): how the CLI's and the server's image readers
+    (sdopt.serve.images.read_image) hand every init image and mask on."""
+    return _eight_bit(_upright(image))
+
+
+def _upright(image):
     """The picture as a viewer shows it: a camera's JPEG stored sideways with an EXIF orientation is turned the right way
     up, as Diffusers' load_image and AUTOMATIC1111's images.read do. The image itself when it has no orientation."""
     from PIL import ImageOps
@@ -58,7 +64,7 @@ def upright(image):
     return ImageOps.exif_transpose(image)
 
 
-def eight_bit(image):
+def _eight_bit(image):
     """A 16-bit grayscale image (a 16-bit PNG opens as PIL's I;16) scaled to 8-bit L: PIL's own conversion to RGB or L
     clips every value above 255, so the picture came out white. Any other image unchanged."""
     if not image.mode.startswith("I;16"):

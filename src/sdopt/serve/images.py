@@ -52,9 +52,9 @@ def read_image(data: bytes, field: str, max_bytes: int, max_pixels: int):
         raise _refuse(field, f"the image is more than {max_pixels} pixels") from None
     except (UnidentifiedImageError, OSError):
         raise _refuse(field, "not an image PIL can read: send a PNG or JPEG") from None
-    from sdopt.request import eight_bit, upright
+    from sdopt.request import as_shown
 
-    image = eight_bit(upright(image))
+    image = as_shown(image)
     if has_alpha(image):
         return image  # masks may carry their meaning in alpha; the caller converts
     return image.convert("RGB")
