@@ -109,7 +109,9 @@ def _generate(args: argparse.Namespace) -> int:
         threads=args.threads,
         **({"reshape": True} if args.reshape else {}),
         # the request's: a flag's or an image's (--parameters-from), which loaded without it and was refused
-        **({"deep_cache": True} if (request.cache_interval or 1) > 1 and backend_of(args.artifact) == "torch" else {}),
+        # (an artifact's manifest is read above already; a checkpoint or hub id is resolved by backend_of)
+        **({"deep_cache": True} if (request.cache_interval or 1) > 1
+           and (manifest.backend if manifest is not None else backend_of(args.artifact)) == "torch" else {}),
     )
     if args.embedding:
         for word, why in pipe.add_embeddings(args.embedding).items():  # found in a folder given; a file named is refused instead
