@@ -121,7 +121,7 @@ def _sideways_jpeg(path):
 def test_an_exif_rotated_init_image_is_read_the_right_way_up(tmp_path):
     """A phone's portrait JPEG was repainted lying on its side: the CLI and the server read the stored pixels and
     ignored EXIF's orientation, which Diffusers' load_image and AUTOMATIC1111 apply."""
-    from sdopt.request import open_image
+    from sdopt.input_images import open_image
     from sdopt.serve.images import read_image
 
     _sideways_jpeg(tmp_path / "photo.jpg")
@@ -138,7 +138,7 @@ def test_a_16_bit_grayscale_init_image_keeps_its_greys(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from sdopt.request import open_image
+    from sdopt.input_images import open_image
     from sdopt.serve.images import read_image
 
     Image.fromarray(np.full((8, 8), 32896, np.uint16)).save(tmp_path / "grey16.png")  # 128 * 257

@@ -201,7 +201,7 @@ def read_png_parameters(path: str, given: frozenset[str] | set[str] = frozenset(
     those in ``given``); an SdoptError naming the file when it carries none or cannot be read, or when they do not
     make a request (its field set)."""
     from sdopt.errors import SdoptError
-    from sdopt.request import open_image
+    from sdopt.input_images import open_image
 
     image = open_image(path, "--parameters-from")
     text = image.info.get(KEY)

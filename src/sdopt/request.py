@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sdopt.errors import SdoptError, argument, did_you_mean
+from sdopt.input_images import open_image
 
 # Bounds on the image side. 8 is the VAE's downsampling factor for every SD-1/2/XL model.
 MIN_SIDE, MAX_SIDE, SIDE_MULTIPLE = 64, 2048, 8
@@ -28,76 +29,6 @@ MASKED_CONTENT = ("original", "noise", "zeros")  # GenerateRequest.masked_conten
 # sdopt's own steps and guidance scale: a request's field defaults, and what a model that says nothing of its own
 # gets where a caller asks for the model's (sdopt.runtime.request_defaults).
 DEFAULT_STEPS, DEFAULT_GUIDANCE = 20, 7.5
-
-
-def open_image(path: str | None, flag: str):
-    """The PIL image at PATH (read now), or an SdoptError naming the flag."""
-    if path is None:
-        return None
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return as_shown(image)
-    except FileNotFoundError:
-        raise SdoptError(f"{flag} {path}: no such file") from None
-    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
-        raise SdoptError(f"{flag} {path}: not an image sdopt can read (PNG, JPEG, WebP...): {exc}") from None
-    except OSError as exc:
-        raise SdoptError(f"{flag} {path}: cannot read it ({exc.strerror or exc})") from None
-
-
-def as_shown(image):
-    """An input picture as a viewer shows it (_upright, _eight_bit): how the CLI's and the server's image readers
-    (sdopt.serve.images.read_image) hand every init image and mask on."""
-    return _eight_bit(_upright(image))
-
-
-def _upright(image):
-    """The picture as a viewer shows it: a camera's JPEG stored sideways with an EXIF orientation is turned the right way
-    up, as Diffusers' load_image and AUTOMATIC1111's images.read do. The image itself when it has no orientation."""
-    from PIL import ImageOps
-
-    if image.getexif().get(0x0112, 1) == 1:  # ExifTags.Base.Orientation: 1 is upright
-        return image
-    return ImageOps.exif_transpose(image)
-
-
-def _eight_bit(image):
-    """A 16-bit grayscale image (a 16-bit PNG opens as PIL's I;16) scaled to 8-bit L: PIL's own conversion to RGB or L
-    clips every value above 255, so the picture came out white. Any other image unchanged."""
-    if not image.mode.startswith("I;16"):
-        return image
-    import numpy as np
-    from PIL import Image
-
-    return Image.fromarray((np.asarray(image, dtype=np.float32) / 257).round().astype(np.uint8), "L")
-
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-
-
-def image_files(value: Any, flag: str) -> tuple[str, ...]:
-    """The image files an option names (a folder's images, sorted, or the files themselves), as absolute paths;
-    an SdoptError naming the flag when there are none. The files are not read here."""
-    from pathlib import Path
-
-    paths = [Path(value)] if isinstance(value, (str, Path)) else [Path(v) for v in value]
-    files: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                raise SdoptError(f"{flag} {path}: no images in that folder ({', '.join(IMAGE_SUFFIXES)})")
-            files += found
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise SdoptError(f"{flag} {path}: no such file or folder")
-    if not files:
-        raise SdoptError(f"{flag}: give a folder of images or image files")
-    return tuple(str(f.absolute()) for f in files)
 
 
 def _check_convertible(image: Any, name: str, mode: str) -> None:

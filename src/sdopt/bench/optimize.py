@@ -244,7 +244,7 @@ def _optimize(model, out, settings, work, floor, quick, budget_minutes, distill,
     distill = {"steps_per_image": settings.steps, "guidance_scale": settings.guidance_scale, **(distill or {})}
     precision = precision or float_precision(settings.device)
     if calibration_images:
-        from sdopt.request import image_files
+        from sdopt.input_images import image_files
 
         calibration_images = list(image_files(calibration_images, "--calibration-images"))  # absolute: builds may run elsewhere (Ray)
         if settings.init_image:

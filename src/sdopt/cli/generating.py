@@ -9,7 +9,8 @@ from pathlib import Path
 
 from sdopt.cli.common import output_paths, backend_of, user_path, user_text, add_embedding_flag, add_eta_flag, add_lora_flag, add_threads_flag, lora_scales, warnings_above
 from sdopt.infotext import lora_difference, loras_in_effect, missing_embeddings, png_info, read_png_parameters, unapplied
-from sdopt.request import MASKED_CONTENT, check_strength_has_image, open_image
+from sdopt.input_images import open_image
+from sdopt.request import MASKED_CONTENT, check_strength_has_image
 from sdopt.errors import BrokenOutputError, SdoptError
 
 

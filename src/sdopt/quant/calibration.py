@@ -130,7 +130,7 @@ def record_inputs(source: Path, prompts: tuple[str, ...] | list[str], names: lis
     pipe.components.update(recorders)
     height, width = shapes.get("height", side), shapes.get("width", side)
     if images:
-        from sdopt.request import open_image
+        from sdopt.input_images import open_image
 
         opened = [open_image(path, "--calibration-images") for path in images]
     try:

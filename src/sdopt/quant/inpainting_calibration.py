@@ -29,7 +29,7 @@ def check_calibration_images(source: Path, manifest: Manifest, images: tuple[str
     if images is not None and not inpainting:
         raise SdoptError("--calibration-images is for inpainting checkpoints: this one is calibrated on its own generations from "
                          "the calibration prompts")
-    from sdopt.request import open_image
+    from sdopt.input_images import open_image
 
     for path in images or ():
         open_image(path, "--calibration-images")  # every file readable before any slow work

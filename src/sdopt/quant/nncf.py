@@ -43,7 +43,7 @@ import openvino as ov
 
 from sdopt.errors import SdoptError, exception_line
 from sdopt.quant.schemes import OVERFLOW_FIXES
-from sdopt.request import image_files
+from sdopt.input_images import image_files
 from sdopt.manifest import Manifest
 from sdopt.quant import Plan, QuantizedComponents
 from sdopt.quant.engine import Engine, quantized_entry

@@ -137,7 +137,7 @@ def _check_memory(source: Path, manifest: Manifest, names: list[str]) -> None:
 
 def _images(options: dict[str, Any]) -> tuple[str, ...] | None:
     """--calibration-images as files (a folder's images, or the files named)."""
-    from sdopt.request import image_files
+    from sdopt.input_images import image_files
 
     images = options.get("calibration_images")
     return image_files(images, "--calibration-images") if images is not None else None

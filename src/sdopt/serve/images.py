@@ -52,7 +52,7 @@ def read_image(data: bytes, field: str, max_bytes: int, max_pixels: int):
         raise _refuse(field, f"the image is more than {max_pixels} pixels") from None
     except (UnidentifiedImageError, OSError):
         raise _refuse(field, "not an image PIL can read: send a PNG or JPEG") from None
-    from sdopt.request import as_shown
+    from sdopt.input_images import as_shown
 
     image = as_shown(image)
     if has_alpha(image):
