@@ -246,6 +246,11 @@ def test_a_profile_key_sdopt_does_not_know_is_refused(tmp_path, body, message):
     ('name = "x"\ndevice = "cpu"\n[bench]\nseeds = []\n', "kinds.toml: [bench] seeds = []: give one or more"),
     ('name = "x"\ndevice = "cpu"\n[bench]\nmax_seconds = "600"\n', "kinds.toml: [bench] max_seconds = '600': give each artifact's"),
     ('name = "x"\ndevice = "cpu"\n[bench]\njudge = "clasical"\n', "kinds.toml: [bench] judge = 'clasical': give one of auto"),
+    # requires_isa names outside what a report records were never found on any machine ("this machine lacks avx512vnni"
+    # on the machine it has), and a [gate] rule's typo was found only by `sdopt gate`, after the whole bench
+    ('name = "x"\ndevice = "cpu"\nrequires_isa = ["avx512vnni"]\n', "kinds.toml: requires_isa names 'avx512vnni' (did you mean 'avx512_vnni'?)"),
+    ('name = "x"\ndevice = "cpu"\n[gate]\n"latency.medain" = "+10%"\n', "kinds.toml: [gate]: unknown gate metric 'latency.medain'"),
+    ('name = "x"\ndevice = "cpu"\n[gate]\n"latency.median" = "-10%"\n', "kinds.toml: [gate]: gate rule latency.median: '-10%' would pass"),
 ])
 def test_a_profile_value_of_the_wrong_kind_is_refused_when_read(tmp_path, text, message):
     """artifacts = 3 or gate = 3 was a TypeError traceback; name = 3 or device = "tpu" one after the whole bench had run;
@@ -270,6 +275,20 @@ def test_a_profile_value_of_the_wrong_kind_is_refused_when_read(tmp_path, text, 
     ('name = "a"\nexport = "onnx"\nquantize = "int8"\n', "'a' has both export and quantize: an entry is one artifact"),
     ('name = "../a"\nexport = "onnx"\n', "[[artifacts]] name = '../a': give a name that can be a folder's"),
     ('name = "a"\nreference = true\n[[artifacts]]\nname = "b"\nfrom = "a"\nguidance_end = 2.0\n', "'b': guidance_end=2.0: must be a number in (0, 1]"),
+    # Keys an entry of its kind does not read were ignored by the build: the bench then measured something else than the
+    # profile said (a dynamic artifact for static = true, the checkpoint's export for from = ..., a torch.compile typo
+    # found by the worker after the others had built)
+    ('name = "a"\nexport = "openvino"\n[[artifacts]]\nname = "b"\nquantize = "int8"\nfrom = "a"\nstatic = true\n',
+     "'b': static is not read on a quantize entry: a quantize entry keeps its source's shapes"),
+    ('name = "a"\nexport = "openvino"\n[[artifacts]]\nname = "b"\nexport = "onnx"\nfrom = "a"\n', "'b': from is not read on a export entry"),
+    ('name = "a"\nquantize = "int8"\nvae_decoder = "distilled"\n', "'a': vae_decoder is not read on a quantize entry"),
+    ('name = "a"\nexport = "onnx"\ncomponents = ["unet"]\n', "'a': components is not read on a export entry"),
+    ('name = "a"\nexport = "onnx"\ncompile = "default"\n', "'a': compile is not read on a export entry"),
+    ('name = "a"\nexport = "openvino"\nstatic = "yes"\n', "'a': static = 'yes': write static = true"),
+    ('name = "a"\nquantize = "int8"\ncomponents = "unet"\n', "'a': components = 'unet': give a list of component names"),
+    ('name = "a"\nquantize = "int8"\ncomponents = ["unet", "vae_decode"]\n', "'a': components names 'vae_decode': choose from"),
+    ('name = "a"\nreference = true\ncompile = "max-autotun"\n', "'a': compile='max-autotun': choose an inductor mode"),
+    ('name = "a"\nreference = true\ncompile = "reduce-overhead"\n', "'a': compile='reduce-overhead' captures CUDA graphs"),
 ])
 def test_a_profile_entry_naming_what_cannot_be_built_is_refused_when_read(tmp_path, entries, message):
     """A typo in an export target, scheme or backend was found only when the bench reached that entry (after building the

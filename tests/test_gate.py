@@ -230,6 +230,9 @@ def test_cli_writes_markdown_and_json(report, tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0 and "gate: PASS" in out and "verdict" in out
     assert (tmp_path / "g.md").read_text().startswith("## sdopt gate: PASS")
+    # The counts the terminal's last line gives are in the Markdown too, under the heading (walk qa49 left them out)
+    checks = len(json.loads((tmp_path / "g.json").read_text())["checks"])
+    assert checks and f"\n\n0 regression(s) in {checks} checks.\n\n" in (tmp_path / "g.md").read_text()
     assert json.loads((tmp_path / "g.json").read_text())["verdict"] == "pass"
     # A folder that does not exist yet is made; one that cannot be is an error (2), not a traceback read as a regression (1).
     assert main(["gate", str(tmp_path / "r.json"), "--markdown", str(tmp_path / "new" / "g.md")]) == 0

@@ -62,7 +62,7 @@ def test_profile_openvino_run_settings_are_checked_when_read(tmp_path, body, mes
     ("{ warmup_steps = -5 }", "warmup_steps -5: must be 0 or more"),
 ])
 def test_profile_distill_tables_are_checked_when_read(tmp_path, table, message):
-    entry = f'[[artifacts]]\nname = "tiny-dec"\nbackend = "torch"\nvae_decoder = "distilled"\ndistill = {table}\n'
+    entry = f'[[artifacts]]\nname = "tiny-dec"\nexport = "onnx"\nvae_decoder = "distilled"\ndistill = {table}\n'
     with pytest.raises(SdoptError, match=rf"p.toml: \[\[artifacts\]\] 'tiny-dec': .*{message}"):
         load_profile(str(_profile(tmp_path, entry)))
     good = entry.replace(f"distill = {table}", 'distill = { train_steps = 30, lr = 0.002, prompts = ["a red circle"] }')

@@ -405,14 +405,16 @@ def table(result: GateResult, markdown: bool = False) -> str:
     # looking for an absent value)
     missing = sum(c.verdict == "MISSING" for c in result.checks)
     noisy = sum(c.verdict == "TOO NOISY" for c in result.checks)
-    summary = (f"gate: {verdict} ({sum(c.failed for c in result.checks)} regression(s)"
-               + (f", {missing} number(s) missing" if missing else "") + (f", {noisy} too noisy to judge" if noisy else "")
-               + f" in {len(result.checks)} checks)")
+    counts = (f"{sum(c.failed for c in result.checks)} regression(s)"
+              + (f", {missing} number(s) missing" if missing else "") + (f", {noisy} too noisy to judge" if noisy else "")
+              + f" in {len(result.checks)} checks")
     if markdown:
+        # The counts under the heading too: a PR comment's reader should not have to count a 27-row table's verdicts
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(f"**{v}**" if v == "REGRESSION" else v for v in row) + " |" for row in rows]
         notes = "".join(f"> {n}\n\n" for n in result.notes)
-        return f"## sdopt gate: {verdict}\n\n" + notes + "\n".join(lines) + "\n"
+        return f"## sdopt gate: {verdict}\n\n{counts}.\n\n" + notes + "\n".join(lines) + "\n"
+    summary = f"gate: {verdict} ({counts})"
     widths = [max(len(x) for x in col) for col in zip(header, *rows)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     return "\n".join([*(f"note: {n}" for n in result.notes), fmt.format(*header), *(fmt.format(*row) for row in rows), summary])

@@ -13,7 +13,7 @@ from sdopt.runtime.versions import library_versions
 _LIBRARIES = ("torch", "diffusers", "transformers", "onnx", "onnxruntime", "openvino", "nncf", "tensorrt",
               "torchao", "quanto", "bnb", "numpy", "safetensors")
 # ISA features that change which kernels run (bf16/int8 paths on CPU).
-_ISA = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "avx_vnni")
+RECORDED_ISA = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "avx_vnni")
 
 
 def _cpu() -> dict:
@@ -29,7 +29,7 @@ def _cpu() -> dict:
             break
     flags = cpu_flags()
     if flags:
-        info["isa"] = [f for f in _ISA if f in flags]
+        info["isa"] = [f for f in RECORDED_ISA if f in flags]
     try:
         info["usable_cores"] = len(os.sched_getaffinity(0))
     except AttributeError:

@@ -113,7 +113,9 @@ def load_profile(name_or_path: str) -> HardwareProfile:
             from sdopt.decoder.distill import DistillSettings
 
             DistillSettings.from_table(entry["distill"], f"{path}: [[artifacts]] {entry['name']!r}")
-    _check_entries(data.get("artifacts", []), path)
+    _check_entries(data.get("artifacts", []), path, str(data["device"]))
+    _check_isa(data.get("requires_isa", []), path)
+    _check_gate(data.get("gate"), path)
     return HardwareProfile(
         name=data["name"],
         description=data.get("description", ""),
@@ -208,7 +210,73 @@ def _check_bench_values(bench: dict[str, Any], path: Path) -> None:
                          "such as max_seconds = 900")
 
 
-def _check_entries(entries: list[dict[str, Any]], path: Path) -> None:
+def _check_isa(features: list[str], path: Path) -> None:
+    """requires_isa names features the bench records of a machine (sdopt.bench.machine): any other name (lscpu's
+    "avx512vnni" for "avx512_vnni", a feature not recorded) is never in a report, so every run was warned "this
+    machine lacks" it, on the very machine the profile was written for."""
+    from sdopt.bench.machine import RECORDED_ISA
+
+    unknown = [f for f in features if f not in RECORDED_ISA]
+    if unknown:
+        raise SdoptError(f"{path}: requires_isa names {', '.join(repr(f) for f in unknown)}"
+                         f"{did_you_mean(unknown[0], list(RECORDED_ISA), quoted=True)}: the features a report records are {', '.join(RECORDED_ISA)}")
+
+
+def _check_gate(table: Any, path: Path) -> None:
+    """The [gate] rules parsed when the profile is read: a typo (an unknown metric, "+10" for "+10%" the wrong way) was
+    found only by `sdopt gate`, after the whole bench."""
+    if table is None:
+        return
+    from sdopt.bench.rules import parse_rules
+
+    try:
+        parse_rules(table)
+    except SdoptError as exc:
+        raise SdoptError(f"{path}: [gate]: {exc}") from None
+
+
+# Keys that mean something on one kind of entry only (src/sdopt/profiles/README.md); elsewhere the build ignored them:
+# static = true on a quantize entry benched the dynamic source's shapes, from = on an export entry exported the checkpoint.
+_ENTRY_ONLY = {"static": ("export",), "vae_decoder": ("export",), "components": ("quantize",), "from": ("quantize", "guidance_end"),
+               "compile": (None,)}  # None: the checkpoint's entry (no export, quantize or guidance_end)
+_ENTRY_HINTS = {"static": "a quantize entry keeps its source's shapes: quantize from = an export entry with static = true",
+                "vae_decoder": "give it to the export entry the others start from",
+                "components": "an export converts every component",
+                "from": "an export starts from the checkpoint (the --build-from model)",
+                "compile": "torch.compile applies to the checkpoint run by torch"}
+
+
+def _check_entry_keys(entry: dict[str, Any], device: str) -> None:
+    """Each key on an entry of a kind that reads it, with a value of the right kind (errors are prefixed by the caller)."""
+    kind = next((k for k in ("export", "quantize", "guidance_end") if k in entry), None)
+    for key, kinds in _ENTRY_ONLY.items():
+        if key in entry and kind not in kinds:
+            on = f"a {kind} entry" if kind else "the checkpoint's entry"
+            raise SdoptError(f"{key} is not read on {on}: {_ENTRY_HINTS[key]}")
+    if "static" in entry and not isinstance(entry["static"], bool):
+        raise SdoptError(f"static = {entry['static']!r}: write static = true (built for the [bench] size) or leave it out")
+    if "vae_decoder" in entry and not (isinstance(entry["vae_decoder"], str) and entry["vae_decoder"]):
+        raise SdoptError(f"vae_decoder = {entry['vae_decoder']!r}: give a tiny decoder's folder, or \"distilled\"")
+    if "distill" in entry and entry.get("vae_decoder") != "distilled":
+        raise SdoptError("distill is read only with vae_decoder = \"distilled\" (it says how the tiny decoder is distilled)")
+    if "components" in entry:
+        from sdopt.manifest import COMPONENT_NAMES
+        from sdopt.quant.run import ALIASES
+
+        names = entry["components"]
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise SdoptError(f"components = {names!r}: give a list of component names, such as components = [\"unet\", \"vae_decoder\"]")
+        unknown = [n for n in names if n not in COMPONENT_NAMES and n not in ALIASES]
+        if unknown:
+            raise SdoptError(f"components names {', '.join(repr(n) for n in unknown)}: choose from "
+                             f"{', '.join(sorted({*COMPONENT_NAMES, *ALIASES}))}")
+    if "compile" in entry:
+        from sdopt.runtime.compiled import compile_setting
+
+        compile_setting(entry["compile"], device)
+
+
+def _check_entries(entries: list[dict[str, Any]], path: Path, device: str) -> None:
     """What the [[artifacts]] entries name, checked when the profile is read, before anything is built: a typo in an
     export target, scheme or backend was found only when the bench reached its entry (built after the others, then
     "not built" and exit 1 after the whole bench); a name given twice built the second entry into the first's folder
@@ -244,6 +312,7 @@ def _check_entries(entries: list[dict[str, Any]], path: Path) -> None:
             raise SdoptError(f"{where} has both {recipes[0]} and {recipes[1]}: an entry is one artifact; list one entry for each, "
                              f"the second with from = {name!r}")
         try:
+            _check_entry_keys(entry, device)
             if "guidance_end" in entry:  # 2.0 or "0.5" was found when the bench reached the entry, after building the others
                 GenerateRequest(prompt="a fox", guidance_end=entry["guidance_end"]).validate()
             if "export" in entry:
