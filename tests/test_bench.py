@@ -300,6 +300,19 @@ def test_a_profile_entry_naming_what_cannot_be_built_is_refused_when_read(tmp_pa
         load_profile(str(path))
 
 
+def test_a_profile_tiny_decoder_that_is_not_there_is_refused_before_anything_is_built(tmp_path):
+    """vae_decoder = PATH naming no folder was found when its entry built, after the entries before it (an export each)."""
+    from sdopt.bench.build import build_profile_artifacts
+
+    path = tmp_path / "dec.toml"
+    path.write_text('name = "x"\ndevice = "cpu"\n[[artifacts]]\nname = "ref"\nreference = true\n'
+                    f'[[artifacts]]\nname = "ov"\nexport = "openvino"\n[[artifacts]]\nname = "ov-tiny"\nexport = "openvino"\n'
+                    f'vae_decoder = "{tmp_path / "no-such-decoder"}"\n')
+    with pytest.raises(SdoptError, match=re.escape("profile x: [[artifacts]] 'ov-tiny': vae_decoder = ") + ".*no-such-decoder: not a folder"):
+        build_profile_artifacts(load_profile(str(path)), tmp_path / "model", tmp_path / "work", 64, 64, "cpu")
+    assert not (tmp_path / "work").exists()
+
+
 @pytest.mark.parametrize("seed", [-1, 2**63, 1.5])
 def test_a_seed_no_request_takes_is_refused_before_any_worker(seed):
     """--seeds -1 (or a profile's seeds = [-1]) passed the bench's checks: every artifact loaded and failed on it, the

@@ -221,6 +221,11 @@ def build_profile_artifacts(
     reference = next((s for s in specs if s.get("reference")), None)
     if reference is None:
         raise SdoptError(f"profile {profile.name} marks no artifact as reference = true: add it to one [[artifacts]] entry")
+    for spec in specs:  # a tiny decoder's folder that is not there was found when its entry built, after the ones before it
+        if spec.get("vae_decoder") not in (None, DISTILLED):
+            from sdopt.decoder.tiny import read_config
+
+            read_config(spec["vae_decoder"], flag=f"profile {profile.name}: [[artifacts]] {spec['name']!r}: vae_decoder =")
     model, work = Path(model), make_work_dir(Path(work), local_inputs(model))
     paths: dict[str, str] = {}
     not_built: dict[str, str] = {}
