@@ -311,3 +311,19 @@ def test_a_pickled_embedding_in_a_folder_is_left_out_saying_so(tiny_model, embed
 
     with pytest.warns(UserWarning, match=r"easynegative\.pt left out: is not \.safetensors"):
         parse_embeddings([folder])
+
+
+def test_an_embedding_of_nan_vectors_is_refused_when_named_and_left_out_of_a_folder(tiny_model, embedding, tmp_path):
+    """A NaN or infinite embedding (a textual-inversion run that diverged) was accepted: every image whose prompt used its
+    word came out NaN, found only as a broken result after the denoising."""
+    from safetensors.numpy import save_file
+
+    folder = tmp_path / "embeddings"
+    folder.mkdir()
+    save_file({"emb_params": np.full((2, 32), np.nan, np.float32)}, folder / "diverged.safetensors")
+    (folder / "MyStyle.safetensors").write_bytes(embedding.read_bytes())
+    with pytest.raises(SdoptError, match=r"embedding diverged.safetensors: its vectors hold NaN or infinite values \(text_encoder\)"):
+        sdopt.load(tiny_model).add_embeddings(folder / "diverged.safetensors")
+    pipeline = sdopt.load(tiny_model)
+    skipped = pipeline.add_embeddings(folder)
+    assert "NaN or infinite" in skipped["diverged"] and [e["name"] for e in pipeline.embeddings] == ["MyStyle"]

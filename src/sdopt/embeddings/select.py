@@ -42,6 +42,18 @@ def _unfit(embedding: Embedding, widths: dict[str, int]) -> str | None:
     return f"it does not fit this model: {unfit}" if unfit else None
 
 
+def _damaged(embedding: Embedding) -> str | None:
+    """Why the file's vectors cannot be used (unreadable, NaN or infinite: a training run that diverged), or None; read
+    here so that one in a folder is left out like any other unfit file, not a refusal of the whole folder at load."""
+    from sdopt.embeddings.tables import vectors_of
+
+    try:
+        vectors_of(embedding)
+    except SdoptError as exc:
+        return str(exc).removeprefix(f"embedding {embedding.path}: ")
+    return None
+
+
 def planned_records(embeddings: list[Embedding], configs: dict[str, dict[str, Any]], tokenizer: Any) -> tuple[list[Embedding], list[dict[str, Any]]]:
     """The embeddings to fuse into text encoders with these config.json files and their manifest records (the ids they
     will have: appended in order after each table's vocab_size), checked before any slow work: one left out is said in
@@ -49,7 +61,7 @@ def planned_records(embeddings: list[Embedding], configs: dict[str, dict[str, An
     widths = {encoder: int(config["hidden_size"]) for encoder, config in configs.items()}
     clashes = clashing_words(tokenizer, embeddings)
     skipped: dict[str, str] = {}
-    kept = sort_out(embeddings, lambda e: _clash(e, clashes) or _unfit(e, widths), None, skipped)
+    kept = sort_out(embeddings, lambda e: _clash(e, clashes) or _unfit(e, widths) or _damaged(e), None, skipped)
     for word, reason in skipped.items():
         warnings.warn(f"embedding {word} left out: {reason}", UserWarning, stacklevel=2)
     next_ids = {encoder: int(config["vocab_size"]) for encoder, config in configs.items()}
@@ -83,6 +95,6 @@ def to_load(paths: list, have: list[dict[str, Any]], tokenizer: Any, backend: st
             return _clash(embedding, clashes) or (
                 f"this {backend} artifact reads only the embeddings fused at export: "
                 f"export it again with --embedding {shlex.quote(str(embedding.path))}, or generate with the Diffusers checkpoint")
-        return _clash(embedding, clashes) or _unfit(embedding, widths)
+        return _clash(embedding, clashes) or _unfit(embedding, widths) or _damaged(embedding)
 
     return sort_out(found, reason_of, skip_unfit, skipped), skipped

@@ -32,9 +32,16 @@ def vectors_of(embedding: Embedding) -> dict[str, torch.Tensor]:
 
     try:
         with safe_open(str(embedding.path), framework="pt") as f:
-            return {encoder: f.get_tensor(key).reshape(embedding.shapes[encoder]) for encoder, key in embedding.keys.items()}
+            vectors = {encoder: f.get_tensor(key).reshape(embedding.shapes[encoder]) for encoder, key in embedding.keys.items()}
     except Exception as exc:  # safetensors' SafetensorError, an OSError: the file changed since its header was read
         raise SdoptError(f"embedding {embedding.path}: its vectors cannot be read ({exception_line(exc)}); give the file again") from exc
+    # A NaN or infinite vector (a training run that diverged) made every image whose prompt used the word NaN, found
+    # only as a broken result after the denoising; the file is what is wrong, so it is refused when read.
+    broken = [encoder for encoder, v in vectors.items() if not bool(torch.isfinite(v).all())]
+    if broken:
+        raise SdoptError(f"embedding {embedding.path}: its vectors hold NaN or infinite values ({', '.join(broken)}): the file is "
+                         "damaged or its training diverged; train it again or leave it out")
+    return vectors
 
 
 def grow(module: torch.nn.Module, encoder: str, embeddings: list[Embedding]) -> list[int]:
