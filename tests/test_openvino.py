@@ -292,6 +292,13 @@ def test_nncf_int4_options_come_from_the_cli_and_are_recorded(tiny_ov, tmp_path)
     m = read_manifest(out)
     assert m.export["options"] == {"group_size": 32, "ratio": 0.5}
     assert m.components["unet"].quantization["group_size"] == 32 and m.components["unet"].quantization["ratio"] == 0.5
+    # The groups NNCF made are recorded as well: with a size that divides no layer (7) its fallback chooses others, and
+    # the record said 7 was applied; now it names the sizes used, and the run warns.
+    assert "32" in m.components["unet"].quantization["group_sizes"]
+    with pytest.warns(UserWarning, match="--group-size 7 divides no layer's width here: NNCF's fallback grouped the 4-bit weights by 32"):
+        assert main(["quantize", str(tiny_ov), "--backend", "nncf", "--scheme", "int4", "--group-size", "7", "--components", "text_encoder",
+                     "-o", str(tmp_path / "g7"), "-q"]) == 0
+    assert "7" not in read_manifest(tmp_path / "g7").components["text_encoder"].quantization["group_sizes"]
     # "layers" counts the weights compressed (int4, or int8 for the ratio's rest), not their zero points: as many as int8's.
     assert main(["quantize", str(tiny_ov), "--backend", "nncf", "--scheme", "int8", "--components", "unet", "-o", str(tmp_path / "int8"), "-q"]) == 0
     assert m.components["unet"].quantization["layers"] == read_manifest(tmp_path / "int8").components["unet"].quantization["layers"] > 100

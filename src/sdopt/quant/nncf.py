@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -244,6 +245,15 @@ def _compress_weights(nncf, model: ov.Model, scheme: str, options: NncfOptions) 
     except (nncf.InvalidGroupSizeError, nncf.ValidationError, nncf.ParameterNotSupportedError) as exc:
         raise SdoptError(f"NNCF refused {scheme} with these options: {exception_line(exc)}") from exc
     recipe["layers"] = _count_compressed(compressed)
+    if scheme in ("int4", "nf4") and kwargs["group_size"] != -1:
+        # What the fallback chose, not only what was asked: NNCF gives a layer whose width the group size does not
+        # divide a size of its own, so --group-size 7 (or 100000) was recorded as applied while no group had that size.
+        used = _group_sizes(compressed)
+        recipe["group_sizes"] = {str(size): count for size, count in sorted(used.items())}
+        if used and kwargs["group_size"] not in used:
+            warnings.warn(f"--group-size {kwargs['group_size']} divides no layer's width here: NNCF's fallback grouped the 4-bit "
+                          f"weights by {', '.join(str(k) for k in sorted(used))} instead (a power of two such as 32, 64 or 128 fits "
+                          "most layers)", UserWarning, stacklevel=2)
     return compressed, recipe
 
 
@@ -317,6 +327,16 @@ def _count_compressed(model: ov.Model) -> int:
                for convert in converts for t in convert.output(0).get_target_inputs()):
             count += 1
     return count
+
+
+def _group_sizes(model: ov.Model) -> dict[int, int]:
+    """{group size: weights} of the 4-bit weights compressed in groups (NNCF stores them (outputs, groups, size))."""
+    sizes: dict[int, int] = {}
+    for op in model.get_ops():
+        if op.get_type_name() == "Constant" and op.get_element_type().to_string() in ("u4", "i4", "nf4") and len(op.get_shape()) == 3:
+            size = int(op.get_shape()[-1])
+            sizes[size] = sizes.get(size, 0) + 1
+    return sizes
 
 
 def _count_fake_quantize(model: ov.Model) -> int:
