@@ -17,8 +17,8 @@ EXAMPLES=${1:-100}
 PORT=${PORT:-7871}
 WORK=$(mktemp -d)
 SERVER=
-# `|| true`: under set -e a failing command in the trap ends the script there. The server stopped by SIGTERM exits 130
-# (sdopt's "interrupted"), and `wait` returning it made every run, a clean one too, exit 130 with $WORK left behind.
+# `|| true`: under set -e a failing command in the trap ends the script there. The server stopped by SIGTERM exited 130
+# (sdopt's "interrupted"; 0 now), and `wait` returning it made every run, a clean one too, exit 130 with $WORK left behind.
 trap '[ -z "$SERVER" ] || { kill "$SERVER" 2>/dev/null; wait "$SERVER" 2>/dev/null; } || true; rm -rf "$WORK"' EXIT
 sdopt init-model tiny "$WORK/tiny" >/dev/null
 sdopt serve "$WORK/tiny" --port "$PORT" --api-key fuzz --max-pixels 16384 --max-steps 8 --max-images 4 \

@@ -1005,6 +1005,45 @@ def test_binding_beyond_loopback_without_credentials_warns(tiny_model, monkeypat
         server.serve(tiny_model, ServeSettings(host="0.0.0.0", port=0, api_key="k"))
 
 
+
+def test_sdopt_serve_stopped_by_sigterm_exits_0(tiny_pipeline, tiny_model, monkeypatch):
+    """systemd, docker and Kubernetes stop a service with SIGTERM: uvicorn raised it again once stopped, the command line
+    turned it into "sdopt: interrupted", and the clean stop exited 130, a unit in the failed state."""
+    import os
+    import signal
+    import threading
+
+    import sdopt
+    from serving import free_port
+    from sdopt.cli import main
+
+    class Kept:  # the session's pipeline, not closed by serve's end
+        def __getattr__(self, name):
+            return getattr(tiny_pipeline, name)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(sdopt, "load", lambda folder, **options: Kept())
+    port, before = free_port(), signal.getsignal(signal.SIGTERM)
+
+    def stop_once_up():
+        wait_for(lambda: _answers(port), timeout=20)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=stop_once_up, daemon=True).start()
+    try:
+        assert main(["serve", str(tiny_model), "--port", str(port)]) == 0
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def _answers(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
+
 # --- LoRAs by name in the prompt ---------------------------------------------------------
 def test_a_prompt_lora_weight_out_of_range_names_the_prompt(tmp_path):
     """<lora:NAME:50> (or two tags whose weights add past 10) was refused by the loop's check, which names no field: the

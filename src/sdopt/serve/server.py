@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -68,6 +69,7 @@ def http_server(app: Any, host: str, port: int) -> Any:
                 super().run(*args, **kwargs)
 
         def handle_exit(self, sig: int, frame: Any) -> None:
+            self.stopped_by = sig  # serve() reads it: a SIGTERM is the stop asked for
             super().handle_exit(sig, frame)
             # In a thread: a signal handler interrupts the event loop's thread, which may hold a job's lock.
             threading.Thread(target=worker.stop, name="sdopt-serve-stop", daemon=True).start()
@@ -100,8 +102,16 @@ def serve(artifact: str | Path, settings: ServeSettings, load_options: dict[str,
         f"(API docs at /docs; max batch {app.state.worker.max_batch}, queue {settings.max_queue})",
         file=sys.stderr,
     )
+    server = http_server(app, settings.host, settings.port)
     try:
-        http_server(app, settings.host, settings.port).run()
+        server.run()
+    except KeyboardInterrupt:
+        # uvicorn raises the signal that stopped it again once it has stopped, and sdopt's command line turns SIGTERM
+        # into KeyboardInterrupt ("interrupted", status 130). SIGTERM is how systemd, docker and Kubernetes stop a
+        # service, which then ended in a failed state: the stop asked for ends 0. Ctrl-C (SIGINT) keeps 130.
+        if getattr(server, "stopped_by", None) != signal.SIGTERM:
+            raise
+        print(f"stopped {name} (SIGTERM)", file=sys.stderr)
     finally:
         app.state.worker.stop()
         pipeline.close()
