@@ -706,6 +706,17 @@ def test_a_job_past_its_timeout_is_answered_timed_out(tiny_pipeline):
         assert "timed out after 1 s" in response.text
 
 
+
+def test_health_answers_503_while_the_worker_is_down(tiny_pipeline):
+    """A probe reads the status code (curl -f, Kubernetes, a load balancer): /health said "worker down" with a 200."""
+    with running_server(tiny_pipeline, start_worker=False) as (url, app):
+        response = httpx.get(url + "/health")
+        assert response.status_code == 503 and response.json()["status"] == "worker down"
+        assert httpx.head(url + "/health").status_code == 503
+        app.state.worker.start()
+        response = httpx.get(url + "/health")
+        assert response.status_code == 200 and response.json()["status"] == "ok"
+
 # --- auth -----------------------------------------------------------------------------------
 def test_credentials_are_required_everywhere_but_health(tiny_pipeline):
     with running_server(tiny_pipeline, api_key=KEY, api_auth="bob:pw") as (url, _):

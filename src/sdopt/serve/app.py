@@ -128,11 +128,13 @@ def create_app(worker: Worker, settings: ServeSettings, model_name: str, replica
         return JSONResponse({"detail": errors}, status_code=422)
 
     # HEAD as well as GET: load balancers' and uptime monitors' probes often send HEAD, which answered 405
-    @app.api_route("/health", methods=["GET", "HEAD"], tags=["server"])
-    def health() -> dict[str, Any]:
+    # 503 while the worker is down (stopped, or its watchdog gone): probes (systemd, Docker's HEALTHCHECK with curl -f,
+    # Kubernetes, load balancers) read the status code, and a 200 saying "worker down" in its body passed them all.
+    @app.api_route("/health", methods=["GET", "HEAD"], tags=["server"], responses={503: {"description": "the worker is down"}})
+    def health() -> JSONResponse:
         pipe = worker.pipeline
         manifest = getattr(pipe, "manifest", None)
-        return {
+        return JSONResponse({
             "status": "ok" if worker.alive else "worker down",
             "model": model_name,
             "backend": getattr(manifest, "backend", None),
@@ -142,7 +144,7 @@ def create_app(worker: Worker, settings: ServeSettings, model_name: str, replica
             "queue": worker.queue_depth,
             "running": len(worker.current),
             **({"replica": replica} if replica is not None else {}),
-        }
+        }, status_code=200 if worker.alive else 503)
 
     @app.get("/metrics", tags=["server"], dependencies=[Depends(require_auth)], response_class=PlainTextResponse)
     def metrics() -> PlainTextResponse:
