@@ -918,6 +918,16 @@ def test_metrics_count_jobs_images_steps_and_batches(tiny_pipeline):
     assert "sdopt_queue_depth 0" in text
 
 
+
+def test_the_page_calls_the_api_by_relative_paths(tiny_pipeline):
+    """Behind a proxy serving the page under a prefix (https://host/sd/), its fetch("/v1/jobs") left the prefix: every
+    call reached the proxy's root, not this server."""
+    with running_server(tiny_pipeline) as (url, _):
+        page = httpx.get(url + "/").text
+    called = re.findall(r"""fetch\(["'`]([^"'`]*)""", page)
+    assert len(called) >= 6 and all(not path.startswith("/") and "//" not in path for path in called), called
+
+
 # --- the page, in a real browser -------------------------------------------------------------
 def test_page_in_headless_chromium_generates_and_shows_progress(tiny_pipeline, tmp_path):
     from browser import Browser, chromium_path
