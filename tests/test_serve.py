@@ -1027,9 +1027,12 @@ def test_binding_beyond_loopback_without_credentials_warns(tiny_model, monkeypat
 
 
 
-def test_sdopt_serve_stopped_by_sigterm_exits_0(tiny_pipeline, tiny_model, monkeypatch):
+@pytest.mark.parametrize("stop, flags", [("SIGTERM", []), ("SIGHUP", ["--access-log"])])
+def test_sdopt_serve_stopped_by_sigterm_exits_0(tiny_pipeline, tiny_model, monkeypatch, capsys, stop, flags):
     """systemd, docker and Kubernetes stop a service with SIGTERM: uvicorn raised it again once stopped, the command line
-    turned it into "sdopt: interrupted", and the clean stop exited 130, a unit in the failed state."""
+    turned it into "sdopt: interrupted", and the clean stop exited 130, a unit in the failed state. SIGHUP (the terminal
+    closed) killed the process at once, dropping the requests in flight: it stops as SIGTERM does. --access-log logs a
+    line per request, which nothing did (uvicorn runs at warning)."""
     import os
     import signal
     import threading
@@ -1046,17 +1049,21 @@ def test_sdopt_serve_stopped_by_sigterm_exits_0(tiny_pipeline, tiny_model, monke
             pass
 
     monkeypatch.setattr(sdopt, "load", lambda folder, **options: Kept())
-    port, before = free_port(), signal.getsignal(signal.SIGTERM)
+    sig = getattr(signal, stop)
+    port, before = free_port(), signal.getsignal(sig)
 
     def stop_once_up():
         wait_for(lambda: _answers(port), timeout=20)
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), sig)
 
     threading.Thread(target=stop_once_up, daemon=True).start()
     try:
-        assert main(["serve", str(tiny_model), "--port", str(port)]) == 0
+        assert main(["serve", str(tiny_model), "--port", str(port), *flags]) == 0
     finally:
-        signal.signal(signal.SIGTERM, before)
+        signal.signal(sig, before)
+    out, err = capsys.readouterr()
+    assert f"stopped tiny ({stop})" in err
+    assert ('"GET /health HTTP/1.1" 200' in out) == bool(flags), out
 
 
 def _answers(port: int) -> bool:

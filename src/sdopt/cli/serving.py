@@ -28,8 +28,11 @@ def _serve(args: argparse.Namespace) -> int:
             raise SdoptError("--replicas, --autoscale, --cpus-per-replica and --gpus-per-replica go with --ray [ADDRESS] (Ray Serve; docs/ray.md)")
         from sdopt.serve.server import serve
 
-        serve(args.artifact, settings, load_options)
+        serve(args.artifact, settings, load_options, access_log=args.access_log)
         return 0
+    if args.access_log:
+        raise SdoptError("--access-log is for one process under uvicorn; Ray Serve logs each request itself, in its own logs "
+                         "(ray/session_latest/logs/serve/ under the Ray temporary folder)")
     from sdopt.cluster.serve import Scaling, parse_autoscale, serve_on_ray
     from sdopt.source import resolve
 
@@ -75,6 +78,8 @@ def add_serve(sub) -> None:
     p.add_argument("--image-dir", default=None, type=user_path, metavar="DIR",
                    help="keep the images of OpenAI response_format=url answers in DIR (made if absent), with the links' signing key, "
                         "so a link works its whole 60 minutes, across restarts (default: in memory, the newest 64 jobs', until a restart)")
+    p.add_argument("--access-log", action="store_true",
+                   help="a line per request on stdout (client, method and path, status), as uvicorn writes it; default: none, warnings and errors only, on stderr")
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None, help="default: the artifact's")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     add_threads_flag(p)

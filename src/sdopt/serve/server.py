@@ -50,11 +50,13 @@ def build(pipeline: Any, settings: ServeSettings, name: str, start_worker: bool 
     return app
 
 
-def http_server(app: Any, host: str, port: int) -> Any:
-    """The uvicorn server for ``app``. On SIGINT or SIGTERM it stops the worker at once, besides taking no new
+def http_server(app: Any, host: str, port: int, access_log: bool = False) -> Any:
+    """The uvicorn server for ``app``. On SIGINT, SIGTERM or SIGHUP it stops the worker at once, besides taking no new
     connections: the queued and running jobs are cancelled, so the requests waiting for them are answered 503 (the
     server is shutting down) and the process exits, instead of uvicorn waiting for every one of them to run to its
-    end or to --job-timeout (600 s by default) before it exits."""
+    end or to --job-timeout (600 s by default) before it exits. ``access_log``: a line per request on stderr
+    (uvicorn's: client, request line, status) on stdout; otherwise only warnings and errors, on stderr."""
+    import logging
     import threading
 
     import uvicorn
@@ -66,7 +68,14 @@ def http_server(app: Any, host: str, port: int) -> Any:
             # Its requests' errors name the fields an HTTP client sent: the event loop's tasks copy the context it starts
             # in, where sdopt serve's command line named flags ("ask for --cache-interval 1" to a JSON body).
             with command_line(False):
-                super().run(*args, **kwargs)
+                # SIGHUP (the terminal closed, or a supervisor's stop) killed the process at once, dropping the requests
+                # in flight; uvicorn handles only SIGINT and SIGTERM. It now stops as SIGTERM does.
+                hangup = signal.signal(signal.SIGHUP, self.handle_exit) if threading.current_thread() is threading.main_thread() else None
+                try:
+                    super().run(*args, **kwargs)
+                finally:
+                    if hangup is not None:
+                        signal.signal(signal.SIGHUP, hangup)
 
         def handle_exit(self, sig: int, frame: Any) -> None:
             self.stopped_by = sig  # serve() reads it: a SIGTERM is the stop asked for
@@ -74,10 +83,13 @@ def http_server(app: Any, host: str, port: int) -> Any:
             # In a thread: a signal handler interrupts the event loop's thread, which may hold a job's lock.
             threading.Thread(target=worker.stop, name="sdopt-serve-stop", daemon=True).start()
 
-    return Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning")  # configures uvicorn's loggers, to warning
+    if access_log:
+        logging.getLogger("uvicorn.access").setLevel(logging.INFO)
+    return Server(config)
 
 
-def serve(artifact: str | Path, settings: ServeSettings, load_options: dict[str, Any] | None = None) -> None:
+def serve(artifact: str | Path, settings: ServeSettings, load_options: dict[str, Any] | None = None, access_log: bool = False) -> None:
     require("fastapi", "serve")
     require("uvicorn", "serve")
     import sdopt
@@ -102,7 +114,7 @@ def serve(artifact: str | Path, settings: ServeSettings, load_options: dict[str,
         f"(API docs at /docs; max batch {app.state.worker.max_batch}, queue {settings.max_queue})",
         file=sys.stderr,
     )
-    server = http_server(app, settings.host, settings.port)
+    server = http_server(app, settings.host, settings.port, access_log=access_log)
     try:
         server.run()
     except KeyboardInterrupt:
@@ -112,6 +124,9 @@ def serve(artifact: str | Path, settings: ServeSettings, load_options: dict[str,
         if getattr(server, "stopped_by", None) != signal.SIGTERM:
             raise
         print(f"stopped {name} (SIGTERM)", file=sys.stderr)
+    else:
+        if getattr(server, "stopped_by", None) == signal.SIGHUP:  # uvicorn raises only the signals it handles again
+            print(f"stopped {name} (SIGHUP)", file=sys.stderr)
     finally:
         app.state.worker.stop()
         pipeline.close()
