@@ -132,6 +132,26 @@ def test_an_exif_rotated_init_image_is_read_the_right_way_up(tmp_path):
         assert red > 200 and blue < 60
 
 
+def test_a_png_whose_text_chunk_inflates_past_pils_limit_is_refused_in_one_line(tmp_path):
+    """A 2 kB PNG whose zTXt chunk inflates to 2 MiB: PIL stops at its MAX_TEXT_CHUNK with a ValueError, which the readers
+    did not catch: a traceback from generate --init-image/--mask/--parameters-from, a 500 from every server route taking an
+    image (AUTOMATIC1111's img2img and png-info, OpenAI's edits), where a bad image is one line or a 422."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    from sdopt.input_images import open_image
+    from sdopt.serve.errors import RequestError
+    from sdopt.serve.images import read_image
+
+    info = PngInfo()
+    info.add_text("parameters", "a" * 2**21, zip=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "bomb.png", pnginfo=info)
+    with pytest.raises(SdoptError, match=r"--init-image .*bomb.png: not an image sdopt can read .*MAX_TEXT_CHUNK"):
+        open_image(str(tmp_path / "bomb.png"), "--init-image")
+    with pytest.raises(RequestError, match="init_images: .*MAX_TEXT_CHUNK"):
+        read_image((tmp_path / "bomb.png").read_bytes(), "init_images", 2**20, 2**20)
+
+
 def test_a_16_bit_grayscale_init_image_keeps_its_greys(tmp_path):
     """A 16-bit PNG opens as PIL's I;16, whose conversion to RGB clips every value above 255: mid-grey came out white,
     and the image was repainted from a blank page (CLI and server alike)."""

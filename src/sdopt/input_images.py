@@ -21,7 +21,8 @@ def open_image(path: str | None, flag: str):
             return as_shown(image)
     except FileNotFoundError:
         raise SdoptError(f"{flag} {path}: no such file") from None
-    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, ValueError) as exc:  # ValueError: PIL's refusal of a
+        # damaged chunk or a text chunk inflating past its MAX_TEXT_CHUNK (a few kB of zTXt can claim gigabytes)
         raise SdoptError(f"{flag} {path}: not an image sdopt can read (PNG, JPEG, WebP...): {exc}") from None
     except OSError as exc:
         raise SdoptError(f"{flag} {path}: cannot read it ({exc.strerror or exc})") from None

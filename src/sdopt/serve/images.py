@@ -52,6 +52,8 @@ def read_image(data: bytes, field: str, max_bytes: int, max_pixels: int):
         raise _refuse(field, f"the image is more than {max_pixels} pixels") from None
     except (UnidentifiedImageError, OSError):
         raise _refuse(field, "not an image PIL can read: send a PNG or JPEG") from None
+    except ValueError as exc:  # PIL's refusal of a damaged chunk, or of a text chunk inflating past its MAX_TEXT_CHUNK
+        raise _refuse(field, f"not an image PIL can read ({exc}): send a PNG or JPEG") from None
     from sdopt.input_images import as_shown
 
     image = as_shown(image)
