@@ -67,6 +67,23 @@ def test_other_pipeline_classes_are_refused(tiny_model, tmp_path):
         read_manifest(other)
 
 
+@pytest.mark.parametrize("named, message", [
+    (["pipeline", "MyPipeline"], r"holds a custom pipeline \(MyPipeline from its own pipeline.py: code shipped with the model, which sdopt never runs\)"),
+    ({"module": "x"}, r"names its pipeline class as \{\"module\": \"x\"\}, not a class name"),
+])
+def test_a_custom_pipeline_is_refused_in_one_line(tiny_model, tmp_path, named, message):
+    """Diffusers' custom pipelines name themselves [module, class] in model_index.json's _class_name (code in the model's
+    own folder): the family lookup hashed the list, a TypeError traceback from inspect, generate and serve."""
+    custom = tmp_path / "custom"
+    (custom / "unet").mkdir(parents=True)
+    shutil.copy(tiny_model / "unet" / "config.json", custom / "unet" / "config.json")
+    index = json.loads((tiny_model / "model_index.json").read_text())
+    (custom / "model_index.json").write_text(json.dumps({**index, "_class_name": named}))
+    (custom / "pipeline.py").write_text("raise SystemExit('imported')")
+    with pytest.raises(SdoptError, match=message):
+        read_manifest(custom)
+
+
 def test_missing_component_file_is_named(tiny_model, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(tiny_model, broken)

@@ -12,6 +12,7 @@ This module stays free of torch and numpy at import: manifests and the CLI read 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from sdopt.errors import SdoptError, with_article
@@ -41,7 +42,16 @@ def family_of_class(pipeline_class: str | None, where: Path | str) -> Family:
     if pipeline_class is None:
         return FAMILIES[DEFAULT]
     for family in FAMILIES.values():
-        if pipeline_class in family.pipeline_classes:
+        if isinstance(pipeline_class, str) and pipeline_class in family.pipeline_classes:
             return family
     known = sorted(c for f in FAMILIES.values() for c in f.pipeline_classes if not c.startswith(("ORT", "OV", "Onnx")))
-    raise SdoptError(f"{where} holds {with_article(pipeline_class)}; sdopt runs {', '.join(known)} pipelines (and their ONNX/OpenVINO exports)")
+    runs = f"sdopt runs {', '.join(known)} pipelines (and their ONNX/OpenVINO exports)"
+    if isinstance(pipeline_class, list) and len(pipeline_class) == 2 and all(isinstance(p, str) for p in pipeline_class):
+        # Diffusers' custom pipeline: [module, class], code shipped in the model's folder, which sdopt never imports
+        module, name = pipeline_class
+        raise SdoptError(f"{where} holds a custom pipeline ({name} from its own {module}.py: code shipped with the model, "
+                         f"which sdopt never runs); {runs}")
+    if not isinstance(pipeline_class, str):
+        raise SdoptError(f"{where}/model_index.json names its pipeline class as {json.dumps(pipeline_class)[:100]}, not a "
+                         f"class name: the file is damaged or not Diffusers'; {runs}")
+    raise SdoptError(f"{where} holds {with_article(pipeline_class)}; {runs}")
