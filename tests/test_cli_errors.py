@@ -63,6 +63,19 @@ def test_the_last_timestep_check_sets_a_schedule_once_per_config_and_steps(tiny_
             check_steps(make_scheduler(None, config), GenerateRequest(prompt="x", steps=1000))
 
 
+@pytest.mark.parametrize("named", ["AutoencoderKL", "StableDiffusionPipeline", "load_image", 7])
+def test_a_scheduler_class_that_is_no_scheduler_is_refused_in_one_line(tiny_model, named):
+    """A checkpoint's scheduler class is looked up in diffusers by the name its model_index.json or scheduler config
+    gives: a model class was built from the scheduler's config (AutoencoderKL; UNet2DConditionModel at SD 1.5's size)
+    and failed on the first step ("no attribute set_timesteps"), a pipeline class failed to build; both tracebacks."""
+    from sdopt.errors import SdoptError
+    from sdopt.runtime.schedulers import make_scheduler
+
+    config = json.loads((tiny_model / "scheduler" / "scheduler_config.json").read_text())
+    with pytest.raises(SdoptError, match="is not a Diffusers scheduler|is not in this diffusers version"):
+        make_scheduler(None, {**config, "_class_name": named})
+
+
 def test_a_request_the_artifact_refuses_is_said_before_any_progress_bar(tiny_model, capsys):
     """A refusal from the artifact's checks (an OpenVINO static shape, Clip skip past the text encoder's layers) came
     after an empty "denoising 0/N" bar."""

@@ -186,9 +186,15 @@ def scheduler_class(name: str | None, config: dict[str, Any] | None = None):
     import diffusers
 
     cls_name = SCHEDULERS[name][0] if name is not None else (config or {}).get("_class_name", "PNDMScheduler")
-    cls = getattr(diffusers, cls_name, None)
+    cls = getattr(diffusers, cls_name, None) if isinstance(cls_name, str) else None
     if cls is None:
         raise SdoptError(f"the checkpoint's scheduler class {cls_name} is not in this diffusers version")
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
+        # Built from the config, another Diffusers class would run whatever its constructor does (a UNet of the
+        # config's sizes, SD 1.5's by default) and fail on the first step with a traceback.
+        raise SdoptError(f"the checkpoint names {cls_name} as its scheduler (model_index.json's scheduler entry or "
+                         "scheduler/scheduler_config.json's _class_name), which is not a Diffusers scheduler: the checkpoint "
+                         "is damaged or was edited; download or export it again")
     return cls
 
 
