@@ -212,6 +212,17 @@ def test_a_damaged_folder_without_sdopt_json_is_one_clear_error(model_copy, tiny
         sdopt.load(onnx)
 
 
+def test_a_damaged_tokenizer_is_one_clear_error(tiny_model, tmp_path):
+    """The tokenizer's files carry no hashes: a tokenizer.json that is not JSON (damaged, or a link to another file)
+    was a JSONDecodeError traceback from generate, export and serve."""
+    from sdopt.runtime.load import load_tokenizer
+
+    shutil.copytree(tiny_model / "tokenizer", tmp_path / "tokenizer")
+    (tmp_path / "tokenizer" / "tokenizer.json").write_text("garbage{")
+    with pytest.raises(SdoptError, match=r"cannot read the tokenizer in .*tokenizer: JSONDecodeError: .*download or export it again"):
+        load_tokenizer(tmp_path / "tokenizer")
+
+
 def test_a_folder_of_fp16_variant_weights_loads(model_copy, tiny_pipeline):
     """The Hub's variant layout (NAME.fp16.safetensors and no plain file) is read as Diffusers reads it with variant="fp16"."""
     (model_copy / "sdopt.json").unlink()

@@ -95,7 +95,12 @@ def load_tokenizer(folder: Path):
 
     if not folder.is_dir():
         raise SdoptError(f"{folder} is missing: the artifact has no tokenizer; export it again")
-    return CLIPTokenizer.from_pretrained(folder)
+    try:
+        return CLIPTokenizer.from_pretrained(folder)
+    except Exception as exc:  # a damaged tokenizer.json or vocab: json's, tokenizers' and Transformers' own errors
+        text = " ".join(str(exc).split())
+        raise SdoptError(f"cannot read the tokenizer in {folder}: {type(exc).__name__}: {text[:300] or 'no message'}; its files "
+                         "(tokenizer.json, vocab.json, merges.txt) are damaged or incomplete: download or export it again") from None
 
 
 def _export_advice(backend: str, precision: str) -> str:
