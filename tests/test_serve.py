@@ -808,6 +808,26 @@ def test_mask_of_another_size_and_oversized_body_are_refused(tiny_pipeline):
         assert response.status_code == 413 and "send smaller images" in response.json()["error"]["message"]
 
 
+def test_a_chunked_body_over_the_limit_is_413(tiny_pipeline):
+    """A body sent without Content-Length (chunked) over the limit was cut off by the limit, but FastAPI's body reader
+    caught the limit's exception as its own parse error: 422 "JSON decode error" on JSON routes, 400 on OpenAI's form
+    route, where docs/serve.md promises 413 for a body over the limit."""
+    def chunks(total: int, first: bytes = b""):
+        yield first
+        for _ in range(total // 50_000):
+            yield b"x" * 50_000
+
+    with running_server(tiny_pipeline, start_worker=False, max_body_bytes=200_000) as (url, _):
+        response = httpx.post(url + "/v1/jobs", content=chunks(300_000, b'{"prompt": "'), headers={"Content-Type": "application/json"})
+        assert response.status_code == 413 and "send smaller images" in response.json()["detail"]
+        boundary = "b0undary"
+        head = f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\nContent-Type: image/png\r\n\r\n'.encode()
+        response = httpx.post(url + "/v1/images/edits", content=chunks(300_000, head),
+                              headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        assert response.status_code == 413 and "send smaller images" in response.json()["error"]["message"]
+        assert httpx.get(url + "/health").status_code == 200  # and the server goes on
+
+
 # --- failures ---------------------------------------------------------------------------------
 def test_a_failing_generate_fails_its_job_and_a_crash_restarts_the_worker(tiny_pipeline):
     with running_server(Faulty(tiny_pipeline)) as (url, app):

@@ -201,28 +201,36 @@ class BodyLimit:
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             return await self._refuse(scope, send)
-        seen = 0
+        seen, refused = 0, False
 
         async def limited_receive():
-            nonlocal seen
+            # The 413 is sent here, where the limit is passed: FastAPI's body reader catches any exception from
+            # receive as its own parse error (a 422 "JSON decode error", a 400 for a form), so raising one to the
+            # code below would not reach it. The app is told the client left, and what it answers is dropped.
+            nonlocal seen, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise _TooLarge
+                    refused = True
+                    await self._refuse(scope, send)
+                    return {"type": "http.disconnect"}
             return message
 
+        async def guarded_send(message):
+            if not refused:
+                await send(message)
+
         try:
-            await self.app(scope, limited_receive, send)
-        except _TooLarge:
-            await self._refuse(scope, send)
+            await self.app(scope, limited_receive, guarded_send)
+        except Exception:
+            if not refused:
+                raise
 
     async def _refuse(self, scope, send):
         message = f"the request body is larger than the {self.max_bytes / 2**20:g} MiB this server accepts: send smaller images"
         body = json.dumps(_error_body(scope.get("path", ""), 413, message)).encode()  # OpenAI's shape on its routes
         await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
-
-
-class _TooLarge(Exception):
-    pass
