@@ -1,6 +1,7 @@
 """The bench on the tiny model: one real run shared by the report and gate tests."""
 
 import json
+import os
 import re
 import shutil
 
@@ -438,6 +439,40 @@ def test_a_folder_holding_another_bench_report_is_refused_without_force(tiny_mod
     prepare_report_folder(tmp_path / "other-files", force=False)  # a folder with other files only is fine
     (tmp_path / "other-files" / "prompts.txt").write_text("a cat")
     assert check_report_folder(tmp_path / "other-files") == tmp_path / "other-files"
+
+
+def test_a_bench_into_a_folder_another_bench_is_writing_is_refused_naming_it(tiny_model, tmp_path, capsys):
+    """Two benches with one -o (walk qa54): both wrote their workers' results into the same raw/ and exited 0, the report
+    of one naming its request over the other's images; one started later with --force removed the running one's raw/.
+    The second is refused before any work, naming the process that holds the folder; once it is done the folder is free."""
+    import subprocess
+    import sys
+
+    from sdopt.cli import main
+    from sdopt.fsutil import folder_lock
+
+    out = tmp_path / "out"
+    argv = ["bench", str(tiny_model), "--reference", str(tiny_model), "--steps", "1", "--height", "64", "--width", "64", "--seeds", "0",
+            "--warmup", "0", "--runs", "1", "-q", "-o", str(out)]
+    # Another process holding the folder, as a running bench does (its lock file, its raw/ results).
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; sys.path[:0] = sys.argv[2:]; from pathlib import Path; from sdopt.fsutil import folder_lock\n"
+                               "with folder_lock(Path(sys.argv[1]), 'bench', '-o'): print('held', flush=True); sys.stdin.read()",
+                               str(out), *sys.path], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        (out / "raw" / "tiny").mkdir(parents=True)
+        (out / "raw" / "tiny" / "job.json").write_text("{}")
+        for force in ([], ["--force"]):
+            assert main(argv + force) == 2
+            assert f"-o {out} is in use by sdopt bench pid {holder.pid} on " in capsys.readouterr().err
+        assert (out / "raw" / "tiny" / "job.json").is_file()  # --force removed nothing of the running bench's
+        with pytest.raises(SdoptError, match=f"is in use by sdopt bench pid {holder.pid}"), folder_lock(out, "bench", "-o"):
+            pass
+    finally:
+        holder.communicate("")
+    assert sorted(p.name for p in out.iterdir()) == ["raw"]  # the lock file went with its holder
+    with folder_lock(out, "bench", "-o"):
+        pass
 
 
 @pytest.mark.slow

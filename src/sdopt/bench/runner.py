@@ -25,6 +25,7 @@ from sdopt.bench.rounds import merge_rounds, rotated
 from sdopt.bench.settings import BenchSettings
 from sdopt.bench.worker import PROGRESS_FILE
 from sdopt.errors import SdoptError
+from sdopt.fsutil import check_not_locked, folder_lock
 
 
 # --- running ----------------------------------------------------------------------------
@@ -154,7 +155,7 @@ def run_bench(
     entries = collect(artifacts, reference, names)
     check_static_shapes(entries, settings)
     check_device_here(settings.device, entries)
-    out = prepare_report_folder(out, force)
+    check_report_folder(out, force)
 
     rounds = settings.rounds
     results: dict[str, list[dict]] = {entry.name: [] for entry in entries}
@@ -162,6 +163,10 @@ def run_bench(
     interrupted, running = False, None
     starts = WorkerStarts(settings)
     with contextlib.ExitStack() as deferred:
+        # Held until the report is written: a second bench into this folder had written its workers' results into the
+        # same raw/ (or, with --force, removed them) and exited 0, its report naming one run's request over the other's rows.
+        deferred.enter_context(folder_lock(Path(out), "bench", "-o"))
+        out = prepare_report_folder(out, force)
         try:
             with tqdm(total=len(entries) * rounds, desc="bench", unit="artifact", file=sys.stderr, disable=not progress) as bar:
                 for r in range(rounds):
@@ -271,6 +276,7 @@ def check_report_folder(out: str | Path, force: bool = False) -> Path:
     for path in (out, *out.parents):
         if path.exists() and not path.is_dir():
             raise SdoptError(f"-o {out}: {path} is a file; give a folder for the report (it is created if missing)")
+    check_not_locked(out, "bench", "-o")  # another bench writing there now: said before its raw/ reads as a report to replace
     if any((out / marker).is_file() for marker in ("sdopt.json", "model_index.json")):  # its report files would land in a model
         raise SdoptError(f"-o {out} is a model or artifact folder: give a folder of its own for the report")
     held = earlier_report(out)
