@@ -314,6 +314,23 @@ def test_an_interrupted_save_of_several_images_leaves_the_old_set_whole(tiny_mod
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths) and [p.read_bytes() for p in paths] == old
 
 
+def test_two_writers_of_one_output_each_replace_it_whole(tmp_path):
+    """Two `generate -o same.png` at once (walk qa54) shared the partial file .same.png.partial: the second truncated the
+    first's half-written image and renamed it into place, and the first then failed with a FileNotFoundError traceback.
+    Each writer has its own partial: the one that finishes last replaces the file, whole, and neither fails."""
+    from sdopt.fsutil import files_written_whole
+
+    out = tmp_path / "same.png"
+    with files_written_whole([out]) as (first,):
+        first.write_bytes(b"first, half")
+        with files_written_whole([out]) as (second,):  # the other process, finishing while the first still writes
+            second.write_bytes(b"second, whole")
+        assert out.read_bytes() == b"second, whole"
+        with open(first, "ab") as f:
+            f.write(b" and the rest")
+    assert out.read_bytes() == b"first, half and the rest" and [p.name for p in tmp_path.iterdir()] == ["same.png"]
+
+
 def test_strength_without_an_init_image(tiny_model, tmp_path, capsys):
     """--strength alone is refused; an img2img image's parameters without its init image are said to make another picture."""
     from PIL import Image

@@ -323,8 +323,12 @@ def check_can_create_in(folder: Path, path: Path) -> None:
 def files_written_whole(paths: list[Path]) -> Iterator[list[Path]]:
     """Yield the path to write for each of ``paths``: a partial file beside it (the path itself for a character device,
     -o /dev/null). When the block ends, every partial replaces its path, all of them written first; on an error or an
-    interrupt each is removed. So no half file is left, none it replaces is truncated, and a set is never part new."""
-    partials = [path if path.is_char_device() else path.with_name(f".{path.name}.partial") for path in paths]
+    interrupt each is removed. So no half file is left, none it replaces is truncated, and a set is never part new.
+    Each partial's name is this call's own: two commands writing one path (two `generate -o same.png`) had shared
+    .NAME.partial, one truncating the other's half-written file, which the first then renamed into place (or failed
+    with a FileNotFoundError traceback, the other having renamed it first); now the last to finish replaces it whole."""
+    token = f"{os.getpid()}-{secrets.token_hex(3)}"
+    partials = [path if path.is_char_device() else path.with_name(f".{path.name}.{token}.partial") for path in paths]
     try:
         modes = {}
         for path, partial in zip(paths, partials):
