@@ -285,6 +285,9 @@ def static_axes(manifest: Manifest, component: str) -> dict[str, dict[int, int]]
 
 
 # --- the executor --------------------------------------------------------------------
+CACHE_RACE_TRIES = 3  # compiles of one component, while each fails on its blob in the shared cache (_compile_cached)
+
+
 def _reason(exc: Exception) -> str:
     """The line of an OpenVINO exception that says what is wrong: its messages start with the C++ source location
     ("Exception from src/inference/src/cpp/core.cpp:84:") and put the reason below."""
@@ -334,12 +337,26 @@ class OpenVINOComponent:
         if any(shapes[p.get_any_name()] != p.get_partial_shape() for p in model.inputs):
             model.reshape(shapes)
         try:
-            compiled = self.core.compile_model(model, self.device, self.config)
+            compiled = self._compile_cached(model)
         except (RuntimeError, TypeError) as exc:  # TypeError: a run setting of a type the property does not take
             cap = os.environ.get("ONEDNN_MAX_CPU_ISA")  # OpenVINO's bf16 and weight-compressed layers then fail (docs/cpu-features.md)
             hint = f"; ONEDNN_MAX_CPU_ISA={cap} is set, under which OpenVINO compiles no bf16 or weight-compressed layers: unset it" if cap else ""
             raise SdoptError(f"OpenVINO could not compile {self.path.parent.name} for {self.device}: {_reason(exc)}{hint}") from exc
         self._compiled.append((shapes, compiled, compiled.create_infer_request()))
+
+    def _compile_cached(self, model: ov.Model, tries: int = CACHE_RACE_TRIES) -> ov.CompiledModel:
+        """compile_model, again when it lost a race for its blob in a cache folder other processes share: OpenVINO
+        removes a blob it finds half-written (another process's, writing it now), and the writer then fails on its own
+        blob ("filesystem error: cannot set permissions: No such file or directory [CACHE/N.blob]"): three generates of
+        one artifact started together into an empty cache, one exited 2 saying OpenVINO "could not compile" it."""
+        for _ in range(tries - 1):
+            try:
+                return self.core.compile_model(model, self.device, self.config)
+            except RuntimeError as exc:
+                cache = str(self.core.get_property("CACHE_DIR") or "")
+                if not cache or "filesystem error" not in str(exc) or cache not in str(exc):
+                    raise
+        return self.core.compile_model(model, self.device, self.config)
 
     def _request_for(self, feed: dict[str, np.ndarray]) -> ov.InferRequest:
         for shapes, _, request in self._compiled:
