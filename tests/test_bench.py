@@ -441,6 +441,34 @@ def test_a_folder_holding_another_bench_report_is_refused_without_force(tiny_mod
     assert check_report_folder(tmp_path / "other-files") == tmp_path / "other-files"
 
 
+def test_a_work_folder_another_command_is_building_in_is_refused_naming_it(tiny_model, tmp_path, capsys):
+    """Two `optimize` (or `bench --build-from`) with one --work (walk qa54): the loser's candidate export found the winner's
+    folder ("already exists ... --force", an option optimize lacks) and was listed "not built" without a word of why, and
+    a rebuild removed an artifact the other command was benching. The second is refused before building anything."""
+    import subprocess
+    import sys
+
+    from sdopt.bench.build import build_profile_artifacts
+    from sdopt.cli import main
+
+    work = tmp_path / "work"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; sys.path[:0] = sys.argv[2:]; from pathlib import Path; from sdopt.fsutil import folder_lock\n"
+                               "with folder_lock(Path(sys.argv[1]), 'work', '--work'): print('held', flush=True); sys.stdin.read()",
+                               str(work), *sys.path], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    profile = tmp_path / "p.toml"
+    profile.write_text('name = "p"\ndevice = "cpu"\n[[artifacts]]\nname = "ref"\nreference = true\n[[artifacts]]\nname = "onnx"\nexport = "onnx"\n')
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(SdoptError, match=re.escape(f"--work {work} is in use by sdopt work pid {holder.pid} on ")):
+            build_profile_artifacts(load_profile(str(profile)), tiny_model, work, 64, 64, "cpu")
+        assert main(["optimize", str(tiny_model), "--work", str(work), "-o", str(tmp_path / "best"), "--quick", "--steps", "1",
+                     "--height", "64", "--width", "64", "-q"]) == 2
+        assert f"--work {work} is in use by sdopt work pid {holder.pid}" in capsys.readouterr().err
+        assert sorted(p.name for p in work.iterdir()) == [".sdopt-work.lock"]  # nothing built beside the holder's
+    finally:
+        holder.communicate("")
+
+
 def test_a_bench_into_a_folder_another_bench_is_writing_is_refused_naming_it(tiny_model, tmp_path, capsys):
     """Two benches with one -o (walk qa54): both wrote their workers' results into the same raw/ and exited 0, the report
     of one naming its request over the other's images; one started later with --force removed the running one's raw/.

@@ -34,6 +34,7 @@ reported and left out; the others are still measured.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -42,7 +43,7 @@ from typing import Any, Callable
 
 from sdopt.bench.profiles import HardwareProfile
 from sdopt.errors import SdoptError
-from sdopt.fsutil import local_inputs, make_work_dir
+from sdopt.fsutil import folder_lock, local_inputs, make_work_dir
 
 
 @dataclass
@@ -196,7 +197,11 @@ def build_profile_artifacts(
     only: list[str] | None = None,
     say: Callable[[str], None] = lambda line: None,
     progress: bool = True,
+    held: contextlib.ExitStack | None = None,
 ) -> ProfileArtifacts:
+    """The profile's artifacts in ``work``, built there or reused. ``held``: where the --work folder's lock goes, held
+    as long as the caller keeps it (the bench of what was built: a second command building into the same folder would
+    replace an artifact being benched); None: held while building."""
     specs = profile.artifacts
     if only:
         by_name = {s["name"]: s for s in specs}
@@ -229,15 +234,17 @@ def build_profile_artifacts(
     model, work = Path(model), make_work_dir(Path(work), local_inputs(model))
     paths: dict[str, str] = {}
     not_built: dict[str, str] = {}
-    for spec in specs:
-        say(f"== {spec['name']}")
-        try:
-            paths[spec["name"]] = build_one(spec, model, work, height, width, device, paths, say, progress)
-        except SdoptError as exc:
-            if spec is reference:
-                raise SdoptError(f"the reference {spec['name']} cannot be built: {exc}") from None
-            not_built[spec["name"]] = str(exc)
-            say(f"   not built: {exc}")
+    with contextlib.ExitStack() as own:
+        (held or own).enter_context(folder_lock(work, "work", "--work"))
+        for spec in specs:
+            say(f"== {spec['name']}")
+            try:
+                paths[spec["name"]] = build_one(spec, model, work, height, width, device, paths, say, progress)
+            except SdoptError as exc:
+                if spec is reference:
+                    raise SdoptError(f"the reference {spec['name']} cannot be built: {exc}") from None
+                not_built[spec["name"]] = str(exc)
+                say(f"   not built: {exc}")
     names: dict[str, str] = {}
     for name in [reference["name"], *benched]:  # the reference's first: an entry that is the same run is benched once, as it
         if name in paths:

@@ -205,23 +205,26 @@ def optimize(model: str | Path, out: str | Path, settings, work: str | Path, flo
     """Build the candidates, bench them against fp32, copy the fastest that holds the floor to ``out``.
     ``ray``: build the candidates in parallel and bench them on a Ray cluster's nodes of one kind (sdopt.cluster.optimize).
     ``calibration_images``: what an inpainting checkpoint's int8 candidates repaint while calibrating."""
-    args = (model, out, settings, work, floor, quick, budget_minutes, distill, precision, rebench, force, progress, say, calibration_images)
-    if ray is None:
-        return _optimize(*args, None)
-    from sdopt.cluster.optimize import connected
+    import contextlib
 
-    with connected(ray):
-        return _optimize(*args, ray)
+    args = (model, out, settings, work, floor, quick, budget_minutes, distill, precision, rebench, force, progress, say, calibration_images)
+    with contextlib.ExitStack() as held:  # the --work folder's lock, taken once it is made, held to the end
+        if ray is None:
+            return _optimize(*args, None, held)
+        from sdopt.cluster.optimize import connected
+
+        with connected(ray):
+            return _optimize(*args, ray, held)
 
 
 def _optimize(model, out, settings, work, floor, quick, budget_minutes, distill, precision, rebench, force, progress, say,
-              calibration_images, ray) -> Outcome:
+              calibration_images, ray, held) -> Outcome:
     from sdopt.bench.assemble import too_noisy, with_more_rounds
     from sdopt.bench.profiles import HardwareProfile
     from sdopt.bench.report import require_report_libraries
     from sdopt.bench.runner import run_bench
     from sdopt.export.run import source_checkpoint
-    from sdopt.fsutil import atomic_output_dir, check_output_dir, local_inputs, make_work_dir
+    from sdopt.fsutil import atomic_output_dir, check_output_dir, folder_lock, local_inputs, make_work_dir
 
     check_output_dir(out, force, local_inputs(model))  # before any slow work
     require_report_libraries()  # the bench extra: its report is written once every candidate is benched
@@ -259,6 +262,9 @@ def _optimize(model, out, settings, work, floor, quick, budget_minutes, distill,
     # Truncated guidance needs an unconditional pass to cut: none at guidance <= 1 (Turbo models) or in an LCM UNet.
     pool = candidates(settings.device, quick, distill, precision, calibration_images, guided=runs_guided(settings.guidance_scale, manifest.model))
     work = make_work_dir(Path(work), (source,), out)  # after every refusal above (a device without candidates, the calibration images)
+    # Two optimize runs on one --work built into each other's candidate folders (the loser's export "already exists",
+    # its candidate "not built"), and a rebuild removed an artifact the other was benching.
+    held.enter_context(folder_lock(work, "work", "--work"))
     if ray is not None:
         from sdopt.cluster.optimize import build_all
 

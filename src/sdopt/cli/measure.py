@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -73,6 +74,11 @@ def _print_candidates(rows: list[dict], chosen: str | None) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    with contextlib.ExitStack() as held:  # --build-from's --work lock: from its build to the end of the bench of what it built
+        return _bench_holding(args, held)
+
+
+def _bench_holding(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
     from sdopt.bench.grounding import unjudged_rows
     from sdopt.bench.profiles import load_profile
     from sdopt.bench.report import require_report_libraries
@@ -135,7 +141,7 @@ def _bench(args: argparse.Namespace) -> int:
             only = comma_list(args.only) if args.only is not None else None
             work = Path(args.work) / profile.name if len(profiles) > 1 else Path(args.work)
             built = build_profile_artifacts(profile, args.build_from, work, settings.height, settings.width, settings.device, only, say,
-                                            progress=not args.quiet)
+                                            progress=not args.quiet, held=held)
             artifacts, reference = built.others, built.reference
             names = built.names
             not_built.update({f"{profile.name}/{k}" if len(profiles) > 1 else k: v for k, v in built.not_built.items()})
