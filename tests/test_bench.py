@@ -1,7 +1,6 @@
 """The bench on the tiny model: one real run shared by the report and gate tests."""
 
 import json
-import os
 import re
 import shutil
 
