@@ -218,3 +218,27 @@ def test_the_python_api_refuses_an_unknown_optional_rewrite_before_any_work(tiny
     with pytest.raises(SdoptError, match="give one of them"):
         export(tiny_model, "onnx", tmp_path / "x", rewrite=["transformer_channels_first"], no_rewrites=True)
     assert not list(tmp_path.iterdir())
+
+
+def test_the_bench_counts_the_plain_decoder_where_int8_quantizing_undid_the_rewrite(tiny_model, tiny_onnx_artifact):
+    """ONNX Runtime's int8-static quantizer turns the decoder's transposed convolutions back into upsample + 3x3
+    convolution (quantization.undone_rewrites) while export.rewrites still records them: the bench counted the
+    rewritten form's FLOPs (the tiny decoder at 64²: 251,152,384 of the 306,202,624 its graph computes), so the int8
+    decoder's GFLOP/s and "of peak" read 18% low."""
+    import copy
+
+    from sdopt.bench.artifacts import Entry
+    from sdopt.bench.assemble import _stage_flops
+    from sdopt.bench.flops import vae_decoder_flops
+    from sdopt.bench.settings import BenchSettings
+
+    settings = BenchSettings.resolve(None, prompts=["a fox"], seeds=[0], steps=1, height=64, width=64)
+    reference = Entry("tiny", tiny_model, read_manifest(tiny_model))
+    exported = read_manifest(tiny_onnx_artifact)
+    quantized = copy.deepcopy(exported)
+    quantized.components["vae_decoder"].quantization = {"scheme": "int8-static", "backend": "onnxruntime",
+                                                        "undone_rewrites": {"upsample_transposed_conv": 3}}
+    config, latent = tiny_model / "vae" / "config.json", (1, 4, 8, 8)
+    count = lambda manifest: _stage_flops(Entry("x", tiny_onnx_artifact, manifest), reference, settings, 1)["vae_decoder"]  # noqa: E731
+    assert count(exported) == vae_decoder_flops(config, latent, rewritten=True) < vae_decoder_flops(config, latent)
+    assert count(quantized) == vae_decoder_flops(config, latent)

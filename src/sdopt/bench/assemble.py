@@ -214,7 +214,6 @@ def _stage_flops(entry: Entry, reference: Entry, settings: BenchSettings, unet_w
     """FLOPs per call of each stage of this artifact: the reference's text encoder; its UNet (averaged over whole
     and shallow steps when it caches); its own VAE decoder (a tiny one when replaced). None when configs are missing."""
     from sdopt.bench.flops import text_encoder_flops, unet_flops_per_call, vae_decoder_flops
-    from sdopt.rewrite import recorded
     from sdopt.runtime.embedded_guidance import runs_guided
     from sdopt.runtime.guidance import guided_steps
     from sdopt.stepcache.schedule import runs_whole
@@ -238,8 +237,19 @@ def _stage_flops(entry: Entry, reference: Entry, settings: BenchSettings, unet_w
     return {
         "text_encoder": float(sum(text_encoder_flops(c, 2 if guided else 1) for c in te_cfgs)),  # every text encoder: the stage times them together
         "unet_step": unet,
-        "vae_decoder": float(vae_decoder_flops(vae_cfg, latent, tiny=replaced, rewritten="vae_decoder" in recorded(entry.manifest.export))) if vae_cfg.is_file() else None,
+        "vae_decoder": float(vae_decoder_flops(vae_cfg, latent, tiny=replaced, rewritten=_upsample_rewritten(entry))) if vae_cfg.is_file() else None,
     }
+
+
+def _upsample_rewritten(entry: Entry) -> bool:
+    """Whether the artifact's VAE decoder computes its upsamplers as the export's transposed convolutions: recorded
+    for it, and not turned back by ONNX Runtime's int8 quantizer (its quantization's ``undone_rewrites``), whose graph
+    runs upsample + 3x3 convolution again, the plain form's FLOPs."""
+    from sdopt.rewrite import recorded
+
+    decoder = entry.manifest.components.get("vae_decoder")
+    undone = ((decoder.quantization if decoder else None) or {}).get("undone_rewrites") or {}
+    return "upsample_transposed_conv" in recorded(entry.manifest.export).get("vae_decoder", {}) and "upsample_transposed_conv" not in undone
 
 
 def _stage_flops_or_none(entry: Entry, reference: Entry, settings: BenchSettings, unet_whole: int | None) -> dict[str, float] | None:
