@@ -980,3 +980,32 @@ def test_process_peak_rss_counts_the_load(tiny_model, tiny_pipeline, monkeypatch
     before = rss()
     raw = measure(job)
     assert raw["process_peak_rss_bytes"] >= before + 190 * 2**20 > raw["peak_memory_bytes"], raw
+
+
+def test_the_vae_encoder_of_img2img_is_a_stage_of_its_own_not_other(tiny_model, tiny_pipeline, monkeypatch, tmp_path):
+    """A bench of img2img (--init-image) kept no VAE encoder time: the encode of the init image went into "other"
+    (the scheduler, the loop, copies), the tiny ONNX artifact's ~2-15 ms of a ~95 ms image, read as loop overhead."""
+    import statistics
+
+    from PIL import Image
+
+    import sdopt
+    from sdopt.bench.assemble import _per_image_stages
+    from sdopt.bench.rounds import merge_rounds
+    from sdopt.bench.worker import measure
+
+    Image.new("RGB", (64, 64), (120, 30, 200)).save(tmp_path / "init.png")
+    monkeypatch.setattr(sdopt, "load", lambda *a, **k: tiny_pipeline)
+    job = {"output_dir": str(tmp_path), "path": str(tiny_model), "device": "cpu", "precision": None, "prompts": ["a fox"],
+           "seeds": [0], "steps": 2, "guidance_scale": 7.5, "height": 64, "width": 64, "scheduler": "euler", "warmup": 1, "runs": 1,
+           "max_seconds": None, "init_image": str(tmp_path / "init.png"), "strength": 0.5}
+    raw = measure(job)
+    assert len(raw["vae_encoder_samples_s"]) == len(raw["latency_samples_s"]) == 1 and all(s > 0 for s in raw["vae_encoder_samples_s"])
+    assert merge_rounds([raw, raw])["vae_encoder_samples_s"] == raw["vae_encoder_samples_s"] * 2  # --rounds joins them too
+    # "other" is each call's total less every stage of it, the encoder included (numbers that say which is subtracted)
+    made = {"latency_samples_s": [1.0], "text_encoder_samples_s": [0.1], "unet_total_samples_s": [0.5], "vae_decoder_samples_s": [0.2],
+            "vae_encoder_samples_s": [0.15]}
+    stages = _per_image_stages(made)
+    assert stages["vae_encoder"] == 0.15 and stages["other"] == pytest.approx(0.05)
+    assert "vae_encoder" not in _per_image_stages({**made, "vae_encoder_samples_s": [0.0]})  # txt2img: no such stage
+    assert _per_image_stages(raw)["vae_encoder"] == statistics.median(raw["vae_encoder_samples_s"])

@@ -179,15 +179,17 @@ def _compute_precision(entry: Entry, raw: dict, component: str = "unet") -> str:
 
 
 def _per_image_stages(raw: dict) -> dict[str, float]:
-    """The UNet's time per image and what no stage accounts for (the scheduler, the loop, copies), each the median of
-    its per-call values: medians of parts do not add up to the median of the whole, so "other" is measured call by
-    call, not taken as the whole's median less the parts'."""
+    """The UNet's time per image, the VAE encoder's (img2img and inpainting), and what no stage accounts for (the
+    scheduler, the loop, copies), each the median of its per-call values: medians of parts do not add up to the median
+    of the whole, so "other" is measured call by call, not taken as the whole's median less the parts'."""
     unet = raw.get("unet_total_samples_s")
     if not unet or len(unet) != len(raw["latency_samples_s"]):  # a report from before these were kept per call
         return {}
-    other = [total - te - u - vae for total, te, u, vae in
-             zip(raw["latency_samples_s"], raw["text_encoder_samples_s"], unet, raw["vae_decoder_samples_s"])]
-    return {"unet_total": statistics.median(unet), "other": max(0.0, statistics.median(other))}
+    encoder = raw.get("vae_encoder_samples_s") or [0.0] * len(unet)  # none before img2img's encoder was kept
+    other = [total - te - u - vae - enc for total, te, u, vae, enc in
+             zip(raw["latency_samples_s"], raw["text_encoder_samples_s"], unet, raw["vae_decoder_samples_s"], encoder)]
+    return {"unet_total": statistics.median(unet), **({"vae_encoder": statistics.median(encoder)} if any(encoder) else {}),
+            "other": max(0.0, statistics.median(other))}
 
 
 def _load_samples(folder: Path, samples: list[dict]):

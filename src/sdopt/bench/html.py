@@ -50,8 +50,11 @@ def latency_figure(rows, steps: int):
     else:  # a report from before those were kept: the median step times the steps, the rest of the median image as other
         unet = np.array([r["unet_step_s"] * steps for r in ok])
         other = np.maximum(np.array([r["latency_median_s"] for r in ok]) - te - unet - vae, 0)
+    encode = np.array([r.get("vae_encoder_s") or 0.0 for r in ok])  # img2img and inpainting: the init image to latents
     left = np.zeros(len(ok))
-    for values, label, color in ((te, "text encoder", "#4c72b0"), (unet, "UNet steps", "#dd8452"), (vae, "VAE decode", "#55a868"), (other, "other", "#bbbbbb")):
+    stages = ((te, "text encoder", "#4c72b0"), (encode, "VAE encode", "#8172b3"), (unet, "UNet steps", "#dd8452"),
+              (vae, "VAE decode", "#55a868"), (other, "other", "#bbbbbb"))
+    for values, label, color in (s for s in stages if s[1] != "VAE encode" or encode.any()):
         ax.barh(names, values * 1000, left=left, label=label, color=color)  # in ms, as the tables beside it
         left += values * 1000
     ax.invert_yaxis()

@@ -61,6 +61,7 @@ def flat_rows(report: dict) -> list[dict[str, Any]]:
                 "text_encoder_s": st.get("text_encoder"),
                 "unet_step_s": st.get("unet_step"),
                 "vae_decoder_s": st.get("vae_decoder"),
+                "vae_encoder_s": st.get("vae_encoder"),  # img2img and inpainting only
                 "unet_per_image_s": st.get("unet_total"),
                 "other_s": st.get("other"),
                 "steps_per_s": a.get("steps_per_s"),

@@ -17,7 +17,8 @@ def rotated(items: Sequence[T], round_index: int) -> list[T]:
 
 
 # What each round's worker measured, one sample per generate (or UNet step): the rounds' lists are joined.
-SAMPLE_KEYS = ("latency_samples_s", "text_encoder_samples_s", "unet_step_samples_s", "vae_decoder_samples_s", "unet_total_samples_s")
+SAMPLE_KEYS = ("latency_samples_s", "text_encoder_samples_s", "unet_step_samples_s", "vae_decoder_samples_s", "unet_total_samples_s",
+               "vae_encoder_samples_s")
 
 
 def merge_rounds(results: list[dict]) -> dict:

@@ -154,6 +154,7 @@ def measure(job: dict) -> dict:
         "unet_step_samples_s": steps,
         "unet_calls_per_generate": len(calls[0][1].timings.unet_steps),
         "vae_decoder_samples_s": [r.timings.vae_decoder for _, r in calls],
+        "vae_encoder_samples_s": [r.timings.vae_encoder for _, r in calls],  # img2img and inpainting: the init image encoded
         "unet_total_samples_s": [r.timings.unet_total for _, r in calls],
         "unet_total_median_s": statistics.median(r.timings.unet_total for _, r in calls),
         "peak_memory_bytes": max(r.peak_memory_bytes for _, r in calls),
