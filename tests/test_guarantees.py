@@ -113,6 +113,17 @@ def test_a_symlink_out_of_the_artifact_is_refused(model_copy, tmp_path):
         sdopt.load(model_copy)
 
 
+@pytest.mark.parametrize("sub, name", [("tokenizer", "vocab.json"), ("scheduler", "scheduler_config.json")])
+def test_a_file_in_the_tokenizer_or_scheduler_folder_linked_outside_is_refused(model_copy, tmp_path, sub, name):
+    """Only the folders were checked: a tokenizer.json or scheduler config inside them linked to a file outside the
+    artifact was read as the model's own (walk qa52)."""
+    outside = tmp_path / f"outside-{name}"
+    shutil.move(str(model_copy / sub / name), outside)
+    (model_copy / sub / name).symlink_to(outside)
+    with pytest.raises(SdoptError, match=re.escape(f"{model_copy / sub / name} (a file of the {sub}) links outside the artifact")):
+        sdopt.load(model_copy)
+
+
 # --- 3. the gate never passes a report without numbers, never crashes on a malformed one ----------
 @pytest.fixture
 def ci_report():

@@ -325,6 +325,10 @@ def check_support_folders(folder: Path, manifest: "Manifest") -> None:
             again = ("export it again" if not manifest.inferred or manifest.backend != "torch"
                      else f"the checkpoint is incomplete: download it again (a Diffusers folder has {sub}/ beside unet/)")
             raise SdoptError(f"{path} is missing: the artifact has no {what}; {again}")
+        # The folder itself is checked by check_paths; a file in it linked to one outside (tokenizer.json to /etc/passwd)
+        # was read as the tokenizer's: the files the loop reads stay inside the artifact too.
+        for file in sorted(path.iterdir()):
+            check_inside(folder, f"{sub}/{file.name}", f"a file of the {what}")
 
 
 # --- reading ----------------------------------------------------------------------
