@@ -843,6 +843,24 @@ def test_a_failing_generate_fails_its_job_and_a_crash_restarts_the_worker(tiny_p
         assert 'sdopt_jobs_total{outcome="failed"} 2' in metrics and 'sdopt_jobs_total{outcome="succeeded"} 1' in metrics
 
 
+def test_health_answers_503_while_every_call_fails_on_the_servers_side(tiny_pipeline):
+    """A worker alive but failing every call (a lost GPU, a backend in a bad state) was "ok" with a 200: a probe could
+    never restart it (walk qa55). Three server-side failures in a row make /health 503 with the last reason; a call that
+    runs makes it 200 again; a request's own error (422) does not count."""
+    from sdopt.serve.worker import FAILING_CALLS
+
+    with running_server(Faulty(tiny_pipeline)) as (url, app):
+        assert httpx.post(url + "/sdapi/v1/txt2img", json={"prompt": "x", **SMALL, "steps": 0}, timeout=60).status_code == 422
+        for n in range(FAILING_CALLS):
+            assert httpx.get(url + "/health").status_code == 200
+            assert httpx.post(url + "/sdapi/v1/txt2img", json={"prompt": "fail", **SMALL}, timeout=60).status_code == 500
+        health = httpx.get(url + "/health")
+        assert health.status_code == 503 and health.json()["status"] == (
+            f"failing: the last {FAILING_CALLS} calls failed, the last with generation failed (RuntimeError: the backend fell over)")
+        assert httpx.post(url + "/sdapi/v1/txt2img", json={"prompt": "fine", **SMALL}, timeout=60).status_code == 200
+        assert httpx.get(url + "/health").json()["status"] == "ok"
+
+
 # --- progress: events, A1111 progress, metrics ----------------------------------------------
 def test_events_stream_queued_steps_previews_and_done(tiny_pipeline):
     with running_server(SlowSteps(tiny_pipeline, 0.3)) as (url, _):

@@ -130,12 +130,17 @@ def create_app(worker: Worker, settings: ServeSettings, model_name: str, replica
     # HEAD as well as GET: load balancers' and uptime monitors' probes often send HEAD, which answered 405
     # 503 while the worker is down (stopped, or its watchdog gone): probes (systemd, Docker's HEALTHCHECK with curl -f,
     # Kubernetes, load balancers) read the status code, and a 200 saying "worker down" in its body passed them all.
-    @app.api_route("/health", methods=["GET", "HEAD"], tags=["server"], responses={503: {"description": "the worker is down"}})
+    @app.api_route("/health", methods=["GET", "HEAD"], tags=["server"], responses={503: {"description": "the worker is down, or its last calls all failed on the server's side"}})
     def health() -> JSONResponse:
         pipe = worker.pipeline
         manifest = getattr(pipe, "manifest", None)
+        # A worker alive but failing every call (its last FAILING_CALLS on the server's side) is unhealthy as well: a
+        # probe that restarts the server on 503 is what helps a lost device or a backend in a bad state.
+        healthy = worker.alive and not worker.failing
+        status = "ok" if healthy else ("worker down" if not worker.alive else
+                                       f"failing: the last {worker.failing_calls} calls failed, the last with {worker.last_failure}")
         return JSONResponse({
-            "status": "ok" if worker.alive else "worker down",
+            "status": status,
             "model": model_name,
             "backend": getattr(manifest, "backend", None),
             "precision": getattr(pipe, "precision", None),
@@ -144,7 +149,7 @@ def create_app(worker: Worker, settings: ServeSettings, model_name: str, replica
             "queue": worker.queue_depth,
             "running": len(worker.current),
             **({"replica": replica} if replica is not None else {}),
-        }, status_code=200 if worker.alive else 503)
+        }, status_code=200 if healthy else 503)
 
     @app.get("/metrics", tags=["server"], dependencies=[Depends(require_auth)], response_class=PlainTextResponse)
     def metrics() -> PlainTextResponse:

@@ -57,6 +57,9 @@ class _StopCall(Exception):
     """Raised from the progress hook when no job of the running call is still wanted."""
 
 
+FAILING_CALLS = 3  # server-side failures in a row after which /health answers 503
+
+
 class Worker:
     def __init__(self, pipeline: Any, max_queue: int = 64, max_batch: int = 4, job_timeout: float = 600.0):
         self.pipeline = pipeline
@@ -83,6 +86,10 @@ class Worker:
         self._thread: threading.Thread | None = None
         self._watchdog: threading.Thread | None = None
         self._recent_job_seconds: deque[float] = deque(maxlen=20)
+        # Calls in a row that failed on the server's side (not the request's), and the last one's reason: a worker alive
+        # but failing every call (a lost GPU, a backend in a bad state) is not healthy either (/health).
+        self.failing_calls = 0
+        self.last_failure: str | None = None
 
     # --- lifecycle ------------------------------------------------------------------
     def start(self) -> "Worker":
@@ -110,6 +117,15 @@ class Worker:
     @property
     def alive(self) -> bool:
         return bool(self._thread and self._thread.is_alive())
+
+    @property
+    def failing(self) -> bool:
+        """FAILING_CALLS calls in a row failed on the server's side: a restart may be what helps (/health answers 503)."""
+        return self.failing_calls >= FAILING_CALLS
+
+    def _failed_call(self, reason: str) -> None:
+        self.failing_calls += 1
+        self.last_failure = reason
 
     # --- submitting and following ---------------------------------------------------
     def submit(self, job: J.Job, continuing: bool = False) -> J.Job:
@@ -174,6 +190,7 @@ class Worker:
                 self._execute(*taken)
         except BaseException as exc:  # the thread is dying: the watchdog restarts it
             log.error("sdopt serve: the worker crashed:\n%s", traceback.format_exc())
+            self._failed_call(f"the worker crashed ({type(exc).__name__}: {exc})")
             for job in list(self.current):
                 job.internal_error = True
                 self._finish(job, J.FAILED, f"the worker crashed ({type(exc).__name__}: {exc}); it was restarted")
@@ -249,6 +266,7 @@ class Worker:
             self.current = []
             for job in batch:
                 job.internal_error = True
+            self._failed_call(f"generation failed ({type(exc).__name__}: {exc})")
             self._fail_all(batch, f"generation failed ({type(exc).__name__}: {exc})")
             return
         # Not in a finally: a BaseException leaves self.current for _run, which fails those jobs.
@@ -258,6 +276,7 @@ class Worker:
         if result.problems:
             self._fail_all(batch, "the generation produced no usable image: " + "; ".join(result.problems))
             return
+        self.failing_calls = 0  # a call that ran: whatever failed before has passed
         for seconds in result.timings.unet_steps:
             self.metrics.observe_step(seconds)
         row = 0
