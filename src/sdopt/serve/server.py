@@ -54,8 +54,8 @@ def http_server(app: Any, host: str, port: int, access_log: bool = False) -> Any
     """The uvicorn server for ``app``. On SIGINT, SIGTERM or SIGHUP it stops the worker at once, besides taking no new
     connections: the queued and running jobs are cancelled, so the requests waiting for them are answered 503 (the
     server is shutting down) and the process exits, instead of uvicorn waiting for every one of them to run to its
-    end or to --job-timeout (600 s by default) before it exits. ``access_log``: a line per request on stderr
-    (uvicorn's: client, request line, status) on stdout; otherwise only warnings and errors, on stderr."""
+    end or to --job-timeout (600 s by default) before it exits. ``access_log``: a line per request (uvicorn's: client,
+    request line, status) on stdout, besides the warnings and errors on stderr; otherwise only those."""
     import logging
     import threading
 
