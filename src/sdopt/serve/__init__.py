@@ -14,5 +14,11 @@ HTTP status), ``errors`` (the 4xx a route answers), ``images`` (base64 in and
 out), ``auth``, ``metrics`` (Prometheus text), ``app`` (the
 FastAPI app, its errors and body limit), one module per API
 (``api_native``, ``api_a1111``, ``api_openai``), ``page.html``, and
-``server`` (uvicorn).
+``server`` (uvicorn). Beside AUTOMATIC1111's API: ``a1111_models`` (its request
+models), ``a1111_fields`` (what its fields become, what is ignored),
+``api_a1111_lists`` (its listings and options), ``hires`` (the hires fix),
+``inpaint_area`` ("Only masked", fill, overlay) and ``resize_modes``
+(``resize_mode``); beside OpenAI's: ``image_links`` (signed
+``response_format=url`` links); for every API: ``loras`` (``<lora:NAME:W>`` tags
+from ``--lora-dir``).
 """
