@@ -51,7 +51,8 @@ def challenge(settings: ServeSettings) -> str:
 
 
 def require_auth(request: Request) -> None:
-    """FastAPI dependency on every route but /health and the page's HTML."""
+    """FastAPI dependency on every route but /health, the page's HTML, FastAPI's API schema (/docs, /redoc,
+    /openapi.json) and OpenAI's signed image links (their own credential: serve/image_links.py)."""
     settings: ServeSettings = request.app.state.settings
     if not authorized(request.headers.get("authorization"), settings):
         what = " or ".join(

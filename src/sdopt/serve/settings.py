@@ -11,7 +11,7 @@ from sdopt.errors import SdoptError
 class ServeSettings:
     host: str = "127.0.0.1"
     port: int = 7860
-    api_key: str | None = None  # Bearer token; every endpoint but /health needs it when set
+    api_key: str | None = None  # Bearer token; when set, every endpoint needs it but those auth.require_auth names
     api_auth: str | None = None  # "USER:PASS" for HTTP Basic, as AUTOMATIC1111's --api-auth
     max_queue: int = 64  # jobs waiting (not running); one more gets 429
     max_batch: int = 4  # images in one generate call
