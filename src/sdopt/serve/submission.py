@@ -33,6 +33,8 @@ def guidance_end_field() -> Any:
     return Field(None, gt=0, le=1, description="truncated guidance: the fraction of the steps that run guided (1: all); None: the artifact's default")
 
 
+# Not a lever: the native API takes it as clip_skip, OpenAI's as sdopt_clip_skip; AUTOMATIC1111's as its own setting
+# (override_settings.CLIP_stop_at_last_layers, api_a1111.clip_skip).
 def clip_skip_field() -> Any:
     from sdopt.request import MAX_CLIP_SKIP
 
@@ -69,7 +71,8 @@ def check_spec(spec: J.JobSpec, settings: ServeSettings, pipeline: Any, names: d
 def with_server_defaults(settings: ServeSettings, steps: int | None = None, guidance_scale: float | None = None,
                          scheduler: str | None = None) -> dict[str, Any]:
     """A request's steps, guidance scale and scheduler: its own where it gave them, else the server's
-    (sdopt serve --steps, --guidance, --scheduler; what OpenAI's requests, which have no such fields, always get)."""
+    (sdopt serve --steps, --guidance, --scheduler). OpenAI's API has no such fields: its requests get the server's
+    scheduler always, its steps and guidance unless sdopt_steps and sdopt_guidance_scale say."""
     return {"steps": steps or settings.steps, "guidance_scale": settings.guidance_scale if guidance_scale is None else guidance_scale,
             "scheduler": scheduler or settings.scheduler}
 
