@@ -1,4 +1,5 @@
-"""File-system helpers: atomic output folders, what --force may replace, content hashes, the cache folder.
+"""File-system helpers: atomic output folders and output files written whole, what --force may replace, checks
+that an output or work folder can be written before any work, folder locks, content hashes, the cache folder.
 
 Every command that writes an artifact writes it into a hidden temporary
 sibling folder and renames it into place only when complete, so an export
@@ -6,9 +7,12 @@ that fails or is killed leaves nothing that looks like an artifact. A killed
 command's temporary folder is removed by the next command writing to the same
 place, or by `sdopt clean`.
 
-This module is the one place that decides what ``--force`` may delete: only a
+This module decides what ``--force`` may delete of an output folder: only a
 folder that sdopt wrote (it lists its files in ``.sdopt-files``) and that still
 holds nothing else, and never the command's input or a folder containing it.
+(``sdopt bench -o DIR --force`` is another rule, bench/runner.py's
+check_report_folder: it removes an earlier bench's report files and raw/ from
+DIR, and nothing else.)
 """
 
 from __future__ import annotations
