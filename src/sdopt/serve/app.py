@@ -127,7 +127,7 @@ def create_app(worker: Worker, settings: ServeSettings, model_name: str, replica
             return JSONResponse(_error_body(request.url.path, 422, message, field), status_code=422)
         return JSONResponse({"detail": errors}, status_code=422)
 
-    # HEAD as well as GET: load balancers' and uptime monitors' probes often send HEAD, which answered 405
+    # HEAD as well as GET: load balancers' and uptime monitors' probes often send HEAD, which answered 405.
     # 503 while the worker is down (stopped, or its watchdog gone): probes (systemd, Docker's HEALTHCHECK with curl -f,
     # Kubernetes, load balancers) read the status code, and a 200 saying "worker down" in its body passed them all.
     @app.api_route("/health", methods=["GET", "HEAD"], tags=["server"], responses={503: {"description": "the worker is down, or its last calls all failed on the server's side"}})
