@@ -74,7 +74,7 @@ class Floor:
 @dataclass(frozen=True)
 class Candidate:
     spec: dict[str, Any]  # a profile [[artifacts]] entry (bench/build.py)
-    exact: bool  # the same computation as the reference (no tiny decoder, no caching)
+    exact: bool  # the same computation as the reference (no tiny decoder, no step caching, no truncated guidance)
 
     @property
     def name(self) -> str:
