@@ -659,6 +659,39 @@ def test_a_shutdown_signal_answers_the_waiting_requests_503_and_the_server_exits
     assert openai.status_code == 503 and "shutting down" in openai.json()["error"]["message"], openai.text
 
 
+def test_behind_a_proxy_under_a_prefix_the_links_carry_it(tiny_pipeline):
+    """--root-path /sd: a proxy serving https://host/sd/ and stripping the prefix got OpenAI links to /v1/images/... (the
+    proxy's root, not this server) and a /docs whose schema URL missed the prefix (walk qa55)."""
+    import threading
+
+    from serving import free_port
+    from sdopt.cli.serving import root_path
+    from sdopt.serve.server import build, http_server
+    from sdopt.serve.settings import ServeSettings
+
+    assert [root_path(v) for v in (None, "", "/", "sd", "/sd/", "/a/b")] == ["", "", "", "/sd", "/sd", "/a/b"]
+    with pytest.raises(SdoptError, match="--root-path '/sd[?]x': give the path prefix"):
+        root_path("/sd?x")
+    port = free_port()
+    app = build(tiny_pipeline, ServeSettings(port=port), "tiny")
+    server = http_server(app, "127.0.0.1", port, root_path="/sd")
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"  # as the proxy reaches it: the prefix stripped
+    try:
+        wait_for(lambda: server.started, timeout=20)
+        answer = httpx.post(url + "/v1/images/generations", json={"prompt": "x", "size": "64x64", "sdopt_steps": 2, "response_format": "url"},
+                            timeout=60).json()
+        link = answer["data"][0]["url"]
+        assert link.startswith(f"{url}/sd/v1/images/"), link
+        assert httpx.get(url + link.removeprefix(url + "/sd")).status_code == 200  # what the proxy asks for it
+        assert "url: '/sd/openapi.json'" in httpx.get(url + "/docs").text
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        app.state.worker.stop()
+
+
 def test_a_request_arriving_during_shutdown_is_answered_503_as_the_waiting_ones(tiny_pipeline):
     """A request that comes in once the worker is stopping was answered 422 (a client error), while the requests
     already waiting got 503; a client retrying on 503 must get the same for both."""

@@ -28,11 +28,11 @@ def _serve(args: argparse.Namespace) -> int:
             raise SdoptError("--replicas, --autoscale, --cpus-per-replica and --gpus-per-replica go with --ray [ADDRESS] (Ray Serve; docs/ray.md)")
         from sdopt.serve.server import serve
 
-        serve(args.artifact, settings, load_options, access_log=args.access_log)
+        serve(args.artifact, settings, load_options, access_log=args.access_log, root_path=root_path(args.root_path))
         return 0
-    if args.access_log:
-        raise SdoptError("--access-log is for one process under uvicorn; Ray Serve logs each request itself, in its own logs "
-                         "(ray/session_latest/logs/serve/ under the Ray temporary folder)")
+    if args.access_log or args.root_path:
+        raise SdoptError("--access-log and --root-path are for one process under uvicorn, not --ray (Ray Serve keeps its own request "
+                         "logs, under the Ray session's logs/serve/)")
     from sdopt.cluster.serve import Scaling, parse_autoscale, serve_on_ray
     from sdopt.source import resolve
 
@@ -41,6 +41,15 @@ def _serve(args: argparse.Namespace) -> int:
                       gpus_per_replica=args.gpus_per_replica or 0.0)
     serve_on_ray(str(resolve(args.artifact)), settings, load_options, scaling, args.ray or None)
     return 0
+
+
+def root_path(value: str | None) -> str:
+    """--root-path as uvicorn takes it: "/sd" for "sd", "/sd/" or "/sd"; "" for none."""
+    if not value or value.strip("/") == "":
+        return ""
+    if any(c in value for c in "?#% ") or "//" in value.strip("/"):
+        raise SdoptError(f"--root-path {value!r}: give the path prefix the proxy serves this server under, such as /sd")
+    return "/" + value.strip("/")
 
 
 def add_serve(sub) -> None:
@@ -78,6 +87,9 @@ def add_serve(sub) -> None:
     p.add_argument("--image-dir", default=None, type=user_path, metavar="DIR",
                    help="keep the images of OpenAI response_format=url answers in DIR (made if absent), with the links' signing key, "
                         "so a link works its whole 60 minutes, across restarts (default: in memory, the newest 64 jobs', until a restart)")
+    p.add_argument("--root-path", default=None, metavar="PREFIX",
+                   help="the path prefix a reverse proxy serves this server under and strips (/sd for https://host/sd/): "
+                        "OpenAI's image links and /docs then carry it (docs/serve.md, behind a reverse proxy)")
     p.add_argument("--access-log", action="store_true",
                    help="a line per request on stdout (client, method and path, status), as uvicorn writes it; default: none, warnings and errors only, on stderr")
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None, help="default: the artifact's")

@@ -50,12 +50,14 @@ def build(pipeline: Any, settings: ServeSettings, name: str, start_worker: bool 
     return app
 
 
-def http_server(app: Any, host: str, port: int, access_log: bool = False) -> Any:
+def http_server(app: Any, host: str, port: int, access_log: bool = False, root_path: str = "") -> Any:
     """The uvicorn server for ``app``. On SIGINT, SIGTERM or SIGHUP it stops the worker at once, besides taking no new
     connections: the queued and running jobs are cancelled, so the requests waiting for them are answered 503 (the
     server is shutting down) and the process exits, instead of uvicorn waiting for every one of them to run to its
     end or to --job-timeout (600 s by default) before it exits. ``access_log``: a line per request (uvicorn's: client,
-    request line, status) on stdout, besides the warnings and errors on stderr; otherwise only those."""
+    request line, status) on stdout, besides the warnings and errors on stderr; otherwise only those. ``root_path``: the
+    prefix a reverse proxy serves the server under and strips (/sd): the links the server gives (OpenAI's
+    response_format=url, /docs' schema) carry it."""
     import logging
     import threading
 
@@ -83,13 +85,14 @@ def http_server(app: Any, host: str, port: int, access_log: bool = False) -> Any
             # In a thread: a signal handler interrupts the event loop's thread, which may hold a job's lock.
             threading.Thread(target=worker.stop, name="sdopt-serve-stop", daemon=True).start()
 
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning")  # configures uvicorn's loggers, to warning
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", root_path=root_path)  # configures uvicorn's loggers, to warning
     if access_log:
         logging.getLogger("uvicorn.access").setLevel(logging.INFO)
     return Server(config)
 
 
-def serve(artifact: str | Path, settings: ServeSettings, load_options: dict[str, Any] | None = None, access_log: bool = False) -> None:
+def serve(artifact: str | Path, settings: ServeSettings, load_options: dict[str, Any] | None = None, access_log: bool = False,
+          root_path: str = "") -> None:
     require("fastapi", "serve")
     require("uvicorn", "serve")
     import sdopt
@@ -114,7 +117,7 @@ def serve(artifact: str | Path, settings: ServeSettings, load_options: dict[str,
         f"(API docs at /docs; max batch {app.state.worker.max_batch}, queue {settings.max_queue})",
         file=sys.stderr,
     )
-    server = http_server(app, settings.host, settings.port, access_log=access_log)
+    server = http_server(app, settings.host, settings.port, access_log=access_log, root_path=root_path)
     try:
         server.run()
     except KeyboardInterrupt:
