@@ -1239,3 +1239,36 @@ def test_image_dir_is_swept_once_a_minute_and_a_failed_write_leaves_no_partial_f
     with pytest.raises(TypeError):  # a write that fails inside keep, as a full disk's does
         links.keep("e" * 32, ["not bytes"])
     assert os.listdir(tmp_path / ("e" * 32)) == []
+
+
+def test_image_dir_on_a_full_disk_answers_507_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    """A full --image-dir disk: the linked answer was a bare 500 'Internal Server Error' and its .tmp file stayed (a full
+    disk failing the rename, or the close that writes a small PNG's buffered bytes, is outside keep's cleanup); the key's
+    first write left its .link-key-* file and did not say the disk was full."""
+    import errno
+    import os
+
+    from sdopt.serve import image_links
+    from sdopt.serve.errors import RequestError
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    links = image_links.ImageLinks(tmp_path / "kept")
+    monkeypatch.setattr(image_links.os, "replace", full)
+    with pytest.raises(RequestError, match="disk is full.*b64_json") as refused:
+        links.keep("e" * 32, [b"png"])
+    assert refused.value.status == 507
+    assert os.listdir(tmp_path / "kept" / ("e" * 32)) == []
+
+    real_fdopen = os.fdopen
+
+    def fdopen_full(fd, *args, **kwargs):
+        out = real_fdopen(fd, *args, **kwargs)
+        out.write = full
+        return out
+
+    monkeypatch.setattr(image_links.os, "fdopen", fdopen_full)
+    with pytest.raises(SdoptError, match="its disk is full; free some space"):
+        image_links.ImageLinks(tmp_path / "new")
+    assert os.listdir(tmp_path / "new") == []

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import re
 import secrets
@@ -25,12 +26,14 @@ import time
 from pathlib import Path
 
 from sdopt.errors import SdoptError
+from sdopt.fsutil import DISK_FULL, out_of_space
 from sdopt.serve.errors import RequestError
 
 LIFETIME_S = 3600  # OpenAI's: "URLs are only valid for 60 minutes after the image has been generated"
 SWEEP_EVERY_S = 60.0  # how often keep() looks for expired job folders
 PATH = "/v1/images/files"
 KEY_FILE = "link-key"
+log = logging.getLogger("sdopt.serve")
 _JOB_ID = re.compile(r"[0-9A-Za-z_-]{1,200}")  # what a folder under --image-dir may be named (job ids are uuid hex)
 
 
@@ -73,16 +76,22 @@ class ImageLinks:
             return
         self._sweep()
         job_folder = self.folder / job_id
-        job_folder.mkdir(exist_ok=True)
-        for index, data in enumerate(pngs):
-            with tempfile.NamedTemporaryFile(dir=job_folder, suffix=".tmp", delete=False) as out:
+        try:
+            job_folder.mkdir(exist_ok=True)
+            for index, data in enumerate(pngs):
+                temporary = _written(job_folder, data, suffix=".tmp")
                 try:
-                    out.write(data)
-                except BaseException:  # a full disk: no half file left behind
-                    out.close()
-                    os.unlink(out.name)
+                    os.replace(temporary, job_folder / f"{index}.png")
+                except BaseException:
+                    os.unlink(temporary)
                     raise
-            os.replace(out.name, job_folder / f"{index}.png")
+        except OSError as exc:  # a full disk, most often: the client is told, not answered a bare 500
+            full = out_of_space(exc)
+            why = "its disk is full" if full else exc.strerror or str(exc)
+            log.error("sdopt serve: cannot keep job %s's images in --image-dir %s: %s%s", job_id, self.folder, why,
+                      f"; {DISK_FULL}" if full else "")
+            raise RequestError("response_format", f"the image was made, but the server cannot keep it for its link (--image-dir: {why}): "
+                                                  "ask for response_format=b64_json", status=507 if full else 500) from exc
 
     def stored(self, job_id: str, index: int) -> bytes | None:
         """An image ``keep`` wrote, None when there is none (no folder, or deleted)."""
@@ -115,9 +124,7 @@ def _folder_key(folder: Path) -> bytes:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         if not path.exists():
-            fd, temporary = tempfile.mkstemp(dir=folder, prefix=".link-key-")  # mode 0600
-            with os.fdopen(fd, "w") as out:
-                out.write(secrets.token_hex(32))
+            temporary = _written(folder, secrets.token_hex(32).encode(), prefix=".link-key-")  # mode 0600
             try:
                 os.link(temporary, path)  # in place whole; a server starting at the same time keeps the first one made
             except FileExistsError:
@@ -126,8 +133,23 @@ def _folder_key(folder: Path) -> bytes:
                 os.unlink(temporary)
         key = bytes.fromhex(path.read_text().strip())
     except (OSError, ValueError) as exc:
+        if out_of_space(exc):
+            raise SdoptError(f"--image-dir {folder}: cannot keep the image links' key in {path}: its disk is full; {DISK_FULL}") from None
         raise SdoptError(f"--image-dir {folder}: cannot keep the image links' key in {path} ({exc}): give a folder this user can write, "
                          f"or delete a damaged {KEY_FILE}") from None
     if len(key) < 16:
         raise SdoptError(f"--image-dir {folder}: {path} holds no usable key: delete it and a new one is made")
     return key
+
+
+def _written(folder: Path, data: bytes, **name: str) -> str:
+    """The path of a new file in ``folder`` (mode 0600, named as tempfile.mkstemp's ``name``) holding ``data`` whole; on an
+    error nothing is left: a full disk often fails only at the close, when the buffered bytes go out."""
+    fd, temporary = tempfile.mkstemp(dir=folder, **name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+    return temporary
