@@ -203,6 +203,26 @@ def test_a_path_the_locale_cannot_decode_is_hashed_and_recorded(tmp_path, monkey
     assert len(list((tmp_path / "cache" / "verified-hashes").glob("*.json"))) == 1
 
 
+def test_a_hash_record_that_cannot_be_written_leaves_no_temporary_file(tmp_path, monkeypatch):
+    """A full disk under the cache folder: every load left a .HASH.json.PID.tmp per file in verified-hashes (the write
+    fails at its close, or the rename), never removed. The load still gets its hash; the folder holds nothing."""
+    import errno
+
+    from sdopt import hash_records
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setenv("SDOPT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(hash_records, "HASH_SETTLE_S", 0.0)
+    monkeypatch.setattr(hash_records.os, "replace", full)
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"weights")
+    time.sleep(0.05)  # past the file system's timestamp tick
+    assert hash_records.recorded_sha256(weights) == hashlib.sha256(b"weights").hexdigest()
+    assert os.listdir(tmp_path / "cache" / "verified-hashes") == []
+
+
 def test_identity_is_blind_to_the_library_versions_that_wrote_the_configs(tiny_model, tmp_path):
     """The tiny model init-model writes under Transformers 5.24 and 5.25 differs in one string (text_encoder/config.json's
     transformers_version): two fingerprints, which made a CI baseline written under 5.24 incomparable forever. Its

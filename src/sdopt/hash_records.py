@@ -66,11 +66,15 @@ def recorded_sha256(path: str | Path, expected: str | None = None) -> str:
 
 
 def _write(record_path: Path, record: dict) -> None:
-    """The record, written whole or not at all (renamed into place); nothing when the cache folder is not writable."""
+    """The record, written whole or not at all (renamed into place); nothing when the cache folder is not writable or
+    its disk is full, not even the temporary file (on a full disk, every load left one per file)."""
+    tmp = record_path.with_name(f".{record_path.name}.{os.getpid()}.tmp")
     try:
         record_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = record_path.with_name(f".{record_path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(record))
         os.replace(tmp, record_path)
     except OSError:
-        pass
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # a cache path that is no folder: nothing was made
+            pass
