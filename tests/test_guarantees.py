@@ -615,6 +615,24 @@ def test_a_full_disk_is_one_line_and_keeps_the_output_it_would_replace(tmp_path,
                                        "output path on another disk\n")
 
 
+def test_running_out_of_memory_is_one_line_naming_the_limit(tmp_path, capsys, monkeypatch):
+    """Under ulimit -v, sdopt generate died with a bare MemoryError traceback (torch's import, a load): it is one line
+    that says the process ran out of memory, the address-space limit it runs under, and what to do; exit 2."""
+    import resource
+
+    import sdopt.zoo.lora
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(sdopt.zoo.lora, "write_lora", out_of_memory)
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (600 * 2**20, resource.RLIM_INFINITY))
+    assert main(["init-lora", str(tmp_path / "model"), str(tmp_path / "l.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sdopt: error: out of memory: ") and err.count("\n") == 1
+    assert "limited to 600 MiB: raise the limit, ulimit -v" in err
+
+
 def test_every_test_the_guarantees_doc_names_exists():
     """docs/guarantees.md names, for each promise, the tests that hold it: in test_guarantees.py unless a file is named."""
     import re

@@ -136,6 +136,10 @@ def _main(argv: list[str] | None) -> int:
         if not _stdout_is_gone():
             raise  # another pipe (a worker's): a bug to see, not a reader that left
         return 141  # as a shell reports a command its reader stopped (`sdopt inspect ... | head`): 128 + SIGPIPE
+    except MemoryError:  # a bare MemoryError traceback (ulimit -v met while importing torch or loading) said nothing of what to do
+        print(f"sdopt: error: out of memory: this process could not get the memory it asked for{_memory_limit()}; close other "
+              "programs, or ask for less (a smaller model, --height/--width or --num-images)", file=sys.stderr)
+        return SdoptError.exit_code
     except Exception as exc:
         from sdopt.fsutil import DISK_FULL, out_of_space
 
@@ -143,6 +147,19 @@ def _main(argv: list[str] | None) -> int:
             raise
         print(f"sdopt: error: the disk is full ({exception_line(exc)}): {DISK_FULL}", file=sys.stderr)
         return SdoptError.exit_code
+
+
+def _memory_limit() -> str:
+    """" (its address space is limited to N MiB: ulimit -v)" where the process runs under such a limit, else ""."""
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    except (ImportError, OSError, ValueError):  # no resource module (Windows)
+        return ""
+    if limit == resource.RLIM_INFINITY:
+        return ""
+    return f" (its address space is limited to {limit // 2**20:,} MiB: raise the limit, ulimit -v)"
 
 
 def _stdout_is_gone() -> bool:
