@@ -314,6 +314,29 @@ def test_an_interrupted_save_of_several_images_leaves_the_old_set_whole(tiny_mod
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths) and [p.read_bytes() for p in paths] == old
 
 
+def test_a_full_disk_while_saving_says_what_to_do(tiny_model, tmp_path, monkeypatch, capsys):
+    """generate -o on a full disk said only "No space left on device" (walk qa53), where every other command's full disk
+    says to free space or write elsewhere; gate's --markdown/--json said to give a writable folder."""
+    import errno
+
+    from PIL import Image
+
+    from sdopt.cli.common import write_text_file
+    from sdopt.errors import SdoptError
+
+    def full(self, fp, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", full)
+    assert main(["generate", str(tiny_model), "-p", "x", "--steps", "1", "-o", str(tmp_path / "a.png"), "-q"]) == 2
+    assert capsys.readouterr().err.endswith("No space left on device (nothing was left half written); free some space, or choose an "
+                                            "output path on another disk\n")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(Path, "write_text", lambda *a, **k: full(None, None))
+    with pytest.raises(SdoptError, match="cannot write it [(]No space left on device[)]; free some space"):
+        write_text_file(tmp_path / "g.md", "x")
+
+
 def test_two_writers_of_one_output_each_replace_it_whole(tmp_path):
     """Two `generate -o same.png` at once (walk qa54) shared the partial file .same.png.partial: the second truncated the
     first's half-written image and renamed it into place, and the first then failed with a FileNotFoundError traceback.

@@ -147,7 +147,7 @@ def _generate(args: argparse.Namespace) -> int:
         )
     from PIL import Image
 
-    from sdopt.fsutil import files_written_whole
+    from sdopt.fsutil import DISK_FULL, files_written_whole, out_of_space
 
     paths[0].parent.mkdir(parents=True, exist_ok=True)
     # An interrupted or failed save never leaves half an image, nor truncates the one it replaces, nor a set mixing new
@@ -158,7 +158,8 @@ def _generate(args: argparse.Namespace) -> int:
                 # its parameters, as AUTOMATIC1111 writes them; PNG where the name says no format (-o /dev/null)
                 image.save(partial, format=Image.registered_extensions().get(path.suffix.lower(), "PNG"), pnginfo=png_info(image))
             except OSError as exc:  # the disk filled up, or the path changed meanwhile
-                raise SdoptError(f"cannot write {path}: {exc.strerror or exc}") from exc
+                advice = f"; {DISK_FULL}" if out_of_space(exc) else ""  # "No space left on device" alone said not what to do
+                raise SdoptError(f"cannot write {path}: {exc.strerror or exc} (nothing was left half written){advice}") from exc
     for path in paths:
         print(path)
     if args.parameters_from and not args.quiet and (asked_for := _batch_position(parsed, len(paths))) is not None:
