@@ -112,6 +112,16 @@ def test_img2img_crops_and_fills_as_asked_and_says_what_it_does_not_do(tiny_pipe
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "resize_mode"]
 
 
+def test_img2img_says_an_enable_hr_sent_to_it_is_ignored():
+    """img2img has no hires fix: a client that sent its txt2img body's enable_hr along had its image made, then a 500
+    (the ignored-fields list read txt2img's hr_upscaler, which an img2img request has not)."""
+    from sdopt.serve.a1111_fields import ignored_fields
+    from sdopt.serve.a1111_models import Img2ImgRequest
+
+    assert ignored_fields(Img2ImgRequest(init_images=["x"], enable_hr=True, hr_scale=2.0, hr_scheduler="Karras"), "euler") == ["enable_hr"]
+    assert ignored_fields(Img2ImgRequest(init_images=["x"], enable_hr=False), "euler") == []
+
+
 def _picture(width: int, height: int):
     """A picture with something everywhere (so a pasted or kept pixel can be told from a repainted one)."""
     from PIL import Image

@@ -64,8 +64,14 @@ def _combined_unapplied(sampler: str) -> bool:
 
 def ignored_fields(body: ProcessingRequest, scheduler: str | None) -> list[str]:
     defaults = type(body).model_fields
+    # img2img has no hires fix, nor hr_* fields: an enable_hr sent to it does nothing (read as txt2img's, it led to hr_upscaler: a 500)
+    hires_on = isinstance(body, Txt2ImgRequest) and bool(body.enable_hr)
     out = []
     for name in sorted(body.model_fields_set | set(body.model_extra or {})):
+        if name == "enable_hr" and not isinstance(body, Txt2ImgRequest):
+            if getattr(body, name, None):
+                out.append(name)
+            continue
         if name in _USED or name in _EDIT_MODELS_ONLY:
             continue
         if name == "scheduler":
@@ -73,7 +79,7 @@ def ignored_fields(body: ProcessingRequest, scheduler: str | None) -> list[str]:
                 out.append(name)
             continue
         if name == "hr_scheduler":
-            if getattr(body, "enable_hr", False) and _schedule_unapplied(body.hr_scheduler, hires_scheduler(body, scheduler)):
+            if hires_on and _schedule_unapplied(body.hr_scheduler, hires_scheduler(body, scheduler)):
                 out.append(name)
             continue
         if name == "override_settings":  # by key: what is applied, or what the server already is (else refused), is not ignored
@@ -83,7 +89,7 @@ def ignored_fields(body: ProcessingRequest, scheduler: str | None) -> list[str]:
             if body.eta is not None and scheduler in _ETA_FIXED and body.eta != _ETA_FIXED[scheduler]:
                 out.append(name)
             continue
-        if _hires_only(name) and not getattr(body, "enable_hr", False):  # inert in AUTOMATIC1111 too
+        if _hires_only(name) and not hires_on:  # inert in AUTOMATIC1111 too
             continue
         if name == "subseed" and not getattr(body, "subseed_strength", None):  # mixed in at strength 0: inert in AUTOMATIC1111 too
             continue
@@ -98,14 +104,14 @@ def ignored_fields(body: ProcessingRequest, scheduler: str | None) -> list[str]:
     sampler = body.sampler_name or body.sampler_index
     if sampler and sampler.endswith(" Karras") and "scheduler" not in out and _combined_unapplied(sampler):
         out.append("sampler_name")  # an older combined name whose Karras variant sdopt lacks ("LMS Karras": LMS)
-    prompts = ["prompt", "negative_prompt"] + (["hr_prompt", "hr_negative_prompt"] if getattr(body, "enable_hr", False) else [])
+    prompts = ["prompt", "negative_prompt"] + (["hr_prompt", "hr_negative_prompt"] if hires_on else [])
     out += [f"{name}: {found}" for name in prompts for found in unread_syntax(getattr(body, name, None) or "")]  # read as [word]
     # taken out of the text, not applied (serve/loras.py): sdopt applies LoRAs only
-    out += [f"{name}: {tag}" for name in ("prompt", *(["hr_prompt"] if getattr(body, "enable_hr", False) else []))
+    out += [f"{name}: {tag}" for name in ("prompt", *(["hr_prompt"] if hires_on else []))
             for tag in other_network_tags(getattr(body, name, None) or "")]
     if isinstance(body, Img2ImgRequest):
         out = sorted(out + _img2img_unapplied(body))
-    if getattr(body, "enable_hr", False):
+    if hires_on:
         if not hires.upscaler(body.hr_upscaler)[1]:  # a model upscaler (ESRGAN, ...): Lanczos here
             out.append("hr_upscaler")
     if body.infotext:  # what the infotext says that no field here takes (AUTOMATIC1111's Clip skip, hires fix, RNG, ...)
