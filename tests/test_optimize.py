@@ -80,6 +80,28 @@ def test_when_no_candidate_holds_the_floor_the_verdicts_are_printed_too(tiny_mod
     assert "PSNR 21.5 dB < 30 dB" in out and "not built: no openvino here" in out and "<- chosen" not in out
 
 
+def test_when_no_candidate_ran_the_verdicts_are_printed_not_a_traceback(tiny_model, tmp_path, monkeypatch, capsys):
+    """Every built candidate failing to run in the bench (a failed row, no latency) ended optimize in a ValueError from
+    choice.json's "fastest_that_ran" (min of nothing), before the verdicts and "no candidate holds the floor"."""
+    import json
+
+    import sdopt.bench.optimize
+    import sdopt.bench.runner
+    from sdopt.bench.optimize import bench_label
+
+    monkeypatch.setattr(sdopt.bench.optimize, "_build_here", lambda *a, **k: (
+        {"openvino-fp32": str(tiny_model)}, {"openvino-fp32-cache2": "no openvino here", "openvino-fp32-cache2-guidance-half": "its source was not built"}))
+    def bench(artifacts, reference, out, *a, **k):
+        out.mkdir(parents=True)
+        return {"artifacts": [{"name": "reference", "status": "ok"}, {"name": bench_label(str(tiny_model)), "status": "failed", "error": "boom"}]}
+
+    monkeypatch.setattr(sdopt.bench.runner, "run_bench", bench)
+    assert main(["optimize", str(tiny_model), "-o", str(tmp_path / "out"), "--quick", "--precision", "fp32", "-q"]) == 2
+    out, err = capsys.readouterr()
+    assert "no candidate holds the floor" in err and "openvino-fp32" in out and not (tmp_path / "out").exists()
+    assert json.loads((tmp_path / "out.work" / "bench" / "choice.json").read_text())["fastest_that_ran"] is None
+
+
 def test_a_long_candidate_name_keeps_the_table_in_columns(capsys):
     """A candidate with every lever in its name (past 36 characters) pushed its row's columns right of the header's."""
     from sdopt.cli.measure import _print_candidates

@@ -323,7 +323,7 @@ def _optimize(model, out, settings, work, floor, quick, budget_minutes, distill,
         "candidates": rows, "chosen": choice["name"] if choice else None, "too_noisy": noisy,
         "best_exact": _fastest(rows, exact=True), "best_overall": choice["name"] if choice else None,
         # Whatever the floor says: the fastest that ran, so a report shows what the levers buy where they cannot be judged.
-        "fastest_that_ran": min((r for r in rows if r.get("latency_s") is not None), key=lambda r: r["latency_s"])["name"],
+        "fastest_that_ran": _fastest_that_ran(rows),
     }
     (bench_out / "choice.json").write_text(json.dumps(summary, indent=2) + "\n")
     if choice is None:
@@ -395,6 +395,12 @@ def bench_label(text: str) -> str:
 
     path, precision, options, request = parse_artifact_arg(text)
     return artifact_label(Path(path), precision, options, request)
+
+
+def _fastest_that_ran(rows: list[dict[str, Any]]) -> str | None:
+    """The fastest candidate the bench timed, held to the floor or not; None when none ran (every one failed to run)."""
+    ran = [r for r in rows if r.get("latency_s") is not None]
+    return min(ran, key=lambda r: r["latency_s"])["name"] if ran else None
 
 
 def _fastest(rows: list[dict[str, Any]], exact: bool) -> str | None:
