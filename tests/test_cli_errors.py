@@ -120,6 +120,13 @@ def test_manifest_that_fails_the_schema(tiny_model, tmp_path, capsys):
     assert main(["inspect", str(broken)]) == 2
     err = capsys.readouterr().err
     assert "does not follow the sdopt manifest schema" in err and "precision" in err
+    # A quantization record without its scheme (sdopt writes one always) reached the bench's and images' label, which
+    # read scheme.endswith(...): an AttributeError traceback (walk qa60). The schema asks for scheme and backend.
+    data["precision"] = "fp32"
+    data["components"]["unet"]["quantization"] = {"backend": "torchao"}
+    (broken / "sdopt.json").write_text(json.dumps(data))
+    assert main(["inspect", str(broken)]) == 2
+    assert "at components/unet/quantization: 'scheme' is a required property" in capsys.readouterr().err
 
 
 def test_component_file_changed_after_export_is_named(tiny_model, tmp_path, capsys):
