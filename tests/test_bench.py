@@ -114,6 +114,27 @@ def test_the_bar_follows_what_the_worker_says_and_a_timeout_says_where_it_was(ti
     assert not (tmp_path / "raw" / runner.slug(entry.name) / "progress").exists()
 
 
+def test_a_bench_whose_disk_fills_stops_and_removes_what_it_wrote(tiny_model, tmp_path, monkeypatch):
+    """A full disk failed one worker after another (each recorded failed, 1.5 min on the tiny model), left a truncated
+    image in raw/, and a bench run again into the folder was refused as holding another bench's report (walk qa53)."""
+    from sdopt.bench import runner
+
+    calls = []
+
+    def full(entry, settings, out, *args, **kwargs):
+        calls.append(entry.name)
+        (out / "raw" / runner.slug(entry.name)).mkdir(parents=True)
+        (out / "raw" / runner.slug(entry.name) / "p0-s0.png").write_bytes(b"\x89PNG")  # cut short
+        return {"status": "failed", "error": "OSError: [Errno 28] No space left on device"}
+
+    monkeypatch.setattr(runner, "_run_worker", full)
+    out = tmp_path / "out"
+    with pytest.raises(SdoptError, match=re.escape("the bench stopped: a disk it writes to is full (OSError: [Errno 28] No space left on "
+                                                   f"device), which every artifact after it would meet; what it wrote in {out} is removed")):
+        run_bench([str(tiny_model)], str(tiny_model), out, BenchSettings.resolve(None, **SETTINGS), progress=False)
+    assert len(calls) == 1 and list(out.iterdir()) == []
+
+
 def test_the_bar_ends_on_the_workers_last_line(tiny_model, tmp_path, monkeypatch):
     """A worker that ended between two reads of its progress left the bar on the line before its last: every bench's
     bar ended on "3/4 images measured"."""

@@ -472,6 +472,11 @@ def folder_lock(folder: Path, role: str, flag: str) -> Iterator[None]:
 DISK_FULL = "free some space, or choose an output path on another disk"
 
 
+def says_out_of_space(text: str) -> bool:
+    """Whether an error's text (a library's message, a bench worker's recorded error) is a full disk's."""
+    return "No space left on device" in text or "Disk quota exceeded" in text
+
+
 def out_of_space(exc: BaseException) -> bool:
     """Whether a failed write ran out of disk space: an OSError ENOSPC or EDQUOT in ``exc``'s chain, or a library's
     message of one (safetensors' "No space left on device (os error 28)")."""
@@ -480,7 +485,7 @@ def out_of_space(exc: BaseException) -> bool:
         seen.add(id(exc))
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
-        if "No space left on device" in str(exc) or "Disk quota exceeded" in str(exc):
+        if says_out_of_space(str(exc)):
             return True
         exc = exc.__cause__ or exc.__context__
     return False

@@ -179,6 +179,7 @@ def run_bench(
                             show = (lambda line, label=label: bar.set_postfix_str(f"{label}: {line}")) if progress else None
                             done.append(_run_worker(entry, settings, out, timeout, starts, r if rounds > 1 else None, show))
                             running = None
+                            _stop_on_a_full_disk(done[-1], out)
                         bar.update()
         except KeyboardInterrupt:
             # Ctrl-C, or SIGTERM from a time limit (sdopt.cli turns it into this): the running worker is
@@ -204,6 +205,19 @@ def run_bench(
     # The report is written, but the run is not what was asked: the command exits 130, and a caller that
     # keeps benches (sdopt optimize's resumable work folder) does not keep this one as done.
     raise KeyboardInterrupt
+
+
+def _stop_on_a_full_disk(result: dict, out: Path) -> None:
+    """A worker that failed because the disk is full: every artifact after it would fail the same way (minutes each),
+    and the report could not be written. The bench stops, and the results it wrote are removed: a truncated image was
+    left in raw/, and a bench run again into the folder was refused as holding another bench's report."""
+    from sdopt.fsutil import DISK_FULL, says_out_of_space
+
+    if result.get("status") == "ok" or not says_out_of_space(str(result.get("error", ""))):
+        return
+    shutil.rmtree(out / "raw", ignore_errors=True)
+    raise SdoptError(f"the bench stopped: a disk it writes to is full ({result['error']}), which every artifact after it would meet; "
+                     f"what it wrote in {out} is removed; {DISK_FULL}")
 
 
 # How long an interrupted bench ignores further interrupts while it writes its partial report (1-2 s on the tiny model,
