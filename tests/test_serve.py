@@ -1051,7 +1051,7 @@ def test_serve_command_takes_the_key_from_the_environment(tiny_model, monkeypatc
     from sdopt.cli import main
 
     seen = {}
-    monkeypatch.setattr(server, "serve", lambda artifact, settings, options: seen.update(settings=settings, options=options))
+    monkeypatch.setattr(server, "serve", lambda artifact, settings, options, **http: seen.update(settings=settings, options=options))
     monkeypatch.setenv("SDOPT_API_KEY", "from-env")
     assert main(["serve", str(tiny_model), "--max-batch", "8"]) == 0
     assert seen["settings"].api_key == "from-env" and seen["settings"].max_batch == 8
@@ -1086,7 +1086,7 @@ def test_binding_beyond_loopback_without_credentials_warns(tiny_model, monkeypat
     from sdopt.serve.settings import ServeSettings
 
     ran = {}
-    monkeypatch.setattr(server, "http_server", lambda app, host, port: SimpleNamespace(run=lambda: ran.update(host=host, port=port)))
+    monkeypatch.setattr(server, "http_server", lambda app, host, port, **http: SimpleNamespace(run=lambda: ran.update(host=host, port=port)))
     with pytest.warns(UserWarning, match="WITHOUT credentials"):
         server.serve(tiny_model, ServeSettings(host="0.0.0.0", port=0))
     assert ran == {"host": "0.0.0.0", "port": 0}
