@@ -429,3 +429,24 @@ def test_reports_of_another_device_cannot_be_compared(report):
     cuda["settings"]["device"] = "cuda"
     with pytest.raises(IncomparableReports, match=r"settings\.device differs \(baseline \"cpu\", current \"cuda\"\)"):
         gate(cuda, {"latency.median": "+50%"}, baseline=report)
+
+
+def test_load_times_of_workers_started_otherwise_cannot_be_compared(report):
+    """A cold worker's load includes importing its backend, a forked one's does not: a forked run gated against a
+    baseline from before forked workers (no settings.worker_start: they started cold) failed load at +1,150%."""
+    import copy
+
+    from sdopt.bench.gate import IncomparableReports
+
+    assert report["settings"]["worker_start"] == "fork"
+    old = copy.deepcopy(report)
+    del old["settings"]["worker_start"]
+    cold = copy.deepcopy(report)
+    cold["settings"]["worker_start"] = "cold"
+    for current, baseline, says in ((report, old, "before its reports recorded how"), (report, cold, "--worker-start cold"),
+                                    (cold, report, "--worker-start fork")):
+        with pytest.raises(IncomparableReports, match=f"cannot be compared on load: .*{says}"):
+            gate(current, {"load": "+50%"}, baseline=baseline)
+    assert gate(cold, {"load": "+50%"}, baseline=old).exit_code == 0  # both cold
+    # other rules are judged as before
+    assert gate(_pin_noise(derived(report)), {"latency.median": "+50%", "status": "ok"}, baseline=_pin_noise(old)).exit_code == 0

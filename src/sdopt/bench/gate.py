@@ -315,6 +315,8 @@ def gate(current: dict, rules_table: dict[str, Any], baseline: dict | None = Non
                 _check_same_judge(name, artifact, base)
             if rule.metric == "peak_memory" and rule.needs_baseline and base is not None:
                 _check_same_memory_kind(name, artifact, base)
+            if rule.metric == "load" and rule.needs_baseline and base is not None:
+                _check_same_worker_start(current, baseline)
             if base is not None and base.get("status") != "ok":
                 base_value = None  # nothing to compare with: the baseline's run of it failed
             elif base is not None and base_value is None:
@@ -376,6 +378,27 @@ def _check_same_memory_kind(name: str, artifact: dict, base: dict) -> None:
         raise IncomparableReports(
             f"the reports cannot be compared on peak_memory: {name}'s is {_MEMORY_KINDS.get(kinds[0], kinds[0])} in the baseline "
             f"and {_MEMORY_KINDS.get(kinds[1], kinds[1])} here. Bench on the baseline's device, or refresh the baseline"
+        )
+
+
+def _worker_start(report: dict) -> str:
+    # Written before the bench recorded it (2026-12-04), a report's workers started cold: forked ones came with the record.
+    return _get(report, "settings.worker_start") or "cold"
+
+
+def _check_same_worker_start(current: dict, baseline: dict) -> None:
+    """A cold worker's load time includes importing its backend (torch and Diffusers: ~6 s), a forked one's is the
+    artifact's own: two quantities, so their ratios to the reference are not a change (a forked run gated against a
+    baseline from before forked workers failed load at +1,150%)."""
+    starts = [_worker_start(report) for report in (baseline, current)]
+    if starts[0] != starts[1]:
+        said = {"cold": "started cold (a load that includes importing the backend)", "fork": "were forked (a load that is the artifact's own)"}
+        base = said.get(starts[0], starts[0])
+        if not _get(baseline, "settings.worker_start"):
+            base = "started cold, as every sdopt's did before its reports recorded how (a load that includes importing the backend)"
+        raise IncomparableReports(
+            f"the reports cannot be compared on load: the baseline's workers {base}, this run's {said.get(starts[1], starts[1])}. "
+            f"Bench with --worker-start {starts[0]}, or refresh the baseline"
         )
 
 
