@@ -1019,6 +1019,24 @@ def test_page_in_headless_chromium_generates_and_shows_progress(tiny_pipeline, t
         assert (tmp_path / "page.png").stat().st_size > 1000
 
 
+def test_page_behind_an_api_key_lists_the_samplers_once_the_key_is_typed(tiny_pipeline):
+    """The page fetched the sampler list once, at load, before anyone could type the key: behind --api-key it was
+    refused (401) and the Scheduler menu kept only "the model's own" for good, whatever key was typed after."""
+    from browser import Browser, chromium_path
+
+    if chromium_path() is None:
+        pytest.skip("no Chromium on this machine (Debian: apt-get install chromium); .ci/run installs it")
+    options = "document.querySelectorAll('#scheduler option').length"
+    with running_server(tiny_pipeline, api_key="page-key") as (url, _), Browser() as browser:
+        browser.open(url + "/")
+        wait_for(lambda: browser.evaluate("!!document.getElementById('scheduler') && document.readyState === 'complete'"), timeout=20)
+        time.sleep(0.2)  # the list's fetch at load: refused, no key yet
+        assert browser.evaluate(options) == 1
+        browser.evaluate("(k => { k.value = 'page-key'; k.dispatchEvent(new Event('change')); })(document.getElementById('apikey'))")
+        assert wait_for(lambda: browser.evaluate(options) > 1, timeout=10, every=0.05)
+        assert "Euler a" in browser.evaluate("[...document.querySelectorAll('#scheduler option')].map((o) => o.textContent)")
+
+
 # --- the command line ------------------------------------------------------------------------
 def test_serve_command_refuses_a_busy_port_and_bad_options_before_loading(tiny_model, capsys):
     import socket
