@@ -1037,6 +1037,25 @@ def test_page_behind_an_api_key_lists_the_samplers_once_the_key_is_typed(tiny_pi
         assert "Euler a" in browser.evaluate("[...document.querySelectorAll('#scheduler option')].map((o) => o.textContent)")
 
 
+def test_page_shows_a_refusal_and_a_server_down_as_sentences(tiny_pipeline):
+    """A 422 showed as FastAPI's JSON (`422: [{"loc":["body","width"],"msg":...,"type":"value_error"}]`) and a stopped
+    server as `TypeError: Failed to fetch`; the page stays usable after either."""
+    from browser import Browser, chromium_path
+
+    if chromium_path() is None:
+        pytest.skip("no Chromium on this machine (Debian: apt-get install chromium); .ci/run installs it")
+    status = "document.getElementById('status').className === 'error' && document.getElementById('status').textContent"
+    with Browser() as browser:
+        with running_server(tiny_pipeline, max_pixels=64 * 64) as (url, _):
+            browser.open(url + "/?width=128&height=64&autorun=1")  # set once the page has the model's size
+            assert wait_for(lambda: browser.evaluate(status), timeout=10) == \
+                "422: width: 128x64 is more than this server's 4096 pixels (--max-pixels)"
+        browser.evaluate("document.getElementById('go').click()")
+        text = wait_for(lambda: browser.evaluate(status), timeout=10)
+        assert text.startswith("the server cannot be reached (") and "is it running?" in text, text
+        assert browser.evaluate("document.getElementById('go').disabled") is False
+
+
 # --- the command line ------------------------------------------------------------------------
 def test_serve_command_refuses_a_busy_port_and_bad_options_before_loading(tiny_model, capsys):
     import socket
