@@ -1056,6 +1056,29 @@ def test_page_shows_a_refusal_and_a_server_down_as_sentences(tiny_pipeline):
         assert browser.evaluate("document.getElementById('go').disabled") is False
 
 
+def test_page_fits_a_phone_width(tiny_pipeline):
+    """At 320 px (a small phone) the form was 407 px wide, the fields cut at the screen's edge (the grid's second column
+    could not shrink below its inputs' own width, the textareas were 100% plus their border), and an image wider than the
+    screen was shown at its own width: the page scrolled sideways (the CSS; an image appended as the page appends one)."""
+    from browser import Browser, chromium_path
+
+    if chromium_path() is None:
+        pytest.skip("no Chromium on this machine (Debian: apt-get install chromium); .ci/run installs it")
+    with running_server(tiny_pipeline) as (url, _), Browser() as browser:
+        browser.open("about:blank")
+        browser.send("Emulation.setDeviceMetricsOverride", {"width": 320, "height": 640, "deviceScaleFactor": 1, "mobile": True},
+                     session=browser.session)
+        browser.send("Page.navigate", {"url": url + "/"}, session=browser.session)
+        wait_for(lambda: browser.evaluate("!!document.getElementById('images') && document.readyState === 'complete'"), timeout=20)
+        # A 1024-px result, shown as the page shows one (img.width = the image's width), without making one here.
+        browser.evaluate("(img => { img.width = 1024; img.height = 1024; document.getElementById('images').appendChild(img); })"
+                         "(document.createElement('img'))")
+        scroll, client = browser.evaluate("[document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+        assert scroll <= client, (scroll, client)
+        assert browser.evaluate("document.getElementById('prompt').getBoundingClientRect().right") <= client
+        assert browser.evaluate("document.querySelector('#images img').getBoundingClientRect().right") <= client
+
+
 # --- the command line ------------------------------------------------------------------------
 def test_serve_command_refuses_a_busy_port_and_bad_options_before_loading(tiny_model, capsys):
     import socket
