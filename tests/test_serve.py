@@ -1015,6 +1015,9 @@ def test_page_in_headless_chromium_generates_and_shows_progress(tiny_pipeline, t
         assert browser.evaluate("document.querySelectorAll('#images img').length") == 1
         assert browser.evaluate("document.querySelector('#images img').naturalWidth") == 64
         assert "Seed: 3, Size: 64x64" in browser.evaluate("document.getElementById('infotext').textContent")  # its parameters
+        # Saved by a link that names the file (a data: URL's own name is "download.png"): the same PNG, parameters and all.
+        assert browser.evaluate("document.querySelector('#images a').download") == "tiny-3.png"
+        assert browser.evaluate("document.querySelector('#images a').href === document.querySelector('#images img').src")
         browser.screenshot(str(tmp_path / "page.png"))
         assert (tmp_path / "page.png").stat().st_size > 1000
 
