@@ -997,6 +997,9 @@ def test_the_page_calls_the_api_by_relative_paths(tiny_pipeline):
         page = httpx.get(url + "/").text
     called = re.findall(r"""fetch\(["'`]([^"'`]*)""", page)
     assert len(called) >= 6 and all(not path.startswith("/") and "//" not in path for path in called), called
+    # The seed box started at 0, so Generate pressed again made the same image (walk qa59); empty is random, as its
+    # placeholder says (AUTOMATIC1111's -1).
+    assert re.search(r'<input id="seed" [^>]*value=""[^>]*placeholder="random when empty"', page)
 
 
 # --- the page, in a real browser -------------------------------------------------------------
