@@ -19,18 +19,18 @@ def _check_clip_skip(pipe: Any, request: GenerateRequest) -> None:
         return
     most = pipe.clip_skip_layers
     if most == 1:
-        raise SdoptError(f"clip_skip={request.clip_skip}: this {pipe.manifest.backend} artifact's text encoder gives only its last layer "
+        raise SdoptError(f"{argument('clip_skip', request.clip_skip)}: this {pipe.manifest.backend} artifact's text encoder gives only its last layer "
                          "(it was exported before sdopt read Clip skip, or by another tool): export it again with `sdopt export`, "
                          "or generate with the Diffusers checkpoint", field="clip_skip")
     if request.clip_skip > most:
-        raise SdoptError(f"clip_skip={request.clip_skip}: this model's text encoder has {most} layers, so Clip skip goes from 1 to {most}",
+        raise SdoptError(f"{argument('clip_skip', request.clip_skip)}: this model's text encoder has {most} layers, so Clip skip goes from 1 to {most}",
                          field="clip_skip")
 
 
 def _clip_skip_notices(pipe: Any, request: GenerateRequest) -> list[str]:
     if request.clip_skip == 1 or pipe.family.reads_clip_skip:
         return []
-    return [f"clip_skip={request.clip_skip} is ignored: {pipe.family.title} conditions on fixed layers of its text encoders "
+    return [f"{argument('clip_skip', request.clip_skip)} is ignored: {pipe.family.title} conditions on fixed layers of its text encoders "
             "(AUTOMATIC1111 ignores Clip skip there too)"]
 
 
