@@ -160,6 +160,32 @@ def test_a_closed_pipeline_refuses_to_generate(tiny_model):
         pipeline.generate(GenerateRequest(prompt="x", steps=1, height=64, width=64))
 
 
+def test_a_callback_that_calls_its_own_pipeline_is_refused_not_left_waiting(tiny_model):
+    # close() from a progress callback (to cancel) waited for the running call's lock in the thread that held it: the
+    # caller hung for good, as did generate, unload_loras and add_embeddings called there.
+    import threading
+
+    from sdopt import GenerateRequest, SdoptError
+
+    pipeline = sdopt.load(tiny_model)
+    request = GenerateRequest(prompt="x", steps=1, height=64, width=64, scheduler="euler")
+    for name, call in (("close", pipeline.close), ("generate", lambda: pipeline.generate(request)), ("unload_loras", pipeline.unload_loras)):
+        raised = []
+
+        def run():
+            try:
+                pipeline.generate(request, progress=lambda done, total: call())
+            except SdoptError as exc:
+                raised.append(str(exc))
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        thread.join(timeout=30)
+        assert not thread.is_alive(), f"{name}() from a progress callback hangs"
+        assert raised and raised[0].startswith(f"{name}() was called from inside this pipeline's running generate"), raised
+    assert np.asarray(pipeline.generate(request).images[0]).shape == (64, 64, 3)  # still usable, not closed
+
+
 def test_a_long_negative_prompt_is_called_one(tiny_pipeline):
     from sdopt import GenerateRequest
 

@@ -90,6 +90,7 @@ class Pipeline:
         # OpenVINO's compiled models run one inference request each; two threads would change each other's. The
         # LoRAs are changed under it only (generate, unload_loras).
         self._generating = threading.Lock()
+        self._generating_thread: int | None = None  # the thread inside _generate: its callbacks must not wait for the lock
         # One tokenizer call at a time: transformers' tokenizers set padding and truncation on their shared backend for
         # each call, so a server checking one request (prompt_chunks, truncated_prompts: unpadded) while its worker
         # encodes another's prompts (padded to 77) gave the worker rows of several lengths, and its jobs failed.
@@ -192,7 +193,7 @@ class Pipeline:
         if new:
             from sdopt.embeddings.tables import extend
 
-            with self._generating:  # not under a running call
+            with self._one_call("add_embeddings"):  # not under a running call
                 self.embeddings += extend(self.token_tables, new, self.family.text_encoders)
                 self._vocabularies = None
         return skipped
@@ -291,10 +292,23 @@ class Pipeline:
             if hook is not None and not callable(hook):
                 raise SdoptError(f"{name} must be a function (or None), not {type(hook).__name__}")
         request = self.sized(request)
-        with self._generating:
+        with self._one_call("generate"):
             if self.closed:
                 raise SdoptError("this pipeline is closed (Pipeline.close(), or its with-block ended): load the artifact again")
-            return self._generate(request, progress, on_latents)
+            self._generating_thread = threading.get_ident()
+            try:
+                return self._generate(request, progress, on_latents)
+            finally:
+                self._generating_thread = None
+
+    def _one_call(self, what: str) -> threading.Lock:
+        """The one-call-at-a-time lock, refused to a progress or on_latents callback of a running call: in the thread
+        that holds it, waiting for it would wait forever (close() to cancel from a callback hung the caller for good)."""
+        if self._generating_thread == threading.get_ident():
+            raise SdoptError(f"{what}() was called from inside this pipeline's running generate (its progress or on_latents "
+                             f"callback), which would wait for itself forever: raise an exception in the callback to stop the "
+                             f"call, and call {what}() after generate returns")
+        return self._generating
 
     def sized(self, request: GenerateRequest) -> GenerateRequest:
         """The request with the height and width it left to the pipeline (None) filled in (request_defaults.sized)."""
@@ -455,12 +469,12 @@ class Pipeline:
     def unload_loras(self) -> None:
         """Remove every LoRA a request loaded: the modules are as loaded again (not under a running call)."""
         if self.loras is not None:
-            with self._generating:
+            with self._one_call("unload_loras"):
                 self.loras.unload()
 
     def close(self) -> None:
         """Release the components (sessions, compiled models, weights); a later generate is refused."""
-        with self._generating:  # not under a running call
+        with self._one_call("close"):  # not under a running call
             self.closed = True
             close_all(self.components)
 
