@@ -160,6 +160,20 @@ def test_a_closed_pipeline_refuses_to_generate(tiny_model):
         pipeline.generate(GenerateRequest(prompt="x", steps=1, height=64, width=64))
 
 
+def test_close_lets_go_of_the_torch_modules_while_the_pipeline_lives_on(tiny_model, tmp_path):
+    # The LoRA runtime and the token tables kept every module: close() released no memory while `pipe` was referenced.
+    import gc
+    import weakref
+
+    pipeline = sdopt.load(tiny_model)
+    modules = [weakref.ref(c.module) for c in pipeline.components.values()]
+    pipeline.close()
+    gc.collect()
+    assert all(m() is None for m in modules)
+    with pytest.raises(SdoptError, match="this pipeline is closed"):  # not "reads only the embeddings fused at export"
+        pipeline.add_embeddings(tmp_path / "word.safetensors")
+
+
 def test_a_callback_that_calls_its_own_pipeline_is_refused_not_left_waiting(tiny_model):
     # close() from a progress callback (to cancel) waited for the running call's lock in the thread that held it: the
     # caller hung for good, as did generate, unload_loras and add_embeddings called there.

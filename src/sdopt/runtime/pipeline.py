@@ -181,6 +181,7 @@ class Pipeline:
         named (a file a folder holds that is not an embedding file at all, likewise); returns {word: why} of those left out."""
         from sdopt.embeddings.select import to_load
 
+        self._refuse_closed()
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
         widths = None
@@ -194,6 +195,7 @@ class Pipeline:
             from sdopt.embeddings.tables import extend
 
             with self._one_call("add_embeddings"):  # not under a running call
+                self._refuse_closed()  # closed since the check above: its tables are gone
                 self.embeddings += extend(self.token_tables, new, self.family.text_encoders)
                 self._vocabularies = None
         return skipped
@@ -293,13 +295,16 @@ class Pipeline:
                 raise SdoptError(f"{name} must be a function (or None), not {type(hook).__name__}")
         request = self.sized(request)
         with self._one_call("generate"):
-            if self.closed:
-                raise SdoptError("this pipeline is closed (Pipeline.close(), or its with-block ended): load the artifact again")
+            self._refuse_closed()
             self._generating_thread = threading.get_ident()
             try:
                 return self._generate(request, progress, on_latents)
             finally:
                 self._generating_thread = None
+
+    def _refuse_closed(self) -> None:
+        if self.closed:
+            raise SdoptError("this pipeline is closed (Pipeline.close(), or its with-block ended): load the artifact again")
 
     def _one_call(self, what: str) -> threading.Lock:
         """The one-call-at-a-time lock, refused to a progress or on_latents callback of a running call: in the thread
@@ -477,6 +482,8 @@ class Pipeline:
         with self._one_call("close"):  # not under a running call
             self.closed = True
             close_all(self.components)
+            # The LoRA runtime and the token tables hold the torch modules too: while the Pipeline lived, close() released none.
+            self.loras = self.token_tables = None
 
     def __enter__(self) -> "Pipeline":
         return self
