@@ -327,3 +327,54 @@ def test_an_embedding_of_nan_vectors_is_refused_when_named_and_left_out_of_a_fol
     pipeline = sdopt.load(tiny_model)
     skipped = pipeline.add_embeddings(folder)
     assert "NaN or infinite" in skipped["diverged"] and [e["name"] for e in pipeline.embeddings] == ["MyStyle"]
+
+
+def test_two_adds_at_once_load_a_file_once(tiny_model, embedding):
+    # Two add_embeddings while a call ran (two refresh-embeddings) both found the file new: it was loaded twice, the
+    # text encoder's table grown twice.
+    import threading
+
+    pipeline = sdopt.load(tiny_model)
+    rows = pipeline.token_tables["text_encoder"].get_input_embeddings().num_embeddings
+    with pipeline._generating:  # a generate call running
+        adds = [threading.Thread(target=pipeline.add_embeddings, args=(embedding,)) for _ in range(2)]
+        for add in adds:
+            add.start()
+        for add in adds:
+            add.join(timeout=0.3)
+    for add in adds:
+        add.join(timeout=30)
+    assert [e["name"] for e in pipeline.embeddings] == ["mystyle"]
+    assert pipeline.token_tables["text_encoder"].get_input_embeddings().num_embeddings == rows + pipeline.embeddings[0]["vectors"]
+
+
+def test_vocabularies_built_while_an_add_ends_are_not_kept(tiny_model, embedding, monkeypatch):
+    # A server checking a prompt (prompt_chunks) built the vocabularies from the list of embeddings as it was while
+    # add_embeddings appended to it and reset them: the old ones were kept after the reset, and the new word never read.
+    import threading
+
+    import sdopt.embeddings.tables as tables
+    import sdopt.embeddings.vocabulary as vocabulary
+
+    pipeline = sdopt.load(tiny_model)
+    building, added = threading.Event(), threading.Event()
+    extend, build = tables.extend, vocabulary.Vocabulary
+    checker = threading.Thread(target=pipeline.prompt_chunks, args=(["a fox"],))
+
+    def slow_build(*args):
+        building.set()
+        added.wait(timeout=0.5)  # the add ends meanwhile (it cannot where it waits for this build)
+        return build(*args)
+
+    def extending(*args):
+        monkeypatch.setattr(vocabulary, "Vocabulary", slow_build)
+        checker.start()
+        building.wait(timeout=30)  # the checker has read the list as it is now
+        monkeypatch.setattr(vocabulary, "Vocabulary", build)
+        return extend(*args)
+
+    monkeypatch.setattr(tables, "extend", extending)
+    pipeline.add_embeddings(embedding)
+    added.set()
+    checker.join(timeout=30)
+    assert pipeline.vocabularies[0].used(PROMPT) == ["mystyle"]

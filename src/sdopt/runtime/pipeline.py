@@ -95,6 +95,7 @@ class Pipeline:
         # each call, so a server checking one request (prompt_chunks, truncated_prompts: unpadded) while its worker
         # encodes another's prompts (padded to 77) gave the worker rows of several lengths, and its jobs failed.
         self._tokenizing = threading.RLock()
+        self._adding = threading.Lock()  # one add_embeddings at a time
         self.closed = False
 
     def __repr__(self) -> str:
@@ -189,15 +190,22 @@ class Pipeline:
             from sdopt.embeddings.tables import widths as table_widths
 
             widths = table_widths(self.token_tables, self.family.text_encoders)
-        with self._tokenizing:
-            new, skipped = to_load(paths, self.embeddings, self.tokenizer, self.manifest.backend, widths, skip_unfit)
-        if new:
-            from sdopt.embeddings.tables import extend
+        # One call at a time from here to the list updated: two at once (two servers' refresh-embeddings) both found a
+        # file new, and it was loaded twice.
+        with self._adding:
+            with self._tokenizing:
+                new, skipped = to_load(paths, self.embeddings, self.tokenizer, self.manifest.backend, widths, skip_unfit)
+            if new:
+                from sdopt.embeddings.tables import extend
 
-            with self._one_call("add_embeddings"):  # not under a running call
-                self._refuse_closed()  # closed since the check above: its tables are gone
-                self.embeddings += extend(self.token_tables, new, self.family.text_encoders)
-                self._vocabularies = None
+                with self._one_call("add_embeddings"):  # not under a running call
+                    self._refuse_closed()  # closed since the check above: its tables are gone
+                    records = extend(self.token_tables, new, self.family.text_encoders)
+                    # Under the tokenizers' lock: vocabularies built meanwhile from the list as it was (a server checking
+                    # a prompt) were kept after this reset, and the new words were never read.
+                    with self._tokenizing:
+                        self.embeddings += records
+                        self._vocabularies = None
         return skipped
 
     def encode_images(self, pixels: np.ndarray, timings: StageTimings) -> np.ndarray:
