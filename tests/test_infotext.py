@@ -107,6 +107,23 @@ def test_generate_makes_an_image_again_from_its_png(tiny_model, tiny_onnx_artifa
     assert "give the prompt, --prompt TEXT" in capsys.readouterr().err
 
 
+def test_an_inpainted_image_is_made_again_without_its_mask(tiny_model, tmp_path, capsys):
+    """--parameters-from an inpainted PNG (its Masked content: latent noise) with --init-image and no --mask: img2img, with
+    a warning, as an img2img PNG without --init-image makes a text-to-image picture (without either, the same line drops
+    it). Its Masked content was refused as if typed: "masked_content='noise' is what inpainting starts from under the
+    mask: give mask_image with it", after that warning said a picture would be made."""
+    inpainted = tmp_path / "inpainted.png"
+    info = PngInfo()
+    info.add_text("parameters", "a red boat\nSteps: 2, Sampler: Euler, CFG scale: 7.5, Seed: 3, Size: 64x64, Denoising strength: 0.8, "
+                                "Masked content: latent noise, Model: tiny, Backend: torch fp32, Version: sdopt 0.1.0")
+    Image.new("RGB", (64, 64), "grey").save(inpainted, pnginfo=info)
+    capsys.readouterr()
+    assert main(["generate", str(tiny_model), "--parameters-from", str(inpainted), "--init-image", str(inpainted), "-q",
+                 "-o", str(tmp_path / "i2i.png")]) == 0
+    assert "was inpainted (its Masked content); without --mask this makes an img2img picture" in capsys.readouterr().err
+    assert "Denoising strength: 0.8" in Image.open(tmp_path / "i2i.png").info["parameters"]
+
+
 def test_an_image_made_again_from_its_parameters(tiny_model, tiny_pipeline, tmp_path):
     """sdopt generate's PNG -> /sdapi/v1/png-info -> a txt2img request with that infotext alone: the same pixels; a field
     the request sets wins over the infotext's; the API's own PNGs carry their parameters."""

@@ -51,6 +51,11 @@ def _generate(args: argparse.Namespace) -> int:
             print(f"warning: {args.parameters_from} was made from an init image (img2img or inpainting: its Denoising strength); "
                   "without --init-image (and --mask) this makes a text-to-image picture, not that one", file=sys.stderr)
         made_from.pop("strength", None)
+    if mask is None and made_from.pop("masked_content", None) and init_image is not None:
+        # An inpainted image's Masked content means nothing without a mask: it was refused as if typed ("give mask_image
+        # with it"). Without an init image the warning above says what is made instead.
+        print(f"warning: {args.parameters_from} was inpainted (its Masked content); without --mask this makes an img2img "
+              "picture, not that one", file=sys.stderr)
     asked = {**made_from, **{k: v for k, v in flags.items() if v is not None}}
     if "prompt" not in asked:
         raise SdoptError("give the prompt, --prompt TEXT (or --parameters-from IMAGE.png to take an image's)")
