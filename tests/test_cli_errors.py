@@ -36,6 +36,8 @@ def _gen(model, *extra):
         (["--scheduler", "nope"], "known schedulers: ddim, euler, euler_a"),
         (["--scheduler", "tcd", "--eta", "2"], "eta=2.0: must be a number from 0 to 1"),
         (["--precision", "fp16"], "fp16 is not supported on cpu by the torch backend"),
+        # the flags typed, not the Python keywords (it said "masked_content='noise' ...: give mask_image with it")
+        (["--masked-content", "noise"], "--masked-content noise is what inpainting starts from under the mask: give --mask with it"),
     ],
 )
 def test_bad_generate_arguments(tiny_model, capsys, extra, message):

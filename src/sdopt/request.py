@@ -286,8 +286,8 @@ class GenerateRequest:
         if self.masked_content not in MASKED_CONTENT:
             raise SdoptError(f"masked_content={self.masked_content!r}: one of {', '.join(MASKED_CONTENT)} (what inpainting starts from under the mask)")
         if self.masked_content != "original" and self.mask_image is None:
-            raise SdoptError(f"masked_content={self.masked_content!r} is what inpainting starts from under the mask: give mask_image with it",
-                             field="masked_content")
+            raise SdoptError(f"{argument('masked_content', self.masked_content)} is what inpainting starts from under the mask: "
+                             f"give {_mask_name()} with it", field="masked_content")
         if not isinstance(self.prompt_emphasis, bool):
             raise SdoptError(f"prompt_emphasis={self.prompt_emphasis!r}: must be true or false")
         if self.scheduler is not None and not isinstance(self.scheduler, str):
