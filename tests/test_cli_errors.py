@@ -37,6 +37,8 @@ def _gen(model, *extra):
         (["--scheduler", "tcd", "--eta", "2"], "eta=2.0: must be a number from 0 to 1"),
         (["--precision", "fp16"], "fp16 is not supported on cpu by the torch backend"),
         # the flags typed, not the Python keywords (it said "masked_content='noise' ...: give mask_image with it")
+        # a second -n replaced the first, silently; one per prompt is taken
+        (["-n", "blurry", "-n", "grey"], "2 negative prompts for 1 prompts: give one negative prompt, or one per prompt"),
         (["--masked-content", "noise"], "--masked-content noise is what inpainting starts from under the mask: give --mask with it"),
     ],
 )

@@ -23,7 +23,8 @@ def _generate(args: argparse.Namespace) -> int:
     init_image, mask = open_image(args.init_image, "--init-image"), open_image(args.mask, "--mask")
     flags = {
         "prompt": (args.prompt if len(args.prompt) > 1 else args.prompt[0]) if args.prompt else None,
-        "negative_prompt": args.negative_prompt, "seed": args.seed, "steps": args.steps, "guidance_scale": args.guidance,
+        "negative_prompt": (args.negative_prompt if len(args.negative_prompt) > 1 else args.negative_prompt[0]) if args.negative_prompt else None,
+        "seed": args.seed, "steps": args.steps, "guidance_scale": args.guidance,
         "height": args.height, "width": args.width, "num_images": args.num_images, "scheduler": args.scheduler, "eta": args.eta,
         "strength": args.strength, "cache_interval": args.cache_interval, "guidance_end": args.guidance_end,
         "masked_content": args.masked_content,
@@ -292,7 +293,8 @@ def add_generate(sub) -> None:
     p = sub.add_parser("generate", help="generate images with any artifact")
     p.add_argument("artifact", type=user_path, help="artifact folder, Diffusers model folder, or hub id")
     p.add_argument("--prompt", "-p", action="append", type=user_text, help="the prompt (repeat for several)")
-    p.add_argument("--negative-prompt", "-n", default=None, type=user_text, help="what the images should not show (with guidance; default: none)")
+    p.add_argument("--negative-prompt", "-n", action="append", type=user_text,
+                   help="what the images should not show (with guidance; default: none); repeat for one per --prompt")
     p.add_argument("--prompt-emphasis", action=argparse.BooleanOptionalAction, default=None,
                    help="read AUTOMATIC1111's emphasis in the prompts: (word) x1.1, (word:1.5), [word] /1.1, \\( for a literal bracket "
                         "(default: prompts are plain text, as in Diffusers; an AUTOMATIC1111 image's --parameters-from turns it on)")
