@@ -272,3 +272,18 @@ def test_an_unknown_combined_karras_sampler_is_refused_by_the_name_sent():
     with pytest.raises(SdoptError, match=r"sampler 'DPM\+\+ 2M SDE Karras' is not available here; available: Euler, "):
         from_a1111("DPM++ 2M SDE Karras")
     assert from_a1111("DPM++ 2M Karras") == "dpmpp_2m_karras"
+
+
+def test_an_image_made_without_emphasis_says_so_and_reads_back_without_it():
+    """sdopt wrote no Emphasis key without emphasis, and AUTOMATIC1111 reads a missing key as its default, "Original":
+    an sdopt image made again there came out with emphasis. It writes AUTOMATIC1111's "None" (no emphasis), which both
+    read back as off, and neither calls an emphasis mode it did not apply."""
+    from sdopt.infotext import request_fields, unapplied
+
+    ours = parse_parameters("a (red:1.5) circle\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 4, Size: 64x64, Emphasis: None, "
+                            "Version: sdopt 0.1.0")
+    theirs = parse_parameters("a (red:1.5) circle\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 4, Size: 64x64, Emphasis: None, "
+                              "Version: v1.10.1")
+    for parsed in (ours, theirs):
+        assert not request_fields(parsed).get("prompt_emphasis") and "Emphasis" not in " ".join(unapplied(parsed))
+    assert request_fields(parse_parameters("a (red:1.5) circle\nSteps: 2, Seed: 4, Size: 64x64, Version: v1.10.1"))["prompt_emphasis"]

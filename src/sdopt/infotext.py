@@ -115,6 +115,9 @@ FIELDS: dict[str, tuple[str, type]] = {
 # GenerateRequest.masked_content in AUTOMATIC1111's words for its inpainting_fill 2 and 3 ("original" is not written).
 MASKED_CONTENT = {"noise": "latent noise", "zeros": "latent nothing"}
 EMPHASIS = "Emphasis"  # AUTOMATIC1111's key; "Original" its default mode (sdopt.runtime.emphasis), which it does not write
+# AUTOMATIC1111's mode with no emphasis ("treat (:1.1) as literal characters"): sdopt's prompt_emphasis=False, written
+# so, since AUTOMATIC1111 reads a missing key as its default, "Original" (an sdopt image it remade came out otherwise)
+NO_EMPHASIS = "None"
 
 
 # Keys that describe the image without changing what a request makes (the rest of a parameter line would change it).
@@ -125,7 +128,7 @@ DESCRIPTIVE = {"Prompt", "Negative prompt", "Sampler", "Schedule type", "Schedul
 
 
 def _unapplied_emphasis(parsed: dict[str, Any]) -> bool:
-    return EMPHASIS in parsed and parsed[EMPHASIS] != "Original"  # AUTOMATIC1111's "No norm" and others
+    return EMPHASIS in parsed and parsed[EMPHASIS] not in ("Original", NO_EMPHASIS)  # AUTOMATIC1111's "No norm" and others
 
 
 def _unapplied_schedule(parsed: dict[str, Any]) -> bool:
@@ -313,7 +316,7 @@ def image_parameters(request: Any, index: int, *, sampler: tuple[str, str | None
         "Eta": _number(request.eta) if request.eta is not None and eta_used else None,
         "Cache interval": cache_interval if cache_interval > 1 or cache_interval != defaults.get("cache_interval", 1) else None,
         "Guidance end": _number(guidance_end) if request.guidance_scale > 1 and (guidance_end < 1 or guidance_end != defaults.get("guidance_end", 1.0)) else None,
-        EMPHASIS: "Original" if request.prompt_emphasis else None,
+        EMPHASIS: "Original" if request.prompt_emphasis else NO_EMPHASIS,
         "Loras": ", ".join(f"{name}:{_number(w)}" for name, w in loras.items()) if (loras := loras_in_effect(request.loras, fused_loras)) else None,
         TI_HASHES: ", ".join(f"{word}: {short}" for word, short in embeddings.items()) if embeddings else None,
         "Model hash": model_hash,
