@@ -210,7 +210,7 @@ class NncfEngine(Engine):
             else:
                 # int8-static calibrates the UNet (and the VAE decoder when asked); the others get int8 weights, and say so.
                 applied = "int8" if plan.scheme == "int8-static" else plan.scheme
-                model, recipe = _compress_weights(nncf, model, applied, options)
+                model, recipe = _compress_weights(nncf, model, applied, options, name)
             path = out / entry.folder / MODEL_FILE
             path.parent.mkdir(parents=True, exist_ok=True)
             ov.save_model(model, path, compress_to_fp16=compress_to_fp16)
@@ -225,7 +225,7 @@ class NncfEngine(Engine):
 _WEIGHT_MODES = {"int8": "INT8_ASYM", "int4": "INT4_SYM", "nf4": "NF4"}
 
 
-def _compress_weights(nncf, model: ov.Model, scheme: str, options: NncfOptions) -> tuple[ov.Model, dict[str, Any]]:
+def _compress_weights(nncf, model: ov.Model, scheme: str, options: NncfOptions, component: str = "this model") -> tuple[ov.Model, dict[str, Any]]:
     mode = _WEIGHT_MODES[scheme]
     kwargs: dict[str, Any] = {"mode": getattr(nncf.CompressWeightsMode, mode)}
     recipe: dict[str, Any] = {"scheme": scheme, "mode": mode.lower(), "weights_only": True}
@@ -251,8 +251,10 @@ def _compress_weights(nncf, model: ov.Model, scheme: str, options: NncfOptions) 
         used = _group_sizes(compressed)
         recipe["group_sizes"] = {str(size): count for size, count in sorted(used.items())}
         if used and kwargs["group_size"] not in used:
-            warnings.warn(f"--group-size {kwargs['group_size']} divides no layer's width here: NNCF's fallback grouped the 4-bit "
-                          f"weights by {', '.join(str(k) for k in sorted(used))} instead (a power of two such as 32, 64 or 128 fits "
+            # Named per component: the default 128 fits sd15's UNet but no layer of a 32-wide text encoder, and a
+            # warning without the name read as if the whole model had ignored it (tiny: the UNet used 128 on 18 layers).
+            warnings.warn(f"--group-size {kwargs['group_size']} divides no layer's width in {component}: NNCF's fallback grouped its "
+                          f"4-bit weights by {', '.join(str(k) for k in sorted(used))} instead (a power of two such as 32, 64 or 128 fits "
                           "most layers)", UserWarning, stacklevel=2)
     return compressed, recipe
 
