@@ -695,7 +695,7 @@ def test_a_prompt_the_locale_cannot_decode_is_read_as_utf8():
     from sdopt.cli import build_parser
 
     args = build_parser().parse_args(["generate", "m", "-p", "caf\udcc3\udca9", "-n", "na\udcc3\udcafve", "-o", "o.png"])
-    assert (args.prompt, args.negative_prompt) == (["café"], "naïve")
+    assert (args.prompt, args.negative_prompt) == (["café"], ["naïve"])  # -n as -p: once per prompt (qa63)
 
 
 def test_a_pipe_given_as_a_prompt_file_is_read(tmp_path):
