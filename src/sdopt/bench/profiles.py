@@ -246,9 +246,9 @@ _ENTRY_HINTS = {"static": "a quantize entry keeps its source's shapes: quantize 
                 "compile": "torch.compile applies to the checkpoint run by torch"}
 
 
-def _check_entry_keys(entry: dict[str, Any], device: str) -> None:
-    """Each key on an entry of a kind that reads it, with a value of the right kind (errors are prefixed by the caller)."""
-    kind = next((k for k in ("export", "quantize", "guidance_end") if k in entry), None)
+def _check_entry_keys(entry: dict[str, Any], kind: str | None, device: str) -> None:
+    """Each key on an entry of a kind that reads it (``kind``: its recipe, export, quantize or guidance_end; None: the
+    checkpoint's), with a value of the right kind (errors are prefixed by the caller)."""
     for key, kinds in _ENTRY_ONLY.items():
         if key in entry and kind not in kinds:
             on = f"a {kind} entry" if kind else "the checkpoint's entry"
@@ -260,16 +260,14 @@ def _check_entry_keys(entry: dict[str, Any], device: str) -> None:
     if "distill" in entry and entry.get("vae_decoder") != "distilled":
         raise SdoptError("distill is read only with vae_decoder = \"distilled\" (it says how the tiny decoder is distilled)")
     if "components" in entry:
-        from sdopt.manifest import COMPONENT_NAMES
-        from sdopt.quant.run import ALIASES
+        from sdopt.quant.run import component_choices, is_component_name
 
         names = entry["components"]
         if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
             raise SdoptError(f"components = {names!r}: give a list of component names, such as components = [\"unet\", \"vae_decoder\"]")
-        unknown = [n for n in names if n not in COMPONENT_NAMES and n not in ALIASES]
+        unknown = [n for n in names if not is_component_name(n)]
         if unknown:
-            raise SdoptError(f"components names {', '.join(repr(n) for n in unknown)}: choose from "
-                             f"{', '.join(sorted({*COMPONENT_NAMES, *ALIASES}))}")
+            raise SdoptError(f"components names {', '.join(repr(n) for n in unknown)}: choose from {', '.join(component_choices())}")
     if "compile" in entry:
         from sdopt.runtime.compiled import compile_setting
 
@@ -312,7 +310,7 @@ def _check_entries(entries: list[dict[str, Any]], path: Path, device: str) -> No
             raise SdoptError(f"{where} has both {recipes[0]} and {recipes[1]}: an entry is one artifact; list one entry for each, "
                              f"the second with from = {name!r}")
         try:
-            _check_entry_keys(entry, device)
+            _check_entry_keys(entry, recipes[0] if recipes else None, device)
             if "guidance_end" in entry:  # 2.0 or "0.5" was found when the bench reached the entry, after building the others
                 GenerateRequest(prompt="a fox", guidance_end=entry["guidance_end"]).validate()
             if "export" in entry:

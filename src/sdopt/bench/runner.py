@@ -25,7 +25,7 @@ from sdopt.bench.rounds import merge_rounds, rotated
 from sdopt.bench.settings import BenchSettings
 from sdopt.bench.worker import PROGRESS_FILE
 from sdopt.errors import SdoptError
-from sdopt.fsutil import check_not_locked, folder_lock
+from sdopt.fsutil import DISK_FULL, check_not_locked, folder_lock, says_out_of_space
 
 
 # --- running ----------------------------------------------------------------------------
@@ -211,8 +211,6 @@ def _stop_on_a_full_disk(result: dict, out: Path) -> None:
     """A worker that failed because the disk is full: every artifact after it would fail the same way (minutes each),
     and the report could not be written. The bench stops, and the results it wrote are removed: a truncated image was
     left in raw/, and a bench run again into the folder was refused as holding another bench's report."""
-    from sdopt.fsutil import DISK_FULL, says_out_of_space
-
     if result.get("status") == "ok" or not says_out_of_space(str(result.get("error", ""))):
         return
     shutil.rmtree(out / "raw", ignore_errors=True)

@@ -165,11 +165,11 @@ def select_components(manifest: Manifest, names: Iterable[str] | None) -> tuple[
     named (each with the one it shares them with: vae_encoder with vae_decoder, Diffusers' one vae/ folder)."""
     names = list(DEFAULT_COMPONENTS if names is None else names)
     if not names:
-        raise SdoptError("--components is empty: name at least one of " + ", ".join(_known_names()))
+        raise SdoptError("--components is empty: name at least one of " + ", ".join(component_choices()))
     chosen: list[str] = []
     for name in names:
-        if name not in COMPONENT_NAMES and name not in ALIASES:
-            raise SdoptError(f"unknown component '{name}'; choose from: {', '.join(_known_names())}")
+        if not is_component_name(name):
+            raise SdoptError(f"unknown component '{name}'; choose from: {', '.join(component_choices())}")
         present = [n for n in ALIASES.get(name, (name,)) if n in manifest.components]
         if not present:
             raise SdoptError(f"this artifact has no {name}; it has: {', '.join(manifest.components)}")
@@ -185,7 +185,12 @@ def select_components(manifest: Manifest, names: Iterable[str] | None) -> tuple[
     return tuple(n for n in manifest.components if n in chosen), companions
 
 
-def _known_names() -> list[str]:
+def is_component_name(name: str) -> bool:
+    """Whether --components (or a profile entry's components) may name ``name``: a component, or an alias of some."""
+    return name in COMPONENT_NAMES or name in ALIASES
+
+
+def component_choices() -> list[str]:
     return ["unet", "text_encoder", "text_encoder_2", "vae", "vae_decoder", "vae_encoder"]
 
 

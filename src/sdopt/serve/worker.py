@@ -190,10 +190,11 @@ class Worker:
                 self._execute(*taken)
         except BaseException as exc:  # the thread is dying: the watchdog restarts it
             log.error("sdopt serve: the worker crashed:\n%s", traceback.format_exc())
-            self._failed_call(f"the worker crashed ({type(exc).__name__}: {exc})")
+            reason = f"the worker crashed ({type(exc).__name__}: {exc})"
+            self._failed_call(reason)
             for job in list(self.current):
                 job.internal_error = True
-                self._finish(job, J.FAILED, f"the worker crashed ({type(exc).__name__}: {exc}); it was restarted")
+                self._finish(job, J.FAILED, f"{reason}; it was restarted")
             self.current = []
 
     def _take_batch(self) -> tuple[list[J.Job], Any] | None:
@@ -266,8 +267,9 @@ class Worker:
             self.current = []
             for job in batch:
                 job.internal_error = True
-            self._failed_call(f"generation failed ({type(exc).__name__}: {exc})")
-            self._fail_all(batch, f"generation failed ({type(exc).__name__}: {exc})")
+            reason = f"generation failed ({type(exc).__name__}: {exc})"
+            self._failed_call(reason)
+            self._fail_all(batch, reason)
             return
         # Not in a finally: a BaseException leaves self.current for _run, which fails those jobs.
         self.current = []
