@@ -185,6 +185,26 @@ def test_a_server_batches_a_static_artifact_no_wider_than_it_was_built(static_pi
     assert [(job.status, job.batch_size) for job in jobs] == [("succeeded", 1)] * 2, [job.error for job in jobs]
 
 
+def test_reshape_on_a_dynamic_artifact_says_it_changes_nothing(tiny_ov, tmp_path, capsys, monkeypatch):
+    """--reshape on a dynamic export was taken in silence, as if it had lifted a limit (qa63's list)."""
+    from sdopt.runtime import openvino as backend
+
+    class Compiled(Exception):
+        pass
+
+    def stop_before_compiling(*args, **kwargs):  # the warning comes before the compile (seconds)
+        raise Compiled
+
+    monkeypatch.setattr(backend, "OpenVINOComponent", stop_before_compiling)
+    with pytest.warns(UserWarning, match="reshape=True changes nothing here: this artifact was exported with dynamic shapes"):
+        with pytest.raises(Compiled):
+            sdopt.load(tiny_ov, reshape=True, verify=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no such warning without the option
+        with pytest.raises(Compiled):
+            sdopt.load(tiny_ov, verify=False)
+
+
 # --- devices and the cache -------------------------------------------------------------
 def test_unknown_device_lists_the_available_ones(tiny_ov, tmp_path, capsys):
     import openvino as ov

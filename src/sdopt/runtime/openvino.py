@@ -403,6 +403,11 @@ def load_components(folder: Path, manifest: Manifest, device: str, precision: st
         axes = {name: static_axes(manifest, name) for name in manifest.components}
         manifest.static_shapes = None
     else:
+        if options.get("reshape"):
+            # A dynamic export already runs any size: say so rather than take the option in silence, as if it had
+            # lifted a limit (the user may have meant another artifact, the static one).
+            warnings.warn(f"{argument('reshape', True)} changes nothing here: this artifact was exported with dynamic "
+                          "shapes and runs any size already", stacklevel=3)
         axes = {name: static_axes(manifest, name) if manifest.static_shapes else {} for name in manifest.components}
     wants = {name: manifest.component_precision(name, precision) for name in manifest.components}  # SDXL's VAE: fp32 under fp16
     components = {
