@@ -157,6 +157,55 @@ def test_an_image_made_again_from_its_parameters(tiny_model, tiny_pipeline, tmp_
         assert bad.status_code == 422 and "infotext: Steps: 'many' is not an integer" in bad.text
         plain = httpx.post(url + "/sdapi/v1/png-info", json={"image": base64.b64encode(_plain_png()).decode()}).json()
         assert plain == {"info": "", "items": {}, "parameters": {}}
+        jpeg = tmp_path / "made.jpg"  # a JPEG's EXIF, as AUTOMATIC1111's PNG Info reads it
+        assert main(["generate", str(tiny_model), "-p", "a green square", "--steps", "2", "--height", "64", "--width", "64",
+                     "-q", "-o", str(jpeg)]) == 0
+        read = httpx.post(url + "/sdapi/v1/png-info", json={"image": base64.b64encode(jpeg.read_bytes()).decode()}).json()
+        assert read["info"].startswith("a green square\n") and read["parameters"]["Steps"] == "2" and read["items"] == {}
+
+
+def _user_comment_type(path) -> int:
+    """The TIFF type of the EXIF UserComment entry in an image file: read from its bytes, not through PIL, which
+    writes and reads BYTE and UNDEFINED alike."""
+    import struct
+
+    data = Image.open(path).info["exif"]
+    data = data[6:] if data.startswith(b"Exif\0\0") else data
+    order = "<" if data[:2] == b"II" else ">"
+
+    def entries(at):
+        (count,) = struct.unpack_from(order + "H", data, at)
+        return {tag: (kind, value) for tag, kind, _, value in
+                (struct.unpack_from(order + "HHII", data, at + 2 + 12 * i) for i in range(count))}
+
+    (first,) = struct.unpack_from(order + "I", data, 4)
+    return entries(entries(first)[0x8769][1])[0x9286][0]
+
+
+def test_a_jpeg_or_webp_carries_its_parameters_as_automatic1111_writes_them(tiny_model, tmp_path, capsys):
+    """-o x.jpg / x.webp wrote no parameters (PIL takes pnginfo for PNGs only). Now the EXIF UserComment, typed
+    UNDEFINED with the UNICODE prefix (piexif, AUTOMATIC1111's reader, reads a BYTE entry as numbers), which
+    --parameters-from and /sdapi/v1/png-info read back; an AUTOMATIC1111 JPEG gives its request too."""
+    common = ["-p", "a red square", "--steps", "2", "--seed", "4", "--height", "64", "--width", "64", "-q"]
+    assert main(["generate", str(tiny_model), *common, "-o", str(tmp_path / "a.png")]) == 0
+    text = Image.open(tmp_path / "a.png").info["parameters"]
+    for name in ("a.jpg", "a.webp"):
+        assert main(["generate", str(tiny_model), *common, "-o", str(tmp_path / name)]) == 0
+        assert _user_comment_type(tmp_path / name) == 7  # UNDEFINED
+        comment = Image.open(tmp_path / name).getexif().get_ifd(0x8769)[0x9286]
+        assert comment == b"UNICODE\0" + text.encode("utf-16-be")
+        again = tmp_path / f"again-{name}.png"
+        assert main(["generate", str(tiny_model), "--parameters-from", str(tmp_path / name), "-q", "-o", str(again)]) == 0
+        assert np.array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(tmp_path / "a.png")))
+    # One AUTOMATIC1111 wrote (piexif: a big-endian EXIF of its own); read as its PNG's would be.
+    exif = (b"Exif\0\0MM\0*\0\0\0\x08\0\x01\x87\x69\0\x04\0\0\0\x01\0\0\0\x1a\0\0\0\0"
+            b"\0\x01\x92\x86\0\x07" + (8 + 2 * len(A1111_TEXT)).to_bytes(4, "big") + b"\0\0\0\x2c\0\0\0\0"
+            + b"UNICODE\0" + A1111_TEXT.encode("utf-16-be"))
+    Image.new("RGB", (8, 8)).save(tmp_path / "theirs.jpg", exif=exif)
+    from sdopt.infotext import read_png_parameters
+
+    parsed, fields = read_png_parameters(str(tmp_path / "theirs.jpg"))
+    assert parsed["Prompt"] == "masterpiece, a (red:1.2) lighthouse at dawn" and fields["seed"] == 1234567
 
 
 def _plain_png() -> bytes:

@@ -1,8 +1,9 @@
 """An image's generation parameters as AUTOMATIC1111 writes them into its PNGs (the "parameters" text), and read back.
 
 Every image sdopt makes carries them (``image.info["parameters"]``, written as a PNG text chunk by ``sdopt
-generate`` and by every API of ``sdopt serve``), so a picture says how it was made: the prompt, the negative
-prompt, then one line of ``Key: value`` pairs::
+generate`` and by every API of ``sdopt serve``, and into a JPEG's or WebP's EXIF UserComment by ``sdopt generate -o
+x.jpg``, as AUTOMATIC1111 does), so a picture says how it was made: the prompt, the negative prompt, then one line
+of ``Key: value`` pairs::
 
     a lighthouse at dawn
     Negative prompt: blurry
@@ -207,14 +208,83 @@ def read_png_parameters(path: str, given: frozenset[str] | set[str] = frozenset(
     from sdopt.input_images import open_image
 
     image = open_image(path, "--parameters-from")
-    text = image.info.get(KEY)
+    text = parameters_text(image)
     if not isinstance(text, str) or not text.strip():
-        raise SdoptError(f"--parameters-from {path}: the image carries no generation parameters (the PNGs sdopt and AUTOMATIC1111 write do)")
+        raise SdoptError(f"--parameters-from {path}: the image carries no generation parameters (the PNGs, JPEGs and "
+                         "WebPs sdopt and AUTOMATIC1111 write do)")
     parsed = parse_parameters(text)
     try:
         return parsed, request_fields(parsed, given)
     except SdoptError as exc:
         raise SdoptError(f"--parameters-from {path}: {exc}", field=exc.field) from None
+
+
+# Where AUTOMATIC1111 writes the text into a JPEG or WebP (modules/images.py, with piexif): the EXIF sub-IFD's
+# UserComment, "UNICODE\0" then UTF-16 big-endian. A PNG carries it as a text chunk instead.
+_EXIF_IFD = 0x8769  # ExifTags.IFD.Exif
+_USER_COMMENT = 0x9286  # ExifTags.Base.UserComment
+_UNICODE = b"UNICODE\0"
+_JPEG_EXIF_LIMIT = 65_533  # a JPEG's APP1 segment: PIL refuses a longer EXIF ("EXIF data is too long")
+
+
+def parameters_text(image: Any) -> str | None:
+    """The parameters text an image carries: its PNG text chunk, else the EXIF UserComment a JPEG or WebP carries
+    them in (AUTOMATIC1111's, and sdopt's: save_options); None when it has neither."""
+    text = getattr(image, "info", {}).get(KEY)
+    if isinstance(text, str):
+        return text
+    try:
+        raw = image.getexif().get_ifd(_EXIF_IFD).get(_USER_COMMENT)
+    except Exception:  # a damaged EXIF block: the image carries no text anyone can read
+        return None
+    return _user_comment(raw)
+
+
+def _user_comment(raw: Any) -> str | None:
+    if isinstance(raw, str):
+        return raw or None
+    if not isinstance(raw, bytes) or len(raw) <= 8:
+        return None
+    prefix, body = raw[:8], raw[8:]
+    if prefix == _UNICODE:
+        # piexif writes big-endian whatever the EXIF's byte order; exiftool writes the EXIF's (little-endian under
+        # "II"). Latin text has its zero bytes first in big-endian, so the zeros' side tells which.
+        big = body[0::2].count(0) >= body[1::2].count(0)
+        return body.decode("utf-16-be" if big else "utf-16-le", errors="replace").rstrip("\0") or None
+    return body.decode("utf-8", errors="replace").rstrip("\0") or None  # ASCII, or an undefined code: read as UTF-8
+
+
+def save_options(image: Any, image_format: str) -> dict[str, Any]:
+    """``image.save`` keywords that write its parameters in ``image_format``: a PNG text chunk (png_info), a JPEG's
+    or WebP's EXIF UserComment as AUTOMATIC1111 writes it; none for other formats, or when it has none. A text too
+    long for a JPEG's EXIF block (64 KB) is left out with a warning."""
+    text = getattr(image, "info", {}).get(KEY)
+    if not isinstance(text, str):
+        return {}
+    if image_format == "PNG":
+        return {"pnginfo": png_info(image)}
+    if image_format not in ("JPEG", "WEBP"):
+        return {}
+    data = _exif_with_user_comment(_UNICODE + text.encode("utf-16-be"))
+    if image_format == "JPEG" and len(data) > _JPEG_EXIF_LIMIT:
+        import warnings
+
+        warnings.warn(f"the image's generation parameters ({len(text):,} characters) do not fit a JPEG's EXIF block: "
+                      "it is saved without them (a PNG carries them whole)", stacklevel=2)
+        return {}
+    return {"exif": data}
+
+
+def _exif_with_user_comment(comment: bytes) -> bytes:
+    """An EXIF block holding one UserComment, typed UNDEFINED as the standard has it. PIL's Exif writes bytes it has
+    no type for as BYTE, which piexif (AUTOMATIC1111's reader) reads as a tuple of numbers, not the text."""
+    import struct
+
+    # "Exif\0\0", a little-endian TIFF header, IFD0 at 8 with one entry (the Exif sub-IFD, at 26), the sub-IFD with
+    # one entry (the comment, at 44), then the comment itself.
+    ifd0 = struct.pack("<H HHII I", 1, _EXIF_IFD, 4, 1, 26, 0)
+    sub_ifd = struct.pack("<H HHII I", 1, _USER_COMMENT, 7, len(comment), 44, 0)
+    return b"Exif\0\0" + b"II*\0" + struct.pack("<I", 8) + ifd0 + sub_ifd + comment
 
 
 def png_info(image: Any):

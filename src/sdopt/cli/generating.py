@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from sdopt.cli.common import output_paths, backend_of, user_path, user_text, add_embedding_flag, add_eta_flag, add_lora_flag, add_threads_flag, lora_scales, warnings_above
-from sdopt.infotext import lora_difference, loras_in_effect, missing_embeddings, png_info, read_png_parameters, unapplied
+from sdopt.infotext import lora_difference, loras_in_effect, missing_embeddings, read_png_parameters, save_options, unapplied
 from sdopt.input_images import open_image
 from sdopt.request import MASKED_CONTENT, check_strength_has_image
 from sdopt.errors import BrokenOutputError, SdoptError
@@ -161,8 +161,10 @@ def _generate(args: argparse.Namespace) -> int:
     with files_written_whole(paths) as partials:
         for image, path, partial in zip(result.images, paths, partials):
             try:
-                # its parameters, as AUTOMATIC1111 writes them; PNG where the name says no format (-o /dev/null)
-                image.save(partial, format=Image.registered_extensions().get(path.suffix.lower(), "PNG"), pnginfo=png_info(image))
+                # its parameters, as AUTOMATIC1111 writes them (a PNG's text chunk, a JPEG's or WebP's EXIF); PNG
+                # where the name says no format (-o /dev/null)
+                image_format = Image.registered_extensions().get(path.suffix.lower(), "PNG")
+                image.save(partial, format=image_format, **save_options(image, image_format))
             except OSError as exc:  # the disk filled up, or the path changed meanwhile
                 advice = f"; {DISK_FULL}" if out_of_space(exc) else ""  # "No space left on device" alone said not what to do
                 raise SdoptError(f"cannot write {path}: {exc.strerror or exc} (nothing was left half written){advice}") from exc
@@ -342,7 +344,7 @@ def add_generate(sub) -> None:
     add_lora_flag(p, "applied for this run (torch backend; other backends take LoRAs fused at export)")
     add_embedding_flag(p, "loaded for this run (torch backend; other backends read the embeddings fused at export)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or notes (warnings still print)")
-    p.add_argument("-o", "--output", required=True, type=user_path, help="output PNG (several images: OUT-0.png, OUT-1.png, ...)")
+    p.add_argument("-o", "--output", required=True, type=user_path, help="output image: PNG, or JPEG or WebP by its suffix, each with its generation parameters (several images: OUT-0.png, OUT-1.png, ...)")
     p.set_defaults(func=_generate)
 
 

@@ -394,12 +394,13 @@ def skip(request: Request) -> dict[str, Any]:
 
 @router.post("/sdapi/v1/png-info")
 def png_info(request: Request, body: PngInfoRequest) -> dict[str, Any]:
-    """An image's generation parameters, as AUTOMATIC1111's PNG Info reads them: ``info`` the text, ``parameters`` its
-    keys and values, ``items`` the image's other text chunks."""
-    from sdopt.infotext import KEY, parse_parameters
+    """An image's generation parameters, as AUTOMATIC1111's PNG Info reads them: ``info`` the text (a PNG's text
+    chunk, a JPEG's or WebP's EXIF UserComment), ``parameters`` its keys and values, ``items`` the image's other text
+    chunks."""
+    from sdopt.infotext import KEY, parameters_text, parse_parameters
 
     settings = request.app.state.settings
     image = decode_image(body.image, "image", settings.max_image_bytes, settings.max_input_pixels)
-    texts = {k: v for k, v in image.info.items() if isinstance(k, str) and isinstance(v, str)}
-    text = texts.pop(KEY, "")
+    texts = {k: v for k, v in image.info.items() if isinstance(k, str) and isinstance(v, str) and k != KEY}
+    text = parameters_text(image) or ""
     return {"info": text, "items": texts, "parameters": parse_parameters(text) if text else {}}
