@@ -50,14 +50,15 @@ def build(pipeline: Any, settings: ServeSettings, name: str, start_worker: bool 
     return app
 
 
-def http_server(app: Any, host: str, port: int, access_log: bool = False, root_path: str = "") -> Any:
+def http_server(app: Any, host: str, port: int, access_log: bool = False, root_path: str = "",
+                on_started: Any = None) -> Any:
     """The uvicorn server for ``app``. On SIGINT, SIGTERM or SIGHUP it stops the worker at once, besides taking no new
     connections: the queued and running jobs are cancelled, so the requests waiting for them are answered 503 (the
     server is shutting down) and the process exits, instead of uvicorn waiting for every one of them to run to its
     end or to --job-timeout (600 s by default) before it exits. ``access_log``: a line per request (uvicorn's: client,
     request line, status) on stdout, besides the warnings and errors on stderr; otherwise only those. ``root_path``: the
     prefix a reverse proxy serves the server under and strips (/sd): the links the server gives (OpenAI's
-    response_format=url, /docs' schema) carry it."""
+    response_format=url, /docs' schema) carry it. ``on_started(port)``: called once the port is open."""
     import logging
     import threading
 
@@ -78,6 +79,11 @@ def http_server(app: Any, host: str, port: int, access_log: bool = False, root_p
                 finally:
                     if hangup is not None:
                         signal.signal(signal.SIGHUP, hangup)
+
+        async def startup(self, *args: Any, **kwargs: Any) -> None:
+            await super().startup(*args, **kwargs)
+            if self.started and on_started is not None:
+                on_started(self.servers[0].sockets[0].getsockname()[1])  # --port 0: the one the system chose
 
         def handle_exit(self, sig: int, frame: Any) -> None:
             self.stopped_by = sig  # serve() reads it: a SIGTERM is the stop asked for
@@ -112,14 +118,21 @@ def serve(artifact: str | Path, settings: ServeSettings, load_options: dict[str,
     pipeline = sdopt.load(folder, **(load_options or {}))
     name = model_name(artifact, settings)
     app = build(pipeline, settings, name)
-    print(
-        f"serving {name} ({pipeline.manifest.backend}, {pipeline.precision}) on http://{settings.host}:{settings.port}/ "
-        f"(API docs at /docs; max batch {app.state.worker.max_batch}, queue {settings.max_queue})",
-        file=sys.stderr,
-    )
-    server = http_server(app, settings.host, settings.port, access_log=access_log, root_path=root_path)
+
+    def say_serving(port: int) -> None:  # once the port is open: said before, it was said of a port uvicorn then lost
+        print(f"serving {name} ({pipeline.manifest.backend}, {pipeline.precision}) on http://{settings.host}:{port}/ "
+              f"(API docs at /docs; max batch {app.state.worker.max_batch}, queue {settings.max_queue})", file=sys.stderr)
+
+    server = http_server(app, settings.host, settings.port, access_log=access_log, root_path=root_path, on_started=say_serving)
     try:
         server.run()
+    except SystemExit as exc:
+        # uvicorn exits 3 when it cannot bind: the port was free before the load (check_port_free) and another process
+        # took it meanwhile. The model stays unloaded, as a busy port found before the load leaves it.
+        if server.started or exc.code != 3:
+            raise
+        raise SdoptError(f"cannot listen on {settings.host}:{settings.port}: another process took the port while the model "
+                         "loaded; pass another --port, or stop what uses it") from None
     except KeyboardInterrupt:
         # uvicorn raises the signal that stopped it again once it has stopped, and sdopt's command line turns SIGTERM
         # into KeyboardInterrupt ("interrupted", status 130). SIGTERM is how systemd, docker and Kubernetes stop a
