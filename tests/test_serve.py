@@ -862,10 +862,20 @@ def test_a_chunked_body_over_the_limit_is_413(tiny_pipeline):
 
 
 # --- failures ---------------------------------------------------------------------------------
-def test_a_failing_generate_fails_its_job_and_a_crash_restarts_the_worker(tiny_pipeline):
+def test_a_failing_generate_fails_its_job_and_a_crash_restarts_the_worker(tiny_pipeline, caplog):
+    """... and the error logged names the request (X-Request-ID, the client's where it sent one): nothing tied a logged
+    failure to a request, nor a client's 500 to a log line (qa55's list)."""
     with running_server(Faulty(tiny_pipeline)) as (url, app):
-        response = httpx.post(url + "/sdapi/v1/txt2img", json={"prompt": "fail", **SMALL}, timeout=60)
+        response = httpx.post(url + "/sdapi/v1/txt2img", json={"prompt": "fail", **SMALL}, timeout=60,
+                              headers={"X-Request-ID": "client-7"})
         assert response.status_code == 500 and "the backend fell over" in response.text
+        assert response.headers["x-request-id"] == "client-7"
+        assert "generate failed (request_id=client-7)" in caplog.text
+        made = httpx.get(url + "/health", headers={"X-Request-ID": "a spaced id " + "x" * 200}).headers["x-request-id"]
+        assert len(made) == 32 and made != httpx.get(url + "/health").headers["x-request-id"]  # a new one, each request
+        big = httpx.post(url + "/sdapi/v1/txt2img", content=b"x" * (app.state.settings.max_body_bytes + 1),
+                         headers={"Content-Type": "application/json", "X-Request-ID": "big-1"})
+        assert big.status_code == 413 and big.headers["x-request-id"] == "big-1"  # the body limit's answer too
         response = httpx.post(url + "/sdapi/v1/txt2img", json={"prompt": "crash", **SMALL}, timeout=60)
         assert response.status_code == 500 and "worker crashed" in response.text
         wait_for(lambda: app.state.worker.alive, timeout=10)
@@ -1242,12 +1252,14 @@ def test_sdopt_serve_stopped_by_sigterm_exits_0(tiny_model, stop, flags):
     try:
         wait_for(lambda: _answers(port) or proc.poll() is not None, timeout=120, every=0.2)
         assert proc.poll() is None, proc.communicate()
+        httpx.get(f"http://127.0.0.1:{port}/health", headers={"X-Request-ID": "probe-1"}).raise_for_status()
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
     assert proc.returncode == 0 and f"stopped tiny ({stop})" in err, (proc.returncode, err)
     assert ('"GET /health HTTP/1.1" 200' in out) == bool(flags), out
+    assert ('"GET /health HTTP/1.1" 200 OK request_id=probe-1' in out) == bool(flags), out  # the request's id ends its line
 
 
 def _answers(port: int) -> bool:

@@ -20,5 +20,6 @@ models), ``a1111_fields`` (what its fields become, what is ignored),
 ``inpaint_area`` ("Only masked", fill, overlay) and ``resize_modes``
 (``resize_mode``); beside OpenAI's: ``image_links`` (signed
 ``response_format=url`` links); for every API: ``loras`` (``<lora:NAME:W>`` tags
-from ``--lora-dir``).
+from ``--lora-dir``), ``request_ids`` (``X-Request-ID`` on every answer, in the
+access log and the errors logged).
 """

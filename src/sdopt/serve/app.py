@@ -23,6 +23,7 @@ from sdopt.serve.auth import require_auth
 from sdopt.serve.settings import ServeSettings
 from sdopt.serve.errors import RequestError
 from sdopt.serve.image_links import ImageLinks
+from sdopt.serve.request_ids import RequestId
 from sdopt.serve.submission import default_size, with_model_defaults
 from sdopt.serve.worker import QueueFull, ShuttingDown, Worker
 
@@ -82,6 +83,7 @@ def create_app(worker: Worker, settings: ServeSettings, model_name: str, replica
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if replica is not None:
         app.add_middleware(ReplicaHeader, replica=replica)
+    app.add_middleware(RequestId)  # the last added is the outermost: the body limit's 413 carries the id too
 
     @app.exception_handler(RequestError)
     async def _request_error(request: Request, exc: RequestError):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sdopt.request import DEFAULT_GUIDANCE, DEFAULT_STEPS
+from sdopt.serve.request_ids import current as current_request_id
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, TIMED_OUT = "queued", "running", "succeeded", "failed", "cancelled", "timed_out"
 FINISHED = (SUCCEEDED, FAILED, CANCELLED, TIMED_OUT)
@@ -117,6 +118,7 @@ class Job:
     spec: JobSpec
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     api: str = "native"  # which API submitted it: native, a1111, openai
+    request_id: str | None = field(default_factory=current_request_id)  # the HTTP request's (X-Request-ID), for the log
     status: str = QUEUED
     error: str | None = None
     internal_error: bool = False  # failed by a fault of the server (a bug, a crash), not of the request

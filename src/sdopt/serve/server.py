@@ -93,7 +93,10 @@ def http_server(app: Any, host: str, port: int, access_log: bool = False, root_p
 
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", root_path=root_path)  # configures uvicorn's loggers, to warning
     if access_log:
+        from sdopt.serve.request_ids import mark_access_lines
+
         logging.getLogger("uvicorn.access").setLevel(logging.INFO)
+        mark_access_lines()  # each line ends with its request's X-Request-ID
     return Server(config)
 
 

@@ -40,6 +40,12 @@ PREVIEW_EVERY_S = 0.5  # at most one preview per this many seconds per batch (PN
 SHUTTING_DOWN = "the server is shutting down"  # why stop() cancels the jobs it finds (answered 503)
 
 
+def _requests(jobs) -> str:
+    """" (request_id=A, B)" naming the HTTP requests whose jobs a logged failure is about (X-Request-ID)."""
+    ids = [job.request_id for job in jobs if job.request_id]
+    return f" (request_id={', '.join(dict.fromkeys(ids))})" if ids else ""
+
+
 class QueueFull(SdoptError):
     def __init__(self, retry_after: int):
         super().__init__(f"the queue is full; retry after {retry_after} s")
@@ -189,7 +195,7 @@ class Worker:
                     return
                 self._execute(*taken)
         except BaseException as exc:  # the thread is dying: the watchdog restarts it
-            log.error("sdopt serve: the worker crashed:\n%s", traceback.format_exc())
+            log.error("sdopt serve: the worker crashed%s:\n%s", _requests(self.current), traceback.format_exc())
             reason = f"the worker crashed ({type(exc).__name__}: {exc})"
             self._failed_call(reason)
             for job in list(self.current):
@@ -263,7 +269,7 @@ class Worker:
             self._fail_all(batch, str(exc))
             return
         except Exception as exc:  # a bug or a backend failure: this call's jobs fail, the server goes on
-            log.error("sdopt serve: generate failed:\n%s", traceback.format_exc())
+            log.error("sdopt serve: generate failed%s:\n%s", _requests(batch), traceback.format_exc())
             self.current = []
             for job in batch:
                 job.internal_error = True
