@@ -1180,6 +1180,16 @@ def test_serve_command_refuses_a_busy_port_and_bad_options_before_loading(tiny_m
     assert "--image-dir" in (err := capsys.readouterr().err) and "not a folder" in err
 
 
+@pytest.mark.parametrize("flags", [["--replicas", "1"], ["--autoscale", "1:2"], ["--cpus-per-replica", "0"], ["--gpus-per-replica", "0"]])
+def test_ray_serve_scaling_flags_without_ray_are_refused(tmp_path, capsys, flags):
+    """--gpus-per-replica 0 without --ray started the server, the flag dropped without a word, while --cpus-per-replica 0
+    was refused: each of them is Ray Serve's, and is said whatever its value."""
+    from sdopt.cli import main
+
+    assert main(["serve", str(tmp_path / "any-model"), *flags]) == 2
+    assert "go with --ray [ADDRESS]" in capsys.readouterr().err
+
+
 def test_serve_command_takes_the_key_from_the_environment(tiny_model, monkeypatch):
     import sdopt.serve.server as server
     from sdopt.cli import main

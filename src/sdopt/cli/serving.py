@@ -24,7 +24,8 @@ def _serve(args: argparse.Namespace) -> int:
                     **({"threads": args.threads} if args.threads is not None else {}),
                     **({"deep_cache": args.deep_cache} if args.deep_cache is not None else {})}
     if args.ray is None:
-        if args.replicas is not None or args.autoscale or args.gpus_per_replica or args.cpus_per_replica is not None:
+        # --gpus-per-replica 0 too: said, not dropped (as --cpus-per-replica 0 is)
+        if args.replicas is not None or args.autoscale or args.gpus_per_replica is not None or args.cpus_per_replica is not None:
             raise SdoptError("--replicas, --autoscale, --cpus-per-replica and --gpus-per-replica go with --ray [ADDRESS] (Ray Serve; docs/ray.md)")
         from sdopt.serve.server import serve
 
