@@ -107,6 +107,14 @@ def test_exporters_refuse_options_they_do_not_take(tiny_model, tmp_path, capsys,
     assert not out.exists()
 
 
+def test_export_opset_0_is_refused_not_read_as_the_default(tiny_model, tmp_path, capsys):
+    """--opset 0 exported at opset 18 without a word (0 read as "not given"), while --opset 5 was refused."""
+    out = tmp_path / "o"
+    assert main(["export", str(tiny_model), "--to", "onnx", "-o", str(out), "--opset", "0"]) == 2
+    assert "--opset 0: choose an opset between 14 and 21" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_not_an_artifact(tmp_path):
     (tmp_path / "empty").mkdir()
     proc = _run("generate", str(tmp_path / "empty"), "-p", "x", "-o", str(tmp_path / "o.png"))

@@ -117,7 +117,7 @@ def add_export(sub) -> None:
                         "OpenVINO: fp32, fp16 or bf16. TensorRT: those, or int8/fp8 (the UNet quantized by NVIDIA ModelOpt, calibrated; the rest fp16)")
     p.add_argument("--force", action="store_true", help="replace the output folder if it exists")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars (the artifact's summary is still printed)")
-    p.add_argument("--opset", type=int, default=None, help="onnx: opset version")
+    p.add_argument("--opset", type=int, default=None, help="onnx, tensorrt: the ONNX opset the graphs are exported at, 14 to 21 (default 18)")
     p.add_argument("--optimize", action="store_true", help="onnx: apply ONNX Runtime graph optimizations and fusions")
     p.add_argument("--skip-validation", action="store_true", help="keep a component whose parity against PyTorch exceeds its tolerance (measured and recorded in the manifest all the same)")
     p.add_argument("--height", type=int, default=None, help="openvino: static image height; tensorrt: the size the engines are best at")

@@ -107,7 +107,7 @@ def export_components(source: Path, manifest: Manifest, out: Path, precision: st
                       quantizer: Quantizer | None = None) -> ExportedComponents:
     """``quantizer``: puts Q/DQ into the modules it names before they are traced (TensorRT's int8/fp8: sdopt.tensorrt.quantize);
     each such graph is validated against its fake-quantized module, within the quantizer's tolerance."""
-    opset = int(options.get("opset") or DEFAULT_OPSET)
+    opset = DEFAULT_OPSET if options.get("opset") is None else int(options["opset"])  # --opset 0 is refused, not read as "unset"
     if not 14 <= opset <= 21:
         raise SdoptError(f"--opset {opset}: choose an opset between 14 and 21 (default {DEFAULT_OPSET})")
     skip_validation = bool(options.get("skip_validation"))
