@@ -342,6 +342,14 @@ def test_a_seed_no_request_takes_is_refused_before_any_worker(seed):
         BenchSettings.resolve(None, **{**SETTINGS, "seeds": [0, seed]})
 
 
+def test_runs_and_warmups_are_each_named_alone():
+    """"--runs 0 / --warmup 1" named a --warmup that sdopt optimize, which has --runs, lacks (qa67)."""
+    with pytest.raises(SdoptError, match=r"^--runs 0: give at least 1 timed run$"):
+        BenchSettings.resolve(None, **{**SETTINGS, "runs": 0})
+    with pytest.raises(SdoptError, match=r"^--warmup -1: give 0 or more warm-up runs$"):
+        BenchSettings.resolve(None, **{**SETTINGS, "warmup": -1})
+
+
 def test_empty_prompt_file_is_refused(tmp_path):
     (tmp_path / "prompts.txt").write_text("\n# only a comment\n\n")
     with pytest.raises(SdoptError, match="has no prompts"):

@@ -116,6 +116,9 @@ def test_static_with_several_sizes_is_refused():
         shapes_of({"shapes": "512x512,768x768", "static": True}, 512)
     with pytest.raises(SdoptError, match="not both"):
         shapes_of({"shapes": "512x512", "height": 512, "width": 512}, 512)
+    for empty, says in (("batch_range", "MIN:MAX"), ("shapes", "empty")):  # '' was taken as not given (qa67)
+        with pytest.raises(SdoptError, match=says):
+            shapes_of({empty: ""}, 512)
     shapes, static = shapes_of({}, 512)  # defaults: the model's own size, 1 to 4 images
     assert not static and shapes.height == (512, 512, 512) and shapes.batch == (1, 1, 4)
 

@@ -98,8 +98,11 @@ class BenchSettings:
             raise SdoptError("no prompts to run: the prompt file is empty; put one prompt per line")
         if not self.seeds:
             raise SdoptError("no seeds to run: give --seeds 0,1,2")
-        if self.runs < 1 or self.warmup < 0:
-            raise SdoptError(f"--runs {self.runs} / --warmup {self.warmup}: need at least 1 run and 0 or more warm-ups")
+        # Each named alone: sdopt optimize, which has --runs, has no --warmup to name.
+        if self.runs < 1:
+            raise SdoptError(f"--runs {self.runs}: give at least 1 timed run")
+        if self.warmup < 0:
+            raise SdoptError(f"--warmup {self.warmup}: give 0 or more warm-up runs")
         if self.rounds < 1:
             raise SdoptError(f"--rounds {self.rounds}: give the number of passes over the artifacts (1 or more)")
         if self.max_seconds is not None and self.max_seconds <= 0:

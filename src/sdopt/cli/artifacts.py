@@ -162,7 +162,7 @@ def add_quantize(sub) -> None:
     p.add_argument("model", type=user_path, nargs="?", help="Diffusers model folder (or hub id) in full precision, an OpenVINO artifact (--backend nncf) or an ONNX artifact (--backend onnxruntime)")
     p.add_argument("--scheme", help="int8, int8-dynamic, int4, nf4, fp8 or int8-static (--list shows which backend does which)")
     p.add_argument("--backend", default=None, help="torchao, quanto, bnb; nncf for OpenVINO artifacts; onnxruntime for ONNX artifacts (default: the first that supports the scheme on --device)")
-    p.add_argument("--components", default=None, help="comma-separated: unet, text_encoder, vae (default: unet,text_encoder)")
+    p.add_argument("--components", default=None, help="comma-separated: unet, text_encoder, text_encoder_2 (SDXL), vae (= vae_decoder and vae_encoder), vae_decoder, vae_encoder; text_encoder also takes text_encoder_2 (default: unet,text_encoder)")
     p.add_argument("--exclude", action="append", default=[], metavar="PATTERN", help="keep layers whose name matches this fnmatch pattern in full precision, e.g. 'unet.conv_in' (repeatable)")
     p.add_argument("--device", default="cpu", help="where the artifact will run: cpu or cuda (default cpu)")
     p.add_argument("-o", "--output", type=user_path, help="output artifact folder")

@@ -286,7 +286,7 @@ def add_optimize(sub) -> None:
     p.add_argument("model", type=user_path, help="Diffusers model folder (or hub id) in full precision")
     p.add_argument("-o", "--output", required=True, type=user_path, help="output artifact folder (the chosen candidate, with its bench report in optimize/)")
     p.add_argument("--work", default=None, type=user_path, help="where candidates are built and kept, so a second run resumes (default: OUTPUT.work)")
-    p.add_argument("--device", default="cpu", help="where the candidates are built for and benched: cpu or cuda (default cpu)")
+    p.add_argument("--device", default="cpu", help="where the candidates are built for and benched (default cpu; CPU candidates only so far: a GPU device is refused)")
     p.add_argument("--min-psnr", type=float, default=None, help="floor for exact candidates: worst-case PSNR vs fp32 in dB (default 30)")
     p.add_argument("--min-adherence", type=float, default=None, help="floor for levers (tiny decoder, caching): adherence at least this, "
                    "besides within 0.05 of fp32's (the shapes judge, which reads shapes captions only: refused with other prompts, whose "

@@ -157,7 +157,7 @@ def export_components(source: Path, manifest: Manifest, out: Path, precision: st
         export_info["rewrites"] = prepared.rewrites
     notes = _precision_notes(precision, runs, facts) + failures
     if static:
-        notes.append(f"static shapes {static}: the runtime compiles for them; other sizes are refused unless loaded with reshape=True")
+        notes.append(f"static shapes {static}: the runtime compiles for them; other sizes are refused unless loaded with reshape (sdopt generate/serve --reshape, sdopt.load(..., reshape=True))")
     write_optimum_model_index(source, out)
     return ExportedComponents(
         components=components,

@@ -42,13 +42,13 @@ def shapes_of(options: dict[str, Any], default_side: int | None):
     """(ShapeProfile, static) from --height/--width | --shapes, --batch-range, --static; without a size,
     ``default_side`` (the model's own; None: only check the options, as preflight does)."""
     height, width, listed = options.get("height"), options.get("width"), options.get("shapes")
-    if listed and (height or width):
+    if listed is not None and (height or width):
         raise SdoptError("give either --shapes or --height/--width, not both")
     if (height is None) != (width is None):
         raise SdoptError("give --height and --width together, or neither (the model's default size)")
     side = default_side or 512  # the preflight's stand-in: only the options' syntax is checked then
-    sizes = parse_sizes(listed) if listed else parse_sizes(f"{height or side}x{width or side}")
-    batch = parse_batch_range(options.get("batch_range") or "1:4")
+    sizes = parse_sizes(listed) if listed is not None else parse_sizes(f"{height or side}x{width or side}")
+    batch = parse_batch_range("1:4" if options.get("batch_range") is None else options["batch_range"])
     static = bool(options.get("static"))
     if static:
         if len(sizes) > 1 or batch[0] != batch[1]:
