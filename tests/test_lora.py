@@ -308,6 +308,21 @@ def test_refusals(tiny_model, tiny_lora, tiny_onnx_artifact, tmp_path):
     assert not any((tmp_path / n).exists() for n in "abcd")  # nothing written
 
 
+def test_a_lora_asked_of_an_artifact_with_it_fused_says_to_leave_it_out(fused_onnx, tiny_lora):
+    """The refusal's advice, "fuse them into the artifact instead, sdopt export ... --lora", was given again, word for
+    word, to the same generate on the artifact exported so: a loop. That the LoRA is fused already is said instead."""
+    from sdopt.errors import command_line
+
+    pipe = sdopt.load(fused_onnx)
+    asked = GenerateRequest(**SMALL, loras={str(tiny_lora): 0.8})
+    with pytest.raises(SdoptError, match=r"has tiny-lora\.safetensors:0\.8 fused into its weights already.*: leave out loras ") as refused:
+        pipe.check_request(asked)
+    assert "fuse them into the artifact instead" not in str(refused.value)
+    with command_line(), pytest.raises(SdoptError, match="leave out --lora "):
+        pipe.check_request(asked)
+    pipe.check_request(GenerateRequest(**SMALL))  # left out, it runs
+
+
 def test_init_lora_and_init_embedding_of_an_exported_artifact_name_their_own_work(tiny_onnx_artifact, tmp_path, capsys):
     """They said '...; export from the original PyTorch (Diffusers) checkpoint' to a user who ran init-lora."""
     from sdopt.cli import main

@@ -54,6 +54,24 @@ def _refuse_cache_interval(pipe: Any, request: GenerateRequest) -> None:
                      f"caching (sdopt export MODEL --to {target} --deep-cache N), {torch}, or ask for {whole}", field="cache_interval")
 
 
+def _refuse_loras(pipe: Any, request: GenerateRequest) -> None:
+    """LoRAs asked of an artifact that takes none per request. One fused into it already is said so: the advice to fuse
+    it, followed, was given again to the same command on the fused artifact, a loop."""
+    from pathlib import Path
+
+    backend, fused = pipe.manifest.backend, pipe.fused_loras
+    already = [f"{name}:{fused[name]:g}" for name in dict.fromkeys(Path(f).name for f in request.loras) if name in fused]
+    if already:
+        raise SdoptError(
+            f"this {backend} artifact cannot apply LoRAs per request (only the torch backend can), and has {', '.join(already)} "
+            f"fused into its weights already, in every image it makes: leave out {argument('loras', flag='--lora')} "
+            "(for another scale, export it again with `sdopt export ... --lora FILE:SCALE`)", field="loras")
+    raise SdoptError(
+        f"this {backend} artifact cannot apply LoRAs per request (only the torch backend can): "
+        "fuse them into the artifact instead, `sdopt export ... --lora FILE[:SCALE]`, or generate with the Diffusers checkpoint"
+    )
+
+
 def check(pipe: Any, request: GenerateRequest) -> None:
     """Refuse a request ``pipe`` (a Pipeline) cannot run, before any work: its values (GenerateRequest.validate), then
     what this artifact lacks for it (img2img, Clip skip's layers, the UNet's shallow branch, per-request LoRAs, the
@@ -66,10 +84,7 @@ def check(pipe: Any, request: GenerateRequest) -> None:
     if pipe.cache_interval(request) > 1 and "unet_shallow" not in pipe.components:
         _refuse_cache_interval(pipe, request)
     if request.loras and pipe.loras is None:
-        raise SdoptError(
-            f"this {pipe.manifest.backend} artifact cannot apply LoRAs per request (only the torch backend can): "
-            "fuse them into the artifact instead, `sdopt export ... --lora FILE[:SCALE]`, or generate with the Diffusers checkpoint"
-        )
+        _refuse_loras(pipe, request)
     check_scheduler(request.scheduler)
     check_steps(make_scheduler(request.scheduler, pipe.scheduler_config), request)
     conditioning.check_artifact(request, pipe.manifest, pipe.components, pipe.unet_in_channels)
