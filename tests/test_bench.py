@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from sdopt import SdoptError
+from sdopt.errors import command_line
 from sdopt.bench.profiles import available_profiles, load_profile
 from sdopt.bench.runner import run_bench
 from sdopt.bench.settings import BenchSettings
@@ -280,6 +281,8 @@ def test_a_profile_value_of_the_wrong_kind_is_refused_when_read(tmp_path, text, 
     path.write_text(text)
     with pytest.raises(SdoptError, match=re.escape(message)):
         load_profile(str(path))
+    with command_line(), pytest.raises(SdoptError, match=re.escape(message)):  # as sdopt bench --profile reads it: the file's keys still
+        load_profile(str(path))
 
 
 @pytest.mark.parametrize("entries,message", [
@@ -339,6 +342,8 @@ def test_a_seed_no_request_takes_is_refused_before_any_worker(seed):
     """--seeds -1 (or a profile's seeds = [-1]) passed the bench's checks: every artifact loaded and failed on it, the
     reference first, and the bench exited 1 after the machine's probes, where bad input is 2 before any work."""
     with pytest.raises(SdoptError, match=re.escape(f"--seeds: seed={seed!r}: must be an integer from 0 to {2**63 - 1}")):
+        BenchSettings.resolve(None, **{**SETTINGS, "seeds": [0, seed]})
+    with command_line(), pytest.raises(SdoptError, match=re.escape(f"--seeds: seed={seed!r}: must")):  # bench has no --seed flag
         BenchSettings.resolve(None, **{**SETTINGS, "seeds": [0, seed]})
 
 

@@ -24,17 +24,22 @@ def _gen(model, *extra):
 @pytest.mark.parametrize(
     "extra,message",
     [
-        (["--height", "100"], "multiple of 8"),
-        (["--width", "4096"], "between 64 and 2048"),
-        (["--steps", "0"], "must be an integer from 1 to 1000"),
+        # each names the flag typed, as the README says errors do (they said height=100, steps=0, guidance_scale=-2.0)
+        (["--height", "100"], "--height 100: must be a multiple of 8"),
+        (["--width", "4096"], "--width 4096: must be a multiple of 8 between 64 and 2048"),
+        (["--steps", "0"], "--steps 0: must be an integer from 1 to 1000"),
+        (["--num-images", "0"], "--num-images 0: must be an integer from 1 to 64"),
+        (["--seed", "-1"], "--seed -1: must be an integer from 0 to"),
+        (["--cache-interval", "0"], "--cache-interval 0: must be an integer from 1 (no caching)"),
+        (["--guidance-end", "0"], "--guidance-end 0.0: must be a number in (0, 1]"),
         # the tiny model's own PNDM (SD 1.5's) with steps_offset 1: timestep 1000 was an IndexError after the whole run
         (["--steps", "1000"], "would step at timestep 1000, past the 1000 it was trained on: ask for 999 or fewer"),
         (["--steps", "1000", "--scheduler", "ddim"], "DDIMScheduler on this checkpoint's schedule"),
-        (["--guidance", "-2"], "must be a finite number from 0 to 50"),
+        (["--guidance", "-2"], "--guidance -2.0: must be a finite number from 0 to 50"),
         # the request field's name (guidance_scale=, in this very error; Diffusers' and the Python API's) is a flag too
         (["--guidance-scale", "-2"], "must be a finite number from 0 to 50"),
         (["--scheduler", "nope"], "known schedulers: ddim, euler, euler_a"),
-        (["--scheduler", "tcd", "--eta", "2"], "eta=2.0: must be a number from 0 to 1"),
+        (["--scheduler", "tcd", "--eta", "2"], "--eta 2.0: must be a number from 0 to 1"),
         (["--precision", "fp16"], "fp16 is not supported on cpu by the torch backend"),
         # the flags typed, not the Python keywords (it said "masked_content='noise' ...: give mask_image with it")
         # a second -n replaced the first, silently; one per prompt is taken
@@ -418,11 +423,12 @@ def test_a_value_an_images_parameters_give_that_no_request_takes_is_said_to_come
     Image.new("RGB", (60, 60)).save(png, pnginfo=info)
     assert main(["generate", str(tiny_model), "--parameters-from", str(png), "-q", "-o", str(tmp_path / "o.png")]) == 2
     err = capsys.readouterr().err
-    assert f"{png}'s parameters give" in err and "must be a multiple of 8" in err and "give --height and --width" in err
+    assert f"{png}'s parameters give height=60: must be a multiple of 8" in err and "give --height and --width" in err
     assert main(["generate", str(tiny_model), "--parameters-from", str(png), "--height", "64", "--width", "64", "-q", "-o", str(tmp_path / "o.png")]) == 0
     assert "Seed: 3" in Image.open(tmp_path / "o.png").info["parameters"]
     assert main(["generate", str(tiny_model), "-p", "x", "--height", "60", "-q", "-o", str(tmp_path / "p.png")]) == 2
-    assert "parameters give" not in capsys.readouterr().err  # typed: said as before
+    err = capsys.readouterr().err
+    assert "parameters give" not in err and "--height 60: must be a multiple of 8" in err  # typed: named as the flag
     # Values that do not read: refused naming the flag, and not read at all where the flag is given (it wins)
     for i, (pair, flag, value, message) in enumerate((
             ("CFG scale: abc", "--guidance", "7", "CFG scale: 'abc' is not a number; give --guidance"),

@@ -101,7 +101,7 @@ def test_cli_clip_skip_and_its_png_made_again(tiny_model, tmp_path, capsys):
     assert main(["generate", str(tiny_model), "--parameters-from", str(first), "-q", "-o", str(again)]) == 0
     assert np.array_equal(np.asarray(Image.open(first)), np.asarray(Image.open(again)))
     assert main(["generate", str(tiny_model), "-p", "a fox", "--clip-skip", "0", "-o", str(tmp_path / "x.png")]) == 2
-    assert "clip_skip=0: must be an integer from 1" in capsys.readouterr().err
+    assert "--clip-skip 0: must be an integer from 1" in capsys.readouterr().err
     # The artifact's own limit names the flag typed, as the README says errors do (it said clip_skip=9: walk qa57)
     assert main(["generate", str(tiny_model), "-p", "a fox", "--steps", "1", "--clip-skip", "9", "--height", "64", "--width", "64",
                  "-q", "-o", str(tmp_path / "x.png")]) == 2

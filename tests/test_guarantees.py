@@ -504,7 +504,7 @@ def test_exports_killed_at_random_points_leave_no_half_artifact_and_the_old_one_
 # --- 8. the minor ones ----------------------------------------------------------------------------
 def test_steps_have_a_documented_upper_bound(tiny_model, capsys):
     assert main(["generate", str(tiny_model), "-p", "x", "--steps", "100000", "-o", "/tmp/never.png", "-q"]) == 2
-    assert "steps=100000: must be an integer from 1 to 1000" in capsys.readouterr().err
+    assert "--steps 100000: must be an integer from 1 to 1000" in capsys.readouterr().err
 
 
 def test_a_prompt_longer_than_the_encoder_reads_warns(tiny_pipeline):

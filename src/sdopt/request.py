@@ -258,31 +258,35 @@ class GenerateRequest:
         for name, low, high, example in (("seed", 0, MAX_SEED, "42"), ("steps", 1, MAX_STEPS, "20"), ("num_images", 1, MAX_IMAGES, "1")):
             value = getattr(self, name)
             if not _is_int(value) or not low <= value <= high:
-                raise SdoptError(f"{name}={value!r}: must be an integer from {low} to {high} (for example {example})")
+                raise SdoptError(f"{argument(name, value)}: must be an integer from {low} to {high} (for example {example})", field=name)
         for name in ("height", "width"):
             value = getattr(self, name)
             if value is None:  # the pipeline's choice (Pipeline.sized)
                 continue
             if not _is_int(value) or value % SIDE_MULTIPLE or not MIN_SIDE <= value <= MAX_SIDE:
                 raise SdoptError(
-                    f"{name}={value!r}: must be a multiple of {SIDE_MULTIPLE} between "
-                    f"{MIN_SIDE} and {MAX_SIDE} (for example 512)"
+                    f"{argument(name, value)}: must be a multiple of {SIDE_MULTIPLE} between "
+                    f"{MIN_SIDE} and {MAX_SIDE} (for example 512)", field=name
                 )
         g = self.guidance_scale
         if not is_valid_guidance(g):
-            raise SdoptError(f"guidance_scale={g!r}: must be a finite number from 0 to {MAX_GUIDANCE:g} (7.5 is usual; 1 or less turns guidance off)")
+            raise SdoptError(f"{argument('guidance_scale', g, '--guidance')}: must be a finite number from 0 to {MAX_GUIDANCE:g} (7.5 is usual; "
+                             "1 or less turns guidance off)", field="guidance_scale")
         ci = self.cache_interval
         if ci is not None and (not _is_int(ci) or not 1 <= ci <= MAX_STEPS):
-            raise SdoptError(f"cache_interval={ci!r}: must be an integer from 1 (no caching) to {MAX_STEPS}, or None (the artifact's default)")
+            raise SdoptError(f"{argument('cache_interval', ci)}: must be an integer from 1 (no caching) to {MAX_STEPS}, or None (the artifact's default)",
+                             field="cache_interval")
         end = self.guidance_end
         if end is not None and not (is_finite_number(end) and 0 < end <= 1):
-            raise SdoptError(f"guidance_end={end!r}: must be a number in (0, 1], the fraction of the steps that run guided (1: all), or None (the artifact's default)")
+            raise SdoptError(f"{argument('guidance_end', end)}: must be a number in (0, 1], the fraction of the steps that run guided (1: all), "
+                             "or None (the artifact's default)", field="guidance_end")
         eta = self.eta
         if eta is not None and not (is_finite_number(eta) and 0 <= eta <= 1):
-            raise SdoptError(f"eta={eta!r}: must be a number from 0 to 1, the fresh noise DDIM and TCD add at each step (0: none), or None (0)")
+            raise SdoptError(f"{argument('eta', eta)}: must be a number from 0 to 1, the fresh noise DDIM and TCD add at each step (0: none), or None (0)",
+                             field="eta")
         if not _is_int(self.clip_skip) or not 1 <= self.clip_skip <= MAX_CLIP_SKIP:
-            raise SdoptError(f"clip_skip={self.clip_skip!r}: must be an integer from 1 (the text encoder's last layer) to "
-                             f"{MAX_CLIP_SKIP}, AUTOMATIC1111's Clip skip (2: the penultimate layer)")
+            raise SdoptError(f"{argument('clip_skip', self.clip_skip)}: must be an integer from 1 (the text encoder's last layer) to "
+                             f"{MAX_CLIP_SKIP}, AUTOMATIC1111's Clip skip (2: the penultimate layer)", field="clip_skip")
         if self.masked_content not in MASKED_CONTENT:
             raise SdoptError(f"masked_content={self.masked_content!r}: one of {', '.join(MASKED_CONTENT)} (what inpainting starts from under the mask)")
         if self.masked_content != "original" and self.mask_image is None:

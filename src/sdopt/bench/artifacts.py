@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sdopt.bench.settings import BenchSettings, ModelDefaults
-from sdopt.errors import SdoptError
+from sdopt.errors import SdoptError, command_line
 from sdopt.manifest import Manifest, fingerprint_of, identity_of, read_manifest
 from sdopt.source import resolve
 
@@ -67,7 +67,8 @@ def parse_artifact_arg(text: str) -> tuple[str, str | None, dict[str, Any], dict
             request["guidance_end"] = float(match.group(2))
         except ValueError:
             raise SdoptError(f"{text}: +guidance-end={match.group(2)} is not a number; give the fraction of the steps that run guided, e.g. +guidance-end=0.5") from None
-        GenerateRequest(prompt="", guidance_end=request["guidance_end"]).validate()
+        with command_line(False):  # the artifact argument's +guidance-end, not generate's --guidance-end flag
+            GenerateRequest(prompt="", guidance_end=request["guidance_end"]).validate()
         text = match.group(1)
     match = re.fullmatch(r"(.+?)\+compile(?:=([a-z_-]+))?", text)
     if match:

@@ -191,7 +191,8 @@ def _check_bench_values(bench: dict[str, Any], path: Path) -> None:
     try:
         for key in ("steps", "height", "width", "guidance_scale"):
             if key in bench:
-                GenerateRequest(prompt="a fox", **{key: bench[key]}).validate()
+                with command_line(False):  # named as this file's key (steps=0), not as bench's flag
+                    GenerateRequest(prompt="a fox", **{key: bench[key]}).validate()
         check_scheduler(bench.get("scheduler"))
         if "judge" in bench:  # the name only: whether it can read the prompts depends on --prompts, checked with the settings
             from sdopt.bench.grounding import CHOICES
@@ -312,7 +313,8 @@ def _check_entries(entries: list[dict[str, Any]], path: Path, device: str) -> No
         try:
             _check_entry_keys(entry, recipes[0] if recipes else None, device)
             if "guidance_end" in entry:  # 2.0 or "0.5" was found when the bench reached the entry, after building the others
-                GenerateRequest(prompt="a fox", guidance_end=entry["guidance_end"]).validate()
+                with command_line(False):  # the entry's key (guidance_end=2.0), not a flag
+                    GenerateRequest(prompt="a fox", guidance_end=entry["guidance_end"]).validate()
             if "export" in entry:
                 exporter = EXPORTERS.lookup(entry["export"])
                 if entry.get("precision", "fp32") not in exporter.precisions:

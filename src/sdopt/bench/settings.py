@@ -10,7 +10,7 @@ from typing import Any, Callable
 from sdopt.bench.forkserver import WORKER_STARTS
 from sdopt.bench.grounding import choose_judge
 from sdopt.bench.profiles import BENCH_DEFAULTS, HardwareProfile
-from sdopt.errors import SdoptError
+from sdopt.errors import SdoptError, command_line
 from sdopt.request import GenerateRequest, image_options
 from sdopt.runtime.backends import BACKENDS, device_kind
 from sdopt.runtime.schedulers import check_scheduler
@@ -120,6 +120,7 @@ class BenchSettings:
                             eta=self.eta, **images).validate()
         for seed in self.seeds:  # as a request's (0 to 2**63-1): a bad one failed every artifact, the reference first
             try:
-                GenerateRequest(prompt=self.prompts[0], seed=seed).validate()
+                with command_line(False):  # one of --seeds (seed=-1), not a --seed flag, which bench has not
+                    GenerateRequest(prompt=self.prompts[0], seed=seed).validate()
             except SdoptError as exc:
                 raise SdoptError(f"--seeds: {exc}", field="seeds") from None

@@ -225,9 +225,11 @@ def _said_of_the_image(image: str | None, made_from: dict, flags: dict):
     try:
         yield
     except SdoptError as exc:
-        name = str(exc).split("=", 1)[0]
-        if image and name in made_from and flags.get(name) is None:
-            raise SdoptError(f"{image}'s parameters give {exc}; give {_flag_for(name)} to make it with another", field=exc.field) from None
+        name = exc.field
+        if image and name in made_from and flags.get(name) is None:  # said as the image's value, not as the flag it did not type
+            told = str(exc).split(": ", 1)[-1]
+            raise SdoptError(f"{image}'s parameters give {name}={made_from[name]!r}: {told}; give {_flag_for(name)} to make it with another",
+                             field=name) from None
         raise
 
 
