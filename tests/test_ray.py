@@ -176,6 +176,20 @@ def test_a_ray_address_nobody_listens_at_is_refused_in_seconds():
     check_reachable("auto")
 
 
+def test_a_bench_on_ray_holds_its_report_folder(tmp_path, tiny_model, capsys, monkeypatch):
+    """The Ray bench took no report-folder lock (qa54's list): a second bench into the same -o ran beside it, both writing
+    one raw/. Here the folder is held (as a bench here holds its -o) and the Ray bench is refused before Ray starts."""
+    import sdopt.cluster.bench as cluster_bench
+    from sdopt.cli import main
+    from sdopt.fsutil import folder_lock
+
+    started = []
+    monkeypatch.setattr(cluster_bench, "run_matrix", lambda *a, **k: started.append(True))
+    with folder_lock(tmp_path / "o", "bench", "-o"):
+        assert main(["bench", str(tiny_model), "--reference", str(tiny_model), "--ray", "-o", str(tmp_path / "o")]) == 2
+    assert "is in use by sdopt bench pid" in capsys.readouterr().err and not started
+
+
 def test_profile_resources_are_checked_and_several_profiles_need_ray(tmp_path, tiny_model, capsys):
     from sdopt.cli import main
 
