@@ -223,6 +223,23 @@ def test_a_hash_record_that_cannot_be_written_leaves_no_temporary_file(tmp_path,
     assert os.listdir(tmp_path / "cache" / "verified-hashes") == []
 
 
+def test_two_threads_write_a_hash_record_through_temporary_files_of_their_own(tmp_path, monkeypatch):
+    """The temporary file was named by the process alone (qa54's list): two threads loading one file shared it."""
+    import threading
+
+    from sdopt import hash_records
+
+    renamed = []
+    real_replace = os.replace
+    monkeypatch.setattr(hash_records.os, "replace", lambda src, dst: (renamed.append(os.path.basename(src)), real_replace(src, dst)))
+    record = tmp_path / "r.json"
+    hash_records._write(record, {"sha256": "a"})
+    other = threading.Thread(target=hash_records._write, args=(record, {"sha256": "a"}))
+    other.start()
+    other.join()
+    assert len(renamed) == 2 and renamed[0] != renamed[1] and json.loads(record.read_text()) == {"sha256": "a"}
+
+
 def test_identity_is_blind_to_the_library_versions_that_wrote_the_configs(tiny_model, tmp_path):
     """The tiny model init-model writes under Transformers 5.24 and 5.25 differs in one string (text_encoder/config.json's
     transformers_version): two fingerprints, which made a CI baseline written under 5.24 incomparable forever. Its

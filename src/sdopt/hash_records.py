@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -68,7 +69,9 @@ def recorded_sha256(path: str | Path, expected: str | None = None) -> str:
 def _write(record_path: Path, record: dict) -> None:
     """The record, written whole or not at all (renamed into place); nothing when the cache folder is not writable or
     its disk is full, not even the temporary file (on a full disk, every load left one per file)."""
-    tmp = record_path.with_name(f".{record_path.name}.{os.getpid()}.tmp")
+    # Per thread as well as per process: two pipelines loading one file in two threads wrote one temporary file, and
+    # the first rename could move the other's half-written record into place.
+    tmp = record_path.with_name(f".{record_path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     try:
         record_path.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(json.dumps(record))
