@@ -485,7 +485,7 @@ def test_a_work_folder_another_command_is_building_in_is_refused_naming_it(tiny_
     from sdopt.cli import main
 
     work = tmp_path / "work"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys; sys.path[:0] = sys.argv[2:]; from pathlib import Path; from sdopt.fsutil import folder_lock\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; sys.path[:0] = sys.argv[2:]; from pathlib import Path; from sdopt.locks import folder_lock\n"
                                "with folder_lock(Path(sys.argv[1]), 'work', '--work'): print('held', flush=True); sys.stdin.read()",
                                str(work), *sys.path], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     profile = tmp_path / "p.toml"
@@ -510,13 +510,13 @@ def test_a_bench_into_a_folder_another_bench_is_writing_is_refused_naming_it(tin
     import sys
 
     from sdopt.cli import main
-    from sdopt.fsutil import folder_lock
+    from sdopt.locks import folder_lock
 
     out = tmp_path / "out"
     argv = ["bench", str(tiny_model), "--reference", str(tiny_model), "--steps", "1", "--height", "64", "--width", "64", "--seeds", "0",
             "--warmup", "0", "--runs", "1", "-q", "-o", str(out)]
     # Another process holding the folder, as a running bench does (its lock file, its raw/ results).
-    holder = subprocess.Popen([sys.executable, "-c", "import sys; sys.path[:0] = sys.argv[2:]; from pathlib import Path; from sdopt.fsutil import folder_lock\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; sys.path[:0] = sys.argv[2:]; from pathlib import Path; from sdopt.locks import folder_lock\n"
                                "with folder_lock(Path(sys.argv[1]), 'bench', '-o'): print('held', flush=True); sys.stdin.read()",
                                str(out), *sys.path], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:

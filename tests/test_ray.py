@@ -181,7 +181,7 @@ def test_a_bench_on_ray_holds_its_report_folder(tmp_path, tiny_model, capsys, mo
     one raw/. Here the folder is held (as a bench here holds its -o) and the Ray bench is refused before Ray starts."""
     import sdopt.cluster.bench as cluster_bench
     from sdopt.cli import main
-    from sdopt.fsutil import folder_lock
+    from sdopt.locks import folder_lock
 
     started = []
     monkeypatch.setattr(cluster_bench, "run_matrix", lambda *a, **k: started.append(True))

@@ -224,7 +224,8 @@ def _optimize(model, out, settings, work, floor, quick, budget_minutes, distill,
     from sdopt.bench.report import require_report_libraries
     from sdopt.bench.runner import run_bench
     from sdopt.export.run import source_checkpoint
-    from sdopt.fsutil import atomic_output_dir, check_output_dir, folder_lock, local_inputs, make_work_dir
+    from sdopt.fsutil import atomic_output_dir, check_output_dir, local_inputs, make_work_dir
+    from sdopt.locks import folder_lock
 
     check_output_dir(out, force, local_inputs(model))  # before any slow work
     require_report_libraries()  # the bench extra: its report is written once every candidate is benched

@@ -25,7 +25,8 @@ from sdopt.bench.rounds import merge_rounds, rotated
 from sdopt.bench.settings import BenchSettings
 from sdopt.bench.worker import PROGRESS_FILE
 from sdopt.errors import SdoptError
-from sdopt.fsutil import DISK_FULL, check_not_locked, folder_lock, says_out_of_space
+from sdopt.fsutil import DISK_FULL, says_out_of_space
+from sdopt.locks import check_not_locked, folder_lock
 
 
 # --- running ----------------------------------------------------------------------------

@@ -163,7 +163,7 @@ def _bench_holding(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
             check_static_shapes(entries, settings)
             check_report_folder(out, args.force)
             runs.append(ProfileRun(profile, entries, settings, out))
-        from sdopt.fsutil import folder_lock
+        from sdopt.locks import folder_lock
 
         for run in runs:  # each report folder held to the end, as run_bench holds its -o: a second bench into it is refused
             held.enter_context(folder_lock(run.out, "bench", "-o"))
