@@ -361,6 +361,17 @@ def test_empty_prompt_file_is_refused(tmp_path):
         read_prompts(tmp_path / "prompts.txt")
 
 
+def test_empty_seeds_and_prompts_flags_are_refused_not_taken_as_not_given(tiny_model, tmp_path, capsys):
+    """--seeds "" benched the default seeds without a word (--seeds , was refused), and --prompts "" was "prompt file .
+    is a folder" (qa64)."""
+    from sdopt.cli import main
+
+    for flag, says in (("--seeds=", "no seeds to run: give --seeds 0,1,2"), ("--prompts=", "prompt file '': no file named")):
+        for command in (["bench", str(tiny_model), "--reference", str(tiny_model)], ["optimize", str(tiny_model), "--quick"]):
+            assert main([*command, "-o", str(tmp_path / "out"), flag]) == 2
+            assert says in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
 def test_a_device_no_backend_runs_on_is_refused_before_the_bench():
     """--device tpu: every artifact failed, then the report's matmul peak probe was a torch traceback (raw/ left alone)."""
     with pytest.raises(SdoptError, match="--device tpu: no backend runs on it; give one of .*cpu, cuda"):

@@ -18,6 +18,8 @@ def read_prompts(source: str | Path | list[str] | tuple[str, ...], what: str = "
         if not prompts:
             raise SdoptError(f"the {what} list is empty: give at least one prompt")
         return prompts
+    if not str(source).strip():  # Path("") is ".", which was said to be "a folder"
+        raise SdoptError(f"{what} {str(source)!r}: no file named; give a text file with one prompt per line")
     path = Path(source)
     if path.is_dir():  # not "does not exist": it does
         raise SdoptError(f"{what} {path} is a folder: give a text file with one prompt per line")

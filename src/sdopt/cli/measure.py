@@ -43,8 +43,8 @@ def _optimize(args: argparse.Namespace) -> int:
     # Last: the flags above are refused before the model is read (it names the settings a few-step model is benched at).
     settings = BenchSettings.resolve(
         None, model_defaults(args.model), say,  # what the user did not give: the model's own where it is a few-step one
-        prompts=read_prompts(args.prompts) if args.prompts else None,
-        seeds=int_list(args.seeds, "--seeds") if args.seeds else None,
+        prompts=read_prompts(args.prompts) if args.prompts is not None else None,
+        seeds=int_list(args.seeds, "--seeds") if args.seeds is not None else None,
         steps=args.steps, height=args.height, width=args.width, guidance_scale=args.guidance,
         scheduler=args.scheduler, eta=args.eta, runs=args.runs, device=args.device, rounds=args.rounds, worker_start=args.worker_start,
         init_image=args.init_image, mask_image=args.mask, strength=args.strength,
@@ -120,8 +120,8 @@ def _bench_holding(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
         raise SdoptError("--work and --only go with --build-from MODEL (building a profile's artifacts)")
     elif not args.artifacts or not args.reference:
         raise SdoptError("give the artifacts to measure and --reference (or --profile NAME --build-from MODEL --work DIR)")
-    prompts = read_prompts(args.prompts) if args.prompts else None
-    seeds = int_list(args.seeds, "--seeds") if args.seeds else None
+    prompts = read_prompts(args.prompts) if args.prompts is not None else None
+    seeds = int_list(args.seeds, "--seeds") if args.seeds is not None else None
     say = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr))
     plans, not_built = [], {}
     model = model_defaults(args.build_from or args.reference)  # a few-step model's own steps, guidance and sampler

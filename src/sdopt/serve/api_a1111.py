@@ -294,7 +294,7 @@ def _mask(request: Request, body: Img2ImgRequest, size: tuple[int, int]):
 @router.post("/sdapi/v1/img2img", response_model=ImagesResponse)
 async def img2img(request: Request, body: Img2ImgRequest) -> dict[str, Any]:
     # Off the event loop, which answers every other client meanwhile (progress, /metrics, their requests): decoding
-    # images up to --max-input-pixels, the mask's blur, the resize and the inpainting fill take a second or more.
+    # images up to the input-pixel limit (16 x --max-pixels), the mask's blur, the resize and the inpainting fill take a second or more.
     spec, finish = await asyncio.to_thread(_img2img_job, request, body)
     return await _run(request, body, spec, finish=finish)
 
