@@ -203,6 +203,9 @@ def test_sd2_v_prediction_matches_diffusers(tmp_path_factory):
     assert pipe.scheduler.config.prediction_type == "v_prediction"
     ours = sdopt.load(folder)
     assert ours.manifest.family == "stable-diffusion"
+    from sdopt.inspect_artifact import describe, format_description  # inspect says it: nothing it showed did (qa65)
+
+    assert "scheduler  DDIMScheduler (the model's own), prediction_type=v_prediction" in format_description(describe(folder))
     for scheduler in ("ddim", "euler"):
         _check_parity(ours, pipe, GenerateRequest(**SMALL, scheduler=scheduler, negative_prompt="blurry"), scheduler)
 

@@ -133,7 +133,8 @@ def test_a_folder_of_several_variants_loads_its_fp16_weights(tiny_model, tmp_pat
 
 def test_inspect_text_names_backend_components_and_sizes(tiny_model):
     text = format_description(describe(tiny_model))
-    for word in ("backend    torch", "precision  fp32", "unet", "text_encoder", "vae_decoder", "MiB", "fingerprint"):
+    for word in ("backend    torch", "precision  fp32", "unet", "text_encoder", "vae_decoder", "MiB", "fingerprint",
+                 "scheduler  PNDMScheduler (the model's own), prediction_type=epsilon"):
         assert word in text
 
 

@@ -41,7 +41,22 @@ def describe(path: str | Path, verify: bool = True) -> dict[str, Any]:
     from sdopt.runtime.request_defaults import request_defaults
 
     data["request_defaults"] = asdict(request_defaults(manifest.model, manifest.export))  # what generate and serve run by default
+    data["scheduler_config"] = _scheduler_summary(folder / manifest.scheduler / "scheduler_config.json")
     return data
+
+
+def _scheduler_summary(path: Path) -> dict[str, Any] | None:
+    """The scheduler the artifact carries and what its UNet predicts (epsilon, v_prediction: an SD 2.x 768 model's),
+    which nothing else shown says; None where the file cannot be read."""
+    import json
+
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    return {"class": config.get("_class_name"), "prediction_type": config.get("prediction_type", "epsilon")}
 
 
 def _mib(n: int) -> str:
@@ -87,6 +102,8 @@ def format_description(d: dict[str, Any]) -> str:
     lines.append(f"source     {_origin(src)}  fingerprint {str(src.get('fingerprint') or 'unknown')[:16]}")
     if d.get("model"):
         lines.append("model      " + ", ".join(f"{k}={v}" for k, v in d["model"].items()))
+    if scheduler := d.get("scheduler_config"):
+        lines.append(f"scheduler  {scheduler['class']} (the model's own), prediction_type={scheduler['prediction_type']}")
     from sdopt.embeddings import vectors_text
 
     for embedding in (d.get("export") or {}).get("embeddings") or []:  # fused at export (sdopt.embeddings)
