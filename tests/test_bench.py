@@ -977,6 +977,21 @@ def test_the_image_grid_labels_no_artifact_reference_when_the_reference_failed(t
     assert "<div class='ref'>reference</div><figcaption>tiny</figcaption>" in _image_grid(report, tmp_path)
 
 
+def test_a_small_real_share_of_peak_or_stage_time_is_not_printed_as_zero():
+    """The tiny torchao int8 UNet's 0.43% of the probed peak read "0%" in the table and its per-stage note, as if
+    nothing had been computed; a GPU's 0.03 ms stage read "0.0" ms."""
+    from sdopt.bench.report import markdown
+
+    report = _small_report()
+    report["artifacts"][0].update(compute={"achieved_gflops": 0.2118, "fraction_of_peak": 0.0043},
+                                  stage_compute={"unet_step": {"achieved_gflops": 0.2118, "fraction_of_peak": 0.0043, "precision_probed": "fp32"}})
+    report["artifacts"][0]["stages_s"]["text_encoder"] = 0.00003
+    text = markdown(report)
+    row = next(line for line in text.splitlines() if line.startswith("| tiny |"))
+    assert row.endswith("| 0.2118 | 0.4% |") and "| 0.03 |" in row, row
+    assert "UNet 0.2 (0.4% of fp32)" in text
+
+
 def test_reports_are_written_read_and_printed_under_a_locale_that_is_not_utf8(bench_report, tmp_path):
     """Under a non-UTF-8 locale (LC_ALL=C with PYTHONUTF8=0; a Latin-1 one lacks the dash) sdopt bench ran every
     artifact, then died writing report.md ('ascii' codec can't encode character '\\xd7'): no report at all. The report
