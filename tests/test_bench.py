@@ -992,6 +992,17 @@ def test_a_small_real_share_of_peak_or_stage_time_is_not_printed_as_zero():
     assert "UNet 0.2 (0.4% of fp32)" in text
 
 
+def test_a_pipe_in_an_artifact_name_stays_in_its_markdown_table_cell():
+    """A folder named "tiny-onnx|fp32" split its row's first cell in two: every column after it one to the right."""
+    from sdopt.bench.report import markdown
+
+    report = _small_report()
+    report["artifacts"][0]["name"] = report["reference"] = "tiny-onnx|fp32"
+    table = [line for line in markdown(report).splitlines() if line.startswith("|")]
+    assert len({len(re.split(r"(?<!\\)\|", line)) for line in table}) == 1, table
+    assert table[2].startswith("| tiny-onnx\\|fp32 | torch | fp32 | ok | 1,000.0 |")
+
+
 def test_reports_are_written_read_and_printed_under_a_locale_that_is_not_utf8(bench_report, tmp_path):
     """Under a non-UTF-8 locale (LC_ALL=C with PYTHONUTF8=0; a Latin-1 one lacks the dash) sdopt bench ran every
     artifact, then died writing report.md ('ascii' codec can't encode character '\\xd7'): no report at all. The report

@@ -191,7 +191,7 @@ def markdown(report: dict) -> str:
         lines.append(
             "| "
             + " | ".join(
-                [
+                _cell(c) for c in [
                     r["artifact"], r["backend"], precision_label(r),
                     r["status"] if r["status"] == "ok" else f"**{r['status']}**",
                     _fmt(r["latency_median_s"], "ms"), _fmt(r["latency_p90_s"], "ms"), _fmt(r["speedup_vs_reference"], "x"),
@@ -252,6 +252,11 @@ def markdown(report: dict) -> str:
                   "machine was busy (on a shared 2-core host, one probe read 89 GFLOP/s where an idle one read 208): the probe is no "
                   "ceiling there; bench again on an idle machine to tell which."]
     return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    """A Markdown table cell: a "|" in it (an artifact folder's name) ended the cell, shifting every column after it."""
+    return text.replace("|", "\\|")
 
 
 def _run_note(settings: dict[str, dict]) -> str:
