@@ -1003,6 +1003,19 @@ def test_a_pipe_in_an_artifact_name_stays_in_its_markdown_table_cell():
     assert table[2].startswith("| tiny-onnx\\|fp32 | torch | fp32 | ok | 1,000.0 |")
 
 
+def test_the_request_line_says_the_warm_up_every_worker_runs_under_warmup_0():
+    """--warmup 0 still warmed each worker up once (its first generate), and report.md said "after 0 warm-up"."""
+    from sdopt.bench.report import markdown
+
+    report = _small_report()
+    report["settings"]["warmup"] = 0
+    report["artifacts"][0].update(runs=1, warmups=1)
+    assert "; 1 run(s) after 1 warm-up(s) (--warmup 0: a worker's first generate, of one prompt and seed, always warms up)\n" in markdown(report)
+    report["settings"]["warmup"] = 2
+    report["artifacts"][0]["warmups"] = 2
+    assert "; 1 run(s) after 2 warm-up(s)\n" in markdown(report)
+
+
 def test_reports_are_written_read_and_printed_under_a_locale_that_is_not_utf8(bench_report, tmp_path):
     """Under a non-UTF-8 locale (LC_ALL=C with PYTHONUTF8=0; a Latin-1 one lacks the dash) sdopt bench ran every
     artifact, then died writing report.md ('ascii' codec can't encode character '\\xd7'): no report at all. The report

@@ -158,6 +158,16 @@ def _image_note(req: dict) -> str:
     return f", {what} at {strength}"
 
 
+def _warmup_note(report: dict) -> str:
+    """The warm-ups before the measured runs. A worker's first generate (one prompt and seed) always warms up, so
+    --warmup 0 ran one, which the report's line said was 0."""
+    asked = report["settings"]["warmup"]
+    ran = max((a.get("warmups") or 0 for a in report["artifacts"] if a.get("status") == "ok"), default=0)
+    if ran > asked:
+        return f"{ran} warm-up(s) (--warmup {asked}: a worker's first generate, of one prompt and seed, always warms up)"
+    return f"{asked} warm-up(s)"
+
+
 def _workers_note(worker_start: str) -> str:
     if worker_start == "fork":
         return ("- workers: a process per artifact and round, forked from one that imported its backend "
@@ -176,7 +186,7 @@ def markdown(report: dict) -> str:
         f"- software: sdopt {report['sdopt_version']} (commit {str(machine.get('git_commit'))[:12]}), "
         + ", ".join(f"{k} {v}" for k, v in machine.get("libraries", {}).items()),
         f"- request: {len(req['prompts'])} prompt(s) × seeds {req['seeds']}, {req['steps']} steps, {req['height']}×{req['width']}, "
-        f"guidance {req['guidance_scale']}, scheduler {req['scheduler']}{_eta_note(req)}{_image_note(req)}; {report['settings']['runs']} run(s) after {report['settings']['warmup']} warm-up"
+        f"guidance {req['guidance_scale']}, scheduler {req['scheduler']}{_eta_note(req)}{_image_note(req)}; {report['settings']['runs']} run(s) after {_warmup_note(report)}"
         + (f", in each of {report['settings']['rounds']} rounds (every artifact once per round, the order rotating)" if (report["settings"].get("rounds") or 1) > 1 else ""),
         *([_workers_note(report["settings"]["worker_start"])] if report["settings"].get("worker_start") else []),
         f"- reference: **{report['reference']}**; UNet {_fmt((report.get('unet_flops_per_call') or 0) / 1e9)} GFLOP per call",

@@ -265,7 +265,8 @@ def add_bench(sub) -> None:
                    "for a few-step model (8.5 for an LCM), else 7.5)")
     p.add_argument("--scheduler", help="default: the profile's, else the reference's own for a few-step model (lcm for an LCM), else euler")
     add_eta_flag(p)
-    p.add_argument("--warmup", type=int, help="warm-up generate calls before measuring (default: the profile's, else 1)")
+    p.add_argument("--warmup", type=int, help="warm-up generate calls before measuring (default: the profile's, else 1); the first, of one prompt and "
+                   "seed, always runs: 0 runs it too")
     p.add_argument("--runs", type=int, help="measured passes over all prompts and seeds (default: the profile's, else 3)")
     p.add_argument("--rounds", type=int, default=None, metavar="K",
                    help="go over every artifact K times, the order rotating, each time a fresh process with its warm-up and --runs; "
