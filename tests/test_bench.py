@@ -1016,6 +1016,20 @@ def test_the_request_line_says_the_warm_up_every_worker_runs_under_warmup_0():
     assert "; 1 run(s) after 2 warm-up(s)\n" in markdown(report)
 
 
+def test_an_img2img_reports_tables_show_the_vae_encoders_time(tmp_path, render_html):
+    """The VAE encode was in no table column: an img2img row's stages fell short of its latency by the whole encode."""
+    from sdopt.bench.report import markdown
+
+    report = _small_report()
+    assert "VAE enc" not in markdown(report) and "VAE enc" not in render_html(report, tmp_path)  # txt2img: unchanged
+    report["artifacts"][0]["stages_s"]["vae_encoder"] = 0.463
+    table = [line for line in markdown(report).splitlines() if line.startswith("|")]
+    assert "| UNet step (ms) | VAE enc (ms) | VAE dec (ms) |" in table[0] and len({line.count("|") for line in table}) == 1
+    assert "| 200.0 | 463.0 | 80.0 |" in table[2] and "| – | – | – |" in table[3]
+    page = render_html(report, tmp_path)
+    assert "<th>VAE enc (ms)</th><th>VAE dec (ms)</th>" in page and "<td>200.0</td><td>463.0</td><td>80.0</td>" in page
+
+
 def test_reports_are_written_read_and_printed_under_a_locale_that_is_not_utf8(bench_report, tmp_path):
     """Under a non-UTF-8 locale (LC_ALL=C with PYTHONUTF8=0; a Latin-1 one lacks the dash) sdopt bench ran every
     artifact, then died writing report.md ('ascii' codec can't encode character '\\xd7'): no report at all. The report

@@ -103,6 +103,19 @@ def _fmt(value: Any, kind: str = "") -> str:
     return str(value)
 
 
+def vae_encodes(rows: list[dict]) -> bool:
+    """Whether a row ran the VAE encoder (img2img, inpainting): its time gets a column of its own in the tables, where
+    it was in none, and the stage columns fell short of the latency by the whole encode (the tiny reference's 463 ms)."""
+    return any(r["vae_encoder_s"] is not None for r in rows)
+
+
+def table_header(encodes: bool) -> list[str]:
+    """The results table's columns, in report.md and report.html alike."""
+    return ["artifact", "backend", "precision", "status", "latency median (ms)", "p90 (ms)", "speed-up", "text enc (ms)", "UNet step (ms)",
+            *(["VAE enc (ms)"] if encodes else []), "VAE dec (ms)", "peak mem (MiB)", "size (MiB)", "PSNR (dB)", "SSIM", "adherence",
+            "latent cos", "GFLOP/s", "of peak"]
+
+
 _STAGE_NAMES = {"text_encoder": "text encoder", "unet_step": "UNet", "vae_decoder": "VAE decoder"}
 
 
@@ -179,6 +192,7 @@ def markdown(report: dict) -> str:
     req, machine = report["request"], report["machine"]
     cpu = machine.get("cpu", {})
     gpus = ", ".join(g["name"] for g in machine.get("gpus", [])) or "none"
+    encodes = vae_encodes(flat_rows(report))
     lines = [
         f"# sdopt bench report{' — profile ' + report['profile'] if report.get('profile') else ''}",
         "",
@@ -194,8 +208,8 @@ def markdown(report: dict) -> str:
         *([_cluster_note(report)] if report.get("cluster") else []),
         *[f"- **warning**: {w}" for w in report.get("warnings", [])],
         "",
-        "| artifact | backend | precision | status | latency median (ms) | p90 (ms) | speed-up | text enc (ms) | UNet step (ms) | VAE dec (ms) | peak mem (MiB) | size (MiB) | PSNR (dB) | SSIM | adherence | latent cos | GFLOP/s | of peak |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| " + " | ".join(table_header(encodes)) + " |",
+        "|---|---|---|---|" + "---:|" * (len(table_header(encodes)) - 4),
     ]
     for r in flat_rows(report):
         lines.append(
@@ -205,7 +219,8 @@ def markdown(report: dict) -> str:
                     r["artifact"], r["backend"], precision_label(r),
                     r["status"] if r["status"] == "ok" else f"**{r['status']}**",
                     _fmt(r["latency_median_s"], "ms"), _fmt(r["latency_p90_s"], "ms"), _fmt(r["speedup_vs_reference"], "x"),
-                    _fmt(r["text_encoder_s"], "ms"), _fmt(r["unet_step_s"], "ms"), _fmt(r["vae_decoder_s"], "ms"),
+                    _fmt(r["text_encoder_s"], "ms"), _fmt(r["unet_step_s"], "ms"),
+                    *([_fmt(r["vae_encoder_s"], "ms")] if encodes else []), _fmt(r["vae_decoder_s"], "ms"),
                     _fmt(r["peak_memory_bytes"], "mib"), _fmt(r["size_bytes"], "mib"),
                     _fmt(r["psnr_db"]), _fmt(r["ssim"]), _fmt(r["adherence"]), _fmt(r["latent_cosine"]),
                     _fmt(r["achieved_gflops"]), _fmt(r["fraction_of_peak"], "pct"),
