@@ -1030,6 +1030,20 @@ def test_an_img2img_reports_tables_show_the_vae_encoders_time(tmp_path, render_h
     assert "<th>VAE enc (ms)</th><th>VAE dec (ms)</th>" in page and "<td>200.0</td><td>463.0</td><td>80.0</td>" in page
 
 
+def test_results_csv_writes_counts_and_bytes_as_report_json_has_them(tmp_path, render_html):
+    """A failed row's empty cells turned whole columns float: the CSV read 524288000.0 bytes and 1.0 runs."""
+    import csv
+
+    from sdopt.bench import report as report_module
+
+    report = _small_report()
+    report["artifacts"][0].update(runs=1, warmups=1)
+    paths = report_module.write_reports(report, tmp_path)
+    ok, failed = csv.DictReader(paths["csv"].open())
+    assert (ok["peak_memory_bytes"], ok["runs"], ok["size_bytes"], ok["latency_median_s"]) == ("524288000", "1", "6291456", "1.0")
+    assert failed["peak_memory_bytes"] == failed["runs"] == "" and failed["status"] == "failed"
+
+
 def test_reports_are_written_read_and_printed_under_a_locale_that_is_not_utf8(bench_report, tmp_path):
     """Under a non-UTF-8 locale (LC_ALL=C with PYTHONUTF8=0; a Latin-1 one lacks the dash) sdopt bench ran every
     artifact, then died writing report.md ('ascii' codec can't encode character '\\xd7'): no report at all. The report
