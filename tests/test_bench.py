@@ -977,6 +977,30 @@ def test_the_image_grid_labels_no_artifact_reference_when_the_reference_failed(t
     assert "<div class='ref'>reference</div><figcaption>tiny</figcaption>" in _image_grid(report, tmp_path)
 
 
+def test_the_image_grid_names_the_failed_and_shows_every_prompt_first(tmp_path):
+    """qa68: an artifact that failed before any image had no column and no word (5 rows, 4 columns); one whose images
+    the table marks failed (NaN) was not marked in the grid; and of 3 prompts x 3 seeds the first 4 images in prompt
+    order never showed prompt 3."""
+    from PIL import Image
+
+    from sdopt.bench.html import _image_grid
+
+    report = _small_report()
+    report["request"]["prompts"] = ["p1", "p2", "p3"]
+    (tmp_path / "w").mkdir()
+    samples = [{"prompt_index": p, "seed": s, "image": f"{p}-{s}.png"} for p in range(3) for s in (0, 1, 7)]
+    for sample in samples:
+        Image.new("RGB", (8, 8)).save(tmp_path / "w" / sample["image"])
+    nan = {**report["artifacts"][0], "name": "tiny-nan", "status": "nan"}
+    report["artifacts"] = [{**report["artifacts"][0], "work_dir": "w", "samples": samples}, report["artifacts"][1],
+                           {**nan, "work_dir": "w", "samples": samples}]
+    grid = _image_grid(report, tmp_path)
+    assert "Not shown, having made no images (failed): tiny-bad." in grid
+    assert "<figcaption>tiny-nan · failed (nan)</figcaption>" in grid and "<figcaption>tiny</figcaption>" in grid
+    titles = [line.split("</h3>")[0] for line in grid.split("<h3>")[1:]]
+    assert [t.split("”")[0].split("“")[1] + t.rsplit(" ", 1)[1] for t in titles] == ["p10", "p11", "p20", "p30"]
+
+
 def test_a_small_real_share_of_peak_or_stage_time_is_not_printed_as_zero():
     """The tiny torchao int8 UNet's 0.43% of the probed peak read "0%" in the table and its per-stage note, as if
     nothing had been computed; a GPU's 0.03 ms stage read "0.0" ms."""

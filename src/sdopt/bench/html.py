@@ -175,7 +175,20 @@ def _image_grid(report: dict, out: Path) -> str:
     # "reference", as under the reference itself.
     parts = [] if ref else [f"<p>The reference, {html.escape(str(report['reference']))}, made no images (it failed): "
                             "no difference maps.</p>"]
-    for sample_index, sample in enumerate(artifacts[0]["samples"][:_MAX_GRID_SAMPLES]):
+    # An artifact that failed before making an image has no column: said, where the table has its row
+    unseen = [a["name"] for a in report["artifacts"] if not a.get("samples") and a["name"] != report["reference"]]
+    if unseen:
+        parts.append(f"<p>Not shown, having made no images (failed): {html.escape(', '.join(map(str, unseen)))}.</p>")
+    samples = artifacts[0]["samples"]
+    # Every prompt's first seed before any prompt's second: the first _MAX_GRID_SAMPLES in prompt order left the last
+    # prompts of a bench with several seeds out of the grid.
+    turn, count = [], {}  # each sample's place among its prompt's seeds
+    for s in samples:
+        turn.append(count.get(s["prompt_index"], 0))
+        count[s["prompt_index"]] = turn[-1] + 1
+    shown = sorted(sorted(range(len(samples)), key=lambda i: (turn[i], samples[i]["prompt_index"]))[:_MAX_GRID_SAMPLES])
+    for sample_index in shown:
+        sample = samples[sample_index]
         title = f"prompt {sample['prompt_index'] + 1} “{html.escape(prompts[sample['prompt_index']])}”, seed {sample['seed']}"
         ref_img = np.asarray(Image.open(out / ref["work_dir"] / ref["samples"][sample_index]["image"]).convert("RGB")) if ref else None
         cells = []
@@ -183,6 +196,8 @@ def _image_grid(report: dict, out: Path) -> str:
             this = a["samples"][sample_index]
             img = np.asarray(Image.open(out / a["work_dir"] / this["image"]).convert("RGB"))
             score = f" · adherence {this['adherence']:.2f}" if this.get("adherence") is not None else ""
+            if a.get("status") != "ok":  # images from a row the table marks failed (NaN, all black): marked here too
+                score += f" · failed ({html.escape(str(a.get('status')))})"
             heat = _diff_heatmap(ref_img, img) if ref_img is not None and a is not ref else None
             cells.append(
                 f"<figure><img src='{_image_uri(img)}' alt='{html.escape(a['name'])}'>"
@@ -193,8 +208,8 @@ def _image_grid(report: dict, out: Path) -> str:
         parts.append(f"<h3>{title}</h3><div class='grid'>{''.join(cells)}</div>")
     total = len(artifacts[0]["samples"])
     if total > _MAX_GRID_SAMPLES:
-        parts.append(f"<p>The first {_MAX_GRID_SAMPLES} of the {total} images each artifact made (prompts × seeds) are shown; the "
-                     "tables count them all, and every one is under raw/.</p>")
+        parts.append(f"<p>{_MAX_GRID_SAMPLES} of the {total} images each artifact made (prompts × seeds) are shown, each prompt's "
+                     "first seed first; the tables count them all, and every one is under raw/.</p>")
     return "\n".join(parts)
 
 
