@@ -29,10 +29,31 @@ def test_openai_sdk_generates_decodable_images(tiny_pipeline):
     openai = pytest.importorskip("openai", reason="pip install 'sdopt[serve-test]'")
     with running_server(tiny_pipeline, api_key=KEY) as (url, app):
         client = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
-        result = client.images.generate(model="tiny", prompt="a red circle", n=2, size="64x64", response_format="b64_json", output_format="jpeg")
+        result = client.images.generate(model="tiny", prompt="a red circle", n=2, size="64x64", response_format="b64_json")
         images = [png(item.b64_json) for item in result.data]
         assert [im.size for im in images] == [(64, 64), (64, 64)]
-        assert result.output_format == "png" and {im.format for im in images} == {"PNG"}  # what is sent, whatever was asked (None before)
+        assert result.output_format == "png" and {im.format for im in images} == {"PNG"}  # what is sent (None before)
+        # output_format and output_compression: was always PNG whatever was asked. JPEG and WebP carry the parameters
+        # in their EXIF, as AUTOMATIC1111 writes them; a lower quality makes a smaller file.
+        from sdopt.infotext import parameters_text
+
+        seed = result_seed(result)
+        for fmt in ("jpeg", "webp"):
+            sent = client.images.generate(model="tiny", prompt="a red circle", size="64x64", output_format=fmt, extra_body={"sdopt_seed": seed})
+            small = client.images.generate(model="tiny", prompt="a red circle", size="64x64", output_format=fmt, output_compression=10,
+                                           extra_body={"sdopt_seed": seed})
+            full, low = png(sent.data[0].b64_json), png(small.data[0].b64_json)
+            assert sent.output_format == fmt and full.format == fmt.upper() and f"Seed: {seed}," in parameters_text(full)
+            assert len(small.data[0].b64_json) < len(sent.data[0].b64_json)
+            off = [np.abs(np.asarray(full, dtype=int) - np.asarray(im, dtype=int)).mean() for im in images]
+            assert off[0] < off[1] / 2  # its own seed's image, encoded (JPEG halves the colour: ~11 levels on noise), not another
+            link = client.images.generate(model="tiny", prompt="x", size="64x64", response_format="url", output_format=fmt,
+                                          output_compression=50).data[0].url
+            got = httpx.get(link)
+            assert got.status_code == 200 and got.headers["content-type"] == f"image/{fmt}" and f"/0.{fmt}?" in link
+            assert httpx.get(link.replace("q=50", "q=90")).status_code == 403  # its quality is signed with it
+        with pytest.raises(openai.UnprocessableEntityError, match="output_format"):
+            client.images.generate(model="tiny", prompt="x", size="64x64", output_format="gif")
         assert result.created > 0
         assert [m.id for m in client.models.list().data] == ["tiny"]
         # No size (or "auto"): the model's own, 64x64 for the tiny model (512x512 for SD 1.5).
@@ -227,6 +248,9 @@ def test_openai_sdk_edits_inpaint_where_the_mask_is_transparent(tiny_pipeline):
 
         listed = client.images.edit(image=[("cut.png", png_bytes(cut_out))], prompt="a red apple", extra_body={"sdopt_seed": 5})
         assert listed.data[0].b64_json == edited.data[0].b64_json  # a list of one image: the SDK's image[] field
+        webp = client.images.edit(image=("cut.png", png_bytes(cut_out)), prompt="a red apple", output_format="webp",
+                                  extra_body={"sdopt_seed": 5, "output_compression": 40})
+        assert webp.output_format == "webp" and png(webp.data[0].b64_json).format == "WEBP"  # the form's fields, as JSON's
         # Several images (gpt-image-1's references): refused, saying what to send; never the first alone in silence.
         for count in (2, 5):
             with pytest.raises(openai.UnprocessableEntityError, match="one image per request .* send only the image to edit") as refused:

@@ -5,8 +5,9 @@ minutes without the API key, as OpenAI's (serve/image_links.py: across restarts
 with ``sdopt serve --image-dir``); b64_json is the default. Behind several replicas (``--ray``) a link could reach a replica that
 does not hold the image, so there it is refused with a 400 that says so, unless ``--image-dir`` names a folder they all see
 (each writes its images and reads the links' key there, so any of them answers any link).
-Fields OpenAI's newer models take (quality, style, background, ...) are
-accepted and have no effect on an SD model.
+``output_format`` (png, jpeg, webp) and ``output_compression`` (their quality, 100 by default as OpenAI's) choose the
+files sent, each with its generation parameters. Fields OpenAI's newer models take (quality, style, background, ...)
+are accepted and have no effect on an SD model.
 
 An edit is inpainting where OpenAI's mask is fully transparent (alpha 0) — the
 mask's, or the image's own when no mask is sent, as OpenAI reads it — and
@@ -20,6 +21,7 @@ it serves its ``--scheduler``).
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
 import time
 from typing import Any, Literal
@@ -34,7 +36,7 @@ from sdopt.serve.errors import RequestError
 from sdopt.serve.submission import (LEVER_NAMES, cache_interval_field, clip_skip_field, default_size, failure_status, guidance_end_field, random_seed, submit, wait,
                                     with_server_defaults)
 from sdopt.request import MAX_CLIP_SKIP, MAX_GUIDANCE, MAX_SEED
-from sdopt.serve.images import encode_png, has_alpha, png_bytes, read_image
+from sdopt.serve.images import OUTPUT_FORMATS, has_alpha, image_bytes, read_image
 from sdopt.serve.worker import IMAGES_KEPT
 
 router = APIRouter(tags=["openai"])
@@ -49,6 +51,10 @@ class ImageGeneration(BaseModel):
     n: int | None = Field(1, ge=1, le=10)
     size: str | None = Field("auto", description="WIDTHxHEIGHT, or auto: the model's own size (512x512 for SD 1.5)")
     response_format: Literal["b64_json", "url"] | None = "b64_json"
+    output_format: Literal["png", "jpeg", "webp"] | None = Field("png", description="the images' file format; each carries its "
+                                                                 "generation parameters (a PNG's text chunk, a JPEG's or WebP's EXIF)")
+    output_compression: int | None = Field(None, ge=0, le=100, description="jpeg and webp: the quality, 0 to 100 (default 100, as "
+                                                                           "OpenAI's); ignored for png")
     user: str | None = None
     stream: bool | None = Field(None, description="refused when true: the answer is the finished images (see POST /v1/jobs for progress)")
     # sdopt's own (the OpenAI SDK sends them with extra_body={...}).
@@ -104,42 +110,64 @@ def _check_model_and_format(request: Request, model: str | None, response_format
                                               "hold the image; give it, or ask for b64_json", status=400)
 
 
-async def _answer(request: Request, spec: J.JobSpec, names: dict[str, str], response_format: str | None) -> dict[str, Any]:
+def _encoding(output_format: str | None, compression: int | None) -> tuple[str, int | None]:
+    """(format, quality) of OpenAI's output_format and output_compression: quality 100 by default for JPEG and WebP,
+    as OpenAI's; none for PNG, which is lossless."""
+    output_format = output_format or "png"
+    if output_format not in OUTPUT_FORMATS:
+        raise RequestError("output_format", f"output_format={output_format!r}: give png, jpeg or webp", status=400)
+    return output_format, None if output_format == "png" else (100 if compression is None else compression)
+
+
+async def _answer(request: Request, spec: J.JobSpec, names: dict[str, str], response_format: str | None,
+                  encoding: tuple[str, int | None] = ("png", None)) -> dict[str, Any]:
     # submitted off the event loop: a 32,000-character prompt's chunks (with emphasis) take ~0.4 s to count, and wait for
     # the tokenizer while the worker encodes a batch
     job = await wait(await asyncio.to_thread(submit, request, spec, "openai", names=names), request)
     if job.status != J.SUCCEEDED:
         raise RequestError("prompt", f"the image was not made: {job.status} ({job.error})", status=failure_status(job))
+    output_format, quality = encoding
     if response_format == "url":
         links = request.app.state.image_links
         if links.folder is not None:  # --image-dir: the links outlive this process and the jobs kept in memory
-            # the PNGs encoded there too: seconds of a large batch off the event loop, which serves every other request
-            await asyncio.to_thread(lambda: links.keep(job.id, [png_bytes(im) for im in job.images]))
-        data = [{"url": links.url(str(request.base_url), job.id, i, job.finished), "revised_prompt": None} for i in range(len(job.images))]
+            # the files encoded there too: seconds of a large batch off the event loop, which serves every other request
+            await asyncio.to_thread(lambda: links.keep(job.id, [image_bytes(im, output_format, quality) for im in job.images], output_format))
+        data = [{"url": links.url(str(request.base_url), job.id, i, job.finished, output_format, quality), "revised_prompt": None}
+                for i in range(len(job.images))]
     else:
         # encoded off the event loop, as above
-        data = await asyncio.to_thread(lambda: [{"b64_json": encode_png(im), "revised_prompt": None} for im in job.images])
-    # Always PNG, whatever output_format asked (its text chunk carries the parameters; the links are .png files): said, as
-    # OpenAI's answer says the format it sent, so a client that asked for jpeg or webp does not read PNG bytes as those.
+        data = await asyncio.to_thread(lambda: [{"b64_json": base64.b64encode(image_bytes(im, output_format, quality)).decode("ascii"),
+                                                 "revised_prompt": None} for im in job.images])
+    # output_format: said, as OpenAI's answer says the format it sent.
     # sdopt_warnings: what the pipeline warned of (a prompt cut at the text encoder's tokens, ...), which a client saw nowhere
-    return {"created": int(job.finished or time.time()), "data": data, "output_format": "png", "sdopt_warnings": job.warnings}
+    return {"created": int(job.finished or time.time()), "data": data, "output_format": output_format, "sdopt_warnings": job.warnings}
 
 
 # Outside the API key (a link is its own credential), so the router is included without it (app.py).
 files_router = APIRouter(tags=["openai"])
 
 
-@files_router.get(image_links.PATH + "/{job_id}/{index}.png", response_class=Response)
-def image_file(request: Request, job_id: str, index: int, expires: int, signature: str, k: str | None = None) -> Response:
-    """An image a response_format=url answer links to (k: which key signed it, serve/image_links.py)."""
+_FILE_NAME = re.compile(r"([0-9]{1,6})\.(png|jpeg|webp)")
+
+
+@files_router.get(image_links.PATH + "/{job_id}/{name}", response_class=Response)
+def image_file(request: Request, job_id: str, name: str, expires: int, signature: str, k: str | None = None,
+               q: int | None = None) -> Response:
+    """An image a response_format=url answer links to: ``name`` INDEX.FORMAT (png, jpeg, webp), ``q`` its quality (k:
+    which key signed it, serve/image_links.py)."""
+    named = _FILE_NAME.fullmatch(name)
+    if named is None:
+        raise RequestError("url", "no such image file: a link names INDEX.png, INDEX.jpeg or INDEX.webp", status=404)
+    index, output_format = int(named.group(1)), named.group(2)
     links = request.app.state.image_links
-    links.check(job_id, index, expires, signature, k)
+    links.check(job_id, index, expires, signature, k, output_format, q)
+    media_type = OUTPUT_FORMATS[output_format][1]
     job = request.app.state.worker.jobs.get(job_id)
     if job is not None and not job.images_dropped and 0 <= index < len(job.images):
-        return Response(png_bytes(job.images[index]), media_type="image/png")
-    stored = links.stored(job_id, index)
+        return Response(image_bytes(job.images[index], output_format, q), media_type=media_type)
+    stored = links.stored(job_id, index, output_format)
     if stored is not None:
-        return Response(stored, media_type="image/png")
+        return Response(stored, media_type=media_type)
     kept = (f"the server keeps the images of its newest {IMAGES_KEPT} jobs, and none across a restart; "
             "`sdopt serve --image-dir DIR` keeps them on disk for the links' lifetime" if links.folder is None else
             f"it is not in {links.folder} any more")
@@ -149,12 +177,13 @@ def image_file(request: Request, job_id: str, index: int, expires: int, signatur
 @router.post("/v1/images/generations")
 async def generations(request: Request, body: ImageGeneration) -> dict[str, Any]:
     _check_model_and_format(request, body.model, body.response_format, bool(body.stream))
+    encoding = _encoding(body.output_format, body.output_compression)
     width, height = _size(body.size, default_size(request.app.state.worker.pipeline))
     spec = J.JobSpec(prompt=body.prompt, negative_prompt=body.sdopt_negative_prompt, n=body.n or 1, prompt_emphasis=body.sdopt_prompt_emphasis,
                      clip_skip=body.sdopt_clip_skip, seed=body.sdopt_seed if body.sdopt_seed is not None else random_seed(),
                      width=width, height=height, cache_interval=body.sdopt_cache_interval, guidance_end=body.sdopt_guidance_end,
                      **with_server_defaults(request.app.state.settings, body.sdopt_steps, body.sdopt_guidance_scale))
-    return await _answer(request, spec, OPENAI_NAMES, body.response_format)
+    return await _answer(request, spec, OPENAI_NAMES, body.response_format, encoding)
 
 
 # --- images.edit: multipart/form-data, as OpenAI's SDK sends it ---------------------------------------------
@@ -170,6 +199,8 @@ EDIT_FORM = {
         "n": {"type": "integer", "minimum": 1, "maximum": 10, "default": 1},
         "size": {"type": "string", "description": "WIDTHxHEIGHT, or auto (default): the image's size, rounded down to a multiple of 8"},
         "response_format": {"type": "string", "enum": ["b64_json", "url"], "default": "b64_json"},
+        "output_format": {"type": "string", "enum": ["png", "jpeg", "webp"], "default": "png"},
+        "output_compression": {"type": "integer", "minimum": 0, "maximum": 100, "description": "jpeg and webp: the quality (default 100)"},
         "stream": {"type": "boolean", "description": "refused when true: the answer is the finished images"},
         "sdopt_strength": {"type": "number", "exclusiveMinimum": 0, "maximum": 1,
                            "description": "how much of the schedule runs on the image (default 1 where a mask is transparent: the area is "
@@ -267,6 +298,8 @@ async def edits(request: Request) -> dict[str, Any]:
     stream = form.get("stream")
     _check_model_and_format(request, model if isinstance(model, str) else None, response_format if isinstance(response_format, str) else None,
                             isinstance(stream, str) and stream.strip().lower() in ("true", "1"))  # the SDK's form says "true"
+    output_format = form.get("output_format")
+    encoding = _encoding(output_format if isinstance(output_format, str) else None, _number(form, "output_compression", int, low=0, high=100))
     image = await _file(form, ("image", "image[]"), settings)
     if image is None:
         raise RequestError("image", "give the image to edit (a PNG, JPEG or WebP file)")
@@ -286,7 +319,7 @@ async def edits(request: Request) -> dict[str, Any]:
                      clip_skip=_number(form, "sdopt_clip_skip", int, low=1, high=MAX_CLIP_SKIP) or 1,
                      **with_server_defaults(settings, _number(form, "sdopt_steps", int, low=1),
                                             _number(form, "sdopt_guidance_scale", float, low=0, high=MAX_GUIDANCE)))
-    return await _answer(request, spec, EDIT_NAMES, response_format if isinstance(response_format, str) else None)
+    return await _answer(request, spec, EDIT_NAMES, response_format if isinstance(response_format, str) else None, encoding)
 
 
 def _model(name: str, created: float) -> dict[str, Any]:

@@ -7,7 +7,7 @@ link from before a restart is told apart from a tampered one: the first is gone 
 
 Where the images live: by default in memory, with the job (the newest ``IMAGES_KEPT`` jobs', serve/worker.py), under
 a key drawn at start, so a restart ends every link. With ``sdopt serve --image-dir DIR`` the server also writes each
-linked image to ``DIR/JOB/N.png`` and keeps its key in ``DIR/link-key``: a link then works for its whole 60 minutes,
+linked image to ``DIR/JOB/N.png`` (``.jpeg``, ``.webp`` as asked) and keeps its key in ``DIR/link-key``: a link then works for its whole 60 minutes,
 across restarts and however many jobs ran since. Files older than a link's lifetime are deleted as new ones are
 written.
 """
@@ -47,19 +47,26 @@ class ImageLinks:
         if self.folder is not None:
             self._sweep()
 
-    def _signature(self, job_id: str, index: int, expires: int) -> str:
-        return hmac.new(self._key, f"{job_id}/{index}/{expires}".encode(), hashlib.sha256).hexdigest()[:32]
+    def _signature(self, job_id: str, index: int, expires: int, output_format: str = "png", quality: int | None = None) -> str:
+        # A PNG link signs what it signed before JPEG and WebP were sent (links made then still answer); the others sign
+        # their format and quality too, so a link cannot be changed into another encoding of the image.
+        encoding = "" if (output_format, quality) == ("png", None) else f"/{output_format}/{quality}"
+        return hmac.new(self._key, f"{job_id}/{index}/{expires}{encoding}".encode(), hashlib.sha256).hexdigest()[:32]
 
-    def url(self, base_url: str, job_id: str, index: int, now: float | None = None) -> str:
-        """The link to image ``index`` of job ``job_id``; base_url: the server's as the client reached it."""
+    def url(self, base_url: str, job_id: str, index: int, now: float | None = None, output_format: str = "png",
+            quality: int | None = None) -> str:
+        """The link to image ``index`` of job ``job_id`` as a file of ``output_format`` (png, jpeg, webp) at ``quality``;
+        base_url: the server's as the client reached it."""
         expires = int((time.time() if now is None else now) + LIFETIME_S)
-        return (f"{base_url.rstrip('/')}{PATH}/{job_id}/{index}.png?expires={expires}&signature={self._signature(job_id, index, expires)}"
-                f"&k={self.key_id}")
+        signature = self._signature(job_id, index, expires, output_format, quality)
+        return (f"{base_url.rstrip('/')}{PATH}/{job_id}/{index}.{output_format}?expires={expires}&signature={signature}"
+                f"&k={self.key_id}" + (f"&q={quality}" if quality is not None else ""))
 
-    def check(self, job_id: str, index: int, expires: int, signature: str, key_id: str | None = None) -> None:
+    def check(self, job_id: str, index: int, expires: int, signature: str, key_id: str | None = None, output_format: str = "png",
+              quality: int | None = None) -> None:
         """A RequestError unless the link was made here (403; 410 when made under a key this server no longer has: before
         a restart) and is unexpired (410)."""
-        if not hmac.compare_digest(signature.encode(), self._signature(job_id, index, expires).encode()):
+        if not hmac.compare_digest(signature.encode(), self._signature(job_id, index, expires, output_format, quality).encode()):
             if key_id is not None and key_id != self.key_id:
                 keep = ("" if self.folder is None else
                         f" (it was made under another key than the one in {self.folder / KEY_FILE}: before a restart without --image-dir, "
@@ -70,18 +77,19 @@ class ImageLinks:
         if time.time() > expires:
             raise RequestError("expires", f"this image link expired {LIFETIME_S // 60} minutes after the image was made: generate it again", status=410)
 
-    def keep(self, job_id: str, pngs: list[bytes]) -> None:
-        """Write a job's linked images (PNG files' bytes) under the folder, each in place whole or not at all."""
+    def keep(self, job_id: str, files: list[bytes], output_format: str = "png") -> None:
+        """Write a job's linked images (the files' bytes, of ``output_format``) under the folder, each in place whole or
+        not at all."""
         if self.folder is None:
             return
         self._sweep()
         job_folder = self.folder / job_id
         try:
             job_folder.mkdir(exist_ok=True)
-            for index, data in enumerate(pngs):
+            for index, data in enumerate(files):
                 temporary = _written(job_folder, data, suffix=".tmp")
                 try:
-                    os.replace(temporary, job_folder / f"{index}.png")
+                    os.replace(temporary, job_folder / f"{index}.{output_format}")
                 except BaseException:
                     os.unlink(temporary)
                     raise
@@ -93,12 +101,12 @@ class ImageLinks:
             raise RequestError("response_format", f"the image was made, but the server cannot keep it for its link (--image-dir: {why}): "
                                                   "ask for response_format=b64_json", status=507 if full else 500) from exc
 
-    def stored(self, job_id: str, index: int) -> bytes | None:
+    def stored(self, job_id: str, index: int, output_format: str = "png") -> bytes | None:
         """An image ``keep`` wrote, None when there is none (no folder, or deleted)."""
-        if self.folder is None or not _JOB_ID.fullmatch(job_id) or index < 0:
+        if self.folder is None or not _JOB_ID.fullmatch(job_id) or index < 0 or not output_format.isalpha():
             return None
         try:
-            return (self.folder / job_id / f"{index}.png").read_bytes()
+            return (self.folder / job_id / f"{index}.{output_format}").read_bytes()
         except OSError:
             return None
 

@@ -79,13 +79,26 @@ def flatten(image, background: str = "#ffffff"):
     return laid.convert("RGB")
 
 
+# OpenAI's output_format -> PIL's format name and the media type sent
+OUTPUT_FORMATS = {"png": ("PNG", "image/png"), "jpeg": ("JPEG", "image/jpeg"), "webp": ("WEBP", "image/webp")}
+
+
+def image_bytes(image, output_format: str = "png", quality: int | None = None) -> bytes:
+    """A PIL image as a file of ``output_format`` (OUTPUT_FORMATS), with its generation parameters where AUTOMATIC1111
+    writes them (sdopt.infotext.save_options: a PNG's text chunk, a JPEG's or WebP's EXIF); ``quality`` 0-100 for
+    JPEG and WebP (None: PIL's default)."""
+    from sdopt.infotext import save_options
+
+    pil_format = OUTPUT_FORMATS[output_format][0]
+    buffer = io.BytesIO()
+    image.save(buffer, format=pil_format, **save_options(image, pil_format),
+               **({"quality": quality} if quality is not None and pil_format != "PNG" else {}))
+    return buffer.getvalue()
+
+
 def png_bytes(image) -> bytes:
     """A PIL image as a PNG file, with its generation parameters (sdopt.infotext), as AUTOMATIC1111's API sends them."""
-    from sdopt.infotext import png_info
-
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=png_info(image))
-    return buffer.getvalue()
+    return image_bytes(image, "png")
 
 
 def encode_png(image) -> str:
