@@ -19,27 +19,34 @@ pytest.importorskip("pandas")
 
 LINUX = sys.platform.startswith("linux")
 
-_IMPORTED_BY_LOAD = textwrap.dedent("""
+_IMPORTED_BY_A_WORKER = textwrap.dedent("""
     import json, sys
     import sdopt
-    sdopt.load(sys.argv[1], device="cpu")
-    print(json.dumps([m for m in sys.argv[2:] if m not in sys.modules]))
+    pipe = sdopt.load(sys.argv[1], device="cpu")
+    pipe.generate(sdopt.GenerateRequest(prompt="a", steps=1))  # a worker generates: the scheduler is built here
+    print(json.dumps({"not_imported": [m for m in sys.argv[2:] if m not in sys.modules],
+                      "libraries": [m for m in ("torch", "diffusers", "transformers", "onnxruntime", "openvino") if m in sys.modules]}))
 """)
 
 
-def test_the_server_imports_nothing_a_cold_worker_of_its_backend_would_not(tiny_model, tiny_ov, tiny_onnx_artifact):
-    # A module the server imported and the artifact's load would not is memory only the forked
+def test_the_server_imports_what_a_cold_worker_of_its_backend_would_and_nothing_more(tiny_model, tiny_ov, tiny_onnx_artifact):
+    # A module the server imported and the artifact's worker would not is memory only the forked
     # worker holds: every preloaded module must be one a fresh process loading the plainest artifact
-    # of that backend imports anyway (a quantized one imports more, never less).
+    # of that backend and generating with it imports anyway (a quantized one imports more, never less).
+    # And the heavy libraries it imports are preloaded: ONNX and OpenVINO workers imported Diffusers and
+    # torch (for the scheduler) again in each first generate, seconds each.
     artifacts = {"torch": tiny_model, "openvino": tiny_ov, "onnxruntime": tiny_onnx_artifact}
     assert set(artifacts) == set(PRELOADS)
-    procs = {backend: subprocess.Popen([sys.executable, "-c", _IMPORTED_BY_LOAD, str(path), *PRELOADS[backend]],
+    procs = {backend: subprocess.Popen([sys.executable, "-c", _IMPORTED_BY_A_WORKER, str(path), *PRELOADS[backend]],
                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for backend, path in artifacts.items()}
     for backend, proc in procs.items():
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err
-        assert json.loads(out.splitlines()[-1]) == [], f"{backend}: preloaded but not imported by its load"
+        imported = json.loads(out.splitlines()[-1])
+        assert imported["not_imported"] == [], f"{backend}: preloaded but not imported by its worker"
+        preloaded = {name.split(".")[0] for name in PRELOADS[backend]}
+        assert [m for m in imported["libraries"] if m not in preloaded] == [], f"{backend}: imported by every worker, not preloaded"
 
 
 def test_which_workers_are_forked():

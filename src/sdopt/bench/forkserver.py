@@ -44,13 +44,15 @@ import threading
 import time
 from pathlib import Path
 
-# What loading any artifact of the backend imports anyway (never more: a module a worker would not
-# import would count in its peak memory). Diffusers' model and scheduler packages pull in torch,
-# transformers, peft, accelerate, scipy and torchao; the exported backends' load reads the tokenizer.
+# What loading and running any artifact of the backend imports anyway (never more: a module a worker
+# would not import would count in its peak memory). Diffusers' model and scheduler packages pull in
+# torch, transformers, peft, accelerate, scipy and torchao; the exported backends' load reads the
+# tokenizer, and their first generate builds a Diffusers scheduler, which imports Diffusers and torch
+# (3-5 s that every ONNX and OpenVINO worker spent in its first generate, imported again each time).
 PRELOADS: dict[str, tuple[str, ...]] = {
     "torch": ("torch", "diffusers.models.autoencoders", "diffusers.models.unets", "diffusers.schedulers", "transformers"),
-    "openvino": ("openvino", "transformers"),
-    "onnxruntime": ("onnxruntime", "transformers"),
+    "openvino": ("openvino", "transformers", "torch", "diffusers.schedulers"),
+    "onnxruntime": ("onnxruntime", "transformers", "torch", "diffusers.schedulers"),
 }
 WORKER_STARTS = ("fork", "cold")
 
