@@ -1121,37 +1121,6 @@ def test_page_fits_a_phone_width(tiny_pipeline):
 
 
 # --- the command line ------------------------------------------------------------------------
-def test_serve_holds_its_port_through_the_load(tiny_model, capsys, monkeypatch):
-    """The port was probed and let go before the load: another process could take it meanwhile, and uvicorn then exited
-    3 after "serving ... on". It is now bound and listening from before the load, and let go when the load fails."""
-    import socket
-
-    import sdopt
-    from sdopt.cli import main
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    taken = []
-
-    def load_while_another_takes_the_port(*args, **kwargs):
-        with socket.socket() as other:  # as uvicorn or another server binds
-            other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                other.bind(("127.0.0.1", port))
-                other.listen()
-                taken.append(True)
-            except OSError:
-                taken.append(False)
-        raise sdopt.SdoptError("stopped here")
-
-    monkeypatch.setattr(sdopt, "load", load_while_another_takes_the_port)
-    assert main(["serve", str(tiny_model), "--port", str(port)]) == 2
-    assert taken == [False] and "stopped here" in capsys.readouterr().err
-    with socket.socket() as after:  # let go on the way out
-        after.bind(("127.0.0.1", port))
-
-
 def test_a_port_taken_during_the_load_is_one_line_and_no_serving_banner(tiny_model, capsys, monkeypatch):
     """The port is checked before the (slow) load; one taken meanwhile made uvicorn exit 3 after sdopt had printed
     "serving ... on" that port. Now: exit 2, saying so, and the banner only once the port is open."""
