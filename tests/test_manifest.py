@@ -131,6 +131,24 @@ def test_a_folder_of_several_variants_loads_its_fp16_weights(tiny_model, tmp_pat
     load_pretrained("unet", folder / "unet")
 
 
+def test_fp16_weights_loaded_in_place_of_pickled_plain_ones_are_said(tiny_model, tmp_path):
+    """A folder whose plain weights are a pickle beside an fp16 safetensors copy (diffusion_pytorch_model.bin and
+    .fp16.safetensors, as older hub repos have) ran the fp16 copy in silence: inspect said precision fp32 and nothing
+    else, generate and export said nothing. The pickle is still never read."""
+    from sdopt.runtime.torch import load_pretrained
+
+    folder = tmp_path / "binplain"
+    shutil.copytree(tiny_model, folder, ignore=shutil.ignore_patterns(MANIFEST_NAME))
+    plain = folder / "unet/diffusion_pytorch_model.safetensors"
+    plain.rename(folder / "unet/diffusion_pytorch_model.fp16.safetensors")
+    (folder / "unet/diffusion_pytorch_model.bin").write_bytes(b"not a pickle: reading it fails")
+    assert "unet/ loads its fp16 weights: its plain ones are a pickle (diffusion_pytorch_model.bin), never read" in read_manifest(folder).notes
+    with pytest.warns(UserWarning, match=r"unet loads its fp16 weights: its plain weights are a pickle \(diffusion_pytorch_model.bin\)"):
+        load_pretrained("unet", folder / "unet")
+    (folder / "unet/diffusion_pytorch_model.bin").unlink()  # fp16 alone, as save_pretrained(variant="fp16") writes: noted
+    assert "unet/ loads its fp16 weights: it has no plain ones" in read_manifest(folder).notes
+
+
 def test_inspect_text_names_backend_components_and_sizes(tiny_model):
     text = format_description(describe(tiny_model))
     for word in ("backend    torch", "precision  fp32", "unet", "text_encoder", "vae_decoder", "MiB", "fingerprint",

@@ -90,17 +90,34 @@ def diffusers_model_info(folder: Path) -> dict:
     return model_info(read_json(folder / "unet" / "config.json"), read_json(folder / "vae" / "config.json"), index=_index(folder))
 
 
+def _variant_notes(folder: Path, components: dict[str, ComponentEntry]) -> list[str]:
+    """Which component folders load variant weights (NAME.fp16.safetensors), not plain ones: inspect says so, and
+    names the plain weights passed over where they are a pickle (sdopt.runtime.torch warns of those at load)."""
+    from sdopt.source import loaded_variant, passed_over_pickle
+
+    notes = []
+    for sub in dict.fromkeys(entry.folder for entry in components.values()):
+        names = [p.name for p in (folder / sub).iterdir()]
+        variant = loaded_variant(n for n in names if n.endswith(".safetensors"))
+        if variant:
+            pickled = passed_over_pickle(names)
+            notes.append(f"{sub}/ loads its {variant} weights: "
+                         + (f"its plain ones are a pickle ({pickled}), never read" if pickled else "it has no plain ones"))
+    return notes
+
+
 def _build_diffusers(folder: Path) -> Manifest:
     family = folder_family(folder)
+    components = diffusers_components(folder, family)
     return Manifest(
         backend="torch",
         precision=_torch_dtype_name(folder),
         family=family,
-        components=diffusers_components(folder, family),
+        components=components,
         model=diffusers_model_info(folder),
         inferred=True,
         source={"path": str(folder.resolve())},
-        notes=["no sdopt.json: inferred from a Diffusers folder"],
+        notes=["no sdopt.json: inferred from a Diffusers folder", *_variant_notes(folder, components)],
     )
 
 

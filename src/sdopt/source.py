@@ -43,6 +43,20 @@ def loaded_variant(names) -> str | None:
     return "fp16" if "fp16" in variants else min(variants)
 
 
+_PICKLED_WEIGHTS = (".bin", ".ckpt", ".pt", ".pth")
+
+
+def passed_over_pickle(names) -> str | None:
+    """The plain weights a folder holds as a pickle only (``diffusion_pytorch_model.bin`` beside
+    ``diffusion_pytorch_model.fp16.safetensors``, as older hub repos have), where a variant loads in their place: sdopt
+    never unpickles, so the fp16 copy is what runs, which is said. None where plain safetensors are there, or no pickle."""
+    names = sorted(names)
+    if loaded_variant(names) is None:
+        return None
+    plain = [n for n in names if n.lower().endswith(_PICKLED_WEIGHTS) and "." not in n.rpartition(".")[0]]
+    return plain[0] if plain else None
+
+
 def resolve(model: str | Path) -> Path:
     if not str(model).strip():  # Path("") is the current folder: never what an empty argument meant
         raise SdoptError("the model path is empty: give a model folder (for example one written by `sdopt init-model`) or a hub id like org/name")

@@ -146,7 +146,14 @@ def load_pretrained(name: str, path: Path, dtype: torch.dtype = torch.float32) -
     if not (Path(path) / "config.json").is_file():  # Transformers would build a default model and fail on its shapes
         raise SdoptError(f"cannot load {name}: {path} has no config.json (what the weights' architecture is); the checkpoint "
                          "is incomplete: download or export it again")
+    from sdopt.source import passed_over_pickle
+
     variant = weights_variant(path)
+    pickled = passed_over_pickle(p.name for p in Path(path).iterdir()) if variant else None
+    if pickled:  # the fp16 copy runs where the full-precision weights are a pickle: not in silence
+        warnings.warn(f"{path} loads its {variant} weights: its plain weights are a pickle ({pickled}), which sdopt never "
+                      "reads; to run those, convert them to safetensors (diffusers: pipe.save_pretrained(out, safe_serialization=True))",
+                      UserWarning, stacklevel=2)
     try:
         return cls.from_pretrained(path, use_safetensors=True, **{dtype_arg: dtype}, **({"variant": variant} if variant else {}))
     except Exception as exc:  # a damaged or incomplete folder: safetensors', Diffusers' and Transformers' own errors
