@@ -318,6 +318,17 @@ def test_a_single_file_checkpoint_is_refused_with_how_to_convert_it(tmp_path, na
         read_manifest(single)
 
 
+def test_a_folder_holding_a_single_file_checkpoint_says_so(tmp_path):
+    """The folder of one (AUTOMATIC1111's models/Stable-diffusion/, or a download of a single-file repo) given in place
+    of the file was 'not an sdopt artifact: it has neither sdopt.json nor a model_index.json', never saying that
+    single-file checkpoints are not read or how to convert one, as the file itself is told."""
+    (tmp_path / "v1-5-pruned-emaonly.safetensors").write_bytes(b"\0" * 16)
+    (tmp_path / "v1-5-pruned-emaonly.ckpt").write_bytes(b"\0" * 16)
+    with pytest.raises(SdoptError, match=r"holds v1-5-pruned-emaonly.ckpt \(and 1 more\) but no model_index.json: a single-file "
+                                         r"checkpoint .*\.from_single_file\(FILE\)\.save_pretrained\(FOLDER\)"):
+        read_manifest(tmp_path)
+
+
 # stable-diffusion-v1-5/stable-diffusion-v1-5's files on the hub (the folders a run reads, and what is beside them)
 _SD15_REPO = """model_index.json feature_extractor/preprocessor_config.json safety_checker/config.json
 safety_checker/model.safetensors safety_checker/model.fp16.safetensors safety_checker/pytorch_model.bin

@@ -211,6 +211,14 @@ def infer_manifest(folder: Path) -> Manifest:
     for layout in LAYOUTS:
         if layout.matches(folder):
             return layout.build(folder)
+    singles = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in (".safetensors", ".ckpt") and p.is_file())
+    if singles and not (folder / "model_index.json").exists():
+        # AUTOMATIC1111's models/Stable-diffusion/, or a hub repo of one checkpoint file: the folder, not the file, given
+        from sdopt.manifest import SINGLE_FILE_ADVICE
+
+        raise SdoptError(f"{folder} holds {singles[0]}{f' (and {len(singles) - 1} more)' if len(singles) > 1 else ''} but no "
+                         f"model_index.json: a single-file checkpoint (the whole model in one file), not a Diffusers folder; "
+                         f"{SINGLE_FILE_ADVICE}")
     raise SdoptError(
         f"{folder} is not an sdopt artifact: it has neither sdopt.json nor a model_index.json with "
         "component folders. Give a folder written by `sdopt export`/`sdopt quantize`/`sdopt init-model`, "

@@ -333,6 +333,9 @@ def check_support_folders(folder: Path, manifest: "Manifest") -> None:
 
 # --- reading ----------------------------------------------------------------------
 _SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+SINGLE_FILE_ADVICE = ("sdopt reads Diffusers folders, not single files. Convert it where its original config can be read (a network, "
+                      "or the config file): diffusers' StableDiffusionPipeline.from_single_file(FILE).save_pretrained(FOLDER) "
+                      "(StableDiffusionXLPipeline for SDXL), then give FOLDER")
 
 def read_manifest(folder: str | Path) -> Manifest:
     """The manifest of an artifact folder: sdopt.json if present, else inferred from its layout."""
@@ -341,12 +344,7 @@ def read_manifest(folder: str | Path) -> Manifest:
         raise SdoptError(f"{folder} does not exist: give the path of an sdopt artifact or a Diffusers model folder")
     if not folder.is_dir():
         if folder.suffix.lower() in _SINGLE_FILE_SUFFIXES:  # what most Stable Diffusion downloads are (AUTOMATIC1111, ComfyUI)
-            raise SdoptError(
-                f"{folder} is a single-file checkpoint (the whole model in one file); sdopt reads Diffusers folders, not "
-                "single files. Convert it where its original config can be read (a network, or the config file): "
-                "diffusers' StableDiffusionPipeline.from_single_file(FILE).save_pretrained(FOLDER) (StableDiffusionXLPipeline "
-                "for SDXL), then give FOLDER"
-            )
+            raise SdoptError(f"{folder} is a single-file checkpoint (the whole model in one file); {SINGLE_FILE_ADVICE}")
         raise SdoptError(f"{folder} is a file, not an artifact folder: give the folder that holds sdopt.json or model_index.json")
     if (folder / INCOMPLETE_MARKER).exists():
         raise SdoptError(f"{folder} is an unfinished output (the command writing it was interrupted); delete it and run that command again")
