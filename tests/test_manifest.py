@@ -52,6 +52,15 @@ def test_pickled_weights_are_refused(tiny_model, tmp_path):
         read_manifest(pickled)
 
 
+def test_a_diffusers_folder_without_a_components_weights_says_to_download_it_again(tiny_model, tmp_path):
+    """A snapshot cut short (unet/ without its weights) or a folder left out was 'not a complete Diffusers checkpoint'
+    and no more: the one error of a missing component that did not say what to do."""
+    partial = tmp_path / "partial"
+    shutil.copytree(tiny_model, partial, ignore=shutil.ignore_patterns(MANIFEST_NAME, "text_encoder"))
+    with pytest.raises(SdoptError, match=r"has no text_encoder/ weights in safetensors: .*; download it again$"):
+        read_manifest(partial)
+
+
 def test_other_pipeline_classes_are_refused(tiny_model, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(tiny_model, other)

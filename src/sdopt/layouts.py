@@ -60,7 +60,8 @@ def diffusers_components(folder: Path, family: str) -> dict[str, ComponentEntry]
                 )
             if name == "vae_encoder":
                 continue  # text-to-image never needs the encoder
-            raise SdoptError(f"{folder} has no {sub}/ weights in safetensors: it is not a complete Diffusers checkpoint")
+            raise SdoptError(f"{folder} has no {sub}/ weights in safetensors: it is not a complete Diffusers checkpoint "
+                             "(a download cut short, a folder left out); download it again")
         comps[name] = ComponentEntry(folder=sub, files=_loaded(files))
     return comps
 
