@@ -162,6 +162,18 @@ def test_openvino_and_nncf_send_no_telemetry_unless_the_user_allows_it(opt_in):
         assert (converter, utils, nncf_telemetry) == ("openvino.tools.ovc.telemetry_stub", "openvino.tools.ovc.telemetry_stub", "False")
 
 
+@pytest.mark.parametrize("opt_in", ["", "1"])
+def test_onnx_runtime_sends_no_telemetry_unless_the_user_allows_it(opt_in):
+    """ONNX Runtime 1.32 sends usage events to mobile.events.data.microsoft.com from a process holding a session a few
+    seconds (every ONNX export's parity check made two such connections, through a logging proxy); its
+    ORT_DISABLE_TELEMETRY=1 stops them (its Python disable_telemetry_events() does not), so import sdopt sets it."""
+    env = {**os.environ, "SDOPT_ALLOW_TELEMETRY": opt_in}
+    env.pop("ORT_DISABLE_TELEMETRY", None)
+    code = "import os, sdopt; print(os.environ.get('ORT_DISABLE_TELEMETRY'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300, env=env).stdout.strip()
+    assert out == ("None" if opt_in else "1")
+
+
 def test_sdopt_load_says_every_load_option_a_backend_takes():
     """help(sdopt.load) said "Load any sdopt artifact ... as a Pipeline" and nothing of **options: a Python caller had
     to read the source to learn reshape, threads or deep_cache exist."""

@@ -14,11 +14,16 @@ sdopt never downloads at run time except a hub id the user names, and sends noth
   while another thread holds the C resolver's lock leaves a child that never exits: a test
   suite run hung at exit on one (2026-12-03). Without ``openvino_telemetry`` both use the
   no-op stubs they ship.
+- ONNX Runtime (1.32 on Linux too) sends usage events to Microsoft's collector
+  (mobile.events.data.microsoft.com) from a process that holds a session for a few seconds: every
+  ONNX export (its parity check), a bench or a server on an ONNX artifact. Its Python
+  ``disable_telemetry_events()`` does not stop them; ``ORT_DISABLE_TELEMETRY=1``, read when the
+  native library starts, does (checked through a proxy that logs every connection).
 
 So the modules that ask run with that dependency hidden (``sys.modules[name] = None`` while
 they execute: their ``import`` raises ImportError, which each of them handles); it is visible
-again for everything else afterwards. ``SDOPT_ALLOW_HUB_KERNELS=1`` / ``SDOPT_ALLOW_TELEMETRY=1``
-let them ask. Standard library only: ``import sdopt`` stays free of torch.
+again for everything else afterwards; ONNX Runtime's switch is set for this process and its children
+unless the user set it. ``SDOPT_ALLOW_HUB_KERNELS=1`` / ``SDOPT_ALLOW_TELEMETRY=1`` let them ask. Standard library only: ``import sdopt`` stays free of torch.
 """
 
 from __future__ import annotations
@@ -81,3 +86,5 @@ class _Guard(importlib.abc.MetaPathFinder):
 def install() -> None:
     if not any(isinstance(f, _Guard) for f in sys.meta_path):
         sys.meta_path.insert(0, _Guard())
+    if os.environ.get("SDOPT_ALLOW_TELEMETRY") != "1":
+        os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # before onnxruntime's native library reads it
