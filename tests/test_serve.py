@@ -87,6 +87,17 @@ def test_openai_sdk_generates_decodable_images(tiny_pipeline):
             openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0).images.generate(prompt="x", size="64x64")
 
 
+def test_a_jpeg_sent_without_its_parameters_says_so_in_the_answer(tiny_pipeline):
+    """A prompt and negative prompt too long for a JPEG's EXIF block (64 KB): the file goes without its parameters, which
+    only the server's stderr said; the client, told every file carries them, read none and saw no warning."""
+    with running_server(tiny_pipeline) as (url, app):
+        body = {"prompt": "red circle, " * 2000, "sdopt_negative_prompt": "blue " * 2000, "size": "64x64", "sdopt_steps": 1}
+        sent = httpx.post(url + "/v1/images/generations", json={**body, "output_format": "jpeg"}, timeout=60).json()
+        assert any("do not fit a JPEG's EXIF block" in w for w in sent["sdopt_warnings"]), sent["sdopt_warnings"]
+        kept = httpx.post(url + "/v1/images/generations", json={**body, "output_format": "webp"}, timeout=60).json()
+        assert not any("EXIF" in w for w in kept["sdopt_warnings"])  # a WebP's EXIF holds them whole
+
+
 def test_openai_body_that_is_not_a_json_object_is_named_as_the_body(tiny_pipeline):
     """A body that is not JSON, or JSON but not an object, is about no field: OpenAI's param is null and the message
     says what to send, not the parser's character offset ("0: JSON decode error") or "None: ..."."""

@@ -265,14 +265,25 @@ def save_options(image: Any, image_format: str) -> dict[str, Any]:
         return {"pnginfo": png_info(image)}
     if image_format not in ("JPEG", "WEBP"):
         return {}
-    data = _exif_with_user_comment(_UNICODE + text.encode("utf-16-be"))
-    if image_format == "JPEG" and len(data) > _JPEG_EXIF_LIMIT:
+    left_out = parameters_left_out(image, image_format)
+    if left_out is not None:
         import warnings
 
-        warnings.warn(f"the image's generation parameters ({len(text):,} characters) do not fit a JPEG's EXIF block: "
-                      "it is saved without them (a PNG carries them whole)", stacklevel=2)
+        warnings.warn(left_out, stacklevel=2)
         return {}
-    return {"exif": data}
+    return {"exif": _exif_with_user_comment(_UNICODE + text.encode("utf-16-be"))}
+
+
+def parameters_left_out(image: Any, image_format: str) -> str | None:
+    """Why an image saved in ``image_format`` goes without the parameters it has (a text too long for a JPEG's EXIF
+    block), for whoever receives the file: None when they go in whole, or it has none."""
+    text = getattr(image, "info", {}).get(KEY)
+    if image_format != "JPEG" or not isinstance(text, str):
+        return None
+    if len(_exif_with_user_comment(_UNICODE + text.encode("utf-16-be"))) <= _JPEG_EXIF_LIMIT:
+        return None
+    return (f"the image's generation parameters ({len(text):,} characters) do not fit a JPEG's EXIF block: it is saved "
+            "without them (a PNG carries them whole)")
 
 
 def _exif_with_user_comment(comment: bytes) -> bytes:

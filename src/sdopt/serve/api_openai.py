@@ -36,6 +36,7 @@ from sdopt.serve.errors import RequestError
 from sdopt.serve.submission import (LEVER_NAMES, cache_interval_field, clip_skip_field, default_size, failure_status, guidance_end_field, random_seed, submit, wait,
                                     with_server_defaults)
 from sdopt.request import MAX_CLIP_SKIP, MAX_GUIDANCE, MAX_SEED
+from sdopt.infotext import parameters_left_out
 from sdopt.serve.images import OUTPUT_FORMATS, has_alpha, image_bytes, read_image
 from sdopt.serve.worker import IMAGES_KEPT
 
@@ -139,8 +140,11 @@ async def _answer(request: Request, spec: J.JobSpec, names: dict[str, str], resp
         data = await asyncio.to_thread(lambda: [{"b64_json": base64.b64encode(image_bytes(im, output_format, quality)).decode("ascii"),
                                                  "revised_prompt": None} for im in job.images])
     # output_format: said, as OpenAI's answer says the format it sent.
-    # sdopt_warnings: what the pipeline warned of (a prompt cut at the text encoder's tokens, ...), which a client saw nowhere
-    return {"created": int(job.finished or time.time()), "data": data, "output_format": output_format, "sdopt_warnings": job.warnings}
+    # sdopt_warnings: what the pipeline warned of (a prompt cut at the text encoder's tokens, ...), which a client saw nowhere;
+    # and a JPEG sent without its parameters (too long for its EXIF), which only the server's stderr said
+    left_out = [why for im in job.images if (why := parameters_left_out(im, OUTPUT_FORMATS[output_format][0]))]
+    return {"created": int(job.finished or time.time()), "data": data, "output_format": output_format,
+            "sdopt_warnings": job.warnings + list(dict.fromkeys(left_out))}
 
 
 # Outside the API key (a link is its own credential), so the router is included without it (app.py).
