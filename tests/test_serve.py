@@ -98,6 +98,22 @@ def test_a_jpeg_sent_without_its_parameters_says_so_in_the_answer(tiny_pipeline)
         assert not any("EXIF" in w for w in kept["sdopt_warnings"])  # a WebP's EXIF holds them whole
 
 
+def test_a_ray_serve_replica_answers_with_one_request_id(tiny_pipeline):
+    """Behind Ray Serve's proxy, which sends X-Request-ID itself (its RequestIdMiddleware, the client's value where it
+    sent one): the replica's own made two headers, of two values where the client's was unusable."""
+    http_util = pytest.importorskip("ray.serve._private.http_util", reason="the ray extra is not installed: pip install 'sdopt[ray]'")
+    from starlette.testclient import TestClient
+
+    from sdopt.serve.server import build
+    from sdopt.serve.settings import ServeSettings
+
+    app = build(tiny_pipeline, ServeSettings(), "tiny", start_worker=False, replica="r1")
+    client = TestClient(http_util.RequestIdMiddleware(app))  # not as a context: Ray's middleware sees no lifespan events
+    for sent in ("client-7", "a spaced id"):
+        assert client.get("/health", headers={"X-Request-ID": sent}).headers.get_list("x-request-id") == [sent]
+    assert len(client.get("/health").headers.get_list("x-request-id")) == 1
+
+
 def test_openai_body_that_is_not_a_json_object_is_named_as_the_body(tiny_pipeline):
     """A body that is not JSON, or JSON but not an object, is about no field: OpenAI's param is null and the message
     says what to send, not the parser's character offset ("0: JSON decode error") or "None: ..."."""

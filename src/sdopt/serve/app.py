@@ -83,7 +83,9 @@ def create_app(worker: Worker, settings: ServeSettings, model_name: str, replica
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if replica is not None:
         app.add_middleware(ReplicaHeader, replica=replica)
-    app.add_middleware(RequestId)  # the last added is the outermost: the body limit's 413 carries the id too
+    # The last added is the outermost: the body limit's 413 carries the id too. A Ray Serve replica's answers get the
+    # header from Ray's proxy, which gives the replica the id it sends (the client's, else its own) as the request's.
+    app.add_middleware(RequestId, send_header=replica is None)
 
     @app.exception_handler(RequestError)
     async def _request_error(request: Request, exc: RequestError):

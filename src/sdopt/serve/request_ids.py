@@ -25,10 +25,11 @@ def current() -> str | None:
 
 
 class RequestId:
-    """ASGI middleware: takes or makes the id, keeps it for the request, and sends it back."""
+    """ASGI middleware: takes or makes the id, keeps it for the request, and sends it back (``send_header``; not behind
+    Ray Serve's proxy, which sends its own: the answer carried two, of two values where the client's was unusable)."""
 
-    def __init__(self, app):
-        self.app = app
+    def __init__(self, app, send_header: bool = True):
+        self.app, self.send_header = app, send_header
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -43,7 +44,7 @@ class RequestId:
             await send(message)
 
         try:
-            await self.app(scope, receive, marked_send)
+            await self.app(scope, receive, marked_send if self.send_header else send)
         finally:
             _CURRENT.reset(token)
 
