@@ -50,6 +50,16 @@ def build(pipeline: Any, settings: ServeSettings, name: str, start_worker: bool 
     return app
 
 
+class _BindErrorSaidBySdopt:
+    """A logging filter: uvicorn's record of an OSError before its server started (a failed bind) is dropped."""
+
+    def __init__(self, server: Any):
+        self.server = server
+
+    def filter(self, record: Any) -> bool:
+        return self.server.started or not isinstance(record.msg, OSError)
+
+
 def http_server(app: Any, host: str, port: int, access_log: bool = False, root_path: str = "",
                 on_started: Any = None) -> Any:
     """The uvicorn server for ``app``. On SIGINT, SIGTERM or SIGHUP it stops the worker at once, besides taking no new
@@ -74,9 +84,15 @@ def http_server(app: Any, host: str, port: int, access_log: bool = False, root_p
                 # SIGHUP (the terminal closed, or a supervisor's stop) killed the process at once, dropping the requests
                 # in flight; uvicorn handles only SIGINT and SIGTERM. It now stops as SIGTERM does.
                 hangup = signal.signal(signal.SIGHUP, self.handle_exit) if threading.current_thread() is threading.main_thread() else None
+                # uvicorn logs a failed bind ("[Errno 98] error while attempting to bind ...") before it exits 3; serve()
+                # says it then in its one line, which says what to do.
+                unbound = logging.getLogger("uvicorn.error")
+                quiet = _BindErrorSaidBySdopt(self)
+                unbound.addFilter(quiet)
                 try:
                     super().run(*args, **kwargs)
                 finally:
+                    unbound.removeFilter(quiet)
                     if hangup is not None:
                         signal.signal(signal.SIGHUP, hangup)
 
