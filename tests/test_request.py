@@ -44,6 +44,20 @@ def test_a_misspelt_field_is_an_sdopt_error_naming_it():
     assert dataclasses.replace(request, steps=4).steps == 4 and copy.deepcopy(request) == request
 
 
+def test_help_shows_the_fields_and_what_the_types_are():
+    """help(sdopt.GenerateRequest) showed 'GenerateRequest(*args, **kwargs)' twice, as its signature and as its only
+    doc (the dataclass's made-up one, read from the __new__ that names a misspelt field), and GenerateResult its field
+    list and nothing more: the README's public types said neither what their fields are nor what they are for."""
+    import inspect
+
+    from sdopt import GenerateResult
+
+    assert list(inspect.signature(GenerateRequest).parameters)[:4] == ["prompt", "negative_prompt", "seed", "steps"]
+    for cls in (GenerateRequest, GenerateResult):
+        assert not cls.__doc__.startswith(cls.__name__ + "("), cls
+        assert "sdopt.load" in cls.__doc__
+
+
 def test_a_missing_prompt_or_a_field_given_twice_is_an_sdopt_error():
     """GenerateRequest() and GenerateRequest("a", prompt="b") were Python's TypeError from the dataclass's __init__; copy
     and pickle, which build a request without calling it (cls.__new__(cls)), still do."""

@@ -5,6 +5,7 @@ Plain dataclasses with no heavy imports, so that ``import sdopt`` stays lean.
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 import sys
@@ -126,6 +127,11 @@ def _describe_image(value: Any) -> Any:
 
 @dataclass
 class GenerateRequest:
+    """What to generate: ``pipeline.generate(GenerateRequest(prompt="a red fox", seed=7))`` on a pipeline from
+    ``sdopt.load``. Only ``prompt`` is required; steps and guidance_scale not given are sdopt's 20 and 7.5 on every
+    model (``pipeline.request_defaults`` holds the model's own), height and width the model's size. Each field's
+    meaning is in a comment where it is declared, below; a field a pipeline cannot run is an SdoptError naming it."""
+
     prompt: str | list[str] = _REQUIRED
     negative_prompt: str | list[str] | None = None
     seed: int = 0
@@ -387,6 +393,11 @@ class GenerateRequest:
         return data
 
 
+# __new__ takes (*args, **kwargs) to name a wrong argument itself: help() and editors read the fields from __init__.
+_init = inspect.signature(GenerateRequest.__init__)
+GenerateRequest.__signature__ = _init.replace(parameters=list(_init.parameters.values())[1:])
+
+
 @dataclass
 class StageTimings:
     """Seconds spent per stage of one generate call."""
@@ -418,6 +429,10 @@ class StageTimings:
 
 @dataclass
 class GenerateResult:
+    """What ``pipeline.generate`` (on a pipeline from ``sdopt.load``) returns: the images (PIL, carrying their
+    generation parameters), the final latents, per-stage timings and peak memory, and ``problems`` (why an image is not
+    usable: NaN, all black) and ``warnings`` (what the loop changed or did not use of the request), this call's alone."""
+
     images: list  # PIL.Image.Image, one per prompt × num_images, prompt-major
     latents: Any  # numpy float32 array (batch, 4, h/8, w/8): the final latents before decoding
     timings: StageTimings
