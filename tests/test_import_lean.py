@@ -182,3 +182,14 @@ def test_sdopt_load_says_every_load_option_a_backend_takes():
 
     assert not {o for b in BACKENDS.values() for o in b.options if o not in sdopt.load.__doc__}
     assert "verify=False" in sdopt.load.__doc__ and "SdoptError" in sdopt.load.__doc__
+
+
+def test_the_pipeline_sdopt_load_returns_says_what_it_does():
+    """help(pipe) on what sdopt.load returns said 'class Pipeline(builtins.object)' and its __init__'s ten arguments, which
+    no caller gives, and nothing of generate, request_defaults or close, the calls the README's Python example makes;
+    pipe.request_defaults' type said only its field list."""
+    from sdopt.runtime.pipeline import Pipeline
+    from sdopt.runtime.request_defaults import RequestDefaults
+
+    assert Pipeline.__doc__ and all(name in Pipeline.__doc__ for name in ("sdopt.load", "generate", "request_defaults", "close"))
+    assert not RequestDefaults.__doc__.startswith("RequestDefaults(")

@@ -52,6 +52,11 @@ def to_images(decoded: np.ndarray) -> list:
 
 
 class Pipeline:
+    """A loaded artifact, as ``sdopt.load`` returns it (built there, not by callers): ``generate(GenerateRequest(...))``
+    makes images; ``request_defaults`` holds the model's own steps and guidance; ``add_embeddings`` (torch) makes
+    textual inversion embeddings words; ``unload_loras`` drops the LoRAs requests loaded; ``close()``, or the end of
+    ``with sdopt.load(...) as pipe:``, releases it. Calls from several threads run one after another."""
+
     def __init__(
         self,
         manifest: Manifest,

@@ -30,6 +30,8 @@ LCM_STEPS, LCM_GUIDANCE = 4, 8.5  # diffusers.LatentConsistencyModelPipeline.__c
 
 @dataclass(frozen=True)
 class RequestDefaults:
+    """The steps and guidance scale a model runs where a request does not say (Pipeline.request_defaults), and why."""
+
     steps: int
     guidance_scale: float
     source: str  # where they come from, said to the user when they are not sdopt's
