@@ -404,7 +404,9 @@ class StageTimings:
 
     text_encoder: float = 0.0
     vae_encoder: float = 0.0  # img2img and inpainting only: the init image to latents
-    unet_steps: list[float] = field(default_factory=list)  # every step's UNet time, whole or shallow
+    # Every UNet call's time, whole or shallow: one per step for most samplers, but PLMS (Diffusers' PNDM, SD 1.x's own)
+    # makes one more (21 for 20 steps) and Heun about twice as many (Pipeline.unet_calls says how many, beforehand).
+    unet_steps: list[float] = field(default_factory=list)
     shallow_steps: int = 0  # of those, how many ran only the shallow branch (step-feature caching)
     unguided_steps: int = 0  # of those, how many ran the conditional rows alone (truncated guidance)
     vae_decoder: float = 0.0
