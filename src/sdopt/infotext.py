@@ -7,7 +7,7 @@ of ``Key: value`` pairs::
 
     a lighthouse at dawn
     Negative prompt: blurry
-    Steps: 20, Sampler: Euler a, CFG scale: 7.5, Seed: 1, Size: 512x512, Model hash: 3f2a9c1b0d, Model: sd15, Backend: openvino bf16, Version: sdopt 0.1.0
+    Steps: 20, Sampler: Euler a, CFG scale: 7.5, Seed: 1, Size: 512x512, Emphasis: None, Model hash: 3f2a9c1b0d, Model: sd15, Backend: openvino bf16, Version: sdopt 0.1.0
 
 AUTOMATIC1111's PNG Info tab, SD.Next, image browsers and ``/sdapi/v1/png-info`` read it; a txt2img request whose
 ``infotext`` is such a text takes its values for every field it does not set itself (AUTOMATIC1111's rule), so an
