@@ -211,8 +211,9 @@ def test_unknown_device_lists_the_available_ones(tiny_ov, tmp_path, capsys):
 
     available = ov.Core().available_devices
     missing = next(d for d in ("gpu", "npu") if d.upper() not in {a.split(".")[0] for a in available})
-    with pytest.raises(SdoptError, match=r"no device '(GPU|NPU)'.*available: CPU"):
+    with pytest.raises(SdoptError, match=r"no device '(GPU|NPU)'.*available: CPU") as refused:
         sdopt.load(tiny_ov, device=missing)
+    assert missing not in str(refused.value).split("Pass ")[1] and "Pass device='cpu' or device='auto'" in str(refused.value)  # not the one refused (qa71)
     if "NPU" not in {a.split(".")[0] for a in available}:
         # An NPU runs fp16 only: the precision's advice ("choose one of: fp16") came first and sent the user to export again
         with pytest.raises(SdoptError, match=r"no device 'NPU'"):

@@ -86,9 +86,11 @@ def openvino_device(device: str, c: ov.Core) -> str:
     base = name.split(":", 1)[0].split(".", 1)[0]
     if base not in _VIRTUAL_DEVICES and not any(d == name or d.split(".", 1)[0] == name for d in available):
         described = ", ".join(f"{d} ({_device_name(c, d)})" for d in available) or "none"
+        # the devices this machine has, as sdopt names them: "or gpu, npu" suggested one it had just been refused
+        here = [*dict.fromkeys(d.split(".", 1)[0].lower() for d in available), "auto"]
         raise SdoptError(
             f"OpenVINO has no device '{name}' on this machine; available: {described}. "
-            f"Pass {argument('device', 'cpu')} (or gpu, npu, auto; openvino:NAME for any other OpenVINO device string)"
+            f"Pass {' or '.join(argument('device', d) for d in here)} (openvino:NAME for any other OpenVINO device string)"
         )
     return name
 
