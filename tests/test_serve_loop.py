@@ -90,15 +90,15 @@ def test_prompt_chunks_are_counted_off_the_event_loop(tiny_pipeline, monkeypatch
     assert answer.status_code == 200, answer.text
 
 
-@pytest.mark.parametrize("api, path, body", [
-    ("api_a1111", "/sdapi/v1/txt2img", {"prompt": "x", **ONE_STEP}),
-    ("api_openai", "/v1/images/generations", {"prompt": "x", "size": "64x64", "sdopt_steps": 1}),
+@pytest.mark.parametrize("api, path, body, encoder", [
+    ("api_a1111", "/sdapi/v1/txt2img", {"prompt": "x", **ONE_STEP}, "encode_png"),
+    ("api_openai", "/v1/images/generations", {"prompt": "x", "size": "64x64", "sdopt_steps": 1}, "image_bytes"),
 ])
-def test_answers_are_encoded_off_the_event_loop(tiny_pipeline, monkeypatch, api, path, body):
+def test_answers_are_encoded_off_the_event_loop(tiny_pipeline, monkeypatch, api, path, body, encoder):
     """The answer's PNGs: seconds for a batch of large images, or an inpainted picture the size of its init image."""
     import importlib
 
-    called, release = held(monkeypatch, importlib.import_module(f"sdopt.serve.{api}"), "encode_png")
+    called, release = held(monkeypatch, importlib.import_module(f"sdopt.serve.{api}"), encoder)
     with running_server(tiny_pipeline) as (url, _):
         answer = answers_progress_while_held(url, called, release, path, json=body)
     assert answer.status_code == 200, answer.text
