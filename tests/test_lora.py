@@ -462,6 +462,15 @@ def test_generate_takes_automatic1111_lora_tags_out_of_the_prompt(tiny_model, ti
 
     assert take_loras("a fox <hypernet:anime:0.6> red", None) == ("a fox red", None)  # serve: out of the text, as AUTOMATIC1111
     assert ignored_fields(Txt2ImgRequest(prompt="a fox <hypernet:anime:0.6>"), "euler") == ["prompt: <hypernet:anime:0.6>"]
+    # From Python the tags reach the pipeline: read as words, which was silent (qa71); now said in the result
+    from sdopt.request import GenerateRequest
+
+    result = tiny_pipeline.generate(GenerateRequest(prompt="a fox <lora:style:0.8>", negative_prompt="<hypernet:anime>", steps=1,
+                                                    height=64, width=64))
+    assert any(w.startswith("<lora:style:0.8>, <hypernet:anime> in the prompt are read by the text encoder as words") and
+               "loras={FILE: SCALE}" in w for w in result.warnings), result.warnings
+    plain = tiny_pipeline.generate(GenerateRequest(prompt="a fox", steps=1, height=64, width=64))
+    assert not any("extra-network" in w for w in plain.warnings)
 
 
 def test_a_lycoris_loha_or_lokr_file_is_refused_naming_its_kind(tiny_model, tiny_lora, tmp_path):

@@ -149,10 +149,24 @@ def notices(pipe: Any, asked: GenerateRequest, request: GenerateRequest, schedul
     """What ``pipe`` will not do of what the request asks (``asked``; ``request``: as the loop runs it, guidance taken
     out for a UNet that embeds it): truncated prompts, resized init images, unused eta, guidance_end, Clip skip and
     negative prompts, AUTOMATIC1111's prompt editing."""
-    return (pipe.truncated_prompts(request) + _unread_syntax_notices(request) + conditioning.resize_notices(request, pipe.manifest.static_shapes) + conditioning.masked_content_notices(request)
+    return (pipe.truncated_prompts(request) + _unread_syntax_notices(request) + _network_tag_notices(request) + conditioning.resize_notices(request, pipe.manifest.static_shapes) + conditioning.masked_content_notices(request)
             + embedded_guidance.notices(asked, pipe.manifest.model)
             + _eta_notices(request, scheduler) + _guidance_end_notices(request) + _clip_skip_notices(pipe, request)
             + _negative_prompt_notices(request, embeds_guidance))
+
+
+def _network_tag_notices(request: GenerateRequest) -> list[str]:
+    """AUTOMATIC1111's <lora:NAME:W> (and other extra-network) tags in a prompt given from Python: sdopt generate and
+    sdopt serve take them out before the pipeline sees them; a Python caller's went to the text encoder as words, in
+    silence (qa71)."""
+    from sdopt.lora import PROMPT_TAG, other_network_tags
+
+    texts = [*request.prompts, *(n for n in request.negative_prompts if n)]
+    tags = [*dict.fromkeys(t for text in texts for t in [m.group(0) for m in PROMPT_TAG.finditer(text)] + other_network_tags(text))]
+    if not tags:
+        return []
+    return [f"{', '.join(tags)} in the prompt are read by the text encoder as words: AUTOMATIC1111's extra-network tags are "
+            "taken out by sdopt generate and sdopt serve only; give a LoRA as loras={FILE: SCALE}"]
 
 
 def _unread_syntax_notices(request: GenerateRequest) -> list[str]:
