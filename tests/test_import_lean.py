@@ -182,6 +182,9 @@ def test_sdopt_load_says_every_load_option_a_backend_takes():
 
     assert not {o for b in BACKENDS.values() for o in b.options if o not in sdopt.load.__doc__}
     assert "verify=False" in sdopt.load.__doc__ and "SdoptError" in sdopt.load.__doc__
+    import inspect  # verify is a keyword of its own, as an IDE's completion and inspect show it (it hid in **options: qa71)
+
+    assert inspect.signature(sdopt.load).parameters["verify"].default is True
 
 
 def test_the_pipeline_sdopt_load_returns_says_what_it_does():

@@ -24,7 +24,7 @@ _offline.install()
 __all__ = ["load", "GenerateRequest", "GenerateResult", "SdoptError", "__version__"]
 
 
-def load(path: str | os.PathLike, device: str = "cpu", precision: str | None = None, **options: Any) -> Pipeline:
+def load(path: str | os.PathLike, device: str = "cpu", precision: str | None = None, verify: bool = True, **options: Any) -> Pipeline:
     """Load any sdopt artifact (or a plain Diffusers folder, or a hub id) as a ``Pipeline``: ``pipeline.generate(
     GenerateRequest(prompt=...))`` makes images; ``pipeline.close()``, or the end of ``with sdopt.load(...) as pipeline:``,
     releases it.
@@ -42,4 +42,4 @@ def load(path: str | os.PathLike, device: str = "cpu", precision: str | None = N
     fault."""
     from sdopt.runtime.load import load as _load
 
-    return _load(path, device=device, precision=precision, **options)
+    return _load(path, device=device, precision=precision, verify=verify, **options)
