@@ -1001,6 +1001,13 @@ def test_the_image_grid_names_the_failed_and_shows_every_prompt_first(tmp_path):
     assert [t.split("”")[0].split("“")[1] + t.rsplit(" ", 1)[1] for t in titles] == ["p10", "p11", "p20", "p30"]
 
 
+def test_an_ssim_or_cosine_just_below_1_is_not_printed_as_1():
+    """qa68: 0.99999997 read "1", the same as identical images."""
+    from sdopt.bench.report import _fmt
+
+    assert (_fmt(0.99999997), _fmt(1.0), _fmt(0.9997), _fmt(52.63), _fmt(1e-9)) == ("0.99999997", "1", "0.9997", "52.63", "1e-09")
+
+
 def test_a_small_real_share_of_peak_or_stage_time_is_not_printed_as_zero():
     """The tiny torchao int8 UNet's 0.43% of the probed peak read "0%" in the table and its per-stage note, as if
     nothing had been computed; a GPU's 0.03 ms stage read "0.0" ms."""

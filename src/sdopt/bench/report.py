@@ -99,7 +99,10 @@ def _fmt(value: Any, kind: str = "") -> str:
     if kind == "pct":  # under 1%, one significant digit: the tiny torchao int8 UNet's 0.43% of peak read "0%"
         return f"{value * 100:.1g}%" if 0 < value * 100 < 1 else f"{value * 100:.0f}%"
     if isinstance(value, float):
-        return f"{value:.4g}"
+        text = f"{value:.4g}"
+        if float(text) in (0.0, 1.0) and value != float(text):  # an SSIM of 0.99999997 read "1", as identical images did
+            text = f"{value:.8g}"
+        return text
     return str(value)
 
 
