@@ -270,6 +270,18 @@ def test_a_folder_of_sharded_fp16_variant_weights_loads(model_copy):
 
     loaded = load_pretrained("unet", model_copy / "unet").state_dict()
     assert all(loaded[k].equal(tensors[k]) for k in names)  # every shard read, as Diffusers reads it with variant="fp16"
+    # A download cut short (a shard, or the index, missing) passed sdopt inspect; only a load failed (qa69)
+    from sdopt.inspect_artifact import describe
+
+    assert describe(model_copy)["inferred"]
+    second = model_copy / "unet" / "diffusion_pytorch_model.fp16-00002-of-00002.safetensors"
+    second.rename(model_copy / "kept")
+    with pytest.raises(SdoptError, match=r"index.fp16.json names diffusion_pytorch_model.fp16-00002-of-00002.safetensors, which is not there"):
+        describe(model_copy)
+    (model_copy / "kept").rename(second)
+    (model_copy / "unet" / "diffusion_pytorch_model.safetensors.index.fp16.json").unlink()
+    with pytest.raises(SdoptError, match="without their .safetensors.index.json: the download is incomplete"):
+        describe(model_copy)
 
 
 # --- 5. non-finite and out-of-range numbers; broken images are flagged, not saved -----------------

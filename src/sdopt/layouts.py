@@ -8,6 +8,7 @@ export (Optimum's ONNX or OpenVINO folders) add an entry here.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -63,7 +64,29 @@ def diffusers_components(folder: Path, family: str) -> dict[str, ComponentEntry]
             raise SdoptError(f"{folder} has no {sub}/ weights in safetensors: it is not a complete Diffusers checkpoint "
                              "(a download cut short, a folder left out); download it again")
         comps[name] = ComponentEntry(folder=sub, files=_loaded(files))
+        _check_shards(folder, comps[name])
     return comps
+
+
+_SHARD = re.compile(r".+-[0-9]{5}-of-([0-9]{5})\.safetensors")
+
+
+def _check_shards(folder: Path, entry: ComponentEntry) -> None:
+    """Sharded weights whole: every shard the index names is there, and shards come with their index. A download cut
+    short passed `sdopt inspect` (its files hashed as found) and failed only when generate or export loaded it."""
+    names = {f.path.rpartition("/")[2] for f in entry.files}
+    shards = [n for n in names if _SHARD.fullmatch(n)]
+    indexes = [n for n in names if ".safetensors.index." in n]
+    if shards and not indexes:
+        raise SdoptError(f"{folder / entry.folder} holds sharded weights ({sorted(shards)[0]}, ...) without their "
+                         ".safetensors.index.json: the download is incomplete; download it again")
+    for index in indexes:
+        data = read_json(folder / entry.folder / index)
+        weight_map = data.get("weight_map") if isinstance(data, dict) else None
+        missing = sorted(set(map(str, weight_map.values())) - names) if isinstance(weight_map, dict) else []
+        if missing:
+            raise SdoptError(f"{folder / entry.folder}: its {index} names {', '.join(missing)}, which is not there: the "
+                             "download is incomplete; download it again")
 
 
 def _loaded(files: list[FileEntry]) -> list[FileEntry]:
