@@ -247,6 +247,20 @@ def test_a_folder_of_fp16_variant_weights_loads(model_copy, tiny_pipeline):
     assert np.array_equal(np.asarray(image), np.asarray(tiny_pipeline.generate(request).images[0]))  # the same weights, renamed
 
 
+def test_a_folder_saved_from_an_img2img_pipeline_is_read_as_its_family(model_copy):
+    """StableDiffusionImg2ImgPipeline.save_pretrained writes the same modules as the text-to-image pipeline; its
+    model_index.json was refused as a pipeline sdopt does not run (qa69). SDXL's img2img class (its refiner) stays out."""
+    from sdopt.inspect_artifact import describe
+
+    (model_copy / "sdopt.json").unlink()
+    index = json.loads((model_copy / "model_index.json").read_text())
+    (model_copy / "model_index.json").write_text(json.dumps({**index, "_class_name": "StableDiffusionImg2ImgPipeline"}))
+    assert describe(model_copy)["family"] == "stable-diffusion"
+    (model_copy / "model_index.json").write_text(json.dumps({**index, "_class_name": "StableDiffusionXLImg2ImgPipeline"}))
+    with pytest.raises(SdoptError):
+        describe(model_copy)
+
+
 def test_a_folder_of_sharded_fp16_variant_weights_loads(model_copy):
     """save_pretrained(variant="fp16") shards as NAME.fp16-00001-of-00002.safetensors: read as one variant, not as two
     (the loader asked for diffusion_pytorch_model.safetensors and called the checkpoint damaged)."""

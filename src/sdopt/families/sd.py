@@ -40,6 +40,9 @@ FAMILY = Family(
     pipeline_classes=frozenset({"StableDiffusionPipeline", "OnnxStableDiffusionPipeline", "ORTStableDiffusionPipeline", "OVStableDiffusionPipeline",
                                 # inpainting checkpoints (a 9-channel UNet) and their exports
                                 "StableDiffusionInpaintPipeline", "ORTStableDiffusionInpaintPipeline", "OVStableDiffusionInpaintPipeline",
+                                # saved from an img2img pipeline: the same modules as a text-to-image one (qa69). SDXL's
+                                # img2img class stays refused: its refiner has no first text encoder.
+                                "StableDiffusionImg2ImgPipeline", "ORTStableDiffusionImg2ImgPipeline", "OVStableDiffusionImg2ImgPipeline",
                                 # latent consistency models (LCM_Dreamshaper_v7: guidance embedded in the UNet) and their exports
                                 "LatentConsistencyModelPipeline", "ORTLatentConsistencyModelPipeline", "OVLatentConsistencyModelPipeline"}),
     text_encoders=("text_encoder",),
