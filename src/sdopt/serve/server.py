@@ -147,7 +147,7 @@ def serve(artifact: str | Path, settings: ServeSettings, load_options: dict[str,
         server.run()
     except SystemExit as exc:
         # uvicorn exits 3 when it cannot bind: the port was free before the load (check_port_free) and another process
-        # took it meanwhile. The model stays unloaded, as a busy port found before the load leaves it.
+        # took it meanwhile: one line and exit 2, as a port found busy before the load (uvicorn's own line is filtered).
         if server.started or exc.code != 3:
             raise
         raise SdoptError(f"cannot listen on {settings.host}:{settings.port}: another process took the port while the model "
