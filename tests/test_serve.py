@@ -998,6 +998,21 @@ def test_a1111_progress_and_interrupt_follow_the_running_job(tiny_pipeline):
         assert info["interrupted"] is True and response.json()["images"] == []
 
 
+def test_a1111_progress_follows_the_batch_not_a_job_cancelled_out_of_it(tiny_pipeline):
+    """A native job cancelled out of a shared call while its batch-mate ran on: progress without id_task reported the
+    cancelled job, "interrupted" and frozen at its step, as if the generation had stopped."""
+    with running_server(SlowSteps(tiny_pipeline, 0.1), start_worker=False) as (url, app):
+        ids = [httpx.post(url + "/v1/jobs", json={"prompt": p, **SMALL, "steps": 30}).json()["id"] for p in ("a", "b")]
+        worker = app.state.worker
+        worker.start()
+        wait_for(lambda: worker.jobs[ids[1]].step >= 1)
+        first, other = worker.current
+        assert httpx.delete(f"{url}/v1/jobs/{first.id}").json()["cancelled"]
+        state = httpx.get(url + "/sdapi/v1/progress").json()["state"]
+        assert state["job"] == other.id and state["interrupted"] is False
+        assert httpx.post(url + "/sdapi/v1/interrupt").status_code == 200
+
+
 def test_an_interrupted_hires_request_stops_all_its_second_passes(tiny_pipeline):
     """batch_size 4 with --max-batch 2: the second pass is two calls. An interrupt during the first of them cancels
     the other too (it ran to its end and its images were thrown away, the QA sweep saw)."""

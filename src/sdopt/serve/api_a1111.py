@@ -348,8 +348,9 @@ def progress(request: Request, skip_current_image: bool = False, id_task: str | 
         job = worker.jobs.get(id_task)
         while job is not None and job.continued_by in worker.jobs:  # the request's iteration running now (n_iter)
             before, job, job_no = job, worker.jobs[job.continued_by], job_no + 1
-    else:
-        job = worker.current[0] if worker.current else None
+    else:  # the running call's first job still wanted: one cancelled out of a batch is not what runs (its mates run on)
+        current = list(worker.current)
+        job = next((each for each in current if not each.ended), current[0] if current else None)
     queued = worker.queue_depth
     if job is None:
         state = {"skipped": False, "interrupted": False, "stopping_generation": False, "job": "", "job_count": queued, "job_timestamp": "0",
