@@ -773,6 +773,23 @@ def test_a_batched_job_cancelled_alone_leaves_the_others_running(tiny_pipeline):
     assert drop.images == [] and drop.latents is None  # its rows are thrown away: latents too (kept for 1,000 jobs before)
 
 
+def test_a_job_cancelled_after_its_call_was_taken_and_before_it_started_stays_cancelled(tiny_pipeline):
+    """Cancelled (an interrupt, a DELETE) in the moment between the worker taking the call and starting it, the job was
+    set running again by start(): it ran, came back succeeded after its client was answered cancelled, said done twice
+    and was counted as both."""
+    from sdopt.serve import jobs as J
+    from sdopt.serve.worker import Worker
+
+    worker = Worker(tiny_pipeline)
+    job = worker.submit(J.Job(spec=J.JobSpec(prompt="x", width=64, height=64, steps=2)))
+    taken = worker._take_batch()  # as the worker thread does, without starting it
+    assert worker.cancel(job)
+    worker._execute(*taken)
+    assert job.status == "cancelled" and job.images == []
+    assert [e["event"] for e in job.events].count("done") == 1
+    assert 'sdopt_jobs_total{outcome="succeeded"} 0' in worker.metrics.render()
+
+
 def test_full_queue_answers_429_with_retry_after(tiny_pipeline):
     with running_server(tiny_pipeline, max_queue=2, start_worker=False) as (url, _):
         for _ in range(2):

@@ -158,7 +158,12 @@ class Job:
             return self.events[index:]
 
     def start(self, batch_size: int, steps: int) -> None:
-        self.status, self.started, self.batch_size, self.steps = RUNNING, time.time(), batch_size, steps
+        """Running, unless it ended meanwhile: a cancel (interrupt, DELETE, shutdown) between the worker taking its call
+        and starting it stays a cancel, and the call's progress hook drops it as any job cancelled out of a call."""
+        with self._lock:
+            if self.status in FINISHED:
+                return
+            self.status, self.started, self.batch_size, self.steps = RUNNING, time.time(), batch_size, steps
         self.emit("started", batch_size=batch_size, steps=steps)
 
     def finish(self, status: str, error: str | None = None, images: list | None = None, skipped: bool = False) -> bool:
