@@ -1027,6 +1027,7 @@ def test_a1111_progress_follows_the_batch_not_a_job_cancelled_out_of_it(tiny_pip
         assert httpx.delete(f"{url}/v1/jobs/{first.id}").json()["cancelled"]
         state = httpx.get(url + "/sdapi/v1/progress").json()["state"]
         assert state["job"] == other.id and state["interrupted"] is False
+        assert state["job_count"] == 1  # the cancelled one no longer counts
         assert httpx.post(url + "/sdapi/v1/interrupt").status_code == 200
 
 

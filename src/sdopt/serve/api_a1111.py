@@ -368,7 +368,8 @@ def progress(request: Request, skip_current_image: bool = False, id_task: str | 
         "stopping_generation": False,  # AUTOMATIC1111's "finish the image, then stop": sdopt has no such call
         "job": job.id,
         # a request followed by id_task: its iterations (AUTOMATIC1111's job_count is the batch count); else the server's jobs
-        "job_count": job.iterations if id_task is not None else queued + len(worker.current),
+        # (those cancelled out of the running call no longer count: qa73)
+        "job_count": job.iterations if id_task is not None else queued + sum(not each.ended for each in list(worker.current)),
         "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(job.created)),
         "job_no": job_no,
         "sampling_step": job.step,
