@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sdopt.bench.report import _fmt, flat_rows, precision_label, table_header, vae_encodes
+from sdopt.bench.report import figure_cells, flat_rows, precision_label, table_header, vae_encodes
 
 _MAX_GRID_SAMPLES = 4
 
@@ -249,11 +249,7 @@ def render_html(report: dict, out: Path) -> str:
         levers = [x for x in (r["replaced"], f"cache every {r['cache_interval']} steps" if (r["cache_interval"] or 1) > 1 else None,
                               f"guidance until {r['guidance_end']:g} of the steps" if r.get("guidance_end") else None) if x]
         cells = [r["artifact"] + (f" ({'; '.join(levers)})" if levers else ""), r["backend"], precision_label(r), r["status"],
-                 _fmt(r["latency_median_s"], "ms"), _fmt(r["latency_p90_s"], "ms"), _fmt(r["speedup_vs_reference"], "x"),
-                 _fmt(r["text_encoder_s"], "ms"), _fmt(r["unet_step_s"], "ms"),
-                 *([_fmt(r["vae_encoder_s"], "ms")] if encodes else []), _fmt(r["vae_decoder_s"], "ms"),
-                 _fmt(r["peak_memory_bytes"], "mib"), _fmt(r["size_bytes"], "mib"),
-                 _fmt(r["psnr_db"]), _fmt(r["ssim"]), _fmt(r["adherence"]), _fmt(r["latent_cosine"]), _fmt(r["achieved_gflops"]), _fmt(r["fraction_of_peak"], "pct")]
+                 *figure_cells(r, encodes)]
         # A failed row's error is said once, under "Failures" below, as in report.md: in its cell, a sha256 mismatch's
         # 150 characters widened the table past a 1400-px window, its last columns cut off.
         cls = "" if r["status"] == "ok" else " class='failed'"

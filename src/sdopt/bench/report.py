@@ -174,6 +174,17 @@ def _image_note(req: dict) -> str:
     return f", {what} at {strength}"
 
 
+def figure_cells(r: dict, encodes: bool) -> list[str]:
+    """A results row's figures, from its latency to its share of peak, under table_header's columns: report.md and
+    report.html alike (each table had its own copy)."""
+    return [_fmt(r["latency_median_s"], "ms"), _fmt(r["latency_p90_s"], "ms"), _fmt(r["speedup_vs_reference"], "x"),
+            _fmt(r["text_encoder_s"], "ms"), _fmt(r["unet_step_s"], "ms"),
+            *([_fmt(r["vae_encoder_s"], "ms")] if encodes else []), _fmt(r["vae_decoder_s"], "ms"),
+            _fmt(r["peak_memory_bytes"], "mib"), _fmt(r["size_bytes"], "mib"),
+            _fmt(r["psnr_db"]), _fmt(r["ssim"]), _fmt(r["adherence"]), _fmt(r["latent_cosine"]),
+            _fmt(r["achieved_gflops"]), _fmt(r["fraction_of_peak"], "pct")]
+
+
 def _warmup_note(report: dict) -> str:
     """The warm-ups before the measured runs. A worker's first generate (one prompt and seed) always warms up, so
     --warmup 0 ran one, which the report's line said was 0."""
@@ -195,7 +206,9 @@ def markdown(report: dict) -> str:
     req, machine = report["request"], report["machine"]
     cpu = machine.get("cpu", {})
     gpus = ", ".join(g["name"] for g in machine.get("gpus", [])) or "none"
-    encodes = vae_encodes(flat_rows(report))
+    rows = flat_rows(report)
+    encodes = vae_encodes(rows)
+    header = table_header(encodes)
     lines = [
         f"# sdopt bench report{' — profile ' + report['profile'] if report.get('profile') else ''}",
         "",
@@ -211,22 +224,16 @@ def markdown(report: dict) -> str:
         *([_cluster_note(report)] if report.get("cluster") else []),
         *[f"- **warning**: {w}" for w in report.get("warnings", [])],
         "",
-        "| " + " | ".join(table_header(encodes)) + " |",
-        "|---|---|---|---|" + "---:|" * (len(table_header(encodes)) - 4),
+        "| " + " | ".join(header) + " |",
+        "|---|---|---|---|" + "---:|" * (len(header) - 4),
     ]
-    for r in flat_rows(report):
+    for r in rows:
         lines.append(
             "| "
             + " | ".join(
                 _cell(c) for c in [
                     r["artifact"], r["backend"], precision_label(r),
-                    r["status"] if r["status"] == "ok" else f"**{r['status']}**",
-                    _fmt(r["latency_median_s"], "ms"), _fmt(r["latency_p90_s"], "ms"), _fmt(r["speedup_vs_reference"], "x"),
-                    _fmt(r["text_encoder_s"], "ms"), _fmt(r["unet_step_s"], "ms"),
-                    *([_fmt(r["vae_encoder_s"], "ms")] if encodes else []), _fmt(r["vae_decoder_s"], "ms"),
-                    _fmt(r["peak_memory_bytes"], "mib"), _fmt(r["size_bytes"], "mib"),
-                    _fmt(r["psnr_db"]), _fmt(r["ssim"]), _fmt(r["adherence"]), _fmt(r["latent_cosine"]),
-                    _fmt(r["achieved_gflops"]), _fmt(r["fraction_of_peak"], "pct"),
+                    r["status"] if r["status"] == "ok" else f"**{r['status']}**", *figure_cells(r, encodes),
                 ]
             )
             + " |"
