@@ -265,25 +265,32 @@ def save_options(image: Any, image_format: str) -> dict[str, Any]:
         return {"pnginfo": png_info(image)}
     if image_format not in ("JPEG", "WEBP"):
         return {}
-    left_out = parameters_left_out(image, image_format)
-    if left_out is not None:
+    exif = _parameters_exif(text)
+    if image_format == "JPEG" and len(exif) > _JPEG_EXIF_LIMIT:
         import warnings
 
-        warnings.warn(left_out, stacklevel=2)
+        warnings.warn(_too_long(text), stacklevel=2)
         return {}
-    return {"exif": _exif_with_user_comment(_UNICODE + text.encode("utf-16-be"))}
+    return {"exif": exif}
 
 
 def parameters_left_out(image: Any, image_format: str) -> str | None:
     """Why an image saved in ``image_format`` goes without the parameters it has (a text too long for a JPEG's EXIF
     block), for whoever receives the file: None when they go in whole, or it has none."""
     text = getattr(image, "info", {}).get(KEY)
-    if image_format != "JPEG" or not isinstance(text, str):
+    if image_format != "JPEG" or not isinstance(text, str) or len(_parameters_exif(text)) <= _JPEG_EXIF_LIMIT:
         return None
-    if len(_exif_with_user_comment(_UNICODE + text.encode("utf-16-be"))) <= _JPEG_EXIF_LIMIT:
-        return None
+    return _too_long(text)
+
+
+def _too_long(text: str) -> str:
     return (f"the image's generation parameters ({len(text):,} characters) do not fit a JPEG's EXIF block: it is saved "
             "without them (a PNG carries them whole)")
+
+
+def _parameters_exif(text: str) -> bytes:
+    """The EXIF block carrying ``text`` as AUTOMATIC1111 writes it: UserComment, "UNICODE\0" then UTF-16 big-endian."""
+    return _exif_with_user_comment(_UNICODE + text.encode("utf-16-be"))
 
 
 def _exif_with_user_comment(comment: bytes) -> bytes:
