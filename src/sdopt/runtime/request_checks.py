@@ -159,10 +159,10 @@ def _network_tag_notices(request: GenerateRequest) -> list[str]:
     """AUTOMATIC1111's <lora:NAME:W> (and other extra-network) tags in a prompt given from Python: sdopt generate and
     sdopt serve take them out before the pipeline sees them; a Python caller's went to the text encoder as words, in
     silence (qa71)."""
-    from sdopt.lora import PROMPT_TAG, other_network_tags
+    from sdopt.lora import take_network_tags  # the one reader of tags, generate's and serve's
 
-    texts = [*request.prompts, *(n for n in request.negative_prompts if n)]
-    tags = [*dict.fromkeys(t for text in texts for t in [m.group(0) for m in PROMPT_TAG.finditer(text)] + other_network_tags(text))]
+    found = [take_network_tags(text) for text in [*request.prompts, *(n for n in request.negative_prompts if n)]]
+    tags = [*dict.fromkeys(tag for _, loras, others in found for tag in [m.group(0) for m in loras] + others)]
     if not tags:
         return []
     return [f"{', '.join(tags)} in the prompt are read by the text encoder as words: AUTOMATIC1111's extra-network tags are "
