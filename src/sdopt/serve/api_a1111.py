@@ -344,13 +344,14 @@ def _img2img_job(request: Request, body: Img2ImgRequest) -> tuple[J.JobSpec, Any
 def progress(request: Request, skip_current_image: bool = False, id_task: str | None = None) -> dict[str, Any]:
     worker = request.app.state.worker
     job, before, job_no = None, None, 0
+    current = list(worker.current)
+    running = [each for each in current if not each.ended]  # one cancelled out of a batch is not what runs: its mates run on
     if id_task is not None:
         job = worker.jobs.get(id_task)
         while job is not None and job.continued_by in worker.jobs:  # the request's iteration running now (n_iter)
             before, job, job_no = job, worker.jobs[job.continued_by], job_no + 1
-    else:  # the running call's first job still wanted: one cancelled out of a batch is not what runs (its mates run on)
-        current = list(worker.current)
-        job = next((each for each in current if not each.ended), current[0] if current else None)
+    else:  # the running call's first job still wanted
+        job = running[0] if running else current[0] if current else None
     queued = worker.queue_depth
     if job is None:
         state = {"skipped": False, "interrupted": False, "stopping_generation": False, "job": "", "job_count": queued, "job_timestamp": "0",
@@ -368,8 +369,7 @@ def progress(request: Request, skip_current_image: bool = False, id_task: str | 
         "stopping_generation": False,  # AUTOMATIC1111's "finish the image, then stop": sdopt has no such call
         "job": job.id,
         # a request followed by id_task: its iterations (AUTOMATIC1111's job_count is the batch count); else the server's jobs
-        # (those cancelled out of the running call no longer count: qa73)
-        "job_count": job.iterations if id_task is not None else queued + sum(not each.ended for each in list(worker.current)),
+        "job_count": job.iterations if id_task is not None else queued + len(running),
         "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(job.created)),
         "job_no": job_no,
         "sampling_step": job.step,
