@@ -196,3 +196,10 @@ def test_the_pipeline_sdopt_load_returns_says_what_it_does():
 
     assert Pipeline.__doc__ and all(name in Pipeline.__doc__ for name in ("sdopt.load", "generate", "request_defaults", "close"))
     assert not RequestDefaults.__doc__.startswith("RequestDefaults(")
+
+
+def test_python_dash_m_sdopt_runs_the_command():
+    # `python -m sdopt` is how a user reaches the command when the venv's bin/ is not on PATH (a notebook, a script
+    # run by another interpreter path): it said "'sdopt' is a package and cannot be directly executed".
+    done = subprocess.run([sys.executable, "-m", "sdopt", "--version"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.startswith("sdopt "), done.stdout + done.stderr
