@@ -578,3 +578,38 @@ def test_a_path_onnx_runtime_cannot_open_is_refused_with_the_cause(tiny_model, t
     with pytest.raises(SdoptError, match="UTF-8 locale"):
         export(tiny_model, "onnx", folder / "out", progress=False)
     assert time.perf_counter() - started < 5  # before any component is traced
+
+
+THREADS_SIDE_BY_SIDE = """
+import sys, threading
+import sdopt
+
+def side_by_side(work, count=2):
+    start, errors = threading.Barrier(count), []
+    def run(i):
+        start.wait()
+        try:
+            work(i)
+        except Exception as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    return errors
+
+onnx = [sdopt.load(sys.argv[1]) for _ in range(2)]
+request = sdopt.GenerateRequest(prompt="a red circle", steps=2, height=64, width=64, seed=0)
+print("first generates:", side_by_side(lambda i: onnx[i].generate(request)))  # each looks up Diffusers' scheduler class
+print("torch loads:", side_by_side(lambda i: sdopt.load(sys.argv[2])))
+"""
+
+
+def test_pipelines_load_and_first_generate_side_by_side_in_threads(tiny_onnx_artifact, tiny_model):
+    # README: "load one pipeline per thread to run them side by side". In a fresh process (what fails is the first
+    # lookup), two ONNX pipelines' first generates at once got "the checkpoint's scheduler class PNDMScheduler is not
+    # in this diffusers version" (Diffusers' lazy module, looked up from two threads), and two torch loads at once
+    # "cannot load text_encoder ... Unsupported device type 'meta' ... the checkpoint is damaged".
+    done = subprocess.run([sys.executable, "-c", THREADS_SIDE_BY_SIDE, str(tiny_onnx_artifact), str(tiny_model)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "first generates: []" in done.stdout and "torch loads: []" in done.stdout, done.stdout

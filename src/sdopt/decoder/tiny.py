@@ -19,6 +19,7 @@ from typing import Any
 
 from sdopt.errors import SdoptError, with_article
 from sdopt.fsutil import read_json, sha256_file
+from sdopt.runtime.library_lock import holding_library_lock
 
 ARCHITECTURE = "AutoencoderTiny"
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
@@ -81,6 +82,7 @@ def input_scale(config: dict[str, Any], model: dict[str, Any]) -> float:
     return float(model["vae_scaling_factor"]) / float(config.get("scaling_factor", 1.0) or 1.0)
 
 
+@holding_library_lock  # Diffusers' lazy lookup and from_pretrained (sdopt.runtime.library_lock)
 def load_tiny(path: str | Path, dtype=None):
     """The AutoencoderTiny of a folder; weights that do not load (truncated, or not the shapes its config.json
     gives) are an SdoptError naming the folder, not Diffusers' traceback."""

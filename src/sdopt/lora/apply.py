@@ -14,6 +14,7 @@ import torch
 
 from sdopt.errors import SdoptError, exception_line, require
 from sdopt.lora import LoraFile
+from sdopt.runtime.library_lock import holding_library_lock
 
 
 def _loader(family):
@@ -75,6 +76,7 @@ def _lycoris_kind(lora: LoraFile) -> str | None:
 _HEADINGS = ("Error(s) in loading state_dict",)
 
 
+@holding_library_lock  # PEFT builds the adapter layers as the loads do (sdopt.runtime.library_lock)
 def load_adapter(modules: dict[str, torch.nn.Module], family, lora: LoraFile, name: str) -> list[str]:
     """Load one LoRA file as adapter ``name`` into the UNet and text encoders; the components it touched."""
     loader = _loader(family)

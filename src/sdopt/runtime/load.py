@@ -12,6 +12,7 @@ from sdopt.fsutil import read_json
 from sdopt.manifest import read_manifest, tokenizer_folders
 from sdopt.request import MAX_STEPS
 from sdopt.runtime.backends import BACKENDS, check_cuda_index, device_kind, get_backend
+from sdopt.runtime.library_lock import holding_library_lock
 from sdopt.runtime.pipeline import Pipeline
 from sdopt.source import resolve
 
@@ -90,6 +91,7 @@ def checkpoint_scheduler_config(folder: Path, sub: str) -> dict[str, Any]:
     return config
 
 
+@holding_library_lock  # Transformers' lazy lookup of CLIPTokenizer (sdopt.runtime.library_lock)
 def load_tokenizer(folder: Path):
     from transformers import CLIPTokenizer
 

@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from sdopt.errors import SdoptError, argument
+from sdopt.runtime.library_lock import diffusers_attr
 
 SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "ddim": ("DDIMScheduler", {}),
@@ -183,13 +184,14 @@ def _check_last_timestep(scheduler: Any, steps: int) -> None:
 
 def scheduler_class(name: str | None, config: dict[str, Any] | None = None):
     """The Diffusers class of a scheduler name from SCHEDULERS, or of the checkpoint's own (its config's) when None."""
-    import diffusers
-
     cls_name = SCHEDULERS[name][0] if name is not None else (config or {}).get("_class_name", "PNDMScheduler")
-    cls = getattr(diffusers, cls_name, None) if isinstance(cls_name, str) else None
+    try:
+        cls = diffusers_attr(cls_name) if isinstance(cls_name, str) else None
+    except AttributeError:
+        cls = None
     if cls is None:
         raise SdoptError(f"the checkpoint's scheduler class {cls_name} is not in this diffusers version")
-    if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
+    if not (isinstance(cls, type) and issubclass(cls, diffusers_attr("SchedulerMixin"))):
         # Built from the config, another Diffusers class would run whatever its constructor does (a UNet of the
         # config's sizes, SD 1.5's by default) and fail on the first step with a traceback.
         raise SdoptError(f"the checkpoint names {cls_name} as its scheduler (model_index.json's scheduler entry or "

@@ -13,6 +13,7 @@ import torch
 from sdopt.errors import SdoptError, argument
 from sdopt.runtime.compiled import COMPILED_COMPONENTS, compile_components, compile_setting, original
 from sdopt.manifest import Manifest
+from sdopt.runtime.library_lock import holding_library_lock
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PRECISIONS = {dtype: name for name, dtype in DTYPES.items()}
@@ -120,6 +121,7 @@ def _vae_encoder(m, sample):
 FORWARDS = {"text_encoder": _text_encoder, "text_encoder_2": _text_encoder, "unet": _unet, "unet_shallow": _unet_shallow, "vae_decoder": _vae_decoder, "vae_encoder": _vae_encoder}
 
 
+@holding_library_lock  # Diffusers' and Transformers' lazy lookups (sdopt.runtime.library_lock)
 def module_class(name: str):
     """The Diffusers/Transformers class of a component (vae_decoder and vae_encoder share AutoencoderKL)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -133,6 +135,7 @@ def _is_diffusers(cls) -> bool:
     return hasattr(cls, "load_config")  # Diffusers' ConfigMixin; Transformers models read a config_class
 
 
+@holding_library_lock  # from_pretrained builds on the meta device, process-wide (sdopt.runtime.library_lock)
 def load_pretrained(name: str, path: Path, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     """One component's module with its weights, from its folder."""
     from diffusers.utils import logging as diffusers_logging
@@ -171,6 +174,7 @@ def weights_variant(path: Path) -> str | None:
     return loaded_variant(p.name for p in Path(path).glob("*.safetensors"))
 
 
+@holding_library_lock  # init_empty_weights patches torch.nn.Module process-wide (sdopt.runtime.library_lock)
 def empty_module(name: str, path: Path) -> torch.nn.Module:
     """The module's structure from its config.json, parameters on the meta device (no memory).
 
