@@ -1461,3 +1461,20 @@ def test_image_dir_on_a_full_disk_answers_507_and_leaves_no_temporary_file(tmp_p
     with pytest.raises(SdoptError, match="its disk is full; free some space"):
         image_links.ImageLinks(tmp_path / "new")
     assert os.listdir(tmp_path / "new") == []
+
+
+def test_the_body_and_image_limits_are_serve_flags(tiny_model, monkeypatch, capsys):
+    """ServeSettings refused "--max-body-bytes 0" and "--max-image-bytes 0", flags sdopt serve did not have: a server
+    could not take an init image over 16 MiB. The image limit's message says the server's own limit, under 1 MiB too."""
+    import sdopt.serve.server as server
+    from sdopt.cli import main
+    from sdopt.serve.images import read_image
+
+    seen = {}
+    monkeypatch.setattr(server, "serve", lambda artifact, settings, options, **http: seen.update(settings=settings))
+    assert main(["serve", str(tiny_model), "--max-body-bytes", str(64 * 2**20), "--max-image-bytes", str(48 * 2**20)]) == 0
+    assert (seen["settings"].max_body_bytes, seen["settings"].max_image_bytes) == (64 * 2**20, 48 * 2**20)
+    assert main(["serve", str(tiny_model), "--max-image-bytes", "0"]) == 2
+    assert "--max-image-bytes 0: must be a positive integer" in capsys.readouterr().err
+    with pytest.raises(Exception, match="larger than the 0.5 MiB this server accepts"):
+        read_image(b"x" * (2**19 + 1), "image", 2**19, 10**6)

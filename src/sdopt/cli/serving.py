@@ -16,7 +16,8 @@ def _serve(args: argparse.Namespace) -> int:
     settings = ServeSettings(
         host=args.host, port=args.port, api_key=args.api_key or os.environ.get("SDOPT_API_KEY") or None,
         api_auth=args.api_auth, max_queue=args.max_queue, max_batch=args.max_batch, job_timeout=args.job_timeout,
-        max_pixels=args.max_pixels, max_steps=args.max_steps, max_images=args.max_images, name=args.name, lora_dir=args.lora_dir,
+        max_pixels=args.max_pixels, max_steps=args.max_steps, max_images=args.max_images, max_body_bytes=args.max_body_bytes,
+        max_image_bytes=args.max_image_bytes, name=args.name, lora_dir=args.lora_dir,
         embeddings_dir=args.embeddings_dir, image_dir=args.image_dir,
         steps=args.steps, guidance_scale=args.guidance, scheduler=args.scheduler,
     )
@@ -72,6 +73,11 @@ def add_serve(sub) -> None:
                    help="guidance scale of a request that does not say, as --steps (default: the model's: 8.5 for an LCM UNet, else 7.5; Turbo: 0)")
     p.add_argument("--scheduler", default=None, help="scheduler of a request that does not name one, as --steps (default: the model's own)")
     p.add_argument("--max-images", type=int, default=8, help="most images one request may ask (default 8)")
+    # ServeSettings' own messages name these two; without them a server could not take a larger init image than 16 MiB.
+    p.add_argument("--max-body-bytes", type=int, default=32 * 2**20,
+                   help="largest request body, base64 images included; a larger one gets 413 (default 33554432, 32 MiB)")
+    p.add_argument("--max-image-bytes", type=int, default=16 * 2**20,
+                   help="largest input image (init image, mask, edit image) as a file, decoded from base64 (default 16777216, 16 MiB)")
     p.add_argument("--name", default=None, help="model name the APIs report (default: the artifact folder's name)")
     p.add_argument("--reshape", action="store_true",
                    help="openvino: let a static-shape artifact serve other sizes and batches too (each compiled on first use; "

@@ -29,7 +29,7 @@ def decode_image(text: str, field: str, max_bytes: int, max_pixels: int):
         raise _refuse(field, "give a base64-encoded PNG or JPEG image")
     text = _DATA_URL.sub("", text.strip(), count=1)
     if len(text) * 3 // 4 > max_bytes:
-        raise _refuse(field, f"the image is larger than {max_bytes // 2**20} MiB")
+        raise _refuse(field, f"the image is larger than the {max_bytes / 2**20:g} MiB this server accepts")
     try:
         data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
@@ -42,7 +42,7 @@ def read_image(data: bytes, field: str, max_bytes: int, max_pixels: int):
     from PIL import Image, UnidentifiedImageError
 
     if len(data) > max_bytes:
-        raise _refuse(field, f"the image is larger than {max_bytes // 2**20} MiB")
+        raise _refuse(field, f"the image is larger than the {max_bytes / 2**20:g} MiB this server accepts")
     try:
         image = Image.open(io.BytesIO(data))
         if image.width * image.height > max_pixels:
