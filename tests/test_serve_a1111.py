@@ -250,6 +250,19 @@ def test_an_init_images_transparent_part_is_laid_on_white_as_automatic1111s(tiny
     assert (out[40:, :] == 255).all() and (out[:24, :] == (255, 0, 0)).all()
 
 
+def test_several_init_images_are_refused_not_all_but_the_first_dropped(tiny_pipeline):
+    """AUTOMATIC1111 makes each image of a batch from its own init image; the server made every image from the first
+    and dropped the others unsaid (200, nothing in sdopt_ignored). Refused now, naming init_images, before a queue slot."""
+    from PIL import Image
+
+    red, blue = (b64png(Image.new("RGB", (64, 64), colour)) for colour in ((255, 0, 0), (0, 0, 255)))
+    with running_server(tiny_pipeline, start_worker=False) as (url, app):
+        answer = httpx.post(url + "/sdapi/v1/img2img", json={"prompt": "x", **SMALL, "batch_size": 2, "init_images": [red, blue]}, timeout=10)
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["detail"][0]["loc"] == ["body", "init_images"] and "2 images" in answer.text
+        assert app.state.worker.queue_depth == 0
+
+
 def test_a_negative_mask_blur_or_padding_is_refused_naming_the_field(tiny_pipeline):
     """mask_blur -4 was applied as no blur and written "Mask blur: -4" into the image's parameters; a negative
     inpaint_full_res_padding was taken as 0. Both are refused before any work, an infotext's as well."""

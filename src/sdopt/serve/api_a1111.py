@@ -306,6 +306,11 @@ def _img2img_job(request: Request, body: Img2ImgRequest) -> tuple[J.JobSpec, Any
     apply_infotext(body)
     if not body.init_images:
         raise RequestError("init_images", "give one init image (base64 PNG or JPEG) in init_images")
+    if len(body.init_images) > 1:
+        # AUTOMATIC1111 gives each image of the batch its own init image (up to batch_size of them); a job here has one, and
+        # making every image from the first while the others were dropped unsaid answered a different request
+        raise RequestError("init_images", f"init_images holds {len(body.init_images)} images: sdopt makes a request's images from one "
+                                          "init image; send one per request (batch_size images are made from it)")
     import dataclasses
 
     if body.resize_mode not in (None, *MODES):
