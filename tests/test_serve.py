@@ -167,6 +167,22 @@ def test_a_json_body_nested_too_deeply_or_not_utf8_is_422_as_one_that_is_not_jso
             assert answer.status_code == 422 and error["param"] is None and why in error["message"], answer.text
 
 
+def test_openai_field_of_sdopts_prefix_the_endpoint_does_not_take_is_refused_not_ignored(tiny_pipeline):
+    """sdopt_ is sdopt's own prefix (the SDK's extra_body): a misspelt sdopt_seed, an sdopt_scheduler, or an edit's
+    sdopt_prompt_emphasis (a generations field) was accepted and did nothing, so the image was not the one asked for and
+    the client was told nothing. Refused before it is queued, naming the field and the nearest one it takes."""
+    from PIL import Image
+
+    with running_server(tiny_pipeline, start_worker=False) as (url, app):  # no worker: a queued job never ends
+        answer = httpx.post(url + "/v1/images/generations", json={"prompt": "x", "size": "64x64", "sdopt_sed": 3}, timeout=5)
+        error = answer.json()["error"]
+        assert answer.status_code == 422 and error["param"] == "sdopt_sed" and "did you mean sdopt_seed?" in error["message"], answer.text
+        answer = httpx.post(url + "/v1/images/edits", data={"prompt": "x", "sdopt_prompt_emphasis": "true"},
+                            files={"image": ("a.png", png_bytes(Image.new("RGB", (64, 64))), "image/png")}, timeout=5)
+        assert answer.status_code == 422 and answer.json()["error"]["param"] == "sdopt_prompt_emphasis", answer.text
+        assert app.state.worker.queue_depth == 0
+
+
 def test_openai_stream_true_is_refused_not_answered_with_json_the_sdk_reads_as_no_events(tiny_pipeline):
     """The SDK's stream=True reads server-sent events: a JSON answer read that way was an empty stream, no image and no
     error, while the server made the image for nobody. Refused before it is queued, naming the field."""

@@ -7,7 +7,7 @@ does not hold the image, so there it is refused with a 400 that says so, unless 
 (each writes its images and reads the links' key there, so any of them answers any link).
 ``output_format`` (png, jpeg, webp) and ``output_compression`` (their quality, 100 by default as OpenAI's) choose the
 files sent, each with its generation parameters. Fields OpenAI's newer models take (quality, style, background, ...)
-are accepted and have no effect on an SD model.
+are accepted and have no effect on an SD model; an ``sdopt_`` field an endpoint does not take is refused.
 
 An edit is inpainting where OpenAI's mask is fully transparent (alpha 0) — the
 mask's, or the image's own when no mask is sent, as OpenAI reads it — and
@@ -111,6 +111,19 @@ def _check_model_and_format(request: Request, model: str | None, response_format
                                               "hold the image; give it, or ask for b64_json", status=400)
 
 
+def _check_sdopt_fields(sent, known, endpoint: str) -> None:
+    """Refuse a field of sdopt's own prefix this endpoint does not take (``sdopt_sed``, ``sdopt_scheduler``; an edit's
+    ``sdopt_prompt_emphasis``). OpenAI's other fields are let through, as its newer models' are, but sdopt_ is ours: such a
+    field was accepted and did nothing, so a misspelt seed made a random image and the client was told nothing."""
+    from sdopt.errors import did_you_mean
+
+    known = sorted(name for name in known if name.startswith("sdopt_"))
+    for name in sent:
+        if isinstance(name, str) and name.startswith("sdopt_") and name not in known:
+            raise RequestError(name, f"{name}: {endpoint} takes no such field{did_you_mean(name, known)}; its own fields are "
+                                     + ", ".join(known))
+
+
 def _encoding(output_format: str | None, compression: int | None) -> tuple[str, int | None]:
     """(format, quality) of OpenAI's output_format and output_compression: quality 100 by default for JPEG and WebP,
     as OpenAI's; none for PNG, which is lossless."""
@@ -181,6 +194,7 @@ def image_file(request: Request, job_id: str, name: str, expires: int, signature
 @router.post("/v1/images/generations")
 async def generations(request: Request, body: ImageGeneration) -> dict[str, Any]:
     _check_model_and_format(request, body.model, body.response_format, bool(body.stream))
+    _check_sdopt_fields(body.model_extra or {}, ImageGeneration.model_fields, "/v1/images/generations")
     encoding = _encoding(body.output_format, body.output_compression)
     width, height = _size(body.size, default_size(request.app.state.worker.pipeline))
     spec = J.JobSpec(prompt=body.prompt, negative_prompt=body.sdopt_negative_prompt, n=body.n or 1, prompt_emphasis=body.sdopt_prompt_emphasis,
@@ -302,6 +316,7 @@ async def edits(request: Request) -> dict[str, Any]:
     stream = form.get("stream")
     _check_model_and_format(request, model if isinstance(model, str) else None, response_format if isinstance(response_format, str) else None,
                             isinstance(stream, str) and stream.strip().lower() in ("true", "1"))  # the SDK's form says "true"
+    _check_sdopt_fields(form.keys(), EDIT_FORM["properties"], "/v1/images/edits")
     output_format = form.get("output_format")
     encoding = _encoding(output_format if isinstance(output_format, str) else None, _number(form, "output_compression", int, low=0, high=100))
     image = await _file(form, ("image", "image[]"), settings)
