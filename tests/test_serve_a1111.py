@@ -122,6 +122,25 @@ def test_img2img_says_an_enable_hr_sent_to_it_is_ignored():
     assert ignored_fields(Img2ImgRequest(init_images=["x"], enable_hr=False), "euler") == []
 
 
+def test_an_infotexts_sampler_is_answered_by_automatic1111s_name_not_sdopts():
+    """An infotext's "Sampler: Euler a" (or "DPM++ 2M" with "Schedule type: Karras") filled sampler_name with sdopt's own
+    name, which the answer echoes: info.sampler_name and parameters.sampler_name said "euler_a", "dpmpp_2m_karras", names
+    no /sdapi/v1/samplers listing has. Now the sampler and schedule type as AUTOMATIC1111 names them; the same scheduler runs."""
+    from sdopt.serve.a1111_fields import apply_infotext, ignored_fields, scheduler_for
+    from sdopt.serve.a1111_models import Txt2ImgRequest
+
+    for text, sampler, schedule, ours in (("Sampler: Euler a", "Euler a", None, "euler_a"), ("Sampler: PLMS", "PLMS", None, "pndm"),
+                                          ("Sampler: DPM++ 2M, Schedule type: Karras", "DPM++ 2M", "Karras", "dpmpp_2m_karras"),
+                                          ("Sampler: DPM++ 2M Karras", "DPM++ 2M", "Karras", "dpmpp_2m_karras")):
+        body = Txt2ImgRequest(infotext=f"x\nSteps: 4, {text}, CFG scale: 7, Seed: 1, Size: 64x64")
+        apply_infotext(body)
+        assert (body.sampler_name, body.scheduler, scheduler_for(body)) == (sampler, schedule, ours), text
+        assert ignored_fields(body, ours) == []
+    body = Txt2ImgRequest(sampler_name="DDIM", infotext="x\nSteps: 4, Sampler: Euler a, Seed: 1, Size: 64x64")  # the request's own wins
+    apply_infotext(body)
+    assert (body.sampler_name, scheduler_for(body)) == ("DDIM", "ddim")
+
+
 def _picture(width: int, height: int):
     """A picture with something everywhere (so a pasted or kept pixel can be told from a repainted one)."""
     from PIL import Image

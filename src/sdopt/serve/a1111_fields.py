@@ -181,8 +181,15 @@ def apply_infotext(body: ProcessingRequest) -> None:
     fields.pop("num_images", None)  # a batch drawn from one seed: this API draws each image from its own (sdopt_ignored says so)
     if "clip_skip" in fields:  # AUTOMATIC1111 maps "Clip skip" to this setting; the request's own override wins
         body.override_settings = {CLIP_SKIP_SETTING: fields.pop("clip_skip"), **(body.override_settings or {})}
+    if "scheduler" in fields and "sampler_name" not in given:
+        # The sampler as AUTOMATIC1111 names it, with its schedule type: sdopt's own name ("euler_a", "dpmpp_2m_karras"),
+        # which sampler_name also takes, was echoed as the answer's info.sampler_name, a name no /samplers listing has
+        ours = fields.pop("scheduler")
+        body.sampler_name, schedule = A1111_SAMPLERS.get(ours, (ours, None))
+        if schedule and (body.scheduler or "automatic").lower() == "automatic":  # the sampler's own schedule is the infotext's
+            body.scheduler = schedule
     for name, value in fields.items():
-        field = A1111_NAMES.get(name, name)  # the sampler as sdopt's name (with its schedule type), which sampler_name takes
+        field = A1111_NAMES.get(name, name)
         if field not in given and field in type(body).model_fields:
             setattr(body, field, value)
     if isinstance(body, Txt2ImgRequest):  # a hires image's parameters: the hires fix again
