@@ -257,6 +257,25 @@ def result_seed(result) -> int:
     return int(re.search(r"Seed: (\d+)", png(result.data[0].b64_json).info["parameters"]).group(1))
 
 
+def test_openai_edit_of_a_whole_picture_on_an_inpainting_checkpoint_says_to_send_a_mask(tmp_path):
+    """An opaque image and no mask is img2img of the whole picture, which an inpainting checkpoint cannot run: the 422
+    named the loop's Python arguments ("it needs init_image and mask_image"), though the client had sent its image and
+    an edit has no such fields. It says now what the SDK sends: a mask whose fully transparent pixels mark the area."""
+    import sdopt
+    from PIL import Image
+
+    from sdopt.zoo import write_model
+
+    with sdopt.load(write_model("tiny-inpaint", tmp_path / "tiny-inpaint", seed=0, progress=False)) as pipe:
+        with running_server(pipe, start_worker=False) as (url, app):
+            answer = httpx.post(url + "/v1/images/edits", data={"prompt": "x"}, timeout=5,
+                                files={"image": ("a.png", png_bytes(Image.new("RGB", (64, 64), (9, 9, 9))), "image/png")})
+            error = answer.json()["error"]
+            assert answer.status_code == 422 and error["param"] == "mask", answer.text
+            assert "fully transparent" in error["message"] and "init_image" not in error["message"]
+            assert app.state.worker.queue_depth == 0
+
+
 def test_openai_sdk_edits_inpaint_where_the_mask_is_transparent(tiny_pipeline):
     """images.edit: OpenAI's mask (alpha 0 = edit) becomes the loop's (white = repaint), at strength 1, and the image
     equals the Python API's inpainting from the same seed; the image's own transparency serves when no mask is sent;

@@ -323,6 +323,12 @@ async def edits(request: Request) -> dict[str, Any]:
     if image is None:
         raise RequestError("image", "give the image to edit (a PNG, JPEG or WebP file)")
     mask = await asyncio.to_thread(edit_mask, image, await _file(form, ("mask",), settings))  # as the images: off the loop
+    if mask is None and getattr(request.app.state.worker.pipeline, "inpainting_unet", False):
+        # The loop's own refusal names its Python arguments (init_image, mask_image), which an edit has not: say it as the SDK sends it
+        raise RequestError("mask", "this server's model is an inpainting checkpoint: it repaints only an area to edit, and nothing marks "
+                                   "one (no mask was sent and the image has no fully transparent pixel); send a mask whose fully "
+                                   "transparent pixels (alpha 0) are the area to edit, or for an edit of the whole picture serve a "
+                                   "text-to-image checkpoint")
     size = form.get("size")
     if size in (None, "", "auto"):
         width, height = (max(8, side - side % 8) for side in image.size)  # the loop's sides are multiples of 8: resized to them
