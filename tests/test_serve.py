@@ -840,6 +840,21 @@ def test_a_job_past_its_timeout_is_answered_timed_out(tiny_pipeline):
         response = httpx.post(url + "/sdapi/v1/txt2img", json={"prompt": "x", "width": 64, "height": 64, "steps": 50}, timeout=30)
         assert response.status_code == 504
         assert "timed out after 1 s" in response.text
+        # About no field of the request: it named "prompt" (and OpenAI's invalid_request_error, a client's cue not to
+        # retry) for a timeout, a cancel or the server's own failure
+        assert response.json() == {"detail": response.json()["detail"]} and isinstance(response.json()["detail"], str)
+        response = httpx.post(url + "/v1/images/generations", json={"prompt": "x", "size": "64x64", "sdopt_steps": 50}, timeout=30)
+        error = response.json()["error"]
+        assert response.status_code == 504 and error["param"] is None and error["type"] == "server_error", error
+
+
+def test_openai_errors_carry_openais_types_for_rate_limits_and_server_failures():
+    from sdopt.serve.app import _error_body
+
+    assert _error_body("/v1/images/generations", 429, "full")["error"] | {"message": ""} == {
+        "message": "", "type": "requests", "param": None, "code": "rate_limit_exceeded"}
+    assert _error_body("/v1/images/generations", 500, "x")["error"]["type"] == "server_error"
+    assert _error_body("/v1/images/edits", 422, "x", "size")["error"] == {"message": "x", "type": "invalid_request_error", "param": "size", "code": None}
 
 
 

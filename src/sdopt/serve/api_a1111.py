@@ -37,7 +37,7 @@ from sdopt.serve.a1111_models import Img2ImgRequest, ImagesResponse, PngInfoRequ
 from sdopt.serve.api_a1111_lists import CLIP_SKIP_SETTING, check_clip_skip, check_held_options
 from sdopt.serve.errors import RequestError
 from sdopt.serve.resize_modes import MODES, resize
-from sdopt.serve.submission import check_spec, failure_status, prepare, random_seed, submit, wait
+from sdopt.serve.submission import check_spec, failure_status, not_made, prepare, random_seed, submit, wait
 from sdopt.serve.images import decode_image, encode_png, flatten
 
 router = APIRouter(tags=["automatic1111"])
@@ -124,7 +124,7 @@ def _answer(request: Request, body: ProcessingRequest, spec: J.JobSpec, jobs: li
     which the event loop would answer no other client."""
     last = jobs[-1]
     if last.status not in (J.SUCCEEDED, J.CANCELLED) or failure_status(last) == 503:  # 503: the server is shutting down
-        raise RequestError("prompt", f"the image was not made: {last.status} ({last.error})", status=failure_status(last))
+        raise not_made(last)
     interrupted = any(job.status == J.CANCELLED and not job.skipped for job in jobs)
     params = body.model_dump()
     if not getattr(body, "include_init_images", False):  # AUTOMATIC1111 echoes the input images only when asked to

@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sdopt.serve import image_links
 from sdopt.serve import jobs as J
 from sdopt.serve.errors import RequestError
-from sdopt.serve.submission import (LEVER_NAMES, cache_interval_field, clip_skip_field, default_size, failure_status, guidance_end_field, random_seed, submit, wait,
+from sdopt.serve.submission import (LEVER_NAMES, cache_interval_field, clip_skip_field, default_size, guidance_end_field, not_made, random_seed, submit, wait,
                                     with_server_defaults)
 from sdopt.request import MAX_CLIP_SKIP, MAX_GUIDANCE, MAX_SEED
 from sdopt.infotext import parameters_left_out
@@ -139,7 +139,7 @@ async def _answer(request: Request, spec: J.JobSpec, names: dict[str, str], resp
     # the tokenizer while the worker encodes a batch
     job = await wait(await asyncio.to_thread(submit, request, spec, "openai", names=names), request)
     if job.status != J.SUCCEEDED:
-        raise RequestError("prompt", f"the image was not made: {job.status} ({job.error})", status=failure_status(job))
+        raise not_made(job)
     output_format, quality = encoding
     if response_format == "url":
         links = request.app.state.image_links

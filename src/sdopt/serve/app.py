@@ -38,8 +38,11 @@ def _openai_route(request: Request) -> bool:
 def _error_body(path: str, status: int, message: str, field: str | None = None) -> dict[str, Any]:
     """The error in the shape of the API ``path`` belongs to (a path, not a Request: the body limit answers before any)."""
     if _openai_path(path):
-        # OpenAI's error shape, which its SDK turns into BadRequestError and friends.
-        return {"error": {"message": message, "type": "invalid_request_error", "param": field, "code": None}}
+        # OpenAI's error shape, which its SDK turns into BadRequestError and friends (by the status), with OpenAI's own
+        # types for a rate limit and for the server's failures: clients that read the type retry those alone.
+        kind, code = (("requests", "rate_limit_exceeded") if status == 429 else ("server_error", None) if status >= 500
+                      else ("invalid_request_error", None))
+        return {"error": {"message": message, "type": kind, "param": field, "code": code}}
     detail: Any = message if field is None else [{"loc": ["body", field], "msg": message, "type": "value_error"}]
     return {"detail": detail}
 

@@ -8,6 +8,6 @@ from sdopt.errors import SdoptError
 class RequestError(SdoptError):
     """Input a route refuses: 422 (or ``status``) with the field named as the API names it."""
 
-    def __init__(self, field: str, message: str, status: int = 422):
+    def __init__(self, field: str | None, message: str, status: int = 422):
         super().__init__(message)
         self.field, self.status = field, status

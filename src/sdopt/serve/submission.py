@@ -154,3 +154,11 @@ def failure_status(job: J.Job) -> int:
     if job.status == J.CANCELLED and job.error == SHUTTING_DOWN:
         return 503
     return {J.TIMED_OUT: 504, J.CANCELLED: 409}.get(job.status, 500 if job.internal_error else 422)
+
+
+def not_made(job: J.Job) -> RequestError:
+    """The error for a job that ended without its images. Its field is the prompt only where the request was refused
+    (422); a timeout, a cancel, the server's own failure or its shutdown is about no field of the request (it named
+    "prompt" as their param, which a client would read as the prompt being wrong)."""
+    status = failure_status(job)
+    return RequestError("prompt" if status == 422 else None, f"the image was not made: {job.status} ({job.error})", status=status)
