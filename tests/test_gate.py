@@ -46,6 +46,19 @@ def test_thirty_percent_slower_relative_to_reference_fails(report):
     assert bad[0].change == "+30.0%"
 
 
+def test_the_summary_line_names_the_checks_that_did_not_pass(report):
+    """A CI log is read from its end: the CI gate's 27-row table put a failed row above the last 20 lines, under
+    "gate: FAIL (1 regression(s) in 27 checks)", which named neither the artifact, the metric nor by how much."""
+    baseline = _pin_noise(derived(report))
+    bigger = _pin_noise(derived(report, **{"tiny-onnx": {"size_bytes": lambda v: v * 2}}))
+    summary = table(gate(bigger, {**RULES, "size": "+1%"}, baseline=baseline)).splitlines()[-1]
+    assert summary.startswith("gate: FAIL (1 regression(s) in ") and summary.endswith(
+        ": tiny-onnx size +100.0% (threshold +1%: REGRESSION)"), summary
+    missing = derived(baseline, **{"tiny-onnx": {"peak_memory_bytes": -1}})
+    assert "tiny-onnx peak_memory " in table(gate(missing, RULES, baseline=baseline)).splitlines()[-1]
+    assert table(gate(baseline, RULES, baseline=baseline)).splitlines()[-1].endswith(" checks)")
+
+
 def test_a_whole_machine_slower_is_not_a_regression(report):
     """Every artifact, the reference included, 40% slower: the ratios hold, the gate passes."""
     baseline = _pin_noise(derived(report))

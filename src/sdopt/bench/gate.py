@@ -420,6 +420,17 @@ def cpu_kind(report: dict) -> str:
     return " ".join(sorted(str(x) for x in isa)) if isinstance(isa, list) else ""
 
 
+def _unpassed(checks: list[Check], shown: int = 5) -> str:
+    """The checks that did not pass, named on the summary line: a CI log's reader sees its last lines, and a failed row of
+    a 27-row table (the CI gate's five artifacts) sat above the last 20, under "1 regression(s) in 27 checks"."""
+    unpassed = [f"{c.artifact} {c.metric} {c.change or c.current} (threshold {c.threshold}: {c.verdict})"
+                for c in checks if c.failed or c.missing]
+    if not unpassed:
+        return ""
+    more = f"; {len(unpassed) - shown} more in the table above" if len(unpassed) > shown else ""
+    return ": " + "; ".join(unpassed[:shown]) + more
+
+
 def table(result: GateResult, markdown: bool = False) -> str:
     header = ("artifact", "metric", "baseline", "current", "change", "threshold", "verdict")
     rows = [(c.artifact, c.metric, str(c.baseline), str(c.current), c.change, c.threshold, c.verdict) for c in result.checks]
@@ -437,7 +448,7 @@ def table(result: GateResult, markdown: bool = False) -> str:
         lines += ["| " + " | ".join(f"**{v}**" if v == "REGRESSION" else v for v in row) + " |" for row in rows]
         notes = "".join(f"> {n}\n\n" for n in result.notes)
         return f"## sdopt gate: {verdict}\n\n{counts}.\n\n" + notes + "\n".join(lines) + "\n"
-    summary = f"gate: {verdict} ({counts})"
+    summary = f"gate: {verdict} ({counts})" + _unpassed(result.checks)
     widths = [max(len(x) for x in col) for col in zip(header, *rows)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     return "\n".join([*(f"note: {n}" for n in result.notes), fmt.format(*header), *(fmt.format(*row) for row in rows), summary])
