@@ -255,6 +255,23 @@ def test_cli_writes_markdown_and_json(report, tmp_path, capsys):
     assert "cannot write it" in capsys.readouterr().err
 
 
+def test_cli_writes_the_json_on_stdout_for_a_script_and_the_table_on_stderr(report, tmp_path, capsys, monkeypatch):
+    """--json - wrote a file named "-"; --json /dev/stdout > log had the table overwrite the JSON: a script got no verdict."""
+    import subprocess
+    import sys
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "r.json").write_text(json.dumps(report))
+    assert main(["gate", "r.json", "--json", "-"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["verdict"] == "pass" and "gate: PASS" in err and not (tmp_path / "-").exists()
+    assert main(["gate", "r.json", "--json", "-", "--markdown", "-"]) == 2
+    assert "both name stdout" in capsys.readouterr().err
+    with open(tmp_path / "log", "w") as log:
+        subprocess.run([sys.executable, "-m", "sdopt.cli", "gate", "r.json", "--json", "/dev/stdout"], stdout=log, check=True)
+    assert json.loads((tmp_path / "log").read_text())["verdict"] == "pass"
+
+
 def test_a_profile_without_gate_rules_says_the_default_rules_judged(report, tmp_path, capsys):
     """A profile with no [gate] is judged by the default rules: the verdict said "rules: profile NAME"."""
     (tmp_path / "r.json").write_text(json.dumps(report))

@@ -61,6 +61,18 @@ def comma_list(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
+def is_stdout(path: str | Path) -> bool:
+    """``-``, or the file this process's stdout already is (``--json /dev/stdout > log``): opened as a file of its own,
+    it was truncated and written from its start, and what was printed after overwrote it."""
+    if str(path) == "-":
+        return True
+    try:
+        named, out = os.stat(path), os.fstat(sys.stdout.fileno())
+    except (OSError, ValueError):  # no such file yet; a stdout with no file (captured, closed)
+        return False
+    return (named.st_dev, named.st_ino) == (out.st_dev, out.st_ino)
+
+
 def write_text_file(path: str | Path, text: str) -> None:
     """A text output the user named (a gate's markdown or JSON): its folder made where missing, a failure said plainly."""
     path = Path(path)

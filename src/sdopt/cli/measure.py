@@ -9,7 +9,7 @@ import math
 import sys
 from pathlib import Path
 
-from sdopt.cli.common import add_eta_flag, comma_list, int_list, path_list, user_path, write_text_file
+from sdopt.cli.common import add_eta_flag, comma_list, int_list, is_stdout, path_list, user_path, write_text_file
 from sdopt.errors import SdoptError
 
 
@@ -212,13 +212,23 @@ def _gate(args: argparse.Namespace) -> int:
         source = f"profile {profile.name}" if profile.gate else f"default rules (profile {profile.name} has no [gate])"
     else:
         rules, source = gate.DEFAULT_RULES, "default rules"
+    # --json - (or --markdown -) is for a script to parse: that output alone goes to stdout, the table to stderr. It had
+    # written a file named "-", and --json /dev/stdout had the table overwrite the JSON.
+    outputs = [(path, text) for path, text in ((args.markdown, lambda: gate.table(result, markdown=True)),
+                                               (args.json, lambda: json.dumps(result.to_dict(), indent=2) + "\n")) if path]
+    piped = [text for path, text in outputs if is_stdout(path)]
+    if len(piped) > 1:
+        raise SdoptError("--markdown and --json both name stdout: give one of them a file")
     result = gate.gate(current, rules, baseline)
     # The files first: one that cannot be written is exit 2, and no verdict is printed above that error.
-    for path, text in ((args.markdown, lambda: gate.table(result, markdown=True)), (args.json, lambda: json.dumps(result.to_dict(), indent=2) + "\n")):
-        if path:
+    for path, text in outputs:
+        if not is_stdout(path):
             write_text_file(path, text())
-    print(f"rules: {source}; baseline: {args.baseline or 'none (absolute floors only)'}")
-    print(gate.table(result))
+    said = sys.stderr if piped else sys.stdout
+    print(f"rules: {source}; baseline: {args.baseline or 'none (absolute floors only)'}", file=said)
+    print(gate.table(result), file=said)
+    for text in piped:
+        sys.stdout.write(text())
     return result.exit_code
 
 
@@ -348,6 +358,7 @@ def add_gate(sub) -> None:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--rules", type=user_path, help="TOML file with a [gate] table of metric = rule")
     group.add_argument("--profile", type=user_path, help="take the rules from this hardware profile (default: the report's profile)")
-    p.add_argument("--markdown", type=user_path, help="also write the table as Markdown here (for a CI job summary)")
-    p.add_argument("--json", type=user_path, help="also write the verdict as JSON here")
+    p.add_argument("--markdown", type=user_path, help="also write the table as Markdown here (for a CI job summary); - : on stdout, "
+                   "the table on stderr")
+    p.add_argument("--json", type=user_path, help="also write the verdict as JSON here; - : on stdout, the table on stderr")
     p.set_defaults(func=_gate)
