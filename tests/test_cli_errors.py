@@ -197,6 +197,18 @@ def test_a_reader_that_stops_reading_ends_the_command_quietly(tiny_model):
     assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr, done.stderr
 
 
+def test_a_command_started_with_stdout_closed_does_its_work_without_a_traceback(tiny_model):
+    """`sdopt inspect MODEL >&-` (a service or job runner that closes what it does not read): Python's sys.stdout is then
+    None, and the flush after the command raised an AttributeError traceback with exit 1 though the work was done."""
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "sdopt.cli", "inspect", "--no-verify", str(tiny_model)], stderr=subprocess.PIPE,
+                          text=True, timeout=120, preexec_fn=lambda: os.close(1))
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+
+
 def test_an_output_inside_the_input_is_refused_and_the_input_stays_whole(tiny_model, tmp_path, capsys):
     """Written inside the input, the output would be an unlisted folder in it: the input would fail its own verification."""
     inside = tiny_model / "unet" / "onnx"

@@ -124,7 +124,8 @@ def _main(argv: list[str] | None) -> int:
     warnings.formatwarning = _format_warning
     try:
         code = args.func(args)
-        sys.stdout.flush()  # so a reader that left is met here, not in the interpreter's flush at exit
+        if sys.stdout is not None:  # None where the command started with stdout closed (`>&-`): print wrote nowhere
+            sys.stdout.flush()  # so a reader that left is met here, not in the interpreter's flush at exit
         return code
     except SdoptError as exc:
         print(f"sdopt: error: {exc}", file=sys.stderr)

@@ -68,7 +68,7 @@ def is_stdout(path: str | Path) -> bool:
         return True
     try:
         named, out = os.stat(path), os.fstat(sys.stdout.fileno())
-    except (OSError, ValueError):  # no such file yet; a stdout with no file (captured, closed)
+    except (AttributeError, OSError, ValueError):  # no such file yet; a stdout with no file (captured; closed: None)
         return False
     return (named.st_dev, named.st_ino) == (out.st_dev, out.st_ino)
 

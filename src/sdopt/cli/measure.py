@@ -228,7 +228,7 @@ def _gate(args: argparse.Namespace) -> int:
     print(f"rules: {source}; baseline: {args.baseline or 'none (absolute floors only)'}", file=said)
     print(gate.table(result), file=said)
     for text in piped:
-        sys.stdout.write(text())
+        print(text(), end="")
     return result.exit_code
 
 
