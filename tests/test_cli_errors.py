@@ -724,6 +724,25 @@ def test_a_prompt_the_locale_cannot_decode_is_read_as_utf8():
     assert (args.prompt, args.negative_prompt) == (["café"], ["naïve"])  # -n as -p: once per prompt (qa63)
 
 
+def test_a_path_the_locale_cannot_decode_is_printed_in_its_own_bytes(tiny_model, tmp_path):
+    """Under LC_ALL=C (PYTHONUTF8=0) a path given as café/ was printed on stdout as caf\\udcc3\\udca9/ (generate's
+    image, inspect's artifact): a script reading it could not open it. The bytes as given, as Python's stdout prints them;
+    sdopt's own × still as \\xd7."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    shutil.copytree(tiny_model, tmp_path / "café")
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONIOENCODING": ""}
+    done = subprocess.run([sys.executable, "-m", "sdopt.cli", "inspect", "--no-verify", "café"], cwd=tmp_path, env=env,
+                          capture_output=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.startswith("artifact   café\n".encode()), done.stdout[:80] + done.stderr
+    from sdopt.cli import _PATH_BYTES_ELSE_BACKSLASH
+
+    assert "a×b caf\udcc3\udca9".encode("ascii", _PATH_BYTES_ELSE_BACKSLASH) == b"a\\xd7b caf\xc3\xa9"
+
+
 def test_a_pipe_given_as_a_prompt_file_is_read(tmp_path):
     """--prompts <(grep cat prompts.txt) (a pipe, /dev/fd/N) and --calibration-prompts /dev/null were "does not exist":
     they exist, they are not regular files. A pipe is read as a file; /dev/null has no prompts."""

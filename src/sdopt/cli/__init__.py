@@ -12,6 +12,7 @@ Errors caused by input are SdoptError: printed on one line, exit status 2
 from __future__ import annotations
 
 import argparse
+import codecs
 import sys
 import warnings
 from pathlib import Path
@@ -108,6 +109,20 @@ def _format_warning(message, category, filename, lineno, line=None) -> str:
     return _library_format(message, category, filename, lineno, line)
 
 
+def _path_bytes_else_backslash(exc: UnicodeError) -> tuple[str | bytes, int]:
+    """stdout's encoding errors: a byte that came undecoded in an argument (a surrogate, under LC_ALL=C with PYTHONUTF8=0)
+    goes out as that byte; anything else as a backslash escape. Backslash escapes alone printed `generate -o café/x.png`'s
+    output as caf\\udcc3\\udca9/x.png, a path no script reading stdout could open."""
+    at = exc.start
+    if isinstance(exc, UnicodeEncodeError) and 0xDC80 <= ord(exc.object[at]) <= 0xDCFF:
+        return bytes([ord(exc.object[at]) - 0xDC00]), at + 1
+    return codecs.backslashreplace_errors(UnicodeEncodeError(exc.encoding, exc.object, at, at + 1, exc.reason))
+
+
+_PATH_BYTES_ELSE_BACKSLASH = "sdopt.path_bytes_else_backslash"
+codecs.register_error(_PATH_BYTES_ELSE_BACKSLASH, _path_bytes_else_backslash)
+
+
 def main(argv: list[str] | None = None) -> int:
     with command_line():  # errors name the flags typed, not the keyword arguments a Python caller passes (errors.argument)
         return _main(argv)
@@ -118,9 +133,10 @@ def _main(argv: list[str] | None) -> int:
     args = parser.parse_args(argv)
     _exit_on_sigterm()
     # Under a locale that is not UTF-8, stdout cannot encode the × and — of sdopt's tables: printed as \xd7 (as Python's
-    # stderr does), not a UnicodeEncodeError after the work is done (a bench printing its report.md)
+    # stderr does), not a UnicodeEncodeError after the work is done (a bench printing its report.md). A path given in bytes
+    # the locale cannot decode is printed in those bytes, as Python's own stdout does (surrogateescape).
     if callable(getattr(sys.stdout, "reconfigure", None)):
-        sys.stdout.reconfigure(errors="backslashreplace")
+        sys.stdout.reconfigure(errors=_PATH_BYTES_ELSE_BACKSLASH)
     warnings.formatwarning = _format_warning
     try:
         code = args.func(args)
