@@ -1327,6 +1327,32 @@ def test_the_servers_requests_are_answered_in_field_names_not_sdopt_serves_flags
     assert seen == ["cache_interval=2"]
 
 
+def test_no_color_keeps_the_access_log_plain_on_a_terminal(monkeypatch):
+    """`NO_COLOR=1 sdopt serve --access-log` on a terminal still wrote uvicorn's ANSI colours (INFO, the request line, the
+    status): uvicorn colours whenever stdout is a terminal, and sdopt did not pass NO_COLOR on."""
+    import io
+    import logging
+    import sys
+    from types import SimpleNamespace
+
+    from sdopt.serve.server import http_server
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stdout", Terminal())
+    app = SimpleNamespace(state=SimpleNamespace(worker=None))
+    request = logging.LogRecord("uvicorn.access", logging.INFO, "", 0, '%s - "%s %s HTTP/%s" %d', ("127.0.0.1:1", "GET", "/", "1.1", 200), None)
+    coloured = {}
+    for no_color in ("", "1"):
+        monkeypatch.setenv("NO_COLOR", no_color)
+        http_server(app, "127.0.0.1", 0, access_log=True)
+        lines = [h.format(request) for h in logging.getLogger("uvicorn.access").handlers]
+        coloured[no_color] = lines and any("\x1b[" in line for line in lines)
+    assert coloured == {"": True, "1": False}, coloured
+
+
 def test_binding_beyond_loopback_without_credentials_warns(tiny_model, monkeypatch):
     from types import SimpleNamespace
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import warnings
@@ -107,7 +108,10 @@ def http_server(app: Any, host: str, port: int, access_log: bool = False, root_p
             # In a thread: a signal handler interrupts the event loop's thread, which may hold a job's lock.
             threading.Thread(target=worker.stop, name="sdopt-serve-stop", daemon=True).start()
 
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", root_path=root_path)  # configures uvicorn's loggers, to warning
+    # uvicorn colours its lines whenever stdout is a terminal: NO_COLOR (no-color.org, set and not empty) turns that off
+    no_color = bool(os.environ.get("NO_COLOR"))
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", root_path=root_path,  # configures uvicorn's loggers, to warning
+                            use_colors=False if no_color else None)
     if access_log:
         from sdopt.serve.request_ids import mark_access_lines
 
