@@ -218,6 +218,15 @@ def test_an_output_inside_the_input_is_refused_and_the_input_stays_whole(tiny_mo
     assert main(["inspect", str(tiny_model)]) == 0  # still verifies
 
 
+def test_generate_refuses_stdout_as_its_image_file(tiny_model, tmp_path, capsys, monkeypatch):
+    """`generate -o -` (as a script asks for stdout) wrote a file named -.png in the working directory, and -o /dev/stdout
+    a file /dev/stdout.png; the image files' paths are what generate prints on stdout: refused before any work."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["generate", str(tiny_model), "-p", "x", "--steps", "1", "-o", "-", "-q"]) == 2
+    assert "-o -: generate writes image files and prints their paths on stdout" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_an_output_file_inside_the_input_is_refused_and_the_input_stays_whole(tiny_model, capsys):
     """init-lora, init-embedding and generate -o wrote their file into the model's component folder: the model then
     failed its own verification ("is in the artifact but not listed in sdopt.json")."""

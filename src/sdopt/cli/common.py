@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import stat
 import sys
 import warnings
 from pathlib import Path
@@ -62,15 +63,16 @@ def comma_list(text: str) -> list[str]:
 
 
 def is_stdout(path: str | Path) -> bool:
-    """``-``, or the file this process's stdout already is (``--json /dev/stdout > log``): opened as a file of its own,
-    it was truncated and written from its start, and what was printed after overwrote it."""
+    """``-``, or the file or pipe this process's stdout already is (``--json /dev/stdout > log``): opened as a file of its
+    own, a log was truncated and written from its start, and what was printed after overwrote it. Not a terminal or
+    /dev/null (``-o /dev/null > /dev/null``): written as any device."""
     if str(path) == "-":
         return True
     try:
         named, out = os.stat(path), os.fstat(sys.stdout.fileno())
     except (AttributeError, OSError, ValueError):  # no such file yet; a stdout with no file (captured; closed: None)
         return False
-    return (named.st_dev, named.st_ino) == (out.st_dev, out.st_ino)
+    return (named.st_dev, named.st_ino) == (out.st_dev, out.st_ino) and not stat.S_ISCHR(named.st_mode)
 
 
 def write_text_file(path: str | Path, text: str) -> None:
@@ -91,6 +93,8 @@ def output_paths(out: Path, count: int) -> list[Path]:
     image format has is refused before any work (PIL would refuse it only when saving, after the generation)."""
     from PIL import Image
 
+    if is_stdout(out):  # "-" had written ./-.png, /dev/stdout /dev/stdout.png (a new file in /dev, for root)
+        raise SdoptError(f"-o {out}: generate writes image files and prints their paths on stdout; give a file name such as out.png")
     suffix = out.suffix or ".png"
     if Image.registered_extensions().get(suffix.lower()) not in Image.SAVE:  # formats PIL writes, not only reads
         raise SdoptError(f"-o {out}: {suffix} is not an image format sdopt can write; end the name in .png (keeps the parameters), .jpg or .webp")
