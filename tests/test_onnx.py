@@ -371,7 +371,7 @@ def test_onnx_runtime_quantizes_an_onnx_artifact_int8_static(tiny_model, tiny_on
 
     out = tmp_path / "int8"
     assert main(["quantize", str(tiny_onnx_artifact), "--scheme", "int8-static", "-o", str(out), "-q"]) == 0
-    assert "backend: onnxruntime" in capsys.readouterr().out  # the only quantizer of ONNX artifacts, chosen
+    assert "backend: onnxruntime" in capsys.readouterr().err  # the only quantizer of ONNX artifacts, chosen (a note: stderr)
     manifest = json.loads((out / "sdopt.json").read_text())
     record = manifest["components"]["unet"]["quantization"]
     assert record["backend"] == "onnxruntime" and record["scheme"] == "int8-static" and not record["weights_only"]

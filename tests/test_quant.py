@@ -284,6 +284,17 @@ def test_a_backend_that_cannot_serialize_stores_the_recipe_and_quantizes_at_load
     assert np.isfinite(result.latents).all()
 
 
+def test_quantize_prints_the_artifacts_summary_alone_on_stdout(tiny_model, tmp_path, capsys):
+    """Without --backend, quantize printed its note "backend: torchao (the first supported ...)" on stdout above the
+    summary, so a script reading stdout got one line more than export's or inspect's; the note is on stderr."""
+    from sdopt.inspect_artifact import describe, format_description
+
+    out = tmp_path / "int8"
+    assert main(["quantize", str(tiny_model), "--scheme", "int8", "--components", "unet", "-o", str(out), "-q"]) == 0
+    printed, said = capsys.readouterr()
+    assert printed == format_description(describe(out)) + "\n" and "the first supported for int8 on cpu" in said
+
+
 # --- bad input: a clear error, exit 2, nothing written --------------------------------------------
 def _nothing_written(out):
     return not out.exists() and not any(p.name.startswith(f".{out.name}.tmp-") for p in out.parent.iterdir())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import socket
+import sys
 from pathlib import Path
 
 from sdopt.cli.common import add_embedding_flag, add_lora_flag, add_request_default_flags, comma_list, exporter_names, path_list, user_path
@@ -86,8 +87,8 @@ def _quantize(args: argparse.Namespace) -> int:
     manifest = quantize(args.model, args.scheme, args.output, backend=args.backend, components=components,
                         exclude=args.exclude, device=args.device, force=args.force, options=options, loras=args.lora,
                         progress=not args.quiet, default_steps=args.default_steps, default_guidance=args.default_guidance)
-    if args.backend is None:
-        print(f"backend: {manifest.export['backend']} (the first supported for {args.scheme} on {args.device}; see --list)")
+    if args.backend is None:  # a note, on stderr: stdout is the artifact's summary alone, as export's and inspect's
+        print(f"backend: {manifest.export['backend']} (the first supported for {args.scheme} on {args.device}; see --list)", file=sys.stderr)
     print(format_description(describe(args.output)))
     return 0
 
