@@ -114,6 +114,24 @@ def test_a_worker_past_its_timeout_is_killed_and_the_server_runs_the_next(tiny_m
 
 
 @pytest.mark.skipif(not LINUX, reason="the fork server is Linux-only")
+def test_a_closed_fork_server_leaves_no_pipe_open(monkeypatch):
+    """`PYTHONWARNINGS=error sdopt bench` (or python -X dev) ended with "Exception ignored ... ResourceWarning: unclosed
+    file" tracebacks from close_servers at exit: close() ended the server but left its stdin and stdout pipes open."""
+    import gc
+    import warnings
+
+    from sdopt.bench import forkserver
+
+    monkeypatch.setitem(forkserver.PRELOADS, "onnxruntime", ("json",))  # a server that starts at once
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always", ResourceWarning)
+        server = forkserver.ForkServer("onnxruntime")
+        server.close()
+        del server
+        gc.collect()
+    assert not [str(w.message) for w in seen if issubclass(w.category, ResourceWarning)]
+
+
 def test_one_server_per_backend_and_environment_and_a_clear_error_when_it_cannot_start(monkeypatch):
     from sdopt.bench import forkserver
 

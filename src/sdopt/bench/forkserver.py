@@ -122,6 +122,8 @@ class ForkServer:
         if self._proc.poll() is None:
             self._proc.kill()
             self._proc.wait()
+        for pipe in (self._proc.stdin, self._proc.stdout):  # left open, each was a ResourceWarning at exit (-X dev, -W error)
+            pipe.close()
         self._log.close()
 
     def _send(self, message: dict) -> None:
