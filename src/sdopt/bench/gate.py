@@ -300,6 +300,10 @@ def gate(current: dict, rules_table: dict[str, Any], baseline: dict | None = Non
         result.checks.append(Check(name, "present", "yes", "missing", "", "in baseline", "REGRESSION"))
     for artifact in current["artifacts"]:
         name = artifact["name"]
+        if artifact.get("status") != "ok" and artifact.get("error"):
+            # Why it failed, where the gate's reader is: CI benches with its report.md sent to /dev/null
+            # (scripts/ci_bench.sh), so a failed row's reason was in no log, only in the report folder.
+            result.notes.append(f"{name} failed: {artifact['error']}")
         is_reference = name == current["reference"]
         base = base_artifacts.get(name)
         for rule in rules:
