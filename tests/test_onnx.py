@@ -394,6 +394,30 @@ def test_onnx_runtime_quantizes_an_onnx_artifact_int8_static(tiny_model, tiny_on
             sdopt.load(out)
 
 
+def test_an_interrupted_onnx_runtime_int8_leaves_its_source_artifact_as_it_was(tiny_onnx_artifact, tmp_path, monkeypatch, capsys):
+    """ONNX Runtime's quantizer writes a shape-inferred copy beside the graph it is given and removes it only when it
+    gets that far: Ctrl-C at that moment (simulated here while it reads the copy back) left ``unet/model-inferred.onnx``
+    in the source artifact, which every reader then refused. It now works on links under the output's temporary folder."""
+    import onnx
+
+    source = tmp_path / "source"
+    shutil.copytree(tiny_onnx_artifact, source)
+    before = sorted(p.relative_to(source) for p in source.rglob("*"))
+    load = onnx.load
+
+    def interrupted_at_the_inferred_copy(path, *args, **kwargs):
+        if str(path).endswith("-inferred.onnx"):
+            raise KeyboardInterrupt
+        return load(path, *args, **kwargs)
+
+    monkeypatch.setattr(onnx, "load", interrupted_at_the_inferred_copy)
+    assert main(["quantize", str(source), "--scheme", "int8-static", "-o", str(tmp_path / "int8"), "-q"]) == 130
+    monkeypatch.undo()
+    assert sorted(p.relative_to(source) for p in source.rglob("*")) == before
+    assert main(["inspect", str(source)]) == 0
+    assert not (tmp_path / "int8").exists() and not list(tmp_path.glob(".int8.tmp-*"))
+
+
 def test_onnx_runtime_int8_averages_the_unets_ranges_over_samples_and_spans_all_of_the_decoders(tiny_onnx_artifact, tmp_path, monkeypatch, capsys):
     """Activation ranges: the UNet's are each calibration sample's min and max averaged over the samples (NNCF's
     MEAN_MINMAX: sd15 28.3 -> 32.0 dB); the VAE decoder's span every sample (its calibration mixes schedulers whose

@@ -20,6 +20,8 @@ product warns (as for NNCF's).
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -173,6 +175,25 @@ def _undo_upsample_rewrite(graph: Path, work: Path) -> tuple[int, Path]:
     return undone, target
 
 
+def _linked_into(graph: Path, work: Path) -> Path:
+    """``graph`` and its external weights, where it has them, linked (or copied, across file systems) under ``work``.
+    ONNX Runtime's quantizer writes a shape-inferred copy beside the graph it is given (``model-inferred.onnx``) and
+    removes it only when it gets that far: given the source artifact's own graph, Ctrl-C there left that copy in the
+    source, which every reader then refused as changed after export. Links, not symlinks: onnx refuses external weights
+    behind a symbolic link."""
+    from sdopt.export.onnx_external import EXTERNAL_DATA
+
+    linked = work / "source"
+    linked.mkdir()
+    for path in (graph, graph.with_name(EXTERNAL_DATA)):
+        if path.exists():
+            try:
+                os.link(path, linked / path.name)
+            except OSError:
+                shutil.copyfile(path, linked / path.name)
+    return linked / graph.name
+
+
 def _method(name: str) -> str:
     """How ``name``'s activation ranges were taken, as the manifest says."""
     if AVERAGED_RANGES[name]:
@@ -236,6 +257,8 @@ class OrtQuantEngine(Engine):
                 staged = Path(work) / "model.onnx"
                 dtypes, kept, kept_record = graph_facts(graph)
                 undone, float_graph = _undo_upsample_rewrite(graph, Path(work)) if name == "vae_decoder" else (0, graph)
+                if float_graph == graph:
+                    float_graph = _linked_into(graph, Path(work))
                 if undone:
                     notes.append(f"vae_decoder: the export's {undone} upsample rewrite(s) turned back into upsample + 3x3 convolution before "
                                  "quantizing: ONNX Runtime runs that convolution int8, the transposed one only float (sd15 at 256²: decode 1,414 -> 1,054 ms)")
