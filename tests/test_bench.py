@@ -712,6 +712,28 @@ def test_a_terminated_bench_reports_what_finished_kills_its_worker_and_writes_it
     assert not _tagged_processes(tag), "a worker or fork server outlived the bench"
 
 
+def test_a_bench_interrupted_during_its_reference_leaves_nothing_that_refuses_the_same_command_again(tiny_model, tmp_path, monkeypatch, capsys):
+    """Ctrl-C while the reference (the first worker) ran said "no report written" but left raw/REFERENCE/job.json,
+    progress and worker.log, which the same command run again was refused over as another bench's report (--force
+    asked for). Its worker is stood in for here: it writes what a real one does first, then is interrupted."""
+    import sdopt.bench.runner as runner
+    from sdopt.cli import main
+
+    def interrupted_worker(entry, settings, out, *args):
+        (out / "raw" / entry.name).mkdir(parents=True)
+        (out / "raw" / entry.name / "job.json").write_text("{}")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "_run_worker", interrupted_worker)
+    out = tmp_path / "out"
+    argv = ["bench", str(tiny_model), "--reference", str(tiny_model), "--steps", "1", "--height", "64", "--width", "64",
+            "--seeds", "0", "--warmup", "0", "--runs", "1", "-q", "-o", str(out)]
+    assert main(argv) == 130
+    assert "interrupted before the reference" in capsys.readouterr().err
+    assert not (out / "raw").exists()
+    assert runner.check_report_folder(out) == out  # the same command, again, is not refused
+
+
 def test_interrupts_are_deferred_for_a_bounded_time(capfd):
     """What the partial report is written under: an interrupt is said and ignored within the grace, and interrupts after it."""
     import os

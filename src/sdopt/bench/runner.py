@@ -189,7 +189,7 @@ def run_bench(
             # after it) while that report is written would leave raw/ alone, or a report without its
             # report.html: from here further interrupts wait, for a bounded time, until it is written.
             deferred.enter_context(interrupts_deferred(PARTIAL_GRACE_S, "still writing the partial report of the artifacts that finished"))
-            warnings.append(interrupted_warning(results, entries[0].name))
+            warnings.append(interrupted_warning(results, entries[0].name, out))
             interrupted = True
             print(f"sdopt bench: {warnings[-1]}; writing their report to {out} (further interrupts in the next "
                   f"{PARTIAL_GRACE_S:.0f} s wait for it)", file=sys.stderr)
@@ -345,10 +345,16 @@ def prepare_report_folder(out: str | Path, force: bool = False, create: bool = T
     return out
 
 
-def interrupted_warning(results: dict[str, list[dict]], reference: str) -> str:
-    """What an interrupted bench says in its report, or KeyboardInterrupt again when nothing can be compared."""
+def interrupted_warning(results: dict[str, list[dict]], reference: str, out: Path) -> str:
+    """What an interrupted bench says in its report, or KeyboardInterrupt again when nothing can be compared (``out``:
+    the report folder)."""
     ref = results[reference]
     if not ref or ref[-1].get("status") != "ok":  # without the reference's images and timings there is nothing to compare
+        if not ref:
+            # Stopped while the reference, which runs first, was running: raw/ holds only its unfinished worker's files
+            # (--force removed an earlier bench's). Left, they read as another bench's report, and the same command run
+            # again was refused without --force. (A reference that failed keeps its worker.log, as without Ctrl-C.)
+            shutil.rmtree(out / RAW, ignore_errors=True)
         print(f"sdopt bench: interrupted before the reference ({reference}) finished: no report written", file=sys.stderr)
         raise KeyboardInterrupt
     finished = sum(1 for done in results.values() if done and done[-1].get("status") == "ok")
