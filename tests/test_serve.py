@@ -1402,6 +1402,32 @@ def test_sdopt_serve_stopped_by_sigterm_exits_0(tiny_model, stop, flags):
     assert ('"GET /health HTTP/1.1" 200 OK request_id=probe-1' in out) == bool(flags), out  # the request's id ends its line
 
 
+def test_sdopt_serve_stopped_by_two_quick_ctrl_c_says_one_line_not_a_traceback(tiny_model):
+    """Ctrl-C pressed twice: uvicorn raised both SIGINTs again once stopped, the second inside the event loop while its
+    lifespan task waited, and logged that as a traceback (KeyboardInterrupt, then CancelledError) before sdopt's line."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from serving import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "sdopt.cli", "serve", str(tiny_model), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: _answers(port) or proc.poll() is not None, timeout=120, every=0.2)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.rstrip().endswith("sdopt: interrupted"), err
+
+
 def _answers(port: int) -> bool:
     try:
         return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200

@@ -108,10 +108,13 @@ def http_server(app: Any, host: str, port: int, access_log: bool = False, root_p
             # In a thread: a signal handler interrupts the event loop's thread, which may hold a job's lock.
             threading.Thread(target=worker.stop, name="sdopt-serve-stop", daemon=True).start()
 
-    # uvicorn colours its lines whenever stdout is a terminal: NO_COLOR (no-color.org, set and not empty) turns that off
+    # uvicorn colours its lines whenever stdout is a terminal: NO_COLOR (no-color.org, set and not empty) turns that off.
+    # lifespan off: the app has no startup or shutdown handlers, and a second Ctrl-C (uvicorn's force exit) skipped the
+    # lifespan's shutdown, leaving its task waiting when the loop closed: uvicorn logged its cancellation as a 40-line
+    # traceback before "sdopt: interrupted".
     no_color = bool(os.environ.get("NO_COLOR"))
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", root_path=root_path,  # configures uvicorn's loggers, to warning
-                            use_colors=False if no_color else None)
+                            use_colors=False if no_color else None, lifespan="off")
     if access_log:
         from sdopt.serve.request_ids import mark_access_lines
 
