@@ -826,6 +826,28 @@ def test_a_quantized_profile_entry_with_a_precision_runs_in_it(tmp_path):
     assert build_one(spec, tmp_path / "model", tmp_path, 64, 64, "cuda", {}) == str(tmp_path / "torch-int8-fp16")
 
 
+def test_a_build_past_the_exports_parity_check_is_told_what_applies_to_it_not_the_export_flag(tmp_path, monkeypatch):
+    """A profile's or sdopt optimize's build had "Pass --skip-validation", a flag neither takes: `sdopt optimize
+    models/shapes --quick` on a bf16 CPU (README's example, at the default 256x256) built no candidate and said so."""
+    import sdopt.export.run as export_run
+    from sdopt.bench.build import build_one
+    from sdopt.bench.optimize import PARITY_ADVICE
+    from sdopt.export.parity import ParityFailure
+
+    def failing(*args, **kwargs):
+        raise ParityFailure("unet: the exported graph differs from PyTorch by 0.171 relative to the output's largest value, "
+                            "over the bf16 tolerance 0.1")
+
+    monkeypatch.setattr(export_run, "export", failing)
+    spec = {"name": "ov", "export": "openvino", "precision": "bf16", "static": True}
+    with pytest.raises(SdoptError) as profile:
+        build_one(spec, tmp_path / "model", tmp_path, 256, 256, "cpu", {})
+    with pytest.raises(SdoptError) as optimize:
+        build_one(spec, tmp_path / "model", tmp_path, 256, 256, "cpu", {}, parity_advice=PARITY_ADVICE)
+    for told, advice in ((profile, "set options = { skip_validation = true } in its [[artifacts]] entry"), (optimize, "--precision fp32")):
+        assert "by 0.171" in str(told.value) and advice in str(told.value) and "Pass --skip-validation" not in str(told.value)
+
+
 def test_a_tiny_decoder_distilled_with_other_settings_is_distilled_again(tmp_path, monkeypatch):
     """WORK/tiny-decoder is shared by the entries that ask for it: reused while its distill.json has the asked settings."""
     import sdopt.decoder.distill

@@ -161,7 +161,9 @@ def test_fp16_weights_loaded_in_place_of_pickled_plain_ones_are_said(tiny_model,
 def test_inspect_text_names_backend_components_and_sizes(tiny_model):
     text = format_description(describe(tiny_model))
     for word in ("backend    torch", "precision  fp32", "unet", "text_encoder", "vae_decoder", "MiB", "fingerprint",
-                 "scheduler  PNDMScheduler (the model's own), prediction_type=epsilon"):
+                 "scheduler  PNDMScheduler (the model's own), prediction_type=epsilon",
+                 # the size to generate, bench and optimize it at, which nothing showed (serve's --help says to look here)
+                 "default    size 64x64 for a request that gives none (the size the model was trained at)"):
         assert word in text
 
 

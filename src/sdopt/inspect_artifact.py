@@ -38,9 +38,10 @@ def describe(path: str | Path, verify: bool = True) -> dict[str, Any]:
         data["components"][name]["size_bytes"] = comp.size_bytes
     from dataclasses import asdict
 
-    from sdopt.runtime.request_defaults import request_defaults
+    from sdopt.runtime.request_defaults import default_size, request_defaults
 
     data["request_defaults"] = asdict(request_defaults(manifest.model, manifest.export))  # what generate and serve run by default
+    data["default_size"] = list(default_size(manifest))  # (height, width): the built shapes, else the size it was trained at
     data["scheduler_config"] = _scheduler_summary(folder / manifest.scheduler / "scheduler_config.json")
     return data
 
@@ -134,6 +135,10 @@ def format_description(d: dict[str, Any]) -> str:
     defaults = RequestDefaults(**d["request_defaults"])
     if not defaults.is_sdopts:
         lines.append(f"default    request: {defaults.describe()}; a request's steps and guidance override")
+    if d.get("default_size"):  # the size to bench and optimize a model at: far from it, a small model draws noise and bf16 drifts
+        height, width = d["default_size"]
+        why = "the shape it was built for" if d.get("static_shapes") else "the size the model was trained at"
+        lines.append(f"default    size {width}x{height} for a request that gives none ({why})")
     lines.append("components")
     for name, c in d["components"].items():
         quant = c.get("quantization")

@@ -83,12 +83,18 @@ def _recorded(path: Path) -> dict[str, Any] | None:
         return None
 
 
+# What a build whose component fails the export's parity check can do (the export command's advice, its flag, is none of
+# theirs): a profile's entry takes the export's options; sdopt optimize's candidates are its own.
+PROFILE_PARITY_ADVICE = "to keep it anyway, set options = { skip_validation = true } in its [[artifacts]] entry"
+
+
 def build_one(spec: dict[str, Any], model: Path, work: Path, height: int, width: int, device: str, built: dict[str, str],
-              say: Callable[[str], None] = lambda line: None, progress: bool = True, reuse_only: str | None = None) -> str:
+              say: Callable[[str], None] = lambda line: None, progress: bool = True, reuse_only: str | None = None,
+              parity_advice: str = PROFILE_PARITY_ADVICE) -> str:
     """The path (or PATH@precision, PATH+guidance-end=F) that benches one profile artifact, building it if needed
     (again when its build record differs: the module's docstring). ``reuse_only``: build nothing; a candidate that
     would need building is an SdoptError saying this (sdopt optimize past its --budget-minutes: what --work holds is
-    still taken, at no cost)."""
+    still taken, at no cost). ``parity_advice``: what a component past the export's parity tolerance is told to do."""
     if "guidance_end" in spec:
         return f"{_built_source(spec, model, built)}+guidance-end={spec['guidance_end']:g}"
     if "export" not in spec and "quantize" not in spec:
@@ -123,7 +129,12 @@ def build_one(spec: dict[str, Any], model: Path, work: Path, height: int, width:
             options.update(height=height, width=width, batch=1)
         if spec.get("vae_decoder"):
             options["vae_decoder"] = tiny_decoder(spec, model, work, height, width, progress)
-        export(model, spec["export"], out, precision=spec.get("precision", "fp32"), progress=progress, **options)
+        from sdopt.export.parity import ParityFailure
+
+        try:
+            export(model, spec["export"], out, precision=spec.get("precision", "fp32"), progress=progress, **options)
+        except ParityFailure as exc:
+            raise SdoptError(f"{exc.summary}; {parity_advice}") from None
     else:
         from sdopt.quant.run import quantize
 

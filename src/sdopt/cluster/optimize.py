@@ -53,9 +53,12 @@ def build_on_node(spec: dict, source: str, work: str, height: int, width: int, d
     for earlier in (parent, *before):
         if earlier is not None and earlier.get("error"):
             return {"error": f"{earlier['name']} was not built: {earlier['error']}"}
+    from sdopt.bench.optimize import PARITY_ADVICE
+
     built = {spec["from"]: parent["path"]} if spec.get("from") else {}
     try:
-        return {"name": spec["name"], "path": build_one(spec, Path(source), Path(work), height, width, device, built)}
+        return {"name": spec["name"], "path": build_one(spec, Path(source), Path(work), height, width, device, built,
+                                                        parity_advice=PARITY_ADVICE)}
     except SdoptError as exc:
         return {"name": spec["name"], "error": str(exc)}
 

@@ -6,6 +6,19 @@ from typing import Any
 
 import numpy as np
 
+from sdopt.errors import SdoptError
+
+SKIP_ADVICE = "Pass --skip-validation to keep the export anyway (recorded in the manifest)"
+
+
+class ParityFailure(SdoptError):
+    """A component past its parity tolerance. ``summary``: by how much, without the advice, which is the export
+    command's flag: a build from a bench profile or by sdopt optimize says what applies there (bench/build.py)."""
+
+    def __init__(self, summary: str, cause: str = ""):
+        super().__init__(f"{summary}. {SKIP_ADVICE}{cause}")
+        self.summary = summary + cause
+
 
 def compare(reference: dict[str, np.ndarray], got: dict[str, np.ndarray], tolerance: float) -> dict[str, Any]:
     """Worst output's max abs error, and that error relative to the output's largest magnitude.
@@ -34,11 +47,9 @@ def settle(name: str, parity: dict[str, Any], precision: str, keep: bool, notes:
     if parity["passed"]:
         return
     if not keep:
-        from sdopt.errors import SdoptError
-
-        raise SdoptError(f"{name}: {describe_failure(parity, precision)}{cause}")
+        raise ParityFailure(f"{name}: {describe_failure(parity, precision)}", cause)
     parity["accepted"] = "--skip-validation"
-    notes.append(f"{name}: {describe_failure(parity, precision).split('. Pass')[0]}; kept (--skip-validation){cause}")
+    notes.append(f"{name}: {describe_failure(parity, precision)}; kept (--skip-validation){cause}")
 
 
 def describe_failure(parity: dict[str, Any], precision: str) -> str:
@@ -47,7 +58,4 @@ def describe_failure(parity: dict[str, Any], precision: str) -> str:
         if not parity.get("finite", True)
         else f"the exported graph differs from PyTorch by {parity['max_rel']:.3g} relative to the output's largest value"
     )
-    return (
-        f"{what}, over the {precision} tolerance {parity['tolerance']:.3g}. "
-        "Pass --skip-validation to keep the export anyway (recorded in the manifest)"
-    )
+    return f"{what}, over the {precision} tolerance {parity['tolerance']:.3g}"
