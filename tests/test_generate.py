@@ -266,3 +266,22 @@ def test_attention_slicing_warns_that_it_costs_memory(tiny_model):
         pipe = sdopt.load(tiny_model, attention_slicing=True)
     assert any("uses more memory, not less" in str(w.message) for w in caught)
     assert {type(p).__name__ for p in pipe.components["unet"].module.attn_processors.values()} == {"SlicedAttnProcessor"}
+
+
+def test_loading_leaves_the_hosts_progress_bars_as_they_were(tiny_model):
+    # A torch load turned Diffusers' and Transformers' progress bars off for the whole process, for good: an app or
+    # notebook that embeds sdopt lost its own pipelines' and downloads' bars after its first sdopt.load.
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as hf_logging
+
+    libraries = (hf_logging, diffusers_logging)
+    before = [lib.is_progress_bar_enabled() for lib in libraries]
+    try:
+        for enabled in (True, False):
+            for lib in libraries:
+                lib.enable_progress_bar() if enabled else lib.disable_progress_bar()
+            sdopt.load(tiny_model).close()
+            assert [lib.is_progress_bar_enabled() for lib in libraries] == [enabled, enabled]
+    finally:
+        for lib, was in zip(libraries, before):
+            lib.enable_progress_bar() if was else lib.disable_progress_bar()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from pathlib import Path
@@ -138,12 +139,6 @@ def _is_diffusers(cls) -> bool:
 @holding_library_lock  # from_pretrained builds on the meta device, process-wide (sdopt.runtime.library_lock)
 def load_pretrained(name: str, path: Path, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     """One component's module with its weights, from its folder."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as hf_logging
-
-    # Our CLI draws its own progress; a per-tensor or per-shard bar is noise.
-    hf_logging.disable_progress_bar()
-    diffusers_logging.disable_progress_bar()
     cls = module_class(name)
     dtype_arg = "torch_dtype" if _is_diffusers(cls) else "dtype"  # Transformers 5 renamed it
     if not (Path(path) / "config.json").is_file():  # Transformers would build a default model and fail on its shapes
@@ -158,12 +153,32 @@ def load_pretrained(name: str, path: Path, dtype: torch.dtype = torch.float32) -
                       "reads; to run those, convert them to safetensors (diffusers: pipe.save_pretrained(out, safe_serialization=True))",
                       UserWarning, stacklevel=2)
     try:
-        return cls.from_pretrained(path, use_safetensors=True, **{dtype_arg: dtype}, **({"variant": variant} if variant else {}))
+        with _without_loading_bars():
+            return cls.from_pretrained(path, use_safetensors=True, **{dtype_arg: dtype}, **({"variant": variant} if variant else {}))
     except Exception as exc:  # a damaged or incomplete folder: safetensors', Diffusers' and Transformers' own errors
         text = " ".join(str(exc).split())
         raise SdoptError(f"cannot load {name} from {path}: {type(exc).__name__}: {text[:300] or 'no message'}"
                          f"{'...' if len(text) > 300 else ''}; the checkpoint is damaged or incomplete (a file truncated, "
                          "config.json missing): download or export it again") from None
+
+
+@contextlib.contextmanager
+def _without_loading_bars():
+    """Our CLI draws its own progress; a per-tensor or per-shard bar is noise. The switches are the process's, so each
+    is set back as it was: a host that embeds sdopt keeps its own Diffusers and Transformers progress bars (they
+    stayed off for good after any torch load)."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as hf_logging
+
+    were_enabled = [(lib, lib.is_progress_bar_enabled()) for lib in (hf_logging, diffusers_logging)]
+    for lib, _ in were_enabled:
+        lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lib, was_enabled in were_enabled:
+            if was_enabled:
+                lib.enable_progress_bar()
 
 
 def weights_variant(path: Path) -> str | None:
