@@ -518,3 +518,19 @@ def test_a_lora_that_does_not_fit_after_one_that_did_warns_of_no_internal_adapte
             loras.activate([LoraFile(wrong)])
     assert not [str(w.message) for w in caught if "was active" in str(w.message)]
     assert adapters_of(loras.modules["unet"]) == {"lora0"}  # the refused one left nothing behind
+
+
+def test_a_text_encoder_lora_draws_no_loading_bar_and_leaves_the_hosts_bars_on(tiny_model, tiny_lora, capsys):
+    # Transformers draws a "Loading weights" bar as a LoRA goes into a text encoder: sdopt hid it only by turning the
+    # process's bars off for good at load; a host that keeps them on must still get no bar from a request's LoRA.
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    try:
+        with sdopt.load(tiny_model) as pipe:
+            hf_logging.enable_progress_bar()
+            pipe.generate(GenerateRequest(**SMALL, loras={str(tiny_lora): 0.8}))
+            assert hf_logging.is_progress_bar_enabled()
+        assert "Loading weights" not in capsys.readouterr().err
+    finally:
+        hf_logging.enable_progress_bar() if was else hf_logging.disable_progress_bar()

@@ -14,7 +14,7 @@ import torch
 
 from sdopt.errors import SdoptError, exception_line, require
 from sdopt.lora import LoraFile
-from sdopt.runtime.library_lock import holding_library_lock
+from sdopt.runtime.library_lock import holding_library_lock, without_loading_bars
 
 
 def _loader(family):
@@ -33,7 +33,8 @@ def _quiet():
     that merge() would fail without a TorchAoConfig: sdopt never merges a per-request LoRA (fusing is done before
     quantizing), and the warning came on every generate with a LoRA on a torchao artifact. PEFT warns, as Diffusers
     deletes the adapter of a LoRA that did not fit, that another adapter (by sdopt's internal name) is now the active
-    one: the refusal says what went wrong, and the next request sets its own adapters."""
+    one: the refusal says what went wrong, and the next request sets its own adapters. Transformers draws a "Loading
+    weights" bar for a text encoder's LoRA: not in library use, nor through generate --quiet."""
     import warnings
 
     from diffusers.utils import logging as dlogging
@@ -41,7 +42,7 @@ def _quiet():
     level = dlogging.get_verbosity()
     dlogging.set_verbosity(dlogging.CRITICAL)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), without_loading_bars():
             warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
             warnings.filterwarnings("ignore", message="TorchaoLoraLinear was instantiated without `get_apply_tensor_subclass`")
             warnings.filterwarnings("ignore", message=r"Adapter \S+ was active which is now deleted")

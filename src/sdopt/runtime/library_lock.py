@@ -10,10 +10,12 @@ Two of their habits are not thread-safe, and README promises "load one pipeline 
 Each place sdopt's runtime does either holds LIBRARY_LOCK (re-entrant: a load takes it again to look up its classes):
 torch components and tokenizers load one at a time (ONNX Runtime sessions and OpenVINO compiles do not wait on it),
 and a generate call waits on it only the first time its scheduler class is looked up.
+Their progress-bar switches are the process's too: ``without_loading_bars`` turns them off around a load and sets them back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 import threading
@@ -45,3 +47,22 @@ def diffusers_attr(name: str) -> Any:
         import diffusers
 
         return getattr(diffusers, name)
+
+
+@contextlib.contextmanager
+def without_loading_bars():
+    """Our CLI draws its own progress; a per-tensor or per-shard bar is noise. The switches are the process's, so each
+    is set back as it was: a host that embeds sdopt keeps its own Diffusers and Transformers progress bars (they
+    stayed off for good after any torch load)."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as hf_logging
+
+    were_enabled = [(lib, lib.is_progress_bar_enabled()) for lib in (hf_logging, diffusers_logging)]
+    for lib, _ in were_enabled:
+        lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lib, was_enabled in were_enabled:
+            if was_enabled:
+                lib.enable_progress_bar()

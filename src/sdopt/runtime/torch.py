@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import warnings
 from pathlib import Path
@@ -14,7 +13,7 @@ import torch
 from sdopt.errors import SdoptError, argument
 from sdopt.runtime.compiled import COMPILED_COMPONENTS, compile_components, compile_setting, original
 from sdopt.manifest import Manifest
-from sdopt.runtime.library_lock import holding_library_lock
+from sdopt.runtime.library_lock import holding_library_lock, without_loading_bars
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PRECISIONS = {dtype: name for name, dtype in DTYPES.items()}
@@ -153,32 +152,13 @@ def load_pretrained(name: str, path: Path, dtype: torch.dtype = torch.float32) -
                       "reads; to run those, convert them to safetensors (diffusers: pipe.save_pretrained(out, safe_serialization=True))",
                       UserWarning, stacklevel=2)
     try:
-        with _without_loading_bars():
+        with without_loading_bars():
             return cls.from_pretrained(path, use_safetensors=True, **{dtype_arg: dtype}, **({"variant": variant} if variant else {}))
     except Exception as exc:  # a damaged or incomplete folder: safetensors', Diffusers' and Transformers' own errors
         text = " ".join(str(exc).split())
         raise SdoptError(f"cannot load {name} from {path}: {type(exc).__name__}: {text[:300] or 'no message'}"
                          f"{'...' if len(text) > 300 else ''}; the checkpoint is damaged or incomplete (a file truncated, "
                          "config.json missing): download or export it again") from None
-
-
-@contextlib.contextmanager
-def _without_loading_bars():
-    """Our CLI draws its own progress; a per-tensor or per-shard bar is noise. The switches are the process's, so each
-    is set back as it was: a host that embeds sdopt keeps its own Diffusers and Transformers progress bars (they
-    stayed off for good after any torch load)."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as hf_logging
-
-    were_enabled = [(lib, lib.is_progress_bar_enabled()) for lib in (hf_logging, diffusers_logging)]
-    for lib, _ in were_enabled:
-        lib.disable_progress_bar()
-    try:
-        yield
-    finally:
-        for lib, was_enabled in were_enabled:
-            if was_enabled:
-                lib.enable_progress_bar()
 
 
 def weights_variant(path: Path) -> str | None:
