@@ -35,7 +35,8 @@ def load(path: str | os.PathLike, device: str = "cpu", precision: str | None = N
 
     options, each taken by the backends named (any other is refused): attention_slicing, vae_tiling, cpu_offload,
     channels_last, compile (True or a torch.compile mode), deep_cache (True or an interval): torch; threads: torch (its
-    threads are the process's: the last load that sets them wins), ONNX Runtime and OpenVINO; provider: ONNX Runtime;
+    threads are the process's: the last load that sets them wins, except in a thread that had run torch before it; README,
+    "From Python"), ONNX Runtime and OpenVINO; provider: ONNX Runtime;
     reshape, cache_dir: OpenVINO; run_settings (a dict of the backend's own): ONNX Runtime and OpenVINO.
 
     Raises SdoptError (MissingDependencyError where the backend's library is not installed), naming the argument at
