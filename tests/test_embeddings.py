@@ -378,3 +378,24 @@ def test_vocabularies_built_while_an_add_ends_are_not_kept(tiny_model, embedding
     added.set()
     checker.join(timeout=30)
     assert pipeline.vocabularies[0].used(PROMPT) == ["mystyle"]
+
+
+def test_an_add_while_another_pipeline_loads_keeps_its_table_off_the_meta_device(tiny_model, embedding):
+    # A torch load builds its modules under accelerate's init_empty_weights, which patches register_parameter for the
+    # whole process: an add_embeddings in another thread meanwhile set its grown table there, on the meta device, and
+    # every generate after failed ("Tensor on device cpu is not on the expected device meta!").
+    import threading
+
+    from accelerate import init_empty_weights
+
+    from sdopt.runtime.library_lock import LIBRARY_LOCK
+
+    pipeline = sdopt.load(tiny_model)
+    with LIBRARY_LOCK, init_empty_weights():  # what a torch load in another thread holds while it builds
+        add = threading.Thread(target=pipeline.add_embeddings, args=(embedding,))
+        add.start()
+        add.join(timeout=0.5)
+    add.join(timeout=30)
+    assert not add.is_alive() and [e["name"] for e in pipeline.embeddings] == ["mystyle"]
+    assert pipeline.token_tables["text_encoder"].get_input_embeddings().weight.device.type == "cpu"
+    assert pipeline.generate(_request("a fox, mystyle")).images

@@ -13,6 +13,7 @@ import torch
 
 from sdopt.embeddings import Embedding
 from sdopt.errors import SdoptError, exception_line
+from sdopt.runtime.library_lock import holding_library_lock
 
 
 def table_of(module: torch.nn.Module) -> torch.nn.Embedding:
@@ -60,6 +61,9 @@ def grow(module: torch.nn.Module, encoder: str, embeddings: list[Embedding]) -> 
     return firsts
 
 
+# Each grown table is a new Parameter, set on its module as a torch load in another thread builds its modules on the meta
+# device (accelerate patches register_parameter process-wide): the table went there too, and every generate after failed.
+@holding_library_lock
 def extend(modules: dict[str, torch.nn.Module], embeddings: list[Embedding], encoders: tuple[str, ...]) -> list[dict[str, Any]]:
     """Append each embedding's vectors to the text encoders' token tables; the manifest records (first ids per encoder).
     The embeddings were sorted out first (sdopt.embeddings.select.to_load: each fits these encoders)."""

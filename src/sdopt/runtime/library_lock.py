@@ -8,9 +8,10 @@ Two of their habits are not thread-safe, and README promises "load one pipeline 
 - Building a module with empty weights patches torch process-wide (accelerate's ``init_empty_weights``, Transformers'
   meta-device loading): a torch load in another thread meanwhile failed with "Unsupported device type 'meta'".
 Each place sdopt's runtime does either holds LIBRARY_LOCK (re-entrant: a load takes it again to look up its classes):
-torch components and tokenizers load one at a time (ONNX Runtime sessions and OpenVINO compiles do not wait on it),
-and a generate call waits on it only the first time its scheduler class is looked up.
-Their progress-bar switches are the process's too: ``without_loading_bars`` turns them off around a load and sets them back.
+torch components and tokenizers load one at a time, and a LoRA or embedding goes into a torch pipeline's modules, under
+it (ONNX Runtime sessions and OpenVINO compiles do not wait on it), and a generate call waits on it only the first
+time its scheduler class is looked up. Their progress-bar switches are the process's too: ``without_loading_bars``
+turns them off around a load and sets them back.
 """
 
 from __future__ import annotations
