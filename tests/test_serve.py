@@ -1402,6 +1402,25 @@ def test_sdopt_serve_stopped_by_sigterm_exits_0(tiny_model, stop, flags):
     assert ('"GET /health HTTP/1.1" 200 OK request_id=probe-1' in out) == bool(flags), out  # the request's id ends its line
 
 
+def test_sdopt_serve_stopped_by_sigterm_while_it_loads_exits_0_too(tiny_model):
+    """systemd stopping a unit still starting (a large model loads for minutes): SIGTERM during the load ended 130,
+    "sdopt: interrupted", the unit failed, where the same stop a moment later ends 0 (qa75's list)."""
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "sdopt.cli", "serve", str(tiny_model), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stderr.readline()  # "loading ...": said just before the load, which imports torch (seconds)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert first.startswith("loading ") and proc.returncode == 0, (first, proc.returncode, err)
+    assert "stopped tiny (SIGTERM) while it loaded" in err and "Traceback" not in err, err
+
+
 def test_sdopt_serve_stopped_by_two_quick_ctrl_c_says_one_line_not_a_traceback(tiny_model):
     """Ctrl-C pressed twice: uvicorn raised both SIGINTs again once stopped, the second inside the event loop while its
     lifespan task waited, and logged that as a traceback (KeyboardInterrupt, then CancelledError) before sdopt's line."""

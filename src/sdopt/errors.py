@@ -22,6 +22,11 @@ class SdoptError(Exception):
         self.field = field
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, as the command line raises it (cli._exit_on_sigterm): a KeyboardInterrupt, so whatever cleans up after
+    Ctrl-C cleans up after it, and told apart where the stop asked for ends 0 (sdopt serve, stopped while it loads)."""
+
+
 class BrokenOutputError(SdoptError):
     """A generate call ran but produced no usable image (NaN latents, an all-black image)."""
 

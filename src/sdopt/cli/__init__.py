@@ -87,8 +87,10 @@ def _exit_on_sigterm() -> None:
     """Turn SIGTERM into an exception, so a terminated export still removes its temporary folder."""
     import signal
 
+    from sdopt.errors import Terminated
+
     def handler(signum, frame):
-        raise KeyboardInterrupt
+        raise Terminated
 
     try:
         signal.signal(signal.SIGTERM, handler)

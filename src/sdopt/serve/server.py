@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from sdopt.errors import SdoptError, command_line, require
+from sdopt.errors import SdoptError, Terminated, command_line, require
 from sdopt.serve.settings import ServeSettings
 
 
@@ -141,8 +141,14 @@ def serve(artifact: str | Path, settings: ServeSettings, load_options: dict[str,
 
     folder = resolve(artifact)  # a path that does not exist: said alone, not after "loading ..."
     print(f"loading {artifact} ...", file=sys.stderr)
-    pipeline = sdopt.load(folder, **(load_options or {}))
     name = model_name(artifact, settings)
+    try:
+        pipeline = sdopt.load(folder, **(load_options or {}))
+    except Terminated:
+        # SIGTERM during the load is the same stop asked for as after it (systemd stopping a unit still starting): 0 too,
+        # where it ended 130 and the service in a failed state
+        print(f"stopped {name} (SIGTERM) while it loaded", file=sys.stderr)
+        return
     app = build(pipeline, settings, name)
 
     def say_serving(port: int) -> None:  # once the port is open: said before, it was said of a port uvicorn then lost
