@@ -71,6 +71,29 @@ def test_layout_follows_optimum_intel(tiny_ov):
     assert sample[0].is_dynamic and sample[1].get_length() == 4 and sample[2].is_dynamic  # dynamic batch and size
 
 
+
+def test_an_optimum_intel_folder_with_compressed_weights_says_so(tiny_ov, tmp_path):
+    """An Optimum Intel export with --weight-format int8 (NNCF's u8 weights) was read as plain "fp32", nothing said:
+    `sdopt inspect` passed an int8-weight export for an fp32 one. Made here as Optimum does it, without Optimum."""
+    import shutil
+
+    import openvino as ov
+
+    nncf = pytest.importorskip("nncf")
+    plain = tmp_path / "optimum-intel-int8"
+    shutil.copytree(tiny_ov, plain)
+    (plain / "sdopt.json").unlink()
+    assert not any("compressed weights" in note for note in read_manifest(plain).notes)  # float weights: no such note
+    graph = plain / "unet" / "openvino_model.xml"
+    compressed = nncf.compress_weights(ov.Core().read_model(graph), mode=nncf.CompressWeightsMode.INT8_ASYM)
+    ov.save_model(compressed, tmp_path / "unet.xml", compress_to_fp16=False)
+    shutil.move(tmp_path / "unet.xml", graph)
+    shutil.move(tmp_path / "unet.bin", graph.with_suffix(".bin"))
+    m = read_manifest(plain)
+    assert m.inferred and m.precision == "fp32"
+    note = next(note for note in m.notes if "compressed weights" in note)
+    assert "unet (u8)" in note and "text_encoder" not in note
+
 def test_manifest_records_parity_and_what_runs(tiny_ov):
     m = read_manifest(tiny_ov)
     assert m.backend == "openvino" and m.precision == "fp32" and m.static_shapes is None

@@ -216,16 +216,36 @@ def _is_optimum_openvino(folder: Path) -> bool:
     return (folder / "model_index.json").is_file() and (folder / "unet" / "openvino_model.xml").is_file()
 
 
+# Weight constants NNCF's weight compression leaves in an IR (optimum-cli export openvino --weight-format int8/int4/nf4...).
+_COMPRESSED_WEIGHT_TYPES = ("u8", "i8", "u4", "i4", "nf4", "f4e2m1", "f8e4m3", "f8e5m2")
+_CONST_TYPE = re.compile(r'type="Const"[^>]*>\s*<data element_type="(\w+)"')
+
+
+def _compressed_weights(graph: Path) -> list[str]:
+    """The compressed element types among the IR's constants (read from its XML, not compiled): [] for float weights."""
+    found = set(_CONST_TYPE.findall(graph.read_text(errors="replace")))
+    return [t for t in _COMPRESSED_WEIGHT_TYPES if t in found]
+
+
 def _build_optimum_openvino(folder: Path) -> Manifest:
     """A folder written by `optimum-cli export openvino` (OVStableDiffusionPipeline layout).
 
     It records no precision; we run it in fp32 rather than let OpenVINO pick bf16 where the CPU has it.
+    Optimum Intel compresses weights when asked (--weight-format): fp32 is then the compute precision
+    only, which a note says, so that `sdopt inspect` does not pass an int8-weight export for an fp32 one.
     """
-    return _optimum_export(
+    manifest = _optimum_export(
         folder, graph="openvino_model.xml", suffixes=(".xml", ".bin", ".json"), backend="openvino", kind="OpenVINO",
         precision=lambda f: "fp32",
         note="an Optimum Intel OpenVINO export (optimum-cli export openvino); run in fp32",
     )
+    compressed = {name: types for name in manifest.components
+                  if (types := _compressed_weights(folder / name / "openvino_model.xml"))}
+    if compressed:
+        which = ", ".join(f"{name} ({'/'.join(types)})" for name, types in compressed.items())
+        manifest.notes.append(f"compressed weights in {which}: weight-compressed by NNCF (Optimum Intel's --weight-format), "
+                              "so fp32 is the compute precision, not the weights'")
+    return manifest
 
 
 register_layout(Layout("optimum-openvino", _is_optimum_openvino, _build_optimum_openvino))
