@@ -769,3 +769,17 @@ def test_a_pipe_given_as_a_prompt_file_is_read(tmp_path):
     writer.join()
     with pytest.raises(SdoptError, match="prompt file /dev/null has no prompts"):
         read_prompts("/dev/null")
+
+
+def test_progress_bars_off_a_terminal_redraw_seldom_unless_the_user_says():
+    """Off a terminal (a CI log) tqdm redrew every 0.1 s, each redraw one more copy of the bar on a single line (qa74:
+    16 for init-model; a 6,700-step training's many more). sdopt sets TQDM_MININTERVAL before tqdm is imported, unless
+    the user set it; on a terminal it leaves tqdm's default."""
+    import os
+
+    code = "import sdopt.cli, os, sys; sdopt.cli._slow_bars_off_a_terminal(); import tqdm; print(os.environ.get('TQDM_MININTERVAL'))"
+    env = {k: v for k, v in os.environ.items() if k != "TQDM_MININTERVAL"}
+    piped = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert piped.stdout.strip() == "30", piped.stderr
+    told = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env={**env, "TQDM_MININTERVAL": "2"})
+    assert told.stdout.strip() == "2", told.stderr

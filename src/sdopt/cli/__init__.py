@@ -130,10 +130,26 @@ def main(argv: list[str] | None = None) -> int:
         return _main(argv)
 
 
+# Seconds between a progress bar's redraws where stderr is no terminal (a CI log, `2> file`): tqdm's 0.1 s there writes
+# each redraw as one more carriage-return-separated copy of the bar on a single ever-longer line.
+BAR_SECONDS_OFF_A_TERMINAL = "30"
+
+
+def _slow_bars_off_a_terminal() -> None:
+    """Every bar sdopt draws is tqdm's, which reads TQDM_* from the environment once, when it is imported (after the
+    arguments are parsed: `sdopt --help` imports no tqdm). A TQDM_MININTERVAL the user set wins."""
+    import os
+
+    stderr = sys.stderr
+    if "TQDM_MININTERVAL" not in os.environ and not (stderr is not None and stderr.isatty()) and "tqdm" not in sys.modules:
+        os.environ["TQDM_MININTERVAL"] = BAR_SECONDS_OFF_A_TERMINAL
+
+
 def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _exit_on_sigterm()
+    _slow_bars_off_a_terminal()
     # Under a locale that is not UTF-8, stdout cannot encode the × and — of sdopt's tables: printed as \xd7 (as Python's
     # stderr does), not a UnicodeEncodeError after the work is done (a bench printing its report.md). A path given in bytes
     # the locale cannot decode is printed in those bytes, as Python's own stdout does (surrogateescape).
