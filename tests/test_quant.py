@@ -442,3 +442,55 @@ def test_a_damaged_quantized_weights_record_or_file_is_one_error(tiny_model, tmp
         entry = ComponentEntry(folder="unet", files=[], quantization={**record, "weights": f"unet/{name}"})
         with pytest.raises(SdoptError, match=f"cannot read unet's quantized weights .*unet/{name}: SafetensorError.*damaged"):
             engine.load_component("unet", tmp_path, entry, torch.float32, "cpu")
+
+
+@pytest.mark.parametrize("backend", ["bnb", "quanto", "torchao"])
+def test_a_quantized_load_beside_a_torch_load_in_another_thread_keeps_its_weights(backend, tiny_model, tmp_path, monkeypatch):
+    # A torch load builds its modules under init_empty_weights, which patches register_parameter for the whole process:
+    # a quantized artifact deserialized in another thread meanwhile had its new Parameters put on the meta device
+    # ("Cannot copy out of meta tensor"), and bnb's own init_empty_weights interleaved with it left the patch on for good.
+    import threading
+
+    import torch
+    from accelerate import init_empty_weights
+
+    from sdopt.quant.run import quantize
+    from sdopt.runtime.library_lock import LIBRARY_LOCK
+
+    if not _available(backend):
+        pytest.skip(f"{backend} is not installed")
+    artifact = tmp_path / backend
+    quantize(tiny_model, "int8", artifact, backend=backend, components=["unet"])
+    engine = type(get_quantizer(backend).engine())
+    deserializing, building = threading.Event(), threading.Event()
+    deserialize = engine.deserialize
+
+    def paused(self, *args, **kwargs):  # the loader stops where the other thread's build can begin
+        deserializing.set()
+        building.wait(timeout=2)
+        return deserialize(self, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "deserialize", paused)
+    loaded, errors = [], []
+
+    def load():
+        try:
+            loaded.append(sdopt.load(artifact))
+        except Exception as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+
+    def build_like_a_torch_load():
+        with LIBRARY_LOCK, init_empty_weights():
+            building.set()
+            loader.join(timeout=10)
+
+    register_parameter = torch.nn.Module.register_parameter
+    loader, other = threading.Thread(target=load), threading.Thread(target=build_like_a_torch_load)
+    loader.start()
+    assert deserializing.wait(timeout=60)
+    other.start()
+    other.join(timeout=60)
+    loader.join(timeout=60)
+    assert not errors, errors
+    assert torch.nn.Module.register_parameter is register_parameter
+    assert loaded[0].generate(GenerateRequest(**REQUEST)).images

@@ -41,6 +41,7 @@ from sdopt.manifest import ComponentEntry, Manifest, files_in
 from sdopt.quant import Plan, QuantizedComponents
 from sdopt.quant.engine import Engine
 from sdopt.quant.schemes import Capability, lookup
+from sdopt.runtime.library_lock import holding_library_lock
 from sdopt.runtime.torch import empty_module, load_pretrained
 from sdopt.runtime.versions import described_versions
 
@@ -184,6 +185,11 @@ class TorchWeights(Engine):
         return QuantizedComponents(entries, notes, precision="fp32")
 
     # --- load -------------------------------------------------------------------------------
+    # Under LIBRARY_LOCK as a whole, not only its empty_module: deserializing sets new Parameters on the skeleton (a
+    # torch load in another thread meanwhile patches register_parameter process-wide, and they went to the meta
+    # device), and bnb builds its layers under init_empty_weights itself (two of those interleaved left the patch on
+    # for the process: every torch load after failed with "Unsupported device type 'meta'").
+    @holding_library_lock
     def load_component(self, name: str, artifact: Path, entry: ComponentEntry, dtype: torch.dtype, device: str) -> torch.nn.Module:
         """The quantized module of one component folder, ready for the torch runtime."""
         quant, path = entry.quantization or {}, artifact / entry.folder

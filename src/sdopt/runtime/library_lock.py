@@ -8,9 +8,11 @@ Two of their habits are not thread-safe, and README promises "load one pipeline 
 - Building a module with empty weights patches torch process-wide (accelerate's ``init_empty_weights``, Transformers'
   meta-device loading): a torch load in another thread meanwhile failed with "Unsupported device type 'meta'".
 Each place sdopt's runtime does either holds LIBRARY_LOCK (re-entrant: a load takes it again to look up its classes):
-torch components and tokenizers load one at a time, and a LoRA or embedding goes into a torch pipeline's modules, under
-it (ONNX Runtime sessions and OpenVINO compiles do not wait on it), and a generate call waits on it only the first
-time its scheduler class is looked up. Their progress-bar switches are the process's too: ``without_loading_bars``
+torch components (a quantized one with its deserializing, which sets new Parameters) and tokenizers load one at a time,
+and a LoRA or embedding goes into a torch pipeline's modules, under it (ONNX Runtime sessions and OpenVINO compiles do
+not wait on it). A generate call waits on it the first time its scheduler class is looked up, and, on torch, when its
+request brings a LoRA file that pipeline has not loaded yet: then for as long as another thread's load of one component
+takes. Their progress-bar switches are the process's too: ``without_loading_bars``
 turns them off around a load and sets them back.
 """
 
