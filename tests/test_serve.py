@@ -1421,6 +1421,31 @@ def test_sdopt_serve_stopped_by_sigterm_while_it_loads_exits_0_too(tiny_model):
     assert "stopped tiny (SIGTERM) while it loaded" in err and "Traceback" not in err, err
 
 
+SIGTERM_AS_THE_APP_IS_BUILT = """
+import os, signal, sys
+import sdopt.serve.server as server
+build = server.build
+def build_after_a_sigterm(*args, **kwargs):  # systemd's stop, as the app is built after the load
+    os.kill(os.getpid(), signal.SIGTERM)
+    return build(*args, **kwargs)
+server.build = build_after_a_sigterm
+from sdopt.cli import main
+sys.exit(main(["serve", sys.argv[1], "--port", "0"]))
+"""
+
+
+def test_sdopt_serve_stopped_by_sigterm_after_the_load_before_uvicorn_starts_exits_0_too(tiny_model):
+    """Between the load's end and uvicorn's own signal handlers (FastAPI's import, --embeddings-dir's embeddings: a
+    second or more), SIGTERM still ended 130, "sdopt: interrupted", where the same stop before and after ends 0."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", SIGTERM_AS_THE_APP_IS_BUILT, str(tiny_model)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and "stopped tiny (SIGTERM)" in done.stderr, (done.returncode, done.stderr[-2000:])
+    assert "Traceback" not in done.stderr, done.stderr
+
+
 def test_sdopt_serve_stopped_by_two_quick_ctrl_c_says_one_line_not_a_traceback(tiny_model):
     """Ctrl-C pressed twice: uvicorn raised both SIGINTs again once stopped, the second inside the event loop while its
     lifespan task waited, and logged that as a traceback (KeyboardInterrupt, then CancelledError) before sdopt's line."""

@@ -140,41 +140,47 @@ def serve(artifact: str | Path, settings: ServeSettings, load_options: dict[str,
     from sdopt.source import resolve
 
     folder = resolve(artifact)  # a path that does not exist: said alone, not after "loading ..."
-    print(f"loading {artifact} ...", file=sys.stderr)
     name = model_name(artifact, settings)
     try:
+        # The line in the try: a SIGTERM sent once it is read (a service manager's stop) interrupted the print itself,
+        # outside the try, and ended 130
+        print(f"loading {artifact} ...", file=sys.stderr)
         pipeline = sdopt.load(folder, **(load_options or {}))
     except Terminated:
         # SIGTERM during the load is the same stop asked for as after it (systemd stopping a unit still starting): 0 too,
         # where it ended 130 and the service in a failed state
         print(f"stopped {name} (SIGTERM) while it loaded", file=sys.stderr)
         return
-    app = build(pipeline, settings, name)
 
     def say_serving(port: int) -> None:  # once the port is open: said before, it was said of a port uvicorn then lost
         print(f"serving {name} ({pipeline.manifest.backend}, {pipeline.precision}) on http://{settings.host}:{port}/ "
               f"(API docs at /docs; max batch {app.state.worker.max_batch}, queue {settings.max_queue})", file=sys.stderr)
 
-    server = http_server(app, settings.host, settings.port, access_log=access_log, root_path=root_path, on_started=say_serving)
+    app = server = None
     try:
+        # From the load's end until uvicorn handles SIGTERM itself (the app built: FastAPI's import, --embeddings-dir's
+        # embeddings; uvicorn started), SIGTERM is sdopt's Terminated: that stop ended 130 too.
+        app = build(pipeline, settings, name)
+        server = http_server(app, settings.host, settings.port, access_log=access_log, root_path=root_path, on_started=say_serving)
         server.run()
     except SystemExit as exc:
         # uvicorn exits 3 when it cannot bind: the port was free before the load (check_port_free) and another process
         # took it meanwhile: one line and exit 2, as a port found busy before the load (uvicorn's own line is filtered).
-        if server.started or exc.code != 3:
+        if server is None or server.started or exc.code != 3:
             raise
         raise SdoptError(f"cannot listen on {settings.host}:{settings.port}: another process took the port while the model "
                          "loaded; pass another --port, or stop what uses it") from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         # uvicorn raises the signal that stopped it again once it has stopped, and sdopt's command line turns SIGTERM
         # into KeyboardInterrupt ("interrupted", status 130). SIGTERM is how systemd, docker and Kubernetes stop a
         # service, which then ended in a failed state: the stop asked for ends 0. Ctrl-C (SIGINT) keeps 130.
-        if getattr(server, "stopped_by", None) != signal.SIGTERM:
+        if not isinstance(exc, Terminated) and getattr(server, "stopped_by", None) != signal.SIGTERM:
             raise
         print(f"stopped {name} (SIGTERM)", file=sys.stderr)
     else:
         if getattr(server, "stopped_by", None) == signal.SIGHUP:  # uvicorn raises only the signals it handles again
             print(f"stopped {name} (SIGHUP)", file=sys.stderr)
     finally:
-        app.state.worker.stop()
+        if app is not None:
+            app.state.worker.stop()
         pipeline.close()
