@@ -831,7 +831,7 @@ def test_a_build_past_the_exports_parity_check_is_told_what_applies_to_it_not_th
     models/shapes --quick` on a bf16 CPU (README's example, at the default 256x256) built no candidate and said so."""
     import sdopt.export.run as export_run
     from sdopt.bench.build import build_one
-    from sdopt.bench.optimize import PARITY_ADVICE
+    from sdopt.bench.build import OPTIMIZE_PARITY_ADVICE
     from sdopt.export.parity import ParityFailure
 
     def failing(*args, **kwargs):
@@ -843,7 +843,7 @@ def test_a_build_past_the_exports_parity_check_is_told_what_applies_to_it_not_th
     with pytest.raises(SdoptError) as profile:
         build_one(spec, tmp_path / "model", tmp_path, 256, 256, "cpu", {})
     with pytest.raises(SdoptError) as optimize:
-        build_one(spec, tmp_path / "model", tmp_path, 256, 256, "cpu", {}, parity_advice=PARITY_ADVICE)
+        build_one(spec, tmp_path / "model", tmp_path, 256, 256, "cpu", {}, parity_advice=OPTIMIZE_PARITY_ADVICE)
     for told, advice in ((profile, "set options = { skip_validation = true } in its [[artifacts]] entry"), (optimize, "--precision fp32")):
         assert "by 0.171" in str(told.value) and advice in str(told.value) and "Pass --skip-validation" not in str(told.value)
 

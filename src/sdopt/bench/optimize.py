@@ -96,11 +96,6 @@ def _int8(name: str, source: str, everything: bool) -> dict[str, Any]:
 
 GUIDANCE_END = 0.5  # truncated guidance's candidates: guided for the first half of the steps
 
-# A candidate past the export's parity check. Seen: the shapes model (64x64 pictures) at optimize's default 256x256 in
-# bf16, its UNet 0.171 from PyTorch against the 0.1 allowed (0.019 at 64x64): bf16's error grows far from a model's size.
-PARITY_ADVICE = ("not kept: try a size nearer the model's own (--height/--width; `sdopt inspect` shows it), "
-                 "or --precision fp32")
-
 
 def _guidance_half(source: str) -> Candidate:
     """The same artifact with its requests guided for the first half of the steps only (nothing to build)."""
@@ -353,7 +348,7 @@ def _optimize(model, out, settings, work, floor, quick, budget_minutes, distill,
 def _build_here(pool, source: Path, work: Path, settings, budget_minutes: float | None, started: float,
                 say: Callable[[str], None], progress: bool = True) -> tuple[dict[str, str], dict[str, str]]:
     """Every candidate built on this machine, one after another: (built, not_built)."""
-    from sdopt.bench.build import build_one
+    from sdopt.bench.build import OPTIMIZE_PARITY_ADVICE, build_one
 
     built: dict[str, str] = {}
     not_built: dict[str, str] = {}
@@ -365,7 +360,7 @@ def _build_here(pool, source: Path, work: Path, settings, budget_minutes: float 
         tell(f"== {candidate.name}")  # build_one says whether it builds it or reuses what --work holds
         try:
             built[candidate.name] = build_one(candidate.spec, source, work, settings.height, settings.width, settings.device, built,
-                                              tell, progress, reuse_only=ran_out, parity_advice=PARITY_ADVICE)
+                                              tell, progress, reuse_only=ran_out, parity_advice=OPTIMIZE_PARITY_ADVICE)
         except SdoptError as exc:
             not_built[candidate.name] = str(exc)
             tell(f"   not built: {exc}")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from sdopt.bench.build import DISTILLED, build_one, tiny_decoder
+from sdopt.bench.build import DISTILLED, OPTIMIZE_PARITY_ADVICE, build_one, tiny_decoder
 from sdopt.bench.profiles import HardwareProfile
 from sdopt.cluster.connect import cluster, ray_module
 from sdopt.cluster.resources import task_options, why_unplaceable
@@ -53,12 +53,10 @@ def build_on_node(spec: dict, source: str, work: str, height: int, width: int, d
     for earlier in (parent, *before):
         if earlier is not None and earlier.get("error"):
             return {"error": f"{earlier['name']} was not built: {earlier['error']}"}
-    from sdopt.bench.optimize import PARITY_ADVICE
-
     built = {spec["from"]: parent["path"]} if spec.get("from") else {}
     try:
         return {"name": spec["name"], "path": build_one(spec, Path(source), Path(work), height, width, device, built,
-                                                        parity_advice=PARITY_ADVICE)}
+                                                        parity_advice=OPTIMIZE_PARITY_ADVICE)}
     except SdoptError as exc:
         return {"name": spec["name"], "error": str(exc)}
 
