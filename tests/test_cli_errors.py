@@ -747,6 +747,9 @@ def test_a_path_the_locale_cannot_decode_is_printed_in_its_own_bytes(tiny_model,
     done = subprocess.run([sys.executable, "-m", "sdopt.cli", "inspect", "--no-verify", "café"], cwd=tmp_path, env=env,
                           capture_output=True, timeout=120)
     assert done.returncode == 0 and done.stdout.startswith("artifact   café\n".encode()), done.stdout[:80] + done.stderr
+    missing = subprocess.run([sys.executable, "-m", "sdopt.cli", "inspect", "--no-verify", "café/none"], cwd=tmp_path, env=env,
+                             capture_output=True, timeout=120)
+    assert missing.returncode == 2 and "café/none".encode() in missing.stderr and b"udc" not in missing.stderr, missing.stderr
     from sdopt.cli import _PATH_BYTES_ELSE_BACKSLASH
 
     assert "a×b caf\udcc3\udca9".encode("ascii", _PATH_BYTES_ELSE_BACKSLASH) == b"a\\xd7b caf\xc3\xa9"

@@ -152,9 +152,11 @@ def _main(argv: list[str] | None) -> int:
     _slow_bars_off_a_terminal()
     # Under a locale that is not UTF-8, stdout cannot encode the × and — of sdopt's tables: printed as \xd7 (as Python's
     # stderr does), not a UnicodeEncodeError after the work is done (a bench printing its report.md). A path given in bytes
-    # the locale cannot decode is printed in those bytes, as Python's own stdout does (surrogateescape).
-    if callable(getattr(sys.stdout, "reconfigure", None)):
-        sys.stdout.reconfigure(errors=_PATH_BYTES_ELSE_BACKSLASH)
+    # the locale cannot decode is printed in those bytes, as Python's own stdout does (surrogateescape); on stderr too, where
+    # an error names the path (it read caf\udcc3\udca9/, a name the user never typed).
+    for stream in (sys.stdout, sys.stderr):
+        if callable(getattr(stream, "reconfigure", None)):
+            stream.reconfigure(errors=_PATH_BYTES_ELSE_BACKSLASH)
     warnings.formatwarning = _format_warning
     try:
         code = args.func(args)
