@@ -494,3 +494,34 @@ def test_a_quantized_load_beside_a_torch_load_in_another_thread_keeps_its_weight
     assert not errors, errors
     assert torch.nn.Module.register_parameter is register_parameter
     assert loaded[0].generate(GenerateRequest(**REQUEST)).images
+
+
+def test_a_read_only_quanto_package_folder_builds_the_int4_kernel_in_the_users_cache(tiny_model, tmp_path, monkeypatch):
+    """On a read-only install (a root-owned venv run by another user) optimum-quanto could not lock its int4 CPU
+    kernel's build folder in its package, and every int4 load ended in a PermissionError traceback. It is built in the
+    user's cache folder instead (from a copy of the kernel already built), or one line says which variable to set.
+    Root is not refused by chmod, so quanto's build call is refused for its package folder here, as there."""
+    pytest.importorskip("optimum.quanto")
+    path = tmp_path / "int4"
+    assert main(["quantize", str(tiny_model), "--scheme", "int4", "--backend", "quanto", "-o", str(path), "--quiet"]) == 0
+    from optimum.quanto.library.extensions import extension, get_extension
+
+    kernel = get_extension("quanto_cpp")
+    package_build, real_load = kernel.build_directory, extension.load
+
+    def load(*args, build_directory, **kwargs):
+        if build_directory == package_build:
+            raise PermissionError(13, "Permission denied", os.path.join(build_directory, "lock"))
+        return real_load(*args, build_directory=build_directory, **kwargs)
+
+    monkeypatch.setattr(extension, "load", load)
+    monkeypatch.setattr(kernel, "_lib", None)
+    monkeypatch.setattr(kernel, "build_directory", package_build)  # put back after the test
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("SDOPT_CACHE_DIR", str(tmp_path / "a-file" / "cache"))
+    with pytest.raises(SdoptError, match="set SDOPT_CACHE_DIR to a writable folder"):
+        sdopt.load(path)
+    monkeypatch.setattr(kernel, "build_directory", package_build)
+    monkeypatch.setenv("SDOPT_CACHE_DIR", str(tmp_path / "cache"))
+    sdopt.load(path)
+    assert kernel.build_directory.startswith(str(tmp_path / "cache" / "quanto"))

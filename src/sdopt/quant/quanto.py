@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import shutil
 
 import torch
 
 from sdopt.errors import SdoptError
+from sdopt.fsutil import user_cache_dir
 from sdopt.quant.schemes import Capability
 from sdopt.quant.torch_weights import TorchWeights
 
@@ -72,6 +75,8 @@ class QuantoWeights(TorchWeights):
         from optimum.quanto import requantize
 
         qmap = json.loads(metadata[_QMAP_KEY])
+        if torch.device(device).type == "cpu" and "qint4" in json.dumps(qmap):
+            _load_cpu_unpack_kernel()
         requantize(skeleton, tensors, qmap, device=torch.device(device))
         # requantize loads with strict=False and leaves uninitialised memory where a tensor is missing: check.
         missing = sorted(set(skeleton.state_dict()) - set(tensors))
@@ -79,6 +84,32 @@ class QuantoWeights(TorchWeights):
             raise SdoptError(f"the quantized weights lack {len(missing)} tensor(s) ({', '.join(missing[:3])}...): quantize the checkpoint again")
         _guard_4bit_linears(skeleton)
         return skeleton
+
+
+def _load_cpu_unpack_kernel() -> None:
+    """optimum-quanto unpacks 4-bit weights on the CPU with a C++ kernel that torch's JIT extension build makes in
+    quanto's own package folder, and locks a file there at every load, even once it is built: on a read-only install
+    (a venv owned by root and run by another user, a read-only image layer) every int4 load on the CPU ended in a
+    traceback (PermissionError on .../extensions/cpp/build/lock). There the kernel is built in the user's cache folder
+    instead, from a copy of the one already built when there is one (ninja then finds it up to date: no compiler run)."""
+    from optimum.quanto.library.extensions import get_extension
+
+    kernel = get_extension("quanto_cpp")
+    try:
+        kernel.lib
+        return
+    except OSError as exc:
+        package_build = kernel.build_directory
+        cache_build = user_cache_dir() / "quanto" / f"{kernel.name}-torch{torch.__version__}"
+        denied = exc
+    try:
+        if not cache_build.exists() and os.path.isdir(package_build):
+            shutil.copytree(package_build, cache_build, ignore=shutil.ignore_patterns("lock"))  # keeps the times ninja reads
+        kernel.build_directory = str(cache_build)
+        kernel.lib
+    except OSError as exc:
+        raise SdoptError(f"optimum-quanto's int4 CPU kernel can be built neither in its package folder ({denied}) nor in "
+                         f"{cache_build} ({exc}); set SDOPT_CACHE_DIR to a writable folder") from exc
 
 
 @functools.cache
