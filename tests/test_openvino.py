@@ -7,7 +7,9 @@ agree with torch's, and how an Optimum Intel folder reads: test_backends_agree.p
 
 import contextlib
 import json
+import tempfile
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -285,6 +287,38 @@ def test_an_unusable_default_cache_folder_runs_uncached_an_asked_one_is_an_error
         monkeypatch.setenv("SDOPT_CACHE_DIR", str(tmp_path / "a-file"))
         with pytest.raises(SdoptError, match="cannot create the OpenVINO cache folder"):
             sdopt.load(tiny_ov, verify=False, **asked)
+
+
+
+def test_a_cache_folder_that_takes_no_files_is_said_like_one_that_cannot_be_made(tiny_ov, tmp_path, monkeypatch):
+    """An existing cache folder the user cannot write (a read-only home's ~/.cache/sdopt, SDOPT_CACHE_DIR on a read-only
+    mount): OpenVINO compiled at every load without a word. Now: the default one warns, an asked one is an error.
+    Root writes through chmod, so the folder refuses the probe file here as it would there."""
+    from sdopt.runtime import openvino as backend
+
+    refused, xdg = tmp_path / "read-only", tmp_path / "xdg"
+    real_mkstemp = tempfile.mkstemp
+
+    def mkstemp(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) in (refused / "openvino", xdg / "sdopt" / "openvino"):
+            raise PermissionError(13, "Permission denied", str(dir))
+        return real_mkstemp(*args, dir=dir, **kwargs)
+
+    for folder in (refused / "openvino", xdg / "sdopt" / "openvino"):
+        folder.mkdir(parents=True)
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    class CompileReached(BaseException):  # stops the load at the device, without compiling (seconds)
+        pass
+
+    monkeypatch.setattr(backend, "openvino_device", lambda device, c: (_ for _ in ()).throw(CompileReached))
+    monkeypatch.setenv("SDOPT_CACHE_DIR", str(refused))
+    with pytest.raises(SdoptError, match="cannot write in the OpenVINO cache folder .*set SDOPT_CACHE_DIR"):
+        sdopt.load(tiny_ov, verify=False)
+    monkeypatch.delenv("SDOPT_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(xdg))
+    with pytest.warns(UserWarning, match="cannot write in the OpenVINO cache folder .*compiled at every load"), \
+            pytest.raises(CompileReached):
+        sdopt.load(tiny_ov, verify=False)
 
 
 # --- NNCF --------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import tempfile
 import threading
 import warnings
 from pathlib import Path
@@ -62,12 +63,19 @@ def core(cache: Path | None, required: bool = True) -> ov.Core:
     speeds loads up, so without it the models run uncached, with one warning: it stopped generate and serve."""
     c = ov.Core()
     if cache is not None:
+        existed = cache.is_dir()
         try:
             cache.mkdir(parents=True, exist_ok=True)
+            # A folder that exists but takes no files (read-only, another user's): OpenVINO then compiled at every load
+            # without a word, where one that could not be made was an error or a warning. Tried with a file, removed.
+            handle, probe = tempfile.mkstemp(prefix=".sdopt-probe-", dir=cache)
+            os.close(handle)
+            os.unlink(probe)
         except OSError as exc:
+            what = "write in" if existed else "create"
             if required:
-                raise SdoptError(f"cannot create the OpenVINO cache folder {cache} ({exc}); set SDOPT_CACHE_DIR to a writable folder") from exc
-            warnings.warn(f"cannot create the OpenVINO cache folder {cache} ({exc.strerror or exc}): the models are compiled "
+                raise SdoptError(f"cannot {what} the OpenVINO cache folder {cache} ({exc}); set SDOPT_CACHE_DIR to a writable folder") from exc
+            warnings.warn(f"cannot {what} the OpenVINO cache folder {cache} ({exc.strerror or exc}): the models are compiled "
                           "at every load; set SDOPT_CACHE_DIR to a writable folder to keep them", stacklevel=2)
             return c
         c.set_property({"CACHE_DIR": str(cache)})
