@@ -1284,6 +1284,22 @@ def test_serve_command_refuses_a_busy_port_and_bad_options_before_loading(tiny_m
     assert "--image-dir" in (err := capsys.readouterr().err) and "not a folder" in err
 
 
+
+def test_an_image_dir_that_cannot_be_written_is_said_before_the_load(tiny_model, tmp_path, capsys, monkeypatch):
+    """An --image-dir this user cannot write was refused only after the model had loaded (minutes for SDXL). Root writes
+    through chmod, so the folder is one that cannot be made (under a file), refused the same way."""
+    import sdopt
+    from sdopt.cli import main
+
+    def load(*args, **kwargs):
+        raise AssertionError("the model was loaded before --image-dir was checked")
+
+    monkeypatch.setattr(sdopt, "load", load)
+    (tmp_path / "a-file").write_text("")
+    assert main(["serve", str(tiny_model), "--port", "0", "--image-dir", str(tmp_path / "a-file" / "images")]) == 2
+    err = capsys.readouterr().err
+    assert "--image-dir" in err and "give a folder this user can write" in err and "loading" not in err
+
 @pytest.mark.parametrize("flags", [["--replicas", "1"], ["--autoscale", "1:2"], ["--cpus-per-replica", "0"], ["--gpus-per-replica", "0"]])
 def test_ray_serve_scaling_flags_without_ray_are_refused(tmp_path, capsys, flags):
     """--gpus-per-replica 0 without --ray started the server, the flag dropped without a word, while --cpus-per-replica 0

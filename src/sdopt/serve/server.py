@@ -137,6 +137,12 @@ def serve(artifact: str | Path, settings: ServeSettings, load_options: dict[str,
             stacklevel=2,
         )
     check_port_free(settings.host, settings.port)  # before the (slow) load
+    if settings.image_dir is not None:
+        # Its folder and links' key are made, or refused in one line, before the load too: an --image-dir this user cannot
+        # write (a read-only mount, another user's folder) was said only once the model had loaded (minutes for SDXL).
+        from sdopt.serve.image_links import ImageLinks
+
+        ImageLinks(settings.image_dir)
     from sdopt.source import resolve
 
     folder = resolve(artifact)  # a path that does not exist: said alone, not after "loading ..."
