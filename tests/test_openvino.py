@@ -321,6 +321,27 @@ def test_a_cache_folder_that_takes_no_files_is_said_like_one_that_cannot_be_made
         sdopt.load(tiny_ov, verify=False)
 
 
+
+def test_a_user_without_a_home_loads_uncached_not_with_a_traceback(tiny_ov, monkeypatch):
+    """A container run as a user id with no passwd entry and HOME unset (Kubernetes runAsUser, OpenShift): finding the
+    cache folder raised RuntimeError("Could not determine home directory") from the hash records, a traceback on every
+    load. The hashes and compiled models are only conveniences: the load goes on, without them, and says so."""
+    from pathlib import Path
+
+    from sdopt import hash_records
+
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+
+    for name in ("HOME", "SDOPT_CACHE_DIR", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    monkeypatch.setattr(hash_records, "_write", lambda *args: pytest.fail("a hash record was written"))
+    with pytest.warns(UserWarning, match="HOME is unset .* set SDOPT_CACHE_DIR .*compiled at every load"):
+        pipe = sdopt.load(tiny_ov)
+    assert pipe.manifest.backend == "openvino"
+
+
 # --- NNCF --------------------------------------------------------------------------------
 def test_nncf_refuses_what_is_not_an_openvino_artifact(tiny_model, tmp_path, capsys):
     code = main(["quantize", str(tiny_model), "--backend", "nncf", "--scheme", "int8", "-o", str(tmp_path / "q")])

@@ -43,8 +43,13 @@ def user_cache_dir() -> Path:
     $SDOPT_CACHE_DIR, else $XDG_CACHE_HOME/sdopt, else ~/.cache/sdopt."""
     if os.environ.get("SDOPT_CACHE_DIR"):
         return Path(os.environ["SDOPT_CACHE_DIR"]).expanduser()
-    base = Path(os.environ["XDG_CACHE_HOME"]) if os.environ.get("XDG_CACHE_HOME") else Path.home() / ".cache"
-    return base / "sdopt"
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]) / "sdopt"
+    try:
+        return Path.home() / ".cache" / "sdopt"
+    except (RuntimeError, KeyError):  # HOME unset and a user id without a passwd entry: a container run as any uid
+        raise SdoptError(f"no cache folder: HOME is unset and user id {os.getuid()} has no home folder; "
+                         "set SDOPT_CACHE_DIR to a writable folder") from None
 
 
 def sha256_file(path: str | Path) -> str:

@@ -28,6 +28,7 @@ import threading
 import time
 from pathlib import Path
 
+from sdopt.errors import SdoptError
 from sdopt.fsutil import sha256_file, user_cache_dir
 
 HASH_SETTLE_S = 2.0  # a file changed more recently than this before its hash started is not recorded
@@ -50,7 +51,10 @@ def recorded_sha256(path: str | Path, expected: str | None = None) -> str:
     disagrees with ``expected`` is not believed: the file is hashed again, so a damaged record never fails a load."""
     path = Path(path).resolve()
     stamps = _stamps(path.stat())
-    record_path = _record_path(path)
+    try:
+        record_path = _record_path(path)
+    except SdoptError:  # no cache folder at all (no HOME, no passwd entry): hashed at every load, never a failed load
+        return sha256_file(path)
     try:
         record = json.loads(record_path.read_text())
         if record["path"] == str(path) and record["stamps"] == stamps and len(record["sha256"]) == 64 \

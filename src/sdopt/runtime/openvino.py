@@ -403,7 +403,12 @@ def model_file(files, name: str) -> str:
 
 def load_components(folder: Path, manifest: Manifest, device: str, precision: str, options: dict[str, Any]) -> dict:
     cache = options.get("cache_dir")
-    c = core(None if cache is False else cache_dir(cache), required=bool(cache or os.environ.get("SDOPT_CACHE_DIR")))
+    try:
+        compiled_cache = None if cache is False else cache_dir(cache)
+    except SdoptError as exc:  # the default folder, where there is no home to put it in: run uncached, as in core()
+        warnings.warn(f"{exc}: the models are compiled at every load", stacklevel=2)
+        compiled_cache = None
+    c = core(compiled_cache, required=bool(cache or os.environ.get("SDOPT_CACHE_DIR")))
     target = openvino_device(device, c)
     config = compile_config(precision, options.get("threads"), options.get("run_settings"))
     if options.get("reshape") and manifest.static_shapes:
