@@ -217,13 +217,13 @@ def _gate(args: argparse.Namespace) -> int:
     outputs = [(path, text) for path, text in ((args.markdown, lambda: gate.table(result, markdown=True)),
                                                (args.json, lambda: json.dumps(result.to_dict(), indent=2) + "\n")) if path]
     piped = [text for path, text in outputs if is_stdout(path)]
+    files = [(path, text) for path, text in outputs if text not in piped]
     if len(piped) > 1:
         raise SdoptError("--markdown and --json both name stdout: give one of them a file")
     result = gate.gate(current, rules, baseline)
     # The files first: one that cannot be written is exit 2, and no verdict is printed above that error.
-    for path, text in outputs:
-        if not is_stdout(path):
-            write_text_file(path, text())
+    for path, text in files:
+        write_text_file(path, text())
     said = sys.stderr if piped else sys.stdout
     print(f"rules: {source}; baseline: {args.baseline or 'none (absolute floors only)'}", file=said)
     print(gate.table(result), file=said)
