@@ -167,6 +167,32 @@ def test_inspect_text_names_backend_components_and_sizes(tiny_model):
         assert word in text
 
 
+def test_inspect_says_a_checkpoints_safety_checker_is_not_run(tiny_model, tmp_path):
+    """SD 1.x checkpoints ship a safety checker, which Diffusers' pipeline runs (and warns when told not to): sdopt never
+    runs it, and nothing said so, so a service's images were unfiltered unsaid. A checkpoint without one (the zoo's
+    [null, null], SDXL's none) gets no note; an export keeps its source's model_index.json, and the note with it."""
+    import json
+
+    note = "the checkpoint's safety checker is not run: sdopt does not filter images for NSFW content"
+    assert not any(note in n for n in describe(tiny_model).get("notes") or [])
+    folder = tmp_path / "sd15-like"
+    shutil.copytree(tiny_model, folder, ignore=shutil.ignore_patterns(MANIFEST_NAME))
+    index = json.loads((folder / "model_index.json").read_text())
+    index.update(safety_checker=["stable_diffusion", "StableDiffusionSafetyChecker"], requires_safety_checker=True)
+    (folder / "model_index.json").write_text(json.dumps(index))
+    assert note in format_description(describe(folder))
+    from sdopt.export.run import write_optimum_model_index
+
+    exported = tmp_path / "exported"
+    exported.mkdir()
+    write_optimum_model_index(folder, exported)
+    from sdopt.layouts import safety_checker_note
+
+    assert note in safety_checker_note(exported)
+    (exported / "model_index.json").write_text("[]")  # not an index: no note, and no error here (its load says what is wrong)
+    assert safety_checker_note(exported) is None
+
+
 def test_a_file_is_hashed_once_while_it_is_unchanged(tiny_model, tmp_path, monkeypatch):
     """sdopt.hash_records: the second verification of a settled, unchanged artifact reads the recorded hashes; a file
     rewritten in place (same size) is hashed again and refused; a file changed just before its hash is not recorded."""

@@ -1388,6 +1388,27 @@ def test_binding_beyond_loopback_without_credentials_warns(tiny_model, monkeypat
 
 
 
+def test_serve_says_at_start_that_the_checkpoints_safety_checker_is_not_run(tiny_model, tmp_path, monkeypatch, capsys):
+    """Whoever runs a service is who most needs to know its images are not filtered (Diffusers' pipeline runs SD 1.x's
+    safety checker; sdopt never does): said once at start, of a checkpoint that ships one, not of one without."""
+    import json
+    import shutil
+    from types import SimpleNamespace
+
+    import sdopt.serve.server as server
+    from sdopt.serve.settings import ServeSettings
+
+    monkeypatch.setattr(server, "http_server", lambda app, host, port, **http: SimpleNamespace(run=lambda: None))
+    server.serve(tiny_model, ServeSettings(port=0))
+    assert "safety checker" not in capsys.readouterr().err
+    folder = tmp_path / "sd15-like"
+    shutil.copytree(tiny_model, folder, ignore=shutil.ignore_patterns("sdopt.json"))
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "safety_checker": ["stable_diffusion", "StableDiffusionSafetyChecker"]}))
+    server.serve(folder, ServeSettings(port=0))
+    assert "note: the checkpoint's safety checker is not run: sdopt does not filter images" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("stop, flags", [("SIGTERM", []), ("SIGHUP", ["--access-log"])])
 def test_sdopt_serve_stopped_by_sigterm_exits_0(tiny_model, stop, flags):
     """systemd, docker and Kubernetes stop a service with SIGTERM: uvicorn raised it again once stopped, the command line

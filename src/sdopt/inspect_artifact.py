@@ -43,6 +43,10 @@ def describe(path: str | Path, verify: bool = True) -> dict[str, Any]:
     data["request_defaults"] = asdict(request_defaults(manifest.model, manifest.export))  # what generate and serve run by default
     data["default_size"] = list(default_size(manifest))  # (height, width): the built shapes, else the size it was trained at
     data["scheduler_config"] = _scheduler_summary(folder / manifest.scheduler / "scheduler_config.json")
+    from sdopt.layouts import safety_checker_note
+
+    if note := safety_checker_note(folder):  # of the folder, not recorded: an artifact keeps its source's model_index.json
+        data["notes"] = [*(data.get("notes") or []), note]
     return data
 
 

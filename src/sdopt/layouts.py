@@ -110,6 +110,22 @@ def _index(folder: Path) -> dict:
     return read_json(path) if path.is_file() else {}
 
 
+def safety_checker_note(folder: Path) -> str | None:
+    """What to say of a checkpoint that ships a safety checker (SD 1.x's model_index.json names StableDiffusionSafetyChecker,
+    with its weights in safety_checker/): sdopt never runs it, so its images are not filtered, where Diffusers' own
+    pipeline filters them (and warns when told not to). None where the checkpoint has none (SDXL, SD 2.x, the zoo's)."""
+    try:
+        index = _index(folder)
+    except SdoptError:  # a model_index.json that does not read: its own refusal comes where it is needed
+        index = {}
+    entry = index.get("safety_checker") if isinstance(index, dict) else None
+    listed = isinstance(entry, list) and any(part is not None for part in entry)
+    if not listed and not (folder / "safety_checker").is_dir():
+        return None
+    return ("the checkpoint's safety checker is not run: sdopt does not filter images for NSFW content as Diffusers' "
+            "pipeline does (README, \"Safety checker\")")
+
+
 def diffusers_model_info(folder: Path) -> dict:
     return model_info(read_json(folder / "unet" / "config.json"), read_json(folder / "vae" / "config.json"), index=_index(folder))
 

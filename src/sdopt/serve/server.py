@@ -157,6 +157,10 @@ def serve(artifact: str | Path, settings: ServeSettings, load_options: dict[str,
         # where it ended 130 and the service in a failed state
         print(f"stopped {name} (SIGTERM) while it loaded", file=sys.stderr)
         return
+    from sdopt.layouts import safety_checker_note
+
+    if note := safety_checker_note(folder):  # a service's operator is who most needs to know its images are unfiltered
+        print(f"note: {note}", file=sys.stderr)
 
     def say_serving(port: int) -> None:  # once the port is open: said before, it was said of a port uvicorn then lost
         print(f"serving {name} ({pipeline.manifest.backend}, {pipeline.precision}) on http://{settings.host}:{port}/ "
