@@ -273,7 +273,39 @@ def test_openai_edit_of_a_whole_picture_on_an_inpainting_checkpoint_says_to_send
             error = answer.json()["error"]
             assert answer.status_code == 422 and error["param"] == "mask", answer.text
             assert "fully transparent" in error["message"] and "init_image" not in error["message"]
+            # Text alone: the 422 was the loop's, at loc "mask" of a txt2img request (which has no mask field) and param
+            # "mask_image" of a generation, naming init_image and mask_image. It names the route and fields that can run it.
+            txt2img = httpx.post(url + "/sdapi/v1/txt2img", json={"prompt": "x", "width": 64, "height": 64, "steps": 2}, timeout=5)
+            assert txt2img.status_code == 422 and "send it to /sdapi/v1/img2img with init_images and a mask" in txt2img.json()["detail"], txt2img.text
+            generation = httpx.post(url + "/v1/images/generations", json={"prompt": "x", "size": "64x64"}, timeout=5)
+            error = generation.json()["error"]
+            assert generation.status_code == 422 and error["param"] is None and "images.edit, /v1/images/edits" in error["message"], generation.text
+            assert "mask_image" not in txt2img.text + generation.text
             assert app.state.worker.queue_depth == 0
+
+
+def test_a_refusal_names_the_fields_of_the_api_the_client_sent(tiny_pipeline):
+    """The loop's checks wrote its Python arguments into the message: an AUTOMATIC1111 client that sent cfg_scale -1 read
+    "guidance_scale=-1.0", denoising_strength 0 "strength=0.0", though loc named its own field. Said in its fields now."""
+    from PIL import Image
+
+    img = b64png(Image.new("RGB", (64, 64), (9, 9, 9)))
+    with running_server(tiny_pipeline, start_worker=False) as (url, app):
+        for route, body, field, said in [
+                ("/sdapi/v1/txt2img", {"cfg_scale": -1}, "cfg_scale", "cfg_scale=-1.0: must be a finite number from 0 to 50"),
+                ("/sdapi/v1/img2img", {"init_images": [img], "denoising_strength": 0}, "denoising_strength", "denoising_strength=0.0: must be"),
+                ("/sdapi/v1/img2img", {"init_images": [img], "denoising_strength": 0.01, "sampler_name": "LCM"}, "denoising_strength",
+                 "denoising_strength=0.01 leaves LCMScheduler no step (int(50 x strength) = 0): raise denoising_strength to 0.02 "
+                 "or more, or use another sampler (sampler_name)")]:
+            answer = httpx.post(url + route, json={"prompt": "x", "width": 64, "height": 64, "steps": 2, **body}, timeout=10)
+            detail = answer.json()["detail"][0]
+            assert answer.status_code == 422 and detail["loc"] == ["body", field] and detail["msg"].startswith(said), answer.text
+        assert app.state.worker.queue_depth == 0
+    from sdopt import GenerateRequest
+    from sdopt.errors import SdoptError
+
+    with pytest.raises(SdoptError, match=r"^guidance_scale=-1: must be"):  # Python's own, outside a request's check
+        GenerateRequest(prompt="x", guidance_scale=-1).validate()
 
 
 def test_openai_sdk_edits_inpaint_where_the_mask_is_transparent(tiny_pipeline):

@@ -67,15 +67,45 @@ def on_command_line() -> bool:
     return _COMMAND_LINE.get()
 
 
+# The field names of the HTTP API whose request is being checked (sdopt serve: AUTOMATIC1111's cfg_scale for the loop's
+# guidance_scale), None elsewhere: a client is told of the fields it sent, not of the Python arguments they became.
+_API_FIELDS: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("sdopt_api_fields", default=None)
+
+
+@contextmanager
+def api_fields(names: dict[str, str]) -> Iterator[None]:
+    """Within it, ``argument`` names arguments as an HTTP API's fields: ``names`` maps the loop's names to the API's
+    (those it leaves out are the same in both)."""
+    token = _API_FIELDS.set(names)
+    try:
+        yield
+    finally:
+        _API_FIELDS.reset(token)
+
+
 def argument(name: str, value: Any = _UNSET, flag: str | None = None) -> str:
     """How a message names the argument ``name`` (a keyword of sdopt.load, a GenerateRequest field, an option of
     export or quantize), with ``value`` where one is given: as the flag on the command line (``--num-images 2``,
-    ``--reshape`` for True; ``flag`` where the command line spells it otherwise than --NAME), as the keyword in
-    Python (``num_images=2``)."""
+    ``--reshape`` for True; ``flag`` where the command line spells it otherwise than --NAME), as the field of the HTTP
+    API whose request is checked (``denoising_strength=0.0``, ``api_fields``), as the keyword in Python
+    (``num_images=2``)."""
+    if (fields := _API_FIELDS.get()) is not None:
+        field = fields.get(name, name)
+        return field if value is _UNSET else f"{field}={_as_json(value)}"
     if _COMMAND_LINE.get():
         flag = flag or "--" + name.replace("_", "-")
         return flag if value is _UNSET or value is True else f"{flag} {value}"
     return name if value is _UNSET else f"{name}={value!r}"
+
+
+def _as_json(value: Any) -> str:
+    """A value as a JSON client wrote it (true, "euler", 0.5), Python's repr where JSON has no form for it."""
+    import json
+
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
 
 
 def did_you_mean(word: str, choices, quoted: bool = False) -> str:

@@ -148,10 +148,10 @@ def check_steps(scheduler: Any, request: Any) -> None:
     if most is None or steps <= most:
         return
     if most < 1:  # no steps count to ask for: "at most 0 steps"
-        raise SdoptError(f"strength={strength:g} leaves {type(scheduler).__name__} no step (int({original} x strength) = 0): "
-                         f"raise strength to {1 / original:g} or more, or use another sampler ({argument('scheduler')})", field="strength")
+        raise SdoptError(f"{argument('strength', strength)} leaves {type(scheduler).__name__} no step (int({original} x strength) = 0): "
+                         f"raise {argument('strength')} to {1 / original:g} or more, or use another sampler ({argument('scheduler')})", field="strength")
     where = f"{original} x strength {strength:g}" if strength < 1 else f"the {original} steps it was distilled on, original_inference_steps"
-    raise SdoptError(f"steps={steps}: {type(scheduler).__name__} runs at most {most} steps here ({where}): ask for {most} or fewer"
+    raise SdoptError(f"{argument('steps', steps)}: {type(scheduler).__name__} runs at most {most} steps here ({where}): ask for {most} or fewer"
                      + (", or a higher strength" if strength < 1 else "") + f", or another sampler ({argument('scheduler')})", field="steps")
 
 
@@ -177,7 +177,7 @@ def _check_last_timestep(scheduler: Any, steps: int) -> None:
         return
     offset = int(getattr(scheduler.config, "steps_offset", 0) or 0)
     most = trained - max(offset, 1)
-    raise SdoptError(f"steps={steps}: {type(scheduler).__name__} on this checkpoint's schedule (steps_offset "
+    raise SdoptError(f"{argument('steps', steps)}: {type(scheduler).__name__} on this checkpoint's schedule (steps_offset "
                      f"{offset}) would step at timestep {last}, past the "
                      f"{trained} it was trained on: ask for {most} or fewer, or another sampler ({argument('scheduler')})", field="steps")
 

@@ -37,7 +37,7 @@ from sdopt.serve.a1111_models import Img2ImgRequest, ImagesResponse, PngInfoRequ
 from sdopt.serve.api_a1111_lists import CLIP_SKIP_SETTING, check_clip_skip, check_held_options
 from sdopt.serve.errors import RequestError
 from sdopt.serve.resize_modes import MODES, resize
-from sdopt.serve.submission import check_spec, failure_status, not_made, prepare, random_seed, submit, wait
+from sdopt.serve.submission import check_spec, failure_status, not_made, prepare, random_seed, refuse_text_only, submit, wait
 from sdopt.serve.images import decode_image, encode_png, flatten
 
 router = APIRouter(tags=["automatic1111"])
@@ -191,6 +191,7 @@ def _info(request: Request, jobs: list[J.Job], spec: J.JobSpec, body: Processing
 
 @router.post("/sdapi/v1/txt2img", response_model=ImagesResponse)
 async def txt2img(request: Request, body: Txt2ImgRequest) -> dict[str, Any]:
+    refuse_text_only(request.app.state.worker.pipeline, "txt2img")
     apply_infotext(body)
     if body.enable_hr:
         return await _run_hires(request, body, _spec(request, body))

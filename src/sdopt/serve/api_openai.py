@@ -33,8 +33,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from sdopt.serve import image_links
 from sdopt.serve import jobs as J
 from sdopt.serve.errors import RequestError
-from sdopt.serve.submission import (LEVER_NAMES, cache_interval_field, clip_skip_field, default_size, guidance_end_field, not_made, random_seed, submit, wait,
-                                    with_server_defaults)
+from sdopt.serve.submission import (LEVER_NAMES, cache_interval_field, clip_skip_field, default_size, guidance_end_field, not_made, random_seed, refuse_text_only,
+                                    submit, wait, with_server_defaults)
 from sdopt.request import MAX_CLIP_SKIP, MAX_GUIDANCE, MAX_SEED
 from sdopt.infotext import parameters_left_out
 from sdopt.serve.images import OUTPUT_FORMATS, has_alpha, image_bytes, read_image
@@ -195,6 +195,7 @@ def image_file(request: Request, job_id: str, name: str, expires: int, signature
 async def generations(request: Request, body: ImageGeneration) -> dict[str, Any]:
     _check_model_and_format(request, body.model, body.response_format, bool(body.stream))
     _check_sdopt_fields(body.model_extra or {}, ImageGeneration.model_fields, "/v1/images/generations")
+    refuse_text_only(request.app.state.worker.pipeline, "generations")
     encoding = _encoding(body.output_format, body.output_compression)
     width, height = _size(body.size, default_size(request.app.state.worker.pipeline))
     spec = J.JobSpec(prompt=body.prompt, negative_prompt=body.sdopt_negative_prompt, n=body.n or 1, prompt_emphasis=body.sdopt_prompt_emphasis,

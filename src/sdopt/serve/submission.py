@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import Request
 from pydantic import Field
 
-from sdopt.errors import SdoptError
+from sdopt.errors import SdoptError, api_fields
 from sdopt.serve import jobs as J
 from sdopt.serve.errors import RequestError
 from sdopt.serve.settings import ServeSettings
@@ -61,11 +61,25 @@ def check_spec(spec: J.JobSpec, settings: ServeSettings, pipeline: Any, names: d
         counted = " (batch_size x n_iter)" if name("num_images") == "batch_size" else ""  # AUTOMATIC1111's: both make the count
         raise RequestError(name("num_images"), f"{spec.n} images{counted}: this server makes 1 to {settings.max_images} per request (--max-images)")
     try:
-        pipeline.check_request(J.generate_request([spec]))  # the call this job would make alone
+        with api_fields(names):  # its messages name the API's fields (cfg_scale=-1.0), not the loop's (guidance_scale=-1.0)
+            pipeline.check_request(J.generate_request([spec]))  # the call this job would make alone
     except SdoptError as exc:
         match = _FIELD.match(str(exc))
         field = exc.field or (match.group(1) if match else "body")
         raise RequestError(name("seed" if field == "seeds" else field), str(exc)) from None
+
+
+def refuse_text_only(pipeline: Any, route: str) -> None:
+    """A route that makes pictures from text alone (AUTOMATIC1111's txt2img, OpenAI's generations) on an inpainting
+    checkpoint, which repaints only an area of an image: refused naming the route that can run it, in that API's
+    fields. The loop's own refusal names fields this route has not (a 422 at loc "mask" of a txt2img request)."""
+    if not getattr(pipeline, "inpainting_unet", False):
+        return
+    where = {"txt2img": "send it to /sdapi/v1/img2img with init_images and a mask (white where to repaint)",
+             "generations": "edit an image instead (images.edit, /v1/images/edits) with a mask whose fully transparent "
+                            "pixels (alpha 0) are the area to edit"}[route]
+    raise RequestError(None, "this server's model is an inpainting checkpoint: it repaints an area of an image that a mask "
+                             f"marks and makes no picture from text alone; {where}, or serve a text-to-image checkpoint")
 
 
 def with_server_defaults(settings: ServeSettings, steps: int | None = None, guidance_scale: float | None = None,
