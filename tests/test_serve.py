@@ -1691,5 +1691,9 @@ def test_the_body_and_image_limits_are_serve_flags(tiny_model, monkeypatch, caps
     assert (seen["settings"].max_body_bytes, seen["settings"].max_image_bytes) == (64 * 2**20, 48 * 2**20)
     assert main(["serve", str(tiny_model), "--max-image-bytes", "0"]) == 2
     assert "--max-image-bytes 0: must be a positive integer" in capsys.readouterr().err
+    # An image limit past the body's could never be reached (the body's 413 came first): refused, saying what to pass
+    assert main(["serve", str(tiny_model), "--max-image-bytes", str(48 * 2**20)]) == 2
+    assert "--max-image-bytes 50331648 cannot be reached: a request body is at most --max-body-bytes 33554432" in capsys.readouterr().err
+    assert main(["serve", str(tiny_model), "--max-body-bytes", "1000"]) == 0 and seen["settings"].max_image_bytes == 16 * 2**20  # the default image limit is not held against a smaller body
     with pytest.raises(Exception, match="larger than the 0.5 MiB this server accepts"):
         read_image(b"x" * (2**19 + 1), "image", 2**19, 10**6)

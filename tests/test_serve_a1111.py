@@ -122,6 +122,17 @@ def test_img2img_says_an_enable_hr_sent_to_it_is_ignored():
     assert ignored_fields(Img2ImgRequest(init_images=["x"], enable_hr=False), "euler") == []
 
 
+def test_save_images_true_is_said_ignored():
+    """AUTOMATIC1111 writes a request's images into its outputs folder on save_images: true; sdopt never does, and the
+    field was counted as used, so a client that relied on the files on the server was not told. false (its default,
+    what webuiapi sends) is what sdopt does."""
+    from sdopt.serve.a1111_fields import ignored_fields
+    from sdopt.serve.a1111_models import Txt2ImgRequest
+
+    assert ignored_fields(Txt2ImgRequest(prompt="x", save_images=True), "euler") == ["save_images"]
+    assert ignored_fields(Txt2ImgRequest(prompt="x", save_images=False, do_not_save_samples=True), "euler") == []
+
+
 def test_an_infotexts_sampler_is_answered_by_automatic1111s_name_not_sdopts():
     """An infotext's "Sampler: Euler a" (or "DPM++ 2M" with "Schedule type: Karras") filled sampler_name with sdopt's own
     name, which the answer echoes: info.sampler_name and parameters.sampler_name said "euler_a", "dpmpp_2m_karras", names

@@ -21,7 +21,7 @@ A1111_NAMES = {"clip_skip": "override_settings", "guidance_scale": "cfg_scale", 
 # AUTOMATIC1111's default is reported as ignored.
 _USED = {
     "prompt", "negative_prompt", "seed", "sampler_name", "sampler_index", "batch_size", "n_iter", "steps",
-    "cfg_scale", "width", "height", "send_images", "save_images", "force_task_id", "do_not_save_samples",
+    "cfg_scale", "width", "height", "send_images", "force_task_id", "do_not_save_samples",
     "do_not_save_grid", "override_settings_restore_afterwards", "disable_extra_networks", "comments", "infotext",
     "init_images", "mask", "denoising_strength", "inpainting_mask_invert", "mask_blur", "mask_blur_x", "mask_blur_y",
     "include_init_images", "resize_mode", "mask_round", "inpaint_full_res", "inpaint_full_res_padding", "inpainting_fill",
@@ -30,6 +30,8 @@ _USED = {
     "enable_hr", "hr_scale", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y", "hr_sampler_name", "hr_prompt",
     "hr_negative_prompt", "hr_upscaler",
 }
+# save_images is not here: AUTOMATIC1111 writes the images into its outputs folder on the server, which sdopt never does
+# (--image-dir keeps OpenAI's url images only), so true is listed as ignored; false, its default, is what sdopt does.
 # Values that change nothing in AUTOMATIC1111 either (clients such as webuiapi send them).
 _NEUTRAL = {"s_noise": 1.0, "initial_noise_multiplier": 1.0, "hr_checkpoint_name": "Use same checkpoint"}
 # Read by AUTOMATIC1111 only for instruct-pix2pix ("edit") models, which sdopt does not run.
