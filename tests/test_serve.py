@@ -284,6 +284,17 @@ def test_openai_edit_of_a_whole_picture_on_an_inpainting_checkpoint_says_to_send
             assert app.state.worker.queue_depth == 0
 
 
+def test_openai_generations_refuse_an_empty_prompt_as_edits_do(tiny_pipeline):
+    """An empty prompt made a picture of nothing on OpenAI's generations and was refused on its edits (and by OpenAI's own
+    API): refused on both, pointing at the native API, which takes one."""
+    with running_server(tiny_pipeline, start_worker=False) as (url, app):
+        answer = httpx.post(url + "/v1/images/generations", json={"prompt": "  ", "size": "64x64"}, timeout=10)
+        error = answer.json()["error"]
+        assert answer.status_code == 422 and error["param"] == "prompt" and "give the prompt" in error["message"], answer.text
+        native = httpx.post(url + "/v1/jobs", json={"prompt": "", "width": 64, "height": 64, "steps": 2}, timeout=10)
+        assert native.status_code == 202, native.text
+
+
 def test_a_refusal_names_the_fields_of_the_api_the_client_sent(tiny_pipeline):
     """The loop's checks wrote its Python arguments into the message: an AUTOMATIC1111 client that sent cfg_scale -1 read
     "guidance_scale=-1.0", denoising_strength 0 "strength=0.0", though loc named its own field. Said in its fields now."""

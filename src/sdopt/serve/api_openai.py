@@ -195,6 +195,8 @@ def image_file(request: Request, job_id: str, name: str, expires: int, signature
 async def generations(request: Request, body: ImageGeneration) -> dict[str, Any]:
     _check_model_and_format(request, body.model, body.response_format, bool(body.stream))
     _check_sdopt_fields(body.model_extra or {}, ImageGeneration.model_fields, "/v1/images/generations")
+    if not body.prompt.strip():  # as edits refuse it, and OpenAI's API does: an empty prompt here is a client's mistake
+        raise RequestError("prompt", "give the prompt: what the image shows (an image from no prompt: sdopt's own /v1/jobs takes an empty one)")
     refuse_text_only(request.app.state.worker.pipeline, "generations")
     encoding = _encoding(body.output_format, body.output_compression)
     width, height = _size(body.size, default_size(request.app.state.worker.pipeline))
