@@ -119,6 +119,11 @@ def test_failed_artifact_fails(report):
     assert result.exit_code == 1
     # and why, in the gate's own output: CI's bench sends its report.md to /dev/null (qa74)
     assert "tiny-onnx failed: the image is all black" in result.notes and "note: tiny-onnx failed: the image is all black" in table(result)
+    # An error over several lines stays one note: indented under it in the text, inside its quote in Markdown
+    two_lines = table(gate(derived(report, **{"tiny-onnx": {"status": "failed", "error": "the worker died\nits last line: OOM"}}), RULES))
+    assert "note: tiny-onnx failed: the worker died\n      its last line: OOM\n" in two_lines
+    markdown = table(gate(derived(report, **{"tiny-onnx": {"status": "failed", "error": "the worker died\nits last line: OOM"}}), RULES), markdown=True)
+    assert "> tiny-onnx failed: the worker died\n> its last line: OOM\n" in markdown
 
 
 def test_a_number_the_baseline_lacks_is_missing_not_skipped(report):

@@ -450,9 +450,10 @@ def table(result: GateResult, markdown: bool = False) -> str:
         # The counts under the heading too: a PR comment's reader should not have to count a 27-row table's verdicts
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(f"**{v}**" if v == "REGRESSION" else v for v in row) + " |" for row in rows]
-        notes = "".join(f"> {n}\n\n" for n in result.notes)
+        notes = "".join("> " + n.replace("\n", "\n> ") + "\n\n" for n in result.notes)  # a multi-line error stays in its quote
         return f"## sdopt gate: {verdict}\n\n{counts}.\n\n" + notes + "\n".join(lines) + "\n"
     summary = f"gate: {verdict} ({counts})" + _unpassed(result.checks)
     widths = [max(len(x) for x in col) for col in zip(header, *rows)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join([*(f"note: {n}" for n in result.notes), fmt.format(*header), *(fmt.format(*row) for row in rows), summary])
+    # A failed artifact's error may run over lines: each under its "note: ", so a log's reader (or grep) sees one note
+    return "\n".join([*("note: " + n.replace("\n", "\n      ") for n in result.notes), fmt.format(*header), *(fmt.format(*row) for row in rows), summary])
