@@ -160,6 +160,22 @@ def test_candidates_follow_the_cpus_bf16(monkeypatch, lacks_bf16, base):
     assert {c.spec.get("precision") for c in candidates("cpu", quick=True, base="fp32") if "export" in c.spec} == {"fp32"}
 
 
+def test_candidates_under_a_onednn_cap_are_of_the_capped_cpu(monkeypatch):
+    """ONEDNN_MAX_CPU_ISA=AVX2 on an AVX-512-BF16/VNNI CPU: optimize --quick built bf16 OpenVINO candidates, which
+    OpenVINO cannot compile under the cap ("no candidate could be built here"), and no channels-first one for the
+    AVX2 int8 kernels the cap leaves. The candidates now follow the flags the cap leaves, as the libraries do."""
+    import sdopt.hardware
+    from sdopt.bench.optimize import candidates
+
+    monkeypatch.setattr(sdopt.hardware, "cpuinfo_flags", lambda: frozenset({"avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16"}), raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    assert "openvino-bf16" in {c.name for c in candidates("cpu")}
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    pool = {c.name for c in candidates("cpu")}
+    assert "openvino-fp32" in pool and "openvino-fp32-channels-first" in pool and not any("bf16" in name for name in pool)
+
+
 @pytest.mark.parametrize("lacks_int8_dot", [True, False])
 def test_calibration_images_reach_every_int8_candidate_and_nothing_else(monkeypatch, lacks_int8_dot):
     """An inpainting checkpoint's int8 candidates calibrate repainting the images given (sdopt quantize's option)."""

@@ -1,4 +1,4 @@
-"""What this CPU can do, read from /proc/cpuinfo (Linux); empty where unknown.
+"""What this CPU can do, read from /proc/cpuinfo (Linux), less what a oneDNN cap keeps from the libraries; empty where unknown.
 
 Shared by the bench's machine fingerprint and the runtime's warnings, so both
 read the flags the same way. Standard library only.
@@ -6,6 +6,7 @@ read the flags the same way. Standard library only.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -16,8 +17,53 @@ BF16_ISA = ("avx512_bf16", "amx_bf16")
 INT8_DOT_ISA = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 
+# oneDNN's ISA levels, lowest first, with the CPU flags each one adds. oneDNN (inside torch and OpenVINO) uses
+# nothing above $ONEDNN_MAX_CPU_ISA (or its older name $DNNL_MAX_CPU_ISA): capped at AVX2 on an AVX-512-BF16 CPU,
+# torch emulates bf16 (a 512² matmul at 1.8 GFLOP/s against fp32's 31, 2-core AMD EPYC Zen 4) and int8 products
+# take vpmaddubsw. So the flags sdopt decides by are those the cap leaves, as the libraries' own kernels see them.
+ONEDNN_ISA_LEVELS = (
+    ("SSE41", ()),
+    ("AVX", ("avx", "f16c")),
+    ("AVX2", ("avx2", "fma")),
+    ("AVX2_VNNI", ("avx_vnni",)),
+    ("AVX2_VNNI_2", ("avx_vnni_int8", "avx_ne_convert")),
+    ("AVX512_CORE", ("avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512cd")),
+    ("AVX512_CORE_VNNI", ("avx512_vnni",)),
+    ("AVX512_CORE_BF16", ("avx512_bf16",)),
+    ("AVX512_CORE_FP16", ("avx512_fp16",)),
+    ("AVX512_CORE_AMX", ("amx_tile", "amx_int8", "amx_bf16")),
+    ("AVX512_CORE_AMX_FP16", ("amx_fp16",)),
+)
+ONEDNN_CAP_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")  # oneDNN reads the first one set
+
+
+def onednn_isa_cap() -> str | None:
+    """The oneDNN ISA cap in effect ("ONEDNN_MAX_CPU_ISA=AVX2"), None where there is none. A value oneDNN does not
+    know (or ALL/DEFAULT) caps nothing: oneDNN ignores it."""
+    for name in ONEDNN_CAP_VARIABLES:
+        if value := os.environ.get(name):
+            known = value.strip().upper() in {level for level, _ in ONEDNN_ISA_LEVELS}
+            return f"{name}={value}" if known else None
+    return None
+
+
+def _above_cap(flags: frozenset[str]) -> frozenset[str]:
+    """The flags the oneDNN cap (if any) puts out of the libraries' reach."""
+    cap = onednn_isa_cap()
+    if cap is None:
+        return frozenset()
+    levels = [name for name, _ in ONEDNN_ISA_LEVELS]
+    level = levels.index(cap.partition("=")[2].strip().upper())
+    above = {f for _, added in ONEDNN_ISA_LEVELS[level + 1:] for f in added}
+    # every other AVX-512 or AMX extension (avx512_vbmi, amx_complex...) needs its level's base too
+    above |= {f for f in flags if (f.startswith("avx512") and level < levels.index("AVX512_CORE"))
+              or (f.startswith("amx") and level < levels.index("AVX512_CORE_AMX"))}
+    return frozenset(above & flags)
+
+
 @lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
+def cpuinfo_flags() -> frozenset[str]:
+    """The CPU's own flags, whatever the libraries are told to use of them."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -27,6 +73,12 @@ def cpu_flags() -> frozenset[str]:
         if key.strip() == "flags":
             return frozenset(value.split())
     return frozenset()
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's flags less those above the oneDNN cap ($ONEDNN_MAX_CPU_ISA): what torch's and OpenVINO's kernels use."""
+    flags = cpuinfo_flags()
+    return flags - _above_cap(flags)
 
 
 def _cpu_lacks(features: tuple[str, ...]) -> bool:
