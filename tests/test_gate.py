@@ -92,6 +92,23 @@ def test_speed_is_compared_only_between_cpus_with_the_same_features(report):
     assert gate(worse, RULES, baseline=baseline).exit_code == 1  # quality is still held
 
 
+def test_a_run_under_an_isa_cap_is_not_compared_for_speed_with_the_uncapped_cpu(report):
+    """A bench under ONEDNN_MAX_CPU_ISA=AVX2 against a genuine AVX2 machine's baseline: the same flags, but torch still
+    picks its int8 path by cpuid there (docs/cpu-features.md), so its kernels are neither machine's; and one under
+    ATEN_CPU_CAPABILITY=avx2 recorded the uncapped flags, so the gate compared its speed as this CPU's."""
+    import copy
+
+    baseline = _pin_noise(copy.deepcopy(report))
+    baseline["machine"]["cpu"]["isa"] = ["avx2", "fma"]
+    baseline["machine"]["cpu"].pop("isa_caps", None)
+    current = _pin_noise(copy.deepcopy(baseline))
+    current["machine"]["cpu"]["isa_caps"] = {"ONEDNN_MAX_CPU_ISA": "AVX2"}
+    result = gate(current, RULES, baseline=baseline)
+    assert result.exit_code == 0 and not any(c.metric == "latency.median" for c in result.checks)
+    assert "this run on one with avx2 fma under ONEDNN_MAX_CPU_ISA=AVX2;" in result.notes[0]
+    assert any(c.metric == "latency.median" for c in gate(copy.deepcopy(baseline), RULES, baseline=baseline).checks)
+
+
 @pytest.mark.parametrize("machine", [True, None, {"cpu": "epyc"}, {"cpu": {"isa": "avx2"}}])
 def test_a_malformed_machine_section_counts_as_unknown_features(report, machine):
     """Found by the fuzz test: `"machine": true` in a hand-edited report crashed the CPU-kind check."""

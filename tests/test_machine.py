@@ -28,3 +28,25 @@ def test_an_installed_sdopt_inside_another_projects_work_tree_names_no_commit(tm
     installed.write_text("")
     monkeypatch.setattr(machine, "__file__", str(installed))
     assert machine.git_commit() is None
+
+
+def test_a_report_under_an_isa_cap_names_the_capped_cpu(monkeypatch):
+    """Under ONEDNN_MAX_CPU_ISA=AVX2 on an AVX-512-BF16 EPYC, the report's machine line claimed avx512_bf16 and
+    avx512_vnni, which the capped libraries did not use; nor did it say ATEN_CPU_CAPABILITY had moved torch's kernels."""
+    import sdopt.hardware
+    from sdopt.bench.machine import fingerprint
+    from sdopt.bench.report import _caps_note
+
+    monkeypatch.setattr(sdopt.hardware, "cpuinfo_flags", lambda: frozenset({"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16"}))
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    cpu = fingerprint()["cpu"]
+    assert cpu["isa"] == ["avx2", "fma"]
+    assert cpu["isa_caps"] == {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    assert _caps_note(cpu) == "; capped by ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2"
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY")
+    cpu = fingerprint()["cpu"]
+    assert "avx512_bf16" in cpu["isa"] and "isa_caps" not in cpu and _caps_note(cpu) == ""
+    assert _caps_note({"isa": [], "isa_caps": {"ONEDNN_MAX_CPU_ISA": "SSE41"}}) == "capped by ONEDNN_MAX_CPU_ISA=SSE41"

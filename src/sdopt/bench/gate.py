@@ -421,7 +421,14 @@ def cpu_kind(report: dict) -> str:
     cpu = machine.get("cpu") if isinstance(machine, dict) else None
     isa = cpu.get("isa") if isinstance(cpu, dict) else None
     # A report edited by hand or written by an older sdopt may lack these: it then counts as "unknown features".
-    return " ".join(sorted(str(x) for x in isa)) if isinstance(isa, list) else ""
+    kind = " ".join(sorted(str(x) for x in isa)) if isinstance(isa, list) else ""
+    # A run under ONEDNN_MAX_CPU_ISA or ATEN_CPU_CAPABILITY took neither this CPU's kernels nor a genuine AVX2 CPU's
+    # (docs/cpu-features.md: torch still picks its int8 path by cpuid): another kind of machine for speed. Said in
+    # words a file name can hold: scripts/ci_bench.sh names its baselines by this kind.
+    caps = cpu.get("isa_caps") if isinstance(cpu, dict) else None
+    if isinstance(caps, dict) and caps:
+        kind = f"{kind} under ".lstrip() + " ".join(f"{k}={v}" for k, v in sorted(caps.items()))
+    return kind
 
 
 def _unpassed(checks: list[Check], shown: int = 5) -> str:

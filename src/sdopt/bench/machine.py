@@ -14,6 +14,9 @@ _LIBRARIES = ("torch", "diffusers", "transformers", "onnx", "onnxruntime", "open
               "torchao", "quanto", "bnb", "numpy", "safetensors")
 # ISA features that change which kernels run (bf16/int8 paths on CPU).
 RECORDED_ISA = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "avx_vnni")
+# Variables that keep the libraries below the CPU's own features: a run under them is no run of this CPU. "isa" is
+# already what the oneDNN cap leaves (sdopt.hardware.cpu_flags); ATEN_CPU_CAPABILITY moves torch's ATen kernels only.
+ISA_CAP_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
 
 
 def _cpu() -> dict:
@@ -30,6 +33,8 @@ def _cpu() -> dict:
     flags = cpu_flags()
     if flags:
         info["isa"] = [f for f in RECORDED_ISA if f in flags]
+    if caps := {name: os.environ[name] for name in ISA_CAP_VARIABLES if os.environ.get(name)}:
+        info["isa_caps"] = caps
     try:
         info["usable_cores"] = len(os.sched_getaffinity(0))
     except AttributeError:

@@ -202,6 +202,15 @@ def _workers_note(worker_start: str) -> str:
     return "- workers: a fresh interpreter per artifact and round (load time includes importing the backend)"
 
 
+def _caps_note(cpu: dict) -> str:
+    """The variables that kept the libraries below this CPU's features, said next to them: such a run is not this CPU's."""
+    caps = cpu.get("isa_caps") or {}
+    if not caps:
+        return ""
+    # capped at SSE41, no recorded feature is left before it: no empty "; ;"
+    return f"{'; ' if cpu.get('isa') else ''}capped by {' '.join(f'{k}={v}' for k, v in caps.items())}"
+
+
 def markdown(report: dict) -> str:
     req, machine = report["request"], report["machine"]
     cpu = machine.get("cpu", {})
@@ -212,7 +221,7 @@ def markdown(report: dict) -> str:
     lines = [
         f"# sdopt bench report{' — profile ' + report['profile'] if report.get('profile') else ''}",
         "",
-        f"- machine: {cpu.get('model')} ({cpu.get('usable_cores', cpu.get('logical_cores'))} cores; {' '.join(cpu.get('isa', []))}); GPUs: {gpus}",
+        f"- machine: {cpu.get('model')} ({cpu.get('usable_cores', cpu.get('logical_cores'))} cores; {' '.join(cpu.get('isa', []))}{_caps_note(cpu)}); GPUs: {gpus}",
         f"- software: sdopt {report['sdopt_version']} (commit {str(machine.get('git_commit'))[:12]}), "
         + ", ".join(f"{k} {v}" for k, v in machine.get("libraries", {}).items()),
         f"- request: {len(req['prompts'])} prompt(s) × seeds {req['seeds']}, {req['steps']} steps, {req['height']}×{req['width']}, "
