@@ -262,3 +262,28 @@ def test_an_openvino_compile_failure_under_the_onednn_cap_says_to_unset_it(tiny_
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     with pytest.raises(SdoptError, match="ONEDNN_MAX_CPU_ISA=AVX2 is set, under which OpenVINO compiles no bf16 or weight-compressed layers: unset it"):
         sdopt.load(tiny_ov)
+
+
+@pytest.mark.parametrize("variable", ["DNNL_MAX_CPU_ISA", "ONEDNN_MAX_CPU_ISA"])
+def test_the_compile_failure_names_the_cap_by_either_of_its_names(tiny_ov, monkeypatch, variable):
+    """DNNL_MAX_CPU_ISA=AVX2 (oneDNN's older name, which OpenVINO's and torch's oneDNN read as well) made a bf16 OpenVINO
+    artifact fail with OpenVINO's line alone ("Supported primitive descriptors list is empty"): the hint looked for
+    ONEDNN_MAX_CPU_ISA only. A value oneDNN does not know caps nothing, and is not blamed."""
+    import openvino as ov
+
+    import sdopt
+    from sdopt.errors import SdoptError
+
+    def fails(self, *args, **kwargs):
+        raise RuntimeError("Exception from src/inference/src/cpp/core.cpp:1:\nSupported primitive descriptors list is empty for node: Softmax")
+
+    monkeypatch.setattr(ov.Core, "compile_model", fails)
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, "AVX2")
+    with pytest.raises(SdoptError, match=f"{variable}=AVX2 is set, under which OpenVINO compiles no bf16 or weight-compressed layers: unset it"):
+        sdopt.load(tiny_ov)
+    monkeypatch.setenv(variable, "not-an-isa")
+    with pytest.raises(SdoptError) as unknown:
+        sdopt.load(tiny_ov)
+    assert "is set" not in str(unknown.value)
