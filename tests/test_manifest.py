@@ -193,6 +193,19 @@ def test_inspect_says_a_checkpoints_safety_checker_is_not_run(tiny_model, tmp_pa
     assert safety_checker_note(exported) is None
 
 
+@pytest.mark.parametrize("mode,says", [("enable", "overflow fix enable: 7-bit weights; none can saturate on a CPU without VNNI/AMX"),
+                                       ("first-layer", "overflow fix first-layer: 8-bit weights past the first layer; they can saturate"),
+                                       ("disable", "overflow fix disable: 8-bit weights; they can saturate")])
+def test_inspect_says_whether_int8_static_weights_can_saturate_on_another_cpu(tiny_model, mode, says):
+    """An int8-static artifact quantized on a VNNI CPU (NNCF's first-layer) warns at load on an AVX2 one, and loses dB
+    there; inspect said only "int8-static via nncf", though the manifest records the mode (quantization.overflow_fix)."""
+    d = describe(tiny_model)
+    d["components"]["unet"]["quantization"] = {"scheme": "int8-static", "backend": "nncf", "overflow_fix": {"mode": mode, "why": "x"}}
+    text = format_description(d)
+    assert f"int8-static via nncf ({says}" in text
+    assert text.count("overflow fix") == 1  # the other components are not quantized
+
+
 def test_a_file_is_hashed_once_while_it_is_unchanged(tiny_model, tmp_path, monkeypatch):
     """sdopt.hash_records: the second verification of a settled, unchanged artifact reads the recorded hashes; a file
     rewritten in place (same size) is hashed again and refused; a file changed just before its hash is not recorded."""

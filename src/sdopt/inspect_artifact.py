@@ -150,6 +150,11 @@ def format_description(d: dict[str, Any]) -> str:
         calibration = (quant or {}).get("calibration") or {}
         if calibration.get("samples"):  # int8-static: what its activation ranges came from
             q += f" (calibrated on {calibration['samples']} samples" + (f"; {calibration['method']}" if calibration.get("method") else "") + ")"
+        fix = ((quant or {}).get("overflow_fix") or {}).get("mode")
+        if fix:  # int8-static: whether its products can saturate where it is loaded on a CPU without VNNI/AMX (a load warns there)
+            weights = {"enable": "7-bit weights", "first-layer": "8-bit weights past the first layer"}.get(fix, "8-bit weights")
+            risk = "none can saturate" if fix == "enable" else "they can saturate"
+            q += f" (overflow fix {fix}: {weights}; {risk} on a CPU without VNNI/AMX)"
         if quant and "portable_layers" in quant:  # bnb nf4: which Linear layers its AVX-512-BF16 CPU kernel cannot take
             q += f" ({len(quant['portable_layers'])} Linear layer(s) too narrow for the AVX-512-BF16 kernel)"
         if c.get("replaced"):  # a tiny decoder in the full one's place
