@@ -135,11 +135,22 @@ def _is_diffusers(cls) -> bool:
     return hasattr(cls, "load_config")  # Diffusers' ConfigMixin; Transformers models read a config_class
 
 
+def transformers_dtype_option() -> str:
+    """The keyword Transformers' from_pretrained and _from_config take the dtype by: ``dtype`` since 4.56, whose
+    Transformers 5 reads no other; ``torch_dtype`` before, where ``dtype`` reaches the model's __init__ as a TypeError."""
+    import re
+
+    import transformers
+
+    version = tuple(int(p) for p in re.findall(r"\d+", transformers.__version__)[:2])
+    return "dtype" if version >= (4, 56) else "torch_dtype"
+
+
 @holding_library_lock  # from_pretrained builds on the meta device, process-wide (sdopt.runtime.library_lock)
 def load_pretrained(name: str, path: Path, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     """One component's module with its weights, from its folder."""
     cls = module_class(name)
-    dtype_arg = "torch_dtype" if _is_diffusers(cls) else "dtype"  # Transformers 5 renamed it
+    dtype_arg = "torch_dtype" if _is_diffusers(cls) else transformers_dtype_option()
     if not (Path(path) / "config.json").is_file():  # Transformers would build a default model and fail on its shapes
         raise SdoptError(f"cannot load {name}: {path} has no config.json (what the weights' architecture is); the checkpoint "
                          "is incomplete: download or export it again")
@@ -185,7 +196,7 @@ def empty_module(name: str, path: Path) -> torch.nn.Module:
             return cls.from_config(config)
     config = cls.config_class.from_pretrained(path)
     with init_empty_weights():
-        return cls._from_config(config, dtype=torch.float32)
+        return cls._from_config(config, **{transformers_dtype_option(): torch.float32})
 
 
 def load_module(folder: Path, manifest: Manifest, name: str, dtype: torch.dtype, device: str = "cpu") -> torch.nn.Module:
