@@ -44,3 +44,41 @@ def test_a_text_encoder_gets_its_dtype_by_the_keyword_its_transformers_reads(tin
     assert set(_RecordingTransformersModel.seen) & {"dtype", "torch_dtype"} == {keyword}
     runtime_torch.empty_module("text_encoder", tiny_model / "text_encoder")
     assert _RecordingTransformersModel.seen == {keyword: torch.float32}
+
+
+@pytest.mark.parametrize("installed, named", [
+    ({"diffusers": "0.35.2", "transformers": "4.48.3", "torchao": "0.18.0"}, "pip install 'diffusers>=0.37'"),
+    ({"diffusers": "0.36.0", "transformers": "5.25.0", "torchao": "0.18.0"}, "pip install 'diffusers>=0.37'"),
+    ({"diffusers": "0.42.1", "transformers": "4.45.2"}, "pip install 'transformers>=4.48'"),
+    ({"diffusers": "0.37.0.dev0", "transformers": "4.47.1", "torchao": "0.18.0"}, "pip install 'transformers>=4.48'"),
+])
+def test_releases_that_cannot_import_diffusers_models_together_are_named_with_the_fix(installed, named):
+    from sdopt.runtime.versions import incompatible_libraries
+
+    problem = incompatible_libraries(installed)
+    assert problem is not None and named in problem and f"diffusers {installed['diffusers']}" in problem
+
+
+@pytest.mark.parametrize("installed", [
+    {"diffusers": "0.35.2", "transformers": "4.45.2"},  # no torchao: the whole everyday path runs (QA, 2026-12-07)
+    {"diffusers": "0.37.0", "transformers": "4.48.3", "torchao": "0.18.0"},
+    {"diffusers": "0.42.1", "transformers": "5.25.0", "torchao": "0.18.0"},
+])
+def test_releases_that_work_together_pass(installed):
+    from sdopt.runtime.versions import incompatible_libraries
+
+    assert incompatible_libraries(installed) is None
+
+
+def test_init_model_beside_a_diffusers_that_cannot_import_its_models_says_so_in_one_line(tmp_path, monkeypatch, capsys):
+    """Diffusers 0.36 beside sdopt[quant]'s torchao: a RuntimeError traceback ending in "name 'logger' is not
+    defined" from inside Diffusers, before; one line naming both releases and the pip command now, and no folder."""
+    from sdopt.cli import main
+    from sdopt.runtime import versions
+
+    monkeypatch.setattr(versions, "library_versions", lambda *names: {"diffusers": "0.36.0", "transformers": "4.48.3",
+                                                                       "torchao": "0.18.0"})
+    assert main(["init-model", "tiny", str(tmp_path / "tiny")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sdopt: error: diffusers 0.36.0 cannot import its models beside torchao 0.18.0") and "\n" not in err
+    assert not (tmp_path / "tiny").exists()

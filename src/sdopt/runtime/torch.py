@@ -124,6 +124,9 @@ FORWARDS = {"text_encoder": _text_encoder, "text_encoder_2": _text_encoder, "une
 @holding_library_lock  # Diffusers' and Transformers' lazy lookups (sdopt.runtime.library_lock)
 def module_class(name: str):
     """The Diffusers/Transformers class of a component (vae_decoder and vae_encoder share AutoencoderKL)."""
+    from sdopt.runtime.versions import require_compatible_libraries
+
+    require_compatible_libraries()
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 

@@ -26,3 +26,38 @@ def library_versions(*names: str) -> dict[str, str]:
 def described_versions(*names: str) -> str:
     """"bitsandbytes 0.50.2, ...": the installed distributions by their pip names."""
     return ", ".join(f"{dist} {version}" for name in names if (found := _installed(name)) for dist, version in [found])
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """(0, 36, 0) of "0.36.0", "0.37.0.dev0" or "2.13.0+cpu": the release numbers, compared as a tuple."""
+    import re
+
+    return tuple(int(part) for part in re.findall(r"\d+", version.split("+")[0])[:3])
+
+
+def incompatible_libraries(installed: dict[str, str] | None = None) -> str | None:
+    """One line naming the installed releases whose Diffusers models cannot be imported together, and the pip command
+    that mends it; None where they can. pip admits both pairs: neither Diffusers' metadata says it, and pyproject.toml's
+    ranges cannot say a bound that holds only beside another package."""
+    found = installed if installed is not None else library_versions("diffusers", "transformers", "torchao")
+    diffusers, transformers, torchao = (found.get(name) for name in ("diffusers", "transformers", "torchao"))
+    if diffusers and torchao and _release(diffusers) < (0, 37):
+        # Diffusers 0.35 and 0.36 use their torchao quantizer's logger before defining it where torchao's layouts moved
+        # (torchao 0.18, sdopt's [quant]): every model import stops with "name 'logger' is not defined".
+        return (f"diffusers {diffusers} cannot import its models beside torchao {torchao} (fixed in diffusers 0.37): "
+                "pip install 'diffusers>=0.37', or pip uninstall torchao")
+    if diffusers and transformers and _release(diffusers) >= (0, 37) and _release(transformers) < (4, 48):
+        # Diffusers 0.37 and 0.38 (seen; 0.42 too) import Transformers' Dinov2WithRegistersConfig with their autoencoders,
+        # which Transformers 4.47 and older lack: every model import stops with an ImportError.
+        return f"diffusers {diffusers} needs transformers 4.48 or newer, not {transformers}: pip install 'transformers>=4.48'"
+    return None
+
+
+def require_compatible_libraries() -> None:
+    """Refuse, in one line, a Diffusers that cannot import its models beside the Transformers or torchao installed
+    (before the import's traceback)."""
+    problem = incompatible_libraries()
+    if problem:
+        from sdopt.errors import SdoptError
+
+        raise SdoptError(problem)

@@ -180,6 +180,9 @@ def _install_trained(folder: Path, model: ZooModel, seed: int) -> None:
 def write(model: ZooModel, out: Path, seed: int, progress: bool, force: bool = False, untrained: bool = False) -> Path:
     """Write ``model`` to ``out``; see ``sdopt.zoo.write_model``. ``untrained``: a trained zoo
     model's initial weights (what its training starts from), not the shipped ones."""
+    from sdopt.runtime.versions import require_compatible_libraries
+
+    require_compatible_libraries()  # before the output folder: a Diffusers that cannot import its models leaves none
     with atomic_output_dir(out, force=force) as tmp:
         # Looked up by name at call time (not bound earlier), so each writer
         # stays replaceable, e.g. by a test that makes one fail.
