@@ -82,3 +82,27 @@ def test_init_model_beside_a_diffusers_that_cannot_import_its_models_says_so_in_
     err = capsys.readouterr().err.strip()
     assert err.startswith("sdopt: error: diffusers 0.36.0 cannot import its models beside torchao 0.18.0") and "\n" not in err
     assert not (tmp_path / "tiny").exists()
+
+
+def test_pyproject_admits_no_pair_of_releases_that_cannot_import_diffusers_models():
+    """pip picks any release inside the ranges: the oldest Transformers beside the newest Diffusers, the oldest Diffusers
+    beside [quant]'s torchao. Both pairs broke every torch command (the ranges were diffusers>=0.35 and transformers>=4.45)."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    from sdopt.runtime.versions import incompatible_libraries
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+
+    def bound(requirements: list[str], name: str, op: str) -> str:
+        """The tightest `op` bound of `name` the requirements set (>=: the highest floor; <: the lowest cap)."""
+        found = [m.group(1) for r in requirements for m in [re.search(rf"^{name}\b.*?{op}\s*([\d.]+)", r)] if m]
+        key = lambda v: tuple(int(p) for p in v.split("."))  # noqa: E731
+        return (max if op == ">=" else min)(found, key=key)
+
+    core, quant = project["dependencies"], project["dependencies"] + project["optional-dependencies"]["quant"]
+    newest_diffusers = bound(core, "diffusers", "<") + ".99"  # below the cap
+    assert incompatible_libraries({"diffusers": newest_diffusers, "transformers": bound(core, "transformers", ">=")}) is None
+    assert incompatible_libraries({"diffusers": bound(quant, "diffusers", ">="), "transformers": bound(core, "transformers", ">="),
+                                   "torchao": bound(quant, "torchao", ">=")}) is None
