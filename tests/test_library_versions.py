@@ -51,6 +51,7 @@ def test_a_text_encoder_gets_its_dtype_by_the_keyword_its_transformers_reads(tin
     ({"diffusers": "0.36.0", "transformers": "5.25.0", "torchao": "0.18.0"}, "pip install 'diffusers>=0.37'"),
     ({"diffusers": "0.42.1", "transformers": "4.45.2"}, "pip install 'transformers>=4.48'"),
     ({"diffusers": "0.37.0.dev0", "transformers": "4.47.1", "torchao": "0.18.0"}, "pip install 'transformers>=4.48'"),
+    ({"diffusers": "0.37.0", "transformers": "4.48.3", "peft": "0.19.1", "accelerate": "0.31.0"}, "pip install 'accelerate>=0.32'"),
 ])
 def test_releases_that_cannot_import_diffusers_models_together_are_named_with_the_fix(installed, named):
     from sdopt.runtime.versions import incompatible_libraries
@@ -63,6 +64,7 @@ def test_releases_that_cannot_import_diffusers_models_together_are_named_with_th
     {"diffusers": "0.35.2", "transformers": "4.45.2"},  # no torchao: the whole everyday path runs (QA, 2026-12-07)
     {"diffusers": "0.37.0", "transformers": "4.48.3", "torchao": "0.18.0"},
     {"diffusers": "0.42.1", "transformers": "5.25.0", "torchao": "0.18.0"},
+    {"diffusers": "0.37.0", "transformers": "4.48.3", "accelerate": "0.30.1"},  # no peft: accelerate's floor holds
 ])
 def test_releases_that_work_together_pass(installed):
     from sdopt.runtime.versions import incompatible_libraries
@@ -106,3 +108,6 @@ def test_pyproject_admits_no_pair_of_releases_that_cannot_import_diffusers_model
     assert incompatible_libraries({"diffusers": newest_diffusers, "transformers": bound(core, "transformers", ">=")}) is None
     assert incompatible_libraries({"diffusers": bound(quant, "diffusers", ">="), "transformers": bound(core, "transformers", ">="),
                                    "torchao": bound(quant, "torchao", ">=")}) is None
+    lora = project["dependencies"] + project["optional-dependencies"]["lora"]
+    assert incompatible_libraries({"diffusers": newest_diffusers, "transformers": "5.25.0", "peft": bound(lora, "peft", ">="),
+                                   "accelerate": bound(lora, "accelerate", ">=")}) is None

@@ -39,8 +39,9 @@ def incompatible_libraries(installed: dict[str, str] | None = None) -> str | Non
     """One line naming the installed releases whose Diffusers models cannot be imported together, and the pip command
     that mends it; None where they can. pip admits both pairs: neither Diffusers' metadata says it, and pyproject.toml's
     ranges cannot say a bound that holds only beside another package."""
-    found = installed if installed is not None else library_versions("diffusers", "transformers", "torchao")
-    diffusers, transformers, torchao = (found.get(name) for name in ("diffusers", "transformers", "torchao"))
+    found = installed if installed is not None else library_versions("diffusers", "transformers", "torchao", "peft", "accelerate")
+    diffusers, transformers, torchao, peft, accelerate = (found.get(name) for name in ("diffusers", "transformers", "torchao",
+                                                                                        "peft", "accelerate"))
     if diffusers and torchao and _release(diffusers) < (0, 37):
         # Diffusers 0.35 and 0.36 use their torchao quantizer's logger before defining it where torchao's layouts moved
         # (torchao 0.18, sdopt's [quant]): every model import stops with "name 'logger' is not defined".
@@ -50,6 +51,11 @@ def incompatible_libraries(installed: dict[str, str] | None = None) -> str | Non
         # Diffusers 0.37 and 0.38 (seen; 0.42 too) import Transformers' Dinov2WithRegistersConfig with their autoencoders,
         # which Transformers 4.47 and older lack: every model import stops with an ImportError.
         return f"diffusers {diffusers} needs transformers 4.48 or newer, not {transformers}: pip install 'transformers>=4.48'"
+    if diffusers and peft and accelerate and _release(accelerate) < (0, 32):
+        # Diffusers imports peft, where installed, with every model; peft (0.17-0.22 seen) imports accelerate's
+        # clear_device_cache, which came in accelerate 0.32.
+        return (f"diffusers {diffusers} imports peft {peft} with every model, which needs accelerate 0.32 or newer, not "
+                f"{accelerate}: pip install 'accelerate>=0.32'")
     return None
 
 
