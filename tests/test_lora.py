@@ -534,3 +534,30 @@ def test_a_text_encoder_lora_draws_no_loading_bar_and_leaves_the_hosts_bars_on(t
         assert "Loading weights" not in capsys.readouterr().err
     finally:
         hf_logging.enable_progress_bar() if was else hf_logging.disable_progress_bar()
+
+
+def test_a_lora_loads_where_diffusers_must_be_told_the_files_name(tiny_model, tiny_lora, monkeypatch):
+    """Diffusers 0.37 (inside pyproject's range) guesses a LoRA's file name even from a path to the file, and under
+    HF_HUB_OFFLINE (this suite's setting, a common one) raises "you must specify a `weight_name`": every --lora on it
+    read as "does not fit this model". Stood in for here: a loader that takes the state dict only with its file named."""
+    from sdopt.lora import apply
+
+    real_loader = apply._loader
+
+    def loader_that_needs_the_name(family):
+        loader = real_loader(family)
+
+        class NamedOnly(loader):
+            @classmethod
+            def lora_state_dict(cls, path, weight_name=None, **kwargs):
+                if weight_name is None:
+                    raise ValueError("When using the offline mode, you must specify a `weight_name`.")
+                return loader.lora_state_dict(path, weight_name=weight_name, **kwargs)
+
+        return NamedOnly
+
+    monkeypatch.setattr(apply, "_loader", loader_that_needs_the_name)
+    pipeline = sdopt.load(tiny_model)
+    base = pipeline.generate(GenerateRequest(**SMALL)).images[0]
+    styled = pipeline.generate(GenerateRequest(**SMALL, loras={str(tiny_lora): 1.0})).images[0]
+    assert np.abs(np.asarray(styled, dtype=float) - np.asarray(base, dtype=float)).max() > 0

@@ -87,7 +87,9 @@ def load_adapter(modules: dict[str, torch.nn.Module], family, lora: LoraFile, na
                          "give a LoRA (Diffusers/PEFT or kohya format), or merge this one into the checkpoint with LyCORIS' tools and use that")
     try:
         with _quiet():
-            state, alphas = loader.lora_state_dict(str(lora.path))
+            # weight_name: Diffusers 0.37 guesses the file's name, even of a path to the file, and under HF_HUB_OFFLINE
+            # refuses to ("you must specify a `weight_name`"), which read as a LoRA that does not fit the model
+            state, alphas = loader.lora_state_dict(str(lora.path), weight_name=lora.path.name)
             if not state:
                 raise SdoptError(f"{lora.path} holds no LoRA weights Diffusers recognises")
             if any(k.startswith("unet.") for k in state) or not any("." in k and k.split(".")[0].startswith("text_encoder") for k in state):
