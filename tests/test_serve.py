@@ -1301,6 +1301,23 @@ def test_a_port_taken_during_the_load_is_one_line_and_no_serving_banner(tiny_mod
     assert "error while attempting to bind" not in err  # uvicorn's own line before it: said once, by sdopt (qa70)
 
 
+def test_a_port_taken_during_the_load_is_one_line_where_uvicorn_exits_1(tiny_model, capsys, monkeypatch):
+    """uvicorn 0.29-0.36 (pyproject allows >=0.29) exit 1, not 3, when they cannot bind: the SystemExit(1) went
+    through sdopt, which ended 1 with no line of its own. Stood in for by a server that exits as those do."""
+    from sdopt.cli import main
+    from sdopt.serve import server as serve_server
+
+    class ExitsAsOldUvicorn:
+        started = False
+
+        def run(self):
+            raise SystemExit(1)
+
+    monkeypatch.setattr(serve_server, "http_server", lambda *args, **kwargs: ExitsAsOldUvicorn())
+    assert main(["serve", str(tiny_model), "--port", "0"]) == 2
+    assert "another process took the port while the model loaded" in capsys.readouterr().err
+
+
 def test_serve_command_refuses_a_busy_port_and_bad_options_before_loading(tiny_model, capsys):
     import socket
 

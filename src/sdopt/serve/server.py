@@ -176,7 +176,8 @@ def serve(artifact: str | Path, settings: ServeSettings, load_options: dict[str,
     except SystemExit as exc:
         # uvicorn exits 3 when it cannot bind: the port was free before the load (check_port_free) and another process
         # took it meanwhile: one line and exit 2, as a port found busy before the load (uvicorn's own line is filtered).
-        if server is None or server.started or exc.code != 3:
+        # uvicorn 0.29-0.36 (pyproject allows >=0.29) exit 1 there, their server's only sys.exit.
+        if server is None or server.started or exc.code not in (1, 3):
             raise
         raise SdoptError(f"cannot listen on {settings.host}:{settings.port}: another process took the port while the model "
                          "loaded; pass another --port, or stop what uses it") from None
