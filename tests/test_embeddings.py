@@ -336,7 +336,7 @@ def test_two_adds_at_once_load_a_file_once(tiny_model, embedding):
 
     pipeline = sdopt.load(tiny_model)
     rows = pipeline.token_tables["text_encoder"].get_input_embeddings().num_embeddings
-    with pipeline._generating:  # a generate call running
+    with pipeline._one_call.lock:  # a generate call running
         adds = [threading.Thread(target=pipeline.add_embeddings, args=(embedding,)) for _ in range(2)]
         for add in adds:
             add.start()

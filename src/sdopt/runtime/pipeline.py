@@ -33,6 +33,7 @@ from sdopt.runtime import conditioning, embedded_guidance, emphasis, guidance, r
 from sdopt.runtime.executor import Component, close_all
 from sdopt.runtime.memory import track_peak
 from sdopt.runtime.noise import Noise
+from sdopt.runtime.one_call import OneCall
 from sdopt.runtime.output_checks import output_problems
 from sdopt.runtime.request_defaults import RequestDefaults, default_size, request_defaults, sized as request_defaults_sized
 from sdopt.runtime.schedulers import check_steps, make_scheduler, takes_eta
@@ -91,11 +92,9 @@ class Pipeline:
         self.built_shapes = built_shapes or dict(manifest.static_shapes or {})
         self.embeddings: list[dict[str, Any]] = list(manifest.export.get("embeddings") or [])  # the manifest's records, then those added
         self._vocabularies: list[Any] | None = None
-        # One generate call at a time: a request's LoRAs are set on the shared modules for its whole loop, and
-        # OpenVINO's compiled models run one inference request each; two threads would change each other's. The
-        # LoRAs are changed under it only (generate, unload_loras).
-        self._generating = threading.Lock()
-        self._generating_thread: int | None = None  # the thread inside _generate: its callbacks must not wait for the lock
+        # One generate (add_embeddings, unload_loras, close) at a time, none from a running call's callbacks
+        # (sdopt.runtime.one_call). The LoRAs are changed under it only (generate, unload_loras).
+        self._one_call = OneCall()
         # One tokenizer call at a time: transformers' tokenizers set padding and truncation on their shared backend for
         # each call, so a server checking one request (prompt_chunks, truncated_prompts: unpadded) while its worker
         # encodes another's prompts (padded to 77) gave the worker rows of several lengths, and its jobs failed.
@@ -309,24 +308,12 @@ class Pipeline:
         request = self.sized(request)
         with self._one_call("generate"):
             self._refuse_closed()
-            self._generating_thread = threading.get_ident()
-            try:
+            with self._one_call.running():
                 return self._generate(request, progress, on_latents)
-            finally:
-                self._generating_thread = None
 
     def _refuse_closed(self) -> None:
         if self.closed:
             raise SdoptError("this pipeline is closed (Pipeline.close(), or its with-block ended): load the artifact again")
-
-    def _one_call(self, what: str) -> threading.Lock:
-        """The one-call-at-a-time lock, refused to a progress or on_latents callback of a running call: in the thread
-        that holds it, waiting for it would wait forever (close() to cancel from a callback hung the caller for good)."""
-        if self._generating_thread == threading.get_ident():
-            raise SdoptError(f"{what}() was called from inside this pipeline's running generate (its progress or on_latents "
-                             f"callback), which would wait for itself forever: raise an exception in the callback to stop the "
-                             f"call, and call {what}() after generate returns")
-        return self._generating
 
     def sized(self, request: GenerateRequest) -> GenerateRequest:
         """The request with the height and width it left to the pipeline (None) filled in (request_defaults.sized)."""
