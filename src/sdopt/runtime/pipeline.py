@@ -16,7 +16,6 @@ img2img and inpaint pipelines do (runtime/conditioning.py).
 from __future__ import annotations
 
 import functools
-import os
 import threading
 import time
 import warnings
@@ -29,14 +28,16 @@ from sdopt.errors import SdoptError
 from sdopt.manifest import Manifest
 from sdopt.request import GenerateRequest, GenerateResult, StageTimings
 from sdopt import infotext
-from sdopt.runtime import conditioning, embedded_guidance, emphasis, guidance, request_checks, schedulers
+from sdopt.runtime import conditioning, embedded_guidance, guidance, request_checks, schedulers
 from sdopt.runtime.executor import Component, close_all
 from sdopt.runtime.memory import track_peak
 from sdopt.runtime.noise import Noise
 from sdopt.runtime.one_call import OneCall
 from sdopt.runtime.output_checks import output_problems
+from sdopt.runtime.prompts import PromptEncoding
 from sdopt.runtime.request_defaults import RequestDefaults, default_size, request_defaults, sized as request_defaults_sized
 from sdopt.runtime.schedulers import check_steps, make_scheduler, takes_eta
+from sdopt.runtime.textual_inversion import TextualInversion
 from sdopt.stepcache.schedule import runs_whole
 
 ProgressFn = Callable[[int, int], None]  # (steps done, steps in all)
@@ -52,7 +53,7 @@ def to_images(decoded: np.ndarray) -> list:
     return [Image.fromarray(img) for img in (pixels * 255).round().astype(np.uint8)]
 
 
-class Pipeline:
+class Pipeline(PromptEncoding, TextualInversion):
     """A loaded artifact, as ``sdopt.load`` returns it (built there, not by callers): ``generate(GenerateRequest(...))``
     makes images; ``request_defaults`` holds the model's own steps and guidance; ``add_embeddings`` (torch) makes
     textual inversion embeddings words; ``unload_loras`` drops the LoRAs requests loaded; ``close()``, or the end of
@@ -105,113 +106,7 @@ class Pipeline:
     def __repr__(self) -> str:
         return f"Pipeline({self.manifest.backend}, {self.precision}, device={self.device}, folder={self.folder})"
 
-    # --- stages -----------------------------------------------------------------
-    @staticmethod
-    def _tokenize(tokenizer: Any, texts: list[str]) -> np.ndarray:
-        ids = tokenizer(
-            texts,
-            padding="max_length",
-            max_length=tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="np",
-        ).input_ids
-        return ids.astype(np.int64)
-
-    def truncated_prompts(self, request: GenerateRequest) -> list[str]:
-        """A warning per prompt longer than the text encoder reads (it sees only the first tokens, as in Diffusers)."""
-        with self._tokenizing:
-            return self._truncated_prompts(request)
-
-    def _truncated_prompts(self, request: GenerateRequest) -> list[str]:
-        limit = self.tokenizer.model_max_length
-        kinds = {**{n: "negative prompt" for n in request.negative_prompts if n}, **{p: "prompt" for p in request.prompts}}
-        out = []
-        for text, kind in kinds.items():
-            if request.prompt_emphasis:  # read in chunks of 75 tokens where the artifact takes more than 77 (sdopt.runtime.emphasis)
-                parts, allowed = emphasis.chunks(self.tokenizer, text, self.vocabularies[0]), self.max_prompt_chunks or emphasis.MAX_CHUNKS
-                if len(parts) > allowed:
-                    out.append(f"{kind} {text[:40]!r}... needs {len(parts)} chunks of {emphasis.CHUNK} tokens; "
-                               + ("this artifact's UNet was built for one (static shapes), so it reads the first" if allowed == 1
-                                  else f"sdopt reads the first {allowed}") + ", the rest is ignored")
-                continue
-            count = len(self.vocabularies[0].tokens(text)[0]) + 2  # with BOS and EOS
-            if count > limit:
-                out.append(f"{kind} {text[:40]!r}... is {count} tokens; the text encoder reads the first {limit}, the rest is ignored")
-        return out
-
-    def prompt_chunks(self, texts: list[str]) -> int:
-        """The 75-token chunks the longest of these texts is read in with emphasis (what a call of them pads every row to)."""
-        with self._tokenizing:
-            return min(max(len(emphasis.chunks(self.tokenizer, t, self.vocabularies[0])) for t in texts), self.max_prompt_chunks or emphasis.MAX_CHUNKS)
-
-    @property
-    def max_prompt_chunks(self) -> int | None:
-        """How many 77-token chunks of a prompt the UNet takes (emphasis mode): one where it was built for 77 tokens
-        (static OpenVINO shapes, TensorRT's profiles), else no limit of its own (None)."""
-        return 1 if self.manifest.static_shapes or self.manifest.backend == "tensorrt" else None
-
-    def encode_prompts(self, request: GenerateRequest) -> dict[str, np.ndarray]:
-        """The UNet's conditioning inputs, one row per image, [negatives; positives] with guidance:
-        encoder_hidden_states, and what else the family's UNet takes (SDXL's text_embeds, time_ids)."""
-        texts = request.prompts + (request.negative_prompts if request.uses_guidance else [])
-        outputs = []
-        for name, tokenizer, vocabulary in zip(self.family.text_encoders, self.tokenizers, self.vocabularies):
-            if request.prompt_emphasis:  # AUTOMATIC1111's (word:1.2) and chunks of 75 tokens (sdopt.runtime.emphasis)
-                with self._tokenizing:
-                    ids, weights = emphasis.weighted_ids(tokenizer, texts, self.max_prompt_chunks, vocabulary)
-                outputs.append(emphasis.encode(self.components[name], ids, weights, tokenizer.model_max_length))
-            else:  # with embeddings, their words read (sdopt.embeddings.vocabulary); else as Diffusers tokenizes
-                with self._tokenizing:
-                    ids = vocabulary.input_ids(texts) if vocabulary else self._tokenize(tokenizer, texts)
-                outputs.append(self.components[name](input_ids=ids))
-        return self.family.conditioning(outputs, request, self.manifest.model)
-
-    # --- textual inversion embeddings (sdopt.embeddings) ----------------------------
-    @property
-    def vocabularies(self) -> list[Any]:
-        """Per tokenizer, the embeddings its text encoder holds, as words a prompt uses (sdopt.embeddings.vocabulary)."""
-        if self._vocabularies is None:
-            from sdopt.embeddings.vocabulary import Vocabulary
-
-            with self._tokenizing:
-                self._vocabularies = [Vocabulary(tokenizer, [(e["name"], e["first_ids"][encoder], e["vectors"]) for e in self.embeddings])
-                                      for encoder, tokenizer in zip(self.family.text_encoders, self.tokenizers)]
-        return self._vocabularies
-
-    def add_embeddings(self, paths: Any, skip_unfit: bool | None = None) -> dict[str, str]:
-        """Make textual inversion embeddings (files, or folders of them) words prompts can use. The torch backend loads
-        them into its text encoders; other backends read those fused at export, so a file already fused is accepted
-        and another refused. An embedding that cannot be used (made for another model, not fused) is refused, or left
-        out as AUTOMATIC1111 skips it: with ``skip_unfit``, or (None) when it was found in a folder given rather than
-        named (a file a folder holds that is not an embedding file at all, likewise); returns {word: why} of those left out."""
-        from sdopt.embeddings.select import to_load
-
-        self._refuse_closed()
-        if isinstance(paths, (str, os.PathLike)):
-            paths = [paths]
-        widths = None
-        if self.token_tables is not None:
-            from sdopt.embeddings.tables import widths as table_widths
-
-            widths = table_widths(self.token_tables, self.family.text_encoders)
-        # One call at a time from here to the list updated: two at once (two servers' refresh-embeddings) both found a
-        # file new, and it was loaded twice.
-        with self._adding:
-            with self._tokenizing:
-                new, skipped = to_load(paths, self.embeddings, self.tokenizer, self.manifest.backend, widths, skip_unfit)
-            if new:
-                from sdopt.embeddings.tables import extend
-
-                with self._one_call("add_embeddings"):  # not under a running call
-                    self._refuse_closed()  # closed since the check above: its tables are gone
-                    records = extend(self.token_tables, new, self.family.text_encoders)
-                    # Under the tokenizers' lock: vocabularies built meanwhile from the list as it was (a server checking
-                    # a prompt) were kept after this reset, and the new words were never read.
-                    with self._tokenizing:
-                        self.embeddings += records
-                        self._vocabularies = None
-        return skipped
-
+    # --- stages (the prompts': sdopt.runtime.prompts) ------------------------------
     def encode_images(self, pixels: np.ndarray, timings: StageTimings) -> np.ndarray:
         """The VAE encoder's latent_parameters (mean and log-variance) of images in [-1, 1]."""
         count = len(pixels)
