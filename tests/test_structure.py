@@ -10,7 +10,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # Cycles that exist and are accepted, each a lazy import one way: a package importing the
 # registrations that import it back, a renderer and its report, a CLI entry and what it exposes.
 KNOWN_CYCLES = [
-    {"sdopt", "sdopt.layouts", "sdopt.manifest", "sdopt.runtime.load", "sdopt.runtime.pipeline"},  # sdopt.load/__version__
+    {"sdopt", "sdopt.layouts", "sdopt.manifest", "sdopt.runtime.load", "sdopt.runtime.pipeline", "sdopt.runtime.image_parameters"},  # sdopt.load/__version__
     {"sdopt.export", "sdopt.export.targets"},  # the exporter registrations, imported last by their registry
     {"sdopt.quant", "sdopt.quant.schemes"},  # the capability table reads the registrations
     {"sdopt.bench.html", "sdopt.bench.report"},
