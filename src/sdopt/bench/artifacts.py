@@ -11,6 +11,7 @@ from typing import Any
 from sdopt.bench.settings import BenchSettings, ModelDefaults
 from sdopt.errors import SdoptError, command_line
 from sdopt.manifest import Manifest, fingerprint_of, identity_of, read_manifest
+from sdopt.runtime.backends import RUN_PRECISIONS
 from sdopt.source import resolve
 
 
@@ -75,12 +76,13 @@ def parse_artifact_arg(text: str) -> tuple[str, str | None, dict[str, Any], dict
         from sdopt.runtime.compiled import compile_setting
 
         text, options["compile"] = match.group(1), compile_setting(match.group(2) or True, "cuda")  # the device is checked at load
-    match = re.fullmatch(r"(.+)@(fp32|fp16|bf16)", text)
+    match = re.fullmatch(rf"(.+)@({'|'.join(RUN_PRECISIONS)})", text)
     if match:
         return match.group(1), match.group(2), options, request
     other = re.fullmatch(r"(.+)@([A-Za-z0-9_-]+)", text)
     if other and not Path(text).exists() and Path(other.group(1)).exists():  # a folder named x@y is still a folder
-        raise SdoptError(f"{text}: @{other.group(2)} is not a precision an artifact runs in; give @fp32, @fp16 or @bf16 "
+        *others, last = (f"@{p}" for p in RUN_PRECISIONS)
+        raise SdoptError(f"{text}: @{other.group(2)} is not a precision an artifact runs in; give {', '.join(others)} or {last} "
                          "(quantized weights are an artifact of their own: sdopt quantize)")
     return text, None, options, request
 

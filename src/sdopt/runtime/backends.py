@@ -14,6 +14,11 @@ from sdopt.errors import SdoptError
 from sdopt.registry import Plugin, Registry
 
 
+# The precisions generate's and serve's --precision and a bench argument's PATH@PRECISION take: those torch casts an
+# artifact to at load (the other backends run what their export wrote). Quantized weights are an artifact of their own.
+RUN_PRECISIONS = ("fp32", "fp16", "bf16")
+
+
 @dataclass(frozen=True, kw_only=True)
 class Backend(Plugin):
     """A runtime (``name`` is the manifest's ``backend``); ``options`` are the load options it takes."""
