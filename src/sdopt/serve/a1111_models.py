@@ -15,6 +15,9 @@ from sdopt.serve.submission import MAX_PROMPT_CHARS, cache_interval_field, guida
 # carries. It is parsed on the request's way in (~1.4 s per 10 MB): uncapped, a 32 MiB body held the server for seconds.
 MAX_INFOTEXT_CHARS = 64_000
 
+# AUTOMATIC1111's width and height where a request does not say, or sends null (api_a1111's first pass, hires' second).
+A1111_SIDE = 512
+
 
 class ProcessingRequest(BaseModel):
     """StableDiffusionProcessing's API fields, with AUTOMATIC1111's defaults."""
@@ -35,8 +38,8 @@ class ProcessingRequest(BaseModel):
     n_iter: int | None = 1
     steps: int | None = 50
     cfg_scale: float | None = 7.0
-    width: int | None = 512
-    height: int | None = 512
+    width: int | None = A1111_SIDE
+    height: int | None = A1111_SIDE
     restore_faces: bool | None = None
     tiling: bool | None = None
     do_not_save_samples: bool | None = False

@@ -33,7 +33,7 @@ from sdopt.infotext import readable
 from sdopt.request import MAX_SEED
 from sdopt.serve import hires, inpaint_area, jobs as J
 from sdopt.serve.a1111_fields import A1111_NAMES, apply_infotext, eta_for, hires_scheduler, ignored_fields, scheduler_for
-from sdopt.serve.a1111_models import Img2ImgRequest, ImagesResponse, PngInfoRequest, ProcessingRequest, Txt2ImgRequest
+from sdopt.serve.a1111_models import A1111_SIDE, Img2ImgRequest, ImagesResponse, PngInfoRequest, ProcessingRequest, Txt2ImgRequest
 from sdopt.serve.api_a1111_lists import CLIP_SKIP_SETTING, check_clip_skip, check_held_options
 from sdopt.serve.errors import RequestError
 from sdopt.serve.resize_modes import MODES, resize
@@ -58,7 +58,7 @@ def clip_skip(request: Request, body: ProcessingRequest) -> int:
 
 def _side(value: int | None) -> int:
     """A width or height as AUTOMATIC1111 takes it: null is its default, 512; 0 is refused by the loop's check."""
-    return 512 if value is None else value
+    return A1111_SIDE if value is None else value
 
 
 def _batch_size(body: ProcessingRequest) -> int:

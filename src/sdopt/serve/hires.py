@@ -20,6 +20,7 @@ import math
 from typing import Any
 
 from sdopt.serve import jobs as J
+from sdopt.serve.a1111_models import A1111_SIDE
 from sdopt.serve.errors import RequestError
 
 DEFAULT_STRENGTH = 0.7
@@ -70,7 +71,7 @@ def target_size(body: Any, max_pixels: int) -> tuple[int, int]:
     for name, value in (("hr_resize_x", x), ("hr_resize_y", y)):
         if not 0 <= value <= max_pixels:
             raise RequestError(name, f"{name}={value}: must be 0 (from hr_scale) or a size in pixels within this server's {max_pixels} (--max-pixels)")
-    width, height = body.width or 512, body.height or 512
+    width, height = body.width or A1111_SIDE, body.height or A1111_SIDE
     if x and y:
         w, h = x, y
     elif x or y:  # one side given: the other keeps the first pass's aspect, rounded down as AUTOMATIC1111's
