@@ -30,7 +30,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from sdopt.infotext import readable
-from sdopt.request import MAX_SEED
+from sdopt.request import DEFAULT_STRENGTH, MAX_SEED
 from sdopt.serve import hires, inpaint_area, jobs as J
 from sdopt.serve.a1111_fields import A1111_NAMES, apply_infotext, eta_for, hires_scheduler, ignored_fields, scheduler_for
 from sdopt.serve.a1111_models import A1111_SIDE, Img2ImgRequest, ImagesResponse, PngInfoRequest, ProcessingRequest, Txt2ImgRequest
@@ -65,7 +65,7 @@ def _batch_size(body: ProcessingRequest) -> int:
     return 1 if body.batch_size is None else body.batch_size
 
 
-def _spec(request: Request, body: ProcessingRequest, init=None, mask=None, strength: float = 0.8) -> J.JobSpec:
+def _spec(request: Request, body: ProcessingRequest, init=None, mask=None, strength: float = DEFAULT_STRENGTH) -> J.JobSpec:
     if body.seed is not None and body.seed < -1:  # AUTOMATIC1111 draws from -5 as a seed of its own; it was a random one here
         raise RequestError("seed", f"seed={body.seed}: give -1 for a random seed (said in info.all_seeds), or one from 0 to {MAX_SEED}")
     seed = body.seed if body.seed is not None and body.seed >= 0 else random_seed()

@@ -15,7 +15,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from sdopt.request import DEFAULT_GUIDANCE, DEFAULT_STEPS
+from sdopt.request import DEFAULT_GUIDANCE, DEFAULT_STEPS, DEFAULT_STRENGTH
 from sdopt.serve.request_ids import current as current_request_id
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, TIMED_OUT = "queued", "running", "succeeded", "failed", "cancelled", "timed_out"
@@ -39,7 +39,7 @@ class JobSpec:
     init_image: Any = None  # PIL image: img2img / inpainting
     init_latents: Any = None  # float32 (1, C, h, w): img2img from latents (the hires fix's Latent upscalers, serve/hires.py)
     mask_image: Any = None  # PIL image, white = repaint
-    strength: float = 0.8
+    strength: float = DEFAULT_STRENGTH  # GenerateRequest's; a job without an init image passes none (generate_request)
     masked_content: str = "original"  # inpainting: GenerateRequest.masked_content (AUTOMATIC1111's inpainting_fill 2, 3)
     cache_interval: int | None = None  # step-feature caching; None: the artifact's default
     guidance_end: float | None = None  # truncated guidance; None: the artifact's default
