@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 
 from sdopt.errors import SdoptError
+from sdopt.runtime.backends import RUN_PRECISIONS
 
 
 @contextlib.contextmanager
@@ -133,6 +134,12 @@ def add_eta_flag(p: argparse.ArgumentParser) -> None:
     """--eta, as generate, bench and optimize take it (GenerateRequest.eta)."""
     p.add_argument("--eta", type=float, default=None, metavar="E",
                    help="ddim and tcd: the fresh noise each step adds, 0 to 1 (default 0: deterministic DDIM; TCD's authors suggest 0.3)")
+
+
+def add_load_flags(p: argparse.ArgumentParser) -> None:
+    """--precision and --device, as generate and serve take them (sdopt.load's precision and device)."""
+    p.add_argument("--precision", choices=RUN_PRECISIONS, default=None, help="default: the artifact's")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
 
 
 def add_threads_flag(p: argparse.ArgumentParser) -> None:

@@ -7,12 +7,11 @@ import contextlib
 import sys
 from pathlib import Path
 
-from sdopt.cli.common import output_paths, backend_of, user_path, user_text, add_embedding_flag, add_eta_flag, add_lora_flag, add_threads_flag, lora_scales, warnings_above
+from sdopt.cli.common import output_paths, backend_of, user_path, user_text, add_embedding_flag, add_eta_flag, add_load_flags, add_lora_flag, add_threads_flag, lora_scales, warnings_above
 from sdopt.infotext import lora_difference, loras_in_effect, missing_embeddings, read_png_parameters, save_options, unapplied
 from sdopt.input_images import open_image
 from sdopt.request import MASKED_CONTENT, check_strength_has_image
 from sdopt.errors import BrokenOutputError, SdoptError
-from sdopt.runtime.backends import RUN_PRECISIONS
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -333,8 +332,7 @@ def add_generate(sub) -> None:
     p.add_argument("--guidance-end", type=float, default=None, metavar="F",
                    help="truncated guidance: the fraction (0, 1] of the steps that run classifier-free guidance, the rest the conditional pass alone "
                         "(default: the artifact's, 1 = every step unless sdopt optimize chose less)")
-    p.add_argument("--precision", choices=RUN_PRECISIONS, default=None, help="default: the artifact's")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+    add_load_flags(p)
     p.add_argument("--attention-slicing", action="store_true", help="torch: Diffusers' sliced attention instead of PyTorch's scaled-dot-product attention: more memory and slower, not less (it warns)")
     p.add_argument("--vae-tiling", action="store_true", help="torch: decode large images in tiles (less memory)")
     p.add_argument("--cpu-offload", action="store_true", help="torch on CUDA: keep idle components in CPU memory")

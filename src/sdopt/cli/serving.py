@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from sdopt.cli.common import add_threads_flag, user_path
+from sdopt.cli.common import add_load_flags, add_threads_flag, user_path
 from sdopt.errors import SdoptError
-from sdopt.runtime.backends import RUN_PRECISIONS
 
 
 def _image_limit(given: int | None, body: int) -> int:
@@ -113,8 +112,7 @@ def add_serve(sub) -> None:
                         "OpenAI's image links and /docs then carry it (docs/serve.md, behind a reverse proxy)")
     p.add_argument("--access-log", action="store_true",
                    help="a line per request on stdout (client, method and path, status), as uvicorn writes it; default: none, warnings and errors only, on stderr")
-    p.add_argument("--precision", choices=RUN_PRECISIONS, default=None, help="default: the artifact's")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+    add_load_flags(p)
     add_threads_flag(p)
     p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="serve through Ray Serve: replicas behind one endpoint, on the cluster at ADDRESS or a local one (docs/ray.md)")
