@@ -95,6 +95,14 @@ def cpu_lacks_int8_dot() -> bool:
     return _cpu_lacks(INT8_DOT_ISA)
 
 
+def int8_overflow_by_cpu() -> tuple[bool, str]:
+    """Whether --overflow-fix auto fixes int8 overflow on this CPU (it lacks an int8 dot product), and why, as a quantized
+    artifact records it: one reason for NNCF's and ONNX Runtime's quantizers alike."""
+    if cpu_lacks_int8_dot():
+        return True, "auto: this CPU has no VNNI/AMX int8 dot product, so 8-bit products would saturate at 16 bits"
+    return False, "auto: this CPU has an int8 dot product (VNNI/AMX)"
+
+
 def available_bytes() -> int | None:
     """The memory this machine has available (Linux's MemAvailable); None where it cannot be read."""
     try:

@@ -81,11 +81,10 @@ def choose_overflow_fix(option: str | None) -> tuple[str, str]:
     """The overflow fix int8-static applies (a key of OVERFLOW_FIXES) and why."""
     if option not in (None, "auto"):
         return option, "asked for (--overflow-fix)"
-    from sdopt.hardware import cpu_lacks_int8_dot
+    from sdopt.hardware import int8_overflow_by_cpu
 
-    if cpu_lacks_int8_dot():
-        return "enable", "auto: this CPU has no VNNI/AMX int8 dot product, so 8-bit products would saturate at 16 bits"
-    return "first-layer", "auto: this CPU has an int8 dot product (VNNI/AMX); NNCF's default"
+    overflows, why = int8_overflow_by_cpu()
+    return ("enable", why) if overflows else ("first-layer", f"{why}; NNCF's default")
 
 
 def quantize_openvino(

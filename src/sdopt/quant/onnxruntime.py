@@ -63,11 +63,9 @@ def choose_reduce_range(option: str | None) -> tuple[bool, str]:
         return False, "asked for (--overflow-fix disable)"
     if option == "first-layer":
         raise SdoptError("--overflow-fix first-layer is NNCF's: ONNX Runtime's quantizer reduces the range of every layer or none; give enable, disable or auto")
-    from sdopt.hardware import cpu_lacks_int8_dot
+    from sdopt.hardware import int8_overflow_by_cpu
 
-    if cpu_lacks_int8_dot():
-        return True, "auto: this CPU has no VNNI/AMX int8 dot product, so 8-bit products would saturate at 16 bits"
-    return False, "auto: this CPU has an int8 dot product (VNNI/AMX)"
+    return int8_overflow_by_cpu()
 
 
 class _Samples:
