@@ -30,9 +30,10 @@ def probe_pictures(model: dict[str, Any], count: int = PROBE_IMAGES) -> np.ndarr
 
 
 def to_uint8(decoded) -> np.ndarray:
-    """Decoder output in [-1, 1], NCHW -> uint8 NHWC, rounded as the loop's to_images rounds."""
-    pixels = np.clip(np.asarray(decoded, dtype=np.float32) / 2 + 0.5, 0.0, 1.0).transpose(0, 2, 3, 1)
-    return (pixels * 255).round().astype(np.uint8)
+    """Decoder output in [-1, 1], NCHW (a float32 copy of what it gives) -> uint8 NHWC, as the loop's images are made."""
+    from sdopt.runtime.pipeline import to_uint8 as loop_pixels
+
+    return loop_pixels(np.asarray(decoded, dtype=np.float32))
 
 
 def psnr_summary(reference: np.ndarray, images: np.ndarray) -> dict[str, float]:

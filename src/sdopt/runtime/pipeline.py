@@ -45,13 +45,18 @@ ProgressFn = Callable[[int, int], None]  # (steps done, steps in all)
 LatentsFn = Callable[[np.ndarray], None]  # the latents after a step, (batch, C, h, w) float32
 
 
+def to_uint8(decoded: np.ndarray) -> np.ndarray:
+    """VAE output in [-1, 1], NCHW float -> uint8 NHWC, rounded as Diffusers rounds (the decoder probe's too)."""
+    # NaN pixels (reported in GenerateResult.problems) as black, without numpy's "invalid value encountered in cast".
+    pixels = np.nan_to_num(np.clip(decoded / 2 + 0.5, 0.0, 1.0), nan=0.0).transpose(0, 2, 3, 1)
+    return (pixels * 255).round().astype(np.uint8)
+
+
 def to_images(decoded: np.ndarray) -> list:
     """VAE output in [-1, 1], NCHW float -> PIL images, rounded as Diffusers rounds."""
     from PIL import Image
 
-    # NaN pixels (reported in GenerateResult.problems) as black, without numpy's "invalid value encountered in cast".
-    pixels = np.nan_to_num(np.clip(decoded / 2 + 0.5, 0.0, 1.0), nan=0.0).transpose(0, 2, 3, 1)
-    return [Image.fromarray(img) for img in (pixels * 255).round().astype(np.uint8)]
+    return [Image.fromarray(img) for img in to_uint8(decoded)]
 
 
 # The prompt stage, the textual inversion words and how an image was made are ideas of their own, each a class in its
