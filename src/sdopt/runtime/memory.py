@@ -4,12 +4,14 @@ On Linux, writing "5" to /proc/self/clear_refs resets the resident-set
 high-water mark (VmHWM), so each generate call reports its own peak rather
 than the largest since the process started. Elsewhere the lifetime peak from
 getrusage is the best available, and is labelled as such by being no lower.
+Windows has neither (no /proc, no ``resource`` module): the peak is not
+measured there, said once per process, and reads 0.
 """
 
 from __future__ import annotations
 
-import resource
 import sys
+import warnings
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -33,8 +35,24 @@ def rss_peak_bytes() -> int:
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
+    try:
+        import resource  # POSIX only: imported here, so that generate runs where it is missing (Windows)
+    except ImportError:
+        _say_unmeasured()
+        return 0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # macOS reports bytes, Linux KiB
+
+
+_said_unmeasured = False
+
+
+def _say_unmeasured() -> None:
+    global _said_unmeasured
+    if not _said_unmeasured:
+        _said_unmeasured = True
+        warnings.warn("peak memory is not measured on this platform (no /proc/self/status, no getrusage): "
+                      "memory figures read 0", UserWarning, stacklevel=3)
 
 
 @contextmanager

@@ -1,0 +1,23 @@
+"""sdopt off Linux, simulated on Linux: what Windows' and macOS' Python lack (the resource and fcntl modules, os.fork,
+signal.SIGHUP, /proc) made missing in this process, and the everyday paths driven through it. Nothing here runs on
+Windows or macOS itself: README's "What runs where" says what is tested there and what is only simulated."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import pytest
+
+
+def test_peak_memory_without_resource_or_proc_is_said_not_measured(monkeypatch):
+    """Windows has no resource module: importing sdopt.runtime.memory (every generate's pipeline imports it) failed with
+    ModuleNotFoundError, so no generate, bench or serve could run there."""
+    import sdopt.runtime.memory as memory
+
+    monkeypatch.setitem(sys.modules, "resource", None)
+    importlib.reload(memory)
+    monkeypatch.setattr(memory, "_PROC_STATUS", "/nonexistent/proc/self/status")
+    monkeypatch.setattr(memory, "_said_unmeasured", False)
+    with pytest.warns(UserWarning, match="peak memory is not measured on this platform"):
+        assert memory.rss_peak_bytes() == 0
