@@ -21,3 +21,24 @@ def test_peak_memory_without_resource_or_proc_is_said_not_measured(monkeypatch):
     monkeypatch.setattr(memory, "_said_unmeasured", False)
     with pytest.warns(UserWarning, match="peak memory is not measured on this platform"):
         assert memory.rss_peak_bytes() == 0
+
+
+def test_serve_runs_where_there_is_no_sighup(tiny_model, monkeypatch):
+    """Windows has no signal.SIGHUP: the server's run (which stops on SIGHUP as on SIGTERM) and serve's end (which says a
+    SIGHUP stop) raised AttributeError there, so `sdopt serve` never served on Windows."""
+    import signal
+    from types import SimpleNamespace
+
+    import uvicorn
+
+    import sdopt.serve.server as server
+    from sdopt.serve.settings import ServeSettings
+
+    monkeypatch.delattr(signal, "SIGHUP")
+    ran = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, *a, **k: ran.append("uvicorn"))
+    server.http_server(SimpleNamespace(state=SimpleNamespace(worker=None)), "127.0.0.1", 0).run()
+    assert ran == ["uvicorn"]
+    monkeypatch.setattr(server, "http_server", lambda app, host, port, **http: SimpleNamespace(run=lambda: ran.append("served")))
+    server.serve(tiny_model, ServeSettings(port=0))
+    assert ran == ["uvicorn", "served"]

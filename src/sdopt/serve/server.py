@@ -84,7 +84,10 @@ def http_server(app: Any, host: str, port: int, access_log: bool = False, root_p
             with command_line(False):
                 # SIGHUP (the terminal closed, or a supervisor's stop) killed the process at once, dropping the requests
                 # in flight; uvicorn handles only SIGINT and SIGTERM. It now stops as SIGTERM does.
-                hangup = signal.signal(signal.SIGHUP, self.handle_exit) if threading.current_thread() is threading.main_thread() else None
+                # Windows has no SIGHUP (a closed console window is CTRL_CLOSE_EVENT, which uvicorn does not handle either).
+                sighup = getattr(signal, "SIGHUP", None)
+                ours = sighup is not None and threading.current_thread() is threading.main_thread()
+                hangup = signal.signal(sighup, self.handle_exit) if ours else None
                 # uvicorn logs a failed bind ("[Errno 98] error while attempting to bind ...") before it exits 3; serve()
                 # says it then in its one line, which says what to do.
                 unbound = logging.getLogger("uvicorn.error")
@@ -95,7 +98,7 @@ def http_server(app: Any, host: str, port: int, access_log: bool = False, root_p
                 finally:
                     unbound.removeFilter(quiet)
                     if hangup is not None:
-                        signal.signal(signal.SIGHUP, hangup)
+                        signal.signal(sighup, hangup)
 
         async def startup(self, *args: Any, **kwargs: Any) -> None:
             await super().startup(*args, **kwargs)
@@ -189,7 +192,7 @@ def serve(artifact: str | Path, settings: ServeSettings, load_options: dict[str,
             raise
         print(f"stopped {name} (SIGTERM)", file=sys.stderr)
     else:
-        if getattr(server, "stopped_by", None) == signal.SIGHUP:  # uvicorn raises only the signals it handles again
+        if getattr(server, "stopped_by", None) == getattr(signal, "SIGHUP", "none on Windows"):  # uvicorn raises only the signals it handles again
             print(f"stopped {name} (SIGHUP)", file=sys.stderr)
     finally:
         if app is not None:
