@@ -42,3 +42,18 @@ def test_serve_runs_where_there_is_no_sighup(tiny_model, monkeypatch):
     monkeypatch.setattr(server, "http_server", lambda app, host, port, **http: SimpleNamespace(run=lambda: ran.append("served")))
     server.serve(tiny_model, ServeSettings(port=0))
     assert ran == ["uvicorn", "served"]
+
+
+def test_bench_and_optimize_folders_without_fcntl_are_used_unlocked_and_say_so(tmp_path, monkeypatch):
+    """Windows has no fcntl: `sdopt bench -o` and `sdopt optimize` (their folder locks) ended in ModuleNotFoundError
+    before any work. There the folder is used unlocked, said in one warning."""
+    from sdopt.locks import check_not_locked, folder_lock
+
+    monkeypatch.setitem(sys.modules, "fcntl", None)
+    out = tmp_path / "report"
+    check_not_locked(out, "bench", "-o")
+    with pytest.warns(UserWarning, match=r"-o .*report is not locked against a second sdopt command on this platform"):
+        with folder_lock(out, "bench", "-o"):
+            check_not_locked(out, "bench", "-o")
+            assert out.is_dir()
+    assert list(out.iterdir()) == []  # no lock file left behind

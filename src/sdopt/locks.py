@@ -3,7 +3,8 @@
 Two benches into one -o had both written their workers' results into one raw/ and a report mixed their rows; two
 optimize runs on one --work built into each other's candidate folders. ``folder_lock`` holds a folder for a command
 (flock on a lock file inside it: the kernel lets go when the holder exits, killed too, so nothing is left to clear);
-``check_not_locked`` refuses, before any work, a folder another process holds. POSIX only (fcntl), as serve is.
+``check_not_locked`` refuses, before any work, a folder another process holds. POSIX only (fcntl): where there is
+none (Windows) the folder is not locked, which the command says once, and the work runs as before locks were added.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -24,10 +26,21 @@ def _lock_file(folder: Path, role: str) -> Path:
 _HELD: set[Path] = set()  # the lock files this process holds (folder_lock): its own checks under them pass
 
 
+def _fcntl():
+    """The fcntl module, or None on a platform without it (Windows: importing it there was a ModuleNotFoundError
+    traceback that ended every bench with -o and every optimize before any work)."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    return fcntl
+
+
 def check_not_locked(folder: Path, role: str, flag: str) -> None:
     """Before any work: refused while another process holds ``folder``'s lock for ``role`` (folder_lock)."""
-    import fcntl
-
+    fcntl = _fcntl()
+    if fcntl is None:  # nothing could have locked it
+        return
     if _lock_file(folder, role).absolute() in _HELD:
         return
     try:
@@ -53,9 +66,13 @@ def folder_lock(folder: Path, role: str, flag: str) -> Iterator[None]:
     with one line naming the holder, where both had written into it and a report mixed their rows. flock: the kernel
     releases it when the holder exits, killed too, so nothing is left to clear. The file is removed while held, and a
     lock taken on a file that was removed meanwhile is taken again on the new one."""
-    import fcntl
-
+    fcntl = _fcntl()
     folder.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        warnings.warn(f"{flag} {folder} is not locked against a second sdopt command on this platform (no fcntl): "
+                      "run one at a time into it", UserWarning)
+        yield
+        return
     path = _lock_file(folder, role)
     while True:
         handle = open(path, "a+", encoding="utf-8")
