@@ -57,3 +57,28 @@ def test_bench_and_optimize_folders_without_fcntl_are_used_unlocked_and_say_so(t
             check_not_locked(out, "bench", "-o")
             assert out.is_dir()
     assert list(out.iterdir()) == []  # no lock file left behind
+
+
+def test_a_killed_exports_folder_is_judged_without_os_kill_on_windows(tmp_path, monkeypatch):
+    """Whether a killed export's temporary folder is stale was asked with os.kill(pid, 0): on Windows signal 0 is
+    CTRL_C_EVENT, a Ctrl-C for a console process group, and a pid that is none raises OSError (WinError 87), which every
+    export into the same place then ended in. Windows asks OpenProcess instead (stubbed here: this is Linux)."""
+    import os
+    import socket
+
+    from sdopt import fsutil
+
+    left = tmp_path / ".model.tmp-0badcafe"
+    left.mkdir()
+    (left / fsutil.INCOMPLETE_MARKER).write_text(f"an sdopt command was writing this folder and did not finish: "
+                                                 f"pid 4242 host {socket.gethostname()}\n")
+
+    def windows_kill(pid, sig):
+        raise OSError(22, "The parameter is incorrect")  # as Windows' os.kill(pid, 0) for a pid that is no process group
+
+    monkeypatch.setattr(sys, "platform", "win32")
+    monkeypatch.setattr(os, "kill", windows_kill)
+    asked = []
+    monkeypatch.setattr(fsutil, "_windows_pid_alive", lambda pid: asked.append(pid) or False, raising=False)
+    assert fsutil.stale_temp_folders(tmp_path, "model") == [left]
+    assert asked == [4242]

@@ -25,6 +25,7 @@ import os
 import secrets
 import shutil
 import socket
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -190,6 +191,10 @@ def check_replaceable(out: Path) -> None:
 
 
 def _pid_alive(pid: int) -> bool:
+    if sys.platform == "win32":
+        # Not os.kill(pid, 0): on Windows signal 0 is CTRL_C_EVENT, and os.kill asks the console to send a Ctrl-C to
+        # process group pid; it says nothing of whether pid runs (it succeeds, or raises an OSError, for a dead one too).
+        return _windows_pid_alive(pid)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -197,6 +202,26 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:  # someone else's live process
         return True
     return not _zombie(pid)
+
+
+def _windows_pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (Windows: OpenProcess, then GetExitCodeProcess's STILL_ACTIVE), as psutil asks."""
+    import ctypes
+    from ctypes import wintypes
+
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    kernel32.OpenProcess.argtypes = (wintypes.DWORD, wintypes.BOOL, wintypes.DWORD)
+    kernel32.OpenProcess.restype = wintypes.HANDLE
+    kernel32.GetExitCodeProcess.argtypes = (wintypes.HANDLE, ctypes.POINTER(wintypes.DWORD))
+    kernel32.CloseHandle.argtypes = (wintypes.HANDLE,)
+    handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+    if not handle:
+        return ctypes.get_last_error() == 5  # ERROR_ACCESS_DENIED: someone else's live process; else no such process
+    try:
+        code = wintypes.DWORD()
+        return bool(kernel32.GetExitCodeProcess(handle, ctypes.byref(code))) and code.value == 259  # STILL_ACTIVE
+    finally:
+        kernel32.CloseHandle(handle)
 
 
 def _zombie(pid: int) -> bool:
