@@ -82,3 +82,15 @@ def test_a_killed_exports_folder_is_judged_without_os_kill_on_windows(tmp_path, 
     monkeypatch.setattr(fsutil, "_windows_pid_alive", lambda pid: asked.append(pid) or False, raising=False)
     assert fsutil.stale_temp_folders(tmp_path, "model") == [left]
     assert asked == [4242]
+
+
+def test_a_generate_summary_where_peak_memory_is_not_measured_says_so():
+    """Where the platform gives no peak (Windows: the memory figure reads 0) the summary said "peak memory 0 MiB (rss)",
+    read as a measurement."""
+    from sdopt.request import GenerateResult, StageTimings
+
+    timings = StageTimings(text_encoder=0.01, unet_steps=[0.02], vae_decoder=0.01, total=0.04)
+    assert GenerateResult(images=[None], latents=None, timings=timings, memory={"rss": 0}).summary().endswith(
+        "; peak memory not measured on this platform")
+    assert GenerateResult(images=[None], latents=None, timings=timings, memory={"rss": 2**30}).summary().endswith(
+        "; peak memory 1024 MiB (rss)")

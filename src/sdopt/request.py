@@ -464,10 +464,12 @@ class GenerateResult:
         lighter = [f"{t.shallow_steps} shallow: step-feature caching" if t.shallow_steps else "",
                    f"{t.unguided_steps} unguided: guidance ended early" if t.unguided_steps else ""]
         cached = f" ({'; '.join(x for x in lighter if x)})" if any(lighter) else ""
+        # 0 where the platform gives no peak (sdopt.runtime.memory: Windows): "peak memory 0 MiB" read as a measurement.
+        memory = (f"peak memory {self.peak_memory_bytes / 2**20:.0f} MiB ({self.peak_memory_kind})" if self.peak_memory_bytes
+                  else "peak memory not measured on this platform")
         return (
             f"{len(self.images)} image(s) in {t.total:.2f}s: text encoder {t.text_encoder * 1000:.0f} ms, {encode}"
-            f"UNet {len(t.unet_steps)} calls{cached} × {per_step * 1000:.0f} ms, VAE decode {t.vae_decoder * 1000:.0f} ms; "
-            f"peak memory {self.peak_memory_bytes / 2**20:.0f} MiB ({self.peak_memory_kind})"
+            f"UNet {len(t.unet_steps)} calls{cached} × {per_step * 1000:.0f} ms, VAE decode {t.vae_decoder * 1000:.0f} ms; {memory}"
         )
 
 
