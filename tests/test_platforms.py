@@ -94,3 +94,19 @@ def test_a_generate_summary_where_peak_memory_is_not_measured_says_so():
         "; peak memory not measured on this platform")
     assert GenerateResult(images=[None], latents=None, timings=timings, memory={"rss": 2**30}).summary().endswith(
         "; peak memory 1024 MiB (rss)")
+
+
+@pytest.mark.parametrize("path", [r"C:\Users\me\taesd", r"D:\models\taesd"])
+def test_a_windows_path_in_double_quotes_in_a_profile_says_how_to_write_it(tmp_path, path):
+    """vae_decoder = "C:\\Users\\me\\taesd" in a profile: tomllib said "Invalid hex value" (\\U) or "Unescaped '\\'", and
+    nothing of quoting; a Windows user's every path has backslashes."""
+    from sdopt.bench.profiles import load_profile
+    from sdopt.errors import SdoptError
+
+    profile = tmp_path / "mine.toml"
+    profile.write_text(f'name = "mine"\ndevice = "cpu"\n[[artifacts]]\nname = "x"\nvae_decoder = "{path}"\n', encoding="utf-8")
+    with pytest.raises(SdoptError, match=r"write a Windows path in single quotes \('C:\\models\\x'\) or with '/'"):
+        load_profile(str(profile))
+    profile.write_text(f"name = \"mine\"\ndevice = \"cpu\"\n[[artifacts]]\nname = \"x\"\nvae_decoder = '{path}'\n", encoding="utf-8")
+    with pytest.raises(SdoptError, match="vae_decoder is not read on the checkpoint's entry"):  # read whole: on to the next check
+        load_profile(str(profile))

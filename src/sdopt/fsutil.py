@@ -85,7 +85,15 @@ def _read(path: Path, what: str, missing: str, kind: str) -> Any:
     try:
         return json.loads(text) if kind == "JSON" else tomllib.loads(text)
     except (ValueError, tomllib.TOMLDecodeError) as exc:  # JSONDecodeError is a ValueError
-        raise SdoptError(f"{name} is not valid {kind} ({exc})") from exc
+        raise SdoptError(f"{name} is not valid {kind} ({exc}){_backslash_hint(kind, str(exc))}") from exc
+
+
+def _backslash_hint(kind: str, error: str) -> str:
+    r"""A Windows path in a TOML double-quoted string ("C:\Users\me\x") is read as escapes: tomllib says only "Invalid
+    hex value" (\U) or "Unescaped '\'", which told a Windows user nothing of the fix."""
+    if kind == "TOML" and ("Unescaped '\\'" in error or "Invalid hex value" in error):
+        return "; a backslash in double quotes starts an escape: write a Windows path in single quotes ('C:\\models\\x') or with '/'"
+    return ""
 
 
 def tree_size(path: str | Path) -> int:
