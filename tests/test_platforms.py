@@ -110,3 +110,31 @@ def test_a_windows_path_in_double_quotes_in_a_profile_says_how_to_write_it(tmp_p
     profile.write_text(f"name = \"mine\"\ndevice = \"cpu\"\n[[artifacts]]\nname = \"x\"\nvae_decoder = '{path}'\n", encoding="utf-8")
     with pytest.raises(SdoptError, match="vae_decoder is not read on the checkpoint's entry"):  # read whole: on to the next check
         load_profile(str(profile))
+
+
+def test_a_bench_off_linux_records_the_isa_cap_it_ran_under(monkeypatch):
+    """Without /proc/cpuinfo (Windows, macOS) the machine fingerprint stopped at the CPU's model: a bench run under
+    ONEDNN_MAX_CPU_ISA did not record it, so its report and the gate took it for this CPU's own speed."""
+    import os
+    from pathlib import Path
+
+    from sdopt import hardware
+    from sdopt.bench import machine
+
+    real_read_text = Path.read_text
+
+    def no_proc(self, *args, **kwargs):
+        if str(self).startswith("/proc/"):
+            raise FileNotFoundError(2, "No such file or directory", str(self))
+        return real_read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", no_proc)
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)  # macOS and Windows have none
+    hardware.cpuinfo_flags.cache_clear()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    try:
+        info = machine._cpu()
+    finally:
+        hardware.cpuinfo_flags.cache_clear()
+    assert info["isa_caps"] == {"ONEDNN_MAX_CPU_ISA": "AVX2"}
+    assert info["model"] and info["logical_cores"] and "usable_cores" not in info and "isa" not in info

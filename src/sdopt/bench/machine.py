@@ -23,8 +23,8 @@ def _cpu() -> dict:
     info = {"model": platform.processor() or platform.machine(), "logical_cores": os.cpu_count()}
     try:
         text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return info
+    except OSError:  # not Linux: the model as platform names it; the caps below are recorded all the same
+        text = ""
     for line in text.splitlines():
         key, _, value = line.partition(":")
         if key.strip() == "model name":
