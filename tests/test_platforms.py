@@ -138,3 +138,24 @@ def test_a_bench_off_linux_records_the_isa_cap_it_ran_under(monkeypatch):
         hardware.cpuinfo_flags.cache_clear()
     assert info["isa_caps"] == {"ONEDNN_MAX_CPU_ISA": "AVX2"}
     assert info["model"] and info["logical_cores"] and "usable_cores" not in info and "isa" not in info
+
+
+def test_the_free_port_check_binds_as_uvicorn_does_on_windows(monkeypatch):
+    """The check before the load set SO_REUSEADDR, as asyncio (uvicorn) does on POSIX. On Windows asyncio does not, and
+    there SO_REUSEADDR lets a socket bind a port another process listens on: the busy port passed the check and uvicorn
+    failed after the load, said as a port "taken while the model loaded"."""
+    import os
+    import socket
+
+    from sdopt.serve.server import check_port_free
+
+    options = []
+    real_setsockopt = socket.socket.setsockopt
+    monkeypatch.setattr(socket.socket, "setsockopt", lambda self, *option: options.append(option) or real_setsockopt(self, *option))
+    check_port_free("127.0.0.1", 0)
+    assert (socket.SOL_SOCKET, socket.SO_REUSEADDR, 1) in options  # POSIX: as before
+    options.clear()
+    with monkeypatch.context() as windows:
+        windows.setattr(os, "name", "nt")
+        check_port_free("127.0.0.1", 0)
+    assert options == []

@@ -26,7 +26,11 @@ def check_port_free(host: str, port: int) -> None:
 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a port in TIME_WAIT is free
+        # As uvicorn binds (asyncio's create_server): a port in TIME_WAIT is free. Not on Windows, where asyncio does not
+        # set it either: there SO_REUSEADDR binds a port another process listens on, and the busy port passed this check,
+        # to fail after the load as a port "taken while the model loaded".
+        if os.name == "posix" and sys.platform != "cygwin":
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as exc:
