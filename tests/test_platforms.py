@@ -159,3 +159,20 @@ def test_the_free_port_check_binds_as_uvicorn_does_on_windows(monkeypatch):
         windows.setattr(os, "name", "nt")
         check_port_free("127.0.0.1", 0)
     assert options == []
+
+
+def test_no_home_folder_on_windows_is_said_in_one_line(monkeypatch):
+    """No home folder (Windows: USERPROFILE unset) was to be said naming the user id, from os.getuid, which Windows
+    lacks: an AttributeError traceback instead (an OpenVINO load, a hashed artifact, a TensorRT build)."""
+    import os
+    from pathlib import Path
+
+    from sdopt.errors import SdoptError
+    from sdopt.fsutil import user_cache_dir
+
+    for name in ("SDOPT_CACHE_DIR", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(Path, "home", classmethod(lambda cls: (_ for _ in ()).throw(RuntimeError("Could not determine home directory."))))
+    monkeypatch.delattr(os, "getuid")
+    with pytest.raises(SdoptError, match="no cache folder: HOME is unset and this user has no home folder; set SDOPT_CACHE_DIR"):
+        user_cache_dir()

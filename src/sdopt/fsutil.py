@@ -49,7 +49,9 @@ def user_cache_dir() -> Path:
     try:
         return Path.home() / ".cache" / "sdopt"
     except (RuntimeError, KeyError):  # HOME unset and a user id without a passwd entry: a container run as any uid
-        raise SdoptError(f"no cache folder: HOME is unset and user id {os.getuid()} has no home folder; "
+        # (Windows: USERPROFILE unset, and no os.getuid to name)
+        who = f"user id {os.getuid()}" if hasattr(os, "getuid") else "this user"
+        raise SdoptError(f"no cache folder: HOME is unset and {who} has no home folder; "
                          "set SDOPT_CACHE_DIR to a writable folder") from None
 
 
