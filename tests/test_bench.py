@@ -1119,6 +1119,26 @@ def test_results_csv_writes_counts_and_bytes_as_report_json_has_them(tmp_path, r
     assert failed["peak_memory_bytes"] == failed["runs"] == "" and failed["status"] == "failed"
 
 
+def test_a_report_file_another_program_holds_open_on_windows_is_said_in_one_line(tmp_path, render_html, monkeypatch):
+    """results.csv open in a spreadsheet on Windows: the rename of the new one was refused, a PermissionError traceback
+    after every artifact had run. One line names the file and what to do; no temporary file is left beside it."""
+    import os
+
+    from sdopt.bench import report as report_module
+
+    real_replace = os.replace
+
+    def replace_as_windows(src, dst):  # a file another program holds open
+        if str(dst).endswith("results.csv"):
+            raise PermissionError(13, "Access is denied")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace_as_windows)
+    with pytest.raises(SdoptError, match=r"cannot replace .*results\.csv: Access is denied; if another program has it open"):
+        report_module.write_reports(_small_report(), tmp_path)
+    assert not [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
 def test_reports_are_written_read_and_printed_under_a_locale_that_is_not_utf8(bench_report, tmp_path):
     """Under a non-UTF-8 locale (LC_ALL=C with PYTHONUTF8=0; a Latin-1 one lacks the dash) sdopt bench ran every
     artifact, then died writing report.md ('ascii' codec can't encode character '\\xd7'): no report at all. The report

@@ -176,3 +176,32 @@ def test_no_home_folder_on_windows_is_said_in_one_line(monkeypatch):
     monkeypatch.delattr(os, "getuid")
     with pytest.raises(SdoptError, match="no cache folder: HOME is unset and this user has no home folder; set SDOPT_CACHE_DIR"):
         user_cache_dir()
+
+
+def _windows_replace(monkeypatch, locked_name: str) -> None:
+    """os.replace as Windows answers it for a file another program holds open (a viewer, a spreadsheet)."""
+    import os
+
+    real_replace = os.replace
+
+    def replace(src, dst, **kwargs):
+        if os.path.basename(dst) == locked_name:
+            raise PermissionError(13, "Access is denied")
+        return real_replace(src, dst, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+
+
+def test_an_image_another_program_holds_open_on_windows_is_said_in_one_line(tmp_path, monkeypatch):
+    """generate -o x.png over an x.png a Windows program holds open: the rename of the finished file was a PermissionError
+    traceback after the generation. One line says what to do; the old file stays whole and no partial file is left."""
+    from sdopt.errors import SdoptError
+    from sdopt.fsutil import files_written_whole
+
+    out = tmp_path / "x.png"
+    out.write_bytes(b"the image before")
+    _windows_replace(monkeypatch, "x.png")
+    with pytest.raises(SdoptError, match=r"cannot replace .*x\.png: Access is denied; if another program has it open"):
+        with files_written_whole([out]) as (partial,):
+            partial.write_bytes(b"the new image")
+    assert out.read_bytes() == b"the image before" and [p.name for p in tmp_path.iterdir()] == ["x.png"]

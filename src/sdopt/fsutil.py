@@ -364,6 +364,17 @@ def check_can_create_in(folder: Path, path: Path) -> None:
     os.unlink(probe)
 
 
+def replace_file(partial: Path, path: Path) -> None:
+    """``partial`` renamed over ``path`` (os.replace), where that is refused said in one line: Windows refuses to replace
+    a file another program holds open (a spreadsheet with results.csv, an image viewer), which was a PermissionError
+    traceback after the work was done."""
+    try:
+        os.replace(partial, path)
+    except PermissionError as exc:
+        raise SdoptError(f"cannot replace {path}: {exc.strerror or exc}; if another program has it open (on Windows an open "
+                         "file cannot be replaced), close it and run again, or write elsewhere") from None
+
+
 @contextlib.contextmanager
 def files_written_whole(paths: list[Path]) -> Iterator[list[Path]]:
     """Yield the path to write for each of ``paths``: a partial file beside it (the path itself for a character device,
@@ -384,7 +395,7 @@ def files_written_whole(paths: list[Path]) -> Iterator[list[Path]]:
         for path, partial in zip(paths, partials):
             if partial != path:
                 partial.chmod(modes[partial])
-                partial.replace(path)
+                replace_file(partial, path)
     finally:
         for path, partial in zip(paths, partials):
             if partial != path:

@@ -322,6 +322,7 @@ def write_reports(report: dict, out: Path) -> dict[str, Path]:
     import pandas as pd
 
     from sdopt.bench.html import render_html
+    from sdopt.fsutil import replace_file
 
     paths = {
         "html": out / "report.html",
@@ -342,7 +343,7 @@ def write_reports(report: dict, out: Path) -> dict[str, Path]:
         for kind, temp in temps.items():
             temp.write_text(texts[kind], encoding="utf-8")  # whatever the locale: the texts hold × and —
         for kind, temp in temps.items():
-            os.replace(temp, paths[kind])
+            replace_file(temp, paths[kind])
     finally:
         for temp in temps.values():
             temp.unlink(missing_ok=True)
