@@ -238,3 +238,24 @@ def test_sdopt_generate_runs_in_a_windows_shaped_process(tiny_model, tmp_path):
                            "--height", "64", "--width", "64", "-o", str(out)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert out.is_file() and "peak memory not measured on this platform" in done.stderr
+
+
+def test_a1111s_memory_endpoint_answers_where_the_os_does_not_tell_it(monkeypatch):
+    """GET /sdapi/v1/memory read os.sysconf: Windows has none and macOS no SC_AVPHYS_PAGES, so AUTOMATIC1111 clients
+    asking it got a 500 there. "ram" now holds an error, as AUTOMATIC1111's own answer does when it cannot read it."""
+    import os
+
+    from sdopt.serve.api_a1111_lists import memory
+
+    assert set(memory()["ram"]) == {"free", "used", "total"}  # Linux: as before
+    real_sysconf = os.sysconf
+
+    def macos_sysconf(name):
+        if name == "SC_AVPHYS_PAGES":
+            raise ValueError("unrecognized configuration name")
+        return real_sysconf(name)
+
+    monkeypatch.setattr(os, "sysconf", macos_sysconf)
+    assert memory()["ram"] == {"error": "not reported by sdopt serve on this platform"}
+    monkeypatch.delattr(os, "sysconf")
+    assert memory() == {"ram": {"error": "not reported by sdopt serve on this platform"}, "cuda": {"error": "not reported by sdopt serve"}}

@@ -177,10 +177,16 @@ def cmd_flags(request: Request) -> dict[str, Any]:
 
 @router.get("/sdapi/v1/memory")
 def memory() -> dict[str, Any]:
-    """The machine's memory (bytes) as AUTOMATIC1111 reports it; CUDA memory is not reported here."""
-    page = os.sysconf("SC_PAGE_SIZE")
-    total, free = os.sysconf("SC_PHYS_PAGES") * page, os.sysconf("SC_AVPHYS_PAGES") * page
-    return {"ram": {"free": free, "used": total - free, "total": total}, "cuda": {"error": "not reported by sdopt serve"}}
+    """The machine's memory (bytes) as AUTOMATIC1111 reports it; CUDA memory is not reported here. Where the OS does not
+    tell it (Windows has no os.sysconf, macOS no SC_AVPHYS_PAGES: a 500 there) "ram" holds an error, as AUTOMATIC1111's
+    own does when it cannot read it."""
+    cuda = {"error": "not reported by sdopt serve"}
+    try:
+        page = os.sysconf("SC_PAGE_SIZE")
+        total, free = os.sysconf("SC_PHYS_PAGES") * page, os.sysconf("SC_AVPHYS_PAGES") * page
+    except (AttributeError, ValueError, OSError):
+        return {"ram": {"error": "not reported by sdopt serve on this platform"}, "cuda": cuda}
+    return {"ram": {"free": free, "used": total - free, "total": total}, "cuda": cuda}
 
 
 @router.post("/sdapi/v1/refresh-checkpoints")
