@@ -560,6 +560,26 @@ def test_skip_ends_the_running_iteration_and_the_request_goes_on_with_the_next(t
         assert (state["skipped"], state["interrupted"]) == (False, True)
 
 
+def test_the_listings_name_the_servers_folders_without_their_absolute_paths(tiny_pipeline, tmp_path, monkeypatch):
+    """sd-models, loras and cmd-flags answered the artifact folder, --lora-dir and each LoRA file by absolute path:
+    anyone who can reach the port learnt the operator's user name and home folder (/home/alice/...). They name the
+    folders from their own names on."""
+    from pathlib import Path
+
+    home = tmp_path / "home" / "alice"
+    loras = home / "loras"
+    loras.mkdir(parents=True)
+    (loras / "style.safetensors").write_bytes(b"")
+    monkeypatch.setattr(tiny_pipeline, "folder", Path(home / "models" / "tiny"))
+    with running_server(tiny_pipeline, start_worker=False, lora_dir=str(loras)) as (url, _):
+        answers = {path: httpx.get(url + path).text for path in ("/sdapi/v1/sd-models", "/sdapi/v1/loras", "/sdapi/v1/cmd-flags")}
+        assert httpx.get(url + "/sdapi/v1/sd-models").json()[0]["filename"] == "tiny"
+        assert httpx.get(url + "/sdapi/v1/loras").json()[0]["path"] == "loras/style.safetensors"  # as docs/serve.md shows it
+        assert httpx.get(url + "/sdapi/v1/cmd-flags").json()["lora_dir"] == "loras"
+    for path, text in answers.items():
+        assert "alice" not in text and str(tmp_path) not in text, (path, text)
+
+
 def test_names_the_locale_cannot_decode_are_answered_as_text(tiny_pipeline, tmp_path, monkeypatch):
     """Under LC_ALL=C (PYTHONUTF8=0) a non-ASCII folder, --name or LoRA file name is undecoded bytes (surrogates): every
     answer naming them failed to encode (500 on sd-models, options, /v1/models, loras, cmd-flags) and no <lora:NAME>

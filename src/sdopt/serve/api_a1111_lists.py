@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -41,11 +42,20 @@ def check_clip_skip(value: Any, field: str) -> int:
     return value
 
 
+def shown_path(folder: str | Path, file: str | Path | None = None) -> str:
+    """A folder of the server (and a file in it) as a client is told it: from the folder's own name on, never its
+    absolute path, which told anyone who can reach the port the user name, home folder and layout of the machine
+    (/home/alice/models/...). AUTOMATIC1111 answers absolute paths; its clients read names and titles."""
+    parts = [Path(folder).resolve().name, *([Path(file).name] if file is not None else [])]
+    return readable("/".join(part for part in parts if part))
+
+
 @router.get("/sdapi/v1/sd-models")
 def sd_models(request: Request) -> list[dict[str, Any]]:
     name = request.app.state.model_name
+    folder = getattr(request.app.state.worker.pipeline, "folder", None)
     return [{"title": _title(request), "model_name": name, "hash": _model_hash(request), "sha256": None,
-             "filename": readable(str(getattr(request.app.state.worker.pipeline, "folder", None) or name)), "config": None}]
+             "filename": shown_path(folder) if folder else readable(name), "config": None}]
 
 
 def _model_hash(request: Request) -> str | None:
@@ -64,7 +74,8 @@ def loras(request: Request) -> list[dict[str, Any]]:
     """The LoRAs a prompt can name as <lora:NAME:WEIGHT> (sdopt serve --lora-dir), as AUTOMATIC1111 lists them."""
     from sdopt.serve.loras import available
 
-    return [{"name": name, "alias": name, "path": readable(str(path)), "metadata": {}} for name, path in available(request.app.state.settings.lora_dir).items()]
+    folder = request.app.state.settings.lora_dir
+    return [{"name": name, "alias": name, "path": shown_path(folder, path), "metadata": {}} for name, path in available(folder).items()]
 
 
 @router.get("/sdapi/v1/samplers")
@@ -172,7 +183,7 @@ def cmd_flags(request: Request) -> dict[str, Any]:
     settings = request.app.state.settings
     return {"api": True, "nowebui": False, "listen": settings.exposed, "port": settings.port,
             "api_auth": None, "ckpt": request.app.state.model_name,
-            "lora_dir": readable(settings.lora_dir) if settings.lora_dir else None}
+            "lora_dir": shown_path(settings.lora_dir) if settings.lora_dir else None}
 
 
 @router.get("/sdapi/v1/memory")
