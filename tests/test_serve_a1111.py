@@ -580,6 +580,24 @@ def test_the_listings_name_the_servers_folders_without_their_absolute_paths(tiny
         assert "alice" not in text and str(tmp_path) not in text, (path, text)
 
 
+def test_a_jobs_error_names_a_broken_lora_file_without_its_absolute_path(tiny_pipeline, tmp_path):
+    """A file in --lora-dir that is not safetensors failed its jobs with "LoRA /home/alice/loras/bad.safetensors cannot
+    be read ...": every client that named it, and a native job's reader, learnt the operator's home folder. The error
+    names the file from the folder's own name on, as /sdapi/v1/loras does."""
+    pytest.importorskip("peft")
+    loras = tmp_path / "home" / "alice" / "loras"
+    loras.mkdir(parents=True)
+    (loras / "bad.safetensors").write_bytes(b"not a safetensors file")
+    with running_server(tiny_pipeline, lora_dir=str(loras)) as (url, _):
+        answer = httpx.post(url + "/sdapi/v1/txt2img", json={"prompt": "x <lora:bad:1>", **SMALL, "steps": 1}, timeout=60)
+        assert answer.status_code == 422 and "loras/bad.safetensors" in answer.text, answer.text
+        job = httpx.post(url + "/v1/jobs", json={"prompt": "x <lora:bad:1>", "steps": 1}).json()
+        error = wait_for(lambda: httpx.get(f"{url}/v1/jobs/{job['id']}", params={"images": False}).json()["error"])
+    assert "loras/bad.safetensors" in error
+    for text in (answer.text, error):
+        assert "alice" not in text and str(tmp_path) not in text, text
+
+
 def test_names_the_locale_cannot_decode_are_answered_as_text(tiny_pipeline, tmp_path, monkeypatch):
     """Under LC_ALL=C (PYTHONUTF8=0) a non-ASCII folder, --name or LoRA file name is undecoded bytes (surrogates): every
     answer naming them failed to encode (500 on sd-models, options, /v1/models, loras, cmd-flags) and no <lora:NAME>

@@ -50,6 +50,14 @@ def shown_path(folder: str | Path, file: str | Path | None = None) -> str:
     return readable("/".join(part for part in parts if part))
 
 
+def shown_folders(settings: Any, pipeline: Any) -> dict[str, str]:
+    """Each folder the server was given (the artifact, --lora-dir, --embeddings-dir, --image-dir), as given and as
+    resolved, -> shown_path's name for it: what a job's error says in place of the absolute path (Worker.shown_folders)."""
+    given = [getattr(pipeline, "folder", None), settings.lora_dir, settings.embeddings_dir, settings.image_dir]
+    return {str(path): shown_path(folder) for folder in given if folder
+            for path in {Path(folder).absolute(), Path(folder).resolve()} if shown_path(folder)}
+
+
 @router.get("/sdapi/v1/sd-models")
 def sd_models(request: Request) -> list[dict[str, Any]]:
     name = request.app.state.model_name

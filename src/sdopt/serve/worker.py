@@ -21,6 +21,7 @@ it held and starts a new one.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 import traceback
@@ -96,6 +97,9 @@ class Worker:
         # but failing every call (a lost GPU, a backend in a bad state) is not healthy either (/health).
         self.failing_calls = 0
         self.last_failure: str | None = None
+        # The server's folders, absolute path -> what a client is told (create_app fills it): a job's error quoted the
+        # file a failure was about by its absolute path (a broken LoRA file: /home/alice/loras/bad.safetensors).
+        self.shown_folders: dict[str, str] = {}
 
     # --- lifecycle ------------------------------------------------------------------
     def start(self) -> "Worker":
@@ -131,7 +135,14 @@ class Worker:
 
     def _failed_call(self, reason: str) -> None:
         self.failing_calls += 1
-        self.last_failure = reason
+        self.last_failure = self._shown(reason)  # /health answers it to anyone
+
+    def _shown(self, text: str | None) -> str | None:
+        """``text`` with the server's folders as a client is told them (shown_folders), the longest first: one may hold
+        another; a path only where it ends (/srv/a is not /srv/ab). The log keeps the whole text."""
+        for path in sorted(self.shown_folders, key=len, reverse=True):
+            text = re.sub(re.escape(path) + r"(?![^/\s'\"():,;])", lambda _, name=self.shown_folders[path]: name, text) if text else text
+        return text
 
     # --- submitting and following ---------------------------------------------------
     def submit(self, job: J.Job, continuing: bool = False) -> J.Job:
@@ -315,7 +326,7 @@ class Worker:
             self._finish(job, J.FAILED, reason)
 
     def _finish(self, job: J.Job, status: str, error: str | None = None, images: list | None = None, skipped: bool = False) -> bool:
-        if not job.finish(status, error, images, skipped=skipped):
+        if not job.finish(status, self._shown(error), images, skipped=skipped):
             return False
         seconds = job.seconds()
         if status == J.SUCCEEDED and seconds is not None:
