@@ -233,6 +233,25 @@ def test_image_links_outlive_a_restart_with_image_dir(tiny_pipeline, tmp_path):
     assert (folder / "link-key").stat().st_mode & 0o077 == 0  # the key is this user's alone
 
 
+def test_a_link_from_another_key_does_not_tell_a_stranger_where_the_image_dir_is(tiny_pipeline, tmp_path):
+    """The links' route needs no credentials, even behind --api-key: a made-up link naming another key (k=) was answered
+    410 quoting --image-dir's absolute path (/home/alice/links/link-key), the operator's home and user name; so was a
+    link whose image was deleted from the folder."""
+    import shutil
+
+    folder = tmp_path / "home" / "alice" / "links"
+    with running_server(tiny_pipeline, image_dir=str(folder)) as (url, _):
+        link = _linked(url)
+    shutil.rmtree(folder / link.split("/")[-2])  # the image deleted from the folder while its link still runs
+    with running_server(tiny_pipeline, image_dir=str(folder), api_key="k3y", start_worker=False) as (url, _):
+        other_key = httpx.get(url + "/v1/images/files/anyjob/0.png", params={"expires": 1, "signature": "0" * 32, "k": "deadbeef"})
+        deleted = httpx.get(url + "/v1/images/files/" + link.split("/v1/images/files/")[1])
+    for gone in (other_key, deleted):
+        message = gone.json()["error"]["message"]
+        assert gone.status_code == 410 and "--image-dir" in message, gone.text
+        assert "alice" not in message and str(tmp_path) not in message, message
+
+
 def test_image_links_behind_replicas_need_a_shared_image_dir(tiny_pipeline, tmp_path):
     """Behind several replicas (sdopt serve --ray) a link may reach another replica than the one that made the image:
     with one --image-dir they all see, that one answers it (url was refused behind replicas whatever the flags);

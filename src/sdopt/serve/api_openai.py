@@ -187,7 +187,7 @@ def image_file(request: Request, job_id: str, name: str, expires: int, signature
         return Response(stored, media_type=media_type)
     kept = (f"the server keeps the images of its newest {IMAGES_KEPT} jobs, and none across a restart; "
             "`sdopt serve --image-dir DIR` keeps them on disk for the links' lifetime" if links.folder is None else
-            f"it is not in {links.folder} any more")
+            "it is not in --image-dir any more")  # not the folder's path: the links' route is open to anyone
     raise RequestError("url", f"this image is no longer kept ({kept}): generate it again", status=410)
 
 

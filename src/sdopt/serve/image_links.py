@@ -68,8 +68,10 @@ class ImageLinks:
         a restart) and is unexpired (410)."""
         if not hmac.compare_digest(signature.encode(), self._signature(job_id, index, expires, output_format, quality).encode()):
             if key_id is not None and key_id != self.key_id:
+                # The key file by its name, not its path: anyone may send a link, and the folder's absolute path names
+                # the operator's home and user (the server's log says where it is).
                 keep = ("" if self.folder is None else
-                        f" (it was made under another key than the one in {self.folder / KEY_FILE}: before a restart without --image-dir, "
+                        f" (it was made under another key than the one in --image-dir's {KEY_FILE}: before a restart without --image-dir, "
                         "with another --image-dir, or before that key file was deleted)")
                 raise RequestError("url", "this image link was made before the server restarted, and its image is gone: generate it again"
                                           + (keep or "; `sdopt serve --image-dir DIR` keeps images and links across restarts"), status=410)
