@@ -598,6 +598,18 @@ def test_a_jobs_error_names_a_broken_lora_file_without_its_absolute_path(tiny_pi
         assert "alice" not in text and str(tmp_path) not in text, text
 
 
+def test_refresh_embeddings_names_a_vanished_folder_without_its_absolute_path(tiny_pipeline, tmp_path):
+    """--embeddings-dir removed while the server ran: POST /sdapi/v1/refresh-embeddings answered "embedding
+    /home/alice/embeddings does not exist", the operator's home folder and user name, to any client."""
+    folder = tmp_path / "home" / "alice" / "embeddings"
+    folder.mkdir(parents=True)
+    with running_server(tiny_pipeline, start_worker=False, embeddings_dir=str(folder)) as (url, _):
+        folder.rmdir()
+        answer = httpx.post(url + "/sdapi/v1/refresh-embeddings")
+    assert answer.status_code == 422 and "embeddings" in answer.text, answer.text
+    assert "alice" not in answer.text and str(tmp_path) not in answer.text, answer.text
+
+
 def test_names_the_locale_cannot_decode_are_answered_as_text(tiny_pipeline, tmp_path, monkeypatch):
     """Under LC_ALL=C (PYTHONUTF8=0) a non-ASCII folder, --name or LoRA file name is undecoded bytes (surrogates): every
     answer naming them failed to encode (500 on sd-models, options, /v1/models, loras, cmd-flags) and no <lora:NAME>

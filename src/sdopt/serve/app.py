@@ -105,7 +105,9 @@ def create_app(worker: Worker, settings: ServeSettings, model_name: str, replica
 
     @app.exception_handler(SdoptError)
     async def _sdopt_error(request: Request, exc: SdoptError):
-        return JSONResponse(_error_body(request.url.path, 422, str(exc), exc.field), status_code=422)
+        # sdopt's errors name files by the path they were given (right for a command line): here the server's
+        # folders by their names (a vanished --embeddings-dir on refresh-embeddings quoted its absolute path)
+        return JSONResponse(_error_body(request.url.path, 422, worker.shown(str(exc)), exc.field), status_code=422)
 
     from fastapi.exceptions import RequestValidationError
     from starlette.exceptions import HTTPException

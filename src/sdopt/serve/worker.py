@@ -135,9 +135,9 @@ class Worker:
 
     def _failed_call(self, reason: str) -> None:
         self.failing_calls += 1
-        self.last_failure = self._shown(reason)  # /health answers it to anyone
+        self.last_failure = self.shown(reason)  # /health answers it to anyone
 
-    def _shown(self, text: str | None) -> str | None:
+    def shown(self, text: str | None) -> str | None:
         """``text`` with the server's folders as a client is told them (shown_folders), the longest first: one may hold
         another; a path only where it ends (/srv/a is not /srv/ab). The log keeps the whole text."""
         for path in sorted(self.shown_folders, key=len, reverse=True):
@@ -326,7 +326,7 @@ class Worker:
             self._finish(job, J.FAILED, reason)
 
     def _finish(self, job: J.Job, status: str, error: str | None = None, images: list | None = None, skipped: bool = False) -> bool:
-        if not job.finish(status, self._shown(error), images, skipped=skipped):
+        if not job.finish(status, self.shown(error), images, skipped=skipped):
             return False
         seconds = job.seconds()
         if status == J.SUCCEEDED and seconds is not None:
