@@ -1609,6 +1609,20 @@ def test_a_prompt_lora_weight_out_of_range_names_the_prompt(tmp_path):
         assert caught.value.field == "hr_prompt"
 
 
+def test_a_native_job_names_its_loras_without_the_servers_absolute_paths(tiny_pipeline, tmp_path):
+    """GET /v1/jobs/{id} (and the 202 of POST /v1/jobs) listed a job's LoRAs by the files' absolute paths
+    ("/home/alice/loras/style.safetensors"): the operator's home folder and user name to any client."""
+    loras = tmp_path / "home" / "alice" / "loras"
+    loras.mkdir(parents=True)
+    (loras / "style.safetensors").write_bytes(b"never read: the worker does not start")
+    with running_server(tiny_pipeline, start_worker=False, lora_dir=str(loras)) as (url, _):
+        made = httpx.post(url + "/v1/jobs", json={"prompt": "x <lora:style:0.6>", "steps": 1})
+        again = httpx.get(f"{url}/v1/jobs/{made.json()['id']}", params={"images": False})
+    for answer in (made, again):
+        assert answer.json()["parameters"]["loras"] == {"loras/style.safetensors": 0.6}, answer.text
+        assert "alice" not in answer.text and str(tmp_path) not in answer.text, answer.text
+
+
 def test_prompt_lora_tags_apply_the_named_lora_and_jobs_batch_only_with_their_own(tiny_model, tmp_path):
     """AUTOMATIC1111's <lora:NAME:WEIGHT> in any API's prompt: the same image as GenerateRequest.loras,
     listed at /sdapi/v1/loras, and a job with other LoRAs never shares a generate call."""

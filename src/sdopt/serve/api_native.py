@@ -49,6 +49,9 @@ class JobRequest(BaseModel):
 
 def job_view(request: Request, job: J.Job, images: bool = True) -> dict[str, Any]:
     worker = request.app.state.worker
+    parameters = job.describe()
+    if parameters.get("loras"):  # the job's LoRA files as /sdapi/v1/loras names them, not by the server's absolute paths
+        parameters = {**parameters, "loras": {worker.shown(file): weight for file, weight in parameters["loras"].items()}}
     view = {
         "id": job.id,
         "status": job.status,
@@ -65,7 +68,7 @@ def job_view(request: Request, job: J.Job, images: bool = True) -> dict[str, Any
         "created": job.created,
         "started": job.started,
         "finished": job.finished,
-        "parameters": job.describe(),
+        "parameters": parameters,
         "infotexts": [image.info.get(KEY) for image in job.images],  # each image's generation parameters (sdopt.infotext)
     }
     if images:
