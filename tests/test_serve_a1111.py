@@ -610,6 +610,18 @@ def test_refresh_embeddings_names_a_vanished_folder_without_its_absolute_path(ti
     assert "alice" not in answer.text and str(tmp_path) not in answer.text, answer.text
 
 
+def test_a_server_folder_is_named_where_its_path_ends_in_an_error():
+    """Worker.shown, which names the server's folders in what clients read: a folder that ended a sentence ("... in
+    /srv/alice/links.") kept its absolute path; a longer name (/srv/alice/links.old, /srv/alice/linksx) is another path."""
+    from sdopt.serve.worker import Worker
+
+    worker = Worker(object())
+    worker.shown_folders = {"/srv/alice/links": "links", "/srv/alice/links/sub": "sub"}
+    assert worker.shown("no image in /srv/alice/links.") == "no image in links."
+    assert worker.shown("'/srv/alice/links/sub/0.png' and /srv/alice/links: gone") == "'sub/0.png' and links: gone"
+    assert worker.shown("/srv/alice/links.old and /srv/alice/linksx") == "/srv/alice/links.old and /srv/alice/linksx"
+
+
 def test_names_the_locale_cannot_decode_are_answered_as_text(tiny_pipeline, tmp_path, monkeypatch):
     """Under LC_ALL=C (PYTHONUTF8=0) a non-ASCII folder, --name or LoRA file name is undecoded bytes (surrogates): every
     answer naming them failed to encode (500 on sd-models, options, /v1/models, loras, cmd-flags) and no <lora:NAME>
