@@ -373,7 +373,10 @@ def progress(request: Request, skip_current_image: bool = False, id_task: str | 
         "skipped": job.skipped or (before is not None and before.skipped and job.status == J.QUEUED),
         "interrupted": job.status == J.CANCELLED and not job.skipped,
         "stopping_generation": False,  # AUTOMATIC1111's "finish the image, then stop": sdopt has no such call
-        "job": job.id,
+        # The id of the job followed by id_task (the asker's own); else AUTOMATIC1111's label, not the running job's id,
+        # which let any client that polled progress read that job (another client's prompt and images, /v1/jobs/ID)
+        # and cancel it with DELETE (qa86)
+        "job": job.id if id_task is not None else f"Batch {job_no + 1} out of {job.iterations}",
         # a request followed by id_task: its iterations (AUTOMATIC1111's job_count is the batch count); else the server's jobs
         "job_count": job.iterations if id_task is not None else queued + len(running),
         "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(job.created)),
