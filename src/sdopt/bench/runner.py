@@ -150,6 +150,8 @@ def run_bench(
     unless ``force``: check_report_folder). ``names``: a row name per argument (a profile's names for what it built)."""
     from tqdm import tqdm
 
+    from sdopt.bars import set_status
+
     from sdopt.bench.report import require_report_libraries
 
     require_report_libraries()  # the bench extra, not after every artifact has run
@@ -173,11 +175,11 @@ def run_bench(
                 for r in range(rounds):
                     for entry in rotated(entries, r):
                         label = entry.name + (f" (round {r + 1}/{rounds})" if rounds > 1 else "")
-                        bar.set_postfix_str(label)
+                        set_status(bar, label)
                         done = results[entry.name]
                         if not (done and done[-1].get("status") != "ok"):  # a failed artifact is not tried again
                             running = entry.name
-                            show = (lambda line, label=label: bar.set_postfix_str(f"{label}: {line}")) if progress else None
+                            show = (lambda line, label=label: set_status(bar, f"{label}: {line}")) if progress else None
                             done.append(_run_worker(entry, settings, out, timeout, starts, r if rounds > 1 else None, show))
                             running = None
                             _stop_on_a_full_disk(done[-1], out)

@@ -168,6 +168,8 @@ def run_matrix(runs: list[ProfileRun], address: str | None = None, timeout: floa
     Returns {profile name: report}."""
     from tqdm import tqdm
 
+    from sdopt.bars import set_status
+
     refuse_local_settings(max(r.settings.rounds for r in runs))  # before Ray starts
     ray = ray_module()
     require_report_libraries()  # the reports are written here, on the driver
@@ -197,7 +199,7 @@ def run_matrix(runs: list[ProfileRun], address: str | None = None, timeout: floa
                         raws[run.name][entry.name] = _unpack(ray.get(ref), run.out, entry)
                     except ray.exceptions.RayError as exc:
                         raws[run.name][entry.name] = {"status": "failed", "error": _failure(exc)}
-                    bar.set_postfix_str(f"{run.name}: {entry.name}")
+                    set_status(bar, f"{run.name}: {entry.name}")
                     bar.update(1)
         return {run.name: _report(run, raws[run.name], info) for run in runs}
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from sdopt.bars import set_status
 from sdopt.errors import SdoptError
 from sdopt.fsutil import atomic_output_dir
 from sdopt.layouts import write_torch_manifest
@@ -198,6 +199,6 @@ def write(model: ZooModel, out: Path, seed: int, progress: bool, force: bool = F
         ]
         with tqdm(steps, desc=f"writing {model.name}", unit="part", disable=not progress) as bar:
             for name, step in bar:
-                bar.set_postfix_str(name)
+                set_status(bar, name)
                 step(tmp, model, seed)
     return Path(out).absolute()
