@@ -338,6 +338,22 @@ def test_a_refusal_names_the_fields_of_the_api_the_client_sent(tiny_pipeline):
         GenerateRequest(prompt="x", guidance_scale=-1).validate()
 
 
+def test_a_refusal_names_the_part_of_a_field_that_holds_several_values(tiny_pipeline):
+    """OpenAI's size holds width and height, AUTOMATIC1111's override_settings holds Clip skip's setting: a refusal named
+    the whole field with one value, "size=63" of a "64x63" request and "override_settings=9" of {"CLIP_stop_at_last_layers": 9},
+    values the client never sent. It names the part now, at the same loc."""
+    with running_server(tiny_pipeline, start_worker=False) as (url, app):
+        answer = httpx.post(url + "/v1/images/generations", json={"prompt": "x", "size": "64x63"}, timeout=10)
+        error = answer.json()["error"]
+        assert answer.status_code == 422 and error["param"] == "size" and error["message"].startswith("size's height=63: must be"), answer.text
+        answer = httpx.post(url + "/sdapi/v1/txt2img", json={"prompt": "x", "width": 64, "height": 64, "steps": 2,
+                                                            "override_settings": {"CLIP_stop_at_last_layers": 9}}, timeout=10)
+        detail = answer.json()["detail"][0]
+        assert answer.status_code == 422 and detail["loc"] == ["body", "override_settings"], answer.text
+        assert detail["msg"].startswith("CLIP_stop_at_last_layers=9: this model's text encoder has"), answer.text
+        assert app.state.worker.queue_depth == 0
+
+
 def test_openai_sdk_edits_inpaint_where_the_mask_is_transparent(tiny_pipeline):
     """images.edit: OpenAI's mask (alpha 0 = edit) becomes the loop's (white = repaint), at strength 1, and the image
     equals the Python API's inpainting from the same seed; the image's own transparency serves when no mask is sent;

@@ -19,6 +19,7 @@ from fastapi import APIRouter, Request
 from sdopt.infotext import readable
 from sdopt.runtime.schedulers import A1111_SAMPLERS
 from sdopt.serve.errors import RequestError
+from sdopt.serve.submission import CLIP_SKIP_SETTING
 
 router = APIRouter(tags=["automatic1111"])
 log = logging.getLogger("sdopt.serve")
@@ -28,7 +29,6 @@ SAMPLERS = {a1111: ours for ours, (a1111, schedule) in A1111_SAMPLERS.items() if
 # Options POST /sdapi/v1/options and a request's override_settings take without a change: the one model, and PNG (what
 # every image is); another model or format is refused (check_held_options).
 OPTIONS_HELD = {"sd_model_checkpoint", "samples_format", "sd_checkpoint_hash"}
-CLIP_SKIP_SETTING = "CLIP_stop_at_last_layers"  # Clip skip, which requests without their own override take
 
 
 def check_clip_skip(value: Any, field: str) -> int:

@@ -41,6 +41,10 @@ def clip_skip_field() -> Any:
     return Field(1, ge=1, le=MAX_CLIP_SKIP, description="AUTOMATIC1111's Clip skip: the text encoder's last layer but N-1 (1: the last; 2: the penultimate)")
 
 
+# AUTOMATIC1111's setting that holds Clip skip (override_settings, /sdapi/v1/options): here, where a refusal names it
+# (_said), as api_a1111_lists and a1111_fields import this module, not this one them.
+CLIP_SKIP_SETTING = "CLIP_stop_at_last_layers"  # Clip skip, which requests without their own override take
+
 LEVER_NAMES = {"cache_interval": "sdopt_cache_interval", "guidance_end": "sdopt_guidance_end"}
 
 
@@ -61,12 +65,21 @@ def check_spec(spec: J.JobSpec, settings: ServeSettings, pipeline: Any, names: d
         counted = " (batch_size x n_iter)" if name("num_images") == "batch_size" else ""  # AUTOMATIC1111's: both make the count
         raise RequestError(name("num_images"), f"{spec.n} images{counted}: this server makes 1 to {settings.max_images} per request (--max-images)")
     try:
-        with api_fields(names):  # its messages name the API's fields (cfg_scale=-1.0), not the loop's (guidance_scale=-1.0)
+        with api_fields(_said(names)):  # its messages name the API's fields (cfg_scale=-1.0), not the loop's (guidance_scale=-1.0)
             pipeline.check_request(J.generate_request([spec]))  # the call this job would make alone
     except SdoptError as exc:
         match = _FIELD.match(str(exc))
         field = exc.field or (match.group(1) if match else "body")
         raise RequestError(name("seed" if field == "seeds" else field), str(exc)) from None
+
+
+def _said(names: dict[str, str]) -> dict[str, str]:
+    """``names`` as a message names a value: a field that holds several (OpenAI's size: width and height) by the part the
+    value is ("size's width=63", where "size=63" read as a size the client never sent), AUTOMATIC1111's override_settings
+    by the setting that holds Clip skip (as its own check says it), not as the whole object."""
+    fields = list(names.values())
+    return {loop: CLIP_SKIP_SETTING if field == "override_settings" else f"{field}'s {loop}" if fields.count(field) > 1 else field
+            for loop, field in names.items()}
 
 
 def refuse_text_only(pipeline: Any, route: str) -> None:
