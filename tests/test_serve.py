@@ -354,6 +354,28 @@ def test_a_refusal_names_the_part_of_a_field_that_holds_several_values(tiny_pipe
         assert app.state.worker.queue_depth == 0
 
 
+def test_a_refusal_tells_an_http_client_the_servers_flag_not_a_load_option_as_a_field(tiny_pipeline):
+    """In the API's fields, the loop's advice to load with deep_cache or reshape read "load it with deep_cache=true",
+    "reshape=true": a field the client could send, which no route takes. The client is told its server's flag."""
+    import copy
+    import dataclasses
+
+    from sdopt import GenerateRequest
+    from sdopt.errors import SdoptError, api_fields
+
+    with running_server(tiny_pipeline, start_worker=False) as (url, app):
+        answer = httpx.post(url + "/sdapi/v1/txt2img", json={"prompt": "x", "width": 64, "height": 64, "steps": 2, "sdopt_cache_interval": 2}, timeout=10)
+        detail = answer.json()["detail"][0]
+        assert answer.status_code == 422 and detail["loc"] == ["body", "sdopt_cache_interval"], answer.text
+        assert "sdopt serve --deep-cache" in detail["msg"] and "deep_cache=" not in detail["msg"], answer.text
+        assert detail["msg"].endswith("or ask for sdopt_cache_interval=1"), answer.text
+    static = copy.copy(tiny_pipeline)  # an OpenVINO artifact built for one shape (test_openvino's, without OpenVINO)
+    static.manifest = dataclasses.replace(tiny_pipeline.manifest, static_shapes={"batch": 1, "height": 64, "width": 64})
+    with api_fields({}), pytest.raises(SdoptError, match=r"serve it with sdopt serve --reshape to compile") as refused:
+        static.check_request(GenerateRequest(prompt="x", height=128, width=64, steps=2))
+    assert "reshape=" not in str(refused.value)
+
+
 def test_openai_sdk_edits_inpaint_where_the_mask_is_transparent(tiny_pipeline):
     """images.edit: OpenAI's mask (alpha 0 = edit) becomes the loop's (white = repaint), at strength 1, and the image
     equals the Python API's inpainting from the same seed; the image's own transparency serves when no mask is sent;

@@ -83,6 +83,12 @@ def api_fields(names: dict[str, str]) -> Iterator[None]:
         _API_FIELDS.reset(token)
 
 
+def in_api_request() -> bool:
+    """Whether an HTTP API's request is being checked (``api_fields``), for a message whose advice is the server
+    operator's: a load option (deep_cache, reshape) is no field a client can send, but a flag of sdopt serve."""
+    return _API_FIELDS.get() is not None
+
+
 def argument(name: str, value: Any = _UNSET, flag: str | None = None) -> str:
     """How a message names the argument ``name`` (a keyword of sdopt.load, a GenerateRequest field, an option of
     export or quantize), with ``value`` where one is given: as the flag on the command line (``--num-images 2``,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sdopt.errors import SdoptError, argument, on_command_line
+from sdopt.errors import SdoptError, argument, in_api_request, on_command_line
 from sdopt.request import GenerateRequest
 from sdopt.rewrite import recorded as recorded_rewrites
 from sdopt.runtime import attention_memory, conditioning, embedded_guidance, emphasis
@@ -43,12 +43,15 @@ def _refuse_cache_interval(pipe: Any, request: GenerateRequest) -> None:
     asked, whole = argument("cache_interval", request.cache_interval), argument("cache_interval", 1)
     if "deep_cache" in get_backend(backend).options:
         # A server's client cannot reload it: its operator can (sdopt serve --deep-cache), which the message names too.
-        raise SdoptError(f"{asked} needs the UNet's shallow branch, which this {backend} pipeline was loaded without: load it with "
-                         f"{argument('deep_cache', True)} (step-feature caching; a server: sdopt serve --deep-cache), or ask for {whole}",
-                         field="cache_interval")
+        # To the client alone: deep_cache in its API's form (deep_cache=true) read as a field it could send.
+        load = ("its server's operator can start it with sdopt serve --deep-cache (step-feature caching)" if in_api_request() else
+                f"load it with {argument('deep_cache', True)} (step-feature caching; a server: sdopt serve --deep-cache)")
+        raise SdoptError(f"{asked} needs the UNet's shallow branch, which this {backend} pipeline was loaded without: {load}, "
+                         f"or ask for {whole}", field="cache_interval")
     target = (pipe.manifest.export or {}).get("target") or "TARGET"
     # sdopt generate loads a PyTorch checkpoint with the branch for a --cache-interval (it has no --deep-cache)
     torch = ("generate from the PyTorch checkpoint" if on_command_line() else
+             "serve the PyTorch checkpoint with sdopt serve --deep-cache" if in_api_request() else
              f"load the PyTorch checkpoint with {argument('deep_cache', True)}")
     raise SdoptError(f"{asked} needs the UNet's shallow branch, which this {backend} artifact lacks: export it with step-feature "
                      f"caching (sdopt export MODEL --to {target} --deep-cache N), {torch}, or ask for {whole}", field="cache_interval")
@@ -113,8 +116,10 @@ def check_shapes(manifest: Any, request: GenerateRequest) -> None:
             if manifest.backend == "tensorrt":
                 instead = f"export again for these: sdopt export MODEL --to tensorrt --static {size} --batch-range {images}:{images}"
             else:
-                reshape = argument("reshape", True) + ("" if on_command_line() else " (a server: sdopt serve --reshape)")
-                instead = (f"load it with {reshape} to compile this one on first use, or export again for these: "
+                # an HTTP client is told its server's flag: reshape in its API's form (reshape=true) read as a field to send
+                reshape = ("serve it with sdopt serve --reshape" if in_api_request() else
+                           f"load it with {argument('reshape', True)}" + ("" if on_command_line() else " (a server: sdopt serve --reshape)"))
+                instead = (f"{reshape} to compile this one on first use, or export again for these: "
                            f"sdopt export MODEL --to openvino {size} --batch {images}")
             raise SdoptError(f"this artifact was built for static shapes {shapes}; the request asks for {want}{per_prompt}. "
                              f"Ask for the built shapes, {instead}")
