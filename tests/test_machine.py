@@ -1,5 +1,7 @@
 """The machine fingerprint a report carries."""
 
+import pytest
+
 
 def test_the_commit_a_report_names_can_be_given(monkeypatch):
     # A lent GPU machine gets a copy of the tree whose .git is not this one's: its reports named a stale commit.
@@ -50,3 +52,22 @@ def test_a_report_under_an_isa_cap_names_the_capped_cpu(monkeypatch):
     cpu = fingerprint()["cpu"]
     assert "avx512_bf16" in cpu["isa"] and "isa_caps" not in cpu and _caps_note(cpu) == ""
     assert _caps_note({"isa": [], "isa_caps": {"ONEDNN_MAX_CPU_ISA": "SSE41"}}) == "capped by ONEDNN_MAX_CPU_ISA=SSE41"
+
+
+@pytest.mark.parametrize("cap", ["ALL", "AVX512_CORE_AMX"])
+def test_a_onednn_cap_that_caps_nothing_leaves_the_run_this_cpus(monkeypatch, cap):
+    """ONEDNN_MAX_CPU_ISA=ALL (oneDNN's "no cap", which sdopt.hardware reads as none) or a level above every feature the
+    CPU has was recorded as a cap: the report said "capped by", and the gate took the run for another kind of CPU
+    ("... under ONEDNN_MAX_CPU_ISA=ALL"), so scripts/ci_bench.sh found no baseline and compared no speed."""
+    import sdopt.hardware
+    from sdopt.bench.gate import cpu_kind
+    from sdopt.bench.machine import fingerprint
+
+    monkeypatch.setattr(sdopt.hardware, "cpuinfo_flags", lambda: frozenset({"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16"}))
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY"):
+        monkeypatch.delenv(name, raising=False)
+    plain = fingerprint()["cpu"]
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    monkeypatch.setenv("DNNL_MAX_CPU_ISA", "AVX2")  # oneDNN reads ONEDNN_MAX_CPU_ISA first: this one is not in effect
+    cpu = fingerprint()["cpu"]
+    assert "isa_caps" not in cpu and cpu_kind({"machine": {"cpu": cpu}}) == cpu_kind({"machine": {"cpu": plain}})

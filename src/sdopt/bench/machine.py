@@ -7,6 +7,7 @@ import platform
 import subprocess
 from pathlib import Path
 
+from sdopt import hardware
 from sdopt.hardware import cpu_flags
 from sdopt.runtime.versions import library_versions
 
@@ -14,9 +15,20 @@ _LIBRARIES = ("torch", "diffusers", "transformers", "onnx", "onnxruntime", "open
               "torchao", "quanto", "bnb", "numpy", "safetensors")
 # ISA features that change which kernels run (bf16/int8 paths on CPU).
 RECORDED_ISA = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "avx_vnni")
-# Variables that keep the libraries below the CPU's own features: a run under them is no run of this CPU. "isa" is
-# already what the oneDNN cap leaves (sdopt.hardware.cpu_flags); ATEN_CPU_CAPABILITY moves torch's ATen kernels only.
-ISA_CAP_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+
+
+def _isa_caps() -> dict[str, str]:
+    """The variables that keep the libraries below the CPU's own features, as set: a run under them is no run of this
+    CPU. "isa" is already what the oneDNN cap leaves (sdopt.hardware.cpu_flags); ATEN_CPU_CAPABILITY moves torch's ATen
+    kernels only. A oneDNN value that caps nothing is left out, or the run counted as another CPU's (another baseline
+    file in scripts/ci_bench.sh, speed not compared): one oneDNN ignores (ALL, a misspelling), a level at or above this
+    CPU's own (AVX512_CORE_AMX on an EPYC), or DNNL_MAX_CPU_ISA beside ONEDNN_MAX_CPU_ISA, which oneDNN reads first."""
+    caps = {"ATEN_CPU_CAPABILITY": aten} if (aten := os.environ.get("ATEN_CPU_CAPABILITY")) else {}
+    own = hardware.cpuinfo_flags()
+    if (cap := hardware.onednn_isa_cap()) and (not own or own - hardware.cpu_flags()):  # flags unknown: said, as it may cap
+        name, _, value = cap.partition("=")
+        caps[name] = value
+    return caps
 
 
 def _cpu() -> dict:
@@ -33,7 +45,7 @@ def _cpu() -> dict:
     flags = cpu_flags()
     if flags:
         info["isa"] = [f for f in RECORDED_ISA if f in flags]
-    if caps := {name: os.environ[name] for name in ISA_CAP_VARIABLES if os.environ.get(name)}:
+    if caps := _isa_caps():
         info["isa_caps"] = caps
     try:
         info["usable_cores"] = len(os.sched_getaffinity(0))
