@@ -1529,6 +1529,35 @@ def test_serve_says_at_start_that_the_checkpoints_safety_checker_is_not_run(tiny
     assert "note: the checkpoint's safety checker is not run: sdopt does not filter images" in capsys.readouterr().err
 
 
+def test_serve_on_ray_says_at_start_that_the_checkpoints_safety_checker_is_not_run(tiny_model, tmp_path, monkeypatch, capsys):
+    """README: "sdopt serve says so once at start"; sdopt serve --ray deployed the same unfiltered service and said nothing.
+    Ray stood in for: the deployment starts, then Ctrl-C."""
+    import contextlib
+    import json
+    import shutil
+    import sys
+    import types
+
+    import sdopt.cluster.serve as cluster_serve
+    from sdopt.serve.settings import ServeSettings
+
+    folder = tmp_path / "sd15-like"
+    shutil.copytree(tiny_model, folder, ignore=shutil.ignore_patterns("sdopt.json"))
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "safety_checker": ["stable_diffusion", "StableDiffusionSafetyChecker"]}))
+    monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(serve=types.SimpleNamespace(shutdown=lambda: None)))
+    monkeypatch.setattr(cluster_serve, "cluster", lambda address: contextlib.nullcontext())
+    monkeypatch.setattr(cluster_serve, "start", lambda *args: None)
+    monkeypatch.setattr(cluster_serve, "signal", types.SimpleNamespace(signal=lambda *args: None, SIGTERM=15))  # this module's only
+
+    def ctrl_c(seconds):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cluster_serve, "time", types.SimpleNamespace(sleep=ctrl_c))
+    cluster_serve.serve_on_ray(str(folder), ServeSettings(port=0), {}, cluster_serve.Scaling(), None)
+    assert "note: the checkpoint's safety checker is not run: sdopt does not filter images" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("stop, flags", [("SIGTERM", []), ("SIGHUP", ["--access-log"])])
 def test_sdopt_serve_stopped_by_sigterm_exits_0(tiny_model, stop, flags):
     """systemd, docker and Kubernetes stop a service with SIGTERM: uvicorn raised it again once stopped, the command line

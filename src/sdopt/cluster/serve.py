@@ -15,6 +15,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sdopt.cluster.connect import cluster, ray_module
@@ -114,6 +115,10 @@ def serve_on_ray(artifact: str, settings: ServeSettings, load_options: dict[str,
         signal.signal(signal.SIGTERM, _stop)  # a service manager's stop: the same clean shutdown as Ctrl-C (Ray's own handler only dumps a stack)
         try:
             start(artifact, settings, load_options, scaling)
+            from sdopt.layouts import safety_checker_note
+
+            if note := safety_checker_note(Path(artifact)):  # said once at start, as sdopt serve without --ray says it (README)
+                print(f"note: {note}", file=sys.stderr)
             print(f"serving on http://{settings.host}:{settings.port}/ through Ray Serve, {count}; Ctrl-C stops it", file=sys.stderr)
             while True:
                 time.sleep(3600)
