@@ -144,20 +144,20 @@ def test_failed_artifact_fails(report):
 
 
 def test_a_psnr_drop_within_rounding_of_the_reference_is_not_a_regression(report):
-    """Above 48.13 dB (every pixel one level off) an image is within rounding of the reference, and its PSNR swings with
-    a few values rounding the other way: an fp32 export's 89.03 -> 86.02 dB (2 of 12,288 values one level apart) failed
-    the default -0.5 rule. Such a drop passes; one that ends below the line is judged as before."""
+    """Above 70 dB an image is the reference but for rounding, and its PSNR swings with a few values rounding the other
+    way: an fp32 export's 89.03 -> 86.02 dB (2 of 12,288 values one level apart) failed the default -0.5 rule. Such a
+    drop passes; one that ends below the line is judged as before, and so is every lossy row (all below 60 dB)."""
     baseline = _pin_noise(derived(report, **{"tiny-onnx": {"quality.psnr_db": 89.03}}))
 
-    def verdict(psnr):
-        result = gate(_pin_noise(derived(report, **{"tiny-onnx": {"quality.psnr_db": psnr}})), RULES, baseline=baseline)
+    def verdict(psnr, base=baseline):
+        result = gate(_pin_noise(derived(report, **{"tiny-onnx": {"quality.psnr_db": psnr}})), RULES, baseline=base)
         return next(c.verdict for c in result.checks if c.artifact == "tiny-onnx" and c.metric == "quality.psnr_db" and c.threshold == "-0.5")
 
-    assert verdict(86.02) == "ok" and verdict(48.2) == "ok"
-    assert verdict(47.9) == "REGRESSION"  # below the line: a real loss from 89 dB
-    bf16 = _pin_noise(derived(report, **{"tiny-onnx": {"quality.psnr_db": 44.0}}))  # a lossy row is held to its rule
-    assert next(c.verdict for c in gate(_pin_noise(derived(report, **{"tiny-onnx": {"quality.psnr_db": 43.0}})), RULES, baseline=bf16).checks
-                if c.artifact == "tiny-onnx" and c.metric == "quality.psnr_db" and c.threshold == "-0.5") == "REGRESSION"
+    assert verdict(86.02) == "ok" and verdict(70.5) == "ok"
+    # Below the line a real loss: 60 values 100 levels off on 512x512 read 49.3 dB (a PSNR is a mean), once let through
+    assert verdict(69.0) == "REGRESSION" and verdict(49.3) == "REGRESSION"
+    lossy = _pin_noise(derived(report, **{"tiny-onnx": {"quality.psnr_db": 57.9}}))  # a bf16 row's: held to its rule
+    assert verdict(57.0, base=lossy) == "REGRESSION"
 
 
 def test_a_number_the_baseline_lacks_is_missing_not_skipped(report):
