@@ -52,13 +52,18 @@ _UNSET: Any = object()
 
 
 @contextmanager
-def command_line(on: bool = True) -> Iterator[None]:
-    """Within it, ``argument`` names arguments as the command line's flags (``on``) or as Python's keywords."""
-    token = _COMMAND_LINE.set(on)
+def _set_within(variable: contextvars.ContextVar, value: Any) -> Iterator[None]:
+    """``variable`` is ``value`` within the block, and what it was after it."""
+    token = variable.set(value)
     try:
         yield
     finally:
-        _COMMAND_LINE.reset(token)
+        variable.reset(token)
+
+
+def command_line(on: bool = True):
+    """Within it, ``argument`` names arguments as the command line's flags (``on``) or as Python's keywords."""
+    return _set_within(_COMMAND_LINE, on)
 
 
 def on_command_line() -> bool:
@@ -72,15 +77,10 @@ def on_command_line() -> bool:
 _API_FIELDS: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("sdopt_api_fields", default=None)
 
 
-@contextmanager
-def api_fields(names: dict[str, str]) -> Iterator[None]:
+def api_fields(names: dict[str, str]):
     """Within it, ``argument`` names arguments as an HTTP API's fields: ``names`` maps the loop's names to the API's
     (those it leaves out are the same in both)."""
-    token = _API_FIELDS.set(names)
-    try:
-        yield
-    finally:
-        _API_FIELDS.reset(token)
+    return _set_within(_API_FIELDS, names)
 
 
 def in_api_request() -> bool:
