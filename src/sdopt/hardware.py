@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 # CPU features that give native bf16 matmul/convolution kernels; without them PyTorch emulates bf16.
 BF16_ISA = ("avx512_bf16", "amx_bf16")
@@ -37,13 +38,25 @@ ONEDNN_ISA_LEVELS = (
 ONEDNN_CAP_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")  # oneDNN reads the first one set
 
 
-def onednn_isa_cap() -> str | None:
-    """The oneDNN ISA cap in effect ("ONEDNN_MAX_CPU_ISA=AVX2"), None where there is none. A value oneDNN does not
-    know (or ALL/DEFAULT) caps nothing: oneDNN ignores it."""
+_LEVEL_NAMES = [name for name, _ in ONEDNN_ISA_LEVELS]
+
+
+class OneDnnCap(NamedTuple):
+    variable: str  # ONEDNN_MAX_CPU_ISA, or DNNL_MAX_CPU_ISA
+    value: str  # as set ("avx2")
+    level: str  # as oneDNN reads it, case and blanks aside: one of ONEDNN_ISA_LEVELS' names ("AVX2")
+
+    def __str__(self) -> str:
+        return f"{self.variable}={self.value}"
+
+
+def onednn_isa_cap() -> OneDnnCap | None:
+    """The oneDNN ISA cap in effect, None where there is none. A value oneDNN does not know (or ALL/DEFAULT) caps
+    nothing: oneDNN ignores it."""
     for name in ONEDNN_CAP_VARIABLES:
         if value := os.environ.get(name):
-            known = value.strip().upper() in {level for level, _ in ONEDNN_ISA_LEVELS}
-            return f"{name}={value}" if known else None
+            level = value.strip().upper()
+            return OneDnnCap(name, value, level) if level in _LEVEL_NAMES else None
     return None
 
 
@@ -52,12 +65,11 @@ def _above_cap(flags: frozenset[str]) -> frozenset[str]:
     cap = onednn_isa_cap()
     if cap is None:
         return frozenset()
-    levels = [name for name, _ in ONEDNN_ISA_LEVELS]
-    level = levels.index(cap.partition("=")[2].strip().upper())
+    level = _LEVEL_NAMES.index(cap.level)
     above = {f for _, added in ONEDNN_ISA_LEVELS[level + 1:] for f in added}
     # every other AVX-512 or AMX extension (avx512_vbmi, amx_complex...) needs its level's base too
-    above |= {f for f in flags if (f.startswith("avx512") and level < levels.index("AVX512_CORE"))
-              or (f.startswith("amx") and level < levels.index("AVX512_CORE_AMX"))}
+    above |= {f for f in flags if (f.startswith("avx512") and level < _LEVEL_NAMES.index("AVX512_CORE"))
+              or (f.startswith("amx") and level < _LEVEL_NAMES.index("AVX512_CORE_AMX"))}
     return frozenset(above & flags)
 
 

@@ -26,8 +26,7 @@ def _isa_caps() -> dict[str, str]:
     caps = {"ATEN_CPU_CAPABILITY": aten} if (aten := os.environ.get("ATEN_CPU_CAPABILITY")) else {}
     own = hardware.cpuinfo_flags()
     if (cap := hardware.onednn_isa_cap()) and (not own or own - hardware.cpu_flags()):  # flags unknown: said, as it may cap
-        name, _, value = cap.partition("=")
-        caps[name] = value
+        caps[cap.variable] = cap.value
     return caps
 
 

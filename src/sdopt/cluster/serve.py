@@ -115,10 +115,9 @@ def serve_on_ray(artifact: str, settings: ServeSettings, load_options: dict[str,
         signal.signal(signal.SIGTERM, _stop)  # a service manager's stop: the same clean shutdown as Ctrl-C (Ray's own handler only dumps a stack)
         try:
             start(artifact, settings, load_options, scaling)
-            from sdopt.layouts import safety_checker_note
+            from sdopt.serve.server import say_safety_checker
 
-            if note := safety_checker_note(Path(artifact)):  # said once at start, as sdopt serve without --ray says it (README)
-                print(f"note: {note}", file=sys.stderr)
+            say_safety_checker(Path(artifact))
             print(f"serving on http://{settings.host}:{settings.port}/ through Ray Serve, {count}; Ctrl-C stops it", file=sys.stderr)
             while True:
                 time.sleep(3600)

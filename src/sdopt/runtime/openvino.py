@@ -354,7 +354,7 @@ class OpenVINOComponent:
             # OpenVINO's bf16 and weight-compressed layers then fail (docs/cpu-features.md); capped at SSE41, fp32 ones too
             # ("bad combination"). DNNL_MAX_CPU_ISA, oneDNN's older name, caps alike.
             cap = onednn_isa_cap()
-            none_at_all = " (capped below AVX: no layers at all)" if cap and cap.upper().endswith("=SSE41") else ""
+            none_at_all = " (capped below AVX: no layers at all)" if cap and cap.level == "SSE41" else ""
             hint = f"; {cap} is set, under which OpenVINO compiles no bf16 or weight-compressed layers{none_at_all}: unset it" if cap else ""
             raise SdoptError(f"OpenVINO could not compile {self.path.parent.name} for {self.device}: {_reason(exc)}{hint}") from exc
         self._compiled.append((shapes, compiled, compiled.create_infer_request()))

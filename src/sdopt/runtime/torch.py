@@ -141,12 +141,11 @@ def _is_diffusers(cls) -> bool:
 def transformers_dtype_option() -> str:
     """The keyword Transformers' from_pretrained and _from_config take the dtype by: ``dtype`` since 4.56, whose
     Transformers 5 reads no other; ``torch_dtype`` before, where ``dtype`` reaches the model's __init__ as a TypeError."""
-    import re
-
     import transformers
 
-    version = tuple(int(p) for p in re.findall(r"\d+", transformers.__version__)[:2])
-    return "dtype" if version >= (4, 56) else "torch_dtype"
+    from sdopt.runtime.versions import release
+
+    return "dtype" if release(transformers.__version__) >= (4, 56) else "torch_dtype"
 
 
 @holding_library_lock  # from_pretrained builds on the meta device, process-wide (sdopt.runtime.library_lock)

@@ -32,7 +32,7 @@ def described_versions(*names: str) -> str:
     return ", ".join(f"{dist} {version}" for name in names if (found := _installed(name)) for dist, version in [found])
 
 
-def _release(version: str) -> tuple[int, ...]:
+def release(version: str) -> tuple[int, ...]:
     """(0, 36, 0) of "0.36.0", "0.37.0.dev0" or "2.13.0+cpu": the release numbers, compared as a tuple."""
     import re
 
@@ -46,16 +46,16 @@ def incompatible_libraries(installed: dict[str, str] | None = None) -> str | Non
     found = installed if installed is not None else library_versions("diffusers", "transformers", "torchao", "peft", "accelerate")
     diffusers, transformers, torchao, peft, accelerate = (found.get(name) for name in ("diffusers", "transformers", "torchao",
                                                                                         "peft", "accelerate"))
-    if diffusers and torchao and _release(diffusers) < (0, 37):
+    if diffusers and torchao and release(diffusers) < (0, 37):
         # Diffusers 0.35 and 0.36 use their torchao quantizer's logger before defining it where torchao's layouts moved
         # (torchao 0.18, sdopt's [quant]): every model import stops with "name 'logger' is not defined".
         return (f"diffusers {diffusers} cannot import its models beside torchao {torchao} (fixed in diffusers 0.37): "
                 "pip install 'diffusers>=0.37', or pip uninstall torchao")
-    if diffusers and transformers and _release(diffusers) >= (0, 37) and _release(transformers) < (4, 48):
+    if diffusers and transformers and release(diffusers) >= (0, 37) and release(transformers) < (4, 48):
         # Diffusers 0.37 and 0.38 (seen; 0.42 too) import Transformers' Dinov2WithRegistersConfig with their autoencoders,
         # which Transformers 4.47 and older lack: every model import stops with an ImportError.
         return f"diffusers {diffusers} needs transformers 4.48 or newer, not {transformers}: pip install 'transformers>=4.48'"
-    if diffusers and peft and accelerate and _release(accelerate) < (0, 32):
+    if diffusers and peft and accelerate and release(accelerate) < (0, 32):
         # Diffusers imports peft, where installed, with every model; peft (0.17-0.22 seen) imports accelerate's
         # clear_device_cache, which came in accelerate 0.32.
         return (f"diffusers {diffusers} imports peft {peft} with every model, which needs accelerate 0.32 or newer, not "

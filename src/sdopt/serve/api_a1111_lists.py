@@ -54,8 +54,8 @@ def shown_folders(settings: Any, pipeline: Any) -> dict[str, str]:
     """Each folder the server was given (the artifact, --lora-dir, --embeddings-dir, --image-dir), as given and as
     resolved, -> shown_path's name for it: what a job's error says in place of the absolute path (Worker.shown_folders)."""
     given = [getattr(pipeline, "folder", None), settings.lora_dir, settings.embeddings_dir, settings.image_dir]
-    return {str(path): shown_path(folder) for folder in given if folder
-            for path in {Path(folder).absolute(), Path(folder).resolve()} if shown_path(folder)}
+    return {str(path): name for folder in given if folder and (name := shown_path(folder))
+            for path in {Path(folder).absolute(), Path(folder).resolve()}}
 
 
 @router.get("/sdapi/v1/sd-models")

@@ -130,6 +130,15 @@ def http_server(app: Any, host: str, port: int, access_log: bool = False, root_p
     return Server(config)
 
 
+def say_safety_checker(folder: Path) -> None:
+    """Said once at start, by sdopt serve and its --ray deployment alike, of a checkpoint that ships a safety checker:
+    sdopt never runs it, and a service's operator is who most needs to know its images are unfiltered (README)."""
+    from sdopt.layouts import safety_checker_note
+
+    if note := safety_checker_note(folder):
+        print(f"note: {note}", file=sys.stderr)
+
+
 def serve(artifact: str | Path, settings: ServeSettings, load_options: dict[str, Any] | None = None, access_log: bool = False,
           root_path: str = "") -> None:
     require("fastapi", "serve")
@@ -164,10 +173,7 @@ def serve(artifact: str | Path, settings: ServeSettings, load_options: dict[str,
         # where it ended 130 and the service in a failed state
         print(f"stopped {name} (SIGTERM) while it loaded", file=sys.stderr)
         return
-    from sdopt.layouts import safety_checker_note
-
-    if note := safety_checker_note(folder):  # a service's operator is who most needs to know its images are unfiltered
-        print(f"note: {note}", file=sys.stderr)
+    say_safety_checker(folder)
 
     def say_serving(port: int) -> None:  # once the port is open: said before, it was said of a port uvicorn then lost
         print(f"serving {name} ({pipeline.manifest.backend}, {pipeline.precision}) on http://{settings.host}:{port}/ "

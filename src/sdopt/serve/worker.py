@@ -140,8 +140,10 @@ class Worker:
     def shown(self, text: str | None) -> str | None:
         """``text`` with the server's folders as a client is told them (shown_folders), the longest first: one may hold
         another; a path only where it ends (/srv/a is not /srv/ab nor /srv/a.b, but ends a sentence). The log keeps the whole text."""
+        if not text:
+            return text
         for path in sorted(self.shown_folders, key=len, reverse=True):
-            text = re.sub(re.escape(path) + r"(?=[/\s'\"():,;]|\.?$|\.\s)", lambda _, name=self.shown_folders[path]: name, text) if text else text
+            text = re.sub(re.escape(path) + r"(?=[/\s'\"():,;]|\.?$|\.\s)", lambda _, name=self.shown_folders[path]: name, text)
         return text
 
     # --- submitting and following ---------------------------------------------------
