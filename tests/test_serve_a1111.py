@@ -610,6 +610,25 @@ def test_refresh_embeddings_names_a_vanished_folder_without_its_absolute_path(ti
     assert "alice" not in answer.text and str(tmp_path) not in answer.text, answer.text
 
 
+def test_a_refusal_the_loop_makes_at_submission_names_the_servers_folders_too(tiny_pipeline, tmp_path, monkeypatch):
+    """Job errors and sdopt's own 422s named the server's folders by their names, but a refusal of the loop's that a route
+    passes on as its own (check_spec's RequestError) went out as written, absolute path and all: one handler now
+    answers both."""
+    from sdopt import SdoptError
+
+    loras = tmp_path / "home" / "alice" / "loras"
+    loras.mkdir(parents=True)
+
+    def refuse(request):
+        raise SdoptError(f"LoRA {loras / 'style.safetensors'} does not fit this model", field="prompt")
+
+    monkeypatch.setattr(tiny_pipeline, "check_request", refuse)
+    with running_server(tiny_pipeline, start_worker=False, lora_dir=str(loras)) as (url, _):
+        answer = httpx.post(url + "/sdapi/v1/txt2img", json={"prompt": "x", **SMALL, "steps": 1}, timeout=30)
+    assert answer.status_code == 422 and "LoRA loras/style.safetensors does not fit" in answer.text, answer.text
+    assert "alice" not in answer.text and str(tmp_path) not in answer.text, answer.text
+
+
 def test_a_server_folder_is_named_where_its_path_ends_in_an_error():
     """Worker.shown, which names the server's folders in what clients read: a folder that ended a sentence ("... in
     /srv/alice/links.") kept its absolute path; a longer name (/srv/alice/links.old, /srv/alice/linksx) is another path."""

@@ -91,10 +91,6 @@ def create_app(worker: Worker, settings: ServeSettings, model_name: str, replica
     # header from Ray's proxy, which gives the replica the id it sends (the client's, else its own) as the request's.
     app.add_middleware(RequestId, send_header=replica is None)
 
-    @app.exception_handler(RequestError)
-    async def _request_error(request: Request, exc: RequestError):
-        return JSONResponse(_error_body(request.url.path, exc.status, str(exc), exc.field), status_code=exc.status)
-
     @app.exception_handler(QueueFull)
     async def _queue_full(request: Request, exc: QueueFull):
         return JSONResponse(_error_body(request.url.path, 429, str(exc)), status_code=429, headers={"Retry-After": str(exc.retry_after)})
@@ -103,11 +99,13 @@ def create_app(worker: Worker, settings: ServeSettings, model_name: str, replica
     async def _shutting_down(request: Request, exc: ShuttingDown):
         return JSONResponse(_error_body(request.url.path, 503, str(exc)), status_code=503)
 
-    @app.exception_handler(SdoptError)
+    @app.exception_handler(SdoptError)  # and RequestError, a route's own refusal (its status, 422 unless it says)
     async def _sdopt_error(request: Request, exc: SdoptError):
         # sdopt's errors name files by the path they were given (right for a command line): here the server's
-        # folders by their names (a vanished --embeddings-dir on refresh-embeddings quoted its absolute path)
-        return JSONResponse(_error_body(request.url.path, 422, worker.shown(str(exc)), exc.field), status_code=422)
+        # folders by their names (a vanished --embeddings-dir on refresh-embeddings quoted its absolute path), the
+        # loop's refusals a route passes on as its own too (check_spec)
+        status = exc.status if isinstance(exc, RequestError) else 422
+        return JSONResponse(_error_body(request.url.path, status, worker.shown(str(exc)), exc.field), status_code=status)
 
     from fastapi.exceptions import RequestValidationError
     from starlette.exceptions import HTTPException
