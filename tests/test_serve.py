@@ -1828,3 +1828,47 @@ def test_the_body_and_image_limits_are_serve_flags(tiny_model, monkeypatch, caps
     assert main(["serve", str(tiny_model), "--max-body-bytes", "1000"]) == 0 and seen["settings"].max_image_bytes == 16 * 2**20  # the default image limit is not held against a smaller body
     with pytest.raises(Exception, match="larger than the 0.5 MiB this server accepts"):
         read_image(b"x" * (2**19 + 1), "image", 2**19, 10**6)
+
+
+def test_a_loopback_server_answers_only_requests_addressed_to_loopback_or_an_allowed_name(tiny_pipeline, tiny_model, capsys):
+    """Without credentials a server on 127.0.0.1 answered any web page the user opened: one whose name was made to
+    resolve to 127.0.0.1 (DNS rebinding) read prompts and images as same-origin (Host: evil.example), and any site could
+    end the user's job with a form's POST to /sdapi/v1/interrupt (Origin: https://evil.example). Both get 403 saying
+    what to pass; loopback names, a name given by --allowed-hosts, and clients that send no Origin are served."""
+    from sdopt.cli import main
+
+    with running_server(tiny_pipeline, start_worker=False) as (url, _):
+        port = url.rsplit(":", 1)[1]
+        for host in ("127.0.0.1", "localhost", "LOCALHOST.", "app.localhost", "127.0.0.2", "[::1]"):
+            assert httpx.get(url + "/sdapi/v1/options", headers={"Host": f"{host}:{port}"}).status_code == 200, host
+        same_page = httpx.post(url + "/sdapi/v1/interrupt", headers={"Origin": f"http://localhost:{port}"})
+        assert same_page.status_code == 200  # the server's own page, opened as localhost
+        rebound = httpx.get(url + "/sdapi/v1/options", headers={"Host": f"evil.example:{port}"})
+        assert rebound.status_code == 403 and "Host 'evil.example:" in rebound.json()["detail"]
+        assert "--allowed-hosts NAME" in rebound.json()["detail"]
+        cross_site = httpx.post(url + "/sdapi/v1/interrupt", headers={"Origin": "https://evil.example"})
+        assert cross_site.status_code == 403 and "Origin 'https://evil.example'" in cross_site.json()["detail"]
+        # OpenAI's routes answer in OpenAI's error shape, as every refusal there
+        openai_shaped = httpx.get(url + "/v1/models", headers={"Host": "evil.example"})
+        assert openai_shaped.status_code == 403 and "DNS rebinding" in openai_shaped.json()["error"]["message"]
+        assert httpx.get(url + "/v1/models", headers={"Origin": "null"}).status_code == 403  # a sandboxed frame, a file:// page
+    with running_server(tiny_pipeline, start_worker=False, allowed_hosts=("sd.example.com",)) as (url, _):
+        for headers in ({"Host": "sd.example.com"}, {"Host": "SD.example.com:443", "Origin": "https://sd.example.com"}):
+            assert httpx.get(url + "/sdapi/v1/options", headers=headers).status_code == 200, headers
+        assert httpx.get(url + "/sdapi/v1/options", headers={"Host": "other.example.com"}).status_code == 403
+    with running_server(tiny_pipeline, start_worker=False, allowed_hosts=("*",)) as (url, _):
+        assert httpx.get(url + "/sdapi/v1/options", headers={"Host": "evil.example", "Origin": "https://evil.example"}).status_code == 200
+    for given in ("https://sd.example.com", "sd.example.com:8443"):
+        assert main(["serve", str(tiny_model), "--port", "0", "--allowed-hosts", given]) == 2
+        assert f"--allowed-hosts {given!r}: give host names" in capsys.readouterr().err
+    assert main(["serve", str(tiny_model), "--ray", "--allowed-hosts", "sd.example.com"]) == 2
+    assert "--allowed-hosts are for one process under uvicorn" in capsys.readouterr().err
+
+
+def test_a_server_bound_beyond_loopback_checks_names_only_where_some_are_allowed():
+    from sdopt.serve.settings import ServeSettings
+
+    assert ServeSettings(host="0.0.0.0").host_check is None  # reached by names sdopt cannot know; --api-key protects it
+    assert ServeSettings(host="0.0.0.0", allowed_hosts=("sd.example.com.",)).host_check == {"sd.example.com"}
+    assert ServeSettings(host="127.0.0.1").host_check == frozenset()
+    assert ServeSettings(host="::1", allowed_hosts=("*",)).host_check is None

@@ -31,7 +31,7 @@ def _serve(args: argparse.Namespace) -> int:
         api_auth=args.api_auth, max_queue=args.max_queue, max_batch=args.max_batch, job_timeout=args.job_timeout,
         max_pixels=args.max_pixels, max_steps=args.max_steps, max_images=args.max_images, max_body_bytes=args.max_body_bytes,
         max_image_bytes=_image_limit(args.max_image_bytes, args.max_body_bytes), name=args.name, lora_dir=args.lora_dir,
-        embeddings_dir=args.embeddings_dir, image_dir=args.image_dir,
+        embeddings_dir=args.embeddings_dir, image_dir=args.image_dir, allowed_hosts=tuple(n.strip() for n in (args.allowed_hosts or "").split(",") if n.strip()),
         steps=args.steps, guidance_scale=args.guidance, scheduler=args.scheduler,
     )
     load_options = {"device": args.device, "precision": args.precision, **({"reshape": True} if args.reshape else {}),
@@ -45,8 +45,8 @@ def _serve(args: argparse.Namespace) -> int:
 
         serve(args.artifact, settings, load_options, access_log=args.access_log, root_path=root_path(args.root_path))
         return 0
-    if args.access_log or args.root_path:
-        raise SdoptError("--access-log and --root-path are for one process under uvicorn, not --ray (Ray Serve keeps its own request "
+    if args.access_log or args.root_path or args.allowed_hosts:
+        raise SdoptError("--access-log, --root-path and --allowed-hosts are for one process under uvicorn, not --ray (Ray Serve keeps its own request "
                          "logs, under the Ray session's logs/serve/)")
     from sdopt.cluster.serve import Scaling, parse_autoscale, serve_on_ray
     from sdopt.source import resolve
@@ -71,6 +71,10 @@ def add_serve(sub) -> None:
     p = sub.add_parser("serve", help="serve an artifact over HTTP: AUTOMATIC1111 and OpenAI APIs, jobs with progress and cancel, a web page")
     p.add_argument("artifact", type=user_path, help="artifact folder, Diffusers model folder, or hub id")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--allowed-hosts", default=None, metavar="NAME[,NAME...]",
+                   help="names besides localhost/127.0.0.1 that requests may address this server by (their Host and Origin headers), "
+                        "such as the name of a reverse proxy on this machine that passes it on; * for any. A server on loopback "
+                        "refuses others (403: a web page cannot reach it by DNS rebinding); one bound beyond it checks only when given")
     p.add_argument("--port", type=int, default=7860, help="default 7860, as AUTOMATIC1111")
     p.add_argument("--api-key", default=None, help="require Authorization: Bearer KEY (default: env SDOPT_API_KEY)")
     p.add_argument("--api-auth", default=None, metavar="USER:PASS", help="require HTTP Basic credentials (as AUTOMATIC1111's --api-auth)")

@@ -22,6 +22,7 @@ from sdopt.errors import SdoptError
 from sdopt.serve.auth import require_auth
 from sdopt.serve.settings import ServeSettings
 from sdopt.serve.errors import RequestError
+from sdopt.serve.hosts import HostGuard
 from sdopt.serve.image_links import ImageLinks
 from sdopt.serve.request_ids import RequestId
 from sdopt.serve.submission import default_size, with_model_defaults
@@ -87,6 +88,8 @@ def create_app(worker: Worker, settings: ServeSettings, model_name: str, replica
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if replica is not None:
         app.add_middleware(ReplicaHeader, replica=replica)
+    elif settings.host_check is not None:  # (a Ray Serve replica is reached through Ray's proxy, by its own host settings)
+        app.add_middleware(HostGuard, allowed=settings.host_check, bound=settings.host, error_body=_error_body)
     # The last added is the outermost: the body limit's 413 carries the id too. A Ray Serve replica's answers get the
     # header from Ray's proxy, which gives the replica the id it sends (the client's, else its own) as the request's.
     app.add_middleware(RequestId, send_header=replica is None)

@@ -24,6 +24,9 @@ class ServeSettings:
     name: str | None = None  # the model name the APIs report; default: the artifact folder's name
     lora_dir: str | None = None  # LoRAs a prompt may name as <lora:NAME:WEIGHT> (serve/loras.py)
     embeddings_dir: str | None = None  # textual inversion embeddings prompts may name by word (sdopt.embeddings)
+    # Names besides loopback that requests may reach a server by (their Host, and Origin where a browser sends one): see
+    # serve/hosts.py. A server bound to loopback checks always, one bound beyond it only where some are given; "*": any.
+    allowed_hosts: tuple[str, ...] = ()
     image_dir: str | None = None  # OpenAI's response_format=url images and their links' key, kept across restarts (serve/image_links.py)
     # What a request that does not say gets: every OpenAI request (its API has no such fields; sdopt_steps and
     # sdopt_guidance_scale override), a native one without them, the page. AUTOMATIC1111's API keeps its own
@@ -70,6 +73,9 @@ class ServeSettings:
 
             if Path(self.image_dir).exists() and not Path(self.image_dir).is_dir():
                 raise SdoptError(f"--image-dir {self.image_dir}: not a folder; give a folder (made if absent) for the linked images")
+        from sdopt.serve.hosts import check_allowed_hosts
+
+        check_allowed_hosts(self.allowed_hosts)
         if self.api_key is not None and not self.api_key.strip():
             raise SdoptError("--api-key is empty: give a key, or leave the option out")
 
@@ -93,3 +99,12 @@ class ServeSettings:
     def exposed(self) -> bool:
         """Bound to something other than loopback: reachable from other machines."""
         return self.host not in ("127.0.0.1", "localhost", "::1")
+
+    @property
+    def host_check(self) -> frozenset[str] | None:
+        """The names besides loopback a request's Host and Origin may name; None: any (serve/hosts.py)."""
+        from sdopt.serve.hosts import ANY_HOST
+
+        if ANY_HOST in self.allowed_hosts or (self.exposed and not self.allowed_hosts):
+            return None
+        return frozenset(name.lower().rstrip(".") for name in self.allowed_hosts)
