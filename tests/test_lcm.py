@@ -294,9 +294,11 @@ def test_the_bench_runs_a_few_step_model_as_its_own_defaults_say(tiny_lcm, tiny_
     said = []
     profile = HardwareProfile(name="p", description="", device="cpu", precisions=[], backends=[], bench={"scheduler": "ddim"})
     settings = BenchSettings.resolve(profile, model_defaults(str(tiny_lcm)), said.append)  # the profile's scheduler stands
-    assert (settings.scheduler, settings.guidance_scale) == ("ddim", 8.5) and "its LCM" not in said[0]
-    plain = BenchSettings.resolve(None, model_defaults(str(tiny_model)), said.append)  # scripts/ci_bench.sh's reference: as before, unsaid
-    assert (plain.steps, plain.guidance_scale, plain.scheduler) == (4, 7.5, "euler") and len(said) == 1
+    own_size = "benching at the model's own size, 64x64 (below the bench's default 256x256; --height/--width to change)"
+    assert (settings.scheduler, settings.guidance_scale) == ("ddim", 8.5) and said[0] == own_size
+    assert said[1].startswith("benching at the model's own: ") and "its LCM" not in said[1]
+    plain = BenchSettings.resolve(None, model_defaults(str(tiny_model)), said.append)  # scripts/ci_bench.sh's reference: as before
+    assert (plain.steps, plain.guidance_scale, plain.scheduler) == (4, 7.5, "euler") and said[2:] == [own_size]
 
     turbo = _on_turbos_scheduler(tiny_model, tmp_path / "turbo")  # what export --default-steps 1 --default-guidance 0 records
     manifest = json.loads((turbo / "sdopt.json").read_text())

@@ -29,6 +29,35 @@ def test_floor_verdicts():
     assert "did not run" in floor.verdict({"status": "failed", "error": "boom"}, ref, exact=True)[1]
 
 
+def test_a_model_smaller_than_the_default_size_is_optimized_and_benched_at_its_own(shapes_model, tiny_model, tmp_path, monkeypatch, capsys):
+    """`sdopt optimize models/shapes` (64x64 pictures) built and judged its candidates at 256x256 unless told: pictures
+    the model never makes, its bf16 UNet past the export's parity check there (built none on a bf16 CPU, s55). The
+    model's own size is taken where it is below the default, and said; a size given, and a larger model, as before."""
+    import sys
+
+    import sdopt.bench.optimize  # noqa: F401 (the module, for monkeypatch)
+    from sdopt.bench import runner
+    from sdopt.bench.settings import BenchSettings, ModelDefaults
+    from sdopt.errors import SdoptError
+
+    asked = []
+
+    def stop(*args, **kwargs):
+        asked.append(next(a for a in (*args, *kwargs.values()) if isinstance(a, BenchSettings)))
+        raise SdoptError("stopped before the work")
+
+    monkeypatch.setattr(sys.modules["sdopt.bench.optimize"], "optimize", stop)
+    monkeypatch.setattr(runner, "run_bench", stop)
+    assert main(["optimize", str(shapes_model), "-o", str(tmp_path / "o")]) == 2
+    assert "benching at the model's own size, 64x64 (below the bench's default 256x256" in capsys.readouterr().err
+    assert main(["optimize", str(shapes_model), "--height", "128", "-o", str(tmp_path / "o")]) == 2
+    assert main(["bench", str(tiny_model), "--reference", str(tiny_model), "-o", str(tmp_path / "b")]) == 2
+    assert [(s.height, s.width) for s in asked] == [(64, 64), (128, 64), (64, 64)]
+    said = []
+    sd15_sized = BenchSettings.resolve(None, ModelDefaults(size=(512, 512)), said.append)
+    assert (sd15_sized.height, sd15_sized.width) == (256, 256) and not said  # the issue's sd15 runs: 256x256, as before
+
+
 @pytest.mark.parametrize("flag", ["--min-psnr", "--lever-min-psnr", "--min-adherence"])
 def test_a_floor_that_is_not_a_number_is_refused_before_building(tmp_path, capsys, flag):
     """--min-psnr nan ran the whole optimize and called every candidate 'PSNR 45.5 dB >= nan dB' (held)."""

@@ -153,19 +153,20 @@ def model_defaults(reference: str) -> ModelDefaults:
     and serve run it (sdopt.runtime.request_defaults; the checkpoint's own scheduler): an LCM's 4 steps at 8.5 with its
     LCMScheduler, a Turbo artifact's recorded 1 step unguided. BENCH_DEFAULTS' Euler at 7.5 would time and judge a
     request nobody makes. An ordinary checkpoint gets none: its benches stay comparable with the reports before.
-    Steps only where the model has its own (not sdopt's 20, far slower than the bench's 4)."""
+    Steps only where the model has its own (not sdopt's 20, far slower than the bench's 4). Every model's own size
+    (BenchSettings.resolve takes it where it is below the bench's default)."""
     from sdopt.runtime.load import checkpoint_scheduler_config
-    from sdopt.runtime.request_defaults import SDOPT_STEPS, request_defaults
+    from sdopt.runtime.request_defaults import SDOPT_STEPS, own_size, request_defaults
     from sdopt.runtime.schedulers import name_of
 
     folder = resolve(parse_artifact_arg(reference)[0])
     manifest = read_manifest(folder)
-    defaults = request_defaults(manifest.model, manifest.export)
+    defaults, size = request_defaults(manifest.model, manifest.export), own_size(manifest)
     if defaults.is_sdopts:
-        return ModelDefaults()
+        return ModelDefaults(size=size)
     config = checkpoint_scheduler_config(folder, manifest.scheduler)
     # Its sdopt name (recorded in the report, compared by the gate); None, the checkpoint's own, where no name builds it alike.
     own = {"guidance_scale": defaults.guidance_scale, "scheduler": name_of(config)}
     if defaults.steps != SDOPT_STEPS:
         own["steps"] = defaults.steps
-    return ModelDefaults(own, defaults.source, str(config.get("_class_name", "PNDMScheduler")))  # scheduler_class's default
+    return ModelDefaults(own, defaults.source, str(config.get("_class_name", "PNDMScheduler")), size)  # scheduler_class's default

@@ -19,10 +19,12 @@ from sdopt.runtime.schedulers import check_scheduler
 @dataclass(frozen=True)
 class ModelDefaults:
     """What a few-step reference runs at where a request does not say (bench.artifacts.model_defaults): the settings
-    (steps, guidance_scale, scheduler; none for an ordinary checkpoint), where they come from, its scheduler's class."""
+    (steps, guidance_scale, scheduler; none for an ordinary checkpoint), where they come from, its scheduler's class;
+    and any reference's own size (height, width: what it was trained at, or a static artifact's built size)."""
     settings: dict[str, Any] = field(default_factory=dict)
     source: str = ""
     scheduler_class: str = ""
+    size: tuple[int, int] | None = None
 
 
 @dataclass
@@ -63,9 +65,15 @@ class BenchSettings:
     def resolve(cls, profile: HardwareProfile | None, model: ModelDefaults | None = None, say: Callable[[str], None] | None = None,
                 **overrides: Any) -> "BenchSettings":
         """Command-line values over the profile's [bench] over the defaults: the reference's own (``model``, from
-        bench.artifacts.model_defaults) for a few-step model, said to ``say``, else BENCH_DEFAULTS."""
+        bench.artifacts.model_defaults) for a few-step model, and its own size where smaller than the defaults', said to
+        ``say``, else BENCH_DEFAULTS."""
         model = model or ModelDefaults()
-        own, source, scheduler_class = model.settings, model.source, model.scheduler_class
+        own, source, scheduler_class = dict(model.settings), model.source, model.scheduler_class
+        # A model smaller than the bench's default size is benched at its own (the tiny and shapes models, 64x64): at
+        # 256x256 it makes pictures nobody asks of it, judged so, and a bf16 export's parity failed there (not at 64).
+        for side, key in zip(model.size or (), ("height", "width")):
+            if side < BENCH_DEFAULTS[key]:
+                own[key] = side
         values, taken = {}, {}
         for key in ("prompts", "seeds", "steps", "height", "width", "guidance_scale", "scheduler", "warmup", "runs", "judge"):
             if overrides.get(key) is not None:
@@ -76,6 +84,10 @@ class BenchSettings:
                 values[key] = taken[key] = own[key]
             else:
                 values[key] = BENCH_DEFAULTS[key]
+        if ("height" in taken or "width" in taken) and say is not None:
+            say(f"benching at the model's own size, {values['width']}x{values['height']} (below the bench's default "
+                f"{BENCH_DEFAULTS['width']}x{BENCH_DEFAULTS['height']}; --height/--width to change)")
+        taken = {k: v for k, v in taken.items() if k not in ("height", "width")}
         if taken and say is not None:
             run = " at ".join(x for x in (f"{taken['steps']} step{'s' * (taken['steps'] != 1)}" if "steps" in taken else "",
                                            f"guidance {taken['guidance_scale']:g}" if "guidance_scale" in taken else "") if x)

@@ -269,8 +269,8 @@ def add_bench(sub) -> None:
     p.add_argument("--prompts", type=user_path, help="file with one prompt per line (default: the profile's, else two built-in prompts)")
     p.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (default: the profile's, else 0,1)")
     p.add_argument("--steps", type=int, help="denoising steps (default: the profile's, else the reference's own for a few-step model, else 4)")
-    p.add_argument("--height", type=int, help="image height in pixels, a multiple of 8 (default: the profile's, else 256)")
-    p.add_argument("--width", type=int, help="image width in pixels, a multiple of 8 (default: the profile's, else 256)")
+    p.add_argument("--height", type=int, help="image height in pixels, a multiple of 8 (default: the profile's, else 256, or the reference's own size where smaller)")
+    p.add_argument("--width", type=int, help="image width in pixels, a multiple of 8 (default: the profile's, else 256, or the reference's own size where smaller)")
     p.add_argument("--guidance", "--guidance-scale", type=float, help="classifier-free guidance scale (default: the profile's, else the reference's own "
                    "for a few-step model (8.5 for an LCM), else 7.5)")
     p.add_argument("--scheduler", help="default: the profile's, else the reference's own for a few-step model (lcm for an LCM), else euler")
@@ -311,8 +311,8 @@ def add_optimize(sub) -> None:
     p.add_argument("--prompts", type=user_path, default=None, help="prompt file, one per line (default: the bench's)")
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1)")
     p.add_argument("--steps", type=int, default=None, help="denoising steps of the bench (default: the model's own for a few-step model, else 4, as sdopt bench)")
-    p.add_argument("--height", type=int, default=None, help="image height in pixels of the bench, a multiple of 8 (default 256)")
-    p.add_argument("--width", type=int, default=None, help="image width in pixels of the bench, a multiple of 8 (default 256)")
+    p.add_argument("--height", type=int, default=None, help="image height in pixels of the bench, a multiple of 8 (default 256, or the model's own size where smaller: 64 for shapes)")
+    p.add_argument("--width", type=int, default=None, help="image width in pixels of the bench, a multiple of 8 (default 256, or the model's own size where smaller: 64 for shapes)")
     p.add_argument("--guidance", "--guidance-scale", type=float, default=None, help="classifier-free guidance scale of the bench (default: the model's own "
                    "for a few-step model (8.5 for an LCM), else 7.5)")
     p.add_argument("--scheduler", default=None, help="scheduler of the bench (default: the model's own for a few-step model, else euler)")

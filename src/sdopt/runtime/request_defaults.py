@@ -71,9 +71,14 @@ def request_defaults(model: dict[str, Any], export: dict[str, Any] | None) -> Re
 
 
 def default_size(manifest: Any, built_shapes: dict[str, int] | None = None) -> tuple[int, int]:
-    """(height, width) of a request that does not say: the shapes a static artifact was built for (``built_shapes``:
-    those its loader lifted, OpenVINO's reshape), else the size the model was trained at (UNet sample size x VAE factor,
-    Diffusers' pipelines' default: 512 for SD 1.5, 1024 for SDXL, 64 for the tiny and shapes models), else 512."""
+    """(height, width) of a request that does not say: ``own_size``, else 512."""
+    return own_size(manifest, built_shapes) or (512, 512)
+
+
+def own_size(manifest: Any, built_shapes: dict[str, int] | None = None) -> tuple[int, int] | None:
+    """(height, width) the model makes by itself: the shapes a static artifact was built for (``built_shapes``: those
+    its loader lifted, OpenVINO's reshape), else the size it was trained at (UNet sample size x VAE factor, Diffusers'
+    pipelines' default: 512 for SD 1.5, 1024 for SDXL, 64 for the tiny and shapes models); None where neither is known."""
     shapes = getattr(manifest, "static_shapes", None) or built_shapes or {}
     if shapes.get("height") and shapes.get("width"):
         return int(shapes["height"]), int(shapes["width"])
@@ -81,7 +86,7 @@ def default_size(manifest: Any, built_shapes: dict[str, int] | None = None) -> t
     if isinstance(model.get("sample_size"), int) and "vae_scale_factor" in model:
         side = int(model["sample_size"]) * int(model["vae_scale_factor"])
         return side, side
-    return 512, 512
+    return None
 
 
 def sized(request: Any, manifest: Any, built_shapes: dict[str, int] | None = None) -> Any:
