@@ -71,3 +71,25 @@ def test_a_onednn_cap_that_caps_nothing_leaves_the_run_this_cpus(monkeypatch, ca
     monkeypatch.setenv("DNNL_MAX_CPU_ISA", "AVX2")  # oneDNN reads ONEDNN_MAX_CPU_ISA first: this one is not in effect
     cpu = fingerprint()["cpu"]
     assert "isa_caps" not in cpu and cpu_kind({"machine": {"cpu": cpu}}) == cpu_kind({"machine": {"cpu": plain}})
+
+
+def test_a_onednn_cap_is_one_kind_of_cpu_however_it_is_spelled(monkeypatch):
+    """oneDNN reads ONEDNN_MAX_CPU_ISA case-insensitively, but the report kept the value as typed: "avx2" and "AVX2" were
+    two kinds of CPU to the gate, so scripts/ci_bench.sh looked for (and --refresh wrote) two baseline files for one cap."""
+    import sdopt.hardware
+    from sdopt.bench.gate import cpu_kind
+    from sdopt.bench.machine import fingerprint
+
+    monkeypatch.setattr(sdopt.hardware, "cpuinfo_flags", lambda: frozenset({"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16"}))
+    for name in ("DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY"):
+        monkeypatch.delenv(name, raising=False)
+    kinds = set()
+    for spelling in ("AVX2", "avx2", " Avx2 "):
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", spelling)
+        cpu = fingerprint()["cpu"]
+        assert cpu["isa_caps"] == {"ONEDNN_MAX_CPU_ISA": "AVX2"}
+        kinds.add(cpu_kind({"machine": {"cpu": cpu}}))
+    assert kinds == {"avx2 fma under ONEDNN_MAX_CPU_ISA=AVX2"}
+    # a report an older sdopt wrote with the value as typed names the same kind
+    old = {"isa": ["avx2", "fma"], "isa_caps": {"ONEDNN_MAX_CPU_ISA": "avx2"}}
+    assert cpu_kind({"machine": {"cpu": old}}) == "avx2 fma under ONEDNN_MAX_CPU_ISA=AVX2"

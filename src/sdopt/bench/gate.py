@@ -25,6 +25,7 @@ from sdopt.bench.assemble import PSNR_CAP_DB, REPORT_SCHEMA, crowded, too_noisy,
 from sdopt.request import is_finite_number
 from sdopt.errors import SdoptError
 from sdopt.fsutil import read_json
+from sdopt.hardware import ONEDNN_CAP_VARIABLES
 
 EXIT_OK, EXIT_REGRESSION, EXIT_INCOMPARABLE = 0, 1, 2
 
@@ -437,6 +438,8 @@ def cpu_kind(report: dict) -> str:
     # words a file name can hold: scripts/ci_bench.sh names its baselines by this kind.
     caps = cpu.get("isa_caps") if isinstance(cpu, dict) else None
     if isinstance(caps, dict) and caps:
+        # a oneDNN cap in one spelling (reports of older sdopt kept it as typed: "avx2" and "AVX2" are one cap to oneDNN)
+        caps = {k: str(v).strip().upper() if k in ONEDNN_CAP_VARIABLES else v for k, v in caps.items()}
         kind = f"{kind} under ".lstrip() + " ".join(f"{k}={v}" for k, v in sorted(caps.items()))
     return kind
 

@@ -18,15 +18,17 @@ RECORDED_ISA = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf1
 
 
 def _isa_caps() -> dict[str, str]:
-    """The variables that keep the libraries below the CPU's own features, as set: a run under them is no run of this
-    CPU. "isa" is already what the oneDNN cap leaves (sdopt.hardware.cpu_flags); ATEN_CPU_CAPABILITY moves torch's ATen
-    kernels only. A oneDNN value that caps nothing is left out, or the run counted as another CPU's (another baseline
+    """The variables that keep the libraries below the CPU's own features, as set (a oneDNN cap by its level): a run
+    under them is no run of this CPU. "isa" is already what the oneDNN cap leaves (sdopt.hardware.cpu_flags);
+    ATEN_CPU_CAPABILITY moves torch's ATen kernels only. A oneDNN value that caps nothing is left out, or the run counted as another CPU's (another baseline
     file in scripts/ci_bench.sh, speed not compared): one oneDNN ignores (ALL, a misspelling), a level at or above this
     CPU's own (AVX512_CORE_AMX on an EPYC), or DNNL_MAX_CPU_ISA beside ONEDNN_MAX_CPU_ISA, which oneDNN reads first."""
     caps = {"ATEN_CPU_CAPABILITY": aten} if (aten := os.environ.get("ATEN_CPU_CAPABILITY")) else {}
     own = hardware.cpuinfo_flags()
     if (cap := hardware.onednn_isa_cap()) and (not own or own - hardware.cpu_flags()):  # flags unknown: said, as it may cap
-        caps[cap.variable] = cap.value
+        # its level, not the value as typed: oneDNN reads "avx2" and "AVX2" alike, and the gate's cpu_kind (so
+        # scripts/ci_bench.sh's baseline file) must not tell them apart
+        caps[cap.variable] = cap.level
     return caps
 
 
