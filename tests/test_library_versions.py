@@ -125,3 +125,54 @@ def test_the_library_check_of_every_torch_load_reads_the_installed_versions_once
     monkeypatch.setattr(metadata, "version", lambda dist: read.append(dist) or real(dist))
     versions.require_compatible_libraries()
     assert read == []
+
+
+def _unet_flops(tmp_path):
+    from sdopt.bench.flops import unet_flops_per_call
+
+    return unet_flops_per_call(tmp_path / "config.json", 1, 64, 64, 8)
+
+
+def _vae_flops(tmp_path):
+    from sdopt.bench.flops import vae_decoder_flops
+
+    return vae_decoder_flops(tmp_path / "config.json", (1, 4, 8, 8), tiny=True)
+
+
+def _tiny_decoder(tmp_path):
+    from sdopt.decoder.tiny import load_tiny
+
+    return load_tiny(tmp_path)
+
+
+def _distill(tmp_path):
+    from sdopt.decoder.distill import distill_decoder
+
+    return distill_decoder(tmp_path / "model", tmp_path / "out")
+
+
+def _train_shapes(tmp_path):
+    from sdopt.shapes.train import train_shapes
+
+    return train_shapes(tmp_path / "out")
+
+
+@pytest.mark.parametrize("entry", [_unet_flops, _vae_flops, _tiny_decoder, _distill, _train_shapes])
+def test_every_diffusers_model_import_refuses_an_incompatible_pair_in_one_line(tmp_path, monkeypatch, entry):
+    """The bench's FLOP counts, the tiny decoder, distill-decoder and train-shapes imported Diffusers' models without the
+    check every torch load makes: beside Transformers 4.47 they stopped with Diffusers' own ImportError, deep inside."""
+    import sys
+    import types
+
+    from sdopt.errors import SdoptError
+    from sdopt.runtime import versions
+
+    class Unimportable(types.ModuleType):  # what Diffusers 0.37 is beside Transformers 4.47
+        def __getattr__(self, name):
+            raise ImportError("cannot import name 'Dinov2WithRegistersConfig' from 'transformers'")
+
+    monkeypatch.setattr(versions, "library_versions", lambda *names: {"diffusers": "0.37.0", "transformers": "4.47.1"})
+    monkeypatch.setitem(sys.modules, "diffusers", Unimportable("diffusers"))
+    with pytest.raises(SdoptError, match=r"^diffusers 0\.37\.0 needs transformers 4\.48 or newer, not 4\.47\.1"):
+        entry(tmp_path)
+    assert not (tmp_path / "out").exists()

@@ -8,6 +8,8 @@ import os
 import time
 from pathlib import Path
 
+from sdopt.runtime.versions import require_compatible_libraries
+
 
 def _counted(call) -> int:
     """FLOPs of ``call()`` as torch's FlopCounterMode counts them (matmuls, convolutions, attention)."""
@@ -32,6 +34,8 @@ def unet_flops_per_call(unet_config: Path, batch: int, height: int, width: int, 
     embedding and size ids. ``shallow``: only the branch a step-cached step runs (sdopt.stepcache).
     """
     import torch
+
+    require_compatible_libraries()  # one line, not the ImportError of a Diffusers that cannot import its models
     from diffusers import UNet2DConditionModel
 
     config = json.loads(Path(unet_config).read_text())
@@ -75,6 +79,8 @@ def vae_decoder_flops(config: Path, latent_shape: tuple[int, ...], tiny: bool = 
     """FLOPs of one decode at this latent shape: the full AutoencoderKL, or a tiny decoder (AutoencoderTiny);
     ``rewritten``: as the artifact computes it after sdopt.rewrite's exact rewrites (fewer FLOPs, same outputs)."""
     import torch
+
+    require_compatible_libraries()  # text_encoder_flops checks through module_class
     from diffusers import AutoencoderKL, AutoencoderTiny
 
     data = json.loads(Path(config).read_text())

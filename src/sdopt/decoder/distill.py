@@ -186,6 +186,10 @@ def distill_decoder(model: str | Path, out: str | Path, settings: DistillSetting
                     progress: bool = True, force: bool = False) -> Path:
     """Distill a tiny decoder for ``model`` (a PyTorch checkpoint) into ``out``; returns its path."""
     import torch
+
+    from sdopt.runtime.versions import require_compatible_libraries
+
+    require_compatible_libraries()  # one line, not the ImportError of a Diffusers that cannot import its models
     from diffusers import AutoencoderTiny
 
     from sdopt.bench.machine import fingerprint

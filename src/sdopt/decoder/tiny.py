@@ -87,6 +87,10 @@ def load_tiny(path: str | Path, dtype=None):
     """The AutoencoderTiny of a folder; weights that do not load (truncated, or not the shapes its config.json
     gives) are an SdoptError naming the folder, not Diffusers' traceback."""
     import torch
+
+    from sdopt.runtime.versions import require_compatible_libraries
+
+    require_compatible_libraries()  # one line, not the ImportError of a Diffusers that cannot import its models
     from diffusers import AutoencoderTiny
 
     try:

@@ -211,7 +211,10 @@ def save_curves(folder: Path, log: list, panels: tuple[tuple[str, str], ...]) ->
 def train_shapes(out: str | Path, settings: TrainSettings = TrainSettings(), progress: bool = True, force: bool = False) -> Path:
     """Train the shapes model into ``out`` (written atomically); returns its path. Runs on ``settings.threads`` torch
     threads, and gives the caller's count back after (a Python caller, or a test process, keeps its own)."""
+    from sdopt.runtime.versions import require_compatible_libraries
+
     settings.check()
+    require_compatible_libraries()  # one line, not the ImportError of a Diffusers that cannot import its models
     require("matplotlib", "bench")  # loss.png, drawn once training is done: missing, it failed there with a traceback
     previous = torch.get_num_threads()
     torch.set_num_threads(settings.threads or os.cpu_count() or 1)
