@@ -91,7 +91,9 @@ def test_runtime_matches_diffusers_load_lora_weights(tiny_model, tiny_lora):
 
     pipe = StableDiffusionPipeline.from_pretrained(tiny_model, safety_checker=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
-    pipe.load_lora_weights(str(tiny_lora), adapter_name="style")
+    # weight_name as sdopt.lora.apply passes it: Diffusers 0.37 (which pyproject admits) guesses the file's name otherwise,
+    # and under HF_HUB_OFFLINE refuses to ("you must specify a `weight_name`")
+    pipe.load_lora_weights(str(tiny_lora), weight_name=tiny_lora.name, adapter_name="style")
     pipe.set_adapters(["style"], [0.7])
     request = GenerateRequest(**SMALL, scheduler="euler", loras={str(tiny_lora): 0.7})
     from sdopt.runtime.schedulers import make_scheduler
