@@ -302,3 +302,37 @@ def test_loading_leaves_the_hosts_progress_bars_as_they_were(tiny_model):
     finally:
         for lib, was in zip(libraries, before):
             lib.enable_progress_bar() if was else lib.disable_progress_bar()
+
+
+def test_messages_of_features_a_onednn_cap_hides_name_the_cap_not_the_cpu(tiny_model, monkeypatch):
+    """Under ONEDNN_MAX_CPU_ISA=AVX2 on an AVX-512 VNNI/BF16 CPU, the bf16 warning, the "of peak" probe's note, the
+    int8 saturation warning and the overflow fix's recorded reason said the CPU had no AVX512-BF16 / VNNI: it has them,
+    and the cap hides them. Without a cap (or on a CPU that truly lacks them) they still speak of the CPU."""
+    import types
+    import warnings
+
+    import sdopt.hardware
+    from sdopt.bench.flops import probe_precision
+    from sdopt.runtime.int8_saturation import warn_if_int8_may_saturate
+
+    def messages() -> list[str]:
+        unfixed = types.SimpleNamespace(components={"unet": types.SimpleNamespace(quantization={"scheme": "int8-static"})})
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            sdopt.load(tiny_model, precision="bf16")
+            warn_if_int8_may_saturate(unfixed)
+        said = [str(w.message) for w in caught if "emulates" in str(w.message) or "saturate" in str(w.message)]
+        return said + [probe_precision("bf16", "cpu")[1], sdopt.hardware.int8_overflow_by_cpu()[1]]
+
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.setattr(sdopt.hardware, "cpuinfo_flags", lambda: frozenset({"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16"}))
+    capped = messages()
+    assert len(capped) == 4
+    for said in capped:
+        assert "ONEDNN_MAX_CPU_ISA=AVX2 hides this CPU's avx512_" in said and "has no" not in said, said
+    monkeypatch.setattr(sdopt.hardware, "cpuinfo_flags", lambda: frozenset({"avx2", "fma"}))  # a genuine AVX2 CPU
+    genuine = messages()
+    assert len(genuine) == 4
+    for said in genuine:
+        assert "has no" in said and "ONEDNN" not in said, said

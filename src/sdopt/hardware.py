@@ -107,11 +107,23 @@ def cpu_lacks_int8_dot() -> bool:
     return _cpu_lacks(INT8_DOT_ISA)
 
 
+def hidden_by_cap(features: tuple[str, ...]) -> str | None:
+    """"ONEDNN_MAX_CPU_ISA=AVX2 hides this CPU's avx512_bf16 from oneDNN" where the CPU has one of ``features`` and the
+    oneDNN cap is what keeps it from the libraries; None where there is no cap or the CPU has none of them. A message
+    about features the libraries go without says this, not that "this CPU" lacks what it has."""
+    cap = onednn_isa_cap()
+    have = [f for f in features if f in cpuinfo_flags()]
+    if cap is None or not have:
+        return None
+    return f"{cap} hides this CPU's {'/'.join(have)} from oneDNN"
+
+
 def int8_overflow_by_cpu() -> tuple[bool, str]:
     """Whether --overflow-fix auto fixes int8 overflow on this CPU (it lacks an int8 dot product), and why, as a quantized
     artifact records it: one reason for NNCF's and ONNX Runtime's quantizers alike."""
     if cpu_lacks_int8_dot():
-        return True, "auto: this CPU has no VNNI/AMX int8 dot product, so 8-bit products would saturate at 16 bits"
+        why = hidden_by_cap(INT8_DOT_ISA) or "this CPU has no VNNI/AMX int8 dot product"
+        return True, f"auto: {why}, so 8-bit products would saturate at 16 bits"
     return False, "auto: this CPU has an int8 dot product (VNNI/AMX)"
 
 

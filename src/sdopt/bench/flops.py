@@ -110,10 +110,11 @@ def probe_precision(precision: str, device: str = "cpu") -> tuple[str, str | Non
     if precision == "int8" and not cuda:
         return "int8", None
     if precision == "bf16" and not cuda:
-        from sdopt.hardware import cpu_lacks_bf16
+        from sdopt.hardware import BF16_ISA, cpu_lacks_bf16, hidden_by_cap
 
         if cpu_lacks_bf16():
-            return "fp32", "bf16 is emulated on this CPU (no AVX512-BF16 or AMX): measured against fp32's ceiling"
+            where = hidden_by_cap(BF16_ISA) or "this CPU has no AVX512-BF16 or AMX"
+            return "fp32", f"bf16 is emulated where {where}: measured against fp32's ceiling"
         return "bf16", None
     if precision in _PROBE_DTYPES and not (precision == "fp16" and not cuda):
         return precision, None

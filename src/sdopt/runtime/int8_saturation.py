@@ -20,13 +20,14 @@ def warn_if_int8_may_saturate(manifest, stacklevel: int = 4) -> None:
                and (entry.quantization.get("overflow_fix") or {}).get("mode", "first-layer") != "enable"}
     if not unfixed:
         return
-    from sdopt.hardware import cpu_lacks_int8_dot
+    from sdopt.hardware import INT8_DOT_ISA, cpu_lacks_int8_dot, hidden_by_cap
 
     if cpu_lacks_int8_dot():
         backend = next(iter(unfixed.values()))
+        where = hidden_by_cap(INT8_DOT_ISA) or "the CPU has no VNNI or AMX"  # under a oneDNN cap, the CPU has them
         warnings.warn(
-            f"{', '.join(unfixed)}: int8 with 8-bit weights, on a CPU without VNNI or AMX, where their int8 products can "
-            f"saturate (the SDXL toy lost 4.3 dB): re-quantize with `sdopt quantize --backend {backend} --scheme int8-static "
+            f"{', '.join(unfixed)}: int8 with 8-bit weights, where {where}: their int8 products can saturate (the SDXL "
+            f"toy lost 4.3 dB): re-quantize with `sdopt quantize --backend {backend} --scheme int8-static "
             "--overflow-fix enable` (the default when quantized on such a CPU)",
             UserWarning,
             stacklevel=stacklevel,

@@ -244,11 +244,12 @@ def load_components(folder: Path, manifest: Manifest, device: str, precision: st
     dtype = DTYPES[precision]
     setting = compile_setting(options.get("compile"), device)  # refused before any weights load
     if precision == "bf16" and device.startswith("cpu"):
-        from sdopt.hardware import cpu_lacks_bf16
+        from sdopt.hardware import BF16_ISA, cpu_lacks_bf16, hidden_by_cap
 
         if cpu_lacks_bf16():
+            where = hidden_by_cap(BF16_ISA) or "the CPU has no AVX512-BF16 or AMX"  # under a oneDNN cap, the CPU has them
             warnings.warn(
-                "bf16 on a CPU without AVX512-BF16 or AMX: PyTorch emulates it, which is far slower than fp32 "
+                f"bf16 where {where}: PyTorch emulates it, which is far slower than fp32 "
                 "(measured in docs/openvino.md). Use fp32 here, or OpenVINO/ONNX for speed",
                 UserWarning,
                 stacklevel=2,
