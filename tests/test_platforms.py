@@ -23,6 +23,41 @@ def test_peak_memory_without_resource_or_proc_is_said_not_measured(monkeypatch):
         assert memory.rss_peak_bytes() == 0
 
 
+def test_a_bench_where_peak_memory_is_not_measured_records_none_and_the_gate_says_why(tiny_model, tiny_pipeline, monkeypatch, tmp_path):
+    """On Windows (no resource module, no /proc) a bench row's peak memory read 0 bytes: the report said "0 MiB" as if
+    measured, and the gate's peak_memory rule passed it (-100% against a Linux baseline). Now the row records none, and
+    the gate's MISSING verdict comes with a note saying why."""
+    import copy
+    import json
+    import warnings
+    from pathlib import Path
+
+    import sdopt
+    import sdopt.runtime.memory as memory
+    from sdopt.bench.gate import gate
+    from sdopt.bench.worker import measure
+
+    monkeypatch.setitem(sys.modules, "resource", None)
+    monkeypatch.setattr(memory, "_PROC_STATUS", "/nonexistent/proc/self/status")
+    monkeypatch.setattr(sdopt, "load", lambda *a, **k: tiny_pipeline)
+    job = {"output_dir": str(tmp_path), "path": str(tiny_model), "device": "cpu", "precision": None, "prompts": ["a fox"],
+           "seeds": [0], "steps": 1, "guidance_scale": 7.5, "height": 64, "width": 64, "scheduler": "euler", "warmup": 1, "runs": 1,
+           "max_seconds": None}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "peak memory is not measured on this platform", said once
+        raw = measure(job)
+    assert raw["peak_memory_bytes"] is None and raw["process_peak_rss_bytes"] is None and raw["peak_memory_kind"] == "rss"
+
+    baseline = json.loads((Path(__file__).parents[1] / "reports/ci/baselines/avx2-fma.json").read_text())
+    current = copy.deepcopy(baseline)
+    row = next(a for a in current["artifacts"] if a["name"] != current["reference"])
+    row["peak_memory_bytes"] = raw["peak_memory_bytes"]
+    result = gate(current, {"peak_memory": "+5%"}, baseline)
+    checks = [c for c in result.checks if c.artifact == row["name"]]
+    assert [c.verdict for c in checks] == ["MISSING", "ok"]  # peak_memory, then the status check the gate adds
+    assert any(n.startswith(f"{row['name']} peak_memory: not measured in this run") for n in result.notes), result.notes
+
+
 def test_serve_runs_where_there_is_no_sighup(tiny_model, monkeypatch):
     """Windows has no signal.SIGHUP: the server's run (which stops on SIGHUP as on SIGTERM) and serve's end (which says a
     SIGHUP stop) raised AttributeError there, so `sdopt serve` never served on Windows."""

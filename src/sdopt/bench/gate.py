@@ -340,6 +340,12 @@ def gate(current: dict, rules_table: dict[str, Any], baseline: dict | None = Non
             if rule.metric in _LATENCY_METRICS and is_finite_number(base_value):
                 noise = math.hypot(ratio_noise(artifact, current), ratio_noise(base, baseline))
             change, verdict = _judge(rule, value, base_value, noise, ran=artifact.get("status") == "ok")
+            if rule.metric == "peak_memory" and verdict == "MISSING":
+                unmeasured = [which for which, row in (("this run", artifact), ("the baseline", base))
+                              if row is not None and row.get("status") == "ok" and row.get("peak_memory_bytes") is None]
+                if unmeasured:  # a bench on Windows reads no peak (sdopt.runtime.memory): not a number gone astray
+                    result.notes.append(f"{name} peak_memory: not measured in {' or '.join(unmeasured)} (sdopt reads no peak "
+                                        "memory on Windows); leave peak_memory out of the rules to gate such runs")
             # "noise" too: a band made of a too-noisy row's own spread is wide enough to pass any slowdown (the tiny model
             # benched on a busy machine: noise ±136%, a 2.3x slowdown called noise and passed)
             if verdict in ("REGRESSION", "noise") and rule.metric in _LATENCY_METRICS:

@@ -5,11 +5,13 @@ high-water mark (VmHWM), so each generate call reports its own peak rather
 than the largest since the process started. Elsewhere the lifetime peak from
 getrusage is the best available, and is labelled as such by being no lower.
 Windows has neither (no /proc, no ``resource`` module): the peak is not
-measured there, said once per process, and reads 0.
+measured there, said once per process, and reads 0 (rss_peak_measured says
+which, so that a report can record no figure rather than 0 bytes).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from contextlib import contextmanager
@@ -42,6 +44,17 @@ def rss_peak_bytes() -> int:
         return 0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # macOS reports bytes, Linux KiB
+
+
+def rss_peak_measured() -> bool:
+    """Whether rss_peak_bytes measures anything on this platform (not on Windows: no /proc, no resource module)."""
+    if os.path.exists(_PROC_STATUS):
+        return True
+    try:
+        import resource  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 _said_unmeasured = False
