@@ -294,3 +294,20 @@ def test_a1111s_memory_endpoint_answers_where_the_os_does_not_tell_it(monkeypatc
     assert memory()["ram"] == {"error": "not reported by sdopt serve on this platform"}
     monkeypatch.delattr(os, "sysconf")
     assert memory() == {"ram": {"error": "not reported by sdopt serve on this platform"}, "cuda": {"error": "not reported by sdopt serve"}}
+
+
+@pytest.mark.parametrize("platform, asked, said", [("darwin", "fork", True), ("win32", "fork", True), ("darwin", None, False),
+                                                   ("linux", "fork", False), ("darwin", "cold", False)])
+def test_worker_start_fork_asked_for_where_workers_start_cold_is_said_once(monkeypatch, platform, asked, said):
+    """`sdopt bench --worker-start fork` on macOS or Windows ran every worker cold, and only the report's settings said
+    so: load times that include the imports, read as the fork's. Asked for by name there, the command line says it;
+    the default (fork where it can) stays quiet, as README's "What runs where" says."""
+    from sdopt.bench.settings import BenchSettings
+
+    monkeypatch.setattr(sys, "platform", platform)
+    lines: list[str] = []
+    settings = BenchSettings.resolve(None, None, lines.append, worker_start=asked)
+    assert settings.worker_start == (asked or "fork")
+    assert [line for line in lines if "--worker-start fork" in line] == (
+        [f"--worker-start fork: workers start cold here (fork is for cpu and cuda devices on Linux; this is cpu on {platform}): "
+         "load times include the imports"] if said else [])

@@ -4,10 +4,11 @@ profile's [bench] over the defaults."""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from sdopt.bench.forkserver import WORKER_STARTS
+from sdopt.bench.forkserver import WORKER_STARTS, effective_worker_start
 from sdopt.bench.grounding import choose_judge
 from sdopt.bench.profiles import BENCH_DEFAULTS, HardwareProfile
 from sdopt.errors import SdoptError, command_line
@@ -103,6 +104,10 @@ class BenchSettings:
         values["max_seconds"] = budget if budget is not None else (profile.bench.get("max_seconds") if profile else None)
         settings = cls(**values)
         settings.validate()
+        if say is not None and overrides.get("worker_start") == "fork" and effective_worker_start("fork", settings.device) == "cold":
+            # asked for by name (the default is said in README): only the report's settings said it ran cold
+            say(f"--worker-start fork: workers start cold here (fork is for cpu and cuda devices on Linux; this is "
+                f"{settings.device} on {sys.platform}): load times include the imports")
         return settings
 
     def validate(self) -> None:
