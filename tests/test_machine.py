@@ -93,3 +93,16 @@ def test_a_onednn_cap_is_one_kind_of_cpu_however_it_is_spelled(monkeypatch):
     # a report an older sdopt wrote with the value as typed names the same kind
     old = {"isa": ["avx2", "fma"], "isa_caps": {"ONEDNN_MAX_CPU_ISA": "avx2"}}
     assert cpu_kind({"machine": {"cpu": old}}) == "avx2 fma under ONEDNN_MAX_CPU_ISA=AVX2"
+
+
+def test_a_onednn_cap_is_named_in_one_spelling_in_what_sdopt_records_and_says(monkeypatch):
+    """ONEDNN_MAX_CPU_ISA=avx2 was written as typed into an int8-static artifact's overflow-fix reason and the OpenVINO
+    compile error's hint, beside "ONEDNN_MAX_CPU_ISA=AVX2" in the bench report of the same cap."""
+    import sdopt.hardware
+
+    monkeypatch.setattr(sdopt.hardware, "cpuinfo_flags", lambda: frozenset({"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16"}))
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", " avx2")
+    assert str(sdopt.hardware.onednn_isa_cap()) == "ONEDNN_MAX_CPU_ISA=AVX2"
+    assert sdopt.hardware.int8_overflow_by_cpu() == (
+        True, "auto: ONEDNN_MAX_CPU_ISA=AVX2 hides this CPU's avx512_vnni from oneDNN, so 8-bit products would saturate at 16 bits")

@@ -47,7 +47,9 @@ class OneDnnCap(NamedTuple):
     level: str  # as oneDNN reads it, case and blanks aside: one of ONEDNN_ISA_LEVELS' names ("AVX2")
 
     def __str__(self) -> str:
-        return f"{self.variable}={self.value}"
+        # by its level: "avx2" and "AVX2" are one cap to oneDNN, and a record (an artifact's overflow-fix reason) or a
+        # message should not tell them apart
+        return f"{self.variable}={self.level}"
 
 
 def onednn_isa_cap() -> OneDnnCap | None:
