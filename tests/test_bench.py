@@ -1216,3 +1216,16 @@ def test_the_vae_encoder_of_img2img_is_a_stage_of_its_own_not_other(tiny_model, 
     assert stages["vae_encoder"] == 0.15 and stages["other"] == pytest.approx(0.05)
     assert "vae_encoder" not in _per_image_stages({**made, "vae_encoder_samples_s": [0.0]})  # txt2img: no such stage
     assert _per_image_stages(raw)["vae_encoder"] == statistics.median(raw["vae_encoder_samples_s"])
+
+
+def test_the_memory_plot_draws_no_bar_for_a_peak_not_measured(monkeypatch):
+    """A Windows row records its peak memory as null (not measured): the plot drew it as a bar of 0 MiB."""
+    pytest.importorskip("matplotlib")
+    from sdopt.bench import html
+
+    drawn = []
+    monkeypatch.setattr(html, "_png", lambda fig: drawn.append(fig) or "data:image/png;base64,")
+    html._memory_plot([{"artifact": "measured", "peak_memory_bytes": 64 * 2**20, "size_bytes": 2**20},
+                       {"artifact": "windows", "peak_memory_bytes": None, "size_bytes": 2**20}])
+    peak_axes = drawn[0].axes[0]
+    assert [(t.get_text().strip(), t.get_position()[1]) for t in peak_axes.texts] == [("not measured", 1)]

@@ -137,6 +137,9 @@ def _memory_plot(rows) -> str:
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 0.6 + 0.45 * len(rows)))
     names = [r["artifact"] for r in rows]
     a1.barh(names, [(r["peak_memory_bytes"] or 0) / 2**20 for r in rows], color="#8172b3")
+    for i, row in enumerate(rows):  # a peak not measured (Windows: null) is no bar of 0 MiB
+        if row["peak_memory_bytes"] is None:
+            a1.text(0, i, " not measured", va="center", fontsize=8, color="#555555")
     a1.set_xlabel("MiB")
     a1.set_title("Peak memory during generate")
     a2.barh(names, [(r["size_bytes"] or 0) / 2**20 for r in rows], color="#937860")
