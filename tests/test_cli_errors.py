@@ -386,7 +386,7 @@ def test_two_writers_of_one_output_each_replace_it_whole(tmp_path):
     """Two `generate -o same.png` at once (walk qa54) shared the partial file .same.png.partial: the second truncated the
     first's half-written image and renamed it into place, and the first then failed with a FileNotFoundError traceback.
     Each writer has its own partial: the one that finishes last replaces the file, whole, and neither fails."""
-    from sdopt.fsutil import files_written_whole
+    from sdopt.outputs import files_written_whole
 
     out = tmp_path / "same.png"
     with files_written_whole([out]) as (first,):
@@ -478,7 +478,7 @@ def test_a_killed_writer_not_yet_reaped_is_gone():
     """A zombie (killed, its parent has not waited for it) writes nothing more: its temporary folder is stale."""
     import time
 
-    from sdopt.fsutil import _pid_alive
+    from sdopt.outputs import _pid_alive
 
     child = subprocess.Popen(["true"])
     try:

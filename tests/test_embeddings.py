@@ -210,7 +210,7 @@ def test_serve_lists_and_reads_the_embeddings_folder(tiny_model, embedding, sdxl
 def test_the_png_names_the_embeddings_its_prompts_used_and_a_remake_without_them_is_warned(tiny_model, embedding, tmp_path, capsys):
     from PIL import Image
 
-    from sdopt.fsutil import sha256_file
+    from sdopt.file_reading import sha256_file
     from sdopt.infotext import embedding_hashes, parse_parameters
 
     out = tmp_path / "fox.png"

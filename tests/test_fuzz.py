@@ -183,7 +183,7 @@ def test_any_report_and_rules_are_judged_or_refused_never_passed_silently(ci_rep
     input_at=st.sampled_from(["elsewhere", "out", "inside-out"]),
 )
 def test_force_removes_only_what_sdopt_wrote(tmp_path_factory, written, extra, has_list, input_at):
-    from sdopt.fsutil import WRITTEN_LIST, check_output_dir
+    from sdopt.outputs import WRITTEN_LIST, check_output_dir
 
     root = tmp_path_factory.mktemp("force")
     out = root / "out"

@@ -563,14 +563,14 @@ def test_a_mistyped_local_path_is_not_sent_to_the_hub(tmp_path, capsys, monkeypa
 def test_an_interrupt_before_the_marker_is_written_leaves_no_folder(tmp_path, monkeypatch):
     """Ctrl-C or SIGTERM between making the temporary folder and writing its marker left an empty .NAME.tmp-* folder
     without the marker: not sdopt's to the next run or to `sdopt clean`, so it stayed (seen once in init-model --force)."""
-    from sdopt import fsutil
+    from sdopt import outputs
 
     def interrupted(folder, doing):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(fsutil, "_mark_unfinished", interrupted)
+    monkeypatch.setattr(outputs, "_mark_unfinished", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        with fsutil.atomic_output_dir(tmp_path / "out"):
+        with outputs.atomic_output_dir(tmp_path / "out"):
             pass
     assert list(tmp_path.iterdir()) == []
 
@@ -581,7 +581,7 @@ def test_an_empty_output_folder_that_cannot_move_is_filled_in_place(tmp_path, mo
     holds files, the error says where the finished output is kept."""
     import errno
 
-    from sdopt import fsutil
+    from sdopt import outputs
 
     real = os.replace
 
@@ -590,21 +590,21 @@ def test_an_empty_output_folder_that_cannot_move_is_filled_in_place(tmp_path, mo
             raise OSError(errno.EBUSY, "Device or resource busy")
         return real(src, dst)
 
-    monkeypatch.setattr(fsutil.os, "replace", busy)
+    monkeypatch.setattr(outputs.os, "replace", busy)
     mounted = tmp_path / "mounted"
     mounted.mkdir()
-    with fsutil.atomic_output_dir(mounted) as folder:
+    with outputs.atomic_output_dir(mounted) as folder:
         (folder / "sub").mkdir()
         (folder / "sub" / "weights.bin").write_bytes(b"w")
         (folder / "sdopt.json").write_text("{}")
-    assert sorted(p.relative_to(mounted).as_posix() for p in mounted.rglob("*")) == [fsutil.WRITTEN_LIST, "sdopt.json", "sub", "sub/weights.bin"]
+    assert sorted(p.relative_to(mounted).as_posix() for p in mounted.rglob("*")) == [outputs.WRITTEN_LIST, "sdopt.json", "sub", "sub/weights.bin"]
     assert [p.name for p in tmp_path.iterdir()] == ["mounted"]  # no temporary folder left
 
     full = tmp_path / "full"
-    with fsutil.atomic_output_dir(full) as folder:
+    with outputs.atomic_output_dir(full) as folder:
         (folder / "a").write_text("1")
     with pytest.raises(SdoptError, match=r"cannot replace .*full: Device or resource busy .* kept in .*\.full\.tmp-"):
-        with fsutil.atomic_output_dir(full, force=True) as folder:
+        with outputs.atomic_output_dir(full, force=True) as folder:
             (folder / "a").write_text("2")
     kept = next(tmp_path.glob(".full.tmp-*"))
     assert (kept / "a").read_text() == "2" and (full / "a").read_text() == "1"
@@ -619,13 +619,13 @@ def test_a_full_disk_is_one_line_and_keeps_the_output_it_would_replace(tmp_path,
     """A full disk mid-export (init-model, export --to onnx/openvino, distill-decoder, init-lora, a bench's report) was a
     library's traceback: safetensors' SafetensorError, torch.onnx's OSError, OpenVINO's 'basic_ios::clear: iostream
     error'. It is one line that says so; nothing half-written is left, and a --force run keeps the output it replaces."""
-    from sdopt import fsutil
+    from sdopt import outputs
 
     out = tmp_path / "out"
-    with fsutil.atomic_output_dir(out) as folder:
+    with outputs.atomic_output_dir(out) as folder:
         (folder / "a").write_text("old")
     with pytest.raises(SdoptError, match=rf"cannot write .*out: {re.escape(says)}.*what was written is removed\); free some space"):
-        with fsutil.atomic_output_dir(out, force=True) as folder:
+        with outputs.atomic_output_dir(out, force=True) as folder:
             (folder / "a").write_text("new")
             raise failure
     assert (out / "a").read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["out"]

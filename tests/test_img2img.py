@@ -542,7 +542,7 @@ def test_an_inpainting_checkpoint_calibrates_int8_static_on_images_it_repaints(t
     from types import SimpleNamespace
 
     from sdopt.bench.assemble import _calibrated_on_the_measured_image
-    from sdopt.fsutil import sha256_file
+    from sdopt.file_reading import sha256_file
 
     assert unet["calibration"]["inpainting"]["sha256"] == [sha256_file(photos / "p1.png"), sha256_file(photos / "p2.png")]
     rows = [SimpleNamespace(name="int8", manifest=read_manifest(out)), SimpleNamespace(name="fp32", manifest=read_manifest(source))]

@@ -411,7 +411,7 @@ def test_an_interrupted_init_lora_leaves_nothing_beside_the_file_and_the_old_one
 
 def test_init_lora_writes_its_file_with_the_umask_mode(tiny_model, tmp_path):
     """safetensors writes 0600; a LoRA made for a server run by another user (serve --lora-dir) was unreadable to it.
-    The file gets the mode a plain open() gives, as an artifact's files do (fsutil._apply_umask)."""
+    The file gets the mode a plain open() gives, as an artifact's files do (outputs._apply_umask)."""
     from sdopt.cli import main
 
     old = os.umask(0o022)

@@ -101,11 +101,11 @@ def test_a_killed_exports_folder_is_judged_without_os_kill_on_windows(tmp_path, 
     import os
     import socket
 
-    from sdopt import fsutil
+    from sdopt import outputs
 
     left = tmp_path / ".model.tmp-0badcafe"
     left.mkdir()
-    (left / fsutil.INCOMPLETE_MARKER).write_text(f"an sdopt command was writing this folder and did not finish: "
+    (left / outputs.INCOMPLETE_MARKER).write_text(f"an sdopt command was writing this folder and did not finish: "
                                                  f"pid 4242 host {socket.gethostname()}\n")
 
     def windows_kill(pid, sig):
@@ -114,8 +114,8 @@ def test_a_killed_exports_folder_is_judged_without_os_kill_on_windows(tmp_path, 
     monkeypatch.setattr(sys, "platform", "win32")
     monkeypatch.setattr(os, "kill", windows_kill)
     asked = []
-    monkeypatch.setattr(fsutil, "_windows_pid_alive", lambda pid: asked.append(pid) or False, raising=False)
-    assert fsutil.stale_temp_folders(tmp_path, "model") == [left]
+    monkeypatch.setattr(outputs, "_windows_pid_alive", lambda pid: asked.append(pid) or False, raising=False)
+    assert outputs.stale_temp_folders(tmp_path, "model") == [left]
     assert asked == [4242]
 
 
@@ -203,7 +203,7 @@ def test_no_home_folder_on_windows_is_said_in_one_line(monkeypatch):
     from pathlib import Path
 
     from sdopt.errors import SdoptError
-    from sdopt.fsutil import user_cache_dir
+    from sdopt.file_reading import user_cache_dir
 
     for name in ("SDOPT_CACHE_DIR", "XDG_CACHE_HOME"):
         monkeypatch.delenv(name, raising=False)
@@ -231,7 +231,7 @@ def test_an_image_another_program_holds_open_on_windows_is_said_in_one_line(tmp_
     """generate -o x.png over an x.png a Windows program holds open: the rename of the finished file was a PermissionError
     traceback after the generation. One line says what to do; the old file stays whole and no partial file is left."""
     from sdopt.errors import SdoptError
-    from sdopt.fsutil import files_written_whole
+    from sdopt.outputs import files_written_whole
 
     out = tmp_path / "x.png"
     out.write_bytes(b"the image before")

@@ -48,7 +48,7 @@ def test_distill_writes_a_diffusers_tiny_decoder_with_its_measurements(distilled
 
 def test_the_same_seed_distills_the_same_weights(distilled, tiny_model, tmp_path):
     from sdopt.decoder.distill import DistillSettings, distill_decoder
-    from sdopt.fsutil import sha256_file
+    from sdopt.file_reading import sha256_file
 
     weights = "diffusion_pytorch_model.safetensors"
     again = distill_decoder(tiny_model, tmp_path / "again", DistillSettings(**DISTILL_FEW), progress=False)

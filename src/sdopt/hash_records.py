@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from sdopt.errors import SdoptError
-from sdopt.fsutil import sha256_file, user_cache_dir
+from sdopt.file_reading import sha256_file, user_cache_dir
 
 HASH_SETTLE_S = 2.0  # a file changed more recently than this before its hash started is not recorded
 RECORDS = "verified-hashes"  # the folder under the user's cache folder

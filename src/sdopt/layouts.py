@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from sdopt.errors import SdoptError, exception_line
-from sdopt.fsutil import read_json
+from sdopt.file_reading import read_json
 from sdopt.manifest import ComponentEntry, FileEntry, Manifest, files_in, folder_family, model_info
 
 # Which Diffusers folder holds each component of the torch backend.

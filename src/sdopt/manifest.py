@@ -19,8 +19,9 @@ from typing import Any
 
 from sdopt.errors import SdoptError
 from sdopt.families import DEFAULT as FAMILY  # a manifest that names no family; sdopt.families has them all
-from sdopt.fsutil import INCOMPLETE_MARKER, read_json, sha256_file
+from sdopt.file_reading import read_json, sha256_file
 from sdopt.hash_records import recorded_sha256
+from sdopt.outputs import INCOMPLETE_MARKER
 
 MANIFEST_NAME = "sdopt.json"
 SCHEMA_VERSION = 1

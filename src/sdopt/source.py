@@ -130,7 +130,7 @@ def _from_hub(repo_id: str) -> Path:
     try:
         manifest = None
         if files is not None and "sdopt.json" in files:  # an sdopt artifact: its manifest says which files it is
-            from sdopt.fsutil import read_json
+            from sdopt.file_reading import read_json
 
             manifest = read_json(hub.hf_hub_download(repo_id, "sdopt.json"), missing="download it again")
         patterns = _HUB_PATTERNS if files is None else hub_files(files, manifest)

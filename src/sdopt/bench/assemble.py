@@ -289,7 +289,7 @@ def _calibrated_on_the_measured_image(entries: list[Entry], settings: BenchSetti
     """Rows int8-calibrated on the very image this bench repaints: their quality would be flattered, so the report says so."""
     if not settings.init_image:
         return []
-    from sdopt.fsutil import sha256_file
+    from sdopt.file_reading import sha256_file
     from sdopt.quant.inpainting_calibration import calibrated_on
 
     digest = sha256_file(settings.init_image)

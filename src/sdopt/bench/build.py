@@ -43,8 +43,8 @@ from typing import Any, Callable
 
 from sdopt.bench.profiles import HardwareProfile
 from sdopt.errors import SdoptError
-from sdopt.fsutil import local_inputs, make_work_dir
 from sdopt.locks import folder_lock
+from sdopt.outputs import local_inputs, make_work_dir
 
 
 @dataclass

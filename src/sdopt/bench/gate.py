@@ -24,7 +24,7 @@ from sdopt.bench.rules import Rule, parse_rules
 from sdopt.bench.assemble import PSNR_CAP_DB, REPORT_SCHEMA, crowded, too_noisy, with_more_rounds
 from sdopt.request import is_finite_number
 from sdopt.errors import SdoptError
-from sdopt.fsutil import read_json
+from sdopt.file_reading import read_json
 from sdopt.hardware import ONEDNN_CAP_VARIABLES
 
 EXIT_OK, EXIT_REGRESSION, EXIT_INCOMPARABLE = 0, 1, 2

@@ -224,8 +224,8 @@ def _optimize(model, out, settings, work, floor, quick, budget_minutes, distill,
     from sdopt.bench.report import require_report_libraries
     from sdopt.bench.runner import run_bench
     from sdopt.export.run import source_checkpoint
-    from sdopt.fsutil import atomic_output_dir, check_output_dir, local_inputs, make_work_dir
     from sdopt.locks import folder_lock
+    from sdopt.outputs import atomic_output_dir, check_output_dir, local_inputs, make_work_dir
 
     check_output_dir(out, force, local_inputs(model))  # before any slow work
     require_report_libraries()  # the bench extra: its report is written once every candidate is benched
@@ -252,7 +252,7 @@ def _optimize(model, out, settings, work, floor, quick, budget_minutes, distill,
 
         calibration_images = list(image_files(calibration_images, "--calibration-images"))  # absolute: builds may run elsewhere (Ray)
         if settings.init_image:
-            from sdopt.fsutil import sha256_file
+            from sdopt.file_reading import sha256_file
 
             measured = sha256_file(settings.init_image)
             if same := [Path(p).name for p in calibration_images if sha256_file(p) == measured]:

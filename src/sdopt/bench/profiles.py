@@ -93,7 +93,7 @@ def load_profile(name_or_path: str) -> HardwareProfile:
             raise SdoptError(f"unknown profile '{name_or_path}'{did_you_mean(name_or_path, known)}; "
                              f"known profiles: {', '.join(known) or 'none found'} (or give the path of a .toml file)")
         path = found[0]
-    from sdopt.fsutil import read_toml
+    from sdopt.file_reading import read_toml
 
     data = read_toml(path, what="profile")
     missing = [k for k in ("name", "device") if k not in data]

@@ -322,7 +322,7 @@ def write_reports(report: dict, out: Path) -> dict[str, Path]:
     import pandas as pd
 
     from sdopt.bench.html import render_html
-    from sdopt.fsutil import replace_file
+    from sdopt.outputs import replace_file
 
     paths = {
         "html": out / "report.html",

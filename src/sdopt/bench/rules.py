@@ -99,7 +99,7 @@ def parse_rules(table: dict[str, Any]) -> list[Rule]:
 
 def load_rules_file(path) -> dict[str, Any]:
     """A TOML file with a [gate] table (a profile works) or the rules at top level."""
-    from sdopt.fsutil import read_toml
+    from sdopt.file_reading import read_toml
 
     data = read_toml(path, what="rules file")
     table = data.get("gate", data)

@@ -25,8 +25,8 @@ from sdopt.bench.rounds import merge_rounds, rotated
 from sdopt.bench.settings import BenchSettings
 from sdopt.bench.worker import PROGRESS_FILE
 from sdopt.errors import SdoptError
-from sdopt.fsutil import DISK_FULL, says_out_of_space
 from sdopt.locks import check_not_locked, folder_lock
+from sdopt.outputs import DISK_FULL, says_out_of_space
 
 
 # --- running ----------------------------------------------------------------------------
@@ -304,7 +304,7 @@ def check_report_folder(out: str | Path, force: bool = False) -> Path:
         if not force:
             raise SdoptError(f"-o {out} holds the report of another bench ({', '.join(held)}): pass --force to replace it (its "
                              f"{', '.join((*REPORT_FILES, RAW + '/'))} are removed, other files kept), or choose another folder")
-    from sdopt.fsutil import check_can_create_in, nearest_existing
+    from sdopt.outputs import check_can_create_in, nearest_existing
 
     check_can_create_in(nearest_existing(out), out)
     return out

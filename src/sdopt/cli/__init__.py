@@ -178,7 +178,7 @@ def _main(argv: list[str] | None) -> int:
               "programs, or ask for less (a smaller model, --height/--width or --num-images)", file=sys.stderr)
         return SdoptError.exit_code
     except Exception as exc:
-        from sdopt.fsutil import DISK_FULL, out_of_space
+        from sdopt.outputs import DISK_FULL, out_of_space
 
         if not out_of_space(exc):  # a file written outside an artifact folder (a LoRA, a bench report): one line too
             raise

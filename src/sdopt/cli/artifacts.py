@@ -28,7 +28,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _clean(args: argparse.Namespace) -> int:
-    from sdopt.fsutil import remove_stale_temp_folders, temp_folders_in_use
+    from sdopt.outputs import remove_stale_temp_folders, temp_folders_in_use
 
     folder = Path(args.folder)
     if not folder.is_dir():

@@ -76,7 +76,7 @@ def _generate(args: argparse.Namespace) -> int:
     from sdopt.runtime.schedulers import check_scheduler
 
     check_scheduler(request.scheduler)  # the precision is checked by the artifact's backend at load (before any weights)
-    from sdopt.fsutil import check_output_files, local_inputs
+    from sdopt.outputs import check_output_files, local_inputs
 
     manifest = _artifact_manifest(args.artifact)  # read before the (slow) load: what it was built for
     if manifest is not None and "num_images" not in asked:
@@ -153,7 +153,7 @@ def _generate(args: argparse.Namespace) -> int:
         )
     from PIL import Image
 
-    from sdopt.fsutil import DISK_FULL, files_written_whole, out_of_space
+    from sdopt.outputs import DISK_FULL, files_written_whole, out_of_space
 
     paths[0].parent.mkdir(parents=True, exist_ok=True)
     # An interrupted or failed save never leaves half an image, nor truncates the one it replaces, nor a set mixing new

@@ -195,7 +195,7 @@ def distill_decoder(model: str | Path, out: str | Path, settings: DistillSetting
     from sdopt.bench.machine import fingerprint
     from sdopt.decoder import probe, tiny as tiny_mod
     from sdopt.export.run import source_checkpoint
-    from sdopt.fsutil import atomic_output_dir, check_output_dir, local_inputs
+    from sdopt.outputs import atomic_output_dir, check_output_dir, local_inputs
     from sdopt.runtime.load import load
     from sdopt.runtime.torch import load_pretrained
     from sdopt.shapes.train import forget_load_path, save_curves

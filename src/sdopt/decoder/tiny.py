@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sdopt.errors import SdoptError, with_article
-from sdopt.fsutil import read_json, sha256_file
+from sdopt.file_reading import read_json, sha256_file
 from sdopt.runtime.library_lock import holding_library_lock
 
 ARCHITECTURE = "AutoencoderTiny"

@@ -77,7 +77,7 @@ def to_load(paths: list, have: list[dict[str, Any]], tokenizer: Any, backend: st
     """The embeddings of ``paths`` to load into a pipeline that holds ``have`` (its manifest's records, then those
     added), and {word: why} of those left out. ``widths``: its text encoders' token widths where it loads embeddings at
     run time (torch), None where it reads only those fused at export. A file already in (the same sha256) is neither."""
-    from sdopt.fsutil import sha256_file
+    from sdopt.file_reading import sha256_file
 
     skipped: dict[str, str] = {}
     found = parse_embeddings(paths, skipped if skip_unfit is not False else None)

@@ -10,7 +10,7 @@ from typing import Any, Callable
 from sdopt.errors import SdoptError
 from sdopt.export import EXPORTERS, get_exporter
 from sdopt.export.spec import ComponentSpec, cached_unet_specs, family_specs
-from sdopt.fsutil import atomic_output_dir, check_output_dir, local_inputs
+from sdopt.outputs import atomic_output_dir, check_output_dir, local_inputs
 from sdopt.rewrite import check_optional_rewrites, unapplied_notes, with_target_defaults
 from sdopt.manifest import ComponentEntry, Manifest, derive, read_manifest
 from sdopt.request import MAX_STEPS

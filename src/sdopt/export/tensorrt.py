@@ -118,8 +118,8 @@ def rebuild(artifact: str | Path, out: str | Path, force: bool = False) -> Manif
     artifact whose engines were built for another TensorRT version or GPU generation (loading it says so)."""
     import shutil
 
-    from sdopt.fsutil import atomic_output_dir, check_output_dir, local_inputs
     from sdopt.manifest import hash_components, read_manifest
+    from sdopt.outputs import atomic_output_dir, check_output_dir, local_inputs
     from sdopt.source import resolve
     from sdopt.tensorrt.build import build_engine
     from sdopt.tensorrt.profiles import InputProfile

@@ -56,7 +56,7 @@ class LoraFile:
 
     def record(self) -> dict[str, Any]:
         """What a manifest keeps of a fused LoRA: its file name, content hash and scale."""
-        from sdopt.fsutil import sha256_file
+        from sdopt.file_reading import sha256_file
 
         return {"file": self.path.name, "sha256": sha256_file(self.path), "scale": self.scale}
 

@@ -68,7 +68,7 @@ INPAINTING_STRENGTH = 1.0  # calibration repaints from pure noise: every noise l
 
 def inpainting_record(images: tuple[str, ...]) -> dict[str, Any]:
     """What a calibrated component's recipe says of the images it repainted (``calibration.inpainting``)."""
-    from sdopt.fsutil import sha256_file
+    from sdopt.file_reading import sha256_file
 
     return {"images": [Path(p).name for p in images], "sha256": [sha256_file(p) for p in images], "masks": MASKS,
             "strength": INPAINTING_STRENGTH}

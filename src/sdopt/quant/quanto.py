@@ -18,7 +18,7 @@ import shutil
 import torch
 
 from sdopt.errors import SdoptError
-from sdopt.fsutil import user_cache_dir
+from sdopt.file_reading import user_cache_dir
 from sdopt.quant.schemes import Capability
 from sdopt.quant.torch_weights import TorchWeights
 

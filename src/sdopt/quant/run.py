@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Iterable
 
 from sdopt.errors import SdoptError
-from sdopt.fsutil import atomic_output_dir, check_output_dir, local_inputs
 from sdopt.manifest import COMPONENT_NAMES, Manifest, derive, read_manifest, tokenizer_folders
+from sdopt.outputs import atomic_output_dir, check_output_dir, local_inputs
 from sdopt.quant import QUANTIZERS, Plan, QuantizedComponents, get_quantizer
 from sdopt.quant.schemes import check_scheme, choose, lookup
 from sdopt.source import resolve

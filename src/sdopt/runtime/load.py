@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from sdopt.errors import SdoptError, argument
-from sdopt.fsutil import read_json
+from sdopt.file_reading import read_json
 from sdopt.manifest import read_manifest, tokenizer_folders
 from sdopt.request import MAX_STEPS
 from sdopt.runtime.backends import BACKENDS, check_cuda_index, device_kind, get_backend

@@ -36,7 +36,7 @@ import numpy as np
 import openvino as ov
 
 from sdopt.errors import SdoptError, argument, did_you_mean, exception_line
-from sdopt.fsutil import user_cache_dir
+from sdopt.file_reading import user_cache_dir
 from sdopt.manifest import Manifest
 from sdopt.runtime.executor import to_rank
 from sdopt.runtime.int8_saturation import warn_if_int8_may_saturate

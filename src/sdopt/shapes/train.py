@@ -228,8 +228,8 @@ def _train(out: str | Path, settings: TrainSettings, progress: bool, force: bool
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from sdopt.fsutil import atomic_output_dir
     from sdopt.layouts import write_torch_manifest
+    from sdopt.outputs import atomic_output_dir
     from sdopt.zoo.configs import MODELS
     from sdopt.zoo.writer import canonical_text_encoder_keys, without_transformers_progress_bar, write
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sdopt.errors import SdoptError, require
-from sdopt.fsutil import user_cache_dir
+from sdopt.file_reading import user_cache_dir
 
 
 def engine_key(tensorrt_version: str, compute_capability: str) -> dict[str, str]:

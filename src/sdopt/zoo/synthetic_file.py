@@ -12,7 +12,7 @@ from sdopt.errors import SdoptError
 def checked_output(out: str | Path, written_as: str, force: bool, model: str | Path) -> Path:
     """``out`` as a .safetensors path that may be written (``written_as``: "a LoRA file is written as .safetensors"),
     outside ``model``, the checkpoint it is made for."""
-    from sdopt.fsutil import check_output_files, local_inputs
+    from sdopt.outputs import check_output_files, local_inputs
 
     out = Path(out)
     if out.suffix != ".safetensors":
@@ -42,7 +42,7 @@ def save_whole(tensors: dict[str, Any], out: Path, metadata: dict[str, str]) -> 
     """Write the tensors to ``out`` through a partial file renamed at the end: written whole or not at all."""
     from safetensors.torch import save_file
 
-    from sdopt.fsutil import files_written_whole
+    from sdopt.outputs import files_written_whole
 
     out.parent.mkdir(parents=True, exist_ok=True)
     with files_written_whole([out]) as (tmp,):  # Ctrl-C, SIGTERM, a full disk: no partial file left beside out

@@ -16,8 +16,8 @@ from tqdm import tqdm
 
 from sdopt.bars import set_status
 from sdopt.errors import SdoptError
-from sdopt.fsutil import atomic_output_dir
 from sdopt.layouts import write_torch_manifest
+from sdopt.outputs import atomic_output_dir
 from sdopt.zoo.configs import ZooModel
 from sdopt.zoo.tokenizer import build_vocab, special_token_ids, write_tokenizer
 

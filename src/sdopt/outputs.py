@@ -1,6 +1,6 @@
-"""File-system helpers: atomic output folders and output files written whole, what --force may replace, checks
-that an output or work folder can be written before any work, content hashes, the cache folder (folder locks:
-sdopt.locks).
+"""Writing outputs: atomic output folders and output files written whole, what --force may replace, checks that an
+output or work folder can be written before any work, the stale temporary folders of killed commands, full disks
+(reading and hashing files: sdopt.file_reading; folder locks: sdopt.locks).
 
 Every command that writes an artifact writes it into a hidden temporary
 sibling folder and renames it into place only when complete, so an export
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import os
 import secrets
 import shutil
@@ -28,82 +27,15 @@ import socket
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 from sdopt.errors import SdoptError, exception_line
+from sdopt.file_reading import tree_size
 
-_HASH_CHUNK = 8 * 2**20
 INCOMPLETE_MARKER = ".sdopt-incomplete"
 # Every file of a finished output folder, one relative path a line: what --force may later remove.
 WRITTEN_LIST = ".sdopt-files"
 _TEMP_KINDS = (".tmp-", ".old-")  # .NAME.tmp-XXXX while writing, .NAME.old-XXXX while swapping in
-
-
-def user_cache_dir() -> Path:
-    """sdopt's per-user cache folder (compiled OpenVINO models, TensorRT timing caches):
-    $SDOPT_CACHE_DIR, else $XDG_CACHE_HOME/sdopt, else ~/.cache/sdopt."""
-    if os.environ.get("SDOPT_CACHE_DIR"):
-        return Path(os.environ["SDOPT_CACHE_DIR"]).expanduser()
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]) / "sdopt"
-    try:
-        return Path.home() / ".cache" / "sdopt"
-    except (RuntimeError, KeyError):  # HOME unset and a user id without a passwd entry: a container run as any uid
-        # (Windows: USERPROFILE unset, and no os.getuid to name)
-        who = f"user id {os.getuid()}" if hasattr(os, "getuid") else "this user"
-        raise SdoptError(f"no cache folder: HOME is unset and {who} has no home folder; "
-                         "set SDOPT_CACHE_DIR to a writable folder") from None
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def read_json(path: str | Path, what: str = "", missing: str = "the folder is incomplete") -> Any:
-    """Parse a JSON file, or raise one SdoptError saying which file and what to do."""
-    return _read(Path(path), what, missing, "JSON")
-
-
-def read_toml(path: str | Path, what: str = "", missing: str = "give the path of an existing file") -> dict[str, Any]:
-    """Parse a TOML file, or raise one SdoptError saying which file and what to do."""
-    return _read(Path(path), what, missing, "TOML")
-
-
-def _read(path: Path, what: str, missing: str, kind: str) -> Any:
-    import json
-    import tomllib
-
-    name = f"{what} {path}" if what else str(path)
-    try:
-        text = path.read_text(encoding="utf-8")  # JSON and TOML are UTF-8 whatever the locale
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
-        raise SdoptError(f"{name} is missing: {missing}") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SdoptError(f"cannot read {name}: {exc}") from exc
-    try:
-        return json.loads(text) if kind == "JSON" else tomllib.loads(text)
-    except (ValueError, tomllib.TOMLDecodeError) as exc:  # JSONDecodeError is a ValueError
-        raise SdoptError(f"{name} is not valid {kind} ({exc}){_backslash_hint(kind, str(exc))}") from exc
-
-
-def _backslash_hint(kind: str, error: str) -> str:
-    r"""A Windows path in a TOML double-quoted string ("C:\Users\me\x") is read as escapes: tomllib says only "Invalid
-    hex value" (\U) or "Unescaped '\'", which told a Windows user nothing of the fix."""
-    if kind == "TOML" and ("Unescaped '\\'" in error or "Invalid hex value" in error):
-        return "; a backslash in double quotes starts an escape: write a Windows path in single quotes ('C:\\models\\x') or with '/'"
-    return ""
-
-
-def tree_size(path: str | Path) -> int:
-    """Bytes of all regular files below path (or of path itself)."""
-    path = Path(path)
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def check_output_dir(out: str | Path, force: bool = False, inputs: tuple[str | Path, ...] = ()) -> Path:
