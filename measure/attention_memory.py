@@ -46,8 +46,8 @@ def main() -> None:
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
 
-    from sdopt.bench.machine import fingerprint
     from sdopt.cli import main as sdopt_main
+    from sdopt.machine import fingerprint
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

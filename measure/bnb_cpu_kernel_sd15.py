@@ -43,7 +43,7 @@ def portable_everywhere(pipe) -> int:
 
 
 def psnr(a, b) -> float:
-    from sdopt.bench.quality import psnr_db
+    from sdopt.quality import psnr_db
 
     return psnr_db(np.asarray(a), np.asarray(b))
 
@@ -59,7 +59,7 @@ def main() -> int:
     import sdopt  # first: it quiets bitsandbytes' import-time line about hub kernels
     from sdopt import GenerateRequest
     import bitsandbytes.functional as bnbf
-    from sdopt.bench.machine import fingerprint
+    from sdopt.machine import fingerprint
 
     machine = fingerprint()
     if not bnbf.has_avx512bf16():

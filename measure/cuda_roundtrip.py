@@ -35,7 +35,7 @@ def main() -> int:
 
     import sdopt
     from sdopt import GenerateRequest
-    from sdopt.bench.quality import psnr_db
+    from sdopt.quality import psnr_db
     from sdopt.quant import QUANTIZERS
     from sdopt.quant.run import quantize
     from sdopt.quant.schemes import table

@@ -53,7 +53,7 @@ def main() -> None:
 
     import sdopt
     from sdopt import GenerateRequest
-    from sdopt.bench.machine import fingerprint
+    from sdopt.machine import fingerprint
     from sdopt.runtime.openvino import model_file
     from sdopt.quant.calibration import CALIBRATION_PROMPTS, Recorder, calibration_runs
     from sdopt.quant.nncf import _quantize_static

@@ -74,7 +74,7 @@ def main() -> None:
     import torch
 
     import sdopt
-    from sdopt.bench.machine import fingerprint
+    from sdopt.machine import fingerprint
     from sdopt.runtime.schedulers import make_scheduler
 
     torch.set_num_threads(args.threads)

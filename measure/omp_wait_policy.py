@@ -77,8 +77,8 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
 
-    from sdopt.bench.machine import fingerprint
     from sdopt.hardware import cpu_flags
+    from sdopt.machine import fingerprint
 
     machine = fingerprint()
     flags = sorted(f for f in cpu_flags() if f.startswith(("avx", "amx")))

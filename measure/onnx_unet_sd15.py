@@ -27,8 +27,8 @@ def main() -> None:
 
     import torch
 
-    from sdopt.bench.machine import fingerprint
     from sdopt.export.spec import dummy_inputs
+    from sdopt.machine import fingerprint
     from sdopt.manifest import read_manifest
     from sdopt.runtime.onnxruntime import OrtComponent, session_options
     from sdopt.runtime.torch import FORWARDS, load_modules

@@ -159,7 +159,7 @@ def main() -> int:
     import torch
 
     from sdopt.bench.flops import unet_flops_per_call
-    from sdopt.bench.machine import fingerprint
+    from sdopt.machine import fingerprint
     from sdopt.runtime.versions import library_versions
 
     args.work.mkdir(parents=True, exist_ok=True)

@@ -124,8 +124,8 @@ def _psnr(a: Path, b: Path) -> float:
     import numpy as np
     from PIL import Image
 
-    from sdopt.bench.quality import psnr_db  # the parent runs in sdopt's venv
     from sdopt.bench.assemble import PSNR_CAP_DB
+    from sdopt.quality import psnr_db  # the parent runs in sdopt's venv
 
     return min(psnr_db(*(np.asarray(Image.open(p).convert("RGB")) for p in (a, b))), PSNR_CAP_DB)  # identical: capped, as in the bench
 
@@ -236,7 +236,7 @@ def _write(results: dict[str, dict], args: argparse.Namespace, out: Path) -> Non
         rows.append({"engine": name, "median_s": round(median, 3), "speedup_vs_torch_fp32": round(reference / median, 2),
                      "psnr_vs_torch_fp32_db": round(_psnr(out / f"{name}.png", out / "torch-fp32.png"), 1),
                      "images_timed": len(r["seconds"]), **{k: v for k, v in r.items() if k not in ("seconds", "load_s")}})
-    from sdopt.bench.machine import fingerprint  # the parent runs in sdopt's venv
+    from sdopt.machine import fingerprint  # the parent runs in sdopt's venv
 
     summary = {"settings": {"prompts": PROMPTS, "seed": SEED, "steps": STEPS, "size": SIZE, "guidance": GUIDANCE, "runs": args.runs,
                             "order": "interleaved image by image" if args.interleave else "two sequences, the second reversed"},

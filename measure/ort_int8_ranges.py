@@ -140,7 +140,7 @@ def quantized_copy(source: Path, base: Path, work: Path, name: str, recipe: str,
 def evaluate(artifact: Path, reference) -> dict[str, float]:
     import sdopt
     from sdopt import GenerateRequest
-    from sdopt.bench.quality import psnr_db
+    from sdopt.quality import psnr_db
 
     pipe = sdopt.load(artifact, verify=False)  # the manifest's hashes are the base's
     psnr, cosine = [], []

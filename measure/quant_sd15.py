@@ -61,7 +61,7 @@ def child(artifact: str, image_out: str) -> None:
 
 
 def machine() -> dict:
-    from sdopt.bench.machine import fingerprint
+    from sdopt.machine import fingerprint
     from sdopt.runtime.versions import library_versions
 
     return {
@@ -82,7 +82,7 @@ def psnr(a_path: Path, b_path: Path) -> float:
     import numpy as np
     from PIL import Image
 
-    from sdopt.bench.quality import psnr_db
+    from sdopt.quality import psnr_db
 
     return psnr_db(np.asarray(Image.open(a_path)), np.asarray(Image.open(b_path)))
 

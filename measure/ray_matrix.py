@@ -22,7 +22,7 @@ def main() -> None:
     parser.add_argument("--out", default="docs/measurements/ray_matrix.json")
     args = parser.parse_args()
 
-    from sdopt.bench.machine import fingerprint
+    from sdopt.machine import fingerprint
     from sdopt.bench.profiles import HardwareProfile
     from sdopt.bench.artifacts import collect
     from sdopt.bench.runner import run_bench

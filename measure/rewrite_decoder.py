@@ -49,9 +49,9 @@ def main() -> None:
     import torch
 
     from sdopt.bench.flops import vae_decoder_flops
-    from sdopt.bench.machine import fingerprint
     from sdopt.export.openvino import convert
     from sdopt.export.spec import SPECS, trace_inputs
+    from sdopt.machine import fingerprint
     from sdopt.manifest import read_manifest
     from sdopt.rewrite import apply_rewrites
     from sdopt.runtime.torch import forward_of, load_module

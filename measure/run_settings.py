@@ -31,7 +31,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import sdopt
-    from sdopt.bench.machine import fingerprint
+    from sdopt.machine import fingerprint
 
     pipes = {}
     for spec in args.variant:

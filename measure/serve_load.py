@@ -149,7 +149,7 @@ def main() -> int:
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
 
-    from sdopt.bench.machine import fingerprint
+    from sdopt.machine import fingerprint
 
     with tempfile.TemporaryDirectory() as tmp:
         artifact = args.artifact

@@ -19,7 +19,7 @@ import numpy as np
 
 import sdopt
 from sdopt import GenerateRequest
-from sdopt.bench.machine import fingerprint
+from sdopt.machine import fingerprint
 from sdopt.shapes.judge import judge
 from sdopt.shapes.scenes import held_out_prompts
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from sdopt.bench.quality import psnr_db
+from sdopt.quality import psnr_db
 
 
 def psnr(a, b) -> float:

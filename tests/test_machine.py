@@ -5,7 +5,7 @@ import pytest
 
 def test_the_commit_a_report_names_can_be_given(monkeypatch):
     # A lent GPU machine gets a copy of the tree whose .git is not this one's: its reports named a stale commit.
-    from sdopt.bench.machine import fingerprint, git_commit
+    from sdopt.machine import fingerprint, git_commit
 
     monkeypatch.delenv("SDOPT_GIT_COMMIT", raising=False)
     own = git_commit()
@@ -20,12 +20,12 @@ def test_an_installed_sdopt_inside_another_projects_work_tree_names_no_commit(tm
     project's commit as sdopt's, marked -dirty by the project's own changes."""
     import subprocess
 
-    from sdopt.bench import machine
+    from sdopt import machine
 
     monkeypatch.delenv("SDOPT_GIT_COMMIT", raising=False)
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
     subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "x"], check=True)
-    installed = tmp_path / ".venv" / "lib" / "python3.11" / "site-packages" / "sdopt" / "bench" / "machine.py"
+    installed = tmp_path / ".venv" / "lib" / "python3.11" / "site-packages" / "sdopt" / "machine.py"
     installed.parent.mkdir(parents=True)
     installed.write_text("")
     monkeypatch.setattr(machine, "__file__", str(installed))
@@ -36,8 +36,8 @@ def test_a_report_under_an_isa_cap_names_the_capped_cpu(monkeypatch):
     """Under ONEDNN_MAX_CPU_ISA=AVX2 on an AVX-512-BF16 EPYC, the report's machine line claimed avx512_bf16 and
     avx512_vnni, which the capped libraries did not use; nor did it say ATEN_CPU_CAPABILITY had moved torch's kernels."""
     import sdopt.hardware
-    from sdopt.bench.machine import fingerprint
     from sdopt.bench.report import _caps_note
+    from sdopt.machine import fingerprint
 
     monkeypatch.setattr(sdopt.hardware, "cpuinfo_flags", lambda: frozenset({"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16"}))
     monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
@@ -61,7 +61,7 @@ def test_a_onednn_cap_that_caps_nothing_leaves_the_run_this_cpus(monkeypatch, ca
     ("... under ONEDNN_MAX_CPU_ISA=ALL"), so scripts/ci_bench.sh found no baseline and compared no speed."""
     import sdopt.hardware
     from sdopt.bench.gate import cpu_kind
-    from sdopt.bench.machine import fingerprint
+    from sdopt.machine import fingerprint
 
     monkeypatch.setattr(sdopt.hardware, "cpuinfo_flags", lambda: frozenset({"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16"}))
     for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY"):

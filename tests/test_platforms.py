@@ -153,8 +153,7 @@ def test_a_bench_off_linux_records_the_isa_cap_it_ran_under(monkeypatch):
     import os
     from pathlib import Path
 
-    from sdopt import hardware
-    from sdopt.bench import machine
+    from sdopt import hardware, machine
 
     real_read_text = Path.read_text
 

@@ -163,7 +163,7 @@ def test_openvino_static_artifact_caches_as_torch_does_and_decodes_with_the_tiny
 
     import sdopt
     from sdopt import GenerateRequest
-    from sdopt.bench.quality import psnr_db
+    from sdopt.quality import psnr_db
     from sdopt.decoder.tiny import load_tiny_decoder
     from sdopt.export.run import export
     from sdopt.runtime.pipeline import to_images

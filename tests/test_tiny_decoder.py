@@ -102,7 +102,7 @@ def test_a_profile_distills_a_decoder_and_exports_it_with_caching_to_onnx(tiny_m
 
     import sdopt
     from sdopt import GenerateRequest
-    from sdopt.bench.quality import psnr_db
+    from sdopt.quality import psnr_db
     from sdopt.decoder.tiny import load_tiny_decoder
     from sdopt.runtime.pipeline import to_images
 

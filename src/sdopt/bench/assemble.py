@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from sdopt.bench import quality
+from sdopt import quality
 from sdopt.bench.artifacts import Entry, guidance_end_of, model_fingerprint, model_identity
 from sdopt.bench.forkserver import effective_worker_start
 from sdopt.bench.grounding import adherence, choose_judge
@@ -359,7 +359,7 @@ def assemble_report(entries: list[Entry], raws: dict[str, dict], settings: Bench
     ``counted=False`` leaves out the FLOP counts and the matmul peak probes (seconds of imports and matmuls), and a judge
     that asks a model (a VLM: minutes): an interrupted bench's partial report, written before a CI runner's grace period ends."""
     from sdopt import __version__
-    from sdopt.bench.machine import fingerprint
+    from sdopt.machine import fingerprint
 
     flops = _unet_flops(entries[0], settings) if counted else None
     peaks = {} if not counted else peaks if peaks is not None else probe_peaks(precisions_to_probe(entries, raws), settings.device)

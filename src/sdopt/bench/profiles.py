@@ -212,10 +212,10 @@ def _check_bench_values(bench: dict[str, Any], path: Path) -> None:
 
 
 def _check_isa(features: list[str], path: Path) -> None:
-    """requires_isa names features the bench records of a machine (sdopt.bench.machine): any other name (lscpu's
+    """requires_isa names features the bench records of a machine (sdopt.machine): any other name (lscpu's
     "avx512vnni" for "avx512_vnni", a feature not recorded) is never in a report, so every run was warned "this
     machine lacks" it, on the very machine the profile was written for."""
-    from sdopt.bench.machine import RECORDED_ISA
+    from sdopt.machine import RECORDED_ISA
 
     unknown = [f for f in features if f not in RECORDED_ISA]
     if unknown:

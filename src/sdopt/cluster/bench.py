@@ -86,7 +86,7 @@ def _where() -> dict[str, Any]:
 
 def run_job(job: dict, timeout: float | None) -> dict:
     """One artifact's bench on this node (a Ray task): the worker's result, its files, and where it ran."""
-    from sdopt.bench.machine import fingerprint
+    from sdopt.machine import fingerprint
 
     where = _where()
     if not Path(job["path"]).exists():
@@ -117,8 +117,8 @@ def run_job(job: dict, timeout: float | None) -> dict:
 
 def probe_node(precisions: list[str], device: str) -> dict:
     """The machine fingerprint and matmul ceilings of a node of the profile's kind (the report's "of peak")."""
-    from sdopt.bench.machine import fingerprint
     from sdopt.bench.assemble import probe_peaks
+    from sdopt.machine import fingerprint
 
     return {"machine": fingerprint(), "peaks": probe_peaks(precisions, device), "node": _where()}
 

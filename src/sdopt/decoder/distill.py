@@ -192,9 +192,9 @@ def distill_decoder(model: str | Path, out: str | Path, settings: DistillSetting
     require_compatible_libraries()  # one line, not the ImportError of a Diffusers that cannot import its models
     from diffusers import AutoencoderTiny
 
-    from sdopt.bench.machine import fingerprint
     from sdopt.decoder import probe, tiny as tiny_mod
     from sdopt.export.run import source_checkpoint
+    from sdopt.machine import fingerprint
     from sdopt.outputs import atomic_output_dir, check_output_dir, local_inputs
     from sdopt.runtime.load import load
     from sdopt.runtime.torch import load_pretrained

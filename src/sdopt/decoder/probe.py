@@ -37,7 +37,7 @@ def to_uint8(decoded) -> np.ndarray:
 
 
 def psnr_summary(reference: np.ndarray, images: np.ndarray) -> dict[str, float]:
-    from sdopt.bench.quality import psnr_db
+    from sdopt.quality import psnr_db
 
     values = [psnr_db(r, i) for r, i in zip(reference, images)]
     return {"psnr_db": float(np.mean(values)), "min_psnr_db": float(np.min(values))}

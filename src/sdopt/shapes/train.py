@@ -277,7 +277,7 @@ def _train(out: str | Path, settings: TrainSettings, progress: bool, force: bool
         write_torch_manifest(tmp, source={"zoo": "shapes", "seed": settings.seed, "trained": True}, stamp=False)
         timings["total_s"] = time.monotonic() - started
         save_curves(tmp / "training", log, (("vae", "VAE reconstruction (L1 + L2)"), ("unet", "UNet + text encoder: velocity prediction (MSE)")))
-        from sdopt.bench.machine import fingerprint
+        from sdopt.machine import fingerprint
 
         (tmp / "training" / "settings.json").write_text(
             json.dumps({"settings": asdict(settings), "seconds": timings, "vae_scaling_factor": scaling, "machine": fingerprint()}, indent=2, default=str) + "\n"
