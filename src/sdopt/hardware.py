@@ -1,7 +1,7 @@
 """What this CPU can do, read from /proc/cpuinfo (Linux), less what a oneDNN cap keeps from the libraries; empty where unknown.
 
-Shared by the bench's machine fingerprint and the runtime's warnings, so both
-read the flags the same way. Standard library only.
+Shared by the machine's fingerprint (sdopt.machine: the flags and the CPU's model)
+and the runtime's warnings, so all read /proc/cpuinfo the same way. Standard library only.
 """
 
 from __future__ import annotations
@@ -75,18 +75,24 @@ def _above_cap(flags: frozenset[str]) -> frozenset[str]:
     return frozenset(above & flags)
 
 
-@lru_cache(maxsize=1)
-def cpuinfo_flags() -> frozenset[str]:
-    """The CPU's own flags, whatever the libraries are told to use of them."""
+def cpuinfo_field(name: str) -> str | None:
+    """The first value /proc/cpuinfo gives ``name`` ("flags", "model name"), None where it gives none (not Linux):
+    the one reader of the file, for the flags here and the CPU's model in the machine's fingerprint."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return frozenset()
+        return None
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            return frozenset(value.split())
-    return frozenset()
+        if key.strip() == name:
+            return value.strip()
+    return None
+
+
+@lru_cache(maxsize=1)
+def cpuinfo_flags() -> frozenset[str]:
+    """The CPU's own flags, whatever the libraries are told to use of them."""
+    return frozenset((cpuinfo_field("flags") or "").split())
 
 
 def cpu_flags() -> frozenset[str]:

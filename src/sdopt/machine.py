@@ -33,16 +33,9 @@ def _isa_caps() -> dict[str, str]:
 
 
 def _cpu() -> dict:
-    info = {"model": platform.processor() or platform.machine(), "logical_cores": os.cpu_count()}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:  # not Linux: the model as platform names it; the caps below are recorded all the same
-        text = ""
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name":
-            info["model"] = value.strip()
-            break
+    model = hardware.cpuinfo_field("model name")
+    # not Linux: the model as platform names it; the caps below are recorded all the same
+    info = {"model": platform.processor() or platform.machine() if model is None else model, "logical_cores": os.cpu_count()}
     flags = cpu_flags()
     if flags:
         info["isa"] = [f for f in RECORDED_ISA if f in flags]
