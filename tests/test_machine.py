@@ -78,7 +78,7 @@ def test_a_onednn_cap_is_one_kind_of_cpu_however_it_is_spelled(monkeypatch):
     two kinds of CPU to the gate, so scripts/ci_bench.sh looked for (and --refresh wrote) two baseline files for one cap."""
     import sdopt.hardware
     from sdopt.bench.gate import cpu_kind
-    from sdopt.bench.machine import fingerprint
+    from sdopt.machine import fingerprint
 
     monkeypatch.setattr(sdopt.hardware, "cpuinfo_flags", lambda: frozenset({"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16"}))
     for name in ("DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY"):
