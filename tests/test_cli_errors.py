@@ -146,6 +146,21 @@ def test_manifest_that_fails_the_schema(tiny_model, tmp_path, capsys):
     assert "at components/unet/quantization: 'scheme' is a required property" in capsys.readouterr().err
 
 
+def test_a_damaged_model_index_is_said_before_an_export_does_its_work(tiny_model, tmp_path, capsys, monkeypatch):
+    """A checkpoint whose model_index.json is not JSON (a download cut short) was exported component by component, then
+    ended in a JSONDecodeError traceback where the export copies that file (walk qa89); generate said it in one line."""
+    from sdopt.export import run
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model, broken)
+    (broken / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline", ')
+    monkeypatch.setattr(run, "prepare_source", lambda *a, **k: pytest.fail("the export began its work"))
+    assert main(["export", str(broken), "--to", "onnx", "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "model_index.json is not valid JSON" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists() and [p.name for p in tmp_path.iterdir()] == ["broken"]
+
+
 def test_component_file_changed_after_export_is_named(tiny_model, tmp_path, capsys):
     tampered = tmp_path / "tampered"
     shutil.copytree(tiny_model, tampered)

@@ -10,6 +10,7 @@ from typing import Any, Callable
 from sdopt.errors import SdoptError
 from sdopt.export import EXPORTERS, get_exporter
 from sdopt.export.spec import ComponentSpec, cached_unet_specs, family_specs
+from sdopt.file_reading import read_json
 from sdopt.outputs import atomic_output_dir, check_output_dir, local_inputs
 from sdopt.rewrite import check_optional_rewrites, unapplied_notes, with_target_defaults
 from sdopt.manifest import ComponentEntry, Manifest, derive, read_manifest
@@ -38,7 +39,7 @@ def write_optimum_model_index(source: Path, out: Path) -> None:
     """Optimum's ONNX and Optimum Intel's OpenVINO exports keep the pipeline's model_index.json, with the VAE split in two."""
     import json
 
-    index = json.loads((source / "model_index.json").read_text())
+    index = read_json(source / "model_index.json", "the checkpoint's")  # checked before the work (source_checkpoint)
     index.pop("vae", None)
     index.update({"vae_decoder": ["diffusers", "AutoencoderKL"], "vae_encoder": ["diffusers", "AutoencoderKL"]})
     (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
@@ -147,9 +148,7 @@ def prepare_source(source: Path, manifest: Manifest, options: dict[str, Any]) ->
 
 
 def json_config(folder: Path) -> dict[str, Any]:
-    import json
-
-    return json.loads((folder / "config.json").read_text())
+    return read_json(folder / "config.json", "the checkpoint's")
 
 
 def component_config(source: Path, folder: str, name: str, options: dict[str, Any]) -> Path:
@@ -206,6 +205,8 @@ def source_checkpoint(model: str | Path, verb: str = "export") -> tuple[Path, Ma
         )
     if not manifest.inferred:
         manifest.verify_files(folder)
+    if (folder / "model_index.json").is_file():  # the exports copy it at the end: a damaged one is said before the work
+        read_json(folder / "model_index.json", "the checkpoint's")
     return folder, manifest
 
 
