@@ -338,6 +338,20 @@ def test_a_refusal_names_the_fields_of_the_api_the_client_sent(tiny_pipeline):
         GenerateRequest(prompt="x", guidance_scale=-1).validate()
 
 
+def test_a_refusal_tells_a_json_client_of_null_not_pythons_none(tiny_pipeline):
+    """sdopt_cache_interval past the loop's 1,000 was refused with "..., or None (the artifact's default)": a JSON client
+    sends null, and None is no JSON. Python's own message keeps None."""
+    from sdopt import GenerateRequest
+
+    with running_server(tiny_pipeline, start_worker=False) as (url, app):
+        answer = httpx.post(url + "/v1/images/generations", json={"prompt": "x", "sdopt_cache_interval": 100_000}, timeout=10)
+        error = answer.json()["error"]
+        assert answer.status_code == 422 and error["param"] == "sdopt_cache_interval", answer.text
+        assert error["message"].endswith("or null (the artifact's default)") and "None" not in error["message"], answer.text
+    with pytest.raises(SdoptError, match=r"or None \(the artifact's default\)$"):
+        GenerateRequest(prompt="x", cache_interval=100_000).validate()
+
+
 def test_a_refusal_names_the_part_of_a_field_that_holds_several_values(tiny_pipeline):
     """OpenAI's size holds width and height, AUTOMATIC1111's override_settings holds Clip skip's setting: a refusal named
     the whole field with one value, "size=63" of a "64x63" request and "override_settings=9" of {"CLIP_stop_at_last_layers": 9},

@@ -89,6 +89,12 @@ def in_api_request() -> bool:
     return _API_FIELDS.get() is not None
 
 
+def no_value() -> str:
+    """How a message names an argument left unset: null to an HTTP API's client, which sends JSON (``api_fields``), None
+    elsewhere ("or None (the artifact's default)" told a JSON client of a Python value it cannot send)."""
+    return "null" if in_api_request() else "None"
+
+
 def argument(name: str, value: Any = _UNSET, flag: str | None = None) -> str:
     """How a message names the argument ``name`` (a keyword of sdopt.load, a GenerateRequest field, an option of
     export or quantize), with ``value`` where one is given: as the flag on the command line (``--num-images 2``,

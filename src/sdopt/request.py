@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from sdopt.errors import SdoptError, argument, did_you_mean
+from sdopt.errors import SdoptError, argument, did_you_mean, no_value
 from sdopt.input_images import open_image
 
 # Bounds on the image side. 8 is the VAE's downsampling factor for every SD-1/2/XL model.
@@ -280,15 +280,15 @@ class GenerateRequest:
                              "1 or less turns guidance off)", field="guidance_scale")
         ci = self.cache_interval
         if ci is not None and (not _is_int(ci) or not 1 <= ci <= MAX_STEPS):
-            raise SdoptError(f"{argument('cache_interval', ci)}: must be an integer from 1 (no caching) to {MAX_STEPS}, or None (the artifact's default)",
+            raise SdoptError(f"{argument('cache_interval', ci)}: must be an integer from 1 (no caching) to {MAX_STEPS}, or {no_value()} (the artifact's default)",
                              field="cache_interval")
         end = self.guidance_end
         if end is not None and not (is_finite_number(end) and 0 < end <= 1):
             raise SdoptError(f"{argument('guidance_end', end)}: must be a number in (0, 1], the fraction of the steps that run guided (1: all), "
-                             "or None (the artifact's default)", field="guidance_end")
+                             f"or {no_value()} (the artifact's default)", field="guidance_end")
         eta = self.eta
         if eta is not None and not (is_finite_number(eta) and 0 <= eta <= 1):
-            raise SdoptError(f"{argument('eta', eta)}: must be a number from 0 to 1, the fresh noise DDIM and TCD add at each step (0: none), or None (0)",
+            raise SdoptError(f"{argument('eta', eta)}: must be a number from 0 to 1, the fresh noise DDIM and TCD add at each step (0: none), or {no_value()} (0)",
                              field="eta")
         if not _is_int(self.clip_skip) or not 1 <= self.clip_skip <= MAX_CLIP_SKIP:
             raise SdoptError(f"{argument('clip_skip', self.clip_skip)}: must be an integer from 1 (the text encoder's last layer) to "
