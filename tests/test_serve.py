@@ -1790,6 +1790,23 @@ def test_image_dir_is_swept_once_a_minute_and_a_failed_write_leaves_no_partial_f
     assert os.listdir(tmp_path / ("e" * 32)) == []
 
 
+def test_image_dir_and_its_job_folders_are_this_users_alone_as_their_images(tmp_path):
+    """The images and the key were 0600, but --image-dir and each job's folder were made 0755 (umask 022): another local
+    user could list every job id (on a keyless server, /v1/jobs/ID shows its prompt and images) and each job's files."""
+    import os
+
+    from sdopt.serve import image_links
+
+    before = os.umask(0o022)  # the usual one, which made them 0755
+    try:
+        links = image_links.ImageLinks(tmp_path / "made" / "here")
+        links.keep("a" * 32, [b"png"])
+    finally:
+        os.umask(before)
+    for path in (tmp_path / "made" / "here", tmp_path / "made" / "here" / ("a" * 32)):
+        assert path.stat().st_mode & 0o777 == 0o700, (path, oct(path.stat().st_mode))
+
+
 def test_image_dir_on_a_full_disk_answers_507_and_leaves_no_temporary_file(tmp_path, monkeypatch):
     """A full --image-dir disk: the linked answer was a bare 500 'Internal Server Error' and its .tmp file stayed (a full
     disk failing the rename, or the close that writes a small PNG's buffered bytes, is outside keep's cleanup); the key's

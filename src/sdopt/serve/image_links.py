@@ -34,6 +34,7 @@ SWEEP_EVERY_S = 60.0  # how often keep() looks for expired job folders
 PATH = "/v1/images/files"
 KEY_FILE = "link-key"
 log = logging.getLogger("sdopt.serve")
+PRIVATE_FOLDER = 0o700  # --image-dir and its job folders, where sdopt makes them: this user's only, as the files in them
 _JOB_ID = re.compile(r"[0-9A-Za-z_-]{1,200}")  # what a folder under --image-dir may be named (job ids are uuid hex)
 
 
@@ -87,7 +88,7 @@ class ImageLinks:
         self._sweep()
         job_folder = self.folder / job_id
         try:
-            job_folder.mkdir(exist_ok=True)
+            job_folder.mkdir(mode=PRIVATE_FOLDER, exist_ok=True)  # as private as its images (0600): 0755 let other users list them
             for index, data in enumerate(files):
                 temporary = _written(job_folder, data, suffix=".tmp")
                 try:
@@ -132,7 +133,7 @@ def _folder_key(folder: Path) -> bytes:
     """The signing key kept in ``folder`` (made there, readable by this user only, the first time), so links survive a restart."""
     path = folder / KEY_FILE
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=PRIVATE_FOLDER, parents=True, exist_ok=True)  # a folder made here: its listing names every job id
         if not path.exists():
             temporary = _written(folder, secrets.token_hex(32).encode(), prefix=".link-key-")  # mode 0600
             try:
