@@ -598,16 +598,19 @@ def test_a_jobs_error_names_a_broken_lora_file_without_its_absolute_path(tiny_pi
         assert "alice" not in text and str(tmp_path) not in text, text
 
 
-def test_refresh_embeddings_names_a_vanished_folder_without_its_absolute_path(tiny_pipeline, tmp_path):
+def test_refresh_embeddings_names_a_vanished_folder_without_its_absolute_path(tiny_pipeline, tmp_path, caplog):
     """--embeddings-dir removed while the server ran: POST /sdapi/v1/refresh-embeddings answered "embedding
-    /home/alice/embeddings does not exist", the operator's home folder and user name, to any client."""
+    /home/alice/embeddings does not exist", the operator's home folder and user name, to any client. It answered 422
+    too, the client's fault, for a request that sends nothing: 500 now, and the operator's log says it with the path."""
     folder = tmp_path / "home" / "alice" / "embeddings"
     folder.mkdir(parents=True)
     with running_server(tiny_pipeline, start_worker=False, embeddings_dir=str(folder)) as (url, _):
         folder.rmdir()
         answer = httpx.post(url + "/sdapi/v1/refresh-embeddings")
-    assert answer.status_code == 422 and "embeddings" in answer.text, answer.text
+    assert answer.status_code == 500 and "embeddings" in answer.text, answer.text
+    assert "its operator must restore --embeddings-dir" in answer.text, answer.text
     assert "alice" not in answer.text and str(tmp_path) not in answer.text, answer.text
+    assert any(record.levelname == "ERROR" and str(folder) in record.getMessage() for record in caplog.records), caplog.text
 
 
 def test_a_refusal_the_loop_makes_at_submission_names_the_servers_folders_too(tiny_pipeline, tmp_path, monkeypatch):

@@ -16,6 +16,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from sdopt.errors import SdoptError
 from sdopt.infotext import readable
 from sdopt.runtime.schedulers import A1111_SAMPLERS
 from sdopt.serve.errors import RequestError
@@ -181,8 +182,16 @@ def refresh_embeddings(request: Request) -> None:
     """Load what was added to --embeddings-dir since (AUTOMATIC1111 re-reads its folder); a file already loaded stays
     as loaded. Waits for a running generate call (the text encoders' tables change between calls only)."""
     folder = request.app.state.settings.embeddings_dir
-    if folder is not None:
+    if folder is None:
+        return
+    try:
         request.app.state.embeddings_skipped = request.app.state.worker.pipeline.add_embeddings(folder, skip_unfit=True)
+    except SdoptError as exc:
+        # The request sends nothing: what failed is the server's folder (removed, unreadable), which a 422 blamed on the
+        # client. Its operator learns it from the log, with the whole path (the client is told the folder's name).
+        log.error("sdopt serve: refresh-embeddings cannot read --embeddings-dir %s: %s", folder, exc)
+        raise RequestError(None, f"the server cannot read its embeddings folder ({exc}); the embeddings it loaded before "
+                                 "stay usable: its operator must restore --embeddings-dir", status=500) from None
 
 
 @router.get("/sdapi/v1/cmd-flags")
