@@ -1840,6 +1840,17 @@ def test_image_dir_on_a_full_disk_answers_507_and_leaves_no_temporary_file(tmp_p
     assert os.listdir(tmp_path / "new") == []
 
 
+def test_an_image_limit_past_the_body_limit_is_refused_from_python_too():
+    """sdopt serve refused --max-image-bytes above --max-body-bytes, but a ServeSettings built in Python (an embedder, a
+    Ray Serve deployment) took it silently: a limit never reached, the body's 413 coming first. Refused where both go."""
+    from sdopt.serve.settings import ServeSettings
+
+    with pytest.raises(SdoptError, match=r"--max-image-bytes 50331648 cannot be reached: a request body is at most --max-body-bytes 33554432"):
+        ServeSettings(max_image_bytes=48 * 2**20)
+    assert ServeSettings(max_image_bytes=48 * 2**20, max_body_bytes=80 * 2**20).max_image_bytes == 48 * 2**20
+    assert ServeSettings(max_body_bytes=1000).max_image_bytes == 16 * 2**20  # the default is not held against a smaller body
+
+
 def test_the_body_and_image_limits_are_serve_flags(tiny_model, monkeypatch, capsys):
     """ServeSettings refused "--max-body-bytes 0" and "--max-image-bytes 0", flags sdopt serve did not have: a server
     could not take an init image over 16 MiB. The image limit's message says the server's own limit, under 1 MiB too."""

@@ -8,19 +8,6 @@ from sdopt.cli.common import add_load_flags, add_threads_flag, user_path
 from sdopt.errors import SdoptError
 
 
-def _image_limit(given: int | None, body: int) -> int:
-    """--max-image-bytes, 16 MiB where not given. One given above what a body can carry was accepted and could never be
-    reached: a JSON request carries an image as base64 (4/3 its size), a form upload (OpenAI's edits) as it is, inside a
-    body of at most --max-body-bytes, which refused the larger images with 413 whatever this said."""
-    if given is None:
-        return 16 * 2**20
-    if isinstance(body, int) and isinstance(given, int) and given > body:
-        raise SdoptError(f"--max-image-bytes {given} cannot be reached: a request body is at most --max-body-bytes {body}, and an image "
-                         f"comes inside one (a JSON request's as base64, 4/3 its size): pass --max-body-bytes {-(-given * 4 // 3) + 2**20} "
-                         "or more with it")
-    return given
-
-
 def _serve(args: argparse.Namespace) -> int:
     import os
 
@@ -30,7 +17,7 @@ def _serve(args: argparse.Namespace) -> int:
         host=args.host, port=args.port, api_key=args.api_key or os.environ.get("SDOPT_API_KEY") or None,
         api_auth=args.api_auth, max_queue=args.max_queue, max_batch=args.max_batch, job_timeout=args.job_timeout,
         max_pixels=args.max_pixels, max_steps=args.max_steps, max_images=args.max_images, max_body_bytes=args.max_body_bytes,
-        max_image_bytes=_image_limit(args.max_image_bytes, args.max_body_bytes), name=args.name, lora_dir=args.lora_dir,
+        **({"max_image_bytes": args.max_image_bytes} if args.max_image_bytes is not None else {}), name=args.name, lora_dir=args.lora_dir,
         embeddings_dir=args.embeddings_dir, image_dir=args.image_dir, allowed_hosts=tuple(n.strip() for n in (args.allowed_hosts or "").split(",") if n.strip()),
         steps=args.steps, guidance_scale=args.guidance, scheduler=args.scheduler,
     )
@@ -93,7 +80,7 @@ def add_serve(sub) -> None:
     # ServeSettings' own messages name these two; without them a server could not take a larger init image than 16 MiB.
     p.add_argument("--max-body-bytes", type=int, default=32 * 2**20,
                    help="largest request body, base64 images included; a larger one gets 413 (default 33554432, 32 MiB)")
-    p.add_argument("--max-image-bytes", type=int, default=None,  # None: 16 MiB (_image_limit: a value given is checked against the body's)
+    p.add_argument("--max-image-bytes", type=int, default=None,  # None: ServeSettings' 16 MiB (it checks one given against the body's)
                    help="largest input image (init image, mask, edit image) as a file, decoded from base64 (default 16777216, 16 MiB)")
     p.add_argument("--name", default=None, help="model name the APIs report (default: the artifact folder's name)")
     p.add_argument("--reshape", action="store_true",

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from sdopt.errors import SdoptError
 
 
+DEFAULT_IMAGE_BYTES = 16 * 2**20  # one decoded input image, where sdopt serve --max-image-bytes does not say
+
+
 @dataclass(frozen=True)
 class ServeSettings:
     host: str = "127.0.0.1"
@@ -20,7 +23,7 @@ class ServeSettings:
     max_steps: int = 150
     max_images: int = 8  # images in one request (n, batch_size x n_iter)
     max_body_bytes: int = 32 * 2**20  # a request body (base64 images included)
-    max_image_bytes: int = 16 * 2**20  # one decoded input image
+    max_image_bytes: int = DEFAULT_IMAGE_BYTES  # one decoded input image
     name: str | None = None  # the model name the APIs report; default: the artifact folder's name
     lora_dir: str | None = None  # LoRAs a prompt may name as <lora:NAME:WEIGHT> (serve/loras.py)
     embeddings_dir: str | None = None  # textual inversion embeddings prompts may name by word (sdopt.embeddings)
@@ -42,6 +45,15 @@ class ServeSettings:
             value = getattr(self, field_name)
             if not isinstance(value, int) or value < 1:
                 raise SdoptError(f"--{field_name.replace('_', '-')} {value!r}: must be a positive integer")
+        if self.max_image_bytes != DEFAULT_IMAGE_BYTES and self.max_image_bytes > self.max_body_bytes:
+            # Here, not in cli.py alone: a ServeSettings built in Python took it silently. Such a limit can never be reached:
+            # a JSON request carries an image as base64 (4/3 its size), a form upload (OpenAI's edits) as it is, inside a
+            # body of at most max_body_bytes, which refused the larger images with 413 whatever this said. The default is
+            # not held against a smaller body (a server of small requests need not lower both; dataclasses.replace passes
+            # it on as if given).
+            raise SdoptError(f"--max-image-bytes {self.max_image_bytes} cannot be reached: a request body is at most --max-body-bytes "
+                             f"{self.max_body_bytes}, and an image comes inside one (a JSON request's as base64, 4/3 its size): pass "
+                             f"--max-body-bytes {-(-self.max_image_bytes * 4 // 3) + 2**20} or more with it")
         # socket.bind raises OverflowError (no OSError, so no "port in use" message) for a port past 65535. 0 asks the
         # system for any free port (embedders and the tests build apps so).
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
