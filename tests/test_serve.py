@@ -338,6 +338,30 @@ def test_a_refusal_names_the_fields_of_the_api_the_client_sent(tiny_pipeline):
         GenerateRequest(prompt="x", guidance_scale=-1).validate()
 
 
+def test_what_only_the_run_finds_names_the_fields_of_the_api_the_client_sent(tiny_pipeline, tmp_path):
+    """serve's check names a request's fields as its API does, but the worker thread ran the call without that mapping:
+    its warnings told an AUTOMATIC1111 client of "guidance_scale=1" (it sent cfg_scale) and an OpenAI one of
+    "guidance_end=0.5" (sdopt_guidance_end), and a LoRA file gone from --lora-dir since the check was to be given "as
+    loras={'style.safetensors': 0.8}", a Python dict no HTTP client can send."""
+    pytest.importorskip("peft")
+    loras = tmp_path / "loras"
+    loras.mkdir()
+    (loras / "style.safetensors").write_bytes(b"checked to exist, never read")
+    with running_server(tiny_pipeline, start_worker=False, lora_dir=str(loras)) as (url, app):
+        job = httpx.post(url + "/v1/jobs", json={"prompt": "x <lora:style:0.8>", **SMALL, "steps": 1}).json()
+        (loras / "style.safetensors").unlink()  # gone between the request's check and its run
+        app.state.worker.start()
+        error = wait_for(lambda: httpx.get(f"{url}/v1/jobs/{job['id']}", params={"images": False}).json()["error"])
+        assert "does not exist" in error and "<lora:NAME:WEIGHT>" in error and "loras=" not in error, error
+        answer = httpx.post(url + "/sdapi/v1/txt2img", json={"prompt": "x", **SMALL, "steps": 1, "cfg_scale": 1, "negative_prompt": "y"}, timeout=60)
+        warnings = json.loads(answer.json()["info"])["sdopt_warnings"]
+        assert answer.status_code == 200 and any(w.startswith("cfg_scale=1.0 runs no unconditional pass") for w in warnings), warnings
+        answer = httpx.post(url + "/v1/images/generations", json={"prompt": "x", "size": "64x64", "sdopt_steps": 1, "sdopt_guidance_scale": 1,
+                                                                  "sdopt_guidance_end": 0.5}, timeout=60)
+        assert answer.status_code == 200, answer.text
+        assert [w.split(" ")[0] for w in answer.json()["sdopt_warnings"]] == ["sdopt_guidance_end=0.5"], answer.text
+
+
 def test_a_refusal_tells_a_json_client_of_null_not_pythons_none(tiny_pipeline):
     """sdopt_cache_interval past the loop's 1,000 was refused with "..., or None (the artifact's default)": a JSON client
     sends null, and None is no JSON. Python's own message keeps None."""

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from sdopt.errors import SdoptError, on_command_line
+from sdopt.errors import SdoptError, in_api_request, on_command_line
 
 # AUTOMATIC1111's LoRA tag in a prompt: <lora:NAME> or <lora:NAME:WEIGHT>, or a second (UNet) weight <lora:NAME:TE:UNET>.
 # Never text for the text encoder: sdopt serve applies it from its --lora-dir (serve/loras.py), sdopt generate takes it out.
@@ -83,8 +83,11 @@ def notes_of(loras: list[LoraFile]) -> list[str]:
 
 
 def _how(mapping: bool) -> str:
-    """How the caller gives a LoRA, in its own terms: the flag on the command line; in Python, a request's
-    {FILE: SCALE} (``mapping``) or export's and quantize's FILE[:SCALE] strings."""
+    """How the caller gives a LoRA, in its own terms: the flag on the command line; an HTTP client of sdopt serve, a tag
+    in its prompt (serve/loras.py); in Python, a request's {FILE: SCALE} (``mapping``) or export's and quantize's
+    FILE[:SCALE] strings."""
+    if in_api_request():
+        return "a <lora:NAME:WEIGHT> tag in the prompt, NAME one of this server's LoRAs: GET /sdapi/v1/loras lists them"
     if on_command_line():
         return "--lora FILE or FILE:SCALE, e.g. --lora style.safetensors:0.8"
     if mapping:

@@ -250,7 +250,7 @@ def masked_content_notices(request: GenerateRequest) -> list[str]:
     """A masked_content that cannot change the image (strength 1 starts from noise alone, as Diffusers does)."""
     if request.masked_content == "original" or request.mask_image is None or request.strength < 1.0:
         return []
-    return [f"masked_content={request.masked_content!r} changes where inpainting starts only below strength 1; at strength 1 "
+    return [f"{argument('masked_content', request.masked_content)} changes where inpainting starts only below strength 1; at strength 1 "
             "every start is pure noise (as in Diffusers): lower strength for it to matter"]
 
 
@@ -263,4 +263,4 @@ def resize_notices(request: GenerateRequest, static_shapes: dict[str, int] | Non
     sizes = dict.fromkeys(im.size for im in request.init_images if (im.size[0] - im.size[0] % 8, im.size[1] - im.size[1] % 8) != want)
     keep = (f"this artifact runs {want[0]}x{want[1]} only: crop the image to that shape to keep its proportions"
             if (static_shapes or {}).get("height") else "give height and width of the image's size, multiples of 8, to keep its proportions")
-    return [f"init_image is {w}x{h}; it was resized to the request's {want[0]}x{want[1]} ({keep})" for w, h in sizes]
+    return [f"{argument('init_image')} is {w}x{h}; it was resized to the request's {want[0]}x{want[1]} ({keep})" for w, h in sizes]

@@ -188,19 +188,19 @@ def _negative_prompt_notices(request: GenerateRequest, embeds_guidance: bool) ->
     0), said as the LCM case is (embedded_guidance.notices)."""
     if embeds_guidance or request.uses_guidance or not any(request.negative_prompts):
         return []
-    return [f"guidance_scale={request.guidance_scale:g} runs no unconditional pass, so the negative prompt is not used "
+    return [f"{argument('guidance_scale', request.guidance_scale, '--guidance')} runs no unconditional pass, so the negative prompt is not used "
             "(it is read only with guidance above 1)"]
 
 
 def _guidance_end_notices(request: GenerateRequest) -> list[str]:
     """A truncation asked of a request that runs no guidance (guidance scale 1 or less, or a UNet that embeds it)."""
     if request.guidance_end is not None and request.guidance_end < 1 and not request.uses_guidance:
-        return [f"guidance_end={request.guidance_end:g} is not used: this request runs no classifier-free guidance to truncate "
+        return [f"{argument('guidance_end', request.guidance_end)} is not used: this request runs no classifier-free guidance to truncate "
                 "(guidance scale 1 or less, or a UNet that embeds guidance)"]
     return []
 
 
 def _eta_notices(request: GenerateRequest, scheduler) -> list[str]:
     if request.eta and not takes_eta(scheduler):
-        return [f"eta={request.eta:g} is not used: only DDIM and TCD add noise by eta, and this request runs {type(scheduler).__name__}: ask for ddim or tcd ({argument('scheduler')})"]
+        return [f"{argument('eta', request.eta)} is not used: only DDIM and TCD add noise by eta, and this request runs {type(scheduler).__name__}: ask for ddim or tcd ({argument('scheduler')})"]
     return []

@@ -118,6 +118,9 @@ class Job:
     spec: JobSpec
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     api: str = "native"  # which API submitted it: native, a1111, openai
+    # How that API names the loop's fields (errors.api_fields, as its check said them: cfg_scale for guidance_scale), for
+    # what the worker thread tells it; None: no API's (a Python caller's job)
+    fields: dict[str, str] | None = None
     request_id: str | None = field(default_factory=current_request_id)  # the HTTP request's (X-Request-ID), for the log
     status: str = QUEUED
     error: str | None = None

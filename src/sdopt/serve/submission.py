@@ -139,7 +139,7 @@ def submit(request: Request, spec: J.JobSpec, api: str, job_id: str | None = Non
     """Queue ``spec`` once ``prepare`` has made it ready.
     continuing: the job goes on with a request already accepted (Worker.submit)."""
     prepare(request, spec, names)
-    job = J.Job(spec=spec, api=api, **({"id": job_id} if job_id else {}))
+    job = J.Job(spec=spec, api=api, fields=_said(names or {}), **({"id": job_id} if job_id else {}))
     return request.app.state.worker.submit(job, continuing=continuing)
 
 

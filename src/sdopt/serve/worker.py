@@ -26,9 +26,10 @@ import threading
 import time
 import traceback
 from collections import deque
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
-from sdopt.errors import SdoptError
+from sdopt.errors import SdoptError, api_fields
 from sdopt.serve import jobs as J
 from sdopt.serve.images import latent_preview_png
 from sdopt.serve.metrics import Metrics
@@ -39,6 +40,17 @@ FINISHED_KEPT = 1000  # finished jobs kept for GET /v1/jobs/{id}, oldest dropped
 IMAGES_KEPT = 64  # ... of which the newest keep their images (64 SD 1.5 jobs of 4 images at 512²: ~200 MB)
 PREVIEW_EVERY_S = 0.5  # at most one preview per this many seconds per batch (PNG encoding costs)
 SHUTTING_DOWN = "the server is shutting down"  # why stop() cancels the jobs it finds (answered 503)
+
+
+def _in_their_fields(jobs: list[J.Job]) -> AbstractContextManager:
+    """Within it, the loop's refusals and warnings name fields as the jobs' API does (errors.api_fields, which serve sets
+    around its check of a request: this thread starts without it). What only the run finds (a LoRA file gone from
+    --lora-dir since the check, guidance_end unused at guidance 1) told an AUTOMATIC1111 or OpenAI client of Python's
+    arguments (loras={...}, guidance_scale=1). A call shared by jobs of two APIs: the loop's own names, as JSON."""
+    fields = [job.fields for job in jobs]
+    if all(named is None for named in fields):
+        return nullcontext()
+    return api_fields(fields[0] if all(named == fields[0] for named in fields) else {})
 
 
 def _requests(jobs) -> str:
@@ -274,7 +286,8 @@ class Worker:
                 row += job.spec.n
 
         try:
-            result = self.pipeline.generate(request, progress=progress, on_latents=on_latents)
+            with _in_their_fields(batch):
+                result = self.pipeline.generate(request, progress=progress, on_latents=on_latents)
         except _StopCall:
             result = None
         except SdoptError as exc:
@@ -315,7 +328,10 @@ class Worker:
         if len(batch) == 1:
             return list(result.warnings)
         notices = getattr(self.pipeline, "notices", None)  # a stand-in pipeline in tests may lack it
-        return notices(J.generate_request([job.spec])) if notices is not None else []
+        if notices is None:
+            return []
+        with _in_their_fields([job]):
+            return notices(J.generate_request([job.spec]))
 
     def _expire_running(self, batch: list[J.Job]) -> None:
         now = time.monotonic()
