@@ -414,6 +414,20 @@ def test_override_settings_naming_the_model_or_format_answer_as_options_do(tiny_
         assert app.state.worker.queue_depth == 0
 
 
+def test_an_options_refusal_shows_the_value_as_the_clients_json_wrote_it(tiny_pipeline):
+    """POST /sdapi/v1/options and override_settings quoted a value as Python writes it: "CLIP_stop_at_last_layers=False",
+    "sd_model_checkpoint={'a': 1}: ... start another `sdopt serve` for {'a': 1}", which the client sent as false, {"a": 1}."""
+    with running_server(tiny_pipeline, start_worker=False) as (url, _):
+        for option, said in [({"CLIP_stop_at_last_layers": False}, "CLIP_stop_at_last_layers=false: give an integer"),
+                             ({"sd_model_checkpoint": {"a": 1}}, 'sd_model_checkpoint={"a": 1}: this server serves only \'tiny\': give its name'),
+                             ({"samples_format": None, "sd_model_checkpoint": True}, "sd_model_checkpoint=true: this server serves only"),
+                             ({"samples_format": ["jpg"]}, 'samples_format=["jpg"]: this server answers with PNG images only')]:
+            answer = httpx.post(url + "/sdapi/v1/options", json=option)
+            message = answer.json()["detail"][0]["msg"]
+            assert answer.status_code == 422 and message.startswith(said), answer.text
+            assert not any(word in message for word in ("True", "False", "None", "{'", "['")), answer.text
+
+
 @pytest.mark.parametrize("what, field", [("scheduler", "scheduler"), ("mask", "init_image")])
 def test_native_errors_name_the_field_that_caused_them(tiny_pipeline, what, field):
     from PIL import Image

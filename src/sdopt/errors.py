@@ -103,14 +103,14 @@ def argument(name: str, value: Any = _UNSET, flag: str | None = None) -> str:
     (``num_images=2``)."""
     if (fields := _API_FIELDS.get()) is not None:
         field = fields.get(name, name)
-        return field if value is _UNSET else f"{field}={_as_json(value)}"
+        return field if value is _UNSET else f"{field}={as_json(value)}"
     if _COMMAND_LINE.get():
         flag = flag or "--" + name.replace("_", "-")
         return flag if value is _UNSET or value is True else f"{flag} {value}"
     return name if value is _UNSET else f"{name}={value!r}"
 
 
-def _as_json(value: Any) -> str:
+def as_json(value: Any) -> str:
     """A value as a JSON client wrote it (true, "euler", 0.5), Python's repr where JSON has no form for it."""
     import json
 

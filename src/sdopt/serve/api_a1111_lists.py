@@ -16,7 +16,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from sdopt.errors import SdoptError
+from sdopt.errors import SdoptError, as_json
 from sdopt.infotext import readable
 from sdopt.runtime.schedulers import A1111_SAMPLERS
 from sdopt.serve.errors import RequestError
@@ -39,7 +39,7 @@ def check_clip_skip(value: Any, field: str) -> int:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_CLIP_SKIP:
-        raise RequestError(field, f"{CLIP_SKIP_SETTING}={value!r}: give an integer from 1 (the text encoder's last layer) to {MAX_CLIP_SKIP}")
+        raise RequestError(field, f"{CLIP_SKIP_SETTING}={as_json(value)}: give an integer from 1 (the text encoder's last layer) to {MAX_CLIP_SKIP}")
     return value
 
 
@@ -126,10 +126,12 @@ def check_held_options(request: Request, options: dict[str, Any], field: str | N
     name, where = request.app.state.model_name, f"{field}." if field else ""
     wanted = options.get("sd_model_checkpoint")
     if wanted not in (None, name, _title(request), _model_hash(request)):
-        raise RequestError(field or "sd_model_checkpoint", f"{where}sd_model_checkpoint={wanted!r}: this server serves only {name!r}; "
-                                                           f"start another `sdopt serve` for {wanted!r}")
+        # The value as the client's JSON wrote it (true, {"a": 1}), not Python's repr (True, {'a': 1}); another server only
+        # for a name
+        other = f"; start another `sdopt serve` for {wanted!r}" if isinstance(wanted, str) else ": give its name, a string"
+        raise RequestError(field or "sd_model_checkpoint", f"{where}sd_model_checkpoint={as_json(wanted)}: this server serves only {name!r}{other}")
     if (fmt := options.get("samples_format")) is not None and str(fmt).lower() != "png":  # "PNG" too: AUTOMATIC1111 lowercases it
-        raise RequestError(field or "samples_format", f"{where}samples_format={options['samples_format']!r}: this server answers with PNG images only")
+        raise RequestError(field or "samples_format", f"{where}samples_format={as_json(fmt)}: this server answers with PNG images only")
 
 
 @router.get("/sdapi/v1/scripts")
