@@ -362,6 +362,25 @@ def test_what_only_the_run_finds_names_the_fields_of_the_api_the_client_sent(tin
         assert [w.split(" ")[0] for w in answer.json()["sdopt_warnings"]] == ["sdopt_guidance_end=0.5"], answer.text
 
 
+def test_the_api_schema_describes_an_unset_field_as_null(tiny_pipeline):
+    """/docs and /openapi.json described a field left out as "None: the server's default" (sdopt_steps, seed, width...):
+    Python's word, where the JSON a client sends says null."""
+    with running_server(tiny_pipeline, start_worker=False) as (url, _):
+        schema = httpx.get(url + "/openapi.json").json()
+
+    def descriptions(node):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                yield from ([value] if key == "description" and isinstance(value, str) else descriptions(value))
+        elif isinstance(node, list):
+            for value in node:
+                yield from descriptions(value)
+
+    said = list(descriptions(schema))
+    assert any(text.startswith("null: the server's default") for text in said), said
+    assert not [text for text in said if re.search(r"\bNone\b", text)]
+
+
 def test_a_refusal_tells_a_json_client_of_null_not_pythons_none(tiny_pipeline):
     """sdopt_cache_interval past the loop's 1,000 was refused with "..., or None (the artifact's default)": a JSON client
     sends null, and None is no JSON. Python's own message keeps None."""

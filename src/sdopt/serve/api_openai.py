@@ -61,10 +61,10 @@ class ImageGeneration(BaseModel):
     # sdopt's own (the OpenAI SDK sends them with extra_body={...}).
     sdopt_cache_interval: int | None = cache_interval_field()
     sdopt_guidance_end: float | None = guidance_end_field()
-    sdopt_seed: int | None = Field(None, ge=0, le=MAX_SEED, description="the first image's seed (the n images take seed, seed+1, ...); None: random")
-    sdopt_steps: int | None = Field(None, ge=1, description="None: the server's default (sdopt serve --steps)")
+    sdopt_seed: int | None = Field(None, ge=0, le=MAX_SEED, description="the first image's seed (the n images take seed, seed+1, ...); null: random")
+    sdopt_steps: int | None = Field(None, ge=1, description="null: the server's default (sdopt serve --steps)")
     sdopt_negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="what the image should not show (classifier-free guidance's other prompt)")
-    sdopt_guidance_scale: float | None = Field(None, ge=0, le=MAX_GUIDANCE, description="None: the server's default (sdopt serve --guidance)")
+    sdopt_guidance_scale: float | None = Field(None, ge=0, le=MAX_GUIDANCE, description="null: the server's default (sdopt serve --guidance)")
     sdopt_prompt_emphasis: bool = Field(False, description="read AUTOMATIC1111's (word:1.2) weights in the prompts (default: plain text)")
     sdopt_clip_skip: int = clip_skip_field()
 

@@ -26,11 +26,11 @@ MAX_PROMPT_CHARS = 10_000
 # The two request options that change the computation, as every API takes them (the native API by
 # these names; AUTOMATIC1111's and OpenAI's, whose own fields have no such thing, as sdopt_NAME).
 def cache_interval_field() -> Any:
-    return Field(None, ge=1, description="step-feature caching: the whole UNet every N-th step (1: off); None: the artifact's default")
+    return Field(None, ge=1, description="step-feature caching: the whole UNet every N-th step (1: off); null: the artifact's default")
 
 
 def guidance_end_field() -> Any:
-    return Field(None, gt=0, le=1, description="truncated guidance: the fraction of the steps that run guided (1: all); None: the artifact's default")
+    return Field(None, gt=0, le=1, description="truncated guidance: the fraction of the steps that run guided (1: all); null: the artifact's default")
 
 
 # Not a lever: the native API takes it as clip_skip, OpenAI's as sdopt_clip_skip; AUTOMATIC1111's as its own setting
