@@ -770,6 +770,21 @@ def test_a_path_the_locale_cannot_decode_is_printed_in_its_own_bytes(tiny_model,
     assert "a×b caf\udcc3\udca9".encode("ascii", _PATH_BYTES_ELSE_BACKSLASH) == b"a\\xd7b caf\xc3\xa9"
 
 
+@pytest.mark.parametrize("encoding", [{"PYTHONIOENCODING": "ascii"}, {"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0"}])
+def test_help_prints_under_an_ascii_locale(encoding):
+    """`sdopt export --help` and `generate --help` died with a UnicodeEncodeError traceback (exit 1) on stdout that is not
+    UTF-8 (a Docker image's LC_ALL=C, an ascii pipe): their help has a — that argparse printed before the CLI set stdout
+    to escape what it cannot encode."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONIOENCODING": "", **encoding}
+    for command in ("export", "generate"):
+        done = subprocess.run([sys.executable, "-m", "sdopt.cli", command, "--help"], env=env, capture_output=True, timeout=120)
+        assert done.returncode == 0 and b"\\u2014" in done.stdout and not done.stderr, done.stderr[-300:]
+
+
 def test_a_pipe_given_as_a_prompt_file_is_read(tmp_path):
     """--prompts <(grep cat prompts.txt) (a pipe, /dev/fd/N) and --calibration-prompts /dev/null were "does not exist":
     they exist, they are not regular files. A pipe is read as a file; /dev/null has no prompts."""

@@ -146,17 +146,18 @@ def _slow_bars_off_a_terminal() -> None:
 
 
 def _main(argv: list[str] | None) -> int:
+    # Under a locale that is not UTF-8, stdout cannot encode the × and — of sdopt's tables: printed as \xd7 (as Python's
+    # stderr does), not a UnicodeEncodeError after the work is done (a bench printing its report.md). A path given in bytes
+    # the locale cannot decode is printed in those bytes, as Python's own stdout does (surrogateescape); on stderr too, where
+    # an error names the path (it read caf\udcc3\udca9/, a name the user never typed). Before the arguments are parsed:
+    # `sdopt export --help` prints the — of its flags' help.
+    for stream in (sys.stdout, sys.stderr):
+        if callable(getattr(stream, "reconfigure", None)):
+            stream.reconfigure(errors=_PATH_BYTES_ELSE_BACKSLASH)
     parser = build_parser()
     args = parser.parse_args(argv)
     _exit_on_sigterm()
     _slow_bars_off_a_terminal()
-    # Under a locale that is not UTF-8, stdout cannot encode the × and — of sdopt's tables: printed as \xd7 (as Python's
-    # stderr does), not a UnicodeEncodeError after the work is done (a bench printing its report.md). A path given in bytes
-    # the locale cannot decode is printed in those bytes, as Python's own stdout does (surrogateescape); on stderr too, where
-    # an error names the path (it read caf\udcc3\udca9/, a name the user never typed).
-    for stream in (sys.stdout, sys.stderr):
-        if callable(getattr(stream, "reconfigure", None)):
-            stream.reconfigure(errors=_PATH_BYTES_ELSE_BACKSLASH)
     warnings.formatwarning = _format_warning
     try:
         code = args.func(args)
