@@ -180,6 +180,15 @@ def test_refusals(tiny_model, sdxl_tiny, embedding, sdxl_embedding, tmp_path, ca
     assert "made for a model with one text encoder" in capsys.readouterr().err and not (tmp_path / "xl").exists()
 
 
+def test_a_file_name_the_locale_cannot_decode_is_its_word_in_utf8(tiny_model, embedding, tmp_path):
+    """Under LC_ALL=C (PYTHONUTF8=0) `generate --embedding стиль.safetensors` died in the tokenizer with a TypeError
+    traceback: the word held the name's undecoded bytes (surrogates). It is read in UTF-8, as the prompts are."""
+    (tmp_path / "стиль.safetensors").write_bytes(embedding.read_bytes())
+    undecoded = str(tmp_path / "стиль.safetensors".encode().decode("ascii", "surrogateescape"))  # as sys.argv holds it there
+    assert read_embedding(undecoded).name == "стиль"
+    assert sdopt.load(tiny_model).add_embeddings([undecoded]) == {}
+
+
 def test_serve_lists_and_reads_the_embeddings_folder(tiny_model, embedding, sdxl_embedding, tmp_path):
     import requests
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from sdopt.errors import SdoptError
+from sdopt.infotext import readable
 from sdopt.runtime.emphasis import CHUNK as MAX_VECTORS  # one chunk of a prompt: an embedding longer than that could not be read whole
 
 SDXL_KEYS = {"text_encoder": "clip_l", "text_encoder_2": "clip_g"}  # AUTOMATIC1111's SDXL embedding files
@@ -129,7 +130,9 @@ def read_embedding(path: str | Path) -> Embedding:
     counts = {s[0] for s in shapes.values()}
     if len(counts) != 1:
         raise SdoptError(f"embedding {path.name}: clip_l and clip_g hold different numbers of vectors ({sorted(counts)}); the file is damaged")
-    embedding = Embedding(path.stem, path, keys, shapes)
+    # The word is text, as the prompts that use it are (cli.common.user_text): a name the locale could not decode (стиль.safetensors
+    # under LC_ALL=C, PYTHONUTF8=0) held undecoded bytes, which the tokenizer refused with a TypeError traceback.
+    embedding = Embedding(readable(path.stem), path, keys, shapes)
     if not 1 <= embedding.vectors <= MAX_VECTORS:
         raise SdoptError(f"embedding {path.name} has {embedding.vectors} vectors; a prompt chunk holds {MAX_VECTORS}, so sdopt reads embeddings of at most that")
     if not embedding.name.strip():
