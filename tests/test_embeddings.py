@@ -186,6 +186,7 @@ def test_a_file_name_the_locale_cannot_decode_is_its_word_in_utf8(tiny_model, em
     (tmp_path / "стиль.safetensors").write_bytes(embedding.read_bytes())
     undecoded = str(tmp_path / "стиль.safetensors".encode().decode("ascii", "surrogateescape"))  # as sys.argv holds it there
     assert read_embedding(undecoded).name == "стиль"
+    assert read_embedding(undecoded).record({})["file"] == "стиль.safetensors"  # export's record in sdopt.json: text too
     assert sdopt.load(tiny_model).add_embeddings([undecoded]) == {}
 
 

@@ -270,6 +270,18 @@ def test_quantizing_an_artifact_keeps_the_loras_fused_into_it(fused_onnx, tmp_pa
     assert parse_parameters(image.info[KEY])["Loras"] == "tiny-lora:0.8"
 
 
+def test_a_fused_lora_whose_name_the_locale_cannot_decode_is_recorded_as_text(tiny_lora, tmp_path):
+    """Under LC_ALL=C (PYTHONUTF8=0) `export --lora 名前.safetensors` wrote the name's undecoded bytes (surrogates) into
+    sdopt.json's export.loras and notes, as escapes no other JSON reader decodes (jq read six U+FFFD)."""
+    from sdopt.lora import manifest_fields, notes_of, parse_lora
+
+    (tmp_path / "名前.safetensors").write_bytes(tiny_lora.read_bytes())
+    undecoded = str(tmp_path / "名前.safetensors".encode().decode("ascii", "surrogateescape"))  # as sys.argv holds it there
+    loras = [parse_lora(f"{undecoded}:0.5")]
+    assert manifest_fields(loras)["loras"][0]["file"] == "名前.safetensors"
+    assert notes_of(loras) == ["LoRA fused into the weights: 名前.safetensors at scale 0.5"]
+
+
 def test_a_missing_lora_file_is_said_in_the_form_its_caller_gave_it(tmp_path):
     """GenerateRequest(loras={FILE: SCALE}) with a missing file was told "(FILE or FILE:SCALE, e.g. style.safetensors:0.8)",
     the command line's syntax, which a dict cannot hold."""

@@ -70,7 +70,7 @@ class Embedding:
         """What a manifest keeps of an embedding fused into the text encoders: what loading needs to read prompts."""
         from sdopt.file_reading import sha256_file
 
-        return {"name": self.name, "file": self.path.name, "sha256": sha256_file(self.path), "vectors": self.vectors,
+        return {"name": self.name, "file": readable(self.path.name), "sha256": sha256_file(self.path), "vectors": self.vectors,
                 "widths": {encoder: shape[1] for encoder, shape in self.shapes.items()}, "first_ids": first_ids}
 
 

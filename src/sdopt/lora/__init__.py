@@ -54,11 +54,20 @@ class LoraFile:
     path: Path
     scale: float = 1.0
 
+    @property
+    def file_name(self) -> str:
+        """The file's name as text (sdopt.infotext.readable): under LC_ALL=C with PYTHONUTF8=0 a non-ASCII name holds the
+        bytes the locale could not decode (surrogates), which sdopt.json kept as escapes no other JSON reader decodes
+        (jq read 名前.safetensors as six U+FFFD)."""
+        from sdopt.infotext import readable
+
+        return readable(self.path.name)
+
     def record(self) -> dict[str, Any]:
         """What a manifest keeps of a fused LoRA: its file name, content hash and scale."""
         from sdopt.file_reading import sha256_file
 
-        return {"file": self.path.name, "sha256": sha256_file(self.path), "scale": self.scale}
+        return {"file": self.file_name, "sha256": sha256_file(self.path), "scale": self.scale}
 
 
 def summed_scales(pairs: Iterable[tuple[str, float]]) -> dict[str, float]:
@@ -79,7 +88,7 @@ def notes_of(loras: list[LoraFile]) -> list[str]:
     """The manifest note that says LoRAs were fused."""
     if not loras:
         return []
-    return ["LoRA fused into the weights: " + ", ".join(f"{l.path.name} at scale {l.scale:g}" for l in loras)]
+    return ["LoRA fused into the weights: " + ", ".join(f"{l.file_name} at scale {l.scale:g}" for l in loras)]
 
 
 def _how(mapping: bool) -> str:
