@@ -1164,6 +1164,18 @@ def test_reports_are_written_read_and_printed_under_a_locale_that_is_not_utf8(be
     assert (tmp_path / "gate.md").is_file()
 
 
+def test_an_artifact_folder_name_the_locale_cannot_decode_names_its_row_in_text(tiny_model, tmp_path):
+    """Under LC_ALL=C (PYTHONUTF8=0) a bench of a folder named mödel 名前 ran every artifact, then died drawing the report's
+    plot (matplotlib's TypeError on the name's undecoded bytes, surrogates): no report.md or report.html. The row's name
+    is the folder's name read in UTF-8; its path stays the one given, which opens."""
+    from sdopt.bench.artifacts import collect
+
+    shutil.copytree(tiny_model, tmp_path / "mödel 名前")
+    undecoded = str(tmp_path / "mödel 名前".encode().decode("ascii", "surrogateescape"))  # as sys.argv holds it there
+    [entry] = collect([], undecoded)
+    assert entry.name == "mödel 名前" and str(entry.path) == undecoded
+
+
 def test_process_peak_rss_counts_the_load(tiny_model, tiny_pipeline, monkeypatch, tmp_path):
     """process_peak_rss_bytes was read after the last generate, which resets the RSS high-water mark (runtime/memory.py):
     it was that generate's peak again (sd15 ONNX: 12,614,737,920 and 12,614,836,224 bytes), never the load's. A load that
