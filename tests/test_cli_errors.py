@@ -785,6 +785,22 @@ def test_help_prints_under_an_ascii_locale(encoding):
         assert done.returncode == 0 and b"\\u2014" in done.stdout and not done.stderr, done.stderr[-300:]
 
 
+def test_a_utf8_file_that_begins_with_a_bom_reads_as_its_text(tmp_path):
+    """Windows' Notepad and PowerShell's `-Encoding utf8` write a BOM first: a prompt file's first line, a '# comment',
+    was benched as the prompt '\\ufeff# my prompts', and a rules TOML was 'not valid TOML (Invalid statement (at line 1,
+    column 1))' though it looked right in any editor."""
+    from sdopt.fsutil import read_json, read_toml
+    from sdopt.prompts import read_prompts
+
+    bom = "\ufeff".encode()
+    (tmp_path / "prompts.txt").write_bytes(bom + "# my prompts\r\na red circle\r\n".encode())
+    (tmp_path / "rules.toml").write_bytes(bom + b'[gate]\n"latency.median" = "10%"\n')
+    (tmp_path / "config.json").write_bytes(bom + b'{"a": 1}')
+    assert read_prompts(tmp_path / "prompts.txt") == ["a red circle"]
+    assert read_toml(tmp_path / "rules.toml") == {"gate": {"latency.median": "10%"}}
+    assert read_json(tmp_path / "config.json") == {"a": 1}
+
+
 def test_a_pipe_given_as_a_prompt_file_is_read(tmp_path):
     """--prompts <(grep cat prompts.txt) (a pipe, /dev/fd/N) and --calibration-prompts /dev/null were "does not exist":
     they exist, they are not regular files. A pipe is read as a file; /dev/null has no prompts."""

@@ -53,7 +53,9 @@ def _read(path: Path, what: str, missing: str, kind: str) -> Any:
 
     name = f"{what} {path}" if what else str(path)
     try:
-        text = path.read_text(encoding="utf-8")  # JSON and TOML are UTF-8 whatever the locale
+        # JSON and TOML are UTF-8 whatever the locale; a BOM before it (Windows' Notepad, PowerShell's `-Encoding utf8`)
+        # is no character of the text: tomllib said "Invalid statement (at line 1, column 1)" of a line that looks right.
+        text = path.read_text(encoding="utf-8-sig")
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
         raise SdoptError(f"{name} is missing: {missing}") from exc
     except (OSError, UnicodeDecodeError) as exc:

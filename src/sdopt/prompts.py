@@ -26,7 +26,9 @@ def read_prompts(source: str | Path | list[str] | tuple[str, ...], what: str = "
     if not path.exists():  # a pipe is read as a file (--prompts <(grep cat prompts.txt), /dev/stdin): it was "does not exist"
         raise SdoptError(f"{what} {path} does not exist: give a text file with one prompt per line")
     try:
-        text = path.read_text(encoding="utf-8")  # not the locale's: a prompt file written on another machine reads the same
+        # Not the locale's: a prompt file written on another machine reads the same. utf-8-sig: Windows' Notepad and
+        # PowerShell's `-Encoding utf8` begin the file with a BOM, which made its first line, a '# comment', a prompt.
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:  # an image or other binary file given by mistake
         raise SdoptError(f"{what} {path} is not UTF-8 text: give a text file with one prompt per line") from None
     prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
