@@ -190,6 +190,21 @@ def test_a_file_name_the_locale_cannot_decode_is_its_word_in_utf8(tiny_model, em
     assert sdopt.load(tiny_model).add_embeddings([undecoded]) == {}
 
 
+def test_a_left_out_file_whose_name_the_locale_cannot_decode_is_listed_in_text(tmp_path):
+    """Under LC_ALL=C (PYTHONUTF8=0) `sdopt serve --embeddings-dir` holding a file it left out (a LoRA, 名前.safetensors)
+    answered GET /sdapi/v1/embeddings with a 500 (PydanticSerializationError: surrogates not allowed): the skipped list
+    was keyed by the name's undecoded bytes. A name in Latin-1 bytes (café) is undecoded in any UTF-8 locale too."""
+    import os
+
+    from sdopt.embeddings import parse_embeddings
+
+    with open(os.path.join(os.fsencode(tmp_path), b"caf\xe9.safetensors"), "wb") as f:
+        f.write(b"\xff" * 20)
+    skipped = {}
+    assert parse_embeddings([tmp_path], skipped) == []
+    assert list(skipped) == ["caf\ufffd"]
+
+
 def test_serve_lists_and_reads_the_embeddings_folder(tiny_model, embedding, sdxl_embedding, tmp_path):
     import requests
 

@@ -163,7 +163,7 @@ def parse_embeddings(items: Iterable[str | Path] | None, skipped: dict[str, str]
             except SdoptError as exc:
                 reason = str(exc).removeprefix(f"embedding {file}: ").removeprefix(f"embedding {file} ").removeprefix(f"embedding {file.name} ")
                 if skipped is not None:
-                    skipped[file.stem] = reason
+                    skipped[readable(file.stem)] = reason  # its word, as a readable file's is: serve's JSON refuses undecoded bytes
                 else:
                     warnings.warn(f"embedding {file} left out: {reason}", UserWarning, stacklevel=2)
     unique: dict[tuple[Path, str], Embedding] = {}
