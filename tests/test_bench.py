@@ -1176,6 +1176,16 @@ def test_an_artifact_folder_name_the_locale_cannot_decode_names_its_row_in_text(
     assert entry.name == "mödel 名前" and str(entry.path) == undecoded
 
 
+def test_rows_whose_names_differ_only_in_unsafe_characters_keep_their_own_raw_folders():
+    """Artifacts named 名前 and стиль (or 'a b' and 'a_b') shared raw/_/: the second worker's images replaced the first's,
+    and the report compared the ONNX artifact's images with themselves (PSNR 100 dB, SSIM 1; 89.03 dB measured apart)."""
+    from sdopt.bench.runner import slug
+
+    names = ["名前", "стиль", "a b", "a_b", "a+b", "tiny@bf16", "caf\udce9"]
+    assert len({slug(name) for name in names}) == len(names)
+    assert slug("tiny@bf16") == "tiny@bf16" and re.fullmatch(r"[A-Za-z0-9_.@-]+", slug("名前"))  # safe names as they were
+
+
 def test_process_peak_rss_counts_the_load(tiny_model, tiny_pipeline, monkeypatch, tmp_path):
     """process_peak_rss_bytes was read after the last generate, which resets the RSS high-water mark (runtime/memory.py):
     it was that generate's peak again (sd15 ONNX: 12,614,737,920 and 12,614,836,224 bytes), never the load's. A load that

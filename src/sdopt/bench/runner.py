@@ -4,6 +4,7 @@ then speed, memory and quality against the reference, in one report (``bench/ass
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -132,7 +133,13 @@ def watch_progress(file: Path, show: Callable[[str], None] | None) -> Iterator[N
 
 
 def slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.@-]+", "_", name)
+    """A row's folder under raw/: the name where it is safe as a file name everywhere, else its safe characters and a
+    digest of the whole name. Without the digest, rows named 名前 and стиль (or 'a b' and 'a_b') shared raw/_/, the second
+    worker's images replaced the first's, and the report compared an artifact's images with themselves (PSNR 100 dB)."""
+    safe = re.sub(r"[^A-Za-z0-9_.@-]+", "_", name)
+    if safe == name:
+        return name
+    return f"{safe}-{hashlib.sha256(name.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
 
 
 def run_bench(
