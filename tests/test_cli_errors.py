@@ -801,6 +801,17 @@ def test_a_utf8_file_that_begins_with_a_bom_reads_as_its_text(tmp_path):
     assert read_json(tmp_path / "config.json") == {"a": 1}
 
 
+def test_a_utf16_prompt_file_is_refused_saying_to_save_it_as_utf8(tmp_path):
+    """Windows PowerShell's `> prompts.txt` writes UTF-16: it was refused as 'not UTF-8 text: give a text file with one
+    prompt per line', advice its writer, holding what any editor shows as a text file, could not follow."""
+    from sdopt.errors import SdoptError
+    from sdopt.prompts import read_prompts
+
+    (tmp_path / "prompts.txt").write_text("a red circle\n", encoding="utf-16")
+    with pytest.raises(SdoptError, match=r"prompts.txt is UTF-16 text .*: save it as UTF-8"):
+        read_prompts(tmp_path / "prompts.txt")
+
+
 def test_a_pipe_given_as_a_prompt_file_is_read(tmp_path):
     """--prompts <(grep cat prompts.txt) (a pipe, /dev/fd/N) and --calibration-prompts /dev/null were "does not exist":
     they exist, they are not regular files. A pipe is read as a file; /dev/null has no prompts."""
