@@ -789,7 +789,7 @@ def test_a_utf8_file_that_begins_with_a_bom_reads_as_its_text(tmp_path):
     """Windows' Notepad and PowerShell's `-Encoding utf8` write a BOM first: a prompt file's first line, a '# comment',
     was benched as the prompt '\\ufeff# my prompts', and a rules TOML was 'not valid TOML (Invalid statement (at line 1,
     column 1))' though it looked right in any editor."""
-    from sdopt.fsutil import read_json, read_toml
+    from sdopt.file_reading import read_json, read_toml
     from sdopt.prompts import read_prompts
 
     bom = "\ufeff".encode()
