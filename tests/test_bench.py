@@ -1251,3 +1251,17 @@ def test_the_memory_plot_draws_no_bar_for_a_peak_not_measured(monkeypatch):
                        {"artifact": "windows", "peak_memory_bytes": None, "size_bytes": 2**20}])
     peak_axes = drawn[0].axes[0]
     assert [(t.get_text().strip(), t.get_position()[1]) for t in peak_axes.texts] == [("not measured", 1)]
+
+
+def test_a_plot_of_names_its_font_cannot_draw_warns_nothing():
+    """An artifact named in CJK (名前/) made matplotlib warn once per character it has no glyph for: nine lines of
+    'sdopt: warning: Glyph 21517 ... missing from font(s) DejaVu Sans' under one bench (walk qa92)."""
+    pytest.importorskip("matplotlib")
+    import warnings
+
+    from sdopt.bench import html
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert html._memory_plot([{"artifact": "名前", "peak_memory_bytes": 2**20, "size_bytes": 2**20}]).startswith("data:image/png")
+    assert [str(w.message) for w in caught] == []

@@ -15,10 +15,16 @@ _MAX_GRID_SAMPLES = 4
 
 
 def _png(fig) -> str:
+    import warnings
+
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    with warnings.catch_warnings():
+        # An artifact named in CJK or emoji: matplotlib's font has no glyph for it and warned once per character, nine
+        # lines under "sdopt: warning:" for one name; the plot draws boxes there, the report's tables the name.
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font")
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
