@@ -770,6 +770,25 @@ def test_a_path_the_locale_cannot_decode_is_printed_in_its_own_bytes(tiny_model,
     assert "a×b caf\udcc3\udca9".encode("ascii", _PATH_BYTES_ELSE_BACKSLASH) == b"a\\xd7b caf\xc3\xa9"
 
 
+def test_a_checkpoints_config_with_non_ascii_text_reads_under_an_ascii_locale(tmp_path):
+    """A UNet config.json holding non-ASCII text (a _name_or_path under /home/josé/) was read in the locale's encoding:
+    under LC_ALL=C (PYTHONUTF8=0) the checkpoint's precision read died in a UnicodeDecodeError traceback, and the UNet
+    config the loop conditions on read as none (walk qa92). JSON is UTF-8 whatever the locale."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "config.json").write_text(json.dumps({"_name_or_path": "/home/josé/sd", "torch_dtype": "float16",
+                                                               "addition_embed_type": "text_time"}, ensure_ascii=False), encoding="utf-8")
+    code = ("import sys; from types import SimpleNamespace as N; from pathlib import Path; from sdopt.layouts import _torch_dtype_name; "
+            "from sdopt.runtime.conditioning import unet_config; folder = Path(sys.argv[1]); "
+            "print(_torch_dtype_name(folder), unet_config(N(components={'unet': N(folder='unet')}), folder).get('addition_embed_type'))")
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONIOENCODING": ""}
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.split() == ["fp16", "text_time"], done.stderr[-2000:]
+
+
 @pytest.mark.parametrize("encoding", [{"PYTHONIOENCODING": "ascii"}, {"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0"}])
 def test_help_prints_under_an_ascii_locale(encoding):
     """`sdopt export --help` and `generate --help` died with a UnicodeEncodeError traceback (exit 1) on stdout that is not

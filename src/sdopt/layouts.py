@@ -36,7 +36,7 @@ def _is_diffusers(folder: Path) -> bool:
 def _torch_dtype_name(folder: Path) -> str:
     """Precision of a Diffusers folder as saved: fp16 when its UNet config says so, else fp32."""
     try:
-        cfg = json.loads((folder / "unet" / "config.json").read_text())
+        cfg = json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8"))  # JSON is UTF-8 whatever the locale
     except (OSError, json.JSONDecodeError):
         return "fp32"
     return {"float16": "fp16", "bfloat16": "bf16"}.get(str(cfg.get("torch_dtype", "")), "fp32")

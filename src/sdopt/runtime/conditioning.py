@@ -226,7 +226,7 @@ def unet_config(manifest: Any, folder: Path | None) -> dict[str, Any]:
     if folder is None or entry is None:
         return {}
     try:
-        config = json.loads((folder / entry.folder / "config.json").read_text())
+        config = json.loads((folder / entry.folder / "config.json").read_text(encoding="utf-8"))  # whatever the locale
     except (OSError, ValueError):
         return {}
     return config if isinstance(config, dict) else {}
