@@ -462,13 +462,19 @@ def test_a_quantized_load_beside_a_torch_load_in_another_thread_keeps_its_weight
     artifact = tmp_path / backend
     quantize(tiny_model, "int8", artifact, backend=backend, components=["unet"])
     engine = type(get_quantizer(backend).engine())
-    deserializing, building = threading.Event(), threading.Event()
+    deserializing, building, deserialized = threading.Event(), threading.Event(), threading.Event()
     deserialize = engine.deserialize
 
     def paused(self, *args, **kwargs):  # the loader stops where the other thread's build can begin
         deserializing.set()
-        building.wait(timeout=2)
-        return deserialize(self, *args, **kwargs)
+        # A loader holding the lock cannot be overtaken (the build waits for it): waiting on the build then only
+        # ran out its timeout.
+        if not LIBRARY_LOCK._is_owned():
+            building.wait(timeout=2)
+        try:
+            return deserialize(self, *args, **kwargs)
+        finally:
+            deserialized.set()
 
     monkeypatch.setattr(engine, "deserialize", paused)
     loaded, errors = [], []
@@ -482,7 +488,9 @@ def test_a_quantized_load_beside_a_torch_load_in_another_thread_keeps_its_weight
     def build_like_a_torch_load():
         with LIBRARY_LOCK, init_empty_weights():
             building.set()
-            loader.join(timeout=10)
+            # The patch stays on while the loader deserializes, not for its whole load: the rest of the load waits on
+            # the lock this thread holds, and its join ran out its 10 s.
+            deserialized.wait(timeout=10)
 
     register_parameter = torch.nn.Module.register_parameter
     loader, other = threading.Thread(target=load), threading.Thread(target=build_like_a_torch_load)
