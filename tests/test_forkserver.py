@@ -135,6 +135,9 @@ def test_a_closed_fork_server_leaves_no_pipe_open(monkeypatch):
 def test_one_server_per_backend_and_environment_and_a_clear_error_when_it_cannot_start(monkeypatch):
     from sdopt.bench import forkserver
 
+    # Which server is given, kept and replaced, not what it imports (test_the_server_imports_...): servers that start at
+    # once, where each real one imported ONNX Runtime, Transformers, torch and Diffusers' schedulers (seconds each).
+    monkeypatch.setitem(forkserver.PRELOADS, "onnxruntime", ("json",))
     server = forkserver.server_for("onnxruntime")
     assert forkserver.server_for("onnxruntime") is server  # every bench of this process forks from it
     monkeypatch.setenv("SDOPT_TEST_FORKSERVER", "1")  # a cold worker would see it: so must a forked one
@@ -159,6 +162,9 @@ def test_a_cuda_server_serves_only_where_a_forked_child_could_use_cuda(tmp_path,
     (tmp_path / "sitecustomize.py").write_text(
         "import os\nimport torch.cuda\nif os.environ.get('SDOPT_TEST_BAD_FORK'):\n    torch.cuda._is_in_bad_fork = lambda: True\n")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    # torch is what a server checks CUDA with, and this sitecustomize imports it in each: the backend's own imports
+    # (ONNX Runtime, Transformers, Diffusers' schedulers) only added seconds to each of the three servers.
+    monkeypatch.setitem(forkserver.PRELOADS, "onnxruntime", ("json",))
     assert forkserver.server_for("onnxruntime", "cuda").alive()
     monkeypatch.setenv("SDOPT_TEST_BAD_FORK", "1")
     with pytest.raises(RuntimeError, match="would not be able to use CUDA"):
