@@ -140,6 +140,8 @@ def test_one_server_per_backend_and_environment_and_a_clear_error_when_it_cannot
     monkeypatch.setitem(forkserver.PRELOADS, "onnxruntime", ("json",))
     server = forkserver.server_for("onnxruntime")
     assert forkserver.server_for("onnxruntime") is server  # every bench of this process forks from it
+    monkeypatch.setenv("PYTEST_CURRENT_TEST", "tests/test_x.py::test_y (call)")  # pytest's, new in each test: no worker reads it
+    assert forkserver.server_for("onnxruntime") is server
     monkeypatch.setenv("SDOPT_TEST_FORKSERVER", "1")  # a cold worker would see it: so must a forked one
     other = forkserver.server_for("onnxruntime")
     assert other is not server and other.alive()

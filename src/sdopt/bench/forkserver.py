@@ -151,11 +151,14 @@ class ForkServer:
 # forked one) is replaced.
 _servers: dict[tuple, ForkServer] = {}
 _servers_lock = threading.Lock()
+# Except pytest's PYTEST_CURRENT_TEST, set anew for every phase of every test: keyed on it, each bench a test suite ran
+# (ours, or a user's) started its servers again, seconds each. No worker reads it.
+_NOT_KEYED = frozenset({"PYTEST_CURRENT_TEST"})
 
 
 def server_for(backend: str, device: str = "cpu") -> ForkServer:
     cuda = _is_cuda(device)
-    key = (backend, cuda, sys.executable, tuple(sorted(os.environ.items())))
+    key = (backend, cuda, sys.executable, tuple(sorted((k, v) for k, v in os.environ.items() if k not in _NOT_KEYED)))
     with _servers_lock:
         server = _servers.get(key)
         if server is None or not server.alive():
