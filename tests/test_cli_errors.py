@@ -741,7 +741,7 @@ def test_flags_are_not_abbreviated_and_a_misspelt_one_is_said_with_the_nearest(t
 
 def test_a_prompt_the_locale_cannot_decode_is_read_as_utf8():
     """Under LC_ALL=C (PYTHONUTF8=0) generate -p café reached the tokenizer as undecoded bytes (surrogates), which it
-    refused with a TypeError traceback before any step: prompts are read in UTF-8 (sdopt.infotext.readable)."""
+    refused with a TypeError traceback before any step: prompts are read in UTF-8 (sdopt.os_text.readable)."""
     from sdopt.cli import build_parser
 
     args = build_parser().parse_args(["generate", "m", "-p", "caf\udcc3\udca9", "-n", "na\udcc3\udcafve", "-o", "o.png"])

@@ -661,7 +661,7 @@ def test_a_server_folder_is_named_where_its_path_ends_in_an_error():
 def test_names_the_locale_cannot_decode_are_answered_as_text(tiny_pipeline, tmp_path, monkeypatch):
     """Under LC_ALL=C (PYTHONUTF8=0) a non-ASCII folder, --name or LoRA file name is undecoded bytes (surrogates): every
     answer naming them failed to encode (500 on sd-models, options, /v1/models, loras, cmd-flags) and no <lora:NAME>
-    tag matched the file. They are answered as text (sdopt.infotext.readable: U+FFFD for a byte that is not UTF-8)."""
+    tag matched the file. They are answered as text (sdopt.os_text.readable: U+FFFD for a byte that is not UTF-8)."""
     import os
     from pathlib import Path
 

@@ -25,6 +25,8 @@ import json
 import re
 from typing import Any
 
+from sdopt.os_text import readable
+
 KEY = "parameters"  # the PNG text chunk's key, AUTOMATIC1111's
 NEGATIVE = "Negative prompt: "
 # AUTOMATIC1111's modules/infotext_utils.py: a key, a colon, a value that is either JSON-quoted or runs to the next comma.
@@ -36,17 +38,6 @@ def _quote(value: Any) -> str:
     """A value as AUTOMATIC1111 writes it: JSON-quoted when it holds a comma, a colon or a line break."""
     text = str(value)
     return json.dumps(text, ensure_ascii=False) if any(c in text for c in ",:\n\"") else text
-
-
-def readable(text: str) -> str:
-    """A file name or command-line argument as the Unicode text a PNG text chunk or a JSON answer must be. Where the
-    locale could not decode its bytes (a non-ASCII name under LC_ALL=C with PYTHONUTF8=0) Python holds them as
-    surrogates, which UTF-8 refuses: PIL's save and the server's JSON failed on them. They are read in UTF-8 here (the
-    real text where the bytes are UTF-8, U+FFFD for a byte that is not); other text is returned as it is."""
-    try:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    except UnicodeEncodeError:  # a surrogate that is no undecoded byte
-        return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def _stem(path: str) -> str:

@@ -89,9 +89,9 @@ def parse_artifact_arg(text: str) -> tuple[str, str | None, dict[str, Any], dict
 
 def artifact_label(path: Path, precision: str | None, options: dict[str, Any], request: dict[str, Any] | None = None) -> str:
     """How a bench row names an artifact run: the folder, then what the argument changed. The folder's name as text
-    (sdopt.infotext.readable): under LC_ALL=C with PYTHONUTF8=0 a non-ASCII one held undecoded bytes (surrogates), on
+    (sdopt.os_text.readable): under LC_ALL=C with PYTHONUTF8=0 a non-ASCII one held undecoded bytes (surrogates), on
     which the report's plot (matplotlib) and its UTF-8 files failed after every artifact had run."""
-    from sdopt.infotext import readable
+    from sdopt.os_text import readable
 
     return (readable(path.name) + (f"@{precision}" if precision else "") + (f"+compile={options['compile']}" if options.get("compile") else "")
             + (f"+guidance-end={request['guidance_end']:g}" if (request or {}).get("guidance_end") is not None else ""))

@@ -40,8 +40,8 @@ def user_path(text: str) -> str:
 
 def user_text(text: str) -> str:
     """A prompt as given: under LC_ALL=C (PYTHONUTF8=0) a non-ASCII argument is undecoded bytes (surrogates), which the
-    tokenizer refused with a TypeError traceback; read in UTF-8 (sdopt.infotext.readable), the text that was typed."""
-    from sdopt.infotext import readable
+    tokenizer refused with a TypeError traceback; read in UTF-8 (sdopt.os_text.readable), the text that was typed."""
+    from sdopt.os_text import readable
 
     return readable(text)
 

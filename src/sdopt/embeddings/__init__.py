@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from sdopt.errors import SdoptError
-from sdopt.infotext import readable
+from sdopt.os_text import readable
 from sdopt.runtime.emphasis import CHUNK as MAX_VECTORS  # one chunk of a prompt: an embedding longer than that could not be read whole
 
 SDXL_KEYS = {"text_encoder": "clip_l", "text_encoder_2": "clip_g"}  # AUTOMATIC1111's SDXL embedding files

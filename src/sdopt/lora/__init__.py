@@ -56,10 +56,10 @@ class LoraFile:
 
     @property
     def file_name(self) -> str:
-        """The file's name as text (sdopt.infotext.readable): under LC_ALL=C with PYTHONUTF8=0 a non-ASCII name holds the
+        """The file's name as text (sdopt.os_text.readable): under LC_ALL=C with PYTHONUTF8=0 a non-ASCII name holds the
         bytes the locale could not decode (surrogates), which sdopt.json kept as escapes no other JSON reader decodes
         (jq read 名前.safetensors as six U+FFFD)."""
-        from sdopt.infotext import readable
+        from sdopt.os_text import readable
 
         return readable(self.path.name)
 

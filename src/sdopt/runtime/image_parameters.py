@@ -9,6 +9,7 @@ import functools
 
 from sdopt.errors import SdoptError
 from sdopt import infotext
+from sdopt.os_text import readable
 from sdopt.request import GenerateRequest
 from sdopt.runtime import schedulers
 
@@ -44,7 +45,7 @@ class ImageParameters:
             request, index, sampler=schedulers.A1111_SAMPLERS.get(name) if name else None,
             # the folder's name as PNG text must be: under LC_ALL=C a non-ASCII name was undecoded bytes (surrogates)
             # that PIL refused when saving the image, after the generation
-            model=infotext.readable(self.folder.name) if self.folder is not None else None, model_hash=self.model_hash,
+            model=readable(self.folder.name) if self.folder is not None else None, model_hash=self.model_hash,
             backend=f"{manifest.backend} {self.precision}" + (f", {quantized}" if (quantized := self.quantization) else ""),
             cache_interval=self.cache_interval(request),
             guidance_end=self.guidance_end(request), version=__version__, clip_skip=request.clip_skip if self.family.reads_clip_skip else 1,

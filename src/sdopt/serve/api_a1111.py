@@ -29,7 +29,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from sdopt.infotext import readable
+from sdopt.os_text import readable
 from sdopt.request import DEFAULT_STRENGTH, MAX_SEED
 from sdopt.serve import hires, inpaint_area, jobs as J
 from sdopt.serve.a1111_fields import A1111_NAMES, apply_infotext, eta_for, hires_scheduler, ignored_fields, scheduler_for

@@ -17,7 +17,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from sdopt.errors import SdoptError, as_json
-from sdopt.infotext import readable
+from sdopt.os_text import readable
 from sdopt.runtime.schedulers import A1111_SAMPLERS
 from sdopt.serve.errors import RequestError
 from sdopt.serve.submission import CLIP_SKIP_SETTING

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sdopt.infotext import readable
+from sdopt.os_text import readable
 from sdopt.lora import summed_scales, take_network_tags
 from sdopt.serve.errors import RequestError
 
 
 def available(folder: str | Path | None) -> dict[str, Path]:
-    """NAME -> file, for every .safetensors file in the server's LoRA folder. NAME is text (sdopt.infotext.readable), as
+    """NAME -> file, for every .safetensors file in the server's LoRA folder. NAME is text (sdopt.os_text.readable), as
     a prompt's tag names it: under LC_ALL=C a non-ASCII file name was undecoded bytes that no tag matched and that
     /sdapi/v1/loras failed to answer."""
     if folder is None:

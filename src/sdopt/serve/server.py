@@ -14,7 +14,7 @@ from sdopt.serve.settings import ServeSettings
 
 
 def model_name(artifact: str | Path, settings: ServeSettings) -> str:
-    from sdopt.infotext import readable
+    from sdopt.os_text import readable
 
     # text, as JSON answers must be: under LC_ALL=C a non-ASCII --name or folder name was undecoded bytes (surrogates)
     # that every answer naming the model refused to encode (500: /sdapi/v1/sd-models, /v1/models, options)
