@@ -132,6 +132,23 @@ def test_a_closed_fork_server_leaves_no_pipe_open(monkeypatch):
     assert not [str(w.message) for w in seen if issubclass(w.category, ResourceWarning)]
 
 
+@pytest.mark.skipif(not LINUX, reason="the fork server is Linux-only")
+def test_a_killed_bench_leaves_no_fork_server_log_in_the_temporary_folder(tmp_path):
+    """Each `sdopt bench` killed (SIGKILL: CI's timeout, the OOM killer) left an empty
+    $TMPDIR/sdopt-forkserver-BACKEND-*.log per backend, one more every time, that nothing removed."""
+    code = textwrap.dedent("""
+        import os, signal
+        from sdopt.bench import forkserver
+        forkserver.PRELOADS["onnxruntime"] = ("json",)  # a server that starts at once
+        server = forkserver.ForkServer("onnxruntime")
+        assert server.alive()
+        os.kill(os.getpid(), signal.SIGKILL)  # killed while its server runs: no close, no atexit
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "TMPDIR": str(tmp_path)}, capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith("sdopt")]
+
+
 def test_one_server_per_backend_and_environment_and_a_clear_error_when_it_cannot_start(monkeypatch):
     from sdopt.bench import forkserver
 

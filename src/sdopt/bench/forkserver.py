@@ -77,7 +77,9 @@ class ForkServer:
 
     def __init__(self, backend: str, cuda: bool = False):
         self.backend = backend
-        self._log = tempfile.NamedTemporaryFile("w+", prefix=f"sdopt-forkserver-{backend}-", suffix=".log")
+        # The server's stderr, read back only when it fails to start: a file without a name (unlinked at once), since
+        # a named one (/tmp/sdopt-forkserver-BACKEND-*.log) was left behind by every killed bench, one per backend.
+        self._log = tempfile.TemporaryFile("w+")
         self._proc = subprocess.Popen([sys.executable, "-m", "sdopt.bench.forkserver", *(["--cuda"] if cuda else []), *PRELOADS[backend]],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log)
         self._pending = b""  # read from the server, not yet a whole line
