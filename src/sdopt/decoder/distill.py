@@ -185,6 +185,8 @@ def train(tiny, latents, targets, settings: DistillSettings, factor: int, scale:
 def distill_decoder(model: str | Path, out: str | Path, settings: DistillSettings = DistillSettings(), init: str | Path | None = None,
                     progress: bool = True, force: bool = False) -> Path:
     """Distill a tiny decoder for ``model`` (a PyTorch checkpoint) into ``out``; returns its path."""
+    # First: a mistyped --channels 0 was refused only after the 10 s of importing torch and Diffusers below.
+    settings.check()
     import torch
 
     from sdopt.runtime.versions import require_compatible_libraries
@@ -200,7 +202,6 @@ def distill_decoder(model: str | Path, out: str | Path, settings: DistillSetting
     from sdopt.runtime.torch import load_pretrained
     from sdopt.shapes.train import forget_load_path, save_curves
 
-    settings.check()
     require("matplotlib", "bench")  # loss.png, drawn once training is done: missing, it failed there with a traceback
     check_output_dir(out, force, local_inputs(model))  # before any slow work
     source, manifest = source_checkpoint(model, "distill")
