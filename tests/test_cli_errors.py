@@ -414,6 +414,30 @@ def test_two_writers_of_one_output_each_replace_it_whole(tmp_path):
     assert out.read_bytes() == b"first, half and the rest" and [p.name for p in tmp_path.iterdir()] == ["same.png"]
 
 
+def test_a_killed_writers_partial_files_are_removed_by_the_next_write(tmp_path):
+    """`sdopt generate --num-images 16 -o x.png` SIGKILLed while saving left 16 hidden .x-N.png.PID-XXXXXX.partial files
+    (walk qa94), and no later command removed them: each name was its writer's own. The next write of those paths removes
+    a dead writer's partials made on this host; another host's (a shared folder) it cannot judge, and leaves."""
+    import signal
+    import subprocess
+    import sys
+
+    from sdopt.outputs import files_written_whole
+
+    paths = [tmp_path / "x-0.png", tmp_path / "x-1.png"]
+    code = ("import os, signal, sys\nfrom pathlib import Path\nfrom sdopt.outputs import files_written_whole\n"
+            "with files_written_whole([Path(p) for p in sys.argv[1:]]) as partials:\n"
+            "    partials[0].write_bytes(b'half')\n    os.kill(os.getpid(), signal.SIGKILL)\n")
+    assert subprocess.run([sys.executable, "-c", code, *map(str, paths)]).returncode == -signal.SIGKILL
+    assert len(list(tmp_path.glob(".x-*.partial"))) == 2  # what the killed save left
+    other_host = tmp_path / ".x-0.png.00000000-1-abcdef.partial"
+    other_host.write_bytes(b"another host's, still writing")
+    with files_written_whole(paths) as partials:
+        for partial in partials:
+            partial.write_bytes(b"whole")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [other_host.name, "x-0.png", "x-1.png"]
+
+
 def test_strength_without_an_init_image(tiny_model, tmp_path, capsys):
     """--strength alone is refused; an img2img image's parameters without its init image are said to make another picture."""
     from PIL import Image

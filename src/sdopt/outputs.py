@@ -307,6 +307,31 @@ def replace_file(partial: Path, path: Path) -> None:
                          "file cannot be replaced), close it and run again, or write elsewhere") from None
 
 
+def _host_tag() -> str:
+    """This host, short enough for a file name: a partial file's writer is judged only on the host that wrote it."""
+    import hashlib
+
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _remove_stale_partials(path: Path) -> None:
+    """The partial files of ``path`` whose writer, on this host, is gone: a command killed while saving (SIGKILL, the
+    OOM killer) left its .NAME.HOST-PID-XXXXXX.partial files, one per image, and nothing ever removed them. A live
+    writer's, another host's (a shared folder) and an older sdopt's (no host in the name) are left alone."""
+    prefix, host = f".{path.name}.", _host_tag()
+    try:
+        siblings = list(path.parent.iterdir())
+    except OSError:  # no folder yet, or one that cannot be listed: nothing of ours to clean there
+        return
+    for sibling in siblings:
+        if not (sibling.name.startswith(prefix) and sibling.name.endswith(".partial")):
+            continue
+        tag, _, rest = sibling.name[len(prefix):-len(".partial")].partition("-")
+        pid = rest.partition("-")[0]
+        if tag == host and pid.isdigit() and not _pid_alive(int(pid)) and sibling.is_file() and not sibling.is_symlink():
+            sibling.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def files_written_whole(paths: list[Path]) -> Iterator[list[Path]]:
     """Yield the path to write for each of ``paths``: a partial file beside it (the path itself for a character device,
@@ -315,8 +340,10 @@ def files_written_whole(paths: list[Path]) -> Iterator[list[Path]]:
     Each partial's name is this call's own: two commands writing one path (two `generate -o same.png`) had shared
     .NAME.partial, one truncating the other's half-written file, which the first then renamed into place (or failed
     with a FileNotFoundError traceback, the other having renamed it first); now the last to finish replaces it whole."""
-    token = f"{os.getpid()}-{secrets.token_hex(3)}"
+    token = f"{_host_tag()}-{os.getpid()}-{secrets.token_hex(3)}"
     partials = [path if path.is_char_device() else path.with_name(f".{path.name}.{token}.partial") for path in paths]
+    for path in paths:
+        _remove_stale_partials(path)
     try:
         modes = {}
         for path, partial in zip(paths, partials):
