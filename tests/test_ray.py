@@ -297,3 +297,30 @@ def test_optimize_builds_fan_out_and_a_candidate_waits_for_the_one_it_quantizes(
     assert built == {"torch-fp32": str(tiny_model)}
     assert "int3" in not_built["bad"] and not_built["child"].startswith("bad was not built: ")
     assert any("building 3 candidates on Ray" in line for line in said)
+
+
+def test_a_job_folder_left_by_a_killed_ray_worker_is_removed_by_the_next_job(tmp_path, monkeypatch):
+    """`sdopt bench --ray` SIGKILLed while a job ran left $TMPDIR/sdopt-bench-job-*/ (job.json, worker.log, progress) on
+    the node for good (walk qa94): the Ray worker died inside its TemporaryDirectory. The next job on the node removes
+    the folders of workers that no longer run."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from sdopt.cluster import bench as cluster_bench
+
+    code = ("import sys\nfrom sdopt.cluster import bench as b\n"
+            "b._where = lambda: {}\nb.worker_command = lambda job, result: ['sleep', '60']\n"
+            "b.run_job({'path': sys.argv[1]}, None)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], env={**os.environ, "TMPDIR": str(tmp_path)})
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob("sdopt-bench-job-*/job.json")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.kill()
+    proc.wait()
+    assert len(list(tmp_path.glob("sdopt-bench-job-*"))) == 1  # what the killed worker left
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(cluster_bench, "_where", lambda: {"hostname": "here"})
+    monkeypatch.setattr(cluster_bench, "worker_command", lambda job, result: [sys.executable, "-c", "pass"])
+    assert cluster_bench.run_job({"path": str(tmp_path)}, None)["result"]["status"] == "failed"  # no result.json written
+    assert not list(tmp_path.glob("sdopt-bench-job-*"))

@@ -84,6 +84,23 @@ def _where() -> dict[str, Any]:
     return {"node_id": context.get_node_id(), "ip": ray.util.get_node_ip_address(), "hostname": platform.node(), "pid": os.getpid()}
 
 
+JOB_FOLDER_PREFIX = "sdopt-bench-job-"  # then the Ray worker's pid: $TMPDIR/sdopt-bench-job-PID-XXXXXXXX on the node
+
+
+def _remove_dead_jobs_folders() -> None:
+    """The job folders of Ray workers that no longer run on this node: a bench killed while a job ran (SIGKILL of the
+    driver takes its local cluster's workers with it; Ray's memory monitor kills a worker) never reached the end of
+    its TemporaryDirectory, and left the folder (job, log, images) in the node's $TMPDIR, one more each time."""
+    import shutil
+
+    from sdopt.outputs import _pid_alive
+
+    for folder in Path(tempfile.gettempdir()).glob(f"{JOB_FOLDER_PREFIX}*-*"):
+        pid = folder.name[len(JOB_FOLDER_PREFIX):].partition("-")[0]
+        if pid.isdigit() and folder.is_dir() and not folder.is_symlink() and not _pid_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def run_job(job: dict, timeout: float | None) -> dict:
     """One artifact's bench on this node (a Ray task): the worker's result, its files, and where it ran."""
     from sdopt.machine import fingerprint
@@ -93,7 +110,8 @@ def run_job(job: dict, timeout: float | None) -> dict:
         return {"result": {"status": "failed", "error": f"{job['path']} is not on node {where['hostname']} ({where['ip']}): "
                            "artifacts reach the nodes by path; put them on a filesystem every node mounts at the same path (docs/ray.md)"},
                 "files": {}, "node": where}
-    with tempfile.TemporaryDirectory(prefix="sdopt-bench-job-") as tmp:
+    _remove_dead_jobs_folders()
+    with tempfile.TemporaryDirectory(prefix=f"{JOB_FOLDER_PREFIX}{os.getpid()}-") as tmp:
         work = Path(tmp)
         (work / "job.json").write_text(json.dumps({**job, "output_dir": tmp}, indent=2))
         with open(work / "worker.log", "w") as log:
