@@ -1950,6 +1950,14 @@ def test_a_loopback_server_answers_only_requests_addressed_to_loopback_or_an_all
     assert "--allowed-hosts are for one process under uvicorn" in capsys.readouterr().err
 
 
+def test_an_origin_that_does_not_parse_is_refused_not_a_server_error(tiny_pipeline):
+    """Origin: http://[::1 (no bracket closing the address) ended in urlsplit's ValueError: a 500 and a traceback in the
+    server's log for a header the guard exists to judge."""
+    with running_server(tiny_pipeline, start_worker=False) as (url, _):
+        answer = httpx.get(url + "/sdapi/v1/options", headers={"Origin": "http://[::1"})
+        assert answer.status_code == 403 and "Origin 'http://[::1'" in answer.json()["detail"]
+
+
 def test_a_server_bound_beyond_loopback_checks_names_only_where_some_are_allowed():
     from sdopt.serve.settings import ServeSettings
 

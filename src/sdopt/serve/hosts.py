@@ -46,6 +46,16 @@ def is_loopback(name: str) -> bool:
         return False
 
 
+def origin_name(origin: str) -> str:
+    """The name in an Origin header: "null" for a sandboxed frame's or a file:// page's, "" for one that does not parse."""
+    if origin == "null":
+        return origin
+    try:
+        return host_name(urlsplit(origin).netloc)
+    except ValueError:  # "http://[::1": no browser sends it, and it names no host this server answers to
+        return ""
+
+
 def check_allowed_hosts(names: tuple[str, ...]) -> None:
     """--allowed-hosts holds names (example.com, 10.0.0.5) or *: a URL or a name with a port would never match."""
     from sdopt.errors import SdoptError
@@ -75,7 +85,7 @@ class HostGuard:
         if host and not self._admits(host_name(host)):
             return await self._refuse(scope, send, f"Host {host!r}")
         # "null" is the Origin of a sandboxed frame or a file:// page: a browser's, not this server's page either.
-        if origin and not self._admits(host_name(urlsplit(origin).netloc) if origin != "null" else "null"):
+        if origin and not self._admits(origin_name(origin)):
             return await self._refuse(scope, send, f"Origin {origin!r}")
         return await self.app(scope, receive, send)
 
