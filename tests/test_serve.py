@@ -1958,6 +1958,23 @@ def test_an_origin_that_does_not_parse_is_refused_not_a_server_error(tiny_pipeli
         assert answer.status_code == 403 and "Origin 'http://[::1'" in answer.json()["detail"]
 
 
+def test_a_second_host_or_origin_header_is_judged_too(tiny_pipeline):
+    """The guard kept the last of two Host (or Origin) headers, so evil.example before 127.0.0.1 passed, and the app,
+    which reads the first, saw evil.example."""
+    import socket
+
+    with running_server(tiny_pipeline, start_worker=False) as (url, _):
+        for field, evil, good in (("Host", "evil.example", "127.0.0.1"), ("Origin", "https://evil.example", "http://localhost")):
+            for first, second in ((evil, good), (good, evil)):
+                # written by hand: httpx refuses to send two Host headers
+                lines = ["GET /sdapi/v1/options HTTP/1.1", *(["Host: 127.0.0.1"] if field == "Origin" else []),
+                         f"{field}: {first}", f"{field}: {second}", "Connection: close", "", ""]
+                with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) as connection:
+                    connection.sendall("\r\n".join(lines).encode())
+                    answer = b"".join(iter(lambda: connection.recv(65536), b"")).decode()
+                assert answer.startswith("HTTP/1.1 403") and f"{field} '{evil}'" in answer, (first, second)
+
+
 def test_a_server_bound_beyond_loopback_checks_names_only_where_some_are_allowed():
     from sdopt.serve.settings import ServeSettings
 

@@ -78,15 +78,15 @@ class HostGuard:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
-        host = headers.get(b"host", b"").decode("latin-1")
-        origin = headers.get(b"origin", b"").decode("latin-1")
-        # An HTTP/1.0 client may send no Host: it is no browser (they all send one), so nothing to guard against.
-        if host and not self._admits(host_name(host)):
-            return await self._refuse(scope, send, f"Host {host!r}")
-        # "null" is the Origin of a sandboxed frame or a file:// page: a browser's, not this server's page either.
-        if origin and not self._admits(origin_name(origin)):
-            return await self._refuse(scope, send, f"Origin {origin!r}")
+        # Each Host and Origin the request carries, not the last one only: Starlette's request.headers reads the first.
+        for field, raw in scope.get("headers") or ():
+            if field not in (b"host", b"origin"):
+                continue
+            value = raw.decode("latin-1")
+            # An HTTP/1.0 client may send no Host: it is no browser (they all send one), so nothing to guard against.
+            # "null" is the Origin of a sandboxed frame or a file:// page: a browser's, not this server's page either.
+            if value and not self._admits(host_name(value) if field == b"host" else origin_name(value)):
+                return await self._refuse(scope, send, f"{field.decode().capitalize()} {value!r}")
         return await self.app(scope, receive, send)
 
     async def _refuse(self, scope, send, what: str):
