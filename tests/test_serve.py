@@ -1982,3 +1982,14 @@ def test_a_server_bound_beyond_loopback_checks_names_only_where_some_are_allowed
     assert ServeSettings(host="0.0.0.0", allowed_hosts=("sd.example.com.",)).host_check == {"sd.example.com"}
     assert ServeSettings(host="127.0.0.1").host_check == frozenset()
     assert ServeSettings(host="::1", allowed_hosts=("*",)).host_check is None
+
+
+def test_a_server_bound_to_another_loopback_address_is_guarded_as_on_127_0_0_1():
+    """--host 127.0.0.2 (loopback, this machine only) counted as exposed: no Host guard, so a web page could use it by
+    DNS rebinding, and the warning that anyone who reaches the port can use it."""
+    from sdopt.serve.settings import ServeSettings
+
+    for host in ("127.0.0.2", "127.1.2.3", "LOCALHOST", "::1"):
+        assert not ServeSettings(host=host).exposed and ServeSettings(host=host).host_check == frozenset(), host
+    for host in ("0.0.0.0", "::", "192.168.1.5", "sd.example.com"):
+        assert ServeSettings(host=host).exposed, host

@@ -109,8 +109,11 @@ class ServeSettings:
 
     @property
     def exposed(self) -> bool:
-        """Bound to something other than loopback: reachable from other machines."""
-        return self.host not in ("127.0.0.1", "localhost", "::1")
+        """Bound to something other than loopback: reachable from other machines. All of 127.0.0.0/8 is loopback, as the
+        Host guard admits (serve/hosts.py): --host 127.0.0.2 is this machine only, so it gets the guard and no warning."""
+        from sdopt.serve.hosts import is_loopback
+
+        return not is_loopback(self.host.lower())
 
     @property
     def host_check(self) -> frozenset[str] | None:
