@@ -1984,6 +1984,18 @@ def test_a_server_bound_beyond_loopback_checks_names_only_where_some_are_allowed
     assert ServeSettings(host="::1", allowed_hosts=("*",)).host_check is None
 
 
+def test_allowed_hosts_takes_an_ipv6_address_as_the_address_bar_shows_it_and_refuses_names_no_host_can_match():
+    """--allowed-hosts [fd00::5] was refused with 'give host names as a browser's address bar shows them', which is how
+    the address bar shows it; *.example.com (no Host header carries a *: each name goes in full) and '.' were taken in
+    silence, and no request could ever match them."""
+    from sdopt.serve.settings import ServeSettings
+
+    assert ServeSettings(host="::", allowed_hosts=("[FD00::5]", "fd00::6")).host_check == {"fd00::5", "fd00::6"}
+    for name in ("*.example.com", ".", "[fd00::5]:80", "[fd00::5]x"):
+        with pytest.raises(SdoptError, match=re.escape(f"--allowed-hosts {name!r}: give host names")):
+            ServeSettings(allowed_hosts=(name,))
+
+
 def test_a_server_bound_to_another_loopback_address_is_guarded_as_on_127_0_0_1():
     """--host 127.0.0.2 (loopback, this machine only) counted as exposed: no Host guard, so a web page could use it by
     DNS rebinding, and the warning that anyone who reaches the port can use it."""

@@ -57,13 +57,16 @@ def origin_name(origin: str) -> str:
 
 
 def check_allowed_hosts(names: tuple[str, ...]) -> None:
-    """--allowed-hosts holds names (example.com, 10.0.0.5) or *: a URL or a name with a port would never match."""
+    """--allowed-hosts holds names (example.com, 10.0.0.5, [fd00::5]) or *: a URL, a name with a port or a wildcard
+    (*.example.com: no Host carries a *) would never match."""
     from sdopt.errors import SdoptError
 
     for name in names:
-        if name != ANY_HOST and (not name or any(c in name for c in "/@ ") or host_name(name) != name.lower().rstrip(".")):
-            raise SdoptError(f"--allowed-hosts {name!r}: give host names as a browser's address bar shows them, without a "
-                             "scheme or port (sd.example.com, 10.0.0.5), or * for any")
+        # An IPv6 address may come in brackets, as the address bar shows it
+        bare = name[1:-1] if name.startswith("[") and name.endswith("]") else name
+        if name != ANY_HOST and (not host_name(name) or any(c in name for c in "/@ *") or host_name(name) != bare.lower().rstrip(".")):
+            raise SdoptError(f"--allowed-hosts {name!r}: give host names as a browser's address bar shows them, each in "
+                             "full, without a scheme or port (sd.example.com, 10.0.0.5, [fd00::5]), or * alone for any")
 
 
 class HostGuard:

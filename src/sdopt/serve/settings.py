@@ -118,8 +118,8 @@ class ServeSettings:
     @property
     def host_check(self) -> frozenset[str] | None:
         """The names besides loopback a request's Host and Origin may name; None: any (serve/hosts.py)."""
-        from sdopt.serve.hosts import ANY_HOST
+        from sdopt.serve.hosts import ANY_HOST, host_name
 
         if ANY_HOST in self.allowed_hosts or (self.exposed and not self.allowed_hosts):
             return None
-        return frozenset(name.lower().rstrip(".") for name in self.allowed_hosts)
+        return frozenset(host_name(name) for name in self.allowed_hosts)  # read as a Host header is: [fd00::5] is fd00::5
