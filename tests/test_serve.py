@@ -1391,6 +1391,25 @@ def test_page_fits_a_phone_width(tiny_pipeline):
 
 
 # --- the command line ------------------------------------------------------------------------
+def test_the_serving_line_gives_an_ipv6_address_in_brackets(tiny_model, capsys, monkeypatch):
+    """`sdopt serve --host ::1` said 'serving ... on http://::1:7860/', a URL no browser or curl opens."""
+    import sdopt.serve.server as server
+    from sdopt.cli import main
+
+    class Started:
+        def run(self):
+            pass
+
+    def started_at(app, host, port, on_started=None, **kwargs):
+        on_started(port)
+        return Started()
+
+    monkeypatch.setattr(server, "http_server", started_at)
+    monkeypatch.setattr(server, "check_port_free", lambda host, port: None)  # a machine without IPv6 runs it too
+    assert main(["serve", str(tiny_model), "--host", "::1", "--port", "17861"]) == 0
+    assert "on http://[::1]:17861/ (API docs" in capsys.readouterr().err
+
+
 def test_a_port_taken_during_the_load_is_one_line_and_no_serving_banner(tiny_model, capsys, monkeypatch):
     """The port is checked before the (slow) load; one taken meanwhile made uvicorn exit 3 after sdopt had printed
     "serving ... on" that port. Now: exit 2, saying so, and the banner only once the port is open."""

@@ -175,8 +175,11 @@ def serve(artifact: str | Path, settings: ServeSettings, load_options: dict[str,
         return
     say_safety_checker(folder)
 
+    # An IPv6 address goes in brackets in a URL: http://::1:7860/ is none a browser or curl can open
+    url_host = f"[{settings.host}]" if ":" in settings.host else settings.host
+
     def say_serving(port: int) -> None:  # once the port is open: said before, it was said of a port uvicorn then lost
-        print(f"serving {name} ({pipeline.manifest.backend}, {pipeline.precision}) on http://{settings.host}:{port}/ "
+        print(f"serving {name} ({pipeline.manifest.backend}, {pipeline.precision}) on http://{url_host}:{port}/ "
               f"(API docs at /docs; max batch {app.state.worker.max_batch}, queue {settings.max_queue})", file=sys.stderr)
 
     app = server = None
