@@ -904,7 +904,8 @@ def test_a_shutdown_signal_answers_the_waiting_requests_503_and_the_server_exits
 
 def test_behind_a_proxy_under_a_prefix_the_links_carry_it(tiny_pipeline):
     """--root-path /sd: a proxy serving https://host/sd/ and stripping the prefix got OpenAI links to /v1/images/... (the
-    proxy's root, not this server) and a /docs whose schema URL missed the prefix (walk qa55)."""
+    proxy's root, not this server) and a /docs whose schema URL missed the prefix (walk qa55). OpenAI's routes answered
+    their errors in AUTOMATIC1111's shape there ({"detail": ...}: the path they were told by began with /sd)."""
     import threading
 
     from serving import free_port
@@ -929,6 +930,8 @@ def test_behind_a_proxy_under_a_prefix_the_links_carry_it(tiny_pipeline):
         assert link.startswith(f"{url}/sd/v1/images/"), link
         assert httpx.get(url + link.removeprefix(url + "/sd")).status_code == 200  # what the proxy asks for it
         assert "url: '/sd/openapi.json'" in httpx.get(url + "/docs").text
+        assert httpx.post(url + "/v1/images/generations", json={"prompt": 5}).json()["error"]["param"] == "prompt"
+        assert "DNS rebinding" in httpx.get(url + "/v1/models", headers={"Host": "evil.example"}).json()["error"]["message"]
     finally:
         server.should_exit = True
         thread.join(10)

@@ -32,8 +32,14 @@ def _openai_path(path: str) -> bool:
     return path.startswith(("/v1/images", "/v1/models"))
 
 
+def _route_path(scope: dict) -> str:
+    """The path the routes match (/v1/models): under --root-path uvicorn's scope["path"], and request.url.path, begin
+    with the prefix the proxy stripped (/sd/v1/models), and OpenAI's routes answered their errors in AUTOMATIC1111's shape."""
+    return scope.get("path", "").removeprefix(scope.get("root_path", ""))
+
+
 def _openai_route(request: Request) -> bool:
-    return _openai_path(request.url.path)
+    return _openai_path(_route_path(request.scope))
 
 
 def _error_body(path: str, status: int, message: str, field: str | None = None) -> dict[str, Any]:
@@ -89,18 +95,19 @@ def create_app(worker: Worker, settings: ServeSettings, model_name: str, replica
     if replica is not None:
         app.add_middleware(ReplicaHeader, replica=replica)
     elif settings.host_check is not None:  # (a Ray Serve replica is reached through Ray's proxy, by its own host settings)
-        app.add_middleware(HostGuard, allowed=settings.host_check, bound=settings.host, error_body=_error_body)
+        app.add_middleware(HostGuard, allowed=settings.host_check, bound=settings.host,
+                           error_body=lambda scope, status, message: _error_body(_route_path(scope), status, message))
     # The last added is the outermost: the body limit's 413 carries the id too. A Ray Serve replica's answers get the
     # header from Ray's proxy, which gives the replica the id it sends (the client's, else its own) as the request's.
     app.add_middleware(RequestId, send_header=replica is None)
 
     @app.exception_handler(QueueFull)
     async def _queue_full(request: Request, exc: QueueFull):
-        return JSONResponse(_error_body(request.url.path, 429, str(exc)), status_code=429, headers={"Retry-After": str(exc.retry_after)})
+        return JSONResponse(_error_body(_route_path(request.scope), 429, str(exc)), status_code=429, headers={"Retry-After": str(exc.retry_after)})
 
     @app.exception_handler(ShuttingDown)
     async def _shutting_down(request: Request, exc: ShuttingDown):
-        return JSONResponse(_error_body(request.url.path, 503, str(exc)), status_code=503)
+        return JSONResponse(_error_body(_route_path(request.scope), 503, str(exc)), status_code=503)
 
     @app.exception_handler(SdoptError)  # and RequestError, a route's own refusal (its status, 422 unless it says)
     async def _sdopt_error(request: Request, exc: SdoptError):
@@ -108,7 +115,7 @@ def create_app(worker: Worker, settings: ServeSettings, model_name: str, replica
         # folders by their names (a vanished --embeddings-dir on refresh-embeddings quoted its absolute path), the
         # loop's refusals a route passes on as its own too (check_spec)
         status = exc.status if isinstance(exc, RequestError) else 422
-        return JSONResponse(_error_body(request.url.path, status, worker.shown(str(exc)), exc.field), status_code=status)
+        return JSONResponse(_error_body(_route_path(request.scope), status, worker.shown(str(exc)), exc.field), status_code=status)
 
     from fastapi.exceptions import RequestValidationError
     from starlette.exceptions import HTTPException
@@ -119,7 +126,7 @@ def create_app(worker: Worker, settings: ServeSettings, model_name: str, replica
         if exc.status_code == 400 and exc.detail == _BODY_UNPARSED:  # a JSON body as unreadable as one that is not JSON
             why = _UNPARSED_WHY.get(type(exc.__cause__), "JSON decode error")
             return await _validation(request, RequestValidationError([{"type": "json_invalid", "loc": ("body",), "msg": why}]))
-        body = _error_body(request.url.path, exc.status_code, str(exc.detail)) if _openai_route(request) else {"detail": exc.detail}
+        body = _error_body(_route_path(request.scope), exc.status_code, str(exc.detail)) if _openai_route(request) else {"detail": exc.detail}
         return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
@@ -135,7 +142,7 @@ def create_app(worker: Worker, settings: ServeSettings, model_name: str, replica
             field = _openai_param(first)
             what = "" if unread else ": send a JSON object, such as {\"prompt\": \"a red circle\"}"
             message = f"{field}: {first['msg']}" if field else f"the request body: {first['msg']}{what}"
-            return JSONResponse(_error_body(request.url.path, 422, message, field), status_code=422)
+            return JSONResponse(_error_body(_route_path(request.scope), 422, message, field), status_code=422)
         return JSONResponse({"detail": errors}, status_code=422)
 
     # HEAD as well as GET: load balancers' and uptime monitors' probes often send HEAD, which answered 405.
@@ -247,6 +254,6 @@ class BodyLimit:
 
     async def _refuse(self, scope, send):
         message = f"the request body is larger than the {self.max_bytes / 2**20:g} MiB this server accepts: send smaller images"
-        body = json.dumps(_error_body(scope.get("path", ""), 413, message)).encode()  # OpenAI's shape on its routes
+        body = json.dumps(_error_body(_route_path(scope), 413, message)).encode()  # OpenAI's shape on its routes
         await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})

@@ -72,7 +72,7 @@ def check_allowed_hosts(names: tuple[str, ...]) -> None:
 class HostGuard:
     """403 for a request whose Host, or Origin, names neither loopback nor an allowed name (ASGI middleware)."""
 
-    def __init__(self, app, allowed: frozenset[str], bound: str, error_body: Callable[[str, int, str], dict]):
+    def __init__(self, app, allowed: frozenset[str], bound: str, error_body: Callable[[dict, int, str], dict]):
         self.app, self.allowed, self.bound, self.error_body = app, allowed, bound, error_body
 
     def _admits(self, name: str) -> bool:
@@ -97,6 +97,6 @@ class HostGuard:
         message = (f"this server answers requests addressed to {allowed} only, and this one came with {what}: a web page "
                    f"on another site cannot use a server on {self.bound} (DNS rebinding, cross-site requests). Behind a reverse "
                    "proxy that passes its own name, start sdopt serve with --allowed-hosts NAME (docs/serve.md)")
-        body = json.dumps(self.error_body(scope.get("path", ""), 403, message)).encode()
+        body = json.dumps(self.error_body(scope, 403, message)).encode()  # the shape of the API the request's route is of
         await send({"type": "http.response.start", "status": 403, "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
