@@ -58,6 +58,17 @@ def test_a_model_smaller_than_the_default_size_is_optimized_and_benched_at_its_o
     assert (sd15_sized.height, sd15_sized.width) == (256, 256) and not said  # the issue's sd15 runs: 256x256, as before
 
 
+def test_a_model_benched_at_one_side_of_its_own_size_is_said_so():
+    """--height 512 on a 64x64 model benches 512 high at its own width, 64; that was said as 'benching at the model's
+    own size, 64x512 (below the bench's default 256x256', a size neither its own nor below the default."""
+    from sdopt.bench.settings import BenchSettings, ModelDefaults
+
+    said = []
+    settings = BenchSettings.resolve(None, ModelDefaults(size=(64, 64)), said.append, height=512)
+    assert (settings.height, settings.width) == (512, 64)
+    assert said == ["benching at the model's own width, 64 (below the bench's default 256; --width to change)"]
+
+
 @pytest.mark.parametrize("flag", ["--min-psnr", "--lever-min-psnr", "--min-adherence"])
 def test_a_floor_that_is_not_a_number_is_refused_before_building(tmp_path, capsys, flag):
     """--min-psnr nan ran the whole optimize and called every candidate 'PSNR 45.5 dB >= nan dB' (held)."""

@@ -85,9 +85,14 @@ class BenchSettings:
                 values[key] = taken[key] = own[key]
             else:
                 values[key] = BENCH_DEFAULTS[key]
-        if ("height" in taken or "width" in taken) and say is not None:
+        own_sides = [key for key in ("width", "height") if key in taken]
+        if len(own_sides) == 2 and say is not None:
             say(f"benching at the model's own size, {values['width']}x{values['height']} (below the bench's default "
                 f"{BENCH_DEFAULTS['width']}x{BENCH_DEFAULTS['height']}; --height/--width to change)")
+        elif own_sides and say is not None:  # the other side given (--height 512): the size is no longer the model's own
+            side = own_sides[0]
+            say(f"benching at the model's own {side}, {values[side]} (below the bench's default {BENCH_DEFAULTS[side]}; "
+                f"--{side} to change)")
         taken = {k: v for k, v in taken.items() if k not in ("height", "width")}
         if taken and say is not None:
             run = " at ".join(x for x in (f"{taken['steps']} step{'s' * (taken['steps'] != 1)}" if "steps" in taken else "",
