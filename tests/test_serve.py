@@ -1980,6 +1980,15 @@ def test_an_origin_that_does_not_parse_is_refused_not_a_server_error(tiny_pipeli
         assert answer.status_code == 403 and "Origin 'http://[::1'" in answer.json()["detail"]
 
 
+def test_a_host_that_only_begins_with_a_loopback_address_in_brackets_is_refused():
+    """Host: [::1].evil.example was read as [::1] (what followed the bracket was dropped) and served as loopback."""
+    from sdopt.serve.hosts import host_name, is_loopback
+
+    assert [host_name(h) for h in ("[::1]", "[::1]:7860", "[FD00::5]")] == ["::1", "::1", "fd00::5"]
+    for host in ("[::1].evil.example", "[::1]evil.example:7860"):
+        assert not is_loopback(host_name(host)), host
+
+
 def test_a_second_host_or_origin_header_is_judged_too(tiny_pipeline):
     """The guard kept the last of two Host (or Origin) headers, so evil.example before 127.0.0.1 passed, and the app,
     which reads the first, saw evil.example."""

@@ -30,7 +30,9 @@ def host_name(netloc: str) -> str:
     without a fully qualified name's final dot."""
     netloc = netloc.strip().lower()
     if netloc.startswith("["):  # [::1]:7860
-        return netloc[1:].partition("]")[0]
+        address, _, rest = netloc[1:].partition("]")
+        # only a port may follow the brackets: "[::1].evil.example" is no loopback address, whatever it names
+        return address if rest == "" or rest.startswith(":") else netloc
     if netloc.count(":") == 1:  # name:port (an IPv6 address without brackets has several)
         netloc = netloc.partition(":")[0]
     return netloc.rstrip(".")
@@ -64,7 +66,7 @@ def check_allowed_hosts(names: tuple[str, ...]) -> None:
     for name in names:
         # An IPv6 address may come in brackets, as the address bar shows it
         bare = name[1:-1] if name.startswith("[") and name.endswith("]") else name
-        if name != ANY_HOST and (not host_name(name) or any(c in name for c in "/@ *") or host_name(name) != bare.lower().rstrip(".")):
+        if name != ANY_HOST and (not host_name(name) or any(c in bare for c in "/@ *[]") or host_name(name) != bare.lower().rstrip(".")):
             raise SdoptError(f"--allowed-hosts {name!r}: give host names as a browser's address bar shows them, each in "
                              "full, without a scheme or port (sd.example.com, 10.0.0.5, [fd00::5]), or * alone for any")
 
