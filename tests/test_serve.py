@@ -1948,8 +1948,12 @@ def test_a_loopback_server_answers_only_requests_addressed_to_loopback_or_an_all
         port = url.rsplit(":", 1)[1]
         for host in ("127.0.0.1", "localhost", "LOCALHOST.", "app.localhost", "127.0.0.2", "[::1]"):
             assert httpx.get(url + "/sdapi/v1/options", headers={"Host": f"{host}:{port}"}).status_code == 200, host
-        same_page = httpx.post(url + "/sdapi/v1/interrupt", headers={"Origin": f"http://localhost:{port}"})
-        assert same_page.status_code == 200  # the server's own page, opened as localhost
+        for origin in ("localhost", "127.0.0.1"):  # the server's own page, opened as either, posting to its own origin
+            headers = {"Host": f"{origin}:{port}", "Origin": f"http://{origin}:{port}"}
+            assert httpx.post(url + "/sdapi/v1/interrupt", headers=headers).status_code == 200, origin
+        # A page on another loopback port (a local dev server) is another site, as a page of another name is
+        other_port = httpx.post(url + "/sdapi/v1/interrupt", headers={"Host": f"localhost:{port}", "Origin": "http://localhost:3000"})
+        assert other_port.status_code == 403 and "Origin 'http://localhost:3000'" in other_port.json()["detail"]
         rebound = httpx.get(url + "/sdapi/v1/options", headers={"Host": f"evil.example:{port}"})
         assert rebound.status_code == 403 and "Host 'evil.example:" in rebound.json()["detail"]
         assert "--allowed-hosts NAME" in rebound.json()["detail"]
@@ -1965,7 +1969,7 @@ def test_a_loopback_server_answers_only_requests_addressed_to_loopback_or_an_all
         assert httpx.get(url + "/sdapi/v1/options", headers={"Host": "other.example.com"}).status_code == 403
     with running_server(tiny_pipeline, start_worker=False, allowed_hosts=("*",)) as (url, _):
         assert httpx.get(url + "/sdapi/v1/options", headers={"Host": "evil.example", "Origin": "https://evil.example"}).status_code == 200
-    for given in ("https://sd.example.com", "sd.example.com:8443"):
+    for given in ("https://sd.example.com", "sd.example.com:8443", "null"):
         assert main(["serve", str(tiny_model), "--port", "0", "--allowed-hosts", given]) == 2
         assert f"--allowed-hosts {given!r}: give host names" in capsys.readouterr().err
     assert main(["serve", str(tiny_model), "--ray", "--allowed-hosts", "sd.example.com"]) == 2
@@ -1995,7 +1999,7 @@ def test_a_second_host_or_origin_header_is_judged_too(tiny_pipeline):
     import socket
 
     with running_server(tiny_pipeline, start_worker=False) as (url, _):
-        for field, evil, good in (("Host", "evil.example", "127.0.0.1"), ("Origin", "https://evil.example", "http://localhost")):
+        for field, evil, good in (("Host", "evil.example", "127.0.0.1"), ("Origin", "https://evil.example", "http://127.0.0.1")):
             for first, second in ((evil, good), (good, evil)):
                 # written by hand: httpx refuses to send two Host headers
                 lines = ["GET /sdapi/v1/options HTTP/1.1", *(["Host: 127.0.0.1"] if field == "Origin" else []),

@@ -66,7 +66,9 @@ def check_allowed_hosts(names: tuple[str, ...]) -> None:
     for name in names:
         # An IPv6 address may come in brackets, as the address bar shows it
         bare = name[1:-1] if name.startswith("[") and name.endswith("]") else name
-        if name != ANY_HOST and (not host_name(name) or any(c in bare for c in "/@ *[]") or host_name(name) != bare.lower().rstrip(".")):
+        # "null" is the Origin of every sandboxed frame and file:// page: allowing it would let any of them in
+        if name != ANY_HOST and (not host_name(name) or name.lower() == "null" or any(c in bare for c in "/@ *[]")
+                                 or host_name(name) != bare.lower().rstrip(".")):
             raise SdoptError(f"--allowed-hosts {name!r}: give host names as a browser's address bar shows them, each in "
                              "full, without a scheme or port (sd.example.com, 10.0.0.5, [fd00::5]), or * alone for any")
 
@@ -80,17 +82,26 @@ class HostGuard:
     def _admits(self, name: str) -> bool:
         return is_loopback(name) or name in self.allowed
 
+    def _admits_origin(self, origin: str, hosts: list[str]) -> bool:
+        """A page of this server's own origin (the Origin names the Host the request was sent to: localhost:7860 from
+        http://localhost:7860/), or of an allowed name. A page on another loopback port (a local dev server on
+        localhost:3000) is another site: no preflight stops its form POST to /sdapi/v1/interrupt. "null" (a sandboxed
+        frame, a file:// page) is a browser's page that is not this server's either."""
+        try:
+            netloc = urlsplit(origin).netloc.strip().lower() if origin != "null" else ""
+        except ValueError:  # "http://[::1": no browser sends it
+            return False
+        return bool(netloc) and any(netloc == host.strip().lower() for host in hosts) or origin_name(origin) in self.allowed
+
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         # Each Host and Origin the request carries, not the last one only: Starlette's request.headers reads the first.
-        for field, raw in scope.get("headers") or ():
-            if field not in (b"host", b"origin"):
-                continue
-            value = raw.decode("latin-1")
+        sent = [(field, raw.decode("latin-1")) for field, raw in scope.get("headers") or () if field in (b"host", b"origin")]
+        hosts = [value for field, value in sent if field == b"host"]
+        for field, value in sent:
             # An HTTP/1.0 client may send no Host: it is no browser (they all send one), so nothing to guard against.
-            # "null" is the Origin of a sandboxed frame or a file:// page: a browser's, not this server's page either.
-            if value and not self._admits(host_name(value) if field == b"host" else origin_name(value)):
+            if value and not (self._admits(host_name(value)) if field == b"host" else self._admits_origin(value, hosts)):
                 return await self._refuse(scope, send, f"{field.decode().capitalize()} {value!r}")
         return await self.app(scope, receive, send)
 
