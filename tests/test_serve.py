@@ -727,6 +727,21 @@ def test_a_job_without_a_negative_prompt_never_shares_a_call_with_one_that_has_i
     assert generate_request([negative]).negative_prompt == ["blurry"]
 
 
+def test_jobs_that_fit_alone_but_not_together_run_in_calls_of_their_own(tiny_onnx_plain, monkeypatch):
+    """ONNX Runtime's attention on a CPU needs memory for every image of a call at once (sdopt.runtime.attention_memory):
+    two one-image jobs that each passed the check alone were batched into a call that did not, and both failed, each
+    client told to ask for "fewer images" (walk qa88). The second now waits for a call of its own."""
+    import sdopt
+    from sdopt.runtime import attention_memory
+    from sdopt.serve import jobs as J
+
+    # The tiny model at 64x64, guided: 0.75 MiB of scores for one image, 1.5 MiB for two
+    monkeypatch.setattr(attention_memory, "available_bytes", lambda: 2**20)
+    with sdopt.load(tiny_onnx_plain) as pipeline:
+        jobs = run_queued(pipeline, [J.JobSpec(prompt="a red circle", seed=1, **SMALL), J.JobSpec(prompt="a blue square", seed=2, **SMALL)])
+    assert [(job.status, job.batch_size) for job in jobs] == [("succeeded", 1), ("succeeded", 1)], [job.error for job in jobs]
+
+
 def test_batched_images_equal_the_images_made_alone(tiny_pipeline):
     """Three users' requests share one generate call; each gets the image its request gets alone."""
     from sdopt.request import GenerateRequest

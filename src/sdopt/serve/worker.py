@@ -245,12 +245,26 @@ class Worker:
             for job in list(self._queue):
                 if rows + job.spec.n > self.max_batch:
                     continue
-                if job.spec.batch_key() == key:
+                if job.spec.batch_key() == key and self._runs_together([*batch, job]):
                     self._queue.remove(job)
                     batch.append(job)
                     rows += job.spec.n
             self.current = batch
             return batch, J.generate_request([job.spec for job in batch])
+
+    def _runs_together(self, jobs: list[J.Job]) -> bool:
+        """Whether the call of ``jobs`` passes the pipeline's checks, as each job's own call did when it was submitted:
+        a batch is more images in one call, and ONNX Runtime's attention on a CPU needs memory for all of them at once
+        (sdopt.runtime.attention_memory). Two one-image jobs that fit alone were failed together, each client told to
+        ask "fewer images"; the one that does not fit now waits for the next call."""
+        check = getattr(self.pipeline, "check_request", None)  # a stand-in pipeline in tests may lack it
+        if check is None:
+            return True
+        try:
+            check(J.generate_request([job.spec for job in jobs]))
+        except SdoptError:
+            return False
+        return True
 
     def _expire_queued(self) -> None:
         now = time.monotonic()
