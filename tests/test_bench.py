@@ -1265,3 +1265,24 @@ def test_a_plot_of_names_its_font_cannot_draw_warns_nothing():
         warnings.simplefilter("always")
         assert html._memory_plot([{"artifact": "名前", "peak_memory_bytes": 2**20, "size_bytes": 2**20}]).startswith("data:image/png")
     assert [str(w.message) for w in caught] == []
+
+
+def test_an_interrupt_while_the_report_is_assembled_still_writes_it(tiny_model, tmp_path, monkeypatch):
+    """Ctrl-C (or a CI limit's SIGTERM) after every artifact had run, while the FLOPs were counted and the matmul peaks
+    probed (seconds), ended the bench with no report at all and raw/ alone: every measurement lost. It is written as the
+    partial report is (without the counts), and the bench still exits as interrupted."""
+    from sdopt.bench import assemble
+    from sdopt.bench.runner import run_bench
+    from sdopt.bench.settings import BenchSettings
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(assemble, "_unet_flops", interrupted)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        run_bench([str(tiny_model)], str(tiny_model), out, BenchSettings.resolve(None, **SETTINGS), progress=False)
+    report = json.loads((out / "report.json").read_text())
+    assert [row["status"] for row in report["artifacts"]] == ["ok"]
+    assert any("interrupted while the report was assembled: all 1 artifacts finished" in w for w in report["warnings"])
+    assert any("FLOP counts and matmul peaks were not measured" in w for w in report["warnings"])

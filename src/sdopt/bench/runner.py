@@ -208,7 +208,15 @@ def run_bench(
         if not interrupted:
             if raws[entries[0].name].get("status") != "ok":
                 warnings.append(f"the reference failed ({raws[entries[0].name].get('error')}): no artifact could be compared with it")
-            return assemble_report(entries, raws, settings, out, profile, warnings=[*starts.warnings, *warnings])
+            try:
+                return assemble_report(entries, raws, settings, out, profile, warnings=[*starts.warnings, *warnings])
+            except KeyboardInterrupt:
+                # Every artifact ran, and an interrupt while their report was assembled (the FLOP counts and peak probes
+                # take seconds) lost all of it: no report, raw/ alone. Their partial report, as above.
+                deferred.enter_context(interrupts_deferred(PARTIAL_GRACE_S, "still writing the report of the artifacts, which all finished"))
+                warnings.append(f"interrupted while the report was assembled: all {len(entries)} artifacts finished and are reported")
+                print(f"sdopt bench: {warnings[-1]}; writing it to {out} without the FLOP counts (further interrupts in the "
+                      f"next {PARTIAL_GRACE_S:.0f} s wait for it)", file=sys.stderr)
         warnings.append("FLOP counts and matmul peaks were not measured for this partial report (GFLOP/s and 'of peak' are empty), "
                         "to write it quickly")
         assemble_report(entries, raws, settings, out, profile, warnings=[*starts.warnings, *warnings], counted=False)
