@@ -48,16 +48,6 @@ def is_loopback(name: str) -> bool:
         return False
 
 
-def origin_name(origin: str) -> str:
-    """The name in an Origin header: "null" for a sandboxed frame's or a file:// page's, "" for one that does not parse."""
-    if origin == "null":
-        return origin
-    try:
-        return host_name(urlsplit(origin).netloc)
-    except ValueError:  # "http://[::1": no browser sends it, and it names no host this server answers to
-        return ""
-
-
 def check_allowed_hosts(names: tuple[str, ...]) -> None:
     """--allowed-hosts holds names (example.com, 10.0.0.5, [fd00::5]) or *: a URL, a name with a port or a wildcard
     (*.example.com: no Host carries a *) would never match."""
@@ -88,10 +78,10 @@ class HostGuard:
         localhost:3000) is another site: no preflight stops its form POST to /sdapi/v1/interrupt. "null" (a sandboxed
         frame, a file:// page) is a browser's page that is not this server's either."""
         try:
-            netloc = urlsplit(origin).netloc.strip().lower() if origin != "null" else ""
+            netloc = urlsplit(origin).netloc.strip().lower()  # "" for "null"
         except ValueError:  # "http://[::1": no browser sends it
             return False
-        return bool(netloc) and any(netloc == host.strip().lower() for host in hosts) or origin_name(origin) in self.allowed
+        return bool(netloc) and (any(netloc == host.strip().lower() for host in hosts) or host_name(netloc) in self.allowed)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
