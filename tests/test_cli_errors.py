@@ -517,19 +517,19 @@ def test_a_killed_writer_not_yet_reaped_is_gone():
     """A zombie (killed, its parent has not waited for it) writes nothing more: its temporary folder is stale."""
     import time
 
-    from sdopt.outputs import _pid_alive
+    from sdopt.outputs import pid_alive
 
     child = subprocess.Popen(["true"])
     try:
         deadline = time.monotonic() + 30
         while "Z" not in open(f"/proc/{child.pid}/stat").read().rsplit(")", 1)[1][:3] and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not _pid_alive(child.pid)
+        assert not pid_alive(child.pid)
     finally:
         child.wait()
     import os
 
-    assert _pid_alive(os.getpid())
+    assert pid_alive(os.getpid())
 
 
 def test_a_lora_scale_that_is_not_a_number_is_named(tiny_model, tmp_path, capsys):

@@ -132,7 +132,9 @@ def check_replaceable(out: Path) -> None:
         )
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine: a stale temporary folder's, a killed save's partial files', a Ray job's
+    folder's writer (sdopt.cluster.bench)."""
     if sys.platform == "win32":
         # Not os.kill(pid, 0): on Windows signal 0 is CTRL_C_EVENT, and os.kill asks the console to send a Ctrl-C to
         # process group pid; it says nothing of whether pid runs (it succeeds, or raises an OSError, for a dead one too).
@@ -199,7 +201,7 @@ def stale_temp_folders(parent: Path, name: str | None = None) -> list[Path]:
             if writer is None:  # no marker: not sdopt's
                 continue
             pid, host = writer
-            if pid is not None and (host != socket.gethostname() or _pid_alive(pid)):
+            if pid is not None and (host != socket.gethostname() or pid_alive(pid)):
                 continue
         elif not _is_old_swap(path, stem) or not (parent / stem).exists():
             continue  # while the output itself is missing, the moved-aside old one is the only copy
@@ -328,7 +330,7 @@ def _remove_stale_partials(path: Path) -> None:
             continue
         tag, _, rest = sibling.name[len(prefix):-len(".partial")].partition("-")
         pid = rest.partition("-")[0]
-        if tag == host and pid.isdigit() and not _pid_alive(int(pid)) and sibling.is_file() and not sibling.is_symlink():
+        if tag == host and pid.isdigit() and not pid_alive(int(pid)) and sibling.is_file() and not sibling.is_symlink():
             sibling.unlink(missing_ok=True)
 
 

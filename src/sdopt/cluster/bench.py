@@ -93,11 +93,11 @@ def _remove_dead_jobs_folders() -> None:
     its TemporaryDirectory, and left the folder (job, log, images) in the node's $TMPDIR, one more each time."""
     import shutil
 
-    from sdopt.outputs import _pid_alive
+    from sdopt.outputs import pid_alive
 
     for folder in Path(tempfile.gettempdir()).glob(f"{JOB_FOLDER_PREFIX}*-*"):
         pid = folder.name[len(JOB_FOLDER_PREFIX):].partition("-")[0]
-        if pid.isdigit() and folder.is_dir() and not folder.is_symlink() and not _pid_alive(int(pid)):
+        if pid.isdigit() and folder.is_dir() and not folder.is_symlink() and not pid_alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
 
 
