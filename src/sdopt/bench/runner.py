@@ -172,6 +172,12 @@ def run_bench(
     warnings = []
     interrupted, running = False, None
     starts = WorkerStarts(settings)
+
+    def said_interrupted(warning: str, writing: str) -> None:
+        """An interrupted bench's warning, in its report and on stderr with what it writes meanwhile."""
+        warnings.append(warning)
+        print(f"sdopt bench: {warning}; {writing} (further interrupts in the next {PARTIAL_GRACE_S:.0f} s wait for it)", file=sys.stderr)
+
     with contextlib.ExitStack() as deferred:
         # Held until the report is written: a second bench into this folder had written its workers' results into the
         # same raw/ (or, with --force, removed them) and exited 0, its report naming one run's request over the other's rows.
@@ -198,10 +204,8 @@ def run_bench(
             # after it) while that report is written would leave raw/ alone, or a report without its
             # report.html: from here further interrupts wait, for a bounded time, until it is written.
             deferred.enter_context(interrupts_deferred(PARTIAL_GRACE_S, "still writing the partial report of the artifacts that finished"))
-            warnings.append(interrupted_warning(results, entries[0].name, out))
+            said_interrupted(interrupted_warning(results, entries[0].name, out), f"writing their report to {out}")
             interrupted = True
-            print(f"sdopt bench: {warnings[-1]}; writing their report to {out} (further interrupts in the next "
-                  f"{PARTIAL_GRACE_S:.0f} s wait for it)", file=sys.stderr)
             if running is not None and not results[running]:  # its worker was killed in its first round: not one that never started
                 results[running] = [{"status": "failed", "error": "killed: the bench was interrupted while this artifact ran"}]
         raws = {name: merge_rounds(done) if done else NOT_RUN for name, done in results.items()}
@@ -214,9 +218,8 @@ def run_bench(
                 # Every artifact ran, and an interrupt while their report was assembled (the FLOP counts and peak probes
                 # take seconds) lost all of it: no report, raw/ alone. Their partial report, as above.
                 deferred.enter_context(interrupts_deferred(PARTIAL_GRACE_S, "still writing the report of the artifacts, which all finished"))
-                warnings.append(f"interrupted while the report was assembled: all {len(entries)} artifacts finished and are reported")
-                print(f"sdopt bench: {warnings[-1]}; writing it to {out} without the FLOP counts (further interrupts in the "
-                      f"next {PARTIAL_GRACE_S:.0f} s wait for it)", file=sys.stderr)
+                said_interrupted(f"interrupted while the report was assembled: all {len(entries)} artifacts finished and are reported",
+                                 f"writing it to {out} without the FLOP counts")
         warnings.append("FLOP counts and matmul peaks were not measured for this partial report (GFLOP/s and 'of peak' are empty), "
                         "to write it quickly")
         assemble_report(entries, raws, settings, out, profile, warnings=[*starts.warnings, *warnings], counted=False)
