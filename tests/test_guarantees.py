@@ -501,16 +501,23 @@ def test_exports_killed_at_random_points_leave_no_half_artifact_and_the_old_one_
     duration = time.perf_counter() - start
     assert first.returncode == 0 and writing is not None, first.stderr.read()
     old_id = read_manifest(out).artifact_id
-    # Fixed seed: the same fractions of the writing phase on every run. At most 0.6 of it: later
-    # exports run faster than this first one (warm file cache), and a kill after the end proves nothing.
+    # Each kill is timed from the moment this export's own temporary folder appears, not from its start:
+    # from the start, a run that began writing later than the first (a busy CI machine, the other test
+    # worker on the same cores) was killed before it wrote anything, and one that wrote faster after it
+    # had finished (CI failed so: no kill landed). The first kill lands as writing begins; the others at
+    # fixed-seed fractions of the first run's writing time, at most half of it (later runs are faster:
+    # warm file cache).
     rng = random.Random(20)
     outcomes, left = [], 0
-    for delay in sorted(writing + rng.uniform(0.05, 0.6) * (duration - writing) for _ in range(3)):
+    for fraction in [0.0] + sorted(rng.uniform(0.05, 0.5) for _ in range(2)):
+        earlier = set(_temp_folders(tmp_path, "art"))  # left by the kills before this one
         proc = _start_export(tiny_model, out)
-        time.sleep(delay)
+        while proc.poll() is None and not set(_temp_folders(tmp_path, "art")) - earlier:
+            time.sleep(0.005)
+        time.sleep(fraction * (duration - writing))
         proc.kill()
         proc.wait(timeout=60)
-        left += bool(_temp_folders(tmp_path, "art"))
+        left += bool(set(_temp_folders(tmp_path, "art")) - earlier)
         manifest = read_manifest(out)  # the path holds an artifact: the old one, or a complete new one
         manifest.verify_files(out)
         outcomes.append("old" if manifest.artifact_id == old_id else "new")
