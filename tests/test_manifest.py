@@ -257,6 +257,36 @@ def test_a_file_is_hashed_once_while_it_is_unchanged(tiny_model, tmp_path, monke
     manifest.verify_files(copy)
 
 
+def test_records_of_files_that_are_gone_are_pruned_once_a_day(tmp_path, monkeypatch):
+    """Every exported, moved or deleted artifact left its files' hash records in the user's cache for good. A record
+    written starts a pruning at most once every PRUNE_EVERY_S: records of files that are gone go, the others stay."""
+    from sdopt import hash_records
+
+    monkeypatch.setenv("SDOPT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(hash_records, "HASH_SETTLE_S", 0.0)
+    files = [tmp_path / f"f{i}.bin" for i in range(4)]
+    for f in files:
+        f.write_bytes(os.urandom(64))
+        os.utime(f, ns=(0, 0))  # settled long ago
+    time.sleep(0.05)  # the change time, which utime cannot set back, must be past the (zero) settle time too
+    for f in files[:3]:
+        hash_records.recorded_sha256(f)
+    folder = tmp_path / "cache" / hash_records.RECORDS
+    assert len(list(folder.glob("*.json"))) == 3
+    files[0].unlink()
+    files[1].unlink()
+    hash_records.recorded_sha256(files[3])  # pruned a moment ago (the first record's write): not again
+    assert len(list(folder.glob("*.json"))) == 4
+    day_ago = time.time() - hash_records.PRUNE_EVERY_S - 1
+    os.utime(folder / hash_records.PRUNED, (day_ago, day_ago))
+    files[3].write_bytes(os.urandom(64))  # a new record written for it: the day has passed, so it prunes
+    os.utime(files[3], ns=(0, 0))
+    time.sleep(0.05)
+    hash_records.recorded_sha256(files[3])
+    kept = sorted(json.loads(p.read_text())["path"] for p in folder.glob("*.json"))
+    assert kept == [str(files[2].resolve()), str(files[3].resolve())]
+
+
 def test_a_path_the_locale_cannot_decode_is_hashed_and_recorded(tmp_path, monkeypatch):
     """A name whose bytes the file system encoding cannot decode (any non-ASCII one under LC_ALL=C, PYTHONUTF8=0) made
     every load a UnicodeEncodeError in the hash record's key; the record is keyed by the path's bytes."""
