@@ -558,3 +558,27 @@ def test_a_manifest_of_a_newer_schema_says_to_upgrade_sdopt(tiny_model, tmp_path
     (newer / MANIFEST_NAME).write_text(json.dumps({**data, "schema_version": 0}))  # not newer: the schema's own refusal
     with pytest.raises(SdoptError, match="at schema_version: 1 was expected"):
         read_manifest(newer)
+
+
+def test_identity_is_the_same_under_any_locale(tiny_model, tmp_path):
+    """A config with a non-ASCII character written as itself (a hand-edited config.json; JSON is UTF-8) was read in the
+    locale's encoding: under LC_ALL=C (PYTHONUTF8=0) it did not decode, so identity_of counted the file's bytes, with
+    the version stamps, and a CI runner in the C locale saw another model than the developer who wrote its baseline."""
+    import subprocess
+    import sys
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model, folder)
+    path = folder / "text_encoder" / "config.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    path.write_text(json.dumps({**data, "_name_or_path": "modèle"}, ensure_ascii=False), encoding="utf-8")
+    code = ("import sys\nfrom sdopt.manifest import hash_components, identity_of, read_manifest\n"
+            "m = read_manifest(sys.argv[1])\nhash_components(m.components, sys.argv[1])\n"
+            "print(identity_of(m.components, sys.argv[1]))\n")
+    identities = set()
+    for locale in ({"LC_ALL": "C.UTF-8", "PYTHONUTF8": "1"}, {"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0"}):
+        run = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, timeout=120,
+                             env={**os.environ, **locale})
+        assert run.returncode == 0, run.stderr
+        identities.add(run.stdout.strip())
+    assert len(identities) == 1, identities

@@ -58,7 +58,7 @@ def recorded_sha256(path: str | Path, expected: str | None = None) -> str:
     except SdoptError:  # no cache folder at all (no HOME, no passwd entry): hashed at every load, never a failed load
         return sha256_file(path)
     try:
-        record = json.loads(record_path.read_text())
+        record = json.loads(record_path.read_text(encoding="utf-8"))
         if record["path"] == str(path) and record["stamps"] == stamps and len(record["sha256"]) == 64 \
                 and (expected is None or record["sha256"] == expected):
             return str(record["sha256"])
@@ -93,7 +93,7 @@ def _prune_now_and_then(folder: Path) -> None:
         return
     for record_path in records:
         try:
-            recorded = Path(json.loads(record_path.read_text())["path"])
+            recorded = Path(json.loads(record_path.read_text(encoding="utf-8"))["path"])
             if not recorded.exists():
                 record_path.unlink()
         except (OSError, ValueError, KeyError, TypeError):

@@ -212,7 +212,7 @@ def identity_of(components: dict[str, ComponentEntry], folder: str | Path) -> st
 
 def _config_digest(path: Path) -> str:
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return sha256_file(path)  # not a config that reads: its bytes are what there is
     if isinstance(data, dict):
@@ -268,7 +268,7 @@ _SCHEMA: dict[str, Any] | None = None
 def schema() -> dict[str, Any]:
     global _SCHEMA
     if _SCHEMA is None:
-        _SCHEMA = json.loads(resources.files("sdopt.schemas").joinpath("manifest.schema.json").read_text())
+        _SCHEMA = json.loads(resources.files("sdopt.schemas").joinpath("manifest.schema.json").read_text(encoding="utf-8"))
     return _SCHEMA
 
 

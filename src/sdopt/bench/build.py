@@ -78,7 +78,7 @@ def build_key(spec: dict[str, Any], model: Path, height: int, width: int, device
 
 def _recorded(path: Path) -> dict[str, Any] | None:
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
 

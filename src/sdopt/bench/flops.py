@@ -38,7 +38,7 @@ def unet_flops_per_call(unet_config: Path, batch: int, height: int, width: int, 
     require_compatible_libraries()  # one line, not the ImportError of a Diffusers that cannot import its models
     from diffusers import UNet2DConditionModel
 
-    config = json.loads(Path(unet_config).read_text())
+    config = json.loads(Path(unet_config).read_text(encoding="utf-8"))
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(config)
         sample = torch.empty(batch, config.get("in_channels", 4), height // vae_scale_factor, width // vae_scale_factor)
@@ -83,7 +83,7 @@ def vae_decoder_flops(config: Path, latent_shape: tuple[int, ...], tiny: bool = 
     require_compatible_libraries()  # text_encoder_flops checks through module_class
     from diffusers import AutoencoderKL, AutoencoderTiny
 
-    data = json.loads(Path(config).read_text())
+    data = json.loads(Path(config).read_text(encoding="utf-8"))
     with torch.device("meta"):
         module = (AutoencoderTiny if tiny else AutoencoderKL).from_config(data)
         latents = torch.empty(*latent_shape)

@@ -384,8 +384,8 @@ def _bench_key(built: dict[str, str], source: Path, settings) -> dict[str, Any]:
 def _earlier_bench(bench_out: Path, key: dict[str, Any]) -> dict[str, Any] | None:
     """The report of an earlier run that benched exactly these candidates with these settings, or None."""
     try:
-        same = json.loads((bench_out / BENCH_KEY).read_text()) == key
-        return json.loads((bench_out / "report.json").read_text()) if same else None
+        same = json.loads((bench_out / BENCH_KEY).read_text(encoding="utf-8")) == key
+        return json.loads((bench_out / "report.json").read_text(encoding="utf-8")) if same else None
     except (OSError, ValueError):
         return None
 

@@ -92,7 +92,7 @@ def _run_worker(entry: Entry, settings: BenchSettings, out: Path, timeout: float
         return {"status": "failed", "error": f"did not finish within {timeout:.0f} s{at}"}
     if not (work / "result.json").is_file():
         return {"status": "failed", "error": f"the worker process died (exit status {status}){at}; see {work / 'worker.log'}"}
-    result = json.loads((work / "result.json").read_text())
+    result = json.loads((work / "result.json").read_text(encoding="utf-8"))
     result["work_dir"] = str(work.relative_to(out))
     return result
 
@@ -339,7 +339,7 @@ def _is_bench_report(out: Path) -> bool:
     from sdopt.bench.assemble import REPORT_SCHEMA
 
     try:
-        return json.loads((out / "report.json").read_text()).get("schema") == REPORT_SCHEMA
+        return json.loads((out / "report.json").read_text(encoding="utf-8")).get("schema") == REPORT_SCHEMA
     except (OSError, ValueError, AttributeError):
         pass
     raw = out / RAW

@@ -169,7 +169,7 @@ def measure(job: dict) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    job = json.loads(Path(argv[0]).read_text())
+    job = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
     try:
         result = measure(job)
     except Exception as exc:  # the runner records the error and goes on with the next artifact

@@ -51,7 +51,7 @@ def _distill_decoder(args: argparse.Namespace) -> int:
 
         changes["prompts"] = tuple(read_prompts(args.prompts))
     out = distill_decoder(args.model, args.output, DistillSettings(**changes), init=args.init, progress=not args.quiet, force=args.force)
-    report = json.loads((out / "distill.json").read_text())
+    report = json.loads((out / "distill.json").read_text(encoding="utf-8"))
     held, probe, flops = report["held_out"], report["probe"], report["flops"]
     print(f"distilled: {out}  ({report['decoder_parameters']:,} decoder parameters, {flops['ratio']:.1%} of the full decoder's FLOPs at {flops['at']})")
     print(f"  held-out latents: {held['psnr_db']:.1f} dB mean PSNR against the full decoder (worst {held['min_psnr_db']:.1f} dB, {held['latents']} latents)")

@@ -128,7 +128,7 @@ def run_job(job: dict, timeout: float | None) -> dict:
         elif not (work / "result.json").is_file():
             result = {"status": "failed", "error": f"the worker process died (exit status {proc.returncode}) on {where['hostname']}"}
         else:
-            result = json.loads((work / "result.json").read_text())
+            result = json.loads((work / "result.json").read_text(encoding="utf-8"))
         files = {p.name: p.read_bytes() for p in work.iterdir() if p.is_file() and p.name not in ("job.json", "result.json")}
     return {"result": result, "files": files, "node": where, "machine": fingerprint()}
 

@@ -226,7 +226,7 @@ def distill_decoder(model: str | Path, out: str | Path, settings: DistillSetting
         tiny_mod.check_fits(config, model_info, f"--init {init}")
         tiny = tiny_mod.load_tiny(init)
     else:
-        vae_config = json.loads((source / vae_entry.folder / "config.json").read_text())
+        vae_config = json.loads((source / vae_entry.folder / "config.json").read_text(encoding="utf-8"))
         channels = settings.channels or default_channels(vae_config)
         torch.manual_seed(settings.seed)  # the initial weights
         tiny = AutoencoderTiny(**tiny_mod.tiny_config(model_info, channels))

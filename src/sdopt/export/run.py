@@ -189,7 +189,7 @@ def mark_replaced_decoder(out: Path) -> None:
 
     path = out / "model_index.json"
     if path.is_file():
-        index = json.loads(path.read_text())
+        index = json.loads(path.read_text(encoding="utf-8"))
         index["vae_decoder"] = ["diffusers", "AutoencoderTiny"]
         path.write_text(json.dumps(index, indent=2) + "\n")
 

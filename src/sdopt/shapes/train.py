@@ -174,7 +174,7 @@ def forget_load_path(config: Path, also: tuple[str, ...] = ()) -> None:
     """Drop Diffusers' ``_name_or_path`` (the temporary folder the module was loaded from): two
     trainings of the same seed must write the same files, and the shipped ones no build path.
     ``also``: other keys to keep out of the file."""
-    data = json.loads(config.read_text())
+    data = json.loads(config.read_text(encoding="utf-8"))
     removed = [key for key in ("_name_or_path", *also) if data.pop(key, None) is not None]
     if removed:
         config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
