@@ -1197,6 +1197,35 @@ def test_health_answers_503_while_every_call_fails_on_the_servers_side(tiny_pipe
         assert httpx.get(url + "/health").json()["status"] == "ok"
 
 
+def test_a_nan_image_is_the_servers_fault_and_counts_for_health(tiny_pipeline, monkeypatch):
+    """An image that came out NaN from a request the checks passed (guidance is at most 50: an fp16 VAE that overflows)
+    answered 422, the client's fault, though no change to the request could help; and /health never saw it (walk qa95)."""
+    from sdopt.serve.worker import FAILING_CALLS
+
+    decoder = tiny_pipeline.components["vae_decoder"]
+    monkeypatch.setitem(tiny_pipeline.components, "vae_decoder", lambda **kw: {"sample": decoder(**kw)["sample"] * np.nan})
+    with running_server(tiny_pipeline) as (url, _):
+        for _ in range(FAILING_CALLS):
+            response = httpx.post(url + "/sdapi/v1/txt2img", json={"prompt": "x", **SMALL}, timeout=60)
+            assert response.status_code == 500 and "no usable image" in response.text, response.text
+        assert httpx.get(url + "/health").status_code == 503
+
+
+def test_a_broken_lora_file_in_the_servers_folder_is_the_servers_fault(tiny_pipeline, tmp_path):
+    """A file in --lora-dir that cannot be read is the operator's to fix: it answered 422, the client's fault, telling the
+    client to "give a .safetensors LoRA file" (walk qa95). It does not make /health fail: a restart reads the same file."""
+    pytest.importorskip("peft")
+    from sdopt.serve.worker import FAILING_CALLS
+
+    (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
+    with running_server(tiny_pipeline, lora_dir=str(tmp_path)) as (url, _):
+        for _ in range(FAILING_CALLS):
+            response = httpx.post(url + "/sdapi/v1/txt2img", json={"prompt": "a <lora:bad:1>", **SMALL}, timeout=60)
+            assert response.status_code == 500 and "bad.safetensors" in response.text, response.text
+        assert httpx.get(url + "/health").status_code == 200
+        assert httpx.post(url + "/sdapi/v1/txt2img", json={"prompt": "x", **SMALL, "steps": 0}, timeout=60).status_code == 422
+
+
 # --- progress: events, A1111 progress, metrics ----------------------------------------------
 def test_events_stream_queued_steps_previews_and_done(tiny_pipeline):
     with running_server(SlowSteps(tiny_pipeline, 0.3)) as (url, _):

@@ -604,7 +604,7 @@ def test_a_jobs_error_names_a_broken_lora_file_without_its_absolute_path(tiny_pi
     (loras / "bad.safetensors").write_bytes(b"not a safetensors file")
     with running_server(tiny_pipeline, lora_dir=str(loras)) as (url, _):
         answer = httpx.post(url + "/sdapi/v1/txt2img", json={"prompt": "x <lora:bad:1>", **SMALL, "steps": 1}, timeout=60)
-        assert answer.status_code == 422 and "loras/bad.safetensors" in answer.text, answer.text
+        assert answer.status_code == 500 and "loras/bad.safetensors" in answer.text, answer.text
         job = httpx.post(url + "/v1/jobs", json={"prompt": "x <lora:bad:1>", "steps": 1}).json()
         error = wait_for(lambda: httpx.get(f"{url}/v1/jobs/{job['id']}", params={"images": False}).json()["error"])
     assert "loras/bad.safetensors" in error

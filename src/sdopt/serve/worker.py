@@ -158,6 +158,11 @@ class Worker:
             text = re.sub(re.escape(path) + r"(?=[/\s'\"():,;]|\.?$|\.\s)", lambda _, name=self.shown_folders[path]: name, text)
         return text
 
+    def _about_served_file(self, text: str) -> bool:
+        """Whether an error quotes a path in one of the server's folders (shown_folders): the operator's file, not the
+        request, is what failed."""
+        return any(re.search(re.escape(path) + r"[/\\]", text) for path in self.shown_folders)
+
     # --- submitting and following ---------------------------------------------------
     def submit(self, job: J.Job, continuing: bool = False) -> J.Job:
         """Queue ``job``; QueueFull past max_queue unless it is ``continuing`` a request already accepted (the hires fix's
@@ -306,6 +311,12 @@ class Worker:
             result = None
         except SdoptError as exc:
             self.current = []
+            if self._about_served_file(str(exc)):
+                # A file the operator put in --lora-dir or --embeddings-dir (or the artifact) that cannot be read: a 422
+                # told the client to fix a request it cannot fix. Not counted for /health: a restart reads the same file.
+                log.error("sdopt serve: generate failed on a server file%s: %s", _requests(batch), exc)
+                for job in batch:
+                    job.internal_error = True
             self._fail_all(batch, str(exc))
             return
         except Exception as exc:  # a bug or a backend failure: this call's jobs fail, the server goes on
@@ -322,7 +333,15 @@ class Worker:
         if result is None:
             return
         if result.problems:
-            self._fail_all(batch, "the generation produced no usable image: " + "; ".join(result.problems))
+            # NaN or black images from a request the checks passed (its guidance is at most 50): the artifact's numbers
+            # overflow (an fp16 VAE), which the client cannot change. Was a 422, the client's fault, and never seen by
+            # /health however often it came.
+            reason = "the generation produced no usable image: " + "; ".join(result.problems)
+            log.error("sdopt serve: %s%s", reason, _requests(batch))
+            for job in batch:
+                job.internal_error = True
+            self._failed_call(reason)
+            self._fail_all(batch, reason)
             return
         self.failing_calls = 0  # a call that ran: whatever failed before has passed
         for seconds in result.timings.unet_steps:
