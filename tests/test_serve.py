@@ -1612,6 +1612,22 @@ def test_no_color_keeps_the_access_log_plain_on_a_terminal(monkeypatch):
     assert coloured == {"": True, "1": False}, coloured
 
 
+def test_the_access_log_leaves_out_an_image_links_signature(monkeypatch):
+    """--access-log wrote each fetched image link whole, signature included: whoever reads the log (a log shipper, a
+    colleague with journalctl) could fetch the images for an hour without the API key (walk qa95)."""
+    import logging
+    from types import SimpleNamespace
+
+    from sdopt.serve.server import http_server
+
+    monkeypatch.setenv("NO_COLOR", "1")
+    http_server(SimpleNamespace(state=SimpleNamespace(worker=None)), "127.0.0.1", 0, access_log=True)
+    link = "/v1/images/files/abc/0.png?expires=1765000000&signature=0123456789abcdef0123456789abcdef&k=1a2b3c4d"
+    request = logging.LogRecord("uvicorn.access", logging.INFO, "", 0, '%s - "%s %s HTTP/%s" %d', ("127.0.0.1:1", "GET", link, "1.1", 200), None)
+    lines = [h.format(request) for h in logging.getLogger("uvicorn.access").handlers]
+    assert lines and all("0123456789abcdef" not in line and "signature=-&k=1a2b3c4d" in line for line in lines), lines
+
+
 def test_binding_beyond_loopback_without_credentials_warns(tiny_model, monkeypatch):
     from types import SimpleNamespace
 

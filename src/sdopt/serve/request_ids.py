@@ -17,6 +17,8 @@ HEADER = b"x-request-id"
 _CURRENT: ContextVar[str | None] = ContextVar("sdopt_request_id", default=None)
 # What a log line can carry as it came: no spaces, no control characters (a forged line break), not too long.
 _USABLE = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
+# An image link's signature (serve/image_links.py) in a logged request line: it is the link's only credential.
+_SIGNATURE = re.compile(r"([?&]signature=)[^&\s\"]*")
 
 
 def current() -> str | None:
@@ -50,15 +52,17 @@ class RequestId:
 
 
 class AccessLineWithId(logging.Formatter):
-    """uvicorn's access line with ``request_id=ID`` at its end. The line is written while the response starts, in the
-    request's context. uvicorn's formatter unpacks the record's arguments, so the id is added to its text instead."""
+    """uvicorn's access line with ``request_id=ID`` at its end, and an image link's signature left out (``signature=-``):
+    whoever read the log could fetch every linked image of the last hour without the API key. The line is written while
+    the response starts, in the request's context. uvicorn's formatter unpacks the record's arguments, so the id is added
+    to its text instead."""
 
     def __init__(self, inner: logging.Formatter):
         super().__init__()
         self.inner = inner
 
     def format(self, record: logging.LogRecord) -> str:
-        line = self.inner.format(record)
+        line = _SIGNATURE.sub(r"\1-", self.inner.format(record))
         request_id = current()
         return f"{line} request_id={request_id}" if request_id else line
 
