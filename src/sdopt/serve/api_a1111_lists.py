@@ -209,13 +209,19 @@ def cmd_flags(request: Request) -> dict[str, Any]:
 def memory() -> dict[str, Any]:
     """The machine's memory (bytes) as AUTOMATIC1111 reports it; CUDA memory is not reported here. Where the OS does not
     tell it (Windows has no os.sysconf, macOS no SC_AVPHYS_PAGES: a 500 there) "ram" holds an error, as AUTOMATIC1111's
-    own does when it cannot read it."""
+    own does when it cannot read it. "free" is the memory available to a new program (Linux's MemAvailable, as
+    sdopt.hardware reads it): SC_AVPHYS_PAGES is MemFree, which leaves out the page cache the kernel gives back on
+    demand, and read a few GB on a machine with most of its memory to spare."""
+    from sdopt import hardware
+
     cuda = {"error": "not reported by sdopt serve"}
     try:
         page = os.sysconf("SC_PAGE_SIZE")
         total, free = os.sysconf("SC_PHYS_PAGES") * page, os.sysconf("SC_AVPHYS_PAGES") * page
     except (AttributeError, ValueError, OSError):
         return {"ram": {"error": "not reported by sdopt serve on this platform"}, "cuda": cuda}
+    available = hardware.available_bytes()
+    free = min(available, total) if available is not None else free
     return {"ram": {"free": free, "used": total - free, "total": total}, "cuda": cuda}
 
 
