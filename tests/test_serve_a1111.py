@@ -640,6 +640,8 @@ def test_refresh_embeddings_names_a_vanished_folder_without_its_absolute_path(ti
     assert answer.status_code == 500 and "embeddings" in answer.text, answer.text
     assert "its operator must restore --embeddings-dir" in answer.text, answer.text
     assert "alice" not in answer.text and str(tmp_path) not in answer.text, answer.text
+    # ... and not the loader's advice to whoever names files, which no HTTP client does (walk qa95)
+    assert "give a textual inversion" not in answer.text and "embeddings) is gone" in answer.text, answer.text
     assert any(record.levelname == "ERROR" and str(folder) in record.getMessage() for record in caplog.records), caplog.text
 
 

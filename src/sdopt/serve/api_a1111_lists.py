@@ -186,6 +186,12 @@ def refresh_embeddings(request: Request) -> None:
     folder = request.app.state.settings.embeddings_dir
     if folder is None:
         return
+    if not Path(folder).is_dir():
+        # Checked here: the loader's own words for a missing path ("give a textual inversion .safetensors file, or a
+        # folder of them") are advice to whoever names files, which no HTTP client does, and not what the operator must do.
+        log.error("sdopt serve: refresh-embeddings: --embeddings-dir %s is no longer a folder (removed or unmounted since the start)", folder)
+        raise RequestError(None, f"the server's embeddings folder ({shown_path(folder)}) is gone: it was removed or unmounted while the server ran; "
+                                 "the embeddings it loaded before stay usable: its operator must restore --embeddings-dir", status=500)
     try:
         request.app.state.embeddings_skipped = request.app.state.worker.pipeline.add_embeddings(folder, skip_unfit=True)
     except SdoptError as exc:
