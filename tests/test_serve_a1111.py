@@ -310,6 +310,17 @@ def test_a_negative_mask_blur_or_padding_is_refused_naming_the_field(tiny_pipeli
         assert app.state.worker.queue_depth == 0
 
 
+def test_an_eta_out_of_range_is_refused_whatever_the_sampler(tiny_pipeline):
+    """eta=5 (or -1) with Euler, which reads no eta, answered 200 without a word, not even in sdopt_ignored; with DDIM
+    it was refused. AUTOMATIC1111's eta settings are sliders from 0 to 1 (walk qa95)."""
+    with running_server(tiny_pipeline, start_worker=False) as (url, app):
+        for sampler, eta in (("Euler", 5), ("Euler", -1), ("Euler a", 1.5)):
+            response = httpx.post(url + "/sdapi/v1/txt2img", json={"prompt": "x", **SMALL, "sampler_name": sampler, "eta": eta}, timeout=10)
+            assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "eta"], (sampler, response.text)
+            assert f"eta={eta}: give a number from 0 to 1" in response.text
+        assert app.state.worker.queue_depth == 0
+
+
 def test_a_mask_blur_past_what_pil_takes_is_422_not_500(tiny_pipeline):
     """PIL's GaussianBlur raises ValueError for a radius past ~2**31 ("radius too large"; past 2**63 "must be >= 0"):
     mask_blur, mask_blur_x or an infotext's Mask blur that large was answered 500. Refused before any work now."""

@@ -163,6 +163,11 @@ def eta_for(body: ProcessingRequest, scheduler: str | None) -> float | None:
     """The request's eta where the sampler reads it (clients such as webuiapi send eta 1 with every sampler)."""
     from sdopt.runtime.schedulers import scheduler_class, takes_eta
 
+    # Checked whatever the sampler: eta=5 or -1 on Euler, which reads none, answered 200 without a word (not even in
+    # sdopt_ignored). AUTOMATIC1111's eta settings (DDIM's, the ancestral samplers') are sliders from 0 to 1.
+    if body.eta is not None and not 0 <= body.eta <= 1:
+        raise RequestError("eta", f"eta={body.eta:g}: give a number from 0 to 1, the fresh noise DDIM and ancestral samplers add at each "
+                                  "step (0: none), or null")
     return body.eta if scheduler is None or takes_eta(scheduler_class(scheduler)) else None
 
 
