@@ -1197,6 +1197,21 @@ def test_health_answers_503_while_every_call_fails_on_the_servers_side(tiny_pipe
         assert httpx.get(url + "/health").json()["status"] == "ok"
 
 
+def test_health_tells_the_last_failure_only_to_a_caller_with_the_credentials(tiny_pipeline):
+    """/health is open without the key, and its 503 quoted the last failure's exception text (paths outside the server's
+    folders, whatever a backend's message repeats of a request) to anyone who reaches the port (walk qa95)."""
+    from sdopt.serve.worker import FAILING_CALLS
+
+    with running_server(Faulty(tiny_pipeline), api_key=KEY) as (url, _):
+        key = {"Authorization": f"Bearer {KEY}"}
+        for _ in range(FAILING_CALLS):
+            assert httpx.post(url + "/sdapi/v1/txt2img", json={"prompt": "fail", **SMALL}, headers=key, timeout=60).status_code == 500
+        anyone, keyed = httpx.get(url + "/health"), httpx.get(url + "/health", headers=key)
+    assert anyone.status_code == keyed.status_code == 503
+    assert "fell over" not in anyone.text and anyone.json()["status"].startswith(f"failing: the last {FAILING_CALLS} calls failed"), anyone.text
+    assert keyed.json()["status"].endswith("the last with generation failed (RuntimeError: the backend fell over)"), keyed.text
+
+
 def test_a_nan_image_is_the_servers_fault_and_counts_for_health(tiny_pipeline, monkeypatch):
     """An image that came out NaN from a request the checks passed (guidance is at most 50: an fp16 VAE that overflows)
     answered 422, the client's fault, though no change to the request could help; and /health never saw it (walk qa95)."""

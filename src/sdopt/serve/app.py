@@ -19,7 +19,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 
 from sdopt.errors import SdoptError
-from sdopt.serve.auth import require_auth
+from sdopt.serve.auth import authorized, require_auth
 from sdopt.serve.settings import ServeSettings
 from sdopt.serve.errors import RequestError
 from sdopt.serve.hosts import HostGuard
@@ -149,14 +149,18 @@ def create_app(worker: Worker, settings: ServeSettings, model_name: str, replica
     # 503 while the worker is down (stopped, or its watchdog gone): probes (systemd, Docker's HEALTHCHECK with curl -f,
     # Kubernetes, load balancers) read the status code, and a 200 saying "worker down" in its body passed them all.
     @app.api_route("/health", methods=["GET", "HEAD"], tags=["server"], responses={503: {"description": "the worker is down, or its last calls all failed on the server's side"}})
-    def health() -> JSONResponse:
+    def health(request: Request) -> JSONResponse:
         pipe = worker.pipeline
         manifest = getattr(pipe, "manifest", None)
         # A worker alive but failing every call (its last FAILING_CALLS on the server's side) is unhealthy as well: a
         # probe that restarts the server on 503 is what helps a lost device or a backend in a bad state.
         healthy = worker.alive and not worker.failing
+        # The last failure's text only to a caller with the credentials: /health is open, and an exception's text may quote
+        # paths outside the server's folders, or what a client sent, to anyone who reaches the port.
+        why = (f", the last with {worker.last_failure}" if authorized(request.headers.get("authorization"), settings)
+               else " (the reason: ask /health with the credentials, or read the server's log)")
         status = "ok" if healthy else ("worker down" if not worker.alive else
-                                       f"failing: the last {worker.failing_calls} calls failed, the last with {worker.last_failure}")
+                                       f"failing: the last {worker.failing_calls} calls failed{why}")
         return JSONResponse({
             "status": status,
             "model": model_name,
