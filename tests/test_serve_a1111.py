@@ -122,6 +122,18 @@ def test_img2img_says_an_enable_hr_sent_to_it_is_ignored():
     assert ignored_fields(Img2ImgRequest(init_images=["x"], enable_hr=False), "euler") == []
 
 
+def test_a_clip_skip_not_restored_afterwards_is_said_ignored():
+    """override_settings_restore_afterwards: false keeps the request's Clip skip as AUTOMATIC1111's option for later
+    requests; here it applies to the request alone, and nothing said so (walk qa95). The default, true, is what runs."""
+    from sdopt.serve.a1111_fields import ignored_fields
+    from sdopt.serve.a1111_models import Txt2ImgRequest
+
+    kept = {"override_settings": {"CLIP_stop_at_last_layers": 2}, "override_settings_restore_afterwards": False}
+    assert ignored_fields(Txt2ImgRequest(prompt="x", **kept), "euler") == ["override_settings_restore_afterwards"]
+    assert ignored_fields(Txt2ImgRequest(prompt="x", **{**kept, "override_settings_restore_afterwards": True}), "euler") == []
+    assert ignored_fields(Txt2ImgRequest(prompt="x", override_settings_restore_afterwards=False), "euler") == []
+
+
 def test_save_images_true_is_said_ignored():
     """AUTOMATIC1111 writes a request's images into its outputs folder on save_images: true; sdopt never does, and the
     field was counted as used, so a client that relied on the files on the server was not told. false (its default,

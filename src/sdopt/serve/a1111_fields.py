@@ -74,6 +74,12 @@ def ignored_fields(body: ProcessingRequest, scheduler: str | None) -> list[str]:
             if getattr(body, name, None):
                 out.append(name)
             continue
+        if name == "override_settings_restore_afterwards":
+            # false: AUTOMATIC1111 keeps the request's Clip skip as its option for the requests after it; here it is
+            # this request's only (POST /sdapi/v1/options sets the option), which passed for kept, without a word.
+            if body.override_settings_restore_afterwards is False and CLIP_SKIP_SETTING in (body.override_settings or {}):
+                out.append(name)
+            continue
         if name in _USED or name in _EDIT_MODELS_ONLY:
             continue
         if name == "scheduler":
