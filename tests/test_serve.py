@@ -1226,14 +1226,18 @@ def test_a_nan_image_is_the_servers_fault_and_counts_for_health(tiny_pipeline, m
         assert httpx.get(url + "/health").status_code == 503
 
 
-def test_a_broken_lora_file_in_the_servers_folder_is_the_servers_fault(tiny_pipeline, tmp_path):
+@pytest.mark.parametrize("relative", [False, True])
+def test_a_broken_lora_file_in_the_servers_folder_is_the_servers_fault(tiny_pipeline, tmp_path, monkeypatch, relative):
     """A file in --lora-dir that cannot be read is the operator's to fix: it answered 422, the client's fault, telling the
-    client to "give a .safetensors LoRA file" (walk qa95). It does not make /health fail: a restart reads the same file."""
+    client to "give a .safetensors LoRA file" (walk qa95). It does not make /health fail: a restart reads the same file.
+    A relative --lora-dir loras too, whose files' errors quote loras/bad.safetensors."""
     pytest.importorskip("peft")
     from sdopt.serve.worker import FAILING_CALLS
 
-    (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
-    with running_server(tiny_pipeline, lora_dir=str(tmp_path)) as (url, _):
+    (tmp_path / "loras").mkdir()
+    (tmp_path / "loras" / "bad.safetensors").write_bytes(b"not a safetensors file")
+    monkeypatch.chdir(tmp_path)
+    with running_server(tiny_pipeline, lora_dir="loras" if relative else str(tmp_path / "loras")) as (url, _):
         for _ in range(FAILING_CALLS):
             response = httpx.post(url + "/sdapi/v1/txt2img", json={"prompt": "a <lora:bad:1>", **SMALL}, timeout=60)
             assert response.status_code == 500 and "bad.safetensors" in response.text, response.text

@@ -112,6 +112,8 @@ class Worker:
         # The server's folders, absolute path -> what a client is told (create_app fills it): a job's error quoted the
         # file a failure was about by its absolute path (a broken LoRA file: /home/alice/loras/bad.safetensors).
         self.shown_folders: dict[str, str] = {}
+        # The same folders as given too (a relative --lora-dir): an error quoting a file in one is the operator's (create_app fills it).
+        self.served_folders: set[str] = set()
 
     # --- lifecycle ------------------------------------------------------------------
     def start(self) -> "Worker":
@@ -159,9 +161,9 @@ class Worker:
         return text
 
     def _about_served_file(self, text: str) -> bool:
-        """Whether an error quotes a path in one of the server's folders (shown_folders): the operator's file, not the
-        request, is what failed."""
-        return any(re.search(re.escape(path) + r"[/\\]", text) for path in self.shown_folders)
+        """Whether an error quotes a path in one of the server's folders (served_folders): the operator's file, not the
+        request, is what failed. A folder as given is matched whole (loras/, not myloras/)."""
+        return any(re.search(r"(?<![\w.-])" + re.escape(path) + r"[/\\]", text) for path in self.served_folders)
 
     # --- submitting and following ---------------------------------------------------
     def submit(self, job: J.Job, continuing: bool = False) -> J.Job:
