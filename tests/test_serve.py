@@ -1241,6 +1241,7 @@ def test_a_broken_lora_file_in_the_servers_folder_is_the_servers_fault(tiny_pipe
         for _ in range(FAILING_CALLS):
             response = httpx.post(url + "/sdapi/v1/txt2img", json={"prompt": "a <lora:bad:1>", **SMALL}, timeout=60)
             assert response.status_code == 500 and "bad.safetensors" in response.text, response.text
+            assert "its operator must replace it" in response.text, response.text
         assert httpx.get(url + "/health").status_code == 200
         assert httpx.post(url + "/sdapi/v1/txt2img", json={"prompt": "x", **SMALL, "steps": 0}, timeout=60).status_code == 422
 

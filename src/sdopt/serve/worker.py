@@ -313,13 +313,15 @@ class Worker:
             result = None
         except SdoptError as exc:
             self.current = []
-            if self._about_served_file(str(exc)):
+            reason = str(exc)
+            if self._about_served_file(reason):
                 # A file the operator put in --lora-dir or --embeddings-dir (or the artifact) that cannot be read: a 422
                 # told the client to fix a request it cannot fix. Not counted for /health: a restart reads the same file.
                 log.error("sdopt serve: generate failed on a server file%s: %s", _requests(batch), exc)
                 for job in batch:
                     job.internal_error = True
-            self._fail_all(batch, str(exc))
+                reason += " [a file of this server's: its operator must replace it]"  # the advice above is theirs, not the client's
+            self._fail_all(batch, reason)
             return
         except Exception as exc:  # a bug or a backend failure: this call's jobs fail, the server goes on
             log.error("sdopt serve: generate failed%s:\n%s", _requests(batch), traceback.format_exc())
