@@ -1226,6 +1226,35 @@ def test_a_nan_image_is_the_servers_fault_and_counts_for_health(tiny_pipeline, m
         assert httpx.get(url + "/health").status_code == 503
 
 
+def test_a_broken_image_in_a_shared_call_fails_only_the_job_it_is_of(tiny_pipeline, monkeypatch):
+    """Two clients' jobs run as one call, and the second client's image came out NaN: both jobs failed, the first client
+    told of "image 1", the other's. Now the first gets its image and the second is told of its own image 0."""
+    from sdopt.serve import jobs as J
+    from sdopt.serve.worker import Worker
+
+    decoder = tiny_pipeline.components["vae_decoder"]
+
+    def second_row_nan(**kw):
+        sample = decoder(**kw)["sample"].copy()
+        sample[1:2] = np.nan
+        return {"sample": sample}
+
+    monkeypatch.setitem(tiny_pipeline.components, "vae_decoder", second_row_nan)
+    worker = Worker(tiny_pipeline, max_batch=8)
+    a = worker.submit(J.Job(spec=J.JobSpec(prompt="a", **SMALL)))
+    b = worker.submit(J.Job(spec=J.JobSpec(prompt="b", **SMALL)))
+    worker.start()
+    try:
+        for job in (a, b):
+            job.future.result(timeout=120)
+    finally:
+        worker.stop()
+    assert (a.batch_size, b.batch_size) == (2, 2)  # one call
+    assert a.status == "succeeded" and len(a.images) == 1, a.error
+    assert b.status == "failed" and b.error == ("the generation produced no usable image: "
+                                                "image 0: the VAE decoder gave NaN or inf pixels (saved, they would be black)"), b.error
+
+
 @pytest.mark.parametrize("relative", [False, True])
 def test_a_broken_lora_file_in_the_servers_folder_is_the_servers_fault(tiny_pipeline, tmp_path, monkeypatch, relative):
     """A file in --lora-dir that cannot be read is the operator's to fix: it answered 422, the client's fault, telling the

@@ -445,6 +445,8 @@ class GenerateResult:
     # Why the output is not a usable image (NaN latents, an all-black image), empty when it is:
     # such a result is reported, never passed off as a success (the CLI saves nothing, the bench fails the row).
     problems: list[str] = field(default_factory=list)
+    # The same, by image: index in ``images`` -> why it is broken (a server fails only the jobs whose images these are).
+    broken_images: dict[int, str] = field(default_factory=dict)
     # What the loop had to change in the request, e.g. prompts cut to the text encoder's length.
     warnings: list[str] = field(default_factory=list)
 

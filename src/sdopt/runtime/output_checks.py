@@ -24,12 +24,17 @@ def broken_output(image: np.ndarray, latents: np.ndarray, decoded: np.ndarray | 
     return None
 
 
-def output_problems(images: list, latents: np.ndarray, decoded: np.ndarray | None = None) -> list[str]:
-    """One line per broken image of a batch (PIL images, their final latents and, where known, the decoder's float
-    output), empty when all are sound."""
-    problems = []
+def broken_images(images: list, latents: np.ndarray, decoded: np.ndarray | None = None) -> dict[int, str]:
+    """Why each broken image of a batch is broken, by its index (PIL images, their final latents and, where known, the
+    decoder's float output); empty when all are sound."""
+    found = {}
     for i, (image, lat) in enumerate(zip(images, latents)):
         why = broken_output(np.asarray(image), lat, None if decoded is None else decoded[i])
         if why:
-            problems.append(f"image {i}: {why}")
-    return problems
+            found[i] = why
+    return found
+
+
+def problem_lines(broken: dict[int, str], first: int = 0) -> list[str]:
+    """One line per broken image, numbered from ``first`` (a server's job numbers its own images of a shared call)."""
+    return [f"image {i - first}: {why}" for i, why in sorted(broken.items())]

@@ -34,7 +34,7 @@ from sdopt.runtime.image_parameters import ImageParameters
 from sdopt.runtime.memory import track_peak
 from sdopt.runtime.noise import Noise
 from sdopt.runtime.one_call import OneCall
-from sdopt.runtime.output_checks import output_problems
+from sdopt.runtime.output_checks import broken_images, problem_lines
 from sdopt.runtime.prompts import PromptEncoding
 from sdopt.runtime.request_defaults import RequestDefaults, default_size, request_defaults, sized as request_defaults_sized
 from sdopt.runtime.schedulers import check_steps, make_scheduler, takes_eta
@@ -307,8 +307,9 @@ class Pipeline(PromptEncoding, TextualInversion, ImageParameters):
         for index, image in enumerate(images):  # how each was made, written into its PNG (sdopt.infotext)
             image.info[infotext.KEY] = self.parameters(asked, index)
 
+        broken = broken_images(images, final, decoded)
         return GenerateResult(images=images, latents=final, timings=timings, memory=dict(memory), request=asked,
-                              problems=output_problems(images, final, decoded), warnings=notices)
+                              problems=problem_lines(broken), broken_images=broken, warnings=notices)
 
     def run_settings(self) -> dict[str, Any]:
         """What each component runs with, as its backend reports it (OpenVINO's compiled-model properties,

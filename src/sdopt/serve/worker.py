@@ -30,6 +30,7 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from sdopt.errors import SdoptError, api_fields
+from sdopt.runtime.output_checks import problem_lines
 from sdopt.serve import jobs as J
 from sdopt.serve.images import latent_preview_png
 from sdopt.serve.metrics import Metrics
@@ -339,25 +340,40 @@ class Worker:
         if result.problems:
             # NaN or black images from a request the checks passed (its guidance is at most 50): the artifact's numbers
             # overflow (an fp16 VAE), which the client cannot change. Was a 422, the client's fault, and never seen by
-            # /health however often it came.
+            # /health however often it came. Only the jobs whose images these are fail: in a shared call one client's
+            # broken image failed every job of the call, each told of "image 3", another client's.
             reason = "the generation produced no usable image: " + "; ".join(result.problems)
             log.error("sdopt serve: %s%s", reason, _requests(batch))
-            for job in batch:
-                job.internal_error = True
             self._failed_call(reason)
-            self._fail_all(batch, reason)
+            broken = getattr(result, "broken_images", None) or dict.fromkeys(range(len(result.images)), "")  # a stand-in pipeline's: all
+            row, sound = 0, []
+            for job in batch:
+                own = {i: why for i, why in broken.items() if row <= i < row + job.spec.n}
+                if own:
+                    job.internal_error = True
+                    lines = problem_lines(own, first=row) if all(own.values()) else result.problems
+                    self._finish(job, J.FAILED, "the generation produced no usable image: " + "; ".join(lines))
+                else:
+                    sound.append((job, row))
+                row += job.spec.n
+            for job, first in sound:
+                self._succeed(job, batch, result, first)
             return
         self.failing_calls = 0  # a call that ran: whatever failed before has passed
         for seconds in result.timings.unet_steps:
             self.metrics.observe_step(seconds)
         row = 0
         for job in batch:
-            images = result.images[row:row + job.spec.n]
-            if not job.ended:  # a job cancelled out of the call keeps none of its rows (its latents, a view of the whole call's, stayed for 1,000 jobs)
-                job.latents = result.latents[row:row + job.spec.n]
-                job.warnings = self._warnings(job, batch, result)
+            self._succeed(job, batch, result, row)
             row += job.spec.n
-            self._finish(job, J.SUCCEEDED, images=images)
+
+    def _succeed(self, job: J.Job, batch: list[J.Job], result: Any, row: int) -> None:
+        """``job`` ends with its rows of the call's result, from ``row`` on."""
+        images = result.images[row:row + job.spec.n]
+        if not job.ended:  # a job cancelled out of the call keeps none of its rows (its latents, a view of the whole call's, stayed for 1,000 jobs)
+            job.latents = result.latents[row:row + job.spec.n]
+            job.warnings = self._warnings(job, batch, result)
+        self._finish(job, J.SUCCEEDED, images=images)
 
     def _warnings(self, job: J.Job, batch: list[J.Job], result: Any) -> list[str]:
         """The call's warnings that are ``job``'s: all of them when it ran alone; in a shared call, its own request's
