@@ -287,3 +287,58 @@ def test_the_compile_failure_names_the_cap_by_either_of_its_names(tiny_ov, monke
     with pytest.raises(SdoptError) as unknown:
         sdopt.load(tiny_ov)
     assert "is set" not in str(unknown.value)
+
+
+_AVX512_EPYC = frozenset({"avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512cd", "avx512_vnni", "avx512_bf16"})
+
+
+def test_an_openvino_export_under_a_cap_that_hides_avx512_is_refused_before_it_crashes(tiny_model, tiny_ov, tmp_path, monkeypatch):
+    """ONEDNN_MAX_CPU_ISA=AVX2 (or AVX2_VNNI, AVX) on an AVX-512 CPU: `sdopt export --to openvino` ended in a segmentation
+    fault (rc 139, not a word) while checking the fp32 UNet, whose check runs a 12x10 latent, a size OpenVINO 2026.4
+    crashes at under that cap (docs/cpu-features.md). It is refused now, before any slow work, naming the variable. The
+    CPU's flags are stood in for, so it holds on any x86 machine (tiny_ov: this process's oneDNN has run, and read no cap,
+    before the variable is set, so the export the old code went on with cannot crash the suite)."""
+    import sdopt.hardware
+    from sdopt.export.run import export
+
+    monkeypatch.setattr(sdopt.hardware, "cpuinfo_flags", lambda: _AVX512_EPYC)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    with pytest.raises(SdoptError, match="ONEDNN_MAX_CPU_ISA=AVX2 hides this CPU's AVX-512 .*segmentation fault.*: unset ONEDNN_MAX_CPU_ISA"):
+        export(tiny_model, "openvino", tmp_path / "ov", progress=False)
+    assert list(tmp_path.iterdir()) == []  # not even a temporary folder
+
+
+@pytest.mark.skipif("avx512f" not in __import__("sdopt.hardware").hardware.cpuinfo_flags(), reason="the crash needs an AVX-512 CPU")
+def test_the_refusal_comes_where_the_crash_came(tiny_model, tmp_path):
+    """The same for real, in a child that loads OpenVINO under the cap: it crashed (rc 139) after ~20 s; now exit 2."""
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "sdopt", "export", str(tiny_model), "--to", "openvino", "-o", str(tmp_path / "ov"), "-q"],
+                          capture_output=True, text=True, env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}, timeout=300)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert "ONEDNN_MAX_CPU_ISA=AVX2 hides this CPU's AVX-512" in proc.stderr and "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("cap, flags, warned", [("AVX2", _AVX512_EPYC, True), ("AVX", _AVX512_EPYC, True),
+                                                ("AVX512_CORE", _AVX512_EPYC, False), ("AVX2", frozenset({"avx2", "fma"}), False)])
+def test_loading_openvino_under_a_cap_that_hides_avx512_warns_first(tiny_ov, monkeypatch, cap, flags, warned):
+    """Under such a cap `sdopt generate --height 96 --width 80` of an OpenVINO artifact segfaulted with no message (64x64
+    ran): the load says so first, naming the variable. A cap at AVX512_CORE (which ran) or one on a CPU without AVX-512
+    (where it changes nothing) is not blamed."""
+    import warnings
+
+    import sdopt.hardware
+
+    monkeypatch.setattr(sdopt.hardware, "cpuinfo_flags", lambda: flags)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        sdopt.load(tiny_ov)
+    crash = [str(w.message) for w in said if "segmentation fault" in str(w.message)]
+    assert crash == ([f"ONEDNN_MAX_CPU_ISA={cap} hides this CPU's AVX-512 from oneDNN, and OpenVINO's CPU plugin then crashes the process "
+                      "(segmentation fault) running a UNet at some image sizes: unset ONEDNN_MAX_CPU_ISA (docs/cpu-features.md)"] if warned else [])

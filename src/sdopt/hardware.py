@@ -126,6 +126,14 @@ def hidden_by_cap(features: tuple[str, ...]) -> str | None:
     return f"{cap} hides this CPU's {'/'.join(have)} from oneDNN"
 
 
+def avx512_hidden_by_cap() -> OneDnnCap | None:
+    """The oneDNN cap where it keeps this CPU's AVX-512 from the libraries (ONEDNN_MAX_CPU_ISA=AVX2 on an AVX-512 CPU),
+    else None. OpenVINO's CPU plugin then crashes the process at some shapes, in a kernel of AVX-512 code it generated
+    all the same (docs/cpu-features.md); on a CPU without AVX-512 such a cap changes nothing."""
+    cap = onednn_isa_cap()
+    return cap if cap and "avx512f" in cpuinfo_flags() and "avx512f" not in cpu_flags() else None
+
+
 def int8_overflow_by_cpu() -> tuple[bool, str]:
     """Whether --overflow-fix auto fixes int8 overflow on this CPU (it lacks an int8 dot product), and why, as a quantized
     artifact records it: one reason for NNCF's and ONNX Runtime's quantizers alike."""

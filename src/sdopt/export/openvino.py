@@ -37,7 +37,7 @@ from sdopt.export.spec import CHECK_LATENT, ComponentSpec, check_inputs, dummy_i
 from sdopt.export.tracing import PositionalComponent, torch_reference
 from sdopt.manifest import ComponentEntry, Manifest, files_in
 from sdopt.request import MAX_IMAGES, MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE
-from sdopt.runtime.openvino import HINTS, MODEL_FILE, OpenVINOComponent, compile_config, device_facts, static_axes
+from sdopt.runtime.openvino import HINTS, MODEL_FILE, OpenVINOComponent, compile_config, crash_under_the_cap, device_facts, static_axes
 from sdopt.runtime.versions import library_versions
 
 # bf16 has 3 mantissa bits fewer than fp16: PyTorch bf16 moves the tiny model's outputs by up to
@@ -57,6 +57,13 @@ def static_shapes_from(options: dict[str, Any]) -> dict[str, int] | None:
         raise SdoptError(f"--batch {batch}: give the number of images per request, 1 to {MAX_IMAGES}")
     shapes = {k: int(v) for k, v in (("batch", batch), ("height", height), ("width", width)) if v is not None}
     return shapes or None
+
+
+def preflight(options: dict[str, Any], precision: str) -> None:
+    """Before any slow work or output folder: the export's check would crash this process under a oneDNN cap that hides
+    this CPU's AVX-512 (it runs a size OpenVINO segfaults at there; runtime.openvino.crash_under_the_cap)."""
+    if crash := crash_under_the_cap():
+        raise SdoptError(f"cannot export to OpenVINO here: {crash}")
 
 
 def convert(spec: ComponentSpec, module: torch.nn.Module, example: dict[str, np.ndarray]) -> ov.Model:

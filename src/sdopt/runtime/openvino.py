@@ -399,6 +399,20 @@ class OpenVINOComponent:
         self._compiled = []
 
 
+def crash_under_the_cap() -> str | None:
+    """Why OpenVINO may crash this process, where a oneDNN cap hides this CPU's AVX-512; None where none does.
+    Measured with OpenVINO 2026.4 on an AVX-512 AMD EPYC (Zen 4), ONEDNN_MAX_CPU_ISA=AVX2, AVX2_VNNI or AVX (AVX512_CORE
+    ran): the tiny fp32 UNet segfaults (rc 139, no message) where its latent is 12x10, 12x12 or 10x10, and runs at 8x8,
+    16x16, 12x16 and 24x24; so every fp32 export, whose check runs 12x10, and `generate --height 96 --width 80`."""
+    from sdopt.hardware import avx512_hidden_by_cap
+
+    cap = avx512_hidden_by_cap()
+    if cap is None:
+        return None
+    return (f"{cap} hides this CPU's AVX-512 from oneDNN, and OpenVINO's CPU plugin then crashes the process "
+            f"(segmentation fault) running a UNet at some image sizes: unset {cap.variable} (docs/cpu-features.md)")
+
+
 def model_file(files, name: str) -> str:
     xml = [f.path for f in files if f.path.endswith(".xml")]
     if len(xml) != 1:
@@ -429,6 +443,9 @@ def load_components(folder: Path, manifest: Manifest, device: str, precision: st
             warnings.warn(f"{argument('reshape', True)} changes nothing here: this artifact was exported with dynamic "
                           "shapes and runs any size already", stacklevel=3)
         axes = {name: static_axes(manifest, name) if manifest.static_shapes else {} for name in manifest.components}
+    if target == "CPU" and (crash := crash_under_the_cap()):
+        # said before the first compile: a segfault later prints nothing at all
+        warnings.warn(crash, stacklevel=3)
     wants = {name: manifest.component_precision(name, precision) for name in manifest.components}  # SDXL's VAE: fp32 under fp16
     components = {
         name: OpenVINOComponent(c, folder / model_file(entry.files, name), target,
