@@ -886,3 +886,19 @@ def test_progress_bars_off_a_terminal_redraw_seldom_unless_the_user_says():
     assert piped.stdout.strip() == "30", piped.stderr
     told = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env={**env, "TQDM_MININTERVAL": "2"})
     assert told.stdout.strip() == "2", told.stderr
+
+
+def test_docstrings_stripped_is_one_line_that_says_which_setting(tiny_model, tmp_path):
+    """Under python -OO (PYTHONOPTIMIZE=2, set on some images to save memory) transformers cannot import its models: it
+    reads their docstrings. init-model, export, quantize and generate with a PyTorch model ended in a 40-line traceback
+    ("No `Args` or `Parameters` section is found in the docstring of ..."); now one line naming the setting, exit 2."""
+    import os
+
+    out = tmp_path / "tiny"
+    proc = subprocess.run([sys.executable, "-m", "sdopt.cli", "generate", str(tiny_model), "-p", "x", "--steps", "1", "--height", "64",
+                           "--width", "64", "-q", "-o", str(out / "x.png")],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONOPTIMIZE": "2"})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.splitlines()[-1] == ("sdopt: error: transformers cannot import its models with docstrings stripped (python -OO "
+                                            "or PYTHONOPTIMIZE=2): run sdopt without them (-O, PYTHONOPTIMIZE=1, keeps docstrings)")
+    assert not out.exists()

@@ -181,10 +181,30 @@ def _main(argv: list[str] | None) -> int:
     except Exception as exc:
         from sdopt.outputs import DISK_FULL, out_of_space
 
+        if stripped := _docstrings_stripped(exc):
+            print(f"sdopt: error: {stripped}", file=sys.stderr)
+            return SdoptError.exit_code
         if not out_of_space(exc):  # a file written outside an artifact folder (a LoRA, a bench report): one line too
             raise
         print(f"sdopt: error: the disk is full ({exception_line(exc)}): {DISK_FULL}", file=sys.stderr)
         return SdoptError.exit_code
+
+
+def _docstrings_stripped(exc: BaseException) -> str | None:
+    """What to do where docstrings are stripped (python -OO, PYTHONOPTIMIZE=2) and that is what failed; else None.
+    transformers builds its model classes' documentation from their docstrings and raises at import without them
+    ("No `Args` or `Parameters` section is found in the docstring of ..."), so every command that reaches a PyTorch
+    model (init-model, export, quantize, the torch backend) ended in a 40-line traceback; ONNX and OpenVINO artifacts
+    run. -O (PYTHONOPTIMIZE=1) keeps docstrings."""
+    if sys.flags.optimize < 2:
+        return None
+    seen: BaseException | None = exc
+    while seen is not None:
+        if "docstring" in str(seen):
+            return ("transformers cannot import its models with docstrings stripped (python -OO or PYTHONOPTIMIZE=2): "
+                    "run sdopt without them (-O, PYTHONOPTIMIZE=1, keeps docstrings)")
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _memory_limit() -> str:
