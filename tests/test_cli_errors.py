@@ -397,6 +397,25 @@ def test_a_full_disk_while_saving_says_what_to_do(tiny_model, tmp_path, monkeypa
         write_text_file(tmp_path / "g.md", "x")
 
 
+def test_an_image_past_the_file_size_limit_says_whose_limit(tiny_model, tmp_path, monkeypatch, capsys):
+    """generate -o under ulimit -f said only "File too large" (Python ignores SIGXFSZ: the write fails with EFBIG)."""
+    import errno
+    import resource
+
+    from PIL import Image
+
+    def too_large(self, fp, *args, **kwargs):
+        raise OSError(errno.EFBIG, "File too large")
+
+    monkeypatch.setattr(Image.Image, "save", too_large)
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (3 * 2**20, resource.RLIM_INFINITY) if which == resource.RLIMIT_FSIZE
+                        else (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    assert main(["generate", str(tiny_model), "-p", "x", "--steps", "1", "-o", str(tmp_path / "a.png"), "-q"]) == 2
+    assert capsys.readouterr().err.endswith("File too large (nothing was left half written): a file would pass this process's file-size "
+                                            "limit (3.0 MiB: ulimit -f); raise the limit (ulimit -f unlimited)\n")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_two_writers_of_one_output_each_replace_it_whole(tmp_path):
     """Two `generate -o same.png` at once (walk qa54) shared the partial file .same.png.partial: the second truncated the
     first's half-written image and renamed it into place, and the first then failed with a FileNotFoundError traceback.

@@ -648,6 +648,59 @@ def test_a_full_disk_is_one_line_and_keeps_the_output_it_would_replace(tmp_path,
                                        "output path on another disk\n")
 
 
+@pytest.mark.parametrize("failure", [
+    OSError(27, "File too large"),  # torch.onnx, json, PIL: an OSError
+    RuntimeError("Error while serializing: I/O error: File too large (os error 27)"),  # safetensors
+])
+def test_a_file_past_the_file_size_limit_is_one_line_naming_the_limit(tmp_path, capsys, monkeypatch, failure):
+    """Under ulimit -f (Python ignores SIGXFSZ: the write fails with EFBIG), init-model ended in safetensors'
+    SafetensorError traceback and export --to onnx in 'OSError: [Errno 27] File too large', neither naming the limit.
+    It is one line with the limit and what to do; nothing half-written is left, and a --force run keeps the output."""
+    import resource
+
+    from sdopt import outputs
+
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (8192, resource.RLIM_INFINITY) if which == resource.RLIMIT_FSIZE
+                        else (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    out = tmp_path / "out"
+    with outputs.atomic_output_dir(out) as folder:
+        (folder / "a").write_text("old")
+    with pytest.raises(SdoptError, match=re.escape(f"cannot write {out}: a file would pass this process's file-size limit (8 KiB: ulimit -f) "
+                                                   "(what was written is removed); raise the limit (ulimit -f unlimited)")):
+        with outputs.atomic_output_dir(out, force=True) as folder:
+            (folder / "a").write_text("new")
+            raise failure
+    assert (out / "a").read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["out"]
+
+    def too_large(*args, **kwargs):  # a file written outside an artifact folder
+        raise failure
+
+    import sdopt.zoo.lora
+
+    monkeypatch.setattr(sdopt.zoo.lora, "write_lora", too_large)
+    assert main(["init-lora", str(tmp_path / "model"), str(tmp_path / "l.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sdopt: error: ") and err.count("\n") == 1
+    assert err.endswith(": a file would pass this process's file-size limit (8 KiB: ulimit -f); raise the limit (ulimit -f unlimited)\n")
+
+
+def test_init_model_under_ulimit_f_says_so_and_leaves_nothing(tmp_path):
+    """The same for real: init-model tiny in a child limited to 64 KiB files (its UNet's safetensors is ~2 MiB)."""
+    import resource
+    import subprocess
+    import sys
+
+    def limit_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    proc = subprocess.run([sys.executable, "-m", "sdopt.cli", "init-model", "tiny", str(tmp_path / "tiny")], capture_output=True,
+                          text=True, timeout=300, preexec_fn=limit_files)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.splitlines()[-1].endswith("file-size limit (64 KiB: ulimit -f) (what was written is removed); raise the limit "
+                                                 "(ulimit -f unlimited)"), proc.stderr[-1000:]
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_running_out_of_memory_is_one_line_naming_the_limit(tmp_path, capsys, monkeypatch):
     """Under ulimit -v, sdopt generate died with a bare MemoryError traceback (torch's import, a load): it is one line
     that says the process ran out of memory, the address-space limit it runs under, and what to do; exit 2."""

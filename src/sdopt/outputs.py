@@ -393,7 +393,14 @@ def atomic_output_dir(out: str | Path, force: bool = False, inputs: tuple[str | 
         if isinstance(exc, Exception) and not isinstance(exc, SdoptError):
             if out_of_space(exc):
                 raise SdoptError(f"cannot write {out}: its disk is full (what was written is removed); {DISK_FULL}") from exc
+            if past_file_size_limit(exc):
+                raise SdoptError(f"cannot write {out}: {FILE_SIZE_LIMIT.format(limit=size_text(file_size_limit()))} (what was written is "
+                                 f"removed); {RAISE_FILE_SIZE_LIMIT}") from exc
             if "iostream error" in str(exc):  # all OpenVINO says when it cannot write (its disk full: the usual reason)
+                if limit := file_size_limit():  # or a file passed ulimit -f: it says the same
+                    raise SdoptError(f"cannot write {out}: OpenVINO failed writing it ({exception_line(exc)}): this process may "
+                                     f"write no file over {size_text(limit)} (ulimit -f), or the disk is full (what was written is "
+                                     f"removed); raise the limit, or {DISK_FULL}") from exc
                 raise SdoptError(f"cannot write {out}: OpenVINO failed writing it ({exception_line(exc)}), most likely for want of "
                                  f"disk space (what was written is removed); {DISK_FULL}") from exc
         raise
@@ -430,6 +437,42 @@ def out_of_space(exc: BaseException) -> bool:
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
         if says_out_of_space(str(exc)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+# A write past RLIMIT_FSIZE fails with EFBIG (Python ignores the SIGXFSZ that would end the process): a traceback
+# "OSError: [Errno 27] File too large" (safetensors': "File too large (os error 27)") said nothing of the limit.
+FILE_SIZE_LIMIT = "a file would pass this process's file-size limit ({limit}: ulimit -f)"
+RAISE_FILE_SIZE_LIMIT = "raise the limit (ulimit -f unlimited)"
+
+
+def file_size_limit() -> int | None:
+    """The most bytes this process may write to one file (ulimit -f); None where there is no limit or it cannot be read."""
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    except (ImportError, OSError, ValueError):  # no resource module (Windows)
+        return None
+    return None if limit == resource.RLIM_INFINITY else limit
+
+
+def size_text(size: int | None) -> str:
+    """A file-size limit as a user reads it: 8 KiB, 2.0 MiB."""
+    if size is None:
+        return "?"
+    return f"{size // 1024:,} KiB" if size < 2**20 else f"{size / 2**20:,.1f} MiB"
+
+
+def past_file_size_limit(exc: BaseException) -> bool:
+    """Whether a failed write passed the file-size limit: an OSError EFBIG in ``exc``'s chain, or a library's message of
+    one (safetensors' "File too large (os error 27)")."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if (isinstance(exc, OSError) and exc.errno == errno.EFBIG) or "File too large" in str(exc):
             return True
         exc = exc.__cause__ or exc.__context__
     return False

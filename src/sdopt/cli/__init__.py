@@ -179,10 +179,15 @@ def _main(argv: list[str] | None) -> int:
               "programs, or ask for less (a smaller model, --height/--width or --num-images)", file=sys.stderr)
         return SdoptError.exit_code
     except Exception as exc:
-        from sdopt.outputs import DISK_FULL, out_of_space
+        from sdopt.outputs import (DISK_FULL, FILE_SIZE_LIMIT, RAISE_FILE_SIZE_LIMIT, file_size_limit, out_of_space, past_file_size_limit,
+                                   size_text)
 
         if stripped := _docstrings_stripped(exc):
             print(f"sdopt: error: {stripped}", file=sys.stderr)
+            return SdoptError.exit_code
+        if past_file_size_limit(exc):  # a file written outside an artifact folder (a bench report's): one line as well
+            print(f"sdopt: error: {exception_line(exc)}: {FILE_SIZE_LIMIT.format(limit=size_text(file_size_limit()))}; {RAISE_FILE_SIZE_LIMIT}",
+                  file=sys.stderr)
             return SdoptError.exit_code
         if not out_of_space(exc):  # a file written outside an artifact folder (a LoRA, a bench report): one line too
             raise
