@@ -719,6 +719,31 @@ def test_running_out_of_memory_is_one_line_naming_the_limit(tmp_path, capsys, mo
     assert "limited to 600 MiB: raise the limit, ulimit -v" in err
 
 
+def test_a_thread_that_cannot_start_is_not_blamed_on_the_checkpoint(tiny_model, tmp_path, capsys, monkeypatch):
+    """Under ulimit -v 1.2 GB, export --to onnx of the tiny model said "cannot load text_encoder ...: RuntimeError: can't
+    start new thread; the checkpoint is damaged or incomplete ...: download or export it again": advice that cannot
+    work, the folder was whole. It is now this process's memory or threads, with the limit it runs under; exit 2."""
+    import resource
+
+    import sdopt.runtime.torch
+
+    class NoThreads:  # from_pretrained starts threads to read the weights
+        load_config = None  # read as a Diffusers class
+
+        @classmethod
+        def from_pretrained(cls, *args, **kwargs):
+            raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(sdopt.runtime.torch, "module_class", lambda name: NoThreads)
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (1200 * 2**20, resource.RLIM_INFINITY))
+    assert main(["export", str(tiny_model), "--to", "onnx", "-o", str(tmp_path / "onnx"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("sdopt: error: can't start new thread: this process could not get the memory or threads it asked for (its address "
+                   "space is limited to 1,200 MiB: raise the limit, ulimit -v); close other programs, or ask for less (ulimit -u limits "
+                   "threads too)\n")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_every_test_the_guarantees_doc_names_exists():
     """docs/guarantees.md names, for each promise, the tests that hold it: in test_guarantees.py unless a file is named."""
     import re

@@ -156,3 +156,10 @@ def exception_line(exc: BaseException, most: int = 300, last: bool = False, skip
     told = [line for line in lines if not line.startswith(skip)] or lines
     line = (told[-1] if last else told[0]) if told else type(exc).__name__
     return line if len(line) <= most else line[:most].rsplit(" ", 1)[0] + " ..."
+
+
+def short_of_memory_or_threads(exc: BaseException) -> bool:
+    """Whether ``exc`` is this process failing to get memory or a thread (ulimit -v, ulimit -u, a container's limit),
+    not a fault of what it was reading: a MemoryError, or threading's "can't start new thread" (a thread's stack is
+    address space too: under ulimit -v 1.2 GB, loading the tiny model's text encoder failed so)."""
+    return isinstance(exc, MemoryError) or "can't start new thread" in str(exc)

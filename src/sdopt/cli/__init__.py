@@ -19,7 +19,7 @@ from pathlib import Path
 
 from sdopt import __version__
 from sdopt.cli import artifacts, generating, measure, models, serving
-from sdopt.errors import SdoptError, command_line, did_you_mean, exception_line
+from sdopt.errors import SdoptError, command_line, did_you_mean, exception_line, short_of_memory_or_threads
 
 # In the order `sdopt --help` lists them.
 COMMANDS = (
@@ -182,6 +182,10 @@ def _main(argv: list[str] | None) -> int:
         from sdopt.outputs import (DISK_FULL, FILE_SIZE_LIMIT, RAISE_FILE_SIZE_LIMIT, file_size_limit, out_of_space, past_file_size_limit,
                                    size_text)
 
+        if short_of_memory_or_threads(exc):  # "can't start new thread": a RuntimeError traceback, or blamed on the files read
+            print(f"sdopt: error: {exception_line(exc)}: this process could not get the memory or threads it asked for"
+                  f"{_memory_limit()}; close other programs, or ask for less (ulimit -u limits threads too)", file=sys.stderr)
+            return SdoptError.exit_code
         if stripped := _docstrings_stripped(exc):
             print(f"sdopt: error: {stripped}", file=sys.stderr)
             return SdoptError.exit_code

@@ -10,7 +10,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from sdopt.errors import SdoptError, argument
+from sdopt.errors import SdoptError, argument, short_of_memory_or_threads
 from sdopt.runtime.compiled import COMPILED_COMPONENTS, compile_components, compile_setting, original
 from sdopt.manifest import Manifest
 from sdopt.runtime.library_lock import holding_library_lock, without_loading_bars
@@ -168,6 +168,8 @@ def load_pretrained(name: str, path: Path, dtype: torch.dtype = torch.float32) -
         with without_loading_bars():
             return cls.from_pretrained(path, use_safetensors=True, **{dtype_arg: dtype}, **({"variant": variant} if variant else {}))
     except Exception as exc:  # a damaged or incomplete folder: safetensors', Diffusers' and Transformers' own errors
+        if short_of_memory_or_threads(exc):  # this process's limits, not the folder: "damaged" sent users to download it again
+            raise
         text = " ".join(str(exc).split())
         raise SdoptError(f"cannot load {name} from {path}: {type(exc).__name__}: {text[:300] or 'no message'}"
                          f"{'...' if len(text) > 300 else ''}; the checkpoint is damaged or incomplete (a file truncated, "
