@@ -416,6 +416,26 @@ def test_an_image_past_the_file_size_limit_says_whose_limit(tiny_model, tmp_path
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_deleted_working_folder_is_one_line_before_any_work(tmp_path):
+    """Run from a folder that was deleted (a CI step after its checkout was removed, a shell left in a cleaned folder),
+    init-model with an absolute output ended in transformers' FileNotFoundError traceback at import (or oneMKL's "FATAL
+    ERROR: Cannot load libtorch_cpu.so"), and generate the same: one line that says so now, exit 2, nothing written."""
+    import os
+
+    gone = tmp_path / "gone"
+    gone.mkdir()
+
+    def from_a_deleted_folder():
+        os.chdir(gone)
+        os.rmdir(gone)
+
+    proc = subprocess.run([sys.executable, "-m", "sdopt.cli", "init-model", "tiny", str(tmp_path / "tiny")], capture_output=True, text=True,
+                          timeout=300, preexec_fn=from_a_deleted_folder)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.startswith("sdopt: error: the current folder no longer exists") and proc.stderr.count("\n") == 1, proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_two_writers_of_one_output_each_replace_it_whole(tmp_path):
     """Two `generate -o same.png` at once (walk qa54) shared the partial file .same.png.partial: the second truncated the
     first's half-written image and renamed it into place, and the first then failed with a FileNotFoundError traceback.

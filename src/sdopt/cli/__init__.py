@@ -156,6 +156,11 @@ def _main(argv: list[str] | None) -> int:
             stream.reconfigure(errors=_PATH_BYTES_ELSE_BACKSLASH)
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not _cwd_exists():
+        print("sdopt: error: the current folder no longer exists (deleted while the shell was in it): cd to a folder that does; "
+              "without one, relative paths mean nothing and the libraries sdopt loads fail (transformers' import, oneMKL's)",
+              file=sys.stderr)
+        return SdoptError.exit_code
     _exit_on_sigterm()
     _slow_bars_off_a_terminal()
     warnings.formatwarning = _format_warning
@@ -197,6 +202,19 @@ def _main(argv: list[str] | None) -> int:
             raise
         print(f"sdopt: error: the disk is full ({exception_line(exc)}): {DISK_FULL}", file=sys.stderr)
         return SdoptError.exit_code
+
+
+def _cwd_exists() -> bool:
+    """False where the working folder was removed under the process: transformers' import resolved Path("src") and
+    raised FileNotFoundError, torch's oneMKL ended the process ("Intel oneMKL FATAL ERROR: Cannot load libtorch_cpu.so"),
+    whatever absolute paths the command was given."""
+    import os
+
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _docstrings_stripped(exc: BaseException) -> str | None:
