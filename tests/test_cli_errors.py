@@ -416,6 +416,23 @@ def test_an_image_past_the_file_size_limit_says_whose_limit(tiny_model, tmp_path
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_warning_made_an_error_is_one_line_naming_the_setting(tmp_path, capsys, monkeypatch):
+    """Under PYTHONWARNINGS=error, generate --scheduler euler ended in a traceback of numpy's DeprecationWarning (raised in
+    Diffusers' Euler set_timesteps) that never said the interpreter's setting had made it an error. One line now: the
+    warning, where it was raised, the setting, and how to let it be; exit 2. Stood in for: a command's call raising one."""
+    import sdopt.zoo.lora
+
+    def deprecated(*args, **kwargs):
+        raise DeprecationWarning("__array__ implementation doesn't accept a copy keyword")
+
+    monkeypatch.setattr(sdopt.zoo.lora, "write_lora", deprecated)
+    assert main(["init-lora", str(tmp_path / "model"), str(tmp_path / "l.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sdopt: error: DeprecationWarning: __array__ implementation doesn't accept a copy keyword (raised at ")
+    assert err.endswith("a warning turned into an error by python -W error or PYTHONWARNINGS=error; let warnings be warnings "
+                        "(PYTHONWARNINGS=default), or leave this one out (-W ignore::DeprecationWarning)\n") and err.count("\n") == 1
+
+
 def test_a_deleted_working_folder_is_one_line_before_any_work(tmp_path):
     """Run from a folder that was deleted (a CI step after its checkout was removed, a shell left in a cleaned folder),
     init-model with an absolute output ended in transformers' FileNotFoundError traceback at import (or oneMKL's "FATAL

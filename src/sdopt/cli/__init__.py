@@ -191,6 +191,9 @@ def _main(argv: list[str] | None) -> int:
             print(f"sdopt: error: {exception_line(exc)}: this process could not get the memory or threads it asked for"
                   f"{_memory_limit()}; close other programs, or ask for less (ulimit -u limits threads too)", file=sys.stderr)
             return SdoptError.exit_code
+        if isinstance(exc, Warning):  # only -W error / PYTHONWARNINGS=error raise one: a library's deprecation, a traceback
+            print(f"sdopt: error: {_warning_raised(exc)}", file=sys.stderr)
+            return SdoptError.exit_code
         if stripped := _docstrings_stripped(exc):
             print(f"sdopt: error: {stripped}", file=sys.stderr)
             return SdoptError.exit_code
@@ -202,6 +205,19 @@ def _main(argv: list[str] | None) -> int:
             raise
         print(f"sdopt: error: the disk is full ({exception_line(exc)}): {DISK_FULL}", file=sys.stderr)
         return SdoptError.exit_code
+
+
+def _warning_raised(exc: Warning) -> str:
+    """A warning that the interpreter's filters made an exception (python -W error, PYTHONWARNINGS=error): under them the
+    Euler scheduler's set_timesteps (numpy's DeprecationWarning about torch's __array__) ended generate --scheduler
+    euler in a traceback that never named the setting. Said with where it was raised, so it can be filtered."""
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" (raised at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    name = type(exc).__name__
+    return (f"{name}: {exception_line(exc)}{where}: a warning turned into an error by python -W error or PYTHONWARNINGS=error; "
+            f"let warnings be warnings (PYTHONWARNINGS=default), or leave this one out (-W ignore::{name})")
 
 
 def _cwd_exists() -> bool:
