@@ -3,7 +3,8 @@
 One module per group of commands, each with its handlers and the ``add_*`` functions that declare
 their flags: ``models.py`` (init-model, init-lora, train-shapes, distill-decoder), ``artifacts.py``
 (inspect, clean, export, quantize), ``generating.py`` (generate), ``measure.py`` (bench, optimize,
-gate), ``serving.py`` (serve); ``common.py`` what several of them parse alike.
+gate), ``serving.py`` (serve); ``common.py`` what several of them parse alike; ``environment.py`` the
+one-line errors for what the process's environment made fail (memory, limits, the interpreter's settings).
 
 Errors caused by input are SdoptError: printed on one line, exit status 2
 (3 when a generation ran but gave no usable image; the gate's own codes: 0/1/2).
@@ -18,8 +19,8 @@ import warnings
 from pathlib import Path
 
 from sdopt import __version__
-from sdopt.cli import artifacts, generating, measure, models, serving
-from sdopt.errors import SdoptError, command_line, did_you_mean, exception_line, short_of_memory_or_threads
+from sdopt.cli import artifacts, environment, generating, measure, models, serving
+from sdopt.errors import SdoptError, command_line, did_you_mean
 
 # In the order `sdopt --help` lists them.
 COMMANDS = (
@@ -156,10 +157,8 @@ def _main(argv: list[str] | None) -> int:
             stream.reconfigure(errors=_PATH_BYTES_ELSE_BACKSLASH)
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not _cwd_exists():
-        print("sdopt: error: the current folder no longer exists (deleted while the shell was in it): cd to a folder that does; "
-              "without one, relative paths mean nothing and the libraries sdopt loads fail (transformers' import, oneMKL's)",
-              file=sys.stderr)
+    if not environment.cwd_exists():
+        print(f"sdopt: error: {environment.NO_CWD}", file=sys.stderr)
         return SdoptError.exit_code
     _exit_on_sigterm()
     _slow_bars_off_a_terminal()
@@ -179,88 +178,13 @@ def _main(argv: list[str] | None) -> int:
         if not _stdout_is_gone():
             raise  # another pipe (a worker's): a bug to see, not a reader that left
         return 141  # as a shell reports a command its reader stopped (`sdopt inspect ... | head`): 128 + SIGPIPE
-    except MemoryError:  # a bare MemoryError traceback (ulimit -v met while importing torch or loading) said nothing of what to do
-        print(f"sdopt: error: out of memory: this process could not get the memory it asked for{_memory_limit()}; close other "
-              "programs, or ask for less (a smaller model, --height/--width or --num-images)", file=sys.stderr)
-        return SdoptError.exit_code
-    except Exception as exc:
-        from sdopt.outputs import (DISK_FULL, FILE_SIZE_LIMIT, RAISE_FILE_SIZE_LIMIT, file_size_limit, out_of_space, past_file_size_limit,
-                                   size_text)
-
-        if short_of_memory_or_threads(exc):  # "can't start new thread": a RuntimeError traceback, or blamed on the files read
-            print(f"sdopt: error: {exception_line(exc)}: this process could not get the memory or threads it asked for"
-                  f"{_memory_limit()}; close other programs, or ask for less (ulimit -u limits threads too)", file=sys.stderr)
-            return SdoptError.exit_code
-        if isinstance(exc, Warning):  # only -W error / PYTHONWARNINGS=error raise one: a library's deprecation, a traceback
-            print(f"sdopt: error: {_warning_raised(exc)}", file=sys.stderr)
-            return SdoptError.exit_code
-        if stripped := _docstrings_stripped(exc):
-            print(f"sdopt: error: {stripped}", file=sys.stderr)
-            return SdoptError.exit_code
-        if past_file_size_limit(exc):  # a file written outside an artifact folder (a bench report's): one line as well
-            print(f"sdopt: error: {exception_line(exc)}: {FILE_SIZE_LIMIT.format(limit=size_text(file_size_limit()))}; {RAISE_FILE_SIZE_LIMIT}",
-                  file=sys.stderr)
-            return SdoptError.exit_code
-        if not out_of_space(exc):  # a file written outside an artifact folder (a LoRA, a bench report): one line too
+    except Exception as exc:  # MemoryError too
+        # What this process's environment made fail (memory, threads, file-size or disk limits, the interpreter's
+        # settings): one line that says what to do, not a library's traceback. Anything else is a bug to see.
+        if (said := environment.failure(exc)) is None:
             raise
-        print(f"sdopt: error: the disk is full ({exception_line(exc)}): {DISK_FULL}", file=sys.stderr)
+        print(f"sdopt: error: {said}", file=sys.stderr)
         return SdoptError.exit_code
-
-
-def _warning_raised(exc: Warning) -> str:
-    """A warning that the interpreter's filters made an exception (python -W error, PYTHONWARNINGS=error): under them the
-    Euler scheduler's set_timesteps (numpy's DeprecationWarning about torch's __array__) ended generate --scheduler
-    euler in a traceback that never named the setting. Said with where it was raised, so it can be filtered."""
-    import traceback
-
-    frames = traceback.extract_tb(exc.__traceback__)
-    where = f" (raised at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
-    name = type(exc).__name__
-    return (f"{name}: {exception_line(exc)}{where}: a warning turned into an error by python -W error or PYTHONWARNINGS=error; "
-            f"let warnings be warnings (PYTHONWARNINGS=default), or leave this one out (-W ignore::{name})")
-
-
-def _cwd_exists() -> bool:
-    """False where the working folder was removed under the process: transformers' import resolved Path("src") and
-    raised FileNotFoundError, torch's oneMKL ended the process ("Intel oneMKL FATAL ERROR: Cannot load libtorch_cpu.so"),
-    whatever absolute paths the command was given."""
-    import os
-
-    try:
-        os.getcwd()
-    except FileNotFoundError:
-        return False
-    return True
-
-
-def _docstrings_stripped(exc: BaseException) -> str | None:
-    """What to do where docstrings are stripped (python -OO, PYTHONOPTIMIZE=2) and that is what failed; else None.
-    transformers builds its model classes' documentation from their docstrings and raises at import without them
-    ("No `Args` or `Parameters` section is found in the docstring of ..."), so every command that reaches a PyTorch
-    model (init-model, export, quantize, the torch backend) ended in a 40-line traceback; ONNX and OpenVINO artifacts
-    run. -O (PYTHONOPTIMIZE=1) keeps docstrings."""
-    if sys.flags.optimize < 2:
-        return None
-    seen: BaseException | None = exc
-    while seen is not None:
-        if "docstring" in str(seen):
-            return ("transformers cannot import its models with docstrings stripped (python -OO or PYTHONOPTIMIZE=2): "
-                    "run sdopt without them (-O, PYTHONOPTIMIZE=1, keeps docstrings)")
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
-def _memory_limit() -> str:
-    """" (its address space is limited to N MiB: ulimit -v)" where the process runs under such a limit, else ""."""
-    try:
-        import resource
-
-        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
-    except (ImportError, OSError, ValueError):  # no resource module (Windows)
-        return ""
-    if limit == resource.RLIM_INFINITY:
-        return ""
-    return f" (its address space is limited to {limit // 2**20:,} MiB: raise the limit, ulimit -v)"
 
 
 def _stdout_is_gone() -> bool:
