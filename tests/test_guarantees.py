@@ -744,6 +744,35 @@ def test_a_thread_that_cannot_start_is_not_blamed_on_the_checkpoint(tiny_model, 
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("said", [
+    "Exception from src/inference/src/cpp/infer_request.cpp:224:\nException from src/plugins/intel_cpu/src/node.cpp:823:\n"
+    "[CPU] Reorder node with name 'conv1' can't alloc\n",  # OpenVINO's infer under ulimit -v 2 GB
+    "/venv/site-packages/safetensors/_safetensors_rust.abi3.so: failed to map segment from shared object",  # an import under 1.6 GB
+])
+def test_a_library_out_of_memory_is_one_line_naming_the_limit(tiny_model, tmp_path, capsys, monkeypatch, said):
+    """Under ulimit -v, OpenVINO's infer raised "[CPU] Reorder node ... can't alloc" and the loader "failed to map segment":
+    each a traceback (one with a MemoryError raised while Python printed it) that named no limit. One line now."""
+    import resource
+
+    import sdopt.runtime.torch
+
+    class NoMemory:
+        load_config = None
+
+        @classmethod
+        def from_pretrained(cls, *args, **kwargs):
+            raise (ImportError if "map segment" in said else RuntimeError)(said)
+
+    monkeypatch.setattr(sdopt.runtime.torch, "module_class", lambda name: NoMemory)
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (2000 * 2**20, resource.RLIM_INFINITY))
+    assert main(["export", str(tiny_model), "--to", "onnx", "-o", str(tmp_path / "onnx"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Exception from" not in err, err
+    assert err.endswith(": this process could not get the memory or threads it asked for (its address space is limited to 2,000 MiB: "
+                        "raise the limit, ulimit -v); close other programs, or ask for less (ulimit -u limits threads too)\n"), err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_every_test_the_guarantees_doc_names_exists():
     """docs/guarantees.md names, for each promise, the tests that hold it: in test_guarantees.py unless a file is named."""
     import re

@@ -158,8 +158,15 @@ def exception_line(exc: BaseException, most: int = 300, last: bool = False, skip
     return line if len(line) <= most else line[:most].rsplit(" ", 1)[0] + " ..."
 
 
+# What libraries say when the process cannot get memory: threading's, the dynamic loader's (a library's segments cannot
+# be mapped: importing torch or safetensors under ulimit -v 1.6 GB), OpenVINO's CPU plugin ("[CPU] Reorder node with
+# name '...' can't alloc" in an infer under ulimit -v 2 GB), the C library's ENOMEM and C++'s.
+OUT_OF_MEMORY_WORDS = ("can't start new thread", "failed to map segment from shared object", "can't alloc",
+                       "Cannot allocate memory", "std::bad_alloc")
+
+
 def short_of_memory_or_threads(exc: BaseException) -> bool:
     """Whether ``exc`` is this process failing to get memory or a thread (ulimit -v, ulimit -u, a container's limit),
-    not a fault of what it was reading: a MemoryError, or threading's "can't start new thread" (a thread's stack is
-    address space too: under ulimit -v 1.2 GB, loading the tiny model's text encoder failed so)."""
-    return isinstance(exc, MemoryError) or "can't start new thread" in str(exc)
+    not a fault of what it was reading: a MemoryError, or a library saying so (OUT_OF_MEMORY_WORDS; a thread's stack is
+    address space too: under ulimit -v 1.2 GB, loading the tiny model's text encoder failed to start one)."""
+    return isinstance(exc, MemoryError) or any(words in str(exc) for words in OUT_OF_MEMORY_WORDS)

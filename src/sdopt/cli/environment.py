@@ -8,6 +8,8 @@ import sys
 
 from sdopt.errors import exception_line, short_of_memory_or_threads
 
+CPP_LOCATIONS = ("Exception from", "Check '")  # OpenVINO's lines before what it says
+
 NO_CWD = ("the current folder no longer exists (deleted while the shell was in it): cd to a folder that does; "
           "without one, relative paths mean nothing and the libraries sdopt loads fail (transformers' import, oneMKL's)")
 
@@ -20,7 +22,7 @@ def failure(exc: BaseException) -> str | None:
         return (f"out of memory: this process could not get the memory it asked for{_memory_limit()}; close other programs, "
                 "or ask for less (a smaller model, --height/--width or --num-images)")
     if short_of_memory_or_threads(exc):  # "can't start new thread": a RuntimeError traceback, or blamed on the files read
-        return (f"{exception_line(exc)}: this process could not get the memory or threads it asked for{_memory_limit()}; "
+        return (f"{exception_line(exc, skip=CPP_LOCATIONS)}: this process could not get the memory or threads it asked for{_memory_limit()}; "
                 "close other programs, or ask for less (ulimit -u limits threads too)")
     if isinstance(exc, Warning):  # only -W error / PYTHONWARNINGS=error raise one: a library's deprecation, a traceback
         return _warning_raised(exc)
