@@ -115,9 +115,16 @@ def test_the_bar_follows_what_the_worker_says_and_a_timeout_says_where_it_was(ti
     assert not (tmp_path / "raw" / runner.slug(entry.name) / "progress").exists()
 
 
-def test_a_bench_whose_disk_fills_stops_and_removes_what_it_wrote(tiny_model, tmp_path, monkeypatch):
+@pytest.mark.parametrize("error, stopped", [
+    ("OSError: [Errno 28] No space left on device", "a disk it writes to is full"),
+    # ulimit -f: qa97 saw every row fail in turn, "File too large", where a full disk stopped the bench
+    ("OSError: [Errno 27] File too large", "a file would pass this process's file-size limit (64 KiB: ulimit -f)"),
+])
+def test_a_bench_whose_disk_fills_stops_and_removes_what_it_wrote(tiny_model, tmp_path, monkeypatch, error, stopped):
     """A full disk failed one worker after another (each recorded failed, 1.5 min on the tiny model), left a truncated
     image in raw/, and a bench run again into the folder was refused as holding another bench's report (walk qa53)."""
+    import resource
+
     from sdopt.bench import runner
 
     calls = []
@@ -126,12 +133,13 @@ def test_a_bench_whose_disk_fills_stops_and_removes_what_it_wrote(tiny_model, tm
         calls.append(entry.name)
         (out / "raw" / runner.slug(entry.name)).mkdir(parents=True)
         (out / "raw" / runner.slug(entry.name) / "p0-s0.png").write_bytes(b"\x89PNG")  # cut short
-        return {"status": "failed", "error": "OSError: [Errno 28] No space left on device"}
+        return {"status": "failed", "error": error}
 
     monkeypatch.setattr(runner, "_run_worker", full)
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (64 * 1024, resource.RLIM_INFINITY))
     out = tmp_path / "out"
-    with pytest.raises(SdoptError, match=re.escape("the bench stopped: a disk it writes to is full (OSError: [Errno 28] No space left on "
-                                                   f"device), which every artifact after it would meet; what it wrote in {out} is removed")):
+    with pytest.raises(SdoptError, match=re.escape(f"the bench stopped: {stopped} ({error}), which every artifact after it would meet; "
+                                                   f"what it wrote in {out} is removed")):
         run_bench([str(tiny_model)], str(tiny_model), out, BenchSettings.resolve(None, **SETTINGS), progress=False)
     assert len(calls) == 1 and list(out.iterdir()) == []
 

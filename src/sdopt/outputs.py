@@ -466,13 +466,18 @@ def size_text(size: int | None) -> str:
     return f"{size // 1024:,} KiB" if size < 2**20 else f"{size / 2**20:,.1f} MiB"
 
 
+def says_past_file_size_limit(text: str) -> bool:
+    """Whether an error's text (a library's message, a bench worker's recorded error) is EFBIG's."""
+    return "File too large" in text
+
+
 def past_file_size_limit(exc: BaseException) -> bool:
     """Whether a failed write passed the file-size limit: an OSError EFBIG in ``exc``'s chain, or a library's message of
     one (safetensors' "File too large (os error 27)")."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if (isinstance(exc, OSError) and exc.errno == errno.EFBIG) or "File too large" in str(exc):
+        if (isinstance(exc, OSError) and exc.errno == errno.EFBIG) or says_past_file_size_limit(str(exc)):
             return True
         exc = exc.__cause__ or exc.__context__
     return False

@@ -27,7 +27,8 @@ from sdopt.bench.settings import BenchSettings
 from sdopt.bench.worker import PROGRESS_FILE
 from sdopt.errors import SdoptError
 from sdopt.locks import check_not_locked, folder_lock
-from sdopt.outputs import DISK_FULL, says_out_of_space
+from sdopt.outputs import (DISK_FULL, FILE_SIZE_LIMIT, RAISE_FILE_SIZE_LIMIT, file_size_limit, says_out_of_space, says_past_file_size_limit,
+                           size_text)
 
 
 # --- running ----------------------------------------------------------------------------
@@ -229,14 +230,21 @@ def run_bench(
 
 
 def _stop_on_a_full_disk(result: dict, out: Path) -> None:
-    """A worker that failed because the disk is full: every artifact after it would fail the same way (minutes each),
+    """A worker that failed because the disk is full (or a file passed ulimit -f): every artifact after it would fail the same way (minutes each),
     and the report could not be written. The bench stops, and the results it wrote are removed: a truncated image was
     left in raw/, and a bench run again into the folder was refused as holding another bench's report."""
-    if result.get("status") == "ok" or not says_out_of_space(str(result.get("error", ""))):
+    error = str(result.get("error", ""))
+    if result.get("status") == "ok":
+        return
+    if says_out_of_space(error):
+        stopped, advice = "a disk it writes to is full", DISK_FULL
+    elif says_past_file_size_limit(error):  # ulimit -f: every row failed, one after the other, "File too large"
+        stopped, advice = FILE_SIZE_LIMIT.format(limit=size_text(file_size_limit())), RAISE_FILE_SIZE_LIMIT
+    else:
         return
     shutil.rmtree(out / "raw", ignore_errors=True)
-    raise SdoptError(f"the bench stopped: a disk it writes to is full ({result['error']}), which every artifact after it would meet; "
-                     f"what it wrote in {out} is removed; {DISK_FULL}")
+    raise SdoptError(f"the bench stopped: {stopped} ({error}), which every artifact after it would meet; "
+                     f"what it wrote in {out} is removed; {advice}")
 
 
 # How long an interrupted bench ignores further interrupts while it writes its partial report (1-2 s on the tiny model,
