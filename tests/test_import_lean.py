@@ -36,6 +36,7 @@ NOISE_AS_LOGGED = [
     ("diffusers.configuration_utils", "The config attributes {'skip_prk_steps': True} were passed to TCDScheduler, but are not expected and will be ignored. Please verify your scheduler_config.json configuration file.", ()),
     ("diffusers.models.modeling_utils", "There are modules in UNet2DConditionModel that should be kept in float32: []. Casting directly with `to()` can lead to inconsistent results; set `torch_dtype` in `from_pretrained()` instead to keep these modules in float32.", ()),
     ("transformers.tokenization_utils_base", "Token indices sequence length is longer than the specified maximum sequence length for this model (289 > 77). Running this sequence through the model will result in indexing errors", ()),
+    ("torch.utils.cpp_extension", "No CUDA runtime is found, using CUDA_HOME='%s'", ("/usr/local/cuda",)),
     ("transformers.utils.import_utils", "`CLIPImageProcessor` requires torchvision (not installed); falling back to `CLIPImageProcessorPil` for backward compatibility. Install torchvision to use the default backend, or import `CLIPImageProcessorPil` directly to silence this warning.", ()),
 ]
 

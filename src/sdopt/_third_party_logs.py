@@ -24,7 +24,10 @@ and in emphasis mode encodes it in chunks). diffusers warns on every ``to(dtype)
 "modules ... should be kept in float32: []", the list empty (its check is ``[] is not None``), when
 a torchao artifact is loaded in bf16 or fp16 (sdopt casts its float parameters after loading the
 quantized weights): no module is kept in fp32, and the advice to use ``torch_dtype`` is not the
-user's to follow; a non-empty list still shows. Most of these appear on every sdopt command;
+user's to follow; a non-empty list still shows. With a CUDA build of torch (what pip takes from PyPI on Linux, as on
+any Python but 3.11 on this project's machines) on a machine with a CUDA toolkit and no GPU, importing optimum-quanto
+(every quanto command) makes torch's C++-extension builder log "No CUDA runtime is found, using CUDA_HOME=...": sdopt
+builds only quanto's CPU kernel, and a command that asks for CUDA says itself that there is no device. Most of these appear on every sdopt command;
 none says anything about the user's work. Only these
 messages are filtered, by logger and a fragment of their text; every other warning
 from these loggers still shows. Uses only the standard library: ``import sdopt``
@@ -46,6 +49,7 @@ _KNOWN_NOISE = {
     "diffusers.configuration_utils": ("but are not expected and will be ignored. Please verify your scheduler_config.json",),
     "diffusers.models.modeling_utils": ("that should be kept in float32: []. Casting directly with `to()`",),
     "transformers.tokenization_utils_base": ("Token indices sequence length is longer than the specified maximum sequence length",),
+    "torch.utils.cpp_extension": ("No CUDA runtime is found, using CUDA_HOME=",),
 }
 
 
