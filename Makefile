@@ -1,5 +1,6 @@
 # The whole set-up on a fresh machine is `make demo` or `make test`: each creates
-# .venv when absent and installs what it needs (torch pinned to the CPU build).
+# .venv when absent and installs what it needs (torch pinned to 2.13.0: the CPU build where pip finds one, as
+# on our machines for Python 3.11; else PyPI's CUDA build). PYTHON=python3.13 builds it with another Python.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
