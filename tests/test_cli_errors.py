@@ -958,3 +958,18 @@ def test_docstrings_stripped_is_one_line_that_says_which_setting(tiny_model, tmp
     assert proc.stderr.splitlines()[-1] == ("sdopt: error: transformers cannot import its models with docstrings stripped (python -OO "
                                             "or PYTHONOPTIMIZE=2): run sdopt without them (-O, PYTHONOPTIMIZE=1, keeps docstrings)")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("command", [["init-model", "tiny", "OUT"], ["init-lora", "MODEL", "OUT"], ["init-embedding", "MODEL", "OUT"],
+                                     ["train-shapes", "OUT"], ["distill-decoder", "MODEL", "-o", "OUT"]])
+def test_a_command_that_writes_torch_weights_without_torch_names_what_to_install(tmp_path, command):
+    """An install without sdopt's dependencies (pip install --no-deps, as tried on Python 3.13): generate said which
+    package to install, but these five ended in a ModuleNotFoundError traceback from deep in the command."""
+    out = tmp_path / "out"
+    argv = [str(out) if a == "OUT" else str(tmp_path / "model") if a == "MODEL" else a for a in command]
+    code = "import sys\nsys.modules['torch'] = None\nfrom sdopt.cli import main\nsys.exit(main(sys.argv[1:]))"
+    run = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stderr
+    assert "Traceback" not in run.stderr
+    assert "the Python package 'torch', which is not installed: pip install 'sdopt[all]'" in run.stderr
+    assert not out.exists()

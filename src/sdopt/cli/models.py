@@ -7,9 +7,17 @@ import argparse
 import json
 
 from sdopt.cli.common import user_path
+from sdopt.errors import require
+
+
+def _needs_torch() -> None:
+    """Every command here writes or trains torch weights. torch is one of sdopt's own dependencies, missing only from an
+    install without them (pip install --no-deps): said as generate says it, not as a ModuleNotFoundError traceback."""
+    require("torch", "all")
 
 
 def _init_model(args: argparse.Namespace) -> int:
+    _needs_torch()
     from sdopt.zoo import write_model
 
     out = write_model(args.name, args.out, seed=args.seed, progress=not args.quiet, force=args.force)
@@ -18,6 +26,7 @@ def _init_model(args: argparse.Namespace) -> int:
 
 
 def _init_lora(args: argparse.Namespace) -> int:
+    _needs_torch()
     from sdopt.zoo.lora import write_lora
 
     print(write_lora(args.model, args.out, seed=args.seed, force=args.force))
@@ -25,6 +34,7 @@ def _init_lora(args: argparse.Namespace) -> int:
 
 
 def _init_embedding(args: argparse.Namespace) -> int:
+    _needs_torch()
     from sdopt.zoo.embedding import write_embedding
 
     print(write_embedding(args.model, args.out, vectors=args.vectors, seed=args.seed, force=args.force))
@@ -32,6 +42,7 @@ def _init_embedding(args: argparse.Namespace) -> int:
 
 
 def _train_shapes(args: argparse.Namespace) -> int:
+    _needs_torch()
     from sdopt.shapes.train import TrainSettings, train_shapes
 
     changes = {k: getattr(args, k) for k in ("seed", "vae_steps", "unet_steps", "images") if getattr(args, k) is not None}
@@ -41,6 +52,7 @@ def _train_shapes(args: argparse.Namespace) -> int:
 
 
 def _distill_decoder(args: argparse.Namespace) -> int:
+    _needs_torch()
     from sdopt.decoder.distill import DistillSettings, distill_decoder
 
     changes = {k: getattr(args, k) for k in ("seed", "latents", "channels", "train_steps", "batch", "crop", "height", "width") if getattr(args, k) is not None}
