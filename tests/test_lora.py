@@ -8,6 +8,7 @@ again, bit for bit.
 """
 
 import json
+import re
 import os
 from pathlib import Path
 
@@ -575,3 +576,21 @@ def test_a_lora_loads_where_diffusers_must_be_told_the_files_name(tiny_model, ti
     base = pipeline.generate(GenerateRequest(**SMALL)).images[0]
     styled = pipeline.generate(GenerateRequest(**SMALL, loras={str(tiny_lora): 1.0})).images[0]
     assert np.abs(np.asarray(styled, dtype=float) - np.asarray(base, dtype=float)).max() > 0
+
+
+def test_a_lora_without_peft_is_said_before_the_load(tiny_model, tiny_lora, tmp_path, capsys, monkeypatch):
+    """generate --lora (and serve --lora-dir) without peft said which extra to install only once the model had loaded and
+    the denoising bar appeared (walk qa96); serve's first client to name a LoRA met it. Both are said before the load."""
+    import sys
+
+    from sdopt.cli import main
+
+    monkeypatch.setitem(sys.modules, "peft", None)  # not installed, as find_spec sees it
+    monkeypatch.setattr(sdopt, "load", lambda *a, **k: pytest.fail("loaded before saying peft is missing"))
+    said = "this needs the Python package 'peft', which is not installed: pip install 'sdopt[lora]'"
+    assert main(["generate", str(tiny_model), "-p", "x", "--lora", str(tiny_lora), "-o", str(tmp_path / "x.png"), "-q"]) == 2
+    assert said in capsys.readouterr().err
+    from sdopt.serve.settings import ServeSettings
+
+    with pytest.raises(SdoptError, match=re.escape(said)):
+        ServeSettings(lora_dir=str(tmp_path))

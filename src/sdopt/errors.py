@@ -147,6 +147,15 @@ def require(module: str, extra: str):
         raise
 
 
+def require_installed(module: str, extra: str) -> None:
+    """``require``'s error where ``module`` is not installed, found without importing it (peft's import takes seconds):
+    for a check before a slow load, where the import itself comes later."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise MissingDependencyError(module, extra)
+
+
 def exception_line(exc: BaseException, most: int = 300, last: bool = False, skip: tuple[str, ...] = ()) -> str:
     """The line of a library's exception that says what is wrong, for an SdoptError's message: its first non-empty line
     (``last``: its last, where the library puts the cause at the end, as Ray's wrapped tracebacks), passing over lines

@@ -91,6 +91,10 @@ def _generate(args: argparse.Namespace) -> int:
         from sdopt.runtime.request_defaults import sized
 
         check_shapes(manifest, sized(request, manifest))
+    if request.loras:
+        from sdopt.errors import require_installed
+
+        require_installed("peft", "lora")  # before the load: it was said once the denoising bar had appeared
     if args.embedding:
         from sdopt.embeddings import parse_embeddings
 

@@ -75,6 +75,9 @@ class ServeSettings:
 
             if not Path(self.lora_dir).is_dir():
                 raise SdoptError(f"--lora-dir {self.lora_dir}: not a folder; give the folder that holds your LoRA .safetensors files")
+            from sdopt.errors import require_installed
+
+            require_installed("peft", "lora")  # said at start, not to the first client whose prompt names a LoRA
         if self.embeddings_dir is not None:
             from pathlib import Path
 
