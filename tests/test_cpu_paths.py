@@ -156,6 +156,7 @@ def test_openvino_bf16_says_what_runs_on_the_other_kind_of_cpu(tiny_model, tmp_p
     ov = pytest.importorskip("openvino", reason="the openvino extra: pip install 'sdopt[openvino]'")
     import warnings
 
+    import sdopt.export.openvino
     import sdopt.runtime.openvino as ov_runtime
     from sdopt.export.run import export
     from sdopt.manifest import read_manifest
@@ -163,10 +164,13 @@ def test_openvino_bf16_says_what_runs_on_the_other_kind_of_cpu(tiny_model, tmp_p
     native_bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     runs = "fp32" if native_bf16 else "bf16"
     monkeypatch.setattr(ov_runtime, "runs_precision", lambda compiled: runs)
+    # the caps the check ran under are recorded with it (OpenVINO lists BF16 among the capabilities under AVX512_CORE too)
+    monkeypatch.setattr(sdopt.export.openvino, "isa_caps", lambda: {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"})
     out = tmp_path / "ov-bf16"
     export(tiny_model, "openvino", out, precision="bf16", height=64, width=64, batch=1)
     manifest = read_manifest(out)
     assert set(manifest.export["validated_on"]["runs"].values()) == {runs}
+    assert manifest.export["validated_on"]["isa_caps"] == {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}
     note = "runs bf16 on the export machine" if runs == "bf16" else "runs fp32: it lacks bf16 support"
     assert any(note in n for n in manifest.notes), manifest.notes
     assert main(["inspect", str(out)]) == 0

@@ -17,7 +17,7 @@ _LIBRARIES = ("torch", "diffusers", "transformers", "onnx", "onnxruntime", "open
 RECORDED_ISA = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "avx_vnni")
 
 
-def _isa_caps() -> dict[str, str]:
+def isa_caps() -> dict[str, str]:
     """The variables that keep the libraries below the CPU's own features, as set (a oneDNN cap by its level): a run
     under them is no run of this CPU. "isa" is already what the oneDNN cap leaves (sdopt.hardware.cpu_flags);
     ATEN_CPU_CAPABILITY moves torch's ATen kernels only. A oneDNN value that caps nothing is left out, or the run counted as another CPU's (another baseline
@@ -39,7 +39,7 @@ def _cpu() -> dict:
     flags = cpu_flags()
     if flags:
         info["isa"] = [f for f in RECORDED_ISA if f in flags]
-    if caps := _isa_caps():
+    if caps := isa_caps():
         info["isa_caps"] = caps
     try:
         info["usable_cores"] = len(os.sched_getaffinity(0))

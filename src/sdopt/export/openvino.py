@@ -35,6 +35,7 @@ from sdopt.export.parity import compare, settle
 from sdopt.export.run import ExportedComponents, component_config, prepare_source, write_optimum_model_index
 from sdopt.export.spec import CHECK_LATENT, ComponentSpec, check_inputs, dummy_inputs, latent_image_size, trace_inputs
 from sdopt.export.tracing import PositionalComponent, torch_reference
+from sdopt.machine import isa_caps
 from sdopt.manifest import ComponentEntry, Manifest, files_in
 from sdopt.request import MAX_IMAGES, MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE
 from sdopt.runtime.openvino import HINTS, MODEL_FILE, OpenVINOComponent, compile_config, crash_under_the_cap, device_facts, static_axes
@@ -158,7 +159,9 @@ def export_components(source: Path, manifest: Manifest, out: Path, precision: st
         "converter": "openvino.convert_model(torch.jit.trace)",
         "weights": "fp16" if compress else "fp32",
         "inference_precision_hint": HINTS[precision],
-        "validated_on": {**facts, "runs": runs} if runs else None,
+        # with the ISA caps it ran under (as a bench row records them): under ONEDNN_MAX_CPU_ISA=AVX512_CORE OpenVINO still
+        # lists BF16 among the CPU's capabilities, and the record claimed what the check never ran
+        "validated_on": {**facts, **({"isa_caps": caps} if (caps := isa_caps()) else {}), "runs": runs} if runs else None,
     }
     if prepared.rewrites:
         export_info["rewrites"] = prepared.rewrites
