@@ -46,6 +46,25 @@ def test_thirty_percent_slower_relative_to_reference_fails(report):
     assert bad[0].change == "+30.0%"
 
 
+def test_a_change_exactly_at_the_threshold_passes(report):
+    """"+5%" allows at most 5%: 100 -> 105 MiB computes as 5.0000000000000044% in floating point and was a REGRESSION,
+    shown as "+5.0%" against "+5%"; so were a latency ratio 0.5 -> 0.55 under "+10%" and a PSNR 32.2 -> 31.7 dB under "-0.5"."""
+    ref = report["reference"]
+    baseline = _pin_noise(derived(report, **{ref: {"latency_s.median": 1.0}, "tiny-onnx": {
+        "latency_s.median": 0.5, "peak_memory_bytes": 100 * 2**20, "quality.psnr_db": 32.2}}))
+    at_threshold = _pin_noise(derived(report, **{ref: {"latency_s.median": 1.0}, "tiny-onnx": {
+        "latency_s.median": 0.55, "peak_memory_bytes": 105 * 2**20, "quality.psnr_db": 31.7}}))
+    result = gate(at_threshold, RULES, baseline=baseline)
+    print(table(result))
+    checks = {(c.metric, c.threshold.split(" ")[0]): (c.change, c.verdict) for c in result.checks if c.artifact == "tiny-onnx"}
+    assert checks[("peak_memory", "+5%")] == ("+5.0%", "ok")
+    assert checks[("latency.median", "+10%")] == ("+10.0%", "ok")
+    assert checks[("quality.psnr_db", "-0.5")] == ("-0.5", "ok")
+    # just past it still fails
+    past = derived(at_threshold, **{"tiny-onnx": {"peak_memory_bytes": 105 * 2**20 + 2**12}})
+    assert [(c.artifact, c.metric) for c in gate(past, RULES, baseline=baseline).checks if c.failed] == [("tiny-onnx", "peak_memory")]
+
+
 def test_the_summary_line_names_the_checks_that_did_not_pass(report):
     """A CI log is read from its end: the CI gate's 27-row table put a failed row above the last 20 lines, under
     "gate: FAIL (1 regression(s) in 27 checks)", which named neither the artifact, the metric nor by how much."""
