@@ -75,6 +75,24 @@ def _broken_copy(tiny_model, tmp_path):
 
 
 @pytest.mark.slow
+def test_the_mean_psnr_counts_identical_images_at_the_cap():
+    """report.json's psnr_db_mean left identical images out: two identical images and two at 86 dB read a mean of
+    86 dB, the worst image's value, where the capped PSNRs (100, 100, 86, 86) average 93 dB."""
+    from sdopt.quality import compare, psnr_db
+
+    cap = 100.0  # report.json's unit: "decibels (capped at 100 for identical images)"
+
+    reference = np.zeros((64, 64, 3), np.uint8)
+    near = reference.copy()
+    near[0, 0, 0] = 1  # one value one level off: 10 log10(255² · 12288) = 89.0 dB
+    images = [reference, reference, near, near]
+    latents = [np.ones(4, np.float32)] * 4
+    q = compare([reference] * 4, images, latents, latents)
+    assert q["psnr_db"] == pytest.approx(psnr_db(reference, near))
+    assert q["psnr_db_mean"] == pytest.approx((2 * cap + 2 * psnr_db(reference, near)) / 4)
+    assert compare([reference], [reference], latents[:1], latents[:1])["psnr_db_mean"] == cap
+
+
 def test_failed_artifact_is_recorded_and_the_run_goes_on(tiny_model, tmp_path):
     # A time budget no run can meet: the reference still runs one full pass of its two (both
     # seeds), skips its second warm-up (the first generate took the budget), and says so.

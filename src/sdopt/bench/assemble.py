@@ -24,7 +24,7 @@ from sdopt.runtime.output_checks import broken_output
 
 REPORT_SCHEMA = "sdopt.bench.report"
 REPORT_SCHEMA_VERSION = 1
-PSNR_CAP_DB = 100.0  # identical images have infinite PSNR; JSON has no inf, so it is capped here
+PSNR_CAP_DB = quality.PSNR_CAP_DB  # identical images have infinite PSNR; JSON has no inf, so it is capped here
 UNITS = {
     "*_s": "seconds",
     "*_bytes": "bytes",
