@@ -994,6 +994,14 @@ def render_html(monkeypatch):
     return html.render_html
 
 
+def test_the_report_says_every_quality_column_is_the_worst_image():
+    """report.md said "PSNR is the worst over the prompts and seeds" and nothing of SSIM and latent cos, which are the
+    worst image's too (sdopt.quality.compare): read beside that sentence, they looked like means."""
+    from sdopt.bench.report import markdown
+
+    assert "PSNR, SSIM and latent cos are each the worst over the prompts and seeds" in markdown(_small_report())
+
+
 def test_a_failed_rows_error_is_said_under_failures_not_in_its_table_cell(tmp_path, render_html):
     """The error sat in the HTML table's status cell too, and a sha256 mismatch's widened the table past the window."""
 

@@ -263,7 +263,10 @@ def markdown(report: dict) -> str:
     failed = [r for r in flat_rows(report) if r["status"] != "ok"]
     if failed:
         lines += ["", "## Failures", ""] + [f"- **{r['artifact']}**: {r['error']}" for r in failed]
-    lines += ["", "Speed-up is the reference's median latency over the artifact's, measured in this run. PSNR is the worst over the prompts and seeds (capped at 100 dB for identical images)."]
+    # Every quality column is the worst image's: said of PSNR alone, SSIM and latent cos read as means.
+    lines += ["", "Speed-up is the reference's median latency over the artifact's, measured in this run. PSNR, SSIM and latent cos "
+              "are each the worst over the prompts and seeds (PSNR capped at 100 dB for identical images; SSIM of the luma, "
+              "averaged over the whole image, its borders included)."]
     judges = {a["adherence"]["judge"] for a in report["artifacts"] if a.get("adherence")}
     if judges:
         lines += ["", f"Adherence is the grounding judge's score ({', '.join(sorted(judges))}): the fraction of each prompt's colour, shape and position checks an image passes, averaged over the images (docs/judges.md). It needs no reference."]
