@@ -65,6 +65,19 @@ def test_a_change_exactly_at_the_threshold_passes(report):
     assert [(c.artifact, c.metric) for c in gate(past, RULES, baseline=baseline).checks if c.failed] == [("tiny-onnx", "peak_memory")]
 
 
+def test_a_mean_exactly_on_a_floor_passes_it():
+    """Twenty images whose adherence scores average 17/20 exactly came out 0.8499999999999999 in floating point: the
+    gate failed cpu-shapes' kind of floor, ">= 0.85", on a mean that meets it."""
+    from sdopt.bench.gate import _judge
+
+    scores = [1.0] * 11 + [2 / 3] * 9  # 11 images right, 9 with one of three checks failed: 17/20 exactly
+    mean = sum(scores) / len(scores)  # as sdopt.bench.grounding.adherence computes it
+    assert mean < 0.85  # the arithmetic this test is about
+    assert _judge(parse_rule("adherence", ">= 0.85"), mean, None, None, ran=True) == ("", "ok")
+    assert _judge(parse_rule("adherence", ">= 0.85"), 0.8499, None, None, ran=True) == ("", "REGRESSION")
+    assert _judge(parse_rule("latency.median", "<= 0.3"), 0.1 + 0.2, None, None, ran=True) == ("", "ok")  # 0.30000000000000004
+
+
 def test_the_summary_line_names_the_checks_that_did_not_pass(report):
     """A CI log is read from its end: the CI gate's 27-row table put a failed row above the last 20 lines, under
     "gate: FAIL (1 regression(s) in 27 checks)", which named neither the artifact, the metric nor by how much."""
