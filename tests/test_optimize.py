@@ -29,6 +29,22 @@ def test_floor_verdicts():
     assert "did not run" in floor.verdict({"status": "failed", "error": "boom"}, ref, exact=True)[1]
 
 
+def test_a_lever_exactly_the_allowed_drop_below_the_reference_holds():
+    """Adherence means over 20 images: the reference's 17 right and 3 at 2/3 (17/20 + 2/20 = 0.95, computed
+    0.9500000000000002), a lever's 14 right and 6 at 2/3 (0.9): exactly the 0.05 drop allowed, refused as
+    "adherence 0.900 < 0.900"."""
+    from sdopt.bench.optimize import Floor
+
+    def mean(right, two_thirds):  # as sdopt.bench.grounding.adherence computes it
+        scores = [1.0] * right + [2 / 3] * two_thirds
+        return sum(scores) / len(scores)
+
+    ref = {"status": "ok", "adherence": {"mean": mean(17, 3)}}
+    holds, why = Floor(max_adherence_drop=0.05).verdict({"status": "ok", "adherence": {"mean": mean(14, 6)}}, ref, exact=False)
+    assert holds, why
+    assert not Floor(max_adherence_drop=0.05).verdict({"status": "ok", "adherence": {"mean": mean(13, 7)}}, ref, exact=False)[0]
+
+
 def test_a_model_smaller_than_the_default_size_is_optimized_and_benched_at_its_own(shapes_model, tiny_model, tmp_path, monkeypatch, capsys):
     """`sdopt optimize models/shapes` (64x64 pictures) built and judged its candidates at 256x256 unless told: pictures
     the model never makes, its bf16 UNet past the export's parity check there (built none on a bf16 CPU, s55). The
