@@ -554,3 +554,16 @@ def test_load_times_of_workers_started_otherwise_cannot_be_compared(report):
     assert gate(cold, {"load": "+50%"}, baseline=old).exit_code == 0  # both cold
     # other rules are judged as before
     assert gate(_pin_noise(derived(report)), {"latency.median": "+50%", "status": "ok"}, baseline=_pin_noise(old)).exit_code == 0
+
+
+def test_a_baseline_of_zero_is_missing_not_a_pass_of_any_growth(report):
+    """A relative rule against a baseline value of 0 read "+0.0%" and passed any growth: a Windows report of an older
+    sdopt recorded every peak memory as 0 bytes, and a 10x larger run passed "+5%" against it. No change is a percentage
+    of 0: the gate cannot judge it, and says to refresh the baseline."""
+    baseline = _pin_noise(derived(report, **{"tiny-onnx": {"peak_memory_bytes": 0, "size_bytes": 0}}))
+    bigger = _pin_noise(derived(report, **{"tiny-onnx": {"peak_memory_bytes": lambda v: 10 * v, "size_bytes": lambda v: 10 * v}}))
+    result = gate(bigger, {**RULES, "size": "+1%"}, baseline=baseline)
+    missing = {c.metric for c in result.checks if c.artifact == "tiny-onnx" and c.verdict == "MISSING"}
+    assert result.exit_code == 2 and missing == {"peak_memory", "size"}, table(result)
+    assert any("tiny-onnx peak_memory: the baseline's is 0" in n and "refresh the baseline" in n for n in result.notes), result.notes
+    assert gate(baseline, {**RULES, "size": "+1%"}, baseline=baseline).exit_code == 0  # 0 against 0 is no change

@@ -262,6 +262,10 @@ def _judge(rule: Rule, value: Any, base: Any, noise: float | None, ran: bool) ->
         return "", "skipped"
     if not is_finite_number(base):
         return "", "MISSING"  # the baseline ran this artifact but lacks the number
+    if base == 0 and value != 0 and (rule.relative or rule.metric in _RATIO_METRICS):
+        # No change is a percentage of 0: it read "+0.0%" and passed any growth (a Windows report of an older sdopt
+        # recorded every peak memory as 0 bytes; a 10x larger run passed its "+25%" against it)
+        return "", "MISSING"
     rel = (value / base - 1) if base else 0.0
     change = f"{rel * 100:+.1f}%" if rule.relative or rule.metric in _RATIO_METRICS else f"{value - base:+.3g}"
     if rule.kind == "increase":
@@ -345,6 +349,9 @@ def gate(current: dict, rules_table: dict[str, Any], baseline: dict | None = Non
             if rule.metric in _LATENCY_METRICS and is_finite_number(base_value):
                 noise = math.hypot(ratio_noise(artifact, current), ratio_noise(base, baseline))
             change, verdict = _judge(rule, value, base_value, noise, ran=artifact.get("status") == "ok")
+            if verdict == "MISSING" and base_value == 0:
+                result.notes.append(f"{name} {rule.metric}: the baseline's is 0, of which no change is a percentage (an older sdopt "
+                                    "on Windows wrote every peak memory as 0 bytes); refresh the baseline")
             if rule.metric == "peak_memory" and verdict == "MISSING":
                 unmeasured = [which for which, row in (("this run", artifact), ("the baseline", base))
                               if row is not None and row.get("status") == "ok" and row.get("peak_memory_bytes") is None]
