@@ -329,6 +329,29 @@ def test_cli_writes_markdown_and_json(report, tmp_path, capsys):
     assert "cannot write it" in capsys.readouterr().err
 
 
+def test_reports_that_cannot_be_compared_still_write_the_verdict_ci_reads(report, tmp_path, capsys):
+    """Incomparable reports (a baseline of another model) exited 2 with --json and --markdown unwritten: a CI step that
+    reads them found no file, or in a kept workspace the last run's "pass", and --json - printed nothing to parse."""
+    other = json.loads(json.dumps(report))
+    other["request"]["steps"] += 1
+    (tmp_path / "a.json").write_text(json.dumps(report))
+    (tmp_path / "b.json").write_text(json.dumps(other))
+    (tmp_path / "g.json").write_text(json.dumps({"verdict": "pass", "exit_code": 0}))  # the last run's
+    args = ["gate", str(tmp_path / "b.json"), "--baseline", str(tmp_path / "a.json")]
+    assert main([*args, "--markdown", str(tmp_path / "g.md"), "--json", str(tmp_path / "g.json")]) == 2
+    assert "request.steps differs" in capsys.readouterr().err
+    verdict = json.loads((tmp_path / "g.json").read_text())
+    assert verdict["verdict"] == "cannot judge" and verdict["exit_code"] == 2 and "request.steps differs" in verdict["notes"][0]
+    assert (tmp_path / "g.md").read_text().startswith("## sdopt gate: CANNOT JUDGE") and "request.steps differs" in (tmp_path / "g.md").read_text()
+    assert main([*args, "--json", "-"]) == 2
+    out, err = capsys.readouterr()
+    assert json.loads(out)["verdict"] == "cannot judge" and "request.steps differs" in err
+    # a report that is not JSON (a bench cut short) is not judged either, and says so where CI reads
+    (tmp_path / "b.json").write_text('{"schema": "sdopt.bench.re')
+    assert main([*args, "--json", str(tmp_path / "g.json")]) == 2
+    assert "not valid JSON" in json.loads((tmp_path / "g.json").read_text())["notes"][0]
+
+
 def test_cli_writes_the_json_on_stdout_for_a_script_and_the_table_on_stderr(report, tmp_path, capsys, monkeypatch):
     """--json - wrote a file named "-"; --json /dev/stdout > log had the table overwrite the JSON: a script got no verdict."""
     import subprocess

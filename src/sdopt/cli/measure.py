@@ -195,23 +195,6 @@ def _gate(args: argparse.Namespace) -> int:
     from sdopt.bench.profiles import load_profile
     from sdopt.bench.rules import load_rules_file
 
-    current = gate.read_report(args.current)
-    baseline = gate.read_report(args.baseline) if args.baseline else None
-    if args.rules:
-        rules, source = load_rules_file(args.rules), args.rules
-    elif args.profile or current.get("profile"):
-        try:
-            profile = load_profile(args.profile or current["profile"])
-        except SdoptError as exc:
-            if args.profile:
-                raise
-            # a profile of the user's own, named by the report but not installed here: say where the name came from
-            raise SdoptError(f"{args.current} was benched with profile {current['profile']!r}, whose [gate] rules apply, but it is not "
-                             f"found here ({exc}): give --profile FILE.toml (the profile it was made with) or --rules FILE") from None
-        rules = profile.gate or gate.DEFAULT_RULES
-        source = f"profile {profile.name}" if profile.gate else f"default rules (profile {profile.name} has no [gate])"
-    else:
-        rules, source = gate.DEFAULT_RULES, "default rules"
     # --json - (or --markdown -) is for a script to parse: that output alone goes to stdout, the table to stderr. It had
     # written a file named "-", and --json /dev/stdout had the table overwrite the JSON.
     outputs = [(path, text) for path, text in ((args.markdown, lambda: gate.table(result, markdown=True)),
@@ -220,7 +203,34 @@ def _gate(args: argparse.Namespace) -> int:
     files = [(path, text) for path, text in outputs if text not in piped]
     if len(piped) > 1:
         raise SdoptError("--markdown and --json both name stdout: give one of them a file")
-    result = gate.gate(current, rules, baseline)
+    try:
+        current = gate.read_report(args.current)
+        baseline = gate.read_report(args.baseline) if args.baseline else None
+        if args.rules:
+            rules, source = load_rules_file(args.rules), args.rules
+        elif args.profile or current.get("profile"):
+            try:
+                profile = load_profile(args.profile or current["profile"])
+            except SdoptError as exc:
+                if args.profile:
+                    raise
+                # a profile of the user's own, named by the report but not installed here: say where the name came from
+                raise SdoptError(f"{args.current} was benched with profile {current['profile']!r}, whose [gate] rules apply, but it is not "
+                                 f"found here ({exc}): give --profile FILE.toml (the profile it was made with) or --rules FILE") from None
+            rules = profile.gate or gate.DEFAULT_RULES
+            source = f"profile {profile.name}" if profile.gate else f"default rules (profile {profile.name} has no [gate])"
+        else:
+            rules, source = gate.DEFAULT_RULES, "default rules"
+        result = gate.gate(current, rules, baseline)
+    except SdoptError as exc:
+        # Not judged is a verdict too: the --json and --markdown a CI step reads (its job summary, a PR comment) were not
+        # written, so a script found no file, or the last run's "pass" in a kept workspace, and `--json -` printed nothing
+        result = gate.GateResult(notes=[f"not judged: {exc}"])
+        for path, text in files:
+            write_text_file(path, text())
+        for text in piped:
+            print(text(), end="")
+        raise
     # The files first: one that cannot be written is exit 2, and no verdict is printed above that error.
     for path, text in files:
         write_text_file(path, text())
