@@ -278,6 +278,23 @@ def test_artifact_missing_from_the_current_report_fails(report):
     assert result.exit_code == 1 and any(c.metric == "present" for c in result.checks if c.failed)
 
 
+def test_an_artifact_added_or_renamed_says_it_was_not_compared_with_the_baseline(report):
+    """An artifact the baseline lacks had its relative rules "skipped" in the table and the log's last line read
+    "PASS (0 regression(s) in 31 checks)": nothing said a row was never compared. A renamed one failed as "present
+    missing" without saying what to do."""
+    added = json.loads(json.dumps(report))
+    added["artifacts"].append({**next(a for a in added["artifacts"] if a["name"] == "tiny-onnx"), "name": "tiny-onnx-2"})
+    result = gate(added, RULES, baseline=report)
+    assert result.exit_code == 0 and any("not in the baseline" in n and "tiny-onnx-2" in n and "latency.median" in n
+                                         and "refresh the baseline" in n for n in result.notes), result.notes
+    renamed = json.loads(json.dumps(report))
+    next(a for a in renamed["artifacts"] if a["name"] == "tiny-onnx")["name"] = "tiny-onnx-2"
+    result = gate(renamed, RULES, baseline=report)
+    assert result.exit_code == 1 and any("renamed from tiny-onnx?" in n for n in result.notes), result.notes
+    assert any(n.startswith("in the baseline but not in this run: tiny-onnx;") for n in result.notes), result.notes
+    assert not any("not in the baseline" in n for n in gate(report, RULES, baseline=report).notes)
+
+
 @pytest.mark.parametrize(
     "field,value",
     [("prompts", ["another prompt"]), ("seeds", [7]), ("steps", 50), ("height", 512),

@@ -316,8 +316,19 @@ def gate(current: dict, rules_table: dict[str, Any], baseline: dict | None = Non
         base_artifacts[current["reference"]] = base_artifacts.pop(baseline["reference"])
         result.notes.append(f"the reference is named {current['reference']!r} here and {baseline['reference']!r} in the baseline: "
                             f"the same artifact ({reference_identity(current)['artifact_id']}, run alike), compared as one")
-    for name in base_artifacts.keys() - _by_name(current).keys():
+    gone = sorted(base_artifacts.keys() - _by_name(current).keys())
+    for name in gone:
         result.checks.append(Check(name, "present", "yes", "missing", "", "in baseline", "REGRESSION"))
+    # An artifact added or renamed: its checks against the baseline read "skipped" in a table the summary line counted
+    # as checks ("PASS (0 regression(s) in 31 checks)"), so a CI log said nothing of a row never compared
+    new = [a["name"] for a in current["artifacts"] if a["name"] not in base_artifacts]
+    if baseline is not None and new and (relative := sorted({r.metric for r in rules if r.needs_baseline})):
+        result.notes.append(f"not in the baseline, so not compared with it ({', '.join(relative)} skipped; floors and status "
+                            f"checked): {', '.join(new)}" + (f" (renamed from {', '.join(gone)}?)" if gone else "")
+                            + "; refresh the baseline to gate them")
+    if gone:
+        result.notes.append(f"in the baseline but not in this run: {', '.join(gone)}; bench them, or, if they were dropped or "
+                            "renamed on purpose, refresh the baseline")
     for artifact in current["artifacts"]:
         name = artifact["name"]
         if artifact.get("status") != "ok" and artifact.get("error"):
