@@ -295,6 +295,18 @@ def test_an_artifact_added_or_renamed_says_it_was_not_compared_with_the_baseline
     assert not any("not in the baseline" in n for n in gate(report, RULES, baseline=report).notes)
 
 
+def test_an_artifact_that_failed_in_the_baseline_says_it_was_not_compared(report):
+    """A baseline committed with a failed row (scripts/ci_bench.sh --refresh copies any report) left that artifact's
+    rules against the baseline "skipped" in every later run, under "PASS": a 3x slowdown there passed unsaid."""
+    failed = derived(report, **{"tiny-onnx": {"status": "failed", "error": "could not load"}})
+    slower = derived(report, **{"tiny-onnx": {"latency_s.median": lambda v: 3 * v}})
+    result = gate(slower, RULES, baseline=failed)
+    assert result.exit_code == 0 and any(n.startswith("failed in the baseline, so not compared with it (latency.median")
+                                         and n.endswith("tiny-onnx; refresh the baseline from a run where they ran to gate them")
+                                         for n in result.notes), result.notes
+    assert not any("failed in the baseline" in n for n in gate(slower, {"quality.psnr_db": ">= 30"}, baseline=failed).notes)
+
+
 @pytest.mark.parametrize(
     "field,value",
     [("prompts", ["another prompt"]), ("seeds", [7]), ("steps", 50), ("height", 512),

@@ -326,6 +326,12 @@ def gate(current: dict, rules_table: dict[str, Any], baseline: dict | None = Non
         result.notes.append(f"not in the baseline, so not compared with it ({', '.join(relative)} skipped; floors and status "
                             f"checked): {', '.join(new)}" + (f" (renamed from {', '.join(gone)}?)" if gone else "")
                             + "; refresh the baseline to gate them")
+    # A baseline whose run of an artifact failed (scripts/ci_bench.sh --refresh copies the report whatever failed) has
+    # nothing to compare it with: every later run's slowdown or quality loss there was "skipped" under a PASS
+    failed_there = [a["name"] for a in current["artifacts"] if a["name"] in base_artifacts and base_artifacts[a["name"]].get("status") != "ok"]
+    if failed_there and (relative := sorted({r.metric for r in rules if r.needs_baseline})):
+        result.notes.append(f"failed in the baseline, so not compared with it ({', '.join(relative)} skipped; floors and status "
+                            f"checked): {', '.join(failed_there)}; refresh the baseline from a run where they ran to gate them")
     if gone:
         result.notes.append(f"in the baseline but not in this run: {', '.join(gone)}; bench them, or, if they were dropped or "
                             "renamed on purpose, refresh the baseline")
