@@ -167,7 +167,12 @@ def check_comparable(current: dict, baseline: dict) -> None:
         if a != b:
             # another schema_version is another sdopt's report, not other settings: only a new baseline helps
             todo = ("The baseline was written by another version of sdopt's report: bench the baseline again with this sdopt"
-                    if name == "schema_version" else "Bench with the same settings as the baseline, or refresh the baseline")
+                    if name == "schema_version" else
+                    # no setting makes another model's report comparable ("bench with the same settings" sent a developer
+                    # looking for a flag after a change to init-model or the checkpoint)
+                    "The model's files differ from the baseline's: bench the baseline's model, or refresh the baseline if the "
+                    "model changed on purpose" if name.startswith("model.") else
+                    "Bench with the same settings as the baseline, or refresh the baseline")
             raise IncomparableReports(
                 f"the reports cannot be compared: {name} differs (baseline {json.dumps(b)[:120]}, current {json.dumps(a)[:120]}). {todo}"
             )
