@@ -36,6 +36,14 @@ def test_identical_reports_pass(report):
     assert any(c.metric == "latency.median" and c.verdict == "ok" for c in result.checks)
 
 
+def test_a_report_gated_against_itself_says_nothing_was_compared(report):
+    """A CI step that gated the report it had just written (--baseline out/ci/report/report.json, or right after
+    --refresh copied it over the baseline) passed whatever ran, every change 0, and said nothing of it."""
+    result = gate(report, RULES, baseline=json.loads(json.dumps(report)))
+    assert result.exit_code == 0 and any(n.startswith("the baseline is this very report") for n in result.notes), result.notes
+    assert not any("this very report" in n for n in gate(_pin_noise(derived(report)), RULES, baseline=report).notes)
+
+
 def test_thirty_percent_slower_relative_to_reference_fails(report):
     baseline = _pin_noise(derived(report))
     slower = _pin_noise(derived(report, **{"tiny-onnx": {"latency_s.median": lambda v: v * 1.3, "latency_ratio_to_reference": lambda v: v * 1.3}}))

@@ -304,6 +304,11 @@ def gate(current: dict, rules_table: dict[str, Any], baseline: dict | None = Non
         result.notes.append("the model's files differ from the baseline's only in the library versions their configs record "
                             f"(fingerprint {str(_get(baseline, 'model.fingerprint'))[:12]} there, {str(_get(current, 'model.fingerprint'))[:12]} "
                             "here): the same model, compared")
+    if baseline is not None and baseline == current:
+        # A CI step that gates the report it just wrote (or copied over the baseline with --refresh) passes whatever ran:
+        # every change is 0. Not refused (a report is its own baseline in a smoke test), but said where the log shows it.
+        result.notes.append("the baseline is this very report (the same file, or a copy of it): every change is 0 and no regression "
+                            "can show; give the committed baseline to --baseline")
     other_cpu = baseline is not None and cpu_kind(current) != cpu_kind(baseline)
     if other_cpu:
         result.notes.append(
