@@ -401,6 +401,10 @@ def test_cli_writes_the_json_on_stdout_for_a_script_and_the_table_on_stderr(repo
     assert json.loads(out)["verdict"] == "pass" and "gate: PASS" in err and not (tmp_path / "-").exists()
     assert main(["gate", "r.json", "--json", "-", "--markdown", "-"]) == 2
     assert "both name stdout" in capsys.readouterr().err
+    # one file for both: the JSON was written over the Markdown, silently
+    assert main(["gate", "r.json", "--json", "v.txt", "--markdown", "./v.txt"]) == 2
+    assert "--markdown and --json both name" in capsys.readouterr().err and not (tmp_path / "v.txt").exists()
+    assert main(["gate", "r.json", "--json", "/dev/null", "--markdown", "/dev/null"]) == 0  # both discarded, as asked
     with open(tmp_path / "log", "w") as log:
         subprocess.run([sys.executable, "-m", "sdopt.cli", "gate", "r.json", "--json", "/dev/stdout"], stdout=log, check=True)
     assert json.loads((tmp_path / "log").read_text())["verdict"] == "pass"

@@ -203,6 +203,10 @@ def _gate(args: argparse.Namespace) -> int:
     files = [(path, text) for path, text in outputs if text not in piped]
     if len(piped) > 1:
         raise SdoptError("--markdown and --json both name stdout: give one of them a file")
+    if len(files) > 1 and Path(files[0][0]).resolve() == Path(files[1][0]).resolve() and not Path(files[0][0]).is_char_device():
+        # the JSON was written over the Markdown (a job summary that showed a JSON blob, or a parser reading Markdown);
+        # /dev/null for both discards both, as asked
+        raise SdoptError(f"--markdown and --json both name {files[0][0]}: give each a file of its own")
     try:
         current = gate.read_report(args.current)
         baseline = gate.read_report(args.baseline) if args.baseline else None
