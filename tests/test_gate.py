@@ -213,6 +213,18 @@ def test_a_number_the_baseline_lacks_is_missing_not_skipped(report):
     assert result.exit_code == 2 and {"latency.median", "peak_memory", "quality.psnr_db"} <= missing, table(result)
 
 
+def test_a_relative_drop_from_a_negative_baseline_is_a_drop(report):
+    """An SSIM or latent cosine can lie below 0 (a badly broken row); a relative rule read value / base - 1, whose sign
+    turns round for a negative base: a fall from -0.5 to -0.9 read +80% and passed "-2%"."""
+    rules = {"quality.latent_cosine": "-2%", "quality.ssim": "-2%"}
+    baseline = derived(report, **{"tiny-onnx": {"quality.latent_cosine": -0.5, "quality.ssim": -0.5}})
+    worse = derived(report, **{"tiny-onnx": {"quality.latent_cosine": -0.9, "quality.ssim": -0.9}})
+    result = gate(worse, rules, baseline=baseline)
+    failed = {c.metric: c.change for c in result.checks if c.artifact == "tiny-onnx" and c.failed}
+    assert result.exit_code == 1 and failed == {"quality.latent_cosine": "-80.0%", "quality.ssim": "-80.0%"}, table(result)
+    assert gate(baseline, rules, baseline=worse).exit_code == 0  # -0.9 to -0.5 is a rise
+
+
 def test_a_negative_time_or_size_is_missing_not_a_gain(report):
     """A hand-edited (or corrupted) report whose latency, load, memory or size is negative passed every growth rule
     as a huge improvement; no bench writes one: the gate cannot judge it."""

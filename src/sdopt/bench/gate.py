@@ -271,7 +271,9 @@ def _judge(rule: Rule, value: Any, base: Any, noise: float | None, ran: bool) ->
         # No change is a percentage of 0: it read "+0.0%" and passed any growth (a Windows report of an older sdopt
         # recorded every peak memory as 0 bytes; a 10x larger run passed its "+25%" against it)
         return "", "MISSING"
-    rel = (value / base - 1) if base else 0.0
+    # the change as a share of the baseline's size: value / base - 1 turned the sign round for a negative baseline (an SSIM
+    # or latent cosine below 0), so a drop from -0.5 to -0.9 read +80% and passed a "-2%" rule
+    rel = (value - base) / abs(base) if base else 0.0
     change = f"{rel * 100:+.1f}%" if rule.relative or rule.metric in _RATIO_METRICS else f"{value - base:+.3g}"
     if rule.kind == "increase":
         worse_by = rel if rule.relative else value - base
