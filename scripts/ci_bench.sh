@@ -26,9 +26,21 @@ sdopt bench "${artifacts[@]}" --reference "$WORK/tiny" --steps 4 --height 64 --w
 KIND=$(python -c 'import json, sys; from sdopt.bench.gate import cpu_kind; print(cpu_kind(json.load(open(sys.argv[1]))).replace(" ", "-") or "unknown")' "$WORK/report/report.json")
 BASELINE=$BASELINES/$KIND.json
 if [[ "${1:-}" == "--refresh" ]]; then
+    # A baseline with a failed row leaves that artifact uncompared in every later gate (its checks read "not compared").
+    failed=$(python -c 'import json, sys; print(" ".join(a["name"] for a in json.load(open(sys.argv[1]))["artifacts"] if a.get("status") != "ok"))' "$WORK/report/report.json")
+    if [[ -n "$failed" ]]; then
+        echo "error: not refreshing $BASELINE: these artifacts failed in this run: $failed (see $WORK/report/report.md)" >&2
+        exit 2
+    fi
+    mkdir -p "$BASELINES"
     cp "$WORK/report/report.json" "$BASELINE"
     echo "baseline refreshed: $BASELINE (commit it with a note saying why)"
     exit 0
+fi
+if [[ ! -d "$BASELINES" ]] || ! compgen -G "$BASELINES/*.json" >/dev/null; then
+    # Gone (a bad merge, a sparse checkout): every regression check would be off while CI still passed on the floors.
+    echo "error: $BASELINES holds no baseline: restore it from git (git checkout -- $BASELINES), or make this CPU's with --refresh" >&2
+    exit 2
 fi
 if [[ -f "$BASELINE" ]]; then
     baseline=(--baseline "$BASELINE")

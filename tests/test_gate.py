@@ -646,3 +646,50 @@ def test_a_baseline_of_zero_is_missing_not_a_pass_of_any_growth(report):
     assert result.exit_code == 2 and missing == {"peak_memory", "size"}, table(result)
     assert any("tiny-onnx peak_memory: the baseline's is 0" in n and "refresh the baseline" in n for n in result.notes), result.notes
     assert gate(baseline, {**RULES, "size": "+1%"}, baseline=baseline).exit_code == 0  # 0 against 0 is no change
+
+
+def test_ci_bench_refuses_a_missing_baselines_folder_and_a_refresh_with_a_failed_row(tmp_path):
+    """scripts/ci_bench.sh with reports/ci/baselines gone gated on the absolute floors alone and passed: every regression
+    check off, an ls error on stderr (qa100). --refresh copied any report, a failed row included, which left that artifact
+    uncompared in every later gate; into a missing folder it failed only after the bench. Run with `sdopt` stood in."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    committed = sorted((root / "reports" / "ci" / "baselines").glob("*.json"))[0]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')  # this venv's (a link would lose it)
+    (bin_dir / "python").chmod(0o755)
+    (bin_dir / "sdopt").write_text(  # bench writes $FAKE_REPORT as its report; gate says how it was called
+        '#!/usr/bin/env bash\ncase "$1" in\n  bench) while [[ "$1" != "-o" ]]; do shift; done; mkdir -p "$2"; cp "$FAKE_REPORT" "$2/report.json";;\n'
+        '  gate) echo "gate $*";;\nesac\n')
+    (bin_dir / "sdopt").chmod(0o755)
+    failed = json.loads(committed.read_text())
+    failed["artifacts"][-1]["status"] = "failed"
+    (tmp_path / "failed.json").write_text(json.dumps(failed))
+    work = tmp_path / "repo"
+    work.mkdir()
+
+    def ci_bench(report, *args):
+        env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FAKE_REPORT": str(report),
+               "PYTHONPATH": str(root / "src")}
+        return subprocess.run(["bash", str(root / "scripts" / "ci_bench.sh"), *args], cwd=work, env=env, capture_output=True,
+                              text=True, timeout=120)
+
+    run = ci_bench(committed)
+    assert run.returncode == 2 and "reports/ci/baselines holds no baseline: restore it from git" in run.stderr, run
+    assert "gate " not in run.stdout
+    run = ci_bench(tmp_path / "failed.json", "--refresh")
+    assert run.returncode == 2 and f"these artifacts failed in this run: {failed['artifacts'][-1]['name']}" in run.stderr, run
+    assert not (work / "reports").exists()
+    run = ci_bench(committed, "--refresh")  # into a folder not there yet
+    assert run.returncode == 0, run
+    [made] = (work / "reports" / "ci" / "baselines").glob("*.json")
+    assert made.name == committed.name
+    run = ci_bench(committed)
+    assert run.returncode == 0 and f"--baseline reports/ci/baselines/{committed.name}" in run.stdout, run
+    shutil.rmtree(work / "reports")
