@@ -68,8 +68,8 @@ def recorded_sha256(path: str | Path, expected: str | None = None) -> str:
     digest = sha256_file(path)
     settled_before = started - int(HASH_SETTLE_S * 1e9)
     if max(stamps[3], stamps[4]) < settled_before and _stamps(path.stat()) == stamps:  # mtime and ctime both settled
-        _write(record_path, {"path": str(path), "stamps": stamps, "sha256": digest})
-        _prune_now_and_then(record_path.parent)
+        if _write(record_path, {"path": str(path), "stamps": stamps, "sha256": digest}):
+            _prune_now_and_then(record_path.parent)  # only then: on a full disk its marker was the one file left behind
     return digest
 
 
@@ -100,9 +100,9 @@ def _prune_now_and_then(folder: Path) -> None:
             continue
 
 
-def _write(record_path: Path, record: dict) -> None:
+def _write(record_path: Path, record: dict) -> bool:
     """The record, written whole or not at all (renamed into place); nothing when the cache folder is not writable or
-    its disk is full, not even the temporary file (on a full disk, every load left one per file)."""
+    its disk is full, not even the temporary file (on a full disk, every load left one per file). Whether it was written."""
     # Per thread as well as per process: two pipelines loading one file in two threads wrote one temporary file, and
     # the first rename could move the other's half-written record into place.
     tmp = record_path.with_name(f".{record_path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
@@ -115,3 +115,5 @@ def _write(record_path: Path, record: dict) -> None:
             tmp.unlink(missing_ok=True)
         except OSError:  # a cache path that is no folder: nothing was made
             pass
+        return False
+    return True
