@@ -684,6 +684,37 @@ def test_a_file_past_the_file_size_limit_is_one_line_naming_the_limit(tmp_path, 
     assert err.endswith(": a file would pass this process's file-size limit (8 KiB: ulimit -f); raise the limit (ulimit -f unlimited)\n")
 
 
+def test_a_file_too_large_for_its_file_system_does_not_blame_a_limit_that_is_not_set(tmp_path, capsys, monkeypatch):
+    """EFBIG where no ulimit -f is set is the file system's own largest file (FAT32 takes none of 4 GiB: an SDXL UNet on a
+    USB stick). The line said "a file would pass this process's file-size limit (?: ulimit -f); raise the limit (ulimit
+    -f unlimited)" to a user whose limit was unlimited already; it names the file system and says to write elsewhere."""
+    import errno
+    import resource
+
+    from sdopt import outputs
+
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    out = tmp_path / "out"
+    with pytest.raises(SdoptError) as refused:
+        with outputs.atomic_output_dir(out):
+            raise OSError(errno.EFBIG, "File too large")
+    assert str(refused.value) == (f"cannot write {out}: a file is larger than the file system there takes (FAT32 takes none of 4 GiB "
+                                  "or more) (what was written is removed); write it to a disk whose file system takes larger files "
+                                  "(ext4, NTFS, exFAT)")
+    assert list(tmp_path.iterdir()) == []
+
+    def too_large(*args, **kwargs):  # a file written outside an artifact folder
+        raise OSError(errno.EFBIG, "File too large")
+
+    import sdopt.zoo.lora
+
+    monkeypatch.setattr(sdopt.zoo.lora, "write_lora", too_large)
+    assert main(["init-lora", str(tmp_path / "model"), str(tmp_path / "l.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "ulimit" not in err and err.endswith(": a file is larger than the file system there takes (FAT32 takes none of 4 GiB or more); "
+                                                "write it to a disk whose file system takes larger files (ext4, NTFS, exFAT)\n"), err
+
+
 def test_init_model_under_ulimit_f_says_so_and_leaves_nothing(tmp_path):
     """The same for real: init-model tiny in a child limited to 64 KiB files (its UNet's safetensors is ~2 MiB)."""
     import resource

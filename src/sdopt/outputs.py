@@ -394,8 +394,8 @@ def atomic_output_dir(out: str | Path, force: bool = False, inputs: tuple[str | 
             if out_of_space(exc):
                 raise SdoptError(f"cannot write {out}: its disk is full (what was written is removed); {DISK_FULL}") from exc
             if past_file_size_limit(exc):
-                raise SdoptError(f"cannot write {out}: {FILE_SIZE_LIMIT.format(limit=size_text(file_size_limit()))} (what was written is "
-                                 f"removed); {RAISE_FILE_SIZE_LIMIT}") from exc
+                what, advice = file_too_large()
+                raise SdoptError(f"cannot write {out}: {what} (what was written is removed); {advice}") from exc
             if "iostream error" in str(exc):  # all OpenVINO says when it cannot write (its disk full: the usual reason)
                 if limit := file_size_limit():  # or a file passed ulimit -f: it says the same
                     raise SdoptError(f"cannot write {out}: OpenVINO failed writing it ({exception_line(exc)}): this process may "
@@ -446,6 +446,19 @@ def out_of_space(exc: BaseException) -> bool:
 # "OSError: [Errno 27] File too large" (safetensors': "File too large (os error 27)") said nothing of the limit.
 FILE_SIZE_LIMIT = "a file would pass this process's file-size limit ({limit}: ulimit -f)"
 RAISE_FILE_SIZE_LIMIT = "raise the limit (ulimit -f unlimited)"
+# Without such a limit EFBIG is the file system's own largest file: FAT32 takes none of 4 GiB (an SDXL UNet's 10 GB on a
+# USB stick), and "(?: ulimit -f); raise the limit" told a user whose limit was unlimited already to raise it.
+FILE_SYSTEM_LIMIT = "a file is larger than the file system there takes (FAT32 takes none of 4 GiB or more)"
+WRITE_ELSEWHERE = "write it to a disk whose file system takes larger files (ext4, NTFS, exFAT)"
+
+
+def file_too_large() -> tuple[str, str]:
+    """What a write that failed with "File too large" passed, and what to do: this process's limit where one is set
+    (ulimit -f), else the file system's."""
+    limit = file_size_limit()
+    if limit is None:
+        return FILE_SYSTEM_LIMIT, WRITE_ELSEWHERE
+    return FILE_SIZE_LIMIT.format(limit=size_text(limit)), RAISE_FILE_SIZE_LIMIT
 
 
 def file_size_limit() -> int | None:

@@ -27,8 +27,7 @@ from sdopt.bench.settings import BenchSettings
 from sdopt.bench.worker import PROGRESS_FILE
 from sdopt.errors import SdoptError
 from sdopt.locks import check_not_locked, folder_lock
-from sdopt.outputs import (DISK_FULL, FILE_SIZE_LIMIT, RAISE_FILE_SIZE_LIMIT, file_size_limit, says_out_of_space, says_past_file_size_limit,
-                           size_text)
+from sdopt.outputs import DISK_FULL, file_too_large, says_out_of_space, says_past_file_size_limit
 
 
 # --- running ----------------------------------------------------------------------------
@@ -239,7 +238,7 @@ def _stop_on_a_full_disk(result: dict, out: Path) -> None:
     if says_out_of_space(error):
         stopped, advice = "a disk it writes to is full", DISK_FULL
     elif says_past_file_size_limit(error):  # ulimit -f: every row failed, one after the other, "File too large"
-        stopped, advice = FILE_SIZE_LIMIT.format(limit=size_text(file_size_limit())), RAISE_FILE_SIZE_LIMIT
+        stopped, advice = file_too_large()
     else:
         return
     shutil.rmtree(out / "raw", ignore_errors=True)

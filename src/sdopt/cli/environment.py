@@ -16,7 +16,7 @@ NO_CWD = ("the current folder no longer exists (deleted while the shell was in i
 
 def failure(exc: BaseException) -> str | None:
     """The line for an exception the environment caused, or None where it is not one of those."""
-    from sdopt.outputs import DISK_FULL, FILE_SIZE_LIMIT, RAISE_FILE_SIZE_LIMIT, file_size_limit, out_of_space, past_file_size_limit, size_text
+    from sdopt.outputs import DISK_FULL, file_too_large, out_of_space, past_file_size_limit
 
     if isinstance(exc, MemoryError):  # a bare MemoryError traceback (ulimit -v met while importing torch or loading) said nothing
         return (f"out of memory: this process could not get the memory it asked for{_memory_limit()}; close other programs, "
@@ -29,7 +29,8 @@ def failure(exc: BaseException) -> str | None:
     if stripped := _docstrings_stripped(exc):
         return stripped
     if past_file_size_limit(exc):  # a file written outside an artifact folder (a bench report's): one line as well
-        return f"{exception_line(exc)}: {FILE_SIZE_LIMIT.format(limit=size_text(file_size_limit()))}; {RAISE_FILE_SIZE_LIMIT}"
+        what, advice = file_too_large()
+        return f"{exception_line(exc)}: {what}; {advice}"
     if out_of_space(exc):  # a file written outside an artifact folder (a LoRA, a bench report): one line too
         return f"the disk is full ({exception_line(exc)}): {DISK_FULL}"
     return None

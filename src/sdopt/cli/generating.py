@@ -157,8 +157,7 @@ def _generate(args: argparse.Namespace) -> int:
         )
     from PIL import Image
 
-    from sdopt.outputs import DISK_FULL, FILE_SIZE_LIMIT, RAISE_FILE_SIZE_LIMIT, file_size_limit, files_written_whole, out_of_space, \
-        past_file_size_limit, size_text
+    from sdopt.outputs import DISK_FULL, file_too_large, files_written_whole, out_of_space, past_file_size_limit
 
     paths[0].parent.mkdir(parents=True, exist_ok=True)
     # An interrupted or failed save never leaves half an image, nor truncates the one it replaces, nor a set mixing new
@@ -173,7 +172,8 @@ def _generate(args: argparse.Namespace) -> int:
             except OSError as exc:  # the disk filled up, or the path changed meanwhile
                 advice = f"; {DISK_FULL}" if out_of_space(exc) else ""  # "No space left on device" alone said not what to do
                 if past_file_size_limit(exc):  # "File too large" alone did not say whose limit
-                    advice = f": {FILE_SIZE_LIMIT.format(limit=size_text(file_size_limit()))}; {RAISE_FILE_SIZE_LIMIT}"
+                    what, todo = file_too_large()
+                    advice = f": {what}; {todo}"
                 raise SdoptError(f"cannot write {path}: {exc.strerror or exc} (nothing was left half written){advice}") from exc
     for path in paths:
         print(path)
