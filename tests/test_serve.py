@@ -1275,6 +1275,24 @@ def test_a_broken_lora_file_in_the_servers_folder_is_the_servers_fault(tiny_pipe
         assert httpx.post(url + "/sdapi/v1/txt2img", json={"prompt": "x", **SMALL, "steps": 0}, timeout=60).status_code == 422
 
 
+def test_an_empty_lora_file_in_the_servers_folder_is_the_servers_fault_too(tiny_pipeline, tmp_path):
+    """An empty file in --lora-dir (a copy cut short) is refused before the call, by the loop's own check: it answered
+    422, the client's fault, with "Give the LoRA file again" and loc body, where a file that cannot be read as
+    safetensors answers 500 saying the operator must replace it. Both are the operator's now, in both APIs."""
+    (tmp_path / "loras").mkdir()
+    (tmp_path / "loras" / "empty.safetensors").write_bytes(b"")
+    with running_server(tiny_pipeline, lora_dir=str(tmp_path / "loras")) as (url, app):
+        a1111 = httpx.post(url + "/sdapi/v1/txt2img", json={"prompt": "a <lora:empty:1>", **SMALL}, timeout=60)
+        openai = httpx.post(url + "/v1/images/generations", json={"prompt": "a <lora:empty:1>", "size": "64x64"}, timeout=60)
+        assert httpx.get(url + "/health").status_code == 200  # a restart reads the same file
+        assert app.state.worker.queue_depth == 0
+    for answer in (a1111, openai):
+        assert answer.status_code == 500, answer.text
+        assert "loras/empty.safetensors is empty (0 bytes)" in answer.text and "its operator must replace it" in answer.text, answer.text
+        assert str(tmp_path) not in answer.text, answer.text
+    assert openai.json()["error"]["type"] == "server_error", openai.text
+
+
 # --- progress: events, A1111 progress, metrics ----------------------------------------------
 def test_events_stream_queued_steps_previews_and_done(tiny_pipeline):
     with running_server(SlowSteps(tiny_pipeline, 0.3)) as (url, _):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import secrets
 from typing import Any
@@ -14,7 +15,9 @@ from sdopt.errors import SdoptError, api_fields
 from sdopt.serve import jobs as J
 from sdopt.serve.errors import RequestError
 from sdopt.serve.settings import ServeSettings
-from sdopt.serve.worker import SHUTTING_DOWN, Worker
+from sdopt.serve.worker import SERVER_FILE, SHUTTING_DOWN, Worker, quotes_served_file
+
+log = logging.getLogger("sdopt.serve")
 
 _FIELD = re.compile(r"^(\w+)[=:]")
 # A prompt's (and a negative prompt's) length on the native and AUTOMATIC1111 APIs; OpenAI's takes its own API's 32,000
@@ -68,6 +71,14 @@ def check_spec(spec: J.JobSpec, settings: ServeSettings, pipeline: Any, names: d
         with api_fields(_said(names)):  # its messages name the API's fields (cfg_scale=-1.0), not the loop's (guidance_scale=-1.0)
             pipeline.check_request(J.generate_request([spec]))  # the call this job would make alone
     except SdoptError as exc:
+        from sdopt.serve.api_a1111_lists import served_folders  # (that module imports this one)
+
+        if exc.field is None and quotes_served_file(str(exc), served_folders(settings, pipeline)):
+            # A file in --lora-dir that the loop refuses before any call (an empty one: a copy cut short) is the operator's,
+            # as the worker says of one it cannot read: this was a 422 telling the client to "give the LoRA file again".
+            # A refusal that names a field of the request stays the request's.
+            log.error("sdopt serve: a request was refused on a server file: %s", exc)
+            raise RequestError(None, f"{exc} {SERVER_FILE}", status=500) from None
         match = _FIELD.match(str(exc))
         field = exc.field or (match.group(1) if match else "body")
         raise RequestError(name("seed" if field == "seeds" else field), str(exc)) from None

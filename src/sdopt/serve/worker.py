@@ -80,6 +80,16 @@ class _StopCall(Exception):
 FAILING_CALLS = 3  # server-side failures in a row after which /health answers 503
 
 
+# Added to an error about a file in one of the server's folders (quotes_served_file): its advice is the operator's.
+SERVER_FILE = "[a file of this server's: its operator must replace it]"
+
+
+def quotes_served_file(text: str, folders: set[str]) -> bool:
+    """Whether an error quotes a path in one of the server's folders (Worker.served_folders): the operator's file, not the
+    request, is what failed. A folder as given is matched whole (loras/, not myloras/)."""
+    return any(re.search(r"(?<![\w.-])" + re.escape(path) + r"[/\\]", text) for path in folders)
+
+
 class Worker:
     def __init__(self, pipeline: Any, max_queue: int = 64, max_batch: int = 4, job_timeout: float = 600.0):
         self.pipeline = pipeline
@@ -162,9 +172,7 @@ class Worker:
         return text
 
     def _about_served_file(self, text: str) -> bool:
-        """Whether an error quotes a path in one of the server's folders (served_folders): the operator's file, not the
-        request, is what failed. A folder as given is matched whole (loras/, not myloras/)."""
-        return any(re.search(r"(?<![\w.-])" + re.escape(path) + r"[/\\]", text) for path in self.served_folders)
+        return quotes_served_file(text, self.served_folders)
 
     # --- submitting and following ---------------------------------------------------
     def submit(self, job: J.Job, continuing: bool = False) -> J.Job:
@@ -321,7 +329,7 @@ class Worker:
                 log.error("sdopt serve: generate failed on a server file%s: %s", _requests(batch), exc)
                 for job in batch:
                     job.internal_error = True
-                reason += " [a file of this server's: its operator must replace it]"  # the advice above is theirs, not the client's
+                reason += f" {SERVER_FILE}"  # the advice above is theirs, not the client's
             self._fail_all(batch, reason)
             return
         except Exception as exc:  # a bug or a backend failure: this call's jobs fail, the server goes on
