@@ -2167,3 +2167,15 @@ def test_a_server_bound_to_another_loopback_address_is_guarded_as_on_127_0_0_1()
         assert not ServeSettings(host=host).exposed and ServeSettings(host=host).host_check == frozenset(), host
     for host in ("0.0.0.0", "::", "192.168.1.5", "sd.example.com"):
         assert ServeSettings(host=host).exposed, host
+
+
+def test_a_served_folder_is_quoted_only_as_itself():
+    """The worker's rule for "an error about the operator's file" (500, not 422): a relative --lora-dir loras matched
+    /data/other/loras/x, and a served "/" any https:// in a message (qa98)."""
+    from sdopt.serve.worker import quotes_served_file
+
+    assert quotes_served_file("cannot read loras/bad.safetensors: not a LoRA", {"loras"})
+    assert quotes_served_file("cannot read '/srv/loras/bad.safetensors'", {"/srv/loras"})
+    assert not quotes_served_file("cannot read /data/other/loras/x.safetensors", {"loras"})
+    assert not quotes_served_file("cannot read myloras/x.safetensors", {"loras"})
+    assert not quotes_served_file("see https://example.com/x", {"/"})

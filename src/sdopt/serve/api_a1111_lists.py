@@ -221,7 +221,8 @@ def cmd_flags(request: Request) -> dict[str, Any]:
 
 @router.get("/sdapi/v1/memory")
 def memory() -> dict[str, Any]:
-    """The machine's memory (bytes) as AUTOMATIC1111 reports it; CUDA memory is not reported here. Where the OS does not
+    """The machine's memory (bytes) in AUTOMATIC1111's fields (its own "used" is its process's RSS, and "free" total less
+    that; here the machine's: what is available to a new program, and the rest); CUDA memory is not reported here. Where the OS does not
     tell it (Windows has no os.sysconf, macOS no SC_AVPHYS_PAGES: a 500 there) "ram" holds an error, as AUTOMATIC1111's
     own does when it cannot read it. "free" is the memory available to a new program (Linux's MemAvailable, as
     sdopt.hardware reads it): SC_AVPHYS_PAGES is MemFree, which leaves out the page cache the kernel gives back on

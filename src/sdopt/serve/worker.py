@@ -86,8 +86,9 @@ SERVER_FILE = "[a file of this server's: its operator must replace it]"
 
 def quotes_served_file(text: str, folders: set[str]) -> bool:
     """Whether an error quotes a path in one of the server's folders (Worker.served_folders): the operator's file, not the
-    request, is what failed. A folder as given is matched whole (loras/, not myloras/)."""
-    return any(re.search(r"(?<![\w.-])" + re.escape(path) + r"[/\\]", text) for path in folders)
+    request, is what failed. A folder as given is matched whole (loras/, not myloras/ nor /data/other/loras/; a served
+    "/" not in https://)."""
+    return any(re.search(r"(?<![\w.:/\\-])" + re.escape(path) + r"[/\\]", text) for path in folders)
 
 
 class Worker:
@@ -160,7 +161,7 @@ class Worker:
 
     def _failed_call(self, reason: str) -> None:
         self.failing_calls += 1
-        self.last_failure = self.shown(reason)  # /health answers it to anyone
+        self.last_failure = self.shown(reason)  # /health tells it to a caller with the credentials
 
     def shown(self, text: str | None) -> str | None:
         """``text`` with the server's folders as a client is told them (shown_folders), the longest first: one may hold
