@@ -7,13 +7,14 @@ import argparse
 import json
 
 from sdopt.cli.common import user_path
-from sdopt.errors import require
+from sdopt.errors import require_installed
 
 
 def _needs_torch() -> None:
     """Every command here writes or trains torch weights. torch is one of sdopt's own dependencies, missing only from an
-    install without them (pip install --no-deps): said as generate says it, not as a ModuleNotFoundError traceback."""
-    require("torch", "all")
+    install without them (pip install --no-deps): said as generate says it, not as a ModuleNotFoundError traceback.
+    Found, not imported: a bad flag is still refused before torch's import (seconds; distill-decoder's --channels 0)."""
+    require_installed("torch", "all")
 
 
 def _init_model(args: argparse.Namespace) -> int:
