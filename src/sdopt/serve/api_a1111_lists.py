@@ -59,14 +59,6 @@ def shown_folders(settings: Any, pipeline: Any) -> dict[str, str]:
             for path in {Path(folder).absolute(), Path(folder).resolve()}}
 
 
-def served_folders(settings: Any, pipeline: Any) -> set[str]:
-    """Each folder the server was given, as given (a relative --lora-dir loras: its files' errors say loras/bad.safetensors),
-    absolute and resolved: a failure that quotes a file in one is about the operator's file (Worker.served_folders)."""
-    given = [getattr(pipeline, "folder", None), settings.lora_dir, settings.embeddings_dir, settings.image_dir]
-    paths = {str(path) for folder in given if folder for path in (Path(folder), Path(folder).absolute(), Path(folder).resolve())}
-    return paths - {"."}  # its files are quoted without it (bad.safetensors), and "./" is in many a message
-
-
 @router.get("/sdapi/v1/sd-models")
 def sd_models(request: Request) -> list[dict[str, Any]]:
     name = request.app.state.model_name

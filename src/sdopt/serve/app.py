@@ -26,7 +26,7 @@ from sdopt.serve.hosts import HostGuard
 from sdopt.serve.image_links import ImageLinks
 from sdopt.serve.request_ids import RequestId
 from sdopt.serve.submission import default_size, with_model_defaults
-from sdopt.serve.worker import QueueFull, ShuttingDown, Worker
+from sdopt.serve.worker import QueueFull, ShuttingDown, Worker, served_folders
 
 def _openai_path(path: str) -> bool:
     return path.startswith(("/v1/images", "/v1/models"))
@@ -88,7 +88,7 @@ def create_app(worker: Worker, settings: ServeSettings, model_name: str, replica
     app = FastAPI(title="sdopt serve", version=__version__, description=f"Serving {model_name} with sdopt")
     app.state.worker, app.state.settings, app.state.model_name = worker, settings, model_name
     worker.shown_folders = api_a1111_lists.shown_folders(settings, worker.pipeline)  # no absolute path in a job's error
-    worker.served_folders = api_a1111_lists.served_folders(settings, worker.pipeline)  # whose fault a failure is
+    worker.served_folders = served_folders(settings, worker.pipeline)  # whose fault a failure is
     app.state.started, app.state.replica = time.time(), replica
     app.state.image_links = ImageLinks(settings.image_dir)  # OpenAI's response_format=url
     app.state.clip_skip = 1  # AUTOMATIC1111's CLIP_stop_at_last_layers, as POST /sdapi/v1/options sets it (this process's)

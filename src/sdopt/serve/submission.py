@@ -15,7 +15,7 @@ from sdopt.errors import SdoptError, api_fields
 from sdopt.serve import jobs as J
 from sdopt.serve.errors import RequestError
 from sdopt.serve.settings import ServeSettings
-from sdopt.serve.worker import SERVER_FILE, SHUTTING_DOWN, Worker, quotes_served_file
+from sdopt.serve.worker import SERVER_FILE, SHUTTING_DOWN, Worker, quotes_served_file, served_folders
 
 log = logging.getLogger("sdopt.serve")
 
@@ -71,8 +71,6 @@ def check_spec(spec: J.JobSpec, settings: ServeSettings, pipeline: Any, names: d
         with api_fields(_said(names)):  # its messages name the API's fields (cfg_scale=-1.0), not the loop's (guidance_scale=-1.0)
             pipeline.check_request(J.generate_request([spec]))  # the call this job would make alone
     except SdoptError as exc:
-        from sdopt.serve.api_a1111_lists import served_folders  # (that module imports this one)
-
         if exc.field is None and quotes_served_file(str(exc), served_folders(settings, pipeline)):
             # A file in --lora-dir that the loop refuses before any call (an empty one: a copy cut short) is the operator's,
             # as the worker says of one it cannot read: this was a 422 telling the client to "give the LoRA file again".

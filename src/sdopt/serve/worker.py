@@ -27,6 +27,7 @@ import time
 import traceback
 from collections import deque
 from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
 from typing import Any
 
 from sdopt.errors import SdoptError, api_fields
@@ -82,6 +83,14 @@ FAILING_CALLS = 3  # server-side failures in a row after which /health answers 5
 
 # Added to an error about a file in one of the server's folders (quotes_served_file): its advice is the operator's.
 SERVER_FILE = "[a file of this server's: its operator must replace it]"
+
+
+def served_folders(settings: Any, pipeline: Any) -> set[str]:
+    """Each folder the server was given, as given (a relative --lora-dir loras: its files' errors say loras/bad.safetensors),
+    absolute and resolved: a failure that quotes a file in one is about the operator's file (quotes_served_file)."""
+    given = [getattr(pipeline, "folder", None), settings.lora_dir, settings.embeddings_dir, settings.image_dir]
+    paths = {str(path) for folder in given if folder for path in (Path(folder), Path(folder).absolute(), Path(folder).resolve())}
+    return paths - {"."}  # its files are quoted without it (bad.safetensors), and "./" is in many a message
 
 
 def quotes_served_file(text: str, folders: set[str]) -> bool:
