@@ -327,6 +327,15 @@ def test_an_artifact_that_failed_in_the_baseline_says_it_was_not_compared(report
     assert not any("failed in the baseline" in n for n in gate(slower, {"quality.psnr_db": ">= 30"}, baseline=failed).notes)
 
 
+def test_a_baseline_whose_reference_failed_says_why_its_checks_are_missing(report):
+    """A baseline whose reference had failed made every check against it MISSING (exit 2) without a word of why (qa100):
+    no ratio to the reference, no image to compare with, was measured in it."""
+    failed = derived(report, **{report["reference"]: {"status": "failed", "error": "could not load"}})
+    result = gate(report, RULES, baseline=failed)
+    assert any(n.startswith(f"the baseline's reference ({report['reference']}) failed in its run") for n in result.notes), result.notes
+    assert not any("the baseline's reference" in n for n in gate(report, RULES, baseline=report).notes)
+
+
 @pytest.mark.parametrize(
     "field,value",
     [("prompts", ["another prompt"]), ("seeds", [7]), ("steps", 50), ("height", 512),

@@ -344,6 +344,12 @@ def gate(current: dict, rules_table: dict[str, Any], baseline: dict | None = Non
     if failed_there and (relative := sorted({r.metric for r in rules if r.needs_baseline})):
         result.notes.append(f"failed in the baseline, so not compared with it ({', '.join(relative)} skipped; floors and status "
                             f"checked): {', '.join(failed_there)}; refresh the baseline from a run where they ran to gate them")
+    base_reference = base_artifacts.get(baseline.get("reference")) if baseline is not None else None
+    if base_reference is not None and base_reference.get("status") != "ok" and any(r.needs_baseline for r in rules):
+        # every row's ratio and images are the reference's: none was measured in that run, and each check read MISSING
+        result.notes.append(f"the baseline's reference ({baseline['reference']}) failed in its run, so no ratio to it or image "
+                            "compared with it was measured there: its checks against the baseline cannot be judged; refresh the "
+                            "baseline from a run where the reference ran")
     if gone:
         result.notes.append(f"in the baseline but not in this run: {', '.join(gone)}; bench them, or, if they were dropped or "
                             "renamed on purpose, refresh the baseline")
