@@ -27,7 +27,7 @@ import socket
 import sys
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from sdopt.errors import SdoptError, exception_line
 from sdopt.file_reading import tree_size
@@ -428,18 +428,22 @@ def says_out_of_space(text: str) -> bool:
     return "No space left on device" in text or "Disk quota exceeded" in text
 
 
-def out_of_space(exc: BaseException) -> bool:
-    """Whether a failed write ran out of disk space: an OSError ENOSPC or EDQUOT in ``exc``'s chain, or a library's
-    message of one (safetensors' "No space left on device (os error 28)")."""
+def _in_chain(exc: BaseException | None, errnos: tuple[int, ...], says: Callable[[str], bool]) -> bool:
+    """Whether an OSError with one of ``errnos``, or an exception whose text ``says`` so (a library's own message), is in
+    ``exc``'s chain of causes and contexts."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        if says_out_of_space(str(exc)):
+        if (isinstance(exc, OSError) and exc.errno in errnos) or says(str(exc)):
             return True
         exc = exc.__cause__ or exc.__context__
     return False
+
+
+def out_of_space(exc: BaseException) -> bool:
+    """Whether a failed write ran out of disk space: an OSError ENOSPC or EDQUOT in ``exc``'s chain, or a library's
+    message of one (safetensors' "No space left on device (os error 28)")."""
+    return _in_chain(exc, (errno.ENOSPC, errno.EDQUOT), says_out_of_space)
 
 
 # A write past RLIMIT_FSIZE fails with EFBIG (Python ignores the SIGXFSZ that would end the process): a traceback
@@ -472,10 +476,8 @@ def file_size_limit() -> int | None:
     return None if limit == resource.RLIM_INFINITY else limit
 
 
-def size_text(size: int | None) -> str:
+def size_text(size: int) -> str:
     """A file-size limit as a user reads it: 8 KiB, 2.0 MiB."""
-    if size is None:
-        return "?"
     return f"{size // 1024:,} KiB" if size < 2**20 else f"{size / 2**20:,.1f} MiB"
 
 
@@ -487,13 +489,7 @@ def says_past_file_size_limit(text: str) -> bool:
 def past_file_size_limit(exc: BaseException) -> bool:
     """Whether a failed write passed the file-size limit: an OSError EFBIG in ``exc``'s chain, or a library's message of
     one (safetensors' "File too large (os error 27)")."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if (isinstance(exc, OSError) and exc.errno == errno.EFBIG) or says_past_file_size_limit(str(exc)):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
+    return _in_chain(exc, (errno.EFBIG,), says_past_file_size_limit)
 
 
 def _mark_unfinished(folder: Path, doing: str) -> None:
