@@ -83,6 +83,7 @@ FAILING_CALLS = 3  # server-side failures in a row after which /health answers 5
 
 # Added to an error about a file in one of the server's folders (quotes_served_file): its advice is the operator's.
 SERVER_FILE = "[a file of this server's: its operator must replace it]"
+NO_USABLE_IMAGE = "the generation produced no usable image: "  # then why, by image
 
 
 def served_folders(settings: Any, pipeline: Any) -> set[str]:
@@ -180,9 +181,6 @@ class Worker:
         for path in sorted(self.shown_folders, key=len, reverse=True):
             text = re.sub(re.escape(path) + r"(?=[/\s'\"():,;]|\.?$|\.\s)", lambda _, name=self.shown_folders[path]: name, text)
         return text
-
-    def _about_served_file(self, text: str) -> bool:
-        return quotes_served_file(text, self.served_folders)
 
     # --- submitting and following ---------------------------------------------------
     def submit(self, job: J.Job, continuing: bool = False) -> J.Job:
@@ -333,7 +331,7 @@ class Worker:
         except SdoptError as exc:
             self.current = []
             reason = str(exc)
-            if self._about_served_file(reason):
+            if quotes_served_file(reason, self.served_folders):
                 # A file the operator put in --lora-dir or --embeddings-dir (or the artifact) that cannot be read: a 422
                 # told the client to fix a request it cannot fix. Not counted for /health: a restart reads the same file.
                 log.error("sdopt serve: generate failed on a server file%s: %s", _requests(batch), exc)
@@ -360,22 +358,20 @@ class Worker:
             # overflow (an fp16 VAE), which the client cannot change. Was a 422, the client's fault, and never seen by
             # /health however often it came. Only the jobs whose images these are fail: in a shared call one client's
             # broken image failed every job of the call, each told of "image 3", another client's.
-            reason = "the generation produced no usable image: " + "; ".join(result.problems)
+            reason = NO_USABLE_IMAGE + "; ".join(result.problems)
             log.error("sdopt serve: %s%s", reason, _requests(batch))
             self._failed_call(reason)
             broken = getattr(result, "broken_images", None) or dict.fromkeys(range(len(result.images)), "")  # a stand-in pipeline's: all
-            row, sound = 0, []
+            row = 0
             for job in batch:
                 own = {i: why for i, why in broken.items() if row <= i < row + job.spec.n}
                 if own:
                     job.internal_error = True
                     lines = problem_lines(own, first=row) if all(own.values()) else result.problems
-                    self._finish(job, J.FAILED, "the generation produced no usable image: " + "; ".join(lines))
+                    self._finish(job, J.FAILED, NO_USABLE_IMAGE + "; ".join(lines))
                 else:
-                    sound.append((job, row))
+                    self._succeed(job, batch, result, row)
                 row += job.spec.n
-            for job, first in sound:
-                self._succeed(job, batch, result, first)
             return
         self.failing_calls = 0  # a call that ran: whatever failed before has passed
         for seconds in result.timings.unet_steps:
