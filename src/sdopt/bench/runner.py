@@ -27,7 +27,7 @@ from sdopt.bench.settings import BenchSettings
 from sdopt.bench.worker import PROGRESS_FILE
 from sdopt.errors import SdoptError
 from sdopt.locks import check_not_locked, folder_lock
-from sdopt.outputs import DISK_FULL, file_too_large, says_out_of_space, says_past_file_size_limit
+from sdopt.write_failures import DISK_FULL, file_too_large, says_out_of_space, says_past_file_size_limit
 
 
 # --- running ----------------------------------------------------------------------------

@@ -83,7 +83,7 @@ def write_text_file(path: str | Path, text: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
     except OSError as exc:
-        from sdopt.outputs import DISK_FULL, out_of_space
+        from sdopt.write_failures import DISK_FULL, out_of_space
 
         advice = DISK_FULL if out_of_space(exc) else "give a file path in a writable folder"
         raise SdoptError(f"{path}: cannot write it ({exc.strerror or exc}); {advice}") from None

@@ -16,7 +16,7 @@ NO_CWD = ("the current folder no longer exists (deleted while the shell was in i
 
 def failure(exc: BaseException) -> str | None:
     """The line for an exception the environment caused, or None where it is not one of those."""
-    from sdopt.outputs import DISK_FULL, file_too_large, out_of_space, past_file_size_limit
+    from sdopt.write_failures import DISK_FULL, file_too_large, out_of_space, past_file_size_limit
 
     if isinstance(exc, MemoryError):  # a bare MemoryError traceback (ulimit -v met while importing torch or loading) said nothing
         return (f"out of memory: this process could not get the memory it asked for{_memory_limit()}; close other programs, "

@@ -157,7 +157,8 @@ def _generate(args: argparse.Namespace) -> int:
         )
     from PIL import Image
 
-    from sdopt.outputs import DISK_FULL, file_too_large, files_written_whole, out_of_space, past_file_size_limit
+    from sdopt.outputs import files_written_whole
+    from sdopt.write_failures import DISK_FULL, file_too_large, out_of_space, past_file_size_limit
 
     paths[0].parent.mkdir(parents=True, exist_ok=True)
     # An interrupted or failed save never leaves half an image, nor truncates the one it replaces, nor a set mixing new

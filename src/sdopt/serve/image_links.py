@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from sdopt.errors import SdoptError
-from sdopt.outputs import DISK_FULL, out_of_space
+from sdopt.write_failures import DISK_FULL, out_of_space
 from sdopt.serve.errors import RequestError
 
 LIFETIME_S = 3600  # OpenAI's: "URLs are only valid for 60 minutes after the image has been generated"
