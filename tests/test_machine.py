@@ -106,3 +106,21 @@ def test_a_onednn_cap_is_named_in_one_spelling_in_what_sdopt_records_and_says(mo
     assert str(sdopt.hardware.onednn_isa_cap()) == "ONEDNN_MAX_CPU_ISA=AVX2"
     assert sdopt.hardware.int8_overflow_by_cpu() == (
         True, "auto: ONEDNN_MAX_CPU_ISA=AVX2 hides this CPU's avx512_vnni from oneDNN, so 8-bit products would saturate at 16 bits")
+
+
+def test_a_cap_is_blamed_only_for_the_features_it_hides(monkeypatch):
+    """hidden_by_cap said "ONEDNN_MAX_CPU_ISA=... hides this CPU's ..." whenever a cap was set and the CPU had one of the
+    features, whether the cap hid it or not (its callers asked only once the features were missing); the OpenVINO crash
+    guard asked the same question its own way. Both ask cap_hiding now: a cap that leaves the feature is not named."""
+    import sdopt.hardware
+    from sdopt.hardware import BF16_ISA, avx512_hidden_by_cap, hidden_by_cap
+
+    monkeypatch.setattr(sdopt.hardware, "cpuinfo_flags", lambda: frozenset({"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16"}))
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_VNNI")
+    assert hidden_by_cap(BF16_ISA) == "ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI hides this CPU's avx512_bf16 from oneDNN"
+    assert avx512_hidden_by_cap() is None  # AVX-512 itself is left
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+    assert hidden_by_cap(BF16_ISA) is None  # the cap leaves bf16
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
+    assert str(avx512_hidden_by_cap()) == "ONEDNN_MAX_CPU_ISA=AVX2"

@@ -52,12 +52,17 @@ class OneDnnCap(NamedTuple):
         return f"{self.variable}={self.level}"
 
 
+def cap_level(value: str) -> str:
+    """A cap's value as oneDNN reads it, case and blanks aside ("avx2 " is AVX2): how a cap is recorded and compared."""
+    return value.strip().upper()
+
+
 def onednn_isa_cap() -> OneDnnCap | None:
     """The oneDNN ISA cap in effect, None where there is none. A value oneDNN does not know (or ALL/DEFAULT) caps
     nothing: oneDNN ignores it."""
     for name in ONEDNN_CAP_VARIABLES:
         if value := os.environ.get(name):
-            level = value.strip().upper()
+            level = cap_level(value)
             return OneDnnCap(name, value, level) if level in _LEVEL_NAMES else None
     return None
 
@@ -115,23 +120,29 @@ def cpu_lacks_int8_dot() -> bool:
     return _cpu_lacks(INT8_DOT_ISA)
 
 
-def hidden_by_cap(features: tuple[str, ...]) -> str | None:
-    """"ONEDNN_MAX_CPU_ISA=AVX2 hides this CPU's avx512_bf16 from oneDNN" where the CPU has one of ``features`` and the
-    oneDNN cap is what keeps it from the libraries; None where there is no cap or the CPU has none of them. A message
-    about features the libraries go without says this, not that "this CPU" lacks what it has."""
+def cap_hiding(features: tuple[str, ...]) -> OneDnnCap | None:
+    """The oneDNN cap where it is what keeps ``features`` from the libraries: the CPU has one of them and the cap leaves
+    it none; else None (no cap, the CPU has none of them, or the cap leaves one)."""
     cap = onednn_isa_cap()
-    have = [f for f in features if f in cpuinfo_flags()]
-    if cap is None or not have:
+    have = set(features) & cpuinfo_flags()
+    return cap if cap and have and not have & cpu_flags() else None
+
+
+def hidden_by_cap(features: tuple[str, ...]) -> str | None:
+    """"ONEDNN_MAX_CPU_ISA=AVX2 hides this CPU's avx512_bf16 from oneDNN" where the oneDNN cap keeps ``features`` from
+    the libraries (cap_hiding), else None. A message about features the libraries go without says this, not that "this
+    CPU" lacks what it has."""
+    cap = cap_hiding(features)
+    if cap is None:
         return None
-    return f"{cap} hides this CPU's {'/'.join(have)} from oneDNN"
+    return f"{cap} hides this CPU's {'/'.join(f for f in features if f in cpuinfo_flags())} from oneDNN"
 
 
 def avx512_hidden_by_cap() -> OneDnnCap | None:
     """The oneDNN cap where it keeps this CPU's AVX-512 from the libraries (ONEDNN_MAX_CPU_ISA=AVX2 on an AVX-512 CPU),
     else None. OpenVINO's CPU plugin then crashes the process at some shapes, in a kernel of AVX-512 code it generated
     all the same (docs/cpu-features.md); on a CPU without AVX-512 such a cap changes nothing."""
-    cap = onednn_isa_cap()
-    return cap if cap and "avx512f" in cpuinfo_flags() and "avx512f" not in cpu_flags() else None
+    return cap_hiding(("avx512f",))
 
 
 def int8_overflow_by_cpu() -> tuple[bool, str]:

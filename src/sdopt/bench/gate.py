@@ -25,7 +25,7 @@ from sdopt.bench.assemble import PSNR_CAP_DB, REPORT_SCHEMA, crowded, too_noisy,
 from sdopt.request import is_finite_number
 from sdopt.errors import SdoptError
 from sdopt.file_reading import read_json
-from sdopt.hardware import ONEDNN_CAP_VARIABLES
+from sdopt.hardware import ONEDNN_CAP_VARIABLES, cap_level
 
 EXIT_OK, EXIT_REGRESSION, EXIT_INCOMPARABLE = 0, 1, 2
 
@@ -492,7 +492,7 @@ def cpu_kind(report: dict) -> str:
     caps = cpu.get("isa_caps") if isinstance(cpu, dict) else None
     if isinstance(caps, dict) and caps:
         # a oneDNN cap in one spelling (reports of older sdopt kept it as typed: "avx2" and "AVX2" are one cap to oneDNN)
-        caps = {k: str(v).strip().upper() if k in ONEDNN_CAP_VARIABLES else v for k, v in caps.items()}
+        caps = {k: cap_level(str(v)) if k in ONEDNN_CAP_VARIABLES else v for k, v in caps.items()}
         kind = f"{kind} under ".lstrip() + " ".join(f"{k}={v}" for k, v in sorted(caps.items()))
     return kind
 
