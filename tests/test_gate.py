@@ -476,11 +476,29 @@ def test_rule_grammar():
         parse_rule("quality.psnr_db", "<= 60")
     with pytest.raises(SdoptError, match="peak_memory gets worse as it grows, so its bound is <= 1000"):
         parse_rule("peak_memory", ">= 1000")
-    assert parse_rule("size", "<= 1000").kind == "ceiling"
+    assert parse_rule("size", "<= 1000 B").kind == "ceiling"
     from sdopt.bench.rules import parse_rules
 
     with pytest.raises(SdoptError, match="an empty list checks nothing"):
         parse_rules({"quality.psnr_db": []})
+
+
+def test_a_rule_without_the_unit_its_metric_is_read_in_is_refused():
+    """A bare number on peak_memory or size was read as bytes ("<= 500", meant as MiB, failed every run; "+50" allowed 50
+    bytes), and "+50" on a latency ratio let it grow by 50 times the reference's: no run could fail it (qa100's list)."""
+    with pytest.raises(SdoptError, match=r"gate rule peak_memory: '<= 500': its number has no unit; peak_memory is read in bytes: write '<= 500 MiB'"):
+        parse_rule("peak_memory", "<= 500")
+    with pytest.raises(SdoptError, match=r"gate rule size: '\+50': its number has no unit"):
+        parse_rule("size", "+50")
+    with pytest.raises(SdoptError, match=r"'5 parsecs' is not a unit of bytes|'parsecs' is not a unit of bytes"):
+        parse_rule("size", "<= 5 parsecs")
+    with pytest.raises(SdoptError, match=r"gate rule latency.median: '\+50' would let the ratio to the reference grow by 50, not by 50%.*write '\+50%'"):
+        parse_rule("latency.median", "+50")
+    with pytest.raises(SdoptError, match="write it without 'MiB'"):
+        parse_rule("quality.ssim", ">= 0.9 MiB")
+    assert parse_rule("peak_memory", "<= 500 MiB").amount == 500 * 2**20
+    assert parse_rule("peak_memory", "+64 MiB").amount == 64 * 2**20 and parse_rule("size", "<= 2 GB").amount == 2e9
+    assert parse_rule("quality.psnr_db", ">= 30 dB").amount == 30 and parse_rule("latency.median", "<= 2").amount == 2
 
 
 @pytest.mark.parametrize("text, says", [('[gaet]\n"status" = "ok"\n', r"\[gaet\] is a table, not a rule"),

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sdopt.bench.rules import Rule, parse_rules
+from sdopt.bench.rules import BYTE_METRICS, RATIO_METRICS, Rule, parse_rules
 from sdopt.bench.assemble import PSNR_CAP_DB, REPORT_SCHEMA, crowded, too_noisy, with_more_rounds
 from sdopt.request import is_finite_number
 from sdopt.errors import SdoptError
@@ -55,7 +55,6 @@ REFERENCE_IDENTITY = ("artifact_id", "backend", "precision", "quantization", "co
 # Where both reports record them, the model and the reference's files are compared blind to the library versions that
 # wrote their configs (sdopt.manifest.identity_of): the fingerprint and artifact_id change with a Transformers upgrade.
 VERSION_BLIND = {"model.fingerprint": "model.identity", "artifact_id": "identity"}
-_RATIO_METRICS = {"latency.median", "latency.p90", "load"}
 # The values a bench can write (PSNR of uint8 images is at least 0 dB, capped at PSNR_CAP_DB; SSIM and a cosine lie in
 # [-1, 1]; a judge scores 0 to 1). One outside was edited or corrupted: MISSING, as a negative time, never a pass of a floor.
 POSSIBLE = {"quality.psnr_db": (0.0, PSNR_CAP_DB), "quality.ssim": (-1.0, 1.0), "quality.latent_cosine": (-1.0, 1.0), "adherence": (0.0, 1.0)}
@@ -243,7 +242,7 @@ def _fmt(metric: str, value: Any) -> str:
         return value
     if not is_finite_number(value):
         return repr(value)[:24]
-    if metric in _RATIO_METRICS:
+    if metric in RATIO_METRICS:
         return f"{value:.3f}× ref"
     if metric in ("peak_memory", "size"):
         return f"{value / 2**20:,.1f} MiB"
@@ -267,14 +266,15 @@ def _judge(rule: Rule, value: Any, base: Any, noise: float | None, ran: bool) ->
         return "", "skipped"
     if not is_finite_number(base):
         return "", "MISSING"  # the baseline ran this artifact but lacks the number
-    if base == 0 and value != 0 and (rule.relative or rule.metric in _RATIO_METRICS):
+    if base == 0 and value != 0 and (rule.relative or rule.metric in RATIO_METRICS):
         # No change is a percentage of 0: it read "+0.0%" and passed any growth (a Windows report of an older sdopt
         # recorded every peak memory as 0 bytes; a 10x larger run passed its "+25%" against it)
         return "", "MISSING"
     # the change as a share of the baseline's size: value / base - 1 turned the sign round for a negative baseline (an SSIM
     # or latent cosine below 0), so a drop from -0.5 to -0.9 read +80% and passed a "-2%" rule
     rel = (value - base) / abs(base) if base else 0.0
-    change = f"{rel * 100:+.1f}%" if rule.relative or rule.metric in _RATIO_METRICS else f"{value - base:+.3g}"
+    change = (f"{rel * 100:+.1f}%" if rule.relative or rule.metric in RATIO_METRICS else
+              f"{(value - base) / 2**20:+,.1f} MiB" if rule.metric in BYTE_METRICS else f"{value - base:+.3g}")  # as the values are shown
     if rule.kind == "increase":
         worse_by = rel if rule.relative else value - base
     else:
@@ -362,11 +362,11 @@ def gate(current: dict, rules_table: dict[str, Any], baseline: dict | None = Non
         is_reference = name == current["reference"]
         base = base_artifacts.get(name)
         for rule in rules:
-            if is_reference and rule.metric != "status" and (rule.metric in _RATIO_METRICS or rule.metric.startswith("quality.")):
+            if is_reference and rule.metric != "status" and (rule.metric in RATIO_METRICS or rule.metric.startswith("quality.")):
                 continue  # the reference is its own yardstick: ratio 1, identical images
             if rule.needs_baseline and baseline is None:
                 continue  # without a baseline the gate checks absolute floors only
-            if other_cpu and rule.metric in _RATIO_METRICS:
+            if other_cpu and rule.metric in RATIO_METRICS:
                 continue  # said once in the notes
             value = metric_value(rule.metric, artifact, current)
             base_value = metric_value(rule.metric, base, baseline) if base is not None else None

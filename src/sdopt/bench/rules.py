@@ -4,6 +4,7 @@
     quality.psnr_db: "-0.5"     may drop by at most 0.5 (absolute units) against the baseline
     quality.ssim: "-2%"         may drop by at most 2% against the baseline
     quality.psnr_db: ">= 30"    absolute floor, needs no baseline ("<= X": ceiling)
+    peak_memory: "<= 512 MiB"   a number of bytes says its unit (B, KiB, MiB, GiB, kB, MB, GB)
     status: "ok"                must equal this
     quality.psnr_db: ["-0.5", ">= 30"]   several rules for one metric
 
@@ -39,8 +40,17 @@ METRICS: dict[str, str] = {
 # and pass any slowdown).
 LARGER_IS_WORSE = {"latency.median", "latency.p90", "peak_memory", "size", "load"}
 STATUS_WORDS = ("ok",)
+# Metrics read in bytes, and the units a rule on them may give its number in. A bare number was read as bytes: "<= 500"
+# (meant as MiB) failed every run, and "+50" let peak memory grow by 50 bytes.
+BYTE_METRICS = {"peak_memory", "size"}
+BYTE_UNITS = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "kB": 10**3, "KB": 10**3, "MB": 10**6, "GB": 10**9}
+OPTIONAL_UNITS = {"quality.psnr_db": {"dB": 1}}  # may be said, and is read anyway
+# Metrics read as a ratio to the reference: a change of one is a percentage. "+50" allowed the ratio to grow by 50 (from
+# 0.5x the reference to 50.5x): no run could fail it.
+RATIO_METRICS = {"latency.median", "latency.p90", "load"}
 
-_RULE = re.compile(r"^\s*(?:(?P<cmp>>=|<=)\s*(?P<bound>-?\d+(?:\.\d+)?)|(?P<sign>[+-])\s*(?P<amount>\d+(?:\.\d+)?)(?P<pct>%)?|(?P<word>[a-z]+))\s*$")
+_RULE = re.compile(r"^\s*(?:(?P<cmp>>=|<=)\s*(?P<bound>-?\d+(?:\.\d+)?)|(?P<sign>[+-])\s*(?P<amount>\d+(?:\.\d+)?)(?P<pct>%)?|(?P<word>[a-z]+))"
+                   r"(?:\s*(?P<unit>[A-Za-z]+))?\s*$")
 
 
 @dataclass(frozen=True)
@@ -72,17 +82,42 @@ def parse_rule(metric: str, text: str) -> Rule:
         bound = "<=" if grows_worse else ">="
         if m["cmp"] != bound:
             raise SdoptError(f"gate rule {metric}: {text!r} {bad_way}, so its bound is {bound} {m['bound']}")
-        return Rule(metric, text, "floor" if m["cmp"] == ">=" else "ceiling", float(m["bound"]))
+        return Rule(metric, text, "floor" if m["cmp"] == ">=" else "ceiling", float(m["bound"]) * _unit_scale(metric, text, m))
     if m["sign"]:
         worse = "+" if grows_worse else "-"
         if m["sign"] != worse:
             raise SdoptError(f"gate rule {metric}: {text!r} {bad_way}, so its rule is {worse}{m['amount']}{m['pct'] or ''} (how much worse is allowed)")
-        return Rule(metric, text, "increase" if m["sign"] == "+" else "decrease", float(m["amount"]), relative=bool(m["pct"]))
+        return Rule(metric, text, "increase" if m["sign"] == "+" else "decrease", float(m["amount"]) * _unit_scale(metric, text, m), relative=bool(m["pct"]))
+    _unit_scale(metric, text, m)  # "ok B"
     if metric != "status":
         raise SdoptError(f"gate rule {metric}: {text!r}: a word rule ('ok') applies to status only")
     if m["word"] not in STATUS_WORDS:
         raise SdoptError(f"gate rule status: {text!r}: status takes 'ok' (every artifact ran)")
     return Rule(metric, text, "equals", word=m["word"])
+
+
+def _unit_scale(metric: str, text: str, m: re.Match) -> float:
+    """What a rule's number is multiplied by to be in the unit its metric is read in (bytes for BYTE_METRICS)."""
+    unit = m["unit"]
+    if m["word"] or m["pct"]:
+        if unit:  # "ok B", "+5% MiB": a word or a percentage has no unit
+            raise SdoptError(f"gate rule {metric}: {text!r} is not understood; write like '+10%', '-0.5', '>= 30' or 'ok'")
+        return 1.0
+    number = m["bound"] or m["amount"]
+    if metric in BYTE_METRICS:
+        if unit not in BYTE_UNITS:
+            said = f"{unit!r} is not a unit of bytes" if unit else "its number has no unit"
+            raise SdoptError(f"gate rule {metric}: {text!r}: {said}; {metric} is read in bytes: write "
+                             f"'{(m['cmp'] or m['sign'])} {number} MiB' (units: {', '.join(BYTE_UNITS)}), or a percentage such as '+5%'")
+        return float(BYTE_UNITS[unit])
+    if unit and unit not in OPTIONAL_UNITS.get(metric, {}):
+        raise SdoptError(f"gate rule {metric}: {text!r}: {metric} is {METRICS[metric]}; write it without {unit!r}")
+    if metric in RATIO_METRICS and m["sign"]:
+        grown = 0.5 + float(number)
+        raise SdoptError(f"gate rule {metric}: {text!r} would let the ratio to the reference grow by {number}, not by {number}% "
+                         f"(0.5x the reference to {grown:g}x: {grown / 0.5 - 1:+.0%}); a change of {metric} is judged as a percentage: "
+                         f"write '+{number}%'")
+    return 1.0
 
 
 def parse_rules(table: dict[str, Any]) -> list[Rule]:
