@@ -50,5 +50,13 @@ else
     echo "note: no baseline for this CPU ($KIND; committed: $(ls $BASELINES | sed 's/.json$//' | tr '\n' ' ')); gating on absolute floors only"
     baseline=()
 fi
+# On GitHub Actions the gate's table goes to the job summary too: appended, as $GITHUB_STEP_SUMMARY is meant to be
+# (--markdown there would overwrite what the step wrote before it), and whatever the verdict (set -e would end the
+# script at the gate's exit 1 first, the summary unwritten on the run that most needs it).
+status=0
 sdopt gate "$WORK/report/report.json" "${baseline[@]}" --rules reports/ci/rules.toml \
-    --markdown "$WORK/gate.md" --json "$WORK/gate.json"
+    --markdown "$WORK/gate.md" --json "$WORK/gate.json" || status=$?
+if [[ -n "${GITHUB_STEP_SUMMARY:-}" && -f "$WORK/gate.md" ]]; then
+    cat "$WORK/gate.md" >> "$GITHUB_STEP_SUMMARY"
+fi
+exit "$status"

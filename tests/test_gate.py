@@ -720,3 +720,37 @@ def test_ci_bench_refuses_a_missing_baselines_folder_and_a_refresh_with_a_failed
     run = ci_bench(committed)
     assert run.returncode == 0 and f"--baseline reports/ci/baselines/{committed.name}" in run.stdout, run
     shutil.rmtree(work / "reports")
+
+
+def test_ci_bench_appends_the_gate_to_the_github_job_summary_whatever_the_verdict(tmp_path):
+    """scripts/ci_bench.sh wrote no $GITHUB_STEP_SUMMARY, and `--markdown "$GITHUB_STEP_SUMMARY"` (README) would have
+    overwritten what the step wrote there before (qa100's list). Run with `sdopt` stood in: its gate writes a FAIL
+    table to --markdown and exits 1, which the script must pass on after appending the table."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    committed = sorted((root / "reports" / "ci" / "baselines").glob("*.json"))[0]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (bin_dir / "python").chmod(0o755)
+    (bin_dir / "sdopt").write_text(
+        '#!/usr/bin/env bash\ncase "$1" in\n  bench) while [[ "$1" != "-o" ]]; do shift; done; mkdir -p "$2"; cp "$FAKE_REPORT" "$2/report.json";;\n'
+        '  gate) while [[ "$1" != "--markdown" ]]; do shift; done; printf "## sdopt gate: FAIL\\n" > "$2"; exit 1;;\nesac\n')
+    (bin_dir / "sdopt").chmod(0o755)
+    work = tmp_path / "repo"
+    (work / "reports" / "ci" / "baselines").mkdir(parents=True)
+    shutil.copy(committed, work / "reports" / "ci" / "baselines")
+    summary = tmp_path / "step_summary.md"
+    summary.write_text("## the tests\n\n")  # what the step wrote before
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FAKE_REPORT": str(committed),
+           "PYTHONPATH": str(root / "src"), "GITHUB_STEP_SUMMARY": str(summary)}
+    run = subprocess.run(["bash", str(root / "scripts" / "ci_bench.sh")], cwd=work, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1, run  # the gate's verdict, passed on
+    assert summary.read_text() == "## the tests\n\n## sdopt gate: FAIL\n", summary.read_text()
+    env.pop("GITHUB_STEP_SUMMARY")
+    assert subprocess.run(["bash", str(root / "scripts" / "ci_bench.sh")], cwd=work, env=env, capture_output=True, timeout=120).returncode == 1
