@@ -410,6 +410,29 @@ def test_reports_that_cannot_be_compared_still_write_the_verdict_ci_reads(report
     assert "not valid JSON" in json.loads((tmp_path / "g.json").read_text())["notes"][0]
 
 
+def test_the_json_says_which_of_exit_2s_reasons_it_is(report, tmp_path, capsys):
+    """Exit 2 is timings too noisy (benching again helps), a number missing, reports made differently (refresh the
+    baseline) and unreadable input: a CI that retried on noise alone had to parse the notes' prose (qa100's list)."""
+    quiet = _pin_noise(json.loads(json.dumps(report)))
+    noisy = derived(quiet, **{"tiny-onnx": {"latency_s.median": lambda v: 3 * v, "latency_s.rel_mad": 0.45}})
+    assert gate(noisy, RULES, baseline=quiet).to_dict()["cannot_judge"] == "too noisy"
+    lacking = derived(noisy, **{"tiny-onnx": {"quality.psnr_db": None}})
+    assert gate(lacking, RULES, baseline=quiet).to_dict()["cannot_judge"] == "missing"  # a new bench will not bring it
+    assert gate(quiet, RULES, baseline=quiet).to_dict()["cannot_judge"] is None
+    other = json.loads(json.dumps(report))
+    other["request"]["steps"] += 1
+    (tmp_path / "a.json").write_text(json.dumps(report))
+    (tmp_path / "b.json").write_text(json.dumps(other))
+    assert main(["gate", str(tmp_path / "b.json"), "--baseline", str(tmp_path / "a.json"), "--json", str(tmp_path / "g.json")]) == 2
+    assert json.loads((tmp_path / "g.json").read_text())["cannot_judge"] == "incomparable"
+    (tmp_path / "b.json").write_text('{"schema": "sdopt.bench.re')
+    assert main(["gate", str(tmp_path / "b.json"), "--baseline", str(tmp_path / "a.json"), "--json", str(tmp_path / "g.json")]) == 2
+    assert json.loads((tmp_path / "g.json").read_text())["cannot_judge"] == "input"
+    (tmp_path / "b.json").write_text(json.dumps({**report, "artifacts": []}))  # JSON, but no bench report
+    assert main(["gate", str(tmp_path / "b.json"), "--baseline", str(tmp_path / "a.json"), "--json", str(tmp_path / "g.json")]) == 2
+    assert json.loads((tmp_path / "g.json").read_text())["cannot_judge"] == "input"
+
+
 def test_cli_writes_the_json_on_stdout_for_a_script_and_the_table_on_stderr(report, tmp_path, capsys, monkeypatch):
     """--json - wrote a file named "-"; --json /dev/stdout > log had the table overwrite the JSON: a script got no verdict."""
     import subprocess

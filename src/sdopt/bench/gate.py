@@ -81,6 +81,22 @@ class IncomparableReports(SdoptError):
     exit_code = EXIT_INCOMPARABLE
 
 
+class NotABenchReport(SdoptError):
+    """A file given as a report that is no complete `sdopt bench` report (exit 2, as every input error)."""
+
+    exit_code = EXIT_INCOMPARABLE
+
+
+# Why a verdict is "cannot judge" (exit 2), as --json's "cannot_judge" says it: exit 2 stands for all four (users rely on
+# it), and a CI that benches again only where that can help (too noisy) had to parse the notes' prose to tell them apart.
+CANNOT_JUDGE = {
+    "too noisy": "every check not judged was TOO NOISY: bench again (more rounds, a quieter machine)",
+    "missing": "a number a rule asks about is missing from a report, or is one no bench can write",
+    "incomparable": "the reports were made differently (settings, model, device, schema, reference): bench as the baseline was, or refresh it",
+    "input": "a report, rules file or profile could not be read or is not one: the note says which",
+}
+
+
 @dataclass
 class Check:
     artifact: str
@@ -107,6 +123,7 @@ class Check:
 class GateResult:
     checks: list[Check] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # what the gate did not compare, and why
+    error: str | None = None  # set where the gate raised: "incomparable" or "input" (CANNOT_JUDGE)
 
     @property
     def exit_code(self) -> int:
@@ -118,10 +135,20 @@ class GateResult:
     def verdict(self) -> str:
         return {EXIT_OK: "PASS", EXIT_REGRESSION: "FAIL"}.get(self.exit_code, "CANNOT JUDGE")
 
+    @property
+    def cannot_judge(self) -> str | None:
+        """Which CANNOT_JUDGE made the verdict exit 2 (a missing number before noise: benching again will not bring it)."""
+        if self.exit_code != EXIT_INCOMPARABLE:
+            return None
+        if self.error:
+            return self.error
+        return "too noisy" if self.checks and all(c.verdict == "TOO NOISY" for c in self.checks if c.missing) else "missing"
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "verdict": {EXIT_OK: "pass", EXIT_REGRESSION: "fail"}.get(self.exit_code, "cannot judge"),
             "exit_code": self.exit_code,
+            "cannot_judge": self.cannot_judge,
             "regressions": sum(c.failed for c in self.checks),
             "notes": self.notes,
             "checks": [c.__dict__ for c in self.checks],
@@ -136,7 +163,7 @@ def read_report(path: str | Path) -> dict:
     report = read_json(path, what="report", missing="give a report.json written by `sdopt bench`")
     if not isinstance(report, dict) or report.get("schema") != REPORT_SCHEMA:
         schema = report.get("schema") if isinstance(report, dict) else type(report).__name__
-        raise IncomparableReports(f"{path} is not an sdopt bench report (its schema is {schema!r})")
+        raise NotABenchReport(f"{path} is not an sdopt bench report (its schema is {schema!r})")
     check_shape(report, path)
     return report
 
@@ -145,12 +172,12 @@ def check_shape(report: dict, where: Any) -> None:
     """What the gate reads must be there and of the right kind: else exit 2, never a traceback or a pass."""
     artifacts = report.get("artifacts")
     if not isinstance(artifacts, list) or not artifacts or not all(isinstance(a, dict) and isinstance(a.get("name"), str) for a in artifacts):
-        raise IncomparableReports(f"{where} has no list of artifacts with names: it is not a complete bench report; bench again")
+        raise NotABenchReport(f"{where} has no list of artifacts with names: it is not a complete bench report; bench again")
     names = [a["name"] for a in artifacts]
     if len(set(names)) != len(names):
-        raise IncomparableReports(f"{where} names an artifact twice: it is not a report `sdopt bench` wrote; bench again")
+        raise NotABenchReport(f"{where} names an artifact twice: it is not a report `sdopt bench` wrote; bench again")
     if report.get("reference") not in names:
-        raise IncomparableReports(f"{where}: its reference {report.get('reference')!r} is not among its artifacts; bench again")
+        raise NotABenchReport(f"{where}: its reference {report.get('reference')!r} is not among its artifacts; bench again")
 
 
 def _get(data: dict, dotted: str) -> Any:

@@ -229,7 +229,7 @@ def _gate(args: argparse.Namespace) -> int:
     except SdoptError as exc:
         # Not judged is a verdict too: the --json and --markdown a CI step reads (its job summary, a PR comment) were not
         # written, so a script found no file, or the last run's "pass" in a kept workspace, and `--json -` printed nothing
-        result = gate.GateResult(notes=[f"not judged: {exc}"])
+        result = gate.GateResult(notes=[f"not judged: {exc}"], error="incomparable" if isinstance(exc, gate.IncomparableReports) else "input")
         for path, text in files:
             write_text_file(path, text())
         for text in piped:
@@ -365,7 +365,8 @@ def add_gate(sub) -> None:
         "needs no baseline), '\"status\" = \"ok\"'. Metrics: latency.median, latency.p90, load, peak_memory, size, quality.psnr_db, "
         "quality.ssim, quality.latent_cosine, adherence, status. Exit 0: every check passed (or within the recorded noise); "
         "1: a regression, or an artifact failed or missing; 2: the reports cannot be compared (other settings, device or schema), a number "
-        "is missing, or the timings were too noisy to judge: bench again. README, 'Regression gate', has the whole grammar.",
+        "is missing, or the timings were too noisy to judge: bench again (--json's cannot_judge says which: too noisy, missing, "
+        "incomparable, input). README, 'Regression gate', has the whole grammar.",
     )
     p.add_argument("current", type=user_path, help="report.json of this run")
     p.add_argument("--baseline", type=user_path, help="report.json to compare with; without it only absolute floors are checked")
