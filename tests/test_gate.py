@@ -54,6 +54,26 @@ def test_thirty_percent_slower_relative_to_reference_fails(report):
     assert bad[0].change == "+30.0%"
 
 
+def test_the_json_gives_each_checks_numbers_beside_its_texts(report):
+    """--json's checks held formatted strings only ("0.173× ref", "+30.0%", "627.9 MiB"): a machine reader had to parse
+    them back, units and all (qa100's list)."""
+    baseline = _pin_noise(derived(report))
+    slower = _pin_noise(derived(report, **{"tiny-onnx": {"latency_s.median": lambda v: v * 1.3}}))
+    checks = json.loads(json.dumps(gate(slower, RULES, baseline=baseline).to_dict()))["checks"]
+    by = {(c["artifact"], c["metric"], c["threshold"].split(" (")[0]): c for c in checks}
+    latency = by[("tiny-onnx", "latency.median", "+10%")]
+    onnx, ref = (next(a for a in slower["artifacts"] if a["name"] == n) for n in ("tiny-onnx", slower["reference"]))
+    assert latency["current_value"] == pytest.approx(onnx["latency_s"]["median"] / ref["latency_s"]["median"])
+    assert latency["unit"] == "ratio to reference" and latency["relative_change"] == pytest.approx(0.3)
+    assert latency["noise_band"] == pytest.approx(2 * 2**0.5 * 2**0.5 * 0.01)  # 2x the four rows' 1% standard errors combined
+    memory = by[("tiny-onnx", "peak_memory", "+5%")]
+    assert memory["current_value"] == onnx["peak_memory_bytes"] and memory["unit"] == "bytes" and memory["relative_change"] == 0
+    floor = by[("tiny-onnx", "quality.psnr_db", ">= 30")]
+    assert floor["current_value"] == onnx["quality"]["psnr_db"] and floor["unit"] == "dB" and floor["noise_band"] is None
+    status = by[("tiny-onnx", "status", "ok")]
+    assert status["current"] == "ok" and status["current_value"] is None and status["relative_change"] is None
+
+
 def test_a_change_exactly_at_the_threshold_passes(report):
     """"+5%" allows at most 5%: 100 -> 105 MiB computes as 5.0000000000000044% in floating point and was a REGRESSION,
     shown as "+5.0%" against "+5%"; so were a latency ratio 0.5 -> 0.55 under "+10%" and a PSNR 32.2 -> 31.7 dB under "-0.5"."""

@@ -108,6 +108,14 @@ class Check:
     # ok, noise, REGRESSION, MISSING, TOO NOISY (a slowdown past the rule in rows the bench itself called too noisy to
     # compare: cannot judge), n/a (the artifact failed: status says so), skipped (no baseline value)
     verdict: str
+    # The numbers behind the texts above, for a machine reader of --json ("0.173× ref" is for people): the values in
+    # ``unit`` (null where there is no number), the change as a fraction of the baseline's, the noise band (a fraction)
+    # where it applied to the verdict.
+    baseline_value: float | None = None
+    current_value: float | None = None
+    unit: str | None = None
+    relative_change: float | None = None
+    noise_band: float | None = None
 
     @property
     def failed(self) -> bool:
@@ -262,6 +270,10 @@ def ratio_noise(artifact: dict, report: dict) -> float:
     return math.hypot(a if is_finite_number(a) else 0.0, r if is_finite_number(r) else 0.0)
 
 
+# The unit of each metric's numbers in --json (the metrics not named are plain numbers: SSIM, a cosine, a 0-1 score).
+UNITS = {**{m: "ratio to reference" for m in RATIO_METRICS}, **{m: "bytes" for m in BYTE_METRICS}, "quality.psnr_db": "dB"}
+
+
 def _fmt(metric: str, value: Any) -> str:
     if value is None:
         return "–"
@@ -274,6 +286,12 @@ def _fmt(metric: str, value: Any) -> str:
     if metric in ("peak_memory", "size"):
         return f"{value / 2**20:,.1f} MiB"
     return f"{value:.4g}"
+
+
+def _relative(value: float, base: float) -> float:
+    # the change as a share of the baseline's size: value / base - 1 turned the sign round for a negative baseline (an SSIM
+    # or latent cosine below 0), so a drop from -0.5 to -0.9 read +80% and passed a "-2%" rule
+    return (value - base) / abs(base) if base else 0.0
 
 
 def _judge(rule: Rule, value: Any, base: Any, noise: float | None, ran: bool) -> tuple[str, str]:
@@ -297,9 +315,7 @@ def _judge(rule: Rule, value: Any, base: Any, noise: float | None, ran: bool) ->
         # No change is a percentage of 0: it read "+0.0%" and passed any growth (a Windows report of an older sdopt
         # recorded every peak memory as 0 bytes; a 10x larger run passed its "+25%" against it)
         return "", "MISSING"
-    # the change as a share of the baseline's size: value / base - 1 turned the sign round for a negative baseline (an SSIM
-    # or latent cosine below 0), so a drop from -0.5 to -0.9 read +80% and passed a "-2%" rule
-    rel = (value - base) / abs(base) if base else 0.0
+    rel = _relative(value, base)
     change = (f"{rel * 100:+.1f}%" if rule.relative or rule.metric in RATIO_METRICS else
               f"{(value - base) / 2**20:+,.1f} MiB" if rule.metric in BYTE_METRICS else f"{value - base:+.3g}")  # as the values are shown
     if rule.kind == "increase":
@@ -432,7 +448,10 @@ def gate(current: dict, rules_table: dict[str, Any], baseline: dict | None = Non
             # the band only where _judge applies it (a relative change rule on a row that ran): beside "<= 2" or an n/a it misled
             applies = noise and rule.relative and rule.kind not in ("equals", "floor", "ceiling") and verdict != "n/a"
             threshold = rule.text + (f" (noise ±{2 * noise * 100:.1f}%)" if applies else "")
-            result.checks.append(Check(name, rule.metric, _fmt(rule.metric, base_value) if base is not None else "–", _fmt(rule.metric, value), change, threshold, verdict))
+            numbers = [v if is_finite_number(v) else None for v in (base_value, value)]
+            result.checks.append(Check(name, rule.metric, _fmt(rule.metric, base_value) if base is not None else "–", _fmt(rule.metric, value), change,
+                                       threshold, verdict, *numbers, UNITS.get(rule.metric) if any(x is not None for x in numbers) else None,
+                                       _relative(value, base_value) if None not in numbers and base_value else None, 2 * noise if applies else None))
     # A speed check that passed says little where other processes held the CPUs while a row ran: a crowded reference makes
     # every artifact look faster (ONNX "15x" the reference under load, 2x quiet). Not a verdict (the gate judges
     # regressions, and TOO NOISY already takes those); said, so a CI log shows it without the bench report.
