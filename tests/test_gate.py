@@ -482,6 +482,22 @@ def test_a_profile_without_gate_rules_says_the_default_rules_judged(report, tmp_
     assert "rules: default rules (profile mine has no [gate])" in capsys.readouterr().out
 
 
+def test_a_profiles_rules_on_a_bench_made_otherwise_say_so(report, tmp_path, capsys):
+    """`sdopt gate --profile cpu-shapes` judged a bench of other settings (here 2 steps of one prompt) by floors drawn on
+    the profile's own (20 steps of 8 prompts: adherence >= 0.85) without a word (qa100's list)."""
+    (tmp_path / "r.json").write_text(json.dumps(report))
+    main(["gate", str(tmp_path / "r.json"), "--profile", "cpu-shapes", "--json", str(tmp_path / "g.json")])
+    notes = json.loads((tmp_path / "g.json").read_text())["notes"]
+    said = [n for n in notes if n.startswith("profile cpu-shapes's [gate] rules were drawn for its own bench settings")]
+    assert said and "steps 2 (the profile's 20)" in said[0] and "prompts 1 prompt (the profile's 8 prompts)" in said[0], notes
+    assert "seeds [0, 1] (the profile's [0])" in said[0] and "height" not in said[0], said  # 64 in both
+    # a bench with the profile's own settings: nothing to say
+    (tmp_path / "mine.toml").write_text('name = "mine"\ndevice = "cpu"\n[bench]\nsteps = 2\nseeds = [0, 1]\n'
+                                        'prompts = ["a lighthouse at dawn"]\n[gate]\n"status" = "ok"\n')
+    assert main(["gate", str(tmp_path / "r.json"), "--profile", str(tmp_path / "mine.toml"), "--json", str(tmp_path / "g.json")]) == 0
+    assert not any("bench settings" in n for n in json.loads((tmp_path / "g.json").read_text())["notes"])
+
+
 def test_a_report_of_a_profile_not_installed_here_says_to_give_it(report, tmp_path, capsys):
     """A report benched with the user's own profile names it; gated without --profile it said only "unknown profile
     'mine'", not that the name came from the report nor how to give the file (walk qa51)."""

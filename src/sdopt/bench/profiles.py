@@ -7,6 +7,7 @@ Profiles are TOML files shipped in the package (``src/sdopt/profiles/``), in a
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -31,6 +32,10 @@ BENCH_DEFAULTS: dict[str, Any] = {
         "a photo of a red fox in fresh snow, telephoto",
     ],
 }
+
+
+# The [bench] settings a report records in its request (what its images and timings were made of).
+REQUEST_SETTINGS = ("steps", "height", "width", "seeds", "prompts", "guidance_scale", "scheduler")
 
 
 @dataclass
@@ -60,6 +65,17 @@ class HardwareProfile:
         if self.device == "cuda" and not machine.get("gpus"):
             return f"profile {self.name} is for a CUDA GPU, and this machine shows none"
         return None
+
+    def benched_otherwise(self, request: dict[str, Any]) -> list[str]:
+        """The [bench] settings this profile sets that a report's request does not have, as "steps 4 (the profile's 20)":
+        its [gate] floors were drawn on benches of these (cpu-shapes' adherence floor on 20 steps of 8 prompts)."""
+        def said(value: Any) -> str:
+            if isinstance(value, list) and value and isinstance(value[0], str):
+                return f"{len(value)} prompt{'s' * (len(value) != 1)}"  # not each one's words
+            return json.dumps(value)[:60]
+
+        return [f"{key} {said(request.get(key))} (the profile's {said(self.bench[key])})" for key in REQUEST_SETTINGS
+                if key in self.bench and request.get(key) != self.bench[key]]
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items()}

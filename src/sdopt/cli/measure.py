@@ -209,6 +209,7 @@ def _gate(args: argparse.Namespace) -> int:
         raise SdoptError(f"--markdown and --json both name {files[0][0]}: give each a file of its own")
     try:
         current = gate.read_report(args.current)
+        profile_gate = False  # the rules are a profile's [gate]
         baseline = gate.read_report(args.baseline) if args.baseline else None
         if args.rules:
             rules, source = load_rules_file(args.rules), args.rules
@@ -221,11 +222,16 @@ def _gate(args: argparse.Namespace) -> int:
                 # a profile of the user's own, named by the report but not installed here: say where the name came from
                 raise SdoptError(f"{args.current} was benched with profile {current['profile']!r}, whose [gate] rules apply, but it is not "
                                  f"found here ({exc}): give --profile FILE.toml (the profile it was made with) or --rules FILE") from None
-            rules = profile.gate or gate.DEFAULT_RULES
+            rules, profile_gate = profile.gate or gate.DEFAULT_RULES, bool(profile.gate)
             source = f"profile {profile.name}" if profile.gate else f"default rules (profile {profile.name} has no [gate])"
         else:
             rules, source = gate.DEFAULT_RULES, "default rules"
         result = gate.gate(current, rules, baseline)
+        if profile_gate and (otherwise := profile.benched_otherwise(current.get("request") or {})):
+            # a profile's floors hold for benches like its own: cpu-shapes' adherence >= 0.85 judged a 4-step bench in silence
+            result.notes.insert(0, f"profile {profile.name}'s [gate] rules were drawn for its own bench settings, and this report "
+                                   f"was benched otherwise: {', '.join(otherwise)}; its floors may not hold for such a bench: bench "
+                                   f"with --profile {profile.name} to gate on them, or give --rules for these settings")
     except SdoptError as exc:
         # Not judged is a verdict too: the --json and --markdown a CI step reads (its job summary, a PR comment) were not
         # written, so a script found no file, or the last run's "pass" in a kept workspace, and `--json -` printed nothing
