@@ -68,6 +68,12 @@ _AT_THRESHOLD = 1e-9  # a change that lands on a rule's threshold but for floati
 # step caching) lies below 60 dB and is judged by its rule. (48.13 dB, a mean error of one level, was the first line
 # drawn: a PSNR is a mean, and 60 values 100 levels off on 512x512 still read 49.3 dB; qa87.)
 EXACT_PSNR_DB = 70.0
+# The widest noise band (twice the combined standard error) that may excuse a latency change past its rule as "noise".
+# Rows the bench does not call too noisy (spread up to 20%) still make a band of ±105% from 2 samples a row (±61% from 6,
+# ±35% from 18): an 80% slowdown read as noise and passed. The committed reports' 120 rows whose timings the bench did
+# not call too noisy, each gated against a copy of its report, make bands of 11.5% (median) to 35.4%; a band past ±50%
+# would excuse slowdowns that even this project's CI rule, +50% to cover the tiny model's swings, forbids (qa102).
+NOISE_BAND_LIMIT = 0.5
 # Used when neither --rules nor a profile (given, or named in the report) says otherwise.
 DEFAULT_RULES: dict[str, Any] = {
     "latency.median": "+10%",
@@ -445,6 +451,12 @@ def gate(current: dict, rules_table: dict[str, Any], baseline: dict | None = Non
                     result.notes.append(f"{name} {rule.metric}: not judged: the timings of {'; '.join(noisy)} cannot be compared "
                                         "(the report's own warning); bench again on a quiet machine, or "
                                         + with_more_rounds(_get(current, "settings.rounds")))
+            if verdict == "noise" and 2 * noise > NOISE_BAND_LIMIT:  # a change past the rule that such a band excuses: unjudged
+                verdict = "TOO NOISY"
+                result.notes.append(f"{name} {rule.metric}: not judged: {change} is past {rule.text} but inside the run-to-run noise "
+                                    f"(±{2 * noise:.0%}), a band too wide to tell a regression from noise (past ±{NOISE_BAND_LIMIT:.0%}); "
+                                    "bench again with more samples a row (--runs, seeds), on a quiet machine, or "
+                                    + with_more_rounds(_get(current, "settings.rounds")))
             # the band only where _judge applies it (a relative change rule on a row that ran): beside "<= 2" or an n/a it misled
             applies = noise and rule.relative and rule.kind not in ("equals", "floor", "ceiling") and verdict != "n/a"
             threshold = rule.text + (f" (noise ±{2 * noise * 100:.1f}%)" if applies else "")
