@@ -10,6 +10,8 @@ reference artifact measured in the same run, so a slower or busier machine
 does not fail the gate by itself; and a change within the run-to-run noise
 recorded in the reports (twice the combined standard error of the medians) is
 reported as "noise", not as a regression.
+
+What two reports must share to be compared, and the notes on what is not compared, are sdopt.bench.comparable's.
 """
 
 from __future__ import annotations
@@ -17,44 +19,18 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from sdopt.bench.rules import BYTE_METRICS, RATIO_METRICS, Rule, parse_rules
-from sdopt.bench.assemble import PSNR_CAP_DB, REPORT_SCHEMA, crowded, too_noisy, with_more_rounds
+from sdopt.bench.assemble import PSNR_CAP_DB, crowded, too_noisy, with_more_rounds
+from sdopt.bench.comparable import (  # noqa: F401 (IncomparableReports, NotABenchReport, read_report, cpu_kind: gate's API)
+    IncomparableReports, NotABenchReport, check_comparable, check_same_judge, check_same_memory_kind, check_same_worker_start,
+    check_shape, cpu_kind, field_at, read_report, rows_by_name, rows_to_compare,
+)
 from sdopt.request import is_finite_number
-from sdopt.errors import SdoptError
-from sdopt.file_reading import read_json
-from sdopt.hardware import ONEDNN_CAP_VARIABLES, cap_level
 
 EXIT_OK, EXIT_REGRESSION, EXIT_INCOMPARABLE = 0, 1, 2
 
-# Fields two reports must share to be compared, as dotted paths into report.json.
-COMPARABLE_FIELDS = (
-    "schema",
-    "schema_version",
-    "request.prompts",
-    "request.seeds",
-    "request.steps",
-    "request.height",
-    "request.width",
-    "request.guidance_scale",
-    "request.scheduler",
-    "request.eta",  # the next four only in reports that set them (a bench of ddim/tcd with eta, of img2img or inpainting)
-    "request.init_image",
-    "request.mask_image",
-    "request.strength",
-    "model.fingerprint",
-    # A CUDA bench against a CPU baseline compared latency ratios of other machines' kinds whenever the host CPUs'
-    # extensions matched (and peak memory of other kinds: the allocator's against RSS)
-    "settings.device",
-)
-# What makes the reference the same yardstick in two reports, as its row records it: the same files (artifact_id), run
-# the same way. Its name is not: a profile names it, else the checkpoint's folder, which differs between machines.
-REFERENCE_IDENTITY = ("artifact_id", "backend", "precision", "quantization", "compile", "guidance_end", "cache_interval", "replaced")
-# Where both reports record them, the model and the reference's files are compared blind to the library versions that
-# wrote their configs (sdopt.manifest.identity_of): the fingerprint and artifact_id change with a Transformers upgrade.
-VERSION_BLIND = {"model.fingerprint": "model.identity", "artifact_id": "identity"}
 # The values a bench can write (PSNR of uint8 images is at least 0 dB, capped at PSNR_CAP_DB; SSIM and a cosine lie in
 # [-1, 1]; a judge scores 0 to 1). One outside was edited or corrupted: MISSING, as a negative time, never a pass of a floor.
 POSSIBLE = {"quality.psnr_db": (0.0, PSNR_CAP_DB), "quality.ssim": (-1.0, 1.0), "quality.latent_cosine": (-1.0, 1.0), "adherence": (0.0, 1.0)}
@@ -81,16 +57,6 @@ DEFAULT_RULES: dict[str, Any] = {
     "quality.psnr_db": ["-0.5", ">= 30"],
     "status": "ok",
 }
-
-
-class IncomparableReports(SdoptError):
-    exit_code = EXIT_INCOMPARABLE
-
-
-class NotABenchReport(SdoptError):
-    """A file given as a report that is no complete `sdopt bench` report (exit 2, as every input error)."""
-
-    exit_code = EXIT_INCOMPARABLE
 
 
 # Why a verdict is "cannot judge" (exit 2), as --json's "cannot_judge" says it: exit 2 stands for all four (users rely on
@@ -169,90 +135,13 @@ class GateResult:
         }
 
 
-def read_report(path: str | Path) -> dict:
-    path = Path(path)
-    if path.is_dir():  # the bench's -o folder: read_json called it "missing", though it is right there
-        hint = f"give {path / 'report.json'}" if (path / "report.json").is_file() else "give a report.json written by `sdopt bench`"
-        raise SdoptError(f"report {path} is a folder: {hint}")
-    report = read_json(path, what="report", missing="give a report.json written by `sdopt bench`")
-    if not isinstance(report, dict) or report.get("schema") != REPORT_SCHEMA:
-        schema = report.get("schema") if isinstance(report, dict) else type(report).__name__
-        raise NotABenchReport(f"{path} is not an sdopt bench report (its schema is {schema!r})")
-    check_shape(report, path)
-    return report
-
-
-def check_shape(report: dict, where: Any) -> None:
-    """What the gate reads must be there and of the right kind: else exit 2, never a traceback or a pass."""
-    artifacts = report.get("artifacts")
-    if not isinstance(artifacts, list) or not artifacts or not all(isinstance(a, dict) and isinstance(a.get("name"), str) for a in artifacts):
-        raise NotABenchReport(f"{where} has no list of artifacts with names: it is not a complete bench report; bench again")
-    names = [a["name"] for a in artifacts]
-    if len(set(names)) != len(names):
-        raise NotABenchReport(f"{where} names an artifact twice: it is not a report `sdopt bench` wrote; bench again")
-    if report.get("reference") not in names:
-        raise NotABenchReport(f"{where}: its reference {report.get('reference')!r} is not among its artifacts; bench again")
-
-
-def _get(data: dict, dotted: str) -> Any:
-    for key in dotted.split("."):
-        data = data.get(key) if isinstance(data, dict) else None
-    return data
-
-
-def check_comparable(current: dict, baseline: dict) -> None:
-    for name in COMPARABLE_FIELDS:
-        name = _version_blind(name, current, baseline, _get)
-        a, b = _get(current, name), _get(baseline, name)
-        if a != b:
-            # another schema_version is another sdopt's report, not other settings: only a new baseline helps
-            todo = ("The baseline was written by another version of sdopt's report: bench the baseline again with this sdopt"
-                    if name == "schema_version" else
-                    # no setting makes another model's report comparable ("bench with the same settings" sent a developer
-                    # looking for a flag after a change to init-model or the checkpoint)
-                    "The model's files differ from the baseline's: bench the baseline's model, or refresh the baseline if the "
-                    "model changed on purpose" if name.startswith("model.") else
-                    "Bench with the same settings as the baseline, or refresh the baseline")
-            raise IncomparableReports(
-                f"the reports cannot be compared: {name} differs (baseline {json.dumps(b)[:120]}, current {json.dumps(a)[:120]}). {todo}"
-            )
-    a, b = reference_identity(current, baseline), reference_identity(baseline, current)
-    if a != b:
-        diff = ", ".join(f"{k} {json.dumps(b.get(k))[:60]} vs {json.dumps(a.get(k))[:60]}" for k in a if a.get(k) != b.get(k))
-        raise IncomparableReports(
-            f"the reports cannot be compared: the reference differs (baseline {baseline['reference']!r}, current {current['reference']!r}: "
-            f"{diff}, baseline vs current). Bench against the same reference as the baseline, or refresh the baseline"
-        )
-
-
-def reference_identity(report: dict, other: dict | None = None) -> dict[str, Any]:
-    """What the reference is (REFERENCE_IDENTITY, from its row), whatever the report names it; its files compared
-    blind to library versions where this report's and ``other``'s reference rows both record that (VERSION_BLIND)."""
-    row, other_row = _reference_row(report), _reference_row(other) if other else None
-    keys = [_version_blind(k, row, other_row, dict.get) if other_row is not None else k for k in REFERENCE_IDENTITY]
-    return {k: row.get(k) for k in keys}
-
-
-def _reference_row(report: dict) -> dict:
-    return _by_name(report).get(report["reference"], {})
-
-
-def _version_blind(key: str, a: dict, b: dict, get) -> str:
-    blind = VERSION_BLIND.get(key)
-    return blind if blind and get(a, blind) and get(b, blind) else key
-
-
-def _by_name(report: dict) -> dict[str, dict]:
-    return {a["name"]: a for a in report["artifacts"]}
-
-
 def _ratio(a: dict, ref: dict, path: str) -> float | None:
-    x, y = _get(a, path), _get(ref, path)
+    x, y = field_at(a, path), field_at(ref, path)
     return x / y if is_finite_number(x) and is_finite_number(y) and x >= 0 and y > 0 else None  # a negative time is no time: MISSING
 
 
 def metric_value(metric: str, artifact: dict, report: dict) -> Any:
-    ref = _by_name(report).get(report["reference"], {})
+    ref = rows_by_name(report).get(report["reference"], {})
     if metric == "status":
         return artifact.get("status")
     if metric == "latency.median":
@@ -264,15 +153,15 @@ def metric_value(metric: str, artifact: dict, report: dict) -> Any:
     if metric in ("peak_memory", "size"):
         value = artifact.get("peak_memory_bytes" if metric == "peak_memory" else "size_bytes")
         return None if is_finite_number(value) and value < 0 else value  # a negative count of bytes: MISSING, never smaller
-    value = _get(artifact, "adherence.mean" if metric == "adherence" else metric)  # adherence, quality.*
+    value = field_at(artifact, "adherence.mean" if metric == "adherence" else metric)  # adherence, quality.*
     low, high = POSSIBLE.get(metric, (-math.inf, math.inf))
     return None if is_finite_number(value) and not low - _ROUNDING <= value <= high + _ROUNDING else value  # MISSING, never a pass
 
 
 def ratio_noise(artifact: dict, report: dict) -> float:
     """Relative standard error of an artifact's latency ratio to the reference, from the samples."""
-    ref = _by_name(report).get(report["reference"], {})
-    a, r = _get(artifact, "latency_s.rel_stderr"), _get(ref, "latency_s.rel_stderr")
+    ref = rows_by_name(report).get(report["reference"], {})
+    a, r = field_at(artifact, "latency_s.rel_stderr"), field_at(ref, "latency_s.rel_stderr")
     return math.hypot(a if is_finite_number(a) else 0.0, r if is_finite_number(r) else 0.0)
 
 
@@ -347,61 +236,12 @@ def gate(current: dict, rules_table: dict[str, Any], baseline: dict | None = Non
     rules = parse_rules(rules_table)
     if not any(r.metric == "status" for r in rules):
         rules.append(parse_rules({"status": "ok"})[0])  # a failed artifact always fails the gate
-    result = GateResult()
-    if baseline is None and (relative := [f"{r.metric} {r.text}" for r in rules if r.needs_baseline]):
-        result.notes.append(f"not judged without a baseline (--baseline REPORT): {', '.join(relative)}; only absolute floors were checked")
-    if baseline is not None and _get(current, "model.fingerprint") != _get(baseline, "model.fingerprint"):
-        # check_comparable let them through: the same model files but for the library versions written in their configs.
-        result.notes.append("the model's files differ from the baseline's only in the library versions their configs record "
-                            f"(fingerprint {str(_get(baseline, 'model.fingerprint'))[:12]} there, {str(_get(current, 'model.fingerprint'))[:12]} "
-                            "here): the same model, compared")
-    if baseline is not None and baseline == current:
-        # A CI step that gates the report it just wrote (or copied over the baseline with --refresh) passes whatever ran:
-        # every change is 0. Not refused (a report is its own baseline in a smoke test), but said where the log shows it.
-        result.notes.append("the baseline is this very report (the same file, or a copy of it): every change is 0 and no regression "
-                            "can show; give the committed baseline to --baseline")
-    other_cpu = baseline is not None and cpu_kind(current) != cpu_kind(baseline)
-    if other_cpu:
-        result.notes.append(
-            f"speed not compared: the baseline ran on a CPU with {cpu_kind(baseline) or 'unknown features'}, this run on one with "
-            f"{cpu_kind(current) or 'unknown features'}; backends take other kernels on each, so their speed ratios differ by design. "
-            "Commit a baseline from this kind of CPU to gate speed here (scripts/ci_bench.sh --refresh)"
-        )
-    base_artifacts = _by_name(baseline) if baseline else {}
-    if baseline is not None and baseline["reference"] != current["reference"]:
-        # The same reference under another name (check_comparable has compared what it is): its row is the current one's.
-        if current["reference"] in base_artifacts:
-            raise IncomparableReports(
-                f"the reports cannot be compared: the baseline's reference is {baseline['reference']!r}, and its {current['reference']!r} "
-                "is another of its artifacts; bench with the baseline's names, or refresh the baseline")
-        base_artifacts[current["reference"]] = base_artifacts.pop(baseline["reference"])
-        result.notes.append(f"the reference is named {current['reference']!r} here and {baseline['reference']!r} in the baseline: "
-                            f"the same artifact ({reference_identity(current)['artifact_id']}, run alike), compared as one")
-    gone = sorted(base_artifacts.keys() - _by_name(current).keys())
+    # what is compared with what, and the notes on what is not (sdopt.bench.comparable)
+    base_artifacts, gone, notes = rows_to_compare(current, baseline, rules)
+    result = GateResult(notes=notes)
     for name in gone:
         result.checks.append(Check(name, "present", "yes", "missing", "", "in baseline", "REGRESSION"))
-    # An artifact added or renamed: its checks against the baseline read "skipped" in a table the summary line counted
-    # as checks ("PASS (0 regression(s) in 31 checks)"), so a CI log said nothing of a row never compared
-    new = [a["name"] for a in current["artifacts"] if a["name"] not in base_artifacts]
-    if baseline is not None and new and (relative := sorted({r.metric for r in rules if r.needs_baseline})):
-        result.notes.append(f"not in the baseline, so not compared with it ({', '.join(relative)} skipped; floors and status "
-                            f"checked): {', '.join(new)}" + (f" (renamed from {', '.join(gone)}?)" if gone else "")
-                            + "; refresh the baseline to gate them")
-    # A baseline whose run of an artifact failed (scripts/ci_bench.sh --refresh copies the report whatever failed) has
-    # nothing to compare it with: every later run's slowdown or quality loss there was "skipped" under a PASS
-    failed_there = [a["name"] for a in current["artifacts"] if a["name"] in base_artifacts and base_artifacts[a["name"]].get("status") != "ok"]
-    if failed_there and (relative := sorted({r.metric for r in rules if r.needs_baseline})):
-        result.notes.append(f"failed in the baseline, so not compared with it ({', '.join(relative)} skipped; floors and status "
-                            f"checked): {', '.join(failed_there)}; refresh the baseline from a run where they ran to gate them")
-    base_reference = base_artifacts.get(baseline.get("reference")) if baseline is not None else None
-    if base_reference is not None and base_reference.get("status") != "ok" and any(r.needs_baseline for r in rules):
-        # every row's ratio and images are the reference's: none was measured in that run, and each check read MISSING
-        result.notes.append(f"the baseline's reference ({baseline['reference']}) failed in its run, so no ratio to it or image "
-                            "compared with it was measured there: its checks against the baseline cannot be judged; refresh the "
-                            "baseline from a run where the reference ran")
-    if gone:
-        result.notes.append(f"in the baseline but not in this run: {', '.join(gone)}; bench them, or, if they were dropped or "
-                            "renamed on purpose, refresh the baseline")
+    other_cpu = baseline is not None and cpu_kind(current) != cpu_kind(baseline)  # said once in the notes
     for artifact in current["artifacts"]:
         name = artifact["name"]
         if artifact.get("status") != "ok" and artifact.get("error"):
@@ -420,11 +260,11 @@ def gate(current: dict, rules_table: dict[str, Any], baseline: dict | None = Non
             value = metric_value(rule.metric, artifact, current)
             base_value = metric_value(rule.metric, base, baseline) if base is not None else None
             if rule.metric == "adherence" and rule.needs_baseline and base is not None:
-                _check_same_judge(name, artifact, base)
+                check_same_judge(name, artifact, base)
             if rule.metric == "peak_memory" and rule.needs_baseline and base is not None:
-                _check_same_memory_kind(name, artifact, base)
+                check_same_memory_kind(name, artifact, base)
             if rule.metric == "load" and rule.needs_baseline and base is not None:
-                _check_same_worker_start(current, baseline)
+                check_same_worker_start(current, baseline)
             if base is not None and base.get("status") != "ok":
                 base_value = None  # nothing to compare with: the baseline's run of it failed
             elif base is not None and base_value is None:
@@ -450,13 +290,13 @@ def gate(current: dict, rules_table: dict[str, Any], baseline: dict | None = Non
                     verdict = "TOO NOISY"
                     result.notes.append(f"{name} {rule.metric}: not judged: the timings of {'; '.join(noisy)} cannot be compared "
                                         "(the report's own warning); bench again on a quiet machine, or "
-                                        + with_more_rounds(_get(current, "settings.rounds")))
+                                        + with_more_rounds(field_at(current, "settings.rounds")))
             if verdict == "noise" and 2 * noise > NOISE_BAND_LIMIT:  # a change past the rule that such a band excuses: unjudged
                 verdict = "TOO NOISY"
                 result.notes.append(f"{name} {rule.metric}: not judged: {change} is past {rule.text} but inside the run-to-run noise "
                                     f"(±{2 * noise:.0%}), a band too wide to tell a regression from noise (past ±{NOISE_BAND_LIMIT:.0%}); "
                                     "bench again with more samples a row (--runs, seeds), on a quiet machine, or "
-                                    + with_more_rounds(_get(current, "settings.rounds")))
+                                    + with_more_rounds(field_at(current, "settings.rounds")))
             # the band only where _judge applies it (a relative change rule on a row that ran): beside "<= 2" or an n/a it misled
             applies = noise and rule.relative and rule.kind not in ("equals", "floor", "ceiling") and verdict != "n/a"
             threshold = rule.text + (f" (noise ±{2 * noise * 100:.1f}%)" if applies else "")
@@ -483,76 +323,13 @@ def gate(current: dict, rules_table: dict[str, Any], baseline: dict | None = Non
 _LATENCY_METRICS = ("latency.median", "latency.p90")
 
 
-def _check_same_judge(name: str, artifact: dict, base: dict) -> None:
-    """Adherence scores from two judges (the classical one, a VLM) are two scales: a change between them is no change."""
-    judges = [_get(row, "adherence.judge") for row in (base, artifact)]
-    if all(judges) and judges[0] != judges[1]:
-        raise IncomparableReports(
-            f"the reports cannot be compared on adherence: {name}'s was judged by the {judges[0]} judge in the baseline and by the "
-            f"{judges[1]} judge here. Bench with --judge {judges[0]}, or refresh the baseline"
-        )
-
-
-_MEMORY_KINDS = {"rss": "the process's peak resident set (rss)", "cuda_allocated": "the CUDA allocator's peak (cuda_allocated)"}
-
-
-def _check_same_memory_kind(name: str, artifact: dict, base: dict) -> None:
-    """A CPU run's peak memory is its RSS, a CUDA run's the allocator's peak: two quantities, so a change between them is
-    no change (a CUDA report against a CPU baseline passed at -90%)."""
-    kinds = [row.get("peak_memory_kind") for row in (base, artifact)]
-    if all(kinds) and kinds[0] != kinds[1]:
-        raise IncomparableReports(
-            f"the reports cannot be compared on peak_memory: {name}'s is {_MEMORY_KINDS.get(kinds[0], kinds[0])} in the baseline "
-            f"and {_MEMORY_KINDS.get(kinds[1], kinds[1])} here. Bench on the baseline's device, or refresh the baseline"
-        )
-
-
-def _worker_start(report: dict) -> str:
-    # Written before the bench recorded it (2026-12-04), a report's workers started cold: forked ones came with the record.
-    return _get(report, "settings.worker_start") or "cold"
-
-
-def _check_same_worker_start(current: dict, baseline: dict) -> None:
-    """A cold worker's load time includes importing its backend (torch and Diffusers: ~6 s), a forked one's is the
-    artifact's own: two quantities, so their ratios to the reference are not a change (a forked run gated against a
-    baseline from before forked workers failed load at +1,150%)."""
-    starts = [_worker_start(report) for report in (baseline, current)]
-    if starts[0] != starts[1]:
-        said = {"cold": "started cold (a load that includes importing the backend)", "fork": "were forked (a load that is the artifact's own)"}
-        base = said.get(starts[0], starts[0])
-        if not _get(baseline, "settings.worker_start"):
-            base = "started cold, as every sdopt's did before its reports recorded how (a load that includes importing the backend)"
-        raise IncomparableReports(
-            f"the reports cannot be compared on load: the baseline's workers {base}, this run's {said.get(starts[1], starts[1])}. "
-            f"Bench with --worker-start {starts[0]}, or refresh the baseline"
-        )
-
-
 def _noisy_rows(artifact: dict | None, report: dict | None, which: str) -> list[str]:
     """The rows a latency ratio is made of (the artifact and its report's reference) whose timings the bench called
     not comparable (assemble.too_noisy), named with their report and why (``which``: "tiny-int8 (current, spread 44%)")."""
     if not artifact or not report:
         return []
-    rows = [artifact, _by_name(report).get(report.get("reference"), {})]
+    rows = [artifact, rows_by_name(report).get(report.get("reference"), {})]
     return list(dict.fromkeys(f"{r.get('name')} ({which}, {why})" for r in rows if (why := too_noisy(r)) is not None))
-
-
-def cpu_kind(report: dict) -> str:
-    """The CPU features a report's speed depends on (its ISA extensions, as the bench records them)."""
-    machine = report.get("machine")
-    cpu = machine.get("cpu") if isinstance(machine, dict) else None
-    isa = cpu.get("isa") if isinstance(cpu, dict) else None
-    # A report edited by hand or written by an older sdopt may lack these: it then counts as "unknown features".
-    kind = " ".join(sorted(str(x) for x in isa)) if isinstance(isa, list) else ""
-    # A run under ONEDNN_MAX_CPU_ISA or ATEN_CPU_CAPABILITY took neither this CPU's kernels nor a genuine AVX2 CPU's
-    # (docs/cpu-features.md: torch still picks its int8 path by cpuid): another kind of machine for speed. Said in
-    # words a file name can hold: scripts/ci_bench.sh names its baselines by this kind.
-    caps = cpu.get("isa_caps") if isinstance(cpu, dict) else None
-    if isinstance(caps, dict) and caps:
-        # a oneDNN cap in one spelling (reports of older sdopt kept it as typed: "avx2" and "AVX2" are one cap to oneDNN)
-        caps = {k: cap_level(str(v)) if k in ONEDNN_CAP_VARIABLES else v for k, v in caps.items()}
-        kind = f"{kind} under ".lstrip() + " ".join(f"{k}={v}" for k, v in sorted(caps.items()))
-    return kind
 
 
 def _unpassed(checks: list[Check], shown: int = 5) -> str:
