@@ -371,6 +371,14 @@ def test_a_baseline_whose_reference_failed_says_why_its_checks_are_missing(repor
     assert not any("the baseline's reference" in n for n in gate(report, RULES, baseline=report).notes)
 
 
+def test_a_baseline_whose_reference_failed_under_another_name_says_so_too(report):
+    """The note was looked up by the baseline's name after the rows were keyed by this run's: a reference renamed here
+    (a profile's name for it) lost it, and the checks read MISSING without a word again."""
+    failed = derived(report, **{report["reference"]: {"status": "failed", "error": "could not load"}})
+    result = gate(_renamed_reference(report, "torch-fp32"), RULES, baseline=failed)
+    assert any(n.startswith(f"the baseline's reference ({report['reference']}) failed in its run") for n in result.notes), result.notes
+
+
 @pytest.mark.parametrize(
     "field,value",
     [("prompts", ["another prompt"]), ("seeds", [7]), ("steps", 50), ("height", 512),

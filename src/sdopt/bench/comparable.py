@@ -179,7 +179,8 @@ def rows_to_compare(current: dict, baseline: dict | None, rules: list[Rule]) -> 
     if failed_there and relative:
         notes.append(f"failed in the baseline, so not compared with it ({', '.join(relative)} skipped; floors and status "
                      f"checked): {', '.join(failed_there)}; refresh the baseline from a run where they ran to gate them")
-    base_reference = base_artifacts.get(baseline.get("reference")) if baseline is not None else None
+    # by this run's name: a baseline's reference named otherwise is in base_artifacts under it (the note was lost)
+    base_reference = base_artifacts.get(current["reference"]) if baseline is not None else None
     if base_reference is not None and base_reference.get("status") != "ok" and relative:
         # every row's ratio and images are the reference's: none was measured in that run, and each check read MISSING
         notes.append(f"the baseline's reference ({baseline['reference']}) failed in its run, so no ratio to it or image "
