@@ -600,6 +600,16 @@ def test_a_rules_file_with_a_misspelt_or_empty_table_is_refused(tmp_path, text, 
     assert load_rules_file(path) == {"latency.median": "+10%"}
 
 
+def test_a_bad_rule_in_a_rules_file_names_the_file(tmp_path, capsys):
+    """A profile's bad rule named the profile's file; a --rules file's said only "gate rule ...", not in which file."""
+    from pathlib import Path
+
+    report = sorted((Path(__file__).parents[1] / "reports" / "ci" / "baselines").glob("*.json"))[0]
+    (tmp_path / "rules.toml").write_text('[gate]\n"peak_memory" = "<= 500"\n')
+    assert main(["gate", str(report), "--rules", str(tmp_path / "rules.toml")]) == 2
+    assert f"rules file {tmp_path / 'rules.toml'}: gate rule peak_memory: '<= 500'" in capsys.readouterr().err
+
+
 def test_a_bench_folder_given_for_its_report_says_which_file_to_give(tmp_path, capsys):
     """`sdopt gate reports/mine` (the bench's -o) said the report "is missing", though the folder was right there."""
     (tmp_path / "report.json").write_text("{}")

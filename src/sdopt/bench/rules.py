@@ -150,4 +150,8 @@ def load_rules_file(path) -> dict[str, Any]:
     if not table:
         raise SdoptError(f"rules file {path} has no rules: give its [gate] table lines of metric = rule, such as "
                          "\"latency.median\" = \"+10%\" (or leave --rules out for the profile's or the default rules)")
+    try:  # read whole here, as a profile's [gate] is: a bad rule said "gate rule ...", not in which file
+        parse_rules(table)
+    except SdoptError as exc:
+        raise SdoptError(f"rules file {path}: {exc}") from None
     return table
