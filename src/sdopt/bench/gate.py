@@ -16,7 +16,6 @@ What two reports must share to be compared, and the notes on what is not compare
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
