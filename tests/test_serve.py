@@ -1420,6 +1420,17 @@ def test_the_page_calls_the_api_by_relative_paths(tiny_pipeline):
     assert re.search(r'<input id="seed" [^>]*value=""[^>]*placeholder="random when empty"', page)
 
 
+def test_the_page_takes_no_seed_a_javascript_number_cannot_hold(tiny_pipeline):
+    """The seed box took any integer and the page sent Number(its text): 9007199254740993 (2^53 + 1) made the image of
+    9007199254740992 without a word, and 9223372036854775807, the API's own top, was refused as "less than or equal to
+    9223372036854775807". Its max is now the largest integer a JavaScript number holds exactly: the browser says so."""
+    with running_server(tiny_pipeline) as (url, _):
+        page = httpx.get(url + "/").text
+    seed_box = re.search(r'<input id="seed" [^>]*>', page).group(0)
+    top = re.search(r'max="(\d+)"', seed_box)
+    assert top and int(top.group(1)) <= 2**53 - 1, seed_box
+
+
 # --- the page, in a real browser -------------------------------------------------------------
 def test_page_in_headless_chromium_generates_and_shows_progress(tiny_pipeline, tmp_path):
     from browser import Browser, chromium_path
