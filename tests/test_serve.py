@@ -1431,6 +1431,35 @@ def test_the_page_takes_no_seed_a_javascript_number_cannot_hold(tiny_pipeline):
     assert top and int(top.group(1)) <= 2**53 - 1, seed_box
 
 
+def test_every_field_of_the_page_has_a_name_and_its_status_is_announced(tiny_pipeline):
+    """A screen reader read the height box as a bare "spin button" (one <label> named the width alone), the progress bar
+    without a name, and never said the status line's news (done, a refusal): nothing marked it a live region."""
+    from html.parser import HTMLParser
+
+    with running_server(tiny_pipeline) as (url, _):
+        page = httpx.get(url + "/").text
+
+    class Fields(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.fields, self.labelled, self.status = [], set(), {}
+
+        def handle_starttag(self, tag, attrs):
+            attrs = dict(attrs)
+            if tag == "label" and attrs.get("for"):
+                self.labelled.add(attrs["for"])
+            if tag in ("input", "textarea", "select", "progress"):
+                self.fields.append(attrs)
+            if attrs.get("id") == "status":
+                self.status = attrs
+
+    parsed = Fields()
+    parsed.feed(page)
+    nameless = [f.get("id") for f in parsed.fields if f.get("id") not in parsed.labelled and not f.get("aria-label")]
+    assert len(parsed.fields) >= 8 and nameless == [], nameless
+    assert parsed.status.get("role") == "status" or parsed.status.get("aria-live") in ("polite", "assertive"), parsed.status
+
+
 # --- the page, in a real browser -------------------------------------------------------------
 def test_page_in_headless_chromium_generates_and_shows_progress(tiny_pipeline, tmp_path):
     from browser import Browser, chromium_path
