@@ -1483,6 +1483,25 @@ def test_page_in_headless_chromium_generates_and_shows_progress(tiny_pipeline, t
         assert (tmp_path / "page.png").stat().st_size > 1000
 
 
+def test_page_shows_the_preview_at_the_image_s_shape_and_not_beside_the_image(tiny_pipeline):
+    """The step previews of a 128x64 image were squeezed into a 128-px square, and the last one stayed above the
+    finished image, a blurred second picture beside the one made."""
+    from browser import Browser, chromium_path
+
+    if chromium_path() is None:
+        pytest.skip("no Chromium on this machine (Debian: apt-get install chromium); .ci/run installs it")
+    with running_server(SlowSteps(tiny_pipeline, 0.3)) as (url, _), Browser() as browser:
+        browser.open(url + "/?autorun=1&width=128&height=64&steps=6&seed=3")
+        shown = "(p => p && !p.hidden && p.naturalWidth > 0)(document.getElementById('preview'))"
+        wait_for(lambda: browser.evaluate(shown), timeout=120, every=0.05)
+        # contain: the picture drawn at the preview's own 2:1 in its box (object-fit: fill, the default, stretched it)
+        assert browser.evaluate("getComputedStyle(document.getElementById('preview')).objectFit") == "contain"
+        status = "document.getElementById('status').textContent"
+        text = wait_for(lambda: (lambda s: s if s.startswith("done") or "error" in s or "failed" in s else None)(browser.evaluate(status)), timeout=120)
+        assert text.startswith("done: 1 image(s)"), text
+        assert browser.evaluate("document.getElementById('preview').hidden") is True
+
+
 def test_page_behind_an_api_key_lists_the_samplers_once_the_key_is_typed(tiny_pipeline):
     """The page fetched the sampler list once, at load, before anyone could type the key: behind --api-key it was
     refused (401) and the Scheduler menu kept only "the model's own" for good, whatever key was typed after."""
