@@ -1520,6 +1520,22 @@ def test_page_behind_an_api_key_lists_the_samplers_once_the_key_is_typed(tiny_pi
         assert "Euler a" in browser.evaluate("[...document.querySelectorAll('#scheduler option')].map((o) => o.textContent)")
 
 
+def test_page_behind_an_api_key_says_to_type_it_in_its_box(tiny_pipeline):
+    """Generate pressed without the key (or with a wrong one) said "401: missing or wrong credentials: send
+    Authorization: Bearer KEY": advice for an API client, which a person in a browser cannot follow."""
+    from browser import Browser, chromium_path
+
+    if chromium_path() is None:
+        pytest.skip("no Chromium on this machine (Debian: apt-get install chromium); .ci/run installs it")
+    status = "document.getElementById('status').className === 'error' && document.getElementById('status').textContent"
+    with running_server(tiny_pipeline, api_key="page-key") as (url, _), Browser() as browser:
+        browser.open(url + "/?autorun=1")
+        assert wait_for(lambda: browser.evaluate(status), timeout=20) == "401: no API key: type the server's API key in the box above"
+        browser.evaluate("document.getElementById('apikey').value = 'not-it'; document.getElementById('status').className = ''")
+        browser.evaluate("document.getElementById('go').click()")
+        assert wait_for(lambda: browser.evaluate(status), timeout=20) == "401: wrong API key: type the server's API key in the box above"
+
+
 def test_page_shows_a_refusal_and_a_server_down_as_sentences(tiny_pipeline):
     """A 422 showed as FastAPI's JSON (`422: [{"loc":["body","width"],"msg":...,"type":"value_error"}]`) and a stopped
     server as `TypeError: Failed to fetch`; the page stays usable after either."""
