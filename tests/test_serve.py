@@ -1431,6 +1431,15 @@ def test_the_page_takes_no_seed_a_javascript_number_cannot_hold(tiny_pipeline):
     assert top and int(top.group(1)) <= 2**53 - 1, seed_box
 
 
+def test_a_served_name_that_looks_like_a_page_placeholder_is_shown_as_written(tiny_pipeline):
+    """The page's placeholders were filled in one after another, the model's name first: a --name holding "{{AUTH}}" or
+    "{{SIDE}}" had those filled in too (the page titled "bearer 64"). One pass fills the page's own alone."""
+    with running_server(tiny_pipeline, name="{{AUTH}} {{SIDE}}", api_key="k") as (url, _):
+        page = httpx.get(url + "/").text
+    assert "<title>sdopt serve: {{AUTH}} {{SIDE}}</title>" in page, page[:400]
+    assert "{{MODEL}}" not in page and "{{STEPS}}" not in page
+
+
 def test_every_field_of_the_page_has_a_name_and_its_status_is_announced(tiny_pipeline):
     """A screen reader read the height box as a bare "spin button" (one <label> named the width alone), the progress bar
     without a name, and never said the status line's news (done, a refusal): nothing marked it a live region."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import time
 from importlib import resources
 from typing import Any
@@ -183,9 +184,10 @@ def create_app(worker: Worker, settings: ServeSettings, model_name: str, replica
     page = resources.files("sdopt.serve").joinpath("page.html").read_text(encoding="utf-8")
     scheme = "both" if settings.api_key and settings.api_auth else "bearer" if settings.api_key else "basic" if settings.api_auth else ""
     label = {"both": "API key or user:password", "bearer": "API key", "basic": "user:password", "": ""}[scheme]
-    for key, value in {"MODEL": html.escape(model_name), "AUTH": scheme, "AUTH_LABEL": label, "STEPS": settings.steps,
-                       "MAX_STEPS": settings.max_steps, "SIDE": default_size(worker.pipeline)}.items():
-        page = page.replace("{{%s}}" % key, str(value))
+    values = {"MODEL": html.escape(model_name), "AUTH": scheme, "AUTH_LABEL": label, "STEPS": settings.steps,
+              "MAX_STEPS": settings.max_steps, "SIDE": default_size(worker.pipeline)}
+    # In one pass: replaced one after another, a --name holding "{{AUTH}}" had that filled in too
+    page = re.sub(r"\{\{([A-Z_]+)\}\}", lambda found: str(values[found.group(1)]), page)
 
     @app.api_route("/", methods=["GET", "HEAD"], tags=["page"], response_class=HTMLResponse, include_in_schema=False)
     def index() -> HTMLResponse:
