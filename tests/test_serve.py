@@ -1312,6 +1312,33 @@ def test_events_stream_queued_steps_previews_and_done(tiny_pipeline):
         assert events[-1]["status"] == "succeeded"
 
 
+def test_a_silent_event_stream_sends_a_keepalive_comment(tiny_pipeline, monkeypatch):
+    """A job queued behind a long one sends no event for minutes, and a proxy's read timeout (nginx's 60 s) cut the
+    silent stream. A comment line goes out when nothing else did for KEEPALIVE_S (SSE clients ignore comments)."""
+    import threading
+
+    from sdopt.serve import api_native
+
+    monkeypatch.setattr(api_native, "KEEPALIVE_S", 0.3)
+    with running_server(tiny_pipeline, start_worker=False) as (url, app):  # the job stays queued: nothing changes
+        job = httpx.post(url + "/v1/jobs", json={"prompt": "x", **SMALL}).json()
+        lines: list[str] = []
+
+        def read() -> None:
+            with httpx.stream("GET", f"{url}/v1/jobs/{job['id']}/events", timeout=10) as stream:
+                for line in stream.iter_lines():
+                    lines.append(line)
+                    if lines.count(": keepalive") >= 2:
+                        return
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        reader.join(timeout=10)
+        app.state.worker.start()
+    assert lines.count(": keepalive") >= 2, lines
+    assert lines[0] == "event: queued", lines  # the events first, the comments only in the silence after them
+
+
 # AUTOMATIC1111's State.dict() (modules/shared_state.py): progress's state, whose keys clients index.
 STATE_KEYS = {"skipped", "interrupted", "stopping_generation", "job", "job_count", "job_timestamp", "job_no", "sampling_step", "sampling_steps"}
 

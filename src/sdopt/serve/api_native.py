@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Request
@@ -21,6 +22,10 @@ from sdopt.serve.worker import FINISHED_KEPT
 
 router = APIRouter(tags=["jobs"])
 EVENT_POLL_S = 0.05
+# A comment line sent when nothing else was for this long: a job queued behind a long one changes nothing for minutes,
+# and a proxy's read timeout (nginx: 60 s) cut a silent stream (the page then followed the job again; other clients
+# stop). SSE clients ignore comments.
+KEEPALIVE_S = 15.0
 
 
 class JobRequest(BaseModel):
@@ -130,7 +135,11 @@ async def job_events(request: Request, job_id: str) -> StreamingResponse:
 
     async def stream():
         sent, last_position = 0, None
+        last_sent = time.monotonic()
         while True:
+            if time.monotonic() - last_sent >= KEEPALIVE_S:
+                last_sent = time.monotonic()
+                yield ": keepalive\n\n"
             for event in job.events_since(sent):
                 sent += 1
                 data = dict(event)
@@ -138,12 +147,13 @@ async def job_events(request: Request, job_id: str) -> StreamingResponse:
                     data["preview"] = "data:image/png;base64," + base64.b64encode(job.preview_png).decode("ascii")
                 else:
                     data.pop("preview", None)
+                last_sent = time.monotonic()
                 yield f"event: {data['event']}\ndata: {json.dumps(data)}\n\n"
                 if data["event"] == "done":
                     return
             position = worker.position(job)
             if position is not None and position != last_position:
-                last_position = position
+                last_position, last_sent = position, time.monotonic()
                 yield f"event: position\ndata: {json.dumps({'event': 'position', 'id': job.id, 'position': position})}\n\n"
             if await request.is_disconnected():
                 return
