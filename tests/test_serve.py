@@ -1023,6 +1023,38 @@ def test_a_job_past_its_timeout_is_answered_timed_out(tiny_pipeline):
         assert response.status_code == 504 and error["param"] is None and error["type"] == "server_error", error
 
 
+def test_a_job_the_recent_pace_says_would_time_out_is_refused_at_submission(tiny_pipeline):
+    """A 1024x1024 request on a CPU was queued, held the worker for the whole --job-timeout and got a 504. Once a call
+    of its kind has run (here one that timed out), the next is refused at once with the estimate; a shorter one runs."""
+    from sdopt.serve import jobs as J
+    from sdopt.serve.worker import PACES_KEPT
+
+    body = {"prompt": "x", "width": 64, "height": 64, "steps": 50}
+    # A few steps run before the timeout, and the short job's 2 fit in it on a busy machine too
+    with running_server(SlowSteps(tiny_pipeline, 0.5), job_timeout=8.0) as (url, app):
+        assert httpx.post(url + "/sdapi/v1/txt2img", json=body, timeout=30).status_code == 504
+        refused = httpx.post(url + "/sdapi/v1/txt2img", json=body, timeout=30)
+        assert refused.status_code == 422 and refused.json()["detail"][0]["loc"][-1] == "steps", refused.text
+        assert "past its --job-timeout of 8 s" in refused.text and "would take about" in refused.text
+        assert app.state.worker.queue_depth == 0 and app.state.worker.metrics.jobs["timed_out"] == 1  # never queued
+        assert httpx.post(url + "/sdapi/v1/txt2img", json={**body, "steps": 2}, timeout=30).status_code == 200
+        # The paces kept are bounded: one per kind of call, however many sizes clients ask
+        worker = app.state.worker
+        for side in range(PACES_KEPT + 8):
+            worker._record_pace(J.JobSpec(prompt="x", width=64 + 8 * side), 0.1)
+        assert len(worker._paces) == PACES_KEPT
+
+
+def test_a_single_step_longer_than_the_timeout_still_gives_the_pace(tiny_pipeline):
+    """One step of a 1024x1024 image on a CPU outlasts a short --job-timeout: the call timed out at its first step,
+    before a second could measure the pace between steps, and the same request was queued again and again."""
+    body = {"prompt": "x", "width": 64, "height": 64, "steps": 3}
+    with running_server(SlowSteps(tiny_pipeline, 2.5), job_timeout=1.0) as (url, _):
+        assert httpx.post(url + "/sdapi/v1/txt2img", json=body, timeout=30).status_code == 504
+        refused = httpx.post(url + "/sdapi/v1/txt2img", json=body, timeout=30)
+        assert refused.status_code == 422 and "past its --job-timeout of 1 s" in refused.text, refused.text
+
+
 def test_openai_errors_carry_openais_types_for_rate_limits_and_server_failures():
     from sdopt.serve.app import _error_body
 

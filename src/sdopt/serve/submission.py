@@ -148,8 +148,24 @@ def submit(request: Request, spec: J.JobSpec, api: str, job_id: str | None = Non
     """Queue ``spec`` once ``prepare`` has made it ready.
     continuing: the job goes on with a request already accepted (Worker.submit)."""
     prepare(request, spec, names)
+    if not continuing:
+        refuse_past_timeout(request.app.state.worker, spec, names or {})
     job = J.Job(spec=spec, api=api, fields=_said(names or {}), **({"id": job_id} if job_id else {}))
     return request.app.state.worker.submit(job, continuing=continuing)
+
+
+def refuse_past_timeout(worker: Worker, spec: J.JobSpec, names: dict[str, str]) -> None:
+    """A job that, at the pace this server last ran its kind (size, guidance, ...: Worker.expected_seconds), would run
+    past --job-timeout even with nobody queued before it: refused now with the estimate. It was queued, held the worker
+    for the whole timeout (a 1024x1024 request on a CPU: 600 s) and was answered 504, its client none the wiser."""
+    expected = worker.expected_seconds(spec)
+    if expected is None or expected[0] <= worker.job_timeout:
+        return
+    seconds, per_step = expected
+    steps = names.get("steps", "steps")
+    raise RequestError(steps, f"{spec.n} image(s) of {spec.width}x{spec.height} at {steps}={spec.steps} would take about "
+                              f"{seconds:,.0f} s at this server's recent pace ({per_step:.2g} s a step per image), past its "
+                              f"--job-timeout of {worker.job_timeout:g} s: ask fewer steps, a smaller size or fewer images")
 
 
 def prepare(request: Request, spec: J.JobSpec, names: dict[str, str] | None = None) -> None:

@@ -20,6 +20,7 @@ it held and starts a new one.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import threading
@@ -40,6 +41,11 @@ log = logging.getLogger("sdopt.serve")
 
 FINISHED_KEPT = 1000  # finished jobs kept for GET /v1/jobs/{id}, oldest dropped first
 IMAGES_KEPT = 64  # ... of which the newest keep their images (64 SD 1.5 jobs of 4 images at 512²: ~200 MB)
+# Kinds of call (JobSpec.batch_key but the steps) whose recent pace the worker keeps to refuse, at submission, a job that
+# would run past --job-timeout (Worker.expected_seconds), the least recently run forgotten first; and how long a pace
+# is trusted: one measured while the machine was busy would otherwise refuse that kind of job for good.
+PACES_KEPT = 32
+PACE_TRUSTED_S = 600.0
 PREVIEW_EVERY_S = 0.5  # at most one preview per this many seconds per batch (PNG encoding costs)
 SHUTTING_DOWN = "the server is shutting down"  # why stop() cancels the jobs it finds (answered 503)
 
@@ -53,6 +59,11 @@ def _in_their_fields(jobs: list[J.Job]) -> AbstractContextManager:
     if all(named is None for named in fields):
         return nullcontext()
     return api_fields(fields[0] if all(named == fields[0] for named in fields) else {})
+
+
+def _pace_key(spec: J.JobSpec) -> tuple:
+    """What makes calls run at one pace per step and image: the batch key but the steps (they multiply the pace)."""
+    return dataclasses.replace(spec, steps=1).batch_key()
 
 
 def _requests(jobs) -> str:
@@ -127,6 +138,7 @@ class Worker:
         self._thread: threading.Thread | None = None
         self._watchdog: threading.Thread | None = None
         self._recent_job_seconds: deque[float] = deque(maxlen=20)
+        self._paces: dict[tuple, tuple[float, float]] = {}  # _pace_key -> (seconds a step per image, when measured)
         # Calls in a row that failed on the server's side (not the request's), and the last one's reason: a worker alive
         # but failing every call (a lost GPU, a backend in a bad state) is not healthy either (/health).
         self.failing_calls = 0
@@ -219,6 +231,22 @@ class Worker:
         recent = list(self._recent_job_seconds)
         return max(1, round(sum(recent) / len(recent))) if recent else 5
 
+    def expected_seconds(self, spec: J.JobSpec) -> tuple[float, float] | None:
+        """(seconds the job's call would take at least, seconds a step per image) at the pace this server's latest call
+        of its kind ran at (queue wait not counted), or None where no such call ran in the last PACE_TRUSTED_S. The
+        pace of a call of several images is each image's share, less than one alone: an estimate on the low side."""
+        measured = self._paces.get(_pace_key(spec))
+        if measured is None or time.monotonic() - measured[1] > PACE_TRUSTED_S:
+            return None
+        return measured[0] * spec.steps * spec.n, measured[0]
+
+    def _record_pace(self, spec: J.JobSpec, seconds_per_step: float) -> None:
+        key = _pace_key(spec)
+        self._paces.pop(key, None)  # to the end: the least recently run kind is dropped first
+        self._paces[key] = (seconds_per_step, time.monotonic())
+        while len(self._paces) > PACES_KEPT:
+            del self._paces[next(iter(self._paces))]
+
     def cancel(self, job: J.Job, reason: str = "cancelled by the client", skipped: bool = False) -> bool:
         """Cancel one job: removed from the queue, or dropped from its running call. False if it had finished."""
         with self._cond:
@@ -308,6 +336,16 @@ class Worker:
 
         def progress(done: int, total: int) -> None:
             now = time.perf_counter()
+            # The pace of the steps, as seconds per step the job asked (img2img runs strength x steps) per image;
+            # measured during a call that times out too, from its first step on: one step of a 1024x1024 image on a
+            # CPU can outlast the timeout. The first counts the text encoder's time with it (small beside such a
+            # step); from the second on, the pace between steps replaces it.
+            if "first_step" not in clock:
+                clock["first_step"], clock["first_done"] = now, done
+                per_loop_step = (now - clock["call_start"]) / max(done, 1)
+            else:
+                per_loop_step = (now - clock["first_step"]) / max(done - clock["first_done"], 1)
+            self._record_pace(batch[0].spec, per_loop_step * total / batch[0].spec.steps / request.batch_size)
             self._expire_running(batch)
             if all(job.ended for job in batch):
                 raise _StopCall  # nobody wants this call's images any more
@@ -324,6 +362,7 @@ class Worker:
                 row += job.spec.n
 
         try:
+            clock["call_start"] = time.perf_counter()
             with _in_their_fields(batch):
                 result = self.pipeline.generate(request, progress=progress, on_latents=on_latents)
         except _StopCall:
