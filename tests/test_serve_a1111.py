@@ -613,6 +613,18 @@ def test_skip_ends_the_running_iteration_and_the_request_goes_on_with_the_next(t
         assert (state["skipped"], state["interrupted"]) == (False, True)
 
 
+def test_interrupt_and_skip_leave_native_and_openai_jobs_alone(tiny_pipeline):
+    """AUTOMATIC1111's interrupt and skip ended every job running now: a native client's job (or an OpenAI one) lost its
+    images to another client's Stop button, a single-user API's call it never made. They end AUTOMATIC1111's jobs only."""
+    with running_server(SlowSteps(tiny_pipeline, 0.1)) as (url, app):
+        job_id = httpx.post(url + "/v1/jobs", json={"prompt": "x", "width": 64, "height": 64, "steps": 20}).json()["id"]
+        wait_for(lambda: app.state.worker.jobs[job_id].step >= 2)
+        assert httpx.post(url + "/sdapi/v1/interrupt").status_code == 200
+        assert httpx.post(url + "/sdapi/v1/skip").status_code == 200
+        job = wait_for(lambda: (j := httpx.get(f"{url}/v1/jobs/{job_id}").json())["status"] != "running" and j)
+        assert job["status"] == "succeeded" and len(job["images"]) == 1, job["error"]
+
+
 def test_the_listings_name_the_servers_folders_without_their_absolute_paths(tiny_pipeline, tmp_path, monkeypatch):
     """sd-models, loras and cmd-flags answered the artifact folder, --lora-dir and each LoRA file by absolute path:
     anyone who can reach the port learnt the operator's user name and home folder (/home/alice/...). They name the

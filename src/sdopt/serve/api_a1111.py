@@ -10,7 +10,7 @@ after another (the seeds go on from one to the next, as there), each batching wi
 ``/sdapi/v1/skip`` ends the job running now and its request goes on with its next iteration, answering with the
 images made (the skipped seeds in ``info["sdopt_skipped_seeds"]``, ``interrupted`` false); ``/sdapi/v1/interrupt``
 ends the request, which answers with the images of the iterations finished before and ``info["interrupted"] = true``.
-Both act on what runs now, not on queued requests. The hires fix runs a request's images together, so a skip ends
+Both act on what runs now of this API's requests, not on queued ones (nor on native or OpenAI jobs). The hires fix runs a request's images together, so a skip ends
 it whole (no images, not interrupted).
 
 Differences a client can rely on: ``force_task_id`` becomes the first iteration's job id (``info["task_id"]``;
@@ -390,16 +390,22 @@ def progress(request: Request, skip_current_image: bool = False, id_task: str | 
     return {"progress": done, "eta_relative": job.eta_seconds() or 0.0, "state": state, "current_image": image, "textinfo": None}
 
 
+# AUTOMATIC1111's interrupt and skip name no job: its server has one user. Here they end what runs now of this API's
+# requests only. A native or OpenAI client batched into the same call never asked for AUTOMATIC1111's single-user
+# stop, and has its own way to end its job (DELETE /v1/jobs/{id}; hanging up): it lost its images to another client's
+# Stop button. Among AUTOMATIC1111 clients nothing tells whose job is whose (one --api-key is everyone's, and behind a
+# proxy every request comes from its address): one that shares the server ends its own request alone by
+# DELETE /v1/jobs/{force_task_id} (docs/serve.md).
 @router.post("/sdapi/v1/interrupt")
 def interrupt(request: Request) -> dict[str, Any]:
-    request.app.state.worker.interrupt()
+    request.app.state.worker.interrupt(api="a1111")
     return {}
 
 
 @router.post("/sdapi/v1/skip")
 def skip(request: Request) -> dict[str, Any]:
     """End the iteration running now; its request goes on with the next (interrupt ends the request)."""
-    request.app.state.worker.skip()
+    request.app.state.worker.skip(api="a1111")
     return {}
 
 

@@ -9,7 +9,7 @@ denoising steps through the loop's progress hook: a job cancelled out of a
 batch is answered at once and its slot freed, while its rows finish with the
 others (the loop has no way to drop a row mid-call) and are thrown away; when
 every job of a call is gone, the call itself stops at the next step.
-AUTOMATIC1111's interrupt cancels every running job; its skip does the same
+AUTOMATIC1111's interrupt cancels every running job of its API; its skip does the same
 but marks them skipped, so that a request with more iterations goes on with
 its next (api_a1111.py).
 
@@ -254,14 +254,16 @@ class Worker:
                 self._queue.remove(job)
         return self._finish(job, J.CANCELLED, reason, skipped=skipped)
 
-    def interrupt(self) -> int:
-        """AUTOMATIC1111's interrupt: cancel whatever runs now. Returns how many jobs it cancelled."""
-        return sum(self.cancel(job, "interrupted") for job in list(self.current))
+    def interrupt(self, api: str | None = None) -> int:
+        """AUTOMATIC1111's interrupt: cancel whatever runs now (of ``api``'s jobs only, where given). Returns how many
+        jobs it cancelled."""
+        return sum(self.cancel(job, "interrupted") for job in list(self.current) if api in (None, job.api))
 
-    def skip(self) -> int:
-        """AUTOMATIC1111's skip: cancel whatever runs now, marked skipped (Job.skipped), so that the request each job
-        belongs to goes on with its next iteration instead of ending. Returns how many jobs it skipped."""
-        return sum(self.cancel(job, "skipped", skipped=True) for job in list(self.current))
+    def skip(self, api: str | None = None) -> int:
+        """AUTOMATIC1111's skip: cancel whatever runs now (of ``api``'s jobs only, where given), marked skipped
+        (Job.skipped), so that the request each job belongs to goes on with its next iteration instead of ending.
+        Returns how many jobs it skipped."""
+        return sum(self.cancel(job, "skipped", skipped=True) for job in list(self.current) if api in (None, job.api))
 
     # --- the worker thread ------------------------------------------------------------
     def _run(self) -> None:
