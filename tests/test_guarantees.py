@@ -582,6 +582,44 @@ def test_an_interrupt_before_the_marker_is_written_leaves_no_folder(tmp_path, mo
     assert list(tmp_path.iterdir()) == []
 
 
+def test_two_commands_finishing_into_one_path_at_once_neither_deletes_the_others_artifact(tmp_path, monkeypatch):
+    """Two exports into one -o, without --force: each checked that the path was free, then both renamed into it. The
+    second found the first's new artifact there, moved it aside and deleted it as if --force had been given (or, a
+    moment later, failed with an OSError traceback, its finished output hidden in .NAME.tmp-*). Here the second
+    finishes exactly between the first's last check and its rename: it now waits for that rename, then says the path
+    was written meanwhile."""
+    import threading
+
+    from sdopt import outputs
+
+    out, real_check, second = tmp_path / "out", outputs.check_output_dir, {}
+
+    def other_command():
+        try:
+            with outputs.atomic_output_dir(out) as folder:
+                (folder / "weights").write_text("b")
+            second["result"] = "written"
+        except SdoptError as exc:
+            second["result"] = str(exc)
+
+    def first_checks_then_the_other_finishes(path, force=False, inputs=()):
+        checked = real_check(path, force, inputs)
+        if threading.current_thread() is threading.main_thread() and any(tmp_path.glob(".out.tmp-*/weights")):
+            monkeypatch.setattr(outputs, "check_output_dir", real_check)
+            second["thread"] = threading.Thread(target=other_command)
+            second["thread"].start()
+            second["thread"].join(timeout=1)  # it runs to its end, or waits for this rename
+        return checked
+
+    monkeypatch.setattr(outputs, "check_output_dir", first_checks_then_the_other_finishes)
+    with outputs.atomic_output_dir(out) as folder:
+        (folder / "weights").write_text("a")
+    second["thread"].join()
+    assert (out / "weights").read_text() == "a"
+    assert "was written by another command while this one worked" in second["result"]  # not "written", its artifact gone
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # nothing hidden left beside it
+
+
 def test_an_empty_output_folder_that_cannot_move_is_filled_in_place(tmp_path, monkeypatch):
     """A container's volume (a mount point) or an immutable folder cannot be renamed: an export onto it, empty, fills it
     entry by entry (it failed with a traceback after all the work, the artifact hidden in .NAME.tmp-*); onto one that

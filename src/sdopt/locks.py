@@ -101,3 +101,28 @@ def folder_lock(folder: Path, role: str, flag: str) -> Iterator[None]:
         _HELD.discard(path.absolute())
         path.unlink(missing_ok=True)
         handle.close()
+
+
+@contextlib.contextmanager
+def swapping_into(parent: Path) -> Iterator[None]:
+    """Wait for, then hold, the folder ``parent`` while an output is checked and renamed into it (outputs.atomic_output_dir).
+    Two commands finishing into one path at once had each checked that it was free, then both renamed: the second
+    moved the first's new artifact aside and deleted it without --force, or failed with an OSError traceback leaving
+    its finished output hidden. A swap takes microseconds, so this waits rather than refuses. An flock on the folder
+    itself: no lock file to leave behind. Where there is none (Windows), or the file system refuses it (NFS takes no
+    exclusive flock on a folder), the swap runs unlocked as before."""
+    fcntl = _fcntl()
+    try:
+        handle = os.open(parent, os.O_RDONLY) if fcntl is not None else None
+    except OSError:
+        handle = None
+    try:
+        if handle is not None:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            except OSError:
+                pass
+        yield
+    finally:
+        if handle is not None:
+            os.close(handle)  # lets go of the lock too

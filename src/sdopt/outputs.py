@@ -31,6 +31,7 @@ from typing import Iterator
 
 from sdopt.errors import SdoptError, exception_line
 from sdopt.file_reading import tree_size
+from sdopt.locks import swapping_into
 from sdopt.write_failures import DISK_FULL, file_size_limit, file_too_large, out_of_space, past_file_size_limit, size_text
 
 INCOMPLETE_MARKER = ".sdopt-incomplete"
@@ -381,15 +382,22 @@ def atomic_output_dir(out: str | Path, force: bool = False, inputs: tuple[str | 
     # leaves is never read as an artifact (manifest.read_manifest refuses it).
     # The writer's pid tells a later run (or `sdopt clean`) whether the folder is still in use. Inside the try: a
     # folder left without the marker is not sdopt's to the next run and `sdopt clean`, and stays for ever.
+    swapping = contextlib.ExitStack()
     try:
         _mark_unfinished(tmp, "writing this folder")
         yield tmp
         (tmp / INCOMPLETE_MARKER).unlink()
         (tmp / WRITTEN_LIST).write_text("".join(f"{p}\n" for p in sorted(_files_below(tmp))))
         _apply_umask(tmp)
-        check_output_dir(out, force, inputs)  # someone may have created it while we wrote
+        # Held from this check to the end of the swap: another sdopt command finishing into out waits here.
+        swapping.enter_context(swapping_into(out.parent))
+        try:
+            check_output_dir(out, force, inputs)
+        except SdoptError as exc:  # someone created it while we wrote: "already exists" alone read as a wrong check
+            raise SdoptError(f"{out} was written by another command while this one worked: {exc}") from None
     except BaseException as exc:
         # Also on KeyboardInterrupt: a half-written folder must never look like an artifact.
+        swapping.close()
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, Exception) and not isinstance(exc, SdoptError):
             if out_of_space(exc):
@@ -405,20 +413,22 @@ def atomic_output_dir(out: str | Path, force: bool = False, inputs: tuple[str | 
                 raise SdoptError(f"cannot write {out}: OpenVINO failed writing it ({exception_line(exc)}), most likely for want of "
                                  f"disk space (what was written is removed); {DISK_FULL}") from exc
         raise
-    if out.exists():
-        # --force: move the old folder aside first, so a crash here never loses both.
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        try:
-            _mark_unfinished(old, f"replacing {out.name}")  # what tells `sdopt clean` this folder is sdopt's (_is_old_swap)
-            os.replace(out, old / out.name)
-        except OSError as exc:  # a mount point (a container's volume), an immutable folder: it cannot move
+    with swapping:
+        if out.exists():
+            # --force: move the old folder aside first, so a crash here never loses both.
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            try:
+                _mark_unfinished(old, f"replacing {out.name}")  # what tells `sdopt clean` this folder is sdopt's (_is_old_swap)
+                os.replace(out, old / out.name)
+            except OSError as exc:  # a mount point (a container's volume), an immutable folder: it cannot move
+                shutil.rmtree(old, ignore_errors=True)
+                _fill_in_place(tmp, out, exc)
+                return
+            os.replace(tmp, out)
+            swapping.close()  # before the old one is removed: a large artifact takes seconds, another swap need not wait
             shutil.rmtree(old, ignore_errors=True)
-            _fill_in_place(tmp, out, exc)
-            return
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
+        else:
+            os.replace(tmp, out)
 
 
 def _mark_unfinished(folder: Path, doing: str) -> None:
