@@ -174,6 +174,36 @@ def test_a_file_removed_from_the_manifest_is_not_loaded_unchecked(model_copy):
         sdopt.load(model_copy)
 
 
+@pytest.mark.parametrize("moment", ["read_manifest", "verify_files"])
+def test_an_artifact_replaced_while_it_loads_is_loaded_again_whole(model_copy, tmp_path, monkeypatch, moment):
+    """An export --force into the folder being loaded renames a whole new artifact in: replaced after its manifest was
+    read, the load said the old manifest's "does not match the sha256 ... export the artifact again" of files that were
+    whole; after its files were verified, it loaded the new weights unverified under the old manifest, a mix of the
+    two. It now loads the artifact that is there, whole and verified."""
+    from sdopt.manifest import Manifest, read_manifest
+    from sdopt.runtime import load as loading
+    from sdopt.zoo import write_model
+
+    newer = write_model("tiny", tmp_path / "newer", seed=1, progress=False)
+    replaced = {}
+
+    def replacing(real):
+        def then_replaced(*args):
+            result = real(*args)
+            if not replaced:  # another command's export --force lands now
+                replaced["old"] = model_copy.rename(tmp_path / "old")
+                Path(newer).rename(model_copy)
+            return result
+        return then_replaced
+
+    if moment == "read_manifest":
+        monkeypatch.setattr(loading, "read_manifest", replacing(loading.read_manifest))
+    else:
+        monkeypatch.setattr(Manifest, "verify_files", replacing(Manifest.verify_files))
+    pipe = sdopt.load(model_copy)
+    assert replaced and pipe.manifest.artifact_id == read_manifest(model_copy).artifact_id != read_manifest(replaced["old"]).artifact_id
+
+
 def test_inspect_verifies_and_says_so(model_copy, capsys):
     assert main(["inspect", str(model_copy)]) == 0
     assert "verified   yes:" in capsys.readouterr().out

@@ -40,6 +40,36 @@ def load(path: str | Path, device: str = "cpu", precision: str | None = None, ve
     check_cuda_index(device)
     check_option_values(options)
     folder = resolve(path)
+    # Another command may replace the folder while it loads (an export or quantize --force into it, renamed in whole):
+    # what was read before that and what after made a mix of two artifacts, the later files never verified, or failed
+    # as "does not match the sha256 ... export the artifact again". Loaded again, from the folder now there.
+    for _ in range(_LOAD_TRIES):
+        before = _folder_identity(folder)
+        try:
+            pipeline = _load_folder(folder, device, precision, verify, options)
+        except Exception:
+            if _folder_identity(folder) == before:
+                raise
+            continue
+        if _folder_identity(folder) == before:
+            return pipeline
+    raise SdoptError(f"{folder} was replaced by another command {_LOAD_TRIES} times while it loaded (an export or quantize "
+                     "with --force into it): run again once that command is done")
+
+
+_LOAD_TRIES = 3
+
+
+def _folder_identity(folder: Path) -> tuple[int, int] | None:
+    """What changes when the folder at this path is replaced by another (a rename into place): its device and inode."""
+    try:
+        stat = folder.stat()
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def _load_folder(folder: Path, device: str, precision: str | None, verify: bool, options: dict[str, Any]) -> Pipeline:
     manifest = read_manifest(folder)
     backend = get_backend(manifest.backend)
     precision = precision or manifest.precision
@@ -58,7 +88,7 @@ def load(path: str | Path, device: str = "cpu", precision: str | None = None, ve
     backend.check_options(options, BACKENDS)
     if manifest.inferred:
         # Said once per folder per process (Python shows a warning once per place and text).
-        warnings.warn(f"{folder} has no sdopt.json: its files are loaded unverified (nothing records their sha256)", UserWarning, stacklevel=2)
+        warnings.warn(f"{folder} has no sdopt.json: its files are loaded unverified (nothing records their sha256)", UserWarning, stacklevel=3)
     elif verify:
         manifest.verify_files(folder)
     impl = backend.implementation()
