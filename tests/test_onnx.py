@@ -637,3 +637,30 @@ def test_pipelines_load_and_first_generate_side_by_side_in_threads(tiny_onnx_art
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "first generates: []" in done.stdout and "torch loads: []" in done.stdout, done.stdout
+
+
+@pytest.mark.parametrize("moment", ["read_manifest", "carried_folders"])
+def test_a_source_replaced_while_it_is_exported_writes_no_artifact(tiny_model, tmp_path, monkeypatch, moment):
+    """init-model --force into the checkpoint being exported renames a whole new model in. Right after its manifest was
+    read, the export called the new model's whole files "changed or corrupted after export"; after its weights were
+    exported, it copied the new model's tokenizer and scheduler beside the old one's graphs and said it was done. Now
+    either way it says the source was replaced, and leaves nothing."""
+    from sdopt.export import run
+    from sdopt.zoo import write_model
+
+    source = tmp_path / "model"
+    shutil.copytree(tiny_model, source)
+    newer = write_model("tiny", tmp_path / "newer", seed=1, progress=False)
+    real = getattr(run, moment)
+
+    def then_replaced(*args):  # another command's --force into the source lands now
+        result = real(*args)
+        if not (tmp_path / "older").exists():
+            source.rename(tmp_path / "older")
+            newer.rename(source)
+        return result
+
+    monkeypatch.setattr(run, moment, then_replaced)
+    with pytest.raises(SdoptError, match="model was replaced by another command while this export read it"):
+        export(source, "onnx", tmp_path / "out", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "older"]

@@ -13,9 +13,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 
@@ -536,3 +538,29 @@ def test_a_read_only_quanto_package_folder_builds_the_int4_kernel_in_the_users_c
     sdopt.load(path)
     assert kernel.build_directory.startswith(str(tmp_path / "cache" / "quanto"))
     assert os.listdir(kernel.build_directory)  # the package's built kernel, copied there to build from
+
+
+def test_a_source_replaced_while_it_is_quantized_writes_no_artifact(tiny_model, tmp_path, monkeypatch):
+    """init-model or export --force into the folder being quantized renames a whole new model in: the quantized
+    components came from the old one, the untouched ones (the VAE) were copied from the new one under the old one's
+    sha256, and quantize said it was done; the artifact then failed its own verification at every load ("changed or
+    corrupted after export"). Now the quantize says the source was replaced, and leaves nothing."""
+    from sdopt.quant import run
+    from sdopt.zoo import write_model
+
+    if not _available("torchao"):
+        pytest.skip("torchao is not installed")
+    source = tmp_path / "model"
+    shutil.copytree(tiny_model, source)
+    newer = write_model("tiny", tmp_path / "newer", seed=1, progress=False)
+    copy_untouched = run.copy_untouched
+
+    def replaced_first(*args):  # another command's --force into the source lands between the quantizing and the copying
+        source.rename(tmp_path / "older")
+        Path(newer).rename(source)
+        return copy_untouched(*args)
+
+    monkeypatch.setattr(run, "copy_untouched", replaced_first)
+    with pytest.raises(SdoptError, match="model was replaced by another command while this quantize read it"):
+        run.quantize(source, "int8", tmp_path / "out", backend="torchao", components=["unet"], progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "older"]

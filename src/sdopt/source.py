@@ -79,6 +79,24 @@ def resolve(model: str | Path) -> Path:
     raise SdoptError(f"{model} does not exist: give a model folder (for example one written by `sdopt init-model`) or a hub id like org/name")
 
 
+def folder_identity(folder: Path) -> tuple[int, int] | None:
+    """What changes when the folder at this path is replaced by another (an export, quantize or init-model --force
+    renames a whole new one in): its device and inode; None while there is none."""
+    try:
+        stat = folder.stat()
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def check_not_replaced(folder: Path, identity: tuple[int, int] | None, doing: str) -> None:
+    """Refuse what ``doing`` made of ``folder`` (whose identity was ``identity`` when it began reading) if another command
+    replaced the folder meanwhile: part was read from one model and part from the other."""
+    if folder_identity(folder) != identity:
+        raise SdoptError(f"{folder} was replaced by another command while this {doing} read it (an export, quantize or "
+                         "init-model --force into it), so what it read would mix the two: run again once that command is done")
+
+
 def hub_files(files: list[str], manifest: dict[str, Any] | None = None) -> list[str]:
     """Which of a hub repo's files to fetch: _HUB_PATTERNS, with the safetensors weights of the folders a run reads only,
     and of each one set: the plain weights, or where a folder has only variants (NAME.fp16.safetensors) the fp16 ones,

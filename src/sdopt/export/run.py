@@ -15,7 +15,7 @@ from sdopt.outputs import atomic_output_dir, check_output_dir, local_inputs
 from sdopt.rewrite import check_optional_rewrites, unapplied_notes, with_target_defaults
 from sdopt.manifest import ComponentEntry, Manifest, derive, read_manifest
 from sdopt.request import MAX_STEPS
-from sdopt.source import resolve
+from sdopt.source import check_not_replaced, folder_identity, resolve
 
 def carried_folders(manifest: Manifest) -> list[str]:
     """Folders an exported artifact carries over from its source, as Optimum's exports do: the tokenizers and the scheduler."""
@@ -197,6 +197,7 @@ def mark_replaced_decoder(out: Path) -> None:
 def source_checkpoint(model: str | Path, verb: str = "export") -> tuple[Path, Manifest]:
     """A source for export or quantization (or ``verb``: distill) must be a full-precision PyTorch checkpoint."""
     folder = resolve(model)
+    identity = folder_identity(folder)
     manifest = read_manifest(folder)
     if manifest.backend != "torch" or any(c.quantization for c in manifest.components.values()):
         raise SdoptError(
@@ -204,7 +205,11 @@ def source_checkpoint(model: str | Path, verb: str = "export") -> tuple[Path, Ma
             f"{verb} from the original PyTorch (Diffusers) checkpoint"
         )
     if not manifest.inferred:
-        manifest.verify_files(folder)
+        try:
+            manifest.verify_files(folder)
+        except SdoptError:
+            check_not_replaced(folder, identity, verb)  # whole files of a newer model, not a damaged one
+            raise
     if (folder / "model_index.json").is_file():  # the exports copy it at the end: a damaged one is said before the work
         read_json(folder / "model_index.json", "the checkpoint's")
     return folder, manifest
@@ -241,7 +246,9 @@ def export(model: str | Path, target: str, out: str | Path, precision: str = "fp
         raise SdoptError(f"--deep-cache {interval}: give the caching interval, an integer from 1 to {MAX_STEPS} (2 or 3 are usual)")
     check_optional_rewrites(options.get("rewrite") or (), bool(options.get("no_rewrites")), target)
     options = {**options, "rewrite": with_target_defaults(target, options.get("rewrite") or (), bool(options.get("no_rewrites")))}
-    source, source_manifest = source_checkpoint(model)
+    source = resolve(model)
+    read_from = folder_identity(source)  # checked at the end: replaced meanwhile, the export would mix two models
+    source, source_manifest = source_checkpoint(source)
     impl = exporter.implementation()
     if hasattr(impl, "preflight"):  # what a target needs of this machine (a GPU), asked before any slow work
         impl.preflight(options, precision)
@@ -277,4 +284,5 @@ def export(model: str | Path, target: str, out: str | Path, precision: str = "fp
                    *notes_of(loras), *embedding_notes(fused)],
         )
         manifest.write(tmp)
+        check_not_replaced(source, read_from, "export")
     return manifest

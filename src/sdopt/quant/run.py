@@ -19,7 +19,7 @@ from sdopt.manifest import COMPONENT_NAMES, Manifest, derive, read_manifest, tok
 from sdopt.outputs import atomic_output_dir, check_output_dir, local_inputs
 from sdopt.quant import QUANTIZERS, Plan, QuantizedComponents, get_quantizer
 from sdopt.quant.schemes import check_scheme, choose, lookup
-from sdopt.source import resolve
+from sdopt.source import check_not_replaced, folder_identity, resolve
 
 # The components quantized when none are named: the UNet holds most of the weights and the text
 # encoder most of the rest; the VAE is small and its errors show directly in the pixels.
@@ -59,7 +59,8 @@ def quantize(
         quantizer = get_quantizer(backend)
         capability = lookup(backend, scheme, device)
     check_output_dir(out, force, local_inputs(model))
-    source = resolve(model)
+    source = read_from = resolve(model)
+    identity = folder_identity(source)  # checked at the end: replaced meanwhile, the artifact would mix two models
     manifest = read_manifest(source)
     refuse_quantized(source, manifest)
     if loras and manifest.backend != "torch":
@@ -84,7 +85,11 @@ def quantize(
 
         source, manifest = source_checkpoint(source)
     elif not manifest.inferred:
-        manifest.verify_files(source)
+        try:
+            manifest.verify_files(source)
+        except SdoptError:
+            check_not_replaced(read_from, identity, "quantize")  # whole files of a newer artifact, not a damaged one
+            raise
     quantizer.check_options(options or {}, QUANTIZERS)
     chosen, companions = select_components(manifest, components)
     plan = Plan(quantizer, capability, chosen, tuple(exclude), device, dict(options or {}), progress)
@@ -129,6 +134,7 @@ def quantize(
             quantized.source = origin
             quantized.export = {**quantized.export, "loras": [*(quantized.export.get("loras") or []), *manifest_fields(loras)["loras"]]}
         quantized.write(tmp)
+        check_not_replaced(read_from, identity, "quantize")
     return quantized
 
 

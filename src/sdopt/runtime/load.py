@@ -14,7 +14,7 @@ from sdopt.request import MAX_STEPS
 from sdopt.runtime.backends import BACKENDS, check_cuda_index, device_kind, get_backend
 from sdopt.runtime.library_lock import holding_library_lock
 from sdopt.runtime.pipeline import Pipeline
-from sdopt.source import resolve
+from sdopt.source import folder_identity, resolve
 
 
 def load(path: str | Path, device: str = "cpu", precision: str | None = None, verify: bool = True, **options: Any) -> Pipeline:
@@ -44,29 +44,20 @@ def load(path: str | Path, device: str = "cpu", precision: str | None = None, ve
     # what was read before that and what after made a mix of two artifacts, the later files never verified, or failed
     # as "does not match the sha256 ... export the artifact again". Loaded again, from the folder now there.
     for _ in range(_LOAD_TRIES):
-        before = _folder_identity(folder)
+        before = folder_identity(folder)
         try:
             pipeline = _load_folder(folder, device, precision, verify, options)
         except Exception:
-            if _folder_identity(folder) == before:
+            if folder_identity(folder) == before:
                 raise
             continue
-        if _folder_identity(folder) == before:
+        if folder_identity(folder) == before:
             return pipeline
     raise SdoptError(f"{folder} was replaced by another command {_LOAD_TRIES} times while it loaded (an export or quantize "
                      "with --force into it): run again once that command is done")
 
 
 _LOAD_TRIES = 3
-
-
-def _folder_identity(folder: Path) -> tuple[int, int] | None:
-    """What changes when the folder at this path is replaced by another (a rename into place): its device and inode."""
-    try:
-        stat = folder.stat()
-    except OSError:
-        return None
-    return stat.st_dev, stat.st_ino
 
 
 def _load_folder(folder: Path, device: str, precision: str | None, verify: bool, options: dict[str, Any]) -> Pipeline:
