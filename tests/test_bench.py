@@ -107,6 +107,32 @@ def test_failed_artifact_is_recorded_and_the_run_goes_on(tiny_model, tmp_path):
     assert "Failures" in md and "ran 1 of 2 runs after 1 of 2 warm-ups" in md
 
 
+def test_an_artifact_replaced_before_its_worker_loads_it_fails_its_row(tiny_model, tmp_path, monkeypatch):
+    """export --force into an artifact the bench has listed but not yet run (a bench takes minutes an artifact) renamed
+    another artifact in: its row gave the old one's artifact id, size and settings to the new one's figures, and the gate
+    compared those. Now the row fails, saying the artifact was replaced."""
+    from sdopt.bench import runner
+    from sdopt.zoo import write_model
+
+    artifact = tmp_path / "art"
+    shutil.copytree(tiny_model, artifact)
+    newer = write_model("tiny", tmp_path / "newer", seed=1, progress=False)
+    start = runner.WorkerStarts.run
+
+    def replaced_first(self, entry, work, timeout):  # another command's export --force lands just before this worker
+        if entry.path == artifact and newer.exists():
+            artifact.rename(tmp_path / "older")
+            newer.rename(artifact)
+        return start(self, entry, work, timeout)
+
+    monkeypatch.setattr(runner.WorkerStarts, "run", replaced_first)
+    settings = BenchSettings.resolve(None, **{**SETTINGS, "seeds": [0], "runs": 1, "warmup": 0})
+    report = run_bench([str(artifact)], str(tiny_model), tmp_path / "out", settings, progress=False)
+    row = report["artifacts"][1]
+    assert row["status"] == "failed" and "was replaced by another command while the bench ran" in row["error"]
+    assert report["artifacts"][0]["status"] == "ok"
+
+
 def test_the_bar_follows_what_the_worker_says_and_a_timeout_says_where_it_was(tiny_model, tmp_path, monkeypatch):
     """The bar moved only when an artifact ended (12 min on one under load with nothing moving); a worker past --timeout
     failed without saying how far it got."""

@@ -94,6 +94,11 @@ def _run_worker(entry: Entry, settings: BenchSettings, out: Path, timeout: float
         return {"status": "failed", "error": f"the worker process died (exit status {status}){at}; see {work / 'worker.log'}"}
     result = json.loads((work / "result.json").read_text(encoding="utf-8"))
     result["work_dir"] = str(work.relative_to(out))
+    if result.get("artifact_id") not in (None, entry.manifest.artifact_id):
+        # Another command (export --force) replaced it after the bench read its manifest: the row would give the
+        # old artifact's id, size and settings to the new one's figures.
+        return {"status": "failed", "error": f"{entry.path} was replaced by another command while the bench ran (artifact "
+                f"{entry.manifest.artifact_id} when the bench began, {result['artifact_id']} when its worker loaded it): bench it again"}
     return result
 
 

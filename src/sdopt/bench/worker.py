@@ -133,6 +133,7 @@ def measure(job: dict) -> dict:
         process_peak, peak = None, peak if kind == "cuda_allocated" else None
     return {
         "status": "ok",
+        "artifact_id": pipe.manifest.artifact_id,  # what it loaded (runner._run_worker: the artifact the report names?)
         "backend": pipe.manifest.backend,
         "precision": pipe.precision,
         # What the UNet's compute runs in, where the backend can say (OpenVINO asks the compiled
