@@ -215,6 +215,27 @@ def test_inspect_verifies_and_says_so(model_copy, capsys):
     assert "verified   no (--no-verify)" in capsys.readouterr().out
 
 
+def test_inspect_of_an_artifact_replaced_as_it_reads_says_so_not_corrupted(model_copy, tmp_path, monkeypatch, capsys):
+    """`sdopt inspect` while an export --force renamed a new artifact in: it checked the new files against the manifest it
+    had just read and said they were "changed or corrupted after export; export the artifact again"."""
+    from sdopt import inspect_artifact
+    from sdopt.zoo import write_model
+
+    newer = write_model("tiny", tmp_path / "newer", seed=1, progress=False)
+    read_manifest = inspect_artifact.read_manifest
+
+    def then_replaced(folder):  # another command's export --force lands now
+        manifest = read_manifest(folder)
+        model_copy.rename(tmp_path / "older")
+        newer.rename(model_copy)
+        return manifest
+
+    monkeypatch.setattr(inspect_artifact, "read_manifest", then_replaced)
+    assert main(["inspect", str(model_copy)]) == 2
+    err = capsys.readouterr().err
+    assert "was replaced by another command while this inspect read it" in err and "corrupted" not in err
+
+
 def test_inspect_and_load_refuse_an_artifact_without_tokenizer(model_copy, capsys):
     shutil.rmtree(model_copy / "tokenizer")
     assert main(["inspect", str(model_copy)]) == 2

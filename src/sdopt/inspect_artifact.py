@@ -7,7 +7,8 @@ from typing import Any
 
 from sdopt.manifest import fingerprint_of, hash_components, read_manifest
 from sdopt.request import MAX_IMAGES, MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE
-from sdopt.source import resolve
+from sdopt.errors import SdoptError
+from sdopt.source import check_not_replaced, folder_identity, resolve
 
 
 def describe(path: str | Path, verify: bool = True) -> dict[str, Any]:
@@ -17,12 +18,17 @@ def describe(path: str | Path, verify: bool = True) -> dict[str, Any]:
     files' own (a truncated file fails its sha256, a missing one its check).
     """
     folder = resolve(path)
+    identity = folder_identity(folder)
     manifest = read_manifest(folder)
     if manifest.inferred:
         hash_components(manifest.components, folder)  # nothing recorded: compute so the fingerprint can be shown
         verified = "no sdopt.json: nothing recorded to verify the files against"
     elif verify:
-        manifest.verify_files(folder)
+        try:
+            manifest.verify_files(folder)
+        except SdoptError:
+            check_not_replaced(folder, identity, "inspect")  # whole files of a newer artifact, not a damaged one
+            raise
         verified = f"yes: {len({f.path for c in manifest.components.values() for f in c.files})} files match their sha256 in sdopt.json"
     else:
         verified = "no (--no-verify): sizes are as sdopt.json records them"
