@@ -53,6 +53,7 @@ def load(path: str | Path, device: str = "cpu", precision: str | None = None, ve
             continue
         if folder_identity(folder) == before:
             return pipeline
+        pipeline.close()  # the replaced folder's: its sessions and memory go now, not at a later collection
     raise SdoptError(f"{folder} was replaced by another command {_LOAD_TRIES} times while it loaded (an export or quantize "
                      "with --force into it): run again once that command is done")
 
