@@ -297,6 +297,16 @@ def test_quantize_prints_the_artifacts_summary_alone_on_stdout(tiny_model, tmp_p
     assert printed == format_description(describe(out)) + "\n" and "the first supported for int8 on cpu" in said
 
 
+def test_a_torch_quantize_shows_a_bar_per_component_unless_quiet(tiny_model, tmp_path, capsys):
+    """torchao, quanto and bitsandbytes quantized without a progress bar: sd15's nf4 quantize said nothing for 43 s
+    (its UNet loaded, quantized and saved), then printed the summary."""
+    assert main(["quantize", str(tiny_model), "--scheme", "int8", "-o", str(tmp_path / "int8")]) == 0
+    bar = capsys.readouterr().err
+    assert "quantizing to int8" in bar and "2/2" in bar  # the UNet and the text encoder
+    assert main(["quantize", str(tiny_model), "--scheme", "int8", "-o", str(tmp_path / "quiet"), "-q"]) == 0
+    assert "quantizing" not in capsys.readouterr().err
+
+
 # --- bad input: a clear error, exit 2, nothing written --------------------------------------------
 def _nothing_written(out):
     return not out.exists() and not any(p.name.startswith(f".{out.name}.tmp-") for p in out.parent.iterdir())
