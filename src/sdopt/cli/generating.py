@@ -147,9 +147,12 @@ def _generate(args: argparse.Namespace) -> int:
 
         def progress(done: int, total: int) -> None:
             bar.total = total
+            if done == total:  # the VAE decode comes next, with no step to count: sd15's took 9 s at 256², a full bar standing still
+                bar.set_postfix_str("decoding", refresh=False)  # drawn by the update below, with the step count it names
             bar.update(done - bar.n)
 
         result = pipe.generate(request, progress=progress)
+        bar.set_postfix_str("", refresh=False)  # decoded: the bar's last line is not left saying so
     if result.problems:
         raise BrokenOutputError(
             f"the generation produced no usable image ({'; '.join(result.problems)}); nothing was saved. "
