@@ -154,6 +154,16 @@ def test_cli_generates_bar_says_the_decode_after_the_last_step(tiny_model, tmp_p
     assert "decoding" not in drawn[-1]  # the bar's last line, drawn after the decode
 
 
+def test_cli_generate_says_it_is_loading_before_the_load(tiny_model, tmp_path, capsys):
+    """Nothing was on screen while the artifact loaded: 35 s for sd15's ONNX artifact (its sessions built), 8 s for its
+    torch checkpoint, before the first bar. It is said as sdopt serve says it; -q says nothing."""
+    assert main(["generate", str(tiny_model), "-p", "x", "--steps", "2", "-o", str(tmp_path / "a.png")]) == 0
+    err = capsys.readouterr().err
+    assert f"loading {tiny_model} ..." in err and err.index("loading") < err.index("denoising")
+    assert main(["generate", str(tiny_model), "-p", "x", "--steps", "2", "-o", str(tmp_path / "b.png"), "-q"]) == 0
+    assert "loading" not in capsys.readouterr().err
+
+
 def test_cli_several_images_are_numbered(tiny_model, tmp_path):
     args = ["generate", str(tiny_model), "-p", "x", "--steps", "2", "--height", "64", "--width", "64", "--num-images", "2", "-q"]
     assert main(args + ["-o", str(tmp_path / "out.png")]) == 0

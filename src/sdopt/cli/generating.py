@@ -108,6 +108,8 @@ def _generate(args: argparse.Namespace) -> int:
 
     import sdopt
 
+    if not args.quiet:  # as sdopt serve says it: the load draws no bar, and sd15's ONNX sessions took 35 s before the first
+        print(f"loading {args.artifact} ...", file=sys.stderr)
     pipe = sdopt.load(
         args.artifact,
         device=args.device,
