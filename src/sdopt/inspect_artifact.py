@@ -161,7 +161,9 @@ def format_description(d: dict[str, Any]) -> str:
             weights = {"enable": "7-bit weights", "first-layer": "8-bit weights past the first layer"}.get(fix, "8-bit weights")
             risk = "none can saturate" if fix == "enable" else "they can saturate"
             q += f" (overflow fix {fix}: {weights}; {risk} on a CPU without VNNI/AMX)"
-        if quant and "portable_layers" in quant:  # bnb nf4: which Linear layers its AVX-512-BF16 CPU kernel cannot take
+        # bnb nf4: which Linear layers its AVX-512-BF16 CPU kernel cannot take; none (every layer of SD 1.5 size) is not
+        # worth a word, where "(0 Linear layer(s) too narrow ...)" read as if something had gone wrong
+        if quant and quant.get("portable_layers"):
             q += f" ({len(quant['portable_layers'])} Linear layer(s) too narrow for the AVX-512-BF16 kernel)"
         if c.get("replaced"):  # a tiny decoder in the full one's place
             rep = c["replaced"]
