@@ -610,6 +610,28 @@ def test_generates_warnings_are_printed_on_lines_of_their_own_above_the_bar(tiny
     assert shown and all(line.split("\r")[-1].startswith("sdopt: warning:") for line in shown), shown
 
 
+def test_an_export_its_disk_obviously_cannot_hold_is_refused_before_the_work(tiny_model, tmp_path, capsys, monkeypatch):
+    """sd15's ONNX export (4 GB) onto a 1 GiB disk worked for a minute, then failed on the full disk. Refused at once now,
+    saying how much it takes and how much is free; an export the disk can hold goes on."""
+    from collections import namedtuple
+
+    import sdopt.export.onnx
+    from sdopt import outputs
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(outputs.shutil, "disk_usage", lambda path: usage(2**30, 2**30 - 2**20, 2**20))  # 1 MiB free
+    traced, export_components = [], sdopt.export.onnx.export_components
+    monkeypatch.setattr(sdopt.export.onnx, "export_components", lambda *a, **k: traced.append(a) or export_components(*a, **k))
+    out = tmp_path / "onnx"
+    assert main(["export", str(tiny_model), "--to", "onnx", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"cannot write .*onnx: this onnx export takes about [\d.]+ MiB, and the disk of .* has 1.0 MiB free; "
+                     "free some space, or choose an output path on another disk", err), err
+    assert not traced and list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(outputs.shutil, "disk_usage", lambda path: usage(2**40, 0, 2**40))
+    assert main(["export", str(tiny_model), "--to", "onnx", "-o", str(out), "-q"]) == 0 and traced
+
+
 def test_a_mistyped_local_path_is_not_sent_to_the_hub(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "x").mkdir()

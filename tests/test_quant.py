@@ -297,6 +297,25 @@ def test_quantize_prints_the_artifacts_summary_alone_on_stdout(tiny_model, tmp_p
     assert printed == format_description(describe(out)) + "\n" and "the first supported for int8 on cpu" in said
 
 
+def test_a_quantize_its_disk_obviously_cannot_hold_is_refused_before_the_work(tiny_model, tmp_path, capsys, monkeypatch):
+    """sd15's int8 artifact (1.3 GB) onto a 1 GiB disk was found not to fit only when the disk filled. The estimate
+    counts the copied VAE whole and the quantized weights at the scheme's bits: refused at once below it."""
+    from collections import namedtuple
+
+    from sdopt import outputs
+    from sdopt.manifest import read_manifest
+
+    usage = namedtuple("usage", "total used free")
+    size = read_manifest(tiny_model).size_bytes
+    monkeypatch.setattr(outputs.shutil, "disk_usage", lambda path: usage(2**30, 0, size // 8))  # less than int8 needs
+    out = tmp_path / "int8"
+    assert main(["quantize", str(tiny_model), "--scheme", "int8", "-o", str(out), "-q"]) == 2
+    assert "this int8 artifact takes about" in capsys.readouterr().err and list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(outputs.shutil, "disk_usage", lambda path: usage(2**30, 0, size))  # the source's size: room enough
+    assert main(["quantize", str(tiny_model), "--scheme", "int8", "-o", str(out), "-q"]) == 0
+    assert read_manifest(out).size_bytes * 0.9 >= size // 8  # the artifact indeed takes more than was free
+
+
 def test_a_torch_quantize_shows_a_bar_per_component_unless_quiet(tiny_model, tmp_path, capsys):
     """torchao, quanto and bitsandbytes quantized without a progress bar: sd15's nf4 quantize said nothing for 43 s
     (its UNet loaded, quantized and saved), then printed the summary."""

@@ -11,7 +11,7 @@ from sdopt.errors import SdoptError
 from sdopt.export import EXPORTERS, get_exporter
 from sdopt.export.spec import ComponentSpec, cached_unet_specs, family_specs
 from sdopt.file_reading import read_json
-from sdopt.outputs import atomic_output_dir, check_output_dir, local_inputs
+from sdopt.outputs import atomic_output_dir, check_free_space, check_output_dir, local_inputs
 from sdopt.rewrite import check_optional_rewrites, unapplied_notes, with_target_defaults
 from sdopt.manifest import ComponentEntry, Manifest, derive, read_manifest
 from sdopt.request import MAX_STEPS
@@ -249,6 +249,8 @@ def export(model: str | Path, target: str, out: str | Path, precision: str = "fp
     source = resolve(model)
     read_from = folder_identity(source)  # checked at the end: replaced meanwhile, the export would mix two models
     source, source_manifest = source_checkpoint(source)
+    # The source's weights again, or half of them below fp32 (fp16, bf16; int8 engines beside their graphs)
+    check_free_space(out, int(source_manifest.size_bytes * (1.0 if precision == "fp32" else 0.5)), f"this {target} export")
     impl = exporter.implementation()
     if hasattr(impl, "preflight"):  # what a target needs of this machine (a GPU), asked before any slow work
         impl.preflight(options, precision)

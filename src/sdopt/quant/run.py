@@ -16,9 +16,9 @@ from typing import Iterable
 
 from sdopt.errors import SdoptError
 from sdopt.manifest import COMPONENT_NAMES, Manifest, derive, read_manifest, tokenizer_folders
-from sdopt.outputs import atomic_output_dir, check_output_dir, local_inputs
+from sdopt.outputs import atomic_output_dir, check_free_space, check_output_dir, local_inputs
 from sdopt.quant import QUANTIZERS, Plan, QuantizedComponents, get_quantizer
-from sdopt.quant.schemes import check_scheme, choose, lookup
+from sdopt.quant.schemes import SCHEME_BITS, check_scheme, choose, lookup
 from sdopt.source import check_not_replaced, folder_identity, resolve
 
 # The components quantized when none are named: the UNet holds most of the weights and the text
@@ -95,6 +95,7 @@ def quantize(
     plan = Plan(quantizer, capability, chosen, tuple(exclude), device, dict(options or {}), progress)
     engine = quantizer.engine()  # a missing library is named before the output folder exists
     engine.check_plan(source, manifest, plan)  # what needs the model (--exclude patterns), still before writing
+    check_free_space(out, _estimated_size(manifest, plan), f"this {scheme} artifact")
 
     with atomic_output_dir(out, force=force, inputs=(source,)) as tmp, _fused(source, manifest, loras, Path(tmp)) as (source, manifest, origin):
         result: QuantizedComponents = engine.quantize_components(source, manifest, tmp, plan)
@@ -220,3 +221,12 @@ def copy_path(src: Path, dst: Path) -> None:
         shutil.copytree(src, dst)
     else:
         shutil.copy2(src, dst)
+
+
+def _estimated_size(manifest: Manifest, plan: Plan) -> int:
+    """The bytes the quantized artifact will take, about: what is copied as it is, and the quantized components' weights
+    at the scheme's bits (counted as if the source held fp32, so never more than they take) unless they are stored whole."""
+    quantized = {f.path: f.size_bytes for name in plan.components for f in manifest.components[name].files}
+    copied = {f.path: f.size_bytes for c in manifest.components.values() for f in c.files if f.path not in quantized}
+    kept = SCHEME_BITS[plan.capability.scheme] / 32 if plan.capability.serialized else 1
+    return int(sum(copied.values()) + sum(quantized.values()) * kept)

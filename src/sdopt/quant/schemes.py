@@ -36,6 +36,9 @@ SCHEME_DESCRIPTIONS = {
     "fp8": "8-bit float (e4m3) weights; activations stay in floating point",
 }
 
+# Bits a quantized weight takes on disk, at least (scales, and what a scheme keeps in full precision, come on top):
+# the quantize command's estimate of its output's size (sdopt.outputs.check_free_space).
+SCHEME_BITS = {"int8": 8, "int8-dynamic": 8, "int8-static": 8, "int4": 4, "nf4": 4, "fp8": 8}
 DEVICES = ("cpu", "cuda")
 
 
