@@ -1395,6 +1395,24 @@ def test_a1111_progress_and_interrupt_follow_the_running_job(tiny_pipeline):
         assert info["interrupted"] is True and response.json()["images"] == []
 
 
+def test_a_jobs_eta_counts_down_while_a_step_runs(monkeypatch):
+    """The ETA (AUTOMATIC1111's eta_relative, the native job's eta_seconds) was paced by the time up to now, so it grew
+    while a step ran: polled every 2 s during sd15's 10 s steps on a CPU it read 12, 14, 16, 18, 20 s at step 1 of 2."""
+    from sdopt.serve import jobs as J
+
+    now = [1000.0]
+    monkeypatch.setattr(J.time, "time", lambda: now[0])
+    job = J.Job(spec=J.JobSpec(prompt="x", **SMALL))
+    job.start(1, 4)
+    now[0] = 1010.0
+    job.advance(1, 4)  # a step took 10 s: three more to go
+    assert job.eta_seconds() == 30
+    now[0] = 1016.0
+    assert job.eta_seconds() == 24  # 6 s into the next step; was 48 (16 s a step so far)
+    now[0] = 1100.0
+    assert job.eta_seconds() == 0  # slower than the pace so far: not below nothing left
+
+
 def test_a1111_progress_follows_the_batch_not_a_job_cancelled_out_of_it(tiny_pipeline):
     """A native job cancelled out of a shared call while its batch-mate ran on: progress without id_task reported the
     cancelled job, "interrupted" and frozen at its step, as if the generation had stopped."""

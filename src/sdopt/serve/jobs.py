@@ -133,6 +133,7 @@ class Job:
     preview_png: bytes | None = None  # a low-resolution look at the latents, refreshed while running
     created: float = field(default_factory=time.time)
     started: float | None = None
+    stepped: float | None = None  # time.time() at its last step: the ETA counts down from there
     finished: float | None = None
     deadline: float = float("inf")  # time.monotonic() after which the job times out
     batch_size: int = 0  # images in the generate call that ran it
@@ -204,12 +205,19 @@ class Job:
             return 1.0
         return self.step / self.steps if self.steps else 0.0
 
+    def advance(self, step: int, steps: int) -> None:
+        """``step`` of ``steps`` done, now."""
+        self.step, self.steps, self.stepped = step, steps, time.time()
+
     def eta_seconds(self) -> float | None:
-        """Remaining seconds at the pace so far; None before the first step."""
+        """Remaining seconds at the pace of the steps done, less the time since the last one; None before the first step.
+        Paced by the time up to now instead, the estimate grew while each step ran: sd15's two 10 s steps on a CPU read
+        12, 14, ... 20 s left at step 1 of 2."""
         if self.status != RUNNING or not self.started or not self.step:
             return None
-        elapsed = time.time() - self.started
-        return elapsed / self.step * (self.steps - self.step)
+        last = self.stepped or time.time()
+        pace = (last - self.started) / self.step
+        return max(0.0, pace * (self.steps - self.step) - (time.time() - last))
 
     def seconds(self) -> float | None:
         return (self.finished - self.created) if self.finished else None

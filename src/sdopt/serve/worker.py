@@ -357,7 +357,7 @@ class Worker:
             row = 0
             for job in batch:
                 if not job.ended:
-                    job.step, job.steps = done, total
+                    job.advance(done, total)
                     if preview is not None:
                         job.preview_png = latent_preview_png(preview[row])
                     job.emit("step", step=done, steps=total, preview=preview is not None)
