@@ -121,7 +121,11 @@ def export_components(source: Path, manifest: Manifest, out: Path, precision: st
 
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
     try:
-        for name in tqdm(prepared.names, desc="exporting to ONNX", unit="component", disable=not options.get("progress", True)):
+        # Named in the bar's status: one component takes most of a minute at SD 1.5's size, the bar standing at its count.
+        # Drawn at once (a line per component off a terminal): the bar drew its count just before, with the last name
+        bar = tqdm(prepared.names, desc="exporting to ONNX", unit="component", disable=not options.get("progress", True))
+        for name in bar:
+            bar.set_postfix_str(name)
             spec = prepared.specs[name]
             # One module in memory at a time: traced, its reference outputs kept, and freed
             # before its graph is consolidated and loaded by ONNX Runtime to validate.

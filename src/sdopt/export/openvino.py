@@ -125,7 +125,11 @@ def export_components(source: Path, manifest: Manifest, out: Path, precision: st
     # For validation only: the shapes the runtime would compile, from a stand-in manifest.
     shaped = Manifest(backend="openvino", precision=precision, components={}, model=model_info, static_shapes=static)
 
-    for name in tqdm(prepared.names, desc="exporting to OpenVINO", unit="component", disable=not options.get("progress", True)):
+    # Named in the bar's status: one component takes most of a minute at SD 1.5's size, the bar standing at its count.
+    # Drawn at once (a line per component off a terminal): the bar drew its count just before, with the last name
+    bar = tqdm(prepared.names, desc="exporting to OpenVINO", unit="component", disable=not options.get("progress", True))
+    for name in bar:
+        bar.set_postfix_str(name)
         spec = prepared.specs[name]
         # One module in memory at a time (the converted graph shares its weights until saved):
         # converted, saved, its reference outputs kept, and freed before the IR is compiled to validate.

@@ -37,7 +37,6 @@ from typing import Iterable
 import torch
 from tqdm import tqdm
 
-from sdopt.bars import set_status
 from sdopt.errors import SdoptError
 from sdopt.manifest import ComponentEntry, Manifest, files_in
 from sdopt.quant import Plan, QuantizedComponents
@@ -149,7 +148,7 @@ class TorchWeights(Engine):
         folders = tqdm(folders_of(manifest, plan.components).items(), desc=f"quantizing to {cap.scheme}", unit="component",
                        disable=not plan.progress)
         for folder, names in folders:
-            set_status(folders, folder)
+            folders.set_postfix_str(folder)  # drawn at once: the bar drew its count just before, with the last folder's name
             module = load_pretrained(names[0], source / folder)
             layers = select_layers(module, cap.layers, plan.exclude, prefix=folder)
             kinds = layer_types_of(module, layers, cap.layers)  # before quantizing replaces them
