@@ -56,3 +56,13 @@ def test_export_and_quantize_bars_name_the_component_at_work(tiny_model, tmp_pat
     assert _named_while_at_work(capsys.readouterr().err, 4) == components
     assert main(["quantize", str(tiny_model), "--scheme", "int8", "-o", str(tmp_path / "int8")]) == 0
     assert _named_while_at_work(capsys.readouterr().err, 2) == {"unet", "text_encoder"}
+
+
+def test_init_models_bar_names_the_part_it_writes(tmp_path, capsys, monkeypatch):
+    """Each line of init-model's bar named the part before the one at work, as the export bars did: for sd15 that
+    is "4/7, vae" through its UNet, most of its 22 s."""
+    from sdopt.cli import main
+
+    monkeypatch.setenv("TQDM_MININTERVAL", "30")
+    assert main(["init-model", "tiny", str(tmp_path / "tiny")]) == 0
+    assert {"unet", "sdopt.json"} <= _named_while_at_work(capsys.readouterr().err, 7)

@@ -14,7 +14,6 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from sdopt.bars import set_status
 from sdopt.errors import SdoptError
 from sdopt.layouts import write_torch_manifest
 from sdopt.outputs import atomic_output_dir
@@ -199,6 +198,6 @@ def write(model: ZooModel, out: Path, seed: int, progress: bool, force: bool = F
         ]
         with tqdm(steps, desc=f"writing {model.name}", unit="part", disable=not progress) as bar:
             for name, step in bar:
-                set_status(bar, name)
+                bar.set_postfix_str(name)  # drawn at once: the bar drew its count just before, with the last part's name
                 step(tmp, model, seed)
     return Path(out).absolute()
