@@ -164,7 +164,7 @@ def refuse_past_timeout(worker: Worker, spec: J.JobSpec, names: dict[str, str]) 
     seconds, per_step = expected
     steps = names.get("steps", "steps")
     raise RequestError(steps, f"{spec.n} image(s) of {spec.width}x{spec.height} at {steps}={spec.steps} would take about "
-                              f"{seconds:,.0f} s at this server's recent pace ({per_step:.2g} s a step per image), past its "
+                              f"{seconds:,.0f} s at this server's recent pace ({per_step:.2g} s a step), past its "
                               f"--job-timeout of {worker.job_timeout:g} s: ask fewer steps, a smaller size or fewer images")
 
 

@@ -138,7 +138,8 @@ class Worker:
         self._thread: threading.Thread | None = None
         self._watchdog: threading.Thread | None = None
         self._recent_job_seconds: deque[float] = deque(maxlen=20)
-        self._paces: dict[tuple, tuple[float, float]] = {}  # _pace_key -> (seconds a step per image, when measured)
+        # _pace_key -> (seconds a step per image, when measured, images in the call it was measured in)
+        self._paces: dict[tuple, tuple[float, float, int]] = {}
         # Calls in a row that failed on the server's side (not the request's), and the last one's reason: a worker alive
         # but failing every call (a lost GPU, a backend in a bad state) is not healthy either (/health).
         self.failing_calls = 0
@@ -232,18 +233,22 @@ class Worker:
         return max(1, round(sum(recent) / len(recent))) if recent else 5
 
     def expected_seconds(self, spec: J.JobSpec) -> tuple[float, float] | None:
-        """(seconds the job's call would take at least, seconds a step per image) at the pace this server's latest call
+        """(seconds the job's call would take at least, seconds a step of it) at the pace this server's latest call
         of its kind ran at (queue wait not counted), or None where no such call ran in the last PACE_TRUSTED_S. The
-        pace of a call of several images is each image's share, less than one alone: an estimate on the low side."""
+        pace of a call of several images is each image's share, less than one alone: an estimate on the low side. A job
+        of more images than that call held is counted as that call, no longer: a GPU runs 4 images in little more time
+        than 1, and 4 times one image's pace refused a job of 4 that would have finished well within the timeout."""
         measured = self._paces.get(_pace_key(spec))
         if measured is None or time.monotonic() - measured[1] > PACE_TRUSTED_S:
             return None
-        return measured[0] * spec.steps * spec.n, measured[0]
+        seconds_per_image_step, _, images_measured = measured
+        per_step = seconds_per_image_step * min(spec.n, images_measured)
+        return per_step * spec.steps, per_step
 
-    def _record_pace(self, spec: J.JobSpec, seconds_per_step: float) -> None:
+    def _record_pace(self, spec: J.JobSpec, seconds_per_step: float, images: int = 1) -> None:
         key = _pace_key(spec)
         self._paces.pop(key, None)  # to the end: the least recently run kind is dropped first
-        self._paces[key] = (seconds_per_step, time.monotonic())
+        self._paces[key] = (seconds_per_step, time.monotonic(), images)
         while len(self._paces) > PACES_KEPT:
             del self._paces[next(iter(self._paces))]
 
@@ -347,7 +352,7 @@ class Worker:
                 per_loop_step = (now - clock["call_start"]) / max(done, 1)
             else:
                 per_loop_step = (now - clock["first_step"]) / max(done - clock["first_done"], 1)
-            self._record_pace(batch[0].spec, per_loop_step * total / batch[0].spec.steps / request.batch_size)
+            self._record_pace(batch[0].spec, per_loop_step * total / batch[0].spec.steps / request.batch_size, request.batch_size)
             self._expire_running(batch)
             if all(job.ended for job in batch):
                 raise _StopCall  # nobody wants this call's images any more
