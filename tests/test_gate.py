@@ -583,6 +583,17 @@ def test_a_rule_without_the_unit_its_metric_is_read_in_is_refused():
     assert parse_rule("quality.psnr_db", ">= 30 dB").amount == 30 and parse_rule("latency.median", "<= 2").amount == 2
 
 
+def test_a_byte_unit_in_the_wrong_case_is_advised_as_itself():
+    """"<= 2 gb" was told to write '<= 2 MiB': followed, a rule a thousand times tighter than the one meant, which
+    failed every run; and "+64" was told '+ 64 MiB', not as README spells it."""
+    with pytest.raises(SdoptError, match=r"'gb' is not a unit of bytes; size is read in bytes: write '<= 2 GB'"):
+        parse_rule("size", "<= 2 gb")
+    with pytest.raises(SdoptError, match=r"write '\+1.5 GiB'"):
+        parse_rule("peak_memory", "+1.5 gib")
+    with pytest.raises(SdoptError, match=r"its number has no unit; peak_memory is read in bytes: write '\+64 MiB'"):
+        parse_rule("peak_memory", "+64")
+
+
 @pytest.mark.parametrize("text, says", [('[gaet]\n"status" = "ok"\n', r"\[gaet\] is a table, not a rule"),
                                         ("[gate]\n", "has no rules"), ("", "has no rules"),
                                         # a traceback (AttributeError: no .items()), exit 1 as if a regression

@@ -107,8 +107,11 @@ def _unit_scale(metric: str, text: str, m: re.Match) -> float:
     if metric in BYTE_METRICS:
         if unit not in BYTE_UNITS:
             said = f"{unit!r} is not a unit of bytes" if unit else "its number has no unit"
+            # "2 gb" meant GB: advice of "2 MiB" would have the rule a thousand times tighter than the one written
+            meant = next((known for known in BYTE_UNITS if unit and known.lower() == unit.lower()), "MiB")
+            written = f"{m['cmp']} {number}" if m["cmp"] else f"{m['sign']}{number}"  # as README's '<= 512 MiB', '+64 MiB'
             raise SdoptError(f"gate rule {metric}: {text!r}: {said}; {metric} is read in bytes: write "
-                             f"'{(m['cmp'] or m['sign'])} {number} MiB' (units: {', '.join(BYTE_UNITS)}), or a percentage such as '+5%'")
+                             f"'{written} {meant}' (units: {', '.join(BYTE_UNITS)}), or a percentage such as '+5%'")
         return float(BYTE_UNITS[unit])
     if unit and unit not in OPTIONAL_UNITS.get(metric, {}):
         raise SdoptError(f"gate rule {metric}: {text!r}: {metric} is {METRICS[metric]}; write it without {unit!r}")
