@@ -382,6 +382,19 @@ def test_hires_sizes_and_samplers_are_refused_naming_the_field(tiny_pipeline, fi
         assert app.state.worker.queue_depth == 0
 
 
+def test_a_hires_request_whose_second_pass_would_time_out_is_refused_before_its_first_pass(tiny_pipeline):
+    """The estimate at submission (--job-timeout) looked at the first pass alone: a hires request whose second pass
+    timed out was taken again, ran its first pass, then timed out in its second, each time it was sent."""
+    body = {"prompt": "x", **SMALL, "steps": 2, "enable_hr": True, "hr_scale": 2, "hr_second_pass_steps": 40, "denoising_strength": 1.0}
+    with running_server(SlowSteps(tiny_pipeline, 0.5), job_timeout=6.0) as (url, app):
+        assert httpx.post(url + "/sdapi/v1/txt2img", json=body, timeout=60).status_code == 504
+        ran = dict(app.state.worker.metrics.jobs)
+        refused = httpx.post(url + "/sdapi/v1/txt2img", json=body, timeout=60)
+        assert refused.status_code == 422 and refused.json()["detail"][0]["loc"][-1] == "hr_second_pass_steps", refused.text
+        assert "1 image(s) of 128x128 at hr_second_pass_steps=40 would take about" in refused.text
+        assert dict(app.state.worker.metrics.jobs) == ran  # no first pass run for nothing
+
+
 def test_hires_sampler_and_schedule_type_are_written_and_read_back(tiny_pipeline):
     body = {"prompt": "a cube", **SMALL, "seed": 5, "sampler_name": "Euler", "enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Lanczos",
             "denoising_strength": 0.6, "hr_second_pass_steps": 3, "hr_sampler_name": "DPM++ 2M", "hr_scheduler": "Karras"}

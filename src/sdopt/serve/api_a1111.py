@@ -37,7 +37,7 @@ from sdopt.serve.a1111_models import A1111_SIDE, Img2ImgRequest, ImagesResponse,
 from sdopt.serve.api_a1111_lists import CLIP_SKIP_SETTING, check_clip_skip, check_held_options
 from sdopt.serve.errors import RequestError
 from sdopt.serve.resize_modes import MODES, resize
-from sdopt.serve.submission import check_spec, failure_status, not_made, prepare, random_seed, refuse_text_only, submit, wait
+from sdopt.serve.submission import check_spec, failure_status, not_made, prepare, random_seed, refuse_past_timeout, refuse_text_only, submit, wait
 from sdopt.serve.images import decode_image, encode_png, flatten
 
 router = APIRouter(tags=["automatic1111"])
@@ -210,6 +210,9 @@ async def _run_hires(request: Request, body: Txt2ImgRequest, spec: J.JobSpec) ->
     model = getattr(getattr(pipeline, "manifest", None), "model", None)
     [blank] = hires.second_pass(body, spec, scheduler, max_pixels, model=model)  # the first seed's second pass, on a blank start
     check_spec(blank, settings, pipeline, names)
+    # The second pass (twice the size) is what outlasts --job-timeout; its jobs go on with an accepted request, so are
+    # not estimated when submitted: a request refused now has not first held the worker for a first pass to be thrown away
+    refuse_past_timeout(request.app.state.worker, blank, names)
     if body.hr_prompt:  # its LoRA tags, before the first pass runs (the first prompt's are checked when it is submitted)
         from sdopt.serve.loras import take_loras
 
