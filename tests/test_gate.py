@@ -594,6 +594,13 @@ def test_a_byte_unit_in_the_wrong_case_is_advised_as_itself():
         parse_rule("peak_memory", "+64")
 
 
+def test_a_ratio_rule_without_percent_is_advised_in_both_readings():
+    """Before units were checked "+0.2" on latency.median let the ratio grow by 0.2 (README: absolute units); its refusal
+    said to write '+0.2%': followed, a rule a hundred times tighter than the one the file held."""
+    with pytest.raises(SdoptError, match=r"write '\+0.2%' if that was meant, or the growth meant as one \(by 0.2 from a baseline of 0.5x: '\+40%'\)"):
+        parse_rule("latency.median", "+0.2")
+
+
 @pytest.mark.parametrize("text, says", [('[gaet]\n"status" = "ok"\n', r"\[gaet\] is a table, not a rule"),
                                         ("[gate]\n", "has no rules"), ("", "has no rules"),
                                         # a traceback (AttributeError: no .items()), exit 1 as if a regression

@@ -117,9 +117,12 @@ def _unit_scale(metric: str, text: str, m: re.Match) -> float:
         raise SdoptError(f"gate rule {metric}: {text!r}: {metric} is {METRICS[metric]}; write it without {unit!r}")
     if metric in RATIO_METRICS and m["sign"]:
         grown = 0.5 + float(number)
+        # Both readings: before units were checked, "+0.2" was a growth of the ratio by 0.2 (README: "absolute units"),
+        # which '+0.2%' alone, as advised, made a rule a hundred times tighter
         raise SdoptError(f"gate rule {metric}: {text!r} would let the ratio to the reference grow by {number}, not by {number}% "
-                         f"(0.5x the reference to {grown:g}x: {grown / 0.5 - 1:+.0%}); a change of {metric} is judged as a percentage: "
-                         f"write '+{number}%'")
+                         f"(0.5x the reference to {grown:g}x: {grown / 0.5 - 1:+.0%}); a change of {metric} is judged as a percentage "
+                         f"of the baseline's: write '+{number}%' if that was meant, or the growth meant as one (by {number} from "
+                         f"a baseline of 0.5x: '{grown / 0.5 - 1:+.0%}')")
     return 1.0
 
 
