@@ -1633,6 +1633,33 @@ def test_page_follows_a_job_again_when_its_event_stream_is_cut(tiny_pipeline):
         assert browser.evaluate("document.querySelectorAll('#images img').length") == 1
 
 
+def test_page_follows_a_job_again_when_its_event_stream_breaks_off(tiny_pipeline):
+    """A proxy that gives up on a stream mostly breaks it off (no chunked end: the browser's read rejects, "network
+    error") rather than ending it cleanly: the page said the server could not be reached while the job went on."""
+    from browser import Browser, chromium_path
+
+    if chromium_path() is None:
+        pytest.skip("no Chromium on this machine (Debian: apt-get install chromium); .ci/run installs it")
+    break_first_stream = """(() => { const real = window.fetch; let cuts = 0;
+      window.fetch = async (url, options) => {
+        const res = await real(url, options);
+        if (!String(url).endsWith("/events") || cuts++) return res;
+        const reader = res.body.getReader(); const first = await reader.read(); reader.cancel();
+        return new Response(new ReadableStream({start(c) { if (!first.done) c.enqueue(first.value); c.error(new TypeError("network error")); }}),
+                            {status: res.status, headers: res.headers});
+      };
+    })()"""
+    with running_server(SlowSteps(tiny_pipeline, 0.2)) as (url, _), Browser() as browser:
+        browser.open(url + "/")
+        wait_for(lambda: browser.evaluate("!!document.getElementById('go') && document.readyState === 'complete'"), timeout=20)
+        browser.evaluate(break_first_stream)
+        browser.evaluate("document.getElementById('steps').value = 6; document.getElementById('go').click()")
+        ended = "(s => !document.getElementById('go').disabled && s !== 'idle' ? s : null)(document.getElementById('status').textContent)"
+        text = wait_for(lambda: browser.evaluate(ended), timeout=120, every=0.05)
+        assert text.startswith("done: 1 image(s)"), text
+        assert browser.evaluate("document.querySelectorAll('#images img').length") == 1
+
+
 def test_page_behind_an_api_key_lists_the_samplers_once_the_key_is_typed(tiny_pipeline):
     """The page fetched the sampler list once, at load, before anyone could type the key: behind --api-key it was
     refused (401) and the Scheduler menu kept only "the model's own" for good, whatever key was typed after."""
