@@ -326,6 +326,23 @@ def test_a_slowdown_inside_a_noise_band_too_wide_to_judge_by_is_not_passed_as_no
                for n in result.notes), result.notes
 
 
+def test_a_noise_band_too_wide_says_what_narrows_it(report):
+    """The TOO NOISY note said to bench again with more seeds, which makes the run incomparable with the baseline (its
+    seeds must match), and to bench this run again where the baseline's own rows made the band: every rerun read the same."""
+    noisy = lambda r: _pin_noise(r, rel_stderr=0.35, rel_mad=0.19)  # one report's rows alone: ±99%
+    quiet = lambda r: _pin_noise(r, rel_stderr=0.01, rel_mad=0.01)
+    slower = lambda r: derived(r, **{"tiny-onnx": {"latency_s.median": lambda v: v * 1.8}})
+
+    def said(current, baseline):
+        result = gate(current, RULES, baseline=baseline)
+        return next(n for n in result.notes if n.startswith("tiny-onnx latency.median: not judged"))
+
+    noisy_run = said(noisy(slower(report)), quiet(derived(report)))
+    assert "seeds" not in noisy_run and "bench again with more runs a row (--runs)" in noisy_run, noisy_run
+    noisy_baseline = said(quiet(slower(report)), noisy(derived(report)))
+    assert "the baseline's rows alone make ±99%: bench the baseline again with more --runs and refresh it" in noisy_baseline, noisy_baseline
+
+
 def test_artifact_missing_from_the_current_report_fails(report):
     partial = json.loads(json.dumps(report))
     partial["artifacts"] = [a for a in partial["artifacts"] if a["name"] != "tiny-onnx"]

@@ -292,10 +292,15 @@ def gate(current: dict, rules_table: dict[str, Any], baseline: dict | None = Non
                                         + with_more_rounds(field_at(current, "settings.rounds")))
             if verdict == "noise" and 2 * noise > NOISE_BAND_LIMIT:  # a change past the rule that such a band excuses: unjudged
                 verdict = "TOO NOISY"
+                # Not more seeds: the request's seeds must be the baseline's (another set is incomparable). And a band the
+                # baseline's rows alone make past the limit stays so however this run is benched again: it is to refresh.
+                baseline_band = 2 * ratio_noise(base, baseline)
+                again = (f"the baseline's rows alone make ±{baseline_band:.0%}: bench the baseline again with more --runs and refresh it"
+                         if baseline_band > NOISE_BAND_LIMIT else
+                         "bench again with more runs a row (--runs), on a quiet machine, or " + with_more_rounds(field_at(current, "settings.rounds")))
                 result.notes.append(f"{name} {rule.metric}: not judged: {change} is past {rule.text} but inside the run-to-run noise "
                                     f"(±{2 * noise:.0%}), a band too wide to tell a regression from noise (past ±{NOISE_BAND_LIMIT:.0%}); "
-                                    "bench again with more samples a row (--runs, seeds), on a quiet machine, or "
-                                    + with_more_rounds(field_at(current, "settings.rounds")))
+                                    + again)
             # the band only where _judge applies it (a relative change rule on a row that ran): beside "<= 2" or an n/a it misled
             applies = noise and rule.relative and rule.kind not in ("equals", "floor", "ceiling") and verdict != "n/a"
             threshold = rule.text + (f" (noise ±{2 * noise * 100:.1f}%)" if applies else "")
