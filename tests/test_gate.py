@@ -538,6 +538,14 @@ def test_a_profiles_rules_on_a_bench_made_otherwise_say_so(report, tmp_path, cap
     assert not any("bench settings" in n for n in json.loads((tmp_path / "g.json").read_text())["notes"])
 
 
+def test_a_profiles_rules_on_its_own_bench_with_settings_overridden_advise_leaving_them(report, tmp_path):
+    """A report benched with --profile cpu-shapes and --steps 2 was told to "bench with --profile cpu-shapes", as it had."""
+    (tmp_path / "r.json").write_text(json.dumps({**report, "profile": "cpu-shapes"}))
+    main(["gate", str(tmp_path / "r.json"), "--json", str(tmp_path / "g.json")])
+    said = [n for n in json.loads((tmp_path / "g.json").read_text())["notes"] if "were drawn for its own bench settings" in n]
+    assert said and "bench with --profile cpu-shapes and none of these set otherwise (--steps, --prompts, --seeds, ...)" in said[0], said
+
+
 def test_a_report_of_a_profile_not_installed_here_says_to_give_it(report, tmp_path, capsys):
     """A report benched with the user's own profile names it; gated without --profile it said only "unknown profile
     'mine'", not that the name came from the report nor how to give the file (walk qa51)."""

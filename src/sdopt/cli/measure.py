@@ -228,10 +228,12 @@ def _gate(args: argparse.Namespace) -> int:
             rules, source = gate.DEFAULT_RULES, "default rules"
         result = gate.gate(current, rules, baseline)
         if profile_gate and (otherwise := profile.benched_otherwise(current.get("request") or {})):
-            # a profile's floors hold for benches like its own: cpu-shapes' adherence >= 0.85 judged a 4-step bench in silence
+            # a profile's floors hold for benches like its own: cpu-shapes' adherence >= 0.85 judged a 4-step bench in silence.
+            # "Bench with --profile X" alone was advice a report benched with X and --steps 4 had followed already.
             result.notes.insert(0, f"profile {profile.name}'s [gate] rules were drawn for its own bench settings, and this report "
                                    f"was benched otherwise: {', '.join(otherwise)}; its floors may not hold for such a bench: bench "
-                                   f"with --profile {profile.name} to gate on them, or give --rules for these settings")
+                                   f"with --profile {profile.name} and none of these set otherwise (--steps, --prompts, --seeds, ...) "
+                                   "to gate on them, or give --rules for these settings")
     except SdoptError as exc:
         # Not judged is a verdict too: the --json and --markdown a CI step reads (its job summary, a PR comment) were not
         # written, so a script found no file, or the last run's "pass" in a kept workspace, and `--json -` printed nothing
