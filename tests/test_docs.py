@@ -54,3 +54,21 @@ def test_every_measure_script_the_docs_run_exists_and_takes_the_flags_shown():
             missing += [f"{doc.relative_to(ROOT)}: {script} {flag}" for flag in FLAG.findall(words) if f'"{flag}"' not in declared]
     assert shown, "no measure/ command found in the docs: has the pattern stopped matching them?"
     assert not missing, f"docs run measure/ scripts or flags that are not there: {missing}"
+
+
+def test_every_pip_extra_and_make_target_the_docs_name_exists():
+    """`pip install 'sdopt[serve]'` with an extra pyproject.toml no longer declares installs sdopt without it, and pip
+    only warns; a `make` target that is gone fails at once, but only once a user has typed it."""
+    import tomllib
+
+    extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    targets = set(re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), re.MULTILINE))
+    named_extras = {(doc, extra) for doc in DOCS for group in re.findall(r"\bsdopt\[([\w,-]+)\]", doc.read_text())
+                    for extra in group.split(",")}
+    named_targets = {(doc, target) for doc in DOCS for target in re.findall(r"`make ([\w-]+)", doc.read_text())}
+    shell_blocks = {doc: "\n".join(re.findall(r"^```bash\n(.*?)^```", doc.read_text(), re.MULTILINE | re.DOTALL)) for doc in DOCS}
+    named_targets |= {(doc, target) for doc, block in shell_blocks.items() for target in re.findall(r"^make ([\w-]+)", block, re.MULTILINE)}
+    absent = [f"{doc.relative_to(ROOT)}: sdopt[{extra}]" for doc, extra in named_extras if extra not in extras]
+    absent += [f"{doc.relative_to(ROOT)}: make {target}" for doc, target in named_targets if target not in targets]
+    assert named_extras and named_targets, "no extra or make target found in the docs: has the pattern stopped matching them?"
+    assert not absent, f"docs name pip extras or make targets that do not exist: {sorted(absent)}"
