@@ -55,6 +55,24 @@ def _zoo_model(tmp_path_factory, name: str, **options):
     return built_once(tmp_path_factory, f"zoo-{name}", lambda folder: write_model(name, folder / name, progress=False, **options)) / name
 
 
+@pytest.fixture
+def bars_drawn_every(monkeypatch):
+    """Call with seconds: every tqdm bar made after it draws at most that often (0: every update), as on a terminal (0.1 s)
+    or off one (sdopt.cli's 30 s). TQDM_MININTERVAL cannot say it in a test: tqdm reads its environment once, when
+    first imported, which in a whole run is some earlier test's import with whatever the variable was then."""
+    def draw_every(seconds: float) -> None:
+        import tqdm
+
+        made = tqdm.tqdm.__init__
+
+        def init(self, *args, **kwargs):
+            made(self, *args, **{**kwargs, "mininterval": seconds})
+
+        monkeypatch.setattr(tqdm.tqdm, "__init__", init)
+
+    return draw_every
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     return _zoo_model(tmp_path_factory, "tiny", seed=0)

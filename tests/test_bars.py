@@ -43,13 +43,13 @@ def _named_while_at_work(err: str, total: int) -> set[str]:
     return {m.group(2) for m in drawn if m and int(m.group(1)) < total}
 
 
-def test_export_and_quantize_bars_name_the_component_at_work(tiny_model, tmp_path, capsys, monkeypatch):
+def test_export_and_quantize_bars_name_the_component_at_work(tiny_model, tmp_path, capsys, bars_drawn_every):
     """An export's bar stood at "1/4" for sd15's UNet (41 s to OpenVINO, on a 2-core EPYC) without naming it, and a
     quantize drew no bar at all. A name set just after the bar drew its count waited for the next draw, which then
     showed the name beside the next count: each line named the component before the one at work."""
     from sdopt.cli import main
 
-    monkeypatch.setenv("TQDM_MININTERVAL", "30")  # as off a terminal: a bar draws at most every 30 s
+    bars_drawn_every(30)  # as off a terminal: a bar draws at most every 30 s
     components = {"text_encoder", "unet", "vae_decoder", "vae_encoder"}
     # (OpenVINO's export loop names them the same way; left out here for time)
     assert main(["export", str(tiny_model), "--to", "onnx", "-o", str(tmp_path / "onnx")]) == 0
@@ -58,11 +58,11 @@ def test_export_and_quantize_bars_name_the_component_at_work(tiny_model, tmp_pat
     assert _named_while_at_work(capsys.readouterr().err, 2) == {"unet", "text_encoder"}
 
 
-def test_init_models_bar_names_the_part_it_writes(tmp_path, capsys, monkeypatch):
+def test_init_models_bar_names_the_part_it_writes(tmp_path, capsys, bars_drawn_every):
     """Each line of init-model's bar named the part before the one at work, as the export bars did: for sd15 that
     is "4/7, vae" through its UNet, most of its 22 s."""
     from sdopt.cli import main
 
-    monkeypatch.setenv("TQDM_MININTERVAL", "30")
+    bars_drawn_every(30)
     assert main(["init-model", "tiny", str(tmp_path / "tiny")]) == 0
     assert {"unet", "sdopt.json"} <= _named_while_at_work(capsys.readouterr().err, 7)

@@ -143,10 +143,10 @@ def test_cli_generate_twice_gives_identical_png_bytes(tiny_model, tmp_path, caps
     assert "image(s) in" in err and "UNet 3 calls" in err
 
 
-def test_cli_generates_bar_says_the_decode_after_the_last_step(tiny_model, tmp_path, capsys, monkeypatch):
+def test_cli_generates_bar_says_the_decode_after_the_last_step(tiny_model, tmp_path, capsys, bars_drawn_every):
     """After the last UNet call the bar stood full while the VAE decoded, with nothing to say so: 9 s at 256² on sd15
     (2-core EPYC), the longest silence of a generate. Its status says "decoding" until the images are decoded."""
-    monkeypatch.setenv("TQDM_MININTERVAL", "0")  # every update drawn, as on a terminal where steps take seconds
+    bars_drawn_every(0)  # every update drawn, as on a terminal where steps take seconds
     assert main(["generate", str(tiny_model), "-p", "x", "--steps", "2", "--scheduler", "ddim", "-o", str(tmp_path / "a.png")]) == 0
     drawn = [line for line in capsys.readouterr().err.replace("\r", "\n").split("\n") if line.startswith("denoising")]
     assert any("2/2" in line and "decoding" in line for line in drawn), drawn
