@@ -2,7 +2,8 @@
 
 Two benches into one -o had both written their workers' results into one raw/ and a report mixed their rows; two
 optimize runs on one --work built into each other's candidate folders. ``folder_lock`` holds a folder for a command
-(flock on a lock file inside it: the kernel lets go when the holder exits, killed too, so nothing is left to clear);
+(flock on a lock file inside it: the kernel lets go when the holder exits, killed too, so no stale lock can refuse
+the next command; a killed holder's lock file stays, and the next command takes it over);
 ``check_not_locked`` refuses, before any work, a folder another process holds. POSIX only (fcntl): where there is
 none (Windows) the folder is not locked, which the command says once, and the work runs as before locks were added.
 """
@@ -64,7 +65,8 @@ def folder_lock(folder: Path, role: str, flag: str) -> Iterator[None]:
     """Hold ``folder`` for one command while it writes there (``role``: what it is to that command, the lock file's name;
     ``flag``: how the user named it). A second sdopt command on the same folder — two benches with one -o — is refused
     with one line naming the holder, where both had written into it and a report mixed their rows. flock: the kernel
-    releases it when the holder exits, killed too, so nothing is left to clear. The file is removed while held, and a
+    releases it when the holder exits, killed too, so no stale lock refuses the next command (a SIGKILLed holder leaves
+    the file itself, which the next one takes over). The file is removed while held, and a
     lock taken on a file that was removed meanwhile is taken again on the new one."""
     fcntl = _fcntl()
     folder.mkdir(parents=True, exist_ok=True)
