@@ -535,6 +535,23 @@ def test_sdopt_clean_leaves_a_users_backup_named_like_a_moved_aside_artifact(tmp
     assert (tmp_path / ".art.old-2024" / "art" / "sdopt.json").is_file()
 
 
+def test_sdopt_clean_says_where_the_cache_is_and_what_it_holds(tmp_path, capsys, monkeypatch):
+    """One sd15 generate on OpenVINO left a 3.4 GB compiled UNet in sdopt's per-user cache, which a user freeing space
+    with `sdopt clean` was never told of (qa104). clean names the cache and its size, and removes nothing there."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("SDOPT_CACHE_DIR", str(cache))
+    work = tmp_path / "work"
+    work.mkdir()
+    assert main(["clean", str(work)]) == 0
+    assert "cache" not in capsys.readouterr().out  # no cache yet: nothing to say of it
+    (cache / "openvino").mkdir(parents=True)
+    (cache / "openvino" / "unet.blob").write_bytes(b"\0" * 3 * 2**20)
+    assert main(["clean", str(work)]) == 0
+    out = capsys.readouterr().out
+    assert f"sdopt's cache {cache} holds 3.0 MiB" in out and "nothing to clean in" in out, out
+    assert (cache / "openvino" / "unet.blob").stat().st_size == 3 * 2**20
+
+
 @pytest.mark.slow
 def test_exports_killed_at_random_points_leave_no_half_artifact_and_the_old_one_intact(tiny_model, tmp_path):
     """Fault injection: SIGKILL at three random moments of an export over an existing artifact (--force)."""

@@ -42,7 +42,24 @@ def _clean(args: argparse.Namespace) -> int:
         print(f"left {path}: its writer is still running ({where}); remove it yourself if that process is not an sdopt command")
     if not stale and not in_use:
         print(f"nothing to clean in {folder}: no temporary folder of an interrupted sdopt command")
+    _say_cache_size()
     return 0
+
+
+def _say_cache_size() -> None:
+    """Where sdopt's per-user cache is and what it holds: one sd15 generate on OpenVINO left a 3.4 GB compiled UNet
+    there, which a user freeing space with `sdopt clean` was never told of. Said, not removed: it is not an interrupted
+    command's, and a removed compiled model costs the next load its compile."""
+    from sdopt.file_reading import tree_size, user_cache_dir
+
+    try:
+        cache = user_cache_dir()
+        size = tree_size(cache) if cache.is_dir() else 0
+    except (SdoptError, OSError):  # no cache folder to name (HOME unset), or one that cannot be read: nothing to say
+        return
+    if size:
+        print(f"sdopt's cache {cache} holds {size / 2**20:,.1f} MiB (compiled OpenVINO models, TensorRT timing caches, "
+              "file hash records): not removed by clean; all of it is rebuilt when needed, so you may delete it to free the space")
 
 
 def _export(args: argparse.Namespace) -> int:
