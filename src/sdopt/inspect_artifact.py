@@ -7,8 +7,7 @@ from typing import Any
 
 from sdopt.manifest import fingerprint_of, hash_components, read_manifest
 from sdopt.request import MAX_IMAGES, MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE
-from sdopt.errors import SdoptError
-from sdopt.source import check_not_replaced, folder_identity, resolve
+from sdopt.source import folder_identity, resolve, verify_unless_replaced
 
 
 def describe(path: str | Path, verify: bool = True) -> dict[str, Any]:
@@ -24,11 +23,7 @@ def describe(path: str | Path, verify: bool = True) -> dict[str, Any]:
         hash_components(manifest.components, folder)  # nothing recorded: compute so the fingerprint can be shown
         verified = "no sdopt.json: nothing recorded to verify the files against"
     elif verify:
-        try:
-            manifest.verify_files(folder)
-        except SdoptError:
-            check_not_replaced(folder, identity, "inspect")  # whole files of a newer artifact, not a damaged one
-            raise
+        verify_unless_replaced(manifest, folder, identity, "inspect")
         verified = f"yes: {len({f.path for c in manifest.components.values() for f in c.files})} files match their sha256 in sdopt.json"
     else:
         verified = "no (--no-verify): sizes are as sdopt.json records them"

@@ -97,6 +97,16 @@ def check_not_replaced(folder: Path, identity: tuple[int, int] | None, doing: st
                          "init-model --force into it), so what it read would mix the two: run again once that command is done")
 
 
+def verify_unless_replaced(manifest: Any, folder: Path, identity: tuple[int, int] | None, doing: str) -> None:
+    """``manifest.verify_files(folder)``, where a mismatch found because another command replaced the folder since
+    ``doing`` began reading it (``identity``) is said as that, not as a damaged file: its files are a newer model's."""
+    try:
+        manifest.verify_files(folder)
+    except SdoptError:
+        check_not_replaced(folder, identity, doing)
+        raise
+
+
 def hub_files(files: list[str], manifest: dict[str, Any] | None = None) -> list[str]:
     """Which of a hub repo's files to fetch: _HUB_PATTERNS, with the safetensors weights of the folders a run reads only,
     and of each one set: the plain weights, or where a folder has only variants (NAME.fp16.safetensors) the fp16 ones,

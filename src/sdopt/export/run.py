@@ -15,7 +15,7 @@ from sdopt.outputs import atomic_output_dir, check_free_space, check_output_dir,
 from sdopt.rewrite import check_optional_rewrites, unapplied_notes, with_target_defaults
 from sdopt.manifest import ComponentEntry, Manifest, derive, read_manifest
 from sdopt.request import MAX_STEPS
-from sdopt.source import check_not_replaced, folder_identity, resolve
+from sdopt.source import check_not_replaced, folder_identity, resolve, verify_unless_replaced
 
 def carried_folders(manifest: Manifest) -> list[str]:
     """Folders an exported artifact carries over from its source, as Optimum's exports do: the tokenizers and the scheduler."""
@@ -205,11 +205,7 @@ def source_checkpoint(model: str | Path, verb: str = "export") -> tuple[Path, Ma
             f"{verb} from the original PyTorch (Diffusers) checkpoint"
         )
     if not manifest.inferred:
-        try:
-            manifest.verify_files(folder)
-        except SdoptError:
-            check_not_replaced(folder, identity, verb)  # whole files of a newer model, not a damaged one
-            raise
+        verify_unless_replaced(manifest, folder, identity, verb)
     if (folder / "model_index.json").is_file():  # the exports copy it at the end: a damaged one is said before the work
         read_json(folder / "model_index.json", "the checkpoint's")
     return folder, manifest

@@ -19,7 +19,7 @@ from sdopt.manifest import COMPONENT_NAMES, Manifest, derive, read_manifest, tok
 from sdopt.outputs import atomic_output_dir, check_free_space, check_output_dir, local_inputs
 from sdopt.quant import QUANTIZERS, Plan, QuantizedComponents, get_quantizer
 from sdopt.quant.schemes import SCHEME_BITS, check_scheme, choose, lookup
-from sdopt.source import check_not_replaced, folder_identity, resolve
+from sdopt.source import check_not_replaced, folder_identity, resolve, verify_unless_replaced
 
 # The components quantized when none are named: the UNet holds most of the weights and the text
 # encoder most of the rest; the VAE is small and its errors show directly in the pixels.
@@ -85,11 +85,7 @@ def quantize(
 
         source, manifest = source_checkpoint(source)
     elif not manifest.inferred:
-        try:
-            manifest.verify_files(source)
-        except SdoptError:
-            check_not_replaced(read_from, identity, "quantize")  # whole files of a newer artifact, not a damaged one
-            raise
+        verify_unless_replaced(manifest, source, identity, "quantize")
     quantizer.check_options(options or {}, QUANTIZERS)
     chosen, companions = select_components(manifest, components)
     plan = Plan(quantizer, capability, chosen, tuple(exclude), device, dict(options or {}), progress)
