@@ -52,9 +52,10 @@ else
 fi
 # On GitHub Actions the gate's table goes to the job summary too: appended, as $GITHUB_STEP_SUMMARY is meant to be
 # (--markdown there would overwrite what the step wrote before it), and whatever the verdict (set -e would end the
-# script at the gate's exit 1 first, the summary unwritten on the run that most needs it).
+# script at the gate's exit 1 first, the summary unwritten on the run that most needs it). ${baseline[@]+...}: an empty
+# array under set -u is an "unbound variable" error in bash before 4.4 (macOS's /bin/bash is 3.2).
 status=0
-sdopt gate "$WORK/report/report.json" "${baseline[@]}" --rules reports/ci/rules.toml \
+sdopt gate "$WORK/report/report.json" ${baseline[@]+"${baseline[@]}"} --rules reports/ci/rules.toml \
     --markdown "$WORK/gate.md" --json "$WORK/gate.json" || status=$?
 if [[ -n "${GITHUB_STEP_SUMMARY:-}" && -f "$WORK/gate.md" ]]; then
     cat "$WORK/gate.md" >> "$GITHUB_STEP_SUMMARY"
