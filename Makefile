@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml Makefile
 # More workers than cores oversubscribe (each computes with every core); TEST_WORKERS=0 runs it in one process.
 # Three on 2 cores, each torch on one thread, took 10:33 where two took 8:46-9:24 (quiet AVX-512 EPYC, 2026-12-07):
 # OpenVINO's and ONNX Runtime's own pools still use every core, so a third process only adds contention.
-# Files go out in the order tests/conftest.py gives (longest first, test_ray last: see LONGEST_FIRST there), and
+# Files go out in the order tests/conftest.py gives (longest first, test_ray beside the short ones: see file_order there), and
 # the checkpoints, exports and bench the files share are built once for both processes (conftest's built_once),
 # and each process's torch takes its share of the cores (OMP_NUM_THREADS, set in conftest; 8:20 -> 6:40).
 TEST_WORKERS ?= 2

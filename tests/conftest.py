@@ -118,22 +118,43 @@ SLOW_FIXTURES = {"bench_report", "quantized", "tiny_ov", "tiny_ov_bf16_static"}
 
 
 # The order `make test` hands whole test files to its two processes (--dist loadfile --no-loadscope-reorder takes
-# collection order): the longest first (seconds each on CI's 2 cores, 2026-12-05), the short ones filling in, so
-# both processes finish together, and test_ray last: its Ray jobs run beside each other, each on every core, and
-# beside the longest files its cluster test took 97 s and the file 200 s, beside the short ones at the end 50 s
-# and 100 s (16 s alone; measured before OMP_NUM_THREADS above, which brought it to ~20 s in the suite). In
-# xdist's own order (most tests first) one process waited 40 s for the other.
-LONGEST_FIRST = ("test_families", "test_quant", "test_bench", "test_img2img", "test_optimize", "test_openvino", "test_guarantees",
-                 "test_forkserver", "test_lcm", "test_serve", "test_stepcache", "test_tiny_decoder", "test_onnx", "test_tensorrt", "test_cpu_paths", "test_lora")
-LAST = ("test_ray",)
+# collection order): the longest first, the short ones filling in, so both processes finish together. In xdist's own
+# order (most tests first) one process waited 40 s for the other. test_ray goes in when about its own length in short
+# files is left: its Ray jobs run beside each other, each on every core, and beside the longest files its cluster test
+# took 97 s and the file 200 s, beside short ones 50 s and 100 s. Run last, the other process sat idle for its whole
+# length (from the figures below: 607 s for the longer process against 580 with test_ray before the last 77 s).
+# FILE_SECONDS: each file's tests summed, one whole `make test` on 2 cores (AMD EPYC Zen 4, 2026-12-08); a file not
+# listed counts as a short one. Refresh with scripts/test_file_seconds.py when a file's time moves by tens of seconds.
+FILE_SECONDS = {"test_serve": 136, "test_families": 78, "test_onnx": 72, "test_bench": 64, "test_guarantees": 56, "test_cpu_paths": 55,
+                "test_ray": 54, "test_openvino": 49, "test_quant": 49, "test_img2img": 44, "test_lora": 42, "test_forkserver": 42,
+                "test_stepcache": 35, "test_import_lean": 32, "test_serve_a1111": 31, "test_optimize": 31, "test_tensorrt": 26,
+                "test_cli_errors": 25, "test_embeddings": 25, "test_request_defaults": 25, "test_parity_diffusers": 22, "test_lcm": 22,
+                "test_tiny_decoder": 20, "test_compile": 14, "test_platforms": 12, "test_rewrite": 10, "test_infotext": 9, "test_bars": 9,
+                "test_clip_skip": 7, "test_backends_agree": 7, "test_generate": 7, "test_guidance": 7, "test_shapes": 5}
+SHORT_FILE_SECONDS = 2
+BESIDE_SHORT_FILES = "test_ray"
+
+
+def file_order(stems: list[str]) -> list[str]:
+    """The files longest first, BESIDE_SHORT_FILES where the files after it add up to at most 1.5 times its own length."""
+    seconds = {stem: FILE_SECONDS.get(stem, SHORT_FILE_SECONDS) for stem in stems}
+    order = sorted(stems, key=lambda stem: -seconds[stem])  # stable: files of equal length keep their collection order
+    if BESIDE_SHORT_FILES in order:
+        order.remove(BESIDE_SHORT_FILES)
+        at, after = len(order), 0.0
+        while at and after + seconds[order[at - 1]] <= 1.5 * seconds[BESIDE_SHORT_FILES]:
+            at -= 1
+            after += seconds[order[at]]
+        order.insert(at, BESIDE_SHORT_FILES)
+    return order
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)} | {name: len(LONGEST_FIRST) + 1 + i for i, name in enumerate(LAST)}
-    items.sort(key=lambda item: rank.get(item.path.stem, len(LONGEST_FIRST)))  # stable: each file's own order is kept
+    rank = {stem: i for i, stem in enumerate(file_order(list(dict.fromkeys(item.path.stem for item in items))))}
+    items.sort(key=lambda item: rank[item.path.stem])  # stable: each file's own order is kept
 
 
 # A request small enough for a 2-core machine, large enough to exercise the whole loop.
