@@ -213,7 +213,7 @@ _OPENVINO_INT8 = "import json, sys, warnings\nwarnings.simplefilter('ignore')\n"
     "print(json.dumps(_int8_images(json.loads(sys.argv[1]), sys.argv[2], sys.argv[3:])))\n"
 
 
-def test_openvino_int8_without_vnni_saturates_unless_the_overflow_fix_is_on(tiny_ov, tiny_pipeline, tmp_path):
+def test_openvino_int8_without_vnni_saturates_unless_the_overflow_fix_is_on(tiny_ov, tiny_pipeline, tmp_path, monkeypatch):
     """OpenVINO's int8 convolutions and matmuls take oneDNN's AVX2 kernels (u8 x s8 through vpmaddubsw, whose pairwise
     sums saturate at 16 bits) when oneDNN is capped at AVX2 (ONEDNN_MAX_CPU_ISA, which OpenVINO's oneDNN honours for
     them), so the branch `--overflow-fix auto` decides on runs on any x86 machine: with 7-bit weights everywhere
@@ -227,12 +227,25 @@ def test_openvino_int8_without_vnni_saturates_unless_the_overflow_fix_is_on(tiny
 
     from PIL import Image
 
+    import sdopt.quant.nncf as nncf_backend
     from sdopt.quant.run import quantize
 
+    # Both artifacts calibrate on the same generations of tiny_ov (the overflow fix acts on the weights afterwards):
+    # recorded once, for the second as for the first.
+    recorded, record = {}, nncf_backend.record_inputs
+
+    def record_once(*args, **kwargs):
+        key = repr((args, kwargs))
+        if key not in recorded:
+            recorded[key] = record(*args, **kwargs)
+        return recorded[key]
+
+    monkeypatch.setattr(nncf_backend, "record_inputs", record_once)
     paths = []
     for fix in ("first-layer", "enable"):
         paths.append(tmp_path / fix)
         quantize(tiny_ov, "int8-static", paths[-1], backend="nncf", components=["unet"], options={"overflow_fix": fix}, progress=False)
+    assert len(recorded) == 1  # the second quantization took the first's recording
     reference = tiny_pipeline.generate(GenerateRequest(**REQUEST)).images[0]
     quality, chosen = {}, {}
     # The CPU's own int8 kernels are the comparison only where they add into 32 bits (VNNI, AMX): on a CPU without
