@@ -724,7 +724,7 @@ def test_a_terminated_bench_reports_what_finished_kills_its_worker_and_writes_it
 
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "sdopt.cli", "bench", f"{tiny_model}@bf16", "--reference", str(tiny_model), "--steps", "2",
-           "--height", "64", "--width", "64", "--seeds", "0", "--warmup", "0", "--runs", "100000", "--max-seconds", "3", "-q", "-o", str(out)]
+           "--height", "64", "--width", "64", "--seeds", "0", "--warmup", "0", "--runs", "100000", "--max-seconds", "2", "-q", "-o", str(out)]
     # Every process the bench starts inherits this tag (a forked worker has its fork server's command
     # line, not the worker's), so any that outlives the bench is found in /proc/*/environ.
     value = f"{tmp_path.name}-{os.getpid()}"
@@ -732,10 +732,18 @@ def test_a_terminated_bench_reports_what_finished_kills_its_worker_and_writes_it
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                             env={**os.environ, "SDOPT_TEST_TAG": value})
     second = out / "raw" / f"{tiny_model.name}@bf16" / "job.json"
+
+    def measuring() -> bool:  # the worker's progress line (bench/worker.py's say), gone once it ends
+        try:
+            return "images measured" in (second.parent / "progress").read_text()
+        except OSError:
+            return False
+
+    # Polled until the second worker measures (for --max-seconds from then on): a fixed second after its job.json
+    # needed a 3 s budget (the reference's too) to be sure it still ran, on a machine whose fork and load are slow.
     deadline = time.monotonic() + 240
-    while not second.is_file() and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.5)
-    time.sleep(1)  # the second worker is running: it loads (forked: well under a second), then measures for 3 s (--max-seconds)
+    while not measuring() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
     assert proc.poll() is None, proc.communicate()
     assert len(_tagged_processes(tag)) >= 3  # the check below sees them: the bench, its fork server, the worker
     proc.send_signal(signal.SIGTERM)
@@ -760,7 +768,9 @@ def test_a_terminated_bench_reports_what_finished_kills_its_worker_and_writes_it
     # Written quickly (a CI runner's grace before SIGKILL is seconds): no FLOP counting, no matmul peak probes.
     assert report["matmul_peak_gflops"] == {} and any("FLOP counts and matmul peaks were not measured" in w for w in report["warnings"])
     assert json.loads(second.read_text())["path"]
-    time.sleep(1)  # a killed process leaves /proc once reaped
+    deadline = time.monotonic() + 1  # a killed process leaves /proc once reaped: within the second it was given
+    while _tagged_processes(tag) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not _tagged_processes(tag), "a worker or fork server outlived the bench"
 
 
