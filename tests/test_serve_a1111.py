@@ -386,7 +386,9 @@ def test_a_hires_request_whose_second_pass_would_time_out_is_refused_before_its_
     """The estimate at submission (--job-timeout) looked at the first pass alone: a hires request whose second pass
     timed out was taken again, ran its first pass, then timed out in its second, each time it was sent."""
     body = {"prompt": "x", **SMALL, "steps": 2, "enable_hr": True, "hr_scale": 2, "hr_second_pass_steps": 40, "denoising_strength": 1.0}
-    with running_server(SlowSteps(tiny_pipeline, 0.5), job_timeout=6.0) as (url, app):
+    # The timeout is what the test waits for (6 s and 0.5 s a step made it 3 s longer): the second pass's 40 steps still
+    # take 10 s, the first pass's 2 well under the timeout
+    with running_server(SlowSteps(tiny_pipeline, 0.25), job_timeout=3.0) as (url, app):
         assert httpx.post(url + "/sdapi/v1/txt2img", json=body, timeout=60).status_code == 504
         ran = dict(app.state.worker.metrics.jobs)
         refused = httpx.post(url + "/sdapi/v1/txt2img", json=body, timeout=60)
@@ -523,7 +525,8 @@ def test_a_job_whose_client_hangs_up_is_cancelled(tiny_pipeline):
             httpx.post(url + "/sdapi/v1/txt2img", json={"prompt": "x", **SMALL, "steps": 40, "force_task_id": "gone"}, timeout=1.5)
         job = wait_for(lambda: (j := app.state.worker.jobs.get("gone")) and j.status != "running" and j, timeout=30)
         assert job.status == "cancelled" and job.error == "the client disconnected" and job.step < 40
-        assert httpx.post(url + "/sdapi/v1/txt2img", json={"prompt": "x", **SMALL}, timeout=120).status_code == 200
+        # One step is a request served as well as 4 (at 0.5 s a step those were 1.5 s of the test)
+        assert httpx.post(url + "/sdapi/v1/txt2img", json={"prompt": "x", **SMALL, "steps": 1}, timeout=120).status_code == 200
 
 
 def test_wait_returns_the_job_when_the_client_stays():
