@@ -1030,12 +1030,13 @@ def test_a_job_the_recent_pace_says_would_time_out_is_refused_at_submission(tiny
     from sdopt.serve.worker import PACES_KEPT
 
     body = {"prompt": "x", "width": 64, "height": 64, "steps": 50}
-    # A few steps run before the timeout, and the short job's 2 fit in it on a busy machine too
-    with running_server(SlowSteps(tiny_pipeline, 0.5), job_timeout=8.0) as (url, app):
+    # A few steps run before the timeout, and the short job's 2 fit in it on a busy machine too (the timeout is what the
+    # test waits for: 8 s and 0.5 s a step made the same test 4 s longer)
+    with running_server(SlowSteps(tiny_pipeline, 0.25), job_timeout=4.0) as (url, app):
         assert httpx.post(url + "/sdapi/v1/txt2img", json=body, timeout=30).status_code == 504
         refused = httpx.post(url + "/sdapi/v1/txt2img", json=body, timeout=30)
         assert refused.status_code == 422 and refused.json()["detail"][0]["loc"][-1] == "steps", refused.text
-        assert "past its --job-timeout of 8 s" in refused.text and "would take about" in refused.text
+        assert "past its --job-timeout of 4 s" in refused.text and "would take about" in refused.text
         assert app.state.worker.queue_depth == 0 and app.state.worker.metrics.jobs["timed_out"] == 1  # never queued
         assert httpx.post(url + "/sdapi/v1/txt2img", json={**body, "steps": 2}, timeout=30).status_code == 200
         # The paces kept are bounded: one per kind of call, however many sizes clients ask
@@ -1049,7 +1050,7 @@ def test_a_single_step_longer_than_the_timeout_still_gives_the_pace(tiny_pipelin
     """One step of a 1024x1024 image on a CPU outlasts a short --job-timeout: the call timed out at its first step,
     before a second could measure the pace between steps, and the same request was queued again and again."""
     body = {"prompt": "x", "width": 64, "height": 64, "steps": 3}
-    with running_server(SlowSteps(tiny_pipeline, 2.5), job_timeout=1.0) as (url, _):
+    with running_server(SlowSteps(tiny_pipeline, 1.5), job_timeout=1.0) as (url, _):  # the server's stop waits for the step
         assert httpx.post(url + "/sdapi/v1/txt2img", json=body, timeout=30).status_code == 504
         refused = httpx.post(url + "/sdapi/v1/txt2img", json=body, timeout=30)
         assert refused.status_code == 422 and "past its --job-timeout of 1 s" in refused.text, refused.text
