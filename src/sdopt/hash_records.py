@@ -57,13 +57,9 @@ def recorded_sha256(path: str | Path, expected: str | None = None) -> str:
         record_path = _record_path(path)
     except SdoptError:  # no cache folder at all (no HOME, no passwd entry): hashed at every load, never a failed load
         return sha256_file(path)
-    try:
-        record = json.loads(record_path.read_text(encoding="utf-8"))
-        if record["path"] == str(path) and record["stamps"] == stamps and len(record["sha256"]) == 64 \
-                and (expected is None or record["sha256"] == expected):
-            return str(record["sha256"])
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
+    recorded = _recorded(record_path, path, stamps, expected)
+    if recorded:
+        return recorded
     started = time.time_ns()
     digest = sha256_file(path)
     settled_before = started - int(HASH_SETTLE_S * 1e9)
@@ -71,6 +67,27 @@ def recorded_sha256(path: str | Path, expected: str | None = None) -> str:
         if _write(record_path, {"path": str(path), "stamps": stamps, "sha256": digest}):
             _prune_now_and_then(record_path.parent)  # only then: on a full disk its marker was the one file left behind
     return digest
+
+
+def vouched(path: str | Path, expected: str) -> bool:
+    """Whether a record says, without hashing, that the file at ``path`` is still the one whose sha256 is ``expected``
+    (a load that verified it wrote one, where the file had settled). False where none does: unknown, not different."""
+    path = Path(path).resolve()
+    try:
+        return _recorded(_record_path(path), path, _stamps(path.stat()), expected) == expected
+    except (OSError, SdoptError):
+        return False
+
+
+def _recorded(record_path: Path, path: Path, stamps: list[int], expected: str | None) -> str | None:
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        if record["path"] == str(path) and record["stamps"] == stamps and len(record["sha256"]) == 64 \
+                and (expected is None or record["sha256"] == expected):
+            return str(record["sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
 
 
 def _prune_now_and_then(folder: Path) -> None:

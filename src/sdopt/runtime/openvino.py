@@ -37,6 +37,7 @@ import openvino as ov
 
 from sdopt.errors import SdoptError, argument, did_you_mean, exception_line
 from sdopt.file_reading import user_cache_dir
+from sdopt.hash_records import vouched
 from sdopt.manifest import Manifest
 from sdopt.runtime.executor import to_rank
 from sdopt.runtime.int8_saturation import warn_if_int8_may_saturate
@@ -307,8 +308,10 @@ def _reason(exc: Exception) -> str:
 class OpenVINOComponent:
     """One component: compiled models by input shape, and the precision each really runs."""
 
-    def __init__(self, c: ov.Core, path: Path, device: str, config: dict[str, Any], axes: dict[str, dict[int, int]]):
-        self.core, self.path, self.device, self.config = c, path, device, config
+    def __init__(self, c: ov.Core, path: Path, device: str, config: dict[str, Any], axes: dict[str, dict[int, int]],
+                 verified: bool = False):
+        """``verified``: every file of the IR is, by its hash record, the one its manifest's sha256 names (see _compile)."""
+        self.core, self.path, self.device, self.config, self.verified = c, path, device, config, verified
         self._compiled: list[tuple[dict[str, ov.PartialShape], ov.CompiledModel, ov.InferRequest]] = []
         self._lock = threading.Lock()
         model = self._read()
@@ -344,10 +347,21 @@ class OpenVINOComponent:
             raise SdoptError(f"OpenVINO cannot read {self.path}: {_reason(exc)}; export the artifact again") from exc
 
     def _compile(self, model: ov.Model, shapes: dict[str, ov.PartialShape]) -> None:
-        if any(shapes[p.get_any_name()] != p.get_partial_shape() for p in model.inputs):
+        reshaped = any(shapes[p.get_any_name()] != p.get_partial_shape() for p in model.inputs)
+        if reshaped:
             model.reshape(shapes)
+        # A model as it is on disk is compiled from its file, not from the ov.Model read (read_model maps the weights
+        # lazily: reading is cheap): with the cache, OpenVINO then keys the blob on the file and imports it without
+        # touching the IR, where for a model object it hashed the model, every page of the IR mapped. sd15 fp32, cached
+        # (2-core AMD EPYC, OpenVINO 2026.4.1): sdopt.load peaked at 5.2 GB RSS, not 8.0 GB (IR and blob both mapped),
+        # in 2.3-10.0 s against 3.6-7.8 s (a shared machine: no clear difference); the generate after it peaks at
+        # 8.7 GB either way (docs/openvino.md "Memory"). OpenVINO keys on the .xml alone: a .bin replaced under an
+        # unchanged .xml imported the old blob, the old weights. So only where the files are, by their hash records,
+        # the ones the manifest's sha256 name (an sdopt artifact, verified; not an Optimum folder, nor a file changed
+        # since its last check). A reshaped model has no file to compile from.
+        source: ov.Model | str = str(self.path) if self.verified and not reshaped else model
         try:
-            compiled = self._compile_cached(model)
+            compiled = self._compile_cached(source)
         except (RuntimeError, TypeError) as exc:  # TypeError: a run setting of a type the property does not take
             from sdopt.hardware import onednn_isa_cap
 
@@ -359,7 +373,7 @@ class OpenVINOComponent:
             raise SdoptError(f"OpenVINO could not compile {self.path.parent.name} for {self.device}: {_reason(exc)}{hint}") from exc
         self._compiled.append((shapes, compiled, compiled.create_infer_request()))
 
-    def _compile_cached(self, model: ov.Model, tries: int = CACHE_RACE_TRIES) -> ov.CompiledModel:
+    def _compile_cached(self, model: ov.Model | str, tries: int = CACHE_RACE_TRIES) -> ov.CompiledModel:
         """compile_model, again when it lost a race for its blob in a cache folder other processes share: OpenVINO
         removes a blob it finds half-written (another process's, writing it now), and the writer then fails on its own
         blob ("filesystem error: cannot set permissions: No such file or directory [CACHE/N.blob]"): three generates of
@@ -449,7 +463,8 @@ def load_components(folder: Path, manifest: Manifest, device: str, precision: st
     wants = {name: manifest.component_precision(name, precision) for name in manifest.components}  # SDXL's VAE: fp32 under fp16
     components = {
         name: OpenVINOComponent(c, folder / model_file(entry.files, name), target,
-                                {**config, "INFERENCE_PRECISION_HINT": HINTS[wants[name]]}, axes[name])
+                                {**config, "INFERENCE_PRECISION_HINT": HINTS[wants[name]]}, axes[name],
+                                verified=all(f.sha256 and vouched(folder / f.path, f.sha256) for f in entry.files))
         for name, entry in manifest.components.items()
     }
     if target == "CPU":
