@@ -24,11 +24,17 @@ KINDS = ("kind-a", "kind-b")
 
 @pytest.fixture(scope="module")
 def local_cluster():
+    # What ray.init leaves after ray.shutdown (its SIGTERM handler; RAY_AUTH_MODE=token, PYTHONBREAKPOINT in the
+    # environment, Ray 2.60) is put back: files run after this one in the same process (conftest.file_order).
+    environment, on_sigterm = dict(os.environ), signal.getsignal(signal.SIGTERM)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(address="local", num_cpus=2, resources={k: 1 for k in KINDS}, include_dashboard=False, log_to_driver=False,
              configure_logging=False, object_store_memory=128 * 2**20)
     yield
     ray.shutdown()
+    os.environ.clear()
+    os.environ.update(environment)
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def _profile(tmp_path: Path, name: str, resources: str) -> "HardwareProfile":  # noqa: F821
