@@ -34,6 +34,7 @@ from typing import Any
 from sdopt.errors import SdoptError, api_fields
 from sdopt.runtime.output_checks import problem_lines
 from sdopt.serve import jobs as J
+from sdopt.serve.allocator import release_freed_memory
 from sdopt.serve.images import latent_preview_png
 from sdopt.serve.metrics import Metrics
 
@@ -278,6 +279,8 @@ class Worker:
                 if taken is None:
                     return
                 self._execute(*taken)
+                # glibc kept what the call freed, and RSS grew with every new size asked (serve/allocator.py)
+                release_freed_memory()
         except BaseException as exc:  # the thread is dying: the watchdog restarts it
             log.error("sdopt serve: the worker crashed%s:\n%s", _requests(self.current), traceback.format_exc())
             reason = f"the worker crashed ({type(exc).__name__}: {exc})"
