@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml Makefile
 
 # Two pytest processes (pytest-xdist), each taking whole test files so a file's module fixtures are built once:
 # much of the suite is single-threaded (interpreter start-up, imports, ONNX tracing, small tensors), so on
-# CI's 2 cores two processes finished it in 7.5 min where one took 10.5 (side by side, 2026-12-05; 6.4 min now).
+# CI's 2 cores two processes finished it in 7.5 min where one took 10.5 (side by side, 2026-12-05; 1376 tests in 9:37 in a clean clone, 2026-12-08).
 # More workers than cores oversubscribe (each computes with every core); TEST_WORKERS=0 runs it in one process.
 # Three on 2 cores, each torch on one thread, took 10:33 where two took 8:46-9:24 (quiet AVX-512 EPYC, 2026-12-07):
 # OpenVINO's and ONNX Runtime's own pools still use every core, so a third process only adds contention.
